@@ -1,0 +1,331 @@
+//! The metadata store: inodes, directory entries and dirty-page markers in RocksDB.
+//!
+//! Every change is one atomic `WriteBatch` written to the RocksDB WAL without syncing, so it
+//! survives a crash of this process at once; `sync_to` makes it survive a crash of the machine.
+//! Keys are big-endian so that RocksDB's order is (parent, name) and (inode, page) order.
+
+use std::ffi::{OsStr, OsString};
+use std::ops::Range;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB,
+};
+
+use crate::fs::attr::{Attr, DecodeError, FileKind};
+use crate::fs::pageset::PageSet;
+
+const CF_INODES: &str = "inodes";
+const CF_DIRENTS: &str = "dirents";
+const CF_DIRTY: &str = "dirty";
+const CF_META: &str = "meta";
+const KEY_NEXT_INO: &[u8] = b"next_ino";
+const KEY_EPOCH: &[u8] = b"epoch";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("rocksdb {context}: {source}")]
+    Db {
+        context: &'static str,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error(transparent)]
+    Corrupt(#[from] DecodeError),
+    #[error("corrupt {cf} record: {why}")]
+    BadRecord { cf: &'static str, why: &'static str },
+}
+
+fn db_err(context: &'static str) -> impl FnOnce(rocksdb::Error) -> MetaError {
+    move |source| MetaError::Db { context, source }
+}
+
+/// One directory entry as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dirent {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: FileKind,
+}
+
+/// What `load` reads back at mount.
+pub struct Loaded {
+    pub inodes: Vec<Attr>,
+    pub dirty: Vec<(u64, PageSet)>,
+    pub next_ino: Option<u64>,
+    pub epoch: Option<u64>,
+}
+
+pub struct MetaStore {
+    db: DB,
+    /// Highest sequence number known to be synced to disk.
+    synced: AtomicU64,
+    /// Held by the one thread syncing the WAL; the others wait and usually find their
+    /// sequence number already covered (group commit).
+    sync_lock: Mutex<()>,
+}
+
+impl MetaStore {
+    pub fn open(path: &Path) -> Result<MetaStore, MetaError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Metadata is small; keep the WAL short so recovery after a crash is quick.
+        opts.set_max_total_wal_size(64 << 20);
+        opts.set_keep_log_file_num(2);
+        opts.set_max_log_file_size(1 << 20);
+        let cfs = [CF_INODES, CF_DIRENTS, CF_DIRTY, CF_META]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(db_err("open"))?;
+        let store = MetaStore {
+            db,
+            synced: AtomicU64::new(0),
+            sync_lock: Mutex::new(()),
+        };
+        // What RocksDB recovered after a crash may sit only in the page cache: make it
+        // durable before anything is acknowledged on top of it.
+        store.sync_to(store.latest_seq())?;
+        Ok(store)
+    }
+
+    fn cf(&self, name: &'static str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created at open")
+    }
+
+    pub fn latest_seq(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
+    /// Writes a batch atomically (not synced) and returns a sequence number that covers it.
+    pub fn commit(&self, batch: MetaBatch) -> Result<u64, MetaError> {
+        if batch.batch.is_empty() {
+            return Ok(self.latest_seq());
+        }
+        self.db.write(batch.batch).map_err(db_err("write batch"))?;
+        Ok(self.latest_seq())
+    }
+
+    /// Returns once every change up to `seq` is on disk. Concurrent callers share one sync.
+    pub fn sync_to(&self, seq: u64) -> Result<(), MetaError> {
+        if self.synced.load(Ordering::Acquire) >= seq && seq != 0 {
+            return Ok(());
+        }
+        let _leader = self.sync_lock.lock();
+        if self.synced.load(Ordering::Acquire) >= seq && seq != 0 {
+            return Ok(());
+        }
+        let covered = self.latest_seq();
+        self.db.flush_wal(true).map_err(db_err("sync wal"))?;
+        self.synced.fetch_max(covered, Ordering::AcqRel);
+        Ok(())
+    }
+
+    pub fn get_dirent(&self, parent: u64, name: &OsStr) -> Result<Option<Dirent>, MetaError> {
+        let key = dirent_key(parent, name);
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_DIRENTS), &key)
+            .map_err(db_err("get dirent"))?
+        {
+            None => Ok(None),
+            Some(v) => decode_dirent(name.to_owned(), &v).map(Some),
+        }
+    }
+
+    /// All entries of a directory, in name order.
+    pub fn list_dir(&self, parent: u64) -> Result<Vec<Dirent>, MetaError> {
+        let prefix = parent.to_be_bytes();
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_DIRENTS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(db_err("list dir"))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let name = OsString::from_vec(k[8..].to_vec());
+            out.push(decode_dirent(name, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn dir_is_empty(&self, parent: u64) -> Result<bool, MetaError> {
+        let prefix = parent.to_be_bytes();
+        let mut iter = self.db.iterator_cf(
+            self.cf(CF_DIRENTS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        match iter.next() {
+            None => Ok(true),
+            Some(item) => {
+                let (k, _) = item.map_err(db_err("list dir"))?;
+                Ok(!k.starts_with(&prefix))
+            }
+        }
+    }
+
+    /// Reads everything the fs core keeps in memory.
+    pub fn load(&self) -> Result<Loaded, MetaError> {
+        let mut inodes = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_INODES), IteratorMode::Start) {
+            let (k, v) = item.map_err(db_err("load inodes"))?;
+            let ino = be_u64(&k).ok_or(MetaError::BadRecord {
+                cf: CF_INODES,
+                why: "key is not 8 bytes",
+            })?;
+            inodes.push(Attr::decode(ino, &v)?);
+        }
+        let mut dirty: Vec<(u64, PageSet)> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_DIRTY), IteratorMode::Start) {
+            let (k, _) = item.map_err(db_err("load dirty pages"))?;
+            if k.len() != 16 {
+                return Err(MetaError::BadRecord {
+                    cf: CF_DIRTY,
+                    why: "key is not 16 bytes",
+                });
+            }
+            let ino = be_u64(&k[..8]).expect("length checked");
+            let page = be_u64(&k[8..]).expect("length checked");
+            match dirty.last_mut() {
+                Some((last, set)) if *last == ino => {
+                    set.insert(page..page + 1);
+                }
+                _ => {
+                    let mut set = PageSet::new();
+                    set.insert(page..page + 1);
+                    dirty.push((ino, set));
+                }
+            }
+        }
+        Ok(Loaded {
+            inodes,
+            dirty,
+            next_ino: self.get_meta_u64(KEY_NEXT_INO)?,
+            epoch: self.get_meta_u64(KEY_EPOCH)?,
+        })
+    }
+
+    fn get_meta_u64(&self, key: &[u8]) -> Result<Option<u64>, MetaError> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_META), key)
+            .map_err(db_err("get meta"))?
+        {
+            None => Ok(None),
+            Some(v) => {
+                let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| MetaError::BadRecord {
+                    cf: CF_META,
+                    why: "value is not 8 bytes",
+                })?;
+                Ok(Some(u64::from_le_bytes(bytes)))
+            }
+        }
+    }
+
+    pub fn batch(&self) -> MetaBatch<'_> {
+        MetaBatch {
+            store: self,
+            batch: WriteBatch::default(),
+        }
+    }
+}
+
+/// A set of changes that commit together or not at all.
+pub struct MetaBatch<'a> {
+    store: &'a MetaStore,
+    batch: WriteBatch,
+}
+
+impl MetaBatch<'_> {
+    pub fn put_inode(&mut self, attr: &Attr) {
+        let cf = self.store.cf(CF_INODES);
+        self.batch.put_cf(cf, attr.ino.to_be_bytes(), attr.encode());
+    }
+
+    /// Deletes an inode with its dirty markers (its directory entries are the caller's).
+    pub fn delete_inode(&mut self, ino: u64) {
+        self.batch
+            .delete_cf(self.store.cf(CF_INODES), ino.to_be_bytes());
+        self.delete_dirty_from(ino, 0);
+    }
+
+    pub fn put_dirent(&mut self, parent: u64, name: &OsStr, ino: u64, kind: FileKind) {
+        let mut value = ino.to_le_bytes().to_vec();
+        value.push(kind.code());
+        self.batch
+            .put_cf(self.store.cf(CF_DIRENTS), dirent_key(parent, name), value);
+    }
+
+    pub fn delete_dirent(&mut self, parent: u64, name: &OsStr) {
+        self.batch
+            .delete_cf(self.store.cf(CF_DIRENTS), dirent_key(parent, name));
+    }
+
+    /// Marks pages dirty as of `epoch`, the checkpoint epoch that must upload them.
+    pub fn put_dirty(&mut self, ino: u64, pages: Range<u64>, epoch: u64) {
+        let cf = self.store.cf(CF_DIRTY);
+        for page in pages {
+            self.batch
+                .put_cf(cf, dirty_key(ino, page), epoch.to_le_bytes());
+        }
+    }
+
+    /// Forgets the dirty markers of every page at or after `page`.
+    pub fn delete_dirty_from(&mut self, ino: u64, page: u64) {
+        let end = match ino.checked_add(1) {
+            Some(next) => dirty_key(next, 0),
+            None => [0xff; 16],
+        };
+        self.batch
+            .delete_range_cf(self.store.cf(CF_DIRTY), dirty_key(ino, page), end);
+    }
+
+    pub fn put_next_ino(&mut self, next: u64) {
+        self.batch
+            .put_cf(self.store.cf(CF_META), KEY_NEXT_INO, next.to_le_bytes());
+    }
+
+    pub fn put_epoch(&mut self, epoch: u64) {
+        self.batch
+            .put_cf(self.store.cf(CF_META), KEY_EPOCH, epoch.to_le_bytes());
+    }
+}
+
+fn dirent_key(parent: u64, name: &OsStr) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + name.len());
+    key.extend_from_slice(&parent.to_be_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn dirty_key(ino: u64, page: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&ino.to_be_bytes());
+    key[8..].copy_from_slice(&page.to_be_bytes());
+    key
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn decode_dirent(name: OsString, value: &[u8]) -> Result<Dirent, MetaError> {
+    let bad = |why| MetaError::BadRecord {
+        cf: CF_DIRENTS,
+        why,
+    };
+    if value.len() != 9 {
+        return Err(bad("value is not 9 bytes"));
+    }
+    let ino = u64::from_le_bytes(value[..8].try_into().expect("length checked"));
+    let kind = FileKind::from_code(value[8]).ok_or_else(|| bad("unknown file kind"))?;
+    Ok(Dirent { name, ino, kind })
+}

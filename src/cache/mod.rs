@@ -1,0 +1,321 @@
+//! The local cache directory: its format marker, its lock, the RocksDB metadata and one
+//! sparse cache file per inode.
+//!
+//! ```text
+//! <cache-dir>/bucketfs-cache.json   format marker (magic, version, page size), then a crc line
+//! <cache-dir>/lock                  flock'ed by the running mount; holds its pid
+//! <cache-dir>/meta/                 RocksDB (see meta.rs)
+//! <cache-dir>/data/<xx>/<ino>       file contents, xx = low byte of the inode number
+//! ```
+
+mod meta;
+
+pub use meta::{Dirent, Loaded, MetaBatch, MetaError, MetaStore};
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever the on-disk layout changes incompatibly.
+pub const CACHE_FORMAT_VERSION: u32 = 1;
+const MAGIC: &str = "bucketfs-cache";
+const FORMAT_FILE: &str = "bucketfs-cache.json";
+const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache dir {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "cache dir {path} is not empty and is not a bucketfs cache dir (no {FORMAT_FILE}); \
+         refusing to touch it"
+    )]
+    Foreign { path: PathBuf },
+    #[error(
+        "cache dir {path} has format version {found}; this bucketfs reads version \
+         {CACHE_FORMAT_VERSION}. Use a matching bucketfs or a new cache dir"
+    )]
+    Version { path: PathBuf, found: u32 },
+    #[error("cache dir {path} has page size {found}; this bucketfs uses {expected}")]
+    PageSize {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("cache dir {path} is in use by another bucketfs (pid {pid})")]
+    InUse { path: PathBuf, pid: String },
+    #[error("corrupt {path}: {why}")]
+    Corrupt { path: PathBuf, why: String },
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+fn io_err<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
+    move |source| CacheError::Io {
+        context,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FormatMarker {
+    magic: String,
+    version: u32,
+    page_size: u64,
+    created_unix: u64,
+}
+
+/// An open, locked cache directory. Dropping it releases the lock.
+pub struct CacheDir {
+    root: PathBuf,
+    _lock: File,
+}
+
+impl CacheDir {
+    /// Opens (creating if needed) and locks a cache dir. Checks come before any write, so a
+    /// directory that is not ours, or one of another version, is left exactly as it was.
+    pub fn open(path: &Path, page_size: u64) -> Result<CacheDir, CacheError> {
+        match fs::metadata(path) {
+            Ok(m) if !m.is_dir() => {
+                return Err(CacheError::NotADirectory {
+                    path: path.to_owned(),
+                })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(path).map_err(io_err("create cache dir", path))?;
+            }
+            Err(e) => return Err(io_err("stat cache dir", path)(e)),
+        }
+        let root = path
+            .canonicalize()
+            .map_err(io_err("resolve cache dir", path))?;
+        let marker_path = root.join(FORMAT_FILE);
+        let existing = read_marker(&marker_path)?;
+        match &existing {
+            Some(m) if m.version != CACHE_FORMAT_VERSION => {
+                return Err(CacheError::Version {
+                    path: root,
+                    found: m.version,
+                })
+            }
+            Some(m) if m.page_size != page_size => {
+                return Err(CacheError::PageSize {
+                    path: root,
+                    found: m.page_size,
+                    expected: page_size,
+                })
+            }
+            Some(_) => {}
+            None => {
+                let foreign = fs::read_dir(&root)
+                    .map_err(io_err("list cache dir", &root))?
+                    .filter_map(|e| e.ok())
+                    .any(|e| e.file_name() != LOCK_FILE);
+                if foreign {
+                    return Err(CacheError::Foreign { path: root });
+                }
+            }
+        }
+        let lock = take_lock(&root)?;
+        if existing.is_none() {
+            write_marker(&root, page_size)?;
+        }
+        let data = root.join("data");
+        for shard in 0..=0xffu32 {
+            let dir = data.join(format!("{shard:02x}"));
+            fs::create_dir_all(&dir).map_err(io_err("create data dir", &dir))?;
+        }
+        Ok(CacheDir { root, _lock: lock })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn meta_path(&self) -> PathBuf {
+        self.root.join("meta")
+    }
+
+    /// Where the contents of inode `ino` are cached.
+    pub fn data_path(&self, ino: u64) -> PathBuf {
+        self.root
+            .join("data")
+            .join(format!("{:02x}", ino & 0xff))
+            .join(format!("{ino:016x}"))
+    }
+
+    /// Inode numbers of every cache file present, for sweeping files whose inode is gone.
+    pub fn cached_inodes(&self) -> Result<Vec<u64>, CacheError> {
+        let mut out = Vec::new();
+        let data = self.root.join("data");
+        for shard in fs::read_dir(&data).map_err(io_err("list data dir", &data))? {
+            let shard = shard.map_err(io_err("list data dir", &data))?.path();
+            for entry in fs::read_dir(&shard).map_err(io_err("list data dir", &shard))? {
+                let entry = entry.map_err(io_err("list data dir", &shard))?;
+                if let Some(ino) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| u64::from_str_radix(n, 16).ok())
+                {
+                    out.push(ino);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes every cache file of this filesystem to disk at once (syncfs).
+    pub fn sync_all_data(&self) -> Result<(), CacheError> {
+        let dir = File::open(&self.root).map_err(io_err("open cache dir", &self.root))?;
+        // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io_err("sync cache dir", &self.root)(
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_marker(path: &Path) -> Result<Option<FormatMarker>, CacheError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("read", path)(e)),
+    };
+    let corrupt = |why: String| CacheError::Corrupt {
+        path: path.to_owned(),
+        why,
+    };
+    let (body, crc_line) = text
+        .trim_end()
+        .rsplit_once('\n')
+        .ok_or_else(|| corrupt("missing crc line".into()))?;
+    let crc = crc_line
+        .strip_prefix("crc32c=")
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or_else(|| corrupt("malformed crc line".into()))?;
+    if crc32c::crc32c(body.as_bytes()) != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let marker: FormatMarker =
+        serde_json::from_str(body).map_err(|e| corrupt(format!("bad json: {e}")))?;
+    if marker.magic != MAGIC {
+        return Err(corrupt(format!("magic is {:?}", marker.magic)));
+    }
+    Ok(Some(marker))
+}
+
+fn write_marker(root: &Path, page_size: u64) -> Result<(), CacheError> {
+    let marker = FormatMarker {
+        magic: MAGIC.into(),
+        version: CACHE_FORMAT_VERSION,
+        page_size,
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let body = serde_json::to_string_pretty(&marker).expect("a plain struct serializes");
+    let text = format!("{body}\ncrc32c={:08x}\n", crc32c::crc32c(body.as_bytes()));
+    let tmp = root.join(format!("{FORMAT_FILE}.tmp"));
+    let path = root.join(FORMAT_FILE);
+    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(text.as_bytes())
+        .map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("sync", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    File::open(root)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", root))
+}
+
+fn take_lock(root: &Path) -> Result<File, CacheError> {
+    let path = root.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    // SAFETY: flock only reads the descriptor, which `file` owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(CacheError::InUse {
+                path: root.to_owned(),
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.into()
+                },
+            });
+        }
+        return Err(io_err("lock", &path)(err));
+    }
+    file.set_len(0).map_err(io_err("write", &path))?;
+    write!(file, "{}", std::process::id()).map_err(io_err("write", &path))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_open_is_refused_while_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = CacheDir::open(dir.path(), 8192).unwrap();
+        let err = CacheDir::open(dir.path(), 8192)
+            .err()
+            .expect("second open must fail");
+        assert!(matches!(err, CacheError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains(&std::process::id().to_string()));
+        drop(first);
+        CacheDir::open(dir.path(), 8192).expect("lock is released on drop");
+    }
+
+    #[test]
+    fn foreign_and_future_dirs_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("precious"), b"x").unwrap();
+        let err = CacheDir::open(dir.path(), 8192).err().unwrap();
+        assert!(matches!(err, CacheError::Foreign { .. }), "{err}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let dir = tempfile::tempdir().unwrap();
+        drop(CacheDir::open(dir.path(), 8192).unwrap());
+        let marker = dir.path().join(FORMAT_FILE);
+        let text = fs::read_to_string(&marker).unwrap();
+        let body = text
+            .rsplit_once("\ncrc32c=")
+            .unwrap()
+            .0
+            .replace("\"version\": 1", "\"version\": 99");
+        let forged = format!("{body}\ncrc32c={:08x}\n", crc32c::crc32c(body.as_bytes()));
+        fs::write(&marker, &forged).unwrap();
+        let err = CacheDir::open(dir.path(), 8192).err().unwrap();
+        assert!(
+            matches!(err, CacheError::Version { found: 99, .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(&marker).unwrap(), forged);
+    }
+}

@@ -1,0 +1,70 @@
+//! Command line (and environment) → plain settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bucketfs",
+    version,
+    about = "A FUSE filesystem for a PostgreSQL data directory, with its state in a local cache dir",
+    long_about = "bucketfs mounts a filesystem that PostgreSQL (and OrioleDB) can use as its data \
+directory. File contents live in sparse cache files and metadata in RocksDB under --cache-dir; \
+fsync and fdatasync are truthful: once they return, a crash of bucketfs or of the machine loses \
+nothing they covered."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr. The level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BUCKETFS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount a filesystem in the foreground until SIGINT or SIGTERM, then unmount cleanly.
+    Mount(MountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Where to mount: an existing, empty directory.
+    pub mountpoint: PathBuf,
+
+    /// Local directory that holds the filesystem's state (created if missing). It is locked
+    /// while mounted; mounting it again after a stop or a crash brings back every file.
+    #[arg(long, env = "BUCKETFS_CACHE_DIR")]
+    pub cache_dir: PathBuf,
+
+    /// Let users other than the one running bucketfs use the mount (needed when bucketfs runs
+    /// as root and PostgreSQL as the postgres user). Permission checks follow file modes.
+    #[arg(long, env = "BUCKETFS_ALLOW_OTHER")]
+    pub allow_other: bool,
+
+    /// Owner of the filesystem's root directory: a user name or number (e.g. postgres).
+    #[arg(long, value_name = "USER")]
+    pub uid: Option<String>,
+
+    /// Group of the filesystem's root directory: a group name or number.
+    #[arg(long, value_name = "GROUP")]
+    pub gid: Option<String>,
+
+    /// Kernel request threads. Each fsync holds one for the length of a disk flush, so this
+    /// bounds how many fsyncs run at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub fuse_threads: u16,
+
+    /// Send every write to bucketfs as it happens instead of letting the kernel buffer writes
+    /// until fsync or writeback. Slower; for comparison and debugging.
+    #[arg(long)]
+    pub no_writeback_cache: bool,
+}

@@ -1,0 +1,425 @@
+//! File data: open/release, read/write, truncate, fallocate, lseek, fsync.
+//!
+//! Bytes go to the inode's cache file with pread/pwrite; what changes is recorded as dirty
+//! pages (8 KiB) in the same metadata batch as the new size. fsync is the only place that
+//! waits for the disk, and concurrent fsyncs of one file share one fdatasync.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{Attr, FileKind, Fs, FsError, InodeState, Result, SetAttr, MAX_FILE_SIZE, PAGE_SIZE};
+
+/// The pages that bytes `[start, end)` touch.
+fn pages(start: u64, end: u64) -> std::ops::Range<u64> {
+    if end <= start {
+        return 0..0;
+    }
+    start / PAGE_SIZE..end.div_ceil(PAGE_SIZE)
+}
+
+impl Fs {
+    /// Opens a regular file and returns a handle. Only metadata is touched: the cache file
+    /// itself is opened on first I/O.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        let inode = self.inode(ino)?;
+        let truncate = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let _io = truncate.then(|| inode.io.write());
+        let mut st = inode.state.lock();
+        match st.attr.kind {
+            FileKind::File => {}
+            FileKind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid("open of a special file")),
+        }
+        if truncate && st.attr.size != 0 {
+            let saved = st.attr.clone();
+            let mut batch = self.meta.batch();
+            self.truncate_locked(&mut st, 0, &mut batch)?;
+            let now = SystemTime::now();
+            st.attr.mtime = now;
+            st.attr.ctime = now;
+            batch.put_inode(&st.attr);
+            self.commit_one(&mut st, batch, saved)?;
+        }
+        st.open_count += 1;
+        Ok(self.next_fh.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Closes a handle. The last close of an unlinked file deletes it.
+    pub fn release(&self, ino: u64) -> Result<()> {
+        let inode = self.inode(ino)?;
+        {
+            let mut st = inode.state.lock();
+            st.open_count = st.open_count.saturating_sub(1);
+            if st.open_count > 0 {
+                return Ok(());
+            }
+            st.file = None;
+            if st.attr.nlink > 0 {
+                if st.times_unpersisted {
+                    self.persist_attr(&mut st)?;
+                }
+                return Ok(());
+            }
+        }
+        // Unlinked and closed: delete it, under the namespace lock like any deletion.
+        let _ns = self.namespace.lock();
+        let mut st = inode.state.lock();
+        if st.open_count == 0 && st.attr.nlink == 0 && self.inodes.read().contains_key(&ino) {
+            let mut batch = self.meta.batch();
+            batch.delete_inode(ino);
+            self.meta.commit(batch)?;
+            self.forget_inode(ino, &mut st);
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        let _io = inode.io.read();
+        let (file, file_size) = {
+            let mut st = inode.state.lock();
+            if st.attr.kind == FileKind::Dir {
+                return Err(FsError::IsDir);
+            }
+            (self.cache_file(&mut st, false)?, st.attr.size)
+        };
+        if offset >= file_size {
+            return Ok(Vec::new());
+        }
+        let len = (file_size - offset).min(u64::from(size)) as usize;
+        let mut buf = vec![0u8; len];
+        if let Some(file) = file {
+            let mut done = 0;
+            while done < len {
+                match file.read_at(&mut buf[done..], offset + done as u64) {
+                    // Past the cache file's end the file is a hole: the zeros already in `buf`.
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(FsError::io("read cache file")(e)),
+                }
+            }
+        }
+        Ok(buf)
+    }
+
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&end| end <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooLarge(offset))?;
+        let inode = self.inode(ino)?;
+        let _io = inode.io.read();
+        let file = {
+            let mut st = inode.state.lock();
+            if st.attr.kind != FileKind::File {
+                return Err(FsError::IsDir);
+            }
+            self.cache_file(&mut st, true)?
+                .expect("cache_file with create returns a file")
+        };
+        file.write_all_at(data, offset)
+            .map_err(FsError::io("write cache file"))?;
+        let mut st = inode.state.lock();
+        st.write_gen += 1;
+        let now = SystemTime::now();
+        st.attr.mtime = now;
+        st.attr.ctime = now;
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let added = st.dirty.insert(pages(offset, end));
+        let grew = end > st.attr.size;
+        if added.is_empty() && !grew {
+            // The common case for hot pages: nothing new to record.
+            st.times_unpersisted = true;
+            return Ok(data.len() as u32);
+        }
+        let saved = st.attr.clone();
+        if grew {
+            st.attr.size = end;
+        }
+        let mut batch = self.meta.batch();
+        for range in added {
+            batch.put_dirty(ino, range, epoch);
+        }
+        batch.put_inode(&st.attr);
+        self.commit_one(&mut st, batch, saved)?;
+        Ok(data.len() as u32)
+    }
+
+    pub fn setattr(&self, ino: u64, changes: &SetAttr) -> Result<Attr> {
+        let inode = self.inode(ino)?;
+        let _io = changes.size.map(|_| inode.io.write());
+        let mut st = inode.state.lock();
+        let saved = st.attr.clone();
+        let now = SystemTime::now();
+        let mut batch = self.meta.batch();
+        if let Some(size) = changes.size {
+            match st.attr.kind {
+                FileKind::File => {}
+                FileKind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("truncate of a special file")),
+            }
+            if size > MAX_FILE_SIZE {
+                return Err(FsError::TooLarge(size));
+            }
+            self.truncate_locked(&mut st, size, &mut batch)?;
+            st.attr.mtime = now;
+        }
+        if let Some(mode) = changes.mode {
+            st.attr.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = changes.uid {
+            st.attr.uid = uid;
+        }
+        if let Some(gid) = changes.gid {
+            st.attr.gid = gid;
+        }
+        if let Some(t) = changes.atime {
+            st.attr.atime = t.resolve(now);
+        }
+        if let Some(t) = changes.mtime {
+            st.attr.mtime = t.resolve(now);
+        }
+        st.attr.ctime = changes.ctime.unwrap_or(now);
+        batch.put_inode(&st.attr);
+        self.commit_one(&mut st, batch, saved)?;
+        Ok(st.attr.clone())
+    }
+
+    /// Sets the size of a file whose io lock the caller holds exclusively. Pages past the new
+    /// end stop being dirty; a partial last page is dirty (its tail is now zeros).
+    fn truncate_locked(
+        &self,
+        st: &mut InodeState,
+        size: u64,
+        batch: &mut crate::cache::MetaBatch<'_>,
+    ) -> Result<()> {
+        let ino = st.attr.ino;
+        if let Some(file) = self.cache_file(st, size > 0)? {
+            file.set_len(size)
+                .map_err(FsError::io("truncate cache file"))?;
+        }
+        st.write_gen += 1;
+        let old = st.attr.size;
+        let keep = size.div_ceil(PAGE_SIZE);
+        if size < old {
+            st.dirty.truncate(keep);
+            batch.delete_dirty_from(ino, keep);
+        }
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let edge = if size < old { size } else { old };
+        if edge % PAGE_SIZE != 0 {
+            let page = edge / PAGE_SIZE;
+            for range in st.dirty.insert(page..page + 1) {
+                batch.put_dirty(ino, range, epoch);
+            }
+        }
+        st.attr.size = size;
+        Ok(())
+    }
+
+    /// fallocate(2): mode 0 and KEEP_SIZE allocate (zeros), PUNCH_HOLE|KEEP_SIZE deallocates.
+    pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        if length == 0 {
+            return Err(FsError::Invalid("fallocate of zero length"));
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooLarge(offset))?;
+        if mode != 0 && mode != libc::FALLOC_FL_KEEP_SIZE && mode != PUNCH {
+            return Err(FsError::NotSupported("fallocate mode"));
+        }
+        let inode = self.inode(ino)?;
+        let _io = inode.io.write();
+        let mut st = inode.state.lock();
+        if st.attr.kind != FileKind::File {
+            return Err(FsError::NotSupported("fallocate of a non-file"));
+        }
+        let saved = st.attr.clone();
+        let mut batch = self.meta.batch();
+        if mode == PUNCH {
+            let size = st.attr.size;
+            let Some(file) = self.cache_file(&mut st, false)? else {
+                return Ok(()); // never written: all hole already
+            };
+            fallocate_raw(&file, mode, offset, length)?;
+            let epoch = self.epoch.load(Ordering::Relaxed);
+            for range in st.dirty.insert(pages(offset, end.min(size))) {
+                batch.put_dirty(ino, range, epoch);
+            }
+        } else {
+            let file = self.cache_file(&mut st, true)?.expect("created");
+            fallocate_raw(&file, mode, offset, length)?;
+            if mode == 0 && end > st.attr.size {
+                st.attr.size = end;
+            }
+        }
+        st.write_gen += 1;
+        let now = SystemTime::now();
+        st.attr.mtime = now;
+        st.attr.ctime = now;
+        batch.put_inode(&st.attr);
+        self.commit_one(&mut st, batch, saved)
+    }
+
+    /// lseek with SEEK_DATA or SEEK_HOLE (the kernel answers the other whences itself).
+    pub fn lseek(&self, ino: u64, offset: u64, whence: i32) -> Result<u64> {
+        let inode = self.inode(ino)?;
+        let _io = inode.io.read();
+        let (file, size) = {
+            let mut st = inode.state.lock();
+            (self.cache_file(&mut st, false)?, st.attr.size)
+        };
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Err(FsError::Invalid("lseek whence"));
+        }
+        if offset >= size {
+            return Err(FsError::NoData(offset));
+        }
+        let found = match file {
+            None => None,
+            Some(f) => {
+                // SAFETY: lseek only reads the descriptor, which `f` keeps open.
+                let r = unsafe { libc::lseek(f.as_raw_fd(), offset as i64, whence) };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::ENXIO) {
+                        return Err(FsError::io("seek cache file")(e));
+                    }
+                    None
+                } else {
+                    Some(r as u64)
+                }
+            }
+        };
+        match whence {
+            // No data in the cache file past `offset` (or the data found lies beyond the
+            // logical end): none in the file.
+            libc::SEEK_DATA => found.filter(|&p| p < size).ok_or(FsError::NoData(offset)),
+            // The cache file's end (or a file never written) counts as the hole at `size`, or
+            // at `offset` when the cache file is shorter than the file.
+            _ => Ok(found.unwrap_or(offset).min(size)),
+        }
+    }
+
+    /// Makes the file durable: its bytes (one fdatasync shared by concurrent callers) and its
+    /// metadata (the RocksDB WAL, group-committed). `datasync` skips times held in memory.
+    pub fn fsync(&self, ino: u64, datasync: bool) -> Result<()> {
+        let inode = self.inode(ino)?;
+        let needed = {
+            let st = inode.state.lock();
+            (st.synced_gen < st.write_gen).then_some(st.write_gen)
+        };
+        if let Some(target) = needed {
+            let _leader = inode.sync_lock.lock();
+            let (file, covers, dir_sync) = {
+                let mut st = inode.state.lock();
+                if st.synced_gen >= target {
+                    (None, target, false)
+                } else {
+                    let file = self.cache_file(&mut st, false)?;
+                    (file, st.write_gen, std::mem::take(&mut st.new_cache_file))
+                }
+            };
+            if let Some(file) = file {
+                file.sync_data()
+                    .map_err(FsError::io("fdatasync cache file"))?;
+                if dir_sync {
+                    self.sync_cache_file_dir(ino)?;
+                }
+            }
+            let mut st = inode.state.lock();
+            st.synced_gen = st.synced_gen.max(covers);
+        }
+        let seq = {
+            let mut st = inode.state.lock();
+            if !datasync && st.times_unpersisted {
+                self.persist_attr(&mut st)?;
+            }
+            st.meta_seq
+        };
+        self.meta.sync_to(seq)?;
+        Ok(())
+    }
+
+    /// The inode's cache file, opened on first use (created with `create`).
+    fn cache_file(&self, st: &mut InodeState, create: bool) -> Result<Option<Arc<File>>> {
+        if let Some(f) = &st.file {
+            return Ok(Some(f.clone()));
+        }
+        let path = self.cache.data_path(st.attr.ino);
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(&path);
+        let file = match opened {
+            Ok(f) => Arc::new(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
+            Err(e) => return Err(FsError::io("open cache file")(e)),
+        };
+        if create && file.metadata().map(|m| m.len() == 0).unwrap_or(false) {
+            // Possibly a new directory entry in data/xx: the first fsync syncs that too.
+            st.new_cache_file = true;
+        }
+        st.file = Some(file.clone());
+        Ok(Some(file))
+    }
+
+    fn sync_cache_file_dir(&self, ino: u64) -> Result<()> {
+        let path = self.cache.data_path(ino);
+        let dir = path
+            .parent()
+            .expect("cache files live in a shard directory");
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(FsError::io("sync cache shard dir"))
+    }
+
+    fn persist_attr(&self, st: &mut InodeState) -> Result<()> {
+        let mut batch = self.meta.batch();
+        batch.put_inode(&st.attr);
+        st.meta_seq = self.meta.commit(batch)?;
+        st.times_unpersisted = false;
+        Ok(())
+    }
+
+    /// Commits a batch for one locked inode, restoring `saved` if it fails.
+    fn commit_one(
+        &self,
+        st: &mut InodeState,
+        batch: crate::cache::MetaBatch<'_>,
+        saved: Attr,
+    ) -> Result<()> {
+        match self.meta.commit(batch) {
+            Ok(seq) => {
+                st.meta_seq = seq;
+                st.times_unpersisted = false;
+                Ok(())
+            }
+            Err(e) => {
+                st.attr = saved;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) -> Result<()> {
+    // SAFETY: fallocate only reads the descriptor, which `file` keeps open.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, length as i64) };
+    if r != 0 {
+        return Err(FsError::io("fallocate cache file")(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,478 @@
+//! The filesystem core: namespace, inodes, handles, attributes and POSIX rules.
+//!
+//! Knows nothing of FUSE: every operation takes plain arguments and returns
+//! `Result<_, FsError>`, so the semantics are testable without a mount (see
+//! `tests/reference_model.rs`). `crate::fuse` is a thin adapter on top.
+//!
+//! State lives in three places: inode attributes and dirty-page sets in memory (loaded at
+//! open, written through to RocksDB on every change), directory entries in RocksDB only, and
+//! file bytes in one sparse cache file per inode.
+//!
+//! Locking, outermost first: `namespace` (one mutating namespace operation at a time), then
+//! the `inodes` map, then inode `io` locks, then inode `state` locks. Data operations take a
+//! single inode's locks and never wait for a second inode while holding one, so a namespace
+//! operation may lock several inodes in any order.
+
+pub mod attr;
+mod data;
+mod error;
+mod namespace;
+pub mod pageset;
+
+pub use attr::{Attr, FileKind};
+pub use error::{FsError, Result};
+pub use namespace::RenameMode;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::{Mutex, RwLock};
+use tracing::{info, warn};
+
+use crate::cache::{CacheDir, MetaBatch, MetaStore};
+use pageset::PageSet;
+
+/// The inode number of the root directory, as FUSE expects.
+pub const ROOT_INO: u64 = 1;
+/// Dirty tracking granularity: Postgres' page size.
+pub const PAGE_SIZE: u64 = 8192;
+/// Largest file size accepted (16 TiB), far past Postgres' 1 GiB segments.
+pub const MAX_FILE_SIZE: u64 = 1 << 44;
+const NAME_MAX: usize = 255;
+
+/// Settings the core needs when it opens a cache dir.
+#[derive(Clone, Debug, Default)]
+pub struct FsOptions {
+    /// Owner to give the root directory (None: leave as is; a new root gets the caller's).
+    pub root_uid: Option<u32>,
+    pub root_gid: Option<u32>,
+}
+
+/// Attribute changes requested by `setattr`.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    pub ctime: Option<SystemTime>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    Now,
+    At(SystemTime),
+}
+
+impl SetTime {
+    fn resolve(self, now: SystemTime) -> SystemTime {
+        match self {
+            SetTime::Now => now,
+            SetTime::At(t) => t,
+        }
+    }
+}
+
+/// Who is asking, for ownership of new inodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Filesystem statistics for statfs, taken from the disk under the cache dir.
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: FileKind,
+}
+
+struct InodeState {
+    attr: Attr,
+    /// Pages changed since they were last uploaded (all of them, until a bucket exists).
+    dirty: PageSet,
+    /// Open file handles; an unlinked inode lives until this drops to zero.
+    open_count: u32,
+    /// The cache file, opened on first I/O and closed with the last handle.
+    file: Option<Arc<File>>,
+    /// Bumped after every change to the cache file's bytes or length.
+    write_gen: u64,
+    /// The `write_gen` that the last completed fdatasync covered.
+    synced_gen: u64,
+    /// RocksDB sequence number of this inode's last persisted change.
+    meta_seq: u64,
+    /// atime/mtime/ctime changed in memory only (write paths do not persist times on every
+    /// call; fsync, release and unmount do).
+    times_unpersisted: bool,
+    /// The cache file was created since the last fsync: its directory entry needs a sync.
+    new_cache_file: bool,
+}
+
+struct Inode {
+    /// Serialises changes to the cache file's length (truncate, fallocate, punch) against
+    /// reads and writes, which take it shared.
+    io: RwLock<()>,
+    state: Mutex<InodeState>,
+    /// Held by the one thread running fdatasync for this inode (group commit).
+    sync_lock: Mutex<()>,
+}
+
+pub struct Fs {
+    cache: CacheDir,
+    meta: MetaStore,
+    inodes: RwLock<HashMap<u64, Arc<Inode>>>,
+    namespace: Mutex<()>,
+    next_ino: AtomicU64,
+    next_fh: AtomicU64,
+    dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    /// The epoch that new dirty pages belong to (the checkpointer advances it).
+    epoch: AtomicU64,
+}
+
+impl Fs {
+    /// Opens the filesystem stored in `cache`, recovering from an unclean stop: inodes that
+    /// were unlinked while open are deleted, cache files without an inode are removed, and
+    /// everything recovered is made durable before the first request.
+    pub fn new(cache: CacheDir, options: &FsOptions) -> Result<Fs> {
+        let meta = MetaStore::open(&cache.meta_path())?;
+        cache.sync_all_data()?;
+        let loaded = meta.load()?;
+        let mut dirty: HashMap<u64, PageSet> = loaded.dirty.into_iter().collect();
+        let mut map = HashMap::with_capacity(loaded.inodes.len());
+        let mut max_ino = ROOT_INO;
+        let mut orphans = Vec::new();
+        for attr in loaded.inodes {
+            max_ino = max_ino.max(attr.ino);
+            if attr.nlink == 0 {
+                orphans.push(attr.ino);
+                continue;
+            }
+            let pages = dirty.remove(&attr.ino).unwrap_or_default();
+            map.insert(attr.ino, Arc::new(Inode::new(attr, pages)));
+        }
+        let fs = Fs {
+            next_ino: AtomicU64::new(loaded.next_ino.unwrap_or(max_ino + 1).max(max_ino + 1)),
+            epoch: AtomicU64::new(loaded.epoch.unwrap_or(1)),
+            cache,
+            meta,
+            inodes: RwLock::new(map),
+            namespace: Mutex::new(()),
+            next_fh: AtomicU64::new(1),
+            dir_handles: Mutex::new(HashMap::new()),
+        };
+        let mut batch = fs.meta.batch();
+        for &ino in &orphans {
+            batch.delete_inode(ino);
+        }
+        if loaded.epoch.is_none() {
+            batch.put_epoch(fs.epoch.load(Ordering::Relaxed));
+        }
+        let root_exists = fs.inodes.read().contains_key(&ROOT_INO);
+        if !root_exists {
+            let now = SystemTime::now();
+            let caller = current_caller();
+            let mut root = fs.new_attr(ROOT_INO, FileKind::Dir, 0o755, caller, now);
+            root.parent = ROOT_INO;
+            root.nlink = 2;
+            batch.put_inode(&root);
+            fs.inodes
+                .write()
+                .insert(ROOT_INO, Arc::new(Inode::new(root, PageSet::new())));
+        }
+        fs.apply_root_owner(&mut batch, options);
+        let seq = fs.meta.commit(batch)?;
+        fs.meta.sync_to(seq)?;
+        for ino in orphans {
+            info!(
+                ino,
+                "removed inode that was unlinked while open before an unclean stop"
+            );
+            fs.remove_cache_file(ino);
+        }
+        fs.sweep_cache_files()?;
+        Ok(fs)
+    }
+
+    fn apply_root_owner(&self, batch: &mut MetaBatch<'_>, options: &FsOptions) {
+        if options.root_uid.is_none() && options.root_gid.is_none() {
+            return;
+        }
+        let root = self.inode(ROOT_INO).expect("root was created above");
+        let mut st = root.state.lock();
+        st.attr.uid = options.root_uid.unwrap_or(st.attr.uid);
+        st.attr.gid = options.root_gid.unwrap_or(st.attr.gid);
+        batch.put_inode(&st.attr);
+    }
+
+    /// Removes cache files left behind by inodes deleted just before a crash.
+    fn sweep_cache_files(&self) -> Result<()> {
+        let present = self.cache.cached_inodes()?;
+        let inodes = self.inodes.read();
+        for ino in present {
+            if !inodes.contains_key(&ino) {
+                warn!(ino, "removing cache file of a deleted inode");
+                self.remove_cache_file(ino);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything durable: cache file bytes, times held in memory, the metadata WAL.
+    /// Called at unmount; a crash instead of it loses only what was never fsync'd.
+    pub fn shutdown(&self) -> Result<()> {
+        let inodes: Vec<Arc<Inode>> = self.inodes.read().values().cloned().collect();
+        let mut batch = self.meta.batch();
+        for inode in inodes {
+            let mut st = inode.state.lock();
+            if st.times_unpersisted {
+                batch.put_inode(&st.attr);
+                st.times_unpersisted = false;
+            }
+        }
+        let seq = self.meta.commit(batch)?;
+        self.cache.sync_all_data()?;
+        self.meta.sync_to(seq)?;
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        self.cache.root()
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        Ok(self.inode(ino)?.state.lock().attr.clone())
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        check_name(name)?;
+        self.require_dir(parent)?;
+        let entry = self
+            .meta
+            .get_dirent(parent, name)?
+            .ok_or(FsError::NotFound)?;
+        self.getattr(entry.ino)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        let st = inode.state.lock();
+        if st.attr.kind != FileKind::Symlink {
+            return Err(FsError::Invalid("not a symlink"));
+        }
+        Ok(st.attr.target.clone())
+    }
+
+    /// Snapshots a directory's entries (with `.` and `..`) for a readdir stream: the listing a
+    /// reader pages through does not shift under it when entries are added or removed.
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let parent = {
+            let inode = self.inode(ino)?;
+            let st = inode.state.lock();
+            if st.attr.kind != FileKind::Dir {
+                return Err(FsError::NotDir);
+            }
+            st.attr.parent
+        };
+        let mut entries = vec![
+            DirEntry {
+                name: ".".into(),
+                ino,
+                kind: FileKind::Dir,
+            },
+            DirEntry {
+                name: "..".into(),
+                ino: parent,
+                kind: FileKind::Dir,
+            },
+        ];
+        entries.extend(self.meta.list_dir(ino)?.into_iter().map(|d| DirEntry {
+            name: d.name,
+            ino: d.ino,
+            kind: d.kind,
+        }));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dir_handles.lock().insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// The entries of an open directory handle from position `offset` on.
+    pub fn readdir(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
+        self.dir_handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::Invalid("unknown directory handle"))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dir_handles.lock().remove(&fh);
+    }
+
+    /// Makes the directory's entries durable. All namespace changes share one metadata WAL,
+    /// so this syncs it up to now.
+    pub fn fsyncdir(&self, ino: u64) -> Result<()> {
+        self.require_dir(ino)?;
+        self.meta.sync_to(self.meta.latest_seq())?;
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let path = std::ffi::CString::new(self.cache.root().as_os_str().as_encoded_bytes())
+            .map_err(|_| FsError::Invalid("cache dir path has a NUL byte"))?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid C string and `st` a properly sized out-parameter.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(FsError::io("statfs cache dir")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let frsize = st.f_frsize.max(1);
+        Ok(StatFs {
+            blocks: st.f_blocks * frsize / 4096,
+            bfree: st.f_bfree * frsize / 4096,
+            bavail: st.f_bavail * frsize / 4096,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: 4096,
+            namelen: NAME_MAX as u32,
+        })
+    }
+
+    /// access(2): checks `mask` (R_OK/W_OK/X_OK bits) against the mode for the caller. With
+    /// the `default_permissions` mount option the kernel does this itself; this answers
+    /// callers that do ask.
+    pub fn access(&self, ino: u64, caller: Caller, mask: i32) -> Result<()> {
+        let attr = self.getattr(ino)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        let perm = u32::from(attr.perm);
+        let granted = if caller.uid == 0 {
+            let any_x = perm & 0o111 != 0 || attr.kind == FileKind::Dir;
+            (libc::R_OK | libc::W_OK) | if any_x { libc::X_OK } else { 0 }
+        } else if caller.uid == attr.uid {
+            ((perm >> 6) & 7) as i32
+        } else if caller.gid == attr.gid {
+            ((perm >> 3) & 7) as i32
+        } else {
+            (perm & 7) as i32
+        };
+        if mask & !granted != 0 {
+            return Err(FsError::Access);
+        }
+        Ok(())
+    }
+
+    fn inode(&self, ino: u64) -> Result<Arc<Inode>> {
+        self.inodes
+            .read()
+            .get(&ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+
+    fn require_dir(&self, ino: u64) -> Result<Arc<Inode>> {
+        let inode = self.inode(ino)?;
+        if inode.state.lock().attr.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(inode)
+    }
+
+    fn new_attr(
+        &self,
+        ino: u64,
+        kind: FileKind,
+        perm: u16,
+        caller: Caller,
+        now: SystemTime,
+    ) -> Attr {
+        Attr {
+            ino,
+            kind,
+            perm,
+            uid: caller.uid,
+            gid: caller.gid,
+            size: 0,
+            nlink: 1,
+            rdev: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            parent: 0,
+            target: Vec::new(),
+        }
+    }
+
+    fn remove_cache_file(&self, ino: u64) {
+        let path = self.cache.data_path(ino);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Harmless: the next mount sweeps it. Worth a line, not an error.
+            Err(e) => warn!(ino, path = %path.display(), error = %e, "remove cache file"),
+        }
+    }
+}
+
+impl Inode {
+    fn new(attr: Attr, dirty: PageSet) -> Inode {
+        Inode {
+            io: RwLock::new(()),
+            state: Mutex::new(InodeState {
+                attr,
+                dirty,
+                open_count: 0,
+                file: None,
+                write_gen: 0,
+                synced_gen: 0,
+                meta_seq: 0,
+                times_unpersisted: false,
+                new_cache_file: false,
+            }),
+            sync_lock: Mutex::new(()),
+        }
+    }
+}
+
+fn check_name(name: &OsStr) -> Result<()> {
+    let len = name.len();
+    if len > NAME_MAX {
+        return Err(FsError::NameTooLong(len));
+    }
+    if len == 0 || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/') {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+fn current_caller() -> Caller {
+    // SAFETY: getuid/getgid cannot fail.
+    unsafe {
+        Caller {
+            uid: libc::getuid(),
+            gid: libc::getgid(),
+        }
+    }
+}

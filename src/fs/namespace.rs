@@ -1,0 +1,474 @@
+//! Namespace operations: create, mknod, mkdir, symlink, link, unlink, rmdir, rename.
+//!
+//! Each runs under the namespace lock, locks every inode it changes, persists all changes in
+//! one metadata batch, and only then lets go: a crash leaves either the whole change or none
+//! of it, and no concurrent write can slip an older attribute record in between.
+
+use std::ffi::OsStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::MutexGuard;
+
+use super::pageset::PageSet;
+use super::ROOT_INO;
+use super::{check_name, Attr, Caller, FileKind, Fs, FsError, Inode, InodeState, Result};
+
+/// How `rename` treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace the target if there is one (rename(2)).
+    Replace,
+    /// Fail with EEXIST if the target exists (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap source and target, which must both exist (RENAME_EXCHANGE).
+    Exchange,
+}
+
+/// Several locked inodes, with their attributes as they were, to roll back to if the batch
+/// fails to commit.
+struct Locked<'a> {
+    entries: Vec<(u64, MutexGuard<'a, InodeState>, Attr)>,
+}
+
+impl<'a> Locked<'a> {
+    fn new(inodes: &'a [(u64, Arc<Inode>)]) -> Locked<'a> {
+        let mut entries: Vec<(u64, MutexGuard<'a, InodeState>, Attr)> = Vec::new();
+        for (ino, inode) in inodes {
+            if entries.iter().any(|(i, _, _)| i == ino) {
+                continue;
+            }
+            let guard = inode.state.lock();
+            let saved = guard.attr.clone();
+            entries.push((*ino, guard, saved));
+        }
+        Locked { entries }
+    }
+
+    fn get(&mut self, ino: u64) -> &mut InodeState {
+        self.entries
+            .iter_mut()
+            .find(|(i, _, _)| *i == ino)
+            .map(|(_, g, _)| &mut **g)
+            .expect("only inodes that were locked are asked for")
+    }
+
+    fn committed(&mut self, seq: u64) {
+        for (_, g, _) in &mut self.entries {
+            g.meta_seq = seq;
+        }
+    }
+
+    fn rollback(&mut self) {
+        for (_, g, saved) in &mut self.entries {
+            g.attr = saved.clone();
+        }
+    }
+}
+
+impl Fs {
+    /// Creates a regular file; with `open`, also opens it and returns the handle.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+        open: bool,
+    ) -> Result<(Attr, Option<u64>)> {
+        let attr = self.make_node(parent, name, FileKind::File, mode, caller, open, |_| {})?;
+        let fh = open.then(|| self.next_fh.fetch_add(1, Ordering::Relaxed));
+        Ok((attr, fh))
+    }
+
+    /// Creates a file, FIFO, socket or device node (the type is in `mode`'s S_IFMT bits).
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> Result<Attr> {
+        let kind = FileKind::from_mode(mode).ok_or(FsError::Invalid("unknown file type"))?;
+        if matches!(kind, FileKind::Dir | FileKind::Symlink) {
+            return Err(FsError::Invalid("mknod of a directory or symlink"));
+        }
+        self.make_node(parent, name, kind, mode, caller, false, |a| a.rdev = rdev)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Result<Attr> {
+        self.make_node(parent, name, FileKind::Dir, mode, caller, false, |_| {})
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Attr> {
+        if target.is_empty() {
+            return Err(FsError::Invalid("empty symlink target"));
+        }
+        if target.len() > 4096 {
+            return Err(FsError::NameTooLong(target.len()));
+        }
+        self.make_node(parent, name, FileKind::Symlink, 0o777, caller, false, |a| {
+            a.target = target.to_vec();
+            a.size = target.len() as u64;
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make_node(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: FileKind,
+        mode: u32,
+        caller: Caller,
+        open: bool,
+        fill: impl FnOnce(&mut Attr),
+    ) -> Result<Attr> {
+        check_name(name)?;
+        let _ns = self.namespace.lock();
+        let parent_inode = self.require_dir(parent)?;
+        if self.meta.get_dirent(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now();
+        let held = [(parent, parent_inode)];
+        let mut locked = Locked::new(&held);
+        let p = locked.get(parent);
+        let mut perm = (mode & 0o7777) as u16;
+        let mut gid = caller.gid;
+        // BSD group semantics on a setgid directory, as ext4 does: the group is inherited, and
+        // so is the setgid bit by subdirectories.
+        if p.attr.perm & libc::S_ISGID as u16 != 0 {
+            gid = p.attr.gid;
+            if kind == FileKind::Dir {
+                perm |= libc::S_ISGID as u16;
+            }
+        }
+        let mut attr = self.new_attr(
+            ino,
+            kind,
+            perm,
+            Caller {
+                uid: caller.uid,
+                gid,
+            },
+            now,
+        );
+        fill(&mut attr);
+        if kind == FileKind::Dir {
+            attr.nlink = 2;
+            attr.parent = parent;
+            p.attr.nlink += 1;
+        }
+        p.attr.mtime = now;
+        p.attr.ctime = now;
+        let mut batch = self.meta.batch();
+        batch.put_inode(&attr);
+        batch.put_inode(&p.attr);
+        batch.put_dirent(parent, name, ino, kind);
+        batch.put_next_ino(ino + 1);
+        let inode = Inode::new(attr.clone(), PageSet::new());
+        inode.state.lock().open_count = u32::from(open);
+        self.inodes.write().insert(ino, Arc::new(inode));
+        match self.meta.commit(batch) {
+            Ok(seq) => {
+                locked.committed(seq);
+                if let Some(inode) = self.inodes.read().get(&ino) {
+                    inode.state.lock().meta_seq = seq;
+                }
+                Ok(attr)
+            }
+            Err(e) => {
+                self.inodes.write().remove(&ino);
+                locked.rollback();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Adds a name for an existing non-directory inode.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        check_name(newname)?;
+        let _ns = self.namespace.lock();
+        let target = self.inode(ino)?;
+        let np = self.require_dir(newparent)?;
+        if self.meta.get_dirent(newparent, newname)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let held = [(ino, target), (newparent, np)];
+        let mut locked = Locked::new(&held);
+        let now = SystemTime::now();
+        let t = locked.get(ino);
+        if t.attr.kind == FileKind::Dir {
+            return Err(FsError::NotPermitted("hard link to a directory"));
+        }
+        if t.attr.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        t.attr.nlink += 1;
+        t.attr.ctime = now;
+        let (kind, attr) = (t.attr.kind, t.attr.clone());
+        let mut batch = self.meta.batch();
+        batch.put_inode(&attr);
+        let p = locked.get(newparent);
+        p.attr.mtime = now;
+        p.attr.ctime = now;
+        batch.put_inode(&p.attr);
+        batch.put_dirent(newparent, newname, ino, kind);
+        self.commit_locked(&mut locked, batch)?;
+        Ok(attr)
+    }
+
+    /// Removes a name. The inode goes with its last name, or with its last open handle if it
+    /// is still open (see `release`).
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        check_name(name)?;
+        let _ns = self.namespace.lock();
+        let p = self.require_dir(parent)?;
+        let entry = self
+            .meta
+            .get_dirent(parent, name)?
+            .ok_or(FsError::NotFound)?;
+        if entry.kind == FileKind::Dir {
+            return Err(FsError::IsDir);
+        }
+        let target = self.inode(entry.ino)?;
+        let held = [(parent, p), (entry.ino, target)];
+        let mut locked = Locked::new(&held);
+        let now = SystemTime::now();
+        let mut batch = self.meta.batch();
+        batch.delete_dirent(parent, name);
+        let p = locked.get(parent);
+        p.attr.mtime = now;
+        p.attr.ctime = now;
+        batch.put_inode(&p.attr);
+        let gone = self.drop_link(locked.get(entry.ino), &mut batch, now);
+        self.commit_locked(&mut locked, batch)?;
+        if gone {
+            self.forget_inode(entry.ino, locked.get(entry.ino));
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        check_name(name)?;
+        let _ns = self.namespace.lock();
+        let p = self.require_dir(parent)?;
+        let entry = self
+            .meta
+            .get_dirent(parent, name)?
+            .ok_or(FsError::NotFound)?;
+        if entry.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if !self.meta.dir_is_empty(entry.ino)? {
+            return Err(FsError::NotEmpty);
+        }
+        let target = self.inode(entry.ino)?;
+        let held = [(parent, p), (entry.ino, target)];
+        let mut locked = Locked::new(&held);
+        let now = SystemTime::now();
+        let mut batch = self.meta.batch();
+        batch.delete_dirent(parent, name);
+        batch.delete_inode(entry.ino);
+        let p = locked.get(parent);
+        p.attr.nlink -= 1;
+        p.attr.mtime = now;
+        p.attr.ctime = now;
+        batch.put_inode(&p.attr);
+        locked.get(entry.ino).attr.nlink = 0;
+        self.commit_locked(&mut locked, batch)?;
+        self.forget_inode(entry.ino, locked.get(entry.ino));
+        Ok(())
+    }
+
+    /// rename(2) and renameat2(2). Atomic: the bucket image and a crash see the old name or
+    /// the new one, never neither, and never the new name with the replaced file's contents.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        mode: RenameMode,
+    ) -> Result<()> {
+        check_name(name)?;
+        check_name(newname)?;
+        let _ns = self.namespace.lock();
+        let p = self.require_dir(parent)?;
+        let np = self.require_dir(newparent)?;
+        let src = self
+            .meta
+            .get_dirent(parent, name)?
+            .ok_or(FsError::NotFound)?;
+        let dst = self.meta.get_dirent(newparent, newname)?;
+        if mode == RenameMode::NoReplace && dst.is_some() {
+            return Err(FsError::Exists);
+        }
+        if mode == RenameMode::Exchange && dst.is_none() {
+            return Err(FsError::NotFound);
+        }
+        if dst.as_ref().is_some_and(|d| d.ino == src.ino) {
+            // Both names already refer to the same inode: POSIX says do nothing.
+            return Ok(());
+        }
+        if src.kind == FileKind::Dir && parent != newparent && self.is_within(newparent, src.ino)? {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        if let Some(d) = &dst {
+            if mode == RenameMode::Exchange {
+                if d.kind == FileKind::Dir
+                    && parent != newparent
+                    && self.is_within(parent, d.ino)?
+                {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+            } else if src.kind == FileKind::Dir {
+                if d.kind != FileKind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                if !self.meta.dir_is_empty(d.ino)? {
+                    return Err(FsError::NotEmpty);
+                }
+            } else if d.kind == FileKind::Dir {
+                return Err(FsError::IsDir);
+            }
+        }
+        let mut held = vec![
+            (parent, p),
+            (newparent, np),
+            (src.ino, self.inode(src.ino)?),
+        ];
+        if let Some(d) = &dst {
+            held.push((d.ino, self.inode(d.ino)?));
+        }
+        let mut locked = Locked::new(&held);
+        let now = SystemTime::now();
+        let mut batch = self.meta.batch();
+        let mut gone = None;
+        match (&dst, mode) {
+            (Some(d), RenameMode::Exchange) => {
+                batch.put_dirent(parent, name, d.ino, d.kind);
+                batch.put_dirent(newparent, newname, src.ino, src.kind);
+                if parent != newparent {
+                    move_dir(&mut locked, src.ino, src.kind, parent, newparent);
+                    move_dir(&mut locked, d.ino, d.kind, newparent, parent);
+                }
+                locked.get(d.ino).attr.ctime = now;
+            }
+            _ => {
+                batch.delete_dirent(parent, name);
+                batch.put_dirent(newparent, newname, src.ino, src.kind);
+                if let Some(d) = &dst {
+                    if d.kind == FileKind::Dir {
+                        locked.get(newparent).attr.nlink -= 1;
+                        locked.get(d.ino).attr.nlink = 0;
+                        batch.delete_inode(d.ino);
+                        gone = Some(d.ino);
+                    } else if self.drop_link(locked.get(d.ino), &mut batch, now) {
+                        gone = Some(d.ino);
+                    }
+                }
+                if parent != newparent {
+                    move_dir(&mut locked, src.ino, src.kind, parent, newparent);
+                }
+            }
+        }
+        locked.get(src.ino).attr.ctime = now;
+        for dir in [parent, newparent] {
+            let d = locked.get(dir);
+            d.attr.mtime = now;
+            d.attr.ctime = now;
+        }
+        for ino in [parent, newparent, src.ino] {
+            batch.put_inode(&locked.get(ino).attr);
+        }
+        if let Some(d) = &dst {
+            if gone != Some(d.ino) {
+                batch.put_inode(&locked.get(d.ino).attr);
+            }
+        }
+        self.commit_locked(&mut locked, batch)?;
+        if let Some(ino) = gone {
+            self.forget_inode(ino, locked.get(ino));
+        }
+        Ok(())
+    }
+
+    /// Is `ino` the directory `ancestor` or inside it? Walks `..` up to the root.
+    fn is_within(&self, mut ino: u64, ancestor: u64) -> Result<bool> {
+        loop {
+            if ino == ancestor {
+                return Ok(true);
+            }
+            if ino == ROOT_INO {
+                return Ok(false);
+            }
+            ino = self.inode(ino)?.state.lock().attr.parent;
+        }
+    }
+
+    /// Drops one link of a non-directory; returns whether the inode is now gone (no names
+    /// and no open handles). With open handles it stays, nlink 0, until the last release.
+    fn drop_link(
+        &self,
+        st: &mut InodeState,
+        batch: &mut crate::cache::MetaBatch<'_>,
+        now: SystemTime,
+    ) -> bool {
+        st.attr.nlink = st.attr.nlink.saturating_sub(1);
+        st.attr.ctime = now;
+        if st.attr.nlink == 0 && st.open_count == 0 {
+            batch.delete_inode(st.attr.ino);
+            true
+        } else {
+            batch.put_inode(&st.attr);
+            false
+        }
+    }
+
+    fn commit_locked(
+        &self,
+        locked: &mut Locked<'_>,
+        batch: crate::cache::MetaBatch<'_>,
+    ) -> Result<()> {
+        match self.meta.commit(batch) {
+            Ok(seq) => {
+                locked.committed(seq);
+                Ok(())
+            }
+            Err(e) => {
+                locked.rollback();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Drops a deleted inode from memory and removes its cache file. Its records are already
+    /// deleted by a committed batch.
+    pub(super) fn forget_inode(&self, ino: u64, st: &mut InodeState) {
+        st.file = None;
+        st.dirty = PageSet::new();
+        self.inodes.write().remove(&ino);
+        self.remove_cache_file(ino);
+    }
+}
+
+/// Moves directory `ino` from `from` to `to`: its `..` and both parents' link counts.
+fn move_dir(locked: &mut Locked<'_>, ino: u64, kind: FileKind, from: u64, to: u64) {
+    if kind != FileKind::Dir {
+        return;
+    }
+    locked.get(ino).attr.parent = to;
+    locked.get(from).attr.nlink -= 1;
+    locked.get(to).attr.nlink += 1;
+}

@@ -1,0 +1,19 @@
+//! bucketfs: a FUSE filesystem for a PostgreSQL data directory.
+//!
+//! # Layout
+//!
+//! - [`config`]: the command line, as plain settings.
+//! - [`mount`]: `bucketfs mount`: mountpoint checks, the FUSE session, signals, clean stop.
+//! - [`fuse`]: the thin fuser adapter; no logic.
+//! - [`fs`]: the filesystem core (namespace, inodes, handles, POSIX rules, fsync), testable
+//!   without a mount.
+//! - [`cache`]: the cache dir: format marker, lock, RocksDB metadata, sparse cache files.
+//!
+//! A request travels `fuse` → `fs` → (`cache` metadata + cache file). See docs/ and
+//! ../shared/DESIGN.md for the whole picture.
+
+pub mod cache;
+pub mod config;
+pub mod fs;
+pub mod fuse;
+pub mod mount;

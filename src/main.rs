@@ -1,0 +1,76 @@
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use bucketfs::config::{Cli, Command, LogFormat, MountArgs};
+use bucketfs::mount::{self, MountSettings};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match &cli.command {
+        Command::Mount(args) => mount_settings(args).and_then(|s| mount::run(&s)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("bucketfs: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
+    Ok(MountSettings {
+        mountpoint: args.mountpoint.clone(),
+        cache_dir: args.cache_dir.clone(),
+        allow_other: args.allow_other,
+        root_uid: args.uid.as_deref().map(resolve_user).transpose()?,
+        root_gid: args.gid.as_deref().map(resolve_group).transpose()?,
+        fuse_threads: usize::from(args.fuse_threads),
+        writeback_cache: !args.no_writeback_cache,
+    })
+}
+
+/// A user name or number → uid.
+fn resolve_user(name: &str) -> anyhow::Result<u32> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    let c = std::ffi::CString::new(name).context("user name has a NUL byte")?;
+    // SAFETY: getpwnam returns a pointer into static storage or null; read before any other
+    // call that could overwrite it.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        bail!("--uid: no such user {name:?}");
+    }
+    Ok(unsafe { (*pw).pw_uid })
+}
+
+/// A group name or number → gid.
+fn resolve_group(name: &str) -> anyhow::Result<u32> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    let c = std::ffi::CString::new(name).context("group name has a NUL byte")?;
+    // SAFETY: as for getpwnam.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        bail!("--gid: no such group {name:?}");
+    }
+    Ok(unsafe { (*gr).gr_gid })
+}

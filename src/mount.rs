@@ -1,0 +1,273 @@
+//! `bucketfs mount`: check the mountpoint, open the cache dir, serve FUSE until a signal, then
+//! unmount and make everything durable.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use tracing::{info, warn};
+
+use crate::cache::CacheDir;
+use crate::fs::{Fs, FsOptions, PAGE_SIZE};
+use crate::fuse::{FuseFs, FuseSettings};
+
+/// Everything `mount` needs, resolved from the command line.
+#[derive(Clone, Debug)]
+pub struct MountSettings {
+    pub mountpoint: PathBuf,
+    pub cache_dir: PathBuf,
+    pub allow_other: bool,
+    pub root_uid: Option<u32>,
+    pub root_gid: Option<u32>,
+    pub fuse_threads: usize,
+    pub writeback_cache: bool,
+}
+
+/// The source the kernel shows for our mounts (`fsname`).
+const FS_NAME: &str = "bucketfs";
+
+/// What /proc/self/mountinfo says is mounted at a path.
+struct MountedFs {
+    fs_type: String,
+    source: String,
+}
+
+impl MountedFs {
+    fn is_bucketfs(&self) -> bool {
+        self.fs_type.starts_with("fuse") && self.source == FS_NAME
+    }
+}
+
+pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
+    // Signals are taken by one thread with sigwait. Block them before any thread starts
+    // (RocksDB starts its own), so that every thread inherits the mask and none dies of them.
+    let signals = block_stop_signals();
+    let mountpoint = check_mountpoint(&settings.mountpoint)?;
+    let cache = CacheDir::open(&settings.cache_dir, PAGE_SIZE)?;
+    raise_fd_limit();
+    let fs = Arc::new(
+        Fs::new(
+            cache,
+            &FsOptions {
+                root_uid: settings.root_uid,
+                root_gid: settings.root_gid,
+            },
+        )
+        .context("open filesystem")?,
+    );
+
+    let mut options = vec![
+        MountOption::FSName(FS_NAME.into()),
+        MountOption::Subtype("bucketfs".into()),
+        // The kernel checks permissions from the modes we report, as for a local disk.
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    let acl = if settings.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    if settings.allow_other {
+        options.push(MountOption::CUSTOM("allow_other".into()));
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = acl;
+    config.n_threads = Some(settings.fuse_threads);
+    config.clone_fd = true;
+    let adapter = FuseFs::new(
+        fs.clone(),
+        FuseSettings {
+            writeback_cache: settings.writeback_cache,
+        },
+    );
+    let mut session = Session::new(adapter, &mountpoint, &config)
+        .with_context(|| format!("mount {}", mountpoint.display()))?;
+    info!(mountpoint = %mountpoint.display(), cache_dir = %fs.root().display(), "mounted");
+
+    let watcher_mountpoint = mountpoint.clone();
+    let unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || wait_and_unmount(signals, &watcher_mountpoint, unmounter))
+        .context("start signal thread")?;
+
+    session.run().context("serve FUSE requests")?;
+    info!("unmounted; syncing cache dir");
+    fs.shutdown().context("sync cache dir at unmount")?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+/// Checks that `path` can be mounted on, clearing a dead bucketfs mount left by a crash.
+fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    match fs::metadata(path) {
+        Ok(m) if !m.is_dir() => bail!("mountpoint {} is not a directory", path.display()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            bail!(
+                "mountpoint {} does not exist; create an empty directory first",
+                path.display()
+            )
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            // A bucketfs that died (kill -9, OOM) leaves its mount behind, answering ENOTCONN.
+            let abs = absolute(path)?;
+            match mounted_at(&abs)? {
+                Some(m) if m.is_bucketfs() => {
+                    warn!(mountpoint = %abs.display(), "detaching the dead mount of a bucketfs that stopped without unmounting");
+                    detach(&abs).with_context(|| format!("detach dead mount {}", abs.display()))?;
+                }
+                _ => bail!(
+                    "mountpoint {} is a disconnected mount of another filesystem; unmount it first",
+                    path.display()
+                ),
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("stat mountpoint {}", path.display())),
+    }
+    let abs = path
+        .canonicalize()
+        .with_context(|| format!("resolve mountpoint {}", path.display()))?;
+    if let Some(m) = mounted_at(&abs)? {
+        bail!(
+            "mountpoint {} is already mounted ({} from {}); unmount it first",
+            abs.display(),
+            m.fs_type,
+            m.source
+        );
+    }
+    let mut entries =
+        fs::read_dir(&abs).with_context(|| format!("list mountpoint {}", abs.display()))?;
+    if entries.next().is_some() {
+        bail!(
+            "mountpoint {} is not empty; bucketfs would hide its contents. Use an empty directory",
+            abs.display()
+        );
+    }
+    Ok(abs)
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    Ok(std::env::current_dir().context("current dir")?.join(path))
+}
+
+/// The filesystem mounted exactly at `path`, if any (from /proc/self/mountinfo).
+fn mounted_at(path: &Path) -> anyhow::Result<Option<MountedFs>> {
+    let info = fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
+    let want = path.as_os_str().as_bytes();
+    let mut found = None;
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        if unescape_mountinfo(point) == want {
+            // The last match is the one on top.
+            let mut fields = right.split(' ');
+            found = Some(MountedFs {
+                fs_type: fields.next().unwrap_or_default().to_owned(),
+                source: fields.next().unwrap_or_default().to_owned(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn detach(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `c` is a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for SIGINT/SIGTERM and unmounts; the FUSE session then ends and `run` goes on to
+/// the final sync. A mount still in use is detached lazily: it stays usable for the processes
+/// that have files open and goes away when they close them.
+fn wait_and_unmount(set: libc::sigset_t, mountpoint: &Path, mut unmounter: SessionUnmounter) {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is an initialised signal set and `sig` a valid out-parameter.
+    while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+    info!(signal = sig, "stopping: unmounting");
+    match unmounter.unmount() {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            warn!(mountpoint = %mountpoint.display(), "mount is busy; detaching it lazily, bucketfs exits when the last file on it is closed");
+            if let Err(e) = detach(mountpoint) {
+                warn!(error = %e, "lazy unmount failed");
+            }
+        }
+        // Already unmounted by someone else: the session is ending on its own.
+        Err(e) => warn!(error = %e, "unmount failed"),
+    }
+}
+
+fn raise_fd_limit() {
+    // Each open file on the mount can hold a cache file open: allow as many as the hard limit.
+    // SAFETY: getrlimit/setrlimit with a valid out-parameter.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unescape_mountinfo;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), b"/mnt/a b");
+        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
+    }
+}
