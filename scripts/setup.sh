@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian (12+) machine to build, test and benchmark bucketfs, then builds it.
+# Run as root (or with sudo available). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  fuse3            # fusermount3, /etc/fuse.conf
+  clang libclang-dev pkg-config build-essential  # RocksDB's C++ build and bindgen
+  postgresql postgresql-contrib                  # the end-to-end tests run a real server
+  bindfs           # plain FUSE passthrough, the benchmark's point of comparison
+  util-linux       # runuser, fallocate
+)
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian starts a default cluster with the package; the tests run their own servers.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresql 2>/dev/null; then
+  $sudo systemctl stop postgresql || true
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found. Install Rust with rustup (https://rustup.rs), then run this again." >&2
+  exit 1
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
+echo "setup: building into $CARGO_TARGET_DIR (the first build compiles RocksDB: 10+ minutes on 2 cores)"
+cargo build --locked --tests --benches
+echo "setup: done. bucketfs is at $CARGO_TARGET_DIR/debug/bucketfs"

@@ -1,0 +1,138 @@
+//! Shared harness for tests that run the real `bucketfs` binary on a real FUSE mount.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+pub mod pg;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bucketfs");
+
+/// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Is a bucketfs filesystem mounted exactly at `path`?
+pub fn is_mounted(path: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    let want = path.to_str().expect("test paths are UTF-8");
+    info.lines().any(|l| {
+        let mut parts = l.split(" - ");
+        let left = parts.next().unwrap_or_default();
+        let right = parts.next().unwrap_or_default();
+        left.split(' ').nth(4) == Some(want) && right.split(' ').nth(1) == Some("bucketfs")
+    })
+}
+
+/// A running `bucketfs mount`, with its mountpoint and cache dir.
+pub struct Mount {
+    pub mnt: PathBuf,
+    pub cache: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mount {
+    /// Mounts `cache` on `mnt` (both created if missing) and waits until the kernel serves it.
+    pub fn start(mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
+        fs::create_dir_all(mnt).expect("create mountpoint");
+        let log = cache.with_extension("log");
+        let child = Command::new(BIN)
+            .arg("mount")
+            .arg(mnt)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("create log"))
+            .spawn()
+            .expect("spawn bucketfs");
+        let mut m = Mount {
+            mnt: mnt.to_owned(),
+            cache: cache.to_owned(),
+            log,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().expect("wait") {
+                panic!("bucketfs exited early ({status}):\n{}", m.log_text());
+            }
+            if is_mounted(mnt) && fs::read_dir(mnt).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "mount not ready:\n{}", m.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, then wait for a clean exit and the mount to be gone.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_child(&mut child, Duration::from_secs(60), &self.log_text());
+        assert!(!is_mounted(&self.mnt), "still mounted after stop");
+        status
+    }
+
+    /// kill -9: the process dies at once, leaving a dead mount (which the next mount clears).
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9 bucketfs");
+        child.wait().expect("reap bucketfs");
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // A failing test must not leave a live mount behind.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+fn wait_child(child: &mut Child, timeout: Duration, log: &str) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "bucketfs did not exit:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A scratch directory that other users (postgres) can traverse.
+pub fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("bucketfs-test-")
+        .tempdir()
+        .expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod scratch");
+    dir
+}

@@ -1,0 +1,188 @@
+//! Runs a real PostgreSQL server (Debian's package) as the postgres user, for end-to-end tests
+//! and benchmarks on a bucketfs mount.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use super::wait_for;
+
+/// The postgres user's uid and gid.
+pub fn postgres_user() -> (u32, u32) {
+    let name = CString::new("postgres").unwrap();
+    // SAFETY: getpwnam returns static storage or null; read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pw.is_null(), "no postgres user: install Debian's postgresql package");
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+/// The newest installed PostgreSQL server's bin directory.
+pub fn bin_dir() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed under /usr/lib/postgresql")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, p)| p.join("postgres").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("a PostgreSQL server version").1
+}
+
+/// A command run as the postgres user.
+pub fn as_postgres(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let (uid, gid) = postgres_user();
+    let mut cmd = Command::new(program);
+    cmd.uid(uid).gid(gid).env("HOME", "/tmp").env("LC_ALL", "C");
+    cmd
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A PostgreSQL server on a data directory, listening only on a Unix socket.
+pub struct Postgres {
+    pub data: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    /// initdb into `data` (which the postgres user must be able to create or own).
+    pub fn initdb(data: &Path) {
+        run_ok(
+            as_postgres(bin_dir().join("initdb"))
+                .arg("-D")
+                .arg(data)
+                .args(["--auth=trust", "-U", "postgres", "--no-locale", "-E", "UTF8", "--no-instructions"])
+                .stdout(Stdio::null()),
+        );
+    }
+
+    /// Starts the server (in its own process group, so that kill_all reaches every backend)
+    /// and waits until it accepts connections.
+    pub fn start(data: &Path, socket_dir: &Path, port: u16, extra: &[&str]) -> Postgres {
+        let (uid, gid) = postgres_user();
+        fs::create_dir_all(socket_dir).unwrap();
+        std::os::unix::fs::chown(socket_dir, Some(uid), Some(gid)).unwrap();
+        let log = socket_dir.join(format!("postgres-{port}.log"));
+        let logfile = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        std::os::unix::fs::chown(&log, Some(uid), Some(gid)).unwrap();
+        let child = as_postgres(bin_dir().join("postgres"))
+            .arg("-D")
+            .arg(data)
+            .arg("-k")
+            .arg(socket_dir)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses="])
+            .args(extra.iter().flat_map(|s| ["-c", s]))
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .expect("start postgres");
+        let mut pg = Postgres {
+            data: data.to_owned(),
+            socket_dir: socket_dir.to_owned(),
+            port,
+            log,
+            child: Some(child),
+        };
+        let isready = bin_dir().join("pg_isready");
+        wait_for("postgres to accept connections", Duration::from_secs(300), || {
+            if let Some(status) = pg.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("postgres exited ({status}):\n{}", pg.log_text());
+            }
+            Command::new(&isready)
+                .arg("-h")
+                .arg(socket_dir)
+                .args(["-p", &port.to_string(), "-q"])
+                .status()
+                .unwrap()
+                .success()
+        });
+        pg
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn conn_str(&self) -> String {
+        format!("host={} port={} user=postgres dbname=postgres", self.socket_dir.display(), self.port)
+    }
+
+    pub fn connect(&self) -> postgres::Client {
+        postgres::Client::connect(&self.conn_str(), postgres::NoTls).expect("connect to postgres")
+    }
+
+    /// A client tool (psql, pgbench, pg_amcheck) pointed at this server.
+    pub fn tool(&self, name: &str) -> Command {
+        let mut cmd = as_postgres(bin_dir().join(name));
+        cmd.arg("-h").arg(&self.socket_dir).args(["-p", &self.port.to_string(), "-U", "postgres"]);
+        cmd
+    }
+
+    /// One value from a query, as text.
+    pub fn query_one(&self, sql: &str) -> String {
+        let out = run_ok(self.tool("psql").args(["-d", "postgres", "-XAtc", sql]));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// kill -9 of the postmaster and every backend at once; waits until all are gone.
+    pub fn kill_all(mut self) {
+        let child = self.child.take().unwrap();
+        let pgid = child.id() as i32;
+        kill_group(pgid, libc::SIGKILL);
+        reap(child, pgid);
+    }
+
+    /// Fast shutdown (SIGINT), waiting for the server to exit.
+    pub fn stop(mut self) {
+        let child = self.child.take().unwrap();
+        let pid = child.id() as i32;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        reap(child, pid);
+    }
+}
+
+fn kill_group(pgid: i32, signal: i32) {
+    // SAFETY: signalling a process group we created.
+    unsafe { libc::kill(-pgid, signal) };
+}
+
+fn reap(mut child: Child, pgid: i32) {
+    child.wait().expect("reap postgres");
+    // Backends are not our children; wait until none of the group is left.
+    wait_for("every postgres process to exit", Duration::from_secs(120), || {
+        // SAFETY: signal 0 only checks for existence.
+        unsafe { libc::kill(-pgid, 0) != 0 }
+    });
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let pgid = child.id() as i32;
+            kill_group(pgid, libc::SIGKILL);
+            reap(child, pgid);
+        }
+    }
+}
