@@ -1,0 +1,203 @@
+//! Bad input to `bucketfs mount`: each case gets a clear message naming the problem, a
+//! non-zero exit, no mount left behind, and no change to the cache dir or the mountpoint.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{is_mounted, Mount, BIN};
+
+/// Runs `bucketfs mount MNT --cache-dir CACHE`, which must fail; returns its stderr.
+fn mount_fails(mnt: &Path, cache: &Path) -> String {
+    let out = run_mount(mnt, cache);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "bucketfs mount succeeded on bad input:\n{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "exit status: {}\n{stderr}", out.status);
+    assert!(
+        !is_mounted(mnt),
+        "a refused mount left a filesystem mounted at {}",
+        mnt.display()
+    );
+    stderr
+}
+
+fn run_mount(mnt: &Path, cache: &Path) -> Output {
+    Command::new(BIN)
+        .arg("mount")
+        .arg(mnt)
+        .arg("--cache-dir")
+        .arg(cache)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bucketfs")
+}
+
+/// Every file under `root` with its bytes, to prove that nothing was touched.
+fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("list") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path.clone());
+                out.insert(path, Vec::new());
+            } else {
+                let bytes = fs::read(&path).expect("read");
+                out.insert(path, bytes);
+            }
+        }
+    }
+    out
+}
+
+fn assert_mentions(stderr: &str, words: &[&str]) {
+    for w in words {
+        assert!(stderr.contains(w), "message lacks {w:?}:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_mountpoint_is_refused_and_no_cache_dir_is_created() {
+    let dir = common::scratch();
+    let (mnt, cache) = (dir.path().join("nowhere"), dir.path().join("cache"));
+    let stderr = mount_fails(&mnt, &cache);
+    assert_mentions(&stderr, &["mountpoint", "does not exist", mnt.to_str().unwrap()]);
+    assert!(!mnt.exists(), "the mountpoint was created");
+    assert!(!cache.exists(), "the cache dir was created for a mount that failed");
+}
+
+#[test]
+fn a_mountpoint_that_is_a_file_is_refused() {
+    let dir = common::scratch();
+    let (mnt, cache) = (dir.path().join("file"), dir.path().join("cache"));
+    fs::write(&mnt, b"keep me").unwrap();
+    let stderr = mount_fails(&mnt, &cache);
+    assert_mentions(&stderr, &["not a directory"]);
+    assert_eq!(fs::read(&mnt).unwrap(), b"keep me");
+}
+
+#[test]
+fn a_non_empty_mountpoint_is_refused_and_its_files_are_left_alone() {
+    let dir = common::scratch();
+    let (mnt, cache) = (dir.path().join("mnt"), dir.path().join("cache"));
+    fs::create_dir_all(mnt.join("sub")).unwrap();
+    fs::write(mnt.join("PG_VERSION"), b"15\n").unwrap();
+    let before = tree(&mnt);
+    let stderr = mount_fails(&mnt, &cache);
+    assert_mentions(&stderr, &["not empty", mnt.to_str().unwrap()]);
+    assert_eq!(tree(&mnt), before);
+    assert!(!cache.exists(), "the cache dir was created for a mount that failed");
+}
+
+#[test]
+fn a_cache_dir_held_by_a_running_bucketfs_is_refused_and_the_running_mount_goes_on() {
+    let dir = common::scratch();
+    let cache = dir.path().join("cache");
+    let first = Mount::start(&dir.path().join("mnt1"), &cache, &[]);
+    fs::write(first.mnt.join("data"), b"written by the first mount").unwrap();
+
+    let second = dir.path().join("mnt2");
+    fs::create_dir(&second).unwrap();
+    let stderr = mount_fails(&second, &cache);
+    assert_mentions(&stderr, &["in use by another bucketfs", &first.pid().to_string()]);
+
+    // The holder is undisturbed: it still serves, and it still has what was written.
+    assert_eq!(
+        fs::read(first.mnt.join("data")).unwrap(),
+        b"written by the first mount"
+    );
+    fs::write(first.mnt.join("after"), b"still writable").unwrap();
+    let mnt = first.mnt.clone();
+    assert!(first.stop().success());
+    let again = Mount::start(&mnt, &cache, &[]);
+    assert_eq!(fs::read(again.mnt.join("after")).unwrap(), b"still writable");
+    assert!(again.stop().success());
+}
+
+#[test]
+fn a_cache_dir_of_another_format_version_is_refused_untouched() {
+    let dir = common::scratch();
+    let (mnt, cache) = (dir.path().join("mnt"), dir.path().join("cache"));
+    let m = Mount::start(&mnt, &cache, &[]);
+    fs::write(m.mnt.join("file"), b"contents").unwrap();
+    assert!(m.stop().success());
+
+    // What a future bucketfs would write: the same marker with a higher version and a valid
+    // checksum (a bad checksum is a different error, tested below).
+    let marker = cache.join("bucketfs-cache.json");
+    let text = fs::read_to_string(&marker).unwrap();
+    let (body, _) = text.rsplit_once("\ncrc32c=").expect("marker ends with a crc line");
+    let body = body.replace("\"version\": 1", "\"version\": 99");
+    fs::write(
+        &marker,
+        format!("{body}\ncrc32c={:08x}\n", crc32c::crc32c(body.as_bytes())),
+    )
+    .unwrap();
+    let lock = cache.join("lock");
+    let before: BTreeMap<_, _> = tree(&cache).into_iter().filter(|(p, _)| *p != lock).collect();
+
+    let stderr = mount_fails(&mnt, &cache);
+    assert_mentions(&stderr, &["format version 99", "version 1", cache.to_str().unwrap()]);
+    let after: BTreeMap<_, _> = tree(&cache).into_iter().filter(|(p, _)| *p != lock).collect();
+    assert!(after == before, "the cache dir changed after a refused mount");
+}
+
+#[test]
+fn a_corrupt_format_marker_is_refused() {
+    let dir = common::scratch();
+    let (mnt, cache) = (dir.path().join("mnt"), dir.path().join("cache"));
+    let m = Mount::start(&mnt, &cache, &[]);
+    assert!(m.stop().success());
+    let marker = cache.join("bucketfs-cache.json");
+    let text = fs::read_to_string(&marker).unwrap();
+    fs::write(&marker, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+    let stderr = mount_fails(&mnt, &cache);
+    assert_mentions(&stderr, &["corrupt", "checksum mismatch"]);
+}
+
+#[test]
+fn a_cache_dir_that_holds_other_files_is_refused_untouched() {
+    let dir = common::scratch();
+    let (mnt, cache) = (dir.path().join("mnt"), dir.path().join("cache"));
+    fs::create_dir_all(&mnt).unwrap();
+    fs::create_dir_all(&cache).unwrap();
+    fs::write(cache.join("precious.txt"), b"not bucketfs's").unwrap();
+    let before = tree(&cache);
+    let stderr = mount_fails(&mnt, &cache);
+    assert_mentions(&stderr, &["not a bucketfs cache dir", cache.to_str().unwrap()]);
+    assert_eq!(tree(&cache), before);
+}
+
+#[test]
+fn help_explains_every_mount_option() {
+    let out = Command::new(BIN)
+        .args(["mount", "--help"])
+        .output()
+        .expect("run bucketfs");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--cache-dir",
+        "--allow-other",
+        "--uid",
+        "--gid",
+        "--fuse-threads",
+        "--no-writeback-cache",
+    ] {
+        assert!(help.contains(flag), "--help does not list {flag}:\n{help}");
+    }
+    // An unknown flag is a usage error (clap's exit status 2), not a crash.
+    let out = Command::new(BIN)
+        .args(["mount", "--no-such-flag"])
+        .output()
+        .expect("run bucketfs");
+    assert_eq!(out.status.code(), Some(2));
+}
