@@ -18,7 +18,12 @@ fn mount_fails(mnt: &Path, cache: &Path) -> String {
         !out.status.success(),
         "bucketfs mount succeeded on bad input:\n{stderr}"
     );
-    assert_eq!(out.status.code(), Some(1), "exit status: {}\n{stderr}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit status: {}\n{stderr}",
+        out.status
+    );
     assert!(
         !is_mounted(mnt),
         "a refused mount left a filesystem mounted at {}",
@@ -69,9 +74,15 @@ fn a_missing_mountpoint_is_refused_and_no_cache_dir_is_created() {
     let dir = common::scratch();
     let (mnt, cache) = (dir.path().join("nowhere"), dir.path().join("cache"));
     let stderr = mount_fails(&mnt, &cache);
-    assert_mentions(&stderr, &["mountpoint", "does not exist", mnt.to_str().unwrap()]);
+    assert_mentions(
+        &stderr,
+        &["mountpoint", "does not exist", mnt.to_str().unwrap()],
+    );
     assert!(!mnt.exists(), "the mountpoint was created");
-    assert!(!cache.exists(), "the cache dir was created for a mount that failed");
+    assert!(
+        !cache.exists(),
+        "the cache dir was created for a mount that failed"
+    );
 }
 
 #[test]
@@ -94,7 +105,10 @@ fn a_non_empty_mountpoint_is_refused_and_its_files_are_left_alone() {
     let stderr = mount_fails(&mnt, &cache);
     assert_mentions(&stderr, &["not empty", mnt.to_str().unwrap()]);
     assert_eq!(tree(&mnt), before);
-    assert!(!cache.exists(), "the cache dir was created for a mount that failed");
+    assert!(
+        !cache.exists(),
+        "the cache dir was created for a mount that failed"
+    );
 }
 
 #[test]
@@ -107,7 +121,10 @@ fn a_cache_dir_held_by_a_running_bucketfs_is_refused_and_the_running_mount_goes_
     let second = dir.path().join("mnt2");
     fs::create_dir(&second).unwrap();
     let stderr = mount_fails(&second, &cache);
-    assert_mentions(&stderr, &["in use by another bucketfs", &first.pid().to_string()]);
+    assert_mentions(
+        &stderr,
+        &["in use by another bucketfs", &first.pid().to_string()],
+    );
 
     // The holder is undisturbed: it still serves, and it still has what was written.
     assert_eq!(
@@ -118,7 +135,10 @@ fn a_cache_dir_held_by_a_running_bucketfs_is_refused_and_the_running_mount_goes_
     let mnt = first.mnt.clone();
     assert!(first.stop().success());
     let again = Mount::start(&mnt, &cache, &[]);
-    assert_eq!(fs::read(again.mnt.join("after")).unwrap(), b"still writable");
+    assert_eq!(
+        fs::read(again.mnt.join("after")).unwrap(),
+        b"still writable"
+    );
     assert!(again.stop().success());
 }
 
@@ -134,7 +154,9 @@ fn a_cache_dir_of_another_format_version_is_refused_untouched() {
     // checksum (a bad checksum is a different error, tested below).
     let marker = cache.join("bucketfs-cache.json");
     let text = fs::read_to_string(&marker).unwrap();
-    let (body, _) = text.rsplit_once("\ncrc32c=").expect("marker ends with a crc line");
+    let (body, _) = text
+        .rsplit_once("\ncrc32c=")
+        .expect("marker ends with a crc line");
     let body = body.replace("\"version\": 1", "\"version\": 99");
     fs::write(
         &marker,
@@ -142,12 +164,24 @@ fn a_cache_dir_of_another_format_version_is_refused_untouched() {
     )
     .unwrap();
     let lock = cache.join("lock");
-    let before: BTreeMap<_, _> = tree(&cache).into_iter().filter(|(p, _)| *p != lock).collect();
+    let before: BTreeMap<_, _> = tree(&cache)
+        .into_iter()
+        .filter(|(p, _)| *p != lock)
+        .collect();
 
     let stderr = mount_fails(&mnt, &cache);
-    assert_mentions(&stderr, &["format version 99", "version 1", cache.to_str().unwrap()]);
-    let after: BTreeMap<_, _> = tree(&cache).into_iter().filter(|(p, _)| *p != lock).collect();
-    assert!(after == before, "the cache dir changed after a refused mount");
+    assert_mentions(
+        &stderr,
+        &["format version 99", "version 1", cache.to_str().unwrap()],
+    );
+    let after: BTreeMap<_, _> = tree(&cache)
+        .into_iter()
+        .filter(|(p, _)| *p != lock)
+        .collect();
+    assert!(
+        after == before,
+        "the cache dir changed after a refused mount"
+    );
 }
 
 #[test]
@@ -172,7 +206,10 @@ fn a_cache_dir_that_holds_other_files_is_refused_untouched() {
     fs::write(cache.join("precious.txt"), b"not bucketfs's").unwrap();
     let before = tree(&cache);
     let stderr = mount_fails(&mnt, &cache);
-    assert_mentions(&stderr, &["not a bucketfs cache dir", cache.to_str().unwrap()]);
+    assert_mentions(
+        &stderr,
+        &["not a bucketfs cache dir", cache.to_str().unwrap()],
+    );
     assert_eq!(tree(&cache), before);
 }
 

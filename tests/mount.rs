@@ -33,7 +33,9 @@ fn start(dir: &TempDir, extra: &[&str]) -> Mount {
 fn errno_of<T>(r: io::Result<T>) -> i32 {
     match r {
         Ok(_) => panic!("expected the call to fail, it succeeded"),
-        Err(e) => e.raw_os_error().unwrap_or_else(|| panic!("not an OS error: {e}")),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("not an OS error: {e}")),
     }
 }
 
@@ -366,13 +368,32 @@ fn sparse_file_beyond_1_gib() {
     assert_eq!(read_at(&f, off, 8_192), data);
     assert_zeros(&read_at(&f, 0, 64 * KIB as usize), "hole at 0");
     assert_zeros(&read_at(&f, GIB, 64 * KIB as usize), "hole at 1 GiB");
-    assert_zeros(&read_at(&f, off - 4_096, 4_096), "hole just before the data");
+    assert_zeros(
+        &read_at(&f, off - 4_096, 4_096),
+        "hole just before the data",
+    );
 
     // SEEK_DATA/SEEK_HOLE on the descriptor that wrote (no fsync in between).
-    assert_eq!(lseek(&f, 0, libc::SEEK_HOLE).unwrap(), 0, "SEEK_HOLE from 0");
-    assert_eq!(lseek(&f, 0, libc::SEEK_DATA).unwrap(), off, "SEEK_DATA from 0");
-    assert_eq!(lseek(&f, GIB, libc::SEEK_DATA).unwrap(), off, "SEEK_DATA from 1 GiB");
-    assert_eq!(lseek(&f, off, libc::SEEK_HOLE).unwrap(), off + 8_192, "SEEK_HOLE at data");
+    assert_eq!(
+        lseek(&f, 0, libc::SEEK_HOLE).unwrap(),
+        0,
+        "SEEK_HOLE from 0"
+    );
+    assert_eq!(
+        lseek(&f, 0, libc::SEEK_DATA).unwrap(),
+        off,
+        "SEEK_DATA from 0"
+    );
+    assert_eq!(
+        lseek(&f, GIB, libc::SEEK_DATA).unwrap(),
+        off,
+        "SEEK_DATA from 1 GiB"
+    );
+    assert_eq!(
+        lseek(&f, off, libc::SEEK_HOLE).unwrap(),
+        off + 8_192,
+        "SEEK_HOLE at data"
+    );
     assert_eq!(
         errno_of(lseek(&f, off + 8_192, libc::SEEK_DATA)),
         libc::ENXIO,
@@ -381,13 +402,19 @@ fn sparse_file_beyond_1_gib() {
     // The bytes take only about what was written, not 1.5 GiB, in the cache dir.
     f.sync_all().unwrap();
     drop(f);
-    assert!(cache_data_bytes(&m.cache) >= off, "cache file holds the logical size");
+    assert!(
+        cache_data_bytes(&m.cache) >= off,
+        "cache file holds the logical size"
+    );
     let blocks: u64 = fs::read_dir(m.cache.join("data"))
         .unwrap()
         .flat_map(|s| fs::read_dir(s.unwrap().path()).unwrap())
         .map(|e| e.unwrap().metadata().unwrap().blocks())
         .sum();
-    assert!(blocks * 512 < 16 * MIB, "cache file is not sparse: {blocks} blocks");
+    assert!(
+        blocks * 512 < 16 * MIB,
+        "cache file is not sparse: {blocks} blocks"
+    );
     assert!(m.stop().success());
 }
 
@@ -473,7 +500,12 @@ fn unsupported_fallocate_modes_are_eopnotsupp() {
         ("ZERO_RANGE", libc::FALLOC_FL_ZERO_RANGE),
     ] {
         let e = errno_of(fallocate(&f, mode, 8_192, 8_192));
-        assert_eq!(e, libc::EOPNOTSUPP, "{name}: {}", io::Error::from_raw_os_error(e));
+        assert_eq!(
+            e,
+            libc::EOPNOTSUPP,
+            "{name}: {}",
+            io::Error::from_raw_os_error(e)
+        );
     }
     assert_eq!(f.metadata().unwrap().len(), 64 * KIB);
     assert_eq!(read_at(&f, 0, 64 * KIB as usize), data);
@@ -600,13 +632,18 @@ fn unlinked_open_file_lives_until_close_then_its_space_is_freed() {
     f.sync_all().unwrap();
     assert_eq!(read_at(&f, MIB, 14), b"still writable");
     assert_eq!(read_at(&f, 0, 1_000), data[..1_000]);
-    assert!(cache_data_bytes(&m.cache) >= 4 * MIB, "freed while still open");
+    assert!(
+        cache_data_bytes(&m.cache) >= 4 * MIB,
+        "freed while still open"
+    );
 
     drop(f);
     // The kernel sends release asynchronously after close returns.
-    wait_for("the cache file to be removed", Duration::from_secs(10), || {
-        cache_data_bytes(&m.cache) < MIB
-    });
+    wait_for(
+        "the cache file to be removed",
+        Duration::from_secs(10),
+        || cache_data_bytes(&m.cache) < MIB,
+    );
     // A new file of the same name is new.
     fs::write(&path, b"new").unwrap();
     assert_eq!(fs::read(&path).unwrap(), b"new");
@@ -628,9 +665,11 @@ fn rename_replaces_an_existing_file() {
     assert_eq!(fs::metadata(&dst).unwrap().len(), 12);
     assert_eq!(sorted_names(&m.mnt), ["dst"]);
     // The replaced file's bytes are gone from the cache dir as well.
-    wait_for("the replaced file's cache file to go", Duration::from_secs(10), || {
-        cache_data_bytes(&m.cache) + MIB <= before + 12
-    });
+    wait_for(
+        "the replaced file's cache file to go",
+        Duration::from_secs(10),
+        || cache_data_bytes(&m.cache) + MIB <= before + 12,
+    );
     assert!(m.stop().success());
 }
 
@@ -657,8 +696,14 @@ fn rename_of_a_directory_over_a_directory() {
 
     // A directory cannot replace a file, nor a file a directory.
     fs::write(m.mnt.join("file"), b"f").unwrap();
-    assert_eq!(errno_of(fs::rename(&empty, m.mnt.join("file"))), libc::ENOTDIR);
-    assert_eq!(errno_of(fs::rename(m.mnt.join("file"), &full)), libc::EISDIR);
+    assert_eq!(
+        errno_of(fs::rename(&empty, m.mnt.join("file"))),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        errno_of(fs::rename(m.mnt.join("file"), &full)),
+        libc::EISDIR
+    );
     // Nor move into itself.
     assert_eq!(errno_of(fs::rename(&full, full.join("sub"))), libc::EINVAL);
     assert!(m.stop().success());
@@ -716,7 +761,10 @@ fn hard_link_shares_the_inode_and_survives_unlink() {
     fs::write(&a, b"shared").unwrap();
     fs::hard_link(&a, &b).unwrap();
     assert_eq!(fs::metadata(&a).unwrap().nlink(), 2);
-    assert_eq!(fs::metadata(&a).unwrap().ino(), fs::metadata(&b).unwrap().ino());
+    assert_eq!(
+        fs::metadata(&a).unwrap().ino(),
+        fs::metadata(&b).unwrap().ino()
+    );
     assert_eq!(fs::read(&b).unwrap(), b"shared");
     // A write through one name shows through the other.
     OpenOptions::new()
@@ -727,7 +775,10 @@ fn hard_link_shares_the_inode_and_survives_unlink() {
         .unwrap();
     assert_eq!(fs::read(&a).unwrap(), b"shared bytes");
     assert_eq!(errno_of(fs::hard_link(&a, &b)), libc::EEXIST);
-    assert_eq!(errno_of(fs::hard_link(m.mnt.join("d"), m.mnt.join("d2"))), libc::EPERM);
+    assert_eq!(
+        errno_of(fs::hard_link(m.mnt.join("d"), m.mnt.join("d2"))),
+        libc::EPERM
+    );
 
     fs::remove_file(&a).unwrap();
     assert_eq!(errno_of(fs::metadata(&a)), libc::ENOENT);
@@ -747,16 +798,28 @@ fn symlinks_resolve_and_read_back() {
     symlink("real/dir/file", m.mnt.join("filelink")).unwrap();
     symlink("/does/not/exist", m.mnt.join("dangling")).unwrap();
 
-    assert_eq!(fs::read_link(m.mnt.join("dirlink")).unwrap(), Path::new("real/dir"));
-    assert_eq!(fs::read_link(m.mnt.join("dangling")).unwrap(), Path::new("/does/not/exist"));
+    assert_eq!(
+        fs::read_link(m.mnt.join("dirlink")).unwrap(),
+        Path::new("real/dir")
+    );
+    assert_eq!(
+        fs::read_link(m.mnt.join("dangling")).unwrap(),
+        Path::new("/does/not/exist")
+    );
     let lm = fs::symlink_metadata(m.mnt.join("filelink")).unwrap();
     assert!(lm.file_type().is_symlink());
     assert_eq!(lm.len(), "real/dir/file".len() as u64);
-    assert_eq!(fs::read(m.mnt.join("filelink")).unwrap(), b"through the link");
+    assert_eq!(
+        fs::read(m.mnt.join("filelink")).unwrap(),
+        b"through the link"
+    );
     // A symlink to a directory is traversed: list, read and create through it.
     assert!(fs::metadata(m.mnt.join("dirlink")).unwrap().is_dir());
     assert_eq!(sorted_names(&m.mnt.join("dirlink")), ["file"]);
-    assert_eq!(fs::read(m.mnt.join("dirlink/file")).unwrap(), b"through the link");
+    assert_eq!(
+        fs::read(m.mnt.join("dirlink/file")).unwrap(),
+        b"through the link"
+    );
     fs::write(m.mnt.join("dirlink/new"), b"made via link").unwrap();
     assert_eq!(fs::read(d.join("new")).unwrap(), b"made via link");
     assert_eq!(errno_of(fs::metadata(m.mnt.join("dangling"))), libc::ENOENT);
@@ -787,8 +850,18 @@ fn fsync_of_a_file_and_of_a_directory_succeed() {
         .open(m.mnt.join("d"))
         .unwrap();
     // SAFETY: fsync/fdatasync on a descriptor `d` keeps open.
-    assert_eq!(unsafe { libc::fsync(d.as_raw_fd()) }, 0, "{}", io::Error::last_os_error());
-    assert_eq!(unsafe { libc::fdatasync(d.as_raw_fd()) }, 0, "{}", io::Error::last_os_error());
+    assert_eq!(
+        unsafe { libc::fsync(d.as_raw_fd()) },
+        0,
+        "{}",
+        io::Error::last_os_error()
+    );
+    assert_eq!(
+        unsafe { libc::fdatasync(d.as_raw_fd()) },
+        0,
+        "{}",
+        io::Error::last_os_error()
+    );
     fsync_dir(&m.mnt).unwrap();
     assert!(m.stop().success());
 }
@@ -813,7 +886,10 @@ fn chmod_chown_and_utimens_show_in_stat() {
     assert_eq!((md.uid(), md.gid()), (1234, 5678));
     std::os::unix::fs::lchown(&path, None, Some(42)).unwrap();
     assert_eq!(
-        (fs::metadata(&path).unwrap().uid(), fs::metadata(&path).unwrap().gid()),
+        (
+            fs::metadata(&path).unwrap().uid(),
+            fs::metadata(&path).unwrap().gid()
+        ),
         (1234, 42)
     );
 
@@ -864,7 +940,10 @@ fn statfs_reports_blocks_and_name_length() {
     assert_eq!(st.f_namemax, 255);
     // A 255-byte name works, 256 does not.
     fs::write(m.mnt.join("n".repeat(255)), b"").unwrap();
-    assert_eq!(errno_of(fs::write(m.mnt.join("n".repeat(256)), b"")), libc::ENAMETOOLONG);
+    assert_eq!(
+        errno_of(fs::write(m.mnt.join("n".repeat(256)), b"")),
+        libc::ENAMETOOLONG
+    );
     assert!(m.stop().success());
 }
 
@@ -889,12 +968,22 @@ fn xattrs_are_not_supported() {
         let r = libc::setxattr(c.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0);
         not_supported(r as isize, "setxattr");
         not_supported(
-            libc::getxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+            libc::getxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            ),
             "getxattr",
         );
         // Asked twice: the answer is remembered, not a hang or a different error.
         not_supported(
-            libc::getxattr(c.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+            libc::getxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            ),
             "getxattr again",
         );
     }
@@ -919,7 +1008,10 @@ fn everything_survives_stop_and_remount() {
 
     let m = start(&dir, &[]);
     assert_eq!(snapshot(&m.mnt), before);
-    assert_eq!(fs::metadata(m.mnt.join("a/sparse")).unwrap().len(), 5 * MIB + 4);
+    assert_eq!(
+        fs::metadata(m.mnt.join("a/sparse")).unwrap().len(),
+        5 * MIB + 4
+    );
     // The remounted filesystem keeps working, and a second cycle changes nothing.
     fs::write(m.mnt.join("a/after"), b"second life").unwrap();
     let before = snapshot(&m.mnt);
@@ -975,7 +1067,11 @@ fn dead_mount_left_by_kill_9_is_cleared_by_the_next_mount() {
         m.log_text()
     );
     assert!(m.stop().success());
-    assert!(!common::is_mounted(&mnt), "a mount is left at {}", mnt.display());
+    assert!(
+        !common::is_mounted(&mnt),
+        "a mount is left at {}",
+        mnt.display()
+    );
 }
 
 // ---- concurrency and ownership --------------------------------------------------------------

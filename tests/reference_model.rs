@@ -23,23 +23,79 @@ const MAX_LEN: usize = 2 * PAGE_SIZE as usize + 7;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Create { dir: usize, name: usize },
-    Mkdir { dir: usize, name: usize },
-    Symlink { dir: usize, name: usize, target: usize },
-    Write { file: usize, offset: u64, len: usize, byte: u8 },
-    Read { file: usize, offset: u64, len: u32 },
-    Truncate { file: usize, size: u64 },
-    Allocate { file: usize, offset: u64, len: u64 },
-    PunchHole { file: usize, offset: u64, len: u64 },
-    Rename { from: usize, dir: usize, name: usize, mode: u8 },
-    Unlink { path: usize },
-    Rmdir { dir: usize },
-    Link { file: usize, dir: usize, name: usize },
-    Open { file: usize },
-    Close { handle: usize },
-    WriteOpen { handle: usize, offset: u64, len: usize, byte: u8 },
-    ReadOpen { handle: usize },
-    Fsync { file: usize },
+    Create {
+        dir: usize,
+        name: usize,
+    },
+    Mkdir {
+        dir: usize,
+        name: usize,
+    },
+    Symlink {
+        dir: usize,
+        name: usize,
+        target: usize,
+    },
+    Write {
+        file: usize,
+        offset: u64,
+        len: usize,
+        byte: u8,
+    },
+    Read {
+        file: usize,
+        offset: u64,
+        len: u32,
+    },
+    Truncate {
+        file: usize,
+        size: u64,
+    },
+    Allocate {
+        file: usize,
+        offset: u64,
+        len: u64,
+    },
+    PunchHole {
+        file: usize,
+        offset: u64,
+        len: u64,
+    },
+    Rename {
+        from: usize,
+        dir: usize,
+        name: usize,
+        mode: u8,
+    },
+    Unlink {
+        path: usize,
+    },
+    Rmdir {
+        dir: usize,
+    },
+    Link {
+        file: usize,
+        dir: usize,
+        name: usize,
+    },
+    Open {
+        file: usize,
+    },
+    Close {
+        handle: usize,
+    },
+    WriteOpen {
+        handle: usize,
+        offset: u64,
+        len: usize,
+        byte: u8,
+    },
+    ReadOpen {
+        handle: usize,
+    },
+    Fsync {
+        file: usize,
+    },
     Crash,
 }
 
@@ -115,7 +171,11 @@ impl Model {
     }
 
     fn paths(&self, want: impl Fn(&Node) -> bool) -> Vec<String> {
-        self.tree.iter().filter(|(_, n)| want(n)).map(|(p, _)| p.clone()).collect()
+        self.tree
+            .iter()
+            .filter(|(_, n)| want(n))
+            .map(|(p, _)| p.clone())
+            .collect()
     }
 
     fn dirs(&self) -> Vec<String> {
@@ -127,7 +187,10 @@ impl Model {
     }
 
     fn is_empty_dir(&self, path: &str) -> bool {
-        !self.tree.keys().any(|k| !k.is_empty() && parent_of(k) == path && k != path)
+        !self
+            .tree
+            .keys()
+            .any(|k| !k.is_empty() && parent_of(k) == path && k != path)
     }
 
     fn nlink(&self, id: u64) -> usize {
@@ -185,7 +248,11 @@ impl Sut {
     fn resolve(&self, path: &str) -> u64 {
         let mut ino = ROOT_INO;
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            ino = self.fs().lookup(ino, OsStr::new(part)).expect("model path exists").ino;
+            ino = self
+                .fs()
+                .lookup(ino, OsStr::new(part))
+                .expect("model path exists")
+                .ino;
         }
         ino
     }
@@ -219,9 +286,15 @@ fn step(sut: &mut Sut, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
     let files = m.files();
     match *op {
         Op::Create { dir, name } | Op::Mkdir { dir, name } | Op::Symlink { dir, name, .. } => {
-            let d = Model::pick(&dirs, dir).expect("root always exists").to_owned();
+            let d = Model::pick(&dirs, dir)
+                .expect("root always exists")
+                .to_owned();
             let path = join(&d, NAMES[name % 3]);
-            let expected = if m.tree.contains_key(&path) { libc::EEXIST } else { 0 };
+            let expected = if m.tree.contains_key(&path) {
+                libc::EEXIST
+            } else {
+                0
+            };
             let parent = sut.resolve(&d);
             let n = OsStr::new(NAMES[name % 3]);
             let got = match *op {
@@ -248,34 +321,67 @@ fn step(sut: &mut Sut, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
                 m.tree.insert(path, node);
             }
         }
-        Op::Write { file, offset, len, byte } => {
-            let Some(path) = Model::pick(&files, file) else { return Ok(()) };
-            let Node::File(id) = m.tree[path] else { unreachable!() };
+        Op::Write {
+            file,
+            offset,
+            len,
+            byte,
+        } => {
+            let Some(path) = Model::pick(&files, file) else {
+                return Ok(());
+            };
+            let Node::File(id) = m.tree[path] else {
+                unreachable!()
+            };
             let data = vec![byte; len];
             let ino = sut.resolve(path);
             prop_assert_eq!(sut.fs().write(ino, offset, &data).unwrap(), len as u32);
             m.write(id, offset, &data);
         }
         Op::Read { file, offset, len } => {
-            let Some(path) = Model::pick(&files, file) else { return Ok(()) };
-            let Node::File(id) = m.tree[path] else { unreachable!() };
+            let Some(path) = Model::pick(&files, file) else {
+                return Ok(());
+            };
+            let Node::File(id) = m.tree[path] else {
+                unreachable!()
+            };
             let got = sut.fs().read(sut.resolve(path), offset, len).unwrap();
-            prop_assert!(got == m.read(id, offset, len), "read {path} at {offset}+{len}");
+            prop_assert!(
+                got == m.read(id, offset, len),
+                "read {path} at {offset}+{len}"
+            );
         }
         Op::Truncate { file, size } => {
-            let Some(path) = Model::pick(&files, file) else { return Ok(()) };
-            let Node::File(id) = m.tree[path] else { unreachable!() };
-            let changes = SetAttr { size: Some(size), ..SetAttr::default() };
+            let Some(path) = Model::pick(&files, file) else {
+                return Ok(());
+            };
+            let Node::File(id) = m.tree[path] else {
+                unreachable!()
+            };
+            let changes = SetAttr {
+                size: Some(size),
+                ..SetAttr::default()
+            };
             let attr = sut.fs().setattr(sut.resolve(path), &changes).unwrap();
             prop_assert_eq!(attr.size, size);
             m.contents.get_mut(&id).unwrap().resize(size as usize, 0);
         }
         Op::Allocate { file, offset, len } | Op::PunchHole { file, offset, len } => {
-            let Some(path) = Model::pick(&files, file) else { return Ok(()) };
-            let Node::File(id) = m.tree[path] else { unreachable!() };
+            let Some(path) = Model::pick(&files, file) else {
+                return Ok(());
+            };
+            let Node::File(id) = m.tree[path] else {
+                unreachable!()
+            };
             let punch = matches!(op, Op::PunchHole { .. });
-            let mode = if punch { libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE } else { 0 };
-            sut.fs().fallocate(sut.resolve(path), offset, len, mode).unwrap();
+            let mode = if punch {
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+            } else {
+                0
+            };
+            sut.fs()
+                .fallocate(sut.resolve(path), offset, len, mode)
+                .unwrap();
             let buf = m.contents.get_mut(&id).unwrap();
             let end = (offset + len) as usize;
             if punch {
@@ -287,11 +393,22 @@ fn step(sut: &mut Sut, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
                 buf.resize(end, 0);
             }
         }
-        Op::Rename { from, dir, name, mode } => rename(sut, m, from, dir, name, mode)?,
+        Op::Rename {
+            from,
+            dir,
+            name,
+            mode,
+        } => rename(sut, m, from, dir, name, mode)?,
         Op::Unlink { path } => {
             let all = m.paths(|_| true);
-            let Some(path) = Model::pick(&all[1..], path).map(str::to_owned) else { return Ok(()) };
-            let expected = if m.tree[&path] == Node::Dir { libc::EISDIR } else { 0 };
+            let Some(path) = Model::pick(&all[1..], path).map(str::to_owned) else {
+                return Ok(());
+            };
+            let expected = if m.tree[&path] == Node::Dir {
+                libc::EISDIR
+            } else {
+                0
+            };
             let parent = sut.resolve(parent_of(&path));
             let got = code(sut.fs().unlink(parent, OsStr::new(name_of(&path))));
             prop_assert_eq!(got, expected, "unlink {}", path);
@@ -302,8 +419,14 @@ fn step(sut: &mut Sut, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
             }
         }
         Op::Rmdir { dir } => {
-            let Some(path) = Model::pick(&dirs[1..], dir).map(str::to_owned) else { return Ok(()) };
-            let expected = if m.is_empty_dir(&path) { 0 } else { libc::ENOTEMPTY };
+            let Some(path) = Model::pick(&dirs[1..], dir).map(str::to_owned) else {
+                return Ok(());
+            };
+            let expected = if m.is_empty_dir(&path) {
+                0
+            } else {
+                libc::ENOTEMPTY
+            };
             let parent = sut.resolve(parent_of(&path));
             let got = code(sut.fs().rmdir(parent, OsStr::new(name_of(&path))));
             prop_assert_eq!(got, expected, "rmdir {}", path);
@@ -312,10 +435,16 @@ fn step(sut: &mut Sut, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
             }
         }
         Op::Link { file, dir, name } => {
-            let Some(src) = Model::pick(&files, file).map(str::to_owned) else { return Ok(()) };
+            let Some(src) = Model::pick(&files, file).map(str::to_owned) else {
+                return Ok(());
+            };
             let d = Model::pick(&dirs, dir).unwrap().to_owned();
             let path = join(&d, NAMES[name % 3]);
-            let expected = if m.tree.contains_key(&path) { libc::EEXIST } else { 0 };
+            let expected = if m.tree.contains_key(&path) {
+                libc::EEXIST
+            } else {
+                0
+            };
             let (ino, parent) = (sut.resolve(&src), sut.resolve(&d));
             let got = code(sut.fs().link(ino, parent, OsStr::new(NAMES[name % 3])));
             prop_assert_eq!(got, expected, "link {} {}", src, path);
@@ -325,8 +454,12 @@ fn step(sut: &mut Sut, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
             }
         }
         Op::Open { file } => {
-            let Some(path) = Model::pick(&files, file) else { return Ok(()) };
-            let Node::File(id) = m.tree[path] else { unreachable!() };
+            let Some(path) = Model::pick(&files, file) else {
+                return Ok(());
+            };
+            let Node::File(id) = m.tree[path] else {
+                unreachable!()
+            };
             let ino = sut.resolve(path);
             sut.fs().open(ino, libc::O_RDWR).unwrap();
             m.handles.push((id, ino));
@@ -339,7 +472,12 @@ fn step(sut: &mut Sut, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
             sut.fs().release(ino).unwrap();
             m.collect(id);
         }
-        Op::WriteOpen { handle, offset, len, byte } => {
+        Op::WriteOpen {
+            handle,
+            offset,
+            len,
+            byte,
+        } => {
             if m.handles.is_empty() {
                 return Ok(());
             }
@@ -357,7 +495,9 @@ fn step(sut: &mut Sut, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
             prop_assert!(got == m.contents[&id], "read through an open handle");
         }
         Op::Fsync { file } => {
-            let Some(path) = Model::pick(&files, file) else { return Ok(()) };
+            let Some(path) = Model::pick(&files, file) else {
+                return Ok(());
+            };
             let ino = sut.resolve(path);
             sut.fs().fsync(ino, file % 2 == 0).unwrap();
             sut.fs().fsyncdir(sut.resolve(parent_of(path))).unwrap();
@@ -374,16 +514,30 @@ fn step(sut: &mut Sut, m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn rename(sut: &Sut, m: &mut Model, from: usize, dir: usize, name: usize, mode: u8) -> Result<(), TestCaseError> {
+fn rename(
+    sut: &Sut,
+    m: &mut Model,
+    from: usize,
+    dir: usize,
+    name: usize,
+    mode: u8,
+) -> Result<(), TestCaseError> {
     let all = m.paths(|_| true);
-    let Some(src) = Model::pick(&all[1..], from).map(str::to_owned) else { return Ok(()) };
+    let Some(src) = Model::pick(&all[1..], from).map(str::to_owned) else {
+        return Ok(());
+    };
     let d = Model::pick(&m.dirs(), dir).unwrap().to_owned();
     let dst = join(&d, NAMES[name % 3]);
-    let mode = [RenameMode::Replace, RenameMode::NoReplace, RenameMode::Exchange][mode as usize];
+    let mode = [
+        RenameMode::Replace,
+        RenameMode::NoReplace,
+        RenameMode::Exchange,
+    ][mode as usize];
     let src_node = m.tree[&src].clone();
     let dst_node = m.tree.get(&dst).cloned();
     let inside = |dir: &str, path: &str| path == dir || path.starts_with(&format!("{dir}/"));
-    let same_file = matches!((&src_node, &dst_node), (Node::File(a), Some(Node::File(b))) if a == b);
+    let same_file =
+        matches!((&src_node, &dst_node), (Node::File(a), Some(Node::File(b))) if a == b);
     let expected = if mode == RenameMode::NoReplace && dst_node.is_some() {
         libc::EEXIST
     } else if mode == RenameMode::Exchange && dst_node.is_none() {
@@ -393,7 +547,11 @@ fn rename(sut: &Sut, m: &mut Model, from: usize, dir: usize, name: usize, mode: 
     } else if src_node == Node::Dir && inside(&src, &d) {
         libc::EINVAL
     } else if mode == RenameMode::Exchange {
-        if dst_node == Some(Node::Dir) && inside(&dst, parent_of(&src)) { libc::EINVAL } else { 0 }
+        if dst_node == Some(Node::Dir) && inside(&dst, parent_of(&src)) {
+            libc::EINVAL
+        } else {
+            0
+        }
     } else {
         match (&src_node, &dst_node) {
             (Node::Dir, Some(Node::Dir)) if !m.is_empty_dir(&dst) => libc::ENOTEMPTY,
@@ -403,7 +561,13 @@ fn rename(sut: &Sut, m: &mut Model, from: usize, dir: usize, name: usize, mode: 
         }
     };
     let (p, np) = (sut.resolve(parent_of(&src)), sut.resolve(&d));
-    let got = code(sut.fs().rename(p, OsStr::new(name_of(&src)), np, OsStr::new(name_of(&dst)), mode));
+    let got = code(sut.fs().rename(
+        p,
+        OsStr::new(name_of(&src)),
+        np,
+        OsStr::new(name_of(&dst)),
+        mode,
+    ));
     prop_assert_eq!(got, expected, "rename {} -> {} ({:?})", src, dst, mode);
     if expected != 0 || src == dst || same_file {
         return Ok(());
@@ -473,10 +637,19 @@ fn compare_trees(sut: &Sut, m: &Model) -> Result<(), TestCaseError> {
             };
             seen.insert(child, node);
         }
-        prop_assert_eq!(fs.getattr(ino).unwrap().nlink, 2 + subdirs, "nlink of dir {:?}", path);
+        prop_assert_eq!(
+            fs.getattr(ino).unwrap().nlink,
+            2 + subdirs,
+            "nlink of dir {:?}",
+            path
+        );
     }
-    let want: BTreeMap<String, Node> =
-        m.tree.iter().filter(|(k, _)| !k.is_empty()).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let want: BTreeMap<String, Node> = m
+        .tree
+        .iter()
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     prop_assert_eq!(seen, want);
     Ok(())
 }

@@ -14,7 +14,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_bucketfs");
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -70,7 +73,11 @@ impl Mount {
             if is_mounted(mnt) && fs::read_dir(mnt).is_ok() {
                 break;
             }
-            assert!(Instant::now() < deadline, "mount not ready:\n{}", m.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "mount not ready:\n{}",
+                m.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         m

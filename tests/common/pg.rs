@@ -15,7 +15,10 @@ pub fn postgres_user() -> (u32, u32) {
     let name = CString::new("postgres").unwrap();
     // SAFETY: getpwnam returns static storage or null; read at once.
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(!pw.is_null(), "no postgres user: install Debian's postgresql package");
+    assert!(
+        !pw.is_null(),
+        "no postgres user: install Debian's postgresql package"
+    );
     unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
 }
 
@@ -70,7 +73,15 @@ impl Postgres {
             as_postgres(bin_dir().join("initdb"))
                 .arg("-D")
                 .arg(data)
-                .args(["--auth=trust", "-U", "postgres", "--no-locale", "-E", "UTF8", "--no-instructions"])
+                .args([
+                    "--auth=trust",
+                    "-U",
+                    "postgres",
+                    "--no-locale",
+                    "-E",
+                    "UTF8",
+                    "--no-instructions",
+                ])
                 .stdout(Stdio::null()),
         );
     }
@@ -82,7 +93,11 @@ impl Postgres {
         fs::create_dir_all(socket_dir).unwrap();
         std::os::unix::fs::chown(socket_dir, Some(uid), Some(gid)).unwrap();
         let log = socket_dir.join(format!("postgres-{port}.log"));
-        let logfile = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let logfile = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         std::os::unix::fs::chown(&log, Some(uid), Some(gid)).unwrap();
         let child = as_postgres(bin_dir().join("postgres"))
             .arg("-D")
@@ -105,18 +120,22 @@ impl Postgres {
             child: Some(child),
         };
         let isready = bin_dir().join("pg_isready");
-        wait_for("postgres to accept connections", Duration::from_secs(300), || {
-            if let Some(status) = pg.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("postgres exited ({status}):\n{}", pg.log_text());
-            }
-            Command::new(&isready)
-                .arg("-h")
-                .arg(socket_dir)
-                .args(["-p", &port.to_string(), "-q"])
-                .status()
-                .unwrap()
-                .success()
-        });
+        wait_for(
+            "postgres to accept connections",
+            Duration::from_secs(300),
+            || {
+                if let Some(status) = pg.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("postgres exited ({status}):\n{}", pg.log_text());
+                }
+                Command::new(&isready)
+                    .arg("-h")
+                    .arg(socket_dir)
+                    .args(["-p", &port.to_string(), "-q"])
+                    .status()
+                    .unwrap()
+                    .success()
+            },
+        );
         pg
     }
 
@@ -125,7 +144,11 @@ impl Postgres {
     }
 
     pub fn conn_str(&self) -> String {
-        format!("host={} port={} user=postgres dbname=postgres", self.socket_dir.display(), self.port)
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.socket_dir.display(),
+            self.port
+        )
     }
 
     pub fn connect(&self) -> postgres::Client {
@@ -135,7 +158,9 @@ impl Postgres {
     /// A client tool (psql, pgbench, pg_amcheck) pointed at this server.
     pub fn tool(&self, name: &str) -> Command {
         let mut cmd = as_postgres(bin_dir().join(name));
-        cmd.arg("-h").arg(&self.socket_dir).args(["-p", &self.port.to_string(), "-U", "postgres"]);
+        cmd.arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres"]);
         cmd
     }
 
@@ -171,10 +196,14 @@ fn kill_group(pgid: i32, signal: i32) {
 fn reap(mut child: Child, pgid: i32) {
     child.wait().expect("reap postgres");
     // Backends are not our children; wait until none of the group is left.
-    wait_for("every postgres process to exit", Duration::from_secs(120), || {
-        // SAFETY: signal 0 only checks for existence.
-        unsafe { libc::kill(-pgid, 0) != 0 }
-    });
+    wait_for(
+        "every postgres process to exit",
+        Duration::from_secs(120),
+        || {
+            // SAFETY: signal 0 only checks for existence.
+            unsafe { libc::kill(-pgid, 0) != 0 }
+        },
+    );
 }
 
 impl Drop for Postgres {
