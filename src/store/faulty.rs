@@ -1,0 +1,291 @@
+//! A fault-injecting wrapper for tests: transient errors at a rate, added latency, an outage
+//! that can be switched on and off, a hang, forced 412s on creates, and request counters.
+//! Every knob can be turned while the store is in use, so a test can open and close an outage
+//! window in the middle of a workload.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::{ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+
+/// The faults to inject, shared between the store and the test that steers it.
+#[derive(Debug)]
+pub struct FaultPlan {
+    /// Probability (0.0 to 1.0) that a call fails with a transient error.
+    error_rate: Mutex<f64>,
+    /// Added before every call.
+    latency: Mutex<Duration>,
+    /// While set, every call fails with a transient error.
+    outage: AtomicBool,
+    /// While true, calls wait (they neither fail nor succeed).
+    hang: watch::Sender<bool>,
+    /// The next N `Create` PUTs fail with 412, as if another writer had committed first.
+    forced_preconditions: AtomicU32,
+    /// Calls made, by kind.
+    puts: AtomicU64,
+    gets: AtomicU64,
+    get_bytes: AtomicU64,
+    put_bytes: AtomicU64,
+}
+
+impl Default for FaultPlan {
+    fn default() -> Self {
+        FaultPlan {
+            error_rate: Mutex::new(0.0),
+            latency: Mutex::new(Duration::ZERO),
+            outage: AtomicBool::new(false),
+            hang: watch::channel(false).0,
+            forced_preconditions: AtomicU32::new(0),
+            puts: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
+            get_bytes: AtomicU64::new(0),
+            put_bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Request counts seen by a `FaultyStore` (including failed ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub puts: u64,
+    pub gets: u64,
+    pub put_bytes: u64,
+    pub get_bytes: u64,
+}
+
+impl FaultPlan {
+    pub fn set_error_rate(&self, rate: f64) {
+        *self.error_rate.lock() = rate.clamp(0.0, 1.0);
+    }
+    pub fn set_latency(&self, latency: Duration) {
+        *self.latency.lock() = latency;
+    }
+    pub fn set_outage(&self, on: bool) {
+        self.outage.store(on, Ordering::SeqCst);
+    }
+    pub fn set_hang(&self, on: bool) {
+        self.hang.send_replace(on);
+    }
+    pub fn force_preconditions(&self, n: u32) {
+        self.forced_preconditions.store(n, Ordering::SeqCst);
+    }
+    pub fn counts(&self) -> Counts {
+        Counts {
+            puts: self.puts.load(Ordering::Relaxed),
+            gets: self.gets.load(Ordering::Relaxed),
+            put_bytes: self.put_bytes.load(Ordering::Relaxed),
+            get_bytes: self.get_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    plan: Arc<FaultPlan>,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, plan: Arc<FaultPlan>) -> FaultyStore {
+        FaultyStore { inner, plan }
+    }
+
+    /// Applies latency, hang, outage and the error rate to one call.
+    async fn before(&self, op: &'static str, key: &str) -> StoreResult<()> {
+        let latency = *self.plan.latency.lock();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let mut hang = self.plan.hang.subscribe();
+        // Err only if the sender is gone, and the plan owns it: it cannot be.
+        let _ = hang.wait_for(|h| !*h).await;
+        let fail = self.plan.outage.load(Ordering::SeqCst) || {
+            let rate = *self.plan.error_rate.lock();
+            rate > 0.0 && fastrand::f64() < rate
+        };
+        if fail {
+            return Err(StoreError::Transient {
+                op,
+                key: key.into(),
+                message: "injected fault".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        self.plan.puts.fetch_add(1, Ordering::Relaxed);
+        self.plan
+            .put_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        self.before("put", key).await?;
+        if mode == PutMode::Create
+            && self
+                .plan
+                .forced_preconditions
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(StoreError::PreconditionFailed { key: key.into() });
+        }
+        self.inner.put(key, body, mode).await
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+        self.plan.gets.fetch_add(1, Ordering::Relaxed);
+        self.before("get", key).await?;
+        let bytes = self.inner.get(key, range).await?;
+        self.plan
+            .get_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.before("head", key).await?;
+        self.inner.head(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.before("list", prefix).await?;
+        self.inner.list(prefix).await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.before("delete", key).await?;
+        self.inner.delete(key).await
+    }
+
+    fn describe(&self) -> String {
+        format!("faulty({})", self.inner.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LocalStore, RetryPolicy, RetryingStore};
+
+    fn stack() -> (tempfile::TempDir, Arc<FaultPlan>, RetryingStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let plan = Arc::new(FaultPlan::default());
+        let faulty: Arc<dyn ObjectStore> = Arc::new(FaultyStore::new(local, plan.clone()));
+        let policy = RetryPolicy {
+            max_attempts: 50,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(200),
+        };
+        (dir, plan, RetryingStore::new(faulty, policy))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_ride_out_an_error_rate() {
+        let (_d, plan, store) = stack();
+        plan.set_error_rate(0.5);
+        for i in 0..20 {
+            let key = format!("k/{i}");
+            store
+                .put(&key, Bytes::from(vec![i as u8; 10]), PutMode::Overwrite)
+                .await
+                .unwrap();
+            assert_eq!(store.get(&key, None).await.unwrap(), vec![i as u8; 10]);
+        }
+        assert!(plan.counts().puts > 20, "no fault was injected: {:?}", plan.counts());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_ends_in_failure_after_the_last_attempt() {
+        let (_d, plan, store) = stack();
+        plan.set_outage(true);
+        let err = store
+            .put("k", Bytes::from_static(b"x"), PutMode::Overwrite)
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert_eq!(plan.counts().puts, 50);
+        plan.set_outage(false);
+        store
+            .put("k", Bytes::from_static(b"x"), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forced_412_is_not_retried() {
+        let (_d, plan, store) = stack();
+        plan.force_preconditions(1);
+        let err = store
+            .put("m/1", Bytes::from_static(b"x"), PutMode::Create)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::PreconditionFailed { .. }));
+        assert_eq!(plan.counts().puts, 1);
+        store
+            .put("m/1", Bytes::from_static(b"x"), PutMode::Create)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retried_create_that_had_landed_is_recognised_as_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        // The first attempt lands but its answer is lost: simulate by writing it directly,
+        // then failing the wrapper's first call.
+        local
+            .put("m/7", Bytes::from_static(b"ours"), PutMode::Create)
+            .await
+            .unwrap();
+        let plan = Arc::new(FaultPlan::default());
+        let faulty: Arc<dyn ObjectStore> = Arc::new(FaultyStore::new(local.clone(), plan.clone()));
+        let store = RetryingStore::new(faulty, RetryPolicy::default());
+        plan.set_outage(true);
+        let retry = tokio::spawn(async move {
+            let ours = store
+                .put("m/7", Bytes::from_static(b"ours"), PutMode::Create)
+                .await;
+            let theirs = store
+                .put("m/7", Bytes::from_static(b"theirs"), PutMode::Create)
+                .await;
+            (ours, theirs)
+        });
+        // Let the first attempt fail, then lift the outage for the retry.
+        while plan.counts().puts == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        plan.set_outage(false);
+        let (ours, theirs) = retry.await.unwrap();
+        ours.expect("our own earlier create is success");
+        assert!(matches!(
+            theirs,
+            Err(StoreError::PreconditionFailed { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hang_holds_calls_until_released() {
+        let (_d, plan, store) = stack();
+        plan.set_hang(true);
+        let mut call = tokio::spawn(async move {
+            store
+                .put("k", Bytes::from_static(b"x"), PutMode::Overwrite)
+                .await
+        });
+        // A minute of (paused, auto-advancing) time passes with the call still waiting.
+        let waited = tokio::time::timeout(Duration::from_secs(60), &mut call).await;
+        assert!(waited.is_err(), "a call went through a hang");
+        plan.set_hang(false);
+        call.await.unwrap().unwrap();
+    }
+}

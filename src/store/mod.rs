@@ -1,0 +1,94 @@
+//! The object store seam: one trait, a real S3 implementation, a local directory, and wrappers
+//! (retry, fault injection) that compose around any of them.
+//!
+//! Keys are plain `/`-separated strings relative to the store's prefix; the store adds the
+//! prefix. Every method is async: the S3 client is, and the fs core reaches the store through
+//! a tokio runtime handle from its own threads (see `checkpoint`).
+
+pub mod faulty;
+pub mod local;
+pub mod retry;
+
+use std::fmt;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use faulty::{FaultPlan, FaultyStore};
+pub use local::LocalStore;
+pub use retry::{RetryPolicy, RetryingStore};
+
+/// When a PUT may happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Always (create or overwrite).
+    Overwrite,
+    /// Only if no object has the key (`If-None-Match: *`): how manifests are committed, and so
+    /// how two writers are fenced.
+    Create,
+    /// Only if the object's current ETag is this one (`If-Match`).
+    Replace { etag: String },
+}
+
+/// What a listing or a HEAD says of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object not found: key={key}")]
+    NotFound { key: String },
+    /// `If-None-Match` or `If-Match` did not hold (HTTP 412). Never retried: for a manifest
+    /// it means another writer took over.
+    #[error("precondition failed: key={key}")]
+    PreconditionFailed { key: String },
+    /// Worth retrying: timeouts, connection errors, 5xx, throttling.
+    #[error("{op} key={key}: {message} (transient)")]
+    Transient {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    /// Not worth retrying: bad credentials, no such bucket, a malformed request.
+    #[error("{op} key={key}: {message}")]
+    Permanent {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient { .. })
+    }
+}
+
+pub type StoreResult<T> = std::result::Result<T, StoreError>;
+
+/// An object store: S3, a local directory, or a wrapper around one.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + fmt::Debug {
+    /// Writes a whole object. Returns its new ETag.
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String>;
+
+    /// Reads a whole object, or the byte range `range` of it (clamped to its end).
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes>;
+
+    /// The object's size and ETag, or None if there is none.
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>>;
+
+    /// Every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>>;
+
+    /// Deletes an object; deleting one that does not exist is not an error.
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+
+    /// Where this store points, for messages (never with credentials).
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,152 @@
+//! Retry with exponential backoff and full jitter, for transient errors only.
+//!
+//! A `Create` PUT (a manifest commit) needs care: if the first attempt reached the store but its
+//! answer was lost, the retry finds the key taken and gets 412. That is not a takeover by
+//! another writer: the object holds exactly our bytes. So after a transient failure, a 412 is
+//! checked against the object's contents before it is believed.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use super::{ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            base_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before attempt `attempt` (1 = the first retry): uniformly random up to
+    /// base * 2^(attempt-1), capped ("full jitter", so retries of many callers spread out).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let cap = exp.min(self.max_delay);
+        cap.mul_f64(fastrand::f64())
+    }
+}
+
+#[derive(Debug)]
+pub struct RetryingStore {
+    inner: Arc<dyn ObjectStore>,
+    policy: RetryPolicy,
+}
+
+impl RetryingStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, policy: RetryPolicy) -> RetryingStore {
+        RetryingStore { inner, policy }
+    }
+
+    async fn retry<T, F, Fut>(&self, op: &'static str, key: &str, mut call: F) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: std::future::Future<Output = StoreResult<T>> + Send,
+        T: Send,
+    {
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Err(e) if e.is_transient() && attempt + 1 < self.policy.max_attempts => {
+                    attempt += 1;
+                    let pause = self.policy.delay(attempt);
+                    debug!(op, key, attempt, ?pause, error = %e, "retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) if e.is_transient() => {
+                    warn!(op, key, attempts = attempt + 1, error = %e, "giving up after retries");
+                    return Err(e);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for RetryingStore {
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        let mut attempt = 0;
+        loop {
+            let err = match self.inner.put(key, body.clone(), mode.clone()).await {
+                Ok(etag) => return Ok(etag),
+                Err(e) => e,
+            };
+            match err {
+                StoreError::PreconditionFailed { .. } if attempt > 0 && mode == PutMode::Create => {
+                    return self.confirm_own_create(key, &body, err).await;
+                }
+                e if e.is_transient() && attempt + 1 < self.policy.max_attempts => {
+                    attempt += 1;
+                    let pause = self.policy.delay(attempt);
+                    debug!(op = "put", key, attempt, ?pause, error = %e, "retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                e => {
+                    if e.is_transient() {
+                        warn!(op = "put", key, attempts = attempt + 1, error = %e, "giving up after retries");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+        self.retry("get", key, || self.inner.get(key, range.clone()))
+            .await
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.retry("head", key, || self.inner.head(key)).await
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.retry("list", prefix, || self.inner.list(prefix)).await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.retry("delete", key, || self.inner.delete(key)).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+impl RetryingStore {
+    /// A `Create` that failed transiently, then found its key taken on a retry: ours if the
+    /// object holds exactly our bytes, someone else's otherwise.
+    async fn confirm_own_create(
+        &self,
+        key: &str,
+        body: &Bytes,
+        precondition: StoreError,
+    ) -> StoreResult<String> {
+        let existing = self.retry("get", key, || self.inner.get(key, None)).await?;
+        if existing != *body {
+            return Err(precondition);
+        }
+        debug!(key, "a retried create found its own earlier attempt");
+        let meta = self.retry("head", key, || self.inner.head(key)).await?;
+        Ok(meta.map(|m| m.etag).unwrap_or_default())
+    }
+}
