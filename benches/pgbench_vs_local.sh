@@ -292,9 +292,10 @@ bench_target() { # name data_dir port
 
 # ---- machine and settings (printed before and after) -----------------------------------------
 PG_VERSION="$("$PGBIN/postgres" --version)"
-BUCKETFS_VERSION="not built"
-case " $TARGETS " in *" bucketfs "*) ;; *) BUCKETFS_VERSION="not run" ;; esac
-[ -x "$BUCKETFS" ] && BUCKETFS_VERSION="$("$BUCKETFS" --version 2>/dev/null || echo unknown)"
+BUCKETFS_VERSION="not run"
+case " $TARGETS " in
+  *" bucketfs "*) BUCKETFS_VERSION="$("$BUCKETFS" --version 2>/dev/null || echo unknown)" ;;
+esac
 GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
   GIT_REV="$GIT_REV (with uncommitted changes)"
@@ -322,8 +323,10 @@ print_header() {
   echo "postgres:  $PG_VERSION ($PGBIN)"
   echo "settings:  defaults + shared_buffers=$SHARED_BUFFERS, fsync=on, synchronous_commit=on, full_page_writes=on; Unix socket only"
   echo "workload:  pgbench -i -s $SCALE; CHECKPOINT; pgbench ${PGBENCH_RUN[*]} (TPC-B, $DURATION s per target, one run each)"
-  echo "bucketfs:  $BUCKETFS_VERSION, git $GIT_REV, debug build ($BUCKETFS), mount --allow-other --uid postgres --gid postgres"
-  if [ "$HAVE_BINDFS" = 1 ]; then
+  echo "bucketfs:  $BUCKETFS_VERSION, git $GIT_REV, dev profile ($BUCKETFS), mount --allow-other --uid postgres --gid postgres"
+  if [[ " $TARGETS " != *" bindfs "* ]]; then
+    echo "bindfs:    not run"
+  elif [ "$HAVE_BINDFS" = 1 ]; then
     echo "bindfs:    $BINDFS_VERSION, bindfs -f $BINDFS_OPTS (allow_other as root)"
   else
     echo "bindfs:    not installed (skipped)"

@@ -594,6 +594,14 @@ impl Filesystem for FuseFs {
         reply: ReplyLseek,
     ) {
         let _s = debug_span!("lseek", ino = ino.0, offset, whence).entered();
+        if self.settings.writeback_cache {
+            // The kernel does not flush its dirty pages before FUSE_LSEEK, so with the
+            // writeback cache our view of where data lies can miss bytes still in the page
+            // cache, and a SEEK_DATA that skipped them would make `cp --sparse` lose data.
+            // ENOSYS makes the kernel answer from its own i_size: all data, one hole at the
+            // end. Always true, never hides data (docs/fuse-options.md).
+            return reply.error(Errno::ENOSYS);
+        }
         if offset < 0 {
             return reply.error(Errno::ENXIO);
         }

@@ -245,7 +245,13 @@ fn pread_and_pwrite_at_arbitrary_offsets() {
     for (off, bytes) in &pieces {
         f.write_all_at(bytes, *off).unwrap();
     }
-    let size = 100_003 + 9_001;
+    // The file ends where the furthest piece ends.
+    let size = pieces
+        .iter()
+        .map(|(off, bytes)| off + bytes.len() as u64)
+        .max()
+        .unwrap();
+    assert_eq!(size, 120_000);
     assert_eq!(f.metadata().unwrap().len(), size);
     let mut expected = vec![0u8; size as usize];
     for (off, bytes) in &pieces {
@@ -349,8 +355,9 @@ fn st_size_and_seek_end_are_exact() {
     a.write_all(b"xyz").unwrap();
     drop(a);
     assert_eq!(fs::metadata(&path).unwrap().len(), 12_348);
-    let mut f = File::open(&path).unwrap();
+    f = File::open(&path).unwrap(); // (the first descriptor closes here)
     assert_eq!(f.seek(SeekFrom::End(0)).unwrap(), 12_348);
+    drop(f);
     assert!(m.stop().success());
 }
 
@@ -373,26 +380,21 @@ fn sparse_file_beyond_1_gib() {
         "hole just before the data",
     );
 
-    // SEEK_DATA/SEEK_HOLE on the descriptor that wrote (no fsync in between).
-    assert_eq!(
-        lseek(&f, 0, libc::SEEK_HOLE).unwrap(),
-        0,
-        "SEEK_HOLE from 0"
+    // SEEK_DATA/SEEK_HOLE on the descriptor that wrote (no fsync in between). With the
+    // kernel's writeback cache the written page may still be in the kernel, so bucketfs lets
+    // the kernel answer (docs/fuse-options.md): holes may be reported as data, but data is
+    // never reported as a hole.
+    assert!(
+        lseek(&f, 0, libc::SEEK_DATA).unwrap() <= off,
+        "SEEK_DATA skipped data"
     );
-    assert_eq!(
-        lseek(&f, 0, libc::SEEK_DATA).unwrap(),
-        off,
-        "SEEK_DATA from 0"
+    assert!(
+        lseek(&f, GIB, libc::SEEK_DATA).unwrap() <= off,
+        "SEEK_DATA skipped data"
     );
-    assert_eq!(
-        lseek(&f, GIB, libc::SEEK_DATA).unwrap(),
-        off,
-        "SEEK_DATA from 1 GiB"
-    );
-    assert_eq!(
-        lseek(&f, off, libc::SEEK_HOLE).unwrap(),
-        off + 8_192,
-        "SEEK_HOLE at data"
+    assert!(
+        lseek(&f, off, libc::SEEK_HOLE).unwrap() >= off + 8_192,
+        "hole inside data"
     );
     assert_eq!(
         errno_of(lseek(&f, off + 8_192, libc::SEEK_DATA)),
@@ -419,19 +421,47 @@ fn sparse_file_beyond_1_gib() {
 }
 
 #[test]
-fn sparse_file_seek_data_and_hole_from_a_fresh_descriptor() {
+fn sparse_files_report_exact_holes_without_the_writeback_cache() {
     let dir = common::scratch();
-    let m = start(&dir, &[]);
+    let m = start(&dir, &["--no-writeback-cache"]);
     let path = m.mnt.join("sparse");
     let off = GIB + GIB / 2;
     let f = create_rw(&path);
     f.write_all_at(&pattern(8_192, 9), off).unwrap();
+    // The descriptor that wrote, with no fsync in between.
+    assert_eq!(
+        lseek(&f, 0, libc::SEEK_HOLE).unwrap(),
+        0,
+        "SEEK_HOLE from 0"
+    );
+    assert_eq!(
+        lseek(&f, 0, libc::SEEK_DATA).unwrap(),
+        off,
+        "SEEK_DATA from 0"
+    );
+    assert_eq!(
+        lseek(&f, GIB, libc::SEEK_DATA).unwrap(),
+        off,
+        "SEEK_DATA from 1 GiB"
+    );
+    assert_eq!(
+        lseek(&f, off, libc::SEEK_HOLE).unwrap(),
+        off + 8_192,
+        "SEEK_HOLE at data"
+    );
+    assert_eq!(
+        errno_of(lseek(&f, off + 8_192, libc::SEEK_DATA)),
+        libc::ENXIO,
+        "SEEK_DATA at EOF"
+    );
     f.sync_all().unwrap();
     drop(f);
+    // A fresh descriptor sees the same.
     let f = File::open(&path).unwrap();
     assert_eq!(lseek(&f, 0, libc::SEEK_HOLE).unwrap(), 0);
     assert_eq!(lseek(&f, 0, libc::SEEK_DATA).unwrap(), off);
     assert_eq!(lseek(&f, off, libc::SEEK_HOLE).unwrap(), off + 8_192);
+    drop(f);
     assert!(m.stop().success());
 }
 
@@ -481,6 +511,7 @@ fn punch_hole_zeroes_the_range_and_keeps_the_size() {
     fallocate(&f, mode, 60 * KIB, 1 * MIB).unwrap();
     assert_eq!(f.metadata().unwrap().len(), 64 * KIB);
     assert_zeros(&read_at(&f, 60 * KIB, 4 * KIB as usize), "punched tail");
+    drop(f);
     assert!(m.stop().success());
 }
 
@@ -509,6 +540,7 @@ fn unsupported_fallocate_modes_are_eopnotsupp() {
     }
     assert_eq!(f.metadata().unwrap().len(), 64 * KIB);
     assert_eq!(read_at(&f, 0, 64 * KIB as usize), data);
+    drop(f);
     assert!(m.stop().success());
 }
 
@@ -863,6 +895,7 @@ fn fsync_of_a_file_and_of_a_directory_succeed() {
         io::Error::last_os_error()
     );
     fsync_dir(&m.mnt).unwrap();
+    drop((f, d));
     assert!(m.stop().success());
 }
 

@@ -45,7 +45,15 @@ pub struct Mount {
 impl Mount {
     /// Mounts `cache` on `mnt` (both created if missing) and waits until the kernel serves it.
     pub fn start(mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
-        fs::create_dir_all(mnt).expect("create mountpoint");
+        if let Err(e) = fs::create_dir_all(mnt) {
+            // A dead mount left by kill -9 answers ENOTCONN to stat (so create_dir_all calls
+            // it "exists"); bucketfs itself clears it.
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::AlreadyExists,
+                "create mountpoint: {e}"
+            );
+        }
         let log = cache.with_extension("log");
         let child = Command::new(BIN)
             .arg("mount")
