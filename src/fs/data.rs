@@ -186,6 +186,15 @@ impl Fs {
             st.attr.mtime = t.resolve(now);
         }
         st.attr.ctime = changes.ctime.unwrap_or(now);
+        if changes.touches_only_times() {
+            // With the writeback cache the kernel sends the file's new mtime/ctime in a
+            // SETATTR before every fsync and fdatasync. Writing that to the metadata WAL would
+            // add a WAL sync to every commit Postgres makes; times are kept in memory instead
+            // and persisted by fsync (not fdatasync), release and unmount, as the write path
+            // does. A crash may lose times no fsync covered, as POSIX allows.
+            st.times_unpersisted = true;
+            return Ok(st.attr.clone());
+        }
         batch.put_inode(&st.attr);
         self.commit_one(&mut st, batch, saved)?;
         Ok(st.attr.clone())

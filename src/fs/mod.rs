@@ -65,6 +65,13 @@ pub struct SetAttr {
     pub ctime: Option<SystemTime>,
 }
 
+impl SetAttr {
+    /// Only atime, mtime or ctime change: nothing a crash must keep without an fsync.
+    pub fn touches_only_times(&self) -> bool {
+        self.mode.is_none() && self.uid.is_none() && self.gid.is_none() && self.size.is_none()
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum SetTime {
     Now,

@@ -86,7 +86,7 @@ impl Postgres {
         );
     }
 
-    /// Starts the server (in its own process group, so that kill_all reaches every backend)
+    /// Starts the server (in its own process group, away from the test runner's signals)
     /// and waits until it accepts connections.
     pub fn start(data: &Path, socket_dir: &Path, port: u16, extra: &[&str]) -> Postgres {
         let (uid, gid) = postgres_user();
@@ -173,9 +173,7 @@ impl Postgres {
     /// kill -9 of the postmaster and every backend at once; waits until all are gone.
     pub fn kill_all(mut self) {
         let child = self.child.take().unwrap();
-        let pgid = child.id() as i32;
-        kill_group(pgid, libc::SIGKILL);
-        reap(child, pgid);
+        kill_server(child);
     }
 
     /// Fast shutdown (SIGINT), waiting for the server to exit.
@@ -184,34 +182,74 @@ impl Postgres {
         let pid = child.id() as i32;
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGINT) };
-        reap(child, pid);
+        // A clean shutdown: the postmaster exits only after every backend has.
+        reap(child);
     }
 }
 
-fn kill_group(pgid: i32, signal: i32) {
-    // SAFETY: signalling a process group we created.
-    unsafe { libc::kill(-pgid, signal) };
+/// SIGKILL of a postmaster and all its backends, as a crash would take them. Backends call
+/// setsid(), so they are not in the postmaster's process group: stop the postmaster (no more
+/// forks), list its children, kill them all, and wait until every one is gone. A backend left
+/// alive would wait forever on a lock that a killed one held.
+fn kill_server(mut child: Child) {
+    let pid = child.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let backends = children_of(pid);
+    for &b in &backends {
+        // SAFETY: signalling a backend of the server this test started.
+        unsafe { libc::kill(b, libc::SIGKILL) };
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    child.wait().expect("reap postgres");
+    wait_for(
+        "every postgres backend to exit",
+        Duration::from_secs(120),
+        || backends.iter().all(|&b| !alive(b)),
+    );
 }
 
-fn reap(mut child: Child, pgid: i32) {
+/// The pids whose parent is `parent` (from /proc).
+fn children_of(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if stat_fields(pid).is_some_and(|(_, ppid)| ppid == parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// (state, ppid) from /proc/PID/stat; the command name may hold spaces, so parse after ')'.
+fn stat_fields(pid: i32) -> Option<(char, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Exists and is not a zombie (a zombie has exited; only its parent's wait is missing).
+fn alive(pid: i32) -> bool {
+    stat_fields(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+fn reap(mut child: Child) {
     child.wait().expect("reap postgres");
-    // Backends are not our children; wait until none of the group is left.
-    wait_for(
-        "every postgres process to exit",
-        Duration::from_secs(120),
-        || {
-            // SAFETY: signal 0 only checks for existence.
-            unsafe { libc::kill(-pgid, 0) != 0 }
-        },
-    );
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
         if let Some(child) = self.child.take() {
-            let pgid = child.id() as i32;
-            kill_group(pgid, libc::SIGKILL);
-            reap(child, pgid);
+            kill_server(child);
         }
     }
 }
