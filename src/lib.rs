@@ -8,6 +8,8 @@
 //! - [`fs`]: the filesystem core (namespace, inodes, handles, POSIX rules, fsync), testable
 //!   without a mount.
 //! - [`cache`]: the cache dir: format marker, lock, RocksDB metadata, sparse cache files.
+//! - [`store`]: the object store seam (trait, local directory, retry and fault wrappers).
+//! - [`manifest`]: the bucket's formats: segments and manifests.
 //!
 //! A request travels `fuse` → `fs` → (`cache` metadata + cache file). See docs/ and
 //! ../shared/DESIGN.md for the whole picture.
@@ -16,4 +18,6 @@ pub mod cache;
 pub mod config;
 pub mod fs;
 pub mod fuse;
+pub mod manifest;
 pub mod mount;
+pub mod store;

@@ -278,6 +278,12 @@ impl MetaBatch<'_> {
         }
     }
 
+    /// Forgets one page's dirty marker (its bytes are in the bucket).
+    pub fn delete_dirty_page(&mut self, ino: u64, page: u64) {
+        self.batch
+            .delete_cf(self.store.cf(CF_DIRTY), dirty_key(ino, page));
+    }
+
     /// Forgets the dirty markers of every page at or after `page`.
     pub fn delete_dirty_from(&mut self, ino: u64, page: u64) {
         let end = match ino.checked_add(1) {

@@ -28,6 +28,7 @@ impl Fs {
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let inode = self.inode(ino)?;
         let truncate = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let _gate = truncate.then(|| self.gate.read());
         let _io = truncate.then(|| inode.io.write());
         let mut st = inode.state.lock();
         match st.attr.kind {
@@ -67,7 +68,7 @@ impl Fs {
             }
         }
         // Unlinked and closed: delete it, under the namespace lock like any deletion.
-        let _ns = self.namespace.lock();
+        let _ns = self.lock_namespace();
         let mut st = inode.state.lock();
         if st.open_count == 0 && st.attr.nlink == 0 && self.inodes.read().contains_key(&ino) {
             let mut batch = self.meta.batch();
@@ -114,6 +115,7 @@ impl Fs {
             .filter(|&end| end <= MAX_FILE_SIZE)
             .ok_or(FsError::TooLarge(offset))?;
         let inode = self.inode(ino)?;
+        let _gate = self.gate.read();
         let _io = inode.io.read();
         let file = {
             let mut st = inode.state.lock();
@@ -153,6 +155,7 @@ impl Fs {
 
     pub fn setattr(&self, ino: u64, changes: &SetAttr) -> Result<Attr> {
         let inode = self.inode(ino)?;
+        let _gate = self.gate.read();
         let _io = changes.size.map(|_| inode.io.write());
         let mut st = inode.state.lock();
         let saved = st.attr.clone();
@@ -246,6 +249,7 @@ impl Fs {
             return Err(FsError::NotSupported("fallocate mode"));
         }
         let inode = self.inode(ino)?;
+        let _gate = self.gate.read();
         let _io = inode.io.write();
         let mut st = inode.state.lock();
         if st.attr.kind != FileKind::File {
@@ -359,7 +363,11 @@ impl Fs {
     }
 
     /// The inode's cache file, opened on first use (created with `create`).
-    fn cache_file(&self, st: &mut InodeState, create: bool) -> Result<Option<Arc<File>>> {
+    pub(super) fn cache_file(
+        &self,
+        st: &mut InodeState,
+        create: bool,
+    ) -> Result<Option<Arc<File>>> {
         if let Some(f) = &st.file {
             return Ok(Some(f.clone()));
         }

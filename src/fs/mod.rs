@@ -8,18 +8,21 @@
 //! open, written through to RocksDB on every change), directory entries in RocksDB only, and
 //! file bytes in one sparse cache file per inode.
 //!
-//! Locking, outermost first: `namespace` (one mutating namespace operation at a time), then
+//! Locking, outermost first: `gate` (shared by every change, exclusive for a checkpoint's
+//! cut), then `namespace` (one mutating namespace operation at a time), then
 //! the `inodes` map, then inode `io` locks, then inode `state` locks. Data operations take a
 //! single inode's locks and never wait for a second inode while holding one, so a namespace
 //! operation may lock several inodes in any order.
 
 pub mod attr;
+mod cut;
 mod data;
 mod error;
 mod namespace;
 pub mod pageset;
 
 pub use attr::{Attr, FileKind};
+pub use cut::{Cut, CutDirent, PathFilter};
 pub use error::{FsError, Result};
 pub use namespace::RenameMode;
 
@@ -31,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use tracing::{info, warn};
 
 use crate::cache::{CacheDir, MetaBatch, MetaStore};
@@ -148,6 +151,9 @@ pub struct Fs {
     cache: CacheDir,
     meta: MetaStore,
     inodes: RwLock<HashMap<u64, Arc<Inode>>>,
+    /// Held shared by every operation that changes the filesystem, exclusively by a
+    /// checkpoint's cut, so that a cut sees no operation half done. Outermost of all locks.
+    gate: RwLock<()>,
     namespace: Mutex<()>,
     next_ino: AtomicU64,
     next_fh: AtomicU64,
@@ -183,6 +189,7 @@ impl Fs {
             cache,
             meta,
             inodes: RwLock::new(map),
+            gate: RwLock::new(()),
             namespace: Mutex::new(()),
             next_fh: AtomicU64::new(1),
             dir_handles: Mutex::new(HashMap::new()),
@@ -388,6 +395,12 @@ impl Fs {
             return Err(FsError::Access);
         }
         Ok(())
+    }
+
+    /// The locks a namespace change holds: the cut gate (shared), then the namespace mutex.
+    fn lock_namespace(&self) -> (RwLockReadGuard<'_, ()>, MutexGuard<'_, ()>) {
+        let gate = self.gate.read();
+        (gate, self.namespace.lock())
     }
 
     fn inode(&self, ino: u64) -> Result<Arc<Inode>> {

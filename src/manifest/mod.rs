@@ -184,7 +184,7 @@ impl Manifest {
         let next_ino = r.u64()?;
         // Each count is checked against the bytes left (every record takes at least 8) so a
         // corrupt count cannot ask for a huge allocation.
-        let mut count = |r: &mut Reader| -> Result<usize, FormatError> {
+        let count = |r: &mut Reader| -> Result<usize, FormatError> {
             let n = r.u32()? as usize;
             if n > r.remaining() / 4 {
                 return Err(corrupt("count exceeds the object"));
@@ -237,7 +237,10 @@ impl Manifest {
             let first_page = r.u64()?;
             let pages = r.u32()?;
             let seg = r.u32()? as usize;
-            let segment = table.get(seg).ok_or_else(|| corrupt("segment index"))?.clone();
+            let segment = table
+                .get(seg)
+                .ok_or_else(|| corrupt("segment index"))?
+                .clone();
             let run = RunLocation {
                 ino,
                 first_page,
@@ -343,7 +346,10 @@ mod tests {
             assert!(Manifest::decode(&bad, "k").is_err(), "flip at {i} accepted");
         }
         for n in 0..bytes.len() {
-            assert!(Manifest::decode(&bytes[..n], "k").is_err(), "prefix {n} accepted");
+            assert!(
+                Manifest::decode(&bytes[..n], "k").is_err(),
+                "prefix {n} accepted"
+            );
         }
     }
 }

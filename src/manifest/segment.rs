@@ -193,7 +193,10 @@ pub fn verify_segment(bytes: &[u8], key: &str) -> Result<Vec<RunLocation>, Forma
     let mut r = Reader::new(index, key);
     let count = r.u32()? as usize;
     if count.checked_mul(INDEX_ENTRY_LEN) != Some(index.len() - 4) {
-        return Err(corrupt(format!("index of {} bytes cannot hold {count} runs", index.len())));
+        return Err(corrupt(format!(
+            "index of {} bytes cannot hold {count} runs",
+            index.len()
+        )));
     }
     let mut runs = Vec::with_capacity(count);
     for _ in 0..count {
@@ -242,7 +245,10 @@ mod tests {
         for i in (0..bytes.len()).step_by(97).chain([bytes.len() - 1]) {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
-            assert!(verify_segment(&bad, "k").is_err(), "flip at {i} not detected");
+            assert!(
+                verify_segment(&bad, "k").is_err(),
+                "flip at {i} not detected"
+            );
         }
         assert!(verify_segment(&bytes[..bytes.len() - 3], "k").is_err());
     }

@@ -56,7 +56,11 @@ impl<'a> Reader<'a> {
         if n > self.remaining() {
             return Err(FormatError::corrupt(
                 self.key,
-                format!("truncated: need {n} bytes at {}, have {}", self.pos, self.remaining()),
+                format!(
+                    "truncated: need {n} bytes at {}, have {}",
+                    self.pos,
+                    self.remaining()
+                ),
             ));
         }
         let out = &self.buf[self.pos..self.pos + n];

@@ -201,7 +201,11 @@ mod tests {
                 .unwrap();
             assert_eq!(store.get(&key, None).await.unwrap(), vec![i as u8; 10]);
         }
-        assert!(plan.counts().puts > 20, "no fault was injected: {:?}", plan.counts());
+        assert!(
+            plan.counts().puts > 20,
+            "no fault was injected: {:?}",
+            plan.counts()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -267,10 +271,7 @@ mod tests {
         plan.set_outage(false);
         let (ours, theirs) = retry.await.unwrap();
         ours.expect("our own earlier create is success");
-        assert!(matches!(
-            theirs,
-            Err(StoreError::PreconditionFailed { .. })
-        ));
+        assert!(matches!(theirs, Err(StoreError::PreconditionFailed { .. })));
     }
 
     #[tokio::test(start_paused = true)]

@@ -42,7 +42,9 @@ impl LocalStore {
         let bad = key.is_empty()
             || key.starts_with('/')
             || key.ends_with(TMP_SUFFIX)
-            || key.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+            || key
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..");
         if bad {
             return Err(StoreError::Permanent {
                 op: "resolve",
@@ -124,7 +126,9 @@ impl LocalStore {
             for entry in entries {
                 let entry = entry.map_err(|e| transient("list", prefix, e))?;
                 let path = entry.path();
-                let ft = entry.file_type().map_err(|e| transient("list", prefix, e))?;
+                let ft = entry
+                    .file_type()
+                    .map_err(|e| transient("list", prefix, e))?;
                 if ft.is_dir() {
                     stack.push(path);
                     continue;
@@ -208,7 +212,13 @@ fn transient(op: &'static str, key: &str, e: io::Error) -> StoreError {
 /// places a new file).
 fn etag_from_meta(m: &fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
-    format!("{:x}-{:x}-{:x}{:09}", m.ino(), m.len(), m.mtime(), m.mtime_nsec())
+    format!(
+        "{:x}-{:x}-{:x}{:09}",
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec()
+    )
 }
 
 fn etag_of(path: &Path) -> io::Result<Option<String>> {
@@ -236,16 +246,26 @@ mod tests {
     #[tokio::test]
     async fn put_get_ranges_list_delete() {
         let (_d, s) = store();
-        s.put("a/b/one", Bytes::from_static(b"0123456789"), PutMode::Overwrite)
-            .await
-            .unwrap();
+        s.put(
+            "a/b/one",
+            Bytes::from_static(b"0123456789"),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
         s.put("a/two", Bytes::from_static(b"xy"), PutMode::Overwrite)
             .await
             .unwrap();
         assert_eq!(&s.get("a/b/one", None).await.unwrap()[..], b"0123456789");
         assert_eq!(&s.get("a/b/one", Some(2..5)).await.unwrap()[..], b"234");
         assert_eq!(&s.get("a/b/one", Some(8..100)).await.unwrap()[..], b"89");
-        let keys: Vec<_> = s.list("a/").await.unwrap().into_iter().map(|m| m.key).collect();
+        let keys: Vec<_> = s
+            .list("a/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(keys, ["a/b/one", "a/two"]);
         assert_eq!(s.list("a/b").await.unwrap().len(), 1);
         s.delete("a/two").await.unwrap();
@@ -267,7 +287,10 @@ mod tests {
             .put("m/1", Bytes::from_static(b"second"), PutMode::Create)
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::PreconditionFailed { .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::PreconditionFailed { .. }),
+            "{err}"
+        );
         assert_eq!(&s.get("m/1", None).await.unwrap()[..], b"first");
         // No temporary file is left behind or listed.
         assert_eq!(s.list("").await.unwrap().len(), 1);
@@ -282,12 +305,20 @@ mod tests {
             .unwrap();
         let stale = "not-the-etag".to_string();
         let err = s
-            .put("lease", Bytes::from_static(b"v2"), PutMode::Replace { etag: stale })
+            .put(
+                "lease",
+                Bytes::from_static(b"v2"),
+                PutMode::Replace { etag: stale },
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::PreconditionFailed { .. }));
         let new = s
-            .put("lease", Bytes::from_static(b"v2"), PutMode::Replace { etag: etag.clone() })
+            .put(
+                "lease",
+                Bytes::from_static(b"v2"),
+                PutMode::Replace { etag: etag.clone() },
+            )
             .await
             .unwrap();
         assert_ne!(new, etag);

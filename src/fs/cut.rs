@@ -1,0 +1,211 @@
+//! The fs core's side of a checkpoint: the cut (a consistent image of the namespace plus the
+//! bytes of every dirty page, taken with all changes paused), and marking pages clean once the
+//! bucket holds them.
+//!
+//! The cut copies the dirty bytes out while the gate is held, instead of the copy-on-write
+//! that DESIGN.md describes: the copy is a read of pages that are almost always in the page
+//! cache, bounded by `--max-dirty`, and it makes "uploads read exactly the cut's bytes" true by
+//! construction. docs/checkpoints.md says when to revisit this.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+
+use super::pageset::PageSet;
+use super::{Attr, FileKind, Fs, FsError, Result, PAGE_SIZE, ROOT_INO};
+
+/// One directory entry in a cut.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutDirent {
+    pub parent: u64,
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: FileKind,
+}
+
+/// What a cut took: the filesystem as of the end of `epoch`, less local-only paths.
+#[derive(Debug, Default)]
+pub struct Cut {
+    pub epoch: u64,
+    pub next_ino: u64,
+    pub inodes: Vec<Attr>,
+    pub dirents: Vec<CutDirent>,
+    /// The dirty pages whose bytes went to the sink, per inode.
+    pub taken: HashMap<u64, PageSet>,
+    /// Bytes handed to the sink.
+    pub bytes: u64,
+}
+
+/// Decides which paths are never uploaded (`--local-only`).
+pub trait PathFilter {
+    /// `path` is relative to the root, components joined by '/'.
+    fn local_only(&self, path: &[u8]) -> bool;
+}
+
+impl Fs {
+    /// Takes a cut: pauses every change, closes the current epoch, hands each dirty run of at
+    /// most `max_run_pages` pages to `sink(ino, first_page, pages, bytes)`, and records the
+    /// namespace. Changes resume when it returns; pages written from then on belong to the
+    /// next epoch.
+    pub fn cut(
+        &self,
+        filter: &dyn PathFilter,
+        max_run_pages: u32,
+        sink: &mut dyn FnMut(u64, u64, u32, &[u8]) -> io::Result<()>,
+    ) -> Result<Cut> {
+        let _gate = self.gate.write();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let mut cut = Cut {
+            epoch,
+            next_ino: self.next_ino.load(Ordering::Acquire),
+            ..Cut::default()
+        };
+        // Walk the tree from the root so that local-only paths (and all below them) are left
+        // out; inodes are reached through their names, hard links included once.
+        let mut seen = std::collections::HashSet::new();
+        let mut local_only = std::collections::HashSet::new();
+        let mut stack: Vec<(u64, Vec<u8>, bool)> = vec![(ROOT_INO, Vec::new(), false)];
+        seen.insert(ROOT_INO);
+        let inodes = self.inodes.read();
+        while let Some((dir, path, excluded)) = stack.pop() {
+            for d in self.meta.list_dir(dir)? {
+                let mut child = path.clone();
+                if !child.is_empty() {
+                    child.push(b'/');
+                }
+                child.extend_from_slice(d.name.as_encoded_bytes());
+                let excluded = excluded || filter.local_only(&child);
+                if excluded {
+                    if local_only.insert(d.ino) && d.kind == FileKind::Dir {
+                        stack.push((d.ino, child, true));
+                    }
+                    continue;
+                }
+                cut.dirents.push(CutDirent {
+                    parent: dir,
+                    name: d.name,
+                    ino: d.ino,
+                    kind: d.kind,
+                });
+                if seen.insert(d.ino) && d.kind == FileKind::Dir {
+                    stack.push((d.ino, child, false));
+                }
+            }
+        }
+        // Local-only files are never uploaded, so nothing of theirs waits to be: forget
+        // their dirty pages (a file with another, uploaded name is uploaded all the same).
+        let mut batch = self.meta.batch();
+        for ino in local_only.difference(&seen) {
+            if let Some(inode) = inodes.get(ino) {
+                let mut st = inode.state.lock();
+                if !st.dirty.is_empty() {
+                    st.dirty = PageSet::new();
+                    batch.delete_dirty_from(*ino, 0);
+                }
+            }
+        }
+        self.meta.commit(batch)?;
+        let mut buf = Vec::new();
+        for &ino in &seen {
+            let Some(inode) = inodes.get(&ino) else {
+                return Err(FsError::Invalid("directory entry names a missing inode"));
+            };
+            let mut st = inode.state.lock();
+            cut.inodes.push(st.attr.clone());
+            if st.dirty.is_empty() || st.attr.kind != FileKind::File {
+                continue;
+            }
+            let taken = std::mem::take(&mut st.dirty);
+            let size = st.attr.size;
+            let file = self.cache_file(&mut st, false)?;
+            for range in taken.iter() {
+                let mut first = range.start;
+                while first < range.end && first * PAGE_SIZE < size {
+                    let pages = (range.end - first).min(u64::from(max_run_pages));
+                    let end = ((first + pages) * PAGE_SIZE).min(size);
+                    buf.clear();
+                    buf.resize((end - first * PAGE_SIZE) as usize, 0);
+                    if let Some(f) = &file {
+                        read_full(f, &mut buf, first * PAGE_SIZE)?;
+                    }
+                    sink(ino, first, pages as u32, &buf)
+                        .map_err(FsError::io("stage dirty pages"))?;
+                    cut.bytes += buf.len() as u64;
+                    first += pages;
+                }
+            }
+            cut.taken.insert(ino, taken);
+        }
+        let mut batch = self.meta.batch();
+        batch.put_epoch(epoch + 1);
+        self.meta.commit(batch)?;
+        self.epoch.store(epoch + 1, Ordering::Release);
+        Ok(cut)
+    }
+
+    /// The checkpoint that uploaded `taken` failed: those pages are dirty again (RocksDB still
+    /// says so; this puts memory back in step).
+    pub fn untake(&self, taken: HashMap<u64, PageSet>) {
+        let inodes = self.inodes.read();
+        for (ino, pages) in taken {
+            if let Some(inode) = inodes.get(&ino) {
+                let mut st = inode.state.lock();
+                let size_pages = st.attr.size.div_ceil(PAGE_SIZE);
+                for r in pages.iter() {
+                    let r = r.start..r.end.min(size_pages);
+                    st.dirty.insert(r);
+                }
+            }
+        }
+    }
+
+    /// The checkpoint of `epoch` is committed: pages taken by its cut and not written since
+    /// are clean. Their dirty marks go; pages written again stay dirty for the next epoch.
+    pub fn mark_clean(&self, taken: &HashMap<u64, PageSet>) -> Result<u64> {
+        let inodes = self.inodes.read();
+        let mut cleaned = 0;
+        for (ino, pages) in taken {
+            let Some(inode) = inodes.get(ino) else {
+                continue; // deleted since the cut: its marks went with it
+            };
+            // Under the inode's lock, so a write cannot re-mark a page between our check and
+            // the delete.
+            let st = inode.state.lock();
+            let mut batch = self.meta.batch();
+            for r in pages.iter() {
+                for page in r {
+                    if !st.dirty.contains(page) {
+                        batch.delete_dirty_page(*ino, page);
+                        cleaned += 1;
+                    }
+                }
+            }
+            self.meta.commit(batch)?;
+        }
+        Ok(cleaned)
+    }
+
+    /// Dirty pages and bytes (an upper bound: the last page of a file may be short).
+    pub fn dirty_pages(&self) -> u64 {
+        self.inodes
+            .read()
+            .values()
+            .map(|i| i.state.lock().dirty.len())
+            .sum()
+    }
+}
+
+fn read_full(f: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break, // past the cache file's end: a hole, zeros already in buf
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FsError::io("read cache file")(e)),
+        }
+    }
+    Ok(())
+}
