@@ -22,6 +22,10 @@ const CF_INODES: &str = "inodes";
 const CF_DIRENTS: &str = "dirents";
 const CF_DIRTY: &str = "dirty";
 const CF_META: &str = "meta";
+/// ino -> the lowest page count a file was truncated to since its last checkpoint.
+const CF_TRUNCS: &str = "truncs";
+/// (ino, page) -> (): pages whose bytes are in the bucket but not (yet) in the cache file.
+const CF_ABSENT: &str = "absent";
 const KEY_NEXT_INO: &[u8] = b"next_ino";
 const KEY_EPOCH: &[u8] = b"epoch";
 
@@ -55,6 +59,8 @@ pub struct Dirent {
 pub struct Loaded {
     pub inodes: Vec<Attr>,
     pub dirty: Vec<(u64, PageSet)>,
+    pub truncs: Vec<(u64, u64)>,
+    pub absent: Vec<(u64, PageSet)>,
     pub next_ino: Option<u64>,
     pub epoch: Option<u64>,
 }
@@ -77,9 +83,11 @@ impl MetaStore {
         opts.set_max_total_wal_size(64 << 20);
         opts.set_keep_log_file_num(2);
         opts.set_max_log_file_size(1 << 20);
-        let cfs = [CF_INODES, CF_DIRENTS, CF_DIRTY, CF_META]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let cfs = [
+            CF_INODES, CF_DIRENTS, CF_DIRTY, CF_META, CF_TRUNCS, CF_ABSENT,
+        ]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(db_err("open"))?;
         let store = MetaStore {
             db,
@@ -205,12 +213,61 @@ impl MetaStore {
                 }
             }
         }
+        let absent = self.load_page_sets(CF_ABSENT)?;
+        let mut truncs = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_TRUNCS), IteratorMode::Start) {
+            let (k, v) = item.map_err(db_err("load truncations"))?;
+            let bad = || MetaError::BadRecord {
+                cf: CF_TRUNCS,
+                why: "key or value is not 8 bytes",
+            };
+            let ino = be_u64(&k).ok_or_else(bad)?;
+            let keep = u64::from_le_bytes(v.as_ref().try_into().map_err(|_| bad())?);
+            truncs.push((ino, keep));
+        }
         Ok(Loaded {
             inodes,
             dirty,
+            truncs,
+            absent,
             next_ino: self.get_meta_u64(KEY_NEXT_INO)?,
             epoch: self.get_meta_u64(KEY_EPOCH)?,
         })
+    }
+
+    /// Reads a column family of (ino, page) keys into one page set per inode.
+    fn load_page_sets(&self, cf: &'static str) -> Result<Vec<(u64, PageSet)>, MetaError> {
+        let mut out: Vec<(u64, PageSet)> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+            let (k, _) = item.map_err(db_err("load page set"))?;
+            if k.len() != 16 {
+                return Err(MetaError::BadRecord {
+                    cf,
+                    why: "key is not 16 bytes",
+                });
+            }
+            let ino = be_u64(&k[..8]).expect("length checked");
+            let page = be_u64(&k[8..]).expect("length checked");
+            match out.last_mut() {
+                Some((last, set)) if *last == ino => {
+                    set.insert(page..page + 1);
+                }
+                _ => {
+                    let mut set = PageSet::new();
+                    set.insert(page..page + 1);
+                    out.push((ino, set));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A small value in the meta column family (None if never set).
+    pub fn get_meta_bytes(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_META), key)
+            .map_err(db_err("get meta"))?)
     }
 
     fn get_meta_u64(&self, key: &[u8]) -> Result<Option<u64>, MetaError> {
@@ -254,6 +311,8 @@ impl MetaBatch<'_> {
     pub fn delete_inode(&mut self, ino: u64) {
         self.batch
             .delete_cf(self.store.cf(CF_INODES), ino.to_be_bytes());
+        self.delete_trunc(ino);
+        self.delete_absent(ino, 0..u64::MAX);
         self.delete_dirty_from(ino, 0);
     }
 
@@ -278,6 +337,21 @@ impl MetaBatch<'_> {
         }
     }
 
+    /// Records that a file was cut down to `keep_pages` pages since its last checkpoint, so
+    /// the bucket's older pages past that point are dropped by the next one.
+    pub fn put_trunc(&mut self, ino: u64, keep_pages: u64) {
+        self.batch.put_cf(
+            self.store.cf(CF_TRUNCS),
+            ino.to_be_bytes(),
+            keep_pages.to_le_bytes(),
+        );
+    }
+
+    pub fn delete_trunc(&mut self, ino: u64) {
+        self.batch
+            .delete_cf(self.store.cf(CF_TRUNCS), ino.to_be_bytes());
+    }
+
     /// Forgets one page's dirty marker (its bytes are in the bucket).
     pub fn delete_dirty_page(&mut self, ino: u64, page: u64) {
         self.batch
@@ -297,6 +371,32 @@ impl MetaBatch<'_> {
     pub fn put_next_ino(&mut self, next: u64) {
         self.batch
             .put_cf(self.store.cf(CF_META), KEY_NEXT_INO, next.to_le_bytes());
+    }
+
+    pub fn put_meta_bytes(&mut self, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.store.cf(CF_META), key, value);
+    }
+
+    pub fn put_absent(&mut self, ino: u64, pages: Range<u64>) {
+        let cf = self.store.cf(CF_ABSENT);
+        for page in pages {
+            self.batch.put_cf(cf, dirty_key(ino, page), []);
+        }
+    }
+
+    /// Forgets absent markers for pages `pages` (their bytes are now in the cache file, or
+    /// gone).
+    pub fn delete_absent(&mut self, ino: u64, pages: Range<u64>) {
+        let end = if pages.end == u64::MAX {
+            match ino.checked_add(1) {
+                Some(next) => dirty_key(next, 0),
+                None => [0xff; 16],
+            }
+        } else {
+            dirty_key(ino, pages.end)
+        };
+        self.batch
+            .delete_range_cf(self.store.cf(CF_ABSENT), dirty_key(ino, pages.start), end);
     }
 
     pub fn put_epoch(&mut self, epoch: u64) {

@@ -34,6 +34,9 @@ pub struct Cut {
     pub dirents: Vec<CutDirent>,
     /// The dirty pages whose bytes went to the sink, per inode.
     pub taken: HashMap<u64, PageSet>,
+    /// Files cut down since the last cut: (ino, pages kept). The bucket's older pages at or
+    /// past that point are gone, even where the file has grown again since.
+    pub truncations: Vec<(u64, u64)>,
     /// Bytes handed to the sink.
     pub bytes: u64,
 }
@@ -114,6 +117,9 @@ impl Fs {
             };
             let mut st = inode.state.lock();
             cut.inodes.push(st.attr.clone());
+            if let Some(keep) = st.trunc.take() {
+                cut.truncations.push((ino, keep));
+            }
             if st.dirty.is_empty() || st.attr.kind != FileKind::File {
                 continue;
             }
@@ -147,9 +153,15 @@ impl Fs {
 
     /// The checkpoint that uploaded `taken` failed: those pages are dirty again (RocksDB still
     /// says so; this puts memory back in step).
-    pub fn untake(&self, taken: HashMap<u64, PageSet>) {
+    pub fn untake(&self, cut: Cut) {
         let inodes = self.inodes.read();
-        for (ino, pages) in taken {
+        for (ino, keep) in cut.truncations {
+            if let Some(inode) = inodes.get(&ino) {
+                let mut st = inode.state.lock();
+                st.trunc = Some(st.trunc.map_or(keep, |t| t.min(keep)));
+            }
+        }
+        for (ino, pages) in cut.taken {
             if let Some(inode) = inodes.get(&ino) {
                 let mut st = inode.state.lock();
                 let size_pages = st.attr.size.div_ceil(PAGE_SIZE);
@@ -163,8 +175,19 @@ impl Fs {
 
     /// The checkpoint of `epoch` is committed: pages taken by its cut and not written since
     /// are clean. Their dirty marks go; pages written again stay dirty for the next epoch.
-    pub fn mark_clean(&self, taken: &HashMap<u64, PageSet>) -> Result<u64> {
+    pub fn mark_clean(&self, cut: &Cut) -> Result<u64> {
         let inodes = self.inodes.read();
+        for (ino, _) in &cut.truncations {
+            if let Some(inode) = inodes.get(ino) {
+                let st = inode.state.lock();
+                if st.trunc.is_none() {
+                    let mut batch = self.meta.batch();
+                    batch.delete_trunc(*ino);
+                    self.meta.commit(batch)?;
+                }
+            }
+        }
+        let taken = &cut.taken;
         let mut cleaned = 0;
         for (ino, pages) in taken {
             let Some(inode) = inodes.get(ino) else {

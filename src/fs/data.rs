@@ -28,7 +28,7 @@ impl Fs {
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let inode = self.inode(ino)?;
         let truncate = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let _gate = truncate.then(|| self.gate.read());
+        let _gate = if truncate { Some(self.enter()?) } else { None };
         let _io = truncate.then(|| inode.io.write());
         let mut st = inode.state.lock();
         match st.attr.kind {
@@ -68,7 +68,7 @@ impl Fs {
             }
         }
         // Unlinked and closed: delete it, under the namespace lock like any deletion.
-        let _ns = self.lock_namespace();
+        let _ns = self.lock_namespace()?;
         let mut st = inode.state.lock();
         if st.open_count == 0 && st.attr.nlink == 0 && self.inodes.read().contains_key(&ino) {
             let mut batch = self.meta.batch();
@@ -82,17 +82,19 @@ impl Fs {
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let inode = self.inode(ino)?;
         let _io = inode.io.read();
-        let (file, file_size) = {
-            let mut st = inode.state.lock();
+        let file_size = {
+            let st = inode.state.lock();
             if st.attr.kind == FileKind::Dir {
                 return Err(FsError::IsDir);
             }
-            (self.cache_file(&mut st, false)?, st.attr.size)
+            st.attr.size
         };
         if offset >= file_size {
             return Ok(Vec::new());
         }
         let len = (file_size - offset).min(u64::from(size)) as usize;
+        self.fill_absent(&inode, pages(offset, offset + len as u64))?;
+        let file = self.cache_file(&mut inode.state.lock(), false)?;
         let mut buf = vec![0u8; len];
         if let Some(file) = file {
             let mut done = 0;
@@ -115,8 +117,15 @@ impl Fs {
             .filter(|&end| end <= MAX_FILE_SIZE)
             .ok_or(FsError::TooLarge(offset))?;
         let inode = self.inode(ino)?;
-        let _gate = self.gate.read();
+        let _gate = self.enter()?;
         let _io = inode.io.read();
+        // A page only partly overwritten needs its old bytes first, if they are only in the
+        // bucket; whole pages are simply replaced.
+        for edge in [offset / PAGE_SIZE, end.saturating_sub(1) / PAGE_SIZE] {
+            if offset % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+                self.fill_absent(&inode, edge..edge + 1)?;
+            }
+        }
         let file = {
             let mut st = inode.state.lock();
             if st.attr.kind != FileKind::File {
@@ -146,6 +155,11 @@ impl Fs {
         }
         let mut batch = self.meta.batch();
         for range in added {
+            // A page written whole is no longer absent: its bytes are the new ones.
+            if !st.absent.is_empty() {
+                st.absent.remove(range.clone());
+                batch.delete_absent(ino, range.clone());
+            }
             batch.put_dirty(ino, range, epoch);
         }
         batch.put_inode(&st.attr);
@@ -155,8 +169,16 @@ impl Fs {
 
     pub fn setattr(&self, ino: u64, changes: &SetAttr) -> Result<Attr> {
         let inode = self.inode(ino)?;
-        let _gate = self.gate.read();
+        let _gate = self.enter()?;
         let _io = changes.size.map(|_| inode.io.write());
+        if let Some(size) = changes.size {
+            // The page the new end falls in keeps its head and becomes dirty: its old bytes
+            // must be here first.
+            let edge = size.min(inode.state.lock().attr.size);
+            if edge % PAGE_SIZE != 0 {
+                self.fill_absent(&inode, edge / PAGE_SIZE..edge / PAGE_SIZE + 1)?;
+            }
+        }
         let mut st = inode.state.lock();
         let saved = st.attr.clone();
         let now = SystemTime::now();
@@ -222,6 +244,11 @@ impl Fs {
         if size < old {
             st.dirty.truncate(keep);
             batch.delete_dirty_from(ino, keep);
+            st.absent.truncate(keep);
+            batch.delete_absent(ino, keep..u64::MAX);
+            let lowest = st.trunc.map_or(keep, |t| t.min(keep));
+            st.trunc = Some(lowest);
+            batch.put_trunc(ino, lowest);
         }
         let epoch = self.epoch.load(Ordering::Relaxed);
         let edge = if size < old { size } else { old };
@@ -249,8 +276,14 @@ impl Fs {
             return Err(FsError::NotSupported("fallocate mode"));
         }
         let inode = self.inode(ino)?;
-        let _gate = self.gate.read();
+        let _gate = self.enter()?;
         let _io = inode.io.write();
+        // Punched pages become dirty zeros and partly punched ones keep some old bytes:
+        // bring any that are only in the bucket here first.
+        if mode == PUNCH {
+            let size = inode.state.lock().attr.size;
+            self.fill_absent(&inode, pages(offset, end.min(size)))?;
+        }
         let mut st = inode.state.lock();
         if st.attr.kind != FileKind::File {
             return Err(FsError::NotSupported("fallocate of a non-file"));
@@ -295,6 +328,14 @@ impl Fs {
         }
         if offset >= size {
             return Err(FsError::NoData(offset));
+        }
+        if !inode.state.lock().absent.is_empty() {
+            // Some bytes are only in the bucket: call it all data, never a hole.
+            return Ok(if whence == libc::SEEK_DATA {
+                offset
+            } else {
+                size
+            });
         }
         let found = match file {
             None => None,

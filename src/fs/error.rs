@@ -36,6 +36,12 @@ pub enum FsError {
         #[source]
         source: io::Error,
     },
+    /// Another writer took over the bucket: this mount accepts no more changes.
+    #[error("read-only: another writer took over the bucket")]
+    Fenced,
+    /// File contents could not be fetched from the bucket (or failed their checksum).
+    #[error("fetch from the bucket: {0}")]
+    Fetch(String),
     #[error("metadata store: {0}")]
     Meta(#[from] crate::cache::MetaError),
     #[error(transparent)]
@@ -66,7 +72,8 @@ impl FsError {
             // A local disk error is reported as what it is (ENOSPC stays ENOSPC), so that
             // Postgres sees the real cause; anything without an errno is EIO.
             FsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            FsError::Meta(_) | FsError::Cache(_) => libc::EIO,
+            FsError::Fenced => libc::EROFS,
+            FsError::Meta(_) | FsError::Cache(_) | FsError::Fetch(_) => libc::EIO,
         }
     }
 }

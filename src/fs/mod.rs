@@ -20,11 +20,13 @@ mod data;
 mod error;
 mod namespace;
 pub mod pageset;
+mod remote;
 
 pub use attr::{Attr, FileKind};
 pub use cut::{Cut, CutDirent, PathFilter};
 pub use error::{FsError, Result};
 pub use namespace::RenameMode;
+pub use remote::{Fetcher, Restore};
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -121,6 +123,10 @@ struct InodeState {
     attr: Attr,
     /// Pages changed since they were last uploaded (all of them, until a bucket exists).
     dirty: PageSet,
+    /// Pages whose bytes are in the bucket but not in the cache file (after a restore).
+    absent: PageSet,
+    /// The lowest page count the file was truncated to since the last cut, if it shrank.
+    trunc: Option<u64>,
     /// Open file handles; an unlinked inode lives until this drops to zero.
     open_count: u32,
     /// The cache file, opened on first I/O and closed with the last handle.
@@ -145,6 +151,8 @@ struct Inode {
     state: Mutex<InodeState>,
     /// Held by the one thread running fdatasync for this inode (group commit).
     sync_lock: Mutex<()>,
+    /// Held while absent pages of this inode are fetched, so each is fetched once.
+    fill_lock: Mutex<()>,
 }
 
 pub struct Fs {
@@ -160,6 +168,10 @@ pub struct Fs {
     dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     /// The epoch that new dirty pages belong to (the checkpointer advances it).
     epoch: AtomicU64,
+    /// Fetches pages that are only in the bucket; set once a bucket is attached.
+    fetcher: std::sync::OnceLock<Arc<dyn Fetcher>>,
+    /// Set when another writer took over the bucket: every change fails with EROFS.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl Fs {
@@ -171,6 +183,8 @@ impl Fs {
         cache.sync_all_data()?;
         let loaded = meta.load()?;
         let mut dirty: HashMap<u64, PageSet> = loaded.dirty.into_iter().collect();
+        let truncs: HashMap<u64, u64> = loaded.truncs.into_iter().collect();
+        let mut absent: HashMap<u64, PageSet> = loaded.absent.into_iter().collect();
         let mut map = HashMap::with_capacity(loaded.inodes.len());
         let mut max_ino = ROOT_INO;
         let mut orphans = Vec::new();
@@ -181,7 +195,14 @@ impl Fs {
                 continue;
             }
             let pages = dirty.remove(&attr.ino).unwrap_or_default();
-            map.insert(attr.ino, Arc::new(Inode::new(attr, pages)));
+            let ino = attr.ino;
+            let inode = Inode::new(attr, pages);
+            {
+                let mut st = inode.state.lock();
+                st.trunc = truncs.get(&ino).copied();
+                st.absent = absent.remove(&ino).unwrap_or_default();
+            }
+            map.insert(ino, Arc::new(inode));
         }
         let fs = Fs {
             next_ino: AtomicU64::new(loaded.next_ino.unwrap_or(max_ino + 1).max(max_ino + 1)),
@@ -193,6 +214,8 @@ impl Fs {
             namespace: Mutex::new(()),
             next_fh: AtomicU64::new(1),
             dir_handles: Mutex::new(HashMap::new()),
+            fetcher: std::sync::OnceLock::new(),
+            fenced: std::sync::atomic::AtomicBool::new(false),
         };
         let mut batch = fs.meta.batch();
         for &ino in &orphans {
@@ -398,9 +421,18 @@ impl Fs {
     }
 
     /// The locks a namespace change holds: the cut gate (shared), then the namespace mutex.
-    fn lock_namespace(&self) -> (RwLockReadGuard<'_, ()>, MutexGuard<'_, ()>) {
+    fn lock_namespace(&self) -> Result<(RwLockReadGuard<'_, ()>, MutexGuard<'_, ()>)> {
+        let gate = self.enter()?;
+        Ok((gate, self.namespace.lock()))
+    }
+
+    /// The gate, shared, for an operation that changes the filesystem; refused once fenced.
+    fn enter(&self) -> Result<RwLockReadGuard<'_, ()>> {
         let gate = self.gate.read();
-        (gate, self.namespace.lock())
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(FsError::Fenced);
+        }
+        Ok(gate)
     }
 
     fn inode(&self, ino: u64) -> Result<Arc<Inode>> {
@@ -463,6 +495,8 @@ impl Inode {
             state: Mutex::new(InodeState {
                 attr,
                 dirty,
+                absent: PageSet::new(),
+                trunc: None,
                 open_count: 0,
                 file: None,
                 write_gen: 0,
@@ -472,6 +506,7 @@ impl Inode {
                 new_cache_file: false,
             }),
             sync_lock: Mutex::new(()),
+            fill_lock: Mutex::new(()),
         }
     }
 }

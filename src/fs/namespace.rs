@@ -133,7 +133,7 @@ impl Fs {
         fill: impl FnOnce(&mut Attr),
     ) -> Result<Attr> {
         check_name(name)?;
-        let _ns = self.lock_namespace();
+        let _ns = self.lock_namespace()?;
         let parent_inode = self.require_dir(parent)?;
         if self.meta.get_dirent(parent, name)?.is_some() {
             return Err(FsError::Exists);
@@ -198,7 +198,7 @@ impl Fs {
     /// Adds a name for an existing non-directory inode.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
         check_name(newname)?;
-        let _ns = self.lock_namespace();
+        let _ns = self.lock_namespace()?;
         let target = self.inode(ino)?;
         let np = self.require_dir(newparent)?;
         if self.meta.get_dirent(newparent, newname)?.is_some() {
@@ -232,7 +232,7 @@ impl Fs {
     /// is still open (see `release`).
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         check_name(name)?;
-        let _ns = self.lock_namespace();
+        let _ns = self.lock_namespace()?;
         let p = self.require_dir(parent)?;
         let entry = self
             .meta
@@ -261,7 +261,7 @@ impl Fs {
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
         check_name(name)?;
-        let _ns = self.lock_namespace();
+        let _ns = self.lock_namespace()?;
         let p = self.require_dir(parent)?;
         let entry = self
             .meta
@@ -303,7 +303,7 @@ impl Fs {
     ) -> Result<()> {
         check_name(name)?;
         check_name(newname)?;
-        let _ns = self.lock_namespace();
+        let _ns = self.lock_namespace()?;
         let p = self.require_dir(parent)?;
         let np = self.require_dir(newparent)?;
         let src = self

@@ -67,6 +67,22 @@ impl PageSet {
         added
     }
 
+    /// Removes `pages` from the set.
+    pub fn remove(&mut self, pages: Range<u64>) {
+        if pages.is_empty() {
+            return;
+        }
+        // Keep what lies below `pages.start`, then add back what lies at or past `pages.end`.
+        let all = self.ranges.clone();
+        self.truncate(pages.start);
+        for (s, e) in all {
+            let s = s.max(pages.end);
+            if s < e {
+                self.ranges.insert(s, e);
+            }
+        }
+    }
+
     /// Removes every page at or after `from`.
     pub fn truncate(&mut self, from: u64) {
         let tail: Vec<u64> = self.ranges.range(from..).map(|(&s, _)| s).collect();
@@ -92,6 +108,17 @@ mod tests {
     use std::collections::BTreeSet;
 
     #[test]
+    fn remove_cuts_ranges() {
+        let mut set = PageSet::new();
+        set.insert(0..10);
+        set.insert(20..30);
+        set.remove(5..25);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0..5, 25..30]);
+        set.remove(0..100);
+        assert!(set.is_empty());
+    }
+
+    #[test]
     fn insert_reports_only_new_pages() {
         let mut set = PageSet::new();
         assert_eq!(set.insert(2..4), vec![2..4]);
@@ -102,13 +129,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn matches_a_plain_set(ops in prop::collection::vec((0u64..64, 0u64..8, any::<bool>()), 1..40)) {
+        fn matches_a_plain_set(ops in prop::collection::vec((0u64..64, 0u64..8, 0u8..3), 1..40)) {
             let mut set = PageSet::new();
             let mut model = BTreeSet::new();
-            for (start, len, truncate) in ops {
-                if truncate {
+            for (start, len, op) in ops {
+                if op == 1 {
                     set.truncate(start);
                     model.retain(|&p| p < start);
+                } else if op == 2 {
+                    set.remove(start..start + len);
+                    model.retain(|&p| p < start || p >= start + len);
                 } else {
                     let added = set.insert(start..start + len);
                     let expected: Vec<u64> =

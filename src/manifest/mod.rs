@@ -5,7 +5,7 @@
 //! ```text
 //! manifest  magic "BFSMAN01" | version u32 | body | crc32c u32 (of everything before it)
 //! body      epoch u64 | parent u64 (0: a base) | created_ms u64 | page_size u32 |
-//!           writer blob | next_ino u64 |
+//!           writer blob | next_ino u64 | clean_stop u8 |
 //!           segments: count u32, key blob each          (the table extents index into)
 //!           inodes:   count u32, (ino u64, attr blob)   (upserts; attr as in RocksDB)
 //!           removed:  count u32, ino u64                (deleted inodes, delta only)
@@ -13,10 +13,12 @@
 //!           unlinked: count u32, (parent u64, name blob) (delta only)
 //!           truncs:   count u32, (ino u64, keep_pages u64) (drop extents from that page)
 //!           extents:  count u32, (ino u64, first_page u64, pages u32, segment u32,
-//!                                 offset u64, stored_len u32, codec u8, crc u32)
+//!                                 offset u64, stored_len u32, codec u8, crc u32,
+//!                                 valid_first u64, valid_pages u64)
 //! ```
 
 pub mod segment;
+pub mod view;
 pub mod wire;
 
 use std::ffi::OsString;
@@ -52,11 +54,27 @@ impl FormatError {
     }
 }
 
-/// One extent: a run of a file's pages and where its bytes live.
+/// One extent: pages `first_page..first_page + pages` of file `run.ino`, whose bytes are in
+/// the run `run` of object `segment`. A newer write can supersede part of a run, so an
+/// extent may cover only part of its run; a reader fetches and checks the whole run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Extent {
     pub segment: String,
     pub run: RunLocation,
+    pub first_page: u64,
+    pub pages: u64,
+}
+
+impl Extent {
+    /// An extent that is the whole of its run.
+    pub fn whole(segment: String, run: RunLocation) -> Extent {
+        Extent {
+            first_page: run.first_page,
+            pages: u64::from(run.pages),
+            segment,
+            run,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +96,8 @@ pub struct Manifest {
     /// Who wrote it (a writer id, for `ls` and fencing messages).
     pub writer: String,
     pub next_ino: u64,
+    /// Written by a writer's final checkpoint at a clean stop: no writer holds the prefix.
+    pub clean_stop: bool,
     pub inodes: Vec<Attr>,
     pub removed_inodes: Vec<u64>,
     pub dirents: Vec<ManifestDirent>,
@@ -98,6 +118,7 @@ impl Manifest {
         w.u32(self.page_size);
         w.blob(self.writer.as_bytes());
         w.u64(self.next_ino);
+        w.u8(u8::from(self.clean_stop));
         // The segment table, in first-use order.
         let mut table: Vec<&str> = Vec::new();
         let mut index = std::collections::HashMap::new();
@@ -148,6 +169,8 @@ impl Manifest {
             w.u32(r.stored_len);
             w.u8(r.codec as u8);
             w.u32(r.crc);
+            w.u64(e.first_page);
+            w.u64(e.pages);
         }
         let mut out = w.into_inner();
         let crc = crc32c::crc32c(&out);
@@ -182,6 +205,11 @@ impl Manifest {
         let page_size = r.u32()?;
         let writer = String::from_utf8(r.blob()?.to_vec()).map_err(|_| corrupt("writer"))?;
         let next_ino = r.u64()?;
+        let clean_stop = match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(corrupt("clean_stop flag")),
+        };
         // Each count is checked against the bytes left (every record takes at least 8) so a
         // corrupt count cannot ask for a huge allocation.
         let count = |r: &mut Reader| -> Result<usize, FormatError> {
@@ -202,6 +230,7 @@ impl Manifest {
             page_size,
             writer,
             next_ino,
+            clean_stop,
             ..Manifest::default()
         };
         for _ in 0..count(&mut r)? {
@@ -253,7 +282,17 @@ impl Manifest {
                 },
                 crc: r.u32()?,
             };
-            m.extents.push(Extent { segment, run });
+            let (first_page, pages) = (r.u64()?, r.u64()?);
+            let run_end = run.first_page + u64::from(run.pages);
+            if first_page < run.first_page || first_page.saturating_add(pages) > run_end {
+                return Err(corrupt("extent outside its run"));
+            }
+            m.extents.push(Extent {
+                segment,
+                run,
+                first_page,
+                pages,
+            });
         }
         if r.remaining() != 0 {
             return Err(corrupt("trailing bytes"));
@@ -304,6 +343,7 @@ mod tests {
             page_size: 8192,
             writer: "w-1".into(),
             next_ino: 9,
+            clean_stop: true,
             inodes: vec![attr(1, FileKind::Dir), attr(7, FileKind::File)],
             removed_inodes: vec![5],
             dirents: vec![ManifestDirent {
@@ -315,18 +355,13 @@ mod tests {
             unlinked: vec![(1, "old".into())],
             truncations: vec![(7, 4)],
             extents: vec![
+                Extent::whole("segments/a".into(), run(7, 0, 16)),
                 Extent {
-                    segment: "segments/a".into(),
-                    run: run(7, 0, 16),
+                    first_page: 3,
+                    pages: 1,
+                    ..Extent::whole("segments/b".into(), run(7, 2, 16))
                 },
-                Extent {
-                    segment: "segments/b".into(),
-                    run: run(7, 2, 16),
-                },
-                Extent {
-                    segment: "segments/a".into(),
-                    run: run(8, 0, 16400),
-                },
+                Extent::whole("segments/a".into(), run(8, 0, 16400)),
             ],
         }
     }

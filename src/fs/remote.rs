@@ -1,0 +1,168 @@
+//! Pages that live only in the bucket: installing a restored namespace, and filling absent
+//! pages into the cache file on first use.
+//!
+//! After a restore into an empty cache dir every page of every file is "absent": its bytes
+//! are in the bucket, not in the cache file. A read or a partial write of an absent page
+//! fetches it first (through the [`Fetcher`] the checkpoint module provides), writes it into
+//! the cache file and forgets the mark. Nothing else ever needs the bytes: stat, open, readdir
+//! and fsync of a clean file download nothing.
+
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use super::pageset::PageSet;
+use super::{Attr, CutDirent, Fs, FsError, Inode, Result, PAGE_SIZE, ROOT_INO};
+
+/// Reads file contents from the bucket.
+pub trait Fetcher: Send + Sync {
+    /// The bytes of pages `pages` of file `ino` as the bucket's latest checkpoint holds them,
+    /// `(pages.end - pages.start) * PAGE_SIZE` bytes (zeros where the bucket has none).
+    fn fetch(&self, ino: u64, pages: Range<u64>) -> std::result::Result<Vec<u8>, String>;
+}
+
+/// A namespace to install into an empty cache dir, as a restore found it in the bucket.
+#[derive(Debug, Default)]
+pub struct Restore {
+    pub epoch: u64,
+    pub next_ino: u64,
+    pub inodes: Vec<Attr>,
+    pub dirents: Vec<CutDirent>,
+    /// Pages the bucket holds, per file: all absent from the new cache dir.
+    pub pages: Vec<(u64, PageSet)>,
+}
+
+impl Fs {
+    pub fn set_fetcher(&self, fetcher: Arc<dyn Fetcher>) {
+        // Set once at mount; a second call would be a bug, and keeping the first is safe.
+        let _ = self.fetcher.set(fetcher);
+    }
+
+    /// Stops accepting changes: another writer owns the bucket now.
+    pub fn fence(&self) {
+        self.fenced
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// True when the filesystem holds nothing but an empty root: a new cache dir.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.inodes.read().len() == 1 && self.meta.dir_is_empty(ROOT_INO)?)
+    }
+
+    /// Installs a restored namespace into an empty filesystem, durably, with every page
+    /// marked absent. The root's attributes are the bucket's.
+    pub fn install(&self, restore: Restore) -> Result<()> {
+        if !self.is_empty()? {
+            return Err(FsError::Invalid(
+                "restore into a cache dir that is not empty",
+            ));
+        }
+        let _gate = self.gate.write();
+        let mut batch = self.meta.batch();
+        let mut absent: std::collections::HashMap<u64, PageSet> =
+            restore.pages.into_iter().collect();
+        let mut map = self.inodes.write();
+        for attr in restore.inodes {
+            batch.put_inode(&attr);
+            let pages = absent.remove(&attr.ino).unwrap_or_default();
+            for r in pages.iter() {
+                batch.put_absent(attr.ino, r);
+            }
+            let inode = Inode::new(attr, PageSet::new());
+            let ino = {
+                let mut st = inode.state.lock();
+                st.absent = pages;
+                st.attr.ino
+            };
+            map.insert(ino, Arc::new(inode));
+        }
+        for d in &restore.dirents {
+            batch.put_dirent(d.parent, &d.name, d.ino, d.kind);
+        }
+        batch.put_next_ino(restore.next_ino);
+        batch.put_epoch(restore.epoch + 1);
+        let seq = self.meta.commit(batch)?;
+        self.meta.sync_to(seq)?;
+        self.next_ino.store(
+            restore
+                .next_ino
+                .max(self.next_ino.load(std::sync::atomic::Ordering::Acquire)),
+            std::sync::atomic::Ordering::Release,
+        );
+        self.advance_epoch(restore.epoch + 1)?;
+        Ok(())
+    }
+
+    /// Makes sure the epoch of new changes is at least `epoch` (bucket epochs only grow).
+    pub fn advance_epoch(&self, epoch: u64) -> Result<()> {
+        let prev = self
+            .epoch
+            .fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+        if prev < epoch {
+            let mut batch = self.meta.batch();
+            batch.put_epoch(epoch);
+            self.meta.commit(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Fetches whichever of `pages` are absent into the cache file. The caller holds the
+    /// inode's io lock (shared or exclusive); fills of one inode are serialised by
+    /// `fill_lock` so a page is fetched once.
+    pub(super) fn fill_absent(&self, inode: &Inode, pages: Range<u64>) -> Result<()> {
+        if pages.is_empty() || inode.state.lock().absent.is_empty() {
+            return Ok(());
+        }
+        let _fill = inode.fill_lock.lock();
+        let (ino, missing) = {
+            let st = inode.state.lock();
+            let missing: Vec<Range<u64>> = st
+                .absent
+                .iter()
+                .filter_map(|r| {
+                    let s = r.start.max(pages.start);
+                    let e = r.end.min(pages.end);
+                    (s < e).then_some(s..e)
+                })
+                .collect();
+            (st.attr.ino, missing)
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let fetcher = self
+            .fetcher
+            .get()
+            .ok_or_else(|| FsError::Fetch("no bucket attached to fetch absent pages".into()))?
+            .clone();
+        for r in missing {
+            let bytes = fetcher.fetch(ino, r.clone()).map_err(FsError::Fetch)?;
+            let mut st = inode.state.lock();
+            let file = self
+                .cache_file(&mut st, true)?
+                .expect("cache_file with create returns a file");
+            // Never write past the file's end (it may have shrunk while we fetched).
+            let end = (r.end * PAGE_SIZE).min(st.attr.size);
+            let start = r.start * PAGE_SIZE;
+            if end > start {
+                let len = ((end - start) as usize).min(bytes.len());
+                file.write_all_at(&bytes[..len], start)
+                    .map_err(FsError::io("fill cache file"))?;
+                // The absent mark may go only once the bytes are on disk: a machine crash
+                // must not leave a page that is neither absent nor in the cache file.
+                file.sync_data()
+                    .map_err(FsError::io("sync filled cache file"))?;
+            }
+            st.absent.remove(r.clone());
+            let mut batch = self.meta.batch();
+            batch.delete_absent(ino, r);
+            st.meta_seq = self.meta.commit(batch)?;
+            st.write_gen += 1;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! The filesystem as a chain of manifests describes it: what a restore builds, and what the
+//! checkpointer diffs a cut against to write a delta.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use super::{Extent, Manifest, ManifestDirent};
+use crate::fs::attr::{Attr, FileKind};
+
+/// A file's extent map: start page -> (end page, extent), ranges disjoint.
+pub type ExtentMap = BTreeMap<u64, (u64, Arc<Extent>)>;
+
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    /// The epoch of the last manifest applied (0: none).
+    pub epoch: u64,
+    pub next_ino: u64,
+    pub inodes: HashMap<u64, Attr>,
+    pub dirents: BTreeMap<(u64, OsString), (u64, FileKind)>,
+    pub extents: HashMap<u64, ExtentMap>,
+    /// Deltas applied since the last base (bounds the restore chain).
+    pub deltas_since_base: u32,
+}
+
+impl View {
+    /// Applies a base (which replaces everything) or a delta on the current epoch.
+    pub fn apply(&mut self, m: &Manifest) {
+        match m.parent {
+            None => {
+                *self = View::default();
+            }
+            Some(_) => self.deltas_since_base += 1,
+        }
+        for ino in &m.removed_inodes {
+            self.inodes.remove(ino);
+            self.extents.remove(ino);
+        }
+        for (parent, name) in &m.unlinked {
+            self.dirents.remove(&(*parent, name.clone()));
+        }
+        for a in &m.inodes {
+            self.inodes.insert(a.ino, a.clone());
+        }
+        for d in &m.dirents {
+            self.dirents
+                .insert((d.parent, d.name.clone()), (d.ino, d.kind));
+        }
+        for &(ino, keep) in &m.truncations {
+            if let Some(map) = self.extents.get_mut(&ino) {
+                truncate(map, keep);
+            }
+        }
+        for e in &m.extents {
+            let map = self.extents.entry(e.run.ino).or_default();
+            insert(
+                map,
+                e.first_page,
+                e.first_page + e.pages,
+                Arc::new(e.clone()),
+            );
+        }
+        // Pages past a file's end can never be read: drop them (a shrink in a base).
+        for (ino, map) in self.extents.iter_mut() {
+            if let Some(a) = self.inodes.get(ino) {
+                truncate(map, a.size.div_ceil(u64::from(m.page_size.max(1))));
+            }
+        }
+        self.epoch = m.epoch;
+        self.next_ino = m.next_ino;
+    }
+
+    /// The extent holding `page` of `ino`, if the bucket has its bytes.
+    pub fn extent_at(&self, ino: u64, page: u64) -> Option<(u64, u64, Arc<Extent>)> {
+        let map = self.extents.get(&ino)?;
+        let (&start, (end, e)) = map.range(..=page).next_back()?;
+        (page < *end).then(|| (start, *end, e.clone()))
+    }
+
+    /// Everything as one base manifest.
+    pub fn to_base(&self, epoch: u64, created_ms: u64, page_size: u32, writer: &str) -> Manifest {
+        let mut inodes: Vec<Attr> = self.inodes.values().cloned().collect();
+        inodes.sort_by_key(|a| a.ino);
+        let mut ext: Vec<(u64, u64)> = self
+            .extents
+            .iter()
+            .flat_map(|(ino, map)| map.keys().map(move |s| (*ino, *s)))
+            .collect();
+        ext.sort_unstable();
+        Manifest {
+            epoch,
+            parent: None,
+            created_ms,
+            page_size,
+            writer: writer.into(),
+            next_ino: self.next_ino,
+            inodes,
+            dirents: self
+                .dirents
+                .iter()
+                .map(|((parent, name), (ino, kind))| ManifestDirent {
+                    parent: *parent,
+                    name: name.clone(),
+                    ino: *ino,
+                    kind: *kind,
+                })
+                .collect(),
+            extents: ext
+                .into_iter()
+                .map(|(ino, start)| {
+                    let (end, e) = &self.extents[&ino][&start];
+                    Extent {
+                        first_page: start,
+                        pages: end - start,
+                        ..(**e).clone()
+                    }
+                })
+                .collect(),
+            ..Manifest::default()
+        }
+    }
+}
+
+/// Newest wins: `[start, end)` now maps to `e`; older extents are trimmed or split.
+pub fn insert(map: &mut ExtentMap, start: u64, end: u64, e: Arc<Extent>) {
+    if start >= end {
+        return;
+    }
+    // An older extent that starts before `start` and reaches into the range: keep its head,
+    // and its tail past `end` if it spans the whole range.
+    if let Some((&s, &(old_end, ref old))) = map.range(..start).next_back() {
+        if old_end > start {
+            let old = old.clone();
+            map.insert(s, (start, old.clone()));
+            if old_end > end {
+                map.insert(end, (old_end, old));
+            }
+        }
+    }
+    let inside: Vec<u64> = map.range(start..end).map(|(&s, _)| s).collect();
+    for s in inside {
+        let (old_end, old) = map.remove(&s).expect("key just listed");
+        if old_end > end {
+            map.insert(end, (old_end, old));
+        }
+    }
+    map.insert(start, (end, e));
+}
+
+/// Drops every page at or past `keep`.
+pub fn truncate(map: &mut ExtentMap, keep: u64) {
+    let tail: Vec<u64> = map.range(keep..).map(|(&s, _)| s).collect();
+    for s in tail {
+        map.remove(&s);
+    }
+    if let Some((_, (end, _))) = map.range_mut(..keep).next_back() {
+        if *end > keep {
+            *end = keep;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::segment::{Codec, RunLocation};
+    use proptest::prelude::*;
+
+    fn ext(tag: u64, start: u64, end: u64) -> Arc<Extent> {
+        Arc::new(Extent::whole(
+            format!("s{tag}"),
+            RunLocation {
+                ino: 1,
+                first_page: start,
+                pages: (end - start) as u32,
+                offset: 0,
+                stored_len: 0,
+                codec: Codec::Raw,
+                crc: 0,
+            },
+        ))
+    }
+
+    proptest! {
+        /// The extent map agrees with a plain page -> newest-writer array.
+        #[test]
+        fn newest_wins_like_a_page_array(
+            ops in prop::collection::vec((0u64..40, 1u64..12, any::<bool>()), 1..40)
+        ) {
+            let mut map = ExtentMap::new();
+            let mut pages: Vec<Option<String>> = vec![None; 64];
+            for (i, (start, len, trunc)) in ops.into_iter().enumerate() {
+                if trunc {
+                    truncate(&mut map, start);
+                    for p in pages.iter_mut().skip(start as usize) { *p = None; }
+                } else {
+                    insert(&mut map, start, start + len, ext(i as u64, start, start + len));
+                    for p in start..start + len { pages[p as usize] = Some(format!("s{i}")); }
+                }
+                let mut last_end = 0;
+                for (&s, (e, _)) in &map {
+                    prop_assert!(s >= last_end && *e > s, "overlap or empty range");
+                    last_end = *e;
+                }
+            }
+            for (p, want) in pages.iter().enumerate() {
+                let got = map
+                    .range(..=p as u64)
+                    .next_back()
+                    .filter(|(_, (end, _))| (p as u64) < *end)
+                    .map(|(_, (_, e))| e.segment.clone());
+                prop_assert_eq!(&got, want, "page {}", p);
+            }
+        }
+    }
+}
