@@ -67,4 +67,48 @@ pub struct MountArgs {
     /// until fsync or writeback. Slower; for comparison and debugging.
     #[arg(long)]
     pub no_writeback_cache: bool,
+
+    /// The object store that holds the filesystem: s3://NAME/PREFIX, or file:///PATH for a
+    /// local directory. Without it the filesystem lives in the cache dir alone. Mounting a
+    /// bucket on an empty cache dir restores its latest checkpoint (contents are fetched on
+    /// first read).
+    #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
+    pub bucket: Option<String>,
+
+    /// Time between checkpoints to the bucket (e.g. 500ms, 5s, 1m).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub checkpoint_interval: std::time::Duration,
+
+    /// Take the bucket over from a writer that did not stop cleanly. Only when that writer is
+    /// gone: it is fenced at its next checkpoint, but two live writers are never right.
+    #[arg(long)]
+    pub takeover: bool,
+
+    /// Paths never uploaded (repeatable). A glob without '/' matches any path component, one
+    /// with '/' the whole path from the root. Default: pgsql_tmp, postmaster.pid,
+    /// postmaster.opts.
+    #[arg(long = "local-only", value_name = "GLOB")]
+    pub local_only: Vec<String>,
+}
+
+/// "500ms", "5s", "2m", or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 5s or 1m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s or m)")),
+    };
+    if !(secs > 0.0 && secs < 86_400.0) {
+        return Err(format!("{s:?}: must be more than 0 and less than a day"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }

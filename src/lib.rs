@@ -10,11 +10,14 @@
 //! - [`cache`]: the cache dir: format marker, lock, RocksDB metadata, sparse cache files.
 //! - [`store`]: the object store seam (trait, local directory, retry and fault wrappers).
 //! - [`manifest`]: the bucket's formats: segments and manifests.
+//! - [`checkpoint`]: cut, pack, upload, commit, mark clean; restore; fetching absent pages.
 //!
 //! A request travels `fuse` → `fs` → (`cache` metadata + cache file). See docs/ and
 //! ../shared/DESIGN.md for the whole picture.
 
+pub mod bucket;
 pub mod cache;
+pub mod checkpoint;
 pub mod config;
 pub mod fs;
 pub mod fuse;

@@ -4,6 +4,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use bucketfs::bucket::{BucketSettings, BucketUrl};
+use bucketfs::checkpoint::CheckpointSettings;
 use bucketfs::config::{Cli, Command, LogFormat, MountArgs};
 use bucketfs::mount::{self, MountSettings};
 
@@ -43,6 +45,24 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
         root_gid: args.gid.as_deref().map(resolve_group).transpose()?,
         fuse_threads: usize::from(args.fuse_threads),
         writeback_cache: !args.no_writeback_cache,
+        bucket: args
+            .bucket
+            .as_deref()
+            .map(|url| -> anyhow::Result<BucketSettings> {
+                let mut checkpoint = CheckpointSettings {
+                    interval: args.checkpoint_interval,
+                    ..CheckpointSettings::default()
+                };
+                if !args.local_only.is_empty() {
+                    checkpoint.local_only = args.local_only.clone();
+                }
+                Ok(BucketSettings {
+                    url: BucketUrl::parse(url)?,
+                    takeover: args.takeover,
+                    checkpoint,
+                })
+            })
+            .transpose()?,
     })
 }
 

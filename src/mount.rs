@@ -26,6 +26,7 @@ pub struct MountSettings {
     pub root_gid: Option<u32>,
     pub fuse_threads: usize,
     pub writeback_cache: bool,
+    pub bucket: Option<crate::bucket::BucketSettings>,
 }
 
 /// The source the kernel shows for our mounts (`fsname`).
@@ -60,6 +61,12 @@ pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
         )
         .context("open filesystem")?,
     );
+
+    let attached = settings
+        .bucket
+        .as_ref()
+        .map(|b| crate::bucket::attach(&fs, b))
+        .transpose()?;
 
     let mut options = vec![
         MountOption::FSName(FS_NAME.into()),
@@ -101,8 +108,10 @@ pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
         .context("start signal thread")?;
 
     session.run().context("serve FUSE requests")?;
+    let last = attached.map(|a| a.finish()).transpose();
     info!("unmounted; syncing cache dir");
     fs.shutdown().context("sync cache dir at unmount")?;
+    last?;
     info!("stopped cleanly");
     Ok(())
 }

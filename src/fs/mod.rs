@@ -292,6 +292,11 @@ impl Fs {
         Ok(())
     }
 
+    /// The epoch new changes belong to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     pub fn root(&self) -> &Path {
         self.cache.root()
     }

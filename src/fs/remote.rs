@@ -14,6 +14,11 @@ use std::sync::Arc;
 use super::pageset::PageSet;
 use super::{Attr, CutDirent, Fs, FsError, Inode, Result, PAGE_SIZE, ROOT_INO};
 
+const BUCKET_RECORD: &[u8] = b"bucket";
+
+/// Pages fetched together on a miss (256 KiB).
+const FETCH_PAGES: u64 = 32;
+
 /// Reads file contents from the bucket.
 pub trait Fetcher: Send + Sync {
     /// The bytes of pages `pages` of file `ino` as the bucket's latest checkpoint holds them,
@@ -46,6 +51,21 @@ impl Fs {
 
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What the cache dir last recorded about the bucket it is in step with (the
+    /// checkpoint module's JSON), if any.
+    pub fn bucket_record(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get_meta_bytes(BUCKET_RECORD)?)
+    }
+
+    /// Records (durably) which bucket, writer and epoch the cache dir is in step with.
+    pub fn set_bucket_record(&self, record: &[u8]) -> Result<()> {
+        let mut batch = self.meta.batch();
+        batch.put_meta_bytes(BUCKET_RECORD, record);
+        let seq = self.meta.commit(batch)?;
+        self.meta.sync_to(seq)?;
+        Ok(())
     }
 
     /// True when the filesystem holds nothing but an empty root: a new cache dir.
@@ -117,6 +137,10 @@ impl Fs {
         if pages.is_empty() || inode.state.lock().absent.is_empty() {
             return Ok(());
         }
+        // Fetch in aligned units (readahead for sequential reads, and whole runs, which is
+        // what a GET returns anyway).
+        let pages =
+            pages.start / FETCH_PAGES * FETCH_PAGES..pages.end.div_ceil(FETCH_PAGES) * FETCH_PAGES;
         let _fill = inode.fill_lock.lock();
         let (ino, missing) = {
             let st = inode.state.lock();

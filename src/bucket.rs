@@ -1,0 +1,241 @@
+//! Attaching a bucket to a mount: open the store, check the cache dir against the bucket,
+//! restore into an empty cache dir, take over the prefix (fencing), and run the checkpointer
+//! until unmount, which takes the final checkpoint.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, info_span};
+
+use crate::checkpoint::{open_bucket, restore_of, BucketFetcher, CheckpointSettings, Checkpointer};
+use crate::fs::Fs;
+use crate::store::{LocalStore, ObjectStore, RetryPolicy, RetryingStore};
+
+/// Where the bucket is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BucketUrl {
+    /// A local directory as the object store.
+    File(PathBuf),
+    /// An S3 bucket and key prefix.
+    S3 { bucket: String, prefix: String },
+}
+
+impl BucketUrl {
+    pub fn parse(url: &str) -> anyhow::Result<BucketUrl> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                bail!(
+                    "--bucket {url:?}: a file:// URL needs an absolute path (file:///srv/bucket)"
+                );
+            }
+            return Ok(BucketUrl::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                bail!("--bucket {url:?}: no bucket name (s3://NAME/PREFIX)");
+            }
+            return Ok(BucketUrl::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.trim_matches('/').into(),
+            });
+        }
+        bail!("--bucket {url:?}: expected s3://NAME/PREFIX or file:///PATH")
+    }
+
+    pub fn open(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        let inner: Arc<dyn ObjectStore> = match self {
+            BucketUrl::File(path) => Arc::new(
+                LocalStore::new(path)
+                    .with_context(|| format!("open local bucket {}", path.display()))?,
+            ),
+            BucketUrl::S3 { .. } => {
+                bail!("s3:// buckets are not supported by this build yet; use file:///PATH")
+            }
+        };
+        Ok(Arc::new(RetryingStore::new(inner, RetryPolicy::default())))
+    }
+}
+
+impl std::fmt::Display for BucketUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BucketUrl::File(p) => write!(f, "file://{}", p.display()),
+            BucketUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BucketSettings {
+    pub url: BucketUrl,
+    pub takeover: bool,
+    pub checkpoint: CheckpointSettings,
+}
+
+/// What the cache dir remembers of the bucket it is in step with.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    url: String,
+    writer: String,
+    epoch: u64,
+}
+
+/// A bucket attached to a running mount.
+pub struct Attached {
+    checkpointer: Arc<Checkpointer>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    // Owns the runtime the store and fetcher run on; dropped last.
+    _runtime: tokio::runtime::Runtime,
+}
+
+pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attached> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bucket-io")
+        .enable_all()
+        .build()
+        .context("start the I/O runtime")?;
+    let store = settings.url.open()?;
+    let url = settings.url.to_string();
+    let opened = open_bucket(&*store, runtime.handle(), true)
+        .with_context(|| format!("open bucket {url}"))?;
+    let record: Option<Record> = match fs.bucket_record()? {
+        None => None,
+        Some(bytes) => {
+            Some(serde_json::from_slice(&bytes).context("read the cache dir's bucket record")?)
+        }
+    };
+    if let Some(r) = &record {
+        if r.url != url {
+            bail!(
+                "cache dir belongs to bucket {} (writer {} at epoch {}), not {url}; use that \
+                 bucket or an empty cache dir",
+                r.url,
+                r.writer,
+                r.epoch
+            );
+        }
+    }
+    match (&opened.latest, &record) {
+        (None, Some(r)) => bail!(
+            "bucket {url} has no checkpoint, but this cache dir was in step with its epoch {} \
+             (writer {}): was the prefix deleted? Use an empty cache dir to start afresh",
+            r.epoch,
+            r.writer
+        ),
+        (Some(latest), None) => {
+            if !fs.is_empty()? {
+                bail!(
+                    "bucket {url} holds a filesystem (epoch {}) and cache dir {} holds another \
+                     one; mount the bucket on an empty cache dir",
+                    latest.epoch,
+                    fs.root().display()
+                );
+            }
+        }
+        (Some(latest), Some(r)) if latest.epoch > r.epoch && latest.writer != r.writer => bail!(
+            "cache dir is behind bucket {url}: it is in step with epoch {}, and writer {} has \
+             committed epoch {} since. Mount the bucket on an empty cache dir",
+            r.epoch,
+            latest.writer,
+            latest.epoch
+        ),
+        _ => {}
+    }
+    if let Some(latest) = &opened.latest {
+        let ours = record.as_ref().is_some_and(|r| r.writer == latest.writer);
+        if !latest.clean_stop && !ours && !settings.takeover {
+            let age_s = crate::checkpoint::now_ms().saturating_sub(latest.created_ms) / 1000;
+            bail!(
+                "bucket {url} is held by writer {}, whose last checkpoint (epoch {}) was {age_s} s \
+                 ago and which has not stopped cleanly. If that writer is gone, mount with \
+                 --takeover; two live writers would fence each other",
+                latest.writer,
+                latest.epoch
+            );
+        }
+    }
+    let restoring = opened.latest.is_some() && record.is_none();
+    if restoring {
+        let r = restore_of(&opened.view);
+        info!(
+            epoch = opened.view.epoch,
+            inodes = r.inodes.len(),
+            "restoring the namespace from the bucket; file contents follow on first read"
+        );
+        fs.install(r).context("install the restored namespace")?;
+    }
+    let writer = format!("{:016x}", fastrand::u64(..));
+    let checkpointer = Arc::new(Checkpointer::new(
+        fs.clone(),
+        store.clone(),
+        runtime.handle().clone(),
+        settings.checkpoint.clone(),
+        writer.clone(),
+        opened.view.clone(),
+    ));
+    let fetcher = BucketFetcher::new(store, runtime.handle().clone(), checkpointer.view());
+    fs.set_fetcher(Arc::new(fetcher));
+    let epoch = if opened.latest.is_some() {
+        checkpointer.take_over().context("take over the bucket")?
+    } else {
+        // A new prefix: the first checkpoint is the base of everything in the cache dir.
+        checkpointer
+            .checkpoint(false)
+            .context("first checkpoint")?
+            .map(|o| o.epoch)
+            .unwrap_or(0)
+    };
+    let record = Record {
+        url: url.clone(),
+        writer: writer.clone(),
+        epoch,
+    };
+    fs.set_bucket_record(&serde_json::to_vec(&record).expect("a plain struct serializes"))?;
+    checkpointer.set_record_url(url.clone());
+    info!(bucket = %url, writer, epoch, restored = restoring, "bucket attached");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (cp, stop) = (checkpointer.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("checkpointer".into())
+            .spawn(move || {
+                let _span = info_span!("checkpointer").entered();
+                cp.run(&stop)
+            })
+            .context("start checkpointer")?
+    };
+    Ok(Attached {
+        checkpointer,
+        stop,
+        thread: Some(thread),
+        _runtime: runtime,
+    })
+}
+
+impl Attached {
+    /// Stops the periodic checkpoints and takes the final one, marked as a clean stop.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        match self.checkpointer.checkpoint(true) {
+            Ok(o) => {
+                info!(epoch = o.map(|o| o.epoch), "final checkpoint committed");
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, "final checkpoint failed: the bucket lacks the last changes (the cache dir has them)");
+                Err(e).context("final checkpoint")
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Reading file contents from the bucket for pages that are not in the cache file.
+//!
+//! A request names a page range of one file; the extents covering it are looked up in the
+//! bucket view, each run they point into is fetched once with a ranged GET (adjacent runs of
+//! one segment in a single GET), checked against its crc32c, and the pages copied out. A run
+//! that fails its checksum is an error naming the object and offset: never wrong bytes.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tracing::error;
+
+use crate::fs::{Fetcher, PAGE_SIZE};
+use crate::manifest::segment::decode_run;
+use crate::manifest::view::View;
+use crate::manifest::Extent;
+use crate::store::ObjectStore;
+
+pub struct BucketFetcher {
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Handle,
+    view: Arc<RwLock<View>>,
+}
+
+impl BucketFetcher {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        rt: tokio::runtime::Handle,
+        view: Arc<RwLock<View>>,
+    ) -> BucketFetcher {
+        BucketFetcher { store, rt, view }
+    }
+}
+
+/// One ranged GET: consecutive runs of one segment.
+struct Get {
+    segment: String,
+    start: u64,
+    end: u64,
+    runs: Vec<Arc<Extent>>,
+}
+
+impl Fetcher for BucketFetcher {
+    fn fetch(&self, ino: u64, pages: Range<u64>) -> Result<Vec<u8>, String> {
+        let mut out = vec![0u8; ((pages.end - pages.start) * PAGE_SIZE) as usize];
+        // (first page, end page, extent) pieces that overlap the request.
+        let pieces: Vec<(u64, u64, Arc<Extent>)> = {
+            let view = self.view.read();
+            let Some(map) = view.extents.get(&ino) else {
+                return Ok(out);
+            };
+            let from = map
+                .range(..=pages.start)
+                .next_back()
+                .map_or(pages.start, |(&s, _)| s);
+            map.range(from..pages.end)
+                .filter(|(_, (end, _))| *end > pages.start)
+                .map(|(&s, (e, x))| (s.max(pages.start), (*e).min(pages.end), x.clone()))
+                .collect()
+        };
+        // Distinct runs, in segment order, merged into ranged GETs where adjacent.
+        let mut runs: Vec<Arc<Extent>> = Vec::new();
+        for (_, _, e) in &pieces {
+            if !runs
+                .iter()
+                .any(|r| r.segment == e.segment && r.run.offset == e.run.offset)
+            {
+                runs.push(e.clone());
+            }
+        }
+        runs.sort_by(|a, b| (&a.segment, a.run.offset).cmp(&(&b.segment, b.run.offset)));
+        let mut gets: Vec<Get> = Vec::new();
+        for r in runs {
+            let end = r.run.offset + u64::from(r.run.stored_len);
+            match gets.last_mut() {
+                Some(g) if g.segment == r.segment && g.end == r.run.offset => {
+                    g.end = end;
+                    g.runs.push(r);
+                }
+                _ => gets.push(Get {
+                    segment: r.segment.clone(),
+                    start: r.run.offset,
+                    end,
+                    runs: vec![r],
+                }),
+            }
+        }
+        let store = self.store.clone();
+        let fetched: Vec<(Get, bytes::Bytes)> = self.rt.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for g in gets {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    let bytes = store.get(&g.segment, Some(g.start..g.end)).await;
+                    (g, bytes)
+                });
+            }
+            let mut done = Vec::new();
+            while let Some(r) = tasks.join_next().await {
+                let (g, bytes) = r.map_err(|e| format!("fetch task: {e}"))?;
+                let bytes = bytes.map_err(|e| e.to_string())?;
+                done.push((g, bytes));
+            }
+            Ok::<_, String>(done)
+        })?;
+        for (g, bytes) in fetched {
+            if bytes.len() as u64 != g.end - g.start {
+                return Err(format!(
+                    "short read key={} range={}..{}: got {} bytes",
+                    g.segment,
+                    g.start,
+                    g.end,
+                    bytes.len()
+                ));
+            }
+            for run in &g.runs {
+                let at = (run.run.offset - g.start) as usize;
+                let stored = &bytes[at..at + run.run.stored_len as usize];
+                let data = decode_run(&run.run, stored, &run.segment).map_err(|e| {
+                    error!(error = %e, "corrupt run in the bucket: refusing to serve its bytes");
+                    e.to_string()
+                })?;
+                for (first, end, e) in &pieces {
+                    if e.segment != run.segment || e.run.offset != run.run.offset {
+                        continue;
+                    }
+                    let src = ((first - run.run.first_page) * PAGE_SIZE) as usize;
+                    let dst = ((first - pages.start) * PAGE_SIZE) as usize;
+                    let len = ((end - first) * PAGE_SIZE) as usize;
+                    // The run's last page may be short (end of file): the rest stays zero.
+                    let avail = data.len().saturating_sub(src).min(len);
+                    out[dst..dst + avail].copy_from_slice(&data[src..src + avail]);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,677 @@
+//! The checkpointer: turns the dirty state into crash-consistent checkpoints in the bucket,
+//! and restores a bucket into an empty cache dir.
+//!
+//! One checkpoint, in order (DESIGN.md section 3):
+//! 1. *cut*: `Fs::cut` pauses every change, closes epoch E and hands over the dirty pages'
+//!    bytes, which are packed into segments here;
+//! 2. *upload* the segments (in parallel, retried by the store wrapper);
+//! 3. *commit* the manifest for E with `If-None-Match: *`: only then does the checkpoint exist;
+//!    a 412 means another writer took over, and this mount stops accepting changes;
+//! 4. *mark clean* what was uploaded and not written again.
+//!
+//! A failure before 3 leaves unreferenced segments (garbage), never a torn image; the pages
+//! stay dirty and the next checkpoint takes them again.
+
+mod fetch;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tracing::{error, info, warn};
+
+use crate::fs::{Fs, FsError, PathFilter, Restore, PAGE_SIZE};
+use crate::manifest::segment::SegmentBuilder;
+use crate::manifest::view::View;
+use crate::manifest::{Extent, FormatError, Manifest, ManifestDirent};
+use crate::store::{ObjectStore, PutMode, StoreError};
+
+pub use fetch::BucketFetcher;
+
+/// The bucket's format marker, written once when a prefix is first used.
+pub const FORMAT_KEY: &str = "bucketfs.json";
+pub const BUCKET_FORMAT_VERSION: u32 = 1;
+const MANIFESTS: &str = "manifests/";
+
+pub fn manifest_key(epoch: u64) -> String {
+    format!("{MANIFESTS}{epoch:020}")
+}
+
+fn segment_key(epoch: u64, writer: &str, n: usize) -> String {
+    format!("segments/{epoch:020}-{writer}-{n:04}.seg")
+}
+
+/// The epoch a manifest key names, if it is one.
+pub fn epoch_of_key(key: &str) -> Option<u64> {
+    key.strip_prefix(MANIFESTS)?.parse().ok()
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckpointSettings {
+    /// Time between checkpoints.
+    pub interval: Duration,
+    /// Close a segment once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// Largest run of pages in one piece (the unit a cache miss fetches).
+    pub run_pages: u32,
+    /// Segment uploads in flight at once.
+    pub upload_concurrency: usize,
+    /// Write a base manifest after this many deltas, bounding the chain a restore reads.
+    pub base_every: u32,
+    /// Paths never uploaded.
+    pub local_only: Vec<String>,
+}
+
+impl Default for CheckpointSettings {
+    fn default() -> Self {
+        CheckpointSettings {
+            interval: Duration::from_secs(5),
+            segment_bytes: 16 << 20,
+            run_pages: 32,
+            upload_concurrency: 4,
+            base_every: 32,
+            local_only: vec![
+                "pgsql_tmp".into(),
+                "postmaster.pid".into(),
+                "postmaster.opts".into(),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(
+        "fenced: another writer committed epoch {epoch} first; this mount no longer writes to \
+         the bucket"
+    )]
+    Fenced { epoch: u64 },
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+/// `--local-only` globs: a pattern without '/' matches any one path component ('*' and '?'
+/// wildcards), one with '/' matches the whole path from the root.
+#[derive(Clone, Debug, Default)]
+pub struct LocalOnly {
+    patterns: Vec<Vec<u8>>,
+}
+
+impl LocalOnly {
+    pub fn new(patterns: &[String]) -> LocalOnly {
+        LocalOnly {
+            patterns: patterns.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        }
+    }
+}
+
+impl PathFilter for LocalOnly {
+    fn local_only(&self, path: &[u8]) -> bool {
+        let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        self.patterns.iter().any(|p| {
+            if p.contains(&b'/') {
+                glob(p, path)
+            } else {
+                glob(p, name)
+            }
+        })
+    }
+}
+
+/// '*' (any run, not crossing '/') and '?' (one byte) matching.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob(&pattern[1..], text)
+                || (!text.is_empty() && text[0] != b'/' && glob(pattern, &text[1..]))
+        }
+        (Some(b'?'), Some(c)) if *c != b'/' => glob(&pattern[1..], &text[1..]),
+        (Some(p), Some(c)) if p == c => glob(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+/// What the bucket holds when a mount opens it.
+pub struct Opened {
+    pub view: View,
+    /// The newest manifest, if there is one.
+    pub latest: Option<Manifest>,
+}
+
+/// Reads the format marker (writing it for a new prefix) and the newest manifest chain.
+pub fn open_bucket(
+    store: &dyn ObjectStore,
+    rt: &tokio::runtime::Handle,
+    create: bool,
+) -> Result<Opened, CheckpointError> {
+    rt.block_on(async {
+        match store.get(FORMAT_KEY, None).await {
+            Ok(bytes) => check_format(&bytes)?,
+            Err(StoreError::NotFound { .. }) if create => {
+                let marker = serde_json::json!({
+                    "format": "bucketfs",
+                    "version": BUCKET_FORMAT_VERSION,
+                    "page_size": PAGE_SIZE,
+                    "created_unix_ms": now_ms(),
+                });
+                let body = Bytes::from(marker.to_string());
+                match store.put(FORMAT_KEY, body, PutMode::Create).await {
+                    Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let bytes = store.get(FORMAT_KEY, None).await?;
+                check_format(&bytes)?;
+            }
+            Err(StoreError::NotFound { .. }) => {
+                return Err(CheckpointError::Refused(format!(
+                    "{} holds no bucketfs filesystem (no {FORMAT_KEY})",
+                    store.describe()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut epochs: Vec<u64> = store
+            .list(MANIFESTS)
+            .await?
+            .iter()
+            .filter_map(|m| epoch_of_key(&m.key))
+            .collect();
+        epochs.sort_unstable();
+        let Some(&latest_epoch) = epochs.last() else {
+            return Ok(Opened {
+                view: View::default(),
+                latest: None,
+            });
+        };
+        // Follow parents back to a base, then apply forwards.
+        let mut chain = Vec::new();
+        let mut epoch = latest_epoch;
+        loop {
+            let key = manifest_key(epoch);
+            let bytes = store.get(&key, None).await?;
+            let m = Manifest::decode(&bytes, &key)?;
+            if m.epoch != epoch {
+                return Err(FormatError::corrupt(&key, format!("names epoch {}", m.epoch)).into());
+            }
+            let parent = m.parent;
+            chain.push(m);
+            match parent {
+                None => break,
+                Some(p) if p < epoch => epoch = p,
+                Some(p) => {
+                    return Err(
+                        FormatError::corrupt(&key, format!("parent {p} is not older")).into(),
+                    )
+                }
+            }
+        }
+        let latest = chain.first().cloned();
+        let mut view = View::default();
+        for m in chain.iter().rev() {
+            view.apply(m);
+        }
+        Ok(Opened { view, latest })
+    })
+}
+
+fn check_format(bytes: &[u8]) -> Result<(), CheckpointError> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| FormatError::corrupt(FORMAT_KEY, format!("bad json: {e}")))?;
+    let version = v.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
+    if v.get("format").and_then(|f| f.as_str()) != Some("bucketfs") {
+        return Err(FormatError::corrupt(FORMAT_KEY, "not a bucketfs format marker").into());
+    }
+    if version != u64::from(BUCKET_FORMAT_VERSION) {
+        return Err(FormatError::Version {
+            key: FORMAT_KEY.into(),
+            found: version as u32,
+            supported: BUCKET_FORMAT_VERSION,
+        }
+        .into());
+    }
+    let page_size = v.get("page_size").and_then(|v| v.as_u64()).unwrap_or(0);
+    if page_size != PAGE_SIZE {
+        return Err(CheckpointError::Refused(format!(
+            "bucket page size is {page_size}; this bucketfs uses {PAGE_SIZE}"
+        )));
+    }
+    Ok(())
+}
+
+/// The namespace and pages of a view, for installing into an empty cache dir.
+pub fn restore_of(view: &View) -> Restore {
+    let pages = view
+        .extents
+        .iter()
+        .map(|(ino, map)| {
+            let mut set = crate::fs::pageset::PageSet::new();
+            for (&s, (e, _)) in map {
+                set.insert(s..*e);
+            }
+            (*ino, set)
+        })
+        .collect();
+    Restore {
+        epoch: view.epoch,
+        next_ino: view.next_ino,
+        inodes: view.inodes.values().cloned().collect(),
+        dirents: view
+            .dirents
+            .iter()
+            .map(|((parent, name), (ino, kind))| crate::fs::CutDirent {
+                parent: *parent,
+                name: name.clone(),
+                ino: *ino,
+                kind: *kind,
+            })
+            .collect(),
+        pages,
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What a completed checkpoint did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outcome {
+    pub epoch: u64,
+    pub segments: usize,
+    pub bytes: u64,
+    pub base: bool,
+}
+
+pub struct Checkpointer {
+    fs: Arc<Fs>,
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Handle,
+    settings: CheckpointSettings,
+    filter: LocalOnly,
+    writer: String,
+    /// The bucket as of the last committed manifest; shared with the fetcher.
+    view: Arc<RwLock<View>>,
+    /// One checkpoint at a time.
+    running: Mutex<()>,
+    fenced: AtomicBool,
+    /// The bucket URL recorded in the cache dir after each commit (unset in tests).
+    record_url: Mutex<Option<String>>,
+}
+
+impl Checkpointer {
+    pub fn new(
+        fs: Arc<Fs>,
+        store: Arc<dyn ObjectStore>,
+        rt: tokio::runtime::Handle,
+        settings: CheckpointSettings,
+        writer: String,
+        view: View,
+    ) -> Checkpointer {
+        Checkpointer {
+            filter: LocalOnly::new(&settings.local_only),
+            fs,
+            store,
+            rt,
+            settings,
+            writer,
+            view: Arc::new(RwLock::new(view)),
+            running: Mutex::new(()),
+            fenced: AtomicBool::new(false),
+            record_url: Mutex::new(None),
+        }
+    }
+
+    /// After each commit, record in the cache dir that it is in step with this epoch.
+    pub fn set_record_url(&self, url: String) {
+        *self.record_url.lock() = Some(url);
+    }
+
+    fn record(&self, epoch: u64) -> Result<(), CheckpointError> {
+        if let Some(url) = self.record_url.lock().as_ref() {
+            let record = serde_json::json!({ "url": url, "writer": self.writer, "epoch": epoch });
+            self.fs.set_bucket_record(record.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn view(&self) -> Arc<RwLock<View>> {
+        self.view.clone()
+    }
+
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    /// Commits an empty delta at the next epoch: the bucket now names this writer, and any
+    /// writer still running there is fenced out at its next commit.
+    pub fn take_over(&self) -> Result<u64, CheckpointError> {
+        let _one = self.running.lock();
+        let parent = self.view.read().epoch;
+        let m = Manifest {
+            epoch: parent + 1,
+            parent: Some(parent).filter(|&p| p > 0),
+            created_ms: now_ms(),
+            page_size: PAGE_SIZE as u32,
+            writer: self.writer.clone(),
+            next_ino: self.view.read().next_ino,
+            ..Manifest::default()
+        };
+        let m = if m.parent.is_none() {
+            // An empty bucket: the first manifest is a base of the whole filesystem, which
+            // the first real checkpoint writes; here just claim epoch 1 with an empty base.
+            self.view
+                .read()
+                .to_base(1, now_ms(), PAGE_SIZE as u32, &self.writer)
+        } else {
+            m
+        };
+        self.commit(&m)?;
+        self.view.write().apply(&m);
+        self.fs.advance_epoch(m.epoch + 1)?;
+        Ok(m.epoch)
+    }
+
+    /// Takes one checkpoint. Returns None when nothing changed since the last one (and no
+    /// clean-stop mark was asked for).
+    pub fn checkpoint(&self, clean_stop: bool) -> Result<Option<Outcome>, CheckpointError> {
+        let _one = self.running.lock();
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(CheckpointError::Fenced {
+                epoch: self.view.read().epoch,
+            });
+        }
+        let started = Instant::now();
+        let mut segments: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut builder = SegmentBuilder::new();
+        let epoch_now = self.fs_epoch();
+        let writer = self.writer.clone();
+        let seg_limit = self.settings.segment_bytes;
+        let seal = |builder: SegmentBuilder,
+                    segments: &mut Vec<(String, Vec<u8>)>,
+                    extents: &mut Vec<Extent>| {
+            let key = segment_key(epoch_now, &writer, segments.len());
+            let (bytes, runs) = builder.finish();
+            extents.extend(runs.into_iter().map(|r| Extent::whole(key.clone(), r)));
+            segments.push((key, bytes));
+        };
+        let cut = self.fs.cut(
+            &self.filter,
+            self.settings.run_pages,
+            &mut |ino, first, pages, bytes| {
+                builder.push_run(ino, first, pages, bytes);
+                if builder.len() >= seg_limit {
+                    let full = std::mem::take(&mut builder);
+                    seal(full, &mut segments, &mut extents);
+                }
+                Ok(())
+            },
+        )?;
+        if !builder.is_empty() {
+            seal(builder, &mut segments, &mut extents);
+        }
+        debug_assert_eq!(cut.epoch, epoch_now);
+        let (manifest, base) = {
+            let view = self.view.read();
+            let mut m = delta(&view, &cut, extents);
+            m.epoch = cut.epoch;
+            m.created_ms = now_ms();
+            m.writer = self.writer.clone();
+            m.clean_stop = clean_stop;
+            if is_empty_delta(&m) && !clean_stop && view.epoch > 0 {
+                drop(view);
+                self.fs.mark_clean(&cut)?;
+                return Ok(None);
+            }
+            if view.epoch == 0 || view.deltas_since_base + 1 >= self.settings.base_every {
+                let mut next = view.clone();
+                next.apply(&m);
+                let mut b = next.to_base(m.epoch, m.created_ms, m.page_size, &m.writer);
+                b.clean_stop = clean_stop;
+                (b, true)
+            } else {
+                (m, false)
+            }
+        };
+        let bytes: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
+        let count = segments.len();
+        if let Err(e) = self.upload(segments) {
+            self.fs.untake(cut);
+            return Err(e);
+        }
+        if let Err(e) = self.commit(&manifest) {
+            if !matches!(e, CheckpointError::Fenced { .. }) {
+                self.fs.untake(cut);
+            }
+            return Err(e);
+        }
+        self.view.write().apply(&manifest);
+        self.fs.mark_clean(&cut)?;
+        self.record(manifest.epoch)?;
+        info!(
+            epoch = manifest.epoch,
+            base,
+            segments = count,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checkpoint committed"
+        );
+        Ok(Some(Outcome {
+            epoch: manifest.epoch,
+            segments: count,
+            bytes,
+            base,
+        }))
+    }
+
+    fn fs_epoch(&self) -> u64 {
+        self.fs.epoch()
+    }
+
+    fn upload(&self, segments: Vec<(String, Vec<u8>)>) -> Result<(), CheckpointError> {
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            self.settings.upload_concurrency.max(1),
+        ));
+        self.rt.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (key, bytes) in segments {
+                let (store, limit) = (store.clone(), limit.clone());
+                tasks.spawn(async move {
+                    let _permit = limit
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore is never closed");
+                    store
+                        .put(&key, Bytes::from(bytes), PutMode::Overwrite)
+                        .await
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.expect("upload task does not panic")?;
+            }
+            Ok(())
+        })
+    }
+
+    fn commit(&self, m: &Manifest) -> Result<(), CheckpointError> {
+        check_invariants(m)?;
+        let key = manifest_key(m.epoch);
+        let body = Bytes::from(m.encode());
+        match self
+            .rt
+            .block_on(self.store.put(&key, body, PutMode::Create))
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::PreconditionFailed { .. }) => {
+                self.fenced.store(true, Ordering::Release);
+                self.fs.fence();
+                error!(
+                    epoch = m.epoch,
+                    writer = %self.writer,
+                    "another writer committed this epoch first: this mount is fenced and \
+                     accepts no more changes (writes and fsyncs fail with EROFS)"
+                );
+                Err(CheckpointError::Fenced { epoch: m.epoch })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checkpoints every `interval` until `stop` is set; errors are logged and retried at the
+    /// next tick (the pages stay dirty), except fencing, which ends the loop.
+    pub fn run(&self, stop: &AtomicBool) {
+        let tick = Duration::from_millis(50);
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            std::thread::sleep(tick);
+            if last.elapsed() < self.settings.interval {
+                continue;
+            }
+            last = Instant::now();
+            match self.checkpoint(false) {
+                Ok(_) => {}
+                Err(e @ CheckpointError::Fenced { .. }) => {
+                    error!(error = %e, "checkpointer stops");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "checkpoint failed; the pages stay dirty and the next one retries")
+                }
+            }
+        }
+    }
+}
+
+/// The manifest invariants, checked before every commit.
+///
+/// - A delta's parent is older than it (the chain only goes back).
+/// - Every extent lies within its run, and no two extents of a file overlap (a page has one
+///   source).
+/// - Every extent's file is an inode the manifest (or, for a delta, the chain) knows: checked
+///   for bases, where the manifest is the whole truth.
+fn check_invariants(m: &Manifest) -> Result<(), CheckpointError> {
+    let key = manifest_key(m.epoch);
+    if let Some(p) = m.parent {
+        if p >= m.epoch {
+            return Err(FormatError::corrupt(&key, "parent is not older").into());
+        }
+    }
+    let mut by_file: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    for e in &m.extents {
+        let run_end = e.run.first_page + u64::from(e.run.pages);
+        if e.first_page < e.run.first_page || e.first_page + e.pages > run_end || e.pages == 0 {
+            return Err(FormatError::corrupt(&key, "extent outside its run").into());
+        }
+        by_file
+            .entry(e.run.ino)
+            .or_default()
+            .push((e.first_page, e.first_page + e.pages));
+    }
+    for ranges in by_file.values_mut() {
+        ranges.sort_unstable();
+        if ranges.windows(2).any(|w| w[0].1 > w[1].0) {
+            return Err(FormatError::corrupt(&key, "overlapping extents").into());
+        }
+    }
+    if m.parent.is_none() {
+        let known: HashSet<u64> = m.inodes.iter().map(|a| a.ino).collect();
+        if let Some(ino) = by_file.keys().find(|i| !known.contains(i)) {
+            return Err(
+                FormatError::corrupt(&key, format!("extent of unknown inode {ino}")).into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What changed between `view` (the bucket) and `cut` (now), as a delta on the view.
+fn delta(view: &View, cut: &crate::fs::Cut, extents: Vec<Extent>) -> Manifest {
+    let mut m = Manifest {
+        parent: Some(view.epoch).filter(|&e| e > 0),
+        page_size: PAGE_SIZE as u32,
+        next_ino: cut.next_ino,
+        truncations: cut.truncations.clone(),
+        extents,
+        ..Manifest::default()
+    };
+    let live: HashSet<u64> = cut.inodes.iter().map(|a| a.ino).collect();
+    for a in &cut.inodes {
+        if view.inodes.get(&a.ino) != Some(a) {
+            m.inodes.push(a.clone());
+        }
+    }
+    m.removed_inodes = view
+        .inodes
+        .keys()
+        .filter(|ino| !live.contains(ino))
+        .copied()
+        .collect();
+    m.removed_inodes.sort_unstable();
+    let mut names = HashSet::new();
+    for d in &cut.dirents {
+        names.insert((d.parent, d.name.clone()));
+        if view.dirents.get(&(d.parent, d.name.clone())) != Some(&(d.ino, d.kind)) {
+            m.dirents.push(ManifestDirent {
+                parent: d.parent,
+                name: d.name.clone(),
+                ino: d.ino,
+                kind: d.kind,
+            });
+        }
+    }
+    m.unlinked = view
+        .dirents
+        .keys()
+        .filter(|k| !names.contains(*k))
+        .cloned()
+        .collect();
+    m
+}
+
+fn is_empty_delta(m: &Manifest) -> bool {
+    m.inodes.is_empty()
+        && m.removed_inodes.is_empty()
+        && m.dirents.is_empty()
+        && m.unlinked.is_empty()
+        && m.truncations.is_empty()
+        && m.extents.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_only_globs() {
+        let f = LocalOnly::new(&[
+            "pgsql_tmp".into(),
+            "postmaster.*".into(),
+            "base/1/tmp?".into(),
+        ]);
+        assert!(f.local_only(b"base/pgsql_tmp"));
+        assert!(f.local_only(b"postmaster.pid"));
+        assert!(f.local_only(b"postmaster.opts"));
+        assert!(f.local_only(b"base/1/tmp7"));
+        assert!(!f.local_only(b"base/1/tmp77"));
+        assert!(!f.local_only(b"base/2/tmp7"));
+        assert!(!f.local_only(b"base/16384/2619"));
+        assert!(!f.local_only(b"postmaster"));
+    }
+}
