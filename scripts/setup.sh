@@ -10,6 +10,7 @@ packages=(
   postgresql postgresql-contrib                  # the end-to-end tests run a real server
   bindfs           # plain FUSE passthrough, the benchmark's point of comparison
   util-linux       # runuser, fallocate
+  strace           # benches/fuse_requests_per_commit.sh
 )
 
 sudo=""
