@@ -90,6 +90,7 @@ pub struct Attached {
     checkpointer: Arc<Checkpointer>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    socket: PathBuf,
     // Owns the runtime the store and fetcher run on; dropped last.
     _runtime: tokio::runtime::Runtime,
 }
@@ -212,17 +213,86 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             })
             .context("start checkpointer")?
     };
+    let socket = fs.root().join(CONTROL_SOCKET);
+    serve_control(&socket, checkpointer.clone())?;
     Ok(Attached {
         checkpointer,
         stop,
         thread: Some(thread),
+        socket,
         _runtime: runtime,
     })
+}
+
+/// The control socket in the cache dir, for `bucketfs checkpoint`.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// Answers `checkpoint` requests on a Unix socket (root only, mode 0600): each line
+/// "checkpoint" takes a checkpoint now and answers "ok EPOCH" or "error MESSAGE".
+fn serve_control(path: &std::path::Path, cp: Arc<Checkpointer>) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    // A socket left by a crash: we hold the cache dir's lock, so it is stale.
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut line = String::new();
+                if BufReader::new(&conn).read_line(&mut line).is_err() {
+                    continue;
+                }
+                let reply = match line.trim() {
+                    "checkpoint" => match cp.checkpoint(false) {
+                        Ok(Some(o)) => format!("ok {}\n", o.epoch),
+                        Ok(None) => format!("ok {}\n", cp.view().read().epoch),
+                        Err(e) => format!("error {e}\n"),
+                    },
+                    other => format!("error unknown request {other:?}\n"),
+                };
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        })
+        .context("start control thread")?;
+    Ok(())
+}
+
+/// `bucketfs checkpoint`: asks the mount running on `cache_dir` for a checkpoint now and
+/// returns the epoch committed (or the latest, if nothing had changed).
+pub fn request_checkpoint(cache_dir: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::{BufRead, BufReader, Write};
+    let path = cache_dir.join(CONTROL_SOCKET);
+    let mut conn = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!(
+            "connect to {}: is a bucketfs with --bucket mounted on cache dir {}?",
+            path.display(),
+            cache_dir.display()
+        )
+    })?;
+    conn.write_all(b"checkpoint\n").context("send request")?;
+    let mut reply = String::new();
+    BufReader::new(&conn)
+        .read_line(&mut reply)
+        .context("read reply")?;
+    let reply = reply.trim();
+    if let Some(epoch) = reply.strip_prefix("ok ") {
+        return epoch.parse().context("parse epoch in reply");
+    }
+    bail!(
+        "checkpoint failed: {}",
+        reply.strip_prefix("error ").unwrap_or(reply)
+    )
 }
 
 impl Attached {
     /// Stops the periodic checkpoints and takes the final one, marked as a clean stop.
     pub fn finish(mut self) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(&self.socket);
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

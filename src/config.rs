@@ -33,6 +33,25 @@ pub enum LogFormat {
 pub enum Command {
     /// Mount a filesystem in the foreground until SIGINT or SIGTERM, then unmount cleanly.
     Mount(MountArgs),
+    /// Take a checkpoint now on the mount running on a cache dir; prints the committed epoch.
+    Checkpoint {
+        /// The cache dir of the running mount.
+        #[arg(long, env = "BUCKETFS_CACHE_DIR")]
+        cache_dir: PathBuf,
+    },
+    /// List the checkpoints in a bucket: epoch, kind, time, writer, segments, bytes.
+    Ls {
+        /// s3://NAME/PREFIX or file:///PATH
+        #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
+        bucket: String,
+    },
+    /// Check every segment and every manifest extent in a bucket; exits 1 naming the broken
+    /// objects.
+    Verify {
+        /// s3://NAME/PREFIX or file:///PATH
+        #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
+        bucket: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@
 //! A request travels `fuse` → `fs` → (`cache` metadata + cache file). See docs/ and
 //! ../shared/DESIGN.md for the whole picture.
 
+pub mod admin;
 pub mod bucket;
 pub mod cache;
 pub mod checkpoint;

@@ -14,11 +14,26 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match &cli.command {
         Command::Mount(args) => mount_settings(args).and_then(|s| mount::run(&s)),
+        Command::Checkpoint { cache_dir } => bucketfs::bucket::request_checkpoint(cache_dir)
+            .map(|epoch| println!("checkpoint committed: epoch {epoch}")),
+        Command::Ls { bucket } => BucketUrl::parse(bucket)
+            .and_then(|url| bucketfs::admin::ls(&url, &mut std::io::stdout().lock())),
+        Command::Verify { bucket } => BucketUrl::parse(bucket).and_then(|url| {
+            let broken = bucketfs::admin::verify(&url, &mut std::io::stderr().lock())?;
+            if broken.is_empty() {
+                println!("bucket {url}: every segment and extent checks out");
+                return Ok(());
+            }
+            for b in &broken {
+                println!("BROKEN {b}");
+            }
+            anyhow::bail!("{} broken object(s) in {url}", broken.len())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One line on stderr, which is also where the logs go.
             eprintln!("bucketfs: error: {e:#}");
             ExitCode::FAILURE
         }
