@@ -12,7 +12,10 @@ use crate::manifest::Manifest;
 use crate::store::StoreError;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded, not current-thread: `open_bucket` drives it through a Handle, which on a
+    // current-thread runtime would not run the I/O driver and would wait forever.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("start the I/O runtime")

@@ -13,7 +13,7 @@ use tracing::{error, info, info_span};
 
 use crate::checkpoint::{open_bucket, restore_of, BucketFetcher, CheckpointSettings, Checkpointer};
 use crate::fs::Fs;
-use crate::store::{LocalStore, ObjectStore, RetryPolicy, RetryingStore};
+use crate::store::{LocalStore, ObjectStore, RetryPolicy, RetryingStore, S3Settings, S3Store};
 
 /// Where the bucket is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,8 +53,10 @@ impl BucketUrl {
                 LocalStore::new(path)
                     .with_context(|| format!("open local bucket {}", path.display()))?,
             ),
-            BucketUrl::S3 { .. } => {
-                bail!("s3:// buckets are not supported by this build yet; use file:///PATH")
+            BucketUrl::S3 { bucket, prefix } => {
+                let settings = S3Settings::from_env(bucket, prefix)
+                    .map_err(|e| anyhow::anyhow!("--bucket {self}: {e}"))?;
+                Arc::new(S3Store::new(&settings))
             }
         };
         Ok(Arc::new(RetryingStore::new(inner, RetryPolicy::default())))

@@ -88,9 +88,11 @@ pub struct MountArgs {
     pub no_writeback_cache: bool,
 
     /// The object store that holds the filesystem: s3://NAME/PREFIX, or file:///PATH for a
-    /// local directory. Without it the filesystem lives in the cache dir alone. Mounting a
-    /// bucket on an empty cache dir restores its latest checkpoint (contents are fetched on
-    /// first read).
+    /// local directory. Without it (and without BUCKET_NAME) the filesystem lives in the
+    /// cache dir alone. Mounting a bucket on an empty cache dir restores its latest checkpoint
+    /// (contents are fetched on first read). S3 credentials, endpoint and region come from
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3 and AWS_REGION, as
+    /// `fly storage create` sets them; BUCKETFS_S3_PATH_STYLE=1 for path-style addressing.
     #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
     pub bucket: Option<String>,
 

@@ -60,8 +60,7 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
         root_gid: args.gid.as_deref().map(resolve_group).transpose()?,
         fuse_threads: usize::from(args.fuse_threads),
         writeback_cache: !args.no_writeback_cache,
-        bucket: args
-            .bucket
+        bucket: bucket_url(args)
             .as_deref()
             .map(|url| -> anyhow::Result<BucketSettings> {
                 let mut checkpoint = CheckpointSettings {
@@ -78,6 +77,16 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
                 })
             })
             .transpose()?,
+    })
+}
+
+/// `--bucket`, or else the bucket that `fly storage create` names in BUCKET_NAME.
+fn bucket_url(args: &MountArgs) -> Option<String> {
+    args.bucket.clone().or_else(|| {
+        std::env::var("BUCKET_NAME")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("s3://{n}/"))
     })
 }
 

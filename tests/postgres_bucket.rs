@@ -1,6 +1,6 @@
-//! PostgreSQL on a bucketfs mount with a bucket (a local directory as the object store):
-//! what the bucket holds is always a database Postgres can start from, on a new machine with
-//! an empty cache dir.
+//! PostgreSQL on a bucketfs mount with a bucket (a real S3 protocol server, s3s-fs on
+//! 127.0.0.1): what the bucket holds is always a database Postgres can start from, on a new
+//! machine with an empty cache dir.
 
 mod common;
 
@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::pg::{run_ok, Postgres};
+use common::s3::S3Server;
 use common::{wait_for, Mount};
 
 const TABLES: [&str; 4] = [
@@ -18,20 +19,20 @@ const TABLES: [&str; 4] = [
     "pgbench_history",
 ];
 
-fn mount_args(bucket: &Path, extra: &[&str]) -> Vec<String> {
+fn mount_args(s3: &S3Server, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["--allow-other", "--uid", "postgres", "--gid", "postgres"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     args.push("--bucket".into());
-    args.push(format!("file://{}", bucket.display()));
+    args.push(s3.url("pg"));
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
 
-fn start_mount(mnt: &Path, cache: &Path, args: &[String]) -> Mount {
+fn start_mount(mnt: &Path, cache: &Path, s3: &S3Server, args: &[String]) -> Mount {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Mount::start(mnt, cache, &args)
+    Mount::start_with_env(mnt, cache, &args, &s3.env())
 }
 
 /// Row count and an order-independent checksum of every row of every pgbench table.
@@ -57,11 +58,16 @@ fn amcheck(pg: &Postgres) {
 #[test]
 fn a_database_restored_from_the_bucket_equals_the_one_checkpointed() {
     let dir = common::scratch();
-    let bucket = dir.path().join("bucket");
+    let s3 = S3Server::start(&dir.path().join("s3"));
     let sockets = dir.path().join("run");
-    let args = mount_args(&bucket, &[]);
+    let args = mount_args(&s3, &[]);
 
-    let mount = start_mount(&dir.path().join("mnt1"), &dir.path().join("cache1"), &args);
+    let mount = start_mount(
+        &dir.path().join("mnt1"),
+        &dir.path().join("cache1"),
+        &s3,
+        &args,
+    );
     Postgres::initdb(&mount.mnt);
     let pg = Postgres::start(&mount.mnt, &sockets, 54_331, &[]);
     run_ok(pg.tool("pgbench").args(["-i", "-s", "5", "-q", "postgres"]));
@@ -75,22 +81,43 @@ fn a_database_restored_from_the_bucket_equals_the_one_checkpointed() {
     assert!(mount.stop().success(), "bucketfs did not stop cleanly");
 
     // A new machine: an empty cache dir, the same bucket.
-    let mount = start_mount(&dir.path().join("mnt2"), &dir.path().join("cache2"), &args);
+    let mount = start_mount(
+        &dir.path().join("mnt2"),
+        &dir.path().join("cache2"),
+        &s3,
+        &args,
+    );
     let pg = Postgres::start(&mount.mnt, &sockets, 54_332, &[]);
     assert_eq!(table_digest(&pg), before, "restored tables differ");
     amcheck(&pg);
     pg.stop();
     assert!(mount.stop().success());
+    let verify = std::process::Command::new(common::BIN)
+        .args(["verify", "--bucket", &s3.url("pg")])
+        .envs(s3.env())
+        .output()
+        .expect("run bucketfs verify");
+    assert!(
+        verify.status.success(),
+        "bucketfs verify failed:\n{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[test]
 fn after_kill_9_and_the_loss_of_the_cache_dir_the_bucket_is_a_consistent_database() {
     let dir = common::scratch();
-    let bucket = dir.path().join("bucket");
+    let s3 = S3Server::start(&dir.path().join("s3"));
     let sockets = dir.path().join("run");
-    let args = mount_args(&bucket, &["--checkpoint-interval", "300ms"]);
+    let args = mount_args(&s3, &["--checkpoint-interval", "300ms"]);
 
-    let mount = start_mount(&dir.path().join("mnt1"), &dir.path().join("cache1"), &args);
+    let mount = start_mount(
+        &dir.path().join("mnt1"),
+        &dir.path().join("cache1"),
+        &s3,
+        &args,
+    );
     Postgres::initdb(&mount.mnt);
     let pg = Postgres::start(&mount.mnt, &sockets, 54_333, &[]);
     run_ok(pg.tool("pgbench").args(["-i", "-s", "5", "-q", "postgres"]));
@@ -123,7 +150,8 @@ fn after_kill_9_and_the_loss_of_the_cache_dir_the_bucket_is_a_consistent_databas
     let mount = start_mount(
         &dir.path().join("mnt2"),
         &dir.path().join("cache2"),
-        &mount_args(&bucket, &["--takeover"]),
+        &s3,
+        &mount_args(&s3, &["--takeover"]),
     );
     let pg = Postgres::start(&mount.mnt, &sockets, 54_334, &[]);
     assert!(

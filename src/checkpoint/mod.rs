@@ -155,6 +155,7 @@ pub fn open_bucket(
     create: bool,
 ) -> Result<Opened, CheckpointError> {
     rt.block_on(async {
+        store.check().await?;
         match store.get(FORMAT_KEY, None).await {
             Ok(bytes) => check_format(&bytes)?,
             Err(StoreError::NotFound { .. }) if create => {

@@ -166,6 +166,11 @@ impl ObjectStore for FaultyStore {
         self.inner.delete(key).await
     }
 
+    async fn check(&self) -> StoreResult<()> {
+        self.before("check", "").await?;
+        self.inner.check().await
+    }
+
     fn describe(&self) -> String {
         format!("faulty({})", self.inner.describe())
     }

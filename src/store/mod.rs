@@ -8,6 +8,7 @@
 pub mod faulty;
 pub mod local;
 pub mod retry;
+pub mod s3;
 
 use std::fmt;
 use std::ops::Range;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 pub use faulty::{FaultPlan, FaultyStore};
 pub use local::LocalStore;
 pub use retry::{RetryPolicy, RetryingStore};
+pub use s3::{S3Settings, S3Store};
 
 /// When a PUT may happen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +90,12 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     /// Deletes an object; deleting one that does not exist is not an error.
     async fn delete(&self, key: &str) -> StoreResult<()>;
+
+    /// Checks that the store is reachable and the bucket exists, with the credentials given:
+    /// called once before mounting so that bad configuration fails fast and clearly.
+    async fn check(&self) -> StoreResult<()> {
+        Ok(())
+    }
 
     /// Where this store points, for messages (never with credentials).
     fn describe(&self) -> String;

@@ -127,6 +127,10 @@ impl ObjectStore for RetryingStore {
         self.retry("delete", key, || self.inner.delete(key)).await
     }
 
+    async fn check(&self) -> StoreResult<()> {
+        self.retry("check", "", || self.inner.check()).await
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod pg;
+pub mod s3;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,16 @@ pub struct Mount {
 impl Mount {
     /// Mounts `cache` on `mnt` (both created if missing) and waits until the kernel serves it.
     pub fn start(mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
+        Mount::start_with_env(mnt, cache, extra, &[])
+    }
+
+    /// As `start`, with extra environment variables for bucketfs (S3 settings).
+    pub fn start_with_env(
+        mnt: &Path,
+        cache: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Mount {
         if let Err(e) = fs::create_dir_all(mnt) {
             // A dead mount left by kill -9 answers ENOTCONN to stat (so create_dir_all calls
             // it "exists"); bucketfs itself clears it.
@@ -61,6 +72,7 @@ impl Mount {
             .arg("--cache-dir")
             .arg(cache)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,320 @@
+//! S3 (Tigris, AWS, any S3-compatible service) through aws-sdk-s3.
+//!
+//! Configuration comes from the environment that `fly storage create` sets
+//! (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3, AWS_REGION) or from explicit
+//! settings. Credentials go only to the SDK: they appear in no message, log or metric.
+
+use std::fmt;
+use std::ops::Range;
+
+use async_trait::async_trait;
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use super::{ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+
+/// Where and how to reach the bucket.
+#[derive(Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Key prefix ("" or "db1"); keys are "<prefix>/<key>".
+    pub prefix: String,
+    /// e.g. https://fly.storage.tigris.dev; None: AWS's endpoint for the region.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Path-style addressing (endpoint/bucket/key) instead of virtual-hosted
+    /// (bucket.endpoint/key); local S3 servers want it.
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for S3Settings {
+    // By hand, so that the secret can never reach a log line through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Settings {
+    /// Reads credentials, endpoint and region from the standard AWS variables.
+    pub fn from_env(bucket: &str, prefix: &str) -> Result<S3Settings, String> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let access_key_id = var("AWS_ACCESS_KEY_ID")
+            .ok_or("AWS_ACCESS_KEY_ID is not set (fly storage create sets it)")?;
+        let secret_access_key = var("AWS_SECRET_ACCESS_KEY")
+            .ok_or("AWS_SECRET_ACCESS_KEY is not set (fly storage create sets it)")?;
+        let endpoint = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL"));
+        // Tigris answers for every region as "auto".
+        let region = var("AWS_REGION")
+            .or_else(|| var("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "auto".into());
+        let path_style = var("BUCKETFS_S3_PATH_STYLE").is_some_and(|v| v == "1" || v == "true");
+        Ok(S3Settings {
+            bucket: bucket.into(),
+            prefix: prefix.trim_matches('/').into(),
+            endpoint,
+            region,
+            path_style,
+            access_key_id,
+            secret_access_key,
+        })
+    }
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    describe: String,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe)
+    }
+}
+
+impl S3Store {
+    pub fn new(s: &S3Settings) -> S3Store {
+        use aws_smithy_http_client::{tls, Builder};
+        let http = Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let creds = Credentials::new(
+            s.access_key_id.clone(),
+            s.secret_access_key.clone(),
+            None,
+            None,
+            "bucketfs",
+        );
+        // Our RetryingStore retries (with jitter, and knowing which errors are worth it); the
+        // SDK's own retries would multiply with it. Timeouts keep a dead connection from
+        // hanging a checkpoint or a read forever.
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(Duration::from_secs(60))
+            .build();
+        let mut conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts)
+            .http_client(http)
+            .region(Region::new(s.region.clone()))
+            .credentials_provider(creds)
+            .force_path_style(s.path_style);
+        if let Some(ep) = &s.endpoint {
+            conf = conf.endpoint_url(ep.clone());
+        }
+        S3Store {
+            client: Client::from_conf(conf.build()),
+            bucket: s.bucket.clone(),
+            prefix: s.prefix.clone(),
+            describe: format!(
+                "s3://{}/{} (endpoint {})",
+                s.bucket,
+                s.prefix,
+                s.endpoint.as_deref().unwrap_or("AWS default")
+            ),
+        }
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    fn strip<'a>(&self, full: &'a str) -> &'a str {
+        if self.prefix.is_empty() {
+            full
+        } else {
+            full.strip_prefix(&self.prefix)
+                .and_then(|k| k.strip_prefix('/'))
+                .unwrap_or(full)
+        }
+    }
+}
+
+/// Maps an SDK error to the store's error kinds, by HTTP status and S3 error code. The SDK's
+/// messages carry no credentials.
+fn classify<E, R>(op: &'static str, key: &str, err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+    SdkError<E, R>: HasStatus,
+{
+    let status = err.status();
+    let code = err.code().unwrap_or_default().to_string();
+    let message = match (&err, err.message()) {
+        (_, Some(m)) => format!("{code} {m} (http {})", status.unwrap_or(0)),
+        (SdkError::TimeoutError(_), _) => "timed out".to_string(),
+        (SdkError::DispatchFailure(e), _) => format!("could not reach the endpoint: {e:?}"),
+        _ => format!("{code} (http {})", status.unwrap_or(0)),
+    };
+    let key = key.to_string();
+    match status {
+        Some(412) => StoreError::PreconditionFailed { key },
+        Some(404) if code != "NoSuchBucket" => StoreError::NotFound { key },
+        Some(s) if s == 429 || s >= 500 => StoreError::Transient { op, key, message },
+        Some(_) => StoreError::Permanent { op, key, message },
+        // No response at all: a timeout or a connection error, worth another try.
+        None => StoreError::Transient { op, key, message },
+    }
+}
+
+/// The HTTP status of an SDK error's response, if there was one.
+trait HasStatus {
+    fn status(&self) -> Option<u16>;
+}
+
+impl<E> HasStatus for SdkError<E, aws_sdk_s3::config::http::HttpResponse> {
+    fn status(&self) -> Option<u16> {
+        self.raw_response().map(|r| r.status().as_u16())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .body(ByteStream::from(body));
+        match &mode {
+            PutMode::Overwrite => {}
+            PutMode::Create => req = req.if_none_match("*"),
+            PutMode::Replace { etag } => req = req.if_match(etag),
+        }
+        let out = req.send().await.map_err(|e| classify("put", key, e))?;
+        Ok(out.e_tag().unwrap_or_default().to_string())
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key));
+        if let Some(r) = &range {
+            if r.is_empty() {
+                return Ok(Bytes::new());
+            }
+            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let out = req.send().await.map_err(|e| classify("get", key, e))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Transient {
+                op: "get",
+                key: key.into(),
+                message: format!("read body: {e}"),
+            })?;
+        Ok(body.into_bytes())
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectMeta {
+                key: key.into(),
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: out.e_tag().unwrap_or_default().to_string(),
+            })),
+            Err(e) => match classify("head", key, e) {
+                StoreError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut req = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.full_key(prefix));
+            if let Some(t) = &token {
+                req = req.continuation_token(t);
+            }
+            let page = req.send().await.map_err(|e| classify("list", prefix, e))?;
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                out.push(ObjectMeta {
+                    key: self.strip(k).to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().unwrap_or_default().to_string(),
+                });
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| classify("delete", key, e))?;
+        Ok(())
+    }
+
+    async fn check(&self) -> StoreResult<()> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| match classify("head bucket", &self.bucket, e) {
+                // HEAD has no body, so a missing bucket is a bare 404.
+                StoreError::NotFound { key } => StoreError::Permanent {
+                    op: "head bucket",
+                    key,
+                    message: "NoSuchBucket: the bucket does not exist".into(),
+                },
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}

@@ -1,0 +1,182 @@
+//! A real S3 protocol server for tests: s3s-fs (objects as files) served in-process on
+//! 127.0.0.1, behind a wrapper that counts requests and can inject faults (an outage, added
+//! latency) while the test runs.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::dto::*;
+use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
+
+pub const ACCESS_KEY: &str = "bucketfs-test-access";
+pub const SECRET_KEY: &str = "bucketfs-test-secret-do-not-log";
+pub const BUCKET: &str = "pgdata";
+
+/// Knobs and counters shared between the test and the server.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// While set, every request answers 503 ServiceUnavailable.
+    pub outage: AtomicBool,
+    /// Milliseconds added to every request.
+    pub latency_ms: AtomicU64,
+    pub puts: AtomicU64,
+    pub gets: AtomicU64,
+    pub get_bytes: AtomicU64,
+    /// GETs of file contents (segment objects), as opposed to manifests and the marker.
+    pub segment_gets: AtomicU64,
+}
+
+impl Faults {
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::SeqCst)
+    }
+    pub fn segment_gets(&self) -> u64 {
+        self.segment_gets.load(Ordering::SeqCst)
+    }
+    pub fn puts(&self) -> u64 {
+        self.puts.load(Ordering::SeqCst)
+    }
+}
+
+struct Faulty {
+    inner: s3s_fs::FileSystem,
+    faults: Arc<Faults>,
+}
+
+impl Faulty {
+    async fn gate(&self) -> S3Result<()> {
+        let ms = self.faults.latency_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if self.faults.outage.load(Ordering::SeqCst) {
+            return Err(s3_error!(ServiceUnavailable, "injected outage"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for Faulty {
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.faults.puts.fetch_add(1, Ordering::SeqCst);
+        self.gate().await?;
+        self.inner.put_object(req).await
+    }
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        self.faults.gets.fetch_add(1, Ordering::SeqCst);
+        if req.input.key.contains("segments/") {
+            self.faults.segment_gets.fetch_add(1, Ordering::SeqCst);
+        }
+        self.gate().await?;
+        let resp = self.inner.get_object(req).await?;
+        self.faults.get_bytes.fetch_add(
+            resp.output.content_length.unwrap_or(0) as u64,
+            Ordering::SeqCst,
+        );
+        Ok(resp)
+    }
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.gate().await?;
+        self.inner.head_object(req).await
+    }
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.gate().await?;
+        self.inner.head_bucket(req).await
+    }
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.gate().await?;
+        self.inner.list_objects_v2(req).await
+    }
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.gate().await?;
+        self.inner.delete_object(req).await
+    }
+}
+
+/// An S3 server on 127.0.0.1 with one bucket, `BUCKET`, stored under `root`.
+pub struct S3Server {
+    pub endpoint: String,
+    pub faults: Arc<Faults>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl S3Server {
+    pub fn start(root: &Path) -> S3Server {
+        std::fs::create_dir_all(root.join(BUCKET)).expect("create bucket dir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test S3 runtime");
+        let faults = Arc::new(Faults::default());
+        let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
+        let mut b = s3s::service::S3ServiceBuilder::new(Faulty {
+            inner: fs,
+            faults: faults.clone(),
+        });
+        b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = b.build();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        rt.spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let conn = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        S3Server {
+            endpoint: format!("http://{addr}"),
+            faults,
+            _rt: rt,
+        }
+    }
+
+    /// The environment a bucketfs child needs to reach this server, as `fly storage create`
+    /// would set it.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_ENDPOINT_URL_S3", self.endpoint.clone()),
+            ("AWS_REGION", "auto".into()),
+            ("BUCKETFS_S3_PATH_STYLE", "1".into()),
+        ]
+    }
+
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{BUCKET}/{prefix}")
+    }
+}

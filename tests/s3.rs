@@ -1,0 +1,251 @@
+//! bucketfs against a real S3 protocol server (s3s-fs in-process on 127.0.0.1): restore,
+//! warm restarts that fetch nothing, bad configuration, and an outage that Postgres never
+//! notices.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::s3::{S3Server, SECRET_KEY};
+use common::{wait_for, Mount, BIN};
+
+fn mount(mnt: &Path, cache: &Path, s3: &S3Server, prefix: &str, extra: &[&str]) -> Mount {
+    let url = s3.url(prefix);
+    let mut args = vec!["--bucket", url.as_str()];
+    args.extend_from_slice(extra);
+    Mount::start_with_env(mnt, cache, &args, &s3.env())
+}
+
+fn write_tree(root: &Path) {
+    fs::create_dir_all(root.join("base/1")).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(root.join("base/1/big"), &big).unwrap();
+    fs::write(root.join("PG_VERSION"), b"15\n").unwrap();
+    std::os::unix::fs::symlink("base/1/big", root.join("link")).unwrap();
+}
+
+fn assert_tree(root: &Path) {
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    assert!(
+        fs::read(root.join("base/1/big")).unwrap() == big,
+        "big file differs"
+    );
+    assert_eq!(fs::read(root.join("PG_VERSION")).unwrap(), b"15\n");
+    assert_eq!(
+        fs::read_link(root.join("link")).unwrap(),
+        Path::new("base/1/big")
+    );
+}
+
+fn run_bucketfs(args: &[&str], env: &[(&'static str, String)]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bucketfs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn restore_from_s3_into_an_empty_cache_dir_and_verify() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let a = mount(
+        &dir.path().join("a"),
+        &dir.path().join("ca"),
+        &s3,
+        "db1",
+        &[],
+    );
+    write_tree(&a.mnt);
+    let log_a = a.log.clone();
+    assert!(a.stop().success());
+
+    let segments_before = s3.faults.segment_gets();
+    let b = mount(
+        &dir.path().join("b"),
+        &dir.path().join("cb"),
+        &s3,
+        "db1",
+        &[],
+    );
+    // The namespace is there at once; no file contents were fetched to show it.
+    assert_eq!(
+        fs::metadata(b.mnt.join("base/1/big")).unwrap().len(),
+        3_000_000
+    );
+    assert_eq!(
+        s3.faults.segment_gets(),
+        segments_before,
+        "stat fetched file contents"
+    );
+    assert_tree(&b.mnt);
+    assert!(
+        s3.faults.segment_gets() > segments_before,
+        "contents came from nowhere"
+    );
+    let log_b = b.log.clone();
+    assert!(b.stop().success());
+
+    let (ok, out, err) = run_bucketfs(&["verify", "--bucket", &s3.url("db1")], &s3.env());
+    assert!(ok, "verify failed:\n{out}\n{err}");
+    let (ok, out, err) = run_bucketfs(&["ls", "--bucket", &s3.url("db1")], &s3.env());
+    assert!(ok, "ls failed: {err}");
+    assert!(
+        out.contains("base") && out.contains("clean stop"),
+        "ls:\n{out}"
+    );
+    for log in [log_a, log_b] {
+        let text = fs::read_to_string(log).unwrap();
+        assert!(
+            !text.contains(SECRET_KEY),
+            "the secret key appears in a log"
+        );
+    }
+}
+
+#[test]
+fn a_warm_restart_fetches_nothing_it_holds() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let (mnt, cache) = (dir.path().join("m"), dir.path().join("c"));
+    let a = mount(&mnt, &cache, &s3, "warm", &[]);
+    write_tree(&a.mnt);
+    assert!(a.stop().success());
+    let before = s3.faults.segment_gets();
+    let a = mount(&mnt, &cache, &s3, "warm", &[]);
+    assert_tree(&a.mnt);
+    assert_eq!(
+        s3.faults.segment_gets(),
+        before,
+        "a warm restart fetched file contents"
+    );
+    assert!(a.stop().success());
+}
+
+#[test]
+fn bad_s3_configuration_is_refused_before_mounting_without_credentials_in_the_message() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let mnt = dir.path().join("m");
+    fs::create_dir_all(&mnt).unwrap();
+    let try_mount = |url: &str, env: &[(&'static str, String)]| {
+        let cache = dir.path().join(format!("c{}", fastrand_suffix()));
+        let (ok, _, err) = run_bucketfs(
+            &[
+                "mount",
+                mnt.to_str().unwrap(),
+                "--cache-dir",
+                cache.to_str().unwrap(),
+                "--bucket",
+                url,
+            ],
+            env,
+        );
+        assert!(!ok, "mount of {url} succeeded");
+        assert!(
+            !common::is_mounted(&mnt),
+            "a refused mount left a mount behind"
+        );
+        assert!(
+            !err.contains(SECRET_KEY),
+            "the secret key is in the message:\n{err}"
+        );
+        err
+    };
+    // A bucket that does not exist.
+    let err = try_mount("s3://no-such-bucket/db", &s3.env());
+    assert!(
+        err.contains("NoSuchBucket") || err.contains("no-such-bucket"),
+        "{err}"
+    );
+    // Wrong credentials.
+    let mut env = s3.env();
+    env.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
+    env.push(("AWS_SECRET_ACCESS_KEY", "wrong-secret-value".into()));
+    let err = try_mount(&s3.url("db"), &env);
+    assert!(!err.contains("wrong-secret-value"), "{err}");
+    assert!(
+        err.contains("SignatureDoesNotMatch") || err.contains("403") || err.contains("Access"),
+        "{err}"
+    );
+    // No credentials at all.
+    let mut env = s3.env();
+    env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
+    let err = try_mount(&s3.url("db"), &env);
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+#[test]
+fn writes_and_fsyncs_go_on_through_an_outage_and_the_backlog_drains() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let a = mount(
+        &dir.path().join("m"),
+        &dir.path().join("c"),
+        &s3,
+        "outage",
+        &["--checkpoint-interval", "200ms"],
+    );
+    let committed = |m: &Mount| m.log_text().matches("checkpoint committed").count();
+    s3.faults
+        .outage
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let puts_before = s3.faults.puts();
+    // During the outage: writes and fsyncs succeed, file after file.
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        let mut f = fs::File::create(a.mnt.join(format!("f{i}"))).unwrap();
+        std::io::Write::write_all(&mut f, &vec![i as u8; 100_000]).unwrap();
+        f.sync_all().expect("fsync failed during an S3 outage");
+        i += 1;
+    }
+    let during = committed(&a);
+    assert!(
+        s3.faults.puts() > puts_before,
+        "no upload was attempted during the outage"
+    );
+    s3.faults
+        .outage
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_for(
+        "a checkpoint after the outage",
+        Duration::from_secs(120),
+        || committed(&a) > during,
+    );
+    assert!(a.stop().success());
+    // Everything written during the outage is in the bucket.
+    let b = mount(
+        &dir.path().join("m2"),
+        &dir.path().join("c2"),
+        &s3,
+        "outage",
+        &[],
+    );
+    for j in 0..i {
+        assert_eq!(
+            fs::read(b.mnt.join(format!("f{j}"))).unwrap(),
+            vec![j as u8; 100_000]
+        );
+    }
+    assert!(b.stop().success());
+}
