@@ -76,6 +76,8 @@ impl std::fmt::Display for BucketUrl {
 pub struct BucketSettings {
     pub url: BucketUrl,
     pub takeover: bool,
+    /// fsync waits until the change is in the bucket.
+    pub remote_durability: bool,
     pub checkpoint: CheckpointSettings,
 }
 
@@ -185,6 +187,9 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
     ));
     let fetcher = BucketFetcher::new(store, runtime.handle().clone(), checkpointer.view());
     fs.set_fetcher(Arc::new(fetcher));
+    if settings.remote_durability {
+        fs.set_remote_sync(checkpointer.clone());
+    }
     let epoch = if opened.latest.is_some() {
         checkpointer.take_over().context("take over the bucket")?
     } else {

@@ -24,6 +24,12 @@ pub struct Cli {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    Local,
+    Remote,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -99,6 +105,12 @@ pub struct MountArgs {
     /// Time between checkpoints to the bucket (e.g. 500ms, 5s, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub checkpoint_interval: std::time::Duration,
+
+    /// What fsync promises. local: on the local disk (a lost machine loses at most the last
+    /// checkpoint interval). remote: also in the bucket (fsync waits for a checkpoint; needs
+    /// --bucket).
+    #[arg(long, value_enum, default_value_t = Durability::Local, env = "BUCKETFS_DURABILITY")]
+    pub durability: Durability,
 
     /// Take the bucket over from a writer that did not stop cleanly. Only when that writer is
     /// gone: it is fenced at its next checkpoint, but two live writers are never right.

@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 use bucketfs::bucket::{BucketSettings, BucketUrl};
 use bucketfs::checkpoint::CheckpointSettings;
-use bucketfs::config::{Cli, Command, LogFormat, MountArgs};
+use bucketfs::config::{Cli, Command, Durability, LogFormat, MountArgs};
 use bucketfs::mount::{self, MountSettings};
 
 fn main() -> ExitCode {
@@ -52,6 +52,9 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
+    if args.durability == Durability::Remote && bucket_url(args).is_none() {
+        bail!("--durability remote needs a bucket (--bucket URL): there is nowhere remote to wait for");
+    }
     Ok(MountSettings {
         mountpoint: args.mountpoint.clone(),
         cache_dir: args.cache_dir.clone(),
@@ -73,6 +76,7 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
                 Ok(BucketSettings {
                     url: BucketUrl::parse(url)?,
                     takeover: args.takeover,
+                    remote_durability: args.durability == Durability::Remote,
                     checkpoint,
                 })
             })

@@ -177,3 +177,60 @@ fn after_kill_9_and_the_loss_of_the_cache_dir_the_bucket_is_a_consistent_databas
     pg.stop();
     assert!(mount.stop().success());
 }
+
+#[test]
+fn with_remote_durability_every_acknowledged_commit_survives_the_loss_of_the_machine() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let sockets = dir.path().join("run");
+    let args = mount_args(&s3, &["--durability", "remote"]);
+
+    let mount = start_mount(
+        &dir.path().join("mnt1"),
+        &dir.path().join("cache1"),
+        &s3,
+        &args,
+    );
+    Postgres::initdb(&mount.mnt);
+    let pg = Postgres::start(&mount.mnt, &sockets, 54_335, &[]);
+    let mut client = pg.connect();
+    client
+        .batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .unwrap();
+    let mut acked = Vec::new();
+    for id in 1..=150i64 {
+        // Autocommit: Ok means Postgres acknowledged the commit, after its WAL fsync, which
+        // with --durability remote returned only once the bucket had it.
+        client
+            .execute("INSERT INTO acked VALUES ($1)", &[&id])
+            .expect("commit");
+        acked.push(id);
+    }
+    // The machine is lost at once: no clean stop of anything, and no cache dir afterwards.
+    pg.kill_all();
+    mount.kill();
+    drop(client);
+    std::fs::remove_dir_all(dir.path().join("cache1")).expect("remove the cache dir");
+
+    let mount = start_mount(
+        &dir.path().join("mnt2"),
+        &dir.path().join("cache2"),
+        &s3,
+        &mount_args(&s3, &["--takeover"]),
+    );
+    let pg = Postgres::start(&mount.mnt, &sockets, 54_336, &[]);
+    let present: Vec<i64> = pg
+        .connect()
+        .query("SELECT id FROM acked ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        present, acked,
+        "acknowledged commits missing from the bucket"
+    );
+    amcheck(&pg);
+    pg.stop();
+    assert!(mount.stop().success());
+}

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{error, info, warn};
 
 use crate::fs::{Fs, FsError, PathFilter, Restore, PAGE_SIZE};
@@ -310,6 +310,13 @@ pub struct Checkpointer {
     fenced: AtomicBool,
     /// The bucket URL recorded in the cache dir after each commit (unset in tests).
     record_url: Mutex<Option<String>>,
+    /// The highest cut epoch whose changes are all in the bucket, and who waits for it.
+    covered: Mutex<u64>,
+    covered_cv: Condvar,
+    /// Set by a remote-durability fsync to start a checkpoint now (group commit: one
+    /// checkpoint serves every waiter).
+    wanted: Mutex<bool>,
+    wanted_cv: Condvar,
 }
 
 impl Checkpointer {
@@ -332,6 +339,10 @@ impl Checkpointer {
             running: Mutex::new(()),
             fenced: AtomicBool::new(false),
             record_url: Mutex::new(None),
+            covered: Mutex::new(0),
+            covered_cv: Condvar::new(),
+            wanted: Mutex::new(false),
+            wanted_cv: Condvar::new(),
         }
     }
 
@@ -435,6 +446,7 @@ impl Checkpointer {
             if is_empty_delta(&m) && !clean_stop && view.epoch > 0 {
                 drop(view);
                 self.fs.mark_clean(&cut)?;
+                self.covered_through(cut.epoch);
                 return Ok(None);
             }
             if view.epoch == 0 || view.deltas_since_base + 1 >= self.settings.base_every {
@@ -462,6 +474,7 @@ impl Checkpointer {
         self.view.write().apply(&manifest);
         self.fs.mark_clean(&cut)?;
         self.record(manifest.epoch)?;
+        self.covered_through(cut.epoch);
         info!(
             epoch = manifest.epoch,
             base,
@@ -476,6 +489,12 @@ impl Checkpointer {
             bytes,
             base,
         }))
+    }
+
+    fn covered_through(&self, epoch: u64) {
+        let mut c = self.covered.lock();
+        *c = (*c).max(epoch);
+        self.covered_cv.notify_all();
     }
 
     fn fs_epoch(&self) -> u64 {
@@ -541,15 +560,23 @@ impl Checkpointer {
         let tick = Duration::from_millis(50);
         let mut last = Instant::now();
         while !stop.load(Ordering::Acquire) {
-            std::thread::sleep(tick);
-            if last.elapsed() < self.settings.interval {
-                continue;
+            {
+                // Sleep until the next tick or until a remote-durability fsync asks.
+                let mut wanted = self.wanted.lock();
+                if !*wanted {
+                    self.wanted_cv.wait_for(&mut wanted, tick);
+                }
+                if !*wanted && last.elapsed() < self.settings.interval {
+                    continue;
+                }
+                *wanted = false;
             }
             last = Instant::now();
             match self.checkpoint(false) {
                 Ok(_) => {}
                 Err(e @ CheckpointError::Fenced { .. }) => {
                     error!(error = %e, "checkpointer stops");
+                    self.covered_cv.notify_all();
                     return;
                 }
                 Err(e) => {
@@ -557,6 +584,26 @@ impl Checkpointer {
                 }
             }
         }
+    }
+}
+
+impl crate::fs::RemoteSync for Checkpointer {
+    fn wait_committed(&self, epoch: u64) -> Result<(), FsError> {
+        let mut covered = self.covered.lock();
+        while *covered < epoch {
+            if self.fenced.load(Ordering::Acquire) {
+                return Err(FsError::Fenced);
+            }
+            {
+                let mut wanted = self.wanted.lock();
+                *wanted = true;
+                self.wanted_cv.notify_one();
+            }
+            // Re-check now and then: the checkpoint that covers us may fail and be retried.
+            self.covered_cv
+                .wait_for(&mut covered, Duration::from_millis(500));
+        }
+        Ok(())
     }
 }
 

@@ -400,7 +400,7 @@ impl Fs {
             st.meta_seq
         };
         self.meta.sync_to(seq)?;
-        Ok(())
+        self.wait_remote()
     }
 
     /// The inode's cache file, opened on first use (created with `create`).

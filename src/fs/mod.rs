@@ -26,7 +26,7 @@ pub use attr::{Attr, FileKind};
 pub use cut::{Cut, CutDirent, PathFilter};
 pub use error::{FsError, Result};
 pub use namespace::RenameMode;
-pub use remote::{Fetcher, Restore};
+pub use remote::{Fetcher, RemoteSync, Restore};
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -170,6 +170,8 @@ pub struct Fs {
     epoch: AtomicU64,
     /// Fetches pages that are only in the bucket; set once a bucket is attached.
     fetcher: std::sync::OnceLock<Arc<dyn Fetcher>>,
+    /// With `--durability remote`: what fsync waits on after the local sync.
+    remote_sync: std::sync::OnceLock<Arc<dyn RemoteSync>>,
     /// Set when another writer took over the bucket: every change fails with EROFS.
     fenced: std::sync::atomic::AtomicBool,
 }
@@ -215,6 +217,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             dir_handles: Mutex::new(HashMap::new()),
             fetcher: std::sync::OnceLock::new(),
+            remote_sync: std::sync::OnceLock::new(),
             fenced: std::sync::atomic::AtomicBool::new(false),
         };
         let mut batch = fs.meta.batch();
@@ -375,7 +378,7 @@ impl Fs {
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         self.require_dir(ino)?;
         self.meta.sync_to(self.meta.latest_seq())?;
-        Ok(())
+        self.wait_remote()
     }
 
     pub fn statfs(&self) -> Result<StatFs> {

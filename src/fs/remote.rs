@@ -26,6 +26,15 @@ pub trait Fetcher: Send + Sync {
     fn fetch(&self, ino: u64, pages: Range<u64>) -> std::result::Result<Vec<u8>, String>;
 }
 
+/// `--durability remote`: fsync returns only once a checkpoint holding the change is in the
+/// bucket.
+pub trait RemoteSync: Send + Sync {
+    /// Waits until every change made while the epoch was `epoch` or earlier is committed in
+    /// the bucket. Transient store errors only delay it; it fails only when this mount can no
+    /// longer commit (fenced).
+    fn wait_committed(&self, epoch: u64) -> Result<()>;
+}
+
 /// A namespace to install into an empty cache dir, as a restore found it in the bucket.
 #[derive(Debug, Default)]
 pub struct Restore {
@@ -38,6 +47,18 @@ pub struct Restore {
 }
 
 impl Fs {
+    pub fn set_remote_sync(&self, remote: Arc<dyn RemoteSync>) {
+        let _ = self.remote_sync.set(remote);
+    }
+
+    /// The remote half of fsync, when `--durability remote` asked for it.
+    pub(super) fn wait_remote(&self) -> Result<()> {
+        match self.remote_sync.get() {
+            None => Ok(()),
+            Some(r) => r.wait_committed(self.epoch()),
+        }
+    }
+
     pub fn set_fetcher(&self, fetcher: Arc<dyn Fetcher>) {
         // Set once at mount; a second call would be a bug, and keeping the first is safe.
         let _ = self.fetcher.set(fetcher);
