@@ -124,7 +124,7 @@ pub struct MountArgs {
     pub local_only: Vec<String>,
 }
 
-/// "500ms", "5s", "2m", or a plain number of seconds.
+/// "500ms", "5s", "2m", "1h", or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -138,10 +138,11 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "ms" => n / 1000.0,
         "s" => n,
         "m" => n * 60.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s or m)")),
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
     };
-    if !(secs > 0.0 && secs < 86_400.0) {
-        return Err(format!("{s:?}: must be more than 0 and less than a day"));
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!("{s:?}: must be more than 0 and at most a day"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
 }

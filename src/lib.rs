@@ -20,6 +20,7 @@ pub mod bucket;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod failpoint;
 pub mod fs;
 pub mod fuse;
 pub mod manifest;

@@ -465,12 +465,14 @@ impl Checkpointer {
             self.fs.untake(cut);
             return Err(e);
         }
+        crate::failpoint::hit("before-manifest-commit");
         if let Err(e) = self.commit(&manifest) {
             if !matches!(e, CheckpointError::Fenced { .. }) {
                 self.fs.untake(cut);
             }
             return Err(e);
         }
+        crate::failpoint::hit("after-manifest-commit");
         self.view.write().apply(&manifest);
         self.fs.mark_clean(&cut)?;
         self.record(manifest.epoch)?;
@@ -525,6 +527,7 @@ impl Checkpointer {
             }
             while let Some(done) = tasks.join_next().await {
                 done.expect("upload task does not panic")?;
+                crate::failpoint::hit("after-segment-put");
             }
             Ok(())
         })

@@ -206,6 +206,7 @@ impl Fs {
                 }
             }
             self.meta.commit(batch)?;
+            crate::failpoint::hit("during-mark-clean");
         }
         Ok(cleaned)
     }
