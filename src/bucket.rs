@@ -9,9 +9,12 @@ use std::thread::JoinHandle;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, info_span};
+use tracing::{error, info, info_span, warn};
 
-use crate::checkpoint::{open_bucket, restore_of, BucketFetcher, CheckpointSettings, Checkpointer};
+use crate::checkpoint::{
+    open_bucket, restore_of, BucketFetcher, CheckpointError, CheckpointSettings, Checkpointer,
+    Opened,
+};
 use crate::fs::Fs;
 use crate::store::{LocalStore, ObjectStore, RetryPolicy, RetryingStore, S3Settings, S3Store};
 
@@ -89,6 +92,68 @@ struct Record {
     epoch: u64,
 }
 
+/// Refuses a bucket that this cache dir does not belong with, or one that another writer
+/// may still hold.
+fn check_bucket(
+    fs: &Fs,
+    settings: &BucketSettings,
+    url: &str,
+    opened: &Opened,
+    record: Option<&Record>,
+) -> anyhow::Result<()> {
+    if let Some(r) = record {
+        if r.url != url {
+            bail!(
+                "cache dir belongs to bucket {} (writer {} at epoch {}), not {url}; use that \
+                 bucket or an empty cache dir",
+                r.url,
+                r.writer,
+                r.epoch
+            );
+        }
+    }
+    match (&opened.latest, record) {
+        (None, Some(r)) => bail!(
+            "bucket {url} has no checkpoint, but this cache dir was in step with its epoch {} \
+             (writer {}): was the prefix deleted? Use an empty cache dir to start afresh",
+            r.epoch,
+            r.writer
+        ),
+        (Some(latest), None) => {
+            if !fs.is_empty()? {
+                bail!(
+                    "bucket {url} holds a filesystem (epoch {}) and cache dir {} holds another \
+                     one; mount the bucket on an empty cache dir",
+                    latest.epoch,
+                    fs.root().display()
+                );
+            }
+        }
+        (Some(latest), Some(r)) if latest.epoch > r.epoch && latest.writer != r.writer => bail!(
+            "cache dir is behind bucket {url}: it is in step with epoch {}, and writer {} has \
+             committed epoch {} since. Mount the bucket on an empty cache dir",
+            r.epoch,
+            latest.writer,
+            latest.epoch
+        ),
+        _ => {}
+    }
+    if let Some(latest) = &opened.latest {
+        let ours = record.is_some_and(|r| r.writer == latest.writer);
+        if !latest.clean_stop && !ours && !settings.takeover {
+            let age_s = crate::checkpoint::now_ms().saturating_sub(latest.created_ms) / 1000;
+            bail!(
+                "bucket {url} is held by writer {}, whose last checkpoint (epoch {}) was {age_s} s \
+                 ago and which has not stopped cleanly. If that writer is gone, mount with \
+                 --takeover; two live writers would fence each other",
+                latest.writer,
+                latest.epoch
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A bucket attached to a running mount.
 pub struct Attached {
     checkpointer: Arc<Checkpointer>,
@@ -116,90 +181,59 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             Some(serde_json::from_slice(&bytes).context("read the cache dir's bucket record")?)
         }
     };
-    if let Some(r) = &record {
-        if r.url != url {
-            bail!(
-                "cache dir belongs to bucket {} (writer {} at epoch {}), not {url}; use that \
-                 bucket or an empty cache dir",
-                r.url,
-                r.writer,
-                r.epoch
-            );
-        }
-    }
-    match (&opened.latest, &record) {
-        (None, Some(r)) => bail!(
-            "bucket {url} has no checkpoint, but this cache dir was in step with its epoch {} \
-             (writer {}): was the prefix deleted? Use an empty cache dir to start afresh",
-            r.epoch,
-            r.writer
-        ),
-        (Some(latest), None) => {
-            if !fs.is_empty()? {
-                bail!(
-                    "bucket {url} holds a filesystem (epoch {}) and cache dir {} holds another \
-                     one; mount the bucket on an empty cache dir",
-                    latest.epoch,
-                    fs.root().display()
-                );
-            }
-        }
-        (Some(latest), Some(r)) if latest.epoch > r.epoch && latest.writer != r.writer => bail!(
-            "cache dir is behind bucket {url}: it is in step with epoch {}, and writer {} has \
-             committed epoch {} since. Mount the bucket on an empty cache dir",
-            r.epoch,
-            latest.writer,
-            latest.epoch
-        ),
-        _ => {}
-    }
-    if let Some(latest) = &opened.latest {
-        let ours = record.as_ref().is_some_and(|r| r.writer == latest.writer);
-        if !latest.clean_stop && !ours && !settings.takeover {
-            let age_s = crate::checkpoint::now_ms().saturating_sub(latest.created_ms) / 1000;
-            bail!(
-                "bucket {url} is held by writer {}, whose last checkpoint (epoch {}) was {age_s} s \
-                 ago and which has not stopped cleanly. If that writer is gone, mount with \
-                 --takeover; two live writers would fence each other",
-                latest.writer,
-                latest.epoch
-            );
-        }
-    }
     let restoring = opened.latest.is_some() && record.is_none();
+    let writer = format!("{:016x}", fastrand::u64(..));
+    let mut opened = opened;
+    let mut attempts = 0;
+    // Take the bucket over before touching the cache dir: if a writer still running there
+    // commits first, nothing local has changed and the chain can be read again.
+    let (checkpointer, epoch) = loop {
+        check_bucket(fs, settings, &url, &opened, record.as_ref())?;
+        let cp = Arc::new(Checkpointer::new(
+            fs.clone(),
+            store.clone(),
+            runtime.handle().clone(),
+            settings.checkpoint.clone(),
+            writer.clone(),
+            opened.view.clone(),
+        ));
+        if opened.latest.is_none() {
+            // A new prefix: the first checkpoint is the base of everything in the cache dir.
+            let epoch = cp
+                .checkpoint(false)
+                .context("first checkpoint")?
+                .map(|o| o.epoch)
+                .unwrap_or(0);
+            break (cp, epoch);
+        }
+        match cp.take_over() {
+            Ok(epoch) => break (cp, epoch),
+            Err(CheckpointError::LostRace { epoch }) if attempts < 5 => {
+                attempts += 1;
+                warn!(
+                    epoch,
+                    "another writer committed while taking over; reading the bucket again"
+                );
+                opened = open_bucket(&*store, runtime.handle(), true)
+                    .with_context(|| format!("open bucket {url}"))?;
+            }
+            Err(e) => return Err(e).context("take over the bucket"),
+        }
+    };
     if restoring {
-        let r = restore_of(&opened.view);
+        let r = restore_of(&checkpointer.view().read());
         info!(
-            epoch = opened.view.epoch,
+            epoch = r.epoch,
             inodes = r.inodes.len(),
             "restoring the namespace from the bucket; file contents follow on first read"
         );
         fs.install(r).context("install the restored namespace")?;
     }
-    let writer = format!("{:016x}", fastrand::u64(..));
-    let checkpointer = Arc::new(Checkpointer::new(
-        fs.clone(),
-        store.clone(),
-        runtime.handle().clone(),
-        settings.checkpoint.clone(),
-        writer.clone(),
-        opened.view.clone(),
-    ));
     let fetcher = BucketFetcher::new(store, runtime.handle().clone(), checkpointer.view());
     fs.set_fetcher(Arc::new(fetcher));
     if settings.remote_durability {
         fs.set_remote_sync(checkpointer.clone());
     }
-    let epoch = if opened.latest.is_some() {
-        checkpointer.take_over().context("take over the bucket")?
-    } else {
-        // A new prefix: the first checkpoint is the base of everything in the cache dir.
-        checkpointer
-            .checkpoint(false)
-            .context("first checkpoint")?
-            .map(|o| o.epoch)
-            .unwrap_or(0)
-    };
     let record = Record {
         url: url.clone(),
         writer: writer.clone(),

@@ -89,6 +89,8 @@ pub enum CheckpointError {
          the bucket"
     )]
     Fenced { epoch: u64 },
+    #[error("another writer committed epoch {epoch} while this mount was taking the bucket over")]
+    LostRace { epoch: u64 },
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
@@ -390,7 +392,19 @@ impl Checkpointer {
         } else {
             m
         };
-        self.commit(&m)?;
+        check_invariants(&m)?;
+        let body = Bytes::from(m.encode());
+        match self.rt.block_on(
+            self.store
+                .put(&manifest_key(m.epoch), body, PutMode::Create),
+        ) {
+            Ok(_) => {}
+            // Not fenced: nothing was accepted yet. The caller may read the chain again.
+            Err(StoreError::PreconditionFailed { .. }) => {
+                return Err(CheckpointError::LostRace { epoch: m.epoch })
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.view.write().apply(&m);
         self.fs.advance_epoch(m.epoch + 1)?;
         Ok(m.epoch)

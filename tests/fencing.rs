@@ -1,0 +1,126 @@
+//! One writer per bucket prefix, and no wrong bytes ever: a second writer is refused, a
+//! takeover fences the old writer at once, and a corrupt segment reads as EIO.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::s3::{S3Server, BUCKET};
+use common::{wait_for, Mount, BIN};
+
+fn mount(mnt: &Path, cache: &Path, s3: &S3Server, extra: &[&str]) -> Mount {
+    let url = s3.url("fence");
+    let mut args = vec!["--bucket", url.as_str()];
+    args.extend_from_slice(extra);
+    Mount::start_with_env(mnt, cache, &args, &s3.env())
+}
+
+/// A write and an fsync on `root`: the errno if either fails.
+fn write_and_fsync(root: &Path, name: &str) -> Result<(), i32> {
+    let mut f = fs::File::create(root.join(name)).map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    f.write_all(b"x")
+        .map_err(|e| e.raw_os_error().unwrap_or(0))?;
+    f.sync_all().map_err(|e| e.raw_os_error().unwrap_or(0))
+}
+
+#[test]
+fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let a = mount(
+        &dir.path().join("a"),
+        &dir.path().join("ca"),
+        &s3,
+        &["--checkpoint-interval", "200ms"],
+    );
+    write_and_fsync(&a.mnt, "from-a").unwrap();
+    let writer_a = {
+        let log = a.log_text();
+        let at = log.find("writer=").expect("the log names the writer");
+        log[at + 7..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    };
+
+    // B without --takeover: refused, naming A and the way out; A goes on.
+    let b_mnt = dir.path().join("b");
+    fs::create_dir_all(&b_mnt).unwrap();
+    let out = Command::new(BIN)
+        .args(["mount", b_mnt.to_str().unwrap(), "--cache-dir"])
+        .arg(dir.path().join("cb"))
+        .args(["--bucket", &s3.url("fence")])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second writer mounted");
+    assert!(
+        err.contains(&writer_a) && err.contains("--takeover"),
+        "{err}"
+    );
+    write_and_fsync(&a.mnt, "a-still-writes").expect("A stopped working");
+
+    // B with --takeover: A is fenced at its next checkpoint and refuses changes from then on.
+    let b = mount(&b_mnt, &dir.path().join("cb"), &s3, &["--takeover"]);
+    assert!(b.mnt.join("from-a").exists(), "B did not restore A's files");
+    let mut n = 0;
+    wait_for("A to be fenced", Duration::from_secs(60), || {
+        n += 1;
+        write_and_fsync(&a.mnt, &format!("late-{n}")) == Err(libc::EROFS)
+    });
+    assert!(a.log_text().contains("fenced"), "A's log does not say why");
+    write_and_fsync(&b.mnt, "from-b").expect("B cannot write");
+    drop(a); // A is killed: a fenced writer's state is of no use to anyone
+    assert!(b.stop().success());
+
+    let verify = Command::new(BIN)
+        .args(["verify", "--bucket", &s3.url("fence")])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let c = mount(&dir.path().join("c"), &dir.path().join("cc"), &s3, &[]);
+    assert!(c.mnt.join("from-b").exists() && c.mnt.join("from-a").exists());
+    assert!(c.stop().success());
+}
+
+#[test]
+fn a_corrupt_segment_reads_as_eio_and_the_log_names_it() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let a = mount(&dir.path().join("a"), &dir.path().join("ca"), &s3, &[]);
+    fs::write(a.mnt.join("data"), vec![7u8; 100_000]).unwrap();
+    assert!(a.stop().success());
+
+    let segments = dir.path().join("s3").join(BUCKET).join("fence/segments");
+    let seg = fs::read_dir(&segments)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a segment object");
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[1000] ^= 0x20; // inside the run, far from the header and index
+    fs::write(&seg, &bytes).unwrap();
+
+    let b = mount(&dir.path().join("b"), &dir.path().join("cb"), &s3, &[]);
+    let err = fs::read(b.mnt.join("data")).expect_err("corrupt bytes were served");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let key = format!("segments/{}", seg.file_name().unwrap().to_str().unwrap());
+    wait_for(
+        "the log to name the object",
+        Duration::from_secs(10),
+        || b.log_text().contains(&key),
+    );
+    assert!(b.stop().success());
+}
