@@ -79,6 +79,8 @@ impl std::fmt::Display for BucketUrl {
 pub struct BucketSettings {
     pub url: BucketUrl,
     pub takeover: bool,
+    /// Serve the latest checkpoint and never write to the bucket.
+    pub read_only: bool,
     /// fsync waits until the change is in the bucket.
     pub remote_durability: bool,
     pub checkpoint: CheckpointSettings,
@@ -156,13 +158,22 @@ fn check_bucket(
 
 /// A bucket attached to a running mount.
 pub struct Attached {
+    /// None for a read-only mount, which never writes to the bucket.
+    writer: Option<Writing>,
+    // Owns the runtime the store and fetcher run on; dropped last.
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// The writer's half: the checkpointer thread and the control socket.
+struct Writing {
     checkpointer: Arc<Checkpointer>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     socket: PathBuf,
-    // Owns the runtime the store and fetcher run on; dropped last.
-    _runtime: tokio::runtime::Runtime,
 }
+
+/// What a read-only mount writes in the cache dir's bucket record instead of a writer id.
+const READ_ONLY_WRITER: &str = "read-only";
 
 pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attached> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -173,7 +184,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         .context("start the I/O runtime")?;
     let store = settings.url.open()?;
     let url = settings.url.to_string();
-    let opened = open_bucket(&*store, runtime.handle(), true)
+    let opened = open_bucket(&*store, runtime.handle(), !settings.read_only)
         .with_context(|| format!("open bucket {url}"))?;
     let record: Option<Record> = match fs.bucket_record()? {
         None => None,
@@ -181,6 +192,20 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             Some(serde_json::from_slice(&bytes).context("read the cache dir's bucket record")?)
         }
     };
+    if settings.read_only {
+        return attach_read_only(fs, store, runtime, &url, opened, record);
+    }
+    if record
+        .as_ref()
+        .is_some_and(|r| r.writer == READ_ONLY_WRITER)
+        && opened.latest.as_ref().map(|m| m.epoch) != record.as_ref().map(|r| r.epoch)
+    {
+        bail!(
+            "cache dir {} was a read-only mount's, of an older checkpoint of {url}; mount the \
+             bucket on an empty cache dir",
+            fs.root().display()
+        );
+    }
     let restoring = opened.latest.is_some() && record.is_none();
     let writer = format!("{:016x}", fastrand::u64(..));
     let mut opened = opened;
@@ -257,10 +282,73 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
     let socket = fs.root().join(CONTROL_SOCKET);
     serve_control(&socket, checkpointer.clone())?;
     Ok(Attached {
-        checkpointer,
-        stop,
-        thread: Some(thread),
-        socket,
+        writer: Some(Writing {
+            checkpointer,
+            stop,
+            thread: Some(thread),
+            socket,
+        }),
+        _runtime: runtime,
+    })
+}
+
+/// A read-only mount: the latest checkpoint as it is now, served lazily like a restore. It
+/// neither takes the bucket over nor checkpoints, so a live writer goes on undisturbed; the
+/// segments it reads are immutable, so the writer's later checkpoints cannot change them
+/// under it.
+fn attach_read_only(
+    fs: &Arc<Fs>,
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+    url: &str,
+    opened: Opened,
+    record: Option<Record>,
+) -> anyhow::Result<Attached> {
+    let Some(latest) = &opened.latest else {
+        bail!("bucket {url} has no checkpoint yet: there is nothing to serve read-only");
+    };
+    match &record {
+        None if !fs.is_empty()? => bail!(
+            "cache dir {} holds a filesystem of its own; a read-only mount needs an empty cache \
+             dir",
+            fs.root().display()
+        ),
+        None => {
+            let r = restore_of(&opened.view);
+            fs.install(r)
+                .context("install the checkpoint's namespace")?;
+        }
+        Some(r) if r.url != url || r.writer != READ_ONLY_WRITER => bail!(
+            "cache dir {} belongs to writer {} of {}; a read-only mount needs an empty cache dir \
+             (or one a read-only mount of this bucket left)",
+            fs.root().display(),
+            r.writer,
+            r.url
+        ),
+        Some(r) if r.epoch != latest.epoch => bail!(
+            "cache dir {} holds epoch {} of {url}, and the bucket is at epoch {} now; mount it \
+             read-only on an empty cache dir to see the newer checkpoint",
+            fs.root().display(),
+            r.epoch,
+            latest.epoch
+        ),
+        Some(_) => {}
+    }
+    let record = Record {
+        url: url.to_string(),
+        writer: READ_ONLY_WRITER.into(),
+        epoch: latest.epoch,
+    };
+    fs.set_bucket_record(&serde_json::to_vec(&record).expect("a plain struct serializes"))?;
+    let view = Arc::new(parking_lot::RwLock::new(opened.view));
+    fs.set_fetcher(Arc::new(BucketFetcher::new(
+        store,
+        runtime.handle().clone(),
+        view,
+    )));
+    info!(bucket = %url, epoch = latest.epoch, writer = %latest.writer, "bucket attached read-only");
+    Ok(Attached {
+        writer: None,
         _runtime: runtime,
     })
 }
@@ -332,15 +420,31 @@ pub fn request_checkpoint(cache_dir: &std::path::Path) -> anyhow::Result<u64> {
 
 impl Attached {
     /// Stops the periodic checkpoints and takes the final one, marked as a clean stop.
-    pub fn finish(mut self) -> anyhow::Result<()> {
-        let _ = std::fs::remove_file(&self.socket);
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
+    pub fn finish(self) -> anyhow::Result<()> {
+        let Some(mut w) = self.writer else {
+            return Ok(());
+        };
+        let _ = std::fs::remove_file(&w.socket);
+        w.stop.store(true, Ordering::Release);
+        if let Some(t) = w.thread.take() {
             let _ = t.join();
         }
-        match self.checkpointer.checkpoint(true) {
+        let started = std::time::Instant::now();
+        match w.checkpointer.checkpoint(true) {
             Ok(o) => {
-                info!(epoch = o.map(|o| o.epoch), "final checkpoint committed");
+                info!(
+                    epoch = o.map(|o| o.epoch),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "final checkpoint committed"
+                );
+                let t = w.checkpointer.totals();
+                info!(
+                    checkpoints = t.checkpoints,
+                    segments = t.segments,
+                    segment_bytes = t.segment_bytes,
+                    manifest_bytes = t.manifest_bytes,
+                    "checkpoint totals for this mount"
+                );
                 Ok(())
             }
             Err(e) => {

@@ -30,6 +30,14 @@ pub enum Durability {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    /// Upload page bytes as they are.
+    None,
+    /// zstd (level 1) for every run of pages it shrinks by an eighth or more.
+    Zstd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -106,6 +114,15 @@ pub struct MountArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub checkpoint_interval: std::time::Duration,
 
+    /// Start a checkpoint before the interval is up once this much is dirty (e.g. 64M, 1G),
+    /// so that a burst of writes goes up in pieces instead of one large checkpoint.
+    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "BYTES")]
+    pub checkpoint_dirty: u64,
+
+    /// How page bytes are stored in the bucket's segments. Either kind reads back either.
+    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
+    pub compression: Compression,
+
     /// What fsync promises. local: on the local disk (a lost machine loses at most the last
     /// checkpoint interval). remote: also in the bucket (fsync waits for a checkpoint; needs
     /// --bucket).
@@ -114,14 +131,46 @@ pub struct MountArgs {
 
     /// Take the bucket over from a writer that did not stop cleanly. Only when that writer is
     /// gone: it is fenced at its next checkpoint, but two live writers are never right.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "read_only")]
     pub takeover: bool,
+
+    /// Serve the bucket's latest checkpoint read-only: writes fail with EROFS, nothing is
+    /// ever written to the bucket, and a live writer on the same prefix is left alone. The
+    /// cache dir must be empty or one that a read-only mount of the same checkpoint left.
+    #[arg(long)]
+    pub read_only: bool,
 
     /// Paths never uploaded (repeatable). A glob without '/' matches any path component, one
     /// with '/' the whole path from the root. Default: pgsql_tmp, postmaster.pid,
     /// postmaster.opts.
     #[arg(long = "local-only", value_name = "GLOB")]
     pub local_only: Vec<String>,
+}
+
+/// "4096", "64K", "256M", "1G" (or "64KiB", "1GiB"): powers of 1024.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try 4096, 64K, 256M or 1G)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("{s:?}: must be more than 0 and fit in 64 bits"))
 }
 
 /// "500ms", "5s", "2m", "1h", or a plain number of seconds.
@@ -145,4 +194,37 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{s:?}: must be more than 0 and at most a day"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("500ms"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_duration("2m"),
+            Ok(std::time::Duration::from_secs(120))
+        );
+        assert_eq!(parse_duration("7"), Ok(std::time::Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
 }

@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 use bucketfs::bucket::{BucketSettings, BucketUrl};
 use bucketfs::checkpoint::CheckpointSettings;
-use bucketfs::config::{Cli, Command, Durability, LogFormat, MountArgs};
+use bucketfs::config::{Cli, Command, Compression, Durability, LogFormat, MountArgs};
 use bucketfs::mount::{self, MountSettings};
 
 fn main() -> ExitCode {
@@ -58,6 +58,12 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
     if args.durability == Durability::Remote && bucket_url(args).is_none() {
         bail!("--durability remote needs a bucket (--bucket URL): there is nowhere remote to wait for");
     }
+    if args.read_only && bucket_url(args).is_none() {
+        bail!("--read-only needs a bucket (--bucket URL or BUCKET_NAME) to serve");
+    }
+    if args.read_only && args.durability == Durability::Remote {
+        bail!("--read-only takes no writes, so --durability remote has nothing to wait for");
+    }
     Ok(MountSettings {
         mountpoint: args.mountpoint.clone(),
         cache_dir: args.cache_dir.clone(),
@@ -66,11 +72,17 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
         root_gid: args.gid.as_deref().map(resolve_group).transpose()?,
         fuse_threads: usize::from(args.fuse_threads),
         writeback_cache: !args.no_writeback_cache,
+        read_only: args.read_only,
         bucket: bucket_url(args)
             .as_deref()
             .map(|url| -> anyhow::Result<BucketSettings> {
                 let mut checkpoint = CheckpointSettings {
                     interval: args.checkpoint_interval,
+                    dirty_trigger: args.checkpoint_dirty,
+                    zstd_level: match args.compression {
+                        Compression::None => None,
+                        Compression::Zstd => Some(1),
+                    },
                     ..CheckpointSettings::default()
                 };
                 if !args.local_only.is_empty() {
@@ -79,6 +91,7 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
                 Ok(BucketSettings {
                     url: BucketUrl::parse(url)?,
                     takeover: args.takeover,
+                    read_only: args.read_only,
                     remote_durability: args.durability == Durability::Remote,
                     checkpoint,
                 })

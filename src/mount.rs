@@ -26,6 +26,8 @@ pub struct MountSettings {
     pub root_gid: Option<u32>,
     pub fuse_threads: usize,
     pub writeback_cache: bool,
+    /// The kernel refuses every change with EROFS (`--read-only`).
+    pub read_only: bool,
     pub bucket: Option<crate::bucket::BucketSettings>,
 }
 
@@ -77,6 +79,11 @@ pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
         MountOption::NoSuid,
         MountOption::NoAtime,
     ];
+    if settings.read_only {
+        // The kernel answers every write, create, rename, chmod... with EROFS itself; none
+        // reaches the filesystem.
+        options.push(MountOption::RO);
+    }
     let acl = if settings.allow_other {
         SessionACL::All
     } else {
@@ -109,7 +116,13 @@ pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
 
     session.run().context("serve FUSE requests")?;
     let last = attached.map(|a| a.finish()).transpose();
-    info!("unmounted; syncing cache dir");
+    info!(
+        bytes_written = fs
+            .stats()
+            .bytes_written
+            .load(std::sync::atomic::Ordering::Relaxed),
+        "unmounted; syncing cache dir"
+    );
     fs.shutdown().context("sync cache dir at unmount")?;
     last?;
     info!("stopped cleanly");

@@ -38,6 +38,17 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
         &["--checkpoint-interval", "200ms"],
     );
     write_and_fsync(&a.mnt, "from-a").unwrap();
+    // Make sure the bucket has it (a checkpoint now, committed when the command returns).
+    let out = Command::new(BIN)
+        .args(["checkpoint", "--cache-dir"])
+        .arg(&a.cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let writer_a = {
         let log = a.log_text();
         let at = log.find("writer=").expect("the log names the writer");
@@ -97,9 +108,19 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
 
 #[test]
 fn a_corrupt_segment_reads_as_eio_and_the_log_names_it() {
+    corrupt_segment_case("none");
+    corrupt_segment_case("zstd");
+}
+
+fn corrupt_segment_case(compression: &str) {
     let dir = common::scratch();
     let s3 = S3Server::start(&dir.path().join("s3"));
-    let a = mount(&dir.path().join("a"), &dir.path().join("ca"), &s3, &[]);
+    let a = mount(
+        &dir.path().join("a"),
+        &dir.path().join("ca"),
+        &s3,
+        &["--compression", compression],
+    );
     fs::write(a.mnt.join("data"), vec![7u8; 100_000]).unwrap();
     assert!(a.stop().success());
 
@@ -110,12 +131,12 @@ fn a_corrupt_segment_reads_as_eio_and_the_log_names_it() {
         .find(|p| p.extension().is_some_and(|x| x == "seg"))
         .expect("a segment object");
     let mut bytes = fs::read(&seg).unwrap();
-    bytes[1000] ^= 0x20; // inside the run, far from the header and index
+    bytes[20] ^= 0x20; // just past the 16-byte header: inside the first run
     fs::write(&seg, &bytes).unwrap();
 
     let b = mount(&dir.path().join("b"), &dir.path().join("cb"), &s3, &[]);
     let err = fs::read(b.mnt.join("data")).expect_err("corrupt bytes were served");
-    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{compression}: {err}");
     let key = format!("segments/{}", seg.file_name().unwrap().to_str().unwrap());
     wait_for(
         "the log to name the object",
@@ -123,4 +144,102 @@ fn a_corrupt_segment_reads_as_eio_and_the_log_names_it() {
         || b.log_text().contains(&key),
     );
     assert!(b.stop().success());
+}
+
+#[test]
+fn a_read_only_mount_serves_a_checkpoint_beside_a_live_writer_and_never_writes() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    // The writer checkpoints only when asked, so every PUT below is accounted for.
+    let a = mount(
+        &dir.path().join("a"),
+        &dir.path().join("ca"),
+        &s3,
+        &["--checkpoint-interval", "1h"],
+    );
+    let v1 = vec![1u8; 1 << 20];
+    fs::write(a.mnt.join("data"), &v1).unwrap();
+    let checkpoint = |m: &Mount| {
+        let out = Command::new(BIN)
+            .args(["checkpoint", "--cache-dir"])
+            .arg(&m.cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    checkpoint(&a);
+
+    let puts_before = s3.faults.puts();
+    let r = mount(
+        &dir.path().join("r"),
+        &dir.path().join("cr"),
+        &s3,
+        &["--read-only"],
+    );
+    assert_eq!(fs::read(r.mnt.join("data")).unwrap(), v1);
+    let erofs = |res: std::io::Result<()>| res.unwrap_err().raw_os_error() == Some(libc::EROFS);
+    assert!(erofs(fs::write(r.mnt.join("new"), b"x")));
+    assert!(erofs(fs::write(r.mnt.join("data"), b"x")));
+    assert!(erofs(fs::create_dir(r.mnt.join("d"))));
+    assert!(erofs(fs::remove_file(r.mnt.join("data"))));
+    assert!(erofs(fs::rename(r.mnt.join("data"), r.mnt.join("moved"))));
+    assert_eq!(
+        s3.faults.puts(),
+        puts_before,
+        "a read-only mount wrote to the bucket"
+    );
+
+    // The writer is not disturbed, and the read-only mount goes on serving its checkpoint.
+    let v2 = vec![2u8; 1 << 20];
+    fs::write(a.mnt.join("data"), &v2).unwrap();
+    checkpoint(&a);
+    assert_eq!(fs::read(r.mnt.join("data")).unwrap(), v1);
+    let puts_with_r = s3.faults.puts();
+    assert!(r.stop().success());
+    assert_eq!(
+        s3.faults.puts(),
+        puts_with_r,
+        "stopping a read-only mount wrote to the bucket"
+    );
+
+    // Its cache dir holds the older checkpoint: refused, with the way out.
+    let again = Command::new(BIN)
+        .args([
+            "mount",
+            dir.path().join("r").to_str().unwrap(),
+            "--read-only",
+        ])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cr"))
+        .args(["--bucket", &s3.url("fence")])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success(),
+        "a stale read-only cache dir mounted"
+    );
+    assert!(err.contains("empty cache dir"), "{err}");
+
+    // A fresh read-only mount sees the newer checkpoint; the writer's stop still succeeds.
+    let r2 = mount(
+        &dir.path().join("r2"),
+        &dir.path().join("cr2"),
+        &s3,
+        &["--read-only"],
+    );
+    assert_eq!(fs::read(r2.mnt.join("data")).unwrap(), v2);
+    assert!(r2.stop().success());
+    assert!(a.stop().success());
+    let verify = Command::new(BIN)
+        .args(["verify", "--bucket", &s3.url("fence")])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(verify.status.success());
 }

@@ -186,6 +186,33 @@ fn bad_s3_configuration_is_refused_before_mounting_without_credentials_in_the_me
     env.retain(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"));
     let err = try_mount(&s3.url("db"), &env);
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+    // An endpoint where nothing listens (a port just released on loopback).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut env = s3.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL_S3");
+    env.push(("AWS_ENDPOINT_URL_S3", format!("http://{closed}")));
+    let err = try_mount(&s3.url("db"), &env);
+    assert!(
+        err.contains(&closed.to_string()) || err.contains("connect"),
+        "{err}"
+    );
+    // A prefix written by a bucketfs of another format version: refused, and left as it was.
+    let marker = dir
+        .path()
+        .join("s3")
+        .join(common::s3::BUCKET)
+        .join("future/bucketfs.json");
+    fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    let future = r#"{"format":"bucketfs","version":99,"page_size":8192}"#;
+    fs::write(&marker, future).unwrap();
+    let err = try_mount(&s3.url("future"), &s3.env());
+    assert!(err.contains("format version 99"), "{err}");
+    assert_eq!(fs::read_to_string(&marker).unwrap(), future);
+    let objects = fs::read_dir(marker.parent().unwrap()).unwrap().count();
+    assert_eq!(objects, 1, "the refused mount wrote into the prefix");
 }
 
 fn fastrand_suffix() -> u64 {
@@ -247,5 +274,47 @@ fn writes_and_fsyncs_go_on_through_an_outage_and_the_backlog_drains() {
             vec![j as u8; 100_000]
         );
     }
+    assert!(b.stop().success());
+}
+
+#[test]
+fn large_segments_go_up_in_parts_and_come_back_whole() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let a = mount(
+        &dir.path().join("a"),
+        &dir.path().join("ca"),
+        &s3,
+        "parts",
+        &["--checkpoint-interval", "1h"],
+    );
+    // 40 MB dirty in one checkpoint: segments of up to 32 MiB, so at least one multipart upload.
+    // xorshift64: bytes zstd cannot shrink, so the segments stay large.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..40_000_000u32)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(a.mnt.join("big"), &big).unwrap();
+    assert!(a.stop().success());
+    assert!(
+        s3.faults.parts.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "no multipart upload"
+    );
+    let b = mount(
+        &dir.path().join("b"),
+        &dir.path().join("cb"),
+        &s3,
+        "parts",
+        &[],
+    );
+    assert!(
+        fs::read(b.mnt.join("big")).unwrap() == big,
+        "the large file came back different"
+    );
     assert!(b.stop().success());
 }

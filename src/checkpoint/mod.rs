@@ -53,8 +53,12 @@ pub fn epoch_of_key(key: &str) -> Option<u64> {
 pub struct CheckpointSettings {
     /// Time between checkpoints.
     pub interval: Duration,
+    /// Checkpoint early once this many bytes are dirty.
+    pub dirty_trigger: u64,
     /// Close a segment once it holds this many bytes.
     pub segment_bytes: u64,
+    /// zstd level for runs that compress by at least an eighth; None uploads raw bytes.
+    pub zstd_level: Option<i32>,
     /// Largest run of pages in one piece (the unit a cache miss fetches).
     pub run_pages: u32,
     /// Segment uploads in flight at once.
@@ -69,7 +73,9 @@ impl Default for CheckpointSettings {
     fn default() -> Self {
         CheckpointSettings {
             interval: Duration::from_secs(5),
-            segment_bytes: 16 << 20,
+            dirty_trigger: 256 << 20,
+            segment_bytes: 32 << 20,
+            zstd_level: Some(1),
             run_pages: 32,
             upload_concurrency: 4,
             base_every: 32,
@@ -289,6 +295,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What the checkpoints of this mount did, all together.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    pub checkpoints: u64,
+    pub segments: u64,
+    /// Segment bytes uploaded (manifests not counted).
+    pub segment_bytes: u64,
+    pub manifest_bytes: u64,
+}
+
 /// What a completed checkpoint did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Outcome {
@@ -319,6 +335,7 @@ pub struct Checkpointer {
     /// checkpoint serves every waiter).
     wanted: Mutex<bool>,
     wanted_cv: Condvar,
+    totals: Mutex<Totals>,
 }
 
 impl Checkpointer {
@@ -345,6 +362,7 @@ impl Checkpointer {
             covered_cv: Condvar::new(),
             wanted: Mutex::new(false),
             wanted_cv: Condvar::new(),
+            totals: Mutex::new(Totals::default()),
         }
     }
 
@@ -363,6 +381,10 @@ impl Checkpointer {
 
     pub fn view(&self) -> Arc<RwLock<View>> {
         self.view.clone()
+    }
+
+    pub fn totals(&self) -> Totals {
+        *self.totals.lock()
     }
 
     pub fn writer(&self) -> &str {
@@ -422,8 +444,12 @@ impl Checkpointer {
         let started = Instant::now();
         let mut segments: Vec<(String, Vec<u8>)> = Vec::new();
         let mut extents: Vec<Extent> = Vec::new();
-        let mut builder = SegmentBuilder::new();
-        let epoch_now = self.fs_epoch();
+        let level = self.settings.zstd_level;
+        // Bucket epochs are consecutive: this checkpoint is the next one after the last the
+        // bucket holds, whatever the local epoch counter says (it also moves on empty and
+        // failed cuts). That is what makes fencing work: a writer that was taken over tries
+        // to commit an epoch that the takeover manifest already holds, and gets 412.
+        let epoch_now = self.view.read().epoch + 1;
         let writer = self.writer.clone();
         let seg_limit = self.settings.segment_bytes;
         let seal = |builder: SegmentBuilder,
@@ -434,26 +460,32 @@ impl Checkpointer {
             extents.extend(runs.into_iter().map(|r| Extent::whole(key.clone(), r)));
             segments.push((key, bytes));
         };
+        // The cut only copies the dirty bytes (every writer waits while it runs); compressing
+        // and packing them into segments happens after, with the writers going again.
+        let mut runs: Vec<(u64, u64, u32, Vec<u8>)> = Vec::new();
         let cut = self.fs.cut(
             &self.filter,
             self.settings.run_pages,
             &mut |ino, first, pages, bytes| {
-                builder.push_run(ino, first, pages, bytes);
-                if builder.len() >= seg_limit {
-                    let full = std::mem::take(&mut builder);
-                    seal(full, &mut segments, &mut extents);
-                }
+                runs.push((ino, first, pages, bytes.to_vec()));
                 Ok(())
             },
         )?;
+        let mut builder = SegmentBuilder::compressing(level);
+        for (ino, first, pages, bytes) in runs {
+            builder.push_run(ino, first, pages, &bytes);
+            if builder.len() >= seg_limit {
+                let full = std::mem::replace(&mut builder, SegmentBuilder::compressing(level));
+                seal(full, &mut segments, &mut extents);
+            }
+        }
         if !builder.is_empty() {
             seal(builder, &mut segments, &mut extents);
         }
-        debug_assert_eq!(cut.epoch, epoch_now);
         let (manifest, base) = {
             let view = self.view.read();
             let mut m = delta(&view, &cut, extents);
-            m.epoch = cut.epoch;
+            m.epoch = epoch_now;
             m.created_ms = now_ms();
             m.writer = self.writer.clone();
             m.clean_stop = clean_stop;
@@ -480,17 +512,27 @@ impl Checkpointer {
             return Err(e);
         }
         crate::failpoint::hit("before-manifest-commit");
-        if let Err(e) = self.commit(&manifest) {
-            if !matches!(e, CheckpointError::Fenced { .. }) {
-                self.fs.untake(cut);
+        let manifest_len = match self.commit(&manifest) {
+            Ok(len) => len,
+            Err(e) => {
+                if !matches!(e, CheckpointError::Fenced { .. }) {
+                    self.fs.untake(cut);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         crate::failpoint::hit("after-manifest-commit");
         self.view.write().apply(&manifest);
         self.fs.mark_clean(&cut)?;
         self.record(manifest.epoch)?;
         self.covered_through(cut.epoch);
+        {
+            let mut t = self.totals.lock();
+            t.checkpoints += 1;
+            t.segments += count as u64;
+            t.segment_bytes += bytes;
+            t.manifest_bytes += manifest_len;
+        }
         info!(
             epoch = manifest.epoch,
             base,
@@ -511,10 +553,6 @@ impl Checkpointer {
         let mut c = self.covered.lock();
         *c = (*c).max(epoch);
         self.covered_cv.notify_all();
-    }
-
-    fn fs_epoch(&self) -> u64 {
-        self.fs.epoch()
     }
 
     fn upload(&self, segments: Vec<(String, Vec<u8>)>) -> Result<(), CheckpointError> {
@@ -547,15 +585,18 @@ impl Checkpointer {
         })
     }
 
-    fn commit(&self, m: &Manifest) -> Result<(), CheckpointError> {
+    /// Commits the manifest (create-only: a 412 means another writer took the epoch);
+    /// returns its size.
+    fn commit(&self, m: &Manifest) -> Result<u64, CheckpointError> {
         check_invariants(m)?;
         let key = manifest_key(m.epoch);
         let body = Bytes::from(m.encode());
+        let len = body.len() as u64;
         match self
             .rt
             .block_on(self.store.put(&key, body, PutMode::Create))
         {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(len),
             Err(StoreError::PreconditionFailed { .. }) => {
                 self.fenced.store(true, Ordering::Release);
                 self.fs.fence();
@@ -576,6 +617,7 @@ impl Checkpointer {
     pub fn run(&self, stop: &AtomicBool) {
         let tick = Duration::from_millis(50);
         let mut last = Instant::now();
+        let mut failed = false;
         while !stop.load(Ordering::Acquire) {
             {
                 // Sleep until the next tick or until a remote-durability fsync asks.
@@ -583,12 +625,17 @@ impl Checkpointer {
                 if !*wanted {
                     self.wanted_cv.wait_for(&mut wanted, tick);
                 }
-                if !*wanted && last.elapsed() < self.settings.interval {
+                // The dirty-bytes trigger waits out the interval after a failure, so that an
+                // outage is not hammered every tick.
+                let early = !failed
+                    && self.fs.dirty_pages() * PAGE_SIZE as u64 >= self.settings.dirty_trigger;
+                if !*wanted && !early && last.elapsed() < self.settings.interval {
                     continue;
                 }
                 *wanted = false;
             }
             last = Instant::now();
+            failed = false;
             match self.checkpoint(false) {
                 Ok(_) => {}
                 Err(e @ CheckpointError::Fenced { .. }) => {
@@ -597,6 +644,7 @@ impl Checkpointer {
                     return;
                 }
                 Err(e) => {
+                    failed = true;
                     warn!(error = %e, "checkpoint failed; the pages stay dirty and the next one retries")
                 }
             }

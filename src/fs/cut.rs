@@ -12,9 +12,10 @@ use std::ffi::OsString;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::pageset::PageSet;
-use super::{Attr, FileKind, Fs, FsError, Result, PAGE_SIZE, ROOT_INO};
+use super::{Attr, FileKind, Fs, FsError, Inode, Result, PAGE_SIZE, ROOT_INO};
 
 /// One directory entry in a cut.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +72,7 @@ impl Fs {
         let mut local_only = std::collections::HashSet::new();
         let mut stack: Vec<(u64, Vec<u8>, bool)> = vec![(ROOT_INO, Vec::new(), false)];
         seen.insert(ROOT_INO);
-        let inodes = self.inodes.read();
+        let inodes = self.inode_snapshot();
         while let Some((dir, path, excluded)) = stack.pop() {
             for d in self.meta.list_dir(dir)? {
                 let mut child = path.clone();
@@ -154,7 +155,7 @@ impl Fs {
     /// The checkpoint that uploaded `taken` failed: those pages are dirty again (RocksDB still
     /// says so; this puts memory back in step).
     pub fn untake(&self, cut: Cut) {
-        let inodes = self.inodes.read();
+        let inodes = self.inode_snapshot();
         for (ino, keep) in cut.truncations {
             if let Some(inode) = inodes.get(&ino) {
                 let mut st = inode.state.lock();
@@ -176,7 +177,7 @@ impl Fs {
     /// The checkpoint of `epoch` is committed: pages taken by its cut and not written since
     /// are clean. Their dirty marks go; pages written again stay dirty for the next epoch.
     pub fn mark_clean(&self, cut: &Cut) -> Result<u64> {
-        let inodes = self.inodes.read();
+        let inodes = self.inode_snapshot();
         for (ino, _) in &cut.truncations {
             if let Some(inode) = inodes.get(ino) {
                 let st = inode.state.lock();
@@ -213,11 +214,16 @@ impl Fs {
 
     /// Dirty pages and bytes (an upper bound: the last page of a file may be short).
     pub fn dirty_pages(&self) -> u64 {
-        self.inodes
-            .read()
-            .values()
-            .map(|i| i.state.lock().dirty.len())
-            .sum()
+        let inodes = self.inode_snapshot();
+        inodes.values().map(|i| i.state.lock().dirty.len()).sum()
+    }
+
+    /// The inode map as it is now. Lock order is an inode's lock before the map's (creating
+    /// a file holds its directory's and then inserts; deleting one holds its own and then
+    /// removes), so code that walks the map and locks inodes works on a copy, never while
+    /// holding the map.
+    fn inode_snapshot(&self) -> HashMap<u64, Arc<Inode>> {
+        self.inodes.read().clone()
     }
 }
 

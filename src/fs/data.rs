@@ -136,6 +136,9 @@ impl Fs {
         };
         file.write_all_at(data, offset)
             .map_err(FsError::io("write cache file"))?;
+        self.stats
+            .bytes_written
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         let mut st = inode.state.lock();
         st.write_gen += 1;
         let now = SystemTime::now();

@@ -174,6 +174,14 @@ pub struct Fs {
     remote_sync: std::sync::OnceLock<Arc<dyn RemoteSync>>,
     /// Set when another writer took over the bucket: every change fails with EROFS.
     fenced: std::sync::atomic::AtomicBool,
+    stats: FsStats,
+}
+
+/// Counters since the mount began, for the log at unmount and for metrics.
+#[derive(Debug, Default)]
+pub struct FsStats {
+    /// Bytes that WRITE requests brought (after the kernel's own write-back merging).
+    pub bytes_written: AtomicU64,
 }
 
 impl Fs {
@@ -219,6 +227,7 @@ impl Fs {
             fetcher: std::sync::OnceLock::new(),
             remote_sync: std::sync::OnceLock::new(),
             fenced: std::sync::atomic::AtomicBool::new(false),
+            stats: FsStats::default(),
         };
         let mut batch = fs.meta.batch();
         for &ino in &orphans {
@@ -293,6 +302,10 @@ impl Fs {
         self.cache.sync_all_data()?;
         self.meta.sync_to(seq)?;
         Ok(())
+    }
+
+    pub fn stats(&self) -> &FsStats {
+        &self.stats
     }
 
     /// The epoch new changes belong to.

@@ -276,10 +276,7 @@ impl Manifest {
                 pages,
                 offset: r.u64()?,
                 stored_len: r.u32()?,
-                codec: match r.u8()? {
-                    0 => Codec::Raw,
-                    _ => return Err(corrupt("unknown codec")),
-                },
+                codec: Codec::from_u8(r.u8()?).ok_or_else(|| corrupt("unknown codec"))?,
                 crc: r.u32()?,
             };
             let (first_page, pages) = (r.u64()?, r.u64()?);

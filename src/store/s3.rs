@@ -153,6 +153,95 @@ impl S3Store {
     }
 }
 
+/// Objects larger than this go up with multipart upload, in parts of `PART_SIZE`.
+const MULTIPART_THRESHOLD: usize = 16 << 20;
+const PART_SIZE: usize = 8 << 20;
+
+impl S3Store {
+    async fn put_multipart(&self, key: &str, body: Bytes) -> StoreResult<String> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let full = self.full_key(key);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| classify("create multipart upload", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let parts = async {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, chunk) in body.chunks(PART_SIZE).enumerate() {
+                let part_number = i as i32 + 1;
+                let req = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .upload_id(&upload_id)
+                    .part_number(part_number)
+                    .body(ByteStream::from(body.slice_ref(chunk)));
+                let key = key.to_string();
+                set.spawn(async move {
+                    let out = req
+                        .send()
+                        .await
+                        .map_err(|e| classify("upload part", &key, e))?;
+                    Ok::<_, StoreError>(
+                        CompletedPart::builder()
+                            .part_number(part_number)
+                            .set_e_tag(out.e_tag().map(str::to_string))
+                            .build(),
+                    )
+                });
+            }
+            let mut done = Vec::new();
+            while let Some(r) = set.join_next().await {
+                done.push(r.map_err(|e| StoreError::Transient {
+                    op: "upload part",
+                    key: key.into(),
+                    message: format!("task: {e}"),
+                })??);
+            }
+            done.sort_by_key(|p| p.part_number());
+            Ok::<_, StoreError>(done)
+        }
+        .await;
+        let result = match parts {
+            Ok(parts) => self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map(|out| out.e_tag().unwrap_or_default().to_string())
+                .map_err(|e| classify("complete multipart upload", key, e)),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // Best effort: an upload left open only costs storage until the bucket's
+            // lifecycle rule (or a later abort) removes it.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+}
+
 /// Maps an SDK error to the store's error kinds, by HTTP status and S3 error code. The SDK's
 /// messages carry no credentials.
 fn classify<E, R>(op: &'static str, key: &str, err: SdkError<E, R>) -> StoreError
@@ -194,6 +283,12 @@ impl<E> HasStatus for SdkError<E, aws_sdk_s3::config::http::HttpResponse> {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        // Large objects (segments) go up in parts, in parallel; a failed part fails the
+        // whole PUT, which the retry wrapper repeats. Conditional PUTs (manifests) are small
+        // and stay single.
+        if body.len() > MULTIPART_THRESHOLD && mode == PutMode::Overwrite {
+            return self.put_multipart(key, body).await;
+        }
         let mut req = self
             .client
             .put_object()

@@ -23,11 +23,20 @@ pub struct Faults {
     pub outage: AtomicBool,
     /// Milliseconds added to every request.
     pub latency_ms: AtomicU64,
+    /// When N > 0, every Nth request answers 503 SlowDown: a steady error rate.
+    pub fail_every: AtomicU64,
+    /// Requests seen, and how many of them `fail_every` failed.
+    pub requests: AtomicU64,
+    pub injected_errors: AtomicU64,
     pub puts: AtomicU64,
+    /// Bytes of object bodies uploaded (PUTs and parts).
+    pub put_bytes: AtomicU64,
     pub gets: AtomicU64,
     pub get_bytes: AtomicU64,
     /// GETs of file contents (segment objects), as opposed to manifests and the marker.
     pub segment_gets: AtomicU64,
+    /// Parts uploaded by multipart uploads.
+    pub parts: AtomicU64,
 }
 
 impl Faults {
@@ -56,6 +65,12 @@ impl Faulty {
         if self.faults.outage.load(Ordering::SeqCst) {
             return Err(s3_error!(ServiceUnavailable, "injected outage"));
         }
+        let n = self.faults.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let every = self.faults.fail_every.load(Ordering::SeqCst);
+        if every > 0 && n % every == 0 {
+            self.faults.injected_errors.fetch_add(1, Ordering::SeqCst);
+            return Err(s3_error!(SlowDown, "injected error"));
+        }
         Ok(())
     }
 }
@@ -68,7 +83,10 @@ impl S3 for Faulty {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
-        self.inner.put_object(req).await
+        let len = req.input.content_length.unwrap_or(0) as u64;
+        let resp = self.inner.put_object(req).await?;
+        self.faults.put_bytes.fetch_add(len, Ordering::SeqCst);
+        Ok(resp)
     }
     async fn get_object(
         &self,
@@ -114,6 +132,41 @@ impl S3 for Faulty {
         self.gate().await?;
         self.inner.delete_object(req).await
     }
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.faults.puts.fetch_add(1, Ordering::SeqCst);
+        self.gate().await?;
+        self.inner.create_multipart_upload(req).await
+    }
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.faults.puts.fetch_add(1, Ordering::SeqCst);
+        self.faults.parts.fetch_add(1, Ordering::SeqCst);
+        self.gate().await?;
+        let len = req.input.content_length.unwrap_or(0) as u64;
+        let resp = self.inner.upload_part(req).await?;
+        self.faults.put_bytes.fetch_add(len, Ordering::SeqCst);
+        Ok(resp)
+    }
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.faults.puts.fetch_add(1, Ordering::SeqCst);
+        self.gate().await?;
+        self.inner.complete_multipart_upload(req).await
+    }
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.gate().await?;
+        self.inner.abort_multipart_upload(req).await
+    }
 }
 
 /// An S3 server on 127.0.0.1 with one bucket, `BUCKET`, stored under `root`.
@@ -149,6 +202,8 @@ impl S3Server {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
+                // As a real S3 endpoint does: without it Nagle adds ~40 ms to small replies.
+                let _ = socket.set_nodelay(true);
                 let conn = http
                     .serve_connection(TokioIo::new(socket), service.clone())
                     .into_owned();
