@@ -52,8 +52,8 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:>8}  {:<5}  {:<24}  {:<16}  {:>8}  {:>12}  {}",
-        "EPOCH", "KIND", "TIME (UTC)", "WRITER", "SEGMENTS", "BYTES", "NOTE"
+        "{:>8}  {:<5}  {:<24}  {:<16}  {:>8}  {:>12}  NOTE",
+        "EPOCH", "KIND", "TIME (UTC)", "WRITER", "SEGMENTS", "BYTES"
     )?;
     for m in &manifests {
         let Some(epoch) = epoch_of_key(&m.key) else {

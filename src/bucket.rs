@@ -16,7 +16,10 @@ use crate::checkpoint::{
     Opened,
 };
 use crate::fs::Fs;
-use crate::store::{LocalStore, ObjectStore, RetryPolicy, RetryingStore, S3Settings, S3Store};
+use crate::store::{
+    InstrumentedStore, LocalStore, ObjectStore, RetryPolicy, RetryingStore, S3Settings, S3Store,
+    StoreStats,
+};
 
 /// Where the bucket is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +54,12 @@ impl BucketUrl {
     }
 
     pub fn open(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        Ok(self.open_with_stats()?.0)
+    }
+
+    /// The store as a mount uses it: retries around instrumentation around the real thing,
+    /// so the counters see every attempt.
+    pub fn open_with_stats(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<StoreStats>)> {
         let inner: Arc<dyn ObjectStore> = match self {
             BucketUrl::File(path) => Arc::new(
                 LocalStore::new(path)
@@ -62,7 +71,10 @@ impl BucketUrl {
                 Arc::new(S3Store::new(&settings))
             }
         };
-        Ok(Arc::new(RetryingStore::new(inner, RetryPolicy::default())))
+        let counted = InstrumentedStore::new(inner);
+        let stats = counted.stats();
+        let store = RetryingStore::new(Arc::new(counted), RetryPolicy::default());
+        Ok((Arc::new(store), stats))
     }
 }
 
@@ -121,16 +133,12 @@ fn check_bucket(
             r.epoch,
             r.writer
         ),
-        (Some(latest), None) => {
-            if !fs.is_empty()? {
-                bail!(
-                    "bucket {url} holds a filesystem (epoch {}) and cache dir {} holds another \
-                     one; mount the bucket on an empty cache dir",
-                    latest.epoch,
-                    fs.root().display()
-                );
-            }
-        }
+        (Some(latest), None) if !fs.is_empty()? => bail!(
+            "bucket {url} holds a filesystem (epoch {}) and cache dir {} holds another one; \
+             mount the bucket on an empty cache dir",
+            latest.epoch,
+            fs.root().display()
+        ),
         (Some(latest), Some(r)) if latest.epoch > r.epoch && latest.writer != r.writer => bail!(
             "cache dir is behind bucket {url}: it is in step with epoch {}, and writer {} has \
              committed epoch {} since. Mount the bucket on an empty cache dir",
@@ -160,6 +168,7 @@ fn check_bucket(
 pub struct Attached {
     /// None for a read-only mount, which never writes to the bucket.
     writer: Option<Writing>,
+    store_stats: Arc<StoreStats>,
     // Owns the runtime the store and fetcher run on; dropped last.
     _runtime: tokio::runtime::Runtime,
 }
@@ -182,7 +191,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         .enable_all()
         .build()
         .context("start the I/O runtime")?;
-    let store = settings.url.open()?;
+    let (store, store_stats) = settings.url.open_with_stats()?;
     let url = settings.url.to_string();
     let opened = open_bucket(&*store, runtime.handle(), !settings.read_only)
         .with_context(|| format!("open bucket {url}"))?;
@@ -193,7 +202,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         }
     };
     if settings.read_only {
-        return attach_read_only(fs, store, runtime, &url, opened, record);
+        return attach_read_only(fs, store, store_stats, runtime, &url, opened, record);
     }
     if record
         .as_ref()
@@ -288,6 +297,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             thread: Some(thread),
             socket,
         }),
+        store_stats,
         _runtime: runtime,
     })
 }
@@ -299,6 +309,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
 fn attach_read_only(
     fs: &Arc<Fs>,
     store: Arc<dyn ObjectStore>,
+    store_stats: Arc<StoreStats>,
     runtime: tokio::runtime::Runtime,
     url: &str,
     opened: Opened,
@@ -349,6 +360,7 @@ fn attach_read_only(
     info!(bucket = %url, epoch = latest.epoch, writer = %latest.writer, "bucket attached read-only");
     Ok(Attached {
         writer: None,
+        store_stats,
         _runtime: runtime,
     })
 }
@@ -419,25 +431,44 @@ pub fn request_checkpoint(cache_dir: &std::path::Path) -> anyhow::Result<u64> {
 }
 
 impl Attached {
-    /// Stops the periodic checkpoints and takes the final one, marked as a clean stop.
+    /// Stops the writer (final checkpoint) if there is one, and logs the store's totals.
     pub fn finish(self) -> anyhow::Result<()> {
-        let Some(mut w) = self.writer else {
-            return Ok(());
+        let result = match self.writer {
+            Some(w) => w.finish(),
+            None => Ok(()),
         };
-        let _ = std::fs::remove_file(&w.socket);
-        w.stop.store(true, Ordering::Release);
-        if let Some(t) = w.thread.take() {
+        let s = &self.store_stats;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        info!(
+            puts = n(&s.put.requests),
+            put_bytes = n(&s.put.bytes),
+            gets = n(&s.get.requests),
+            get_bytes = n(&s.get.bytes),
+            lists = n(&s.list.requests),
+            errors = n(&s.put.errors) + n(&s.get.errors) + n(&s.head.errors) + n(&s.list.errors),
+            "object store totals for this mount"
+        );
+        result
+    }
+}
+
+impl Writing {
+    /// Stops the periodic checkpoints and takes the final one, marked as a clean stop.
+    fn finish(mut self) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(&self.socket);
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
         let started = std::time::Instant::now();
-        match w.checkpointer.checkpoint(true) {
+        match self.checkpointer.checkpoint(true) {
             Ok(o) => {
                 info!(
                     epoch = o.map(|o| o.epoch),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "final checkpoint committed"
                 );
-                let t = w.checkpointer.totals();
+                let t = self.checkpointer.totals();
                 info!(
                     checkpoints = t.checkpoints,
                     segments = t.segments,

@@ -508,7 +508,7 @@ fn punch_hole_zeroes_the_range_and_keeps_the_size() {
     check(&fs::read(&path).unwrap());
     // Punching past the end keeps the size too.
     let f = open_rw(&path);
-    fallocate(&f, mode, 60 * KIB, 1 * MIB).unwrap();
+    fallocate(&f, mode, 60 * KIB, MIB).unwrap();
     assert_eq!(f.metadata().unwrap().len(), 64 * KIB);
     assert_zeros(&read_at(&f, 60 * KIB, 4 * KIB as usize), "punched tail");
     drop(f);
@@ -688,7 +688,7 @@ fn rename_replaces_an_existing_file() {
     let m = start(&dir, &[]);
     let (src, dst) = (m.mnt.join("src"), m.mnt.join("dst"));
     fs::write(&src, b"new contents").unwrap();
-    fs::write(&dst, pattern(1 * MIB as usize, 1)).unwrap();
+    fs::write(&dst, pattern(MIB as usize, 1)).unwrap();
     File::open(&dst).unwrap().sync_all().unwrap();
     let before = cache_data_bytes(&m.cache);
     fs::rename(&src, &dst).unwrap();

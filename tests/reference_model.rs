@@ -166,7 +166,7 @@ impl Model {
         m
     }
 
-    fn pick<'a>(list: &'a [String], i: usize) -> Option<&'a str> {
+    fn pick(list: &[String], i: usize) -> Option<&str> {
         (!list.is_empty()).then(|| list[i % list.len()].as_str())
     }
 

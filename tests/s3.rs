@@ -289,16 +289,7 @@ fn large_segments_go_up_in_parts_and_come_back_whole() {
         &["--checkpoint-interval", "1h"],
     );
     // 40 MB dirty in one checkpoint: segments of up to 32 MiB, so at least one multipart upload.
-    // xorshift64: bytes zstd cannot shrink, so the segments stay large.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let big: Vec<u8> = (0..40_000_000u32)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = common::incompressible(40_000_000, 0x9e37_79b9_7f4a_7c15);
     fs::write(a.mnt.join("big"), &big).unwrap();
     assert!(a.stop().success());
     assert!(
@@ -316,5 +307,39 @@ fn large_segments_go_up_in_parts_and_come_back_whole() {
         fs::read(b.mnt.join("big")).unwrap() == big,
         "the large file came back different"
     );
+    assert!(b.stop().success());
+}
+
+#[test]
+fn a_sequential_read_of_a_cold_file_fetches_in_growing_windows() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let a = mount(
+        &dir.path().join("a"),
+        &dir.path().join("ca"),
+        &s3,
+        "scan",
+        &[],
+    );
+    // 8 MiB that zstd cannot shrink: 32 runs of 256 KiB.
+    let data = common::incompressible(8 << 20, 0x2545_f491_4f6c_dd1d);
+    fs::write(a.mnt.join("table"), &data).unwrap();
+    assert!(a.stop().success());
+
+    let b = mount(
+        &dir.path().join("b"),
+        &dir.path().join("cb"),
+        &s3,
+        "scan",
+        &[],
+    );
+    let before = s3.faults.segment_gets();
+    assert!(
+        fs::read(b.mnt.join("table")).unwrap() == data,
+        "the scan read wrong bytes"
+    );
+    let gets = s3.faults.segment_gets() - before;
+    // One GET per 256 KiB run would be 32; doubling windows up to 4 MiB need about 6.
+    assert!(gets <= 12, "a sequential scan took {gets} GETs");
     assert!(b.stop().success());
 }

@@ -264,10 +264,9 @@ impl MetaStore {
 
     /// A small value in the meta column family (None if never set).
     pub fn get_meta_bytes(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
-        Ok(self
-            .db
+        self.db
             .get_cf(self.cf(CF_META), key)
-            .map_err(db_err("get meta"))?)
+            .map_err(db_err("get meta"))
     }
 
     fn get_meta_u64(&self, key: &[u8]) -> Result<Option<u64>, MetaError> {

@@ -627,8 +627,8 @@ impl Checkpointer {
                 }
                 // The dirty-bytes trigger waits out the interval after a failure, so that an
                 // outage is not hammered every tick.
-                let early = !failed
-                    && self.fs.dirty_pages() * PAGE_SIZE as u64 >= self.settings.dirty_trigger;
+                let early =
+                    !failed && self.fs.dirty_pages() * PAGE_SIZE >= self.settings.dirty_trigger;
                 if !*wanted && !early && last.elapsed() < self.settings.interval {
                     continue;
                 }

@@ -42,6 +42,9 @@ pub struct Cut {
     pub bytes: u64,
 }
 
+/// Receives each run of dirty pages a cut takes: (inode, first page, pages, bytes).
+pub type RunSink<'a> = dyn FnMut(u64, u64, u32, &[u8]) -> io::Result<()> + 'a;
+
 /// Decides which paths are never uploaded (`--local-only`).
 pub trait PathFilter {
     /// `path` is relative to the root, components joined by '/'.
@@ -57,7 +60,7 @@ impl Fs {
         &self,
         filter: &dyn PathFilter,
         max_run_pages: u32,
-        sink: &mut dyn FnMut(u64, u64, u32, &[u8]) -> io::Result<()>,
+        sink: &mut RunSink<'_>,
     ) -> Result<Cut> {
         let _gate = self.gate.write();
         let epoch = self.epoch.load(Ordering::Acquire);

@@ -122,7 +122,7 @@ impl Fs {
         // A page only partly overwritten needs its old bytes first, if they are only in the
         // bucket; whole pages are simply replaced.
         for edge in [offset / PAGE_SIZE, end.saturating_sub(1) / PAGE_SIZE] {
-            if offset % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+            if !offset.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) {
                 self.fill_absent(&inode, edge..edge + 1)?;
             }
         }

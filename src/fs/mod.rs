@@ -142,6 +142,10 @@ struct InodeState {
     times_unpersisted: bool,
     /// The cache file was created since the last fsync: its directory entry needs a sync.
     new_cache_file: bool,
+    /// Sequential-read detection for fetches from the bucket: the page a sequential reader
+    /// misses next, and the readahead window (pages) its next fetch gets.
+    fetch_next: u64,
+    fetch_window: u64,
 }
 
 struct Inode {
@@ -525,6 +529,8 @@ impl Inode {
                 meta_seq: 0,
                 times_unpersisted: false,
                 new_cache_file: false,
+                fetch_next: 0,
+                fetch_window: 0,
             }),
             sync_lock: Mutex::new(()),
             fill_lock: Mutex::new(()),

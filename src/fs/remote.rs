@@ -12,12 +12,14 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::pageset::PageSet;
-use super::{Attr, CutDirent, Fs, FsError, Inode, Result, PAGE_SIZE, ROOT_INO};
+use super::{Attr, CutDirent, Fs, FsError, Inode, InodeState, Result, PAGE_SIZE, ROOT_INO};
 
 const BUCKET_RECORD: &[u8] = b"bucket";
 
-/// Pages fetched together on a miss (256 KiB).
+/// Pages fetched together on a miss (256 KiB, one run).
 const FETCH_PAGES: u64 = 32;
+/// The largest readahead window for a sequential reader (4 MiB).
+const MAX_FETCH_WINDOW: u64 = 512;
 
 /// Reads file contents from the bucket.
 pub trait Fetcher: Send + Sync {
@@ -158,27 +160,40 @@ impl Fs {
         if pages.is_empty() || inode.state.lock().absent.is_empty() {
             return Ok(());
         }
-        // Fetch in aligned units (readahead for sequential reads, and whole runs, which is
-        // what a GET returns anyway).
-        let pages =
+        // Fetch in aligned units (whole runs, which is what a GET returns anyway).
+        let mut pages =
             pages.start / FETCH_PAGES * FETCH_PAGES..pages.end.div_ceil(FETCH_PAGES) * FETCH_PAGES;
         let _fill = inode.fill_lock.lock();
         let (ino, missing) = {
-            let st = inode.state.lock();
-            let missing: Vec<Range<u64>> = st
-                .absent
-                .iter()
-                .filter_map(|r| {
-                    let s = r.start.max(pages.start);
-                    let e = r.end.min(pages.end);
-                    (s < e).then_some(s..e)
-                })
-                .collect();
-            (st.attr.ino, missing)
+            let mut st = inode.state.lock();
+            let absent_in = |st: &InodeState, pages: &Range<u64>| -> Vec<Range<u64>> {
+                st.absent
+                    .iter()
+                    .filter_map(|r| {
+                        let s = r.start.max(pages.start);
+                        let e = r.end.min(pages.end);
+                        (s < e).then_some(s..e)
+                    })
+                    .collect()
+            };
+            if absent_in(&st, &pages).is_empty() {
+                return Ok(()); // a hit: no fetch, and no change to the readahead state
+            }
+            // Readahead: a miss where the last fetch ended is a sequential reader (a scan, a
+            // WAL replay); double its window each time, up to 4 MiB, so a scan of a cold table
+            // costs a few large GETs instead of one round trip per 256 KiB.
+            st.fetch_window = if pages.start == st.fetch_next {
+                (st.fetch_window * 2).clamp(FETCH_PAGES, MAX_FETCH_WINDOW)
+            } else {
+                FETCH_PAGES
+            };
+            let size_pages = st.attr.size.div_ceil(PAGE_SIZE);
+            pages.end = (pages.start + st.fetch_window)
+                .min(size_pages)
+                .max(pages.end);
+            st.fetch_next = pages.end;
+            (st.attr.ino, absent_in(&st, &pages))
         };
-        if missing.is_empty() {
-            return Ok(());
-        }
         let fetcher = self
             .fetcher
             .get()

@@ -1,11 +1,12 @@
 //! The object store seam: one trait, a real S3 implementation, a local directory, and wrappers
-//! (retry, fault injection) that compose around any of them.
+//! (retry, instrumentation, fault injection) that compose around any of them.
 //!
 //! Keys are plain `/`-separated strings relative to the store's prefix; the store adds the
 //! prefix. Every method is async: the S3 client is, and the fs core reaches the store through
 //! a tokio runtime handle from its own threads (see `checkpoint`).
 
 pub mod faulty;
+pub mod instrumented;
 pub mod local;
 pub mod retry;
 pub mod s3;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use faulty::{FaultPlan, FaultyStore};
+pub use instrumented::{InstrumentedStore, OpStats, StoreStats};
 pub use local::LocalStore;
 pub use retry::{RetryPolicy, RetryingStore};
 pub use s3::{S3Settings, S3Store};

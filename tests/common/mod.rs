@@ -163,3 +163,17 @@ pub fn scratch() -> tempfile::TempDir {
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod scratch");
     dir
 }
+
+/// `len` bytes of xorshift64 output from `seed`: data that zstd cannot shrink, so segments
+/// keep the sizes a test counts on.
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

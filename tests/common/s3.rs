@@ -67,7 +67,7 @@ impl Faulty {
         }
         let n = self.faults.requests.fetch_add(1, Ordering::SeqCst) + 1;
         let every = self.faults.fail_every.load(Ordering::SeqCst);
-        if every > 0 && n % every == 0 {
+        if every > 0 && n.is_multiple_of(every) {
             self.faults.injected_errors.fetch_add(1, Ordering::SeqCst);
             return Err(s3_error!(SlowDown, "injected error"));
         }
