@@ -228,6 +228,14 @@ fn help_explains_every_mount_option() {
         "--gid",
         "--fuse-threads",
         "--no-writeback-cache",
+        "--bucket",
+        "--checkpoint-interval",
+        "--checkpoint-dirty",
+        "--compression",
+        "--durability",
+        "--takeover",
+        "--read-only",
+        "--local-only",
     ] {
         assert!(help.contains(flag), "--help does not list {flag}:\n{help}");
     }
@@ -237,4 +245,62 @@ fn help_explains_every_mount_option() {
         .output()
         .expect("run bucketfs");
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `bucketfs mount` with `args` after the mountpoint and cache dir: it must fail before
+/// mounting or creating the cache dir; returns (exit code, stderr).
+fn mount_with(args: &[&str]) -> (Option<i32>, String) {
+    let dir = common::scratch();
+    let (mnt, cache) = (dir.path().join("m"), dir.path().join("c"));
+    fs::create_dir(&mnt).unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&mnt)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(args)
+        .env_remove("BUCKET_NAME")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bucketfs");
+    assert!(!out.status.success(), "bucketfs mount {args:?} succeeded");
+    assert!(!is_mounted(&mnt));
+    assert!(!cache.exists(), "a refused mount created the cache dir");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn options_that_cannot_work_together_or_parse_are_refused_before_mounting() {
+    let (code, err) = mount_with(&["--read-only"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_mentions(&err, &["--read-only", "bucket"]);
+
+    let (code, err) = mount_with(&["--durability", "remote"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_mentions(&err, &["--durability remote", "bucket"]);
+
+    let (code, err) = mount_with(&[
+        "--bucket",
+        "file:///nonexistent",
+        "--read-only",
+        "--takeover",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_mentions(&err, &["--takeover", "--read-only"]);
+
+    let (code, err) = mount_with(&["--checkpoint-dirty", "12X"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_mentions(&err, &["12X", "unknown unit"]);
+
+    let (code, err) = mount_with(&["--checkpoint-interval", "0s"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_mentions(&err, &["0s"]);
+
+    let (code, err) = mount_with(&["--bucket", "ftp://somewhere/x"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_mentions(&err, &["s3://NAME/PREFIX", "file:///PATH"]);
 }
