@@ -169,6 +169,8 @@ pub struct Attached {
     /// None for a read-only mount, which never writes to the bucket.
     writer: Option<Writing>,
     store_stats: Arc<StoreStats>,
+    /// Running after a restore into an empty cache dir.
+    prefetch: Option<Prefetch>,
     // Owns the runtime the store and fetcher run on; dropped last.
     _runtime: tokio::runtime::Runtime,
 }
@@ -179,6 +181,72 @@ struct Writing {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     socket: PathBuf,
+}
+
+/// Files up to this size are fetched in the background right after a restore.
+const PREFETCH_MAX_FILE: u64 = 1 << 20;
+/// Prefetch fetches in flight at once (each one GET, mostly of a few KiB: round trips, not
+/// bandwidth, are what they wait on).
+const PREFETCH_WORKERS: usize = 16;
+
+/// Fetches a restored filesystem's small files in the background, smallest first. Postgres
+/// opens dozens of catalog files one after another as it starts and answers its first
+/// queries; fetched on demand, each costs a round trip to the bucket in turn.
+struct Prefetch {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Prefetch {
+    fn start(fs: &Arc<Fs>) -> anyhow::Result<Option<Prefetch>> {
+        let files = fs.small_absent_files(PREFETCH_MAX_FILE);
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fs, flag) = (fs.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("prefetch".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let total = files.len();
+                let queue = parking_lot::Mutex::new(files.into_iter());
+                let failed = std::sync::atomic::AtomicUsize::new(0);
+                std::thread::scope(|s| {
+                    for _ in 0..PREFETCH_WORKERS.min(total) {
+                        s.spawn(|| loop {
+                            if flag.load(Ordering::Acquire) {
+                                return;
+                            }
+                            let Some(ino) = queue.lock().next() else {
+                                return;
+                            };
+                            // A failure here is not fatal: a read of the file fetches again
+                            // and reports the error to its caller.
+                            if let Err(e) = fs.prefetch(ino) {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                warn!(ino, error = %e, "prefetch of a restored file failed");
+                            }
+                        });
+                    }
+                });
+                info!(
+                    files = total,
+                    failed = failed.load(Ordering::Relaxed),
+                    stopped_early = flag.load(Ordering::Acquire),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "prefetch of small files after restore done"
+                );
+            })
+            .context("start prefetch")?;
+        Ok(Some(Prefetch { stop, thread }))
+    }
+
+    /// Stops taking new files and waits for the fetches in flight.
+    fn finish(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.thread.join();
+    }
 }
 
 /// What a read-only mount writes in the cache dir's bucket record instead of a writer id.
@@ -290,6 +358,11 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
     };
     let socket = fs.root().join(CONTROL_SOCKET);
     serve_control(&socket, checkpointer.clone())?;
+    let prefetch = if restoring {
+        Prefetch::start(fs)?
+    } else {
+        None
+    };
     Ok(Attached {
         writer: Some(Writing {
             checkpointer,
@@ -298,6 +371,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             socket,
         }),
         store_stats,
+        prefetch,
         _runtime: runtime,
     })
 }
@@ -318,6 +392,7 @@ fn attach_read_only(
     let Some(latest) = &opened.latest else {
         bail!("bucket {url} has no checkpoint yet: there is nothing to serve read-only");
     };
+    let installed = record.is_none();
     match &record {
         None if !fs.is_empty()? => bail!(
             "cache dir {} holds a filesystem of its own; a read-only mount needs an empty cache \
@@ -358,9 +433,15 @@ fn attach_read_only(
         view,
     )));
     info!(bucket = %url, epoch = latest.epoch, writer = %latest.writer, "bucket attached read-only");
+    let prefetch = if installed {
+        Prefetch::start(fs)?
+    } else {
+        None
+    };
     Ok(Attached {
         writer: None,
         store_stats,
+        prefetch,
         _runtime: runtime,
     })
 }
@@ -433,6 +514,10 @@ pub fn request_checkpoint(cache_dir: &std::path::Path) -> anyhow::Result<u64> {
 impl Attached {
     /// Stops the writer (final checkpoint) if there is one, and logs the store's totals.
     pub fn finish(self) -> anyhow::Result<()> {
+        // Before the runtime the fetches run on goes away with `self`.
+        if let Some(p) = self.prefetch {
+            p.finish();
+        }
         let result = match self.writer {
             Some(w) => w.finish(),
             None => Ok(()),

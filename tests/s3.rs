@@ -73,7 +73,6 @@ fn restore_from_s3_into_an_empty_cache_dir_and_verify() {
     let log_a = a.log.clone();
     assert!(a.stop().success());
 
-    let segments_before = s3.faults.segment_gets();
     let b = mount(
         &dir.path().join("b"),
         &dir.path().join("cb"),
@@ -81,7 +80,13 @@ fn restore_from_s3_into_an_empty_cache_dir_and_verify() {
         "db1",
         &[],
     );
-    // The namespace is there at once; no file contents were fetched to show it.
+    // The small files come in the background; the 3 MB one waits for a read.
+    wait_for("the prefetch to finish", Duration::from_secs(60), || {
+        b.log_text()
+            .contains("prefetch of small files after restore done")
+    });
+    let segments_before = s3.faults.segment_gets();
+    // The namespace is there at once; no file contents are fetched to show it.
     assert_eq!(
         fs::metadata(b.mnt.join("base/1/big")).unwrap().len(),
         3_000_000
@@ -341,5 +346,53 @@ fn a_sequential_read_of_a_cold_file_fetches_in_growing_windows() {
     let gets = s3.faults.segment_gets() - before;
     // One GET per 256 KiB run would be 32; doubling windows up to 4 MiB need about 6.
     assert!(gets <= 12, "a sequential scan took {gets} GETs");
+    assert!(b.stop().success());
+}
+
+#[test]
+fn after_a_restore_small_files_are_fetched_in_the_background() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let a = mount(
+        &dir.path().join("a"),
+        &dir.path().join("ca"),
+        &s3,
+        "prefetch",
+        &[],
+    );
+    // Catalog-like small files, and one file above the prefetch limit (1 MiB).
+    fs::create_dir_all(a.mnt.join("base/5")).unwrap();
+    let small = |i: u64| common::incompressible(8_192 * (1 + i as usize % 5), i + 1);
+    for i in 0..120 {
+        fs::write(a.mnt.join(format!("base/5/{}", 1200 + i)), small(i)).unwrap();
+    }
+    fs::write(a.mnt.join("big"), common::incompressible(3 << 20, 99)).unwrap();
+    assert!(a.stop().success());
+
+    let b = mount(
+        &dir.path().join("b"),
+        &dir.path().join("cb"),
+        &s3,
+        "prefetch",
+        &[],
+    );
+    wait_for("the prefetch to finish", Duration::from_secs(60), || {
+        b.log_text()
+            .contains("prefetch of small files after restore done")
+    });
+    assert!(b.log_text().contains("failed=0"), "{}", b.log_text());
+    let before = s3.faults.segment_gets();
+    for i in 0..120 {
+        let got = fs::read(b.mnt.join(format!("base/5/{}", 1200 + i))).unwrap();
+        assert!(got == small(i), "base/5/{} differs", 1200 + i);
+    }
+    assert_eq!(
+        s3.faults.segment_gets(),
+        before,
+        "reading prefetched files went to the bucket"
+    );
+    // The large file was left for reads to fetch.
+    assert!(fs::read(b.mnt.join("big")).unwrap() == common::incompressible(3 << 20, 99));
+    assert!(s3.faults.segment_gets() > before);
     assert!(b.stop().success());
 }

@@ -225,7 +225,7 @@ impl Fs {
     /// a file holds its directory's and then inserts; deleting one holds its own and then
     /// removes), so code that walks the map and locks inodes works on a copy, never while
     /// holding the map.
-    fn inode_snapshot(&self) -> HashMap<u64, Arc<Inode>> {
+    pub(super) fn inode_snapshot(&self) -> HashMap<u64, Arc<Inode>> {
         self.inodes.read().clone()
     }
 }

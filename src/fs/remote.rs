@@ -12,7 +12,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::pageset::PageSet;
-use super::{Attr, CutDirent, Fs, FsError, Inode, InodeState, Result, PAGE_SIZE, ROOT_INO};
+use super::{
+    Attr, CutDirent, FileKind, Fs, FsError, Inode, InodeState, Result, PAGE_SIZE, ROOT_INO,
+};
 
 const BUCKET_RECORD: &[u8] = b"bucket";
 
@@ -151,6 +153,34 @@ impl Fs {
             self.meta.commit(batch)?;
         }
         Ok(())
+    }
+
+    /// Files of at most `max_bytes` with pages still only in the bucket, smallest first: what
+    /// a new machine fetches in the background right after a restore (catalogs, control
+    /// files, visibility maps), so that Postgres's start and first queries do not wait on one
+    /// round trip per file.
+    pub fn small_absent_files(&self, max_bytes: u64) -> Vec<u64> {
+        let mut files: Vec<(u64, u64)> = self
+            .inode_snapshot()
+            .values()
+            .filter_map(|inode| {
+                let st = inode.state.lock();
+                (st.attr.kind == FileKind::File
+                    && st.attr.size <= max_bytes
+                    && !st.absent.is_empty())
+                .then_some((st.attr.size, st.attr.ino))
+            })
+            .collect();
+        files.sort_unstable();
+        files.into_iter().map(|(_, ino)| ino).collect()
+    }
+
+    /// Fetches every absent page of file `ino` into the cache, as reads would.
+    pub fn prefetch(&self, ino: u64) -> Result<()> {
+        let inode = self.inode(ino)?;
+        let _io = inode.io.read();
+        let size = inode.state.lock().attr.size;
+        self.fill_absent(&inode, 0..size.div_ceil(PAGE_SIZE))
     }
 
     /// Fetches whichever of `pages` are absent into the cache file. The caller holds the
