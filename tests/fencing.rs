@@ -243,3 +243,57 @@ fn a_read_only_mount_serves_a_checkpoint_beside_a_live_writer_and_never_writes()
         .unwrap();
     assert!(verify.status.success());
 }
+
+#[test]
+fn a_commit_whose_answer_was_lost_is_neither_overwritten_nor_a_reason_to_fence() {
+    use std::sync::atomic::Ordering;
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let a = mount(
+        &dir.path().join("a"),
+        &dir.path().join("ca"),
+        &s3,
+        &["--checkpoint-interval", "200ms"],
+    );
+    write_and_fsync(&a.mnt, "first").unwrap();
+    wait_for("a first checkpoint", Duration::from_secs(30), || {
+        a.log_text().contains("checkpoint committed")
+    });
+    // The next manifest lands in the bucket, but its answer is lost and an outage follows,
+    // so the checkpoint counts as failed and its pages stay dirty.
+    s3.faults.lose_manifest_answers.store(1, Ordering::SeqCst);
+    fs::write(a.mnt.join("second"), vec![2u8; 300_000]).unwrap();
+    wait_for("the lost answer", Duration::from_secs(60), || {
+        s3.faults.lose_manifest_answers.load(Ordering::SeqCst) == 0
+            && a.log_text().contains("checkpoint failed")
+    });
+    // Written meanwhile: the retry's cut differs from the lost one's.
+    fs::write(a.mnt.join("third"), vec![3u8; 200_000]).unwrap();
+    s3.faults.outage.store(false, Ordering::SeqCst);
+    wait_for(
+        "the writer to go on from its own commit",
+        Duration::from_secs(60),
+        || {
+            a.log_text()
+                .contains("an earlier attempt of this writer had committed")
+        },
+    );
+    write_and_fsync(&a.mnt, "after").expect("the writer fenced itself");
+    assert!(a.stop().success());
+
+    let verify = Command::new(BIN)
+        .args(["verify", "--bucket", &s3.url("fence")])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "a segment of a committed checkpoint was overwritten:\n{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let b = mount(&dir.path().join("b"), &dir.path().join("cb"), &s3, &[]);
+    assert_eq!(fs::read(b.mnt.join("second")).unwrap(), vec![2u8; 300_000]);
+    assert_eq!(fs::read(b.mnt.join("third")).unwrap(), vec![3u8; 200_000]);
+    assert!(b.mnt.join("after").exists() && b.mnt.join("first").exists());
+    assert!(b.stop().success());
+}

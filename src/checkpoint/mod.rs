@@ -40,8 +40,12 @@ pub fn manifest_key(epoch: u64) -> String {
     format!("{MANIFESTS}{epoch:020}")
 }
 
-fn segment_key(epoch: u64, writer: &str, n: usize) -> String {
-    format!("segments/{epoch:020}-{writer}-{n:04}.seg")
+/// A segment's key names the bucket epoch it is for, the writer, and the local cut that made
+/// it. The cut number makes every attempt's keys new: a checkpoint retried after a commit
+/// whose answer was lost (so it may be in the bucket after all) must never overwrite the
+/// segments that commit points at.
+fn segment_key(epoch: u64, writer: &str, cut: u64, n: usize) -> String {
+    format!("segments/{epoch:020}-{writer}-{cut}-{n:04}.seg")
 }
 
 /// The epoch a manifest key names, if it is one.
@@ -453,9 +457,10 @@ impl Checkpointer {
         let writer = self.writer.clone();
         let seg_limit = self.settings.segment_bytes;
         let seal = |builder: SegmentBuilder,
+                    cut_no: u64,
                     segments: &mut Vec<(String, Vec<u8>)>,
                     extents: &mut Vec<Extent>| {
-            let key = segment_key(epoch_now, &writer, segments.len());
+            let key = segment_key(epoch_now, &writer, cut_no, segments.len());
             let (bytes, runs) = builder.finish();
             extents.extend(runs.into_iter().map(|r| Extent::whole(key.clone(), r)));
             segments.push((key, bytes));
@@ -476,11 +481,11 @@ impl Checkpointer {
             builder.push_run(ino, first, pages, &bytes);
             if builder.len() >= seg_limit {
                 let full = std::mem::replace(&mut builder, SegmentBuilder::compressing(level));
-                seal(full, &mut segments, &mut extents);
+                seal(full, cut.epoch, &mut segments, &mut extents);
             }
         }
         if !builder.is_empty() {
-            seal(builder, &mut segments, &mut extents);
+            seal(builder, cut.epoch, &mut segments, &mut extents);
         }
         let (manifest, base) = {
             let view = self.view.read();
@@ -597,6 +602,21 @@ impl Checkpointer {
             .block_on(self.store.put(&key, body, PutMode::Create))
         {
             Ok(_) => Ok(len),
+            Err(StoreError::PreconditionFailed { .. }) if self.own_earlier_commit(&key)? => {
+                // An earlier attempt of ours committed this epoch after all (its answer was
+                // lost, the checkpoint counted as failed and its pages stayed dirty). Its
+                // segments have keys of their own, so nothing of it was overwritten: take it
+                // into the view and let the next checkpoint go on from it.
+                warn!(
+                    epoch = m.epoch,
+                    "an earlier attempt of this writer had committed this epoch; continuing from it"
+                );
+                Err(CheckpointError::Refused(format!(
+                    "epoch {} was already committed by this writer's earlier attempt; the next \
+                     checkpoint follows it",
+                    m.epoch
+                )))
+            }
             Err(StoreError::PreconditionFailed { .. }) => {
                 self.fenced.store(true, Ordering::Release);
                 self.fs.fence();
@@ -610,6 +630,19 @@ impl Checkpointer {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// After a 412 on manifest `key`: is the manifest there this writer's own (an earlier
+    /// attempt whose answer was lost)? If so it joins the view. Anything else is another
+    /// writer's, and this one is fenced.
+    fn own_earlier_commit(&self, key: &str) -> Result<bool, CheckpointError> {
+        let bytes = self.rt.block_on(self.store.get(key, None))?;
+        let theirs = Manifest::decode(&bytes, key)?;
+        if theirs.writer != self.writer || theirs.epoch != self.view.read().epoch + 1 {
+            return Ok(false);
+        }
+        self.view.write().apply(&theirs);
+        Ok(true)
     }
 
     /// Checkpoints every `interval` until `stop` is set; errors are logged and retried at the

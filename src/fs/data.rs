@@ -93,7 +93,7 @@ impl Fs {
             return Ok(Vec::new());
         }
         let len = (file_size - offset).min(u64::from(size)) as usize;
-        self.fill_absent(&inode, pages(offset, offset + len as u64))?;
+        self.fill_absent(&inode, pages(offset, offset + len as u64), true)?;
         let file = self.cache_file(&mut inode.state.lock(), false)?;
         let mut buf = vec![0u8; len];
         if let Some(file) = file {
@@ -123,9 +123,18 @@ impl Fs {
         // bucket; whole pages are simply replaced.
         for edge in [offset / PAGE_SIZE, end.saturating_sub(1) / PAGE_SIZE] {
             if !offset.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) {
-                self.fill_absent(&inode, edge..edge + 1)?;
+                self.fill_absent(&inode, edge..edge + 1, false)?;
             }
         }
+        // A fill of this file (a read's, or the prefetch) may be fetching these pages right
+        // now; it must not write the bucket's older bytes over ours. Fills hold the fill lock
+        // from choosing their pages to writing them, so hold it over our cache write and the
+        // clearing of their absent marks. A file with nothing absent needs no such care, and
+        // nothing becomes absent again.
+        // (The state lock must be released before the fill lock is taken: fills take them
+        // the other way round.)
+        let has_absent = !inode.state.lock().absent.is_empty();
+        let _fill = has_absent.then(|| inode.fill_lock.lock());
         let file = {
             let mut st = inode.state.lock();
             if st.attr.kind != FileKind::File {
@@ -179,7 +188,7 @@ impl Fs {
             // must be here first.
             let edge = size.min(inode.state.lock().attr.size);
             if edge % PAGE_SIZE != 0 {
-                self.fill_absent(&inode, edge / PAGE_SIZE..edge / PAGE_SIZE + 1)?;
+                self.fill_absent(&inode, edge / PAGE_SIZE..edge / PAGE_SIZE + 1, false)?;
             }
         }
         let mut st = inode.state.lock();
@@ -285,7 +294,7 @@ impl Fs {
         // bring any that are only in the bucket here first.
         if mode == PUNCH {
             let size = inode.state.lock().attr.size;
-            self.fill_absent(&inode, pages(offset, end.min(size)))?;
+            self.fill_absent(&inode, pages(offset, end.min(size)), false)?;
         }
         let mut st = inode.state.lock();
         if st.attr.kind != FileKind::File {

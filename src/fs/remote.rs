@@ -180,13 +180,21 @@ impl Fs {
         let inode = self.inode(ino)?;
         let _io = inode.io.read();
         let size = inode.state.lock().attr.size;
-        self.fill_absent(&inode, 0..size.div_ceil(PAGE_SIZE))
+        self.fill_absent(&inode, 0..size.div_ceil(PAGE_SIZE), false)
     }
 
     /// Fetches whichever of `pages` are absent into the cache file. The caller holds the
     /// inode's io lock (shared or exclusive); fills of one inode are serialised by
     /// `fill_lock` so a page is fetched once.
-    pub(super) fn fill_absent(&self, inode: &Inode, pages: Range<u64>) -> Result<()> {
+    ///
+    /// `readahead` is for reads only: a fill on a write path runs inside the gate, where a
+    /// large fetch would hold up a cut and, behind it, every writer.
+    pub(super) fn fill_absent(
+        &self,
+        inode: &Inode,
+        pages: Range<u64>,
+        readahead: bool,
+    ) -> Result<()> {
         if pages.is_empty() || inode.state.lock().absent.is_empty() {
             return Ok(());
         }
@@ -212,16 +220,18 @@ impl Fs {
             // Readahead: a miss where the last fetch ended is a sequential reader (a scan, a
             // WAL replay); double its window each time, up to 4 MiB, so a scan of a cold table
             // costs a few large GETs instead of one round trip per 256 KiB.
-            st.fetch_window = if pages.start == st.fetch_next {
-                (st.fetch_window * 2).clamp(FETCH_PAGES, MAX_FETCH_WINDOW)
-            } else {
-                FETCH_PAGES
-            };
-            let size_pages = st.attr.size.div_ceil(PAGE_SIZE);
-            pages.end = (pages.start + st.fetch_window)
-                .min(size_pages)
-                .max(pages.end);
-            st.fetch_next = pages.end;
+            if readahead {
+                st.fetch_window = if pages.start == st.fetch_next {
+                    (st.fetch_window * 2).clamp(FETCH_PAGES, MAX_FETCH_WINDOW)
+                } else {
+                    FETCH_PAGES
+                };
+                let size_pages = st.attr.size.div_ceil(PAGE_SIZE);
+                pages.end = (pages.start + st.fetch_window)
+                    .min(size_pages)
+                    .max(pages.end);
+                st.fetch_next = pages.end;
+            }
             (st.attr.ino, absent_in(&st, &pages))
         };
         let fetcher = self

@@ -35,6 +35,9 @@ pub struct Faults {
     pub get_bytes: AtomicU64,
     /// GETs of file contents (segment objects), as opposed to manifests and the marker.
     pub segment_gets: AtomicU64,
+    /// The next N manifest PUTs are stored, then answered 503 and followed by an outage
+    /// (until the test lifts it): a commit that happened but whose answer was lost.
+    pub lose_manifest_answers: AtomicU64,
     /// Parts uploaded by multipart uploads.
     pub parts: AtomicU64,
 }
@@ -84,8 +87,18 @@ impl S3 for Faulty {
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
         let len = req.input.content_length.unwrap_or(0) as u64;
+        let manifest = req.input.key.contains("manifests/");
         let resp = self.inner.put_object(req).await?;
         self.faults.put_bytes.fetch_add(len, Ordering::SeqCst);
+        let lose = &self.faults.lose_manifest_answers;
+        if manifest
+            && lose
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            self.faults.outage.store(true, Ordering::SeqCst);
+            return Err(s3_error!(ServiceUnavailable, "injected: answer lost"));
+        }
         Ok(resp)
     }
     async fn get_object(
