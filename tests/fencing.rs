@@ -27,6 +27,20 @@ fn write_and_fsync(root: &Path, name: &str) -> Result<(), i32> {
     f.sync_all().map_err(|e| e.raw_os_error().unwrap_or(0))
 }
 
+/// `bucketfs verify` of the test prefix: panics with what it found broken, and `why`.
+fn assert_verifies(s3: &S3Server, why: &str) {
+    let verify = Command::new(BIN)
+        .args(["verify", "--bucket", &s3.url("fence")])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{why}:\n{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
 #[test]
 fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
     let dir = common::scratch();
@@ -91,16 +105,7 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
     drop(a); // A is killed: a fenced writer's state is of no use to anyone
     assert!(b.stop().success());
 
-    let verify = Command::new(BIN)
-        .args(["verify", "--bucket", &s3.url("fence")])
-        .envs(s3.env())
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    assert_verifies(&s3, "the bucket is broken after a takeover");
     let c = mount(&dir.path().join("c"), &dir.path().join("cc"), &s3, &[]);
     assert!(c.mnt.join("from-b").exists() && c.mnt.join("from-a").exists());
     assert!(c.stop().success());
@@ -236,12 +241,7 @@ fn a_read_only_mount_serves_a_checkpoint_beside_a_live_writer_and_never_writes()
     assert_eq!(fs::read(r2.mnt.join("data")).unwrap(), v2);
     assert!(r2.stop().success());
     assert!(a.stop().success());
-    let verify = Command::new(BIN)
-        .args(["verify", "--bucket", &s3.url("fence")])
-        .envs(s3.env())
-        .output()
-        .unwrap();
-    assert!(verify.status.success());
+    assert_verifies(&s3, "the bucket is broken after read-only mounts");
 }
 
 #[test]
@@ -281,16 +281,7 @@ fn a_commit_whose_answer_was_lost_is_neither_overwritten_nor_a_reason_to_fence()
     write_and_fsync(&a.mnt, "after").expect("the writer fenced itself");
     assert!(a.stop().success());
 
-    let verify = Command::new(BIN)
-        .args(["verify", "--bucket", &s3.url("fence")])
-        .envs(s3.env())
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "a segment of a committed checkpoint was overwritten:\n{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    assert_verifies(&s3, "a segment of a committed checkpoint was overwritten");
     let b = mount(&dir.path().join("b"), &dir.path().join("cb"), &s3, &[]);
     assert_eq!(fs::read(b.mnt.join("second")).unwrap(), vec![2u8; 300_000]);
     assert_eq!(fs::read(b.mnt.join("third")).unwrap(), vec![3u8; 200_000]);
