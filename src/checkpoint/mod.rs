@@ -651,6 +651,8 @@ impl Checkpointer {
         let tick = Duration::from_millis(50);
         let mut last = Instant::now();
         let mut failed = false;
+        // Counting dirty pages locks every inode: do it a few times a second, not every tick.
+        let mut last_count = Instant::now();
         while !stop.load(Ordering::Acquire) {
             {
                 // Sleep until the next tick or until a remote-durability fsync asks.
@@ -660,8 +662,10 @@ impl Checkpointer {
                 }
                 // The dirty-bytes trigger waits out the interval after a failure, so that an
                 // outage is not hammered every tick.
-                let early =
-                    !failed && self.fs.dirty_pages() * PAGE_SIZE >= self.settings.dirty_trigger;
+                let early = !failed && last_count.elapsed() >= Duration::from_millis(250) && {
+                    last_count = Instant::now();
+                    self.fs.dirty_pages() * PAGE_SIZE >= self.settings.dirty_trigger
+                };
                 if !*wanted && !early && last.elapsed() < self.settings.interval {
                     continue;
                 }

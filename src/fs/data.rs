@@ -126,23 +126,23 @@ impl Fs {
                 self.fill_absent(&inode, edge..edge + 1, false)?;
             }
         }
-        // A fill of this file (a read's, or the prefetch) may be fetching these pages right
-        // now; it must not write the bucket's older bytes over ours. Fills hold the fill lock
-        // from choosing their pages to writing them, so hold it over our cache write and the
-        // clearing of their absent marks. A file with nothing absent needs no such care, and
-        // nothing becomes absent again.
-        // (The state lock must be released before the fill lock is taken: fills take them
-        // the other way round.)
-        let has_absent = !inode.state.lock().absent.is_empty();
-        let _fill = has_absent.then(|| inode.fill_lock.lock());
-        let file = {
+        let (file, has_absent) = {
             let mut st = inode.state.lock();
             if st.attr.kind != FileKind::File {
                 return Err(FsError::IsDir);
             }
-            self.cache_file(&mut st, true)?
-                .expect("cache_file with create returns a file")
+            let file = self
+                .cache_file(&mut st, true)?
+                .expect("cache_file with create returns a file");
+            (file, !st.absent.is_empty())
         };
+        // A fill of this file (a read's, or the prefetch) may be fetching these pages right
+        // now; it must not write the bucket's older bytes over ours. Fills hold the fill lock
+        // from choosing their pages to writing them, so hold it over our cache write and the
+        // clearing of their absent marks (taken after the state lock is released: fills take
+        // the two the other way round). A file with nothing absent needs none of this, and
+        // nothing becomes absent again.
+        let _fill = has_absent.then(|| inode.fill_lock.lock());
         file.write_all_at(data, offset)
             .map_err(FsError::io("write cache file"))?;
         self.stats
