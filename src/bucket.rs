@@ -168,19 +168,184 @@ fn check_bucket(
 pub struct Attached {
     /// None for a read-only mount, which never writes to the bucket.
     writer: Option<Writing>,
-    store_stats: Arc<StoreStats>,
+    probe: Arc<Probe>,
     /// Running after a restore into an empty cache dir.
     prefetch: Option<Prefetch>,
     // Owns the runtime the store and fetcher run on; dropped last.
     _runtime: tokio::runtime::Runtime,
 }
 
-/// The writer's half: the checkpointer thread and the control socket.
+/// What the status of an attached bucket is read from.
+pub struct Probe {
+    url: String,
+    writer: Option<String>,
+    view: Arc<parking_lot::RwLock<crate::manifest::view::View>>,
+    checkpointer: Option<Arc<Checkpointer>>,
+    store_stats: Arc<StoreStats>,
+    prewarm: Arc<PrewarmProgress>,
+}
+
+/// The writer's half: the checkpointer thread, and what a clean stop records.
 struct Writing {
     checkpointer: Arc<Checkpointer>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    socket: PathBuf,
+    fs: Arc<Fs>,
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Handle,
+}
+
+/// Where a clean stop records the hot set, for the prewarm of the next cold start.
+pub const HOT_SET_KEY: &str = "prewarm/hot-set.json";
+/// The most chunks a hot set names (64 GiB of 256 KiB chunks).
+const HOT_SET_MAX_CHUNKS: usize = 1 << 18;
+/// Chunks fetched together by prewarm (1 MiB): large enough to batch GETs, small enough not
+/// to hold up a read of the same file for long.
+const PREWARM_PIECE_CHUNKS: u64 = 4;
+
+/// The hot set as the bucket holds it: the chunks the cache held at a clean stop.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HotSet {
+    pub epoch: u64,
+    pub writer: String,
+    pub chunk_pages: u64,
+    /// (inode, chunk numbers), in file order.
+    pub files: Vec<(u64, Vec<u64>)>,
+}
+
+impl HotSet {
+    fn of(fs: &Fs, epoch: u64, writer: &str) -> HotSet {
+        let mut files: Vec<(u64, Vec<u64>)> = Vec::new();
+        for (ino, chunk) in fs.hot_chunks().into_iter().take(HOT_SET_MAX_CHUNKS) {
+            match files.last_mut() {
+                Some((i, chunks)) if *i == ino => chunks.push(chunk),
+                _ => files.push((ino, vec![chunk])),
+            }
+        }
+        HotSet {
+            epoch,
+            writer: writer.into(),
+            chunk_pages: crate::fs::CHUNK_PAGES,
+            files,
+        }
+    }
+
+    pub fn chunks(&self) -> u64 {
+        self.files.iter().map(|(_, c)| c.len() as u64).sum()
+    }
+
+    /// (inode, pages) pieces to fetch: runs of consecutive chunks, cut to pieces of at most
+    /// `PREWARM_PIECE_CHUNKS`, with the chunks each covers.
+    fn pieces(&self) -> Vec<(u64, std::ops::Range<u64>, u64)> {
+        let mut out = Vec::new();
+        for (ino, chunks) in &self.files {
+            let mut i = 0;
+            while i < chunks.len() {
+                let first = chunks[i];
+                let mut n = 1;
+                while i + (n as usize) < chunks.len()
+                    && chunks[i + n as usize] == first + n
+                    && n < PREWARM_PIECE_CHUNKS
+                {
+                    n += 1;
+                }
+                out.push((
+                    *ino,
+                    first * self.chunk_pages..(first + n) * self.chunk_pages,
+                    n,
+                ));
+                i += n as usize;
+            }
+        }
+        out
+    }
+}
+
+/// How the prewarm of a cold start is going.
+#[derive(Debug, Default)]
+pub struct PrewarmProgress {
+    pub started: std::sync::atomic::AtomicBool,
+    pub finished: std::sync::atomic::AtomicBool,
+    pub stopped: std::sync::atomic::AtomicBool,
+    pub chunks_total: std::sync::atomic::AtomicU64,
+    pub chunks_done: std::sync::atomic::AtomicU64,
+    pub fetched_bytes: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    pub started_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    pub elapsed_ms: std::sync::atomic::AtomicU64,
+}
+
+impl PrewarmProgress {
+    fn status(&self) -> Option<crate::status::PrewarmStatus> {
+        if !self.started.load(Ordering::Acquire) {
+            return None;
+        }
+        let finished = self.finished.load(Ordering::Acquire);
+        let elapsed_ms = if finished {
+            self.elapsed_ms.load(Ordering::Acquire)
+        } else {
+            self.started_at
+                .lock()
+                .map_or(0, |t| t.elapsed().as_millis() as u64)
+        };
+        let state = match (finished, self.stopped.load(Ordering::Acquire)) {
+            (false, _) => "running",
+            (true, true) => "stopped",
+            (true, false) => "done",
+        };
+        Some(crate::status::PrewarmStatus {
+            state: state.into(),
+            chunks_total: self.chunks_total.load(Ordering::Acquire),
+            chunks_done: self.chunks_done.load(Ordering::Acquire),
+            fetched_bytes: self.fetched_bytes.load(Ordering::Acquire),
+            failed: self.failed.load(Ordering::Acquire),
+            elapsed_ms,
+        })
+    }
+}
+
+impl Probe {
+    pub fn status(&self) -> crate::status::BucketStatus {
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let s = &self.store_stats;
+        let store = [
+            ("put", &s.put),
+            ("get", &s.get),
+            ("head", &s.head),
+            ("list", &s.list),
+            ("delete", &s.delete),
+        ]
+        .into_iter()
+        .map(|(op, o)| crate::status::StoreOpStatus {
+            op: op.into(),
+            requests: n(&o.requests),
+            errors: n(&o.errors),
+            bytes: n(&o.bytes),
+            seconds: n(&o.micros) as f64 / 1e6,
+        })
+        .collect();
+        crate::status::BucketStatus {
+            url: self.url.clone(),
+            writer: self.writer.clone(),
+            epoch: self.view.read().epoch,
+            checkpoints: self.checkpointer.as_ref().map(|cp| {
+                let t = cp.totals();
+                crate::status::CheckpointStatus {
+                    committed: t.checkpoints,
+                    failed: t.failures,
+                    segment_bytes: t.segment_bytes,
+                    last_commit_unix_ms: t.last_commit_ms,
+                    last_error: t.last_error,
+                }
+            }),
+            store,
+            prewarm: self.prewarm.status(),
+        }
+    }
+
+    pub fn checkpointer(&self) -> Option<Arc<Checkpointer>> {
+        self.checkpointer.clone()
+    }
 }
 
 /// Files up to this size are fetched in the background right after a restore.
@@ -189,18 +354,42 @@ const PREFETCH_MAX_FILE: u64 = 1 << 20;
 /// bandwidth, are what they wait on).
 const PREFETCH_WORKERS: usize = 16;
 
-/// Fetches a restored filesystem's small files in the background, smallest first. Postgres
-/// opens dozens of catalog files one after another as it starts and answers its first
-/// queries; fetched on demand, each costs a round trip to the bucket in turn.
+/// Fetches a restored filesystem's small files in the background, smallest first, then the
+/// hot set the last clean stop recorded (prewarm). Postgres opens dozens of catalog files one
+/// after another as it starts and answers its first queries; fetched on demand, each costs a
+/// round trip to the bucket in turn.
 struct Prefetch {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
+/// Runs `work` on each item from 16 threads until done or `stop`.
+fn in_parallel<T: Send>(items: Vec<T>, stop: &AtomicBool, work: impl Fn(T) + Sync) {
+    let total = items.len();
+    let queue = parking_lot::Mutex::new(items.into_iter());
+    std::thread::scope(|s| {
+        for _ in 0..PREFETCH_WORKERS.min(total) {
+            s.spawn(|| loop {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Some(item) = queue.lock().next() else {
+                    return;
+                };
+                work(item);
+            });
+        }
+    });
+}
+
 impl Prefetch {
-    fn start(fs: &Arc<Fs>) -> anyhow::Result<Option<Prefetch>> {
+    fn start(
+        fs: &Arc<Fs>,
+        hot: Option<HotSet>,
+        progress: Arc<PrewarmProgress>,
+    ) -> anyhow::Result<Option<Prefetch>> {
         let files = fs.small_absent_files(PREFETCH_MAX_FILE);
-        if files.is_empty() {
+        if files.is_empty() && hot.is_none() {
             return Ok(None);
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -208,26 +397,16 @@ impl Prefetch {
         let thread = std::thread::Builder::new()
             .name("prefetch".into())
             .spawn(move || {
+                let _span = info_span!("prefetch").entered();
                 let started = std::time::Instant::now();
                 let total = files.len();
-                let queue = parking_lot::Mutex::new(files.into_iter());
                 let failed = std::sync::atomic::AtomicUsize::new(0);
-                std::thread::scope(|s| {
-                    for _ in 0..PREFETCH_WORKERS.min(total) {
-                        s.spawn(|| loop {
-                            if flag.load(Ordering::Acquire) {
-                                return;
-                            }
-                            let Some(ino) = queue.lock().next() else {
-                                return;
-                            };
-                            // A failure here is not fatal: a read of the file fetches again
-                            // and reports the error to its caller.
-                            if let Err(e) = fs.prefetch(ino) {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                warn!(ino, error = %e, "prefetch of a restored file failed");
-                            }
-                        });
+                in_parallel(files, &flag, |ino| {
+                    // A failure here is not fatal: a read of the file fetches again and
+                    // reports the error to its caller.
+                    if let Err(e) = fs.prefetch(ino) {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        warn!(ino, error = %e, "prefetch of a restored file failed");
                     }
                 });
                 info!(
@@ -237,15 +416,98 @@ impl Prefetch {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "prefetch of small files after restore done"
                 );
+                if let Some(hot) = hot {
+                    prewarm(&fs, &hot, &flag, &progress);
+                }
             })
             .context("start prefetch")?;
         Ok(Some(Prefetch { stop, thread }))
     }
 
-    /// Stops taking new files and waits for the fetches in flight.
+    /// Stops taking new work and waits for the fetches in flight.
     fn finish(self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.thread.join();
+    }
+}
+
+/// Fetches the hot set into the cache, logging progress every few seconds.
+fn prewarm(fs: &Fs, hot: &HotSet, stop: &AtomicBool, progress: &PrewarmProgress) {
+    let pieces = hot.pieces();
+    let started = std::time::Instant::now();
+    *progress.started_at.lock() = Some(started);
+    progress.chunks_total.store(hot.chunks(), Ordering::Release);
+    progress.started.store(true, Ordering::Release);
+    info!(
+        chunks = hot.chunks(),
+        epoch = hot.epoch,
+        "prewarm: fetching the hot set the last clean stop recorded"
+    );
+    let last_log = parking_lot::Mutex::new(started);
+    in_parallel(pieces, stop, |(ino, pages, chunks)| {
+        match fs.prefetch_pages(ino, pages) {
+            Ok(bytes) => {
+                progress.fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                progress.failed.fetch_add(chunks, Ordering::Relaxed);
+                warn!(ino, error = %e, "prewarm fetch failed; a read fetches it again");
+            }
+        }
+        let done = progress.chunks_done.fetch_add(chunks, Ordering::AcqRel) + chunks;
+        let mut last = last_log.lock();
+        if last.elapsed() >= std::time::Duration::from_secs(5) {
+            *last = std::time::Instant::now();
+            info!(
+                done,
+                total = hot.chunks(),
+                fetched_bytes = progress.fetched_bytes.load(Ordering::Relaxed),
+                "prewarm: in progress"
+            );
+        }
+    });
+    let elapsed = started.elapsed();
+    progress
+        .elapsed_ms
+        .store(elapsed.as_millis() as u64, Ordering::Release);
+    progress
+        .stopped
+        .store(stop.load(Ordering::Acquire), Ordering::Release);
+    progress.finished.store(true, Ordering::Release);
+    info!(
+        chunks = progress.chunks_done.load(Ordering::Acquire),
+        total = hot.chunks(),
+        fetched_bytes = progress.fetched_bytes.load(Ordering::Acquire),
+        failed = progress.failed.load(Ordering::Acquire),
+        stopped_early = stop.load(Ordering::Acquire),
+        elapsed_ms = elapsed.as_millis() as u64,
+        "prewarm done"
+    );
+}
+
+/// The hot set recorded in the bucket, if there is one and it reads back. A missing or
+/// unreadable one only means no prewarm.
+fn read_hot_set(store: &dyn ObjectStore, rt: &tokio::runtime::Handle) -> Option<HotSet> {
+    match rt.block_on(store.get(HOT_SET_KEY, None)) {
+        Ok(bytes) => match serde_json::from_slice::<HotSet>(&bytes) {
+            Ok(h) if h.chunk_pages == crate::fs::CHUNK_PAGES => Some(h),
+            Ok(h) => {
+                warn!(
+                    chunk_pages = h.chunk_pages,
+                    "hot set recorded with another chunk size; no prewarm"
+                );
+                None
+            }
+            Err(e) => {
+                warn!(key = HOT_SET_KEY, error = %e, "unreadable hot set; no prewarm");
+                None
+            }
+        },
+        Err(crate::store::StoreError::NotFound { .. }) => None,
+        Err(e) => {
+            warn!(key = HOT_SET_KEY, error = %e, "could not read the hot set; no prewarm");
+            None
+        }
     }
 }
 
@@ -331,7 +593,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         );
         fs.install(r).context("install the restored namespace")?;
     }
-    let fetcher = BucketFetcher::new(store, runtime.handle().clone(), checkpointer.view());
+    let fetcher = BucketFetcher::new(store.clone(), runtime.handle().clone(), checkpointer.view());
     fs.set_fetcher(Arc::new(fetcher));
     if settings.remote_durability {
         fs.set_remote_sync(checkpointer.clone());
@@ -356,21 +618,31 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             })
             .context("start checkpointer")?
     };
-    let socket = fs.root().join(CONTROL_SOCKET);
-    serve_control(&socket, checkpointer.clone())?;
+    let progress = Arc::new(PrewarmProgress::default());
     let prefetch = if restoring {
-        Prefetch::start(fs)?
+        let hot = read_hot_set(&*store, runtime.handle());
+        Prefetch::start(fs, hot, progress.clone())?
     } else {
         None
     };
+    let probe = Arc::new(Probe {
+        url,
+        writer: Some(writer),
+        view: checkpointer.view(),
+        checkpointer: Some(checkpointer.clone()),
+        store_stats,
+        prewarm: progress,
+    });
     Ok(Attached {
         writer: Some(Writing {
             checkpointer,
             stop,
             thread: Some(thread),
-            socket,
+            fs: fs.clone(),
+            store,
+            rt: runtime.handle().clone(),
         }),
-        store_stats,
+        probe,
         prefetch,
         _runtime: runtime,
     })
@@ -428,90 +700,40 @@ fn attach_read_only(
     fs.set_bucket_record(&serde_json::to_vec(&record).expect("a plain struct serializes"))?;
     let view = Arc::new(parking_lot::RwLock::new(opened.view));
     fs.set_fetcher(Arc::new(BucketFetcher::new(
-        store,
+        store.clone(),
         runtime.handle().clone(),
-        view,
+        view.clone(),
     )));
     info!(bucket = %url, epoch = latest.epoch, writer = %latest.writer, "bucket attached read-only");
+    let progress = Arc::new(PrewarmProgress::default());
     let prefetch = if installed {
-        Prefetch::start(fs)?
+        let hot = read_hot_set(&*store, runtime.handle());
+        Prefetch::start(fs, hot, progress.clone())?
     } else {
         None
     };
+    let probe = Arc::new(Probe {
+        url: url.to_string(),
+        writer: None,
+        view,
+        checkpointer: None,
+        store_stats,
+        prewarm: progress,
+    });
     Ok(Attached {
         writer: None,
-        store_stats,
+        probe,
         prefetch,
         _runtime: runtime,
     })
 }
 
-/// The control socket in the cache dir, for `bucketfs checkpoint`.
-pub const CONTROL_SOCKET: &str = "control.sock";
-
-/// Answers `checkpoint` requests on a Unix socket (root only, mode 0600): each line
-/// "checkpoint" takes a checkpoint now and answers "ok EPOCH" or "error MESSAGE".
-fn serve_control(path: &std::path::Path, cp: Arc<Checkpointer>) -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::unix::fs::PermissionsExt;
-    // A socket left by a crash: we hold the cache dir's lock, so it is stale.
-    let _ = std::fs::remove_file(path);
-    let listener = std::os::unix::net::UnixListener::bind(path)
-        .with_context(|| format!("listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut line = String::new();
-                if BufReader::new(&conn).read_line(&mut line).is_err() {
-                    continue;
-                }
-                let reply = match line.trim() {
-                    "checkpoint" => match cp.checkpoint(false) {
-                        Ok(Some(o)) => format!("ok {}\n", o.epoch),
-                        Ok(None) => format!("ok {}\n", cp.view().read().epoch),
-                        Err(e) => format!("error {e}\n"),
-                    },
-                    other => format!("error unknown request {other:?}\n"),
-                };
-                let _ = conn.write_all(reply.as_bytes());
-            }
-        })
-        .context("start control thread")?;
-    Ok(())
-}
-
-/// `bucketfs checkpoint`: asks the mount running on `cache_dir` for a checkpoint now and
-/// returns the epoch committed (or the latest, if nothing had changed).
-pub fn request_checkpoint(cache_dir: &std::path::Path) -> anyhow::Result<u64> {
-    use std::io::{BufRead, BufReader, Write};
-    let path = cache_dir.join(CONTROL_SOCKET);
-    let mut conn = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
-        format!(
-            "connect to {}: is a bucketfs with --bucket mounted on cache dir {}?",
-            path.display(),
-            cache_dir.display()
-        )
-    })?;
-    conn.write_all(b"checkpoint\n").context("send request")?;
-    let mut reply = String::new();
-    BufReader::new(&conn)
-        .read_line(&mut reply)
-        .context("read reply")?;
-    let reply = reply.trim();
-    if let Some(epoch) = reply.strip_prefix("ok ") {
-        return epoch.parse().context("parse epoch in reply");
-    }
-    bail!(
-        "checkpoint failed: {}",
-        reply.strip_prefix("error ").unwrap_or(reply)
-    )
-}
-
 impl Attached {
+    /// What the bucket's part of the status is read from.
+    pub fn probe(&self) -> Arc<Probe> {
+        self.probe.clone()
+    }
+
     /// Stops the writer (final checkpoint) if there is one, and logs the store's totals.
     pub fn finish(self) -> anyhow::Result<()> {
         // Before the runtime the fetches run on goes away with `self`.
@@ -522,7 +744,7 @@ impl Attached {
             Some(w) => w.finish(),
             None => Ok(()),
         };
-        let s = &self.store_stats;
+        let s = &self.probe.store_stats;
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         info!(
             puts = n(&s.put.requests),
@@ -540,7 +762,6 @@ impl Attached {
 impl Writing {
     /// Stops the periodic checkpoints and takes the final one, marked as a clean stop.
     fn finish(mut self) -> anyhow::Result<()> {
-        let _ = std::fs::remove_file(&self.socket);
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -561,11 +782,38 @@ impl Writing {
                     manifest_bytes = t.manifest_bytes,
                     "checkpoint totals for this mount"
                 );
+                self.record_hot_set();
                 Ok(())
             }
             Err(e) => {
                 error!(error = %e, "final checkpoint failed: the bucket lacks the last changes (the cache dir has them)");
                 Err(e).context("final checkpoint")
+            }
+        }
+    }
+}
+
+impl Writing {
+    /// Records the hot set in the bucket for the next cold start's prewarm. Best effort: a
+    /// failure costs the next cold start its prewarm, nothing else.
+    fn record_hot_set(&self) {
+        let epoch = self.checkpointer.view().read().epoch;
+        let hot = HotSet::of(&self.fs, epoch, self.checkpointer.writer());
+        let body = serde_json::to_vec(&hot).expect("a plain struct serializes");
+        let len = body.len();
+        match self.rt.block_on(self.store.put(
+            HOT_SET_KEY,
+            bytes::Bytes::from(body),
+            crate::store::PutMode::Overwrite,
+        )) {
+            Ok(_) => info!(
+                chunks = hot.chunks(),
+                files = hot.files.len(),
+                bytes = len,
+                "hot set recorded for the next cold start's prewarm"
+            ),
+            Err(e) => {
+                warn!(error = %e, "could not record the hot set; the next cold start has no prewarm")
             }
         }
     }

@@ -59,6 +59,16 @@ pub enum Command {
         #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
         bucket: String,
     },
+    /// Show how the mount running on a cache dir is doing: bucket, epoch, checkpoint age,
+    /// RPO, dirty bytes, cache use and hit rate, object store errors, fencing, prewarm.
+    Status {
+        /// The cache dir of the running mount.
+        #[arg(long, env = "BUCKETFS_CACHE_DIR")]
+        cache_dir: PathBuf,
+        /// Print the raw JSON (as /status serves it) instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every segment and every manifest extent in a bucket; exits 1 naming the broken
     /// objects.
     Verify {
@@ -145,6 +155,29 @@ pub struct MountArgs {
     /// postmaster.opts.
     #[arg(long = "local-only", value_name = "GLOB")]
     pub local_only: Vec<String>,
+
+    /// Bound on the clean file data the cache dir keeps (e.g. 10G). Past it, the least
+    /// valuable 256 KiB chunks are punched out of their cache files and fetched again from
+    /// the bucket when read; a large scan does not push out data read often. Dirty data is
+    /// never evicted (see --max-dirty). Needs --bucket. Default: no bound.
+    #[arg(long, value_parser = parse_size, value_name = "BYTES", env = "BUCKETFS_CACHE_SIZE")]
+    pub cache_size: Option<u64>,
+
+    /// Bound on data not yet in the bucket (dirty, or being uploaded). Writers that reach it
+    /// wait for the checkpointer; they never fail. Keep it small enough to upload within the
+    /// machine's stop timeout. Needs --bucket.
+    #[arg(long, default_value = "1G", value_parser = parse_size, value_name = "BYTES", env = "BUCKETFS_MAX_DIRTY")]
+    pub max_dirty: u64,
+
+    /// Where to serve Prometheus metrics (/metrics), /healthz and /status (JSON, what
+    /// `bucketfs status` prints). Loopback by default; "off" to serve nothing.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9187",
+        value_name = "ADDR:PORT|off",
+        env = "BUCKETFS_METRICS_ADDR"
+    )]
+    pub metrics_addr: String,
 }
 
 /// "4096", "64K", "256M", "1G" (or "64KiB", "1GiB"): powers of 1024.

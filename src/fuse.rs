@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -47,7 +47,32 @@ impl FuseFs {
     }
 }
 
+/// One FUSE request being answered: its span is entered, and its latency goes to the
+/// metrics when it ends.
+struct Op {
+    op: &'static str,
+    started: Instant,
+    _span: tracing::span::EnteredSpan,
+}
+
+impl Op {
+    fn start(op: &'static str, span: tracing::Span) -> Op {
+        Op {
+            op,
+            started: Instant::now(),
+            _span: span.entered(),
+        }
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        crate::metrics::global().fuse_op(self.op, self.started.elapsed());
+    }
+}
+
 fn errno(op: &'static str, e: FsError) -> Errno {
+    crate::metrics::global().fuse_error(op);
     let code = e.errno();
     if code == libc::EIO {
         // An EIO reaches Postgres as a failed fsync or read: a human must look.
@@ -151,7 +176,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _s = debug_span!("lookup", parent = parent.0, ?name).entered();
+        let _s = Op::start("lookup", debug_span!("lookup", parent = parent.0, ?name));
         match self.fs.lookup(parent.0, name) {
             Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
             // A negative entry (inode 0) lets the kernel cache "no such file" for the TTL;
@@ -166,7 +191,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _s = debug_span!("getattr", ino = ino.0).entered();
+        let _s = Op::start("getattr", debug_span!("getattr", ino = ino.0));
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno("getattr", e)),
@@ -191,7 +216,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _s = debug_span!("setattr", ino = ino.0, ?size, ?mode).entered();
+        let _s = Op::start("setattr", debug_span!("setattr", ino = ino.0, ?size, ?mode));
         let changes = SetAttr {
             mode,
             uid,
@@ -224,7 +249,10 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("mknod", parent = parent.0, ?name, mode).entered();
+        let _s = Op::start(
+            "mknod",
+            debug_span!("mknod", parent = parent.0, ?name, mode),
+        );
         reply_entry(
             "mknod",
             reply,
@@ -241,7 +269,10 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("mkdir", parent = parent.0, ?name, mode).entered();
+        let _s = Op::start(
+            "mkdir",
+            debug_span!("mkdir", parent = parent.0, ?name, mode),
+        );
         reply_entry(
             "mkdir",
             reply,
@@ -250,12 +281,12 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = debug_span!("unlink", parent = parent.0, ?name).entered();
+        let _s = Op::start("unlink", debug_span!("unlink", parent = parent.0, ?name));
         reply_empty("unlink", reply, self.fs.unlink(parent.0, name));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = debug_span!("rmdir", parent = parent.0, ?name).entered();
+        let _s = Op::start("rmdir", debug_span!("rmdir", parent = parent.0, ?name));
         reply_empty("rmdir", reply, self.fs.rmdir(parent.0, name));
     }
 
@@ -267,7 +298,10 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("symlink", parent = parent.0, ?link_name).entered();
+        let _s = Op::start(
+            "symlink",
+            debug_span!("symlink", parent = parent.0, ?link_name),
+        );
         let target = target.as_os_str().as_bytes();
         reply_entry(
             "symlink",
@@ -286,14 +320,16 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!(
+        let _s = Op::start(
             "rename",
-            parent = parent.0,
-            ?name,
-            newparent = newparent.0,
-            ?newname
-        )
-        .entered();
+            debug_span!(
+                "rename",
+                parent = parent.0,
+                ?name,
+                newparent = newparent.0,
+                ?newname
+            ),
+        );
         let mode = if flags.is_empty() {
             RenameMode::Replace
         } else if flags == RenameFlags::RENAME_NOREPLACE {
@@ -319,12 +355,15 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _s = debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        let _s = Op::start(
+            "link",
+            debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname),
+        );
         reply_entry("link", reply, self.fs.link(ino.0, newparent.0, newname));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _s = debug_span!("open", ino = ino.0, flags = flags.0).entered();
+        let _s = Op::start("open", debug_span!("open", ino = ino.0, flags = flags.0));
         match self.fs.open(ino.0, flags.0) {
             // keep_cache: the page cache stays valid across opens (OrioleDB reopens its files
             // constantly); no one but this mount changes the bytes.
@@ -344,7 +383,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _s = debug_span!("read", ino = ino.0, offset, size).entered();
+        let _s = Op::start("read", debug_span!("read", ino = ino.0, offset, size));
         match self.fs.read(ino.0, offset, size) {
             Ok(buf) => reply.data(&buf),
             Err(e) => reply.error(errno("read", e)),
@@ -363,7 +402,10 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _s = debug_span!("write", ino = ino.0, offset, len = data.len()).entered();
+        let _s = Op::start(
+            "write",
+            debug_span!("write", ino = ino.0, offset, len = data.len()),
+        );
         match self.fs.write(ino.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", e)),
@@ -392,7 +434,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!("release", ino = ino.0).entered();
+        let _s = Op::start("release", debug_span!("release", ino = ino.0));
         reply_empty("release", reply, self.fs.release(ino.0));
     }
 
@@ -404,12 +446,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!("fsync", ino = ino.0, datasync).entered();
+        let _s = Op::start("fsync", debug_span!("fsync", ino = ino.0, datasync));
         reply_empty("fsync", reply, self.fs.fsync(ino.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _s = debug_span!("opendir", ino = ino.0).entered();
+        let _s = Op::start("opendir", debug_span!("opendir", ino = ino.0));
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", e)),
@@ -494,7 +536,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!("fsyncdir", ino = ino.0).entered();
+        let _s = Op::start("fsyncdir", debug_span!("fsyncdir", ino = ino.0));
         reply_empty("fsyncdir", reply, self.fs.fsyncdir(ino.0));
     }
 
@@ -553,7 +595,10 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _s = debug_span!("create", parent = parent.0, ?name, mode, flags).entered();
+        let _s = Op::start(
+            "create",
+            debug_span!("create", parent = parent.0, ?name, mode, flags),
+        );
         match self.fs.create(parent.0, name, mode, caller(req), true) {
             Ok((attr, fh)) => reply.created(
                 &TTL,
@@ -576,7 +621,10 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _s = debug_span!("fallocate", ino = ino.0, offset, length, mode).entered();
+        let _s = Op::start(
+            "fallocate",
+            debug_span!("fallocate", ino = ino.0, offset, length, mode),
+        );
         reply_empty(
             "fallocate",
             reply,
@@ -593,7 +641,7 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _s = debug_span!("lseek", ino = ino.0, offset, whence).entered();
+        let _s = Op::start("lseek", debug_span!("lseek", ino = ino.0, offset, whence));
         if self.settings.writeback_cache {
             // The kernel does not flush its dirty pages before FUSE_LSEEK, so with the
             // writeback cache our view of where data lies can miss bytes still in the page

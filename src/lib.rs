@@ -11,6 +11,8 @@
 //! - [`store`]: the object store seam (trait, local directory, retry and fault wrappers).
 //! - [`manifest`]: the bucket's formats: segments and manifests.
 //! - [`checkpoint`]: cut, pack, upload, commit, mark clean; restore; fetching absent pages.
+//! - [`bucket`]: attaching a bucket to a mount: restore, takeover, prefetch and prewarm.
+//! - [`status`], [`metrics`]: what a mount reports (control socket, /metrics, /status).
 //!
 //! A request travels `fuse` → `fs` → (`cache` metadata + cache file). See docs/ and
 //! ../shared/DESIGN.md for the whole picture.
@@ -24,5 +26,7 @@ pub mod failpoint;
 pub mod fs;
 pub mod fuse;
 pub mod manifest;
+pub mod metrics;
 pub mod mount;
+pub mod status;
 pub mod store;

@@ -14,8 +14,19 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match &cli.command {
         Command::Mount(args) => mount_settings(args).and_then(|s| mount::run(&s)),
-        Command::Checkpoint { cache_dir } => bucketfs::bucket::request_checkpoint(cache_dir)
+        Command::Checkpoint { cache_dir } => bucketfs::status::request_checkpoint(cache_dir)
             .map(|epoch| println!("checkpoint committed: epoch {epoch}")),
+        Command::Status { cache_dir, json } => bucketfs::status::request_status(cache_dir)
+            .and_then(|s| {
+                let mut out = std::io::stdout().lock();
+                if *json {
+                    serde_json::to_writer_pretty(&mut out, &s)?;
+                    println!();
+                } else {
+                    bucketfs::status::print(&s, &mut out)?;
+                }
+                Ok(())
+            }),
         Command::Ls { bucket } => BucketUrl::parse(bucket)
             .and_then(|url| bucketfs::admin::ls(&url, &mut std::io::stdout().lock())),
         Command::Verify { bucket } => BucketUrl::parse(bucket).and_then(|url| {
@@ -61,6 +72,20 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
     if args.read_only && bucket_url(args).is_none() {
         bail!("--read-only needs a bucket (--bucket URL or BUCKET_NAME) to serve");
     }
+    if args.cache_size.is_some() && bucket_url(args).is_none() {
+        bail!("--cache-size needs a bucket (--bucket URL): without one, the cache dir is the only copy and nothing can be evicted");
+    }
+    if let Some(size) = args.cache_size {
+        if size < 16 << 20 {
+            bail!("--cache-size {size}: at least 16M (the cache works in 256 KiB chunks, and reads in flight need room)");
+        }
+    }
+    if args.max_dirty < 16 << 20 {
+        bail!(
+            "--max-dirty {}: at least 16M (a single checkpoint's worth of writes must fit)",
+            args.max_dirty
+        );
+    }
     if args.read_only && args.durability == Durability::Remote {
         bail!("--read-only takes no writes, so --durability remote has nothing to wait for");
     }
@@ -73,6 +98,9 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
         fuse_threads: usize::from(args.fuse_threads),
         writeback_cache: !args.no_writeback_cache,
         read_only: args.read_only,
+        cache_size: args.cache_size,
+        max_dirty: args.max_dirty,
+        metrics_addr: bucketfs::metrics::parse_addr(&args.metrics_addr)?,
         bucket: bucket_url(args)
             .as_deref()
             .map(|url| -> anyhow::Result<BucketSettings> {

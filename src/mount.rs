@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::cache::CacheDir;
 use crate::fs::{Fs, FsOptions, PAGE_SIZE};
 use crate::fuse::{FuseFs, FuseSettings};
+use crate::status::{Status, StatusFn};
 
 /// Everything `mount` needs, resolved from the command line.
 #[derive(Clone, Debug)]
@@ -29,6 +30,12 @@ pub struct MountSettings {
     /// The kernel refuses every change with EROFS (`--read-only`).
     pub read_only: bool,
     pub bucket: Option<crate::bucket::BucketSettings>,
+    /// `--cache-size`: bound on clean cached bytes (None: unbounded).
+    pub cache_size: Option<u64>,
+    /// `--max-dirty`: writers wait past this many bytes not yet in the bucket.
+    pub max_dirty: u64,
+    /// `--metrics-addr` (None: off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The source the kernel shows for our mounts (`fsname`).
@@ -64,11 +71,66 @@ pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
         .context("open filesystem")?,
     );
 
+    // Bounded before the bucket is attached, so that a restore's prefetch is counted.
+    let evictor = settings
+        .cache_size
+        .map(|capacity| fs.bound_cache(capacity))
+        .transpose()
+        .context("bound the cache")?;
     let attached = settings
         .bucket
         .as_ref()
         .map(|b| crate::bucket::attach(&fs, b))
         .transpose()?;
+    let probe = attached.as_ref().map(|a| a.probe());
+    let checkpointer = probe.as_ref().and_then(|p| p.checkpointer());
+    if let Some(cp) = &checkpointer {
+        let weak = Arc::downgrade(cp);
+        fs.set_max_dirty(
+            settings.max_dirty,
+            Box::new(move || {
+                if let Some(cp) = weak.upgrade() {
+                    cp.request();
+                }
+            }),
+        );
+    }
+    // The status knows the metrics address, and the metrics endpoint serves the status: bind
+    // first, serve once the status can be built.
+    let metrics_listener = settings
+        .metrics_addr
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("--metrics-addr {addr}: cannot listen"))
+        })
+        .transpose()?;
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .transpose()
+        .context("metrics listener")?;
+    let status: StatusFn = {
+        let (fs, started) = (fs.clone(), std::time::Instant::now());
+        let (mountpoint, read_only) = (mountpoint.display().to_string(), settings.read_only);
+        Arc::new(move || Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            mountpoint: mountpoint.clone(),
+            cache_dir: fs.root().display().to_string(),
+            uptime_seconds: started.elapsed().as_secs(),
+            metrics_addr: metrics_addr.clone(),
+            read_only,
+            fenced: fs.is_fenced(),
+            rpo_ms: fs.rpo_ms(),
+            fs: crate::status::fs_status(&fs),
+            cache: fs.cache_usage(),
+            bucket: probe.as_ref().map(|p| p.status()),
+        })
+    };
+    let socket = crate::status::serve_control(fs.root(), status.clone(), checkpointer)?;
+    if let Some(listener) = metrics_listener {
+        crate::metrics::serve(listener, status)?;
+    }
 
     let mut options = vec![
         MountOption::FSName(FS_NAME.into()),
@@ -115,7 +177,11 @@ pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
         .context("start signal thread")?;
 
     session.run().context("serve FUSE requests")?;
+    let _ = std::fs::remove_file(&socket);
     let last = attached.map(|a| a.finish()).transpose();
+    if let Some(e) = evictor {
+        e.finish();
+    }
     info!(
         bytes_written = fs
             .stats()

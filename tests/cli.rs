@@ -34,6 +34,7 @@ fn mount_fails(mnt: &Path, cache: &Path) -> String {
 
 fn run_mount(mnt: &Path, cache: &Path) -> Output {
     Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .arg("mount")
         .arg(mnt)
         .arg("--cache-dir")
@@ -216,6 +217,7 @@ fn a_cache_dir_that_holds_other_files_is_refused_untouched() {
 #[test]
 fn help_explains_every_mount_option() {
     let out = Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .args(["mount", "--help"])
         .output()
         .expect("run bucketfs");
@@ -241,6 +243,7 @@ fn help_explains_every_mount_option() {
     }
     // An unknown flag is a usage error (clap's exit status 2), not a crash.
     let out = Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .args(["mount", "--no-such-flag"])
         .output()
         .expect("run bucketfs");
@@ -254,6 +257,7 @@ fn mount_with(args: &[&str]) -> (Option<i32>, String) {
     let (mnt, cache) = (dir.path().join("m"), dir.path().join("c"));
     fs::create_dir(&mnt).unwrap();
     let out = Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .arg("mount")
         .arg(&mnt)
         .arg("--cache-dir")

@@ -42,6 +42,7 @@ fn assert_version(root: &Path, v: u8) {
 
 fn bucketfs(args: &[&str], s3: &S3Server) -> std::process::Output {
     Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .args(args)
         .envs(s3.env())
         .output()

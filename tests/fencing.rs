@@ -30,6 +30,7 @@ fn write_and_fsync(root: &Path, name: &str) -> Result<(), i32> {
 /// `bucketfs verify` of the test prefix: panics with what it found broken, and `why`.
 fn assert_verifies(s3: &S3Server, why: &str) {
     let verify = Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .args(["verify", "--bucket", &s3.url("fence")])
         .envs(s3.env())
         .output()
@@ -54,6 +55,7 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
     write_and_fsync(&a.mnt, "from-a").unwrap();
     // Make sure the bucket has it (a checkpoint now, committed when the command returns).
     let out = Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .args(["checkpoint", "--cache-dir"])
         .arg(&a.cache)
         .output()
@@ -78,6 +80,7 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
     let b_mnt = dir.path().join("b");
     fs::create_dir_all(&b_mnt).unwrap();
     let out = Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .args(["mount", b_mnt.to_str().unwrap(), "--cache-dir"])
         .arg(dir.path().join("cb"))
         .args(["--bucket", &s3.url("fence")])
@@ -166,6 +169,7 @@ fn a_read_only_mount_serves_a_checkpoint_beside_a_live_writer_and_never_writes()
     fs::write(a.mnt.join("data"), &v1).unwrap();
     let checkpoint = |m: &Mount| {
         let out = Command::new(BIN)
+            .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
             .args(["checkpoint", "--cache-dir"])
             .arg(&m.cache)
             .output()
@@ -213,6 +217,7 @@ fn a_read_only_mount_serves_a_checkpoint_beside_a_live_writer_and_never_writes()
 
     // Its cache dir holds the older checkpoint: refused, with the way out.
     let again = Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .args([
             "mount",
             dir.path().join("r").to_str().unwrap(),

@@ -93,6 +93,7 @@ fn a_database_restored_from_the_bucket_equals_the_one_checkpointed() {
     pg.stop();
     assert!(mount.stop().success());
     let verify = std::process::Command::new(common::BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .args(["verify", "--bucket", &s3.url("pg")])
         .envs(s3.env())
         .output()

@@ -46,6 +46,7 @@ fn assert_tree(root: &Path) {
 
 fn run_bucketfs(args: &[&str], env: &[(&'static str, String)]) -> (bool, String, String) {
     let out = Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())

@@ -42,6 +42,10 @@ struct Get {
 }
 
 impl Fetcher for BucketFetcher {
+    fn holds(&self, ino: u64) -> bool {
+        self.view.read().inodes.contains_key(&ino)
+    }
+
     fn fetch(&self, ino: u64, pages: Range<u64>) -> Result<Vec<u8>, String> {
         let mut out = vec![0u8; ((pages.end - pages.start) * PAGE_SIZE) as usize];
         // (first page, end page, extent) pieces that overlap the request.

@@ -17,7 +17,7 @@ mod fetch;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -292,21 +292,21 @@ pub fn restore_of(view: &View) -> Restore {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::fs::unix_ms as now_ms;
 
 /// What the checkpoints of this mount did, all together.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Totals {
     pub checkpoints: u64,
     pub segments: u64,
     /// Segment bytes uploaded (manifests not counted).
     pub segment_bytes: u64,
     pub manifest_bytes: u64,
+    /// Checkpoints that failed, and the error of the last one if it failed.
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// Unix ms of the last commit (0: none yet).
+    pub last_commit_ms: u64,
 }
 
 /// What a completed checkpoint did.
@@ -388,7 +388,7 @@ impl Checkpointer {
     }
 
     pub fn totals(&self) -> Totals {
-        *self.totals.lock()
+        self.totals.lock().clone()
     }
 
     pub fn writer(&self) -> &str {
@@ -440,6 +440,25 @@ impl Checkpointer {
     /// clean-stop mark was asked for).
     pub fn checkpoint(&self, clean_stop: bool) -> Result<Option<Outcome>, CheckpointError> {
         let _one = self.running.lock();
+        let started = Instant::now();
+        let r = self.checkpoint_locked(clean_stop);
+        let mut t = self.totals.lock();
+        match &r {
+            Ok(Some(_)) => {
+                t.last_commit_ms = now_ms();
+                t.last_error = None;
+                crate::metrics::global().checkpoint(started.elapsed());
+            }
+            Ok(None) => t.last_error = None,
+            Err(e) => {
+                t.failures += 1;
+                t.last_error = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    fn checkpoint_locked(&self, clean_stop: bool) -> Result<Option<Outcome>, CheckpointError> {
         if self.fenced.load(Ordering::Acquire) {
             return Err(CheckpointError::Fenced {
                 epoch: self.view.read().epoch,
@@ -645,14 +664,19 @@ impl Checkpointer {
         Ok(true)
     }
 
+    /// Asks the running loop for a checkpoint now (`--max-dirty` reached).
+    pub fn request(&self) {
+        let mut wanted = self.wanted.lock();
+        *wanted = true;
+        self.wanted_cv.notify_one();
+    }
+
     /// Checkpoints every `interval` until `stop` is set; errors are logged and retried at the
     /// next tick (the pages stay dirty), except fencing, which ends the loop.
     pub fn run(&self, stop: &AtomicBool) {
         let tick = Duration::from_millis(50);
         let mut last = Instant::now();
         let mut failed = false;
-        // Counting dirty pages locks every inode: do it a few times a second, not every tick.
-        let mut last_count = Instant::now();
         while !stop.load(Ordering::Acquire) {
             {
                 // Sleep until the next tick or until a remote-durability fsync asks.
@@ -662,10 +686,8 @@ impl Checkpointer {
                 }
                 // The dirty-bytes trigger waits out the interval after a failure, so that an
                 // outage is not hammered every tick.
-                let early = !failed && last_count.elapsed() >= Duration::from_millis(250) && {
-                    last_count = Instant::now();
-                    self.fs.dirty_pages() * PAGE_SIZE >= self.settings.dirty_trigger
-                };
+                let early =
+                    !failed && self.fs.dirty_pages() * PAGE_SIZE >= self.settings.dirty_trigger;
                 if !*wanted && !early && last.elapsed() < self.settings.interval {
                     continue;
                 }

@@ -107,27 +107,35 @@ impl Fs {
         for ino in local_only.difference(&seen) {
             if let Some(inode) = inodes.get(ino) {
                 let mut st = inode.state.lock();
+                st.local_only = true;
                 if !st.dirty.is_empty() {
-                    st.dirty = PageSet::new();
+                    self.recount(&mut st, |st| st.dirty = PageSet::new());
                     batch.delete_dirty_from(*ino, 0);
                 }
             }
         }
         self.meta.commit(batch)?;
+        self.rpo_cut();
         let mut buf = Vec::new();
         for &ino in &seen {
             let Some(inode) = inodes.get(&ino) else {
                 return Err(FsError::Invalid("directory entry names a missing inode"));
             };
             let mut st = inode.state.lock();
+            st.local_only = false;
             cut.inodes.push(st.attr.clone());
             if let Some(keep) = st.trunc.take() {
                 cut.truncations.push((ino, keep));
+                st.trunc_pending = Some(keep);
             }
             if st.dirty.is_empty() || st.attr.kind != FileKind::File {
                 continue;
             }
+            // From dirty to pending: still counted, still not evictable.
             let taken = std::mem::take(&mut st.dirty);
+            for r in taken.iter() {
+                st.pending.insert(r);
+            }
             let size = st.attr.size;
             let file = self.cache_file(&mut st, false)?;
             for range in taken.iter() {
@@ -163,18 +171,22 @@ impl Fs {
             if let Some(inode) = inodes.get(&ino) {
                 let mut st = inode.state.lock();
                 st.trunc = Some(st.trunc.map_or(keep, |t| t.min(keep)));
+                st.trunc_pending = None;
             }
         }
         for (ino, pages) in cut.taken {
             if let Some(inode) = inodes.get(&ino) {
                 let mut st = inode.state.lock();
-                let size_pages = st.attr.size.div_ceil(PAGE_SIZE);
-                for r in pages.iter() {
-                    let r = r.start..r.end.min(size_pages);
-                    st.dirty.insert(r);
-                }
+                self.recount(&mut st, |st| {
+                    let size_pages = st.attr.size.div_ceil(PAGE_SIZE);
+                    for r in pages.iter() {
+                        st.pending.remove(r.clone());
+                        st.dirty.insert(r.start..r.end.min(size_pages));
+                    }
+                });
             }
         }
+        self.rpo_settled(false);
     }
 
     /// The checkpoint of `epoch` is committed: pages taken by its cut and not written since
@@ -183,7 +195,8 @@ impl Fs {
         let inodes = self.inode_snapshot();
         for (ino, _) in &cut.truncations {
             if let Some(inode) = inodes.get(ino) {
-                let st = inode.state.lock();
+                let mut st = inode.state.lock();
+                st.trunc_pending = None;
                 if st.trunc.is_none() {
                     let mut batch = self.meta.batch();
                     batch.delete_trunc(*ino);
@@ -199,7 +212,7 @@ impl Fs {
             };
             // Under the inode's lock, so a write cannot re-mark a page between our check and
             // the delete.
-            let st = inode.state.lock();
+            let mut st = inode.state.lock();
             let mut batch = self.meta.batch();
             for r in pages.iter() {
                 for page in r {
@@ -210,15 +223,27 @@ impl Fs {
                 }
             }
             self.meta.commit(batch)?;
+            self.recount(&mut st, |st| {
+                for r in pages.iter() {
+                    st.pending.remove(r);
+                }
+            });
+            let size = st.attr.size;
+            drop(st);
+            // Clean now: the cache may keep them or evict them.
+            for r in pages.iter() {
+                self.touch(*ino, r.start..r.end.min(size.div_ceil(PAGE_SIZE)), size);
+            }
             crate::failpoint::hit("during-mark-clean");
         }
+        self.rpo_settled(true);
         Ok(cleaned)
     }
 
-    /// Dirty pages and bytes (an upper bound: the last page of a file may be short).
+    /// Dirty pages, and pages a checkpoint is uploading (an upper bound on their bytes: the
+    /// last page of a file may be short).
     pub fn dirty_pages(&self) -> u64 {
-        let inodes = self.inode_snapshot();
-        inodes.values().map(|i| i.state.lock().dirty.len()).sum()
+        self.unsafe_pages()
     }
 
     /// The inode map as it is now. Lock order is an inode's lock before the map's (creating

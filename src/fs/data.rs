@@ -93,7 +93,17 @@ impl Fs {
             return Ok(Vec::new());
         }
         let len = (file_size - offset).min(u64::from(size)) as usize;
-        self.fill_absent(&inode, pages(offset, offset + len as u64), true)?;
+        let wanted = pages(offset, offset + len as u64);
+        let fetched = self.fill_absent(&inode, wanted.clone(), true)?;
+        if fetched > 0 {
+            self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .read_hit_bytes
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+        self.touch(ino, wanted, file_size);
         let file = self.cache_file(&mut inode.state.lock(), false)?;
         let mut buf = vec![0u8; len];
         if let Some(file) = file {
@@ -117,6 +127,7 @@ impl Fs {
             .filter(|&end| end <= MAX_FILE_SIZE)
             .ok_or(FsError::TooLarge(offset))?;
         let inode = self.inode(ino)?;
+        self.throttle();
         let _gate = self.enter()?;
         let _io = inode.io.read();
         // A page only partly overwritten needs its old bytes first, if they are only in the
@@ -155,6 +166,8 @@ impl Fs {
         st.attr.ctime = now;
         let epoch = self.epoch.load(Ordering::Relaxed);
         let added = st.dirty.insert(pages(offset, end));
+        self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
+        self.touch_written(ino, pages(offset, end));
         let grew = end > st.attr.size;
         if added.is_empty() && !grew {
             // The common case for hot pages: nothing new to record.
@@ -254,7 +267,11 @@ impl Fs {
         let old = st.attr.size;
         let keep = size.div_ceil(PAGE_SIZE);
         if size < old {
-            st.dirty.truncate(keep);
+            self.recount(st, |st| {
+                st.dirty.truncate(keep);
+                st.pending.truncate(keep);
+            });
+            self.untrack(ino, size, old);
             batch.delete_dirty_from(ino, keep);
             st.absent.truncate(keep);
             batch.delete_absent(ino, keep..u64::MAX);
@@ -267,6 +284,7 @@ impl Fs {
         if edge % PAGE_SIZE != 0 {
             let page = edge / PAGE_SIZE;
             for range in st.dirty.insert(page..page + 1) {
+                self.dirty_added(range.end - range.start);
                 batch.put_dirty(ino, range, epoch);
             }
         }
@@ -310,6 +328,7 @@ impl Fs {
             fallocate_raw(&file, mode, offset, length)?;
             let epoch = self.epoch.load(Ordering::Relaxed);
             for range in st.dirty.insert(pages(offset, end.min(size))) {
+                self.dirty_added(range.end - range.start);
                 batch.put_dirty(ino, range, epoch);
             }
         } else {
@@ -483,7 +502,7 @@ impl Fs {
     }
 }
 
-fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) -> Result<()> {
+pub(super) fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) -> Result<()> {
     // SAFETY: fallocate only reads the descriptor, which `file` keeps open.
     let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, length as i64) };
     if r != 0 {

@@ -15,6 +15,7 @@
 //! operation may lock several inodes in any order.
 
 pub mod attr;
+mod bound;
 mod cut;
 mod data;
 mod error;
@@ -23,6 +24,7 @@ pub mod pageset;
 mod remote;
 
 pub use attr::{Attr, FileKind};
+pub use bound::{CacheBound, CacheUsage, Evictor, CHUNK_PAGES};
 pub use cut::{Cut, CutDirent, PathFilter};
 pub use error::{FsError, Result};
 pub use namespace::RenameMode;
@@ -123,10 +125,19 @@ struct InodeState {
     attr: Attr,
     /// Pages changed since they were last uploaded (all of them, until a bucket exists).
     dirty: PageSet,
-    /// Pages whose bytes are in the bucket but not in the cache file (after a restore).
+    /// Pages a checkpoint's cut took and is uploading: no longer dirty, not yet in the
+    /// bucket. Neither dirty nor pending pages may be evicted.
+    pending: PageSet,
+    /// Pages whose bytes are in the bucket but not in the cache file (after a restore, or
+    /// evicted).
     absent: PageSet,
+    /// The last cut found this file only under `--local-only` paths: the bucket never holds
+    /// its bytes, so none of them may be evicted.
+    local_only: bool,
     /// The lowest page count the file was truncated to since the last cut, if it shrank.
     trunc: Option<u64>,
+    /// The truncation a checkpoint still uploading took from `trunc`.
+    trunc_pending: Option<u64>,
     /// Open file handles; an unlinked inode lives until this drops to zero.
     open_count: u32,
     /// The cache file, opened on first I/O and closed with the last handle.
@@ -179,6 +190,15 @@ pub struct Fs {
     /// Set when another writer took over the bucket: every change fails with EROFS.
     fenced: std::sync::atomic::AtomicBool,
     stats: FsStats,
+    /// Dirty and pending pages of every file, kept as they change (see `bound.rs`).
+    unsafe_pages: AtomicU64,
+    /// Unix ms of the oldest change not yet in the bucket: in the current epoch, and in the
+    /// epoch a checkpoint is uploading (0: none). Their minimum is the RPO.
+    oldest_change_ms: AtomicU64,
+    oldest_pending_ms: AtomicU64,
+    /// `--max-dirty` back-pressure and `--cache-size` eviction.
+    pressure: bound::Pressure,
+    bound: std::sync::OnceLock<Arc<bound::CacheBound>>,
 }
 
 /// Counters since the mount began, for the log at unmount and for metrics.
@@ -186,6 +206,19 @@ pub struct Fs {
 pub struct FsStats {
     /// Bytes that WRITE requests brought (after the kernel's own write-back merging).
     pub bytes_written: AtomicU64,
+    /// READ requests served from the cache file alone, and their bytes.
+    pub read_hits: AtomicU64,
+    pub read_hit_bytes: AtomicU64,
+    /// READ requests that first had to fetch from the bucket.
+    pub read_misses: AtomicU64,
+    /// Bytes fetched from the bucket into cache files (reads, readahead, prefetch, prewarm).
+    pub fetched_bytes: AtomicU64,
+    /// Cache chunks evicted (punched out of their cache file) and the pages they freed.
+    pub evictions: AtomicU64,
+    pub evicted_pages: AtomicU64,
+    /// Writes that waited for the checkpointer at `--max-dirty`, and how long in all.
+    pub throttled_writes: AtomicU64,
+    pub throttled_micros: AtomicU64,
 }
 
 impl Fs {
@@ -201,6 +234,7 @@ impl Fs {
         let mut absent: HashMap<u64, PageSet> = loaded.absent.into_iter().collect();
         let mut map = HashMap::with_capacity(loaded.inodes.len());
         let mut max_ino = ROOT_INO;
+        let mut dirty_total = 0;
         let mut orphans = Vec::new();
         for attr in loaded.inodes {
             max_ino = max_ino.max(attr.ino);
@@ -209,6 +243,7 @@ impl Fs {
                 continue;
             }
             let pages = dirty.remove(&attr.ino).unwrap_or_default();
+            dirty_total += pages.len();
             let ino = attr.ino;
             let inode = Inode::new(attr, pages);
             {
@@ -232,6 +267,12 @@ impl Fs {
             remote_sync: std::sync::OnceLock::new(),
             fenced: std::sync::atomic::AtomicBool::new(false),
             stats: FsStats::default(),
+            unsafe_pages: AtomicU64::new(dirty_total),
+            // Dirty pages from before this mount: their age is unknown, so count from now.
+            oldest_change_ms: AtomicU64::new(if dirty_total > 0 { unix_ms() } else { 0 }),
+            oldest_pending_ms: AtomicU64::new(0),
+            pressure: bound::Pressure::default(),
+            bound: std::sync::OnceLock::new(),
         };
         let mut batch = fs.meta.batch();
         for &ino in &orphans {
@@ -520,8 +561,11 @@ impl Inode {
             state: Mutex::new(InodeState {
                 attr,
                 dirty,
+                pending: PageSet::new(),
                 absent: PageSet::new(),
+                local_only: false,
                 trunc: None,
+                trunc_pending: None,
                 open_count: 0,
                 file: None,
                 write_gen: 0,
@@ -547,6 +591,14 @@ fn check_name(name: &OsStr) -> Result<()> {
         return Err(FsError::Invalid("bad file name"));
     }
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn current_caller() -> Caller {

@@ -457,7 +457,11 @@ impl Fs {
     /// deleted by a committed batch.
     pub(super) fn forget_inode(&self, ino: u64, st: &mut InodeState) {
         st.file = None;
-        st.dirty = PageSet::new();
+        self.recount(st, |st| {
+            st.dirty = PageSet::new();
+            st.pending = PageSet::new();
+        });
+        self.untrack(ino, 0, st.attr.size);
         self.inodes.write().remove(&ino);
         self.remove_cache_file(ino);
     }

@@ -9,6 +9,7 @@
 
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::pageset::PageSet;
@@ -28,6 +29,10 @@ pub trait Fetcher: Send + Sync {
     /// The bytes of pages `pages` of file `ino` as the bucket's latest checkpoint holds them,
     /// `(pages.end - pages.start) * PAGE_SIZE` bytes (zeros where the bucket has none).
     fn fetch(&self, ino: u64, pages: Range<u64>) -> std::result::Result<Vec<u8>, String>;
+
+    /// Whether the bucket's latest checkpoint has file `ino` (its clean pages may be evicted
+    /// and fetched back).
+    fn holds(&self, ino: u64) -> bool;
 }
 
 /// `--durability remote`: fsync returns only once a checkpoint holding the change is in the
@@ -180,7 +185,26 @@ impl Fs {
         let inode = self.inode(ino)?;
         let _io = inode.io.read();
         let size = inode.state.lock().attr.size;
-        self.fill_absent(&inode, 0..size.div_ceil(PAGE_SIZE), false)
+        self.fill_absent(&inode, 0..size.div_ceil(PAGE_SIZE), false)?;
+        self.touch(ino, 0..size.div_ceil(PAGE_SIZE), size);
+        Ok(())
+    }
+
+    /// Fetches whichever of `pages` of file `ino` are absent, as a read would, and counts
+    /// them as used (prewarm). Returns the bytes fetched; a file gone since is no error.
+    pub fn prefetch_pages(&self, ino: u64, pages: Range<u64>) -> Result<u64> {
+        let Ok(inode) = self.inode(ino) else {
+            return Ok(0);
+        };
+        let _io = inode.io.read();
+        let size = inode.state.lock().attr.size;
+        let pages = pages.start..pages.end.min(size.div_ceil(PAGE_SIZE));
+        if pages.is_empty() {
+            return Ok(0);
+        }
+        let fetched = self.fill_absent(&inode, pages.clone(), false)?;
+        self.touch(ino, pages, size);
+        Ok(fetched)
     }
 
     /// Fetches whichever of `pages` are absent into the cache file. The caller holds the
@@ -188,15 +212,16 @@ impl Fs {
     /// `fill_lock` so a page is fetched once.
     ///
     /// `readahead` is for reads only: a fill on a write path runs inside the gate, where a
-    /// large fetch would hold up a cut and, behind it, every writer.
+    /// large fetch would hold up a cut and, behind it, every writer. Returns the bytes
+    /// fetched (0: all of `pages` were here).
     pub(super) fn fill_absent(
         &self,
         inode: &Inode,
         pages: Range<u64>,
         readahead: bool,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         if pages.is_empty() || inode.state.lock().absent.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         // Fetch in aligned units (whole runs, which is what a GET returns anyway).
         let mut pages =
@@ -215,7 +240,7 @@ impl Fs {
                     .collect()
             };
             if absent_in(&st, &pages).is_empty() {
-                return Ok(()); // a hit: no fetch, and no change to the readahead state
+                return Ok(0); // a hit: no fetch, and no change to the readahead state
             }
             // Readahead: a miss where the last fetch ended is a sequential reader (a scan, a
             // WAL replay); double its window each time, up to 4 MiB, so a scan of a cold table
@@ -239,6 +264,7 @@ impl Fs {
             .get()
             .ok_or_else(|| FsError::Fetch("no bucket attached to fetch absent pages".into()))?
             .clone();
+        let mut fetched = 0;
         for r in missing {
             let bytes = fetcher.fetch(ino, r.clone()).map_err(FsError::Fetch)?;
             let mut st = inode.state.lock();
@@ -262,7 +288,11 @@ impl Fs {
             batch.delete_absent(ino, r);
             st.meta_seq = self.meta.commit(batch)?;
             st.write_gen += 1;
+            fetched += bytes.len() as u64;
         }
-        Ok(())
+        self.stats
+            .fetched_bytes
+            .fetch_add(fetched, Ordering::Relaxed);
+        Ok(fetched)
     }
 }

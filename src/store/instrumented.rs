@@ -81,6 +81,7 @@ impl ObjectStore for InstrumentedStore {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.stats.put.record(started, &r, len);
+        crate::metrics::global().s3_request("put", key, started.elapsed());
         debug!(
             key,
             bytes = len,
@@ -96,6 +97,7 @@ impl ObjectStore for InstrumentedStore {
         let r = self.inner.get(key, range).await;
         let len = r.as_ref().map_or(0, |b| b.len() as u64);
         self.stats.get.record(started, &r, len);
+        crate::metrics::global().s3_request("get", key, started.elapsed());
         debug!(
             key,
             bytes = len,
@@ -110,6 +112,7 @@ impl ObjectStore for InstrumentedStore {
         let started = Instant::now();
         let r = self.inner.head(key).await;
         self.stats.head.record(started, &r, 0);
+        crate::metrics::global().s3_request("head", key, started.elapsed());
         r
     }
 
@@ -117,6 +120,7 @@ impl ObjectStore for InstrumentedStore {
         let started = Instant::now();
         let r = self.inner.list(prefix).await;
         self.stats.list.record(started, &r, 0);
+        crate::metrics::global().s3_request("list", prefix, started.elapsed());
         r
     }
 
@@ -124,6 +128,7 @@ impl ObjectStore for InstrumentedStore {
         let started = Instant::now();
         let r = self.inner.delete(key).await;
         self.stats.delete.record(started, &r, 0);
+        crate::metrics::global().s3_request("delete", key, started.elapsed());
         r
     }
 

@@ -72,6 +72,9 @@ impl Mount {
             .arg("--cache-dir")
             .arg(cache)
             .args(extra)
+            // Tests run many mounts at once: each serves its metrics on a port of its own
+            // (a test that needs one finds it in the status).
+            .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -105,6 +108,21 @@ impl Mount {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What `bucketfs status --json` says of this mount.
+    pub fn status(&self) -> bucketfs::status::Status {
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--cache-dir"])
+            .arg(&self.cache)
+            .output()
+            .expect("run bucketfs status");
+        assert!(
+            out.status.success(),
+            "bucketfs status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
 
     pub fn pid(&self) -> u32 {

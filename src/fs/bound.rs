@@ -1,0 +1,494 @@
+//! Keeping the cache dir within bounds: `--max-dirty` back-pressure and `--cache-size`
+//! eviction.
+//!
+//! Only bytes the bucket holds may leave the cache dir. A page is *evictable* when it is
+//! neither dirty (changed since its last upload) nor pending (taken by the cut of a checkpoint
+//! still uploading), not cut off by a truncation the bucket has not seen yet, its file is one
+//! the bucket's latest checkpoint knows and no `--local-only` path, and it is present (not
+//! already absent).
+//!
+//! Clean cached data is tracked in 256 KiB chunks by a moka cache with a byte weigher. moka's
+//! admission policy (TinyLFU) is what gives scan resistance: a chunk read once by a large scan
+//! has a lower access frequency than the hot set's chunks and is refused, not let in at their
+//! expense. When moka evicts a chunk (or refuses one), its eviction listener only queues the
+//! key; the evictor thread takes the inode's locks, marks the chunk's evictable pages absent,
+//! syncs that mark, and only then punches the pages out of the cache file. A crash between the
+//! two leaves pages marked absent whose bytes are still there: the next read fetches the same
+//! bytes again. The other order could leave a page that is neither absent nor present.
+//!
+//! Dirty bytes are bounded separately: past `--max-dirty`, writers wait for the checkpointer,
+//! which turns dirty pages into clean (evictable) ones. They never fail.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use moka::notification::RemovalCause;
+use parking_lot::{Condvar, Mutex};
+use tracing::{debug, info, warn};
+
+use super::data::fallocate_raw;
+use super::pageset::PageSet;
+use super::{FileKind, Fs, Inode, Result, PAGE_SIZE};
+
+/// Pages per cache chunk: the unit of tracking and eviction (256 KiB), equal to a fetch unit,
+/// so a chunk evicted is fetched back with one request.
+pub const CHUNK_PAGES: u64 = 32;
+const CHUNK_BYTES: u64 = CHUNK_PAGES * PAGE_SIZE;
+/// Chunks the evictor takes from its queue at once: one metadata sync serves them all.
+const EVICT_BATCH: usize = 1024;
+
+/// `--max-dirty`: the waiting room for writers.
+#[derive(Default)]
+pub(super) struct Pressure {
+    /// Dirty + pending pages at which writers wait; 0 for no limit.
+    max_pages: AtomicU64,
+    waiters: AtomicU64,
+    lock: Mutex<()>,
+    cv: Condvar,
+    /// Asks the checkpointer for a checkpoint now.
+    kick: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+type Key = (u64, u64);
+
+/// The bound on clean cached bytes (`--cache-size`).
+pub struct CacheBound {
+    capacity: u64,
+    chunks: moka::sync::Cache<Key, u32>,
+}
+
+/// How full the cache is.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct CacheUsage {
+    pub capacity_bytes: u64,
+    /// Bytes of the chunks tracked (a chunk counts whole, even where it has holes).
+    pub used_bytes: u64,
+    pub chunks: u64,
+}
+
+/// The thread that punches evicted chunks out of cache files.
+pub struct Evictor {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Evictor {
+    /// Stops the evictor once the chunks already queued are handled.
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Fs {
+    /// Pages newly dirtied: counted against `--max-dirty`, and the oldest change not yet in
+    /// the bucket is noted for the RPO.
+    pub(super) fn dirty_added(&self, pages: u64) {
+        if pages == 0 {
+            return;
+        }
+        self.unsafe_pages.fetch_add(pages, Ordering::AcqRel);
+        if self.oldest_change_ms.load(Ordering::Relaxed) == 0 {
+            let _ = self.oldest_change_ms.compare_exchange(
+                0,
+                super::unix_ms(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Dirty or pending pages gone: uploaded, truncated away or deleted.
+    pub(super) fn dirty_removed(&self, pages: u64) {
+        if pages == 0 {
+            return;
+        }
+        let _ = self
+            .unsafe_pages
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(pages))
+            });
+        if self.pressure.waiters.load(Ordering::Acquire) > 0 {
+            let _guard = self.pressure.lock.lock();
+            self.pressure.cv.notify_all();
+        }
+    }
+
+    /// Runs `change` on an inode's state and counts how its dirty and pending pages moved.
+    pub(super) fn recount<R>(
+        &self,
+        st: &mut super::InodeState,
+        change: impl FnOnce(&mut super::InodeState) -> R,
+    ) -> R {
+        let before = st.dirty.len() + st.pending.len();
+        let r = change(st);
+        let after = st.dirty.len() + st.pending.len();
+        if after > before {
+            self.dirty_added(after - before);
+        } else {
+            self.dirty_removed(before - after);
+        }
+        r
+    }
+
+    /// `--max-dirty` in bytes (0: none).
+    pub fn max_dirty_bytes(&self) -> u64 {
+        self.pressure.max_pages.load(Ordering::Acquire) * PAGE_SIZE
+    }
+
+    /// Pages that are dirty or being uploaded: what is not yet safe in the bucket.
+    pub fn unsafe_pages(&self) -> u64 {
+        self.unsafe_pages.load(Ordering::Acquire)
+    }
+
+    /// Age of the oldest change not yet in the bucket, in ms (0 when everything is).
+    pub fn rpo_ms(&self) -> u64 {
+        let oldest = [&self.oldest_change_ms, &self.oldest_pending_ms]
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .filter(|&t| t > 0)
+            .min();
+        oldest.map_or(0, |t| super::unix_ms().saturating_sub(t))
+    }
+
+    /// The cut closes the epoch: its changes are now the pending ones.
+    pub(super) fn rpo_cut(&self) {
+        let oldest = self.oldest_change_ms.swap(0, Ordering::AcqRel);
+        self.oldest_pending_ms.store(oldest, Ordering::Release);
+    }
+
+    /// The pending changes are in the bucket (`committed`) or dirty again (a failed upload).
+    pub(super) fn rpo_settled(&self, committed: bool) {
+        let pending = self.oldest_pending_ms.swap(0, Ordering::AcqRel);
+        if !committed && pending > 0 {
+            let _ = self
+                .oldest_change_ms
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                    Some(if c == 0 { pending } else { c.min(pending) })
+                });
+        }
+    }
+
+    /// `--max-dirty`: from now on, writes wait while `max_bytes` or more are dirty or being
+    /// uploaded, calling `kick` to ask for a checkpoint.
+    pub fn set_max_dirty(&self, max_bytes: u64, kick: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.pressure.kick.set(kick);
+        self.pressure
+            .max_pages
+            .store(max_bytes.div_ceil(PAGE_SIZE), Ordering::Release);
+    }
+
+    /// Waits while dirty bytes are at `--max-dirty`. Holds no lock: the checkpointer's cut
+    /// and every reader go on. A fenced mount does not wait (its writes fail anyway).
+    pub(super) fn throttle(&self) {
+        let max = self.pressure.max_pages.load(Ordering::Acquire);
+        if max == 0 || self.unsafe_pages() < max {
+            return;
+        }
+        let started = Instant::now();
+        self.pressure.waiters.fetch_add(1, Ordering::AcqRel);
+        let mut guard = self.pressure.lock.lock();
+        while self.unsafe_pages() >= max && !self.is_fenced() {
+            if let Some(kick) = self.pressure.kick.get() {
+                kick();
+            }
+            // Woken by `dirty_removed`; the timeout only re-asks for a checkpoint in case
+            // the one running fails and the checkpointer backs off.
+            self.pressure
+                .cv
+                .wait_for(&mut guard, Duration::from_secs(1));
+        }
+        drop(guard);
+        self.pressure.waiters.fetch_sub(1, Ordering::AcqRel);
+        self.stats.throttled_writes.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .throttled_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// `--cache-size`: bounds the clean bytes the cache dir holds to `capacity` and starts
+    /// the evictor. What the cache dir holds already (a warm restart) is counted first, and
+    /// evicted down to the bound if it is over.
+    pub fn bound_cache(self: &Arc<Self>, capacity: u64) -> Result<Evictor> {
+        let (tx, rx): (Sender<Key>, Receiver<Key>) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let chunks = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_: &Key, w: &u32| *w)
+            .eviction_listener(move |key: Arc<Key>, _, cause| {
+                // Only evictions for size free space; an invalidation is a file deleted or
+                // cut down, whose bytes are already gone.
+                if cause == RemovalCause::Size {
+                    let _ = tx.lock().send(*key);
+                }
+            })
+            .build();
+        let bound = Arc::new(CacheBound { capacity, chunks });
+        if self.bound.set(bound.clone()).is_err() {
+            return Err(super::FsError::Invalid("the cache is bounded once"));
+        }
+        let mut seeded = 0u64;
+        for inode in self.inode_snapshot().values() {
+            let st = inode.state.lock();
+            if st.attr.kind != FileKind::File {
+                continue;
+            }
+            let size = st.attr.size;
+            let size_pages = size.div_ceil(PAGE_SIZE);
+            for chunk in 0..size.div_ceil(CHUNK_BYTES) {
+                let pages = chunk * CHUNK_PAGES..((chunk + 1) * CHUNK_PAGES).min(size_pages);
+                if !covers(&st.absent, &pages) {
+                    bound
+                        .chunks
+                        .insert((st.attr.ino, chunk), chunk_weight(chunk, size));
+                    seeded += 1;
+                }
+            }
+        }
+        bound.chunks.run_pending_tasks();
+        info!(
+            capacity,
+            chunks = seeded,
+            used = bound.chunks.weighted_size(),
+            "cache bounded; chunks already cached counted"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fs, flag) = (self.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("evictor".into())
+            .spawn(move || {
+                let _span = tracing::info_span!("evictor").entered();
+                fs.run_evictor(&rx, &flag)
+            })
+            .map_err(super::FsError::io("start evictor"))?;
+        Ok(Evictor {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn run_evictor(&self, rx: &Receiver<Key>, stop: &AtomicBool) {
+        let bound = self
+            .bound
+            .get()
+            .expect("set before the evictor starts")
+            .clone();
+        let mut batch = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(key) => {
+                    batch.push(key);
+                    batch.extend(rx.try_iter().take(EVICT_BATCH));
+                    if self.fetcher.get().is_none() {
+                        // The bucket is not attached yet (the cache is bounded before, so that
+                        // a restore's prefetch is counted): keep the keys until it is.
+                        continue;
+                    }
+                    if let Err(e) = self.evict(&bound, &batch) {
+                        // The chunks stay cached: over the bound, but never wrong.
+                        warn!(error = %e, chunks = batch.len(), "eviction failed");
+                    }
+                    batch.clear();
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    // moka evicts during its housekeeping, which requests drive; an idle
+                    // mount still gets down to its bound.
+                    bound.chunks.run_pending_tasks();
+                    if !batch.is_empty() && self.fetcher.get().is_some() {
+                        if let Err(e) = self.evict(&bound, &batch) {
+                            warn!(error = %e, chunks = batch.len(), "eviction failed");
+                        }
+                        batch.clear();
+                    }
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Marks the evictable pages of `keys` absent (durably), then punches them out.
+    fn evict(&self, bound: &CacheBound, keys: &[Key]) -> Result<()> {
+        let Some(fetcher) = self.fetcher.get() else {
+            return Ok(()); // nothing could fetch them back
+        };
+        let mut by_ino: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for &(ino, chunk) in keys {
+            // Let in again (a read since) or already handled: keep it.
+            if !bound.chunks.contains_key(&(ino, chunk)) {
+                by_ino.entry(ino).or_default().push(chunk);
+            }
+        }
+        let mut marked: Vec<(Arc<Inode>, Vec<Range<u64>>)> = Vec::new();
+        let mut batch = self.meta.batch();
+        for (ino, chunks) in by_ino {
+            let Ok(inode) = self.inode(ino) else { continue };
+            if !fetcher.holds(ino) {
+                continue;
+            }
+            let _io = inode.io.write();
+            let mut st = inode.state.lock();
+            if st.attr.kind != FileKind::File || st.local_only {
+                continue;
+            }
+            // Pages past a truncation the bucket has not seen still have older bytes there.
+            let limit = [st.trunc, st.trunc_pending]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(u64::MAX)
+                .min(st.attr.size.div_ceil(PAGE_SIZE));
+            let mut ranges = Vec::new();
+            for chunk in chunks {
+                let pages = chunk * CHUNK_PAGES..((chunk + 1) * CHUNK_PAGES).min(limit);
+                let mut keep = PageSet::new();
+                keep.insert(pages.clone());
+                for set in [&st.dirty, &st.pending, &st.absent] {
+                    for r in set.iter() {
+                        keep.remove(r);
+                    }
+                }
+                for r in keep.iter() {
+                    st.absent.insert(r.clone());
+                    batch.put_absent(ino, r.clone());
+                    ranges.push(r);
+                }
+            }
+            if !ranges.is_empty() {
+                drop(st);
+                marked.push((inode.clone(), ranges));
+            }
+        }
+        if marked.is_empty() {
+            return Ok(());
+        }
+        let seq = self.meta.commit(batch)?;
+        self.meta.sync_to(seq)?;
+        let mut pages = 0;
+        for (inode, ranges) in &marked {
+            let _io = inode.io.write();
+            let mut st = inode.state.lock();
+            let Some(file) = self.cache_file(&mut st, false)? else {
+                continue;
+            };
+            for r in ranges {
+                // Only what is still absent: a fill or a write since has made the rest
+                // present again, with the right bytes.
+                for r in st.absent.iter().filter_map(|a| {
+                    let (s, e) = (a.start.max(r.start), a.end.min(r.end));
+                    (s < e).then_some(s..e)
+                }) {
+                    fallocate_raw(
+                        &file,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        r.start * PAGE_SIZE,
+                        (r.end - r.start) * PAGE_SIZE,
+                    )?;
+                    pages += r.end - r.start;
+                }
+            }
+        }
+        self.stats.evictions.fetch_add(
+            marked.iter().map(|(_, r)| r.len() as u64).sum(),
+            Ordering::Relaxed,
+        );
+        self.stats.evicted_pages.fetch_add(pages, Ordering::Relaxed);
+        debug!(files = marked.len(), pages, "evicted");
+        Ok(())
+    }
+
+    /// A read used `pages` of a file of `size` bytes: their chunks count as recently and
+    /// frequently used, and are tracked if they were not.
+    pub(super) fn touch(&self, ino: u64, pages: Range<u64>, size: u64) {
+        let Some(bound) = self.bound.get() else {
+            return;
+        };
+        for chunk in pages.start / CHUNK_PAGES..pages.end.div_ceil(CHUNK_PAGES) {
+            let weight = chunk_weight(chunk, size);
+            // A chunk that grew with its file is weighed again.
+            if bound.chunks.get(&(ino, chunk)).is_none_or(|w| w < weight) {
+                bound.chunks.insert((ino, chunk), weight);
+            }
+        }
+    }
+
+    /// A write touched `pages`: their chunks' use is counted (for when they are clean and
+    /// compete for the cache), but dirty chunks are not tracked.
+    pub(super) fn touch_written(&self, ino: u64, pages: Range<u64>) {
+        if let Some(bound) = self.bound.get() {
+            for chunk in pages.start / CHUNK_PAGES..pages.end.div_ceil(CHUNK_PAGES) {
+                let _ = bound.chunks.get(&(ino, chunk));
+            }
+        }
+    }
+
+    /// File `ino` shrank to `size` bytes (or was deleted, `size` 0): its chunks past the end
+    /// hold nothing any more.
+    pub(super) fn untrack(&self, ino: u64, size: u64, old_size: u64) {
+        if let Some(bound) = self.bound.get() {
+            for chunk in size.div_ceil(CHUNK_BYTES)..old_size.div_ceil(CHUNK_BYTES) {
+                bound.chunks.invalidate(&(ino, chunk));
+            }
+        }
+    }
+
+    /// How full the bounded cache is (None: unbounded).
+    pub fn cache_usage(&self) -> Option<CacheUsage> {
+        let bound = self.bound.get()?;
+        bound.chunks.run_pending_tasks();
+        Some(CacheUsage {
+            capacity_bytes: bound.capacity,
+            used_bytes: bound.chunks.weighted_size(),
+            chunks: bound.chunks.entry_count(),
+        })
+    }
+
+    /// The chunks the cache holds now (ino, chunk), in no particular order: what a clean
+    /// stop records for prewarm. With a bound, the chunks moka keeps (the hot set, by its
+    /// admission policy); without one, every chunk with a page present.
+    pub fn hot_chunks(&self) -> Vec<(u64, u64)> {
+        if let Some(bound) = self.bound.get() {
+            bound.chunks.run_pending_tasks();
+            let mut keys: Vec<Key> = bound.chunks.iter().map(|(k, _)| *k).collect();
+            keys.sort_unstable();
+            return keys;
+        }
+        let mut keys = Vec::new();
+        for inode in self.inode_snapshot().values() {
+            let st = inode.state.lock();
+            if st.attr.kind != FileKind::File || st.local_only {
+                continue;
+            }
+            let size_pages = st.attr.size.div_ceil(PAGE_SIZE);
+            for chunk in 0..size_pages.div_ceil(CHUNK_PAGES) {
+                let pages = chunk * CHUNK_PAGES..((chunk + 1) * CHUNK_PAGES).min(size_pages);
+                if !covers(&st.absent, &pages) {
+                    keys.push((st.attr.ino, chunk));
+                }
+            }
+        }
+        keys.sort_unstable();
+        keys
+    }
+}
+
+/// Bytes of chunk `chunk` of a file of `size` bytes (at least 1).
+fn chunk_weight(chunk: u64, size: u64) -> u32 {
+    size.saturating_sub(chunk * CHUNK_BYTES)
+        .clamp(1, CHUNK_BYTES) as u32
+}
+
+/// Whether `set` holds every page of `pages`.
+fn covers(set: &PageSet, pages: &Range<u64>) -> bool {
+    set.iter()
+        .any(|r| r.start <= pages.start && r.end >= pages.end)
+}

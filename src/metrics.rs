@@ -1,0 +1,419 @@
+//! Prometheus metrics, and the HTTP endpoint that serves them with /healthz and /status.
+//!
+//! Latencies are histograms observed where the work happens (FUSE requests, object store
+//! requests, checkpoints), in one process-wide registry. Everything else is a count the mount
+//! keeps anyway (`FsStats`, the store's and the checkpointer's totals): it is read into a
+//! [`Status`] at scrape time and written out from there, so /metrics and /status can never
+//! disagree. Names follow `bucketfs_<subsystem>_<what>_<unit>`; label values are bounded (op
+//! names and object classes).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use tracing::{info, warn};
+
+use crate::status::Status;
+
+/// Latency buckets from 20 µs (a cached read) to 60 s (a checkpoint through an outage).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The histograms observed as work happens.
+pub struct Metrics {
+    registry: Registry,
+    fuse_op_seconds: HistogramVec,
+    fuse_errors: IntCounterVec,
+    s3_request_seconds: HistogramVec,
+    checkpoint_seconds: Histogram,
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let fuse_op_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "bucketfs_fuse_op_duration_seconds",
+                "Time to answer FUSE requests, by operation",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .expect("valid metric");
+        let fuse_errors = IntCounterVec::new(
+            Opts::new(
+                "bucketfs_fuse_errors_total",
+                "FUSE requests answered with an error, by operation",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        let s3_request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "bucketfs_s3_request_duration_seconds",
+                "Time of object store requests (every attempt), by operation and object class",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op", "class"],
+        )
+        .expect("valid metric");
+        let checkpoint_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "bucketfs_checkpoint_duration_seconds",
+                "Time from cut to commit of checkpoints that committed",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(fuse_op_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fuse_errors.clone()),
+            Box::new(s3_request_seconds.clone()),
+            Box::new(checkpoint_seconds.clone()),
+        ] {
+            registry.register(c).expect("names are unique");
+        }
+        Metrics {
+            registry,
+            fuse_op_seconds,
+            fuse_errors,
+            s3_request_seconds,
+            checkpoint_seconds,
+        }
+    }
+
+    pub fn fuse_op(&self, op: &str, elapsed: Duration) {
+        self.fuse_op_seconds
+            .with_label_values(&[op])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn fuse_error(&self, op: &str) {
+        self.fuse_errors.with_label_values(&[op]).inc();
+    }
+
+    /// One object store request; `key` decides the class (segment, manifest or other).
+    pub fn s3_request(&self, op: &str, key: &str, elapsed: Duration) {
+        self.s3_request_seconds
+            .with_label_values(&[op, object_class(key)])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn checkpoint(&self, elapsed: Duration) {
+        self.checkpoint_seconds.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Bounded label values for object keys.
+fn object_class(key: &str) -> &'static str {
+    if key.contains("segments/") {
+        "segment"
+    } else if key.contains("manifests/") {
+        "manifest"
+    } else {
+        "other"
+    }
+}
+
+/// The Prometheus text for `status` plus the histograms.
+pub fn render(status: &Status) -> String {
+    let registry = Registry::new();
+    let counter = |name: &str, help: &str, v: u64| {
+        let c = IntCounter::new(name, help).expect("valid metric");
+        c.inc_by(v);
+        registry.register(Box::new(c)).expect("names are unique");
+    };
+    let gauge = |name: &str, help: &str, v: i64| {
+        let g = IntGauge::new(name, help).expect("valid metric");
+        g.set(v);
+        registry.register(Box::new(g)).expect("names are unique");
+    };
+    let fs = &status.fs;
+    counter(
+        "bucketfs_fuse_write_bytes_total",
+        "Bytes written by FUSE WRITE requests",
+        fs.bytes_written,
+    );
+    counter(
+        "bucketfs_cache_hits_total",
+        "READ requests served from the cache dir alone",
+        fs.read_hits,
+    );
+    counter(
+        "bucketfs_cache_misses_total",
+        "READ requests that fetched from the bucket first",
+        fs.read_misses,
+    );
+    counter(
+        "bucketfs_cache_hit_bytes_total",
+        "Bytes of READ requests served from the cache dir alone",
+        fs.read_hit_bytes,
+    );
+    counter(
+        "bucketfs_cache_fetched_bytes_total",
+        "Bytes fetched from the bucket into the cache dir (reads, readahead, prefetch, prewarm)",
+        fs.fetched_bytes,
+    );
+    counter(
+        "bucketfs_cache_evictions_total",
+        "Cache chunks evicted to stay within --cache-size",
+        fs.evictions,
+    );
+    counter(
+        "bucketfs_cache_evicted_bytes_total",
+        "Bytes punched out of cache files by eviction",
+        fs.evicted_bytes,
+    );
+    let cache = status.cache.unwrap_or_default();
+    gauge(
+        "bucketfs_cache_capacity_bytes",
+        "--cache-size (0: unbounded)",
+        cache.capacity_bytes as i64,
+    );
+    gauge(
+        "bucketfs_cache_used_bytes",
+        "Clean cached bytes counted against --cache-size",
+        cache.used_bytes as i64,
+    );
+    gauge(
+        "bucketfs_dirty_bytes",
+        "Bytes not yet in the bucket: dirty, or being uploaded",
+        fs.dirty_bytes as i64,
+    );
+    gauge(
+        "bucketfs_dirty_pages",
+        "Pages not yet in the bucket: dirty, or being uploaded",
+        (fs.dirty_bytes / crate::fs::PAGE_SIZE) as i64,
+    );
+    gauge(
+        "bucketfs_dirty_max_bytes",
+        "--max-dirty (0: unbounded)",
+        fs.max_dirty_bytes as i64,
+    );
+    counter(
+        "bucketfs_dirty_throttled_writes_total",
+        "Writes that waited for the checkpointer at --max-dirty",
+        fs.throttled_writes,
+    );
+    let seconds = |name: &str, help: &str, micros: u64| {
+        let c = prometheus::Counter::new(name, help).expect("valid metric");
+        c.inc_by(micros as f64 / 1e6);
+        registry.register(Box::new(c)).expect("names are unique");
+    };
+    seconds(
+        "bucketfs_dirty_throttled_seconds_total",
+        "Time writes spent waiting at --max-dirty",
+        fs.throttled_micros,
+    );
+    let rpo = prometheus::Gauge::new(
+        "bucketfs_rpo_seconds",
+        "Age of the oldest write not yet in the bucket (0: all in the bucket)",
+    )
+    .expect("valid metric");
+    rpo.set(status.rpo_ms as f64 / 1000.0);
+    registry.register(Box::new(rpo)).expect("names are unique");
+    gauge(
+        "bucketfs_fenced",
+        "1 when another writer took the bucket over and this mount refuses changes",
+        i64::from(status.fenced),
+    );
+    if let Some(b) = &status.bucket {
+        gauge(
+            "bucketfs_checkpoint_epoch",
+            "Epoch of the bucket's latest checkpoint this mount knows",
+            b.epoch as i64,
+        );
+        if let Some(cp) = &b.checkpoints {
+            counter(
+                "bucketfs_checkpoints_total",
+                "Checkpoints committed by this mount",
+                cp.committed,
+            );
+            counter(
+                "bucketfs_checkpoint_failures_total",
+                "Checkpoints that failed (their pages stay dirty and are retried)",
+                cp.failed,
+            );
+            counter(
+                "bucketfs_checkpoint_uploaded_bytes_total",
+                "Segment bytes uploaded by checkpoints",
+                cp.segment_bytes,
+            );
+            gauge(
+                "bucketfs_checkpoint_last_success_timestamp_seconds",
+                "Unix time of the last committed checkpoint (0: none yet)",
+                (cp.last_commit_unix_ms / 1000) as i64,
+            );
+        }
+        let by_op = |name: &str, help: &str, values: &[(&str, u64)]| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["op"]).expect("valid metric");
+            for (op, v) in values {
+                c.with_label_values(&[op]).inc_by(*v);
+            }
+            registry.register(Box::new(c)).expect("names are unique");
+        };
+        let ops = |f: fn(&crate::status::StoreOpStatus) -> u64| -> Vec<(&str, u64)> {
+            b.store.iter().map(|o| (o.op.as_str(), f(o))).collect()
+        };
+        by_op(
+            "bucketfs_s3_requests_total",
+            "Object store requests (every attempt), by operation",
+            &ops(|o| o.requests),
+        );
+        by_op(
+            "bucketfs_s3_errors_total",
+            "Object store requests that failed (not counting 404 and 412 answers)",
+            &ops(|o| o.errors),
+        );
+        by_op(
+            "bucketfs_s3_bytes_total",
+            "Body bytes sent (put) or received (get)",
+            &ops(|o| o.bytes),
+        );
+        if let Some(p) = &b.prewarm {
+            gauge(
+                "bucketfs_prewarm_chunks",
+                "Chunks the prewarm of this cold start has to fetch",
+                p.chunks_total as i64,
+            );
+            gauge(
+                "bucketfs_prewarm_done_chunks",
+                "Chunks the prewarm has handled so far",
+                p.chunks_done as i64,
+            );
+        }
+    }
+    let mut families = global().registry.gather();
+    families.extend(registry.gather());
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .expect("text encoding into memory does not fail");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}
+
+/// Where to serve, from `--metrics-addr` ("off": nowhere). Anything but a loopback address is
+/// refused: the endpoint has no authentication.
+pub fn parse_addr(s: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let addr: SocketAddr = s.parse().with_context(|| {
+        format!("--metrics-addr {s:?}: expected ADDR:PORT (such as 127.0.0.1:9187) or off")
+    })?;
+    if !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--metrics-addr {s}: only loopback addresses are served (the endpoint has no \
+             authentication); put a proxy in front to expose it"
+        );
+    }
+    Ok(Some(addr))
+}
+
+/// Serves /metrics, /healthz and /status on `listener` (bound by the caller, so that a port
+/// in use fails the mount at once) from a thread of its own until the process ends.
+pub fn serve(
+    std_listener: std::net::TcpListener,
+    status: Arc<dyn Fn() -> Status + Send + Sync>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the metrics runtime")?;
+    std_listener
+        .set_nonblocking(true)
+        .context("metrics listener")?;
+    let addr = std_listener.local_addr().context("metrics listener")?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(error = %e, "metrics endpoint stopped");
+                        return;
+                    }
+                };
+                info!(%addr, "serving /metrics, /healthz and /status");
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let status = status.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let status = status.clone();
+                            async move { Ok::<_, std::convert::Infallible>(answer(&req, &*status)) }
+                        });
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    });
+                }
+            })
+        })
+        .context("start metrics thread")?;
+    Ok(())
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+fn answer<B>(
+    req: &hyper::Request<B>,
+    status: &(dyn Fn() -> Status + Send + Sync),
+) -> hyper::Response<Body> {
+    let reply = |code: u16, kind: &str, body: String| {
+        hyper::Response::builder()
+            .status(code)
+            .header("content-type", kind)
+            .body(Body::new(body.into()))
+            .expect("a valid response")
+    };
+    if req.method() != hyper::Method::GET {
+        return reply(405, "text/plain", "only GET\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => reply(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(&status()),
+        ),
+        "/status" => reply(
+            200,
+            "application/json",
+            serde_json::to_string_pretty(&status()).expect("status serializes") + "\n",
+        ),
+        "/healthz" => {
+            let s = status();
+            if s.fenced {
+                reply(
+                    503,
+                    "text/plain",
+                    "fenced: another writer owns the bucket\n".into(),
+                )
+            } else {
+                reply(200, "text/plain", "ok\n".into())
+            }
+        }
+        _ => reply(
+            404,
+            "text/plain",
+            "not found: try /metrics, /healthz or /status\n".into(),
+        ),
+    }
+}

@@ -1,0 +1,375 @@
+//! What a running mount reports about itself: the [`Status`] that /status serves as JSON, that
+//! /metrics is written from, and that `bucketfs status` prints for a person. The control
+//! socket in the cache dir answers `status` (and `checkpoint`, for a writer).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpointer;
+use crate::fs::CacheUsage;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub mountpoint: String,
+    pub cache_dir: String,
+    pub uptime_seconds: u64,
+    /// Where /metrics and /status are served (None: --metrics-addr off).
+    pub metrics_addr: Option<String>,
+    pub read_only: bool,
+    /// Another writer took the bucket over: this mount refuses every change.
+    pub fenced: bool,
+    /// Age of the oldest write not yet in the bucket, in ms (0: all of them are).
+    pub rpo_ms: u64,
+    pub fs: FsStatus,
+    /// None when the cache is unbounded.
+    pub cache: Option<CacheUsage>,
+    /// None without --bucket.
+    pub bucket: Option<BucketStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FsStatus {
+    /// The epoch new changes belong to (the local counter; see `BucketStatus::epoch`).
+    pub local_epoch: u64,
+    /// Dirty bytes plus bytes a checkpoint is uploading.
+    pub dirty_bytes: u64,
+    /// --max-dirty (0: unbounded).
+    pub max_dirty_bytes: u64,
+    pub bytes_written: u64,
+    pub read_hits: u64,
+    pub read_misses: u64,
+    pub read_hit_bytes: u64,
+    pub fetched_bytes: u64,
+    pub evictions: u64,
+    pub evicted_bytes: u64,
+    pub throttled_writes: u64,
+    pub throttled_micros: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BucketStatus {
+    pub url: String,
+    /// This mount's writer id (None for a read-only mount).
+    pub writer: Option<String>,
+    /// The bucket's latest checkpoint as this mount knows it.
+    pub epoch: u64,
+    /// None for a read-only mount, which takes none.
+    pub checkpoints: Option<CheckpointStatus>,
+    pub store: Vec<StoreOpStatus>,
+    /// None unless this mount started cold and the bucket had a hot set recorded.
+    pub prewarm: Option<PrewarmStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CheckpointStatus {
+    pub committed: u64,
+    pub failed: u64,
+    pub segment_bytes: u64,
+    /// Unix ms of the last commit by this mount (0: none yet).
+    pub last_commit_unix_ms: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StoreOpStatus {
+    pub op: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PrewarmStatus {
+    /// running, done, or stopped (the mount stopped first).
+    pub state: String,
+    pub chunks_total: u64,
+    pub chunks_done: u64,
+    pub fetched_bytes: u64,
+    pub failed: u64,
+    pub elapsed_ms: u64,
+}
+
+impl Status {
+    /// Reads over all READ requests that were served from the cache dir alone.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let total = self.fs.read_hits + self.fs.read_misses;
+        (total > 0).then(|| self.fs.read_hits as f64 / total as f64)
+    }
+}
+
+/// The filesystem's part of the status.
+pub fn fs_status(fs: &crate::fs::Fs) -> FsStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = fs.stats();
+    FsStatus {
+        local_epoch: fs.epoch(),
+        dirty_bytes: fs.unsafe_pages() * crate::fs::PAGE_SIZE,
+        max_dirty_bytes: fs.max_dirty_bytes(),
+        bytes_written: s.bytes_written.load(Relaxed),
+        read_hits: s.read_hits.load(Relaxed),
+        read_misses: s.read_misses.load(Relaxed),
+        read_hit_bytes: s.read_hit_bytes.load(Relaxed),
+        fetched_bytes: s.fetched_bytes.load(Relaxed),
+        evictions: s.evictions.load(Relaxed),
+        evicted_bytes: s.evicted_pages.load(Relaxed) * crate::fs::PAGE_SIZE,
+        throttled_writes: s.throttled_writes.load(Relaxed),
+        throttled_micros: s.throttled_micros.load(Relaxed),
+    }
+}
+
+/// The control socket in the cache dir.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+pub type StatusFn = Arc<dyn Fn() -> Status + Send + Sync>;
+
+/// Answers requests on the cache dir's Unix socket (root only, mode 0600), one line each:
+/// "status" gets the status as JSON; "checkpoint" (a writer only) takes a checkpoint now and
+/// gets "ok EPOCH" or "error MESSAGE". Returns the socket's path, to remove at unmount.
+pub fn serve_control(
+    cache_dir: &Path,
+    status: StatusFn,
+    checkpointer: Option<Arc<Checkpointer>>,
+) -> anyhow::Result<PathBuf> {
+    let path = cache_dir.join(CONTROL_SOCKET);
+    // A socket left by a crash: we hold the cache dir's lock, so it is stale.
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut line = String::new();
+                if BufReader::new(&conn).read_line(&mut line).is_err() {
+                    continue;
+                }
+                let reply = match (line.trim(), &checkpointer) {
+                    ("status", _) => {
+                        serde_json::to_string(&status()).expect("status serializes") + "\n"
+                    }
+                    ("checkpoint", Some(cp)) => match cp.checkpoint(false) {
+                        Ok(Some(o)) => format!("ok {}\n", o.epoch),
+                        Ok(None) => format!("ok {}\n", cp.view().read().epoch),
+                        Err(e) => format!("error {e}\n"),
+                    },
+                    ("checkpoint", None) => {
+                        "error this mount has no bucket to checkpoint to, or is read-only\n"
+                            .to_string()
+                    }
+                    (other, _) => format!("error unknown request {other:?}\n"),
+                };
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        })
+        .context("start control thread")?;
+    Ok(path)
+}
+
+/// Sends one request line to the mount running on `cache_dir` and returns its answer.
+pub fn ask(cache_dir: &Path, request: &str) -> anyhow::Result<String> {
+    let path = cache_dir.join(CONTROL_SOCKET);
+    let mut conn = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!(
+            "connect to {}: is a bucketfs mounted on cache dir {}?",
+            path.display(),
+            cache_dir.display()
+        )
+    })?;
+    conn.write_all(format!("{request}\n").as_bytes())
+        .context("send request")?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).context("read reply")?;
+    Ok(reply)
+}
+
+/// `bucketfs checkpoint`: asks for a checkpoint now; the epoch committed (or the latest, if
+/// nothing had changed).
+pub fn request_checkpoint(cache_dir: &Path) -> anyhow::Result<u64> {
+    let reply = ask(cache_dir, "checkpoint")?;
+    let reply = reply.trim();
+    if let Some(epoch) = reply.strip_prefix("ok ") {
+        return epoch.parse().context("parse epoch in reply");
+    }
+    bail!(
+        "checkpoint failed: {}",
+        reply.strip_prefix("error ").unwrap_or(reply)
+    )
+}
+
+/// `bucketfs status`: the running mount's status.
+pub fn request_status(cache_dir: &Path) -> anyhow::Result<Status> {
+    let reply = ask(cache_dir, "status")?;
+    if let Some(e) = reply.strip_prefix("error ") {
+        bail!("status: {}", e.trim());
+    }
+    serde_json::from_str(&reply).context("parse the mount's status")
+}
+
+/// The status for a person.
+pub fn print(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "bucketfs {} on {} (cache dir {}), pid {}, up {}",
+        s.version,
+        s.mountpoint,
+        s.cache_dir,
+        s.pid,
+        duration(s.uptime_seconds as f64)
+    )?;
+    if let Some(addr) = &s.metrics_addr {
+        writeln!(out, "metrics       http://{addr}/metrics")?;
+    }
+    match &s.bucket {
+        None => writeln!(
+            out,
+            "bucket        none: the filesystem lives in the cache dir only"
+        )?,
+        Some(b) => {
+            let who = match &b.writer {
+                Some(w) => format!("writer {w}"),
+                None => "read-only".into(),
+            };
+            writeln!(
+                out,
+                "bucket        {}  {who}  epoch {}{}",
+                b.url,
+                b.epoch,
+                if s.fenced {
+                    "  FENCED: another writer took over; changes are refused"
+                } else {
+                    ""
+                }
+            )?;
+            if let Some(c) = &b.checkpoints {
+                let last = if c.last_commit_unix_ms == 0 {
+                    "none yet by this mount".to_string()
+                } else {
+                    let age = crate::fs::unix_ms().saturating_sub(c.last_commit_unix_ms);
+                    format!("last {} ago", duration(age as f64 / 1000.0))
+                };
+                writeln!(
+                    out,
+                    "checkpoints   {last}; {} committed, {} failed, {} uploaded",
+                    c.committed,
+                    c.failed,
+                    bytes(c.segment_bytes)
+                )?;
+                if let Some(e) = &c.last_error {
+                    writeln!(out, "              last error: {e}")?;
+                }
+            }
+        }
+    }
+    writeln!(
+        out,
+        "rpo           {}",
+        if s.rpo_ms == 0 {
+            "0 (everything written is in the bucket)".to_string()
+        } else {
+            duration(s.rpo_ms as f64 / 1000.0)
+        }
+    )?;
+    let max = if s.fs.max_dirty_bytes > 0 {
+        format!(" of at most {}", bytes(s.fs.max_dirty_bytes))
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "dirty         {}{max}; {} writes waited for the checkpointer",
+        bytes(s.fs.dirty_bytes),
+        s.fs.throttled_writes
+    )?;
+    let used = match &s.cache {
+        Some(c) => format!(
+            "{} used of {}",
+            bytes(c.used_bytes),
+            bytes(c.capacity_bytes)
+        ),
+        None => "unbounded".into(),
+    };
+    let rate = match s.hit_ratio() {
+        Some(r) => format!("{:.1}%", r * 100.0),
+        None => "n/a".into(),
+    };
+    writeln!(
+        out,
+        "cache         {used}; hit rate {rate} ({} hits, {} misses); {} fetched; {} evicted",
+        s.fs.read_hits,
+        s.fs.read_misses,
+        bytes(s.fs.fetched_bytes),
+        bytes(s.fs.evicted_bytes)
+    )?;
+    if let Some(b) = &s.bucket {
+        let requests: u64 = b.store.iter().map(|o| o.requests).sum();
+        let errors: u64 = b.store.iter().map(|o| o.errors).sum();
+        writeln!(out, "object store  {requests} requests, {errors} errors")?;
+        if let Some(p) = &b.prewarm {
+            writeln!(
+                out,
+                "prewarm       {}: {}/{} chunks, {} fetched, {} failed, {}",
+                p.state,
+                p.chunks_done,
+                p.chunks_total,
+                bytes(p.fetched_bytes),
+                p.failed,
+                duration(p.elapsed_ms as f64 / 1000.0)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn duration(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.1} s")
+    } else if secs < 3600.0 {
+        format!("{}m {:02}s", (secs / 60.0) as u64, secs as u64 % 60)
+    } else {
+        format!(
+            "{}h {:02}m",
+            (secs / 3600.0) as u64,
+            (secs as u64 % 3600) / 60
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_read_well() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+        assert_eq!(duration(1.25), "1.2 s");
+        assert_eq!(duration(125.0), "2m 05s");
+        assert_eq!(duration(7265.0), "2h 01m");
+    }
+}

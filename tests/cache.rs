@@ -1,0 +1,533 @@
+//! The bounded cache and what a mount reports, through a real mount and a real S3 protocol
+//! server: eviction under pressure (with Postgres), scan resistance, warm restarts that fetch
+//! nothing they hold, `--max-dirty` back-pressure, prewarm of a cold start, and the metrics
+//! endpoint.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::pg::{run_ok, Postgres};
+use common::s3::S3Server;
+use common::{incompressible, wait_for, Mount};
+
+const MIB: u64 = 1 << 20;
+
+fn start(dir: &Path, name: &str, s3: &S3Server, extra: &[&str]) -> Mount {
+    let mut args = vec!["--bucket".to_string(), s3.url("db")];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Mount::start_with_env(
+        &dir.join(format!("mnt-{name}")),
+        &dir.join(format!("cache-{name}")),
+        &args,
+        &s3.env(),
+    )
+}
+
+fn checkpoint(m: &Mount) {
+    let out = Command::new(common::BIN)
+        .args(["checkpoint", "--cache-dir"])
+        .arg(&m.cache)
+        .output()
+        .expect("run bucketfs checkpoint");
+    assert!(
+        out.status.success(),
+        "checkpoint failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write_file(path: &Path, bytes: &[u8]) {
+    let mut f = fs::File::create(path).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Reads a whole file through the mount, past the kernel's page cache: its cached pages are
+/// dropped first, so every byte is asked of bucketfs.
+fn read_uncached(path: &Path) -> Vec<u8> {
+    let mut f = fs::File::open(path).unwrap();
+    // SAFETY: fadvise only reads the descriptor, which `f` keeps open.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "fadvise");
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).unwrap();
+    out
+}
+
+/// Real disk use under `dir` (allocated blocks, as du counts them).
+fn disk_usage(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// Disk use of the cache files alone (data/), without RocksDB's metadata.
+fn data_usage(m: &Mount) -> u64 {
+    disk_usage(&m.cache.join("data"))
+}
+
+#[test]
+fn a_scan_larger_than_the_cache_does_not_flush_the_hot_set() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let m = start(dir.path(), "a", &s3, &["--cache-size", "16M"]);
+    let hot = incompressible(4 * MIB as usize, 1);
+    let big = incompressible(64 * MIB as usize, 2);
+    write_file(&m.mnt.join("hot"), &hot);
+    write_file(&m.mnt.join("big"), &big);
+    checkpoint(&m);
+    // The hot set: read often.
+    for _ in 0..4 {
+        assert!(read_uncached(&m.mnt.join("hot")) == hot);
+    }
+    // One large scan, four times the cache.
+    assert!(read_uncached(&m.mnt.join("big")) == big);
+    let before = m.status();
+    assert!(
+        before.fs.evicted_bytes > 32 * MIB,
+        "the scan should have been evicted as it went: {:?}",
+        before.fs
+    );
+    assert!(read_uncached(&m.mnt.join("hot")) == hot);
+    let after = m.status();
+    let misses = after.fs.read_misses - before.fs.read_misses;
+    let hits = after.fs.read_hits - before.fs.read_hits;
+    let fetched = after.fs.fetched_bytes - before.fs.fetched_bytes;
+    assert!(
+        fetched <= hot.len() as u64 / 10 && hits >= 9 * (hits + misses) / 10,
+        "the hot set lost its place to the scan: {hits} hits, {misses} misses, {fetched} bytes \
+         fetched for a {} byte file",
+        hot.len()
+    );
+    let cache = after.cache.expect("bounded");
+    assert!(cache.used_bytes <= 16 * MIB, "{cache:?}");
+    assert!(m.stop().success());
+}
+
+#[test]
+fn a_restart_after_a_clean_stop_or_kill_9_fetches_nothing_it_holds() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let data = incompressible(48 * MIB as usize, 3);
+    for (round, crash) in [false, true].into_iter().enumerate() {
+        let name = format!("r{round}");
+        let m = start(dir.path(), &name, &s3, &["--cache-size", "16M"]);
+        write_file(&m.mnt.join("f"), &data);
+        checkpoint(&m);
+        // Read it all through a cache a third its size: part is evicted, part stays.
+        assert!(read_uncached(&m.mnt.join("f")) == data);
+        let cache_dir = m.cache.clone();
+        if crash {
+            m.kill();
+        } else {
+            assert!(m.stop().success());
+        }
+        let held = disk_usage(&cache_dir.join("data"));
+        assert!(
+            held > 4 * MIB && held < data.len() as u64,
+            "the test needs a cache that holds part of the file: {held}"
+        );
+        let gets = s3.faults.segment_gets();
+        // The same cache dir again, unbounded so that nothing is evicted while we read.
+        let m = Mount::start_with_env(
+            &dir.path().join(format!("mnt-{name}")),
+            &cache_dir,
+            &["--bucket", &s3.url("db")],
+            &s3.env(),
+        );
+        assert!(read_uncached(&m.mnt.join("f")) == data, "round {round}");
+        let s = m.status();
+        let missing = data.len() as u64 - held;
+        assert!(
+            s.fs.fetched_bytes <= missing + 256 * 1024,
+            "round {round} (kill -9: {crash}): fetched {} bytes, but only {missing} were not \
+             cached",
+            s.fs.fetched_bytes
+        );
+        assert!(
+            s.fs.fetched_bytes + held >= data.len() as u64,
+            "bytes neither held nor fetched"
+        );
+        assert!(
+            s3.faults.segment_gets() > gets,
+            "the evicted part comes from the bucket"
+        );
+        assert!(m.stop().success());
+    }
+    // And the bucket holds a filesystem that checks out.
+    let out = Command::new(common::BIN)
+        .args(["verify", "--bucket", &s3.url("db")])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn writers_wait_at_max_dirty_and_never_fail() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let m = start(
+        dir.path(),
+        "a",
+        &s3,
+        &[
+            "--max-dirty",
+            "16M",
+            "--checkpoint-interval",
+            "1h",
+            "--compression",
+            "none",
+        ],
+    );
+    // A slow bucket: every request takes 100 ms, so the writer outruns the uploads.
+    s3.faults.latency_ms.store(100, Ordering::Relaxed);
+    let data = incompressible(96 * MIB as usize, 4);
+    let mnt = m.mnt.clone();
+    let writer = std::thread::spawn(move || {
+        let mut f = fs::File::create(mnt.join("f")).unwrap();
+        for piece in data.chunks(MIB as usize) {
+            f.write_all(piece).unwrap();
+            f.sync_data().unwrap();
+        }
+        data
+    });
+    let mut peak = 0;
+    while !writer.is_finished() {
+        peak = peak.max(m.status().fs.dirty_bytes);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let data = writer.join().expect("no write failed");
+    let s = m.status();
+    assert!(
+        s.fs.throttled_writes > 0,
+        "writers never waited: {:?}",
+        s.fs
+    );
+    // The bound plus what the kernel can have in flight when it is reached (one 1 MiB write
+    // per request thread).
+    assert!(peak <= 16 * MIB + 17 * MIB, "dirty reached {peak}");
+    s3.faults.latency_ms.store(0, Ordering::Relaxed);
+    assert!(m.stop().success());
+    let m = start(dir.path(), "b", &s3, &[]);
+    assert!(
+        read_uncached(&m.mnt.join("f")) == data,
+        "restored bytes differ"
+    );
+    assert!(m.stop().success());
+}
+
+#[test]
+fn a_cold_start_prewarms_the_hot_set_of_the_last_clean_stop() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let m = start(dir.path(), "a", &s3, &["--cache-size", "16M"]);
+    let hot = incompressible(2 * MIB as usize, 5);
+    let cold = incompressible(64 * MIB as usize, 6);
+    write_file(&m.mnt.join("hot"), &hot);
+    write_file(&m.mnt.join("cold"), &cold);
+    checkpoint(&m);
+    for _ in 0..4 {
+        assert!(read_uncached(&m.mnt.join("hot")) == hot);
+    }
+    assert!(read_uncached(&m.mnt.join("cold")) == cold);
+    assert!(m.stop().success());
+    assert!(
+        dir.path()
+            .join(format!("s3/{}/db/prewarm/hot-set.json", common::s3::BUCKET))
+            .exists(),
+        "a clean stop records the hot set"
+    );
+
+    // A new machine.
+    let m = start(dir.path(), "b", &s3, &["--cache-size", "16M"]);
+    wait_for("prewarm", Duration::from_secs(60), || {
+        m.status()
+            .bucket
+            .and_then(|b| b.prewarm)
+            .is_some_and(|p| p.state == "done")
+    });
+    let before = m.status();
+    let p = before.bucket.as_ref().unwrap().prewarm.clone().unwrap();
+    assert!(p.chunks_done == p.chunks_total && p.failed == 0, "{p:?}");
+    assert!(m.log_text().contains("prewarm done"), "progress is logged");
+    assert!(read_uncached(&m.mnt.join("hot")) == hot);
+    let after = m.status();
+    let fetched = after.fs.fetched_bytes - before.fs.fetched_bytes;
+    assert!(
+        fetched == 0 && after.fs.read_misses == before.fs.read_misses,
+        "the hot file was not prewarmed: {fetched} bytes fetched"
+    );
+    assert!(m.stop().success());
+}
+
+/// GETs `path` from the metrics endpoint: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let code = text[9..12].parse().expect("status code");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_string())
+}
+
+/// The value of an unlabelled sample (or the sum of a labelled family's samples).
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_move_with_the_workload() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let m = start(dir.path(), "a", &s3, &[]);
+    let addr = m.status().metrics_addr.expect("metrics served");
+    let (code, body) = http_get(&addr, "/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, first) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    promtool_check(&first);
+
+    let data = incompressible(4 * MIB as usize, 7);
+    write_file(&m.mnt.join("f"), &data);
+    checkpoint(&m);
+    let (_, second) = http_get(&addr, "/metrics");
+    promtool_check(&second);
+    assert_eq!(
+        sample(&second, "bucketfs_checkpoints_total"),
+        sample(&first, "bucketfs_checkpoints_total") + 1.0
+    );
+    let puts = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("bucketfs_s3_requests_total{op=\"put\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>()
+    };
+    assert!(
+        puts(&second) >= puts(&first) + 2.0,
+        "a segment and a manifest"
+    );
+    assert!(
+        sample(&second, "bucketfs_checkpoint_uploaded_bytes_total")
+            - sample(&first, "bucketfs_checkpoint_uploaded_bytes_total")
+            >= data.len() as f64
+    );
+    assert!(sample(&second, "bucketfs_fuse_write_bytes_total") >= data.len() as f64);
+    assert!(
+        sample(
+            &second,
+            "bucketfs_checkpoint_last_success_timestamp_seconds"
+        ) > 0.0
+    );
+    assert_eq!(sample(&second, "bucketfs_fenced"), 0.0);
+    assert!(m.stop().success());
+
+    // A cold start without a hot set to prewarm: the first read misses, the second hits.
+    fs::remove_file(
+        dir.path()
+            .join(format!("s3/{}/db/prewarm/hot-set.json", common::s3::BUCKET)),
+    )
+    .expect("the clean stop recorded a hot set");
+    let m = start(dir.path(), "b", &s3, &[]);
+    let addr = m.status().metrics_addr.unwrap();
+    let (_, before) = http_get(&addr, "/metrics");
+    assert!(read_uncached(&m.mnt.join("f")) == data);
+    let (_, cold) = http_get(&addr, "/metrics");
+    assert!(
+        sample(&cold, "bucketfs_cache_misses_total")
+            > sample(&before, "bucketfs_cache_misses_total")
+    );
+    assert!(
+        sample(&cold, "bucketfs_cache_fetched_bytes_total") >= data.len() as f64,
+        "the whole file came from the bucket"
+    );
+    assert!(read_uncached(&m.mnt.join("f")) == data);
+    let (_, warm) = http_get(&addr, "/metrics");
+    promtool_check(&warm);
+    assert_eq!(
+        sample(&warm, "bucketfs_cache_misses_total"),
+        sample(&cold, "bucketfs_cache_misses_total")
+    );
+    assert!(
+        sample(&warm, "bucketfs_cache_hits_total") > sample(&cold, "bucketfs_cache_hits_total")
+    );
+    assert_eq!(
+        sample(&warm, "bucketfs_cache_fetched_bytes_total"),
+        sample(&cold, "bucketfs_cache_fetched_bytes_total")
+    );
+    assert!(sample(&warm, "bucketfs_fuse_op_duration_seconds_count") > 0.0);
+    assert!(
+        warm.contains("bucketfs_s3_request_duration_seconds_count{class=\"segment\",op=\"get\"}")
+    );
+    let (code, status) = http_get(&addr, "/status");
+    assert_eq!(code, 200);
+    for text in [&warm, &status] {
+        assert!(!text.contains(common::s3::SECRET_KEY) && !text.contains(common::s3::ACCESS_KEY));
+    }
+    let status: bucketfs::status::Status = serde_json::from_str(&status).expect("JSON");
+    assert_eq!(status.bucket.unwrap().url, s3.url("db"));
+    assert_eq!(http_get(&addr, "/nope").0, 404);
+
+    // And for a person.
+    let out = Command::new(common::BIN)
+        .args(["status", "--cache-dir"])
+        .arg(&m.cache)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "bucket",
+        "epoch",
+        "rpo",
+        "dirty",
+        "cache",
+        "hit rate",
+        "object store",
+    ] {
+        assert!(text.contains(word), "status lacks {word:?}:\n{text}");
+    }
+    assert!(!text.contains(common::s3::SECRET_KEY), "{text}");
+    assert!(m.stop().success());
+}
+
+#[test]
+fn postgres_answers_correctly_from_a_cache_far_smaller_than_its_tables() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let sockets = dir.path().join("run");
+    let mut args = vec![
+        "--allow-other",
+        "--uid",
+        "postgres",
+        "--gid",
+        "postgres",
+        "--cache-size",
+        "16M",
+        "--max-dirty",
+        "32M",
+        "--checkpoint-interval",
+        "1s",
+    ];
+    let m = start(dir.path(), "a", &s3, &args);
+    Postgres::initdb(&m.mnt);
+    // shared_buffers smaller than the cache: reads reach bucketfs.
+    let pg = Postgres::start(&m.mnt, &sockets, 54_351, &["shared_buffers=8MB"]);
+    // Scale 8: about 120 MiB of tables and indexes, over seven times the cache.
+    run_ok(pg.tool("pgbench").args(["-i", "-s", "8", "-q", "postgres"]));
+    run_ok(
+        pg.tool("pgbench")
+            .args(["-c", "2", "-t", "300", "postgres"])
+            .stdout(Stdio::null()),
+    );
+    let check = |pg: &Postgres| {
+        assert_eq!(
+            pg.query_one("SELECT count(*) FROM pgbench_accounts"),
+            "800000"
+        );
+        // Every transaction adds the same delta to an account and to the history.
+        assert_eq!(
+            pg.query_one("SELECT sum(abalance) FROM pgbench_accounts"),
+            pg.query_one("SELECT sum(delta) FROM pgbench_history")
+        );
+        assert_eq!(pg.query_one("SELECT count(*) FROM pgbench_history"), "600");
+        run_ok(
+            pg.tool("pg_amcheck")
+                .args(["--all", "--install-missing", "--heapallindexed"]),
+        );
+    };
+    check(&pg);
+    let s = m.status();
+    let cache = s.cache.expect("bounded");
+    assert!(
+        s.fs.evicted_bytes > 64 * MIB,
+        "the tables did not go through the cache: {:?}",
+        s.fs
+    );
+    // du of the cache dir: the bound, plus what is dirty, plus metadata (RocksDB).
+    let meta = disk_usage(&m.cache.join("meta"));
+    let used = disk_usage(&m.cache);
+    assert!(
+        used <= cache.capacity_bytes + s.fs.dirty_bytes + meta + 8 * MIB,
+        "cache dir uses {used} bytes: bound {} + dirty {} + metadata {meta}",
+        cache.capacity_bytes,
+        s.fs.dirty_bytes
+    );
+    assert!(
+        data_usage(&m) < 64 * MIB,
+        "cache files use {}",
+        data_usage(&m)
+    );
+    pg.stop();
+    assert!(m.stop().success());
+
+    // Again on a new machine, through the same small cache.
+    args.retain(|a| *a != "--max-dirty" && *a != "32M");
+    let m = start(dir.path(), "b", &s3, &args);
+    let pg = Postgres::start(&m.mnt, &sockets, 54_352, &["shared_buffers=8MB"]);
+    check(&pg);
+    assert!(
+        data_usage(&m) < 64 * MIB,
+        "cache files use {}",
+        data_usage(&m)
+    );
+    pg.stop();
+    assert!(m.stop().success());
+}
