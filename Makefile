@@ -23,3 +23,17 @@ fmt:
 bench-pgbench:    ## pgbench TPC-B on the local disk vs bucketfs (vs bindfs), one run
 	cargo build --locked
 	benches/pgbench_vs_local.sh
+
+.PHONY: bench-fio bench-select bench-rss
+
+bench-fio:        ## fio on the local disk vs bucketfs (working set in the cache dir), one run
+	cargo build --locked
+	benches/fio_vs_local.sh
+
+bench-select:     ## pgbench -S on a database 4x bucketfs's --cache-size vs the local disk
+	cargo build --locked
+	benches/pgbench_select_small_cache.sh
+
+bench-rss:        ## peak RSS of bucketfs (--cache-size 10G) while writing, reading, restoring
+	cargo build --locked
+	benches/peak_rss.sh

@@ -11,6 +11,8 @@ packages=(
   bindfs           # plain FUSE passthrough, the benchmark's point of comparison
   util-linux       # runuser, fallocate
   strace           # benches/fuse_requests_per_commit.sh
+  prometheus       # promtool: tests check /metrics with `promtool check metrics`
+  fio              # benches/fio_vs_local.sh
 )
 
 sudo=""
@@ -26,10 +28,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Debian starts a default cluster with the package; the tests run their own servers.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresql 2>/dev/null; then
-  $sudo systemctl stop postgresql || true
-fi
+# Debian starts a default cluster (and a Prometheus server) with the packages; the tests run
+# their own servers and need neither.
+for service in postgresql prometheus; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    $sudo systemctl stop "$service" || true
+  fi
+done
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found. Install Rust with rustup (https://rustup.rs), then run this again." >&2

@@ -10,6 +10,11 @@ use bucketfs::config::{Cli, Command, Compression, Durability, LogFormat, MountAr
 use bucketfs::mount::{self, MountSettings};
 
 fn main() -> ExitCode {
+    // Checkpoints allocate and free page runs of up to 256 KiB by the thousand; glibc keeps
+    // freed heap of that size resident for good (about 1 GB after a large checkpoint, see
+    // BENCHMARKS.md). Buffers from 128 KiB up get mappings of their own, returned on free.
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match &cli.command {

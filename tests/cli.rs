@@ -307,4 +307,60 @@ fn options_that_cannot_work_together_or_parse_are_refused_before_mounting() {
     let (code, err) = mount_with(&["--bucket", "ftp://somewhere/x"]);
     assert_eq!(code, Some(1), "{err}");
     assert_mentions(&err, &["s3://NAME/PREFIX", "file:///PATH"]);
+
+    // Without a bucket the cache dir is the only copy: nothing may be evicted.
+    let (code, err) = mount_with(&["--cache-size", "1G"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_mentions(&err, &["--cache-size", "bucket"]);
+
+    let (code, err) = mount_with(&["--bucket", "file:///nonexistent", "--cache-size", "1M"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_mentions(&err, &["--cache-size", "at least 16M"]);
+
+    let (code, err) = mount_with(&["--max-dirty", "1M"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_mentions(&err, &["--max-dirty", "at least 16M"]);
+
+    // The endpoint has no authentication: loopback only.
+    let (code, err) = mount_with(&["--metrics-addr", "0.0.0.0:9187"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_mentions(&err, &["--metrics-addr", "loopback"]);
+
+    let (code, err) = mount_with(&["--metrics-addr", "localhost"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_mentions(&err, &["--metrics-addr", "ADDR:PORT", "off"]);
+}
+
+#[test]
+fn a_metrics_port_in_use_fails_the_mount_and_says_which() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = common::scratch();
+    let mnt = dir.path().join("m");
+    fs::create_dir(&mnt).unwrap();
+    let out = Command::new(BIN)
+        .args(["mount", mnt.to_str().unwrap(), "--cache-dir"])
+        .arg(dir.path().join("c"))
+        .args(["--metrics-addr", &addr])
+        .env_remove("BUCKET_NAME")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bucketfs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_mentions(&err, &["--metrics-addr", &addr, "cannot listen"]);
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn status_without_a_running_mount_says_so() {
+    let dir = common::scratch();
+    let out = Command::new(BIN)
+        .args(["status", "--cache-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run bucketfs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_mentions(&err, &["is a bucketfs mounted on cache dir"]);
 }

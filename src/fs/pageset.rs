@@ -72,13 +72,22 @@ impl PageSet {
         if pages.is_empty() {
             return;
         }
-        // Keep what lies below `pages.start`, then add back what lies at or past `pages.end`.
-        let all = self.ranges.clone();
-        self.truncate(pages.start);
-        for (s, e) in all {
-            let s = s.max(pages.end);
-            if s < e {
-                self.ranges.insert(s, e);
+        // Only the ranges that overlap `pages` change: cut each down to what lies outside.
+        // (Touching only those keeps a checkpoint of a file with many ranges linear.)
+        let overlapping: Vec<(u64, u64)> = self
+            .ranges
+            .range(..pages.end)
+            .rev()
+            .take_while(|(_, &e)| e > pages.start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in overlapping {
+            self.ranges.remove(&s);
+            if s < pages.start {
+                self.ranges.insert(s, pages.start);
+            }
+            if e > pages.end {
+                self.ranges.insert(pages.end, e);
             }
         }
     }

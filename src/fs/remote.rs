@@ -220,7 +220,15 @@ impl Fs {
         pages: Range<u64>,
         readahead: bool,
     ) -> Result<u64> {
-        if pages.is_empty() || inode.state.lock().absent.is_empty() {
+        // A hit needs no fill lock: a fill of other pages of this file (which holds it over a
+        // fetch) must not hold up reads of pages that are here. Nothing makes a present page
+        // absent while the caller holds the io lock (eviction takes it exclusively).
+        if pages.is_empty() || {
+            let st = inode.state.lock();
+            !st.absent
+                .iter()
+                .any(|r| r.start < pages.end && r.end > pages.start)
+        } {
             return Ok(0);
         }
         // Fetch in aligned units (whole runs, which is what a GET returns anyway).
