@@ -203,9 +203,14 @@ const HOT_SET_MAX_CHUNKS: usize = 1 << 18;
 /// to hold up a read of the same file for long.
 const PREWARM_PIECE_CHUNKS: u64 = 4;
 
-/// The hot set as the bucket holds it: the chunks the cache held at a clean stop.
+/// The hot set's format; a reader skips (no prewarm) any other.
+const HOT_SET_VERSION: u32 = 1;
+
+/// The hot set as the bucket holds it: the chunks the cache held at a clean stop. Stored as
+/// JSON sealed with a crc32c line (`cache::seal`).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HotSet {
+    pub version: u32,
     pub epoch: u64,
     pub writer: String,
     pub chunk_pages: u64,
@@ -223,6 +228,7 @@ impl HotSet {
             }
         }
         HotSet {
+            version: HOT_SET_VERSION,
             epoch,
             writer: writer.into(),
             chunk_pages: crate::fs::CHUNK_PAGES,
@@ -264,29 +270,25 @@ impl HotSet {
 /// How the prewarm of a cold start is going.
 #[derive(Debug, Default)]
 pub struct PrewarmProgress {
-    pub started: std::sync::atomic::AtomicBool,
     pub finished: std::sync::atomic::AtomicBool,
     pub stopped: std::sync::atomic::AtomicBool,
     pub chunks_total: std::sync::atomic::AtomicU64,
     pub chunks_done: std::sync::atomic::AtomicU64,
     pub fetched_bytes: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
+    /// Set when the prewarm starts (None: no prewarm on this mount).
     pub started_at: parking_lot::Mutex<Option<std::time::Instant>>,
     pub elapsed_ms: std::sync::atomic::AtomicU64,
 }
 
 impl PrewarmProgress {
     fn status(&self) -> Option<crate::status::PrewarmStatus> {
-        if !self.started.load(Ordering::Acquire) {
-            return None;
-        }
+        let started = (*self.started_at.lock())?;
         let finished = self.finished.load(Ordering::Acquire);
         let elapsed_ms = if finished {
             self.elapsed_ms.load(Ordering::Acquire)
         } else {
-            self.started_at
-                .lock()
-                .map_or(0, |t| t.elapsed().as_millis() as u64)
+            started.elapsed().as_millis() as u64
         };
         let state = match (finished, self.stopped.load(Ordering::Acquire)) {
             (false, _) => "running",
@@ -435,9 +437,8 @@ impl Prefetch {
 fn prewarm(fs: &Fs, hot: &HotSet, stop: &AtomicBool, progress: &PrewarmProgress) {
     let pieces = hot.pieces();
     let started = std::time::Instant::now();
-    *progress.started_at.lock() = Some(started);
     progress.chunks_total.store(hot.chunks(), Ordering::Release);
-    progress.started.store(true, Ordering::Release);
+    *progress.started_at.lock() = Some(started);
     info!(
         chunks = hot.chunks(),
         epoch = hot.epoch,
@@ -488,13 +489,21 @@ fn prewarm(fs: &Fs, hot: &HotSet, stop: &AtomicBool, progress: &PrewarmProgress)
 /// The hot set recorded in the bucket, if there is one and it reads back. A missing or
 /// unreadable one only means no prewarm.
 fn read_hot_set(store: &dyn ObjectStore, rt: &tokio::runtime::Handle) -> Option<HotSet> {
+    let parse = |bytes: &[u8]| -> Result<HotSet, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+        let body = crate::cache::unseal(text)?;
+        serde_json::from_str(body).map_err(|e| e.to_string())
+    };
     match rt.block_on(store.get(HOT_SET_KEY, None)) {
-        Ok(bytes) => match serde_json::from_slice::<HotSet>(&bytes) {
-            Ok(h) if h.chunk_pages == crate::fs::CHUNK_PAGES => Some(h),
+        Ok(bytes) => match parse(&bytes) {
+            Ok(h) if h.version == HOT_SET_VERSION && h.chunk_pages == crate::fs::CHUNK_PAGES => {
+                Some(h)
+            }
             Ok(h) => {
                 warn!(
+                    version = h.version,
                     chunk_pages = h.chunk_pages,
-                    "hot set recorded with another chunk size; no prewarm"
+                    "hot set of another format or chunk size; no prewarm"
                 );
                 None
             }
@@ -799,7 +808,8 @@ impl Writing {
     fn record_hot_set(&self) {
         let epoch = self.checkpointer.view().read().epoch;
         let hot = HotSet::of(&self.fs, epoch, self.checkpointer.writer());
-        let body = serde_json::to_vec(&hot).expect("a plain struct serializes");
+        let body =
+            crate::cache::seal(&serde_json::to_string(&hot).expect("a plain struct serializes"));
         let len = body.len();
         match self.rt.block_on(self.store.put(
             HOT_SET_KEY,
@@ -816,5 +826,40 @@ impl Writing {
                 warn!(error = %e, "could not record the hot set; the next cold start has no prewarm")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hot_set_is_fetched_in_runs_of_at_most_four_chunks() {
+        let hot = HotSet {
+            version: HOT_SET_VERSION,
+            chunk_pages: 32,
+            files: vec![(7, vec![0, 1, 2, 3, 4, 5, 9]), (8, vec![2])],
+            ..HotSet::default()
+        };
+        assert_eq!(hot.chunks(), 8);
+        assert_eq!(
+            hot.pieces(),
+            vec![
+                (7, 0..128, 4),
+                (7, 128..192, 2),
+                (7, 288..320, 1),
+                (8, 64..96, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_damaged_hot_set_is_refused() {
+        let body = serde_json::to_string(&HotSet::default()).unwrap();
+        let sealed = crate::cache::seal(&body);
+        assert_eq!(crate::cache::unseal(&sealed), Ok(body.as_str()));
+        let damaged = sealed.replacen("\"epoch\":0", "\"epoch\":9", 1);
+        assert_ne!(damaged, sealed);
+        assert!(crate::cache::unseal(&damaged).is_err());
     }
 }

@@ -200,17 +200,7 @@ fn read_marker(path: &Path) -> Result<Option<FormatMarker>, CacheError> {
         path: path.to_owned(),
         why,
     };
-    let (body, crc_line) = text
-        .trim_end()
-        .rsplit_once('\n')
-        .ok_or_else(|| corrupt("missing crc line".into()))?;
-    let crc = crc_line
-        .strip_prefix("crc32c=")
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| corrupt("malformed crc line".into()))?;
-    if crc32c::crc32c(body.as_bytes()) != crc {
-        return Err(corrupt("checksum mismatch".into()));
-    }
+    let body = unseal(&text).map_err(corrupt)?;
     let marker: FormatMarker =
         serde_json::from_str(body).map_err(|e| corrupt(format!("bad json: {e}")))?;
     if marker.magic != MAGIC {
@@ -230,7 +220,7 @@ fn write_marker(root: &Path, page_size: u64) -> Result<(), CacheError> {
             .unwrap_or(0),
     };
     let body = serde_json::to_string_pretty(&marker).expect("a plain struct serializes");
-    let text = format!("{body}\ncrc32c={:08x}\n", crc32c::crc32c(body.as_bytes()));
+    let text = seal(&body);
     let tmp = root.join(format!("{FORMAT_FILE}.tmp"));
     let path = root.join(FORMAT_FILE);
     let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
@@ -241,6 +231,28 @@ fn write_marker(root: &Path, page_size: u64) -> Result<(), CacheError> {
     File::open(root)
         .and_then(|d| d.sync_all())
         .map_err(io_err("sync", root))
+}
+
+/// A small text record with its checksum: `body`, then a line `crc32c=XXXXXXXX`. For the
+/// cache dir's format marker and the bucket's hot set.
+pub fn seal(body: &str) -> String {
+    format!("{body}\ncrc32c={:08x}\n", crc32c::crc32c(body.as_bytes()))
+}
+
+/// The body of a record `seal` wrote, once its checksum matches.
+pub fn unseal(text: &str) -> Result<&str, String> {
+    let (body, crc_line) = text
+        .trim_end()
+        .rsplit_once('\n')
+        .ok_or("missing crc line")?;
+    let crc = crc_line
+        .strip_prefix("crc32c=")
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or("malformed crc line")?;
+    if crc32c::crc32c(body.as_bytes()) != crc {
+        return Err("checksum mismatch".into());
+    }
+    Ok(body)
 }
 
 fn take_lock(root: &Path) -> Result<File, CacheError> {

@@ -687,7 +687,7 @@ impl Checkpointer {
                 // The dirty-bytes trigger waits out the interval after a failure, so that an
                 // outage is not hammered every tick.
                 let early =
-                    !failed && self.fs.dirty_pages() * PAGE_SIZE >= self.settings.dirty_trigger;
+                    !failed && self.fs.unsafe_pages() * PAGE_SIZE >= self.settings.dirty_trigger;
                 if !*wanted && !early && last.elapsed() < self.settings.interval {
                     continue;
                 }

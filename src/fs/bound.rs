@@ -143,7 +143,8 @@ impl Fs {
         self.pressure.max_pages.load(Ordering::Acquire) * PAGE_SIZE
     }
 
-    /// Pages that are dirty or being uploaded: what is not yet safe in the bucket.
+    /// Pages that are dirty or being uploaded: what is not yet safe in the bucket (what
+    /// `--max-dirty` and `--checkpoint-dirty` measure; an upper bound on bytes / 8 KiB).
     pub fn unsafe_pages(&self) -> u64 {
         self.unsafe_pages.load(Ordering::Acquire)
     }
@@ -234,23 +235,10 @@ impl Fs {
         if self.bound.set(bound.clone()).is_err() {
             return Err(super::FsError::Invalid("the cache is bounded once"));
         }
-        let mut seeded = 0u64;
-        for inode in self.inode_snapshot().values() {
-            let st = inode.state.lock();
-            if st.attr.kind != FileKind::File {
-                continue;
-            }
-            let size = st.attr.size;
-            let size_pages = size.div_ceil(PAGE_SIZE);
-            for chunk in 0..size.div_ceil(CHUNK_BYTES) {
-                let pages = chunk * CHUNK_PAGES..((chunk + 1) * CHUNK_PAGES).min(size_pages);
-                if !covers(&st.absent, &pages) {
-                    bound
-                        .chunks
-                        .insert((st.attr.ino, chunk), chunk_weight(chunk, size));
-                    seeded += 1;
-                }
-            }
+        let present = self.present_chunks();
+        let seeded = present.len();
+        for (key, weight) in present {
+            bound.chunks.insert(key, weight);
         }
         bound.chunks.run_pending_tasks();
         info!(
@@ -282,45 +270,38 @@ impl Fs {
             .clone();
         let mut batch = Vec::new();
         loop {
+            let mut stopping = false;
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(key) => {
                     batch.push(key);
                     batch.extend(rx.try_iter().take(EVICT_BATCH));
-                    if self.fetcher.get().is_none() {
-                        // The bucket is not attached yet (the cache is bounded before, so that
-                        // a restore's prefetch is counted): keep the keys until it is.
-                        continue;
-                    }
-                    if let Err(e) = self.evict(&bound, &batch) {
-                        // The chunks stay cached: over the bound, but never wrong.
-                        warn!(error = %e, chunks = batch.len(), "eviction failed");
-                    }
-                    batch.clear();
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     // moka evicts during its housekeeping, which requests drive; an idle
                     // mount still gets down to its bound.
                     bound.chunks.run_pending_tasks();
-                    if !batch.is_empty() && self.fetcher.get().is_some() {
-                        if let Err(e) = self.evict(&bound, &batch) {
-                            warn!(error = %e, chunks = batch.len(), "eviction failed");
-                        }
-                        batch.clear();
-                    }
-                    if stop.load(Ordering::Acquire) {
-                        return;
-                    }
+                    stopping = stop.load(Ordering::Acquire);
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            // Until the bucket is attached (the cache is bounded before, so that a restore's
+            // prefetch is counted) nothing could be fetched back: keep the keys.
+            if !batch.is_empty() && self.fetcher.get().is_some() {
+                if let Err(e) = self.evict(&bound, &batch) {
+                    // The chunks stay cached: over the bound, but never wrong.
+                    warn!(error = %e, chunks = batch.len(), "eviction failed");
+                }
+                batch.clear();
+            }
+            if stopping {
+                return;
             }
         }
     }
 
     /// Marks the evictable pages of `keys` absent (durably), then punches them out.
     fn evict(&self, bound: &CacheBound, keys: &[Key]) -> Result<()> {
-        let Some(fetcher) = self.fetcher.get() else {
-            return Ok(()); // nothing could fetch them back
-        };
+        let fetcher = self.fetcher.get().expect("the evictor waits for a bucket");
         let mut by_ino: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for &(ino, chunk) in keys {
             // Let in again (a read since) or already handled: keep it.
@@ -353,7 +334,7 @@ impl Fs {
                 let mut keep = PageSet::new();
                 keep.insert(pages.clone());
                 for set in [&st.dirty, &st.pending, &st.absent] {
-                    for r in set.iter() {
+                    for r in set.overlapping(pages.clone()) {
                         keep.remove(r);
                     }
                 }
@@ -383,10 +364,8 @@ impl Fs {
             for r in ranges {
                 // Only what is still absent: a fill or a write since has made the rest
                 // present again, with the right bytes.
-                for r in st.absent.iter().filter_map(|a| {
-                    let (s, e) = (a.start.max(r.start), a.end.min(r.end));
-                    (s < e).then_some(s..e)
-                }) {
+                let still: Vec<Range<u64>> = st.absent.overlapping(r.clone()).collect();
+                for r in still {
                     fallocate_raw(
                         &file,
                         libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
@@ -462,22 +441,30 @@ impl Fs {
             keys.sort_unstable();
             return keys;
         }
-        let mut keys = Vec::new();
+        let mut keys: Vec<Key> = self.present_chunks().into_iter().map(|(k, _)| k).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Every chunk of a regular file with a page in its cache file, and its weight. Files
+    /// the last cut found local-only are left out: the bucket has none of their bytes.
+    fn present_chunks(&self) -> Vec<(Key, u32)> {
+        let mut out = Vec::new();
         for inode in self.inode_snapshot().values() {
             let st = inode.state.lock();
             if st.attr.kind != FileKind::File || st.local_only {
                 continue;
             }
-            let size_pages = st.attr.size.div_ceil(PAGE_SIZE);
+            let size = st.attr.size;
+            let size_pages = size.div_ceil(PAGE_SIZE);
             for chunk in 0..size_pages.div_ceil(CHUNK_PAGES) {
                 let pages = chunk * CHUNK_PAGES..((chunk + 1) * CHUNK_PAGES).min(size_pages);
-                if !covers(&st.absent, &pages) {
-                    keys.push((st.attr.ino, chunk));
+                if !st.absent.covers(pages) {
+                    out.push(((st.attr.ino, chunk), chunk_weight(chunk, size)));
                 }
             }
         }
-        keys.sort_unstable();
-        keys
+        out
     }
 }
 
@@ -485,10 +472,4 @@ impl Fs {
 fn chunk_weight(chunk: u64, size: u64) -> u32 {
     size.saturating_sub(chunk * CHUNK_BYTES)
         .clamp(1, CHUNK_BYTES) as u32
-}
-
-/// Whether `set` holds every page of `pages`.
-fn covers(set: &PageSet, pages: &Range<u64>) -> bool {
-    set.iter()
-        .any(|r| r.start <= pages.start && r.end >= pages.end)
 }

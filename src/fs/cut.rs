@@ -240,12 +240,6 @@ impl Fs {
         Ok(cleaned)
     }
 
-    /// Dirty pages, and pages a checkpoint is uploading (an upper bound on their bytes: the
-    /// last page of a file may be short).
-    pub fn dirty_pages(&self) -> u64 {
-        self.unsafe_pages()
-    }
-
     /// The inode map as it is now. Lock order is an inode's lock before the map's (creating
     /// a file holds its directory's and then inserts; deleting one holds its own and then
     /// removes), so code that walks the map and locks inodes works on a copy, never while

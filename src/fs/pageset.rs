@@ -10,6 +10,8 @@ use std::ops::Range;
 pub struct PageSet {
     /// start -> end (exclusive); ranges are disjoint and never adjacent.
     ranges: BTreeMap<u64, u64>,
+    /// Pages in all the ranges, kept as they change (the dirty count asks on every cut).
+    pages: u64,
 }
 
 impl PageSet {
@@ -23,7 +25,40 @@ impl PageSet {
 
     /// Number of pages in the set.
     pub fn len(&self) -> u64 {
-        self.ranges.iter().map(|(s, e)| e - s).sum()
+        self.pages
+    }
+
+    /// The parts of the set's ranges that lie within `pages`, in order. Only the ranges that
+    /// overlap are visited, so this stays cheap on a set of many ranges (a file evicted in
+    /// pieces).
+    pub fn overlapping(&self, pages: Range<u64>) -> impl Iterator<Item = Range<u64>> + '_ {
+        // The range that starts at or before `pages.start` may reach into it.
+        let from = self
+            .ranges
+            .range(..=pages.start)
+            .next_back()
+            .map_or(pages.start, |(&s, _)| s);
+        self.ranges
+            .range(from..pages.end.max(from))
+            .filter_map(move |(&s, &e)| {
+                let (s, e) = (s.max(pages.start), e.min(pages.end));
+                (s < e).then_some(s..e)
+            })
+    }
+
+    /// Whether any page of `pages` is in the set.
+    pub fn intersects(&self, pages: Range<u64>) -> bool {
+        self.overlapping(pages).next().is_some()
+    }
+
+    /// Whether every page of `pages` is in the set.
+    pub fn covers(&self, pages: Range<u64>) -> bool {
+        pages.is_empty()
+            || self
+                .ranges
+                .range(..=pages.start)
+                .next_back()
+                .is_some_and(|(_, &e)| e >= pages.end)
     }
 
     pub fn contains(&self, page: u64) -> bool {
@@ -64,6 +99,7 @@ impl PageSet {
             added.push(cursor..pages.end);
         }
         self.ranges.insert(start, end);
+        self.pages += added.iter().map(|r| r.end - r.start).sum::<u64>();
         added
     }
 
@@ -83,6 +119,7 @@ impl PageSet {
             .collect();
         for (s, e) in overlapping {
             self.ranges.remove(&s);
+            self.pages -= e.min(pages.end) - s.max(pages.start);
             if s < pages.start {
                 self.ranges.insert(s, pages.start);
             }
@@ -96,10 +133,13 @@ impl PageSet {
     pub fn truncate(&mut self, from: u64) {
         let tail: Vec<u64> = self.ranges.range(from..).map(|(&s, _)| s).collect();
         for s in tail {
-            self.ranges.remove(&s);
+            if let Some(e) = self.ranges.remove(&s) {
+                self.pages -= e - s;
+            }
         }
         if let Some((_, end)) = self.ranges.range_mut(..from).next_back() {
             if *end > from {
+                self.pages -= *end - from;
                 *end = from;
             }
         }
@@ -157,6 +197,15 @@ mod tests {
                     model.extend(start..start + len);
                 }
                 prop_assert_eq!(set.len(), model.len() as u64);
+                let window = start..start + len + 3;
+                let inside: Vec<u64> = set.overlapping(window.clone()).flatten().collect();
+                let expected: Vec<u64> = model.range(window.clone()).copied().collect();
+                prop_assert_eq!(set.intersects(window.clone()), !expected.is_empty());
+                prop_assert_eq!(
+                    set.covers(window.clone()),
+                    expected.len() as u64 == window.end - window.start
+                );
+                prop_assert_eq!(inside, expected);
                 for p in 0..80 {
                     prop_assert_eq!(set.contains(p), model.contains(&p));
                 }

@@ -13,9 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::pageset::PageSet;
-use super::{
-    Attr, CutDirent, FileKind, Fs, FsError, Inode, InodeState, Result, PAGE_SIZE, ROOT_INO,
-};
+use super::{Attr, CutDirent, FileKind, Fs, FsError, Inode, Result, PAGE_SIZE, ROOT_INO};
 
 const BUCKET_RECORD: &[u8] = b"bucket";
 
@@ -223,12 +221,7 @@ impl Fs {
         // A hit needs no fill lock: a fill of other pages of this file (which holds it over a
         // fetch) must not hold up reads of pages that are here. Nothing makes a present page
         // absent while the caller holds the io lock (eviction takes it exclusively).
-        if pages.is_empty() || {
-            let st = inode.state.lock();
-            !st.absent
-                .iter()
-                .any(|r| r.start < pages.end && r.end > pages.start)
-        } {
+        if pages.is_empty() || !inode.state.lock().absent.intersects(pages.clone()) {
             return Ok(0);
         }
         // Fetch in aligned units (whole runs, which is what a GET returns anyway).
@@ -237,17 +230,7 @@ impl Fs {
         let _fill = inode.fill_lock.lock();
         let (ino, missing) = {
             let mut st = inode.state.lock();
-            let absent_in = |st: &InodeState, pages: &Range<u64>| -> Vec<Range<u64>> {
-                st.absent
-                    .iter()
-                    .filter_map(|r| {
-                        let s = r.start.max(pages.start);
-                        let e = r.end.min(pages.end);
-                        (s < e).then_some(s..e)
-                    })
-                    .collect()
-            };
-            if absent_in(&st, &pages).is_empty() {
+            if !st.absent.intersects(pages.clone()) {
                 return Ok(0); // a hit: no fetch, and no change to the readahead state
             }
             // Readahead: a miss where the last fetch ended is a sequential reader (a scan, a
@@ -265,7 +248,10 @@ impl Fs {
                     .max(pages.end);
                 st.fetch_next = pages.end;
             }
-            (st.attr.ino, absent_in(&st, &pages))
+            (
+                st.attr.ino,
+                st.absent.overlapping(pages.clone()).collect::<Vec<_>>(),
+            )
         };
         let fetcher = self
             .fetcher
