@@ -90,18 +90,8 @@ mkdir -p "$LOGS" "$MNT" "$SCRATCH/bucket"
 MOUNT_PID=""
 SAMPLER_PID=""
 
-mounts_under() {
-  awk -v p="$1" '$5 == p || index($5, p "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r
-}
-is_mountpoint() { awk -v m="$1" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; }
-wait_pid_gone() { # pid seconds
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    kill -0 "$1" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  return 1
-}
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
 cleanup() {
   local rc=$? m
   trap - EXIT INT TERM

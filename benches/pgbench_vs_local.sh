@@ -113,27 +113,14 @@ PG_DATA_RUNNING=""  # data dir of the server currently up, if any
 FUSE_PIDS=()        # FUSE daemons we started (bucketfs, bindfs -f)
 KEEP_SCRATCH=0
 
-# Mount points under $1 (the kernel's view), deepest first.
-mounts_under() {
-  awk -v p="$1" '$5 == p || index($5, p "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r
-}
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
 # Is something mounted at $1 whose source (the field after the fs type) is $2?
 mounted_with_source() {
   awk -v m="$1" -v s="$2" '
     { split($0, halves, " - "); split(halves[1], l, " "); split(halves[2], r, " ")
       if (l[5] == m && r[2] == s) found = 1 }
     END { exit !found }' /proc/self/mountinfo
-}
-is_mountpoint() { awk -v m="$1" '$5 == m { f = 1 } END { exit !f }' /proc/self/mountinfo; }
-
-# Waits up to $2 seconds for pid $1 to exit; 0 if it did.
-wait_pid_gone() {
-  local pid="$1" secs="$2" i
-  for ((i = 0; i < secs * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  return 1
 }
 
 as_pg() { runuser -u postgres -- env HOME=/tmp LC_ALL=C PGHOST="$SOCK" PGUSER=postgres "$@"; }

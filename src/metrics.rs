@@ -189,6 +189,11 @@ pub fn render(status: &Status) -> String {
         cache.used_bytes as i64,
     );
     gauge(
+        "bucketfs_cache_evictions_queued",
+        "Chunks evicted from the cache's accounting and not yet punched out of their files",
+        cache.evictions_queued as i64,
+    );
+    gauge(
         "bucketfs_dirty_bytes",
         "Bytes not yet in the bucket: dirty, or being uploaded",
         fs.dirty_bytes as i64,

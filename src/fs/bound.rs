@@ -60,6 +60,9 @@ type Key = (u64, u64);
 pub struct CacheBound {
     capacity: u64,
     chunks: moka::sync::Cache<Key, u32>,
+    /// Chunks moka has handed to the evictor, and those the evictor has dealt with.
+    queued: Arc<AtomicU64>,
+    handled: AtomicU64,
 }
 
 /// How full the cache is.
@@ -69,6 +72,8 @@ pub struct CacheUsage {
     /// Bytes of the chunks tracked (a chunk counts whole, even where it has holes).
     pub used_bytes: u64,
     pub chunks: u64,
+    /// Chunks evicted by moka that the evictor has not punched out yet.
+    pub evictions_queued: u64,
 }
 
 /// The thread that punches evicted chunks out of cache files.
@@ -220,6 +225,8 @@ impl Fs {
     pub fn bound_cache(self: &Arc<Self>, capacity: u64) -> Result<Evictor> {
         let (tx, rx): (Sender<Key>, Receiver<Key>) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
+        let queued = Arc::new(AtomicU64::new(0));
+        let counted = queued.clone();
         let chunks = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .weigher(|_: &Key, w: &u32| *w)
@@ -227,11 +234,17 @@ impl Fs {
                 // Only evictions for size free space; an invalidation is a file deleted or
                 // cut down, whose bytes are already gone.
                 if cause == RemovalCause::Size {
+                    counted.fetch_add(1, Ordering::AcqRel);
                     let _ = tx.lock().send(*key);
                 }
             })
             .build();
-        let bound = Arc::new(CacheBound { capacity, chunks });
+        let bound = Arc::new(CacheBound {
+            capacity,
+            chunks,
+            queued,
+            handled: AtomicU64::new(0),
+        });
         if self.bound.set(bound.clone()).is_err() {
             return Err(super::FsError::Invalid("the cache is bounded once"));
         }
@@ -291,6 +304,9 @@ impl Fs {
                     // The chunks stay cached: over the bound, but never wrong.
                     warn!(error = %e, chunks = batch.len(), "eviction failed");
                 }
+                bound
+                    .handled
+                    .fetch_add(batch.len() as u64, Ordering::AcqRel);
                 batch.clear();
             }
             if stopping {
@@ -428,6 +444,10 @@ impl Fs {
             capacity_bytes: bound.capacity,
             used_bytes: bound.chunks.weighted_size(),
             chunks: bound.chunks.entry_count(),
+            evictions_queued: bound
+                .queued
+                .load(Ordering::Acquire)
+                .saturating_sub(bound.handled.load(Ordering::Acquire)),
         })
     }
 
