@@ -43,19 +43,6 @@ fn stop_ok(m: Mount) {
     );
 }
 
-fn checkpoint(m: &Mount) {
-    let out = Command::new(common::BIN)
-        .args(["checkpoint", "--cache-dir"])
-        .arg(&m.cache)
-        .output()
-        .expect("run bucketfs checkpoint");
-    assert!(
-        out.status.success(),
-        "checkpoint failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn write_file(path: &Path, bytes: &[u8]) {
     let mut f = fs::File::create(path).unwrap();
     f.write_all(bytes).unwrap();
@@ -105,7 +92,7 @@ fn a_scan_larger_than_the_cache_does_not_flush_the_hot_set() {
     let big = incompressible(64 * MIB as usize, 2);
     write_file(&m.mnt.join("hot"), &hot);
     write_file(&m.mnt.join("big"), &big);
-    checkpoint(&m);
+    m.checkpoint();
     // The hot set: read often.
     for _ in 0..4 {
         assert!(read_uncached(&m.mnt.join("hot")) == hot);
@@ -143,7 +130,7 @@ fn a_restart_after_a_clean_stop_or_kill_9_fetches_nothing_it_holds() {
         let name = format!("r{round}");
         let m = start(dir.path(), &name, &s3, &["--cache-size", "16M"]);
         write_file(&m.mnt.join("f"), &data);
-        checkpoint(&m);
+        m.checkpoint();
         // Read it all through a cache a third its size: part is evicted, part stays.
         assert!(read_uncached(&m.mnt.join("f")) == data);
         // Pages marked absent but not yet punched when we kill would be fetched again (by
@@ -189,17 +176,7 @@ fn a_restart_after_a_clean_stop_or_kill_9_fetches_nothing_it_holds() {
         );
         stop_ok(m);
     }
-    // And the bucket holds a filesystem that checks out.
-    let out = Command::new(common::BIN)
-        .args(["verify", "--bucket", &s3.url("db")])
-        .envs(s3.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s3.assert_verifies("db", "the bucket holds a broken filesystem");
 }
 
 #[test]
@@ -265,7 +242,7 @@ fn a_cold_start_prewarms_the_hot_set_of_the_last_clean_stop() {
     let cold = incompressible(64 * MIB as usize, 6);
     write_file(&m.mnt.join("hot"), &hot);
     write_file(&m.mnt.join("cold"), &cold);
-    checkpoint(&m);
+    m.checkpoint();
     for _ in 0..4 {
         assert!(read_uncached(&m.mnt.join("hot")) == hot);
     }
@@ -364,7 +341,7 @@ fn metrics_parse_as_prometheus_text_and_move_with_the_workload() {
 
     let data = incompressible(4 * MIB as usize, 7);
     write_file(&m.mnt.join("f"), &data);
-    checkpoint(&m);
+    m.checkpoint();
     let (_, second) = http_get(&addr, "/metrics");
     promtool_check(&second);
     assert_eq!(

@@ -27,21 +27,6 @@ fn write_and_fsync(root: &Path, name: &str) -> Result<(), i32> {
     f.sync_all().map_err(|e| e.raw_os_error().unwrap_or(0))
 }
 
-/// `bucketfs verify` of the test prefix: panics with what it found broken, and `why`.
-fn assert_verifies(s3: &S3Server, why: &str) {
-    let verify = Command::new(BIN)
-        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
-        .args(["verify", "--bucket", &s3.url("fence")])
-        .envs(s3.env())
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{why}:\n{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
-}
-
 #[test]
 fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
     let dir = common::scratch();
@@ -54,17 +39,7 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
     );
     write_and_fsync(&a.mnt, "from-a").unwrap();
     // Make sure the bucket has it (a checkpoint now, committed when the command returns).
-    let out = Command::new(BIN)
-        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
-        .args(["checkpoint", "--cache-dir"])
-        .arg(&a.cache)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    a.checkpoint();
     let writer_a = {
         let log = a.log_text();
         let at = log.find("writer=").expect("the log names the writer");
@@ -108,7 +83,7 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
     drop(a); // A is killed: a fenced writer's state is of no use to anyone
     assert!(b.stop().success());
 
-    assert_verifies(&s3, "the bucket is broken after a takeover");
+    s3.assert_verifies("fence", "the bucket is broken after a takeover");
     let c = mount(&dir.path().join("c"), &dir.path().join("cc"), &s3, &[]);
     assert!(c.mnt.join("from-b").exists() && c.mnt.join("from-a").exists());
     assert!(c.stop().success());
@@ -167,20 +142,7 @@ fn a_read_only_mount_serves_a_checkpoint_beside_a_live_writer_and_never_writes()
     );
     let v1 = vec![1u8; 1 << 20];
     fs::write(a.mnt.join("data"), &v1).unwrap();
-    let checkpoint = |m: &Mount| {
-        let out = Command::new(BIN)
-            .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
-            .args(["checkpoint", "--cache-dir"])
-            .arg(&m.cache)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    checkpoint(&a);
+    a.checkpoint();
 
     let puts_before = s3.faults.puts();
     let r = mount(
@@ -205,7 +167,7 @@ fn a_read_only_mount_serves_a_checkpoint_beside_a_live_writer_and_never_writes()
     // The writer is not disturbed, and the read-only mount goes on serving its checkpoint.
     let v2 = vec![2u8; 1 << 20];
     fs::write(a.mnt.join("data"), &v2).unwrap();
-    checkpoint(&a);
+    a.checkpoint();
     assert_eq!(fs::read(r.mnt.join("data")).unwrap(), v1);
     let puts_with_r = s3.faults.puts();
     assert!(r.stop().success());
@@ -246,7 +208,7 @@ fn a_read_only_mount_serves_a_checkpoint_beside_a_live_writer_and_never_writes()
     assert_eq!(fs::read(r2.mnt.join("data")).unwrap(), v2);
     assert!(r2.stop().success());
     assert!(a.stop().success());
-    assert_verifies(&s3, "the bucket is broken after read-only mounts");
+    s3.assert_verifies("fence", "the bucket is broken after read-only mounts");
 }
 
 #[test]
@@ -286,7 +248,10 @@ fn a_commit_whose_answer_was_lost_is_neither_overwritten_nor_a_reason_to_fence()
     write_and_fsync(&a.mnt, "after").expect("the writer fenced itself");
     assert!(a.stop().success());
 
-    assert_verifies(&s3, "a segment of a committed checkpoint was overwritten");
+    s3.assert_verifies(
+        "fence",
+        "a segment of a committed checkpoint was overwritten",
+    );
     let b = mount(&dir.path().join("b"), &dir.path().join("cb"), &s3, &[]);
     assert_eq!(fs::read(b.mnt.join("second")).unwrap(), vec![2u8; 300_000]);
     assert_eq!(fs::read(b.mnt.join("third")).unwrap(), vec![3u8; 200_000]);

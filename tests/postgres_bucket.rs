@@ -92,18 +92,7 @@ fn a_database_restored_from_the_bucket_equals_the_one_checkpointed() {
     amcheck(&pg);
     pg.stop();
     assert!(mount.stop().success());
-    let verify = std::process::Command::new(common::BIN)
-        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
-        .args(["verify", "--bucket", &s3.url("pg")])
-        .envs(s3.env())
-        .output()
-        .expect("run bucketfs verify");
-    assert!(
-        verify.status.success(),
-        "bucketfs verify failed:\n{}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    s3.assert_verifies("pg", "bucketfs verify failed");
 }
 
 #[test]

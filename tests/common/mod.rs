@@ -110,6 +110,20 @@ impl Mount {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// `bucketfs checkpoint` on this mount: a checkpoint committed when it returns.
+    pub fn checkpoint(&self) {
+        let out = Command::new(BIN)
+            .args(["checkpoint", "--cache-dir"])
+            .arg(&self.cache)
+            .output()
+            .expect("run bucketfs checkpoint");
+        assert!(
+            out.status.success(),
+            "bucketfs checkpoint failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// What `bucketfs status --json` says of this mount.
     pub fn status(&self) -> bucketfs::status::Status {
         let out = Command::new(BIN)

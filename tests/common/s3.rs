@@ -247,4 +247,19 @@ impl S3Server {
     pub fn url(&self, prefix: &str) -> String {
         format!("s3://{BUCKET}/{prefix}")
     }
+
+    /// `bucketfs verify` of `prefix`: panics with what it found broken, and `why`.
+    pub fn assert_verifies(&self, prefix: &str, why: &str) {
+        let out = std::process::Command::new(super::BIN)
+            .args(["verify", "--bucket", &self.url(prefix)])
+            .envs(self.env())
+            .output()
+            .expect("run bucketfs verify");
+        assert!(
+            out.status.success(),
+            "{why}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
