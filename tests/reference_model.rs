@@ -15,6 +15,8 @@ use bucketfs::cache::CacheDir;
 use bucketfs::fs::{Caller, FileKind, Fs, FsOptions, RenameMode, SetAttr, PAGE_SIZE, ROOT_INO};
 use proptest::prelude::*;
 
+mod common;
+
 const NAMES: [&str; 3] = ["a", "b", "c"];
 const ROOT: Caller = Caller { uid: 0, gid: 0 };
 /// Offsets stay within a few pages so that runs collide, plus page-straddling lengths.
@@ -655,7 +657,7 @@ fn compare_trees(sut: &Sut, m: &Model) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::proptest_cases(96), ..ProptestConfig::default() })]
 
     #[test]
     fn fs_core_matches_model(ops in prop::collection::vec(op(), 1..80)) {

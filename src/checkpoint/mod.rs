@@ -531,10 +531,12 @@ impl Checkpointer {
         };
         let bytes: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
         let count = segments.len();
+        self.fs.step(crate::fs::Step::CutTaken { epoch: cut.epoch });
         if let Err(e) = self.upload(segments) {
             self.fs.untake(cut);
             return Err(e);
         }
+        self.fs.step(crate::fs::Step::Uploaded { epoch: cut.epoch });
         crate::failpoint::hit("before-manifest-commit");
         let manifest_len = match self.commit(&manifest) {
             Ok(len) => len,

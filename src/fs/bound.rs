@@ -76,6 +76,25 @@ pub struct CacheUsage {
     pub evictions_queued: u64,
 }
 
+/// Evictions run when a test says (see `Fs::bound_cache_stepped`).
+pub struct SteppedEvictor {
+    rx: Receiver<Key>,
+}
+
+impl SteppedEvictor {
+    /// Lets moka apply its bound, then evicts every chunk it gave up. Returns how many.
+    pub fn run(&self, fs: &Fs) -> Result<usize> {
+        let bound = fs.bound.get().expect("bounded when this was made").clone();
+        bound.chunks.run_pending_tasks();
+        let keys: Vec<Key> = self.rx.try_iter().collect();
+        if !keys.is_empty() && fs.fetcher.get().is_some() {
+            fs.evict(&bound, &keys)?;
+        }
+        bound.handled.fetch_add(keys.len() as u64, Ordering::AcqRel);
+        Ok(keys.len())
+    }
+}
+
 /// The thread that punches evicted chunks out of cache files.
 pub struct Evictor {
     stop: Arc<AtomicBool>,
@@ -141,6 +160,11 @@ impl Fs {
             self.dirty_removed(before - after);
         }
         r
+    }
+
+    /// Writers waiting at `--max-dirty` now.
+    pub fn writers_waiting(&self) -> u64 {
+        self.pressure.waiters.load(Ordering::Acquire)
     }
 
     /// `--max-dirty` in bytes (0: none).
@@ -219,10 +243,17 @@ impl Fs {
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// `--cache-size`: bounds the clean bytes the cache dir holds to `capacity` and starts
-    /// the evictor. What the cache dir holds already (a warm restart) is counted first, and
-    /// evicted down to the bound if it is over.
-    pub fn bound_cache(self: &Arc<Self>, capacity: u64) -> Result<Evictor> {
+    /// `--cache-size` without the evictor thread: evictions wait in the returned queue until
+    /// the caller runs them (`SteppedEvictor::run`). For tests that choose when eviction
+    /// happens, so that a failing case replays exactly.
+    pub fn bound_cache_stepped(&self, capacity: u64) -> Result<SteppedEvictor> {
+        Ok(SteppedEvictor {
+            rx: self.bound_cache_queue(capacity)?,
+        })
+    }
+
+    /// Bounds the cache and returns the queue of chunks moka evicts.
+    fn bound_cache_queue(&self, capacity: u64) -> Result<Receiver<Key>> {
         let (tx, rx): (Sender<Key>, Receiver<Key>) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
         let queued = Arc::new(AtomicU64::new(0));
@@ -260,6 +291,14 @@ impl Fs {
             used = bound.chunks.weighted_size(),
             "cache bounded; chunks already cached counted"
         );
+        Ok(rx)
+    }
+
+    /// `--cache-size`: bounds the clean bytes the cache dir holds to `capacity` and starts
+    /// the evictor. What the cache dir holds already (a warm restart) is counted first, and
+    /// evicted down to the bound if it is over.
+    pub fn bound_cache(self: &Arc<Self>, capacity: u64) -> Result<Evictor> {
+        let rx = self.bound_cache_queue(capacity)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (fs, flag) = (self.clone(), stop.clone());
         let thread = std::thread::Builder::new()
@@ -362,6 +401,8 @@ impl Fs {
             }
             if !ranges.is_empty() {
                 drop(st);
+                drop(_io);
+                self.step(super::Step::EvictMarked { ino });
                 marked.push((inode.clone(), ranges));
             }
         }

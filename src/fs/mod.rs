@@ -24,7 +24,7 @@ pub mod pageset;
 mod remote;
 
 pub use attr::{Attr, FileKind};
-pub use bound::{CacheBound, CacheUsage, Evictor, CHUNK_PAGES};
+pub use bound::{CacheBound, CacheUsage, Evictor, SteppedEvictor, CHUNK_PAGES};
 pub use cut::{Cut, CutDirent, PathFilter};
 pub use error::{FsError, Result};
 pub use namespace::RenameMode;
@@ -78,6 +78,26 @@ impl SetAttr {
         self.mode.is_none() && self.uid.is_none() && self.gid.is_none() && self.size.is_none()
     }
 }
+
+/// Points inside background work (eviction, fills, checkpoints) where a test may step in
+/// (see `Fs::set_step_hook`). No lock of the filesystem is held at any of them, so the hook
+/// may call back into it: that is how tests choose the interleavings of background work and
+/// requests, and replay them exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The evictor has marked chunks of `ino` absent and let go of the file; the mark is not
+    /// synced yet and the bytes are not punched out yet.
+    EvictMarked { ino: u64 },
+    /// A fill has fetched pages of `ino` from the bucket and not yet installed them.
+    FillFetched { ino: u64 },
+    /// A checkpoint's cut is taken; nothing of it is uploaded yet.
+    CutTaken { epoch: u64 },
+    /// A checkpoint's segments are uploaded; its manifest is not committed yet.
+    Uploaded { epoch: u64 },
+}
+
+/// What `Fs::set_step_hook` installs.
+pub type StepHook = Box<dyn Fn(&Step) + Send + Sync>;
 
 #[derive(Clone, Copy, Debug)]
 pub enum SetTime {
@@ -199,6 +219,8 @@ pub struct Fs {
     /// `--max-dirty` back-pressure and `--cache-size` eviction.
     pressure: bound::Pressure,
     bound: std::sync::OnceLock<Arc<bound::CacheBound>>,
+    /// Tests only: called at each [`Step`].
+    step_hook: std::sync::OnceLock<StepHook>,
 }
 
 /// Counters since the mount began, for the log at unmount and for metrics.
@@ -273,6 +295,7 @@ impl Fs {
             oldest_pending_ms: AtomicU64::new(0),
             pressure: bound::Pressure::default(),
             bound: std::sync::OnceLock::new(),
+            step_hook: std::sync::OnceLock::new(),
         };
         let mut batch = fs.meta.batch();
         for &ino in &orphans {
@@ -347,6 +370,24 @@ impl Fs {
         self.cache.sync_all_data()?;
         self.meta.sync_to(seq)?;
         Ok(())
+    }
+
+    /// Installs a hook called at every [`Step`] of background work, for tests that choose
+    /// interleavings. Set once; unset, a step costs one load.
+    pub fn set_step_hook(&self, hook: StepHook) {
+        let _ = self.step_hook.set(hook);
+    }
+
+    /// Background work reached `step`.
+    pub(crate) fn step(&self, step: Step) {
+        if let Some(hook) = self.step_hook.get() {
+            hook(&step);
+        }
+    }
+
+    /// Where the bytes of file `ino` live in the cache dir (for tests and diagnostics).
+    pub fn cache_file_path(&self, ino: u64) -> std::path::PathBuf {
+        self.cache.data_path(ino)
     }
 
     pub fn stats(&self) -> &FsStats {

@@ -28,6 +28,9 @@ pub struct FaultPlan {
     hang: watch::Sender<bool>,
     /// The next N `Create` PUTs fail with 412, as if another writer had committed first.
     forced_preconditions: AtomicU32,
+    /// The next N PUTs that succeed answer with a transient error: the object landed, the
+    /// answer was lost on the way back.
+    lost_answers: AtomicU32,
     /// Calls made, by kind.
     puts: AtomicU64,
     gets: AtomicU64,
@@ -43,6 +46,7 @@ impl Default for FaultPlan {
             outage: AtomicBool::new(false),
             hang: watch::channel(false).0,
             forced_preconditions: AtomicU32::new(0),
+            lost_answers: AtomicU32::new(0),
             puts: AtomicU64::new(0),
             gets: AtomicU64::new(0),
             get_bytes: AtomicU64::new(0),
@@ -75,6 +79,9 @@ impl FaultPlan {
     }
     pub fn force_preconditions(&self, n: u32) {
         self.forced_preconditions.store(n, Ordering::SeqCst);
+    }
+    pub fn lose_answers(&self, n: u32) {
+        self.lost_answers.store(n, Ordering::SeqCst);
     }
     pub fn counts(&self) -> Counts {
         Counts {
@@ -138,7 +145,20 @@ impl ObjectStore for FaultyStore {
         {
             return Err(StoreError::PreconditionFailed { key: key.into() });
         }
-        self.inner.put(key, body, mode).await
+        let etag = self.inner.put(key, body, mode).await?;
+        if self
+            .plan
+            .lost_answers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Transient {
+                op: "put",
+                key: key.into(),
+                message: "injected fault: the answer was lost".into(),
+            });
+        }
+        Ok(etag)
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {

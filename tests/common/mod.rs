@@ -1,6 +1,7 @@
 //! Shared harness for tests that run the real `bucketfs` binary on a real FUSE mount.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod engine;
 pub mod pg;
 pub mod s3;
 
@@ -10,6 +11,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bucketfs");
+
+/// `PROPTEST_CASES` if set (`make test-long` sets it), else `default`: the case count of the
+/// model tests.
+pub fn proptest_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

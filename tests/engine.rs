@@ -1,0 +1,588 @@
+//! The whole engine without a mount: the fs core with the checkpointer, the evictor, fills
+//! from the bucket and restore, over a local-directory bucket (behind the fault injector
+//! where a test needs faults). Background work is driven from the test, and where two things
+//! must interleave in one order, the test steps in at a named point of the background work
+//! (`Fs::set_step_hook`), so each case replays exactly.
+//!
+//! "Crash" drops everything without a clean stop, as kill -9 would: what the cache dir holds
+//! is what RocksDB's WAL and the cache files have, and nothing else.
+
+use std::ffi::OsStr;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bucketfs::fs::{Fetcher, FsError, SetAttr, Step, PAGE_SIZE, ROOT_INO};
+
+mod common;
+use common::engine::*;
+
+// Issue 10, finding 1: a cut that fails part-way must not strand the pages it had already
+// moved from dirty to pending: they are uploaded by the next checkpoint, and nothing waits
+// on them forever.
+#[test]
+fn a_cut_that_fails_part_way_leaves_every_page_for_the_next_checkpoint() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    // Many files, so that whichever order the cut visits them in, some come before the one
+    // that fails.
+    let files: Vec<(String, u64, Vec<u8>)> = (0..24)
+        .map(|i| {
+            let name = format!("f{i}");
+            let ino = e.create(&name);
+            let bytes = pattern(i as u8 * 7, 3);
+            e.write(ino, 0, &bytes);
+            (name, ino, bytes)
+        })
+        .collect();
+    // The cache file of one of them cannot be opened (as EMFILE or EIO would do).
+    let broken = files[11].1;
+    let path = e.fs.cache_file_path(broken);
+    let aside = path.with_extension("aside");
+    std::fs::rename(&path, &aside).expect("move cache file aside");
+    std::fs::create_dir(&path).expect("directory in its place");
+    assert!(
+        e.cp.checkpoint(false).is_err(),
+        "the cut cannot read the broken file"
+    );
+    std::fs::remove_dir(&path).expect("remove the directory");
+    std::fs::rename(&aside, &path).expect("put the cache file back");
+    e.checkpoint();
+    assert_eq!(
+        e.fs.unsafe_pages(),
+        0,
+        "every page is in the bucket after a checkpoint that succeeded"
+    );
+    assert_eq!(e.fs.rpo_ms(), 0, "nothing is left out of the bucket");
+    e.crash();
+    let r = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    for (name, _, bytes) in &files {
+        let got = r.read_all(r.ino(name));
+        assert_same(&format!("restored {name}"), &got, bytes);
+    }
+    r.crash();
+}
+
+// Issue 10, finding 1 (what a user sees): writers waiting at `--max-dirty` wake once a
+// checkpoint goes through after one whose cut failed part-way.
+#[test]
+fn writers_at_max_dirty_wake_after_a_failed_cut_and_a_good_checkpoint() {
+    let dirs = Dirs::new();
+    let e = Arc::new(Engine::open(
+        &dirs.cache(0),
+        &dirs.bucket(),
+        Options::default(),
+    ));
+    let files: Vec<u64> = (0..40)
+        .map(|i| {
+            let ino = e.create(&format!("f{i}"));
+            e.write(ino, 0, &pattern(i as u8, 4));
+            ino
+        })
+        .collect();
+    let wal = e.create("wal");
+    e.fs.set_max_dirty(8 * PAGE_SIZE, Box::new(|| {}));
+    let writer = {
+        let e = e.clone();
+        std::thread::spawn(move || e.write(wal, 0, &pattern(200, 1)))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while e.fs.writers_waiting() == 0 {
+        assert!(Instant::now() < deadline, "the writer never waited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let path = e.fs.cache_file_path(files[17]);
+    let aside = path.with_extension("aside");
+    std::fs::rename(&path, &aside).expect("move cache file aside");
+    std::fs::create_dir(&path).expect("directory in its place");
+    assert!(e.cp.checkpoint(false).is_err(), "the cut fails part-way");
+    std::fs::remove_dir(&path).expect("remove the directory");
+    std::fs::rename(&aside, &path).expect("put the cache file back");
+    e.checkpoint();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !writer.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the writer still waits with {} pages not in the bucket",
+            e.fs.unsafe_pages()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    writer.join().expect("writer");
+    Arc::into_inner(e).expect("only handle").crash();
+}
+
+// Issue 10, finding 2: the evictor's absent marks must never outlive a write that made the
+// page present again, or after a crash the page reads as absent and the bucket's older bytes
+// come back over fsync'd ones.
+#[test]
+fn an_eviction_racing_a_write_never_brings_old_bytes_back_after_a_crash() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("data");
+    let chunk_pages = bucketfs::fs::CHUNK_PAGES as usize;
+    e.write(ino, 0, &pattern(1, 2 * chunk_pages));
+    e.checkpoint();
+    // Whatever the evictor marks first, a whole-page write of the entire file lands right
+    // after the mark, before the evictor syncs and punches it.
+    let new = pattern(100, 2 * chunk_pages);
+    let fired = Arc::new(AtomicBool::new(false));
+    {
+        let (fs, new, fired) = (Arc::downgrade(&e.fs), new.clone(), fired.clone());
+        e.fs.set_step_hook(Box::new(move |step| {
+            if let Step::EvictMarked { ino: evicted } = step {
+                if *evicted == ino && !fired.swap(true, Ordering::AcqRel) {
+                    let fs = Weak::upgrade(&fs).expect("fs alive");
+                    fs.write(ino, 0, &new)
+                        .expect("write in the eviction window");
+                    fs.fsync(ino, false).expect("fsync in the eviction window");
+                }
+            }
+        }));
+    }
+    // A cache of one chunk, and a read of two: one of them is evicted.
+    let evictor =
+        e.fs.bound_cache(bucketfs::fs::CHUNK_PAGES * PAGE_SIZE)
+            .expect("bound");
+    e.read_all(ino);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fired.load(Ordering::Acquire) {
+        assert!(
+            Instant::now() < deadline,
+            "no eviction of the file happened"
+        );
+        e.fs.cache_usage();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    evictor.finish();
+    e.crash();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    assert_same("after the crash", &e.read_all(ino), &new);
+    e.checkpoint();
+    e.crash();
+    assert_same("restored", &restored(&dirs, 1, "data"), &new);
+}
+
+// Issue 10, finding 3: a truncation while a checkpoint is in flight. The truncation point a
+// crash recovers must be the lowest one the bucket has not seen, including the one the cut
+// took; otherwise the bucket's older pages come back where the file holds zeros.
+#[test]
+fn a_truncation_during_a_failed_checkpoint_survives_a_crash() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("rel");
+    e.write(ino, 0, &pattern(1, 4));
+    e.checkpoint();
+    // Cut down to one page: the next cut takes that truncation.
+    e.truncate(ino, PAGE_SIZE);
+    {
+        let (fs, plan) = (Arc::downgrade(&e.fs), e.plan.clone());
+        e.fs.set_step_hook(Box::new(move |step| {
+            if let Step::CutTaken { .. } = step {
+                let fs = Weak::upgrade(&fs).expect("fs alive");
+                let set = |size| {
+                    let changes = SetAttr {
+                        size: Some(size),
+                        ..SetAttr::default()
+                    };
+                    fs.setattr(ino, &changes)
+                        .expect("truncate during the checkpoint");
+                };
+                // While it uploads: extend with a hole, cut down again (higher than the cut's
+                // point), and let the upload fail.
+                set(4 * PAGE_SIZE);
+                set(3 * PAGE_SIZE);
+                fs.fsync(ino, false).expect("fsync");
+                plan.set_outage(true);
+            }
+        }));
+    }
+    assert!(
+        e.cp.checkpoint(false).is_err(),
+        "the upload fails in the outage"
+    );
+    e.crash();
+    let mut want = pattern(1, 1);
+    want.resize(3 * PAGE, 0);
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    assert_same("after the crash", &e.read_all(ino), &want);
+    e.checkpoint();
+    e.crash();
+    assert_same("restored", &restored(&dirs, 1, "rel"), &want);
+}
+
+// Issue 10, finding 3 (the other window): a truncation while a checkpoint that succeeds is
+// in flight must leave, after the commit, exactly the newer truncation to be sent, never the
+// one the bucket has already applied over pages uploaded since.
+#[test]
+fn a_truncation_during_a_committed_checkpoint_survives_a_crash() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("rel");
+    e.write(ino, 0, &pattern(1, 4));
+    e.checkpoint();
+    e.truncate(ino, PAGE_SIZE);
+    e.write(ino, 2 * PAGE_SIZE, &pattern(50, 1));
+    {
+        let fs = Arc::downgrade(&e.fs);
+        e.fs.set_step_hook(Box::new(move |step| {
+            if let Step::CutTaken { .. } = step {
+                let fs = Weak::upgrade(&fs).expect("fs alive");
+                for size in [4 * PAGE_SIZE, 3 * PAGE_SIZE] {
+                    let changes = SetAttr {
+                        size: Some(size),
+                        ..SetAttr::default()
+                    };
+                    fs.setattr(ino, &changes)
+                        .expect("truncate during the checkpoint");
+                }
+                fs.fsync(ino, false).expect("fsync");
+            }
+        }));
+    }
+    e.checkpoint();
+    e.crash();
+    let mut want = pattern(1, 1);
+    want.extend_from_slice(&[0; PAGE]);
+    want.extend_from_slice(&pattern(50, 1));
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    assert_same("after the crash", &e.read_all(ino), &want);
+    e.checkpoint();
+    e.crash();
+    assert_same("restored", &restored(&dirs, 1, "rel"), &want);
+}
+
+/// A fetcher whose fetches wait until the test opens the gate.
+struct GatedFetcher {
+    inner: Arc<dyn Fetcher>,
+    open: Mutex<bool>,
+    cv: std::sync::Condvar,
+    waiting: AtomicUsize,
+}
+
+impl GatedFetcher {
+    fn release(&self) {
+        *self.open.lock().expect("gate") = true;
+        self.cv.notify_all();
+    }
+}
+
+impl Fetcher for GatedFetcher {
+    fn fetch(&self, ino: u64, pages: Range<u64>) -> Result<Vec<u8>, String> {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let mut open = self.open.lock().expect("gate");
+        while !*open {
+            open = self.cv.wait(open).expect("gate");
+        }
+        drop(open);
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.inner.fetch(ino, pages)
+    }
+
+    fn holds(&self, ino: u64) -> bool {
+        self.inner.holds(ino)
+    }
+}
+
+// Issue 10, finding 4: a read waiting on the bucket holds nothing that other requests need.
+// A truncate of the same file, a checkpoint's cut and writes to other files all go on while
+// the fetch hangs.
+#[test]
+fn a_hanging_fetch_stalls_no_writer() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let cold = e.create("cold");
+    e.write(cold, 0, &pattern(3, 64));
+    e.create("wal");
+    e.checkpoint();
+    e.crash();
+    let gate: Arc<Mutex<Option<Arc<GatedFetcher>>>> = Arc::default();
+    let slot = gate.clone();
+    let e = Engine::open(
+        &dirs.cache(1),
+        &dirs.bucket(),
+        Options {
+            wrap_fetcher: Some(Box::new(move |inner| {
+                let g = Arc::new(GatedFetcher {
+                    inner,
+                    open: Mutex::new(false),
+                    cv: std::sync::Condvar::new(),
+                    waiting: AtomicUsize::new(0),
+                });
+                *slot.lock().expect("slot") = Some(g.clone());
+                g
+            })),
+            ..Options::default()
+        },
+    );
+    let gate = gate.lock().expect("slot").clone().expect("wrapped");
+    let e = Arc::new(e);
+    let (cold, wal) = (e.ino("cold"), e.ino("wal"));
+    let reader = {
+        let e = e.clone();
+        std::thread::spawn(move || e.fs.read(cold, 0, 8 * PAGE as u32))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gate.waiting.load(Ordering::Acquire) == 0 {
+        assert!(Instant::now() < deadline, "the read never fetched");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // With the fetch hanging: a truncate of the cold file, then a cut, then a write to
+    // another file. Each is started after the one before had time to queue, so that on a
+    // locking order that makes them wait for each other, they do.
+    let done = Arc::new(AtomicUsize::new(0));
+    let spawn = |what: &'static str, f: Box<dyn FnOnce(&Engine) + Send>| {
+        let (e, done) = (e.clone(), done.clone());
+        let t = std::thread::spawn(move || {
+            f(&e);
+            done.fetch_add(1, Ordering::AcqRel);
+            what
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        t
+    };
+    let workers = vec![
+        spawn(
+            "truncate",
+            Box::new(move |e| e.truncate(cold, 16 * PAGE_SIZE)),
+        ),
+        spawn(
+            "cut",
+            Box::new(|e| {
+                let filter = bucketfs::checkpoint::LocalOnly::new(&[]);
+                let cut =
+                    e.fs.cut(&filter, 32, &mut |_, _, _, _| Ok(()))
+                        .expect("cut");
+                e.fs.untake(cut);
+            }),
+        ),
+        spawn(
+            "write",
+            Box::new(move |e| {
+                e.fs.write(wal, 0, &pattern(9, 1)).expect("write");
+                e.fs.fsync(wal, true).expect("fsync");
+            }),
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done.load(Ordering::Acquire) < workers.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let finished = done.load(Ordering::Acquire);
+    gate.release();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let read = reader.join().expect("reader").expect("read");
+    assert_eq!(
+        finished, 3,
+        "a truncate, a cut and a write to another file waited for a fetch from the bucket"
+    );
+    // The read saw the file either before or after the truncate: both are the same bytes.
+    assert_same("read", &read, &pattern(3, 8));
+    assert_same(
+        "after",
+        &e.fs.read(cold, 0, 64 * PAGE as u32).expect("read"),
+        &pattern(3, 16),
+    );
+}
+
+// Issue 10, finding 5: a file renamed out of a `--local-only` path is uploaded whole, also
+// when a crash came between (Postgres writes postgresql.auto.conf as a .tmp and renames it).
+#[test]
+fn a_file_renamed_out_of_a_local_only_path_is_uploaded_whole() {
+    let dirs = Dirs::new();
+    let options = || Options {
+        local_only: vec!["*.tmp".into()],
+        ..Options::default()
+    };
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options());
+    let ino = e.create("postgresql.auto.conf.tmp");
+    let bytes = pattern(42, 2);
+    e.write(ino, 0, &bytes);
+    e.checkpoint();
+    e.crash();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options());
+    e.fs.rename(
+        ROOT_INO,
+        OsStr::new("postgresql.auto.conf.tmp"),
+        ROOT_INO,
+        OsStr::new("postgresql.auto.conf"),
+        bucketfs::fs::RenameMode::Replace,
+    )
+    .expect("rename");
+    e.fs.fsyncdir(ROOT_INO).expect("fsyncdir");
+    e.checkpoint();
+    e.crash();
+    assert_same(
+        "restored",
+        &restored(&dirs, 1, "postgresql.auto.conf"),
+        &bytes,
+    );
+}
+
+// Issue 10, finding 6: a file unlinked while open keeps its bytes until the last close, even
+// once a checkpoint has dropped it from the bucket's latest manifest.
+#[test]
+fn an_unlinked_open_file_keeps_its_bytes_after_a_checkpoint() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("undo");
+    let bytes = pattern(5, 40);
+    e.write(ino, 0, &bytes);
+    e.checkpoint();
+    e.crash();
+    // A new machine: every page is only in the bucket.
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    let ino = e.ino("undo");
+    e.fs.open(ino, libc::O_RDONLY).expect("open");
+    e.fs.unlink(ROOT_INO, OsStr::new("undo")).expect("unlink");
+    e.checkpoint();
+    let got = e.fs.read(ino, 0, bytes.len() as u32).expect("read");
+    assert_same("unlinked, still open", &got, &bytes);
+    e.fs.release(ino).expect("close");
+    e.crash();
+}
+
+/// Descriptors this process holds open on files under `dir`.
+fn open_files_under(dir: &Path) -> usize {
+    let dir = dir.canonicalize().expect("canonical");
+    std::fs::read_dir("/proc/self/fd")
+        .expect("list fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .count()
+}
+
+// Issue 10, finding 7: background work (the cut, fills and prefetch after a restore, the
+// evictor) does not keep cache files open for files nobody has open.
+#[test]
+fn background_work_keeps_no_cache_files_open() {
+    const FILES: usize = 1500;
+    const MOST: usize = 64;
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let dir =
+        e.fs.mkdir(ROOT_INO, OsStr::new("base"), 0o755, ROOT)
+            .expect("mkdir")
+            .ino;
+    for i in 0..FILES {
+        let ino = e.create_in(dir, &format!("{i}"));
+        e.write(ino, 0, &pattern(i as u8, 1));
+    }
+    e.checkpoint();
+    let held = open_files_under(&dirs.cache(0));
+    assert!(
+        held <= MOST,
+        "{held} cache files open after a checkpoint of {FILES} closed files"
+    );
+    e.crash();
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    let evictor = e.fs.bound_cache(64 * PAGE_SIZE).expect("bound");
+    let files = e.fs.small_absent_files(1 << 20);
+    assert_eq!(files.len(), FILES);
+    for ino in files {
+        e.fs.prefetch(ino).expect("prefetch");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while e.fs.cache_usage().expect("bounded").evictions_queued > 0 {
+        assert!(Instant::now() < deadline, "evictions never done");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let held = open_files_under(&dirs.cache(1));
+    assert!(
+        held <= MOST,
+        "{held} cache files open after prefetch and eviction of {FILES} closed files"
+    );
+    evictor.finish();
+    e.crash();
+}
+
+// Issue 10, finding 8: once another writer has taken the bucket over, this mount's fsyncs
+// fail (as its writes do), in the default local durability too: Postgres must not be told
+// that anything is safe on a mount that is no longer the writer.
+#[test]
+fn a_fenced_writer_fails_fsync() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("wal");
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.write(ino, 0, &pattern(1, 1)).expect("write");
+    e.checkpoint();
+    e.fs.write(ino, 0, &pattern(2, 1)).expect("write");
+    // Another machine takes over (it restores into its own cache dir).
+    let other = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    assert!(e.cp.checkpoint(false).is_err(), "the old writer is fenced");
+    assert!(e.fs.is_fenced());
+    match e.fs.fsync(ino, true) {
+        Err(FsError::Fenced) => {}
+        other => panic!("fsync on a fenced mount returned {other:?}"),
+    }
+    match e.fs.fsyncdir(ROOT_INO) {
+        Err(FsError::Fenced) => {}
+        other => panic!("fsyncdir on a fenced mount returned {other:?}"),
+    }
+    e.fs.release(ino).expect("close");
+    other.crash();
+    e.crash();
+}
+
+// Issue 10, finding 9: a manifest whose numbers overflow (crafted, or damaged and given a
+// matching checksum) is an error naming its key, never a panic.
+#[test]
+fn a_manifest_with_overflowing_numbers_is_refused_by_key() {
+    use bucketfs::manifest::segment::{Codec, RunLocation};
+    use bucketfs::manifest::{Extent, Manifest};
+    let run = |first_page: u64, pages: u32, offset: u64, stored_len: u32| RunLocation {
+        ino: 5,
+        first_page,
+        pages,
+        offset,
+        stored_len,
+        codec: Codec::Raw,
+        crc: 0,
+    };
+    let cases = [
+        (
+            "run past the last page",
+            run(u64::MAX - 2, 8, 16, 8192),
+            0,
+            8,
+        ),
+        (
+            "extent past the last page",
+            run(0, 8, 16, 8192),
+            u64::MAX - 1,
+            4,
+        ),
+        (
+            "run past the object's end",
+            run(0, 1, u64::MAX - 10, 8192),
+            0,
+            1,
+        ),
+    ];
+    for (what, loc, first, pages) in cases {
+        let m = Manifest {
+            epoch: 3,
+            parent: Some(2),
+            page_size: PAGE_SIZE as u32,
+            extents: vec![Extent {
+                segment: "segments/x.seg".into(),
+                run: loc,
+                first_page: if first == 0 { loc.first_page } else { first },
+                pages,
+            }],
+            ..Manifest::default()
+        };
+        let key = "manifests/00000000000000000003";
+        let r = std::panic::catch_unwind(|| Manifest::decode(&m.encode(), key));
+        match r {
+            Ok(Err(e)) => assert!(e.to_string().contains(key), "{what}: {e}"),
+            Ok(Ok(_)) => panic!("{what}: decoded as a valid manifest"),
+            Err(_) => panic!("{what}: decoding panicked"),
+        }
+    }
+}
