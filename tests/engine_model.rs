@@ -297,7 +297,7 @@ impl Sut {
 
 /// Runs `ops` and checks every step against the model.
 fn check(ops: &[Op]) {
-    let mut sut = Sut::open(Dirs::new(), 0);
+    let mut sut = Sut::open(Dirs::in_memory(), 0);
     let mut files: Image = (0..FILES).map(|f| (f, Vec::new())).collect();
     // The first checkpoint (of the empty files) is committed at open.
     let mut committed = files.clone();

@@ -26,6 +26,9 @@ const CF_META: &str = "meta";
 const CF_TRUNCS: &str = "truncs";
 /// (ino, page) -> (): pages whose bytes are in the bucket but not (yet) in the cache file.
 const CF_ABSENT: &str = "absent";
+/// ino -> (): files whose dirty marks a cut dropped because it found them only under
+/// `--local-only` paths; if one leaves them, all of it is dirty again.
+const CF_LOCAL_ONLY: &str = "local_only";
 const KEY_NEXT_INO: &[u8] = b"next_ino";
 const KEY_EPOCH: &[u8] = b"epoch";
 
@@ -61,6 +64,7 @@ pub struct Loaded {
     pub dirty: Vec<(u64, PageSet)>,
     pub truncs: Vec<(u64, u64)>,
     pub absent: Vec<(u64, PageSet)>,
+    pub local_only: Vec<u64>,
     pub next_ino: Option<u64>,
     pub epoch: Option<u64>,
 }
@@ -84,7 +88,13 @@ impl MetaStore {
         opts.set_keep_log_file_num(2);
         opts.set_max_log_file_size(1 << 20);
         let cfs = [
-            CF_INODES, CF_DIRENTS, CF_DIRTY, CF_META, CF_TRUNCS, CF_ABSENT,
+            CF_INODES,
+            CF_DIRENTS,
+            CF_DIRTY,
+            CF_META,
+            CF_TRUNCS,
+            CF_ABSENT,
+            CF_LOCAL_ONLY,
         ]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
@@ -225,11 +235,23 @@ impl MetaStore {
             let keep = u64::from_le_bytes(v.as_ref().try_into().map_err(|_| bad())?);
             truncs.push((ino, keep));
         }
+        let mut local_only = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_LOCAL_ONLY), IteratorMode::Start)
+        {
+            let (k, _) = item.map_err(db_err("load local-only marks"))?;
+            local_only.push(be_u64(&k).ok_or(MetaError::BadRecord {
+                cf: CF_LOCAL_ONLY,
+                why: "key is not 8 bytes",
+            })?);
+        }
         Ok(Loaded {
             inodes,
             dirty,
             truncs,
             absent,
+            local_only,
             next_ino: self.get_meta_u64(KEY_NEXT_INO)?,
             epoch: self.get_meta_u64(KEY_EPOCH)?,
         })
@@ -311,6 +333,7 @@ impl MetaBatch<'_> {
         self.batch
             .delete_cf(self.store.cf(CF_INODES), ino.to_be_bytes());
         self.delete_trunc(ino);
+        self.delete_local_only(ino);
         self.delete_absent(ino, 0..u64::MAX);
         self.delete_dirty_from(ino, 0);
     }
@@ -344,6 +367,18 @@ impl MetaBatch<'_> {
             ino.to_be_bytes(),
             keep_pages.to_le_bytes(),
         );
+    }
+
+    /// Records that a cut dropped the dirty marks of file `ino`, found only under
+    /// `--local-only` paths.
+    pub fn put_local_only(&mut self, ino: u64) {
+        self.batch
+            .put_cf(self.store.cf(CF_LOCAL_ONLY), ino.to_be_bytes(), []);
+    }
+
+    pub fn delete_local_only(&mut self, ino: u64) {
+        self.batch
+            .delete_cf(self.store.cf(CF_LOCAL_ONLY), ino.to_be_bytes());
     }
 
     pub fn delete_trunc(&mut self, ino: u64) {

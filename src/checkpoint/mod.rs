@@ -263,9 +263,13 @@ fn check_format(bytes: &[u8]) -> Result<(), CheckpointError> {
 
 /// The namespace and pages of a view, for installing into an empty cache dir.
 pub fn restore_of(view: &View) -> Restore {
+    // Files unlinked while open on the writer stay in its checkpoints, nameless, until their
+    // last close; a restore has no use for them.
+    let live = |ino: &u64| view.inodes.get(ino).is_some_and(|a| a.nlink > 0);
     let pages = view
         .extents
         .iter()
+        .filter(|(ino, _)| live(ino))
         .map(|(ino, map)| {
             let mut set = crate::fs::pageset::PageSet::new();
             for (&s, (e, _)) in map {
@@ -277,7 +281,12 @@ pub fn restore_of(view: &View) -> Restore {
     Restore {
         epoch: view.epoch,
         next_ino: view.next_ino,
-        inodes: view.inodes.values().cloned().collect(),
+        inodes: view
+            .inodes
+            .values()
+            .filter(|a| a.nlink > 0)
+            .cloned()
+            .collect(),
         dirents: view
             .dirents
             .iter()

@@ -365,13 +365,13 @@ impl Fs {
             }
         }
         let mut marked: Vec<(Arc<Inode>, Vec<Range<u64>>)> = Vec::new();
-        let mut batch = self.meta.batch();
+        let mut seq = 0;
         for (ino, chunks) in by_ino {
             let Ok(inode) = self.inode(ino) else { continue };
             if !fetcher.holds(ino) {
                 continue;
             }
-            let _io = inode.io.write();
+            let io = inode.io.write();
             let mut st = inode.state.lock();
             if st.attr.kind != FileKind::File || st.local_only {
                 continue;
@@ -393,23 +393,36 @@ impl Fs {
                         keep.remove(r);
                     }
                 }
-                for r in keep.iter() {
-                    st.absent.insert(r.clone());
-                    batch.put_absent(ino, r.clone());
-                    ranges.push(r);
-                }
+                ranges.extend(keep.iter());
             }
-            if !ranges.is_empty() {
-                drop(st);
-                drop(_io);
-                self.step(super::Step::EvictMarked { ino });
-                marked.push((inode.clone(), ranges));
+            if ranges.is_empty() {
+                continue;
             }
+            // The marks are written while the file is still ours: a fill or a write that
+            // makes these pages present again comes after, and its delete of the mark is
+            // the later one in RocksDB. (Written later, the mark would outlive it, and a
+            // crash would bring the bucket's older bytes back over the newer ones.)
+            let mut batch = self.meta.batch();
+            for r in &ranges {
+                batch.put_absent(ino, r.clone());
+            }
+            seq = self.meta.commit(batch)?;
+            for r in &ranges {
+                st.absent.insert(r.clone());
+            }
+            // Pages newly absent: a fill that fetched before this must not install its
+            // bytes (the bucket may have newer ones by now).
+            st.absent_gen += 1;
+            drop(st);
+            drop(io);
+            self.step(super::Step::EvictMarked { ino });
+            marked.push((inode.clone(), ranges));
         }
         if marked.is_empty() {
             return Ok(());
         }
-        let seq = self.meta.commit(batch)?;
+        // Synced before any byte is punched: a crash in between leaves pages marked absent
+        // whose bytes are still there (fetched again), never pages that are neither.
         self.meta.sync_to(seq)?;
         let mut pages = 0;
         for (inode, ranges) in &marked {
@@ -432,6 +445,8 @@ impl Fs {
                     pages += r.end - r.start;
                 }
             }
+            drop(file);
+            self.close_if_unused(&mut st);
         }
         self.stats.evictions.fetch_add(
             marked.iter().map(|(_, r)| r.len() as u64).sum(),

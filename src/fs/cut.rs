@@ -7,7 +7,7 @@
 //! cache, bounded by `--max-dirty`, and it makes "uploads read exactly the cut's bytes" true by
 //! construction. docs/checkpoints.md says when to revisit this.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::pageset::PageSet;
-use super::{Attr, FileKind, Fs, FsError, Inode, Result, PAGE_SIZE, ROOT_INO};
+use super::{Attr, FileKind, Fs, FsError, Inode, InodeState, Result, PAGE_SIZE, ROOT_INO};
 
 /// One directory entry in a cut.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,13 +69,60 @@ impl Fs {
             next_ino: self.next_ino.load(Ordering::Acquire),
             ..Cut::default()
         };
-        // Walk the tree from the root so that local-only paths (and all below them) are left
-        // out; inodes are reached through their names, hard links included once.
-        let mut seen = std::collections::HashSet::new();
-        let mut local_only = std::collections::HashSet::new();
+        let inodes = self.inode_snapshot();
+        let (seen, local_only) = self.walk(filter, &inodes, &mut cut)?;
+        // Local-only files are never uploaded, so nothing of theirs waits to be: forget
+        // their dirty pages (a file with another, uploaded name is uploaded all the same).
+        // That they were dropped is recorded: should the file leave its local-only path
+        // (renamed or linked out), all of it is uploaded then.
+        let mut batch = self.meta.batch();
+        for ino in local_only.difference(&seen) {
+            if let Some(inode) = inodes.get(ino) {
+                let mut st = inode.state.lock();
+                if !st.local_only {
+                    st.local_only = true;
+                    batch.put_local_only(*ino);
+                }
+                if !st.dirty.is_empty() {
+                    self.recount(&mut st, |st| st.dirty = PageSet::new());
+                    batch.delete_dirty_from(*ino, 0);
+                }
+            }
+        }
+        self.meta.commit(batch)?;
+        self.rpo_cut();
+        // From here on the cut moves pages from dirty to pending: if it fails part-way, every
+        // move is undone, so that nothing taken is left stranded as neither dirty nor sent.
+        match self.take(&seen, &inodes, max_run_pages, sink, &mut cut) {
+            Ok(()) => {}
+            Err(e) => {
+                self.untake(cut);
+                return Err(e);
+            }
+        }
+        let mut batch = self.meta.batch();
+        batch.put_epoch(epoch + 1);
+        if let Err(e) = self.meta.commit(batch) {
+            self.untake(cut);
+            return Err(e.into());
+        }
+        self.epoch.store(epoch + 1, Ordering::Release);
+        Ok(cut)
+    }
+
+    /// Walks the tree from the root, recording the namespace in `cut`, and returns the inodes
+    /// it reaches (hard links once, plus files unlinked while still open) and those reached
+    /// only under `--local-only` paths (which are left out, with all below them).
+    fn walk(
+        &self,
+        filter: &dyn PathFilter,
+        inodes: &HashMap<u64, Arc<Inode>>,
+        cut: &mut Cut,
+    ) -> Result<(HashSet<u64>, HashSet<u64>)> {
+        let mut seen = HashSet::new();
+        let mut local_only = HashSet::new();
         let mut stack: Vec<(u64, Vec<u8>, bool)> = vec![(ROOT_INO, Vec::new(), false)];
         seen.insert(ROOT_INO);
-        let inodes = self.inode_snapshot();
         while let Some((dir, path, excluded)) = stack.pop() {
             for d in self.meta.list_dir(dir)? {
                 let mut child = path.clone();
@@ -101,28 +148,38 @@ impl Fs {
                 }
             }
         }
-        // Local-only files are never uploaded, so nothing of theirs waits to be: forget
-        // their dirty pages (a file with another, uploaded name is uploaded all the same).
-        let mut batch = self.meta.batch();
-        for ino in local_only.difference(&seen) {
-            if let Some(inode) = inodes.get(ino) {
-                let mut st = inode.state.lock();
-                st.local_only = true;
-                if !st.dirty.is_empty() {
-                    self.recount(&mut st, |st| st.dirty = PageSet::new());
-                    batch.delete_dirty_from(*ino, 0);
-                }
+        // A file unlinked while open keeps its bytes until the last close: it stays in the
+        // bucket's image, nameless, so that its pages that are only in the bucket can still
+        // be fetched. A restore leaves it out; the first cut after its last close drops it.
+        for (ino, inode) in inodes {
+            let st = inode.state.lock();
+            if st.attr.nlink == 0 && st.attr.kind == FileKind::File && !st.local_only {
+                seen.insert(*ino);
             }
         }
-        self.meta.commit(batch)?;
-        self.rpo_cut();
+        Ok((seen, local_only))
+    }
+
+    /// Moves the dirty pages of `seen` to pending and hands their bytes to `sink`, recording
+    /// what it took in `cut` as it goes (so that `untake` can undo a part-way failure).
+    fn take(
+        &self,
+        seen: &HashSet<u64>,
+        inodes: &HashMap<u64, Arc<Inode>>,
+        max_run_pages: u32,
+        sink: &mut RunSink<'_>,
+        cut: &mut Cut,
+    ) -> Result<()> {
+        let epoch = cut.epoch;
         let mut buf = Vec::new();
-        for &ino in &seen {
+        for &ino in seen {
             let Some(inode) = inodes.get(&ino) else {
                 return Err(FsError::Invalid("directory entry names a missing inode"));
             };
             let mut st = inode.state.lock();
-            st.local_only = false;
+            if st.local_only {
+                self.leave_local_only(&mut st, epoch)?;
+            }
             cut.inodes.push(st.attr.clone());
             if let Some(keep) = st.trunc.take() {
                 cut.truncations.push((ino, keep));
@@ -136,6 +193,7 @@ impl Fs {
             for r in taken.iter() {
                 st.pending.insert(r);
             }
+            let taken = cut.taken.entry(ino).or_insert(taken);
             let size = st.attr.size;
             let file = self.cache_file(&mut st, false)?;
             for range in taken.iter() {
@@ -154,17 +212,39 @@ impl Fs {
                     first += pages;
                 }
             }
-            cut.taken.insert(ino, taken);
+            self.close_if_unused(&mut st);
         }
+        Ok(())
+    }
+
+    /// A file the last cut found only under local-only paths is reachable again: the bucket
+    /// has none of the changes made to it since (their dirty marks were dropped), so every
+    /// page it holds is dirty again, durably.
+    fn leave_local_only(&self, st: &mut InodeState, epoch: u64) -> Result<()> {
+        let ino = st.attr.ino;
         let mut batch = self.meta.batch();
-        batch.put_epoch(epoch + 1);
+        let mut all = PageSet::new();
+        all.insert(0..st.attr.size.div_ceil(PAGE_SIZE));
+        // Pages still absent are the bucket's own bytes, untouched since.
+        for r in st.absent.iter() {
+            all.remove(r);
+        }
+        for r in all.iter() {
+            batch.put_dirty(ino, r, epoch);
+        }
+        batch.delete_local_only(ino);
         self.meta.commit(batch)?;
-        self.epoch.store(epoch + 1, Ordering::Release);
-        Ok(cut)
+        self.recount(st, |st| {
+            for r in all.iter() {
+                st.dirty.insert(r);
+            }
+        });
+        st.local_only = false;
+        Ok(())
     }
 
     /// The checkpoint that uploaded `taken` failed: those pages are dirty again (RocksDB still
-    /// says so; this puts memory back in step).
+    /// says so; this puts memory back in step), and so are its truncations.
     pub fn untake(&self, cut: Cut) {
         let inodes = self.inode_snapshot();
         for (ino, keep) in cut.truncations {
@@ -178,10 +258,14 @@ impl Fs {
             if let Some(inode) = inodes.get(&ino) {
                 let mut st = inode.state.lock();
                 self.recount(&mut st, |st| {
-                    let size_pages = st.attr.size.div_ceil(PAGE_SIZE);
+                    // Only what is still pending: pages truncated away since are gone from
+                    // RocksDB's dirty marks too, and must not come back in memory alone.
                     for r in pages.iter() {
-                        st.pending.remove(r.clone());
-                        st.dirty.insert(r.start..r.end.min(size_pages));
+                        let still: Vec<_> = st.pending.overlapping(r.clone()).collect();
+                        for r in still {
+                            st.pending.remove(r.clone());
+                            st.dirty.insert(r);
+                        }
                     }
                 });
             }
@@ -197,11 +281,14 @@ impl Fs {
             if let Some(inode) = inodes.get(ino) {
                 let mut st = inode.state.lock();
                 st.trunc_pending = None;
-                if st.trunc.is_none() {
-                    let mut batch = self.meta.batch();
-                    batch.delete_trunc(*ino);
-                    self.meta.commit(batch)?;
+                // The bucket has the cut's truncation now; what a crash must recover is only
+                // the one made since, if any.
+                let mut batch = self.meta.batch();
+                match st.trunc {
+                    None => batch.delete_trunc(*ino),
+                    Some(keep) => batch.put_trunc(*ino, keep),
                 }
+                self.meta.commit(batch)?;
             }
         }
         let taken = &cut.taken;

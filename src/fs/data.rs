@@ -14,6 +14,22 @@ use std::time::SystemTime;
 
 use super::{Attr, FileKind, Fs, FsError, InodeState, Result, SetAttr, MAX_FILE_SIZE, PAGE_SIZE};
 
+/// How often a request fetches pages that an eviction takes again before it can use them,
+/// before it gives up (a cache far too small for the work in flight).
+const MAX_FILL_ATTEMPTS: usize = 16;
+
+fn evicted_while_filling() -> FsError {
+    FsError::Fetch("pages were evicted again as fast as they were fetched; --cache-size is too small for the reads in flight".into())
+}
+
+/// The pages a read of `size` bytes at `offset` of a file of `file_size` bytes touches.
+fn read_pages(offset: u64, size: u32, file_size: u64) -> std::ops::Range<u64> {
+    if offset >= file_size {
+        return 0..0;
+    }
+    pages(offset, offset + (file_size - offset).min(u64::from(size)))
+}
+
 /// The pages that bytes `[start, end)` touch.
 fn pages(start: u64, end: u64) -> std::ops::Range<u64> {
     if end <= start {
@@ -81,44 +97,56 @@ impl Fs {
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let inode = self.inode(ino)?;
-        let _io = inode.io.read();
-        let file_size = {
-            let st = inode.state.lock();
-            if st.attr.kind == FileKind::Dir {
-                return Err(FsError::IsDir);
+        let mut missed = false;
+        for _ in 0..MAX_FILL_ATTEMPTS {
+            let wanted = {
+                let st = inode.state.lock();
+                if st.attr.kind == FileKind::Dir {
+                    return Err(FsError::IsDir);
+                }
+                read_pages(offset, size, st.attr.size)
+            };
+            // With no lock held (see `fill_absent`).
+            missed |= self.fill_absent(&inode, wanted, true)? > 0;
+            let _io = inode.io.read();
+            let (file, file_size, wanted) = {
+                let mut st = inode.state.lock();
+                let wanted = read_pages(offset, size, st.attr.size);
+                if st.absent.intersects(wanted.clone()) {
+                    continue; // evicted again before we got here: fetch again
+                }
+                (self.cache_file(&mut st, false)?, st.attr.size, wanted)
+            };
+            if offset >= file_size {
+                return Ok(Vec::new());
             }
-            st.attr.size
-        };
-        if offset >= file_size {
-            return Ok(Vec::new());
-        }
-        let len = (file_size - offset).min(u64::from(size)) as usize;
-        let wanted = pages(offset, offset + len as u64);
-        let fetched = self.fill_absent(&inode, wanted.clone(), true)?;
-        if fetched > 0 {
-            self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .read_hit_bytes
-                .fetch_add(len as u64, Ordering::Relaxed);
-        }
-        self.touch(ino, wanted, file_size);
-        let file = self.cache_file(&mut inode.state.lock(), false)?;
-        let mut buf = vec![0u8; len];
-        if let Some(file) = file {
-            let mut done = 0;
-            while done < len {
-                match file.read_at(&mut buf[done..], offset + done as u64) {
-                    // Past the cache file's end the file is a hole: the zeros already in `buf`.
-                    Ok(0) => break,
-                    Ok(n) => done += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(FsError::io("read cache file")(e)),
+            let len = (file_size - offset).min(u64::from(size)) as usize;
+            if missed {
+                self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats.read_hits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .read_hit_bytes
+                    .fetch_add(len as u64, Ordering::Relaxed);
+            }
+            self.touch(ino, wanted, file_size);
+            let mut buf = vec![0u8; len];
+            if let Some(file) = file {
+                let mut done = 0;
+                while done < len {
+                    match file.read_at(&mut buf[done..], offset + done as u64) {
+                        // Past the cache file's end the file is a hole: the zeros already in
+                        // `buf`.
+                        Ok(0) => break,
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(FsError::io("read cache file")(e)),
+                    }
                 }
             }
+            return Ok(buf);
         }
-        Ok(buf)
+        Err(evicted_while_filling())
     }
 
     pub fn write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
@@ -128,15 +156,16 @@ impl Fs {
             .ok_or(FsError::TooLarge(offset))?;
         let inode = self.inode(ino)?;
         self.throttle();
-        let _gate = self.enter()?;
-        let _io = inode.io.read();
         // A page only partly overwritten needs its old bytes first, if they are only in the
         // bucket; whole pages are simply replaced.
-        for edge in [offset / PAGE_SIZE, end.saturating_sub(1) / PAGE_SIZE] {
-            if !offset.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) {
-                self.fill_absent(&inode, edge..edge + 1, false)?;
-            }
+        let mut partial = Vec::new();
+        if !offset.is_multiple_of(PAGE_SIZE) {
+            partial.push(offset / PAGE_SIZE);
         }
+        if !end.is_multiple_of(PAGE_SIZE) {
+            partial.push(end / PAGE_SIZE);
+        }
+        let (_gate, _io) = self.enter_with_pages(&inode, |_| partial.clone(), |i| i.io.read())?;
         let (file, has_absent) = {
             let mut st = inode.state.lock();
             if st.attr.kind != FileKind::File {
@@ -147,12 +176,12 @@ impl Fs {
                 .expect("cache_file with create returns a file");
             (file, !st.absent.is_empty())
         };
-        // A fill of this file (a read's, or the prefetch) may be fetching these pages right
-        // now; it must not write the bucket's older bytes over ours. Fills hold the fill lock
-        // from choosing their pages to writing them, so hold it over our cache write and the
-        // clearing of their absent marks (taken after the state lock is released: fills take
-        // the two the other way round). A file with nothing absent needs none of this, and
-        // nothing becomes absent again.
+        // A fill of this file (a read's, or the prefetch) may have fetched these pages and be
+        // about to install them; it must not write the bucket's older bytes over ours. Fills
+        // choose the pages still absent and write them under the fill lock, so hold it over
+        // our cache write and the clearing of their absent marks. While we hold the io lock
+        // nothing becomes absent (eviction takes it exclusively): a file with nothing absent
+        // needs none of this.
         let _fill = has_absent.then(|| inode.fill_lock.lock());
         file.write_all_at(data, offset)
             .map_err(FsError::io("write cache file"))?;
@@ -194,16 +223,23 @@ impl Fs {
 
     pub fn setattr(&self, ino: u64, changes: &SetAttr) -> Result<Attr> {
         let inode = self.inode(ino)?;
-        let _gate = self.enter()?;
-        let _io = changes.size.map(|_| inode.io.write());
-        if let Some(size) = changes.size {
+        let (_gate, _io) = match changes.size {
             // The page the new end falls in keeps its head and becomes dirty: its old bytes
             // must be here first.
-            let edge = size.min(inode.state.lock().attr.size);
-            if edge % PAGE_SIZE != 0 {
-                self.fill_absent(&inode, edge / PAGE_SIZE..edge / PAGE_SIZE + 1, false)?;
+            Some(size) => {
+                let edge = |st: &InodeState| {
+                    let edge = size.min(st.attr.size);
+                    (edge % PAGE_SIZE != 0).then_some(edge / PAGE_SIZE)
+                };
+                let (gate, io) = self.enter_with_pages(
+                    &inode,
+                    |st| edge(st).into_iter().collect(),
+                    |i| i.io.write(),
+                )?;
+                (gate, Some(io))
             }
-        }
+            None => (self.enter()?, None),
+        };
         let mut st = inode.state.lock();
         let saved = st.attr.clone();
         let now = SystemTime::now();
@@ -277,7 +313,9 @@ impl Fs {
             batch.delete_absent(ino, keep..u64::MAX);
             let lowest = st.trunc.map_or(keep, |t| t.min(keep));
             st.trunc = Some(lowest);
-            batch.put_trunc(ino, lowest);
+            // What a crash recovers must also cover the truncation a checkpoint in flight
+            // took: if that checkpoint never commits, the bucket has not seen it either.
+            batch.put_trunc(ino, st.trunc_pending.map_or(lowest, |p| p.min(lowest)));
         }
         let epoch = self.epoch.load(Ordering::Relaxed);
         let edge = if size < old { size } else { old };
@@ -306,14 +344,22 @@ impl Fs {
             return Err(FsError::NotSupported("fallocate mode"));
         }
         let inode = self.inode(ino)?;
-        let _gate = self.enter()?;
-        let _io = inode.io.write();
-        // Punched pages become dirty zeros and partly punched ones keep some old bytes:
-        // bring any that are only in the bucket here first.
-        if mode == PUNCH {
-            let size = inode.state.lock().attr.size;
-            self.fill_absent(&inode, pages(offset, end.min(size)), false)?;
-        }
+        // Punched pages become dirty zeros; the (at most two) pages punched only in part keep
+        // some old bytes: bring those here first if they are only in the bucket.
+        let edges = |st: &InodeState| {
+            let size = st.attr.size;
+            let mut edges = Vec::new();
+            if mode == PUNCH {
+                if !offset.is_multiple_of(PAGE_SIZE) && offset < size {
+                    edges.push(offset / PAGE_SIZE);
+                }
+                if !end.is_multiple_of(PAGE_SIZE) && end < size {
+                    edges.push(end / PAGE_SIZE);
+                }
+            }
+            edges
+        };
+        let (_gate, _io) = self.enter_with_pages(&inode, edges, |i| i.io.write())?;
         let mut st = inode.state.lock();
         if st.attr.kind != FileKind::File {
             return Err(FsError::NotSupported("fallocate of a non-file"));
@@ -327,7 +373,13 @@ impl Fs {
             };
             fallocate_raw(&file, mode, offset, length)?;
             let epoch = self.epoch.load(Ordering::Relaxed);
-            for range in st.dirty.insert(pages(offset, end.min(size))) {
+            let punched = pages(offset, end.min(size));
+            // Pages wholly punched that were only in the bucket are zeros now, not absent.
+            if st.absent.intersects(punched.clone()) {
+                st.absent.remove(punched.clone());
+                batch.delete_absent(ino, punched.clone());
+            }
+            for range in st.dirty.insert(punched) {
                 self.dirty_added(range.end - range.start);
                 batch.put_dirty(ino, range, epoch);
             }
@@ -398,6 +450,9 @@ impl Fs {
     /// metadata (the RocksDB WAL, group-committed). `datasync` skips times held in memory.
     pub fn fsync(&self, ino: u64, datasync: bool) -> Result<()> {
         let inode = self.inode(ino)?;
+        // Once another writer holds the bucket, nothing this mount does is durable in the
+        // sense Postgres means: it must stop (DESIGN section 3, fencing).
+        self.refuse_if_fenced()?;
         let needed = {
             let st = inode.state.lock();
             (st.synced_gen < st.write_gen).then_some(st.write_gen)
@@ -461,6 +516,45 @@ impl Fs {
         }
         st.file = Some(file.clone());
         Ok(Some(file))
+    }
+
+    /// Takes the gate (shared) and the inode's io lock (`lock`), once the pages `needed`
+    /// names are present in the cache file: those only in the bucket are fetched first, with
+    /// no lock held, so that a slow fetch holds up no other request (a cut waits for the
+    /// gate, and every writer behind it). `needed` is asked again under the locks, where an
+    /// eviction in between means fetching again.
+    fn enter_with_pages<'a, G>(
+        &'a self,
+        inode: &'a super::Inode,
+        needed: impl Fn(&InodeState) -> Vec<u64>,
+        lock: impl Fn(&'a super::Inode) -> G,
+    ) -> Result<(parking_lot::RwLockReadGuard<'a, ()>, G)> {
+        for _ in 0..MAX_FILL_ATTEMPTS {
+            let pages = needed(&inode.state.lock());
+            for &page in &pages {
+                self.fill_absent(inode, page..page + 1, false)?;
+            }
+            let gate = self.enter()?;
+            let io = lock(inode);
+            let st = inode.state.lock();
+            if needed(&st)
+                .into_iter()
+                .all(|page| !st.absent.contains(page))
+            {
+                drop(st);
+                return Ok((gate, io));
+            }
+        }
+        Err(evicted_while_filling())
+    }
+
+    /// Background work (a cut, a fill, an eviction) opened the cache file of an inode nobody
+    /// has open: close it again, so that the descriptors held stay bounded by the files the
+    /// kernel has open, however many files the background work visits.
+    pub(super) fn close_if_unused(&self, st: &mut InodeState) {
+        if st.open_count == 0 {
+            st.file = None;
+        }
     }
 
     fn sync_cache_file_dir(&self, ino: u64) -> Result<()> {

@@ -151,8 +151,14 @@ struct InodeState {
     /// Pages whose bytes are in the bucket but not in the cache file (after a restore, or
     /// evicted).
     absent: PageSet,
-    /// The last cut found this file only under `--local-only` paths: the bucket never holds
-    /// its bytes, so none of them may be evicted.
+    /// Bumped whenever pages become absent (eviction): a fill that fetched before then may
+    /// hold bytes older than the bucket's, and installs nothing.
+    absent_gen: u64,
+    /// Absent pages a fill is fetching now; other fills of them wait for it (`fill_cv`).
+    fetching: PageSet,
+    /// The last cut found this file only under `--local-only` paths and dropped its dirty
+    /// marks (persisted): the bucket lacks its changes, so none of its bytes may be evicted,
+    /// and the cut that finds it outside them again takes the whole file.
     local_only: bool,
     /// The lowest page count the file was truncated to since the last cut, if it shrank.
     trunc: Option<u64>,
@@ -186,8 +192,12 @@ struct Inode {
     state: Mutex<InodeState>,
     /// Held by the one thread running fdatasync for this inode (group commit).
     sync_lock: Mutex<()>,
-    /// Held while absent pages of this inode are fetched, so each is fetched once.
+    /// Held while a fill installs fetched pages, and by a write to a file with absent
+    /// pages from its cache write to clearing their marks: whichever comes second sees what
+    /// the other did. Never held across a fetch.
     fill_lock: Mutex<()>,
+    /// Signalled when a fill of this inode ends (see `InodeState::fetching`).
+    fill_cv: parking_lot::Condvar,
 }
 
 pub struct Fs {
@@ -254,6 +264,7 @@ impl Fs {
         let mut dirty: HashMap<u64, PageSet> = loaded.dirty.into_iter().collect();
         let truncs: HashMap<u64, u64> = loaded.truncs.into_iter().collect();
         let mut absent: HashMap<u64, PageSet> = loaded.absent.into_iter().collect();
+        let local_only: std::collections::HashSet<u64> = loaded.local_only.into_iter().collect();
         let mut map = HashMap::with_capacity(loaded.inodes.len());
         let mut max_ino = ROOT_INO;
         let mut dirty_total = 0;
@@ -272,6 +283,7 @@ impl Fs {
                 let mut st = inode.state.lock();
                 st.trunc = truncs.get(&ino).copied();
                 st.absent = absent.remove(&ino).unwrap_or_default();
+                st.local_only = local_only.contains(&ino);
             }
             map.insert(ino, Arc::new(inode));
         }
@@ -476,6 +488,7 @@ impl Fs {
     /// so this syncs it up to now.
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         self.require_dir(ino)?;
+        self.refuse_if_fenced()?;
         self.meta.sync_to(self.meta.latest_seq())?;
         self.wait_remote()
     }
@@ -536,10 +549,16 @@ impl Fs {
     /// The gate, shared, for an operation that changes the filesystem; refused once fenced.
     fn enter(&self) -> Result<RwLockReadGuard<'_, ()>> {
         let gate = self.gate.read();
+        self.refuse_if_fenced()?;
+        Ok(gate)
+    }
+
+    /// Changes and fsyncs fail once another writer has taken the bucket over.
+    fn refuse_if_fenced(&self) -> Result<()> {
         if self.fenced.load(Ordering::Acquire) {
             return Err(FsError::Fenced);
         }
-        Ok(gate)
+        Ok(())
     }
 
     fn inode(&self, ino: u64) -> Result<Arc<Inode>> {
@@ -604,6 +623,8 @@ impl Inode {
                 dirty,
                 pending: PageSet::new(),
                 absent: PageSet::new(),
+                absent_gen: 0,
+                fetching: PageSet::new(),
                 local_only: false,
                 trunc: None,
                 trunc_pending: None,
@@ -619,6 +640,7 @@ impl Inode {
             }),
             sync_lock: Mutex::new(()),
             fill_lock: Mutex::new(()),
+            fill_cv: parking_lot::Condvar::new(),
         }
     }
 }

@@ -181,7 +181,6 @@ impl Fs {
     /// Fetches every absent page of file `ino` into the cache, as reads would.
     pub fn prefetch(&self, ino: u64) -> Result<()> {
         let inode = self.inode(ino)?;
-        let _io = inode.io.read();
         let size = inode.state.lock().attr.size;
         self.fill_absent(&inode, 0..size.div_ceil(PAGE_SIZE), false)?;
         self.touch(ino, 0..size.div_ceil(PAGE_SIZE), size);
@@ -194,7 +193,6 @@ impl Fs {
         let Ok(inode) = self.inode(ino) else {
             return Ok(0);
         };
-        let _io = inode.io.read();
         let size = inode.state.lock().attr.size;
         let pages = pages.start..pages.end.min(size.div_ceil(PAGE_SIZE));
         if pages.is_empty() {
@@ -205,33 +203,46 @@ impl Fs {
         Ok(fetched)
     }
 
-    /// Fetches whichever of `pages` are absent into the cache file. The caller holds the
-    /// inode's io lock (shared or exclusive); fills of one inode are serialised by
-    /// `fill_lock` so a page is fetched once.
+    /// Fetches whichever of `pages` are absent and installs them in the cache file.
     ///
-    /// `readahead` is for reads only: a fill on a write path runs inside the gate, where a
-    /// large fetch would hold up a cut and, behind it, every writer. Returns the bytes
-    /// fetched (0: all of `pages` were here).
+    /// The caller holds no lock of the inode and not the gate: a fetch is a network call
+    /// that can take minutes in an S3 stall, and nothing other requests need may wait on it
+    /// (DESIGN section 1). The bytes are installed afterwards under the inode's locks, only
+    /// into pages still absent, and only if no page has become absent since the fetch began
+    /// (an eviction: the bucket may hold newer bytes by then, and the caller fills again).
+    /// Pages another fill is fetching are waited for, not fetched twice.
+    ///
+    /// When it returns the pages have been present; an eviction may take them again before
+    /// the caller locks the inode, so callers check under their locks and fill again if need
+    /// be (`enter_with_pages`, `read`). `readahead` (reads only) widens a sequential
+    /// reader's fetches. Returns the bytes fetched (0: all of `pages` were here).
     pub(super) fn fill_absent(
         &self,
         inode: &Inode,
         pages: Range<u64>,
         readahead: bool,
     ) -> Result<u64> {
-        // A hit needs no fill lock: a fill of other pages of this file (which holds it over a
-        // fetch) must not hold up reads of pages that are here. Nothing makes a present page
-        // absent while the caller holds the io lock (eviction takes it exclusively).
         if pages.is_empty() || !inode.state.lock().absent.intersects(pages.clone()) {
             return Ok(0);
         }
+        let fetcher = self
+            .fetcher
+            .get()
+            .ok_or_else(|| FsError::Fetch("no bucket attached to fetch absent pages".into()))?
+            .clone();
         // Fetch in aligned units (whole runs, which is what a GET returns anyway).
         let mut pages =
             pages.start / FETCH_PAGES * FETCH_PAGES..pages.end.div_ceil(FETCH_PAGES) * FETCH_PAGES;
-        let _fill = inode.fill_lock.lock();
-        let (ino, missing) = {
+        let (ino, missing, gen) = {
             let mut st = inode.state.lock();
-            if !st.absent.intersects(pages.clone()) {
-                return Ok(0); // a hit: no fetch, and no change to the readahead state
+            loop {
+                if !st.absent.intersects(pages.clone()) {
+                    return Ok(0); // a hit: no fetch, and no change to the readahead state
+                }
+                if !st.fetching.intersects(pages.clone()) {
+                    break;
+                }
+                inode.fill_cv.wait(&mut st);
             }
             // Readahead: a miss where the last fetch ended is a sequential reader (a scan, a
             // WAL replay); double its window each time, up to 4 MiB, so a scan of a cold table
@@ -248,45 +259,99 @@ impl Fs {
                     .max(pages.end);
                 st.fetch_next = pages.end;
             }
-            (
-                st.attr.ino,
-                st.absent.overlapping(pages.clone()).collect::<Vec<_>>(),
-            )
-        };
-        let fetcher = self
-            .fetcher
-            .get()
-            .ok_or_else(|| FsError::Fetch("no bucket attached to fetch absent pages".into()))?
-            .clone();
-        let mut fetched = 0;
-        for r in missing {
-            let bytes = fetcher.fetch(ino, r.clone()).map_err(FsError::Fetch)?;
-            let mut st = inode.state.lock();
-            let file = self
-                .cache_file(&mut st, true)?
-                .expect("cache_file with create returns a file");
-            // Never write past the file's end (it may have shrunk while we fetched).
-            let end = (r.end * PAGE_SIZE).min(st.attr.size);
-            let start = r.start * PAGE_SIZE;
-            if end > start {
-                let len = ((end - start) as usize).min(bytes.len());
-                file.write_all_at(&bytes[..len], start)
-                    .map_err(FsError::io("fill cache file"))?;
-                // The absent mark may go only once the bytes are on disk: a machine crash
-                // must not leave a page that is neither absent nor in the cache file.
-                file.sync_data()
-                    .map_err(FsError::io("sync filled cache file"))?;
+            let mut missing = PageSet::new();
+            for r in st.absent.overlapping(pages.clone()) {
+                missing.insert(r);
             }
-            st.absent.remove(r.clone());
-            let mut batch = self.meta.batch();
-            batch.delete_absent(ino, r);
-            st.meta_seq = self.meta.commit(batch)?;
-            st.write_gen += 1;
+            // The readahead may reach pages another fill is fetching: leave those to it.
+            for r in st.fetching.overlapping(pages.clone()) {
+                missing.remove(r);
+            }
+            let missing: Vec<Range<u64>> = missing.iter().collect();
+            for r in &missing {
+                st.fetching.insert(r.clone());
+            }
+            (st.attr.ino, missing, st.absent_gen)
+        };
+        let _in_flight = InFlight {
+            inode,
+            ranges: &missing,
+        };
+        let mut fetched = 0;
+        for r in &missing {
+            let bytes = fetcher.fetch(ino, r.clone()).map_err(FsError::Fetch)?;
+            self.step(super::Step::FillFetched { ino });
+            self.install_fetched(inode, r.clone(), &bytes, gen)?;
             fetched += bytes.len() as u64;
         }
         self.stats
             .fetched_bytes
             .fetch_add(fetched, Ordering::Relaxed);
         Ok(fetched)
+    }
+
+    /// Writes fetched pages `r` (`bytes`) into the cache file, where they are still absent
+    /// and no page has become absent since `gen`.
+    fn install_fetched(&self, inode: &Inode, r: Range<u64>, bytes: &[u8], gen: u64) -> Result<()> {
+        // The io lock keeps truncations and evictions out, the fill lock writers that
+        // replace absent pages: while both are held, which pages are absent cannot change.
+        let _io = inode.io.read();
+        let _fill = inode.fill_lock.lock();
+        let (file, still, size) = {
+            let mut st = inode.state.lock();
+            if st.absent_gen != gen {
+                return Ok(());
+            }
+            let still: Vec<Range<u64>> = st.absent.overlapping(r.clone()).collect();
+            if still.is_empty() {
+                return Ok(());
+            }
+            let file = self
+                .cache_file(&mut st, true)?
+                .expect("cache_file with create returns a file");
+            (file, still, st.attr.size)
+        };
+        for s in &still {
+            // Never write past the file's end (it may have grown and shrunk since the fetch).
+            let start = s.start * PAGE_SIZE;
+            let end = (s.end * PAGE_SIZE).min(size);
+            if end > start {
+                let from = ((s.start - r.start) * PAGE_SIZE) as usize;
+                let len = ((end - start) as usize).min(bytes.len().saturating_sub(from));
+                file.write_all_at(&bytes[from..from + len], start)
+                    .map_err(FsError::io("fill cache file"))?;
+            }
+        }
+        // The absent mark may go only once the bytes are on disk: a machine crash must not
+        // leave a page that is neither absent nor in the cache file.
+        file.sync_data()
+            .map_err(FsError::io("sync filled cache file"))?;
+        drop(file);
+        let mut st = inode.state.lock();
+        let mut batch = self.meta.batch();
+        for s in &still {
+            st.absent.remove(s.clone());
+            batch.delete_absent(st.attr.ino, s.clone());
+        }
+        st.meta_seq = self.meta.commit(batch)?;
+        st.write_gen += 1;
+        self.close_if_unused(&mut st);
+        Ok(())
+    }
+}
+
+/// Pages a fill is fetching; when it ends (done or failed), other fills may take them.
+struct InFlight<'a> {
+    inode: &'a Inode,
+    ranges: &'a [Range<u64>],
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut st = self.inode.state.lock();
+        for r in self.ranges {
+            st.fetching.remove(r.clone());
+        }
+        self.inode.fill_cv.notify_all();
     }
 }

@@ -25,6 +25,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::fs::attr::{Attr, FileKind};
+use crate::fs::{MAX_FILE_SIZE, PAGE_SIZE};
 use segment::{Codec, RunLocation};
 use wire::{Reader, Writer};
 
@@ -236,6 +237,9 @@ impl Manifest {
         for _ in 0..count(&mut r)? {
             let ino = r.u64()?;
             let attr = Attr::decode(ino, r.blob()?).map_err(|e| corrupt(&e.to_string()))?;
+            if attr.size > MAX_FILE_SIZE {
+                return Err(corrupt(&format!("inode {ino} has size {}", attr.size)));
+            }
             m.inodes.push(attr);
         }
         for _ in 0..count(&mut r)? {
@@ -280,10 +284,7 @@ impl Manifest {
                 crc: r.u32()?,
             };
             let (first_page, pages) = (r.u64()?, r.u64()?);
-            let run_end = run.first_page + u64::from(run.pages);
-            if first_page < run.first_page || first_page.saturating_add(pages) > run_end {
-                return Err(corrupt("extent outside its run"));
-            }
+            check_extent(&run, first_page, pages).map_err(corrupt)?;
             m.extents.push(Extent {
                 segment,
                 run,
@@ -296,6 +297,36 @@ impl Manifest {
         }
         Ok(m)
     }
+}
+
+/// The most pages a file can have.
+const MAX_PAGES: u64 = MAX_FILE_SIZE / PAGE_SIZE;
+/// The most pages one run may hold: far above what a writer packs (`--run-pages`), low enough
+/// that decoding a run never allocates more than 512 MiB.
+pub const MAX_RUN_PAGES: u32 = 1 << 16;
+
+/// An extent's numbers, decoded from a manifest, are ones the rest of the code can do
+/// arithmetic on without overflow: its run lies within the largest file and the object's
+/// addressable range, and the extent lies within its run. Returns why not.
+fn check_extent(run: &RunLocation, first_page: u64, pages: u64) -> Result<(), &'static str> {
+    if run.pages == 0 || run.pages > MAX_RUN_PAGES {
+        return Err("run page count out of range");
+    }
+    let run_end = run
+        .first_page
+        .checked_add(u64::from(run.pages))
+        .filter(|&e| e <= MAX_PAGES)
+        .ok_or("run past the largest file")?;
+    run.offset
+        .checked_add(u64::from(run.stored_len))
+        .ok_or("run past the end of any object")?;
+    let end = first_page
+        .checked_add(pages)
+        .ok_or("extent past the largest file")?;
+    if pages == 0 || first_page < run.first_page || end > run_end {
+        return Err("extent outside its run");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -159,6 +159,12 @@ impl SegmentBuilder {
 
 /// Checks one run's stored bytes against its location and returns the page bytes.
 pub fn decode_run(loc: &RunLocation, stored: &[u8], key: &str) -> Result<Vec<u8>, FormatError> {
+    if loc.pages > super::MAX_RUN_PAGES {
+        return Err(FormatError::corrupt(
+            key,
+            format!("run ino={} claims {} pages", loc.ino, loc.pages),
+        ));
+    }
     if stored.len() != loc.stored_len as usize {
         return Err(FormatError::corrupt(
             key,

@@ -184,7 +184,19 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn new() -> Dirs {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        Dirs::new_in(&std::env::temp_dir())
+    }
+
+    /// In memory (/dev/shm) where the machine has it: for the model test, whose thousands of
+    /// cases would otherwise wait on the disk's fsyncs. What it checks does not depend on
+    /// the disk (a process crash keeps what was written either way).
+    pub fn in_memory() -> Dirs {
+        let shm = Path::new("/dev/shm");
+        Dirs::new_in(if shm.is_dir() { shm } else { Path::new("/tmp") })
+    }
+
+    fn new_in(parent: &Path) -> Dirs {
+        let tmp = tempfile::tempdir_in(parent).expect("tempdir");
         let root = tmp.path().to_owned();
         Dirs { _tmp: tmp, root }
     }
