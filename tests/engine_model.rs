@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, Weak};
 
 use bucketfs::fs::{Fs, SetAttr, Step, SteppedEvictor, CHUNK_PAGES, PAGE_SIZE, ROOT_INO};
@@ -95,6 +96,11 @@ enum Op {
     Evict,
     /// kill -9 and a restart on the same cache dir.
     Crash,
+    /// kill -9 in the middle of background work, at `StepKind`: during a checkpoint (after
+    /// the cut, the upload or the commit), an eviction (marked, not synced or punched) or a
+    /// fill (fetched, not installed). The process stops there: the test's hook panics, and
+    /// everything is dropped as at any crash.
+    CrashAt(StepKind),
     /// kill -9, the cache dir lost, and a restore of the bucket into an empty one.
     Restore,
 }
@@ -128,6 +134,14 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(fault, when, during)| Op::Checkpoint { fault, when, during }),
         3 => Just(Op::Evict),
         1 => Just(Op::Crash),
+        2 => prop_oneof![
+            Just(StepKind::Cut),
+            Just(StepKind::Uploaded),
+            Just(StepKind::Committed),
+            Just(StepKind::EvictMarked),
+            Just(StepKind::FillFetched),
+        ]
+        .prop_map(Op::CrashAt),
         1 => Just(Op::Restore),
     ]
 }
@@ -209,6 +223,9 @@ fn run(fs: &Fs, ino: impl Fn(usize) -> u64, op: &DataOp) {
     }
 }
 
+/// The panic payload that stands for kill -9 at a step.
+struct CrashHere;
+
 /// What the test does at a step of the next checkpoint.
 type Action = Box<dyn FnOnce() + Send>;
 type Slot = Arc<Mutex<Option<(StepKind, Action)>>>;
@@ -217,6 +234,9 @@ type Slot = Arc<Mutex<Option<(StepKind, Action)>>>;
 enum StepKind {
     Cut,
     Uploaded,
+    Committed,
+    EvictMarked,
+    FillFetched,
 }
 
 /// The engine under test, with its files' inode numbers, its stepped evictor, and the slot
@@ -240,7 +260,9 @@ impl Sut {
             let kind = match step {
                 Step::CutTaken { .. } => StepKind::Cut,
                 Step::Uploaded { .. } => StepKind::Uploaded,
-                _ => return,
+                Step::Committed { .. } => StepKind::Committed,
+                Step::EvictMarked { .. } => StepKind::EvictMarked,
+                Step::FillFetched { .. } => StepKind::FillFetched,
             };
             let action = {
                 let mut slot = taken.lock().expect("slot");
@@ -405,6 +427,60 @@ fn check(ops: &[Op]) {
                 sut = sut.crash(false);
                 sut.check_all(&format!("step {step}: after a crash"), &files);
                 // The takeover at restart commits nothing new: the image stays.
+                may_refuse = false;
+            }
+            Op::CrashAt(kind) => {
+                let at_cut = files.clone();
+                *sut.slot.lock().expect("slot") = Some((
+                    *kind,
+                    Box::new(|| std::panic::panic_any(CrashHere)) as Action,
+                ));
+                let crashed = |r: std::thread::Result<()>| match r {
+                    Ok(()) => false,
+                    Err(p) if p.is::<CrashHere>() => true,
+                    Err(p) => std::panic::resume_unwind(p),
+                };
+                let all = |e: &Engine| {
+                    for f in 0..FILES {
+                        e.read_all(ino(f));
+                    }
+                };
+                let evictor = sut.evictor.as_ref().expect("bounded");
+                let reached = match kind {
+                    StepKind::Cut | StepKind::Uploaded | StepKind::Committed => {
+                        let mut result = None;
+                        let reached = crashed(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            result = Some(e.cp.checkpoint(false));
+                        })));
+                        match result {
+                            // Finished without reaching the step: nothing to upload.
+                            Some(Ok(_)) => committed = at_cut.clone(),
+                            // The refusal that follows a lost answer (the crash below
+                            // ends that state anyway).
+                            Some(Err(err)) => {
+                                assert!(may_refuse, "step {step}: checkpoint failed: {err}")
+                            }
+                            None => {}
+                        }
+                        reached
+                    }
+                    StepKind::EvictMarked => {
+                        all(e);
+                        crashed(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            evictor.run(fs).expect("evict");
+                        })))
+                    }
+                    StepKind::FillFetched => {
+                        evictor.run(fs).expect("evict");
+                        crashed(std::panic::catch_unwind(AssertUnwindSafe(|| all(e))))
+                    }
+                };
+                if reached && *kind == StepKind::Committed {
+                    committed = at_cut;
+                }
+                sut.slot.lock().expect("slot").take();
+                sut = sut.crash(false);
+                sut.check_all(&format!("step {step}: after a crash at {kind:?}"), &files);
                 may_refuse = false;
             }
             Op::Restore => {

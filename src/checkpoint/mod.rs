@@ -557,6 +557,8 @@ impl Checkpointer {
             }
         };
         crate::failpoint::hit("after-manifest-commit");
+        self.fs
+            .step(crate::fs::Step::Committed { epoch: cut.epoch });
         self.view.write().apply(&manifest);
         self.fs.mark_clean(&cut)?;
         self.record(manifest.epoch)?;

@@ -94,6 +94,8 @@ pub enum Step {
     CutTaken { epoch: u64 },
     /// A checkpoint's segments are uploaded; its manifest is not committed yet.
     Uploaded { epoch: u64 },
+    /// A checkpoint's manifest is committed; its pages are not marked clean yet.
+    Committed { epoch: u64 },
 }
 
 /// What `Fs::set_step_hook` installs.
