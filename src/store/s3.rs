@@ -154,8 +154,8 @@ impl S3Store {
 }
 
 /// Objects larger than this go up with multipart upload, in parts of `PART_SIZE`.
-const MULTIPART_THRESHOLD: usize = 16 << 20;
-const PART_SIZE: usize = 8 << 20;
+pub const MULTIPART_THRESHOLD: usize = 16 << 20;
+pub const PART_SIZE: usize = 8 << 20;
 
 impl S3Store {
     async fn put_multipart(&self, key: &str, body: Bytes) -> StoreResult<String> {

@@ -1,6 +1,7 @@
 //! Shared harness for tests that run the real `bucketfs` binary on a real FUSE mount.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod moto;
 pub mod pg;
 pub mod s3;
 
