@@ -43,9 +43,10 @@ impl Ctx {
 }
 
 type BodyFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Body = fn(Ctx) -> BodyFuture;
 
 /// Every body of the contract, by name.
-const BODIES: &[(&str, fn(Ctx) -> BodyFuture)] = &[
+const BODIES: &[(&str, Body)] = &[
     ("put_get_head", |c| Box::pin(put_get_head(c))),
     ("ranged_get", |c| Box::pin(ranged_get(c))),
     ("missing_key", |c| Box::pin(missing_key(c))),
@@ -511,7 +512,10 @@ fn bucketfs_checkpoints_multipart_segments_to_moto_and_restores() {
     );
     let log = m.log_text();
     // Whether this moto's answer needed settling (5.2.1's does; later versions' do not).
-    for line in log.lines().filter(|l| l.contains("CompleteMultipartUpload")) {
+    for line in log
+        .lines()
+        .filter(|l| l.contains("CompleteMultipartUpload"))
+    {
         eprintln!("mount log: {line}");
     }
     let status = m.stop();
