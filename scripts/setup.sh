@@ -13,6 +13,7 @@ packages=(
   strace           # benches/fuse_requests_per_commit.sh
   prometheus       # promtool: tests check /metrics with `promtool check metrics`
   fio              # benches/fio_vs_local.sh
+  python3-venv     # moto, the second S3 server of tests/store_contract.rs, lives in a venv
 )
 
 sudo=""
@@ -35,6 +36,18 @@ for service in postgresql prometheus; do
     $sudo systemctl stop "$service" || true
   fi
 done
+
+# moto (PyPI moto[server]), a second S3 implementation the store contract tests run against
+# (tests/store_contract.rs finds it here, or at $BUCKETFS_MOTO_SERVER). Pinned: 5.2.1 answers
+# CompleteMultipartUpload with a body S3's SDK cannot read (later versions fixed it), a quirk
+# bucketfs must survive and the tests must keep meeting (docs/store-contract.md).
+moto_version=5.2.1
+venv="$HOME/.cache/bucketfs-venv"
+if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; then
+  echo "setup: installing moto[server]==$moto_version into $venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "moto[server]==$moto_version"
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found. Install Rust with rustup (https://rustup.rs), then run this again." >&2

@@ -7,9 +7,10 @@
 //! disagree. Names follow `bucketfs_<subsystem>_<what>_<unit>`; label values are bounded (op
 //! names and object classes).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prometheus::{
@@ -32,8 +33,25 @@ pub struct Metrics {
     fuse_op_seconds: HistogramVec,
     fuse_errors: IntCounterVec,
     s3_request_seconds: HistogramVec,
+    s3_permanent_errors: IntCounterVec,
+    s3_unreadable_answers: IntCounterVec,
     checkpoint_seconds: Histogram,
+    /// Object store operations whose latest request failed for good, with its error: what
+    /// /healthz reports. An operation leaves it when one of its requests succeeds.
+    store_failing: parking_lot::Mutex<BTreeMap<&'static str, Failing>>,
 }
+
+/// An object store operation failing for good.
+struct Failing {
+    error: String,
+    /// When it was last logged at ERROR (a failure that repeats is logged again now and then,
+    /// not on every request).
+    logged: Instant,
+    since_logged: u64,
+}
+
+/// How often a failure that keeps repeating is logged at ERROR again.
+const REPEAT_ERROR_LOG: Duration = Duration::from_secs(300);
 
 /// The process's metrics.
 pub fn global() -> &'static Metrics {
@@ -70,6 +88,24 @@ impl Metrics {
             &["op", "class"],
         )
         .expect("valid metric");
+        let s3_permanent_errors = IntCounterVec::new(
+            Opts::new(
+                "bucketfs_s3_permanent_errors_total",
+                "Object store requests that failed in a way retrying does not help (no such \
+                 bucket, access denied, a malformed request), by operation: a person must act",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        let s3_unreadable_answers = IntCounterVec::new(
+            Opts::new(
+                "bucketfs_s3_unreadable_answers_total",
+                "Successful (2xx) answers whose body could not be read, settled by checking the \
+                 object (HEAD, then its bytes), by operation",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
         let checkpoint_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "bucketfs_checkpoint_duration_seconds",
@@ -82,6 +118,8 @@ impl Metrics {
             Box::new(fuse_op_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(fuse_errors.clone()),
             Box::new(s3_request_seconds.clone()),
+            Box::new(s3_permanent_errors.clone()),
+            Box::new(s3_unreadable_answers.clone()),
             Box::new(checkpoint_seconds.clone()),
         ] {
             registry.register(c).expect("names are unique");
@@ -91,7 +129,10 @@ impl Metrics {
             fuse_op_seconds,
             fuse_errors,
             s3_request_seconds,
+            s3_permanent_errors,
+            s3_unreadable_answers,
             checkpoint_seconds,
+            store_failing: parking_lot::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -114,6 +155,62 @@ impl Metrics {
 
     pub fn checkpoint(&self, elapsed: Duration) {
         self.checkpoint_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// An object store request of `op` failed for good with `error`. Counted always; returns
+    /// whether to log it at ERROR: the first time, and again every `REPEAT_ERROR_LOG` while
+    /// it keeps failing (with how many failures were not logged in between).
+    pub fn s3_permanent_error(&self, op: &'static str, error: String) -> Option<u64> {
+        self.s3_permanent_errors.with_label_values(&[op]).inc();
+        let mut failing = self.store_failing.lock();
+        match failing.get_mut(op) {
+            Some(f) if f.logged.elapsed() < REPEAT_ERROR_LOG => {
+                f.error = error;
+                f.since_logged += 1;
+                None
+            }
+            Some(f) => {
+                let skipped = f.since_logged;
+                *f = Failing {
+                    error,
+                    logged: Instant::now(),
+                    since_logged: 0,
+                };
+                Some(skipped)
+            }
+            None => {
+                failing.insert(
+                    op,
+                    Failing {
+                        error,
+                        logged: Instant::now(),
+                        since_logged: 0,
+                    },
+                );
+                Some(0)
+            }
+        }
+    }
+
+    /// A request of `op` succeeded. Returns true if `op` was failing until now.
+    pub fn s3_succeeded(&self, op: &'static str) -> bool {
+        self.store_failing.lock().remove(op).is_some()
+    }
+
+    /// Why the object store is failing for good, if it is: one line per operation.
+    pub fn store_failing(&self) -> Option<String> {
+        let failing = self.store_failing.lock();
+        (!failing.is_empty()).then(|| {
+            failing
+                .iter()
+                .map(|(op, f)| format!("object store {op} failing: {}\n", f.error))
+                .collect()
+        })
+    }
+
+    /// A 2xx answer to `op` whose body could not be read.
+    pub fn s3_unreadable_answer(&self, op: &str) {
+        self.s3_unreadable_answers.with_label_values(&[op]).inc();
     }
 }
 
@@ -411,6 +508,11 @@ fn answer<B>(
                     "text/plain",
                     "fenced: another writer owns the bucket\n".into(),
                 )
+            } else if let Some(why) = global().store_failing() {
+                // Not a passing outage (those are retried and show in the RPO): the store
+                // refuses what we ask, and will until a person fixes the bucket or the
+                // credentials.
+                reply(503, "text/plain", why)
             } else {
                 reply(200, "text/plain", "ok\n".into())
             }
@@ -420,5 +522,39 @@ fn answer<B>(
             "text/plain",
             "not found: try /metrics, /healthz or /status\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_that_repeats_is_logged_once_and_cleared_by_a_success() {
+        let m = Metrics::new();
+        assert_eq!(m.store_failing(), None);
+        assert_eq!(
+            m.s3_permanent_error("put", "NoSuchBucket 1".into()),
+            Some(0)
+        );
+        assert_eq!(m.s3_permanent_error("put", "NoSuchBucket 2".into()), None);
+        assert_eq!(m.s3_permanent_error("put", "NoSuchBucket 3".into()), None);
+        assert_eq!(
+            m.store_failing().as_deref(),
+            Some("object store put failing: NoSuchBucket 3\n")
+        );
+        assert_eq!(m.s3_permanent_errors.with_label_values(&["put"]).get(), 3);
+        assert!(
+            !m.s3_succeeded("get"),
+            "another kind of request clears nothing"
+        );
+        assert!(m.store_failing().is_some());
+        assert!(m.s3_succeeded("put"));
+        assert_eq!(m.store_failing(), None);
+        assert_eq!(
+            m.s3_permanent_error("put", "NoSuchBucket 4".into()),
+            Some(0),
+            "a failure after a recovery is news again"
+        );
     }
 }

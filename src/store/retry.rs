@@ -4,6 +4,11 @@
 //! answer was lost, the retry finds the key taken and gets 412. That is not a takeover by
 //! another writer: the object holds exactly our bytes. So after a transient failure, a 412 is
 //! checked against the object's contents before it is believed.
+//!
+//! An error that retrying does not help (no such bucket, access denied) is returned at once,
+//! and since the caller will meet it again on its next try, it is reported here, where the
+//! retrying stops: counted, logged at ERROR (a person must act), and shown by /healthz until a
+//! request of the same kind succeeds.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
 
@@ -64,7 +69,7 @@ impl RetryingStore {
     {
         let mut attempt = 0;
         loop {
-            match call().await {
+            match report(op, key, call().await) {
                 Err(e) if e.is_transient() && attempt + 1 < self.policy.max_attempts => {
                     attempt += 1;
                     let pause = self.policy.delay(attempt);
@@ -86,7 +91,11 @@ impl ObjectStore for RetryingStore {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
         let mut attempt = 0;
         loop {
-            let err = match self.inner.put(key, body.clone(), mode.clone()).await {
+            let err = match report(
+                "put",
+                key,
+                self.inner.put(key, body.clone(), mode.clone()).await,
+            ) {
                 Ok(etag) => return Ok(etag),
                 Err(e) => e,
             };
@@ -153,4 +162,32 @@ impl RetryingStore {
         let meta = self.retry("head", key, || self.inner.head(key)).await?;
         Ok(meta.map(|m| m.etag).unwrap_or_default())
     }
+}
+
+/// Reports the outcome of one request to the store's health (see the module doc).
+fn report<T>(op: &'static str, key: &str, result: StoreResult<T>) -> StoreResult<T> {
+    let metrics = crate::metrics::global();
+    match &result {
+        Ok(_) => {
+            if metrics.s3_succeeded(op) {
+                info!(op, "the object store accepts this kind of request again");
+            }
+        }
+        Err(e @ StoreError::Permanent { .. }) => {
+            if let Some(unlogged) = metrics.s3_permanent_error(op, e.to_string()) {
+                error!(
+                    op,
+                    key,
+                    error = %e,
+                    unlogged_repeats = unlogged,
+                    "the object store refuses this request and retrying will not help: check \
+                     the bucket, the credentials and the endpoint"
+                );
+            }
+        }
+        // Answers (404, 412) say nothing of the store's health; transient errors are retried
+        // and show as latency and in the RPO.
+        Err(_) => {}
+    }
+    result
 }

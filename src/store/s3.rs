@@ -18,6 +18,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
+use tracing::{debug, warn};
+
 use super::{ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
 
 /// Where and how to reach the bucket.
@@ -154,8 +156,8 @@ impl S3Store {
 }
 
 /// Objects larger than this go up with multipart upload, in parts of `PART_SIZE`.
-const MULTIPART_THRESHOLD: usize = 16 << 20;
-const PART_SIZE: usize = 8 << 20;
+pub const MULTIPART_THRESHOLD: usize = 16 << 20;
+pub const PART_SIZE: usize = 8 << 20;
 
 impl S3Store {
     async fn put_multipart(&self, key: &str, body: Bytes) -> StoreResult<String> {
@@ -209,7 +211,7 @@ impl S3Store {
         }
         .await;
         let result = match parts {
-            Ok(parts) => self
+            Ok(parts) => match self
                 .client
                 .complete_multipart_upload()
                 .bucket(&self.bucket)
@@ -222,8 +224,13 @@ impl S3Store {
                 )
                 .send()
                 .await
-                .map(|out| out.e_tag().unwrap_or_default().to_string())
-                .map_err(|e| classify("complete multipart upload", key, e)),
+            {
+                Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
+                Err(e) if e.status().is_some_and(|s| (200..300).contains(&s)) => {
+                    self.settle_unreadable_complete(key, &body, e).await
+                }
+                Err(e) => Err(classify("complete multipart upload", key, e)),
+            },
             Err(e) => Err(e),
         };
         if result.is_err() {
@@ -239,6 +246,84 @@ impl S3Store {
                 .await;
         }
         result
+    }
+}
+
+impl S3Store {
+    /// CompleteMultipartUpload answered 2xx with a body the SDK refused: moto's root element
+    /// is `CompleteMultipartUploadResponse` where S3 says `CompleteMultipartUploadResult`, and
+    /// S3 itself may answer 200 with an `<Error>` body. The upload may or may not have
+    /// completed, and repeating the same request would get the same answer: find out. The
+    /// object counts as written only if it is there with our size (HEAD) and our bytes (read
+    /// back: the only check that holds whatever ETag scheme the server uses; paid only on
+    /// this path).
+    async fn settle_unreadable_complete<E, R>(
+        &self,
+        key: &str,
+        body: &Bytes,
+        err: SdkError<E, R>,
+    ) -> StoreResult<String>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: fmt::Debug,
+        SdkError<E, R>: HasStatus,
+    {
+        const OP: &str = "complete multipart upload";
+        crate::metrics::global().s3_unreadable_answer(OP);
+        static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            warn!(
+                key,
+                endpoint = %self.describe,
+                "the endpoint answered CompleteMultipartUpload with a body that is not S3's; \
+                 each multipart upload is checked by reading the object back"
+            );
+        }
+        // An error code in the body (S3's 200 InternalError) says the upload did not complete
+        // and a new attempt may; anything else unexplained is not worth repeating blindly.
+        let code = err.code().map(str::to_string);
+        let retryable = matches!(
+            code.as_deref(),
+            Some("InternalError" | "SlowDown" | "ServiceUnavailable" | "RequestTimeout")
+        );
+        let failed = |what: String| {
+            let message = format!(
+                "answered http {} with an unreadable body ({}), and {what}",
+                err.status().unwrap_or(0),
+                code.as_deref().unwrap_or("no error code")
+            );
+            let key = key.to_string();
+            if retryable {
+                StoreError::Transient {
+                    op: OP,
+                    key,
+                    message,
+                }
+            } else {
+                StoreError::Permanent {
+                    op: OP,
+                    key,
+                    message,
+                }
+            }
+        };
+        let meta = match self.head(key).await? {
+            None => return Err(failed("the object is not there".into())),
+            Some(m) if m.size != body.len() as u64 => {
+                return Err(failed(format!(
+                    "the object there has size={} where size={} was uploaded",
+                    m.size,
+                    body.len()
+                )))
+            }
+            Some(m) => m,
+        };
+        let stored = self.get(key, None).await?;
+        if stored != *body {
+            return Err(failed("the object there holds other bytes".into()));
+        }
+        debug!(key, etag = %meta.etag, "multipart upload confirmed by reading it back");
+        Ok(meta.etag)
     }
 }
 
@@ -300,8 +385,14 @@ impl ObjectStore for S3Store {
             PutMode::Create => req = req.if_none_match("*"),
             PutMode::Replace { etag } => req = req.if_match(etag),
         }
-        let out = req.send().await.map_err(|e| classify("put", key, e))?;
-        Ok(out.e_tag().unwrap_or_default().to_string())
+        match req.send().await.map_err(|e| classify("put", key, e)) {
+            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
+            // S3 answers If-Match on a missing key with 404: the precondition did not hold.
+            Err(StoreError::NotFound { key }) if matches!(mode, PutMode::Replace { .. }) => {
+                Err(StoreError::PreconditionFailed { key })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
@@ -316,7 +407,13 @@ impl ObjectStore for S3Store {
             }
             req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
         }
-        let out = req.send().await.map_err(|e| classify("get", key, e))?;
+        let out = match req.send().await {
+            Ok(out) => out,
+            // A range that starts at or past the end (416): the contract clamps it to the
+            // object's end, which leaves nothing. A missing object is a 404, not this.
+            Err(e) if range.is_some() && e.status() == Some(416) => return Ok(Bytes::new()),
+            Err(e) => return Err(classify("get", key, e)),
+        };
         let body = out
             .body
             .collect()

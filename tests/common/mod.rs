@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod engine;
+pub mod moto;
 pub mod pg;
 pub mod s3;
 
