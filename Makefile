@@ -13,8 +13,9 @@ build:
 test:             ## every test: unit, reference model, real mounts, Postgres end to end (root)
 	cargo test --locked -- --test-threads=4
 
-test-long:        ## before a release: the model tests with many more cases (PROPTEST_CASES)
+test-long:        ## before a release: the model tests with many more cases, fsx for 100,000 ops
 	PROPTEST_CASES=$${PROPTEST_CASES:-4000} cargo test --locked --test engine_model --test reference_model -- --test-threads=2
+	FSX_OPS=100000 cargo test --locked --test posix fsx -- --test-threads=2 --nocapture
 
 lint:
 	cargo fmt --all -- --check

@@ -14,6 +14,7 @@ packages=(
   prometheus       # promtool: tests check /metrics with `promtool check metrics`
   fio              # benches/fio_vs_local.sh
   python3-venv     # moto, the second S3 server of tests/store_contract.rs, lives in a venv
+  libacl1-dev      # pjdfstest (tests/posix.rs) links libacl
 )
 
 sudo=""
@@ -57,4 +58,17 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
 echo "setup: building into $CARGO_TARGET_DIR (the first build compiles RocksDB: 10+ minutes on 2 cores)"
 cargo build --locked --tests --benches
+
+# tests/posix.rs runs two tools from crates.io on real mounts: pjdfstest (POSIX conformance)
+# and fsx (random I/O checked against a model). Built once per machine, pinned, into a
+# directory of their own (about 2 minutes on 2 cores), with a target dir that is removed after.
+tools="${BUCKETFS_TOOLS:-$HOME/.cache/bucketfs-tools}"
+for tool in pjdfstest@0.2.2 fsx@0.3.2; do
+  name="${tool%@*}" version="${tool#*@}"
+  if [ "$("$tools/bin/$name" --version 2>/dev/null)" != "$name $version" ]; then
+    echo "setup: installing $tool into $tools"
+    CARGO_TARGET_DIR="$tools/target" cargo install --quiet --locked --force --root "$tools" "$tool"
+  fi
+done
+rm -rf "$tools/target"
 echo "setup: done. bucketfs is at $CARGO_TARGET_DIR/debug/bucketfs"

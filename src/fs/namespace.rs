@@ -476,3 +476,56 @@ fn move_dir(locked: &mut Locked<'_>, ino: u64, kind: FileKind, from: u64, to: u6
     locked.get(from).attr.nlink -= 1;
     locked.get(to).attr.nlink += 1;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheDir;
+    use crate::fs::{FsOptions, PAGE_SIZE};
+
+    fn fs(dir: &tempfile::TempDir) -> Fs {
+        let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
+        Fs::new(cache, &FsOptions::default()).unwrap()
+    }
+
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+
+    /// rename(2) over a name of a file that has other names: the file loses a link, and a
+    /// change of its link count is a change of its ctime (pjdfstest rename/23.t), persisted
+    /// with the rename.
+    #[test]
+    fn rename_over_a_multiply_linked_file_updates_its_ctime_and_link_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = fs(&dir);
+        let name = |s: &str| OsStr::new(s).to_owned();
+        let (src, _) = fs.create(ROOT_INO, &name("src"), 0o644, ME, false).unwrap();
+        let (dst, _) = fs.create(ROOT_INO, &name("dst"), 0o644, ME, false).unwrap();
+        fs.link(dst.ino, ROOT_INO, &name("dst_link")).unwrap();
+        let before = fs.lookup(ROOT_INO, &name("dst_link")).unwrap();
+        assert_eq!(before.nlink, 2);
+        // The core takes its times from SystemTime::now(): wait until that has moved on.
+        let t = SystemTime::now();
+        while SystemTime::now() <= t {
+            std::hint::spin_loop();
+        }
+
+        fs.rename(
+            ROOT_INO,
+            &name("src"),
+            ROOT_INO,
+            &name("dst"),
+            RenameMode::Replace,
+        )
+        .unwrap();
+        let after = fs.lookup(ROOT_INO, &name("dst_link")).unwrap();
+        assert_eq!(after.nlink, 1);
+        assert!(after.ctime > before.ctime, "{before:?}\n{after:?}");
+        assert_eq!(fs.lookup(ROOT_INO, &name("dst")).unwrap().ino, src.ino);
+
+        // Reopened from the cache dir: the same attributes.
+        drop(fs);
+        let fs = self::fs(&dir);
+        let reopened = fs.lookup(ROOT_INO, &name("dst_link")).unwrap();
+        assert_eq!((reopened.nlink, reopened.ctime), (1, after.ctime));
+    }
+}
