@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::cache::CacheDir;
 use crate::fs::{Fs, FsOptions, PAGE_SIZE};
@@ -176,8 +176,14 @@ pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
         .spawn(move || wait_and_unmount(signals, &watcher_mountpoint, unmounter))
         .context("start signal thread")?;
 
-    session.run().context("serve FUSE requests")?;
+    let served = session_end(session.run());
     let _ = std::fs::remove_file(&socket);
+    // Whatever ended the session, the final checkpoint and the sync still run: after a stop
+    // signal there is no later chance to take them, and an error serving requests is no reason
+    // to leave the bucket without the last changes.
+    if let Err(e) = &served {
+        error!(error = %e, "serving FUSE requests failed; taking the final checkpoint and syncing anyway");
+    }
     let last = attached.map(|a| a.finish()).transpose();
     if let Some(e) = evictor {
         e.finish();
@@ -190,9 +196,27 @@ pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
         "unmounted; syncing cache dir"
     );
     fs.shutdown().context("sync cache dir at unmount")?;
+    served.context("serve FUSE requests")?;
     last?;
     info!("stopped cleanly");
     Ok(())
+}
+
+/// What the end of the FUSE session means for the exit. An unmount (ours after a stop signal,
+/// a lazy one when the last file closes, or `umount` by hand) ends every request thread's read
+/// of /dev/fuse with ENODEV, which fuser counts as the end. But the kernel tears the connection
+/// down in two steps (`fuse_abort_conn` closes the per-thread queues before the input queue),
+/// and a thread that takes a request between them gets ECONNABORTED instead ("must not put
+/// request on fpq->io queue after having been shut down"). fuser 0.18 returns that as the
+/// session's error; it is the same end, and more likely the busier the machine.
+fn session_end(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            info!("the kernel aborted the FUSE connection while a request was being read: the unmount has ended the session");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Checks that `path` can be mounted on, clearing a dead bucketfs mount left by a crash.
@@ -351,7 +375,17 @@ fn raise_fd_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::unescape_mountinfo;
+    use super::{session_end, unescape_mountinfo};
+    use std::io;
+
+    #[test]
+    fn an_aborted_read_ends_the_session_like_an_unmount() {
+        let aborted = io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert!(session_end(Err(aborted)).is_ok());
+        assert!(session_end(Ok(())).is_ok());
+        let other = io::Error::from_raw_os_error(libc::EINVAL);
+        assert!(session_end(Err(other)).is_err());
+    }
 
     #[test]
     fn mountinfo_escapes() {

@@ -154,13 +154,45 @@ impl Mount {
         self.child.as_ref().expect("running").id()
     }
 
-    /// SIGTERM, then wait for a clean exit and the mount to be gone.
-    pub fn stop(mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
+    /// SIGTERM, then wait for the exit and the mount to be gone. A stop that is not clean (an
+    /// exit code other than 0, or death by a signal) prints how it ended and the mount's log on
+    /// stderr, which the test's output shows when the caller's assertion fails.
+    pub fn stop(self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// As `stop`, with another stop signal (SIGINT: Ctrl-C).
+    pub fn stop_with(self, signal: libc::c_int) -> ExitStatus {
+        self.signal(signal);
+        self.wait_exit()
+    }
+
+    /// Sends `signal` to bucketfs and returns at once.
+    pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = wait_child(&mut child, Duration::from_secs(60), &self.log_text());
-        assert!(!is_mounted(&self.mnt), "still mounted after stop");
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// Waits for bucketfs to exit (after a stop signal) and checks that the mount is gone; the
+    /// log of an exit that is not clean is printed, as for `stop`.
+    pub fn wait_exit(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = wait_child(&mut child, Duration::from_secs(60), &self.log);
+        if !status.success() {
+            eprintln!(
+                "bucketfs on {} did not stop cleanly: {}; its log ({}):\n{}",
+                self.mnt.display(),
+                describe_exit(status),
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        assert!(
+            !is_mounted(&self.mnt),
+            "still mounted after stop ({}):\n{}",
+            describe_exit(status),
+            self.log_text()
+        );
         status
     }
 
@@ -185,15 +217,67 @@ impl Drop for Mount {
     }
 }
 
-fn wait_child(child: &mut Child, timeout: Duration, log: &str) -> ExitStatus {
+/// Waits for `child` to exit. One that does not within `timeout` is reported with its log and
+/// what each of its threads is blocked in, then killed, so that no process is left behind.
+fn wait_child(child: &mut Child, timeout: Duration, log: &Path) -> ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
-        assert!(Instant::now() < deadline, "bucketfs did not exit:\n{log}");
+        if Instant::now() >= deadline {
+            let threads = thread_report(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "bucketfs did not exit within {timeout:?}; its threads:\n{threads}\nits log:\n{}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// How a process ended, in words: its exit code, or the signal that killed it.
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!(
+            "killed by signal {sig}{}",
+            if status.core_dumped() {
+                " (core dumped)"
+            } else {
+                ""
+            }
+        ),
+        _ => status.to_string(),
+    }
+}
+
+/// Each thread of process `pid`: its name, state and kernel stack (root can read them).
+fn thread_report(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let p = task.path();
+        let read = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or_default()
+            .to_owned();
+        out += &format!(
+            "{} {} {}\n{}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state,
+            read("stack")
+        );
+    }
+    out
 }
 
 /// A scratch directory that other users (postgres) can traverse.
