@@ -492,6 +492,7 @@ fn postgres_survives_repeated_kill_9_with_a_small_cache_and_restores_from_the_bu
             ),
             logs,
         );
+        let t0 = Instant::now();
         let m = l.mount("a", plan.checkpoint_interval, &[]);
         let watchdog = Watchdog::arm(format!("cycle {cycle}"), m.pid(), CYCLE_DEADLINE);
         let pg = l.start_postgres(&m, &run);
@@ -501,7 +502,9 @@ fn postgres_survives_repeated_kill_9_with_a_small_cache_and_restores_from_the_bu
             "crash recovery ran, or did not, against expectation:\n{}",
             pg.log_text()
         );
+        let t1 = Instant::now();
         l.check(&pg, &l.acked(), "after remount and crash recovery");
+        let t2 = Instant::now();
 
         let load = Load::start(&l, &pg, &plan);
         load.run_until(&l, plan.kill_after_acks, plan.kill_after_ms);
@@ -514,11 +517,14 @@ fn postgres_survives_repeated_kill_9_with_a_small_cache_and_restores_from_the_bu
         std::fs::copy(&live_log, l.root.join(format!("bucketfs-{cycle}.log")))
             .expect("keep the mount's log");
         println!(
-            "  {acked} commits acknowledged ({} in all), {} MiB evicted, {} MiB fetched, \
-             {:.0?} since the first cycle",
+            "  {acked} commits acknowledged ({} in all), {} MiB evicted, {} MiB fetched; \
+             mount and recovery {:.1?}, checks {:.1?}, load {:.1?}; {:.0?} since the start",
             l.ledger.lock().unwrap().acked.len(),
             s.fs.evicted_bytes / MIB,
             s.fs.fetched_bytes / MIB,
+            t1 - t0,
+            t2 - t1,
+            t2.elapsed(),
             started.elapsed()
         );
         prev = Some(format!("{cycle}, seed={seed:#018x}"));
