@@ -2,7 +2,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/bucketfs-target
 BIN := $(CARGO_TARGET_DIR)/debug/bucketfs
 
-.PHONY: setup build test lint fmt bench-pgbench
+.PHONY: setup build test test-long lint fmt bench-pgbench
 
 setup:            ## install system packages and build (fresh Debian)
 	scripts/setup.sh
@@ -12,6 +12,9 @@ build:
 
 test:             ## every test: unit, reference model, real mounts, Postgres end to end (root)
 	cargo test --locked -- --test-threads=4
+
+test-long:        ## before a release: the Postgres crash loop for 200 cycles (CRASH_LOOP_CYCLES=N to change)
+	CRASH_LOOP_CYCLES=$${CRASH_LOOP_CYCLES:-200} cargo test --locked --test crash_loop -- --nocapture
 
 lint:
 	cargo fmt --all -- --check
