@@ -170,6 +170,36 @@ impl Postgres {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// pg_amcheck of every database: heaps, B-tree indexes, and every heap tuple found in its
+    /// indexes. Panics with what it reports.
+    pub fn amcheck(&self) {
+        run_ok(
+            self.tool("pg_amcheck")
+                .args(["--all", "--install-missing", "--heapallindexed"]),
+        );
+    }
+
+    /// Did this start run crash recovery (the data directory was not shut down cleanly)?
+    pub fn ran_crash_recovery(&self) -> bool {
+        let log = self.log_text();
+        log.contains("database system was interrupted") || log.contains("not properly shut down")
+    }
+
+    /// Row count and an order-independent checksum of every row of each table: equal digests
+    /// mean equal contents.
+    pub fn digest(&self, tables: &[&str]) -> Vec<(String, String)> {
+        tables
+            .iter()
+            .map(|t| {
+                let sql = format!(
+                    "SELECT count(*) || ':' || coalesce(sum(hashtext(x::text)::bigint), 0) \
+                     FROM {t} x"
+                );
+                (t.to_string(), self.query_one(&sql))
+            })
+            .collect()
+    }
+
     /// kill -9 of the postmaster and every backend at once; waits until all are gone.
     pub fn kill_all(mut self) {
         let child = self.child.take().unwrap();
