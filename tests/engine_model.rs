@@ -392,7 +392,8 @@ fn check(ops: &[Op]) {
                 e.plan.lose_answers(0);
                 // A checkpoint that had nothing to upload stops before either step: the
                 // operations meant for inside it happen after it.
-                if let Some((_, action)) = sut.slot.lock().expect("slot").take() {
+                let unreached = sut.slot.lock().expect("slot").take();
+                if let Some((_, action)) = unreached {
                     action();
                     e.plan.set_outage(false);
                     e.plan.lose_answers(0);
