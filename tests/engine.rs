@@ -157,12 +157,7 @@ fn an_eviction_racing_a_write_never_brings_old_bytes_back_after_a_crash() {
         std::thread::sleep(Duration::from_millis(10));
     }
     evictor.finish();
-    e.crash();
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
-    assert_same("after the crash", &e.read_all(ino), &new);
-    e.checkpoint();
-    e.crash();
-    assert_same("restored", &restored(&dirs, 1, "data"), &new);
+    assert_survives_a_crash(&dirs, e, "data", &new);
 }
 
 // Issue 10, finding 3: a truncation while a checkpoint is in flight. The truncation point a
@@ -203,14 +198,9 @@ fn a_truncation_during_a_failed_checkpoint_survives_a_crash() {
         e.cp.checkpoint(false).is_err(),
         "the upload fails in the outage"
     );
-    e.crash();
     let mut want = pattern(1, 1);
     want.resize(3 * PAGE, 0);
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
-    assert_same("after the crash", &e.read_all(ino), &want);
-    e.checkpoint();
-    e.crash();
-    assert_same("restored", &restored(&dirs, 1, "rel"), &want);
+    assert_survives_a_crash(&dirs, e, "rel", &want);
 }
 
 // Issue 10, finding 3 (the other window): a truncation while a checkpoint that succeeds is
@@ -243,15 +233,10 @@ fn a_truncation_during_a_committed_checkpoint_survives_a_crash() {
         }));
     }
     e.checkpoint();
-    e.crash();
     let mut want = pattern(1, 1);
     want.extend_from_slice(&[0; PAGE]);
     want.extend_from_slice(&pattern(50, 1));
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
-    assert_same("after the crash", &e.read_all(ino), &want);
-    e.checkpoint();
-    e.crash();
-    assert_same("restored", &restored(&dirs, 1, "rel"), &want);
+    assert_survives_a_crash(&dirs, e, "rel", &want);
 }
 
 /// A fetcher whose fetches wait until the test opens the gate.

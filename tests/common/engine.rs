@@ -208,6 +208,17 @@ impl Dirs {
     }
 }
 
+/// After a crash of `e`: the cache dir gives `want` back as the bytes of `name`, and so does
+/// a restore into an empty cache dir of the bucket as a checkpoint from it leaves it.
+pub fn assert_survives_a_crash(dirs: &Dirs, e: Engine, name: &str, want: &[u8]) {
+    e.crash();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    assert_same("after the crash", &e.read_all(e.ino(name)), want);
+    e.checkpoint();
+    e.crash();
+    assert_same("restored", &restored(dirs, 1, name), want);
+}
+
 /// A restore of the bucket into a new, empty cache dir, and `name`'s bytes there.
 pub fn restored(dirs: &Dirs, n: u32, name: &str) -> Vec<u8> {
     let e = Engine::open(&dirs.cache(n), &dirs.bucket(), Options::default());
