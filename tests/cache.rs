@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::pg::{run_ok, Postgres};
 use common::s3::S3Server;
-use common::{incompressible, wait_for, Mount};
+use common::{http_get, incompressible, wait_for, Mount};
 
 const MIB: u64 = 1 << 20;
 
@@ -275,21 +275,6 @@ fn a_cold_start_prewarms_the_hot_set_of_the_last_clean_stop() {
         "the hot file was not prewarmed: {fetched} bytes fetched"
     );
     stop_ok(m);
-}
-
-/// GETs `path` from the metrics endpoint: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut conn = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    let code = text[9..12].parse().expect("status code");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, body.to_string())
 }
 
 /// The value of an unlabelled sample (or the sum of a labelled family's samples).

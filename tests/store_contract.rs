@@ -24,7 +24,7 @@ use bucketfs::store::{
 use bytes::Bytes;
 use common::moto::Moto;
 use common::s3::S3Server;
-use common::{wait_for, Mount};
+use common::{http_get, wait_for, Mount};
 
 /// What a body gets: the store under test, keys of its own, and (for S3) a store whose
 /// bucket does not exist.
@@ -534,21 +534,6 @@ fn bucketfs_checkpoints_multipart_segments_to_moto_and_restores() {
         b.stop().success(),
         "clean stop of the restore failed:\n{log}"
     );
-}
-
-/// GETs `path` from a mount's metrics endpoint: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut conn = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    let code = text[9..12].parse().expect("status code");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, body.to_string())
 }
 
 /// A bucket deleted under a running mount: every checkpoint fails the same way, for good.

@@ -304,3 +304,19 @@ pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// GETs `path` from a mount's metrics endpoint (`addr`): (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("read answer");
+    let code = text[9..12].parse().expect("status code");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_string())
+}
