@@ -6,8 +6,7 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,7 +15,7 @@ use std::time::Duration;
 
 use common::pg::{run_ok, Postgres};
 use common::s3::S3Server;
-use common::{http_get, incompressible, wait_for, Mount};
+use common::{http_get, incompressible, read_uncached, wait_for, Mount};
 
 const MIB: u64 = 1 << 20;
 
@@ -47,18 +46,6 @@ fn write_file(path: &Path, bytes: &[u8]) {
     let mut f = fs::File::create(path).unwrap();
     f.write_all(bytes).unwrap();
     f.sync_all().unwrap();
-}
-
-/// Reads a whole file through the mount, past the kernel's page cache: its cached pages are
-/// dropped first, so every byte is asked of bucketfs.
-fn read_uncached(path: &Path) -> Vec<u8> {
-    let mut f = fs::File::open(path).unwrap();
-    // SAFETY: fadvise only reads the descriptor, which `f` keeps open.
-    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(r, 0, "fadvise");
-    let mut out = Vec::new();
-    f.read_to_end(&mut out).unwrap();
-    out
 }
 
 /// Real disk use under `dir` (allocated blocks, as du counts them).

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bucketfs::fs::{Fetcher, FsError, SetAttr, Step, PAGE_SIZE, ROOT_INO};
+use bucketfs::fs::{Fetcher, FsError, Step, PAGE_SIZE, ROOT_INO};
 
 mod common;
 use common::engine::*;
@@ -177,18 +177,10 @@ fn a_truncation_during_a_failed_checkpoint_survives_a_crash() {
         e.fs.set_step_hook(Box::new(move |step| {
             if let Step::CutTaken { .. } = step {
                 let fs = Weak::upgrade(&fs).expect("fs alive");
-                let set = |size| {
-                    let changes = SetAttr {
-                        size: Some(size),
-                        ..SetAttr::default()
-                    };
-                    fs.setattr(ino, &changes)
-                        .expect("truncate during the checkpoint");
-                };
                 // While it uploads: extend with a hole, cut down again (higher than the cut's
                 // point), and let the upload fail.
-                set(4 * PAGE_SIZE);
-                set(3 * PAGE_SIZE);
+                set_size(&fs, ino, 4 * PAGE_SIZE);
+                set_size(&fs, ino, 3 * PAGE_SIZE);
                 fs.fsync(ino, false).expect("fsync");
                 plan.set_outage(true);
             }
@@ -220,14 +212,8 @@ fn a_truncation_during_a_committed_checkpoint_survives_a_crash() {
         e.fs.set_step_hook(Box::new(move |step| {
             if let Step::CutTaken { .. } = step {
                 let fs = Weak::upgrade(&fs).expect("fs alive");
-                for size in [4 * PAGE_SIZE, 3 * PAGE_SIZE] {
-                    let changes = SetAttr {
-                        size: Some(size),
-                        ..SetAttr::default()
-                    };
-                    fs.setattr(ino, &changes)
-                        .expect("truncate during the checkpoint");
-                }
+                set_size(&fs, ino, 4 * PAGE_SIZE);
+                set_size(&fs, ino, 3 * PAGE_SIZE);
                 fs.fsync(ino, false).expect("fsync");
             }
         }));

@@ -17,13 +17,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Mount;
+use common::{read_uncached, Mount};
 
 /// Operations per fsx run in `make test` (each run takes about a minute here); `make
 /// test-long` sets `FSX_OPS=100000`.
@@ -478,17 +476,6 @@ fn fsx(dir: &Path, file: &Path, seed: u64, ops: u64) -> Duration {
     );
     println!("fsx -S {seed} -N {ops} {}: {took:.1?}", file.display());
     took
-}
-
-/// Reads a whole file through a mount, past the kernel's page cache.
-fn read_uncached(path: &Path) -> Vec<u8> {
-    let mut f = fs::File::open(path).unwrap();
-    // SAFETY: fadvise only reads the descriptor, which `f` keeps open.
-    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(r, 0, "fadvise");
-    let mut out = Vec::new();
-    f.read_to_end(&mut out).unwrap();
-    out
 }
 
 /// The file fsx leaves after `ops` operations of `seed` on another filesystem (tmpfs when

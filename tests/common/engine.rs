@@ -146,12 +146,17 @@ impl Engine {
     }
 
     pub fn truncate(&self, ino: u64, size: u64) {
-        let changes = SetAttr {
-            size: Some(size),
-            ..SetAttr::default()
-        };
-        self.fs.setattr(ino, &changes).expect("truncate");
+        set_size(&self.fs, ino, size);
     }
+}
+
+/// ftruncate(2) of file `ino` to `size`.
+pub fn set_size(fs: &Fs, ino: u64, size: u64) {
+    let changes = SetAttr {
+        size: Some(size),
+        ..SetAttr::default()
+    };
+    fs.setattr(ino, &changes).expect("truncate");
 }
 
 /// `pages` pages, page i filled with `tag + i`.

@@ -320,3 +320,17 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     (code, body.to_string())
 }
+
+/// Reads a whole file through a mount, past the kernel's page cache: its cached pages are
+/// dropped first, so every byte is asked of bucketfs.
+pub fn read_uncached(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut f = fs::File::open(path).expect("open");
+    // SAFETY: fadvise only reads the descriptor, which `f` keeps open.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "fadvise");
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).expect("read");
+    out
+}
