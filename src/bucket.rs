@@ -605,7 +605,8 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
     let fetcher = BucketFetcher::new(store.clone(), runtime.handle().clone(), checkpointer.view());
     fs.set_fetcher(Arc::new(fetcher));
     if settings.remote_durability {
-        fs.set_remote_sync(checkpointer.clone());
+        let remote: Arc<dyn crate::fs::RemoteSync> = checkpointer.clone();
+        fs.set_remote_sync(&remote);
     }
     let record = Record {
         url: url.clone(),

@@ -652,6 +652,12 @@ impl Checkpointer {
             Err(StoreError::PreconditionFailed { .. }) => {
                 self.fenced.store(true, Ordering::Release);
                 self.fs.fence();
+                // Remote-durability fsyncs waiting for a commit fail now, not at their next
+                // look.
+                {
+                    let _covered = self.covered.lock();
+                    self.covered_cv.notify_all();
+                }
                 error!(
                     epoch = m.epoch,
                     writer = %self.writer,
@@ -712,7 +718,6 @@ impl Checkpointer {
                 Ok(_) => {}
                 Err(e @ CheckpointError::Fenced { .. }) => {
                     error!(error = %e, "checkpointer stops");
-                    self.covered_cv.notify_all();
                     return;
                 }
                 Err(e) => {

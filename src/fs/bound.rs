@@ -140,9 +140,14 @@ impl Fs {
                 Some(n.saturating_sub(pages))
             });
         if self.pressure.waiters.load(Ordering::Acquire) > 0 {
-            let _guard = self.pressure.lock.lock();
-            self.pressure.cv.notify_all();
+            self.wake_writers();
         }
+    }
+
+    /// Has every writer waiting at `--max-dirty` look again (after fencing: stop waiting).
+    pub(super) fn wake_writers(&self) {
+        let _guard = self.pressure.lock.lock();
+        self.pressure.cv.notify_all();
     }
 
     /// Runs `change` on an inode's state and counts how its dirty and pending pages moved.

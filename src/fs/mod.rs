@@ -218,7 +218,7 @@ pub struct Fs {
     /// Fetches pages that are only in the bucket; set once a bucket is attached.
     fetcher: std::sync::OnceLock<Arc<dyn Fetcher>>,
     /// With `--durability remote`: what fsync waits on after the local sync.
-    remote_sync: std::sync::OnceLock<Arc<dyn RemoteSync>>,
+    remote_sync: std::sync::OnceLock<std::sync::Weak<dyn RemoteSync>>,
     /// Set when another writer took over the bucket: every change fails with EROFS.
     fenced: std::sync::atomic::AtomicBool,
     stats: FsStats,

@@ -54,15 +54,25 @@ pub struct Restore {
 }
 
 impl Fs {
-    pub fn set_remote_sync(&self, remote: Arc<dyn RemoteSync>) {
-        let _ = self.remote_sync.set(remote);
+    /// `--durability remote`: fsync waits on `remote`. Held weakly: the checkpointer holds
+    /// the filesystem, and a strong handle back would keep both (and the cache dir's locks)
+    /// alive forever.
+    pub fn set_remote_sync(&self, remote: &Arc<dyn RemoteSync>) {
+        let _ = self.remote_sync.set(Arc::downgrade(remote));
     }
 
-    /// The remote half of fsync, when `--durability remote` asked for it.
+    /// The remote half of fsync, when `--durability remote` asked for it. Once the
+    /// checkpointer is gone (the mount is stopping) no fsync can be confirmed: EIO.
     pub(super) fn wait_remote(&self) -> Result<()> {
         match self.remote_sync.get() {
             None => Ok(()),
-            Some(r) => r.wait_committed(self.epoch()),
+            Some(r) => match r.upgrade() {
+                Some(r) => r.wait_committed(self.epoch()),
+                None => Err(FsError::Io {
+                    context: "confirm remote durability: the checkpointer has stopped",
+                    source: std::io::Error::from_raw_os_error(libc::EIO),
+                }),
+            },
         }
     }
 
@@ -75,6 +85,8 @@ impl Fs {
     pub fn fence(&self) {
         self.fenced
             .store(true, std::sync::atomic::Ordering::Release);
+        // Writers waiting for room would wait for an upload that can no longer happen.
+        self.wake_writers();
     }
 
     pub fn is_fenced(&self) -> bool {
