@@ -394,6 +394,47 @@ fn a_file_renamed_out_of_a_local_only_path_is_uploaded_whole() {
     );
 }
 
+// Found by the engine model (tests/engine_model.rs): a file renamed into a `--local-only`
+// path while some of its pages are only in the bucket (evicted, or not fetched yet after a
+// restore) read zeros there once a checkpoint dropped it from the bucket's image, and those
+// pages were lost for good when it left the path again.
+#[test]
+fn a_file_renamed_into_a_local_only_path_keeps_the_pages_only_the_bucket_has() {
+    let dirs = Dirs::new();
+    let options = || Options {
+        local_only: vec!["*.tmp".into()],
+        ..Options::default()
+    };
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options());
+    let ino = e.create("16384.1");
+    let bytes = pattern(9, 40);
+    e.write(ino, 0, &bytes);
+    e.checkpoint();
+    e.crash();
+    // A new machine: every page is only in the bucket.
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), options());
+    let rename = |from: &str, to: &str| {
+        e.fs.rename(
+            ROOT_INO,
+            OsStr::new(from),
+            ROOT_INO,
+            OsStr::new(to),
+            bucketfs::fs::RenameMode::NoReplace,
+        )
+        .expect("rename")
+    };
+    rename("16384.1", "16384.1.tmp");
+    e.checkpoint();
+    let half = 20 * PAGE;
+    let got = e.fs.read(ino, 0, half as u32).expect("read");
+    assert_same("the first half, in the local-only path", &got, &bytes[..half]);
+    // Out again, with the second half still only in the bucket.
+    rename("16384.1.tmp", "16384.1");
+    e.checkpoint();
+    e.crash();
+    assert_same("restored", &restored(&dirs, 2, "16384.1"), &bytes);
+}
+
 // Issue 10, finding 6: a file unlinked while open keeps its bytes until the last close, even
 // once a checkpoint has dropped it from the bucket's latest manifest.
 #[test]
