@@ -42,6 +42,18 @@ pub struct Cut {
     pub bytes: u64,
 }
 
+/// The inodes a cut's walk found.
+struct Walked {
+    /// Reached by a name outside `--local-only` paths (hard links once), or unlinked while
+    /// open: their changes are uploaded.
+    seen: HashSet<u64>,
+    /// Reached under `--local-only` paths (those also in `seen` are uploaded all the same).
+    local_only: HashSet<u64>,
+    /// Local-only files with pages only the bucket has: kept in its image without a name
+    /// and without their changes.
+    nameless: HashSet<u64>,
+}
+
 /// Receives each run of dirty pages a cut takes: (inode, first page, pages, bytes).
 pub type RunSink<'a> = dyn FnMut(u64, u64, u32, &[u8]) -> io::Result<()> + 'a;
 
@@ -70,7 +82,11 @@ impl Fs {
             ..Cut::default()
         };
         let inodes = self.inode_snapshot();
-        let (seen, local_only) = self.walk(filter, &inodes, &mut cut)?;
+        let Walked {
+            seen,
+            local_only,
+            nameless,
+        } = self.walk(filter, &inodes, &mut cut)?;
         // Local-only files are never uploaded, so nothing of theirs waits to be: forget
         // their dirty pages (a file with another, uploaded name is uploaded all the same).
         // That they were dropped is recorded: should the file leave its local-only path
@@ -90,6 +106,16 @@ impl Fs {
             }
         }
         self.meta.commit(batch)?;
+        // Files that stay in the bucket's image without a name, only so that the pages they
+        // have nowhere else can still be fetched: nothing of them is uploaded, and a restore
+        // leaves them out (no links).
+        for ino in &nameless {
+            if let Some(inode) = inodes.get(ino) {
+                let mut attr = inode.state.lock().attr.clone();
+                attr.nlink = 0;
+                cut.inodes.push(attr);
+            }
+        }
         self.rpo_cut();
         // From here on the cut moves pages from dirty to pending: if it fails part-way, every
         // move is undone, so that nothing taken is left stranded as neither dirty nor sent.
@@ -110,15 +136,14 @@ impl Fs {
         Ok(cut)
     }
 
-    /// Walks the tree from the root, recording the namespace in `cut`, and returns the inodes
-    /// it reaches (hard links once, plus files unlinked while still open) and those reached
-    /// only under `--local-only` paths (which are left out, with all below them).
+    /// Walks the tree from the root, recording the namespace in `cut`, and sorts the inodes
+    /// into those to upload, those under `--local-only` paths, and those kept nameless.
     fn walk(
         &self,
         filter: &dyn PathFilter,
         inodes: &HashMap<u64, Arc<Inode>>,
         cut: &mut Cut,
-    ) -> Result<(HashSet<u64>, HashSet<u64>)> {
+    ) -> Result<Walked> {
         let mut seen = HashSet::new();
         let mut local_only = HashSet::new();
         let mut stack: Vec<(u64, Vec<u8>, bool)> = vec![(ROOT_INO, Vec::new(), false)];
@@ -151,13 +176,28 @@ impl Fs {
         // A file unlinked while open keeps its bytes until the last close: it stays in the
         // bucket's image, nameless, so that its pages that are only in the bucket can still
         // be fetched. A restore leaves it out; the first cut after its last close drops it.
+        // A local-only file (reached only under those paths, or unlinked while local-only)
+        // whose pages are not all in the cache dir stays the same way, without its changes:
+        // its absent pages are the bucket's, and would read as zeros (and be lost when it
+        // leaves the path) were the bucket's image to drop it.
+        let mut nameless = HashSet::new();
         for (ino, inode) in inodes {
             let st = inode.state.lock();
-            if st.attr.nlink == 0 && st.attr.kind == FileKind::File && !st.local_only {
+            if st.attr.kind != FileKind::File || seen.contains(ino) {
+                continue;
+            }
+            let unlinked = st.attr.nlink == 0;
+            if unlinked && !st.local_only {
                 seen.insert(*ino);
+            } else if (unlinked || local_only.contains(ino)) && !st.absent.is_empty() {
+                nameless.insert(*ino);
             }
         }
-        Ok((seen, local_only))
+        Ok(Walked {
+            seen,
+            local_only,
+            nameless,
+        })
     }
 
     /// Moves the dirty pages of `seen` to pending and hands their bytes to `sink`, recording
