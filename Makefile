@@ -13,8 +13,8 @@ build:
 test:             ## every test: unit, reference model, real mounts, Postgres end to end (root)
 	cargo test --locked -- --test-threads=4
 
-test-long:        ## before a release (hours): model tests with 4000 cases, fsx for 100,000 ops, 200 crash cycles
-	PROPTEST_CASES=$${PROPTEST_CASES:-4000} cargo test --locked --test engine_model --test reference_model -- --test-threads=2
+test-long:        ## before a release (hours): model tests with 10,000 cases each, fsx for 100,000 ops, 200 crash cycles
+	PROPTEST_CASES=$${PROPTEST_CASES:-10000} cargo test --locked --test engine_model --test reference_model -- --test-threads=2
 	FSX_OPS=100000 cargo test --locked --test posix fsx -- --test-threads=2 --nocapture
 	CRASH_LOOP_CYCLES=$${CRASH_LOOP_CYCLES:-200} cargo test --locked --test crash_loop -- --nocapture
 

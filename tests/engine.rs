@@ -427,7 +427,11 @@ fn a_file_renamed_into_a_local_only_path_keeps_the_pages_only_the_bucket_has() {
     e.checkpoint();
     let half = 20 * PAGE;
     let got = e.fs.read(ino, 0, half as u32).expect("read");
-    assert_same("the first half, in the local-only path", &got, &bytes[..half]);
+    assert_same(
+        "the first half, in the local-only path",
+        &got,
+        &bytes[..half],
+    );
     // Out again, with the second half still only in the bucket.
     rename("16384.1.tmp", "16384.1");
     e.checkpoint();

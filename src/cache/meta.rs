@@ -91,6 +91,9 @@ impl MetaStore {
         // space it preallocates for each new WAL from this (by default 70 MiB at every open).
         opts.set_db_write_buffer_size(8 << 20);
         opts.set_manifest_preallocation_size(1 << 20);
+        // Opening loads every table file's handle; RocksDB's default starts 16 threads per
+        // column family for that (112 here, at every start) for a few small files.
+        opts.set_max_file_opening_threads(1);
         let cfs = [
             CF_INODES,
             CF_DIRENTS,

@@ -22,6 +22,8 @@ pub struct Engine {
     pub fs: Arc<Fs>,
     pub cp: Arc<Checkpointer>,
     pub plan: Arc<FaultPlan>,
+    /// Reads what the bucket's latest checkpoint holds, past the cache dir.
+    bucket: Arc<BucketFetcher>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -78,25 +80,37 @@ impl Engine {
             fs.install(restore_of(&cp.view().read()))
                 .expect("install restore");
         }
-        let fetcher: Arc<dyn Fetcher> = Arc::new(BucketFetcher::new(
+        let bucket = Arc::new(BucketFetcher::new(
             store.clone(),
             rt.handle().clone(),
             cp.view(),
         ));
+        let fetcher: Arc<dyn Fetcher> = bucket.clone();
         let fetcher = match options.wrap_fetcher {
             Some(wrap) => wrap(fetcher),
             None => fetcher,
         };
         fs.set_fetcher(fetcher);
-        Engine { fs, cp, plan, rt }
+        Engine {
+            fs,
+            cp,
+            plan,
+            bucket,
+            rt,
+        }
     }
 
     /// kill -9: nothing is stopped cleanly. Every handle to the core must be gone after this
     /// (the cache dir's locks with it), or reopening it fails.
     pub fn crash(self) {
-        let Engine { fs, cp, plan, rt } = self;
-        drop(cp);
-        drop(plan);
+        let Engine {
+            fs,
+            cp,
+            plan,
+            bucket,
+            rt,
+        } = self;
+        drop((cp, plan, bucket));
         assert_eq!(
             Arc::strong_count(&fs),
             1,
@@ -147,6 +161,36 @@ impl Engine {
 
     pub fn truncate(&self, ino: u64, size: u64) {
         set_size(&self.fs, ino, size);
+    }
+
+    /// File `ino` as the bucket's latest checkpoint holds it, read from the bucket, not the
+    /// cache dir. None: not there, or there only without a name (a restore leaves it out).
+    pub fn in_bucket(&self, ino: u64) -> Option<Vec<u8>> {
+        let size = self
+            .cp
+            .view()
+            .read()
+            .inodes
+            .get(&ino)
+            .filter(|a| a.nlink > 0)?
+            .size;
+        let mut bytes = self
+            .bucket
+            .fetch(ino, 0..size.div_ceil(PAGE_SIZE))
+            .expect("fetch from the bucket");
+        bytes.truncate(size as usize);
+        Some(bytes)
+    }
+
+    /// The names in the root directory of the bucket's latest checkpoint.
+    pub fn names_in_bucket(&self) -> Vec<String> {
+        let view = self.cp.view();
+        let view = view.read();
+        view.dirents
+            .keys()
+            .filter(|(parent, _)| *parent == ROOT_INO)
+            .map(|(_, name)| name.to_string_lossy().into_owned())
+            .collect()
     }
 }
 
