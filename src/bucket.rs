@@ -87,10 +87,53 @@ impl std::fmt::Display for BucketUrl {
     }
 }
 
+/// What to do with a bucket whose last writer did not stop cleanly (and is not this cache
+/// dir's own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Takeover {
+    /// Refuse, naming the writer and its last checkpoint: it may still be alive.
+    Refuse,
+    /// Take over whatever the age of its last checkpoint (`--takeover`).
+    Always,
+    /// Take over once its newest checkpoint is older than this (`--takeover-after`).
+    After(std::time::Duration),
+}
+
+/// The bucket's newest checkpoint as this mount found it, before taking over.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub epoch: u64,
+    pub writer: String,
+    pub created_ms: u64,
+    pub clean_stop: bool,
+    /// The names in the filesystem's root directory.
+    pub root_names: Vec<String>,
+}
+
+impl Found {
+    fn of(opened: &Opened) -> Option<Found> {
+        let latest = opened.latest.as_ref()?;
+        let root_names = opened
+            .view
+            .dirents
+            .keys()
+            .filter(|(parent, _)| *parent == crate::fs::ROOT_INO)
+            .map(|(_, name)| name.to_string_lossy().into_owned())
+            .collect();
+        Some(Found {
+            epoch: latest.epoch,
+            writer: latest.writer.clone(),
+            created_ms: latest.created_ms,
+            clean_stop: latest.clean_stop,
+            root_names,
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BucketSettings {
     pub url: BucketUrl,
-    pub takeover: bool,
+    pub takeover: Takeover,
     /// Serve the latest checkpoint and never write to the bucket.
     pub read_only: bool,
     /// fsync waits until the change is in the bucket.
@@ -150,15 +193,42 @@ fn check_bucket(
     }
     if let Some(latest) = &opened.latest {
         let ours = record.is_some_and(|r| r.writer == latest.writer);
-        if !latest.clean_stop && !ours && !settings.takeover {
-            let age_s = crate::checkpoint::now_ms().saturating_sub(latest.created_ms) / 1000;
-            bail!(
+        if latest.clean_stop || ours {
+            return Ok(());
+        }
+        let age_ms = crate::checkpoint::now_ms().saturating_sub(latest.created_ms);
+        let age_s = age_ms / 1000;
+        match settings.takeover {
+            Takeover::Refuse => bail!(
                 "bucket {url} is held by writer {}, whose last checkpoint (epoch {}) was {age_s} s \
                  ago and which has not stopped cleanly. If that writer is gone, mount with \
-                 --takeover; two live writers would fence each other",
+                 --takeover (or --takeover-after DURATION); two live writers would fence each \
+                 other",
                 latest.writer,
                 latest.epoch
-            );
+            ),
+            Takeover::After(after) if u128::from(age_ms) < after.as_millis() => bail!(
+                "bucket {url} is held by writer {}, whose last checkpoint (epoch {}) was {age_s} s \
+                 ago, less than --takeover-after {} s: it may still be alive, and is taken over \
+                 only once its last checkpoint is older than that (or now with --takeover, if it \
+                 is gone)",
+                latest.writer,
+                latest.epoch,
+                after.as_secs_f64()
+            ),
+            Takeover::After(after) => warn!(
+                writer = %latest.writer,
+                epoch = latest.epoch,
+                age_s,
+                takeover_after_s = after.as_secs_f64(),
+                "taking the bucket over: its writer did not stop cleanly and its last checkpoint is older than --takeover-after"
+            ),
+            Takeover::Always => warn!(
+                writer = %latest.writer,
+                epoch = latest.epoch,
+                age_s,
+                "taking the bucket over (--takeover): its writer did not stop cleanly"
+            ),
         }
     }
     Ok(())
@@ -168,6 +238,8 @@ fn check_bucket(
 pub struct Attached {
     /// None for a read-only mount, which never writes to the bucket.
     writer: Option<Writing>,
+    /// The bucket's newest checkpoint when this mount attached (None: a new prefix).
+    found: Option<Found>,
     probe: Arc<Probe>,
     /// Running after a restore into an empty cache dir.
     prefetch: Option<Prefetch>,
@@ -555,6 +627,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         );
     }
     let restoring = opened.latest.is_some() && record.is_none();
+    let found = Found::of(&opened);
     let writer = format!("{:016x}", fastrand::u64(..));
     let mut opened = opened;
     let mut attempts = 0;
@@ -644,6 +717,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         prewarm: progress,
     });
     Ok(Attached {
+        found,
         writer: Some(Writing {
             checkpointer,
             stop,
@@ -674,6 +748,7 @@ fn attach_read_only(
     let Some(latest) = &opened.latest else {
         bail!("bucket {url} has no checkpoint yet: there is nothing to serve read-only");
     };
+    let found = Found::of(&opened);
     let installed = record.is_none();
     match &record {
         None if !fs.is_empty()? => bail!(
@@ -731,6 +806,7 @@ fn attach_read_only(
         prewarm: progress,
     });
     Ok(Attached {
+        found,
         writer: None,
         probe,
         prefetch,
@@ -739,6 +815,11 @@ fn attach_read_only(
 }
 
 impl Attached {
+    /// The bucket's newest checkpoint when this mount attached (None: a new prefix).
+    pub fn found(&self) -> Option<&Found> {
+        self.found.as_ref()
+    }
+
     /// What the bucket's part of the status is read from.
     pub fn probe(&self) -> Arc<Probe> {
         self.probe.clone()
@@ -772,7 +853,24 @@ impl Attached {
 impl Writing {
     /// Stops the periodic checkpoints and takes the final one, marked as a clean stop.
     fn finish(mut self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        info!(
+            dirty_bytes = self.fs.unsafe_pages() * crate::fs::PAGE_SIZE,
+            "final checkpoint: uploading what the bucket does not have yet"
+        );
+        let (fs, cp) = (self.fs.clone(), self.checkpointer.clone());
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            s.spawn(move || report_final_progress(&fs, &cp, started, &finished));
+            let r = self.finish_inner();
+            drop(done);
+            r
+        })
+    }
+
+    fn finish_inner(&mut self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Release);
+        // A checkpoint in flight finishes first, and counts in the progress reports.
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -800,6 +898,28 @@ impl Writing {
                 Err(e).context("final checkpoint")
             }
         }
+    }
+}
+
+/// Logs every few seconds how much the final checkpoint has left to upload, until `finished`
+/// disconnects. On Fly the stop has at most `kill_timeout`: whoever reads the log should see
+/// whether it will make it.
+fn report_final_progress(
+    fs: &Fs,
+    cp: &Checkpointer,
+    started: std::time::Instant,
+    finished: &std::sync::mpsc::Receiver<()>,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(EVERY) {
+        let p = cp.upload_progress();
+        info!(
+            bytes_left = fs.unsafe_pages() * crate::fs::PAGE_SIZE,
+            segment_bytes_sent = p.sent,
+            segment_bytes_to_send = p.total.saturating_sub(p.sent),
+            elapsed_s = started.elapsed().as_secs(),
+            "final checkpoint: in progress"
+        );
     }
 }
 

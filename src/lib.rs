@@ -13,6 +13,9 @@
 //! - [`checkpoint`]: cut, pack, upload, commit, mark clean; restore; fetching absent pages.
 //! - [`bucket`]: attaching a bucket to a mount: restore, takeover, prefetch and prewarm.
 //! - [`status`], [`metrics`]: what a mount reports (control socket, /metrics, /status).
+//! - [`supervise`]: `bucketfs run`: a program (PostgreSQL) on the mount as PID 1: initdb,
+//!   signals, orphans, the final checkpoint, and stopping the program when the mount is
+//!   fenced.
 //!
 //! A request travels `fuse` → `fs` → (`cache` metadata + cache file). See docs/ and
 //! ../shared/DESIGN.md for the whole picture.
@@ -30,3 +33,4 @@ pub mod metrics;
 pub mod mount;
 pub mod status;
 pub mod store;
+pub mod supervise;

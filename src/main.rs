@@ -1,13 +1,14 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use bucketfs::bucket::{BucketSettings, BucketUrl};
+use bucketfs::bucket::{BucketSettings, BucketUrl, Takeover};
 use bucketfs::checkpoint::CheckpointSettings;
-use bucketfs::config::{Cli, Command, Compression, Durability, LogFormat, MountArgs};
+use bucketfs::config::{Command, Compression, Durability, LogFormat, MountArgs, RunArgs, Source};
 use bucketfs::mount::{self, MountSettings};
+use bucketfs::supervise::{self, InitdbSettings, RunSettings, User};
 
 fn main() -> ExitCode {
     // Checkpoints allocate and free page runs of up to 256 KiB by the thousand; glibc keeps
@@ -15,12 +16,29 @@ fn main() -> ExitCode {
     // BENCHMARKS.md). Buffers from 128 KiB up get mappings of their own, returned on free.
     // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
-    let cli = Cli::parse();
+    let parsed = bucketfs::config::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let cli = parsed.cli;
     init_tracing(cli.log_format);
+    if let Some(file) = &parsed.file {
+        info!(config = %file.display(), "settings read from the config file (flags and BUCKETFS_* variables win over it)");
+    }
+    let given: Vec<String> = parsed
+        .sources
+        .iter()
+        .filter(|s| s.source != Source::Default)
+        .map(|s| format!("--{}={} ({})", s.long, s.values.join(","), s.source))
+        .collect();
+    if !given.is_empty() {
+        info!(settings = %given.join(" "), "settings");
+    }
     let result = match &cli.command {
-        Command::Mount(args) => mount_settings(args).and_then(|s| mount::run(&s)),
+        Command::Mount(args) => mount_settings(args, bucket_url(args))
+            .and_then(|s| mount::run(&s))
+            .map(|()| 0),
+        Command::Run(args) => run_settings(args).and_then(|s| supervise::run(&s)),
         Command::Checkpoint { cache_dir } => bucketfs::status::request_checkpoint(cache_dir)
-            .map(|epoch| println!("checkpoint committed: epoch {epoch}")),
+            .map(|epoch| println!("checkpoint committed: epoch {epoch}"))
+            .map(|()| 0),
         Command::Status { cache_dir, json } => bucketfs::status::request_status(cache_dir)
             .and_then(|s| {
                 let mut out = std::io::stdout().lock();
@@ -30,15 +48,16 @@ fn main() -> ExitCode {
                 } else {
                     bucketfs::status::print(&s, &mut out)?;
                 }
-                Ok(())
+                Ok(0)
             }),
         Command::Ls { bucket } => BucketUrl::parse(bucket)
-            .and_then(|url| bucketfs::admin::ls(&url, &mut std::io::stdout().lock())),
+            .and_then(|url| bucketfs::admin::ls(&url, &mut std::io::stdout().lock()))
+            .map(|()| 0),
         Command::Verify { bucket } => BucketUrl::parse(bucket).and_then(|url| {
             let broken = bucketfs::admin::verify(&url, &mut std::io::stderr().lock())?;
             if broken.is_empty() {
                 println!("bucket {url}: every segment and extent checks out");
-                return Ok(());
+                return Ok(0);
             }
             for b in &broken {
                 println!("BROKEN {b}");
@@ -47,7 +66,7 @@ fn main() -> ExitCode {
         }),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One line on stderr, which is also where the logs go.
             eprintln!("bucketfs: error: {e:#}");
@@ -70,14 +89,15 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
-    if args.durability == Durability::Remote && bucket_url(args).is_none() {
+/// The mount's settings, with the bucket (if any) already chosen.
+fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<MountSettings> {
+    if args.durability == Durability::Remote && bucket.is_none() {
         bail!("--durability remote needs a bucket (--bucket URL): there is nowhere remote to wait for");
     }
-    if args.read_only && bucket_url(args).is_none() {
+    if args.read_only && bucket.is_none() {
         bail!("--read-only needs a bucket (--bucket URL or BUCKET_NAME) to serve");
     }
-    if args.cache_size.is_some() && bucket_url(args).is_none() {
+    if args.cache_size.is_some() && bucket.is_none() {
         bail!("--cache-size needs a bucket (--bucket URL): without one, the cache dir is the only copy and nothing can be evicted");
     }
     if let Some(size) = args.cache_size {
@@ -94,6 +114,11 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
     if args.read_only && args.durability == Durability::Remote {
         bail!("--read-only takes no writes, so --durability remote has nothing to wait for");
     }
+    let takeover = match (args.takeover, args.takeover_after) {
+        (true, _) => Takeover::Always,
+        (false, Some(after)) => Takeover::After(after),
+        (false, None) => Takeover::Refuse,
+    };
     Ok(MountSettings {
         mountpoint: args.mountpoint.clone(),
         cache_dir: args.cache_dir.clone(),
@@ -106,7 +131,7 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
         cache_size: args.cache_size,
         max_dirty: args.max_dirty,
         metrics_addr: bucketfs::metrics::parse_addr(&args.metrics_addr)?,
-        bucket: bucket_url(args)
+        bucket: bucket
             .as_deref()
             .map(|url| -> anyhow::Result<BucketSettings> {
                 let mut checkpoint = CheckpointSettings {
@@ -116,6 +141,9 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
                         Compression::None => None,
                         Compression::Zstd => Some(1),
                     },
+                    // A writer that others may take over by age shows it is alive well
+                    // within that age.
+                    heartbeat: args.takeover_after.map(|a| a / 4),
                     ..CheckpointSettings::default()
                 };
                 if !args.local_only.is_empty() {
@@ -123,7 +151,7 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
                 }
                 Ok(BucketSettings {
                     url: BucketUrl::parse(url)?,
-                    takeover: args.takeover,
+                    takeover,
                     read_only: args.read_only,
                     remote_durability: args.durability == Durability::Remote,
                     checkpoint,
@@ -133,14 +161,109 @@ fn mount_settings(args: &MountArgs) -> anyhow::Result<MountSettings> {
     })
 }
 
-/// `--bucket`, or else the bucket that `fly storage create` names in BUCKET_NAME.
+/// `--bucket`, or else s3://$BUCKET_NAME/DATABASE-NAME (`fly storage create` sets
+/// BUCKET_NAME).
 fn bucket_url(args: &MountArgs) -> Option<String> {
     args.bucket.clone().or_else(|| {
-        std::env::var("BUCKET_NAME")
+        let name = std::env::var("BUCKET_NAME")
             .ok()
-            .filter(|n| !n.is_empty())
-            .map(|n| format!("s3://{n}/"))
+            .filter(|n| !n.is_empty())?;
+        let url = format!("s3://{name}/{}", args.database_name);
+        info!(bucket = %url, "bucket from BUCKET_NAME and --database-name");
+        Some(url)
     })
+}
+
+/// How often `run` looks for a takeover while it has nothing to commit. A HEAD each time:
+/// about 260,000 a month, a few cents.
+const RUN_WRITER_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn run_settings(args: &RunArgs) -> anyhow::Result<RunSettings> {
+    let (m, r) = (&args.mount, &args.run);
+    if m.read_only {
+        bail!(
+            "--read-only: `run` needs a writable mount (PostgreSQL writes to its data directory)"
+        );
+    }
+    let user = User::lookup(&r.user)?;
+    if user.uid == 0 {
+        warn!("--user is root: PostgreSQL refuses to run as root");
+    }
+    let (program, args_) = args.program.split_first().expect("clap requires a program");
+    let mut program_line = vec![supervise::resolve_program(program)?];
+    program_line.extend(args_.iter().cloned());
+    if !r.initdb && (!r.initdb_arg.is_empty() || !r.pg_conf.is_empty()) {
+        bail!("--initdb-arg and --pg-conf apply to initdb: they need --initdb");
+    }
+    let initdb = r
+        .initdb
+        .then(|| -> anyhow::Result<InitdbSettings> {
+            Ok(InitdbSettings {
+                initdb: find_initdb(r.pg_bin.as_deref(), &program_line[0])?,
+                args: r.initdb_arg.clone(),
+                conf: r.pg_conf.clone(),
+            })
+        })
+        .transpose()?;
+    let bucket = match bucket_url(m) {
+        Some(url) => url,
+        None => {
+            let dir = std::path::absolute(&m.cache_dir)
+                .with_context(|| format!("resolve --cache-dir {}", m.cache_dir.display()))?
+                .join("bucket");
+            let url = format!("file://{}", dir.display());
+            warn!(bucket = %url, "no bucket configured (--bucket, BUCKET_NAME): the directory `bucket` in the cache dir is the bucket. For trying bucketfs out only: it shares the cache dir's disk, so losing that disk loses both");
+            url
+        }
+    };
+    let mut mount = mount_settings(m, Some(bucket))?;
+    // The program runs as --user: the mount's root is its, and other users may enter.
+    mount.allow_other = true;
+    mount.root_uid = mount.root_uid.or(Some(user.uid));
+    mount.root_gid = mount.root_gid.or(Some(user.gid));
+    if let Some(b) = &mut mount.bucket {
+        b.checkpoint.writer_check = Some(RUN_WRITER_CHECK);
+    }
+    Ok(RunSettings {
+        mount,
+        program: program_line,
+        user,
+        initdb,
+        stop_timeout: r.stop_timeout,
+    })
+}
+
+/// initdb: in --pg-bin, else beside the program when it is a path, else on PATH.
+fn find_initdb(
+    pg_bin: Option<&std::path::Path>,
+    program: &std::ffi::OsStr,
+) -> anyhow::Result<std::path::PathBuf> {
+    let program = std::path::Path::new(program);
+    let (path, whence) = match pg_bin {
+        Some(dir) => (dir.join("initdb"), "in --pg-bin"),
+        None if program.is_absolute() => (
+            program
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .join("initdb"),
+            "beside the program",
+        ),
+        None => (
+            supervise::on_path("initdb").ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--initdb: no initdb on PATH; give --pg-bin DIR (the PostgreSQL bin directory)"
+                )
+            })?,
+            "on PATH",
+        ),
+    };
+    if !path.is_file() {
+        bail!(
+            "--initdb: no initdb {whence} ({}); give --pg-bin DIR (the PostgreSQL bin directory)",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// A user name or number → uid.

@@ -53,10 +53,35 @@ impl MountedFs {
     }
 }
 
+/// `bucketfs mount`: mounts, then serves until SIGINT or SIGTERM, then unmounts and makes
+/// everything durable.
 pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
     // Signals are taken by one thread with sigwait. Block them before any thread starts
     // (RocksDB starts its own), so that every thread inherits the mask and none dies of them.
-    let signals = block_stop_signals();
+    let signals = block_signals(&[libc::SIGINT, libc::SIGTERM]);
+    let mut mounted = start(settings)?;
+    let watcher_mountpoint = mounted.mountpoint().to_owned();
+    let unmounter = mounted.unmounter();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || wait_and_unmount(signals, &watcher_mountpoint, unmounter))
+        .context("start signal thread")?;
+    mounted.serve()
+}
+
+/// A filesystem the kernel has mounted; requests queue until `serve` runs the session.
+pub struct Mounted {
+    session: Session<FuseFs>,
+    mountpoint: PathBuf,
+    fs: Arc<Fs>,
+    attached: Option<crate::bucket::Attached>,
+    evictor: Option<crate::fs::Evictor>,
+    socket: PathBuf,
+}
+
+/// Opens the cache dir, attaches the bucket, serves status and metrics, and mounts. The
+/// caller blocks the signals it wants to take before calling this, as threads start here.
+pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
     let mountpoint = check_mountpoint(&settings.mountpoint)?;
     let cache = CacheDir::open(&settings.cache_dir, PAGE_SIZE)?;
     raise_fd_limit();
@@ -165,41 +190,81 @@ pub fn run(settings: &MountSettings) -> anyhow::Result<()> {
             writeback_cache: settings.writeback_cache,
         },
     );
-    let mut session = Session::new(adapter, &mountpoint, &config)
+    let session = Session::new(adapter, &mountpoint, &config)
         .with_context(|| format!("mount {}", mountpoint.display()))?;
     info!(mountpoint = %mountpoint.display(), cache_dir = %fs.root().display(), "mounted");
+    Ok(Mounted {
+        session,
+        mountpoint,
+        fs,
+        attached,
+        evictor,
+        socket,
+    })
+}
 
-    let watcher_mountpoint = mountpoint.clone();
-    let unmounter = session.unmount_callable();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || wait_and_unmount(signals, &watcher_mountpoint, unmounter))
-        .context("start signal thread")?;
+impl Mounted {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
 
-    let served = session_end(session.run());
-    let _ = std::fs::remove_file(&socket);
-    // Whatever ended the session, the final checkpoint and the sync still run: after a stop
-    // signal there is no later chance to take them, and an error serving requests is no reason
-    // to leave the bucket without the last changes.
-    if let Err(e) = &served {
-        error!(error = %e, "serving FUSE requests failed; taking the final checkpoint and syncing anyway");
+    pub fn fs(&self) -> Arc<Fs> {
+        self.fs.clone()
     }
-    let last = attached.map(|a| a.finish()).transpose();
-    if let Some(e) = evictor {
-        e.finish();
+
+    /// The bucket's writer, if this mount is one.
+    pub fn checkpointer(&self) -> Option<Arc<crate::checkpoint::Checkpointer>> {
+        self.attached
+            .as_ref()
+            .and_then(|a| a.probe().checkpointer())
     }
-    info!(
-        bytes_written = fs
-            .stats()
-            .bytes_written
-            .load(std::sync::atomic::Ordering::Relaxed),
-        "unmounted; syncing cache dir"
-    );
-    fs.shutdown().context("sync cache dir at unmount")?;
-    served.context("serve FUSE requests")?;
-    last?;
-    info!("stopped cleanly");
-    Ok(())
+
+    /// The bucket attached, if any.
+    pub fn attached(&self) -> Option<&crate::bucket::Attached> {
+        self.attached.as_ref()
+    }
+
+    /// What ends the session from another thread.
+    pub fn unmounter(&mut self) -> SessionUnmounter {
+        self.session.unmount_callable()
+    }
+
+    /// Serves requests until the filesystem is unmounted, then takes the final checkpoint
+    /// and makes the cache dir durable.
+    pub fn serve(self) -> anyhow::Result<()> {
+        let Mounted {
+            session,
+            fs,
+            attached,
+            evictor,
+            socket,
+            ..
+        } = self;
+        let served = session_end(session.run());
+        let _ = std::fs::remove_file(&socket);
+        // Whatever ended the session, the final checkpoint and the sync still run: after a
+        // stop signal there is no later chance to take them, and an error serving requests is
+        // no reason to leave the bucket without the last changes.
+        if let Err(e) = &served {
+            error!(error = %e, "serving FUSE requests failed; taking the final checkpoint and syncing anyway");
+        }
+        let last = attached.map(|a| a.finish()).transpose();
+        if let Some(e) = evictor {
+            e.finish();
+        }
+        info!(
+            bytes_written = fs
+                .stats()
+                .bytes_written
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "unmounted; syncing cache dir"
+        );
+        fs.shutdown().context("sync cache dir at unmount")?;
+        served.context("serve FUSE requests")?;
+        last?;
+        info!("stopped cleanly");
+        Ok(())
+    }
 }
 
 /// What the end of the FUSE session means for the exit. An unmount (ours after a stop signal,
@@ -328,26 +393,34 @@ fn detach(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn block_stop_signals() -> libc::sigset_t {
+/// Blocks `signals` in the calling thread (and so in every thread it starts from now on), and
+/// returns them as a set for sigwait.
+pub fn block_signals(signals: &[libc::c_int]) -> libc::sigset_t {
     // SAFETY: plain libc signal-set manipulation on a local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
 /// Waits for SIGINT/SIGTERM and unmounts; the FUSE session then ends and `run` goes on to
-/// the final sync. A mount still in use is detached lazily: it stays usable for the processes
-/// that have files open and goes away when they close them.
+/// the final sync.
 fn wait_and_unmount(set: libc::sigset_t, mountpoint: &Path, mut unmounter: SessionUnmounter) {
     let mut sig: libc::c_int = 0;
     // SAFETY: `set` is an initialised signal set and `sig` a valid out-parameter.
     while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
     info!(signal = sig, "stopping: unmounting");
+    unmount(mountpoint, &mut unmounter);
+}
+
+/// Unmounts, which ends the FUSE session. A mount still in use is detached lazily: it stays
+/// usable for the processes that have files open and goes away when they close them.
+pub fn unmount(mountpoint: &Path, unmounter: &mut SessionUnmounter) {
     match unmounter.unmount() {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {

@@ -71,6 +71,14 @@ pub struct CheckpointSettings {
     pub base_every: u32,
     /// Paths never uploaded.
     pub local_only: Vec<String>,
+    /// Commit a checkpoint at least this often, even with nothing to upload, so that the
+    /// bucket shows this writer alive (`--takeover-after` judges a writer by the age of its
+    /// newest checkpoint). None: only when something changed.
+    pub heartbeat: Option<Duration>,
+    /// While nothing is committed, look this often for another writer's manifest after the
+    /// last one, so that a takeover fences an idle mount at once rather than at its next
+    /// write. None: a takeover is noticed at the next commit.
+    pub writer_check: Option<Duration>,
 }
 
 impl Default for CheckpointSettings {
@@ -88,6 +96,8 @@ impl Default for CheckpointSettings {
                 "postmaster.pid".into(),
                 "postmaster.opts".into(),
             ],
+            heartbeat: None,
+            writer_check: None,
         }
     }
 }
@@ -316,6 +326,23 @@ pub struct Totals {
     pub last_error: Option<String>,
     /// Unix ms of the last commit (0: none yet).
     pub last_commit_ms: u64,
+    /// Wall time spent uploading segments, in ms: `segment_bytes` over it is the upload rate.
+    pub upload_ms: u64,
+}
+
+impl Totals {
+    /// Segment bytes uploaded per second, once enough has gone up to say (1 MiB).
+    pub fn upload_rate(&self) -> Option<f64> {
+        (self.segment_bytes >= 1 << 20 && self.upload_ms > 0)
+            .then(|| self.segment_bytes as f64 * 1000.0 / self.upload_ms as f64)
+    }
+}
+
+/// The upload of the checkpoint in flight: segment bytes sent and to send.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UploadProgress {
+    pub sent: u64,
+    pub total: u64,
 }
 
 /// What a completed checkpoint did.
@@ -349,6 +376,9 @@ pub struct Checkpointer {
     wanted: Mutex<bool>,
     wanted_cv: Condvar,
     totals: Mutex<Totals>,
+    /// The upload in flight (sent, total), for progress reports.
+    upload_sent: Arc<std::sync::atomic::AtomicU64>,
+    upload_total: std::sync::atomic::AtomicU64,
 }
 
 impl Checkpointer {
@@ -376,6 +406,8 @@ impl Checkpointer {
             wanted: Mutex::new(false),
             wanted_cv: Condvar::new(),
             totals: Mutex::new(Totals::default()),
+            upload_sent: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            upload_total: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -402,6 +434,55 @@ impl Checkpointer {
 
     pub fn writer(&self) -> &str {
         &self.writer
+    }
+
+    /// The segment upload in flight (both 0 when none is).
+    pub fn upload_progress(&self) -> UploadProgress {
+        UploadProgress {
+            sent: self.upload_sent.load(Ordering::Acquire),
+            total: self.upload_total.load(Ordering::Acquire),
+        }
+    }
+
+    /// Is this mount still the bucket's writer? Looks for a manifest at the epoch after the
+    /// last one it committed: one there that another writer committed means a takeover, and
+    /// this mount is fenced now, not at its next commit (which an idle mount may not make
+    /// for hours). Cheap: one HEAD while nobody has taken over.
+    pub fn check_writer(&self) -> Result<(), CheckpointError> {
+        let _one = self.running.lock();
+        let epoch = self.view.read().epoch;
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(CheckpointError::Fenced { epoch });
+        }
+        let key = manifest_key(epoch + 1);
+        if self.rt.block_on(self.store.head(&key))?.is_none() {
+            return Ok(());
+        }
+        // Ours only if an earlier attempt's answer was lost; the next checkpoint goes on from
+        // it (see `commit`).
+        if self.own_earlier_commit(&key)? {
+            return Ok(());
+        }
+        self.fence(epoch + 1);
+        Err(CheckpointError::Fenced { epoch: epoch + 1 })
+    }
+
+    /// Another writer committed `epoch`: accept no more changes, and wake whoever waits for
+    /// a commit that can no longer come.
+    fn fence(&self, epoch: u64) {
+        self.fenced.store(true, Ordering::Release);
+        self.fs.fence();
+        // Remote-durability fsyncs waiting for a commit fail now, not at their next look.
+        {
+            let _covered = self.covered.lock();
+            self.covered_cv.notify_all();
+        }
+        error!(
+            epoch,
+            writer = %self.writer,
+            "another writer committed this epoch first: this mount is fenced and accepts no \
+             more changes (writes and fsyncs fail with EROFS)"
+        );
     }
 
     /// Commits an empty delta at the next epoch: the bucket now names this writer, and any
@@ -448,9 +529,19 @@ impl Checkpointer {
     /// Takes one checkpoint. Returns None when nothing changed since the last one (and no
     /// clean-stop mark was asked for).
     pub fn checkpoint(&self, clean_stop: bool) -> Result<Option<Outcome>, CheckpointError> {
+        self.checkpoint_with(clean_stop, clean_stop)
+    }
+
+    /// As `checkpoint`; `commit_empty` commits a manifest even when nothing changed (a
+    /// clean-stop mark, or a heartbeat).
+    fn checkpoint_with(
+        &self,
+        clean_stop: bool,
+        commit_empty: bool,
+    ) -> Result<Option<Outcome>, CheckpointError> {
         let _one = self.running.lock();
         let started = Instant::now();
-        let r = self.checkpoint_locked(clean_stop);
+        let r = self.checkpoint_locked(clean_stop, commit_empty);
         let mut t = self.totals.lock();
         match &r {
             Ok(Some(_)) => {
@@ -467,7 +558,11 @@ impl Checkpointer {
         r
     }
 
-    fn checkpoint_locked(&self, clean_stop: bool) -> Result<Option<Outcome>, CheckpointError> {
+    fn checkpoint_locked(
+        &self,
+        clean_stop: bool,
+        commit_empty: bool,
+    ) -> Result<Option<Outcome>, CheckpointError> {
         if self.fenced.load(Ordering::Acquire) {
             return Err(CheckpointError::Fenced {
                 epoch: self.view.read().epoch,
@@ -522,7 +617,7 @@ impl Checkpointer {
             m.created_ms = now_ms();
             m.writer = self.writer.clone();
             m.clean_stop = clean_stop;
-            if is_empty_delta(&m) && !clean_stop && view.epoch > 0 {
+            if is_empty_delta(&m) && !commit_empty && view.epoch > 0 {
                 drop(view);
                 self.fs.mark_clean(&cut)?;
                 self.covered_through(cut.epoch);
@@ -541,10 +636,12 @@ impl Checkpointer {
         let bytes: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
         let count = segments.len();
         self.fs.step(crate::fs::Step::CutTaken { epoch: cut.epoch });
+        let upload_started = Instant::now();
         if let Err(e) = self.upload(segments) {
             self.fs.untake(cut);
             return Err(e);
         }
+        let upload_ms = upload_started.elapsed().as_millis() as u64;
         self.fs.step(crate::fs::Step::Uploaded { epoch: cut.epoch });
         crate::failpoint::hit("before-manifest-commit");
         let manifest_len = match self.commit(&manifest) {
@@ -569,6 +666,9 @@ impl Checkpointer {
             t.segments += count as u64;
             t.segment_bytes += bytes;
             t.manifest_bytes += manifest_len;
+            if bytes > 0 {
+                t.upload_ms += upload_ms.max(1);
+            }
         }
         info!(
             epoch = manifest.epoch,
@@ -596,6 +696,17 @@ impl Checkpointer {
         if segments.is_empty() {
             return Ok(());
         }
+        let total: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
+        self.upload_sent.store(0, Ordering::Release);
+        self.upload_total.store(total, Ordering::Release);
+        let result = self.upload_all(segments);
+        self.upload_total.store(0, Ordering::Release);
+        self.upload_sent.store(0, Ordering::Release);
+        result
+    }
+
+    fn upload_all(&self, segments: Vec<(String, Vec<u8>)>) -> Result<(), CheckpointError> {
+        let sent = self.upload_sent.clone();
         let store = self.store.clone();
         let limit = Arc::new(tokio::sync::Semaphore::new(
             self.settings.upload_concurrency.max(1),
@@ -603,15 +714,20 @@ impl Checkpointer {
         self.rt.block_on(async move {
             let mut tasks = tokio::task::JoinSet::new();
             for (key, bytes) in segments {
-                let (store, limit) = (store.clone(), limit.clone());
+                let (store, limit, sent) = (store.clone(), limit.clone(), sent.clone());
                 tasks.spawn(async move {
                     let _permit = limit
                         .acquire_owned()
                         .await
                         .expect("semaphore is never closed");
-                    store
+                    let len = bytes.len() as u64;
+                    let r = store
                         .put(&key, Bytes::from(bytes), PutMode::Overwrite)
-                        .await
+                        .await;
+                    if r.is_ok() {
+                        sent.fetch_add(len, Ordering::AcqRel);
+                    }
+                    r
                 });
             }
             while let Some(done) = tasks.join_next().await {
@@ -650,20 +766,7 @@ impl Checkpointer {
                 )))
             }
             Err(StoreError::PreconditionFailed { .. }) => {
-                self.fenced.store(true, Ordering::Release);
-                self.fs.fence();
-                // Remote-durability fsyncs waiting for a commit fail now, not at their next
-                // look.
-                {
-                    let _covered = self.covered.lock();
-                    self.covered_cv.notify_all();
-                }
-                error!(
-                    epoch = m.epoch,
-                    writer = %self.writer,
-                    "another writer committed this epoch first: this mount is fenced and \
-                     accepts no more changes (writes and fsyncs fail with EROFS)"
-                );
+                self.fence(m.epoch);
                 Err(CheckpointError::Fenced { epoch: m.epoch })
             }
             Err(e) => Err(e.into()),
@@ -696,6 +799,10 @@ impl Checkpointer {
         let tick = Duration::from_millis(50);
         let mut last = Instant::now();
         let mut failed = false;
+        // The last commit, or the last look for another writer, whichever is later: both
+        // show that this mount was still the writer then.
+        let mut last_commit = Instant::now();
+        let mut last_check = Instant::now();
         while !stop.load(Ordering::Acquire) {
             {
                 // Sleep until the next tick or until a remote-durability fsync asks.
@@ -714,8 +821,34 @@ impl Checkpointer {
             }
             last = Instant::now();
             failed = false;
-            match self.checkpoint(false) {
-                Ok(_) => {}
+            let heartbeat = self
+                .settings
+                .heartbeat
+                .is_some_and(|h| last_commit.elapsed() >= h);
+            match self.checkpoint_with(false, heartbeat) {
+                Ok(Some(_)) => {
+                    last_commit = Instant::now();
+                    last_check = last_commit;
+                }
+                Ok(None) => {
+                    let due = self
+                        .settings
+                        .writer_check
+                        .is_some_and(|w| last_check.elapsed() >= w);
+                    if due {
+                        last_check = Instant::now();
+                        match self.check_writer() {
+                            Ok(()) => {}
+                            Err(e @ CheckpointError::Fenced { .. }) => {
+                                error!(error = %e, "checkpointer stops");
+                                return;
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "could not look for another writer; trying again later")
+                            }
+                        }
+                    }
+                }
                 Err(e @ CheckpointError::Fenced { .. }) => {
                     error!(error = %e, "checkpointer stops");
                     return;

@@ -1,6 +1,10 @@
-//! Command line (and environment) → plain settings.
+//! Command line, environment and config file → plain settings.
+
+mod file;
 
 use std::path::PathBuf;
+
+pub use file::{parse, ParseError, Parsed, Setting, Source};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -43,10 +47,42 @@ pub enum LogFormat {
     Json,
 }
 
+const RUN_ABOUT: &str = "\
+Mount MOUNTPOINT, wait until it serves, then run PROGRAM on it as --user (a PostgreSQL server, \
+for instance `-- /usr/lib/postgresql/15/bin/postgres -D MOUNTPOINT`). bucketfs is meant to be \
+the container's PID 1: it reaps orphaned processes, and it runs as root (FUSE needs it) while \
+PROGRAM does not.
+
+If the mount cannot start (the bucket cannot be reached, another writer holds the prefix, the \
+cache dir is bad), PROGRAM never starts and bucketfs exits 1 with the reason.
+
+Signals: SIGINT and SIGQUIT are passed to PROGRAM as they are (PostgreSQL: fast and immediate \
+shutdown), SIGHUP too (reload). SIGTERM, which Fly and Docker send to stop a machine, is passed \
+as SIGINT: PostgreSQL's fast shutdown, since its smart shutdown (SIGTERM) waits for every client \
+to leave, which pooled connections never do. When PROGRAM exits, bucketfs ends what is left of \
+its processes, takes the final checkpoint (its progress in the log), unmounts, and exits with \
+PROGRAM's status (128+N for death by signal N). If the mount stops being the bucket's writer \
+(another writer took the prefix over) or stops serving, PROGRAM gets SIGQUIT at once and \
+bucketfs exits 1: PostgreSQL never runs on a mount that is no longer the writer.
+
+Settings come from flags, then BUCKETFS_* environment variables, then the TOML file of \
+--config (keys are the long option names), then the defaults, in that order. Repeatable \
+options (--local-only, --initdb-arg, --pg-conf) have no variable: give them as flags or as \
+TOML arrays. The variables of `fly storage create` work as they are: AWS_ACCESS_KEY_ID, \
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3, AWS_REGION and BUCKET_NAME (--bucket then defaults \
+to s3://$BUCKET_NAME/DATABASE-NAME). Without any bucket, the directory `bucket` inside the \
+cache dir is the bucket (for trying bucketfs out: it shares the cache dir's disk), and the log \
+says so. Credentials appear in no log line, and PROGRAM does not inherit them.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount a filesystem in the foreground until SIGINT or SIGTERM, then unmount cleanly.
     Mount(MountArgs),
+    /// Mount, then run a program on the mount (PostgreSQL) as an unprivileged user; when it
+    /// exits, take the final checkpoint, unmount, and exit with its status. The container's
+    /// PID 1.
+    #[command(long_about = RUN_ABOUT)]
+    Run(RunArgs),
     /// Take a checkpoint now on the mount running on a cache dir; prints the committed epoch.
     Checkpoint {
         /// The cache dir of the running mount.
@@ -88,49 +124,63 @@ pub struct MountArgs {
     #[arg(long, env = "BUCKETFS_CACHE_DIR")]
     pub cache_dir: PathBuf,
 
+    /// A TOML file of settings: keys are the long option names (`cache-dir = "/data/cache"`,
+    /// `stop-timeout = "280s"`, `initdb-arg = ["--locale=C"]`). An option given as a flag
+    /// wins over its BUCKETFS_* variable, which wins over the file, which wins over the
+    /// default. Credentials are never read from it: they come from the environment only.
+    #[arg(long, env = "BUCKETFS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Let users other than the one running bucketfs use the mount (needed when bucketfs runs
     /// as root and PostgreSQL as the postgres user). Permission checks follow file modes.
     #[arg(long, env = "BUCKETFS_ALLOW_OTHER")]
     pub allow_other: bool,
 
     /// Owner of the filesystem's root directory: a user name or number (e.g. postgres).
-    #[arg(long, value_name = "USER")]
+    #[arg(long, value_name = "USER", env = "BUCKETFS_UID")]
     pub uid: Option<String>,
 
     /// Group of the filesystem's root directory: a group name or number.
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", env = "BUCKETFS_GID")]
     pub gid: Option<String>,
 
     /// Kernel request threads. Each fsync holds one for the length of a disk flush, so this
     /// bounds how many fsyncs run at once.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256), env = "BUCKETFS_FUSE_THREADS")]
     pub fuse_threads: u16,
 
     /// Send every write to bucketfs as it happens instead of letting the kernel buffer writes
     /// until fsync or writeback. Slower; for comparison and debugging.
-    #[arg(long)]
+    #[arg(long, env = "BUCKETFS_NO_WRITEBACK_CACHE")]
     pub no_writeback_cache: bool,
 
     /// The object store that holds the filesystem: s3://NAME/PREFIX, or file:///PATH for a
-    /// local directory. Without it (and without BUCKET_NAME) the filesystem lives in the
-    /// cache dir alone. Mounting a bucket on an empty cache dir restores its latest checkpoint
-    /// (contents are fetched on first read). S3 credentials, endpoint and region come from
-    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3 and AWS_REGION, as
-    /// `fly storage create` sets them; BUCKETFS_S3_PATH_STYLE=1 for path-style addressing.
+    /// local directory. Default: s3://$BUCKET_NAME/DATABASE-NAME when BUCKET_NAME is set (as
+    /// `fly storage create` sets it); else, for `mount`, no bucket (the filesystem lives in
+    /// the cache dir alone) and, for `run`, the directory `bucket` in the cache dir. Mounting a
+    /// bucket on an empty cache dir restores its latest checkpoint (contents are fetched on
+    /// first read). S3 credentials, endpoint and region come from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3 and AWS_REGION, as `fly storage create` sets
+    /// them; BUCKETFS_S3_PATH_STYLE=1 for path-style addressing.
     #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
     pub bucket: Option<String>,
 
+    /// The key prefix under $BUCKET_NAME when --bucket is not given: one database (data
+    /// directory) per prefix, so that one bucket can hold several.
+    #[arg(long, default_value = "postgres", value_parser = parse_database_name, value_name = "NAME", env = "BUCKETFS_DATABASE_NAME")]
+    pub database_name: String,
+
     /// Time between checkpoints to the bucket (e.g. 500ms, 5s, 1m).
-    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION", env = "BUCKETFS_CHECKPOINT_INTERVAL")]
     pub checkpoint_interval: std::time::Duration,
 
     /// Start a checkpoint before the interval is up once this much is dirty (e.g. 64M, 1G),
     /// so that a burst of writes goes up in pieces instead of one large checkpoint.
-    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "BYTES")]
+    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "BYTES", env = "BUCKETFS_CHECKPOINT_DIRTY")]
     pub checkpoint_dirty: u64,
 
     /// How page bytes are stored in the bucket's segments. Either kind reads back either.
-    #[arg(long, value_enum, default_value_t = Compression::Zstd)]
+    #[arg(long, value_enum, default_value_t = Compression::Zstd, env = "BUCKETFS_COMPRESSION")]
     pub compression: Compression,
 
     /// What fsync promises. local: on the local disk (a lost machine loses at most the last
@@ -139,15 +189,24 @@ pub struct MountArgs {
     #[arg(long, value_enum, default_value_t = Durability::Local, env = "BUCKETFS_DURABILITY")]
     pub durability: Durability,
 
-    /// Take the bucket over from a writer that did not stop cleanly. Only when that writer is
-    /// gone: it is fenced at its next checkpoint, but two live writers are never right.
-    #[arg(long, conflicts_with = "read_only")]
+    /// Take the bucket over from a writer that did not stop cleanly, whatever the age of its
+    /// last checkpoint. Only when that writer is gone: it is fenced at its next checkpoint,
+    /// but two live writers are never right. Without this (or --takeover-after) such a
+    /// bucket is refused, with a message naming the writer and its last checkpoint.
+    #[arg(long, conflicts_with = "read_only", env = "BUCKETFS_TAKEOVER")]
     pub takeover: bool,
+
+    /// Take the bucket over from a writer that did not stop cleanly only once its newest
+    /// checkpoint is older than this (e.g. 10m); refuse before. A writer run with this option
+    /// commits a checkpoint at least every quarter of it, even when idle, so a live one never
+    /// looks that old unless it has lost the bucket. See docs/run.md for the risk.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with_all = ["takeover", "read_only"], env = "BUCKETFS_TAKEOVER_AFTER")]
+    pub takeover_after: Option<std::time::Duration>,
 
     /// Serve the bucket's latest checkpoint read-only: writes fail with EROFS, nothing is
     /// ever written to the bucket, and a live writer on the same prefix is left alone. The
     /// cache dir must be empty or one that a read-only mount of the same checkpoint left.
-    #[arg(long)]
+    #[arg(long, env = "BUCKETFS_READ_ONLY")]
     pub read_only: bool,
 
     /// Paths never uploaded (repeatable). A glob without '/' matches any path component, one
@@ -178,6 +237,79 @@ pub struct MountArgs {
         env = "BUCKETFS_METRICS_ADDR"
     )]
     pub metrics_addr: String,
+}
+
+/// `bucketfs run`: a mount, and a program on it.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub mount: MountArgs,
+
+    #[command(flatten)]
+    pub run: RunOptions,
+
+    /// The program to run once the mount serves, and its arguments, after `--` (e.g.
+    /// `-- /usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/data`).
+    #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]")]
+    pub program: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Run options")]
+pub struct RunOptions {
+    /// The user that initdb and PROGRAM run as (bucketfs itself stays root, which FUSE needs).
+    /// The mount's root is owned by this user (unless --uid/--gid say otherwise) and open to
+    /// other users (--allow-other).
+    #[arg(
+        long,
+        default_value = "postgres",
+        value_name = "USER",
+        env = "BUCKETFS_USER"
+    )]
+    pub user: String,
+
+    /// On a new database (the mount has no PG_VERSION and the bucket held none), run
+    /// `initdb -D MOUNTPOINT` as --user before PROGRAM. A bucket that holds a database is
+    /// never initialised again; a mount with files but no PG_VERSION is refused.
+    #[arg(long, env = "BUCKETFS_INITDB")]
+    pub initdb: bool,
+
+    /// An argument for initdb (repeatable), e.g. --initdb-arg=--locale=C
+    /// --initdb-arg=--encoding=UTF8 --initdb-arg=--auth=scram-sha-256.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub initdb_arg: Vec<String>,
+
+    /// A line appended to postgresql.conf right after initdb, once (repeatable), e.g.
+    /// --pg-conf "shared_preload_libraries = 'orioledb'".
+    #[arg(long, value_name = "'KEY = VALUE'")]
+    pub pg_conf: Vec<String>,
+
+    /// Where initdb is. Default: beside PROGRAM when PROGRAM is a path, else on PATH.
+    #[arg(long, value_name = "DIR", env = "BUCKETFS_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+
+    /// The budget for a stop: PROGRAM's shutdown plus the final checkpoint, from the stop
+    /// signal on. Keep it under the platform's (Fly: kill_timeout, at most 300 s). Past its
+    /// share of the budget PROGRAM gets SIGQUIT (PostgreSQL: immediate shutdown), and SIGKILL
+    /// 10 s later.
+    #[arg(long, default_value = "280s", value_parser = parse_duration, value_name = "DURATION", env = "BUCKETFS_STOP_TIMEOUT")]
+    pub stop_timeout: std::time::Duration,
+}
+
+/// A database name as a key prefix: letters, digits, '.', '_' and '-'.
+fn parse_database_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !ok {
+        return Err(format!(
+            "{s:?}: a database name is 1 to 128 letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// "4096", "64K", "256M", "1G" (or "64KiB", "1GiB"): powers of 1024.

@@ -1,0 +1,480 @@
+//! `bucketfs run`: the container's PID 1. Mounts (through `mount`), waits until the mount
+//! serves, runs initdb on a new database, starts the program as an unprivileged user, passes
+//! stop signals on, reaps orphans, and when the program exits takes the final checkpoint,
+//! unmounts and exits with its status.
+//!
+//! One thread does all of it, waiting in `sigtimedwait` for the signals it has blocked
+//! (the stop signals, SIGHUP and SIGCHLD), so that every child is reaped in one place and no
+//! signal handler runs. The FUSE session runs on a thread of its own, and its end (after the
+//! unmount) is where `mount` takes the final checkpoint.
+//!
+//! Two things stop the program without being asked: the mount stops being the bucket's
+//! writer (another writer took the prefix over, so this mount is fenced), or the FUSE session
+//! ends under it. Then the program gets SIGQUIT at once (PostgreSQL: immediate shutdown) and
+//! bucketfs exits 1: PostgreSQL must never run on a mount that is no longer the writer.
+
+mod child;
+mod initdb;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use tracing::{debug, error, info, warn};
+
+use crate::bucket::Found;
+use crate::checkpoint::Checkpointer;
+use crate::fs::{Fs, PAGE_SIZE};
+use crate::mount::{self, MountSettings};
+
+pub use child::{on_path, resolve_program, User, SECRET_VARS};
+
+/// Everything `run` needs, resolved from the command line.
+#[derive(Debug)]
+pub struct RunSettings {
+    pub mount: MountSettings,
+    /// The program, then its arguments.
+    pub program: Vec<OsString>,
+    pub user: User,
+    /// Some with `--initdb`.
+    pub initdb: Option<InitdbSettings>,
+    /// `--stop-timeout`: the program's shutdown plus the final checkpoint.
+    pub stop_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct InitdbSettings {
+    /// The initdb executable.
+    pub initdb: PathBuf,
+    /// `--initdb-arg`s.
+    pub args: Vec<String>,
+    /// `--pg-conf` lines.
+    pub conf: Vec<String>,
+}
+
+/// The signals `run` waits for: the ones it passes on, and SIGCHLD.
+const SIGNALS: [libc::c_int; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGCHLD,
+];
+/// How long a process has after SIGQUIT (or orphans after SIGTERM) before SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+/// How often the supervisor looks at fencing and deadlines between signals.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What the program is sent for a signal bucketfs receives (None: not passed on).
+fn forwarded_as(sig: libc::c_int) -> Option<libc::c_int> {
+    match sig {
+        // Fly and Docker stop with SIGTERM; PostgreSQL's SIGTERM (smart shutdown) waits for
+        // every client to leave, which pooled connections never do. SIGINT is its fast
+        // shutdown: clients are disconnected, a shutdown checkpoint is written.
+        libc::SIGTERM | libc::SIGINT => Some(libc::SIGINT),
+        libc::SIGQUIT => Some(libc::SIGQUIT),
+        libc::SIGHUP => Some(libc::SIGHUP),
+        _ => None,
+    }
+}
+
+fn is_stop(sig: libc::c_int) -> bool {
+    matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT)
+}
+
+fn name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGCHLD => "SIGCHLD",
+        _ => "signal",
+    }
+}
+
+/// Runs `bucketfs run`; the exit code is the program's (128+N for death by signal N).
+pub fn run(settings: &RunSettings) -> anyhow::Result<u8> {
+    // Before any thread starts, so that all inherit the mask and none takes these signals.
+    let signals = mount::block_signals(&SIGNALS);
+    take_signals_back();
+    become_reaper();
+    let mut mounted = mount::start(&settings.mount)?;
+    let mountpoint = mounted.mountpoint().to_owned();
+    let found = mounted.attached().and_then(|a| a.found().cloned());
+    let mut unmounter = mounted.unmounter();
+    let fs = mounted.fs();
+    let checkpointer = mounted.checkpointer();
+    let session_ended = Arc::new(AtomicBool::new(false));
+    let session = {
+        let ended = session_ended.clone();
+        std::thread::Builder::new()
+            .name("fuse-session".into())
+            .spawn(move || {
+                let r = mounted.serve();
+                ended.store(true, Ordering::Release);
+                r
+            })
+            .context("start the FUSE session thread")?
+    };
+    let mut sup = Supervisor {
+        settings,
+        signals,
+        fs,
+        checkpointer,
+        session_ended,
+        stop: None,
+        program_deadline: None,
+        lost: None,
+        rate_logged: false,
+    };
+    let ran = sup.main(&mountpoint, found.as_ref());
+    if let Err(e) = &ran {
+        error!(error = %format!("{e:#}"), "run failed; unmounting");
+    }
+    sup.end_the_rest();
+    info!("unmounting; the final checkpoint follows");
+    mount::unmount(&mountpoint, &mut unmounter);
+    let served = session
+        .join()
+        .map_err(|_| anyhow!("the FUSE session thread panicked"))?;
+    // Anything that ended while the session wound down.
+    for e in child::reap() {
+        debug!(pid = e.pid, status = %e.describe(), "reaped an orphaned process");
+    }
+    if let Some(at) = sup.stop {
+        let took = at.elapsed();
+        if took > settings.stop_timeout {
+            warn!(
+                took_s = took.as_secs(),
+                stop_timeout_s = settings.stop_timeout.as_secs(),
+                "the stop took longer than --stop-timeout: lower --max-dirty, or raise --stop-timeout (and the platform's kill timeout)"
+            );
+        } else {
+            info!(
+                took_ms = took.as_millis() as u64,
+                "stopped within --stop-timeout"
+            );
+        }
+    }
+    if let Some(reason) = sup.lost.take() {
+        let status = match &ran {
+            Ok(Some(e)) => format!(" (it ended with {})", e.describe()),
+            _ => String::new(),
+        };
+        return Err(anyhow!(
+            "{reason}: the program was stopped with SIGQUIT{status}, and nothing it wrote after \
+             that reaches the bucket"
+        ));
+    }
+    let ended = ran?;
+    served.context("the program ended, but the final checkpoint or the unmount failed")?;
+    Ok(ended.map_or(0, |e| e.code()))
+}
+
+/// The supervisor's state, shared by the initdb and program phases.
+pub(crate) struct Supervisor<'a> {
+    settings: &'a RunSettings,
+    signals: libc::sigset_t,
+    fs: Arc<Fs>,
+    checkpointer: Option<Arc<Checkpointer>>,
+    /// Set when the FUSE session (and the final checkpoint after it) is over.
+    session_ended: Arc<AtomicBool>,
+    /// When the first stop signal came.
+    stop: Option<Instant>,
+    /// When the program's share of the stop budget runs out.
+    program_deadline: Option<Instant>,
+    /// Why the mount can no longer serve the program, once it cannot.
+    lost: Option<String>,
+    rate_logged: bool,
+}
+
+impl Supervisor<'_> {
+    /// Everything between the mount and the program's end: None if the program was not
+    /// started (a stop signal came first).
+    fn main(
+        &mut self,
+        mountpoint: &Path,
+        found: Option<&Found>,
+    ) -> anyhow::Result<Option<child::Ended>> {
+        // A stat of the root goes through FUSE: it returns once the session serves.
+        std::fs::metadata(mountpoint)
+            .with_context(|| format!("the mount at {} does not serve", mountpoint.display()))?;
+        info!(mountpoint = %mountpoint.display(), "the mount serves");
+        self.log_stop_budget();
+        if let Some(initdb) = &self.settings.initdb {
+            if !initdb::prepare(self, mountpoint, found, initdb)? {
+                return Ok(None);
+            }
+        }
+        // Signals that came while mounting: a stop then means the program never starts.
+        while let Some(sig) = self.next_signal(Duration::ZERO) {
+            self.handle(sig, None);
+        }
+        if self.stop.is_some() {
+            info!("a stop signal came before the program started: not starting it");
+            return Ok(None);
+        }
+        if let Some(reason) = &self.lost {
+            return Err(anyhow!("{reason}: the program was not started"));
+        }
+        let (program, args) = self
+            .settings
+            .program
+            .split_first()
+            .expect("clap requires a program");
+        info!(
+            program = %Path::new(program).display(),
+            args = ?args,
+            user = %self.settings.user.name,
+            "starting the program"
+        );
+        let pid = child::spawn(&self.settings.user, program, args)?;
+        let ended = self.watch(pid)?;
+        info!(pid, status = %ended.describe(), "the program exited");
+        Ok(Some(ended))
+    }
+
+    /// Waits for child `pid` to end, passing signals on, reaping orphans, and stopping it
+    /// when the mount can no longer serve it or its share of the stop budget runs out.
+    fn watch(&mut self, pid: libc::pid_t) -> anyhow::Result<child::Ended> {
+        let mut quit_sent = false;
+        let mut kill_at: Option<Instant> = None;
+        loop {
+            if self.lost.is_none() {
+                if self.fs.is_fenced() {
+                    self.lost = Some(
+                        "this mount is no longer the bucket's writer: another writer took the \
+                         prefix over, and the mount is fenced"
+                            .into(),
+                    );
+                } else if self.session_ended.load(Ordering::Acquire) {
+                    self.lost =
+                        Some("the mount stopped serving (it was unmounted or failed)".into());
+                }
+                if let Some(reason) = &self.lost {
+                    error!(pid, reason = %reason, "stopping the program with SIGQUIT (PostgreSQL: immediate shutdown) now: it must not run on a mount that is not the bucket's writer");
+                    child::signal(pid, libc::SIGQUIT);
+                    quit_sent = true;
+                    kill_at = Some(Instant::now() + GRACE);
+                }
+            }
+            let now = Instant::now();
+            if !quit_sent && self.program_deadline.is_some_and(|d| now >= d) {
+                warn!(pid, "the program has not stopped within its share of --stop-timeout: SIGQUIT (PostgreSQL: immediate shutdown; crash recovery at the next start)");
+                child::signal(pid, libc::SIGQUIT);
+                quit_sent = true;
+                kill_at = Some(now + GRACE);
+            }
+            if kill_at.is_some_and(|d| now >= d) {
+                warn!(
+                    pid,
+                    grace_s = GRACE.as_secs(),
+                    "the program did not exit after SIGQUIT: SIGKILL"
+                );
+                child::signal(pid, libc::SIGKILL);
+                kill_at = None;
+            }
+            self.log_rate_once();
+            for e in child::reap() {
+                if e.pid == pid {
+                    return Ok(e);
+                }
+                debug!(pid = e.pid, status = %e.describe(), "reaped an orphaned process");
+            }
+            if let Some(sig) = self.next_signal(TICK) {
+                self.handle(sig, Some(pid));
+            }
+        }
+    }
+
+    /// Passes a signal on to `pid` (if a child runs) and starts the stop on a stop signal.
+    fn handle(&mut self, sig: libc::c_int, pid: Option<libc::pid_t>) {
+        let Some(to) = forwarded_as(sig) else {
+            return;
+        };
+        if is_stop(sig) {
+            self.begin_stop(sig);
+        }
+        if let Some(pid) = pid {
+            info!(
+                received = name(sig),
+                sent = name(to),
+                pid,
+                "passing the signal on to the program"
+            );
+            child::signal(pid, to);
+        } else {
+            info!(
+                received = name(sig),
+                "signal received while no program runs"
+            );
+        }
+    }
+
+    /// The first stop signal: the budget starts. The program gets what the final
+    /// checkpoint is not expected to need: --max-dirty at the measured upload rate (half the
+    /// budget while none is measured), and at least a quarter of it.
+    fn begin_stop(&mut self, sig: libc::c_int) {
+        if self.stop.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let budget = self.settings.stop_timeout;
+        let rate = self.upload_rate();
+        let drain = match rate {
+            Some(r) => Duration::from_secs_f64(self.settings.mount.max_dirty as f64 / r),
+            None => budget / 2,
+        };
+        let share = budget.saturating_sub(drain).max(budget / 4);
+        self.stop = Some(now);
+        self.program_deadline = Some(now + share);
+        info!(
+            signal = name(sig),
+            stop_timeout_s = budget.as_secs(),
+            program_share_s = share.as_secs(),
+            dirty_bytes = self.fs.unsafe_pages() * PAGE_SIZE,
+            upload_rate_mib_s = rate.map(|r| format!("{:.1}", r / (1 << 20) as f64)),
+            "stopping: the program has its share of the budget to exit (then SIGQUIT), the final checkpoint the rest"
+        );
+    }
+
+    /// Ends whatever is left below bucketfs once the program has exited: orphans get SIGTERM,
+    /// and SIGKILL after the grace. As PID 1, bucketfs's exit would end them anyway; this way
+    /// none keeps a file open on the mount past the unmount.
+    fn end_the_rest(&mut self) {
+        let left = child::children();
+        if left.is_empty() {
+            return;
+        }
+        info!(processes = ?left, "ending the processes the program left: SIGTERM, SIGKILL after the grace");
+        for &pid in &left {
+            child::signal(pid, libc::SIGTERM);
+        }
+        let mut killed = false;
+        let deadline = Instant::now() + GRACE;
+        loop {
+            for e in child::reap() {
+                debug!(pid = e.pid, status = %e.describe(), "reaped an orphaned process");
+            }
+            let left = child::children();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                if killed {
+                    warn!(processes = ?left, "processes outlived SIGKILL (stuck in the kernel?); going on");
+                    return;
+                }
+                warn!(processes = ?left, "processes outlived SIGTERM: SIGKILL");
+                for &pid in &left {
+                    child::signal(pid, libc::SIGKILL);
+                }
+                killed = true;
+            }
+            if let Some(sig) = self.next_signal(TICK) {
+                if is_stop(sig) {
+                    self.begin_stop(sig);
+                }
+            }
+        }
+    }
+
+    /// The next of the blocked signals, waiting at most `timeout`.
+    fn next_signal(&self, timeout: Duration) -> Option<libc::c_int> {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `signals` is an initialised set; no siginfo is asked for.
+        let sig = unsafe { libc::sigtimedwait(&self.signals, std::ptr::null_mut(), &ts) };
+        (sig > 0).then_some(sig)
+    }
+
+    fn upload_rate(&self) -> Option<f64> {
+        self.checkpointer
+            .as_ref()
+            .and_then(|cp| cp.totals().upload_rate())
+    }
+
+    /// At start: can --max-dirty drain within --stop-timeout at the upload rate measured so
+    /// far?
+    fn log_stop_budget(&mut self) {
+        if self.upload_rate().is_some() {
+            self.log_rate_once();
+            return;
+        }
+        info!(
+            max_dirty_bytes = self.settings.mount.max_dirty,
+            stop_timeout_s = self.settings.stop_timeout.as_secs(),
+            "stop budget: no upload rate is measured yet, so whether --max-dirty drains within --stop-timeout is not known; it is logged once checkpoints have uploaded 1 MiB"
+        );
+    }
+
+    /// Once a rate is measured: the drain time of a full --max-dirty against the budget.
+    fn log_rate_once(&mut self) {
+        if self.rate_logged {
+            return;
+        }
+        let Some(rate) = self.upload_rate() else {
+            return;
+        };
+        self.rate_logged = true;
+        let max_dirty = self.settings.mount.max_dirty;
+        let budget = self.settings.stop_timeout;
+        let drain = Duration::from_secs_f64(max_dirty as f64 / rate);
+        let mib_s = format!("{:.1}", rate / (1 << 20) as f64);
+        if drain <= budget / 2 {
+            info!(
+                upload_rate_mib_s = mib_s,
+                max_dirty_bytes = max_dirty,
+                drain_s = drain.as_secs(),
+                stop_timeout_s = budget.as_secs(),
+                "stop budget: --max-dirty drains well within --stop-timeout at the measured upload rate"
+            );
+        } else {
+            warn!(
+                upload_rate_mib_s = mib_s,
+                max_dirty_bytes = max_dirty,
+                drain_s = drain.as_secs(),
+                stop_timeout_s = budget.as_secs(),
+                fits_bytes = (rate * budget.as_secs_f64() / 2.0) as u64,
+                "stop budget: at the measured upload rate a full --max-dirty takes more than half of --stop-timeout to drain, leaving the program little time to stop: lower --max-dirty (fits_bytes drains in half the budget)"
+            );
+        }
+    }
+}
+
+/// A process may inherit SIGINT and SIGQUIT ignored (a shell's background job does), and an
+/// ignored signal is discarded even while blocked: sigtimedwait would never see it. The
+/// program inherits these defaults too.
+fn take_signals_back() {
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGQUIT,
+        libc::SIGHUP,
+        libc::SIGCHLD,
+    ] {
+        // SAFETY: resetting a disposition to its default has no memory effects.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+}
+
+/// PID 1 adopts every orphan in its namespace; anywhere else, ask the kernel to make
+/// bucketfs the reaper of the orphans below it.
+fn become_reaper() {
+    // SAFETY: getpid and prctl have no memory effects.
+    unsafe {
+        if libc::getpid() == 1 {
+            return;
+        }
+        if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) != 0 {
+            warn!(error = %std::io::Error::last_os_error(), "cannot become the reaper of orphaned processes");
+        }
+    }
+}
