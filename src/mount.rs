@@ -315,6 +315,14 @@ fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
         .canonicalize()
         .with_context(|| format!("resolve mountpoint {}", path.display()))?;
     if let Some(m) = mounted_at(&abs)? {
+        // A stat can be answered from attributes the kernel cached (for a day) before the
+        // bucketfs behind the mount died; opening the directory always asks the daemon.
+        let dead = matches!(fs::read_dir(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        if m.is_bucketfs() && dead {
+            warn!(mountpoint = %abs.display(), "detaching the dead mount of a bucketfs that stopped without unmounting");
+            detach(&abs).with_context(|| format!("detach dead mount {}", abs.display()))?;
+            return check_mountpoint(path);
+        }
         bail!(
             "mountpoint {} is already mounted ({} from {}); unmount it first",
             abs.display(),

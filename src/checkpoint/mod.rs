@@ -814,7 +814,13 @@ impl Checkpointer {
                 // outage is not hammered every tick.
                 let early =
                     !failed && self.fs.unsafe_pages() * PAGE_SIZE >= self.settings.dirty_trigger;
-                if !*wanted && !early && last.elapsed() < self.settings.interval {
+                // A heartbeat may be due before the interval is up (so may not be missed).
+                let heartbeat = !failed
+                    && self
+                        .settings
+                        .heartbeat
+                        .is_some_and(|h| last_commit.elapsed() >= h);
+                if !*wanted && !early && !heartbeat && last.elapsed() < self.settings.interval {
                     continue;
                 }
                 *wanted = false;

@@ -222,6 +222,7 @@ impl Supervisor<'_> {
         if let Some(reason) = &self.lost {
             return Err(anyhow!("{reason}: the program was not started"));
         }
+        clear_stale_lock(mountpoint)?;
         let (program, args) = self
             .settings
             .program
@@ -447,6 +448,24 @@ impl Supervisor<'_> {
             );
         }
     }
+}
+
+/// Removes the `postmaster.pid` of a PostgreSQL that did not stop (killed with the machine or
+/// with bucketfs). PostgreSQL refuses to start while the pid in it names a live process, and
+/// in a new container that pid is soon taken by someone else (a thread of bucketfs, say):
+/// "lock file already exists". It is stale for sure: bucketfs mounted this data directory a
+/// moment ago and has started nothing on it, so no postmaster can be using it.
+fn clear_stale_lock(mountpoint: &Path) -> anyhow::Result<()> {
+    let lock = mountpoint.join("postmaster.pid");
+    if !mountpoint.join("PG_VERSION").exists() || !lock.exists() {
+        return Ok(());
+    }
+    let pid = std::fs::read_to_string(&lock)
+        .ok()
+        .and_then(|t| t.lines().next().map(str::to_owned))
+        .unwrap_or_default();
+    warn!(pid = %pid, "removing the postmaster.pid of a PostgreSQL that did not stop (nothing runs on this fresh mount yet)");
+    std::fs::remove_file(&lock).with_context(|| format!("remove {}", lock.display()))
 }
 
 /// A process may inherit SIGINT and SIGQUIT ignored (a shell's background job does), and an

@@ -241,7 +241,7 @@ fn kill_server(mut child: Child) {
 }
 
 /// The pids whose parent is `parent` (from /proc).
-fn children_of(parent: i32) -> Vec<i32> {
+pub fn children_of(parent: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
         let Some(pid) = entry
@@ -268,7 +268,7 @@ fn stat_fields(pid: i32) -> Option<(char, i32)> {
 }
 
 /// Exists and is not a zombie (a zombie has exited; only its parent's wait is missing).
-fn alive(pid: i32) -> bool {
+pub fn alive(pid: i32) -> bool {
     stat_fields(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
 }
 

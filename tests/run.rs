@@ -1,0 +1,960 @@
+//! `bucketfs run`, the container's PID 1, for real: a FUSE mount, Debian's PostgreSQL as the
+//! postgres user, s3s-fs on 127.0.0.1 or the embedded local bucket. Every test prints the
+//! bucketfs log (PostgreSQL's goes to the same place) when a step fails.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pg::{alive, bin_dir, children_of, run_ok};
+use common::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
+use common::{describe_exit, is_mounted, wait_for, BIN};
+
+/// A running (or finished) `bucketfs run`; stdout and stderr (its own and the program's) go
+/// to one log file.
+struct Run {
+    mnt: PathBuf,
+    cache: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    status: Option<ExitStatus>,
+}
+
+impl Run {
+    /// `bucketfs run MNT --cache-dir CACHE ARGS -- PROGRAM`; returns at once.
+    fn start(
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        program: &[&str],
+    ) -> Run {
+        let (mnt, cache) = (
+            dir.join(format!("{name}-mnt")),
+            dir.join(format!("{name}-cache")),
+        );
+        if let Err(e) = fs::create_dir_all(&mnt) {
+            // A dead mount left by kill -9 (bucketfs clears it).
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::AlreadyExists,
+                "mountpoint: {e}"
+            );
+        }
+        let log = dir.join(format!("{name}-{}.log", fastrand_suffix()));
+        let out = fs::File::create(&log).expect("create log");
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg(&mnt)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(args)
+            .arg("--")
+            .args(program)
+            .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .env_remove("BUCKET_NAME")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("clone log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn bucketfs run");
+        Run {
+            mnt,
+            cache,
+            log,
+            child: Some(child),
+            status: None,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for bucketfs to exit; panics with the log after `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(s) = self.status {
+            return s;
+        }
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bucketfs run did not exit within {timeout:?}; its log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.status = Some(status);
+        assert!(
+            !is_mounted(&self.mnt),
+            "still mounted after bucketfs run exited ({}):\n{}",
+            describe_exit(status),
+            self.log_text()
+        );
+        status
+    }
+
+    /// Asserts that bucketfs exited with `code`, printing the log if not.
+    fn assert_exit(&mut self, code: i32, timeout: Duration) {
+        let status = self.wait_exit(timeout);
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "bucketfs run ended with {}, not exit code {code}; its log:\n{}",
+            describe_exit(status),
+            self.log_text()
+        );
+    }
+
+    /// Asserts that the log contains each of `words`.
+    fn assert_log(&self, words: &[&str]) {
+        let log = self.log_text();
+        for w in words {
+            assert!(log.contains(w), "the log lacks {w:?}:\n{log}");
+        }
+    }
+
+    /// kill -9 of bucketfs and every PostgreSQL process at once, as a lost host would take
+    /// them: the postmaster is stopped first so that it forks no more, then all are killed.
+    fn kill_all(&mut self) {
+        let me = self.pid();
+        let programs = children_of(me);
+        for &p in &programs {
+            // SAFETY: signalling processes this test started.
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+        }
+        let mut all: Vec<i32> = programs.clone();
+        for &p in &programs {
+            all.extend(children_of(p));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(me, libc::SIGKILL) };
+        for &p in &all {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        let mut child = self.child.take().expect("running");
+        self.status = Some(child.wait().expect("reap bucketfs"));
+        // Gone, not only dead: a zombie's pid still counts as taken (PostgreSQL's socket lock
+        // file names the killed postmaster's) until whoever adopted it reaps it.
+        wait_for(
+            "every killed process to be reaped",
+            Duration::from_secs(60),
+            || {
+                all.iter()
+                    .all(|&p| !Path::new(&format!("/proc/{p}")).exists())
+            },
+        );
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        // A failing test leaves no process or mount behind: the program dies with bucketfs.
+        if let Some(mut child) = self.child.take() {
+            if self.status.is_none() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// A scratch directory, and one in it that the programs (as postgres or nobody) can write
+/// their marker files to.
+fn dirs() -> (tempfile::TempDir, PathBuf) {
+    let dir = common::scratch();
+    let shared = dir.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    (dir, shared)
+}
+
+/// PostgreSQL on the mount, listening on a Unix socket in `sock` only.
+fn postgres(mnt: &Path, sock: &Path, port: u16) -> Vec<String> {
+    let (uid, gid) = common::pg::postgres_user();
+    fs::create_dir_all(sock).unwrap();
+    std::os::unix::fs::chown(sock, Some(uid), Some(gid)).unwrap();
+    vec![
+        bin_dir().join("postgres").display().to_string(),
+        "-D".into(),
+        mnt.display().to_string(),
+        "-k".into(),
+        sock.display().to_string(),
+        "-p".into(),
+        port.to_string(),
+        "-c".into(),
+        "listen_addresses=".into(),
+    ]
+}
+
+/// initdb as the tests want it: trust on the socket, no locale; initdb from Debian's bin
+/// directory (found beside the program when that is postgres, named for a shell).
+fn initdb() -> Vec<String> {
+    [
+        "--initdb",
+        "--initdb-arg=--auth=trust",
+        "--initdb-arg=--no-locale",
+        "--initdb-arg=--encoding=UTF8",
+        "--initdb-arg=--username=postgres",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--pg-bin={}", bin_dir().display())])
+    .collect()
+}
+
+/// Waits until PostgreSQL under `run` accepts connections.
+fn wait_ready(run: &mut Run, sock: &Path, port: u16) {
+    let isready = bin_dir().join("pg_isready");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(status) = run.child.as_mut().expect("running").try_wait().unwrap() {
+            panic!(
+                "bucketfs run exited ({}) before PostgreSQL was ready:\n{}",
+                describe_exit(status),
+                run.log_text()
+            );
+        }
+        let ok = Command::new(&isready)
+            .arg("-h")
+            .arg(sock)
+            .args(["-p", &port.to_string(), "-q"])
+            .status()
+            .unwrap()
+            .success();
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL not ready within 180 s:\n{}",
+            run.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn psql(sock: &Path, port: u16, sql: &str) -> std::process::Output {
+    common::pg::as_postgres(bin_dir().join("psql"))
+        .arg("-h")
+        .arg(sock)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtc",
+            sql,
+        ])
+        .output()
+        .expect("run psql")
+}
+
+/// One value from a query, which must succeed.
+fn query(sock: &Path, port: u16, sql: &str) -> String {
+    let out = run_ok(
+        common::pg::as_postgres(bin_dir().join("psql"))
+            .arg("-h")
+            .arg(sock)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-XAtc",
+                sql,
+            ]),
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `bucketfs checkpoint` on a running mount: the bucket has everything so far on return.
+fn checkpoint(cache: &Path) {
+    run_ok(
+        Command::new(BIN)
+            .arg("checkpoint")
+            .arg("--cache-dir")
+            .arg(cache),
+    );
+}
+
+fn s3_args(s3: &S3Server, prefix: &str) -> Vec<String> {
+    vec!["--bucket".into(), s3.url(prefix)]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// 1. An empty bucket: initdb, PostgreSQL, a table; SIGTERM: fast shutdown, the final
+/// checkpoint, exit 0; a new empty cache dir starts the same database from the bucket.
+#[test]
+fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() {
+    let (dir, _) = dirs();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let sock = dir.path().join("sock");
+    let port = 56_401;
+    let mut args = s3_args(&s3, "db");
+    args.extend(initdb());
+    args.extend(["--pg-conf".into(), "max_connections = 21".into()]);
+    let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
+    let mut a = Run::start(dir.path(), "a", &strs(&args), &s3.env(), &strs(&pg));
+    wait_ready(&mut a, &sock, port);
+    assert_eq!(
+        query(&sock, port, "SHOW max_connections"),
+        "21",
+        "--pg-conf"
+    );
+    query(
+        &sock,
+        port,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g",
+    );
+    a.signal(libc::SIGTERM);
+    a.assert_exit(0, Duration::from_secs(120));
+    a.assert_log(&[
+        "a new database: running initdb",
+        "received=\"SIGTERM\" sent=\"SIGINT\"",
+        "received fast shutdown request",
+        "database system is shut down",
+        "final checkpoint committed",
+    ]);
+    let log = a.log_text();
+    assert!(
+        log.find("database system is shut down") < log.find("final checkpoint committed"),
+        "the final checkpoint came before PostgreSQL was down:\n{log}"
+    );
+    assert!(!dir.path().join("a-mnt/PG_VERSION").exists());
+
+    // Another machine: a new, empty cache dir; --initdb as an image would always pass it.
+    let pg = postgres(&dir.path().join("b-mnt"), &sock, port);
+    let mut b = Run::start(dir.path(), "b", &strs(&args), &s3.env(), &strs(&pg));
+    wait_ready(&mut b, &sock, port);
+    assert_eq!(
+        query(&sock, port, "SELECT count(*) || ':' || sum(id) FROM t"),
+        "1000:500500"
+    );
+    b.assert_log(&[
+        "restoring the namespace from the bucket",
+        "the mount holds a database (PG_VERSION): no initdb",
+    ]);
+    assert!(
+        !b.log_text().contains("running initdb"),
+        "initdb ran on a bucket that holds a database:\n{}",
+        b.log_text()
+    );
+    b.signal(libc::SIGTERM);
+    b.assert_exit(0, Duration::from_secs(120));
+    s3.assert_verifies("db", "the bucket is broken after two runs");
+}
+
+/// 2. The program's exit status is bucketfs's, after the final checkpoint: 0, a code, death
+/// by a signal (128+N); a program that cannot start is an error.
+#[test]
+fn the_programs_exit_status_is_bucketfss_after_the_final_checkpoint() {
+    let (dir, _) = dirs();
+    let mnt = dir.path().join("a-mnt");
+    let m = mnt.display();
+    let cases = [
+        (format!("echo zero > {m}/f0"), 0),
+        (format!("echo three > {m}/f3; exit 3"), 3),
+        (
+            format!("echo signal > {m}/fs; kill -USR1 $$"),
+            128 + libc::SIGUSR1,
+        ),
+    ];
+    for (script, code) in &cases {
+        let mut r = Run::start(dir.path(), "a", &[], &[], &["/bin/sh", "-c", script]);
+        r.assert_exit(*code, Duration::from_secs(60));
+        r.assert_log(&["final checkpoint committed"]);
+    }
+    // The bucket has all three: a new cache dir reads them from it.
+    let bucket = format!("file://{}/bucket", dir.path().join("a-cache").display());
+    let m = dir.path().join("b-mnt");
+    let script = format!("cat {0}/f0 {0}/f3 {0}/fs", m.display());
+    let mut r = Run::start(
+        dir.path(),
+        "b",
+        &["--bucket", &bucket],
+        &[],
+        &["/bin/sh", "-c", &script],
+    );
+    r.assert_exit(0, Duration::from_secs(60));
+    r.assert_log(&[
+        "restoring the namespace from the bucket",
+        "zero\nthree\nsignal\n",
+    ]);
+
+    let mut r = Run::start(dir.path(), "c", &[], &[], &["/nonexistent/program"]);
+    r.assert_exit(1, Duration::from_secs(60));
+    r.assert_log(&["bucketfs: error: start /nonexistent/program"]);
+}
+
+/// 3. A bucket that cannot be reached, a prefix a live writer holds, a bad cache dir: the
+/// program never starts, bucketfs exits 1 and says why.
+#[test]
+fn the_program_never_starts_when_the_mount_cannot() {
+    let (dir, shared) = dirs();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let marker = shared.join("started");
+    let touch = format!("touch {}", marker.display());
+    let program = ["/bin/sh", "-c", touch.as_str()];
+
+    // An endpoint where nothing listens (a port just released on loopback).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut env = s3.env();
+    env.retain(|(k, _)| *k != "AWS_ENDPOINT_URL_S3");
+    env.push(("AWS_ENDPOINT_URL_S3", format!("http://{closed}")));
+    let mut r = Run::start(dir.path(), "a", &strs(&s3_args(&s3, "db")), &env, &program);
+    r.assert_exit(1, Duration::from_secs(120));
+    let log = r.log_text();
+    assert!(
+        log.contains(&closed.to_string()) || log.contains("connect"),
+        "{log}"
+    );
+    assert!(!log.contains(SECRET_KEY), "{log}");
+
+    // A live writer on the prefix.
+    let holder = common::Mount::start_with_env(
+        &dir.path().join("w-mnt"),
+        &dir.path().join("w-cache"),
+        &strs(&s3_args(&s3, "db")),
+        &s3.env(),
+    );
+    let mut r = Run::start(
+        dir.path(),
+        "b",
+        &strs(&s3_args(&s3, "db")),
+        &s3.env(),
+        &program,
+    );
+    r.assert_exit(1, Duration::from_secs(60));
+    r.assert_log(&["is held by writer", "--takeover"]);
+
+    // A cache dir that is a file.
+    let file = dir.path().join("c-cache");
+    fs::write(&file, b"not a dir").unwrap();
+    let mut r = Run::start(dir.path(), "c", &[], &[], &program);
+    r.assert_exit(1, Duration::from_secs(60));
+    r.assert_log(&["is not a directory"]);
+
+    assert!(
+        !marker.exists(),
+        "the program started although the mount could not"
+    );
+    assert!(holder.stop().success());
+}
+
+/// 4. Another writer takes the prefix over while `run` serves: PostgreSQL gets SIGQUIT,
+/// bucketfs exits 1, and nothing written after the takeover reaches the bucket.
+#[test]
+fn a_takeover_while_run_serves_stops_postgres_and_keeps_its_later_writes_out() {
+    let (dir, _) = dirs();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let sock = dir.path().join("sock");
+    let port = 56_404;
+    let mut args = s3_args(&s3, "db");
+    args.extend(initdb());
+    args.extend(["--checkpoint-interval".into(), "200ms".into()]);
+    let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
+    let mut a = Run::start(dir.path(), "a", &strs(&args), &s3.env(), &strs(&pg));
+    wait_ready(&mut a, &sock, port);
+    query(
+        &sock,
+        port,
+        "CREATE TABLE t (v text); INSERT INTO t VALUES ('before')",
+    );
+    checkpoint(&a.cache);
+
+    let b = common::Mount::start_with_env(
+        &dir.path().join("b-mnt"),
+        &dir.path().join("b-cache"),
+        &["--bucket", &s3.url("db"), "--takeover"],
+        &s3.env(),
+    );
+    // Written after the takeover: acknowledged or not, it must never reach the bucket.
+    let late = psql(&sock, port, "INSERT INTO t VALUES ('after')");
+    eprintln!("the insert after the takeover: {:?}", late.status);
+    a.assert_exit(1, Duration::from_secs(60));
+    // PostgreSQL may also meet EROFS and PANIC before the SIGQUIT lands: either way it is down.
+    a.assert_log(&[
+        "stopping the program with SIGQUIT",
+        "bucketfs: error: this mount is no longer the bucket's writer",
+    ]);
+    assert!(b.stop().success());
+
+    let pg = postgres(&dir.path().join("c-mnt"), &sock, port);
+    let mut c = Run::start(
+        dir.path(),
+        "c",
+        &strs(&s3_args(&s3, "db")),
+        &s3.env(),
+        &strs(&pg),
+    );
+    wait_ready(&mut c, &sock, port);
+    assert_eq!(
+        query(&sock, port, "SELECT string_agg(v, ',') FROM t"),
+        "before"
+    );
+    c.signal(libc::SIGTERM);
+    c.assert_exit(0, Duration::from_secs(120));
+}
+
+/// 5. kill -9 of `bucketfs run` and its PostgreSQL: the next run on the same cache dir has
+/// every commit PostgreSQL acknowledged.
+#[test]
+fn kill_9_of_run_and_postgres_loses_no_acknowledged_commit() {
+    let (dir, _) = dirs();
+    let sock = dir.path().join("sock");
+    let port = 56_405;
+    let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
+    let mut a = Run::start(dir.path(), "a", &strs(&initdb()), &[], &strs(&pg));
+    wait_ready(&mut a, &sock, port);
+    query(
+        &sock,
+        port,
+        "CREATE TABLE acked (id bigint PRIMARY KEY, pad text)",
+    );
+    let conn = format!(
+        "host={} port={port} user=postgres dbname=postgres",
+        sock.display()
+    );
+    let mut client = postgres::Client::connect(&conn, postgres::NoTls).expect("connect");
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let writer = {
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            for id in 1.. {
+                // Autocommit: Ok means PostgreSQL acknowledged the commit.
+                match client.execute("INSERT INTO acked VALUES ($1, repeat('x', 300))", &[&id]) {
+                    Ok(_) => acked.lock().unwrap().push(id),
+                    Err(_) => break, // the server is gone
+                }
+            }
+        })
+    };
+    wait_for("300 acknowledged commits", Duration::from_secs(120), || {
+        acked.lock().unwrap().len() >= 300
+    });
+    a.kill_all();
+    writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+
+    let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
+    let mut b = Run::start(dir.path(), "a", &strs(&initdb()), &[], &strs(&pg));
+    wait_ready(&mut b, &sock, port);
+    let rows = query(
+        &sock,
+        port,
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM acked",
+    );
+    let present: std::collections::BTreeSet<i64> =
+        rows.split(',').map(|s| s.parse().unwrap()).collect();
+    let lost: Vec<i64> = acked
+        .iter()
+        .filter(|id| !present.contains(id))
+        .copied()
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged commits lost: {lost:?}\n{}",
+        b.log_text()
+    );
+    b.assert_log(&["database system was interrupted", "no initdb"]);
+    b.signal(libc::SIGTERM);
+    b.assert_exit(0, Duration::from_secs(120));
+}
+
+/// 6a. bucketfs adopts the processes orphaned below it and reaps them (no zombie is left),
+/// and ends those still running when the program exits.
+#[test]
+fn orphans_are_adopted_reaped_and_ended_with_the_program() {
+    let (dir, shared) = dirs();
+    let s = shared.display();
+    // Two orphans: each subshell starts a sleep and exits at once. Then wait for `go`.
+    let script = format!(
+        "(sleep 600 & echo $! > {s}/o1.tmp; mv {s}/o1.tmp {s}/o1); \
+         (sleep 600 & echo $! > {s}/o2.tmp; mv {s}/o2.tmp {s}/o2); \
+         while [ ! -e {s}/go ]; do sleep 0.05; done; exit 0"
+    );
+    let mut r = Run::start(dir.path(), "a", &[], &[], &["/bin/sh", "-c", &script]);
+    let read_pid = |name: &str| -> i32 {
+        let path = shared.join(name);
+        wait_for(name, Duration::from_secs(60), || path.exists());
+        fs::read_to_string(&path).unwrap().trim().parse().unwrap()
+    };
+    let (o1, o2) = (read_pid("o1"), read_pid("o2"));
+    for o in [o1, o2] {
+        wait_for(
+            "bucketfs to adopt the orphan",
+            Duration::from_secs(30),
+            || children_of(r.pid()).contains(&o),
+        );
+    }
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(o1, libc::SIGTERM) };
+    wait_for(
+        "the orphan to be reaped (no zombie)",
+        Duration::from_secs(30),
+        || !Path::new(&format!("/proc/{o1}")).exists(),
+    );
+    fs::write(shared.join("go"), b"").unwrap();
+    r.assert_exit(0, Duration::from_secs(60));
+    assert!(!alive(o2), "an orphan outlived bucketfs");
+    r.assert_log(&["ending the processes the program left"]);
+}
+
+/// 6b. SIGINT and SIGQUIT reach PostgreSQL with their meaning: fast shutdown (clean, no
+/// recovery at the next start) and immediate shutdown (crash recovery at the next start,
+/// nothing committed lost).
+#[test]
+fn sigint_and_sigquit_reach_postgres_as_fast_and_immediate_shutdown() {
+    let (dir, _) = dirs();
+    let sock = dir.path().join("sock");
+    let port = 56_406;
+    let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
+    let mut a = Run::start(dir.path(), "a", &strs(&initdb()), &[], &strs(&pg));
+    wait_ready(&mut a, &sock, port);
+    query(
+        &sock,
+        port,
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (1)",
+    );
+    a.signal(libc::SIGINT);
+    a.assert_exit(0, Duration::from_secs(120));
+    a.assert_log(&[
+        "received fast shutdown request",
+        "database system is shut down",
+    ]);
+
+    let mut b = Run::start(dir.path(), "a", &strs(&initdb()), &[], &strs(&pg));
+    wait_ready(&mut b, &sock, port);
+    b.assert_log(&["database system was shut down at"]);
+    query(&sock, port, "INSERT INTO t VALUES (2)");
+    b.signal(libc::SIGQUIT);
+    // PostgreSQL 15's postmaster exits 0 after an immediate shutdown; what shows that it was
+    // one is the crash recovery at the next start.
+    b.assert_exit(0, Duration::from_secs(120));
+    b.assert_log(&[
+        "received=\"SIGQUIT\" sent=\"SIGQUIT\"",
+        "received immediate shutdown request",
+        "final checkpoint committed",
+    ]);
+
+    let mut c = Run::start(dir.path(), "a", &strs(&initdb()), &[], &strs(&pg));
+    wait_ready(&mut c, &sock, port);
+    c.assert_log(&["database system was interrupted"]);
+    assert_eq!(
+        query(
+            &sock,
+            port,
+            "SELECT string_agg(v::text, ',' ORDER BY v) FROM t"
+        ),
+        "1,2"
+    );
+    c.signal(libc::SIGTERM);
+    c.assert_exit(0, Duration::from_secs(120));
+}
+
+/// 7. Settings: a flag wins over its BUCKETFS_* variable, which wins over the --config file
+/// (or BUCKETFS_CONFIG), which wins over the default; BUCKET_NAME gives the bucket; no
+/// bucket means the embedded one; credentials are in no log line and not in the program's
+/// environment.
+#[test]
+fn settings_come_from_flags_then_env_then_the_file_and_credentials_stay_out() {
+    let (dir, _) = dirs();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let config = dir.path().join("bucketfs.toml");
+    fs::write(
+        &config,
+        "stop-timeout = \"41s\"\ndatabase_name = \"fromfile\"\nuser = \"nobody\"\n",
+    )
+    .unwrap();
+    let mut fly = s3.env();
+    fly.push(("BUCKET_NAME", common::s3::BUCKET.into()));
+    let program = [
+        "/bin/sh",
+        "-c",
+        "echo \"user=$(id -un)\"; env | cut -d= -f1",
+    ];
+    let config_flag = format!("--config={}", config.display());
+
+    // The file alone (the AWS_* variables and BUCKET_NAME, as `fly storage create` sets them).
+    let mut r = Run::start(dir.path(), "a", &[&config_flag], &fly, &program);
+    r.assert_exit(0, Duration::from_secs(60));
+    r.assert_log(&[
+        "--stop-timeout=41s (file)",
+        "stop_timeout_s=41",
+        "bucket=s3://pgdata/fromfile",
+        "user=nobody",
+    ]);
+
+    // Variables over the file (named by BUCKETFS_CONFIG this time).
+    let mut env = fly.clone();
+    env.push(("BUCKETFS_CONFIG", config.display().to_string()));
+    env.push(("BUCKETFS_STOP_TIMEOUT", "42s".into()));
+    env.push(("BUCKETFS_DATABASE_NAME", "fromenv".into()));
+    let mut r2 = Run::start(dir.path(), "b", &[], &env, &program);
+    r2.assert_exit(0, Duration::from_secs(60));
+    r2.assert_log(&[
+        "--stop-timeout=42s (env)",
+        "stop_timeout_s=42",
+        "bucket=s3://pgdata/fromenv",
+        "user=nobody",
+    ]);
+
+    // Flags over both.
+    let flags = [
+        "--stop-timeout",
+        "43s",
+        "--database-name",
+        "fromflag",
+        "--user",
+        "postgres",
+    ];
+    let mut r3 = Run::start(dir.path(), "c", &flags, &env, &program);
+    r3.assert_exit(0, Duration::from_secs(60));
+    r3.assert_log(&[
+        "--stop-timeout=43s (flag)",
+        "stop_timeout_s=43",
+        "bucket=s3://pgdata/fromflag",
+        "user=postgres",
+    ]);
+
+    // No bucket anywhere: the embedded one, and the log says so.
+    let mut r4 = Run::start(dir.path(), "d", &[], &[], &program);
+    r4.assert_exit(0, Duration::from_secs(60));
+    let embedded = format!("file://{}/bucket", r4.cache.display());
+    r4.assert_log(&["no bucket configured", &embedded]);
+
+    for run in [&r, &r2, &r3, &r4] {
+        let log = run.log_text();
+        assert!(
+            !log.contains(SECRET_KEY) && !log.contains(ACCESS_KEY),
+            "a credential is in the log:\n{log}"
+        );
+        assert!(
+            !log.contains("AWS_SECRET_ACCESS_KEY\n") && !log.contains("AWS_ACCESS_KEY_ID\n"),
+            "the program inherited the credentials:\n{log}"
+        );
+    }
+
+    // A file with a key that is not an option: refused, naming the key and not its value.
+    fs::write(
+        &config,
+        format!("aws-secret-access-key = \"{SECRET_KEY}\"\n"),
+    )
+    .unwrap();
+    let mut r5 = Run::start(dir.path(), "e", &[&config_flag], &fly, &program);
+    r5.assert_exit(2, Duration::from_secs(60));
+    r5.assert_log(&["unknown key \"aws-secret-access-key\""]);
+    assert!(!r5.log_text().contains(SECRET_KEY), "{}", r5.log_text());
+}
+
+/// The takeover after a lost host, both ways: `--takeover-after` refuses while the last
+/// writer's newest checkpoint is young (a live, idle writer keeps it young with heartbeats)
+/// and takes over once it is older; `--takeover` takes over at once. Without either, or
+/// within the age, the program never starts.
+#[test]
+fn a_lost_writer_is_taken_over_with_takeover_or_once_its_checkpoint_is_old_enough() {
+    let (dir, shared) = dirs();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let sock = dir.path().join("sock");
+    let port = 56_408;
+    let marker = shared.join("started");
+    let touch = format!("touch {}", marker.display());
+    let refused_program = ["/bin/sh", "-c", touch.as_str()];
+    let bucket = s3_args(&s3, "db");
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut v = bucket.clone();
+        v.extend(initdb());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+
+    let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
+    let mut a = Run::start(
+        dir.path(),
+        "a",
+        &strs(&with(&["--takeover-after", "2s"])),
+        &s3.env(),
+        &strs(&pg),
+    );
+    wait_ready(&mut a, &sock, port);
+    query(
+        &sock,
+        port,
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (1)",
+    );
+    checkpoint(&a.cache);
+
+    // A is alive and idle for longer than 2 s: its heartbeats keep it from being taken over.
+    let idle = Instant::now();
+    wait_for("A to be idle for 3 s", Duration::from_secs(10), || {
+        idle.elapsed() >= Duration::from_secs(3)
+    });
+    let mut r = Run::start(
+        dir.path(),
+        "r1",
+        &strs(&with(&["--takeover-after", "2s"])),
+        &s3.env(),
+        &refused_program,
+    );
+    r.assert_exit(1, Duration::from_secs(60));
+    r.assert_log(&["less than --takeover-after"]);
+
+    // The host is lost.
+    a.kill_all();
+    let lost = Instant::now();
+    let mut r = Run::start(
+        dir.path(),
+        "r2",
+        &strs(&with(&[])),
+        &s3.env(),
+        &refused_program,
+    );
+    r.assert_exit(1, Duration::from_secs(60));
+    r.assert_log(&["has not stopped cleanly", "--takeover"]);
+    let mut r = Run::start(
+        dir.path(),
+        "r3",
+        &strs(&with(&["--takeover-after", "1h"])),
+        &s3.env(),
+        &refused_program,
+    );
+    r.assert_exit(1, Duration::from_secs(60));
+    r.assert_log(&["less than --takeover-after"]);
+    assert!(!marker.exists(), "a refused run started its program");
+
+    // Once A's last checkpoint is older than 2 s, --takeover-after 2s takes over.
+    wait_for(
+        "A's last checkpoint to be 2.5 s old",
+        Duration::from_secs(10),
+        || lost.elapsed() >= Duration::from_millis(2500),
+    );
+    let pg = postgres(&dir.path().join("b-mnt"), &sock, port);
+    let mut b = Run::start(
+        dir.path(),
+        "b",
+        &strs(&with(&["--takeover-after", "2s"])),
+        &s3.env(),
+        &strs(&pg),
+    );
+    wait_ready(&mut b, &sock, port);
+    b.assert_log(&["taking the bucket over", "no initdb"]);
+    query(&sock, port, "INSERT INTO t VALUES (2)");
+    checkpoint(&b.cache);
+    b.kill_all();
+
+    // --takeover does not wait.
+    let pg = postgres(&dir.path().join("c-mnt"), &sock, port);
+    let mut c = Run::start(
+        dir.path(),
+        "c",
+        &strs(&with(&["--takeover"])),
+        &s3.env(),
+        &strs(&pg),
+    );
+    wait_ready(&mut c, &sock, port);
+    c.assert_log(&["taking the bucket over (--takeover)"]);
+    assert_eq!(
+        query(
+            &sock,
+            port,
+            "SELECT string_agg(v::text, ',' ORDER BY v) FROM t"
+        ),
+        "1,2"
+    );
+    c.signal(libc::SIGTERM);
+    c.assert_exit(0, Duration::from_secs(120));
+}
+
+/// initdb interrupted by a lost machine leaves `.bucketfs-initdb`: the next start removes it
+/// and runs initdb again. A mount with files but no PG_VERSION is refused.
+#[test]
+fn an_unfinished_initdb_is_run_again_and_a_foreign_directory_is_refused() {
+    let (dir, shared) = dirs();
+    let m = common::Mount::start(
+        &dir.path().join("a-mnt"),
+        &dir.path().join("a-cache"),
+        &[
+            "--bucket",
+            &format!("file://{}", dir.path().join("a-bucket").display()),
+        ],
+    );
+    fs::create_dir(m.mnt.join(".bucketfs-initdb")).unwrap();
+    fs::write(m.mnt.join(".bucketfs-initdb/PG_VERSION"), b"15\n").unwrap();
+    assert!(m.stop().success());
+    let bucket = format!("file://{}", dir.path().join("a-bucket").display());
+    let check = format!(
+        "test -f {0}/PG_VERSION && test -f {0}/global/pg_control && ! test -e {0}/.bucketfs-initdb && echo data-dir-ok",
+        dir.path().join("a-mnt").display()
+    );
+    let mut args = vec!["--bucket".to_string(), bucket];
+    args.extend(initdb());
+    let mut r = Run::start(
+        dir.path(),
+        "a",
+        &strs(&args),
+        &[],
+        &["/bin/sh", "-c", &check],
+    );
+    r.assert_exit(0, Duration::from_secs(120));
+    r.assert_log(&[
+        "an initdb that did not finish",
+        "initdb done",
+        "data-dir-ok",
+    ]);
+
+    let m = common::Mount::start(&dir.path().join("b-mnt"), &dir.path().join("b-cache"), &[]);
+    fs::write(m.mnt.join("notes.txt"), b"mine").unwrap();
+    assert!(m.stop().success());
+    let marker = shared.join("started");
+    let touch = format!("touch {}", marker.display());
+    let mut r = Run::start(
+        dir.path(),
+        "b",
+        &strs(&initdb()),
+        &[],
+        &["/bin/sh", "-c", &touch],
+    );
+    r.assert_exit(1, Duration::from_secs(60));
+    r.assert_log(&["notes.txt", "but no PG_VERSION"]);
+    assert!(!marker.exists());
+}
