@@ -2,10 +2,13 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/bucketfs-target
 BIN := $(CARGO_TARGET_DIR)/debug/bucketfs
 
-.PHONY: setup build test test-long lint fmt bench-pgbench
+.PHONY: setup run build test test-long lint fmt bench-pgbench
 
 setup:            ## install system packages and build (fresh Debian)
 	scripts/setup.sh
+
+run:              ## PostgreSQL on bucketfs with a local bucket, in the foreground; Ctrl-C stops it (PG_CONFIG=... for OrioleDB)
+	scripts/run.sh
 
 build:
 	cargo build --locked

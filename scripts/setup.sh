@@ -4,39 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(
-  fuse3            # fusermount3, /etc/fuse.conf
-  clang libclang-dev pkg-config build-essential  # RocksDB's C++ build and bindgen
-  postgresql postgresql-contrib                  # the end-to-end tests run a real server
-  bindfs           # plain FUSE passthrough, the benchmark's point of comparison
-  util-linux       # runuser, fallocate
-  strace           # benches/fuse_requests_per_commit.sh
-  prometheus       # promtool: tests check /metrics with `promtool check metrics`
-  fio              # benches/fio_vs_local.sh
-  python3-venv     # moto, the second S3 server of tests/store_contract.rs, lives in a venv
-  libacl1-dev      # pjdfstest (tests/posix.rs) links libacl
-)
+. scripts/common.sh
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-
-# Debian starts a default cluster (and a Prometheus server) with the packages; the tests run
-# their own servers and need neither.
-for service in postgresql prometheus; do
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
-    $sudo systemctl stop "$service" || true
-  fi
-done
+echo "setup: checking system packages"
+install_missing "${build_packages[@]}" "${run_packages[@]}" "${test_packages[@]}"
+stop_packaged_servers postgresql prometheus
 
 # moto (PyPI moto[server]), a second S3 implementation the store contract tests run against
 # (tests/store_contract.rs finds it here, or at $BUCKETFS_MOTO_SERVER). Pinned: 5.2.1 answers
@@ -50,12 +22,7 @@ if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$mot
   "$venv/bin/pip" install -q "moto[server]==$moto_version"
 fi
 
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: cargo not found. Install Rust with rustup (https://rustup.rs), then run this again." >&2
-  exit 1
-fi
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
+need_cargo
 echo "setup: building into $CARGO_TARGET_DIR (the first build compiles RocksDB: 10+ minutes on 2 cores)"
 cargo build --locked --tests --benches
 

@@ -319,7 +319,7 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// 1. An empty bucket: initdb, PostgreSQL, a table; SIGTERM: fast shutdown, the final
+/// An empty bucket: initdb, PostgreSQL, a table; SIGTERM: fast shutdown, the final
 /// checkpoint, exit 0; a new empty cache dir starts the same database from the bucket.
 #[test]
 fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() {
@@ -381,7 +381,7 @@ fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() 
     s3.assert_verifies("db", "the bucket is broken after two runs");
 }
 
-/// 2. The program's exit status is bucketfs's, after the final checkpoint: 0, a code, death
+/// The program's exit status is bucketfs's, after the final checkpoint: 0, a code, death
 /// by a signal (128+N); a program that cannot start is an error.
 #[test]
 fn the_programs_exit_status_is_bucketfss_after_the_final_checkpoint() {
@@ -423,7 +423,7 @@ fn the_programs_exit_status_is_bucketfss_after_the_final_checkpoint() {
     r.assert_log(&["bucketfs: error: start /nonexistent/program"]);
 }
 
-/// 3. A bucket that cannot be reached, a prefix a live writer holds, a bad cache dir: the
+/// A bucket that cannot be reached, a prefix a live writer holds, a bad cache dir: the
 /// program never starts, bucketfs exits 1 and says why.
 #[test]
 fn the_program_never_starts_when_the_mount_cannot() {
@@ -481,7 +481,7 @@ fn the_program_never_starts_when_the_mount_cannot() {
     assert!(holder.stop().success());
 }
 
-/// 4. Another writer takes the prefix over while `run` serves: PostgreSQL gets SIGQUIT,
+/// Another writer takes the prefix over while `run` serves: PostgreSQL gets SIGQUIT,
 /// bucketfs exits 1, and nothing written after the takeover reaches the bucket.
 #[test]
 fn a_takeover_while_run_serves_stops_postgres_and_keeps_its_later_writes_out() {
@@ -536,7 +536,7 @@ fn a_takeover_while_run_serves_stops_postgres_and_keeps_its_later_writes_out() {
     c.assert_exit(0, Duration::from_secs(120));
 }
 
-/// 5. kill -9 of `bucketfs run` and its PostgreSQL: the next run on the same cache dir has
+/// kill -9 of `bucketfs run` and its PostgreSQL: the next run on the same cache dir has
 /// every commit PostgreSQL acknowledged.
 #[test]
 fn kill_9_of_run_and_postgres_loses_no_acknowledged_commit() {
@@ -601,7 +601,7 @@ fn kill_9_of_run_and_postgres_loses_no_acknowledged_commit() {
     b.assert_exit(0, Duration::from_secs(120));
 }
 
-/// 6a. bucketfs adopts the processes orphaned below it and reaps them (no zombie is left),
+/// bucketfs adopts the processes orphaned below it and reaps them (no zombie is left),
 /// and ends those still running when the program exits.
 #[test]
 fn orphans_are_adopted_reaped_and_ended_with_the_program() {
@@ -640,7 +640,7 @@ fn orphans_are_adopted_reaped_and_ended_with_the_program() {
     r.assert_log(&["ending the processes the program left"]);
 }
 
-/// 6b. SIGINT and SIGQUIT reach PostgreSQL with their meaning: fast shutdown (clean, no
+/// SIGINT and SIGQUIT reach PostgreSQL with their meaning: fast shutdown (clean, no
 /// recovery at the next start) and immediate shutdown (crash recovery at the next start,
 /// nothing committed lost).
 #[test]
@@ -692,7 +692,7 @@ fn sigint_and_sigquit_reach_postgres_as_fast_and_immediate_shutdown() {
     c.assert_exit(0, Duration::from_secs(120));
 }
 
-/// 7. Settings: a flag wins over its BUCKETFS_* variable, which wins over the --config file
+/// Settings: a flag wins over its BUCKETFS_* variable, which wins over the --config file
 /// (or BUCKETFS_CONFIG), which wins over the default; BUCKET_NAME gives the bucket; no
 /// bucket means the embedded one; credentials are in no log line and not in the program's
 /// environment.

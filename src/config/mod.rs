@@ -366,6 +366,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_single_valued_option_has_its_bucketfs_variable() {
+        use clap::{ArgAction, CommandFactory};
+        let cli = Cli::command();
+        for sub in ["mount", "run"] {
+            for a in cli.find_subcommand(sub).unwrap().get_arguments() {
+                let Some(long) = a.get_long() else { continue };
+                if matches!(
+                    a.get_action(),
+                    ArgAction::Append | ArgAction::Help | ArgAction::HelpLong | ArgAction::Version
+                ) {
+                    continue;
+                }
+                let want = format!("BUCKETFS_{}", long.to_uppercase().replace('-', "_"));
+                assert_eq!(
+                    a.get_env().and_then(|e| e.to_str()),
+                    Some(want.as_str()),
+                    "{sub} --{long}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("64K"), Ok(64 << 10));
