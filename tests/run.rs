@@ -343,13 +343,22 @@ fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() 
         port,
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g",
     );
+    // A slow bucket from here on, so that the final checkpoint takes long enough (a few
+    // requests of 2 s each) to report its progress.
+    s3.faults
+        .latency_ms
+        .store(2000, std::sync::atomic::Ordering::SeqCst);
     a.signal(libc::SIGTERM);
     a.assert_exit(0, Duration::from_secs(120));
+    s3.faults
+        .latency_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
     a.assert_log(&[
         "a new database: running initdb",
         "received=\"SIGTERM\" sent=\"SIGINT\"",
         "received fast shutdown request",
         "database system is shut down",
+        "final checkpoint: in progress bytes_left=",
         "final checkpoint committed",
     ]);
     let log = a.log_text();
