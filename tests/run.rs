@@ -394,7 +394,7 @@ fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() 
 /// by a signal (128+N); a program that cannot start is an error.
 #[test]
 fn the_programs_exit_status_is_bucketfss_after_the_final_checkpoint() {
-    let (dir, _) = dirs();
+    let (dir, shared) = dirs();
     let mnt = dir.path().join("a-mnt");
     let m = mnt.display();
     let cases = [
@@ -413,7 +413,8 @@ fn the_programs_exit_status_is_bucketfss_after_the_final_checkpoint() {
     // The bucket has all three: a new cache dir reads them from it.
     let bucket = format!("file://{}/bucket", dir.path().join("a-cache").display());
     let m = dir.path().join("b-mnt");
-    let script = format!("cat {0}/f0 {0}/f3 {0}/fs", m.display());
+    let out = shared.join("out");
+    let script = format!("cat {0}/f0 {0}/f3 {0}/fs > {1}", m.display(), out.display());
     let mut r = Run::start(
         dir.path(),
         "b",
@@ -422,10 +423,8 @@ fn the_programs_exit_status_is_bucketfss_after_the_final_checkpoint() {
         &["/bin/sh", "-c", &script],
     );
     r.assert_exit(0, Duration::from_secs(60));
-    r.assert_log(&[
-        "restoring the namespace from the bucket",
-        "zero\nthree\nsignal\n",
-    ]);
+    r.assert_log(&["restoring the namespace from the bucket"]);
+    assert_eq!(fs::read_to_string(&out).unwrap(), "zero\nthree\nsignal\n");
 
     let mut r = Run::start(dir.path(), "c", &[], &[], &["/nonexistent/program"]);
     r.assert_exit(1, Duration::from_secs(60));
@@ -707,7 +706,7 @@ fn sigint_and_sigquit_reach_postgres_as_fast_and_immediate_shutdown() {
 /// environment.
 #[test]
 fn settings_come_from_flags_then_env_then_the_file_and_credentials_stay_out() {
-    let (dir, _) = dirs();
+    let (dir, shared) = dirs();
     let s3 = S3Server::start(&dir.path().join("s3"));
     let config = dir.path().join("bucketfs.toml");
     fs::write(
@@ -717,36 +716,51 @@ fn settings_come_from_flags_then_env_then_the_file_and_credentials_stay_out() {
     .unwrap();
     let mut fly = s3.env();
     fly.push(("BUCKET_NAME", common::s3::BUCKET.into()));
+    // The program writes who it runs as and the names in its environment to $OUT.
     let program = [
         "/bin/sh",
         "-c",
-        "echo \"user=$(id -un)\"; env | cut -d= -f1",
+        "{ echo \"user=$(id -un)\"; env | cut -d= -f1; } > \"$OUT\"",
     ];
+    let out =
+        |name: &str| -> (&'static str, String) { ("OUT", shared.join(name).display().to_string()) };
+    let with_out = |env: &[(&'static str, String)], name: &str| {
+        let mut env = env.to_vec();
+        env.push(out(name));
+        env
+    };
+    let program_saw = |name: &str| fs::read_to_string(shared.join(name)).unwrap();
     let config_flag = format!("--config={}", config.display());
 
     // The file alone (the AWS_* variables and BUCKET_NAME, as `fly storage create` sets them).
-    let mut r = Run::start(dir.path(), "a", &[&config_flag], &fly, &program);
+    let mut r = Run::start(
+        dir.path(),
+        "a",
+        &[&config_flag],
+        &with_out(&fly, "a"),
+        &program,
+    );
     r.assert_exit(0, Duration::from_secs(60));
     r.assert_log(&[
         "--stop-timeout=41s (file)",
         "stop_timeout_s=41",
         "bucket=s3://pgdata/fromfile",
-        "user=nobody",
     ]);
+    assert!(program_saw("a").starts_with("user=nobody\n"));
 
     // Variables over the file (named by BUCKETFS_CONFIG this time).
     let mut env = fly.clone();
     env.push(("BUCKETFS_CONFIG", config.display().to_string()));
     env.push(("BUCKETFS_STOP_TIMEOUT", "42s".into()));
     env.push(("BUCKETFS_DATABASE_NAME", "fromenv".into()));
-    let mut r2 = Run::start(dir.path(), "b", &[], &env, &program);
+    let mut r2 = Run::start(dir.path(), "b", &[], &with_out(&env, "b"), &program);
     r2.assert_exit(0, Duration::from_secs(60));
     r2.assert_log(&[
         "--stop-timeout=42s (env)",
         "stop_timeout_s=42",
         "bucket=s3://pgdata/fromenv",
-        "user=nobody",
     ]);
+    assert!(program_saw("b").starts_with("user=nobody\n"));
 
     // Flags over both.
     let flags = [
@@ -757,17 +771,17 @@ fn settings_come_from_flags_then_env_then_the_file_and_credentials_stay_out() {
         "--user",
         "postgres",
     ];
-    let mut r3 = Run::start(dir.path(), "c", &flags, &env, &program);
+    let mut r3 = Run::start(dir.path(), "c", &flags, &with_out(&env, "c"), &program);
     r3.assert_exit(0, Duration::from_secs(60));
     r3.assert_log(&[
         "--stop-timeout=43s (flag)",
         "stop_timeout_s=43",
         "bucket=s3://pgdata/fromflag",
-        "user=postgres",
     ]);
+    assert!(program_saw("c").starts_with("user=postgres\n"));
 
     // No bucket anywhere: the embedded one, and the log says so.
-    let mut r4 = Run::start(dir.path(), "d", &[], &[], &program);
+    let mut r4 = Run::start(dir.path(), "d", &[], &[out("d")], &program);
     r4.assert_exit(0, Duration::from_secs(60));
     let embedded = format!("file://{}/bucket", r4.cache.display());
     r4.assert_log(&["no bucket configured", &embedded]);
@@ -778,9 +792,18 @@ fn settings_come_from_flags_then_env_then_the_file_and_credentials_stay_out() {
             !log.contains(SECRET_KEY) && !log.contains(ACCESS_KEY),
             "a credential is in the log:\n{log}"
         );
+    }
+    for name in ["a", "b", "c"] {
+        let names: Vec<String> = program_saw(name).lines().map(str::to_owned).collect();
         assert!(
-            !log.contains("AWS_SECRET_ACCESS_KEY\n") && !log.contains("AWS_ACCESS_KEY_ID\n"),
-            "the program inherited the credentials:\n{log}"
+            names.iter().any(|n| n == "AWS_ENDPOINT_URL_S3") && names.iter().any(|n| n == "HOME"),
+            "the program's environment lacks what it should have: {names:?}"
+        );
+        assert!(
+            !names
+                .iter()
+                .any(|n| n == "AWS_SECRET_ACCESS_KEY" || n == "AWS_ACCESS_KEY_ID"),
+            "the program inherited the credentials: {names:?}"
         );
     }
 
