@@ -138,6 +138,7 @@ fn each_check_catches_a_broken_file() {
         ("fly: mount elsewhere", |f| &mut f.fly, "destination = \"/var/lib/bucketfs\"", "destination = \"/data\"", "is on no [[mounts]]"),
         ("fly: cache over volume", |f| &mut f.fly, "BUCKETFS_CACHE_SIZE = \"6G\"", "BUCKETFS_CACHE_SIZE = \"20G\"", "below the volume"),
         ("fly: metrics on loopback", |f| &mut f.fly, "\"[::]:9187\"", "\"127.0.0.1:9187\"", "loopback"),
+        ("fly: metrics beyond loopback not allowed", |f| &mut f.fly, "BUCKETFS_METRICS_ALLOW_REMOTE = \"true\"", "", "METRICS_ALLOW_REMOTE"),
         ("fly: metrics public", |f| &mut f.fly, "port = 9187", "port = 5432", "also a [[services]] port"),
         ("fly: unknown key", |f| &mut f.fly, "primary_region = \"iad\"", "primary_region = \"iad\"\nkill_timout = 5", "unknown key \"kill_timout\""),
         ("fly: secret key", |f| &mut f.fly, "[env]", "[env]\n  AWS_SECRET_ACCESS_KEY = \"\"", "secret-looking key"),

@@ -352,6 +352,9 @@ pub(crate) fn fly_problems(text: &str, docker: &Dockerfile) -> Vec<String> {
             Some(Ok(a)) if Some(i64::from(a.port())) != port => {
                 bad(format!("BUCKETFS_METRICS_ADDR {a} and [metrics] port {port:?} differ"))
             }
+            Some(Ok(_)) if env_str("BUCKETFS_METRICS_ALLOW_REMOTE").as_deref() != Some("true") => {
+                bad("BUCKETFS_METRICS_ADDR is not loopback, and bucketfs serves it only with BUCKETFS_METRICS_ALLOW_REMOTE = \"true\"".to_string())
+            }
             Some(Ok(_)) => {}
             _ => bad(format!("[metrics] is set, but BUCKETFS_METRICS_ADDR {metrics_addr:?} is not an ADDR:PORT bucketfs serves")),
         }
