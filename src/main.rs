@@ -130,7 +130,7 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
         read_only: args.read_only,
         cache_size: args.cache_size,
         max_dirty: args.max_dirty,
-        metrics_addr: bucketfs::metrics::parse_addr(&args.metrics_addr)?,
+        metrics_addr: bucketfs::metrics::parse_addr(&args.metrics_addr, args.metrics_allow_remote)?,
         bucket: bucket
             .as_deref()
             .map(|url| -> anyhow::Result<BucketSettings> {

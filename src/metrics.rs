@@ -409,17 +409,24 @@ pub fn render(status: &Status) -> String {
 
 /// Where to serve, from `--metrics-addr` ("off": nowhere). Anything but a loopback address is
 /// refused: the endpoint has no authentication.
-pub fn parse_addr(s: &str) -> anyhow::Result<Option<SocketAddr>> {
+pub fn parse_addr(s: &str, allow_remote: bool) -> anyhow::Result<Option<SocketAddr>> {
     if s.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
     let addr: SocketAddr = s.parse().with_context(|| {
         format!("--metrics-addr {s:?}: expected ADDR:PORT (such as 127.0.0.1:9187) or off")
     })?;
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && !allow_remote {
         anyhow::bail!(
-            "--metrics-addr {s}: only loopback addresses are served (the endpoint has no \
-             authentication); put a proxy in front to expose it"
+            "--metrics-addr {s}: only loopback addresses are served unless \
+             --metrics-allow-remote says the network is private (the endpoint has no \
+             authentication)"
+        );
+    }
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %addr,
+            "metrics, /healthz and /status are served beyond loopback, without authentication"
         );
     }
     Ok(Some(addr))
@@ -528,6 +535,20 @@ fn answer<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_go_beyond_loopback_only_when_asked() {
+        let addr = |s: &str, remote| parse_addr(s, remote).map_err(|e| e.to_string());
+        assert_eq!(addr("off", false), Ok(None));
+        assert!(addr("127.0.0.1:9187", false).is_ok_and(|a| a.is_some()));
+        assert!(addr("[::1]:9187", false).is_ok_and(|a| a.is_some()));
+        for remote in ["[::]:9187", "0.0.0.0:9187", "10.0.0.7:9187"] {
+            let refused = addr(remote, false).expect_err(remote);
+            assert!(refused.contains("--metrics-allow-remote"), "{refused}");
+            assert!(addr(remote, true).is_ok_and(|a| a.is_some()), "{remote}");
+        }
+        assert!(addr("localhost", true).is_err());
+    }
 
     #[test]
     fn a_store_failure_that_repeats_is_logged_once_and_cleared_by_a_success() {

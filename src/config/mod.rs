@@ -237,6 +237,13 @@ pub struct MountArgs {
         env = "BUCKETFS_METRICS_ADDR"
     )]
     pub metrics_addr: String,
+
+    /// Serve --metrics-addr on an address other than loopback (such as [::]:9187 on a Fly
+    /// Machine, where only its private network reaches ports that are not services, or
+    /// 0.0.0.0:9187 in a container whose port is published on the host's loopback). The
+    /// endpoint has no authentication: only where the network itself is private.
+    #[arg(long, env = "BUCKETFS_METRICS_ALLOW_REMOTE")]
+    pub metrics_allow_remote: bool,
 }
 
 /// `bucketfs run`: a mount, and a program on it.
