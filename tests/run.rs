@@ -125,6 +125,12 @@ impl Run {
         );
     }
 
+    /// Stops it as Fly and Docker do (SIGTERM) and asserts a clean exit.
+    fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        self.assert_exit(0, Duration::from_secs(120));
+    }
+
     /// Asserts that the log contains each of `words`.
     fn assert_log(&self, words: &[&str]) {
         let log = self.log_text();
@@ -348,8 +354,7 @@ fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() 
     s3.faults
         .latency_ms
         .store(2000, std::sync::atomic::Ordering::SeqCst);
-    a.signal(libc::SIGTERM);
-    a.assert_exit(0, Duration::from_secs(120));
+    a.stop();
     s3.faults
         .latency_ms
         .store(0, std::sync::atomic::Ordering::SeqCst);
@@ -385,8 +390,7 @@ fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() 
         "initdb ran on a bucket that holds a database:\n{}",
         b.log_text()
     );
-    b.signal(libc::SIGTERM);
-    b.assert_exit(0, Duration::from_secs(120));
+    b.stop();
     s3.assert_verifies("db", "the bucket is broken after two runs");
 }
 
@@ -540,8 +544,7 @@ fn a_takeover_while_run_serves_stops_postgres_and_keeps_its_later_writes_out() {
         query(&sock, port, "SELECT string_agg(v, ',') FROM t"),
         "before"
     );
-    c.signal(libc::SIGTERM);
-    c.assert_exit(0, Duration::from_secs(120));
+    c.stop();
 }
 
 /// kill -9 of `bucketfs run` and its PostgreSQL: the next run on the same cache dir has
@@ -605,8 +608,7 @@ fn kill_9_of_run_and_postgres_loses_no_acknowledged_commit() {
         b.log_text()
     );
     b.assert_log(&["database system was interrupted", "no initdb"]);
-    b.signal(libc::SIGTERM);
-    b.assert_exit(0, Duration::from_secs(120));
+    b.stop();
 }
 
 /// bucketfs adopts the processes orphaned below it and reaps them (no zombie is left),
@@ -696,8 +698,7 @@ fn sigint_and_sigquit_reach_postgres_as_fast_and_immediate_shutdown() {
         ),
         "1,2"
     );
-    c.signal(libc::SIGTERM);
-    c.assert_exit(0, Duration::from_secs(120));
+    c.stop();
 }
 
 /// Settings: a flag wins over its BUCKETFS_* variable, which wins over the --config file
@@ -933,8 +934,7 @@ fn a_lost_writer_is_taken_over_with_takeover_or_once_its_checkpoint_is_old_enoug
         ),
         "1,2"
     );
-    c.signal(libc::SIGTERM);
-    c.assert_exit(0, Duration::from_secs(120));
+    c.stop();
 }
 
 /// initdb interrupted by a lost machine leaves `.bucketfs-initdb`: the next start removes it
