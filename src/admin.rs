@@ -6,8 +6,10 @@ use std::io::Write;
 use anyhow::Context;
 
 use crate::bucket::BucketUrl;
-use crate::checkpoint::{epoch_of_key, manifest_key, open_bucket};
+use crate::checkpoint::{epoch_of_key, manifest_key, now_ms, open_bucket};
+use crate::gc::{Collector, Mode, Report, Retention};
 use crate::manifest::segment::verify_segment;
+use crate::manifest::view::View;
 use crate::manifest::Manifest;
 use crate::store::StoreError;
 
@@ -30,12 +32,21 @@ fn segment_epoch(key: &str) -> Option<u64> {
         .ok()
 }
 
-/// `bucketfs ls`: one line per checkpoint.
+/// The GC boundary, and the oldest checkpoint the last GC pass kept restorable (0 when no
+/// pass ran: every checkpoint is).
+async fn kept(store: &dyn crate::store::ObjectStore) -> anyhow::Result<(u64, u64)> {
+    let boundary = crate::gc::read_boundary(store).await?;
+    let state = crate::gc::read_state(store).await?;
+    Ok((boundary, state.map_or(0, |s| s.oldest_retained)))
+}
+
+/// `bucketfs ls`: one line per checkpoint, with whether it is still restorable.
 pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = url.open()?;
     // Checks the format marker (and refuses a prefix that is not ours) without writing.
     open_bucket(&*store, rt.handle(), false).with_context(|| format!("open bucket {url}"))?;
+    let (boundary, oldest_retained) = rt.block_on(kept(&*store))?;
     let (manifests, segments) = rt.block_on(async {
         Ok::<_, StoreError>((
             store.list("manifests/").await?,
@@ -67,7 +78,18 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
         } else {
             "delta"
         };
-        let note = if man.clean_stop { "clean stop" } else { "" };
+        let kept = if epoch < boundary {
+            "below the GC boundary: not part of the bucket"
+        } else if epoch >= oldest_retained {
+            "retained"
+        } else {
+            "expired"
+        };
+        let note = if man.clean_stop {
+            format!("{kept}, clean stop")
+        } else {
+            kept.to_string()
+        };
         writeln!(
             out,
             "{epoch:>8}  {kind:<5}  {:<24}  {:<16}  {n:>8}  {:>12}  {note}",
@@ -79,7 +101,7 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn format_ms(ms: u64) -> String {
+pub fn format_ms(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, mo, d) = civil_from_days(days);
@@ -103,6 +125,105 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `bucketfs gc`: one pass over the bucket. Deletes only when no writer holds the prefix
+/// (its newest checkpoint is a clean stop) and not `dry_run`; otherwise reports what a pass
+/// would find. Returns the exit code.
+pub fn gc(
+    url: &BucketUrl,
+    retention: &Retention,
+    dry_run: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let rt = runtime()?;
+    let store = url.open()?;
+    let opened =
+        open_bucket(&*store, rt.handle(), false).with_context(|| format!("open bucket {url}"))?;
+    let held = opened.latest.as_ref().filter(|m| !m.clean_stop);
+    let latest = opened.latest.as_ref().map_or(0, |m| m.epoch);
+    // A writer that mounts while this pass runs takes the prefix at latest + 1: stop then.
+    let holds = || -> Result<(), crate::checkpoint::CheckpointError> {
+        match rt.block_on(store.head(&manifest_key(latest + 1)))? {
+            None => Ok(()),
+            Some(_) => Err(crate::checkpoint::CheckpointError::Refused(format!(
+                "a writer took the prefix (epoch {}) while this pass ran; it deletes no more",
+                latest + 1
+            ))),
+        }
+    };
+    let mode = if dry_run || held.is_some() {
+        Mode::DryRun
+    } else {
+        Mode::Delete { holds: &holds }
+    };
+    let report = Collector::default().pass(&store, rt.handle(), retention, now_ms(), mode)?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_report(url, &report, out)?;
+    }
+    if let BucketUrl::S3 { .. } = url {
+        if std::env::var("AWS_ENDPOINT_URL_S3")
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            .is_ok_and(|e| e.contains("tigris"))
+        {
+            writeln!(
+                out,
+                "note: on Tigris, a bucket with snapshots or soft delete enabled keeps deleted \
+                 objects (and bills them) until they expire there"
+            )?;
+        }
+    }
+    if let (Some(m), false) = (held, dry_run) {
+        let age_s = now_ms().saturating_sub(m.created_ms) / 1000;
+        anyhow::bail!(
+            "writer {} holds {url} (its newest checkpoint, epoch {}, is {age_s} s old and not a \
+             clean stop): only the writer that holds a prefix deletes, and its own GC \
+             (--gc-interval) collects this bucket. Nothing was deleted; the report above is what \
+             a pass finds",
+            m.writer,
+            m.epoch
+        );
+    }
+    Ok(0)
+}
+
+fn print_report(url: &BucketUrl, r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "bucket {url}: latest epoch {}, {} checkpoint(s) retained (the oldest: epoch {}), GC \
+         boundary {}",
+        r.latest_epoch, r.retained, r.oldest_retained, r.boundary
+    )?;
+    writeln!(
+        out,
+        "objects: {} manifests and {} segments, {} bytes; the latest checkpoint uses {} bytes \
+         (space amplification {:.2}); a restore reads a chain of {} manifest(s)",
+        r.manifests,
+        r.segments,
+        r.bucket_bytes,
+        r.image_bytes,
+        r.space_amplification,
+        r.chain_length
+    )?;
+    writeln!(
+        out,
+        "unneeded, waiting out --gc-grace: {} object(s), {} bytes ({} orphan segment(s) that no \
+         manifest names)",
+        r.pending, r.pending_bytes, r.orphans
+    )?;
+    if r.dry_run {
+        writeln!(out, "deleted: nothing (a dry run)")
+    } else {
+        writeln!(
+            out,
+            "deleted: {} object(s), {} bytes",
+            r.deleted, r.deleted_bytes
+        )
+    }
 }
 
 /// `bucketfs verify`: every segment object is whole (index, every run's crc), and every
@@ -136,7 +257,12 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
             Err(e) => broken.push(format!("{}: {e}", s.key)),
         }
     }
+    // Every manifest must decode; the extents of the retained checkpoints (as the last GC
+    // pass left them) must point at runs that exist. An expired checkpoint may name segments
+    // GC has collected: it is no longer restorable, and `ls` says so.
+    let (boundary, oldest_retained) = rt.block_on(kept(&*store))?;
     let manifests = rt.block_on(store.list("manifests/"))?;
+    let mut decoded: BTreeMap<u64, Manifest> = BTreeMap::new();
     for (i, m) in manifests.iter().enumerate() {
         writeln!(
             progress,
@@ -148,37 +274,68 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
         let Some(epoch) = epoch_of_key(&m.key) else {
             continue;
         };
+        if epoch < boundary {
+            continue; // not part of the bucket: GC deletes it
+        }
         let bytes = rt.block_on(store.get(&m.key, None))?;
-        let man = match Manifest::decode(&bytes, &m.key) {
-            Ok(man) if man.epoch == epoch => man,
-            Ok(man) => {
+        match Manifest::decode(&bytes, &m.key) {
+            Ok(man) if man.epoch == epoch => {
+                decoded.insert(epoch, man);
+            }
+            Ok(man) => broken.push(format!(
+                "{}: names epoch {}",
+                manifest_key(epoch),
+                man.epoch
+            )),
+            Err(e) => broken.push(format!("{}: {e}", m.key)),
+        }
+    }
+    let check = |key: &str, e: &crate::manifest::Extent, broken: &mut Vec<String>| {
+        match runs.get(&e.segment).map(|r| r.get(&e.run.offset)) {
+            None => broken.push(format!(
+                "{key}: extent of ino={} points into {}, which is missing or corrupt",
+                e.run.ino, e.segment
+            )),
+            Some(None) => broken.push(format!(
+                "{key}: extent of ino={} points at offset {} of {}, where no run starts",
+                e.run.ino, e.run.offset, e.segment
+            )),
+            Some(Some(&crc)) if crc != e.run.crc => broken.push(format!(
+                "{key}: extent of ino={} expects crc32c {:08x} at offset {} of {}, the run has {crc:08x}",
+                e.run.ino, e.run.crc, e.run.offset, e.segment
+            )),
+            Some(Some(_)) => {}
+        }
+    };
+    if let Some(&first) = decoded.range(oldest_retained..).next().map(|(e, _)| e) {
+        // The oldest retained checkpoint's whole image, from its chain ...
+        let mut chain = vec![first];
+        while let Some(p) = decoded[chain.last().expect("not empty")].parent {
+            if !decoded.contains_key(&p) {
                 broken.push(format!(
-                    "{}: names epoch {}",
-                    manifest_key(epoch),
-                    man.epoch
+                    "{}: the chain of the oldest retained checkpoint needs {}, which is missing",
+                    manifest_key(first),
+                    manifest_key(p)
                 ));
-                continue;
+                break;
             }
-            Err(e) => {
-                broken.push(format!("{}: {e}", m.key));
-                continue;
+            chain.push(p);
+        }
+        let mut view = View::default();
+        for epoch in chain.iter().rev() {
+            view.apply(&decoded[epoch]);
+        }
+        let key = manifest_key(first);
+        for map in view.extents.values() {
+            for (_, e) in map.values() {
+                check(&key, e, &mut broken);
             }
-        };
-        for e in &man.extents {
-            match runs.get(&e.segment).map(|r| r.get(&e.run.offset)) {
-                None => broken.push(format!(
-                    "{}: extent of ino={} points into {}, which is missing or corrupt",
-                    m.key, e.run.ino, e.segment
-                )),
-                Some(None) => broken.push(format!(
-                    "{}: extent of ino={} points at offset {} of {}, where no run starts",
-                    m.key, e.run.ino, e.run.offset, e.segment
-                )),
-                Some(Some(&crc)) if crc != e.run.crc => broken.push(format!(
-                    "{}: extent of ino={} expects crc32c {:08x} at offset {} of {}, the run has {crc:08x}",
-                    m.key, e.run.ino, e.run.crc, e.run.offset, e.segment
-                )),
-                Some(Some(_)) => {}
+        }
+        // ... and what every later one adds to it.
+        for (epoch, m) in decoded.range(first + 1..) {
+            let key = manifest_key(*epoch);
+            for e in &m.extents {
+                check(&key, e, &mut broken);
             }
         }
     }

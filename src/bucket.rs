@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, info_span, warn};
 
 use crate::checkpoint::{
-    open_bucket, restore_of, BucketFetcher, CheckpointError, CheckpointSettings, Checkpointer,
-    Opened,
+    open_bucket, open_bucket_at, restore_of, BucketFetcher, CheckpointError, CheckpointSettings,
+    Checkpointer, Opened,
 };
 use crate::fs::Fs;
 use crate::store::{
@@ -136,6 +136,8 @@ pub struct BucketSettings {
     pub takeover: Takeover,
     /// Serve the latest checkpoint and never write to the bucket.
     pub read_only: bool,
+    /// With `read_only`: serve the newest checkpoint at or before this point instead.
+    pub at: Option<crate::checkpoint::At>,
     /// fsync waits until the change is in the bucket.
     pub remote_durability: bool,
     pub checkpoint: CheckpointSettings,
@@ -604,7 +606,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         .context("start the I/O runtime")?;
     let (store, store_stats) = settings.url.open_with_stats()?;
     let url = settings.url.to_string();
-    let opened = open_bucket(&*store, runtime.handle(), !settings.read_only)
+    let opened = open_bucket_at(&*store, runtime.handle(), !settings.read_only, settings.at)
         .with_context(|| format!("open bucket {url}"))?;
     let record: Option<Record> = match fs.bucket_record()? {
         None => None,

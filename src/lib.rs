@@ -11,6 +11,7 @@
 //! - [`store`]: the object store seam (trait, local directory, retry and fault wrappers).
 //! - [`manifest`]: the bucket's formats: segments and manifests.
 //! - [`checkpoint`]: cut, pack, upload, commit, mark clean; restore; fetching absent pages.
+//! - [`gc`]: retention, garbage collection and compaction of the bucket.
 //! - [`bucket`]: attaching a bucket to a mount: restore, takeover, prefetch and prewarm.
 //! - [`status`], [`metrics`]: what a mount reports (control socket, /metrics, /status).
 //! - [`supervise`]: `bucketfs run`: a program (PostgreSQL) on the mount as PID 1: initdb,
@@ -28,6 +29,7 @@ pub mod config;
 pub mod failpoint;
 pub mod fs;
 pub mod fuse;
+pub mod gc;
 pub mod manifest;
 pub mod metrics;
 pub mod mount;

@@ -5,8 +5,9 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use bucketfs::bucket::{BucketSettings, BucketUrl, Takeover};
-use bucketfs::checkpoint::CheckpointSettings;
+use bucketfs::checkpoint::{CheckpointSettings, GcSettings};
 use bucketfs::config::{Command, Compression, Durability, LogFormat, MountArgs, RunArgs, Source};
+use bucketfs::gc::compact::CompactSettings;
 use bucketfs::mount::{self, MountSettings};
 use bucketfs::supervise::{self, InitdbSettings, RunSettings, User};
 
@@ -53,6 +54,15 @@ fn main() -> ExitCode {
         Command::Ls { bucket } => BucketUrl::parse(bucket)
             .and_then(|url| bucketfs::admin::ls(&url, &mut std::io::stdout().lock()))
             .map(|()| 0),
+        Command::Gc {
+            bucket,
+            dry_run,
+            json,
+            retention,
+        } => BucketUrl::parse(bucket).and_then(|url| {
+            let mut out = std::io::stdout().lock();
+            bucketfs::admin::gc(&url, &retention.retention(), *dry_run, *json, &mut out)
+        }),
         Command::Verify { bucket } => BucketUrl::parse(bucket).and_then(|url| {
             let broken = bucketfs::admin::verify(&url, &mut std::io::stderr().lock())?;
             if broken.is_empty() {
@@ -146,6 +156,11 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
                     heartbeat: args.takeover_after.map(|a| a / 4),
                     ..CheckpointSettings::default()
                 };
+                checkpoint.gc = args.gc_interval.0.map(|interval| GcSettings {
+                    retention: args.retention.retention(),
+                    interval,
+                    compact: (!args.no_compaction).then(CompactSettings::default),
+                });
                 if !args.local_only.is_empty() {
                     checkpoint.local_only = args.local_only.clone();
                 }
@@ -153,6 +168,7 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
                     url: BucketUrl::parse(url)?,
                     takeover,
                     read_only: args.read_only,
+                    at: args.at,
                     remote_durability: args.durability == Durability::Remote,
                     checkpoint,
                 })

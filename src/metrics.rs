@@ -36,6 +36,11 @@ pub struct Metrics {
     s3_permanent_errors: IntCounterVec,
     s3_unreadable_answers: IntCounterVec,
     checkpoint_seconds: Histogram,
+    /// What the last GC pass found (gauges) and did (counters): docs/gc.md.
+    gc_gauges: prometheus::GaugeVec,
+    gc_deleted_objects: prometheus::IntCounter,
+    gc_deleted_bytes: prometheus::IntCounter,
+    gc_passes: prometheus::IntCounter,
     /// Object store operations whose latest request failed for good, with its error: what
     /// /healthz reports. An operation leaves it when one of its requests succeeds.
     store_failing: parking_lot::Mutex<BTreeMap<&'static str, Failing>>,
@@ -114,8 +119,37 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
+        let gc_gauges = prometheus::GaugeVec::new(
+            Opts::new(
+                "bucketfs_bucket",
+                "The bucket as the last GC pass found it, by measure: bytes and objects (all \
+                 manifests and segments), image_bytes (the stored bytes the latest checkpoint \
+                 uses), space_amplification (bytes / image_bytes), chain_length (manifests a \
+                 restore reads), retained_checkpoints, orphans (segments no manifest names), \
+                 pending_objects and pending_bytes (unneeded, waiting out --gc-grace)",
+            ),
+            &["measure"],
+        )
+        .expect("valid metric");
+        let gc_deleted_objects = prometheus::IntCounter::new(
+            "bucketfs_gc_deleted_objects_total",
+            "Objects GC deleted from the bucket",
+        )
+        .expect("valid metric");
+        let gc_deleted_bytes = prometheus::IntCounter::new(
+            "bucketfs_gc_deleted_bytes_total",
+            "Bytes of the objects GC deleted from the bucket",
+        )
+        .expect("valid metric");
+        let gc_passes =
+            prometheus::IntCounter::new("bucketfs_gc_passes_total", "GC passes that completed")
+                .expect("valid metric");
         for c in [
-            Box::new(fuse_op_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(gc_gauges.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(gc_deleted_objects.clone()),
+            Box::new(gc_deleted_bytes.clone()),
+            Box::new(gc_passes.clone()),
+            Box::new(fuse_op_seconds.clone()),
             Box::new(fuse_errors.clone()),
             Box::new(s3_request_seconds.clone()),
             Box::new(s3_permanent_errors.clone()),
@@ -132,6 +166,10 @@ impl Metrics {
             s3_permanent_errors,
             s3_unreadable_answers,
             checkpoint_seconds,
+            gc_gauges,
+            gc_deleted_objects,
+            gc_deleted_bytes,
+            gc_passes,
             store_failing: parking_lot::Mutex::new(BTreeMap::new()),
         }
     }
@@ -155,6 +193,26 @@ impl Metrics {
 
     pub fn checkpoint(&self, elapsed: Duration) {
         self.checkpoint_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A GC pass completed with `r`.
+    pub fn gc_pass(&self, r: &crate::gc::Report) {
+        for (measure, v) in [
+            ("bytes", r.bucket_bytes as f64),
+            ("objects", (r.manifests + r.segments) as f64),
+            ("image_bytes", r.image_bytes as f64),
+            ("space_amplification", r.space_amplification),
+            ("chain_length", r.chain_length as f64),
+            ("retained_checkpoints", r.retained as f64),
+            ("orphans", r.orphans as f64),
+            ("pending_objects", r.pending as f64),
+            ("pending_bytes", r.pending_bytes as f64),
+        ] {
+            self.gc_gauges.with_label_values(&[measure]).set(v);
+        }
+        self.gc_deleted_objects.inc_by(r.deleted);
+        self.gc_deleted_bytes.inc_by(r.deleted_bytes);
+        self.gc_passes.inc();
     }
 
     /// An object store request of `op` failed for good with `error`. Counted always; returns

@@ -91,6 +91,7 @@ impl Fetcher for BucketFetcher {
             }
         }
         let store = self.store.clone();
+        let epoch = self.view.read().epoch;
         let fetched: Vec<(Get, bytes::Bytes)> = self.rt.block_on(async move {
             let mut tasks = tokio::task::JoinSet::new();
             for g in gets {
@@ -103,7 +104,19 @@ impl Fetcher for BucketFetcher {
             let mut done = Vec::new();
             while let Some(r) = tasks.join_next().await {
                 let (g, bytes) = r.map_err(|e| format!("fetch task: {e}"))?;
-                let bytes = bytes.map_err(|e| e.to_string())?;
+                let bytes = bytes.map_err(|e| match e {
+                    crate::store::StoreError::NotFound { key } => {
+                        let e = format!(
+                            "segment {key} is gone from the bucket: GC collected it, so the \
+                             checkpoint this mount serves (epoch {epoch}) has left the bucket's \
+                             retention window (--retain, --gc-grace). Mount a newer checkpoint \
+                             to read on"
+                        );
+                        error!("{e}");
+                        e
+                    }
+                    e => e.to_string(),
+                })?;
                 done.push((g, bytes));
             }
             Ok::<_, String>(done)

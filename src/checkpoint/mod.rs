@@ -79,6 +79,18 @@ pub struct CheckpointSettings {
     /// last one, so that a takeover fences an idle mount at once rather than at its next
     /// write. None: a takeover is noticed at the next commit.
     pub writer_check: Option<Duration>,
+    /// Retention, GC and compaction in the background of the writer; None: never.
+    pub gc: Option<GcSettings>,
+}
+
+/// The writer's background GC (docs/gc.md).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GcSettings {
+    pub retention: crate::gc::Retention,
+    /// Time between passes (`--gc-interval`).
+    pub interval: Duration,
+    /// Rewrite mostly-dead and small segments before each pass; None: never.
+    pub compact: Option<crate::gc::compact::CompactSettings>,
 }
 
 impl Default for CheckpointSettings {
@@ -98,6 +110,7 @@ impl Default for CheckpointSettings {
             ],
             heartbeat: None,
             writer_check: None,
+            gc: None,
         }
     }
 }
@@ -170,11 +183,69 @@ pub struct Opened {
     pub latest: Option<Manifest>,
 }
 
+/// A point in a bucket's history: an epoch, or a time (unix ms, UTC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    Epoch(u64),
+    UnixMs(u64),
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Epoch(e) => write!(f, "epoch {e}"),
+            At::UnixMs(ms) => write!(f, "{} UTC", crate::admin::format_ms(*ms)),
+        }
+    }
+}
+
 /// Reads the format marker (writing it for a new prefix) and the newest manifest chain.
 pub fn open_bucket(
     store: &dyn ObjectStore,
     rt: &tokio::runtime::Handle,
     create: bool,
+) -> Result<Opened, CheckpointError> {
+    open_bucket_at(store, rt, create, None)
+}
+
+/// As `open_bucket`, at the newest checkpoint at or before `at` (None: the latest). A
+/// checkpoint GC has collected, or whose chain it has, is refused with a clear message. The
+/// latest chain is read again if GC deletes a manifest of it while it is read.
+pub fn open_bucket_at(
+    store: &dyn ObjectStore,
+    rt: &tokio::runtime::Handle,
+    create: bool,
+    at: Option<At>,
+) -> Result<Opened, CheckpointError> {
+    let mut attempts = 0;
+    loop {
+        match open_once(store, rt, create, at) {
+            Err(CheckpointError::Store(StoreError::NotFound { key }))
+                if at.is_none() && attempts < 3 && epoch_of_key(&key).is_some() =>
+            {
+                attempts += 1;
+                warn!(key, "a manifest of the chain went away while it was read (GC); reading the bucket again");
+            }
+            Err(CheckpointError::Store(StoreError::NotFound { key }))
+                if at.is_some() && epoch_of_key(&key).is_some() =>
+            {
+                return Err(CheckpointError::Refused(format!(
+                    "the checkpoint at or before {} is no longer restorable: its chain needs {key}, \
+                     which GC has collected (it is outside the retention window). `bucketfs ls` \
+                     lists the retained checkpoints",
+                    at.expect("checked")
+                )))
+            }
+            r => return r,
+        }
+    }
+}
+
+fn open_once(
+    store: &dyn ObjectStore,
+    rt: &tokio::runtime::Handle,
+    create: bool,
+    at: Option<At>,
 ) -> Result<Opened, CheckpointError> {
     rt.block_on(async {
         store.check().await?;
@@ -203,18 +274,35 @@ pub fn open_bucket(
             }
             Err(e) => return Err(e.into()),
         }
+        // Manifests below the GC boundary are not part of the bucket (a stalled writer may
+        // have committed one after GC collected its epoch).
+        let boundary = crate::gc::read_boundary(store).await?;
         let mut epochs: Vec<u64> = store
             .list(MANIFESTS)
             .await?
             .iter()
             .filter_map(|m| epoch_of_key(&m.key))
+            .filter(|&e| e >= boundary)
             .collect();
         epochs.sort_unstable();
-        let Some(&latest_epoch) = epochs.last() else {
+        if epochs.is_empty() {
             return Ok(Opened {
                 view: View::default(),
                 latest: None,
             });
+        }
+        let chosen = match at {
+            None => epochs.last().copied(),
+            Some(At::Epoch(e)) => epochs.iter().rev().find(|&&x| x <= e).copied(),
+            Some(At::UnixMs(t)) => newest_at_or_before(store, &epochs, t).await?,
+        };
+        let Some(latest_epoch) = chosen else {
+            return Err(CheckpointError::Refused(format!(
+                "{} has no checkpoint at or before {}: the oldest it holds is epoch {}",
+                store.describe(),
+                at.expect("only a point in time can miss"),
+                epochs[0]
+            )));
         };
         // Follow parents back to a base, then apply forwards.
         let mut chain = Vec::new();
@@ -245,6 +333,28 @@ pub fn open_bucket(
         }
         Ok(Opened { view, latest })
     })
+}
+
+/// The newest of `epochs` (ascending) committed at or before `unix_ms`, by binary search on
+/// the manifests' times (they grow with the epoch: each commit follows the one before it).
+async fn newest_at_or_before(
+    store: &dyn ObjectStore,
+    epochs: &[u64],
+    unix_ms: u64,
+) -> Result<Option<u64>, CheckpointError> {
+    let (mut lo, mut hi) = (0usize, epochs.len());
+    // Invariant: epochs[..lo] are at or before, epochs[hi..] after.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let key = manifest_key(epochs[mid]);
+        let m = Manifest::decode(&store.get(&key, None).await?, &key)?;
+        if m.created_ms <= unix_ms {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo.checked_sub(1).map(|i| epochs[i]))
 }
 
 fn check_format(bytes: &[u8]) -> Result<(), CheckpointError> {
@@ -379,6 +489,9 @@ pub struct Checkpointer {
     /// The upload in flight (sent, total), for progress reports.
     upload_sent: Arc<std::sync::atomic::AtomicU64>,
     upload_total: std::sync::atomic::AtomicU64,
+    /// What GC knows of the manifests, kept between passes; and the last pass's report.
+    collector: Mutex<crate::gc::Collector>,
+    last_gc: Mutex<Option<crate::gc::Report>>,
 }
 
 impl Checkpointer {
@@ -408,6 +521,8 @@ impl Checkpointer {
             totals: Mutex::new(Totals::default()),
             upload_sent: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             upload_total: std::sync::atomic::AtomicU64::new(0),
+            collector: Mutex::new(crate::gc::Collector::default()),
+            last_gc: Mutex::new(None),
         }
     }
 
@@ -450,6 +565,10 @@ impl Checkpointer {
     /// for hours). Cheap: one HEAD while nobody has taken over.
     pub fn check_writer(&self) -> Result<(), CheckpointError> {
         let _one = self.running.lock();
+        self.check_writer_locked()
+    }
+
+    fn check_writer_locked(&self) -> Result<(), CheckpointError> {
         let epoch = self.view.read().epoch;
         if self.fenced.load(Ordering::Acquire) {
             return Err(CheckpointError::Fenced { epoch });
@@ -623,15 +742,7 @@ impl Checkpointer {
                 self.covered_through(cut.epoch);
                 return Ok(None);
             }
-            if view.epoch == 0 || view.deltas_since_base + 1 >= self.settings.base_every {
-                let mut next = view.clone();
-                next.apply(&m);
-                let mut b = next.to_base(m.epoch, m.created_ms, m.page_size, &m.writer);
-                b.clean_stop = clean_stop;
-                (b, true)
-            } else {
-                (m, false)
-            }
+            self.as_committed(&view, m)
         };
         let bytes: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
         let count = segments.len();
@@ -657,6 +768,7 @@ impl Checkpointer {
         self.fs
             .step(crate::fs::Step::Committed { epoch: cut.epoch });
         self.view.write().apply(&manifest);
+        self.collector.lock().catalog.insert(&manifest);
         self.fs.mark_clean(&cut)?;
         self.record(manifest.epoch)?;
         self.covered_through(cut.epoch);
@@ -786,6 +898,112 @@ impl Checkpointer {
         Ok(true)
     }
 
+    /// A manifest as it is committed: a base instead of a delta when the chain since the last
+    /// base has reached `base_every` (so that a restore reads a bounded chain), or when the
+    /// bucket has none yet. Says whether it is a base.
+    fn as_committed(&self, view: &View, m: Manifest) -> (Manifest, bool) {
+        if view.epoch == 0 || view.deltas_since_base + 1 >= self.settings.base_every {
+            let mut next = view.clone();
+            next.apply(&m);
+            let mut b = next.to_base(m.epoch, m.created_ms, m.page_size, &m.writer);
+            b.clean_stop = m.clean_stop;
+            (b, true)
+        } else {
+            (m, false)
+        }
+    }
+
+    /// One GC pass (docs/gc.md): compaction first if the settings ask for it (a manifest that
+    /// points at the rewritten pages), then retention and deletion. Deletes only while this
+    /// mount still holds the prefix; a fenced mount deletes nothing. `now_ms` is the time the
+    /// retention window and the grace are measured from.
+    pub fn gc_pass(&self, now_ms: u64) -> Result<crate::gc::Report, CheckpointError> {
+        let Some(gc) = self.settings.gc.clone() else {
+            return Err(CheckpointError::Refused(
+                "GC is not enabled on this mount".into(),
+            ));
+        };
+        let _one = self.running.lock();
+        self.check_writer_locked()?;
+        if let Some(c) = &gc.compact {
+            self.compact_locked(c)?;
+        }
+        let holds = || self.check_writer_locked();
+        let report = self.collector.lock().pass(
+            &self.store,
+            &self.rt,
+            &gc.retention,
+            now_ms,
+            crate::gc::Mode::Delete { holds: &holds },
+        )?;
+        crate::metrics::global().gc_pass(&report);
+        *self.last_gc.lock() = Some(report.clone());
+        Ok(report)
+    }
+
+    /// The last GC pass's report, if one ran.
+    pub fn last_gc(&self) -> Option<crate::gc::Report> {
+        self.last_gc.lock().clone()
+    }
+
+    /// Rewrites the segments `choose` picks and commits a manifest that points at the new
+    /// copies. Returns the epoch committed, if any.
+    fn compact_locked(
+        &self,
+        c: &crate::gc::compact::CompactSettings,
+    ) -> Result<Option<u64>, CheckpointError> {
+        let listed = self.rt.block_on(self.store.list("segments/"))?;
+        let sizes = listed.into_iter().map(|o| (o.key, o.size)).collect();
+        let view = self.view.read().clone();
+        let sources = crate::gc::compact::choose(&view, &sizes, c);
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        let epoch = view.epoch + 1;
+        let nonce = fastrand::u32(..);
+        let writer = self.writer.clone();
+        let key_of = |n: usize| format!("segments/{epoch:020}-{writer}-c{nonce:08x}-{n:04}.seg");
+        let (segments, extents) = self.rt.block_on(crate::gc::compact::rewrite(
+            &*self.store,
+            &view,
+            &sources,
+            &key_of,
+            self.settings.zstd_level,
+            self.settings.segment_bytes,
+        ))?;
+        let read: u64 = sources.iter().map(|k| sizes[k]).sum();
+        let written: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
+        let count = segments.len();
+        self.upload(segments)?;
+        crate::failpoint::hit("compact-after-upload");
+        let m = Manifest {
+            epoch,
+            parent: Some(view.epoch),
+            created_ms: now_ms(),
+            page_size: PAGE_SIZE as u32,
+            writer: self.writer.clone(),
+            next_ino: view.next_ino,
+            extents,
+            ..Manifest::default()
+        };
+        let (m, base) = self.as_committed(&view, m);
+        self.commit(&m)?;
+        crate::failpoint::hit("compact-after-commit");
+        self.view.write().apply(&m);
+        self.collector.lock().catalog.insert(&m);
+        self.record(m.epoch)?;
+        info!(
+            epoch,
+            base,
+            sources = sources.len(),
+            read_bytes = read,
+            segments = count,
+            written_bytes = written,
+            "compaction committed: the pages in use moved out of mostly-dead or small segments"
+        );
+        Ok(Some(epoch))
+    }
+
     /// Asks the running loop for a checkpoint now (`--max-dirty` reached).
     pub fn request(&self) {
         let mut wanted = self.wanted.lock();
@@ -803,6 +1021,7 @@ impl Checkpointer {
         // show that this mount was still the writer then.
         let mut last_commit = Instant::now();
         let mut last_check = Instant::now();
+        let mut last_gc = Instant::now();
         while !stop.load(Ordering::Acquire) {
             {
                 // Sleep until the next tick or until a remote-durability fsync asks.
@@ -862,6 +1081,26 @@ impl Checkpointer {
                 Err(e) => {
                     failed = true;
                     warn!(error = %e, "checkpoint failed; the pages stay dirty and the next one retries")
+                }
+            }
+            // GC after a checkpoint that went well, at most every --gc-interval: the dirty
+            // pages wait for no pass.
+            let gc_due = self
+                .settings
+                .gc
+                .as_ref()
+                .is_some_and(|g| last_gc.elapsed() >= g.interval);
+            if gc_due && !failed {
+                last_gc = Instant::now();
+                match self.gc_pass(now_ms()) {
+                    Ok(r) => tracing::debug!(?r, "GC pass"),
+                    Err(e @ CheckpointError::Fenced { .. }) => {
+                        error!(error = %e, "checkpointer stops");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "GC pass skipped; nothing was deleted that a retained checkpoint needs, and the next pass tries again")
+                    }
                 }
             }
         }

@@ -89,7 +89,8 @@ pub enum Command {
         #[arg(long, env = "BUCKETFS_CACHE_DIR")]
         cache_dir: PathBuf,
     },
-    /// List the checkpoints in a bucket: epoch, kind, time, writer, segments, bytes.
+    /// List the checkpoints in a bucket: epoch, kind, time, writer, segments, bytes, and
+    /// whether it is restorable (retained by the last GC pass) or expired.
     Ls {
         /// s3://NAME/PREFIX or file:///PATH
         #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
@@ -104,6 +105,23 @@ pub enum Command {
         /// Print the raw JSON (as /status serves it) instead of the summary.
         #[arg(long)]
         json: bool,
+    },
+    /// Apply retention to a bucket: report what it holds and what no retained checkpoint
+    /// needs, and delete what has waited out --gc-grace. Deletes only when no writer holds
+    /// the prefix (its last checkpoint was a clean stop); a running writer's own GC
+    /// (--gc-interval) collects its bucket. With --dry-run, only reports.
+    Gc {
+        /// s3://NAME/PREFIX or file:///PATH
+        #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
+        bucket: String,
+        /// Report, write nothing, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
     /// Check every segment and every manifest extent in a bucket; exits 1 naming the broken
     /// objects.
@@ -209,6 +227,26 @@ pub struct MountArgs {
     #[arg(long, env = "BUCKETFS_READ_ONLY")]
     pub read_only: bool,
 
+    /// With --read-only: serve the newest checkpoint at or before this point instead of the
+    /// latest: an epoch number (as `bucketfs ls` lists them) or a UTC time
+    /// ("2026-12-01 10:00:00", "2026-12-01T10:00:00Z"). Any retained checkpoint can be served
+    /// (point-in-time restore at checkpoint granularity).
+    #[arg(long, value_parser = parse_at, value_name = "EPOCH|TIME", requires = "read_only", env = "BUCKETFS_AT")]
+    pub at: Option<At>,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    /// Time between the writer's GC passes (retention, compaction, deletion; docs/gc.md), or
+    /// "off". Only the writer that holds the prefix deletes.
+    #[arg(long, default_value = "10m", value_parser = parse_optional_duration, value_name = "DURATION|off", env = "BUCKETFS_GC_INTERVAL")]
+    pub gc_interval: OptionalDuration,
+
+    /// Leave segments as they are: no rewriting of mostly-dead or small segments before GC
+    /// passes (the bucket then grows with fragmentation, and restores read more objects).
+    #[arg(long, env = "BUCKETFS_NO_COMPACTION")]
+    pub no_compaction: bool,
+
     /// Paths never uploaded (repeatable). A glob without '/' matches any path component, one
     /// with '/' the whole path from the root. Default: pgsql_tmp, postmaster.pid,
     /// postmaster.opts.
@@ -244,6 +282,123 @@ pub struct MountArgs {
     /// endpoint has no authentication: only where the network itself is private.
     #[arg(long, env = "BUCKETFS_METRICS_ALLOW_REMOTE")]
     pub metrics_allow_remote: bool,
+}
+
+/// How long checkpoints stay restorable, and how long unneeded objects wait (docs/gc.md).
+#[derive(Clone, Debug, Args)]
+pub struct RetentionArgs {
+    /// Every checkpoint committed within this long stays restorable (`--at`, a replica, a
+    /// branch): e.g. 1h, 24h, 7d. Older ones may be collected, except the newest
+    /// --retain-checkpoints.
+    #[arg(long, default_value = "24h", value_parser = parse_retention, value_name = "DURATION", env = "BUCKETFS_RETAIN")]
+    pub retain: std::time::Duration,
+
+    /// The newest this many checkpoints stay restorable whatever their age (a floor under
+    /// --retain, for a database that was stopped for longer than it).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..), value_name = "N", env = "BUCKETFS_RETAIN_CHECKPOINTS")]
+    pub retain_checkpoints: u32,
+
+    /// An object that no retained checkpoint needs is deleted only once GC has seen it so for
+    /// this long: readers of a checkpoint that just left --retain, and uploads not committed
+    /// yet (a checkpoint in flight elsewhere), are safe that long. Hours in production.
+    #[arg(long, default_value = "1h", value_parser = parse_retention, value_name = "DURATION", env = "BUCKETFS_GC_GRACE")]
+    pub gc_grace: std::time::Duration,
+}
+
+impl RetentionArgs {
+    pub fn retention(&self) -> crate::gc::Retention {
+        crate::gc::Retention {
+            window: self.retain,
+            min_checkpoints: self.retain_checkpoints,
+            grace: self.gc_grace,
+        }
+    }
+}
+
+pub use crate::checkpoint::At;
+
+/// A duration that may be "off".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<std::time::Duration>);
+
+fn parse_optional_duration(s: &str) -> Result<OptionalDuration, String> {
+    if s.trim() == "off" {
+        return Ok(OptionalDuration(None));
+    }
+    parse_duration(s).map(|d| OptionalDuration(Some(d)))
+}
+
+/// A retention: as `parse_duration`, plus days ("7d"), up to ten years; 0 is allowed
+/// (keep only the --retain-checkpoints floor; grace 0: delete at the next pass).
+pub fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if let Some(days) = t.strip_suffix('d') {
+        let n: u64 = days
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration (try 30m, 24h or 7d)"))?;
+        if n > 3650 {
+            return Err(format!("{s:?}: at most ten years (3650d)"));
+        }
+        return Ok(std::time::Duration::from_secs(n * 86_400));
+    }
+    if t.trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    parse_duration(t).map_err(|e| format!("{e}; or days, e.g. 7d"))
+}
+
+/// An epoch number, or a UTC time "YYYY-MM-DD HH:MM:SS[.mmm]" (a 'T' for the space and a
+/// trailing 'Z' are accepted, as in RFC 3339).
+pub fn parse_at(s: &str) -> Result<At, String> {
+    let t = s.trim();
+    if let Ok(epoch) = t.parse::<u64>() {
+        return Ok(At::Epoch(epoch));
+    }
+    let bad = || {
+        format!(
+            "{s:?}: expected an epoch number or a UTC time such as \"2026-12-01 10:00:00\" or \
+             2026-12-01T10:00:00Z"
+        )
+    };
+    let t = t.strip_suffix('Z').unwrap_or(t);
+    let (date, time) = t.split_once([' ', 'T']).ok_or_else(bad)?;
+    let num = |v: &str| v.parse::<u64>().map_err(|_| bad());
+    let d: Vec<&str> = date.split('-').collect();
+    let (secs, millis) = match time.split_once('.') {
+        Some((s, ms)) if ms.len() <= 3 => (s, num(&format!("{ms:0<3}"))?),
+        Some(_) => return Err(bad()),
+        None => (time, 0),
+    };
+    let hms: Vec<&str> = secs.split(':').collect();
+    if d.len() != 3 || hms.len() != 3 {
+        return Err(bad());
+    }
+    let (y, mo, day) = (num(d[0])?, num(d[1])?, num(d[2])?);
+    let (h, mi, sec) = (num(hms[0])?, num(hms[1])?, num(hms[2])?);
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&day)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
+        return Err(bad());
+    }
+    let days = days_from_civil(y as i64, mo as u32, day as u32);
+    Ok(At::UnixMs(
+        (days as u64 * 86_400 + h * 3600 + mi * 60 + sec) * 1000 + millis,
+    ))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's method).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// `bucketfs run`: a mount, and a program on it.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bucketfs::cache::CacheDir;
 use bucketfs::checkpoint::{
-    open_bucket, restore_of, BucketFetcher, CheckpointSettings, Checkpointer,
+    open_bucket, restore_of, BucketFetcher, CheckpointSettings, Checkpointer, GcSettings,
 };
 use bucketfs::fs::{Caller, Fetcher, Fs, FsOptions, SetAttr, PAGE_SIZE, ROOT_INO};
 use bucketfs::store::{FaultPlan, FaultyStore, LocalStore, ObjectStore};
@@ -29,6 +29,10 @@ pub struct Engine {
 
 pub struct Options {
     pub local_only: Vec<String>,
+    /// GC and compaction settings (`Checkpointer::gc_pass` needs them).
+    pub gc: Option<GcSettings>,
+    /// A base manifest after this many deltas.
+    pub base_every: u32,
     /// Wraps the fetcher (a test that must hold fetches up).
     #[allow(clippy::type_complexity)]
     pub wrap_fetcher: Option<Box<dyn FnOnce(Arc<dyn Fetcher>) -> Arc<dyn Fetcher>>>,
@@ -38,6 +42,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             local_only: CheckpointSettings::default().local_only,
+            gc: None,
+            base_every: CheckpointSettings::default().base_every,
             wrap_fetcher: None,
         }
     }
@@ -60,6 +66,8 @@ impl Engine {
         let opened = open_bucket(&*store, rt.handle(), true).expect("open bucket");
         let settings = CheckpointSettings {
             local_only: options.local_only,
+            gc: options.gc,
+            base_every: options.base_every,
             ..CheckpointSettings::default()
         };
         let cp = Arc::new(Checkpointer::new(

@@ -1,0 +1,563 @@
+//! The bucket over time: which checkpoints are retained, which objects no retained checkpoint
+//! needs, and deleting those in the order that cannot lose a needed byte (DESIGN.md, "The
+//! bucket over time"; docs/gc.md).
+//!
+//! A pass, in order:
+//! 1. *List* `manifests/` and `segments/`, and read what the catalog does not know yet of
+//!    each manifest (its time, its parent, the segments its extents name).
+//! 2. *Retain* the latest checkpoint, the newest `min_checkpoints`, and every one committed
+//!    within `window`. The oldest of them is restorable, so its chain back to a base is
+//!    needed, and so is every manifest after it.
+//! 3. *Live* segments: those the oldest retained checkpoint's image names, and those any
+//!    later manifest names. Every retained image is made of them.
+//! 4. *Unneeded*: manifests older than the first needed one, segments that are not live. An
+//!    unneeded object becomes *pending* with the time a pass first saw it so; it is deleted
+//!    by a later pass (never the one that drained it) once it has been pending for `grace`.
+//!    Uploads not yet committed (a checkpoint in flight elsewhere, a crashed writer's) are
+//!    unneeded too, and the same grace protects them: it is the orphan horizon.
+//! 5. *Raise the boundary* (`gc/boundary`) above every manifest about to be deleted, before
+//!    deleting any: a writer checks it after each commit, so a stalled writer whose create-
+//!    if-absent lands on a collected epoch learns that it committed into the past.
+//! 6. *Check* that the prefix is still this writer's, then *delete* in batches, checking
+//!    again between batches. Any error ends the pass; what it did not delete stays pending.
+//!
+//! A crash anywhere leaks objects at worst: the next pass finds them unneeded again.
+
+pub mod compact;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::checkpoint::{epoch_of_key, manifest_key, CheckpointError};
+use crate::manifest::view::View;
+use crate::manifest::{FormatError, Manifest};
+use crate::store::{ObjectStore, PutMode, StoreError};
+
+/// Where the GC boundary lives: no manifest below it is part of the bucket.
+pub const BOUNDARY_KEY: &str = "gc/boundary";
+/// What the last pass kept restorable, and the objects found unneeded, waiting out their
+/// grace.
+pub const STATE_KEY: &str = "gc/state";
+const STATE_VERSION: u32 = 1;
+/// Deletes sent at once; the prefix is checked again between batches.
+const DELETE_BATCH: usize = 100;
+
+/// How long checkpoints stay restorable, and how long an unneeded object waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Every checkpoint committed within this long stays restorable (`--retain`).
+    pub window: Duration,
+    /// The newest this many checkpoints stay restorable whatever their age
+    /// (`--retain-checkpoints`).
+    pub min_checkpoints: u32,
+    /// An object no retained checkpoint needs is deleted once it has been seen so for this
+    /// long (`--gc-grace`): readers of a checkpoint that just left the window, and uploads
+    /// not yet committed, have this long.
+    pub grace: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            window: Duration::from_secs(24 * 3600),
+            min_checkpoints: 8,
+            grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What GC needs of one manifest, kept between passes so that each is read once.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub epoch: u64,
+    pub parent: Option<u64>,
+    pub created_ms: u64,
+    pub writer: String,
+    pub clean_stop: bool,
+    /// The segments its extents name.
+    pub segments: Vec<String>,
+}
+
+impl Summary {
+    pub fn of(m: &Manifest) -> Summary {
+        let mut segments: Vec<String> = m.extents.iter().map(|e| e.segment.clone()).collect();
+        segments.sort_unstable();
+        segments.dedup();
+        Summary {
+            epoch: m.epoch,
+            parent: m.parent,
+            created_ms: m.created_ms,
+            writer: m.writer.clone(),
+            clean_stop: m.clean_stop,
+            segments,
+        }
+    }
+}
+
+/// Manifest summaries by epoch.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    summaries: BTreeMap<u64, Summary>,
+}
+
+impl Catalog {
+    /// A manifest this process committed or read: no need to read it again.
+    pub fn insert(&mut self, m: &Manifest) {
+        self.summaries.insert(m.epoch, Summary::of(m));
+    }
+}
+
+/// The two small objects GC keeps in the bucket.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Boundary {
+    version: u32,
+    /// No manifest below this epoch belongs to the bucket any more.
+    boundary: u64,
+}
+
+/// What GC keeps in `gc/state`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// When the pass that wrote it ran (unix ms), and with which retention.
+    pub pass_ms: u64,
+    pub window_ms: u64,
+    pub min_checkpoints: u32,
+    pub grace_ms: u64,
+    /// Every checkpoint from this epoch on is restorable; older ones may have lost objects.
+    /// Never lowered: what a pass with a shorter window collected cannot come back.
+    pub oldest_retained: u64,
+    /// key → when a pass first found it unneeded (unix ms).
+    pub pending: BTreeMap<String, u64>,
+}
+
+/// The state the last GC pass left, if one ever ran (an unreadable one counts as none).
+pub async fn read_state(store: &dyn ObjectStore) -> Result<Option<State>, CheckpointError> {
+    match store.get(STATE_KEY, None).await {
+        Ok(bytes) => match unseal_json::<State>(&bytes, STATE_KEY) {
+            Ok(s) if s.version == STATE_VERSION => Ok(Some(s)),
+            Ok(s) => {
+                warn!(
+                    version = s.version,
+                    "GC state of another version: starting a new one"
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                warn!(error = %e, "unreadable GC state: starting a new one (deletions wait one more grace)");
+                Ok(None)
+            }
+        },
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The GC boundary: manifests below it are not part of the bucket (0: none collected yet).
+pub async fn read_boundary(store: &dyn ObjectStore) -> Result<u64, CheckpointError> {
+    match store.get(BOUNDARY_KEY, None).await {
+        Ok(bytes) => {
+            let b: Boundary = unseal_json(&bytes, BOUNDARY_KEY)?;
+            Ok(b.boundary)
+        }
+        Err(StoreError::NotFound { .. }) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Raises the boundary to `to` (never lowers it). Conditional on the object being unchanged
+/// since it was read, so two passes racing cannot lower it.
+async fn raise_boundary(store: &dyn ObjectStore, to: u64) -> Result<(), CheckpointError> {
+    let mode = match store.head(BOUNDARY_KEY).await? {
+        None => PutMode::Create,
+        Some(meta) => {
+            let b: Boundary = unseal_json(&store.get(BOUNDARY_KEY, None).await?, BOUNDARY_KEY)?;
+            if b.boundary >= to {
+                return Ok(());
+            }
+            PutMode::Replace { etag: meta.etag }
+        }
+    };
+    let body = seal_json(&Boundary {
+        version: STATE_VERSION,
+        boundary: to,
+    });
+    match store.put(BOUNDARY_KEY, body, mode).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::PreconditionFailed { .. }) => Err(CheckpointError::Refused(
+            "the GC boundary changed while this pass raised it (another pass ran); deleting \
+             nothing this time"
+                .into(),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn unseal_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], key: &str) -> Result<T, FormatError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| FormatError::corrupt(key, "not UTF-8"))?;
+    let body = crate::cache::unseal(text).map_err(|e| FormatError::corrupt(key, e))?;
+    serde_json::from_str(body).map_err(|e| FormatError::corrupt(key, e.to_string()))
+}
+
+fn seal_json<T: Serialize>(v: &T) -> Bytes {
+    Bytes::from(crate::cache::seal(
+        &serde_json::to_string(v).expect("a plain struct serializes"),
+    ))
+}
+
+/// What one pass found and did. Sizes are bytes as stored in the bucket.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub latest_epoch: u64,
+    /// Checkpoints restorable now, and the oldest of them.
+    pub retained: u64,
+    pub oldest_retained: u64,
+    pub boundary: u64,
+    /// Manifests a restore of the latest checkpoint reads (its base and deltas).
+    pub chain_length: u64,
+    pub manifests: u64,
+    pub segments: u64,
+    /// Every object under manifests/ and segments/, and their bytes.
+    pub bucket_bytes: u64,
+    /// Bytes of the runs the latest checkpoint's image uses.
+    pub image_bytes: u64,
+    /// bucket_bytes ÷ image_bytes (0 when the image is empty).
+    pub space_amplification: f64,
+    /// Segments no manifest names at all (uploads never committed, or drained long ago).
+    pub orphans: u64,
+    /// Objects no retained checkpoint needs, waiting out the grace.
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub deleted: u64,
+    pub deleted_bytes: u64,
+    /// True when the pass only looked (a dry run, or a prefix held by another writer).
+    pub dry_run: bool,
+}
+
+/// Who is asking, and whether it may delete.
+pub enum Mode<'a> {
+    /// Compute and report; write and delete nothing.
+    DryRun,
+    /// Delete, if `holds` keeps answering Ok (this process still holds the prefix).
+    Delete {
+        holds: &'a (dyn Fn() -> Result<(), CheckpointError> + Sync),
+    },
+}
+
+/// A pass over a bucket. The catalog lives as long as the collector, so a writer's passes
+/// read each manifest once.
+#[derive(Debug, Default)]
+pub struct Collector {
+    pub catalog: Catalog,
+}
+
+/// The plan of one pass: pure arithmetic over what was listed.
+#[derive(Debug, Default)]
+struct Plan {
+    report: Report,
+    /// Raise the boundary to this before deleting (None: no manifest is deleted).
+    raise_to: Option<u64>,
+    delete: Vec<(String, u64)>,
+    state: State,
+}
+
+impl Collector {
+    pub fn pass(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        rt: &tokio::runtime::Handle,
+        retention: &Retention,
+        now_ms: u64,
+        mode: Mode<'_>,
+    ) -> Result<Report, CheckpointError> {
+        let dry_run = matches!(mode, Mode::DryRun);
+        let mut plan = rt.block_on(self.plan(store, retention, now_ms, dry_run))?;
+        match mode {
+            Mode::DryRun => {
+                plan.report.pending += plan.delete.len() as u64;
+                plan.report.pending_bytes += plan.delete.iter().map(|(_, s)| s).sum::<u64>();
+                Ok(plan.report)
+            }
+            // The holder check blocks on the runtime itself: run outside it.
+            Mode::Delete { holds } => self.execute(store, rt, plan, holds),
+        }
+    }
+
+    /// Steps 1 to 4.
+    async fn plan(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        retention: &Retention,
+        now_ms: u64,
+        dry_run: bool,
+    ) -> Result<Plan, CheckpointError> {
+        let boundary = read_boundary(&**store).await?;
+        let manifests = store.list("manifests/").await?;
+        let segments = store.list("segments/").await?;
+        let old = read_state(&**store).await?.unwrap_or_default();
+        let epochs: BTreeMap<u64, u64> = manifests
+            .iter()
+            .filter_map(|m| Some((epoch_of_key(&m.key)?, m.size)))
+            .collect();
+        self.catalog.summaries.retain(|e, _| epochs.contains_key(e));
+        for &epoch in epochs.keys().filter(|&&e| e >= boundary) {
+            if !self.catalog.summaries.contains_key(&epoch) {
+                let key = manifest_key(epoch);
+                let bytes = store.get(&key, None).await?;
+                let m = Manifest::decode(&bytes, &key)?;
+                if m.epoch != epoch {
+                    return Err(
+                        FormatError::corrupt(&key, format!("names epoch {}", m.epoch)).into(),
+                    );
+                }
+                self.catalog.insert(&m);
+            }
+        }
+        let Some(plan_in) = self.retained(&epochs, boundary, retention, now_ms) else {
+            // No checkpoint yet: nothing to keep, nothing known to be garbage.
+            let mut plan = Plan::default();
+            plan.report.boundary = boundary;
+            plan.report.dry_run = true;
+            return Ok(plan);
+        };
+        // The image of the oldest retained checkpoint, from its chain.
+        let mut view = View::default();
+        for epoch in plan_in.chain_of_oldest.iter().rev() {
+            let key = manifest_key(*epoch);
+            let bytes = store.get(&key, None).await?;
+            view.apply(&Manifest::decode(&bytes, &key)?);
+        }
+        let mut live: HashSet<String> = view
+            .extents
+            .values()
+            .flat_map(|map| map.values().map(|(_, e)| e.segment.clone()))
+            .collect();
+        for s in self
+            .catalog
+            .summaries
+            .range(plan_in.oldest + 1..)
+            .map(|(_, s)| s)
+        {
+            live.extend(s.segments.iter().cloned());
+        }
+        let named: HashSet<&str> = self
+            .catalog
+            .summaries
+            .values()
+            .flat_map(|s| s.segments.iter().map(String::as_str))
+            .collect();
+        let mut plan = Plan::default();
+        let r = &mut plan.report;
+        r.latest_epoch = plan_in.latest;
+        r.retained = plan_in.retained;
+        r.oldest_retained = plan_in.oldest;
+        r.boundary = boundary;
+        r.chain_length = plan_in.chain_of_latest;
+        r.manifests = epochs.len() as u64;
+        r.segments = segments.len() as u64;
+        r.bucket_bytes = manifests.iter().chain(&segments).map(|m| m.size).sum();
+        r.dry_run = dry_run;
+        // Unneeded: manifests before the first needed one, segments not live.
+        let mut unneeded: Vec<(String, u64)> = epochs
+            .range(..plan_in.first_needed)
+            .map(|(e, size)| (manifest_key(*e), *size))
+            .collect();
+        for s in &segments {
+            if !live.contains(&s.key) {
+                unneeded.push((s.key.clone(), s.size));
+                if !named.contains(s.key.as_str()) {
+                    r.orphans += 1;
+                }
+            }
+        }
+        let grace_ms = retention.grace.as_millis() as u64;
+        plan.state = State {
+            version: STATE_VERSION,
+            pass_ms: now_ms,
+            window_ms: retention.window.as_millis() as u64,
+            min_checkpoints: retention.min_checkpoints,
+            grace_ms,
+            oldest_retained: old.oldest_retained.max(plan_in.oldest),
+            pending: BTreeMap::new(),
+        };
+        for (key, size) in unneeded {
+            match old.pending.get(&key) {
+                Some(&since) if since + grace_ms <= now_ms => plan.delete.push((key, size)),
+                since => {
+                    r.pending += 1;
+                    r.pending_bytes += size;
+                    plan.state
+                        .pending
+                        .insert(key, since.copied().unwrap_or(now_ms));
+                }
+            }
+        }
+        plan.raise_to = plan
+            .delete
+            .iter()
+            .filter_map(|(k, _)| epoch_of_key(k))
+            .max()
+            .map(|e| e + 1)
+            .filter(|&b| b > boundary);
+        let image = self.image_bytes(&**store, &plan_in).await?;
+        plan.report.image_bytes = image;
+        plan.report.space_amplification = if image > 0 {
+            plan.report.bucket_bytes as f64 / image as f64
+        } else {
+            0.0
+        };
+        Ok(plan)
+    }
+
+    /// Steps 5 and 6: boundary, check, delete in batches, the pending list.
+    fn execute(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        rt: &tokio::runtime::Handle,
+        mut plan: Plan,
+        holds: &(dyn Fn() -> Result<(), CheckpointError> + Sync),
+    ) -> Result<Report, CheckpointError> {
+        // What waits is recorded first: a crash below leaves it to the next pass.
+        rt.block_on(store.put(STATE_KEY, seal_json(&plan.state), PutMode::Overwrite))?;
+        if plan.delete.is_empty() {
+            return Ok(plan.report);
+        }
+        if let Some(b) = plan.raise_to {
+            holds()?;
+            rt.block_on(raise_boundary(&**store, b))?;
+            plan.report.boundary = b;
+            crate::failpoint::hit("gc-after-boundary");
+        }
+        // Segments first, then manifests oldest first: a crash between leaves manifests
+        // that name deleted segments only below the boundary, where nothing reads them.
+        plan.delete
+            .sort_by_key(|(k, _)| (epoch_of_key(k).is_some(), k.clone()));
+        for batch in plan.delete.chunks(DELETE_BATCH) {
+            holds()?;
+            let done: Vec<Result<(String, u64), StoreError>> = rt.block_on(async {
+                let mut deletes = tokio::task::JoinSet::new();
+                for (key, size) in batch {
+                    let (store, key, size) = (store.clone(), key.clone(), *size);
+                    deletes.spawn(async move { store.delete(&key).await.map(|()| (key, size)) });
+                }
+                let mut done = Vec::new();
+                while let Some(r) = deletes.join_next().await {
+                    done.push(r.expect("a delete task does not panic"));
+                }
+                done
+            });
+            for r in done {
+                let (key, size) = r?;
+                plan.report.deleted += 1;
+                plan.report.deleted_bytes += size;
+                if let Some(e) = epoch_of_key(&key) {
+                    self.catalog.summaries.remove(&e);
+                }
+            }
+            crate::failpoint::hit("gc-after-delete-batch");
+        }
+        info!(
+            deleted = plan.report.deleted,
+            deleted_bytes = plan.report.deleted_bytes,
+            boundary = plan.report.boundary,
+            "GC deleted objects no retained checkpoint needs"
+        );
+        Ok(plan.report)
+    }
+
+    /// Step 2: which checkpoints are retained, and which manifests that makes needed.
+    fn retained(
+        &self,
+        epochs: &BTreeMap<u64, u64>,
+        boundary: u64,
+        retention: &Retention,
+        now_ms: u64,
+    ) -> Option<Retained> {
+        let s = &self.catalog.summaries;
+        let valid: Vec<u64> = epochs.keys().copied().filter(|&e| e >= boundary).collect();
+        let latest = *valid.last()?;
+        let window_ms = retention.window.as_millis() as u64;
+        let newest_n = valid
+            .len()
+            .saturating_sub(retention.min_checkpoints.max(1) as usize);
+        let mut oldest = latest;
+        let mut retained = 0u64;
+        for (i, &e) in valid.iter().enumerate() {
+            let young = s
+                .get(&e)
+                .is_some_and(|m| m.created_ms + window_ms >= now_ms);
+            if young || i >= newest_n {
+                oldest = oldest.min(e);
+            }
+        }
+        for &e in &valid {
+            if e >= oldest {
+                retained += 1;
+            }
+        }
+        let chain_of_oldest = chain_epochs(&self.catalog, oldest);
+        let first_needed = *chain_of_oldest.last().expect("a chain has its start");
+        Some(Retained {
+            latest,
+            oldest,
+            retained,
+            chain_of_latest: chain_epochs(&self.catalog, latest).len() as u64,
+            chain_of_oldest,
+            first_needed,
+        })
+    }
+
+    /// The stored bytes the latest checkpoint's image uses: for each run it names, the share
+    /// of the run's pages its extents cover.
+    async fn image_bytes(
+        &self,
+        store: &dyn ObjectStore,
+        r: &Retained,
+    ) -> Result<u64, CheckpointError> {
+        let mut view = View::default();
+        for epoch in chain_epochs(&self.catalog, r.latest).iter().rev() {
+            let key = manifest_key(*epoch);
+            let bytes = store.get(&key, None).await?;
+            view.apply(&Manifest::decode(&bytes, &key)?);
+        }
+        Ok(image_bytes(&view))
+    }
+}
+
+/// `from` and its parents back to a base (or to the first one not in the catalog), newest
+/// first.
+fn chain_epochs(c: &Catalog, from: u64) -> Vec<u64> {
+    let mut out = vec![from];
+    let mut at = from;
+    while let Some(p) = c.summaries.get(&at).and_then(|m| m.parent) {
+        if p >= at || !c.summaries.contains_key(&p) {
+            break;
+        }
+        out.push(p);
+        at = p;
+    }
+    out
+}
+
+/// The stored bytes a view's extents use (a run counted once, in proportion to the pages
+/// of it that are still part of the image).
+pub fn image_bytes(view: &View) -> u64 {
+    compact::live_bytes(view).values().sum()
+}
+
+struct Retained {
+    latest: u64,
+    oldest: u64,
+    retained: u64,
+    chain_of_latest: u64,
+    chain_of_oldest: Vec<u64>,
+    first_needed: u64,
+}
+
+/// Shared with the status and metrics: the last pass's report.
+pub type LastReport = Arc<parking_lot::Mutex<Option<Report>>>;

@@ -1,0 +1,298 @@
+//! Retention, GC and compaction (docs/gc.md) on the engine without a mount: what GC deletes
+//! and what it must never delete, the GC boundary that keeps a stalled writer from committing
+//! into the past, orphans and their grace, compaction's space bound, and that every retained
+//! checkpoint stays restorable. Time is passed to each pass (`gc_pass(now)`), so the grace and
+//! the window are crossed without waiting.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bucketfs::checkpoint::{open_bucket_at, At, BucketFetcher, CheckpointError, GcSettings};
+use bucketfs::fs::{Fetcher, FsError, PAGE_SIZE, ROOT_INO};
+use bucketfs::gc::compact::CompactSettings;
+use bucketfs::gc::Retention;
+use bucketfs::store::{LocalStore, ObjectStore};
+use common::engine::{assert_same, pattern, restored, Dirs, Engine, Options, PAGE};
+
+const HOUR_MS: u64 = 3_600_000;
+
+/// GC that keeps only the newest `keep` checkpoints and deletes what has been unneeded for an
+/// hour; compaction if `compact`.
+fn gc(keep: u32, compact: bool) -> Options {
+    Options {
+        gc: Some(GcSettings {
+            retention: Retention {
+                window: Duration::ZERO,
+                min_checkpoints: keep,
+                grace: Duration::from_secs(3600),
+            },
+            interval: Duration::from_secs(3600),
+            compact: compact.then(CompactSettings::default),
+        }),
+        base_every: 4,
+        ..Options::default()
+    }
+}
+
+fn now_ms() -> u64 {
+    bucketfs::checkpoint::now_ms()
+}
+
+/// Every key in the bucket directory, relative to it.
+fn keys(bucket: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for dir in ["manifests", "segments", "gc"] {
+        let Ok(entries) = std::fs::read_dir(bucket.join(dir)) else {
+            continue;
+        };
+        for e in entries {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            if !name.starts_with('.') {
+                out.insert(format!("{dir}/{name}"));
+            }
+        }
+    }
+    out
+}
+
+fn epochs(bucket: &Path) -> Vec<u64> {
+    keys(bucket)
+        .iter()
+        .filter_map(|k| bucketfs::checkpoint::epoch_of_key(k))
+        .collect()
+}
+
+/// File `name` as the checkpoint at or before `at` holds it, read from the bucket alone.
+fn read_at(bucket: &Path, at: At, name: &str) -> Result<Vec<u8>, String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(bucket).unwrap());
+    let opened =
+        open_bucket_at(&*store, rt.handle(), false, Some(at)).map_err(|e| e.to_string())?;
+    let view = opened.view;
+    let &(ino, _) = view
+        .dirents
+        .get(&(ROOT_INO, name.into()))
+        .ok_or_else(|| format!("no {name} at {at}"))?;
+    let size = view.inodes[&ino].size;
+    let fetcher = BucketFetcher::new(
+        store,
+        rt.handle().clone(),
+        Arc::new(parking_lot::RwLock::new(view)),
+    );
+    let mut bytes = fetcher.fetch(ino, 0..size.div_ceil(PAGE_SIZE))?;
+    bytes.truncate(size as usize);
+    Ok(bytes)
+}
+
+/// Rewrites page `i % pages` of `ino` with a new tag and checkpoints, `n` times; returns the
+/// file's content after each checkpoint, with the epoch it committed.
+fn rewrite_and_checkpoint(e: &Engine, ino: u64, pages: usize, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let page = pattern((i % 250) as u8, 1);
+        e.write(ino, ((i % pages) * PAGE) as u64, &page);
+        let epoch =
+            e.cp.checkpoint(false)
+                .expect("checkpoint")
+                .expect("a change")
+                .epoch;
+        out.push((epoch, e.read_all(ino)));
+    }
+    out
+}
+
+#[test]
+fn retained_checkpoints_restore_and_expired_ones_are_collected_after_the_grace() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(5, false));
+    let ino = e.create("data");
+    e.write(ino, 0, &pattern(1, 8));
+    let history = rewrite_and_checkpoint(&e, ino, 8, 20);
+    let before = keys(&dirs.bucket());
+
+    // The first pass finds what the newest 5 do not need, and deletes none of it.
+    let t0 = now_ms();
+    let first = e.cp.gc_pass(t0).expect("first pass");
+    assert_eq!(first.deleted, 0, "nothing goes in the pass that finds it");
+    assert!(first.pending > 0, "20 rewrites leave garbage: {first:?}");
+    assert_eq!(first.retained, 5, "{first:?}");
+    // Before the grace is up: still nothing.
+    let early = e.cp.gc_pass(t0 + HOUR_MS - 1).expect("early pass");
+    assert_eq!(early.deleted, 0, "{early:?}");
+    let done = e.cp.gc_pass(t0 + HOUR_MS).expect("pass after the grace");
+    assert_eq!(done.deleted, first.pending, "{done:?}");
+    assert_eq!(done.pending, 0, "{done:?}");
+    let after = keys(&dirs.bucket());
+    assert!(
+        after.len() < before.len(),
+        "{} -> {} objects",
+        before.len(),
+        after.len()
+    );
+
+    // Every retained checkpoint restores what it held; the expired ones are refused.
+    for (epoch, want) in &history {
+        let got = read_at(&dirs.bucket(), At::Epoch(*epoch), "data");
+        if *epoch >= done.oldest_retained {
+            assert_same(&format!("epoch {epoch}"), &got.unwrap(), want);
+        } else {
+            let err = got.expect_err("an expired checkpoint");
+            assert!(
+                err.contains("no longer restorable") || err.contains("has no checkpoint"),
+                "epoch {epoch}: {err}"
+            );
+        }
+    }
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let broken = bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    let want = e.read_all(ino);
+    e.crash();
+    assert_same("restored latest", &restored(&dirs, 1, "data"), &want);
+}
+
+#[test]
+fn a_stalled_writer_whose_epoch_was_collected_cannot_commit_into_the_past() {
+    let dirs = Dirs::new();
+    let stalled = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, false));
+    let a = stalled.create("a");
+    stalled.write(a, 0, &pattern(1, 2));
+    stalled.checkpoint();
+    let next = stalled.cp.view().read().epoch + 1;
+
+    // Another writer takes the prefix over (at `next`), goes on, and collects `next`.
+    let b = Engine::open(&dirs.cache(1), &dirs.bucket(), gc(1, false));
+    let bi = b.create("b");
+    let history = rewrite_and_checkpoint(&b, bi, 2, 12);
+    let t0 = now_ms();
+    b.cp.gc_pass(t0).unwrap();
+    let r = b.cp.gc_pass(t0 + HOUR_MS).unwrap();
+    assert!(r.deleted > 0, "{r:?}");
+    assert!(
+        !epochs(&dirs.bucket()).contains(&next),
+        "manifest {next} (the stalled writer's next) was collected"
+    );
+
+    // The stalled writer wakes up: its create-if-absent of `next` succeeds, and it must not
+    // believe it.
+    stalled.write(a, 0, &pattern(9, 2));
+    match stalled.cp.checkpoint(false) {
+        Err(CheckpointError::Fenced { .. }) => {}
+        other => panic!("a commit into the past was believed: {other:?}"),
+    }
+    stalled.fs.open(a, libc::O_RDWR).unwrap();
+    assert!(matches!(stalled.fs.write(a, 0, b"x"), Err(FsError::Fenced)));
+    // The bucket is the other writer's.
+    let latest = history.last().unwrap();
+    assert_same(
+        "b",
+        &read_at(&dirs.bucket(), At::Epoch(u64::MAX), "b").unwrap(),
+        &latest.1,
+    );
+    assert_same(
+        "a",
+        &read_at(&dirs.bucket(), At::Epoch(u64::MAX), "a").unwrap(),
+        &pattern(1, 2),
+    );
+}
+
+#[test]
+fn a_fenced_writers_gc_deletes_nothing() {
+    let dirs = Dirs::new();
+    let old = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, false));
+    let ino = old.create("data");
+    rewrite_and_checkpoint(&old, ino, 4, 12);
+    let t0 = now_ms();
+    let r = old.cp.gc_pass(t0).unwrap();
+    assert!(r.pending > 0, "garbage is waiting: {r:?}");
+    let _new = Engine::open(&dirs.cache(1), &dirs.bucket(), gc(1, false));
+    let before = keys(&dirs.bucket());
+    match old.cp.gc_pass(t0 + HOUR_MS) {
+        Err(CheckpointError::Fenced { .. }) => {}
+        other => panic!("a fenced writer's GC ran: {other:?}"),
+    }
+    assert_eq!(keys(&dirs.bucket()), before, "a fenced writer deleted");
+}
+
+#[test]
+fn an_uncommitted_segment_is_collected_only_once_it_is_older_than_the_grace() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, false));
+    let ino = e.create("data");
+    e.write(ino, 0, &pattern(3, 4));
+    e.checkpoint();
+    // An upload of a checkpoint that never committed (a crash, or one still in flight).
+    let orphan = "segments/00000000000000000099-feedfacefeedface-7-0000.seg";
+    std::fs::write(dirs.bucket().join(orphan), b"not committed yet").unwrap();
+
+    let t0 = now_ms();
+    let r = e.cp.gc_pass(t0).unwrap();
+    assert_eq!(r.orphans, 1, "{r:?}");
+    e.cp.gc_pass(t0 + HOUR_MS - 1).unwrap();
+    assert!(
+        keys(&dirs.bucket()).contains(orphan),
+        "younger than the grace: kept"
+    );
+    // One uploaded later is seen for the first time now: it has its own grace.
+    let late = "segments/00000000000000000099-feedfacefeedface-8-0000.seg";
+    std::fs::write(dirs.bucket().join(late), b"in flight").unwrap();
+    let r = e.cp.gc_pass(t0 + HOUR_MS).unwrap();
+    assert_eq!(r.deleted, 1, "{r:?}");
+    let left = keys(&dirs.bucket());
+    assert!(!left.contains(orphan), "older than the grace: collected");
+    assert!(left.contains(late), "first seen now: kept");
+    assert_same("data", &e.in_bucket(ino).unwrap(), &pattern(3, 4));
+}
+
+#[test]
+fn compaction_bounds_space_amplification_and_keeps_every_byte() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, true));
+    let ino = e.create("data");
+    // 64 pages of incompressible bytes, then many checkpoints that each rewrite a few.
+    let mut image = common::incompressible(64 * PAGE, 7);
+    e.write(ino, 0, &image);
+    e.checkpoint();
+    let mut t = now_ms();
+    for round in 0..40u64 {
+        for k in 0..3u64 {
+            let page = ((round * 7 + k * 13) % 64) as usize;
+            let bytes = common::incompressible(PAGE, round * 100 + k);
+            image[page * PAGE..(page + 1) * PAGE].copy_from_slice(&bytes);
+            e.write(ino, (page * PAGE) as u64, &bytes);
+        }
+        e.checkpoint();
+        t += HOUR_MS;
+        e.cp.gc_pass(t).expect("gc pass");
+    }
+    t += HOUR_MS;
+    e.cp.gc_pass(t).unwrap();
+    let r = e.cp.gc_pass(t + HOUR_MS).unwrap();
+    assert!(
+        r.space_amplification <= 1.5,
+        "space amplification {:.2}: {r:?}",
+        r.space_amplification
+    );
+    assert!(r.chain_length <= 4, "{r:?}");
+    assert_same("in the bucket", &e.in_bucket(ino).unwrap(), &image);
+    // A restore reads few segments for the file.
+    let view = e.cp.view();
+    let segments: BTreeSet<String> = view.read().extents[&ino]
+        .values()
+        .map(|(_, x)| x.segment.clone())
+        .collect();
+    assert!(
+        segments.len() <= 5,
+        "the file is in {} segments",
+        segments.len()
+    );
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let broken = bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    e.crash();
+    assert_same("restored", &restored(&dirs, 1, "data"), &image);
+}
