@@ -640,6 +640,10 @@ impl Checkpointer {
             }
             Err(e) => return Err(e.into()),
         }
+        // A takeover from a view GC has left behind: read the bucket again.
+        if self.rt.block_on(crate::gc::read_boundary(&*self.store))? > m.epoch {
+            return Err(CheckpointError::LostRace { epoch: m.epoch });
+        }
         self.view.write().apply(&m);
         self.fs.advance_epoch(m.epoch + 1)?;
         Ok(m.epoch)
@@ -861,7 +865,10 @@ impl Checkpointer {
             .rt
             .block_on(self.store.put(&key, body, PutMode::Create))
         {
-            Ok(_) => Ok(len),
+            Ok(_) => {
+                self.check_boundary(m.epoch)?;
+                Ok(len)
+            }
             Err(StoreError::PreconditionFailed { .. }) if self.own_earlier_commit(&key)? => {
                 // An earlier attempt of ours committed this epoch after all (its answer was
                 // lost, the checkpoint counted as failed and its pages stayed dirty). Its
@@ -894,8 +901,28 @@ impl Checkpointer {
         if theirs.writer != self.writer || theirs.epoch != self.view.read().epoch + 1 {
             return Ok(false);
         }
+        self.check_boundary(theirs.epoch)?;
         self.view.write().apply(&theirs);
         Ok(true)
+    }
+
+    /// After a commit of `epoch` succeeded: is it part of the bucket? Once GC has deleted old
+    /// manifests, a stalled writer's create-if-absent on a collected epoch succeeds; the GC
+    /// boundary, raised before any manifest is deleted, tells it that it committed into the
+    /// past. Such a writer is fenced: nothing it committed counts.
+    fn check_boundary(&self, epoch: u64) -> Result<(), CheckpointError> {
+        let boundary = self.rt.block_on(crate::gc::read_boundary(&*self.store))?;
+        if epoch >= boundary {
+            return Ok(());
+        }
+        error!(
+            epoch,
+            boundary,
+            "this commit landed below the GC boundary: other writers have gone on since and \
+             GC collected this epoch. It is not part of the bucket"
+        );
+        self.fence(epoch);
+        Err(CheckpointError::Fenced { epoch })
     }
 
     /// A manifest as it is committed: a base instead of a delta when the chain since the last
