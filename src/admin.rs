@@ -23,15 +23,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("start the I/O runtime")
 }
 
-/// The epoch a segment key belongs to.
-fn segment_epoch(key: &str) -> Option<u64> {
-    key.strip_prefix("segments/")?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// The GC boundary, and the oldest checkpoint the last GC pass kept restorable (0 when no
 /// pass ran: every checkpoint is).
 async fn kept(store: &dyn crate::store::ObjectStore) -> anyhow::Result<(u64, u64)> {
@@ -55,7 +46,7 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
     })?;
     let mut seg_bytes: HashMap<u64, (usize, u64)> = HashMap::new();
     for s in &segments {
-        if let Some(e) = segment_epoch(&s.key) {
+        if let Some(e) = crate::gc::segment_epoch(&s.key) {
             let entry = seg_bytes.entry(e).or_default();
             entry.0 += 1;
             entry.1 += s.size;

@@ -416,6 +416,7 @@ impl Probe {
             }),
             store,
             prewarm: self.prewarm.status(),
+            gc: self.checkpointer.as_ref().and_then(|cp| cp.last_gc()),
         }
     }
 

@@ -65,6 +65,9 @@ pub struct BucketStatus {
     pub store: Vec<StoreOpStatus>,
     /// None unless this mount started cold and the bucket had a hot set recorded.
     pub prewarm: Option<PrewarmStatus>,
+    /// The last GC pass of this mount (None: none yet, or GC is off, or read-only).
+    #[serde(default)]
+    pub gc: Option<crate::gc::Report>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -268,6 +271,29 @@ pub fn print(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                 if let Some(e) = &c.last_error {
                     writeln!(out, "              last error: {e}")?;
                 }
+            }
+            if let Some(g) = &b.gc {
+                writeln!(
+                    out,
+                    "bucket size   {} in {} objects; the latest checkpoint uses {} (space \
+                     amplification {:.2}); restore chain {}; {} checkpoints retained",
+                    bytes(g.bucket_bytes),
+                    g.manifests + g.segments,
+                    bytes(g.image_bytes),
+                    g.space_amplification,
+                    g.chain_length,
+                    g.retained
+                )?;
+                writeln!(
+                    out,
+                    "gc            last pass: {} deleted ({}), {} waiting out the grace ({}), {} \
+                     orphans",
+                    g.deleted,
+                    bytes(g.deleted_bytes),
+                    g.pending,
+                    bytes(g.pending_bytes),
+                    g.orphans
+                )?;
             }
         }
     }

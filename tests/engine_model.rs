@@ -23,6 +23,8 @@
 //!   uploaded while they are in it, and they are whole in the bucket once they leave it.
 //! - Another writer takes the bucket over: the old one's checkpoint, writes and fsyncs fail,
 //!   and the new one holds exactly the last committed image.
+//! - GC keeps only the latest checkpoint and compacts every small segment: whatever it
+//!   rewrites and deletes, every page still reads back, and restores stay exact.
 //!
 //! Every read is checked, every file after each crash, the bucket after every remote fsync,
 //! and every restore against the last committed image. No sleeps: waits are on events the
@@ -39,11 +41,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bucketfs::checkpoint::{CheckpointError, CheckpointSettings, Checkpointer};
+use bucketfs::checkpoint::{CheckpointError, CheckpointSettings, Checkpointer, GcSettings};
 use bucketfs::fs::{
     Fs, FsError, RemoteSync, RenameMode, SetAttr, Step, SteppedEvictor, CHUNK_PAGES, PAGE_SIZE,
     ROOT_INO,
 };
+use bucketfs::gc::compact::CompactSettings;
+use bucketfs::gc::Retention;
 use proptest::prelude::*;
 
 mod common;
@@ -158,6 +162,9 @@ enum Op {
     Restore,
     /// Another machine takes the bucket over while this one runs.
     Takeover,
+    /// GC passes that keep only the latest checkpoint, compacting first: one that finds the
+    /// garbage, and one past the grace that deletes it.
+    Gc,
 }
 
 fn data_op() -> impl Strategy<Value = DataOp> {
@@ -204,6 +211,7 @@ fn op() -> impl Strategy<Value = Op> {
         .prop_map(Op::CrashAt),
         1 => Just(Op::Restore),
         1 => Just(Op::Takeover),
+        2 => Just(Op::Gc),
     ]
 }
 
@@ -439,6 +447,9 @@ impl RemoteSync for Remote {
     }
 }
 
+/// GC's grace in the model: its passes are told the time, so it is never waited out.
+const GC_GRACE: Duration = Duration::from_secs(3600);
+
 /// The panic payload that stands for kill -9 at a step.
 struct CrashHere;
 
@@ -475,6 +486,19 @@ impl Sut {
         let fresh = !dirs.cache(cache).exists();
         let options = Options {
             local_only,
+            gc: Some(GcSettings {
+                retention: Retention {
+                    window: Duration::ZERO,
+                    min_checkpoints: 1,
+                    grace: GC_GRACE,
+                },
+                interval: GC_GRACE,
+                // Every segment here is small: merge them whenever there are two.
+                compact: Some(CompactSettings {
+                    min_small: 2,
+                    ..CompactSettings::default()
+                }),
+            }),
             ..Options::default()
         };
         let engine = Engine::open(&dirs.cache(cache), &dirs.bucket(), options);
@@ -903,6 +927,23 @@ impl Case {
         self.may_refuse = false;
     }
 
+    /// Two GC passes, the second past the grace: whatever they delete, every file reads back
+    /// as written (absent pages come from the compacted segments), and later restores give
+    /// the last committed image.
+    fn gc(&mut self, step: usize) {
+        let e = &self.sut().engine;
+        let t = bucketfs::checkpoint::now_ms();
+        for now in [t, t + GC_GRACE.as_millis() as u64] {
+            if let Err(err) = e.cp.gc_pass(now) {
+                panic!("step {step}: GC pass failed: {err}");
+            }
+        }
+        // The pass looked for a commit of its own whose answer was lost, and took it in.
+        self.may_refuse = false;
+        self.sut()
+            .check_all(&format!("step {step}: after GC"), &self.files);
+    }
+
     /// kill -9 at `kind`, in the middle of background work; the restart must find the files
     /// as written.
     fn crash_at(&mut self, step: usize, kind: StepKind) {
@@ -999,6 +1040,7 @@ fn check(config: Config, ops: &[Op]) {
             Op::CrashAt(kind) => case.crash_at(step, *kind),
             Op::Restore => case.restart(&format!("step {step}: restored from the bucket"), true),
             Op::Takeover => case.takeover(step),
+            Op::Gc => case.gc(step),
         }
     }
     case.sut().check_all("at the end", &case.files);

@@ -296,6 +296,20 @@ fn open_once(
             Some(At::Epoch(e)) => epochs.iter().rev().find(|&&x| x <= e).copied(),
             Some(At::UnixMs(t)) => newest_at_or_before(store, &epochs, t).await?,
         };
+        // A point in time must be one GC still keeps whole: an expired checkpoint may lack
+        // segments that only it named.
+        if let (Some(at), Some(e)) = (at, chosen) {
+            let kept = crate::gc::read_state(store)
+                .await?
+                .map_or(0, |s| s.oldest_retained);
+            if e < kept {
+                return Err(CheckpointError::Refused(format!(
+                    "the checkpoint at or before {at} (epoch {e}) is no longer restorable: it \
+                     left the retention window and GC may have collected its segments; the \
+                     oldest retained one is epoch {kept} (`bucketfs ls` lists them)"
+                )));
+            }
+        }
         let Some(latest_epoch) = chosen else {
             return Err(CheckpointError::Refused(format!(
                 "{} has no checkpoint at or before {}: the oldest it holds is epoch {}",
@@ -1066,7 +1080,19 @@ impl Checkpointer {
                         .settings
                         .heartbeat
                         .is_some_and(|h| last_commit.elapsed() >= h);
-                if !*wanted && !early && !heartbeat && last.elapsed() < self.settings.interval {
+                // A GC pass is due: it runs after a checkpoint (which may find nothing).
+                let gc_due = !failed
+                    && self
+                        .settings
+                        .gc
+                        .as_ref()
+                        .is_some_and(|g| last_gc.elapsed() >= g.interval);
+                if !*wanted
+                    && !early
+                    && !heartbeat
+                    && !gc_due
+                    && last.elapsed() < self.settings.interval
+                {
                     continue;
                 }
                 *wanted = false;
@@ -1110,8 +1136,7 @@ impl Checkpointer {
                     warn!(error = %e, "checkpoint failed; the pages stay dirty and the next one retries")
                 }
             }
-            // GC after a checkpoint that went well, at most every --gc-interval: the dirty
-            // pages wait for no pass.
+            // GC after a checkpoint that went well, at most every --gc-interval.
             let gc_due = self
                 .settings
                 .gc

@@ -526,6 +526,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn every_single_valued_option_has_its_bucketfs_variable() {
@@ -561,6 +562,38 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn points_in_time() {
+        assert_eq!(parse_at("42"), Ok(At::Epoch(42)));
+        assert_eq!(
+            parse_at("2026-11-18 11:06:40.123"),
+            Ok(At::UnixMs(1_795_000_000_123))
+        );
+        assert_eq!(
+            parse_at("2026-11-18T11:06:40Z"),
+            Ok(At::UnixMs(1_795_000_000_000))
+        );
+        assert_eq!(parse_at("1970-01-01 00:00:00"), Ok(At::UnixMs(0)));
+        // What `ls` prints reads back as the same instant.
+        assert_eq!(
+            parse_at(&crate::admin::format_ms(1_795_123_456_789)),
+            Ok(At::UnixMs(1_795_123_456_789))
+        );
+        assert!(parse_at("yesterday").is_err());
+        assert!(parse_at("2026-13-01 00:00:00").is_err());
+        assert!(parse_at("2026-11-18 11:06").is_err());
+    }
+
+    #[test]
+    fn retentions() {
+        assert_eq!(parse_retention("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_retention("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_retention("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_retention("0s"), Ok(Duration::ZERO));
+        assert!(parse_retention("3651d").is_err());
+        assert!(parse_retention("soon").is_err());
     }
 
     #[test]

@@ -15,8 +15,12 @@ use crate::store::ObjectStore;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompactSettings {
-    /// Rewrite a segment once less than this share of its bytes is still used.
+    /// Rewrite a segment once less than this share of its bytes is still used ...
     pub min_live: f64,
+    /// ... and at least this many of its bytes are not: rewriting a tiny segment saves less
+    /// than it costs, and a fresh one (its index and header are never "used") must not
+    /// qualify again at once.
+    pub min_dead: u64,
     /// A segment smaller than this is small; `min_small` small ones are merged.
     pub small_bytes: u64,
     pub min_small: usize,
@@ -28,6 +32,7 @@ impl Default for CompactSettings {
     fn default() -> Self {
         CompactSettings {
             min_live: 0.5,
+            min_dead: 1 << 20,
             small_bytes: 4 << 20,
             min_small: 4,
             max_bytes: 256 << 20,
@@ -66,7 +71,7 @@ pub fn choose(view: &View, sizes: &BTreeMap<String, u64>, s: &CompactSettings) -
         let Some(&used) = live.get(key) else {
             continue; // unused by the latest image: GC's, not compaction's
         };
-        if (used as f64) < s.min_live * size as f64 {
+        if (used as f64) < s.min_live * size as f64 && size.saturating_sub(used) >= s.min_dead {
             sparse.push((key.clone(), size));
         } else if size < s.small_bytes {
             small.push((key.clone(), size));

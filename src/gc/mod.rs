@@ -213,6 +213,8 @@ fn seal_json<T: Serialize>(v: &T) -> Bytes {
 /// What one pass found and did. Sizes are bytes as stored in the bucket.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
+    /// When the pass ran (unix ms; the time it measured the window and the grace from).
+    pub pass_unix_ms: u64,
     pub latest_epoch: u64,
     /// Checkpoints restorable now, and the oldest of them.
     pub retained: u64,
@@ -353,6 +355,7 @@ impl Collector {
             .collect();
         let mut plan = Plan::default();
         let r = &mut plan.report;
+        r.pass_unix_ms = now_ms;
         r.latest_epoch = plan_in.latest;
         r.retained = plan_in.retained;
         r.oldest_retained = plan_in.oldest;
@@ -370,7 +373,14 @@ impl Collector {
         for s in &segments {
             if !live.contains(&s.key) {
                 unneeded.push((s.key.clone(), s.size));
-                if !named.contains(s.key.as_str()) {
+                // An orphan: no manifest names it, and it is not the leftover of a
+                // checkpoint GC has collected (its epoch's manifest is still here, or its
+                // epoch was never committed: a failed or crashed upload).
+                let epoch = segment_epoch(&s.key);
+                let collected = epoch.is_some_and(|e| {
+                    e <= plan_in.latest && !self.catalog.summaries.contains_key(&e)
+                });
+                if !named.contains(s.key.as_str()) && !collected {
                     r.orphans += 1;
                 }
             }
@@ -387,7 +397,11 @@ impl Collector {
         };
         for (key, size) in unneeded {
             match old.pending.get(&key) {
-                Some(&since) if since + grace_ms <= now_ms => plan.delete.push((key, size)),
+                Some(&since) if since + grace_ms <= now_ms => {
+                    // Kept in the state too: a crash before it is deleted leaves it due.
+                    plan.state.pending.insert(key.clone(), since);
+                    plan.delete.push((key, size));
+                }
                 since => {
                     r.pending += 1;
                     r.pending_bytes += size;
@@ -527,6 +541,15 @@ impl Collector {
         }
         Ok(image_bytes(&view))
     }
+}
+
+/// The epoch a segment's key begins with.
+pub fn segment_epoch(key: &str) -> Option<u64> {
+    key.strip_prefix("segments/")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `from` and its parents back to a base (or to the first one not in the catalog), newest
