@@ -236,7 +236,11 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
             segments.len(),
             s.key
         )?;
-        let bytes = rt.block_on(store.get(&s.key, None))?;
+        // A segment GC deletes while this runs is gone, as if it had not been listed.
+        let bytes = match rt.block_on(store.get(&s.key, None)) {
+            Err(StoreError::NotFound { .. }) => continue,
+            r => r?,
+        };
         match verify_segment(&bytes, &s.key) {
             // verify_segment checks the index and every run's crc.
             Ok(list) => {
@@ -268,7 +272,10 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
         if epoch < boundary {
             continue; // not part of the bucket: GC deletes it
         }
-        let bytes = rt.block_on(store.get(&m.key, None))?;
+        let bytes = match rt.block_on(store.get(&m.key, None)) {
+            Err(StoreError::NotFound { .. }) => continue, // collected while this runs
+            r => r?,
+        };
         match Manifest::decode(&bytes, &m.key) {
             Ok(man) if man.epoch == epoch => {
                 decoded.insert(epoch, man);
