@@ -16,10 +16,11 @@ build:
 test:             ## every test: unit, reference model, real mounts, Postgres end to end (root)
 	cargo test --locked -- --test-threads=4
 
-test-long:        ## before a release (hours): model tests with 10,000 cases each, fsx for 100,000 ops, 200 crash cycles
+test-long:        ## before a release (hours): model tests with 10,000 cases each, fsx for 100,000 ops, 200 crash cycles, 20 minutes of pgbench with GC
 	PROPTEST_CASES=$${PROPTEST_CASES:-10000} cargo test --locked --test engine_model --test reference_model -- --test-threads=2
 	FSX_OPS=100000 cargo test --locked --test posix fsx -- --test-threads=2 --nocapture
 	CRASH_LOOP_CYCLES=$${CRASH_LOOP_CYCLES:-200} cargo test --locked --test crash_loop -- --nocapture
+	GC_PGBENCH_BURSTS=$${GC_PGBENCH_BURSTS:-20} GC_PGBENCH_SECONDS=$${GC_PGBENCH_SECONDS:-60} cargo test --locked --test postgres_gc -- --nocapture
 
 lint:
 	cargo fmt --all -- --check
@@ -32,7 +33,7 @@ bench-pgbench:    ## pgbench TPC-B on the local disk vs bucketfs (vs bindfs), on
 	cargo build --locked
 	benches/pgbench_vs_local.sh
 
-.PHONY: bench-fio bench-select bench-rss
+.PHONY: bench-fio bench-select bench-rss bench-gc
 
 bench-fio:        ## fio on the local disk vs bucketfs (working set in the cache dir), one run
 	cargo build --locked
@@ -45,3 +46,7 @@ bench-select:     ## pgbench -S on a database 4x bucketfs's --cache-size vs the 
 bench-rss:        ## peak RSS of bucketfs (--cache-size 10G) while writing, reading, restoring
 	cargo build --locked
 	benches/peak_rss.sh
+
+bench-gc:         ## bucket size over a pgbench run with and without GC (BENCH_MINUTES, default 10)
+	cargo build --locked
+	benches/gc_growth.sh

@@ -846,6 +846,7 @@ impl Attached {
             gets = n(&s.get.requests),
             get_bytes = n(&s.get.bytes),
             lists = n(&s.list.requests),
+            deletes = n(&s.delete.requests),
             errors = n(&s.put.errors) + n(&s.get.errors) + n(&s.head.errors) + n(&s.list.errors),
             "object store totals for this mount"
         );

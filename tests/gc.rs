@@ -296,3 +296,109 @@ fn compaction_bounds_space_amplification_and_keeps_every_byte() {
     e.crash();
     assert_same("restored", &restored(&dirs, 1, "data"), &image);
 }
+
+/// A store that runs `on_miss` the first time a GET finds nothing: what a compaction commit
+/// landing while a fetch is in flight looks like to that fetch.
+struct MovesOnMiss {
+    inner: Arc<dyn ObjectStore>,
+    #[allow(clippy::type_complexity)]
+    on_miss: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for MovesOnMiss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MovesOnMiss({:?})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for MovesOnMiss {
+    async fn put(
+        &self,
+        key: &str,
+        body: bytes::Bytes,
+        mode: bucketfs::store::PutMode,
+    ) -> bucketfs::store::StoreResult<String> {
+        self.inner.put(key, body, mode).await
+    }
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> bucketfs::store::StoreResult<bytes::Bytes> {
+        let r = self.inner.get(key, range).await;
+        if let Err(bucketfs::store::StoreError::NotFound { .. }) = &r {
+            if let Some(f) = self.on_miss.lock().unwrap().take() {
+                f();
+            }
+        }
+        r
+    }
+    async fn head(
+        &self,
+        key: &str,
+    ) -> bucketfs::store::StoreResult<Option<bucketfs::store::ObjectMeta>> {
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> bucketfs::store::StoreResult<Vec<bucketfs::store::ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> bucketfs::store::StoreResult<()> {
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[test]
+fn a_fetch_that_finds_its_segment_collected_reads_the_moved_view_again() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, true));
+    // Four small segments, one file each.
+    let mut files = Vec::new();
+    for n in 0..4u8 {
+        let ino = e.create(&format!("f{n}"));
+        e.write(ino, 0, &pattern(n * 10, 3));
+        e.checkpoint();
+        files.push(ino);
+    }
+    let before = e.cp.view().read().clone();
+    // Compaction merges them; two passes later GC has deleted the sources.
+    let t = now_ms();
+    e.cp.gc_pass(t).unwrap();
+    let r = e.cp.gc_pass(t + HOUR_MS).unwrap();
+    assert!(r.deleted >= 4, "{r:?}");
+    let after = e.cp.view().read().clone();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&dirs.bucket()).unwrap());
+    // A fetch that began before the compaction: its first GET misses, and by then the view
+    // has moved on.
+    let view = Arc::new(parking_lot::RwLock::new(before.clone()));
+    let moved = view.clone();
+    let store: Arc<dyn ObjectStore> = Arc::new(MovesOnMiss {
+        inner: local.clone(),
+        on_miss: std::sync::Mutex::new(Some(Box::new(move || *moved.write() = after))),
+    });
+    let fetcher = BucketFetcher::new(store, rt.handle().clone(), view);
+    let got = fetcher
+        .fetch(files[2], 0..3)
+        .expect("read again from the moved view");
+    assert_same("f2", &got, &pattern(20, 3));
+
+    // A reader whose view cannot move (a read-only mount of the old checkpoint): a clear
+    // error, never wrong bytes.
+    let stuck = BucketFetcher::new(
+        local,
+        rt.handle().clone(),
+        Arc::new(parking_lot::RwLock::new(before)),
+    );
+    let err = stuck
+        .fetch(files[2], 0..3)
+        .expect_err("its segment is gone");
+    assert!(err.contains("GC collected it"), "{err}");
+}

@@ -496,24 +496,23 @@ impl Collector {
         let valid: Vec<u64> = epochs.keys().copied().filter(|&e| e >= boundary).collect();
         let latest = *valid.last()?;
         let window_ms = retention.window.as_millis() as u64;
-        let newest_n = valid
+        // The window: every checkpoint committed within it.
+        let mut oldest = latest;
+        for &e in &valid {
+            if s.get(&e)
+                .is_some_and(|m| m.created_ms + window_ms >= now_ms)
+            {
+                oldest = oldest.min(e);
+                break;
+            }
+        }
+        // The floor: the newest `min_checkpoints`, whatever their age. A compaction's
+        // manifest counts as one (docs/gc.md).
+        let floor = valid
             .len()
             .saturating_sub(retention.min_checkpoints.max(1) as usize);
-        let mut oldest = latest;
-        let mut retained = 0u64;
-        for (i, &e) in valid.iter().enumerate() {
-            let young = s
-                .get(&e)
-                .is_some_and(|m| m.created_ms + window_ms >= now_ms);
-            if young || i >= newest_n {
-                oldest = oldest.min(e);
-            }
-        }
-        for &e in &valid {
-            if e >= oldest {
-                retained += 1;
-            }
-        }
+        oldest = oldest.min(valid[floor]);
+        let retained = valid.iter().filter(|&&e| e >= oldest).count() as u64;
         let chain_of_oldest = chain_epochs(&self.catalog, oldest);
         let first_needed = *chain_of_oldest.last().expect("a chain has its start");
         Some(Retained {
