@@ -46,7 +46,49 @@ impl Fetcher for BucketFetcher {
         self.view.read().inodes.contains_key(&ino)
     }
 
+    /// A segment that is gone (404) means the view moved on and GC collected it: read the
+    /// view again and retry. A view that has not moved (a read-only mount of a checkpoint
+    /// that left the retention window) gets a clear error, never wrong bytes.
     fn fetch(&self, ino: u64, pages: Range<u64>) -> Result<Vec<u8>, String> {
+        let mut attempts = 0;
+        loop {
+            let epoch = self.view.read().epoch;
+            match self.fetch_once(ino, pages.clone()) {
+                Err(Failed::Gone(_)) if attempts < 3 && self.view.read().epoch != epoch => {
+                    attempts += 1;
+                }
+                Err(Failed::Gone(key)) => {
+                    let e = format!(
+                        "segment {key} is gone from the bucket: GC collected it, so the \
+                         checkpoint this mount serves (epoch {epoch}) has left the bucket's \
+                         retention window (--retain, --gc-grace). Mount a newer checkpoint to \
+                         read on"
+                    );
+                    error!("{e}");
+                    return Err(e);
+                }
+                Err(Failed::Other(e)) => return Err(e),
+                Ok(out) => return Ok(out),
+            }
+        }
+    }
+}
+
+/// Why a fetch failed.
+enum Failed {
+    /// This segment is not in the bucket (any more).
+    Gone(String),
+    Other(String),
+}
+
+impl From<String> for Failed {
+    fn from(e: String) -> Failed {
+        Failed::Other(e)
+    }
+}
+
+impl BucketFetcher {
+    fn fetch_once(&self, ino: u64, pages: Range<u64>) -> Result<Vec<u8>, Failed> {
         let mut out = vec![0u8; ((pages.end - pages.start) * PAGE_SIZE) as usize];
         // (first page, end page, extent) pieces that overlap the request.
         let pieces: Vec<(u64, u64, Arc<Extent>)> = {
@@ -91,7 +133,6 @@ impl Fetcher for BucketFetcher {
             }
         }
         let store = self.store.clone();
-        let epoch = self.view.read().epoch;
         let fetched: Vec<(Get, bytes::Bytes)> = self.rt.block_on(async move {
             let mut tasks = tokio::task::JoinSet::new();
             for g in gets {
@@ -103,33 +144,24 @@ impl Fetcher for BucketFetcher {
             }
             let mut done = Vec::new();
             while let Some(r) = tasks.join_next().await {
-                let (g, bytes) = r.map_err(|e| format!("fetch task: {e}"))?;
+                let (g, bytes) = r.map_err(|e| Failed::Other(format!("fetch task: {e}")))?;
                 let bytes = bytes.map_err(|e| match e {
-                    crate::store::StoreError::NotFound { key } => {
-                        let e = format!(
-                            "segment {key} is gone from the bucket: GC collected it, so the \
-                             checkpoint this mount serves (epoch {epoch}) has left the bucket's \
-                             retention window (--retain, --gc-grace). Mount a newer checkpoint \
-                             to read on"
-                        );
-                        error!("{e}");
-                        e
-                    }
-                    e => e.to_string(),
+                    crate::store::StoreError::NotFound { key } => Failed::Gone(key),
+                    e => Failed::Other(e.to_string()),
                 })?;
                 done.push((g, bytes));
             }
-            Ok::<_, String>(done)
+            Ok::<_, Failed>(done)
         })?;
         for (g, bytes) in fetched {
             if bytes.len() as u64 != g.end - g.start {
-                return Err(format!(
+                return Err(Failed::Other(format!(
                     "short read key={} range={}..{}: got {} bytes",
                     g.segment,
                     g.start,
                     g.end,
                     bytes.len()
-                ));
+                )));
             }
             for run in &g.runs {
                 let at = (run.run.offset - g.start) as usize;
