@@ -996,7 +996,14 @@ impl Checkpointer {
         let listed = self.rt.block_on(self.store.list("segments/"))?;
         let sizes = listed.into_iter().map(|o| (o.key, o.size)).collect();
         let view = self.view.read().clone();
-        let sources = crate::gc::compact::choose(&view, &sizes, c);
+        // Segments older than the oldest retained checkpoint, as the last pass found it (none
+        // before a first pass).
+        let before = self
+            .last_gc
+            .lock()
+            .as_ref()
+            .map_or(0, |r| r.oldest_retained);
+        let sources = crate::gc::compact::choose(&view, &sizes, before, c);
         if sources.is_empty() {
             return Ok(None);
         }
