@@ -36,8 +36,8 @@ pub struct Metrics {
     s3_permanent_errors: IntCounterVec,
     s3_unreadable_answers: IntCounterVec,
     checkpoint_seconds: Histogram,
-    /// What the last GC pass found (gauges) and did (counters): docs/gc.md.
-    gc_gauges: prometheus::GaugeVec,
+    /// What the last GC pass found (gauges, by name) and did (counters): docs/gc.md.
+    gc_gauges: Vec<(&'static str, prometheus::Gauge)>,
     gc_deleted_objects: prometheus::IntCounter,
     gc_deleted_bytes: prometheus::IntCounter,
     gc_passes: prometheus::IntCounter,
@@ -57,6 +57,46 @@ struct Failing {
 
 /// How often a failure that keeps repeating is logged at ERROR again.
 const REPEAT_ERROR_LOG: Duration = Duration::from_secs(300);
+
+/// The gauges a GC pass sets, with their help.
+const GC_GAUGES: [(&str, &str); 9] = [
+    (
+        "bucketfs_bucket_bytes",
+        "Bytes of every manifest and segment in the bucket, at the last GC pass",
+    ),
+    (
+        "bucketfs_bucket_objects",
+        "Manifests and segments in the bucket, at the last GC pass",
+    ),
+    (
+        "bucketfs_bucket_image_bytes",
+        "Stored bytes the latest checkpoint uses, at the last GC pass",
+    ),
+    (
+        "bucketfs_bucket_space_amplification_ratio",
+        "Bucket bytes divided by the bytes the latest checkpoint uses",
+    ),
+    (
+        "bucketfs_bucket_restore_chain_manifests",
+        "Manifests a restore of the latest checkpoint reads (its base and deltas)",
+    ),
+    (
+        "bucketfs_gc_retained_checkpoints",
+        "Checkpoints the last GC pass kept restorable",
+    ),
+    (
+        "bucketfs_gc_orphan_segments",
+        "Segments no manifest names (uploads never committed), at the last GC pass",
+    ),
+    (
+        "bucketfs_gc_pending_objects",
+        "Objects no retained checkpoint needs, waiting out --gc-grace",
+    ),
+    (
+        "bucketfs_gc_pending_bytes",
+        "Bytes of the objects waiting out --gc-grace",
+    ),
+];
 
 /// The process's metrics.
 pub fn global() -> &'static Metrics {
@@ -119,18 +159,16 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        let gc_gauges = prometheus::GaugeVec::new(
-            Opts::new(
-                "bucketfs_bucket",
-                "The bucket as the last GC pass found it, by measure: bytes and objects (all \
-                 manifests and segments), image_bytes (the stored bytes the latest checkpoint \
-                 uses), space_amplification (bytes / image_bytes), chain_length (manifests a \
-                 restore reads), retained_checkpoints, orphans (segments no manifest names), \
-                 pending_objects and pending_bytes (unneeded, waiting out --gc-grace)",
-            ),
-            &["measure"],
-        )
-        .expect("valid metric");
+        // What the last GC pass found, one gauge a measure (name, help).
+        let gc_gauges: Vec<(&'static str, prometheus::Gauge)> = GC_GAUGES
+            .iter()
+            .map(|(name, help)| {
+                (
+                    *name,
+                    prometheus::Gauge::new(*name, *help).expect("valid metric"),
+                )
+            })
+            .collect();
         let gc_deleted_objects = prometheus::IntCounter::new(
             "bucketfs_gc_deleted_objects_total",
             "Objects GC deleted from the bucket",
@@ -144,9 +182,13 @@ impl Metrics {
         let gc_passes =
             prometheus::IntCounter::new("bucketfs_gc_passes_total", "GC passes that completed")
                 .expect("valid metric");
+        for (_, g) in &gc_gauges {
+            registry
+                .register(Box::new(g.clone()))
+                .expect("names are unique");
+        }
         for c in [
-            Box::new(gc_gauges.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(gc_deleted_objects.clone()),
+            Box::new(gc_deleted_objects.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(gc_deleted_bytes.clone()),
             Box::new(gc_passes.clone()),
             Box::new(fuse_op_seconds.clone()),
@@ -197,18 +239,26 @@ impl Metrics {
 
     /// A GC pass completed with `r`.
     pub fn gc_pass(&self, r: &crate::gc::Report) {
-        for (measure, v) in [
-            ("bytes", r.bucket_bytes as f64),
-            ("objects", (r.manifests + r.segments) as f64),
-            ("image_bytes", r.image_bytes as f64),
-            ("space_amplification", r.space_amplification),
-            ("chain_length", r.chain_length as f64),
-            ("retained_checkpoints", r.retained as f64),
-            ("orphans", r.orphans as f64),
-            ("pending_objects", r.pending as f64),
-            ("pending_bytes", r.pending_bytes as f64),
+        for (name, v) in [
+            ("bucketfs_bucket_bytes", r.bucket_bytes as f64),
+            ("bucketfs_bucket_objects", (r.manifests + r.segments) as f64),
+            ("bucketfs_bucket_image_bytes", r.image_bytes as f64),
+            (
+                "bucketfs_bucket_space_amplification_ratio",
+                r.space_amplification,
+            ),
+            (
+                "bucketfs_bucket_restore_chain_manifests",
+                r.chain_length as f64,
+            ),
+            ("bucketfs_gc_retained_checkpoints", r.retained as f64),
+            ("bucketfs_gc_orphan_segments", r.orphans as f64),
+            ("bucketfs_gc_pending_objects", r.pending as f64),
+            ("bucketfs_gc_pending_bytes", r.pending_bytes as f64),
         ] {
-            self.gc_gauges.with_label_values(&[measure]).set(v);
+            if let Some((_, g)) = self.gc_gauges.iter().find(|(n, _)| *n == name) {
+                g.set(v);
+            }
         }
         self.gc_deleted_objects.inc_by(r.deleted);
         self.gc_deleted_bytes.inc_by(r.deleted_bytes);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::pg::{run_ok, Postgres};
 use common::s3::S3Server;
-use common::{http_get, incompressible, read_uncached, wait_for, Mount};
+use common::{http_get, incompressible, promtool_check, read_uncached, sample, wait_for, Mount};
 
 const MIB: u64 = 1 << 20;
 
@@ -262,41 +262,6 @@ fn a_cold_start_prewarms_the_hot_set_of_the_last_clean_stop() {
         "the hot file was not prewarmed: {fetched} bytes fetched"
     );
     stop_ok(m);
-}
-
-/// The value of an unlabelled sample (or the sum of a labelled family's samples).
-fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
-fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

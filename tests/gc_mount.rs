@@ -190,6 +190,24 @@ fn a_read_only_mount_reads_on_while_its_checkpoint_is_retained_and_fails_clearly
     wait_for("a GC pass past the grace", Duration::from_secs(30), || {
         last_pass(&w) > committed + 1500
     });
+    // What the passes found is in /metrics, as Prometheus reads it.
+    let addr = w.status().metrics_addr.expect("metrics served");
+    let (_, metrics) = common::http_get(&addr, "/metrics");
+    common::promtool_check(&metrics);
+    let gc = w.status().bucket.unwrap().gc.unwrap();
+    assert!(common::sample(&metrics, "bucketfs_gc_passes_total") >= 1.0);
+    assert!(
+        common::sample(&metrics, "bucketfs_bucket_bytes") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        common::sample(&metrics, "bucketfs_bucket_image_bytes") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        common::sample(&metrics, "bucketfs_gc_retained_checkpoints") >= 2.0,
+        "{gc:?}"
+    );
     assert!(
         first
             .iter()
