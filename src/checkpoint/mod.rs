@@ -1087,19 +1087,24 @@ impl Checkpointer {
                         .settings
                         .heartbeat
                         .is_some_and(|h| last_commit.elapsed() >= h);
-                // A GC pass is due: it runs after a checkpoint (which may find nothing).
+                let checkpoint_due =
+                    *wanted || early || heartbeat || last.elapsed() >= self.settings.interval;
+                // A GC pass may be due on its own: it takes no checkpoint (only the interval,
+                // the triggers and fsyncs decide when one is taken).
                 let gc_due = !failed
                     && self
                         .settings
                         .gc
                         .as_ref()
                         .is_some_and(|g| last_gc.elapsed() >= g.interval);
-                if !*wanted
-                    && !early
-                    && !heartbeat
-                    && !gc_due
-                    && last.elapsed() < self.settings.interval
-                {
+                if !checkpoint_due {
+                    if gc_due {
+                        drop(wanted);
+                        last_gc = Instant::now();
+                        if !self.run_gc_pass() {
+                            return;
+                        }
+                    }
                     continue;
                 }
                 *wanted = false;
@@ -1143,7 +1148,7 @@ impl Checkpointer {
                     warn!(error = %e, "checkpoint failed; the pages stay dirty and the next one retries")
                 }
             }
-            // GC after a checkpoint that went well, at most every --gc-interval.
+            // GC right after a checkpoint that went well, when a pass is due too.
             let gc_due = self
                 .settings
                 .gc
@@ -1151,18 +1156,26 @@ impl Checkpointer {
                 .is_some_and(|g| last_gc.elapsed() >= g.interval);
             if gc_due && !failed {
                 last_gc = Instant::now();
-                match self.gc_pass(now_ms()) {
-                    Ok(r) => tracing::debug!(?r, "GC pass"),
-                    Err(e @ CheckpointError::Fenced { .. }) => {
-                        error!(error = %e, "checkpointer stops");
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "GC pass skipped; nothing was deleted that a retained checkpoint needs, and the next pass tries again")
-                    }
+                if !self.run_gc_pass() {
+                    return;
                 }
             }
         }
+    }
+
+    /// One GC pass of the running loop; false when this mount is fenced and the loop ends.
+    fn run_gc_pass(&self) -> bool {
+        match self.gc_pass(now_ms()) {
+            Ok(r) => tracing::debug!(?r, "GC pass"),
+            Err(e @ CheckpointError::Fenced { .. }) => {
+                error!(error = %e, "checkpointer stops");
+                return false;
+            }
+            Err(e) => {
+                warn!(error = %e, "GC pass skipped; nothing was deleted that a retained checkpoint needs, and the next pass tries again")
+            }
+        }
+        true
     }
 }
 
