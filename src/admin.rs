@@ -25,7 +25,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The GC boundary, and the oldest checkpoint the last GC pass kept restorable (0 when no
 /// pass ran: every checkpoint is).
-async fn kept(store: &dyn crate::store::ObjectStore) -> anyhow::Result<(u64, u64)> {
+async fn kept(store: &dyn crate::store::ReadStore) -> anyhow::Result<(u64, u64)> {
     let boundary = crate::gc::read_boundary(store).await?;
     let state = crate::gc::read_state(store).await?;
     Ok((boundary, state.map_or(0, |s| s.oldest_retained)))

@@ -16,9 +16,10 @@ use crate::checkpoint::{
     Checkpointer, Opened,
 };
 use crate::fs::Fs;
+use crate::replica::{Follower, Following, REPLICA_WRITER};
 use crate::store::{
-    InstrumentedStore, LocalStore, ObjectStore, RetryPolicy, RetryingStore, S3Settings, S3Store,
-    StoreStats,
+    InstrumentedStore, LocalStore, ObjectStore, ReadStore, RetryPolicy, RetryingStore, S3Settings,
+    S3Store, StoreStats,
 };
 
 /// Where the bucket is.
@@ -75,6 +76,14 @@ impl BucketUrl {
         let stats = counted.stats();
         let store = RetryingStore::new(Arc::new(counted), RetryPolicy::default());
         Ok((Arc::new(store), stats))
+    }
+
+    /// As `open_with_stats`, as a handle that cannot write: what replicas and read-only
+    /// mounts hold.
+    pub fn open_read_with_stats(&self) -> anyhow::Result<(Arc<dyn ReadStore>, Arc<StoreStats>)> {
+        let (store, stats) = self.open_with_stats()?;
+        let store: Arc<dyn ReadStore> = store;
+        Ok((store, stats))
     }
 }
 
@@ -138,9 +147,23 @@ pub struct BucketSettings {
     pub read_only: bool,
     /// With `read_only`: serve the newest checkpoint at or before this point instead.
     pub at: Option<crate::checkpoint::At>,
+    /// Serve the latest checkpoint with a local copy-on-write layer, follow the bucket, and
+    /// serve its WAL to a standby (`--replica`). Never writes to the bucket.
+    pub replica: Option<ReplicaSettings>,
     /// fsync waits until the change is in the bucket.
     pub remote_durability: bool,
     pub checkpoint: CheckpointSettings,
+}
+
+/// A replica's settings.
+#[derive(Clone, Debug)]
+pub struct ReplicaSettings {
+    /// Where PostgreSQL's WAL is, from the root of the filesystem (`pg_wal`).
+    pub wal_dir: PathBuf,
+    /// Besides root, the user whose WAL requests are answered (the mount's owner).
+    pub wal_uid: Option<u32>,
+    /// Start on the newest checkpoint, dropping the local layer (a rebase).
+    pub rebase: bool,
 }
 
 /// What the cache dir remembers of the bucket it is in step with.
@@ -245,6 +268,8 @@ pub struct Attached {
     probe: Arc<Probe>,
     /// Running after a restore into an empty cache dir.
     prefetch: Option<Prefetch>,
+    /// A replica's poller (stopped before the runtime goes).
+    _following: Option<Following>,
     // Owns the runtime the store and fetcher run on; dropped last.
     _runtime: tokio::runtime::Runtime,
 }
@@ -257,6 +282,7 @@ pub struct Probe {
     checkpointer: Option<Arc<Checkpointer>>,
     store_stats: Arc<StoreStats>,
     prewarm: Arc<PrewarmProgress>,
+    replica: Option<Arc<Follower>>,
 }
 
 /// The writer's half: the checkpointer thread, and what a clean stop records.
@@ -417,11 +443,16 @@ impl Probe {
             store,
             prewarm: self.prewarm.status(),
             gc: self.checkpointer.as_ref().and_then(|cp| cp.last_gc()),
+            replica: self.replica.as_ref().map(|f| f.status()),
         }
     }
 
     pub fn checkpointer(&self) -> Option<Arc<Checkpointer>> {
         self.checkpointer.clone()
+    }
+
+    pub fn follower(&self) -> Option<Arc<Follower>> {
+        self.replica.clone()
     }
 }
 
@@ -563,7 +594,7 @@ fn prewarm(fs: &Fs, hot: &HotSet, stop: &AtomicBool, progress: &PrewarmProgress)
 
 /// The hot set recorded in the bucket, if there is one and it reads back. A missing or
 /// unreadable one only means no prewarm.
-fn read_hot_set(store: &dyn ObjectStore, rt: &tokio::runtime::Handle) -> Option<HotSet> {
+fn read_hot_set(store: &dyn ReadStore, rt: &tokio::runtime::Handle) -> Option<HotSet> {
     let parse = |bytes: &[u8]| -> Result<HotSet, String> {
         let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
         let body = crate::cache::unseal(text)?;
@@ -605,18 +636,21 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         .enable_all()
         .build()
         .context("start the I/O runtime")?;
-    let (store, store_stats) = settings.url.open_with_stats()?;
     let url = settings.url.to_string();
-    let opened = open_bucket_at(&*store, runtime.handle(), !settings.read_only, settings.at)
+    let record = read_record(fs)?;
+    if settings.read_only || settings.replica.is_some() {
+        // Readers never hold a handle that can write.
+        let (store, store_stats) = settings.url.open_read_with_stats()?;
+        return attach_reader(fs, settings, store, store_stats, runtime, &url, record);
+    }
+    let (store, store_stats) = settings.url.open_with_stats()?;
+    let opened = open_bucket(&*store, runtime.handle(), true)
         .with_context(|| format!("open bucket {url}"))?;
-    let record: Option<Record> = match fs.bucket_record()? {
-        None => None,
-        Some(bytes) => {
-            Some(serde_json::from_slice(&bytes).context("read the cache dir's bucket record")?)
-        }
-    };
-    if settings.read_only {
-        return attach_read_only(fs, store, store_stats, runtime, &url, opened, record);
+    if record.as_ref().is_some_and(|r| r.writer == REPLICA_WRITER) {
+        bail!(
+            "cache dir {} is a replica's; a writer starts on an empty cache dir",
+            fs.root().display()
+        );
     }
     if record
         .as_ref()
@@ -718,9 +752,11 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         checkpointer: Some(checkpointer.clone()),
         store_stats,
         prewarm: progress,
+        replica: None,
     });
     Ok(Attached {
         found,
+        _following: None,
         writer: Some(Writing {
             checkpointer,
             stop,
@@ -735,41 +771,119 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
     })
 }
 
-/// A read-only mount: the latest checkpoint as it is now, served lazily like a restore. It
-/// neither takes the bucket over nor checkpoints, so a live writer goes on undisturbed; the
-/// segments it reads are immutable, so the writer's later checkpoints cannot change them
-/// under it.
-fn attach_read_only(
+fn read_record(fs: &Fs) -> anyhow::Result<Option<Record>> {
+    match fs.bucket_record()? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).context("read the cache dir's bucket record")?,
+        )),
+    }
+}
+
+/// Why a cache dir a replica left must be emptied before this mount opens it (None: it need
+/// not): a promotion (the replica becomes the writer, from the bucket's newest checkpoint),
+/// a rebase asked for, or a base the primary's GC no longer retains.
+pub fn must_start_afresh(fs: &Fs, settings: &BucketSettings) -> anyhow::Result<Option<String>> {
+    let Some(record) = read_record(fs)? else {
+        return Ok(None);
+    };
+    if record.writer != REPLICA_WRITER || record.url != settings.url.to_string() {
+        return Ok(None);
+    }
+    let Some(replica) = &settings.replica else {
+        if settings.read_only {
+            return Ok(None);
+        }
+        return Ok(Some(format!(
+            "promoting a replica (base epoch {}) to the bucket's writer: the database starts              from the bucket's newest checkpoint, which holds all the WAL the replica had",
+            record.epoch
+        )));
+    };
+    if replica.rebase {
+        return Ok(Some(format!(
+            "moving the replica from base epoch {} to the newest checkpoint",
+            record.epoch
+        )));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start a runtime")?;
+    let (store, _) = settings.url.open_read_with_stats()?;
+    let kept = rt
+        .block_on(crate::gc::read_state(&*store))
+        .with_context(|| format!("read the GC state of {}", settings.url))?
+        .map_or(0, |s| s.oldest_retained);
+    Ok((record.epoch < kept).then(|| {
+        format!(
+            "the replica's base (epoch {}) has left the primary's retention window (the oldest              retained checkpoint is epoch {kept}): starting on the newest checkpoint",
+            record.epoch
+        )
+    }))
+}
+
+/// A read-only mount or a replica: a checkpoint served lazily like a restore. Neither takes
+/// the bucket over nor checkpoints, so a live writer goes on undisturbed; the segments they
+/// read are immutable, so the writer's later checkpoints cannot change them under them.
+///
+/// A read-only mount serves the latest checkpoint (or `--at`) as it is, and the kernel
+/// refuses changes. A replica takes changes into the cache dir and keeps them there (its
+/// copy-on-write layer), follows the bucket, and serves its WAL to a standby; restarted on
+/// its cache dir it serves the same base with its layer on top.
+fn attach_reader(
     fs: &Arc<Fs>,
-    store: Arc<dyn ObjectStore>,
+    settings: &BucketSettings,
+    store: Arc<dyn ReadStore>,
     store_stats: Arc<StoreStats>,
     runtime: tokio::runtime::Runtime,
     url: &str,
-    opened: Opened,
     record: Option<Record>,
 ) -> anyhow::Result<Attached> {
+    let (marker, what) = match settings.replica {
+        Some(_) => (REPLICA_WRITER, "a replica"),
+        None => (READ_ONLY_WRITER, "a read-only mount"),
+    };
+    match &record {
+        None if !fs.is_empty()? => bail!(
+            "cache dir {} holds a filesystem of its own; {what} needs an empty cache dir",
+            fs.root().display()
+        ),
+        Some(r) if r.url != url || r.writer != marker => bail!(
+            "cache dir {} belongs to {} of {}; {what} needs an empty cache dir (or one {what} \
+             of this bucket left)",
+            fs.root().display(),
+            match r.writer.as_str() {
+                READ_ONLY_WRITER => "a read-only mount".to_string(),
+                REPLICA_WRITER => "a replica".to_string(),
+                w => format!("writer {w}"),
+            },
+            r.url
+        ),
+        _ => {}
+    }
+    // A replica restarted on its cache dir serves the base it has (its layer is on top).
+    let at = match (&settings.replica, &record) {
+        (Some(_), Some(r)) => Some(crate::checkpoint::At::Epoch(r.epoch)),
+        _ => settings.at,
+    };
+    let opened = open_bucket_at(&*store, runtime.handle(), at)
+        .with_context(|| format!("open bucket {url}"))?;
     let Some(latest) = &opened.latest else {
-        bail!("bucket {url} has no checkpoint yet: there is nothing to serve read-only");
+        bail!("bucket {url} has no checkpoint yet: there is nothing to serve");
     };
     let found = Found::of(&opened);
     let installed = record.is_none();
     match &record {
-        None if !fs.is_empty()? => bail!(
-            "cache dir {} holds a filesystem of its own; a read-only mount needs an empty cache \
-             dir",
-            fs.root().display()
-        ),
         None => {
             let r = restore_of(&opened.view);
             fs.install(r)
                 .context("install the checkpoint's namespace")?;
         }
-        Some(r) if r.url != url || r.writer != READ_ONLY_WRITER => bail!(
-            "cache dir {} belongs to writer {} of {}; a read-only mount needs an empty cache dir \
-             (or one a read-only mount of this bucket left)",
+        Some(r) if r.epoch != latest.epoch && settings.replica.is_some() => bail!(
+            "cache dir {} is a replica of epoch {} of {url}, which the bucket no longer holds \
+             whole; start the replica on an empty cache dir",
             fs.root().display(),
-            r.writer,
-            r.url
+            r.epoch
         ),
         Some(r) if r.epoch != latest.epoch => bail!(
             "cache dir {} holds epoch {} of {url}, and the bucket is at epoch {} now; mount it \
@@ -782,7 +896,7 @@ fn attach_read_only(
     }
     let record = Record {
         url: url.to_string(),
-        writer: READ_ONLY_WRITER.into(),
+        writer: marker.into(),
         epoch: latest.epoch,
     };
     fs.set_bucket_record(&serde_json::to_vec(&record).expect("a plain struct serializes"))?;
@@ -792,7 +906,25 @@ fn attach_read_only(
         runtime.handle().clone(),
         view.clone(),
     )));
-    info!(bucket = %url, epoch = latest.epoch, writer = %latest.writer, "bucket attached read-only");
+    let (follower, following) = match &settings.replica {
+        Some(r) => {
+            let follower = Arc::new(Follower::new(
+                store.clone(),
+                runtime.handle().clone(),
+                r.wal_dir.clone(),
+                &view.read(),
+                latest.created_ms,
+            ));
+            crate::replica::wal::serve(follower.clone(), fs.root(), r.wal_uid)?;
+            let following = Following::start(follower.clone())?;
+            info!(bucket = %url, base_epoch = latest.epoch, writer = %latest.writer, restarted = !installed, "bucket attached as a replica: changes stay in the cache dir, nothing is written to the bucket");
+            (Some(follower), Some(following))
+        }
+        None => {
+            info!(bucket = %url, epoch = latest.epoch, writer = %latest.writer, "bucket attached read-only");
+            (None, None)
+        }
+    };
     let progress = Arc::new(PrewarmProgress::default());
     let prefetch = if installed {
         let hot = read_hot_set(&*store, runtime.handle());
@@ -807,12 +939,14 @@ fn attach_read_only(
         checkpointer: None,
         store_stats,
         prewarm: progress,
+        replica: follower,
     });
     Ok(Attached {
         found,
         writer: None,
         probe,
         prefetch,
+        _following: following,
         _runtime: runtime,
     })
 }

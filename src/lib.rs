@@ -33,6 +33,7 @@ pub mod gc;
 pub mod manifest;
 pub mod metrics;
 pub mod mount;
+pub mod replica;
 pub mod status;
 pub mod store;
 pub mod supervise;

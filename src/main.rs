@@ -29,7 +29,9 @@ fn main() -> ExitCode {
         .filter(|s| s.source != Source::Default)
         .map(|s| format!("--{}={} ({})", s.long, s.values.join(","), s.source))
         .collect();
-    if !given.is_empty() {
+    // wal-fetch runs every second under PostgreSQL, whose log gets its stderr: errors only.
+    let quiet = matches!(cli.command, Command::WalFetch { .. });
+    if !given.is_empty() && !quiet {
         info!(settings = %given.join(" "), "settings");
     }
     let result = match &cli.command {
@@ -63,6 +65,19 @@ fn main() -> ExitCode {
             let mut out = std::io::stdout().lock();
             bucketfs::admin::gc(&url, &retention.retention(), *dry_run, *json, &mut out)
         }),
+        Command::WalFetch {
+            cache_dir,
+            bucket,
+            wal_dir,
+            file,
+            dest,
+        } => Ok(bucketfs::replica::wal::fetch_command(
+            cache_dir.as_deref(),
+            bucket.as_deref(),
+            wal_dir,
+            file,
+            dest,
+        )),
         Command::Verify { bucket } => BucketUrl::parse(bucket).and_then(|url| {
             let broken = bucketfs::admin::verify(&url, &mut std::io::stderr().lock())?;
             if broken.is_empty() {
@@ -121,6 +136,14 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
             args.max_dirty
         );
     }
+    if args.replica && bucket.is_none() {
+        bail!("--replica needs a bucket (--bucket URL or BUCKET_NAME) to follow");
+    }
+    if args.replica && args.durability == Durability::Remote {
+        bail!(
+            "--replica never writes to the bucket, so --durability remote has nothing to wait for"
+        );
+    }
     if args.read_only && args.durability == Durability::Remote {
         bail!("--read-only takes no writes, so --durability remote has nothing to wait for");
     }
@@ -129,7 +152,7 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
         (false, Some(after)) => Takeover::After(after),
         (false, None) => Takeover::Refuse,
     };
-    Ok(MountSettings {
+    let mut settings = MountSettings {
         mountpoint: args.mountpoint.clone(),
         cache_dir: args.cache_dir.clone(),
         allow_other: args.allow_other,
@@ -168,13 +191,24 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
                     url: BucketUrl::parse(url)?,
                     takeover,
                     read_only: args.read_only,
+                    replica: args.replica.then(|| bucketfs::bucket::ReplicaSettings {
+                        wal_dir: args.wal_dir.clone(),
+                        wal_uid: None,
+                        rebase: false,
+                    }),
                     at: args.at,
                     remote_durability: args.durability == Durability::Remote,
                     checkpoint,
                 })
             })
             .transpose()?,
-    })
+    };
+    // A replica answers WAL requests from root and from the mount's owner.
+    let owner = settings.root_uid;
+    if let Some(r) = settings.bucket.as_mut().and_then(|b| b.replica.as_mut()) {
+        r.wal_uid = owner;
+    }
+    Ok(settings)
 }
 
 /// `--bucket`, or else s3://$BUCKET_NAME/DATABASE-NAME (`fly storage create` sets
@@ -208,6 +242,9 @@ fn run_settings(args: &RunArgs) -> anyhow::Result<RunSettings> {
     let (program, args_) = args.program.split_first().expect("clap requires a program");
     let mut program_line = vec![supervise::resolve_program(program)?];
     program_line.extend(args_.iter().cloned());
+    if m.replica && r.initdb {
+        bail!("--initdb with --replica: a replica serves the primary's database, never a new one");
+    }
     if !r.initdb && (!r.initdb_arg.is_empty() || !r.pg_conf.is_empty()) {
         bail!("--initdb-arg and --pg-conf apply to initdb: they need --initdb");
     }
@@ -239,6 +276,9 @@ fn run_settings(args: &RunArgs) -> anyhow::Result<RunSettings> {
     mount.root_gid = mount.root_gid.or(Some(user.gid));
     if let Some(b) = &mut mount.bucket {
         b.checkpoint.writer_check = Some(RUN_WRITER_CHECK);
+        if let Some(r) = &mut b.replica {
+            r.wal_uid = Some(user.uid);
+        }
     }
     Ok(RunSettings {
         mount,
@@ -246,6 +286,7 @@ fn run_settings(args: &RunArgs) -> anyhow::Result<RunSettings> {
         user,
         initdb,
         stop_timeout: r.stop_timeout,
+        primary_conninfo: r.primary_conninfo.clone(),
     })
 }
 

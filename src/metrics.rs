@@ -493,6 +493,45 @@ pub fn render(status: &Status) -> String {
             "Body bytes sent (put) or received (get)",
             &ops(|o| o.bytes),
         );
+        if let Some(r) = &b.replica {
+            let lag = prometheus::Gauge::new(
+                "bucketfs_replica_lag_seconds",
+                "Age of the primary state the standby has been given, against the bucket's newest checkpoint (0: it has the newest; the primary's checkpoint interval comes on top)",
+            )
+            .expect("valid metric");
+            lag.set(r.lag_seconds);
+            registry.register(Box::new(lag)).expect("names are unique");
+            gauge(
+                "bucketfs_replica_base_epoch",
+                "The checkpoint this replica's files come from",
+                r.base_epoch as i64,
+            );
+            gauge(
+                "bucketfs_replica_served_epoch",
+                "The checkpoint the last WAL file served to the standby came from",
+                r.served_epoch as i64,
+            );
+            gauge(
+                "bucketfs_replica_base_expired",
+                "1 when the base has left the primary's retention window (the replica must move to a newer one before GC collects it)",
+                i64::from(r.base_expired),
+            );
+            gauge(
+                "bucketfs_replica_behind",
+                "1 when the standby needs WAL that no retained checkpoint holds: it cannot catch up from the bucket",
+                i64::from(r.trouble.is_some()),
+            );
+            counter(
+                "bucketfs_replica_wal_served_total",
+                "WAL files served to the standby",
+                r.wal_served,
+            );
+            counter(
+                "bucketfs_replica_wal_errors_total",
+                "WAL requests that could not be served (damaged, unreachable, or gone)",
+                r.wal_errors,
+            );
+        }
         if let Some(p) = &b.prewarm {
             gauge(
                 "bucketfs_prewarm_chunks",
@@ -622,6 +661,31 @@ fn answer<B>(
                     503,
                     "text/plain",
                     "fenced: another writer owns the bucket\n".into(),
+                )
+            } else if let Some(why) = s
+                .bucket
+                .as_ref()
+                .and_then(|b| b.replica.as_ref())
+                .and_then(|r| r.trouble.clone())
+            {
+                reply(
+                    503,
+                    "text/plain",
+                    format!("replica cannot keep up: {why}\n"),
+                )
+            } else if let Some(r) = s
+                .bucket
+                .as_ref()
+                .and_then(|b| b.replica.as_ref())
+                .filter(|r| r.base_expired)
+            {
+                reply(
+                    503,
+                    "text/plain",
+                    format!(
+                        "replica: base checkpoint {} has left the primary's retention window (oldest retained: {}); it must move to a newer base\n",
+                        r.base_epoch, r.oldest_retained
+                    ),
                 )
             } else if let Some(why) = global().store_failing() {
                 // Not a passing outage (those are retried and show in the RPO): the store

@@ -83,18 +83,32 @@ pub struct Mounted {
 /// caller blocks the signals it wants to take before calling this, as threads start here.
 pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
     let mountpoint = check_mountpoint(&settings.mountpoint)?;
-    let cache = CacheDir::open(&settings.cache_dir, PAGE_SIZE)?;
     raise_fd_limit();
-    let fs = Arc::new(
-        Fs::new(
-            cache,
-            &FsOptions {
-                root_uid: settings.root_uid,
-                root_gid: settings.root_gid,
-            },
-        )
-        .context("open filesystem")?,
-    );
+    let open = || -> anyhow::Result<Arc<Fs>> {
+        let cache = CacheDir::open(&settings.cache_dir, PAGE_SIZE)?;
+        let options = FsOptions {
+            root_uid: settings.root_uid,
+            root_gid: settings.root_gid,
+        };
+        Ok(Arc::new(
+            Fs::new(cache, &options).context("open filesystem")?,
+        ))
+    };
+    let mut fs = open()?;
+    // A replica's cache dir holds only what the replica made of its base: dropped when the
+    // replica moves to a newer base or becomes the writer.
+    if let Some(why) = settings
+        .bucket
+        .as_ref()
+        .map(|b| crate::bucket::must_start_afresh(&fs, b))
+        .transpose()?
+        .flatten()
+    {
+        warn!(cache_dir = %settings.cache_dir.display(), "{why}: the replica's local layer is dropped");
+        drop(fs);
+        CacheDir::wipe(&settings.cache_dir).context("empty the replica's cache dir")?;
+        fs = open()?;
+    }
 
     // Bounded before the bucket is attached, so that a restore's prefetch is counted.
     let evictor = settings

@@ -68,6 +68,10 @@ pub struct BucketStatus {
     /// The last GC pass of this mount (None: none yet, or GC is off, or read-only).
     #[serde(default)]
     pub gc: Option<crate::gc::Report>,
+    /// A replica's base, the bucket's newest checkpoint, what the standby has been served,
+    /// and its lag (None: not a replica).
+    #[serde(default)]
+    pub replica: Option<crate::replica::ReplicaStatus>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -272,6 +276,31 @@ pub fn print(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                     writeln!(out, "              last error: {e}")?;
                 }
             }
+            if let Some(r) = &b.replica {
+                writeln!(
+                    out,
+                    "replica       base epoch {}, bucket at epoch {}; standby given WAL of epoch \
+                     {} ({}), lag {}; {} WAL files served, {} errors",
+                    r.base_epoch,
+                    r.newest_epoch,
+                    r.served_epoch,
+                    r.served_file.as_deref().unwrap_or("none yet"),
+                    duration(r.lag_seconds),
+                    r.wal_served,
+                    r.wal_errors
+                )?;
+                if r.base_expired {
+                    writeln!(
+                        out,
+                        "              BASE EXPIRED: it left the primary's retention window \
+                         (oldest retained epoch {}); the replica must move to a newer base",
+                        r.oldest_retained
+                    )?;
+                }
+                if let Some(t) = &r.trouble {
+                    writeln!(out, "              CANNOT KEEP UP: {t}")?;
+                }
+            }
             if let Some(g) = &b.gc {
                 writeln!(
                     out,
@@ -297,26 +326,35 @@ pub fn print(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
             }
         }
     }
-    writeln!(
-        out,
-        "rpo           {}",
-        if s.rpo_ms == 0 {
-            "0 (everything written is in the bucket)".to_string()
-        } else {
-            duration(s.rpo_ms as f64 / 1000.0)
-        }
-    )?;
-    let max = if s.fs.max_dirty_bytes > 0 {
-        format!(" of at most {}", bytes(s.fs.max_dirty_bytes))
+    let replica = s.bucket.as_ref().is_some_and(|b| b.replica.is_some());
+    if replica {
+        writeln!(
+            out,
+            "local layer   {} written on the replica (stays in the cache dir, never uploaded)",
+            bytes(s.fs.dirty_bytes)
+        )?;
     } else {
-        String::new()
-    };
-    writeln!(
-        out,
-        "dirty         {}{max}; {} writes waited for the checkpointer",
-        bytes(s.fs.dirty_bytes),
-        s.fs.throttled_writes
-    )?;
+        writeln!(
+            out,
+            "rpo           {}",
+            if s.rpo_ms == 0 {
+                "0 (everything written is in the bucket)".to_string()
+            } else {
+                duration(s.rpo_ms as f64 / 1000.0)
+            }
+        )?;
+        let max = if s.fs.max_dirty_bytes > 0 {
+            format!(" of at most {}", bytes(s.fs.max_dirty_bytes))
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "dirty         {}{max}; {} writes waited for the checkpointer",
+            bytes(s.fs.dirty_bytes),
+            s.fs.throttled_writes
+        )?;
+    }
     let used = match &s.cache {
         Some(c) => format!(
             "{} used of {}",

@@ -15,7 +15,7 @@ use bucketfs::checkpoint::{open_bucket_at, At, BucketFetcher, CheckpointError, G
 use bucketfs::fs::{Fetcher, FsError, PAGE_SIZE, ROOT_INO};
 use bucketfs::gc::compact::CompactSettings;
 use bucketfs::gc::Retention;
-use bucketfs::store::{LocalStore, ObjectStore};
+use bucketfs::store::{LocalStore, ObjectStore, ReadStore};
 use common::engine::{assert_same, pattern, restored, Dirs, Engine, Options, PAGE};
 
 const HOUR_MS: u64 = 3_600_000;
@@ -70,8 +70,7 @@ fn epochs(bucket: &Path) -> Vec<u64> {
 fn read_at(bucket: &Path, at: At, name: &str) -> Result<Vec<u8>, String> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(bucket).unwrap());
-    let opened =
-        open_bucket_at(&*store, rt.handle(), false, Some(at)).map_err(|e| e.to_string())?;
+    let opened = open_bucket_at(&*store, rt.handle(), Some(at)).map_err(|e| e.to_string())?;
     let view = opened.view;
     let &(ino, _) = view
         .dirents
@@ -317,15 +316,7 @@ impl std::fmt::Debug for MovesOnMiss {
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for MovesOnMiss {
-    async fn put(
-        &self,
-        key: &str,
-        body: bytes::Bytes,
-        mode: bucketfs::store::PutMode,
-    ) -> bucketfs::store::StoreResult<String> {
-        self.inner.put(key, body, mode).await
-    }
+impl ReadStore for MovesOnMiss {
     async fn get(
         &self,
         key: &str,
@@ -351,11 +342,23 @@ impl ObjectStore for MovesOnMiss {
     ) -> bucketfs::store::StoreResult<Vec<bucketfs::store::ObjectMeta>> {
         self.inner.list(prefix).await
     }
-    async fn delete(&self, key: &str) -> bucketfs::store::StoreResult<()> {
-        self.inner.delete(key).await
-    }
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for MovesOnMiss {
+    async fn put(
+        &self,
+        key: &str,
+        body: bytes::Bytes,
+        mode: bucketfs::store::PutMode,
+    ) -> bucketfs::store::StoreResult<String> {
+        self.inner.put(key, body, mode).await
+    }
+    async fn delete(&self, key: &str) -> bucketfs::store::StoreResult<()> {
+        self.inner.delete(key).await
     }
 }
 

@@ -6,192 +6,13 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::pg::{alive, bin_dir, children_of, run_ok};
+use common::run::Run;
 use common::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
-use common::{describe_exit, is_mounted, wait_for, BIN};
-
-/// A running (or finished) `bucketfs run`; stdout and stderr (its own and the program's) go
-/// to one log file.
-struct Run {
-    mnt: PathBuf,
-    cache: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    status: Option<ExitStatus>,
-}
-
-impl Run {
-    /// `bucketfs run MNT --cache-dir CACHE ARGS -- PROGRAM`; returns at once.
-    fn start(
-        dir: &Path,
-        name: &str,
-        args: &[&str],
-        env: &[(&str, String)],
-        program: &[&str],
-    ) -> Run {
-        let (mnt, cache) = (
-            dir.join(format!("{name}-mnt")),
-            dir.join(format!("{name}-cache")),
-        );
-        if let Err(e) = fs::create_dir_all(&mnt) {
-            // A dead mount left by kill -9 (bucketfs clears it).
-            assert_eq!(
-                e.kind(),
-                std::io::ErrorKind::AlreadyExists,
-                "mountpoint: {e}"
-            );
-        }
-        let log = dir.join(format!("{name}-{}.log", fastrand_suffix()));
-        let out = fs::File::create(&log).expect("create log");
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg(&mnt)
-            .arg("--cache-dir")
-            .arg(&cache)
-            .args(args)
-            .arg("--")
-            .args(program)
-            .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "info")
-            .env_remove("BUCKET_NAME")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("clone log"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn bucketfs run");
-        Run {
-            mnt,
-            cache,
-            log,
-            child: Some(child),
-            status: None,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    /// Waits for bucketfs to exit; panics with the log after `timeout`.
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        if let Some(s) = self.status {
-            return s;
-        }
-        let child = self.child.as_mut().expect("running");
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "bucketfs run did not exit within {timeout:?}; its log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        self.status = Some(status);
-        assert!(
-            !is_mounted(&self.mnt),
-            "still mounted after bucketfs run exited ({}):\n{}",
-            describe_exit(status),
-            self.log_text()
-        );
-        status
-    }
-
-    /// Asserts that bucketfs exited with `code`, printing the log if not.
-    fn assert_exit(&mut self, code: i32, timeout: Duration) {
-        let status = self.wait_exit(timeout);
-        assert_eq!(
-            status.code(),
-            Some(code),
-            "bucketfs run ended with {}, not exit code {code}; its log:\n{}",
-            describe_exit(status),
-            self.log_text()
-        );
-    }
-
-    /// Stops it as Fly and Docker do (SIGTERM) and asserts a clean exit.
-    fn stop(&mut self) {
-        self.signal(libc::SIGTERM);
-        self.assert_exit(0, Duration::from_secs(120));
-    }
-
-    /// Asserts that the log contains each of `words`.
-    fn assert_log(&self, words: &[&str]) {
-        let log = self.log_text();
-        for w in words {
-            assert!(log.contains(w), "the log lacks {w:?}:\n{log}");
-        }
-    }
-
-    /// kill -9 of bucketfs and every PostgreSQL process at once, as a lost host would take
-    /// them: the postmaster is stopped first so that it forks no more, then all are killed.
-    fn kill_all(&mut self) {
-        let me = self.pid();
-        let programs = children_of(me);
-        for &p in &programs {
-            // SAFETY: signalling processes this test started.
-            unsafe { libc::kill(p, libc::SIGSTOP) };
-        }
-        let mut all: Vec<i32> = programs.clone();
-        for &p in &programs {
-            all.extend(children_of(p));
-        }
-        // SAFETY: as above.
-        unsafe { libc::kill(me, libc::SIGKILL) };
-        for &p in &all {
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        let mut child = self.child.take().expect("running");
-        self.status = Some(child.wait().expect("reap bucketfs"));
-        // Gone, not only dead: a zombie's pid still counts as taken (PostgreSQL's socket lock
-        // file names the killed postmaster's) until whoever adopted it reaps it.
-        wait_for(
-            "every killed process to be reaped",
-            Duration::from_secs(60),
-            || {
-                all.iter()
-                    .all(|&p| !Path::new(&format!("/proc/{p}")).exists())
-            },
-        );
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        // A failing test leaves no process or mount behind: the program dies with bucketfs.
-        if let Some(mut child) = self.child.take() {
-            if self.status.is_none() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-    }
-}
-
-fn fastrand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::SeqCst)
-}
+use common::{wait_for, BIN};
 
 /// A scratch directory, and one in it that the programs (as postgres or nobody) can write
 /// their marker files to.
@@ -236,37 +57,6 @@ fn initdb() -> Vec<String> {
     .map(|s| s.to_string())
     .chain([format!("--pg-bin={}", bin_dir().display())])
     .collect()
-}
-
-/// Waits until PostgreSQL under `run` accepts connections.
-fn wait_ready(run: &mut Run, sock: &Path, port: u16) {
-    let isready = bin_dir().join("pg_isready");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if let Some(status) = run.child.as_mut().expect("running").try_wait().unwrap() {
-            panic!(
-                "bucketfs run exited ({}) before PostgreSQL was ready:\n{}",
-                describe_exit(status),
-                run.log_text()
-            );
-        }
-        let ok = Command::new(&isready)
-            .arg("-h")
-            .arg(sock)
-            .args(["-p", &port.to_string(), "-q"])
-            .status()
-            .unwrap()
-            .success();
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "PostgreSQL not ready within 180 s:\n{}",
-            run.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn psql(sock: &Path, port: u16, sql: &str) -> std::process::Output {
@@ -338,7 +128,7 @@ fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() 
     args.extend(["--pg-conf".into(), "max_connections = 21".into()]);
     let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
     let mut a = Run::start(dir.path(), "a", &strs(&args), &s3.env(), &strs(&pg));
-    wait_ready(&mut a, &sock, port);
+    a.wait_ready(&sock, port);
     assert_eq!(
         query(&sock, port, "SHOW max_connections"),
         "21",
@@ -376,7 +166,7 @@ fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() 
     // Another machine: a new, empty cache dir; --initdb as an image would always pass it.
     let pg = postgres(&dir.path().join("b-mnt"), &sock, port);
     let mut b = Run::start(dir.path(), "b", &strs(&args), &s3.env(), &strs(&pg));
-    wait_ready(&mut b, &sock, port);
+    b.wait_ready(&sock, port);
     assert_eq!(
         query(&sock, port, "SELECT count(*) || ':' || sum(id) FROM t"),
         "1000:500500"
@@ -506,7 +296,7 @@ fn a_takeover_while_run_serves_stops_postgres_and_keeps_its_later_writes_out() {
     args.extend(["--checkpoint-interval".into(), "200ms".into()]);
     let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
     let mut a = Run::start(dir.path(), "a", &strs(&args), &s3.env(), &strs(&pg));
-    wait_ready(&mut a, &sock, port);
+    a.wait_ready(&sock, port);
     query(
         &sock,
         port,
@@ -539,7 +329,7 @@ fn a_takeover_while_run_serves_stops_postgres_and_keeps_its_later_writes_out() {
         &s3.env(),
         &strs(&pg),
     );
-    wait_ready(&mut c, &sock, port);
+    c.wait_ready(&sock, port);
     assert_eq!(
         query(&sock, port, "SELECT string_agg(v, ',') FROM t"),
         "before"
@@ -556,7 +346,7 @@ fn kill_9_of_run_and_postgres_loses_no_acknowledged_commit() {
     let port = 56_405;
     let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
     let mut a = Run::start(dir.path(), "a", &strs(&initdb()), &[], &strs(&pg));
-    wait_ready(&mut a, &sock, port);
+    a.wait_ready(&sock, port);
     query(
         &sock,
         port,
@@ -589,7 +379,7 @@ fn kill_9_of_run_and_postgres_loses_no_acknowledged_commit() {
 
     let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
     let mut b = Run::start(dir.path(), "a", &strs(&initdb()), &[], &strs(&pg));
-    wait_ready(&mut b, &sock, port);
+    b.wait_ready(&sock, port);
     let rows = query(
         &sock,
         port,
@@ -660,7 +450,7 @@ fn sigint_and_sigquit_reach_postgres_as_fast_and_immediate_shutdown() {
     let port = 56_406;
     let pg = postgres(&dir.path().join("a-mnt"), &sock, port);
     let mut a = Run::start(dir.path(), "a", &strs(&initdb()), &[], &strs(&pg));
-    wait_ready(&mut a, &sock, port);
+    a.wait_ready(&sock, port);
     query(
         &sock,
         port,
@@ -674,7 +464,7 @@ fn sigint_and_sigquit_reach_postgres_as_fast_and_immediate_shutdown() {
     ]);
 
     let mut b = Run::start(dir.path(), "a", &strs(&initdb()), &[], &strs(&pg));
-    wait_ready(&mut b, &sock, port);
+    b.wait_ready(&sock, port);
     b.assert_log(&["database system was shut down at"]);
     query(&sock, port, "INSERT INTO t VALUES (2)");
     b.signal(libc::SIGQUIT);
@@ -688,7 +478,7 @@ fn sigint_and_sigquit_reach_postgres_as_fast_and_immediate_shutdown() {
     ]);
 
     let mut c = Run::start(dir.path(), "a", &strs(&initdb()), &[], &strs(&pg));
-    wait_ready(&mut c, &sock, port);
+    c.wait_ready(&sock, port);
     c.assert_log(&["database system was interrupted"]);
     assert_eq!(
         query(
@@ -849,7 +639,7 @@ fn a_lost_writer_is_taken_over_with_takeover_or_once_its_checkpoint_is_old_enoug
         &s3.env(),
         &strs(&pg),
     );
-    wait_ready(&mut a, &sock, port);
+    a.wait_ready(&sock, port);
     query(
         &sock,
         port,
@@ -909,7 +699,7 @@ fn a_lost_writer_is_taken_over_with_takeover_or_once_its_checkpoint_is_old_enoug
         &s3.env(),
         &strs(&pg),
     );
-    wait_ready(&mut b, &sock, port);
+    b.wait_ready(&sock, port);
     b.assert_log(&["taking the bucket over", "no initdb"]);
     query(&sock, port, "INSERT INTO t VALUES (2)");
     checkpoint(&b.cache);
@@ -924,7 +714,7 @@ fn a_lost_writer_is_taken_over_with_takeover_or_once_its_checkpoint_is_old_enoug
         &s3.env(),
         &strs(&pg),
     );
-    wait_ready(&mut c, &sock, port);
+    c.wait_ready(&sock, port);
     c.assert_log(&["taking the bucket over (--takeover)"]);
     assert_eq!(
         query(

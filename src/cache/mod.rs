@@ -145,6 +145,32 @@ impl CacheDir {
         &self.root
     }
 
+    /// Empties a cache dir that is not open (a replica's local layer, dropped for a rebase or
+    /// a promotion), holding its lock meanwhile. Only a bucketfs cache dir is emptied.
+    pub fn wipe(path: &Path) -> Result<(), CacheError> {
+        let root = path
+            .canonicalize()
+            .map_err(io_err("resolve cache dir", path))?;
+        if read_marker(&root.join(FORMAT_FILE))?.is_none() {
+            return Err(CacheError::Foreign { path: root });
+        }
+        let _lock = take_lock(&root)?;
+        for entry in fs::read_dir(&root).map_err(io_err("list cache dir", &root))? {
+            let entry = entry.map_err(io_err("list cache dir", &root))?;
+            let (name, path) = (entry.file_name(), entry.path());
+            if name == LOCK_FILE {
+                continue;
+            }
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(io_err("empty cache dir", &path))?;
+        }
+        Ok(())
+    }
+
     pub fn meta_path(&self) -> PathBuf {
         self.root.join("meta")
     }

@@ -15,17 +15,17 @@ use crate::fs::{Fetcher, PAGE_SIZE};
 use crate::manifest::segment::decode_run;
 use crate::manifest::view::View;
 use crate::manifest::Extent;
-use crate::store::ObjectStore;
+use crate::store::ReadStore;
 
 pub struct BucketFetcher {
-    store: Arc<dyn ObjectStore>,
+    store: Arc<dyn ReadStore>,
     rt: tokio::runtime::Handle,
     view: Arc<RwLock<View>>,
 }
 
 impl BucketFetcher {
     pub fn new(
-        store: Arc<dyn ObjectStore>,
+        store: Arc<dyn ReadStore>,
         rt: tokio::runtime::Handle,
         view: Arc<RwLock<View>>,
     ) -> BucketFetcher {

@@ -27,14 +27,14 @@ use crate::fs::{Fs, FsError, PathFilter, Restore, PAGE_SIZE};
 use crate::manifest::segment::SegmentBuilder;
 use crate::manifest::view::View;
 use crate::manifest::{Extent, FormatError, Manifest, ManifestDirent};
-use crate::store::{ObjectStore, PutMode, StoreError};
+use crate::store::{ObjectStore, PutMode, ReadStore, StoreError};
 
 pub use fetch::BucketFetcher;
 
 /// The bucket's format marker, written once when a prefix is first used.
 pub const FORMAT_KEY: &str = "bucketfs.json";
 pub const BUCKET_FORMAT_VERSION: u32 = 1;
-const MANIFESTS: &str = "manifests/";
+pub const MANIFESTS: &str = "manifests/";
 
 pub fn manifest_key(epoch: u64) -> String {
     format!("{MANIFESTS}{epoch:020}")
@@ -199,27 +199,54 @@ impl std::fmt::Display for At {
     }
 }
 
-/// Reads the format marker (writing it for a new prefix) and the newest manifest chain.
+/// Reads the format marker (writing it for a new prefix when `create`) and the newest
+/// manifest chain.
 pub fn open_bucket(
     store: &dyn ObjectStore,
     rt: &tokio::runtime::Handle,
     create: bool,
 ) -> Result<Opened, CheckpointError> {
-    open_bucket_at(store, rt, create, None)
+    if create {
+        rt.block_on(ensure_format(store))?;
+    }
+    open_bucket_at(store, rt, None)
 }
 
-/// As `open_bucket`, at the newest checkpoint at or before `at` (None: the latest). A
+/// Writes the format marker of a new prefix (if another writer wrote it first, theirs
+/// stands; `open_bucket_at` checks it either way).
+async fn ensure_format(store: &dyn ObjectStore) -> Result<(), CheckpointError> {
+    store.check().await?;
+    match store.get(FORMAT_KEY, None).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::NotFound { .. }) => {
+            let marker = serde_json::json!({
+                "format": "bucketfs",
+                "version": BUCKET_FORMAT_VERSION,
+                "page_size": PAGE_SIZE,
+                "created_unix_ms": now_ms(),
+            });
+            let body = Bytes::from(marker.to_string());
+            match store.put(FORMAT_KEY, body, PutMode::Create).await {
+                Ok(_) | Err(StoreError::PreconditionFailed { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// As `open_bucket` (never creating), at the newest checkpoint at or before `at` (None: the
+/// latest). Reads only: a replica and a read-only mount open their bucket through here. A
 /// checkpoint GC has collected, or whose chain it has, is refused with a clear message. The
 /// latest chain is read again if GC deletes a manifest of it while it is read.
 pub fn open_bucket_at(
-    store: &dyn ObjectStore,
+    store: &dyn ReadStore,
     rt: &tokio::runtime::Handle,
-    create: bool,
     at: Option<At>,
 ) -> Result<Opened, CheckpointError> {
     let mut attempts = 0;
     loop {
-        match open_once(store, rt, create, at) {
+        match open_once(store, rt, at) {
             Err(CheckpointError::Store(StoreError::NotFound { key }))
                 if at.is_none() && attempts < 3 && epoch_of_key(&key).is_some() =>
             {
@@ -242,30 +269,14 @@ pub fn open_bucket_at(
 }
 
 fn open_once(
-    store: &dyn ObjectStore,
+    store: &dyn ReadStore,
     rt: &tokio::runtime::Handle,
-    create: bool,
     at: Option<At>,
 ) -> Result<Opened, CheckpointError> {
     rt.block_on(async {
         store.check().await?;
         match store.get(FORMAT_KEY, None).await {
             Ok(bytes) => check_format(&bytes)?,
-            Err(StoreError::NotFound { .. }) if create => {
-                let marker = serde_json::json!({
-                    "format": "bucketfs",
-                    "version": BUCKET_FORMAT_VERSION,
-                    "page_size": PAGE_SIZE,
-                    "created_unix_ms": now_ms(),
-                });
-                let body = Bytes::from(marker.to_string());
-                match store.put(FORMAT_KEY, body, PutMode::Create).await {
-                    Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                let bytes = store.get(FORMAT_KEY, None).await?;
-                check_format(&bytes)?;
-            }
             Err(StoreError::NotFound { .. }) => {
                 return Err(CheckpointError::Refused(format!(
                     "{} holds no bucketfs filesystem (no {FORMAT_KEY})",
@@ -352,7 +363,7 @@ fn open_once(
 /// The newest of `epochs` (ascending) committed at or before `unix_ms`, by binary search on
 /// the manifests' times (they grow with the epoch: each commit follows the one before it).
 async fn newest_at_or_before(
-    store: &dyn ObjectStore,
+    store: &dyn ReadStore,
     epochs: &[u64],
     unix_ms: u64,
 ) -> Result<Option<u64>, CheckpointError> {

@@ -130,7 +130,48 @@ pub enum Command {
         #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
         bucket: String,
     },
+    /// Copy a WAL file (a segment or a timeline history file) from the bucket's newest
+    /// checkpoint that holds it to DEST: a hot standby's restore_command. Exits 0 when DEST
+    /// holds the file, 1 when the file is not there (yet), 3 when it could not be served (a
+    /// damaged object, an unreachable bucket or replica; the reason goes to stderr). DEST is
+    /// written whole or not at all.
+    #[command(long_about = WAL_FETCH_ABOUT)]
+    WalFetch {
+        /// Ask the replica mounted on this cache dir (what `run --replica` sets up: the
+        /// replica holds the bucket's credentials, and serves from what it follows).
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "bucket",
+            conflicts_with = "bucket"
+        )]
+        cache_dir: Option<PathBuf>,
+        /// Or read the bucket directly: s3://NAME/PREFIX or file:///PATH (credentials from
+        /// the environment).
+        #[arg(long, value_name = "URL")]
+        bucket: Option<String>,
+        /// With --bucket: where the WAL directory is, from the filesystem's root.
+        #[arg(long, default_value = "pg_wal", value_name = "DIR")]
+        wal_dir: PathBuf,
+        /// The file PostgreSQL asks for (%f).
+        file: String,
+        /// Where to put it (%p).
+        dest: PathBuf,
+    },
 }
+
+const WAL_FETCH_ABOUT: &str = "\
+Copy a WAL file from the bucket to DEST: the restore_command of a hot standby on a replica
+(`bucketfs run --replica` sets it to `bucketfs wal-fetch --cache-dir DIR %f %p`).
+
+The file comes from the newest checkpoint that holds it: the one being written, with what the
+primary had flushed at that checkpoint (the standby asks again when it reaches the end), or,
+for a segment the primary has removed since, the newest retained checkpoint that still has it.
+Every byte is checked against its crc32c on the way.
+
+Exit codes: 0 DEST holds the file; 1 it is not there (yet); 3 it could not be served (a
+damaged object, the bucket or the replica unreachable; the reason is on stderr). None is above
+125, so PostgreSQL never aborts recovery over one: it waits and asks again.";
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -226,6 +267,26 @@ pub struct MountArgs {
     /// cache dir must be empty or one that a read-only mount of the same checkpoint left.
     #[arg(long, env = "BUCKETFS_READ_ONLY")]
     pub read_only: bool,
+
+    /// Serve the bucket's latest checkpoint as a read replica of the writer that holds it:
+    /// what is written on the mount stays in the cache dir (a copy-on-write layer), nothing
+    /// is ever written to the bucket, newer checkpoints are followed, and their WAL is served
+    /// to a PostgreSQL hot standby (`bucketfs wal-fetch`; `bucketfs run --replica` sets the
+    /// standby up). Restarted on its cache dir, a replica goes on from where it was; once its
+    /// base leaves the writer's retention window, it starts on the newest checkpoint.
+    /// Started without --replica (and with --takeover), a replica's cache dir becomes the
+    /// writer's: a promotion (docs/replicas.md).
+    #[arg(long, conflicts_with_all = ["read_only", "takeover", "takeover_after", "at"], env = "BUCKETFS_REPLICA")]
+    pub replica: bool,
+
+    /// With --replica: where PostgreSQL's WAL directory is, from the mount's root.
+    #[arg(
+        long,
+        default_value = "pg_wal",
+        value_name = "DIR",
+        env = "BUCKETFS_WAL_DIR"
+    )]
+    pub wal_dir: PathBuf,
 
     /// With --read-only: serve the newest checkpoint at or before this point instead of the
     /// latest: an epoch number (as `bucketfs ls` lists them) or a UTC time
@@ -456,6 +517,15 @@ pub struct RunOptions {
     /// 10 s later.
     #[arg(long, default_value = "280s", value_parser = parse_duration, value_name = "DURATION", env = "BUCKETFS_STOP_TIMEOUT")]
     pub stop_timeout: std::time::Duration,
+    /// With --replica: the standby's primary_conninfo, to stream WAL from the primary when
+    /// it is reachable (lower lag); the bucket stays the fallback (restore_command).
+    #[arg(
+        long,
+        value_name = "CONNINFO",
+        requires = "replica",
+        env = "BUCKETFS_PRIMARY_CONNINFO"
+    )]
+    pub primary_conninfo: Option<String>,
 }
 
 /// A database name as a key prefix: letters, digits, '.', '_' and '-'.

@@ -36,7 +36,7 @@ use tracing::{info, warn};
 use crate::checkpoint::{epoch_of_key, manifest_key, CheckpointError};
 use crate::manifest::view::View;
 use crate::manifest::{FormatError, Manifest};
-use crate::store::{ObjectStore, PutMode, StoreError};
+use crate::store::{ObjectStore, PutMode, ReadStore, StoreError};
 
 /// Where the GC boundary lives: no manifest below it is part of the bucket.
 pub const BOUNDARY_KEY: &str = "gc/boundary";
@@ -137,7 +137,7 @@ pub struct State {
 }
 
 /// The state the last GC pass left, if one ever ran (an unreadable one counts as none).
-pub async fn read_state(store: &dyn ObjectStore) -> Result<Option<State>, CheckpointError> {
+pub async fn read_state(store: &dyn ReadStore) -> Result<Option<State>, CheckpointError> {
     match store.get(STATE_KEY, None).await {
         Ok(bytes) => match unseal_json::<State>(&bytes, STATE_KEY) {
             Ok(s) if s.version == STATE_VERSION => Ok(Some(s)),
@@ -159,7 +159,7 @@ pub async fn read_state(store: &dyn ObjectStore) -> Result<Option<State>, Checkp
 }
 
 /// The GC boundary: manifests below it are not part of the bucket (0: none collected yet).
-pub async fn read_boundary(store: &dyn ObjectStore) -> Result<u64, CheckpointError> {
+pub async fn read_boundary(store: &dyn ReadStore) -> Result<u64, CheckpointError> {
     match store.get(BOUNDARY_KEY, None).await {
         Ok(bytes) => {
             let b: Boundary = unseal_json(&bytes, BOUNDARY_KEY)?;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::{ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
 
 /// The faults to inject, shared between the store and the test that steers it.
 #[derive(Debug)]
@@ -129,6 +129,38 @@ impl FaultyStore {
 }
 
 #[async_trait]
+impl ReadStore for FaultyStore {
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+        self.plan.gets.fetch_add(1, Ordering::Relaxed);
+        self.before("get", key).await?;
+        let bytes = self.inner.get(key, range).await?;
+        self.plan
+            .get_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.before("head", key).await?;
+        self.inner.head(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.before("list", prefix).await?;
+        self.inner.list(prefix).await
+    }
+
+    async fn check(&self) -> StoreResult<()> {
+        self.before("check", "").await?;
+        self.inner.check().await
+    }
+
+    fn describe(&self) -> String {
+        format!("faulty({})", self.inner.describe())
+    }
+}
+
+#[async_trait]
 impl ObjectStore for FaultyStore {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
         self.plan.puts.fetch_add(1, Ordering::Relaxed);
@@ -161,38 +193,9 @@ impl ObjectStore for FaultyStore {
         Ok(etag)
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
-        self.plan.gets.fetch_add(1, Ordering::Relaxed);
-        self.before("get", key).await?;
-        let bytes = self.inner.get(key, range).await?;
-        self.plan
-            .get_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Ok(bytes)
-    }
-
-    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
-        self.before("head", key).await?;
-        self.inner.head(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
-        self.before("list", prefix).await?;
-        self.inner.list(prefix).await
-    }
-
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.before("delete", key).await?;
         self.inner.delete(key).await
-    }
-
-    async fn check(&self) -> StoreResult<()> {
-        self.before("check", "").await?;
-        self.inner.check().await
-    }
-
-    fn describe(&self) -> String {
-        format!("faulty({})", self.inner.describe())
     }
 }
 

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::debug;
 
-use super::{ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
 
 /// Counters of one kind of request.
 #[derive(Debug, Default)]
@@ -71,27 +71,7 @@ impl InstrumentedStore {
 }
 
 #[async_trait]
-impl ObjectStore for InstrumentedStore {
-    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
-        let (started, len) = (Instant::now(), body.len() as u64);
-        let r = self.inner.put(key, body, mode).await;
-        if matches!(r, Err(StoreError::PreconditionFailed { .. })) {
-            self.stats
-                .precondition_failed
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        self.stats.put.record(started, &r, len);
-        crate::metrics::global().s3_request("put", key, started.elapsed());
-        debug!(
-            key,
-            bytes = len,
-            ok = r.is_ok(),
-            us = started.elapsed().as_micros() as u64,
-            "PUT"
-        );
-        r
-    }
-
+impl ReadStore for InstrumentedStore {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
         let started = Instant::now();
         let r = self.inner.get(key, range).await;
@@ -124,20 +104,43 @@ impl ObjectStore for InstrumentedStore {
         r
     }
 
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        let started = Instant::now();
-        let r = self.inner.delete(key).await;
-        self.stats.delete.record(started, &r, 0);
-        crate::metrics::global().s3_request("delete", key, started.elapsed());
-        r
-    }
-
     async fn check(&self) -> StoreResult<()> {
         self.inner.check().await
     }
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+#[async_trait]
+impl ObjectStore for InstrumentedStore {
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        let (started, len) = (Instant::now(), body.len() as u64);
+        let r = self.inner.put(key, body, mode).await;
+        if matches!(r, Err(StoreError::PreconditionFailed { .. })) {
+            self.stats
+                .precondition_failed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.put.record(started, &r, len);
+        crate::metrics::global().s3_request("put", key, started.elapsed());
+        debug!(
+            key,
+            bytes = len,
+            ok = r.is_ok(),
+            us = started.elapsed().as_micros() as u64,
+            "PUT"
+        );
+        r
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let started = Instant::now();
+        let r = self.inner.delete(key).await;
+        self.stats.delete.record(started, &r, 0);
+        crate::metrics::global().s3_request("delete", key, started.elapsed());
+        r
     }
 }
 

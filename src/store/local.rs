@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
 
 /// Temporary files carry this suffix; they are never listed as objects.
 const TMP_SUFFIX: &str = ".bucketfs-tmp";
@@ -158,13 +158,7 @@ impl LocalStore {
 }
 
 #[async_trait]
-impl ObjectStore for LocalStore {
-    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
-        // Local file I/O is fast and the callers are background tasks: run it inline rather
-        // than pay a spawn_blocking hop for every object.
-        self.put_sync(key, &body, &mode)
-    }
-
+impl ReadStore for LocalStore {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
         self.get_sync(key, range)
     }
@@ -186,6 +180,19 @@ impl ObjectStore for LocalStore {
         self.list_sync(prefix)
     }
 
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        // Local file I/O is fast and the callers are background tasks: run it inline rather
+        // than pay a spawn_blocking hop for every object.
+        self.put_sync(key, &body, &mode)
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let path = self.path(key)?;
         match fs::remove_file(&path) {
@@ -193,10 +200,6 @@ impl ObjectStore for LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(transient("delete", key, e)),
         }
-    }
-
-    fn describe(&self) -> String {
-        format!("file://{}", self.root.display())
     }
 }
 

@@ -75,12 +75,11 @@ impl StoreError {
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
 
-/// An object store: S3, a local directory, or a wrapper around one.
+/// The reading half of an object store. A replica holds its bucket only through this trait:
+/// it has no method that writes, so no path through a replica's code can PUT or DELETE
+/// (issue 13: "a store handle that cannot write").
 #[async_trait]
-pub trait ObjectStore: Send + Sync + fmt::Debug {
-    /// Writes a whole object. Returns its new ETag.
-    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String>;
-
+pub trait ReadStore: Send + Sync + fmt::Debug {
     /// Reads a whole object, or the byte range `range` of it (clamped to its end).
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes>;
 
@@ -90,9 +89,6 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>>;
 
-    /// Deletes an object; deleting one that does not exist is not an error.
-    async fn delete(&self, key: &str) -> StoreResult<()>;
-
     /// Checks that the store is reachable and the bucket exists, with the credentials given:
     /// called once before mounting so that bad configuration fails fast and clearly.
     async fn check(&self) -> StoreResult<()> {
@@ -101,4 +97,14 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     /// Where this store points, for messages (never with credentials).
     fn describe(&self) -> String;
+}
+
+/// An object store: S3, a local directory, or a wrapper around one. A writer's handle.
+#[async_trait]
+pub trait ObjectStore: ReadStore {
+    /// Writes a whole object. Returns its new ETag.
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String>;
+
+    /// Deletes an object; deleting one that does not exist is not an error.
+    async fn delete(&self, key: &str) -> StoreResult<()>;
 }

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::{debug, error, info, warn};
 
-use super::{ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
 
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
@@ -87,6 +87,30 @@ impl RetryingStore {
 }
 
 #[async_trait]
+impl ReadStore for RetryingStore {
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+        self.retry("get", key, || self.inner.get(key, range.clone()))
+            .await
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        self.retry("head", key, || self.inner.head(key)).await
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.retry("list", prefix, || self.inner.list(prefix)).await
+    }
+
+    async fn check(&self) -> StoreResult<()> {
+        self.retry("check", "", || self.inner.check()).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[async_trait]
 impl ObjectStore for RetryingStore {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
         let mut attempt = 0;
@@ -119,29 +143,8 @@ impl ObjectStore for RetryingStore {
         }
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
-        self.retry("get", key, || self.inner.get(key, range.clone()))
-            .await
-    }
-
-    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
-        self.retry("head", key, || self.inner.head(key)).await
-    }
-
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
-        self.retry("list", prefix, || self.inner.list(prefix)).await
-    }
-
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.retry("delete", key, || self.inner.delete(key)).await
-    }
-
-    async fn check(&self) -> StoreResult<()> {
-        self.retry("check", "", || self.inner.check()).await
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
     }
 }
 

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use tracing::{debug, warn};
 
-use super::{ObjectMeta, ObjectStore, PutMode, StoreError, StoreResult};
+use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
 
 /// Where and how to reach the bucket.
 #[derive(Clone)]
@@ -366,35 +366,7 @@ impl<E> HasStatus for SdkError<E, aws_sdk_s3::config::http::HttpResponse> {
 }
 
 #[async_trait]
-impl ObjectStore for S3Store {
-    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
-        // Large objects (segments) go up in parts, in parallel; a failed part fails the
-        // whole PUT, which the retry wrapper repeats. Conditional PUTs (manifests) are small
-        // and stay single.
-        if body.len() > MULTIPART_THRESHOLD && mode == PutMode::Overwrite {
-            return self.put_multipart(key, body).await;
-        }
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .body(ByteStream::from(body));
-        match &mode {
-            PutMode::Overwrite => {}
-            PutMode::Create => req = req.if_none_match("*"),
-            PutMode::Replace { etag } => req = req.if_match(etag),
-        }
-        match req.send().await.map_err(|e| classify("put", key, e)) {
-            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
-            // S3 answers If-Match on a missing key with 404: the precondition did not hold.
-            Err(StoreError::NotFound { key }) if matches!(mode, PutMode::Replace { .. }) => {
-                Err(StoreError::PreconditionFailed { key })
-            }
-            Err(e) => Err(e),
-        }
-    }
-
+impl ReadStore for S3Store {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
         let mut req = self
             .client
@@ -477,17 +449,6 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| classify("delete", key, e))?;
-        Ok(())
-    }
-
     async fn check(&self) -> StoreResult<()> {
         self.client
             .head_bucket()
@@ -508,5 +469,47 @@ impl ObjectStore for S3Store {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        // Large objects (segments) go up in parts, in parallel; a failed part fails the
+        // whole PUT, which the retry wrapper repeats. Conditional PUTs (manifests) are small
+        // and stay single.
+        if body.len() > MULTIPART_THRESHOLD && mode == PutMode::Overwrite {
+            return self.put_multipart(key, body).await;
+        }
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .body(ByteStream::from(body));
+        match &mode {
+            PutMode::Overwrite => {}
+            PutMode::Create => req = req.if_none_match("*"),
+            PutMode::Replace { etag } => req = req.if_match(etag),
+        }
+        match req.send().await.map_err(|e| classify("put", key, e)) {
+            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
+            // S3 answers If-Match on a missing key with 404: the precondition did not hold.
+            Err(StoreError::NotFound { key }) if matches!(mode, PutMode::Replace { .. }) => {
+                Err(StoreError::PreconditionFailed { key })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| classify("delete", key, e))?;
+        Ok(())
     }
 }

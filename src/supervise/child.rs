@@ -31,6 +31,27 @@ pub struct User {
 }
 
 impl User {
+    /// Whether this user may execute `path`: x on the file and on every directory above it,
+    /// by the mode bits that apply to the user (owner, group, or other).
+    pub fn can_execute(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if self.uid == 0 {
+            return true;
+        }
+        let allows = |m: &std::fs::Metadata| {
+            let mode = m.mode();
+            if m.uid() == self.uid {
+                mode & 0o100 != 0
+            } else if m.gid() == self.gid || self.groups.contains(&m.gid()) {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            }
+        };
+        path.ancestors()
+            .all(|p| p.as_os_str().is_empty() || std::fs::metadata(p).is_ok_and(|m| allows(&m)))
+    }
+
     pub fn lookup(name: &str) -> anyhow::Result<User> {
         let c = CString::new(name).context("--user: the name has a NUL byte")?;
         // SAFETY: getpwnam returns a pointer into static storage or null; everything is copied

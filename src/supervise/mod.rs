@@ -17,6 +17,7 @@ mod child;
 mod initdb;
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub struct RunSettings {
     pub initdb: Option<InitdbSettings>,
     /// `--stop-timeout`: the program's shutdown plus the final checkpoint.
     pub stop_timeout: Duration,
+    /// With `--replica`: `primary_conninfo` for the standby (streaming, with the bucket as
+    /// the fallback).
+    pub primary_conninfo: Option<String>,
 }
 
 #[derive(Debug)]
@@ -65,6 +69,8 @@ const SIGNALS: [libc::c_int; 5] = [
 ];
 /// How long a process has after SIGQUIT (or orphans after SIGTERM) before SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
+/// How long a standby has to stop for a rebase before SIGQUIT.
+const REBASE_STOP: Duration = Duration::from_secs(30);
 /// How often the supervisor looks at fencing and deadlines between signals.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -103,7 +109,49 @@ pub fn run(settings: &RunSettings) -> anyhow::Result<u8> {
     let signals = mount::block_signals(&SIGNALS);
     take_signals_back();
     become_reaper();
-    let mut mounted = mount::start(&settings.mount)?;
+    // Set by the exec below: this start follows a rebase.
+    let rebase = std::env::var_os(REBASE_ENV).is_some();
+    if rebase {
+        // Before any thread starts; PostgreSQL must not inherit it.
+        std::env::remove_var(REBASE_ENV);
+    }
+    match run_once(settings, signals, rebase)? {
+        Ran::Exited(code) => Ok(code),
+        Ran::Rebase => {
+            // A fresh process image: every thread, socket and lock of the mount that ended
+            // is gone with the old one, and PID 1 stays PID 1.
+            info!("the standby stopped; starting again on the bucket's newest checkpoint");
+            let exe = std::env::current_exe().context("find the bucketfs executable")?;
+            let err = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .env(REBASE_ENV, "1")
+                .exec();
+            Err(anyhow!("start again for the rebase: {err}"))
+        }
+    }
+}
+
+/// Tells a `run --replica` started by its own exec that it follows a rebase.
+const REBASE_ENV: &str = "BUCKETFS_REPLICA_REBASE";
+
+/// How one mount of `run` ended.
+enum Ran {
+    Exited(u8),
+    /// A replica's standby was stopped to move it to a newer base.
+    Rebase,
+}
+
+fn run_once(settings: &RunSettings, signals: libc::sigset_t, rebase: bool) -> anyhow::Result<Ran> {
+    let mut mount_settings = settings.mount.clone();
+    if let Some(r) = mount_settings
+        .bucket
+        .as_mut()
+        .and_then(|b| b.replica.as_mut())
+    {
+        r.rebase = rebase;
+    }
+    let mut mounted = mount::start(&mount_settings)?;
+    let follower = mounted.attached().and_then(|a| a.probe().follower());
     let mountpoint = mounted.mountpoint().to_owned();
     let found = mounted.attached().and_then(|a| a.found().cloned());
     let mut unmounter = mounted.unmounter();
@@ -126,6 +174,8 @@ pub fn run(settings: &RunSettings) -> anyhow::Result<u8> {
         signals,
         fs,
         checkpointer,
+        follower,
+        rebasing: false,
         session_ended,
         stop: None,
         program_deadline: None,
@@ -173,7 +223,10 @@ pub fn run(settings: &RunSettings) -> anyhow::Result<u8> {
     }
     let ended = ran?;
     served.context("the program ended, but the final checkpoint or the unmount failed")?;
-    Ok(ended.map_or(0, |e| e.code()))
+    if sup.rebasing && sup.stop.is_none() {
+        return Ok(Ran::Rebase);
+    }
+    Ok(Ran::Exited(ended.map_or(0, |e| e.code())))
 }
 
 /// The supervisor's state, shared by the initdb and program phases.
@@ -182,6 +235,10 @@ pub(crate) struct Supervisor<'a> {
     signals: libc::sigset_t,
     fs: Arc<Fs>,
     checkpointer: Option<Arc<Checkpointer>>,
+    /// A replica's view of the bucket (None: the writer).
+    follower: Option<Arc<crate::replica::Follower>>,
+    /// The standby was stopped to move to a newer base.
+    rebasing: bool,
     /// Set when the FUSE session (and the final checkpoint after it) is over.
     session_ended: Arc<AtomicBool>,
     /// When the first stop signal came.
@@ -206,7 +263,33 @@ impl Supervisor<'_> {
             .with_context(|| format!("the mount at {} does not serve", mountpoint.display()))?;
         info!(mountpoint = %mountpoint.display(), "the mount serves");
         self.log_stop_budget();
-        if let Some(initdb) = &self.settings.initdb {
+        if let Some(follower) = &self.follower {
+            let exe = std::env::current_exe().context("find the bucketfs executable")?;
+            if !self.settings.user.can_execute(&exe) {
+                anyhow::bail!(
+                    "the standby runs `bucketfs wal-fetch` as {} (its restore_command), who \
+                     cannot execute {}: install bucketfs where that user can run it (as the \
+                     image does, /usr/local/bin)",
+                    self.settings.user.name,
+                    exe.display()
+                );
+            }
+            let restore = format!(
+                "{} wal-fetch --cache-dir {} %f %p",
+                shell_quote(&exe.display().to_string()),
+                shell_quote(&self.fs.root().display().to_string())
+            );
+            crate::replica::prepare_standby(
+                mountpoint,
+                &restore,
+                self.settings.primary_conninfo.as_deref(),
+                (self.settings.user.uid, self.settings.user.gid),
+            )?;
+            info!(
+                base_epoch = follower.base_epoch(),
+                "replica: PostgreSQL starts as a hot standby (standby.signal), restoring WAL from the bucket"
+            );
+        } else if let Some(initdb) = &self.settings.initdb {
             if !initdb::prepare(self, mountpoint, found, initdb)? {
                 return Ok(None);
             }
@@ -263,6 +346,15 @@ impl Supervisor<'_> {
                     quit_sent = true;
                     kill_at = Some(Instant::now() + GRACE);
                 }
+            }
+            if !self.rebasing
+                && self.stop.is_none()
+                && self.follower.as_ref().is_some_and(|f| f.rebase_due())
+            {
+                warn!(pid, "the replica must move to a newer base (its base left the primary's retention window, or the standby needs WAL that no checkpoint holds): stopping the standby (fast shutdown) to start it again on the newest checkpoint");
+                child::signal(pid, libc::SIGINT);
+                self.rebasing = true;
+                self.program_deadline = Some(Instant::now() + REBASE_STOP);
             }
             let now = Instant::now();
             if !quit_sent && self.program_deadline.is_some_and(|d| now >= d) {
@@ -496,4 +588,9 @@ fn become_reaper() {
             warn!(error = %std::io::Error::last_os_error(), "cannot become the reaper of orphaned processes");
         }
     }
+}
+
+/// `s` as one word for the shell PostgreSQL runs `restore_command` with.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }

@@ -4,6 +4,7 @@
 pub mod engine;
 pub mod moto;
 pub mod pg;
+pub mod run;
 pub mod s3;
 
 use std::fs;

@@ -57,13 +57,26 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Where a PostgreSQL server listens (a Unix socket): what a client needs, whoever started
+/// the server (a test, or `bucketfs run`).
+pub struct Server {
+    pub socket_dir: PathBuf,
+    pub port: u16,
+}
+
 /// A PostgreSQL server on a data directory, listening only on a Unix socket.
 pub struct Postgres {
     pub data: PathBuf,
-    pub socket_dir: PathBuf,
-    pub port: u16,
     pub log: PathBuf,
+    server: Server,
     child: Option<Child>,
+}
+
+impl std::ops::Deref for Postgres {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
 }
 
 impl Postgres {
@@ -114,9 +127,11 @@ impl Postgres {
             .expect("start postgres");
         let mut pg = Postgres {
             data: data.to_owned(),
-            socket_dir: socket_dir.to_owned(),
-            port,
             log,
+            server: Server {
+                socket_dir: socket_dir.to_owned(),
+                port,
+            },
             child: Some(child),
         };
         let isready = bin_dir().join("pg_isready");
@@ -143,6 +158,20 @@ impl Postgres {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Did this start run crash recovery (the data directory was not shut down cleanly)?
+    pub fn ran_crash_recovery(&self) -> bool {
+        let log = self.log_text();
+        log.contains("database system was interrupted") || log.contains("not properly shut down")
+    }
+
+    /// kill -9 of the postmaster and every backend at once; waits until all are gone.
+    pub fn kill_all(mut self) {
+        let child = self.child.take().unwrap();
+        kill_server(child);
+    }
+}
+
+impl Server {
     pub fn conn_str(&self) -> String {
         format!(
             "host={} port={} user=postgres dbname=postgres",
@@ -179,33 +208,17 @@ impl Postgres {
         );
     }
 
-    /// Did this start run crash recovery (the data directory was not shut down cleanly)?
-    pub fn ran_crash_recovery(&self) -> bool {
-        let log = self.log_text();
-        log.contains("database system was interrupted") || log.contains("not properly shut down")
-    }
-
     /// Row count and an order-independent checksum of every row of each table: equal digests
     /// mean equal contents.
     pub fn digest(&self, tables: &[&str]) -> Vec<(String, String)> {
         tables
             .iter()
-            .map(|t| {
-                let sql = format!(
-                    "SELECT count(*) || ':' || coalesce(sum(hashtext(x::text)::bigint), 0) \
-                     FROM {t} x"
-                );
-                (t.to_string(), self.query_one(&sql))
-            })
+            .map(|t| (t.to_string(), self.query_one(&digest_sql(t))))
             .collect()
     }
+}
 
-    /// kill -9 of the postmaster and every backend at once; waits until all are gone.
-    pub fn kill_all(mut self) {
-        let child = self.child.take().unwrap();
-        kill_server(child);
-    }
-
+impl Postgres {
     /// Fast shutdown (SIGINT), waiting for the server to exit.
     pub fn stop(mut self) {
         let child = self.child.take().unwrap();
@@ -215,6 +228,12 @@ impl Postgres {
         // A clean shutdown: the postmaster exits only after every backend has.
         reap(child);
     }
+}
+
+/// The query behind `Server::digest`: a table's row count and an order-independent
+/// checksum of its rows.
+pub fn digest_sql(table: &str) -> String {
+    format!("SELECT count(*) || ':' || coalesce(sum(hashtext(x::text)::bigint), 0) FROM {table} x")
 }
 
 /// SIGKILL of a postmaster and all its backends, as a crash would take them. Backends call
