@@ -33,7 +33,7 @@ bench-pgbench:    ## pgbench TPC-B on the local disk vs bucketfs (vs bindfs), on
 	cargo build --locked
 	benches/pgbench_vs_local.sh
 
-.PHONY: bench-fio bench-select bench-rss bench-gc
+.PHONY: bench-fio bench-select bench-rss bench-gc bench-replica
 
 bench-fio:        ## fio on the local disk vs bucketfs (working set in the cache dir), one run
 	cargo build --locked
@@ -50,3 +50,7 @@ bench-rss:        ## peak RSS of bucketfs (--cache-size 10G) while writing, read
 bench-gc:         ## bucket size over a pgbench run with and without GC (BENCH_MINUTES, default 10)
 	cargo build --locked
 	benches/gc_growth.sh
+
+bench-replica:    ## a read replica beside a pgbench primary: cold start, lag (median, p99), bytes per select
+	cargo build --locked
+	benches/replica_lag.sh

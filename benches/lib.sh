@@ -17,3 +17,28 @@ wait_pid_gone() {
   done
   return 1
 }
+
+# The start every benchmark shares: `--help` prints the script's header comment, `die` and `say`
+# report as $BENCH, and the checks for root, the postgres user and the bucketfs binary. Sets
+# PGBIN to the newest PostgreSQL's bin directory. Call as `bench_start NAME "$@"` after
+# setting BUCKETFS.
+bench_start() {
+  BENCH="$1"
+  shift
+  case "${1:-}" in
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    "") ;;
+    *) echo "$BENCH: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  [ "$(id -u)" -eq 0 ] || die "run as root (FUSE, and PostgreSQL as the postgres user)"
+  id postgres >/dev/null 2>&1 || die "no postgres user: install Debian's postgresql package (make setup)"
+  [ -x "$BUCKETFS" ] || die "no bucketfs binary at $BUCKETFS: run \`make build\`"
+  PGBIN=""
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4,4n); do
+    [ -x "$d/postgres" ] && PGBIN="$d"
+  done
+  [ -n "$PGBIN" ] || die "no PostgreSQL under /usr/lib/postgresql/*/bin (make setup)"
+}
+die() { echo "${BENCH:-bench}: error: $*" >&2; exit 1; }
+say() { echo "==> $*"; }

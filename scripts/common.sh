@@ -21,6 +21,7 @@ test_packages=(
   fio              # benches/fio_vs_local.sh
   python3-venv     # moto, the second S3 server of tests/store_contract.rs, lives in a venv
   libacl1-dev      # pjdfstest (tests/posix.rs) links libacl
+  jq bc            # benches/gc_growth.sh and benches/replica_lag.sh read JSON and do sums
 )
 
 sudo=""

@@ -179,30 +179,51 @@ impl Follower {
     /// Looks for a newer checkpoint and reads the retention window. Cheap when nothing has
     /// changed: the GC boundary, one LIST and the GC state.
     pub fn poll(&self) -> Result<(), CheckpointError> {
-        let (newest, boundary, oldest_retained) = self.rt.block_on(async {
+        let (mut epochs, boundary, oldest_retained) = self.rt.block_on(async {
             let boundary = crate::gc::read_boundary(&*self.store).await?;
-            let newest = self
+            let epochs: Vec<u64> = self
                 .store
                 .list(MANIFESTS)
                 .await?
                 .iter()
                 .filter_map(|m| crate::checkpoint::epoch_of_key(&m.key))
                 .filter(|&e| e >= boundary)
-                .max();
+                .collect();
             let kept = crate::gc::read_state(&*self.store)
                 .await?
                 .map_or(0, |s| s.oldest_retained);
-            Ok::<_, CheckpointError>((newest, boundary, kept))
+            Ok::<_, CheckpointError>((epochs, boundary, kept))
         })?;
-        let known = self.state.lock().view.read().epoch;
-        if newest.is_some_and(|n| n > known) {
-            let opened = open_bucket_at(&*self.store, &self.rt, None)?;
-            if let Some(latest) = &opened.latest {
-                let mut s = self.state.lock();
-                if latest.epoch > s.view.read().epoch {
-                    s.view = Arc::new(RwLock::new(opened.view));
-                    s.newest_created_ms = latest.created_ms;
+        epochs.sort_unstable();
+        let (known, view) = {
+            let s = self.state.lock();
+            let epoch = s.view.read().epoch;
+            (epoch, s.view.clone())
+        };
+        let newer: Vec<u64> = epochs.into_iter().filter(|&e| e > known).collect();
+        if !newer.is_empty() {
+            // The manifests since the known one, applied in order: a GET each, not the whole
+            // chain. A manifest whose parent is not the view's epoch (a new writer's chain)
+            // means reading the chain from its base.
+            let mut next = view.read().clone();
+            let mut created = None;
+            for epoch in newer {
+                let key = crate::checkpoint::manifest_key(epoch);
+                let m = self.rt.block_on(self.store.get(&key, None))?;
+                let m = crate::manifest::Manifest::decode(&m, &key)?;
+                if m.parent.is_some_and(|p| p != next.epoch) {
+                    let opened = open_bucket_at(&*self.store, &self.rt, None)?;
+                    next = opened.view;
+                    created = opened.latest.map(|l| l.created_ms);
+                    break;
                 }
+                next.apply(&m);
+                created = Some(m.created_ms);
+            }
+            let mut s = self.state.lock();
+            if next.epoch > s.view.read().epoch {
+                s.view = Arc::new(RwLock::new(next));
+                s.newest_created_ms = created.unwrap_or(s.newest_created_ms);
             }
         }
         let mut s = self.state.lock();

@@ -347,6 +347,18 @@ fn answer(follower: &Follower, stream: UnixStream) -> std::io::Result<()> {
 pub fn request(cache_dir: &Path, name: &str) -> Answer {
     let ask = || -> std::io::Result<Answer> {
         let stream = UnixStream::connect_addr(&address(cache_dir)?)?;
+        // An abstract name can be taken by anyone: only a replica run by root (or by this
+        // user) is believed.
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        match peer_uid(&stream) {
+            Some(uid) if uid == 0 || uid == me => {}
+            uid => {
+                return Err(std::io::Error::other(format!(
+                    "the process answering is not a replica run by root (uid {uid:?}): refused"
+                )))
+            }
+        }
         let mut w = stream.try_clone()?;
         writeln!(w, "wal {name}")?;
         let mut reader = BufReader::new(stream);
