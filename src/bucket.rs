@@ -794,8 +794,18 @@ pub fn must_start_afresh(fs: &Fs, settings: &BucketSettings) -> anyhow::Result<O
         if settings.read_only {
             return Ok(None);
         }
+        // Becoming the writer drops the replica's layer: only when asked for in so many words.
+        if settings.takeover != Takeover::Always {
+            bail!(
+                "cache dir is a replica's (of {}, base epoch {}): mount it with --replica, or \
+                 with --takeover to promote the replica to the bucket's writer",
+                record.url,
+                record.epoch
+            );
+        }
         return Ok(Some(format!(
-            "promoting a replica (base epoch {}) to the bucket's writer: the database starts              from the bucket's newest checkpoint, which holds all the WAL the replica had",
+            "promoting a replica (base epoch {}) to the bucket's writer: the database starts \
+             from the bucket's newest checkpoint, which holds all the WAL the replica had",
             record.epoch
         )));
     };

@@ -446,6 +446,16 @@ fn a_promoted_replica_fences_the_old_primary_takes_writes_and_has_replicas_of_it
 
     // Failover: the replica starts again as the writer (--takeover, without --replica).
     replica.run.stop();
+    // Not without --takeover: a replica's cache dir never becomes a writer's by accident.
+    let mut refused = Run::start(
+        dir,
+        "r",
+        &["--bucket", &s3.url("pg")],
+        &s3.env(),
+        &["/bin/true"],
+    );
+    refused.assert_exit(1, Duration::from_secs(60));
+    refused.assert_log(&["mount it with --replica, or with --takeover to promote"]);
     let new = Node::start(
         dir,
         &s3,

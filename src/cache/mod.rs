@@ -25,6 +25,8 @@ pub const CACHE_FORMAT_VERSION: u32 = 1;
 const MAGIC: &str = "bucketfs-cache";
 const FORMAT_FILE: &str = "bucketfs-cache.json";
 const LOCK_FILE: &str = "lock";
+/// Present while `wipe` empties the cache dir.
+const WIPING_FILE: &str = "wiping";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -87,6 +89,10 @@ impl CacheDir {
     /// Opens (creating if needed) and locks a cache dir. Checks come before any write, so a
     /// directory that is not ours, or one of another version, is left exactly as it was.
     pub fn open(path: &Path, page_size: u64) -> Result<CacheDir, CacheError> {
+        if path.join(WIPING_FILE).exists() {
+            // A wipe that did not finish (the process died in it): finish it.
+            CacheDir::wipe(path)?;
+        }
         match fs::metadata(path) {
             Ok(m) if !m.is_dir() => {
                 return Err(CacheError::NotADirectory {
@@ -146,29 +152,47 @@ impl CacheDir {
     }
 
     /// Empties a cache dir that is not open (a replica's local layer, dropped for a rebase or
-    /// a promotion), holding its lock meanwhile. Only a bucketfs cache dir is emptied.
+    /// a promotion), holding its lock meanwhile. Only a bucketfs cache dir is emptied. A
+    /// tombstone written first and removed last makes an interrupted wipe finish at the next
+    /// open, never leave a half-emptied cache dir that no open accepts.
     pub fn wipe(path: &Path) -> Result<(), CacheError> {
         let root = path
             .canonicalize()
             .map_err(io_err("resolve cache dir", path))?;
-        if read_marker(&root.join(FORMAT_FILE))?.is_none() {
+        let tombstone = root.join(WIPING_FILE);
+        if !tombstone.exists() && read_marker(&root.join(FORMAT_FILE))?.is_none() {
             return Err(CacheError::Foreign { path: root });
         }
         let _lock = take_lock(&root)?;
+        File::create(&tombstone)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("write", &tombstone))?;
+        sync_dir(&root)?;
+        let remove = |path: &Path, dir: bool| {
+            let removed = if dir {
+                fs::remove_dir_all(path)
+            } else {
+                fs::remove_file(path)
+            };
+            match removed {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    Err(io_err("empty cache dir", path)(e))
+                }
+                _ => Ok(()),
+            }
+        };
         for entry in fs::read_dir(&root).map_err(io_err("list cache dir", &root))? {
             let entry = entry.map_err(io_err("list cache dir", &root))?;
-            let (name, path) = (entry.file_name(), entry.path());
-            if name == LOCK_FILE {
+            let name = entry.file_name();
+            if name == LOCK_FILE || name == WIPING_FILE || name == FORMAT_FILE {
                 continue;
             }
-            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            removed.map_err(io_err("empty cache dir", &path))?;
+            remove(&entry.path(), entry.file_type().is_ok_and(|t| t.is_dir()))?;
         }
-        Ok(())
+        remove(&root.join(FORMAT_FILE), false)?;
+        sync_dir(&root)?;
+        remove(&tombstone, false)?;
+        sync_dir(&root)
     }
 
     pub fn meta_path(&self) -> PathBuf {
@@ -254,6 +278,10 @@ fn write_marker(root: &Path, page_size: u64) -> Result<(), CacheError> {
         .map_err(io_err("write", &tmp))?;
     f.sync_all().map_err(io_err("sync", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    sync_dir(root)
+}
+
+fn sync_dir(root: &Path) -> Result<(), CacheError> {
     File::open(root)
         .and_then(|d| d.sync_all())
         .map_err(io_err("sync", root))
@@ -316,6 +344,42 @@ fn take_lock(root: &Path) -> Result<File, CacheError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wipe_cut_short_is_finished_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        drop(CacheDir::open(&path, 8192).unwrap());
+        std::fs::write(path.join("data/00/leftover"), b"x").unwrap();
+        // As if the process died in a wipe after the marker went and before the rest did.
+        std::fs::write(path.join(WIPING_FILE), b"").unwrap();
+        std::fs::remove_file(path.join(FORMAT_FILE)).unwrap();
+        let c = CacheDir::open(&path, 8192).expect("the next open finishes the wipe");
+        assert!(!path.join("data/00/leftover").exists());
+        assert!(!path.join(WIPING_FILE).exists());
+        assert!(path.join(FORMAT_FILE).exists());
+        drop(c);
+        // A whole wipe: nothing but the lock is left, and the next open starts afresh.
+        std::fs::write(path.join("data/00/leftover"), b"x").unwrap();
+        CacheDir::wipe(&path).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(LOCK_FILE)]);
+        drop(CacheDir::open(&path, 8192).unwrap());
+    }
+
+    #[test]
+    fn only_a_bucketfs_cache_dir_is_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("precious"), b"x").unwrap();
+        assert!(matches!(
+            CacheDir::wipe(dir.path()),
+            Err(CacheError::Foreign { .. })
+        ));
+        assert!(dir.path().join("precious").exists());
+    }
 
     #[test]
     fn second_open_is_refused_while_locked() {

@@ -367,6 +367,11 @@ impl Follower {
 
     /// A request for the file served last: None when it must be looked up afresh.
     fn again(&self, name: &str, view: &Arc<RwLock<View>>, created_ms: u64) -> Option<wal::Answer> {
+        // Only segments: PostgreSQL keeps restored segments in pg_wal, not history files, which
+        // it reads again at once during a timeline switch.
+        if !wal::is_segment(name) {
+            return None;
+        }
         let mut guard = self.last.lock();
         let last = guard.as_mut().filter(|l| l.name == name)?;
         let (epoch, ino, size, extents) = {
@@ -512,6 +517,13 @@ impl Drop for Following {
 pub const STANDBY_SIGNAL: &str = "standby.signal";
 const AUTO_CONF: &str = "postgresql.auto.conf";
 const MARK: &str = "# bucketfs run --replica: local to this replica, never in the bucket";
+/// The settings `prepare_standby` owns in postgresql.auto.conf.
+const STANDBY_KEYS: [&str; 4] = [
+    "hot_standby",
+    "wal_retrieve_retry_interval",
+    "restore_command",
+    "primary_conninfo",
+];
 
 /// Makes the data directory at `data` a hot standby that restores WAL with `restore_command`
 /// (and streams from `primary_conninfo`, if given). Idempotent: a warm restart finds it done.
@@ -535,27 +547,79 @@ pub fn prepare_standby(
     std::fs::write(&signal, b"").with_context(|| format!("write {}", signal.display()))?;
     let conf = data.join(AUTO_CONF);
     let text = std::fs::read_to_string(&conf).unwrap_or_default();
-    if !text.contains(MARK) {
-        let mut lines = format!(
-            "\n{MARK}\nhot_standby = on\nwal_retrieve_retry_interval = '1s'\nrestore_command = {}\n",
-            quote(restore_command)
-        );
-        if let Some(c) = primary_conninfo {
-            lines.push_str(&format!("primary_conninfo = {}\n", quote(c)));
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&conf)
-            .with_context(|| format!("open {}", conf.display()))?;
-        f.write_all(lines.as_bytes())
+    // Written afresh at every start (a new binary path, a new --primary-conninfo): our lines,
+    // and any earlier copy of them (ALTER SYSTEM rewrites the file without comments), go first.
+    let ours = |line: &str| {
+        let key = line.split('=').next().unwrap_or("").trim();
+        line.trim() == MARK || STANDBY_KEYS.contains(&key)
+    };
+    let mut kept: String = text
+        .lines()
+        .filter(|l| !ours(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    while kept.ends_with("\n\n") {
+        kept.pop();
+    }
+    kept.push_str(&format!(
+        "\n{MARK}\nhot_standby = on\nwal_retrieve_retry_interval = '1s'\nrestore_command = {}\n",
+        quote(restore_command)
+    ));
+    if let Some(c) = primary_conninfo {
+        kept.push_str(&format!("primary_conninfo = {}\n", quote(c)));
+    }
+    if kept != text {
+        let tmp = data.join(format!("{AUTO_CONF}.bucketfs"));
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("write {}", tmp.display()))?;
+        f.write_all(kept.as_bytes())
             .and_then(|_| f.sync_all())
-            .with_context(|| format!("write {}", conf.display()))?;
-        info!(conf = %conf.display(), "standby settings added (restore_command: bucketfs wal-fetch)");
+            .with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &conf).with_context(|| format!("replace {}", conf.display()))?;
+        info!(conf = %conf.display(), "standby settings written (restore_command: bucketfs wal-fetch)");
     }
     for path in [&signal, &conf] {
         std::os::unix::fs::chown(path, Some(owner.0), Some(owner.1))
             .with_context(|| format!("chown {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standby_settings_are_written_afresh_at_every_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        assert!(
+            prepare_standby(data, "old", None, (0, 0)).is_err(),
+            "no PG_VERSION"
+        );
+        std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+        std::fs::write(
+            data.join(AUTO_CONF),
+            "work_mem = '8MB'\nrestore_command = 'x'\n",
+        )
+        .unwrap();
+        // SAFETY: getuid and getgid have no preconditions.
+        let me = unsafe { (libc::getuid(), libc::getgid()) };
+        prepare_standby(data, "/old/bucketfs wal-fetch %f %p", None, me).unwrap();
+        prepare_standby(data, "/new/bucketfs wal-fetch %f %p", Some("host=p'q"), me).unwrap();
+        let conf = std::fs::read_to_string(data.join(AUTO_CONF)).unwrap();
+        let lines: Vec<&str> = conf.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "work_mem = '8MB'",
+                MARK,
+                "hot_standby = on",
+                "wal_retrieve_retry_interval = '1s'",
+                "restore_command = '/new/bucketfs wal-fetch %f %p'",
+                "primary_conninfo = 'host=p''q'",
+            ]
+        );
+        assert!(data.join(STANDBY_SIGNAL).exists());
+    }
 }

@@ -48,7 +48,7 @@ pub enum Answer {
 }
 
 /// A WAL segment's name: 24 hex digits (timeline, log, segment).
-fn is_segment(name: &str) -> bool {
+pub(super) fn is_segment(name: &str) -> bool {
     name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -250,10 +250,17 @@ fn search_older(
 /// The abstract Unix socket a replica serves WAL on (no file, so no permissions to get
 /// right on the cache dir; callers are checked by their credentials instead).
 fn socket_name(cache_dir: &Path) -> Vec<u8> {
+    // Named by a hash of the path: an abstract name holds at most 107 bytes, and cache dir
+    // paths can be longer. The client checks who answers (`request`).
     let dir = std::fs::canonicalize(cache_dir).unwrap_or_else(|_| cache_dir.to_owned());
-    let mut name = b"bucketfs-wal:".to_vec();
-    name.extend_from_slice(dir.as_os_str().as_encoded_bytes());
-    name
+    let bytes = dir.as_os_str().as_encoded_bytes();
+    let reversed: Vec<u8> = bytes.iter().rev().copied().collect();
+    format!(
+        "bucketfs-wal:{:08x}{:08x}",
+        crc32c::crc32c(bytes),
+        crc32c::crc32c(&reversed)
+    )
+    .into_bytes()
 }
 
 fn address(cache_dir: &Path) -> std::io::Result<std::os::unix::net::SocketAddr> {
@@ -452,7 +459,8 @@ fn from_bucket(url: &str, wal_dir: &Path, name: &str) -> Answer {
         let opened = open_bucket_at(&*store, rt.handle(), None)?;
         let kept = rt
             .block_on(crate::gc::read_state(&*store))?
-            .map_or(0, |s| s.oldest_retained);
+            .map_or(0, |s| s.oldest_retained)
+            .max(rt.block_on(crate::gc::read_boundary(&*store))?);
         let view = Arc::new(RwLock::new(opened.view));
         Ok(find(&store, rt.handle(), wal_dir, name, &view, kept))
     };
