@@ -444,13 +444,10 @@ impl Follower {
         }
     }
 
+    /// `name` as of `epoch` was sent to the standby.
     fn note_served(&self, name: &str, epoch: u64, created_ms: u64) {
         self.served.fetch_add(1, Ordering::Relaxed);
-        let mut s = self.state.lock();
-        let newer = s.served.as_ref().is_none_or(|(e, _, _)| epoch >= *e);
-        if newer {
-            s.served = Some((epoch, created_ms, name.to_string()));
-        }
+        self.note_position(name, epoch, created_ms);
     }
 
     pub fn status(&self) -> ReplicaStatus {
