@@ -16,11 +16,9 @@ use crate::checkpoint::{
     Checkpointer, Opened,
 };
 use crate::fs::Fs;
+use crate::placement::Placement;
 use crate::replica::{Follower, Following, REPLICA_WRITER};
-use crate::store::{
-    InstrumentedStore, LocalStore, ObjectStore, ReadStore, RetryPolicy, RetryingStore, S3Settings,
-    S3Store, StoreStats,
-};
+use crate::store::{ObjectStore, ReadStore, StoreStats};
 
 /// Where the bucket is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,28 +52,14 @@ impl BucketUrl {
         bail!("--bucket {url:?}: expected s3://NAME/PREFIX or file:///PATH")
     }
 
+    /// The filesystem's store, with its classes where the bucket records them.
     pub fn open(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
         Ok(self.open_with_stats()?.0)
     }
 
-    /// The store as a mount uses it: retries around instrumentation around the real thing,
-    /// so the counters see every attempt.
+    /// As `open`, with the store's request counters.
     pub fn open_with_stats(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<StoreStats>)> {
-        let inner: Arc<dyn ObjectStore> = match self {
-            BucketUrl::File(path) => Arc::new(
-                LocalStore::new(path)
-                    .with_context(|| format!("open local bucket {}", path.display()))?,
-            ),
-            BucketUrl::S3 { bucket, prefix } => {
-                let settings = S3Settings::from_env(bucket, prefix)
-                    .map_err(|e| anyhow::anyhow!("--bucket {self}: {e}"))?;
-                Arc::new(S3Store::new(&settings))
-            }
-        };
-        let counted = InstrumentedStore::new(inner);
-        let stats = counted.stats();
-        let store = RetryingStore::new(Arc::new(counted), RetryPolicy::default());
-        Ok((Arc::new(store), stats))
+        crate::placement::open(self, &Placement::default(), false)
     }
 
     /// As `open_with_stats`, as a handle that cannot write: what replicas and read-only
@@ -141,7 +125,11 @@ impl Found {
 
 #[derive(Clone, Debug)]
 pub struct BucketSettings {
+    /// The manifest bucket: the filesystem's own (`--bucket`).
     pub url: BucketUrl,
+    /// Where WAL and data segments go, and the region hints (`--bucket-wal`, `--bucket-data`,
+    /// `--region-hint`).
+    pub placement: Placement,
     pub takeover: Takeover,
     /// Serve the latest checkpoint and never write to the bucket.
     pub read_only: bool,
@@ -640,10 +628,12 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
     let record = read_record(fs)?;
     if settings.read_only || settings.replica.is_some() {
         // Readers never hold a handle that can write.
-        let (store, store_stats) = settings.url.open_read_with_stats()?;
+        let (store, store_stats) =
+            crate::placement::open(&settings.url, &settings.placement, false)?;
+        let store: Arc<dyn ReadStore> = store;
         return attach_reader(fs, settings, store, store_stats, runtime, &url, record);
     }
-    let (store, store_stats) = settings.url.open_with_stats()?;
+    let (store, store_stats) = crate::placement::open(&settings.url, &settings.placement, true)?;
     let opened = open_bucket(&*store, runtime.handle(), true)
         .with_context(|| format!("open bucket {url}"))?;
     if record.as_ref().is_some_and(|r| r.writer == REPLICA_WRITER) {

@@ -13,6 +13,8 @@
 //! - [`checkpoint`]: cut, pack, upload, commit, mark clean; restore; fetching absent pages.
 //! - [`gc`]: retention, garbage collection and compaction of the bucket.
 //! - [`bucket`]: attaching a bucket to a mount: restore, takeover, prefetch and prewarm.
+//! - [`placement`]: which bucket each class of objects (manifest, WAL, data) lives in.
+//! - [`replica`]: read replicas: following the bucket, serving WAL to a hot standby.
 //! - [`status`], [`metrics`]: what a mount reports (control socket, /metrics, /status).
 //! - [`supervise`]: `bucketfs run`: a program (PostgreSQL) on the mount as PID 1: initdb,
 //!   signals, orphans, the final checkpoint, and stopping the program when the mount is
@@ -33,6 +35,7 @@ pub mod gc;
 pub mod manifest;
 pub mod metrics;
 pub mod mount;
+pub mod placement;
 pub mod replica;
 pub mod status;
 pub mod store;

@@ -136,6 +136,11 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
             args.max_dirty
         );
     }
+    if (args.bucket_wal.is_some() || args.bucket_data.is_some() || !args.region_hint.is_empty())
+        && bucket.is_none()
+    {
+        bail!("--bucket-wal, --bucket-data and --region-hint place a bucket's objects: they need a bucket (--bucket URL or BUCKET_NAME)");
+    }
     if args.replica && bucket.is_none() {
         bail!("--replica needs a bucket (--bucket URL or BUCKET_NAME) to follow");
     }
@@ -187,8 +192,21 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
                 if !args.local_only.is_empty() {
                     checkpoint.local_only = args.local_only.clone();
                 }
+                checkpoint.wal_dir = args.wal_dir.clone();
+                let parse_class = |flag: &str, u: &Option<String>| {
+                    u.as_deref()
+                        .map(|u| BucketUrl::parse(u).with_context(|| format!("--{flag}")))
+                        .transpose()
+                };
+                let mut placement = bucketfs::placement::Placement {
+                    wal: parse_class("bucket-wal", &args.bucket_wal)?,
+                    data: parse_class("bucket-data", &args.bucket_data)?,
+                    ..Default::default()
+                };
+                placement.set_region_hints(&args.region_hint)?;
                 Ok(BucketSettings {
                     url: BucketUrl::parse(url)?,
+                    placement,
                     takeover,
                     read_only: args.read_only,
                     replica: args.replica.then(|| bucketfs::bucket::ReplicaSettings {

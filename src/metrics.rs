@@ -322,14 +322,15 @@ impl Metrics {
     }
 }
 
-/// Bounded label values for object keys.
+/// Bounded label values for object keys: the placement class of a segment (wal, data),
+/// manifests, and the rest (the format marker, `gc/`, `prewarm/`).
 fn object_class(key: &str) -> &'static str {
-    if key.contains("segments/") {
-        "segment"
-    } else if key.contains("manifests/") {
-        "manifest"
-    } else {
-        "other"
+    use crate::store::placement::Class;
+    match Class::of_key(key) {
+        Class::Wal => "wal",
+        Class::Data => "data",
+        Class::Manifest if key.starts_with(crate::checkpoint::MANIFESTS) => "manifest",
+        Class::Manifest => "other",
     }
 }
 

@@ -344,9 +344,7 @@ fn metrics_parse_as_prometheus_text_and_move_with_the_workload() {
         sample(&cold, "bucketfs_cache_fetched_bytes_total")
     );
     assert!(sample(&warm, "bucketfs_fuse_op_duration_seconds_count") > 0.0);
-    assert!(
-        warm.contains("bucketfs_s3_request_duration_seconds_count{class=\"segment\",op=\"get\"}")
-    );
+    assert!(warm.contains("bucketfs_s3_request_duration_seconds_count{class=\"data\",op=\"get\"}"));
     let (code, status) = http_get(&addr, "/status");
     assert_eq!(code, 200);
     for text in [&warm, &status] {

@@ -322,7 +322,8 @@ fn a_hanging_fetch_stalls_no_writer() {
         spawn(
             "cut",
             Box::new(|e| {
-                let filter = bucketfs::checkpoint::LocalOnly::new(&[]);
+                let filter =
+                    bucketfs::checkpoint::LocalOnly::new(&[], std::path::Path::new("pg_wal"));
                 let cut =
                     e.fs.cut(&filter, 32, &mut |_, _, _, _| Ok(()))
                         .expect("cut");

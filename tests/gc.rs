@@ -413,3 +413,132 @@ fn a_fetch_that_finds_its_segment_collected_reads_the_moved_view_again() {
         .expect_err("its segment is gone");
     assert!(err.contains("GC collected it"), "{err}");
 }
+
+/// The segments that hold a file's pages in the latest checkpoint.
+fn segments_of(e: &Engine, ino: u64) -> BTreeSet<String> {
+    e.cp.view().read().extents[&ino]
+        .values()
+        .map(|(_, x)| x.segment.clone())
+        .collect()
+}
+
+#[test]
+fn wal_pages_go_in_wal_segments_and_compaction_keeps_them_there() {
+    use bucketfs::store::placement::Class;
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, true));
+    let wal_dir =
+        e.fs.mkdir(
+            ROOT_INO,
+            std::ffi::OsStr::new("pg_wal"),
+            0o700,
+            common::engine::ROOT,
+        )
+        .unwrap()
+        .ino;
+    let wal = e.create_in(wal_dir, "000000010000000000000001");
+    let data = e.create("16384");
+    let mut wal_image = common::incompressible(64 * PAGE, 1);
+    let mut data_image = common::incompressible(64 * PAGE, 2);
+    e.write(wal, 0, &wal_image);
+    e.write(data, 0, &data_image);
+    e.checkpoint();
+    let classes = |ino| -> BTreeSet<Class> {
+        segments_of(&e, ino)
+            .iter()
+            .map(|k| Class::of_key(k))
+            .collect()
+    };
+    assert_eq!(classes(wal), BTreeSet::from([Class::Wal]));
+    assert_eq!(classes(data), BTreeSet::from([Class::Data]));
+    // Both rewritten a little at a time, then compacted: each class stays in its own.
+    let mut t = now_ms();
+    for round in 0..30u64 {
+        let page = ((round * 7) % 64) as usize;
+        for (ino, image, seed) in [
+            (wal, &mut wal_image, round * 10),
+            (data, &mut data_image, round * 10 + 5),
+        ] {
+            let bytes = common::incompressible(PAGE, seed);
+            image[page * PAGE..(page + 1) * PAGE].copy_from_slice(&bytes);
+            e.write(ino, (page * PAGE) as u64, &bytes);
+        }
+        e.checkpoint();
+        t += HOUR_MS;
+        e.cp.gc_pass(t).expect("gc pass");
+    }
+    let compacted = keys(&dirs.bucket())
+        .iter()
+        .filter(|k| k.split('-').nth(2).is_some_and(|f| f.starts_with('c')))
+        .count();
+    assert!(compacted > 0, "compaction ran: {:?}", keys(&dirs.bucket()));
+    assert_eq!(classes(wal), BTreeSet::from([Class::Wal]));
+    assert_eq!(classes(data), BTreeSet::from([Class::Data]));
+    assert_same("wal in the bucket", &e.in_bucket(wal).unwrap(), &wal_image);
+    assert_same(
+        "data in the bucket",
+        &e.in_bucket(data).unwrap(),
+        &data_image,
+    );
+}
+
+/// A store whose first GET of each segment finds nothing: a global bucket's copy in this
+/// region lagging the manifest that names it.
+#[derive(Debug)]
+struct LateCopies {
+    inner: Arc<dyn ObjectStore>,
+    seen: std::sync::Mutex<BTreeSet<String>>,
+}
+
+#[async_trait::async_trait]
+impl ReadStore for LateCopies {
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> bucketfs::store::StoreResult<bytes::Bytes> {
+        if key.starts_with("segments/") && self.seen.lock().unwrap().insert(key.to_string()) {
+            return Err(bucketfs::store::StoreError::NotFound { key: key.into() });
+        }
+        self.inner.get(key, range).await
+    }
+    async fn head(
+        &self,
+        key: &str,
+    ) -> bucketfs::store::StoreResult<Option<bucketfs::store::ObjectMeta>> {
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> bucketfs::store::StoreResult<Vec<bucketfs::store::ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[test]
+fn a_segment_not_yet_visible_is_asked_for_again_not_reported_gone() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    e.write(ino, 0, &pattern(3, 5));
+    e.checkpoint();
+    let view = e.cp.view().read().clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store: Arc<dyn ReadStore> = Arc::new(LateCopies {
+        inner: Arc::new(LocalStore::new(&dirs.bucket()).unwrap()),
+        seen: Default::default(),
+    });
+    let fetcher = BucketFetcher::new(
+        store,
+        rt.handle().clone(),
+        Arc::new(parking_lot::RwLock::new(view)),
+    );
+    let got = fetcher
+        .fetch(ino, 0..5)
+        .expect("the copy shows up on the second GET");
+    assert_same("f", &got, &pattern(3, 5));
+}

@@ -311,10 +311,32 @@ fn two_replicas_at_once_and_a_warm_restart_fetches_nothing_it_holds() {
     primary.pg.query_one("CREATE TABLE probe (n int)");
     primary.checkpoint();
     let mut a = Node::replica(dir, &s3, "a", 54_505);
-    let b = Node::replica(dir, &s3, "b", 54_506);
+    // The second one also streams from the primary when it can (--primary-conninfo), with
+    // the bucket as the fallback.
+    let conninfo = format!(
+        "--primary-conninfo=host={} port=54504 user=postgres",
+        dir.join("sock").display()
+    );
+    let b = Node::start(dir, &s3, "b", 54_506, &["--replica", &conninfo]);
     pgbench(&primary, &["-c", "2", "-T", "2"]);
+    // Each probe row is new: a row the other replica was waiting for would count twice.
     propagation(&primary, &a, 1);
-    propagation(&primary, &b, 1);
+    propagation(&primary, &b, 101);
+    let deadline = Instant::now() + VISIBLE_WITHIN;
+    while b
+        .try_query("SELECT status FROM pg_stat_wal_receiver")
+        .as_deref()
+        != Some("streaming")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the standby given --primary-conninfo never streamed: {:?}\n{}",
+            b.try_query("SELECT * FROM pg_stat_wal_receiver"),
+            b.run.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(b.pg.query_one("SELECT pg_is_in_recovery()"), "t");
     let before = a.pg.digest(&TABLES);
     assert_eq!(before, b.pg.digest(&TABLES));
 
@@ -336,7 +358,7 @@ fn two_replicas_at_once_and_a_warm_restart_fetches_nothing_it_holds() {
     );
     // And it goes on following.
     propagation(&primary, &a, 2);
-    propagation(&primary, &b, 2);
+    propagation(&primary, &b, 102);
     primary.run.stop();
     stop_and_assert_no_writes(a);
     stop_and_assert_no_writes(b);
@@ -485,6 +507,115 @@ fn a_promoted_replica_fences_the_old_primary_takes_writes_and_has_replicas_of_it
     let mut new = new;
     new.run.stop();
     stop_and_assert_no_writes(follower);
+}
+
+#[test]
+fn placement_by_class_puts_each_object_in_its_bucket_with_its_region_and_restores_and_replicas_read_across_the_split(
+) {
+    use bucketfs::store::placement::Class;
+    let dir = common::scratch();
+    let dir = dir.path();
+    let s3 = S3Server::start(&dir.join("s3"));
+    // Manifests (and fencing) in one bucket, WAL in a second, data in a "global" third.
+    s3.add_bucket("pgwal");
+    s3.add_bucket("pgglobal");
+    let regions = |c: Class| match c {
+        Class::Manifest => "iad",
+        Class::Wal => "iad,ord",
+        Class::Data => "fra,sin",
+    };
+    let hints: Vec<String> = Class::ALL
+        .iter()
+        .map(|&c| format!("--region-hint={c}={}", regions(c)))
+        .collect();
+    let mut args = vec![
+        "--bucket-wal",
+        "s3://pgwal/pg",
+        "--bucket-data",
+        "s3://pgglobal/pg",
+    ];
+    args.extend(hints.iter().map(String::as_str));
+    let mut primary = Node::primary(dir, &s3, "p", 54_512, &args);
+    pgbench(&primary, &["-i", "-s", "1", "-q"]);
+    primary.pg.query_one("CREATE TABLE probe (n int)");
+    primary.checkpoint();
+    // A replica given only --bucket: the split comes from the bucket's record.
+    let replica = Node::replica(dir, &s3, "r", 54_513);
+    pgbench(&primary, &["-c", "2", "-T", "2"]);
+    propagation(&primary, &replica, 1);
+    primary.checkpoint();
+
+    // Every object the writer put is in its class's bucket and carries its class's regions,
+    // as the server saw the requests.
+    let bucket_of = |c: Class| match c {
+        Class::Manifest => common::s3::BUCKET,
+        Class::Wal => "pgwal",
+        Class::Data => "pgglobal",
+    };
+    let log = s3.faults.put_log();
+    let mut segments = [0u32; 3];
+    for put in &log {
+        let key = put
+            .key
+            .strip_prefix("pg/")
+            .unwrap_or_else(|| panic!("{put:?}"));
+        // The markers that claim a class bucket for this filesystem go where they claim.
+        let class = match key {
+            "bucketfs-class.json" if put.bucket == "pgwal" => Class::Wal,
+            "bucketfs-class.json" => Class::Data,
+            k => Class::of_key(k),
+        };
+        assert_eq!(put.bucket, bucket_of(class), "{put:?}");
+        assert_eq!(put.regions.as_deref(), Some(regions(class)), "{put:?}");
+        if key.starts_with("segments/") {
+            segments[class as usize] += 1;
+        }
+    }
+    assert!(
+        segments[Class::Wal as usize] > 0 && segments[Class::Data as usize] > 0,
+        "segments put per class (manifest, wal, data): {segments:?}"
+    );
+    // And the buckets hold nothing else.
+    assert!(s3
+        .keys(common::s3::BUCKET, "pg")
+        .iter()
+        .all(|k| !k.starts_with("segments/")));
+    for (b, class) in [("pgwal", Class::Wal), ("pgglobal", Class::Data)] {
+        let keys = s3.keys(b, "pg");
+        assert!(
+            keys.iter()
+                .all(|k| k == "bucketfs-class.json" || Class::of_key(k) == class),
+            "{b}: {keys:?}"
+        );
+    }
+
+    // The replica read across the split and wrote nothing.
+    let want = primary.pg.digest(&TABLES);
+    primary.run.stop();
+    wait_same(&replica, &want);
+    stop_and_assert_no_writes(replica);
+    s3.assert_verifies("pg", "verify across the split, given only --bucket");
+
+    // Flags that would move a class of an existing filesystem are refused.
+    let mut refused = Run::start(
+        dir,
+        "moved",
+        &[
+            "--bucket",
+            &s3.url("pg"),
+            "--bucket-data",
+            "s3://pgglobal/elsewhere",
+        ],
+        &s3.env(),
+        &["/bin/true"],
+    );
+    refused.assert_exit(1, Duration::from_secs(60));
+    refused.assert_log(&["cannot change"]);
+
+    // A new machine with an empty disk, given only --bucket, restores the same tables.
+    let mut restored = Node::start(dir, &s3, "p2", 54_514, &[]);
+    assert_eq!(restored.pg.digest(&TABLES), want);
+    restored.run.stop();
 }
 
 /// `bucketfs wal-fetch FILE DEST` as PostgreSQL runs it; its exit code, and DEST.

@@ -418,6 +418,7 @@ fn s3_store(endpoint: &str, bucket: &str, prefix: &str, key: &str, secret: &str)
         path_style: true,
         access_key_id: key.into(),
         secret_access_key: secret.into(),
+        regions: None,
     })
 }
 

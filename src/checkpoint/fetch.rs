@@ -49,13 +49,27 @@ impl Fetcher for BucketFetcher {
     /// A segment that is gone (404) means the view moved on and GC collected it: read the
     /// view again and retry. A view that has not moved (a read-only mount of a checkpoint
     /// that left the retention window) gets a clear error, never wrong bytes.
+    ///
+    /// Before a segment counts as gone it is asked for again for a few seconds: in a global
+    /// bucket (the data class, docs/replicas.md) a region's copy can lag the manifest that
+    /// names it, which is in a strongly consistent bucket.
     fn fetch(&self, ino: u64, pages: Range<u64>) -> Result<Vec<u8>, String> {
         let mut attempts = 0;
+        let mut waits = NOT_YET_VISIBLE.iter();
         loop {
             let epoch = self.view.read().epoch;
             match self.fetch_once(ino, pages.clone()) {
                 Err(Failed::Gone(_)) if attempts < 3 && self.view.read().epoch != epoch => {
                     attempts += 1;
+                }
+                Err(Failed::Gone(key)) if waits.len() > 0 => {
+                    let wait = *waits.next().expect("checked");
+                    tracing::warn!(
+                        key,
+                        wait_ms = wait.as_millis() as u64,
+                        "a segment the checkpoint names is not in the bucket (yet?); asking again"
+                    );
+                    std::thread::sleep(wait);
                 }
                 Err(Failed::Gone(key)) => {
                     let e = format!(
@@ -73,6 +87,14 @@ impl Fetcher for BucketFetcher {
         }
     }
 }
+
+/// The waits before a missing segment counts as gone (3.75 s in all).
+const NOT_YET_VISIBLE: [std::time::Duration; 4] = [
+    std::time::Duration::from_millis(250),
+    std::time::Duration::from_millis(500),
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(2),
+];
 
 /// Why a fetch failed.
 enum Failed {

@@ -27,6 +27,7 @@ use crate::fs::{Fs, FsError, PathFilter, Restore, PAGE_SIZE};
 use crate::manifest::segment::SegmentBuilder;
 use crate::manifest::view::View;
 use crate::manifest::{Extent, FormatError, Manifest, ManifestDirent};
+use crate::store::placement::{Class, WAL_SEGMENT_SUFFIX};
 use crate::store::{ObjectStore, PutMode, ReadStore, StoreError};
 
 pub use fetch::BucketFetcher;
@@ -34,6 +35,8 @@ pub use fetch::BucketFetcher;
 /// The bucket's format marker, written once when a prefix is first used.
 pub const FORMAT_KEY: &str = "bucketfs.json";
 pub const BUCKET_FORMAT_VERSION: u32 = 1;
+/// The version of a filesystem whose classes live in buckets of their own.
+pub const SPLIT_FORMAT_VERSION: u32 = 2;
 pub const MANIFESTS: &str = "manifests/";
 
 pub fn manifest_key(epoch: u64) -> String {
@@ -44,8 +47,10 @@ pub fn manifest_key(epoch: u64) -> String {
 /// it. The cut number makes every attempt's keys new: a checkpoint retried after a commit
 /// whose answer was lost (so it may be in the bucket after all) must never overwrite the
 /// segments that commit points at.
-fn segment_key(epoch: u64, writer: &str, cut: u64, n: usize) -> String {
-    format!("segments/{epoch:020}-{writer}-{cut}-{n:04}.seg")
+/// WAL pages go in segments of their own (their class, `Class::Wal`, is in the key).
+fn segment_key(epoch: u64, writer: &str, cut: u64, n: usize, wal: bool) -> String {
+    let suffix = if wal { WAL_SEGMENT_SUFFIX } else { ".seg" };
+    format!("segments/{epoch:020}-{writer}-{cut}-{n:04}{suffix}")
 }
 
 /// The epoch a manifest key names, if it is one.
@@ -71,6 +76,9 @@ pub struct CheckpointSettings {
     pub base_every: u32,
     /// Paths never uploaded.
     pub local_only: Vec<String>,
+    /// PostgreSQL's WAL directory, from the root: its files' pages go in WAL segments (their
+    /// own class, which placement can send to a bucket of its own).
+    pub wal_dir: std::path::PathBuf,
     /// Commit a checkpoint at least this often, even with nothing to upload, so that the
     /// bucket shows this writer alive (`--takeover-after` judges a writer by the age of its
     /// newest checkpoint). None: only when something changed.
@@ -108,6 +116,7 @@ impl Default for CheckpointSettings {
                 "postmaster.pid".into(),
                 "postmaster.opts".into(),
             ],
+            wal_dir: "pg_wal".into(),
             heartbeat: None,
             writer_check: None,
             gc: None,
@@ -139,17 +148,24 @@ pub enum CheckpointError {
 #[derive(Clone, Debug, Default)]
 pub struct LocalOnly {
     patterns: Vec<Vec<u8>>,
+    wal_dir: Vec<u8>,
 }
 
 impl LocalOnly {
-    pub fn new(patterns: &[String]) -> LocalOnly {
+    pub fn new(patterns: &[String], wal_dir: &std::path::Path) -> LocalOnly {
+        use std::os::unix::ffi::OsStrExt;
         LocalOnly {
             patterns: patterns.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            wal_dir: wal_dir.as_os_str().as_bytes().to_vec(),
         }
     }
 }
 
 impl PathFilter for LocalOnly {
+    fn wal(&self, path: &[u8]) -> bool {
+        path == self.wal_dir.as_slice()
+    }
+
     fn local_only(&self, path: &[u8]) -> bool {
         let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
         self.patterns.iter().any(|p| {
@@ -219,20 +235,33 @@ async fn ensure_format(store: &dyn ObjectStore) -> Result<(), CheckpointError> {
     match store.get(FORMAT_KEY, None).await {
         Ok(_) => Ok(()),
         Err(StoreError::NotFound { .. }) => {
-            let marker = serde_json::json!({
-                "format": "bucketfs",
-                "version": BUCKET_FORMAT_VERSION,
-                "page_size": PAGE_SIZE,
-                "created_unix_ms": now_ms(),
-            });
-            let body = Bytes::from(marker.to_string());
-            match store.put(FORMAT_KEY, body, PutMode::Create).await {
+            match store
+                .put(FORMAT_KEY, format_marker(None), PutMode::Create)
+                .await
+            {
                 Ok(_) | Err(StoreError::PreconditionFailed { .. }) => Ok(()),
                 Err(e) => Err(e.into()),
             }
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The format marker of a new filesystem. One whose classes are split is version
+/// `SPLIT_FORMAT_VERSION`, so that a bucketfs that knows nothing of placement refuses it
+/// instead of looking for segments in the wrong bucket.
+pub fn format_marker(placement: Option<&crate::placement::Recorded>) -> Bytes {
+    let mut marker = serde_json::json!({
+        "format": "bucketfs",
+        "version": BUCKET_FORMAT_VERSION,
+        "page_size": PAGE_SIZE,
+        "created_unix_ms": now_ms(),
+    });
+    if let Some(p) = placement.filter(|p| p.is_split()) {
+        marker["version"] = SPLIT_FORMAT_VERSION.into();
+        marker["placement"] = serde_json::to_value(p).expect("placement serialises");
+    }
+    Bytes::from(marker.to_string())
 }
 
 /// As `open_bucket` (never creating), at the newest checkpoint at or before `at` (None: the
@@ -276,7 +305,9 @@ fn open_once(
     rt.block_on(async {
         store.check().await?;
         match store.get(FORMAT_KEY, None).await {
-            Ok(bytes) => check_format(&bytes)?,
+            Ok(bytes) => {
+                check_format(&bytes)?;
+            }
             Err(StoreError::NotFound { .. }) => {
                 return Err(CheckpointError::Refused(format!(
                     "{} holds no bucketfs filesystem (no {FORMAT_KEY})",
@@ -382,18 +413,29 @@ async fn newest_at_or_before(
     Ok(lo.checked_sub(1).map(|i| epochs[i]))
 }
 
-fn check_format(bytes: &[u8]) -> Result<(), CheckpointError> {
+/// Checks a format marker; returns the placement it records.
+pub fn check_format(bytes: &[u8]) -> Result<crate::placement::Recorded, CheckpointError> {
     let v: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| FormatError::corrupt(FORMAT_KEY, format!("bad json: {e}")))?;
     let version = v.get("version").and_then(|v| v.as_u64()).unwrap_or(0);
     if v.get("format").and_then(|f| f.as_str()) != Some("bucketfs") {
         return Err(FormatError::corrupt(FORMAT_KEY, "not a bucketfs format marker").into());
     }
-    if version != u64::from(BUCKET_FORMAT_VERSION) {
+    let placement: crate::placement::Recorded = match v.get("placement") {
+        None => Default::default(),
+        Some(p) => serde_json::from_value(p.clone())
+            .map_err(|e| FormatError::corrupt(FORMAT_KEY, format!("bad placement: {e}")))?,
+    };
+    let expected = if placement.is_split() {
+        SPLIT_FORMAT_VERSION
+    } else {
+        BUCKET_FORMAT_VERSION
+    };
+    if version != u64::from(expected) {
         return Err(FormatError::Version {
             key: FORMAT_KEY.into(),
             found: version as u32,
-            supported: BUCKET_FORMAT_VERSION,
+            supported: expected,
         }
         .into());
     }
@@ -403,7 +445,7 @@ fn check_format(bytes: &[u8]) -> Result<(), CheckpointError> {
             "bucket page size is {page_size}; this bucketfs uses {PAGE_SIZE}"
         )));
     }
-    Ok(())
+    Ok(placement)
 }
 
 /// The namespace and pages of a view, for installing into an empty cache dir.
@@ -529,7 +571,7 @@ impl Checkpointer {
         view: View,
     ) -> Checkpointer {
         Checkpointer {
-            filter: LocalOnly::new(&settings.local_only),
+            filter: LocalOnly::new(&settings.local_only, &settings.wal_dir),
             fs,
             store,
             rt,
@@ -729,9 +771,10 @@ impl Checkpointer {
         let seg_limit = self.settings.segment_bytes;
         let seal = |builder: SegmentBuilder,
                     cut_no: u64,
+                    wal: bool,
                     segments: &mut Vec<(String, Vec<u8>)>,
                     extents: &mut Vec<Extent>| {
-            let key = segment_key(epoch_now, &writer, cut_no, segments.len());
+            let key = segment_key(epoch_now, &writer, cut_no, segments.len(), wal);
             let (bytes, runs) = builder.finish();
             extents.extend(runs.into_iter().map(|r| Extent::whole(key.clone(), r)));
             segments.push((key, bytes));
@@ -747,16 +790,25 @@ impl Checkpointer {
                 Ok(())
             },
         )?;
-        let mut builder = SegmentBuilder::compressing(level);
+        // Two builders: WAL pages and the rest never share a segment (their classes may live
+        // in different buckets, and WAL dies young).
+        let mut builders = [
+            SegmentBuilder::compressing(level),
+            SegmentBuilder::compressing(level),
+        ];
         for (ino, first, pages, bytes) in runs {
+            let wal = cut.wal.contains(&ino);
+            let builder = &mut builders[usize::from(wal)];
             builder.push_run(ino, first, pages, &bytes);
             if builder.len() >= seg_limit {
-                let full = std::mem::replace(&mut builder, SegmentBuilder::compressing(level));
-                seal(full, cut.epoch, &mut segments, &mut extents);
+                let full = std::mem::replace(builder, SegmentBuilder::compressing(level));
+                seal(full, cut.epoch, wal, &mut segments, &mut extents);
             }
         }
-        if !builder.is_empty() {
-            seal(builder, cut.epoch, &mut segments, &mut extents);
+        for (i, builder) in builders.into_iter().enumerate() {
+            if !builder.is_empty() {
+                seal(builder, cut.epoch, i == 1, &mut segments, &mut extents);
+            }
         }
         let (manifest, base) = {
             let view = self.view.read();
@@ -1021,15 +1073,36 @@ impl Checkpointer {
         let epoch = view.epoch + 1;
         let nonce = fastrand::u32(..);
         let writer = self.writer.clone();
-        let key_of = |n: usize| format!("segments/{epoch:020}-{writer}-c{nonce:08x}-{n:04}.seg");
-        let (segments, extents) = self.rt.block_on(crate::gc::compact::rewrite(
-            &*self.store,
-            &view,
-            &sources,
-            &key_of,
-            self.settings.zstd_level,
-            self.settings.segment_bytes,
-        ))?;
+        // Each class is rewritten on its own: a WAL segment's pages stay in WAL segments.
+        let mut segments = Vec::new();
+        let mut extents = Vec::new();
+        for class in [Class::Data, Class::Wal] {
+            let of_class: Vec<String> = sources
+                .iter()
+                .filter(|k| Class::of_key(k) == class)
+                .cloned()
+                .collect();
+            if of_class.is_empty() {
+                continue;
+            }
+            let suffix = if class == Class::Wal {
+                WAL_SEGMENT_SUFFIX
+            } else {
+                ".seg"
+            };
+            let key_of =
+                |n: usize| format!("segments/{epoch:020}-{writer}-c{nonce:08x}-{n:04}{suffix}");
+            let (s, e) = self.rt.block_on(crate::gc::compact::rewrite(
+                &*self.store,
+                &view,
+                &of_class,
+                &key_of,
+                self.settings.zstd_level,
+                self.settings.segment_bytes,
+            ))?;
+            segments.extend(s);
+            extents.extend(e);
+        }
         let read: u64 = sources.iter().map(|k| sizes[k]).sum();
         let written: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
         let count = segments.len();
@@ -1311,11 +1384,14 @@ mod tests {
 
     #[test]
     fn local_only_globs() {
-        let f = LocalOnly::new(&[
-            "pgsql_tmp".into(),
-            "postmaster.*".into(),
-            "base/1/tmp?".into(),
-        ]);
+        let f = LocalOnly::new(
+            &[
+                "pgsql_tmp".into(),
+                "postmaster.*".into(),
+                "base/1/tmp?".into(),
+            ],
+            std::path::Path::new("pg_wal"),
+        );
         assert!(f.local_only(b"base/pgsql_tmp"));
         assert!(f.local_only(b"postmaster.pid"));
         assert!(f.local_only(b"postmaster.opts"));

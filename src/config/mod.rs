@@ -224,6 +224,27 @@ pub struct MountArgs {
     #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
     pub bucket: Option<String>,
 
+    /// Where WAL segments go (the pages of files under --wal-dir): s3://NAME/PREFIX or
+    /// file:///PATH. Default: with the manifests, in --bucket. Chosen when the filesystem is
+    /// created and recorded in --bucket: later starts, restores, replicas and `bucketfs ls`
+    /// find it there (giving it again is allowed; another value is refused). The prefix must
+    /// be this filesystem's alone. For fencing, keep manifests and WAL in a single- or
+    /// multi-region bucket (docs/replicas.md).
+    #[arg(long, value_name = "URL", env = "BUCKETFS_BUCKET_WAL")]
+    pub bucket_wal: Option<String>,
+
+    /// Where data segments go (every other file's pages), as --bucket-wal: e.g. a global
+    /// bucket, so that replicas in other regions read nearby copies.
+    #[arg(long, value_name = "URL", env = "BUCKETFS_BUCKET_DATA")]
+    pub bucket_data: Option<String>,
+
+    /// Tigris regions for one class's objects, sent as X-Tigris-Regions on each PUT
+    /// (repeatable): CLASS=REGIONS, CLASS one of manifest, wal, data (e.g. wal=iad,
+    /// data=fra,sin). Tigris now prefers bucket location types to this per-object hint: the
+    /// per-class buckets are the way that works everywhere (docs/replicas.md).
+    #[arg(long = "region-hint", value_name = "CLASS=REGIONS")]
+    pub region_hint: Vec<String>,
+
     /// The key prefix under $BUCKET_NAME when --bucket is not given: one database (data
     /// directory) per prefix, so that one bucket can hold several.
     #[arg(long, default_value = "postgres", value_parser = parse_database_name, value_name = "NAME", env = "BUCKETFS_DATABASE_NAME")]
@@ -279,7 +300,8 @@ pub struct MountArgs {
     #[arg(long, conflicts_with_all = ["read_only", "takeover", "takeover_after", "at"], env = "BUCKETFS_REPLICA")]
     pub replica: bool,
 
-    /// With --replica: where PostgreSQL's WAL directory is, from the mount's root.
+    /// Where PostgreSQL's WAL directory is, from the mount's root: its files' pages go in WAL
+    /// segments (--bucket-wal), and a replica serves WAL from there.
     #[arg(
         long,
         default_value = "pg_wal",

@@ -40,6 +40,9 @@ pub struct Cut {
     pub truncations: Vec<(u64, u64)>,
     /// Bytes handed to the sink.
     pub bytes: u64,
+    /// Files with a name under the WAL directory (`PathFilter::wal`): their pages go in WAL
+    /// segments.
+    pub wal: HashSet<u64>,
 }
 
 /// The inodes a cut's walk found.
@@ -61,6 +64,11 @@ pub type RunSink<'a> = dyn FnMut(u64, u64, u32, &[u8]) -> io::Result<()> + 'a;
 pub trait PathFilter {
     /// `path` is relative to the root, components joined by '/'.
     fn local_only(&self, path: &[u8]) -> bool;
+
+    /// Whether `path` is PostgreSQL's WAL directory (everything under it is WAL).
+    fn wal(&self, _path: &[u8]) -> bool {
+        false
+    }
 }
 
 impl Fs {
@@ -146,9 +154,9 @@ impl Fs {
     ) -> Result<Walked> {
         let mut seen = HashSet::new();
         let mut local_only = HashSet::new();
-        let mut stack: Vec<(u64, Vec<u8>, bool)> = vec![(ROOT_INO, Vec::new(), false)];
+        let mut stack: Vec<(u64, Vec<u8>, bool, bool)> = vec![(ROOT_INO, Vec::new(), false, false)];
         seen.insert(ROOT_INO);
-        while let Some((dir, path, excluded)) = stack.pop() {
+        while let Some((dir, path, excluded, wal)) = stack.pop() {
             for d in self.meta.list_dir(dir)? {
                 let mut child = path.clone();
                 if !child.is_empty() {
@@ -158,9 +166,13 @@ impl Fs {
                 let excluded = excluded || filter.local_only(&child);
                 if excluded {
                     if local_only.insert(d.ino) && d.kind == FileKind::Dir {
-                        stack.push((d.ino, child, true));
+                        stack.push((d.ino, child, true, false));
                     }
                     continue;
+                }
+                let wal = wal || filter.wal(&child);
+                if wal {
+                    cut.wal.insert(d.ino);
                 }
                 cut.dirents.push(CutDirent {
                     parent: dir,
@@ -169,7 +181,7 @@ impl Fs {
                     kind: d.kind,
                 });
                 if seen.insert(d.ino) && d.kind == FileKind::Dir {
-                    stack.push((d.ino, child, false));
+                    stack.push((d.ino, child, false, wal));
                 }
             }
         }

@@ -8,6 +8,7 @@
 pub mod faulty;
 pub mod instrumented;
 pub mod local;
+pub mod placement;
 pub mod retry;
 pub mod s3;
 

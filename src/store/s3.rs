@@ -36,6 +36,9 @@ pub struct S3Settings {
     pub path_style: bool,
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// Tigris regions for the objects this store puts (`X-Tigris-Regions` on every PUT and
+    /// multipart upload), e.g. "fra,sin"; None leaves placement to the bucket.
+    pub regions: Option<String>,
 }
 
 impl fmt::Debug for S3Settings {
@@ -47,6 +50,7 @@ impl fmt::Debug for S3Settings {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("path_style", &self.path_style)
+            .field("regions", &self.regions)
             .finish_non_exhaustive()
     }
 }
@@ -73,7 +77,23 @@ impl S3Settings {
             path_style,
             access_key_id,
             secret_access_key,
+            regions: None,
         })
+    }
+}
+
+/// The header that asks Tigris to keep an object in the regions it names.
+pub const REGIONS_HEADER: &str = "x-tigris-regions";
+
+/// Checks a `--region-hint` value: region codes (letters and digits), comma-separated.
+pub fn check_regions(regions: &str) -> Result<(), String> {
+    let ok = |r: &str| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if regions.split(',').all(ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{regions:?} is not a list of region codes (e.g. \"fra\" or \"iad,sin\")"
+        ))
     }
 }
 
@@ -81,6 +101,7 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
+    regions: Option<String>,
     describe: String,
 }
 
@@ -127,6 +148,7 @@ impl S3Store {
             client: Client::from_conf(conf.build()),
             bucket: s.bucket.clone(),
             prefix: s.prefix.clone(),
+            regions: s.regions.clone(),
             describe: format!(
                 "s3://{}/{} (endpoint {})",
                 s.bucket,
@@ -141,6 +163,17 @@ impl S3Store {
             key.to_string()
         } else {
             format!("{}/{key}", self.prefix)
+        }
+    }
+
+    /// The request's hook that adds `REGIONS_HEADER` to a PUT (and to the start of a
+    /// multipart upload), when this store has regions.
+    fn regions_hook(&self) -> impl Fn(&mut aws_sdk_s3::config::http::HttpRequest) + Send + Sync {
+        let regions = self.regions.clone();
+        move |req| {
+            if let Some(r) = &regions {
+                req.headers_mut().insert(REGIONS_HEADER, r.clone());
+            }
         }
     }
 
@@ -168,6 +201,8 @@ impl S3Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&full)
+            .customize()
+            .mutate_request(self.regions_hook())
             .send()
             .await
             .map_err(|e| classify("create multipart upload", key, e))?;
@@ -492,7 +527,12 @@ impl ObjectStore for S3Store {
             PutMode::Create => req = req.if_none_match("*"),
             PutMode::Replace { etag } => req = req.if_match(etag),
         }
-        match req.send().await.map_err(|e| classify("put", key, e)) {
+        let sent = req
+            .customize()
+            .mutate_request(self.regions_hook())
+            .send()
+            .await;
+        match sent.map_err(|e| classify("put", key, e)) {
             Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
             // S3 answers If-Match on a missing key with 404: the precondition did not hold.
             Err(StoreError::NotFound { key }) if matches!(mode, PutMode::Replace { .. }) => {

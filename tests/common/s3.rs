@@ -40,9 +40,30 @@ pub struct Faults {
     pub lose_manifest_answers: AtomicU64,
     /// Parts uploaded by multipart uploads.
     pub parts: AtomicU64,
+    /// Every PUT and multipart upload start: where it went and the region header it carried.
+    pub put_log: std::sync::Mutex<Vec<PutSeen>>,
+}
+
+/// One object write as the server saw it.
+#[derive(Clone, Debug)]
+pub struct PutSeen {
+    pub bucket: String,
+    pub key: String,
+    /// The `X-Tigris-Regions` header, if the request had one.
+    pub regions: Option<String>,
 }
 
 impl Faults {
+    fn log_put(&self, bucket: &str, key: &str, regions: Option<String>) {
+        self.put_log.lock().expect("put log").push(PutSeen {
+            bucket: bucket.into(),
+            key: key.into(),
+            regions,
+        });
+    }
+    pub fn put_log(&self) -> Vec<PutSeen> {
+        self.put_log.lock().expect("put log").clone()
+    }
     pub fn gets(&self) -> u64 {
         self.gets.load(Ordering::SeqCst)
     }
@@ -52,6 +73,13 @@ impl Faults {
     pub fn puts(&self) -> u64 {
         self.puts.load(Ordering::SeqCst)
     }
+}
+
+/// The `X-Tigris-Regions` header of a request.
+fn regions_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("x-tigris-regions")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 struct Faulty {
@@ -86,6 +114,8 @@ impl S3 for Faulty {
     ) -> S3Result<S3Response<PutObjectOutput>> {
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
+        self.faults
+            .log_put(&req.input.bucket, &req.input.key, regions_of(&req.headers));
         let len = req.input.content_length.unwrap_or(0) as u64;
         let manifest = req.input.key.contains("manifests/");
         let resp = self.inner.put_object(req).await?;
@@ -151,6 +181,8 @@ impl S3 for Faulty {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
+        self.faults
+            .log_put(&req.input.bucket, &req.input.key, regions_of(&req.headers));
         self.inner.create_multipart_upload(req).await
     }
     async fn upload_part(
@@ -185,6 +217,7 @@ impl S3 for Faulty {
 /// An S3 server on 127.0.0.1 with one bucket, `BUCKET`, stored under `root`.
 pub struct S3Server {
     pub endpoint: String,
+    root: std::path::PathBuf,
     pub faults: Arc<Faults>,
     _rt: tokio::runtime::Runtime,
 }
@@ -227,6 +260,7 @@ impl S3Server {
         });
         S3Server {
             endpoint: format!("http://{addr}"),
+            root: root.to_path_buf(),
             faults,
             _rt: rt,
         }
@@ -246,6 +280,37 @@ impl S3Server {
 
     pub fn url(&self, prefix: &str) -> String {
         format!("s3://{BUCKET}/{prefix}")
+    }
+
+    /// Creates another bucket on this server.
+    pub fn add_bucket(&self, name: &str) {
+        std::fs::create_dir_all(self.root.join(name)).expect("create bucket dir");
+    }
+
+    /// The keys under `prefix` in bucket `name`, as the server stores them.
+    pub fn keys(&self, name: &str, prefix: &str) -> Vec<String> {
+        let dir = self.root.join(name).join(prefix);
+        let mut out = Vec::new();
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&dir) {
+                    let rel = rel.to_string_lossy().into_owned();
+                    // s3s-fs keeps its own metadata beside the objects.
+                    if !rel.starts_with(".s3s") && !rel.contains("/.s3s") {
+                        out.push(rel);
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// `bucketfs verify` of `prefix`: panics with what it found broken, and `why`.

@@ -1,0 +1,486 @@
+//! Where each class of objects lives (`--bucket-wal`, `--bucket-data`, `--region-hint`), and
+//! opening a bucket's store with its classes routed (docs/replicas.md, "Placement by class").
+//!
+//! The split is chosen when the filesystem is created and recorded in its format marker, in
+//! the manifest bucket (`--bucket`): objects are found by their key's class, so moving a class
+//! later would lose every object already written. Everything that opens a bucket (a writer, a
+//! restore on an empty disk, a replica, `ls`, `gc`, `verify`, `wal-fetch --bucket`) reads the
+//! record and needs nothing but `--bucket`; flags that disagree with the record are refused.
+//!
+//! Each class bucket holds a marker that names the filesystem it belongs to: GC deletes what
+//! no checkpoint names, so a class prefix shared with another filesystem would lose that
+//! one's segments. Region hints are not recorded: they apply to the PUTs of whoever writes.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::bucket::BucketUrl;
+use crate::checkpoint::FORMAT_KEY;
+use crate::store::placement::{Class, Placed, Target};
+use crate::store::{
+    InstrumentedStore, LocalStore, ObjectStore, PutMode, ReadStore, RetryPolicy, RetryingStore,
+    S3Settings, S3Store, StoreError, StoreStats,
+};
+
+/// The marker in each class bucket (at its prefix).
+pub const CLASS_MARKER_KEY: &str = "bucketfs-class.json";
+
+/// Where the classes go, as configured. None: with the manifests (or, for a filesystem that
+/// exists, as it records).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub wal: Option<BucketUrl>,
+    pub data: Option<BucketUrl>,
+    /// Tigris regions for each class's PUTs, in the order of `Class::ALL`.
+    pub regions: [Option<String>; 3],
+}
+
+impl Placement {
+    fn url(&self, class: Class) -> Option<&BucketUrl> {
+        match class {
+            Class::Manifest => None,
+            Class::Wal => self.wal.as_ref(),
+            Class::Data => self.data.as_ref(),
+        }
+    }
+
+    /// Parses `--region-hint CLASS=REGIONS` values.
+    pub fn set_region_hints(&mut self, hints: &[String]) -> anyhow::Result<()> {
+        for hint in hints {
+            let Some((class, regions)) = hint.split_once('=') else {
+                bail!("--region-hint {hint:?}: expected CLASS=REGIONS (e.g. data=fra,sin)");
+            };
+            let Some(class) = Class::parse(class) else {
+                bail!("--region-hint {hint:?}: the classes are manifest, wal and data");
+            };
+            crate::store::s3::check_regions(regions)
+                .map_err(|e| anyhow::anyhow!("--region-hint {hint:?}: {e}"))?;
+            self.regions[class as usize] = Some(regions.to_string());
+        }
+        Ok(())
+    }
+}
+
+/// What the format marker records of the split (URLs as `BucketUrl` prints them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorded {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+impl Recorded {
+    pub fn is_split(&self) -> bool {
+        self.wal.is_some() || self.data.is_some()
+    }
+
+    fn get(&self, class: Class) -> Option<&String> {
+        match class {
+            Class::Manifest => None,
+            Class::Wal => self.wal.as_ref(),
+            Class::Data => self.data.as_ref(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ClassMarker {
+    format: String,
+    /// The manifest bucket of the filesystem these objects belong to.
+    owner: String,
+}
+
+const CLASS_MARKER_FORMAT: &str = "bucketfs-class";
+
+/// Opens the store of the filesystem at `url`, with its classes routed as the bucket records
+/// (or, for a filesystem not yet created and `create`, as `placement` says, recording it).
+/// Retries around instrumentation around the routing, so the counters see every attempt to
+/// every bucket.
+pub fn open(
+    url: &BucketUrl,
+    placement: &Placement,
+    create: bool,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<StoreStats>)> {
+    let raw =
+        |u: &BucketUrl, class: Class| raw_store(u, placement.regions[class as usize].as_deref());
+    let manifest = raw(url, Class::Manifest)?;
+    // The marker is read (and written) on a runtime of its own, in a thread of its own: a
+    // caller may be inside a runtime already.
+    let recorded = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<Recorded> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start a runtime")?;
+            rt.block_on(settle(url, &manifest, placement, create))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the placement panicked")))
+    })?;
+    let inner: Arc<dyn ObjectStore> = if recorded.is_split() {
+        let mut targets = Vec::new();
+        for class in Class::ALL {
+            let target = match recorded.get(class) {
+                None => Target {
+                    store: if class == Class::Manifest {
+                        manifest.clone()
+                    } else {
+                        raw(url, class)?
+                    },
+                    id: url.to_string(),
+                },
+                Some(u) => Target {
+                    store: raw(&BucketUrl::parse(u)?, class)?,
+                    id: u.clone(),
+                },
+            };
+            targets.push(target);
+        }
+        let targets: [Target; 3] = targets.try_into().expect("one target per class");
+        tracing::info!(
+            manifests = %url,
+            wal = recorded.wal.as_deref().unwrap_or("with the manifests"),
+            data = recorded.data.as_deref().unwrap_or("with the manifests"),
+            "classes placed in buckets of their own"
+        );
+        Arc::new(Placed::new(targets))
+    } else if placement.regions[Class::Wal as usize] != placement.regions[Class::Manifest as usize]
+        || placement.regions[Class::Data as usize] != placement.regions[Class::Manifest as usize]
+    {
+        // One bucket, but classes with their own regions.
+        let target = |class: Class| -> anyhow::Result<Target> {
+            Ok(Target {
+                store: raw(url, class)?,
+                id: url.to_string(),
+            })
+        };
+        Arc::new(Placed::new([
+            target(Class::Manifest)?,
+            target(Class::Wal)?,
+            target(Class::Data)?,
+        ]))
+    } else {
+        manifest
+    };
+    let counted = InstrumentedStore::new(inner);
+    let stats = counted.stats();
+    let store = RetryingStore::new(Arc::new(counted), RetryPolicy::default());
+    Ok((Arc::new(store), stats))
+}
+
+/// One class's store, without retries or counters.
+fn raw_store(url: &BucketUrl, regions: Option<&str>) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    Ok(match url {
+        BucketUrl::File(path) => {
+            if regions.is_some() {
+                bail!(
+                    "--region-hint: {url} is a local directory; region hints are for s3:// buckets"
+                );
+            }
+            Arc::new(
+                LocalStore::new(path)
+                    .with_context(|| format!("open local bucket {}", path.display()))?,
+            )
+        }
+        BucketUrl::S3 { bucket, prefix } => {
+            let mut settings = S3Settings::from_env(bucket, prefix)
+                .map_err(|e| anyhow::anyhow!("--bucket {url}: {e}"))?;
+            settings.regions = regions.map(str::to_string);
+            Arc::new(S3Store::new(&settings))
+        }
+    })
+}
+
+fn retrying(store: &Arc<dyn ObjectStore>) -> RetryingStore {
+    RetryingStore::new(store.clone(), RetryPolicy::default())
+}
+
+/// The split the filesystem records, checked against the flags; for a new one (and
+/// `create`), the flags' split, with each class bucket claimed and the record written.
+async fn settle(
+    url: &BucketUrl,
+    manifest: &Arc<dyn ObjectStore>,
+    placement: &Placement,
+    create: bool,
+) -> anyhow::Result<Recorded> {
+    let wanted = wanted(url, placement)?;
+    let store = retrying(manifest);
+    let recorded = match store.get(FORMAT_KEY, None).await {
+        Ok(bytes) => crate::checkpoint::check_format(&bytes)?,
+        Err(StoreError::NotFound { .. }) if create && wanted.is_split() => {
+            // Claim the class buckets first: a marker left by a start that got no further is
+            // this filesystem's and is found again.
+            for (class, u) in [(Class::Wal, &wanted.wal), (Class::Data, &wanted.data)] {
+                if let Some(u) = u {
+                    claim(url, class, &BucketUrl::parse(u)?, placement, true).await?;
+                }
+            }
+            let body = crate::checkpoint::format_marker(Some(&wanted));
+            match store.put(FORMAT_KEY, body, PutMode::Create).await {
+                // Another start wrote it first: theirs stands, checked below.
+                Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+                Err(e) => return Err(e).with_context(|| format!("create {url}")),
+            }
+            let bytes = store.get(FORMAT_KEY, None).await?;
+            crate::checkpoint::check_format(&bytes)?
+        }
+        // Nothing there yet: opening it reports that (or the first checkpoint creates it,
+        // unsplit).
+        Err(StoreError::NotFound { .. }) => return Ok(wanted),
+        Err(e) => return Err(e).with_context(|| format!("read {FORMAT_KEY} of {url}")),
+    };
+    for class in [Class::Wal, Class::Data] {
+        let had = recorded.get(class);
+        if let Some(want) = wanted.get(class).filter(|&w| Some(w) != had) {
+            bail!(
+                "--bucket-{class} {want}: {url} keeps its {class} segments in {}; the buckets of \
+                 each class are chosen when the filesystem is created and cannot change (leave \
+                 the option out: the bucket's record is used)",
+                had.map_or_else(|| url.to_string(), String::clone)
+            );
+        }
+        if let Some(u) = had {
+            claim(url, class, &BucketUrl::parse(u)?, placement, false).await?;
+        }
+    }
+    Ok(recorded)
+}
+
+/// The split the flags ask for, with a class "in its own bucket" that is the manifest bucket
+/// taken as not split.
+fn wanted(url: &BucketUrl, placement: &Placement) -> anyhow::Result<Recorded> {
+    let mut out = Recorded::default();
+    for class in [Class::Wal, Class::Data] {
+        let Some(u) = placement.url(class) else {
+            continue;
+        };
+        if u == url {
+            continue;
+        }
+        if overlaps(u, url) {
+            bail!(
+                "--bucket-{class} {u} and --bucket {url} overlap: give each class a prefix of \
+                 its own (or a bucket of its own)"
+            );
+        }
+        let s = Some(u.to_string());
+        match class {
+            Class::Wal => out.wal = s,
+            _ => out.data = s,
+        }
+    }
+    if let (Some(w), Some(d)) = (&placement.wal, &placement.data) {
+        if w != d && overlaps(w, d) {
+            bail!("--bucket-wal {w} and --bucket-data {d} overlap: use one prefix for both, or two that do not nest");
+        }
+    }
+    Ok(out)
+}
+
+/// Whether one URL's objects would be listed under the other's prefix.
+fn overlaps(a: &BucketUrl, b: &BucketUrl) -> bool {
+    let nests = |x: &str, y: &str| {
+        x.is_empty()
+            || y.is_empty()
+            || x == y
+            || y.starts_with(&format!("{x}/"))
+            || x.starts_with(&format!("{y}/"))
+    };
+    match (a, b) {
+        (
+            BucketUrl::S3 {
+                bucket: ba,
+                prefix: pa,
+            },
+            BucketUrl::S3 {
+                bucket: bb,
+                prefix: pb,
+            },
+        ) => ba == bb && nests(pa, pb),
+        (BucketUrl::File(pa), BucketUrl::File(pb)) => pa.starts_with(pb) || pb.starts_with(pa),
+        _ => false,
+    }
+}
+
+/// Checks that the class bucket at `class_url` belongs to the filesystem at `url`; with
+/// `create`, claims an empty one.
+async fn claim(
+    url: &BucketUrl,
+    class: Class,
+    class_url: &BucketUrl,
+    placement: &Placement,
+    create: bool,
+) -> anyhow::Result<()> {
+    let store = retrying(&raw_store(
+        class_url,
+        placement.regions[class as usize].as_deref(),
+    )?);
+    store
+        .check()
+        .await
+        .with_context(|| format!("--bucket-{class} {class_url}"))?;
+    let owner = url.to_string();
+    let refuse = |why: String| -> anyhow::Result<()> {
+        bail!("--bucket-{class} {class_url}: {why}; give each filesystem's {class} segments a prefix of their own")
+    };
+    match store.get(CLASS_MARKER_KEY, None).await {
+        Ok(bytes) => {
+            let marker: ClassMarker = serde_json::from_slice(&bytes)
+                .ok()
+                .filter(|m: &ClassMarker| m.format == CLASS_MARKER_FORMAT)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{class_url}/{CLASS_MARKER_KEY} is not a bucketfs class marker")
+                })?;
+            if marker.owner != owner {
+                return refuse(format!("it holds the segments of {}", marker.owner));
+            }
+            Ok(())
+        }
+        Err(StoreError::NotFound { .. }) if create => {
+            if store.head(FORMAT_KEY).await?.is_some() {
+                return refuse("it is the bucket of another filesystem".into());
+            }
+            if let Some(o) = store.list("").await?.first() {
+                return refuse(format!("it is not empty (it holds {})", o.key));
+            }
+            let marker = ClassMarker {
+                format: CLASS_MARKER_FORMAT.into(),
+                owner,
+            };
+            let body = Bytes::from(serde_json::to_vec(&marker).expect("a marker serialises"));
+            store
+                .put(CLASS_MARKER_KEY, body, PutMode::Overwrite)
+                .await
+                .with_context(|| format!("claim {class_url} for the {class} segments of {url}"))?;
+            Ok(())
+        }
+        Err(StoreError::NotFound { .. }) => refuse(format!(
+            "{url} records it as its {class} bucket, but it has no {CLASS_MARKER_KEY}: is it \
+             the right bucket, and were its objects removed?"
+        )),
+        Err(e) => Err(e).with_context(|| format!("read {CLASS_MARKER_KEY} of {class_url}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(b: &str, p: &str) -> BucketUrl {
+        BucketUrl::S3 {
+            bucket: b.into(),
+            prefix: p.into(),
+        }
+    }
+
+    #[test]
+    fn prefixes_that_nest_overlap() {
+        assert!(overlaps(&s3("a", "db"), &s3("a", "db/wal")));
+        assert!(overlaps(&s3("a", ""), &s3("a", "wal")));
+        assert!(!overlaps(&s3("a", "db"), &s3("a", "db-wal")));
+        assert!(!overlaps(&s3("a", "db"), &s3("b", "db")));
+    }
+
+    #[test]
+    fn region_hints_parse_by_class() {
+        let mut p = Placement::default();
+        p.set_region_hints(&["wal=iad".into(), "data=fra,sin".into()])
+            .unwrap();
+        assert_eq!(
+            p.regions,
+            [None, Some("iad".into()), Some("fra,sin".into())]
+        );
+        for bad in ["wal", "logs=iad", "data=", "data=fra;sin", "data=fra,,sin"] {
+            assert!(p.set_region_hints(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
+
+    fn file(dir: &std::path::Path) -> BucketUrl {
+        BucketUrl::File(dir.to_path_buf())
+    }
+
+    #[test]
+    fn the_split_is_recorded_and_found_again_from_the_manifest_bucket_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let (m, w, d) = (
+            root.path().join("m"),
+            root.path().join("w"),
+            root.path().join("d"),
+        );
+        let placement = Placement {
+            wal: Some(file(&w)),
+            data: Some(file(&d)),
+            ..Placement::default()
+        };
+        let (store, _) = open(&file(&m), &placement, true).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            for k in [
+                "manifests/1",
+                "segments/1-a-0.wal.seg",
+                "segments/1-a-1.seg",
+            ] {
+                store
+                    .put(k, Bytes::from_static(b"x"), PutMode::Overwrite)
+                    .await
+                    .unwrap();
+            }
+        });
+        assert!(m.join("manifests/1").exists() && m.join(FORMAT_KEY).exists());
+        assert!(w.join("segments/1-a-0.wal.seg").exists() && w.join(CLASS_MARKER_KEY).exists());
+        assert!(d.join("segments/1-a-1.seg").exists());
+        // Without the flags: the record.
+        let (again, _) = open(&file(&m), &Placement::default(), false).unwrap();
+        let n = rt.block_on(again.list("segments/")).unwrap().len();
+        assert_eq!(n, 2);
+        // Flags that disagree with the record.
+        let moved = Placement {
+            data: Some(file(&root.path().join("elsewhere"))),
+            ..Placement::default()
+        };
+        let e = open(&file(&m), &moved, true).unwrap_err().to_string();
+        assert!(e.contains("cannot change"), "{e}");
+        // Another filesystem may not use this one's data bucket...
+        let other = Placement {
+            data: Some(file(&d)),
+            ..Placement::default()
+        };
+        let e = format!(
+            "{:#}",
+            open(&file(&root.path().join("m2")), &other, true).unwrap_err()
+        );
+        assert!(e.contains("holds the segments of"), "{e}");
+        // ... nor a bucket with objects in it, nor another filesystem's own bucket.
+        std::fs::create_dir_all(root.path().join("full")).unwrap();
+        std::fs::write(root.path().join("full/x"), b"x").unwrap();
+        let full = Placement {
+            wal: Some(file(&root.path().join("full"))),
+            ..Placement::default()
+        };
+        let e = format!(
+            "{:#}",
+            open(&file(&root.path().join("m3")), &full, true).unwrap_err()
+        );
+        assert!(e.contains("not empty"), "{e}");
+        let theirs = Placement {
+            wal: Some(file(&m)),
+            ..Placement::default()
+        };
+        let e = format!(
+            "{:#}",
+            open(&file(&root.path().join("m4")), &theirs, true).unwrap_err()
+        );
+        assert!(e.contains("another filesystem"), "{e}");
+        // A lost class bucket is named.
+        std::fs::remove_file(w.join(CLASS_MARKER_KEY)).unwrap();
+        let e = format!(
+            "{:#}",
+            open(&file(&m), &Placement::default(), false).unwrap_err()
+        );
+        assert!(e.contains("no bucketfs-class.json"), "{e}");
+    }
+}
