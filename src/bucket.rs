@@ -2,7 +2,7 @@
 //! restore into an empty cache dir, take over the prefix (fencing), and run the checkpointer
 //! until unmount, which takes the final checkpoint.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,7 +37,9 @@ impl BucketUrl {
                     "--bucket {url:?}: a file:// URL needs an absolute path (file:///srv/bucket)"
                 );
             }
-            return Ok(BucketUrl::File(PathBuf::from(path)));
+            // One spelling per directory: the URL is recorded and compared as a string.
+            let path: PathBuf = Path::new(path).components().collect();
+            return Ok(BucketUrl::File(path));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));

@@ -141,6 +141,18 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
     {
         bail!("--bucket-wal, --bucket-data and --region-hint place a bucket's objects: they need a bucket (--bucket URL or BUCKET_NAME)");
     }
+    if args.wal_dir.is_absolute()
+        || args
+            .wal_dir
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        || args.wal_dir.as_os_str().is_empty()
+    {
+        bail!(
+            "--wal-dir {}: a directory inside the mount, from its root (e.g. pg_wal)",
+            args.wal_dir.display()
+        );
+    }
     if args.replica && bucket.is_none() {
         bail!("--replica needs a bucket (--bucket URL or BUCKET_NAME) to follow");
     }

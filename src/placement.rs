@@ -105,8 +105,9 @@ pub fn open(
     placement: &Placement,
     create: bool,
 ) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<StoreStats>)> {
-    let raw =
-        |u: &BucketUrl, class: Class| raw_store(u, placement.regions[class as usize].as_deref());
+    let raw = |u: &BucketUrl, class: Class| {
+        raw_store(u, class, placement.regions[class as usize].as_deref())
+    };
     let manifest = raw(url, Class::Manifest)?;
     // The marker is read (and written) on a runtime of its own, in a thread of its own: a
     // caller may be inside a runtime already.
@@ -172,13 +173,28 @@ pub fn open(
     Ok((Arc::new(store), stats))
 }
 
+/// The option that names a class's bucket.
+fn flag(class: Class) -> &'static str {
+    match class {
+        Class::Manifest => "--bucket",
+        Class::Wal => "--bucket-wal",
+        Class::Data => "--bucket-data",
+    }
+}
+
 /// One class's store, without retries or counters.
-fn raw_store(url: &BucketUrl, regions: Option<&str>) -> anyhow::Result<Arc<dyn ObjectStore>> {
+fn raw_store(
+    url: &BucketUrl,
+    class: Class,
+    regions: Option<&str>,
+) -> anyhow::Result<Arc<dyn ObjectStore>> {
     Ok(match url {
         BucketUrl::File(path) => {
             if regions.is_some() {
                 bail!(
-                    "--region-hint: {url} is a local directory; region hints are for s3:// buckets"
+                    "--region-hint {class}=...: {url} ({}) is a local directory; region hints \
+                     are for s3:// buckets",
+                    flag(class)
                 );
             }
             Arc::new(
@@ -188,7 +204,7 @@ fn raw_store(url: &BucketUrl, regions: Option<&str>) -> anyhow::Result<Arc<dyn O
         }
         BucketUrl::S3 { bucket, prefix } => {
             let mut settings = S3Settings::from_env(bucket, prefix)
-                .map_err(|e| anyhow::anyhow!("--bucket {url}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{} {url}: {e}", flag(class)))?;
             settings.regions = regions.map(str::to_string);
             Arc::new(S3Store::new(&settings))
         }
@@ -200,7 +216,9 @@ fn retrying(store: &Arc<dyn ObjectStore>) -> RetryingStore {
 }
 
 /// The split the filesystem records, checked against the flags; for a new one (and
-/// `create`), the flags' split, with each class bucket claimed and the record written.
+/// `create`), the flags' split, with each class bucket claimed and the record written. The
+/// record is written before anything else of the filesystem, with `If-None-Match`, and read
+/// back: two starts that race to create it both end with the one record that won.
 async fn settle(
     url: &BucketUrl,
     manifest: &Arc<dyn ObjectStore>,
@@ -209,14 +227,17 @@ async fn settle(
 ) -> anyhow::Result<Recorded> {
     let wanted = wanted(url, placement)?;
     let store = retrying(manifest);
+    let mut claimed = Vec::new();
     let recorded = match store.get(FORMAT_KEY, None).await {
         Ok(bytes) => crate::checkpoint::check_format(&bytes)?,
-        Err(StoreError::NotFound { .. }) if create && wanted.is_split() => {
+        Err(StoreError::NotFound { .. }) if create => {
+            refuse_foreign(url, &store).await?;
             // Claim the class buckets first: a marker left by a start that got no further is
             // this filesystem's and is found again.
-            for (class, u) in [(Class::Wal, &wanted.wal), (Class::Data, &wanted.data)] {
-                if let Some(u) = u {
+            for class in [Class::Wal, Class::Data] {
+                if let Some(u) = wanted.get(class) {
                     claim(url, class, &BucketUrl::parse(u)?, placement, true).await?;
+                    claimed.push((class, u.clone()));
                 }
             }
             let body = crate::checkpoint::format_marker(Some(&wanted));
@@ -228,18 +249,25 @@ async fn settle(
             let bytes = store.get(FORMAT_KEY, None).await?;
             crate::checkpoint::check_format(&bytes)?
         }
-        // Nothing there yet: opening it reports that (or the first checkpoint creates it,
-        // unsplit).
+        // Nothing there yet: opening it reports that.
         Err(StoreError::NotFound { .. }) => return Ok(wanted),
         Err(e) => return Err(e).with_context(|| format!("read {FORMAT_KEY} of {url}")),
     };
+    // A start that lost the race to another with a different split gives back what it
+    // claimed, so that the bucket is not refused to others for nothing.
+    for (class, u) in &claimed {
+        if recorded.get(*class) != Some(u) {
+            release(url, *class, &BucketUrl::parse(u)?, placement).await;
+        }
+    }
     for class in [Class::Wal, Class::Data] {
         let had = recorded.get(class);
         if let Some(want) = wanted.get(class).filter(|&w| Some(w) != had) {
             bail!(
-                "--bucket-{class} {want}: {url} keeps its {class} segments in {}; the buckets of \
-                 each class are chosen when the filesystem is created and cannot change (leave \
-                 the option out: the bucket's record is used)",
+                "{} {want}: {url} keeps its {class} segments in {}; the buckets of each class \
+                 are chosen when the filesystem is created and cannot change (leave the option \
+                 out: the bucket's record is used)",
+                flag(class),
                 had.map_or_else(|| url.to_string(), String::clone)
             );
         }
@@ -248,6 +276,52 @@ async fn settle(
         }
     }
     Ok(recorded)
+}
+
+/// Refuses to create a filesystem in a prefix that holds another one's segments: a class
+/// bucket of another filesystem, or segments without a format marker (what is left of one).
+/// GC would delete what it does not know.
+async fn refuse_foreign(url: &BucketUrl, store: &RetryingStore) -> anyhow::Result<()> {
+    match store.get(CLASS_MARKER_KEY, None).await {
+        Ok(bytes) => {
+            let owner = serde_json::from_slice::<ClassMarker>(&bytes)
+                .map_or_else(|_| "another filesystem".into(), |m| m.owner);
+            bail!(
+                "--bucket {url}: it is a class bucket of {owner} (it holds {CLASS_MARKER_KEY}); \
+                 give this filesystem a prefix of its own"
+            );
+        }
+        Err(StoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e).with_context(|| format!("read {CLASS_MARKER_KEY} of {url}")),
+    }
+    if let Some(o) = store.list("segments/").await?.first() {
+        bail!(
+            "--bucket {url}: it holds segments ({}) but no {FORMAT_KEY}: the objects of another \
+             filesystem, or what is left of one; give this filesystem an empty prefix",
+            o.key
+        );
+    }
+    Ok(())
+}
+
+/// Removes this filesystem's claim on a class bucket it does not use after all.
+async fn release(url: &BucketUrl, class: Class, class_url: &BucketUrl, placement: &Placement) {
+    let go = async {
+        let store = retrying(&raw_store(
+            class_url,
+            class,
+            placement.regions[class as usize].as_deref(),
+        )?);
+        let bytes = store.get(CLASS_MARKER_KEY, None).await?;
+        let marker: ClassMarker = serde_json::from_slice(&bytes)?;
+        if marker.owner == url.to_string() {
+            store.delete(CLASS_MARKER_KEY).await?;
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = go.await {
+        tracing::warn!(bucket = %class_url, "could not give back the claim on an unused class bucket: {e:#}");
+    }
 }
 
 /// The split the flags ask for, with a class "in its own bucket" that is the manifest bucket
@@ -307,7 +381,8 @@ fn overlaps(a: &BucketUrl, b: &BucketUrl) -> bool {
 }
 
 /// Checks that the class bucket at `class_url` belongs to the filesystem at `url`; with
-/// `create`, claims an empty one.
+/// `create`, claims an empty one (with `If-None-Match`: of two filesystems claiming it at
+/// once, one wins).
 async fn claim(
     url: &BucketUrl,
     class: Class,
@@ -317,30 +392,42 @@ async fn claim(
 ) -> anyhow::Result<()> {
     let store = retrying(&raw_store(
         class_url,
+        class,
         placement.regions[class as usize].as_deref(),
     )?);
+    let name = flag(class);
     store
         .check()
         .await
-        .with_context(|| format!("--bucket-{class} {class_url}"))?;
+        .with_context(|| format!("{name} {class_url}"))?;
     let owner = url.to_string();
-    let refuse = |why: String| -> anyhow::Result<()> {
-        bail!("--bucket-{class} {class_url}: {why}; give each filesystem's {class} segments a prefix of their own")
+    let owned = |bytes: &[u8]| -> anyhow::Result<()> {
+        let marker: ClassMarker = serde_json::from_slice(bytes)
+            .ok()
+            .filter(|m: &ClassMarker| m.format == CLASS_MARKER_FORMAT)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{name} {class_url}: its {CLASS_MARKER_KEY} is not a bucketfs class marker"
+                )
+            })?;
+        if marker.owner != owner {
+            bail!(
+                "{name} {class_url}: it holds the segments of {} (or a start of that filesystem \
+                 claimed it); give each filesystem's {class} segments a prefix of their own",
+                marker.owner
+            );
+        }
+        Ok(())
     };
     match store.get(CLASS_MARKER_KEY, None).await {
-        Ok(bytes) => {
-            let marker: ClassMarker = serde_json::from_slice(&bytes)
-                .ok()
-                .filter(|m: &ClassMarker| m.format == CLASS_MARKER_FORMAT)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("{class_url}/{CLASS_MARKER_KEY} is not a bucketfs class marker")
-                })?;
-            if marker.owner != owner {
-                return refuse(format!("it holds the segments of {}", marker.owner));
-            }
-            Ok(())
-        }
+        Ok(bytes) => owned(&bytes),
         Err(StoreError::NotFound { .. }) if create => {
+            let refuse = |why: String| -> anyhow::Result<()> {
+                bail!(
+                    "{name} {class_url}: {why}; give each filesystem's {class} segments a prefix \
+                     of their own"
+                )
+            };
             if store.head(FORMAT_KEY).await?.is_some() {
                 return refuse("it is the bucket of another filesystem".into());
             }
@@ -349,19 +436,25 @@ async fn claim(
             }
             let marker = ClassMarker {
                 format: CLASS_MARKER_FORMAT.into(),
-                owner,
+                owner: owner.clone(),
             };
             let body = Bytes::from(serde_json::to_vec(&marker).expect("a marker serialises"));
-            store
-                .put(CLASS_MARKER_KEY, body, PutMode::Overwrite)
-                .await
-                .with_context(|| format!("claim {class_url} for the {class} segments of {url}"))?;
-            Ok(())
+            match store.put(CLASS_MARKER_KEY, body, PutMode::Create).await {
+                Ok(_) => Ok(()),
+                // Another start claimed it first: only ours if it is this filesystem.
+                Err(StoreError::PreconditionFailed { .. }) => {
+                    owned(&store.get(CLASS_MARKER_KEY, None).await?)
+                }
+                Err(e) => Err(e).with_context(|| {
+                    format!("claim {class_url} for the {class} segments of {url}")
+                }),
+            }
         }
-        Err(StoreError::NotFound { .. }) => refuse(format!(
-            "{url} records it as its {class} bucket, but it has no {CLASS_MARKER_KEY}: is it \
-             the right bucket, and were its objects removed?"
-        )),
+        Err(StoreError::NotFound { .. }) => bail!(
+            "{name} {class_url}: {url} records it as its {class} bucket, but it has no \
+             {CLASS_MARKER_KEY}: check that the credentials reach that bucket and that nothing \
+             removed its objects (without them the filesystem cannot be read)"
+        ),
         Err(e) => Err(e).with_context(|| format!("read {CLASS_MARKER_KEY} of {class_url}")),
     }
 }
@@ -475,6 +568,36 @@ mod tests {
             open(&file(&root.path().join("m4")), &theirs, true).unwrap_err()
         );
         assert!(e.contains("another filesystem"), "{e}");
+        // No filesystem is created in another's class bucket, nor where segments are left
+        // without a record: GC there would delete what it does not know.
+        let e = format!(
+            "{:#}",
+            open(&file(&d), &Placement::default(), true).unwrap_err()
+        );
+        assert!(e.contains("class bucket of"), "{e}");
+        std::fs::create_dir_all(root.path().join("left/segments")).unwrap();
+        std::fs::write(root.path().join("left/segments/1-x-0.seg"), b"x").unwrap();
+        let e = format!(
+            "{:#}",
+            open(
+                &file(&root.path().join("left")),
+                &Placement::default(),
+                true
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("holds segments"), "{e}");
+        // An unsplit filesystem is recorded as such at once, before its first checkpoint:
+        // a start with a split that comes second is refused instead of writing elsewhere.
+        let plain = root.path().join("plain");
+        open(&file(&plain), &Placement::default(), true).unwrap();
+        assert!(plain.join(FORMAT_KEY).exists());
+        let late = Placement {
+            data: Some(file(&root.path().join("late-data"))),
+            ..Placement::default()
+        };
+        let e = format!("{:#}", open(&file(&plain), &late, true).unwrap_err());
+        assert!(e.contains("cannot change"), "{e}");
         // A lost class bucket is named.
         std::fs::remove_file(w.join(CLASS_MARKER_KEY)).unwrap();
         let e = format!(

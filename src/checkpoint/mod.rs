@@ -152,11 +152,21 @@ pub struct LocalOnly {
 }
 
 impl LocalOnly {
+    /// `wal_dir` is relative to the root (`pg_wal`, `./pg_wal/` alike).
     pub fn new(patterns: &[String], wal_dir: &std::path::Path) -> LocalOnly {
         use std::os::unix::ffi::OsStrExt;
+        let mut wal = Vec::new();
+        for c in wal_dir.components() {
+            if let std::path::Component::Normal(name) = c {
+                if !wal.is_empty() {
+                    wal.push(b'/');
+                }
+                wal.extend_from_slice(name.as_bytes());
+            }
+        }
         LocalOnly {
             patterns: patterns.iter().map(|p| p.as_bytes().to_vec()).collect(),
-            wal_dir: wal_dir.as_os_str().as_bytes().to_vec(),
+            wal_dir: wal,
         }
     }
 }
@@ -431,6 +441,13 @@ pub fn check_format(bytes: &[u8]) -> Result<crate::placement::Recorded, Checkpoi
     } else {
         BUCKET_FORMAT_VERSION
     };
+    if version == u64::from(SPLIT_FORMAT_VERSION) && !placement.is_split() {
+        return Err(FormatError::corrupt(
+            FORMAT_KEY,
+            "version 2 (classes in buckets of their own) but no placement recorded",
+        )
+        .into());
+    }
     if version != u64::from(expected) {
         return Err(FormatError::Version {
             key: FORMAT_KEY.into(),
@@ -1390,8 +1407,9 @@ mod tests {
                 "postmaster.*".into(),
                 "base/1/tmp?".into(),
             ],
-            std::path::Path::new("pg_wal"),
+            std::path::Path::new("./pg_wal/"),
         );
+        assert!(f.wal(b"pg_wal") && !f.wal(b"base/pg_wal") && !f.wal(b"pg_wal2"));
         assert!(f.local_only(b"base/pgsql_tmp"));
         assert!(f.local_only(b"postmaster.pid"));
         assert!(f.local_only(b"postmaster.opts"));
