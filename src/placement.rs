@@ -496,6 +496,11 @@ mod tests {
         BucketUrl::File(dir.to_path_buf())
     }
 
+    /// Why creating a filesystem in `dir` with `placement` is refused.
+    fn refused(dir: &std::path::Path, placement: &Placement) -> String {
+        format!("{:#}", open(&file(dir), placement, true).unwrap_err())
+    }
+
     #[test]
     fn the_split_is_recorded_and_found_again_from_the_manifest_bucket_alone() {
         let root = tempfile::tempdir().unwrap();
@@ -535,17 +540,14 @@ mod tests {
             data: Some(file(&root.path().join("elsewhere"))),
             ..Placement::default()
         };
-        let e = open(&file(&m), &moved, true).unwrap_err().to_string();
+        let e = refused(&m, &moved);
         assert!(e.contains("cannot change"), "{e}");
         // Another filesystem may not use this one's data bucket...
         let other = Placement {
             data: Some(file(&d)),
             ..Placement::default()
         };
-        let e = format!(
-            "{:#}",
-            open(&file(&root.path().join("m2")), &other, true).unwrap_err()
-        );
+        let e = refused(&root.path().join("m2"), &other);
         assert!(e.contains("holds the segments of"), "{e}");
         // ... nor a bucket with objects in it, nor another filesystem's own bucket.
         std::fs::create_dir_all(root.path().join("full")).unwrap();
@@ -554,38 +556,21 @@ mod tests {
             wal: Some(file(&root.path().join("full"))),
             ..Placement::default()
         };
-        let e = format!(
-            "{:#}",
-            open(&file(&root.path().join("m3")), &full, true).unwrap_err()
-        );
+        let e = refused(&root.path().join("m3"), &full);
         assert!(e.contains("not empty"), "{e}");
         let theirs = Placement {
             wal: Some(file(&m)),
             ..Placement::default()
         };
-        let e = format!(
-            "{:#}",
-            open(&file(&root.path().join("m4")), &theirs, true).unwrap_err()
-        );
+        let e = refused(&root.path().join("m4"), &theirs);
         assert!(e.contains("another filesystem"), "{e}");
         // No filesystem is created in another's class bucket, nor where segments are left
         // without a record: GC there would delete what it does not know.
-        let e = format!(
-            "{:#}",
-            open(&file(&d), &Placement::default(), true).unwrap_err()
-        );
+        let e = refused(&d, &Placement::default());
         assert!(e.contains("class bucket of"), "{e}");
         std::fs::create_dir_all(root.path().join("left/segments")).unwrap();
         std::fs::write(root.path().join("left/segments/1-x-0.seg"), b"x").unwrap();
-        let e = format!(
-            "{:#}",
-            open(
-                &file(&root.path().join("left")),
-                &Placement::default(),
-                true
-            )
-            .unwrap_err()
-        );
+        let e = refused(&root.path().join("left"), &Placement::default());
         assert!(e.contains("holds segments"), "{e}");
         // An unsplit filesystem is recorded as such at once, before its first checkpoint:
         // a start with a split that comes second is refused instead of writing elsewhere.
@@ -596,7 +581,7 @@ mod tests {
             data: Some(file(&root.path().join("late-data"))),
             ..Placement::default()
         };
-        let e = format!("{:#}", open(&file(&plain), &late, true).unwrap_err());
+        let e = refused(&plain, &late);
         assert!(e.contains("cannot change"), "{e}");
         // A lost class bucket is named.
         std::fs::remove_file(w.join(CLASS_MARKER_KEY)).unwrap();

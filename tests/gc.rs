@@ -302,11 +302,14 @@ fn compaction_bounds_space_amplification_and_keeps_every_byte() {
 }
 
 /// A store that runs `on_miss` the first time a GET finds nothing: what a compaction commit
-/// landing while a fetch is in flight looks like to that fetch.
+/// landing while a fetch is in flight looks like to that fetch. With `late`, the first GET of
+/// each segment finds nothing: a global bucket's copy in this region lagging the manifest
+/// that names it.
 struct MovesOnMiss {
     inner: Arc<dyn ObjectStore>,
     #[allow(clippy::type_complexity)]
     on_miss: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    late: Option<std::sync::Mutex<BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for MovesOnMiss {
@@ -322,6 +325,11 @@ impl ReadStore for MovesOnMiss {
         key: &str,
         range: Option<std::ops::Range<u64>>,
     ) -> bucketfs::store::StoreResult<bytes::Bytes> {
+        if let Some(seen) = &self.late {
+            if key.starts_with("segments/") && seen.lock().unwrap().insert(key.to_string()) {
+                return Err(bucketfs::store::StoreError::NotFound { key: key.into() });
+            }
+        }
         let r = self.inner.get(key, range).await;
         if let Err(bucketfs::store::StoreError::NotFound { .. }) = &r {
             if let Some(f) = self.on_miss.lock().unwrap().take() {
@@ -394,6 +402,7 @@ fn a_fetch_that_finds_its_segment_collected_reads_the_moved_view_again() {
     let store: Arc<dyn ObjectStore> = Arc::new(MovesOnMiss {
         inner: local.clone(),
         on_miss: std::sync::Mutex::new(Some(Box::new(move || *moved.write() = after))),
+        late: None,
     });
     let fetcher = BucketFetcher::new(store, rt.handle().clone(), view);
     let got = fetcher
@@ -489,43 +498,6 @@ fn wal_pages_go_in_wal_segments_and_compaction_keeps_them_there() {
     );
 }
 
-/// A store whose first GET of each segment finds nothing: a global bucket's copy in this
-/// region lagging the manifest that names it.
-#[derive(Debug)]
-struct LateCopies {
-    inner: Arc<dyn ObjectStore>,
-    seen: std::sync::Mutex<BTreeSet<String>>,
-}
-
-#[async_trait::async_trait]
-impl ReadStore for LateCopies {
-    async fn get(
-        &self,
-        key: &str,
-        range: Option<std::ops::Range<u64>>,
-    ) -> bucketfs::store::StoreResult<bytes::Bytes> {
-        if key.starts_with("segments/") && self.seen.lock().unwrap().insert(key.to_string()) {
-            return Err(bucketfs::store::StoreError::NotFound { key: key.into() });
-        }
-        self.inner.get(key, range).await
-    }
-    async fn head(
-        &self,
-        key: &str,
-    ) -> bucketfs::store::StoreResult<Option<bucketfs::store::ObjectMeta>> {
-        self.inner.head(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-    ) -> bucketfs::store::StoreResult<Vec<bucketfs::store::ObjectMeta>> {
-        self.inner.list(prefix).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
 #[test]
 fn a_segment_not_yet_visible_is_asked_for_again_not_reported_gone() {
     let dirs = Dirs::new();
@@ -535,9 +507,10 @@ fn a_segment_not_yet_visible_is_asked_for_again_not_reported_gone() {
     e.checkpoint();
     let view = e.cp.view().read().clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let store: Arc<dyn ReadStore> = Arc::new(LateCopies {
+    let store: Arc<dyn ReadStore> = Arc::new(MovesOnMiss {
         inner: Arc::new(LocalStore::new(&dirs.bucket()).unwrap()),
-        seen: Default::default(),
+        on_miss: Default::default(),
+        late: Some(Default::default()),
     });
     let fetcher = BucketFetcher::new(
         store,

@@ -202,6 +202,11 @@ mod tests {
         Arc::new(LocalStore::new(dir).unwrap())
     }
 
+    async fn keys(store: &dyn ReadStore, prefix: &str) -> Vec<String> {
+        let listed = store.list(prefix).await.unwrap();
+        listed.into_iter().map(|o| o.key).collect()
+    }
+
     #[tokio::test]
     async fn each_class_goes_to_its_store_and_lists_merge() {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -221,32 +226,14 @@ mod tests {
         put("segments/1-a-0.wal.seg").await;
         put("segments/1-a-1.seg").await;
         put("segments/2-a-0.seg").await;
-        let keys = |s: &Arc<dyn ObjectStore>| {
-            let s = s.clone();
-            async move {
-                s.list("")
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|o| o.key)
-                    .collect::<Vec<_>>()
-            }
-        };
-        assert_eq!(keys(&stores[0]).await, ["manifests/1"]);
-        assert_eq!(keys(&stores[1]).await, ["segments/1-a-0.wal.seg"]);
+        assert_eq!(keys(&*stores[0], "").await, ["manifests/1"]);
+        assert_eq!(keys(&*stores[1], "").await, ["segments/1-a-0.wal.seg"]);
         assert_eq!(
-            keys(&stores[2]).await,
+            keys(&*stores[2], "").await,
             ["segments/1-a-1.seg", "segments/2-a-0.seg"]
         );
-        let listed: Vec<String> = placed
-            .list("segments/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
         assert_eq!(
-            listed,
+            keys(&placed, "segments/").await,
             [
                 "segments/1-a-0.wal.seg",
                 "segments/1-a-1.seg",
@@ -260,7 +247,7 @@ mod tests {
             b"segments/1-a-0.wal.seg"
         );
         placed.delete("segments/1-a-0.wal.seg").await.unwrap();
-        assert!(keys(&stores[1]).await.is_empty());
+        assert!(keys(&*stores[1], "").await.is_empty());
     }
 
     #[tokio::test]
@@ -300,15 +287,8 @@ mod tests {
         )
         .await
         .unwrap();
-        let listed: Vec<String> = placed
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
         assert_eq!(
-            listed,
+            keys(&placed, "").await,
             [
                 "manifests/1",
                 "segments/1-x-0.wal.seg",
