@@ -14,7 +14,6 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::BucketUrl;
@@ -87,14 +86,34 @@ impl Recorded {
     }
 }
 
+/// The claim on a class bucket: sealed with a checksum, versioned.
 #[derive(Debug, Serialize, Deserialize)]
 struct ClassMarker {
     format: String,
+    version: u32,
     /// The manifest bucket of the filesystem these objects belong to.
     owner: String,
 }
 
 const CLASS_MARKER_FORMAT: &str = "bucketfs-class";
+const CLASS_MARKER_VERSION: u32 = 1;
+
+impl ClassMarker {
+    fn new(owner: String) -> ClassMarker {
+        ClassMarker {
+            format: CLASS_MARKER_FORMAT.into(),
+            version: CLASS_MARKER_VERSION,
+            owner,
+        }
+    }
+
+    /// A marker this bucketfs wrote and can read, or None.
+    fn read(bytes: &[u8]) -> Option<ClassMarker> {
+        crate::gc::unseal_json::<ClassMarker>(bytes, CLASS_MARKER_KEY)
+            .ok()
+            .filter(|m| m.format == CLASS_MARKER_FORMAT && m.version == CLASS_MARKER_VERSION)
+    }
+}
 
 /// Opens the store of the filesystem at `url`, with its classes routed as the bucket records
 /// (or, for a filesystem not yet created and `create`, as `placement` says, recording it).
@@ -284,8 +303,8 @@ async fn settle(
 async fn refuse_foreign(url: &BucketUrl, store: &RetryingStore) -> anyhow::Result<()> {
     match store.get(CLASS_MARKER_KEY, None).await {
         Ok(bytes) => {
-            let owner = serde_json::from_slice::<ClassMarker>(&bytes)
-                .map_or_else(|_| "another filesystem".into(), |m| m.owner);
+            let owner =
+                ClassMarker::read(&bytes).map_or_else(|| "another filesystem".into(), |m| m.owner);
             bail!(
                 "--bucket {url}: it is a class bucket of {owner} (it holds {CLASS_MARKER_KEY}); \
                  give this filesystem a prefix of its own"
@@ -313,8 +332,7 @@ async fn release(url: &BucketUrl, class: Class, class_url: &BucketUrl, placement
             placement.regions[class as usize].as_deref(),
         )?);
         let bytes = store.get(CLASS_MARKER_KEY, None).await?;
-        let marker: ClassMarker = serde_json::from_slice(&bytes)?;
-        if marker.owner == url.to_string() {
+        if ClassMarker::read(&bytes).is_some_and(|m| m.owner == url.to_string()) {
             store.delete(CLASS_MARKER_KEY).await?;
         }
         anyhow::Ok(())
@@ -402,14 +420,11 @@ async fn claim(
         .with_context(|| format!("{name} {class_url}"))?;
     let owner = url.to_string();
     let owned = |bytes: &[u8]| -> anyhow::Result<()> {
-        let marker: ClassMarker = serde_json::from_slice(bytes)
-            .ok()
-            .filter(|m: &ClassMarker| m.format == CLASS_MARKER_FORMAT)
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{name} {class_url}: its {CLASS_MARKER_KEY} is not a bucketfs class marker"
-                )
-            })?;
+        let marker = ClassMarker::read(bytes).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{name} {class_url}: its {CLASS_MARKER_KEY} is not a bucketfs class marker"
+            )
+        })?;
         if marker.owner != owner {
             bail!(
                 "{name} {class_url}: it holds the segments of {} (or a start of that filesystem \
@@ -434,11 +449,7 @@ async fn claim(
             if let Some(o) = store.list("").await?.first() {
                 return refuse(format!("it is not empty (it holds {})", o.key));
             }
-            let marker = ClassMarker {
-                format: CLASS_MARKER_FORMAT.into(),
-                owner: owner.clone(),
-            };
-            let body = Bytes::from(serde_json::to_vec(&marker).expect("a marker serialises"));
+            let body = crate::gc::seal_json(&ClassMarker::new(owner.clone()));
             match store.put(CLASS_MARKER_KEY, body, PutMode::Create).await {
                 Ok(_) => Ok(()),
                 // Another start claimed it first: only ours if it is this filesystem.
@@ -523,7 +534,7 @@ mod tests {
                 "segments/1-a-1.seg",
             ] {
                 store
-                    .put(k, Bytes::from_static(b"x"), PutMode::Overwrite)
+                    .put(k, bytes::Bytes::from_static(b"x"), PutMode::Overwrite)
                     .await
                     .unwrap();
             }
@@ -583,6 +594,20 @@ mod tests {
         };
         let e = refused(&plain, &late);
         assert!(e.contains("cannot change"), "{e}");
+        // A damaged marker is not believed (it is sealed with a checksum).
+        let marker = w.join(CLASS_MARKER_KEY);
+        let good = std::fs::read(&marker).unwrap();
+        let mut bad = good.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x20;
+        std::fs::write(&marker, &bad).unwrap();
+        let e = format!(
+            "{:#}",
+            open(&file(&m), &Placement::default(), false).unwrap_err()
+        );
+        assert!(e.contains("not a bucketfs class marker"), "{e}");
+        std::fs::write(&marker, &good).unwrap();
+        open(&file(&m), &Placement::default(), false).unwrap();
         // A lost class bucket is named.
         std::fs::remove_file(w.join(CLASS_MARKER_KEY)).unwrap();
         let e = format!(

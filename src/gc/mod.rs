@@ -198,13 +198,17 @@ async fn raise_boundary(store: &dyn ObjectStore, to: u64) -> Result<(), Checkpoi
     }
 }
 
-fn unseal_json<T: for<'de> Deserialize<'de>>(bytes: &[u8], key: &str) -> Result<T, FormatError> {
+/// A small JSON object as the bucket keeps it: sealed with a checksum (`cache::seal`).
+pub(crate) fn unseal_json<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    key: &str,
+) -> Result<T, FormatError> {
     let text = std::str::from_utf8(bytes).map_err(|_| FormatError::corrupt(key, "not UTF-8"))?;
     let body = crate::cache::unseal(text).map_err(|e| FormatError::corrupt(key, e))?;
     serde_json::from_str(body).map_err(|e| FormatError::corrupt(key, e.to_string()))
 }
 
-fn seal_json<T: Serialize>(v: &T) -> Bytes {
+pub(crate) fn seal_json<T: Serialize>(v: &T) -> Bytes {
     Bytes::from(crate::cache::seal(
         &serde_json::to_string(v).expect("a plain struct serializes"),
     ))
