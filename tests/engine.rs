@@ -10,7 +10,7 @@
 use std::ffi::OsStr;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,69 @@ fn a_cut_that_fails_part_way_leaves_every_page_for_the_next_checkpoint() {
         assert_same(&format!("restored {name}"), &got, bytes);
     }
     r.crash();
+}
+
+// Issue 14: a checkpoint many segments large holds at most `upload_concurrency + 1` of them
+// in memory: each is uploaded as soon as it is full, and packing waits for the bucket. Before,
+// the whole cut was packed first (up to `--max-dirty`, 1 GiB by default, in memory: the
+// mount's peak RSS). "In memory" is what `bucketfs status` shows as the upload in flight:
+// segments packed and not yet in the bucket.
+#[test]
+fn a_checkpoint_of_many_segments_holds_few_in_memory_and_restores_whole() {
+    let dirs = Dirs::new();
+    const CONCURRENCY: usize = 2;
+    let options = Options {
+        tune: Some(Box::new(|s| {
+            // One 32-page run per segment, stored raw: sizes known in advance.
+            s.segment_bytes = 64 << 10;
+            s.zstd_level = None;
+            s.upload_concurrency = CONCURRENCY;
+        })),
+        ..Options::default()
+    };
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
+    let files: Vec<(String, Vec<u8>)> = (0..4u8)
+        .map(|i| {
+            let name = format!("f{i}");
+            let ino = e.create(&name);
+            let bytes = pattern(i * 64, 128);
+            e.write(ino, 0, &bytes);
+            (name, bytes)
+        })
+        .collect();
+    // Uploads slower than packing, so that only the bound keeps the packer from running ahead.
+    e.plan.set_latency(Duration::from_millis(20));
+    let (worst, puts) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (cp, w, p) = (Arc::downgrade(&e.cp), worst.clone(), puts.clone());
+    e.plan.on_put(move |key| {
+        if let (true, Some(cp)) = (key.starts_with("segments/"), cp.upgrade()) {
+            let progress = cp.upload_progress();
+            w.fetch_max(progress.total - progress.sent, Ordering::SeqCst);
+            p.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    e.checkpoint();
+    let runs = 4 * 128 / 32;
+    assert_eq!(puts.load(Ordering::SeqCst), runs, "one segment per run");
+    // A segment: its run, a 16-byte header, an index of one 37-byte entry after its 4-byte
+    // count, and a 24-byte footer.
+    let segment = 32 * PAGE + 16 + 4 + 37 + 24;
+    let bound = (CONCURRENCY + 1) * segment;
+    assert!(
+        worst.load(Ordering::SeqCst) <= bound as u64,
+        "at most {} segments ({bound} bytes) packed and not yet in the bucket at once, \
+         saw {} bytes ({runs} segments in the checkpoint)",
+        CONCURRENCY + 1,
+        worst.load(Ordering::SeqCst)
+    );
+    e.crash();
+    for (n, (name, bytes)) in (1..).zip(&files) {
+        assert_same(
+            &format!("restored {name}"),
+            &restored(&dirs, n, name),
+            bytes,
+        );
+    }
 }
 
 // Issue 10, finding 1 (what a user sees): writers waiting at `--max-dirty` wake once a

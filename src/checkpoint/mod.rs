@@ -3,8 +3,9 @@
 //!
 //! One checkpoint, in order (DESIGN.md section 3):
 //! 1. *cut*: `Fs::cut` pauses every change, closes epoch E and hands over the dirty pages'
-//!    bytes, which are packed into segments here;
-//! 2. *upload* the segments (in parallel, retried by the store wrapper);
+//!    bytes, which wait in the staging file (`staging.rs`);
+//! 2. *pack and upload*: the runs become segments here, each uploaded as soon as it is full
+//!    (in parallel, retried by the store wrapper), with few in memory at once;
 //! 3. *commit* the manifest for E with `If-None-Match: *`: only then does the checkpoint exist;
 //!    a 412 means another writer took over, and this mount stops accepting changes;
 //! 4. *mark clean* what was uploaded and not written again.
@@ -13,6 +14,7 @@
 //! stay dirty and the next checkpoint takes them again.
 
 mod fetch;
+mod staging;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +33,7 @@ use crate::store::placement::{Class, WAL_SEGMENT_SUFFIX};
 use crate::store::{ObjectStore, PutMode, ReadStore, StoreError};
 
 pub use fetch::BucketFetcher;
+use staging::Staging;
 
 /// The bucket's format marker, written once when a prefix is first used.
 pub const FORMAT_KEY: &str = "bucketfs.json";
@@ -141,6 +144,8 @@ pub enum CheckpointError {
     Format(#[from] FormatError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error("read the checkpoint staging file: {0}")]
+    Staging(std::io::Error),
 }
 
 /// `--local-only` globs: a pattern without '/' matches any one path component ('*' and '?'
@@ -548,6 +553,14 @@ pub struct Outcome {
     pub base: bool,
 }
 
+/// What a checkpoint's packing sent to the bucket.
+#[derive(Default)]
+struct Sent {
+    extents: Vec<Extent>,
+    segments: usize,
+    bytes: u64,
+}
+
 pub struct Checkpointer {
     fs: Arc<Fs>,
     store: Arc<dyn ObjectStore>,
@@ -559,6 +572,8 @@ pub struct Checkpointer {
     view: Arc<RwLock<View>>,
     /// One checkpoint at a time.
     running: Mutex<()>,
+    /// Where each cut's bytes wait to be packed (made at the first cut).
+    staging: Mutex<Option<Staging>>,
     fenced: AtomicBool,
     /// The bucket URL recorded in the cache dir after each commit (unset in tests).
     record_url: Mutex<Option<String>>,
@@ -596,6 +611,7 @@ impl Checkpointer {
             writer,
             view: Arc::new(RwLock::new(view)),
             running: Mutex::new(()),
+            staging: Mutex::new(None),
             fenced: AtomicBool::new(false),
             record_url: Mutex::new(None),
             covered: Mutex::new(0),
@@ -776,57 +792,57 @@ impl Checkpointer {
             });
         }
         let started = Instant::now();
-        let mut segments: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut extents: Vec<Extent> = Vec::new();
-        let level = self.settings.zstd_level;
         // Bucket epochs are consecutive: this checkpoint is the next one after the last the
         // bucket holds, whatever the local epoch counter says (it also moves on empty and
         // failed cuts). That is what makes fencing work: a writer that was taken over tries
         // to commit an epoch that the takeover manifest already holds, and gets 412.
         let epoch_now = self.view.read().epoch + 1;
-        let writer = self.writer.clone();
-        let seg_limit = self.settings.segment_bytes;
-        let seal = |builder: SegmentBuilder,
-                    cut_no: u64,
-                    wal: bool,
-                    segments: &mut Vec<(String, Vec<u8>)>,
-                    extents: &mut Vec<Extent>| {
-            let key = segment_key(epoch_now, &writer, cut_no, segments.len(), wal);
-            let (bytes, runs) = builder.finish();
-            extents.extend(runs.into_iter().map(|r| Extent::whole(key.clone(), r)));
-            segments.push((key, bytes));
-        };
-        // The cut only copies the dirty bytes (every writer waits while it runs); compressing
-        // and packing them into segments happens after, with the writers going again.
-        let mut runs: Vec<(u64, u64, u32, Vec<u8>)> = Vec::new();
+        // The cut only copies the dirty bytes, into the staging file (every writer waits
+        // while it runs); compressing, packing and uploading happen after, with the writers
+        // going again.
+        let mut staging = self.staging.lock();
+        let staging = staging.get_or_insert_with(|| Staging::in_dir(self.fs.root()));
+        staging.clear();
         let cut = self.fs.cut(
             &self.filter,
             self.settings.run_pages,
             &mut |ino, first, pages, bytes| {
-                runs.push((ino, first, pages, bytes.to_vec()));
+                staging.push(ino, first, pages, bytes);
                 Ok(())
             },
-        )?;
-        // Two builders: WAL pages and the rest never share a segment (their classes may live
-        // in different buckets, and WAL dies young).
-        let mut builders = [
-            SegmentBuilder::compressing(level),
-            SegmentBuilder::compressing(level),
-        ];
-        for (ino, first, pages, bytes) in runs {
-            let wal = cut.wal.contains(&ino);
-            let builder = &mut builders[usize::from(wal)];
-            builder.push_run(ino, first, pages, &bytes);
-            if builder.len() >= seg_limit {
-                let full = std::mem::replace(builder, SegmentBuilder::compressing(level));
-                seal(full, cut.epoch, wal, &mut segments, &mut extents);
+        );
+        let cut = match cut {
+            Ok(cut) => cut,
+            Err(e) => {
+                staging.clear();
+                return Err(e.into());
+            }
+        };
+        if staging.is_empty() {
+            let view = self.view.read();
+            let m = delta(&view, &cut, Vec::new());
+            if is_empty_delta(&m) && !commit_empty && view.epoch > 0 {
+                drop(view);
+                self.fs.mark_clean(&cut)?;
+                self.covered_through(cut.epoch);
+                return Ok(None);
             }
         }
-        for (i, builder) in builders.into_iter().enumerate() {
-            if !builder.is_empty() {
-                seal(builder, cut.epoch, i == 1, &mut segments, &mut extents);
+        self.fs.step(crate::fs::Step::CutTaken { epoch: cut.epoch });
+        let upload_started = Instant::now();
+        let sent = self.pack_and_upload(staging, &cut, epoch_now);
+        staging.clear();
+        let Sent {
+            extents,
+            segments: count,
+            bytes,
+        } = match sent {
+            Ok(sent) => sent,
+            Err(e) => {
+                self.fs.untake(cut);
+                return Err(e);
             }
-        }
+        };
         let (manifest, base) = {
             let view = self.view.read();
             let mut m = delta(&view, &cut, extents);
@@ -834,22 +850,8 @@ impl Checkpointer {
             m.created_ms = now_ms();
             m.writer = self.writer.clone();
             m.clean_stop = clean_stop;
-            if is_empty_delta(&m) && !commit_empty && view.epoch > 0 {
-                drop(view);
-                self.fs.mark_clean(&cut)?;
-                self.covered_through(cut.epoch);
-                return Ok(None);
-            }
             self.as_committed(&view, m)
         };
-        let bytes: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
-        let count = segments.len();
-        self.fs.step(crate::fs::Step::CutTaken { epoch: cut.epoch });
-        let upload_started = Instant::now();
-        if let Err(e) = self.upload(segments) {
-            self.fs.untake(cut);
-            return Err(e);
-        }
         let upload_ms = upload_started.elapsed().as_millis() as u64;
         self.fs.step(crate::fs::Step::Uploaded { epoch: cut.epoch });
         crate::failpoint::hit("before-manifest-commit");
@@ -902,6 +904,126 @@ impl Checkpointer {
         self.covered_cv.notify_all();
     }
 
+    /// Packs the cut's runs into segments and uploads each as soon as it is full: WAL pages
+    /// and the rest never share a segment (their classes may live in different buckets, and
+    /// WAL dies young). At most `upload_concurrency + 1` segments are in memory at once, being
+    /// built or uploaded: a builder takes a permit when it starts and its upload gives it back,
+    /// so packing waits for the bucket instead of building the whole cut in memory. The first
+    /// failed upload ends it (those in flight are dropped; the caller puts the pages back).
+    fn pack_and_upload(
+        &self,
+        staging: &Staging,
+        cut: &crate::fs::Cut,
+        epoch: u64,
+    ) -> Result<Sent, CheckpointError> {
+        self.upload_sent.store(0, Ordering::Release);
+        self.upload_total.store(0, Ordering::Release);
+        let result = self.pack_and_upload_runs(staging, cut, epoch);
+        self.upload_total.store(0, Ordering::Release);
+        self.upload_sent.store(0, Ordering::Release);
+        result
+    }
+
+    fn pack_and_upload_runs(
+        &self,
+        staging: &Staging,
+        cut: &crate::fs::Cut,
+        epoch: u64,
+    ) -> Result<Sent, CheckpointError> {
+        let level = self.settings.zstd_level;
+        // Two builders may hold a permit each at once: with fewer than two, neither could
+        // ever finish.
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.settings.upload_concurrency.max(1) + 1,
+        ));
+        let mut uploads = tokio::task::JoinSet::new();
+        let mut sent = Sent::default();
+        let mut builders: [Option<(SegmentBuilder, tokio::sync::OwnedSemaphorePermit)>; 2] =
+            [None, None];
+        let mut buf = Vec::new();
+        for run in staging.runs() {
+            let wal = cut.wal.contains(&run.ino);
+            let slot = &mut builders[usize::from(wal)];
+            let (builder, _) = match slot {
+                Some(open) => open,
+                None => {
+                    let permit = self
+                        .rt
+                        .block_on(permits.clone().acquire_owned())
+                        .expect("the semaphore is never closed");
+                    slot.insert((SegmentBuilder::compressing(level), permit))
+                }
+            };
+            let bytes = staging
+                .bytes(run, &mut buf)
+                .map_err(CheckpointError::Staging)?;
+            builder.push_run(run.ino, run.first_page, run.pages, bytes);
+            if builder.len() >= self.settings.segment_bytes {
+                let (full, permit) = slot.take().expect("the slot was filled above");
+                self.send(full, permit, epoch, cut.epoch, wal, &mut sent, &mut uploads);
+            }
+            // Fail fast: a failed upload stops the packing.
+            while let Some(done) = uploads.try_join_next() {
+                done.expect("upload task does not panic")?;
+                crate::failpoint::hit("after-segment-put");
+            }
+        }
+        for (i, slot) in builders.into_iter().enumerate() {
+            if let Some((builder, permit)) = slot {
+                self.send(
+                    builder,
+                    permit,
+                    epoch,
+                    cut.epoch,
+                    i == 1,
+                    &mut sent,
+                    &mut uploads,
+                );
+            }
+        }
+        self.rt.block_on(async {
+            while let Some(done) = uploads.join_next().await {
+                done.expect("upload task does not panic")?;
+                crate::failpoint::hit("after-segment-put");
+            }
+            Ok::<_, CheckpointError>(())
+        })?;
+        Ok(sent)
+    }
+
+    /// Seals `builder` as the next segment of this checkpoint and starts its upload, which
+    /// gives `permit` back when it ends.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        builder: SegmentBuilder,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        epoch: u64,
+        cut_no: u64,
+        wal: bool,
+        sent: &mut Sent,
+        uploads: &mut tokio::task::JoinSet<Result<(), StoreError>>,
+    ) {
+        let key = segment_key(epoch, &self.writer, cut_no, sent.segments, wal);
+        let (bytes, runs) = builder.finish();
+        sent.extents
+            .extend(runs.into_iter().map(|r| Extent::whole(key.clone(), r)));
+        let len = bytes.len() as u64;
+        sent.segments += 1;
+        sent.bytes += len;
+        self.upload_total.fetch_add(len, Ordering::AcqRel);
+        let put = put_segment(self.store.clone(), key, bytes, self.upload_sent.clone());
+        uploads.spawn_on(
+            async move {
+                let r = put.await;
+                drop(permit);
+                r
+            },
+            &self.rt,
+        );
+    }
+
+    /// Uploads segments already built (compaction's), `upload_concurrency` at a time.
     fn upload(&self, segments: Vec<(String, Vec<u8>)>) -> Result<(), CheckpointError> {
         if segments.is_empty() {
             return Ok(());
@@ -909,35 +1031,17 @@ impl Checkpointer {
         let total: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
         self.upload_sent.store(0, Ordering::Release);
         self.upload_total.store(total, Ordering::Release);
-        let result = self.upload_all(segments);
-        self.upload_total.store(0, Ordering::Release);
-        self.upload_sent.store(0, Ordering::Release);
-        result
-    }
-
-    fn upload_all(&self, segments: Vec<(String, Vec<u8>)>) -> Result<(), CheckpointError> {
-        let sent = self.upload_sent.clone();
-        let store = self.store.clone();
         let limit = Arc::new(tokio::sync::Semaphore::new(
             self.settings.upload_concurrency.max(1),
         ));
-        self.rt.block_on(async move {
+        let result = self.rt.block_on(async {
             let mut tasks = tokio::task::JoinSet::new();
             for (key, bytes) in segments {
-                let (store, limit, sent) = (store.clone(), limit.clone(), sent.clone());
+                let put = put_segment(self.store.clone(), key, bytes, self.upload_sent.clone());
+                let limit = limit.clone();
                 tasks.spawn(async move {
-                    let _permit = limit
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore is never closed");
-                    let len = bytes.len() as u64;
-                    let r = store
-                        .put(&key, Bytes::from(bytes), PutMode::Overwrite)
-                        .await;
-                    if r.is_ok() {
-                        sent.fetch_add(len, Ordering::AcqRel);
-                    }
-                    r
+                    let _permit = limit.acquire_owned().await;
+                    put.await
                 });
             }
             while let Some(done) = tasks.join_next().await {
@@ -945,7 +1049,10 @@ impl Checkpointer {
                 crate::failpoint::hit("after-segment-put");
             }
             Ok(())
-        })
+        });
+        self.upload_total.store(0, Ordering::Release);
+        self.upload_sent.store(0, Ordering::Release);
+        result
     }
 
     /// Commits the manifest (create-only: a 412 means another writer took the epoch);
@@ -1298,6 +1405,21 @@ impl crate::fs::RemoteSync for Checkpointer {
         }
         Ok(())
     }
+}
+
+/// PUTs one segment, and counts its bytes as sent once the bucket has them.
+async fn put_segment(
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    bytes: Vec<u8>,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<(), StoreError> {
+    let len = bytes.len() as u64;
+    store
+        .put(&key, Bytes::from(bytes), PutMode::Overwrite)
+        .await?;
+    progress.fetch_add(len, Ordering::AcqRel);
+    Ok(())
 }
 
 /// The manifest invariants, checked before every commit.

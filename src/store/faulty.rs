@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
 
 /// The faults to inject, shared between the store and the test that steers it.
-#[derive(Debug)]
 pub struct FaultPlan {
     /// Probability (0.0 to 1.0) that a call fails with a transient error.
     error_rate: Mutex<f64>,
@@ -36,7 +35,12 @@ pub struct FaultPlan {
     gets: AtomicU64,
     get_bytes: AtomicU64,
     put_bytes: AtomicU64,
+    /// Called with the key at the start of every PUT (before any fault): a test's look at
+    /// what the writer is doing as each upload begins.
+    on_put: Mutex<Option<PutObserver>>,
 }
+
+type PutObserver = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl Default for FaultPlan {
     fn default() -> Self {
@@ -51,6 +55,7 @@ impl Default for FaultPlan {
             gets: AtomicU64::new(0),
             get_bytes: AtomicU64::new(0),
             put_bytes: AtomicU64::new(0),
+            on_put: Mutex::new(None),
         }
     }
 }
@@ -64,7 +69,22 @@ pub struct Counts {
     pub get_bytes: u64,
 }
 
+impl std::fmt::Debug for FaultPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultPlan")
+            .field("error_rate", &*self.error_rate.lock())
+            .field("latency", &*self.latency.lock())
+            .field("outage", &self.outage)
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
 impl FaultPlan {
+    /// Calls `f(key)` as every PUT starts.
+    pub fn on_put(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        *self.on_put.lock() = Some(Arc::new(f));
+    }
     pub fn set_error_rate(&self, rate: f64) {
         *self.error_rate.lock() = rate.clamp(0.0, 1.0);
     }
@@ -163,6 +183,10 @@ impl ReadStore for FaultyStore {
 #[async_trait]
 impl ObjectStore for FaultyStore {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        let observer = self.plan.on_put.lock().clone();
+        if let Some(f) = observer {
+            f(key);
+        }
         self.plan.puts.fetch_add(1, Ordering::Relaxed);
         self.plan
             .put_bytes

@@ -27,6 +27,9 @@ pub struct Engine {
     rt: tokio::runtime::Runtime,
 }
 
+/// Changes checkpoint settings before the engine starts.
+pub type Tune = Box<dyn FnOnce(&mut CheckpointSettings)>;
+
 pub struct Options {
     pub local_only: Vec<String>,
     /// GC and compaction settings (`Checkpointer::gc_pass` needs them).
@@ -36,6 +39,8 @@ pub struct Options {
     /// Wraps the fetcher (a test that must hold fetches up).
     #[allow(clippy::type_complexity)]
     pub wrap_fetcher: Option<Box<dyn FnOnce(Arc<dyn Fetcher>) -> Arc<dyn Fetcher>>>,
+    /// Changes the checkpoint settings (segment size, compression, upload concurrency).
+    pub tune: Option<Tune>,
 }
 
 impl Default for Options {
@@ -45,6 +50,7 @@ impl Default for Options {
             gc: None,
             base_every: CheckpointSettings::default().base_every,
             wrap_fetcher: None,
+            tune: None,
         }
     }
 }
@@ -64,12 +70,15 @@ impl Engine {
         let dir = CacheDir::open(cache, PAGE_SIZE).expect("open cache dir");
         let fs = Arc::new(Fs::new(dir, &FsOptions::default()).expect("open fs"));
         let opened = open_bucket(&*store, rt.handle(), true).expect("open bucket");
-        let settings = CheckpointSettings {
+        let mut settings = CheckpointSettings {
             local_only: options.local_only,
             gc: options.gc,
             base_every: options.base_every,
             ..CheckpointSettings::default()
         };
+        if let Some(tune) = options.tune {
+            tune(&mut settings);
+        }
         let cp = Arc::new(Checkpointer::new(
             fs.clone(),
             store.clone(),
