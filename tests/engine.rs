@@ -68,8 +68,8 @@ fn a_cut_that_fails_part_way_leaves_every_page_for_the_next_checkpoint() {
 // Issue 14: a checkpoint many segments large holds at most `upload_concurrency + 1` of them
 // in memory: each is uploaded as soon as it is full, and packing waits for the bucket. Before,
 // the whole cut was packed first (up to `--max-dirty`, 1 GiB by default, in memory: the
-// mount's peak RSS). "In memory" is what `bucketfs status` shows as the upload in flight:
-// segments packed and not yet in the bucket.
+// mount's peak RSS). "In memory" is the upload progress the final checkpoint logs: segments
+// packed and not yet in the bucket.
 #[test]
 fn a_checkpoint_of_many_segments_holds_few_in_memory_and_restores_whole() {
     let dirs = Dirs::new();
@@ -100,7 +100,10 @@ fn a_checkpoint_of_many_segments_holds_few_in_memory_and_restores_whole() {
     e.plan.on_put(move |key| {
         if let (true, Some(cp)) = (key.starts_with("segments/"), cp.upgrade()) {
             let progress = cp.upload_progress();
-            w.fetch_max(progress.total - progress.sent, Ordering::SeqCst);
+            w.fetch_max(
+                progress.total.saturating_sub(progress.sent),
+                Ordering::SeqCst,
+            );
             p.fetch_add(1, Ordering::SeqCst);
         }
     });
@@ -118,6 +121,70 @@ fn a_checkpoint_of_many_segments_holds_few_in_memory_and_restores_whole() {
         CONCURRENCY + 1,
         worst.load(Ordering::SeqCst)
     );
+    e.crash();
+    for (n, (name, bytes)) in (1..).zip(&files) {
+        assert_same(
+            &format!("restored {name}"),
+            &restored(&dirs, n, name),
+            bytes,
+        );
+    }
+}
+
+// Issue 14: an upload that fails while the packing of a streamed checkpoint goes on ends that
+// checkpoint with every page put back (some segments are in the bucket, the manifest is not),
+// and the next checkpoint, reusing the staging file, uploads the same bytes whole.
+#[test]
+fn an_upload_failing_part_way_through_a_streamed_checkpoint_loses_nothing() {
+    let dirs = Dirs::new();
+    let options = Options {
+        tune: Some(Box::new(|s| {
+            // One run per segment, as above: 16 segments.
+            s.segment_bytes = 64 << 10;
+            s.zstd_level = None;
+            s.upload_concurrency = 2;
+        })),
+        ..Options::default()
+    };
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
+    let files: Vec<(String, Vec<u8>)> = (0..4u8)
+        .map(|i| {
+            let name = format!("f{i}");
+            let ino = e.create(&name);
+            let bytes = pattern(i * 64 + 1, 128);
+            e.write(ino, 0, &bytes);
+            (name, bytes)
+        })
+        .collect();
+    // The fifth segment PUT finds the bucket gone (and every request after it, until the
+    // outage ends).
+    let (plan, p) = (Arc::downgrade(&e.plan), AtomicUsize::new(0));
+    e.plan.on_put(move |key| {
+        if key.starts_with("segments/") && p.fetch_add(1, Ordering::SeqCst) == 4 {
+            if let Some(plan) = plan.upgrade() {
+                plan.set_outage(true);
+            }
+        }
+    });
+    let epoch = e.cp.view().read().epoch;
+    assert!(e.cp.checkpoint(false).is_err(), "an upload failed");
+    assert_eq!(e.cp.view().read().epoch, epoch, "nothing was committed");
+    assert_eq!(
+        e.fs.unsafe_pages(),
+        4 * 128,
+        "every page is dirty again, none stranded as pending"
+    );
+    e.plan.set_outage(false);
+    e.checkpoint();
+    assert_eq!(e.fs.unsafe_pages(), 0);
+    for (name, bytes) in &files {
+        let ino = e.ino(name);
+        assert_same(
+            &format!("{name} in the bucket"),
+            &e.in_bucket(ino).expect("in the bucket"),
+            bytes,
+        );
+    }
     e.crash();
     for (n, (name, bytes)) in (1..).zip(&files) {
         assert_same(

@@ -525,7 +525,8 @@ pub struct Totals {
     pub last_error: Option<String>,
     /// Unix ms of the last commit (0: none yet).
     pub last_commit_ms: u64,
-    /// Wall time spent uploading segments, in ms: `segment_bytes` over it is the upload rate.
+    /// Wall time spent packing and uploading segments (the two overlap: segments go up as
+    /// they fill), in ms: `segment_bytes` over it is the upload rate.
     pub upload_ms: u64,
 }
 
@@ -537,7 +538,8 @@ impl Totals {
     }
 }
 
-/// The upload of the checkpoint in flight: segment bytes sent and to send.
+/// The upload of the checkpoint in flight: segment bytes sent, and packed so far (segments
+/// are packed as the upload goes, so `total` grows until the last one is sealed).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UploadProgress {
     pub sent: u64,
@@ -551,6 +553,15 @@ pub struct Outcome {
     pub segments: usize,
     pub bytes: u64,
     pub base: bool,
+}
+
+/// A sealed segment's way to the bucket: the permit its builder took (memory), the limit on
+/// uploads at once, and what its key needs.
+struct Upload {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    cut_no: u64,
+    wal: bool,
 }
 
 /// What a checkpoint's packing sent to the bucket.
@@ -653,9 +664,12 @@ impl Checkpointer {
 
     /// The segment upload in flight (both 0 when none is).
     pub fn upload_progress(&self) -> UploadProgress {
+        // The total first: a segment counts there before its bytes count as sent, so read in
+        // this order `sent` may be ahead of `total` (a reader must saturate), never behind.
+        let total = self.upload_total.load(Ordering::Acquire);
         UploadProgress {
             sent: self.upload_sent.load(Ordering::Acquire),
-            total: self.upload_total.load(Ordering::Acquire),
+            total,
         }
     }
 
@@ -802,7 +816,8 @@ impl Checkpointer {
         // going again.
         let mut staging = self.staging.lock();
         let staging = staging.get_or_insert_with(|| Staging::in_dir(self.fs.root()));
-        staging.clear();
+        staging.begin(self.fs.unsafe_pages() * PAGE_SIZE);
+        let cut_started = Instant::now();
         let cut = self.fs.cut(
             &self.filter,
             self.settings.run_pages,
@@ -818,6 +833,7 @@ impl Checkpointer {
                 return Err(e.into());
             }
         };
+        let cut_ms = cut_started.elapsed().as_millis() as u64;
         if staging.is_empty() {
             let view = self.view.read();
             let m = delta(&view, &cut, Vec::new());
@@ -887,6 +903,7 @@ impl Checkpointer {
             base,
             segments = count,
             bytes,
+            cut_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "checkpoint committed"
         );
@@ -936,6 +953,10 @@ impl Checkpointer {
         let permits = Arc::new(tokio::sync::Semaphore::new(
             self.settings.upload_concurrency.max(1) + 1,
         ));
+        // Of those, at most `upload_concurrency` are being uploaded (the others are filling).
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(
+            self.settings.upload_concurrency.max(1),
+        ));
         let mut uploads = tokio::task::JoinSet::new();
         let mut sent = Sent::default();
         let mut builders: [Option<(SegmentBuilder, tokio::sync::OwnedSemaphorePermit)>; 2] =
@@ -960,7 +981,13 @@ impl Checkpointer {
             builder.push_run(run.ino, run.first_page, run.pages, bytes);
             if builder.len() >= self.settings.segment_bytes {
                 let (full, permit) = slot.take().expect("the slot was filled above");
-                self.send(full, permit, epoch, cut.epoch, wal, &mut sent, &mut uploads);
+                let upload = Upload {
+                    permit,
+                    in_flight: in_flight.clone(),
+                    cut_no: cut.epoch,
+                    wal,
+                };
+                self.send(full, upload, epoch, &mut sent, &mut uploads);
             }
             // Fail fast: a failed upload stops the packing.
             while let Some(done) = uploads.try_join_next() {
@@ -970,15 +997,13 @@ impl Checkpointer {
         }
         for (i, slot) in builders.into_iter().enumerate() {
             if let Some((builder, permit)) = slot {
-                self.send(
-                    builder,
+                let upload = Upload {
                     permit,
-                    epoch,
-                    cut.epoch,
-                    i == 1,
-                    &mut sent,
-                    &mut uploads,
-                );
+                    in_flight: in_flight.clone(),
+                    cut_no: cut.epoch,
+                    wal: i == 1,
+                };
+                self.send(builder, upload, epoch, &mut sent, &mut uploads);
             }
         }
         self.rt.block_on(async {
@@ -992,18 +1017,21 @@ impl Checkpointer {
     }
 
     /// Seals `builder` as the next segment of this checkpoint and starts its upload, which
-    /// gives `permit` back when it ends.
-    #[allow(clippy::too_many_arguments)]
+    /// gives the builder's permit back when it ends.
     fn send(
         &self,
         builder: SegmentBuilder,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        upload: Upload,
         epoch: u64,
-        cut_no: u64,
-        wal: bool,
         sent: &mut Sent,
         uploads: &mut tokio::task::JoinSet<Result<(), StoreError>>,
     ) {
+        let Upload {
+            permit,
+            in_flight,
+            cut_no,
+            wal,
+        } = upload;
         let key = segment_key(epoch, &self.writer, cut_no, sent.segments, wal);
         let (bytes, runs) = builder.finish();
         sent.extents
@@ -1015,8 +1043,12 @@ impl Checkpointer {
         let put = put_segment(self.store.clone(), key, bytes, self.upload_sent.clone());
         uploads.spawn_on(
             async move {
+                let turn = in_flight
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
                 let r = put.await;
-                drop(permit);
+                drop((turn, permit));
                 r
             },
             &self.rt,

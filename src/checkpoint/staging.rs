@@ -10,14 +10,20 @@
 //! can open it. It is never synced: the pages it copies are still dirty in RocksDB until the
 //! checkpoint commits, so a crash loses nothing but the copy.
 //!
-//! Staging never fails a checkpoint. Should the file not open, or a write to it fail (a full
-//! cache disk), the run is kept in memory instead, as before this file existed, and a warning
-//! says so once per cut.
+//! Each run carries the crc32c of the bytes the cut took, checked when it is read back: a page
+//! the kernel lost on the way through the disk (a failed writeback, a late ENOSPC) fails the
+//! checkpoint, whose pages then stay dirty, instead of uploading other bytes under a checksum
+//! computed on them.
+//!
+//! Staging never fails a checkpoint by itself. Should the file not open, a write to it fail,
+//! or the disk have too little room for the cut with a margin to spare (the cache files and
+//! Postgres's own writes need it more), the runs are kept in memory instead, as before this
+//! file existed, and a warning says so.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
@@ -29,6 +35,8 @@ pub struct StagedRun {
     pub pages: u32,
     /// Bytes (the last page may be short at the end of a file).
     pub len: u32,
+    /// crc32c of the bytes as the cut took them.
+    crc: u32,
     at: At,
 }
 
@@ -41,9 +49,16 @@ enum At {
     Memory(usize),
 }
 
+/// Room the cache disk keeps free beyond a staged cut: below it, the cut stays in memory.
+const DISK_MARGIN: u64 = 256 << 20;
+
 /// A cut's runs, in the order the cut took them.
 pub struct Staging {
+    /// Where the file is made (None: never; tests of the fallback).
+    dir: Option<PathBuf>,
     file: Option<File>,
+    /// This cut keeps its runs in memory (the disk is short of room).
+    to_memory: bool,
     /// Bytes written to the file by this cut.
     file_len: u64,
     runs: Vec<StagedRun>,
@@ -54,25 +69,21 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// A staging file in `dir` (the cache dir, so on the disk the cache files are on).
+    /// Staging in `dir` (the cache dir, so on the disk the cache files are on). The file is
+    /// made at the first `begin`.
     pub fn in_dir(dir: &Path) -> Staging {
-        match open_unnamed(dir) {
-            Ok(file) => Staging::with_file(Some(file)),
-            Err(e) => {
-                warn!(
-                    dir = %dir.display(),
-                    error = %e,
-                    "cannot open a staging file for checkpoints; cuts are held in memory"
-                );
-                Staging::with_file(None)
-            }
+        Staging {
+            dir: Some(dir.to_owned()),
+            ..Staging::with_file(None)
         }
     }
 
     /// Staging on `file` (None: everything in memory). For tests of the fallback.
     pub fn with_file(file: Option<File>) -> Staging {
         Staging {
+            dir: None,
             file,
+            to_memory: false,
             file_len: 0,
             runs: Vec::new(),
             in_memory: Vec::new(),
@@ -80,8 +91,52 @@ impl Staging {
         }
     }
 
+    /// Gets ready for a cut of about `expected` bytes: forgets the last cut, opens the file
+    /// if it is not open yet (a failure is tried again at the next cut), and keeps this cut
+    /// in memory if the disk lacks room for it and `DISK_MARGIN` beside.
+    pub fn begin(&mut self, expected: u64) {
+        self.clear();
+        let Some(dir) = &self.dir else {
+            return;
+        };
+        if self.file.is_none() {
+            match open_unnamed(dir) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    self.warn(&format!(
+                        "cannot open a staging file in {}: {e}; this cut is held in memory",
+                        dir.display()
+                    ));
+                    return;
+                }
+            }
+        }
+        match free_bytes(dir) {
+            Ok(free) if free < expected.saturating_add(DISK_MARGIN) => {
+                self.to_memory = true;
+                self.warn(&format!(
+                    "the cache disk has {free} bytes free, too few to stage a cut of about \
+                     {expected} bytes beside a margin of {DISK_MARGIN}; this cut is held in \
+                     memory"
+                ));
+            }
+            Ok(_) => {}
+            // The write itself will tell.
+            Err(_) => {}
+        }
+    }
+
+    /// One warning per cut.
+    fn warn(&mut self, message: &str) {
+        if !self.warned {
+            self.warned = true;
+            warn!("checkpoint staging: {message}");
+        }
+    }
+
     /// Forgets the last cut's runs and gives the file's space back.
     pub fn clear(&mut self) {
+        self.to_memory = false;
         self.runs.clear();
         self.in_memory = Vec::new();
         self.warned = false;
@@ -102,13 +157,12 @@ impl Staging {
         let at = match self.write(bytes) {
             Ok(at) => at,
             Err(e) => {
-                if !self.warned {
-                    self.warned = true;
-                    warn!(
-                        error = %e,
-                        "cannot write the checkpoint staging file; this cut's remaining runs \
-                         are held in memory"
-                    );
+                if self.file.is_some() && !self.to_memory {
+                    self.warn(&format!(
+                        "cannot write the staging file: {e}; this cut's remaining runs are \
+                         held in memory"
+                    ));
+                    self.to_memory = true;
                 }
                 self.in_memory.push(bytes.to_vec());
                 At::Memory(self.in_memory.len() - 1)
@@ -119,12 +173,13 @@ impl Staging {
             first_page,
             pages,
             len,
+            crc: crc32c::crc32c(bytes),
             at,
         });
     }
 
     fn write(&mut self, bytes: &[u8]) -> io::Result<At> {
-        let Some(f) = &self.file else {
+        let Some(f) = self.file.as_ref().filter(|_| !self.to_memory) else {
             return Err(io::Error::other("no staging file"));
         };
         let at = self.file_len;
@@ -147,10 +202,11 @@ impl Staging {
         self.in_memory.iter().map(|b| b.len() as u64).sum()
     }
 
-    /// The bytes of `run`, read into `buf` if they are in the file.
+    /// The bytes of `run`, read into `buf` if they are in the file; an error if they are not
+    /// the bytes the cut took.
     pub fn bytes<'a>(&'a self, run: &StagedRun, buf: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
-        match run.at {
-            At::Memory(n) => Ok(&self.in_memory[n]),
+        let bytes: &[u8] = match run.at {
+            At::Memory(n) => &self.in_memory[n],
             At::File(at) => {
                 let f = self
                     .file
@@ -159,10 +215,34 @@ impl Staging {
                 buf.clear();
                 buf.resize(run.len as usize, 0);
                 f.read_exact_at(buf, at)?;
-                Ok(buf)
+                buf
             }
+        };
+        if crc32c::crc32c(bytes) != run.crc {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the staged run of ino={} first_page={} pages={} came back with other bytes \
+                     than the cut took (crc32c mismatch)",
+                    run.ino, run.first_page, run.pages
+                ),
+            ));
         }
+        Ok(bytes)
     }
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s filesystem.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `st` a valid statvfs to fill.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// An unnamed file in `dir`; where the filesystem has no `O_TMPFILE`, a named one unlinked at
@@ -221,6 +301,7 @@ mod tests {
     fn runs_come_back_in_order_with_their_bytes_and_leave_the_heap_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Staging::in_dir(dir.path());
+        s.begin(1 << 20);
         let want = vec![
             (7, 0, 32, run_bytes(1, 32 * 8192)),
             (7, 40, 1, run_bytes(2, 100)),
@@ -233,7 +314,7 @@ mod tests {
         assert_eq!(s.memory_bytes(), 0, "every run went to the file");
         // Unnamed: nothing in the cache dir shows it.
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
-        s.clear();
+        s.begin(8192);
         assert!(s.is_empty());
         s.push(1, 0, 1, &run_bytes(4, 8192));
         assert_eq!(read_all(&s), vec![(1, 0, 1, run_bytes(4, 8192))]);
@@ -259,5 +340,41 @@ mod tests {
         let mut none = Staging::with_file(None);
         none.push(1, 2, 1, &run_bytes(11, 10));
         assert_eq!(read_all(&none), vec![(1, 2, 1, run_bytes(11, 10))]);
+    }
+
+    #[test]
+    fn a_cut_larger_than_the_room_on_the_disk_stays_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Staging::in_dir(dir.path());
+        s.begin(u64::MAX / 2);
+        s.push(3, 0, 1, &run_bytes(5, 8192));
+        assert_eq!(read_all(&s), vec![(3, 0, 1, run_bytes(5, 8192))]);
+        assert_eq!(s.memory_bytes(), 8192, "no room on the disk: in memory");
+        // The next cut, small, goes to the file again.
+        s.begin(8192);
+        s.push(3, 1, 1, &run_bytes(6, 8192));
+        assert_eq!(s.memory_bytes(), 0);
+        assert_eq!(read_all(&s), vec![(3, 1, 1, run_bytes(6, 8192))]);
+    }
+
+    #[test]
+    fn a_run_that_comes_back_changed_from_the_disk_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Staging::in_dir(dir.path());
+        s.begin(1 << 20);
+        s.push(4, 0, 2, &run_bytes(7, 2 * 8192));
+        s.push(4, 2, 1, &run_bytes(8, 8192));
+        // What a lost writeback looks like: a page of the first run reads back as zeros.
+        let f = s.file.as_ref().expect("the staging file is open");
+        f.write_all_at(&[0; 8192], 8192).expect("damage the file");
+        let mut buf = Vec::new();
+        let err = s.bytes(&s.runs()[0], &mut buf).expect_err("damaged run");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("ino=4 first_page=0"), "{err}");
+        // The other run is whole.
+        assert_eq!(
+            s.bytes(&s.runs()[1], &mut buf).expect("whole run"),
+            run_bytes(8, 8192)
+        );
     }
 }

