@@ -186,13 +186,12 @@ redis_start() {
   fail_with_log "redis did not answer on 127.0.0.1:$REDIS_PORT" "$LOGS/redis.log"
 }
 
-# fs_start target: mounts the target's filesystem (a new, empty cache dir each time) and sets
-# DIR to where the data goes.
+# fs_start target: mounts the target's filesystem and sets DIR to where the data goes. Its
+# cache dir is new at the first start; run_cold empties it before the second.
 fs_start() {
   local t="$1" base="$SCRATCH/$1" log="$LOGS/$1-fs.log"
   FS_MNT="$base/mnt"
   mkdir -p "$FS_MNT"
-  rm -rf "$base/cache"
   case "$t" in
     local | bindfs)
       mkdir -p "$base/disk"
@@ -316,6 +315,9 @@ run_cold() { # target port
   local t="$1" port="$2" t0 answer
   say "$t: cold start"
   fs_stop "$t"
+  # A new machine: nothing in the cache dir (removed before the clock starts), nothing in the
+  # page cache.
+  rm -rf "${SCRATCH:?}/$t/cache"
   drop_caches
   t0="$(now)"
   fs_start "$t"

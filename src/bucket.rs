@@ -502,9 +502,15 @@ impl Prefetch {
                 in_parallel(files, &flag, |ino| {
                     // A failure here is not fatal: a read of the file fetches again and
                     // reports the error to its caller.
-                    if let Err(e) = fs.prefetch(ino) {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        warn!(ino, error = %e, "prefetch of a restored file failed");
+                    match fs.prefetch(ino) {
+                        Ok(()) => {}
+                        // Deleted since the restore (Postgres removes its pid file and
+                        // temporary files as it starts): nothing left to fetch.
+                        Err(crate::fs::FsError::NotFound) => {}
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            warn!(ino, error = %e, "prefetch of a restored file failed");
+                        }
                     }
                 });
                 info!(
