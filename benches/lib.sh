@@ -42,3 +42,22 @@ bench_start() {
 }
 die() { echo "${BENCH:-bench}: error: $*" >&2; exit 1; }
 say() { echo "==> $*"; }
+
+# The scratch dir of a benchmark that runs PostgreSQL, under $BENCH_DIR and named $1.XXXXXX:
+# sets SCRATCH (its real path, traversable by the postgres user), SOCK (the Unix socket dir)
+# and LOGS (both the postgres user's), and makes it the working directory, so that commands run
+# as postgres never start in a directory that user cannot read.
+pg_scratch() {
+  SCRATCH="$(mktemp -d "$BENCH_DIR/$1.XXXXXX")"
+  SCRATCH="$(cd "$SCRATCH" && pwd -P)"
+  chmod 755 "$SCRATCH"
+  [[ "$SCRATCH" =~ ^[A-Za-z0-9/._-]+$ ]] || { rmdir "$SCRATCH"; die "scratch dir path '$SCRATCH' has unusual characters; pick another BENCH_DIR"; }
+  SOCK="$SCRATCH/sock"
+  LOGS="$SCRATCH/logs"
+  mkdir -p "$SOCK" "$LOGS"
+  chown postgres:postgres "$SOCK" "$LOGS"
+  chmod 700 "$SOCK"
+  runuser -u postgres -- test -x "$SCRATCH" ||
+    { rm -rf "$SCRATCH"; die "the postgres user cannot traverse $SCRATCH (check the modes of $BENCH_DIR and its parents)"; }
+  cd "$SCRATCH"
+}

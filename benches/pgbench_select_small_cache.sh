@@ -139,26 +139,16 @@ cg_set_limit() {
 cg_peak() { [ -n "$CG" ] && cat "$CG/$CG_PEAK_FILE" 2>/dev/null || echo 0; }
 
 # ---- scratch dir and cleanup -----------------------------------------------------------------
-SCRATCH="$(mktemp -d "$BENCH_DIR/pgbench-select.XXXXXX")"
-SCRATCH="$(cd "$SCRATCH" && pwd -P)"
-chmod 755 "$SCRATCH"
-[[ "$SCRATCH" =~ ^[A-Za-z0-9/._-]+$ ]] || { rmdir "$SCRATCH"; die "scratch dir path '$SCRATCH' has unusual characters; pick another BENCH_DIR"; }
-SOCK="$SCRATCH/sock"
-LOGS="$SCRATCH/logs"
-mkdir -p "$SOCK" "$LOGS"
-chown postgres:postgres "$SOCK" "$LOGS"
-chmod 700 "$SOCK"
-runuser -u postgres -- test -x "$SCRATCH" ||
-  { rm -rf "$SCRATCH"; die "the postgres user cannot traverse $SCRATCH (check the modes of $BENCH_DIR and its parents)"; }
-cd "$SCRATCH"
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+BENCH=pgbench_select_small_cache
+pg_scratch pgbench-select
 
 PG_DATA_RUNNING=""
 MOUNT_PID=""
 SAMPLER_PID=""
 KEEP_SCRATCH=0
 
-# shellcheck source=benches/lib.sh
-. "$REPO/benches/lib.sh"
 AS_PG=(runuser -u postgres -- env HOME=/tmp LC_ALL=C PGHOST="$SOCK" PGUSER=postgres)
 as_pg() { "${AS_PG[@]}" "$@"; }
 

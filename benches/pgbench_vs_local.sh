@@ -95,26 +95,15 @@ command -v fusermount3 >/dev/null 2>&1 || command -v fusermount >/dev/null 2>&1 
   echo "pgbench_vs_local: note: no fusermount3; cleanup falls back to umount -l" >&2
 
 # ---- scratch dir and cleanup -----------------------------------------------------------------
-SCRATCH="$(mktemp -d "$BENCH_DIR/pgbench-vs-local.XXXXXX")"
-SCRATCH="$(cd "$SCRATCH" && pwd -P)"
-chmod 755 "$SCRATCH"
-[[ "$SCRATCH" =~ ^[A-Za-z0-9/._-]+$ ]] || { rmdir "$SCRATCH"; die "scratch dir path '$SCRATCH' has unusual characters; pick another BENCH_DIR"; }
-SOCK="$SCRATCH/sock"
-LOGS="$SCRATCH/logs"
-mkdir -p "$SOCK" "$LOGS"
-chown postgres:postgres "$SOCK" "$LOGS"
-chmod 700 "$SOCK"
-# Postgres must reach its data dir through every parent.
-runuser -u postgres -- test -x "$SCRATCH" ||
-  { rm -rf "$SCRATCH"; die "the postgres user cannot traverse $SCRATCH (check the modes of $BENCH_DIR and its parents)"; }
-cd "$SCRATCH" # so that commands run as postgres never start in a directory it cannot read
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+BENCH=pgbench_vs_local
+pg_scratch pgbench-vs-local
 
 PG_DATA_RUNNING=""  # data dir of the server currently up, if any
 FUSE_PIDS=()        # FUSE daemons we started (bucketfs, bindfs -f)
 KEEP_SCRATCH=0
 
-# shellcheck source=benches/lib.sh
-. "$REPO/benches/lib.sh"
 # Is something mounted at $1 whose source (the field after the fs type) is $2?
 mounted_with_source() {
   awk -v m="$1" -v s="$2" '

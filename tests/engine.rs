@@ -74,25 +74,12 @@ fn a_cut_that_fails_part_way_leaves_every_page_for_the_next_checkpoint() {
 fn a_checkpoint_of_many_segments_holds_few_in_memory_and_restores_whole() {
     let dirs = Dirs::new();
     const CONCURRENCY: usize = 2;
-    let options = Options {
-        tune: Some(Box::new(|s| {
-            // One 32-page run per segment, stored raw: sizes known in advance.
-            s.segment_bytes = 64 << 10;
-            s.zstd_level = None;
-            s.upload_concurrency = CONCURRENCY;
-        })),
-        ..Options::default()
-    };
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
-    let files: Vec<(String, Vec<u8>)> = (0..4u8)
-        .map(|i| {
-            let name = format!("f{i}");
-            let ino = e.create(&name);
-            let bytes = pattern(i * 64, 128);
-            e.write(ino, 0, &bytes);
-            (name, bytes)
-        })
-        .collect();
+    let e = Engine::open(
+        &dirs.cache(0),
+        &dirs.bucket(),
+        one_run_per_segment(CONCURRENCY),
+    );
+    let files = files_of_a_mib(&e, 4, 0);
     // Uploads slower than packing, so that only the bound keeps the packer from running ahead.
     e.plan.set_latency(Duration::from_millis(20));
     let (worst, puts) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -122,13 +109,7 @@ fn a_checkpoint_of_many_segments_holds_few_in_memory_and_restores_whole() {
         worst.load(Ordering::SeqCst)
     );
     e.crash();
-    for (n, (name, bytes)) in (1..).zip(&files) {
-        assert_same(
-            &format!("restored {name}"),
-            &restored(&dirs, n, name),
-            bytes,
-        );
-    }
+    assert_all_restored(&dirs, &files);
 }
 
 // Issue 14: an upload that fails while the packing of a streamed checkpoint goes on ends that
@@ -137,25 +118,9 @@ fn a_checkpoint_of_many_segments_holds_few_in_memory_and_restores_whole() {
 #[test]
 fn an_upload_failing_part_way_through_a_streamed_checkpoint_loses_nothing() {
     let dirs = Dirs::new();
-    let options = Options {
-        tune: Some(Box::new(|s| {
-            // One run per segment, as above: 16 segments.
-            s.segment_bytes = 64 << 10;
-            s.zstd_level = None;
-            s.upload_concurrency = 2;
-        })),
-        ..Options::default()
-    };
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
-    let files: Vec<(String, Vec<u8>)> = (0..4u8)
-        .map(|i| {
-            let name = format!("f{i}");
-            let ino = e.create(&name);
-            let bytes = pattern(i * 64 + 1, 128);
-            e.write(ino, 0, &bytes);
-            (name, bytes)
-        })
-        .collect();
+    // 16 segments.
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), one_run_per_segment(2));
+    let files = files_of_a_mib(&e, 4, 1);
     // The fifth segment PUT finds the bucket gone (and every request after it, until the
     // outage ends).
     let (plan, p) = (Arc::downgrade(&e.plan), AtomicUsize::new(0));
@@ -186,12 +151,40 @@ fn an_upload_failing_part_way_through_a_streamed_checkpoint_loses_nothing() {
         );
     }
     e.crash();
-    for (n, (name, bytes)) in (1..).zip(&files) {
-        assert_same(
-            &format!("restored {name}"),
-            &restored(&dirs, n, name),
-            bytes,
-        );
+    assert_all_restored(&dirs, &files);
+}
+
+/// Checkpoint settings under which each 32-page run is a segment of its own, stored raw (so
+/// sizes and counts are known in advance), with `concurrency` uploads at once.
+fn one_run_per_segment(concurrency: usize) -> Options {
+    Options {
+        tune: Some(Box::new(move |s| {
+            s.segment_bytes = 64 << 10;
+            s.zstd_level = None;
+            s.upload_concurrency = concurrency;
+        })),
+        ..Options::default()
+    }
+}
+
+/// `n` files f0, f1, ... of 1 MiB (128 pages, 4 runs) each, written and fsync'd; their names
+/// and bytes.
+fn files_of_a_mib(e: &Engine, n: u8, tag: u8) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let name = format!("f{i}");
+            let ino = e.create(&name);
+            let bytes = pattern(tag.wrapping_add(i * 64), 128);
+            e.write(ino, 0, &bytes);
+            (name, bytes)
+        })
+        .collect()
+}
+
+/// Each of `files`, restored from the bucket into a new cache dir of its own.
+fn assert_all_restored(dirs: &Dirs, files: &[(String, Vec<u8>)]) {
+    for (n, (name, bytes)) in (1..).zip(files) {
+        assert_same(&format!("restored {name}"), &restored(dirs, n, name), bytes);
     }
 }
 

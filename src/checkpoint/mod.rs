@@ -933,11 +933,9 @@ impl Checkpointer {
         cut: &crate::fs::Cut,
         epoch: u64,
     ) -> Result<Sent, CheckpointError> {
-        self.upload_sent.store(0, Ordering::Release);
-        self.upload_total.store(0, Ordering::Release);
+        self.upload_progress_from(0);
         let result = self.pack_and_upload_runs(staging, cut, epoch);
-        self.upload_total.store(0, Ordering::Release);
-        self.upload_sent.store(0, Ordering::Release);
+        self.upload_progress_from(0);
         result
     }
 
@@ -1060,9 +1058,7 @@ impl Checkpointer {
         if segments.is_empty() {
             return Ok(());
         }
-        let total: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
-        self.upload_sent.store(0, Ordering::Release);
-        self.upload_total.store(total, Ordering::Release);
+        self.upload_progress_from(segments.iter().map(|(_, b)| b.len() as u64).sum());
         let limit = Arc::new(tokio::sync::Semaphore::new(
             self.settings.upload_concurrency.max(1),
         ));
@@ -1082,9 +1078,14 @@ impl Checkpointer {
             }
             Ok(())
         });
-        self.upload_total.store(0, Ordering::Release);
-        self.upload_sent.store(0, Ordering::Release);
+        self.upload_progress_from(0);
         result
+    }
+
+    /// Starts the upload progress over: nothing sent of `total`.
+    fn upload_progress_from(&self, total: u64) {
+        self.upload_total.store(total, Ordering::Release);
+        self.upload_sent.store(0, Ordering::Release);
     }
 
     /// Commits the manifest (create-only: a 412 means another writer took the epoch);
