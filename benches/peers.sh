@@ -16,8 +16,12 @@
 #                    local cache dir, uploads follow; Redis metadata on 127.0.0.1
 #   juicefs          JuiceFS without --writeback: an fsync waits for the object store
 # Both JuiceFS targets use `--storage file` on a local directory (the same kind of bucket as
-# bucketfs's file://), a Redis (Debian's redis-server) started here with appendonly yes,
-# appendfsync everysec, and a fresh --cache-dir.
+# bucketfs's file://), formatted with --trash-days 0 (deleted blocks go at once, not a day later:
+# with the trash, this run filled 60 GB of disk), a Redis (Debian's redis-server) started here
+# with appendonly yes, appendfsync everysec, and a fresh --cache-dir; JuiceFS's background jobs
+# (compaction, cleanup) run as by default.
+# A target that fails (a mount that does not come up, a Postgres PANIC, pgbench hung past
+# DURATION + 300 s) is stopped and named in the table with the reason; the run goes on.
 #
 # For each target:
 #   fio       seq write 1M: $FIO_SIZE in 1 MiB blocks, then fsync (MB/s)
@@ -100,42 +104,43 @@ fi
 [ -d "$BENCH_DIR" ] || die "BENCH_DIR=$BENCH_DIR is not a directory"
 
 # ---- scratch dir and cleanup -----------------------------------------------------------------
-SCRATCH="$(mktemp -d "$BENCH_DIR/peers.XXXXXX")"
-SCRATCH="$(cd "$SCRATCH" && pwd -P)"
-chmod 755 "$SCRATCH"
-[[ "$SCRATCH" =~ ^[A-Za-z0-9/._-]+$ ]] || { rmdir "$SCRATCH"; die "scratch dir path '$SCRATCH' has unusual characters; pick another BENCH_DIR"; }
-SOCK="$SCRATCH/sock"
-LOGS="$SCRATCH/logs"
-mkdir -p "$SOCK" "$LOGS"
-chown postgres:postgres "$SOCK" "$LOGS"
-chmod 700 "$SOCK"
-runuser -u postgres -- test -x "$SCRATCH" ||
-  { rm -rf "$SCRATCH"; die "the postgres user cannot traverse $SCRATCH (check the modes of $BENCH_DIR and its parents)"; }
-cd "$SCRATCH"
+pg_scratch peers
+: >"$SCRATCH/results"
 
-PG_RUNNING=""   # data dir of the server that is up, if any
-FS_PID=""       # the FUSE daemon of the current target, if any
+PG_RUNNING=""   # data dir of the server that is up, if any (inside a target's subshell)
+FS_PID=""       # the FUSE daemon of the current target, if any (likewise)
 FS_MNT=""
+TARGET=""       # the target being measured
 REDIS_UP=0
 
 as_pg() { runuser -u postgres -- env HOME=/tmp LC_ALL=C PGHOST="$SOCK" PGUSER=postgres "$@"; }
 
-cleanup() {
-  local rc=$? m pid
-  trap - EXIT INT TERM
-  set +e
+# Everything a target may have left running: its Postgres, its FUSE daemon (killed first if need
+# be: a Postgres stuck in a FUSE call dies only once the daemon is gone), its mount.
+stop_target_leftovers() {
+  local pid
   if [ -n "$PG_RUNNING" ]; then
-    as_pg "$PGBIN/pg_ctl" -D "$PG_RUNNING" -m immediate -w -t 60 stop >/dev/null 2>&1 || {
+    timeout 60 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PG_RUNNING" -m immediate -w -t 30 stop >/dev/null 2>&1 || {
       pid="$(head -1 "$PG_RUNNING/postmaster.pid" 2>/dev/null)"
       [[ "$pid" =~ ^[0-9]+$ ]] && kill -KILL "$pid" 2>/dev/null
     }
   fi
   if [ -n "$FS_PID" ] && kill -0 "$FS_PID" 2>/dev/null; then
     kill -TERM "$FS_PID"
-    wait_pid_gone "$FS_PID" 120 || kill -KILL "$FS_PID"
+    wait_pid_gone "$FS_PID" 60 || kill -KILL "$FS_PID"
   fi
+  [ -n "$FS_MNT" ] && is_mountpoint "$FS_MNT" && { fusermount3 -uz "$FS_MNT" 2>/dev/null || umount -l "$FS_MNT"; }
+  PG_RUNNING="" FS_PID=""
+}
+
+cleanup() {
+  local rc=$? m
+  trap - EXIT INT TERM
+  set +e
+  # Whatever a target's subshell left behind names the scratch dir on its command line.
+  pkill -KILL -f -- "$SCRATCH/" 2>/dev/null
   for m in $(mounts_under "$SCRATCH"); do
-    fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m"
+    fusermount3 -uz "$m" 2>/dev/null || umount -l "$m"
   done
   [ "$REDIS_UP" = 1 ] && redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
   [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp -r "$LOGS"/. "$KEEP_LOGS"/ 2>/dev/null
@@ -150,11 +155,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "peers: interrupted" >&2; exit 130' INT TERM
 
+# A target that fails ends its own subshell: the reason goes in the table, the run goes on.
 fail_with_log() { # what log
   echo "peers: error: $1; last lines of $2:" >&2
   tail -n 30 "$2" >&2 2>/dev/null
+  echo "$1" >"$SCRATCH/failed-$TARGET"
   exit 1
 }
+
+# Results cross from a target's subshell to the report through a file: target, key, value.
+record() { echo "$1 $2 $3" >>"$SCRATCH/results"; }
 
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
@@ -216,12 +226,14 @@ fs_start() {
       [ "$t" = juicefs-wb ] && wb=--writeback
       if [ ! -d "$base/bucket" ]; then
         mkdir -p "$base/bucket"
-        "$JUICEFS" format --storage file --bucket "$base/bucket/" "$meta" "$t" >>"$log" 2>&1 ||
+        # No trash: a deleted or overwritten file's blocks go when JuiceFS cleans up, as in
+        # bucketfs (whose GC keeps only its retention window), not a day later.
+        "$JUICEFS" format --storage file --bucket "$base/bucket/" --trash-days 0 "$meta" "$t" >>"$log" 2>&1 ||
           fail_with_log "juicefs format for $t failed" "$log"
       fi
       # shellcheck disable=SC2086 # JUICEFS_ARGS is a list of options
       "$JUICEFS" mount "$meta" "$FS_MNT" --cache-dir "$base/cache" $wb -o allow_other \
-        --no-usage-report --no-bgjob $JUICEFS_ARGS </dev/null >>"$log" 2>&1 &
+        --no-usage-report $JUICEFS_ARGS </dev/null >>"$log" 2>&1 &
       FS_PID=$!
       ;;
   esac
@@ -260,13 +272,15 @@ fio_job() { # target job [fio options...] -> prints "MB/s IOPS"
 run_fio() { # target
   local t="$1" r
   say "$t: fio seq write 1M + fsync"
-  r="$(fio_job "$t" seqwrite --rw=write --bs=1M --end_fsync=1)"
+  r="$(fio_job "$t" seqwrite --rw=write --bs=1M --end_fsync=1)" || exit 1
   SEQ[$t]="${r%% *}"
+  record "$t" seq "${SEQ[$t]}"
   rm -f "$DIR/fio.dat"
   drop_caches
   say "$t: fio rand write 8K + fsync"
-  r="$(fio_job "$t" randwrite --rw=randwrite --bs=8k --end_fsync=1)"
+  r="$(fio_job "$t" randwrite --rw=randwrite --bs=8k --end_fsync=1)" || exit 1
   RAND[$t]="${r##* }"
+  record "$t" rand "${RAND[$t]}"
   rm -f "$DIR/fio.dat"
   printf '    seq write %.1f MB/s, rand write %.0f IOPS\n' "${SEQ[$t]}" "${RAND[$t]}"
 }
@@ -298,15 +312,21 @@ run_pgbench() { # target port
     >"$LOGS/$t-initdb.log" 2>&1 || fail_with_log "initdb on $t failed" "$LOGS/$t-initdb.log"
   { printf '%s\n' "${PG_CONF[@]}"; echo "port = $port"; echo "unix_socket_directories = '$SOCK'"; } >>"$data/postgresql.conf"
   pg_start "$t" "$data"
-  as_pg "$PGBIN/pgbench" -p "$port" -i -s "$SCALE" postgres >"$LOGS/$t-pgbench-init.log" 2>&1 ||
+  timeout 3600 runuser -u postgres -- env HOME=/tmp LC_ALL=C PGHOST="$SOCK" PGUSER=postgres \
+    "$PGBIN/pgbench" -p "$port" -i -s "$SCALE" postgres >"$LOGS/$t-pgbench-init.log" 2>&1 ||
     fail_with_log "pgbench -i on $t failed" "$LOGS/$t-pgbench-init.log"
   as_pg "$PGBIN/psql" -p "$port" -XAtqc CHECKPOINT postgres >/dev/null
   say "$t: pgbench -c $CLIENTS -j $JOBS -T $DURATION (TPC-B)"
-  as_pg "$PGBIN/pgbench" -p "$port" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" postgres >"$out" 2>&1 ||
-    fail_with_log "pgbench on $t failed" "$out"
+  # A filesystem that stops answering must not hang the whole run.
+  timeout $((DURATION + 300)) runuser -u postgres -- env HOME=/tmp LC_ALL=C PGHOST="$SOCK" PGUSER=postgres \
+    "$PGBIN/pgbench" -p "$port" -c "$CLIENTS" -j "$JOBS" -T "$DURATION" postgres >"$out" 2>&1 ||
+    fail_with_log "pgbench on $t failed or hung$(grep -h PANIC "$LOGS/$t-postgres.log" | head -1 | sed 's/^.*PANIC: */ (Postgres PANIC: /; s/$/)/')" "$out"
   TPS[$t]="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$out" | tail -1)"
   [ -n "${TPS[$t]}" ] || fail_with_log "no tps line in pgbench's output for $t" "$out"
-  grep -q '^number of failed transactions: [1-9]' "$out" && NOTE[$t]="failed transactions in pgbench"
+  record "$t" tps "${TPS[$t]}"
+  if grep -q '^number of failed transactions: [1-9]' "$out"; then
+    echo "failed transactions in pgbench" >"$SCRATCH/failed-$t"
+  fi
   printf '    %.1f TPS\n' "${TPS[$t]}"
   pg_stop "$t" "$data"
 }
@@ -325,6 +345,7 @@ run_cold() { # target port
   answer="$(as_pg "$PGBIN/psql" -p "$port" -XAtqc 'SELECT abalance FROM pgbench_accounts WHERE aid = 1' postgres)" ||
     fail_with_log "the first query on $t failed" "$LOGS/$t-postgres.log"
   COLD[$t]="$(seconds_since "$t0")"
+  record "$t" cold "${COLD[$t]}"
   [[ "$answer" =~ ^-?[0-9]+$ ]] || fail_with_log "the first query on $t answered '$answer'" "$LOGS/$t-postgres.log"
   printf '    first query answered %s s after the start\n' "${COLD[$t]}"
   pg_stop "$t" "$DIR/pgdata"
@@ -369,14 +390,38 @@ for t in $ALL_TARGETS; do
   port=$((PORT + i))
   i=$((i + 1))
   say "$t: start"
-  fs_start "$t"
-  run_fio "$t"
-  run_pgbench "$t" "$port"
-  run_cold "$t" "$port"
+  # Each target in a subshell of its own: one that fails (or hangs and times out) is stopped,
+  # named in the table with the reason, and the run goes on with the next.
+  # (Not `( ... ) || ...`: bash ignores set -e inside a command whose status is tested.)
+  set +e
+  (
+    set -e
+    TARGET="$t"
+    trap stop_target_leftovers EXIT
+    fs_start "$t"
+    run_fio "$t"
+    run_pgbench "$t" "$port"
+    run_cold "$t" "$port"
+  )
+  rc=$?
+  set -e
+  if [ "$rc" -ne 0 ] && [ ! -s "$SCRATCH/failed-$t" ]; then
+    echo "failed with status $rc (see the output above)" >"$SCRATCH/failed-$t"
+  fi
+  if [ -s "$SCRATCH/failed-$t" ]; then NOTE[$t]="$(head -1 "$SCRATCH/failed-$t")"; fi
   RAN+=("$t")
 done
+while read -r t key value; do
+  case "$key" in
+    seq) SEQ[$t]="$value" ;;
+    rand) RAND[$t]="$value" ;;
+    tps) TPS[$t]="$value" ;;
+    cold) COLD[$t]="$value" ;;
+  esac
+done <"$SCRATCH/results"
 
 # ---- report ----------------------------------------------------------------------------------
+figure() { if [ -n "$1" ]; then printf "$2" "$1"; else printf -- -; fi; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2fx", a / b }'; }
 echo
 echo "## bucketfs and its peers, against the local disk"
@@ -386,11 +431,11 @@ echo
 echo "| target | TPC-B TPS | ÷ local | seq write 1M MB/s | ÷ local | rand write 8K IOPS | ÷ local | cold start to first query (s) | × local |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for t in "${RAN[@]}"; do
-  printf '| %s | %.1f | %s | %.1f | %s | %.0f | %s | %s | %s |%s\n' "$t" \
-    "${TPS[$t]}" "$(ratio "${TPS[$t]}" "${TPS[local]}")" \
-    "${SEQ[$t]}" "$(ratio "${SEQ[$t]}" "${SEQ[local]}")" \
-    "${RAND[$t]}" "$(ratio "${RAND[$t]}" "${RAND[local]}")" \
-    "${COLD[$t]}" "$(ratio "${COLD[$t]}" "${COLD[local]}")" \
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |%s\n' "$t" \
+    "$(figure "${TPS[$t]:-}" %.1f)" "$(ratio "${TPS[$t]:-}" "${TPS[local]:-}")" \
+    "$(figure "${SEQ[$t]:-}" %.1f)" "$(ratio "${SEQ[$t]:-}" "${SEQ[local]:-}")" \
+    "$(figure "${RAND[$t]:-}" %.0f)" "$(ratio "${RAND[$t]:-}" "${RAND[local]:-}")" \
+    "$(figure "${COLD[$t]:-}" %.2f)" "$(ratio "${COLD[$t]:-}" "${COLD[local]:-}")" \
     "${NOTE[$t]:+ ${NOTE[$t]}}"
 done
 echo
