@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the hot paths that need no mount: page sets (every write and every
 //! read consults one), segment packing and decoding (crc32c and zstd, the cut and every cache
 //! miss), manifest encoding and decoding (every checkpoint, every restore and every poll of a
-//! replica), and view lookups (every miss finds its extent there).
+//! replica), view lookups (every miss finds its extent there), and one small checkpoint in a
+//! namespace of a thousand files (what every commit of `--durability remote` pays).
 //!
 //! `make bench-hot` (`cargo bench --locked --profile dev --bench hot_paths`): the dev profile,
 //! which the tests build anyway, so that RocksDB is not built a second time. Its dependencies
@@ -253,5 +254,82 @@ fn manifests(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, page_sets, segments, manifests);
+/// One checkpoint of a single dirty page, in a database-sized namespace whose view is
+/// fragmented by many small checkpoints: the cost `--durability remote` pays per group commit,
+/// less the store's (the bucket and the cache dir are on tmpfs, where fsync is free).
+fn small_checkpoints(c: &mut Criterion) {
+    use std::ffi::OsStr;
+    use std::sync::Arc;
+
+    use bucketfs::cache::CacheDir;
+    use bucketfs::checkpoint::{open_bucket, CheckpointSettings, Checkpointer};
+    use bucketfs::fs::{Caller, Fs, FsOptions, ROOT_INO};
+    use bucketfs::store::{LocalStore, ObjectStore};
+
+    const DIRS: u64 = 10;
+    const FILES_PER_DIR: u64 = 100;
+    /// Single pages written per file before the measurement: the extents of the view.
+    const PAGES_PER_FILE: u64 = 8;
+    let root = Caller { uid: 0, gid: 0 };
+    let tmp = tempfile::tempdir_in("/dev/shm").expect("a dir on tmpfs");
+    let (cache, bucket) = (tmp.path().join("cache"), tmp.path().join("bucket"));
+    std::fs::create_dir_all(&bucket).expect("bucket dir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&bucket).expect("bucket"));
+    let dir = CacheDir::open(&cache, PAGE as u64).expect("cache dir");
+    let fs = Arc::new(Fs::new(dir, &FsOptions::default()).expect("fs"));
+    let opened = open_bucket(&*store, rt.handle(), true).expect("open bucket");
+    let cp = Checkpointer::new(
+        fs.clone(),
+        store,
+        rt.handle().clone(),
+        CheckpointSettings::default(),
+        "bench".into(),
+        opened.view,
+    );
+    cp.checkpoint(false).expect("first checkpoint");
+    let page = table_pages(1, 1);
+    let mut files = Vec::new();
+    for d in 0..DIRS {
+        let dir = fs
+            .mkdir(ROOT_INO, OsStr::new(&format!("d{d}")), 0o755, root)
+            .expect("mkdir")
+            .ino;
+        for f in 0..FILES_PER_DIR {
+            let (a, _) = fs
+                .create(dir, OsStr::new(&format!("{f}")), 0o644, root, false)
+                .expect("create");
+            files.push(a.ino);
+        }
+    }
+    for p in 0..PAGES_PER_FILE {
+        for &ino in &files {
+            fs.open(ino, libc::O_RDWR).expect("open");
+            fs.write(ino, 2 * p * PAGE as u64, &page).expect("write");
+            fs.release(ino).expect("close");
+        }
+        cp.checkpoint(false).expect("checkpoint");
+    }
+    for &ino in &files {
+        fs.open(ino, libc::O_RDWR).expect("open");
+    }
+    let mut g = c.benchmark_group("checkpoint");
+    g.measurement_time(Duration::from_secs(6));
+    let mut rng = fastrand::Rng::with_seed(3);
+    g.bench_function("one dirty page, 1,000 files, 8,000 extents", |b| {
+        b.iter(|| {
+            let ino = files[rng.usize(..files.len())];
+            let at = rng.u64(..2 * PAGES_PER_FILE) * PAGE as u64;
+            fs.write(ino, at, &page).expect("write");
+            cp.checkpoint(false).expect("checkpoint")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, page_sets, segments, manifests, small_checkpoints);
 criterion_main!(benches);

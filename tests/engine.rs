@@ -114,7 +114,8 @@ fn a_checkpoint_of_many_segments_holds_few_in_memory_and_restores_whole() {
 
 // Issue 14: an upload that fails while the packing of a streamed checkpoint goes on ends that
 // checkpoint with every page put back (some segments are in the bucket, the manifest is not),
-// and the next checkpoint, reusing the staging file, uploads the same bytes whole.
+// and the next checkpoint, reusing the staging file (and the memory before it), uploads the
+// same bytes whole.
 #[test]
 fn an_upload_failing_part_way_through_a_streamed_checkpoint_loses_nothing() {
     let dirs = Dirs::new();
@@ -162,6 +163,8 @@ fn one_run_per_segment(concurrency: usize) -> Options {
             s.segment_bytes = 64 << 10;
             s.zstd_level = None;
             s.upload_concurrency = concurrency;
+            // The first MiB of a cut in memory, the rest in the staging file: both ways.
+            s.staging_memory = 1 << 20;
         })),
         ..Options::default()
     }
@@ -447,8 +450,9 @@ fn a_hanging_fetch_stalls_no_writer() {
             Box::new(|e| {
                 let filter =
                     bucketfs::checkpoint::LocalOnly::new(&[], std::path::Path::new("pg_wal"));
+                let mut memo = bucketfs::fs::WalkMemo::default();
                 let cut =
-                    e.fs.cut(&filter, 32, &mut |_, _, _, _| Ok(()))
+                    e.fs.cut(&filter, &mut memo, 32, &mut |_, _, _, _| Ok(()))
                         .expect("cut");
                 e.fs.untake(cut);
             }),
@@ -583,6 +587,207 @@ fn an_unlinked_open_file_keeps_its_bytes_after_a_checkpoint() {
     let got = e.fs.read(ino, 0, bytes.len() as u32).expect("read");
     assert_same("unlinked, still open", &got, &bytes);
     e.fs.release(ino).expect("close");
+    e.crash();
+}
+
+// Issue 14: a cut walks the names only when one changed since the last cut, and a checkpoint
+// compares the names with the view only then. Every kind of name change, each followed by a
+// checkpoint (and one with no name change), must leave the bucket's view with exactly the names
+// the filesystem has, and a file renamed into pg_wal must have its next pages in a WAL segment.
+#[test]
+fn every_kind_of_name_change_reaches_the_bucket_at_the_next_checkpoint() {
+    use bucketfs::fs::RenameMode;
+    use std::collections::BTreeMap;
+
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    // The names the filesystem should have: (parent, name) -> ino.
+    let mut names: BTreeMap<(u64, String), u64> = BTreeMap::new();
+    let mut step = 0u8;
+    let mut check = |e: &Engine, names: &BTreeMap<(u64, String), u64>, what: &str| {
+        // A page written with every step, so that each checkpoint commits.
+        step += 1;
+        let log = e.ino("log");
+        e.write(log, u64::from(step) * PAGE_SIZE, &pattern(step, 1));
+        for pass in ["with the change", "and the one after, with none"] {
+            e.checkpoint();
+            let view = e.cp.view();
+            let got: BTreeMap<(u64, String), u64> = view
+                .read()
+                .dirents
+                .iter()
+                .map(|((p, n), (ino, _))| ((*p, n.to_string_lossy().into_owned()), *ino))
+                .collect();
+            assert_eq!(&got, names, "the bucket's names after {what}, {pass}");
+        }
+    };
+    let name = |s: &str| OsStr::new(s).to_owned();
+    let log = e.create("log");
+    names.insert((ROOT_INO, "log".into()), log);
+    check(&e, &names, "the first file");
+
+    let a =
+        e.fs.mkdir(ROOT_INO, &name("a"), 0o755, ROOT)
+            .expect("mkdir")
+            .ino;
+    let wal =
+        e.fs.mkdir(ROOT_INO, &name("pg_wal"), 0o755, ROOT)
+            .expect("mkdir")
+            .ino;
+    names.insert((ROOT_INO, "a".into()), a);
+    names.insert((ROOT_INO, "pg_wal".into()), wal);
+    check(&e, &names, "mkdir");
+
+    let f = e.create_in(a, "f");
+    let g = e.create_in(a, "g");
+    names.insert((a, "f".into()), f);
+    names.insert((a, "g".into()), g);
+    check(&e, &names, "create");
+
+    e.fs.rename(a, &name("f"), a, &name("f2"), RenameMode::Replace)
+        .expect("rename");
+    names.remove(&(a, "f".into()));
+    names.insert((a, "f2".into()), f);
+    check(&e, &names, "a rename in one directory");
+
+    e.fs.rename(a, &name("f2"), a, &name("g"), RenameMode::Replace)
+        .expect("rename over");
+    names.remove(&(a, "f2".into()));
+    names.insert((a, "g".into()), f);
+    check(&e, &names, "a rename over another file");
+
+    e.fs.link(f, ROOT_INO, &name("hard")).expect("link");
+    names.insert((ROOT_INO, "hard".into()), f);
+    check(&e, &names, "a hard link");
+
+    e.fs.rename(ROOT_INO, &name("hard"), a, &name("g"), RenameMode::Exchange)
+        .expect("exchange");
+    check(&e, &names, "an exchange of two names of one file");
+
+    let s =
+        e.fs.symlink(a, &name("s"), b"../log", ROOT)
+            .expect("symlink")
+            .ino;
+    names.insert((a, "s".into()), s);
+    check(&e, &names, "a symlink");
+
+    e.fs.unlink(ROOT_INO, &name("hard")).expect("unlink");
+    names.remove(&(ROOT_INO, "hard".into()));
+    check(&e, &names, "an unlink");
+
+    // Into pg_wal: the file's pages are WAL from now on.
+    e.fs.rename(
+        a,
+        &name("g"),
+        wal,
+        &name("000000010000000000000001"),
+        RenameMode::NoReplace,
+    )
+    .expect("rename into pg_wal");
+    names.remove(&(a, "g".into()));
+    names.insert((wal, "000000010000000000000001".into()), f);
+    check(&e, &names, "a rename into another directory");
+    e.write(f, 0, &pattern(99, 1));
+    e.checkpoint();
+    {
+        let view = e.cp.view();
+        let (_, _, extent) = view
+            .read()
+            .extent_at(f, 0)
+            .expect("page 0 is in the bucket");
+        assert!(
+            extent.segment.ends_with(".wal.seg"),
+            "a page of a file renamed into pg_wal went to {}",
+            extent.segment
+        );
+    }
+
+    e.fs.rename(ROOT_INO, &name("a"), wal, &name("a"), RenameMode::NoReplace)
+        .expect("rename a directory");
+    names.remove(&(ROOT_INO, "a".into()));
+    names.insert((wal, "a".into()), a);
+    check(&e, &names, "a rename of a directory");
+
+    e.fs.unlink(a, &name("s")).expect("unlink the symlink");
+    names.remove(&(a, "s".into()));
+    e.fs.rmdir(wal, &name("a")).expect("rmdir");
+    names.remove(&(wal, "a".into()));
+    check(&e, &names, "rmdir");
+
+    // A new machine sees the same names.
+    e.crash();
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    assert_eq!(e.ino("log"), log);
+    let wal_file =
+        e.fs.lookup(wal, OsStr::new("000000010000000000000001"))
+            .expect("the renamed file");
+    assert_eq!(wal_file.ino, f);
+    assert_same("the WAL file", &e.read_all(f)[..PAGE], &pattern(99, 1));
+    e.crash();
+}
+
+// Issue 14: a base manifest's commit installs the view the checkpointer built for it instead of
+// building it again from the base. That view must be the one a reader of the bucket builds, and
+// the chain must still reach a base every `base_every` checkpoints.
+#[test]
+fn the_view_after_each_base_is_the_one_a_reader_of_the_bucket_builds() {
+    use bucketfs::checkpoint::open_bucket;
+    use bucketfs::manifest::view::View;
+    use bucketfs::store::LocalStore;
+
+    const BASE_EVERY: u32 = 4;
+    let dirs = Dirs::new();
+    let e = Engine::open(
+        &dirs.cache(0),
+        &dirs.bucket(),
+        Options {
+            base_every: BASE_EVERY,
+            ..Options::default()
+        },
+    );
+    let (a, b) = (e.create("a"), e.create("b"));
+    let reader = LocalStore::new(&dirs.bucket()).expect("bucket");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // Two views are the same if they describe the same filesystem, whatever the extents'
+    // bookkeeping: compare them as the base each would write.
+    let as_base = |v: &View| v.to_base(v.epoch, 0, PAGE_SIZE as u32, "").encode();
+    let mut bases = Vec::new();
+    for n in 0..3 * BASE_EVERY {
+        // Overwrites in the middle of earlier runs, a growing file and a truncation, so that
+        // the view holds extents covering part of their run.
+        e.write(a, u64::from(n % 5) * PAGE_SIZE, &pattern(n as u8, 3));
+        e.write(b, u64::from(n) * 3 * PAGE_SIZE, &pattern(100 + n as u8, 2));
+        if n == 6 {
+            e.truncate(a, 2 * PAGE_SIZE + 100);
+        }
+        let outcome =
+            e.cp.checkpoint(false)
+                .expect("checkpoint")
+                .expect("a change");
+        if outcome.base {
+            bases.push(outcome.epoch);
+            let read = open_bucket(&reader, rt.handle(), false).expect("open the bucket");
+            assert_eq!(
+                as_base(&e.cp.view().read()),
+                as_base(&read.view),
+                "the view after base {}",
+                outcome.epoch
+            );
+        }
+    }
+    let first = bases[0];
+    let every: Vec<u64> = (0..bases.len() as u64)
+        .map(|k| first + k * u64::from(BASE_EVERY))
+        .collect();
+    assert_eq!(bases, every, "a base every {BASE_EVERY} checkpoints");
+    assert!(bases.len() >= 2, "bases at {bases:?}");
+    e.crash();
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    let mut want_b = vec![0; (3 * BASE_EVERY as usize - 1) * 3 * PAGE + 2 * PAGE];
+    for n in 0..3 * BASE_EVERY as usize {
+        want_b[n * 3 * PAGE..(n * 3 + 2) * PAGE].copy_from_slice(&pattern(100 + n as u8, 2));
+    }
+    assert_same("b, restored", &e.read_all(e.ino("b")), &want_b);
     e.crash();
 }
 

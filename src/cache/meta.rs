@@ -76,6 +76,9 @@ pub struct MetaStore {
     /// Held by the one thread syncing the WAL; the others wait and usually find their
     /// sequence number already covered (group commit).
     sync_lock: Mutex<()>,
+    /// Moves on with every batch that adds or removes a directory entry: the same number
+    /// twice means the same names (a cut reuses its walk of the tree).
+    names: AtomicU64,
 }
 
 impl MetaStore {
@@ -110,6 +113,7 @@ impl MetaStore {
             db,
             synced: AtomicU64::new(0),
             sync_lock: Mutex::new(()),
+            names: AtomicU64::new(0),
         };
         // What RocksDB recovered after a crash may sit only in the page cache: make it
         // durable before anything is acknowledged on top of it.
@@ -132,8 +136,19 @@ impl MetaStore {
         if batch.batch.is_empty() {
             return Ok(self.latest_seq());
         }
-        self.db.write(batch.batch).map_err(db_err("write batch"))?;
+        let written = self.db.write(batch.batch).map_err(db_err("write batch"));
+        if batch.names {
+            // Even after an error: whether RocksDB applied any of it is not known.
+            self.names.fetch_add(1, Ordering::AcqRel);
+        }
+        written?;
         Ok(self.latest_seq())
+    }
+
+    /// The names' generation: it changes whenever a committed batch added or removed a
+    /// directory entry, so the directory entries are the same as long as it is.
+    pub fn names_generation(&self) -> u64 {
+        self.names.load(Ordering::Acquire)
     }
 
     /// Returns once every change up to `seq` is on disk. Concurrent callers share one sync.
@@ -319,6 +334,7 @@ impl MetaStore {
         MetaBatch {
             store: self,
             batch: WriteBatch::default(),
+            names: false,
         }
     }
 }
@@ -327,6 +343,8 @@ impl MetaStore {
 pub struct MetaBatch<'a> {
     store: &'a MetaStore,
     batch: WriteBatch,
+    /// Adds or removes a directory entry.
+    names: bool,
 }
 
 impl MetaBatch<'_> {
@@ -348,11 +366,13 @@ impl MetaBatch<'_> {
     pub fn put_dirent(&mut self, parent: u64, name: &OsStr, ino: u64, kind: FileKind) {
         let mut value = ino.to_le_bytes().to_vec();
         value.push(kind.code());
+        self.names = true;
         self.batch
             .put_cf(self.store.cf(CF_DIRENTS), dirent_key(parent, name), value);
     }
 
     pub fn delete_dirent(&mut self, parent: u64, name: &OsStr) {
+        self.names = true;
         self.batch
             .delete_cf(self.store.cf(CF_DIRENTS), dirent_key(parent, name));
     }

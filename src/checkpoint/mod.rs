@@ -75,6 +75,9 @@ pub struct CheckpointSettings {
     pub run_pages: u32,
     /// Segment uploads in flight at once.
     pub upload_concurrency: usize,
+    /// A cut's first bytes up to this many are held in memory; the rest wait for their
+    /// upload in the staging file (`staging::MEMORY_BUDGET`).
+    pub staging_memory: u64,
     /// Write a base manifest after this many deltas, bounding the chain a restore reads.
     pub base_every: u32,
     /// Paths never uploaded.
@@ -113,6 +116,7 @@ impl Default for CheckpointSettings {
             zstd_level: Some(1),
             run_pages: 32,
             upload_concurrency: 4,
+            staging_memory: staging::MEMORY_BUDGET,
             base_every: 32,
             local_only: vec![
                 "pgsql_tmp".into(),
@@ -572,6 +576,18 @@ struct Sent {
     bytes: u64,
 }
 
+/// What a checkpoint remembers of the names between two cuts, so that a cut with no name
+/// changed since the last commit neither walks the tree nor compares every name with the view
+/// (every group commit of `--durability remote` is a checkpoint).
+#[derive(Default)]
+struct NamesSeen {
+    /// The last cut's walk (`Fs::cut` reuses it while no name changes).
+    walk: crate::fs::WalkMemo,
+    /// The names' generation whose names the view holds: set by the commit of a cut, cleared
+    /// by any other change of the view.
+    in_view: Option<u64>,
+}
+
 pub struct Checkpointer {
     fs: Arc<Fs>,
     store: Arc<dyn ObjectStore>,
@@ -585,6 +601,8 @@ pub struct Checkpointer {
     running: Mutex<()>,
     /// Where each cut's bytes wait to be packed (made at the first cut).
     staging: Mutex<Option<Staging>>,
+    /// The names as the last cut walked them, and which of them the view holds.
+    names: Mutex<NamesSeen>,
     fenced: AtomicBool,
     /// The bucket URL recorded in the cache dir after each commit (unset in tests).
     record_url: Mutex<Option<String>>,
@@ -623,6 +641,7 @@ impl Checkpointer {
             view: Arc::new(RwLock::new(view)),
             running: Mutex::new(()),
             staging: Mutex::new(None),
+            names: Mutex::new(NamesSeen::default()),
             fenced: AtomicBool::new(false),
             record_url: Mutex::new(None),
             covered: Mutex::new(0),
@@ -645,7 +664,8 @@ impl Checkpointer {
     fn record(&self, epoch: u64) -> Result<(), CheckpointError> {
         if let Some(url) = self.record_url.lock().as_ref() {
             let record = serde_json::json!({ "url": url, "writer": self.writer, "epoch": epoch });
-            self.fs.set_bucket_record(record.to_string().as_bytes())?;
+            self.fs
+                .update_bucket_record(record.to_string().as_bytes())?;
         }
         Ok(())
     }
@@ -758,7 +778,7 @@ impl Checkpointer {
         if self.rt.block_on(crate::gc::read_boundary(&*self.store))? > m.epoch {
             return Err(CheckpointError::LostRace { epoch: m.epoch });
         }
-        self.view.write().apply(&m);
+        self.apply_to_view(&m, None, None);
         self.fs.advance_epoch(m.epoch + 1)?;
         Ok(m.epoch)
     }
@@ -815,11 +835,15 @@ impl Checkpointer {
         // while it runs); compressing, packing and uploading happen after, with the writers
         // going again.
         let mut staging = self.staging.lock();
-        let staging = staging.get_or_insert_with(|| Staging::in_dir(self.fs.root()));
+        let staging = staging.get_or_insert_with(|| {
+            Staging::in_dir(self.fs.root()).with_memory_budget(self.settings.staging_memory)
+        });
         staging.begin(self.fs.unsafe_pages() * PAGE_SIZE);
+        let mut names = self.names.lock();
         let cut_started = Instant::now();
         let cut = self.fs.cut(
             &self.filter,
+            &mut names.walk,
             self.settings.run_pages,
             &mut |ino, first, pages, bytes| {
                 staging.push(ino, first, pages, bytes);
@@ -834,9 +858,11 @@ impl Checkpointer {
             }
         };
         let cut_ms = cut_started.elapsed().as_millis() as u64;
+        let names_in_view = names.in_view == Some(cut.names);
+        drop(names);
         if staging.is_empty() {
             let view = self.view.read();
-            let m = delta(&view, &cut, Vec::new());
+            let m = delta(&view, &cut, names_in_view, Vec::new());
             if is_empty_delta(&m) && !commit_empty && view.epoch > 0 {
                 drop(view);
                 self.fs.mark_clean(&cut)?;
@@ -859,9 +885,9 @@ impl Checkpointer {
                 return Err(e);
             }
         };
-        let (manifest, base) = {
+        let (manifest, next) = {
             let view = self.view.read();
-            let mut m = delta(&view, &cut, extents);
+            let mut m = delta(&view, &cut, names_in_view, extents);
             m.epoch = epoch_now;
             m.created_ms = now_ms();
             m.writer = self.writer.clone();
@@ -883,7 +909,8 @@ impl Checkpointer {
         crate::failpoint::hit("after-manifest-commit");
         self.fs
             .step(crate::fs::Step::Committed { epoch: cut.epoch });
-        self.view.write().apply(&manifest);
+        let base = next.is_some();
+        self.apply_to_view(&manifest, next, Some(cut.names));
         self.collector.lock().catalog.insert(&manifest);
         self.fs.mark_clean(&cut)?;
         self.record(manifest.epoch)?;
@@ -913,6 +940,22 @@ impl Checkpointer {
             bytes,
             base,
         }))
+    }
+
+    /// Applies a committed manifest to the view. `next`: for a base, the view it describes,
+    /// made by `as_committed` from the view it follows. `names`: the names' generation of the
+    /// cut it was made from (None: not from a cut, or not known; the next cut then compares
+    /// every name with the view).
+    fn apply_to_view(&self, m: &Manifest, next: Option<View>, names: Option<u64>) {
+        let mut view = self.view.write();
+        let mut seen = self.names.lock();
+        match next {
+            // Only the checkpointer changes the view, one checkpoint at a time; should that
+            // ever not hold, building it from the base is always right.
+            Some(next) if next.epoch == m.epoch && view.epoch + 1 == m.epoch => *view = next,
+            _ => view.apply(m),
+        }
+        seen.in_view = names;
     }
 
     fn covered_through(&self, epoch: u64) {
@@ -1136,7 +1179,7 @@ impl Checkpointer {
             return Ok(false);
         }
         self.check_boundary(theirs.epoch)?;
-        self.view.write().apply(&theirs);
+        self.apply_to_view(&theirs, None, None);
         Ok(true)
     }
 
@@ -1161,16 +1204,18 @@ impl Checkpointer {
 
     /// A manifest as it is committed: a base instead of a delta when the chain since the last
     /// base has reached `base_every` (so that a restore reads a bounded chain), or when the
-    /// bucket has none yet. Says whether it is a base.
-    fn as_committed(&self, view: &View, m: Manifest) -> (Manifest, bool) {
+    /// bucket has none yet. A base comes with the view it describes (the view after the delta
+    /// `m`), which its commit installs instead of building it again from the base.
+    fn as_committed(&self, view: &View, m: Manifest) -> (Manifest, Option<View>) {
         if view.epoch == 0 || view.deltas_since_base + 1 >= self.settings.base_every {
             let mut next = view.clone();
             next.apply(&m);
+            next.deltas_since_base = 0;
             let mut b = next.to_base(m.epoch, m.created_ms, m.page_size, &m.writer);
             b.clean_stop = m.clean_stop;
-            (b, true)
+            (b, Some(next))
         } else {
-            (m, false)
+            (m, None)
         }
     }
 
@@ -1275,10 +1320,11 @@ impl Checkpointer {
             extents,
             ..Manifest::default()
         };
-        let (m, base) = self.as_committed(&view, m);
+        let (m, next) = self.as_committed(&view, m);
+        let base = next.is_some();
         self.commit(&m)?;
         crate::failpoint::hit("compact-after-commit");
-        self.view.write().apply(&m);
+        self.apply_to_view(&m, next, None);
         self.collector.lock().catalog.insert(&m);
         self.record(m.epoch)?;
         info!(
@@ -1498,7 +1544,9 @@ fn check_invariants(m: &Manifest) -> Result<(), CheckpointError> {
 }
 
 /// What changed between `view` (the bucket) and `cut` (now), as a delta on the view.
-fn delta(view: &View, cut: &crate::fs::Cut, extents: Vec<Extent>) -> Manifest {
+/// The manifest that takes `view` to `cut`. `names_in_view`: the view already holds the cut's
+/// names (no name changed since the cut it was committed from), so they are not compared.
+fn delta(view: &View, cut: &crate::fs::Cut, names_in_view: bool, extents: Vec<Extent>) -> Manifest {
     let mut m = Manifest {
         parent: Some(view.epoch).filter(|&e| e > 0),
         page_size: PAGE_SIZE as u32,
@@ -1507,21 +1555,35 @@ fn delta(view: &View, cut: &crate::fs::Cut, extents: Vec<Extent>) -> Manifest {
         extents,
         ..Manifest::default()
     };
-    let live: HashSet<u64> = cut.inodes.iter().map(|a| a.ino).collect();
+    // The cut names each inode once: if every one of them is in the view and they are as
+    // many, the view has no other, and nothing was removed.
+    let mut in_view = 0;
     for a in &cut.inodes {
-        if view.inodes.get(&a.ino) != Some(a) {
-            m.inodes.push(a.clone());
+        match view.inodes.get(&a.ino) {
+            Some(v) => {
+                in_view += 1;
+                if v != a {
+                    m.inodes.push(a.clone());
+                }
+            }
+            None => m.inodes.push(a.clone()),
         }
     }
-    m.removed_inodes = view
-        .inodes
-        .keys()
-        .filter(|ino| !live.contains(ino))
-        .copied()
-        .collect();
-    m.removed_inodes.sort_unstable();
+    if in_view != view.inodes.len() {
+        let live: HashSet<u64> = cut.inodes.iter().map(|a| a.ino).collect();
+        m.removed_inodes = view
+            .inodes
+            .keys()
+            .filter(|ino| !live.contains(ino))
+            .copied()
+            .collect();
+        m.removed_inodes.sort_unstable();
+    }
+    if names_in_view {
+        return m;
+    }
     let mut names = HashSet::new();
-    for d in &cut.dirents {
+    for d in cut.dirents.iter() {
         names.insert((d.parent, d.name.clone()));
         if view.dirents.get(&(d.parent, d.name.clone())) != Some(&(d.ino, d.kind)) {
             m.dirents.push(ManifestDirent {

@@ -15,6 +15,12 @@
 //! checkpoint, whose pages then stay dirty, instead of uploading other bytes under a checksum
 //! computed on them.
 //!
+//! A small cut stays in memory all the same: its first `MEMORY_BUDGET` bytes are kept in the
+//! heap, and only what comes after goes to the file. Most cuts are small (a cut every few
+//! seconds, and one per group commit under `--durability remote`), and for them the file cost
+//! a truncate, a write and a read per cut, with the write inside the writers' pause, where a
+//! slow disk's writeback throttling showed (6.9 ms per MB in BENCHMARKS.md).
+//!
 //! Staging never fails a checkpoint by itself. Should the file not open, a write to it fail,
 //! or the disk have too little room for the cut with a margin to spare (the cache files and
 //! Postgres's own writes need it more), the runs are kept in memory instead, as before this
@@ -52,12 +58,24 @@ enum At {
 /// Room the cache disk keeps free beyond a staged cut: below it, the cut stays in memory.
 const DISK_MARGIN: u64 = 256 << 20;
 
+/// A cut's first bytes are kept in memory up to this much; the rest go to the file. It adds
+/// at most this to the mount's peak memory (BENCHMARKS.md, "Streaming checkpoints").
+pub const MEMORY_BUDGET: u64 = 16 << 20;
+
 /// A cut's runs, in the order the cut took them.
 pub struct Staging {
     /// Where the file is made (None: never; tests of the fallback).
     dir: Option<PathBuf>,
     file: Option<File>,
-    /// This cut keeps its runs in memory (the disk is short of room).
+    /// Runs are kept in memory until they reach this many bytes.
+    budget: u64,
+    /// Bytes this cut expects (`begin`), for the room check.
+    expected: u64,
+    /// Bytes of this cut kept in memory.
+    memory_len: u64,
+    /// This cut has gone past the budget: its other runs go to the file.
+    spilled: bool,
+    /// This cut keeps its runs in memory (no file, or the disk is short of room).
     to_memory: bool,
     /// Bytes written to the file by this cut.
     file_len: u64,
@@ -74,8 +92,15 @@ impl Staging {
     pub fn in_dir(dir: &Path) -> Staging {
         Staging {
             dir: Some(dir.to_owned()),
+            budget: MEMORY_BUDGET,
             ..Staging::with_file(None)
         }
+    }
+
+    /// The same with another memory budget (tests: 0 sends every run to the file).
+    pub fn with_memory_budget(mut self, budget: u64) -> Staging {
+        self.budget = budget;
+        self
     }
 
     /// Staging on `file` (None: everything in memory). For tests of the fallback.
@@ -83,6 +108,10 @@ impl Staging {
         Staging {
             dir: None,
             file,
+            budget: 0,
+            expected: 0,
+            memory_len: 0,
+            spilled: false,
             to_memory: false,
             file_len: 0,
             runs: Vec::new(),
@@ -91,11 +120,19 @@ impl Staging {
         }
     }
 
-    /// Gets ready for a cut of about `expected` bytes: forgets the last cut, opens the file
-    /// if it is not open yet (a failure is tried again at the next cut), and keeps this cut
-    /// in memory if the disk lacks room for it and `DISK_MARGIN` beside.
+    /// Gets ready for a cut of about `expected` bytes: forgets the last cut. The file is
+    /// only touched once the cut goes past the memory budget.
     pub fn begin(&mut self, expected: u64) {
         self.clear();
+        self.expected = expected;
+    }
+
+    /// The cut goes past the memory budget: opens the file if it is not open yet (a failure
+    /// is tried again at the next cut), and keeps the rest of this cut in memory if the disk
+    /// lacks room for it and `DISK_MARGIN` beside.
+    fn spill(&mut self) {
+        self.spilled = true;
+        let expected = self.expected.saturating_sub(self.memory_len);
         let Some(dir) = &self.dir else {
             return;
         };
@@ -103,6 +140,7 @@ impl Staging {
             match open_unnamed(dir) {
                 Ok(f) => self.file = Some(f),
                 Err(e) => {
+                    self.to_memory = true;
                     self.warn(&format!(
                         "cannot open a staging file in {}: {e}; this cut is held in memory",
                         dir.display()
@@ -137,6 +175,9 @@ impl Staging {
     /// Forgets the last cut's runs and gives the file's space back.
     pub fn clear(&mut self) {
         self.to_memory = false;
+        self.spilled = false;
+        self.expected = 0;
+        self.memory_len = 0;
         self.runs.clear();
         self.in_memory = Vec::new();
         self.warned = false;
@@ -154,20 +195,31 @@ impl Staging {
     /// Adds one run. Never fails: a run the file cannot take is kept in memory.
     pub fn push(&mut self, ino: u64, first_page: u64, pages: u32, bytes: &[u8]) {
         let len = u32::try_from(bytes.len()).expect("a run is at most a few MiB");
-        let at = match self.write(bytes) {
-            Ok(at) => at,
-            Err(e) => {
-                if self.file.is_some() && !self.to_memory {
-                    self.warn(&format!(
-                        "cannot write the staging file: {e}; this cut's remaining runs are \
-                         held in memory"
-                    ));
-                    self.to_memory = true;
+        if !self.spilled && self.memory_len + u64::from(len) > self.budget {
+            self.spill();
+        }
+        let at = if self.spilled {
+            match self.write(bytes) {
+                Ok(at) => Some(at),
+                Err(e) => {
+                    if self.file.is_some() && !self.to_memory {
+                        self.warn(&format!(
+                            "cannot write the staging file: {e}; this cut's remaining runs \
+                             are held in memory"
+                        ));
+                        self.to_memory = true;
+                    }
+                    None
                 }
-                self.in_memory.push(bytes.to_vec());
-                At::Memory(self.in_memory.len() - 1)
             }
+        } else {
+            None
         };
+        let at = at.unwrap_or_else(|| {
+            self.memory_len += u64::from(len);
+            self.in_memory.push(bytes.to_vec());
+            At::Memory(self.in_memory.len() - 1)
+        });
         self.runs.push(StagedRun {
             ino,
             first_page,
@@ -300,7 +352,7 @@ mod tests {
     #[test]
     fn runs_come_back_in_order_with_their_bytes_and_leave_the_heap_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Staging::in_dir(dir.path());
+        let mut s = Staging::in_dir(dir.path()).with_memory_budget(0);
         s.begin(1 << 20);
         let want = vec![
             (7, 0, 32, run_bytes(1, 32 * 8192)),
@@ -318,6 +370,53 @@ mod tests {
         assert!(s.is_empty());
         s.push(1, 0, 1, &run_bytes(4, 8192));
         assert_eq!(read_all(&s), vec![(1, 0, 1, run_bytes(4, 8192))]);
+    }
+
+    #[test]
+    fn a_small_cut_stays_in_memory_and_a_large_one_goes_to_the_file_past_the_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Staging::in_dir(dir.path()).with_memory_budget(3 * 8192);
+        s.begin(2 * 8192);
+        let small = vec![(1, 0, 1, run_bytes(1, 8192)), (2, 5, 1, run_bytes(2, 8192))];
+        for (ino, first, pages, b) in &small {
+            s.push(*ino, *first, *pages, b);
+        }
+        assert_eq!(read_all(&s), small);
+        assert_eq!(s.memory_bytes(), 2 * 8192);
+        assert!(
+            s.file.is_none(),
+            "a cut within the budget never opens the file"
+        );
+        s.begin(10 * 8192);
+        let large: Vec<_> = (0..6u64)
+            .map(|n| (3, n * 2, 1, run_bytes(n as u8, 8192)))
+            .collect();
+        for (ino, first, pages, b) in &large {
+            s.push(*ino, *first, *pages, b);
+        }
+        assert_eq!(read_all(&s), large, "in the order the cut took them");
+        assert_eq!(
+            s.memory_bytes(),
+            3 * 8192,
+            "the first three, within the budget"
+        );
+        assert_eq!(s.file_len, 3 * 8192, "the other three in the file");
+        // A run that alone exceeds what is left of the budget goes to the file, and so does
+        // every run after it, even one that would fit.
+        s.begin(4 * 8192);
+        s.push(4, 0, 2, &run_bytes(7, 2 * 8192));
+        s.push(4, 2, 2, &run_bytes(8, 2 * 8192));
+        s.push(4, 4, 1, &run_bytes(9, 100));
+        assert_eq!(s.memory_bytes(), 2 * 8192);
+        assert_eq!(s.file_len, 2 * 8192 + 100);
+        assert_eq!(
+            read_all(&s),
+            vec![
+                (4, 0, 2, run_bytes(7, 2 * 8192)),
+                (4, 2, 2, run_bytes(8, 2 * 8192)),
+                (4, 4, 1, run_bytes(9, 100))
+            ]
+        );
     }
 
     #[test]
@@ -345,7 +444,7 @@ mod tests {
     #[test]
     fn a_cut_larger_than_the_room_on_the_disk_stays_in_memory() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Staging::in_dir(dir.path());
+        let mut s = Staging::in_dir(dir.path()).with_memory_budget(0);
         s.begin(u64::MAX / 2);
         s.push(3, 0, 1, &run_bytes(5, 8192));
         assert_eq!(read_all(&s), vec![(3, 0, 1, run_bytes(5, 8192))]);
@@ -360,7 +459,7 @@ mod tests {
     #[test]
     fn a_run_that_comes_back_changed_from_the_disk_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Staging::in_dir(dir.path());
+        let mut s = Staging::in_dir(dir.path()).with_memory_budget(0);
         s.begin(1 << 20);
         s.push(4, 0, 2, &run_bytes(7, 2 * 8192));
         s.push(4, 2, 1, &run_bytes(8, 8192));

@@ -32,7 +32,11 @@ pub struct Cut {
     pub epoch: u64,
     pub next_ino: u64,
     pub inodes: Vec<Attr>,
-    pub dirents: Vec<CutDirent>,
+    /// Every name outside `--local-only` paths (shared with the walk kept for the next cut).
+    pub dirents: Arc<Vec<CutDirent>>,
+    /// The names' generation (`MetaStore::names_generation`) the dirents are of: two cuts
+    /// with the same one have the same names.
+    pub names: u64,
     /// The dirty pages whose bytes went to the sink, per inode.
     pub taken: HashMap<u64, PageSet>,
     /// Files cut down since the last cut: (ino, pages kept). The bucket's older pages at or
@@ -42,7 +46,7 @@ pub struct Cut {
     pub bytes: u64,
     /// Files with a name under the WAL directory (`PathFilter::wal`): their pages go in WAL
     /// segments.
-    pub wal: HashSet<u64>,
+    pub wal: Arc<HashSet<u64>>,
 }
 
 /// The inodes a cut's walk found.
@@ -55,6 +59,27 @@ struct Walked {
     /// Local-only files with pages only the bucket has: kept in its image without a name
     /// and without their changes.
     nameless: HashSet<u64>,
+}
+
+/// The last cut's walk of the names, kept by the caller of `cut` for the next one. Walking
+/// reads every directory from RocksDB and matches every path against the filter, with every
+/// writer paused; under `--durability remote` a cut comes with every group commit, while the
+/// names change only when a file is created, renamed or removed. So a cut walks again only
+/// when the names' generation has moved since; otherwise it reuses this.
+///
+/// Keep one per filter: what the walk found depends on it.
+#[derive(Default)]
+pub struct WalkMemo(Option<Names>);
+
+/// What the walk of one names' generation found.
+struct Names {
+    generation: u64,
+    dirents: Arc<Vec<CutDirent>>,
+    wal: Arc<HashSet<u64>>,
+    /// Reached by a name outside `--local-only` paths.
+    named: HashSet<u64>,
+    /// Reached under `--local-only` paths.
+    local_only: HashSet<u64>,
 }
 
 /// Receives each run of dirty pages a cut takes: (inode, first page, pages, bytes).
@@ -76,9 +101,13 @@ impl Fs {
     /// most `max_run_pages` pages to `sink(ino, first_page, pages, bytes)`, and records the
     /// namespace. Changes resume when it returns; pages written from then on belong to the
     /// next epoch.
+    ///
+    /// `memo` is the walk of the names the last cut with this `filter` made: it is reused if
+    /// no name changed since, and replaced otherwise.
     pub fn cut(
         &self,
         filter: &dyn PathFilter,
+        memo: &mut WalkMemo,
         max_run_pages: u32,
         sink: &mut RunSink<'_>,
     ) -> Result<Cut> {
@@ -94,7 +123,7 @@ impl Fs {
             seen,
             local_only,
             nameless,
-        } = self.walk(filter, &inodes, &mut cut)?;
+        } = self.walk(filter, memo, &inodes, &mut cut)?;
         // Local-only files are never uploaded, so nothing of theirs waits to be: forget
         // their dirty pages (a file with another, uploaded name is uploaded all the same).
         // That they were dropped is recorded: should the file leave its local-only path
@@ -149,42 +178,22 @@ impl Fs {
     fn walk(
         &self,
         filter: &dyn PathFilter,
+        memo: &mut WalkMemo,
         inodes: &HashMap<u64, Arc<Inode>>,
         cut: &mut Cut,
     ) -> Result<Walked> {
-        let mut seen = HashSet::new();
-        let mut local_only = HashSet::new();
-        let mut stack: Vec<(u64, Vec<u8>, bool, bool)> = vec![(ROOT_INO, Vec::new(), false, false)];
-        seen.insert(ROOT_INO);
-        while let Some((dir, path, excluded, wal)) = stack.pop() {
-            for d in self.meta.list_dir(dir)? {
-                let mut child = path.clone();
-                if !child.is_empty() {
-                    child.push(b'/');
-                }
-                child.extend_from_slice(d.name.as_encoded_bytes());
-                let excluded = excluded || filter.local_only(&child);
-                if excluded {
-                    if local_only.insert(d.ino) && d.kind == FileKind::Dir {
-                        stack.push((d.ino, child, true, false));
-                    }
-                    continue;
-                }
-                let wal = wal || filter.wal(&child);
-                if wal {
-                    cut.wal.insert(d.ino);
-                }
-                cut.dirents.push(CutDirent {
-                    parent: dir,
-                    name: d.name,
-                    ino: d.ino,
-                    kind: d.kind,
-                });
-                if seen.insert(d.ino) && d.kind == FileKind::Dir {
-                    stack.push((d.ino, child, false, wal));
-                }
-            }
-        }
+        // Under the gate, so no name changes between reading the generation and the walk.
+        let generation = self.meta.names_generation();
+        let names = match memo.0.take() {
+            Some(n) if n.generation == generation => n,
+            _ => self.walk_names(filter, generation)?,
+        };
+        cut.names = generation;
+        cut.dirents = names.dirents.clone();
+        cut.wal = names.wal.clone();
+        let mut seen = names.named.clone();
+        let local_only = names.local_only.clone();
+        memo.0 = Some(names);
         // A file unlinked while open keeps its bytes until the last close: it stays in the
         // bucket's image, nameless, so that its pages that are only in the bucket can still
         // be fetched. A restore leaves it out; the first cut after its last close drops it.
@@ -209,6 +218,53 @@ impl Fs {
             seen,
             local_only,
             nameless,
+        })
+    }
+
+    /// Walks the tree from the root: every name outside `--local-only` paths, and which
+    /// inodes those names and the local-only ones reach.
+    fn walk_names(&self, filter: &dyn PathFilter, generation: u64) -> Result<Names> {
+        let mut dirents = Vec::new();
+        let mut wal_files = HashSet::new();
+        let mut seen = HashSet::new();
+        let mut local_only = HashSet::new();
+        let mut stack: Vec<(u64, Vec<u8>, bool, bool)> = vec![(ROOT_INO, Vec::new(), false, false)];
+        seen.insert(ROOT_INO);
+        while let Some((dir, path, excluded, wal)) = stack.pop() {
+            for d in self.meta.list_dir(dir)? {
+                let mut child = path.clone();
+                if !child.is_empty() {
+                    child.push(b'/');
+                }
+                child.extend_from_slice(d.name.as_encoded_bytes());
+                let excluded = excluded || filter.local_only(&child);
+                if excluded {
+                    if local_only.insert(d.ino) && d.kind == FileKind::Dir {
+                        stack.push((d.ino, child, true, false));
+                    }
+                    continue;
+                }
+                let wal = wal || filter.wal(&child);
+                if wal {
+                    wal_files.insert(d.ino);
+                }
+                dirents.push(CutDirent {
+                    parent: dir,
+                    name: d.name,
+                    ino: d.ino,
+                    kind: d.kind,
+                });
+                if seen.insert(d.ino) && d.kind == FileKind::Dir {
+                    stack.push((d.ino, child, false, wal));
+                }
+            }
+        }
+        Ok(Names {
+            generation,
+            dirents: Arc::new(dirents),
+            wal: Arc::new(wal_files),
+            named: seen,
+            local_only,
         })
     }
 

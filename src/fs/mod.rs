@@ -25,7 +25,7 @@ mod remote;
 
 pub use attr::{Attr, FileKind};
 pub use bound::{CacheBound, CacheUsage, Evictor, SteppedEvictor, CHUNK_PAGES};
-pub use cut::{Cut, CutDirent, PathFilter};
+pub use cut::{Cut, CutDirent, PathFilter, WalkMemo};
 pub use error::{FsError, Result};
 pub use namespace::RenameMode;
 pub use remote::{Fetcher, RemoteSync, Restore};

@@ -60,10 +60,19 @@ impl View {
                 Arc::new(e.clone()),
             );
         }
-        // Pages past a file's end can never be read: drop them (a shrink in a base).
-        for (ino, map) in self.extents.iter_mut() {
-            if let Some(a) = self.inodes.get(ino) {
-                truncate(map, a.size.div_ceil(u64::from(m.page_size.max(1))));
+        // Pages past a file's end can never be read: drop them (a shrink in a base). Only
+        // files this manifest touched can have any: the others' sizes and extents are as the
+        // last apply left them.
+        let page_size = u64::from(m.page_size.max(1));
+        let touched: Vec<u64> = if m.parent.is_none() {
+            self.extents.keys().copied().collect()
+        } else {
+            let inodes = m.inodes.iter().map(|a| a.ino);
+            inodes.chain(m.extents.iter().map(|e| e.run.ino)).collect()
+        };
+        for ino in touched {
+            if let (Some(map), Some(a)) = (self.extents.get_mut(&ino), self.inodes.get(&ino)) {
+                truncate(map, a.size.div_ceil(page_size));
             }
         }
         self.epoch = m.epoch;
