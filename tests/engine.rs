@@ -726,13 +726,60 @@ fn every_kind_of_name_change_reaches_the_bucket_at_the_next_checkpoint() {
     e.crash();
 }
 
+/// Two views are the same if they describe the same filesystem, whatever the extents'
+/// bookkeeping: compares them as the base each would write.
+fn as_base(v: &bucketfs::manifest::view::View) -> Vec<u8> {
+    v.to_base(v.epoch, 0, PAGE_SIZE as u32, "").encode()
+}
+
+// Issue 14: a restore fetches the manifests of its chain (a base and up to `base_every - 1`
+// deltas after it) at once, not one round trip after another, and builds the writer's view.
+#[test]
+fn a_restore_fetches_its_chain_of_manifests_at_once() {
+    use bucketfs::checkpoint::open_bucket;
+    use bucketfs::store::{FaultPlan, FaultyStore, LocalStore};
+
+    const DELTAS: u8 = 20;
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    // The first checkpoint (at open) is a base; every one after it a delta.
+    let a = e.create("a");
+    for n in 0..DELTAS {
+        e.write(a, u64::from(n) * PAGE_SIZE, &pattern(n, 1));
+        let outcome =
+            e.cp.checkpoint(false)
+                .expect("checkpoint")
+                .expect("a change");
+        assert!(!outcome.base, "checkpoint {n} is a delta");
+    }
+    let writers = as_base(&e.cp.view().read());
+    e.crash();
+    // Each request takes 5 ms: GETs made one after another never overlap.
+    let plan = Arc::new(FaultPlan::default());
+    plan.set_latency(Duration::from_millis(5));
+    let local = Arc::new(LocalStore::new(&dirs.bucket()).expect("bucket"));
+    let store = FaultyStore::new(local, plan.clone());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let read = open_bucket(&store, rt.handle(), false).expect("open the bucket");
+    assert_eq!(
+        as_base(&read.view),
+        writers,
+        "the restored view is the writer's"
+    );
+    assert!(
+        plan.most_gets_in_flight() > u64::from(DELTAS),
+        "the base and its {DELTAS} deltas are fetched at once; at most {} GETs were under way \
+         at a time",
+        plan.most_gets_in_flight()
+    );
+}
+
 // Issue 14: a base manifest's commit installs the view the checkpointer built for it instead of
 // building it again from the base. That view must be the one a reader of the bucket builds, and
 // the chain must still reach a base every `base_every` checkpoints.
 #[test]
 fn the_view_after_each_base_is_the_one_a_reader_of_the_bucket_builds() {
     use bucketfs::checkpoint::open_bucket;
-    use bucketfs::manifest::view::View;
     use bucketfs::store::LocalStore;
 
     const BASE_EVERY: u32 = 4;
@@ -748,17 +795,19 @@ fn the_view_after_each_base_is_the_one_a_reader_of_the_bucket_builds() {
     let (a, b) = (e.create("a"), e.create("b"));
     let reader = LocalStore::new(&dirs.bucket()).expect("bucket");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    // Two views are the same if they describe the same filesystem, whatever the extents'
-    // bookkeeping: compare them as the base each would write.
-    let as_base = |v: &View| v.to_base(v.epoch, 0, PAGE_SIZE as u32, "").encode();
     let mut bases = Vec::new();
+    let mut want_a = Vec::new();
     for n in 0..3 * BASE_EVERY {
         // Overwrites in the middle of earlier runs, a growing file and a truncation, so that
         // the view holds extents covering part of their run.
-        e.write(a, u64::from(n % 5) * PAGE_SIZE, &pattern(n as u8, 3));
+        let (at, bytes) = ((n % 5) as usize * PAGE, pattern(n as u8, 3));
+        e.write(a, at as u64, &bytes);
+        want_a.resize(want_a.len().max(at + bytes.len()), 0);
+        want_a[at..at + bytes.len()].copy_from_slice(&bytes);
         e.write(b, u64::from(n) * 3 * PAGE_SIZE, &pattern(100 + n as u8, 2));
         if n == 6 {
             e.truncate(a, 2 * PAGE_SIZE + 100);
+            want_a.truncate(2 * PAGE + 100);
         }
         let outcome =
             e.cp.checkpoint(false)
@@ -788,6 +837,7 @@ fn the_view_after_each_base_is_the_one_a_reader_of_the_bucket_builds() {
         want_b[n * 3 * PAGE..(n * 3 + 2) * PAGE].copy_from_slice(&pattern(100 + n as u8, 2));
     }
     assert_same("b, restored", &e.read_all(e.ino("b")), &want_b);
+    assert_same("a, restored", &e.read_all(e.ino("a")), &want_a);
     e.crash();
 }
 

@@ -248,7 +248,7 @@ impl Staging {
         self.runs.is_empty()
     }
 
-    /// Bytes of the runs kept in memory (0 unless staging failed).
+    /// Bytes of the runs kept in memory: within the budget, or because the file failed.
     #[cfg(test)]
     pub fn memory_bytes(&self) -> u64 {
         self.in_memory.iter().map(|b| b.len() as u64).sum()

@@ -101,25 +101,11 @@ impl Fs {
 
     /// Records (durably) which bucket, writer and epoch the cache dir is in step with.
     pub fn set_bucket_record(&self, record: &[u8]) -> Result<()> {
-        let seq = self.put_bucket_record(record)?;
-        self.meta.sync_to(seq)?;
-        Ok(())
-    }
-
-    /// The same without waiting for the disk: for the epoch a writer's checkpoint moves on,
-    /// once `set_bucket_record` has made its writer and bucket durable. The next sync of
-    /// anything takes it along; a crash of the machine before that keeps an older epoch of
-    /// the same writer, and the checks at mount compare an epoch only with another writer's
-    /// (src/bucket.rs, `check_bucket`). Under `--durability remote` every group commit is a
-    /// checkpoint, so this saves a disk flush per commit.
-    pub fn update_bucket_record(&self, record: &[u8]) -> Result<()> {
-        self.put_bucket_record(record).map(|_| ())
-    }
-
-    fn put_bucket_record(&self, record: &[u8]) -> Result<u64> {
         let mut batch = self.meta.batch();
         batch.put_meta_bytes(BUCKET_RECORD, record);
-        Ok(self.meta.commit(batch)?)
+        let seq = self.meta.commit(batch)?;
+        self.meta.sync_to(seq)?;
+        Ok(())
     }
 
     /// True when the filesystem holds nothing but an empty root: a new cache dir.

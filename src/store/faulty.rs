@@ -35,6 +35,9 @@ pub struct FaultPlan {
     gets: AtomicU64,
     get_bytes: AtomicU64,
     put_bytes: AtomicU64,
+    /// GETs under way now, and the most there were at once.
+    gets_in_flight: AtomicU64,
+    most_gets_in_flight: AtomicU64,
     /// Called with the key at the start of every PUT (before any fault): a test's look at
     /// what the writer is doing as each upload begins.
     on_put: Mutex<Option<PutObserver>>,
@@ -55,6 +58,8 @@ impl Default for FaultPlan {
             gets: AtomicU64::new(0),
             get_bytes: AtomicU64::new(0),
             put_bytes: AtomicU64::new(0),
+            gets_in_flight: AtomicU64::new(0),
+            most_gets_in_flight: AtomicU64::new(0),
             on_put: Mutex::new(None),
         }
     }
@@ -102,6 +107,11 @@ impl FaultPlan {
     }
     pub fn lose_answers(&self, n: u32) {
         self.lost_answers.store(n, Ordering::SeqCst);
+    }
+    /// The most GETs that were under way at once (with latency set, requests a caller makes
+    /// one after another never overlap).
+    pub fn most_gets_in_flight(&self) -> u64 {
+        self.most_gets_in_flight.load(Ordering::SeqCst)
     }
     pub fn counts(&self) -> Counts {
         Counts {
@@ -152,6 +162,17 @@ impl FaultyStore {
 impl ReadStore for FaultyStore {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
         self.plan.gets.fetch_add(1, Ordering::Relaxed);
+        let now = self.plan.gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.plan
+            .most_gets_in_flight
+            .fetch_max(now, Ordering::SeqCst);
+        struct Done<'a>(&'a AtomicU64);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _done = Done(&self.plan.gets_in_flight);
         self.before("get", key).await?;
         let bytes = self.inner.get(key, range).await?;
         self.plan
