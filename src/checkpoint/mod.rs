@@ -813,6 +813,10 @@ impl Checkpointer {
         }
         self.apply_to_view(&m, None, None);
         self.fs.advance_epoch(m.epoch + 1)?;
+        // The cache dir may be older than what this lineage committed (a power loss between a
+        // manifest's PUT and the flush of RocksDB after it): no inode number the bucket has
+        // seen is handed out again, or a new file would take the lost one's pages.
+        self.fs.advance_next_ino(m.next_ino)?;
         Ok(m.epoch)
     }
 

@@ -170,6 +170,21 @@ impl Fs {
         Ok(())
     }
 
+    /// Inode numbers from `next_ino` on are the only ones handed out from now on. Not
+    /// synced: the next create persists the counter with itself, and a takeover raises it
+    /// again after a crash.
+    pub fn advance_next_ino(&self, next_ino: u64) -> Result<()> {
+        let prev = self
+            .next_ino
+            .fetch_max(next_ino, std::sync::atomic::Ordering::AcqRel);
+        if prev < next_ino {
+            let mut batch = self.meta.batch();
+            batch.put_next_ino(next_ino);
+            self.meta.commit(batch)?;
+        }
+        Ok(())
+    }
+
     /// Files of at most `max_bytes` with pages still only in the bucket, smallest first: what
     /// a new machine fetches in the background right after a restore (catalogs, control
     /// files, visibility maps), so that Postgres's start and first queries do not wait on one
