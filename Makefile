@@ -62,5 +62,5 @@ bench-peers:      ## local disk, bucketfs (local, remote), bindfs, JuiceFS (writ
 	cargo build --locked
 	benches/peers.sh
 
-bench-hot:        ## criterion benchmarks of the hot paths: page sets, segments (crc32c, zstd), manifests, view lookups; no mount
+bench-hot:        ## criterion benchmarks of the hot paths: page sets, segments (crc32c, zstd), manifests, view lookups, a small checkpoint; no mount
 	cargo bench --locked --profile dev --bench hot_paths
