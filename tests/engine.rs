@@ -21,7 +21,8 @@ use common::engine::*;
 
 // Issue 10, finding 1: a cut that fails part-way must not strand the pages it had already
 // moved from dirty to pending: they are uploaded by the next checkpoint, and nothing waits
-// on them forever.
+// on them forever. Since copy-on-write the cut reads no bytes, and the unreadable file fails
+// the upload's read instead: every page the cut took must come back all the same.
 #[test]
 fn a_cut_that_fails_part_way_leaves_every_page_for_the_next_checkpoint() {
     let dirs = Dirs::new();
@@ -45,7 +46,7 @@ fn a_cut_that_fails_part_way_leaves_every_page_for_the_next_checkpoint() {
     std::fs::create_dir(&path).expect("directory in its place");
     assert!(
         e.cp.checkpoint(false).is_err(),
-        "the cut cannot read the broken file"
+        "the checkpoint cannot read the broken file"
     );
     std::fs::remove_dir(&path).expect("remove the directory");
     std::fs::rename(&aside, &path).expect("put the cache file back");
@@ -163,7 +164,8 @@ fn one_run_per_segment(concurrency: usize) -> Options {
             s.segment_bytes = 64 << 10;
             s.zstd_level = None;
             s.upload_concurrency = concurrency;
-            // The first MiB of a cut in memory, the rest in the staging file: both ways.
+            // Of the pages changed while an upload has yet to read them, the first MiB is
+            // copied into memory, the rest into the staging file.
             s.staging_memory = 1 << 20;
         })),
         ..Options::default()
@@ -451,9 +453,7 @@ fn a_hanging_fetch_stalls_no_writer() {
                 let filter =
                     bucketfs::checkpoint::LocalOnly::new(&[], std::path::Path::new("pg_wal"));
                 let mut memo = bucketfs::fs::WalkMemo::default();
-                let cut =
-                    e.fs.cut(&filter, &mut memo, 32, &mut |_, _, _, _| Ok(()))
-                        .expect("cut");
+                let cut = e.fs.cut(&filter, &mut memo, 32, 1 << 20).expect("cut");
                 e.fs.untake(cut);
             }),
         ),
@@ -1036,4 +1036,193 @@ fn a_manifest_with_overflowing_numbers_is_refused_by_key() {
             Err(_) => panic!("{what}: decoding panicked"),
         }
     }
+}
+
+/// Copy-on-write at the cut: the cut copies no bytes, and the upload reads them afterwards
+/// while the writers go on. Every change made between the cut and the upload must leave the
+/// checkpoint exactly as the cut saw it: a page overwritten, a file cut short, a hole
+/// punched, a file grown inside its last page, a file removed, a file removed while open and
+/// then closed. The frozen copies go past a memory budget of two pages, so both places they
+/// wait in are read.
+#[test]
+fn changes_made_while_a_checkpoint_uploads_are_not_in_it() {
+    let dirs = Dirs::new();
+    let e = Engine::open(
+        &dirs.cache(0),
+        &dirs.bucket(),
+        Options {
+            tune: Some(Box::new(|s| s.staging_memory = 2 * PAGE_SIZE)),
+            ..Options::default()
+        },
+    );
+    let names = ["over", "short", "punched", "grown", "removed", "open"];
+    let mut at_cut = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let ino = e.create(name);
+        let mut bytes = pattern(10 * i as u8 + 1, 8);
+        if *name == "grown" {
+            bytes.truncate(5 * PAGE + 100);
+        }
+        e.write(ino, 0, &bytes);
+        at_cut.push((*name, ino, bytes));
+    }
+    let ino = |name: &str| at_cut.iter().find(|f| f.0 == name).expect("a file").1;
+    let (over, short, punched, grown, open) = (
+        ino("over"),
+        ino("short"),
+        ino("punched"),
+        ino("grown"),
+        ino("open"),
+    );
+    e.fs.open(open, libc::O_RDWR).expect("open");
+    let changed = Arc::new(AtomicBool::new(false));
+    {
+        let fs = Arc::downgrade(&e.fs);
+        let changed = changed.clone();
+        e.fs.set_step_hook(Box::new(move |step| {
+            // Inside the first checkpoint only.
+            if let Step::CutTaken { .. } = step {
+                if changed.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                let fs = Weak::upgrade(&fs).expect("fs alive");
+                fs.write(over, PAGE_SIZE + 7, &[0xee; 3 * PAGE])
+                    .expect("write");
+                set_size(&fs, short, 2 * PAGE_SIZE + 10);
+                fs.fallocate(
+                    punched,
+                    PAGE_SIZE / 2,
+                    5 * PAGE_SIZE,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                )
+                .expect("punch");
+                fs.write(grown, 5 * PAGE_SIZE + 100, &[0xaa; 2 * PAGE])
+                    .expect("write");
+                fs.unlink(ROOT_INO, OsStr::new("removed")).expect("unlink");
+                fs.unlink(ROOT_INO, OsStr::new("open")).expect("unlink");
+                fs.release(open).expect("close");
+            }
+        }));
+    }
+    e.checkpoint();
+    assert!(
+        changed.load(Ordering::Acquire),
+        "the changes ran inside the checkpoint"
+    );
+    for (name, ino, want) in &at_cut {
+        let got = e
+            .in_bucket(*ino)
+            .unwrap_or_else(|| panic!("{name} is in the bucket"));
+        assert_same(&format!("{name} in the checkpoint"), &got, want);
+    }
+    // The next checkpoint has the changes.
+    e.checkpoint();
+    let mut names_now = e.names_in_bucket();
+    names_now.sort();
+    assert_eq!(names_now, ["grown", "over", "punched", "short"]);
+    for name in ["over", "short", "punched", "grown"] {
+        let ino = e.ino(name);
+        let local = e.read_all(ino);
+        assert_same(
+            &format!("{name} in the next checkpoint"),
+            &e.in_bucket(ino).expect("in the bucket"),
+            &local,
+        );
+    }
+    let mut want_over = pattern(1, 8);
+    want_over[PAGE + 7..4 * PAGE + 7].fill(0xee);
+    assert_same("over, read back", &e.read_all(over), &want_over);
+    e.crash();
+    let r = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    assert_same("over, restored", &r.read_all(r.ino("over")), &want_over);
+    r.crash();
+}
+
+/// One writer rewrites the pages of a file in a known order while checkpoints run one after
+/// another, each cut landing wherever it lands. Page `k % PAGES` holds `k` after the `k`th
+/// write, so every checkpoint must hold the file as it was after some write `n`: each page
+/// the last value at or before `n` that went to it, whole (no page half old, half new).
+/// A checkpoint that read a page the writer had already changed, or a frozen copy of the
+/// wrong moment, breaks that.
+#[test]
+fn every_checkpoint_taken_under_a_running_writer_is_one_moment_of_the_file() {
+    const PAGES: u64 = 48;
+    let dirs = Dirs::new();
+    let e = Engine::open(
+        &dirs.cache(0),
+        &dirs.bucket(),
+        Options {
+            // A small memory budget, so that frozen copies also go to the file.
+            tune: Some(Box::new(|s| s.staging_memory = 4 * PAGE_SIZE)),
+            ..Options::default()
+        },
+    );
+    let ino = e.create("rel");
+    let page_of = |k: u64| -> Vec<u8> { k.to_le_bytes().repeat(PAGE / 8) };
+    for k in 1..=PAGES {
+        e.write(ino, (k % PAGES) * PAGE_SIZE, &page_of(k));
+    }
+    /// Stops the writer however the test ends.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let stop = Stop(Arc::new(AtomicBool::new(false)));
+    let written = Arc::new(AtomicU64::new(PAGES));
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    let writer = {
+        let (fs, stop, written) = (e.fs.clone(), stop.0.clone(), written.clone());
+        std::thread::spawn(move || {
+            let mut k = PAGES;
+            while !stop.load(Ordering::Acquire) {
+                k += 1;
+                fs.write(ino, (k % PAGES) * PAGE_SIZE, &page_of(k))
+                    .expect("write");
+                written.store(k, Ordering::Release);
+            }
+            fs.release(ino).expect("close");
+        })
+    };
+    let mut moments = Vec::new();
+    for _ in 0..40 {
+        // Let the writer get ahead between checkpoints (a condition, not a sleep).
+        let from = written.load(Ordering::Acquire);
+        while written.load(Ordering::Acquire) < from + 50 {
+            assert!(!writer.is_finished(), "the writer stopped");
+            std::thread::yield_now();
+        }
+        e.checkpoint();
+        let image = e.in_bucket(ino).expect("in the bucket");
+        assert_eq!(image.len() as u64, PAGES * PAGE_SIZE, "the file's size");
+        let values: Vec<u64> = image
+            .chunks(PAGE)
+            .enumerate()
+            .map(|(p, page)| {
+                let v = u64::from_le_bytes(page[..8].try_into().expect("8 bytes"));
+                assert!(
+                    page.chunks(8).all(|w| w == v.to_le_bytes()),
+                    "page {p} is torn: not one write's bytes"
+                );
+                v
+            })
+            .collect();
+        let n = *values.iter().max().expect("pages");
+        for (p, &v) in values.iter().enumerate() {
+            let want = n - (n - p as u64) % PAGES;
+            assert_eq!(
+                v, want,
+                "page {p}: the checkpoint after write {n} must hold write {want}"
+            );
+        }
+        moments.push(n);
+    }
+    drop(stop);
+    writer.join().expect("writer");
+    moments.dedup();
+    assert!(
+        moments.len() > 20,
+        "the checkpoints caught the writer at different moments: {moments:?}"
+    );
 }

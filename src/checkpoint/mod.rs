@@ -2,10 +2,11 @@
 //! and restores a bucket into an empty cache dir.
 //!
 //! One checkpoint, in order (DESIGN.md section 3):
-//! 1. *cut*: `Fs::cut` pauses every change, closes epoch E and hands over the dirty pages'
-//!    bytes, which wait in the staging file (`staging.rs`);
-//! 2. *pack and upload*: the runs become segments here, each uploaded as soon as it is full
-//!    (in parallel, retried by the store wrapper), with few in memory at once;
+//! 1. *cut*: `Fs::cut` pauses every change, closes epoch E and says which dirty pages E
+//!    takes; it copies no bytes (copy-on-write, `fs/cut.rs`);
+//! 2. *pack and upload*: the runs' bytes are read as of the cut (`Fs::read_cut_run`) and
+//!    become segments here, each uploaded as soon as it is full (in parallel, retried by the
+//!    store wrapper), with few in memory at once;
 //! 3. *commit* the manifest for E with `If-None-Match: *`: only then does the checkpoint exist;
 //!    a 412 means another writer took over, and this mount stops accepting changes;
 //! 4. *mark clean* what was uploaded and not written again.
@@ -14,7 +15,6 @@
 //! stay dirty and the next checkpoint takes them again.
 
 mod fetch;
-mod staging;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +33,6 @@ use crate::store::placement::{Class, WAL_SEGMENT_SUFFIX};
 use crate::store::{ObjectStore, PutMode, ReadStore, StoreError};
 
 pub use fetch::BucketFetcher;
-use staging::Staging;
 
 /// The bucket's format marker, written once when a prefix is first used.
 pub const FORMAT_KEY: &str = "bucketfs.json";
@@ -75,8 +74,9 @@ pub struct CheckpointSettings {
     pub run_pages: u32,
     /// Segment uploads in flight at once.
     pub upload_concurrency: usize,
-    /// A cut's first bytes up to this many are held in memory; the rest wait for their
-    /// upload in the staging file (`staging::MEMORY_BUDGET`).
+    /// Of the pages writers change while their cut's upload has yet to read them, the
+    /// first bytes up to this many are copied into memory, the rest into a file in the
+    /// cache dir (`fs::FROZEN_MEMORY_BUDGET`).
     pub staging_memory: u64,
     /// Write a base manifest after this many deltas, bounding the chain a restore reads.
     pub base_every: u32,
@@ -116,7 +116,7 @@ impl Default for CheckpointSettings {
             zstd_level: Some(1),
             run_pages: 32,
             upload_concurrency: 4,
-            staging_memory: staging::MEMORY_BUDGET,
+            staging_memory: crate::fs::FROZEN_MEMORY_BUDGET,
             base_every: 32,
             local_only: vec![
                 "pgsql_tmp".into(),
@@ -148,8 +148,6 @@ pub enum CheckpointError {
     Format(#[from] FormatError),
     #[error(transparent)]
     Fs(#[from] FsError),
-    #[error("read the checkpoint staging file: {0}")]
-    Staging(std::io::Error),
 }
 
 /// `--local-only` globs: a pattern without '/' matches any one path component ('*' and '?'
@@ -633,8 +631,6 @@ pub struct Checkpointer {
     view: Arc<RwLock<View>>,
     /// One checkpoint at a time.
     running: Mutex<()>,
-    /// Where each cut's bytes wait to be packed (made at the first cut).
-    staging: Mutex<Option<Staging>>,
     /// The names as the last cut walked them, and which of them the view holds.
     names: Mutex<NamesSeen>,
     fenced: AtomicBool,
@@ -674,7 +670,6 @@ impl Checkpointer {
             writer,
             view: Arc::new(RwLock::new(view)),
             running: Mutex::new(()),
-            staging: Mutex::new(None),
             names: Mutex::new(NamesSeen::default()),
             fenced: AtomicBool::new(false),
             record_url: Mutex::new(None),
@@ -868,36 +863,21 @@ impl Checkpointer {
         // failed cuts). That is what makes fencing work: a writer that was taken over tries
         // to commit an epoch that the takeover manifest already holds, and gets 412.
         let epoch_now = self.view.read().epoch + 1;
-        // The cut only copies the dirty bytes, into the staging file (every writer waits
-        // while it runs); compressing, packing and uploading happen after, with the writers
-        // going again.
-        let mut staging = self.staging.lock();
-        let staging = staging.get_or_insert_with(|| {
-            Staging::in_dir(self.fs.root()).with_memory_budget(self.settings.staging_memory)
-        });
-        staging.begin(self.fs.unsafe_pages() * PAGE_SIZE);
+        // The cut copies no bytes (every writer waits while it runs): reading the pages,
+        // compressing, packing and uploading happen after, with the writers going again, and
+        // a writer copies out a page the upload has yet to read before changing it.
         let mut names = self.names.lock();
         let cut_started = Instant::now();
         let cut = self.fs.cut(
             &self.filter,
             &mut names.walk,
             self.settings.run_pages,
-            &mut |ino, first, pages, bytes| {
-                staging.push(ino, first, pages, bytes);
-                Ok(())
-            },
-        );
-        let cut = match cut {
-            Ok(cut) => cut,
-            Err(e) => {
-                staging.clear();
-                return Err(e.into());
-            }
-        };
+            self.settings.staging_memory,
+        )?;
         let cut_ms = cut_started.elapsed().as_millis() as u64;
         let names_in_view = names.in_view == Some(cut.names);
         drop(names);
-        if staging.is_empty() {
+        if cut.runs.is_empty() {
             let view = self.view.read();
             let m = delta(&view, &cut, names_in_view, Vec::new());
             if is_empty_delta(&m) && !commit_empty && view.epoch > 0 {
@@ -912,8 +892,8 @@ impl Checkpointer {
         }
         self.fs.step(crate::fs::Step::CutTaken { epoch: cut.epoch });
         let upload_started = Instant::now();
-        let sent = self.pack_and_upload(staging, &cut, epoch_now);
-        staging.clear();
+        let sent = self.pack_and_upload(&cut, epoch_now);
+        let frozen = self.fs.release_cut(&cut);
         let Sent {
             extents,
             segments: count,
@@ -971,6 +951,7 @@ impl Checkpointer {
             segments = count,
             bytes,
             cut_ms,
+            frozen,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "checkpoint committed"
         );
@@ -1010,21 +991,15 @@ impl Checkpointer {
     /// built or uploaded: a builder takes a permit when it starts and its upload gives it back,
     /// so packing waits for the bucket instead of building the whole cut in memory. The first
     /// failed upload ends it (those in flight are dropped; the caller puts the pages back).
-    fn pack_and_upload(
-        &self,
-        staging: &Staging,
-        cut: &crate::fs::Cut,
-        epoch: u64,
-    ) -> Result<Sent, CheckpointError> {
+    fn pack_and_upload(&self, cut: &crate::fs::Cut, epoch: u64) -> Result<Sent, CheckpointError> {
         self.upload_progress_from(0);
-        let result = self.pack_and_upload_runs(staging, cut, epoch);
+        let result = self.pack_and_upload_runs(cut, epoch);
         self.upload_progress_from(0);
         result
     }
 
     fn pack_and_upload_runs(
         &self,
-        staging: &Staging,
         cut: &crate::fs::Cut,
         epoch: u64,
     ) -> Result<Sent, CheckpointError> {
@@ -1043,7 +1018,7 @@ impl Checkpointer {
         let mut builders: [Option<(SegmentBuilder, tokio::sync::OwnedSemaphorePermit)>; 2] =
             [None, None];
         let mut buf = Vec::new();
-        for run in staging.runs() {
+        for run in &cut.runs {
             let wal = cut.wal.contains(&run.ino);
             let slot = &mut builders[usize::from(wal)];
             let (builder, _) = match slot {
@@ -1056,10 +1031,8 @@ impl Checkpointer {
                     slot.insert((SegmentBuilder::compressing(level), permit))
                 }
             };
-            let bytes = staging
-                .bytes(run, &mut buf)
-                .map_err(CheckpointError::Staging)?;
-            builder.push_run(run.ino, run.first_page, run.pages, bytes);
+            self.fs.read_cut_run(run, &mut buf)?;
+            builder.push_run(run.ino, run.first_page, run.pages, &buf);
             if builder.len() >= self.settings.segment_bytes {
                 let (full, permit) = slot.take().expect("the slot was filled above");
                 let upload = Upload {

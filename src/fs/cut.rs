@@ -1,11 +1,16 @@
-//! The fs core's side of a checkpoint: the cut (a consistent image of the namespace plus the
-//! bytes of every dirty page, taken with all changes paused), and marking pages clean once the
-//! bucket holds them.
+//! The fs core's side of a checkpoint: the cut (a consistent image of the namespace and of
+//! which pages are dirty, taken with all changes paused), the upload's reads of the cut's
+//! bytes, and marking pages clean once the bucket holds them.
 //!
-//! The cut copies the dirty bytes out while the gate is held, instead of the copy-on-write
-//! that DESIGN.md describes: the copy is a read of pages that are almost always in the page
-//! cache, bounded by `--max-dirty`, and it makes "uploads read exactly the cut's bytes" true by
-//! construction. docs/checkpoints.md says when to revisit this.
+//! Copy-on-write: the cut copies no bytes. It moves each dirty page to pending and into
+//! the inode's `cow` set, and the upload reads the pages from the cache file afterwards,
+//! with the writers going again (`read_cut_run`). A change to a page still in `cow` (a
+//! write, a truncation, a punched hole, the file's removal) first copies the page's bytes
+//! out (`freeze`, into `Frozen`), under the inode's lock; the upload reads a page either
+//! from the cache file while it is still in `cow`, or from its frozen copy, also under the
+//! inode's lock, and takes it out of `cow` as it does. So the upload reads exactly the
+//! cut's bytes, and the writers' pause at a cut no longer grows with what is dirty.
+//! docs/checkpoints.md, "Copy-on-write at the cut", says why this replaced the copy.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -14,7 +19,11 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::ops::Range;
+use std::path::Path;
+
 use super::pageset::PageSet;
+use super::staging::Staging;
 use super::{Attr, FileKind, Fs, FsError, Inode, InodeState, Result, PAGE_SIZE, ROOT_INO};
 
 /// One directory entry in a cut.
@@ -37,16 +46,29 @@ pub struct Cut {
     /// The names' generation (`MetaStore::names_generation`) the dirents are of: two cuts
     /// with the same one have the same names.
     pub names: u64,
-    /// The dirty pages whose bytes went to the sink, per inode.
+    /// The dirty pages the cut took, per inode.
     pub taken: HashMap<u64, PageSet>,
+    /// The same as runs of at most `max_run_pages` pages, in the order the cut took them,
+    /// each with its length as of the cut. `Fs::read_cut_run` reads their bytes.
+    pub runs: Vec<CutRun>,
     /// Files cut down since the last cut: (ino, pages kept). The bucket's older pages at or
     /// past that point are gone, even where the file has grown again since.
     pub truncations: Vec<(u64, u64)>,
-    /// Bytes handed to the sink.
+    /// Bytes in `runs`.
     pub bytes: u64,
     /// Files with a name under the WAL directory (`PathFilter::wal`): their pages go in WAL
     /// segments.
     pub wal: Arc<HashSet<u64>>,
+}
+
+/// A run of pages a cut took: `pages` pages from `first_page` of `ino`, `len` bytes long
+/// (the last page may be short at the end of the file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutRun {
+    pub ino: u64,
+    pub first_page: u64,
+    pub pages: u32,
+    pub len: u32,
 }
 
 /// The inodes a cut's walk found.
@@ -82,9 +104,6 @@ struct Names {
     local_only: HashSet<u64>,
 }
 
-/// Receives each run of dirty pages a cut takes: (inode, first page, pages, bytes).
-pub type RunSink<'a> = dyn FnMut(u64, u64, u32, &[u8]) -> io::Result<()> + 'a;
-
 /// Decides which paths are never uploaded (`--local-only`).
 pub trait PathFilter {
     /// `path` is relative to the root, components joined by '/'.
@@ -97,19 +116,22 @@ pub trait PathFilter {
 }
 
 impl Fs {
-    /// Takes a cut: pauses every change, closes the current epoch, hands each dirty run of at
-    /// most `max_run_pages` pages to `sink(ino, first_page, pages, bytes)`, and records the
-    /// namespace. Changes resume when it returns; pages written from then on belong to the
-    /// next epoch.
+    /// Takes a cut: pauses every change, closes the current epoch, records the namespace and
+    /// which dirty pages the cut takes, in runs of at most `max_run_pages` pages. Changes
+    /// resume when it returns; pages written from then on belong to the next epoch. The
+    /// upload reads the runs' bytes with `read_cut_run`, and ends with `release_cut` (or
+    /// `untake` on failure); only one cut is read at a time.
     ///
     /// `memo` is the walk of the names the last cut with this `filter` made: it is reused if
-    /// no name changed since, and replaced otherwise.
+    /// no name changed since, and replaced otherwise. `memory_budget`: how many bytes of the
+    /// pages writers change before the upload reads them are kept in memory; the rest wait
+    /// in a file in the cache dir.
     pub fn cut(
         &self,
         filter: &dyn PathFilter,
         memo: &mut WalkMemo,
         max_run_pages: u32,
-        sink: &mut RunSink<'_>,
+        memory_budget: u64,
     ) -> Result<Cut> {
         let _gate = self.gate.write();
         let epoch = self.epoch.load(Ordering::Acquire);
@@ -156,7 +178,7 @@ impl Fs {
         self.rpo_cut();
         // From here on the cut moves pages from dirty to pending: if it fails part-way, every
         // move is undone, so that nothing taken is left stranded as neither dirty nor sent.
-        match self.take(&seen, &inodes, max_run_pages, sink, &mut cut) {
+        match self.take(&seen, &inodes, max_run_pages, &mut cut) {
             Ok(()) => {}
             Err(e) => {
                 self.untake(cut);
@@ -170,6 +192,7 @@ impl Fs {
             return Err(e.into());
         }
         self.epoch.store(epoch + 1, Ordering::Release);
+        self.frozen.lock().begin(cut.bytes, memory_budget);
         Ok(cut)
     }
 
@@ -268,18 +291,17 @@ impl Fs {
         })
     }
 
-    /// Moves the dirty pages of `seen` to pending and hands their bytes to `sink`, recording
-    /// what it took in `cut` as it goes (so that `untake` can undo a part-way failure).
+    /// Moves the dirty pages of `seen` to pending (and into `cow`, for the upload to read),
+    /// recording what it took in `cut` as it goes (so that `untake` can undo a part-way
+    /// failure).
     fn take(
         &self,
         seen: &HashSet<u64>,
         inodes: &HashMap<u64, Arc<Inode>>,
         max_run_pages: u32,
-        sink: &mut RunSink<'_>,
         cut: &mut Cut,
     ) -> Result<()> {
         let epoch = cut.epoch;
-        let mut buf = Vec::new();
         for &ino in seen {
             let Some(inode) = inodes.get(&ino) else {
                 return Err(FsError::Invalid("directory entry names a missing inode"));
@@ -303,26 +325,137 @@ impl Fs {
             }
             let taken = cut.taken.entry(ino).or_insert(taken);
             let size = st.attr.size;
-            let file = self.cache_file(&mut st, false)?;
             for range in taken.iter() {
                 let mut first = range.start;
                 while first < range.end && first * PAGE_SIZE < size {
-                    let pages = (range.end - first).min(u64::from(max_run_pages));
+                    // Never past the end: dirty marks can outlive a failed size change.
+                    let pages = (range.end - first)
+                        .min(u64::from(max_run_pages))
+                        .min(size.div_ceil(PAGE_SIZE) - first);
                     let end = ((first + pages) * PAGE_SIZE).min(size);
-                    buf.clear();
-                    buf.resize((end - first * PAGE_SIZE) as usize, 0);
-                    if let Some(f) = &file {
-                        read_full(f, &mut buf, first * PAGE_SIZE)?;
-                    }
-                    sink(ino, first, pages as u32, &buf)
-                        .map_err(FsError::io("stage dirty pages"))?;
-                    cut.bytes += buf.len() as u64;
+                    let len = end - first * PAGE_SIZE;
+                    st.cow.insert(first..first + pages);
+                    cut.runs.push(CutRun {
+                        ino,
+                        first_page: first,
+                        pages: pages as u32,
+                        len: u32::try_from(len).expect("a run is at most a few MiB"),
+                    });
+                    cut.bytes += len;
                     first += pages;
                 }
             }
-            self.close_if_unused(&mut st);
         }
         Ok(())
+    }
+
+    /// Reads the bytes of `run` as the cut took them into `buf`: from the cache file the
+    /// pages no change has touched since, the others from their frozen copies.
+    ///
+    /// The cache file is read without the inode's lock (a run can take a while to read, and
+    /// every read and write of the file would wait for it); what it read counts only for
+    /// the pages still in `cow` afterwards, under the lock. A writer freezes a page (copies
+    /// it out and takes it out of `cow`) before it changes it, so a page still in `cow` was
+    /// not changed while the file was read, and a page that left `cow` meanwhile has its
+    /// frozen copy.
+    pub fn read_cut_run(&self, run: &CutRun, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        buf.resize(run.len as usize, 0);
+        let len = buf.len();
+        let pages = run.first_page..run.first_page + u64::from(run.pages);
+        let span = |r: &Range<u64>| {
+            let to = (((r.end - run.first_page) * PAGE_SIZE) as usize).min(len);
+            let from = (((r.start - run.first_page) * PAGE_SIZE) as usize).min(to);
+            from..to
+        };
+        let mut from_file = PageSet::new();
+        let inode = self.inodes.read().get(&run.ino).cloned();
+        if let Some(inode) = inode {
+            let file = {
+                let mut st = inode.state.lock();
+                if st.cow.intersects(pages.clone()) {
+                    let file = self.cache_file(&mut st, false)?;
+                    self.close_if_unused(&mut st);
+                    Some(file)
+                } else {
+                    None
+                }
+            };
+            if let Some(file) = file {
+                if let Some(f) = &file {
+                    read_full(f, buf, run.first_page * PAGE_SIZE)?;
+                } // never written: a hole, zeros already in buf
+                let mut st = inode.state.lock();
+                let unchanged: Vec<_> = st.cow.overlapping(pages.clone()).collect();
+                for r in unchanged {
+                    st.cow.remove(r.clone());
+                    from_file.insert(r);
+                }
+            }
+        }
+        // Every other page of the run was changed after the cut, and frozen before that.
+        if from_file.covers(pages.clone()) {
+            return Ok(());
+        }
+        let frozen = self.frozen.lock();
+        let mut scratch = Vec::new();
+        for page in pages {
+            if !from_file.contains(page) {
+                let span = span(&(page..page + 1));
+                frozen.read(run.ino, page, &mut buf[span], &mut scratch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A change is about to alter the cache file's bytes of `pages` (or remove the file):
+    /// copies those of them the upload has yet to read out of the file first. Called with
+    /// the inode's lock held and the gate held shared (so no cut runs). Never fails the
+    /// change: a page whose bytes cannot be read is recorded as lost, and the checkpoint
+    /// reading the cut fails instead (its pages stay dirty for the next one).
+    pub(super) fn freeze(&self, st: &mut InodeState, pages: Range<u64>) {
+        if st.cow.is_empty() {
+            return;
+        }
+        let changed: Vec<_> = st.cow.overlapping(pages).collect();
+        if changed.is_empty() {
+            return;
+        }
+        let ino = st.attr.ino;
+        let file = self.cache_file(st, false);
+        let mut frozen = self.frozen.lock();
+        let mut page_buf = vec![0; PAGE_SIZE as usize];
+        for r in changed {
+            for page in r.clone() {
+                page_buf.fill(0);
+                let read = match &file {
+                    Ok(Some(f)) => {
+                        read_full(f, &mut page_buf, page * PAGE_SIZE).map_err(|e| e.to_string())
+                    }
+                    Ok(None) => Ok(()), // never written: a hole, zeros
+                    Err(e) => Err(e.to_string()),
+                };
+                match read {
+                    Ok(()) => frozen.put(ino, page, &page_buf),
+                    Err(why) => frozen.lose(ino, page, why),
+                }
+            }
+            st.cow.remove(r);
+        }
+        drop(frozen);
+        self.close_if_unused(st);
+    }
+
+    /// The upload of `cut` has read all it needs (or given up): nothing of it is left to
+    /// read, and its frozen copies go. Returns how many pages were frozen.
+    pub fn release_cut(&self, cut: &Cut) -> u64 {
+        let inodes = self.inode_snapshot();
+        for ino in cut.taken.keys() {
+            if let Some(inode) = inodes.get(ino) {
+                inode.state.lock().cow = PageSet::new();
+            }
+        }
+        self.frozen.lock().clear()
     }
 
     /// A file the last cut found only under local-only paths is reachable again: the bucket
@@ -354,6 +487,7 @@ impl Fs {
     /// The checkpoint that uploaded `taken` failed: those pages are dirty again (RocksDB still
     /// says so; this puts memory back in step), and so are its truncations.
     pub fn untake(&self, cut: Cut) {
+        self.release_cut(&cut);
         let inodes = self.inode_snapshot();
         for (ino, keep) in cut.truncations {
             if let Some(inode) = inodes.get(&ino) {
@@ -455,4 +589,73 @@ fn read_full(f: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The pages of the cut being uploaded that a change reached before the upload read them,
+/// with their bytes as the cut took them (see the module's doc).
+pub(super) struct Frozen {
+    staging: Staging,
+    /// (ino, page) to its run in `staging`.
+    pages: HashMap<(u64, u64), usize>,
+    /// Pages whose bytes could not be read before the change: (ino, page, why).
+    lost: Vec<(u64, u64, String)>,
+}
+
+impl Frozen {
+    pub(super) fn in_dir(dir: &Path) -> Frozen {
+        Frozen {
+            staging: Staging::in_dir(dir),
+            pages: HashMap::new(),
+            lost: Vec::new(),
+        }
+    }
+
+    /// Gets ready for a cut of `bytes`: at most that much can be frozen.
+    fn begin(&mut self, bytes: u64, memory_budget: u64) {
+        self.clear();
+        self.staging.set_memory_budget(memory_budget);
+        self.staging.begin(bytes);
+    }
+
+    fn put(&mut self, ino: u64, page: u64, bytes: &[u8]) {
+        let run = self.staging.push(ino, page, 1, bytes);
+        self.pages.insert((ino, page), run);
+    }
+
+    fn lose(&mut self, ino: u64, page: u64, why: String) {
+        self.lost.push((ino, page, why));
+    }
+
+    /// The frozen bytes of `page` of `ino`, as many as `out` holds.
+    fn read(&self, ino: u64, page: u64, out: &mut [u8], scratch: &mut Vec<u8>) -> Result<()> {
+        let Some(&run) = self.pages.get(&(ino, page)) else {
+            let why = match self.lost.iter().find(|l| l.0 == ino && l.1 == page) {
+                Some((_, _, why)) => format!(
+                    "page {page} of inode {ino} was changed after the cut, and its bytes as \
+                     of the cut could not be kept: {why}"
+                ),
+                None => format!(
+                    "page {page} of inode {ino} is neither in the cache file as of the cut \
+                     nor frozen (a bug)"
+                ),
+            };
+            return Err(FsError::io("read the cut's bytes")(io::Error::other(why)));
+        };
+        let run = self.staging.runs()[run];
+        let bytes = self
+            .staging
+            .bytes(&run, scratch)
+            .map_err(FsError::io("read frozen page"))?;
+        out.copy_from_slice(&bytes[..out.len()]);
+        Ok(())
+    }
+
+    /// Forgets every frozen page; returns how many there were.
+    fn clear(&mut self) -> u64 {
+        let n = self.pages.len() as u64;
+        self.pages.clear();
+        self.lost.clear();
+        self.staging.clear();
+        n
+    }
 }

@@ -171,6 +171,8 @@ impl Fs {
             if st.attr.kind != FileKind::File {
                 return Err(FsError::IsDir);
             }
+            // The upload of a cut may still need these pages' bytes as they are.
+            self.freeze(&mut st, pages(offset, end));
             let file = self
                 .cache_file(&mut st, true)?
                 .expect("cache_file with create returns a file");
@@ -295,12 +297,16 @@ impl Fs {
         batch: &mut crate::cache::MetaBatch<'_>,
     ) -> Result<()> {
         let ino = st.attr.ino;
+        let old = st.attr.size;
+        if size < old {
+            // The upload of a cut may still need the bytes cut off (and the last page's tail).
+            self.freeze(st, size / PAGE_SIZE..u64::MAX);
+        }
         if let Some(file) = self.cache_file(st, size > 0)? {
             file.set_len(size)
                 .map_err(FsError::io("truncate cache file"))?;
         }
         st.write_gen += 1;
-        let old = st.attr.size;
         let keep = size.div_ceil(PAGE_SIZE);
         if size < old {
             self.recount(st, |st| {
@@ -368,6 +374,8 @@ impl Fs {
         let mut batch = self.meta.batch();
         if mode == PUNCH {
             let size = st.attr.size;
+            // The upload of a cut may still need the punched bytes.
+            self.freeze(&mut st, pages(offset, end));
             let Some(file) = self.cache_file(&mut st, false)? else {
                 return Ok(()); // never written: all hole already
             };

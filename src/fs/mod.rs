@@ -22,13 +22,15 @@ mod error;
 mod namespace;
 pub mod pageset;
 mod remote;
+mod staging;
 
 pub use attr::{Attr, FileKind};
 pub use bound::{CacheBound, CacheUsage, Evictor, SteppedEvictor, CHUNK_PAGES};
-pub use cut::{Cut, CutDirent, PathFilter, WalkMemo};
+pub use cut::{Cut, CutDirent, CutRun, PathFilter, WalkMemo};
 pub use error::{FsError, Result};
 pub use namespace::RenameMode;
 pub use remote::{Fetcher, RemoteSync, Restore};
+pub use staging::MEMORY_BUDGET as FROZEN_MEMORY_BUDGET;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -150,6 +152,9 @@ struct InodeState {
     /// Pages a checkpoint's cut took and is uploading: no longer dirty, not yet in the
     /// bucket. Neither dirty nor pending pages may be evicted.
     pending: PageSet,
+    /// Pending pages whose bytes the upload has yet to read from the cache file, where they
+    /// are still as the cut took them. A change to one copies it out first (`Fs::freeze`).
+    cow: PageSet,
     /// Pages whose bytes are in the bucket but not in the cache file (after a restore, or
     /// evicted).
     absent: PageSet,
@@ -231,6 +236,9 @@ pub struct Fs {
     /// `--max-dirty` back-pressure and `--cache-size` eviction.
     pressure: bound::Pressure,
     bound: std::sync::OnceLock<Arc<bound::CacheBound>>,
+    /// The bytes of the cut being uploaded that writers changed before the upload read them
+    /// (see `cut.rs`). Locked after an inode's state, never before.
+    frozen: Mutex<cut::Frozen>,
     /// Tests only: called at each [`Step`].
     step_hook: std::sync::OnceLock<StepHook>,
 }
@@ -289,6 +297,7 @@ impl Fs {
             }
             map.insert(ino, Arc::new(inode));
         }
+        let frozen = Mutex::new(cut::Frozen::in_dir(cache.root()));
         let fs = Fs {
             next_ino: AtomicU64::new(loaded.next_ino.unwrap_or(max_ino + 1).max(max_ino + 1)),
             epoch: AtomicU64::new(loaded.epoch.unwrap_or(1)),
@@ -309,6 +318,7 @@ impl Fs {
             oldest_pending_ms: AtomicU64::new(0),
             pressure: bound::Pressure::default(),
             bound: std::sync::OnceLock::new(),
+            frozen,
             step_hook: std::sync::OnceLock::new(),
         };
         let mut batch = fs.meta.batch();
@@ -624,6 +634,7 @@ impl Inode {
                 attr,
                 dirty,
                 pending: PageSet::new(),
+                cow: PageSet::new(),
                 absent: PageSet::new(),
                 absent_gen: 0,
                 fetching: PageSet::new(),

@@ -456,6 +456,8 @@ impl Fs {
     /// Drops a deleted inode from memory and removes its cache file. Its records are already
     /// deleted by a committed batch.
     pub(super) fn forget_inode(&self, ino: u64, st: &mut InodeState) {
+        // The upload of a cut may still need the file's bytes.
+        self.freeze(st, 0..u64::MAX);
         st.file = None;
         self.recount(st, |st| {
             st.dirty = PageSet::new();

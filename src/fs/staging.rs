@@ -1,30 +1,27 @@
-//! Where a cut's bytes wait to be packed: an unnamed file in the cache dir, not the heap.
+//! Where the bytes of a cut wait when a writer changes them before the upload has read them:
+//! an unnamed file in the cache dir past a memory budget, not the heap.
 //!
-//! The cut copies every dirty page out while the writers wait (docs/checkpoints.md, "Copy at
-//! the cut"), and a cut can be as large as `--max-dirty`. Held in memory, that copy was the
-//! mount's peak RSS (886 MiB with the defaults, BENCHMARKS.md). Written here instead, it sits
-//! in the page cache, which the kernel reclaims as it needs, and the packer reads it back one
-//! run at a time, so a checkpoint holds only the segments being built and uploaded.
+//! A cut no longer copies the dirty pages while the writers wait (docs/checkpoints.md,
+//! "Copy-on-write at the cut"): the upload reads them from the cache files afterwards, and a
+//! writer about to change a page the upload has not read yet first copies the page's bytes
+//! here (`Fs::freeze`). Most cuts freeze nothing or a few pages, but a cut can be as large as
+//! `--max-dirty`, and a writer may rewrite all of it during the upload. Held in memory, that
+//! was the mount's peak RSS (886 MiB with the defaults, BENCHMARKS.md, when the cut copied
+//! everything into the heap). Past `MEMORY_BUDGET` the copies go to this file instead, which
+//! sits in the page cache, which the kernel reclaims as it needs.
 //!
 //! The file has no name (`O_TMPFILE`): a crash leaves nothing behind, and no other process
 //! can open it. It is never synced: the pages it copies are still dirty in RocksDB until the
 //! checkpoint commits, so a crash loses nothing but the copy.
 //!
-//! Each run carries the crc32c of the bytes the cut took, checked when it is read back: a page
-//! the kernel lost on the way through the disk (a failed writeback, a late ENOSPC) fails the
+//! Each run carries the crc32c of the bytes copied, checked when it is read back: a page the
+//! kernel lost on the way through the disk (a failed writeback, a late ENOSPC) fails the
 //! checkpoint, whose pages then stay dirty, instead of uploading other bytes under a checksum
 //! computed on them.
 //!
-//! A small cut stays in memory all the same: its first `MEMORY_BUDGET` bytes are kept in the
-//! heap, and only what comes after goes to the file. Most cuts are small (a cut every few
-//! seconds, and one per group commit under `--durability remote`), and for them the file cost
-//! a truncate, a write and a read per cut, with the write inside the writers' pause, where a
-//! slow disk's writeback throttling showed (6.9 ms per MB in BENCHMARKS.md).
-//!
-//! Staging never fails a checkpoint by itself. Should the file not open, a write to it fail,
-//! or the disk have too little room for the cut with a margin to spare (the cache files and
-//! Postgres's own writes need it more), the runs are kept in memory instead, as before this
-//! file existed, and a warning says so.
+//! Staging never fails by itself. Should the file not open, a write to it fail, or the disk
+//! have too little room for the copies with a margin to spare (the cache files and Postgres's
+//! own writes need it more), the runs are kept in memory instead, and a warning says so.
 
 use std::fs::File;
 use std::io;
@@ -58,8 +55,8 @@ enum At {
 /// Room the cache disk keeps free beyond a staged cut: below it, the cut stays in memory.
 const DISK_MARGIN: u64 = 256 << 20;
 
-/// A cut's first bytes are kept in memory up to this much; the rest go to the file. It adds
-/// at most this to the mount's peak memory (BENCHMARKS.md, "Streaming checkpoints").
+/// A cut's first frozen bytes are kept in memory up to this much; the rest go to the file. It
+/// adds at most this to the mount's peak memory (BENCHMARKS.md, "Streaming checkpoints").
 pub const MEMORY_BUDGET: u64 = 16 << 20;
 
 /// A cut's runs, in the order the cut took them.
@@ -98,9 +95,15 @@ impl Staging {
     }
 
     /// The same with another memory budget (tests: 0 sends every run to the file).
+    #[cfg(test)]
     pub fn with_memory_budget(mut self, budget: u64) -> Staging {
         self.budget = budget;
         self
+    }
+
+    /// Sets the memory budget from the next `begin` on.
+    pub fn set_memory_budget(&mut self, budget: u64) {
+        self.budget = budget;
     }
 
     /// Staging on `file` (None: everything in memory). For tests of the fallback.
@@ -120,8 +123,8 @@ impl Staging {
         }
     }
 
-    /// Gets ready for a cut of about `expected` bytes: forgets the last cut. The file is
-    /// only touched once the cut goes past the memory budget.
+    /// Gets ready for a cut of `expected` bytes, at most, to copy: forgets the last cut. The
+    /// file is only touched once the copies go past the memory budget.
     pub fn begin(&mut self, expected: u64) {
         self.clear();
         self.expected = expected;
@@ -192,8 +195,9 @@ impl Staging {
         }
     }
 
-    /// Adds one run. Never fails: a run the file cannot take is kept in memory.
-    pub fn push(&mut self, ino: u64, first_page: u64, pages: u32, bytes: &[u8]) {
+    /// Adds one run and returns its index in `runs()`. Never fails: a run the file cannot take
+    /// is kept in memory.
+    pub fn push(&mut self, ino: u64, first_page: u64, pages: u32, bytes: &[u8]) -> usize {
         let len = u32::try_from(bytes.len()).expect("a run is at most a few MiB");
         if !self.spilled && self.memory_len + u64::from(len) > self.budget {
             self.spill();
@@ -228,6 +232,7 @@ impl Staging {
             crc: crc32c::crc32c(bytes),
             at,
         });
+        self.runs.len() - 1
     }
 
     fn write(&mut self, bytes: &[u8]) -> io::Result<At> {
@@ -244,6 +249,7 @@ impl Staging {
         &self.runs
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
     }
