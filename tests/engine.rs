@@ -1104,11 +1104,29 @@ fn changes_made_while_a_checkpoint_uploads_are_not_in_it() {
             }
         }));
     }
+    let removed_paths = [
+        e.fs.cache_file_path(ino("removed")),
+        e.fs.cache_file_path(open),
+    ];
     e.checkpoint();
     assert!(
         changed.load(Ordering::Acquire),
         "the changes ran inside the checkpoint"
     );
+    // The removed files' cache files were kept open for the upload, and only for it: their
+    // space goes back to the disk once it ends.
+    for path in &removed_paths {
+        let deleted = format!("{} (deleted)", path.display());
+        let held = std::fs::read_dir("/proc/self/fd")
+            .expect("list fds")
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .any(|target| target.to_string_lossy() == deleted);
+        assert!(
+            !held,
+            "{} is still held open after the upload",
+            path.display()
+        );
+    }
     for (name, ino, want) in &at_cut {
         let got = e
             .in_bucket(*ino)

@@ -5,10 +5,12 @@
 //! Copy-on-write: the cut copies no bytes. It moves each dirty page to pending and into
 //! the inode's `cow` set, and the upload reads the pages from the cache file afterwards,
 //! with the writers going again (`read_cut_run`). A change to a page still in `cow` (a
-//! write, a truncation, a punched hole, the file's removal) first copies the page's bytes
-//! out (`freeze`, into `Frozen`), under the inode's lock; the upload reads a page either
-//! from the cache file while it is still in `cow`, or from its frozen copy, also under the
-//! inode's lock, and takes it out of `cow` as it does. So the upload reads exactly the
+//! write, a truncation, a punched hole) first copies the page's bytes out (`freeze`, into
+//! `Frozen`), under the inode's lock, and takes it out of `cow`; the removal of a file
+//! instead keeps its cache file open for the upload, with the pages still to read
+//! (`keep_for_upload`). The upload counts what it read from the cache file only for the
+//! pages still in `cow` once it holds the inode's lock again, and takes them out; every
+//! other page comes from the kept file or its frozen copy. So the upload reads exactly the
 //! cut's bytes, and the writers' pause at a cut no longer grows with what is dirty.
 //! docs/checkpoints.md, "Copy-on-write at the cut", says why this replaced the copy.
 
@@ -393,10 +395,31 @@ impl Fs {
                 }
             }
         }
-        // Every other page of the run was changed after the cut, and frozen before that.
         if from_file.covers(pages.clone()) {
             return Ok(());
         }
+        // Pages of a file removed since the cut, kept open for the upload (`keep_for_upload`).
+        let kept = {
+            let frozen = self.frozen.lock();
+            frozen.removed.get(&run.ino).map(|(file, unread)| {
+                let ranges: Vec<_> = unread.overlapping(pages.clone()).collect();
+                (file.clone(), ranges)
+            })
+        };
+        if let Some((file, ranges)) = kept {
+            for r in ranges {
+                let span = span(&r);
+                buf[span.clone()].fill(0);
+                if let Some(f) = &file {
+                    read_full(f, &mut buf[span], r.start * PAGE_SIZE)?;
+                }
+                from_file.insert(r);
+            }
+            if from_file.covers(pages.clone()) {
+                return Ok(());
+            }
+        }
+        // Every other page of the run was changed after the cut, and frozen before that.
         let frozen = self.frozen.lock();
         let mut scratch = Vec::new();
         for page in pages {
@@ -408,7 +431,7 @@ impl Fs {
         Ok(())
     }
 
-    /// A change is about to alter the cache file's bytes of `pages` (or remove the file):
+    /// A change is about to alter the cache file's bytes of `pages`:
     /// copies those of them the upload has yet to read out of the file first. Called with
     /// the inode's lock held and the gate held shared (so no cut runs). Never fails the
     /// change: a page whose bytes cannot be read is recorded as lost, and the checkpoint
@@ -424,26 +447,75 @@ impl Fs {
         let ino = st.attr.ino;
         let file = self.cache_file(st, false);
         let mut frozen = self.frozen.lock();
-        let mut page_buf = vec![0; PAGE_SIZE as usize];
+        let mut buf = Vec::new();
         for r in changed {
-            for page in r.clone() {
-                page_buf.fill(0);
+            // A piece at a time, each read in one call (a truncation may reach many pages).
+            let mut first = r.start;
+            while first < r.end {
+                let n = (r.end - first).min(FREEZE_PAGES);
+                buf.clear();
+                buf.resize((n * PAGE_SIZE) as usize, 0);
                 let read = match &file {
                     Ok(Some(f)) => {
-                        read_full(f, &mut page_buf, page * PAGE_SIZE).map_err(|e| e.to_string())
+                        read_full(f, &mut buf, first * PAGE_SIZE).map_err(|e| e.to_string())
                     }
                     Ok(None) => Ok(()), // never written: a hole, zeros
                     Err(e) => Err(e.to_string()),
                 };
-                match read {
-                    Ok(()) => frozen.put(ino, page, &page_buf),
-                    Err(why) => frozen.lose(ino, page, why),
+                for (page, bytes) in (first..first + n).zip(buf.chunks(PAGE_SIZE as usize)) {
+                    match &read {
+                        Ok(()) => frozen.put(ino, page, bytes),
+                        Err(why) => frozen.lose(ino, page, why.clone()),
+                    }
                 }
+                first += n;
             }
             st.cow.remove(r);
         }
         drop(frozen);
         self.close_if_unused(st);
+    }
+
+    /// The file of `st` is being removed, and the upload may still need pages it has not
+    /// read: instead of copying them (a removed file can be large, and its removal holds the
+    /// namespace lock), the cache file stays open for the upload until it ends. Nothing can
+    /// change its bytes any more: no name and no handle leads to it.
+    pub(super) fn keep_for_upload(&self, st: &mut InodeState) {
+        if st.cow.is_empty() {
+            return;
+        }
+        match self.cache_file(st, false) {
+            Ok(file) => {
+                let unread = std::mem::take(&mut st.cow);
+                if let Some(f) = &file {
+                    // Only the unread pages are kept: the rest of the file's space goes back
+                    // to the disk now, as without a cut in flight (the cache's bound stops
+                    // counting it at once). A failure costs space until the upload ends.
+                    let end = st.attr.size.div_ceil(PAGE_SIZE);
+                    let mut gaps = Vec::new();
+                    let mut from = 0;
+                    for r in unread.iter() {
+                        gaps.push(from..r.start.min(end));
+                        from = r.end;
+                    }
+                    gaps.push(from..end);
+                    for gap in gaps.into_iter().filter(|g| g.start < g.end) {
+                        let _ = super::data::fallocate_raw(
+                            f,
+                            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                            gap.start * PAGE_SIZE,
+                            (gap.end - gap.start) * PAGE_SIZE,
+                        );
+                    }
+                }
+                self.frozen
+                    .lock()
+                    .removed
+                    .insert(st.attr.ino, (file, unread));
+            }
+            // Copied then, or recorded as lost if the file cannot be read either.
+            Err(_) => self.freeze(st, 0..u64::MAX),
+        }
     }
 
     /// The upload of `cut` has read all it needs (or given up): nothing of it is left to
@@ -591,6 +663,9 @@ fn read_full(f: &std::fs::File, buf: &mut [u8], offset: u64) -> Result<()> {
     Ok(())
 }
 
+/// Pages a freeze reads from the cache file in one call.
+const FREEZE_PAGES: u64 = 64;
+
 /// The pages of the cut being uploaded that a change reached before the upload read them,
 /// with their bytes as the cut took them (see the module's doc).
 pub(super) struct Frozen {
@@ -599,6 +674,9 @@ pub(super) struct Frozen {
     pages: HashMap<(u64, u64), usize>,
     /// Pages whose bytes could not be read before the change: (ino, page, why).
     lost: Vec<(u64, u64, String)>,
+    /// Files removed since the cut, with the pages the upload has yet to read from them: their
+    /// cache files, kept open (None: there was none, all holes).
+    removed: HashMap<u64, (Option<Arc<std::fs::File>>, PageSet)>,
 }
 
 impl Frozen {
@@ -607,6 +685,7 @@ impl Frozen {
             staging: Staging::in_dir(dir),
             pages: HashMap::new(),
             lost: Vec::new(),
+            removed: HashMap::new(),
         }
     }
 
@@ -655,6 +734,7 @@ impl Frozen {
         let n = self.pages.len() as u64;
         self.pages.clear();
         self.lost.clear();
+        self.removed.clear();
         self.staging.clear();
         n
     }

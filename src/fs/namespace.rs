@@ -457,7 +457,7 @@ impl Fs {
     /// deleted by a committed batch.
     pub(super) fn forget_inode(&self, ino: u64, st: &mut InodeState) {
         // The upload of a cut may still need the file's bytes.
-        self.freeze(st, 0..u64::MAX);
+        self.keep_for_upload(st);
         st.file = None;
         self.recount(st, |st| {
             st.dirty = PageSet::new();
