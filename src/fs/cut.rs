@@ -431,8 +431,8 @@ impl Fs {
         Ok(())
     }
 
-    /// A change is about to alter the cache file's bytes of `pages`:
-    /// copies those of them the upload has yet to read out of the file first. Called with
+    /// A change is about to alter the cache file's bytes of `pages`: copies those of them
+    /// the upload has yet to read out of the file first. Called with
     /// the inode's lock held and the gate held shared (so no cut runs). Never fails the
     /// change: a page whose bytes cannot be read is recorded as lost, and the checkpoint
     /// reading the cut fails instead (its pages stay dirty for the next one).
