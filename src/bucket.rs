@@ -822,12 +822,16 @@ pub fn must_start_afresh(fs: &Fs, settings: &BucketSettings) -> anyhow::Result<O
         .block_on(crate::gc::read_state(&*store))
         .with_context(|| format!("read the GC state of {}", settings.url))?
         .map_or(0, |s| s.oldest_retained);
-    Ok((record.epoch < kept).then(|| {
-        format!(
-            "the replica's base (epoch {}) has left the primary's retention window (the oldest              retained checkpoint is epoch {kept}): starting on the newest checkpoint",
-            record.epoch
-        )
-    }))
+    Ok((record.epoch < kept).then(|| base_left_window(record.epoch, kept)))
+}
+
+/// Why a replica restarted on its cache dir starts on the newest checkpoint: its base
+/// `epoch` is older than the oldest one the primary's GC retains, `kept`.
+fn base_left_window(epoch: u64, kept: u64) -> String {
+    format!(
+        "the replica's base (epoch {epoch}) has left the primary's retention window (the oldest \
+         retained checkpoint is epoch {kept}): starting on the newest checkpoint"
+    )
 }
 
 /// A read-only mount or a replica: a checkpoint served lazily like a restore. Neither takes
@@ -1099,6 +1103,16 @@ impl Writing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reason_a_replica_starts_afresh_reads_as_one_sentence() {
+        let why = base_left_window(7, 12);
+        assert!(!why.contains("  "), "a run of spaces in {why:?}");
+        assert!(
+            why.contains("(epoch 7)") && why.contains("is epoch 12"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn a_hot_set_is_fetched_in_runs_of_at_most_four_chunks() {

@@ -25,6 +25,8 @@ const TABLES: [&str; 4] = [
 /// on the replica within this long (the primary checkpoints every second, the standby asks
 /// for WAL every second; the rest is headroom for a loaded CI machine).
 const VISIBLE_WITHIN: Duration = Duration::from_secs(20);
+/// What `bucketfs run --replica` logs when it stops the standby to move it to a newer base.
+const REBASE_STARTED: &str = "the replica must move to a newer base (its base left";
 
 /// bucketfs where the postgres user can run it: the standby's restore_command runs
 /// `bucketfs wal-fetch` as postgres, and the test binary is under root's home. A hard link
@@ -113,12 +115,26 @@ impl Node {
 
     fn replica(dir: &Path, s3: &S3Server, name: &str, port: u16) -> Node {
         let node = Node::start(dir, s3, name, port, &["--replica"]);
-        assert_eq!(
-            node.pg.query_one("SELECT pg_is_in_recovery()"),
-            "t",
-            "a replica's PostgreSQL is a standby"
-        );
-        node
+        // A standby that just started may be stopped again at once for a rebase, when the
+        // primary's GC moved its window past the base while it started (a short --retain):
+        // that, and nothing else, excuses a query that fails.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(answer) = node.try_query("SELECT pg_is_in_recovery()") {
+                assert_eq!(answer, "t", "a replica's PostgreSQL is a standby");
+                return node;
+            }
+            let log = node.run.log_text();
+            assert!(
+                log.contains(REBASE_STARTED),
+                "the replica's PostgreSQL did not answer, and no rebase explains it:\n{log}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the replica's PostgreSQL did not answer within 120 s of a rebase:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A checkpoint now (on a primary): what a replica started next begins from.
