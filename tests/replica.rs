@@ -115,23 +115,32 @@ impl Node {
 
     fn replica(dir: &Path, s3: &S3Server, name: &str, port: u16) -> Node {
         let node = Node::start(dir, s3, name, port, &["--replica"]);
-        // A standby that just started may be stopped again at once for a rebase, when the
-        // primary's GC moved its window past the base while it started (a short --retain):
-        // that, and nothing else, excuses a query that fails.
+        assert_eq!(
+            node.query_through_rebase("SELECT pg_is_in_recovery()"),
+            "t",
+            "a replica's PostgreSQL is a standby"
+        );
+        node
+    }
+
+    /// A query on a replica. The standby may be stopped for a rebase at any moment when the
+    /// primary's GC moves its window past the base (a short --retain), even one that just
+    /// started: that, and nothing else, excuses a query that fails; it is tried again until
+    /// the standby answers.
+    fn query_through_rebase(&self, sql: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Some(answer) = node.try_query("SELECT pg_is_in_recovery()") {
-                assert_eq!(answer, "t", "a replica's PostgreSQL is a standby");
-                return node;
+            if let Some(answer) = self.try_query(sql) {
+                return answer;
             }
-            let log = node.run.log_text();
+            let log = self.run.log_text();
             assert!(
                 log.contains(REBASE_STARTED),
-                "the replica's PostgreSQL did not answer, and no rebase explains it:\n{log}"
+                "the replica's PostgreSQL did not answer {sql:?}, and no rebase explains it:\n{log}"
             );
             assert!(
                 Instant::now() < deadline,
-                "the replica's PostgreSQL did not answer within 120 s of a rebase:\n{log}"
+                "the replica's PostgreSQL did not answer {sql:?} within 120 s of a rebase:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -465,7 +474,7 @@ fn gc_on_the_primary_moves_the_replica_to_a_newer_base_without_wrong_rows() {
     let sock = replica.pg.socket_dir.clone();
     replica.run.wait_ready(&sock, replica.pg.port);
     wait_same(&replica, &want);
-    let line = replica.pg.query_one(sums);
+    let line = replica.query_through_rebase(sums);
     let v: Vec<&str> = line.split(' ').collect();
     assert!(v[0] == v[1] && v[1] == v[2], "after the rebase: {line}");
     stop_and_assert_no_writes(replica);
