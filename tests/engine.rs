@@ -1116,13 +1116,8 @@ fn changes_made_while_a_checkpoint_uploads_are_not_in_it() {
     // The removed files' cache files were kept open for the upload, and only for it: their
     // space goes back to the disk once it ends.
     for path in &removed_paths {
-        let deleted = format!("{} (deleted)", path.display());
-        let held = std::fs::read_dir("/proc/self/fd")
-            .expect("list fds")
-            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-            .any(|target| target.to_string_lossy() == deleted);
         assert!(
-            !held,
+            !held_open_deleted(path),
             "{} is still held open after the upload",
             path.display()
         );
@@ -1154,6 +1149,165 @@ fn changes_made_while_a_checkpoint_uploads_are_not_in_it() {
     let r = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
     assert_same("over, restored", &r.read_all(r.ino("over")), &want_over);
     r.crash();
+}
+
+/// Whether this process holds `path` open after its name was removed.
+fn held_open_deleted(path: &Path) -> bool {
+    let deleted = format!("{} (deleted)", path.display());
+    std::fs::read_dir("/proc/self/fd")
+        .expect("list fds")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| target.to_string_lossy() == deleted)
+}
+
+/// Postgres empties a dropped relation's first segment (truncates it to zero) when the drop
+/// commits, which may be just after a cut took a GiB of it. The truncation then hands the
+/// old cache file to the upload instead of copying the pages the upload has yet to read:
+/// nothing is frozen, the checkpoint holds the file as of the cut, the next one the file
+/// written again after it was emptied, and the cache dir after a crash and a restore agree.
+#[test]
+fn a_file_emptied_while_its_pages_upload_hands_its_old_cache_file_to_the_upload() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("dropped");
+    let at_cut = pattern(7, 64);
+    e.write(ino, 0, &at_cut);
+    // Emptied, then removed, in the same upload.
+    let gone = e.create("gone");
+    let gone_at_cut = pattern(9, 40);
+    e.write(gone, 0, &gone_at_cut);
+    let path = e.fs.cache_file_path(ino);
+    let changed = Arc::new(AtomicBool::new(false));
+    let kept = Arc::new(AtomicBool::new(false));
+    {
+        let fs = Arc::downgrade(&e.fs);
+        let (changed, kept, path) = (changed.clone(), kept.clone(), path.clone());
+        e.fs.set_step_hook(Box::new(move |step| {
+            if let Step::CutTaken { .. } = step {
+                if changed.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                let fs = Weak::upgrade(&fs).expect("fs alive");
+                set_size(&fs, ino, 0);
+                kept.store(held_open_deleted(&path), Ordering::Release);
+                fs.write(ino, 3 * PAGE_SIZE, &[0xbb; PAGE]).expect("write");
+                set_size(&fs, gone, 0);
+                fs.unlink(ROOT_INO, OsStr::new("gone")).expect("unlink");
+            }
+        }));
+    }
+    let outcome =
+        e.cp.checkpoint(false)
+            .expect("checkpoint")
+            .expect("a checkpoint was taken");
+    assert!(
+        changed.load(Ordering::Acquire),
+        "the truncation ran inside the checkpoint"
+    );
+    assert!(
+        kept.load(Ordering::Acquire),
+        "the emptied file's old cache file is held open for the upload"
+    );
+    assert_eq!(
+        outcome.frozen, 0,
+        "emptying the file copied pages out of its cache file"
+    );
+    assert!(
+        !held_open_deleted(&path),
+        "the old cache file is closed once the upload ends"
+    );
+    let in_bucket = e.in_bucket(ino).expect("in the bucket");
+    assert_same("the checkpoint", &in_bucket, &at_cut);
+    let gone_in_bucket = e.in_bucket(gone).expect("in the bucket");
+    assert_same(
+        "the emptied and removed file",
+        &gone_in_bucket,
+        &gone_at_cut,
+    );
+    let mut now = vec![0u8; 4 * PAGE];
+    now[3 * PAGE..].fill(0xbb);
+    assert_same("read back", &e.read_all(ino), &now);
+    e.fs.fsync(ino, false).expect("fsync");
+    e.checkpoint();
+    assert_same(
+        "the next checkpoint",
+        &e.in_bucket(ino).expect("in the bucket"),
+        &now,
+    );
+    assert_eq!(e.names_in_bucket(), ["dropped"]);
+    e.crash();
+    let again = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = again.ino("dropped");
+    assert_same("the cache dir after a crash", &again.read_all(ino), &now);
+    again.crash();
+    let r = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    assert_same("a restore", &r.read_all(r.ino("dropped")), &now);
+    r.crash();
+}
+
+/// The upload reads a run from the cache file without the inode's lock, then takes the lock
+/// to see which pages are still the cut's. A file emptied and written again in between (or
+/// cut short, or written over) must not lend the upload its new bytes: those pages come from
+/// the old cache file or their frozen copies.
+#[test]
+fn a_change_between_the_uploads_read_and_its_check_does_not_reach_the_checkpoint() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let names = ["emptied", "short", "over"];
+    let files: Vec<(u64, Vec<u8>)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let ino = e.create(name);
+            let bytes = pattern(20 + i as u8, 48);
+            e.write(ino, 0, &bytes);
+            (ino, bytes)
+        })
+        .collect();
+    let changed = Arc::new(Mutex::new(Vec::new()));
+    {
+        let fs = Arc::downgrade(&e.fs);
+        let changed = changed.clone();
+        let [emptied, short, over] = [files[0].0, files[1].0, files[2].0];
+        e.fs.set_step_hook(Box::new(move |step| {
+            let Step::CutRunRead { ino } = *step else {
+                return;
+            };
+            if changed.lock().unwrap().contains(&ino) {
+                return;
+            }
+            changed.lock().unwrap().push(ino);
+            let fs = Weak::upgrade(&fs).expect("fs alive");
+            if ino == emptied {
+                set_size(&fs, ino, 0);
+                fs.write(ino, 0, &[0xbb; 2 * PAGE]).expect("write");
+            } else if ino == short {
+                set_size(&fs, ino, PAGE_SIZE + 5);
+            } else if ino == over {
+                fs.write(ino, 0, &[0xcc; 40 * PAGE]).expect("write");
+            }
+        }));
+    }
+    e.checkpoint();
+    assert_eq!(
+        changed.lock().unwrap().len(),
+        3,
+        "each file was changed inside the upload's read"
+    );
+    for (name, (ino, want)) in names.iter().zip(&files) {
+        let got = e.in_bucket(*ino).expect("in the bucket");
+        assert_same(&format!("{name} in the checkpoint"), &got, want);
+    }
+    e.checkpoint();
+    for (name, (ino, _)) in names.iter().zip(&files) {
+        let got = e.in_bucket(*ino).expect("in the bucket");
+        assert_same(
+            &format!("{name} in the next checkpoint"),
+            &got,
+            &e.read_all(*ino),
+        );
+    }
+    e.crash();
 }
 
 /// One writer rewrites the pages of a file in a known order while checkpoints run one after

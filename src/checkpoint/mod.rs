@@ -589,6 +589,9 @@ pub struct Outcome {
     pub segments: usize,
     pub bytes: u64,
     pub base: bool,
+    /// Pages that writers copied out of the cache files while this checkpoint's upload
+    /// still needed them (frozen copies).
+    pub frozen: u64,
 }
 
 /// A sealed segment's way to the bucket: the permit its builder took (memory), the limit on
@@ -960,6 +963,7 @@ impl Checkpointer {
             segments: count,
             bytes,
             base,
+            frozen,
         }))
     }
 

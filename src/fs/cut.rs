@@ -6,9 +6,9 @@
 //! the inode's `cow` set, and the upload reads the pages from the cache file afterwards,
 //! with the writers going again (`read_cut_run`). A change to a page still in `cow` (a
 //! write, a truncation, a punched hole) first copies the page's bytes out (`freeze`, into
-//! `Frozen`), under the inode's lock, and takes it out of `cow`; the removal of a file
-//! instead keeps its cache file open for the upload, with the pages still to read
-//! (`keep_for_upload`). The upload counts what it read from the cache file only for the
+//! `Frozen`), under the inode's lock, and takes it out of `cow`; the removal of a file, or
+//! its truncation to zero, instead hands its cache file, open, to the upload, with the pages
+//! still to read (`keep_for_upload`, `empty_for_upload`). The upload counts what it read from the cache file only for the
 //! pages still in `cow` once it holds the inode's lock again, and takes them out; every
 //! other page comes from the kept file or its frozen copy. So the upload reads exactly the
 //! cut's bytes, and the writers' pause at a cut no longer grows with what is dirty.
@@ -387,6 +387,7 @@ impl Fs {
                 if let Some(f) = &file {
                     read_full(f, buf, run.first_page * PAGE_SIZE)?;
                 } // never written: a hole, zeros already in buf
+                self.step(super::Step::CutRunRead { ino: run.ino });
                 let mut st = inode.state.lock();
                 let unchanged: Vec<_> = st.cow.overlapping(pages.clone()).collect();
                 for r in unchanged {
@@ -398,7 +399,8 @@ impl Fs {
         if from_file.covers(pages.clone()) {
             return Ok(());
         }
-        // Pages of a file removed since the cut, kept open for the upload (`keep_for_upload`).
+        // Pages of a file removed or emptied since the cut, its old cache file kept open for
+        // the upload (`keep_for_upload`).
         let kept = {
             let frozen = self.frozen.lock();
             frozen.removed.get(&run.ino).map(|(file, unread)| {
@@ -476,10 +478,11 @@ impl Fs {
         self.close_if_unused(st);
     }
 
-    /// The file of `st` is being removed, and the upload may still need pages it has not
-    /// read: instead of copying them (a removed file can be large, and its removal holds the
-    /// namespace lock), the cache file stays open for the upload until it ends. Nothing can
-    /// change its bytes any more: no name and no handle leads to it.
+    /// The file of `st` is being removed (or emptied, `empty_for_upload`), and the upload may
+    /// still need pages it has not read: instead of copying them (a removed file can be
+    /// large, and its removal holds the namespace lock), the cache file stays open for the
+    /// upload until it ends. Nothing can change its bytes any more: no name leads to it, and
+    /// the inode's own handle to it (`st.file`) is dropped or never used again.
     pub(super) fn keep_for_upload(&self, st: &mut InodeState) {
         if st.cow.is_empty() {
             return;
@@ -508,14 +511,47 @@ impl Fs {
                         );
                     }
                 }
-                self.frozen
+                let earlier = self
+                    .frozen
                     .lock()
                     .removed
                     .insert(st.attr.ino, (file, unread));
+                // `cow` is filled only by a cut, and this emptied it: one hand-over per inode
+                // and upload.
+                debug_assert!(earlier.is_none(), "inode handed to the upload twice");
             }
             // Copied then, or recorded as lost if the file cannot be read either.
             Err(_) => self.freeze(st, 0..u64::MAX),
         }
+    }
+
+    /// The file of `st` is being emptied (truncated to zero) while the upload still needs
+    /// pages of its cache file: rather than copying them (Postgres empties a dropped
+    /// relation's first segment, which can be a GiB just written), the cache file goes to the
+    /// upload as a removed file's does (`keep_for_upload`) and the inode starts a new one
+    /// when next written. Its name goes first; the next fsync syncs the shard directory
+    /// (`new_cache_file`). A crash before that leaves the old file at its old length or no
+    /// file, as `set_len(0)` left the old file or an empty one: a truncation Postgres
+    /// replays truncates the old file again.
+    ///
+    /// The caller holds the inode's io lock exclusively (a truncation does): no write, fill,
+    /// punch or eviction holds the old file's handle while it is handed over, and none gets
+    /// it afterwards (they take `st.file` under that lock).
+    ///
+    /// False when nothing was handed over (no unread pages, no cache file, or the name could
+    /// not be removed): the caller copies out what the upload needs instead.
+    pub(super) fn empty_for_upload(&self, st: &mut InodeState) -> bool {
+        if st.cow.is_empty() || !matches!(self.cache_file(st, false), Ok(Some(_))) {
+            return false;
+        }
+        if std::fs::remove_file(self.cache.data_path(st.attr.ino)).is_err() {
+            return false;
+        }
+        // `st.file` is the old file: kept open for the upload, with only its unread pages.
+        self.keep_for_upload(st);
+        st.file = None;
+        st.new_cache_file = true;
+        true
     }
 
     /// The upload of `cut` has read all it needs (or given up): nothing of it is left to
@@ -674,8 +710,8 @@ pub(super) struct Frozen {
     pages: HashMap<(u64, u64), usize>,
     /// Pages whose bytes could not be read before the change: (ino, page, why).
     lost: Vec<(u64, u64, String)>,
-    /// Files removed since the cut, with the pages the upload has yet to read from them: their
-    /// cache files, kept open (None: there was none, all holes).
+    /// Files removed or emptied since the cut, with the pages the upload has yet to read from
+    /// them: their old cache files, kept open (None: there was none, all holes).
     removed: HashMap<u64, (Option<Arc<std::fs::File>>, PageSet)>,
 }
 

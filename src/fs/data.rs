@@ -298,8 +298,9 @@ impl Fs {
     ) -> Result<()> {
         let ino = st.attr.ino;
         let old = st.attr.size;
-        if size < old {
-            // The upload of a cut may still need the bytes cut off (and the last page's tail).
+        // The upload of a cut may still need the bytes cut off (and the last page's tail):
+        // a file emptied hands its old cache file to the upload whole, others copy them out.
+        if size < old && !(size == 0 && self.empty_for_upload(st)) {
             self.freeze(st, size / PAGE_SIZE..u64::MAX);
         }
         if let Some(file) = self.cache_file(st, size > 0)? {
@@ -476,12 +477,20 @@ impl Fs {
                     (file, st.write_gen, std::mem::take(&mut st.new_cache_file))
                 }
             };
-            if let Some(file) = file {
+            let synced = file.map_or(Ok(()), |file| {
                 file.sync_data()
-                    .map_err(FsError::io("fdatasync cache file"))?;
-                if dir_sync {
-                    self.sync_cache_file_dir(ino)?;
-                }
+                    .map_err(FsError::io("fdatasync cache file"))
+            });
+            // A cache file created, or one removed when the file was emptied during an
+            // upload (`empty_for_upload`): the shard directory holds the change.
+            let synced = synced.and_then(|()| match dir_sync {
+                true => self.sync_cache_file_dir(ino),
+                false => Ok(()),
+            });
+            if let Err(e) = synced {
+                // The next fsync syncs the directory again: a failed one proved nothing.
+                inode.state.lock().new_cache_file |= dir_sync;
+                return Err(e);
             }
             let mut st = inode.state.lock();
             st.synced_gen = st.synced_gen.max(covers);

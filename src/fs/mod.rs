@@ -94,6 +94,9 @@ pub enum Step {
     FillFetched { ino: u64 },
     /// A checkpoint's cut is taken; nothing of it is uploaded yet.
     CutTaken { epoch: u64 },
+    /// The upload has read a run of `ino` from its cache file without the inode's lock and
+    /// has not yet taken the lock to see which of those pages are still the cut's.
+    CutRunRead { ino: u64 },
     /// A checkpoint's segments are uploaded; its manifest is not committed yet.
     Uploaded { epoch: u64 },
     /// A checkpoint's manifest is committed; its pages are not marked clean yet.
