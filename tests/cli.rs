@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use common::{is_mounted, Mount, BIN};
 
@@ -32,8 +33,10 @@ fn mount_fails(mnt: &Path, cache: &Path) -> String {
     stderr
 }
 
+/// `bucketfs mount` on bad input, which must exit at once. One that is still running after a
+/// minute has mounted after all: it is stopped, and the test fails instead of hanging.
 fn run_mount(mnt: &Path, cache: &Path) -> Output {
-    Command::new(BIN)
+    let child = Command::new(BIN)
         .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .arg("mount")
         .arg(mnt)
@@ -41,8 +44,27 @@ fn run_mount(mnt: &Path, cache: &Path) -> Output {
         .arg(cache)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .output()
-        .expect("run bucketfs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run bucketfs");
+    let pid = child.id() as libc::pid_t;
+    let (done, waited) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output().expect("wait for bucketfs");
+        let _ = done.send(());
+        out
+    });
+    if waited.recv_timeout(Duration::from_secs(60)).is_err() {
+        // SAFETY: signalling our own child, which has not been reaped (its waiter is waiting).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let out = waiter.join().expect("waiter");
+        panic!(
+            "bucketfs mount was still running after 60 s on bad input (it mounted):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    waiter.join().expect("waiter")
 }
 
 /// Every file under `root` with its bytes, to prove that nothing was touched.
@@ -158,7 +180,12 @@ fn a_cache_dir_of_another_format_version_is_refused_untouched() {
     let (body, _) = text
         .rsplit_once("\ncrc32c=")
         .expect("marker ends with a crc line");
-    let body = body.replace("\"version\": 1", "\"version\": 99");
+    let current = format!("\"version\": {}", bucketfs::cache::CACHE_FORMAT_VERSION);
+    assert!(
+        body.contains(&current),
+        "the marker names this version: {body}"
+    );
+    let body = body.replace(&current, "\"version\": 99");
     fs::write(
         &marker,
         format!("{body}\ncrc32c={:08x}\n", crc32c::crc32c(body.as_bytes())),
@@ -173,7 +200,11 @@ fn a_cache_dir_of_another_format_version_is_refused_untouched() {
     let stderr = mount_fails(&mnt, &cache);
     assert_mentions(
         &stderr,
-        &["format version 99", "version 1", cache.to_str().unwrap()],
+        &[
+            "format version 99",
+            "versions 1 to",
+            cache.to_str().unwrap(),
+        ],
     );
     let after: BTreeMap<_, _> = tree(&cache)
         .into_iter()
@@ -193,7 +224,13 @@ fn a_corrupt_format_marker_is_refused() {
     assert!(m.stop().success());
     let marker = cache.join("bucketfs-cache.json");
     let text = fs::read_to_string(&marker).unwrap();
-    fs::write(&marker, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+    let v = bucketfs::cache::CACHE_FORMAT_VERSION;
+    let corrupt = text.replace(
+        &format!("\"version\": {v}"),
+        &format!("\"version\": {}", v + 1),
+    );
+    assert_ne!(corrupt, text, "the marker names this version");
+    fs::write(&marker, corrupt).unwrap();
     let stderr = mount_fails(&mnt, &cache);
     assert_mentions(&stderr, &["corrupt", "checksum mismatch"]);
 }

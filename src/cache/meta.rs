@@ -24,7 +24,9 @@ const CF_DIRTY: &str = "dirty";
 const CF_META: &str = "meta";
 /// ino -> the lowest page count a file was truncated to since its last checkpoint.
 const CF_TRUNCS: &str = "truncs";
-/// (ino, page) -> (): pages whose bytes are in the bucket but not (yet) in the cache file.
+/// (ino, first page) -> end page (big-endian): a range of pages whose bytes are in the bucket
+/// but not (yet) in the cache file, one key per range of the inode's in-memory set (format 1
+/// wrote (ino, page) -> () for every page; still read).
 const CF_ABSENT: &str = "absent";
 /// ino -> (): files whose dirty marks a cut dropped because it found them only under
 /// `--local-only` paths; if one leaves them, all of it is dirty again.
@@ -245,7 +247,7 @@ impl MetaStore {
                 }
             }
         }
-        let absent = self.load_page_sets(CF_ABSENT)?;
+        let absent = self.load_absent()?;
         let mut truncs = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_TRUNCS), IteratorMode::Start) {
             let (k, v) = item.map_err(db_err("load truncations"))?;
@@ -280,30 +282,48 @@ impl MetaStore {
     }
 
     /// Reads a column family of (ino, page) keys into one page set per inode.
-    fn load_page_sets(&self, cf: &'static str) -> Result<Vec<(u64, PageSet)>, MetaError> {
+    /// The absent pages of every inode: a key per range (its first page, the end as the
+    /// value), or in a cache dir of format 1 a key per page with an empty value.
+    fn load_absent(&self) -> Result<Vec<(u64, PageSet)>, MetaError> {
+        let bad = |why| MetaError::BadRecord { cf: CF_ABSENT, why };
         let mut out: Vec<(u64, PageSet)> = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
-            let (k, _) = item.map_err(db_err("load page set"))?;
+        for item in self.db.iterator_cf(self.cf(CF_ABSENT), IteratorMode::Start) {
+            let (k, v) = item.map_err(db_err("load absent pages"))?;
             if k.len() != 16 {
-                return Err(MetaError::BadRecord {
-                    cf,
-                    why: "key is not 16 bytes",
-                });
+                return Err(bad("key is not 16 bytes"));
             }
             let ino = be_u64(&k[..8]).expect("length checked");
-            let page = be_u64(&k[8..]).expect("length checked");
+            let start = be_u64(&k[8..]).expect("length checked");
+            let end = match v.len() {
+                0 => start
+                    .checked_add(1)
+                    .ok_or(bad("page number out of range"))?,
+                8 => be_u64(&v).expect("length checked"),
+                _ => return Err(bad("value is neither empty nor a page number")),
+            };
+            if end <= start {
+                return Err(bad("range ends before it starts"));
+            }
             match out.last_mut() {
                 Some((last, set)) if *last == ino => {
-                    set.insert(page..page + 1);
+                    set.insert(start..end);
                 }
                 _ => {
                     let mut set = PageSet::new();
-                    set.insert(page..page + 1);
+                    set.insert(start..end);
                     out.push((ino, set));
                 }
             }
         }
         Ok(out)
+    }
+
+    /// How many keys mark absent pages.
+    #[cfg(test)]
+    pub(crate) fn absent_keys(&self) -> usize {
+        self.db
+            .iterator_cf(self.cf(CF_ABSENT), IteratorMode::Start)
+            .count()
     }
 
     /// A small value in the meta column family (None if never set).
@@ -438,16 +458,47 @@ impl MetaBatch<'_> {
         self.batch.put_cf(self.store.cf(CF_META), key, value);
     }
 
+    /// Records that pages `pages` of `ino` are only in the bucket, as one key: the first
+    /// page, with the end as the value. `pages` must be a whole range of the inode's absent
+    /// set, and its keys within it gone (a new inode's, or `rewrite_absent`): every key then
+    /// lies within one range of the set, which is what lets a rewrite find them all.
+    ///
+    /// (Cache dirs of format 1 hold a key per page, with an empty value; they load alike,
+    /// and a rewrite of a range replaces its keys.)
     pub fn put_absent(&mut self, ino: u64, pages: Range<u64>) {
-        let cf = self.store.cf(CF_ABSENT);
-        for page in pages {
-            self.batch.put_cf(cf, dirty_key(ino, page), []);
+        debug_assert!(pages.start < pages.end, "an empty absent range");
+        self.batch.put_cf(
+            self.store.cf(CF_ABSENT),
+            dirty_key(ino, pages.start),
+            pages.end.to_be_bytes(),
+        );
+    }
+
+    /// Writes the absent pages of `ino` within `span` again: every key starting in `span`
+    /// goes, and `ranges` (the inode's absent set within `span` after a change) are written.
+    /// `span` must hold whole ranges of the set as it was and as it is (`PageSet::span_touching`
+    /// of the change, before and after).
+    pub fn rewrite_absent(
+        &mut self,
+        ino: u64,
+        span: Range<u64>,
+        ranges: impl IntoIterator<Item = Range<u64>>,
+    ) {
+        self.delete_absent(ino, span);
+        for r in ranges {
+            self.put_absent(ino, r);
         }
     }
 
-    /// Forgets absent markers for pages `pages` (their bytes are now in the cache file, or
-    /// gone).
-    pub fn delete_absent(&mut self, ino: u64, pages: Range<u64>) {
+    /// A key per page with an empty value: how a cache dir of format 1 marks absent pages.
+    #[cfg(test)]
+    pub(crate) fn put_absent_page_format_1(&mut self, ino: u64, page: u64) {
+        self.batch
+            .put_cf(self.store.cf(CF_ABSENT), dirty_key(ino, page), []);
+    }
+
+    /// Forgets every absent marker whose key (its first page) is in `pages`.
+    fn delete_absent(&mut self, ino: u64, pages: Range<u64>) {
         let end = if pages.end == u64::MAX {
             match ino.checked_add(1) {
                 Some(next) => dirty_key(next, 0),

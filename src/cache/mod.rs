@@ -20,8 +20,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever the on-disk layout changes incompatibly.
-pub const CACHE_FORMAT_VERSION: u32 = 1;
+/// Bumped whenever the on-disk layout changes incompatibly. Version 2 keeps a page range
+/// only in the bucket as one RocksDB key (version 1: a key per page, which version 2 still
+/// reads). A cache dir of an older version this bucketfs reads is raised to this one when
+/// opened, before anything is written, so that an older bucketfs refuses it from then on.
+pub const CACHE_FORMAT_VERSION: u32 = 2;
+/// The oldest format version this bucketfs opens.
+pub const OLDEST_CACHE_FORMAT_VERSION: u32 = 1;
 const MAGIC: &str = "bucketfs-cache";
 const FORMAT_FILE: &str = "bucketfs-cache.json";
 const LOCK_FILE: &str = "lock";
@@ -38,8 +43,9 @@ pub enum CacheError {
     )]
     Foreign { path: PathBuf },
     #[error(
-        "cache dir {path} has format version {found}; this bucketfs reads version \
-         {CACHE_FORMAT_VERSION}. Use a matching bucketfs or a new cache dir"
+        "cache dir {path} has format version {found}; this bucketfs reads versions \
+         {OLDEST_CACHE_FORMAT_VERSION} to {CACHE_FORMAT_VERSION}. Use a matching bucketfs or a \
+         new cache dir"
     )]
     Version { path: PathBuf, found: u32 },
     #[error("cache dir {path} has page size {found}; this bucketfs uses {expected}")]
@@ -111,7 +117,9 @@ impl CacheDir {
         let marker_path = root.join(FORMAT_FILE);
         let existing = read_marker(&marker_path)?;
         match &existing {
-            Some(m) if m.version != CACHE_FORMAT_VERSION => {
+            Some(m)
+                if !(OLDEST_CACHE_FORMAT_VERSION..=CACHE_FORMAT_VERSION).contains(&m.version) =>
+            {
                 return Err(CacheError::Version {
                     path: root,
                     found: m.version,
@@ -136,8 +144,12 @@ impl CacheDir {
             }
         }
         let lock = take_lock(&root)?;
-        if existing.is_none() {
-            write_marker(&root, page_size)?;
+        match &existing {
+            None => write_marker(&root, page_size, None)?,
+            Some(m) if m.version != CACHE_FORMAT_VERSION => {
+                write_marker(&root, page_size, Some(m.created_unix))?
+            }
+            Some(_) => {}
         }
         let data = root.join("data");
         for shard in 0..=0xffu32 {
@@ -259,15 +271,18 @@ fn read_marker(path: &Path) -> Result<Option<FormatMarker>, CacheError> {
     Ok(Some(marker))
 }
 
-fn write_marker(root: &Path, page_size: u64) -> Result<(), CacheError> {
+/// Writes the format marker of this version (`created_unix`: kept from an older marker).
+fn write_marker(root: &Path, page_size: u64, created_unix: Option<u64>) -> Result<(), CacheError> {
     let marker = FormatMarker {
         magic: MAGIC.into(),
         version: CACHE_FORMAT_VERSION,
         page_size,
-        created_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created_unix: created_unix.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        }),
     };
     let body = serde_json::to_string_pretty(&marker).expect("a plain struct serializes");
     let text = seal(&body);
@@ -345,6 +360,27 @@ fn take_lock(root: &Path) -> Result<File, CacheError> {
 mod tests {
     use super::*;
 
+    /// A cache dir of format 1 opens, and its marker says 2 from then on (so that a bucketfs
+    /// of format 1 refuses what this one may write), with its creation time kept.
+    #[test]
+    fn a_cache_dir_of_format_1_is_raised_to_2_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        drop(CacheDir::open(&path, 8192).unwrap());
+        let marker = path.join(FORMAT_FILE);
+        let mut m = read_marker(&marker).unwrap().unwrap();
+        m.version = 1;
+        m.created_unix = 1_700_000_000;
+        let body = serde_json::to_string_pretty(&m).unwrap();
+        std::fs::write(&marker, seal(&body)).unwrap();
+
+        drop(CacheDir::open(&path, 8192).unwrap());
+        let m = read_marker(&marker).unwrap().unwrap();
+        assert_eq!(m.version, CACHE_FORMAT_VERSION);
+        assert_eq!(m.created_unix, 1_700_000_000);
+        assert_eq!(CACHE_FORMAT_VERSION, 2);
+    }
+
     #[test]
     fn a_wipe_cut_short_is_finished_by_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -406,11 +442,10 @@ mod tests {
         drop(CacheDir::open(dir.path(), 8192).unwrap());
         let marker = dir.path().join(FORMAT_FILE);
         let text = fs::read_to_string(&marker).unwrap();
-        let body = text
-            .rsplit_once("\ncrc32c=")
-            .unwrap()
-            .0
-            .replace("\"version\": 1", "\"version\": 99");
+        let body = text.rsplit_once("\ncrc32c=").unwrap().0.replace(
+            &format!("\"version\": {CACHE_FORMAT_VERSION}"),
+            "\"version\": 99",
+        );
         let forged = format!("{body}\ncrc32c={:08x}\n", crc32c::crc32c(body.as_bytes()));
         fs::write(&marker, &forged).unwrap();
         let err = CacheDir::open(dir.path(), 8192).err().unwrap();

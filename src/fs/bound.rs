@@ -409,12 +409,20 @@ impl Fs {
             // crash would bring the bucket's older bytes back over the newer ones.)
             let mut batch = self.meta.batch();
             for r in &ranges {
-                batch.put_absent(ino, r.clone());
+                st.change_absent(&mut batch, r.clone(), |a| {
+                    a.insert(r.clone());
+                });
             }
-            seq = self.meta.commit(batch)?;
-            for r in &ranges {
-                st.absent.insert(r.clone());
-            }
+            seq = match self.meta.commit(batch) {
+                Ok(seq) => seq,
+                Err(e) => {
+                    // Not marked after all: none of these pages was absent before.
+                    for r in &ranges {
+                        st.absent.remove(r.clone());
+                    }
+                    return Err(e.into());
+                }
+            };
             // Pages newly absent: a fill that fetched before this must not install its
             // bytes (the bucket may have newer ones by now).
             st.absent_gen += 1;

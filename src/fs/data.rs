@@ -213,8 +213,7 @@ impl Fs {
         for range in added {
             // A page written whole is no longer absent: its bytes are the new ones.
             if !st.absent.is_empty() {
-                st.absent.remove(range.clone());
-                batch.delete_absent(ino, range.clone());
+                st.change_absent(&mut batch, range.clone(), |a| a.remove(range.clone()));
             }
             batch.put_dirty(ino, range, epoch);
         }
@@ -316,8 +315,7 @@ impl Fs {
             });
             self.untrack(ino, size, old);
             batch.delete_dirty_from(ino, keep);
-            st.absent.truncate(keep);
-            batch.delete_absent(ino, keep..u64::MAX);
+            st.change_absent(batch, keep..u64::MAX, |a| a.truncate(keep));
             let lowest = st.trunc.map_or(keep, |t| t.min(keep));
             st.trunc = Some(lowest);
             // What a crash recovers must also cover the truncation a checkpoint in flight
@@ -385,8 +383,7 @@ impl Fs {
             let punched = pages(offset, end.min(size));
             // Pages wholly punched that were only in the bucket are zeros now, not absent.
             if st.absent.intersects(punched.clone()) {
-                st.absent.remove(punched.clone());
-                batch.delete_absent(ino, punched.clone());
+                st.change_absent(&mut batch, punched.clone(), |a| a.remove(punched.clone()));
             }
             for range in st.dirty.insert(punched) {
                 self.dirty_added(range.end - range.start);

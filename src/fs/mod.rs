@@ -195,6 +195,25 @@ struct InodeState {
     fetch_window: u64,
 }
 
+impl InodeState {
+    /// Changes the pages only the bucket holds with `change`, which touches none outside
+    /// `pages`, and records the result in `batch` as RocksDB keeps it: one key per range
+    /// (`MetaBatch::put_absent`), so the ranges the change merged, split or shortened are
+    /// written again whole.
+    fn change_absent(
+        &mut self,
+        batch: &mut MetaBatch<'_>,
+        pages: std::ops::Range<u64>,
+        change: impl FnOnce(&mut PageSet),
+    ) {
+        let before = self.absent.span_touching(pages.clone());
+        change(&mut self.absent);
+        let after = self.absent.span_touching(pages);
+        let span = before.start.min(after.start)..before.end.max(after.end);
+        batch.rewrite_absent(self.attr.ino, span.clone(), self.absent.overlapping(span));
+    }
+}
+
 struct Inode {
     /// Serialises changes to the cache file's length (truncate, fallocate, punch) against
     /// reads and writes, which take it shared.

@@ -148,6 +148,22 @@ impl PageSet {
     pub fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
         self.ranges.iter().map(|(&s, &e)| s..e)
     }
+
+    /// `pages` widened to the whole of every range of the set that overlaps or touches it:
+    /// what a change over `pages` can merge, split or shorten.
+    pub fn span_touching(&self, pages: Range<u64>) -> Range<u64> {
+        let mut span = pages.clone();
+        for (&s, &e) in self
+            .ranges
+            .range(..=pages.end)
+            .rev()
+            .take_while(|(_, &e)| e >= pages.start)
+        {
+            span.start = span.start.min(s);
+            span.end = span.end.max(e);
+        }
+        span
+    }
 }
 
 #[cfg(test)]
