@@ -36,7 +36,7 @@ fn mount_fails(mnt: &Path, cache: &Path) -> String {
 /// `bucketfs mount` on bad input, which must exit at once. One that is still running after a
 /// minute has mounted after all: it is stopped, and the test fails instead of hanging.
 fn run_mount(mnt: &Path, cache: &Path) -> Output {
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .arg("mount")
         .arg(mnt)
@@ -48,23 +48,47 @@ fn run_mount(mnt: &Path, cache: &Path) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run bucketfs");
-    let pid = child.id() as libc::pid_t;
-    let (done, waited) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let out = child.wait_with_output().expect("wait for bucketfs");
-        let _ = done.send(());
-        out
-    });
-    if waited.recv_timeout(Duration::from_secs(60)).is_err() {
-        // SAFETY: signalling our own child, which has not been reaped (its waiter is waiting).
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let out = waiter.join().expect("waiter");
-        panic!(
-            "bucketfs mount was still running after 60 s on bad input (it mounted):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for bucketfs") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            // SIGTERM unmounts; the child is not reaped yet, so its pid is still its own.
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let stop = std::time::Instant::now() + Duration::from_secs(10);
+            while child.try_wait().expect("wait for bucketfs").is_none() {
+                if std::time::Instant::now() > stop {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            panic!(
+                "bucketfs mount was still running after 60 s on bad input (it mounted):\n{}",
+                String::from_utf8_lossy(&stderr.join().expect("stderr"))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout"),
+        stderr: stderr.join().expect("stderr"),
     }
-    waiter.join().expect("waiter")
 }
 
 /// Every file under `root` with its bytes, to prove that nothing was touched.

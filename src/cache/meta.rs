@@ -467,6 +467,9 @@ impl MetaBatch<'_> {
     /// and a rewrite of a range replaces its keys.)
     pub fn put_absent(&mut self, ino: u64, pages: Range<u64>) {
         debug_assert!(pages.start < pages.end, "an empty absent range");
+        if pages.is_empty() {
+            return; // (a key the loader would refuse)
+        }
         self.batch.put_cf(
             self.store.cf(CF_ABSENT),
             dirty_key(ino, pages.start),

@@ -416,10 +416,13 @@ impl Fs {
             seq = match self.meta.commit(batch) {
                 Ok(seq) => seq,
                 Err(e) => {
-                    // Not marked after all: none of these pages was absent before.
+                    // Not marked after all: none of these pages was absent before. Whether
+                    // the batch reached RocksDB is not known: the next change writes every
+                    // mark again.
                     for r in &ranges {
                         st.absent.remove(r.clone());
                     }
+                    st.absent_unsure = true;
                     return Err(e.into());
                 }
             };

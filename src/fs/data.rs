@@ -212,7 +212,7 @@ impl Fs {
         let mut batch = self.meta.batch();
         for range in added {
             // A page written whole is no longer absent: its bytes are the new ones.
-            if !st.absent.is_empty() {
+            if st.absent.intersects(range.clone()) {
                 st.change_absent(&mut batch, range.clone(), |a| a.remove(range.clone()));
             }
             batch.put_dirty(ino, range, epoch);
@@ -604,6 +604,7 @@ impl Fs {
             }
             Err(e) => {
                 st.attr = saved;
+                st.absent_unsure = true;
                 Err(e.into())
             }
         }

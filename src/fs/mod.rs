@@ -158,6 +158,9 @@ struct InodeState {
     /// Pending pages whose bytes the upload has yet to read from the cache file, where they
     /// are still as the cut took them. A change to one copies it out first (`Fs::freeze`).
     cow: PageSet,
+    /// A batch of this inode's failed to commit (it may or may not be in RocksDB): the next
+    /// change of `absent` writes all its marks again (`change_absent`).
+    absent_unsure: bool,
     /// Pages whose bytes are in the bucket but not in the cache file (after a restore, or
     /// evicted).
     absent: PageSet,
@@ -206,10 +209,16 @@ impl InodeState {
         pages: std::ops::Range<u64>,
         change: impl FnOnce(&mut PageSet),
     ) {
+        // After a failed commit RocksDB may hold the marks from before it, which need not lie
+        // within the set's ranges any more: then every mark of the inode is written again.
+        let whole = std::mem::take(&mut self.absent_unsure);
         let before = self.absent.span_touching(pages.clone());
         change(&mut self.absent);
         let after = self.absent.span_touching(pages);
-        let span = before.start.min(after.start)..before.end.max(after.end);
+        let span = match whole {
+            true => 0..u64::MAX,
+            false => before.start.min(after.start)..before.end.max(after.end),
+        };
         batch.rewrite_absent(self.attr.ino, span.clone(), self.absent.overlapping(span));
     }
 }
@@ -657,6 +666,7 @@ impl Inode {
                 dirty,
                 pending: PageSet::new(),
                 cow: PageSet::new(),
+                absent_unsure: false,
                 absent: PageSet::new(),
                 absent_gen: 0,
                 fetching: PageSet::new(),

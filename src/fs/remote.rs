@@ -359,7 +359,13 @@ impl Fs {
         for s in &still {
             st.change_absent(&mut batch, s.clone(), |a| a.remove(s.clone()));
         }
-        st.meta_seq = self.meta.commit(batch)?;
+        st.meta_seq = match self.meta.commit(batch) {
+            Ok(seq) => seq,
+            Err(e) => {
+                st.absent_unsure = true;
+                return Err(e.into());
+            }
+        };
         st.write_gen += 1;
         self.close_if_unused(&mut st);
         Ok(())
@@ -450,15 +456,36 @@ mod tests {
         ]
     }
 
+    /// How a batch of absent changes ends: committed, lost (never reached RocksDB), or
+    /// applied although its commit reported a failure.
+    #[derive(Clone, Copy, Debug)]
+    enum End {
+        Committed,
+        Lost,
+        AppliedButFailed,
+    }
+
     proptest! {
-        /// Whatever fills, evictions and truncations do to a file's absent pages, starting
-        /// from marks a cache dir of format 1 left (a key per page), RocksDB reads back the
-        /// set the inode holds in memory after each of them: no key outlives its range, and
-        /// none goes missing.
+        /// Whatever fills, evictions and truncations do to a file's absent pages, several to a
+        /// batch, starting from marks a cache dir of format 1 left (a key per page), RocksDB
+        /// reads back the set the inode holds in memory after each batch that commits: no key
+        /// outlives its range, and none goes missing. A batch whose commit fails (lost, or
+        /// applied all the same) leaves the caller's flag that the next change writes every
+        /// mark again; the neighbours' marks are never touched.
         #[test]
         fn absent_pages_read_back_as_the_inode_holds_them(
             old in proptest::collection::vec((0u64..200, 1u64..20), 0..6),
-            changes in proptest::collection::vec(change(), 1..40),
+            batches in proptest::collection::vec(
+                (
+                    proptest::collection::vec(change(), 1..4),
+                    prop_oneof![
+                        6 => Just(End::Committed),
+                        1 => Just(End::Lost),
+                        1 => Just(End::AppliedButFailed),
+                    ],
+                ),
+                1..30,
+            ),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let meta = crate::cache::MetaStore::open(&dir.path().join("meta")).unwrap();
@@ -488,28 +515,52 @@ mod tests {
                 }
                 st.absent.insert(s..s + n);
             }
+            // The neighbours, on both sides of ino 9's keys.
+            batch.put_absent(8, 0..50);
+            batch.put_absent(10, 5..15);
             meta.commit(batch).unwrap();
-            for c in changes {
+            let read = |ino: u64| -> Vec<std::ops::Range<u64>> {
+                meta.load()
+                    .unwrap()
+                    .absent
+                    .iter()
+                    .find(|(i, _)| *i == ino)
+                    .map(|(_, set)| set.iter().collect())
+                    .unwrap_or_default()
+            };
+            for (changes, end) in batches {
                 let mut batch = meta.batch();
-                match c.clone() {
-                    Change::Fill(r) => st.change_absent(&mut batch, r.clone(), |a| a.remove(r)),
-                    Change::Evict(r) => st.change_absent(&mut batch, r.clone(), |a| {
-                        a.insert(r);
-                    }),
-                    Change::Truncate(k) => {
-                        st.change_absent(&mut batch, k..u64::MAX, |a| a.truncate(k))
+                for c in &changes {
+                    match c.clone() {
+                        Change::Fill(r) => {
+                            st.change_absent(&mut batch, r.clone(), |a| a.remove(r))
+                        }
+                        Change::Evict(r) => st.change_absent(&mut batch, r.clone(), |a| {
+                            a.insert(r);
+                        }),
+                        Change::Truncate(k) => {
+                            st.change_absent(&mut batch, k..u64::MAX, |a| a.truncate(k))
+                        }
                     }
                 }
-                meta.commit(batch).unwrap();
-                let loaded = meta.load().unwrap().absent;
-                let read: Vec<_> = loaded
-                    .iter()
-                    .find(|(ino, _)| *ino == 9)
-                    .map(|(_, set)| set.iter().collect())
-                    .unwrap_or_default();
-                let held: Vec<_> = st.absent.iter().collect();
-                prop_assert_eq!(read, held, "after {:?}", c);
+                match end {
+                    End::Committed => {
+                        meta.commit(batch).unwrap();
+                        let held: Vec<_> = st.absent.iter().collect();
+                        prop_assert_eq!(read(9), held, "after {:?}", changes);
+                    }
+                    End::Lost => {
+                        drop(batch);
+                        st.absent_unsure = true;
+                    }
+                    End::AppliedButFailed => {
+                        meta.commit(batch).unwrap();
+                        st.absent_unsure = true;
+                    }
+                }
             }
+            prop_assert_eq!(read(8), vec![0..50]);
+            prop_assert_eq!(read(10), vec![5..15]);
         }
     }
 }
