@@ -212,7 +212,9 @@ impl Fs {
         let mut batch = self.meta.batch();
         for range in added {
             // A page written whole is no longer absent: its bytes are the new ones.
-            if st.absent.intersects(range.clone()) {
+            // (After a failed commit RocksDB may mark these pages although memory does not:
+            // the rewrite of every mark clears that too.)
+            if st.absent_unsure || st.absent.intersects(range.clone()) {
                 st.change_absent(&mut batch, range.clone(), |a| a.remove(range.clone()));
             }
             batch.put_dirty(ino, range, epoch);
