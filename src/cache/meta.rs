@@ -46,6 +46,19 @@ pub enum MetaError {
     Corrupt(#[from] DecodeError),
     #[error("corrupt {cf} record: {why}")]
     BadRecord { cf: &'static str, why: &'static str },
+    #[cfg(test)]
+    #[error("commit failed (a test's injected failure)")]
+    Injected,
+}
+
+/// Tests: how the next commit fails (`MetaStore::fail_next_commit`).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum FailCommit {
+    /// The batch never reaches RocksDB.
+    Lost,
+    /// The batch is applied, and the commit reports a failure all the same.
+    Applied,
 }
 
 fn db_err(context: &'static str) -> impl FnOnce(rocksdb::Error) -> MetaError {
@@ -81,6 +94,8 @@ pub struct MetaStore {
     /// Moves on with every batch that adds or removes a directory entry: the same number
     /// twice means the same names (a cut reuses its walk of the tree).
     names: AtomicU64,
+    #[cfg(test)]
+    fail_next: Mutex<Option<FailCommit>>,
 }
 
 impl MetaStore {
@@ -116,6 +131,8 @@ impl MetaStore {
             synced: AtomicU64::new(0),
             sync_lock: Mutex::new(()),
             names: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next: Mutex::new(None),
         };
         // What RocksDB recovered after a crash may sit only in the page cache: make it
         // durable before anything is acknowledged on top of it.
@@ -138,6 +155,17 @@ impl MetaStore {
         if batch.batch.is_empty() {
             return Ok(self.latest_seq());
         }
+        #[cfg(test)]
+        let written = match self.fail_next.lock().take() {
+            Some(FailCommit::Lost) => Err(MetaError::Injected),
+            Some(FailCommit::Applied) => self
+                .db
+                .write(batch.batch)
+                .map_err(db_err("write batch"))
+                .and(Err(MetaError::Injected)),
+            None => self.db.write(batch.batch).map_err(db_err("write batch")),
+        };
+        #[cfg(not(test))]
         let written = self.db.write(batch.batch).map_err(db_err("write batch"));
         if batch.names {
             // Even after an error: whether RocksDB applied any of it is not known.
@@ -145,6 +173,12 @@ impl MetaStore {
         }
         written?;
         Ok(self.latest_seq())
+    }
+
+    /// Tests: the next commit that has something to write fails, as `how` says.
+    #[cfg(test)]
+    pub(crate) fn fail_next_commit(&self, how: FailCommit) {
+        *self.fail_next.lock() = Some(how);
     }
 
     /// The names' generation: it changes whenever a committed batch added or removed a

@@ -10,6 +10,8 @@
 
 mod meta;
 
+#[cfg(test)]
+pub(crate) use meta::FailCommit;
 pub use meta::{Dirent, Loaded, MetaBatch, MetaError, MetaStore};
 
 use std::fs::{self, File, OpenOptions};

@@ -196,11 +196,12 @@ impl Fs {
         st.attr.mtime = now;
         st.attr.ctime = now;
         let epoch = self.epoch.load(Ordering::Relaxed);
-        let added = st.dirty.insert(pages(offset, end));
+        let written = pages(offset, end);
+        let added = st.dirty.insert(written.clone());
         self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
-        self.touch_written(ino, pages(offset, end));
+        self.touch_written(ino, written.clone());
         let grew = end > st.attr.size;
-        if added.is_empty() && !grew {
+        if added.is_empty() && !grew && !st.dirty_unsure && !st.absent_unsure {
             // The common case for hot pages: nothing new to record.
             st.times_unpersisted = true;
             return Ok(data.len() as u32);
@@ -210,15 +211,13 @@ impl Fs {
             st.attr.size = end;
         }
         let mut batch = self.meta.batch();
-        for range in added {
-            // A page written whole is no longer absent: its bytes are the new ones.
-            // (After a failed commit RocksDB may mark these pages although memory does not:
-            // the rewrite of every mark clears that too.)
-            if st.absent_unsure || st.absent.intersects(range.clone()) {
-                st.change_absent(&mut batch, range.clone(), |a| a.remove(range.clone()));
-            }
-            batch.put_dirty(ino, range, epoch);
+        // A page written whole is no longer absent: its bytes are the new ones. (After a
+        // failed commit RocksDB may mark these pages although memory does not, even pages
+        // memory holds dirty already: the rewrite of every mark clears that too.)
+        if st.absent_unsure || st.absent.intersects(written.clone()) {
+            st.change_absent(&mut batch, written.clone(), |a| a.remove(written));
         }
+        st.put_dirty_marks(&mut batch, &added, epoch);
         batch.put_inode(&st.attr);
         self.commit_one(&mut st, batch, saved)?;
         Ok(data.len() as u32)
@@ -328,10 +327,9 @@ impl Fs {
         let edge = if size < old { size } else { old };
         if edge % PAGE_SIZE != 0 {
             let page = edge / PAGE_SIZE;
-            for range in st.dirty.insert(page..page + 1) {
-                self.dirty_added(range.end - range.start);
-                batch.put_dirty(ino, range, epoch);
-            }
+            let added = st.dirty.insert(page..page + 1);
+            self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
+            st.put_dirty_marks(batch, &added, epoch);
         }
         st.attr.size = size;
         Ok(())
@@ -387,10 +385,9 @@ impl Fs {
             if st.absent.intersects(punched.clone()) {
                 st.change_absent(&mut batch, punched.clone(), |a| a.remove(punched.clone()));
             }
-            for range in st.dirty.insert(punched) {
-                self.dirty_added(range.end - range.start);
-                batch.put_dirty(ino, range, epoch);
-            }
+            let added = st.dirty.insert(punched);
+            self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
+            st.put_dirty_marks(&mut batch, &added, epoch);
         } else {
             let file = self.cache_file(&mut st, true)?.expect("created");
             fallocate_raw(&file, mode, offset, length)?;
@@ -607,6 +604,7 @@ impl Fs {
             Err(e) => {
                 st.attr = saved;
                 st.absent_unsure = true;
+                st.dirty_unsure = true;
                 Err(e.into())
             }
         }

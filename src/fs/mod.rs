@@ -161,6 +161,10 @@ struct InodeState {
     /// A batch of this inode's failed to commit (it may or may not be in RocksDB): the next
     /// change of `absent` writes all its marks again (`change_absent`).
     absent_unsure: bool,
+    /// A batch of this inode's that added dirty pages failed to commit: memory holds them
+    /// dirty, RocksDB may not. The next batch that marks pages dirty marks all of them
+    /// (`put_dirty_marks`).
+    dirty_unsure: bool,
     /// Pages whose bytes are in the bucket but not in the cache file (after a restore, or
     /// evicted).
     absent: PageSet,
@@ -220,6 +224,28 @@ impl InodeState {
             false => before.start.min(after.start)..before.end.max(after.end),
         };
         batch.rewrite_absent(self.attr.ino, span.clone(), self.absent.overlapping(span));
+    }
+
+    /// Records in `batch` the dirty marks of `added`, pages just made dirty in memory. After
+    /// a failed commit memory may hold pages dirty that RocksDB does not (and a write of them
+    /// again adds nothing new): then every dirty and pending page is marked again, or a crash
+    /// would forget pages written and fsync'd since.
+    fn put_dirty_marks(
+        &mut self,
+        batch: &mut MetaBatch<'_>,
+        added: &[std::ops::Range<u64>],
+        epoch: u64,
+    ) {
+        let ino = self.attr.ino;
+        if std::mem::take(&mut self.dirty_unsure) {
+            for r in self.dirty.iter().chain(self.pending.iter()) {
+                batch.put_dirty(ino, r, epoch);
+            }
+        } else {
+            for r in added {
+                batch.put_dirty(ino, r.clone(), epoch);
+            }
+        }
     }
 }
 
@@ -667,6 +693,7 @@ impl Inode {
                 pending: PageSet::new(),
                 cow: PageSet::new(),
                 absent_unsure: false,
+                dirty_unsure: false,
                 absent: PageSet::new(),
                 absent_gen: 0,
                 fetching: PageSet::new(),
