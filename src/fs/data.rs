@@ -201,7 +201,7 @@ impl Fs {
         self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
         self.touch_written(ino, written.clone());
         let grew = end > st.attr.size;
-        if added.is_empty() && !grew && !st.dirty_unsure && !st.absent_unsure {
+        if added.is_empty() && !grew && !st.dirty_unsure {
             // The common case for hot pages: nothing new to record.
             st.times_unpersisted = true;
             return Ok(data.len() as u32);

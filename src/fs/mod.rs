@@ -161,9 +161,9 @@ struct InodeState {
     /// A batch of this inode's failed to commit (it may or may not be in RocksDB): the next
     /// change of `absent` writes all its marks again (`change_absent`).
     absent_unsure: bool,
-    /// A batch of this inode's that added dirty pages failed to commit: memory holds them
-    /// dirty, RocksDB may not. The next batch that marks pages dirty marks all of them
-    /// (`put_dirty_marks`).
+    /// A batch of this inode's from a write, truncation, fallocate or setattr failed to
+    /// commit: memory may hold pages dirty that RocksDB does not. The next batch that marks
+    /// pages dirty marks all of them (`put_dirty_marks`).
     dirty_unsure: bool,
     /// Pages whose bytes are in the bucket but not in the cache file (after a restore, or
     /// evicted).
@@ -229,7 +229,9 @@ impl InodeState {
     /// Records in `batch` the dirty marks of `added`, pages just made dirty in memory. After
     /// a failed commit memory may hold pages dirty that RocksDB does not (and a write of them
     /// again adds nothing new): then every dirty and pending page is marked again, or a crash
-    /// would forget pages written and fsync'd since.
+    /// would forget pages written and fsync'd since. (Pending ones too: a failed checkpoint
+    /// puts them back as dirty, trusting RocksDB to say so, `Fs::untake`.) That is a key per
+    /// page, up to `--max-dirty`'s worth, once after each failure.
     fn put_dirty_marks(
         &mut self,
         batch: &mut MetaBatch<'_>,

@@ -392,7 +392,7 @@ impl Drop for InFlight<'_> {
 mod tests {
     use super::*;
     use crate::cache::CacheDir;
-    use crate::fs::{FileKind, FsOptions, PAGE_SIZE, ROOT_INO};
+    use crate::fs::{FileKind, FsOptions, SetAttr, PAGE_SIZE, ROOT_INO};
     use proptest::prelude::*;
 
     fn fs(dir: &tempfile::TempDir) -> Fs {
@@ -451,10 +451,18 @@ mod tests {
     /// RocksDB must come to hold what memory does: after a crash that follows the second
     /// write's fsync, a page still marked absent would read as the bucket's older bytes, and
     /// one not marked dirty would never be uploaded.
+    ///
+    /// Cases: the batch lost; lost, then a truncation in between that rewrites the absent
+    /// marks (and so clears that flag, not the dirty one); applied although the commit
+    /// failed (which the code before the fix got right: a guard).
     #[test]
     fn a_page_written_again_after_a_failed_commit_is_recorded_as_memory_holds_it() {
         use crate::cache::FailCommit;
-        for how in [FailCommit::Lost, FailCommit::Applied] {
+        for (how, truncate_between) in [
+            (FailCommit::Lost, false),
+            (FailCommit::Lost, true),
+            (FailCommit::Applied, false),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let fs = fs(&dir);
             let mut absent = PageSet::new();
@@ -464,6 +472,16 @@ mod tests {
             fs.meta.fail_next_commit(how);
             fs.write(2, 3 * PAGE_SIZE, &page(0xaa))
                 .expect_err("the commit fails");
+            let end = if truncate_between {
+                let size = SetAttr {
+                    size: Some(7 * PAGE_SIZE),
+                    ..SetAttr::default()
+                };
+                fs.setattr(2, &size).unwrap();
+                7
+            } else {
+                8
+            };
             fs.write(2, 3 * PAGE_SIZE, &page(0xbb)).unwrap();
             fs.fsync(2, true).unwrap();
             drop(fs);
@@ -472,13 +490,13 @@ mod tests {
             let st = inode.state.lock();
             assert_eq!(
                 st.absent.iter().collect::<Vec<_>>(),
-                vec![0..3, 4..8],
-                "{how:?}: absent after the crash"
+                vec![0..3, 4..end],
+                "{how:?}, truncated between: {truncate_between}: absent after the crash"
             );
             assert_eq!(
                 st.dirty.iter().collect::<Vec<_>>(),
                 vec![3..4],
-                "{how:?}: dirty after the crash"
+                "{how:?}, truncated between: {truncate_between}: dirty after the crash"
             );
             drop(st);
             assert_eq!(
