@@ -498,23 +498,24 @@ impl Prefetch {
                 let _span = info_span!("prefetch").entered();
                 let started = std::time::Instant::now();
                 let total = files.len();
+                // Files whose bytes lie close together in the bucket are fetched together:
+                // a new database's catalogs are hundreds of small files in a few segments.
+                let batches = fs.group_for_prefetch(files);
+                let requests = batches.len();
                 let failed = std::sync::atomic::AtomicUsize::new(0);
-                in_parallel(files, &flag, |ino| {
+                in_parallel(batches, &flag, |batch| {
                     // A failure here is not fatal: a read of the file fetches again and
-                    // reports the error to its caller.
-                    match fs.prefetch(ino) {
-                        Ok(()) => {}
-                        // Deleted since the restore (Postgres removes its pid file and
-                        // temporary files as it starts): nothing left to fetch.
-                        Err(crate::fs::FsError::NotFound) => {}
-                        Err(e) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            warn!(ino, error = %e, "prefetch of a restored file failed");
-                        }
+                    // reports the error to its caller. (Files deleted since the restore,
+                    // as Postgres removes its pid file as it starts, are skipped.)
+                    if let Err(e) = fs.prefetch_batch(&batch) {
+                        failed.fetch_add(batch.len(), Ordering::Relaxed);
+                        warn!(files = batch.len(), first_ino = batch[0], error = %e,
+                            "prefetch of restored files failed");
                     }
                 });
                 info!(
                     files = total,
+                    batches = requests,
                     failed = failed.load(Ordering::Relaxed),
                     stopped_early = flag.load(Ordering::Acquire),
                     elapsed_ms = started.elapsed().as_millis() as u64,

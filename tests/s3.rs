@@ -384,6 +384,7 @@ fn after_a_restore_small_files_are_fetched_in_the_background() {
     // What is measured here is fetching on demand: no prewarm of the hot set a recorded.
     forget_hot_set(dir.path(), "prefetch");
 
+    let at_mount = s3.faults.segment_gets();
     let b = mount(
         &dir.path().join("b"),
         &dir.path().join("cb"),
@@ -397,6 +398,12 @@ fn after_a_restore_small_files_are_fetched_in_the_background() {
     });
     assert!(b.log_text().contains("failed=0"), "{}", b.log_text());
     let before = s3.faults.segment_gets();
+    // Files that lie close together in a segment are fetched together (a GET each before).
+    assert!(
+        (before - at_mount) * 4 <= 120,
+        "the prefetch of 120 small files took {} segment GETs",
+        before - at_mount
+    );
     for i in 0..120 {
         let got = fs::read(b.mnt.join(format!("base/5/{}", 1200 + i))).unwrap();
         assert!(got == small(i), "base/5/{} differs", 1200 + i);

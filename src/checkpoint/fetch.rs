@@ -1,10 +1,13 @@
 //! Reading file contents from the bucket for pages that are not in the cache file.
 //!
-//! A request names a page range of one file; the extents covering it are looked up in the
-//! bucket view, each run they point into is fetched once with a ranged GET (adjacent runs of
-//! one segment in a single GET), checked against its crc32c, and the pages copied out. A run
-//! that fails its checksum is an error naming the object and offset: never wrong bytes.
+//! A request names a page range of one file (or, for the prefetch after a restore, page
+//! ranges of many files); the extents covering it are looked up in the bucket view, each run
+//! they point into is fetched once with a ranged GET (adjacent runs of one segment in a single
+//! GET, and in a batch runs a little apart too), checked against its crc32c, and the pages
+//! copied out. A run that fails its checksum is an error naming the object and offset: never
+//! wrong bytes.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -33,12 +36,18 @@ impl BucketFetcher {
     }
 }
 
-/// One ranged GET: consecutive runs of one segment.
+/// One ranged GET: runs of one segment in order.
 struct Get {
     segment: String,
     start: u64,
     end: u64,
-    runs: Vec<Arc<Extent>>,
+    runs: Vec<RunUse>,
+}
+
+/// A run to fetch, and the pieces of the request it serves (indexes).
+struct RunUse {
+    run: Arc<Extent>,
+    pieces: Vec<usize>,
 }
 
 impl Fetcher for BucketFetcher {
@@ -46,6 +55,72 @@ impl Fetcher for BucketFetcher {
         self.view.read().inodes.contains_key(&ino)
     }
 
+    fn fetch(&self, ino: u64, pages: Range<u64>) -> Result<Vec<u8>, String> {
+        let mut out = self.fetch_retrying(&[(ino, pages)], 0)?;
+        Ok(out.pop().expect("one answer per want"))
+    }
+
+    /// Runs of one segment up to `BATCH_GAP` apart share a GET: the bytes between them cost
+    /// less than another round trip.
+    fn fetch_batch(&self, wants: &[(u64, Range<u64>)]) -> Result<Vec<Vec<u8>>, String> {
+        self.fetch_retrying(wants, BATCH_GAP)
+    }
+
+    /// Files whose first extent is in the same segment go together, in the segment's order,
+    /// up to `BATCH_BYTES` of stored runs or `BATCH_FILES` files a batch. Files without an
+    /// extent (the bucket holds only zeros for them) go in a batch of their own, which fetches
+    /// nothing. Batches come in the order of their first file in `files`.
+    fn group_for_prefetch(&self, files: Vec<u64>) -> Vec<Vec<u64>> {
+        let view = self.view.read();
+        // Each segment's place: the order of its first file in `files`.
+        let mut place: HashMap<Option<&str>, usize> = HashMap::new();
+        // (segment's place, offset of the file's first run, stored bytes of its runs, ino)
+        let mut order: Vec<(usize, u64, u64, u64)> = Vec::with_capacity(files.len());
+        for ino in files {
+            let extents = view.extents.get(&ino);
+            let first = extents.and_then(|m| m.values().next()).map(|(_, e)| e);
+            let stored = extents
+                .map(|m| m.values().map(|(_, e)| u64::from(e.run.stored_len)).sum())
+                .unwrap_or(0);
+            let next = place.len();
+            let at = *place
+                .entry(first.map(|e| e.segment.as_str()))
+                .or_insert(next);
+            order.push((at, first.map_or(0, |e| e.run.offset), stored, ino));
+        }
+        order.sort_unstable();
+        let mut batches: Vec<Vec<u64>> = Vec::new();
+        let (mut segment, mut bytes) = (usize::MAX, 0);
+        for (at, _, stored, ino) in order {
+            match batches.last_mut() {
+                Some(batch)
+                    if at == segment
+                        && bytes + stored <= BATCH_BYTES
+                        && batch.len() < BATCH_FILES =>
+                {
+                    batch.push(ino);
+                    bytes += stored;
+                }
+                _ => {
+                    batches.push(vec![ino]);
+                    (segment, bytes) = (at, stored);
+                }
+            }
+        }
+        batches
+    }
+}
+
+/// How far apart two runs of one segment may lie and still share a GET of a batch.
+const BATCH_GAP: u64 = 256 << 10;
+/// The most a ranged GET that joins runs across a gap may read.
+const MAX_JOINED_GET: u64 = 16 << 20;
+/// The stored bytes, and the files, of one prefetch batch at most: small enough that the
+/// installs (a write and an fdatasync per file) of several batches run side by side.
+const BATCH_BYTES: u64 = 2 << 20;
+const BATCH_FILES: usize = 32;
+
+impl BucketFetcher {
     /// A segment that is gone (404) means the view moved on and GC collected it: read the
     /// view again and retry. A view that has not moved (a read-only mount of a checkpoint
     /// that left the retention window) gets a clear error, never wrong bytes.
@@ -53,12 +128,16 @@ impl Fetcher for BucketFetcher {
     /// Before a segment counts as gone it is asked for again for a few seconds: in a global
     /// bucket (the data class, docs/replicas.md) a region's copy can lag the manifest that
     /// names it, which is in a strongly consistent bucket.
-    fn fetch(&self, ino: u64, pages: Range<u64>) -> Result<Vec<u8>, String> {
+    fn fetch_retrying(
+        &self,
+        wants: &[(u64, Range<u64>)],
+        gap: u64,
+    ) -> Result<Vec<Vec<u8>>, String> {
         let mut attempts = 0;
         let mut waits = NOT_YET_VISIBLE.iter();
         loop {
             let epoch = self.view.read().epoch;
-            match self.fetch_once(ino, pages.clone()) {
+            match self.fetch_once(wants, gap) {
                 Err(Failed::Gone(_)) if attempts < 3 && self.view.read().epoch != epoch => {
                     attempts += 1;
                 }
@@ -110,47 +189,79 @@ impl From<String> for Failed {
 }
 
 impl BucketFetcher {
-    fn fetch_once(&self, ino: u64, pages: Range<u64>) -> Result<Vec<u8>, Failed> {
-        let mut out = vec![0u8; ((pages.end - pages.start) * PAGE_SIZE) as usize];
-        // (first page, end page, extent) pieces that overlap the request.
-        let pieces: Vec<(u64, u64, Arc<Extent>)> = {
+    /// The bytes of each of `wants` (file, pages), as the view holds them now. Runs of one
+    /// segment at most `gap` bytes apart share a ranged GET (adjacent ones always do); the
+    /// GETs run at once.
+    fn fetch_once(&self, wants: &[(u64, Range<u64>)], gap: u64) -> Result<Vec<Vec<u8>>, Failed> {
+        let mut out: Vec<Vec<u8>> = wants
+            .iter()
+            .map(|(_, pages)| vec![0u8; ((pages.end - pages.start) * PAGE_SIZE) as usize])
+            .collect();
+        // (want, first page, end page, extent) pieces that overlap a want.
+        let mut pieces: Vec<(usize, u64, u64, Arc<Extent>)> = Vec::new();
+        {
             let view = self.view.read();
-            let Some(map) = view.extents.get(&ino) else {
-                return Ok(out);
-            };
-            let from = map
-                .range(..=pages.start)
-                .next_back()
-                .map_or(pages.start, |(&s, _)| s);
-            map.range(from..pages.end)
-                .filter(|(_, (end, _))| *end > pages.start)
-                .map(|(&s, (e, x))| (s.max(pages.start), (*e).min(pages.end), x.clone()))
-                .collect()
-        };
-        // Distinct runs, in segment order, merged into ranged GETs where adjacent.
-        let mut runs: Vec<Arc<Extent>> = Vec::new();
-        for (_, _, e) in &pieces {
-            if !runs
-                .iter()
-                .any(|r| r.segment == e.segment && r.run.offset == e.run.offset)
-            {
-                runs.push(e.clone());
+            for (i, (ino, pages)) in wants.iter().enumerate() {
+                let Some(map) = view.extents.get(ino) else {
+                    continue;
+                };
+                let from = map
+                    .range(..=pages.start)
+                    .next_back()
+                    .map_or(pages.start, |(&s, _)| s);
+                pieces.extend(
+                    map.range(from..pages.end)
+                        .filter(|(_, (end, _))| *end > pages.start)
+                        .map(|(&s, (e, x))| {
+                            (i, s.max(pages.start), (*e).min(pages.end), x.clone())
+                        }),
+                );
             }
         }
-        runs.sort_by(|a, b| (&a.segment, a.run.offset).cmp(&(&b.segment, b.run.offset)));
+        // Distinct runs, in segment order, with the pieces each one serves.
+        let mut runs: HashMap<(&str, u64), RunUse> = HashMap::new();
+        for (at, (_, _, _, e)) in pieces.iter().enumerate() {
+            runs.entry((e.segment.as_str(), e.run.offset))
+                .or_insert_with(|| RunUse {
+                    run: e.clone(),
+                    pieces: Vec::new(),
+                })
+                .pieces
+                .push(at);
+        }
+        let mut runs: Vec<RunUse> = runs.into_values().collect();
+        runs.sort_by(|a, b| {
+            (&a.run.segment, a.run.run.offset).cmp(&(&b.run.segment, b.run.run.offset))
+        });
         let mut gets: Vec<Get> = Vec::new();
-        for r in runs {
+        for RunUse {
+            run: r,
+            pieces: served,
+        } in runs
+        {
             let end = r.run.offset + u64::from(r.run.stored_len);
             match gets.last_mut() {
-                Some(g) if g.segment == r.segment && g.end == r.run.offset => {
+                Some(g)
+                    if g.segment == r.segment
+                        && g.end <= r.run.offset
+                        && (g.end == r.run.offset
+                            || (r.run.offset - g.end <= gap
+                                && end - g.start <= MAX_JOINED_GET)) =>
+                {
                     g.end = end;
-                    g.runs.push(r);
+                    g.runs.push(RunUse {
+                        run: r,
+                        pieces: served,
+                    });
                 }
                 _ => gets.push(Get {
                     segment: r.segment.clone(),
                     start: r.run.offset,
                     end,
-                    runs: vec![r],
+                    runs: vec![RunUse {
+                        run: r,
+                        pieces: served,
+                    }],
                 }),
             }
         }
@@ -185,23 +296,26 @@ impl BucketFetcher {
                     bytes.len()
                 )));
             }
-            for run in &g.runs {
+            for RunUse {
+                run,
+                pieces: served,
+            } in &g.runs
+            {
                 let at = (run.run.offset - g.start) as usize;
                 let stored = &bytes[at..at + run.run.stored_len as usize];
                 let data = decode_run(&run.run, stored, &run.segment).map_err(|e| {
                     error!(error = %e, "corrupt run in the bucket: refusing to serve its bytes");
                     e.to_string()
                 })?;
-                for (first, end, e) in &pieces {
-                    if e.segment != run.segment || e.run.offset != run.run.offset {
-                        continue;
-                    }
+                for &p in served {
+                    let (want, first, end, _) = &pieces[p];
+                    let pages = &wants[*want].1;
                     let src = ((first - run.run.first_page) * PAGE_SIZE) as usize;
                     let dst = ((first - pages.start) * PAGE_SIZE) as usize;
                     let len = ((end - first) * PAGE_SIZE) as usize;
                     // The run's last page may be short (end of file): the rest stays zero.
                     let avail = data.len().saturating_sub(src).min(len);
-                    out[dst..dst + avail].copy_from_slice(&data[src..src + avail]);
+                    out[*want][dst..dst + avail].copy_from_slice(&data[src..src + avail]);
                 }
             }
         }

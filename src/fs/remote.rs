@@ -28,6 +28,24 @@ pub trait Fetcher: Send + Sync {
     /// `(pages.end - pages.start) * PAGE_SIZE` bytes (zeros where the bucket has none).
     fn fetch(&self, ino: u64, pages: Range<u64>) -> std::result::Result<Vec<u8>, String>;
 
+    /// The bytes of each of `wants` (file, pages), as `fetch` gives them, in one go: what
+    /// lies close together in the bucket is read with one request.
+    fn fetch_batch(
+        &self,
+        wants: &[(u64, Range<u64>)],
+    ) -> std::result::Result<Vec<Vec<u8>>, String> {
+        wants
+            .iter()
+            .map(|(ino, pages)| self.fetch(*ino, pages.clone()))
+            .collect()
+    }
+
+    /// `files` (in the order they are wanted) in batches for `fetch_batch`: files whose bytes
+    /// lie close together in the bucket. By default each file alone.
+    fn group_for_prefetch(&self, files: Vec<u64>) -> Vec<Vec<u64>> {
+        files.into_iter().map(|ino| vec![ino]).collect()
+    }
+
     /// Whether the bucket's latest checkpoint has file `ino` (its clean pages may be evicted
     /// and fetched back).
     fn holds(&self, ino: u64) -> bool;
@@ -205,13 +223,88 @@ impl Fs {
         files.into_iter().map(|(_, ino)| ino).collect()
     }
 
-    /// Fetches every absent page of file `ino` into the cache, as reads would.
-    pub fn prefetch(&self, ino: u64) -> Result<()> {
-        let inode = self.inode(ino)?;
-        let size = inode.state.lock().attr.size;
-        self.fill_absent(&inode, 0..size.div_ceil(PAGE_SIZE), false)?;
-        self.touch(ino, 0..size.div_ceil(PAGE_SIZE), size);
-        Ok(())
+    /// `files` in batches that `prefetch_batch` fetches with few requests each (the
+    /// fetcher's grouping; each file alone if no bucket is attached).
+    pub fn group_for_prefetch(&self, files: Vec<u64>) -> Vec<Vec<u64>> {
+        match self.fetcher.get() {
+            Some(fetcher) => fetcher.group_for_prefetch(files),
+            None => files.into_iter().map(|ino| vec![ino]).collect(),
+        }
+    }
+
+    /// Fetches every absent page of `files` into the cache with one `fetch_batch`, as reads
+    /// would. Pages another fill is fetching now are left to it (it never waits, so batches
+    /// and fills cannot wait on each other); files gone since are skipped. Returns the bytes
+    /// fetched.
+    pub fn prefetch_batch(&self, files: &[u64]) -> Result<u64> {
+        let mut held: Vec<Held> = Vec::new();
+        for &ino in files {
+            let Ok(inode) = self.inode(ino) else {
+                continue;
+            };
+            let (missing, gen) = {
+                let mut st = inode.state.lock();
+                let all = 0..st.attr.size.div_ceil(PAGE_SIZE);
+                let mut missing = PageSet::new();
+                for r in st.absent.overlapping(all.clone()) {
+                    missing.insert(r);
+                }
+                for r in st.fetching.overlapping(all) {
+                    missing.remove(r);
+                }
+                let missing: Vec<Range<u64>> = missing.iter().collect();
+                for r in &missing {
+                    st.fetching.insert(r.clone());
+                }
+                (missing, st.absent_gen)
+            };
+            if !missing.is_empty() {
+                held.push(Held {
+                    ino,
+                    inode,
+                    missing,
+                    gen,
+                });
+            }
+        }
+        // Each file's marks go as soon as it is installed: a read waiting for one file waits
+        // for the batch's fetch, not for the others' installs.
+        let in_flight: Vec<InFlight<'_>> = held
+            .iter()
+            .map(|h| InFlight {
+                inode: &h.inode,
+                ranges: &h.missing,
+            })
+            .collect();
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let fetcher = self
+            .fetcher
+            .get()
+            .ok_or_else(|| FsError::Fetch("no bucket attached to fetch absent pages".into()))?
+            .clone();
+        let wants: Vec<(u64, Range<u64>)> = held
+            .iter()
+            .flat_map(|h| h.missing.iter().map(|r| (h.ino, r.clone())))
+            .collect();
+        let fetched = fetcher.fetch_batch(&wants).map_err(FsError::Fetch)?;
+        let mut answers = fetched.iter();
+        let mut total = 0;
+        for (h, in_flight) in held.iter().zip(in_flight) {
+            let ino = h.ino;
+            self.step(super::Step::FillFetched { ino });
+            for r in &h.missing {
+                let data = answers.next().expect("one answer per want");
+                self.install_fetched(&h.inode, r.clone(), data, h.gen)?;
+                total += data.len() as u64;
+            }
+            drop(in_flight);
+            let size = h.inode.state.lock().attr.size;
+            self.touch(ino, 0..size.div_ceil(PAGE_SIZE), size);
+        }
+        self.stats.fetched_bytes.fetch_add(total, Ordering::Relaxed);
+        Ok(total)
     }
 
     /// Fetches whichever of `pages` of file `ino` are absent, as a read would, and counts
@@ -370,6 +463,15 @@ impl Fs {
         self.close_if_unused(&mut st);
         Ok(())
     }
+}
+
+/// A file of a prefetch batch: its absent pages this batch fetches (marked as being
+/// fetched), and the generation of its absent set when they were chosen.
+struct Held {
+    ino: u64,
+    inode: Arc<Inode>,
+    missing: Vec<Range<u64>>,
+    gen: u64,
 }
 
 /// Pages a fill is fetching; when it ends (done or failed), other fills may take them.
