@@ -507,10 +507,13 @@ impl Prefetch {
                     // A failure here is not fatal: a read of the file fetches again and
                     // reports the error to its caller. (Files deleted since the restore,
                     // as Postgres removes its pid file as it starts, are skipped.)
-                    if let Err(e) = fs.prefetch_batch(&batch) {
-                        failed.fetch_add(batch.len(), Ordering::Relaxed);
-                        warn!(files = batch.len(), first_ino = batch[0], error = %e,
-                            "prefetch of restored files failed");
+                    let done = fs.prefetch_batch(&batch);
+                    if let Some((ino, error)) = done.failed.first() {
+                        failed.fetch_add(done.failed.len(), Ordering::Relaxed);
+                        warn!(
+                            files = done.failed.len(),
+                            ino, error, "prefetch of restored files failed"
+                        );
                     }
                 });
                 info!(

@@ -935,7 +935,8 @@ fn background_work_keeps_no_cache_files_open() {
     let files = e.fs.small_absent_files(1 << 20);
     assert_eq!(files.len(), FILES);
     for batch in e.fs.group_for_prefetch(files) {
-        e.fs.prefetch_batch(&batch).expect("prefetch");
+        let done = e.fs.prefetch_batch(&batch);
+        assert!(done.failed.is_empty(), "{:?}", done.failed);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while e.fs.cache_usage().expect("bounded").evictions_queued > 0 {
@@ -1485,7 +1486,8 @@ fn a_batched_prefetch_brings_every_small_file_whole_with_few_requests() {
     assert_eq!(grouped, sorted, "each file in exactly one batch");
     let before = e.plan.counts().gets;
     for batch in &batches {
-        e.fs.prefetch_batch(batch).expect("prefetch");
+        let done = e.fs.prefetch_batch(batch);
+        assert!(done.failed.is_empty(), "{:?}", done.failed);
     }
     let gets = e.plan.counts().gets - before;
     // A GET per file (and two for a file in both checkpoints) before; 9 here now.
@@ -1508,5 +1510,113 @@ fn a_batched_prefetch_brings_every_small_file_whole_with_few_requests() {
         "reads of prefetched files went to the bucket"
     );
     assert_same("big", &e.read_all(e.ino("big")), &want["big"]);
+    e.crash();
+}
+
+// The batched prefetch marks its files' pages as being fetched, fetches them all, then
+// installs them one by one. Whatever happens to the other files between its fetch and their
+// install must win: a file removed leaves no cache file behind (before, the install created
+// the removed inode's cache file again), a page written keeps the new bytes, a file cut down
+// stays cut, and a read waiting for a file gets the bucket's bytes.
+#[test]
+fn a_prefetch_batch_installs_nothing_over_changes_made_while_it_fetched() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let content = |i: u64| common::incompressible(2 * PAGE, 100 + i);
+    for i in 0..6 {
+        let ino = e.create(&format!("f{i}"));
+        e.write(ino, 0, &content(i));
+    }
+    e.checkpoint();
+    e.crash();
+
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    let name_of: std::collections::HashMap<u64, u64> =
+        (0..6).map(|i| (e.ino(&format!("f{i}")), i)).collect();
+    let files = e.fs.small_absent_files(1 << 20);
+    let batches = e.fs.group_for_prefetch(files.clone());
+    assert_eq!(
+        batches.len(),
+        1,
+        "six small files of one checkpoint: one batch"
+    );
+    // (removed, written, cut down, read) while the batch is between its fetch and installs.
+    let chosen = Arc::new(Mutex::new(None::<[u64; 4]>));
+    let reader = Arc::new(Mutex::new(None::<std::thread::JoinHandle<Vec<u8>>>));
+    let new_page = common::incompressible(PAGE, 7);
+    {
+        let (fs, chosen, reader, files, new_page, names) = (
+            Arc::downgrade(&e.fs),
+            chosen.clone(),
+            reader.clone(),
+            files.clone(),
+            new_page.clone(),
+            name_of.clone(),
+        );
+        e.fs.set_step_hook(Box::new(move |step| {
+            let Step::FillFetched { ino: first } = step else {
+                return;
+            };
+            let mut chosen = chosen.lock().unwrap();
+            if chosen.is_some() {
+                return;
+            }
+            let fs = Weak::upgrade(&fs).expect("fs alive");
+            let others: Vec<u64> = files.iter().copied().filter(|i| i != first).collect();
+            let [removed, written, cut, read] = [others[0], others[1], others[2], others[3]];
+            *chosen = Some([removed, written, cut, read]);
+            let name = format!("f{}", names[&removed]);
+            fs.unlink(ROOT_INO, OsStr::new(&name)).expect("unlink");
+            fs.write(written, 0, &new_page).expect("write");
+            fs.fsync(written, false).expect("fsync");
+            set_size(&fs, cut, PAGE_SIZE);
+            let reading = fs.clone();
+            *reader.lock().unwrap() = Some(std::thread::spawn(move || {
+                let size = reading.getattr(read).expect("getattr").size;
+                reading.read(read, 0, size as u32).expect("read")
+            }));
+        }));
+    }
+    let done = e.fs.prefetch_batch(&batches[0]);
+    assert!(done.failed.is_empty(), "{:?}", done.failed);
+    let [removed, written, cut, read] = chosen.lock().unwrap().expect("the hook ran");
+    let got = reader
+        .lock()
+        .unwrap()
+        .take()
+        .expect("reader")
+        .join()
+        .expect("reader");
+    assert_same(
+        "the file read while the batch installed",
+        &got,
+        &content(name_of[&read]),
+    );
+    let check = |e: &Engine, when: &str| {
+        assert!(
+            !e.fs.cache_file_path(removed).exists(),
+            "{when}: the removed file's cache file is back"
+        );
+        let mut want = content(name_of[&written]);
+        want[..PAGE].copy_from_slice(&new_page);
+        assert_same(&format!("{when}: written"), &e.read_all(written), &want);
+        let want = content(name_of[&cut])[..PAGE].to_vec();
+        assert_same(&format!("{when}: cut down"), &e.read_all(cut), &want);
+        for (&ino, &i) in &name_of {
+            if ino != removed {
+                let mut want = content(i);
+                if ino == written {
+                    want[..PAGE].copy_from_slice(&new_page);
+                } else if ino == cut {
+                    want.truncate(PAGE);
+                }
+                assert_same(&format!("{when}: f{i}"), &e.read_all(ino), &want);
+            }
+        }
+    };
+    check(&e, "after the batch");
+    e.crash();
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    check(&e, "after a crash");
     e.crash();
 }

@@ -244,9 +244,8 @@ impl BucketFetcher {
                 Some(g)
                     if g.segment == r.segment
                         && g.end <= r.run.offset
-                        && (g.end == r.run.offset
-                            || (r.run.offset - g.end <= gap
-                                && end - g.start <= MAX_JOINED_GET)) =>
+                        && r.run.offset - g.end <= gap
+                        && (gap == 0 || end - g.start <= MAX_JOINED_GET) =>
                 {
                     g.end = end;
                     g.runs.push(RunUse {

@@ -29,7 +29,7 @@ pub use bound::{CacheBound, CacheUsage, Evictor, SteppedEvictor, CHUNK_PAGES};
 pub use cut::{Cut, CutDirent, CutRun, PathFilter, WalkMemo};
 pub use error::{FsError, Result};
 pub use namespace::RenameMode;
-pub use remote::{Fetcher, RemoteSync, Restore};
+pub use remote::{Fetcher, Prefetched, RemoteSync, Restore};
 pub use staging::MEMORY_BUDGET as FROZEN_MEMORY_BUDGET;
 
 use std::collections::HashMap;
@@ -173,6 +173,9 @@ struct InodeState {
     absent_gen: u64,
     /// Absent pages a fill is fetching now; other fills of them wait for it (`fill_cv`).
     fetching: PageSet,
+    /// Fills waiting for another's fetch of this file: a prefetch batch installs such files
+    /// first.
+    waiting: u32,
     /// The last cut found this file only under `--local-only` paths and dropped its dirty
     /// marks (persisted): the bucket lacks its changes, so none of its bytes may be evicted,
     /// and the cut that finds it outside them again takes the whole file.
@@ -699,6 +702,7 @@ impl Inode {
                 absent: PageSet::new(),
                 absent_gen: 0,
                 fetching: PageSet::new(),
+                waiting: 0,
                 local_only: false,
                 trunc: None,
                 trunc_pending: None,

@@ -463,6 +463,9 @@ impl Fs {
             st.dirty = PageSet::new();
             st.pending = PageSet::new();
         });
+        // Its absent marks went with its records: a fill that fetched before now must find
+        // nothing to install, or it would create the removed inode's cache file again.
+        st.absent = PageSet::new();
         self.untrack(ino, 0, st.attr.size);
         self.inodes.write().remove(&ino);
         self.remove_cache_file(ino);

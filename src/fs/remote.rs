@@ -234,9 +234,10 @@ impl Fs {
 
     /// Fetches every absent page of `files` into the cache with one `fetch_batch`, as reads
     /// would. Pages another fill is fetching now are left to it (it never waits, so batches
-    /// and fills cannot wait on each other); files gone since are skipped. Returns the bytes
-    /// fetched.
-    pub fn prefetch_batch(&self, files: &[u64]) -> Result<u64> {
+    /// and fills cannot wait on each other); files gone since are skipped. Files a read is
+    /// waiting for are installed first, and each is released to its readers as soon as it is
+    /// installed; a file that fails to install does not hold up the others.
+    pub fn prefetch_batch(&self, files: &[u64]) -> Prefetched {
         let mut held: Vec<Held> = Vec::new();
         for &ino in files {
             let Ok(inode) = self.inode(ino) else {
@@ -267,44 +268,75 @@ impl Fs {
                 });
             }
         }
-        // Each file's marks go as soon as it is installed: a read waiting for one file waits
-        // for the batch's fetch, not for the others' installs.
-        let in_flight: Vec<InFlight<'_>> = held
+        let mut in_flight: Vec<Option<InFlight<'_>>> = held
             .iter()
-            .map(|h| InFlight {
-                inode: &h.inode,
-                ranges: &h.missing,
+            .map(|h| {
+                Some(InFlight {
+                    inode: &h.inode,
+                    ranges: &h.missing,
+                })
             })
             .collect();
+        let mut done = Prefetched::default();
         if held.is_empty() {
-            return Ok(0);
+            return done;
         }
-        let fetcher = self
-            .fetcher
-            .get()
-            .ok_or_else(|| FsError::Fetch("no bucket attached to fetch absent pages".into()))?
-            .clone();
         let wants: Vec<(u64, Range<u64>)> = held
             .iter()
             .flat_map(|h| h.missing.iter().map(|r| (h.ino, r.clone())))
             .collect();
-        let fetched = fetcher.fetch_batch(&wants).map_err(FsError::Fetch)?;
-        let mut answers = fetched.iter();
-        let mut total = 0;
-        for (h, in_flight) in held.iter().zip(in_flight) {
-            let ino = h.ino;
-            self.step(super::Step::FillFetched { ino });
-            for r in &h.missing {
-                let data = answers.next().expect("one answer per want");
-                self.install_fetched(&h.inode, r.clone(), data, h.gen)?;
-                total += data.len() as u64;
+        let fetched = match self.fetcher.get() {
+            Some(fetcher) => fetcher.fetch_batch(&wants),
+            None => Err("no bucket attached to fetch absent pages".into()),
+        };
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                done.failed = held.iter().map(|h| (h.ino, e.clone())).collect();
+                return done;
             }
-            drop(in_flight);
-            let size = h.inode.state.lock().attr.size;
-            self.touch(ino, 0..size.div_ceil(PAGE_SIZE), size);
+        };
+        // Each file's answers: they follow `wants`, file by file.
+        let mut answers = Vec::with_capacity(held.len());
+        let mut next = fetched.into_iter();
+        for h in &held {
+            answers.push(Some(
+                next.by_ref().take(h.missing.len()).collect::<Vec<_>>(),
+            ));
         }
-        self.stats.fetched_bytes.fetch_add(total, Ordering::Relaxed);
-        Ok(total)
+        for _ in 0..held.len() {
+            let waited = held
+                .iter()
+                .enumerate()
+                .position(|(i, h)| answers[i].is_some() && h.inode.state.lock().waiting > 0);
+            let i = waited.unwrap_or_else(|| {
+                answers
+                    .iter()
+                    .position(Option::is_some)
+                    .expect("a file left to install")
+            });
+            let (h, data) = (&held[i], answers[i].take().expect("not installed yet"));
+            self.step(super::Step::FillFetched { ino: h.ino });
+            for (r, bytes) in h.missing.iter().zip(&data) {
+                match self.install_fetched(&h.inode, r.clone(), bytes, h.gen) {
+                    Ok(()) => done.bytes += bytes.len() as u64,
+                    Err(e) => {
+                        done.failed.push((h.ino, e.to_string()));
+                        break;
+                    }
+                }
+            }
+            drop(in_flight[i].take());
+            // Counted for the bounded cache unless it was removed meanwhile.
+            if self.inode(h.ino).is_ok() {
+                let size = h.inode.state.lock().attr.size;
+                self.touch(h.ino, 0..size.div_ceil(PAGE_SIZE), size);
+            }
+        }
+        self.stats
+            .fetched_bytes
+            .fetch_add(done.bytes, Ordering::Relaxed);
+        done
     }
 
     /// Fetches whichever of `pages` of file `ino` are absent, as a read would, and counts
@@ -362,7 +394,9 @@ impl Fs {
                 if !st.fetching.intersects(pages.clone()) {
                     break;
                 }
+                st.waiting += 1;
                 inode.fill_cv.wait(&mut st);
+                st.waiting -= 1;
             }
             // Readahead: a miss where the last fetch ended is a sequential reader (a scan, a
             // WAL replay); double its window each time, up to 4 MiB, so a scan of a cold table
@@ -463,6 +497,16 @@ impl Fs {
         self.close_if_unused(&mut st);
         Ok(())
     }
+}
+
+/// What `Fs::prefetch_batch` did.
+#[derive(Debug, Default)]
+pub struct Prefetched {
+    /// Bytes fetched and installed.
+    pub bytes: u64,
+    /// Files that could not be fetched or installed, with why (a read fetches them again
+    /// and reports its own error).
+    pub failed: Vec<(u64, String)>,
 }
 
 /// A file of a prefetch batch: its absent pages this batch fetches (marked as being
