@@ -165,18 +165,38 @@ impl Fs {
         if !end.is_multiple_of(PAGE_SIZE) {
             partial.push(end / PAGE_SIZE);
         }
-        let (_gate, _io) = self.enter_with_pages(&inode, |_| partial.clone(), |i| i.io.read())?;
-        let (file, has_absent) = {
+        // A write past the end leaves a hole, which must read as zeros; the cache file may
+        // hold bytes there (`cut_past_end`). Cutting them needs no other write in flight: such
+        // a write takes the io lock exclusively (rare: Postgres appends at the end).
+        let mut sole = offset > inode.state.lock().attr.size;
+        let (_gate, _io, file, has_absent) = loop {
+            let (gate, io) = self.enter_with_pages(
+                &inode,
+                |_| partial.clone(),
+                |i| match sole {
+                    true => IoGuard::Sole(i.io.write()),
+                    false => IoGuard::Shared(i.io.read()),
+                },
+            )?;
             let mut st = inode.state.lock();
             if st.attr.kind != FileKind::File {
                 return Err(FsError::IsDir);
+            }
+            if offset > st.attr.size && !sole {
+                // Cut down since we looked: take the lock again, exclusively.
+                sole = true;
+                continue;
             }
             // The upload of a cut may still need these pages' bytes as they are.
             self.freeze(&mut st, pages(offset, end));
             let file = self
                 .cache_file(&mut st, true)?
                 .expect("cache_file with create returns a file");
-            (file, !st.absent.is_empty())
+            if offset > st.attr.size {
+                cut_past_end(&file, st.attr.size)?;
+            }
+            let has_absent = !st.absent.is_empty();
+            break (gate, io, file, has_absent);
         };
         // A fill of this file (a read's, or the prefetch) may have fetched these pages and be
         // about to install them; it must not write the bucket's older bytes over ours. Fills
@@ -304,6 +324,9 @@ impl Fs {
             self.freeze(st, size / PAGE_SIZE..u64::MAX);
         }
         if let Some(file) = self.cache_file(st, size > 0)? {
+            if size > old {
+                cut_past_end(&file, old)?;
+            }
             file.set_len(size)
                 .map_err(FsError::io("truncate cache file"))?;
         }
@@ -390,6 +413,9 @@ impl Fs {
             st.put_dirty_marks(&mut batch, &added, epoch);
         } else {
             let file = self.cache_file(&mut st, true)?.expect("created");
+            if mode == 0 && end > st.attr.size {
+                cut_past_end(&file, st.attr.size)?;
+            }
             fallocate_raw(&file, mode, offset, length)?;
             if mode == 0 && end > st.attr.size {
                 st.attr.size = end;
@@ -611,6 +637,28 @@ impl Fs {
     }
 }
 
+/// The io lock of a write: shared, or exclusive for one that leaves a hole.
+enum IoGuard<'a> {
+    Shared(#[allow(dead_code)] parking_lot::RwLockReadGuard<'a, ()>),
+    Sole(#[allow(dead_code)] parking_lot::RwLockWriteGuard<'a, ()>),
+}
+
+/// Cuts the cache file back to the file's `size` before the size grows over what lies past
+/// it: bytes a write put there whose commit then failed (the size stayed), or that a crash
+/// kept although the new size was never recorded. Grown over, they would read back where the
+/// file must hold zeros. The caller holds the io lock exclusively (no write in flight).
+fn cut_past_end(file: &File, size: u64) -> Result<()> {
+    let len = file
+        .metadata()
+        .map_err(FsError::io("stat cache file"))?
+        .len();
+    if len > size {
+        file.set_len(size)
+            .map_err(FsError::io("cut cache file past the end"))?;
+    }
+    Ok(())
+}
+
 pub(super) fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) -> Result<()> {
     // SAFETY: fallocate only reads the descriptor, which `file` keeps open.
     let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, length as i64) };
@@ -620,4 +668,64 @@ pub(super) fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) ->
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{CacheDir, FailCommit};
+    use crate::fs::{FsOptions, SetAttr, ROOT_INO};
+
+    /// A write past the end whose commit failed leaves its bytes in the cache file past the
+    /// size. Whatever grows the file over them next (a write leaving a hole, a truncation
+    /// up, fallocate) must show zeros there, as a hole, not the failed write's bytes.
+    #[test]
+    fn what_a_failed_write_left_past_the_end_reads_as_zeros_once_the_file_grows() {
+        type Grow = fn(&Fs, u64);
+        let grows: [(&str, Grow); 3] = [
+            ("a write leaving a hole", |fs, ino| {
+                fs.write(ino, 3 * PAGE_SIZE, &[0xbb; PAGE_SIZE as usize])
+                    .map(drop)
+                    .unwrap()
+            }),
+            ("a truncation up", |fs, ino| {
+                let size = SetAttr {
+                    size: Some(4 * PAGE_SIZE),
+                    ..SetAttr::default()
+                };
+                fs.setattr(ino, &size).map(drop).unwrap()
+            }),
+            ("fallocate", |fs, ino| {
+                fs.fallocate(ino, PAGE_SIZE, 3 * PAGE_SIZE, 0).unwrap()
+            }),
+        ];
+        for (how, grow) in grows {
+            let dir = tempfile::tempdir().unwrap();
+            let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
+            let fs = Fs::new(cache, &FsOptions::default()).unwrap();
+            let caller = crate::fs::Caller { uid: 0, gid: 0 };
+            let (attr, _) = fs
+                .create(ROOT_INO, std::ffi::OsStr::new("f"), 0o600, caller, false)
+                .unwrap();
+            let ino = attr.ino;
+            fs.open(ino, libc::O_RDWR).unwrap();
+            fs.write(ino, 0, &[0x11; PAGE_SIZE as usize]).unwrap();
+            fs.meta.fail_next_commit(FailCommit::Lost);
+            fs.write(ino, PAGE_SIZE, &[0xaa; PAGE_SIZE as usize])
+                .expect_err("the commit fails");
+            assert_eq!(fs.getattr(ino).unwrap().size, PAGE_SIZE, "{how}");
+            grow(&fs, ino);
+            let got = fs.read(ino, PAGE_SIZE, PAGE_SIZE as u32).unwrap();
+            assert!(
+                got.iter().all(|&b| b == 0),
+                "{how}: the page past the old end reads {:#x}.., not zeros",
+                got[0]
+            );
+            assert_eq!(
+                fs.read(ino, 0, PAGE_SIZE as u32).unwrap(),
+                vec![0x11; PAGE_SIZE as usize],
+                "{how}: the first page"
+            );
+        }
+    }
 }
