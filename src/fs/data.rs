@@ -165,10 +165,13 @@ impl Fs {
         if !end.is_multiple_of(PAGE_SIZE) {
             partial.push(end / PAGE_SIZE);
         }
-        // A write past the end leaves a hole, which must read as zeros; the cache file may
-        // hold bytes there (`cut_past_end`). Cutting them needs no other write in flight: such
-        // a write takes the io lock exclusively (rare: Postgres appends at the end).
-        let mut sole = offset > inode.state.lock().attr.size;
+        // A write past the end leaves a hole, which must read as zeros; after a failure or
+        // a crash the cache file may hold bytes there (`tail_unsure`). Cutting them needs no
+        // other write in flight: such a write takes the io lock exclusively. (Writes past the
+        // end are common, the kernel's writeback sends a growing file's pages in any order;
+        // bytes left there are not.)
+        let past_unsure_end = |st: &InodeState| offset > st.attr.size && st.tail_unsure;
+        let mut sole = past_unsure_end(&inode.state.lock());
         let (_gate, _io, file, has_absent) = loop {
             let (gate, io) = self.enter_with_pages(
                 &inode,
@@ -182,18 +185,19 @@ impl Fs {
             if st.attr.kind != FileKind::File {
                 return Err(FsError::IsDir);
             }
-            if offset > st.attr.size && !sole {
-                // Cut down since we looked: take the lock again, exclusively.
+            // (Opening the cache file may find bytes past the end: before the look below.)
+            let file = self
+                .cache_file(&mut st, true)?
+                .expect("cache_file with create returns a file");
+            if past_unsure_end(&st) && !sole {
+                // Changed since we looked: take the lock again, exclusively.
                 sole = true;
                 continue;
             }
             // The upload of a cut may still need these pages' bytes as they are.
             self.freeze(&mut st, pages(offset, end));
-            let file = self
-                .cache_file(&mut st, true)?
-                .expect("cache_file with create returns a file");
-            if offset > st.attr.size {
-                cut_past_end(&file, st.attr.size)?;
+            if past_unsure_end(&st) {
+                cut_past_end(&mut st, &file)?;
             }
             let has_absent = !st.absent.is_empty();
             break (gate, io, file, has_absent);
@@ -205,8 +209,11 @@ impl Fs {
         // nothing becomes absent (eviction takes it exclusively): a file with nothing absent
         // needs none of this.
         let _fill = has_absent.then(|| inode.fill_lock.lock());
-        file.write_all_at(data, offset)
-            .map_err(FsError::io("write cache file"))?;
+        if let Err(e) = file.write_all_at(data, offset) {
+            // Some of it may be there, past the end too.
+            inode.state.lock().tail_unsure = true;
+            return Err(FsError::io("write cache file")(e));
+        }
         self.stats
             .bytes_written
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -324,8 +331,8 @@ impl Fs {
             self.freeze(st, size / PAGE_SIZE..u64::MAX);
         }
         if let Some(file) = self.cache_file(st, size > 0)? {
-            if size > old {
-                cut_past_end(&file, old)?;
+            if size > old && st.tail_unsure {
+                cut_past_end(st, &file)?;
             }
             file.set_len(size)
                 .map_err(FsError::io("truncate cache file"))?;
@@ -413,8 +420,8 @@ impl Fs {
             st.put_dirty_marks(&mut batch, &added, epoch);
         } else {
             let file = self.cache_file(&mut st, true)?.expect("created");
-            if mode == 0 && end > st.attr.size {
-                cut_past_end(&file, st.attr.size)?;
+            if mode == 0 && end > st.attr.size && st.tail_unsure {
+                cut_past_end(&mut st, &file)?;
             }
             fallocate_raw(&file, mode, offset, length)?;
             if mode == 0 && end > st.attr.size {
@@ -549,9 +556,17 @@ impl Fs {
             Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
             Err(e) => return Err(FsError::io("open cache file")(e)),
         };
-        if create && file.metadata().map(|m| m.len() == 0).unwrap_or(false) {
+        let len = file
+            .metadata()
+            .map_err(FsError::io("stat cache file"))?
+            .len();
+        if create && len == 0 {
             // Possibly a new directory entry in data/xx: the first fsync syncs that too.
             st.new_cache_file = true;
+        }
+        if len > st.attr.size {
+            // Left by a crash or a failure; cut before the file grows over it.
+            st.tail_unsure = true;
         }
         st.file = Some(file.clone());
         Ok(Some(file))
@@ -631,6 +646,8 @@ impl Fs {
                 st.attr = saved;
                 st.absent_unsure = true;
                 st.dirty_unsure = true;
+                // A write past the end that failed to commit left its bytes there.
+                st.tail_unsure = true;
                 Err(e.into())
             }
         }
@@ -643,19 +660,22 @@ enum IoGuard<'a> {
     Sole(#[allow(dead_code)] parking_lot::RwLockWriteGuard<'a, ()>),
 }
 
-/// Cuts the cache file back to the file's `size` before the size grows over what lies past
-/// it: bytes a write put there whose commit then failed (the size stayed), or that a crash
-/// kept although the new size was never recorded. Grown over, they would read back where the
-/// file must hold zeros. The caller holds the io lock exclusively (no write in flight).
-fn cut_past_end(file: &File, size: u64) -> Result<()> {
+/// Cuts the cache file back to the file's size before the size grows over what lies past
+/// it (`InodeState::tail_unsure`): grown over, those bytes would read back where the file
+/// must hold zeros. The cut is synced before the new size can be: RocksDB's log is shared,
+/// so another file's fsync may make this one's size durable before this file is fsync'd.
+/// The caller holds the io lock exclusively (no write in flight).
+fn cut_past_end(st: &mut InodeState, file: &File) -> Result<()> {
     let len = file
         .metadata()
         .map_err(FsError::io("stat cache file"))?
         .len();
-    if len > size {
-        file.set_len(size)
+    if len > st.attr.size {
+        file.set_len(st.attr.size)
+            .and_then(|()| file.sync_data())
             .map_err(FsError::io("cut cache file past the end"))?;
     }
+    st.tail_unsure = false;
     Ok(())
 }
 
@@ -676,12 +696,24 @@ mod tests {
     use crate::cache::{CacheDir, FailCommit};
     use crate::fs::{FsOptions, SetAttr, ROOT_INO};
 
-    /// A write past the end whose commit failed leaves its bytes in the cache file past the
-    /// size. Whatever grows the file over them next (a write leaving a hole, a truncation
-    /// up, fallocate) must show zeros there, as a hole, not the failed write's bytes.
+    /// How the cache file came to hold bytes past the file's end.
+    #[derive(Clone, Copy, Debug)]
+    enum Leftover {
+        /// A write past the end whose commit was lost.
+        Lost,
+        /// One whose commit was applied but reported a failure (memory keeps the old size).
+        Applied,
+        /// A crash kept bytes whose new size was never recorded.
+        Crash,
+    }
+
+    /// Bytes the cache file holds past the file's end (the size is not on a page boundary)
+    /// must read as zeros once something grows the file over them: a write leaving a hole, a
+    /// truncation up, fallocate.
     #[test]
     fn what_a_failed_write_left_past_the_end_reads_as_zeros_once_the_file_grows() {
         type Grow = fn(&Fs, u64);
+        const SIZE: u64 = 100;
         let grows: [(&str, Grow); 3] = [
             ("a write leaving a hole", |fs, ino| {
                 fs.write(ino, 3 * PAGE_SIZE, &[0xbb; PAGE_SIZE as usize])
@@ -696,36 +728,59 @@ mod tests {
                 fs.setattr(ino, &size).map(drop).unwrap()
             }),
             ("fallocate", |fs, ino| {
-                fs.fallocate(ino, PAGE_SIZE, 3 * PAGE_SIZE, 0).unwrap()
+                fs.fallocate(ino, SIZE, 4 * PAGE_SIZE - SIZE, 0).unwrap()
             }),
         ];
-        for (how, grow) in grows {
-            let dir = tempfile::tempdir().unwrap();
+        let open = |dir: &tempfile::TempDir| {
             let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
-            let fs = Fs::new(cache, &FsOptions::default()).unwrap();
-            let caller = crate::fs::Caller { uid: 0, gid: 0 };
-            let (attr, _) = fs
-                .create(ROOT_INO, std::ffi::OsStr::new("f"), 0o600, caller, false)
-                .unwrap();
-            let ino = attr.ino;
-            fs.open(ino, libc::O_RDWR).unwrap();
-            fs.write(ino, 0, &[0x11; PAGE_SIZE as usize]).unwrap();
-            fs.meta.fail_next_commit(FailCommit::Lost);
-            fs.write(ino, PAGE_SIZE, &[0xaa; PAGE_SIZE as usize])
-                .expect_err("the commit fails");
-            assert_eq!(fs.getattr(ino).unwrap().size, PAGE_SIZE, "{how}");
-            grow(&fs, ino);
-            let got = fs.read(ino, PAGE_SIZE, PAGE_SIZE as u32).unwrap();
-            assert!(
-                got.iter().all(|&b| b == 0),
-                "{how}: the page past the old end reads {:#x}.., not zeros",
-                got[0]
-            );
-            assert_eq!(
-                fs.read(ino, 0, PAGE_SIZE as u32).unwrap(),
-                vec![0x11; PAGE_SIZE as usize],
-                "{how}: the first page"
-            );
+            Fs::new(cache, &FsOptions::default()).unwrap()
+        };
+        for leftover in [Leftover::Lost, Leftover::Applied, Leftover::Crash] {
+            for (how, grow) in grows {
+                let dir = tempfile::tempdir().unwrap();
+                let mut fs = open(&dir);
+                let caller = crate::fs::Caller { uid: 0, gid: 0 };
+                let (attr, _) = fs
+                    .create(ROOT_INO, std::ffi::OsStr::new("f"), 0o600, caller, false)
+                    .unwrap();
+                let ino = attr.ino;
+                fs.open(ino, libc::O_RDWR).unwrap();
+                fs.write(ino, 0, &[0x11; SIZE as usize]).unwrap();
+                let junk = [0xaa; PAGE_SIZE as usize];
+                match leftover {
+                    Leftover::Lost | Leftover::Applied => {
+                        fs.meta.fail_next_commit(match leftover {
+                            Leftover::Lost => FailCommit::Lost,
+                            _ => FailCommit::Applied,
+                        });
+                        fs.write(ino, SIZE, &junk).expect_err("the commit fails");
+                    }
+                    Leftover::Crash => {
+                        fs.fsync(ino, false).unwrap();
+                        let path = fs.cache_file_path(ino);
+                        drop(fs);
+                        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                        file.write_all_at(&junk, SIZE).unwrap();
+                        fs = open(&dir);
+                        fs.open(ino, libc::O_RDWR).unwrap();
+                    }
+                }
+                let case = format!("{leftover:?}, then {how}");
+                assert_eq!(fs.getattr(ino).unwrap().size, SIZE, "{case}");
+                grow(&fs, ino);
+                assert_eq!(fs.getattr(ino).unwrap().size, 4 * PAGE_SIZE, "{case}");
+                let got = fs.read(ino, SIZE, PAGE_SIZE as u32).unwrap();
+                assert!(
+                    got.iter().all(|&b| b == 0),
+                    "{case}: past the old end reads {:#x}.., not zeros",
+                    got[0]
+                );
+                assert_eq!(
+                    fs.read(ino, 0, SIZE as u32).unwrap(),
+                    vec![0x11; SIZE as usize],
+                    "{case}: the bytes before the old end"
+                );
+            }
         }
     }
 }

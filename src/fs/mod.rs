@@ -173,6 +173,11 @@ struct InodeState {
     absent_gen: u64,
     /// Absent pages a fill is fetching now; other fills of them wait for it (`fill_cv`).
     fetching: PageSet,
+    /// The cache file may hold bytes past the size: a write there failed (or its commit
+    /// did, and the size stayed), or the cache file was longer than the size when this
+    /// mount first opened it (a crash kept bytes whose new size was never recorded). What
+    /// grows the file next cuts them off first (`cut_past_end`).
+    tail_unsure: bool,
     /// Fills waiting for another's fetch of this file: a prefetch batch installs such files
     /// first.
     waiting: u32,
@@ -256,7 +261,8 @@ impl InodeState {
 
 struct Inode {
     /// Serialises changes to the cache file's length (truncate, fallocate, punch) against
-    /// reads and writes, which take it shared.
+    /// reads and writes, which take it shared (all but a write past the end while the cache
+    /// file may hold bytes there, `InodeState::tail_unsure`).
     io: RwLock<()>,
     state: Mutex<InodeState>,
     /// Held by the one thread running fdatasync for this inode (group commit).
@@ -703,6 +709,7 @@ impl Inode {
                 absent_gen: 0,
                 fetching: PageSet::new(),
                 waiting: 0,
+                tail_unsure: false,
                 local_only: false,
                 trunc: None,
                 trunc_pending: None,
