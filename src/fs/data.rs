@@ -340,6 +340,10 @@ impl Fs {
         st.write_gen += 1;
         let keep = size.div_ceil(PAGE_SIZE);
         if size < old {
+            // The cache file's cut (above) is not synced: until it is, a crash could keep the
+            // bytes past the new end while a later, larger size is durable. The next growth
+            // syncs it first.
+            st.tail_unsure = true;
             self.recount(st, |st| {
                 st.dirty.truncate(keep);
                 st.pending.truncate(keep);
@@ -556,17 +560,20 @@ impl Fs {
             Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
             Err(e) => return Err(FsError::io("open cache file")(e)),
         };
-        let len = file
-            .metadata()
-            .map_err(FsError::io("stat cache file"))?
-            .len();
-        if create && len == 0 {
-            // Possibly a new directory entry in data/xx: the first fsync syncs that too.
-            st.new_cache_file = true;
-        }
-        if len > st.attr.size {
-            // Left by a crash or a failure; cut before the file grows over it.
-            st.tail_unsure = true;
+        match file.metadata().map(|m| m.len()) {
+            Ok(len) => {
+                if create && len == 0 {
+                    // Possibly a new directory entry in data/xx: the first fsync syncs that
+                    // too.
+                    st.new_cache_file = true;
+                }
+                if len > st.attr.size {
+                    // Left by a crash or a failure; cut before the file grows over it.
+                    st.tail_unsure = true;
+                }
+            }
+            // Not known: the growth that needs to know asks again.
+            Err(_) => st.tail_unsure = true,
         }
         st.file = Some(file.clone());
         Ok(Some(file))
@@ -662,9 +669,11 @@ enum IoGuard<'a> {
 
 /// Cuts the cache file back to the file's size before the size grows over what lies past
 /// it (`InodeState::tail_unsure`): grown over, those bytes would read back where the file
-/// must hold zeros. The cut is synced before the new size can be: RocksDB's log is shared,
-/// so another file's fsync may make this one's size durable before this file is fsync'd.
-/// The caller holds the io lock exclusively (no write in flight).
+/// must hold zeros. The cut (this one, or a truncation's) is synced before the new size can
+/// be: RocksDB's log is shared, so another file's fsync may make this one's size durable
+/// before this file is fsync'd. The caller holds the io lock exclusively (no write in
+/// flight). Rare (after a truncation, a failure or a crash), so the sync under the locks is
+/// paid once per such event.
 fn cut_past_end(st: &mut InodeState, file: &File) -> Result<()> {
     let len = file
         .metadata()
@@ -672,9 +681,10 @@ fn cut_past_end(st: &mut InodeState, file: &File) -> Result<()> {
         .len();
     if len > st.attr.size {
         file.set_len(st.attr.size)
-            .and_then(|()| file.sync_data())
             .map_err(FsError::io("cut cache file past the end"))?;
     }
+    file.sync_data()
+        .map_err(FsError::io("sync cache file cut past the end"))?;
     st.tail_unsure = false;
     Ok(())
 }
