@@ -170,8 +170,9 @@ impl Fs {
         // other write in flight: such a write takes the io lock exclusively. (Writes past the
         // end are common, the kernel's writeback sends a growing file's pages in any order;
         // bytes left there are not.)
+        // The shared lock first: the look below retries exclusively in that rare case.
         let past_unsure_end = |st: &InodeState| offset > st.attr.size && st.tail_unsure;
-        let mut sole = past_unsure_end(&inode.state.lock());
+        let mut sole = false;
         let (_gate, _io, file, has_absent) = loop {
             let (gate, io) = self.enter_with_pages(
                 &inode,
@@ -190,7 +191,7 @@ impl Fs {
                 .cache_file(&mut st, true)?
                 .expect("cache_file with create returns a file");
             if past_unsure_end(&st) && !sole {
-                // Changed since we looked: take the lock again, exclusively.
+                // Take the lock again, exclusively.
                 sole = true;
                 continue;
             }

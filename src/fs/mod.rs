@@ -234,6 +234,23 @@ impl InodeState {
         batch.rewrite_absent(self.attr.ino, span.clone(), self.absent.overlapping(span));
     }
 
+    /// The absent pages of `pages` that no fill is fetching yet, marked as being fetched by
+    /// the caller, who must unmark them when done (`InFlight`).
+    fn claim_absent(&mut self, pages: std::ops::Range<u64>) -> Vec<std::ops::Range<u64>> {
+        let mut missing = PageSet::new();
+        for r in self.absent.overlapping(pages.clone()) {
+            missing.insert(r);
+        }
+        for r in self.fetching.overlapping(pages) {
+            missing.remove(r);
+        }
+        let missing: Vec<std::ops::Range<u64>> = missing.iter().collect();
+        for r in &missing {
+            self.fetching.insert(r.clone());
+        }
+        missing
+    }
+
     /// Records in `batch` the dirty marks of `added`, pages just made dirty in memory. After
     /// a failed commit memory may hold pages dirty that RocksDB does not (and a write of them
     /// again adds nothing new): then every dirty and pending page is marked again, or a crash

@@ -246,18 +246,7 @@ impl Fs {
             let (missing, gen) = {
                 let mut st = inode.state.lock();
                 let all = 0..st.attr.size.div_ceil(PAGE_SIZE);
-                let mut missing = PageSet::new();
-                for r in st.absent.overlapping(all.clone()) {
-                    missing.insert(r);
-                }
-                for r in st.fetching.overlapping(all) {
-                    missing.remove(r);
-                }
-                let missing: Vec<Range<u64>> = missing.iter().collect();
-                for r in &missing {
-                    st.fetching.insert(r.clone());
-                }
-                (missing, st.absent_gen)
+                (st.claim_absent(all), st.absent_gen)
             };
             if !missing.is_empty() {
                 held.push(Held {
@@ -413,18 +402,8 @@ impl Fs {
                     .max(pages.end);
                 st.fetch_next = pages.end;
             }
-            let mut missing = PageSet::new();
-            for r in st.absent.overlapping(pages.clone()) {
-                missing.insert(r);
-            }
-            // The readahead may reach pages another fill is fetching: leave those to it.
-            for r in st.fetching.overlapping(pages.clone()) {
-                missing.remove(r);
-            }
-            let missing: Vec<Range<u64>> = missing.iter().collect();
-            for r in &missing {
-                st.fetching.insert(r.clone());
-            }
+            // (The readahead may reach pages another fill is fetching: those are left to it.)
+            let missing = st.claim_absent(pages);
             (st.attr.ino, missing, st.absent_gen)
         };
         let _in_flight = InFlight {
