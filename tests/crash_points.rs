@@ -1,6 +1,8 @@
 //! A crash at each step of a checkpoint (failpoints: the process aborts as kill -9 would):
 //! the bucket stays a complete, verifiable image; the same cache dir mounts again, its next
-//! checkpoint succeeds, and a restore then shows exactly what was written.
+//! checkpoint succeeds, and a restore then shows exactly what was written. Each step is
+//! crossed by a checkpoint that uploads segments and, where it has one, by a checkpoint small
+//! enough to carry its runs in its manifest.
 
 mod common;
 
@@ -15,12 +17,28 @@ use common::{wait_for, Mount, BIN};
 
 const FILES: usize = 5;
 
+/// How much a version writes.
+#[derive(Clone, Copy)]
+enum Size {
+    /// 1 MiB that does not compress: segments.
+    Segments,
+    /// A few KiB: runs that travel in the manifest.
+    Inline,
+}
+
+/// File `i` of version `v`.
+fn contents(v: u8, i: usize, size: Size) -> Vec<u8> {
+    match size {
+        Size::Segments => common::incompressible(200_000 + i * 8_192, u64::from(v) * 10 + i as u64),
+        Size::Inline => vec![v * 10 + i as u8; 3_000 + i * 100],
+    }
+}
+
 /// Version `v` of the tree: five files of distinct bytes, plus one file named after `v`.
-fn write_version(root: &Path, v: u8) {
+fn write_version(root: &Path, v: u8, size: Size) {
     for i in 0..FILES {
         let mut f = fs::File::create(root.join(format!("f{i}"))).unwrap();
-        f.write_all(&vec![v * 10 + i as u8; 200_000 + i * 8_192])
-            .unwrap();
+        f.write_all(&contents(v, i, size)).unwrap();
         f.sync_all().unwrap();
     }
     let _ = fs::remove_file(root.join(format!("only-in-{}", v - 1)));
@@ -28,13 +46,10 @@ fn write_version(root: &Path, v: u8) {
     fs::File::open(root).unwrap().sync_all().unwrap();
 }
 
-fn assert_version(root: &Path, v: u8) {
+fn assert_version(root: &Path, v: u8, size: Size) {
     for i in 0..FILES {
         let got = fs::read(root.join(format!("f{i}"))).unwrap();
-        assert!(
-            got == vec![v * 10 + i as u8; 200_000 + i * 8_192],
-            "f{i} is not version {v}"
-        );
+        assert!(got == contents(v, i, size), "f{i} is not version {v}");
     }
     assert!(root.join(format!("only-in-{v}")).exists());
     assert!(!root.join(format!("only-in-{}", v - 1)).exists());
@@ -49,7 +64,7 @@ fn bucketfs(args: &[&str], s3: &S3Server) -> std::process::Output {
         .expect("run bucketfs")
 }
 
-fn crash_at(point: &str) {
+fn crash_at(point: &str, size: Size) {
     let dir = common::scratch();
     let s3 = S3Server::start(&dir.path().join("s3"));
     let url = s3.url("crash");
@@ -57,13 +72,13 @@ fn crash_at(point: &str) {
     let quiet = ["--bucket", url.as_str(), "--checkpoint-interval", "1h"];
 
     let m = Mount::start_with_env(&mnt, &cache, &quiet, &s3.env());
-    write_version(&m.mnt, 1);
+    write_version(&m.mnt, 1, size);
     assert!(m.stop().success());
 
     let mut env = s3.env();
     env.push(("BUCKETFS_FAILPOINT", point.to_string()));
     let m = Mount::start_with_env(&mnt, &cache, &quiet, &env);
-    write_version(&m.mnt, 2);
+    write_version(&m.mnt, 2, size);
     let out = bucketfs(&["checkpoint", "--cache-dir", cache.to_str().unwrap()], &s3);
     assert!(
         !out.status.success(),
@@ -86,7 +101,7 @@ fn crash_at(point: &str) {
     // The same cache dir again: it is this writer's own, so no --takeover; nothing fsync'd
     // is lost, and the next checkpoint goes through.
     let m = Mount::start_with_env(&mnt, &cache, &quiet, &s3.env());
-    assert_version(&m.mnt, 2);
+    assert_version(&m.mnt, 2, size);
     let out = bucketfs(&["checkpoint", "--cache-dir", cache.to_str().unwrap()], &s3);
     assert!(
         out.status.success(),
@@ -101,28 +116,60 @@ fn crash_at(point: &str) {
         &quiet,
         &s3.env(),
     );
-    assert_version(&r.mnt, 2);
+    assert_version(&r.mnt, 2, size);
     assert!(r.stop().success());
+    let segments = objects_named(&dir.path().join("s3"), "segments");
+    match size {
+        Size::Segments => assert!(segments > 0, "no segment was uploaded"),
+        Size::Inline => assert_eq!(segments, 0, "a small checkpoint uploaded a segment"),
+    }
+}
+
+/// How many objects below `root` sit in a directory called `dir` (the S3 server keeps
+/// keys as paths).
+fn objects_named(root: &Path, dir: &str) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            n += if e.file_name() == dir {
+                fs::read_dir(e.path()).unwrap().count()
+            } else {
+                objects_named(&e.path(), dir)
+            };
+        }
+    }
+    n
 }
 
 #[test]
 fn crash_after_a_segment_put() {
-    crash_at("after-segment-put");
+    crash_at("after-segment-put", Size::Segments);
 }
 
 #[test]
 fn crash_before_the_manifest_commit() {
-    crash_at("before-manifest-commit");
+    crash_at("before-manifest-commit", Size::Segments);
 }
 
 #[test]
 fn crash_after_the_manifest_commit() {
-    crash_at("after-manifest-commit");
+    crash_at("after-manifest-commit", Size::Segments);
+}
+
+#[test]
+fn crash_before_a_manifest_carrying_its_runs_is_committed() {
+    crash_at("before-manifest-commit", Size::Inline);
+}
+
+#[test]
+fn crash_after_a_manifest_carrying_its_runs_is_committed() {
+    crash_at("after-manifest-commit", Size::Inline);
 }
 
 #[test]
 fn crash_during_mark_clean() {
-    crash_at("during-mark-clean");
+    crash_at("during-mark-clean", Size::Segments);
 }
 
 /// The bytes of file `i` in the write load: distinct per file, checkable on their own.

@@ -38,6 +38,15 @@ fn gc(keep: u32, compact: bool) -> Options {
     }
 }
 
+/// The same, with every checkpoint's runs in segments (none carried in its manifest): for
+/// the tests that look at segments.
+fn gc_segments(keep: u32, compact: bool) -> Options {
+    Options {
+        tune: Some(Box::new(|s| s.inline_bytes = 0)),
+        ..gc(keep, compact)
+    }
+}
+
 fn now_ms() -> u64 {
     bucketfs::checkpoint::now_ms()
 }
@@ -220,7 +229,7 @@ fn a_fenced_writers_gc_deletes_nothing() {
 #[test]
 fn an_uncommitted_segment_is_collected_only_once_it_is_older_than_the_grace() {
     let dirs = Dirs::new();
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, false));
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc_segments(1, false));
     let ino = e.create("data");
     e.write(ino, 0, &pattern(3, 4));
     e.checkpoint();
@@ -373,7 +382,7 @@ impl ObjectStore for MovesOnMiss {
 #[test]
 fn a_fetch_that_finds_its_segment_collected_reads_the_moved_view_again() {
     let dirs = Dirs::new();
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, true));
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc_segments(1, true));
     // Five small segments, one file each: the four older than the latest checkpoint are
     // compacted.
     let mut files = Vec::new();
@@ -435,7 +444,7 @@ fn segments_of(e: &Engine, ino: u64) -> BTreeSet<String> {
 fn wal_pages_go_in_wal_segments_and_compaction_keeps_them_there() {
     use bucketfs::store::placement::Class;
     let dirs = Dirs::new();
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, true));
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc_segments(1, true));
     let wal_dir =
         e.fs.mkdir(
             ROOT_INO,
@@ -521,4 +530,78 @@ fn a_segment_not_yet_visible_is_asked_for_again_not_reported_gone() {
         .fetch(ino, 0..5)
         .expect("the copy shows up on the second GET");
     assert_same("f", &got, &pattern(3, 5));
+}
+
+/// A checkpoint small enough to carry its runs in its manifest leaves that manifest holding
+/// pages after its checkpoint has expired: GC keeps it while a retained checkpoint uses them,
+/// raises the boundary past it (it is no checkpoint any more, only a holder of runs), and once
+/// compaction has moved its pages out, collects it like any other manifest.
+#[test]
+fn a_manifest_whose_runs_are_still_used_outlives_its_checkpoint_until_compaction_moves_them() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, false));
+    let cold = e.create("cold");
+    let cold_bytes = pattern(42, 2);
+    e.write(cold, 0, &cold_bytes);
+    let carrier = e.cp.checkpoint(false).unwrap().expect("a change").epoch;
+    let carrier_key = bucketfs::checkpoint::manifest_key(carrier);
+    assert!(
+        !dirs.bucket().join("segments").exists(),
+        "a small checkpoint uploaded a segment"
+    );
+    // Newer checkpoints (and bases) that never touch cold.
+    let hot = e.create("hot");
+    e.write(hot, 0, &pattern(1, 4));
+    let history = rewrite_and_checkpoint(&e, hot, 4, 12);
+    let (latest, hot_bytes) = history.last().unwrap().clone();
+
+    let t0 = now_ms();
+    let first = e.cp.gc_pass(t0).expect("first pass");
+    // The carrier, and the manifests of hot's last rewrites before the latest base.
+    assert!(first.pinned >= 1, "{first:?}");
+    assert!(first.boundary > carrier, "the carrier is still a checkpoint: {first:?}");
+    let done = e.cp.gc_pass(t0 + HOUR_MS).expect("pass after the grace");
+    assert!(done.deleted > 0, "{done:?}");
+    let below: Vec<u64> = epochs(&dirs.bucket())
+        .into_iter()
+        .filter(|&x| x < done.boundary)
+        .collect();
+    assert!(below.contains(&carrier), "GC deleted a manifest whose runs are in use");
+    assert_eq!(below.len() as u64, first.pinned, "{done:?}");
+    let err = read_at(&dirs.bucket(), At::Epoch(carrier), "cold")
+        .expect_err("the carrier's checkpoint expired");
+    assert!(
+        err.contains("no longer restorable") || err.contains("has no checkpoint"),
+        "{err}"
+    );
+    assert_same(
+        "cold, from the bucket alone",
+        &read_at(&dirs.bucket(), At::Epoch(latest), "cold").unwrap(),
+        &cold_bytes,
+    );
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let broken = bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    e.crash();
+
+    // With compaction, its pages move to a segment and the carrier goes after the grace.
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, true));
+    let t1 = t0 + 2 * HOUR_MS;
+    e.cp.gc_pass(t1).expect("a pass that finds the window");
+    e.cp.gc_pass(t1 + 1).expect("a pass that compacts");
+    assert!(
+        dirs.bucket().join("segments").exists(),
+        "compaction wrote no segment"
+    );
+    let last = e.cp.gc_pass(t1 + HOUR_MS + 1).expect("a pass past the grace");
+    assert_eq!(last.pinned, 0, "{last:?}");
+    assert!(
+        !keys(&dirs.bucket()).contains(&carrier_key),
+        "the carrier outlived its pages: {last:?}"
+    );
+    let broken = bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    e.crash();
+    assert_same("cold restored", &restored(&dirs, 1, "cold"), &cold_bytes);
+    assert_same("hot restored", &restored(&dirs, 2, "hot"), &hot_bytes);
 }

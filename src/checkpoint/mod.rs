@@ -41,6 +41,11 @@ pub const BUCKET_FORMAT_VERSION: u32 = 1;
 pub const SPLIT_FORMAT_VERSION: u32 = 2;
 pub const MANIFESTS: &str = "manifests/";
 
+/// The most packed bytes a checkpoint carries in its manifest (`inline_bytes`): a group
+/// commit's WAL and the pages written since the last one fit many times over, and a restore,
+/// which reads up to `base_every` manifests at once, reads a few MiB more at worst.
+pub const INLINE_BYTES: u64 = 256 << 10;
+
 pub fn manifest_key(epoch: u64) -> String {
     format!("{MANIFESTS}{epoch:020}")
 }
@@ -80,6 +85,11 @@ pub struct CheckpointSettings {
     pub staging_memory: u64,
     /// Write a base manifest after this many deltas, bounding the chain a restore reads.
     pub base_every: u32,
+    /// A checkpoint whose packed runs come to at most this many bytes carries them in its
+    /// manifest: one PUT instead of a segment's and then the manifest's, which is what a
+    /// `--durability remote` commit waits for (docs/checkpoints.md, "Small checkpoints
+    /// travel in their manifest"). 0: always in segments.
+    pub inline_bytes: u64,
     /// Paths never uploaded.
     pub local_only: Vec<String>,
     /// PostgreSQL's WAL directory, from the root: its files' pages go in WAL segments (their
@@ -118,6 +128,7 @@ impl Default for CheckpointSettings {
             upload_concurrency: 4,
             staging_memory: crate::fs::FROZEN_MEMORY_BUDGET,
             base_every: 32,
+            inline_bytes: INLINE_BYTES,
             local_only: vec![
                 "pgsql_tmp".into(),
                 "postmaster.pid".into(),
@@ -603,12 +614,14 @@ struct Upload {
     wal: bool,
 }
 
-/// What a checkpoint's packing sent to the bucket.
+/// What a checkpoint's packing sent to the bucket, or left for its manifest to carry.
 #[derive(Default)]
 struct Sent {
     extents: Vec<Extent>,
     segments: usize,
     bytes: u64,
+    /// The runs, as one segment, when they are few enough to go in the manifest.
+    inline: Vec<u8>,
 }
 
 /// What a checkpoint remembers of the names between two cuts, so that a cut with no name
@@ -693,10 +706,12 @@ impl Checkpointer {
         *self.record_url.lock() = Some(url);
     }
 
+    /// Not synced: a commit would otherwise wait for one more sync of the cache dir's log
+    /// (`Fs::note_bucket_record` says why a record left behind by a crash is safe).
     fn record(&self, epoch: u64) -> Result<(), CheckpointError> {
         if let Some(url) = self.record_url.lock().as_ref() {
             let record = serde_json::json!({ "url": url, "writer": self.writer, "epoch": epoch });
-            self.fs.set_bucket_record(record.to_string().as_bytes())?;
+            self.fs.note_bucket_record(record.to_string().as_bytes())?;
         }
         Ok(())
     }
@@ -901,6 +916,7 @@ impl Checkpointer {
             extents,
             segments: count,
             bytes,
+            inline,
         } = match sent {
             Ok(sent) => sent,
             Err(e) => {
@@ -915,6 +931,10 @@ impl Checkpointer {
             m.created_ms = now_ms();
             m.writer = self.writer.clone();
             m.clean_stop = clean_stop;
+            if !inline.is_empty() {
+                m.inline = inline;
+                m.inline_key = manifest_key(epoch_now);
+            }
             self.as_committed(&view, m)
         };
         let upload_ms = upload_started.elapsed().as_millis() as u64;
@@ -952,6 +972,7 @@ impl Checkpointer {
             epoch = manifest.epoch,
             base,
             segments = count,
+            inline = !manifest.inline.is_empty(),
             bytes,
             cut_ms,
             frozen,
@@ -1052,6 +1073,22 @@ impl Checkpointer {
                 done.expect("upload task does not panic")?;
                 crate::failpoint::hit("after-segment-put");
             }
+        }
+        let open: u64 = builders.iter().flatten().map(|(b, _)| b.len()).sum();
+        if sent.segments == 0 && open > 0 && open <= self.settings.inline_bytes {
+            // Nothing sent yet and little to send: the runs travel in the manifest.
+            let mut parts = builders.into_iter().flatten().map(|(b, _)| b);
+            let mut one = parts.next().expect("something is open");
+            parts.for_each(|b| one.append(b));
+            let (bytes, runs) = one.finish();
+            let key = manifest_key(epoch);
+            sent.extents.extend(runs.into_iter().map(|mut r| {
+                r.offset += crate::manifest::INLINE_OFFSET;
+                Extent::whole(key.clone(), r)
+            }));
+            sent.bytes += bytes.len() as u64;
+            sent.inline = bytes;
+            return Ok(sent);
         }
         for (i, slot) in builders.into_iter().enumerate() {
             if let Some((builder, permit)) = slot {
@@ -1230,6 +1267,9 @@ impl Checkpointer {
             next.deltas_since_base = 0;
             let mut b = next.to_base(m.epoch, m.created_ms, m.page_size, &m.writer);
             b.clean_stop = m.clean_stop;
+            // The base names the runs the delta carried: it carries them instead.
+            b.inline = m.inline;
+            b.inline_key = m.inline_key;
             (b, Some(next))
         } else {
             (m, None)
@@ -1275,7 +1315,12 @@ impl Checkpointer {
         &self,
         c: &crate::gc::compact::CompactSettings,
     ) -> Result<Option<u64>, CheckpointError> {
-        let listed = self.rt.block_on(self.store.list("segments/"))?;
+        // Manifests too: one that carries runs is a small segment to compaction.
+        let listed = self.rt.block_on(async {
+            let mut all = self.store.list("segments/").await?;
+            all.extend(self.store.list(MANIFESTS).await?);
+            Ok::<_, StoreError>(all)
+        })?;
         let sizes = listed.into_iter().map(|o| (o.key, o.size)).collect();
         let view = self.view.read().clone();
         // Segments older than the oldest retained checkpoint, as the last pass found it (none
@@ -1293,12 +1338,18 @@ impl Checkpointer {
         let nonce = fastrand::u32(..);
         let writer = self.writer.clone();
         // Each class is rewritten on its own: a WAL segment's pages stay in WAL segments.
+        // Runs a manifest carried go to data segments (WAL pages among them included: only
+        // runs older than the retention window are compacted, and WAL that old is rarely
+        // still in use).
         let mut segments = Vec::new();
         let mut extents = Vec::new();
         for class in [Class::Data, Class::Wal] {
             let of_class: Vec<String> = sources
                 .iter()
-                .filter(|k| Class::of_key(k) == class)
+                .filter(|k| match Class::of_key(k) {
+                    Class::Manifest => class == Class::Data,
+                    c => c == class,
+                })
                 .cloned()
                 .collect();
             if of_class.is_empty() {

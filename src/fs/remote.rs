@@ -119,11 +119,20 @@ impl Fs {
 
     /// Records (durably) which bucket, writer and epoch the cache dir is in step with.
     pub fn set_bucket_record(&self, record: &[u8]) -> Result<()> {
-        let mut batch = self.meta.batch();
-        batch.put_meta_bytes(BUCKET_RECORD, record);
-        let seq = self.meta.commit(batch)?;
+        let seq = self.note_bucket_record(record)?;
         self.meta.sync_to(seq)?;
         Ok(())
+    }
+
+    /// The same, made durable by the next sync of the cache dir's log (any fsync's) rather
+    /// than now: what each commit records once the attach has recorded the writer durably.
+    /// A crash may leave the record at an earlier epoch of the same writer, which the next
+    /// mount accepts as its own (the bucket's latest checkpoint names that writer); the record
+    /// never runs ahead of the bucket, as it is written after the commit.
+    pub fn note_bucket_record(&self, record: &[u8]) -> Result<u64> {
+        let mut batch = self.meta.batch();
+        batch.put_meta_bytes(BUCKET_RECORD, record);
+        Ok(self.meta.commit(batch)?)
     }
 
     /// True when the filesystem holds nothing but an empty root: a new cache dir.

@@ -63,7 +63,8 @@ pub fn live_bytes(view: &View) -> HashMap<String, u64> {
     out
 }
 
-/// The segments worth rewriting: those under `min_live` used, then, if at least `min_small`
+/// The segments worth rewriting (and manifests carrying runs, which count as segments):
+/// those under `min_live` used, then, if at least `min_small`
 /// small ones are left, those; oldest first, up to `max_bytes` in all.
 ///
 /// Only segments written before `before_epoch` (the oldest retained checkpoint) qualify. A
@@ -86,7 +87,7 @@ pub fn choose(
         let Some(&used) = live.get(key) else {
             continue; // unused by the latest image: GC's, not compaction's
         };
-        if super::segment_epoch(key).is_none_or(|e| e >= before_epoch) {
+        if super::run_holder_epoch(key).is_none_or(|e| e >= before_epoch) {
             continue; // inside the retention window
         }
         if (used as f64) < s.min_live * size as f64 && size.saturating_sub(used) >= s.min_dead {

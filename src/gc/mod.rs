@@ -236,6 +236,9 @@ pub struct Report {
     pub space_amplification: f64,
     /// Segments no manifest names at all (uploads never committed, or drained long ago).
     pub orphans: u64,
+    /// Manifests older than every retained checkpoint, kept because a retained image still
+    /// uses runs they carry (compaction moves those out).
+    pub pinned: u64,
     /// Objects no retained checkpoint needs, waiting out the grace.
     pub pending: u64,
     pub pending_bytes: u64,
@@ -369,11 +372,16 @@ impl Collector {
         r.segments = segments.len() as u64;
         r.bucket_bytes = manifests.iter().chain(&segments).map(|m| m.size).sum();
         r.dry_run = dry_run;
-        // Unneeded: manifests before the first needed one, segments not live.
-        let mut unneeded: Vec<(String, u64)> = epochs
+        // Unneeded: manifests before the first needed one, segments not live. A manifest
+        // whose inline runs a retained image still uses is live as a segment is: it stays,
+        // below the boundary (raised past it below), where it is no checkpoint any more but
+        // still holds pages, until those are rewritten or overwritten.
+        let (pinned, unneeded): (Vec<_>, Vec<_>) = epochs
             .range(..plan_in.first_needed)
             .map(|(e, size)| (manifest_key(*e), *size))
-            .collect();
+            .partition(|(key, _)| live.contains(key));
+        let mut unneeded: Vec<(String, u64)> = unneeded;
+        r.pinned = pinned.len() as u64;
         for s in &segments {
             if !live.contains(&s.key) {
                 unneeded.push((s.key.clone(), s.size));
@@ -418,6 +426,7 @@ impl Collector {
         plan.raise_to = plan
             .delete
             .iter()
+            .chain(&pinned)
             .filter_map(|(k, _)| epoch_of_key(k))
             .max()
             .map(|e| e + 1)
@@ -442,7 +451,7 @@ impl Collector {
     ) -> Result<Report, CheckpointError> {
         // What waits is recorded first: a crash below leaves it to the next pass.
         rt.block_on(store.put(STATE_KEY, seal_json(&plan.state), PutMode::Overwrite))?;
-        if plan.delete.is_empty() {
+        if plan.delete.is_empty() && plan.raise_to.is_none() {
             return Ok(plan.report);
         }
         if let Some(b) = plan.raise_to {
@@ -497,7 +506,19 @@ impl Collector {
         now_ms: u64,
     ) -> Option<Retained> {
         let s = &self.catalog.summaries;
-        let valid: Vec<u64> = epochs.keys().copied().filter(|&e| e >= boundary).collect();
+        // Checkpoints: at or above the boundary, with their chain back to a base. (A manifest
+        // kept for its inline runs has its boundary raised past it in the pass that keeps it;
+        // should a crash come between, its chain is gone, and it is still no checkpoint.)
+        let valid: Vec<u64> = epochs
+            .keys()
+            .copied()
+            .filter(|&e| e >= boundary)
+            .filter(|&e| {
+                let chain = chain_epochs(&self.catalog, e);
+                s.get(chain.last().expect("a chain has its start"))
+                    .is_some_and(|m| m.parent.is_none())
+            })
+            .collect();
         let latest = *valid.last()?;
         let window_ms = retention.window.as_millis() as u64;
         // The window: every checkpoint committed within it.
@@ -553,6 +574,11 @@ pub fn segment_epoch(key: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The epoch of an object that holds runs: a segment, or a manifest carrying its own.
+pub fn run_holder_epoch(key: &str) -> Option<u64> {
+    segment_epoch(key).or_else(|| epoch_of_key(key))
 }
 
 /// `from` and its parents back to a base (or to the first one not in the catalog), newest

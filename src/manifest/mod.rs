@@ -3,10 +3,16 @@
 //! checksum, and decoding never trusts an unchecked length.
 //!
 //! ```text
-//! manifest  magic "BFSMAN01" | version u32 | body | crc32c u32 (of everything before it)
+//! manifest  magic "BFSMAN01" | version u32 | [inline_len u64 | inline] | body |
+//!           crc32c u32 (of everything before it)
+//!           version 1: no inline part; version 2: `inline` is a whole segment (segment.rs)
+//!           holding the runs of a checkpoint small enough to travel in its manifest
 //! body      epoch u64 | parent u64 (0: a base) | created_ms u64 | page_size u32 |
 //!           writer blob | next_ino u64 | clean_stop u8 |
-//!           segments: count u32, key blob each          (the table extents index into)
+//!           segments: count u32, key blob each          (the table extents index into;
+//!                                                         an empty key: this object's inline
+//!                                                         segment, offsets from the object's
+//!                                                         start)
 //!           inodes:   count u32, (ino u64, attr blob)   (upserts; attr as in RocksDB)
 //!           removed:  count u32, ino u64                (deleted inodes, delta only)
 //!           dirents:  count u32, (parent u64, name blob, ino u64, kind u8)
@@ -30,7 +36,14 @@ use segment::{Codec, RunLocation};
 use wire::{Reader, Writer};
 
 const MANIFEST_MAGIC: &[u8; 8] = b"BFSMAN01";
+/// Written when the manifest carries no runs of its own, so that a bucket written without
+/// them reads with any bucketfs that reads version 1.
 pub const MANIFEST_VERSION: u32 = 1;
+/// Written when it does.
+pub const MANIFEST_VERSION_INLINE: u32 = 2;
+/// Where a version 2 manifest's inline segment starts: a run's offset in it is
+/// `INLINE_OFFSET` plus its offset in the segment.
+pub const INLINE_OFFSET: u64 = 8 + 4 + 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -106,13 +119,26 @@ pub struct Manifest {
     /// (ino, keep_pages): extents of older epochs at or past this page no longer count.
     pub truncations: Vec<(u64, u64)>,
     pub extents: Vec<Extent>,
+    /// A segment carried in the manifest object itself (one PUT for a small checkpoint
+    /// instead of a segment and a manifest). The extents of its runs name the manifest's own
+    /// key, `inline_key`, and are located from the object's start. `decode` leaves it empty:
+    /// readers fetch those runs by range like any segment's.
+    pub inline: Vec<u8>,
+    /// The key the manifest is stored under, when `inline` is not empty.
+    pub inline_key: String,
 }
 
 impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes(MANIFEST_MAGIC);
-        w.u32(MANIFEST_VERSION);
+        if self.inline.is_empty() {
+            w.u32(MANIFEST_VERSION);
+        } else {
+            w.u32(MANIFEST_VERSION_INLINE);
+            w.u64(self.inline.len() as u64);
+            w.bytes(&self.inline);
+        }
         w.u64(self.epoch);
         w.u64(self.parent.unwrap_or(0));
         w.u64(self.created_ms);
@@ -131,7 +157,8 @@ impl Manifest {
         }
         w.u32(table.len() as u32);
         for key in &table {
-            w.blob(key.as_bytes());
+            let own = !self.inline.is_empty() && *key == self.inline_key;
+            w.blob(if own { b"" } else { key.as_bytes() });
         }
         w.u32(self.inodes.len() as u32);
         for a in &self.inodes {
@@ -174,7 +201,7 @@ impl Manifest {
             w.u64(e.pages);
         }
         let mut out = w.into_inner();
-        let crc = crc32c::crc32c(&out);
+        let crc = manifest_crc(&out, self.inline.len());
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
@@ -189,17 +216,20 @@ impl Manifest {
             return Err(corrupt("bad magic"));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("length checked"));
-        if version != MANIFEST_VERSION {
+        if version != MANIFEST_VERSION && version != MANIFEST_VERSION_INLINE {
             return Err(FormatError::Version {
                 key: key.into(),
                 found: version,
-                supported: MANIFEST_VERSION,
+                supported: MANIFEST_VERSION_INLINE,
             });
         }
-        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        let inline = inline_range(bytes, key)?;
+        let inline_len = inline.as_ref().map_or(0, |r| r.len());
+        if manifest_crc(body, inline_len) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             return Err(corrupt("checksum mismatch"));
         }
-        let mut r = Reader::new(&body[12..], key);
+        let start = inline.map_or(12, |r| r.end);
+        let mut r = Reader::new(&body[start..], key);
         let epoch = r.u64()?;
         let parent = Some(r.u64()?).filter(|&p| p != 0);
         let created_ms = r.u64()?;
@@ -222,7 +252,12 @@ impl Manifest {
         };
         let mut table = Vec::new();
         for _ in 0..count(&mut r)? {
-            table.push(String::from_utf8(r.blob()?.to_vec()).map_err(|_| corrupt("segment key"))?);
+            let name = r.blob()?;
+            if name.is_empty() && version != MANIFEST_VERSION_INLINE {
+                return Err(corrupt("an inline segment named without one"));
+            }
+            let name = if name.is_empty() { key.as_bytes() } else { name };
+            table.push(String::from_utf8(name.to_vec()).map_err(|_| corrupt("segment key"))?);
         }
         let mut m = Manifest {
             epoch,
@@ -297,6 +332,38 @@ impl Manifest {
         }
         Ok(m)
     }
+}
+
+/// The manifest's checksum: of everything before it but the inline segment, whose runs and
+/// index have checksums of their own. A damaged run then fails the reads of its pages, as in
+/// a segment, instead of the whole checkpoint.
+fn manifest_crc(body: &[u8], inline_len: usize) -> u32 {
+    if inline_len == 0 {
+        return crc32c::crc32c(body);
+    }
+    let start = INLINE_OFFSET as usize;
+    crc32c::crc32c_append(crc32c::crc32c(&body[..start]), &body[start + inline_len..])
+}
+
+/// Where the inline segment of a manifest's bytes lies (None: version 1, or none), its
+/// length checked against the object. The manifest's checksum leaves these bytes out: they
+/// are a segment, checked as one (its index and each run have their own crc32c).
+pub fn inline_range(bytes: &[u8], key: &str) -> Result<Option<std::ops::Range<usize>>, FormatError> {
+    if bytes.len() < 12 || bytes[8..12] != MANIFEST_VERSION_INLINE.to_le_bytes() {
+        return Ok(None);
+    }
+    let start = INLINE_OFFSET as usize;
+    let len = bytes
+        .get(12..start)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| FormatError::corrupt(key, "too short for its inline length"))?;
+    // The body and the crc follow the inline part: at least 4 bytes.
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|len| start.checked_add(len))
+        .filter(|&end| end + 4 <= bytes.len() && len > 0)
+        .ok_or_else(|| FormatError::corrupt(key, "inline length past the object"))?;
+    Ok(Some(start..end))
 }
 
 /// The most pages a file can have.
@@ -391,6 +458,7 @@ mod tests {
                 },
                 Extent::whole("segments/a".into(), run(8, 0, 16400)),
             ],
+            ..Manifest::default()
         }
     }
 
@@ -414,5 +482,83 @@ mod tests {
                 "prefix {n} accepted"
             );
         }
+    }
+
+    /// A manifest carrying its checkpoint's runs: written as version 2, its inline runs
+    /// named by the key it is read under and found at their offsets in the object.
+    fn with_inline(key: &str) -> (Manifest, Vec<RunLocation>) {
+        let mut b = segment::SegmentBuilder::compressing(Some(1));
+        b.push_run(7, 4, 1, &[7u8; 8192]);
+        b.push_run(8, 0, 2, &[8u8; 9000]);
+        let (bytes, runs) = b.finish();
+        let mut m = sample();
+        m.inline = bytes;
+        m.inline_key = key.into();
+        let runs: Vec<RunLocation> = runs
+            .into_iter()
+            .map(|mut r| {
+                r.offset += INLINE_OFFSET;
+                r
+            })
+            .collect();
+        m.extents
+            .extend(runs.iter().map(|r| Extent::whole(key.into(), *r)));
+        (m, runs)
+    }
+
+    #[test]
+    fn inline_runs_are_read_by_range_from_the_manifest_object() {
+        let key = "manifests/00000000000000000042";
+        let (m, runs) = with_inline(key);
+        let bytes = m.encode();
+        assert_eq!(&bytes[8..12], &MANIFEST_VERSION_INLINE.to_le_bytes());
+        let back = Manifest::decode(&bytes, key).unwrap();
+        assert_eq!(back.extents, m.extents, "inline extents name the object itself");
+        assert!(back.inline.is_empty());
+        let range = inline_range(&bytes, key).unwrap().expect("an inline part");
+        assert_eq!(segment::verify_segment(&bytes[range.clone()], key).unwrap().len(), 2);
+        for (r, fill) in runs.iter().zip([vec![7u8; 8192], vec![8u8; 9000]]) {
+            let stored = &bytes[r.offset as usize..(r.offset + u64::from(r.stored_len)) as usize];
+            assert_eq!(segment::decode_run(r, stored, key).unwrap(), fill);
+            assert!(range.contains(&(r.offset as usize)));
+        }
+        // Without inline runs a manifest stays version 1, which older readers read.
+        assert_eq!(&sample().encode()[8..12], &MANIFEST_VERSION.to_le_bytes());
+        assert_eq!(inline_range(&sample().encode(), "k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_corrupt_inline_manifest_is_an_error_never_a_panic() {
+        let key = "manifests/x";
+        let (m, runs) = with_inline(key);
+        let bytes = m.encode();
+        let inline = inline_range(&bytes, key).unwrap().unwrap();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            if !inline.contains(&i) {
+                assert!(Manifest::decode(&bad, key).is_err(), "flip at {i} accepted");
+                continue;
+            }
+            // A flip among the runs leaves the manifest readable, and is caught where the
+            // runs are checked: by the segment's index, or by the run that holds it.
+            assert_eq!(Manifest::decode(&bad, key).unwrap().extents, m.extents);
+            if (inline.start + 12..inline.start + 16).contains(&i) {
+                continue; // the segment header's reserved word, which nothing reads
+            }
+            assert!(segment::verify_segment(&bad[inline.clone()], key).is_err(), "flip at {i}");
+            if let Some(r) = runs.iter().find(|r| (r.offset..r.offset + u64::from(r.stored_len)).contains(&(i as u64))) {
+                let stored = &bad[r.offset as usize..(r.offset + u64::from(r.stored_len)) as usize];
+                assert!(segment::decode_run(r, stored, key).is_err(), "flip at {i} read back");
+            }
+        }
+        for n in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..n], "manifests/x").is_err(), "prefix {n} accepted");
+            let _ = inline_range(&bytes[..n], "manifests/x");
+        }
+        // A version 1 manifest may not name an inline segment.
+        let mut v1 = sample();
+        v1.extents[0].segment = String::new();
+        assert!(Manifest::decode(&v1.encode(), "k").is_err());
     }
 }

@@ -129,6 +129,18 @@ impl SegmentBuilder {
         loc
     }
 
+    /// Moves `other`'s runs to the end of this segment (a checkpoint small enough to travel
+    /// in its manifest packs its WAL and data runs as one segment).
+    pub fn append(&mut self, other: SegmentBuilder) {
+        let shift = self.buf.len() as u64 - HEADER_LEN;
+        self.buf
+            .extend_from_slice(&other.buf[HEADER_LEN as usize..]);
+        self.runs.extend(other.runs.into_iter().map(|mut r| {
+            r.offset += shift;
+            r
+        }));
+    }
+
     /// The finished object and the location of every run in it.
     pub fn finish(self) -> (Vec<u8>, Vec<RunLocation>) {
         let SegmentBuilder { mut buf, runs, .. } = self;
@@ -284,6 +296,25 @@ mod tests {
         assert_eq!(verify_segment(&bytes, "k").unwrap(), runs);
         let stored = &bytes[c.offset as usize..(c.offset + u64::from(c.stored_len)) as usize];
         assert_eq!(decode_run(&c, stored, "k").unwrap(), vec![2u8; 100]);
+    }
+
+    #[test]
+    fn an_appended_builder_makes_one_segment_holding_both_runs() {
+        let mut wal = SegmentBuilder::compressing(Some(1));
+        wal.push_run(3, 0, 1, &[5u8; 8192]);
+        let mut data = SegmentBuilder::new();
+        data.push_run(7, 4, 2, &[1u8; 16384]);
+        data.push_run(9, 0, 1, &[2u8; 100]);
+        wal.append(data);
+        let (bytes, runs) = wal.finish();
+        assert_eq!(verify_segment(&bytes, "k").unwrap(), runs);
+        let expect: [(u64, Vec<u8>); 3] = [(3, vec![5; 8192]), (7, vec![1; 16384]), (9, vec![2; 100])];
+        assert_eq!(runs.len(), 3);
+        for (r, (ino, page_bytes)) in runs.iter().zip(expect) {
+            assert_eq!(r.ino, ino);
+            let stored = &bytes[r.offset as usize..(r.offset + u64::from(r.stored_len)) as usize];
+            assert_eq!(decode_run(r, stored, "k").unwrap(), page_bytes);
+        }
     }
 
     #[test]

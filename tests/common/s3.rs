@@ -33,7 +33,8 @@ pub struct Faults {
     pub put_bytes: AtomicU64,
     pub gets: AtomicU64,
     pub get_bytes: AtomicU64,
-    /// GETs of file contents (segment objects), as opposed to manifests and the marker.
+    /// GETs of file contents (segment objects, and ranged GETs of runs a manifest carries),
+    /// as opposed to reads of whole manifests and the marker.
     pub segment_gets: AtomicU64,
     /// The next N manifest PUTs are stored, then answered 503 and followed by an outage
     /// (until the test lifts it): a commit that happened but whose answer was lost.
@@ -136,7 +137,8 @@ impl S3 for Faulty {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         self.faults.gets.fetch_add(1, Ordering::SeqCst);
-        if req.input.key.contains("segments/") {
+        let key = &req.input.key;
+        if key.contains("segments/") || (key.contains("manifests/") && req.input.range.is_some()) {
             self.faults.segment_gets.fetch_add(1, Ordering::SeqCst);
         }
         self.gate().await?;
