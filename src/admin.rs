@@ -69,7 +69,10 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
         } else {
             "delta"
         };
-        let kept = if epoch < boundary {
+        let carries = crate::manifest::inline_range(&bytes, &m.key)?.is_some_and(|r| !r.is_empty());
+        let kept = if epoch < boundary && carries {
+            "below the GC boundary: no checkpoint, kept while its pages are used"
+        } else if epoch < boundary {
             "below the GC boundary: not part of the bucket"
         } else if epoch >= oldest_retained {
             "retained"
@@ -276,7 +279,9 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
         // Runs the manifest carries are checked as a segment's are, below the boundary too
         // (GC keeps such a manifest while a retained checkpoint uses its runs).
         let inline = crate::manifest::inline_range(&bytes, &m.key).and_then(|range| {
-            let Some(range) = range else { return Ok(None) };
+            let Some(range) = range.filter(|r| !r.is_empty()) else {
+                return Ok(None);
+            };
             let list = verify_segment(&bytes[range.clone()], &m.key)?;
             Ok(Some((range.start as u64, list)))
         });

@@ -645,7 +645,14 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         let store: Arc<dyn ReadStore> = store;
         return attach_reader(fs, settings, store, store_stats, runtime, &url, record);
     }
-    let (store, store_stats) = crate::placement::open(&settings.url, &settings.placement, true)?;
+    let (store, store_stats, classes_apart) =
+        crate::placement::open_placed(&settings.url, &settings.placement, true)?;
+    let mut checkpoint_settings = settings.checkpoint.clone();
+    if classes_apart {
+        // Pages carried in a manifest would land with the manifests, not where the classes
+        // are placed.
+        checkpoint_settings.inline_bytes = 0;
+    }
     let opened = open_bucket(&*store, runtime.handle(), true)
         .with_context(|| format!("open bucket {url}"))?;
     if record.as_ref().is_some_and(|r| r.writer == REPLICA_WRITER) {
@@ -678,7 +685,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             fs.clone(),
             store.clone(),
             runtime.handle().clone(),
-            settings.checkpoint.clone(),
+            checkpoint_settings.clone(),
             writer.clone(),
             opened.view.clone(),
         ));

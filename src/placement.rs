@@ -124,6 +124,17 @@ pub fn open(
     placement: &Placement,
     create: bool,
 ) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<StoreStats>)> {
+    open_placed(url, placement, create).map(|(store, stats, _)| (store, stats))
+}
+
+/// As `open`; also whether the classes go apart (buckets or regions of their own), in which
+/// case a checkpoint must not carry its pages in its manifest (they would land with the
+/// manifests).
+pub fn open_placed(
+    url: &BucketUrl,
+    placement: &Placement,
+    create: bool,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<StoreStats>, bool)> {
     let raw = |u: &BucketUrl, class: Class| {
         raw_store(u, class, placement.regions[class as usize].as_deref())
     };
@@ -141,6 +152,10 @@ pub fn open(
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the placement panicked")))
     })?;
+    let regions_apart = placement.regions[Class::Wal as usize]
+        != placement.regions[Class::Manifest as usize]
+        || placement.regions[Class::Data as usize] != placement.regions[Class::Manifest as usize];
+    let apart = recorded.is_split() || regions_apart;
     let inner: Arc<dyn ObjectStore> = if recorded.is_split() {
         let mut targets = Vec::new();
         for class in Class::ALL {
@@ -168,9 +183,7 @@ pub fn open(
             "classes placed in buckets of their own"
         );
         Arc::new(Placed::new(targets))
-    } else if placement.regions[Class::Wal as usize] != placement.regions[Class::Manifest as usize]
-        || placement.regions[Class::Data as usize] != placement.regions[Class::Manifest as usize]
-    {
+    } else if regions_apart {
         // One bucket, but classes with their own regions.
         let target = |class: Class| -> anyhow::Result<Target> {
             Ok(Target {
@@ -189,7 +202,7 @@ pub fn open(
     let counted = InstrumentedStore::new(inner);
     let stats = counted.stats();
     let store = RetryingStore::new(Arc::new(counted), RetryPolicy::default());
-    Ok((Arc::new(store), stats))
+    Ok((Arc::new(store), stats, apart))
 }
 
 /// The option that names a class's bucket.

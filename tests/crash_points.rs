@@ -1,8 +1,8 @@
 //! A crash at each step of a checkpoint (failpoints: the process aborts as kill -9 would):
 //! the bucket stays a complete, verifiable image; the same cache dir mounts again, its next
 //! checkpoint succeeds, and a restore then shows exactly what was written. Each step is
-//! crossed by a checkpoint that uploads segments and, where it has one, by a checkpoint small
-//! enough to carry its runs in its manifest.
+//! crossed by a checkpoint that uploads segments and, but for the segment PUT it does not
+//! make, by a checkpoint small enough to carry its runs in its manifest.
 
 mod common;
 
@@ -165,6 +165,11 @@ fn crash_before_a_manifest_carrying_its_runs_is_committed() {
 #[test]
 fn crash_after_a_manifest_carrying_its_runs_is_committed() {
     crash_at("after-manifest-commit", Size::Inline);
+}
+
+#[test]
+fn crash_while_a_manifest_carrying_its_runs_is_marked_clean() {
+    crash_at("during-mark-clean", Size::Inline);
 }
 
 #[test]

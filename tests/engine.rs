@@ -1626,3 +1626,76 @@ fn a_prefetch_batch_installs_nothing_over_changes_made_while_it_fetched() {
     check(&e, "after a crash");
     e.crash();
 }
+
+/// A checkpoint small enough carries its runs in its manifest (one PUT), except one due a
+/// base: a base carrying pages would keep the whole namespace in the bucket for as long as
+/// any of them is used, so its runs go in a segment. Whatever each checkpoint was, the bucket
+/// holds the file as it was at that checkpoint, and a restore has it whole.
+#[test]
+fn small_checkpoints_carry_their_runs_in_the_manifest_and_bases_do_not() {
+    let dirs = Dirs::new();
+    let options = Options {
+        base_every: 3,
+        ..Options::default()
+    };
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
+    let ino = e.create("f");
+    let (mut bases, mut carriers) = (0, 0);
+    let mut image = Vec::new();
+    for round in 0..7u8 {
+        e.write(ino, u64::from(round % 3) * PAGE_SIZE, &pattern(round + 1, 1));
+        let o = e.cp.checkpoint(false).expect("checkpoint").expect("a change");
+        image = e.read_all(ino);
+        let key = bucketfs::checkpoint::manifest_key(o.epoch);
+        let bytes = std::fs::read(dirs.bucket().join(&key)).expect("the manifest");
+        let carried = bucketfs::manifest::inline_range(&bytes, &key)
+            .expect("a manifest that reads")
+            .is_some_and(|r| !r.is_empty());
+        if o.base {
+            bases += 1;
+            assert!(!carried && o.segments == 1, "round {round}: a base carried its runs");
+        } else {
+            carriers += 1;
+            assert!(carried && o.segments == 0, "round {round}: a small delta uploaded a segment");
+        }
+        assert_same(&format!("round {round}, in the bucket"), &e.in_bucket(ino).unwrap(), &image);
+    }
+    assert!(bases >= 2 && carriers >= 4, "{bases} bases, {carriers} carriers");
+    e.crash();
+    assert_same("restored", &restored(&dirs, 1, "f"), &image);
+}
+
+/// A checkpoint's manifest is sent only once the cache dir's log holds everything up to its
+/// cut: after a power loss the cache dir is then never behind a checkpoint the bucket holds
+/// (behind it, a name the bucket no longer has could lead to an inode the view dropped,
+/// whose absent pages would read as zeros and be uploaded so).
+#[test]
+fn the_cache_dirs_log_is_synced_through_the_cut_before_the_manifest_is_sent() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (fs, seen) = (Arc::downgrade(&e.fs), seen.clone());
+        e.fs.set_step_hook(Box::new(move |step| {
+            if let Step::Uploaded { .. } = step {
+                let fs = Weak::upgrade(&fs).expect("fs alive");
+                seen.lock().unwrap().push(fs.log_is_synced());
+            }
+        }));
+    }
+    for round in 0..3u8 {
+        // A create, a write and a rename: batches in the log, none synced by an fsync.
+        let ino = e.create(&format!("tmp{round}"));
+        e.write(ino, 0, &pattern(round, 2));
+        e.fs.rename(
+            ROOT_INO,
+            OsStr::new(&format!("tmp{round}")),
+            ROOT_INO,
+            OsStr::new(&format!("file{round}")),
+            bucketfs::fs::RenameMode::Replace,
+        )
+        .expect("rename");
+        e.checkpoint();
+    }
+    assert_eq!(*seen.lock().unwrap(), vec![true; 3], "a manifest went out ahead of the log");
+}

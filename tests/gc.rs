@@ -510,7 +510,12 @@ fn wal_pages_go_in_wal_segments_and_compaction_keeps_them_there() {
 #[test]
 fn a_segment_not_yet_visible_is_asked_for_again_not_reported_gone() {
     let dirs = Dirs::new();
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    // Runs in segments: the store below delays only segment keys.
+    let options = Options {
+        tune: Some(Box::new(|s| s.inline_bytes = 0)),
+        ..Options::default()
+    };
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
     let ino = e.create("f");
     e.write(ino, 0, &pattern(3, 5));
     e.checkpoint();

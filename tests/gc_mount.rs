@@ -156,6 +156,12 @@ fn writer(s: &Setup, keep: &str, gc_interval: &str, extra: &[&str]) -> Mount {
     s.mount("w", &args, None)
 }
 
+/// File contents that do not compress: a checkpoint of them is too large to travel in its
+/// manifest, so it uploads segments (which these tests watch).
+fn body(tag: u8, len: usize) -> Vec<u8> {
+    common::incompressible(len, u64::from(tag) + 1)
+}
+
 fn reader(s: &Setup, name: &str, extra: &[&str]) -> Mount {
     let mut args = vec!["--bucket", &s.url, "--read-only"];
     args.extend_from_slice(extra);
@@ -170,8 +176,8 @@ fn a_read_only_mount_reads_on_while_its_checkpoint_is_retained_and_fails_clearly
     // the test says.
     const LEN: usize = 2 << 20;
     let (one, two) = (w.mnt.join("one"), w.mnt.join("two"));
-    fs::write(&one, vec![1u8; LEN]).unwrap();
-    fs::write(&two, vec![2u8; LEN]).unwrap();
+    fs::write(&one, body(1, LEN)).unwrap();
+    fs::write(&two, body(2, LEN)).unwrap();
     let before = segments(&s.bucket);
     w.checkpoint();
     let first: BTreeSet<String> = segments(&s.bucket).difference(&before).cloned().collect();
@@ -181,8 +187,8 @@ fn a_read_only_mount_reads_on_while_its_checkpoint_is_retained_and_fails_clearly
 
     // One newer checkpoint: the reader's is still among the newest three. GC runs past
     // its grace; the reader reads a file it never read before.
-    fs::write(&one, vec![3u8; LEN]).unwrap();
-    fs::write(&two, vec![4u8; LEN]).unwrap();
+    fs::write(&one, body(3, LEN)).unwrap();
+    fs::write(&two, body(4, LEN)).unwrap();
     w.checkpoint();
     // A pass more than the grace after the checkpoint: whatever it left pending has gone.
     let committed = bucketfs::checkpoint::now_ms();
@@ -215,13 +221,13 @@ fn a_read_only_mount_reads_on_while_its_checkpoint_is_retained_and_fails_clearly
         "a segment of a retained checkpoint was collected"
     );
     assert!(
-        fs::read(r.mnt.join("one")).unwrap() == vec![1u8; LEN],
+        fs::read(r.mnt.join("one")).unwrap() == body(1, LEN),
         "one as it was"
     );
 
     // Three more: the reader's checkpoint leaves the newest three, and GC collects it.
     for tag in 5..8u8 {
-        fs::write(&two, vec![tag; LEN]).unwrap();
+        fs::write(&two, body(tag, LEN)).unwrap();
         w.checkpoint();
     }
     wait_for(
@@ -273,7 +279,7 @@ fn a_read_only_mount_reads_on_while_its_checkpoint_is_retained_and_fails_clearly
     let latest = w.status().bucket.unwrap().epoch;
     let at = reader(&s, "at", &["--at", &(latest - 1).to_string()]);
     assert!(
-        fs::read(at.mnt.join("two")).unwrap() == vec![6u8; LEN],
+        fs::read(at.mnt.join("two")).unwrap() == body(6, LEN),
         "two as it was at {}",
         latest - 1
     );
@@ -289,7 +295,7 @@ fn bucketfs_gc_collects_a_stopped_bucket_and_refuses_to_delete_under_a_live_writ
     let w = writer(&s, "2", "off", &[]);
     let f = w.mnt.join("f");
     for tag in 0..8u8 {
-        fs::write(&f, vec![tag; 100_000]).unwrap();
+        fs::write(&f, body(tag, 400_000)).unwrap();
         w.checkpoint();
     }
     let gc = |extra: &[&str]| {
@@ -324,7 +330,7 @@ fn bucketfs_gc_collects_a_stopped_bucket_and_refuses_to_delete_under_a_live_writ
     assert!(listing.contains("retained"), "{listing}");
     // The last checkpoint is whole: a read-only mount reads it.
     let r = reader(&s, "r", &[]);
-    assert_eq!(fs::read(r.mnt.join("f")).unwrap(), vec![7u8; 100_000]);
+    assert_eq!(fs::read(r.mnt.join("f")).unwrap(), body(7, 400_000));
 }
 
 /// A writer's bucket with garbage: 40 rewrites (more than the 32 deltas after which a base

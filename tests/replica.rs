@@ -600,11 +600,22 @@ fn placement_by_class_puts_each_object_in_its_bucket_with_its_region_and_restore
         segments[Class::Wal as usize] > 0 && segments[Class::Data as usize] > 0,
         "segments put per class (manifest, wal, data): {segments:?}"
     );
-    // And the buckets hold nothing else.
+    // And the buckets hold nothing else: no manifest carries pages either (a small
+    // checkpoint does without the split, docs/checkpoints.md).
     assert!(s3
         .keys(common::s3::BUCKET, "pg")
         .iter()
         .all(|k| !k.starts_with("segments/")));
+    for key in s3.keys(common::s3::BUCKET, "pg") {
+        if key.starts_with("manifests/") {
+            let bytes = std::fs::read(dir.join("s3").join(common::s3::BUCKET).join("pg").join(&key))
+                .expect("the manifest's file on the server");
+            let carried = bucketfs::manifest::inline_range(&bytes, &key)
+                .expect("a manifest that reads")
+                .is_some_and(|r| !r.is_empty());
+            assert!(!carried, "{key} carries pages into the manifests' bucket");
+        }
+    }
     for (b, class) in [("pgwal", Class::Wal), ("pgglobal", Class::Data)] {
         let keys = s3.keys(b, "pg");
         assert!(

@@ -187,6 +187,11 @@ impl MetaStore {
         self.names.load(Ordering::Acquire)
     }
 
+    /// True when every batch committed so far is synced.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire) >= self.latest_seq()
+    }
+
     /// Returns once every change up to `seq` is on disk. Concurrent callers share one sync.
     pub fn sync_to(&self, seq: u64) -> Result<(), MetaError> {
         if self.synced.load(Ordering::Acquire) >= seq && seq != 0 {

@@ -564,7 +564,7 @@ pub use crate::fs::unix_ms as now_ms;
 pub struct Totals {
     pub checkpoints: u64,
     pub segments: u64,
-    /// Segment bytes uploaded (manifests not counted).
+    /// Segment bytes uploaded (manifests, and the runs they carry, not counted).
     pub segment_bytes: u64,
     pub manifest_bytes: u64,
     /// Checkpoints that failed, and the error of the last one if it failed.
@@ -910,7 +910,10 @@ impl Checkpointer {
         }
         self.fs.step(crate::fs::Step::CutTaken { epoch: cut.epoch });
         let upload_started = Instant::now();
-        let sent = self.pack_and_upload(&cut, epoch_now);
+        // A base would keep the whole namespace as long as any page it carried is used: its
+        // runs go in segments.
+        let may_carry = !self.base_due(&self.view.read());
+        let sent = self.pack_and_upload(&cut, epoch_now, may_carry);
         let frozen = self.fs.release_cut(&cut);
         let Sent {
             extents,
@@ -931,13 +934,16 @@ impl Checkpointer {
             m.created_ms = now_ms();
             m.writer = self.writer.clone();
             m.clean_stop = clean_stop;
-            if !inline.is_empty() {
-                m.inline = inline;
-                m.inline_key = manifest_key(epoch_now);
-            }
+            m.inline = inline;
             self.as_committed(&view, m)
         };
         let upload_ms = upload_started.elapsed().as_millis() as u64;
+        // The cache dir's log durable up to the cut before the manifest can land
+        // (`Fs::sync_log` says why).
+        if let Err(e) = self.fs.sync_log() {
+            self.fs.untake(cut);
+            return Err(e.into());
+        }
         self.fs.step(crate::fs::Step::Uploaded { epoch: cut.epoch });
         crate::failpoint::hit("before-manifest-commit");
         let manifest_len = match self.commit(&manifest) {
@@ -972,7 +978,7 @@ impl Checkpointer {
             epoch = manifest.epoch,
             base,
             segments = count,
-            inline = !manifest.inline.is_empty(),
+            inline_bytes = manifest.inline.len(),
             bytes,
             cut_ms,
             frozen,
@@ -1016,9 +1022,14 @@ impl Checkpointer {
     /// built or uploaded: a builder takes a permit when it starts and its upload gives it back,
     /// so packing waits for the bucket instead of building the whole cut in memory. The first
     /// failed upload ends it (those in flight are dropped; the caller puts the pages back).
-    fn pack_and_upload(&self, cut: &crate::fs::Cut, epoch: u64) -> Result<Sent, CheckpointError> {
+    fn pack_and_upload(
+        &self,
+        cut: &crate::fs::Cut,
+        epoch: u64,
+        may_carry: bool,
+    ) -> Result<Sent, CheckpointError> {
         self.upload_progress_from(0);
-        let result = self.pack_and_upload_runs(cut, epoch);
+        let result = self.pack_and_upload_runs(cut, epoch, may_carry);
         self.upload_progress_from(0);
         result
     }
@@ -1027,6 +1038,7 @@ impl Checkpointer {
         &self,
         cut: &crate::fs::Cut,
         epoch: u64,
+        may_carry: bool,
     ) -> Result<Sent, CheckpointError> {
         let level = self.settings.zstd_level;
         // Two builders may hold a permit each at once: with fewer than two, neither could
@@ -1075,7 +1087,7 @@ impl Checkpointer {
             }
         }
         let open: u64 = builders.iter().flatten().map(|(b, _)| b.len()).sum();
-        if sent.segments == 0 && open > 0 && open <= self.settings.inline_bytes {
+        if may_carry && sent.segments == 0 && open > 0 && open <= self.settings.inline_bytes {
             // Nothing sent yet and little to send: the runs travel in the manifest.
             let mut parts = builders.into_iter().flatten().map(|(b, _)| b);
             let mut one = parts.next().expect("something is open");
@@ -1086,7 +1098,8 @@ impl Checkpointer {
                 r.offset += crate::manifest::INLINE_OFFSET;
                 Extent::whole(key.clone(), r)
             }));
-            sent.bytes += bytes.len() as u64;
+            // Counted with the manifest, whose PUT sends them (not as segment bytes, whose
+            // upload time gives the upload rate a stop's budget is planned with).
             sent.inline = bytes;
             return Ok(sent);
         }
@@ -1260,16 +1273,20 @@ impl Checkpointer {
     /// base has reached `base_every` (so that a restore reads a bounded chain), or when the
     /// bucket has none yet. A base comes with the view it describes (the view after the delta
     /// `m`), which its commit installs instead of building it again from the base.
+    fn base_due(&self, view: &View) -> bool {
+        view.epoch == 0 || view.deltas_since_base + 1 >= self.settings.base_every
+    }
+
     fn as_committed(&self, view: &View, m: Manifest) -> (Manifest, Option<View>) {
-        if view.epoch == 0 || view.deltas_since_base + 1 >= self.settings.base_every {
+        if self.base_due(view) {
             let mut next = view.clone();
             next.apply(&m);
             next.deltas_since_base = 0;
             let mut b = next.to_base(m.epoch, m.created_ms, m.page_size, &m.writer);
             b.clean_stop = m.clean_stop;
-            // The base names the runs the delta carried: it carries them instead.
+            // The base names the runs the delta carried: it carries them instead. (A
+            // checkpoint due a base packs its runs in segments, so this is only a fallback.)
             b.inline = m.inline;
-            b.inline_key = m.inline_key;
             (b, Some(next))
         } else {
             (m, None)

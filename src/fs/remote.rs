@@ -124,15 +124,33 @@ impl Fs {
         Ok(())
     }
 
-    /// The same, made durable by the next sync of the cache dir's log (any fsync's) rather
-    /// than now: what each commit records once the attach has recorded the writer durably.
-    /// A crash may leave the record at an earlier epoch of the same writer, which the next
-    /// mount accepts as its own (the bucket's latest checkpoint names that writer); the record
-    /// never runs ahead of the bucket, as it is written after the commit.
+    /// The same, made durable by the next sync of the cache dir's log (any fsync's, or the
+    /// next checkpoint's `sync_log`) rather than now: what each commit records once the
+    /// attach has recorded the writer durably. A crash may leave the record at an earlier
+    /// epoch of the same writer, which the next mount accepts as its own (the bucket's latest
+    /// checkpoint names that writer); the record never runs ahead of the bucket, as it is
+    /// written after the commit.
     pub fn note_bucket_record(&self, record: &[u8]) -> Result<u64> {
         let mut batch = self.meta.batch();
         batch.put_meta_bytes(BUCKET_RECORD, record);
         Ok(self.meta.commit(batch)?)
+    }
+
+    /// Makes the cache dir's log durable up to now. A checkpoint calls it after its cut and
+    /// before its manifest can land: a power loss then never leaves the cache dir's names,
+    /// sizes and marks behind a checkpoint the bucket holds. (Behind it, a name the bucket no
+    /// longer has could lead to an inode the view has dropped, whose absent pages would then
+    /// read as zeros, and the next checkpoint would upload them so.) Concurrent syncs share
+    /// one (group commit), so after a `--durability remote` fsync it usually finds its work
+    /// done.
+    pub fn sync_log(&self) -> Result<()> {
+        self.meta.sync_to(self.meta.latest_seq())?;
+        Ok(())
+    }
+
+    /// True when everything committed to the cache dir's log is synced.
+    pub fn log_is_synced(&self) -> bool {
+        self.meta.is_synced()
     }
 
     /// True when the filesystem holds nothing but an empty root: a new cache dir.

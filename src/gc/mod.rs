@@ -238,6 +238,7 @@ pub struct Report {
     pub orphans: u64,
     /// Manifests older than every retained checkpoint, kept because a retained image still
     /// uses runs they carry (compaction moves those out).
+    #[serde(default)]
     pub pinned: u64,
     /// Objects no retained checkpoint needs, waiting out the grace.
     pub pending: u64,
@@ -506,19 +507,22 @@ impl Collector {
         now_ms: u64,
     ) -> Option<Retained> {
         let s = &self.catalog.summaries;
-        // Checkpoints: at or above the boundary, with their chain back to a base. (A manifest
-        // kept for its inline runs has its boundary raised past it in the pass that keeps it;
-        // should a crash come between, its chain is gone, and it is still no checkpoint.)
-        let valid: Vec<u64> = epochs
-            .keys()
-            .copied()
-            .filter(|&e| e >= boundary)
-            .filter(|&e| {
-                let chain = chain_epochs(&self.catalog, e);
-                s.get(chain.last().expect("a chain has its start"))
-                    .is_some_and(|m| m.parent.is_none())
-            })
-            .collect();
+        // Checkpoints: at or above the boundary, with their chain back to a base there. (A
+        // manifest kept for the runs it carries has the boundary raised past it by the pass
+        // that keeps it; until then it may still look like a checkpoint, but one older than
+        // the window and than the newest `min_checkpoints`, so never the oldest retained.)
+        let mut valid: Vec<u64> = Vec::new();
+        let mut reaches_base: HashSet<u64> = HashSet::new();
+        for &e in epochs.keys().filter(|&&e| e >= boundary) {
+            let whole = s.get(&e).is_some_and(|m| match m.parent {
+                None => true,
+                Some(p) => p < e && reaches_base.contains(&p),
+            });
+            if whole {
+                reaches_base.insert(e);
+                valid.push(e);
+            }
+        }
         let latest = *valid.last()?;
         let window_ms = retention.window.as_millis() as u64;
         // The window: every checkpoint committed within it.

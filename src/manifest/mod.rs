@@ -4,9 +4,12 @@
 //!
 //! ```text
 //! manifest  magic "BFSMAN01" | version u32 | [inline_len u64 | inline] | body |
-//!           crc32c u32 (of everything before it)
+//!           crc32c u32 (of everything before it but `inline`)
 //!           version 1: no inline part; version 2: `inline` is a whole segment (segment.rs)
-//!           holding the runs of a checkpoint small enough to travel in its manifest
+//!           holding the runs of a checkpoint small enough to travel in its manifest (or
+//!           nothing, inline_len 0). Version 2 is written whenever an extent names a manifest
+//!           (this one or an older one), so that a bucketfs that reads only version 1, and
+//!           whose GC would delete such a manifest with its checkpoint, refuses the bucket
 //! body      epoch u64 | parent u64 (0: a base) | created_ms u64 | page_size u32 |
 //!           writer blob | next_ino u64 | clean_stop u8 |
 //!           segments: count u32, key blob each          (the table extents index into;
@@ -36,10 +39,10 @@ use segment::{Codec, RunLocation};
 use wire::{Reader, Writer};
 
 const MANIFEST_MAGIC: &[u8; 8] = b"BFSMAN01";
-/// Written when the manifest carries no runs of its own, so that a bucket written without
-/// them reads with any bucketfs that reads version 1.
+/// Written when no extent names a manifest, so that a bucket written without runs in
+/// manifests reads with any bucketfs that reads version 1.
 pub const MANIFEST_VERSION: u32 = 1;
-/// Written when it does.
+/// Written when one does (this manifest's runs, or an older one's).
 pub const MANIFEST_VERSION_INLINE: u32 = 2;
 /// Where a version 2 manifest's inline segment starts: a run's offset in it is
 /// `INLINE_OFFSET` plus its offset in the segment.
@@ -121,18 +124,21 @@ pub struct Manifest {
     pub extents: Vec<Extent>,
     /// A segment carried in the manifest object itself (one PUT for a small checkpoint
     /// instead of a segment and a manifest). The extents of its runs name the manifest's own
-    /// key, `inline_key`, and are located from the object's start. `decode` leaves it empty:
-    /// readers fetch those runs by range like any segment's.
+    /// key (`manifest_key(epoch)`) and are located from the object's start. `decode` leaves
+    /// it empty: readers fetch those runs by range like any segment's.
     pub inline: Vec<u8>,
-    /// The key the manifest is stored under, when `inline` is not empty.
-    pub inline_key: String,
 }
 
 impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
+        let own = crate::checkpoint::manifest_key(self.epoch);
+        let names_manifest = self
+            .extents
+            .iter()
+            .any(|e| e.segment.starts_with(crate::checkpoint::MANIFESTS));
         let mut w = Writer::default();
         w.bytes(MANIFEST_MAGIC);
-        if self.inline.is_empty() {
+        if self.inline.is_empty() && !names_manifest {
             w.u32(MANIFEST_VERSION);
         } else {
             w.u32(MANIFEST_VERSION_INLINE);
@@ -157,8 +163,8 @@ impl Manifest {
         }
         w.u32(table.len() as u32);
         for key in &table {
-            let own = !self.inline.is_empty() && *key == self.inline_key;
-            w.blob(if own { b"" } else { key.as_bytes() });
+            let this = !self.inline.is_empty() && *key == own;
+            w.blob(if this { b"" } else { key.as_bytes() });
         }
         w.u32(self.inodes.len() as u32);
         for a in &self.inodes {
@@ -201,7 +207,9 @@ impl Manifest {
             w.u64(e.pages);
         }
         let mut out = w.into_inner();
-        let crc = manifest_crc(&out, self.inline.len());
+        let inline = (out[8..12] == MANIFEST_VERSION_INLINE.to_le_bytes())
+            .then(|| INLINE_OFFSET as usize..INLINE_OFFSET as usize + self.inline.len());
+        let crc = manifest_crc(&out, inline);
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
@@ -224,10 +232,10 @@ impl Manifest {
             });
         }
         let inline = inline_range(bytes, key)?;
-        let inline_len = inline.as_ref().map_or(0, |r| r.len());
-        if manifest_crc(body, inline_len) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        if manifest_crc(body, inline.clone()) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             return Err(corrupt("checksum mismatch"));
         }
+        let carries = inline.as_ref().is_some_and(|r| !r.is_empty());
         let start = inline.map_or(12, |r| r.end);
         let mut r = Reader::new(&body[start..], key);
         let epoch = r.u64()?;
@@ -253,7 +261,7 @@ impl Manifest {
         let mut table = Vec::new();
         for _ in 0..count(&mut r)? {
             let name = r.blob()?;
-            if name.is_empty() && version != MANIFEST_VERSION_INLINE {
+            if name.is_empty() && !carries {
                 return Err(corrupt("an inline segment named without one"));
             }
             let name = if name.is_empty() { key.as_bytes() } else { name };
@@ -337,16 +345,15 @@ impl Manifest {
 /// The manifest's checksum: of everything before it but the inline segment, whose runs and
 /// index have checksums of their own. A damaged run then fails the reads of its pages, as in
 /// a segment, instead of the whole checkpoint.
-fn manifest_crc(body: &[u8], inline_len: usize) -> u32 {
-    if inline_len == 0 {
-        return crc32c::crc32c(body);
+fn manifest_crc(body: &[u8], inline: Option<std::ops::Range<usize>>) -> u32 {
+    match inline {
+        None => crc32c::crc32c(body),
+        Some(r) => crc32c::crc32c_append(crc32c::crc32c(&body[..r.start]), &body[r.end..]),
     }
-    let start = INLINE_OFFSET as usize;
-    crc32c::crc32c_append(crc32c::crc32c(&body[..start]), &body[start + inline_len..])
 }
 
-/// Where the inline segment of a manifest's bytes lies (None: version 1, or none), its
-/// length checked against the object. The manifest's checksum leaves these bytes out: they
+/// Where the inline segment of a manifest's bytes lies (None: version 1; empty: a version 2
+/// manifest that carries no runs), its length checked against the object. The manifest's checksum leaves these bytes out: they
 /// are a segment, checked as one (its index and each run have their own crc32c).
 pub fn inline_range(bytes: &[u8], key: &str) -> Result<Option<std::ops::Range<usize>>, FormatError> {
     if bytes.len() < 12 || bytes[8..12] != MANIFEST_VERSION_INLINE.to_le_bytes() {
@@ -361,7 +368,7 @@ pub fn inline_range(bytes: &[u8], key: &str) -> Result<Option<std::ops::Range<us
     let end = usize::try_from(len)
         .ok()
         .and_then(|len| start.checked_add(len))
-        .filter(|&end| end + 4 <= bytes.len() && len > 0)
+        .filter(|&end| end + 4 <= bytes.len())
         .ok_or_else(|| FormatError::corrupt(key, "inline length past the object"))?;
     Ok(Some(start..end))
 }
@@ -486,14 +493,14 @@ mod tests {
 
     /// A manifest carrying its checkpoint's runs: written as version 2, its inline runs
     /// named by the key it is read under and found at their offsets in the object.
-    fn with_inline(key: &str) -> (Manifest, Vec<RunLocation>) {
+    fn with_inline() -> (Manifest, Vec<RunLocation>, String) {
         let mut b = segment::SegmentBuilder::compressing(Some(1));
         b.push_run(7, 4, 1, &[7u8; 8192]);
         b.push_run(8, 0, 2, &[8u8; 9000]);
         let (bytes, runs) = b.finish();
         let mut m = sample();
         m.inline = bytes;
-        m.inline_key = key.into();
+        let key = crate::checkpoint::manifest_key(m.epoch);
         let runs: Vec<RunLocation> = runs
             .into_iter()
             .map(|mut r| {
@@ -502,14 +509,14 @@ mod tests {
             })
             .collect();
         m.extents
-            .extend(runs.iter().map(|r| Extent::whole(key.into(), *r)));
-        (m, runs)
+            .extend(runs.iter().map(|r| Extent::whole(key.clone(), *r)));
+        (m, runs, key)
     }
 
     #[test]
     fn inline_runs_are_read_by_range_from_the_manifest_object() {
-        let key = "manifests/00000000000000000042";
-        let (m, runs) = with_inline(key);
+        let (m, runs, key) = with_inline();
+        let key = key.as_str();
         let bytes = m.encode();
         assert_eq!(&bytes[8..12], &MANIFEST_VERSION_INLINE.to_le_bytes());
         let back = Manifest::decode(&bytes, key).unwrap();
@@ -525,12 +532,23 @@ mod tests {
         // Without inline runs a manifest stays version 1, which older readers read.
         assert_eq!(&sample().encode()[8..12], &MANIFEST_VERSION.to_le_bytes());
         assert_eq!(inline_range(&sample().encode(), "k").unwrap(), None);
+        // One that names another manifest's runs (a base, a later delta) is version 2 with
+        // nothing inline: a reader of version 1 only would collect the carrier with its
+        // checkpoint, so it must refuse the bucket instead.
+        let mut later = sample();
+        later.epoch = 50;
+        later.extents.push(m.extents.last().unwrap().clone());
+        let bytes = later.encode();
+        assert_eq!(&bytes[8..12], &MANIFEST_VERSION_INLINE.to_le_bytes());
+        assert_eq!(inline_range(&bytes, "k").unwrap(), Some(20..20));
+        let back = Manifest::decode(&bytes, "manifests/00000000000000000050").unwrap();
+        assert_eq!(back.extents, later.extents);
     }
 
     #[test]
     fn a_corrupt_inline_manifest_is_an_error_never_a_panic() {
-        let key = "manifests/x";
-        let (m, runs) = with_inline(key);
+        let (m, runs, key) = with_inline();
+        let key = key.as_str();
         let bytes = m.encode();
         let inline = inline_range(&bytes, key).unwrap().unwrap();
         for i in 0..bytes.len() {
@@ -553,8 +571,8 @@ mod tests {
             }
         }
         for n in 0..bytes.len() {
-            assert!(Manifest::decode(&bytes[..n], "manifests/x").is_err(), "prefix {n} accepted");
-            let _ = inline_range(&bytes[..n], "manifests/x");
+            assert!(Manifest::decode(&bytes[..n], key).is_err(), "prefix {n} accepted");
+            let _ = inline_range(&bytes[..n], key);
         }
         // A version 1 manifest may not name an inline segment.
         let mut v1 = sample();
