@@ -1643,8 +1643,15 @@ fn small_checkpoints_carry_their_runs_in_the_manifest_and_bases_do_not() {
     let (mut bases, mut carriers) = (0, 0);
     let mut image = Vec::new();
     for round in 0..7u8 {
-        e.write(ino, u64::from(round % 3) * PAGE_SIZE, &pattern(round + 1, 1));
-        let o = e.cp.checkpoint(false).expect("checkpoint").expect("a change");
+        e.write(
+            ino,
+            u64::from(round % 3) * PAGE_SIZE,
+            &pattern(round + 1, 1),
+        );
+        let o =
+            e.cp.checkpoint(false)
+                .expect("checkpoint")
+                .expect("a change");
         image = e.read_all(ino);
         let key = bucketfs::checkpoint::manifest_key(o.epoch);
         let bytes = std::fs::read(dirs.bucket().join(&key)).expect("the manifest");
@@ -1653,14 +1660,27 @@ fn small_checkpoints_carry_their_runs_in_the_manifest_and_bases_do_not() {
             .is_some_and(|r| !r.is_empty());
         if o.base {
             bases += 1;
-            assert!(!carried && o.segments == 1, "round {round}: a base carried its runs");
+            assert!(
+                !carried && o.segments == 1,
+                "round {round}: a base carried its runs"
+            );
         } else {
             carriers += 1;
-            assert!(carried && o.segments == 0, "round {round}: a small delta uploaded a segment");
+            assert!(
+                carried && o.segments == 0,
+                "round {round}: a small delta uploaded a segment"
+            );
         }
-        assert_same(&format!("round {round}, in the bucket"), &e.in_bucket(ino).unwrap(), &image);
+        assert_same(
+            &format!("round {round}, in the bucket"),
+            &e.in_bucket(ino).unwrap(),
+            &image,
+        );
     }
-    assert!(bases >= 2 && carriers >= 4, "{bases} bases, {carriers} carriers");
+    assert!(
+        bases >= 2 && carriers >= 4,
+        "{bases} bases, {carriers} carriers"
+    );
     e.crash();
     assert_same("restored", &restored(&dirs, 1, "f"), &image);
 }
@@ -1697,5 +1717,9 @@ fn the_cache_dirs_log_is_synced_through_the_cut_before_the_manifest_is_sent() {
         .expect("rename");
         e.checkpoint();
     }
-    assert_eq!(*seen.lock().unwrap(), vec![true; 3], "a manifest went out ahead of the log");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![true; 3],
+        "a manifest went out ahead of the log"
+    );
 }

@@ -156,7 +156,10 @@ fn a_corrupt_run_carried_in_a_manifest_reads_as_eio_and_the_rest_restores() {
     a.checkpoint();
     fs::write(a.mnt.join("data"), vec![7u8; 100_000]).unwrap();
     assert!(a.stop().success());
-    assert!(!bucket.join("segments").exists(), "the checkpoints uploaded segments");
+    assert!(
+        !bucket.join("segments").exists(),
+        "the checkpoints uploaded segments"
+    );
 
     // The newest manifest carrying runs holds only data's.
     let mut carrying: Vec<_> = fs::read_dir(bucket.join("manifests"))
@@ -172,13 +175,18 @@ fn a_corrupt_run_carried_in_a_manifest_reads_as_eio_and_the_rest_restores() {
     fs::write(&m, &bytes).unwrap();
 
     let b = Mount::start(&dir.path().join("b"), &dir.path().join("cb"), &args);
-    assert_eq!(fs::read(b.mnt.join("other")).unwrap(), b"checkpointed before");
+    assert_eq!(
+        fs::read(b.mnt.join("other")).unwrap(),
+        b"checkpointed before"
+    );
     let err = fs::read(b.mnt.join("data")).expect_err("corrupt bytes were served");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     let key = format!("manifests/{}", m.file_name().unwrap().to_str().unwrap());
-    wait_for("the log to name the object", Duration::from_secs(10), || {
-        b.log_text().contains(&key)
-    });
+    wait_for(
+        "the log to name the object",
+        Duration::from_secs(10),
+        || b.log_text().contains(&key),
+    );
     assert!(b.stop().success());
 }
 

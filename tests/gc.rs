@@ -564,14 +564,20 @@ fn a_manifest_whose_runs_are_still_used_outlives_its_checkpoint_until_compaction
     let first = e.cp.gc_pass(t0).expect("first pass");
     // The carrier, and the manifests of hot's last rewrites before the latest base.
     assert!(first.pinned >= 1, "{first:?}");
-    assert!(first.boundary > carrier, "the carrier is still a checkpoint: {first:?}");
+    assert!(
+        first.boundary > carrier,
+        "the carrier is still a checkpoint: {first:?}"
+    );
     let done = e.cp.gc_pass(t0 + HOUR_MS).expect("pass after the grace");
     assert!(done.deleted > 0, "{done:?}");
     let below: Vec<u64> = epochs(&dirs.bucket())
         .into_iter()
         .filter(|&x| x < done.boundary)
         .collect();
-    assert!(below.contains(&carrier), "GC deleted a manifest whose runs are in use");
+    assert!(
+        below.contains(&carrier),
+        "GC deleted a manifest whose runs are in use"
+    );
     assert_eq!(below.len() as u64, first.pinned, "{done:?}");
     let err = read_at(&dirs.bucket(), At::Epoch(carrier), "cold")
         .expect_err("the carrier's checkpoint expired");
@@ -598,7 +604,9 @@ fn a_manifest_whose_runs_are_still_used_outlives_its_checkpoint_until_compaction
         dirs.bucket().join("segments").exists(),
         "compaction wrote no segment"
     );
-    let last = e.cp.gc_pass(t1 + HOUR_MS + 1).expect("a pass past the grace");
+    let last =
+        e.cp.gc_pass(t1 + HOUR_MS + 1)
+            .expect("a pass past the grace");
     assert_eq!(last.pinned, 0, "{last:?}");
     assert!(
         !keys(&dirs.bucket()).contains(&carrier_key),

@@ -608,8 +608,13 @@ fn placement_by_class_puts_each_object_in_its_bucket_with_its_region_and_restore
         .all(|k| !k.starts_with("segments/")));
     for key in s3.keys(common::s3::BUCKET, "pg") {
         if key.starts_with("manifests/") {
-            let bytes = std::fs::read(dir.join("s3").join(common::s3::BUCKET).join("pg").join(&key))
-                .expect("the manifest's file on the server");
+            let bytes = std::fs::read(
+                dir.join("s3")
+                    .join(common::s3::BUCKET)
+                    .join("pg")
+                    .join(&key),
+            )
+            .expect("the manifest's file on the server");
             let carried = bucketfs::manifest::inline_range(&bytes, &key)
                 .expect("a manifest that reads")
                 .is_some_and(|r| !r.is_empty());

@@ -232,7 +232,9 @@ impl Manifest {
             });
         }
         let inline = inline_range(bytes, key)?;
-        if manifest_crc(body, inline.clone()) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        if manifest_crc(body, inline.clone())
+            != u32::from_le_bytes(crc.try_into().expect("4 bytes"))
+        {
             return Err(corrupt("checksum mismatch"));
         }
         let carries = inline.as_ref().is_some_and(|r| !r.is_empty());
@@ -264,7 +266,11 @@ impl Manifest {
             if name.is_empty() && !carries {
                 return Err(corrupt("an inline segment named without one"));
             }
-            let name = if name.is_empty() { key.as_bytes() } else { name };
+            let name = if name.is_empty() {
+                key.as_bytes()
+            } else {
+                name
+            };
             table.push(String::from_utf8(name.to_vec()).map_err(|_| corrupt("segment key"))?);
         }
         let mut m = Manifest {
@@ -355,7 +361,10 @@ fn manifest_crc(body: &[u8], inline: Option<std::ops::Range<usize>>) -> u32 {
 /// Where the inline segment of a manifest's bytes lies (None: version 1; empty: a version 2
 /// manifest that carries no runs), its length checked against the object. The manifest's checksum leaves these bytes out: they
 /// are a segment, checked as one (its index and each run have their own crc32c).
-pub fn inline_range(bytes: &[u8], key: &str) -> Result<Option<std::ops::Range<usize>>, FormatError> {
+pub fn inline_range(
+    bytes: &[u8],
+    key: &str,
+) -> Result<Option<std::ops::Range<usize>>, FormatError> {
     if bytes.len() < 12 || bytes[8..12] != MANIFEST_VERSION_INLINE.to_le_bytes() {
         return Ok(None);
     }
@@ -520,10 +529,18 @@ mod tests {
         let bytes = m.encode();
         assert_eq!(&bytes[8..12], &MANIFEST_VERSION_INLINE.to_le_bytes());
         let back = Manifest::decode(&bytes, key).unwrap();
-        assert_eq!(back.extents, m.extents, "inline extents name the object itself");
+        assert_eq!(
+            back.extents, m.extents,
+            "inline extents name the object itself"
+        );
         assert!(back.inline.is_empty());
         let range = inline_range(&bytes, key).unwrap().expect("an inline part");
-        assert_eq!(segment::verify_segment(&bytes[range.clone()], key).unwrap().len(), 2);
+        assert_eq!(
+            segment::verify_segment(&bytes[range.clone()], key)
+                .unwrap()
+                .len(),
+            2
+        );
         for (r, fill) in runs.iter().zip([vec![7u8; 8192], vec![8u8; 9000]]) {
             let stored = &bytes[r.offset as usize..(r.offset + u64::from(r.stored_len)) as usize];
             assert_eq!(segment::decode_run(r, stored, key).unwrap(), fill);
@@ -564,14 +581,26 @@ mod tests {
             if (inline.start + 12..inline.start + 16).contains(&i) {
                 continue; // the segment header's reserved word, which nothing reads
             }
-            assert!(segment::verify_segment(&bad[inline.clone()], key).is_err(), "flip at {i}");
-            if let Some(r) = runs.iter().find(|r| (r.offset..r.offset + u64::from(r.stored_len)).contains(&(i as u64))) {
+            assert!(
+                segment::verify_segment(&bad[inline.clone()], key).is_err(),
+                "flip at {i}"
+            );
+            if let Some(r) = runs
+                .iter()
+                .find(|r| (r.offset..r.offset + u64::from(r.stored_len)).contains(&(i as u64)))
+            {
                 let stored = &bad[r.offset as usize..(r.offset + u64::from(r.stored_len)) as usize];
-                assert!(segment::decode_run(r, stored, key).is_err(), "flip at {i} read back");
+                assert!(
+                    segment::decode_run(r, stored, key).is_err(),
+                    "flip at {i} read back"
+                );
             }
         }
         for n in 0..bytes.len() {
-            assert!(Manifest::decode(&bytes[..n], key).is_err(), "prefix {n} accepted");
+            assert!(
+                Manifest::decode(&bytes[..n], key).is_err(),
+                "prefix {n} accepted"
+            );
             let _ = inline_range(&bytes[..n], key);
         }
         // A version 1 manifest may not name an inline segment.

@@ -308,7 +308,8 @@ mod tests {
         wal.append(data);
         let (bytes, runs) = wal.finish();
         assert_eq!(verify_segment(&bytes, "k").unwrap(), runs);
-        let expect: [(u64, Vec<u8>); 3] = [(3, vec![5; 8192]), (7, vec![1; 16384]), (9, vec![2; 100])];
+        let expect: [(u64, Vec<u8>); 3] =
+            [(3, vec![5; 8192]), (7, vec![1; 16384]), (9, vec![2; 100])];
         assert_eq!(runs.len(), 3);
         for (r, (ino, page_bytes)) in runs.iter().zip(expect) {
             assert_eq!(r.ino, ino);
