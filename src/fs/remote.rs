@@ -141,8 +141,8 @@ impl Fs {
     /// sizes and marks behind a checkpoint the bucket holds. (Behind it, a name the bucket no
     /// longer has could lead to an inode the view has dropped, whose absent pages would then
     /// read as zeros, and the next checkpoint would upload them so.) Concurrent syncs share
-    /// one (group commit), so after a `--durability remote` fsync it usually finds its work
-    /// done.
+    /// one (group commit). The cut itself records its epoch in the log, so this is a real
+    /// sync of the log for every checkpoint, one more flush than before it existed.
     pub fn sync_log(&self) -> Result<()> {
         self.meta.sync_to(self.meta.latest_seq())?;
         Ok(())

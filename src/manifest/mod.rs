@@ -377,7 +377,7 @@ pub fn inline_range(
     let end = usize::try_from(len)
         .ok()
         .and_then(|len| start.checked_add(len))
-        .filter(|&end| end + 4 <= bytes.len())
+        .filter(|&end| bytes.len().checked_sub(4).is_some_and(|max| end <= max))
         .ok_or_else(|| FormatError::corrupt(key, "inline length past the object"))?;
     Ok(Some(start..end))
 }
@@ -560,6 +560,31 @@ mod tests {
         assert_eq!(inline_range(&bytes, "k").unwrap(), Some(20..20));
         let back = Manifest::decode(&bytes, "manifests/00000000000000000050").unwrap();
         assert_eq!(back.extents, later.extents);
+    }
+
+    #[test]
+    fn an_inline_length_near_the_top_of_u64_is_an_error_never_a_panic() {
+        let (m, _, key) = with_inline();
+        let good = m.encode();
+        for len in [
+            u64::MAX,
+            u64::MAX - 20,
+            u64::MAX - 23,
+            u64::MAX - 24,
+            1 << 40,
+        ] {
+            let mut bad = good.clone();
+            bad[12..20].copy_from_slice(&len.to_le_bytes());
+            assert!(inline_range(&bad, &key).is_err(), "length {len}");
+            assert!(Manifest::decode(&bad, &key).is_err(), "length {len}");
+        }
+        // Version 2 with nothing inline may not name an inline segment.
+        let mut named = sample();
+        named.extents[0].segment = String::new();
+        named.extents[1].segment = crate::checkpoint::manifest_key(1);
+        let bytes = named.encode();
+        assert_eq!(inline_range(&bytes, "k").unwrap(), Some(20..20));
+        assert!(Manifest::decode(&bytes, "k").is_err());
     }
 
     #[test]
