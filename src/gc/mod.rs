@@ -377,11 +377,10 @@ impl Collector {
         // whose inline runs a retained image still uses is live as a segment is: it stays,
         // below the boundary (raised past it below), where it is no checkpoint any more but
         // still holds pages, until those are rewritten or overwritten.
-        let (pinned, unneeded): (Vec<_>, Vec<_>) = epochs
+        let (pinned, mut unneeded): (Vec<_>, Vec<(String, u64)>) = epochs
             .range(..plan_in.first_needed)
             .map(|(e, size)| (manifest_key(*e), *size))
             .partition(|(key, _)| live.contains(key));
-        let mut unneeded: Vec<(String, u64)> = unneeded;
         r.pinned = pinned.len() as u64;
         for s in &segments {
             if !live.contains(&s.key) {
@@ -511,15 +510,14 @@ impl Collector {
         // manifest kept for the runs it carries has the boundary raised past it by the pass
         // that keeps it; until then it may still look like a checkpoint, but one older than
         // the window and than the newest `min_checkpoints`, so never the oldest retained.)
+        // In ascending order, so a parent's verdict is in `valid` before its child asks.
         let mut valid: Vec<u64> = Vec::new();
-        let mut reaches_base: HashSet<u64> = HashSet::new();
         for &e in epochs.keys().filter(|&&e| e >= boundary) {
             let whole = s.get(&e).is_some_and(|m| match m.parent {
                 None => true,
-                Some(p) => p < e && reaches_base.contains(&p),
+                Some(p) => p < e && valid.binary_search(&p).is_ok(),
             });
             if whole {
-                reaches_base.insert(e);
                 valid.push(e);
             }
         }
