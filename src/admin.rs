@@ -62,15 +62,33 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
             continue;
         };
         let bytes = rt.block_on(store.get(&m.key, None))?;
-        let man = Manifest::decode(&bytes, &m.key)?;
         let (n, b) = seg_bytes.get(&epoch).copied().unwrap_or_default();
+        let man = match Manifest::decode(&bytes, &m.key) {
+            Ok(man) => man,
+            Err(e) if epoch < boundary => {
+                // GC keeps what it cannot read below the boundary (it might be a fence).
+                writeln!(
+                    out,
+                    "{epoch:>8}  {:<5}  {:<24}  {:<16}  {n:>8}  {:>12}  below the GC boundary: \
+                     unreadable, kept ({e})",
+                    "?",
+                    "?",
+                    "?",
+                    b + m.size
+                )?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let kind = if man.parent.is_none() {
             "base"
         } else {
             "delta"
         };
         let carries = crate::manifest::inline_range(&bytes, &m.key)?.is_some_and(|r| !r.is_empty());
-        let kept = if epoch < boundary && carries {
+        let kept = if epoch < boundary && man.fence {
+            "below the GC boundary: a takeover's fence, kept for good"
+        } else if epoch < boundary && carries {
             "below the GC boundary: no checkpoint, kept while its pages are used"
         } else if epoch < boundary {
             "below the GC boundary: not part of the bucket"
@@ -81,6 +99,8 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
         };
         let note = if man.clean_stop {
             format!("{kept}, clean stop")
+        } else if man.fence && epoch >= boundary {
+            format!("{kept}, takeover (a fence)")
         } else {
             kept.to_string()
         };
@@ -210,14 +230,20 @@ fn print_report(url: &BucketUrl, r: &Report, out: &mut dyn Write) -> std::io::Re
         r.pending, r.pending_bytes, r.orphans
     )?;
     if r.dry_run {
-        writeln!(out, "deleted: nothing (a dry run)")
+        writeln!(out, "deleted: nothing (a dry run)")?;
     } else {
         writeln!(
             out,
             "deleted: {} object(s), {} bytes",
             r.deleted, r.deleted_bytes
-        )
+        )?;
     }
+    writeln!(
+        out,
+        "kept below the boundary: {} manifest(s) holding pages still used, {} takeover fence(s), \
+         {} unreadable object(s)",
+        r.pinned, r.fences, r.unreadable
+    )
 }
 
 /// `bucketfs verify`: every segment object is whole (index, every run's crc), and every
@@ -296,7 +322,7 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
             Err(e) => broken.push(format!("{}: {e}", m.key)),
         }
         if epoch < boundary {
-            continue; // not part of the bucket: GC deletes it
+            continue; // not part of the bucket
         }
         match Manifest::decode(&bytes, &m.key) {
             Ok(man) if man.epoch == epoch => {

@@ -698,7 +698,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
                 .unwrap_or(0);
             break (cp, epoch);
         }
-        match cp.take_over() {
+        match cp.take_over(opened.latest.as_ref().is_some_and(|m| m.clean_stop)) {
             Ok(epoch) => break (cp, epoch),
             Err(CheckpointError::LostRace { epoch }) if attempts < 5 => {
                 attempts += 1;

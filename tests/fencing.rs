@@ -165,7 +165,13 @@ fn a_corrupt_run_carried_in_a_manifest_reads_as_eio_and_the_rest_restores() {
     let mut carrying: Vec<_> = fs::read_dir(bucket.join("manifests"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| fs::read(p).unwrap()[8..12] == 2u32.to_le_bytes())
+        .filter(|p| {
+            let bytes = fs::read(p).unwrap();
+            let key = format!("manifests/{}", p.file_name().unwrap().to_str().unwrap());
+            bucketfs::manifest::inline_range(&bytes, &key)
+                .unwrap()
+                .is_some_and(|r| !r.is_empty())
+        })
         .collect();
     carrying.sort();
     let m = carrying.pop().expect("a manifest carrying runs");

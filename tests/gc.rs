@@ -1,6 +1,6 @@
 //! Retention, GC and compaction (docs/gc.md) on the engine without a mount: what GC deletes
-//! and what it must never delete, the GC boundary that keeps a stalled writer from committing
-//! into the past, orphans and their grace, compaction's space bound, and that every retained
+//! and what it must never delete, the fences and the GC boundary that keep a stalled writer
+//! from committing into the past, orphans and their grace, compaction's space bound, and that every retained
 //! checkpoint stays restorable. Time is passed to each pass (`gc_pass(now)`), so the grace and
 //! the window are crossed without waiting.
 
@@ -163,8 +163,25 @@ fn retained_checkpoints_restore_and_expired_ones_are_collected_after_the_grace()
     assert_same("restored latest", &restored(&dirs, 1, "data"), &want);
 }
 
+/// A GC pass of a process that knows nothing yet (a new `bucketfs gc`), deleting.
+fn fresh_pass(bucket: &Path, now_ms: u64) -> bucketfs::gc::Report {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(bucket).unwrap());
+    let holds = || Ok(());
+    let retention = gc(1, false).gc.unwrap().retention;
+    bucketfs::gc::Collector::default()
+        .pass(
+            &store,
+            rt.handle(),
+            &retention,
+            now_ms,
+            bucketfs::gc::Mode::Delete { holds: &holds },
+        )
+        .unwrap()
+}
+
 #[test]
-fn a_stalled_writer_whose_epoch_was_collected_cannot_commit_into_the_past() {
+fn a_stalled_writer_fails_on_the_takeovers_fence_which_gc_never_collects() {
     let dirs = Dirs::new();
     let stalled = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, false));
     let a = stalled.create("a");
@@ -172,7 +189,8 @@ fn a_stalled_writer_whose_epoch_was_collected_cannot_commit_into_the_past() {
     stalled.checkpoint();
     let next = stalled.cp.view().read().epoch + 1;
 
-    // Another writer takes the prefix over (at `next`), goes on, and collects `next`.
+    // Another writer takes the prefix over (its fence at `next`), goes on, and collects
+    // everything around the fence.
     let b = Engine::open(&dirs.cache(1), &dirs.bucket(), gc(1, false));
     let bi = b.create("b");
     let history = rewrite_and_checkpoint(&b, bi, 2, 12);
@@ -180,13 +198,44 @@ fn a_stalled_writer_whose_epoch_was_collected_cannot_commit_into_the_past() {
     b.cp.gc_pass(t0).unwrap();
     let r = b.cp.gc_pass(t0 + HOUR_MS).unwrap();
     assert!(r.deleted > 0, "{r:?}");
+    assert_eq!(r.fences, 1, "{r:?}");
+    assert!(r.boundary > next, "{r:?}");
+    let kept = epochs(&dirs.bucket());
     assert!(
-        !epochs(&dirs.bucket()).contains(&next),
-        "manifest {next} (the stalled writer's next) was collected"
+        kept.contains(&next),
+        "the fence {next} was collected: {kept:?}"
     );
+    // Below it only what holds pages still used (file a's, carried by the stalled writer's
+    // last checkpoint) is left.
+    let below = kept.iter().filter(|&&e| e < next).count() as u64;
+    assert_eq!(below, r.pinned, "{kept:?} {r:?}");
+    assert!(!kept.contains(&1), "{kept:?}");
 
-    // The stalled writer wakes up: its create-if-absent of `next` succeeds, and it must not
-    // believe it.
+    // A GC that has forgotten everything (its state gone, a new process) still keeps it,
+    // and keeps an object below the boundary that it cannot read (it might be a fence).
+    std::fs::remove_file(dirs.bucket().join("gc/state")).unwrap();
+    let garbage = bucketfs::checkpoint::manifest_key(1);
+    std::fs::write(dirs.bucket().join(&garbage), b"not a manifest").unwrap();
+    for hours in [2, 3] {
+        let r = fresh_pass(&dirs.bucket(), t0 + hours * HOUR_MS);
+        assert_eq!((r.fences, r.unreadable), (1, 1), "{r:?}");
+    }
+    let kept = epochs(&dirs.bucket());
+    assert!(kept.contains(&next) && kept.contains(&1), "{kept:?}");
+    // `ls` names both, and `verify` finds the bucket whole.
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let mut listing = Vec::new();
+    bucketfs::admin::ls(&url, &mut listing).unwrap();
+    let listing = String::from_utf8(listing).unwrap();
+    assert!(
+        listing.contains("a takeover's fence, kept for good"),
+        "{listing}"
+    );
+    assert!(listing.contains("unreadable, kept"), "{listing}");
+    let broken = bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+
+    // The stalled writer wakes up: its create-if-absent of `next` fails on the fence.
     stalled.write(a, 0, &pattern(9, 2));
     match stalled.cp.checkpoint(false) {
         Err(CheckpointError::Fenced { .. }) => {}
@@ -206,6 +255,75 @@ fn a_stalled_writer_whose_epoch_was_collected_cannot_commit_into_the_past() {
         &read_at(&dirs.bucket(), At::Epoch(u64::MAX), "a").unwrap(),
         &pattern(1, 2),
     );
+}
+
+/// A takeover of a prefix whose tip is a clean stop writes no fence (its writer has gone),
+/// so GC collects that epoch like any other. A writer that committed again after its own
+/// clean stop must then learn from the boundary that its commit landed in the past.
+#[test]
+fn a_writer_whose_tip_is_a_clean_stop_checks_the_boundary_after_it_commits() {
+    let dirs = Dirs::new();
+    let stalled = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, false));
+    let a = stalled.create("a");
+    stalled.write(a, 0, &pattern(1, 2));
+    stalled.cp.checkpoint(true).unwrap();
+    let next = stalled.cp.view().read().epoch + 1;
+
+    let b = Engine::open(&dirs.cache(1), &dirs.bucket(), gc(1, false));
+    let bi = b.create("b");
+    let history = rewrite_and_checkpoint(&b, bi, 2, 12);
+    let t0 = now_ms();
+    b.cp.gc_pass(t0).unwrap();
+    let r = b.cp.gc_pass(t0 + HOUR_MS).unwrap();
+    assert_eq!(r.fences, 0, "{r:?}");
+    assert!(
+        !epochs(&dirs.bucket()).contains(&next),
+        "manifest {next} (the takeover after a clean stop) was collected"
+    );
+
+    // Its create-if-absent of `next` succeeds, and it must not believe it.
+    stalled.write(a, 0, &pattern(9, 2));
+    match stalled.cp.checkpoint(false) {
+        Err(CheckpointError::Fenced { .. }) => {}
+        other => panic!("a commit into the past was believed: {other:?}"),
+    }
+    assert!(matches!(stalled.fs.write(a, 0, b"x"), Err(FsError::Fenced)));
+    assert_same(
+        "b",
+        &read_at(&dirs.bucket(), At::Epoch(u64::MAX), "b").unwrap(),
+        &history.last().unwrap().1,
+    );
+}
+
+/// What a commit costs in requests: after a takeover, a small checkpoint is one PUT (its
+/// runs carried in the manifest) and nothing read; after a clean stop, the next commit also
+/// reads the GC boundary.
+#[test]
+fn a_small_commit_is_one_put_and_reads_the_boundary_only_after_a_clean_stop() {
+    let dirs = Dirs::new();
+    Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default()).crash();
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    let commit = |tag: u8| {
+        e.write(ino, 0, &pattern(tag, 1));
+        let before = e.plan.counts();
+        e.checkpoint();
+        let after = e.plan.counts();
+        (after.puts - before.puts, after.gets - before.gets)
+    };
+    assert_eq!(
+        commit(1),
+        (1, 0),
+        "(PUTs, GETs) of a commit after a takeover"
+    );
+    assert_eq!(commit(2), (1, 0));
+    e.cp.checkpoint(true).unwrap();
+    assert_eq!(
+        commit(3),
+        (1, 1),
+        "(PUTs, GETs) of the commit after a clean stop"
+    );
+    assert_eq!(commit(4), (1, 0));
 }
 
 #[test]

@@ -650,6 +650,11 @@ pub struct Checkpointer {
     /// The names as the last cut walked them, and which of them the view holds.
     names: Mutex<NamesSeen>,
     fenced: AtomicBool,
+    /// The view's tip is a manifest this writer committed, and not a clean stop. Another
+    /// writer can then commit the next epoch only by taking over, and a takeover of a
+    /// prefix whose tip is no clean stop writes a fence, a key GC never frees: a commit
+    /// that lands is this writer's, with no need to read the GC boundary after it.
+    tip_is_ours: AtomicBool,
     /// The bucket URL recorded in the cache dir after each commit (unset in tests).
     record_url: Mutex<Option<String>>,
     /// The highest cut epoch whose changes are all in the bucket, and who waits for it.
@@ -688,6 +693,7 @@ impl Checkpointer {
             running: Mutex::new(()),
             names: Mutex::new(NamesSeen::default()),
             fenced: AtomicBool::new(false),
+            tip_is_ours: AtomicBool::new(false),
             record_url: Mutex::new(None),
             covered: Mutex::new(0),
             covered_cv: Condvar::new(),
@@ -785,11 +791,14 @@ impl Checkpointer {
     }
 
     /// Commits an empty delta at the next epoch: the bucket now names this writer, and any
-    /// writer still running there is fenced out at its next commit.
-    pub fn take_over(&self) -> Result<u64, CheckpointError> {
+    /// writer still running there is fenced out at its next commit. Unless the tip was a
+    /// clean stop (`tip_clean_stop`: its writer is gone), the delta is a fence, which GC
+    /// keeps for good: that writer's next commit fails on it however long it stalled.
+    pub fn take_over(&self, tip_clean_stop: bool) -> Result<u64, CheckpointError> {
         let _one = self.running.lock();
         let parent = self.view.read().epoch;
         let m = Manifest {
+            fence: !tip_clean_stop,
             epoch: parent + 1,
             parent: Some(parent).filter(|&p| p > 0),
             created_ms: now_ms(),
@@ -820,7 +829,8 @@ impl Checkpointer {
             }
             Err(e) => return Err(e.into()),
         }
-        // A takeover from a view GC has left behind: read the bucket again.
+        // A takeover from a view GC has left behind (its create-if-absent landed on a
+        // collected key, the fence not being ours to rely on): read the bucket again.
         if self.rt.block_on(crate::gc::read_boundary(&*self.store))? > m.epoch {
             return Err(CheckpointError::LostRace { epoch: m.epoch });
         }
@@ -1008,6 +1018,8 @@ impl Checkpointer {
             _ => view.apply(m),
         }
         seen.in_view = names;
+        // Every manifest applied here is this writer's own.
+        self.tip_is_ours.store(!m.clean_stop, Ordering::Release);
     }
 
     fn covered_through(&self, epoch: u64) {
@@ -1210,7 +1222,11 @@ impl Checkpointer {
             .block_on(self.store.put(&key, body, PutMode::Create))
         {
             Ok(_) => {
-                self.check_boundary(m.epoch)?;
+                // Only when another writer could have committed this epoch without a fence
+                // (the tip is a clean stop, or the bucket was empty) may GC have freed the key.
+                if !self.tip_is_ours.load(Ordering::Acquire) {
+                    self.check_boundary(m.epoch)?;
+                }
                 Ok(len)
             }
             Err(StoreError::PreconditionFailed { .. }) if self.own_earlier_commit(&key)? => {

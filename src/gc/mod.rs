@@ -15,9 +15,12 @@
 //!    by a later pass (never the one that drained it) once it has been pending for `grace`.
 //!    Uploads not yet committed (a checkpoint in flight elsewhere, a crashed writer's) are
 //!    unneeded too, and the same grace protects them: it is the orphan horizon.
+//!    A *fence* (a takeover's manifest, docs/gc.md) is never unneeded: its key is what fails
+//!    the next commit of the writer it took over from, however long that writer stalled.
 //! 5. *Raise the boundary* (`gc/boundary`) above every manifest about to be deleted, before
-//!    deleting any: a writer checks it after each commit, so a stalled writer whose create-
-//!    if-absent lands on a collected epoch learns that it committed into the past.
+//!    deleting any: a writer whose tip is no fence of its own checks it after a commit, so
+//!    one whose create-if-absent lands on a collected epoch learns that it committed into
+//!    the past.
 //! 6. *Check* that the prefix is still this writer's, then *delete* in batches, checking
 //!    again between batches. Any error ends the pass; what it did not delete stays pending.
 //!
@@ -25,7 +28,7 @@
 
 pub mod compact;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +82,8 @@ pub struct Summary {
     pub created_ms: u64,
     pub writer: String,
     pub clean_stop: bool,
+    /// A takeover's fence: kept for good.
+    pub fence: bool,
     /// The segments its extents name.
     pub segments: Vec<String>,
 }
@@ -94,6 +99,7 @@ impl Summary {
             created_ms: m.created_ms,
             writer: m.writer.clone(),
             clean_stop: m.clean_stop,
+            fence: m.fence,
             segments,
         }
     }
@@ -134,6 +140,10 @@ pub struct State {
     pub oldest_retained: u64,
     /// key → when a pass first found it unneeded (unix ms).
     pub pending: BTreeMap<String, u64>,
+    /// Fences below the first needed manifest: kept for good, and known to be fences
+    /// without reading them again.
+    #[serde(default)]
+    pub fences: BTreeSet<u64>,
 }
 
 /// The state the last GC pass left, if one ever ran (an unreadable one counts as none).
@@ -240,6 +250,14 @@ pub struct Report {
     /// uses runs they carry (compaction moves those out).
     #[serde(default)]
     pub pinned: u64,
+    /// Takeovers' fences older than every retained checkpoint, kept for good: each is the
+    /// key that fails the next commit of a writer that was taken over (docs/gc.md).
+    #[serde(default)]
+    pub fences: u64,
+    /// Objects under manifests/ below the boundary that do not decode: kept (each might be
+    /// a fence), and counted apart.
+    #[serde(default)]
+    pub unreadable: u64,
     /// Objects no retained checkpoint needs, waiting out the grace.
     pub pending: u64,
     pub pending_bytes: u64,
@@ -315,19 +333,54 @@ impl Collector {
             .filter_map(|m| Some((epoch_of_key(&m.key)?, m.size)))
             .collect();
         self.catalog.summaries.retain(|e, _| epochs.contains_key(e));
-        for &epoch in epochs.keys().filter(|&&e| e >= boundary) {
-            if !self.catalog.summaries.contains_key(&epoch) {
-                let key = manifest_key(epoch);
-                let bytes = store.get(&key, None).await?;
-                let m = Manifest::decode(&bytes, &key)?;
-                if m.epoch != epoch {
-                    return Err(
-                        FormatError::corrupt(&key, format!("names epoch {}", m.epoch)).into(),
-                    );
+        // Every manifest is read once, to know whether it is a fence; below the boundary
+        // not those the state already classed. A pending key is no fence: it was read before
+        // it was pended, and a fence landing on it after it was deleted would be a takeover
+        // of a view GC had already left behind, which reads the boundary and gives up.
+        let mut unreadable: BTreeSet<u64> = BTreeSet::new();
+        let mut fences: BTreeSet<u64> = old
+            .fences
+            .iter()
+            .copied()
+            .filter(|e| epochs.contains_key(e))
+            .collect();
+        for &epoch in epochs.keys() {
+            let key = manifest_key(epoch);
+            let known = self.catalog.summaries.contains_key(&epoch)
+                || (epoch < boundary
+                    && (fences.contains(&epoch) || old.pending.contains_key(&key)));
+            if known {
+                continue;
+            }
+            let bytes = store.get(&key, None).await?;
+            let m = Manifest::decode(&bytes, &key).and_then(|m| {
+                if m.epoch == epoch {
+                    Ok(m)
+                } else {
+                    Err(FormatError::corrupt(
+                        &key,
+                        format!("names epoch {}", m.epoch),
+                    ))
                 }
-                self.catalog.insert(&m);
+            });
+            match m {
+                Ok(m) => self.catalog.insert(&m),
+                Err(e) if epoch >= boundary => return Err(e.into()),
+                Err(e) => {
+                    // Below the boundary nothing reads it, and a key GC cannot class is
+                    // never freed: it might be a fence.
+                    warn!(error = %e, "an unreadable manifest below the GC boundary is kept");
+                    unreadable.insert(epoch);
+                }
             }
         }
+        fences.extend(
+            self.catalog
+                .summaries
+                .values()
+                .filter(|s| s.fence)
+                .map(|s| s.epoch),
+        );
         let Some(plan_in) = self.retained(&epochs, boundary, retention, now_ms) else {
             // No checkpoint yet: nothing to keep, nothing known to be garbage.
             let mut plan = Plan::default();
@@ -377,11 +430,17 @@ impl Collector {
         // whose inline runs a retained image still uses is live as a segment is: it stays,
         // below the boundary (raised past it below), where it is no checkpoint any more but
         // still holds pages, until those are rewritten or overwritten.
+        // Fences stay for good, below the boundary too, and so does what GC cannot read
+        // there (it is read again each pass, not listed in the state).
+        let fences: BTreeSet<u64> = fences.range(..plan_in.first_needed).copied().collect();
         let (pinned, mut unneeded): (Vec<_>, Vec<(String, u64)>) = epochs
             .range(..plan_in.first_needed)
+            .filter(|(e, _)| !fences.contains(e) && !unreadable.contains(e))
             .map(|(e, size)| (manifest_key(*e), *size))
             .partition(|(key, _)| live.contains(key));
         r.pinned = pinned.len() as u64;
+        r.fences = fences.len() as u64;
+        r.unreadable = unreadable.len() as u64;
         for s in &segments {
             if !live.contains(&s.key) {
                 unneeded.push((s.key.clone(), s.size));
@@ -406,6 +465,7 @@ impl Collector {
             grace_ms,
             oldest_retained: old.oldest_retained.max(plan_in.oldest),
             pending: BTreeMap::new(),
+            fences: fences.clone(),
         };
         for (key, size) in unneeded {
             match old.pending.get(&key) {
@@ -428,6 +488,7 @@ impl Collector {
             .iter()
             .chain(&pinned)
             .filter_map(|(k, _)| epoch_of_key(k))
+            .chain(fences.iter().copied())
             .max()
             .map(|e| e + 1)
             .filter(|&b| b > boundary);

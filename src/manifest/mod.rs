@@ -5,13 +5,14 @@
 //! ```text
 //! manifest  magic "BFSMAN01" | version u32 | [inline_len u64 | inline] | body |
 //!           crc32c u32 (of everything before it but `inline`)
-//!           version 1: no inline part; version 2: `inline` is a whole segment (segment.rs)
-//!           holding the runs of a checkpoint small enough to travel in its manifest (or
-//!           nothing, inline_len 0). Version 2 is written whenever an extent names a manifest
-//!           (this one or an older one), so that a bucketfs that reads only version 1, and
-//!           whose GC would delete such a manifest with its checkpoint, refuses the bucket
+//!           version 1: no inline part. Versions 2 and 3: `inline` is a whole segment
+//!           (segment.rs) holding the runs of a checkpoint small enough to travel in its
+//!           manifest (or nothing, inline_len 0). Version 3 (the one written) has a flags
+//!           byte where 1 and 2 have a clean_stop byte: a bucketfs that reads only 1 or 2
+//!           would neither keep fences nor write them, so it must refuse the bucket
+//!           (docs/gc.md, "Fences")
 //! body      epoch u64 | parent u64 (0: a base) | created_ms u64 | page_size u32 |
-//!           writer blob | next_ino u64 | clean_stop u8 |
+//!           writer blob | next_ino u64 | flags u8 (1: clean stop, 2: fence) |
 //!           segments: count u32, key blob each          (the table extents index into;
 //!                                                         an empty key: this object's inline
 //!                                                         segment, offsets from the object's
@@ -39,12 +40,15 @@ use segment::{Codec, RunLocation};
 use wire::{Reader, Writer};
 
 const MANIFEST_MAGIC: &[u8; 8] = b"BFSMAN01";
-/// Written when no extent names a manifest, so that a bucket written without runs in
-/// manifests reads with any bucketfs that reads version 1.
-pub const MANIFEST_VERSION: u32 = 1;
-/// Written when one does (this manifest's runs, or an older one's).
-pub const MANIFEST_VERSION_INLINE: u32 = 2;
-/// Where a version 2 manifest's inline segment starts: a run's offset in it is
+/// Read only: no inline part, a clean_stop byte.
+const VERSION_PLAIN: u32 = 1;
+/// Read only: an inline part, a clean_stop byte.
+const VERSION_INLINE: u32 = 2;
+/// The version written: an inline part, a flags byte.
+pub const MANIFEST_VERSION: u32 = 3;
+const FLAG_CLEAN_STOP: u8 = 1;
+const FLAG_FENCE: u8 = 2;
+/// Where a version 2 or 3 manifest's inline segment starts: a run's offset in it is
 /// `INLINE_OFFSET` plus its offset in the segment.
 pub const INLINE_OFFSET: u64 = 8 + 4 + 8;
 
@@ -115,6 +119,11 @@ pub struct Manifest {
     pub next_ino: u64,
     /// Written by a writer's final checkpoint at a clean stop: no writer holds the prefix.
     pub clean_stop: bool,
+    /// Written by a takeover whose parent is not a clean stop: the writer of the parent may
+    /// still be running, and this key is what fails its next commit. GC never deletes it,
+    /// which is what lets a writer believe a commit without reading the GC boundary after
+    /// it (docs/gc.md, "Fences").
+    pub fence: bool,
     pub inodes: Vec<Attr>,
     pub removed_inodes: Vec<u64>,
     pub dirents: Vec<ManifestDirent>,
@@ -131,17 +140,17 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_version(MANIFEST_VERSION)
+    }
+
+    /// As `encode`, in an older version (tests of what this bucketfs still reads). Version 1
+    /// cannot say that runs are inline, and neither 1 nor 2 that the manifest is a fence.
+    fn encode_version(&self, version: u32) -> Vec<u8> {
         let own = crate::checkpoint::manifest_key(self.epoch);
-        let names_manifest = self
-            .extents
-            .iter()
-            .any(|e| e.segment.starts_with(crate::checkpoint::MANIFESTS));
         let mut w = Writer::default();
         w.bytes(MANIFEST_MAGIC);
-        if self.inline.is_empty() && !names_manifest {
-            w.u32(MANIFEST_VERSION);
-        } else {
-            w.u32(MANIFEST_VERSION_INLINE);
+        w.u32(version);
+        if version != VERSION_PLAIN {
             w.u64(self.inline.len() as u64);
             w.bytes(&self.inline);
         }
@@ -151,7 +160,13 @@ impl Manifest {
         w.u32(self.page_size);
         w.blob(self.writer.as_bytes());
         w.u64(self.next_ino);
-        w.u8(u8::from(self.clean_stop));
+        let flags = match version {
+            MANIFEST_VERSION => {
+                u8::from(self.clean_stop) * FLAG_CLEAN_STOP | u8::from(self.fence) * FLAG_FENCE
+            }
+            _ => u8::from(self.clean_stop),
+        };
+        w.u8(flags);
         // The segment table, in first-use order.
         let mut table: Vec<&str> = Vec::new();
         let mut index = std::collections::HashMap::new();
@@ -207,7 +222,7 @@ impl Manifest {
             w.u64(e.pages);
         }
         let mut out = w.into_inner();
-        let inline = (out[8..12] == MANIFEST_VERSION_INLINE.to_le_bytes())
+        let inline = (version != VERSION_PLAIN)
             .then(|| INLINE_OFFSET as usize..INLINE_OFFSET as usize + self.inline.len());
         let crc = manifest_crc(&out, inline);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -224,11 +239,11 @@ impl Manifest {
             return Err(corrupt("bad magic"));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("length checked"));
-        if version != MANIFEST_VERSION && version != MANIFEST_VERSION_INLINE {
+        if ![VERSION_PLAIN, VERSION_INLINE, MANIFEST_VERSION].contains(&version) {
             return Err(FormatError::Version {
                 key: key.into(),
                 found: version,
-                supported: MANIFEST_VERSION_INLINE,
+                supported: MANIFEST_VERSION,
             });
         }
         let inline = inline_range(bytes, key)?;
@@ -246,11 +261,18 @@ impl Manifest {
         let page_size = r.u32()?;
         let writer = String::from_utf8(r.blob()?.to_vec()).map_err(|_| corrupt("writer"))?;
         let next_ino = r.u64()?;
-        let clean_stop = match r.u8()? {
-            0 => false,
-            1 => true,
-            _ => return Err(corrupt("clean_stop flag")),
+        let flags = r.u8()?;
+        let known = match version {
+            MANIFEST_VERSION => FLAG_CLEAN_STOP | FLAG_FENCE,
+            _ => FLAG_CLEAN_STOP,
         };
+        if flags & !known != 0 {
+            return Err(corrupt("unknown flags"));
+        }
+        if flags == FLAG_CLEAN_STOP | FLAG_FENCE {
+            // A takeover (a fence) is never its writer's clean stop.
+            return Err(corrupt("a clean stop flagged a fence"));
+        }
         // Each count is checked against the bytes left (every record takes at least 8) so a
         // corrupt count cannot ask for a huge allocation.
         let count = |r: &mut Reader| -> Result<usize, FormatError> {
@@ -280,7 +302,8 @@ impl Manifest {
             page_size,
             writer,
             next_ino,
-            clean_stop,
+            clean_stop: flags & FLAG_CLEAN_STOP != 0,
+            fence: flags & FLAG_FENCE != 0,
             ..Manifest::default()
         };
         for _ in 0..count(&mut r)? {
@@ -358,14 +381,17 @@ fn manifest_crc(body: &[u8], inline: Option<std::ops::Range<usize>>) -> u32 {
     }
 }
 
-/// Where the inline segment of a manifest's bytes lies (None: version 1; empty: a version 2
-/// manifest that carries no runs), its length checked against the object. The manifest's checksum leaves these bytes out: they
-/// are a segment, checked as one (its index and each run have their own crc32c).
+/// Where the inline segment of a manifest's bytes lies (None: version 1; empty: a manifest
+/// that carries no runs), its length checked against the object. The manifest's checksum
+/// leaves these bytes out: they are a segment, checked as one (its index and each run have
+/// their own crc32c).
 pub fn inline_range(
     bytes: &[u8],
     key: &str,
 ) -> Result<Option<std::ops::Range<usize>>, FormatError> {
-    if bytes.len() < 12 || bytes[8..12] != MANIFEST_VERSION_INLINE.to_le_bytes() {
+    let version = bytes.get(8..12).map(|v| v.try_into().expect("4 bytes"));
+    if !version.is_some_and(|v| [VERSION_INLINE, MANIFEST_VERSION].contains(&u32::from_le_bytes(v)))
+    {
         return Ok(None);
     }
     let start = INLINE_OFFSET as usize;
@@ -481,7 +507,62 @@ mod tests {
     #[test]
     fn round_trip() {
         let m = sample();
+        assert_eq!(&m.encode()[8..12], &MANIFEST_VERSION.to_le_bytes());
         assert_eq!(Manifest::decode(&m.encode(), "k").unwrap(), m);
+        let fence = Manifest {
+            fence: true,
+            clean_stop: false,
+            ..sample()
+        };
+        assert_eq!(Manifest::decode(&fence.encode(), "k").unwrap(), fence);
+        // What older bucketfs wrote still reads.
+        for version in [VERSION_PLAIN, VERSION_INLINE] {
+            let bytes = m.encode_version(version);
+            assert_eq!(&bytes[8..12], &version.to_le_bytes());
+            assert_eq!(
+                Manifest::decode(&bytes, "k").unwrap(),
+                m,
+                "version {version}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flag_its_version_does_not_know_is_refused() {
+        // The flags byte: the one byte a change of clean_stop changes (the crc aside).
+        let at = |version: u32| {
+            let m = sample();
+            let flipped = Manifest {
+                clean_stop: !m.clean_stop,
+                ..m.clone()
+            };
+            let (a, b) = (m.encode_version(version), flipped.encode_version(version));
+            (0..a.len() - 4)
+                .find(|&i| a[i] != b[i])
+                .expect("the flags byte")
+        };
+        for version in [VERSION_PLAIN, VERSION_INLINE, MANIFEST_VERSION] {
+            let good = sample().encode_version(version);
+            let i = at(version);
+            for flags in 0..=255u8 {
+                let mut bytes = good.clone();
+                bytes[i] = flags;
+                let inline = inline_range(&bytes, "k").unwrap();
+                let crc = manifest_crc(&bytes[..bytes.len() - 4], inline);
+                let n = bytes.len();
+                bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
+                // Version 3: clean stop (1) or fence (2), never both.
+                let highest = if version == MANIFEST_VERSION { 2 } else { 1 };
+                match Manifest::decode(&bytes, "k") {
+                    Ok(m) => {
+                        assert!(flags <= highest, "version {version} took flags {flags}");
+                        assert_eq!(m.clean_stop, flags & 1 != 0);
+                        assert_eq!(m.fence, flags & 2 != 0);
+                    }
+                    Err(_) => assert!(flags > highest, "version {version} refused flags {flags}"),
+                }
+            }
+        }
     }
 
     #[test]
@@ -500,7 +581,7 @@ mod tests {
         }
     }
 
-    /// A manifest carrying its checkpoint's runs: written as version 2, its inline runs
+    /// A manifest carrying its checkpoint's runs, its inline runs
     /// named by the key it is read under and found at their offsets in the object.
     fn with_inline() -> (Manifest, Vec<RunLocation>, String) {
         let mut b = segment::SegmentBuilder::compressing(Some(1));
@@ -527,7 +608,6 @@ mod tests {
         let (m, runs, key) = with_inline();
         let key = key.as_str();
         let bytes = m.encode();
-        assert_eq!(&bytes[8..12], &MANIFEST_VERSION_INLINE.to_le_bytes());
         let back = Manifest::decode(&bytes, key).unwrap();
         assert_eq!(
             back.extents, m.extents,
@@ -546,20 +626,16 @@ mod tests {
             assert_eq!(segment::decode_run(r, stored, key).unwrap(), fill);
             assert!(range.contains(&(r.offset as usize)));
         }
-        // Without inline runs a manifest stays version 1, which older readers read.
-        assert_eq!(&sample().encode()[8..12], &MANIFEST_VERSION.to_le_bytes());
-        assert_eq!(inline_range(&sample().encode(), "k").unwrap(), None);
-        // One that names another manifest's runs (a base, a later delta) is version 2 with
-        // nothing inline: a reader of version 1 only would collect the carrier with its
-        // checkpoint, so it must refuse the bucket instead.
-        let mut later = sample();
-        later.epoch = 50;
-        later.extents.push(m.extents.last().unwrap().clone());
-        let bytes = later.encode();
-        assert_eq!(&bytes[8..12], &MANIFEST_VERSION_INLINE.to_le_bytes());
-        assert_eq!(inline_range(&bytes, "k").unwrap(), Some(20..20));
-        let back = Manifest::decode(&bytes, "manifests/00000000000000000050").unwrap();
-        assert_eq!(back.extents, later.extents);
+        // Without inline runs the inline part is there, empty.
+        assert_eq!(inline_range(&sample().encode(), "k").unwrap(), Some(20..20));
+        assert_eq!(
+            inline_range(&sample().encode_version(VERSION_PLAIN), "k").unwrap(),
+            None
+        );
+        // Version 2, as older bucketfs wrote it, reads the same.
+        let old = m.encode_version(VERSION_INLINE);
+        assert_eq!(Manifest::decode(&old, key).unwrap().extents, m.extents);
+        assert_eq!(inline_range(&old, key).unwrap(), Some(range));
     }
 
     #[test]
@@ -578,7 +654,7 @@ mod tests {
             assert!(inline_range(&bad, &key).is_err(), "length {len}");
             assert!(Manifest::decode(&bad, &key).is_err(), "length {len}");
         }
-        // Version 2 with nothing inline may not name an inline segment.
+        // Nothing inline: no extent may name an inline segment.
         let mut named = sample();
         named.extents[0].segment = String::new();
         named.extents[1].segment = crate::checkpoint::manifest_key(1);
@@ -631,6 +707,6 @@ mod tests {
         // A version 1 manifest may not name an inline segment.
         let mut v1 = sample();
         v1.extents[0].segment = String::new();
-        assert!(Manifest::decode(&v1.encode(), "k").is_err());
+        assert!(Manifest::decode(&v1.encode_version(VERSION_PLAIN), "k").is_err());
     }
 }

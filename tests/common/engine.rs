@@ -91,7 +91,8 @@ impl Engine {
         if opened.latest.is_none() {
             cp.checkpoint(false).expect("first checkpoint");
         } else {
-            cp.take_over().expect("take over");
+            let clean = opened.latest.as_ref().is_some_and(|m| m.clean_stop);
+            cp.take_over(clean).expect("take over");
         }
         if restoring {
             fs.install(restore_of(&cp.view().read()))

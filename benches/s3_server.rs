@@ -1,0 +1,49 @@
+//! An S3 server for the benchmark scripts: s3s-fs on 127.0.0.1 (tests/common/s3.rs, the one
+//! the tests use), with a fixed latency added to every request, as a bucket in the machine's
+//! region has. `benches/peers.sh` starts it when `S3_LATENCY_MS` is set, so that bucketfs and
+//! JuiceFS are measured against the same store with the same latency.
+//!
+//! `cargo bench --locked --profile dev --bench s3_server -- DIR LATENCY_MS`: serves the bucket
+//! `pgdata` stored under DIR, prints `endpoint=http://127.0.0.1:PORT`, `bucket=pgdata` and the
+//! access key and secret (the tests' fixed ones, which open nothing but this server) as shell
+//! assignments on stdout, and serves until its standard input closes.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+fn main() {
+    // `cargo bench` adds `--bench`: only the positional arguments count.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let [dir, latency] = args.as_slice() else {
+        eprintln!("usage: s3_server DIR LATENCY_MS");
+        std::process::exit(2);
+    };
+    let latency: u64 = latency.parse().unwrap_or_else(|_| {
+        eprintln!("LATENCY_MS must be a whole number of milliseconds, got {latency:?}");
+        std::process::exit(2);
+    });
+    let server = common::s3::S3Server::start(&PathBuf::from(dir));
+    server.faults.latency_ms.store(latency, Ordering::SeqCst);
+    let mut out = std::io::stdout();
+    writeln!(out, "endpoint={}", server.endpoint).expect("stdout");
+    writeln!(out, "bucket={}", common::s3::BUCKET).expect("stdout");
+    writeln!(out, "access_key={}", common::s3::ACCESS_KEY).expect("stdout");
+    writeln!(out, "secret_key={}", common::s3::SECRET_KEY).expect("stdout");
+    out.flush().expect("stdout");
+    // Until whoever started it closes our stdin (or exits).
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    eprintln!(
+        "s3_server: {} requests, {} PUT, {} GET",
+        server.faults.requests.load(Ordering::Relaxed),
+        server.faults.puts.load(Ordering::Relaxed),
+        server.faults.gets.load(Ordering::Relaxed)
+    );
+}
