@@ -160,12 +160,10 @@ impl Manifest {
         w.u32(self.page_size);
         w.blob(self.writer.as_bytes());
         w.u64(self.next_ino);
-        let flags = match version {
-            MANIFEST_VERSION => {
-                u8::from(self.clean_stop) * FLAG_CLEAN_STOP | u8::from(self.fence) * FLAG_FENCE
-            }
-            _ => u8::from(self.clean_stop),
-        };
+        let mut flags = u8::from(self.clean_stop) * FLAG_CLEAN_STOP;
+        if version == MANIFEST_VERSION && self.fence {
+            flags |= FLAG_FENCE;
+        }
         w.u8(flags);
         // The segment table, in first-use order.
         let mut table: Vec<&str> = Vec::new();
