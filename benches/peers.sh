@@ -16,8 +16,9 @@
 #                    local cache dir, uploads follow; Redis metadata on 127.0.0.1
 #   juicefs          JuiceFS without --writeback: an fsync waits for the object store
 # Both JuiceFS targets use `--storage file` on a local directory (the same kind of bucket as
-# bucketfs's file://; with S3_LATENCY_MS, both use the same S3 server instead, below), formatted with --trash-days 0 (deleted blocks go at once, not a day later:
-# with the trash, this run filled 60 GB of disk), a Redis (Debian's redis-server) started here
+# bucketfs's file://; with S3_LATENCY_MS, the S3 server below, as bucketfs does), formatted
+# with --trash-days 0 (deleted blocks go at once, not a day later: with the trash, this run
+# filled 60 GB of disk), a Redis (Debian's redis-server) started here
 # with appendonly yes, appendfsync everysec, and a fresh --cache-dir; JuiceFS's background jobs
 # (compaction, cleanup) run as by default.
 # A target that fails (a mount that does not come up, a Postgres PANIC, pgbench hung past
@@ -52,6 +53,8 @@
 #                                  tests: benches/s3_server.rs, storing on the same disk) that
 #                                  adds this many ms to every request, as a bucket in the
 #                                  machine's region does
+#   S3_SERVER=...                  that server's binary, if built already (default: built here
+#                                  with `cargo bench --no-run`, which waits for any other cargo)
 #
 # Everything lives in one scratch dir (mktemp -d under $BENCH_DIR), removed on exit; on any exit
 # Postgres, the mounts and Redis are stopped first.
@@ -81,6 +84,7 @@ JUICEFS="${JUICEFS:-$HOME/.cache/bucketfs-venv/bin/juicefs}"
 BUCKETFS_ARGS="${BUCKETFS_ARGS:-}"
 JUICEFS_ARGS="${JUICEFS_ARGS:-}"
 S3_LATENCY_MS="${S3_LATENCY_MS:-}"
+S3_SERVER="${S3_SERVER:-}"
 
 for v in SCALE CLIENTS JOBS DURATION FIO_RUNTIME PORT REDIS_PORT; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
@@ -119,6 +123,7 @@ FS_PID=""       # the FUSE daemon of the current target, if any (likewise)
 FS_MNT=""
 TARGET=""       # the target being measured
 REDIS_UP=0
+S3_PID=""       # the S3 server (S3_LATENCY_MS)
 
 as_pg() { runuser -u postgres -- env HOME=/tmp LC_ALL=C PGHOST="$SOCK" PGUSER=postgres "$@"; }
 
@@ -144,6 +149,7 @@ cleanup() {
   local rc=$? m
   trap - EXIT INT TERM
   set +e
+  if [ -n "$S3_PID" ]; then kill -TERM "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi
   # Whatever a target's subshell left behind names the scratch dir on its command line.
   pkill -KILL -f -- "$SCRATCH/" 2>/dev/null
   for m in $(mounts_under "$SCRATCH"); do
@@ -178,21 +184,27 @@ now() { date +%s.%N; }
 seconds_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
 # ---- the bucket ------------------------------------------------------------------------------
-# With S3_LATENCY_MS: one S3 server for every target, which serves until its stdin (a fifo this
-# script holds open on fd 8) closes. Sets S3_ENDPOINT, S3_BUCKET and the key and secret.
+# With S3_LATENCY_MS: one S3 server for every target, its stdin a fifo this script holds open
+# on fd 8 (it serves until that closes, or until cleanup stops it). Sets S3_ENDPOINT, S3_BUCKET
+# and the key and secret.
 s3_start() {
-  local bin i
-  say "building the S3 server (benches/s3_server.rs)"
-  (cd "$REPO" && cargo bench --locked --profile dev --bench s3_server --no-run) >>"$LOGS/s3.log" 2>&1 ||
-    die "building benches/s3_server.rs failed; see $LOGS/s3.log"
-  bin="$(find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -name 's3_server-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
-  [ -n "$bin" ] || die "no s3_server binary under $CARGO_TARGET_DIR/debug/deps"
+  local bin="$S3_SERVER" i
+  if [ -z "$bin" ]; then
+    say "building the S3 server (benches/s3_server.rs)"
+    (cd "$REPO" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR" cargo bench --locked --profile dev --bench s3_server --no-run) >>"$LOGS/s3.log" 2>&1 ||
+      die "building benches/s3_server.rs failed; see $LOGS/s3.log"
+    bin="$(find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -name 's3_server-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
+    [ -n "$bin" ] || die "no s3_server binary under $CARGO_TARGET_DIR/debug/deps"
+  fi
+  [ -x "$bin" ] || die "S3_SERVER=$bin is not an executable"
   mkdir -p "$SCRATCH/s3"
   mkfifo "$SCRATCH/s3.in"
   "$bin" "$SCRATCH/s3" "$S3_LATENCY_MS" <"$SCRATCH/s3.in" >"$SCRATCH/s3.out" 2>>"$LOGS/s3.log" &
+  S3_PID=$!
   exec 8>"$SCRATCH/s3.in"
   for ((i = 0; i < 600; i++)); do
     grep -q '^secret_key=' "$SCRATCH/s3.out" 2>/dev/null && break
+    kill -0 "$S3_PID" 2>/dev/null || die "the S3 server exited; see $LOGS/s3.log"
     sleep 0.05
   done
   grep -q '^secret_key=' "$SCRATCH/s3.out" || die "the S3 server did not start; see $LOGS/s3.log"
@@ -201,12 +213,9 @@ s3_start() {
   S3_KEY="$(sed -n 's/^access_key=//p' "$SCRATCH/s3.out")"
   S3_SECRET="$(sed -n 's/^secret_key=//p' "$SCRATCH/s3.out")"
   rm -f "$SCRATCH/s3.out"
-}
-
-# The environment a bucketfs mount needs for the S3 server (none for a file:// bucket).
-s3_env() {
-  [ -n "$S3_LATENCY_MS" ] || return 0
-  echo "AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_ENDPOINT_URL_S3=$S3_ENDPOINT AWS_REGION=auto BUCKETFS_S3_PATH_STYLE=1"
+  # What a bucketfs mount reads to reach it, as `fly storage create` would set it.
+  export AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
+    AWS_ENDPOINT_URL_S3="$S3_ENDPOINT" AWS_REGION=auto BUCKETFS_S3_PATH_STYLE=1
 }
 
 # ---- the filesystems -------------------------------------------------------------------------
@@ -256,8 +265,8 @@ fs_start() {
       [ "$t" = bucketfs-remote ] && durability=remote
       local bucket="file://$base/bucket"
       [ -z "$S3_LATENCY_MS" ] || bucket="s3://$S3_BUCKET/$t"
-      # shellcheck disable=SC2086,SC2046 # BUCKETFS_ARGS is a list of options, s3_env of variables
-      env $(s3_env) "$BUCKETFS" mount "$FS_MNT" --cache-dir "$base/cache" --bucket "$bucket" \
+      # shellcheck disable=SC2086 # BUCKETFS_ARGS is a list of options
+      "$BUCKETFS" mount "$FS_MNT" --cache-dir "$base/cache" --bucket "$bucket" \
         --durability "$durability" --allow-other --uid postgres --gid postgres \
         --metrics-addr off $BUCKETFS_ARGS </dev/null >>"$log" 2>&1 &
       FS_PID=$!
@@ -411,7 +420,7 @@ GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
   GIT_REV="$GIT_REV (with uncommitted changes)"
 fi
-CMDLINE="TARGETS='$TARGETS' SCALE=$SCALE CLIENTS=$CLIENTS JOBS=$JOBS DURATION=$DURATION FIO_SIZE=$FIO_SIZE FIO_RUNTIME=$FIO_RUNTIME benches/peers.sh"
+CMDLINE="TARGETS='$TARGETS' SCALE=$SCALE CLIENTS=$CLIENTS JOBS=$JOBS DURATION=$DURATION FIO_SIZE=$FIO_SIZE FIO_RUNTIME=$FIO_RUNTIME${S3_LATENCY_MS:+ S3_LATENCY_MS=$S3_LATENCY_MS} benches/peers.sh"
 print_header() {
   echo "command:   $CMDLINE"
   echo "date:      $(date -u '+%Y-%m-%d %H:%M UTC')"

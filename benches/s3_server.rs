@@ -6,12 +6,13 @@
 //! `cargo bench --locked --profile dev --bench s3_server -- DIR LATENCY_MS`: serves the bucket
 //! `pgdata` stored under DIR, prints `endpoint=http://127.0.0.1:PORT`, `bucket=pgdata` and the
 //! access key and secret (the tests' fixed ones, which open nothing but this server) as shell
-//! assignments on stdout, and serves until its standard input closes.
+//! assignments on stdout, and serves until its standard input closes. Without arguments (as a
+//! plain `cargo bench` runs every bench) it says how to use it and exits.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
@@ -21,6 +22,10 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    if args.is_empty() {
+        eprintln!("s3_server: not a benchmark; benches/peers.sh starts it (usage: s3_server DIR LATENCY_MS)");
+        return;
+    }
     let [dir, latency] = args.as_slice() else {
         eprintln!("usage: s3_server DIR LATENCY_MS");
         std::process::exit(2);
@@ -38,8 +43,7 @@ fn main() {
     writeln!(out, "secret_key={}", common::s3::SECRET_KEY).expect("stdout");
     out.flush().expect("stdout");
     // Until whoever started it closes our stdin (or exits).
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
     eprintln!(
         "s3_server: {} requests, {} PUT, {} GET",
         server.faults.requests.load(Ordering::Relaxed),

@@ -63,7 +63,7 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
         };
         let bytes = rt.block_on(store.get(&m.key, None))?;
         let (n, b) = seg_bytes.get(&epoch).copied().unwrap_or_default();
-        let man = match Manifest::decode(&bytes, &m.key) {
+        let man = match Manifest::decode_at(&bytes, &m.key, epoch) {
             Ok(man) => man,
             Err(e) if epoch < boundary => {
                 // GC keeps what it cannot read below the boundary (it might be a fence).
@@ -94,12 +94,14 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
             "below the GC boundary: not part of the bucket"
         } else if epoch >= oldest_retained {
             "retained"
+        } else if man.fence {
+            "expired, a takeover's fence, kept for good"
         } else {
             "expired"
         };
         let note = if man.clean_stop {
             format!("{kept}, clean stop")
-        } else if man.fence && epoch >= boundary {
+        } else if man.fence && epoch >= oldest_retained {
             format!("{kept}, takeover (a fence)")
         } else {
             kept.to_string()
@@ -240,8 +242,8 @@ fn print_report(url: &BucketUrl, r: &Report, out: &mut dyn Write) -> std::io::Re
     }
     writeln!(
         out,
-        "kept below the boundary: {} manifest(s) holding pages still used, {} takeover fence(s), \
-         {} unreadable object(s)",
+        "older than every retained checkpoint and kept: {} manifest(s) holding pages still \
+         used, {} takeover fence(s), {} unreadable object(s) below the GC boundary",
         r.pinned, r.fences, r.unreadable
     )
 }
@@ -324,15 +326,10 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
         if epoch < boundary {
             continue; // not part of the bucket
         }
-        match Manifest::decode(&bytes, &m.key) {
-            Ok(man) if man.epoch == epoch => {
+        match Manifest::decode_at(&bytes, &m.key, epoch) {
+            Ok(man) => {
                 decoded.insert(epoch, man);
             }
-            Ok(man) => broken.push(format!(
-                "{}: names epoch {}",
-                manifest_key(epoch),
-                man.epoch
-            )),
             Err(e) => broken.push(format!("{}: {e}", m.key)),
         }
     }

@@ -446,11 +446,7 @@ const CHAIN_WINDOW: usize = 32;
 async fn read_manifest(store: &dyn ReadStore, epoch: u64) -> Result<Manifest, CheckpointError> {
     let key = manifest_key(epoch);
     let bytes = store.get(&key, None).await?;
-    let m = Manifest::decode(&bytes, &key)?;
-    if m.epoch != epoch {
-        return Err(FormatError::corrupt(&key, format!("names epoch {}", m.epoch)).into());
-    }
-    Ok(m)
+    Ok(Manifest::decode_at(&bytes, &key, epoch)?)
 }
 
 /// The newest of `epochs` (ascending) committed at or before `unix_ms`, by binary search on

@@ -305,6 +305,10 @@ impl Collector {
     ) -> Result<Report, CheckpointError> {
         let dry_run = matches!(mode, Mode::DryRun);
         let mut plan = rt.block_on(self.plan(store, retention, now_ms, dry_run))?;
+        if plan.report.dry_run && !dry_run {
+            // No checkpoint to plan from: nothing to delete, and the state stays as it is.
+            return Ok(plan.report);
+        }
         match mode {
             Mode::DryRun => {
                 plan.report.pending += plan.delete.len() as u64;
@@ -338,49 +342,34 @@ impl Collector {
         // it was pended, and a fence landing on it after it was deleted would be a takeover
         // of a view GC had already left behind, which reads the boundary and gives up.
         let mut unreadable: BTreeSet<u64> = BTreeSet::new();
-        let mut fences: BTreeSet<u64> = old
-            .fences
-            .iter()
-            .copied()
-            .filter(|e| epochs.contains_key(e))
-            .collect();
         for &epoch in epochs.keys() {
             let key = manifest_key(epoch);
             let known = self.catalog.summaries.contains_key(&epoch)
                 || (epoch < boundary
-                    && (fences.contains(&epoch) || old.pending.contains_key(&key)));
+                    && (old.fences.contains(&epoch) || old.pending.contains_key(&key)));
             if known {
                 continue;
             }
-            let bytes = store.get(&key, None).await?;
-            let m = Manifest::decode(&bytes, &key).and_then(|m| {
-                if m.epoch == epoch {
-                    Ok(m)
-                } else {
-                    Err(FormatError::corrupt(
-                        &key,
-                        format!("names epoch {}", m.epoch),
-                    ))
-                }
-            });
-            match m {
+            if epoch >= boundary {
+                let bytes = store.get(&key, None).await?;
+                self.catalog
+                    .insert(&Manifest::decode_at(&bytes, &key, epoch)?);
+                continue;
+            }
+            // Below the boundary nothing reads it, and GC never frees a key it cannot class:
+            // it might be a fence.
+            let read = store.get(&key, None).await;
+            match read.map_err(CheckpointError::from).and_then(|bytes| {
+                Manifest::decode_at(&bytes, &key, epoch).map_err(CheckpointError::from)
+            }) {
                 Ok(m) => self.catalog.insert(&m),
-                Err(e) if epoch >= boundary => return Err(e.into()),
+                Err(CheckpointError::Store(StoreError::NotFound { .. })) => {} // deleted since
                 Err(e) => {
-                    // Below the boundary nothing reads it, and a key GC cannot class is
-                    // never freed: it might be a fence.
-                    warn!(error = %e, "an unreadable manifest below the GC boundary is kept");
+                    warn!(key, error = %e, "an object below the GC boundary that cannot be read is kept");
                     unreadable.insert(epoch);
                 }
             }
         }
-        fences.extend(
-            self.catalog
-                .summaries
-                .values()
-                .filter(|s| s.fence)
-                .map(|s| s.epoch),
-        );
         let Some(plan_in) = self.retained(&epochs, boundary, retention, now_ms) else {
             // No checkpoint yet: nothing to keep, nothing known to be garbage.
             let mut plan = Plan::default();
@@ -432,7 +421,13 @@ impl Collector {
         // still holds pages, until those are rewritten or overwritten.
         // Fences stay for good, below the boundary too, and so does what GC cannot read
         // there (it is read again each pass, not listed in the state).
-        let fences: BTreeSet<u64> = fences.range(..plan_in.first_needed).copied().collect();
+        let fences: BTreeSet<u64> = epochs
+            .range(..plan_in.first_needed)
+            .map(|(&e, _)| e)
+            .filter(|e| {
+                old.fences.contains(e) || self.catalog.summaries.get(e).is_some_and(|s| s.fence)
+            })
+            .collect();
         let (pinned, mut unneeded): (Vec<_>, Vec<(String, u64)>) = epochs
             .range(..plan_in.first_needed)
             .filter(|(e, _)| !fences.contains(e) && !unreadable.contains(e))
@@ -465,7 +460,7 @@ impl Collector {
             grace_ms,
             oldest_retained: old.oldest_retained.max(plan_in.oldest),
             pending: BTreeMap::new(),
-            fences: fences.clone(),
+            fences,
         };
         for (key, size) in unneeded {
             match old.pending.get(&key) {
@@ -488,7 +483,7 @@ impl Collector {
             .iter()
             .chain(&pinned)
             .filter_map(|(k, _)| epoch_of_key(k))
-            .chain(fences.iter().copied())
+            .chain(plan.state.fences.iter().copied())
             .max()
             .map(|e| e + 1)
             .filter(|&b| b > boundary);

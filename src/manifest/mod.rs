@@ -227,6 +227,19 @@ impl Manifest {
         out
     }
 
+    /// As `decode`, for the object at epoch `epoch`'s key: a manifest naming another epoch
+    /// is corrupt.
+    pub fn decode_at(bytes: &[u8], key: &str, epoch: u64) -> Result<Manifest, FormatError> {
+        let m = Manifest::decode(bytes, key)?;
+        if m.epoch != epoch {
+            return Err(FormatError::corrupt(
+                key,
+                format!("names epoch {}", m.epoch),
+            ));
+        }
+        Ok(m)
+    }
+
     pub fn decode(bytes: &[u8], key: &str) -> Result<Manifest, FormatError> {
         let corrupt = |why: &str| FormatError::corrupt(key, why);
         if bytes.len() < 16 {
