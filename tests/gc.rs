@@ -180,23 +180,58 @@ fn fresh_pass(bucket: &Path, now_ms: u64) -> bucketfs::gc::Report {
         .unwrap()
 }
 
-#[test]
-fn a_stalled_writer_fails_on_the_takeovers_fence_which_gc_never_collects() {
-    let dirs = Dirs::new();
+/// A writer that wrote file `a` and stalled after its checkpoint (a clean stop if `clean`),
+/// and another that took the prefix over, rewrote file `b` twelve times and ran GC twice, an
+/// hour apart, so that what the grace allows is collected.
+struct TakenOver {
+    stalled: Engine,
+    a: u64,
+    /// The epoch the stalled writer commits next: the taker's first.
+    next: u64,
+    _taker: Engine,
+    /// File b after each of the taker's checkpoints.
+    history: Vec<(u64, Vec<u8>)>,
+    t0: u64,
+    /// The second GC pass.
+    report: bucketfs::gc::Report,
+}
+
+fn stall_and_take_over(dirs: &Dirs, clean: bool) -> TakenOver {
     let stalled = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, false));
     let a = stalled.create("a");
     stalled.write(a, 0, &pattern(1, 2));
-    stalled.checkpoint();
+    stalled.cp.checkpoint(clean).unwrap();
     let next = stalled.cp.view().read().epoch + 1;
-
-    // Another writer takes the prefix over (its fence at `next`), goes on, and collects
-    // everything around the fence.
-    let b = Engine::open(&dirs.cache(1), &dirs.bucket(), gc(1, false));
-    let bi = b.create("b");
-    let history = rewrite_and_checkpoint(&b, bi, 2, 12);
+    let taker = Engine::open(&dirs.cache(1), &dirs.bucket(), gc(1, false));
+    let b = taker.create("b");
+    let history = rewrite_and_checkpoint(&taker, b, 2, 12);
     let t0 = now_ms();
-    b.cp.gc_pass(t0).unwrap();
-    let r = b.cp.gc_pass(t0 + HOUR_MS).unwrap();
+    taker.cp.gc_pass(t0).unwrap();
+    let report = taker.cp.gc_pass(t0 + HOUR_MS).unwrap();
+    TakenOver {
+        stalled,
+        a,
+        next,
+        _taker: taker,
+        history,
+        t0,
+        report,
+    }
+}
+
+#[test]
+fn a_stalled_writer_fails_on_the_takeovers_fence_which_gc_never_collects() {
+    let dirs = Dirs::new();
+    // The taker's first manifest, at `next`, is a fence; GC collects everything around it.
+    let TakenOver {
+        stalled,
+        a,
+        next,
+        history,
+        t0,
+        report: r,
+        ..
+    } = stall_and_take_over(&dirs, false);
     assert!(r.deleted > 0, "{r:?}");
     assert_eq!(r.fences, 1, "{r:?}");
     assert!(r.boundary > next, "{r:?}");
@@ -263,18 +298,14 @@ fn a_stalled_writer_fails_on_the_takeovers_fence_which_gc_never_collects() {
 #[test]
 fn a_writer_whose_tip_is_a_clean_stop_checks_the_boundary_after_it_commits() {
     let dirs = Dirs::new();
-    let stalled = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, false));
-    let a = stalled.create("a");
-    stalled.write(a, 0, &pattern(1, 2));
-    stalled.cp.checkpoint(true).unwrap();
-    let next = stalled.cp.view().read().epoch + 1;
-
-    let b = Engine::open(&dirs.cache(1), &dirs.bucket(), gc(1, false));
-    let bi = b.create("b");
-    let history = rewrite_and_checkpoint(&b, bi, 2, 12);
-    let t0 = now_ms();
-    b.cp.gc_pass(t0).unwrap();
-    let r = b.cp.gc_pass(t0 + HOUR_MS).unwrap();
+    let TakenOver {
+        stalled,
+        a,
+        next,
+        history,
+        report: r,
+        ..
+    } = stall_and_take_over(&dirs, true);
     assert_eq!(r.fences, 0, "{r:?}");
     assert!(
         !epochs(&dirs.bucket()).contains(&next),

@@ -825,8 +825,8 @@ impl Checkpointer {
             }
             Err(e) => return Err(e.into()),
         }
-        // A takeover from a view GC has left behind (its create-if-absent landed on a
-        // collected key, the fence not being ours to rely on): read the bucket again.
+        // A takeover from a view GC has left behind: its create-if-absent may have landed on
+        // a key GC collected (no fence protects a takeover). Read the bucket again.
         if self.rt.block_on(crate::gc::read_boundary(&*self.store))? > m.epoch {
             return Err(CheckpointError::LostRace { epoch: m.epoch });
         }
