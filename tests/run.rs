@@ -139,11 +139,13 @@ fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() 
         port,
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g",
     );
-    // A slow bucket from here on, so that the final checkpoint takes long enough (a few
-    // requests of 2 s each) to report its progress.
+    // A slow bucket from here on, so that the final checkpoint reports its progress: it
+    // makes at least one request (its manifest's PUT), and one request of 6 s outlasts the
+    // 5 s between progress lines. (2 s each was enough while a commit was a PUT and a GET
+    // and often a segment too; a small final checkpoint is one PUT now.)
     s3.faults
         .latency_ms
-        .store(2000, std::sync::atomic::Ordering::SeqCst);
+        .store(6000, std::sync::atomic::Ordering::SeqCst);
     a.stop();
     s3.faults
         .latency_ms
