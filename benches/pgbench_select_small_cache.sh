@@ -101,43 +101,6 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT") 2>/dev/null; then
   die "port $METRICS_PORT is in use; set METRICS_PORT"
 fi
 
-# ---- memory cgroup for Postgres (v1 memory controller, or v2) --------------------------------
-CG=""
-CG_LIMIT_FILE=""
-CG_PEAK_FILE=""
-make_cgroup() {
-  local parent
-  if [ -d /sys/fs/cgroup/memory ]; then
-    parent="/sys/fs/cgroup/memory$(awk -F: '$2 == "memory" { print $3 }' /proc/self/cgroup)"
-    CG_LIMIT_FILE=memory.limit_in_bytes
-    CG_PEAK_FILE=memory.max_usage_in_bytes
-  elif grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
-    parent=/sys/fs/cgroup # v2: children of the root may use every controller
-    grep -qw memory /sys/fs/cgroup/cgroup.subtree_control || echo +memory >/sys/fs/cgroup/cgroup.subtree_control
-    CG_LIMIT_FILE=memory.max
-    CG_PEAK_FILE=memory.peak
-  else
-    die "no memory cgroup controller found; run with PG_MEMORY=0 (then the page cache holds the database and reads hardly reach the filesystems)"
-  fi
-  CG="${parent%/}/bucketfs-bench-select-$$"
-  mkdir "$CG" || die "cannot create the memory cgroup $CG"
-}
-# Runs a command inside Postgres's cgroup (if any).
-in_cg() {
-  if [ -n "$CG" ]; then
-    sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$CG" "$@"
-  else
-    "$@"
-  fi
-}
-cg_set_limit() {
-  [ -n "$CG" ] || return 0
-  echo "$PG_MEMORY_BYTES" >"$CG/$CG_LIMIT_FILE"
-  # Start each target's measurement from zero where the kernel allows it.
-  echo 0 >"$CG/$CG_PEAK_FILE" 2>/dev/null || true
-}
-cg_peak() { [ -n "$CG" ] && cat "$CG/$CG_PEAK_FILE" 2>/dev/null || echo 0; }
-
 # ---- scratch dir and cleanup -----------------------------------------------------------------
 # shellcheck source=benches/lib.sh
 . "$REPO/benches/lib.sh"
@@ -173,11 +136,7 @@ cleanup() {
   for m in $(mounts_under "$SCRATCH"); do
     fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m"
   done
-  if [ -n "$CG" ] && [ -d "$CG" ]; then
-    # Anything left in it (there should be nothing) goes back to this shell's cgroup first.
-    for pid in $(cat "$CG/cgroup.procs" 2>/dev/null); do echo "$pid" >"$(dirname "$CG")/cgroup.procs" 2>/dev/null; done
-    rmdir "$CG" 2>/dev/null || echo "$NAME: cleanup: could not remove the cgroup $CG" >&2
-  fi
+  cg_remove
   if [ -n "$(mounts_under "$SCRATCH")" ]; then
     echo "$NAME: cleanup: still mounted under $SCRATCH; leaving it in place" >&2
   elif [ "$KEEP_SCRATCH" = 1 ]; then
@@ -198,7 +157,7 @@ fail_with_log() {
   exit 1
 }
 
-[ "$PG_MEMORY_BYTES" -eq 0 ] || make_cgroup
+[ "$PG_MEMORY_BYTES" -eq 0 ] || cg_make select
 
 # ---- postgres --------------------------------------------------------------------------------
 pg_init_start() { # data_dir port name
@@ -251,7 +210,7 @@ declare -A TPS LAT INIT_S DBSIZE BLKS_READ CG_PEAK
 bench_target() { # name data_dir port
   local name="$1" data="$2" t0 t1 out
   PORT_NOW="$3"
-  cg_set_limit
+  cg_set_limit "$PG_MEMORY_BYTES"
   say "$name: initdb + start postgres (data dir $data)"
   pg_init_start "$data" "$PORT_NOW" "$name"
   say "$name: pgbench -i -s $SCALE"

@@ -6,8 +6,10 @@
 //! `cargo bench --locked --profile dev --bench s3_server -- DIR LATENCY_MS`: serves the bucket
 //! `pgdata` stored under DIR, prints `endpoint=http://127.0.0.1:PORT`, `bucket=pgdata` and the
 //! access key and secret (the tests' fixed ones, which open nothing but this server) as shell
-//! assignments on stdout, and serves until its standard input closes. Without arguments (as a
-//! plain `cargo bench` runs every bench) it says how to use it and exits.
+//! assignments on stdout, and serves until its standard input closes. Each line `stats` on its
+//! standard input is answered on stdout with `stats requests=N puts=N put_bytes=N gets=N
+//! get_bytes=N` (counted since it started). Without arguments (as a plain `cargo bench` runs
+//! every bench) it says how to use it and exits.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -42,12 +44,26 @@ fn main() {
     writeln!(out, "access_key={}", common::s3::ACCESS_KEY).expect("stdout");
     writeln!(out, "secret_key={}", common::s3::SECRET_KEY).expect("stdout");
     out.flush().expect("stdout");
-    // Until whoever started it closes our stdin (or exits).
-    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-    eprintln!(
-        "s3_server: {} requests, {} PUT, {} GET",
-        server.faults.requests.load(Ordering::Relaxed),
-        server.faults.puts.load(Ordering::Relaxed),
-        server.faults.gets.load(Ordering::Relaxed)
-    );
+    // Until whoever started it closes our stdin (or exits). A line `stats` on stdin is
+    // answered with the counters so far, so that a script can measure what one part of its
+    // run asked of the store.
+    let f = &server.faults;
+    let counts = || {
+        format!(
+            "requests={} puts={} put_bytes={} gets={} get_bytes={}",
+            f.requests.load(Ordering::SeqCst),
+            f.puts.load(Ordering::SeqCst),
+            f.put_bytes.load(Ordering::SeqCst),
+            f.gets.load(Ordering::SeqCst),
+            f.get_bytes.load(Ordering::SeqCst)
+        )
+    };
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() == "stats" {
+            writeln!(out, "stats {}", counts()).expect("stdout");
+            out.flush().expect("stdout");
+        }
+    }
+    eprintln!("s3_server: {}", counts());
 }

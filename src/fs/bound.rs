@@ -93,6 +93,14 @@ impl SteppedEvictor {
         bound.handled.fetch_add(keys.len() as u64, Ordering::AcqRel);
         Ok(keys.len())
     }
+
+    /// Evicts chunk `chunk` of file `ino` now, as if moka had given it up, for tests that
+    /// need one chunk gone at a chosen moment.
+    pub fn evict_now(&self, fs: &Fs, ino: u64, chunk: u64) -> Result<()> {
+        let bound = fs.bound.get().expect("bounded when this was made").clone();
+        bound.chunks.invalidate(&(ino, chunk));
+        fs.evict(&bound, &[(ino, chunk)])
+    }
 }
 
 /// The thread that punches evicted chunks out of cache files.
@@ -426,9 +434,15 @@ impl Fs {
                     return Err(e.into());
                 }
             };
-            // Pages newly absent: a fill that fetched before this must not install its
-            // bytes (the bucket may have newer ones by now).
-            st.absent_gen += 1;
+            // A page a fill is fetching was absent when the fill claimed it: if it is being
+            // evicted, it became present some other way since, and the bucket may now hold
+            // newer bytes than the fill's. That fill must not install it.
+            for r in &ranges {
+                let stale: Vec<Range<u64>> = st.fetching.overlapping(r.clone()).collect();
+                for s in stale {
+                    st.fetch_stale.insert(s);
+                }
+            }
             drop(st);
             drop(io);
             self.step(super::Step::EvictMarked { ino });

@@ -168,11 +168,13 @@ struct InodeState {
     /// Pages whose bytes are in the bucket but not in the cache file (after a restore, or
     /// evicted).
     absent: PageSet,
-    /// Bumped whenever pages become absent (eviction): a fill that fetched before then may
-    /// hold bytes older than the bucket's, and installs nothing.
-    absent_gen: u64,
     /// Absent pages a fill is fetching now; other fills of them wait for it (`fill_cv`).
     fetching: PageSet,
+    /// Pages of `fetching` that became present some other way (a write, a truncation) and
+    /// were evicted again while the fill fetched: the bucket may hold newer bytes than the
+    /// fill's, which installs none of them. Cleared with `fetching` when the fill ends.
+    /// (Only these: an eviction of other pages of the file leaves a fill's bytes good.)
+    fetch_stale: PageSet,
     /// The cache file may hold bytes past the size: a write there failed (or its commit
     /// did, and the size stayed), or the cache file was longer than the size when this
     /// mount first opened it (a crash kept bytes whose new size was never recorded). What
@@ -723,7 +725,7 @@ impl Inode {
                 absent_unsure: false,
                 dirty_unsure: false,
                 absent: PageSet::new(),
-                absent_gen: 0,
+                fetch_stale: PageSet::new(),
                 fetching: PageSet::new(),
                 waiting: 0,
                 tail_unsure: false,

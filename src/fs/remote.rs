@@ -270,17 +270,16 @@ impl Fs {
             let Ok(inode) = self.inode(ino) else {
                 continue;
             };
-            let (missing, gen) = {
+            let missing = {
                 let mut st = inode.state.lock();
                 let all = 0..st.attr.size.div_ceil(PAGE_SIZE);
-                (st.claim_absent(all), st.absent_gen)
+                st.claim_absent(all)
             };
             if !missing.is_empty() {
                 held.push(Held {
                     ino,
                     inode,
                     missing,
-                    gen,
                 });
             }
         }
@@ -334,7 +333,7 @@ impl Fs {
             let (h, data) = (&held[i], answers[i].take().expect("not installed yet"));
             self.step(super::Step::FillFetched { ino: h.ino });
             for (r, bytes) in h.missing.iter().zip(&data) {
-                match self.install_fetched(&h.inode, r.clone(), bytes, h.gen) {
+                match self.install_fetched(&h.inode, r.clone(), bytes) {
                     Ok(()) => done.bytes += bytes.len() as u64,
                     Err(e) => {
                         done.failed.push((h.ino, e.to_string()));
@@ -376,8 +375,9 @@ impl Fs {
     /// The caller holds no lock of the inode and not the gate: a fetch is a network call
     /// that can take minutes in an S3 stall, and nothing other requests need may wait on it
     /// (DESIGN section 1). The bytes are installed afterwards under the inode's locks, only
-    /// into pages still absent, and only if no page has become absent since the fetch began
-    /// (an eviction: the bucket may hold newer bytes by then, and the caller fills again).
+    /// into pages still absent, and none that were made present some other way and evicted
+    /// again meanwhile (`fetch_stale`: the bucket may hold newer bytes by then, and the
+    /// caller fills again).
     /// Pages another fill is fetching are waited for, not fetched twice.
     ///
     /// When it returns the pages have been present; an eviction may take them again before
@@ -401,7 +401,7 @@ impl Fs {
         // Fetch in aligned units (whole runs, which is what a GET returns anyway).
         let mut pages =
             pages.start / FETCH_PAGES * FETCH_PAGES..pages.end.div_ceil(FETCH_PAGES) * FETCH_PAGES;
-        let (ino, missing, gen) = {
+        let (ino, missing) = {
             let mut st = inode.state.lock();
             loop {
                 if !st.absent.intersects(pages.clone()) {
@@ -431,7 +431,7 @@ impl Fs {
             }
             // (The readahead may reach pages another fill is fetching: those are left to it.)
             let missing = st.claim_absent(pages);
-            (st.attr.ino, missing, st.absent_gen)
+            (st.attr.ino, missing)
         };
         let _in_flight = InFlight {
             inode,
@@ -441,7 +441,7 @@ impl Fs {
         for r in &missing {
             let bytes = fetcher.fetch(ino, r.clone()).map_err(FsError::Fetch)?;
             self.step(super::Step::FillFetched { ino });
-            self.install_fetched(inode, r.clone(), &bytes, gen)?;
+            self.install_fetched(inode, r.clone(), &bytes)?;
             fetched += bytes.len() as u64;
         }
         self.stats
@@ -451,18 +451,22 @@ impl Fs {
     }
 
     /// Writes fetched pages `r` (`bytes`) into the cache file, where they are still absent
-    /// and no page has become absent since `gen`.
-    fn install_fetched(&self, inode: &Inode, r: Range<u64>, bytes: &[u8], gen: u64) -> Result<()> {
+    /// and were not made present and evicted again meanwhile (`fetch_stale`).
+    fn install_fetched(&self, inode: &Inode, r: Range<u64>, bytes: &[u8]) -> Result<()> {
         // The io lock keeps truncations and evictions out, the fill lock writers that
         // replace absent pages: while both are held, which pages are absent cannot change.
         let _io = inode.io.read();
         let _fill = inode.fill_lock.lock();
         let (file, still, size) = {
             let mut st = inode.state.lock();
-            if st.absent_gen != gen {
-                return Ok(());
+            let mut still = PageSet::new();
+            for a in st.absent.overlapping(r.clone()) {
+                still.insert(a);
             }
-            let still: Vec<Range<u64>> = st.absent.overlapping(r.clone()).collect();
+            for s in st.fetch_stale.overlapping(r.clone()) {
+                still.remove(s);
+            }
+            let still: Vec<Range<u64>> = still.iter().collect();
             if still.is_empty() {
                 return Ok(());
             }
@@ -516,12 +520,11 @@ pub struct Prefetched {
 }
 
 /// A file of a prefetch batch: its absent pages this batch fetches (marked as being
-/// fetched), and the generation of its absent set when they were chosen.
+/// fetched).
 struct Held {
     ino: u64,
     inode: Arc<Inode>,
     missing: Vec<Range<u64>>,
-    gen: u64,
 }
 
 /// Pages a fill is fetching; when it ends (done or failed), other fills may take them.
@@ -535,6 +538,7 @@ impl Drop for InFlight<'_> {
         let mut st = self.inode.state.lock();
         for r in self.ranges {
             st.fetching.remove(r.clone());
+            st.fetch_stale.remove(r.clone());
         }
         self.inode.fill_cv.notify_all();
     }
