@@ -308,8 +308,8 @@ fn three_absent_chunks(dirs: &Dirs) -> (Engine, u64, Arc<Mutex<bucketfs::fs::Ste
 
 // A fill's bytes are good unless its own pages changed while it fetched: an eviction of
 // other pages of the file must not make it throw them away and fetch again (at 20 ms a
-// request, under a full cache that evicts on every fill, about a quarter of the misses of
-// a pgbench select-only load fetched twice).
+// request, under a full cache that evicts on every fill, more than a quarter of the misses
+// of a pgbench select-only load fetched twice).
 #[test]
 fn an_eviction_elsewhere_in_the_file_does_not_make_a_fill_fetch_again() {
     let dirs = Dirs::new();
