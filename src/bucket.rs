@@ -330,6 +330,51 @@ impl HotSet {
         self.files.iter().map(|(_, c)| c.len() as u64).sum()
     }
 
+    /// The part of the hot set that fits in `room` bytes of cache (None: no bound), and how
+    /// many chunks were left out. A hot set recorded by a mount with a larger `--cache-size`
+    /// (or none) would otherwise be fetched whole and evicted again as it came in. What is
+    /// kept: the files with the fewest hot chunks first (catalogs, indexes and small tables,
+    /// which hold more of a database's reads per byte than its largest tables), then the
+    /// first chunks of the file that no longer fits whole.
+    fn within(self, room: Option<u64>) -> (HotSet, u64) {
+        let chunk_bytes = self.chunk_pages.max(1) * crate::fs::PAGE_SIZE;
+        let total = self.chunks();
+        let Some(fit) = room.map(|r| r / chunk_bytes) else {
+            return (self, 0);
+        };
+        if total <= fit {
+            return (self, 0);
+        }
+        let HotSet {
+            version,
+            epoch,
+            writer,
+            chunk_pages,
+            mut files,
+        } = self;
+        files.sort_by_key(|(ino, chunks)| (chunks.len(), *ino));
+        let mut left = fit as usize;
+        let mut kept = Vec::new();
+        for (ino, mut chunks) in files {
+            if left == 0 {
+                break;
+            }
+            chunks.truncate(left);
+            left -= chunks.len();
+            kept.push((ino, chunks));
+        }
+        kept.sort_unstable_by_key(|(ino, _)| *ino);
+        let kept = HotSet {
+            version,
+            epoch,
+            writer,
+            chunk_pages,
+            files: kept,
+        };
+        let skipped = total - kept.chunks();
+        (kept, skipped)
+    }
+
     /// (inode, pages) pieces to fetch: runs of consecutive chunks, cut to pieces of at most
     /// `PREWARM_PIECE_CHUNKS`, with the chunks each covers.
     fn pieces(&self) -> Vec<(u64, std::ops::Range<u64>, u64)> {
@@ -366,6 +411,8 @@ pub struct PrewarmProgress {
     pub chunks_done: std::sync::atomic::AtomicU64,
     pub fetched_bytes: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
+    /// Chunks of the recorded hot set left out: more than the cache has room for.
+    pub chunks_skipped: std::sync::atomic::AtomicU64,
     /// Set when the prewarm starts (None: no prewarm on this mount).
     pub started_at: parking_lot::Mutex<Option<std::time::Instant>>,
     pub elapsed_ms: std::sync::atomic::AtomicU64,
@@ -391,6 +438,7 @@ impl PrewarmProgress {
             chunks_done: self.chunks_done.load(Ordering::Acquire),
             fetched_bytes: self.fetched_bytes.load(Ordering::Acquire),
             failed: self.failed.load(Ordering::Acquire),
+            chunks_skipped: self.chunks_skipped.load(Ordering::Acquire),
             elapsed_ms,
         })
     }
@@ -525,7 +573,7 @@ impl Prefetch {
                     "prefetch of small files after restore done"
                 );
                 if let Some(hot) = hot {
-                    prewarm(&fs, &hot, &flag, &progress);
+                    prewarm(&fs, hot, &flag, &progress);
                 }
             })
             .context("start prefetch")?;
@@ -539,17 +587,41 @@ impl Prefetch {
     }
 }
 
-/// Fetches the hot set into the cache, logging progress every few seconds.
-fn prewarm(fs: &Fs, hot: &HotSet, stop: &AtomicBool, progress: &PrewarmProgress) {
+/// Fetches the hot set into the cache (as much of it as the cache has room for, after the
+/// small files), logging progress every few seconds.
+fn prewarm(fs: &Fs, hot: HotSet, stop: &AtomicBool, progress: &PrewarmProgress) {
+    let recorded = hot.chunks();
+    // (`cache_usage` first: it settles what the bound admitted, so that a chunk it refused
+    // does not count as cached below.)
+    let room = fs
+        .cache_usage()
+        .map(|u| u.capacity_bytes.saturating_sub(u.used_bytes));
+    // What the small-file prefetch brought in already takes room and needs no fetch.
+    let mut hot = hot;
+    for (ino, chunks) in &mut hot.files {
+        chunks.retain(|&c| !fs.chunk_cached(*ino, c));
+    }
+    hot.files.retain(|(_, chunks)| !chunks.is_empty());
+    let (hot, skipped) = hot.within(room);
     let pieces = hot.pieces();
     let started = std::time::Instant::now();
     progress.chunks_total.store(hot.chunks(), Ordering::Release);
+    progress.chunks_skipped.store(skipped, Ordering::Release);
     *progress.started_at.lock() = Some(started);
     info!(
         chunks = hot.chunks(),
         epoch = hot.epoch,
         "prewarm: fetching the hot set the last clean stop recorded"
     );
+    if skipped > 0 {
+        info!(
+            recorded,
+            skipped,
+            room_bytes = room.unwrap_or(0),
+            "prewarm: the hot set is larger than the cache's free room; the files with the \
+             fewest hot chunks go first, the rest is left to reads"
+        );
+    }
     let last_log = parking_lot::Mutex::new(started);
     in_parallel(pieces, stop, |(ino, pages, chunks)| {
         match fs.prefetch_pages(ino, pages) {
@@ -1123,6 +1195,36 @@ mod tests {
             why.contains("(epoch 7)") && why.contains("is epoch 12"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_hot_set_larger_than_the_room_keeps_the_files_with_fewest_chunks_then_first_chunks() {
+        let chunk = 32 * crate::fs::PAGE_SIZE;
+        let hot = || HotSet {
+            version: HOT_SET_VERSION,
+            chunk_pages: 32,
+            files: vec![(5, (0..10).collect()), (7, vec![3, 4]), (9, vec![0])],
+            ..HotSet::default()
+        };
+        // Room for all, or no bound: all of it.
+        for room in [None, Some(13 * chunk), Some(20 * chunk)] {
+            let (kept, skipped) = hot().within(room);
+            assert_eq!((kept.files, skipped), (hot().files, 0), "room {room:?}");
+        }
+        // Room for 6 chunks and a half: the two small files whole, then 3 of the large one.
+        let (kept, skipped) = hot().within(Some(6 * chunk + chunk / 2));
+        assert_eq!(
+            kept.files,
+            vec![(5, vec![0, 1, 2]), (7, vec![3, 4]), (9, vec![0])]
+        );
+        assert_eq!(skipped, 7);
+        // Room for 2: the smallest file, then the next one cut.
+        let (kept, skipped) = hot().within(Some(2 * chunk));
+        assert_eq!(kept.files, vec![(7, vec![3]), (9, vec![0])]);
+        assert_eq!(skipped, 11);
+        // No room at all: nothing.
+        let (kept, skipped) = hot().within(Some(chunk - 1));
+        assert_eq!((kept.chunks(), skipped), (0, 13));
     }
 
     #[test]

@@ -544,6 +544,11 @@ pub fn render(status: &Status) -> String {
                 "Chunks the prewarm has handled so far",
                 p.chunks_done as i64,
             );
+            gauge(
+                "bucketfs_prewarm_skipped_chunks",
+                "Chunks of the recorded hot set the prewarm left out: more than the cache has room for",
+                p.chunks_skipped as i64,
+            );
         }
     }
     let mut families = global().registry.gather();

@@ -101,6 +101,9 @@ pub struct PrewarmStatus {
     pub chunks_done: u64,
     pub fetched_bytes: u64,
     pub failed: u64,
+    /// Chunks of the recorded hot set left out: more than the cache had room for.
+    #[serde(default)]
+    pub chunks_skipped: u64,
     pub elapsed_ms: u64,
 }
 
@@ -382,12 +385,13 @@ pub fn print(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         if let Some(p) = &b.prewarm {
             writeln!(
                 out,
-                "prewarm       {}: {}/{} chunks, {} fetched, {} failed, {}",
+                "prewarm       {}: {}/{} chunks, {} fetched, {} failed, {} left out (no room), {}",
                 p.state,
                 p.chunks_done,
                 p.chunks_total,
                 bytes(p.fetched_bytes),
                 p.failed,
+                p.chunks_skipped,
                 duration(p.elapsed_ms as f64 / 1000.0)
             )?;
         }

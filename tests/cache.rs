@@ -265,6 +265,58 @@ fn a_cold_start_prewarms_the_hot_set_of_the_last_clean_stop() {
 }
 
 #[test]
+fn a_cold_start_with_a_smaller_cache_prewarms_what_fits_fewest_hot_chunks_first() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let m = start(dir.path(), "a", &s3, &["--cache-size", "64M"]);
+    // Both above the small-file prefetch's 1 MiB: only the prewarm brings them in.
+    let small = incompressible(2 * MIB as usize, 8);
+    let large = incompressible(40 * MIB as usize, 9);
+    // The large file first: the lower inode, so that neither inode nor name order would
+    // put the small file first.
+    write_file(&m.mnt.join("large"), &large);
+    write_file(&m.mnt.join("small"), &small);
+    m.checkpoint();
+    assert!(read_uncached(&m.mnt.join("large")) == large);
+    assert!(read_uncached(&m.mnt.join("small")) == small);
+    stop_ok(m);
+
+    // A new machine with a quarter of the cache: the recorded hot set (42 MiB) cannot fit.
+    let m = start(dir.path(), "b", &s3, &["--cache-size", "16M"]);
+    wait_for("prewarm", Duration::from_secs(60), || {
+        m.status()
+            .bucket
+            .and_then(|b| b.prewarm)
+            .is_some_and(|p| p.state == "done")
+    });
+    let before = m.status();
+    let p = before.bucket.as_ref().unwrap().prewarm.clone().unwrap();
+    assert!(
+        p.fetched_bytes <= 16 * MIB && p.chunks_total * 256 * 1024 <= 16 * MIB,
+        "the prewarm fetched more than the cache holds: {p:?}"
+    );
+    assert!(
+        p.chunks_skipped > 0 && p.chunks_done == p.chunks_total && p.failed == 0,
+        "{p:?}"
+    );
+    assert!(
+        m.log_text()
+            .contains("prewarm: the hot set is larger than the cache's free room"),
+        "the log says what was left out"
+    );
+    // The smaller file went first: all of it is here.
+    assert!(read_uncached(&m.mnt.join("small")) == small);
+    let after = m.status();
+    assert!(
+        after.fs.fetched_bytes == before.fs.fetched_bytes
+            && after.fs.read_misses == before.fs.read_misses,
+        "the small file was not prewarmed whole"
+    );
+    assert!(read_uncached(&m.mnt.join("large")) == large);
+    stop_ok(m);
+}
+
+#[test]
 fn metrics_parse_as_prometheus_text_and_move_with_the_workload() {
     let dir = common::scratch();
     let s3 = S3Server::start(&dir.path().join("s3"));

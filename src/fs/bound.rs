@@ -537,6 +537,13 @@ impl Fs {
         })
     }
 
+    /// Whether chunk `chunk` of file `ino` is in the cache's bound (false without a bound).
+    pub fn chunk_cached(&self, ino: u64, chunk: u64) -> bool {
+        self.bound
+            .get()
+            .is_some_and(|b| b.chunks.contains_key(&(ino, chunk)))
+    }
+
     /// The chunks the cache holds now (ino, chunk), in no particular order: what a clean
     /// stop records for prewarm. With a bound, the chunks moka keeps (the hot set, by its
     /// admission policy); without one, every chunk with a page present.
