@@ -409,6 +409,31 @@ fn a_fill_whose_pages_were_written_uploaded_and_evicted_meanwhile_installs_none_
     assert_survives_a_crash(&dirs, e, "data", &want);
 }
 
+// A hole punched in a file only the bucket holds (restored, nothing fetched yet, so no cache
+// file) must read as zeros, and go to the bucket as zeros. It did nothing at all: the punch
+// saw no cache file, took the pages for a hole already, and left them absent.
+#[test]
+fn a_hole_punched_in_a_file_only_the_bucket_holds_reads_as_zeros() {
+    let dirs = Dirs::new();
+    let (e, ino, _evictor) = three_absent_chunks(&dirs);
+    assert!(
+        !e.fs.cache_file_path(ino).exists(),
+        "the setup has fetched nothing yet"
+    );
+    let mut want = pattern(1, 3 * bucketfs::fs::CHUNK_PAGES as usize);
+    e.fs.fallocate(
+        ino,
+        2 * PAGE_SIZE,
+        3 * PAGE_SIZE,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    )
+    .expect("punch");
+    want[2 * PAGE..5 * PAGE].fill(0);
+    assert_same("the file after the punch", &e.read_all(ino), &want);
+    e.checkpoint();
+    assert_survives_a_crash(&dirs, e, "data", &want);
+}
+
 // Issue 10, finding 3: a truncation while a checkpoint is in flight. The truncation point a
 // crash recovers must be the lowest one the bucket has not seen, including the one the cut
 // took; otherwise the bucket's older pages come back where the file holds zeros.

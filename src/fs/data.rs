@@ -410,9 +410,9 @@ impl Fs {
             let size = st.attr.size;
             // The upload of a cut may still need the punched bytes.
             self.freeze(&mut st, pages(offset, end));
-            let Some(file) = self.cache_file(&mut st, false)? else {
-                return Ok(()); // never written: all hole already
-            };
+            // (Created if there is none: a file only the bucket holds has none yet, and its
+            // pages are absent, not holes.)
+            let file = self.cache_file(&mut st, true)?.expect("created");
             fallocate_raw(&file, mode, offset, length)?;
             let epoch = self.epoch.load(Ordering::Relaxed);
             let punched = pages(offset, end.min(size));
