@@ -52,6 +52,7 @@ impl FuseFs {
 struct Op {
     op: &'static str,
     started: Instant,
+    counted: std::cell::Cell<bool>,
     _span: tracing::span::EnteredSpan,
 }
 
@@ -60,14 +61,23 @@ impl Op {
         Op {
             op,
             started: Instant::now(),
+            counted: std::cell::Cell::new(false),
             _span: span.entered(),
+        }
+    }
+
+    /// Counts the request's time now, at its reply (work after the reply is not the
+    /// caller's wait).
+    fn answered(&self) {
+        if !self.counted.replace(true) {
+            crate::metrics::global().fuse_op(self.op, self.started.elapsed());
         }
     }
 }
 
 impl Drop for Op {
     fn drop(&mut self) {
-        crate::metrics::global().fuse_op(self.op, self.started.elapsed());
+        self.answered();
     }
 }
 
@@ -383,11 +393,16 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _s = Op::start("read", debug_span!("read", ino = ino.0, offset, size));
-        match self.fs.read(ino.0, offset, size) {
-            Ok(buf) => reply.data(&buf),
-            Err(e) => reply.error(errno("read", e)),
-        }
+        let op = Op::start("read", debug_span!("read", ino = ino.0, offset, size));
+        // The reply may go before a miss's install (see `Fs::read_then`): the request's time
+        // is counted up to the reply.
+        self.fs.read_then(ino.0, offset, size, |r| {
+            match r {
+                Ok(buf) => reply.data(buf),
+                Err(e) => reply.error(errno("read", e)),
+            }
+            op.answered();
+        });
     }
 
     fn write(

@@ -409,6 +409,170 @@ fn a_fill_whose_pages_were_written_uploaded_and_evicted_meanwhile_installs_none_
     assert_survives_a_crash(&dirs, e, "data", &want);
 }
 
+/// Page `page` of file `ino`'s cache file as it is on disk (shorter past its end, empty if
+/// there is no cache file).
+fn cache_file_page(e: &Engine, ino: u64, page: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; PAGE];
+    let Ok(f) = std::fs::File::open(e.fs.cache_file_path(ino)) else {
+        return Vec::new();
+    };
+    let n = std::os::unix::fs::FileExt::read_at(&f, &mut buf, (page * PAGE) as u64)
+        .expect("read the cache file");
+    buf.truncate(n);
+    buf
+}
+
+// A miss is answered from the bytes it fetched, before they are written to the cache file
+// (a write, an fdatasync and a metadata commit the reader need not wait for); they are
+// installed right after, and read from there.
+#[test]
+fn a_miss_is_answered_before_its_pages_are_installed() {
+    let dirs = Dirs::new();
+    let (e, ino, _evictor) = three_absent_chunks(&dirs);
+    let chunk_pages = bucketfs::fs::CHUNK_PAGES as usize;
+    let want = pattern(1, 3 * chunk_pages);
+    // Two pages in the middle of chunk 1.
+    let page = chunk_pages + 3;
+    let at = page * PAGE;
+    let start = e.fs.stats().fetched_bytes.load(Ordering::Acquire);
+    let mut answered = None;
+    e.fs.read_then(ino, at as u64, 2 * PAGE as u32, |r| {
+        answered = Some((r.expect("read").to_vec(), cache_file_page(&e, ino, page)));
+    });
+    let (got, then) = answered.expect("answered");
+    assert_same("the answer", &got, &want[at..at + 2 * PAGE]);
+    assert!(
+        then != want[at..at + PAGE],
+        "the page was in the cache file before the reader had its answer"
+    );
+    assert_same(
+        "the cache file after",
+        &cache_file_page(&e, ino, page),
+        &want[at..at + PAGE],
+    );
+    let fetched = e.fs.stats().fetched_bytes.load(Ordering::Acquire);
+    assert_eq!(
+        fetched - start,
+        (chunk_pages * PAGE) as u64,
+        "one chunk fetched"
+    );
+    // The rest of the chunk is a hit now; the file is whole.
+    let got =
+        e.fs.read(ino, (chunk_pages * PAGE) as u64, PAGE as u32)
+            .expect("read");
+    assert_same(
+        "a hit in the chunk",
+        &got,
+        &want[chunk_pages * PAGE..][..PAGE],
+    );
+    assert_eq!(e.fs.stats().fetched_bytes.load(Ordering::Acquire), fetched);
+    assert_same("the file", &e.read_all(ino), &want);
+    assert_survives_a_crash(&dirs, e, "data", &want);
+}
+
+// Between a miss's answer and its install the pages are still absent: a write of them then
+// replaces them, and the install must leave the written bytes alone.
+#[test]
+fn a_write_between_a_miss_answer_and_its_install_wins() {
+    let dirs = Dirs::new();
+    let (e, ino, _evictor) = three_absent_chunks(&dirs);
+    let chunk_pages = bucketfs::fs::CHUNK_PAGES as usize;
+    let mut want = pattern(1, 3 * chunk_pages);
+    let new = pattern(200, 2);
+    let mut answered = None;
+    e.fs.read_then(ino, 0, PAGE as u32, |r| {
+        answered = Some(r.expect("read").to_vec());
+        assert!(
+            cache_file_page(&e, ino, 2) != want[2 * PAGE..3 * PAGE],
+            "installed before the answer"
+        );
+        // (A whole-page write replaces absent pages without fetching them, so it does not
+        // wait for this fill.)
+        e.fs.write(ino, 0, &new).expect("write");
+        e.fs.fsync(ino, false).expect("fsync");
+    });
+    assert_same("the answer", &answered.expect("answered"), &want[..PAGE]);
+    assert_same(
+        "the install after the write",
+        &cache_file_page(&e, ino, 2),
+        &want[2 * PAGE..3 * PAGE],
+    );
+    want[..new.len()].copy_from_slice(&new);
+    assert_same("the file", &e.read_all(ino), &want);
+    e.checkpoint();
+    assert_survives_a_crash(&dirs, e, "data", &want);
+}
+
+// The install after an answer counts the pages for the cache bound: not those of a file
+// deleted in between (the reader may close it right after the reply), which would hold
+// room in the bound that nothing frees until it is evicted.
+#[test]
+fn a_file_deleted_between_a_miss_answer_and_its_install_is_not_counted_in_the_cache() {
+    let dirs = Dirs::new();
+    let (e, ino, _evictor) = three_absent_chunks(&dirs);
+    let mut answered = false;
+    e.fs.read_then(ino, 0, PAGE as u32, |r| {
+        r.expect("read");
+        answered = true;
+        e.fs.unlink(ROOT_INO, OsStr::new("data")).expect("unlink");
+    });
+    assert!(answered, "answered");
+    assert!(
+        !e.fs.chunk_cached(ino, 0),
+        "the deleted file's chunk is counted in the cache bound"
+    );
+    assert!(
+        !e.fs.cache_file_path(ino).exists(),
+        "the deleted file's cache file is back"
+    );
+    e.crash();
+}
+
+// A miss answered from its fetched bytes must answer what the file holds: here the read's
+// page is cut off by a truncation (and the cut committed) while the fill fetches another of
+// its ranges, and the range with the read's page is fetched from the newer checkpoint, where
+// the file ends before it (zeros). The read must find the file's end, not zeros.
+#[test]
+fn a_miss_whose_page_is_cut_off_while_it_fetches_answers_the_files_end() {
+    let dirs = Dirs::new();
+    let (e, ino, _evictor) = three_absent_chunks(&dirs);
+    let chunk_pages = bucketfs::fs::CHUNK_PAGES;
+    // Page 40 present (written whole), so a fill of chunk 1 claims two ranges: 32..40 and
+    // 41..64, fetched one after the other.
+    e.write(ino, 40 * PAGE_SIZE, &pattern(50, 1));
+    let fired = Arc::new(AtomicBool::new(false));
+    {
+        let (fs, cp, fired) = (Arc::downgrade(&e.fs), Arc::downgrade(&e.cp), fired.clone());
+        e.fs.set_step_hook(Box::new(move |step| {
+            if let Step::FillFetched { ino: filled } = step {
+                if *filled == ino && !fired.swap(true, Ordering::AcqRel) {
+                    // After the first range: cut the file to 42 pages, and commit it.
+                    let fs = Weak::upgrade(&fs).expect("fs alive");
+                    set_size(&fs, ino, 42 * PAGE_SIZE);
+                    fs.fsync(ino, false).expect("fsync");
+                    let cp = Weak::upgrade(&cp).expect("checkpointer alive");
+                    cp.checkpoint(false).expect("checkpoint");
+                }
+            }
+        }));
+    }
+    let got =
+        e.fs.read(ino, 45 * PAGE_SIZE, PAGE as u32)
+            .expect("read page 45");
+    assert!(fired.load(Ordering::Acquire), "the hook never ran");
+    assert!(
+        got.is_empty(),
+        "a read past the end answered {} bytes (first {:?})",
+        got.len(),
+        &got[..got.len().min(4)]
+    );
+    let mut want = pattern(1, 42);
+    want[40 * PAGE..41 * PAGE].copy_from_slice(&pattern(50, 1));
+    assert_eq!(chunk_pages, 32, "the ranges above assume 32-page chunks");
+    assert_same("the file", &e.read_all(ino), &want);
+    assert_survives_a_crash(&dirs, e, "data", &want);
+}
+
 // A hole punched in a file only the bucket holds (restored, nothing fetched yet, so no cache
 // file) must read as zeros, and go to the bucket as zeros. It did nothing at all: the punch
 // saw no cache file, took the pages for a hole already, and left them absent.

@@ -12,7 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{Attr, FileKind, Fs, FsError, InodeState, Result, SetAttr, MAX_FILE_SIZE, PAGE_SIZE};
+use super::remote::Fetched;
+use super::{
+    Attr, FileKind, Fs, FsError, Inode, InodeState, Result, SetAttr, MAX_FILE_SIZE, PAGE_SIZE,
+};
 
 /// How often a request fetches pages that an eviction takes again before it can use them,
 /// before it gives up (a cache far too small for the work in flight).
@@ -20,6 +23,13 @@ const MAX_FILL_ATTEMPTS: usize = 16;
 
 fn evicted_while_filling() -> FsError {
     FsError::Fetch("pages were evicted again as fast as they were fetched; --cache-size is too small for the reads in flight".into())
+}
+
+/// What `Fs::read_inner` found: the bytes read from the cache dir, or a miss to answer from
+/// the bytes its fill fetched (those of `Fetched::bytes`), which are installed after.
+enum Read<'a> {
+    Cached(Vec<u8>),
+    Fetched(Fetched<'a>, super::remote::AnswerAt),
 }
 
 /// The pages a read of `size` bytes at `offset` of a file of `file_size` bytes touches.
@@ -95,8 +105,60 @@ impl Fs {
         Ok(())
     }
 
+    /// Reads `size` bytes at `offset` (fewer at the end of the file).
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let inode = self.inode(ino)?;
+        let mut out = None;
+        self.read_then(ino, offset, size, |r| out = Some(r.map(<[u8]>::to_vec)));
+        out.expect("read_then answers every read")
+    }
+
+    /// Reads `size` bytes at `offset` and passes them to `answer`, called exactly once, with
+    /// no lock of the filesystem held.
+    ///
+    /// A miss is answered from the bytes its fill fetched when every page the read touches
+    /// was fetched by it and is still absent (not made present, nor made present and evicted
+    /// again, meanwhile) and the file's size has not changed: then they are the file's bytes
+    /// now. They are installed in the cache file only after the answer (a write, an
+    /// fdatasync and a metadata commit the reader need not wait for). Until then the pages
+    /// stay claimed: a read of them waits for the install, and so does a write of part of
+    /// one, so `answer` must not wait on such requests; a whole-page write replaces them
+    /// (the install leaves them alone).
+    pub fn read_then(&self, ino: u64, offset: u64, size: u32, answer: impl FnOnce(Result<&[u8]>)) {
+        let inode = match self.inode(ino) {
+            Ok(inode) => inode,
+            Err(e) => return answer(Err(e)),
+        };
+        match self.read_inner(ino, &inode, offset, size) {
+            Ok(Read::Cached(buf)) => answer(Ok(&buf)),
+            Ok(Read::Fetched(fetched, bytes)) => {
+                answer(Ok(fetched.bytes(bytes)));
+                if let Err(e) = self.install_fill(fetched) {
+                    tracing::warn!(ino, error = %e, "could not install pages fetched for a read; a read fetches them again");
+                    return;
+                }
+                // Counted once installed (were the chunk refused by the bound before, its
+                // pages would be made present untracked, never evicted), as the cached path
+                // does, under the io lock and with the size now; and not for a file deleted
+                // since the answer (its last close may come right after the reply:
+                // `forget_inode` untracks it under the state lock).
+                let _io = inode.io.read();
+                let st = inode.state.lock();
+                if st.attr.nlink > 0 || st.open_count > 0 {
+                    let file_size = st.attr.size;
+                    self.touch(ino, read_pages(offset, size, file_size), file_size);
+                }
+            }
+            Err(e) => answer(Err(e)),
+        };
+    }
+
+    fn read_inner<'a>(
+        &self,
+        ino: u64,
+        inode: &'a Inode,
+        offset: u64,
+        size: u32,
+    ) -> Result<Read<'a>> {
         let mut missed = false;
         for _ in 0..MAX_FILL_ATTEMPTS {
             let wanted = {
@@ -106,8 +168,16 @@ impl Fs {
                 }
                 read_pages(offset, size, st.attr.size)
             };
-            // With no lock held (see `fill_absent`).
-            missed |= self.fill_absent(&inode, wanted, true)? > 0;
+            // With no lock held (see `fetch_absent`).
+            if let Some(fetched) = self.fetch_absent(inode, wanted, true)? {
+                missed = true;
+                let answer = fetched.answer(&inode.state.lock(), offset, size);
+                if let Some(bytes) = answer {
+                    self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Read::Fetched(fetched, bytes));
+                }
+                self.install_fill(fetched)?;
+            }
             let _io = inode.io.read();
             let (file, file_size, wanted) = {
                 let mut st = inode.state.lock();
@@ -118,7 +188,7 @@ impl Fs {
                 (self.cache_file(&mut st, false)?, st.attr.size, wanted)
             };
             if offset >= file_size {
-                return Ok(Vec::new());
+                return Ok(Read::Cached(Vec::new()));
             }
             let len = (file_size - offset).min(u64::from(size)) as usize;
             if missed {
@@ -144,7 +214,7 @@ impl Fs {
                     }
                 }
             }
-            return Ok(buf);
+            return Ok(Read::Cached(buf));
         }
         Err(evicted_while_filling())
     }

@@ -13,7 +13,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::pageset::PageSet;
-use super::{Attr, CutDirent, FileKind, Fs, FsError, Inode, Result, PAGE_SIZE, ROOT_INO};
+use super::{
+    Attr, CutDirent, FileKind, Fs, FsError, Inode, InodeState, Result, PAGE_SIZE, ROOT_INO,
+};
 
 const BUCKET_RECORD: &[u8] = b"bucket";
 
@@ -288,7 +290,7 @@ impl Fs {
             .map(|h| {
                 Some(InFlight {
                     inode: &h.inode,
-                    ranges: &h.missing,
+                    ranges: h.missing.clone(),
                 })
             })
             .collect();
@@ -372,14 +374,6 @@ impl Fs {
 
     /// Fetches whichever of `pages` are absent and installs them in the cache file.
     ///
-    /// The caller holds no lock of the inode and not the gate: a fetch is a network call
-    /// that can take minutes in an S3 stall, and nothing other requests need may wait on it
-    /// (DESIGN section 1). The bytes are installed afterwards under the inode's locks, only
-    /// into pages still absent, and none that were made present some other way and evicted
-    /// again meanwhile (`fetch_stale`: the bucket may hold newer bytes by then, and the
-    /// caller fills again).
-    /// Pages another fill is fetching are waited for, not fetched twice.
-    ///
     /// When it returns the pages have been present; an eviction may take them again before
     /// the caller locks the inode, so callers check under their locks and fill again if need
     /// be (`enter_with_pages`, `read`). `readahead` (reads only) widens a sequential
@@ -390,8 +384,32 @@ impl Fs {
         pages: Range<u64>,
         readahead: bool,
     ) -> Result<u64> {
+        match self.fetch_absent(inode, pages, readahead)? {
+            Some(fetched) => self.install_fill(fetched),
+            None => Ok(0),
+        }
+    }
+
+    /// Claims whichever of `pages` are absent and fetches them, to be installed with
+    /// `install_fill` (`fill_absent` does both; a read answers from the fetched bytes in between).
+    /// None: none of `pages` was absent.
+    ///
+    /// The caller holds no lock of the inode and not the gate: a fetch is a network call
+    /// that can take minutes in an S3 stall, and nothing other requests need may wait on it
+    /// (DESIGN section 1). The bytes are installed afterwards under the inode's locks, only
+    /// into pages still absent, and none that were made present some other way and evicted
+    /// again meanwhile (`fetch_stale`: the bucket may hold newer bytes by then, and the
+    /// caller fills again).
+    /// Pages another fill is fetching are waited for, not fetched twice; the claimed pages
+    /// stay claimed (`fetching`) until the `Fetched` is installed or dropped.
+    pub(super) fn fetch_absent<'a>(
+        &self,
+        inode: &'a Inode,
+        pages: Range<u64>,
+        readahead: bool,
+    ) -> Result<Option<Fetched<'a>>> {
         if pages.is_empty() || !inode.state.lock().absent.intersects(pages.clone()) {
-            return Ok(0);
+            return Ok(None);
         }
         let fetcher = self
             .fetcher
@@ -401,11 +419,11 @@ impl Fs {
         // Fetch in aligned units (whole runs, which is what a GET returns anyway).
         let mut pages =
             pages.start / FETCH_PAGES * FETCH_PAGES..pages.end.div_ceil(FETCH_PAGES) * FETCH_PAGES;
-        let (ino, missing) = {
+        let (ino, missing, size) = {
             let mut st = inode.state.lock();
             loop {
                 if !st.absent.intersects(pages.clone()) {
-                    return Ok(0); // a hit: no fetch, and no change to the readahead state
+                    return Ok(None); // a hit: no fetch, and no change to the readahead state
                 }
                 if !st.fetching.intersects(pages.clone()) {
                     break;
@@ -431,23 +449,36 @@ impl Fs {
             }
             // (The readahead may reach pages another fill is fetching: those are left to it.)
             let missing = st.claim_absent(pages);
-            (st.attr.ino, missing)
+            (st.attr.ino, missing, st.attr.size)
         };
-        let _in_flight = InFlight {
+        let in_flight = InFlight {
             inode,
-            ranges: &missing,
+            ranges: missing,
         };
-        let mut fetched = 0;
-        for r in &missing {
+        let mut runs = Vec::with_capacity(in_flight.ranges.len());
+        for r in &in_flight.ranges {
             let bytes = fetcher.fetch(ino, r.clone()).map_err(FsError::Fetch)?;
             self.step(super::Step::FillFetched { ino });
-            self.install_fetched(inode, r.clone(), &bytes)?;
-            fetched += bytes.len() as u64;
+            runs.push(bytes);
         }
-        self.stats
-            .fetched_bytes
-            .fetch_add(fetched, Ordering::Relaxed);
-        Ok(fetched)
+        Ok(Some(Fetched {
+            runs,
+            size,
+            in_flight,
+        }))
+    }
+
+    /// Installs what `fetch_absent` fetched (see `install_fetched`) and ends the fill.
+    /// Returns the bytes fetched.
+    pub(super) fn install_fill(&self, fetched: Fetched<'_>) -> Result<u64> {
+        let inode = fetched.in_flight.inode;
+        let mut bytes = 0;
+        for (r, run) in fetched.in_flight.ranges.iter().zip(&fetched.runs) {
+            self.install_fetched(inode, r.clone(), run)?;
+            bytes += run.len() as u64;
+        }
+        self.stats.fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(bytes)
     }
 
     /// Writes fetched pages `r` (`bytes`) into the cache file, where they are still absent
@@ -509,6 +540,60 @@ impl Fs {
     }
 }
 
+/// The pages a fill claimed, with the bytes fetched for them, not yet installed. Until it is
+/// installed or dropped its pages stay claimed: other fills of them wait, and an eviction of
+/// one of them (made present some other way meanwhile) marks it stale.
+pub(super) struct Fetched<'a> {
+    /// The bytes of each claimed range (`in_flight.ranges`), in order.
+    runs: Vec<Vec<u8>>,
+    /// The file's size when the pages were claimed.
+    size: u64,
+    in_flight: InFlight<'a>,
+}
+
+impl Fetched<'_> {
+    /// Where the answer to a read of `len` bytes at `offset` lies in the fetched bytes, if
+    /// they are the file's bytes now (`st` is the inode's state, locked): every page the read
+    /// touches was fetched by this fill and has stayed absent since it was claimed (not
+    /// written, cut off by a truncation, nor made present and evicted again, which marks it
+    /// stale), and the file's size is the one it had then. Otherwise None: the caller
+    /// installs and reads the cache file.
+    pub(super) fn answer(&self, st: &InodeState, offset: u64, len: u32) -> Option<AnswerAt> {
+        if st.attr.size != self.size {
+            return None;
+        }
+        let end = (offset + u64::from(len)).min(self.size);
+        if end <= offset {
+            return None;
+        }
+        let pages = offset / PAGE_SIZE..end.div_ceil(PAGE_SIZE);
+        let at = self
+            .in_flight
+            .ranges
+            .iter()
+            .position(|r| r.start <= pages.start && pages.end <= r.end)?;
+        if !st.absent.covers(pages.clone()) || st.fetch_stale.intersects(pages) {
+            return None;
+        }
+        let from = (offset - self.in_flight.ranges[at].start * PAGE_SIZE) as usize;
+        let bytes = from..from + (end - offset) as usize;
+        // (A fetcher answers whole pages; a short run is read from the cache file instead.)
+        self.runs[at].get(bytes.clone())?;
+        Some(AnswerAt { run: at, bytes })
+    }
+
+    /// The bytes `answer` found.
+    pub(super) fn bytes(&self, at: AnswerAt) -> &[u8] {
+        &self.runs[at.run][at.bytes]
+    }
+}
+
+/// Where in a `Fetched` a read's answer lies (`Fetched::answer`).
+pub(super) struct AnswerAt {
+    run: usize,
+    bytes: Range<usize>,
+}
+
 /// What `Fs::prefetch_batch` did.
 #[derive(Debug, Default)]
 pub struct Prefetched {
@@ -530,13 +615,13 @@ struct Held {
 /// Pages a fill is fetching; when it ends (done or failed), other fills may take them.
 struct InFlight<'a> {
     inode: &'a Inode,
-    ranges: &'a [Range<u64>],
+    ranges: Vec<Range<u64>>,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut st = self.inode.state.lock();
-        for r in self.ranges {
+        for r in &self.ranges {
             st.fetching.remove(r.clone());
             st.fetch_stale.remove(r.clone());
         }
