@@ -220,6 +220,19 @@ fn writers_wait_at_max_dirty_and_never_fail() {
     stop_ok(m);
 }
 
+/// Waits for the mount's prewarm to finish; its status then, and the prewarm's.
+fn prewarmed(m: &Mount) -> (bucketfs::status::Status, bucketfs::status::PrewarmStatus) {
+    wait_for("prewarm", Duration::from_secs(60), || {
+        m.status()
+            .bucket
+            .and_then(|b| b.prewarm)
+            .is_some_and(|p| p.state == "done")
+    });
+    let status = m.status();
+    let p = status.bucket.as_ref().unwrap().prewarm.clone().unwrap();
+    (status, p)
+}
+
 #[test]
 fn a_cold_start_prewarms_the_hot_set_of_the_last_clean_stop() {
     let dir = common::scratch();
@@ -244,14 +257,7 @@ fn a_cold_start_prewarms_the_hot_set_of_the_last_clean_stop() {
 
     // A new machine.
     let m = start(dir.path(), "b", &s3, &["--cache-size", "16M"]);
-    wait_for("prewarm", Duration::from_secs(60), || {
-        m.status()
-            .bucket
-            .and_then(|b| b.prewarm)
-            .is_some_and(|p| p.state == "done")
-    });
-    let before = m.status();
-    let p = before.bucket.as_ref().unwrap().prewarm.clone().unwrap();
+    let (before, p) = prewarmed(&m);
     assert!(p.chunks_done == p.chunks_total && p.failed == 0, "{p:?}");
     assert!(m.log_text().contains("prewarm done"), "progress is logged");
     assert!(read_uncached(&m.mnt.join("hot")) == hot);
@@ -283,14 +289,7 @@ fn a_cold_start_with_a_smaller_cache_prewarms_what_fits_fewest_hot_chunks_first(
 
     // A new machine with a quarter of the cache: the recorded hot set (42 MiB) cannot fit.
     let m = start(dir.path(), "b", &s3, &["--cache-size", "16M"]);
-    wait_for("prewarm", Duration::from_secs(60), || {
-        m.status()
-            .bucket
-            .and_then(|b| b.prewarm)
-            .is_some_and(|p| p.state == "done")
-    });
-    let before = m.status();
-    let p = before.bucket.as_ref().unwrap().prewarm.clone().unwrap();
+    let (before, p) = prewarmed(&m);
     assert!(
         p.fetched_bytes <= 16 * MIB && p.chunks_total * 256 * 1024 <= 16 * MIB,
         "the prewarm fetched more than the cache holds: {p:?}"
