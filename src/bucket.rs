@@ -330,21 +330,18 @@ impl HotSet {
         self.files.iter().map(|(_, c)| c.len() as u64).sum()
     }
 
-    /// The part of the hot set that fits in `room` bytes of cache (None: no bound), and how
+    /// The part of the hot set that fits in `room` bytes of cache (None: no bound), each
+    /// chunk weighing what `weigh` says (what the cache's bound will count for it), and how
     /// many chunks were left out. A hot set recorded by a mount with a larger `--cache-size`
     /// (or none) would otherwise be fetched whole and evicted again as it came in. What is
     /// kept: the files with the fewest hot chunks first (catalogs, indexes and small tables,
     /// which hold more of a database's reads per byte than its largest tables), then the
     /// first chunks of the file that no longer fits whole.
-    fn within(self, room: Option<u64>) -> (HotSet, u64) {
-        let chunk_bytes = self.chunk_pages.max(1) * crate::fs::PAGE_SIZE;
+    fn within(self, room: Option<u64>, weigh: impl Fn(u64, u64) -> u64) -> (HotSet, u64) {
         let total = self.chunks();
-        let Some(fit) = room.map(|r| r / chunk_bytes) else {
+        let Some(room) = room else {
             return (self, 0);
         };
-        if total <= fit {
-            return (self, 0);
-        }
         let HotSet {
             version,
             epoch,
@@ -353,14 +350,20 @@ impl HotSet {
             mut files,
         } = self;
         files.sort_by_key(|(ino, chunks)| (chunks.len(), *ino));
-        let mut left = fit as usize;
+        let mut left = room;
         let mut kept = Vec::new();
-        for (ino, mut chunks) in files {
-            if left == 0 {
-                break;
+        'files: for (ino, mut chunks) in files {
+            for (i, &chunk) in chunks.iter().enumerate() {
+                let weight = weigh(ino, chunk);
+                if weight > left {
+                    chunks.truncate(i);
+                    if !chunks.is_empty() {
+                        kept.push((ino, chunks));
+                    }
+                    break 'files;
+                }
+                left -= weight;
             }
-            chunks.truncate(left);
-            left -= chunks.len();
             kept.push((ino, chunks));
         }
         kept.sort_unstable_by_key(|(ino, _)| *ino);
@@ -602,7 +605,7 @@ fn prewarm(fs: &Fs, hot: HotSet, stop: &AtomicBool, progress: &PrewarmProgress) 
         chunks.retain(|&c| !fs.chunk_cached(*ino, c));
     }
     hot.files.retain(|(_, chunks)| !chunks.is_empty());
-    let (hot, skipped) = hot.within(room);
+    let (hot, skipped) = hot.within(room, |ino, chunk| fs.chunk_weight_now(ino, chunk));
     let pieces = hot.pieces();
     let started = std::time::Instant::now();
     progress.chunks_total.store(hot.chunks(), Ordering::Release);
@@ -1206,25 +1209,43 @@ mod tests {
             files: vec![(5, (0..10).collect()), (7, vec![3, 4]), (9, vec![0])],
             ..HotSet::default()
         };
+        let whole = |_: u64, _: u64| chunk;
         // Room for all, or no bound: all of it.
         for room in [None, Some(13 * chunk), Some(20 * chunk)] {
-            let (kept, skipped) = hot().within(room);
+            let (kept, skipped) = hot().within(room, whole);
             assert_eq!((kept.files, skipped), (hot().files, 0), "room {room:?}");
         }
         // Room for 6 chunks and a half: the two small files whole, then 3 of the large one.
-        let (kept, skipped) = hot().within(Some(6 * chunk + chunk / 2));
+        let (kept, skipped) = hot().within(Some(6 * chunk + chunk / 2), whole);
         assert_eq!(
             kept.files,
             vec![(5, vec![0, 1, 2]), (7, vec![3, 4]), (9, vec![0])]
         );
         assert_eq!(skipped, 7);
         // Room for 2: the smallest file, then the next one cut.
-        let (kept, skipped) = hot().within(Some(2 * chunk));
+        let (kept, skipped) = hot().within(Some(2 * chunk), whole);
         assert_eq!(kept.files, vec![(7, vec![3]), (9, vec![0])]);
         assert_eq!(skipped, 11);
         // No room at all: nothing.
-        let (kept, skipped) = hot().within(Some(chunk - 1));
+        let (kept, skipped) = hot().within(Some(chunk - 1), whole);
         assert_eq!((kept.chunks(), skipped), (0, 13));
+        // Chunks weigh what the bound counts: a file's last chunk, partly filled, less than
+        // a whole one, and a chunk past the file's end nothing. Here the 13 chunks weigh
+        // 7.5 whole ones: all fit in room for 8, and in room for 7 all but file 5's last.
+        let partial = |ino: u64, c: u64| match (ino, c) {
+            (5, 9) => chunk / 2,
+            (5, _) => chunk / 2 + chunk / 18,
+            (7, 4) => 0,
+            _ => chunk,
+        };
+        let (kept, skipped) = hot().within(Some(8 * chunk), partial);
+        assert_eq!((kept.files, skipped), (hot().files, 0));
+        let (kept, skipped) = hot().within(Some(7 * chunk), partial);
+        assert_eq!(
+            kept.files,
+            vec![(5, (0..9).collect()), (7, vec![3, 4]), (9, vec![0])]
+        );
+        assert_eq!(skipped, 1);
     }
 
     #[test]

@@ -316,6 +316,43 @@ fn a_cold_start_with_a_smaller_cache_prewarms_what_fits_fewest_hot_chunks_first(
 }
 
 #[test]
+fn a_cold_start_with_the_same_cache_prewarms_a_hot_set_of_partly_filled_chunks_whole() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let m = start(dir.path(), "a", &s3, &["--cache-size", "16M"]);
+    // 14 files of 1 MiB and 48 KiB (above the small-file prefetch's 1 MiB): 70 chunks, 14 of
+    // them holding 48 KiB. 14.7 MiB in all: they fit the 16 MiB cache, though 70 whole
+    // chunks would not.
+    let files: Vec<Vec<u8>> = (0..14)
+        .map(|i| incompressible((MIB + 48 * 1024) as usize, 20 + i))
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        write_file(&m.mnt.join(format!("f{i}")), f);
+    }
+    m.checkpoint();
+    for (i, f) in files.iter().enumerate() {
+        assert!(read_uncached(&m.mnt.join(format!("f{i}"))) == *f);
+    }
+    stop_ok(m);
+
+    let m = start(dir.path(), "b", &s3, &["--cache-size", "16M"]);
+    let (before, p) = prewarmed(&m);
+    assert!(
+        p.chunks_skipped == 0 && p.chunks_total == 70 && p.chunks_done == 70,
+        "the hot set fits, and was fetched whole: {p:?}"
+    );
+    for (i, f) in files.iter().enumerate() {
+        assert!(read_uncached(&m.mnt.join(format!("f{i}"))) == *f);
+    }
+    let after = m.status();
+    assert!(
+        after.fs.fetched_bytes == before.fs.fetched_bytes,
+        "a prewarmed file was fetched again"
+    );
+    stop_ok(m);
+}
+
+#[test]
 fn metrics_parse_as_prometheus_text_and_move_with_the_workload() {
     let dir = common::scratch();
     let s3 = S3Server::start(&dir.path().join("s3"));

@@ -528,6 +528,34 @@ fn a_file_deleted_between_a_miss_answer_and_its_install_is_not_counted_in_the_ca
     e.crash();
 }
 
+// The answer from fetched bytes is the file's bytes at the answer: a page written whole
+// while its fill fetched (same size, nothing evicted) reads as written, not as fetched.
+#[test]
+fn a_page_written_while_its_miss_fetches_reads_as_written() {
+    let dirs = Dirs::new();
+    let (e, ino, _evictor) = three_absent_chunks(&dirs);
+    let new = pattern(77, 1);
+    let fired = Arc::new(AtomicBool::new(false));
+    {
+        let (fs, new, fired) = (Arc::downgrade(&e.fs), new.clone(), fired.clone());
+        e.fs.set_step_hook(Box::new(move |step| {
+            if let Step::FillFetched { ino: filled } = step {
+                if *filled == ino && !fired.swap(true, Ordering::AcqRel) {
+                    let fs = Weak::upgrade(&fs).expect("fs alive");
+                    fs.write(ino, 0, &new).expect("write page 0 whole");
+                }
+            }
+        }));
+    }
+    let got = e.fs.read(ino, 0, PAGE as u32).expect("read page 0");
+    assert!(fired.load(Ordering::Acquire), "the hook never ran");
+    assert_same("page 0", &got, &new);
+    let mut want = pattern(1, 3 * bucketfs::fs::CHUNK_PAGES as usize);
+    want[..PAGE].copy_from_slice(&new);
+    assert_same("the file", &e.read_all(ino), &want);
+    e.crash();
+}
+
 // A miss answered from its fetched bytes must answer what the file holds: here the read's
 // page is cut off by a truncation (and the cut committed) while the fill fetches another of
 // its ranges, and the range with the read's page is fetched from the newer checkpoint, where

@@ -537,6 +537,19 @@ impl Fs {
         })
     }
 
+    /// What chunk `chunk` of file `ino` weighs in the cache's bound (its bytes, up to the
+    /// file's end): 0 for a file gone or a chunk past its end, which a fetch fills with nothing.
+    pub fn chunk_weight_now(&self, ino: u64, chunk: u64) -> u64 {
+        let Ok(inode) = self.inode(ino) else {
+            return 0;
+        };
+        let size = inode.state.lock().attr.size;
+        if chunk * CHUNK_BYTES >= size {
+            return 0;
+        }
+        u64::from(chunk_weight(chunk, size))
+    }
+
     /// Whether chunk `chunk` of file `ino` is in the cache's bound (false without a bound).
     pub fn chunk_cached(&self, ino: u64, chunk: u64) -> bool {
         self.bound
