@@ -2061,3 +2061,126 @@ fn the_cache_dirs_log_is_synced_through_the_cut_before_the_manifest_is_sent() {
         "a manifest went out ahead of the log"
     );
 }
+
+/// A checkpoint marks the pages it uploaded clean: from then on the cache dir takes their bytes
+/// in the cache file for the bucket's, never uploads them again and may evict them and fetch
+/// the bucket's instead. A write the application did not fsync is only in the page cache, so
+/// before the marks go the bytes must be on the disk: a power loss would otherwise leave
+/// pages that read as their older bytes while the bucket holds the newer ones, and would
+/// change back (with no write) the day they are evicted.
+#[test]
+fn pages_a_checkpoint_marks_clean_are_on_the_disk_first() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    let bytes = pattern(5, 16);
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.write(ino, 0, &bytes).expect("write"); // no fsync
+    let path = e.fs.cache_file_path(ino);
+    let before = page_cache_of(&path);
+    assert!(
+        before.dirty > 0,
+        "the write should still be only in the page cache right after it ({before:?}): the \
+         kernel flushes pages 30 s old, or under memory pressure"
+    );
+    e.checkpoint();
+    let in_bucket = e.in_bucket(ino).expect("the file is in the bucket");
+    assert_same("in the bucket", &in_bucket, &bytes);
+    let after = page_cache_of(&path);
+    assert_eq!(
+        (after.dirty, after.writeback),
+        (0, 0),
+        "the checkpoint marked the pages clean with their bytes still only in memory \
+         ({after:?})"
+    );
+    e.fs.release(ino).expect("close");
+    assert_same("read back", &e.read_all(ino), &bytes);
+}
+
+/// What the kernel's page cache holds of a file (cachestat(2), Linux 6.5), in pages.
+#[derive(Debug)]
+struct PageCache {
+    dirty: u64,
+    writeback: u64,
+}
+
+fn page_cache_of(path: &Path) -> PageCache {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451; // the same number on every architecture
+    let f = std::fs::File::open(path).expect("open the cache file");
+    let range = Range { off: 0, len: 0 }; // len 0: to the end of the file
+    let mut stat = Stat::default();
+    // SAFETY: both pointers are to live structs of the layout the kernel expects; the file
+    // stays open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "cachestat(2) failed (it needs Linux 6.5): {}",
+        std::io::Error::last_os_error()
+    );
+    PageCache {
+        dirty: stat.dirty,
+        writeback: stat.writeback,
+    }
+}
+
+/// If the flush of the cache files fails, the bucket has the cut's pages but the cache dir may
+/// not have them on the disk: they stay dirty, and the next checkpoint uploads them again.
+#[test]
+fn pages_whose_flush_failed_stay_dirty_for_the_next_checkpoint() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    let bytes = pattern(6, 4);
+    e.write(ino, 0, &bytes);
+    let settings = bucketfs::checkpoint::CheckpointSettings::default();
+    let filter = bucketfs::checkpoint::LocalOnly::new(&settings.local_only, &settings.wal_dir);
+    let mut memo = bucketfs::fs::WalkMemo::default();
+    let cut =
+        e.fs.cut(
+            &filter,
+            &mut memo,
+            settings.run_pages,
+            settings.staging_memory,
+        )
+        .expect("cut");
+    assert!(cut.taken.contains_key(&ino), "the cut took the write");
+    e.fs.release_cut(&cut);
+    let failed = Err(FsError::io("flush the cache files")(
+        std::io::Error::from_raw_os_error(libc::EIO),
+    ));
+    let cleaned = e.fs.mark_clean(&cut, failed).expect("mark clean");
+    assert_eq!(
+        cleaned, 0,
+        "pages whose bytes may not be on the disk were marked clean"
+    );
+    e.checkpoint();
+    let in_bucket = e.in_bucket(ino).expect("the file is in the bucket");
+    assert_same(
+        "in the bucket after the next checkpoint (it should upload the pages again)",
+        &in_bucket,
+        &bytes,
+    );
+}

@@ -610,6 +610,44 @@ struct Upload {
     wal: bool,
 }
 
+/// The flush of the cache files a checkpoint runs beside its upload (`Fs::sync_cache_files`):
+/// waited for before the cut's pages are marked clean, and on drop (a checkpoint that fails),
+/// so that it never outlives its checkpoint.
+struct Flush<'a> {
+    rt: &'a tokio::runtime::Handle,
+    task: Option<tokio::task::JoinHandle<Result<(), FsError>>>,
+}
+
+impl<'a> Flush<'a> {
+    /// Starts the flush if `needed` (a cut with no runs has no bytes to flush).
+    fn start(fs: &Arc<Fs>, rt: &'a tokio::runtime::Handle, needed: bool) -> Flush<'a> {
+        let task = needed.then(|| {
+            let fs = fs.clone();
+            rt.spawn_blocking(move || fs.sync_cache_files())
+        });
+        Flush { rt, task }
+    }
+
+    fn wait(mut self) -> Result<(), FsError> {
+        match self.task.take() {
+            None => Ok(()),
+            Some(task) => self.rt.block_on(task).unwrap_or_else(|e| {
+                Err(FsError::io("flush the cache files")(std::io::Error::other(
+                    e,
+                )))
+            }),
+        }
+    }
+}
+
+impl Drop for Flush<'_> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = self.rt.block_on(task);
+        }
+    }
+}
+
 /// What a checkpoint's packing sent to the bucket, or left for its manifest to carry.
 #[derive(Default)]
 struct Sent {
@@ -909,12 +947,16 @@ impl Checkpointer {
                 // created and removed again since the last commit moved the generation).
                 self.names.lock().in_view = Some(cut.names);
                 drop(view);
-                self.fs.mark_clean(&cut)?;
+                // No runs: no bytes to flush (pages taken past the end have none).
+                self.fs.mark_clean(&cut, Ok(()))?;
                 self.covered_through(cut.epoch);
                 return Ok(None);
             }
         }
         self.fs.step(crate::fs::Step::CutTaken { epoch: cut.epoch });
+        // The cut's bytes go to the disk beside the upload: its pages are marked clean once the
+        // manifest lands, and must not then be older on the disk than in the bucket.
+        let flush = Flush::start(&self.fs, &self.rt, !cut.runs.is_empty());
         let upload_started = Instant::now();
         // A base would keep the whole namespace as long as any page it carried is used: its
         // runs go in segments.
@@ -967,7 +1009,7 @@ impl Checkpointer {
         let base = next.is_some();
         self.apply_to_view(&manifest, next, Some(cut.names));
         self.collector.lock().catalog.insert(&manifest);
-        self.fs.mark_clean(&cut)?;
+        self.fs.mark_clean(&cut, flush.wait())?;
         self.record(manifest.epoch)?;
         self.covered_through(cut.epoch);
         {

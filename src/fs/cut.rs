@@ -604,8 +604,15 @@ impl Fs {
                 st.trunc_pending = None;
             }
         }
-        for (ino, pages) in cut.taken {
-            if let Some(inode) = inodes.get(&ino) {
+        self.put_back_taken(&inodes, &cut.taken);
+        self.rpo_settled(false);
+    }
+
+    /// The pages a cut took and no checkpoint made clean are dirty again in memory, as they
+    /// still are in RocksDB.
+    fn put_back_taken(&self, inodes: &HashMap<u64, Arc<Inode>>, taken: &HashMap<u64, PageSet>) {
+        for (ino, pages) in taken {
+            if let Some(inode) = inodes.get(ino) {
                 let mut st = inode.state.lock();
                 self.recount(&mut st, |st| {
                     // Only what is still pending: pages truncated away since are gone from
@@ -620,12 +627,18 @@ impl Fs {
                 });
             }
         }
-        self.rpo_settled(false);
     }
 
     /// The checkpoint of `epoch` is committed: pages taken by its cut and not written since
     /// are clean. Their dirty marks go; pages written again stay dirty for the next epoch.
-    pub fn mark_clean(&self, cut: &Cut) -> Result<u64> {
+    ///
+    /// `on_disk`: whether the cut's bytes in the cache files are on the disk
+    /// (`sync_cache_files`, run since the cut). A clean page's bytes are taken for the
+    /// bucket's from then on, so they must not be lost to a power loss that keeps the marks
+    /// (they would read as older bytes, and change back when evicted). If the flush failed,
+    /// the bucket has the pages but the cache dir may not: they stay dirty and go up again with
+    /// the next checkpoint. The truncations are committed either way.
+    pub fn mark_clean(&self, cut: &Cut, on_disk: Result<()>) -> Result<u64> {
         let inodes = self.inode_snapshot();
         for (ino, _) in &cut.truncations {
             if let Some(inode) = inodes.get(ino) {
@@ -640,6 +653,17 @@ impl Fs {
                 }
                 self.meta.commit(batch)?;
             }
+        }
+        if let Err(e) = on_disk {
+            tracing::warn!(
+                epoch = cut.epoch,
+                error = %e,
+                "the cut's pages are in the bucket but could not be flushed in the cache dir; \
+                 they stay dirty for the next checkpoint"
+            );
+            self.put_back_taken(&inodes, &cut.taken);
+            self.rpo_settled(false);
+            return Ok(0);
         }
         let taken = &cut.taken;
         let mut cleaned = 0;

@@ -150,6 +150,15 @@ impl Fs {
         Ok(())
     }
 
+    /// Puts every cache file's bytes on the disk (syncfs of the cache dir's filesystem): all
+    /// written before the call is there when it returns. A write the application did not
+    /// fsync is only in the page cache; the checkpoint that uploads it runs this beside its
+    /// upload and waits for it before `mark_clean`.
+    pub fn sync_cache_files(&self) -> Result<()> {
+        self.cache.sync_all_data()?;
+        Ok(())
+    }
+
     /// True when everything committed to the cache dir's log is synced.
     pub fn log_is_synced(&self) -> bool {
         self.meta.is_synced()
