@@ -2066,35 +2066,97 @@ fn the_cache_dirs_log_is_synced_through_the_cut_before_the_manifest_is_sent() {
 /// in the cache file for the bucket's, never uploads them again and may evict them and fetch
 /// the bucket's instead. A write the application did not fsync is only in the page cache, so
 /// before the marks go the bytes must be on the disk: a power loss would otherwise leave
-/// pages that read as their older bytes while the bucket holds the newer ones, and would
-/// change back (with no write) the day they are evicted.
+/// pages that read as their older bytes while the bucket holds the newer ones, and that turn
+/// into the newer ones (with no write) the day they are evicted.
 #[test]
 fn pages_a_checkpoint_marks_clean_are_on_the_disk_first() {
     let dirs = Dirs::new();
     let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
     let ino = e.create("f");
-    let bytes = pattern(5, 16);
-    e.fs.open(ino, libc::O_RDWR).expect("open");
-    e.fs.write(ino, 0, &bytes).expect("write"); // no fsync
     let path = e.fs.cache_file_path(ino);
+    // What the page cache holds of the file when its marks are about to go.
+    let at_marking = Arc::new(Mutex::new(None));
+    {
+        let at_marking = at_marking.clone();
+        let path = path.clone();
+        e.fs.set_step_hook(Box::new(move |step| {
+            if let Step::MarkingClean { .. } = step {
+                *at_marking.lock().unwrap() = Some(page_cache_of(&path));
+            }
+        }));
+    }
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    let mut bytes = Vec::new();
+    // No fsync. Written again if something flushed it before we looked (another test's
+    // checkpoint flushes the same filesystem): the test needs it dirty at the start.
+    for round in 0..20u8 {
+        bytes = pattern(5 + round, 16);
+        e.fs.write(ino, 0, &bytes).expect("write");
+        if page_cache_of(&path).dirty > 0 {
+            break;
+        }
+    }
     let before = page_cache_of(&path);
     assert!(
         before.dirty > 0,
-        "the write should still be only in the page cache right after it ({before:?}): the \
-         kernel flushes pages 30 s old, or under memory pressure"
+        "the write is still only in the page cache right after it ({before:?})"
     );
     e.checkpoint();
     let in_bucket = e.in_bucket(ino).expect("the file is in the bucket");
     assert_same("in the bucket", &in_bucket, &bytes);
-    let after = page_cache_of(&path);
+    let seen = at_marking.lock().unwrap().take();
+    let seen = seen.expect("the checkpoint marked pages clean");
     assert_eq!(
-        (after.dirty, after.writeback),
+        (seen.dirty, seen.writeback),
         (0, 0),
         "the checkpoint marked the pages clean with their bytes still only in memory \
-         ({after:?})"
+         ({seen:?})"
     );
     e.fs.release(ino).expect("close");
     assert_same("read back", &e.read_all(ino), &bytes);
+}
+
+/// If the flush fails (the disk refused a write-back), the cache files cannot be trusted with
+/// the bytes the checkpoint uploaded: a page whose write-back failed is no longer dirty in the
+/// kernel, so no flush writes it again, and uploading it again could send the disk's older
+/// bytes. The bucket holds them: they are read from there from now on, and never uploaded
+/// again from the cache file.
+#[test]
+fn pages_whose_flush_failed_are_read_from_the_bucket() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    e.write(ino, 0, &pattern(6, 4));
+    e.checkpoint();
+    let newer = pattern(7, 4);
+    e.write(ino, 0, &newer);
+    e.fs.set_flush_fails(true);
+    let outcome =
+        e.cp.checkpoint(false)
+            .expect("checkpoint")
+            .expect("committed");
+    e.fs.set_flush_fails(false);
+    assert!(outcome.flush_failed, "the flush failure was not reported");
+    let last_error = e.cp.totals().last_error.unwrap_or_default();
+    assert!(
+        last_error.contains("could not flush"),
+        "status does not say the flush failed: {last_error:?}"
+    );
+    assert_same(
+        "in the bucket",
+        &e.in_bucket(ino).expect("the file is in the bucket"),
+        &newer,
+    );
+    let fetched = e.fs.stats().fetched_bytes.load(Ordering::Acquire);
+    assert_same("read back", &e.read_all(ino), &newer);
+    assert!(
+        e.fs.stats().fetched_bytes.load(Ordering::Acquire) >= fetched + newer.len() as u64,
+        "the pages were read from the cache file whose flush failed, not from the bucket"
+    );
+    assert!(
+        e.cp.checkpoint(false).expect("checkpoint").is_none(),
+        "the next checkpoint uploaded something again"
+    );
 }
 
 /// What the kernel's page cache holds of a file (cachestat(2), Linux 6.5), in pages.
@@ -2119,7 +2181,7 @@ fn page_cache_of(path: &Path) -> PageCache {
         evicted: u64,
         recently_evicted: u64,
     }
-    const SYS_CACHESTAT: libc::c_long = 451; // the same number on every architecture
+    const SYS_CACHESTAT: libc::c_long = 451; // x86_64 and the asm-generic table (arm64)
     let f = std::fs::File::open(path).expect("open the cache file");
     let range = Range { off: 0, len: 0 }; // len 0: to the end of the file
     let mut stat = Stat::default();
@@ -2144,43 +2206,4 @@ fn page_cache_of(path: &Path) -> PageCache {
         dirty: stat.dirty,
         writeback: stat.writeback,
     }
-}
-
-/// If the flush of the cache files fails, the bucket has the cut's pages but the cache dir may
-/// not have them on the disk: they stay dirty, and the next checkpoint uploads them again.
-#[test]
-fn pages_whose_flush_failed_stay_dirty_for_the_next_checkpoint() {
-    let dirs = Dirs::new();
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
-    let ino = e.create("f");
-    let bytes = pattern(6, 4);
-    e.write(ino, 0, &bytes);
-    let settings = bucketfs::checkpoint::CheckpointSettings::default();
-    let filter = bucketfs::checkpoint::LocalOnly::new(&settings.local_only, &settings.wal_dir);
-    let mut memo = bucketfs::fs::WalkMemo::default();
-    let cut =
-        e.fs.cut(
-            &filter,
-            &mut memo,
-            settings.run_pages,
-            settings.staging_memory,
-        )
-        .expect("cut");
-    assert!(cut.taken.contains_key(&ino), "the cut took the write");
-    e.fs.release_cut(&cut);
-    let failed = Err(FsError::io("flush the cache files")(
-        std::io::Error::from_raw_os_error(libc::EIO),
-    ));
-    let cleaned = e.fs.mark_clean(&cut, failed).expect("mark clean");
-    assert_eq!(
-        cleaned, 0,
-        "pages whose bytes may not be on the disk were marked clean"
-    );
-    e.checkpoint();
-    let in_bucket = e.in_bucket(ino).expect("the file is in the bucket");
-    assert_same(
-        "in the bucket after the next checkpoint (it should upload the pages again)",
-        &in_bucket,
-        &bytes,
-    );
 }

@@ -90,7 +90,9 @@ struct FormatMarker {
 /// An open, locked cache directory. Dropping it releases the lock.
 pub struct CacheDir {
     root: PathBuf,
-    _lock: File,
+    /// The lock file, held open while the cache dir is ours. Also the descriptor syncfs
+    /// reports through (`sync_all_data`).
+    lock: File,
 }
 
 impl CacheDir {
@@ -158,7 +160,7 @@ impl CacheDir {
             let dir = data.join(format!("{shard:02x}"));
             fs::create_dir_all(&dir).map_err(io_err("create data dir", &dir))?;
         }
-        Ok(CacheDir { root, _lock: lock })
+        Ok(CacheDir { root, lock })
     }
 
     pub fn root(&self) -> &Path {
@@ -241,11 +243,16 @@ impl CacheDir {
         Ok(out)
     }
 
-    /// Flushes every cache file of this filesystem to disk at once (syncfs).
+    /// Flushes every cache file of this filesystem to disk at once (syncfs), and fails if any
+    /// write-back of this filesystem failed since the last call (Linux 5.8 and later report
+    /// those). Through the one descriptor held since the open: syncfs reports an error to
+    /// each descriptor once, and only those after its open, so a descriptor opened per call
+    /// would miss a write-back the kernel gave up on before it (the kernel's own flusher
+    /// writes dirty pages back at any time, and a page whose write-back failed is no longer
+    /// dirty: the next syncfs has nothing to write for it).
     pub fn sync_all_data(&self) -> Result<(), CacheError> {
-        let dir = File::open(&self.root).map_err(io_err("open cache dir", &self.root))?;
-        // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        // SAFETY: syncfs only reads the descriptor, which `self.lock` keeps open.
+        if unsafe { libc::syncfs(self.lock.as_raw_fd()) } != 0 {
             return Err(io_err("sync cache dir", &self.root)(
                 io::Error::last_os_error(),
             ));

@@ -599,6 +599,9 @@ pub struct Outcome {
     /// Pages that writers copied out of the cache files while this checkpoint's upload
     /// still needed them (frozen copies).
     pub frozen: u64,
+    /// The cache files could not be flushed: the checkpoint's pages were made absent (read
+    /// from the bucket from now on) instead of clean (`Fs::mark_clean`).
+    pub flush_failed: bool,
 }
 
 /// A sealed segment's way to the bucket: the permit its builder took (memory), the limit on
@@ -895,9 +898,16 @@ impl Checkpointer {
         let r = self.checkpoint_locked(clean_stop, commit_empty);
         let mut t = self.totals.lock();
         match &r {
-            Ok(Some(_)) => {
+            Ok(Some(o)) => {
                 t.last_commit_ms = now_ms();
-                t.last_error = None;
+                t.last_error = o.flush_failed.then(|| {
+                    format!(
+                        "epoch {} is committed, but the cache dir could not flush its files \
+                         (the disk under it may be failing; see the log): its pages are read \
+                         from the bucket",
+                        o.epoch
+                    )
+                });
                 crate::metrics::global().checkpoint(started.elapsed());
             }
             Ok(None) => t.last_error = None,
@@ -1009,9 +1019,13 @@ impl Checkpointer {
         let base = next.is_some();
         self.apply_to_view(&manifest, next, Some(cut.names));
         self.collector.lock().catalog.insert(&manifest);
-        self.fs.mark_clean(&cut, flush.wait())?;
-        self.record(manifest.epoch)?;
+        // The bucket holds the cut: every fsync waiting on it may return (it synced its own
+        // file locally before it waited). Marking the pages clean is local work.
         self.covered_through(cut.epoch);
+        let on_disk = flush.wait();
+        let flush_failed = on_disk.is_err();
+        self.fs.mark_clean(&cut, on_disk)?;
+        self.record(manifest.epoch)?;
         {
             let mut t = self.totals.lock();
             t.checkpoints += 1;
@@ -1039,6 +1053,7 @@ impl Checkpointer {
             bytes,
             base,
             frozen,
+            flush_failed,
         }))
     }
 

@@ -604,15 +604,8 @@ impl Fs {
                 st.trunc_pending = None;
             }
         }
-        self.put_back_taken(&inodes, &cut.taken);
-        self.rpo_settled(false);
-    }
-
-    /// The pages a cut took and no checkpoint made clean are dirty again in memory, as they
-    /// still are in RocksDB.
-    fn put_back_taken(&self, inodes: &HashMap<u64, Arc<Inode>>, taken: &HashMap<u64, PageSet>) {
-        for (ino, pages) in taken {
-            if let Some(inode) = inodes.get(ino) {
+        for (ino, pages) in cut.taken {
+            if let Some(inode) = inodes.get(&ino) {
                 let mut st = inode.state.lock();
                 self.recount(&mut st, |st| {
                     // Only what is still pending: pages truncated away since are gone from
@@ -627,6 +620,7 @@ impl Fs {
                 });
             }
         }
+        self.rpo_settled(false);
     }
 
     /// The checkpoint of `epoch` is committed: pages taken by its cut and not written since
@@ -634,10 +628,14 @@ impl Fs {
     ///
     /// `on_disk`: whether the cut's bytes in the cache files are on the disk
     /// (`sync_cache_files`, run since the cut). A clean page's bytes are taken for the
-    /// bucket's from then on, so they must not be lost to a power loss that keeps the marks
-    /// (they would read as older bytes, and change back when evicted). If the flush failed,
-    /// the bucket has the pages but the cache dir may not: they stay dirty and go up again with
-    /// the next checkpoint. The truncations are committed either way.
+    /// bucket's from then on, so they must survive a power loss that keeps the marks' delete
+    /// (otherwise the page would read as its older bytes, never go up again, and turn into
+    /// the bucket's newer bytes the day it is evicted). If the flush failed, the cache files
+    /// cannot be trusted with those bytes: a page whose write-back failed is no longer dirty
+    /// in the kernel, so no later flush writes it, and uploading it again could send the
+    /// disk's older bytes over the bucket's. The bucket holds them, committed: the pages
+    /// become absent, read from the bucket the next time. The truncations are committed
+    /// either way.
     pub fn mark_clean(&self, cut: &Cut, on_disk: Result<()>) -> Result<u64> {
         let inodes = self.inode_snapshot();
         for (ino, _) in &cut.truncations {
@@ -654,19 +652,19 @@ impl Fs {
                 self.meta.commit(batch)?;
             }
         }
+        self.step(super::Step::MarkingClean { epoch: cut.epoch });
+        let unflushed = on_disk.is_err();
         if let Err(e) = on_disk {
-            tracing::warn!(
+            tracing::error!(
                 epoch = cut.epoch,
                 error = %e,
-                "the cut's pages are in the bucket but could not be flushed in the cache dir; \
-                 they stay dirty for the next checkpoint"
+                "the cache files could not be flushed: the pages this checkpoint uploaded are \
+                 read from the bucket from now on"
             );
-            self.put_back_taken(&inodes, &cut.taken);
-            self.rpo_settled(false);
-            return Ok(0);
         }
         let taken = &cut.taken;
         let mut cleaned = 0;
+        let mut seq = 0;
         for (ino, pages) in taken {
             let Some(inode) = inodes.get(ino) else {
                 continue; // deleted since the cut: its marks went with it
@@ -675,27 +673,58 @@ impl Fs {
             // the delete.
             let mut st = inode.state.lock();
             let mut batch = self.meta.batch();
+            let mut clean = PageSet::new();
             for r in pages.iter() {
                 for page in r {
                     if !st.dirty.contains(page) {
                         batch.delete_dirty_page(*ino, page);
+                        if unflushed {
+                            clean.insert(page..page + 1);
+                        }
                         cleaned += 1;
                     }
                 }
             }
-            self.meta.commit(batch)?;
+            let size = st.attr.size;
+            let to_absent: Vec<Range<u64>> = clean
+                .iter()
+                .map(|r| r.start..r.end.min(size.div_ceil(PAGE_SIZE)))
+                .filter(|r| !r.is_empty())
+                .collect();
+            for r in &to_absent {
+                st.change_absent(&mut batch, r.clone(), |a| {
+                    a.insert(r.clone());
+                });
+            }
+            seq = match self.meta.commit(batch) {
+                Ok(seq) => seq,
+                Err(e) => {
+                    // As the evictor does: not absent after all, and RocksDB's marks unsure.
+                    for r in &to_absent {
+                        st.absent.remove(r.clone());
+                    }
+                    st.absent_unsure |= !to_absent.is_empty();
+                    return Err(e.into());
+                }
+            };
             self.recount(&mut st, |st| {
                 for r in pages.iter() {
                     st.pending.remove(r);
                 }
             });
-            let size = st.attr.size;
             drop(st);
             // Clean now: the cache may keep them or evict them.
-            for r in pages.iter() {
-                self.touch(*ino, r.start..r.end.min(size.div_ceil(PAGE_SIZE)), size);
+            if !unflushed {
+                for r in pages.iter() {
+                    self.touch(*ino, r.start..r.end.min(size.div_ceil(PAGE_SIZE)), size);
+                }
             }
             crate::failpoint::hit("during-mark-clean");
+        }
+        if unflushed {
+            // On the disk before anything else: a machine crash must not bring back the
+            // dirty marks of pages whose bytes the disk may not have.
+            self.meta.sync_to(seq)?;
         }
         self.rpo_settled(true);
         Ok(cleaned)

@@ -689,7 +689,7 @@ impl Fs {
         }
     }
 
-    fn sync_cache_file_dir(&self, ino: u64) -> Result<()> {
+    pub(super) fn sync_cache_file_dir(&self, ino: u64) -> Result<()> {
         let path = self.cache.data_path(ino);
         let dir = path
             .parent()

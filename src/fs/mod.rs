@@ -101,6 +101,9 @@ pub enum Step {
     Uploaded { epoch: u64 },
     /// A checkpoint's manifest is committed; its pages are not marked clean yet.
     Committed { epoch: u64 },
+    /// A committed checkpoint's pages are about to be marked clean: the flush of the cache
+    /// files has ended.
+    MarkingClean { epoch: u64 },
 }
 
 /// What `Fs::set_step_hook` installs.
@@ -328,6 +331,8 @@ pub struct Fs {
     frozen: Mutex<cut::Frozen>,
     /// Tests only: called at each [`Step`].
     step_hook: std::sync::OnceLock<StepHook>,
+    /// Tests only: `sync_cache_files` fails, as on a disk whose write-back failed.
+    flush_fails: std::sync::atomic::AtomicBool,
 }
 
 /// Counters since the mount began, for the log at unmount and for metrics.
@@ -407,6 +412,7 @@ impl Fs {
             bound: std::sync::OnceLock::new(),
             frozen,
             step_hook: std::sync::OnceLock::new(),
+            flush_fails: std::sync::atomic::AtomicBool::new(false),
         };
         let mut batch = fs.meta.batch();
         for &ino in &orphans {
@@ -487,6 +493,12 @@ impl Fs {
     /// interleavings. Set once; unset, a step costs one load.
     pub fn set_step_hook(&self, hook: StepHook) {
         let _ = self.step_hook.set(hook);
+    }
+
+    /// Tests only: from now on `sync_cache_files` fails (or, `false`, works again), as it
+    /// does when the disk under the cache dir fails a write-back.
+    pub fn set_flush_fails(&self, fails: bool) {
+        self.flush_fails.store(fails, Ordering::Release);
     }
 
     /// Background work reached `step`.

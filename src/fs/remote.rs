@@ -156,6 +156,11 @@ impl Fs {
     /// upload and waits for it before `mark_clean`.
     pub fn sync_cache_files(&self) -> Result<()> {
         self.cache.sync_all_data()?;
+        if self.flush_fails.load(Ordering::Acquire) {
+            return Err(FsError::io("sync cache dir")(
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         Ok(())
     }
 
@@ -497,7 +502,7 @@ impl Fs {
         // replace absent pages: while both are held, which pages are absent cannot change.
         let _io = inode.io.read();
         let _fill = inode.fill_lock.lock();
-        let (file, still, size) = {
+        let (file, still, size, new_file, ino) = {
             let mut st = inode.state.lock();
             let mut still = PageSet::new();
             for a in st.absent.overlapping(r.clone()) {
@@ -513,7 +518,8 @@ impl Fs {
             let file = self
                 .cache_file(&mut st, true)?
                 .expect("cache_file with create returns a file");
-            (file, still, st.attr.size)
+            let new_file = std::mem::take(&mut st.new_cache_file);
+            (file, still, st.attr.size, new_file, st.attr.ino)
         };
         for s in &still {
             // Never write past the file's end (it may have grown and shrunk since the fetch).
@@ -527,9 +533,19 @@ impl Fs {
             }
         }
         // The absent mark may go only once the bytes are on disk: a machine crash must not
-        // leave a page that is neither absent nor in the cache file.
-        file.sync_data()
-            .map_err(FsError::io("sync filled cache file"))?;
+        // leave a page that is neither absent nor in the cache file. A cache file this fill
+        // created needs its directory entry on the disk too.
+        let synced = file
+            .sync_data()
+            .map_err(FsError::io("sync filled cache file"))
+            .and_then(|()| match new_file {
+                true => self.sync_cache_file_dir(ino),
+                false => Ok(()),
+            });
+        if let Err(e) = synced {
+            inode.state.lock().new_cache_file |= new_file;
+            return Err(e);
+        }
         drop(file);
         let mut st = inode.state.lock();
         let mut batch = self.meta.batch();
