@@ -2074,14 +2074,24 @@ fn pages_a_checkpoint_marks_clean_are_on_the_disk_first() {
     let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
     let ino = e.create("f");
     let path = e.fs.cache_file_path(ino);
-    // What the page cache holds of the file when its marks are about to go.
+    // What the page cache holds of the file when its marks are about to go, and how many
+    // flushes this engine had completed at the cut and then (other tests flush the same
+    // filesystem: the page cache alone cannot tell whose flush it was).
     let at_marking = Arc::new(Mutex::new(None));
+    let flushes_at_cut = Arc::new(AtomicU64::new(u64::MAX));
     {
-        let at_marking = at_marking.clone();
+        let (at_marking, flushes_at_cut) = (at_marking.clone(), flushes_at_cut.clone());
+        let fs = Arc::downgrade(&e.fs);
         let path = path.clone();
         e.fs.set_step_hook(Box::new(move |step| {
-            if let Step::MarkingClean { .. } = step {
-                *at_marking.lock().unwrap() = Some(page_cache_of(&path));
+            let fs = Weak::upgrade(&fs).expect("fs alive");
+            let flushes = fs.stats().cache_flushes.load(Ordering::Acquire);
+            match step {
+                Step::CutTaken { .. } => flushes_at_cut.store(flushes, Ordering::Release),
+                Step::MarkingClean { .. } => {
+                    *at_marking.lock().unwrap() = Some((page_cache_of(&path), flushes));
+                }
+                _ => {}
             }
         }));
     }
@@ -2105,7 +2115,11 @@ fn pages_a_checkpoint_marks_clean_are_on_the_disk_first() {
     let in_bucket = e.in_bucket(ino).expect("the file is in the bucket");
     assert_same("in the bucket", &in_bucket, &bytes);
     let seen = at_marking.lock().unwrap().take();
-    let seen = seen.expect("the checkpoint marked pages clean");
+    let (seen, flushes) = seen.expect("the checkpoint marked pages clean");
+    assert!(
+        flushes > flushes_at_cut.load(Ordering::Acquire),
+        "no flush of the cache files ended between the cut and the marks"
+    );
     assert_eq!(
         (seen.dirty, seen.writeback),
         (0, 0),
@@ -2116,13 +2130,13 @@ fn pages_a_checkpoint_marks_clean_are_on_the_disk_first() {
     assert_same("read back", &e.read_all(ino), &bytes);
 }
 
-/// If the flush fails (the disk refused a write-back), the cache files cannot be trusted with
-/// the bytes the checkpoint uploaded: a page whose write-back failed is no longer dirty in the
-/// kernel, so no flush writes it again, and uploading it again could send the disk's older
-/// bytes. The bucket holds them: they are read from there from now on, and never uploaded
-/// again from the cache file.
+/// If the flush fails (the disk refused a write-back), the cache files cannot be trusted: a
+/// page whose write-back failed is no longer dirty in the kernel, so no later flush writes
+/// it, and marking it clean or uploading it again from the cache file could put older bytes
+/// in its place. The mount stops taking changes, as Postgres stops on a failed fsync; the
+/// bucket holds everything up to the checkpoint whose flush failed.
 #[test]
-fn pages_whose_flush_failed_are_read_from_the_bucket() {
+fn a_failed_flush_of_the_cache_files_stops_the_mount() {
     let dirs = Dirs::new();
     let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
     let ino = e.create("f");
@@ -2130,33 +2144,57 @@ fn pages_whose_flush_failed_are_read_from_the_bucket() {
     e.checkpoint();
     let newer = pattern(7, 4);
     e.write(ino, 0, &newer);
+    let marked = Arc::new(AtomicBool::new(false));
+    {
+        let marked = marked.clone();
+        e.fs.set_step_hook(Box::new(move |step| {
+            if let Step::MarkingClean { .. } = step {
+                marked.store(true, Ordering::Release);
+            }
+        }));
+    }
     e.fs.set_flush_fails(true);
-    let outcome =
+    let failed =
         e.cp.checkpoint(false)
-            .expect("checkpoint")
-            .expect("committed");
-    e.fs.set_flush_fails(false);
-    assert!(outcome.flush_failed, "the flush failure was not reported");
+            .expect_err("a checkpoint whose flush failed");
+    assert!(
+        failed.to_string().contains("failed to write back"),
+        "unclear error: {failed}"
+    );
+    assert!(
+        !marked.load(Ordering::Acquire),
+        "pages were marked clean after the flush failed"
+    );
     let last_error = e.cp.totals().last_error.unwrap_or_default();
     assert!(
-        last_error.contains("could not flush"),
-        "status does not say the flush failed: {last_error:?}"
+        last_error.contains("failed to write back"),
+        "status does not say why the mount stopped: {last_error:?}"
     );
+    // The commit itself landed: the bucket has the write.
     assert_same(
         "in the bucket",
         &e.in_bucket(ino).expect("the file is in the bucket"),
         &newer,
     );
-    let fetched = e.fs.stats().fetched_bytes.load(Ordering::Acquire);
+    // No more changes, no more checkpoints; reads go on.
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    let write = e.fs.write(ino, 0, &pattern(8, 1));
+    assert!(
+        matches!(write, Err(FsError::CacheFailed)),
+        "a write after the failed flush: {write:?}"
+    );
+    e.fs.release(ino).expect("close");
+    assert!(
+        e.fs.create(ROOT_INO, OsStr::new("g"), 0o644, ROOT, false)
+            .is_err(),
+        "a create after the failed flush succeeded"
+    );
+    e.fs.set_flush_fails(false);
+    assert!(
+        e.cp.checkpoint(false).is_err(),
+        "a checkpoint after the failed flush ran"
+    );
     assert_same("read back", &e.read_all(ino), &newer);
-    assert!(
-        e.fs.stats().fetched_bytes.load(Ordering::Acquire) >= fetched + newer.len() as u64,
-        "the pages were read from the cache file whose flush failed, not from the bucket"
-    );
-    assert!(
-        e.cp.checkpoint(false).expect("checkpoint").is_none(),
-        "the next checkpoint uploaded something again"
-    );
 }
 
 /// What the kernel's page cache holds of a file (cachestat(2), Linux 6.5), in pages.

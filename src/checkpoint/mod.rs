@@ -151,6 +151,13 @@ pub enum CheckpointError {
     Fenced { epoch: u64 },
     #[error("another writer committed epoch {epoch} while this mount was taking the bucket over")]
     LostRace { epoch: u64 },
+    #[error(
+        "stopped: the disk under the cache dir failed to write back cached bytes ({reason}); \
+         this mount takes no more changes. The bucket holds everything up to epoch {epoch}. \
+         Check the disk, then start again on a new cache dir (it restores from the bucket): \
+         the same cache dir would upload what its disk holds, which may be older"
+    )]
+    CacheFailed { epoch: u64, reason: String },
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
@@ -599,9 +606,6 @@ pub struct Outcome {
     /// Pages that writers copied out of the cache files while this checkpoint's upload
     /// still needed them (frozen copies).
     pub frozen: u64,
-    /// The cache files could not be flushed: the checkpoint's pages were made absent (read
-    /// from the bucket from now on) instead of clean (`Fs::mark_clean`).
-    pub flush_failed: bool,
 }
 
 /// A sealed segment's way to the bucket: the permit its builder took (memory), the limit on
@@ -827,6 +831,25 @@ impl Checkpointer {
         );
     }
 
+    /// The flush of the cache files after the cut of `epoch` (committed) failed: nothing of
+    /// what the cache dir holds can be marked clean or uploaded again without risking older
+    /// bytes (`Fs::stop_for_failed_flush`). The mount stops taking changes, the fsyncs
+    /// waiting for a later commit fail now, and the checkpointer stops. The pages keep their
+    /// dirty marks.
+    fn stop_for_failed_flush(&self, epoch: u64, e: FsError) -> CheckpointError {
+        self.fs.stop_for_failed_flush();
+        {
+            let _covered = self.covered.lock();
+            self.covered_cv.notify_all();
+        }
+        let e = CheckpointError::CacheFailed {
+            epoch,
+            reason: e.to_string(),
+        };
+        error!(error = %e, "checkpointer stops");
+        e
+    }
+
     /// Commits an empty delta at the next epoch: the bucket now names this writer, and any
     /// writer still running there is fenced out at its next commit. Unless the tip was a
     /// clean stop (`tip_clean_stop`: its writer is gone), the delta is a fence, which GC
@@ -898,16 +921,9 @@ impl Checkpointer {
         let r = self.checkpoint_locked(clean_stop, commit_empty);
         let mut t = self.totals.lock();
         match &r {
-            Ok(Some(o)) => {
+            Ok(Some(_)) => {
                 t.last_commit_ms = now_ms();
-                t.last_error = o.flush_failed.then(|| {
-                    format!(
-                        "epoch {} is committed, but the cache dir could not flush its files \
-                         (the disk under it may be failing; see the log): its pages are read \
-                         from the bucket",
-                        o.epoch
-                    )
-                });
+                t.last_error = None;
                 crate::metrics::global().checkpoint(started.elapsed());
             }
             Ok(None) => t.last_error = None,
@@ -927,6 +943,12 @@ impl Checkpointer {
         if self.fenced.load(Ordering::Acquire) {
             return Err(CheckpointError::Fenced {
                 epoch: self.view.read().epoch,
+            });
+        }
+        if self.fs.cache_failed() {
+            return Err(CheckpointError::CacheFailed {
+                epoch: self.view.read().epoch,
+                reason: "an earlier flush of the cache files failed".into(),
             });
         }
         let started = Instant::now();
@@ -958,7 +980,7 @@ impl Checkpointer {
                 self.names.lock().in_view = Some(cut.names);
                 drop(view);
                 // No runs: no bytes to flush (pages taken past the end have none).
-                self.fs.mark_clean(&cut, Ok(()))?;
+                self.fs.mark_clean(&cut)?;
                 self.covered_through(cut.epoch);
                 return Ok(None);
             }
@@ -1022,9 +1044,10 @@ impl Checkpointer {
         // The bucket holds the cut: every fsync waiting on it may return (it synced its own
         // file locally before it waited). Marking the pages clean is local work.
         self.covered_through(cut.epoch);
-        let on_disk = flush.wait();
-        let flush_failed = on_disk.is_err();
-        self.fs.mark_clean(&cut, on_disk)?;
+        if let Err(e) = flush.wait() {
+            return Err(self.stop_for_failed_flush(manifest.epoch, e));
+        }
+        self.fs.mark_clean(&cut)?;
         self.record(manifest.epoch)?;
         {
             let mut t = self.totals.lock();
@@ -1053,7 +1076,6 @@ impl Checkpointer {
             bytes,
             base,
             frozen,
-            flush_failed,
         }))
     }
 
@@ -1584,6 +1606,7 @@ impl Checkpointer {
                     error!(error = %e, "checkpointer stops");
                     return;
                 }
+                Err(CheckpointError::CacheFailed { .. }) => return, // logged when it stopped
                 Err(e) => {
                     failed = true;
                     warn!(error = %e, "checkpoint failed; the pages stay dirty and the next one retries")
@@ -1626,6 +1649,9 @@ impl crate::fs::RemoteSync for Checkpointer {
         while *covered < epoch {
             if self.fenced.load(Ordering::Acquire) {
                 return Err(FsError::Fenced);
+            }
+            if self.fs.cache_failed() {
+                return Err(FsError::CacheFailed);
             }
             {
                 let mut wanted = self.wanted.lock();

@@ -229,7 +229,7 @@ impl Fs {
     }
 
     /// Waits while dirty bytes are at `--max-dirty`. Holds no lock: the checkpointer's cut
-    /// and every reader go on. A fenced mount does not wait (its writes fail anyway).
+    /// and every reader go on. A fenced or stopped mount does not wait (its writes fail anyway).
     pub(super) fn throttle(&self) {
         let max = self.pressure.max_pages.load(Ordering::Acquire);
         if max == 0 || self.unsafe_pages() < max {
@@ -238,7 +238,7 @@ impl Fs {
         let started = Instant::now();
         self.pressure.waiters.fetch_add(1, Ordering::AcqRel);
         let mut guard = self.pressure.lock.lock();
-        while self.unsafe_pages() >= max && !self.is_fenced() {
+        while self.unsafe_pages() >= max && !self.is_stopped() {
             if let Some(kick) = self.pressure.kick.get() {
                 kick();
             }

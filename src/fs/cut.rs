@@ -625,18 +625,9 @@ impl Fs {
 
     /// The checkpoint of `epoch` is committed: pages taken by its cut and not written since
     /// are clean. Their dirty marks go; pages written again stay dirty for the next epoch.
-    ///
-    /// `on_disk`: whether the cut's bytes in the cache files are on the disk
-    /// (`sync_cache_files`, run since the cut). A clean page's bytes are taken for the
-    /// bucket's from then on, so they must survive a power loss that keeps the marks' delete
-    /// (otherwise the page would read as its older bytes, never go up again, and turn into
-    /// the bucket's newer bytes the day it is evicted). If the flush failed, the cache files
-    /// cannot be trusted with those bytes: a page whose write-back failed is no longer dirty
-    /// in the kernel, so no later flush writes it, and uploading it again could send the
-    /// disk's older bytes over the bucket's. The bucket holds them, committed: the pages
-    /// become absent, read from the bucket the next time. The truncations are committed
-    /// either way.
-    pub fn mark_clean(&self, cut: &Cut, on_disk: Result<()>) -> Result<u64> {
+    /// From then on the cache files' bytes stand for the bucket's: the caller has flushed
+    /// them to the disk (`sync_cache_files`) since the cut.
+    pub fn mark_clean(&self, cut: &Cut) -> Result<u64> {
         let inodes = self.inode_snapshot();
         for (ino, _) in &cut.truncations {
             if let Some(inode) = inodes.get(ino) {
@@ -653,18 +644,8 @@ impl Fs {
             }
         }
         self.step(super::Step::MarkingClean { epoch: cut.epoch });
-        let unflushed = on_disk.is_err();
-        if let Err(e) = on_disk {
-            tracing::error!(
-                epoch = cut.epoch,
-                error = %e,
-                "the cache files could not be flushed: the pages this checkpoint uploaded are \
-                 read from the bucket from now on"
-            );
-        }
         let taken = &cut.taken;
         let mut cleaned = 0;
-        let mut seq = 0;
         for (ino, pages) in taken {
             let Some(inode) = inodes.get(ino) else {
                 continue; // deleted since the cut: its marks went with it
@@ -673,58 +654,27 @@ impl Fs {
             // the delete.
             let mut st = inode.state.lock();
             let mut batch = self.meta.batch();
-            let mut clean = PageSet::new();
             for r in pages.iter() {
                 for page in r {
                     if !st.dirty.contains(page) {
                         batch.delete_dirty_page(*ino, page);
-                        if unflushed {
-                            clean.insert(page..page + 1);
-                        }
                         cleaned += 1;
                     }
                 }
             }
-            let size = st.attr.size;
-            let to_absent: Vec<Range<u64>> = clean
-                .iter()
-                .map(|r| r.start..r.end.min(size.div_ceil(PAGE_SIZE)))
-                .filter(|r| !r.is_empty())
-                .collect();
-            for r in &to_absent {
-                st.change_absent(&mut batch, r.clone(), |a| {
-                    a.insert(r.clone());
-                });
-            }
-            seq = match self.meta.commit(batch) {
-                Ok(seq) => seq,
-                Err(e) => {
-                    // As the evictor does: not absent after all, and RocksDB's marks unsure.
-                    for r in &to_absent {
-                        st.absent.remove(r.clone());
-                    }
-                    st.absent_unsure |= !to_absent.is_empty();
-                    return Err(e.into());
-                }
-            };
+            self.meta.commit(batch)?;
             self.recount(&mut st, |st| {
                 for r in pages.iter() {
                     st.pending.remove(r);
                 }
             });
+            let size = st.attr.size;
             drop(st);
             // Clean now: the cache may keep them or evict them.
-            if !unflushed {
-                for r in pages.iter() {
-                    self.touch(*ino, r.start..r.end.min(size.div_ceil(PAGE_SIZE)), size);
-                }
+            for r in pages.iter() {
+                self.touch(*ino, r.start..r.end.min(size.div_ceil(PAGE_SIZE)), size);
             }
             crate::failpoint::hit("during-mark-clean");
-        }
-        if unflushed {
-            // On the disk before anything else: a machine crash must not bring back the
-            // dirty marks of pages whose bytes the disk may not have.
-            self.meta.sync_to(seq)?;
         }
         self.rpo_settled(true);
         Ok(cleaned)

@@ -39,6 +39,13 @@ pub enum FsError {
     /// Another writer took over the bucket: this mount accepts no more changes.
     #[error("read-only: another writer took over the bucket")]
     Fenced,
+    /// The disk under the cache dir failed a write-back: this mount accepts no more changes
+    /// (`Fs::stop_for_failed_flush`).
+    #[error(
+        "stopped: the disk under the cache dir failed to write back cached bytes; the bucket \
+         holds everything up to its last checkpoint"
+    )]
+    CacheFailed,
     /// File contents could not be fetched from the bucket (or failed their checksum).
     #[error("fetch from the bucket: {0}")]
     Fetch(String),
@@ -73,6 +80,7 @@ impl FsError {
             // Postgres sees the real cause; anything without an errno is EIO.
             FsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             FsError::Fenced => libc::EROFS,
+            FsError::CacheFailed => libc::EIO,
             FsError::Meta(_) | FsError::Cache(_) | FsError::Fetch(_) => libc::EIO,
         }
     }

@@ -102,7 +102,7 @@ pub enum Step {
     /// A checkpoint's manifest is committed; its pages are not marked clean yet.
     Committed { epoch: u64 },
     /// A committed checkpoint's pages are about to be marked clean: the flush of the cache
-    /// files has ended.
+    /// files has ended, and succeeded.
     MarkingClean { epoch: u64 },
 }
 
@@ -331,6 +331,8 @@ pub struct Fs {
     frozen: Mutex<cut::Frozen>,
     /// Tests only: called at each [`Step`].
     step_hook: std::sync::OnceLock<StepHook>,
+    /// The disk under the cache dir failed a write-back (`stop_for_failed_flush`).
+    cache_failed: std::sync::atomic::AtomicBool,
     /// Tests only: `sync_cache_files` fails, as on a disk whose write-back failed.
     flush_fails: std::sync::atomic::AtomicBool,
 }
@@ -340,6 +342,8 @@ pub struct Fs {
 pub struct FsStats {
     /// Bytes that WRITE requests brought (after the kernel's own write-back merging).
     pub bytes_written: AtomicU64,
+    /// Flushes of the cache files a checkpoint completed (`Fs::sync_cache_files`).
+    pub cache_flushes: AtomicU64,
     /// READ requests served from the cache file alone, and their bytes.
     pub read_hits: AtomicU64,
     pub read_hit_bytes: AtomicU64,
@@ -412,6 +416,7 @@ impl Fs {
             bound: std::sync::OnceLock::new(),
             frozen,
             step_hook: std::sync::OnceLock::new(),
+            cache_failed: std::sync::atomic::AtomicBool::new(false),
             flush_fails: std::sync::atomic::AtomicBool::new(false),
         };
         let mut batch = fs.meta.batch();
@@ -664,10 +669,14 @@ impl Fs {
         Ok(gate)
     }
 
-    /// Changes and fsyncs fail once another writer has taken the bucket over.
+    /// Changes and fsyncs fail once another writer has taken the bucket over, or once the
+    /// disk under the cache dir has failed a write-back.
     fn refuse_if_fenced(&self) -> Result<()> {
         if self.fenced.load(Ordering::Acquire) {
             return Err(FsError::Fenced);
+        }
+        if self.cache_failed.load(Ordering::Acquire) {
+            return Err(FsError::CacheFailed);
         }
         Ok(())
     }

@@ -113,6 +113,27 @@ impl Fs {
         self.fenced.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Stops accepting changes for good: the flush of the cache files failed, so the disk
+    /// under the cache dir may hold older bytes than the page cache had (a page whose
+    /// write-back failed is no longer dirty in the kernel, and no later flush writes it).
+    /// Nothing can then be marked clean, nor uploaded again from the cache files, without
+    /// risking older bytes: writes and fsyncs fail with EIO, and checkpoints stop.
+    pub fn stop_for_failed_flush(&self) {
+        self.cache_failed.store(true, Ordering::Release);
+        self.wake_writers();
+    }
+
+    /// True once `stop_for_failed_flush` has stopped this mount.
+    pub fn cache_failed(&self) -> bool {
+        self.cache_failed.load(Ordering::Acquire)
+    }
+
+    /// Fenced, or stopped by a failed flush: no upload will come, so nothing should wait
+    /// for one.
+    pub fn is_stopped(&self) -> bool {
+        self.is_fenced() || self.cache_failed()
+    }
+
     /// What the cache dir last recorded about the bucket it is in step with (the
     /// checkpoint module's JSON), if any.
     pub fn bucket_record(&self) -> Result<Option<Vec<u8>>> {
@@ -156,6 +177,7 @@ impl Fs {
     /// upload and waits for it before `mark_clean`.
     pub fn sync_cache_files(&self) -> Result<()> {
         self.cache.sync_all_data()?;
+        self.stats.cache_flushes.fetch_add(1, Ordering::Relaxed);
         if self.flush_fails.load(Ordering::Acquire) {
             return Err(FsError::io("sync cache dir")(
                 std::io::Error::from_raw_os_error(libc::EIO),
@@ -518,8 +540,7 @@ impl Fs {
             let file = self
                 .cache_file(&mut st, true)?
                 .expect("cache_file with create returns a file");
-            let new_file = std::mem::take(&mut st.new_cache_file);
-            (file, still, st.attr.size, new_file, st.attr.ino)
+            (file, still, st.attr.size, st.new_cache_file, st.attr.ino)
         };
         for s in &still {
             // Never write past the file's end (it may have grown and shrunk since the fetch).
@@ -542,12 +563,12 @@ impl Fs {
                 true => self.sync_cache_file_dir(ino),
                 false => Ok(()),
             });
-        if let Err(e) = synced {
-            inode.state.lock().new_cache_file |= new_file;
-            return Err(e);
-        }
+        synced?;
         drop(file);
         let mut st = inode.state.lock();
+        // Cleared only once synced: an fsync meanwhile saw it set and synced the directory
+        // itself. (Nothing sets it again while the io lock is held.)
+        st.new_cache_file &= !new_file;
         let mut batch = self.meta.batch();
         for s in &still {
             st.change_absent(&mut batch, s.clone(), |a| a.remove(s.clone()));
