@@ -4,15 +4,27 @@
 //!
 //! Points: `after-segment-put`, `before-manifest-commit`, `after-manifest-commit`,
 //! `during-mark-clean`.
+//!
+//! One point makes a failure instead of a crash (`failing`): `cache-flush-fails`, every flush
+//! of the cache files fails as on a disk that failed a write-back.
 
 use std::sync::OnceLock;
 
 static ARMED: OnceLock<Option<String>> = OnceLock::new();
 
+fn armed(name: &str) -> bool {
+    let armed = ARMED.get_or_init(|| std::env::var("BUCKETFS_FAILPOINT").ok());
+    armed.as_deref() == Some(name)
+}
+
+/// True if the failpoint `name` is armed: the caller fails there.
+pub fn failing(name: &str) -> bool {
+    armed(name)
+}
+
 /// Aborts the process here if the failpoint `name` is armed.
 pub fn hit(name: &str) {
-    let armed = ARMED.get_or_init(|| std::env::var("BUCKETFS_FAILPOINT").ok());
-    if armed.as_deref() == Some(name) {
+    if armed(name) {
         eprintln!("bucketfs: failpoint {name} reached: aborting");
         std::process::abort();
     }

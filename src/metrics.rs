@@ -441,6 +441,11 @@ pub fn render(status: &Status) -> String {
         "1 when another writer took the bucket over and this mount refuses changes",
         i64::from(status.fenced),
     );
+    gauge(
+        "bucketfs_cache_failed",
+        "1 when the disk under the cache dir failed a write-back and this mount refuses changes",
+        i64::from(status.cache_failed),
+    );
     if let Some(b) = &status.bucket {
         gauge(
             "bucketfs_checkpoint_epoch",
@@ -667,6 +672,12 @@ fn answer<B>(
                     503,
                     "text/plain",
                     "fenced: another writer owns the bucket\n".into(),
+                )
+            } else if s.cache_failed {
+                reply(
+                    503,
+                    "text/plain",
+                    "stopped: the disk under the cache dir failed a write-back\n".into(),
                 )
             } else if let Some(why) = s
                 .bucket

@@ -160,6 +160,7 @@ pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
             metrics_addr: metrics_addr.clone(),
             read_only,
             fenced: fs.is_fenced(),
+            cache_failed: fs.cache_failed(),
             rpo_ms: fs.rpo_ms(),
             fs: crate::status::fs_status(&fs),
             cache: fs.cache_usage(),

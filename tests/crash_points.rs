@@ -177,6 +177,51 @@ fn crash_during_mark_clean() {
     crash_at("during-mark-clean", Size::Segments);
 }
 
+/// The disk under the cache dir failing a write-back (failpoint `cache-flush-fails`: every
+/// flush of the cache files fails) stops the mount, as a failed fsync stops Postgres: the
+/// checkpoint's commit stands, then writes fail with EIO, /healthz answers 503, and status
+/// and the metrics say why (docs/trust.md, rule 18).
+#[test]
+fn a_failed_flush_of_the_cache_files_stops_the_mount_with_eio() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let url = s3.url("flush");
+    let (mnt, cache) = (dir.path().join("m"), dir.path().join("c"));
+    let quiet = ["--bucket", url.as_str(), "--checkpoint-interval", "1h"];
+    let mut env = s3.env();
+    env.push(("BUCKETFS_FAILPOINT", "cache-flush-fails".to_string()));
+    let m = Mount::start_with_env(&mnt, &cache, &quiet, &env);
+    let mut f = fs::File::create(m.mnt.join("a")).unwrap();
+    f.write_all(b"written before the flush failed").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let out = bucketfs(&["checkpoint", "--cache-dir", cache.to_str().unwrap()], &s3);
+    assert!(
+        !out.status.success(),
+        "the checkpoint whose flush failed reported success"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failed to write back"),
+        "unclear error: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = fs::write(m.mnt.join("b"), b"after").expect_err("a write after the failed flush");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let status = m.status();
+    assert!(status.cache_failed, "status does not say the mount stopped");
+    let addr = status.metrics_addr.expect("metrics served");
+    let (code, body) = common::http_get(&addr, "/healthz");
+    assert_eq!(code, 503, "healthz: {body}");
+    let (_, metrics) = common::http_get(&addr, "/metrics");
+    assert_eq!(common::sample(&metrics, "bucketfs_cache_failed"), 1.0);
+    // Reads go on.
+    assert_eq!(
+        fs::read(m.mnt.join("a")).unwrap(),
+        b"written before the flush failed"
+    );
+    m.kill();
+}
+
 /// The bytes of file `i` in the write load: distinct per file, checkable on their own.
 fn load_file(i: u32) -> Vec<u8> {
     let mut v = vec![(i % 251) as u8; 40_000 + (i as usize % 7) * 8_192];

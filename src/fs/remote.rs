@@ -178,7 +178,9 @@ impl Fs {
     pub fn sync_cache_files(&self) -> Result<()> {
         self.cache.sync_all_data()?;
         self.stats.cache_flushes.fetch_add(1, Ordering::Relaxed);
-        if self.flush_fails.load(Ordering::Acquire) {
+        if self.flush_fails.load(Ordering::Acquire)
+            || crate::failpoint::failing("cache-flush-fails")
+        {
             return Err(FsError::io("sync cache dir")(
                 std::io::Error::from_raw_os_error(libc::EIO),
             ));

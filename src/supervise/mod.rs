@@ -336,12 +336,19 @@ impl Supervisor<'_> {
                          prefix over, and the mount is fenced"
                             .into(),
                     );
+                } else if self.fs.cache_failed() {
+                    self.lost = Some(
+                        "the disk under the cache dir failed to write back cached bytes, and \
+                         the mount takes no more changes (check the disk; start again on a \
+                         new cache dir, which restores from the bucket)"
+                            .into(),
+                    );
                 } else if self.session_ended.load(Ordering::Acquire) {
                     self.lost =
                         Some("the mount stopped serving (it was unmounted or failed)".into());
                 }
                 if let Some(reason) = &self.lost {
-                    error!(pid, reason = %reason, "stopping the program with SIGQUIT (PostgreSQL: immediate shutdown) now: it must not run on a mount that is not the bucket's writer");
+                    error!(pid, reason = %reason, "stopping the program with SIGQUIT (PostgreSQL: immediate shutdown) now: it must not run on a mount that no longer takes its writes");
                     child::signal(pid, libc::SIGQUIT);
                     quit_sent = true;
                     kill_at = Some(Instant::now() + GRACE);
