@@ -1129,6 +1129,10 @@ impl Writing {
                 self.record_hot_set();
                 Ok(())
             }
+            Err(e @ CheckpointError::CacheFailed { .. }) => {
+                error!(error = %e, "no final checkpoint");
+                Err(e).context("final checkpoint")
+            }
             Err(e) => {
                 error!(error = %e, "final checkpoint failed: the bucket lacks the last changes (the cache dir has them)");
                 Err(e).context("final checkpoint")

@@ -460,7 +460,7 @@ pub fn render(status: &Status) -> String {
             );
             counter(
                 "bucketfs_checkpoint_failures_total",
-                "Checkpoints that failed (their pages stay dirty and are retried)",
+                "Checkpoints that failed (their pages stay dirty and are retried, unless the mount stopped)",
                 cp.failed,
             );
             counter(

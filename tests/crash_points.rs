@@ -220,6 +220,37 @@ fn a_failed_flush_of_the_cache_files_stops_the_mount_with_eio() {
         b"written before the flush failed"
     );
     m.kill();
+    // The cache dir is refused from now on, with what to do.
+    let mut again = Command::new(BIN)
+        .arg("mount")
+        .arg(&mnt)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(quiet)
+        .envs(s3.env())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bucketfs");
+    let mut exited = None;
+    wait_for(
+        "bucketfs to refuse the cache dir",
+        Duration::from_secs(30),
+        || {
+            exited = again.try_wait().expect("wait");
+            exited.is_some()
+        },
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut again.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        !exited.unwrap().success(),
+        "the failed cache dir was mounted"
+    );
+    assert!(
+        stderr.contains("cannot be trusted") && stderr.contains("remove the cache dir"),
+        "unclear refusal: {stderr}"
+    );
 }
 
 /// The bytes of file `i` in the write load: distinct per file, checkable on their own.

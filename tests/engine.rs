@@ -2133,8 +2133,8 @@ fn pages_a_checkpoint_marks_clean_are_on_the_disk_first() {
 /// If the flush fails (the disk refused a write-back), the cache files cannot be trusted: a
 /// page whose write-back failed is no longer dirty in the kernel, so no later flush writes
 /// it, and marking it clean or uploading it again from the cache file could put older bytes
-/// in its place. The mount stops taking changes, as Postgres stops on a failed fsync; the
-/// bucket holds everything up to the checkpoint whose flush failed.
+/// in its place. The mount stops taking changes, as Postgres stops on a failed fsync, and the
+/// cache dir is not opened again; the bucket holds the checkpoint whose flush failed.
 #[test]
 fn a_failed_flush_of_the_cache_files_stops_the_mount() {
     let dirs = Dirs::new();
@@ -2157,6 +2157,7 @@ fn a_failed_flush_of_the_cache_files_stops_the_mount() {
     let failed =
         e.cp.checkpoint(false)
             .expect_err("a checkpoint whose flush failed");
+    e.fs.set_flush_fails(false);
     assert!(
         failed.to_string().contains("failed to write back"),
         "unclear error: {failed}"
@@ -2176,25 +2177,66 @@ fn a_failed_flush_of_the_cache_files_stops_the_mount() {
         &e.in_bucket(ino).expect("the file is in the bucket"),
         &newer,
     );
-    // No more changes, no more checkpoints; reads go on.
-    e.fs.open(ino, libc::O_RDWR).expect("open");
+    assert_stopped(&e, ino);
+    // Reads go on.
+    assert_same("read back", &e.read_all(ino), &newer);
+    // The cache dir is not opened again: its disk may hold older bytes than the bucket.
+    e.crash();
+    match bucketfs::cache::CacheDir::open(&dirs.cache(0), PAGE_SIZE) {
+        Err(err @ bucketfs::cache::CacheError::WriteBackFailed { .. }) => {
+            let err = err.to_string();
+            assert!(err.contains("remove the cache dir"), "unclear error: {err}");
+        }
+        Err(other) => panic!("the failed cache dir was refused for another reason: {other}"),
+        Ok(_) => panic!("the cache dir whose flush failed was opened again"),
+    }
+}
+
+/// A flush that fails while its checkpoint fails for another reason (here the bucket is
+/// unreachable) stops the mount all the same: syncfs reports a failed write-back once, so a
+/// flush whose answer nobody read would let the next one pass for clean.
+#[test]
+fn a_failed_flush_stops_the_mount_even_when_its_checkpoint_failed_first() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    e.write(ino, 0, &pattern(6, 4));
+    e.fs.set_flush_fails(true);
+    e.plan.set_outage(true);
+    assert!(e.cp.checkpoint(false).is_err(), "the bucket is unreachable");
+    e.plan.set_outage(false);
+    e.fs.set_flush_fails(false);
+    assert_stopped(&e, ino);
+    let next = e.cp.checkpoint(false);
+    assert!(
+        next.as_ref()
+            .is_err_and(|err| err.to_string().contains("failed to write back")),
+        "a checkpoint after the failed flush: {next:?}"
+    );
+}
+
+/// Every change of a stopped mount fails with EIO (`FsError::CacheFailed`), and so does an
+/// fsync.
+fn assert_stopped(e: &Engine, ino: u64) {
+    e.fs.open(ino, libc::O_RDONLY).expect("open");
     let write = e.fs.write(ino, 0, &pattern(8, 1));
     assert!(
         matches!(write, Err(FsError::CacheFailed)),
         "a write after the failed flush: {write:?}"
     );
+    let fsync = e.fs.fsync(ino, false);
+    assert!(
+        matches!(fsync, Err(FsError::CacheFailed)),
+        "an fsync after the failed flush: {fsync:?}"
+    );
     e.fs.release(ino).expect("close");
+    let create = e.fs.create(ROOT_INO, OsStr::new("g"), 0o644, ROOT, false);
     assert!(
-        e.fs.create(ROOT_INO, OsStr::new("g"), 0o644, ROOT, false)
-            .is_err(),
-        "a create after the failed flush succeeded"
+        matches!(create, Err(FsError::CacheFailed)),
+        "a create after the failed flush: {:?}",
+        create.map(|_| ())
     );
-    e.fs.set_flush_fails(false);
-    assert!(
-        e.cp.checkpoint(false).is_err(),
-        "a checkpoint after the failed flush ran"
-    );
-    assert_same("read back", &e.read_all(ino), &newer);
+    assert_eq!(FsError::CacheFailed.errno(), libc::EIO);
 }
 
 /// What the kernel's page cache holds of a file (cachestat(2), Linux 6.5), in pages.

@@ -34,6 +34,9 @@ const FORMAT_FILE: &str = "bucketfs-cache.json";
 const LOCK_FILE: &str = "lock";
 /// Present while `wipe` empties the cache dir.
 const WIPING_FILE: &str = "wiping";
+/// Written when the disk under the cache dir failed a write-back (`mark_failed`): the cache
+/// dir is not opened again until it is emptied.
+const FAILED_FILE: &str = "write-back-failed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -56,6 +59,13 @@ pub enum CacheError {
         found: u64,
         expected: u64,
     },
+    #[error(
+        "cache dir {path} cannot be trusted: its disk failed to write back cached bytes \
+         ({why}), so it may hold older bytes than the bucket. Check the disk, then remove the \
+         cache dir (the next mount restores from the bucket's latest checkpoint) or use \
+         another --cache-dir"
+    )]
+    WriteBackFailed { path: PathBuf, why: String },
     #[error("cache dir {path} is in use by another bucketfs (pid {pid})")]
     InUse { path: PathBuf, pid: String },
     #[error("corrupt {path}: {why}")]
@@ -102,6 +112,12 @@ impl CacheDir {
         if path.join(WIPING_FILE).exists() {
             // A wipe that did not finish (the process died in it): finish it.
             CacheDir::wipe(path)?;
+        }
+        if let Ok(why) = fs::read_to_string(path.join(FAILED_FILE)) {
+            return Err(CacheError::WriteBackFailed {
+                path: path.to_owned(),
+                why: why.trim().to_owned(),
+            });
         }
         match fs::metadata(path) {
             Ok(m) if !m.is_dir() => {
@@ -241,6 +257,17 @@ impl CacheDir {
             }
         }
         Ok(out)
+    }
+
+    /// Records that the disk under the cache dir failed a write-back (`why`): no later open
+    /// accepts this cache dir until it is emptied (`wipe`, or removed by hand), since its
+    /// files may hold older bytes than the bucket. Best effort, on a disk that is failing.
+    pub fn mark_failed(&self, why: &str) -> Result<(), CacheError> {
+        let path = self.root.join(FAILED_FILE);
+        fs::write(&path, format!("{why}\n"))
+            .and_then(|()| File::open(&path)?.sync_all())
+            .map_err(io_err("write", &path))?;
+        sync_dir(&self.root)
     }
 
     /// Flushes every cache file of this filesystem to disk at once (syncfs), and fails if any

@@ -153,9 +153,10 @@ pub enum CheckpointError {
     LostRace { epoch: u64 },
     #[error(
         "stopped: the disk under the cache dir failed to write back cached bytes ({reason}); \
-         this mount takes no more changes. The bucket holds everything up to epoch {epoch}. \
-         Check the disk, then start again on a new cache dir (it restores from the bucket): \
-         the same cache dir would upload what its disk holds, which may be older"
+         this mount takes no more changes. The bucket's latest checkpoint is epoch {epoch} \
+         (writes not fsync'd before the failure may be missing from it). Check the disk, then \
+         start again on an empty cache dir, which restores from the bucket: this one is marked \
+         failed and is not mounted again"
     )]
     CacheFailed { epoch: u64, reason: String },
     #[error("{0}")]
@@ -617,40 +618,47 @@ struct Upload {
     wal: bool,
 }
 
-/// The flush of the cache files a checkpoint runs beside its upload (`Fs::sync_cache_files`):
-/// waited for before the cut's pages are marked clean, and on drop (a checkpoint that fails),
-/// so that it never outlives its checkpoint.
+/// The flush of the cache files a checkpoint runs beside its upload (`Fs::sync_cache_files`,
+/// which stops the mount itself if it fails): waited for before the cut's pages are marked
+/// clean, and on drop (a checkpoint that fails), so that it never outlives its checkpoint.
 struct Flush<'a> {
+    fs: &'a Arc<Fs>,
     rt: &'a tokio::runtime::Handle,
     task: Option<tokio::task::JoinHandle<Result<(), FsError>>>,
 }
 
 impl<'a> Flush<'a> {
     /// Starts the flush if `needed` (a cut with no runs has no bytes to flush).
-    fn start(fs: &Arc<Fs>, rt: &'a tokio::runtime::Handle, needed: bool) -> Flush<'a> {
+    fn start(fs: &'a Arc<Fs>, rt: &'a tokio::runtime::Handle, needed: bool) -> Flush<'a> {
         let task = needed.then(|| {
             let fs = fs.clone();
             rt.spawn_blocking(move || fs.sync_cache_files())
         });
-        Flush { rt, task }
+        Flush { fs, rt, task }
     }
 
     fn wait(mut self) -> Result<(), FsError> {
         match self.task.take() {
             None => Ok(()),
-            Some(task) => self.rt.block_on(task).unwrap_or_else(|e| {
-                Err(FsError::io("flush the cache files")(std::io::Error::other(
-                    e,
-                )))
-            }),
+            Some(task) => self.join(task),
         }
+    }
+
+    /// The flush's answer; a flush that never answered (its task panicked or was cancelled)
+    /// may have taken a write-back error with it: that stops the mount too.
+    fn join(&self, task: tokio::task::JoinHandle<Result<(), FsError>>) -> Result<(), FsError> {
+        self.rt.block_on(task).unwrap_or_else(|e| {
+            let e = FsError::io("flush the cache files")(std::io::Error::other(e));
+            self.fs.stop_for_failed_flush(&e.to_string());
+            Err(e)
+        })
     }
 }
 
 impl Drop for Flush<'_> {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
-            let _ = self.rt.block_on(task);
+            let _ = self.join(task);
         }
     }
 }
@@ -831,20 +839,20 @@ impl Checkpointer {
         );
     }
 
-    /// The flush of the cache files after the cut of `epoch` (committed) failed: nothing of
-    /// what the cache dir holds can be marked clean or uploaded again without risking older
-    /// bytes (`Fs::stop_for_failed_flush`). The mount stops taking changes, the fsyncs
-    /// waiting for a later commit fail now, and the checkpointer stops. The pages keep their
-    /// dirty marks.
+    /// The flush of the cache files after the cut of `epoch` (committed) failed, and the
+    /// filesystem has stopped (`Fs::stop_for_failed_flush`): the fsyncs waiting for a later
+    /// commit fail now, and the checkpointer stops. The pages keep their dirty marks.
     fn stop_for_failed_flush(&self, epoch: u64, e: FsError) -> CheckpointError {
-        self.fs.stop_for_failed_flush();
         {
             let _covered = self.covered.lock();
             self.covered_cv.notify_all();
         }
         let e = CheckpointError::CacheFailed {
             epoch,
-            reason: e.to_string(),
+            reason: self
+                .fs
+                .cache_failure()
+                .map_or_else(|| e.to_string(), str::to_owned),
         };
         error!(error = %e, "checkpointer stops");
         e
@@ -945,10 +953,10 @@ impl Checkpointer {
                 epoch: self.view.read().epoch,
             });
         }
-        if self.fs.cache_failed() {
+        if let Some(why) = self.fs.cache_failure() {
             return Err(CheckpointError::CacheFailed {
                 epoch: self.view.read().epoch,
-                reason: "an earlier flush of the cache files failed".into(),
+                reason: why.to_owned(),
             });
         }
         let started = Instant::now();
@@ -1523,7 +1531,8 @@ impl Checkpointer {
     }
 
     /// Checkpoints every `interval` until `stop` is set; errors are logged and retried at the
-    /// next tick (the pages stay dirty), except fencing, which ends the loop.
+    /// next tick (the pages stay dirty), except fencing and a failed flush of the cache
+    /// files, which end the loop.
     pub fn run(&self, stop: &AtomicBool) {
         let tick = Duration::from_millis(50);
         let mut last = Instant::now();

@@ -331,8 +331,8 @@ pub struct Fs {
     frozen: Mutex<cut::Frozen>,
     /// Tests only: called at each [`Step`].
     step_hook: std::sync::OnceLock<StepHook>,
-    /// The disk under the cache dir failed a write-back (`stop_for_failed_flush`).
-    cache_failed: std::sync::atomic::AtomicBool,
+    /// The disk under the cache dir failed a write-back: why (`stop_for_failed_flush`).
+    cache_failed: std::sync::OnceLock<String>,
     /// Tests only: `sync_cache_files` fails, as on a disk whose write-back failed.
     flush_fails: std::sync::atomic::AtomicBool,
 }
@@ -416,7 +416,7 @@ impl Fs {
             bound: std::sync::OnceLock::new(),
             frozen,
             step_hook: std::sync::OnceLock::new(),
-            cache_failed: std::sync::atomic::AtomicBool::new(false),
+            cache_failed: std::sync::OnceLock::new(),
             flush_fails: std::sync::atomic::AtomicBool::new(false),
         };
         let mut batch = fs.meta.batch();
@@ -675,7 +675,7 @@ impl Fs {
         if self.fenced.load(Ordering::Acquire) {
             return Err(FsError::Fenced);
         }
-        if self.cache_failed.load(Ordering::Acquire) {
+        if self.cache_failed.get().is_some() {
             return Err(FsError::CacheFailed);
         }
         Ok(())

@@ -113,19 +113,36 @@ impl Fs {
         self.fenced.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Stops accepting changes for good: the flush of the cache files failed, so the disk
-    /// under the cache dir may hold older bytes than the page cache had (a page whose
+    /// Stops accepting changes for good: a flush of the cache files failed (`why`), so the
+    /// disk under the cache dir may hold older bytes than the page cache had (a page whose
     /// write-back failed is no longer dirty in the kernel, and no later flush writes it).
     /// Nothing can then be marked clean, nor uploaded again from the cache files, without
-    /// risking older bytes: writes and fsyncs fail with EIO, and checkpoints stop.
-    pub fn stop_for_failed_flush(&self) {
-        self.cache_failed.store(true, Ordering::Release);
+    /// risking older bytes: writes and fsyncs fail with EIO, checkpoints stop, and the cache
+    /// dir is marked so that no later mount opens it (`CacheDir::mark_failed`).
+    pub fn stop_for_failed_flush(&self, why: &str) {
+        if self.cache_failed.set(why.to_owned()).is_err() {
+            return; // stopped already
+        }
+        tracing::error!(
+            error = why,
+            "the disk under the cache dir failed to write back cached bytes: this mount takes \
+             no more changes, and the cache dir will not be mounted again until it is emptied \
+             (the next mount then restores from the bucket)"
+        );
+        if let Err(e) = self.cache.mark_failed(why) {
+            tracing::error!(error = %e, "could not mark the cache dir as failed");
+        }
         self.wake_writers();
     }
 
     /// True once `stop_for_failed_flush` has stopped this mount.
     pub fn cache_failed(&self) -> bool {
-        self.cache_failed.load(Ordering::Acquire)
+        self.cache_failed.get().is_some()
+    }
+
+    /// Why the mount stopped, if a failed flush stopped it.
+    pub fn cache_failure(&self) -> Option<&str> {
+        self.cache_failed.get().map(String::as_str)
     }
 
     /// Fenced, or stopped by a failed flush: no upload will come, so nothing should wait
@@ -176,16 +193,23 @@ impl Fs {
     /// fsync is only in the page cache; the checkpoint that uploads it runs this beside its
     /// upload and waits for it before `mark_clean`.
     pub fn sync_cache_files(&self) -> Result<()> {
-        self.cache.sync_all_data()?;
-        self.stats.cache_flushes.fetch_add(1, Ordering::Relaxed);
-        if self.flush_fails.load(Ordering::Acquire)
+        let synced = match self.flush_fails.load(Ordering::Acquire)
             || crate::failpoint::failing("cache-flush-fails")
         {
-            return Err(FsError::io("sync cache dir")(
+            true => Err(FsError::io("sync cache dir")(
                 std::io::Error::from_raw_os_error(libc::EIO),
-            ));
+            )),
+            false => self.cache.sync_all_data().map_err(FsError::from),
+        };
+        match &synced {
+            Ok(()) => {
+                self.stats.cache_flushes.fetch_add(1, Ordering::Relaxed);
+            }
+            // Stopped here, whoever asked: syncfs reports a failed write-back once, and a
+            // caller that dropped the answer must not let the next flush pass for clean.
+            Err(e) => self.stop_for_failed_flush(&e.to_string()),
         }
-        Ok(())
+        synced
     }
 
     /// True when everything committed to the cache dir's log is synced.
