@@ -12,19 +12,15 @@ use std::sync::OnceLock;
 
 static ARMED: OnceLock<Option<String>> = OnceLock::new();
 
-fn armed(name: &str) -> bool {
+/// True if the failpoint `name` is armed (a failure point: the caller fails there).
+pub fn failing(name: &str) -> bool {
     let armed = ARMED.get_or_init(|| std::env::var("BUCKETFS_FAILPOINT").ok());
     armed.as_deref() == Some(name)
 }
 
-/// True if the failpoint `name` is armed: the caller fails there.
-pub fn failing(name: &str) -> bool {
-    armed(name)
-}
-
 /// Aborts the process here if the failpoint `name` is armed.
 pub fn hit(name: &str) {
-    if armed(name) {
+    if failing(name) {
         eprintln!("bucketfs: failpoint {name} reached: aborting");
         std::process::abort();
     }

@@ -113,11 +113,16 @@ impl CacheDir {
             // A wipe that did not finish (the process died in it): finish it.
             CacheDir::wipe(path)?;
         }
-        if let Ok(why) = fs::read_to_string(path.join(FAILED_FILE)) {
-            return Err(CacheError::WriteBackFailed {
-                path: path.to_owned(),
-                why: why.trim().to_owned(),
-            });
+        let failed = path.join(FAILED_FILE);
+        match fs::read(&failed) {
+            Ok(why) => {
+                return Err(CacheError::WriteBackFailed {
+                    path: path.to_owned(),
+                    why: String::from_utf8_lossy(&why).trim().to_owned(),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("read", &failed)(e)),
         }
         match fs::metadata(path) {
             Ok(m) if !m.is_dir() => {
@@ -271,12 +276,12 @@ impl CacheDir {
     }
 
     /// Flushes every cache file of this filesystem to disk at once (syncfs), and fails if any
-    /// write-back of this filesystem failed since the last call (Linux 5.8 and later report
-    /// those). Through the one descriptor held since the open: syncfs reports an error to
-    /// each descriptor once, and only those after its open, so a descriptor opened per call
-    /// would miss a write-back the kernel gave up on before it (the kernel's own flusher
-    /// writes dirty pages back at any time, and a page whose write-back failed is no longer
-    /// dirty: the next syncfs has nothing to write for it).
+    /// write-back on this filesystem failed since the last call (Linux 5.8 and later report
+    /// those). Through the one descriptor held since the open: syncfs reports an error once
+    /// to each descriptor, and a descriptor opened after another one was told of it never
+    /// is, so one opened per call would miss a write-back failure an earlier call (or any
+    /// other syncfs on this filesystem) had already reported. A page whose write-back failed
+    /// is no longer dirty: no later syncfs writes it, or fails on it again.
     pub fn sync_all_data(&self) -> Result<(), CacheError> {
         // SAFETY: syncfs only reads the descriptor, which `self.lock` keeps open.
         if unsafe { libc::syncfs(self.lock.as_raw_fd()) } != 0 {

@@ -849,6 +849,7 @@ impl Checkpointer {
         }
         let e = CheckpointError::CacheFailed {
             epoch,
+            // The first failure's reason, kept by the filesystem that stopped.
             reason: self
                 .fs
                 .cache_failure()
@@ -1031,6 +1032,14 @@ impl Checkpointer {
         if let Err(e) = self.fs.sync_log() {
             self.fs.untake(cut);
             return Err(e.into());
+        }
+        // A flush that failed meanwhile has stopped the mount: the upload may have read older
+        // bytes through the page cache, so nothing more is committed.
+        if let Some(why) = self.fs.cache_failure() {
+            return Err(CheckpointError::CacheFailed {
+                epoch: self.view.read().epoch,
+                reason: why.to_owned(),
+            });
         }
         self.fs.step(crate::fs::Step::Uploaded { epoch: cut.epoch });
         crate::failpoint::hit("before-manifest-commit");
@@ -1670,6 +1679,11 @@ impl crate::fs::RemoteSync for Checkpointer {
             // Re-check now and then: the checkpoint that covers us may fail and be retried.
             self.covered_cv
                 .wait_for(&mut covered, Duration::from_millis(500));
+        }
+        // Covered, but if a flush has failed since, that commit may hold older bytes of what
+        // this fsync covers (the upload reads through the page cache).
+        if self.fs.cache_failed() {
+            return Err(FsError::CacheFailed);
         }
         Ok(())
     }

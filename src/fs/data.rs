@@ -268,7 +268,7 @@ impl Fs {
             // The upload of a cut may still need these pages' bytes as they are.
             self.freeze(&mut st, pages(offset, end));
             if past_unsure_end(&st) {
-                cut_past_end(&mut st, &file)?;
+                cut_past_end(self, &mut st, &file)?;
             }
             let has_absent = !st.absent.is_empty();
             break (gate, io, file, has_absent);
@@ -403,7 +403,7 @@ impl Fs {
         }
         if let Some(file) = self.cache_file(st, size > 0)? {
             if size > old && st.tail_unsure {
-                cut_past_end(st, &file)?;
+                cut_past_end(self, st, &file)?;
             }
             file.set_len(size)
                 .map_err(FsError::io("truncate cache file"))?;
@@ -496,7 +496,7 @@ impl Fs {
         } else {
             let file = self.cache_file(&mut st, true)?.expect("created");
             if mode == 0 && end > st.attr.size && st.tail_unsure {
-                cut_past_end(&mut st, &file)?;
+                cut_past_end(self, &mut st, &file)?;
             }
             fallocate_raw(&file, mode, offset, length)?;
             if mode == 0 && end > st.attr.size {
@@ -565,7 +565,7 @@ impl Fs {
         let inode = self.inode(ino)?;
         // Once another writer holds the bucket, nothing this mount does is durable in the
         // sense Postgres means: it must stop (DESIGN section 3, fencing).
-        self.refuse_if_fenced()?;
+        self.refuse_if_stopped()?;
         let needed = {
             let st = inode.state.lock();
             (st.synced_gen < st.write_gen).then_some(st.write_gen)
@@ -582,8 +582,7 @@ impl Fs {
                 }
             };
             let synced = file.map_or(Ok(()), |file| {
-                file.sync_data()
-                    .map_err(FsError::io("fdatasync cache file"))
+                self.sync_cache_file(&file, "fdatasync cache file")
             });
             // A cache file created, or one removed when the file was emptied during an
             // upload (`empty_for_upload`): the shard directory holds the change.
@@ -689,6 +688,18 @@ impl Fs {
         }
     }
 
+    /// fdatasync of a cache file through its shared descriptor. A failure stops the mount
+    /// (`stop_for_failed_flush`): a failed write-back is reported once per descriptor, so
+    /// the next sync through this one (PostgreSQL's own fsync, say) would be told all is
+    /// well.
+    pub(super) fn sync_cache_file(&self, file: &File, context: &'static str) -> Result<()> {
+        file.sync_data().map_err(|e| {
+            let e = FsError::io(context)(e);
+            self.stop_for_failed_flush(&e.to_string());
+            e
+        })
+    }
+
     pub(super) fn sync_cache_file_dir(&self, ino: u64) -> Result<()> {
         let path = self.cache.data_path(ino);
         let dir = path
@@ -745,7 +756,7 @@ enum IoGuard<'a> {
 /// before this file is fsync'd. The caller holds the io lock exclusively (no write in
 /// flight). Rare (after a truncation, a failure or a crash), so the sync under the locks is
 /// paid once per such event.
-fn cut_past_end(st: &mut InodeState, file: &File) -> Result<()> {
+fn cut_past_end(fs: &Fs, st: &mut InodeState, file: &File) -> Result<()> {
     let len = file
         .metadata()
         .map_err(FsError::io("stat cache file"))?
@@ -754,8 +765,7 @@ fn cut_past_end(st: &mut InodeState, file: &File) -> Result<()> {
         file.set_len(st.attr.size)
             .map_err(FsError::io("cut cache file past the end"))?;
     }
-    file.sync_data()
-        .map_err(FsError::io("sync cache file cut past the end"))?;
+    fs.sync_cache_file(file, "sync cache file cut past the end")?;
     st.tail_unsure = false;
     Ok(())
 }

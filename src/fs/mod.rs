@@ -102,7 +102,7 @@ pub enum Step {
     /// A checkpoint's manifest is committed; its pages are not marked clean yet.
     Committed { epoch: u64 },
     /// A committed checkpoint's pages are about to be marked clean: the flush of the cache
-    /// files has ended, and succeeded.
+    /// files has ended, and succeeded (a cut with no runs to upload has none).
     MarkingClean { epoch: u64 },
 }
 
@@ -365,7 +365,18 @@ impl Fs {
     /// everything recovered is made durable before the first request.
     pub fn new(cache: CacheDir, options: &FsOptions) -> Result<Fs> {
         let meta = MetaStore::open(&cache.meta_path())?;
-        cache.sync_all_data()?;
+        if let Err(e) = cache.sync_all_data() {
+            // A write-back an earlier process left failed: reported to this first flush only.
+            let why = e.to_string();
+            if let Err(e) = cache.mark_failed(&why) {
+                tracing::error!(error = %e, "could not mark the cache dir as failed");
+            }
+            return Err(crate::cache::CacheError::WriteBackFailed {
+                path: cache.root().to_owned(),
+                why,
+            }
+            .into());
+        }
         let loaded = meta.load()?;
         let mut dirty: HashMap<u64, PageSet> = loaded.dirty.into_iter().collect();
         let truncs: HashMap<u64, u64> = loaded.truncs.into_iter().collect();
@@ -489,7 +500,7 @@ impl Fs {
             }
         }
         let seq = self.meta.commit(batch)?;
-        self.cache.sync_all_data()?;
+        self.sync_cache_files()?;
         self.meta.sync_to(seq)?;
         Ok(())
     }
@@ -604,7 +615,7 @@ impl Fs {
     /// so this syncs it up to now.
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         self.require_dir(ino)?;
-        self.refuse_if_fenced()?;
+        self.refuse_if_stopped()?;
         self.meta.sync_to(self.meta.latest_seq())?;
         self.wait_remote()
     }
@@ -665,13 +676,13 @@ impl Fs {
     /// The gate, shared, for an operation that changes the filesystem; refused once fenced.
     fn enter(&self) -> Result<RwLockReadGuard<'_, ()>> {
         let gate = self.gate.read();
-        self.refuse_if_fenced()?;
+        self.refuse_if_stopped()?;
         Ok(gate)
     }
 
     /// Changes and fsyncs fail once another writer has taken the bucket over, or once the
     /// disk under the cache dir has failed a write-back.
-    fn refuse_if_fenced(&self) -> Result<()> {
+    fn refuse_if_stopped(&self) -> Result<()> {
         if self.fenced.load(Ordering::Acquire) {
             return Err(FsError::Fenced);
         }

@@ -125,14 +125,15 @@ impl Fs {
         }
         tracing::error!(
             error = why,
-            "the disk under the cache dir failed to write back cached bytes: this mount takes \
-             no more changes, and the cache dir will not be mounted again until it is emptied \
-             (the next mount then restores from the bucket)"
+            "the filesystem under the cache dir failed to write back cached bytes: this mount \
+             takes no more changes, and the cache dir is marked so that no later mount opens \
+             it until it is emptied (the next mount then restores from the bucket)"
         );
+        // Before the mark, which may hang on a failing disk.
+        self.wake_writers();
         if let Err(e) = self.cache.mark_failed(why) {
             tracing::error!(error = %e, "could not mark the cache dir as failed");
         }
-        self.wake_writers();
     }
 
     /// True once `stop_for_failed_flush` has stopped this mount.
@@ -582,9 +583,8 @@ impl Fs {
         // The absent mark may go only once the bytes are on disk: a machine crash must not
         // leave a page that is neither absent nor in the cache file. A cache file this fill
         // created needs its directory entry on the disk too.
-        let synced = file
-            .sync_data()
-            .map_err(FsError::io("sync filled cache file"))
+        let synced = self
+            .sync_cache_file(&file, "sync filled cache file")
             .and_then(|()| match new_file {
                 true => self.sync_cache_file_dir(ino),
                 false => Ok(()),

@@ -8,10 +8,11 @@
 //! signal handler runs. The FUSE session runs on a thread of its own, and its end (after the
 //! unmount) is where `mount` takes the final checkpoint.
 //!
-//! Two things stop the program without being asked: the mount stops being the bucket's
-//! writer (another writer took the prefix over, so this mount is fenced), or the FUSE session
-//! ends under it. Then the program gets SIGQUIT at once (PostgreSQL: immediate shutdown) and
-//! bucketfs exits 1: PostgreSQL must never run on a mount that is no longer the writer.
+//! Three things stop the program without being asked: the mount stops being the bucket's
+//! writer (another writer took the prefix over, so this mount is fenced), the disk under the
+//! cache dir fails a write-back (the mount takes no more changes), or the FUSE session ends
+//! under it. Then the program gets SIGQUIT at once (PostgreSQL: immediate shutdown) and
+//! bucketfs exits 1: PostgreSQL must never run on a mount that no longer takes its writes.
 
 mod child;
 mod initdb;

@@ -262,6 +262,12 @@ impl Dirs {
         Dirs::new_in(if shm.is_dir() { shm } else { Path::new("/tmp") })
     }
 
+    /// On a disk's filesystem (/var/tmp), for a test that watches the page cache: /tmp may be
+    /// tmpfs, whose pages never stop being dirty.
+    pub fn on_disk() -> Dirs {
+        Dirs::new_in(Path::new("/var/tmp"))
+    }
+
     fn new_in(parent: &Path) -> Dirs {
         let tmp = tempfile::tempdir_in(parent).expect("tempdir");
         let root = tmp.path().to_owned();
