@@ -113,17 +113,6 @@ impl CacheDir {
             // A wipe that did not finish (the process died in it): finish it.
             CacheDir::wipe(path)?;
         }
-        let failed = path.join(FAILED_FILE);
-        match fs::read(&failed) {
-            Ok(why) => {
-                return Err(CacheError::WriteBackFailed {
-                    path: path.to_owned(),
-                    why: String::from_utf8_lossy(&why).trim().to_owned(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("read", &failed)(e)),
-        }
         match fs::metadata(path) {
             Ok(m) if !m.is_dir() => {
                 return Err(CacheError::NotADirectory {
@@ -135,6 +124,17 @@ impl CacheDir {
                 fs::create_dir_all(path).map_err(io_err("create cache dir", path))?;
             }
             Err(e) => return Err(io_err("stat cache dir", path)(e)),
+        }
+        let failed = path.join(FAILED_FILE);
+        match fs::read(&failed) {
+            Ok(why) => {
+                return Err(CacheError::WriteBackFailed {
+                    path: path.to_owned(),
+                    why: String::from_utf8_lossy(&why).trim().to_owned(),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("read", &failed)(e)),
         }
         let root = path
             .canonicalize()
