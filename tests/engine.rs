@@ -2152,10 +2152,17 @@ fn a_failed_flush_of_the_cache_files_stops_the_mount() {
     let marked = Arc::new(AtomicBool::new(false));
     {
         let marked = marked.clone();
-        e.fs.set_step_hook(Box::new(move |step| {
-            if let Step::MarkingClean { .. } = step {
-                marked.store(true, Ordering::Release);
+        let fs = Arc::downgrade(&e.fs);
+        e.fs.set_step_hook(Box::new(move |step| match step {
+            // The flush runs beside the upload: here it has failed before the commit.
+            Step::Uploaded { .. } => {
+                let fs = Weak::upgrade(&fs).expect("fs alive");
+                common::wait_for("the flush to fail", Duration::from_secs(30), || {
+                    fs.cache_failed()
+                });
             }
+            Step::MarkingClean { .. } => marked.store(true, Ordering::Release),
+            _ => {}
         }));
     }
     e.fs.set_flush_fails(true);
@@ -2176,9 +2183,9 @@ fn a_failed_flush_of_the_cache_files_stops_the_mount() {
         last_error.contains("failed to write back"),
         "status does not say why the mount stopped: {last_error:?}"
     );
-    // The flush failed before the upload was done: nothing of that checkpoint was committed
-    // (its upload may have read older bytes through the page cache). The bucket holds the
-    // one before.
+    // The flush failed before the commit: nothing of that checkpoint was committed (its
+    // upload may have read older bytes through the page cache). The bucket holds the one
+    // before.
     assert_same(
         "in the bucket",
         &e.in_bucket(ino).expect("the file is in the bucket"),

@@ -1033,6 +1033,7 @@ impl Checkpointer {
             self.fs.untake(cut);
             return Err(e.into());
         }
+        self.fs.step(crate::fs::Step::Uploaded { epoch: cut.epoch });
         // A flush that failed meanwhile has stopped the mount: the upload may have read older
         // bytes through the page cache, so nothing more is committed.
         if let Some(why) = self.fs.cache_failure() {
@@ -1041,7 +1042,6 @@ impl Checkpointer {
                 reason: why.to_owned(),
             });
         }
-        self.fs.step(crate::fs::Step::Uploaded { epoch: cut.epoch });
         crate::failpoint::hit("before-manifest-commit");
         let manifest_len = match self.commit(&manifest) {
             Ok(len) => len,
