@@ -342,7 +342,8 @@ pub struct Fs {
 pub struct FsStats {
     /// Bytes that WRITE requests brought (after the kernel's own write-back merging).
     pub bytes_written: AtomicU64,
-    /// Flushes of the cache files a checkpoint completed (`Fs::sync_cache_files`).
+    /// Flushes of the cache files that succeeded (`Fs::sync_cache_files`: a checkpoint's, or
+    /// the one at unmount).
     pub cache_flushes: AtomicU64,
     /// READ requests served from the cache file alone, and their bytes.
     pub read_hits: AtomicU64,
