@@ -447,6 +447,12 @@ impl RemoteSync for Remote {
         let cp = self.cp.upgrade().expect("the checkpointer");
         cp.wait_committed(epoch)
     }
+
+    fn request(&self) {
+        if let Some(cp) = self.cp.upgrade() {
+            cp.request();
+        }
+    }
 }
 
 /// GC's grace in the model: its passes are told the time, so it is never waited out.

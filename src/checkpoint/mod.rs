@@ -1029,10 +1029,12 @@ impl Checkpointer {
         let upload_ms = upload_started.elapsed().as_millis() as u64;
         // The cache dir's log durable up to the cut before the manifest can land
         // (`Fs::sync_log` says why).
+        let log_sync_started = Instant::now();
         if let Err(e) = self.fs.sync_log() {
             self.fs.untake(cut);
             return Err(e.into());
         }
+        let log_sync_us = log_sync_started.elapsed().as_micros() as u64;
         self.fs.step(crate::fs::Step::Uploaded { epoch: cut.epoch });
         // A flush that failed meanwhile has stopped the mount: the upload may have read older
         // bytes through the page cache, so nothing more is committed.
@@ -1043,6 +1045,7 @@ impl Checkpointer {
             });
         }
         crate::failpoint::hit("before-manifest-commit");
+        let commit_started = Instant::now();
         let manifest_len = match self.commit(&manifest) {
             Ok(len) => len,
             Err(e) => {
@@ -1052,18 +1055,22 @@ impl Checkpointer {
                 return Err(e);
             }
         };
+        let commit_us = commit_started.elapsed().as_micros() as u64;
         crate::failpoint::hit("after-manifest-commit");
         self.fs
             .step(crate::fs::Step::Committed { epoch: cut.epoch });
         let base = next.is_some();
         self.apply_to_view(&manifest, next, Some(cut.names));
         self.collector.lock().catalog.insert(&manifest);
-        // The bucket holds the cut: every fsync waiting on it may return (it synced its own
-        // file locally before it waited). Marking the pages clean is local work.
+        // The bucket holds the cut: every fsync waiting on it may return (each also syncs its
+        // own file locally, and returns once both are done). Marking the pages clean is local
+        // work.
         self.covered_through(cut.epoch);
+        let committed_us = started.elapsed().as_micros() as u64;
         if let Err(e) = flush.wait() {
             return Err(self.stop_for_failed_flush(manifest.epoch, e));
         }
+        let flushed_us = started.elapsed().as_micros() as u64;
         self.fs.mark_clean(&cut)?;
         self.record(manifest.epoch)?;
         {
@@ -1084,6 +1091,10 @@ impl Checkpointer {
             bytes,
             cut_ms,
             frozen,
+            log_sync_us,
+            commit_us,
+            committed_us,
+            flushed_us,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "checkpoint committed"
         );
@@ -1532,7 +1543,8 @@ impl Checkpointer {
         Ok(Some(epoch))
     }
 
-    /// Asks the running loop for a checkpoint now (`--max-dirty` reached).
+    /// Asks the running loop for a checkpoint now (`--max-dirty` reached, or a remote fsync
+    /// begins). One that has not started yet serves every request made before it cuts.
     pub fn request(&self) {
         let mut wanted = self.wanted.lock();
         *wanted = true;
@@ -1662,8 +1674,16 @@ impl Checkpointer {
 }
 
 impl crate::fs::RemoteSync for Checkpointer {
+    fn request(&self) {
+        Checkpointer::request(self)
+    }
+
     fn wait_committed(&self, epoch: u64) -> Result<(), FsError> {
         let mut covered = self.covered.lock();
+        // The fsync asked for a checkpoint when it began (`request`), after it read `epoch`:
+        // whichever checkpoint takes that request up cuts at `epoch` or later. Asking again
+        // now would only queue one more after it, which the next fsync would wait behind.
+        let mut ask = false;
         while *covered < epoch {
             if self.fenced.load(Ordering::Acquire) {
                 return Err(FsError::Fenced);
@@ -1671,14 +1691,15 @@ impl crate::fs::RemoteSync for Checkpointer {
             if self.fs.cache_failed() {
                 return Err(FsError::CacheFailed);
             }
-            {
-                let mut wanted = self.wanted.lock();
-                *wanted = true;
-                self.wanted_cv.notify_one();
+            if ask {
+                self.request();
             }
-            // Re-check now and then: the checkpoint that covers us may fail and be retried.
-            self.covered_cv
-                .wait_for(&mut covered, Duration::from_millis(500));
+            // Ask again when nothing covered us for a while: the checkpoint that would have
+            // may have failed, and the next one is due only at the interval.
+            ask = self
+                .covered_cv
+                .wait_for(&mut covered, Duration::from_millis(500))
+                .timed_out();
         }
         // Covered, but if a flush has failed since, that commit may hold older bytes of what
         // this fsync covers (the upload reads through the page cache).

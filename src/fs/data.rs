@@ -566,6 +566,10 @@ impl Fs {
         // Once another writer holds the bucket, nothing this mount does is durable in the
         // sense Postgres means: it must stop (DESIGN section 3, fencing).
         self.refuse_if_stopped()?;
+        // Every write this fsync covers has been answered (the kernel flushes its cache
+        // before it sends FSYNC): under `--durability remote` the checkpoint that will hold
+        // them starts now, beside the local syncs.
+        let remote = self.begin_remote();
         let needed = {
             let st = inode.state.lock();
             (st.synced_gen < st.write_gen).then_some(st.write_gen)
@@ -606,7 +610,7 @@ impl Fs {
             st.meta_seq
         };
         self.meta.sync_to(seq)?;
-        self.wait_remote()
+        self.finish_remote(remote)
     }
 
     /// The inode's cache file, opened on first use (created with `create`).

@@ -617,8 +617,9 @@ impl Fs {
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         self.require_dir(ino)?;
         self.refuse_if_stopped()?;
+        let remote = self.begin_remote();
         self.meta.sync_to(self.meta.latest_seq())?;
-        self.wait_remote()
+        self.finish_remote(remote)
     }
 
     pub fn statfs(&self) -> Result<StatFs> {

@@ -58,8 +58,21 @@ pub trait Fetcher: Send + Sync {
 pub trait RemoteSync: Send + Sync {
     /// Waits until every change made while the epoch was `epoch` or earlier is committed in
     /// the bucket. Transient store errors only delay it; it fails only when this mount can no
-    /// longer commit (fenced).
+    /// longer commit (fenced, or the cache files' flush failed). `request` must have been
+    /// called after `epoch` was read: the wait asks for a checkpoint itself only when none
+    /// has covered it for a while.
     fn wait_committed(&self, epoch: u64) -> Result<()>;
+
+    /// Asks for a checkpoint now: an fsync will wait for one. Asked when the fsync begins,
+    /// so that the cut and the upload run while it syncs the cache dir locally.
+    fn request(&self);
+}
+
+/// The remote half of one fsync, begun (`Fs::begin_remote`): the epoch it waits for, and the
+/// checkpointer (None: it had stopped).
+pub(super) struct RemoteWait {
+    remote: Option<Arc<dyn RemoteSync>>,
+    epoch: u64,
 }
 
 /// A namespace to install into an empty cache dir, as a restore found it in the bucket.
@@ -81,18 +94,35 @@ impl Fs {
         let _ = self.remote_sync.set(Arc::downgrade(remote));
     }
 
-    /// The remote half of fsync, when `--durability remote` asked for it. Once the
-    /// checkpointer is gone (the mount is stopping) no fsync can be confirmed: EIO.
-    pub(super) fn wait_remote(&self) -> Result<()> {
-        match self.remote_sync.get() {
+    /// Starts the remote half of an fsync, when `--durability remote` asked for it: notes the
+    /// epoch whose commit it must wait for and asks for a checkpoint at once, so that the cut
+    /// and the upload overlap the fsync's local syncs instead of following them (a commit's
+    /// wait is the PUT plus what comes before it, on the path of every transaction). Called
+    /// once everything the fsync covers is done in memory: every change made before the
+    /// current epoch closes is in the cut that closes it. `finish_remote` waits.
+    pub(super) fn begin_remote(&self) -> Option<RemoteWait> {
+        let remote = self.remote_sync.get()?;
+        let epoch = self.epoch();
+        let remote = remote.upgrade();
+        if let Some(r) = &remote {
+            r.request();
+        }
+        Some(RemoteWait { remote, epoch })
+    }
+
+    /// Waits for what `begin_remote` noted. Once the checkpointer is gone (the mount is
+    /// stopping) no fsync can be confirmed: EIO.
+    pub(super) fn finish_remote(&self, wait: Option<RemoteWait>) -> Result<()> {
+        match wait {
             None => Ok(()),
-            Some(r) => match r.upgrade() {
-                Some(r) => r.wait_committed(self.epoch()),
-                None => Err(FsError::Io {
-                    context: "confirm remote durability: the checkpointer has stopped",
-                    source: std::io::Error::from_raw_os_error(libc::EIO),
-                }),
-            },
+            Some(RemoteWait {
+                remote: Some(r),
+                epoch,
+            }) => r.wait_committed(epoch),
+            Some(RemoteWait { remote: None, .. }) => Err(FsError::Io {
+                context: "confirm remote durability: the checkpointer has stopped",
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            }),
         }
     }
 

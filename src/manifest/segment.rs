@@ -47,6 +47,25 @@ fn worth_it(compressed: usize, raw: usize) -> bool {
     compressed <= raw - raw / 8
 }
 
+thread_local! {
+    /// Each thread's compression context, kept from run to run: making one costs more than
+    /// compressing the few KiB a `--durability remote` commit carries, and such commits come
+    /// a hundred times a second. Reusing a context does not change what it writes.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// One zstd frame of `data` at `level`.
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|kept| {
+        let compressor = match kept {
+            Some((l, c)) if *l == level => c,
+            _ => &mut kept.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        compressor.compress(data)
+    })
+}
+
 /// Where one run of pages sits in a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunLocation {
@@ -107,7 +126,7 @@ impl SegmentBuilder {
     /// (the last page may be short at the end of a file).
     pub fn push_run(&mut self, ino: u64, first_page: u64, pages: u32, data: &[u8]) -> RunLocation {
         let compressed = self.zstd_level.and_then(|level| {
-            zstd::bulk::compress(data, level)
+            compress(data, level)
                 .ok()
                 .filter(|c| worth_it(c.len(), data.len()))
         });
