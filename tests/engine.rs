@@ -2062,6 +2062,66 @@ fn the_cache_dirs_log_is_synced_through_the_cut_before_the_manifest_is_sent() {
     );
 }
 
+/// `--durability remote`: an fsync notes the epoch it must see committed and asks for its
+/// checkpoint as it begins, so that the cut and the upload run beside its local syncs. A
+/// checkpoint that cuts before those syncs (here: at once, inside the request) covers it: the
+/// fsync returns without another checkpoint, and the bucket holds what it covered. Had the
+/// fsync noted its epoch after asking (after that cut), it would wait for a checkpoint that
+/// nobody asks for.
+#[test]
+fn a_checkpoint_cut_while_a_remote_fsync_syncs_locally_covers_it() {
+    use bucketfs::fs::RemoteSync;
+    struct CutAtRequest {
+        cp: Weak<bucketfs::checkpoint::Checkpointer>,
+    }
+    impl RemoteSync for CutAtRequest {
+        fn wait_committed(&self, epoch: u64) -> bucketfs::fs::Result<()> {
+            self.cp
+                .upgrade()
+                .expect("the checkpointer")
+                .wait_committed(epoch)
+        }
+        fn request(&self) {
+            let cp = self.cp.upgrade().expect("the checkpointer");
+            cp.checkpoint(false).expect("the requested checkpoint");
+        }
+    }
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let remote: Arc<dyn RemoteSync> = Arc::new(CutAtRequest {
+        cp: Arc::downgrade(&e.cp),
+    });
+    e.fs.set_remote_sync(&remote);
+    let ino = e.create("file");
+    for round in 0..3u8 {
+        let data = pattern(round, 3);
+        // Written, not fsync'd yet (`Engine::write` fsyncs).
+        e.fs.open(ino, libc::O_RDWR).expect("open");
+        e.fs.write(ino, 0, &data).expect("write");
+        let before = e.cp.totals().checkpoints;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fs = e.fs.clone();
+        std::thread::spawn(move || tx.send(fs.fsync(ino, false)));
+        // A deadline only to fail instead of hanging: the fsync needs no other checkpoint.
+        let answered = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "round {round}: the fsync still waits after the checkpoint cut at its request"
+                )
+            });
+        answered.expect("remote fsync");
+        assert_eq!(
+            e.cp.totals().checkpoints,
+            before + 1,
+            "round {round}: one checkpoint served the fsync"
+        );
+        let got = e.in_bucket(ino).expect("the file is in the bucket");
+        assert_same(&format!("round {round}: in the bucket"), &got, &data);
+        e.fs.release(ino).expect("close");
+    }
+}
+
 /// A checkpoint marks the pages it uploaded clean: from then on the cache dir takes their bytes
 /// in the cache file for the bucket's, never uploads them again and may evict them and fetch
 /// the bucket's instead. A write the application did not fsync is only in the page cache, so

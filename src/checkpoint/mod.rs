@@ -1694,8 +1694,9 @@ impl crate::fs::RemoteSync for Checkpointer {
             if ask {
                 self.request();
             }
-            // Ask again when nothing covered us for a while: the checkpoint that would have
-            // may have failed, and the next one is due only at the interval.
+            // Ask again when no commit came for a while: the checkpoint that would have
+            // covered us may have failed, and the next one is due only at the interval. (One
+            // slower than that gets one more queued behind it: harmless.)
             ask = self
                 .covered_cv
                 .wait_for(&mut covered, Duration::from_millis(500))

@@ -568,7 +568,7 @@ impl Fs {
         self.refuse_if_stopped()?;
         // Every write this fsync covers has been answered (the kernel flushes its cache
         // before it sends FSYNC): under `--durability remote` the checkpoint that will hold
-        // them starts now, beside the local syncs.
+        // them is asked for now, to run beside the local syncs.
         let remote = self.begin_remote();
         let needed = {
             let st = inode.state.lock();

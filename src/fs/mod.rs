@@ -312,7 +312,8 @@ pub struct Fs {
     epoch: AtomicU64,
     /// Fetches pages that are only in the bucket; set once a bucket is attached.
     fetcher: std::sync::OnceLock<Arc<dyn Fetcher>>,
-    /// With `--durability remote`: what fsync waits on after the local sync.
+    /// With `--durability remote`: what fsync asks for a checkpoint as it begins, and waits
+    /// on once synced locally.
     remote_sync: std::sync::OnceLock<std::sync::Weak<dyn RemoteSync>>,
     /// Set when another writer took over the bucket: every change fails with EROFS.
     fenced: std::sync::atomic::AtomicBool,

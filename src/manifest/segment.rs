@@ -306,6 +306,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_kept_compression_context_writes_what_a_new_one_would() {
+        let data: Vec<u8> = (0..40_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 1000) as u8)
+            .collect();
+        for level in [1, 19, 1, 3, 3] {
+            assert_eq!(
+                compress(&data, level).expect("compress"),
+                zstd::bulk::compress(&data, level).expect("compress"),
+                "level {level}"
+            );
+        }
+    }
+
+    #[test]
     fn round_trip_and_ranged_decode() {
         let mut b = SegmentBuilder::new();
         let a = b.push_run(7, 0, 2, &[1u8; 16384]);
