@@ -2063,8 +2063,9 @@ fn the_cache_dirs_log_is_synced_through_the_cut_before_the_manifest_is_sent() {
 }
 
 /// `--durability remote`: an fsync notes the epoch it must see committed and asks for its
-/// checkpoint as it begins, so that the cut and the upload run beside its local syncs. A
-/// checkpoint that cuts before those syncs (here: at once, inside the request) covers it: the
+/// checkpoint as it begins, so that the cut and the upload run beside its local syncs (the
+/// cache file's fdatasync; the log's comes last). A checkpoint that cuts before them (here:
+/// at once, inside the request) covers it: the
 /// fsync returns without another checkpoint, and the bucket holds what it covered. Had the
 /// fsync noted its epoch after asking (after that cut), it would wait for a checkpoint that
 /// nobody asks for.

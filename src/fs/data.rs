@@ -566,9 +566,17 @@ impl Fs {
         // Once another writer holds the bucket, nothing this mount does is durable in the
         // sense Postgres means: it must stop (DESIGN section 3, fencing).
         self.refuse_if_stopped()?;
+        // The metadata to sync: up to the inode's last change, its times included.
+        let seq = {
+            let mut st = inode.state.lock();
+            if !datasync && st.times_unpersisted {
+                self.persist_attr(&mut st)?;
+            }
+            st.meta_seq
+        };
         // Every write this fsync covers has been answered (the kernel flushes its cache
         // before it sends FSYNC): under `--durability remote` the checkpoint that will hold
-        // them is asked for now, to run beside the local syncs.
+        // them is asked for now, to run beside the local sync of the bytes.
         let remote = self.begin_remote();
         let needed = {
             let st = inode.state.lock();
@@ -602,15 +610,12 @@ impl Fs {
             let mut st = inode.state.lock();
             st.synced_gen = st.synced_gen.max(covers);
         }
-        let seq = {
-            let mut st = inode.state.lock();
-            if !datasync && st.times_unpersisted {
-                self.persist_attr(&mut st)?;
-            }
-            st.meta_seq
-        };
+        // The log last: a remote checkpoint syncs it through its cut before its PUT, so once
+        // the wait is over this is no flush of its own (two would otherwise queue one behind
+        // the other, the fsync's before the checkpoint's).
+        self.finish_remote(remote)?;
         self.meta.sync_to(seq)?;
-        self.finish_remote(remote)
+        Ok(())
     }
 
     /// The inode's cache file, opened on first use (created with `create`).

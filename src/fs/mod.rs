@@ -618,9 +618,13 @@ impl Fs {
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         self.require_dir(ino)?;
         self.refuse_if_stopped()?;
+        let seq = self.meta.latest_seq();
         let remote = self.begin_remote();
-        self.meta.sync_to(self.meta.latest_seq())?;
-        self.finish_remote(remote)
+        // After the wait: a remote checkpoint's sync of the log before its PUT covers `seq`
+        // (as in `fsync`).
+        self.finish_remote(remote)?;
+        self.meta.sync_to(seq)?;
+        Ok(())
     }
 
     pub fn statfs(&self) -> Result<StatFs> {

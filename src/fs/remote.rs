@@ -64,7 +64,7 @@ pub trait RemoteSync: Send + Sync {
     fn wait_committed(&self, epoch: u64) -> Result<()>;
 
     /// Asks for a checkpoint now: an fsync will wait for one. Asked when the fsync begins,
-    /// so that the cut and the upload run while it syncs the cache dir locally.
+    /// so that the cut and the upload run while it syncs the cache file.
     fn request(&self);
 }
 
@@ -96,7 +96,7 @@ impl Fs {
 
     /// Starts the remote half of an fsync, when `--durability remote` asked for it: notes the
     /// epoch whose commit it must wait for and asks for a checkpoint at once, so that the cut
-    /// and the upload overlap the fsync's local syncs instead of following them (a commit's
+    /// and the upload overlap the fsync's fdatasync instead of following it (a commit's
     /// wait is the PUT plus what comes before it, on the path of every transaction). Called
     /// once everything the fsync covers is done in memory: every change made before the
     /// current epoch closes is in the cut that closes it. `finish_remote` waits.
