@@ -59,8 +59,8 @@ pub trait RemoteSync: Send + Sync {
     /// Waits until every change made while the epoch was `epoch` or earlier is committed in
     /// the bucket. Transient store errors only delay it; it fails only when this mount can no
     /// longer commit (fenced, or the cache files' flush failed). `request` must have been
-    /// called after `epoch` was read: the wait asks for a checkpoint itself only when none
-    /// has covered it for a while.
+    /// called after `epoch` was read: the wait asks for a checkpoint itself only after half
+    /// a second with no commit.
     fn wait_committed(&self, epoch: u64) -> Result<()>;
 
     /// Asks for a checkpoint now: an fsync will wait for one. Asked when the fsync begins,
