@@ -47,8 +47,10 @@ struct Files {
     guide: String,
 }
 
+/// The checkout, read at run time (`common::checkout` says why; this file has no `common`).
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 fn read(rel: &str) -> String {

@@ -2123,6 +2123,88 @@ fn a_checkpoint_cut_while_a_remote_fsync_syncs_locally_covers_it() {
     }
 }
 
+/// `--durability remote` through an outage, with the checkpointer's own loop: an fsync that
+/// arrives while the bucket refuses every request waits (its checkpoint fails, the pages stay
+/// dirty), and once the bucket answers again it returns, with its bytes in the bucket. The
+/// loop's interval is an hour here, so what retries the failed checkpoint is the fsync's wait
+/// asking again, not the clock.
+#[test]
+fn a_remote_fsync_waits_out_an_outage_and_returns_once_its_bytes_are_in() {
+    use bucketfs::fs::RemoteSync;
+    struct Wired {
+        cp: Weak<bucketfs::checkpoint::Checkpointer>,
+    }
+    impl RemoteSync for Wired {
+        fn wait_committed(&self, epoch: u64) -> bucketfs::fs::Result<()> {
+            self.cp
+                .upgrade()
+                .expect("the checkpointer")
+                .wait_committed(epoch)
+        }
+        fn request(&self) {
+            if let Some(cp) = self.cp.upgrade() {
+                cp.request();
+            }
+        }
+    }
+    let dirs = Dirs::new();
+    let e = Engine::open(
+        &dirs.cache(0),
+        &dirs.bucket(),
+        Options {
+            tune: Some(Box::new(|s| s.interval = Duration::from_secs(3600))),
+            ..Options::default()
+        },
+    );
+    let remote: Arc<dyn RemoteSync> = Arc::new(Wired {
+        cp: Arc::downgrade(&e.cp),
+    });
+    e.fs.set_remote_sync(&remote);
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = {
+        let (cp, stop) = (e.cp.clone(), stop.clone());
+        std::thread::spawn(move || cp.run(&stop))
+    };
+    // Every PUT the checkpointer starts, in order.
+    let (put_tx, puts) = std::sync::mpsc::channel::<String>();
+    let put_tx = Mutex::new(put_tx);
+    e.plan.on_put(move |key| {
+        let _ = put_tx.lock().unwrap().send(key.to_owned());
+    });
+    let ino = e.create("file");
+    let data = pattern(7, 3);
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.write(ino, 0, &data).expect("write");
+    e.plan.set_outage(true);
+    let (tx, answer) = std::sync::mpsc::channel();
+    let fs = e.fs.clone();
+    std::thread::spawn(move || tx.send(fs.fsync(ino, false)));
+    // Two attempts: the first failed, and something asked for another. (Deadlines here and
+    // below only fail the test instead of hanging it.)
+    for attempt in 1..=2 {
+        puts.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            panic!("no checkpoint attempt {attempt} while the fsync waits out the outage")
+        });
+    }
+    assert!(
+        matches!(
+            answer.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Empty)
+        ),
+        "the fsync returned while the bucket refused every request"
+    );
+    e.plan.set_outage(false);
+    let answered = answer
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the fsync returns once the bucket answers again");
+    answered.expect("remote fsync");
+    let got = e.in_bucket(ino).expect("the file is in the bucket");
+    assert_same("in the bucket after the outage", &got, &data);
+    stop.store(true, Ordering::Release);
+    running.join().expect("the checkpointer's loop");
+    e.fs.release(ino).expect("close");
+}
+
 /// A checkpoint marks the pages it uploaded clean: from then on the cache dir takes their bytes
 /// in the cache file for the bucket's, never uploads them again and may evict them and fetch
 /// the bucket's instead. A write the application did not fsync is only in the page cache, so
