@@ -2165,11 +2165,13 @@ fn a_remote_fsync_waits_out_an_outage_and_returns_once_its_bytes_are_in() {
         let (cp, stop) = (e.cp.clone(), stop.clone());
         std::thread::spawn(move || cp.run(&stop))
     };
-    // Every PUT the checkpointer starts, in order.
+    // Every manifest PUT the checkpointer starts, in order.
     let (put_tx, puts) = std::sync::mpsc::channel::<String>();
     let put_tx = Mutex::new(put_tx);
     e.plan.on_put(move |key| {
-        let _ = put_tx.lock().unwrap().send(key.to_owned());
+        if key.starts_with("manifests/") {
+            let _ = put_tx.lock().unwrap().send(key.to_owned());
+        }
     });
     let ino = e.create("file");
     let data = pattern(7, 3);
@@ -2182,15 +2184,13 @@ fn a_remote_fsync_waits_out_an_outage_and_returns_once_its_bytes_are_in() {
     // Two attempts: the first failed, and something asked for another. (Deadlines here and
     // below only fail the test instead of hanging it.)
     for attempt in 1..=2 {
-        puts.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            panic!("no checkpoint attempt {attempt} while the fsync waits out the outage")
-        });
+        puts.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!("no checkpoint attempt {attempt} while the fsync waits out the outage")
+            });
     }
     assert!(
-        matches!(
-            answer.try_recv(),
-            Err(std::sync::mpsc::TryRecvError::Empty)
-        ),
+        matches!(answer.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)),
         "the fsync returned while the bucket refused every request"
     );
     e.plan.set_outage(false);
@@ -2203,6 +2203,117 @@ fn a_remote_fsync_waits_out_an_outage_and_returns_once_its_bytes_are_in() {
     stop.store(true, Ordering::Release);
     running.join().expect("the checkpointer's loop");
     e.fs.release(ino).expect("close");
+}
+
+/// A store that counts what it is asked, over the bucket directory, and a runtime for it.
+fn counting_store(
+    bucket: &Path,
+) -> (
+    Arc<bucketfs::store::FaultPlan>,
+    Arc<bucketfs::store::FaultyStore>,
+    tokio::runtime::Runtime,
+) {
+    let plan = Arc::new(bucketfs::store::FaultPlan::default());
+    let local: Arc<dyn bucketfs::store::ObjectStore> =
+        Arc::new(bucketfs::store::LocalStore::new(bucket).expect("bucket dir"));
+    let store = Arc::new(bucketfs::store::FaultyStore::new(local, plan.clone()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    (plan, store, rt)
+}
+
+/// Under `--durability remote` every group commit adds a manifest, and the retention window
+/// keeps them all: opening the latest checkpoint must not LIST every one of them (at 1,000
+/// keys a page and 20 ms a request, a day of commits is minutes of LISTs). It lists from the
+/// tip note the writer leaves beside its manifests (the clean stop's, here: one key before
+/// it), reads its chain across several bases, and restores the right bytes. A note past every
+/// manifest, unreadable, or far behind only makes it list more.
+#[test]
+fn opening_the_latest_checkpoint_lists_the_manifests_from_the_tip_note_not_all_of_them() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    let rounds = 150u32;
+    for round in 0..rounds {
+        e.write(ino, 0, &pattern(round as u8, 1 + round as usize % 3));
+        e.checkpoint();
+    }
+    let want = e.read_all(ino);
+    e.cp.checkpoint(true).expect("clean stop");
+    let latest = e.cp.view().read().epoch;
+    assert!(latest > u64::from(rounds), "a manifest per checkpoint");
+    e.crash();
+
+    let (plan, store, rt) = counting_store(&dirs.bucket());
+    let opened =
+        bucketfs::checkpoint::open_bucket_at(&*store, rt.handle(), None).expect("open the latest");
+    assert_eq!(opened.view.epoch, latest, "the latest checkpoint");
+    let listed = plan.counts().listed;
+    assert!(
+        listed <= 2,
+        "opening the latest listed {listed} of {latest} manifests"
+    );
+    for (note, what) in [
+        ("999999999\n", "past every manifest"),
+        ("not an epoch", "unreadable"),
+        ("3\n", "far behind"),
+    ] {
+        rt.block_on(bucketfs::store::ObjectStore::put(
+            &*store,
+            bucketfs::checkpoint::TIP_KEY,
+            bytes::Bytes::from(note),
+            bucketfs::store::PutMode::Overwrite,
+        ))
+        .expect("write the note");
+        let opened = bucketfs::checkpoint::open_bucket_at(&*store, rt.handle(), None)
+            .unwrap_or_else(|e| panic!("open with a note {what}: {e}"));
+        assert_eq!(opened.view.epoch, latest, "with a note {what}");
+    }
+    // A restore into an empty cache dir reads the chain the windows fetched.
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    assert_same("restored", &e.read_all(ino), &want);
+}
+
+/// A replica polls the bucket every second: each poll lists only the manifests after the
+/// one it follows, however many the retention window keeps before it.
+#[test]
+fn a_replicas_poll_lists_only_the_manifests_after_the_one_it_follows() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    for round in 0..60u8 {
+        e.write(ino, 0, &pattern(round, 1));
+        e.checkpoint();
+    }
+    let (plan, store, rt) = counting_store(&dirs.bucket());
+    let opened = bucketfs::checkpoint::open_bucket_at(&*store, rt.handle(), None).expect("open");
+    let follower = bucketfs::replica::Follower::new(
+        store.clone(),
+        rt.handle().clone(),
+        std::path::PathBuf::from("pg_wal"),
+        &opened.view,
+        0,
+    );
+    for round in 0..3u8 {
+        e.write(ino, 0, &pattern(100 + round, 1));
+        e.checkpoint();
+    }
+    let latest = e.cp.view().read().epoch;
+    let before = plan.counts().listed;
+    follower.poll().expect("poll");
+    assert_eq!(
+        follower.status().newest_epoch,
+        latest,
+        "the poll found them"
+    );
+    assert_eq!(
+        plan.counts().listed - before,
+        3,
+        "the poll listed the three new manifests only"
+    );
 }
 
 /// A checkpoint marks the pages it uploaded clean: from then on the cache dir takes their bytes

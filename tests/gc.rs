@@ -502,11 +502,12 @@ impl ReadStore for MovesOnMiss {
     ) -> bucketfs::store::StoreResult<Option<bucketfs::store::ObjectMeta>> {
         self.inner.head(key).await
     }
-    async fn list(
+    async fn list_after(
         &self,
         prefix: &str,
+        after: Option<&str>,
     ) -> bucketfs::store::StoreResult<Vec<bucketfs::store::ObjectMeta>> {
-        self.inner.list(prefix).await
+        self.inner.list_after(prefix, after).await
     }
     fn describe(&self) -> String {
         self.inner.describe()

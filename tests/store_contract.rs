@@ -251,7 +251,8 @@ async fn multipart_object(c: Ctx) {
 }
 
 /// A listing returns exactly the keys under the prefix, in order, with sizes and ETags (an
-/// ETag may be empty: s3s-fs lists none; nothing reads them from listings).
+/// ETag may be empty: s3s-fs lists none; nothing reads them from listings); from a key on
+/// (`list_after`), only those that sort after it.
 async fn list_with_prefix(c: Ctx) {
     let mut etags = std::collections::BTreeMap::new();
     for (name, len) in [("a/1", 10), ("a/2", 20), ("ab", 30), ("b/1", 40)] {
@@ -263,11 +264,14 @@ async fn list_with_prefix(c: Ctx) {
             .expect("put");
         etags.insert(key, (len as u64, etag));
     }
-    let listed = |prefix: String| {
+    let listed_after = |prefix: String, after: Option<String>| {
         let store = c.store.clone();
         let etags = etags.clone();
         async move {
-            let mut got = store.list(&prefix).await.expect("list");
+            let mut got = store
+                .list_after(&prefix, after.as_deref())
+                .await
+                .expect("list");
             for m in &mut got {
                 if m.etag.is_empty() {
                     m.etag = etags.get(&m.key).map(|e| e.1.clone()).unwrap_or_default();
@@ -286,10 +290,23 @@ async fn list_with_prefix(c: Ctx) {
             })
             .collect()
     };
+    let listed = |prefix: String| listed_after(prefix, None);
     assert_eq!(listed(c.key("a/")).await, want(&["a/1", "a/2"]));
     assert_eq!(listed(c.key("a")).await, want(&["a/1", "a/2", "ab"]));
     assert_eq!(listed(c.key("")).await, want(&["a/1", "a/2", "ab", "b/1"]));
     assert_eq!(listed(c.key("none/")).await, Vec::<ObjectMeta>::new());
+    assert_eq!(
+        listed_after(c.key("a/"), Some(c.key("a/1"))).await,
+        want(&["a/2"])
+    );
+    assert_eq!(
+        listed_after(c.key(""), Some(c.key("a/2"))).await,
+        want(&["ab", "b/1"])
+    );
+    assert_eq!(
+        listed_after(c.key(""), Some(c.key("b/1"))).await,
+        Vec::<ObjectMeta>::new()
+    );
 }
 
 /// A listing longer than one S3 page (1000 keys) comes back whole.
@@ -321,6 +338,21 @@ async fn list_past_one_page(c: Ctx) {
     let want: Vec<String> = (0..n).map(|i| c.key(&format!("k{i:05}"))).collect();
     assert_eq!(keys.len(), n, "listed {} of {n} keys", keys.len());
     assert!(keys == want, "the listing is not every key in order");
+    // From a key on, past a page boundary too.
+    let after: Vec<String> = c
+        .store
+        .list_after(&c.key(""), Some(&c.key("k00100")))
+        .await
+        .expect("list after a key")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert!(
+        after == want[101..],
+        "listed {} keys after k00100, want the {} after it in order",
+        after.len(),
+        n - 101
+    );
 }
 
 /// Delete removes the object from GET, HEAD and listings; deleting a missing key is fine.

@@ -50,6 +50,31 @@ pub fn manifest_key(epoch: u64) -> String {
     format!("{MANIFESTS}{epoch:020}")
 }
 
+/// Where the writer notes a recent epoch (`Checkpointer::put_manifest`), so that opening the
+/// latest checkpoint LISTs `manifests/` from there: under `--durability remote` every group
+/// commit adds a manifest, and the retention window keeps them all. Only a hint, never
+/// above the tip: a restore that finds it missing, unreadable or past every manifest lists
+/// the whole prefix as before.
+pub const TIP_KEY: &str = "tip";
+
+/// At most one tip note in this long while commits go on (a clean stop and a takeover
+/// always note theirs): a restore then lists about this long's manifests, one LIST page
+/// below a thousand commits a second. The note goes out beside a manifest's PUT, so it
+/// adds a request, not a wait.
+const TIP_EVERY: Duration = Duration::from_secs(1);
+
+/// The epoch `TIP_KEY` notes, if it holds one.
+async fn read_tip(store: &dyn ReadStore) -> Option<u64> {
+    match store.get(TIP_KEY, None).await {
+        Ok(bytes) => std::str::from_utf8(&bytes).ok()?.trim().parse().ok(),
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => {
+            warn!(error = %e, "could not read the tip note; listing every manifest");
+            None
+        }
+    }
+}
+
 /// A segment's key names the bucket epoch it is for, the writer, and the local cut that made
 /// it. The cut number makes every attempt's keys new: a checkpoint retried after a commit
 /// whose answer was lost (so it may be in the bucket after all) must never overwrite the
@@ -354,15 +379,41 @@ fn open_once(
         }
         // Manifests below the GC boundary are not part of the bucket (a stalled writer may
         // have committed one after GC collected its epoch).
-        let boundary = crate::gc::read_boundary(store).await?;
-        let mut epochs: Vec<u64> = store
-            .list(MANIFESTS)
-            .await?
-            .iter()
-            .filter_map(|m| epoch_of_key(&m.key))
-            .filter(|&e| e >= boundary)
-            .collect();
-        epochs.sort_unstable();
+        let (boundary, tip) = futures_util::future::join(
+            crate::gc::read_boundary(store),
+            // Only the latest checkpoint can start from the tip note; a point in time
+            // needs every epoch.
+            async {
+                match at {
+                    None => read_tip(store).await,
+                    Some(_) => None,
+                }
+            },
+        )
+        .await;
+        let boundary = boundary?;
+        let listed = |after: Option<u64>| async move {
+            let after = after.map(manifest_key);
+            let mut epochs: Vec<u64> = store
+                .list_after(MANIFESTS, after.as_deref())
+                .await?
+                .iter()
+                .filter_map(|m| epoch_of_key(&m.key))
+                .filter(|&e| e >= boundary)
+                .collect();
+            epochs.sort_unstable();
+            Ok::<_, CheckpointError>(epochs)
+        };
+        // From the epoch before the note's (so that the noted one is listed too): empty only
+        // if the note is past every manifest, which a note never is unless the prefix was
+        // tampered with; then every manifest, as without one.
+        let mut epochs = match tip.filter(|&t| t > 1) {
+            Some(t) => listed(Some(t.max(boundary).max(1) - 1)).await?,
+            None => Vec::new(),
+        };
+        if epochs.is_empty() {
+            epochs = listed(None).await?;
+        }
         if epochs.is_empty() {
             return Ok(Opened {
                 view: View::default(),
@@ -397,22 +448,22 @@ fn open_once(
             )));
         };
         // Follow parents back to a base, then apply forwards. A delta's parent is the epoch
-        // before it, so the chain is the newest listed epochs: they are fetched up to
+        // before it, so the chain is the epochs just below: they are fetched up to
         // CHAIN_WINDOW at once, and a restore waits about one round trip for its chain, not
-        // one per delta (up to `base_every`, 32 by default, at 20 ms each on S3).
+        // one per delta (up to `base_every`, 32 by default, at 20 ms each on S3). They are
+        // counted down from the epoch rather than taken from the LIST, which may have
+        // started at the tip note, above the base.
         let mut chain = Vec::new();
         let mut fetched: HashMap<u64, Result<Manifest, CheckpointError>> = HashMap::new();
         let mut epoch = latest_epoch;
         loop {
             if !fetched.contains_key(&epoch) {
-                let mut window: Vec<u64> = epochs
-                    .iter()
-                    .rev()
-                    .filter(|&&e| e < epoch)
-                    .take(CHAIN_WINDOW - 1)
-                    .copied()
-                    .collect();
-                window.push(epoch);
+                let lowest = epoch
+                    .saturating_sub(CHAIN_WINDOW as u64 - 1)
+                    .max(boundary)
+                    .max(1)
+                    .min(epoch);
+                let window: Vec<u64> = (lowest..=epoch).rev().collect();
                 let got =
                     futures_util::future::join_all(window.iter().map(|&e| read_manifest(store, e)))
                         .await;
@@ -706,6 +757,8 @@ pub struct Checkpointer {
     tip_is_ours: AtomicBool,
     /// The bucket URL recorded in the cache dir after each commit (unset in tests).
     record_url: Mutex<Option<String>>,
+    /// When the last tip note went out (`TIP_KEY`).
+    tip_noted: Mutex<Option<Instant>>,
     /// The highest cut epoch whose changes are all in the bucket, and who waits for it.
     covered: Mutex<u64>,
     covered_cv: Condvar,
@@ -744,6 +797,7 @@ impl Checkpointer {
             fenced: AtomicBool::new(false),
             tip_is_ours: AtomicBool::new(false),
             record_url: Mutex::new(None),
+            tip_noted: Mutex::new(None),
             covered: Mutex::new(0),
             covered_cv: Condvar::new(),
             wanted: Mutex::new(false),
@@ -886,11 +940,7 @@ impl Checkpointer {
             m
         };
         check_invariants(&m)?;
-        let body = Bytes::from(m.encode());
-        match self.rt.block_on(
-            self.store
-                .put(&manifest_key(m.epoch), body, PutMode::Create),
-        ) {
+        match self.put_manifest(&m, true) {
             Ok(_) => {}
             // Not fenced: nothing was accepted yet. The caller may read the chain again.
             Err(StoreError::PreconditionFailed { .. }) => {
@@ -1318,13 +1368,8 @@ impl Checkpointer {
     fn commit(&self, m: &Manifest) -> Result<u64, CheckpointError> {
         check_invariants(m)?;
         let key = manifest_key(m.epoch);
-        let body = Bytes::from(m.encode());
-        let len = body.len() as u64;
-        match self
-            .rt
-            .block_on(self.store.put(&key, body, PutMode::Create))
-        {
-            Ok(_) => {
+        match self.put_manifest(m, m.clean_stop) {
+            Ok(len) => {
                 // Only when another writer could have committed this epoch without a fence
                 // (the tip is a clean stop, or the bucket was empty) may GC have freed the key.
                 if !self.tip_is_ours.load(Ordering::Acquire) {
@@ -1353,6 +1398,38 @@ impl Checkpointer {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// PUTs manifest `m` if its key is free, and returns its length. Beside it, when one is
+    /// due (`TIP_EVERY`, or `always`), the tip note: the epoch before `m`'s, which this
+    /// writer's view holds and so is committed, whatever becomes of `m`. A note that fails
+    /// is only logged (a restore then lists more).
+    fn put_manifest(&self, m: &Manifest, always: bool) -> Result<u64, StoreError> {
+        let body = Bytes::from(m.encode());
+        let len = body.len() as u64;
+        let key = manifest_key(m.epoch);
+        let put = self.store.put(&key, body, PutMode::Create);
+        let noted = {
+            let mut last = self.tip_noted.lock();
+            let due = always || last.is_none_or(|t| t.elapsed() >= TIP_EVERY);
+            if due && m.epoch > 1 {
+                *last = Some(Instant::now());
+            }
+            (due && m.epoch > 1).then(|| m.epoch - 1)
+        };
+        let Some(noted) = noted else {
+            return self.rt.block_on(put).map(|_| len);
+        };
+        let note = self.store.put(
+            TIP_KEY,
+            Bytes::from(format!("{noted}\n")),
+            PutMode::Overwrite,
+        );
+        let (put, note) = self.rt.block_on(futures_util::future::join(put, note));
+        if let Err(e) = note {
+            warn!(error = %e, "could not note the tip (a restore lists more manifests)");
+        }
+        put.map(|_| len)
     }
 
     /// After a 412 on manifest `key`: is the manifest there this writer's own (an earlier

@@ -177,13 +177,16 @@ impl Follower {
     }
 
     /// Looks for a newer checkpoint and reads the retention window. Cheap when nothing has
-    /// changed: the GC boundary, one LIST and the GC state.
+    /// changed: the GC boundary, one LIST of the manifests after the view's (however many
+    /// older ones the retention window keeps) and the GC state.
     pub fn poll(&self) -> Result<(), CheckpointError> {
+        let known = self.state.lock().view.read().epoch;
         let (mut epochs, boundary, oldest_retained) = self.rt.block_on(async {
             let boundary = crate::gc::read_boundary(&*self.store).await?;
+            let after = crate::checkpoint::manifest_key(known);
             let epochs: Vec<u64> = self
                 .store
-                .list(MANIFESTS)
+                .list_after(MANIFESTS, Some(&after))
                 .await?
                 .iter()
                 .filter_map(|m| crate::checkpoint::epoch_of_key(&m.key))

@@ -35,6 +35,8 @@ pub struct FaultPlan {
     gets: AtomicU64,
     get_bytes: AtomicU64,
     put_bytes: AtomicU64,
+    /// Keys LISTs returned.
+    listed: AtomicU64,
     /// GETs under way now, and the most there were at once.
     gets_in_flight: AtomicU64,
     most_gets_in_flight: AtomicU64,
@@ -58,6 +60,7 @@ impl Default for FaultPlan {
             gets: AtomicU64::new(0),
             get_bytes: AtomicU64::new(0),
             put_bytes: AtomicU64::new(0),
+            listed: AtomicU64::new(0),
             gets_in_flight: AtomicU64::new(0),
             most_gets_in_flight: AtomicU64::new(0),
             on_put: Mutex::new(None),
@@ -72,6 +75,8 @@ pub struct Counts {
     pub gets: u64,
     pub put_bytes: u64,
     pub get_bytes: u64,
+    /// Keys LISTs returned.
+    pub listed: u64,
 }
 
 impl std::fmt::Debug for FaultPlan {
@@ -119,6 +124,7 @@ impl FaultPlan {
             gets: self.gets.load(Ordering::Relaxed),
             put_bytes: self.put_bytes.load(Ordering::Relaxed),
             get_bytes: self.get_bytes.load(Ordering::Relaxed),
+            listed: self.listed.load(Ordering::Relaxed),
         }
     }
 }
@@ -186,9 +192,13 @@ impl ReadStore for FaultyStore {
         self.inner.head(key).await
     }
 
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+    async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
         self.before("list", prefix).await?;
-        self.inner.list(prefix).await
+        let listed = self.inner.list_after(prefix, after).await?;
+        self.plan
+            .listed
+            .fetch_add(listed.len() as u64, Ordering::Relaxed);
+        Ok(listed)
     }
 
     async fn check(&self) -> StoreResult<()> {

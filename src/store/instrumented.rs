@@ -96,9 +96,9 @@ impl ReadStore for InstrumentedStore {
         r
     }
 
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+    async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
         let started = Instant::now();
-        let r = self.inner.list(prefix).await;
+        let r = self.inner.list_after(prefix, after).await;
         self.stats.list.record(started, &r, 0);
         crate::metrics::global().s3_request("list", prefix, started.elapsed());
         r

@@ -114,13 +114,25 @@ impl LocalStore {
         Ok(Bytes::from(buf))
     }
 
-    fn list_sync(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+    fn list_sync(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
         let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
+        // Only the directory the prefix names can hold its keys (keys are paths).
+        let start = prefix
+            .rfind('/')
+            .and_then(|i| self.path(&prefix[..i]).ok())
+            .unwrap_or_else(|| self.root.clone());
+        let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(transient("list", prefix, e)),
             };
             for entry in entries {
@@ -141,7 +153,10 @@ impl LocalStore {
                 else {
                     continue;
                 };
-                if key.ends_with(TMP_SUFFIX) || !key.starts_with(prefix) {
+                if key.ends_with(TMP_SUFFIX)
+                    || !key.starts_with(prefix)
+                    || after.is_some_and(|a| key.as_str() <= a)
+                {
                     continue;
                 }
                 let meta = entry.metadata().map_err(|e| transient("list", prefix, e))?;
@@ -176,8 +191,8 @@ impl ReadStore for LocalStore {
         }
     }
 
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
-        self.list_sync(prefix)
+    async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
+        self.list_sync(prefix, after)
     }
 
     fn describe(&self) -> String {

@@ -88,7 +88,14 @@ pub trait ReadStore: Send + Sync + fmt::Debug {
     async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>>;
 
     /// Every object whose key starts with `prefix`, in key order.
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>>;
+    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+        self.list_after(prefix, None).await
+    }
+
+    /// The same, only the keys that sort after `after` (S3's `StartAfter`): a caller that
+    /// knows where the new keys begin reads only those, however many older ones the prefix
+    /// holds (a restore and a replica's poll of `manifests/`, which grows with every commit).
+    async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>>;
 
     /// Checks that the store is reachable and the bucket exists, with the credentials given:
     /// called once before mounting so that bad configuration fails fast and clearly.

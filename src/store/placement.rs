@@ -129,13 +129,13 @@ impl ReadStore for Placed {
     /// Each target is listed once, and keeps only the keys of the classes it holds: an
     /// object of another class there (which bucketfs never puts) is not part of this
     /// filesystem.
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+    async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
         let mut out = Vec::new();
         for (store, classes) in self.groups().into_values() {
             if !classes.iter().any(|c| c.may_list(prefix)) {
                 continue;
             }
-            let listed = store.list(prefix).await?;
+            let listed = store.list_after(prefix, after).await?;
             out.extend(
                 listed
                     .into_iter()

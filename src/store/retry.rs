@@ -97,8 +97,9 @@ impl ReadStore for RetryingStore {
         self.retry("head", key, || self.inner.head(key)).await
     }
 
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
-        self.retry("list", prefix, || self.inner.list(prefix)).await
+    async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
+        self.retry("list", prefix, || self.inner.list_after(prefix, after))
+            .await
     }
 
     async fn check(&self) -> StoreResult<()> {

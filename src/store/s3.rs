@@ -454,7 +454,7 @@ impl ReadStore for S3Store {
         }
     }
 
-    async fn list(&self, prefix: &str) -> StoreResult<Vec<ObjectMeta>> {
+    async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -463,6 +463,9 @@ impl ReadStore for S3Store {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(self.full_key(prefix));
+            if let Some(a) = after {
+                req = req.start_after(self.full_key(a));
+            }
             if let Some(t) = &token {
                 req = req.continuation_token(t);
             }
