@@ -2229,8 +2229,9 @@ fn counting_store(
 /// keeps them all: opening the latest checkpoint must not LIST every one of them (at 1,000
 /// keys a page and 20 ms a request, a day of commits is minutes of LISTs). It lists from the
 /// tip note the writer leaves beside its manifests (the clean stop's, here: one key before
-/// it), reads its chain across several bases, and restores the right bytes. A note past every
-/// manifest, unreadable, or far behind only makes it list more.
+/// it), fetches its chain in windows of epochs counted down from the tip (at once, not one
+/// round trip each: the LIST no longer names them), and restores the right bytes. A note past
+/// every manifest, unreadable, or far behind only makes it list more.
 #[test]
 fn opening_the_latest_checkpoint_lists_the_manifests_from_the_tip_note_not_all_of_them() {
     let dirs = Dirs::new();
@@ -2248,6 +2249,8 @@ fn opening_the_latest_checkpoint_lists_the_manifests_from_the_tip_note_not_all_o
     e.crash();
 
     let (plan, store, rt) = counting_store(&dirs.bucket());
+    // Latency, so that GETs sent at once overlap.
+    plan.set_latency(Duration::from_millis(5));
     let opened =
         bucketfs::checkpoint::open_bucket_at(&*store, rt.handle(), None).expect("open the latest");
     assert_eq!(opened.view.epoch, latest, "the latest checkpoint");
@@ -2256,6 +2259,12 @@ fn opening_the_latest_checkpoint_lists_the_manifests_from_the_tip_note_not_all_o
         listed <= 2,
         "opening the latest listed {listed} of {latest} manifests"
     );
+    assert!(
+        plan.most_gets_in_flight() >= 16,
+        "the chain's manifests are fetched at once (at most {} GETs overlapped)",
+        plan.most_gets_in_flight()
+    );
+    plan.set_latency(Duration::ZERO);
     for (note, what) in [
         ("999999999\n", "past every manifest"),
         ("not an epoch", "unreadable"),

@@ -59,8 +59,9 @@ pub const TIP_KEY: &str = "tip";
 
 /// At most one tip note in this long while commits go on (a clean stop and a takeover
 /// always note theirs): a restore then lists about this long's manifests, one LIST page
-/// below a thousand commits a second. The note goes out beside a manifest's PUT, so it
-/// adds a request, not a wait.
+/// below a thousand commits a second. The note goes out beside a manifest's PUT and is
+/// waited for only once the fsyncs the commit covers are released (`settle_note`), so it
+/// adds a request, not a wait on the commit path.
 const TIP_EVERY: Duration = Duration::from_secs(1);
 
 /// The epoch `TIP_KEY` notes, if it holds one.
@@ -757,8 +758,9 @@ pub struct Checkpointer {
     tip_is_ours: AtomicBool,
     /// The bucket URL recorded in the cache dir after each commit (unset in tests).
     record_url: Mutex<Option<String>>,
-    /// When the last tip note went out (`TIP_KEY`).
+    /// When the last tip note went out (`TIP_KEY`), and the one still under way.
     tip_noted: Mutex<Option<Instant>>,
+    note_in_flight: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The highest cut epoch whose changes are all in the bucket, and who waits for it.
     covered: Mutex<u64>,
     covered_cv: Condvar,
@@ -798,6 +800,7 @@ impl Checkpointer {
             tip_is_ours: AtomicBool::new(false),
             record_url: Mutex::new(None),
             tip_noted: Mutex::new(None),
+            note_in_flight: Mutex::new(None),
             covered: Mutex::new(0),
             covered_cv: Condvar::new(),
             wanted: Mutex::new(false),
@@ -940,7 +943,9 @@ impl Checkpointer {
             m
         };
         check_invariants(&m)?;
-        match self.put_manifest(&m, true) {
+        let put = self.put_manifest(&m, true);
+        self.settle_note();
+        match put {
             Ok(_) => {}
             // Not fenced: nothing was accepted yet. The caller may read the chain again.
             Err(StoreError::PreconditionFailed { .. }) => {
@@ -978,6 +983,7 @@ impl Checkpointer {
         let _one = self.running.lock();
         let started = Instant::now();
         let r = self.checkpoint_locked(clean_stop, commit_empty);
+        self.settle_note();
         let mut t = self.totals.lock();
         match &r {
             Ok(Some(_)) => {
@@ -1401,35 +1407,43 @@ impl Checkpointer {
     }
 
     /// PUTs manifest `m` if its key is free, and returns its length. Beside it, when one is
-    /// due (`TIP_EVERY`, or `always`), the tip note: the epoch before `m`'s, which this
-    /// writer's view holds and so is committed, whatever becomes of `m`. A note that fails
-    /// is only logged (a restore then lists more).
+    /// due (`TIP_EVERY`, or `always`) and none is under way, the tip note goes out: the
+    /// epoch before `m`'s, which this writer's view holds and so is committed, whatever
+    /// becomes of `m`. `settle_note` waits for it. A note that fails is only logged (a
+    /// restore then lists more).
     fn put_manifest(&self, m: &Manifest, always: bool) -> Result<u64, StoreError> {
         let body = Bytes::from(m.encode());
         let len = body.len() as u64;
-        let key = manifest_key(m.epoch);
-        let put = self.store.put(&key, body, PutMode::Create);
-        let noted = {
+        if m.epoch > 1 {
             let mut last = self.tip_noted.lock();
+            let mut in_flight = self.note_in_flight.lock();
             let due = always || last.is_none_or(|t| t.elapsed() >= TIP_EVERY);
-            if due && m.epoch > 1 {
+            if due && in_flight.as_ref().is_none_or(|h| h.is_finished()) {
                 *last = Some(Instant::now());
+                let (store, noted) = (self.store.clone(), m.epoch - 1);
+                *in_flight = Some(self.rt.spawn(async move {
+                    let body = Bytes::from(format!("{noted}\n"));
+                    if let Err(e) = store.put(TIP_KEY, body, PutMode::Overwrite).await {
+                        warn!(error = %e, "could not note the tip (a restore lists more manifests)");
+                    }
+                }));
             }
-            (due && m.epoch > 1).then(|| m.epoch - 1)
-        };
-        let Some(noted) = noted else {
-            return self.rt.block_on(put).map(|_| len);
-        };
-        let note = self.store.put(
-            TIP_KEY,
-            Bytes::from(format!("{noted}\n")),
-            PutMode::Overwrite,
-        );
-        let (put, note) = self.rt.block_on(futures_util::future::join(put, note));
-        if let Err(e) = note {
-            warn!(error = %e, "could not note the tip (a restore lists more manifests)");
         }
-        put.map(|_| len)
+        let key = manifest_key(m.epoch);
+        self.rt
+            .block_on(self.store.put(&key, body, PutMode::Create))
+            .map(|_| len)
+    }
+
+    /// Waits for the tip note under way, if any: after a checkpoint, once the fsyncs it
+    /// covers are released, so that the note (sent beside the manifest) delays at most the
+    /// next checkpoint, and a checkpoint is done, note and all, when it returns.
+    fn settle_note(&self) {
+        let note = self.note_in_flight.lock().take();
+        if let Some(note) = note {
+            // A note's task does not panic; if it did, only the note is lost.
+            let _ = self.rt.block_on(note);
+        }
     }
 
     /// After a 412 on manifest `key`: is the manifest there this writer's own (an earlier
@@ -1603,7 +1617,9 @@ impl Checkpointer {
         };
         let (m, next) = self.as_committed(&view, m);
         let base = next.is_some();
-        self.commit(&m)?;
+        let committed = self.commit(&m);
+        self.settle_note();
+        committed?;
         crate::failpoint::hit("compact-after-commit");
         self.apply_to_view(&m, next, None);
         self.collector.lock().catalog.insert(&m);
