@@ -318,7 +318,8 @@ fn log_field(log: &str, message: &str, key: &str) -> u64 {
 }
 
 fn report(s: &Settings, dir: &Path, local_tps: f64, b: &BucketRun, cold: &ColdStart) {
-    let repo = env!("CARGO_MANIFEST_DIR");
+    let checkout = common::checkout::checkout();
+    let repo = checkout.to_str().expect("a UTF-8 checkout path");
     let unknown = || "unknown".to_owned();
     let command = s.command();
     let date = output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(unknown);

@@ -75,6 +75,9 @@
 #                                  tests: benches/s3_server.rs, storing on the same disk) that
 #                                  adds this many ms to every request, as a bucket in the
 #                                  machine's region does
+#   COLD_LATENCY_MS=20             with S3_LATENCY_MS: the latency during the cold starts only
+#                                  (e.g. S3_LATENCY_MS=0 COLD_LATENCY_MS=20: a bucket that
+#                                  many fast commits filled, restored across a region's latency)
 #   S3_SERVER=...                  that server's binary, if built already (default: built here
 #                                  with `cargo bench --no-run`, which waits for any other cargo)
 #
@@ -122,6 +125,9 @@ for v in SCALE CLIENTS JOBS DURATION FIO_RUNTIME PORT REDIS_PORT SELECT_SCALE SE
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
 [ -z "$S3_LATENCY_MS" ] || [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number of milliseconds, got '$S3_LATENCY_MS'"
+COLD_LATENCY_MS="${COLD_LATENCY_MS:-}"
+[ -z "$COLD_LATENCY_MS" ] || [ -n "$S3_LATENCY_MS" ] || die "COLD_LATENCY_MS needs S3_LATENCY_MS (the S3 server)"
+[ -z "$COLD_LATENCY_MS" ] || [[ "$COLD_LATENCY_MS" =~ ^[0-9]+$ ]] || die "COLD_LATENCY_MS must be a whole number of milliseconds, got '$COLD_LATENCY_MS'"
 [ $((CLIENTS % JOBS)) -eq 0 ] || die "CLIENTS ($CLIENTS) must be a multiple of JOBS ($JOBS)"
 [[ "$FIO_SIZE" =~ ^[1-9][0-9]*[KMG]$ ]] || die "FIO_SIZE must look like 512M or 1G, got '$FIO_SIZE'"
 for t in $TARGETS; do
@@ -285,6 +291,12 @@ s3_stats() {
   grep '^stats ' "$SCRATCH/s3.out" | tail -1 |
     sed -n 's/.* gets=\([0-9]*\) get_bytes=\([0-9]*\).*/\1 \2/p' | grep . ||
     die "the S3 server did not answer stats; see $LOGS/s3.log"
+}
+
+# s3_latency ms: the S3 server's latency from now on (answered once the server holds it).
+s3_latency() {
+  echo "latency $1" >&8
+  s3_stats >/dev/null
 }
 
 # ---- the filesystems -------------------------------------------------------------------------
@@ -469,12 +481,14 @@ run_cold() { # target port
   # page cache.
   rm -rf "${SCRATCH:?}/$t/cache"
   drop_caches
+  case "$t" in bucketfs* | juicefs*) [ -z "$COLD_LATENCY_MS" ] || s3_latency "$COLD_LATENCY_MS" ;; esac
   t0="$(now)"
   fs_start "$t"
   pg_start "$t" "$DIR/pgdata"
   answer="$(as_pg "$PGBIN/psql" -p "$port" -XAtqc 'SELECT abalance FROM pgbench_accounts WHERE aid = 1' postgres)" ||
     fail_with_log "the first query on $t failed" "$LOGS/$t-postgres.log"
   COLD[$t]="$(seconds_since "$t0")"
+  [ -z "$COLD_LATENCY_MS" ] || s3_latency "$S3_LATENCY_MS"
   record "$t" cold "${COLD[$t]}"
   [[ "$answer" =~ ^-?[0-9]+$ ]] || fail_with_log "the first query on $t answered '$answer'" "$LOGS/$t-postgres.log"
   printf '    first query answered %s s after the start\n' "${COLD[$t]}"
@@ -597,7 +611,7 @@ CMDLINE="TARGETS='$TARGETS' WORKLOADS='$WORKLOADS' SCALE=$SCALE CLIENTS=$CLIENTS
 if runs select; then
   CMDLINE="$CMDLINE SELECT_SCALE=$SELECT_SCALE SELECT_CACHE=$SELECT_CACHE SELECT_DURATION=$SELECT_DURATION SELECT_WARMUP=$SELECT_WARMUP SELECT_SHARED_BUFFERS=$SELECT_SHARED_BUFFERS PG_MEMORY=$PG_MEMORY"
 fi
-CMDLINE="$CMDLINE${S3_LATENCY_MS:+ S3_LATENCY_MS=$S3_LATENCY_MS} benches/peers.sh"
+CMDLINE="$CMDLINE${S3_LATENCY_MS:+ S3_LATENCY_MS=$S3_LATENCY_MS}${COLD_LATENCY_MS:+ COLD_LATENCY_MS=$COLD_LATENCY_MS} benches/peers.sh"
 print_header() {
   echo "command:   $CMDLINE"
   echo "date:      $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -608,7 +622,7 @@ print_header() {
   if runs select; then echo "select:    pgbench -S on scale $SELECT_SCALE, read cache $SELECT_CACHE, shared_buffers=$SELECT_SHARED_BUFFERS, Postgres in a memory cgroup of $PG_MEMORY ($CG)"; fi
   local bucket="file:// bucket on the same disk" jstore="--storage file on the same disk"
   if [ -n "$S3_LATENCY_MS" ]; then
-    bucket="S3 bucket: s3s-fs on 127.0.0.1 (benches/s3_server.rs) storing on the same disk, $S3_LATENCY_MS ms added to every request"
+    bucket="S3 bucket: s3s-fs on 127.0.0.1 (benches/s3_server.rs) storing on the same disk, $S3_LATENCY_MS ms added to every request${COLD_LATENCY_MS:+ ($COLD_LATENCY_MS ms during the cold starts)}"
     jstore="--storage s3, the same S3 server"
   fi
   echo "bucketfs:  $(version_of bucketfs), git $GIT_REV, dev profile; $bucket${BUCKETFS_ARGS:+; $BUCKETFS_ARGS}"

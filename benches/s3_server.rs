@@ -8,8 +8,9 @@
 //! access key and secret (the tests' fixed ones, which open nothing but this server) as shell
 //! assignments on stdout, and serves until its standard input closes. Each line `stats` on its
 //! standard input is answered on stdout with `stats requests=N puts=N put_bytes=N gets=N
-//! get_bytes=N` (counted since it started). Without arguments (as a plain `cargo bench` runs
-//! every bench) it says how to use it and exits.
+//! get_bytes=N` (counted since it started); a line `latency MS` sets the latency from then on
+//! (lines are taken in order, so a `stats` after it answers once it holds). Without arguments
+//! (as a plain `cargo bench` runs every bench) it says how to use it and exits.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -60,9 +61,15 @@ fn main() {
     };
     for line in std::io::stdin().lines() {
         let Ok(line) = line else { break };
-        if line.trim() == "stats" {
+        let line = line.trim();
+        if line == "stats" {
             writeln!(out, "stats {}", counts()).expect("stdout");
             out.flush().expect("stdout");
+        } else if let Some(ms) = line.strip_prefix("latency ") {
+            match ms.parse::<u64>() {
+                Ok(ms) => f.latency_ms.store(ms, Ordering::SeqCst),
+                Err(_) => eprintln!("s3_server: `latency MS` needs a whole number, got {ms:?}"),
+            }
         }
     }
     eprintln!("s3_server: {}", counts());

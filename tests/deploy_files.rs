@@ -47,10 +47,11 @@ struct Files {
     guide: String,
 }
 
-/// The checkout, read at run time (`common::checkout` says why; this file has no `common`).
+#[path = "common/checkout.rs"]
+mod checkout;
+
 fn root() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+    checkout::checkout()
 }
 
 fn read(rel: &str) -> String {

@@ -247,7 +247,7 @@ fn run_pjdfstest(config: &Path, dir: &Path, secondary: &Path, output: &Path) -> 
 /// The cases docs/posix.md lists as failing on bucketfs for a reason that cannot be fixed:
 /// the first backquoted word of each row of its table.
 fn documented_exceptions() -> BTreeSet<String> {
-    let doc = common::checkout().join("docs/posix.md");
+    let doc = common::checkout::checkout().join("docs/posix.md");
     let text = fs::read_to_string(&doc).expect("read docs/posix.md");
     text.lines()
         .filter_map(|l| l.strip_prefix("| `"))

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::fs::{Fs, FsError, PathFilter, Restore, PAGE_SIZE};
 use crate::manifest::segment::SegmentBuilder;
@@ -57,12 +57,14 @@ pub fn manifest_key(epoch: u64) -> String {
 /// the whole prefix as before.
 pub const TIP_KEY: &str = "tip";
 
-/// At most one tip note in this long while commits go on (a clean stop and a takeover
-/// always note theirs): a restore then lists about this long's manifests, one LIST page
-/// below a thousand commits a second. The note goes out beside a manifest's PUT and is
-/// waited for only once the fsyncs the commit covers are released (`settle_note`), so it
-/// adds a request, not a wait on the commit path.
-const TIP_EVERY: Duration = Duration::from_secs(1);
+/// A tip note every this many epochs (and at every takeover and clean stop): opening the
+/// latest checkpoint then lists at most about this many manifests, half a LIST page, and
+/// the note costs a PUT per this many commits (under `--durability remote` at a hundred
+/// commits a second, one every five seconds; a mount with a checkpoint every few seconds
+/// rarely writes one but at its start and stop). The note goes out beside a manifest's
+/// PUT; the checkpointer waits for it after the commit has released the fsyncs it covers
+/// (`settle_note`), so it can delay the next checkpoint, not this one's fsyncs.
+const TIP_EVERY: u64 = 500;
 
 /// The epoch `TIP_KEY` notes, if it holds one.
 async fn read_tip(store: &dyn ReadStore) -> Option<u64> {
@@ -89,6 +91,25 @@ fn segment_key(epoch: u64, writer: &str, cut: u64, n: usize, wal: bool) -> Strin
 /// The epoch a manifest key names, if it is one.
 pub fn epoch_of_key(key: &str) -> Option<u64> {
     key.strip_prefix(MANIFESTS)?.parse().ok()
+}
+
+/// The epochs of the manifests the bucket holds above `after` (all of them with None), at
+/// or above `from`, in order.
+pub async fn list_epochs(
+    store: &dyn ReadStore,
+    after: Option<u64>,
+    from: u64,
+) -> Result<Vec<u64>, StoreError> {
+    let after = after.map(manifest_key);
+    let mut epochs: Vec<u64> = store
+        .list_after(MANIFESTS, after.as_deref())
+        .await?
+        .iter()
+        .filter_map(|m| epoch_of_key(&m.key))
+        .filter(|&e| e >= from)
+        .collect();
+    epochs.sort_unstable();
+    Ok(epochs)
 }
 
 #[derive(Clone, Debug)]
@@ -393,27 +414,15 @@ fn open_once(
         )
         .await;
         let boundary = boundary?;
-        let listed = |after: Option<u64>| async move {
-            let after = after.map(manifest_key);
-            let mut epochs: Vec<u64> = store
-                .list_after(MANIFESTS, after.as_deref())
-                .await?
-                .iter()
-                .filter_map(|m| epoch_of_key(&m.key))
-                .filter(|&e| e >= boundary)
-                .collect();
-            epochs.sort_unstable();
-            Ok::<_, CheckpointError>(epochs)
-        };
         // From the epoch before the note's (so that the noted one is listed too): empty only
         // if the note is past every manifest, which a note never is unless the prefix was
         // tampered with; then every manifest, as without one.
         let mut epochs = match tip.filter(|&t| t > 1) {
-            Some(t) => listed(Some(t.max(boundary).max(1) - 1)).await?,
+            Some(t) => list_epochs(store, Some(t.max(boundary).max(1) - 1), boundary).await?,
             None => Vec::new(),
         };
         if epochs.is_empty() {
-            epochs = listed(None).await?;
+            epochs = list_epochs(store, None, boundary).await?;
         }
         if epochs.is_empty() {
             return Ok(Opened {
@@ -758,9 +767,11 @@ pub struct Checkpointer {
     tip_is_ours: AtomicBool,
     /// The bucket URL recorded in the cache dir after each commit (unset in tests).
     record_url: Mutex<Option<String>>,
-    /// When the last tip note went out (`TIP_KEY`), and the one still under way.
-    tip_noted: Mutex<Option<Instant>>,
+    /// The epoch the last tip note named (`TIP_KEY`; 0: none yet), the one still under way,
+    /// and whether the last one failed (warned about once until one succeeds).
+    tip_noted: Mutex<u64>,
     note_in_flight: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    note_failing: Arc<AtomicBool>,
     /// The highest cut epoch whose changes are all in the bucket, and who waits for it.
     covered: Mutex<u64>,
     covered_cv: Condvar,
@@ -799,8 +810,9 @@ impl Checkpointer {
             fenced: AtomicBool::new(false),
             tip_is_ours: AtomicBool::new(false),
             record_url: Mutex::new(None),
-            tip_noted: Mutex::new(None),
+            tip_noted: Mutex::new(0),
             note_in_flight: Mutex::new(None),
+            note_failing: Arc::new(AtomicBool::new(false)),
             covered: Mutex::new(0),
             covered_cv: Condvar::new(),
             wanted: Mutex::new(false),
@@ -983,13 +995,14 @@ impl Checkpointer {
         let _one = self.running.lock();
         let started = Instant::now();
         let r = self.checkpoint_locked(clean_stop, commit_empty);
+        let took = started.elapsed();
         self.settle_note();
         let mut t = self.totals.lock();
         match &r {
             Ok(Some(_)) => {
                 t.last_commit_ms = now_ms();
                 t.last_error = None;
-                crate::metrics::global().checkpoint(started.elapsed());
+                crate::metrics::global().checkpoint(took);
             }
             Ok(None) => t.last_error = None,
             Err(e) => {
@@ -1407,28 +1420,34 @@ impl Checkpointer {
     }
 
     /// PUTs manifest `m` if its key is free, and returns its length. Beside it, when one is
-    /// due (`TIP_EVERY`, or `always`) and none is under way, the tip note goes out: the
-    /// epoch before `m`'s, which this writer's view holds and so is committed, whatever
-    /// becomes of `m`. `settle_note` waits for it. A note that fails is only logged (a
-    /// restore then lists more).
+    /// due (`TIP_EVERY` epochs since the last, or `always`), the tip note goes out: the epoch
+    /// before `m`'s, which this writer's view holds and so is committed, whatever becomes of
+    /// `m`. `settle_note` waits for it. A note that fails is only logged, once until one
+    /// succeeds (a restore then lists more).
     fn put_manifest(&self, m: &Manifest, always: bool) -> Result<u64, StoreError> {
         let body = Bytes::from(m.encode());
         let len = body.len() as u64;
-        if m.epoch > 1 {
-            let mut last = self.tip_noted.lock();
-            let mut in_flight = self.note_in_flight.lock();
-            let due = always || last.is_none_or(|t| t.elapsed() >= TIP_EVERY);
-            if due && in_flight.as_ref().is_none_or(|h| h.is_finished()) {
-                *last = Some(Instant::now());
-                let (store, noted) = (self.store.clone(), m.epoch - 1);
-                *in_flight = Some(self.rt.spawn(async move {
-                    let body = Bytes::from(format!("{noted}\n"));
-                    if let Err(e) = store.put(TIP_KEY, body, PutMode::Overwrite).await {
-                        warn!(error = %e, "could not note the tip (a restore lists more manifests)");
-                    }
-                }));
-            }
+        let noted = m.epoch.saturating_sub(1);
+        let mut last = self.tip_noted.lock();
+        if noted > 0 && (always || noted >= *last + TIP_EVERY) {
+            *last = noted;
+            let (store, failing) = (self.store.clone(), self.note_failing.clone());
+            let note = self.rt.spawn(async move {
+                let body = Bytes::from(format!("{noted}\n"));
+                match store.put(TIP_KEY, body, PutMode::Overwrite).await {
+                    Ok(_) => failing.store(false, Ordering::Release),
+                    Err(e) if !failing.swap(true, Ordering::AcqRel) => warn!(
+                        error = %e,
+                        "could not note the tip (a restore lists more manifests until a note \
+                         lands; not logged again until then)"
+                    ),
+                    Err(e) => debug!(error = %e, "could not note the tip"),
+                }
+            });
+            // Every caller holds `running` and settles before the next: none is under way.
+            *self.note_in_flight.lock() = Some(note);
         }
+        drop(last);
         let key = manifest_key(m.epoch);
         self.rt
             .block_on(self.store.put(&key, body, PutMode::Create))

@@ -25,7 +25,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
-use crate::checkpoint::{now_ms, open_bucket_at, CheckpointError, MANIFESTS};
+use crate::checkpoint::{now_ms, open_bucket_at, CheckpointError};
 use crate::fs::{Fetcher, PAGE_SIZE};
 use crate::manifest::view::{ExtentMap, View};
 use crate::store::ReadStore;
@@ -181,23 +181,15 @@ impl Follower {
     /// older ones the retention window keeps) and the GC state.
     pub fn poll(&self) -> Result<(), CheckpointError> {
         let known = self.state.lock().view.read().epoch;
-        let (mut epochs, boundary, oldest_retained) = self.rt.block_on(async {
+        let (epochs, boundary, oldest_retained) = self.rt.block_on(async {
             let boundary = crate::gc::read_boundary(&*self.store).await?;
-            let after = crate::checkpoint::manifest_key(known);
-            let epochs: Vec<u64> = self
-                .store
-                .list_after(MANIFESTS, Some(&after))
-                .await?
-                .iter()
-                .filter_map(|m| crate::checkpoint::epoch_of_key(&m.key))
-                .filter(|&e| e >= boundary)
-                .collect();
+            let epochs =
+                crate::checkpoint::list_epochs(&*self.store, Some(known), boundary).await?;
             let kept = crate::gc::read_state(&*self.store)
                 .await?
                 .map_or(0, |s| s.oldest_retained);
             Ok::<_, CheckpointError>((epochs, boundary, kept))
         })?;
-        epochs.sort_unstable();
         let (known, view) = {
             let s = self.state.lock();
             let epoch = s.view.read().epoch;

@@ -200,14 +200,14 @@ fn search_older(
     newest: u64,
     oldest_retained: u64,
 ) -> Result<Option<Located>, String> {
-    let mut epochs: Vec<u64> = rt
-        .block_on(store.list(crate::checkpoint::MANIFESTS))
-        .map_err(|e| e.to_string())?
-        .iter()
-        .filter_map(|m| crate::checkpoint::epoch_of_key(&m.key))
-        .filter(|&e| e >= oldest_retained && e < newest)
-        .collect();
-    epochs.sort_unstable();
+    let mut epochs = rt
+        .block_on(crate::checkpoint::list_epochs(
+            &**store,
+            None,
+            oldest_retained,
+        ))
+        .map_err(|e| e.to_string())?;
+    epochs.retain(|&e| e < newest);
     let open = |epoch: u64| -> Result<View, String> {
         open_bucket_at(&**store, rt, Some(At::Epoch(epoch)))
             .map(|o| o.view)

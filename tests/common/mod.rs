@@ -1,6 +1,7 @@
 //! Shared harness for tests that run the real `bucketfs` binary on a real FUSE mount.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod checkout;
 pub mod engine;
 pub mod moto;
 pub mod pg;
@@ -13,15 +14,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bucketfs");
-
-/// The checkout the tests run in. Cargo sets `CARGO_MANIFEST_DIR` when it runs a test, so
-/// this is read at run time: a test binary built in another checkout of the same commit and
-/// shared through `CARGO_TARGET_DIR` (cargo finds it fresh) would otherwise read that
-/// checkout's files, or none.
-pub fn checkout() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-}
 
 /// `PROPTEST_CASES` if set (`make test-long` sets it), else `default`: the case count of the
 /// model tests.
