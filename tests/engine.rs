@@ -2265,10 +2265,19 @@ fn opening_the_latest_checkpoint_lists_the_manifests_from_the_tip_note_not_all_o
         plan.most_gets_in_flight()
     );
     plan.set_latency(Duration::ZERO);
+    let damaged = {
+        let mut b = bucketfs::checkpoint::encode_tip(latest).to_vec();
+        b[2] ^= 1;
+        b
+    };
     for (note, what) in [
-        ("999999999\n", "past every manifest"),
-        ("not an epoch", "unreadable"),
-        ("3\n", "far behind"),
+        (
+            bucketfs::checkpoint::encode_tip(999_999_999).to_vec(),
+            "past every manifest",
+        ),
+        (damaged, "failing its checksum"),
+        (b"17\n".to_vec(), "in no format"),
+        (bucketfs::checkpoint::encode_tip(3).to_vec(), "far behind"),
     ] {
         rt.block_on(bucketfs::store::ObjectStore::put(
             &*store,

@@ -66,16 +66,37 @@ pub const TIP_KEY: &str = "tip";
 /// (`settle_note`), so it can delay the next checkpoint, not this one's fsyncs.
 const TIP_EVERY: u64 = 500;
 
-/// The epoch `TIP_KEY` notes, if it holds one.
+/// What `TIP_KEY` holds: JSON with a version, sealed with a crc32c as GC's objects are.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TipNote {
+    version: u32,
+    epoch: u64,
+}
+
+const TIP_VERSION: u32 = 1;
+
+/// The body of a tip note naming `epoch`.
+pub fn encode_tip(epoch: u64) -> Bytes {
+    crate::gc::seal_json(&TipNote {
+        version: TIP_VERSION,
+        epoch,
+    })
+}
+
+/// The epoch `TIP_KEY` notes, if it holds one this version can read.
 async fn read_tip(store: &dyn ReadStore) -> Option<u64> {
-    match store.get(TIP_KEY, None).await {
-        Ok(bytes) => std::str::from_utf8(&bytes).ok()?.trim().parse().ok(),
-        Err(StoreError::NotFound { .. }) => None,
-        Err(e) => {
-            warn!(error = %e, "could not read the tip note; listing every manifest");
-            None
-        }
-    }
+    let read = match store.get(TIP_KEY, None).await {
+        Ok(bytes) => crate::gc::unseal_json::<TipNote>(&bytes, TIP_KEY)
+            .map_err(|e| e.to_string())
+            .and_then(|n| match n.version {
+                TIP_VERSION => Ok(n.epoch),
+                v => Err(format!("version {v}, this bucketfs reads {TIP_VERSION}")),
+            }),
+        Err(StoreError::NotFound { .. }) => return None,
+        Err(e) => Err(e.to_string()),
+    };
+    read.map_err(|e| warn!(error = %e, "could not read the tip note; listing every manifest"))
+        .ok()
 }
 
 /// A segment's key names the bucket epoch it is for, the writer, and the local cut that made
@@ -1433,8 +1454,10 @@ impl Checkpointer {
             *last = noted;
             let (store, failing) = (self.store.clone(), self.note_failing.clone());
             let note = self.rt.spawn(async move {
-                let body = Bytes::from(format!("{noted}\n"));
-                match store.put(TIP_KEY, body, PutMode::Overwrite).await {
+                match store
+                    .put(TIP_KEY, encode_tip(noted), PutMode::Overwrite)
+                    .await
+                {
                     Ok(_) => failing.store(false, Ordering::Release),
                     Err(e) if !failing.swap(true, Ordering::AcqRel) => warn!(
                         error = %e,
