@@ -113,9 +113,10 @@ enum DataOp {
 #[derive(Clone, Copy, Debug)]
 enum Fault {
     None,
-    /// The segment upload fails (an outage opens right after the cut).
+    /// The segment upload fails (the bucket refuses writes from right after the cut).
     Upload,
-    /// The manifest commit fails (the outage opens once the segments are up).
+    /// The manifest commit fails (the bucket refuses writes once the segments are up).
+    /// Reads are answered throughout: a writer the cut woke may fill pages beside it.
     Commit,
     /// The manifest lands, but the answer is lost: the checkpoint reports failure, and the
     /// next one finds the epoch taken by its own earlier attempt.
@@ -787,7 +788,7 @@ impl Case {
                 }
                 match fault {
                     Fault::None => {}
-                    Fault::Upload | Fault::Commit => plan.set_outage(true),
+                    Fault::Upload | Fault::Commit => plan.refuse_writes(true),
                     Fault::LostAnswer => plan.lose_answers(1),
                 }
             })
@@ -802,7 +803,7 @@ impl Case {
         };
         *sut.slot.lock().expect("slot") = Some((at, action));
         let r = e.cp.checkpoint(false);
-        e.plan.set_outage(false);
+        e.plan.refuse_writes(false);
         e.plan.lose_answers(0);
         // A checkpoint that had nothing to upload stops before either step: the operations
         // meant for inside it happen after it.

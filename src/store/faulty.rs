@@ -1,7 +1,7 @@
 //! A fault-injecting wrapper for tests: transient errors at a rate, added latency, an outage
-//! that can be switched on and off, a hang, forced 412s on creates, and request counters.
-//! Every knob can be turned while the store is in use, so a test can open and close an outage
-//! window in the middle of a workload.
+//! (of every call, or of writes only) that can be switched on and off, a hang, forced 412s
+//! on creates, and request counters. Every knob can be turned while the store is in use, so
+//! a test can open and close an outage window in the middle of a workload.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -23,6 +23,8 @@ pub struct FaultPlan {
     latency: Mutex<Duration>,
     /// While set, every call fails with a transient error.
     outage: AtomicBool,
+    /// While set, every PUT and DELETE fails with a transient error; reads are answered.
+    writes_refused: AtomicBool,
     /// While true, calls wait (they neither fail nor succeed).
     hang: watch::Sender<bool>,
     /// The next N `Create` PUTs fail with 412, as if another writer had committed first.
@@ -54,6 +56,7 @@ impl Default for FaultPlan {
             error_rate: Mutex::new(0.0),
             latency: Mutex::new(Duration::ZERO),
             outage: AtomicBool::new(false),
+            writes_refused: AtomicBool::new(false),
             hang: watch::channel(false).0,
             forced_preconditions: AtomicU32::new(0),
             lost_answers: AtomicU32::new(0),
@@ -86,6 +89,7 @@ impl std::fmt::Debug for FaultPlan {
             .field("error_rate", &*self.error_rate.lock())
             .field("latency", &*self.latency.lock())
             .field("outage", &self.outage)
+            .field("writes_refused", &self.writes_refused)
             .field("counts", &self.counts())
             .finish_non_exhaustive()
     }
@@ -104,6 +108,11 @@ impl FaultPlan {
     }
     pub fn set_outage(&self, on: bool) {
         self.outage.store(on, Ordering::SeqCst);
+    }
+    /// An outage of the bucket's writes only: what a checkpoint uploads fails, while a
+    /// read that runs beside it (a writer's fill) is answered.
+    pub fn refuse_writes(&self, on: bool) {
+        self.writes_refused.store(on, Ordering::SeqCst);
     }
     pub fn set_hang(&self, on: bool) {
         self.hang.send_replace(on);
@@ -150,10 +159,13 @@ impl FaultyStore {
         let mut hang = self.plan.hang.subscribe();
         // Err only if the sender is gone, and the plan owns it: it cannot be.
         let _ = hang.wait_for(|h| !*h).await;
-        let fail = self.plan.outage.load(Ordering::SeqCst) || {
-            let rate = *self.plan.error_rate.lock();
-            rate > 0.0 && fastrand::f64() < rate
-        };
+        let write = matches!(op, "put" | "delete");
+        let fail = self.plan.outage.load(Ordering::SeqCst)
+            || (write && self.plan.writes_refused.load(Ordering::SeqCst))
+            || {
+                let rate = *self.plan.error_rate.lock();
+                rate > 0.0 && fastrand::f64() < rate
+            };
         if fail {
             return Err(StoreError::Transient {
                 op,
