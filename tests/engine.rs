@@ -2130,23 +2130,6 @@ fn a_checkpoint_cut_while_a_remote_fsync_syncs_locally_covers_it() {
 /// asking again, not the clock.
 #[test]
 fn a_remote_fsync_waits_out_an_outage_and_returns_once_its_bytes_are_in() {
-    use bucketfs::fs::RemoteSync;
-    struct Wired {
-        cp: Weak<bucketfs::checkpoint::Checkpointer>,
-    }
-    impl RemoteSync for Wired {
-        fn wait_committed(&self, epoch: u64) -> bucketfs::fs::Result<()> {
-            self.cp
-                .upgrade()
-                .expect("the checkpointer")
-                .wait_committed(epoch)
-        }
-        fn request(&self) {
-            if let Some(cp) = self.cp.upgrade() {
-                cp.request();
-            }
-        }
-    }
     let dirs = Dirs::new();
     let e = Engine::open(
         &dirs.cache(0),
@@ -2156,9 +2139,8 @@ fn a_remote_fsync_waits_out_an_outage_and_returns_once_its_bytes_are_in() {
             ..Options::default()
         },
     );
-    let remote: Arc<dyn RemoteSync> = Arc::new(Wired {
-        cp: Arc::downgrade(&e.cp),
-    });
+    // Wired as a mount wires it: the filesystem waits on the checkpointer itself.
+    let remote: Arc<dyn bucketfs::fs::RemoteSync> = e.cp.clone();
     e.fs.set_remote_sync(&remote);
     let stop = Arc::new(AtomicBool::new(false));
     let running = {
@@ -2293,6 +2275,56 @@ fn opening_the_latest_checkpoint_lists_the_manifests_from_the_tip_note_not_all_o
     // A restore into an empty cache dir reads the chain the windows fetched.
     let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
     assert_same("restored", &e.read_all(ino), &want);
+}
+
+/// A checkpoint opened by its epoch (a replica's search for a WAL segment the primary
+/// removed opens several, `--at` one) starts from its own manifest when the bucket holds it:
+/// nothing is listed. An epoch the bucket does not hold lists them, and opens the newest at
+/// or before it.
+#[test]
+fn opening_a_checkpoint_by_its_epoch_lists_no_manifest_when_the_bucket_holds_it() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    let mut sizes = Vec::new();
+    for round in 0..40u8 {
+        e.write(ino, 0, &pattern(round, 1 + usize::from(round)));
+        e.checkpoint();
+        sizes.push((e.cp.view().read().epoch, e.read_all(ino).len() as u64));
+    }
+    let latest = e.cp.view().read().epoch;
+    let (plan, store, rt) = counting_store(&dirs.bucket());
+    let at = |epoch: u64| {
+        bucketfs::checkpoint::open_bucket_at(
+            &*store,
+            rt.handle(),
+            Some(bucketfs::checkpoint::At::Epoch(epoch)),
+        )
+        .unwrap_or_else(|err| panic!("open epoch {epoch}: {err}"))
+        .view
+    };
+    for &(epoch, size) in [sizes[3], sizes[20], sizes[39]].iter() {
+        let view = at(epoch);
+        assert_eq!(view.epoch, epoch, "the checkpoint asked for");
+        assert_eq!(
+            view.inodes[&ino].size, size,
+            "epoch {epoch}: the file as it was then"
+        );
+    }
+    assert_eq!(
+        plan.counts().listed,
+        0,
+        "manifests listed to open three epochs"
+    );
+    assert_eq!(
+        at(latest + 5).epoch,
+        latest,
+        "an epoch past the tip opens the tip"
+    );
+    assert!(
+        plan.counts().listed >= sizes.len() as u64,
+        "the newest at or before an epoch the bucket lacks is found by listing"
+    );
 }
 
 /// A replica polls the bucket every second: each poll lists only the manifests after the

@@ -810,6 +810,10 @@ impl Case {
         let unreached = sut.slot.lock().expect("slot").take().is_some();
         let ok = r.is_ok();
         match (&r, fault) {
+            // Every checkpoint that reaches the fault PUTs a manifest after it.
+            (Ok(_), Fault::Upload | Fault::Commit) if !unreached => {
+                panic!("step {step}: a checkpoint committed while the bucket refused writes")
+            }
             (Ok(_), _) => {
                 self.committed = cut_of(&at_cut);
                 self.may_refuse = false;

@@ -422,25 +422,37 @@ fn open_once(
         }
         // Manifests below the GC boundary are not part of the bucket (a stalled writer may
         // have committed one after GC collected its epoch).
-        let (boundary, tip) = futures_util::future::join(
+        let (boundary, start) = futures_util::future::join(
             crate::gc::read_boundary(store),
-            // Only the latest checkpoint can start from the tip note; a point in time
-            // needs every epoch.
+            // The latest checkpoint starts from the tip note; an epoch, from its own manifest
+            // if the bucket holds it (a replica's WAL search opens several, and each would
+            // otherwise list every manifest). A point in time needs every epoch.
             async {
                 match at {
-                    None => read_tip(store).await,
-                    Some(_) => None,
+                    None => read_tip(store).await.filter(|&t| t > 1).map(Start::After),
+                    Some(At::Epoch(e)) => match store.head(&manifest_key(e)).await {
+                        Ok(Some(_)) => Some(Start::Exactly(e)),
+                        Ok(None) => None,
+                        Err(err) => {
+                            debug!(error = %err, epoch = e, "HEAD of the manifest failed; listing them");
+                            None
+                        }
+                    },
+                    Some(At::UnixMs(_)) => None,
                 }
             },
         )
         .await;
         let boundary = boundary?;
-        // From the epoch before the note's (so that the noted one is listed too): empty only
-        // if the note is past every manifest, which a note never is unless the prefix was
-        // tampered with; then every manifest, as without one.
-        let mut epochs = match tip.filter(|&t| t > 1) {
-            Some(t) => list_epochs(store, Some(t.max(boundary).max(1) - 1), boundary).await?,
-            None => Vec::new(),
+        let mut epochs = match start {
+            // From the epoch before the note's (so that the noted one is listed too): empty
+            // only if the note is past every manifest, which a note never is unless the prefix
+            // was tampered with; then every manifest, as without one.
+            Some(Start::After(t)) => {
+                list_epochs(store, Some(t.max(boundary).max(1) - 1), boundary).await?
+            }
+            Some(Start::Exactly(e)) if e >= boundary => vec![e],
+            _ => Vec::new(),
         };
         if epochs.is_empty() {
             epochs = list_epochs(store, None, boundary).await?;
@@ -525,6 +537,14 @@ fn open_once(
         }
         Ok(Opened { view, latest })
     })
+}
+
+/// Where an open starts instead of listing every manifest.
+enum Start {
+    /// List the manifests after this epoch (the tip note's, less one).
+    After(u64),
+    /// The epoch asked for, whose manifest is in the bucket: nothing to list.
+    Exactly(u64),
 }
 
 /// Manifests a restore fetches at once while it follows its chain back to a base. The same as
