@@ -334,7 +334,7 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
         }
     }
     let check = |key: &str, e: &crate::manifest::Extent, broken: &mut Vec<String>| {
-        match runs.get(&e.segment).map(|r| r.get(&e.run.offset)) {
+        match runs.get(&*e.segment).map(|r| r.get(&e.run.offset)) {
             None => broken.push(format!(
                 "{key}: extent of ino={} points into {}, which is missing or corrupt",
                 e.run.ino, e.segment

@@ -446,7 +446,7 @@ fn compaction_bounds_space_amplification_and_keeps_every_byte() {
     let view = e.cp.view();
     let segments: BTreeSet<String> = view.read().extents[&ino]
         .values()
-        .map(|(_, x)| x.segment.clone())
+        .map(|(_, x)| x.segment.to_string())
         .collect();
     assert!(
         segments.len() <= 5,
@@ -587,7 +587,7 @@ fn a_fetch_that_finds_its_segment_collected_reads_the_moved_view_again() {
 fn segments_of(e: &Engine, ino: u64) -> BTreeSet<String> {
     e.cp.view().read().extents[&ino]
         .values()
-        .map(|(_, x)| x.segment.clone())
+        .map(|(_, x)| x.segment.to_string())
         .collect()
 }
 

@@ -38,7 +38,7 @@ impl BucketFetcher {
 
 /// One ranged GET: runs of one segment in order.
 struct Get {
-    segment: String,
+    segment: Arc<str>,
     start: u64,
     end: u64,
     runs: Vec<RunUse>,
@@ -83,9 +83,7 @@ impl Fetcher for BucketFetcher {
                 .map(|m| m.values().map(|(_, e)| u64::from(e.run.stored_len)).sum())
                 .unwrap_or(0);
             let next = place.len();
-            let at = *place
-                .entry(first.map(|e| e.segment.as_str()))
-                .or_insert(next);
+            let at = *place.entry(first.map(|e| &*e.segment)).or_insert(next);
             order.push((at, first.map_or(0, |e| e.run.offset), stored, ino));
         }
         order.sort_unstable();
@@ -221,7 +219,7 @@ impl BucketFetcher {
         // Distinct runs, in segment order, with the pieces each one serves.
         let mut runs: HashMap<(&str, u64), RunUse> = HashMap::new();
         for (at, (_, _, _, e)) in pieces.iter().enumerate() {
-            runs.entry((e.segment.as_str(), e.run.offset))
+            runs.entry((&*e.segment, e.run.offset))
                 .or_insert_with(|| RunUse {
                     run: e.clone(),
                     pieces: Vec::new(),

@@ -15,6 +15,8 @@
 //! docs/checkpoints.md, "Copy-on-write at the cut", says why this replaced the copy.
 
 use std::collections::{HashMap, HashSet};
+
+use rustc_hash::FxHashSet;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -77,12 +79,12 @@ pub struct CutRun {
 struct Walked {
     /// Reached by a name outside `--local-only` paths (hard links once), or unlinked while
     /// open: their changes are uploaded.
-    seen: HashSet<u64>,
+    seen: FxHashSet<u64>,
     /// Reached under `--local-only` paths (those also in `seen` are uploaded all the same).
-    local_only: HashSet<u64>,
+    local_only: FxHashSet<u64>,
     /// Local-only files with pages only the bucket has: kept in its image without a name
     /// and without their changes.
-    nameless: HashSet<u64>,
+    nameless: FxHashSet<u64>,
 }
 
 /// The last cut's walk of the names, kept by the caller of `cut` for the next one. Walking
@@ -101,9 +103,9 @@ struct Names {
     dirents: Arc<Vec<CutDirent>>,
     wal: Arc<HashSet<u64>>,
     /// Reached by a name outside `--local-only` paths.
-    named: HashSet<u64>,
+    named: FxHashSet<u64>,
     /// Reached under `--local-only` paths.
-    local_only: HashSet<u64>,
+    local_only: FxHashSet<u64>,
 }
 
 /// Decides which paths are never uploaded (`--local-only`).
@@ -148,6 +150,7 @@ impl Fs {
             local_only,
             nameless,
         } = self.walk(filter, memo, &inodes, &mut cut)?;
+        cut.inodes.reserve_exact(seen.len() + nameless.len());
         // Local-only files are never uploaded, so nothing of theirs waits to be: forget
         // their dirty pages (a file with another, uploaded name is uploaded all the same).
         // That they were dropped is recorded: should the file leave its local-only path
@@ -226,7 +229,7 @@ impl Fs {
         // whose pages are not all in the cache dir stays the same way, without its changes:
         // its absent pages are the bucket's, and would read as zeros (and be lost when it
         // leaves the path) were the bucket's image to drop it.
-        let mut nameless = HashSet::new();
+        let mut nameless = FxHashSet::default();
         for (ino, inode) in inodes {
             let st = inode.state.lock();
             if st.attr.kind != FileKind::File || seen.contains(ino) {
@@ -251,8 +254,8 @@ impl Fs {
     fn walk_names(&self, filter: &dyn PathFilter, generation: u64) -> Result<Names> {
         let mut dirents = Vec::new();
         let mut wal_files = HashSet::new();
-        let mut seen = HashSet::new();
-        let mut local_only = HashSet::new();
+        let mut seen = FxHashSet::default();
+        let mut local_only = FxHashSet::default();
         let mut stack: Vec<(u64, Vec<u8>, bool, bool)> = vec![(ROOT_INO, Vec::new(), false, false)];
         seen.insert(ROOT_INO);
         while let Some((dir, path, excluded, wal)) = stack.pop() {
@@ -298,7 +301,7 @@ impl Fs {
     /// failure).
     fn take(
         &self,
-        seen: &HashSet<u64>,
+        seen: &FxHashSet<u64>,
         inodes: &HashMap<u64, Arc<Inode>>,
         max_run_pages: u32,
         cut: &mut Cut,
@@ -628,9 +631,10 @@ impl Fs {
     /// From then on the cache files' bytes stand for the bucket's: the caller has flushed
     /// them to the disk (`sync_cache_files`) since the cut.
     pub fn mark_clean(&self, cut: &Cut) -> Result<u64> {
-        let inodes = self.inode_snapshot();
+        // The inodes the cut touched, looked up one by one (not a copy of the whole map:
+        // under `--durability remote` this runs at every group commit).
         for (ino, _) in &cut.truncations {
-            if let Some(inode) = inodes.get(ino) {
+            if let Ok(inode) = self.inode(*ino) {
                 let mut st = inode.state.lock();
                 st.trunc_pending = None;
                 // The bucket has the cut's truncation now; what a crash must recover is only
@@ -647,7 +651,7 @@ impl Fs {
         let taken = &cut.taken;
         let mut cleaned = 0;
         for (ino, pages) in taken {
-            let Some(inode) = inodes.get(ino) else {
+            let Ok(inode) = self.inode(*ino) else {
                 continue; // deleted since the cut: its marks went with it
             };
             // Under the inode's lock, so a write cannot re-mark a page between our check and

@@ -48,7 +48,7 @@ pub fn live_bytes(view: &View) -> HashMap<String, u64> {
     let mut runs: HashMap<(&str, u64), (u64, u64, u64)> = HashMap::new();
     for map in view.extents.values() {
         for (start, (end, e)) in map {
-            let r = runs.entry((e.segment.as_str(), e.run.offset)).or_insert((
+            let r = runs.entry((&*e.segment, e.run.offset)).or_insert((
                 0,
                 u64::from(e.run.pages),
                 u64::from(e.run.stored_len),
@@ -128,7 +128,7 @@ pub async fn rewrite(
     let mut pieces: Vec<(u64, u64, u64, &Extent)> = Vec::new();
     for (ino, map) in &view.extents {
         for (start, (end, e)) in map {
-            if wanted.contains(e.segment.as_str()) {
+            if wanted.contains(&*e.segment) {
                 pieces.push((*ino, *start, *end, e));
             }
         }
@@ -151,10 +151,10 @@ pub async fn rewrite(
         segments.push((key, bytes));
     };
     for (ino, start, end, e) in pieces {
-        let data = match decoded.entry((e.segment.as_str(), e.run.offset)) {
+        let data = match decoded.entry((&*e.segment, e.run.offset)) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let object = &objects[e.segment.as_str()];
+                let object = &objects[&*e.segment];
                 let from = e.run.offset as usize;
                 let to = from + e.run.stored_len as usize;
                 let stored = object.get(from..to).ok_or_else(|| {

@@ -90,9 +90,11 @@ pub struct Summary {
 
 impl Summary {
     pub fn of(m: &Manifest) -> Summary {
-        let mut segments: Vec<String> = m.extents.iter().map(|e| e.segment.clone()).collect();
-        segments.sort_unstable();
-        segments.dedup();
+        // Deduplicated before they are copied: a base names every extent's segment.
+        let mut names: Vec<&str> = m.extents.iter().map(|e| &*e.segment).collect();
+        names.sort_unstable();
+        names.dedup();
+        let segments = names.into_iter().map(String::from).collect();
         Summary {
             epoch: m.epoch,
             parent: m.parent,
@@ -387,7 +389,7 @@ impl Collector {
         let mut live: HashSet<String> = view
             .extents
             .values()
-            .flat_map(|map| map.values().map(|(_, e)| e.segment.clone()))
+            .flat_map(|map| map.values().map(|(_, e)| e.segment.to_string()))
             .collect();
         for s in self
             .catalog

@@ -33,6 +33,7 @@ pub mod wire;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::Arc;
 
 use crate::fs::attr::{Attr, FileKind};
 use crate::fs::{MAX_FILE_SIZE, PAGE_SIZE};
@@ -80,7 +81,9 @@ impl FormatError {
 /// extent may cover only part of its run; a reader fetches and checks the whole run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Extent {
-    pub segment: String,
+    /// Shared: a manifest names few segments, in many extents, and views, bases and
+    /// summaries copy them.
+    pub segment: Arc<str>,
     pub run: RunLocation,
     pub first_page: u64,
     pub pages: u64,
@@ -88,11 +91,11 @@ pub struct Extent {
 
 impl Extent {
     /// An extent that is the whole of its run.
-    pub fn whole(segment: String, run: RunLocation) -> Extent {
+    pub fn whole(segment: impl Into<Arc<str>>, run: RunLocation) -> Extent {
         Extent {
             first_page: run.first_page,
             pages: u64::from(run.pages),
-            segment,
+            segment: segment.into(),
             run,
         }
     }
@@ -167,10 +170,10 @@ impl Manifest {
         w.u8(flags);
         // The segment table, in first-use order.
         let mut table: Vec<&str> = Vec::new();
-        let mut index = std::collections::HashMap::new();
+        let mut index = rustc_hash::FxHashMap::default();
         for e in &self.extents {
-            index.entry(e.segment.as_str()).or_insert_with(|| {
-                table.push(e.segment.as_str());
+            index.entry(&*e.segment).or_insert_with(|| {
+                table.push(&*e.segment);
                 (table.len() - 1) as u32
             });
         }
@@ -211,7 +214,7 @@ impl Manifest {
             w.u64(r.ino);
             w.u64(r.first_page);
             w.u32(r.pages);
-            w.u32(index[e.segment.as_str()]);
+            w.u32(index[&*e.segment]);
             w.u64(r.offset);
             w.u32(r.stored_len);
             w.u8(r.codec as u8);
@@ -304,7 +307,8 @@ impl Manifest {
             } else {
                 name
             };
-            table.push(String::from_utf8(name.to_vec()).map_err(|_| corrupt("segment key"))?);
+            let name = std::str::from_utf8(name).map_err(|_| corrupt("segment key"))?;
+            table.push(Arc::<str>::from(name));
         }
         let mut m = Manifest {
             epoch,
@@ -503,13 +507,13 @@ mod tests {
             unlinked: vec![(1, "old".into())],
             truncations: vec![(7, 4)],
             extents: vec![
-                Extent::whole("segments/a".into(), run(7, 0, 16)),
+                Extent::whole("segments/a", run(7, 0, 16)),
                 Extent {
                     first_page: 3,
                     pages: 1,
-                    ..Extent::whole("segments/b".into(), run(7, 2, 16))
+                    ..Extent::whole("segments/b", run(7, 2, 16))
                 },
-                Extent::whole("segments/a".into(), run(8, 0, 16400)),
+                Extent::whole("segments/a", run(8, 0, 16400)),
             ],
             ..Manifest::default()
         }
@@ -667,8 +671,8 @@ mod tests {
         }
         // Nothing inline: no extent may name an inline segment.
         let mut named = sample();
-        named.extents[0].segment = String::new();
-        named.extents[1].segment = crate::checkpoint::manifest_key(1);
+        named.extents[0].segment = "".into();
+        named.extents[1].segment = crate::checkpoint::manifest_key(1).into();
         let bytes = named.encode();
         assert_eq!(inline_range(&bytes, "k").unwrap(), Some(20..20));
         assert!(Manifest::decode(&bytes, "k").is_err());
@@ -717,7 +721,7 @@ mod tests {
         }
         // A version 1 manifest may not name an inline segment.
         let mut v1 = sample();
-        v1.extents[0].segment = String::new();
+        v1.extents[0].segment = "".into();
         assert!(Manifest::decode(&v1.encode_version(VERSION_PLAIN), "k").is_err());
     }
 }

@@ -1,9 +1,11 @@
 //! The filesystem as a chain of manifests describes it: what a restore builds, and what the
 //! checkpointer diffs a cut against to write a delta.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use super::{Extent, Manifest, ManifestDirent};
 use crate::fs::attr::{Attr, FileKind};
@@ -16,9 +18,11 @@ pub struct View {
     /// The epoch of the last manifest applied (0: none).
     pub epoch: u64,
     pub next_ino: u64,
-    pub inodes: HashMap<u64, Attr>,
+    /// Keyed by inode numbers, which this filesystem assigns: a fast hash (every checkpoint
+    /// looks up every inode here) needs no protection from chosen keys.
+    pub inodes: FxHashMap<u64, Attr>,
     pub dirents: BTreeMap<(u64, OsString), (u64, FileKind)>,
-    pub extents: HashMap<u64, ExtentMap>,
+    pub extents: FxHashMap<u64, ExtentMap>,
     /// Deltas applied since the last base (bounds the restore chain).
     pub deltas_since_base: u32,
 }
@@ -90,12 +94,9 @@ impl View {
     pub fn to_base(&self, epoch: u64, created_ms: u64, page_size: u32, writer: &str) -> Manifest {
         let mut inodes: Vec<Attr> = self.inodes.values().cloned().collect();
         inodes.sort_by_key(|a| a.ino);
-        let mut ext: Vec<(u64, u64)> = self
-            .extents
-            .iter()
-            .flat_map(|(ino, map)| map.keys().map(move |s| (*ino, *s)))
-            .collect();
-        ext.sort_unstable();
+        // By file, then by page: each file's map is in page order already.
+        let mut files: Vec<(&u64, &ExtentMap)> = self.extents.iter().collect();
+        files.sort_unstable_by_key(|(ino, _)| **ino);
         Manifest {
             epoch,
             parent: None,
@@ -114,15 +115,13 @@ impl View {
                     kind: *kind,
                 })
                 .collect(),
-            extents: ext
+            extents: files
                 .into_iter()
-                .map(|(ino, start)| {
-                    let (end, e) = &self.extents[&ino][&start];
-                    Extent {
-                        first_page: start,
-                        pages: end - start,
-                        ..(**e).clone()
-                    }
+                .flat_map(|(_, map)| map.iter())
+                .map(|(start, (end, e))| Extent {
+                    first_page: *start,
+                    pages: end - start,
+                    ..(**e).clone()
                 })
                 .collect(),
             ..Manifest::default()
@@ -217,7 +216,7 @@ mod tests {
                     .range(..=p as u64)
                     .next_back()
                     .filter(|(_, (end, _))| (p as u64) < *end)
-                    .map(|(_, (_, e))| e.segment.clone());
+                    .map(|(_, (_, e))| e.segment.to_string());
                 prop_assert_eq!(&got, want, "page {}", p);
             }
         }
