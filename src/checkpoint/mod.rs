@@ -1318,7 +1318,7 @@ impl Checkpointer {
             let mut one = parts.next().expect("something is open");
             parts.for_each(|b| one.append(b));
             let (bytes, runs) = one.finish();
-            let key = manifest_key(epoch);
+            let key: Arc<str> = manifest_key(epoch).into();
             sent.extents.extend(runs.into_iter().map(|mut r| {
                 r.offset += crate::manifest::INLINE_OFFSET;
                 Extent::whole(key.clone(), r)
@@ -1366,9 +1366,10 @@ impl Checkpointer {
             wal,
         } = upload;
         let key = segment_key(epoch, &self.writer, cut_no, sent.segments, wal);
+        let shared: Arc<str> = key.as_str().into();
         let (bytes, runs) = builder.finish();
         sent.extents
-            .extend(runs.into_iter().map(|r| Extent::whole(key.clone(), r)));
+            .extend(runs.into_iter().map(|r| Extent::whole(shared.clone(), r)));
         let len = bytes.len() as u64;
         sent.segments += 1;
         sent.bytes += len;

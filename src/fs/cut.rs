@@ -15,8 +15,6 @@
 //! docs/checkpoints.md, "Copy-on-write at the cut", says why this replaced the copy.
 
 use std::collections::{HashMap, HashSet};
-
-use rustc_hash::FxHashSet;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -25,6 +23,8 @@ use std::sync::Arc;
 
 use std::ops::Range;
 use std::path::Path;
+
+use rustc_hash::FxHashSet;
 
 use super::pageset::PageSet;
 use super::staging::Staging;

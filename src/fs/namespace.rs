@@ -182,7 +182,9 @@ impl Fs {
         match self.meta.commit(batch) {
             Ok(seq) => {
                 locked.committed(seq);
-                if let Some(inode) = self.inodes.read().get(&ino) {
+                // Out of the map before its lock (lock order: an inode's, then the map's).
+                let inode = self.inodes.read().get(&ino).cloned();
+                if let Some(inode) = inode {
                     inode.state.lock().meta_seq = seq;
                 }
                 Ok(attr)

@@ -5,6 +5,7 @@
 //! rule 6: rewrite, publish, then delete later).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::checkpoint::CheckpointError;
 use crate::fs::PAGE_SIZE;
@@ -146,8 +147,9 @@ pub async fn rewrite(
                 segments: &mut Vec<(String, Vec<u8>)>,
                 extents: &mut Vec<Extent>| {
         let key = key_of(segments.len());
+        let shared: Arc<str> = key.as_str().into();
         let (bytes, runs) = builder.finish();
-        extents.extend(runs.into_iter().map(|r| Extent::whole(key.clone(), r)));
+        extents.extend(runs.into_iter().map(|r| Extent::whole(shared.clone(), r)));
         segments.push((key, bytes));
     };
     for (ino, start, end, e) in pieces {
