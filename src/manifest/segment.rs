@@ -57,6 +57,8 @@ thread_local! {
 
 /// One zstd frame of `data` at `level`.
 fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    #[cfg(test)]
+    TRIES.set(TRIES.get() + 1);
     COMPRESSOR.with_borrow_mut(|kept| {
         let compressor = match kept {
             Some((l, c)) if *l == level => c,
@@ -64,6 +66,67 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
         };
         compressor.compress(data)
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Runs this thread tried to compress (tests count what the skipping saves).
+    static TRIES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes of a file that must fail to compress in a row before its runs are skipped, and the
+/// first skip; each further miss doubles the skip, up to `MOST_SKIPPED`.
+const FIRST_SKIP: usize = 256 * 1024;
+const MOST_SKIPPED: usize = 4 * 1024 * 1024;
+
+/// Whether the next run is worth a try at compressing. Bytes that do not compress (values
+/// compressed or encrypted before they reach Postgres, media, fio's random buffers) cost zstd
+/// CPU all the same and are then stored raw; on two cores that CPU is taken from the writes
+/// being served. So once a file's runs have failed to compress for 256 KiB in a row, its
+/// next 256 KiB are stored raw without a try, and each further miss doubles that, up to 4 MiB.
+/// A file that compresses is tried at every run; one whose runs mix (a page alone that does
+/// not, then runs that do) is reset by every run that compresses, so it is tried at every run
+/// too; one that starts to compress again is noticed within 4 MiB. A run of another file is
+/// always tried (the runs of a file come together in a cut).
+#[derive(Debug, Default)]
+struct Misses {
+    ino: u64,
+    /// Bytes tried in a row that did not compress.
+    missed: usize,
+    /// Skips since the last run that compressed.
+    skips: u32,
+    /// Bytes still to store raw without a try.
+    skip_bytes: usize,
+}
+
+impl Misses {
+    /// Whether to try `len` bytes of `ino` (if not, they count against the skip).
+    fn try_next(&mut self, ino: u64, len: usize) -> bool {
+        if ino != self.ino {
+            *self = Misses {
+                ino,
+                ..Misses::default()
+            };
+        }
+        if self.skip_bytes == 0 {
+            return true;
+        }
+        self.skip_bytes = self.skip_bytes.saturating_sub(len);
+        false
+    }
+
+    fn tried(&mut self, len: usize, compressed: bool) {
+        if compressed {
+            self.missed = 0;
+            self.skips = 0;
+            return;
+        }
+        self.missed = self.missed.saturating_add(len);
+        if self.missed >= FIRST_SKIP {
+            self.skip_bytes = (FIRST_SKIP << self.skips.min(8)).min(MOST_SKIPPED);
+            self.skips = self.skips.saturating_add(1);
+        }
+    }
 }
 
 /// Where one run of pages sits in a segment.
@@ -84,6 +147,7 @@ pub struct SegmentBuilder {
     runs: Vec<RunLocation>,
     /// zstd level for runs that compress well; None stores every run raw.
     zstd_level: Option<i32>,
+    misses: Misses,
 }
 
 impl Default for SegmentBuilder {
@@ -102,6 +166,7 @@ impl SegmentBuilder {
             buf: w.into_inner(),
             runs: Vec::new(),
             zstd_level: None,
+            misses: Misses::default(),
         }
     }
 
@@ -125,11 +190,16 @@ impl SegmentBuilder {
     /// Appends `pages` pages of inode `ino` starting at `first_page`; `data` is their bytes
     /// (the last page may be short at the end of a file).
     pub fn push_run(&mut self, ino: u64, first_page: u64, pages: u32, data: &[u8]) -> RunLocation {
-        let compressed = self.zstd_level.and_then(|level| {
-            compress(data, level)
-                .ok()
-                .filter(|c| worth_it(c.len(), data.len()))
-        });
+        let compressed = self
+            .zstd_level
+            .filter(|_| self.misses.try_next(ino, data.len()))
+            .and_then(|level| {
+                let c = compress(data, level)
+                    .ok()
+                    .filter(|c| worth_it(c.len(), data.len()));
+                self.misses.tried(data.len(), c.is_some());
+                c
+            });
         let (stored, codec) = match &compressed {
             Some(c) => (c.as_slice(), Codec::Zstd),
             None => (data, Codec::Raw),
@@ -384,6 +454,95 @@ mod tests {
         let mut short = t;
         short.pages = 1;
         assert!(decode_run(&short, stored(&t), "k").is_err());
+    }
+
+    /// `len` bytes that do not compress.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Packs `runs` (ino, bytes) into one compressing segment; returns each run's codec and
+    /// how many compressions were tried, after checking that every run reads back exact.
+    fn pack(runs: &[(u64, Vec<u8>)]) -> (Vec<Codec>, u64) {
+        let before = TRIES.get();
+        let mut b = SegmentBuilder::compressing(Some(1));
+        for (i, (ino, data)) in runs.iter().enumerate() {
+            let pages = data.len().div_ceil(PAGE_BYTES) as u32;
+            b.push_run(*ino, i as u64 * 64, pages, data);
+        }
+        let tries = TRIES.get() - before;
+        let (bytes, locs) = b.finish();
+        assert_eq!(verify_segment(&bytes, "k").unwrap(), locs);
+        for (loc, (_, data)) in locs.iter().zip(runs) {
+            let stored = &bytes[loc.offset as usize..][..loc.stored_len as usize];
+            assert_eq!(&decode_run(loc, stored, "k").unwrap(), data);
+        }
+        (locs.iter().map(|l| l.codec).collect(), tries)
+    }
+
+    #[test]
+    fn a_file_that_does_not_compress_is_tried_only_now_and_then() {
+        // 32 MiB of one file in runs of 256 KiB: 128 runs, every one stored raw.
+        let runs: Vec<_> = (0..128).map(|i| (5, noise(256 * 1024, i))).collect();
+        let (codecs, tries) = pack(&runs);
+        assert!(codecs.iter().all(|c| *c == Codec::Raw));
+        // Skips of 256 KiB doubling to 4 MiB: runs 0, 2, 5, 10, 19, 36, then one in 17.
+        assert!(
+            (6..=14).contains(&tries),
+            "{tries} of 128 incompressible runs tried"
+        );
+        // Small runs likewise, once 256 KiB of them did not compress: 2,048 of 8 KiB.
+        let runs: Vec<_> = (0..2048).map(|i| (6, noise(8192, i))).collect();
+        let (_, tries) = pack(&runs);
+        assert!(
+            (32..=48).contains(&tries),
+            "{tries} of 2048 small runs tried"
+        );
+    }
+
+    #[test]
+    fn runs_that_compress_are_compressed_after_runs_that_did_not() {
+        let text = |len: usize| -> Vec<u8> { (0..len).map(|i| b"pgbench row "[i % 12]).collect() };
+        // Another file is tried at once.
+        let mut runs: Vec<_> = (0..40).map(|i| (1, noise(256 * 1024, i))).collect();
+        runs.extend((0..4).map(|_| (2, text(256 * 1024))));
+        let (codecs, _) = pack(&runs);
+        assert!(codecs[..40].iter().all(|c| *c == Codec::Raw));
+        assert_eq!(codecs[40..], [Codec::Zstd; 4]);
+        // The same file, once it compresses again: within 4 MiB (16 runs), and from then on.
+        let mut runs: Vec<_> = (0..40).map(|i| (3, noise(256 * 1024, i))).collect();
+        runs.extend((0..40).map(|_| (3, text(256 * 1024))));
+        let (codecs, _) = pack(&runs);
+        let first = 40 + codecs[40..].iter().position(|c| *c == Codec::Zstd).unwrap();
+        assert!(first <= 40 + 16, "raw until run {first}");
+        assert!(codecs[first..].iter().all(|c| *c == Codec::Zstd));
+        // A file that compresses is tried at every run.
+        let runs: Vec<_> = (0..20).map(|_| (4, text(64 * 1024))).collect();
+        assert_eq!(pack(&runs), (vec![Codec::Zstd; 20], 20));
+        // One whose lone pages do not compress and whose longer runs do (random 8 KiB writes
+        // of one buffer, as fio's): every run is tried, every longer run compressed. (A
+        // first version skipped after any miss and stored these raw: more bytes uploaded.)
+        let page = noise(8192, 9);
+        let runs: Vec<_> = (0..200)
+            .map(|i| match i % 3 {
+                0 => (5, noise(8192, i)),
+                _ => (5, page.repeat(4)),
+            })
+            .collect();
+        let (codecs, tries) = pack(&runs);
+        assert_eq!(tries, 200);
+        for (i, c) in codecs.iter().enumerate() {
+            let want = if i % 3 == 0 { Codec::Raw } else { Codec::Zstd };
+            assert_eq!(*c, want, "run {i}");
+        }
     }
 
     #[test]
