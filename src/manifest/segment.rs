@@ -429,15 +429,7 @@ mod tests {
         let text: Vec<u8> = (0..3 * 8192u32)
             .map(|i| b"pgbench row "[i as usize % 12])
             .collect();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..8192)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = noise(8192, 0);
         let mut b = SegmentBuilder::compressing(Some(3));
         let t = b.push_run(1, 0, 3, &text);
         let n = b.push_run(2, 0, 1, &noise);
@@ -461,16 +453,8 @@ mod tests {
 
     /// `len` bytes that do not compress.
     fn noise(len: usize, seed: u64) -> Vec<u8> {
-        // Odd and distinct for each seed: xorshift never leaves 0.
-        let mut x = (seed * 2 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..len).map(|_| rng.u8(..)).collect()
     }
 
     /// Packs `runs` (ino, bytes) into one compressing segment; returns each run's codec and
