@@ -82,15 +82,15 @@ const MOST_SKIPPED: usize = 4 * 1024 * 1024;
 /// A file's runs that did not compress, for `SegmentBuilder::push_run` to stop trying them.
 /// Bytes that zstd cannot shrink by an eighth (values compressed or encrypted before they
 /// reach Postgres, media, fio's random buffers) cost it CPU all the same and are then stored
-/// raw, on the two cores that serve the writes. So once a file's runs have missed for 256 KiB
-/// in a row, its next 256 KiB are stored raw without a try, and each further miss doubles
-/// that, up to 4 MiB: a file that does not compress costs a try every few MiB (within one
-/// segment: the state is the builder's, so a small checkpoint saves nothing). A run that
-/// compresses resets it, so a file that compresses is tried at every run, and so is one whose
-/// lone pages miss beside longer runs that do not (fio's one buffer, repeated), as long as its
-/// misses in a row stay under 256 KiB. A file that compresses again is noticed within 4 MiB
-/// and a run; a run of another file is always tried (a file's runs come together in a cut and
-/// in a compaction).
+/// raw, on the cores that serve the writes. So once a file's runs have missed for 256 KiB in
+/// a row, its next 256 KiB are stored raw without a try, and each further miss doubles that,
+/// up to 4 MiB: a file that does not compress costs a try every few MiB. The state is the
+/// builder's, so it starts over with each segment (32 MiB by default), and less than 256 KiB
+/// of a file saves nothing. A run that compresses resets it: a file that compresses is tried
+/// at every run, and so is one whose lone pages miss beside longer runs that compress (fio's
+/// one buffer, repeated), as long as its misses in a row stay under 256 KiB. A file that
+/// compresses again is noticed within 4 MiB and a run; a run of another file is always tried
+/// (a file's runs come together in a cut and in a compaction).
 #[derive(Debug, Default)]
 struct Misses {
     ino: u64,
@@ -507,6 +507,19 @@ mod tests {
         let first = 40 + codecs[40..].iter().position(|c| *c == Codec::Zstd).unwrap();
         assert!(first <= 40 + 16, "raw until run {first}");
         assert!(codecs[first..].iter().all(|c| *c == Codec::Zstd));
+        // Then misses again: its skips start over from 256 KiB. Tried: runs 0, 2, 5, 10, 19
+        // and 36 of the noise; of the text, 53 (the first after the 4 MiB skip) to 59; of the
+        // noise after it, 60, 62, 65, 70 and 79. Skips that went on doubling from where they
+        // were would try 60 and 77 only.
+        let mut runs: Vec<_> = (0..40).map(|i| (3, noise(256 * 1024, i))).collect();
+        runs.extend((0..20).map(|_| (3, text(256 * 1024))));
+        runs.extend((0..20).map(|i| (3, noise(256 * 1024, 100 + i))));
+        assert_eq!(pack(&runs).1, 6 + 7 + 5);
+        // Another file's misses start from nothing: 31 lone pages of one file that did not
+        // compress (248 KiB), then two of another, both tried.
+        let mut runs: Vec<_> = (0..31).map(|i| (1, noise(8192, i))).collect();
+        runs.extend((0..2).map(|i| (2, noise(8192, 50 + i))));
+        assert_eq!(pack(&runs).1, 33);
         // A file that compresses is tried at every run.
         let runs: Vec<_> = (0..20).map(|_| (4, text(64 * 1024))).collect();
         assert_eq!(pack(&runs), (vec![Codec::Zstd; 20], 20));
