@@ -177,6 +177,7 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
         root_gid: args.gid.as_deref().map(resolve_group).transpose()?,
         fuse_threads: usize::from(args.fuse_threads),
         writeback_cache: !args.no_writeback_cache,
+        kernel_dirty: args.kernel_dirty,
         read_only: args.read_only,
         cache_size: args.cache_size,
         max_dirty: args.max_dirty,

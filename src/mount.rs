@@ -27,6 +27,8 @@ pub struct MountSettings {
     pub root_gid: Option<u32>,
     pub fuse_threads: usize,
     pub writeback_cache: bool,
+    /// `--kernel-dirty`: bytes written to the mount the kernel may hold (0: its own limit).
+    pub kernel_dirty: u64,
     /// The kernel refuses every change with EROFS (`--read-only`).
     pub read_only: bool,
     pub bucket: Option<crate::bucket::BucketSettings>,
@@ -43,6 +45,8 @@ const FS_NAME: &str = "bucketfs";
 
 /// What /proc/self/mountinfo says is mounted at a path.
 struct MountedFs {
+    /// MAJOR:MINOR of the filesystem's device (for FUSE, also the name of its bdi).
+    dev: String,
     fs_type: String,
     source: String,
 }
@@ -207,6 +211,9 @@ pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
     );
     let session = Session::new(adapter, &mountpoint, &config)
         .with_context(|| format!("mount {}", mountpoint.display()))?;
+    if settings.writeback_cache && !settings.read_only && settings.kernel_dirty > 0 {
+        raise_kernel_dirty_limit(&mountpoint, settings.kernel_dirty);
+    }
     info!(mountpoint = %mountpoint.display(), cache_dir = %fs.root().display(), "mounted");
     Ok(Mounted {
         session,
@@ -372,13 +379,15 @@ fn mounted_at(path: &Path) -> anyhow::Result<Option<MountedFs>> {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
-        let Some(point) = left.split(' ').nth(4) else {
+        let fields: Vec<&str> = left.split(' ').collect();
+        let (Some(dev), Some(point)) = (fields.get(2), fields.get(4)) else {
             continue;
         };
         if unescape_mountinfo(point) == want {
             // The last match is the one on top.
             let mut fields = right.split(' ');
             found = Some(MountedFs {
+                dev: (*dev).to_owned(),
                 fs_type: fields.next().unwrap_or_default().to_owned(),
                 source: fields.next().unwrap_or_default().to_owned(),
             });
@@ -405,6 +414,56 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// `--kernel-dirty`: lets the kernel hold up to `limit` bytes written to the mount in its page
+/// cache, as it would for a local disk, before writeback must send them to us. Its own limit
+/// for a FUSE mount is 1% of its dirty limit, enforced even when the machine holds little
+/// dirty data (the bdi's strict limit): about 50 MB on a 24 GiB machine, past which a writer
+/// waits while its pages reach us, random ones one request per page (docs/fuse-options.md).
+/// The strict limit stays: the mount never holds more than this. Failing to raise it (a
+/// read-only /sys in a container) costs speed, not correctness, so it is a warning.
+fn raise_kernel_dirty_limit(mountpoint: &Path, limit: u64) {
+    let raised = mounted_at(mountpoint).and_then(|m| {
+        let m = m.context("the new mount is not in /proc/self/mountinfo")?;
+        let bdi = Path::new("/sys/class/bdi").join(&m.dev);
+        set_bdi_max(&bdi, limit).with_context(|| format!("set the limits in {}", bdi.display()))
+    });
+    match raised {
+        Ok(BdiMax::Bytes(bytes)) => info!(
+            bytes,
+            "the kernel may hold this much written to the mount before sending it (--kernel-dirty)"
+        ),
+        Ok(BdiMax::WholeDirtyLimit) => info!(
+            asked = limit,
+            "--kernel-dirty is above the kernel's dirty limit: the mount may use all of it"
+        ),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "--kernel-dirty: could not raise the kernel's limit on data written to the mount and not yet sent to bucketfs; writes past 1% of its dirty limit wait for bucketfs")
+        }
+    }
+}
+
+/// What a bdi's dirty limit was set to.
+#[derive(Debug, PartialEq)]
+enum BdiMax {
+    Bytes(u64),
+    /// All of the kernel's dirty limit: the bytes asked for were more.
+    WholeDirtyLimit,
+}
+
+/// Sets the most dirty data the bdi at `bdi` (a /sys/class/bdi directory) may hold.
+fn set_bdi_max(bdi: &Path, bytes: u64) -> io::Result<BdiMax> {
+    // The kernel keeps the limit as a share of its current dirty limit and refuses a share
+    // above 100% with EINVAL.
+    match fs::write(bdi.join("max_bytes"), bytes.to_string()) {
+        Ok(()) => Ok(BdiMax::Bytes(bytes)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            fs::write(bdi.join("max_ratio"), "100")?;
+            Ok(BdiMax::WholeDirtyLimit)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn detach(path: &Path) -> io::Result<()> {

@@ -465,6 +465,65 @@ fn sparse_files_report_exact_holes_without_the_writeback_cache() {
     assert!(m.stop().success());
 }
 
+/// The directory in /sys/class/bdi of the mount at `mnt`: the kernel's writeback settings for
+/// it, named after its device (MAJOR:MINOR in mountinfo).
+fn bdi_of(mnt: &Path) -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.to_str().unwrap();
+    let dev = info
+        .lines()
+        .rev()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&want))
+        .map(|f| f[2].to_owned())
+        .expect("the mount is in mountinfo");
+    Path::new("/sys/class/bdi").join(dev)
+}
+
+fn read_number(path: &Path) -> u64 {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.trim().parse().unwrap()
+}
+
+#[test]
+fn kernel_dirty_sets_how_much_the_kernel_holds_before_sending_writes() {
+    // --kernel-dirty 0: the kernel's own limit for a FUSE mount, 1% of its dirty limit.
+    let dir = common::scratch();
+    let m = start(&dir, &["--kernel-dirty", "0"]);
+    assert_eq!(read_number(&bdi_of(&m.mnt).join("max_ratio")), 1);
+    assert!(m.stop().success());
+
+    // The default, 1 GiB. The kernel keeps it as a share of its dirty limit, which moves with
+    // free memory, and reads it back as bytes from that share; on a machine whose whole
+    // dirty limit is less, the mount gets all of it.
+    let dir = common::scratch();
+    let m = start(&dir, &[]);
+    let bdi = bdi_of(&m.mnt);
+    let ratio = read_number(&bdi.join("max_ratio"));
+    if ratio < 100 {
+        let bytes = read_number(&bdi.join("max_bytes"));
+        assert!(
+            (GIB / 2..=2 * GIB).contains(&bytes),
+            "max_bytes {bytes}, max_ratio {ratio}"
+        );
+        assert!(
+            m.log_text().contains("(--kernel-dirty)"),
+            "{}",
+            m.log_text()
+        );
+    } else {
+        assert!(m.log_text().contains("use all of it"), "{}", m.log_text());
+    }
+    assert!(m.stop().success());
+
+    // More than any machine's dirty limit: all of it.
+    let dir = common::scratch();
+    let m = start(&dir, &["--kernel-dirty", "1T"]);
+    assert_eq!(read_number(&bdi_of(&m.mnt).join("max_ratio")), 100);
+    assert!(m.log_text().contains("use all of it"), "{}", m.log_text());
+    assert!(m.stop().success());
+}
+
 #[test]
 fn posix_fallocate_extends_the_size_with_zeros() {
     let dir = common::scratch();

@@ -213,6 +213,15 @@ pub struct MountArgs {
     #[arg(long, env = "BUCKETFS_NO_WRITEBACK_CACHE")]
     pub no_writeback_cache: bool,
 
+    /// How much data written to the mount the kernel may hold in its page cache before it
+    /// must send it to bucketfs (e.g. 1G), as it does for a local disk. Its own limit for a
+    /// FUSE mount is 1% of its dirty limit: past it, writers wait while their pages reach
+    /// bucketfs one request at a time. A value above the kernel's dirty limit (vm.dirty_ratio
+    /// of the machine's memory) gives the mount all of it; 0 keeps the kernel's limit. fsync
+    /// is not affected: the kernel sends every dirty page of the file before it.
+    #[arg(long, default_value = "1G", value_parser = parse_size_or_zero, value_name = "BYTES", env = "BUCKETFS_KERNEL_DIRTY")]
+    pub kernel_dirty: u64,
+
     /// The object store that holds the filesystem: s3://NAME/PREFIX, or file:///PATH for a
     /// local directory. Default: s3://$BUCKET_NAME/DATABASE-NAME when BUCKET_NAME is set (as
     /// `fly storage create` sets it); else, for `mount`, no bucket (the filesystem lives in
@@ -592,6 +601,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?}: must be more than 0 and fit in 64 bits"))
 }
 
+/// A size as `parse_size`, or 0 where 0 means "none of ours".
+fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    match s.trim() {
+        "0" => Ok(0),
+        _ => parse_size(s),
+    }
+}
+
 /// "500ms", "5s", "2m", "1h", or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
@@ -654,6 +671,9 @@ mod tests {
         assert!(parse_size("12X").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_size_or_zero("0"), Ok(0));
+        assert_eq!(parse_size_or_zero("1G"), Ok(1 << 30));
+        assert!(parse_size_or_zero("-1").is_err());
     }
 
     #[test]
