@@ -130,6 +130,12 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
             bail!("--cache-size {size}: at least 16M (the cache works in 256 KiB chunks, and reads in flight need room)");
         }
     }
+    if args.kernel_dirty != 0 && args.kernel_dirty < 16 << 20 {
+        bail!(
+            "--kernel-dirty {}: 0 (the kernel's own limit) or at least 16M",
+            args.kernel_dirty
+        );
+    }
     if args.max_dirty < 16 << 20 {
         bail!(
             "--max-dirty {}: at least 16M (a single checkpoint's worth of writes must fit)",

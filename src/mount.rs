@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -379,17 +379,17 @@ fn mounted_at(path: &Path) -> anyhow::Result<Option<MountedFs>> {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
-        let fields: Vec<&str> = left.split(' ').collect();
-        let (Some(dev), Some(point)) = (fields.get(2), fields.get(4)) else {
+        let mount: Vec<&str> = left.split(' ').collect();
+        let (Some(dev), Some(point)) = (mount.get(2), mount.get(4)) else {
             continue;
         };
         if unescape_mountinfo(point) == want {
             // The last match is the one on top.
-            let mut fields = right.split(' ');
+            let mut super_block = right.split(' ');
             found = Some(MountedFs {
                 dev: (*dev).to_owned(),
-                fs_type: fields.next().unwrap_or_default().to_owned(),
-                source: fields.next().unwrap_or_default().to_owned(),
+                fs_type: super_block.next().unwrap_or_default().to_owned(),
+                source: super_block.next().unwrap_or_default().to_owned(),
             });
         }
     }
@@ -416,13 +416,14 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
     out
 }
 
-/// `--kernel-dirty`: lets the kernel hold up to `limit` bytes written to the mount in its page
-/// cache, as it would for a local disk, before writeback must send them to us. Its own limit
-/// for a FUSE mount is 1% of its dirty limit, enforced even when the machine holds little
-/// dirty data (the bdi's strict limit): about 50 MB on a 24 GiB machine, past which a writer
-/// waits while its pages reach us, random ones one request per page (docs/fuse-options.md).
-/// The strict limit stays: the mount never holds more than this. Failing to raise it (a
-/// read-only /sys in a container) costs speed, not correctness, so it is a warning.
+/// `--kernel-dirty`: lets the kernel hold about `limit` bytes written to the mount in its page
+/// cache before writeback must send them to us. Its own limit for a FUSE mount is 1% of its
+/// dirty limit (about 50 MB on a 24 GiB machine), enforced even when the machine holds little
+/// dirty data (the bdi's strict limit): close to it a writer waits while its pages reach us,
+/// random ones in small requests (docs/fuse-options.md). The kernel keeps the limit as a share
+/// of its dirty limit at this moment, so the bytes move with free memory later; the strict
+/// limit stays. Failing to raise it (a kernel before 6.2, no root, a read-only /sys in a
+/// container) costs speed, not correctness, so it is a warning.
 fn raise_kernel_dirty_limit(mountpoint: &Path, limit: u64) {
     let raised = mounted_at(mountpoint).and_then(|m| {
         let m = m.context("the new mount is not in /proc/self/mountinfo")?;
@@ -432,14 +433,14 @@ fn raise_kernel_dirty_limit(mountpoint: &Path, limit: u64) {
     match raised {
         Ok(BdiMax::Bytes(bytes)) => info!(
             bytes,
-            "the kernel may hold this much written to the mount before sending it (--kernel-dirty)"
+            "the kernel may hold about this much written to the mount before sending it (--kernel-dirty)"
         ),
-        Ok(BdiMax::WholeDirtyLimit) => info!(
+        Ok(BdiMax::HalfDirtyLimit) => info!(
             asked = limit,
-            "--kernel-dirty is above the kernel's dirty limit: the mount may use all of it"
+            "--kernel-dirty is more than half the kernel's dirty limit: the mount may hold half of it"
         ),
         Err(e) => {
-            warn!(error = %format!("{e:#}"), "--kernel-dirty: could not raise the kernel's limit on data written to the mount and not yet sent to bucketfs; writes past 1% of its dirty limit wait for bucketfs")
+            warn!(error = %format!("{e:#}"), "--kernel-dirty: could not raise the kernel's limit on data written to the mount and not yet sent to bucketfs (needs Linux 6.2+, root and a writable /sys); writes past 1% of the kernel's dirty limit wait for bucketfs")
         }
     }
 }
@@ -448,22 +449,44 @@ fn raise_kernel_dirty_limit(mountpoint: &Path, limit: u64) {
 #[derive(Debug, PartialEq)]
 enum BdiMax {
     Bytes(u64),
-    /// All of the kernel's dirty limit: the bytes asked for were more.
-    WholeDirtyLimit,
+    /// Half of the kernel's dirty limit: the bytes asked for were more. The other half is
+    /// left to the cache dir's disk, where bucketfs writes what the mount sends it.
+    HalfDirtyLimit,
 }
 
 /// Sets the most dirty data the bdi at `bdi` (a /sys/class/bdi directory) may hold.
 fn set_bdi_max(bdi: &Path, bytes: u64) -> io::Result<BdiMax> {
-    // The kernel keeps the limit as a share of its current dirty limit and refuses a share
-    // above 100% with EINVAL.
-    match fs::write(bdi.join("max_bytes"), bytes.to_string()) {
-        Ok(()) => Ok(BdiMax::Bytes(bytes)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            fs::write(bdi.join("max_ratio"), "100")?;
-            Ok(BdiMax::WholeDirtyLimit)
-        }
-        Err(e) => Err(e),
+    // Opened without O_CREAT: a kernel without the file answers ENOENT, not EACCES.
+    let write = |name: &str, value: &str| {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(bdi.join(name))?
+            .write_all(value.as_bytes())
+    };
+    // The kernel keeps the bytes as a share of its dirty limit (a share above 100% is EINVAL).
+    let vmstat = fs::read_to_string("/proc/vmstat")?;
+    let threshold = vmstat_value(&vmstat, "nr_dirty_threshold")
+        .ok_or_else(|| io::Error::other("/proc/vmstat has no nr_dirty_threshold"))?
+        .saturating_mul(page_size());
+    if bytes > threshold / 2 {
+        write("max_ratio", "50")?;
+        return Ok(BdiMax::HalfDirtyLimit);
     }
+    write("max_bytes", &bytes.to_string())?;
+    Ok(BdiMax::Bytes(bytes))
+}
+
+/// The value of `key` in the text of /proc/vmstat.
+fn vmstat_value(vmstat: &str, key: &str) -> Option<u64> {
+    vmstat.lines().find_map(|line| {
+        let (name, value) = line.split_once(' ')?;
+        (name == key).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 fn detach(path: &Path) -> io::Result<()> {
@@ -530,7 +553,7 @@ fn raise_fd_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::{session_end, unescape_mountinfo};
+    use super::{session_end, unescape_mountinfo, vmstat_value};
     use std::io;
 
     #[test]
@@ -540,6 +563,15 @@ mod tests {
         assert!(session_end(Ok(())).is_ok());
         let other = io::Error::from_raw_os_error(libc::EINVAL);
         assert!(session_end(Err(other)).is_err());
+    }
+
+    #[test]
+    fn vmstat_values_by_name() {
+        let text =
+            "nr_dirty 12\nnr_dirty_threshold 1206950\nnr_dirty_background_threshold 602741\n";
+        assert_eq!(vmstat_value(text, "nr_dirty_threshold"), Some(1_206_950));
+        assert_eq!(vmstat_value(text, "nr_dirty"), Some(12));
+        assert_eq!(vmstat_value(text, "nr_dirtied"), None);
     }
 
     #[test]

@@ -382,6 +382,10 @@ fn options_that_cannot_work_together_or_parse_are_refused_before_mounting() {
     assert_eq!(code, Some(1), "{err}");
     assert_mentions(&err, &["--max-dirty", "at least 16M"]);
 
+    let (code, err) = mount_with(&["--kernel-dirty", "4K"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_mentions(&err, &["--kernel-dirty", "at least 16M"]);
+
     // The endpoint has no authentication: loopback only.
     let (code, err) = mount_with(&["--metrics-addr", "0.0.0.0:9187"]);
     assert_eq!(code, Some(1), "{err}");

@@ -213,12 +213,13 @@ pub struct MountArgs {
     #[arg(long, env = "BUCKETFS_NO_WRITEBACK_CACHE")]
     pub no_writeback_cache: bool,
 
-    /// How much data written to the mount the kernel may hold in its page cache before it
-    /// must send it to bucketfs (e.g. 1G), as it does for a local disk. Its own limit for a
-    /// FUSE mount is 1% of its dirty limit: past it, writers wait while their pages reach
-    /// bucketfs one request at a time. A value above the kernel's dirty limit (vm.dirty_ratio
-    /// of the machine's memory) gives the mount all of it; 0 keeps the kernel's limit. fsync
-    /// is not affected: the kernel sends every dirty page of the file before it.
+    /// About how much data written to the mount the kernel may hold in its page cache before
+    /// it must send it to bucketfs (0, or at least 16M). The kernel's own limit for a FUSE
+    /// mount is 1% of its dirty limit (vm.dirty_ratio of free and cached memory): close to
+    /// it, writers wait while their pages reach bucketfs in small requests. It keeps this
+    /// value as a share of its dirty limit at mount, at most half (more asks for half); 0
+    /// keeps the kernel's limit. Needs Linux 6.2+ and root (else a warning). fsync still
+    /// sends every dirty page of the file before it returns, so it may have more to send.
     #[arg(long, default_value = "1G", value_parser = parse_size_or_zero, value_name = "BYTES", env = "BUCKETFS_KERNEL_DIRTY")]
     pub kernel_dirty: u64,
 
@@ -601,12 +602,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?}: must be more than 0 and fit in 64 bits"))
 }
 
-/// A size as `parse_size`, or 0 where 0 means "none of ours".
+/// A size as `parse_size`, or zero (in any unit) for an option where 0 turns it off.
 fn parse_size_or_zero(s: &str) -> Result<u64, String> {
-    match s.trim() {
-        "0" => Ok(0),
-        _ => parse_size(s),
+    let t = s.trim();
+    let unit = t.trim_start_matches(|c: char| c.is_ascii_digit());
+    let digits = &t[..t.len() - unit.len()];
+    if !digits.is_empty() && digits.bytes().all(|b| b == b'0') {
+        // The unit must still be one.
+        return parse_size(&format!("1{unit}")).map(|_| 0);
     }
+    parse_size(s)
 }
 
 /// "500ms", "5s", "2m", "1h", or a plain number of seconds.
@@ -672,6 +677,9 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999T").is_err());
         assert_eq!(parse_size_or_zero("0"), Ok(0));
+        assert_eq!(parse_size_or_zero("0M"), Ok(0));
+        assert!(parse_size_or_zero("0X").is_err());
+        assert!(parse_size_or_zero("").is_err());
         assert_eq!(parse_size_or_zero("1G"), Ok(1 << 30));
         assert!(parse_size_or_zero("-1").is_err());
     }

@@ -48,6 +48,21 @@ pub fn is_mounted(path: &Path) -> bool {
     })
 }
 
+/// The directory in /sys/class/bdi of the mount at `mnt`: the kernel's writeback settings for
+/// it, named after its device (MAJOR:MINOR in mountinfo).
+pub fn bdi_of(mnt: &Path) -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    let want = mnt.to_str().expect("test paths are UTF-8");
+    let dev = info
+        .lines()
+        .rev()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&want))
+        .map(|f| f[2].to_owned())
+        .expect("the mount is in mountinfo");
+    Path::new("/sys/class/bdi").join(dev)
+}
+
 /// A running `bucketfs mount`, with its mountpoint and cache dir.
 pub struct Mount {
     pub mnt: PathBuf,
