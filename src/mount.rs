@@ -212,7 +212,7 @@ pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
     let session = Session::new(adapter, &mountpoint, &config)
         .with_context(|| format!("mount {}", mountpoint.display()))?;
     if settings.writeback_cache && !settings.read_only && settings.kernel_dirty > 0 {
-        raise_kernel_dirty_limit(&mountpoint, settings.kernel_dirty);
+        set_kernel_dirty_limit(&mountpoint, settings.kernel_dirty);
     }
     info!(mountpoint = %mountpoint.display(), cache_dir = %fs.root().display(), "mounted");
     Ok(Mounted {
@@ -416,64 +416,87 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
     out
 }
 
-/// `--kernel-dirty`: lets the kernel hold about `limit` bytes written to the mount in its page
-/// cache before writeback must send them to us. Its own limit for a FUSE mount is 1% of its
-/// dirty limit (about 50 MB on a 24 GiB machine), enforced even when the machine holds little
-/// dirty data (the bdi's strict limit): close to it a writer waits while its pages reach us,
-/// random ones in small requests (docs/fuse-options.md). The kernel keeps the limit as a share
-/// of its dirty limit at this moment, so the bytes move with free memory later; the strict
-/// limit stays. Failing to raise it (a kernel before 6.2, no root, a read-only /sys in a
-/// container) costs speed, not correctness, so it is a warning.
-fn raise_kernel_dirty_limit(mountpoint: &Path, limit: u64) {
-    let raised = mounted_at(mountpoint).and_then(|m| {
+/// `--kernel-dirty`: lets the kernel hold up to about `limit` bytes written to the mount in its
+/// page cache before writeback must send them to us. Its own limit for a FUSE mount is 1% of
+/// its dirty limit (about 50 MB on a 24 GiB machine), enforced even when the machine holds
+/// little dirty data (the bdi's strict limit): close to it a writer waits while its pages
+/// reach us, random ones in small requests (docs/fuse-options.md). The kernel keeps the limit
+/// as a share of its dirty limit at this moment, so the bytes move with free memory later, and
+/// it is a ceiling on the mount's share of writeback, not a reservation; the strict limit
+/// stays. Failing to set it (no root, a read-only /sys in a container, a kernel before 6.2
+/// for `max_bytes`) costs speed, not correctness, so it is a warning.
+fn set_kernel_dirty_limit(mountpoint: &Path, limit: u64) {
+    let set = mounted_at(mountpoint).and_then(|m| {
         let m = m.context("the new mount is not in /proc/self/mountinfo")?;
+        let threshold = dirty_threshold().context("read the kernel's dirty limit")?;
         let bdi = Path::new("/sys/class/bdi").join(&m.dev);
-        set_bdi_max(&bdi, limit).with_context(|| format!("set the limits in {}", bdi.display()))
+        set_bdi_max(&bdi, limit, threshold)
     });
-    match raised {
+    match set {
         Ok(BdiMax::Bytes(bytes)) => info!(
             bytes,
-            "the kernel may hold about this much written to the mount before sending it (--kernel-dirty)"
+            "the kernel may hold up to about this much written to the mount before sending it (--kernel-dirty)"
         ),
-        Ok(BdiMax::HalfDirtyLimit) => info!(
+        Ok(BdiMax::HalfDirtyLimit(bytes)) => info!(
             asked = limit,
+            bytes,
             "--kernel-dirty is more than half the kernel's dirty limit: the mount may hold half of it"
         ),
+        Ok(BdiMax::KernelsOwn(bytes)) => info!(
+            asked = limit,
+            bytes,
+            "--kernel-dirty is less than the kernel's own limit for the mount, which stays"
+        ),
         Err(e) => {
-            warn!(error = %format!("{e:#}"), "--kernel-dirty: could not raise the kernel's limit on data written to the mount and not yet sent to bucketfs (needs Linux 6.2+, root and a writable /sys); writes past 1% of the kernel's dirty limit wait for bucketfs")
+            warn!(error = %format!("{e:#}"), "--kernel-dirty: could not set the kernel's limit on data written to the mount and not yet sent to bucketfs (needs root and a writable /sys); writes past 1% of the kernel's dirty limit wait for bucketfs. --kernel-dirty 0 leaves the kernel's limit without trying")
         }
     }
 }
 
-/// What a bdi's dirty limit was set to.
+/// What a bdi's dirty limit was set to, in bytes at the time.
 #[derive(Debug, PartialEq)]
 enum BdiMax {
     Bytes(u64),
-    /// Half of the kernel's dirty limit: the bytes asked for were more. The other half is
-    /// left to the cache dir's disk, where bucketfs writes what the mount sends it.
-    HalfDirtyLimit,
+    /// Half of the kernel's dirty limit, as the bytes asked for were more: at most half, so
+    /// that the other half stays for the cache dir's disk, where bucketfs writes what the
+    /// mount sends it.
+    HalfDirtyLimit(u64),
+    /// The kernel's own limit (1% of its dirty limit) was already more than asked.
+    KernelsOwn(u64),
 }
 
-/// Sets the most dirty data the bdi at `bdi` (a /sys/class/bdi directory) may hold.
-fn set_bdi_max(bdi: &Path, bytes: u64) -> io::Result<BdiMax> {
+/// Sets the most dirty data the bdi at `bdi` (a /sys/class/bdi directory) may hold to `bytes`
+/// (within 1% to 50% of `threshold`, the kernel's dirty limit in bytes).
+fn set_bdi_max(bdi: &Path, bytes: u64, threshold: u64) -> anyhow::Result<BdiMax> {
     // Opened without O_CREAT: a kernel without the file answers ENOENT, not EACCES.
-    let write = |name: &str, value: &str| {
+    let write = |name: &str, value: &str| -> anyhow::Result<()> {
+        let path = bdi.join(name);
         fs::OpenOptions::new()
             .write(true)
-            .open(bdi.join(name))?
-            .write_all(value.as_bytes())
+            .open(&path)
+            .and_then(|mut f| f.write_all(value.as_bytes()))
+            .with_context(|| format!("write {value} to {}", path.display()))
     };
     // The kernel keeps the bytes as a share of its dirty limit (a share above 100% is EINVAL).
-    let vmstat = fs::read_to_string("/proc/vmstat")?;
-    let threshold = vmstat_value(&vmstat, "nr_dirty_threshold")
-        .ok_or_else(|| io::Error::other("/proc/vmstat has no nr_dirty_threshold"))?
-        .saturating_mul(page_size());
     if bytes > threshold / 2 {
         write("max_ratio", "50")?;
-        return Ok(BdiMax::HalfDirtyLimit);
+        return Ok(BdiMax::HalfDirtyLimit(threshold / 2));
+    }
+    if bytes <= threshold / 100 {
+        return Ok(BdiMax::KernelsOwn(threshold / 100));
     }
     write("max_bytes", &bytes.to_string())?;
     Ok(BdiMax::Bytes(bytes))
+}
+
+/// The kernel's dirty limit in bytes (`nr_dirty_threshold` in /proc/vmstat, in pages).
+fn dirty_threshold() -> io::Result<u64> {
+    let vmstat = fs::read_to_string("/proc/vmstat")?;
+    let pages = vmstat_value(&vmstat, "nr_dirty_threshold")
+        .ok_or_else(|| io::Error::other("/proc/vmstat has no nr_dirty_threshold"))?;
+    // SAFETY: sysconf has no preconditions.
+    let kernel_page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    Ok(pages.saturating_mul(kernel_page))
 }
 
 /// The value of `key` in the text of /proc/vmstat.
@@ -482,11 +505,6 @@ fn vmstat_value(vmstat: &str, key: &str) -> Option<u64> {
         let (name, value) = line.split_once(' ')?;
         (name == key).then(|| value.trim().parse().ok()).flatten()
     })
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 fn detach(path: &Path) -> io::Result<()> {
@@ -553,7 +571,7 @@ fn raise_fd_limit() {
 
 #[cfg(test)]
 mod tests {
-    use super::{session_end, unescape_mountinfo, vmstat_value};
+    use super::{session_end, set_bdi_max, unescape_mountinfo, vmstat_value, BdiMax};
     use std::io;
 
     #[test]
@@ -563,6 +581,47 @@ mod tests {
         assert!(session_end(Ok(())).is_ok());
         let other = io::Error::from_raw_os_error(libc::EINVAL);
         assert!(session_end(Err(other)).is_err());
+    }
+
+    #[test]
+    fn a_bdi_gets_the_bytes_asked_within_1_to_50_percent_of_the_dirty_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let bdi = dir.path();
+        let read = |name: &str| std::fs::read_to_string(bdi.join(name)).unwrap();
+        let fresh = || {
+            std::fs::write(bdi.join("max_bytes"), "").unwrap();
+            std::fs::write(bdi.join("max_ratio"), "").unwrap();
+        };
+        let gib = 1u64 << 30;
+        fresh();
+        assert_eq!(set_bdi_max(bdi, gib, 5 * gib).unwrap(), BdiMax::Bytes(gib));
+        assert_eq!(
+            (read("max_bytes"), read("max_ratio")),
+            (gib.to_string(), String::new())
+        );
+        fresh();
+        assert_eq!(
+            set_bdi_max(bdi, gib, gib).unwrap(),
+            BdiMax::HalfDirtyLimit(gib / 2)
+        );
+        assert_eq!(
+            (read("max_bytes"), read("max_ratio")),
+            (String::new(), "50".into())
+        );
+        fresh();
+        assert_eq!(
+            set_bdi_max(bdi, gib, 200 * gib).unwrap(),
+            BdiMax::KernelsOwn(2 * gib)
+        );
+        assert_eq!(
+            (read("max_bytes"), read("max_ratio")),
+            (String::new(), String::new())
+        );
+        // A kernel without the file (before 6.2): an error naming it, and nothing created.
+        std::fs::remove_file(bdi.join("max_bytes")).unwrap();
+        let e = set_bdi_max(bdi, gib, 5 * gib).unwrap_err();
+        assert!(format!("{e:#}").contains("max_bytes"), "{e:#}");
+        assert!(!bdi.join("max_bytes").exists());
     }
 
     #[test]

@@ -498,20 +498,29 @@ fn kernel_dirty_sets_how_much_the_kernel_holds_before_sending_writes() {
         .expect("nr_dirty_threshold in /proc/vmstat")
         .parse()
         .unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let half = threshold_pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64 / 2;
     let dir = common::scratch();
     let m = start(&dir, &[]);
-    let bdi = common::bdi_of(&m.mnt);
+    let log = m.log_text();
+    assert!(
+        !log.contains("could not set"),
+        "this test needs root, Linux 6.2+ and a writable /sys:\n{log}"
+    );
     let (max_ratio, strict_limit) = limits(&m);
     assert_eq!(strict_limit, 1, "the strict limit stays");
-    if threshold_pages * 4096 / 2 > GIB * 11 / 10 {
-        let bytes = read_number(&bdi.join("max_bytes"));
+    let bytes = read_number(&common::bdi_of(&m.mnt).join("max_bytes"));
+    if half > GIB * 11 / 10 {
         assert!(
-            (GIB / 2..=2 * GIB).contains(&bytes),
-            "max_bytes {bytes}, max_ratio {max_ratio}:\n{}",
-            m.log_text()
+            (GIB * 8 / 10..=GIB * 5 / 4).contains(&bytes) && max_ratio < 50,
+            "max_bytes {bytes}, max_ratio {max_ratio}:\n{log}"
         );
-    } else if threshold_pages * 4096 / 2 < GIB * 9 / 10 {
-        assert_eq!(max_ratio, 50, "{}", m.log_text());
+        assert!(log.contains("up to about this much"), "{log}");
+    } else if half < GIB * 9 / 10 {
+        assert_eq!(max_ratio, 50, "{log}");
+    } else {
+        // Too close to tell which one the mount saw.
+        assert!(max_ratio == 50 || (GIB * 8 / 10..=GIB * 5 / 4).contains(&bytes));
     }
     assert!(m.stop().success());
 

@@ -213,13 +213,14 @@ pub struct MountArgs {
     #[arg(long, env = "BUCKETFS_NO_WRITEBACK_CACHE")]
     pub no_writeback_cache: bool,
 
-    /// About how much data written to the mount the kernel may hold in its page cache before
-    /// it must send it to bucketfs (0, or at least 16M). The kernel's own limit for a FUSE
-    /// mount is 1% of its dirty limit (vm.dirty_ratio of free and cached memory): close to
-    /// it, writers wait while their pages reach bucketfs in small requests. It keeps this
-    /// value as a share of its dirty limit at mount, at most half (more asks for half); 0
-    /// keeps the kernel's limit. Needs Linux 6.2+ and root (else a warning). fsync still
-    /// sends every dirty page of the file before it returns, so it may have more to send.
+    /// Up to about how much data written to the mount the kernel may hold in its page cache
+    /// before it must send it to bucketfs (0, or at least 16M; with the writeback cache, not
+    /// for --read-only). The kernel's own limit for a FUSE mount is 1% of its dirty limit
+    /// (vm.dirty_ratio of free and cached memory): close to it, writers wait while their
+    /// pages reach bucketfs in small requests. It keeps this value as a share of its dirty
+    /// limit at mount, at most half (more asks for half) and never below its own 1%; 0 keeps
+    /// the kernel's limit. Needs root and a writable /sys (else a warning). fsync still sends
+    /// every dirty page of the file before it returns, so it may have more to send.
     #[arg(long, default_value = "1G", value_parser = parse_size_or_zero, value_name = "BYTES", env = "BUCKETFS_KERNEL_DIRTY")]
     pub kernel_dirty: u64,
 
