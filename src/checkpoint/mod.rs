@@ -42,8 +42,9 @@ pub const SPLIT_FORMAT_VERSION: u32 = 2;
 pub const MANIFESTS: &str = "manifests/";
 
 /// The most packed bytes a checkpoint carries in its manifest (`inline_bytes`): a group
-/// commit's WAL and the pages written since the last one fit many times over, and a restore,
-/// which reads up to `base_every` manifests at once, reads a few MiB more at worst.
+/// commit's WAL and the pages written since the last one fit many times over, and a restore
+/// reads a few MiB more at worst (the chain's first `base_every` deltas; past them, deltas
+/// that add up to a quarter of a base make the next one due).
 pub const INLINE_BYTES: u64 = 256 << 10;
 
 pub fn manifest_key(epoch: u64) -> String {
@@ -151,8 +152,16 @@ pub struct CheckpointSettings {
     /// first bytes up to this many are copied into memory, the rest into a file in the
     /// cache dir (`fs::FROZEN_MEMORY_BUDGET`).
     pub staging_memory: u64,
-    /// Write a base manifest after this many deltas, bounding the chain a restore reads.
+    /// The fewest checkpoints from one base to the next (a chain of a base and
+    /// `base_every - 1` deltas). Past it a base is written once the deltas since the last one
+    /// add up to a quarter of its size (`BASE_SHARE`), and at `max_chain` checkpoints whatever
+    /// their size: a restore reads a chain of at most `max_chain` manifests (one more for each
+    /// takeover since the last checkpoint, whose manifest is always a delta), and past
+    /// `base_every` a base, which is the whole view, costs at most four times the deltas it
+    /// replaces.
     pub base_every: u32,
+    /// The most checkpoints from one base to the next.
+    pub max_chain: u32,
     /// A checkpoint whose packed runs come to at most this many bytes carries them in its
     /// manifest: one PUT instead of a segment's and then the manifest's, which is what a
     /// `--durability remote` commit waits for (docs/checkpoints.md, "Small checkpoints
@@ -196,6 +205,7 @@ impl Default for CheckpointSettings {
             upload_concurrency: 4,
             staging_memory: crate::fs::FROZEN_MEMORY_BUDGET,
             base_every: 32,
+            max_chain: 128,
             inline_bytes: INLINE_BYTES,
             local_only: vec![
                 "pgsql_tmp".into(),
@@ -492,8 +502,8 @@ fn open_once(
         };
         // Follow parents back to a base, then apply forwards. A delta's parent is the epoch
         // before it, so the chain is the epochs just below: they are fetched up to
-        // CHAIN_WINDOW at once, and a restore waits about one round trip for its chain, not
-        // one per delta (up to `base_every`, 32 by default, at 20 ms each on S3). They are
+        // CHAIN_WINDOW at once, and a restore waits a round trip per window of its chain,
+        // not one per delta (up to `max_chain`, 128 by default, at 20 ms each on S3). They are
         // counted down from the epoch rather than taken from the LIST, which may have
         // started at the tip note, above the base.
         let mut chain = Vec::new();
@@ -547,10 +557,10 @@ enum Start {
     Exactly(u64),
 }
 
-/// Manifests a restore fetches at once while it follows its chain back to a base. The same as
-/// the default `base_every`: a chain is then at most this long, so one window holds all of it
-/// and never the base before (the extra manifests fetched are deltas below the base).
-const CHAIN_WINDOW: usize = 32;
+/// Manifests a restore (and a GC pass) fetches at once while it follows a chain back to its
+/// base. The same as the default `base_every`: a chain of that length is one window and
+/// never the base before; one of 128 manifests (the default `max_chain`) four.
+pub(crate) const CHAIN_WINDOW: usize = 32;
 
 /// Reads and decodes manifest `epoch`, and checks that it is the one its key names.
 async fn read_manifest(store: &dyn ReadStore, epoch: u64) -> Result<Manifest, CheckpointError> {
@@ -827,7 +837,22 @@ pub struct Checkpointer {
     /// What GC knows of the manifests, kept between passes; and the last pass's report.
     collector: Mutex<crate::gc::Collector>,
     last_gc: Mutex<Option<crate::gc::Report>>,
+    /// The bytes of the last base this process committed and of the deltas since, which
+    /// decide when the next base is due (`base_due`).
+    chain_bytes: Mutex<ChainBytes>,
 }
+
+/// The encoded sizes of the manifests since the last base this process committed (`base`
+/// 0: none yet, as after a restart, when bases come every `base_every` deltas).
+#[derive(Clone, Copy, Debug, Default)]
+struct ChainBytes {
+    base: u64,
+    deltas: u64,
+}
+
+/// A base is due once the deltas since the last one add up to this share of its size (and
+/// at least `base_every` of them were written).
+const BASE_SHARE: u64 = 4;
 
 impl Checkpointer {
     pub fn new(
@@ -863,6 +888,7 @@ impl Checkpointer {
             upload_total: std::sync::atomic::AtomicU64::new(0),
             collector: Mutex::new(crate::gc::Collector::default()),
             last_gc: Mutex::new(None),
+            chain_bytes: Mutex::new(ChainBytes::default()),
         }
     }
 
@@ -1170,6 +1196,7 @@ impl Checkpointer {
         self.fs
             .step(crate::fs::Step::Committed { epoch: cut.epoch });
         let base = next.is_some();
+        self.note_committed(base, manifest_len);
         self.apply_to_view(&manifest, next, Some(cut.names));
         self.collector.lock().catalog.insert(&manifest);
         // The bucket holds the cut: every fsync waiting on it may return (each also syncs its
@@ -1520,6 +1547,7 @@ impl Checkpointer {
         }
         self.check_boundary(theirs.epoch)?;
         self.apply_to_view(&theirs, None, None);
+        self.note_committed(theirs.parent.is_none(), bytes.len() as u64);
         Ok(true)
     }
 
@@ -1542,12 +1570,34 @@ impl Checkpointer {
         Err(CheckpointError::Fenced { epoch })
     }
 
-    /// A manifest as it is committed: a base instead of a delta when the chain since the last
-    /// base has reached `base_every` (so that a restore reads a bounded chain), or when the
-    /// bucket has none yet. A base comes with the view it describes (the view after the delta
-    /// `m`), which its commit installs instead of building it again from the base.
+    /// Whether the next manifest is a base: when the bucket has none yet, and otherwise once
+    /// the chain since the last base has `base_every` deltas and they add up to a quarter of
+    /// that base's size, or has `max_chain` (so that a restore reads a bounded chain). A base
+    /// is the whole view, and under `--durability remote` the commit that writes it waits for
+    /// it: counted only in deltas, a view fragmented by many small commits made every 32nd
+    /// commit wait for a manifest of megabytes (docs/checkpoints.md, "Base and delta
+    /// manifests").
     fn base_due(&self, view: &View) -> bool {
-        view.epoch == 0 || view.deltas_since_base + 1 >= self.settings.base_every
+        let chain = view.deltas_since_base + 1;
+        let bytes = *self.chain_bytes.lock();
+        view.epoch == 0
+            || chain >= self.settings.max_chain.max(self.settings.base_every)
+            || (chain >= self.settings.base_every && bytes.deltas >= bytes.base / BASE_SHARE)
+    }
+
+    /// Counts a committed manifest of `len` bytes towards the next base (`base_due`).
+    fn note_committed(&self, base: bool, len: u64) {
+        let mut bytes = self.chain_bytes.lock();
+        *bytes = match base {
+            true => ChainBytes {
+                base: len,
+                deltas: 0,
+            },
+            false => ChainBytes {
+                deltas: bytes.deltas + len,
+                ..*bytes
+            },
+        };
     }
 
     fn as_committed(&self, view: &View, m: Manifest) -> (Manifest, Option<View>) {
@@ -1682,7 +1732,7 @@ impl Checkpointer {
         let base = next.is_some();
         let committed = self.commit(&m);
         self.settle_note();
-        committed?;
+        self.note_committed(base, committed?);
         crate::failpoint::hit("compact-after-commit");
         self.apply_to_view(&m, next, None);
         self.collector.lock().catalog.insert(&m);

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::checkpoint::{epoch_of_key, manifest_key, CheckpointError};
+use crate::checkpoint::{epoch_of_key, manifest_key, CheckpointError, CHAIN_WINDOW};
 use crate::manifest::view::View;
 use crate::manifest::{FormatError, Manifest};
 use crate::store::{ObjectStore, PutMode, ReadStore, StoreError};
@@ -380,12 +380,7 @@ impl Collector {
             return Ok(plan);
         };
         // The image of the oldest retained checkpoint, from its chain.
-        let mut view = View::default();
-        for epoch in plan_in.chain_of_oldest.iter().rev() {
-            let key = manifest_key(*epoch);
-            let bytes = store.get(&key, None).await?;
-            view.apply(&Manifest::decode(&bytes, &key)?);
-        }
+        let view = chain_view(&**store, &plan_in.chain_of_oldest).await?;
         let mut live: HashSet<String> = view
             .extents
             .values()
@@ -617,12 +612,7 @@ impl Collector {
         store: &dyn ObjectStore,
         r: &Retained,
     ) -> Result<u64, CheckpointError> {
-        let mut view = View::default();
-        for epoch in chain_epochs(&self.catalog, r.latest).iter().rev() {
-            let key = manifest_key(*epoch);
-            let bytes = store.get(&key, None).await?;
-            view.apply(&Manifest::decode(&bytes, &key)?);
-        }
+        let view = chain_view(store, &chain_epochs(&self.catalog, r.latest)).await?;
         Ok(image_bytes(&view))
     }
 }
@@ -639,6 +629,27 @@ pub fn segment_epoch(key: &str) -> Option<u64> {
 /// The epoch of an object that holds runs: a segment, or a manifest carrying its own.
 pub fn run_holder_epoch(key: &str) -> Option<u64> {
     segment_epoch(key).or_else(|| epoch_of_key(key))
+}
+
+/// The view a chain builds (`epochs` newest first, as `chain_epochs` gives them), its
+/// manifests fetched `CHAIN_WINDOW` at a time rather than one round trip each: a pass holds
+/// the checkpointer, and so every `--durability remote` commit, while it runs, and a chain
+/// may be 128 manifests long.
+async fn chain_view(store: &dyn ObjectStore, epochs: &[u64]) -> Result<View, CheckpointError> {
+    let oldest_first: Vec<u64> = epochs.iter().rev().copied().collect();
+    let mut view = View::default();
+    for window in oldest_first.chunks(CHAIN_WINDOW) {
+        let got = futures_util::future::join_all(window.iter().map(|&epoch| async move {
+            let key = manifest_key(epoch);
+            let bytes = store.get(&key, None).await?;
+            Ok::<_, CheckpointError>(Manifest::decode(&bytes, &key)?)
+        }))
+        .await;
+        for m in got {
+            view.apply(&m?);
+        }
+    }
+    Ok(view)
 }
 
 /// `from` and its parents back to a base (or to the first one not in the catalog), newest

@@ -34,7 +34,8 @@ pub struct Options {
     pub local_only: Vec<String>,
     /// GC and compaction settings (`Checkpointer::gc_pass` needs them).
     pub gc: Option<GcSettings>,
-    /// A base manifest after this many deltas.
+    /// A base manifest after exactly this many deltas (`max_chain` the same; `tune` may
+    /// change both).
     pub base_every: u32,
     /// Wraps the fetcher (a test that must hold fetches up).
     #[allow(clippy::type_complexity)]
@@ -74,6 +75,7 @@ impl Engine {
             local_only: options.local_only,
             gc: options.gc,
             base_every: options.base_every,
+            max_chain: options.base_every,
             ..CheckpointSettings::default()
         };
         if let Some(tune) = options.tune {
