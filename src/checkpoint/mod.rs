@@ -157,8 +157,8 @@ pub struct CheckpointSettings {
     /// add up to a quarter of its size (`BASE_SHARE`), and at `max_chain` checkpoints whatever
     /// their size: a restore reads a chain of at most `max_chain` manifests (one more for each
     /// takeover since the last checkpoint, whose manifest is always a delta), and past
-    /// `base_every` a base, which is the whole view, costs at most four times the deltas it
-    /// replaces.
+    /// `base_every` a base, which is the whole view, is at most four times the bytes of the
+    /// deltas before it, plus what the view grew since the last base.
     pub base_every: u32,
     /// The most checkpoints from one base to the next.
     pub max_chain: u32,
@@ -1594,7 +1594,7 @@ impl Checkpointer {
                 deltas: 0,
             },
             false => ChainBytes {
-                deltas: bytes.deltas + len,
+                deltas: bytes.deltas.saturating_add(len),
                 ..*bytes
             },
         };

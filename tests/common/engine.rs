@@ -34,8 +34,8 @@ pub struct Options {
     pub local_only: Vec<String>,
     /// GC and compaction settings (`Checkpointer::gc_pass` needs them).
     pub gc: Option<GcSettings>,
-    /// A base manifest after exactly this many deltas (`max_chain` the same; `tune` may
-    /// change both).
+    /// A base manifest every this many checkpoints (`base_every - 1` deltas between), by
+    /// count alone: `max_chain` is set the same (`tune` may change both).
     pub base_every: u32,
     /// Wraps the fetcher (a test that must hold fetches up).
     #[allow(clippy::type_complexity)]
