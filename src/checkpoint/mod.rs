@@ -843,7 +843,7 @@ pub struct Checkpointer {
 }
 
 /// The encoded sizes of the manifests since the last base this process committed (`base`
-/// 0: none yet, as after a restart, when bases come every `base_every` deltas).
+/// 0: none yet, as after a restart, when bases come every `base_every` checkpoints).
 #[derive(Clone, Copy, Debug, Default)]
 struct ChainBytes {
     base: u64,
@@ -1571,8 +1571,9 @@ impl Checkpointer {
     }
 
     /// Whether the next manifest is a base: when the bucket has none yet, and otherwise once
-    /// the chain since the last base has `base_every` deltas and they add up to a quarter of
-    /// that base's size, or has `max_chain` (so that a restore reads a bounded chain). A base
+    /// it would make the chain since the last base `base_every` manifests long and the deltas
+    /// add up to a quarter of that base's size, or `max_chain` long (so that a restore reads
+    /// a bounded chain). A base
     /// is the whole view, and under `--durability remote` the commit that writes it waits for
     /// it: counted only in deltas, a view fragmented by many small commits made every 32nd
     /// commit wait for a manifest of megabytes (docs/checkpoints.md, "Base and delta
