@@ -289,7 +289,7 @@ fn small_checkpoints(c: &mut Criterion) {
         rt.handle().clone(),
         CheckpointSettings::default(),
         "bench".into(),
-        opened.view,
+        &opened,
     );
     cp.checkpoint(false).expect("first checkpoint");
     let page = table_pages(1, 1);

@@ -762,7 +762,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             runtime.handle().clone(),
             checkpoint_settings.clone(),
             writer.clone(),
-            opened.view.clone(),
+            &opened,
         ));
         if opened.latest.is_none() {
             // A new prefix: the first checkpoint is the base of everything in the cache dir.

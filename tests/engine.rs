@@ -1298,6 +1298,98 @@ fn a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_cha
     e.crash();
 }
 
+// Issue 14: a remote-durability database on a machine that stops when idle restarts often, and
+// until a restarted writer knew the sizes of the chain it opened, its first base came by count
+// (at `base_every`), one base per start whatever its deltas added up to. The sizes are read with
+// the chain: the restarted writer plans its bases as the one before it would have.
+#[test]
+fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
+    use bucketfs::checkpoint::manifest_key;
+
+    const BASE_EVERY: u64 = 4;
+    const MAX_CHAIN: u64 = 40;
+    let options = || Options {
+        tune: Some(Box::new(|s| {
+            s.base_every = BASE_EVERY as u32;
+            s.max_chain = MAX_CHAIN as u32;
+        })),
+        ..Options::default()
+    };
+    // A small write to the first file, checkpointed: the epoch, and whether it was a base.
+    let commit = |e: &Engine, n: usize| {
+        e.write(e.ino("f0"), (n % 8) as u64 * 100, &[n as u8; 100]);
+        let outcome =
+            e.cp.checkpoint(false)
+                .expect("checkpoint")
+                .expect("a change");
+        (outcome.epoch, outcome.base)
+    };
+    let dirs = Dirs::new();
+    let mut e = Engine::open(&dirs.cache(0), &dirs.bucket(), options());
+    // Many files, so that a base is far larger than a delta of one small write.
+    for n in 0..600 {
+        let f = e.create(&format!("f{n}"));
+        e.write(f, 0, &pattern(n as u8, 1));
+    }
+    let mut bases = vec![1];
+    let mut epochs = Vec::new();
+    // The first writer: a base of every file; then three restarts, each on an empty cache dir
+    // (a new machine) after two small deltas; then four more.
+    while bases.len() == 1 {
+        let (epoch, base) = commit(&e, epochs.len());
+        epochs.push(epoch);
+        if base {
+            bases.push(epoch);
+        }
+        assert!(
+            epochs.len() < 2 * MAX_CHAIN as usize,
+            "no base after the first write"
+        );
+    }
+    for restart in 1..=4 {
+        for _ in 0..2 {
+            let (epoch, base) = commit(&e, epochs.len());
+            epochs.push(epoch);
+            if base {
+                bases.push(epoch);
+            }
+        }
+        if restart < 4 {
+            e.crash();
+            e = Engine::open(&dirs.cache(restart), &dirs.bucket(), options());
+            epochs.push(e.cp.view().read().epoch); // the takeover's manifest, a delta
+        }
+    }
+    // Each decision, from the sizes of the manifests in the bucket and across the restarts:
+    // the rule of `a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_chain`.
+    let size = |epoch: u64| {
+        std::fs::metadata(dirs.bucket().join(manifest_key(epoch)))
+            .expect("the manifest is in the bucket")
+            .len()
+    };
+    let (mut base, mut deltas, mut chain) = (size(1), 0, 0);
+    let mut expected = vec![1];
+    for &epoch in &epochs {
+        chain += 1;
+        if chain >= MAX_CHAIN || (chain >= BASE_EVERY && deltas >= base / 4) {
+            expected.push(epoch);
+            (base, deltas, chain) = (size(epoch), 0, 0);
+        } else {
+            deltas += size(epoch);
+        }
+    }
+    assert_eq!(
+        bases, expected,
+        "the bases written, and where the rule puts them"
+    );
+    assert!(
+        bases.len() == 2 && chain > 2 * BASE_EVERY,
+        "one base, of every file, then a chain of {chain} manifests across three restarts (its \
+         deltas add up to {deltas} bytes, under a quarter of the base's {base}): {bases:?}"
+    );
+    e.crash();
+}
+
 // Found in review (issue 14): a power loss between a manifest's PUT and RocksDB's flush after it
 // leaves the cache dir older than what the bucket holds from the same lineage. A create lost that
 // way must not hand its inode number out again: the new file would show the lost file's pages

@@ -311,6 +311,9 @@ pub struct Opened {
     pub view: View,
     /// The newest manifest, if there is one.
     pub latest: Option<Manifest>,
+    /// The encoded sizes of the chain's manifests, which the writer's next base is planned
+    /// with (`Checkpointer::base_due`).
+    pub chain_bytes: ChainBytes,
 }
 
 /// A point in a bucket's history: an epoch, or a time (unix ms, UTC).
@@ -471,6 +474,7 @@ fn open_once(
             return Ok(Opened {
                 view: View::default(),
                 latest: None,
+                chain_bytes: ChainBytes::default(),
             });
         }
         let chosen = match at {
@@ -507,7 +511,8 @@ fn open_once(
         // counted down from the epoch rather than taken from the LIST, which may have
         // started at the tip note, above the base.
         let mut chain = Vec::new();
-        let mut fetched: HashMap<u64, Result<Manifest, CheckpointError>> = HashMap::new();
+        let mut chain_bytes = ChainBytes::default();
+        let mut fetched: HashMap<u64, Result<(Manifest, u64), CheckpointError>> = HashMap::new();
         let mut epoch = latest_epoch;
         loop {
             if !fetched.contains_key(&epoch) {
@@ -524,10 +529,14 @@ fn open_once(
                 // (GC deletes old ones) or fail to read, and that is not this restore's error.
                 fetched.extend(window.into_iter().zip(got));
             }
-            let m = fetched
+            let (m, len) = fetched
                 .remove(&epoch)
                 .expect("the window holds the epoch it was fetched for")?;
             let parent = m.parent;
+            match parent {
+                None => chain_bytes.base = len,
+                Some(_) => chain_bytes.deltas = chain_bytes.deltas.saturating_add(len),
+            }
             chain.push(m);
             match parent {
                 None => break,
@@ -545,7 +554,11 @@ fn open_once(
         for m in chain.iter().rev() {
             view.apply(m);
         }
-        Ok(Opened { view, latest })
+        Ok(Opened {
+            view,
+            latest,
+            chain_bytes,
+        })
     })
 }
 
@@ -562,11 +575,18 @@ enum Start {
 /// never the base before; one of 128 manifests (the default `max_chain`) four.
 pub(crate) const CHAIN_WINDOW: usize = 32;
 
-/// Reads and decodes manifest `epoch`, and checks that it is the one its key names.
-async fn read_manifest(store: &dyn ReadStore, epoch: u64) -> Result<Manifest, CheckpointError> {
+/// Reads and decodes manifest `epoch`, and checks that it is the one its key names; with its
+/// encoded size.
+async fn read_manifest(
+    store: &dyn ReadStore,
+    epoch: u64,
+) -> Result<(Manifest, u64), CheckpointError> {
     let key = manifest_key(epoch);
     let bytes = store.get(&key, None).await?;
-    Ok(Manifest::decode_at(&bytes, &key, epoch)?)
+    Ok((
+        Manifest::decode_at(&bytes, &key, epoch)?,
+        bytes.len() as u64,
+    ))
 }
 
 /// The newest of `epochs` (ascending) committed at or before `unix_ms`, by binary search on
@@ -837,17 +857,17 @@ pub struct Checkpointer {
     /// What GC knows of the manifests, kept between passes; and the last pass's report.
     collector: Mutex<crate::gc::Collector>,
     last_gc: Mutex<Option<crate::gc::Report>>,
-    /// The bytes of the last base this process committed and of the deltas since, which
-    /// decide when the next base is due (`base_due`).
+    /// The bytes of the chain's base and of its deltas since (read at the open, then counted
+    /// as this mount commits), which decide when the next base is due (`base_due`).
     chain_bytes: Mutex<ChainBytes>,
 }
 
-/// The encoded sizes of the manifests since the last base this process committed (`base`
-/// 0: none yet, as after a restart, when bases come every `base_every` checkpoints).
-#[derive(Clone, Copy, Debug, Default)]
-struct ChainBytes {
-    base: u64,
-    deltas: u64,
+/// The encoded sizes of a chain's manifests: the base's, and the deltas' since. Read from the
+/// bucket when a mount opens it, then counted as the mount commits (`base_due`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainBytes {
+    pub base: u64,
+    pub deltas: u64,
 }
 
 /// A base is due once the deltas since the last one add up to this share of its size (and
@@ -861,7 +881,7 @@ impl Checkpointer {
         rt: tokio::runtime::Handle,
         settings: CheckpointSettings,
         writer: String,
-        view: View,
+        opened: &Opened,
     ) -> Checkpointer {
         Checkpointer {
             filter: LocalOnly::new(&settings.local_only, &settings.wal_dir),
@@ -870,7 +890,7 @@ impl Checkpointer {
             rt,
             settings,
             writer,
-            view: Arc::new(RwLock::new(view)),
+            view: Arc::new(RwLock::new(opened.view.clone())),
             running: Mutex::new(()),
             names: Mutex::new(NamesSeen::default()),
             fenced: AtomicBool::new(false),
@@ -888,7 +908,7 @@ impl Checkpointer {
             upload_total: std::sync::atomic::AtomicU64::new(0),
             collector: Mutex::new(crate::gc::Collector::default()),
             last_gc: Mutex::new(None),
-            chain_bytes: Mutex::new(ChainBytes::default()),
+            chain_bytes: Mutex::new(opened.chain_bytes),
         }
     }
 
@@ -1025,7 +1045,7 @@ impl Checkpointer {
         let put = self.put_manifest(&m, true);
         self.settle_note();
         match put {
-            Ok(_) => {}
+            Ok(len) => self.note_committed(m.parent.is_none(), len),
             // Not fenced: nothing was accepted yet. The caller may read the chain again.
             Err(StoreError::PreconditionFailed { .. }) => {
                 return Err(CheckpointError::LostRace { epoch: m.epoch })

@@ -87,7 +87,7 @@ impl Engine {
             rt.handle().clone(),
             settings,
             format!("{:016x}", fastrand::u64(..)),
-            opened.view.clone(),
+            &opened,
         ));
         let restoring = opened.latest.is_some() && fs.is_empty().expect("is empty");
         if opened.latest.is_none() {
