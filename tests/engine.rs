@@ -1300,11 +1300,12 @@ fn a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_cha
 
 // Issue 14: a remote-durability database on a machine that stops when idle restarts often, and
 // until a restarted writer knew the sizes of the chain it opened, its first base came by count
-// (at `base_every`), one base per start whatever its deltas added up to. The sizes are read with
-// the chain: the restarted writer plans its bases as the one before it would have.
+// (at `base_every` manifests) whatever its deltas added up to: a base of the whole view in
+// every start that reached that count. The sizes are read with the chain, and the restarted
+// writer plans its bases as the one before it would have.
 #[test]
 fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
-    use bucketfs::checkpoint::manifest_key;
+    use bucketfs::checkpoint::{manifest_key, ChainBytes};
 
     const BASE_EVERY: u64 = 4;
     const MAX_CHAIN: u64 = 40;
@@ -1315,16 +1316,28 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
         })),
         ..Options::default()
     };
-    // A small write to the first file, checkpointed: the epoch, and whether it was a base.
-    let commit = |e: &Engine, n: usize| {
-        e.write(e.ino("f0"), (n % 8) as u64 * 100, &[n as u8; 100]);
+    let dirs = Dirs::new();
+    let size = |epoch: u64| {
+        std::fs::metadata(dirs.bucket().join(manifest_key(epoch)))
+            .expect("the manifest is in the bucket")
+            .len()
+    };
+    // Writes `files` files' first pages (or 100 bytes of the first file), checkpointed: the
+    // epoch, and whether it was a base.
+    let commit = |e: &Engine, files: usize, n: usize| {
+        match files {
+            0 => e.write(e.ino("f0"), (n % 8) as u64 * 100, &[n as u8; 100]),
+            _ => (0..files).for_each(|k| {
+                let f = e.ino(&format!("f{}", (n * files + k) % 600));
+                e.write(f, 0, &pattern(n as u8, 1));
+            }),
+        }
         let outcome =
             e.cp.checkpoint(false)
                 .expect("checkpoint")
                 .expect("a change");
         (outcome.epoch, outcome.base)
     };
-    let dirs = Dirs::new();
     let mut e = Engine::open(&dirs.cache(0), &dirs.bucket(), options());
     // Many files, so that a base is far larger than a delta of one small write.
     for n in 0..600 {
@@ -1333,40 +1346,57 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
     }
     let mut bases = vec![1];
     let mut epochs = Vec::new();
-    // The first writer: a base of every file; then three restarts, each on an empty cache dir
-    // (a new machine) after two small deltas; then four more.
+    // The first writer: checkpoints until one is a base of every file.
     while bases.len() == 1 {
-        let (epoch, base) = commit(&e, epochs.len());
+        let (epoch, base) = commit(&e, 0, epochs.len());
         epochs.push(epoch);
         if base {
             bases.push(epoch);
         }
         assert!(
-            epochs.len() < 2 * MAX_CHAIN as usize,
+            epochs.len() < MAX_CHAIN as usize,
             "no base after the first write"
         );
     }
-    for restart in 1..=4 {
+    // Three restarts, each on an empty cache dir (a new machine) after two small deltas. The
+    // restarted writer knows the chain's sizes as they are in the bucket, its takeover's
+    // manifest included.
+    for restart in 1..=3 {
         for _ in 0..2 {
-            let (epoch, base) = commit(&e, epochs.len());
+            let (epoch, base) = commit(&e, 0, epochs.len());
             epochs.push(epoch);
             if base {
                 bases.push(epoch);
             }
         }
-        if restart < 4 {
-            e.crash();
-            e = Engine::open(&dirs.cache(restart), &dirs.bucket(), options());
-            epochs.push(e.cp.view().read().epoch); // the takeover's manifest, a delta
+        e.crash();
+        e = Engine::open(&dirs.cache(restart), &dirs.bucket(), options());
+        let tip = e.cp.view().read().epoch;
+        epochs.push(tip); // the takeover's manifest, a delta
+        let last_base = *bases.last().unwrap();
+        assert_eq!(
+            e.cp.chain_bytes(),
+            ChainBytes {
+                base: size(last_base),
+                deltas: (last_base + 1..=tip).map(size).sum(),
+            },
+            "after restart {restart}: the sizes of the chain's manifests in the bucket"
+        );
+    }
+    // Then larger deltas (30 files each) until their sizes make a base due.
+    while bases.len() == 2 {
+        let (epoch, base) = commit(&e, 30, epochs.len());
+        epochs.push(epoch);
+        if base {
+            bases.push(epoch);
         }
+        assert!(
+            epochs.len() < 3 * MAX_CHAIN as usize,
+            "no base after larger deltas"
+        );
     }
     // Each decision, from the sizes of the manifests in the bucket and across the restarts:
     // the rule of `a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_chain`.
-    let size = |epoch: u64| {
-        std::fs::metadata(dirs.bucket().join(manifest_key(epoch)))
-            .expect("the manifest is in the bucket")
-            .len()
-    };
     let (mut base, mut deltas, mut chain) = (size(1), 0, 0);
     let mut expected = vec![1];
     for &epoch in &epochs {
@@ -1382,10 +1412,11 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
         bases, expected,
         "the bases written, and where the rule puts them"
     );
+    let chain = bases[2] - bases[1];
     assert!(
-        bases.len() == 2 && chain > 2 * BASE_EVERY,
-        "one base, of every file, then a chain of {chain} manifests across three restarts (its \
-         deltas add up to {deltas} bytes, under a quarter of the base's {base}): {bases:?}"
+        (2 * BASE_EVERY..MAX_CHAIN).contains(&chain),
+        "the base of every file, then one once the deltas after it add up, across three \
+         restarts, {chain} manifests later: {bases:?}"
     );
     e.crash();
 }

@@ -511,7 +511,6 @@ fn open_once(
         // counted down from the epoch rather than taken from the LIST, which may have
         // started at the tip note, above the base.
         let mut chain = Vec::new();
-        let mut chain_bytes = ChainBytes::default();
         let mut fetched: HashMap<u64, Result<(Manifest, u64), CheckpointError>> = HashMap::new();
         let mut epoch = latest_epoch;
         loop {
@@ -533,11 +532,7 @@ fn open_once(
                 .remove(&epoch)
                 .expect("the window holds the epoch it was fetched for")?;
             let parent = m.parent;
-            match parent {
-                None => chain_bytes.base = len,
-                Some(_) => chain_bytes.deltas = chain_bytes.deltas.saturating_add(len),
-            }
-            chain.push(m);
+            chain.push((m, len));
             match parent {
                 None => break,
                 Some(p) if p < epoch => epoch = p,
@@ -549,10 +544,12 @@ fn open_once(
                 }
             }
         }
-        let latest = chain.first().cloned();
+        let latest = chain.first().map(|(m, _)| m.clone());
         let mut view = View::default();
-        for m in chain.iter().rev() {
+        let mut chain_bytes = ChainBytes::default();
+        for (m, len) in chain.iter().rev() {
             view.apply(m);
+            chain_bytes.note(m.parent.is_none(), *len);
         }
         Ok(Opened {
             view,
@@ -868,6 +865,22 @@ pub struct Checkpointer {
 pub struct ChainBytes {
     pub base: u64,
     pub deltas: u64,
+}
+
+impl ChainBytes {
+    /// Counts a manifest of `len` bytes: a base starts the count again.
+    fn note(&mut self, base: bool, len: u64) {
+        *self = match base {
+            true => ChainBytes {
+                base: len,
+                deltas: 0,
+            },
+            false => ChainBytes {
+                deltas: self.deltas.saturating_add(len),
+                ..*self
+            },
+        };
+    }
 }
 
 /// A base is due once the deltas since the last one add up to this share of its size (and
@@ -1608,17 +1621,12 @@ impl Checkpointer {
 
     /// Counts a committed manifest of `len` bytes towards the next base (`base_due`).
     fn note_committed(&self, base: bool, len: u64) {
-        let mut bytes = self.chain_bytes.lock();
-        *bytes = match base {
-            true => ChainBytes {
-                base: len,
-                deltas: 0,
-            },
-            false => ChainBytes {
-                deltas: bytes.deltas.saturating_add(len),
-                ..*bytes
-            },
-        };
+        self.chain_bytes.lock().note(base, len);
+    }
+
+    /// The sizes the next base is planned with: the chain's base and its deltas since.
+    pub fn chain_bytes(&self) -> ChainBytes {
+        *self.chain_bytes.lock()
     }
 
     fn as_committed(&self, view: &View, m: Manifest) -> (Manifest, Option<View>) {
