@@ -1246,26 +1246,15 @@ fn a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_cha
             "no chain longer than 35 in 300 checkpoints: bases {bases:?}"
         );
     }
-    // Each decision, from the sizes of the manifests in the bucket: the rule above, starting
-    // from the base the engine's open committed (epoch 1).
+    // Each decision, from the sizes of the manifests in the bucket.
     let size = |epoch: u64| {
         std::fs::metadata(dirs.bucket().join(manifest_key(epoch)))
             .expect("the manifest is in the bucket")
             .len()
     };
-    let (mut base, mut deltas, mut chain) = (size(1), 0, 0);
-    let mut expected = vec![1];
-    for &epoch in &epochs {
-        chain += 1;
-        if chain >= MAX_CHAIN || (chain >= BASE_EVERY && deltas >= base / 4) {
-            expected.push(epoch);
-            (base, deltas, chain) = (size(epoch), 0, 0);
-        } else {
-            deltas += size(epoch);
-        }
-    }
     assert_eq!(
-        bases, expected,
+        bases,
+        bases_by_rule(&epochs, size, BASE_EVERY, MAX_CHAIN),
         "the bases written, and where the rule puts them"
     );
     let gaps: Vec<u64> = bases.windows(2).map(|w| w[1] - w[0]).collect();
@@ -1395,21 +1384,10 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
             "no base after larger deltas"
         );
     }
-    // Each decision, from the sizes of the manifests in the bucket and across the restarts:
-    // the rule of `a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_chain`.
-    let (mut base, mut deltas, mut chain) = (size(1), 0, 0);
-    let mut expected = vec![1];
-    for &epoch in &epochs {
-        chain += 1;
-        if chain >= MAX_CHAIN || (chain >= BASE_EVERY && deltas >= base / 4) {
-            expected.push(epoch);
-            (base, deltas, chain) = (size(epoch), 0, 0);
-        } else {
-            deltas += size(epoch);
-        }
-    }
+    // Each decision, from the sizes of the manifests in the bucket, across the restarts.
     assert_eq!(
-        bases, expected,
+        bases,
+        bases_by_rule(&epochs, size, BASE_EVERY, MAX_CHAIN),
         "the bases written, and where the rule puts them"
     );
     let chain = bases[2] - bases[1];
@@ -1419,6 +1397,29 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
          restarts, {chain} manifests later: {bases:?}"
     );
     e.crash();
+}
+
+/// Where the rule for bases puts them, given the epochs committed after the engine's first
+/// base (epoch 1) and the sizes of their manifests: a base once the chain is `base_every` long
+/// and the deltas since the last base add up to a quarter of it, or at `max_chain`.
+fn bases_by_rule(
+    epochs: &[u64],
+    size: impl Fn(u64) -> u64,
+    base_every: u64,
+    max_chain: u64,
+) -> Vec<u64> {
+    let (mut base, mut deltas, mut chain) = (size(1), 0, 0);
+    let mut bases = vec![1];
+    for &epoch in epochs {
+        chain += 1;
+        if chain >= max_chain || (chain >= base_every && deltas >= base / 4) {
+            bases.push(epoch);
+            (base, deltas, chain) = (size(epoch), 0, 0);
+        } else {
+            deltas += size(epoch);
+        }
+    }
+    bases
 }
 
 // Found in review (issue 14): a power loss between a manifest's PUT and RocksDB's flush after it

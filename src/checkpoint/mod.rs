@@ -1606,11 +1606,10 @@ impl Checkpointer {
     /// Whether the next manifest is a base: when the bucket has none yet, and otherwise once
     /// it would make the chain since the last base `base_every` manifests long and the deltas
     /// add up to a quarter of that base's size, or `max_chain` long (so that a restore reads
-    /// a bounded chain). A base
-    /// is the whole view, and under `--durability remote` the commit that writes it waits for
-    /// it: counted only in deltas, a view fragmented by many small commits made every 32nd
-    /// commit wait for a manifest of megabytes (docs/checkpoints.md, "Base and delta
-    /// manifests").
+    /// a bounded chain). A base is the whole view, and under `--durability remote` the commit
+    /// that writes it waits for it: counted only in deltas, a view fragmented by many small
+    /// commits made every 32nd commit wait for a manifest of megabytes (docs/checkpoints.md,
+    /// "Base and delta manifests").
     fn base_due(&self, view: &View) -> bool {
         let chain = view.deltas_since_base + 1;
         let bytes = *self.chain_bytes.lock();
