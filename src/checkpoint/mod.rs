@@ -870,16 +870,14 @@ pub struct ChainBytes {
 impl ChainBytes {
     /// Counts a manifest of `len` bytes: a base starts the count again.
     fn note(&mut self, base: bool, len: u64) {
-        *self = match base {
-            true => ChainBytes {
+        if base {
+            *self = ChainBytes {
                 base: len,
                 deltas: 0,
-            },
-            false => ChainBytes {
-                deltas: self.deltas.saturating_add(len),
-                ..*self
-            },
-        };
+            };
+        } else {
+            self.deltas = self.deltas.saturating_add(len);
+        }
     }
 }
 
