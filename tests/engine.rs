@@ -1311,9 +1311,10 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
             .expect("the manifest is in the bucket")
             .len()
     };
-    // Writes `files` files' first pages (or 100 bytes of the first file), checkpointed: the
-    // epoch, and whether it was a base.
-    let commit = |e: &Engine, files: usize, n: usize| {
+    // Writes `files` files' first pages (or 100 bytes of the first file) and checkpoints:
+    // the epoch goes to `epochs`, and to `bases` if the manifest was a base.
+    let commit = |e: &Engine, files: usize, epochs: &mut Vec<u64>, bases: &mut Vec<u64>| {
+        let n = epochs.len();
         match files {
             0 => e.write(e.ino("f0"), (n % 8) as u64 * 100, &[n as u8; 100]),
             _ => (0..files).for_each(|k| {
@@ -1325,7 +1326,10 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
             e.cp.checkpoint(false)
                 .expect("checkpoint")
                 .expect("a change");
-        (outcome.epoch, outcome.base)
+        epochs.push(outcome.epoch);
+        if outcome.base {
+            bases.push(outcome.epoch);
+        }
     };
     let mut e = Engine::open(&dirs.cache(0), &dirs.bucket(), options());
     // Many files, so that a base is far larger than a delta of one small write.
@@ -1337,11 +1341,7 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
     let mut epochs = Vec::new();
     // The first writer: checkpoints until one is a base of every file.
     while bases.len() == 1 {
-        let (epoch, base) = commit(&e, 0, epochs.len());
-        epochs.push(epoch);
-        if base {
-            bases.push(epoch);
-        }
+        commit(&e, 0, &mut epochs, &mut bases);
         assert!(
             epochs.len() < MAX_CHAIN as usize,
             "no base after the first write"
@@ -1353,11 +1353,7 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
     let mut last_takeover = 0;
     for restart in 1..=3 {
         for _ in 0..2 {
-            let (epoch, base) = commit(&e, 0, epochs.len());
-            epochs.push(epoch);
-            if base {
-                bases.push(epoch);
-            }
+            commit(&e, 0, &mut epochs, &mut bases);
         }
         e.crash();
         e = Engine::open(&dirs.cache(restart), &dirs.bucket(), options());
@@ -1376,11 +1372,7 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
     }
     // Then larger deltas (30 files each) until their sizes make a base due.
     while bases.len() == 2 {
-        let (epoch, base) = commit(&e, 30, epochs.len());
-        epochs.push(epoch);
-        if base {
-            bases.push(epoch);
-        }
+        commit(&e, 30, &mut epochs, &mut bases);
         assert!(
             epochs.len() < 3 * MAX_CHAIN as usize,
             "no base after larger deltas"
