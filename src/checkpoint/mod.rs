@@ -25,7 +25,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{debug, error, info, warn};
 
-use crate::fs::{Fs, FsError, PathFilter, Restore, PAGE_SIZE};
+use crate::fs::{CutShape, Fs, FsError, PathFilter, Restore, PAGE_SIZE};
 use crate::manifest::segment::SegmentBuilder;
 use crate::manifest::view::View;
 use crate::manifest::{Extent, FormatError, Manifest, ManifestDirent};
@@ -736,6 +736,8 @@ pub struct Outcome {
     /// Pages that writers copied out of the cache files while this checkpoint's upload
     /// still needed them (frozen copies).
     pub frozen: u64,
+    /// The cut took only the inodes changed since the cut before (`Cut::partial`).
+    pub partial: bool,
 }
 
 /// A sealed segment's way to the bucket: the permit its builder took (memory), the limit on
@@ -809,9 +811,10 @@ struct Sent {
 struct NamesSeen {
     /// The last cut's walk (`Fs::cut` reuses it while no name changes).
     walk: crate::fs::WalkMemo,
-    /// The names' generation whose names the view holds: set by the commit of a cut, cleared
-    /// by any other change of the view.
-    in_view: Option<u64>,
+    /// What the cut the view holds counted: its names' generation, and the inodes it took
+    /// beyond the names (`Fs::cut` takes only the inodes touched since while they stay the
+    /// same). Set by the commit of a cut, cleared by any other change of the view.
+    in_view: Option<Arc<crate::fs::CutShape>>,
 }
 
 pub struct Checkpointer {
@@ -1138,14 +1141,16 @@ impl Checkpointer {
         // a writer copies out a page the upload has yet to read before changing it.
         let mut names = self.names.lock();
         let cut_started = Instant::now();
+        let NamesSeen { walk, in_view } = &mut *names;
         let cut = self.fs.cut(
             &self.filter,
-            &mut names.walk,
+            walk,
+            in_view.as_ref(),
             self.settings.run_pages,
             self.settings.staging_memory,
         )?;
         let cut_ms = cut_started.elapsed().as_millis() as u64;
-        let names_in_view = names.in_view == Some(cut.names);
+        let names_in_view = in_view.as_ref().map(|s| s.names()) == Some(cut.names);
         drop(names);
         if cut.runs.is_empty() {
             let view = self.view.read();
@@ -1153,7 +1158,7 @@ impl Checkpointer {
             if is_empty_delta(&m) && !commit_empty && view.epoch > 0 {
                 // Nothing differs, names included: the view holds the cut's names (a file
                 // created and removed again since the last commit moved the generation).
-                self.names.lock().in_view = Some(cut.names);
+                self.names.lock().in_view = Some(cut.shape.clone());
                 drop(view);
                 // No runs: no bytes to flush (pages taken past the end have none).
                 self.fs.mark_clean(&cut)?;
@@ -1228,7 +1233,7 @@ impl Checkpointer {
             .step(crate::fs::Step::Committed { epoch: cut.epoch });
         let base = next.is_some();
         self.note_committed(base, manifest_len);
-        self.apply_to_view(&manifest, next, Some(cut.names));
+        self.apply_to_view(&manifest, next, Some(cut.shape.clone()));
         self.collector.lock().catalog.insert(&manifest);
         // The bucket holds the cut: every fsync waiting on it may return (each also syncs its
         // own file locally, and returns once both are done). Marking the pages clean is local
@@ -1258,6 +1263,7 @@ impl Checkpointer {
             inline_bytes = manifest.inline.len(),
             bytes,
             cut_ms,
+            partial = cut.partial,
             frozen,
             log_sync_us,
             commit_us,
@@ -1272,14 +1278,15 @@ impl Checkpointer {
             bytes,
             base,
             frozen,
+            partial: cut.partial,
         }))
     }
 
     /// Applies a committed manifest to the view. `next`: for a base, the view it describes,
-    /// made by `as_committed` from the view it follows. `names`: the names' generation of the
-    /// cut it was made from (None: not from a cut, or not known; the next cut then compares
-    /// every name with the view).
-    fn apply_to_view(&self, m: &Manifest, next: Option<View>, names: Option<u64>) {
+    /// made by `as_committed` from the view it follows. `cut`: what the cut it was made from
+    /// counted (None: not from a cut, or not known; the next cut then takes every inode and
+    /// compares every name with the view).
+    fn apply_to_view(&self, m: &Manifest, next: Option<View>, cut: Option<Arc<CutShape>>) {
         let mut view = self.view.write();
         let mut seen = self.names.lock();
         match next {
@@ -1288,7 +1295,7 @@ impl Checkpointer {
             Some(next) if next.epoch == m.epoch && view.epoch + 1 == m.epoch => *view = next,
             _ => view.apply(m),
         }
-        seen.in_view = names;
+        seen.in_view = cut;
         // Every manifest applied here is this writer's own.
         self.tip_is_ours.store(!m.clean_stop, Ordering::Release);
     }
@@ -2013,7 +2020,8 @@ fn delta(view: &View, cut: &crate::fs::Cut, names_in_view: bool, extents: Vec<Ex
         ..Manifest::default()
     };
     // The cut names each inode once: if every one of them is in the view and they are as
-    // many, the view has no other, and nothing was removed.
+    // many, the view has no other, and nothing was removed. A partial cut names only the
+    // inodes touched since the cut the view holds, and none came or went since.
     let mut in_view = 0;
     for a in &cut.inodes {
         match view.inodes.get(&a.ino) {
@@ -2026,7 +2034,7 @@ fn delta(view: &View, cut: &crate::fs::Cut, names_in_view: bool, extents: Vec<Ex
             None => m.inodes.push(a.clone()),
         }
     }
-    if in_view != view.inodes.len() {
+    if !cut.partial && in_view != view.inodes.len() {
         let live: HashSet<u64> = cut.inodes.iter().map(|a| a.ino).collect();
         m.removed_inodes = view
             .inodes

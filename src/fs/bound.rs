@@ -577,7 +577,7 @@ impl Fs {
     fn present_chunks(&self) -> Vec<(Key, u32)> {
         let mut out = Vec::new();
         for inode in self.inode_snapshot().values() {
-            let st = inode.state.lock();
+            let st = inode.state.lock_unnoted(); // read only: nothing for a cut
             if st.attr.kind != FileKind::File || st.local_only {
                 continue;
             }

@@ -63,6 +63,15 @@ pub struct Cut {
     /// Files with a name under the WAL directory (`PathFilter::wal`): their pages go in WAL
     /// segments.
     pub wal: Arc<HashSet<u64>>,
+    /// `inodes` holds only the inodes changed since the cut of `shape`, which the view
+    /// holds: every other inode is as the view has it, and none came or went. False: every
+    /// inode in the bucket's image.
+    pub partial: bool,
+    /// The inodes this cut counted beyond its names (the view's once it commits).
+    pub shape: Arc<CutShape>,
+    /// The inodes noted as changed that the cut cleared, noted again if it fails (None: the
+    /// list had been dropped, and is dropped again).
+    touched: Option<Vec<u64>>,
 }
 
 /// A run of pages a cut took: `pages` pages from `first_page` of `ino`, `len` bytes long
@@ -75,16 +84,70 @@ pub struct CutRun {
     pub len: u32,
 }
 
-/// The inodes a cut's walk found.
-struct Walked {
+/// The inodes a cut takes, and how.
+struct Plan {
     /// Reached by a name outside `--local-only` paths (hard links once), or unlinked while
     /// open: their changes are uploaded.
-    seen: FxHashSet<u64>,
-    /// Reached under `--local-only` paths (those also in `seen` are uploaded all the same).
-    local_only: FxHashSet<u64>,
-    /// Local-only files with pages only the bucket has: kept in its image without a name
-    /// and without their changes.
+    upload: Vec<(u64, Arc<Inode>)>,
+    /// Reached only under `--local-only` paths: their changes are dropped.
+    local_only: Vec<(u64, Arc<Inode>)>,
+    /// Local-only or unlinked files with pages only the bucket has: kept in its image
+    /// without a name and without their changes.
+    nameless: Vec<(u64, Arc<Inode>)>,
+    /// Only the inodes touched since the cut of `shape` (`Cut::partial`).
+    partial: bool,
+    shape: Arc<CutShape>,
+}
+
+/// How a cut counts an inode that no name outside `--local-only` paths reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unnamed {
+    /// Unlinked while open (and not local-only): uploaded, so that its pages that are only
+    /// in the bucket can still be fetched. A restore leaves it out; the first cut after its
+    /// last close drops it.
+    Unlinked,
+    /// Local-only (reached only under those paths, or unlinked while local-only) with pages
+    /// not all in the cache dir: kept without its changes, since its absent pages are the
+    /// bucket's and would read as zeros (and be lost when it leaves the path) were the
+    /// bucket's image to drop it.
+    Nameless,
+    /// Not in the bucket's image.
+    Out,
+}
+
+fn unnamed(st: &InodeState, local_only_names: &FxHashSet<u64>) -> Unnamed {
+    if st.attr.kind != FileKind::File {
+        return Unnamed::Out;
+    }
+    let unlinked = st.attr.nlink == 0;
+    if unlinked && !st.local_only {
+        Unnamed::Unlinked
+    } else if (unlinked || local_only_names.contains(&st.attr.ino)) && !st.absent.is_empty() {
+        Unnamed::Nameless
+    } else {
+        Unnamed::Out
+    }
+}
+
+/// The inodes a cut counted beyond its names, and when: what a later cut must find
+/// unchanged to take only the inodes touched since (`Cut::partial`). The checkpointer hands
+/// it back to `Fs::cut` while the view holds that cut.
+#[derive(Debug, Default)]
+pub struct CutShape {
+    /// The names' generation (`Cut::names`).
+    names: u64,
+    /// The inode map's changes (`InodeMap::changes`) before the cut read it: while they are
+    /// as many, no inode came or went.
+    map_changes: u64,
+    unlinked: FxHashSet<u64>,
     nameless: FxHashSet<u64>,
+}
+
+impl CutShape {
+    /// The names' generation of the cut.
+    pub fn names(&self) -> u64 {
+        self.names
+    }
 }
 
 /// The last cut's walk of the names, kept by the caller of `cut` for the next one. Walking
@@ -127,63 +190,118 @@ impl Fs {
     /// `untake` on failure); only one cut is read at a time.
     ///
     /// `memo` is the walk of the names the last cut with this `filter` made: it is reused if
-    /// no name changed since, and replaced otherwise. `memory_budget`: how many bytes of the
-    /// pages writers change before the upload reads them are kept in memory; the rest wait
-    /// in a file in the cache dir.
+    /// no name changed since, and replaced otherwise. `in_view`: the shape of the cut the
+    /// view holds (`Cut::shape`, None if the view holds no cut of this mount's): while the
+    /// filesystem still has that shape, the cut takes only the inodes changed since
+    /// (`Cut::partial`). `memory_budget`: how many bytes of the pages writers change before
+    /// the upload reads them are kept in memory; the rest wait in a file in the cache dir.
     pub fn cut(
         &self,
         filter: &dyn PathFilter,
         memo: &mut WalkMemo,
+        in_view: Option<&Arc<CutShape>>,
         max_run_pages: u32,
         memory_budget: u64,
     ) -> Result<Cut> {
         let _gate = self.gate.write();
+        // Every inode changed since the last cut. Their notes are cleared before they are
+        // read: a change after that notes the inode again, for the next cut. A cut that
+        // fails gives them back (`untake`, or here).
+        let touched = self.touched.take();
+        let found: Vec<(u64, Arc<Inode>)> = {
+            let map = self.inodes.read();
+            let listed = touched.iter().flatten();
+            let found = listed.filter_map(|&ino| map.get(&ino).map(|i| (ino, i.clone())));
+            found.collect()
+        };
+        for (_, inode) in &found {
+            inode.state.clear_note();
+        }
+        // A dropped list: every inode.
+        let in_view = in_view.filter(|_| touched.is_some());
+        match self.cut_locked(filter, memo, in_view, &found, max_run_pages, memory_budget) {
+            Ok(mut cut) => {
+                cut.touched = touched;
+                Ok(cut)
+            }
+            Err(e) => {
+                self.give_back(touched.as_deref());
+                Err(e)
+            }
+        }
+    }
+
+    fn cut_locked(
+        &self,
+        filter: &dyn PathFilter,
+        memo: &mut WalkMemo,
+        in_view: Option<&Arc<CutShape>>,
+        touched: &[(u64, Arc<Inode>)],
+        max_run_pages: u32,
+        memory_budget: u64,
+    ) -> Result<Cut> {
         let epoch = self.epoch.load(Ordering::Acquire);
         let mut cut = Cut {
             epoch,
             next_ino: self.next_ino.load(Ordering::Acquire),
             ..Cut::default()
         };
-        let inodes = self.inode_snapshot();
-        let Walked {
-            seen,
-            local_only,
-            nameless,
-        } = self.walk(filter, memo, &inodes, &mut cut)?;
-        cut.inodes.reserve_exact(seen.len() + nameless.len());
+        // Under the gate, so no name changes between reading the generation and the walk.
+        let generation = self.meta.names_generation();
+        let names = match memo.0.take() {
+            Some(n) if n.generation == generation => n,
+            _ => self.walk_names(filter, generation)?,
+        };
+        let names = &*memo.0.insert(names);
+        cut.names = generation;
+        cut.dirents = names.dirents.clone();
+        cut.wal = names.wal.clone();
+        // Only the touched inodes while the view holds every other one as it is (no name
+        // changed, no inode came or went, none of the touched changed how it is counted);
+        // otherwise every inode.
+        let same =
+            |s: &&Arc<CutShape>| s.names == generation && s.map_changes == self.inodes.changes();
+        let plan = match in_view.filter(same) {
+            Some(shape) => self.plan_touched(names, shape, touched),
+            None => None,
+        };
+        let plan = match plan {
+            Some(plan) => plan,
+            None => self.plan_all(names)?,
+        };
+        cut.inodes
+            .reserve_exact(plan.upload.len() + plan.nameless.len());
         // Local-only files are never uploaded, so nothing of theirs waits to be: forget
         // their dirty pages (a file with another, uploaded name is uploaded all the same).
         // That they were dropped is recorded: should the file leave its local-only path
         // (renamed or linked out), all of it is uploaded then.
         let mut batch = self.meta.batch();
-        for ino in local_only.difference(&seen) {
-            if let Some(inode) = inodes.get(ino) {
-                let mut st = inode.state.lock();
-                if !st.local_only {
-                    st.local_only = true;
-                    batch.put_local_only(*ino);
-                }
-                if !st.dirty.is_empty() {
-                    self.recount(&mut st, |st| st.dirty = PageSet::new());
-                    batch.delete_dirty_from(*ino, 0);
-                }
+        for (ino, inode) in &plan.local_only {
+            let mut st = inode.state.lock_unnoted();
+            if !st.local_only {
+                st.local_only = true;
+                batch.put_local_only(*ino);
+            }
+            if !st.dirty.is_empty() {
+                self.recount(&mut st, |st| st.dirty = PageSet::new());
+                batch.delete_dirty_from(*ino, 0);
             }
         }
         self.meta.commit(batch)?;
         // Files that stay in the bucket's image without a name, only so that the pages they
         // have nowhere else can still be fetched: nothing of them is uploaded, and a restore
         // leaves them out (no links).
-        for ino in &nameless {
-            if let Some(inode) = inodes.get(ino) {
-                let mut attr = inode.state.lock().attr.clone();
-                attr.nlink = 0;
-                cut.inodes.push(attr);
-            }
+        for (_, inode) in &plan.nameless {
+            let mut attr = inode.state.lock_unnoted().attr.clone();
+            attr.nlink = 0;
+            cut.inodes.push(attr);
         }
+        cut.partial = plan.partial;
+        cut.shape = plan.shape;
         self.rpo_cut();
         // From here on the cut moves pages from dirty to pending: if it fails part-way, every
         // move is undone, so that nothing taken is left stranded as neither dirty nor sent.
-        match self.take(&seen, &inodes, max_run_pages, &mut cut) {
+        match self.take(&plan.upload, max_run_pages, &mut cut) {
             Ok(()) => {}
             Err(e) => {
                 self.untake(cut);
@@ -201,52 +319,100 @@ impl Fs {
         Ok(cut)
     }
 
-    /// Walks the tree from the root, recording the namespace in `cut`, and sorts the inodes
-    /// into those to upload, those under `--local-only` paths, and those kept nameless.
-    fn walk(
-        &self,
-        filter: &dyn PathFilter,
-        memo: &mut WalkMemo,
-        inodes: &HashMap<u64, Arc<Inode>>,
-        cut: &mut Cut,
-    ) -> Result<Walked> {
-        // Under the gate, so no name changes between reading the generation and the walk.
-        let generation = self.meta.names_generation();
-        let names = match memo.0.take() {
-            Some(n) if n.generation == generation => n,
-            _ => self.walk_names(filter, generation)?,
-        };
-        cut.names = generation;
-        cut.dirents = names.dirents.clone();
-        cut.wal = names.wal.clone();
-        let mut seen = names.named.clone();
-        let local_only = names.local_only.clone();
-        memo.0 = Some(names);
-        // A file unlinked while open keeps its bytes until the last close: it stays in the
-        // bucket's image, nameless, so that its pages that are only in the bucket can still
-        // be fetched. A restore leaves it out; the first cut after its last close drops it.
-        // A local-only file (reached only under those paths, or unlinked while local-only)
-        // whose pages are not all in the cache dir stays the same way, without its changes:
-        // its absent pages are the bucket's, and would read as zeros (and be lost when it
-        // leaves the path) were the bucket's image to drop it.
+    /// Every inode: those to upload, those under `--local-only` paths only, and those kept
+    /// nameless.
+    fn plan_all(&self, names: &Names) -> Result<Plan> {
+        // Read before the map: an inode that goes after this makes the next cut see a change.
+        let map_changes = self.inodes.changes();
+        let inodes = self.inode_snapshot();
+        let mut upload = Vec::with_capacity(names.named.len());
+        let mut unlinked = FxHashSet::default();
         let mut nameless = FxHashSet::default();
-        for (ino, inode) in inodes {
-            let st = inode.state.lock();
-            if st.attr.kind != FileKind::File || seen.contains(ino) {
+        let mut nameless_inodes = Vec::new();
+        for (&ino, inode) in &inodes {
+            // Read now: a change after this notes it again (and an inode noted while the
+            // list was dropped is in no list, which a cut of every inode repairs).
+            inode.state.clear_note();
+            if names.named.contains(&ino) {
+                upload.push((ino, inode.clone()));
                 continue;
             }
-            let unlinked = st.attr.nlink == 0;
-            if unlinked && !st.local_only {
-                seen.insert(*ino);
-            } else if (unlinked || local_only.contains(ino)) && !st.absent.is_empty() {
-                nameless.insert(*ino);
+            match unnamed(&inode.state.lock_unnoted(), &names.local_only) {
+                Unnamed::Unlinked => {
+                    unlinked.insert(ino);
+                    upload.push((ino, inode.clone()));
+                }
+                Unnamed::Nameless => {
+                    nameless.insert(ino);
+                    nameless_inodes.push((ino, inode.clone()));
+                }
+                Unnamed::Out => {}
             }
         }
-        Ok(Walked {
-            seen,
+        if upload.len() < names.named.len() + unlinked.len() {
+            return Err(FsError::Invalid("directory entry names a missing inode"));
+        }
+        let local_only = names
+            .local_only
+            .iter()
+            .filter(|ino| !names.named.contains(ino) && !unlinked.contains(ino))
+            .filter_map(|&ino| inodes.get(&ino).map(|i| (ino, i.clone())))
+            .collect();
+        Ok(Plan {
+            upload,
             local_only,
-            nameless,
+            nameless: nameless_inodes,
+            partial: false,
+            shape: Arc::new(CutShape {
+                names: names.generation,
+                map_changes,
+                unlinked,
+                nameless,
+            }),
         })
+    }
+
+    /// Only the `touched` inodes, while the view holds every other one as the cut of `shape`
+    /// left it: None if one of them is no longer counted as that cut counted it (unlinked,
+    /// nameless or neither).
+    fn plan_touched(
+        &self,
+        names: &Names,
+        shape: &Arc<CutShape>,
+        touched: &[(u64, Arc<Inode>)],
+    ) -> Option<Plan> {
+        let mut plan = Plan {
+            upload: Vec::with_capacity(touched.len()),
+            local_only: Vec::new(),
+            nameless: Vec::new(),
+            partial: true,
+            shape: shape.clone(),
+        };
+        for (ino, inode) in touched {
+            let entry = || (*ino, inode.clone());
+            if names.named.contains(ino) {
+                plan.upload.push(entry());
+                continue;
+            }
+            let now = unnamed(&inode.state.lock_unnoted(), &names.local_only);
+            let then = match (shape.unlinked.contains(ino), shape.nameless.contains(ino)) {
+                (true, _) => Unnamed::Unlinked,
+                (false, true) => Unnamed::Nameless,
+                (false, false) => Unnamed::Out,
+            };
+            if now != then {
+                return None;
+            }
+            match now {
+                Unnamed::Unlinked => plan.upload.push(entry()),
+                Unnamed::Nameless => plan.nameless.push(entry()),
+                Unnamed::Out => {}
+            }
+            if now != Unnamed::Unlinked && names.local_only.contains(ino) {
+                plan.local_only.push(entry());
+            }
+        }
+        Some(plan)
     }
 
     /// Walks the tree from the root: every name outside `--local-only` paths, and which
@@ -296,22 +462,13 @@ impl Fs {
         })
     }
 
-    /// Moves the dirty pages of `seen` to pending (and into `cow`, for the upload to read),
+    /// Moves the dirty pages of `upload` to pending (and into `cow`, for the upload to read),
     /// recording what it took in `cut` as it goes (so that `untake` can undo a part-way
     /// failure).
-    fn take(
-        &self,
-        seen: &FxHashSet<u64>,
-        inodes: &HashMap<u64, Arc<Inode>>,
-        max_run_pages: u32,
-        cut: &mut Cut,
-    ) -> Result<()> {
+    fn take(&self, upload: &[(u64, Arc<Inode>)], max_run_pages: u32, cut: &mut Cut) -> Result<()> {
         let epoch = cut.epoch;
-        for &ino in seen {
-            let Some(inode) = inodes.get(&ino) else {
-                return Err(FsError::Invalid("directory entry names a missing inode"));
-            };
-            let mut st = inode.state.lock();
+        for &(ino, ref inode) in upload {
+            let mut st = inode.state.lock_unnoted();
             if st.local_only {
                 self.leave_local_only(&mut st, epoch)?;
             }
@@ -377,7 +534,7 @@ impl Fs {
         let inode = self.inodes.read().get(&run.ino).cloned();
         if let Some(inode) = inode {
             let file = {
-                let mut st = inode.state.lock();
+                let mut st = inode.state.lock_unnoted();
                 if st.cow.intersects(pages.clone()) {
                     let file = self.cache_file(&mut st, false)?;
                     self.close_if_unused(&mut st);
@@ -391,7 +548,7 @@ impl Fs {
                     read_full(f, buf, run.first_page * PAGE_SIZE)?;
                 } // never written: a hole, zeros already in buf
                 self.step(super::Step::CutRunRead { ino: run.ino });
-                let mut st = inode.state.lock();
+                let mut st = inode.state.lock_unnoted();
                 let unchanged: Vec<_> = st.cow.overlapping(pages.clone()).collect();
                 for r in unchanged {
                     st.cow.remove(r.clone());
@@ -560,10 +717,9 @@ impl Fs {
     /// The upload of `cut` has read all it needs (or given up): nothing of it is left to
     /// read, and its frozen copies go. Returns how many pages were frozen.
     pub fn release_cut(&self, cut: &Cut) -> u64 {
-        let inodes = self.inode_snapshot();
         for ino in cut.taken.keys() {
-            if let Some(inode) = inodes.get(ino) {
-                inode.state.lock().cow = PageSet::new();
+            if let Ok(inode) = self.inode(*ino) {
+                inode.state.lock_unnoted().cow = PageSet::new();
             }
         }
         self.frozen.lock().clear()
@@ -599,6 +755,7 @@ impl Fs {
     /// says so; this puts memory back in step), and so are its truncations.
     pub fn untake(&self, cut: Cut) {
         self.release_cut(&cut);
+        self.give_back(cut.touched.as_deref());
         let inodes = self.inode_snapshot();
         for (ino, keep) in cut.truncations {
             if let Some(inode) = inodes.get(&ino) {
@@ -635,7 +792,7 @@ impl Fs {
         // under `--durability remote` this runs at every group commit).
         for (ino, _) in &cut.truncations {
             if let Ok(inode) = self.inode(*ino) {
-                let mut st = inode.state.lock();
+                let mut st = inode.state.lock_unnoted();
                 st.trunc_pending = None;
                 // The bucket has the cut's truncation now; what a crash must recover is only
                 // the one made since, if any.
@@ -656,7 +813,7 @@ impl Fs {
             };
             // Under the inode's lock, so a write cannot re-mark a page between our check and
             // the delete.
-            let mut st = inode.state.lock();
+            let mut st = inode.state.lock_unnoted();
             let mut batch = self.meta.batch();
             for r in pages.iter() {
                 for page in r {
@@ -682,6 +839,17 @@ impl Fs {
         }
         self.rpo_settled(true);
         Ok(cleaned)
+    }
+
+    /// Gives back what a cut that failed took of the inodes noted as changed (`Cut::touched`):
+    /// the next cut takes them again.
+    fn give_back(&self, touched: Option<&[u64]>) {
+        let map = self.inodes.read();
+        self.touched.give_back(touched, |ino| {
+            if let Some(inode) = map.get(&ino) {
+                inode.state.note(ino);
+            }
+        });
     }
 
     /// The inode map as it is now. Lock order is an inode's lock before the map's (creating

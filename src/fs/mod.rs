@@ -23,10 +23,11 @@ mod namespace;
 pub mod pageset;
 mod remote;
 mod staging;
+mod touched;
 
 pub use attr::{Attr, FileKind};
 pub use bound::{CacheBound, CacheUsage, Evictor, SteppedEvictor, CHUNK_PAGES};
-pub use cut::{Cut, CutDirent, CutRun, PathFilter, WalkMemo};
+pub use cut::{Cut, CutDirent, CutRun, CutShape, PathFilter, WalkMemo};
 pub use error::{FsError, Result};
 pub use namespace::RenameMode;
 pub use remote::{Fetcher, Prefetched, RemoteSync, Restore};
@@ -286,7 +287,7 @@ struct Inode {
     /// reads and writes, which take it shared (all but a write past the end while the cache
     /// file may hold bytes there, `InodeState::tail_unsure`).
     io: RwLock<()>,
-    state: Mutex<InodeState>,
+    state: touched::StateLock,
     /// Held by the one thread running fdatasync for this inode (group commit).
     sync_lock: Mutex<()>,
     /// Held while a fill installs fetched pages, and by a write to a file with absent
@@ -300,7 +301,9 @@ struct Inode {
 pub struct Fs {
     cache: CacheDir,
     meta: MetaStore,
-    inodes: RwLock<HashMap<u64, Arc<Inode>>>,
+    inodes: touched::InodeMap,
+    /// The inodes changed since the last cut took them (`touched.rs`).
+    touched: Arc<touched::Touched>,
     /// Held shared by every operation that changes the filesystem, exclusively by a
     /// checkpoint's cut, so that a cut sees no operation half done. Outermost of all locks.
     gate: RwLock<()>,
@@ -384,6 +387,7 @@ impl Fs {
         let truncs: HashMap<u64, u64> = loaded.truncs.into_iter().collect();
         let mut absent: HashMap<u64, PageSet> = loaded.absent.into_iter().collect();
         let local_only: std::collections::HashSet<u64> = loaded.local_only.into_iter().collect();
+        let touched = Arc::new(touched::Touched::default());
         let mut map = HashMap::with_capacity(loaded.inodes.len());
         let mut max_ino = ROOT_INO;
         let mut dirty_total = 0;
@@ -397,7 +401,7 @@ impl Fs {
             let pages = dirty.remove(&attr.ino).unwrap_or_default();
             dirty_total += pages.len();
             let ino = attr.ino;
-            let inode = Inode::new(attr, pages);
+            let inode = Inode::new(attr, pages, &touched);
             {
                 let mut st = inode.state.lock();
                 st.trunc = truncs.get(&ino).copied();
@@ -412,7 +416,8 @@ impl Fs {
             epoch: AtomicU64::new(loaded.epoch.unwrap_or(1)),
             cache,
             meta,
-            inodes: RwLock::new(map),
+            inodes: touched::InodeMap::new(map),
+            touched,
             gate: RwLock::new(()),
             namespace: Mutex::new(()),
             next_fh: AtomicU64::new(1),
@@ -447,9 +452,10 @@ impl Fs {
             root.parent = ROOT_INO;
             root.nlink = 2;
             batch.put_inode(&root);
-            fs.inodes
-                .write()
-                .insert(ROOT_INO, Arc::new(Inode::new(root, PageSet::new())));
+            fs.inodes.write().insert(
+                ROOT_INO,
+                Arc::new(Inode::new(root, PageSet::new(), &fs.touched)),
+            );
         }
         fs.apply_root_owner(&mut batch, options);
         let seq = fs.meta.commit(batch)?;
@@ -753,34 +759,37 @@ impl Fs {
 }
 
 impl Inode {
-    fn new(attr: Attr, dirty: PageSet) -> Inode {
+    fn new(attr: Attr, dirty: PageSet, touched: &Arc<touched::Touched>) -> Inode {
         Inode {
             io: RwLock::new(()),
-            state: Mutex::new(InodeState {
-                attr,
-                dirty,
-                pending: PageSet::new(),
-                cow: PageSet::new(),
-                absent_unsure: false,
-                dirty_unsure: false,
-                absent: PageSet::new(),
-                fetch_stale: PageSet::new(),
-                fetching: PageSet::new(),
-                waiting: 0,
-                tail_unsure: false,
-                local_only: false,
-                trunc: None,
-                trunc_pending: None,
-                open_count: 0,
-                file: None,
-                write_gen: 0,
-                synced_gen: 0,
-                meta_seq: 0,
-                times_unpersisted: false,
-                new_cache_file: false,
-                fetch_next: 0,
-                fetch_window: 0,
-            }),
+            state: touched::StateLock::new(
+                InodeState {
+                    attr,
+                    dirty,
+                    pending: PageSet::new(),
+                    cow: PageSet::new(),
+                    absent_unsure: false,
+                    dirty_unsure: false,
+                    absent: PageSet::new(),
+                    fetch_stale: PageSet::new(),
+                    fetching: PageSet::new(),
+                    waiting: 0,
+                    tail_unsure: false,
+                    local_only: false,
+                    trunc: None,
+                    trunc_pending: None,
+                    open_count: 0,
+                    file: None,
+                    write_gen: 0,
+                    synced_gen: 0,
+                    meta_seq: 0,
+                    times_unpersisted: false,
+                    new_cache_file: false,
+                    fetch_next: 0,
+                    fetch_window: 0,
+                },
+                touched,
+            ),
             sync_lock: Mutex::new(()),
             fill_lock: Mutex::new(()),
             fill_cv: parking_lot::Condvar::new(),

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use parking_lot::MutexGuard;
+use super::touched::StateGuard;
 
 use super::pageset::PageSet;
 use super::ROOT_INO;
@@ -29,12 +29,12 @@ pub enum RenameMode {
 /// Several locked inodes, with their attributes as they were, to roll back to if the batch
 /// fails to commit.
 struct Locked<'a> {
-    entries: Vec<(u64, MutexGuard<'a, InodeState>, Attr)>,
+    entries: Vec<(u64, StateGuard<'a>, Attr)>,
 }
 
 impl<'a> Locked<'a> {
     fn new(inodes: &'a [(u64, Arc<Inode>)]) -> Locked<'a> {
-        let mut entries: Vec<(u64, MutexGuard<'a, InodeState>, Attr)> = Vec::new();
+        let mut entries: Vec<(u64, StateGuard<'a>, Attr)> = Vec::new();
         for (ino, inode) in inodes {
             if entries.iter().any(|(i, _, _)| i == ino) {
                 continue;
@@ -176,7 +176,7 @@ impl Fs {
         batch.put_inode(&p.attr);
         batch.put_dirent(parent, name, ino, kind);
         batch.put_next_ino(ino + 1);
-        let inode = Inode::new(attr.clone(), PageSet::new());
+        let inode = Inode::new(attr.clone(), PageSet::new(), &self.touched);
         inode.state.lock().open_count = u32::from(open);
         self.inodes.write().insert(ino, Arc::new(inode));
         match self.meta.commit(batch) {

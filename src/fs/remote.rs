@@ -272,7 +272,7 @@ impl Fs {
             for r in pages.iter() {
                 batch.put_absent(attr.ino, r);
             }
-            let inode = Inode::new(attr, PageSet::new());
+            let inode = Inode::new(attr, PageSet::new(), &self.touched);
             let ino = {
                 let mut st = inode.state.lock();
                 st.absent = pages;
@@ -522,7 +522,7 @@ impl Fs {
                     break;
                 }
                 st.waiting += 1;
-                inode.fill_cv.wait(&mut st);
+                inode.fill_cv.wait(st.inner());
                 st.waiting -= 1;
             }
             // Readahead: a miss where the last fetch ended is a sequential reader (a scan, a
@@ -915,7 +915,7 @@ mod tests {
                 parent: 0,
                 target: Vec::new(),
             };
-            let inode = super::super::Inode::new(attr, PageSet::new());
+            let inode = super::super::Inode::new(attr, PageSet::new(), &Default::default());
             let mut st = inode.state.lock();
             let mut batch = meta.batch();
             for (s, n) in old {
