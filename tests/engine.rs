@@ -2843,10 +2843,12 @@ fn page_cache_of(path: &Path) -> PageCache {
 // A cut with no name changed takes only the inodes changed since the cut the view holds (a
 // checkpoint at every group commit under `--durability remote` must not cost the whole
 // namespace): every kind of change still reaches the bucket, one taken by a checkpoint that
-// failed is taken again, and a file unlinked while open is kept, then dropped once closed.
+// failed is taken again, a file unlinked while open is kept (its bytes too), then dropped
+// once closed, and a restore gives every file back as it is.
 #[test]
 fn a_cut_of_only_what_changed_misses_no_change() {
     use bucketfs::fs::{SetAttr, SetTime};
+    use std::collections::BTreeSet;
     use std::time::SystemTime;
 
     let dirs = Dirs::new();
@@ -2869,8 +2871,9 @@ fn a_cut_of_only_what_changed_misses_no_change() {
         )
     };
     // The bucket's image of every file (attributes, and the bytes of those changed) is the
-    // filesystem's.
-    let assert_in_bucket = |round: usize, files: &[u64], changed: &[u64]| {
+    // filesystem's. Reading them touches every file: a checkpoint after takes them all, finds
+    // nothing to send, and leaves the next cut only what the next round changes.
+    let assert_in_bucket = |round: usize, files: &[u64], changed: &BTreeSet<u64>| {
         for &ino in files {
             let mine = e.fs.getattr(ino).expect("getattr");
             let view = e.cp.view();
@@ -2885,15 +2888,16 @@ fn a_cut_of_only_what_changed_misses_no_change() {
                 &e.read_all(ino),
             );
         }
+        let nothing = e.cp.checkpoint(false).expect("checkpoint");
+        assert!(nothing.is_none(), "round {round}: the bucket had it all");
     };
     let mut rng = fastrand::Rng::with_seed(14);
-    let mut partial = 0;
     let rounds = 60;
     for round in 0..rounds {
-        let mut changed = Vec::new();
+        let mut changed = BTreeSet::new();
         for _ in 0..rng.usize(1..4) {
             let ino = files[rng.usize(..files.len())];
-            changed.push(ino);
+            changed.insert(ino);
             match rng.u8(..5) {
                 0 => chmod(ino, 0o600 | rng.u32(..0o100)),
                 1 => set(
@@ -2922,7 +2926,7 @@ fn a_cut_of_only_what_changed_misses_no_change() {
             // by a checkpoint whose upload fails: the next one must take it again.
             let ino = files[rng.usize(..files.len())];
             chmod(ino, 0o640);
-            changed.push(ino);
+            changed.insert(ino);
             e.plan.set_outage(true);
             assert!(
                 e.cp.checkpoint(false).is_err(),
@@ -2931,10 +2935,15 @@ fn a_cut_of_only_what_changed_misses_no_change() {
             e.plan.set_outage(false);
         }
         let outcome = e.cp.checkpoint(false).expect("checkpoint");
-        partial += usize::from(outcome.is_some_and(|o| o.partial));
+        let outcome = outcome.expect("committed");
+        assert!(outcome.partial, "round {round}: only what changed");
+        assert_eq!(
+            outcome.inodes,
+            changed.len(),
+            "round {round}: the inodes taken"
+        );
         assert_in_bucket(round, &files, &changed);
     }
-    assert_eq!(partial, rounds, "every cut took only what changed");
 
     // Unlinked while open: a name change (every inode counted), then changes to the open
     // file alone (only what changed), then its last close (every inode again: it is gone).
@@ -2964,6 +2973,12 @@ fn a_cut_of_only_what_changed_misses_no_change() {
         .cloned()
         .expect("kept while open");
     assert_eq!((kept.nlink, kept.perm), (0, 0o604));
+    let mine = e.fs.read(doomed, 0, kept.size as u32).expect("read");
+    assert_same(
+        "unlinked, in the bucket",
+        &e.in_bucket_nameless(doomed),
+        &mine,
+    );
     e.fs.release(doomed).expect("close");
     let outcome =
         e.cp.checkpoint(false)
@@ -2977,5 +2992,26 @@ fn a_cut_of_only_what_changed_misses_no_change() {
         !view.read().inodes.contains_key(&doomed),
         "dropped once closed"
     );
-    assert_in_bucket(rounds, &files[1..], &[]);
+    let all: BTreeSet<u64> = files[1..].iter().copied().collect();
+    assert_in_bucket(rounds, &files[1..], &all);
+
+    // A restore into an empty cache dir gives back every file as it is here.
+    let want: Vec<_> = (1..files.len())
+        .map(|i| {
+            let ino = e.ino(&format!("f{i}"));
+            (e.fs.getattr(ino).expect("getattr"), e.read_all(ino))
+        })
+        .collect();
+    e.crash();
+    let r = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    for (i, (attr, bytes)) in (1..files.len()).zip(want) {
+        let ino = r.ino(&format!("f{i}"));
+        let got = r.fs.getattr(ino).expect("getattr");
+        assert_eq!(
+            (got.perm, got.uid, got.gid, got.size, got.mtime),
+            (attr.perm, attr.uid, attr.gid, attr.size, attr.mtime),
+            "f{i} restored"
+        );
+        assert_same(&format!("f{i} restored"), &r.read_all(ino), &bytes);
+    }
 }

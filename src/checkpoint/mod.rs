@@ -738,6 +738,9 @@ pub struct Outcome {
     pub frozen: u64,
     /// The cut took only the inodes changed since the cut before (`Cut::partial`).
     pub partial: bool,
+    /// The inodes whose attributes the cut took (every inode in the bucket's image, unless
+    /// `partial`).
+    pub inodes: usize,
 }
 
 /// A sealed segment's way to the bucket: the permit its builder took (memory), the limit on
@@ -1264,6 +1267,7 @@ impl Checkpointer {
             bytes,
             cut_ms,
             partial = cut.partial,
+            inodes = cut.inodes.len(),
             frozen,
             log_sync_us,
             commit_us,
@@ -1279,6 +1283,7 @@ impl Checkpointer {
             base,
             frozen,
             partial: cut.partial,
+            inodes: cut.inodes.len(),
         }))
     }
 

@@ -204,13 +204,23 @@ impl Fs {
         memory_budget: u64,
     ) -> Result<Cut> {
         let _gate = self.gate.write();
-        // Every inode changed since the last cut. Their notes are cleared before they are
-        // read: a change after that notes the inode again, for the next cut. A cut that
-        // fails gives them back (`untake`, or here).
-        let touched = self.touched.take();
+        let mut cut = Cut {
+            epoch: self.epoch.load(Ordering::Acquire),
+            next_ino: self.next_ino.load(Ordering::Acquire),
+            // Every inode changed since the last cut (once each: an inode can be noted
+            // again while a cut of every inode runs). A cut that fails gives them back.
+            touched: self.touched.take().map(|mut listed| {
+                listed.sort_unstable();
+                listed.dedup();
+                listed
+            }),
+            ..Cut::default()
+        };
+        // Their notes are cleared before they are read: a change after that notes the inode
+        // again, for the next cut.
         let found: Vec<(u64, Arc<Inode>)> = {
             let map = self.inodes.read();
-            let listed = touched.iter().flatten();
+            let listed = cut.touched.iter().flatten();
             let found = listed.filter_map(|&ino| map.get(&ino).map(|i| (ino, i.clone())));
             found.collect()
         };
@@ -218,34 +228,46 @@ impl Fs {
             inode.state.clear_note();
         }
         // A dropped list: every inode.
-        let in_view = in_view.filter(|_| touched.is_some());
-        match self.cut_locked(filter, memo, in_view, &found, max_run_pages, memory_budget) {
-            Ok(mut cut) => {
-                cut.touched = touched;
-                Ok(cut)
-            }
+        let in_view = in_view.filter(|_| cut.touched.is_some());
+        let upload = match self.plan_cut(filter, memo, in_view, &found, &mut cut) {
+            Ok(upload) => upload,
             Err(e) => {
-                self.give_back(touched.as_deref());
-                Err(e)
+                self.give_back(cut.touched.as_deref());
+                return Err(e);
+            }
+        };
+        self.rpo_cut();
+        // From here on the cut moves pages from dirty to pending: if it fails part-way, every
+        // move is undone, so that nothing taken is left stranded as neither dirty nor sent.
+        match self.take(&upload, max_run_pages, &mut cut) {
+            Ok(()) => {}
+            Err(e) => {
+                self.untake(cut);
+                return Err(e);
             }
         }
+        let mut batch = self.meta.batch();
+        batch.put_epoch(cut.epoch + 1);
+        if let Err(e) = self.meta.commit(batch) {
+            self.untake(cut);
+            return Err(e.into());
+        }
+        self.epoch.store(cut.epoch + 1, Ordering::Release);
+        self.frozen.lock().begin(cut.bytes, memory_budget);
+        Ok(cut)
     }
 
-    fn cut_locked(
+    /// Records the namespace in `cut` and decides which inodes it takes (only the `touched`
+    /// ones while the view holds the others, `in_view`): drops the changes of local-only
+    /// files, records the nameless ones, and returns the inodes whose changes are uploaded.
+    fn plan_cut(
         &self,
         filter: &dyn PathFilter,
         memo: &mut WalkMemo,
         in_view: Option<&Arc<CutShape>>,
         touched: &[(u64, Arc<Inode>)],
-        max_run_pages: u32,
-        memory_budget: u64,
-    ) -> Result<Cut> {
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let mut cut = Cut {
-            epoch,
-            next_ino: self.next_ino.load(Ordering::Acquire),
-            ..Cut::default()
-        };
+        cut: &mut Cut,
+    ) -> Result<Vec<(u64, Arc<Inode>)>> {
         // Under the gate, so no name changes between reading the generation and the walk.
         let generation = self.meta.names_generation();
         let names = match memo.0.take() {
@@ -298,25 +320,7 @@ impl Fs {
         }
         cut.partial = plan.partial;
         cut.shape = plan.shape;
-        self.rpo_cut();
-        // From here on the cut moves pages from dirty to pending: if it fails part-way, every
-        // move is undone, so that nothing taken is left stranded as neither dirty nor sent.
-        match self.take(&plan.upload, max_run_pages, &mut cut) {
-            Ok(()) => {}
-            Err(e) => {
-                self.untake(cut);
-                return Err(e);
-            }
-        }
-        let mut batch = self.meta.batch();
-        batch.put_epoch(epoch + 1);
-        if let Err(e) = self.meta.commit(batch) {
-            self.untake(cut);
-            return Err(e.into());
-        }
-        self.epoch.store(epoch + 1, Ordering::Release);
-        self.frozen.lock().begin(cut.bytes, memory_budget);
-        Ok(cut)
+        Ok(plan.upload)
     }
 
     /// Every inode: those to upload, those under `--local-only` paths only, and those kept

@@ -5,8 +5,12 @@
 //! inode in a shared list when it is released, unless the inode is noted already. A cut
 //! takes the list and clears each listed inode's note before it locks the inode to read it:
 //! a change made after that read notes the inode again, for the next cut. So nothing needs
-//! to remember to note a change; only the cut's own reads (and the checkpointer's, which
-//! change nothing a cut reads) lock without noting (`lock_unnoted`).
+//! to remember to note a change. Only the cut and the checkpointer lock without noting
+//! (`lock_unnoted`): the cut's reads, its own changes (dirty pages taken, a local-only
+//! file's dropped, truncations sent; a failed cut puts them back through noting locks),
+//! and the checkpointer's changes that no cut reads (pending pages, copy-on-write). Every
+//! other lock notes, reads included: the lock cannot tell a read from a change, and a read
+//! noted costs the next cut a visit, never a change.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -88,9 +92,8 @@ impl StateLock {
         }
     }
 
-    /// Locks the state without noting the inode: only for a cut's reads and the
-    /// checkpointer's own changes (pending pages, copy-on-write, truncations sent), which
-    /// change nothing a cut reads.
+    /// Locks the state without noting the inode: only for the cut and the checkpointer
+    /// (see the module's comment).
     pub(super) fn lock_unnoted(&self) -> MutexGuard<'_, InodeState> {
         self.mutex.lock()
     }

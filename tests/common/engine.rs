@@ -186,20 +186,28 @@ impl Engine {
     /// File `ino` as the bucket's latest checkpoint holds it, read from the bucket, not the
     /// cache dir. None: not there, or there only without a name (a restore leaves it out).
     pub fn in_bucket(&self, ino: u64) -> Option<Vec<u8>> {
+        let view = self.cp.view();
+        let named = view.read().inodes.get(&ino).is_some_and(|a| a.nlink > 0);
+        named.then(|| self.in_bucket_nameless(ino))
+    }
+
+    /// File `ino` as the bucket's latest checkpoint holds it, with a name or without (a file
+    /// unlinked while open). Panics if the checkpoint does not hold it.
+    pub fn in_bucket_nameless(&self, ino: u64) -> Vec<u8> {
         let size = self
             .cp
             .view()
             .read()
             .inodes
             .get(&ino)
-            .filter(|a| a.nlink > 0)?
+            .expect("in the bucket's image")
             .size;
         let mut bytes = self
             .bucket
             .fetch(ino, 0..size.div_ceil(PAGE_SIZE))
             .expect("fetch from the bucket");
         bytes.truncate(size as usize);
-        Some(bytes)
+        bytes
     }
 
     /// The names in the root directory of the bucket's latest checkpoint.
