@@ -2843,16 +2843,23 @@ fn page_cache_of(path: &Path) -> PageCache {
 // A cut with no name changed takes only the inodes changed since the cut the view holds (a
 // checkpoint at every group commit under `--durability remote` must not cost the whole
 // namespace): every kind of change still reaches the bucket, one taken by a checkpoint that
-// failed is taken again, a file unlinked while open is kept (its bytes too), then dropped
-// once closed, and a restore gives every file back as it is.
+// failed is taken again, nothing the checkpoint does itself counts as a change, a file
+// unlinked while open is kept (its bytes too) and dropped once closed, a restore gives every
+// file back as it is, and a file that leaves the nameless set without a name changing is
+// dropped.
 #[test]
 fn a_cut_of_only_what_changed_misses_no_change() {
-    use bucketfs::fs::{SetAttr, SetTime};
+    use bucketfs::fs::{RenameMode, SetAttr, SetTime};
     use std::collections::BTreeSet;
     use std::time::SystemTime;
 
     let dirs = Dirs::new();
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    // Bases every 8 manifests: some are made from a partial cut's delta.
+    let options = || Options {
+        base_every: 8,
+        ..Options::default()
+    };
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options());
     let files: Vec<u64> = (0..40).map(|i| e.create(&format!("f{i}"))).collect();
     for (i, &ino) in files.iter().enumerate() {
         e.write(ino, 0, &pattern(i as u8, 2));
@@ -2869,6 +2876,11 @@ fn a_cut_of_only_what_changed_misses_no_change() {
                 ..SetAttr::default()
             },
         )
+    };
+    let committed = |e: &Engine| {
+        e.cp.checkpoint(false)
+            .expect("checkpoint")
+            .expect("committed")
     };
     // The bucket's image of every file (attributes, and the bytes of those changed) is the
     // filesystem's. Reading them touches every file: a checkpoint after takes them all, finds
@@ -2893,6 +2905,7 @@ fn a_cut_of_only_what_changed_misses_no_change() {
     };
     let mut rng = fastrand::Rng::with_seed(14);
     let rounds = 60;
+    let mut partial_bases = 0;
     for round in 0..rounds {
         let mut changed = BTreeSet::new();
         for _ in 0..rng.usize(1..4) {
@@ -2922,56 +2935,48 @@ fn a_cut_of_only_what_changed_misses_no_change() {
             }
         }
         if round % 10 == 5 {
-            // A change of the attributes alone (no page, no truncation to give back), taken
-            // by a checkpoint whose upload fails: the next one must take it again.
-            let ino = files[rng.usize(..files.len())];
+            // A change of the attributes alone (no page, no truncation to give back) to a
+            // file nothing else changed, taken by a checkpoint whose upload fails: the next
+            // one must take it again.
+            let ino = *files.iter().find(|f| !changed.contains(f)).expect("a file");
             chmod(ino, 0o640);
             changed.insert(ino);
             e.plan.set_outage(true);
-            assert!(
-                e.cp.checkpoint(false).is_err(),
-                "round {round}: the bucket is out"
-            );
+            let failed = e.cp.checkpoint(false);
+            assert!(failed.is_err(), "round {round}: the bucket is out");
             e.plan.set_outage(false);
         }
-        let outcome = e.cp.checkpoint(false).expect("checkpoint");
-        let outcome = outcome.expect("committed");
+        let outcome = committed(&e);
         assert!(outcome.partial, "round {round}: only what changed");
-        assert_eq!(
-            outcome.inodes,
-            changed.len(),
-            "round {round}: the inodes taken"
-        );
+        assert_eq!(outcome.inodes, changed.len(), "round {round}: inodes taken");
+        partial_bases += usize::from(outcome.base);
         assert_in_bucket(round, &files, &changed);
     }
+    assert!(partial_bases > 0, "a base made from a partial cut's delta");
+
+    // Nothing the checkpoint does itself (reading the cut, marking it clean) counts as a
+    // change: with nothing read between, each cut takes the one file written since.
+    for (i, &ino) in files[..4].iter().enumerate() {
+        e.write(ino, 0, &pattern(200 + i as u8, 1));
+        let outcome = committed(&e);
+        assert_eq!((outcome.partial, outcome.inodes), (true, 1), "write {i}");
+    }
+    assert_in_bucket(rounds, &files, &files[..4].iter().copied().collect());
 
     // Unlinked while open: a name change (every inode counted), then changes to the open
     // file alone (only what changed), then its last close (every inode again: it is gone).
     let doomed = files[0];
     e.fs.open(doomed, libc::O_RDWR).expect("open");
     e.fs.unlink(ROOT_INO, OsStr::new("f0")).expect("unlink");
-    let outcome =
-        e.cp.checkpoint(false)
-            .expect("checkpoint")
-            .expect("committed");
-    assert!(
-        !outcome.partial,
-        "a name changed: the cut counts every inode"
-    );
+    assert!(!committed(&e).partial, "a name changed: every inode");
     e.fs.write(doomed, 0, &pattern(99, 1)).expect("write");
     chmod(doomed, 0o604);
-    let outcome =
-        e.cp.checkpoint(false)
-            .expect("checkpoint")
-            .expect("committed");
-    assert!(outcome.partial, "only the unlinked file changed");
+    let outcome = committed(&e);
+    let taken = (outcome.partial, outcome.inodes);
+    assert_eq!(taken, (true, 1), "only the unlinked file changed");
     let view = e.cp.view();
-    let kept = view
-        .read()
-        .inodes
-        .get(&doomed)
-        .cloned()
-        .expect("kept while open");
+    let kept = view.read().inodes.get(&doomed).cloned();
+    let kept = kept.expect("kept while open");
     assert_eq!((kept.nlink, kept.perm), (0, 0o604));
     let mine = e.fs.read(doomed, 0, kept.size as u32).expect("read");
     assert_same(
@@ -2980,14 +2985,7 @@ fn a_cut_of_only_what_changed_misses_no_change() {
         &mine,
     );
     e.fs.release(doomed).expect("close");
-    let outcome =
-        e.cp.checkpoint(false)
-            .expect("checkpoint")
-            .expect("committed");
-    assert!(
-        !outcome.partial,
-        "an inode went: the cut counts every inode"
-    );
+    assert!(!committed(&e).partial, "an inode went: every inode");
     assert!(
         !view.read().inodes.contains_key(&doomed),
         "dropped once closed"
@@ -3003,15 +3001,41 @@ fn a_cut_of_only_what_changed_misses_no_change() {
         })
         .collect();
     e.crash();
-    let r = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
-    for (i, (attr, bytes)) in (1..files.len()).zip(want) {
+    let r = Engine::open(&dirs.cache(1), &dirs.bucket(), options());
+    for (i, (attr, bytes)) in (1..files.len()).zip(&want) {
         let ino = r.ino(&format!("f{i}"));
         let got = r.fs.getattr(ino).expect("getattr");
-        assert_eq!(
-            (got.perm, got.uid, got.gid, got.size, got.mtime),
-            (attr.perm, attr.uid, attr.gid, attr.size, attr.mtime),
-            "f{i} restored"
-        );
-        assert_same(&format!("f{i} restored"), &r.read_all(ino), &bytes);
+        let restored = (got.perm, got.uid, got.gid, got.size, got.mtime);
+        let had = (attr.perm, attr.uid, attr.gid, attr.size, attr.mtime);
+        assert_eq!(restored, had, "f{i} restored");
+        if i > 1 {
+            assert_same(&format!("f{i} restored"), &r.read_all(ino), bytes);
+        }
     }
+
+    // A file that leaves the nameless set with no name changed: renamed into a local-only
+    // path while its pages are only in the bucket (restored, never read), it stays in the
+    // bucket's image without a name; once read whole, the next cut drops it.
+    r.checkpoint();
+    let f1 = r.ino("f1");
+    let local_only = OsStr::new("postmaster.pid");
+    let renamed = r.fs.rename(
+        ROOT_INO,
+        OsStr::new("f1"),
+        ROOT_INO,
+        local_only,
+        RenameMode::Replace,
+    );
+    renamed.expect("rename");
+    assert!(!committed(&r).partial, "a name changed");
+    let view = r.cp.view();
+    let kept = view.read().inodes.get(&f1).map(|a| a.nlink);
+    assert_eq!(
+        kept,
+        Some(0),
+        "kept nameless while its pages are only in the bucket"
+    );
+    assert_same("f1, filled", &r.read_all(f1), &want[0].1);
+    assert!(!committed(&r).partial, "the file left the nameless set");
+    assert!(!view.read().inodes.contains_key(&f1), "dropped once filled");
 }

@@ -1212,7 +1212,8 @@ impl Checkpointer {
         let log_sync_us = log_sync_started.elapsed().as_micros() as u64;
         self.fs.step(crate::fs::Step::Uploaded { epoch: cut.epoch });
         // A flush that failed meanwhile has stopped the mount: the upload may have read older
-        // bytes through the page cache, so nothing more is committed.
+        // bytes through the page cache, so nothing more is committed (and the cut is not
+        // given back: nothing cuts again).
         if let Some(why) = self.fs.cache_failure() {
             return Err(CheckpointError::CacheFailed {
                 epoch: self.view.read().epoch,
@@ -1224,6 +1225,7 @@ impl Checkpointer {
         let manifest_len = match self.commit(&manifest) {
             Ok(len) => len,
             Err(e) => {
+                // Fenced, the mount has stopped for good: nothing to give back.
                 if !matches!(e, CheckpointError::Fenced { .. }) {
                     self.fs.untake(cut);
                 }

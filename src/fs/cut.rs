@@ -148,6 +148,36 @@ impl CutShape {
     pub fn names(&self) -> u64 {
         self.names
     }
+
+    /// How the cut counted `ino`, if no name reached it.
+    fn counted(&self, ino: u64) -> Unnamed {
+        if self.unlinked.contains(&ino) {
+            Unnamed::Unlinked
+        } else if self.nameless.contains(&ino) {
+            Unnamed::Nameless
+        } else {
+            Unnamed::Out
+        }
+    }
+}
+
+impl Plan {
+    /// Places `inode`: `class` is None if a name reaches it, else how the cut counts it.
+    fn place(&mut self, names: &Names, ino: u64, inode: &Arc<Inode>, class: Option<Unnamed>) {
+        let entry = (ino, inode.clone());
+        // Reached only under local-only paths (by no other name, and not unlinked while
+        // open): its changes are dropped.
+        let local_only = matches!(class, Some(Unnamed::Nameless | Unnamed::Out))
+            && names.local_only.contains(&ino);
+        if local_only {
+            self.local_only.push(entry.clone());
+        }
+        match class {
+            None | Some(Unnamed::Unlinked) => self.upload.push(entry),
+            Some(Unnamed::Nameless) => self.nameless.push(entry),
+            Some(Unnamed::Out) => {}
+        }
+    }
 }
 
 /// The last cut's walk of the names, kept by the caller of `cut` for the next one. Walking
@@ -281,16 +311,10 @@ impl Fs {
         // Only the touched inodes while the view holds every other one as it is (no name
         // changed, no inode came or went, none of the touched changed how it is counted);
         // otherwise every inode.
-        let same =
-            |s: &&Arc<CutShape>| s.names == generation && s.map_changes == self.inodes.changes();
-        let plan = match in_view.filter(same) {
-            Some(shape) => self.plan_touched(names, shape, touched),
-            None => None,
-        };
-        let plan = match plan {
-            Some(plan) => plan,
-            None => self.plan_all(names)?,
-        };
+        let plan = in_view
+            .filter(|s| s.names == generation && s.map_changes == self.inodes.changes())
+            .and_then(|shape| self.plan_touched(names, shape, touched))
+            .map_or_else(|| self.plan_all(names), Ok)?;
         cut.inodes
             .reserve_exact(plan.upload.len() + plan.nameless.len());
         // Local-only files are never uploaded, so nothing of theirs waits to be: forget
@@ -329,51 +353,38 @@ impl Fs {
         // Read before the map: an inode that goes after this makes the next cut see a change.
         let map_changes = self.inodes.changes();
         let inodes = self.inode_snapshot();
-        let mut upload = Vec::with_capacity(names.named.len());
-        let mut unlinked = FxHashSet::default();
-        let mut nameless = FxHashSet::default();
-        let mut nameless_inodes = Vec::new();
+        let mut plan = Plan {
+            upload: Vec::with_capacity(names.named.len()),
+            local_only: Vec::new(),
+            nameless: Vec::new(),
+            partial: false,
+            shape: Arc::default(),
+        };
+        let mut shape = CutShape {
+            names: names.generation,
+            map_changes,
+            ..CutShape::default()
+        };
         for (&ino, inode) in &inodes {
             // Read now: a change after this notes it again (and an inode noted while the
             // list was dropped is in no list, which a cut of every inode repairs).
             inode.state.clear_note();
-            if names.named.contains(&ino) {
-                upload.push((ino, inode.clone()));
-                continue;
-            }
-            match unnamed(&inode.state.lock_unnoted(), &names.local_only) {
-                Unnamed::Unlinked => {
-                    unlinked.insert(ino);
-                    upload.push((ino, inode.clone()));
-                }
-                Unnamed::Nameless => {
-                    nameless.insert(ino);
-                    nameless_inodes.push((ino, inode.clone()));
-                }
-                Unnamed::Out => {}
-            }
+            let class = match names.named.contains(&ino) {
+                true => None,
+                false => Some(unnamed(&inode.state.lock_unnoted(), &names.local_only)),
+            };
+            match class {
+                Some(Unnamed::Unlinked) => shape.unlinked.insert(ino),
+                Some(Unnamed::Nameless) => shape.nameless.insert(ino),
+                _ => false,
+            };
+            plan.place(names, ino, inode, class);
         }
-        if upload.len() < names.named.len() + unlinked.len() {
+        if plan.upload.len() < names.named.len() + shape.unlinked.len() {
             return Err(FsError::Invalid("directory entry names a missing inode"));
         }
-        let local_only = names
-            .local_only
-            .iter()
-            .filter(|ino| !names.named.contains(ino) && !unlinked.contains(ino))
-            .filter_map(|&ino| inodes.get(&ino).map(|i| (ino, i.clone())))
-            .collect();
-        Ok(Plan {
-            upload,
-            local_only,
-            nameless: nameless_inodes,
-            partial: false,
-            shape: Arc::new(CutShape {
-                names: names.generation,
-                map_changes,
-                unlinked,
-                nameless,
-            }),
-        })
+        plan.shape = Arc::new(shape);
+        Ok(plan)
     }
 
     /// Only the `touched` inodes, while the view holds every other one as the cut of `shape`
@@ -393,28 +404,14 @@ impl Fs {
             shape: shape.clone(),
         };
         for (ino, inode) in touched {
-            let entry = || (*ino, inode.clone());
-            if names.named.contains(ino) {
-                plan.upload.push(entry());
-                continue;
-            }
-            let now = unnamed(&inode.state.lock_unnoted(), &names.local_only);
-            let then = match (shape.unlinked.contains(ino), shape.nameless.contains(ino)) {
-                (true, _) => Unnamed::Unlinked,
-                (false, true) => Unnamed::Nameless,
-                (false, false) => Unnamed::Out,
+            let class = match names.named.contains(ino) {
+                true => None,
+                false => Some(unnamed(&inode.state.lock_unnoted(), &names.local_only)),
             };
-            if now != then {
+            if class.is_some_and(|now| now != shape.counted(*ino)) {
                 return None;
             }
-            match now {
-                Unnamed::Unlinked => plan.upload.push(entry()),
-                Unnamed::Nameless => plan.nameless.push(entry()),
-                Unnamed::Out => {}
-            }
-            if now != Unnamed::Unlinked && names.local_only.contains(ino) {
-                plan.local_only.push(entry());
-            }
+            plan.place(names, *ino, inode, class);
         }
         Some(plan)
     }

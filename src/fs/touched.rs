@@ -8,9 +8,13 @@
 //! to remember to note a change. Only the cut and the checkpointer lock without noting
 //! (`lock_unnoted`): the cut's reads, its own changes (dirty pages taken, a local-only
 //! file's dropped, truncations sent; a failed cut puts them back through noting locks),
-//! and the checkpointer's changes that no cut reads (pending pages, copy-on-write). Every
-//! other lock notes, reads included: the lock cannot tell a read from a change, and a read
-//! noted costs the next cut a visit, never a change.
+//! and the checkpointer's changes that no cut reads (pending pages, copy-on-write); and the
+//! cache bound's scans, which only read. Every other lock notes, reads included: the lock
+//! cannot tell a read from a change, and a read noted costs the next cut a visit, never a
+//! change.
+//!
+//! A change that must be in a cut is made under the gate (`Fs::gate`, which the cut takes
+//! exclusively) and its guard is released before the gate: the cut then finds it noted.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -42,7 +46,8 @@ impl Touched {
     /// list was dropped; the caller must visit every inode.
     pub(super) fn take(&self) -> Option<Vec<u64>> {
         let mut noted = self.0.lock();
-        let inodes = std::mem::take(&mut noted.inodes);
+        let room = noted.inodes.len();
+        let inodes = std::mem::replace(&mut noted.inodes, Vec::with_capacity(room));
         (!std::mem::take(&mut noted.dropped)).then_some(inodes)
     }
 
@@ -119,9 +124,11 @@ pub(super) struct StateGuard<'a> {
 }
 
 impl<'a> StateGuard<'a> {
-    /// The plain guard, for a condition variable's wait. The wait releases the lock and takes
-    /// it again; the note is made when this guard is released, after whatever follows it.
+    /// The plain guard, for a condition variable's wait, which releases the lock and takes it
+    /// again: what was changed before the wait is noted now, what changes after it when this
+    /// guard is released.
     pub(super) fn inner(&mut self) -> &mut MutexGuard<'a, InodeState> {
+        self.lock.note(self.guard.attr.ino);
         &mut self.guard
     }
 }
