@@ -817,7 +817,7 @@ struct NamesSeen {
     /// What the cut the view holds counted: its names' generation, and the inodes it took
     /// beyond the names (`Fs::cut` takes only the inodes touched since while they stay the
     /// same). Set by the commit of a cut, cleared by any other change of the view.
-    in_view: Option<Arc<crate::fs::CutShape>>,
+    in_view: Option<Arc<CutShape>>,
 }
 
 pub struct Checkpointer {

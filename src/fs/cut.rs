@@ -115,17 +115,24 @@ enum Unnamed {
     Out,
 }
 
-fn unnamed(st: &InodeState, local_only_names: &FxHashSet<u64>) -> Unnamed {
-    if st.attr.kind != FileKind::File {
-        return Unnamed::Out;
-    }
-    let unlinked = st.attr.nlink == 0;
-    if unlinked && !st.local_only {
-        Unnamed::Unlinked
-    } else if (unlinked || local_only_names.contains(&st.attr.ino)) && !st.absent.is_empty() {
-        Unnamed::Nameless
-    } else {
-        Unnamed::Out
+impl Names {
+    /// How a cut counts `inode`: None if one of these names reaches it.
+    fn class(&self, ino: u64, inode: &Inode) -> Option<Unnamed> {
+        if self.named.contains(&ino) {
+            return None;
+        }
+        let st = inode.state.lock_unnoted();
+        if st.attr.kind != FileKind::File {
+            return Some(Unnamed::Out);
+        }
+        let unlinked = st.attr.nlink == 0;
+        Some(if unlinked && !st.local_only {
+            Unnamed::Unlinked
+        } else if (unlinked || self.local_only.contains(&ino)) && !st.absent.is_empty() {
+            Unnamed::Nameless
+        } else {
+            Unnamed::Out
+        })
     }
 }
 
@@ -369,10 +376,7 @@ impl Fs {
             // Read now: a change after this notes it again (and an inode noted while the
             // list was dropped is in no list, which a cut of every inode repairs).
             inode.state.clear_note();
-            let class = match names.named.contains(&ino) {
-                true => None,
-                false => Some(unnamed(&inode.state.lock_unnoted(), &names.local_only)),
-            };
+            let class = names.class(ino, inode);
             match class {
                 Some(Unnamed::Unlinked) => shape.unlinked.insert(ino),
                 Some(Unnamed::Nameless) => shape.nameless.insert(ino),
@@ -404,10 +408,7 @@ impl Fs {
             shape: shape.clone(),
         };
         for (ino, inode) in touched {
-            let class = match names.named.contains(ino) {
-                true => None,
-                false => Some(unnamed(&inode.state.lock_unnoted(), &names.local_only)),
-            };
+            let class = names.class(*ino, inode);
             if class.is_some_and(|now| now != shape.counted(*ino)) {
                 return None;
             }
