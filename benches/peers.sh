@@ -28,7 +28,9 @@
 #   fio       seq write 1M: $FIO_SIZE in 1 MiB blocks, then fsync (MB/s)
 #             rand write 8K: $FIO_SIZE of random 8 KiB writes, then fsync (IOPS)
 #   pgbench   initdb, `pgbench -i -s $SCALE`, CHECKPOINT, then
-#             `pgbench -c $CLIENTS -j $JOBS -T $DURATION` TPC-B (TPS)
+#             `pgbench -c $CLIENTS -j $JOBS -T $DURATION` TPC-B (TPS); for a FUSE target, its
+#             daemon's resident memory when the timed run ends (VmRSS) and its peak so far
+#             (VmHWM), printed after the TPS (not in the table)
 #   cold      Postgres stopped, the filesystem stopped (bucketfs: its final checkpoint;
 #             JuiceFS: `juicefs umount --flush`), its cache dir emptied, the page cache dropped;
 #             then the time from starting the filesystem to the first query's answer
@@ -470,6 +472,13 @@ run_pgbench() { # target port
     echo "failed transactions in pgbench" >"$SCRATCH/failed-$t"
   fi
   printf '    %.1f TPS\n' "${TPS[$t]}"
+  if [ -n "$FS_PID" ]; then
+    local rss
+    rss="$(awk '/^VmRSS:/ { r = $2 } /^VmHWM:/ { h = $2 } END { if (h) printf "%d %d", r / 1024, h / 1024 }' "/proc/$FS_PID/status" 2>/dev/null)"
+    if [ -n "$rss" ]; then
+      printf '    daemon memory when the run ended: VmRSS %s MiB, VmHWM %s MiB\n' ${rss}
+    fi
+  fi
   pg_stop "$t" "$data"
 }
 

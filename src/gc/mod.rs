@@ -74,35 +74,45 @@ impl Default for Retention {
     }
 }
 
-/// What GC needs of one manifest, kept between passes so that each is read once.
+/// What GC needs of one manifest, kept between passes so that each is read once. It must stay
+/// small whatever the manifest's size: the catalog holds one for every manifest in the bucket,
+/// and under `--durability remote` a writer commits hundreds a second, which the window keeps
+/// for a day.
 #[derive(Clone, Debug)]
 pub struct Summary {
-    pub epoch: u64,
     pub parent: Option<u64>,
     pub created_ms: u64,
-    pub writer: String,
-    pub clean_stop: bool,
     /// A takeover's fence: kept for good.
     pub fence: bool,
-    /// The segments its extents name.
-    pub segments: Vec<String>,
+    /// The segments it brought: those of its extents uploaded under its own epoch.
+    pub segments: Box<[Arc<str>]>,
 }
 
 impl Summary {
+    /// Only the segments a manifest brought are kept, not every one its extents name. A base
+    /// restates the whole image (thousands of segments, and every manifest that still carries
+    /// a page), and keeping those names made the catalog grow by the image's size at every
+    /// base. GC needs no more: what a manifest names besides its own uploads was in the image
+    /// it follows (a base is that image with the delta of its cut applied, `as_committed`; a
+    /// delta names only what its cut or compaction uploaded), so it is in the oldest retained
+    /// checkpoint's image or brought by a manifest between, both of which a pass counts as
+    /// live. Nor the manifests that carry runs: one after the oldest retained checkpoint
+    /// carries only its own, which is never deleted while it is retained.
     pub fn of(m: &Manifest) -> Summary {
-        // Deduplicated before they are copied: a base names every extent's segment.
-        let mut names: Vec<&str> = m.extents.iter().map(|e| &*e.segment).collect();
+        let mut names: Vec<&Arc<str>> = m
+            .extents
+            .iter()
+            .map(|e| &e.segment)
+            .filter(|key| segment_epoch(key) == Some(m.epoch))
+            .collect();
         names.sort_unstable();
         names.dedup();
-        let segments = names.into_iter().map(String::from).collect();
         Summary {
-            epoch: m.epoch,
             parent: m.parent,
             created_ms: m.created_ms,
-            writer: m.writer.clone(),
-            clean_stop: m.clean_stop,
             fence: m.fence,
-            segments,
+            // The manifest's own names, shared, not copied.
+            segments: names.into_iter().cloned().collect(),
         }
     }
 }
@@ -343,32 +353,41 @@ impl Collector {
         // not those the state already classed. A pending key is no fence: it was read before
         // it was pended, and a fence landing on it after it was deleted would be a takeover
         // of a view GC had already left behind, which reads the boundary and gives up.
+        // `CHAIN_WINDOW` at a time: a writer's first pass after it starts reads every manifest
+        // of the window, and holds the checkpointer (every `--durability remote` commit)
+        // meanwhile.
+        let unknown: Vec<u64> = epochs
+            .keys()
+            .copied()
+            .filter(|&epoch| {
+                !(self.catalog.summaries.contains_key(&epoch)
+                    || (epoch < boundary
+                        && (old.fences.contains(&epoch)
+                            || old.pending.contains_key(&manifest_key(epoch)))))
+            })
+            .collect();
         let mut unreadable: BTreeSet<u64> = BTreeSet::new();
-        for &epoch in epochs.keys() {
-            let key = manifest_key(epoch);
-            let known = self.catalog.summaries.contains_key(&epoch)
-                || (epoch < boundary
-                    && (old.fences.contains(&epoch) || old.pending.contains_key(&key)));
-            if known {
-                continue;
-            }
-            if epoch >= boundary {
-                let bytes = store.get(&key, None).await?;
-                self.catalog
-                    .insert(&Manifest::decode_at(&bytes, &key, epoch)?);
-                continue;
-            }
-            // Below the boundary nothing reads it, and GC never frees a key it cannot class:
-            // it might be a fence.
-            let read = store.get(&key, None).await;
-            match read.map_err(CheckpointError::from).and_then(|bytes| {
-                Manifest::decode_at(&bytes, &key, epoch).map_err(CheckpointError::from)
-            }) {
-                Ok(m) => self.catalog.insert(&m),
-                Err(CheckpointError::Store(StoreError::NotFound { .. })) => {} // deleted since
-                Err(e) => {
-                    warn!(key, error = %e, "an object below the GC boundary that cannot be read is kept");
-                    unreadable.insert(epoch);
+        for window in unknown.chunks(CHAIN_WINDOW) {
+            let read = futures_util::future::join_all(window.iter().map(|&epoch| async move {
+                let key = manifest_key(epoch);
+                let m = match store.get(&key, None).await {
+                    Ok(bytes) => Manifest::decode_at(&bytes, &key, epoch).map_err(Into::into),
+                    Err(e) => Err(CheckpointError::from(e)),
+                };
+                (epoch, key, m)
+            }))
+            .await;
+            for (epoch, key, m) in read {
+                match m {
+                    Ok(m) => self.catalog.insert(&m),
+                    Err(e) if epoch >= boundary => return Err(e),
+                    // Below the boundary nothing reads it, and GC never frees a key it
+                    // cannot class: it might be a fence.
+                    Err(CheckpointError::Store(StoreError::NotFound { .. })) => {} // deleted since
+                    Err(e) => {
+                        warn!(key, error = %e, "an object below the GC boundary that cannot be read is kept");
+                        unreadable.insert(epoch);
+                    }
                 }
             }
         }
@@ -392,13 +411,13 @@ impl Collector {
             .range(plan_in.oldest + 1..)
             .map(|(_, s)| s)
         {
-            live.extend(s.segments.iter().cloned());
+            live.extend(s.segments.iter().map(|k| k.to_string()));
         }
         let named: HashSet<&str> = self
             .catalog
             .summaries
             .values()
-            .flat_map(|s| s.segments.iter().map(String::as_str))
+            .flat_map(|s| s.segments.iter().map(|k| &**k))
             .collect();
         let mut plan = Plan::default();
         let r = &mut plan.report;
@@ -684,3 +703,132 @@ struct Retained {
 
 /// Shared with the status and metrics: the last pass's report.
 pub type LastReport = Arc<parking_lot::Mutex<Option<Report>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::segment::{Codec, RunLocation};
+    use crate::manifest::Extent;
+
+    fn names(view: &View) -> BTreeSet<Arc<str>> {
+        let extents = view.extents.values().flat_map(|map| map.values());
+        extents.map(|(_, e)| e.segment.clone()).collect()
+    }
+
+    /// A chain as the checkpointer writes one: deltas whose runs go to segments of their own
+    /// epoch or ride in the manifest, truncations, and a base every 8th commit made as
+    /// `as_committed` makes it (the view with the delta applied). The catalog holds each
+    /// segment once, in the summary of the manifest that brought it, and for every choice of
+    /// the oldest retained checkpoint a pass counts the same objects live as it would with
+    /// every name of every manifest.
+    #[test]
+    fn summaries_hold_what_each_manifest_brought_and_a_pass_finds_the_same_live_set() {
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        let mut view = View::default();
+        let mut manifests: Vec<Manifest> = Vec::new();
+        let mut images: Vec<View> = Vec::new();
+        let mut uploaded: BTreeSet<Arc<str>> = BTreeSet::new();
+        for epoch in 1..=240u64 {
+            let mut m = Manifest {
+                epoch,
+                parent: (epoch > 1).then(|| epoch - 1),
+                page_size: 8192,
+                next_ino: 16,
+                ..Manifest::default()
+            };
+            for n in 0..rng.u64(1..4) {
+                let key: Arc<str> = match rng.bool() {
+                    true => manifest_key(epoch).into(),
+                    false => format!("segments/{epoch:020}-w-{epoch}-{n:04}.seg").into(),
+                };
+                if key.starts_with("segments/") {
+                    uploaded.insert(key.clone());
+                }
+                let run = RunLocation {
+                    // Files 1-3, 4-6, 7-9: no two runs of a manifest overlap.
+                    ino: 1 + 3 * n + rng.u64(0..3),
+                    first_page: rng.u64(0..48),
+                    pages: rng.u32(1..24),
+                    offset: 0,
+                    stored_len: 1,
+                    codec: Codec::Raw,
+                    crc: 0,
+                };
+                m.extents.push(Extent::whole(key, run));
+            }
+            if rng.u8(..8) == 0 {
+                m.truncations.push((rng.u64(1..10), rng.u64(0..32)));
+            }
+            let m = match epoch % 8 == 1 {
+                true => {
+                    let mut next = view.clone();
+                    next.apply(&m);
+                    next.to_base(epoch, 0, 8192, "w")
+                }
+                false => m,
+            };
+            view.apply(&m);
+            images.push(view.clone());
+            manifests.push(m);
+        }
+        assert!(
+            manifests
+                .iter()
+                .filter(|m| m.parent.is_none() && m.epoch > 1)
+                .all(|b| b.extents.len() >= 20),
+            "the bases after the first restate images of many extents"
+        );
+        let mut catalog = Catalog::default();
+        for m in &manifests {
+            catalog.insert(m);
+        }
+        let held: Vec<&Arc<str>> = catalog
+            .summaries
+            .values()
+            .flat_map(|s| s.segments.iter())
+            .collect();
+        assert_eq!(
+            held.len(),
+            uploaded.len(),
+            "each segment held once, by the manifest that brought it"
+        );
+        for oldest in 1..=manifests.len() as u64 {
+            let image = names(&images[oldest as usize - 1]);
+            let after = manifests.iter().filter(|m| m.epoch > oldest);
+            let every_name: BTreeSet<Arc<str>> = after
+                .flat_map(|m| m.extents.iter().map(|e| e.segment.clone()))
+                .chain(image.iter().cloned())
+                .collect();
+            let from_summaries: BTreeSet<Arc<str>> = catalog
+                .summaries
+                .range(oldest + 1..)
+                .flat_map(|(_, s)| s.segments.iter().cloned())
+                .chain(image.iter().cloned())
+                .collect();
+            // Segments: the same live set. Manifests that carry runs: a pass only asks about
+            // those older than the oldest retained checkpoint's chain, and the image alone
+            // answers for them.
+            let segments = |set: &BTreeSet<Arc<str>>| -> BTreeSet<Arc<str>> {
+                set.iter()
+                    .filter(|k| k.starts_with("segments/"))
+                    .cloned()
+                    .collect()
+            };
+            let (kept, named) = (segments(&from_summaries), segments(&every_name));
+            let differ: Vec<_> = kept.symmetric_difference(&named).collect();
+            assert!(
+                differ.is_empty(),
+                "oldest {oldest}: live by one count only: {differ:?}"
+            );
+            for key in every_name
+                .iter()
+                .filter(|k| epoch_of_key(k).is_some_and(|e| e <= oldest))
+            {
+                assert!(
+                    image.contains(key),
+                    "oldest {oldest}: {key} is live only by a later name"
+                );
+            }
+        }
+    }
+}
