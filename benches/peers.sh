@@ -476,7 +476,8 @@ run_pgbench() { # target port
     local rss
     rss="$(awk '/^VmRSS:/ { r = $2 } /^VmHWM:/ { h = $2 } END { if (h) printf "%d %d", r / 1024, h / 1024 }' "/proc/$FS_PID/status" 2>/dev/null)"
     if [ -n "$rss" ]; then
-      printf '    daemon memory when the run ended: VmRSS %s MiB, VmHWM %s MiB\n' ${rss}
+      # shellcheck disable=SC2086 # two numbers, one for each %s
+      printf '    daemon memory when the run ended: VmRSS %s MiB, VmHWM %s MiB\n' $rss
     fi
   fi
   pg_stop "$t" "$data"

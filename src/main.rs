@@ -126,8 +126,13 @@ fn init_tracing(format: LogFormat) {
 /// and when the request itself was answered first the kernel knows no request by that number
 /// and refuses the answer with ENOENT, which fuser logs as "Failed to send FUSE reply: No such
 /// file or directory": over a hundred ERROR lines in a few minutes of pgbench under
-/// `--durability remote`, for nothing that failed. (Every other request stays known to the
-/// kernel until bucketfs answers it, so no other answer is refused with ENOENT.)
+/// `--durability remote`, for nothing that failed. A request bucketfs has not answered yet stays
+/// known to the kernel until it is answered, so no other answer is refused so, except after
+/// the connection was aborted (`umount -f`, `/sys/fs/fuse/connections/*/abort`), when every
+/// answer is: the mount is gone then, and its end is logged on its own.
+///
+/// fuser logs through the `log` crate: its lines arrive as events of the target "log" with
+/// the real target in the field `log.target`.
 struct NoLateInterruptAnswers;
 
 impl<S> tracing_subscriber::layer::Filter<S> for NoLateInterruptAnswers {
@@ -144,22 +149,37 @@ impl<S> tracing_subscriber::layer::Filter<S> for NoLateInterruptAnswers {
         event: &tracing::Event<'_>,
         _: &tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
-        struct Refused(bool);
-        impl tracing::field::Visit for Refused {
+        #[derive(Default)]
+        struct Line {
+            from_reply: bool,
+            refused: bool,
+        }
+        impl tracing::field::Visit for Line {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                match field.name() {
+                    "log.target" => self.from_reply = value == FUSER_REPLY,
+                    _ => self.record_debug(field, &value),
+                }
+            }
             fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
                 if field.name() == "message" {
                     let text = format!("{value:?}");
-                    self.0 = text.starts_with("Failed to send FUSE reply")
+                    self.refused = text.starts_with("Failed to send FUSE reply")
                         && text.ends_with("(os error 2)");
                 }
             }
         }
-        if event.metadata().target() != "fuser::reply" {
+        const FUSER_REPLY: &str = "fuser::reply";
+        let target = event.metadata().target();
+        if target != "log" && target != FUSER_REPLY {
             return true;
         }
-        let mut refused = Refused(false);
-        event.record(&mut refused);
-        !refused.0
+        let mut line = Line {
+            from_reply: target == FUSER_REPLY,
+            ..Line::default()
+        };
+        event.record(&mut line);
+        !(line.from_reply && line.refused)
     }
 }
 
@@ -459,7 +479,8 @@ mod tests {
     }
 
     /// fuser's line for a refused answer to an interrupt is dropped; its other failed answers,
-    /// and everything else, are logged.
+    /// and everything else, are logged. fuser logs through the `log` crate, so its lines are
+    /// sent as `log` records, as the `log` bridge the subscriber installs turns them into events.
     #[test]
     fn only_the_refused_answer_to_an_interrupt_is_dropped() {
         let lines = Lines::default();
@@ -469,17 +490,39 @@ mod tests {
             .with_writer(move || writer.clone())
             .with_filter(super::NoLateInterruptAnswers);
         let subscriber = tracing_subscriber::registry().with(fmt);
+        let log = |target: &str, args: std::fmt::Arguments<'_>| {
+            tracing_log::format_trace(
+                &log::Record::builder()
+                    .target(target)
+                    .level(log::Level::Error)
+                    .args(args)
+                    .build(),
+            )
+            .unwrap();
+        };
         tracing::subscriber::with_default(subscriber, || {
             let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
             let eio = std::io::Error::from_raw_os_error(libc::EIO);
-            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {enoent}");
-            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: {eio}");
+            log(
+                "fuser::reply",
+                format_args!("Failed to send FUSE reply: {enoent}"),
+            );
+            log(
+                "fuser::reply",
+                format_args!("Failed to send FUSE reply: {eio}"),
+            );
+            log(
+                "fuser::session",
+                format_args!("Failed to send FUSE reply: {enoent}"),
+            );
             tracing::error!(target: "bucketfs::fuse", "read failed: {enoent}");
         });
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         let kept: Vec<&str> = text.lines().collect();
-        assert_eq!(kept.len(), 2, "{text}");
-        assert!(kept[0].contains("Failed to send FUSE reply: Input/output error (os error 5)"));
-        assert!(kept[1].contains("read failed: No such file or directory (os error 2)"));
+        assert_eq!(kept.len(), 3, "{text}");
+        assert!(kept[0]
+            .contains("fuser::reply: Failed to send FUSE reply: Input/output error (os error 5)"));
+        assert!(kept[1].contains("fuser::session: Failed to send FUSE reply: No such file"));
+        assert!(kept[2].contains("read failed: No such file or directory (os error 2)"));
     }
 }

@@ -4,12 +4,12 @@
 //!
 //! A pass, in order:
 //! 1. *List* `manifests/` and `segments/`, and read what the catalog does not know yet of
-//!    each manifest (its time, its parent, the segments its extents name).
+//!    each manifest (its time, its parent, the segments it uploaded: `Summary::of`).
 //! 2. *Retain* the latest checkpoint, the newest `min_checkpoints`, and every one committed
 //!    within `window`. The oldest of them is restorable, so its chain back to a base is
 //!    needed, and so is every manifest after it.
 //! 3. *Live* segments: those the oldest retained checkpoint's image names, and those any
-//!    later manifest names. Every retained image is made of them.
+//!    later manifest uploaded. Every retained image is made of them.
 //! 4. *Unneeded*: manifests older than the first needed one, segments that are not live. An
 //!    unneeded object becomes *pending* with the time a pass first saw it so; it is deleted
 //!    by a later pass (never the one that drained it) once it has been pending for `grace`.
@@ -96,8 +96,9 @@ impl Summary {
     /// it follows (a base is that image with the delta of its cut applied, `as_committed`; a
     /// delta names only what its cut or compaction uploaded), so it is in the oldest retained
     /// checkpoint's image or brought by a manifest between, both of which a pass counts as
-    /// live. Nor the manifests that carry runs: one after the oldest retained checkpoint
-    /// carries only its own, which is never deleted while it is retained.
+    /// live. Nor the manifests that carry runs: a pass asks only about those older than the
+    /// oldest retained checkpoint's chain, and one of those that a later manifest names was,
+    /// by the same argument, in that checkpoint's image.
     pub fn of(m: &Manifest) -> Summary {
         let mut names: Vec<&Arc<str>> = m
             .extents
@@ -805,9 +806,10 @@ mod tests {
                 .flat_map(|(_, s)| s.segments.iter().cloned())
                 .chain(image.iter().cloned())
                 .collect();
-            // Segments: the same live set. Manifests that carry runs: a pass only asks about
-            // those older than the oldest retained checkpoint's chain, and the image alone
-            // answers for them.
+            // Segments: the same live set. Manifests that carry runs, which summaries leave
+            // out: a pass asks only about those older than the oldest retained checkpoint's
+            // chain, and (the premise of leaving them out, a property of how bases are made)
+            // any of those a later manifest names is in the image.
             let segments = |set: &BTreeSet<Arc<str>>| -> BTreeSet<Arc<str>> {
                 set.iter()
                     .filter(|k| k.starts_with("segments/"))
