@@ -492,9 +492,9 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(fmt);
         let log = |target: &str, args: std::fmt::Arguments<'_>| {
             tracing_log::format_trace(
-                &log::Record::builder()
+                &tracing_log::log::Record::builder()
                     .target(target)
-                    .level(log::Level::Error)
+                    .level(tracing_log::log::Level::Error)
                     .args(args)
                     .build(),
             )

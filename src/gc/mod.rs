@@ -716,7 +716,7 @@ mod tests {
         extents.map(|(_, e)| e.segment.clone()).collect()
     }
 
-    /// A chain as the checkpointer writes one: deltas whose runs go to segments of their own
+    /// A chain modelled on the checkpointer's: deltas whose runs go to segments of their own
     /// epoch or ride in the manifest, truncations, and a base every 8th commit made as
     /// `as_committed` makes it (the view with the delta applied). The catalog holds each
     /// segment once, in the summary of the manifest that brought it, and for every choice of
