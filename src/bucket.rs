@@ -280,6 +280,8 @@ struct Writing {
     checkpointer: Arc<Checkpointer>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// GC passes (ended, a pass under way cut short, before the final checkpoint).
+    gc_thread: Option<JoinHandle<()>>,
     fs: Arc<Fs>,
     store: Arc<dyn ObjectStore>,
     rt: tokio::runtime::Handle,
@@ -822,6 +824,17 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             })
             .context("start checkpointer")?
     };
+    // GC beside the checkpoints, not between them (the thread ends at once when GC is off).
+    let gc_thread = {
+        let (cp, stop) = (checkpointer.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("gc".into())
+            .spawn(move || {
+                let _span = info_span!("gc").entered();
+                cp.run_gc(&stop)
+            })
+            .context("start GC")?
+    };
     let progress = Arc::new(PrewarmProgress::default());
     let prefetch = if restoring {
         let hot = read_hot_set(&*store, runtime.handle());
@@ -845,6 +858,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             checkpointer,
             stop,
             thread: Some(thread),
+            gc_thread: Some(gc_thread),
             fs: fs.clone(),
             store,
             rt: runtime.handle().clone(),
@@ -1108,6 +1122,9 @@ impl Writing {
         self.stop.store(true, Ordering::Release);
         // A checkpoint in flight finishes first, and counts in the progress reports.
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.gc_thread.take() {
             let _ = t.join();
         }
         let started = std::time::Instant::now();

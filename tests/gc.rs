@@ -383,8 +383,10 @@ fn an_uncommitted_segment_is_collected_only_once_it_is_older_than_the_grace() {
     let ino = e.create("data");
     e.write(ino, 0, &pattern(3, 4));
     e.checkpoint();
-    // An upload of a checkpoint that never committed (a crash, or one still in flight).
-    let orphan = "segments/00000000000000000099-feedfacefeedface-7-0000.seg";
+    // An upload of a checkpoint that never committed: a writer that crashed before its
+    // manifest, at an epoch the bucket has passed since. (One at an epoch above every
+    // manifest may still be under way: see the next test.)
+    let orphan = "segments/00000000000000000001-feedfacefeedface-7-0000.seg";
     std::fs::write(dirs.bucket().join(orphan), b"not committed yet").unwrap();
 
     let t0 = now_ms();
@@ -396,14 +398,135 @@ fn an_uncommitted_segment_is_collected_only_once_it_is_older_than_the_grace() {
         "younger than the grace: kept"
     );
     // One uploaded later is seen for the first time now: it has its own grace.
-    let late = "segments/00000000000000000099-feedfacefeedface-8-0000.seg";
-    std::fs::write(dirs.bucket().join(late), b"in flight").unwrap();
+    let late = "segments/00000000000000000001-feedfacefeedface-8-0000.seg";
+    std::fs::write(dirs.bucket().join(late), b"seen later").unwrap();
     let r = e.cp.gc_pass(t0 + HOUR_MS).unwrap();
     assert_eq!(r.deleted, 1, "{r:?}");
     let left = keys(&dirs.bucket());
     assert!(!left.contains(orphan), "older than the grace: collected");
     assert!(left.contains(late), "first seen now: kept");
     assert_same("data", &e.in_bucket(ino).unwrap(), &pattern(3, 4));
+}
+
+/// Blocks the first PUT whose key `matches` until the returned sender is used (or dropped),
+/// and tells the receiver when it got there.
+fn hold_put(
+    e: &Engine,
+    matches: impl Fn(&str) -> bool + Send + Sync + 'static,
+) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let (reached, at) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let once = std::sync::Mutex::new(Some((reached, released)));
+    e.plan.on_put(move |key| {
+        if !matches(key) {
+            return;
+        }
+        let Some((reached, released)) = once.lock().unwrap().take() else {
+            return;
+        };
+        reached.send(()).unwrap();
+        let _ = released.recv();
+    });
+    (at, release)
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_checkpoint_commits_while_a_gc_pass_runs() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(1, false));
+    let ino = e.create("data");
+    rewrite_and_checkpoint(&e, ino, 4, 12);
+    // A first pass finds the garbage; the second, past the grace, deletes it, and stops
+    // where it records what waits (its plan made, its deletes to come).
+    let t0 = now_ms();
+    assert!(e.cp.gc_pass(t0).unwrap().pending > 0);
+    let (at, release) = hold_put(&e, |key| key == bucketfs::gc::STATE_KEY);
+    let cp = e.cp.clone();
+    let pass = std::thread::spawn(move || cp.gc_pass(t0 + HOUR_MS));
+    at.recv_timeout(WAIT).expect("the pass records its state");
+
+    // Mid-pass, writes and their checkpoints (a base among them: one every 4th): committed
+    // now, not once the pass is over.
+    let (done, committed) = std::sync::mpsc::channel();
+    let writer = {
+        let (fs, cp) = (e.fs.clone(), e.cp.clone());
+        std::thread::spawn(move || {
+            fs.open(ino, libc::O_RDWR).expect("open");
+            for tag in 90..96u8 {
+                let page = u64::from(tag % 4) * PAGE_SIZE;
+                fs.write(ino, page, &pattern(tag, 1)).expect("write");
+                fs.fsync(ino, false).expect("fsync");
+                cp.checkpoint(false).expect("checkpoint");
+            }
+            fs.release(ino).expect("close");
+            done.send(()).unwrap();
+        })
+    };
+    let waited = committed.recv_timeout(WAIT).is_err();
+    release.send(()).unwrap();
+    let r = pass.join().unwrap().expect("the pass");
+    writer.join().unwrap();
+    assert!(!waited, "the checkpoints waited for the GC pass");
+    // What the pass planned before those commits it deleted after them: nothing they need.
+    assert!(r.deleted > 0, "{r:?}");
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let broken = bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    assert_same(
+        "in the bucket",
+        &e.in_bucket(ino).unwrap(),
+        &e.read_all(ino),
+    );
+    let want: Vec<u8> = (92..96u8).flat_map(|tag| pattern(tag, 1)).collect();
+    assert_same("written", &e.read_all(ino), &want);
+}
+
+#[test]
+fn a_checkpoint_still_uploading_keeps_its_segments_through_gc_passes() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc_segments(1, false));
+    let ino = e.create("data");
+    rewrite_and_checkpoint(&e, ino, 4, 3);
+    let next = e.cp.view().read().epoch + 1;
+    // A checkpoint whose segments are up and whose manifest is held back, and a crashed
+    // writer's upload at the same epoch.
+    e.write(ino, 0, &pattern(77, 4));
+    let orphan = format!("segments/{next:020}-feedfacefeedface-9-0000.seg");
+    std::fs::write(dirs.bucket().join(&orphan), b"never committed").unwrap();
+    let (at, release) = hold_put(&e, |key| key.starts_with("manifests/"));
+    let cp = e.cp.clone();
+    let checkpoint = std::thread::spawn(move || cp.checkpoint(false));
+    at.recv_timeout(WAIT)
+        .expect("the checkpoint reaches its commit");
+
+    // Passes meanwhile, the last one past the grace: the checkpoint's segments look like a
+    // crash's leftovers, but their epoch is above every manifest. (On a thread: a pass that
+    // waited for the checkpoint would wait for ever.)
+    let t0 = now_ms();
+    let (reported, report) = std::sync::mpsc::channel();
+    let cp = e.cp.clone();
+    std::thread::spawn(move || {
+        let _ = cp.gc_pass(t0);
+        let _ = reported.send(cp.gc_pass(t0 + 2 * HOUR_MS));
+    });
+    let r = report.recv_timeout(WAIT).expect("the passes end").unwrap();
+    release.send(()).unwrap();
+    checkpoint.join().unwrap().expect("the checkpoint");
+    assert_same("in the bucket", &e.in_bucket(ino).unwrap(), &pattern(77, 4));
+    assert!(
+        r.pending == 2 && r.deleted == 0 && r.orphans == 0,
+        "the uploads above every manifest, past their grace, wait: {r:?}"
+    );
+    // Once a commit has passed their epoch, what no manifest names is an orphan, collected
+    // after its grace (pending since the first pass).
+    let r = e.cp.gc_pass(t0 + 3 * HOUR_MS).unwrap();
+    assert!(r.deleted >= 1, "{r:?}");
+    assert!(!keys(&dirs.bucket()).contains(&orphan), "{r:?}");
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let broken = bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
 }
 
 #[test]

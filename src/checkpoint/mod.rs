@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{debug, error, info, warn};
 
@@ -859,6 +860,8 @@ pub struct Checkpointer {
     upload_total: std::sync::atomic::AtomicU64,
     /// What GC knows of the manifests, kept between passes; and the last pass's report.
     collector: Mutex<crate::gc::Collector>,
+    /// What this writer commits, for the next GC pass (which runs beside commits).
+    gc_inbox: Arc<crate::gc::Inbox>,
     last_gc: Mutex<Option<crate::gc::Report>>,
     /// The bytes of the chain's base and of its deltas since (read at the open, then counted
     /// as this mount commits), which decide when the next base is due (`base_due`).
@@ -900,6 +903,7 @@ impl Checkpointer {
         writer: String,
         opened: &Opened,
     ) -> Checkpointer {
+        let gc_inbox = Arc::new(crate::gc::Inbox::default());
         Checkpointer {
             filter: LocalOnly::new(&settings.local_only, &settings.wal_dir),
             fs,
@@ -923,7 +927,8 @@ impl Checkpointer {
             totals: Mutex::new(Totals::default()),
             upload_sent: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             upload_total: std::sync::atomic::AtomicU64::new(0),
-            collector: Mutex::new(crate::gc::Collector::default()),
+            collector: Mutex::new(crate::gc::Collector::with_inbox(gc_inbox.clone())),
+            gc_inbox,
             last_gc: Mutex::new(None),
             chain_bytes: Mutex::new(opened.chain_bytes),
         }
@@ -1239,7 +1244,9 @@ impl Checkpointer {
         let base = next.is_some();
         self.note_committed(base, manifest_len);
         self.apply_to_view(&manifest, next, Some(cut.shape.clone()));
-        self.collector.lock().catalog.insert(&manifest);
+        if self.settings.gc.is_some() {
+            self.gc_inbox.post(&manifest);
+        }
         // The bucket holds the cut: every fsync waiting on it may return (each also syncs its
         // own file locally, and returns once both are done). Marking the pages clean is local
         // work.
@@ -1461,35 +1468,6 @@ impl Checkpointer {
         );
     }
 
-    /// Uploads segments already built (compaction's), `upload_concurrency` at a time.
-    fn upload(&self, segments: Vec<(String, Vec<u8>)>) -> Result<(), CheckpointError> {
-        if segments.is_empty() {
-            return Ok(());
-        }
-        self.upload_progress_from(segments.iter().map(|(_, b)| b.len() as u64).sum());
-        let limit = Arc::new(tokio::sync::Semaphore::new(
-            self.settings.upload_concurrency.max(1),
-        ));
-        let result = self.rt.block_on(async {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (key, bytes) in segments {
-                let put = put_segment(self.store.clone(), key, bytes, self.upload_sent.clone());
-                let limit = limit.clone();
-                tasks.spawn(async move {
-                    let _permit = limit.acquire_owned().await;
-                    put.await
-                });
-            }
-            while let Some(done) = tasks.join_next().await {
-                done.expect("upload task does not panic")?;
-                crate::failpoint::hit("after-segment-put");
-            }
-            Ok(())
-        });
-        self.upload_progress_from(0);
-        result
-    }
-
     /// Starts the upload progress over: nothing sent of `total`.
     fn upload_progress_from(&self, total: u64) {
         self.upload_total.store(total, Ordering::Release);
@@ -1661,18 +1639,57 @@ impl Checkpointer {
     /// mount still holds the prefix; a fenced mount deletes nothing. `now_ms` is the time the
     /// retention window and the grace are measured from.
     pub fn gc_pass(&self, now_ms: u64) -> Result<crate::gc::Report, CheckpointError> {
+        self.gc_pass_until(now_ms, &AtomicBool::new(false))
+    }
+
+    /// `gc_pass`, ended early (nothing deleted from then on) once `stop` is set.
+    ///
+    /// Checkpoints go on meanwhile: only compaction, which commits a manifest of its own,
+    /// holds the checkpoint lock, and only while it runs. Retention and deletion read the
+    /// bucket as `bucketfs gc` by hand does beside a running writer (what they decide holds
+    /// whatever commits land during the pass: docs/gc.md), and the manifests this writer
+    /// commits reach the catalog through its inbox. Before, a pass held every commit: at
+    /// 20 ms a request that is seconds, and a LIST per 1,000 manifests of the window.
+    fn gc_pass_until(
+        &self,
+        now_ms: u64,
+        stop: &AtomicBool,
+    ) -> Result<crate::gc::Report, CheckpointError> {
         let Some(gc) = self.settings.gc.clone() else {
             return Err(CheckpointError::Refused(
                 "GC is not enabled on this mount".into(),
             ));
         };
-        let _one = self.running.lock();
-        self.check_writer_locked()?;
+        let mut collector = self.collector.lock();
+        let holds = || {
+            if stop.load(Ordering::Acquire) {
+                return Err(CheckpointError::Refused(
+                    "the mount is stopping: GC deletes nothing more this pass".into(),
+                ));
+            }
+            if self.fs.cache_failed() {
+                return Err(CheckpointError::Refused(
+                    "the checkpointer stopped after a failed flush of the cache files: GC \
+                     deletes nothing more"
+                        .into(),
+                ));
+            }
+            self.holds_prefix()
+        };
+        holds()?;
         if let Some(c) = &gc.compact {
-            self.compact_locked(c)?;
+            // Manifests too: one that carries runs is a small segment to compaction. Listed
+            // before the lock: a LIST per 1,000 objects of the bucket.
+            let sizes = self.rt.block_on(async {
+                let mut all = self.store.list("segments/").await?;
+                all.extend(self.store.list(MANIFESTS).await?);
+                Ok::<_, StoreError>(all.into_iter().map(|o| (o.key, o.size)).collect())
+            })?;
+            let _one = self.running.lock();
+            self.check_writer_locked()?;
+            self.compact_locked(c, &sizes)?;
         }
-        let holds = || self.check_writer_locked();
-        let report = self.collector.lock().pass(
+        let report = collector.pass(
             &self.store,
             &self.rt,
             &gc.retention,
@@ -1684,24 +1701,45 @@ impl Checkpointer {
         Ok(report)
     }
 
+    /// Whether this mount still holds the prefix, for GC, which runs beside checkpoints and so
+    /// leaves the view alone (`check_writer_locked` may apply a commit to it): not fenced, and
+    /// the epoch after the view's is free or this writer's own (a commit under way, or one
+    /// whose answer was lost, which the checkpointer settles).
+    fn holds_prefix(&self) -> Result<(), CheckpointError> {
+        let epoch = self.view.read().epoch;
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(CheckpointError::Fenced { epoch });
+        }
+        let key = manifest_key(epoch + 1);
+        if self.rt.block_on(self.store.head(&key))?.is_none() {
+            return Ok(());
+        }
+        let bytes = match self.rt.block_on(self.store.get(&key, None)) {
+            Ok(bytes) => bytes,
+            Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if Manifest::decode(&bytes, &key)?.writer == self.writer {
+            return Ok(());
+        }
+        self.fence(epoch + 1);
+        Err(CheckpointError::Fenced { epoch: epoch + 1 })
+    }
+
     /// The last GC pass's report, if one ran.
     pub fn last_gc(&self) -> Option<crate::gc::Report> {
         self.last_gc.lock().clone()
     }
 
-    /// Rewrites the segments `choose` picks and commits a manifest that points at the new
-    /// copies. Returns the epoch committed, if any.
+    /// Rewrites the segments `choose` picks among those `sizes` lists and commits a manifest
+    /// that points at the new copies. Returns the epoch committed, if any. Under the
+    /// checkpoint lock: the new segments are named by the epoch this commits.
     fn compact_locked(
         &self,
         c: &crate::gc::compact::CompactSettings,
+        sizes: &std::collections::BTreeMap<String, u64>,
     ) -> Result<Option<u64>, CheckpointError> {
-        // Manifests too: one that carries runs is a small segment to compaction.
-        let listed = self.rt.block_on(async {
-            let mut all = self.store.list("segments/").await?;
-            all.extend(self.store.list(MANIFESTS).await?);
-            Ok::<_, StoreError>(all)
-        })?;
-        let sizes = listed.into_iter().map(|o| (o.key, o.size)).collect();
+        let started = Instant::now();
         let view = self.view.read().clone();
         // Segments older than the oldest retained checkpoint, as the last pass found it (none
         // before a first pass).
@@ -1710,7 +1748,7 @@ impl Checkpointer {
             .lock()
             .as_ref()
             .map_or(0, |r| r.oldest_retained);
-        let sources = crate::gc::compact::choose(&view, &sizes, before, c);
+        let sources = crate::gc::compact::choose(&view, sizes, before, c);
         if sources.is_empty() {
             return Ok(None);
         }
@@ -1720,17 +1758,23 @@ impl Checkpointer {
         // Each class is rewritten on its own: a WAL segment's pages stay in WAL segments.
         // Runs a manifest carried go to data segments (WAL pages among them included: only
         // runs older than the retention window are compacted, and WAL that old is rarely
-        // still in use).
-        let mut segments = Vec::new();
+        // still in use). New segments upload as they fill.
+        let put = |key: String, bytes: Vec<u8>| {
+            self.upload_total
+                .fetch_add(bytes.len() as u64, Ordering::AcqRel);
+            put_segment(self.store.clone(), key, bytes, self.upload_sent.clone()).boxed()
+        };
+        self.upload_progress_from(0);
         let mut extents = Vec::new();
+        let (mut count, mut written) = (0, 0);
         for class in [Class::Data, Class::Wal] {
-            let of_class: Vec<String> = sources
+            let of_class: Vec<(String, u64)> = sources
                 .iter()
                 .filter(|k| match Class::of_key(k) {
                     Class::Manifest => class == Class::Data,
                     c => c == class,
                 })
-                .cloned()
+                .map(|k| (k.clone(), sizes[k]))
                 .collect();
             if of_class.is_empty() {
                 continue;
@@ -1742,21 +1786,26 @@ impl Checkpointer {
             };
             let key_of =
                 |n: usize| format!("segments/{epoch:020}-{writer}-c{nonce:08x}-{n:04}{suffix}");
-            let (s, e) = self.rt.block_on(crate::gc::compact::rewrite(
+            let out = crate::gc::compact::Output {
+                key_of: &key_of,
+                zstd_level: self.settings.zstd_level,
+                segment_bytes: self.settings.segment_bytes,
+                uploads: self.settings.upload_concurrency,
+                put: &put,
+            };
+            let done = self.rt.block_on(crate::gc::compact::rewrite(
                 &*self.store,
                 &view,
                 &of_class,
-                &key_of,
-                self.settings.zstd_level,
-                self.settings.segment_bytes,
-            ))?;
-            segments.extend(s);
-            extents.extend(e);
+                &out,
+            ));
+            self.upload_progress_from(0);
+            let done = done?;
+            extents.extend(done.extents);
+            count += done.segments;
+            written += done.bytes;
         }
         let read: u64 = sources.iter().map(|k| sizes[k]).sum();
-        let written: u64 = segments.iter().map(|(_, b)| b.len() as u64).sum();
-        let count = segments.len();
-        self.upload(segments)?;
         crate::failpoint::hit("compact-after-upload");
         let m = Manifest {
             epoch,
@@ -1775,7 +1824,7 @@ impl Checkpointer {
         self.note_committed(base, committed?);
         crate::failpoint::hit("compact-after-commit");
         self.apply_to_view(&m, next, None);
-        self.collector.lock().catalog.insert(&m);
+        self.gc_inbox.post(&m);
         self.record(m.epoch)?;
         info!(
             epoch,
@@ -1784,6 +1833,7 @@ impl Checkpointer {
             read_bytes = read,
             segments = count,
             written_bytes = written,
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "compaction committed: the pages in use moved out of mostly-dead or small segments"
         );
         Ok(Some(epoch))
@@ -1808,7 +1858,6 @@ impl Checkpointer {
         // show that this mount was still the writer then.
         let mut last_commit = Instant::now();
         let mut last_check = Instant::now();
-        let mut last_gc = Instant::now();
         while !stop.load(Ordering::Acquire) {
             {
                 // Sleep until the next tick or until a remote-durability fsync asks.
@@ -1828,22 +1877,7 @@ impl Checkpointer {
                         .is_some_and(|h| last_commit.elapsed() >= h);
                 let checkpoint_due =
                     *wanted || early || heartbeat || last.elapsed() >= self.settings.interval;
-                // A GC pass may be due on its own: it takes no checkpoint (only the interval,
-                // the triggers and fsyncs decide when one is taken).
-                let gc_due = !failed
-                    && self
-                        .settings
-                        .gc
-                        .as_ref()
-                        .is_some_and(|g| last_gc.elapsed() >= g.interval);
                 if !checkpoint_due {
-                    if gc_due {
-                        drop(wanted);
-                        last_gc = Instant::now();
-                        if !self.run_gc_pass() {
-                            return;
-                        }
-                    }
                     continue;
                 }
                 *wanted = false;
@@ -1888,34 +1922,43 @@ impl Checkpointer {
                     warn!(error = %e, "checkpoint failed; the pages stay dirty and the next one retries")
                 }
             }
-            // GC right after a checkpoint that went well, when a pass is due too.
-            let gc_due = self
-                .settings
-                .gc
-                .as_ref()
-                .is_some_and(|g| last_gc.elapsed() >= g.interval);
-            if gc_due && !failed {
-                last_gc = Instant::now();
-                if !self.run_gc_pass() {
-                    return;
-                }
-            }
         }
     }
 
-    /// One GC pass of the running loop; false when this mount is fenced and the loop ends.
-    fn run_gc_pass(&self) -> bool {
-        match self.gc_pass(now_ms()) {
-            Ok(r) => tracing::debug!(?r, "GC pass"),
-            Err(e @ CheckpointError::Fenced { .. }) => {
-                error!(error = %e, "checkpointer stops");
-                return false;
+    /// GC passes every `--gc-interval` until `stop` is set or this mount is fenced, on a
+    /// thread of their own beside `run` (docs/gc.md): a pass that lists a day of manifests
+    /// must not hold the commits that fsyncs wait for. Nothing when GC is off.
+    pub fn run_gc(&self, stop: &AtomicBool) {
+        let Some(interval) = self.settings.gc.as_ref().map(|g| g.interval) else {
+            return;
+        };
+        let tick = Duration::from_millis(100);
+        let mut last = Instant::now();
+        // A failed flush of the cache files ends the checkpointer (`run`), and GC with it.
+        let ended = || {
+            stop.load(Ordering::Acquire)
+                || self.fenced.load(Ordering::Acquire)
+                || self.fs.cache_failed()
+        };
+        while !ended() {
+            let waited = last.elapsed();
+            if waited < interval {
+                std::thread::sleep(tick.min(interval - waited));
+                continue;
             }
-            Err(e) => {
-                warn!(error = %e, "GC pass skipped; nothing was deleted that a retained checkpoint needs, and the next pass tries again")
+            last = Instant::now();
+            match self.gc_pass_until(now_ms(), stop) {
+                Ok(r) => tracing::debug!(?r, "GC pass"),
+                Err(e @ CheckpointError::Fenced { .. }) => {
+                    error!(error = %e, "GC stops: this mount no longer holds the prefix");
+                    return;
+                }
+                Err(_) if ended() => return,
+                Err(e) => {
+                    warn!(error = %e, "GC pass skipped; nothing was deleted that a retained checkpoint needs, and the next pass tries again")
+                }
             }
         }
-        true
     }
 }
 

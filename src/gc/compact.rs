@@ -4,15 +4,18 @@
 //! names them, and GC deletes them after the grace like any other unneeded object (DESIGN.md,
 //! rule 6: rewrite, publish, then delete later).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use tokio::task::JoinSet;
 
 use crate::checkpoint::CheckpointError;
 use crate::fs::PAGE_SIZE;
 use crate::manifest::segment::{decode_run, SegmentBuilder};
 use crate::manifest::view::View;
 use crate::manifest::Extent;
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StoreError};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompactSettings {
@@ -113,74 +116,179 @@ pub fn choose(
     out
 }
 
+/// Where `rewrite` puts what it packs: the keys of the new segments, how they are packed, and
+/// how they are uploaded.
+pub struct Output<'a> {
+    /// The key of the `n`th new segment.
+    pub key_of: &'a (dyn Fn(usize) -> String + Sync),
+    pub zstd_level: Option<i32>,
+    /// A new segment is sealed once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// Uploads in flight at most: a sealed segment waits for one to end.
+    pub uploads: usize,
+    /// Uploads one sealed segment.
+    pub put: &'a (dyn Fn(String, Vec<u8>) -> BoxFuture<'static, Result<(), StoreError>> + Sync),
+}
+
+/// What `rewrite` uploaded: the extents that point at it, and its size.
+#[derive(Debug, Default)]
+pub struct Rewritten {
+    pub extents: Vec<Extent>,
+    pub segments: usize,
+    pub bytes: u64,
+}
+
 /// The pages of `view` that live in `sources`, read from them and packed into new segments
-/// of about `segment_bytes` each, named by `key_of(n)`. Returns the segments to upload and the
-/// extents that point at them (each covering exactly the pages it replaces).
+/// of about `segment_bytes` each, uploaded as they fill. Returns the extents that point at
+/// them (each covering exactly the pages it replaces).
+///
+/// Memory stays a few segments whatever the sources add up to (up to `max_bytes`, and runs
+/// decompress to several times their stored size): a segment's worth of sources read at a
+/// time (`sources` carries each one's size), one run decoded at a time, the segment being
+/// packed and the uploads in flight. (The first
+/// version read every source and decoded every run before packing, and built every new
+/// segment before uploading one: 379 MB of decoded runs at a pass's peak, BENCHMARKS.md.)
+/// Pages are packed source by source, in file order within each.
 pub async fn rewrite(
     store: &dyn ObjectStore,
     view: &View,
-    sources: &[String],
-    key_of: &dyn Fn(usize) -> String,
-    zstd_level: Option<i32>,
-    segment_bytes: u64,
-) -> Result<(Vec<(String, Vec<u8>)>, Vec<Extent>), CheckpointError> {
-    let wanted: HashSet<&str> = sources.iter().map(String::as_str).collect();
-    // (ino, start, end, extent), in file order.
-    let mut pieces: Vec<(u64, u64, u64, &Extent)> = Vec::new();
+    sources: &[(String, u64)],
+    out: &Output<'_>,
+) -> Result<Rewritten, CheckpointError> {
+    let order: HashMap<&str, usize> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.as_str(), i))
+        .collect();
+    // A source's pieces together, in file order.
+    let mut pieces: Vec<Piece> = Vec::new();
     for (ino, map) in &view.extents {
         for (start, (end, e)) in map {
-            if wanted.contains(&*e.segment) {
-                pieces.push((*ino, *start, *end, e));
+            if let Some(&i) = order.get(&*e.segment) {
+                pieces.push((i, *ino, *start, *end, e));
             }
         }
     }
-    pieces.sort_by_key(|p| (p.0, p.1));
-    let mut objects: HashMap<&str, bytes::Bytes> = HashMap::new();
-    for key in sources {
-        objects.insert(key.as_str(), store.get(key, None).await?);
-    }
-    let mut decoded: HashMap<(&str, u64), Vec<u8>> = HashMap::new();
-    let mut segments = Vec::new();
-    let mut extents = Vec::new();
-    let mut builder = SegmentBuilder::compressing(zstd_level);
-    let seal = |builder: SegmentBuilder,
-                segments: &mut Vec<(String, Vec<u8>)>,
-                extents: &mut Vec<Extent>| {
-        let key = key_of(segments.len());
-        let shared: Arc<str> = key.as_str().into();
-        let (bytes, runs) = builder.finish();
-        extents.extend(runs.into_iter().map(|r| Extent::whole(shared.clone(), r)));
-        segments.push((key, bytes));
-    };
-    for (ino, start, end, e) in pieces {
-        let data = match decoded.entry((&*e.segment, e.run.offset)) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let object = &objects[&*e.segment];
-                let from = e.run.offset as usize;
-                let to = from + e.run.stored_len as usize;
-                let stored = object.get(from..to).ok_or_else(|| {
-                    crate::manifest::FormatError::corrupt(
-                        &e.segment,
-                        format!("run at {from}..{to} is past the object's end"),
-                    )
-                })?;
-                v.insert(decode_run(&e.run, stored, &e.segment)?)
+    pieces.sort_by_key(|p| (p.0, p.1, p.2));
+    let mut done = Rewritten::default();
+    let mut uploads: JoinSet<Result<(), StoreError>> = JoinSet::new();
+    let mut builder = SegmentBuilder::compressing(out.zstd_level);
+    let by_source: Vec<&[Piece]> = pieces.chunk_by(|a, b| a.0 == b.0).collect();
+    // Sources are read a segment's worth at a time (at most `READ_AT_ONCE` of them): a pass
+    // over many small ones (manifests that carry runs) is not one round trip each.
+    let mut at = 0;
+    while at < by_source.len() {
+        let mut end = at + 1;
+        let mut bytes = sources[by_source[at][0].0].1;
+        while end < by_source.len() && end - at < READ_AT_ONCE {
+            let size = sources[by_source[end][0].0].1;
+            if bytes + size > out.segment_bytes {
+                break;
             }
-        };
+            bytes += size;
+            end += 1;
+        }
+        let batch = &by_source[at..end];
+        at = end;
+        let objects = futures_util::future::try_join_all(
+            batch
+                .iter()
+                .map(|of_source| store.get(&sources[of_source[0].0].0, None)),
+        )
+        .await?;
+        for (&of_source, object) in batch.iter().zip(objects) {
+            pack(
+                of_source,
+                &object,
+                out,
+                &mut builder,
+                &mut done,
+                &mut uploads,
+            )
+            .await?;
+        }
+    }
+    if !builder.is_empty() {
+        seal(builder, out, &mut done, &mut uploads).await?;
+    }
+    while let Some(r) = uploads.join_next().await {
+        uploaded(r)?;
+    }
+    Ok(done)
+}
+
+/// (source, ino, start, end, extent): the pages `[start, end)` of `ino`, in `extent`.
+type Piece<'a> = (usize, u64, u64, u64, &'a Extent);
+
+/// Sources read at once, at most.
+const READ_AT_ONCE: usize = 32;
+
+/// Packs the pages of one source, read as `object`, sealing and uploading each segment that
+/// fills.
+async fn pack(
+    of_source: &[Piece<'_>],
+    object: &[u8],
+    out: &Output<'_>,
+    builder: &mut SegmentBuilder,
+    done: &mut Rewritten,
+    uploads: &mut JoinSet<Result<(), StoreError>>,
+) -> Result<(), CheckpointError> {
+    // The run last decoded: a run's extents are next to each other in file order.
+    let mut decoded: Option<(u64, Vec<u8>)> = None;
+    for &(_, ino, start, end, e) in of_source {
+        if decoded.as_ref().is_none_or(|(at, _)| *at != e.run.offset) {
+            let from = e.run.offset as usize;
+            let to = from + e.run.stored_len as usize;
+            let stored = object.get(from..to).ok_or_else(|| {
+                crate::manifest::FormatError::corrupt(
+                    &e.segment,
+                    format!("run at {from}..{to} is past the object's end"),
+                )
+            })?;
+            decoded = Some((e.run.offset, decode_run(&e.run, stored, &e.segment)?));
+        }
+        let data = &decoded.as_ref().expect("decoded just above").1;
         let src = ((start - e.run.first_page) * PAGE_SIZE) as usize;
         let len = ((end - start) * PAGE_SIZE) as usize;
         let from = src.min(data.len());
         let to = (src + len).min(data.len());
         let pages = u32::try_from(end - start).expect("an extent lies within one run");
         builder.push_run(ino, start, pages, &data[from..to]);
-        if builder.len() >= segment_bytes {
-            let full = std::mem::replace(&mut builder, SegmentBuilder::compressing(zstd_level));
-            seal(full, &mut segments, &mut extents);
+        if builder.len() >= out.segment_bytes {
+            let full = std::mem::replace(builder, SegmentBuilder::compressing(out.zstd_level));
+            seal(full, out, done, uploads).await?;
         }
     }
-    if !builder.is_empty() {
-        seal(builder, &mut segments, &mut extents);
+    Ok(())
+}
+
+/// Seals `builder` as the next new segment and starts its upload, once fewer than
+/// `out.uploads` are in flight.
+async fn seal(
+    builder: SegmentBuilder,
+    out: &Output<'_>,
+    done: &mut Rewritten,
+    uploads: &mut JoinSet<Result<(), StoreError>>,
+) -> Result<(), CheckpointError> {
+    while uploads.len() >= out.uploads.max(1) {
+        let r = uploads.join_next().await.expect("the set is not empty");
+        uploaded(r)?;
     }
-    Ok((segments, extents))
+    let key = (out.key_of)(done.segments);
+    let shared: Arc<str> = key.as_str().into();
+    let (bytes, runs) = builder.finish();
+    done.extents
+        .extend(runs.into_iter().map(|r| Extent::whole(shared.clone(), r)));
+    done.segments += 1;
+    done.bytes += bytes.len() as u64;
+    uploads.spawn((out.put)(key, bytes));
+    Ok(())
+}
+
+fn uploaded(
+    r: Result<Result<(), StoreError>, tokio::task::JoinError>,
+) -> Result<(), CheckpointError> {
+    r.expect("an upload task does not panic")?;
+    crate::failpoint::hit("after-segment-put");
+    Ok(())
 }

@@ -290,11 +290,24 @@ pub enum Mode<'a> {
     },
 }
 
+/// The manifests a writer committed since the last pass took them in: the next pass need not
+/// read them back. Commits post here, not into the catalog, because a pass holds the catalog
+/// for as long as it runs and commits go on beside it.
+#[derive(Debug, Default)]
+pub struct Inbox(parking_lot::Mutex<Vec<(u64, Summary)>>);
+
+impl Inbox {
+    pub fn post(&self, m: &Manifest) {
+        self.0.lock().push((m.epoch, Summary::of(m)));
+    }
+}
+
 /// A pass over a bucket. The catalog lives as long as the collector, so a writer's passes
 /// read each manifest once.
 #[derive(Debug, Default)]
 pub struct Collector {
     pub catalog: Catalog,
+    inbox: Arc<Inbox>,
 }
 
 /// The plan of one pass: pure arithmetic over what was listed.
@@ -308,6 +321,14 @@ struct Plan {
 }
 
 impl Collector {
+    /// A collector whose catalog also takes in what is posted to `inbox`.
+    pub fn with_inbox(inbox: Arc<Inbox>) -> Collector {
+        Collector {
+            catalog: Catalog::default(),
+            inbox,
+        }
+    }
+
     pub fn pass(
         &mut self,
         store: &Arc<dyn ObjectStore>,
@@ -349,14 +370,20 @@ impl Collector {
             .iter()
             .filter_map(|m| Some((epoch_of_key(&m.key)?, m.size)))
             .collect();
-        self.catalog.summaries.retain(|e, _| epochs.contains_key(e));
+        // What this writer committed since the last pass; a manifest committed after the LIST
+        // stays for the next pass, which lists it.
+        let newest = epochs.keys().next_back().copied();
+        let posted = std::mem::take(&mut *self.inbox.0.lock());
+        self.catalog.summaries.extend(posted);
+        self.catalog
+            .summaries
+            .retain(|e, _| epochs.contains_key(e) || newest.is_none_or(|n| *e > n));
         // Every manifest is read once, to know whether it is a fence; below the boundary
         // not those the state already classed. A pending key is no fence: it was read before
         // it was pended, and a fence landing on it after it was deleted would be a takeover
         // of a view GC had already left behind, which reads the boundary and gives up.
         // `CHAIN_WINDOW` at a time: a writer's first pass after it starts reads every manifest
-        // of the window, and holds the checkpointer (every `--durability remote` commit)
-        // meanwhile.
+        // of the window.
         let unknown: Vec<u64> = epochs
             .keys()
             .copied()
@@ -453,6 +480,12 @@ impl Collector {
         r.pinned = pinned.len() as u64;
         r.fences = fences.len() as u64;
         r.unreadable = unreadable.len() as u64;
+        // A segment of an epoch above every listed manifest may be a checkpoint's upload still
+        // under way (this writer's, whose commits go on beside its passes): it waits, however
+        // long, until a commit passes its epoch. Then it is named, or an orphan (until then not
+        // counted as one).
+        let uncommitted =
+            |key: &str| segment_epoch(key).is_some_and(|e| newest.is_none_or(|n| e > n));
         for s in &segments {
             if !live.contains(&s.key) {
                 unneeded.push((s.key.clone(), s.size));
@@ -463,7 +496,7 @@ impl Collector {
                 let collected = epoch.is_some_and(|e| {
                     e <= plan_in.latest && !self.catalog.summaries.contains_key(&e)
                 });
-                if !named.contains(s.key.as_str()) && !collected {
+                if !named.contains(s.key.as_str()) && !collected && !uncommitted(&s.key) {
                     r.orphans += 1;
                 }
             }
@@ -481,7 +514,7 @@ impl Collector {
         };
         for (key, size) in unneeded {
             match old.pending.get(&key) {
-                Some(&since) if since + grace_ms <= now_ms => {
+                Some(&since) if since + grace_ms <= now_ms && !uncommitted(&key) => {
                     // Kept in the state too: a crash before it is deleted leaves it due.
                     plan.state.pending.insert(key.clone(), since);
                     plan.delete.push((key, size));
@@ -652,9 +685,8 @@ pub fn run_holder_epoch(key: &str) -> Option<u64> {
 }
 
 /// The view a chain builds (`epochs` newest first, as `chain_epochs` gives them), its
-/// manifests fetched `CHAIN_WINDOW` at a time rather than one round trip each: a pass holds
-/// the checkpointer, and so every `--durability remote` commit, while it runs, and a chain
-/// may be 128 manifests long.
+/// manifests fetched `CHAIN_WINDOW` at a time rather than one round trip each: a chain may be
+/// 128 manifests long.
 async fn chain_view(store: &dyn ObjectStore, epochs: &[u64]) -> Result<View, CheckpointError> {
     let oldest_first: Vec<u64> = epochs.iter().rev().copied().collect();
     let mut view = View::default();
