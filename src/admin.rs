@@ -172,7 +172,11 @@ pub fn gc(
     let mode = if dry_run || held.is_some() {
         Mode::DryRun
     } else {
-        Mode::Delete { holds: &holds }
+        // No writer holds the prefix, so no checkpoint is under way beside this pass.
+        Mode::Delete {
+            holds: &holds,
+            in_flight: &|_: &str| false,
+        }
     };
     let report = Collector::default().pass(&store, rt.handle(), retention, now_ms(), mode)?;
     if json {

@@ -835,6 +835,11 @@ pub struct Checkpointer {
     /// The names as the last cut walked them, and which of them the view holds.
     names: Mutex<NamesSeen>,
     fenced: AtomicBool,
+    /// The cut of the checkpoint under way, or of the last one (0: none yet), and the last
+    /// whose attempt ended (committed or failed): uploads of a later cut may still be
+    /// committed, which GC, running beside, must know (`in_flight`).
+    cut_taken: std::sync::atomic::AtomicU64,
+    cut_settled: std::sync::atomic::AtomicU64,
     /// The view's tip is a manifest this writer committed, and not a clean stop. Another
     /// writer can then commit the next epoch only by taking over, and a takeover of a
     /// prefix whose tip is no clean stop writes a fence, a key GC never frees: a commit
@@ -915,6 +920,8 @@ impl Checkpointer {
             running: Mutex::new(()),
             names: Mutex::new(NamesSeen::default()),
             fenced: AtomicBool::new(false),
+            cut_taken: std::sync::atomic::AtomicU64::new(0),
+            cut_settled: std::sync::atomic::AtomicU64::new(0),
             tip_is_ours: AtomicBool::new(false),
             record_url: Mutex::new(None),
             tip_noted: Mutex::new(0),
@@ -1104,6 +1111,9 @@ impl Checkpointer {
         let _one = self.running.lock();
         let started = Instant::now();
         let r = self.checkpoint_locked(clean_stop, commit_empty);
+        // Committed (the manifest is in the bucket) or failed (its uploads are garbage).
+        self.cut_settled
+            .store(self.cut_taken.load(Ordering::Acquire), Ordering::Release);
         let took = started.elapsed();
         self.settle_note();
         let mut t = self.totals.lock();
@@ -1157,6 +1167,7 @@ impl Checkpointer {
             self.settings.run_pages,
             self.settings.staging_memory,
         )?;
+        self.cut_taken.store(cut.epoch, Ordering::Release);
         let cut_ms = cut_started.elapsed().as_millis() as u64;
         let names_in_view = in_view.as_ref().map(|s| s.names()) == Some(cut.names);
         drop(names);
@@ -1507,7 +1518,14 @@ impl Checkpointer {
                 self.fence(m.epoch);
                 Err(CheckpointError::Fenced { epoch: m.epoch })
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                // The manifest may have landed with its answer lost. Should this writer then
+                // stall, another take over (its fence on the next epoch) and GC free this key,
+                // the retry would land on it: the boundary, raised before that, is what tells.
+                // So the next commit reads it.
+                self.tip_is_ours.store(false, Ordering::Release);
+                Err(e.into())
+            }
         }
     }
 
@@ -1677,24 +1695,35 @@ impl Checkpointer {
             self.holds_prefix()
         };
         holds()?;
+        // Read before the LIST: a cut after the last settled one may commit at any time.
+        let settled = self.cut_settled.load(Ordering::Acquire);
+        let mark = format!("-{}-", self.writer);
+        let in_flight = |key: &str| {
+            key.strip_prefix("segments/")
+                .and_then(|rest| rest.split_once(&mark))
+                .and_then(|(_, after)| after.split('-').next()?.parse::<u64>().ok())
+                .is_some_and(|cut| cut > settled)
+        };
         if let Some(c) = &gc.compact {
-            // Manifests too: one that carries runs is a small segment to compaction. Listed
-            // before the lock: a LIST per 1,000 objects of the bucket.
-            let sizes = self.rt.block_on(async {
-                let mut all = self.store.list("segments/").await?;
-                all.extend(self.store.list(MANIFESTS).await?);
-                Ok::<_, StoreError>(all.into_iter().map(|o| (o.key, o.size)).collect())
-            })?;
-            let _one = self.running.lock();
-            self.check_writer_locked()?;
-            self.compact_locked(c, &sizes)?;
+            match self.compact(c) {
+                Ok(_) => {}
+                Err(e @ (CheckpointError::Fenced { .. } | CheckpointError::CacheFailed { .. })) => {
+                    return Err(e)
+                }
+                // Retention and deletion go on: a compaction that keeps failing (a source
+                // that does not check out) must not stop the bucket's GC.
+                Err(e) => warn!(error = %e, "compaction failed; this pass goes on without it"),
+            }
         }
         let report = collector.pass(
             &self.store,
             &self.rt,
             &gc.retention,
             now_ms,
-            crate::gc::Mode::Delete { holds: &holds },
+            crate::gc::Mode::Delete {
+                holds: &holds,
+                in_flight: &in_flight,
+            },
         )?;
         crate::metrics::global().gc_pass(&report);
         *self.last_gc.lock() = Some(report.clone());
@@ -1719,16 +1748,59 @@ impl Checkpointer {
             Err(StoreError::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if Manifest::decode(&bytes, &key)?.writer == self.writer {
-            return Ok(());
+        if Manifest::decode(&bytes, &key)?.writer != self.writer {
+            self.fence(epoch + 1);
+            return Err(CheckpointError::Fenced { epoch: epoch + 1 });
         }
-        self.fence(epoch + 1);
-        Err(CheckpointError::Fenced { epoch: epoch + 1 })
+        // Ours (its answer possibly lost, and not yet in the view): a takeover after it
+        // would have put its fence on the next key.
+        let after = manifest_key(epoch + 2);
+        let Some(_) = self.rt.block_on(self.store.head(&after))? else {
+            return Ok(());
+        };
+        let bytes = self.rt.block_on(self.store.get(&after, None))?;
+        if Manifest::decode(&bytes, &after)?.writer == self.writer {
+            return Ok(()); // two commits of ours landed since the view was read
+        }
+        self.fence(epoch + 2);
+        Err(CheckpointError::Fenced { epoch: epoch + 2 })
     }
 
     /// The last GC pass's report, if one ran.
     pub fn last_gc(&self) -> Option<crate::gc::Report> {
         self.last_gc.lock().clone()
+    }
+
+    /// A GC pass's compaction: the sources chosen without the checkpoint lock (most passes
+    /// find none, and then hold no commit), then under it from the view as it is now,
+    /// rewritten and committed.
+    fn compact(
+        &self,
+        c: &crate::gc::compact::CompactSettings,
+    ) -> Result<Option<u64>, CheckpointError> {
+        // Manifests too: one that carries runs is a small segment to compaction. A LIST per
+        // 1,000 objects of the bucket, before the lock.
+        let sizes = self.rt.block_on(async {
+            let mut all = self.store.list("segments/").await?;
+            all.extend(self.store.list(MANIFESTS).await?);
+            Ok::<_, StoreError>(all.into_iter().map(|o| (o.key, o.size)).collect())
+        })?;
+        let before = self.compaction_floor();
+        if crate::gc::compact::choose(&self.view.read(), &sizes, before, c).is_empty() {
+            return Ok(None);
+        }
+        let _one = self.running.lock();
+        self.check_writer_locked()?;
+        self.compact_locked(c, &sizes)
+    }
+
+    /// Segments older than the oldest retained checkpoint, as the last pass found it (none
+    /// before a first pass), are compaction's to choose from.
+    fn compaction_floor(&self) -> u64 {
+        self.last_gc
+            .lock()
+            .as_ref()
+            .map_or(0, |r| r.oldest_retained)
     }
 
     /// Rewrites the segments `choose` picks among those `sizes` lists and commits a manifest
@@ -1741,14 +1813,7 @@ impl Checkpointer {
     ) -> Result<Option<u64>, CheckpointError> {
         let started = Instant::now();
         let view = self.view.read().clone();
-        // Segments older than the oldest retained checkpoint, as the last pass found it (none
-        // before a first pass).
-        let before = self
-            .last_gc
-            .lock()
-            .as_ref()
-            .map_or(0, |r| r.oldest_retained);
-        let sources = crate::gc::compact::choose(&view, sizes, before, c);
+        let sources = crate::gc::compact::choose(&view, sizes, self.compaction_floor(), c);
         if sources.is_empty() {
             return Ok(None);
         }
@@ -1800,7 +1865,19 @@ impl Checkpointer {
                 &out,
             ));
             self.upload_progress_from(0);
-            let done = done?;
+            let done = match done {
+                Ok(done) => done,
+                Err(e) => {
+                    // What it uploaded is garbage: deleted now, or by GC after the grace.
+                    let prefix = format!("segments/{epoch:020}-{writer}-c{nonce:08x}-");
+                    self.rt.block_on(async {
+                        for o in self.store.list(&prefix).await.unwrap_or_default() {
+                            let _ = self.store.delete(&o.key).await;
+                        }
+                    });
+                    return Err(e);
+                }
+            };
             extents.extend(done.extents);
             count += done.segments;
             written += done.bytes;

@@ -170,51 +170,60 @@ pub async fn rewrite(
         }
     }
     pieces.sort_by_key(|p| (p.0, p.1, p.2));
-    let mut done = Rewritten::default();
     let mut uploads: JoinSet<Result<(), StoreError>> = JoinSet::new();
-    let mut builder = SegmentBuilder::compressing(out.zstd_level);
-    let by_source: Vec<&[Piece]> = pieces.chunk_by(|a, b| a.0 == b.0).collect();
-    // Sources are read a segment's worth at a time (at most `READ_AT_ONCE` of them): a pass
-    // over many small ones (manifests that carry runs) is not one round trip each.
-    let mut at = 0;
-    while at < by_source.len() {
-        let mut end = at + 1;
-        let mut bytes = sources[by_source[at][0].0].1;
-        while end < by_source.len() && end - at < READ_AT_ONCE {
-            let size = sources[by_source[end][0].0].1;
-            if bytes + size > out.segment_bytes {
-                break;
+    let r = async {
+        let mut done = Rewritten::default();
+        let mut builder = SegmentBuilder::compressing(out.zstd_level);
+        let by_source: Vec<&[Piece]> = pieces.chunk_by(|a, b| a.0 == b.0).collect();
+        // Sources are read a segment's worth at a time (at most `READ_AT_ONCE` of them): a pass
+        // over many small ones (manifests that carry runs) is not one round trip each.
+        let mut at = 0;
+        while at < by_source.len() {
+            let mut end = at + 1;
+            let mut bytes = sources[by_source[at][0].0].1;
+            while end < by_source.len() && end - at < READ_AT_ONCE {
+                let size = sources[by_source[end][0].0].1;
+                if bytes + size > out.segment_bytes {
+                    break;
+                }
+                bytes += size;
+                end += 1;
             }
-            bytes += size;
-            end += 1;
-        }
-        let batch = &by_source[at..end];
-        at = end;
-        let objects = futures_util::future::try_join_all(
-            batch
-                .iter()
-                .map(|of_source| store.get(&sources[of_source[0].0].0, None)),
-        )
-        .await?;
-        for (&of_source, object) in batch.iter().zip(objects) {
-            pack(
-                of_source,
-                &object,
-                out,
-                &mut builder,
-                &mut done,
-                &mut uploads,
+            let batch = &by_source[at..end];
+            at = end;
+            let objects = futures_util::future::try_join_all(
+                batch
+                    .iter()
+                    .map(|of_source| store.get(&sources[of_source[0].0].0, None)),
             )
             .await?;
+            for (&of_source, object) in batch.iter().zip(objects) {
+                pack(
+                    of_source,
+                    &object,
+                    out,
+                    &mut builder,
+                    &mut done,
+                    &mut uploads,
+                )
+                .await?;
+            }
         }
+        if !builder.is_empty() {
+            seal(builder, out, &mut done, &mut uploads).await?;
+        }
+        while let Some(r) = uploads.join_next().await {
+            uploaded(r)?;
+        }
+        Ok(done)
     }
-    if !builder.is_empty() {
-        seal(builder, out, &mut done, &mut uploads).await?;
+    .await;
+    if r.is_err() {
+        // Every upload has ended when this returns: none lands after the caller cleans up.
+        uploads.abort_all();
+        while uploads.join_next().await.is_some() {}
     }
-    while let Some(r) = uploads.join_next().await {
-        uploaded(r)?;
-    }
-    Ok(done)
+    r
 }
 
 /// (source, ino, start, end, extent): the pages `[start, end)` of `ino`, in `extent`.

@@ -14,7 +14,9 @@
 //!    unneeded object becomes *pending* with the time a pass first saw it so; it is deleted
 //!    by a later pass (never the one that drained it) once it has been pending for `grace`.
 //!    Uploads not yet committed (a checkpoint in flight elsewhere, a crashed writer's) are
-//!    unneeded too, and the same grace protects them: it is the orphan horizon.
+//!    unneeded too, and the same grace protects them: it is the orphan horizon. The writer's
+//!    own checkpoint under way beside the pass (`Mode::Delete`'s `in_flight`) waits however
+//!    long it takes.
 //!    A *fence* (a takeover's manifest, docs/gc.md) is never unneeded: its key is what fails
 //!    the next commit of the writer it took over from, however long that writer stalled.
 //! 5. *Raise the boundary* (`gc/boundary`) above every manifest about to be deleted, before
@@ -60,7 +62,7 @@ pub struct Retention {
     pub min_checkpoints: u32,
     /// An object no retained checkpoint needs is deleted once it has been seen so for this
     /// long (`--gc-grace`): readers of a checkpoint that just left the window, and uploads
-    /// not yet committed, have this long.
+    /// not yet committed (but the writer's own under way), have this long.
     pub grace: Duration,
 }
 
@@ -287,6 +289,10 @@ pub enum Mode<'a> {
     /// Delete, if `holds` keeps answering Ok (this process still holds the prefix).
     Delete {
         holds: &'a (dyn Fn() -> Result<(), CheckpointError> + Sync),
+        /// Whether a segment key is an upload of the writer's own that may still be committed
+        /// (a checkpoint under way beside the pass): never deleted while its epoch is above
+        /// every listed manifest.
+        in_flight: &'a (dyn Fn(&str) -> bool + Sync),
     },
 }
 
@@ -338,7 +344,11 @@ impl Collector {
         mode: Mode<'_>,
     ) -> Result<Report, CheckpointError> {
         let dry_run = matches!(mode, Mode::DryRun);
-        let mut plan = rt.block_on(self.plan(store, retention, now_ms, dry_run))?;
+        let in_flight = match &mode {
+            Mode::Delete { in_flight, .. } => *in_flight,
+            Mode::DryRun => &|_: &str| false,
+        };
+        let mut plan = rt.block_on(self.plan(store, retention, now_ms, dry_run, in_flight))?;
         if plan.report.dry_run && !dry_run {
             // No checkpoint to plan from: nothing to delete, and the state stays as it is.
             return Ok(plan.report);
@@ -350,7 +360,7 @@ impl Collector {
                 Ok(plan.report)
             }
             // The holder check blocks on the runtime itself: run outside it.
-            Mode::Delete { holds } => self.execute(store, rt, plan, holds),
+            Mode::Delete { holds, .. } => self.execute(store, rt, plan, holds),
         }
     }
 
@@ -361,6 +371,7 @@ impl Collector {
         retention: &Retention,
         now_ms: u64,
         dry_run: bool,
+        in_flight: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Plan, CheckpointError> {
         let boundary = read_boundary(&**store).await?;
         let manifests = store.list("manifests/").await?;
@@ -480,12 +491,13 @@ impl Collector {
         r.pinned = pinned.len() as u64;
         r.fences = fences.len() as u64;
         r.unreadable = unreadable.len() as u64;
-        // A segment of an epoch above every listed manifest may be a checkpoint's upload still
-        // under way (this writer's, whose commits go on beside its passes): it waits, however
-        // long, until a commit passes its epoch. Then it is named, or an orphan (until then not
-        // counted as one).
-        let uncommitted =
-            |key: &str| segment_epoch(key).is_some_and(|e| newest.is_none_or(|n| e > n));
+        // An upload of the writer's own checkpoint under way beside the pass (or committed
+        // since the LIST) looks like an orphan: its epoch is above every listed manifest. It
+        // waits, however long, and is not counted as an orphan. A failed attempt's uploads
+        // are not `in_flight`: the grace collects them, as it collects a crash's.
+        let uncommitted = |key: &str| {
+            segment_epoch(key).is_some_and(|e| newest.is_none_or(|n| e > n)) && in_flight(key)
+        };
         for s in &segments {
             if !live.contains(&s.key) {
                 unneeded.push((s.key.clone(), s.size));
