@@ -528,6 +528,53 @@ fn a_checkpoint_still_uploading_keeps_its_segments_through_gc_passes() {
     assert!(broken.is_empty(), "{broken:?}");
 }
 
+#[test]
+fn a_failed_checkpoints_uploads_get_their_whole_grace_once_it_has_ended() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc_segments(1, false));
+    let ino = e.create("data");
+    rewrite_and_checkpoint(&e, ino, 4, 3);
+    let next = e.cp.view().read().epoch + 1;
+    let attempt = |bucket: &Path| -> Vec<String> {
+        let prefix = format!("segments/{next:020}-");
+        keys(bucket)
+            .into_iter()
+            .filter(|k| k.starts_with(&prefix))
+            .collect()
+    };
+    e.write(ino, 0, &pattern(66, 4));
+    let (at, release) = hold_put(&e, |key| key.starts_with("manifests/"));
+    let cp = e.cp.clone();
+    let checkpoint = std::thread::spawn(move || cp.checkpoint(false));
+    at.recv_timeout(WAIT)
+        .expect("the checkpoint reaches its commit");
+    // A pass while it is under way, then its commit fails.
+    let t0 = now_ms();
+    let cp = e.cp.clone();
+    let pass = std::thread::spawn(move || cp.gc_pass(t0));
+    pass.join().unwrap().unwrap();
+    e.plan.refuse_writes(true);
+    release.send(()).unwrap();
+    assert!(
+        checkpoint.join().unwrap().is_err(),
+        "the commit was refused"
+    );
+    e.plan.refuse_writes(false);
+    let uploads = attempt(&dirs.bucket());
+    assert!(!uploads.is_empty());
+
+    // Two hours after the first pass saw them, but the first pass since the attempt ended:
+    // garbage now, with a whole grace ahead.
+    e.cp.gc_pass(t0 + 2 * HOUR_MS).unwrap();
+    assert_eq!(
+        attempt(&dirs.bucket()),
+        uploads,
+        "collected without a grace"
+    );
+    e.cp.gc_pass(t0 + 3 * HOUR_MS).unwrap();
+    assert!(attempt(&dirs.bucket()).is_empty(), "kept past the grace");
+}
+
 /// A commit whose answer was lost had landed. Its writer stalls; another takes over (its
 /// fence on the next epoch) and GC collects that commit. The stalled writer's retry lands on
 /// the freed key, and must learn from the GC boundary that it committed into the past.

@@ -219,7 +219,8 @@ pub async fn rewrite(
     }
     .await;
     if r.is_err() {
-        // Every upload has ended when this returns: none lands after the caller cleans up.
+        // Every upload task has ended when this returns, so the caller's cleanup comes after
+        // them (on S3 a PUT already sent may still land: GC collects it after the grace).
         uploads.abort_all();
         while uploads.join_next().await.is_some() {}
     }

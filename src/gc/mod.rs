@@ -525,8 +525,15 @@ impl Collector {
             fences,
         };
         for (key, size) in unneeded {
+            if uncommitted(&key) {
+                // Pending, but not in the state: should its attempt fail, its grace starts
+                // at the first pass after that.
+                r.pending += 1;
+                r.pending_bytes += size;
+                continue;
+            }
             match old.pending.get(&key) {
-                Some(&since) if since + grace_ms <= now_ms && !uncommitted(&key) => {
+                Some(&since) if since + grace_ms <= now_ms => {
                     // Kept in the state too: a crash before it is deleted leaves it due.
                     plan.state.pending.insert(key.clone(), since);
                     plan.delete.push((key, size));
