@@ -435,6 +435,23 @@ fn hold_put(
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A checkpoint started on a thread and held where it PUTs its manifest, its segments up: a
+/// send on the sender (or its drop) lets the PUT go.
+#[allow(clippy::type_complexity)]
+fn checkpoint_held_at_its_commit(
+    e: &Engine,
+) -> (
+    std::thread::JoinHandle<Result<Option<bucketfs::checkpoint::Outcome>, CheckpointError>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (at, release) = hold_put(e, |key| key.starts_with("manifests/"));
+    let cp = e.cp.clone();
+    let checkpoint = std::thread::spawn(move || cp.checkpoint(false));
+    at.recv_timeout(WAIT)
+        .expect("the checkpoint reaches its commit");
+    (checkpoint, release)
+}
+
 #[test]
 fn a_checkpoint_commits_while_a_gc_pass_runs() {
     let dirs = Dirs::new();
@@ -498,11 +515,7 @@ fn a_checkpoint_still_uploading_keeps_its_segments_through_gc_passes() {
     e.write(ino, 0, &pattern(77, 4));
     let orphan = format!("segments/{next:020}-feedfacefeedface-9-0000.seg");
     std::fs::write(dirs.bucket().join(&orphan), b"never committed").unwrap();
-    let (at, release) = hold_put(&e, |key| key.starts_with("manifests/"));
-    let cp = e.cp.clone();
-    let checkpoint = std::thread::spawn(move || cp.checkpoint(false));
-    at.recv_timeout(WAIT)
-        .expect("the checkpoint reaches its commit");
+    let (checkpoint, release) = checkpoint_held_at_its_commit(&e);
 
     // Passes meanwhile, the last one past the grace. Both uploads are at an epoch above
     // every manifest; the checkpoint's, under way, waits; the other writer's is collected.
@@ -543,11 +556,7 @@ fn a_failed_checkpoints_uploads_get_their_whole_grace_once_it_has_ended() {
             .collect()
     };
     e.write(ino, 0, &pattern(66, 4));
-    let (at, release) = hold_put(&e, |key| key.starts_with("manifests/"));
-    let cp = e.cp.clone();
-    let checkpoint = std::thread::spawn(move || cp.checkpoint(false));
-    at.recv_timeout(WAIT)
-        .expect("the checkpoint reaches its commit");
+    let (checkpoint, release) = checkpoint_held_at_its_commit(&e);
     // A pass while it is under way, then its commit fails.
     let t0 = now_ms();
     let cp = e.cp.clone();

@@ -989,11 +989,8 @@ impl Checkpointer {
     }
 
     fn check_writer_locked(&self) -> Result<(), CheckpointError> {
-        let epoch = self.view.read().epoch;
-        if self.fenced.load(Ordering::Acquire) {
-            return Err(CheckpointError::Fenced { epoch });
-        }
-        let key = manifest_key(epoch + 1);
+        let next = self.view_epoch_unless_fenced()? + 1;
+        let key = manifest_key(next);
         if self.rt.block_on(self.store.head(&key))?.is_none() {
             return Ok(());
         }
@@ -1002,8 +999,17 @@ impl Checkpointer {
         if self.own_earlier_commit(&key)? {
             return Ok(());
         }
-        self.fence(epoch + 1);
-        Err(CheckpointError::Fenced { epoch: epoch + 1 })
+        self.fence(next);
+        Err(CheckpointError::Fenced { epoch: next })
+    }
+
+    /// The view's epoch, or Fenced.
+    fn view_epoch_unless_fenced(&self) -> Result<u64, CheckpointError> {
+        let epoch = self.view.read().epoch;
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(CheckpointError::Fenced { epoch });
+        }
+        Ok(epoch)
     }
 
     /// Another writer committed `epoch`: accept no more changes, and wake whoever waits for
@@ -1735,35 +1741,33 @@ impl Checkpointer {
     /// the epoch after the view's is free or this writer's own (a commit under way, or one
     /// whose answer was lost, which the checkpointer settles).
     fn holds_prefix(&self) -> Result<(), CheckpointError> {
-        let epoch = self.view.read().epoch;
-        if self.fenced.load(Ordering::Acquire) {
-            return Err(CheckpointError::Fenced { epoch });
-        }
-        let key = manifest_key(epoch + 1);
-        if self.rt.block_on(self.store.head(&key))?.is_none() {
-            return Ok(());
-        }
-        let bytes = match self.rt.block_on(self.store.get(&key, None)) {
-            Ok(bytes) => bytes,
-            Err(StoreError::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        if Manifest::decode(&bytes, &key)?.writer != self.writer {
-            self.fence(epoch + 1);
-            return Err(CheckpointError::Fenced { epoch: epoch + 1 });
-        }
-        // Ours (its answer possibly lost, and not yet in the view): a takeover after it
+        let epoch = self.view_epoch_unless_fenced()?;
+        // After one of ours (its answer possibly lost, and not yet in the view), a takeover
         // would have put its fence on the next key.
-        let after = manifest_key(epoch + 2);
-        let Some(_) = self.rt.block_on(self.store.head(&after))? else {
-            return Ok(());
-        };
-        let bytes = self.rt.block_on(self.store.get(&after, None))?;
-        if Manifest::decode(&bytes, &after)?.writer == self.writer {
-            return Ok(()); // two commits of ours landed since the view was read
+        for next in [epoch + 1, epoch + 2] {
+            match self.writer_at(next)? {
+                None => return Ok(()),
+                Some(w) if w == self.writer => {}
+                Some(_) => {
+                    self.fence(next);
+                    return Err(CheckpointError::Fenced { epoch: next });
+                }
+            }
         }
-        self.fence(epoch + 2);
-        Err(CheckpointError::Fenced { epoch: epoch + 2 })
+        Ok(()) // two commits of ours landed since the view was read
+    }
+
+    /// Who wrote manifest `epoch`, if the bucket has it (a HEAD, then a GET if it does).
+    fn writer_at(&self, epoch: u64) -> Result<Option<String>, CheckpointError> {
+        let key = manifest_key(epoch);
+        if self.rt.block_on(self.store.head(&key))?.is_none() {
+            return Ok(None);
+        }
+        match self.rt.block_on(self.store.get(&key, None)) {
+            Ok(bytes) => Ok(Some(Manifest::decode(&bytes, &key)?.writer)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The last GC pass's report, if one ran.
