@@ -1261,13 +1261,13 @@ impl Checkpointer {
         let base = next.is_some();
         self.note_committed(base, manifest_len);
         self.apply_to_view(&manifest, next, Some(cut.shape.clone()));
-        if self.settings.gc.is_some() {
-            self.gc_inbox.post(&manifest);
-        }
         // The bucket holds the cut: every fsync waiting on it may return (each also syncs its
         // own file locally, and returns once both are done). Marking the pages clean is local
         // work.
         self.covered_through(cut.epoch);
+        if self.settings.gc.is_some() {
+            self.gc_inbox.post(&manifest);
+        }
         let committed_us = started.elapsed().as_micros() as u64;
         if let Err(e) = flush.wait() {
             return Err(self.stop_for_failed_flush(manifest.epoch, e));
@@ -1669,11 +1669,12 @@ impl Checkpointer {
     /// `gc_pass`, ended early (nothing deleted from then on) once `stop` is set.
     ///
     /// Checkpoints go on meanwhile: only compaction, which commits a manifest of its own,
-    /// holds the checkpoint lock, and only while it runs. Retention and deletion read the
-    /// bucket as `bucketfs gc` by hand does beside a running writer (what they decide holds
-    /// whatever commits land during the pass: docs/gc.md), and the manifests this writer
-    /// commits reach the catalog through its inbox. Before, a pass held every commit: at
-    /// 20 ms a request that is seconds, and a LIST per 1,000 manifests of the window.
+    /// holds the checkpoint lock, and only when it has sources to rewrite. Retention and
+    /// deletion plan from what the pass lists: a manifest committed after its LIST is newer
+    /// than every one it keeps, and its checkpoint's uploads are `in_flight` (docs/gc.md,
+    /// "Beside the checkpoints"). The manifests this writer commits reach the catalog
+    /// through its inbox. Before, a pass held every commit: at 20 ms a request that is
+    /// seconds, and a LIST per 1,000 manifests of the window.
     fn gc_pass_until(
         &self,
         now_ms: u64,

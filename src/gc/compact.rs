@@ -145,10 +145,10 @@ pub struct Rewritten {
 /// Memory stays a few segments whatever the sources add up to (up to `max_bytes`, and runs
 /// decompress to several times their stored size): a segment's worth of sources read at a
 /// time (`sources` carries each one's size), one run decoded at a time, the segment being
-/// packed and the uploads in flight. (The first
-/// version read every source and decoded every run before packing, and built every new
-/// segment before uploading one: 379 MB of decoded runs at a pass's peak, BENCHMARKS.md.)
-/// Pages are packed source by source, in file order within each.
+/// packed and the uploads in flight. (The first version read every source and decoded every
+/// run before packing, and built every new segment before uploading one: 379 MB of decoded
+/// runs at a pass's peak, BENCHMARKS.md.) Pages are packed source by source, in file order
+/// within each.
 pub async fn rewrite(
     store: &dyn ObjectStore,
     view: &View,
