@@ -111,6 +111,15 @@ fn segment_key(epoch: u64, writer: &str, cut: u64, n: usize, wal: bool) -> Strin
     format!("segments/{epoch:020}-{writer}-{cut}-{n:04}{suffix}")
 }
 
+/// The cut a key `segment_key` made for `writer` names (None for any other key, a
+/// compaction's among them).
+fn segment_cut(key: &str, writer: &str) -> Option<u64> {
+    let (_, after) = key
+        .strip_prefix("segments/")?
+        .split_once(&format!("-{writer}-"))?;
+    after.split('-').next()?.parse().ok()
+}
+
 /// The epoch a manifest key names, if it is one.
 pub fn epoch_of_key(key: &str) -> Option<u64> {
     key.strip_prefix(MANIFESTS)?.parse().ok()
@@ -1704,13 +1713,7 @@ impl Checkpointer {
         holds()?;
         // Read before the LIST: a cut after the last settled one may commit at any time.
         let settled = self.cut_settled.load(Ordering::Acquire);
-        let mark = format!("-{}-", self.writer);
-        let in_flight = |key: &str| {
-            key.strip_prefix("segments/")
-                .and_then(|rest| rest.split_once(&mark))
-                .and_then(|(_, after)| after.split('-').next()?.parse::<u64>().ok())
-                .is_some_and(|cut| cut > settled)
-        };
+        let in_flight = |key: &str| segment_cut(key, &self.writer).is_some_and(|cut| cut > settled);
         if let Some(c) = &gc.compact {
             match self.compact(c) {
                 Ok(_) => {}
@@ -1823,8 +1826,12 @@ impl Checkpointer {
             return Ok(None);
         }
         let epoch = view.epoch + 1;
-        let nonce = fastrand::u32(..);
-        let writer = self.writer.clone();
+        // This compaction's new segments, and all of them if it fails.
+        let prefix = format!(
+            "segments/{epoch:020}-{}-c{:08x}-",
+            self.writer,
+            fastrand::u32(..)
+        );
         // Each class is rewritten on its own: a WAL segment's pages stay in WAL segments.
         // Runs a manifest carried go to data segments (WAL pages among them included: only
         // runs older than the retention window are compacted, and WAL that old is rarely
@@ -1854,8 +1861,7 @@ impl Checkpointer {
             } else {
                 ".seg"
             };
-            let key_of =
-                |n: usize| format!("segments/{epoch:020}-{writer}-c{nonce:08x}-{n:04}{suffix}");
+            let key_of = |n: usize| format!("{prefix}{n:04}{suffix}");
             let out = crate::gc::compact::Output {
                 key_of: &key_of,
                 zstd_level: self.settings.zstd_level,
@@ -1874,7 +1880,6 @@ impl Checkpointer {
                 Ok(done) => done,
                 Err(e) => {
                     // What it uploaded is garbage: deleted now, or by GC after the grace.
-                    let prefix = format!("segments/{epoch:020}-{writer}-c{nonce:08x}-");
                     self.rt.block_on(async {
                         for o in self.store.list(&prefix).await.unwrap_or_default() {
                             let _ = self.store.delete(&o.key).await;
@@ -2212,6 +2217,27 @@ fn is_empty_delta(m: &Manifest) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What GC's in-flight rule reads from a key: this writer's cut, nothing from another
+    /// writer's key or a compaction's.
+    #[test]
+    fn a_segment_key_gives_back_its_cut_to_its_writer_only() {
+        let key = segment_key(42, "00ab", 7, 3, true);
+        assert_eq!(segment_cut(&key, "00ab"), Some(7));
+        assert_eq!(
+            segment_cut(&segment_key(42, "00ab", 8, 0, false), "00ab"),
+            Some(8)
+        );
+        assert_eq!(segment_cut(&key, "00ac"), None);
+        assert_eq!(
+            segment_cut(
+                "segments/00000000000000000042-00ab-c0badf00d-0000.seg",
+                "00ab"
+            ),
+            None
+        );
+        assert_eq!(segment_cut("manifests/00000000000000000042", "00ab"), None);
+    }
 
     #[test]
     fn local_only_globs() {
