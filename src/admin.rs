@@ -44,7 +44,9 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
             store.list("segments/").await?,
         ))
     })?;
+    // Segments by the epoch in their names: what an unreadable manifest is shown with.
     let mut seg_bytes: HashMap<u64, (usize, u64)> = HashMap::new();
+    let sizes: HashMap<&str, u64> = segments.iter().map(|s| (s.key.as_str(), s.size)).collect();
     for s in &segments {
         if let Some(e) = crate::gc::segment_epoch(&s.key) {
             let entry = seg_bytes.entry(e).or_default();
@@ -62,10 +64,10 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
             continue;
         };
         let bytes = rt.block_on(store.get(&m.key, None))?;
-        let (n, b) = seg_bytes.get(&epoch).copied().unwrap_or_default();
         let man = match Manifest::decode_at(&bytes, &m.key, epoch) {
             Ok(man) => man,
             Err(e) if epoch < boundary => {
+                let (n, b) = seg_bytes.get(&epoch).copied().unwrap_or_default();
                 // GC keeps what it cannot read below the boundary (it might be a fence).
                 writeln!(
                     out,
@@ -80,6 +82,12 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
+        // The segments it brought (a compaction's carry the epoch of the view it read).
+        let (n, b) = crate::gc::Summary::of(&man)
+            .segments
+            .iter()
+            .filter_map(|key| sizes.get(&**key))
+            .fold((0, 0), |(n, b), size| (n + 1, b + size));
         let kind = if man.parent.is_none() {
             "base"
         } else {

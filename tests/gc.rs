@@ -627,7 +627,7 @@ fn a_retry_after_a_lost_answer_that_lands_on_a_collected_key_is_not_believed() {
 fn compaction_output(key: &str) -> bool {
     key.strip_prefix("segments/")
         .and_then(|rest| rest.split('-').nth(2))
-        .is_some_and(|f| f.len() == 9 && f.starts_with('c'))
+        .is_some_and(|f| f.len() == 17 && f.starts_with('c'))
 }
 
 #[test]
@@ -690,6 +690,161 @@ fn a_compaction_that_fails_leaves_no_upload_behind_and_the_pass_goes_on() {
                 &pattern(n as u8 * 10, 3),
             );
         }
+    }
+}
+
+#[test]
+fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
+    // Checkpoints before the compaction stay retained: the oldest one's image does not name
+    // its segments, only its own manifest does.
+    const KEEP: u32 = 6;
+    let dirs = Dirs::new();
+    // Raw runs in segments of four pages, one upload at a time: compaction uploads a segment
+    // and is held at its second, mid-rewrite.
+    let options = || Options {
+        tune: Some(Box::new(|s| {
+            s.inline_bytes = 0;
+            s.zstd_level = None;
+            s.segment_bytes = 4 * PAGE_SIZE;
+            s.upload_concurrency = 1;
+        })),
+        ..gc(KEEP, true)
+    };
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options());
+    let mut want = std::collections::BTreeMap::new();
+    for n in 0..6u8 {
+        let ino = e.create(&format!("f{n}"));
+        e.write(ino, 0, &pattern(n * 10, 3));
+        e.checkpoint();
+        want.insert(format!("f{n}"), pattern(n * 10, 3));
+    }
+    // Enough checkpoints after those for their segments to leave the retained ones.
+    let pad = e.create("pad");
+    for n in 0..KEEP {
+        e.write(pad, 0, &pattern(200 + n as u8, 1));
+        e.checkpoint();
+    }
+    want.insert("pad".into(), pattern(200 + KEEP as u8 - 1, 1));
+    let t = now_ms();
+    e.cp.gc_pass(t).unwrap();
+    let read_from = e.cp.view().read().epoch;
+    let (at, release) = hold_put(&e, |key| {
+        compaction_output(key) && key.ends_with("-0001.seg")
+    });
+    let cp = e.cp.clone();
+    let pass = std::thread::spawn(move || cp.gc_pass(t + HOUR_MS));
+    at.recv_timeout(WAIT).expect("compaction uploads");
+
+    // Mid-rewrite: a page it copies rewritten, a file it copies truncated (and extended again:
+    // holes) and one removed, a new file, over four checkpoints (a base among them: one every
+    // 4th), all committed now.
+    let f3 = e.ino("f3");
+    let (done, committed) = std::sync::mpsc::channel();
+    let writer = {
+        let (fs, cp) = (e.fs.clone(), e.cp.clone());
+        let (f1, f2) = (e.ino("f1"), e.ino("f2"));
+        std::thread::spawn(move || {
+            let write = |ino: u64, offset: u64, bytes: &[u8]| {
+                fs.open(ino, libc::O_RDWR).expect("open");
+                fs.write(ino, offset, bytes).expect("write");
+                fs.fsync(ino, false).expect("fsync");
+                fs.release(ino).expect("close");
+            };
+            write(f1, PAGE_SIZE, &pattern(91, 1));
+            cp.checkpoint(false).expect("checkpoint");
+            common::engine::set_size(&fs, f2, PAGE_SIZE);
+            common::engine::set_size(&fs, f2, 3 * PAGE_SIZE);
+            cp.checkpoint(false).expect("checkpoint");
+            fs.unlink(ROOT_INO, std::ffi::OsStr::new("f3"))
+                .expect("unlink");
+            cp.checkpoint(false).expect("checkpoint");
+            let (f6, _) = fs
+                .create(
+                    ROOT_INO,
+                    std::ffi::OsStr::new("f6"),
+                    0o644,
+                    common::engine::ROOT,
+                    false,
+                )
+                .expect("create");
+            write(f6.ino, 0, &pattern(66, 2));
+            cp.checkpoint(false).expect("checkpoint");
+            done.send(()).unwrap();
+        })
+    };
+    let waited = committed.recv_timeout(WAIT).is_err();
+    release.send(()).unwrap();
+    pass.join().unwrap().expect("the pass");
+    writer.join().unwrap();
+    assert!(!waited, "the checkpoints waited for the compaction");
+    want.get_mut("f1").unwrap()[PAGE..2 * PAGE].copy_from_slice(&pattern(91, 1));
+    want.get_mut("f2").unwrap()[PAGE..].fill(0);
+    want.remove("f3");
+    want.insert("f6".into(), pattern(66, 2));
+
+    // It committed after those four, with what they left alone: the files it moved read from
+    // its segments (named by the epoch after the view it read), the rest as they wrote it.
+    let compacted = e.cp.view().read().epoch;
+    assert_eq!(compacted, read_from + 5, "the compaction's commit");
+    let moved = |name: &str| -> BTreeSet<String> { segments_of(&e, e.ino(name)) };
+    assert!(
+        moved("f0").iter().all(|k| compaction_output(k)),
+        "{:?}",
+        moved("f0")
+    );
+    assert!(
+        moved("f1").iter().any(|k| !compaction_output(k)),
+        "{:?}",
+        moved("f1")
+    );
+    assert!(moved("f0")
+        .iter()
+        .all(|k| k.starts_with(&format!("segments/{:020}-", read_from + 1))));
+    assert_eq!(e.names_in_bucket().len(), want.len());
+    assert!(!e.cp.view().read().extents.contains_key(&f3), "f3's pages");
+    // `bucketfs ls` shows them with the manifest that brought them.
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let mut listing = Vec::new();
+    bucketfs::admin::ls(&url, &mut listing).unwrap();
+    let listing = String::from_utf8(listing).unwrap();
+    let row: Vec<&str> = listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&compacted.to_string()))
+        .unwrap_or_else(|| panic!("no row for {compacted}:\n{listing}"))
+        .split_whitespace()
+        .collect();
+    // EPOCH KIND DATE TIME WRITER SEGMENTS BYTES NOTE
+    let outputs: BTreeSet<String> = want
+        .keys()
+        .flat_map(|name| moved(name))
+        .filter(|k| compaction_output(k))
+        .collect();
+    assert!(!outputs.is_empty());
+    assert_eq!(row[5], outputs.len().to_string(), "{listing}");
+    for (name, bytes) in &want {
+        assert_same(name, &e.in_bucket(e.ino(name)).unwrap(), bytes);
+    }
+    // Past the grace, GC keeps the segments it wrote: its manifest brought them, whatever
+    // epoch their names carry.
+    for hours in [2, 3] {
+        e.cp.gc_pass(t + hours * HOUR_MS).unwrap();
+    }
+    let left = keys(&dirs.bucket());
+    assert!(moved("f0").iter().all(|k| left.contains(k)), "collected");
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let broken = bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    e.crash();
+
+    // A restore has every file, and a file created after it takes an inode of its own.
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), options());
+    let late = e.create("late");
+    e.write(late, 0, &pattern(44, 1));
+    e.checkpoint();
+    e.crash();
+    want.insert("late".into(), pattern(44, 1));
+    for (name, bytes) in &want {
+        assert_same(name, &restored(&dirs, 2, name), bytes);
     }
 }
 

@@ -16,7 +16,7 @@ use tracing::error;
 
 use crate::fs::{Fetcher, PAGE_SIZE};
 use crate::manifest::segment::decode_run;
-use crate::manifest::view::View;
+use crate::manifest::view::{overlapping, View};
 use crate::manifest::Extent;
 use crate::store::ReadStore;
 
@@ -203,16 +203,8 @@ impl BucketFetcher {
                 let Some(map) = view.extents.get(ino) else {
                     continue;
                 };
-                let from = map
-                    .range(..=pages.start)
-                    .next_back()
-                    .map_or(pages.start, |(&s, _)| s);
                 pieces.extend(
-                    map.range(from..pages.end)
-                        .filter(|(_, (end, _))| *end > pages.start)
-                        .map(|(&s, (e, x))| {
-                            (i, s.max(pages.start), (*e).min(pages.end), x.clone())
-                        }),
+                    overlapping(map, pages.start, pages.end).map(|(s, e, x)| (i, s, e, x.clone())),
                 );
             }
         }

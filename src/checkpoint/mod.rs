@@ -166,9 +166,9 @@ pub struct CheckpointSettings {
     /// `base_every - 1` deltas). Past it a base is written once the deltas since the last one
     /// add up to a quarter of its size (`BASE_SHARE`), and at `max_chain` checkpoints whatever
     /// their size: a restore reads a chain of at most `max_chain` manifests (one more for each
-    /// takeover since the last checkpoint, whose manifest is always a delta), and past
-    /// `base_every` a base, which is the whole view, is at most four times the bytes of the
-    /// deltas before it, plus what the view grew since the last base.
+    /// takeover or compaction since the last checkpoint, whose manifests are always deltas),
+    /// and past `base_every` a base, which is the whole view, is at most four times the bytes
+    /// of the deltas before it, plus what the view grew since the last base.
     pub base_every: u32,
     /// The most checkpoints from one base to the next.
     pub max_chain: u32,
@@ -1678,8 +1678,10 @@ impl Checkpointer {
     /// `gc_pass`, ended early (nothing deleted from then on) once `stop` is set.
     ///
     /// Checkpoints go on meanwhile: only compaction, which commits a manifest of its own,
-    /// holds the checkpoint lock, and only when it has sources to rewrite. Retention and
-    /// deletion plan from what the pass lists: a manifest committed after its LIST is newer
+    /// takes the checkpoint lock, and only to commit. It runs before the pass's LIST, on the
+    /// pass's thread, so no pass lists its uploads while they wait for their commit (its
+    /// segments are not `in_flight`: they carry no cut). Retention and deletion plan from
+    /// what the pass lists: a manifest committed after its LIST is newer
     /// than every one it keeps, and its checkpoint's uploads are `in_flight` (docs/gc.md,
     /// "Beside the checkpoints"). The manifests this writer commits reach the catalog
     /// through its inbox. Before, a pass held every commit: at 20 ms a request that is
@@ -1711,9 +1713,6 @@ impl Checkpointer {
             self.holds_prefix()
         };
         holds()?;
-        // Read before the LIST: a cut after the last settled one may commit at any time.
-        let settled = self.cut_settled.load(Ordering::Acquire);
-        let in_flight = |key: &str| segment_cut(key, &self.writer).is_some_and(|cut| cut > settled);
         if let Some(c) = &gc.compact {
             match self.compact(c) {
                 Ok(_) => {}
@@ -1725,6 +1724,9 @@ impl Checkpointer {
                 Err(e) => warn!(error = %e, "compaction failed; this pass goes on without it"),
             }
         }
+        // Read before the LIST: a cut after the last settled one may commit at any time.
+        let settled = self.cut_settled.load(Ordering::Acquire);
+        let in_flight = |key: &str| segment_cut(key, &self.writer).is_some_and(|cut| cut > settled);
         let report = collector.pass(
             &self.store,
             &self.rt,
@@ -1779,69 +1781,66 @@ impl Checkpointer {
         self.last_gc.lock().clone()
     }
 
-    /// A GC pass's compaction: the sources chosen without the checkpoint lock (most passes
-    /// find none, and then hold no commit), then under it from the view as it is now,
-    /// rewritten and committed.
+    /// A GC pass's compaction: sources chosen, read, rewritten and uploaded without the
+    /// checkpoint lock, so that commits go on meanwhile (at 20 ms a request a rewrite takes
+    /// seconds); then, under the lock, the new extents that still hold against the view as it
+    /// is now (`still_current`) committed as a delta on it. Returns the epoch committed, if
+    /// any.
+    ///
+    /// The new segments are named by the epoch after the view they were read from, which
+    /// commits beside the rewrite may take first: the compaction's manifest is always a delta,
+    /// and a delta's summary counts every segment it names as its own, whatever the epoch in
+    /// the name (docs/gc.md, "Beside the checkpoints").
     fn compact(
         &self,
         c: &crate::gc::compact::CompactSettings,
     ) -> Result<Option<u64>, CheckpointError> {
+        let started = Instant::now();
         // Manifests too: one that carries runs is a small segment to compaction. A LIST per
-        // 1,000 objects of the bucket, before the lock.
-        let sizes = self.rt.block_on(async {
+        // 1,000 objects of the bucket.
+        let sizes: std::collections::BTreeMap<String, u64> = self.rt.block_on(async {
             let mut all = self.store.list("segments/").await?;
             all.extend(self.store.list(MANIFESTS).await?);
             Ok::<_, StoreError>(all.into_iter().map(|o| (o.key, o.size)).collect())
         })?;
-        let before = self.compaction_floor();
-        if crate::gc::compact::choose(&self.view.read(), &sizes, before, c).is_empty() {
-            return Ok(None);
-        }
-        let _one = self.running.lock();
-        self.check_writer_locked()?;
-        self.compact_locked(c, &sizes)
-    }
-
-    /// Segments older than the oldest retained checkpoint, as the last pass found it (none
-    /// before a first pass), are compaction's to choose from.
-    fn compaction_floor(&self) -> u64 {
-        self.last_gc
-            .lock()
-            .as_ref()
-            .map_or(0, |r| r.oldest_retained)
-    }
-
-    /// Rewrites the segments `choose` picks among those `sizes` lists and commits a manifest
-    /// that points at the new copies. Returns the epoch committed, if any. Under the
-    /// checkpoint lock: the new segments are named by the epoch this commits.
-    fn compact_locked(
-        &self,
-        c: &crate::gc::compact::CompactSettings,
-        sizes: &std::collections::BTreeMap<String, u64>,
-    ) -> Result<Option<u64>, CheckpointError> {
-        let started = Instant::now();
-        let view = self.view.read().clone();
-        let sources = crate::gc::compact::choose(&view, sizes, self.compaction_floor(), c);
-        if sources.is_empty() {
-            return Ok(None);
-        }
-        let epoch = view.epoch + 1;
-        // This compaction's new segments, and all of them if it fails.
+        // A moment of the view (commits change it under its write lock), copied only when
+        // there is something to compact.
+        let floor = self.compaction_floor();
+        let (then, sources) = {
+            let view = self.view.read();
+            let sources = crate::gc::compact::choose(&view, &sizes, floor, c);
+            if sources.is_empty() {
+                return Ok(None);
+            }
+            (view.clone(), sources)
+        };
+        self.holds_prefix()?;
+        // This compaction's new segments, and all of them if it fails. The epoch in the name
+        // is not this compaction's own (that is known only at its commit), so the nonce is
+        // what keeps two compactions' keys apart: one whose commit's answer was lost, not yet
+        // in the view, has the same epoch in its names as the next.
         let prefix = format!(
-            "segments/{epoch:020}-{}-c{:08x}-",
+            "segments/{:020}-{}-c{:016x}-",
+            then.epoch + 1,
             self.writer,
-            fastrand::u32(..)
+            fastrand::u64(..)
         );
+        let delete_uploads = || {
+            self.rt.block_on(async {
+                for o in self.store.list(&prefix).await.unwrap_or_default() {
+                    let _ = self.store.delete(&o.key).await;
+                }
+            })
+        };
         // Each class is rewritten on its own: a WAL segment's pages stay in WAL segments.
         // Runs a manifest carried go to data segments (WAL pages among them included: only
         // runs older than the retention window are compacted, and WAL that old is rarely
-        // still in use). New segments upload as they fill.
+        // still in use). New segments upload as they fill; they are not the checkpoints'
+        // uploads, whose progress `upload_progress` shows.
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let put = |key: String, bytes: Vec<u8>| {
-            self.upload_total
-                .fetch_add(bytes.len() as u64, Ordering::AcqRel);
-            put_segment(self.store.clone(), key, bytes, self.upload_sent.clone()).boxed()
+            put_segment(self.store.clone(), key, bytes, sent.clone()).boxed()
         };
-        self.upload_progress_from(0);
         let mut extents = Vec::new();
         let (mut count, mut written) = (0, 0);
         for class in [Class::Data, Class::Wal] {
@@ -1871,20 +1870,15 @@ impl Checkpointer {
             };
             let done = self.rt.block_on(crate::gc::compact::rewrite(
                 &*self.store,
-                &view,
+                &then,
                 &of_class,
                 &out,
             ));
-            self.upload_progress_from(0);
             let done = match done {
                 Ok(done) => done,
                 Err(e) => {
                     // What it uploaded is garbage: deleted now, or by GC after the grace.
-                    self.rt.block_on(async {
-                        for o in self.store.list(&prefix).await.unwrap_or_default() {
-                            let _ = self.store.delete(&o.key).await;
-                        }
-                    });
+                    delete_uploads();
                     return Err(e);
                 }
             };
@@ -1894,36 +1888,78 @@ impl Checkpointer {
         }
         let read: u64 = sources.iter().map(|k| sizes[k]).sum();
         crate::failpoint::hit("compact-after-upload");
-        let m = Manifest {
-            epoch,
-            parent: Some(view.epoch),
-            created_ms: now_ms(),
-            page_size: PAGE_SIZE as u32,
-            writer: self.writer.clone(),
-            next_ino: view.next_ino,
-            extents,
-            ..Manifest::default()
+
+        let one = self.running.lock();
+        // A takeover since is found by the commit's create-if-absent, as a checkpoint's is
+        // (no HEAD first: at 20 ms a request, 20 ms more of holding the commits). A fenced
+        // writer deletes nothing, its uploads included: the new writer's GC collects them
+        // after the grace.
+        self.view_epoch_unless_fenced()?;
+        if let Some(why) = self.fs.cache_failure() {
+            return Err(CheckpointError::CacheFailed {
+                epoch: self.view.read().epoch,
+                reason: why.to_owned(),
+            });
+        }
+        let uploaded: HashSet<Arc<str>> = extents.iter().map(|x| x.segment.clone()).collect();
+        // The view changes only under the lock held here.
+        let (m, dropped) = {
+            let now = self.view.read();
+            let kept = crate::gc::compact::still_current(&then, &now, extents);
+            let m = Manifest {
+                epoch: now.epoch + 1,
+                parent: Some(now.epoch),
+                created_ms: now_ms(),
+                page_size: PAGE_SIZE as u32,
+                writer: self.writer.clone(),
+                next_ino: now.next_ino,
+                extents: kept.extents,
+                ..Manifest::default()
+            };
+            (m, kept.dropped_pages)
         };
-        let (m, next) = self.as_committed(&view, m);
-        let base = next.is_some();
+        if m.extents.is_empty() {
+            // Every page it moved was rewritten or removed meanwhile.
+            drop(one);
+            delete_uploads();
+            return Ok(None);
+        }
         let committed = self.commit(&m);
         self.settle_note();
-        self.note_committed(base, committed?);
+        self.note_committed(false, committed?);
         crate::failpoint::hit("compact-after-commit");
-        self.apply_to_view(&m, next, None);
+        self.apply_to_view(&m, None, None);
         self.gc_inbox.post(&m);
         self.record(m.epoch)?;
+        drop(one);
+        // New segments none of whose pages made it into the manifest: no manifest names them.
+        let named: HashSet<&Arc<str>> = m.extents.iter().map(|x| &x.segment).collect();
+        self.rt.block_on(async {
+            for key in uploaded.iter().filter(|k| !named.contains(k)) {
+                let _ = self.store.delete(key).await;
+            }
+        });
         info!(
-            epoch,
-            base,
+            epoch = m.epoch,
+            read_from = then.epoch,
             sources = sources.len(),
             read_bytes = read,
             segments = count,
             written_bytes = written,
+            pages_changed_meanwhile = dropped,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compaction committed: the pages in use moved out of mostly-dead or small segments"
         );
-        Ok(Some(epoch))
+        Ok(Some(m.epoch))
+    }
+
+    /// Segments older than the oldest retained checkpoint, as the last pass found it (none
+    /// before a first pass), are compaction's to choose from.
+    fn compaction_floor(&self) -> u64 {
+        self.last_gc
+            .lock()
+            .as_ref()
+            .map_or(0, |r| r.oldest_retained)
     }
 
     /// Asks the running loop for a checkpoint now (`--max-dirty` reached, or a remote fsync

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use crate::checkpoint::CheckpointError;
 use crate::fs::PAGE_SIZE;
 use crate::manifest::segment::{decode_run, SegmentBuilder};
-use crate::manifest::view::View;
+use crate::manifest::view::{overlapping, View};
 use crate::manifest::Extent;
 use crate::store::{ObjectStore, StoreError};
 
@@ -227,6 +227,50 @@ pub async fn rewrite(
     r
 }
 
+/// `still_current`'s answer.
+#[derive(Debug, Default)]
+pub struct StillCurrent {
+    pub extents: Vec<Extent>,
+    /// Pages of the rewrite left out: rewritten, truncated or removed since it read them.
+    pub dropped_pages: u64,
+}
+
+/// What of compaction's new `extents` (copies of pages as the view `then` had them) still
+/// holds in the view `now` that commits beside the rewrite have moved it to: the pages `now`
+/// still takes from the run `then` took them from (runs are immutable, so their bytes are
+/// the copy's). A page a commit wrote, truncated or removed since is left to `now`: the
+/// copy would bring back an older version of it.
+pub fn still_current(then: &View, now: &View, extents: Vec<Extent>) -> StillCurrent {
+    if then.epoch == now.epoch {
+        return StillCurrent {
+            extents,
+            dropped_pages: 0,
+        };
+    }
+    let mut out = StillCurrent::default();
+    for x in extents {
+        let (from, to) = (x.first_page, x.first_page + x.pages);
+        let mut kept = 0;
+        if let (Some(old), Some(new)) = (then.extents.get(&x.run.ino), now.extents.get(&x.run.ino))
+        {
+            for (start, end, was) in overlapping(old, from, to) {
+                for (s, e, is) in overlapping(new, start, end) {
+                    if is.segment == was.segment && is.run.offset == was.run.offset {
+                        kept += e - s;
+                        out.extents.push(Extent {
+                            first_page: s,
+                            pages: e - s,
+                            ..x.clone()
+                        });
+                    }
+                }
+            }
+        }
+        out.dropped_pages += x.pages - kept;
+    }
+    out
+}
+
 /// (source, ino, start, end, extent): the pages `[start, end)` of `ino`, in `extent`.
 type Piece<'a> = (usize, u64, u64, u64, &'a Extent);
 
@@ -301,4 +345,148 @@ fn uploaded(
     r.expect("an upload task does not panic")?;
     crate::failpoint::hit("after-segment-put");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::segment::{Codec, RunLocation};
+    use crate::manifest::view::{insert, truncate};
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+
+    fn run(segment: &str, offset: u64, start: u64, end: u64) -> Arc<Extent> {
+        Arc::new(Extent::whole(
+            segment,
+            RunLocation {
+                ino: 1,
+                first_page: start,
+                pages: (end - start) as u32,
+                offset,
+                stored_len: 0,
+                codec: Codec::Raw,
+                crc: 0,
+            },
+        ))
+    }
+
+    /// Compaction's copy of every page of `then`, one new run per extent, as `rewrite` makes
+    /// it.
+    fn copy_of(then: &View) -> Vec<Extent> {
+        let map = &then.extents[&1];
+        map.iter()
+            .enumerate()
+            .map(|(n, (&start, (end, _)))| (*run("segments/new", n as u64, start, *end)).clone())
+            .collect()
+    }
+
+    /// Page -> (segment, run offset) of a view's file 1.
+    fn source(v: &View, page: u64) -> Option<(String, u64)> {
+        v.extent_at(1, page)
+            .map(|(_, _, e)| (e.segment.to_string(), e.run.offset))
+    }
+
+    /// `first`: (start, len) of the runs `then` took its pages from, in order; `since`: (kind,
+    /// start, len) of the changes before `now`, kind 0 a new write, 1 a truncation, 2 a base
+    /// restating the run `then` had there.
+    fn holds_where_unchanged(
+        first: &[(u64, u64)],
+        since: &[(u8, u64, u64)],
+    ) -> Result<(), TestCaseError> {
+        let mut then = View {
+            epoch: 5,
+            ..View::default()
+        };
+        let map = then.extents.entry(1).or_default();
+        for (i, &(start, len)) in first.iter().enumerate() {
+            insert(
+                map,
+                start,
+                start + len,
+                run("segments/s", i as u64, start, start + len),
+            );
+        }
+        let mut now = then.clone();
+        now.epoch = 9;
+        let map = now.extents.get_mut(&1).unwrap();
+        for (j, &(kind, start, len)) in since.iter().enumerate() {
+            match kind {
+                // In the same segment, another run: a run is its segment and offset.
+                0 => {
+                    let fresh = run("segments/s", 100 + j as u64, start, start + len);
+                    insert(map, start, start + len, fresh);
+                }
+                1 => truncate(map, start),
+                _ => {
+                    // The same run under a new Arc, over what of it `then` used.
+                    if let Some((s, e, x)) = then.extent_at(1, start) {
+                        insert(map, s, e, Arc::new((*x).clone()));
+                    }
+                }
+            }
+        }
+        let copy = copy_of(&then);
+        let r = still_current(&then, &now, copy.clone());
+        let kept: u64 = r.extents.iter().map(|x| x.pages).sum();
+        prop_assert_eq!(
+            r.dropped_pages + kept,
+            copy.iter().map(|x| x.pages).sum::<u64>()
+        );
+        let mut after = now.clone();
+        for x in &r.extents {
+            let (from, to) = (x.first_page, x.first_page + x.pages);
+            // Each piece lies within the copy it came from, and pieces do not overlap.
+            let within = |c: &Extent| c.first_page <= from && to <= c.first_page + c.pages;
+            prop_assert!(copy.iter().any(|c| c.run == x.run && within(c)));
+            let overlaps = |y: &&Extent| y.first_page < to && from < y.first_page + y.pages;
+            prop_assert_eq!(r.extents.iter().filter(overlaps).count(), 1);
+            let map = after.extents.get_mut(&1).unwrap();
+            insert(map, from, to, Arc::new(x.clone()));
+        }
+        for page in 0..48 {
+            let was = source(&then, page);
+            let got = source(&after, page);
+            if was.is_some() && was == source(&now, page) {
+                let new = Some("segments/new".to_string());
+                prop_assert_eq!(got.map(|(s, _)| s), new, "page {}", page);
+            } else {
+                prop_assert_eq!(got, source(&now, page), "page {}", page);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// A page keeps compaction's copy exactly when the view now still takes it from the
+        /// run it was copied from; the rest stays as commits beside the rewrite left it.
+        #[test]
+        fn the_copy_holds_where_the_page_still_comes_from_the_run_it_was_read_from(
+            first in prop::collection::vec((0u64..32, 1u64..12), 1..8),
+            since in prop::collection::vec((0u8..3, 0u64..32, 1u64..12), 0..8),
+        ) {
+            holds_where_unchanged(&first, &since)?;
+        }
+    }
+
+    #[test]
+    fn a_file_removed_since_keeps_nothing_of_the_copy_and_an_unmoved_view_keeps_it_all() {
+        let mut then = View {
+            epoch: 5,
+            ..View::default()
+        };
+        insert(
+            then.extents.entry(1).or_default(),
+            0,
+            8,
+            run("segments/s", 0, 0, 8),
+        );
+        let copy = copy_of(&then);
+        let same = still_current(&then, &then.clone(), copy.clone());
+        assert_eq!((same.extents, same.dropped_pages), (copy.clone(), 0));
+        let mut now = then.clone();
+        now.epoch = 6;
+        now.extents.remove(&1);
+        let gone = still_current(&then, &now, copy);
+        assert_eq!((gone.extents.len(), gone.dropped_pages), (0, 8));
+    }
 }

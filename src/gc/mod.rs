@@ -86,7 +86,8 @@ pub struct Summary {
     pub created_ms: u64,
     /// A takeover's fence: kept for good.
     pub fence: bool,
-    /// The segments it brought: those of its extents uploaded under its own epoch.
+    /// The segments it brought: a delta's every one, a base's those uploaded under its own
+    /// epoch.
     pub segments: Box<[Arc<str>]>,
 }
 
@@ -101,12 +102,20 @@ impl Summary {
     /// live. Nor the manifests that carry runs: a pass asks only about those older than the
     /// oldest retained checkpoint's chain, and one of those that a later manifest names was,
     /// by the same argument, in that checkpoint's image.
+    ///
+    /// A delta's segments are all its own, but a compaction's are named by the epoch after
+    /// the view it read, and commits beside it may have taken that epoch and more before it
+    /// commits: so a delta's count whatever the epoch in their names.
     pub fn of(m: &Manifest) -> Summary {
+        let brought = |key: &Arc<str>| match m.parent {
+            Some(_) => segment_epoch(key).is_some(),
+            None => segment_epoch(key) == Some(m.epoch),
+        };
         let mut names: Vec<&Arc<str>> = m
             .extents
             .iter()
             .map(|e| &e.segment)
-            .filter(|key| segment_epoch(key) == Some(m.epoch))
+            .filter(|key| brought(key))
             .collect();
         names.sort_unstable();
         names.dedup();

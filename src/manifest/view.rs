@@ -155,6 +155,21 @@ pub fn insert(map: &mut ExtentMap, start: u64, end: u64, e: Arc<Extent>) {
     map.insert(start, (end, e));
 }
 
+/// The extents of `map` that overlap `[from, to)`, clipped to it.
+pub fn overlapping(
+    map: &ExtentMap,
+    from: u64,
+    to: u64,
+) -> impl Iterator<Item = (u64, u64, &Arc<Extent>)> {
+    let first = map
+        .range(..=from)
+        .next_back()
+        .filter(|(_, (end, _))| *end > from)
+        .map_or(from, |(start, _)| *start);
+    map.range(first..to)
+        .map(move |(&start, (end, e))| (start.max(from), (*end).min(to), e))
+}
+
 /// Drops every page at or past `keep`.
 pub fn truncate(map: &mut ExtentMap, keep: u64) {
     let tail: Vec<u64> = map.range(keep..).map(|(&s, _)| s).collect();
