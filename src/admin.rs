@@ -82,7 +82,7 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e.into()),
         };
-        // The segments it brought (a compaction's carry the epoch of the view it read).
+        // The segments it brought (a compaction's carry the epoch after the view it read).
         let (n, b) = crate::gc::Summary::of(&man)
             .segments
             .iter()

@@ -950,8 +950,8 @@ impl Case {
             }
         }
         // A commit of its own whose answer was lost stays for the next checkpoint to find
-        // (passes leave the view to the checkpointer), unless compaction, which takes the
-        // checkpoint lock and looks for one, took it in: the next checkpoint may be refused.
+        // (passes leave the view to the checkpointer), unless compaction's commit met it (a
+        // 412 on the same epoch) and took it in: the next checkpoint may be refused.
         self.sut()
             .check_all(&format!("step {step}: after GC"), &self.files);
     }

@@ -736,13 +736,14 @@ fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
     at.recv_timeout(WAIT).expect("compaction uploads");
 
     // Mid-rewrite: a page it copies rewritten, a file it copies truncated (and extended again:
-    // holes) and one removed, a new file, over four checkpoints (a base among them: one every
-    // 4th), all committed now.
+    // holes) and one removed, the two files of its last new segment rewritten and removed
+    // (none of that segment's pages is left to commit), a new file, over four checkpoints (a
+    // base among them: one every 4th), all committed now.
     let f3 = e.ino("f3");
     let (done, committed) = std::sync::mpsc::channel();
     let writer = {
         let (fs, cp) = (e.fs.clone(), e.cp.clone());
-        let (f1, f2) = (e.ino("f1"), e.ino("f2"));
+        let (f1, f2, f4) = (e.ino("f1"), e.ino("f2"), e.ino("f4"));
         std::thread::spawn(move || {
             let write = |ino: u64, offset: u64, bytes: &[u8]| {
                 fs.open(ino, libc::O_RDWR).expect("open");
@@ -755,8 +756,11 @@ fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
             common::engine::set_size(&fs, f2, PAGE_SIZE);
             common::engine::set_size(&fs, f2, 3 * PAGE_SIZE);
             cp.checkpoint(false).expect("checkpoint");
-            fs.unlink(ROOT_INO, std::ffi::OsStr::new("f3"))
-                .expect("unlink");
+            write(f4, 0, &pattern(94, 3));
+            for name in ["f3", "f5"] {
+                fs.unlink(ROOT_INO, std::ffi::OsStr::new(name))
+                    .expect("unlink");
+            }
             cp.checkpoint(false).expect("checkpoint");
             let (f6, _) = fs
                 .create(
@@ -780,6 +784,8 @@ fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
     want.get_mut("f1").unwrap()[PAGE..2 * PAGE].copy_from_slice(&pattern(91, 1));
     want.get_mut("f2").unwrap()[PAGE..].fill(0);
     want.remove("f3");
+    want.insert("f4".into(), pattern(94, 3));
+    want.remove("f5");
     want.insert("f6".into(), pattern(66, 2));
 
     // It committed after those four, with what they left alone: the files it moved read from
@@ -821,6 +827,12 @@ fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
         .collect();
     assert!(!outputs.is_empty());
     assert_eq!(row[5], outputs.len().to_string(), "{listing}");
+    // The new segment none of whose pages it committed is gone.
+    let uploaded: BTreeSet<String> = keys(&dirs.bucket())
+        .into_iter()
+        .filter(|k| compaction_output(k))
+        .collect();
+    assert_eq!(uploaded, outputs);
     for (name, bytes) in &want {
         assert_same(name, &e.in_bucket(e.ino(name)).unwrap(), bytes);
     }
@@ -845,6 +857,57 @@ fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
     want.insert("late".into(), pattern(44, 1));
     for (name, bytes) in &want {
         assert_same(name, &restored(&dirs, 2, name), bytes);
+    }
+}
+
+#[test]
+fn a_compaction_on_an_idle_database_writes_the_base_that_is_due() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc_segments(2, true));
+    for n in 0..6u8 {
+        let ino = e.create(&format!("f{n}"));
+        e.write(ino, 0, &pattern(n * 10, 3));
+        e.checkpoint();
+    }
+    // Checkpoints until the next one is due to be a base (one every 4th).
+    let pad = e.create("pad");
+    let mut n = 0u8;
+    while n < 2 || e.cp.view().read().deltas_since_base != 3 {
+        e.write(pad, 0, &pattern(200 + n, 1));
+        e.checkpoint();
+        n += 1;
+    }
+    let t = now_ms();
+    e.cp.gc_pass(t).unwrap();
+    let before = e.cp.view().read().epoch;
+    e.cp.gc_pass(t + HOUR_MS).unwrap();
+    let view = e.cp.view();
+    let (epoch, chain) = {
+        let v = view.read();
+        (v.epoch, v.deltas_since_base)
+    };
+    assert_eq!(
+        (epoch, chain),
+        (before + 1, 0),
+        "the compaction is the base"
+    );
+    let f0 = segments_of(&e, e.ino("f0"));
+    assert!(f0.iter().all(|k| compaction_output(k)), "{f0:?}");
+    // Its segments outlive the checkpoint before it.
+    for hours in [2, 3] {
+        e.cp.gc_pass(t + hours * HOUR_MS).unwrap();
+    }
+    let left = keys(&dirs.bucket());
+    assert!(f0.iter().all(|k| left.contains(k)), "collected");
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let broken = bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+    for n in 0..6u8 {
+        assert_same(
+            "restored",
+            &restored(&dirs, 1 + u32::from(n), &format!("f{n}")),
+            &pattern(n * 10, 3),
+        );
     }
 }
 

@@ -1782,13 +1782,13 @@ impl Checkpointer {
     }
 
     /// A GC pass's compaction: sources chosen, read, rewritten and uploaded without the
-    /// checkpoint lock, so that commits go on meanwhile (at 20 ms a request a rewrite takes
-    /// seconds); then, under the lock, the new extents that still hold against the view as it
-    /// is now (`still_current`) committed as a delta on it. Returns the epoch committed, if
-    /// any.
+    /// checkpoint lock, so that commits go on meanwhile (a rewrite took 0.6-1.2 s in
+    /// BENCHMARKS.md's runs); then, under the lock, the new extents that still hold against
+    /// the view as it is now (`still_current`) committed on it. Returns the epoch committed,
+    /// if any.
     ///
     /// The new segments are named by the epoch after the view they were read from, which
-    /// commits beside the rewrite may take first: the compaction's manifest is always a delta,
+    /// commits beside the rewrite may take first: the compaction's manifest is then a delta,
     /// and a delta's summary counts every segment it names as its own, whatever the epoch in
     /// the name (docs/gc.md, "Beside the checkpoints").
     fn compact(
@@ -1903,32 +1903,44 @@ impl Checkpointer {
         }
         let uploaded: HashSet<Arc<str>> = extents.iter().map(|x| x.segment.clone()).collect();
         // The view changes only under the lock held here.
-        let (m, dropped) = {
+        let committing = {
             let now = self.view.read();
             let kept = crate::gc::compact::still_current(&then, &now, extents);
-            let m = Manifest {
-                epoch: now.epoch + 1,
-                parent: Some(now.epoch),
-                created_ms: now_ms(),
-                page_size: PAGE_SIZE as u32,
-                writer: self.writer.clone(),
-                next_ino: now.next_ino,
-                extents: kept.extents,
-                ..Manifest::default()
-            };
-            (m, kept.dropped_pages)
+            (!kept.extents.is_empty()).then(|| {
+                let delta = Manifest {
+                    epoch: now.epoch + 1,
+                    parent: Some(now.epoch),
+                    created_ms: now_ms(),
+                    page_size: PAGE_SIZE as u32,
+                    writer: self.writer.clone(),
+                    next_ino: now.next_ino,
+                    extents: kept.extents,
+                    ..Manifest::default()
+                };
+                // With no commit beside it, the epoch in its segments' names is its own, so
+                // it may be the base that is due (a base's summary counts the segments named
+                // by its epoch): on an idle database nothing else would write one. Otherwise
+                // a delta, and the next checkpoint writes the base.
+                let (m, next) = if now.epoch == then.epoch {
+                    self.as_committed(&now, delta)
+                } else {
+                    (delta, None)
+                };
+                (m, next, kept.dropped_pages)
+            })
         };
-        if m.extents.is_empty() {
+        let Some((m, next, dropped)) = committing else {
             // Every page it moved was rewritten or removed meanwhile.
             drop(one);
             delete_uploads();
             return Ok(None);
-        }
+        };
+        let base = next.is_some();
         let committed = self.commit(&m);
         self.settle_note();
-        self.note_committed(false, committed?);
+        self.note_committed(base, committed?);
         crate::failpoint::hit("compact-after-commit");
-        self.apply_to_view(&m, None, None);
+        self.apply_to_view(&m, next, None);
         self.gc_inbox.post(&m);
         self.record(m.epoch)?;
         drop(one);
@@ -1941,6 +1953,7 @@ impl Checkpointer {
         });
         info!(
             epoch = m.epoch,
+            base,
             read_from = then.epoch,
             sources = sources.len(),
             read_bytes = read,
