@@ -3,19 +3,21 @@
 
     benches/commit_gaps.py [--from S] [--to S] [--over MS] LOG...
 
-LOG is a bucketfs mount log kept by `KEEP_LOGS=DIR benches/peers.sh` (DIR/bucketfs-remote-fs.log).
+LOG is a bucketfs mount log kept by `KEEP_LOGS=DIR benches/peers.sh`
+(DIR/bucketfs-remote-fs.log).
 Under `--durability remote` a checkpoint commits at almost every fsync, so a long gap between
-two "checkpoint committed" lines is a stretch in which no commit returned. This prints, per log:
+two "checkpoint committed" lines is a stretch in which no commit returned. This prints, per log,
+of the gaps that end between --from (12) and --to (95) seconds after the log's first line (the
+mount's start: pgbench -i runs before the window, and its timed run ends after it, when commits
+stop for want of work, not because something held them):
 
-  compactions     how many "compaction committed" lines
-  with one        the gaps between two checkpoints with a compaction's line inside them:
-                  min, median, max (ms)
-  elapsed         the compaction lines' elapsed_ms: min-max
+  gaps            all of them: how many, median, max (ms)
+  compactions     how many "compaction committed" lines fall inside those gaps
+  with one        the gaps with a compaction's line inside them: min, median, max (ms)
+  elapsed         those compaction lines' elapsed_ms: min-max
   changed         their pages_changed_meanwhile (pages that commits beside the compaction
                   rewrote or removed, left out of its manifest): min-max, where logged
-  long gaps       every gap over --over ms (150) that ends between --from (12) and --to (95)
-                  seconds after the log's first line (the mount's start; pgbench -i runs
-                  before, the stop after), as "ms at s"
+  long gaps       every gap over --over ms (150), as "ms at s"
 """
 
 import argparse
@@ -49,21 +51,23 @@ def report(path, lo, hi, over):
     rows = events(path)
     commits = [t for t, kind, _ in rows if kind == "checkpoint committed"]
     compactions = [(t, f) for t, kind, f in rows if kind == "compaction committed"]
-    gaps = list(zip(commits, commits[1:]))
-    with_one = sorted(
-        round((b - a) * 1000) for a, b in gaps if any(a < t < b for t, _ in compactions)
-    )
-    long_gaps = [
-        f"{round((b - a) * 1000)} at {b:.1f}"
-        for a, b in gaps
-        if (b - a) * 1000 > over and lo <= b <= hi
-    ]
+    gaps = [(a, b) for a, b in zip(commits, commits[1:]) if lo <= b <= hi]
+    compactions = [(t, f) for t, f in compactions if any(a < t < b for a, b in gaps)]
+    with_one = sorted((b - a) * 1000 for a, b in gaps if any(a < t < b for t, _ in compactions))
+    long_gaps = [f"{round((b - a) * 1000)} at {b:.1f}" for a, b in gaps if (b - a) * 1000 > over]
+    ms = sorted((b - a) * 1000 for a, b in gaps)
+    all_gaps = f"{statistics.median(ms):.1f}, {ms[-1]:.1f} ms" if ms else "-"
     ints = lambda key: [int(f[key]) for _, f in compactions if key in f]
     shown = (
-        f"{with_one[0]}, {round(statistics.median(with_one))}, {with_one[-1]}" if with_one else "-"
+        ", ".join(
+            str(round(g)) for g in (with_one[0], statistics.median(with_one), with_one[-1])
+        )
+        if with_one
+        else "-"
     )
     return (
         f"{path}\n"
+        f"  gaps         {len(gaps)}, {all_gaps}\n"
         f"  compactions  {len(compactions)}\n"
         f"  with one     {shown} ms\n"
         f"  elapsed      {span(ints('elapsed_ms'))} ms\n"
@@ -73,7 +77,9 @@ def report(path, lo, hi, over):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     p.add_argument("--from", dest="lo", type=float, default=12)
     p.add_argument("--to", dest="hi", type=float, default=95)
     p.add_argument("--over", type=float, default=150)

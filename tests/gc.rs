@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bucketfs::checkpoint::{open_bucket_at, At, BucketFetcher, CheckpointError, GcSettings};
@@ -728,9 +728,15 @@ fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
     let t = now_ms();
     e.cp.gc_pass(t).unwrap();
     let read_from = e.cp.view().read().epoch;
-    let (at, release) = hold_put(&e, |key| {
-        compaction_output(key) && key.ends_with("-0001.seg")
-    });
+    let put = Arc::new(Mutex::new(BTreeSet::new()));
+    let (at, release) = {
+        let put = put.clone();
+        hold_put(&e, move |key| {
+            compaction_output(key)
+                && put.lock().unwrap().insert(key.to_owned())
+                && key.ends_with("-0001.seg")
+        })
+    };
     let cp = e.cp.clone();
     let pass = std::thread::spawn(move || cp.gc_pass(t + HOUR_MS));
     at.recv_timeout(WAIT).expect("compaction uploads");
@@ -827,11 +833,26 @@ fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
         .collect();
     assert!(!outputs.is_empty());
     assert_eq!(row[5], outputs.len().to_string(), "{listing}");
-    // The new segment none of whose pages it committed is gone.
+    // The checkpoints beside it wrote a base, which the compaction's delta follows.
+    let kind = |epoch: u64| {
+        let row = listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&epoch.to_string()));
+        row.and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_owned)
+    };
+    assert!(
+        (read_from + 1..compacted).any(|epoch| kind(epoch).as_deref() == Some("base")),
+        "{listing}"
+    );
+    assert_eq!(kind(compacted).as_deref(), Some("delta"), "{listing}");
+    // The new segment none of whose pages it committed (f4's and f5's) is gone.
     let uploaded: BTreeSet<String> = keys(&dirs.bucket())
         .into_iter()
         .filter(|k| compaction_output(k))
         .collect();
+    let put = put.lock().unwrap().clone();
+    assert!(put.len() > outputs.len(), "{put:?}");
     assert_eq!(uploaded, outputs);
     for (name, bytes) in &want {
         assert_same(name, &e.in_bucket(e.ino(name)).unwrap(), bytes);

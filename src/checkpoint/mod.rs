@@ -166,7 +166,8 @@ pub struct CheckpointSettings {
     /// `base_every - 1` deltas). Past it a base is written once the deltas since the last one
     /// add up to a quarter of its size (`BASE_SHARE`), and at `max_chain` checkpoints whatever
     /// their size: a restore reads a chain of at most `max_chain` manifests (one more for each
-    /// takeover or compaction since the last checkpoint, whose manifests are always deltas),
+    /// takeover since the last checkpoint, whose manifest is always a delta, and for a
+    /// compaction that checkpoints committed beside, whose manifest is then a delta),
     /// and past `base_every` a base, which is the whole view, is at most four times the bytes
     /// of the deltas before it, plus what the view grew since the last base.
     pub base_every: u32,
@@ -1942,7 +1943,7 @@ impl Checkpointer {
         crate::failpoint::hit("compact-after-commit");
         self.apply_to_view(&m, next, None);
         self.gc_inbox.post(&m);
-        self.record(m.epoch)?;
+        let recorded = self.record(m.epoch);
         drop(one);
         // New segments none of whose pages made it into the manifest: no manifest names them.
         let named: HashSet<&Arc<str>> = m.extents.iter().map(|x| &x.segment).collect();
@@ -1951,6 +1952,7 @@ impl Checkpointer {
                 let _ = self.store.delete(key).await;
             }
         });
+        recorded?;
         info!(
             epoch = m.epoch,
             base,

@@ -5,12 +5,14 @@
 //! ```text
 //! manifest  magic "BFSMAN01" | version u32 | [inline_len u64 | inline] | body |
 //!           crc32c u32 (of everything before it but `inline`)
-//!           version 1: no inline part. Versions 2 and 3: `inline` is a whole segment
+//!           version 1: no inline part. Versions 2 to 4: `inline` is a whole segment
 //!           (segment.rs) holding the runs of a checkpoint small enough to travel in its
-//!           manifest (or nothing, inline_len 0). Version 3 (the one written) has a flags
-//!           byte where 1 and 2 have a clean_stop byte: a bucketfs that reads only 1 or 2
-//!           would neither keep fences nor write them, so it must refuse the bucket
-//!           (docs/gc.md, "Fences")
+//!           manifest (or nothing, inline_len 0). Version 3 has a flags byte where 1 and 2
+//!           have a clean_stop byte: a bucketfs that reads only 1 or 2 would neither keep
+//!           fences nor write them, so it must refuse the bucket (docs/gc.md, "Fences").
+//!           Version 4 (the one written) is laid out as 3; its deltas may name segments
+//!           whose names carry an earlier epoch, which a GC that reads only up to 3 would
+//!           delete (docs/gc.md, "Beside the checkpoints")
 //! body      epoch u64 | parent u64 (0: a base) | created_ms u64 | page_size u32 |
 //!           writer blob | next_ino u64 | flags u8 (1: clean stop, 2: fence) |
 //!           segments: count u32, key blob each          (the table extents index into;
@@ -45,11 +47,17 @@ const MANIFEST_MAGIC: &[u8; 8] = b"BFSMAN01";
 const VERSION_PLAIN: u32 = 1;
 /// Read only: an inline part, a clean_stop byte.
 const VERSION_INLINE: u32 = 2;
-/// The version written: an inline part, a flags byte.
-pub const MANIFEST_VERSION: u32 = 3;
+/// Read only: an inline part, a flags byte (clean stop, fence). A delta of this version
+/// names only segments whose names carry its own epoch.
+const VERSION_FENCE: u32 = 3;
+/// The version written, laid out as 3. A delta may name segments whose names carry an
+/// earlier epoch (a compaction's, when checkpoints committed beside it, docs/gc.md): a GC
+/// that reads only up to version 3 would take them for no manifest's and delete them, so
+/// it must refuse the bucket instead.
+pub const MANIFEST_VERSION: u32 = 4;
 const FLAG_CLEAN_STOP: u8 = 1;
 const FLAG_FENCE: u8 = 2;
-/// Where a version 2 or 3 manifest's inline segment starts: a run's offset in it is
+/// Where a version 2 or later manifest's inline segment starts: a run's offset in it is
 /// `INLINE_OFFSET` plus its offset in the segment.
 pub const INLINE_OFFSET: u64 = 8 + 4 + 8;
 
@@ -148,6 +156,7 @@ impl Manifest {
 
     /// As `encode`, in an older version (tests of what this bucketfs still reads). Version 1
     /// cannot say that runs are inline, and neither 1 nor 2 that the manifest is a fence.
+    /// Version 3 is laid out as 4.
     fn encode_version(&self, version: u32) -> Vec<u8> {
         let own = crate::checkpoint::manifest_key(self.epoch);
         let mut w = Writer::default();
@@ -164,7 +173,7 @@ impl Manifest {
         w.blob(self.writer.as_bytes());
         w.u64(self.next_ino);
         let mut flags = u8::from(self.clean_stop) * FLAG_CLEAN_STOP;
-        if version == MANIFEST_VERSION && self.fence {
+        if version >= VERSION_FENCE && self.fence {
             flags |= FLAG_FENCE;
         }
         w.u8(flags);
@@ -253,7 +262,7 @@ impl Manifest {
             return Err(corrupt("bad magic"));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("length checked"));
-        if ![VERSION_PLAIN, VERSION_INLINE, MANIFEST_VERSION].contains(&version) {
+        if !(VERSION_PLAIN..=MANIFEST_VERSION).contains(&version) {
             return Err(FormatError::Version {
                 key: key.into(),
                 found: version,
@@ -276,9 +285,10 @@ impl Manifest {
         let writer = String::from_utf8(r.blob()?.to_vec()).map_err(|_| corrupt("writer"))?;
         let next_ino = r.u64()?;
         let flags = r.u8()?;
-        let known = match version {
-            MANIFEST_VERSION => FLAG_CLEAN_STOP | FLAG_FENCE,
-            _ => FLAG_CLEAN_STOP,
+        let known = if version >= VERSION_FENCE {
+            FLAG_CLEAN_STOP | FLAG_FENCE
+        } else {
+            FLAG_CLEAN_STOP
         };
         if flags & !known != 0 {
             return Err(corrupt("unknown flags"));
@@ -405,7 +415,8 @@ pub fn inline_range(
     key: &str,
 ) -> Result<Option<std::ops::Range<usize>>, FormatError> {
     let version = bytes.get(8..12).map(|v| v.try_into().expect("4 bytes"));
-    if !version.is_some_and(|v| [VERSION_INLINE, MANIFEST_VERSION].contains(&u32::from_le_bytes(v)))
+    if !version
+        .is_some_and(|v| (VERSION_INLINE..=MANIFEST_VERSION).contains(&u32::from_le_bytes(v)))
     {
         return Ok(None);
     }
@@ -531,7 +542,7 @@ mod tests {
         };
         assert_eq!(Manifest::decode(&fence.encode(), "k").unwrap(), fence);
         // What older bucketfs wrote still reads.
-        for version in [VERSION_PLAIN, VERSION_INLINE] {
+        for version in [VERSION_PLAIN, VERSION_INLINE, VERSION_FENCE] {
             let bytes = m.encode_version(version);
             assert_eq!(&bytes[8..12], &version.to_le_bytes());
             assert_eq!(
@@ -556,7 +567,12 @@ mod tests {
                 .find(|&i| a[i] != b[i])
                 .expect("the flags byte")
         };
-        for version in [VERSION_PLAIN, VERSION_INLINE, MANIFEST_VERSION] {
+        for version in [
+            VERSION_PLAIN,
+            VERSION_INLINE,
+            VERSION_FENCE,
+            MANIFEST_VERSION,
+        ] {
             let good = sample().encode_version(version);
             let i = at(version);
             for flags in 0..=255u8 {
@@ -566,8 +582,8 @@ mod tests {
                 let crc = manifest_crc(&bytes[..bytes.len() - 4], inline);
                 let n = bytes.len();
                 bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
-                // Version 3: clean stop (1) or fence (2), never both.
-                let highest = if version == MANIFEST_VERSION { 2 } else { 1 };
+                // Versions 3 and 4: clean stop (1) or fence (2), never both.
+                let highest = if version >= VERSION_FENCE { 2 } else { 1 };
                 match Manifest::decode(&bytes, "k") {
                     Ok(m) => {
                         assert!(flags <= highest, "version {version} took flags {flags}");
