@@ -15,6 +15,7 @@ stop for want of work, not because something held them):
   compactions     how many "compaction committed" lines fall inside those gaps
   with one        the gaps with a compaction's line inside them: min, median, max (ms)
   elapsed         those compaction lines' elapsed_ms: min-max
+  written         their written_bytes, in MB: min-max
   changed         their pages_changed_meanwhile (pages that commits beside the compaction
                   rewrote or removed, left out of its manifest): min-max, where logged
   long gaps       every gap over --over ms (150), as "ms at s"
@@ -71,6 +72,7 @@ def report(path, lo, hi, over):
         f"  compactions  {len(compactions)}\n"
         f"  with one     {shown} ms\n"
         f"  elapsed      {span(ints('elapsed_ms'))} ms\n"
+        f"  written      {span([round(b / 1e6, 1) for b in ints('written_bytes')])} MB\n"
         f"  changed      {span(ints('pages_changed_meanwhile'))} pages\n"
         f"  long gaps    {', '.join(long_gaps) or 'none'}"
     )
