@@ -819,33 +819,31 @@ fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
     let mut listing = Vec::new();
     bucketfs::admin::ls(&url, &mut listing).unwrap();
     let listing = String::from_utf8(listing).unwrap();
-    let row: Vec<&str> = listing
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(&compacted.to_string()))
-        .unwrap_or_else(|| panic!("no row for {compacted}:\n{listing}"))
-        .split_whitespace()
-        .collect();
     // EPOCH KIND DATE TIME WRITER SEGMENTS BYTES NOTE
+    let row = |epoch: u64| -> Vec<&str> {
+        listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&epoch.to_string()))
+            .map_or_else(Vec::new, |l| l.split_whitespace().collect())
+    };
     let outputs: BTreeSet<String> = want
         .keys()
         .flat_map(|name| moved(name))
         .filter(|k| compaction_output(k))
         .collect();
     assert!(!outputs.is_empty());
-    assert_eq!(row[5], outputs.len().to_string(), "{listing}");
-    // The checkpoints beside it wrote a base, which the compaction's delta follows.
-    let kind = |epoch: u64| {
-        let row = listing
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(&epoch.to_string()));
-        row.and_then(|l| l.split_whitespace().nth(1))
-            .map(str::to_owned)
-    };
-    assert!(
-        (read_from + 1..compacted).any(|epoch| kind(epoch).as_deref() == Some("base")),
+    assert_eq!(
+        row(compacted).get(5).copied(),
+        Some(&*outputs.len().to_string()),
         "{listing}"
     );
-    assert_eq!(kind(compacted).as_deref(), Some("delta"), "{listing}");
+    // The checkpoints beside it wrote a base, which the compaction's delta follows.
+    let kind = |epoch: u64| row(epoch).get(1).copied();
+    assert!(
+        (read_from + 1..compacted).any(|epoch| kind(epoch) == Some("base")),
+        "{listing}"
+    );
+    assert_eq!(kind(compacted), Some("delta"), "{listing}");
     // The new segment none of whose pages it committed (f4's and f5's) is gone.
     let uploaded: BTreeSet<String> = keys(&dirs.bucket())
         .into_iter()
