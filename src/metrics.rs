@@ -354,6 +354,11 @@ pub fn render(status: &Status) -> String {
         fs.bytes_written,
     );
     counter(
+        "bucketfs_cache_log_syncs_total",
+        "Syncs of the cache dir's log (RocksDB's WAL) to the disk",
+        fs.log_syncs,
+    );
+    counter(
         "bucketfs_cache_hits_total",
         "READ requests served from the cache dir alone",
         fs.read_hits,

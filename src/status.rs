@@ -55,6 +55,10 @@ pub struct FsStatus {
     pub evicted_bytes: u64,
     pub throttled_writes: u64,
     pub throttled_micros: u64,
+    /// Syncs of the cache dir's log (RocksDB's WAL) to the disk (fsyncs', checkpoints',
+    /// evictions', the mount's start).
+    #[serde(default)]
+    pub log_syncs: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -136,6 +140,7 @@ pub fn fs_status(fs: &crate::fs::Fs) -> FsStatus {
         evicted_bytes: s.evicted_pages.load(Relaxed) * crate::fs::PAGE_SIZE,
         throttled_writes: s.throttled_writes.load(Relaxed),
         throttled_micros: s.throttled_micros.load(Relaxed),
+        log_syncs: fs.log_syncs(),
     }
 }
 

@@ -88,6 +88,8 @@ pub struct MetaStore {
     db: DB,
     /// Highest sequence number known to be synced to disk.
     synced: AtomicU64,
+    /// Syncs of the log that reached the disk (`sync_to` calls that flushed).
+    syncs: AtomicU64,
     /// Held by the one thread syncing the WAL; the others wait and usually find their
     /// sequence number already covered (group commit).
     sync_lock: Mutex<()>,
@@ -129,6 +131,7 @@ impl MetaStore {
         let store = MetaStore {
             db,
             synced: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
             sync_lock: Mutex::new(()),
             names: AtomicU64::new(0),
             #[cfg(test)]
@@ -204,7 +207,13 @@ impl MetaStore {
         let covered = self.latest_seq();
         self.db.flush_wal(true).map_err(db_err("sync wal"))?;
         self.synced.fetch_max(covered, Ordering::AcqRel);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How many times the log was synced to the disk since it was opened.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     pub fn get_dirent(&self, parent: u64, name: &OsStr) -> Result<Option<Dirent>, MetaError> {
@@ -472,10 +481,12 @@ impl MetaBatch<'_> {
             .delete_cf(self.store.cf(CF_TRUNCS), ino.to_be_bytes());
     }
 
-    /// Forgets one page's dirty marker (its bytes are in the bucket).
-    pub fn delete_dirty_page(&mut self, ino: u64, page: u64) {
-        self.batch
-            .delete_cf(self.store.cf(CF_DIRTY), dirty_key(ino, page));
+    /// Forgets the dirty markers of `pages` (their bytes are in the bucket).
+    pub fn delete_dirty(&mut self, ino: u64, pages: Range<u64>) {
+        let cf = self.store.cf(CF_DIRTY);
+        for page in pages {
+            self.batch.delete_cf(cf, dirty_key(ino, page));
+        }
     }
 
     /// Forgets the dirty markers of every page at or after `page`.

@@ -335,8 +335,9 @@ impl Fs {
                 st.local_only = true;
                 batch.put_local_only(*ino);
             }
-            if !st.dirty.is_empty() {
+            if !st.marked.is_empty() {
                 self.recount(&mut st, |st| st.dirty = PageSet::new());
+                st.marked = PageSet::new();
                 batch.delete_dirty_from(*ino, 0);
             }
         }
@@ -743,10 +744,13 @@ impl Fs {
             batch.put_dirty(ino, r, epoch);
         }
         batch.delete_local_only(ino);
-        self.meta.commit(batch)?;
+        let seq = self.meta.commit(batch)?;
+        // The next fsync syncs these marks: its writes may add none of their own.
+        st.meta_seq = st.meta_seq.max(seq);
         self.recount(st, |st| {
             for r in all.iter() {
-                st.dirty.insert(r);
+                st.dirty.insert(r.clone());
+                st.marked.insert(r);
             }
         });
         st.local_only = false;
@@ -816,14 +820,23 @@ impl Fs {
             // Under the inode's lock, so a write cannot re-mark a page between our check and
             // the delete.
             let mut st = inode.state.lock_unnoted();
-            let mut batch = self.meta.batch();
             for r in pages.iter() {
-                for page in r {
-                    if !st.dirty.contains(page) {
-                        batch.delete_dirty_page(*ino, page);
-                        cleaned += 1;
-                    }
-                }
+                let again: u64 = st
+                    .dirty
+                    .overlapping(r.clone())
+                    .map(|d| d.end - d.start)
+                    .sum();
+                cleaned += r.end - r.start - again;
+            }
+            // Every mark but the dirty pages' goes: this cut's pages, and marks ahead of a
+            // writer (only one cut is in flight, so every pending page is this cut's). Out
+            // of memory first: a commit that fails may have deleted them all the same, and
+            // memory must never count a mark RocksDB lacks (a write would record nothing).
+            let stale = st.marked.difference(&st.dirty);
+            let mut batch = self.meta.batch();
+            for r in stale.iter() {
+                batch.delete_dirty(*ino, r.clone());
+                st.marked.remove(r);
             }
             self.meta.commit(batch)?;
             self.recount(&mut st, |st| {

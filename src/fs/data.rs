@@ -299,8 +299,10 @@ impl Fs {
         self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
         self.touch_written(ino, written.clone());
         let grew = end > st.attr.size;
-        if added.is_empty() && !grew && !st.dirty_unsure {
-            // The common case for hot pages: nothing new to record.
+        let absent = st.absent_unsure || st.absent.intersects(written.clone());
+        if !grew && !absent && st.marks_cover(&added) {
+            // The common case for hot pages and a sequential writer's next ones: nothing new
+            // to record (and so nothing for the next fsync to sync in the log).
             st.times_unpersisted = true;
             return Ok(data.len() as u32);
         }
@@ -312,7 +314,7 @@ impl Fs {
         // A page written whole is no longer absent: its bytes are the new ones. (After a
         // failed commit RocksDB may mark these pages although memory does not, even pages
         // memory holds dirty already: the rewrite of every mark clears that too.)
-        if st.absent_unsure || st.absent.intersects(written.clone()) {
+        if absent {
             st.change_absent(&mut batch, written.clone(), |a| a.remove(written));
         }
         st.put_dirty_marks(&mut batch, &added, epoch);
@@ -420,6 +422,7 @@ impl Fs {
                 st.pending.truncate(keep);
             });
             self.untrack(ino, size, old);
+            st.marked.truncate(keep);
             batch.delete_dirty_from(ino, keep);
             st.change_absent(batch, keep..u64::MAX, |a| a.truncate(keep));
             let lowest = st.trunc.map_or(keep, |t| t.min(keep));
@@ -430,13 +433,14 @@ impl Fs {
         }
         let epoch = self.epoch.load(Ordering::Relaxed);
         let edge = if size < old { size } else { old };
+        // The new size first: marks stop at the end (`put_dirty_marks`).
+        st.attr.size = size;
         if edge % PAGE_SIZE != 0 {
             let page = edge / PAGE_SIZE;
             let added = st.dirty.insert(page..page + 1);
             self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
             st.put_dirty_marks(batch, &added, epoch);
         }
-        st.attr.size = size;
         Ok(())
     }
 

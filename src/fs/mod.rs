@@ -159,6 +159,14 @@ struct InodeState {
     /// Pages a checkpoint's cut took and is uploading: no longer dirty, not yet in the
     /// bucket. Neither dirty nor pending pages may be evicted.
     pending: PageSet,
+    /// Pages whose dirty marks RocksDB holds, committed (the inode's next fsync syncs them):
+    /// every dirty and pending page (but the pending ones of a `mark_clean` whose commit
+    /// failed: the bucket holds those), and pages ahead of a sequential writer
+    /// (`put_dirty_marks`). RocksDB may hold more, never less, unless `dirty_unsure` is set
+    /// (then the next batch marks again). A write whose pages are all marked records nothing.
+    /// A crash recovers the marked pages that are neither absent nor past the end as dirty
+    /// (`Fs::new`); the next `mark_clean` drops the marks of pages that are not dirty.
+    marked: PageSet,
     /// Pending pages whose bytes the upload has yet to read from the cache file, where they
     /// are still as the cut took them. A change to one copies it out first (`Fs::freeze`).
     cow: PageSet,
@@ -257,12 +265,20 @@ impl InodeState {
         missing
     }
 
-    /// Records in `batch` the dirty marks of `added`, pages just made dirty in memory. After
-    /// a failed commit memory may hold pages dirty that RocksDB does not (and a write of them
-    /// again adds nothing new): then every dirty and pending page is marked again, or a crash
-    /// would forget pages written and fsync'd since. (Pending ones too: a failed checkpoint
-    /// puts them back as dirty, trusting RocksDB to say so, `Fs::untake`.) That is a key per
-    /// page, up to `--max-dirty`'s worth, once after each failure.
+    /// Records in `batch` dirty marks covering `added`, pages just made dirty in memory.
+    /// Marks may cover more than the dirty pages, never less: a crash recovers every marked
+    /// page that is neither absent nor past the end as dirty, and uploads its bytes again,
+    /// which are the cache file's own (`Fs::new`). So a page marked already needs nothing,
+    /// and a write that continues a marked run marks ahead of itself, as far again as the
+    /// run is long, up to `MARK_AHEAD_PAGES`: a sequential writer (the WAL) then adds a mark,
+    /// and its fsync a sync of the log, once per run of pages instead of once per page.
+    ///
+    /// After a failed commit memory may hold pages dirty that RocksDB does not, and marks it
+    /// lacks (a write of them again adds nothing new): then every dirty and pending page is
+    /// marked again, and only those count as marked, or a crash would forget pages written
+    /// and fsync'd since. (Pending ones too: a failed checkpoint puts them back as dirty,
+    /// trusting RocksDB to say so, `Fs::untake`.) That is a key per page, up to
+    /// `--max-dirty`'s worth, once after each failure.
     fn put_dirty_marks(
         &mut self,
         batch: &mut MetaBatch<'_>,
@@ -271,16 +287,45 @@ impl InodeState {
     ) {
         let ino = self.attr.ino;
         if std::mem::take(&mut self.dirty_unsure) {
-            for r in self.dirty.iter().chain(self.pending.iter()) {
-                batch.put_dirty(ino, r, epoch);
-            }
-        } else {
-            for r in added {
+            self.marked = PageSet::new();
+            let all: Vec<_> = self.dirty.iter().chain(self.pending.iter()).collect();
+            for r in all {
                 batch.put_dirty(ino, r.clone(), epoch);
+                self.marked.insert(r);
+            }
+            return;
+        }
+        // Not past the end: a write there commits the new size anyway.
+        let end = self.attr.size.div_ceil(PAGE_SIZE);
+        for r in added {
+            let mut gaps = PageSet::new();
+            gaps.insert(r.clone());
+            for gap in gaps.difference(&self.marked).iter() {
+                let ahead = match gap.start.checked_sub(1) {
+                    Some(before) if self.marked.contains(before) => {
+                        let run = self.marked.span_touching(before..gap.start);
+                        (gap.start - run.start).min(MARK_AHEAD_PAGES)
+                    }
+                    _ => 0,
+                };
+                let to = (gap.end + ahead).min(end).max(gap.end);
+                for new in self.marked.insert(gap.start..to) {
+                    batch.put_dirty(ino, new, epoch);
+                }
             }
         }
     }
+
+    /// Whether `added` (pages just made dirty) is marked already, so that a change that
+    /// records nothing else needs no batch (`put_dirty_marks`).
+    fn marks_cover(&self, added: &[std::ops::Range<u64>]) -> bool {
+        !self.dirty_unsure && added.iter().all(|r| self.marked.covers(r.clone()))
+    }
 }
+
+/// The most pages a write marks dirty ahead of itself (`InodeState::put_dirty_marks`): 512
+/// KiB, which a crash may upload again although unchanged.
+const MARK_AHEAD_PAGES: u64 = 64;
 
 struct Inode {
     /// Serialises changes to the cache file's length (truncate, fallocate, punch) against
@@ -392,20 +437,28 @@ impl Fs {
         let mut max_ino = ROOT_INO;
         let mut dirty_total = 0;
         let mut orphans = Vec::new();
+        let mut stale_marks = Vec::new();
         for attr in loaded.inodes {
             max_ino = max_ino.max(attr.ino);
             if attr.nlink == 0 {
                 orphans.push(attr.ino);
                 continue;
             }
-            let pages = dirty.remove(&attr.ino).unwrap_or_default();
-            dirty_total += pages.len();
             let ino = attr.ino;
+            let marks = dirty.remove(&ino).unwrap_or_default();
+            let absent_pages = absent.remove(&ino).unwrap_or_default();
+            let pages = recovered_dirty(&marks, &absent_pages, attr.size);
+            // Marks ahead of a writer that reached no further, over absent pages (or past
+            // the end, after a lost batch).
+            if pages.len() < marks.len() {
+                stale_marks.push((ino, marks.difference(&pages)));
+            }
+            dirty_total += pages.len();
             let inode = Inode::new(attr, pages, &touched);
             {
                 let mut st = inode.state.lock();
                 st.trunc = truncs.get(&ino).copied();
-                st.absent = absent.remove(&ino).unwrap_or_default();
+                st.absent = absent_pages;
                 st.local_only = local_only.contains(&ino);
             }
             map.insert(ino, Arc::new(inode));
@@ -441,6 +494,11 @@ impl Fs {
         for &ino in &orphans {
             batch.delete_inode(ino);
         }
+        for (ino, stale) in &stale_marks {
+            for r in stale.iter() {
+                batch.delete_dirty(*ino, r);
+            }
+        }
         if loaded.epoch.is_none() {
             batch.put_epoch(fs.epoch.load(Ordering::Relaxed));
         }
@@ -460,6 +518,11 @@ impl Fs {
         fs.apply_root_owner(&mut batch, options);
         let seq = fs.meta.commit(batch)?;
         fs.meta.sync_to(seq)?;
+        // Everything recovered is durable: an fsync that records nothing new syncs nothing
+        // (a write into pages a crash left marked records nothing).
+        for inode in fs.inode_snapshot().values() {
+            inode.state.lock_unnoted().meta_seq = seq;
+        }
         for ino in orphans {
             info!(
                 ino,
@@ -539,6 +602,11 @@ impl Fs {
 
     pub fn stats(&self) -> &FsStats {
         &self.stats
+    }
+
+    /// How many times the cache dir's log was synced to the disk since the mount began.
+    pub fn log_syncs(&self) -> u64 {
+        self.meta.syncs()
     }
 
     /// The epoch new changes belong to.
@@ -765,6 +833,7 @@ impl Inode {
             state: touched::StateLock::new(
                 InodeState {
                     attr,
+                    marked: dirty.clone(),
                     dirty,
                     pending: PageSet::new(),
                     cow: PageSet::new(),
@@ -795,6 +864,19 @@ impl Inode {
             fill_cv: parking_lot::Condvar::new(),
         }
     }
+}
+
+/// The pages a crash leaves dirty: those marked (`InodeState::marked`) that hold bytes of
+/// the file in the cache file. An absent page's bytes are the bucket's, and the cache file
+/// has none of them to upload; a page past the end has no bytes. (A mark ahead of a writer
+/// may cover both; a dirty page is never absent.)
+fn recovered_dirty(marks: &PageSet, absent: &PageSet, size: u64) -> PageSet {
+    let mut pages = marks.clone();
+    pages.truncate(size.div_ceil(PAGE_SIZE));
+    for r in absent.iter() {
+        pages.remove(r);
+    }
+    pages
 }
 
 fn check_name(name: &OsStr) -> Result<()> {

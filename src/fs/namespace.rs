@@ -465,6 +465,7 @@ impl Fs {
             st.dirty = PageSet::new();
             st.pending = PageSet::new();
         });
+        st.marked = PageSet::new();
         // Its absent marks went with its records: a fill that fetched before now must find
         // nothing to install, or it would create the removed inode's cache file again.
         st.absent = PageSet::new();

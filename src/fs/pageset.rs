@@ -145,6 +145,17 @@ impl PageSet {
         }
     }
 
+    /// The pages of the set that are not in `other`.
+    pub fn difference(&self, other: &PageSet) -> PageSet {
+        let mut out = self.clone();
+        for r in self.iter() {
+            for o in other.overlapping(r) {
+                out.remove(o);
+            }
+        }
+        out
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
         self.ranges.iter().map(|(&s, &e)| s..e)
     }
@@ -222,6 +233,12 @@ mod tests {
                     expected.len() as u64 == window.end - window.start
                 );
                 prop_assert_eq!(inside, expected);
+                let mut other = PageSet::new();
+                other.insert(window.clone());
+                let rest: Vec<u64> = set.difference(&other).iter().flatten().collect();
+                let expected: Vec<u64> =
+                    model.iter().copied().filter(|p| !window.contains(p)).collect();
+                prop_assert_eq!(rest, expected);
                 for p in 0..80 {
                     prop_assert_eq!(set.contains(p), model.contains(&p));
                 }

@@ -849,6 +849,85 @@ mod tests {
         }
     }
 
+    /// Marks ahead of a writer (`InodeState::put_dirty_marks`) after a failed commit: the
+    /// lost batch's marks, ahead ones included, are not RocksDB's, so a later write of a page
+    /// they would have covered still records its mark. Page 1's write is lost (it would have
+    /// marked pages 1 and 2), page 0 is written again, then page 2 is written and fsync'd: a
+    /// crash must recover pages 0 to 2 as dirty (page 1's bytes are in the cache file, and
+    /// extra marks only cost an upload; marks ahead of page 2 may add more). Seen failing
+    /// with the flagged inode's memory still claiming the lost marks ahead (`Lost`: pages 0
+    /// and 1 dirty, page 2 not). The `Applied` case is a guard: its marks did reach RocksDB.
+    /// (A write while the inode is flagged always commits, by `marks_cover`, and because the
+    /// same failure flags its absent marks, `absent_unsure`.)
+    #[test]
+    fn marks_ahead_lost_to_a_failed_commit_are_not_trusted() {
+        use crate::cache::FailCommit;
+        for how in [FailCommit::Lost, FailCommit::Applied] {
+            let dir = tempfile::tempdir().unwrap();
+            let fs = fs(&dir);
+            restore_one_file(&fs, 8 * PAGE_SIZE, &PageSet::new());
+            let page = |b: u8| vec![b; PAGE_SIZE as usize];
+            fs.write(2, 0, &page(1)).unwrap();
+            fs.meta.fail_next_commit(how);
+            fs.write(2, PAGE_SIZE, &page(2))
+                .expect_err("the commit fails");
+            fs.write(2, 0, &page(3)).unwrap();
+            fs.write(2, 2 * PAGE_SIZE, &page(4)).unwrap();
+            fs.fsync(2, true).unwrap();
+            drop(fs);
+            let fs = self::fs(&dir);
+            let inode = fs.inode(2).unwrap();
+            let dirty = inode.state.lock().dirty.clone();
+            assert!(
+                dirty.covers(0..3),
+                "{how:?}: dirty after the crash: {:?}",
+                dirty.iter().collect::<Vec<_>>()
+            );
+        }
+    }
+
+    /// A `mark_clean` whose commit fails, applied or not, must not leave memory claiming the
+    /// marks it meant to delete: a write of a page it was cleaning would then record
+    /// nothing, and a crash after its fsync would find the page clean, its bytes never
+    /// uploaded. Seen failing (the `Applied` case) with the marks dropped from memory only
+    /// after the commit.
+    #[test]
+    fn a_failed_mark_clean_leaves_no_mark_claimed_that_rocksdb_lacks() {
+        use crate::cache::FailCommit;
+        struct Everything;
+        impl crate::fs::PathFilter for Everything {
+            fn local_only(&self, _: &[u8]) -> bool {
+                false
+            }
+        }
+        for how in [FailCommit::Lost, FailCommit::Applied] {
+            let dir = tempfile::tempdir().unwrap();
+            let fs = fs(&dir);
+            restore_one_file(&fs, 8 * PAGE_SIZE, &PageSet::new());
+            let page = |b: u8| vec![b; PAGE_SIZE as usize];
+            fs.write(2, 0, &page(1)).unwrap();
+            fs.write(2, PAGE_SIZE, &page(2)).unwrap();
+            let mut memo = crate::fs::WalkMemo::default();
+            let cut = fs.cut(&Everything, &mut memo, None, 256, 1 << 20).unwrap();
+            fs.release_cut(&cut);
+            fs.meta.fail_next_commit(how);
+            fs.mark_clean(&cut).expect_err("the commit fails");
+            // Page 1, pending still, and page 2, marked ahead of it.
+            fs.write(2, PAGE_SIZE, &page(3)).unwrap();
+            fs.write(2, 2 * PAGE_SIZE, &page(4)).unwrap();
+            fs.fsync(2, true).unwrap();
+            drop(fs);
+            let fs = self::fs(&dir);
+            let inode = fs.inode(2).unwrap();
+            let dirty = inode.state.lock().dirty.clone();
+            assert!(
+                dirty.covers(1..3),
+                "{how:?}: dirty after the crash: {:?}",
+                dirty.iter().collect::<Vec<_>>()
+            );
+        }
+    }
+
     #[derive(Clone, Debug)]
     enum Change {
         Fill(std::ops::Range<u64>),
