@@ -874,15 +874,7 @@ mod tests {
             fs.write(2, 0, &page(3)).unwrap();
             fs.write(2, 2 * PAGE_SIZE, &page(4)).unwrap();
             fs.fsync(2, true).unwrap();
-            drop(fs);
-            let fs = self::fs(&dir);
-            let inode = fs.inode(2).unwrap();
-            let dirty = inode.state.lock().dirty.clone();
-            assert!(
-                dirty.covers(0..3),
-                "{how:?}: dirty after the crash: {:?}",
-                dirty.iter().collect::<Vec<_>>()
-            );
+            assert_dirty_after_a_crash(&dir, fs, 0..3, &format!("{how:?}"));
         }
     }
 
@@ -916,16 +908,26 @@ mod tests {
             fs.write(2, PAGE_SIZE, &page(3)).unwrap();
             fs.write(2, 2 * PAGE_SIZE, &page(4)).unwrap();
             fs.fsync(2, true).unwrap();
-            drop(fs);
-            let fs = self::fs(&dir);
-            let inode = fs.inode(2).unwrap();
-            let dirty = inode.state.lock().dirty.clone();
-            assert!(
-                dirty.covers(1..3),
-                "{how:?}: dirty after the crash: {:?}",
-                dirty.iter().collect::<Vec<_>>()
-            );
+            assert_dirty_after_a_crash(&dir, fs, 1..3, &format!("{how:?}"));
         }
+    }
+
+    /// Drops `fs` as a crash would, opens the cache dir again and checks that every page of
+    /// `pages` of ino 2 is dirty (more may be: marks ahead).
+    fn assert_dirty_after_a_crash(
+        dir: &tempfile::TempDir,
+        fs: Fs,
+        pages: std::ops::Range<u64>,
+        case: &str,
+    ) {
+        drop(fs);
+        let fs = self::fs(dir);
+        let dirty = fs.inode(2).unwrap().state.lock().dirty.clone();
+        assert!(
+            dirty.covers(pages.clone()),
+            "{case}: pages {pages:?} not all dirty after the crash: {:?}",
+            dirty.iter().collect::<Vec<_>>()
+        );
     }
 
     #[derive(Clone, Debug)]
