@@ -24,9 +24,13 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the on-disk layout changes incompatibly. Version 2 keeps a page range
 /// only in the bucket as one RocksDB key (version 1: a key per page, which version 2 still
-/// reads). A cache dir of an older version this bucketfs reads is raised to this one when
-/// opened, before anything is written, so that an older bucketfs refuses it from then on.
-pub const CACHE_FORMAT_VERSION: u32 = 2;
+/// reads). Version 3 lets dirty marks run ahead of a writer, over pages that are not dirty
+/// and may be only in the bucket: a crash recovers as dirty only the marked pages that are
+/// neither absent nor past the end, where a bucketfs of version 2 would upload an absent
+/// page's hole. A cache dir of an older version this bucketfs reads is raised to this one
+/// when opened, before anything is written, so that an older bucketfs refuses it from then
+/// on.
+pub const CACHE_FORMAT_VERSION: u32 = 3;
 /// The oldest format version this bucketfs opens.
 pub const OLDEST_CACHE_FORMAT_VERSION: u32 = 1;
 const MAGIC: &str = "bucketfs-cache";
@@ -401,25 +405,28 @@ fn take_lock(root: &Path) -> Result<File, CacheError> {
 mod tests {
     use super::*;
 
-    /// A cache dir of format 1 opens, and its marker says 2 from then on (so that a bucketfs
-    /// of format 1 refuses what this one may write), with its creation time kept.
+    /// A cache dir of format 1 or 2 opens, and its marker says 3 from then on (so that a
+    /// bucketfs of an older format refuses what this one may write: ranges of absent pages,
+    /// marks ahead of a writer), with its creation time kept.
     #[test]
-    fn a_cache_dir_of_format_1_is_raised_to_2_when_opened() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c");
-        drop(CacheDir::open(&path, 8192).unwrap());
-        let marker = path.join(FORMAT_FILE);
-        let mut m = read_marker(&marker).unwrap().unwrap();
-        m.version = 1;
-        m.created_unix = 1_700_000_000;
-        let body = serde_json::to_string_pretty(&m).unwrap();
-        std::fs::write(&marker, seal(&body)).unwrap();
+    fn a_cache_dir_of_an_older_format_is_raised_when_opened() {
+        for old in [1, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c");
+            drop(CacheDir::open(&path, 8192).unwrap());
+            let marker = path.join(FORMAT_FILE);
+            let mut m = read_marker(&marker).unwrap().unwrap();
+            m.version = old;
+            m.created_unix = 1_700_000_000;
+            let body = serde_json::to_string_pretty(&m).unwrap();
+            std::fs::write(&marker, seal(&body)).unwrap();
 
-        drop(CacheDir::open(&path, 8192).unwrap());
-        let m = read_marker(&marker).unwrap().unwrap();
-        assert_eq!(m.version, CACHE_FORMAT_VERSION);
-        assert_eq!(m.created_unix, 1_700_000_000);
-        assert_eq!(CACHE_FORMAT_VERSION, 2);
+            drop(CacheDir::open(&path, 8192).unwrap());
+            let m = read_marker(&marker).unwrap().unwrap();
+            assert_eq!(m.version, CACHE_FORMAT_VERSION, "from format {old}");
+            assert_eq!(m.created_unix, 1_700_000_000);
+        }
+        assert_eq!(CACHE_FORMAT_VERSION, 3);
     }
 
     #[test]
