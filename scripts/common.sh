@@ -16,7 +16,7 @@ run_packages=(
 # What the tests and benchmarks need besides.
 test_packages=(
   bindfs           # plain FUSE passthrough, the benchmark's point of comparison
-  strace           # benches/fuse_requests_per_commit.sh
+  strace           # benches/fuse_requests_per_commit.sh, benches/flushes.sh
   prometheus       # promtool: tests check /metrics with `promtool check metrics`
   fio              # benches/fio_vs_local.sh
   python3-venv     # moto, the second S3 server of tests/store_contract.rs, lives in a venv
