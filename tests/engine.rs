@@ -2257,54 +2257,85 @@ fn small_checkpoints_carry_their_runs_in_the_manifest_and_bases_do_not() {
     assert_same("restored", &restored(&dirs, 1, "f"), &image);
 }
 
-/// A checkpoint's manifest is sent only once the cache dir's log holds everything up to its
+/// A checkpoint's manifest is sent only once the cache dir's log holds every change up to its
 /// cut: after a power loss the cache dir is then never behind a checkpoint the bucket holds
 /// (behind it, a name the bucket no longer has could lead to an inode the view dropped,
-/// whose absent pages would read as zeros and be uploaded so).
+/// whose absent pages would read as zeros and be uploaded so). Only what the cut and the
+/// checkpoints themselves record may lag (`MetaBatch::may_lag`): each checkpoint here follows
+/// one change of one kind, none fsync'd (a create, a write that adds only a dirty mark, a
+/// rename, a truncation, an unlink, a write that grows the file), and the log must be synced
+/// through it before the PUT. Seen failing with the sync left out, and with a write's batch
+/// allowed to lag.
 #[test]
 fn the_cache_dirs_log_is_synced_through_the_cut_before_the_manifest_is_sent() {
     let dirs = Dirs::new();
     let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let synced = Arc::new(Mutex::new(Vec::new()));
     {
-        let (fs, seen) = (Arc::downgrade(&e.fs), seen.clone());
+        let (fs, synced) = (Arc::downgrade(&e.fs), synced.clone());
         e.fs.set_step_hook(Box::new(move |step| {
             if let Step::Uploaded { .. } = step {
                 let fs = Weak::upgrade(&fs).expect("fs alive");
-                seen.lock().unwrap().push(fs.log_is_synced());
+                synced.lock().unwrap().push(fs.log_synced_seq());
             }
         }));
     }
-    for round in 0..3u8 {
-        // A create, a write and a rename: batches in the log, none synced by an fsync.
-        let ino = e.create(&format!("tmp{round}"));
-        e.write(ino, 0, &pattern(round, 2));
-        e.fs.rename(
-            ROOT_INO,
-            OsStr::new(&format!("tmp{round}")),
-            ROOT_INO,
-            OsStr::new(&format!("file{round}")),
-            bucketfs::fs::RenameMode::Replace,
-        )
-        .expect("rename");
+    let kept = e.create("kept");
+    e.write(kept, 0, &pattern(9, 2));
+    e.truncate(kept, 100 * PAGE_SIZE);
+    e.checkpoint();
+    synced.lock().unwrap().clear();
+    // Open throughout, as Postgres keeps its files: a close would persist the file's times
+    // after a write, in a batch of its own.
+    e.fs.open(kept, libc::O_RDWR).expect("open");
+    let mut changes = Vec::new();
+    // One change a checkpoint, so that nothing else logged before the PUT syncs it.
+    for round in 0..6u8 {
+        match round {
+            0 => {
+                e.create("tmp");
+            }
+            1 => {
+                // Within the size, far from the last write: a batch of its dirty mark alone.
+                e.fs.write(kept, 90 * PAGE_SIZE, &pattern(round, 1))
+                    .expect("write a page");
+            }
+            2 => {
+                e.fs.rename(
+                    ROOT_INO,
+                    OsStr::new("tmp"),
+                    ROOT_INO,
+                    OsStr::new("file"),
+                    bucketfs::fs::RenameMode::Replace,
+                )
+                .expect("rename")
+            }
+            3 => e.truncate(kept, PAGE_SIZE / 2),
+            4 => e.fs.unlink(ROOT_INO, OsStr::new("file")).expect("unlink"),
+            _ => {
+                e.fs.write(kept, PAGE_SIZE, &pattern(round, 1))
+                    .expect("write past the end");
+            }
+        }
+        changes.push(e.fs.log_seq());
         e.checkpoint();
     }
-    assert_eq!(
-        *seen.lock().unwrap(),
-        vec![true; 3],
-        "a manifest went out ahead of the log"
-    );
+    e.fs.release(kept).expect("close");
+    let synced = synced.lock().unwrap().clone();
+    assert_eq!(synced.len(), changes.len(), "one PUT a round");
+    for (round, (synced, change)) in synced.iter().zip(&changes).enumerate() {
+        assert!(
+            synced >= change,
+            "round {round}: a manifest went out with the log synced to {synced}, its last change at {change}"
+        );
+    }
 }
 
-/// `--durability remote`: an fsync notes the epoch it must see committed and asks for its
-/// checkpoint as it begins, so that the cut and the upload run beside its local syncs (the
-/// cache file's fdatasync; the log's comes last). A checkpoint that cuts before them (here:
-/// at once, inside the request) covers it: the
-/// fsync returns without another checkpoint, and the bucket holds what it covered. Had the
-/// fsync noted its epoch after asking (after that cut), it would wait for a checkpoint that
-/// nobody asks for.
-#[test]
-fn a_checkpoint_cut_while_a_remote_fsync_syncs_locally_covers_it() {
+/// `--durability remote`, with each fsync's checkpoint taken at once, inside its request (the
+/// checkpointer's own loop is not running): an fsync returns with its bytes in the bucket.
+/// The filesystem holds the answer weakly: keep it for as long as fsyncs should wait.
+#[must_use]
+fn cut_at_request(e: &Engine) -> Arc<dyn bucketfs::fs::RemoteSync> {
     use bucketfs::fs::RemoteSync;
     struct CutAtRequest {
         cp: Weak<bucketfs::checkpoint::Checkpointer>,
@@ -2321,12 +2352,25 @@ fn a_checkpoint_cut_while_a_remote_fsync_syncs_locally_covers_it() {
             cp.checkpoint(false).expect("the requested checkpoint");
         }
     }
-    let dirs = Dirs::new();
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
     let remote: Arc<dyn RemoteSync> = Arc::new(CutAtRequest {
         cp: Arc::downgrade(&e.cp),
     });
     e.fs.set_remote_sync(&remote);
+    remote
+}
+
+/// `--durability remote`: an fsync notes the epoch it must see committed and asks for its
+/// checkpoint as it begins, so that the cut and the upload run beside its local syncs (the
+/// cache file's fdatasync; the log's comes last). A checkpoint that cuts before them (here:
+/// at once, inside the request) covers it: the
+/// fsync returns without another checkpoint, and the bucket holds what it covered. Had the
+/// fsync noted its epoch after asking (after that cut), it would wait for a checkpoint that
+/// nobody asks for.
+#[test]
+fn a_checkpoint_cut_while_a_remote_fsync_syncs_locally_covers_it() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let _remote = cut_at_request(&e);
     let ino = e.create("file");
     for round in 0..3u8 {
         let data = pattern(round, 3);
@@ -3088,6 +3132,194 @@ fn a_sequential_writer_syncs_the_log_once_per_run_of_pages_and_loses_nothing() {
     e.checkpoint();
     e.crash();
     assert_same("restored", &restored(&dirs, 1, "wal"), &want);
+}
+
+// Issue 14: under `--durability remote` every commit is a checkpoint, and each one synced the
+// cache dir's log before its PUT: the cut recorded its epoch there, and marking the pages
+// clean deleted the mark of the WAL page the next commit wrote again, and the marks ahead,
+// so every commit marked anew. On a `file://` bucket that sync was a fifth of a commit's
+// time. Now what a checkpoint records for itself may lag behind the bucket, and the marks of
+// the writer's current page and those ahead outlive the checkpoint: a WAL-like writer (a page
+// filled in four commits, then the next) syncs the log once per run of marks, not once per
+// commit. Nothing is lost: every commit's bytes are in the bucket as it returns, and a crash
+// after the last one leaves the cache dir and a restore with all of them. Seen failing
+// before the change (256 syncs for 256 commits).
+#[test]
+fn remote_commits_of_a_sequential_writer_sync_the_log_once_per_run_of_marks() {
+    const PAGES: usize = 64;
+    const COMMITS_PER_PAGE: usize = 4;
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let _remote = cut_at_request(&e);
+    let ino = e.create("wal");
+    e.truncate(ino, (PAGES * PAGE) as u64);
+    e.checkpoint();
+    let mut want = vec![0; PAGES * PAGE];
+    let more = pattern(6, PAGES);
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    let (syncs, checkpoints) = (e.fs.log_syncs(), e.cp.totals().checkpoints);
+    for page in 0..PAGES {
+        let at = page * PAGE;
+        for commit in 1..=COMMITS_PER_PAGE {
+            // As PostgreSQL writes its WAL: the page so far, whole, at every flush.
+            let upto = at + commit * PAGE / COMMITS_PER_PAGE;
+            want[at..upto].copy_from_slice(&more[at..upto]);
+            e.fs.write(ino, at as u64, &want[at..at + PAGE])
+                .expect("write");
+            e.fs.fsync(ino, true).expect("fdatasync");
+            let got = e.in_bucket(ino).expect("in the bucket");
+            assert_same(
+                &format!("page {page}, commit {commit}: in the bucket as the fsync returns"),
+                &got[at..at + PAGE],
+                &want[at..at + PAGE],
+            );
+        }
+    }
+    let syncs = e.fs.log_syncs() - syncs;
+    let checkpoints = e.cp.totals().checkpoints - checkpoints;
+    e.fs.release(ino).expect("close");
+    assert_eq!(
+        checkpoints,
+        (PAGES * COMMITS_PER_PAGE) as u64,
+        "a checkpoint per commit"
+    );
+    // Marks ahead double from one page up to 64: about 7 syncs.
+    assert!(
+        syncs <= 16,
+        "{syncs} syncs of the log for {checkpoints} remote commits of a sequential writer"
+    );
+    assert_same(
+        "in the bucket",
+        &e.in_bucket(ino).expect("in the bucket"),
+        &want,
+    );
+    assert_survives_a_crash(&dirs, e, "wal", &want);
+}
+
+// The page a writer is filling keeps its mark through a checkpoint while the file is open,
+// so that writing it again records nothing; the mark must then be RocksDB's as well as
+// memory's, or a crash after that write's fsync finds the page clean and never uploads it.
+// And the write must indeed record nothing (the point of keeping the mark). Once the file is
+// closed, the marks of its clean pages go: a crash uploads none of them again. Seen failing
+// before the change (the write recorded a mark), and with RocksDB deleting the kept mark
+// while memory kept it (the restore had the page's first half only). `--durability local`.
+#[test]
+fn a_writers_current_page_keeps_its_mark_through_a_checkpoint() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("wal");
+    e.truncate(ino, (4 * PAGE) as u64);
+    e.checkpoint();
+    let new = pattern(4, 1);
+    let mut want = vec![0; 4 * PAGE];
+    want[..PAGE / 2].copy_from_slice(&new[..PAGE / 2]);
+    // Open throughout, as PostgreSQL keeps its WAL segment.
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.write(ino, 0, &want[..PAGE]).expect("write");
+    e.fs.fsync(ino, true).expect("fdatasync");
+    e.checkpoint();
+    assert_same(
+        "in the bucket",
+        &e.in_bucket(ino).expect("in the bucket"),
+        &want,
+    );
+    want[..PAGE].copy_from_slice(&new);
+    let before = e.fs.log_seq();
+    e.fs.write(ino, 0, &want[..PAGE]).expect("write");
+    assert_eq!(e.fs.log_seq(), before, "the write recorded something");
+    e.fs.fsync(ino, true).expect("fdatasync");
+    assert_survives_a_crash(&dirs, e, "wal", &want);
+    // Closed after a checkpoint: nothing is dirty after a crash.
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.ino("wal");
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.write(ino, PAGE_SIZE, &new).expect("write");
+    e.fs.fsync(ino, true).expect("fdatasync");
+    e.checkpoint();
+    e.fs.release(ino).expect("close");
+    e.crash();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    assert_eq!(
+        e.fs.unsafe_pages(),
+        0,
+        "pages dirty after a crash that followed a checkpoint and the file's close"
+    );
+    e.crash();
+}
+
+// What the checkpoints record for themselves may lag behind the bucket (`MetaBatch::may_lag`):
+// the epoch a cut closed, `mark_clean`'s deletes, the bucket record. A power loss that drops
+// them while a later manifest is in the bucket leaves the cache dir's log behind the bucket
+// by those records only. The power loss here: RocksDB's directory put back as it was just
+// before a checkpoint's PUT (after its sync of the log), with the cache files as they are,
+// after a second write and checkpoint that synced nothing of the log (checked). The mount
+// must accept the cache dir, and its bytes and a restore must be the fsync'd ones.
+#[test]
+fn records_lagging_behind_the_bucket_lost_to_a_power_loss_cost_nothing() {
+    // Past the marks a checkpoint keeps for a writer at page 0 (`MARK_AHEAD_PAGES` + 1).
+    const PAGES: usize = 80;
+    let last = PAGES - 1;
+    for truncated in [false, true] {
+        let case = format!("truncated: {truncated}");
+        let dirs = Dirs::new();
+        let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+        let ino = e.create("wal");
+        e.truncate(ino, (PAGES * PAGE) as u64);
+        e.checkpoint();
+        let new = pattern(8, PAGES);
+        let mut want = vec![0; PAGES * PAGE];
+        e.fs.open(ino, libc::O_RDWR).expect("open");
+        if truncated {
+            // A truncation the first checkpoint carries, with a page written past it: its
+            // record is updated, and the page's mark deleted, after that checkpoint's PUT.
+            e.truncate(ino, (2 * PAGE) as u64);
+            e.truncate(ino, (PAGES * PAGE) as u64);
+        }
+        want[last * PAGE..].copy_from_slice(&new[last * PAGE..]);
+        e.fs.write(ino, (last * PAGE) as u64, &want[last * PAGE..])
+            .expect("write the last page");
+        want[..PAGE / 2].copy_from_slice(&new[..PAGE / 2]);
+        e.fs.write(ino, 0, &want[..PAGE]).expect("write");
+        e.fs.fsync(ino, true).expect("fdatasync");
+        let meta = dirs.cache(0).join("meta");
+        let saved = dirs.cache(9);
+        {
+            let (meta, saved) = (meta.clone(), saved.clone());
+            let taken = AtomicBool::new(false);
+            e.fs.set_step_hook(Box::new(move |step| {
+                if let Step::Uploaded { .. } = step {
+                    if !taken.swap(true, Ordering::AcqRel) {
+                        copy_tree(&meta, &saved);
+                    }
+                }
+            }));
+        }
+        e.checkpoint();
+        let synced = e.fs.log_synced_seq();
+        want[..PAGE].copy_from_slice(&new[..PAGE]);
+        e.fs.write(ino, 0, &want[..PAGE]).expect("write");
+        e.fs.fsync(ino, true).expect("fdatasync");
+        e.checkpoint();
+        assert_eq!(
+            e.fs.log_synced_seq(),
+            synced,
+            "{case}: the log was synced after the copy"
+        );
+        assert_same(
+            &format!("{case}: in the bucket"),
+            &e.in_bucket(ino).expect("in the bucket"),
+            &want,
+        );
+        e.crash();
+        std::fs::remove_dir_all(&meta).expect("remove the log");
+        std::fs::rename(&saved, &meta).expect("put the older log back");
+        let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+        assert!(
+            e.fs.unsafe_pages() >= 2,
+            "{case}: pages the lost deletes left marked are not dirty again"
+        );
+        assert_survives_a_crash(&dirs, e, "wal", &want);
+    }
 }
 
 // Marks ahead of a writer may reach pages only the bucket holds. A crash must not recover

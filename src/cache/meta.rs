@@ -90,6 +90,10 @@ pub struct MetaStore {
     synced: AtomicU64,
     /// Syncs of the log that reached the disk (`sync_to` calls that flushed).
     syncs: AtomicU64,
+    /// The sequence number of the last batch that may not lag behind the bucket (every batch
+    /// but those `MetaBatch::may_lag` marks): what a checkpoint syncs before its manifest can
+    /// land (`sync_ahead_of_bucket`).
+    must_not_lag: AtomicU64,
     /// Held by the one thread syncing the WAL; the others wait and usually find their
     /// sequence number already covered (group commit).
     sync_lock: Mutex<()>,
@@ -132,6 +136,7 @@ impl MetaStore {
             db,
             synced: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            must_not_lag: AtomicU64::new(0),
             sync_lock: Mutex::new(()),
             names: AtomicU64::new(0),
             #[cfg(test)]
@@ -170,12 +175,22 @@ impl MetaStore {
         };
         #[cfg(not(test))]
         let written = self.db.write(batch.batch).map_err(db_err("write batch"));
+        let seq = self.latest_seq();
+        // Even after an error: whether RocksDB applied any of it is not known.
         if batch.names {
-            // Even after an error: whether RocksDB applied any of it is not known.
             self.names.fetch_add(1, Ordering::AcqRel);
         }
+        if !batch.may_lag {
+            self.must_not_lag.fetch_max(seq, Ordering::AcqRel);
+        }
         written?;
-        Ok(self.latest_seq())
+        Ok(seq)
+    }
+
+    /// The sequence number of the last batch that may not lag behind the bucket: syncing to
+    /// it makes every name, size and mark durable (`MetaBatch::may_lag`).
+    pub fn must_not_lag_seq(&self) -> u64 {
+        self.must_not_lag.load(Ordering::Acquire)
     }
 
     /// Tests: the next commit that has something to write fails, as `how` says.
@@ -209,6 +224,23 @@ impl MetaStore {
         self.synced.fetch_max(covered, Ordering::AcqRel);
         self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Returns once every batch that may not lag behind the bucket is on disk (those that may,
+    /// `MetaBatch::may_lag`, are synced with them only if they came before). A checkpoint
+    /// calls it before its manifest can land; when everything since the last sync may lag
+    /// (under `--durability remote`, a commit that wrote only into pages marked already),
+    /// it is no flush at all.
+    pub fn sync_ahead_of_bucket(&self) -> Result<(), MetaError> {
+        match self.must_not_lag_seq() {
+            0 => Ok(()),
+            seq => self.sync_to(seq),
+        }
+    }
+
+    /// The highest sequence number known to be synced.
+    pub fn synced_seq(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
     }
 
     /// How many times the log was synced to the disk since it was opened.
@@ -403,6 +435,7 @@ impl MetaStore {
             store: self,
             batch: WriteBatch::default(),
             names: false,
+            may_lag: false,
         }
     }
 }
@@ -413,9 +446,23 @@ pub struct MetaBatch<'a> {
     batch: WriteBatch,
     /// Adds or removes a directory entry.
     names: bool,
+    /// May lag behind the bucket (`may_lag`).
+    may_lag: bool,
 }
 
 impl MetaBatch<'_> {
+    /// Marks the batch as one that a power loss may drop although a checkpoint committed
+    /// after it: it records only what the bucket holds already, or a counter of this mount's
+    /// own. Lost, it costs pages uploaded again, never a wrong byte: marks deleted because the
+    /// bucket holds their pages (which a crash then recovers as dirty), a truncation the
+    /// bucket holds (sent again with those pages), the epoch a cut closed, the bucket epoch
+    /// the cache dir is in step with (accepted when behind with the same writer). The
+    /// log is ordered, so a batch after it that is synced takes it along. Every other batch
+    /// is synced before the next manifest can land (`MetaStore::sync_ahead_of_bucket`).
+    pub fn may_lag(&mut self) {
+        self.may_lag = true;
+    }
+
     pub fn put_inode(&mut self, attr: &Attr) {
         let cf = self.store.cf(CF_INODES);
         self.batch.put_cf(cf, attr.ino.to_be_bytes(), attr.encode());

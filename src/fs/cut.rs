@@ -285,6 +285,8 @@ impl Fs {
         }
         let mut batch = self.meta.batch();
         batch.put_epoch(cut.epoch + 1);
+        // A counter of this mount's: nothing after a restart depends on it.
+        batch.may_lag();
         if let Err(e) = self.meta.commit(batch) {
             self.untake(cut);
             return Err(e.into());
@@ -807,6 +809,9 @@ impl Fs {
                     None => batch.delete_trunc(*ino),
                     Some(keep) => batch.put_trunc(*ino, keep),
                 }
+                // Lost, the truncation is sent again, with the pages whose marks were
+                // deleted after it (the log is ordered): those are lost too, so dirty again.
+                batch.may_lag();
                 self.meta.commit(batch)?;
             }
         }
@@ -828,16 +833,23 @@ impl Fs {
                     .sum();
                 cleaned += r.end - r.start - again;
             }
-            // Every mark but the dirty pages' goes: this cut's pages, and marks ahead of a
-            // writer (only one cut is in flight, so every pending page is this cut's). Out
-            // of memory first: a commit that fails may have deleted them all the same, and
-            // memory must never count a mark RocksDB lacks (a write would record nothing).
-            let stale = st.marked.difference(&st.dirty);
+            // The marks of clean pages go (only one cut is in flight, so every pending page
+            // is this cut's), but for an open file's page the last write ended in and the
+            // marks ahead of it (`InodeState::kept_marks`): a writer goes on there, and a
+            // write into a marked page records nothing. Out of memory first: a commit that
+            // fails may have deleted them all the same, and memory must never count a mark
+            // RocksDB lacks (a write would record nothing). Lost in a crash, the deletes
+            // leave pages dirty that the bucket holds, uploaded again: they may lag.
+            let mut stale = st.marked.difference(&st.dirty);
+            if st.open_count > 0 {
+                stale.remove(st.kept_marks());
+            }
             let mut batch = self.meta.batch();
             for r in stale.iter() {
                 batch.delete_dirty(*ino, r.clone());
                 st.marked.remove(r);
             }
+            batch.may_lag();
             self.meta.commit(batch)?;
             self.recount(&mut st, |st| {
                 for r in pages.iter() {

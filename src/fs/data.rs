@@ -90,6 +90,7 @@ impl Fs {
                 if st.times_unpersisted {
                     self.persist_attr(&mut st)?;
                 }
+                self.drop_kept_marks(&mut st)?;
                 return Ok(());
             }
         }
@@ -102,6 +103,25 @@ impl Fs {
             self.meta.commit(batch)?;
             self.forget_inode(ino, &mut st);
         }
+        Ok(())
+    }
+
+    /// At the last close: the marks a checkpoint kept for a writer of the file
+    /// (`InodeState::kept_marks`) go, as the checkpoint would have deleted them, so that only
+    /// open files have clean pages marked (each of which a crash uploads again). From memory
+    /// first, as `mark_clean` does; the deletes may lag.
+    fn drop_kept_marks(&self, st: &mut InodeState) -> Result<()> {
+        let kept = st.marked.difference(&st.dirty).difference(&st.pending);
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.meta.batch();
+        for r in kept.iter() {
+            batch.delete_dirty(st.attr.ino, r.clone());
+            st.marked.remove(r);
+        }
+        batch.may_lag();
+        self.meta.commit(batch)?;
         Ok(())
     }
 
@@ -295,6 +315,9 @@ impl Fs {
         st.attr.ctime = now;
         let epoch = self.epoch.load(Ordering::Relaxed);
         let written = pages(offset, end);
+        if !written.is_empty() {
+            st.last_page = written.end - 1;
+        }
         let added = st.dirty.insert(written.clone());
         self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
         self.touch_written(ino, written.clone());

@@ -165,8 +165,18 @@ struct InodeState {
     /// (`put_dirty_marks`). RocksDB may hold more, never less, unless `dirty_unsure` is set
     /// (then the next batch marks again). A write whose pages are all marked records nothing.
     /// A crash recovers the marked pages that are neither absent nor past the end as dirty
-    /// (`Fs::new`); the next `mark_clean` drops the marks of pages that are not dirty.
+    /// (`Fs::new`); the next `mark_clean` drops the marks of pages that are not dirty, but
+    /// for the writer's (`kept_marks`).
     marked: PageSet,
+    /// The page the last write ended in: a writer that fills a page in several writes (the
+    /// WAL, one commit after another) writes it again next, and its mark outlives the
+    /// checkpoints in between (`kept_marks`).
+    last_page: u64,
+    /// Where the last marks ahead of a writer end, and how many pages they added: a writer
+    /// that reaches that end marks twice as many next (`put_dirty_marks`), although the
+    /// pages behind it are clean by then and their marks gone.
+    ahead_end: u64,
+    ahead_len: u64,
     /// Pending pages whose bytes the upload has yet to read from the cache file, where they
     /// are still as the cut took them. A change to one copies it out first (`Fs::freeze`).
     cow: PageSet,
@@ -270,8 +280,11 @@ impl InodeState {
     /// page that is neither absent nor past the end as dirty, and uploads its bytes again,
     /// which are the cache file's own (`Fs::new`). So a page marked already needs nothing,
     /// and a write that continues a marked run marks ahead of itself, as far again as the
-    /// run is long, up to `MARK_AHEAD_PAGES`: a sequential writer (the WAL) then adds a mark,
-    /// and its fsync a sync of the log, once per run of pages instead of once per page.
+    /// run is long (twice the last marks ahead, when it reached their end), up to
+    /// `MARK_AHEAD_PAGES`: a sequential writer (the WAL) then adds a mark, and its fsync a
+    /// sync of the log, once per run of pages instead of once per page. Checkpoints leave
+    /// its marks in place (`kept_marks`), so under `--durability remote`, where each commit
+    /// is a checkpoint, that holds as well.
     ///
     /// After a failed commit memory may hold pages dirty that RocksDB does not, and marks it
     /// lacks (a write of them again adds nothing new): then every dirty and pending page is
@@ -304,16 +317,32 @@ impl InodeState {
                 let ahead = match gap.start.checked_sub(1) {
                     Some(before) if self.marked.contains(before) => {
                         let run = self.marked.span_touching(before..gap.start);
-                        (gap.start - run.start).min(MARK_AHEAD_PAGES)
+                        let again = match gap.start == self.ahead_end {
+                            true => 2 * self.ahead_len,
+                            false => 0,
+                        };
+                        (gap.start - run.start).max(again).min(MARK_AHEAD_PAGES)
                     }
                     _ => 0,
                 };
                 let to = (gap.end + ahead).min(end).max(gap.end);
+                if to > gap.end {
+                    (self.ahead_end, self.ahead_len) = (to, to - gap.end);
+                }
                 for new in self.marked.insert(gap.start..to) {
                     batch.put_dirty(ino, new, epoch);
                 }
             }
         }
+    }
+
+    /// The marks `mark_clean` keeps although their pages are clean: the page the last write
+    /// ended in and those a writer may have marked ahead of it. A writer goes on there, and
+    /// each of its pages would otherwise be marked again after every checkpoint (under
+    /// `--durability remote`, every commit). A crash recovers them as dirty and uploads them
+    /// again: at most `MARK_AHEAD_PAGES + 1` pages a file.
+    fn kept_marks(&self) -> std::ops::Range<u64> {
+        self.last_page..self.last_page + MARK_AHEAD_PAGES + 1
     }
 
     /// Whether `added` (pages just made dirty) is marked already, so that a change that
@@ -688,11 +717,13 @@ impl Fs {
     }
 
     /// Makes the directory's entries durable. All namespace changes share one metadata WAL,
-    /// so this syncs it up to now.
+    /// so this syncs it through the last of them.
     pub fn fsyncdir(&self, ino: u64) -> Result<()> {
         self.require_dir(ino)?;
         self.refuse_if_stopped()?;
-        let seq = self.meta.latest_seq();
+        // Names never lag (`MetaBatch::may_lag`): what the checkpoints record for themselves
+        // need not be flushed for them.
+        let seq = self.meta.must_not_lag_seq();
         let remote = self.begin_remote();
         // After the wait: a remote checkpoint's sync of the log before its PUT covers `seq`
         // (as in `fsync`).
@@ -834,6 +865,9 @@ impl Inode {
                 InodeState {
                     attr,
                     marked: dirty.clone(),
+                    last_page: 0,
+                    ahead_end: 0,
+                    ahead_len: 0,
                     dirty,
                     pending: PageSet::new(),
                     cow: PageSet::new(),

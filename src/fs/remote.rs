@@ -195,28 +195,43 @@ impl Fs {
         Ok(())
     }
 
-    /// The same, made durable by the next sync of the cache dir's log (any fsync's, or the
-    /// next checkpoint's `sync_log`) rather than now: what each commit records once the
-    /// attach has recorded the writer durably. A crash may leave the record at an earlier
-    /// epoch of the same writer, which the next mount accepts as its own (the bucket's latest
-    /// checkpoint names that writer); the record never runs ahead of the bucket, as it is
-    /// written after the commit.
+    /// The same, made durable by the next sync of the cache dir's log (an fsync's, or a
+    /// checkpoint's `sync_log` when something else needs it) rather than now: what each
+    /// commit records once the attach has recorded the writer durably. A crash may leave the
+    /// record at an earlier epoch of the same writer, which the next mount accepts as its own
+    /// (the bucket's latest checkpoint names that writer); the record never runs ahead of the
+    /// bucket, as it is written after the commit.
     pub fn note_bucket_record(&self, record: &[u8]) -> Result<u64> {
         let mut batch = self.meta.batch();
         batch.put_meta_bytes(BUCKET_RECORD, record);
+        batch.may_lag();
         Ok(self.meta.commit(batch)?)
     }
 
-    /// Makes the cache dir's log durable up to now. A checkpoint calls it after its cut and
-    /// before its manifest can land: a power loss then never leaves the cache dir's names,
-    /// sizes and marks behind a checkpoint the bucket holds. (Behind it, a name the bucket no
-    /// longer has could lead to an inode the view has dropped, whose absent pages would then
-    /// read as zeros, and the next checkpoint would upload them so.) Concurrent syncs share
-    /// one (group commit). The cut itself records its epoch in the log, so this is a real
-    /// sync of the log for every checkpoint, one more flush than before it existed.
+    /// Makes the cache dir's log durable through every batch that may not lag behind the
+    /// bucket (`MetaBatch::may_lag`). A checkpoint calls it after its cut and before its
+    /// manifest can land: a power loss then never leaves the cache dir's names, sizes and
+    /// marks behind a checkpoint the bucket holds. (Behind it, a name the bucket no longer
+    /// has could lead to an inode the view has dropped, whose absent pages would then read as
+    /// zeros, and the next checkpoint would upload them so.) The cut's record of its epoch,
+    /// `mark_clean`'s deletes and the bucket record may lag, so a checkpoint whose writes all
+    /// went into pages marked already (the WAL's, under `--durability remote`) syncs nothing
+    /// here.
+    /// Concurrent syncs share one (group commit).
     pub fn sync_log(&self) -> Result<()> {
-        self.meta.sync_to(self.meta.latest_seq())?;
+        self.meta.sync_ahead_of_bucket()?;
         Ok(())
+    }
+
+    /// The sequence number of the cache dir's log: what has been committed to it, and (with
+    /// `log_synced_seq`) how much of that is synced. For tests.
+    pub fn log_seq(&self) -> u64 {
+        self.meta.latest_seq()
+    }
+
+    /// The highest sequence number of the cache dir's log known to be synced.
+    pub fn log_synced_seq(&self) -> u64 {
+        self.meta.synced_seq()
     }
 
     /// Puts every cache file's bytes on the disk (syncfs of the cache dir's filesystem): all
