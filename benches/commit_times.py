@@ -60,6 +60,7 @@ def report(path):
         f"  back to back  {100 * sum(g < 0.2 for g in gaps) / len(gaps):.0f}%\n"
         f"  besides PUT   {med(ms(d['committed_us']) - ms(d['commit_us']) for d in deltas):.2f} ms\n"
         f"  log sync      {med(ms(d['log_sync_us']) for d in deltas):.2f} ms\n"
+        f"  log synced    {100 * sum(int(d['log_sync_us']) >= 30 for d in deltas) / len(deltas):.1f}%\n"
         f"  PUT           {med(ms(d['commit_us']) for d in deltas):.2f} ms\n"
         f"  bases         {100 * len(bases) / len(mid):.1f}%, {base_ms} each"
     )
