@@ -2649,9 +2649,106 @@ fn a_replicas_poll_lists_only_the_manifests_after_the_one_it_follows() {
 /// the bucket's instead. A write the application did not fsync is only in the page cache, so
 /// before the marks go the bytes must be on the disk: a power loss would otherwise leave
 /// pages that read as their older bytes while the bucket holds the newer ones, and that turn
-/// into the newer ones (with no write) the day they are evicted.
+/// into the newer ones (with no write) the day they are evicted. Here through the file's own
+/// fdatasync: its descriptor was open for the write.
 #[test]
 fn pages_a_checkpoint_marks_clean_are_on_the_disk_first() {
+    let flushed = marked_clean_on_the_disk(false);
+    assert_eq!(
+        flushed,
+        (0, 1),
+        "(syncfs, fdatasyncs) for one file written through the open descriptor"
+    );
+}
+
+/// The same for a file closed since its write: its cache file's descriptor went with the last
+/// handle, and one opened later may not hear of a write-back that failed before (the kernel's
+/// inode can go, and its error with it), so the checkpoint flushes the cache filesystem, which
+/// does. Seen failing with the flush through a descriptor opened afterwards.
+#[test]
+fn pages_of_a_file_closed_since_its_write_are_flushed_by_syncfs_before_marked_clean() {
+    let flushed = marked_clean_on_the_disk(true);
+    assert_eq!(
+        flushed,
+        (1, 0),
+        "(syncfs, fdatasyncs) for a file closed since"
+    );
+}
+
+/// A checkpoint of many files not fsync'd flushes them with one syncfs, not one fdatasync each
+/// (each a flush of the disk), and its pages are in the bucket and read back after a crash.
+#[test]
+fn a_checkpoint_of_many_files_flushes_them_with_one_syncfs() {
+    const FILES: u8 = 6;
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let files: Vec<(u64, Vec<u8>)> = (0..FILES)
+        .map(|i| (e.create(&format!("f{i}")), pattern(10 + i, 2)))
+        .collect();
+    for (ino, bytes) in &files {
+        e.fs.open(*ino, libc::O_RDWR).expect("open");
+        e.fs.write(*ino, 0, bytes).expect("write");
+    }
+    let before = flushes(&e.fs);
+    e.checkpoint();
+    assert_eq!(
+        flushes_since(&e.fs, before),
+        (1, 0),
+        "(syncfs, fdatasyncs) for a checkpoint of {FILES} files written through open descriptors"
+    );
+    for (ino, bytes) in &files {
+        e.fs.release(*ino).expect("close");
+        assert_same(
+            "in the bucket",
+            &e.in_bucket(*ino).expect("in the bucket"),
+            bytes,
+        );
+    }
+    let (_, last) = files.last().expect("files");
+    assert_survives_a_crash(&dirs, e, &format!("f{}", FILES - 1), last);
+}
+
+/// An fsync flushes a file through its cache file's own descriptor only if that descriptor was
+/// open when the bytes were written: one opened later may not hear of a write-back that failed
+/// while none was open (the kernel's inode, and the error with it, can be gone), so the fsync
+/// syncs the cache filesystem instead, whose count of failed write-backs outlives the inode.
+/// Seen failing before the change (an fdatasync through the descriptor opened for the fsync).
+#[test]
+fn an_fsync_of_bytes_written_through_a_closed_descriptor_flushes_the_cache_filesystem() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.write(ino, 0, &pattern(3, 2)).expect("write");
+    e.fs.release(ino).expect("close");
+    // As PostgreSQL's checkpointer fsyncs a file a backend wrote and closed.
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    let before = flushes(&e.fs);
+    e.fs.fsync(ino, false).expect("fsync");
+    assert_eq!(
+        flushes_since(&e.fs, before),
+        (1, 0),
+        "(syncfs, fdatasyncs) for bytes written through a descriptor closed since"
+    );
+    // From now on the descriptor watches every write: the file's own fdatasync will do.
+    let want = pattern(4, 2);
+    e.fs.write(ino, 0, &want).expect("write");
+    let before = flushes(&e.fs);
+    e.fs.fsync(ino, false).expect("fsync");
+    assert_eq!(
+        flushes_since(&e.fs, before),
+        (0, 1),
+        "(syncfs, fdatasyncs) for bytes written through the open descriptor"
+    );
+    e.fs.release(ino).expect("close");
+    e.checkpoint();
+    assert_survives_a_crash(&dirs, e, "f", &want);
+}
+
+/// Writes a file without fsync, closed before the checkpoint or not, checks that its pages are
+/// on the disk by the time they are marked clean, and returns the flushes of the checkpoint
+/// (syncfs, one file's fdatasync).
+fn marked_clean_on_the_disk(close_first: bool) -> (u64, u64) {
     let dirs = Dirs::on_disk();
     let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
     let ino = e.create("f");
@@ -2660,18 +2757,17 @@ fn pages_a_checkpoint_marks_clean_are_on_the_disk_first() {
     // flushes this engine had completed at the cut and then (other tests flush the same
     // filesystem: the page cache alone cannot tell whose flush it was).
     let at_marking = Arc::new(Mutex::new(None));
-    let flushes_at_cut = Arc::new(AtomicU64::new(u64::MAX));
+    let flushes_at_cut = Arc::new(Mutex::new(None));
     {
         let (at_marking, flushes_at_cut) = (at_marking.clone(), flushes_at_cut.clone());
         let fs = Arc::downgrade(&e.fs);
         let path = path.clone();
         e.fs.set_step_hook(Box::new(move |step| {
             let fs = Weak::upgrade(&fs).expect("fs alive");
-            let flushes = fs.stats().cache_flushes.load(Ordering::Acquire);
             match step {
-                Step::CutTaken { .. } => flushes_at_cut.store(flushes, Ordering::Release),
+                Step::CutTaken { .. } => *flushes_at_cut.lock().unwrap() = Some(flushes(&fs)),
                 Step::MarkingClean { .. } => {
-                    *at_marking.lock().unwrap() = Some((page_cache_of(&path), flushes));
+                    *at_marking.lock().unwrap() = Some((page_cache_of(&path), flushes(&fs)));
                 }
                 _ => {}
             }
@@ -2697,30 +2793,88 @@ fn pages_a_checkpoint_marks_clean_are_on_the_disk_first() {
         before.dirty > 0,
         "the write is still only in the page cache right after it ({before:?})"
     );
+    if close_first {
+        e.fs.release(ino).expect("close");
+    }
     e.checkpoint();
     let in_bucket = e.in_bucket(ino).expect("the file is in the bucket");
     assert_same("in the bucket", &in_bucket, &bytes);
     let seen = at_marking.lock().unwrap().take();
-    let (seen, flushes) = seen.expect("the checkpoint marked pages clean");
-    assert!(
-        flushes > flushes_at_cut.load(Ordering::Acquire),
-        "no flush of the cache files ended between the cut and the marks"
-    );
+    let (seen, (syncfs, fdatasyncs)) = seen.expect("the checkpoint marked pages clean");
+    let at_cut = flushes_at_cut.lock().unwrap().expect("a cut");
     assert_eq!(
         (seen.dirty, seen.writeback),
         (0, 0),
         "the checkpoint marked the pages clean with their bytes still only in memory \
          ({seen:?})"
     );
-    e.fs.release(ino).expect("close");
+    if !close_first {
+        e.fs.release(ino).expect("close");
+    }
     assert_same("read back", &e.read_all(ino), &bytes);
+    (syncfs - at_cut.0, fdatasyncs - at_cut.1)
+}
+
+/// The flushes of the cache files `fs` has made so far: (syncfs, one file's fdatasync).
+fn flushes(fs: &bucketfs::fs::Fs) -> (u64, u64) {
+    let stats = fs.stats();
+    (
+        stats.cache_flushes.load(Ordering::Acquire),
+        stats.cache_file_syncs.load(Ordering::Acquire),
+    )
+}
+
+/// The flushes `fs` has made since `before` (`flushes`).
+fn flushes_since(fs: &bucketfs::fs::Fs, before: (u64, u64)) -> (u64, u64) {
+    let now = flushes(fs);
+    (now.0 - before.0, now.1 - before.1)
+}
+
+/// A checkpoint of a file its fsync has flushed flushes nothing of its own, and neither does
+/// an fsync of a file a checkpoint's syncfs flushed since its last write (the syncfs counts
+/// as its sync).
+#[test]
+fn a_flush_already_made_is_not_made_again() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    e.write(ino, 0, &pattern(1, 2)); // open, write, fsync, close
+    let before = flushes(&e.fs);
+    e.checkpoint();
+    assert_eq!(
+        flushes_since(&e.fs, before),
+        (0, 0),
+        "(syncfs, fdatasyncs) for a checkpoint of a file fsync'd since its write"
+    );
+    let want = pattern(2, 2);
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.write(ino, 0, &want).expect("write");
+    e.fs.release(ino).expect("close");
+    let before = flushes(&e.fs);
+    e.checkpoint();
+    assert_eq!(
+        flushes_since(&e.fs, before),
+        (1, 0),
+        "(syncfs, fdatasyncs) for a checkpoint of a file closed since its write"
+    );
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    let before = flushes(&e.fs);
+    e.fs.fsync(ino, false).expect("fsync");
+    assert_eq!(
+        flushes_since(&e.fs, before),
+        (0, 0),
+        "(syncfs, fdatasyncs) for an fsync of a file the checkpoint's syncfs flushed"
+    );
+    e.fs.release(ino).expect("close");
+    assert_survives_a_crash(&dirs, e, "f", &want);
 }
 
 /// If the flush fails (the disk refused a write-back), the cache files cannot be trusted: a
 /// page whose write-back failed is no longer dirty in the kernel, so no later flush writes
 /// it, and marking it clean or uploading it again from the cache file could put older bytes
 /// in its place. The mount stops taking changes, as Postgres stops on a failed fsync, and the
-/// cache dir is not opened again.
+/// cache dir is not opened again. Here the flush is the file's own fdatasync (written through
+/// its open descriptor, not fsync'd).
 #[test]
 fn a_failed_flush_of_the_cache_files_stops_the_mount() {
     let dirs = Dirs::new();
@@ -2730,7 +2884,8 @@ fn a_failed_flush_of_the_cache_files_stops_the_mount() {
     e.write(ino, 0, &older);
     e.checkpoint();
     let newer = pattern(7, 4);
-    e.write(ino, 0, &newer);
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.write(ino, 0, &newer).expect("write");
     let marked = Arc::new(AtomicBool::new(false));
     {
         let marked = marked.clone();
@@ -2752,6 +2907,11 @@ fn a_failed_flush_of_the_cache_files_stops_the_mount() {
         e.cp.checkpoint(false)
             .expect_err("a checkpoint whose flush failed");
     e.fs.set_flush_fails(false);
+    let why = e.fs.cache_failure().unwrap_or_default().to_owned();
+    assert!(
+        why.contains("fdatasync cache file"),
+        "the failed flush: {why}"
+    );
     assert!(
         failed.to_string().contains("failed to write back"),
         "unclear error: {failed}"
@@ -2774,6 +2934,7 @@ fn a_failed_flush_of_the_cache_files_stops_the_mount() {
         &older,
     );
     assert_stopped(&e, ino);
+    e.fs.release(ino).expect("close");
     // Reads go on.
     assert_same("read back", &e.read_all(ino), &newer);
     // The cache dir is not opened again: its disk may hold older bytes than the bucket.
@@ -2790,18 +2951,23 @@ fn a_failed_flush_of_the_cache_files_stops_the_mount() {
 
 /// A flush that fails while its checkpoint fails for another reason (here the bucket is
 /// unreachable) stops the mount all the same: syncfs reports a failed write-back once, so a
-/// flush whose answer nobody read would let the next one pass for clean.
+/// flush whose answer nobody read would let the next one pass for clean. Here the flush is a
+/// syncfs (the file was closed since its write, not fsync'd).
 #[test]
 fn a_failed_flush_stops_the_mount_even_when_its_checkpoint_failed_first() {
     let dirs = Dirs::new();
     let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
     let ino = e.create("f");
-    e.write(ino, 0, &pattern(6, 4));
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.write(ino, 0, &pattern(6, 4)).expect("write");
+    e.fs.release(ino).expect("close");
     e.fs.set_flush_fails(true);
     e.plan.set_outage(true);
     assert!(e.cp.checkpoint(false).is_err(), "the bucket is unreachable");
     e.plan.set_outage(false);
     e.fs.set_flush_fails(false);
+    let why = e.fs.cache_failure().unwrap_or_default().to_owned();
+    assert!(why.contains("sync cache dir"), "the failed flush: {why}");
     assert_stopped(&e, ino);
     let next = e.cp.checkpoint(false);
     assert!(
@@ -3192,6 +3358,49 @@ fn remote_commits_of_a_sequential_writer_sync_the_log_once_per_run_of_marks() {
         "in the bucket",
         &e.in_bucket(ino).expect("in the bucket"),
         &want,
+    );
+    assert_survives_a_crash(&dirs, e, "wal", &want);
+}
+
+/// `--durability remote`: by the time a commit's checkpoint has uploaded what its fsync
+/// covers, the fsync has flushed the file (or shares the flush the checkpoint started), so the
+/// checkpoint flushes nothing more before it marks the pages clean: one flush of the disk per
+/// commit, not a syncfs of the cache filesystem besides. Seen failing before the change (a
+/// syncfs per commit).
+#[test]
+fn a_remote_commit_flushes_its_file_once() {
+    const COMMITS: u64 = 32;
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let _remote = cut_at_request(&e);
+    let ino = e.create("wal");
+    let mut want = Vec::new();
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    let before = flushes(&e.fs);
+    let checkpoints = e.cp.totals().checkpoints;
+    for commit in 0..COMMITS {
+        let record = pattern(commit as u8, 1);
+        e.fs.write(ino, want.len() as u64, &record[..PAGE / 2])
+            .expect("write");
+        want.extend_from_slice(&record[..PAGE / 2]);
+        e.fs.fsync(ino, true).expect("fdatasync");
+        assert_same(
+            &format!("commit {commit}: in the bucket as the fsync returns"),
+            &e.in_bucket(ino).expect("in the bucket"),
+            &want,
+        );
+    }
+    let flushed = flushes_since(&e.fs, before);
+    e.fs.release(ino).expect("close");
+    assert_eq!(
+        e.cp.totals().checkpoints - checkpoints,
+        COMMITS,
+        "a checkpoint per commit"
+    );
+    assert_eq!(
+        flushed,
+        (0, COMMITS),
+        "(syncfs, fdatasyncs) for {COMMITS} remote commits of one file"
     );
     assert_survives_a_crash(&dirs, e, "wal", &want);
 }

@@ -763,9 +763,9 @@ struct Upload {
     wal: bool,
 }
 
-/// The flush of the cache files a checkpoint runs beside its upload (`Fs::sync_cache_files`,
-/// which stops the mount itself if it fails): waited for before the cut's pages are marked
-/// clean, and on drop (a checkpoint that fails), so that it never outlives its checkpoint.
+/// The flush of the cut's files a checkpoint runs beside its upload (`Fs::flush_cut`, which
+/// stops the mount itself if it fails): waited for before the cut's pages are marked clean,
+/// and on drop (a checkpoint that fails), so that it never outlives its checkpoint.
 struct Flush<'a> {
     fs: &'a Arc<Fs>,
     rt: &'a tokio::runtime::Handle,
@@ -773,11 +773,11 @@ struct Flush<'a> {
 }
 
 impl<'a> Flush<'a> {
-    /// Starts the flush if `needed` (a cut with no runs has no bytes to flush).
-    fn start(fs: &'a Arc<Fs>, rt: &'a tokio::runtime::Handle, needed: bool) -> Flush<'a> {
-        let task = needed.then(|| {
-            let fs = fs.clone();
-            rt.spawn_blocking(move || fs.sync_cache_files())
+    /// Starts the flush of `cut`'s files (a cut with no runs has no bytes to flush).
+    fn start(fs: &'a Arc<Fs>, rt: &'a tokio::runtime::Handle, cut: &crate::fs::Cut) -> Flush<'a> {
+        let task = (!cut.runs.is_empty()).then(|| {
+            let (fs, written) = (fs.clone(), cut.written.clone());
+            rt.spawn_blocking(move || fs.flush_cut(&written))
         });
         Flush { fs, rt, task }
     }
@@ -1204,7 +1204,7 @@ impl Checkpointer {
         self.fs.step(crate::fs::Step::CutTaken { epoch: cut.epoch });
         // The cut's bytes go to the disk beside the upload: its pages are marked clean once the
         // manifest lands, and must not then be older on the disk than in the bucket.
-        let flush = Flush::start(&self.fs, &self.rt, !cut.runs.is_empty());
+        let flush = Flush::start(&self.fs, &self.rt, &cut);
         let upload_started = Instant::now();
         // A base would keep the whole namespace as long as any page it carried is used: its
         // runs go in segments.

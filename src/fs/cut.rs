@@ -52,6 +52,9 @@ pub struct Cut {
     pub names: u64,
     /// The dirty pages the cut took, per inode.
     pub taken: HashMap<u64, PageSet>,
+    /// The files of `taken` with their `write_gen` at the cut: what the flush before their
+    /// pages are marked clean must cover (`Fs::flush_cut`).
+    pub written: Vec<(u64, u64)>,
     /// The same as runs of at most `max_run_pages` pages, in the order the cut took them,
     /// each with its length as of the cut. `Fs::read_cut_run` reads their bytes.
     pub runs: Vec<CutRun>,
@@ -490,6 +493,7 @@ impl Fs {
             for r in taken.iter() {
                 st.pending.insert(r);
             }
+            cut.written.push((ino, st.write_gen));
             let taken = cut.taken.entry(ino).or_insert(taken);
             let size = st.attr.size;
             for range in taken.iter() {
@@ -794,7 +798,7 @@ impl Fs {
     /// The checkpoint of `epoch` is committed: pages taken by its cut and not written since
     /// are clean. Their dirty marks go; pages written again stay dirty for the next epoch.
     /// From then on the cache files' bytes stand for the bucket's: the caller has flushed
-    /// them to the disk (`sync_cache_files`) since the cut.
+    /// them to the disk (`flush_cut`) since the cut.
     pub fn mark_clean(&self, cut: &Cut) -> Result<u64> {
         // The inodes the cut touched, looked up one by one (not a copy of the whole map:
         // under `--durability remote` this runs at every group commit).

@@ -2,7 +2,7 @@
 //!
 //! Bytes go to the inode's cache file with pread/pwrite; what changes is recorded as dirty
 //! pages (8 KiB) in the same metadata batch as the new size. fsync is the only place that
-//! waits for the disk, and concurrent fsyncs of one file share one fdatasync.
+//! waits for the disk, and concurrent fsyncs of one file share one sync (`Fs::sync_data_to`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -301,8 +301,10 @@ impl Fs {
         // needs none of this.
         let _fill = has_absent.then(|| inode.fill_lock.lock());
         if let Err(e) = file.write_all_at(data, offset) {
-            // Some of it may be there, past the end too.
-            inode.state.lock().tail_unsure = true;
+            // Some of it may be there, past the end too: a later sync must cover it.
+            let mut st = inode.state.lock();
+            st.tail_unsure = true;
+            st.write_gen += 1;
             return Err(FsError::io("write cache file")(e));
         }
         self.stats
@@ -586,7 +588,7 @@ impl Fs {
         }
     }
 
-    /// Makes the file durable: its bytes (one fdatasync shared by concurrent callers) and its
+    /// Makes the file durable: its bytes (one sync shared by concurrent callers) and its
     /// metadata (the RocksDB WAL, group-committed). `datasync` skips times held in memory.
     pub fn fsync(&self, ino: u64, datasync: bool) -> Result<()> {
         let inode = self.inode(ino)?;
@@ -610,38 +612,83 @@ impl Fs {
             (st.synced_gen < st.write_gen).then_some(st.write_gen)
         };
         if let Some(target) = needed {
-            let _leader = inode.sync_lock.lock();
-            let (file, covers, dir_sync) = {
-                let mut st = inode.state.lock();
-                if st.synced_gen >= target {
-                    (None, target, false)
-                } else {
-                    let file = self.cache_file(&mut st, false)?;
-                    (file, st.write_gen, std::mem::take(&mut st.new_cache_file))
-                }
-            };
-            let synced = file.map_or(Ok(()), |file| {
-                self.sync_cache_file(&file, "fdatasync cache file")
-            });
-            // A cache file created, or one removed when the file was emptied during an
-            // upload (`empty_for_upload`): the shard directory holds the change.
-            let synced = synced.and_then(|()| match dir_sync {
-                true => self.sync_cache_file_dir(ino),
-                false => Ok(()),
-            });
-            if let Err(e) = synced {
-                // The next fsync syncs the directory again: a failed one proved nothing.
-                inode.state.lock().new_cache_file |= dir_sync;
-                return Err(e);
-            }
-            let mut st = inode.state.lock();
-            st.synced_gen = st.synced_gen.max(covers);
+            self.sync_data_to(&inode, target)?;
         }
         // The log last: a remote checkpoint syncs it through its cut before its PUT, so once
         // the wait is over this is no flush of its own (two would otherwise queue one behind
         // the other, the fsync's before the checkpoint's).
         self.finish_remote(remote)?;
         self.meta.sync_to(seq)?;
+        Ok(())
+    }
+
+    /// Makes the cache file of `inode` durable through `target` (a `write_gen`), shared by
+    /// concurrent callers: the one holding `sync_lock` syncs what was written up to then,
+    /// and the others find `synced_gen` past their target once it is done. Through the
+    /// file's own fdatasync when its descriptor has been open since the last sync
+    /// (`InodeState::watched`), or else by syncfs of the cache filesystem, which reports a
+    /// write-back that failed while no descriptor was open (with `sync_lock` let go: a fill
+    /// of the file need not wait for the whole filesystem). A file with no cache file has no
+    /// bytes to sync, only its directory entry's removal, if that is new.
+    ///
+    /// A failed write-back is reported to one caller of one descriptor only, and every
+    /// other fdatasync of a cache file runs under its `sync_lock` (a fill's) or its state
+    /// lock (`cut_past_end`), stopping the mount before that lock goes if it fails: so a sync
+    /// here that succeeded counts only if the mount has not stopped by the time it holds
+    /// both again. (`sync_cache_files` does the same for syncfs.)
+    pub(super) fn sync_data_to(&self, inode: &super::Inode, target: u64) -> Result<()> {
+        let leader = inode.sync_lock.lock();
+        let (file, covers, dir_sync, ino) = {
+            let mut st = inode.state.lock_unnoted();
+            if st.synced_gen >= target {
+                return Ok(());
+            }
+            let file = match st.watched() {
+                true => st.file.clone(),
+                false => None,
+            };
+            let dir_sync = std::mem::take(&mut st.new_cache_file);
+            (file, st.write_gen, dir_sync, st.attr.ino)
+        };
+        // A cache file created, or one removed when the file was emptied during an upload
+        // (`empty_for_upload`): the shard directory holds the change.
+        let sync_dir = || match dir_sync {
+            true => self.sync_cache_file_dir(ino),
+            false => Ok(()),
+        };
+        let synced = if self.cache_failed() {
+            Err(FsError::CacheFailed)
+        } else if let Some(file) = &file {
+            self.sync_cache_file(file, "fdatasync cache file")
+                .and_then(|()| sync_dir())
+        } else if self
+            .cache
+            .data_path(ino)
+            .symlink_metadata()
+            .is_err_and(|e| {
+                // Looked for after `covers` was read: a write counted in it made the file first.
+                e.kind() == io::ErrorKind::NotFound
+            })
+        {
+            sync_dir()
+        } else {
+            drop(leader);
+            self.sync_cache_files() // the directory entries too
+        };
+        if let Err(e) = synced {
+            // The next sync syncs the directory again: a failed one proved nothing.
+            inode.state.lock_unnoted().new_cache_file |= dir_sync;
+            return Err(e);
+        }
+        let mut st = inode.state.lock_unnoted();
+        if self.cache_failed() {
+            // Told to another caller (this sync's success proves nothing).
+            return Err(FsError::CacheFailed);
+        }
+        if file.is_some() {
+            self.stats.cache_file_syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        st.synced_gen = st.synced_gen.max(covers);
         Ok(())
     }
 
@@ -682,6 +729,7 @@ impl Fs {
             Err(_) => st.tail_unsure = true,
         }
         st.file = Some(file.clone());
+        st.file_gen = st.write_gen;
         Ok(Some(file))
     }
 
@@ -729,7 +777,11 @@ impl Fs {
     /// the next sync through this one (PostgreSQL's own fsync, say) would be told all is
     /// well.
     pub(super) fn sync_cache_file(&self, file: &File, context: &'static str) -> Result<()> {
-        file.sync_data().map_err(|e| {
+        let synced = match self.flush_fails_now() {
+            true => Err(io::Error::from_raw_os_error(libc::EIO)),
+            false => file.sync_data(),
+        };
+        synced.map_err(|e| {
             let e = FsError::io(context)(e);
             self.stop_for_failed_flush(&e.to_string());
             e

@@ -217,9 +217,12 @@ struct InodeState {
     open_count: u32,
     /// The cache file, opened on first I/O and closed with the last handle.
     file: Option<Arc<File>>,
+    /// The `write_gen` when `file` was opened: every change of a later generation went
+    /// through it (`InodeState::watched`).
+    file_gen: u64,
     /// Bumped after every change to the cache file's bytes or length.
     write_gen: u64,
-    /// The `write_gen` that the last completed fdatasync covered.
+    /// The `write_gen` that the last completed sync of the cache file covered.
     synced_gen: u64,
     /// RocksDB sequence number of this inode's last persisted change.
     meta_seq: u64,
@@ -235,6 +238,15 @@ struct InodeState {
 }
 
 impl InodeState {
+    /// True when the cache file's descriptor has been open since the last sync, so that
+    /// every change not yet synced went through it: its fdatasync then reports a failed
+    /// write-back of any of them. A descriptor opened later may not: the error of a write-back
+    /// that failed while none was open can go with the kernel's inode, and only the
+    /// filesystem's own count (syncfs) keeps it.
+    fn watched(&self) -> bool {
+        self.file.is_some() && self.file_gen <= self.synced_gen
+    }
+
     /// Changes the pages only the bucket holds with `change`, which touches none outside
     /// `pages`, and records the result in `batch` as RocksDB keeps it: one key per range
     /// (`MetaBatch::put_absent`), so the ranges the change merged, split or shortened are
@@ -362,7 +374,9 @@ struct Inode {
     /// file may hold bytes there, `InodeState::tail_unsure`).
     io: RwLock<()>,
     state: touched::StateLock,
-    /// Held by the one thread running fdatasync for this inode (group commit).
+    /// Held by the one thread syncing this inode's cache file through its descriptor (group
+    /// commit, `Fs::sync_data_to`), and by a fill's fdatasync: a failed write-back is told
+    /// to one of them, who stops the mount before letting go.
     sync_lock: Mutex<()>,
     /// Held while a fill installs fetched pages, and by a write to a file with absent
     /// pages from its cache write to clearing their marks: whichever comes second sees what
@@ -411,8 +425,11 @@ pub struct Fs {
     step_hook: std::sync::OnceLock<StepHook>,
     /// The disk under the cache dir failed a write-back: why (`stop_for_failed_flush`).
     cache_failed: std::sync::OnceLock<String>,
-    /// Tests only: `sync_cache_files` fails, as on a disk whose write-back failed.
+    /// Tests only: every flush of the cache files fails, as on a disk whose write-back
+    /// failed.
     flush_fails: std::sync::atomic::AtomicBool,
+    /// Held across each syncfs of the cache filesystem (`sync_cache_files`).
+    syncfs_lock: Mutex<()>,
 }
 
 /// Counters since the mount began, for the log at unmount and for metrics.
@@ -420,9 +437,13 @@ pub struct Fs {
 pub struct FsStats {
     /// Bytes that WRITE requests brought (after the kernel's own write-back merging).
     pub bytes_written: AtomicU64,
-    /// Flushes of the cache files that succeeded (`Fs::sync_cache_files`: a checkpoint's, or
-    /// the one at unmount).
+    /// Flushes of the whole cache filesystem that succeeded (`Fs::sync_cache_files`: a
+    /// checkpoint's of many files, an fsync's of a file no open descriptor watched, the one at
+    /// unmount).
     pub cache_flushes: AtomicU64,
+    /// fdatasyncs of one cache file that succeeded (`Fs::sync_data_to`: an fsync's, or a
+    /// checkpoint's of a few files).
+    pub cache_file_syncs: AtomicU64,
     /// READ requests served from the cache file alone, and their bytes.
     pub read_hits: AtomicU64,
     pub read_hit_bytes: AtomicU64,
@@ -518,6 +539,7 @@ impl Fs {
             step_hook: std::sync::OnceLock::new(),
             cache_failed: std::sync::OnceLock::new(),
             flush_fails: std::sync::atomic::AtomicBool::new(false),
+            syncfs_lock: Mutex::new(()),
         };
         let mut batch = fs.meta.batch();
         for &ino in &orphans {
@@ -611,8 +633,9 @@ impl Fs {
         let _ = self.step_hook.set(hook);
     }
 
-    /// Tests only: from now on `sync_cache_files` fails (or, `false`, works again), as it
-    /// does when the disk under the cache dir fails a write-back.
+    /// Tests only: from now on every flush of the cache files (syncfs or a file's
+    /// fdatasync) fails (or, `false`, works again), as it does when the disk under the cache
+    /// dir fails a write-back.
     pub fn set_flush_fails(&self, fails: bool) {
         self.flush_fails.store(fails, Ordering::Release);
     }
@@ -883,6 +906,7 @@ impl Inode {
                     trunc_pending: None,
                     open_count: 0,
                     file: None,
+                    file_gen: 0,
                     write_gen: 0,
                     synced_gen: 0,
                     meta_seq: 0,

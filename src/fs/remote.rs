@@ -235,19 +235,22 @@ impl Fs {
     }
 
     /// Puts every cache file's bytes on the disk (syncfs of the cache dir's filesystem): all
-    /// written before the call is there when it returns. A write the application did not
-    /// fsync is only in the page cache; the checkpoint that uploads it runs this beside its
-    /// upload and waits for it before `mark_clean`.
+    /// written before the call is there when it returns, and a write-back that failed since
+    /// the last one is reported, whichever file it was of and whether or not the kernel still
+    /// holds that file's inode (`flush_cut` and `sync_data_to` say when that matters).
     pub fn sync_cache_files(&self) -> Result<()> {
-        let synced = match self.flush_fails.load(Ordering::Acquire)
-            || crate::failpoint::failing("cache-flush-fails")
-        {
+        // One at a time: syncfs tells a failed write-back to one caller only, who stops the
+        // mount before the next syncfs begins, so a later one that succeeded finds it stopped
+        // (its success proves nothing).
+        let _one = self.syncfs_lock.lock();
+        let synced = match self.flush_fails_now() {
             true => Err(FsError::io("sync cache dir")(
                 std::io::Error::from_raw_os_error(libc::EIO),
             )),
             false => self.cache.sync_all_data().map_err(FsError::from),
         };
         match &synced {
+            Ok(()) if self.cache_failed() => return Err(FsError::CacheFailed),
             Ok(()) => {
                 self.stats.cache_flushes.fetch_add(1, Ordering::Relaxed);
             }
@@ -256,6 +259,55 @@ impl Fs {
             Err(e) => self.stop_for_failed_flush(&e.to_string()),
         }
         synced
+    }
+
+    /// Puts on the disk the bytes a cut took (`Cut::written`: each file through its
+    /// `write_gen` at the cut), for `mark_clean`. A file synced since needs nothing, and one
+    /// an fsync is syncing shares that sync (`sync_data_to`): under `--durability remote` a
+    /// commit's fsync syncs its file beside the checkpoint, so the commit flushes the disk
+    /// once. A few others are synced one by one; more than that, or one whose descriptor has
+    /// not watched its changes (`InodeState::watched`), take one syncfs for all, which then
+    /// counts as their sync.
+    pub fn flush_cut(&self, written: &[(u64, u64)]) -> Result<()> {
+        /// Beyond this many files to sync one by one, one syncfs costs less.
+        const MAX_ONE_BY_ONE: usize = 4;
+        let mut one_by_one = Vec::new();
+        for &(ino, target) in written {
+            let Ok(inode) = self.inode(ino) else {
+                continue; // deleted since the cut: none of its pages is marked clean
+            };
+            let st = inode.state.lock_unnoted();
+            if st.synced_gen >= target {
+                continue;
+            }
+            if !st.watched() || one_by_one.len() == MAX_ONE_BY_ONE {
+                drop(st);
+                return self.sync_all_written(written);
+            }
+            drop(st);
+            one_by_one.push((inode, target));
+        }
+        one_by_one
+            .iter()
+            .try_for_each(|(inode, target)| self.sync_data_to(inode, *target))
+    }
+
+    /// One syncfs for every file of `written`: each is synced through its target after it.
+    fn sync_all_written(&self, written: &[(u64, u64)]) -> Result<()> {
+        self.sync_cache_files()?;
+        for &(ino, target) in written {
+            if let Ok(inode) = self.inode(ino) {
+                let mut st = inode.state.lock_unnoted();
+                st.synced_gen = st.synced_gen.max(target);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tests only: every flush of the cache files fails, as on a disk whose write-back failed
+    /// (`set_flush_fails`, or the failpoint `cache-flush-fails`).
+    pub(super) fn flush_fails_now(&self) -> bool {
+        self.flush_fails.load(Ordering::Acquire) || crate::failpoint::failing("cache-flush-fails")
     }
 
     /// True when everything committed to the cache dir's log is synced.
@@ -628,12 +680,16 @@ impl Fs {
         // The absent mark may go only once the bytes are on disk: a machine crash must not
         // leave a page that is neither absent nor in the cache file. A cache file this fill
         // created needs its directory entry on the disk too.
-        let synced = self
-            .sync_cache_file(&file, "sync filled cache file")
-            .and_then(|()| match new_file {
-                true => self.sync_cache_file_dir(ino),
-                false => Ok(()),
-            });
+        let synced = {
+            // Every fdatasync of a cache file under its sync lock (`Fs::sync_data_to` says
+            // why).
+            let _sync = inode.sync_lock.lock();
+            self.sync_cache_file(&file, "sync filled cache file")
+        };
+        let synced = synced.and_then(|()| match new_file {
+            true => self.sync_cache_file_dir(ino),
+            false => Ok(()),
+        });
         synced?;
         drop(file);
         let mut st = inode.state.lock();
