@@ -2675,6 +2675,55 @@ fn pages_of_a_file_closed_since_its_write_are_flushed_by_syncfs_before_marked_cl
     );
 }
 
+/// A syncfs told of a failed write-back stops the mount; one that succeeds after it (the
+/// error is told once) must not count as a flush: it says nothing of the pages whose
+/// write-back failed.
+#[test]
+fn a_flush_after_a_failed_one_does_not_count() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    e.fs.set_flush_fails(true);
+    assert!(e.fs.sync_cache_files().is_err(), "the failed flush");
+    e.fs.set_flush_fails(false);
+    let next = e.fs.sync_cache_files();
+    assert!(
+        matches!(next, Err(FsError::CacheFailed)),
+        "a flush after the failed one: {next:?}"
+    );
+}
+
+/// A file with no cache file (restored, never fetched) and cut down has no bytes to flush: its
+/// fsync syncs none, and what it made durable survives a crash.
+#[test]
+fn an_fsync_of_a_file_without_a_cache_file_flushes_nothing() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    e.write(ino, 0, &pattern(1, 4));
+    e.checkpoint();
+    e.crash();
+    // A new cache dir: the file's pages are only in the bucket.
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    let ino = e.ino("f");
+    assert!(
+        !e.fs.cache_file_path(ino).exists(),
+        "the restored file has no cache file yet"
+    );
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    set_size(&e.fs, ino, 0);
+    let before = flushes(&e.fs);
+    e.fs.fsync(ino, false).expect("fsync");
+    assert_eq!(
+        flushes_since(&e.fs, before),
+        (0, 0),
+        "(syncfs, fdatasyncs) for an fsync of a file with no cache file"
+    );
+    e.fs.release(ino).expect("close");
+    e.crash();
+    let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
+    assert_eq!(e.read_all(e.ino("f")), Vec::<u8>::new(), "after the crash");
+}
+
 /// A checkpoint of many files not fsync'd flushes them with one syncfs, not one fdatasync each
 /// (each a flush of the disk), and its pages are in the bucket and read back after a crash.
 #[test]
@@ -2721,8 +2770,10 @@ fn an_fsync_of_bytes_written_through_a_closed_descriptor_flushes_the_cache_files
     e.fs.open(ino, libc::O_RDWR).expect("open");
     e.fs.write(ino, 0, &pattern(3, 2)).expect("write");
     e.fs.release(ino).expect("close");
-    // As PostgreSQL's checkpointer fsyncs a file a backend wrote and closed.
+    // As PostgreSQL's checkpointer fsyncs a file a backend wrote and closed; the read opens
+    // the cache file again, after the write.
     e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.read(ino, 0, 1).expect("read");
     let before = flushes(&e.fs);
     e.fs.fsync(ino, false).expect("fsync");
     assert_eq!(

@@ -1044,6 +1044,9 @@ impl Checkpointer {
     /// filesystem has stopped (`Fs::stop_for_failed_flush`): the fsyncs waiting for a later
     /// commit fail now, and the checkpointer stops. The pages keep their dirty marks.
     fn stop_for_failed_flush(&self, epoch: u64, e: FsError) -> CheckpointError {
+        // Every flush stops the mount where it fails; should one ever return an error without
+        // doing so, the mount must not go on taking changes with no checkpointer.
+        self.fs.stop_for_failed_flush(&e.to_string());
         {
             let _covered = self.covered.lock();
             self.covered_cv.notify_all();

@@ -788,14 +788,20 @@ impl Fs {
         })
     }
 
+    /// fsync of the shard directory holding the cache file of `ino` (a cache file created or
+    /// removed). A failure stops the mount, as a cache file's does: the entry, and the bytes
+    /// behind it, may not be on the disk, and the checkpoint waiting for this flush must not
+    /// mark pages clean or stop without the mount stopping too.
     pub(super) fn sync_cache_file_dir(&self, ino: u64) -> Result<()> {
         let path = self.cache.data_path(ino);
         let dir = path
             .parent()
             .expect("cache files live in a shard directory");
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(FsError::io("sync cache shard dir"))
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
+            let e = FsError::io("sync cache shard dir")(e);
+            self.stop_for_failed_flush(&e.to_string());
+            e
+        })
     }
 
     fn persist_attr(&self, st: &mut InodeState) -> Result<()> {

@@ -428,8 +428,10 @@ pub struct Fs {
     /// Tests only: every flush of the cache files fails, as on a disk whose write-back
     /// failed.
     flush_fails: std::sync::atomic::AtomicBool,
-    /// Held across each syncfs of the cache filesystem (`sync_cache_files`).
-    syncfs_lock: Mutex<()>,
+    /// Held across each syncfs of the cache filesystem (`sync_cache_files`): the number of
+    /// the last one that succeeded. `syncfs_begun` counts those begun.
+    syncfs_lock: Mutex<u64>,
+    syncfs_begun: AtomicU64,
 }
 
 /// Counters since the mount began, for the log at unmount and for metrics.
@@ -539,7 +541,8 @@ impl Fs {
             step_hook: std::sync::OnceLock::new(),
             cache_failed: std::sync::OnceLock::new(),
             flush_fails: std::sync::atomic::AtomicBool::new(false),
-            syncfs_lock: Mutex::new(()),
+            syncfs_lock: Mutex::new(0),
+            syncfs_begun: AtomicU64::new(0),
         };
         let mut batch = fs.meta.batch();
         for &ino in &orphans {

@@ -238,11 +238,21 @@ impl Fs {
     /// written before the call is there when it returns, and a write-back that failed since
     /// the last one is reported, whichever file it was of and whether or not the kernel still
     /// holds that file's inode (`flush_cut` and `sync_data_to` say when that matters).
+    /// Callers at once share one: a syncfs that began after a call covers it.
     pub fn sync_cache_files(&self) -> Result<()> {
+        let called_at = self.syncfs_begun.load(Ordering::Acquire);
         // One at a time: syncfs tells a failed write-back to one caller only, who stops the
         // mount before the next syncfs begins, so a later one that succeeded finds it stopped
         // (its success proves nothing).
-        let _one = self.syncfs_lock.lock();
+        let mut last_done = self.syncfs_lock.lock();
+        if *last_done > called_at {
+            // Begun after this call, and done while this caller waited.
+            return match self.cache_failed() {
+                true => Err(FsError::CacheFailed),
+                false => Ok(()),
+            };
+        }
+        let this = self.syncfs_begun.fetch_add(1, Ordering::AcqRel) + 1;
         let synced = match self.flush_fails_now() {
             true => Err(FsError::io("sync cache dir")(
                 std::io::Error::from_raw_os_error(libc::EIO),
@@ -252,6 +262,7 @@ impl Fs {
         match &synced {
             Ok(()) if self.cache_failed() => return Err(FsError::CacheFailed),
             Ok(()) => {
+                *last_done = this;
                 self.stats.cache_flushes.fetch_add(1, Ordering::Relaxed);
             }
             // Stopped here, whoever asked: syncfs reports a failed write-back once, and a

@@ -8,8 +8,9 @@
 //! to remember to note a change. Only the cut and the checkpointer lock without noting
 //! (`lock_unnoted`): the cut's reads, its own changes (dirty pages taken, a local-only
 //! file's dropped, truncations sent; a failed cut puts them back through noting locks),
-//! and the checkpointer's changes that no cut reads (pending pages, copy-on-write); and the
-//! cache bound's scans, which only read. Every other lock notes, reads included: the lock
+//! and the checkpointer's changes that no cut reads (pending pages, copy-on-write); the
+//! cache bound's scans, which only read; and the syncs of a cache file (`Fs::sync_data_to`,
+//! `Fs::flush_cut`), whose record of what is synced no cut reads. Every other lock notes, reads included: the lock
 //! cannot tell a read from a change, and a read noted costs the next cut a visit, never a
 //! change.
 //!
