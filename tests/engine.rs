@@ -3028,6 +3028,43 @@ fn a_failed_flush_stops_the_mount_even_when_its_checkpoint_failed_first() {
     );
 }
 
+/// A new cache file's directory entry is on the disk only once its shard directory is synced:
+/// an fsync whose directory sync failed has made nothing durable (the entry, and the bytes
+/// behind it, may be lost), so it fails and the mount stops as for a failed fdatasync, and the
+/// cache dir is not opened again. Seen failing with the directory's failure only returned to
+/// the caller, not stopping the mount ("the failed flush" is empty). (Ignored by the caller, it
+/// still fails the fsync: a sync that succeeded counts only while the mount has not stopped.)
+#[test]
+fn a_failed_sync_of_a_new_cache_files_directory_stops_the_mount() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("f");
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    e.fs.write(ino, 0, &pattern(6, 4)).expect("write");
+    e.fs.set_dir_sync_fails(true);
+    let fsync = e.fs.fsync(ino, false);
+    e.fs.set_dir_sync_fails(false);
+    assert!(
+        fsync.is_err(),
+        "an fsync whose directory sync failed: {fsync:?}"
+    );
+    let why = e.fs.cache_failure().unwrap_or_default().to_owned();
+    assert!(
+        why.contains("sync cache shard dir"),
+        "the failed flush: {why}"
+    );
+    e.fs.release(ino).expect("close");
+    assert_stopped(&e, ino);
+    e.crash();
+    assert!(
+        matches!(
+            bucketfs::cache::CacheDir::open(&dirs.cache(0), PAGE_SIZE),
+            Err(bucketfs::cache::CacheError::WriteBackFailed { .. })
+        ),
+        "the cache dir whose directory sync failed was opened again"
+    );
+}
+
 /// Every change of a stopped mount fails with EIO (`FsError::CacheFailed`), and so does an
 /// fsync.
 fn assert_stopped(e: &Engine, ino: u64) {

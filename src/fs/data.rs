@@ -797,7 +797,11 @@ impl Fs {
         let dir = path
             .parent()
             .expect("cache files live in a shard directory");
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
+        let synced = match self.dir_sync_fails.load(Ordering::Acquire) {
+            true => Err(io::Error::from_raw_os_error(libc::EIO)),
+            false => File::open(dir).and_then(|d| d.sync_all()),
+        };
+        synced.map_err(|e| {
             let e = FsError::io("sync cache shard dir")(e);
             self.stop_for_failed_flush(&e.to_string());
             e

@@ -428,6 +428,8 @@ pub struct Fs {
     /// Tests only: every flush of the cache files fails, as on a disk whose write-back
     /// failed.
     flush_fails: std::sync::atomic::AtomicBool,
+    /// Tests only: every sync of a cache file's shard directory fails.
+    dir_sync_fails: std::sync::atomic::AtomicBool,
     /// Held across each syncfs of the cache filesystem (`sync_cache_files`): the number of
     /// the last one that succeeded. `syncfs_begun` counts those begun.
     syncfs_lock: Mutex<u64>,
@@ -541,6 +543,7 @@ impl Fs {
             step_hook: std::sync::OnceLock::new(),
             cache_failed: std::sync::OnceLock::new(),
             flush_fails: std::sync::atomic::AtomicBool::new(false),
+            dir_sync_fails: std::sync::atomic::AtomicBool::new(false),
             syncfs_lock: Mutex::new(0),
             syncfs_begun: AtomicU64::new(0),
         };
@@ -641,6 +644,13 @@ impl Fs {
     /// dir fails a write-back.
     pub fn set_flush_fails(&self, fails: bool) {
         self.flush_fails.store(fails, Ordering::Release);
+    }
+
+    /// Tests only: from now on every sync of a cache file's shard directory fails (or,
+    /// `false`, works again), while the files' own flushes work: a new cache file's entry
+    /// that did not reach the disk.
+    pub fn set_dir_sync_fails(&self, fails: bool) {
+        self.dir_sync_fails.store(fails, Ordering::Release);
     }
 
     /// Background work reached `step`.
