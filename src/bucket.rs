@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, info_span, warn};
 
 use crate::checkpoint::{
-    open_bucket, open_bucket_at, restore_of, BucketFetcher, CheckpointError, CheckpointSettings,
-    Checkpointer, Opened,
+    open_bucket_at, open_checked_bucket, restore_of, BucketFetcher, CheckpointError,
+    CheckpointSettings, Checkpointer, Opened,
 };
 use crate::fs::Fs;
 use crate::placement::Placement;
@@ -511,6 +511,8 @@ const PREFETCH_WORKERS: usize = 16;
 /// round trip to the bucket in turn.
 struct Prefetch {
     stop: Arc<AtomicBool>,
+    /// The read of the hot set (it ends the wait for it at unmount, as in an S3 stall).
+    hot: tokio::task::AbortHandle,
     thread: JoinHandle<()>,
 }
 
@@ -534,17 +536,19 @@ fn in_parallel<T: Send>(items: Vec<T>, stop: &AtomicBool, work: impl Fn(T) + Syn
 }
 
 impl Prefetch {
+    /// Starts after a restore: the small files, then the hot set the last clean stop
+    /// recorded in `store`. The hot set is read beside the small files, not before the mount
+    /// serves: a round trip less on the way to the first request.
     fn start(
         fs: &Arc<Fs>,
-        hot: Option<HotSet>,
+        store: Arc<dyn ReadStore>,
+        rt: &tokio::runtime::Handle,
         progress: Arc<PrewarmProgress>,
-    ) -> anyhow::Result<Option<Prefetch>> {
+    ) -> anyhow::Result<Prefetch> {
         let files = fs.small_absent_files(PREFETCH_MAX_FILE);
-        if files.is_empty() && hot.is_none() {
-            return Ok(None);
-        }
+        let hot = rt.spawn(async move { read_hot_set(&*store).await });
         let stop = Arc::new(AtomicBool::new(false));
-        let (fs, flag) = (fs.clone(), stop.clone());
+        let (fs, flag, rt, abort) = (fs.clone(), stop.clone(), rt.clone(), hot.abort_handle());
         let thread = std::thread::Builder::new()
             .name("prefetch".into())
             .spawn(move || {
@@ -577,17 +581,23 @@ impl Prefetch {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "prefetch of small files after restore done"
                 );
-                if let Some(hot) = hot {
+                // (Aborted at unmount: no prewarm then.)
+                if let Ok(Some(hot)) = rt.block_on(hot) {
                     prewarm(&fs, hot, &flag, &progress);
                 }
             })
             .context("start prefetch")?;
-        Ok(Some(Prefetch { stop, thread }))
+        Ok(Prefetch {
+            stop,
+            hot: abort,
+            thread,
+        })
     }
 
     /// Stops taking new work and waits for the fetches in flight.
     fn finish(self) {
         self.stop.store(true, Ordering::Release);
+        self.hot.abort();
         let _ = self.thread.join();
     }
 }
@@ -671,13 +681,13 @@ fn prewarm(fs: &Fs, hot: HotSet, stop: &AtomicBool, progress: &PrewarmProgress) 
 
 /// The hot set recorded in the bucket, if there is one and it reads back. A missing or
 /// unreadable one only means no prewarm.
-fn read_hot_set(store: &dyn ReadStore, rt: &tokio::runtime::Handle) -> Option<HotSet> {
+async fn read_hot_set(store: &dyn ReadStore) -> Option<HotSet> {
     let parse = |bytes: &[u8]| -> Result<HotSet, String> {
         let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
         let body = crate::cache::unseal(text)?;
         serde_json::from_str(body).map_err(|e| e.to_string())
     };
-    match rt.block_on(store.get(HOT_SET_KEY, None)) {
+    match store.get(HOT_SET_KEY, None).await {
         Ok(bytes) => match parse(&bytes) {
             Ok(h) if h.version == HOT_SET_VERSION && h.chunk_pages == crate::fs::CHUNK_PAGES => {
                 Some(h)
@@ -730,7 +740,9 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
         // are placed.
         checkpoint_settings.inline_bytes = 0;
     }
-    let opened = open_bucket(&*store, runtime.handle(), true)
+    // `open_placed` has checked the bucket and its format marker (writing it for a new
+    // prefix): the chain is all that is left to read.
+    let opened = open_checked_bucket(&*store, runtime.handle())
         .with_context(|| format!("open bucket {url}"))?;
     if record.as_ref().is_some_and(|r| r.writer == REPLICA_WRITER) {
         bail!(
@@ -783,7 +795,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
                     epoch,
                     "another writer committed while taking over; reading the bucket again"
                 );
-                opened = open_bucket(&*store, runtime.handle(), true)
+                opened = open_checked_bucket(&*store, runtime.handle())
                     .with_context(|| format!("open bucket {url}"))?;
             }
             Err(e) => return Err(e).context("take over the bucket"),
@@ -836,11 +848,14 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             .context("start GC")?
     };
     let progress = Arc::new(PrewarmProgress::default());
-    let prefetch = if restoring {
-        let hot = read_hot_set(&*store, runtime.handle());
-        Prefetch::start(fs, hot, progress.clone())?
-    } else {
-        None
+    let prefetch = match restoring {
+        true => Some(Prefetch::start(
+            fs,
+            store.clone(),
+            runtime.handle(),
+            progress.clone(),
+        )?),
+        false => None,
     };
     let probe = Arc::new(Probe {
         url,
@@ -1038,11 +1053,14 @@ fn attach_reader(
         }
     };
     let progress = Arc::new(PrewarmProgress::default());
-    let prefetch = if installed {
-        let hot = read_hot_set(&*store, runtime.handle());
-        Prefetch::start(fs, hot, progress.clone())?
-    } else {
-        None
+    let prefetch = match installed {
+        true => Some(Prefetch::start(
+            fs,
+            store.clone(),
+            runtime.handle(),
+            progress.clone(),
+        )?),
+        false => None,
     };
     let probe = Arc::new(Probe {
         url: url.to_string(),

@@ -260,9 +260,14 @@ async fn settle(
     let wanted = wanted(url, placement)?;
     let store = retrying(manifest);
     let mut claimed = Vec::new();
-    let recorded = match store.get(FORMAT_KEY, None).await {
-        Ok(bytes) => crate::checkpoint::check_format(&bytes)?,
-        Err(StoreError::NotFound { .. }) if create => {
+    // The bucket checked beside the read: a missing bucket, bad credentials or an unreachable
+    // endpoint fail with an error that says so, in the one round trip.
+    let marker = crate::checkpoint::check_and_read_marker(&store)
+        .await
+        .with_context(|| format!("read {FORMAT_KEY} of {url}"))?;
+    let recorded = match marker {
+        Some(bytes) => crate::checkpoint::check_format(&bytes)?,
+        None if create => {
             refuse_foreign(url, &store).await?;
             // Claim the class buckets first: a marker left by a start that got no further is
             // this filesystem's and is found again.
@@ -282,8 +287,7 @@ async fn settle(
             crate::checkpoint::check_format(&bytes)?
         }
         // Nothing there yet: opening it reports that.
-        Err(StoreError::NotFound { .. }) => return Ok(wanted),
-        Err(e) => return Err(e).with_context(|| format!("read {FORMAT_KEY} of {url}")),
+        None => return Ok(wanted),
     };
     // A start that lost the race to another with a different split gives back what it
     // claimed, so that the bucket is not refused to others for nothing.

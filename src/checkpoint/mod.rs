@@ -350,29 +350,66 @@ pub fn open_bucket(
     rt: &tokio::runtime::Handle,
     create: bool,
 ) -> Result<Opened, CheckpointError> {
-    if create {
-        rt.block_on(ensure_format(store))?;
+    if !create {
+        return open_bucket_at(store, rt, None);
     }
-    open_bucket_at(store, rt, None)
+    rt.block_on(ensure_format(store))?;
+    open_chain(store, rt, None, Marker::Checked)
 }
 
-/// Writes the format marker of a new prefix (if another writer wrote it first, theirs
-/// stands; `open_bucket_at` checks it either way).
+/// As `open_bucket`, for a caller that has checked the bucket and its format marker already
+/// (`crate::placement::open_placed` with `create`, which also writes the marker of a new
+/// prefix): every request before a writer serves is a round trip of its start.
+pub fn open_checked_bucket(
+    store: &dyn ReadStore,
+    rt: &tokio::runtime::Handle,
+) -> Result<Opened, CheckpointError> {
+    open_chain(store, rt, None, Marker::Checked)
+}
+
+/// Checks the bucket (`ReadStore::check`: a missing bucket, bad credentials or an unreachable
+/// endpoint each get an error that says so) and reads the format marker, both at once: one
+/// round trip. None: the prefix has no marker.
+pub(crate) async fn check_and_read_marker(
+    store: &dyn ReadStore,
+) -> Result<Option<Bytes>, StoreError> {
+    let (checked, marker) =
+        futures_util::future::join(store.check(), store.get(FORMAT_KEY, None)).await;
+    checked?;
+    match marker {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks the format marker, writing it for a new prefix (if another writer wrote it first,
+/// theirs is read back and checked).
 async fn ensure_format(store: &dyn ObjectStore) -> Result<(), CheckpointError> {
-    store.check().await?;
-    match store.get(FORMAT_KEY, None).await {
+    if let Some(bytes) = check_and_read_marker(store).await? {
+        check_format(&bytes)?;
+        return Ok(());
+    }
+    match store
+        .put(FORMAT_KEY, format_marker(None), PutMode::Create)
+        .await
+    {
         Ok(_) => Ok(()),
-        Err(StoreError::NotFound { .. }) => {
-            match store
-                .put(FORMAT_KEY, format_marker(None), PutMode::Create)
-                .await
-            {
-                Ok(_) | Err(StoreError::PreconditionFailed { .. }) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
+        Err(StoreError::PreconditionFailed { .. }) => {
+            check_format(&store.get(FORMAT_KEY, None).await?)?;
+            Ok(())
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether opening a chain reads the format marker first.
+#[derive(Clone, Copy)]
+enum Marker {
+    /// Check the bucket and the marker (a prefix without one is refused).
+    Read,
+    /// The caller has.
+    Checked,
 }
 
 /// The format marker of a new filesystem. One whose classes are split is version
@@ -401,6 +438,29 @@ pub fn open_bucket_at(
     rt: &tokio::runtime::Handle,
     at: Option<At>,
 ) -> Result<Opened, CheckpointError> {
+    open_chain(store, rt, at, Marker::Read)
+}
+
+/// `open_bucket_at`, reading the marker first or not (`marker`).
+fn open_chain(
+    store: &dyn ReadStore,
+    rt: &tokio::runtime::Handle,
+    at: Option<At>,
+    marker: Marker,
+) -> Result<Opened, CheckpointError> {
+    if let Marker::Read = marker {
+        match rt.block_on(check_and_read_marker(store))? {
+            Some(bytes) => {
+                check_format(&bytes)?;
+            }
+            None => {
+                return Err(CheckpointError::Refused(format!(
+                    "{} holds no bucketfs filesystem (no {FORMAT_KEY})",
+                    store.describe()
+                )))
+            }
+        }
+    }
     let mut attempts = 0;
     loop {
         match open_once(store, rt, at) {
@@ -431,19 +491,6 @@ fn open_once(
     at: Option<At>,
 ) -> Result<Opened, CheckpointError> {
     rt.block_on(async {
-        store.check().await?;
-        match store.get(FORMAT_KEY, None).await {
-            Ok(bytes) => {
-                check_format(&bytes)?;
-            }
-            Err(StoreError::NotFound { .. }) => {
-                return Err(CheckpointError::Refused(format!(
-                    "{} holds no bucketfs filesystem (no {FORMAT_KEY})",
-                    store.describe()
-                )))
-            }
-            Err(e) => return Err(e.into()),
-        }
         // Manifests below the GC boundary are not part of the bucket (a stalled writer may
         // have committed one after GC collected its epoch).
         let (boundary, start) = futures_util::future::join(

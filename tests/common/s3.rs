@@ -43,6 +43,9 @@ pub struct Faults {
     pub parts: AtomicU64,
     /// Every PUT and multipart upload start: where it went and the region header it carried.
     pub put_log: std::sync::Mutex<Vec<PutSeen>>,
+    /// HEADs of a bucket, and GETs of a format marker (`bucketfs.json`).
+    pub head_buckets: AtomicU64,
+    pub marker_gets: AtomicU64,
 }
 
 /// One object write as the server saw it.
@@ -138,6 +141,9 @@ impl S3 for Faulty {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         self.faults.gets.fetch_add(1, Ordering::SeqCst);
         let key = &req.input.key;
+        if key.ends_with("bucketfs.json") {
+            self.faults.marker_gets.fetch_add(1, Ordering::SeqCst);
+        }
         if key.contains("segments/") || (key.contains("manifests/") && req.input.range.is_some()) {
             self.faults.segment_gets.fetch_add(1, Ordering::SeqCst);
         }
@@ -160,6 +166,7 @@ impl S3 for Faulty {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.faults.head_buckets.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
         self.inner.head_bucket(req).await
     }
