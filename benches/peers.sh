@@ -556,7 +556,7 @@ run_select() { # target port
       local i
       for ((i = 0; ; i++)); do
         RUST_LOG=warn "$BUCKETFS" status --cache-dir "$SCRATCH/$t/cache" --json 2>/dev/null |
-          jq -e '.bucket.prewarm.state != "running"' >/dev/null && break
+          jq -e '.bucket.prewarm.state | . != "waiting" and . != "running"' >/dev/null && break
         [ "$i" -lt 600 ] || fail_with_log "bucketfs's prewarm did not finish within 10 minutes" "$LOGS/$t-fs.log"
         sleep 1
       done

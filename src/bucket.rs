@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::checkpoint::{
     open_bucket_at, open_checked_bucket, restore_of, BucketFetcher, CheckpointError,
@@ -418,14 +418,29 @@ pub struct PrewarmProgress {
     pub failed: std::sync::atomic::AtomicU64,
     /// Chunks of the recorded hot set left out: more than the cache has room for.
     pub chunks_skipped: std::sync::atomic::AtomicU64,
-    /// Set when the prewarm starts (None: no prewarm on this mount).
+    /// Set when the prewarm starts (None: no prewarm on this mount, or not yet).
     pub started_at: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// A restore's prefetch has yet to read the hot set (or to start a prewarm of it).
+    pub waiting: std::sync::atomic::AtomicBool,
     pub elapsed_ms: std::sync::atomic::AtomicU64,
 }
 
 impl PrewarmProgress {
     fn status(&self) -> Option<crate::status::PrewarmStatus> {
-        let started = (*self.started_at.lock())?;
+        let Some(started) = *self.started_at.lock() else {
+            return self
+                .waiting
+                .load(Ordering::Acquire)
+                .then(|| crate::status::PrewarmStatus {
+                    state: "waiting".into(),
+                    chunks_total: 0,
+                    chunks_done: 0,
+                    fetched_bytes: 0,
+                    failed: 0,
+                    chunks_skipped: 0,
+                    elapsed_ms: 0,
+                });
+        };
         let finished = self.finished.load(Ordering::Acquire);
         let elapsed_ms = if finished {
             self.elapsed_ms.load(Ordering::Acquire)
@@ -511,9 +526,10 @@ const PREFETCH_WORKERS: usize = 16;
 /// round trip to the bucket in turn.
 struct Prefetch {
     stop: Arc<AtomicBool>,
-    /// The read of the hot set (it ends the wait for it at unmount, as in an S3 stall).
+    /// The read of the hot set (aborted at unmount: the thread may be waiting for it, as in
+    /// an S3 stall).
     hot: tokio::task::AbortHandle,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
 /// Runs `work` on each item from 16 threads until done or `stop`.
@@ -547,6 +563,7 @@ impl Prefetch {
     ) -> anyhow::Result<Prefetch> {
         let files = fs.small_absent_files(PREFETCH_MAX_FILE);
         let hot = rt.spawn(async move { read_hot_set(&*store).await });
+        progress.waiting.store(true, Ordering::Release);
         let stop = Arc::new(AtomicBool::new(false));
         let (fs, flag, rt, abort) = (fs.clone(), stop.clone(), rt.clone(), hot.abort_handle());
         let thread = std::thread::Builder::new()
@@ -581,24 +598,44 @@ impl Prefetch {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "prefetch of small files after restore done"
                 );
-                // (Aborted at unmount: no prewarm then.)
-                if let Ok(Some(hot)) = rt.block_on(hot) {
-                    prewarm(&fs, hot, &flag, &progress);
+                match rt.block_on(hot) {
+                    Ok(Some(hot)) => prewarm(&fs, hot, &flag, &progress),
+                    // No hot set (`read_hot_set` said why, if it was not just missing).
+                    Ok(None) => {}
+                    Err(e) if e.is_panic() => {
+                        error!(error = %e, "reading the hot set panicked; no prewarm")
+                    }
+                    Err(_) => debug!("the mount stopped before the hot set was read; no prewarm"),
                 }
+                progress.waiting.store(false, Ordering::Release);
             })
             .context("start prefetch")?;
         Ok(Prefetch {
             stop,
             hot: abort,
-            thread,
+            thread: Some(thread),
         })
     }
 
     /// Stops taking new work and waits for the fetches in flight.
-    fn finish(self) {
+    fn finish(mut self) {
+        self.stop_now();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn stop_now(&self) {
         self.stop.store(true, Ordering::Release);
         self.hot.abort();
-        let _ = self.thread.join();
+    }
+}
+
+/// A mount that fails after its bucket was attached drops the prefetch without `finish`: it
+/// stops taking new work all the same (the thread is not waited for).
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.stop_now();
     }
 }
 
@@ -848,14 +885,15 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             .context("start GC")?
     };
     let progress = Arc::new(PrewarmProgress::default());
-    let prefetch = match restoring {
-        true => Some(Prefetch::start(
+    let prefetch = if restoring {
+        Some(Prefetch::start(
             fs,
             store.clone(),
             runtime.handle(),
             progress.clone(),
-        )?),
-        false => None,
+        )?)
+    } else {
+        None
     };
     let probe = Arc::new(Probe {
         url,
@@ -1053,14 +1091,15 @@ fn attach_reader(
         }
     };
     let progress = Arc::new(PrewarmProgress::default());
-    let prefetch = match installed {
-        true => Some(Prefetch::start(
+    let prefetch = if installed {
+        Some(Prefetch::start(
             fs,
             store.clone(),
             runtime.handle(),
             progress.clone(),
-        )?),
-        false => None,
+        )?)
+    } else {
+        None
     };
     let probe = Arc::new(Probe {
         url: url.to_string(),

@@ -264,7 +264,7 @@ async fn settle(
     // endpoint fail with an error that says so, in the one round trip.
     let marker = crate::checkpoint::check_and_read_marker(&store)
         .await
-        .with_context(|| format!("read {FORMAT_KEY} of {url}"))?;
+        .with_context(|| format!("open {url}"))?;
     let recorded = match marker {
         Some(bytes) => crate::checkpoint::check_format(&bytes)?,
         None if create => {

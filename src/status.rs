@@ -103,7 +103,8 @@ pub struct StoreOpStatus {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PrewarmStatus {
-    /// running, done, or stopped (the mount stopped first).
+    /// waiting (a restore's prefetch has yet to read the hot set), running, done, or stopped
+    /// (the mount stopped first).
     pub state: String,
     pub chunks_total: u64,
     pub chunks_done: u64,
