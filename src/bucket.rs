@@ -885,16 +885,9 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
             .context("start GC")?
     };
     let progress = Arc::new(PrewarmProgress::default());
-    let prefetch = if restoring {
-        Some(Prefetch::start(
-            fs,
-            store.clone(),
-            runtime.handle(),
-            progress.clone(),
-        )?)
-    } else {
-        None
-    };
+    let prefetch = restoring
+        .then(|| Prefetch::start(fs, store.clone(), runtime.handle(), progress.clone()))
+        .transpose()?;
     let probe = Arc::new(Probe {
         url,
         writer: Some(writer),
@@ -1091,16 +1084,9 @@ fn attach_reader(
         }
     };
     let progress = Arc::new(PrewarmProgress::default());
-    let prefetch = if installed {
-        Some(Prefetch::start(
-            fs,
-            store.clone(),
-            runtime.handle(),
-            progress.clone(),
-        )?)
-    } else {
-        None
-    };
+    let prefetch = installed
+        .then(|| Prefetch::start(fs, store.clone(), runtime.handle(), progress.clone()))
+        .transpose()?;
     let probe = Arc::new(Probe {
         url: url.to_string(),
         writer: None,

@@ -344,7 +344,9 @@ impl std::fmt::Display for At {
 }
 
 /// Reads the format marker (writing it for a new prefix when `create`) and the newest
-/// manifest chain.
+/// manifest chain. (A mount's writer goes through `crate::placement::open_placed`, which also
+/// refuses a foreign prefix and records the placement, then `open_checked_bucket`; with
+/// `create` this serves the tests and benchmarks that open a plain store.)
 pub fn open_bucket(
     store: &dyn ObjectStore,
     rt: &tokio::runtime::Handle,
