@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::checkpoint::{
-    open_bucket_at, open_checked_bucket, restore_of, BucketFetcher, CheckpointError,
-    CheckpointSettings, Checkpointer, Opened,
+    open_checked_bucket, restore_of, BucketFetcher, CheckpointError, CheckpointSettings,
+    Checkpointer, Opened,
 };
 use crate::fs::Fs;
 use crate::placement::Placement;
@@ -753,34 +753,97 @@ async fn read_hot_set(store: &dyn ReadStore) -> Option<HotSet> {
 /// What a read-only mount writes in the cache dir's bucket record instead of a writer id.
 const READ_ONLY_WRITER: &str = "read-only";
 
-pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attached> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The runtime a mount's bucket I/O runs on, for as long as it is mounted.
+fn io_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bucket-io")
         .enable_all()
         .build()
-        .context("start the I/O runtime")?;
+        .context("start the I/O runtime")
+}
+
+/// What a writer's start reads of its bucket before it needs its cache dir: the store as
+/// placed (the bucket checked and its format marker read, or written for a new prefix), and
+/// the chain of manifests.
+struct Opening {
+    runtime: tokio::runtime::Runtime,
+    store: Arc<dyn ObjectStore>,
+    store_stats: Arc<StoreStats>,
+    classes_apart: bool,
+    opened: Opened,
+}
+
+/// A writer's bucket, being read beside the opening of its cache dir (`begin_open`).
+pub struct BucketOpening(JoinHandle<anyhow::Result<Opening>>);
+
+/// Starts reading a writer's bucket in a thread of its own, to go beside the opening of the
+/// cache dir (its RocksDB and its files took about as long as the bucket's check and the
+/// marker's read, BENCHMARKS.md, "The cache dir opened beside the bucket"): neither needs the
+/// other. Nothing of the cache dir is decided by what is read here; the takeover, which
+/// writes, waits for the cache dir (`attach`). None for a reader (its cache dir says which
+/// checkpoint it serves), or if no thread could be started: `attach` reads the bucket itself.
+pub fn begin_open(settings: &BucketSettings) -> Option<BucketOpening> {
+    if settings.read_only || settings.replica.is_some() {
+        return None;
+    }
+    let settings = settings.clone();
+    std::thread::Builder::new()
+        .name("bucket-open".into())
+        .spawn(move || open_writer(&settings))
+        .ok()
+        .map(BucketOpening)
+}
+
+fn open_writer(settings: &BucketSettings) -> anyhow::Result<Opening> {
+    let runtime = io_runtime()?;
+    let placed = crate::placement::open_placed(&settings.url, &settings.placement, true)?;
+    // `open_placed` has checked the bucket and its format marker (writing it for a new
+    // prefix): the chain is all that is left to read.
+    let opened = open_checked_bucket(&*placed.store, runtime.handle(), None)
+        .with_context(|| format!("open bucket {}", settings.url))?;
+    Ok(Opening {
+        runtime,
+        store: placed.store,
+        store_stats: placed.stats,
+        classes_apart: placed.classes_apart,
+        opened,
+    })
+}
+
+/// Attaches the bucket to the filesystem: a writer takes it over (reading it through
+/// `opening`, begun beside the cache dir's opening, if there is one), a reader opens the
+/// checkpoint it serves.
+pub fn attach(
+    fs: &Arc<Fs>,
+    settings: &BucketSettings,
+    opening: Option<BucketOpening>,
+) -> anyhow::Result<Attached> {
     let url = settings.url.to_string();
     let record = read_record(fs)?;
     if settings.read_only || settings.replica.is_some() {
         // Readers never hold a handle that can write.
-        let (store, store_stats) =
-            crate::placement::open(&settings.url, &settings.placement, false)?;
-        let store: Arc<dyn ReadStore> = store;
-        return attach_reader(fs, settings, store, store_stats, runtime, &url, record);
+        let placed = crate::placement::open_placed(&settings.url, &settings.placement, false)?;
+        return attach_reader(fs, settings, placed, io_runtime()?, &url, record);
     }
-    let (store, store_stats, classes_apart) =
-        crate::placement::open_placed(&settings.url, &settings.placement, true)?;
+    let Opening {
+        runtime,
+        store,
+        store_stats,
+        classes_apart,
+        opened,
+    } = match opening {
+        Some(BucketOpening(thread)) => thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the bucket panicked")))?,
+        None => open_writer(settings)?,
+    };
     let mut checkpoint_settings = settings.checkpoint.clone();
     if classes_apart {
         // Pages carried in a manifest would land with the manifests, not where the classes
         // are placed.
         checkpoint_settings.inline_bytes = 0;
     }
-    // `open_placed` has checked the bucket and its format marker (writing it for a new
-    // prefix): the chain is all that is left to read.
-    let opened = open_checked_bucket(&*store, runtime.handle())
-        .with_context(|| format!("open bucket {url}"))?;
     if record.as_ref().is_some_and(|r| r.writer == REPLICA_WRITER) {
         bail!(
             "cache dir {} is a replica's; a writer starts on an empty cache dir",
@@ -832,7 +895,7 @@ pub fn attach(fs: &Arc<Fs>, settings: &BucketSettings) -> anyhow::Result<Attache
                     epoch,
                     "another writer committed while taking over; reading the bucket again"
                 );
-                opened = open_checked_bucket(&*store, runtime.handle())
+                opened = open_checked_bucket(&*store, runtime.handle(), None)
                     .with_context(|| format!("open bucket {url}"))?;
             }
             Err(e) => return Err(e).context("take over the bucket"),
@@ -991,12 +1054,12 @@ fn base_left_window(epoch: u64, kept: u64) -> String {
 fn attach_reader(
     fs: &Arc<Fs>,
     settings: &BucketSettings,
-    store: Arc<dyn ReadStore>,
-    store_stats: Arc<StoreStats>,
+    placed: crate::placement::PlacedStore,
     runtime: tokio::runtime::Runtime,
     url: &str,
     record: Option<Record>,
 ) -> anyhow::Result<Attached> {
+    let (store, store_stats): (Arc<dyn ReadStore>, _) = (placed.store, placed.stats);
     let (marker, what) = match settings.replica {
         Some(_) => (REPLICA_WRITER, "a replica"),
         None => (READ_ONLY_WRITER, "a read-only mount"),
@@ -1024,8 +1087,13 @@ fn attach_reader(
         (Some(_), Some(r)) => Some(crate::checkpoint::At::Epoch(r.epoch)),
         _ => settings.at,
     };
-    let opened = open_bucket_at(&*store, runtime.handle(), at)
-        .with_context(|| format!("open bucket {url}"))?;
+    // The placement's open checked the bucket and read its marker: one round trip, once.
+    let opened = if placed.formatted {
+        open_checked_bucket(&*store, runtime.handle(), at)
+    } else {
+        Err(crate::checkpoint::unformatted(&*store))
+    }
+    .with_context(|| format!("open bucket {url}"))?;
     let Some(latest) = &opened.latest else {
         bail!("bucket {url} has no checkpoint yet: there is nothing to serve");
     };

@@ -88,6 +88,8 @@ pub struct Mounted {
 pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
     let mountpoint = check_mountpoint(&settings.mountpoint)?;
     raise_fd_limit();
+    // A writer's bucket is read beside the cache dir's opening; `attach` waits for it.
+    let opening = settings.bucket.as_ref().and_then(crate::bucket::begin_open);
     let open = || -> anyhow::Result<Arc<Fs>> {
         let cache = CacheDir::open(&settings.cache_dir, PAGE_SIZE)?;
         let options = FsOptions {
@@ -123,7 +125,7 @@ pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
     let attached = settings
         .bucket
         .as_ref()
-        .map(|b| crate::bucket::attach(&fs, b))
+        .map(|b| crate::bucket::attach(&fs, b, opening))
         .transpose()?;
     let probe = attached.as_ref().map(|a| a.probe());
     let checkpointer = probe.as_ref().and_then(|p| p.checkpointer());

@@ -124,25 +124,36 @@ pub fn open(
     placement: &Placement,
     create: bool,
 ) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<StoreStats>)> {
-    open_placed(url, placement, create).map(|(store, stats, _)| (store, stats))
+    open_placed(url, placement, create).map(|p| (p.store, p.stats))
 }
 
-/// As `open`; also whether the classes go apart (buckets or regions of their own), in which
-/// case a checkpoint must not carry its pages in its manifest (they would land with the
-/// manifests).
+/// A filesystem's store, opened by `open_placed`.
+pub struct PlacedStore {
+    pub store: Arc<dyn ObjectStore>,
+    pub stats: Arc<StoreStats>,
+    /// The classes go apart (buckets or regions of their own): a checkpoint must not carry
+    /// its pages in its manifest (they would land with the manifests).
+    pub classes_apart: bool,
+    /// The bucket was checked and its format marker found (or, with `create`, written):
+    /// opening the chain need not read it again (`checkpoint::open_checked_bucket`). False
+    /// only without `create`, for a prefix that holds no filesystem.
+    pub formatted: bool,
+}
+
+/// As `open`, with what else the open found.
 pub fn open_placed(
     url: &BucketUrl,
     placement: &Placement,
     create: bool,
-) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<StoreStats>, bool)> {
+) -> anyhow::Result<PlacedStore> {
     let raw = |u: &BucketUrl, class: Class| {
         raw_store(u, class, placement.regions[class as usize].as_deref())
     };
     let manifest = raw(url, Class::Manifest)?;
     // The marker is read (and written) on a runtime of its own, in a thread of its own: a
     // caller may be inside a runtime already.
-    let recorded = std::thread::scope(|s| {
-        s.spawn(|| -> anyhow::Result<Recorded> {
+    let (recorded, formatted) = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<(Recorded, bool)> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -202,7 +213,12 @@ pub fn open_placed(
     let counted = InstrumentedStore::new(inner);
     let stats = counted.stats();
     let store = RetryingStore::new(Arc::new(counted), RetryPolicy::default());
-    Ok((Arc::new(store), stats, apart))
+    Ok(PlacedStore {
+        store: Arc::new(store),
+        stats,
+        classes_apart: apart,
+        formatted,
+    })
 }
 
 /// The option that names a class's bucket.
@@ -250,13 +266,14 @@ fn retrying(store: &Arc<dyn ObjectStore>) -> RetryingStore {
 /// The split the filesystem records, checked against the flags; for a new one (and
 /// `create`), the flags' split, with each class bucket claimed and the record written. The
 /// record is written before anything else of the filesystem, with `If-None-Match`, and read
-/// back: two starts that race to create it both end with the one record that won.
+/// back: two starts that race to create it both end with the one record that won. Also
+/// whether the prefix holds a filesystem (false: no record, and not `create`).
 async fn settle(
     url: &BucketUrl,
     manifest: &Arc<dyn ObjectStore>,
     placement: &Placement,
     create: bool,
-) -> anyhow::Result<Recorded> {
+) -> anyhow::Result<(Recorded, bool)> {
     let wanted = wanted(url, placement)?;
     let store = retrying(manifest);
     let mut claimed = Vec::new();
@@ -287,7 +304,7 @@ async fn settle(
             crate::checkpoint::check_format(&bytes)?
         }
         // Nothing there yet: opening it reports that.
-        None => return Ok(wanted),
+        None => return Ok((wanted, false)),
     };
     // A start that lost the race to another with a different split gives back what it
     // claimed, so that the bucket is not refused to others for nothing.
@@ -311,7 +328,7 @@ async fn settle(
             claim(url, class, &BucketUrl::parse(u)?, placement, false).await?;
         }
     }
-    Ok(recorded)
+    Ok((recorded, true))
 }
 
 /// Refuses to create a filesystem in a prefix that holds another one's segments: a class

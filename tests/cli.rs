@@ -13,7 +13,12 @@ use common::{is_mounted, Mount, BIN};
 
 /// Runs `bucketfs mount MNT --cache-dir CACHE`, which must fail; returns its stderr.
 fn mount_fails(mnt: &Path, cache: &Path) -> String {
-    let out = run_mount(mnt, cache);
+    mount_fails_with(mnt, cache, &[])
+}
+
+/// As `mount_fails`, with `args` after the cache dir.
+fn mount_fails_with(mnt: &Path, cache: &Path, args: &[&str]) -> String {
+    let out = run_mount(mnt, cache, args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         !out.status.success(),
@@ -35,13 +40,14 @@ fn mount_fails(mnt: &Path, cache: &Path) -> String {
 
 /// `bucketfs mount` on bad input, which must exit at once. One that is still running after a
 /// minute has mounted after all: it is stopped, and the test fails instead of hanging.
-fn run_mount(mnt: &Path, cache: &Path) -> Output {
+fn run_mount(mnt: &Path, cache: &Path, args: &[&str]) -> Output {
     let mut child = Command::new(BIN)
         .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
         .arg("mount")
         .arg(mnt)
         .arg("--cache-dir")
         .arg(cache)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -187,6 +193,28 @@ fn a_cache_dir_held_by_a_running_bucketfs_is_refused_and_the_running_mount_goes_
         b"still writable"
     );
     assert!(again.stop().success());
+}
+
+/// A read-only mount of a prefix that holds no filesystem is refused, saying so, and writes
+/// nothing there. (The marker a reader's start looks for is read once, by the placement's
+/// open; the chain's open does not read it again.)
+#[test]
+fn a_read_only_mount_of_a_prefix_without_a_filesystem_is_refused() {
+    let dir = common::scratch();
+    let (mnt, cache, bucket) = (
+        dir.path().join("m"),
+        dir.path().join("c"),
+        dir.path().join("empty"),
+    );
+    fs::create_dir(&mnt).unwrap();
+    fs::create_dir(&bucket).unwrap();
+    let url = format!("file://{}", bucket.display());
+    let stderr = mount_fails_with(&mnt, &cache, &["--bucket", &url, "--read-only"]);
+    assert_mentions(&stderr, &["holds no bucketfs filesystem", &url]);
+    assert!(
+        fs::read_dir(&bucket).unwrap().next().is_none(),
+        "a refused read-only mount wrote to the bucket"
+    );
 }
 
 #[test]

@@ -359,14 +359,23 @@ pub fn open_bucket(
     open_chain(store, rt, None, Marker::Checked)
 }
 
-/// As `open_bucket`, for a caller that has checked the bucket and its format marker already
-/// (`crate::placement::open_placed` with `create`, which also writes the marker of a new
-/// prefix): every request before a writer serves is a round trip of its start.
+/// As `open_bucket_at`, for a caller that has checked the bucket and found its format marker
+/// already (`crate::placement::open_placed`, which with `create` also writes the marker of a
+/// new prefix): every request before a mount serves is a round trip of its start.
 pub fn open_checked_bucket(
     store: &dyn ReadStore,
     rt: &tokio::runtime::Handle,
+    at: Option<At>,
 ) -> Result<Opened, CheckpointError> {
-    open_chain(store, rt, None, Marker::Checked)
+    open_chain(store, rt, at, Marker::Checked)
+}
+
+/// Why `store` cannot be opened: its prefix holds no filesystem (no format marker).
+pub fn unformatted(store: &dyn ReadStore) -> CheckpointError {
+    CheckpointError::Refused(format!(
+        "{} holds no bucketfs filesystem (no {FORMAT_KEY})",
+        store.describe()
+    ))
 }
 
 /// Checks the bucket (`ReadStore::check`: a missing bucket, bad credentials or an unreachable
@@ -455,12 +464,7 @@ fn open_chain(
             Some(bytes) => {
                 check_format(&bytes)?;
             }
-            None => {
-                return Err(CheckpointError::Refused(format!(
-                    "{} holds no bucketfs filesystem (no {FORMAT_KEY})",
-                    store.describe()
-                )))
-            }
+            None => return Err(unformatted(store)),
         }
     }
     let mut attempts = 0;
