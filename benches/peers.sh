@@ -31,11 +31,14 @@
 #             `pgbench -c $CLIENTS -j $JOBS -T $DURATION` TPC-B (TPS); for a FUSE target, its
 #             daemon's resident memory when the timed run ends (VmRSS) and its peak so far
 #             (VmHWM), printed after the TPS (not in the table)
-#   cold      Postgres stopped, the filesystem stopped (bucketfs: its final checkpoint;
-#             JuiceFS: `juicefs umount --flush`), its cache dir emptied, the page cache dropped;
-#             then the time from starting the filesystem to the first query's answer
-#             (`SELECT abalance FROM pgbench_accounts WHERE aid = 1` after `pg_ctl start -w`).
-#             For local and bindfs: the page cache dropped, Postgres started, the same query.
+#   warm      (only if WORKLOADS names it) Postgres stopped, the filesystem stopped (bucketfs:
+#             its final checkpoint; JuiceFS: `juicefs umount --flush`), its cache dir kept, the
+#             page cache dropped: a stopped machine started again on its volume, as a serverless
+#             Postgres wakes for a connection. Then the time from starting the filesystem to the
+#             first query's answer (`SELECT abalance FROM pgbench_accounts WHERE aid = 1` after
+#             `pg_ctl start -w`). For local and bindfs: the page cache dropped, Postgres
+#             started, the same query.
+#   cold      the same, with the cache dir emptied first: a new machine.
 #   select    (only if WORKLOADS names it) pgbench select-only on a database larger than the
 #             filesystem's read cache: the filesystem restarted with a cache of $SELECT_CACHE
 #             (bucketfs --cache-size, JuiceFS --cache-size) on an empty cache dir, a new
@@ -59,7 +62,8 @@
 #
 # Environment:
 #   TARGETS="local bucketfs bucketfs-remote bindfs juicefs-wb juicefs"   (local always runs)
-#   WORKLOADS="fio tpcb cold"      any of fio, tpcb, cold (needs tpcb), select, in that order
+#   WORKLOADS="fio tpcb cold"      any of fio, tpcb, warm and cold (need tpcb), select, in that
+#                                  order
 #   SELECT_SCALE=70 SELECT_CACHE=256M SELECT_DURATION=60 SELECT_WARMUP=10
 #   SELECT_SHARED_BUFFERS=64MB PG_MEMORY=256M   the select workload (above)
 #   JUICEFS_METRICS_PORT=19567     where JuiceFS serves its metrics (its hit rate is read there)
@@ -77,7 +81,8 @@
 #                                  tests: benches/s3_server.rs, storing on the same disk) that
 #                                  adds this many ms to every request, as a bucket in the
 #                                  machine's region does
-#   COLD_LATENCY_MS=20             with S3_LATENCY_MS: the latency during the cold starts only
+#   COLD_LATENCY_MS=20             with S3_LATENCY_MS: the latency during the warm and cold
+#                                  starts only
 #                                  (e.g. S3_LATENCY_MS=0 COLD_LATENCY_MS=20: a bucket that
 #                                  many fast commits filled, restored across a region's latency)
 #   S3_SERVER=...                  that server's binary, if built already (default: built here
@@ -112,7 +117,7 @@ BUCKETFS_ARGS="${BUCKETFS_ARGS:-}"
 JUICEFS_ARGS="${JUICEFS_ARGS:-}"
 S3_LATENCY_MS="${S3_LATENCY_MS:-}"
 S3_SERVER="${S3_SERVER:-}"
-ALL_WORKLOADS="fio tpcb cold select"
+ALL_WORKLOADS="fio tpcb warm cold select"
 WORKLOADS="${WORKLOADS:-fio tpcb cold}"
 SELECT_SCALE="${SELECT_SCALE:-70}"
 SELECT_CACHE="${SELECT_CACHE:-256M}"
@@ -142,7 +147,9 @@ for w in $WORKLOADS; do
   case " $ALL_WORKLOADS " in *" $w "*) ;; *) die "unknown workload '$w' in WORKLOADS (known: $ALL_WORKLOADS)" ;; esac
 done
 runs() { case " $WORKLOADS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-! runs cold || runs tpcb || die "the cold start restarts the TPC-B database: WORKLOADS with cold needs tpcb"
+for w in warm cold; do
+  ! runs "$w" || runs tpcb || die "the $w start restarts the TPC-B database: WORKLOADS with $w needs tpcb"
+done
 if runs select; then
   [[ "$SELECT_WARMUP" =~ ^[0-9]+$ ]] || die "SELECT_WARMUP must be a number of seconds, got '$SELECT_WARMUP'"
   # (Whole numbers with a unit: what both bucketfs and JuiceFS take.)
@@ -400,7 +407,7 @@ fs_stop() {
 }
 
 # ---- the workloads ---------------------------------------------------------------------------
-declare -A SEQ RAND TPS COLD NOTE STPS SDB SBLKS SHIT SGETS SKIB
+declare -A SEQ RAND TPS WARM COLD NOTE STPS SDB SBLKS SHIT SGETS SKIB
 
 fio_job() { # target job [fio options...] -> prints "MB/s IOPS"
   local t="$1" job="$2" out="$LOGS/$1-fio-$2.json"
@@ -483,13 +490,14 @@ run_pgbench() { # target port
   pg_stop "$t" "$data"
 }
 
-run_cold() { # target port
-  local t="$1" port="$2" t0 answer
-  say "$t: cold start"
+run_start() { # target port warm|cold
+  local t="$1" port="$2" kind="$3" t0 answer secs
+  say "$t: $kind start"
   fs_stop "$t"
-  # A new machine: nothing in the cache dir (removed before the clock starts), nothing in the
-  # page cache.
-  rm -rf "${SCRATCH:?}/$t/cache"
+  # warm: a stopped machine started again on its volume (the cache dir kept); cold: a new
+  # machine (nothing in the cache dir, removed before the clock starts). Nothing in the page
+  # cache either way.
+  [ "$kind" = warm ] || rm -rf "${SCRATCH:?}/$t/cache"
   drop_caches
   case "$t" in bucketfs* | juicefs*) [ -z "$COLD_LATENCY_MS" ] || s3_latency "$COLD_LATENCY_MS" ;; esac
   t0="$(now)"
@@ -497,11 +505,11 @@ run_cold() { # target port
   pg_start "$t" "$DIR/pgdata"
   answer="$(as_pg "$PGBIN/psql" -p "$port" -XAtqc 'SELECT abalance FROM pgbench_accounts WHERE aid = 1' postgres)" ||
     fail_with_log "the first query on $t failed" "$LOGS/$t-postgres.log"
-  COLD[$t]="$(seconds_since "$t0")"
+  secs="$(seconds_since "$t0")"
   [ -z "$COLD_LATENCY_MS" ] || s3_latency "$S3_LATENCY_MS"
-  record "$t" cold "${COLD[$t]}"
+  record "$t" "$kind" "$secs"
   [[ "$answer" =~ ^-?[0-9]+$ ]] || fail_with_log "the first query on $t answered '$answer'" "$LOGS/$t-postgres.log"
-  printf '    first query answered %s s after the start\n' "${COLD[$t]}"
+  printf '    first query answered %s s after the start\n' "$secs"
   pg_stop "$t" "$DIR/pgdata"
   fs_stop "$t"
 }
@@ -632,7 +640,7 @@ print_header() {
   if runs select; then echo "select:    pgbench -S on scale $SELECT_SCALE, read cache $SELECT_CACHE, shared_buffers=$SELECT_SHARED_BUFFERS, Postgres in a memory cgroup of $PG_MEMORY ($CG)"; fi
   local bucket="file:// bucket on the same disk" jstore="--storage file on the same disk"
   if [ -n "$S3_LATENCY_MS" ]; then
-    bucket="S3 bucket: s3s-fs on 127.0.0.1 (benches/s3_server.rs) storing on the same disk, $S3_LATENCY_MS ms added to every request${COLD_LATENCY_MS:+ ($COLD_LATENCY_MS ms during the cold starts)}"
+    bucket="S3 bucket: s3s-fs on 127.0.0.1 (benches/s3_server.rs) storing on the same disk, $S3_LATENCY_MS ms added to every request${COLD_LATENCY_MS:+ ($COLD_LATENCY_MS ms during the warm and cold starts)}"
     jstore="--storage s3, the same S3 server"
   fi
   echo "bucketfs:  $(version_of bucketfs), git $GIT_REV, dev profile; $bucket${BUCKETFS_ARGS:+; $BUCKETFS_ARGS}"
@@ -664,7 +672,8 @@ for t in $ALL_TARGETS; do
     fs_start "$t"
     if runs fio; then run_fio "$t"; fi
     if runs tpcb; then run_pgbench "$t" "$port"; fi
-    if runs cold; then run_cold "$t" "$port"; fi
+    if runs warm; then run_start "$t" "$port" warm; fi
+    if runs cold; then run_start "$t" "$port" cold; fi
     if runs select; then run_select "$t" "$port"; fi
   )
   rc=$?
@@ -680,6 +689,7 @@ while read -r t key value; do
     seq) SEQ[$t]="$value" ;;
     rand) RAND[$t]="$value" ;;
     tps) TPS[$t]="$value" ;;
+    warm) WARM[$t]="$value" ;;
     cold) COLD[$t]="$value" ;;
     stps) STPS[$t]="$value" ;;
     sdb) SDB[$t]="$value" ;;
@@ -699,19 +709,27 @@ echo
 print_header
 if runs fio || runs tpcb; then
   echo
-  echo "| target | TPC-B TPS | ÷ local | seq write 1M MB/s | ÷ local | rand write 8K IOPS | ÷ local | cold start to first query (s) | × local |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  # (The warm start's columns only when it ran: the table keeps its shape otherwise.)
+  warm_head="" warm_rule=""
+  if runs warm; then warm_head=" warm start to first query (s) | × local |" warm_rule="---:|---:|"; fi
+  echo "| target | TPC-B TPS | ÷ local | seq write 1M MB/s | ÷ local | rand write 8K IOPS | ÷ local |$warm_head cold start to first query (s) | × local |"
+  echo "|---|---:|---:|---:|---:|---:|---:|$warm_rule---:|---:|"
   for t in "${RAN[@]}"; do
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |%s\n' "$t" \
+    warm_cells=""
+    if runs warm; then
+      warm_cells=" $(figure "${WARM[$t]:-}" %.2f) | $(ratio "${WARM[$t]:-}" "${WARM[local]:-}") |"
+    fi
+    printf '| %s | %s | %s | %s | %s | %s | %s |%s %s | %s |%s\n' "$t" \
       "$(figure "${TPS[$t]:-}" %.1f)" "$(ratio "${TPS[$t]:-}" "${TPS[local]:-}")" \
       "$(figure "${SEQ[$t]:-}" %.1f)" "$(ratio "${SEQ[$t]:-}" "${SEQ[local]:-}")" \
       "$(figure "${RAND[$t]:-}" %.0f)" "$(ratio "${RAND[$t]:-}" "${RAND[local]:-}")" \
+      "$warm_cells" \
       "$(figure "${COLD[$t]:-}" %.2f)" "$(ratio "${COLD[$t]:-}" "${COLD[local]:-}")" \
       "${NOTE[$t]:+ ${NOTE[$t]}}"
   done
   echo
-  echo "÷ local: the target's figure over the local disk's (higher is better). × local: the cold start's"
-  echo "time over the local disk's restart (lower is better). One run per target: a few % is noise."
+  echo "÷ local: the target's figure over the local disk's (higher is better). × local: the warm or cold"
+  echo "start's time over the local disk's restart (lower is better). One run per target: a few % is noise."
 fi
 if runs select; then
   echo

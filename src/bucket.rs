@@ -767,24 +767,33 @@ fn io_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// placed (the bucket checked and its format marker read, or written for a new prefix), and
 /// the chain of manifests.
 struct Opening {
-    runtime: tokio::runtime::Runtime,
-    store: Arc<dyn ObjectStore>,
-    store_stats: Arc<StoreStats>,
-    classes_apart: bool,
+    placed: crate::placement::PlacedStore,
     opened: Opened,
+    /// Last, so that it is dropped after the store, as `Attached`'s is.
+    runtime: tokio::runtime::Runtime,
 }
 
 /// A writer's bucket, being read beside the opening of its cache dir (`begin_open`).
 pub struct BucketOpening(JoinHandle<anyhow::Result<Opening>>);
 
 /// Starts reading a writer's bucket in a thread of its own, to go beside the opening of the
-/// cache dir (its RocksDB and its files took about as long as the bucket's check and the
-/// marker's read, BENCHMARKS.md, "The cache dir opened beside the bucket"): neither needs the
-/// other. Nothing of the cache dir is decided by what is read here; the takeover, which
-/// writes, waits for the cache dir (`attach`). None for a reader (its cache dir says which
-/// checkpoint it serves), or if no thread could be started: `attach` reads the bucket itself.
-pub fn begin_open(settings: &BucketSettings) -> Option<BucketOpening> {
-    if settings.read_only || settings.replica.is_some() {
+/// cache dir (its RocksDB and its files took longer than the S3 client and the bucket's
+/// check with the marker's read: BENCHMARKS.md, "Issue 14: the cache dir opened beside the
+/// bucket"): neither needs the other. The takeover, the first write to an existing prefix,
+/// waits for the cache dir (`attach`); a new prefix's format marker and class-bucket claims
+/// may be written before the cache dir is open. None for a read-only mount or a replica
+/// (left as they were), for a `file://` bucket in the cache dir (`lies_in`), or if no
+/// thread could be started: `attach` reads the bucket itself.
+pub fn begin_open(settings: &BucketSettings, cache_dir: &Path) -> Option<BucketOpening> {
+    let urls = [
+        Some(&settings.url),
+        settings.placement.wal.as_ref(),
+        settings.placement.data.as_ref(),
+    ];
+    if settings.read_only
+        || settings.replica.is_some()
+        || urls.into_iter().flatten().any(|u| lies_in(u, cache_dir))
+    {
         return None;
     }
     let settings = settings.clone();
@@ -795,6 +804,20 @@ pub fn begin_open(settings: &BucketSettings) -> Option<BucketOpening> {
         .map(BucketOpening)
 }
 
+/// Whether `url` is a `file://` bucket inside `dir`, as the one `bucketfs run` makes in the
+/// cache dir when no bucket is configured: its store creates its directory as it opens, and
+/// read beside the cache dir's first opening, that directory made the new cache dir look like
+/// someone else's (not empty, no cache dir record), which is refused.
+fn lies_in(url: &BucketUrl, dir: &Path) -> bool {
+    let BucketUrl::File(path) = url else {
+        return false;
+    };
+    // Spelled as `BucketUrl::parse` spells its paths.
+    std::path::absolute(dir)
+        .map(|d| path.starts_with(d.components().collect::<PathBuf>()))
+        .unwrap_or(true)
+}
+
 fn open_writer(settings: &BucketSettings) -> anyhow::Result<Opening> {
     let runtime = io_runtime()?;
     let placed = crate::placement::open_placed(&settings.url, &settings.placement, true)?;
@@ -803,11 +826,9 @@ fn open_writer(settings: &BucketSettings) -> anyhow::Result<Opening> {
     let opened = open_checked_bucket(&*placed.store, runtime.handle(), None)
         .with_context(|| format!("open bucket {}", settings.url))?;
     Ok(Opening {
-        runtime,
-        store: placed.store,
-        store_stats: placed.stats,
-        classes_apart: placed.classes_apart,
+        placed,
         opened,
+        runtime,
     })
 }
 
@@ -827,17 +848,21 @@ pub fn attach(
         return attach_reader(fs, settings, placed, io_runtime()?, &url, record);
     }
     let Opening {
-        runtime,
-        store,
-        store_stats,
-        classes_apart,
+        placed,
         opened,
+        runtime,
     } = match opening {
         Some(BucketOpening(thread)) => thread
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the bucket panicked")))?,
         None => open_writer(settings)?,
     };
+    let crate::placement::PlacedStore {
+        store,
+        stats: store_stats,
+        classes_apart,
+        ..
+    } = placed;
     let mut checkpoint_settings = settings.checkpoint.clone();
     if classes_apart {
         // Pages carried in a manifest would land with the manifests, not where the classes
@@ -862,14 +887,25 @@ pub fn attach(
         );
     }
     let restoring = opened.latest.is_some() && record.is_none();
-    let found = Found::of(&opened);
     let writer = format!("{:016x}", fastrand::u64(..));
     let mut opened = opened;
     let mut attempts = 0;
+    // Whether `opened` was read after the cache dir was opened.
+    let mut reread = false;
     // Take the bucket over before touching the cache dir: if a writer still running there
     // commits first, nothing local has changed and the chain can be read again.
     let (checkpointer, epoch) = loop {
-        check_bucket(fs, settings, &url, &opened, record.as_ref())?;
+        if let Err(e) = check_bucket(fs, settings, &url, &opened, record.as_ref()) {
+            if reread {
+                return Err(e);
+            }
+            // The chain was read beside the cache dir's opening: a writer that has stopped
+            // cleanly since is refused only on what the bucket holds now.
+            reread = true;
+            opened = open_checked_bucket(&*store, runtime.handle(), None)
+                .with_context(|| format!("open bucket {url}"))?;
+            continue;
+        }
         let cp = Arc::new(Checkpointer::new(
             fs.clone(),
             store.clone(),
@@ -897,10 +933,12 @@ pub fn attach(
                 );
                 opened = open_checked_bucket(&*store, runtime.handle(), None)
                     .with_context(|| format!("open bucket {url}"))?;
+                reread = true;
             }
             Err(e) => return Err(e).context("take over the bucket"),
         }
     };
+    let found = Found::of(&opened);
     if restoring {
         let r = restore_of(&checkpointer.view().read());
         info!(
@@ -1087,7 +1125,9 @@ fn attach_reader(
         (Some(_), Some(r)) => Some(crate::checkpoint::At::Epoch(r.epoch)),
         _ => settings.at,
     };
-    // The placement's open checked the bucket and read its marker: one round trip, once.
+    // The placement's open checked the bucket and read its marker: the chain is all that is
+    // left to read. (A replica restarted on its cache dir has read them once more, with the
+    // GC state, in `must_start_afresh`.)
     let opened = if placed.formatted {
         open_checked_bucket(&*store, runtime.handle(), at)
     } else {
@@ -1321,6 +1361,33 @@ impl Writing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_in_the_cache_dir_is_known_as_such() {
+        let url = |u: &str| BucketUrl::parse(u).unwrap();
+        // What `bucketfs run` makes when no bucket is configured.
+        assert!(lies_in(
+            &url("file:///srv/cache/bucket"),
+            Path::new("/srv/cache")
+        ));
+        assert!(lies_in(
+            &url("file:///srv/cache/./bucket"),
+            Path::new("/srv/cache/")
+        ));
+        let cwd = std::env::current_dir().unwrap();
+        let inside = format!("file://{}/c/bucket", cwd.display());
+        assert!(lies_in(&url(&inside), Path::new("c")));
+        // Beside it, or elsewhere.
+        assert!(!lies_in(
+            &url("file:///srv/cache-bucket"),
+            Path::new("/srv/cache")
+        ));
+        assert!(!lies_in(
+            &url("file:///srv/bucket"),
+            Path::new("/srv/cache")
+        ));
+        assert!(!lies_in(&url("s3://b/srv/cache"), Path::new("/srv/cache")));
+    }
 
     #[test]
     fn the_reason_a_replica_starts_afresh_reads_as_one_sentence() {

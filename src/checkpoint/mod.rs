@@ -441,9 +441,10 @@ pub fn format_marker(placement: Option<&crate::placement::Recorded>) -> Bytes {
 }
 
 /// As `open_bucket` (never creating), at the newest checkpoint at or before `at` (None: the
-/// latest). Reads only: a replica and a read-only mount open their bucket through here. A
-/// checkpoint GC has collected, or whose chain it has, is refused with a clear message. The
-/// latest chain is read again if GC deletes a manifest of it while it is read.
+/// latest). Reads only: a replica's poll and its WAL search open their bucket through here,
+/// and so do the commands (`ls`, `verify`, `gc`, `wal-fetch`). A checkpoint GC has
+/// collected, or whose chain it has, is refused with a clear message. The latest chain is
+/// read again if GC deletes a manifest of it while it is read.
 pub fn open_bucket_at(
     store: &dyn ReadStore,
     rt: &tokio::runtime::Handle,
