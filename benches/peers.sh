@@ -58,12 +58,12 @@
 #             reads per transaction (shared_buffers misses).
 # Postgres: Debian's newest, defaults + shared_buffers=$SHARED_BUFFERS, fsync, synchronous_commit
 # and full_page_writes on, Unix socket only. The table gives each figure and its ratio to the
-# local disk (for the cold start, seconds and how many times the local disk's).
+# local disk (for the warm and cold starts, seconds and how many times the local disk's).
 #
 # Environment:
 #   TARGETS="local bucketfs bucketfs-remote bindfs juicefs-wb juicefs"   (local always runs)
-#   WORKLOADS="fio tpcb cold"      any of fio, tpcb, warm and cold (need tpcb), select, in that
-#                                  order
+#   WORKLOADS="fio tpcb cold"      any of fio, tpcb, warm, cold (warm and cold need tpcb),
+#                                  select; they run in that order
 #   SELECT_SCALE=70 SELECT_CACHE=256M SELECT_DURATION=60 SELECT_WARMUP=10
 #   SELECT_SHARED_BUFFERS=64MB PG_MEMORY=256M   the select workload (above)
 #   JUICEFS_METRICS_PORT=19567     where JuiceFS serves its metrics (its hit rate is read there)
@@ -335,7 +335,8 @@ redis_start() {
 }
 
 # fs_start target: mounts the target's filesystem and sets DIR to where the data goes. Its
-# cache dir is new at the first start; run_cold empties it before the second.
+# cache dir is new at the first start; run_start keeps it (warm) or empties it (cold) before
+# the next.
 fs_start() {
   local t="$1" base="$SCRATCH/$1" log="$LOGS/$1-fs.log"
   FS_MNT="$base/mnt"
@@ -640,7 +641,9 @@ print_header() {
   if runs select; then echo "select:    pgbench -S on scale $SELECT_SCALE, read cache $SELECT_CACHE, shared_buffers=$SELECT_SHARED_BUFFERS, Postgres in a memory cgroup of $PG_MEMORY ($CG)"; fi
   local bucket="file:// bucket on the same disk" jstore="--storage file on the same disk"
   if [ -n "$S3_LATENCY_MS" ]; then
-    bucket="S3 bucket: s3s-fs on 127.0.0.1 (benches/s3_server.rs) storing on the same disk, $S3_LATENCY_MS ms added to every request${COLD_LATENCY_MS:+ ($COLD_LATENCY_MS ms during the warm and cold starts)}"
+    local starts="cold starts"
+    if runs warm; then starts="warm and cold starts"; fi
+    bucket="S3 bucket: s3s-fs on 127.0.0.1 (benches/s3_server.rs) storing on the same disk, $S3_LATENCY_MS ms added to every request${COLD_LATENCY_MS:+ ($COLD_LATENCY_MS ms during the $starts)}"
     jstore="--storage s3, the same S3 server"
   fi
   echo "bucketfs:  $(version_of bucketfs), git $GIT_REV, dev profile; $bucket${BUCKETFS_ARGS:+; $BUCKETFS_ARGS}"
@@ -728,8 +731,9 @@ if runs fio || runs tpcb; then
       "${NOTE[$t]:+ ${NOTE[$t]}}"
   done
   echo
-  echo "÷ local: the target's figure over the local disk's (higher is better). × local: the warm or cold"
-  echo "start's time over the local disk's restart (lower is better). One run per target: a few % is noise."
+  echo "÷ local: the target's figure over the local disk's (higher is better). × local: the"
+  echo "start's time over the local disk's restart (lower is better). One run per target: a few %"
+  echo "is noise."
 fi
 if runs select; then
   echo

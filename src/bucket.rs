@@ -768,7 +768,8 @@ fn io_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// the chain of manifests.
 struct Opening {
     placed: crate::placement::PlacedStore,
-    opened: Opened,
+    /// None: the prefix holds no filesystem yet (opened without `create`).
+    opened: Option<Opened>,
     /// Last, so that it is dropped after the store, as `Attached`'s is.
     runtime: tokio::runtime::Runtime,
 }
@@ -779,12 +780,14 @@ pub struct BucketOpening(JoinHandle<anyhow::Result<Opening>>);
 /// Starts reading a writer's bucket in a thread of its own, to go beside the opening of the
 /// cache dir (its RocksDB and its files took longer than the S3 client and the bucket's
 /// check with the marker's read: BENCHMARKS.md, "Issue 14: the cache dir opened beside the
-/// bucket"): neither needs the other. The takeover, the first write to an existing prefix,
-/// waits for the cache dir (`attach`); a new prefix's format marker and class-bucket claims
-/// may be written before the cache dir is open. None for a read-only mount or a replica
-/// (left as they were), for a `file://` bucket in the cache dir (`lies_in`), or if no
-/// thread could be started: `attach` reads the bucket itself.
-pub fn begin_open(settings: &BucketSettings, cache_dir: &Path) -> Option<BucketOpening> {
+/// bucket"): neither needs the other. It only reads: a new prefix's format marker (and its
+/// class buckets' claims) are written by `attach`, once the cache dir is open, so a start
+/// that fails on its cache dir writes nothing. S3 buckets only: what is saved is round trips,
+/// and a `file://` store creates its directory as it opens, which in a new cache dir (the
+/// bucket `bucketfs run` makes there when none is configured) made the cache dir's first
+/// opening refuse it as someone else's. None for those, for a read-only mount or a replica
+/// (left as they were), or if no thread could be started: `attach` reads the bucket itself.
+pub fn begin_open(settings: &BucketSettings) -> Option<BucketOpening> {
     let urls = [
         Some(&settings.url),
         settings.placement.wal.as_ref(),
@@ -792,38 +795,33 @@ pub fn begin_open(settings: &BucketSettings, cache_dir: &Path) -> Option<BucketO
     ];
     if settings.read_only
         || settings.replica.is_some()
-        || urls.into_iter().flatten().any(|u| lies_in(u, cache_dir))
+        || urls
+            .into_iter()
+            .flatten()
+            .any(|u| matches!(u, BucketUrl::File(_)))
     {
         return None;
     }
     let settings = settings.clone();
     std::thread::Builder::new()
         .name("bucket-open".into())
-        .spawn(move || open_writer(&settings))
+        .spawn(move || open_writer(&settings, false))
         .ok()
         .map(BucketOpening)
 }
 
-/// Whether `url` is a `file://` bucket inside `dir`, as the one `bucketfs run` makes in the
-/// cache dir when no bucket is configured: its store creates its directory as it opens, and
-/// read beside the cache dir's first opening, that directory made the new cache dir look like
-/// someone else's (not empty, no cache dir record), which is refused.
-fn lies_in(url: &BucketUrl, dir: &Path) -> bool {
-    let BucketUrl::File(path) = url else {
-        return false;
-    };
-    // Spelled as `BucketUrl::parse` spells its paths.
-    std::path::absolute(dir)
-        .map(|d| path.starts_with(d.components().collect::<PathBuf>()))
-        .unwrap_or(true)
-}
-
-fn open_writer(settings: &BucketSettings) -> anyhow::Result<Opening> {
+/// Opens a writer's store and reads its chain. With `create`, a new prefix's format marker
+/// is written first; without, such a prefix is left for a call with `create` (`opened`
+/// None).
+fn open_writer(settings: &BucketSettings, create: bool) -> anyhow::Result<Opening> {
     let runtime = io_runtime()?;
-    let placed = crate::placement::open_placed(&settings.url, &settings.placement, true)?;
-    // `open_placed` has checked the bucket and its format marker (writing it for a new
-    // prefix): the chain is all that is left to read.
-    let opened = open_checked_bucket(&*placed.store, runtime.handle(), None)
+    let placed = crate::placement::open_placed(&settings.url, &settings.placement, create)?;
+    // `open_placed` has checked the bucket and its format marker: the chain is all that is
+    // left to read.
+    let opened = placed
+        .formatted
+        .then(|| open_checked_bucket(&*placed.store, runtime.handle(), None))
+        .transpose()
         .with_context(|| format!("open bucket {}", settings.url))?;
     Ok(Opening {
         placed,
@@ -847,16 +845,23 @@ pub fn attach(
         let placed = crate::placement::open_placed(&settings.url, &settings.placement, false)?;
         return attach_reader(fs, settings, placed, io_runtime()?, &url, record);
     }
+    let early = opening.is_some();
+    let mut opening = match opening {
+        Some(BucketOpening(thread)) => thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the bucket panicked")))?,
+        None => open_writer(settings, true)?,
+    };
+    if opening.opened.is_none() {
+        // A new prefix, read before the cache dir was open: its marker is written now.
+        opening = open_writer(settings, true)?;
+    }
     let Opening {
         placed,
         opened,
         runtime,
-    } = match opening {
-        Some(BucketOpening(thread)) => thread
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the bucket panicked")))?,
-        None => open_writer(settings)?,
-    };
+    } = opening;
+    let opened = opened.expect("a prefix opened with `create` holds a filesystem");
     let crate::placement::PlacedStore {
         store,
         stats: store_stats,
@@ -886,12 +891,11 @@ pub fn attach(
             fs.root().display()
         );
     }
-    let restoring = opened.latest.is_some() && record.is_none();
     let writer = format!("{:016x}", fastrand::u64(..));
     let mut opened = opened;
     let mut attempts = 0;
     // Whether `opened` was read after the cache dir was opened.
-    let mut reread = false;
+    let mut reread = !early;
     // Take the bucket over before touching the cache dir: if a writer still running there
     // commits first, nothing local has changed and the chain can be read again.
     let (checkpointer, epoch) = loop {
@@ -902,8 +906,10 @@ pub fn attach(
             // The chain was read beside the cache dir's opening: a writer that has stopped
             // cleanly since is refused only on what the bucket holds now.
             reread = true;
-            opened = open_checked_bucket(&*store, runtime.handle(), None)
-                .with_context(|| format!("open bucket {url}"))?;
+            match open_checked_bucket(&*store, runtime.handle(), None) {
+                Ok(now) => opened = now,
+                Err(_) => return Err(e),
+            }
             continue;
         }
         let cp = Arc::new(Checkpointer::new(
@@ -939,6 +945,7 @@ pub fn attach(
         }
     };
     let found = Found::of(&opened);
+    let restoring = opened.latest.is_some() && record.is_none();
     if restoring {
         let r = restore_of(&checkpointer.view().read());
         info!(
@@ -1361,33 +1368,6 @@ impl Writing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_bucket_in_the_cache_dir_is_known_as_such() {
-        let url = |u: &str| BucketUrl::parse(u).unwrap();
-        // What `bucketfs run` makes when no bucket is configured.
-        assert!(lies_in(
-            &url("file:///srv/cache/bucket"),
-            Path::new("/srv/cache")
-        ));
-        assert!(lies_in(
-            &url("file:///srv/cache/./bucket"),
-            Path::new("/srv/cache/")
-        ));
-        let cwd = std::env::current_dir().unwrap();
-        let inside = format!("file://{}/c/bucket", cwd.display());
-        assert!(lies_in(&url(&inside), Path::new("c")));
-        // Beside it, or elsewhere.
-        assert!(!lies_in(
-            &url("file:///srv/cache-bucket"),
-            Path::new("/srv/cache")
-        ));
-        assert!(!lies_in(
-            &url("file:///srv/bucket"),
-            Path::new("/srv/cache")
-        ));
-        assert!(!lies_in(&url("s3://b/srv/cache"), Path::new("/srv/cache")));
-    }
 
     #[test]
     fn the_reason_a_replica_starts_afresh_reads_as_one_sentence() {

@@ -89,10 +89,7 @@ pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
     let mountpoint = check_mountpoint(&settings.mountpoint)?;
     raise_fd_limit();
     // A writer's bucket is read beside the cache dir's opening; `attach` waits for it.
-    let opening = settings
-        .bucket
-        .as_ref()
-        .and_then(|b| crate::bucket::begin_open(b, &settings.cache_dir));
+    let opening = settings.bucket.as_ref().and_then(crate::bucket::begin_open);
     let open = || -> anyhow::Result<Arc<Fs>> {
         let cache = CacheDir::open(&settings.cache_dir, PAGE_SIZE)?;
         let options = FsOptions {

@@ -5,11 +5,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{is_mounted, Mount, BIN};
+use common::{is_mounted, tree, Mount, BIN};
 
 /// Runs `bucketfs mount MNT --cache-dir CACHE`, which must fail; returns its stderr.
 fn mount_fails(mnt: &Path, cache: &Path) -> String {
@@ -95,25 +95,6 @@ fn run_mount(mnt: &Path, cache: &Path, args: &[&str]) -> Output {
         stdout: stdout.join().expect("stdout"),
         stderr: stderr.join().expect("stderr"),
     }
-}
-
-/// Every file under `root` with its bytes, to prove that nothing was touched.
-fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).expect("list") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path.clone());
-                out.insert(path, Vec::new());
-            } else {
-                let bytes = fs::read(&path).expect("read");
-                out.insert(path, bytes);
-            }
-        }
-    }
-    out
 }
 
 fn assert_mentions(stderr: &str, words: &[&str]) {
@@ -213,44 +194,6 @@ fn a_first_start_with_its_bucket_in_the_cache_dir_mounts() {
         );
         assert!(m.stop().success());
     }
-}
-
-/// A writer's start reads its bucket beside the opening of its cache dir. One whose cache dir
-/// cannot be opened (another bucketfs holds it) fails with the cache dir's error, and the
-/// filesystem in its bucket is left as it was: nothing is written to an existing prefix
-/// before the cache dir is open.
-#[test]
-fn a_start_on_a_held_cache_dir_fails_on_it_and_leaves_the_bucket_untouched() {
-    let dir = common::scratch();
-    let bucket = dir.path().join("bucket");
-    let url = format!("file://{}", bucket.display());
-    let a = Mount::start(
-        &dir.path().join("m0"),
-        &dir.path().join("c0"),
-        &["--bucket", &url],
-    );
-    fs::write(a.mnt.join("f"), b"in the bucket").unwrap();
-    assert!(a.stop().success());
-    let before = tree(&bucket);
-
-    // Another bucketfs, with a bucket of its own, holds the cache dir.
-    let held = dir.path().join("c1");
-    let holder = Mount::start(&dir.path().join("m1"), &held, &[]);
-    let mnt = dir.path().join("m2");
-    fs::create_dir(&mnt).unwrap();
-    let stderr = mount_fails_with(&mnt, &held, &["--bucket", &url]);
-    assert_mentions(
-        &stderr,
-        &["in use by another bucketfs", &holder.pid().to_string()],
-    );
-    assert!(
-        tree(&bucket) == before,
-        "a start that failed on its cache dir changed the bucket"
-    );
-    // With a bucket that cannot be opened either, the cache dir's error is the one reported.
-    let stderr = mount_fails_with(&mnt, &held, &["--bucket", "file:///proc/no-such-bucket"]);
-    assert_mentions(&stderr, &["in use by another bucketfs"]);
-    assert!(holder.stop().success());
 }
 
 /// A read-only mount of a prefix that holds no filesystem is refused, saying so, and writes

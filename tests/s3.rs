@@ -193,6 +193,63 @@ fn a_start_checks_the_bucket_and_reads_its_format_marker_once() {
     }
 }
 
+/// A writer's start reads its S3 bucket beside the opening of its cache dir, and only reads.
+/// One whose cache dir cannot be opened (another bucketfs holds it) fails with the cache
+/// dir's error, also when the bucket cannot be opened either, and writes nothing to the
+/// bucket: neither to a filesystem there nor to a new prefix. (The refusal comes within
+/// milliseconds, so this guards the order of the errors more than the absence of writes,
+/// which holds by construction: the early read opens without creating.)
+#[test]
+fn a_start_on_a_held_cache_dir_fails_on_it_and_writes_nothing_to_the_bucket() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let a = mount(
+        &dir.path().join("m0"),
+        &dir.path().join("c0"),
+        &s3,
+        "db",
+        &[],
+    );
+    write_tree(&a.mnt);
+    assert!(a.stop().success());
+    let held = dir.path().join("c1");
+    let holder = Mount::start(&dir.path().join("m1"), &held, &[]);
+    let mnt = dir.path().join("m2");
+    fs::create_dir(&mnt).unwrap();
+    let before = common::tree(&dir.path().join("s3"));
+    for (what, url) in [
+        ("a filesystem", s3.url("db")),
+        ("a new prefix", s3.url("new")),
+        (
+            "a bucket that does not exist",
+            "s3://no-such-bucket/db".to_string(),
+        ),
+    ] {
+        let (ok, _, err) = run_bucketfs(
+            &[
+                "mount",
+                mnt.to_str().unwrap(),
+                "--cache-dir",
+                held.to_str().unwrap(),
+                "--bucket",
+                &url,
+            ],
+            &s3.env(),
+        );
+        assert!(!ok, "{what}: the start succeeded");
+        assert!(
+            err.contains("in use by another bucketfs"),
+            "{what}: not the cache dir's error:\n{err}"
+        );
+        assert!(!common::is_mounted(&mnt), "{what}: left a mount");
+        assert!(
+            common::tree(&dir.path().join("s3")) == before,
+            "{what}: a start that failed on its cache dir wrote to the bucket"
+        );
+    }
+    assert!(holder.stop().success());
+}
+
 #[test]
 fn bad_s3_configuration_is_refused_before_mounting_without_credentials_in_the_message() {
     let dir = common::scratch();
