@@ -88,7 +88,7 @@ pub struct Mounted {
 pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
     let mountpoint = check_mountpoint(&settings.mountpoint)?;
     raise_fd_limit();
-    // A writer's bucket is read beside the cache dir's opening; `attach` waits for it.
+    // A writer's S3 bucket is read beside the cache dir's opening; `attach` waits for it.
     let opening = settings.bucket.as_ref().and_then(crate::bucket::begin_open);
     let open = || -> anyhow::Result<Arc<Fs>> {
         let cache = CacheDir::open(&settings.cache_dir, PAGE_SIZE)?;
