@@ -642,7 +642,7 @@ print_header() {
   local bucket="file:// bucket on the same disk" jstore="--storage file on the same disk"
   if [ -n "$S3_LATENCY_MS" ]; then
     local starts="cold starts"
-    if runs warm; then starts="warm and cold starts"; fi
+    if runs warm && runs cold; then starts="warm and cold starts"; elif runs warm; then starts="warm starts"; fi
     bucket="S3 bucket: s3s-fs on 127.0.0.1 (benches/s3_server.rs) storing on the same disk, $S3_LATENCY_MS ms added to every request${COLD_LATENCY_MS:+ ($COLD_LATENCY_MS ms during the $starts)}"
     jstore="--storage s3, the same S3 server"
   fi

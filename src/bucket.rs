@@ -763,9 +763,9 @@ fn io_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("start the I/O runtime")
 }
 
-/// What a writer's start reads of its bucket before it needs its cache dir: the store as
-/// placed (the bucket checked and its format marker read, or written for a new prefix), and
-/// the chain of manifests.
+/// What a writer's start reads of its bucket: the store as placed (the bucket checked and
+/// its format marker read, or written for a new prefix when opened with `create`), and the
+/// chain of manifests.
 struct Opening {
     placed: crate::placement::PlacedStore,
     /// None: the prefix holds no filesystem yet (opened without `create`).
@@ -852,9 +852,13 @@ pub fn attach(
             .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the bucket panicked")))?,
         None => open_writer(settings, true)?,
     };
+    // Whether the chain was read after the cache dir was opened.
+    let mut reread = !early;
     if opening.opened.is_none() {
-        // A new prefix, read before the cache dir was open: its marker is written now.
+        // A new prefix, read before the cache dir was open: its marker is written now (the
+        // check and the marker's read made again, once in the filesystem's life).
         opening = open_writer(settings, true)?;
+        reread = true;
     }
     let Opening {
         placed,
@@ -894,8 +898,6 @@ pub fn attach(
     let writer = format!("{:016x}", fastrand::u64(..));
     let mut opened = opened;
     let mut attempts = 0;
-    // Whether `opened` was read after the cache dir was opened.
-    let mut reread = !early;
     // Take the bucket over before touching the cache dir: if a writer still running there
     // commits first, nothing local has changed and the chain can be read again.
     let (checkpointer, epoch) = loop {
@@ -908,7 +910,10 @@ pub fn attach(
             reread = true;
             match open_checked_bucket(&*store, runtime.handle(), None) {
                 Ok(now) => opened = now,
-                Err(_) => return Err(e),
+                Err(again) => {
+                    warn!(error = %format!("{again:#}"), "could not read the bucket again before refusing it");
+                    return Err(e);
+                }
             }
             continue;
         }

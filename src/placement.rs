@@ -546,6 +546,46 @@ mod tests {
         format!("{:#}", open(&file(dir), placement, true).unwrap_err())
     }
 
+    /// What a writer's start reads beside the opening of its cache dir (`bucket::begin_open`)
+    /// opens without creating: a new prefix, even with class buckets of its own, is found
+    /// empty and left so, for the start to create once its cache dir is open.
+    #[test]
+    fn an_open_without_create_finds_a_new_prefix_empty_and_writes_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let (m, w, d) = (
+            root.path().join("m"),
+            root.path().join("w"),
+            root.path().join("d"),
+        );
+        let placement = Placement {
+            wal: Some(file(&w)),
+            data: Some(file(&d)),
+            ..Placement::default()
+        };
+        let placed = open_placed(&file(&m), &placement, false).unwrap();
+        assert!(
+            !placed.formatted,
+            "an empty prefix was taken for a filesystem"
+        );
+        for dir in [&m, &w, &d] {
+            let written: Vec<_> = std::fs::read_dir(dir)
+                .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+                .unwrap_or_default();
+            assert!(
+                written.is_empty(),
+                "an open without create wrote {written:?}"
+            );
+        }
+        // With create, the same prefix is made a filesystem, and found as one after.
+        assert!(open_placed(&file(&m), &placement, true).unwrap().formatted);
+        assert!(m.join(FORMAT_KEY).exists() && w.join(CLASS_MARKER_KEY).exists());
+        assert!(
+            open_placed(&file(&m), &Placement::default(), false)
+                .unwrap()
+                .formatted
+        );
+    }
+
     #[test]
     fn the_split_is_recorded_and_found_again_from_the_manifest_bucket_alone() {
         let root = tempfile::tempdir().unwrap();
