@@ -179,8 +179,8 @@ fn a_cache_dir_held_by_a_running_bucketfs_is_refused_and_the_running_mount_goes_
 /// A first start whose bucket is a directory in its cache dir (what `bucketfs run` makes when
 /// no bucket is configured) mounts. Seen failing while the bucket was read beside the cache
 /// dir's first opening: the store made its directory first, and the new cache dir, no longer
-/// empty and without its record, was refused (13 starts of 60 by hand, and one run of the
-/// suite). Twenty starts, as one in five lost that race.
+/// empty and without its `bucketfs-cache.json`, was refused (13 starts of 60 by hand, and one
+/// run of the suite). Twenty starts, as one in five lost that race.
 #[test]
 fn a_first_start_with_its_bucket_in_the_cache_dir_mounts() {
     let dir = common::scratch();
