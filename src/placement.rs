@@ -541,6 +541,25 @@ mod tests {
         BucketUrl::File(dir.to_path_buf())
     }
 
+    /// A manifest bucket `m` under `root`, with WAL and data in buckets of their own (`w`,
+    /// `d`), and the placement that says so.
+    fn split(
+        root: &std::path::Path,
+    ) -> (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::path::PathBuf,
+        Placement,
+    ) {
+        let (m, w, d) = (root.join("m"), root.join("w"), root.join("d"));
+        let placement = Placement {
+            wal: Some(file(&w)),
+            data: Some(file(&d)),
+            ..Placement::default()
+        };
+        (m, w, d, placement)
+    }
+
     /// Why creating a filesystem in `dir` with `placement` is refused.
     fn refused(dir: &std::path::Path, placement: &Placement) -> String {
         format!("{:#}", open(&file(dir), placement, true).unwrap_err())
@@ -552,16 +571,7 @@ mod tests {
     #[test]
     fn an_open_without_create_finds_a_new_prefix_empty_and_writes_nothing() {
         let root = tempfile::tempdir().unwrap();
-        let (m, w, d) = (
-            root.path().join("m"),
-            root.path().join("w"),
-            root.path().join("d"),
-        );
-        let placement = Placement {
-            wal: Some(file(&w)),
-            data: Some(file(&d)),
-            ..Placement::default()
-        };
+        let (m, w, d, placement) = split(root.path());
         let placed = open_placed(&file(&m), &placement, false).unwrap();
         assert!(
             !placed.formatted,
@@ -589,16 +599,7 @@ mod tests {
     #[test]
     fn the_split_is_recorded_and_found_again_from_the_manifest_bucket_alone() {
         let root = tempfile::tempdir().unwrap();
-        let (m, w, d) = (
-            root.path().join("m"),
-            root.path().join("w"),
-            root.path().join("d"),
-        );
-        let placement = Placement {
-            wal: Some(file(&w)),
-            data: Some(file(&d)),
-            ..Placement::default()
-        };
+        let (m, w, d, placement) = split(root.path());
         let (store, _) = open(&file(&m), &placement, true).unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
