@@ -1120,6 +1120,110 @@ fn a_restore_fetches_its_chain_of_manifests_at_once() {
     );
 }
 
+/// A bucket whose manifests below `below` never answer a GET: a slow answer, or one lost on
+/// the way, as an object store gives now and then.
+#[derive(Debug)]
+struct StallsOldManifests {
+    inner: bucketfs::store::LocalStore,
+    below: u64,
+}
+
+#[async_trait::async_trait]
+impl bucketfs::store::ReadStore for StallsOldManifests {
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> bucketfs::store::StoreResult<bytes::Bytes> {
+        if bucketfs::checkpoint::epoch_of_key(key).is_some_and(|e| e < self.below) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.get(key, range).await
+    }
+
+    async fn head(
+        &self,
+        key: &str,
+    ) -> bucketfs::store::StoreResult<Option<bucketfs::store::ObjectMeta>> {
+        self.inner.head(key).await
+    }
+
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> bucketfs::store::StoreResult<Vec<bucketfs::store::ObjectMeta>> {
+        self.inner.list_after(prefix, after).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+// Issue 14: the window of manifests a restore asks for at once reaches below its chain's base
+// when the chain is shorter than the window (the base is found only by reading it). A start
+// waited for every GET of the window, an older base's megabytes among them; it follows the
+// chain as the manifests arrive, and does not wait for any below the base.
+#[test]
+fn a_restore_does_not_wait_for_the_manifests_below_its_base() {
+    use bucketfs::checkpoint::open_bucket_at;
+    use bucketfs::store::LocalStore;
+
+    const BASE_EVERY: u32 = 4;
+    let dirs = Dirs::new();
+    let e = Engine::open(
+        &dirs.cache(0),
+        &dirs.bucket(),
+        Options {
+            base_every: BASE_EVERY,
+            ..Options::default()
+        },
+    );
+    let a = e.create("a");
+    let mut bases = Vec::new();
+    // Bases every BASE_EVERY checkpoints: the last chain is a base and a few deltas (asserted
+    // below), and the window from its tip reaches below the base.
+    for n in 0..3 * BASE_EVERY + 2 {
+        e.write(a, u64::from(n) * PAGE_SIZE, &pattern(n as u8, 1));
+        let outcome =
+            e.cp.checkpoint(false)
+                .expect("checkpoint")
+                .expect("a change");
+        if outcome.base {
+            bases.push(outcome.epoch);
+        }
+    }
+    let writers = as_base(&e.cp.view().read());
+    let latest = e.cp.view().read().epoch;
+    e.crash();
+    let base = *bases.last().expect("a base");
+    assert!(
+        base > 1 && latest > base && latest - base < 31,
+        "the latest chain (base {base}, latest {latest}) is shorter than the window, which \
+         reaches below it"
+    );
+    let store = StallsOldManifests {
+        inner: LocalStore::new(&dirs.bucket()).expect("bucket"),
+        below: base,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let _ = tx.send(open_bucket_at(&store, rt.handle(), None).map(|o| as_base(&o.view)));
+    });
+    let read = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the open did not finish within 60 s: it waits for the manifests below its \
+                 base (epoch {base}), which never answer"
+            )
+        })
+        .expect("open the bucket");
+    assert_eq!(read, writers, "the restored view is the writer's");
+}
+
 // Issue 14: a base manifest's commit installs the view the checkpointer built for it instead of
 // building it again from the base. That view must be the one a reader of the bucket builds, and
 // the chain must still reach a base every `base_every` checkpoints.
@@ -1194,7 +1298,7 @@ fn the_view_after_each_base_is_the_one_a_reader_of_the_bucket_builds() {
 // whatever their size, so that a restore still reads a bounded chain.
 #[test]
 fn a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_chain() {
-    use bucketfs::checkpoint::{manifest_key, open_bucket};
+    use bucketfs::checkpoint::open_bucket;
     use bucketfs::store::LocalStore;
 
     // Longer than a restore's window of 32 manifests: the last chain is read in two.
@@ -1249,11 +1353,7 @@ fn a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_cha
         );
     }
     // Each decision, from the sizes of the manifests in the bucket.
-    let size = |epoch: u64| {
-        std::fs::metadata(dirs.bucket().join(manifest_key(epoch)))
-            .expect("the manifest is in the bucket")
-            .len()
-    };
+    let size = |epoch: u64| plain_size(&dirs.bucket(), epoch);
     assert_eq!(
         bases,
         bases_by_rule(&epochs, size, BASE_EVERY, MAX_CHAIN),
@@ -1296,7 +1396,7 @@ fn a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_cha
 // writer plans its bases as the one before it would have.
 #[test]
 fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
-    use bucketfs::checkpoint::{manifest_key, ChainBytes};
+    use bucketfs::checkpoint::ChainBytes;
 
     const BASE_EVERY: u64 = 4;
     const MAX_CHAIN: u64 = 40;
@@ -1308,11 +1408,7 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
         ..Options::default()
     };
     let dirs = Dirs::new();
-    let size = |epoch: u64| {
-        std::fs::metadata(dirs.bucket().join(manifest_key(epoch)))
-            .expect("the manifest is in the bucket")
-            .len()
-    };
+    let size = |epoch: u64| plain_size(&dirs.bucket(), epoch);
     // Writes `files` files' first pages (or 100 bytes of the first file) and checkpoints:
     // the epoch goes to `epochs`, and to `bases` if the manifest was a base.
     let commit = |e: &Engine, files: usize, epochs: &mut Vec<u64>, bases: &mut Vec<u64>| {
@@ -1392,6 +1488,15 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
          (epoch {last_takeover}) add up, before the longest chain: {bases:?}"
     );
     e.crash();
+}
+
+/// A manifest's size as the cadence of bases counts it: with its body as it is (a large body
+/// is stored compressed, `bucketfs::manifest::plain_len`).
+fn plain_size(bucket: &Path, epoch: u64) -> u64 {
+    let key = bucketfs::checkpoint::manifest_key(epoch);
+    bucketfs::manifest::plain_len(
+        &std::fs::read(bucket.join(key)).expect("the manifest is in the bucket"),
+    )
 }
 
 /// Where the rule for bases puts them, given the epochs committed after the engine's first

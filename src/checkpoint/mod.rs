@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{debug, error, info, warn};
 
@@ -570,52 +570,70 @@ fn open_once(
             )));
         };
         // Follow parents back to a base, then apply forwards. A delta's parent is the epoch
-        // before it, so the chain is the epochs just below: they are fetched up to
+        // before it, so the chain is the epochs just below: they are asked for up to
         // CHAIN_WINDOW at once, and a restore waits a round trip per window of its chain,
         // not one per delta (up to `max_chain`, 128 by default, at 20 ms each on S3). They are
         // counted down from the epoch rather than taken from the LIST, which may have
-        // started at the tip note, above the base.
+        // started at the tip note, above the base. A window may reach past the base, which
+        // is found only by reading it: the chain is followed as the manifests arrive, a
+        // manifest is decoded only if the chain reaches it, and the GETs still under way
+        // below the base are dropped once the base is in, so that a start waits for neither
+        // an older base's megabytes nor a slow answer it does not need.
         let mut chain = Vec::new();
-        let mut fetched: HashMap<u64, Result<(Manifest, u64), CheckpointError>> = HashMap::new();
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        let mut arrived: HashMap<u64, Result<Bytes, StoreError>> = HashMap::new();
+        // The lowest epoch asked for so far (None: none yet). Each window is every epoch from
+        // the one the chain has reached down, so that the chain's next step, below it, is in
+        // the window or below `asked_from`.
+        let mut asked_from: Option<u64> = None;
         let mut epoch = latest_epoch;
         loop {
-            if !fetched.contains_key(&epoch) {
+            if asked_from.is_none_or(|lowest| epoch < lowest) {
                 let lowest = epoch
                     .saturating_sub(CHAIN_WINDOW as u64 - 1)
                     .max(boundary)
                     .max(1)
                     .min(epoch);
-                let window: Vec<u64> = (lowest..=epoch).rev().collect();
-                let got =
-                    futures_util::future::join_all(window.iter().map(|&e| read_manifest(store, e)))
-                        .await;
-                // Only the manifests the chain reaches count: one below the base may be gone
-                // (GC deletes old ones) or fail to read, and that is not this restore's error.
-                fetched.extend(window.into_iter().zip(got));
+                for e in (lowest..=epoch).rev() {
+                    in_flight.push(async move { (e, store.get(&manifest_key(e), None).await) });
+                }
+                asked_from = Some(lowest);
             }
-            let (m, len) = fetched
-                .remove(&epoch)
-                .expect("the window holds the epoch it was fetched for")?;
+            let bytes = loop {
+                if let Some(got) = arrived.remove(&epoch) {
+                    break got;
+                }
+                let (e, got) = in_flight
+                    .next()
+                    .await
+                    .expect("the chain's next epoch is in a window asked for");
+                arrived.insert(e, got);
+            };
+            // Only the manifests the chain reaches count: one below the base may be gone
+            // (GC deletes old ones) or fail to read, and that is not this restore's error.
+            let key = manifest_key(epoch);
+            let bytes = bytes?;
+            let m = Manifest::decode_at(&bytes, &key, epoch)?;
             let parent = m.parent;
-            chain.push((m, len));
+            chain.push((m, crate::manifest::plain_len(&bytes)));
             match parent {
                 None => break,
                 Some(p) if p < epoch => epoch = p,
                 Some(p) => {
-                    let key = manifest_key(epoch);
                     return Err(
                         FormatError::corrupt(&key, format!("parent {p} is not older")).into(),
                     );
                 }
             }
         }
-        let latest = chain.first().map(|(m, _)| m.clone());
+        drop(in_flight);
         let mut view = View::default();
         let mut chain_bytes = ChainBytes::default();
         for (m, len) in chain.iter().rev() {
             view.apply(m);
             chain_bytes.note(m.parent.is_none(), *len);
         }
+        let latest = chain.into_iter().next().map(|(m, _)| m);
         Ok(Opened {
             view,
             latest,
@@ -636,20 +654,6 @@ enum Start {
 /// base. The same as the default `base_every`: a chain of that length is one window and
 /// never the base before; one of 128 manifests (the default `max_chain`) four.
 pub(crate) const CHAIN_WINDOW: usize = 32;
-
-/// Reads and decodes manifest `epoch`, and checks that it is the one its key names; with its
-/// encoded size.
-async fn read_manifest(
-    store: &dyn ReadStore,
-    epoch: u64,
-) -> Result<(Manifest, u64), CheckpointError> {
-    let key = manifest_key(epoch);
-    let bytes = store.get(&key, None).await?;
-    Ok((
-        Manifest::decode_at(&bytes, &key, epoch)?,
-        bytes.len() as u64,
-    ))
-}
 
 /// The newest of `epochs` (ascending) committed at or before `unix_ms`, by binary search on
 /// the manifests' times (they grow with the epoch: each commit follows the one before it).
@@ -937,8 +941,9 @@ pub struct Checkpointer {
     chain_bytes: Mutex<ChainBytes>,
 }
 
-/// The encoded sizes of a chain's manifests: the base's, and the deltas' since. Read from the
-/// bucket when a mount opens it, then counted as the mount commits (`base_due`).
+/// The encoded sizes of a chain's manifests (with their bodies as they are, uncompressed:
+/// `crate::manifest::plain_len`): the base's, and the deltas' since. Read from the bucket
+/// when a mount opens it, then counted as the mount commits (`base_due`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChainBytes {
     pub base: u64,
@@ -957,6 +962,14 @@ impl ChainBytes {
             self.deltas = self.deltas.saturating_add(len);
         }
     }
+}
+
+/// A committed manifest's length: as stored, and with its body stored as it is (what the
+/// cadence of bases counts, `crate::manifest::plain_len`).
+#[derive(Clone, Copy)]
+struct ManifestLen {
+    stored: u64,
+    plain: u64,
 }
 
 /// A base is due once the deltas since the last one add up to this share of its size (and
@@ -1147,7 +1160,7 @@ impl Checkpointer {
         let put = self.put_manifest(&m, true);
         self.settle_note();
         match put {
-            Ok(len) => self.note_committed(m.parent.is_none(), len),
+            Ok(len) => self.note_committed(m.parent.is_none(), len.plain),
             // Not fenced: nothing was accepted yet. The caller may read the chain again.
             Err(StoreError::PreconditionFailed { .. }) => {
                 return Err(CheckpointError::LostRace { epoch: m.epoch })
@@ -1326,7 +1339,7 @@ impl Checkpointer {
         self.fs
             .step(crate::fs::Step::Committed { epoch: cut.epoch });
         let base = next.is_some();
-        self.note_committed(base, manifest_len);
+        self.note_committed(base, manifest_len.plain);
         self.apply_to_view(&manifest, next, Some(cut.shape.clone()));
         // The bucket holds the cut: every fsync waiting on it may return (each also syncs its
         // own file locally, and returns once both are done). Marking the pages clean is local
@@ -1347,7 +1360,7 @@ impl Checkpointer {
             t.checkpoints += 1;
             t.segments += count as u64;
             t.segment_bytes += bytes;
-            t.manifest_bytes += manifest_len;
+            t.manifest_bytes += manifest_len.stored;
             if bytes > 0 {
                 t.upload_ms += upload_ms.max(1);
             }
@@ -1560,7 +1573,7 @@ impl Checkpointer {
 
     /// Commits the manifest (create-only: a 412 means another writer took the epoch);
     /// returns its size.
-    fn commit(&self, m: &Manifest) -> Result<u64, CheckpointError> {
+    fn commit(&self, m: &Manifest) -> Result<ManifestLen, CheckpointError> {
         check_invariants(m)?;
         let key = manifest_key(m.epoch);
         match self.put_manifest(m, m.clean_stop) {
@@ -1607,9 +1620,12 @@ impl Checkpointer {
     /// before `m`'s, which this writer's view holds and so is committed, whatever becomes of
     /// `m`. `settle_note` waits for it. A note that fails is only logged, once until one
     /// succeeds (a restore then lists more).
-    fn put_manifest(&self, m: &Manifest, always: bool) -> Result<u64, StoreError> {
+    fn put_manifest(&self, m: &Manifest, always: bool) -> Result<ManifestLen, StoreError> {
         let body = Bytes::from(m.encode());
-        let len = body.len() as u64;
+        let len = ManifestLen {
+            stored: body.len() as u64,
+            plain: crate::manifest::plain_len(&body),
+        };
         let noted = m.epoch.saturating_sub(1);
         let mut last = self.tip_noted.lock();
         if noted > 0 && (always || noted >= *last + TIP_EVERY) {
@@ -1661,7 +1677,7 @@ impl Checkpointer {
         }
         self.check_boundary(theirs.epoch)?;
         self.apply_to_view(&theirs, None, None);
-        self.note_committed(theirs.parent.is_none(), bytes.len() as u64);
+        self.note_committed(theirs.parent.is_none(), crate::manifest::plain_len(&bytes));
         Ok(true)
     }
 
@@ -1996,7 +2012,7 @@ impl Checkpointer {
         let base = next.is_some();
         let committed = self.commit(&m);
         self.settle_note();
-        self.note_committed(base, committed?);
+        self.note_committed(base, committed?.plain);
         crate::failpoint::hit("compact-after-commit");
         self.apply_to_view(&m, next, None);
         self.gc_inbox.post(&m);

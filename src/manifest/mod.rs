@@ -3,16 +3,19 @@
 //! checksum, and decoding never trusts an unchecked length.
 //!
 //! ```text
-//! manifest  magic "BFSMAN01" | version u32 | [inline_len u64 | inline] | body |
-//!           crc32c u32 (of everything before it but `inline`)
+//! manifest  magic "BFSMAN01" | version u32 | [inline_len u64 | inline] | [codec u8] | body |
+//!           crc32c u32 (of everything before it but `inline`, the body as stored)
 //!           version 1: no inline part. Versions 2 to 4: `inline` is a whole segment
 //!           (segment.rs) holding the runs of a checkpoint small enough to travel in its
 //!           manifest (or nothing, inline_len 0). Version 3 has a flags byte where 1 and 2
 //!           have a clean_stop byte: a bucketfs that reads only 1 or 2 would neither keep
 //!           fences nor write them, so it must refuse the bucket (docs/gc.md, "Fences").
-//!           Version 4 (the one written) is laid out as 3; its deltas may name segments
-//!           whose names carry an earlier epoch, which a GC that reads only up to 3 would
-//!           delete (docs/gc.md, "Beside the checkpoints")
+//!           Version 4 is laid out as 3; its deltas may name segments whose names carry an
+//!           earlier epoch, which a GC that reads only up to 3 would delete (docs/gc.md,
+//!           "Beside the checkpoints"). Version 5 (the one written) adds the codec byte: 0,
+//!           the body follows as it is; 1, it follows as one zstd frame stating its size. A
+//!           body of 64 KiB or more is compressed if that saves an eighth (every start reads
+//!           its chain's base, and a base of a fragmented view shrinks about four times)
 //! body      epoch u64 | parent u64 (0: a base) | created_ms u64 | page_size u32 |
 //!           writer blob | next_ino u64 | flags u8 (1: clean stop, 2: fence) |
 //!           segments: count u32, key blob each          (the table extents index into;
@@ -50,11 +53,24 @@ const VERSION_INLINE: u32 = 2;
 /// Read only: an inline part, a flags byte (clean stop, fence). A delta of this version
 /// names only segments whose names carry its own epoch.
 const VERSION_FENCE: u32 = 3;
-/// The version written, laid out as 3. A delta may name segments whose names carry an
-/// earlier epoch (a compaction's, when checkpoints committed beside it, docs/gc.md): a GC
-/// that reads only up to version 3 would take them for no manifest's and delete them, so
-/// it must refuse the bucket instead.
-pub const MANIFEST_VERSION: u32 = 4;
+/// Read only, laid out as 3. From it on, a delta may name segments whose names carry an
+/// earlier epoch (a compaction's, when checkpoints committed beside it, docs/gc.md): a GC that
+/// reads only up to version 3 would take them for no manifest's and delete them, so it must
+/// refuse the bucket instead. (Only the tests write it.)
+#[cfg(test)]
+const VERSION_EARLIER_SEGMENTS: u32 = 4;
+/// As 4, with a codec byte before the body (`BODY_RAW`, `BODY_ZSTD`).
+const VERSION_CODEC: u32 = 5;
+/// The version written.
+pub const MANIFEST_VERSION: u32 = VERSION_CODEC;
+const BODY_RAW: u8 = 0;
+const BODY_ZSTD: u8 = 1;
+/// A body this long or longer is compressed (if that saves an eighth): bases, and deltas of
+/// large changes. A small delta, as a `--durability remote` commit writes hundreds of times a
+/// second, is stored as it is.
+const COMPRESS_FROM: usize = 64 * 1024;
+/// The most a compressed body may say it holds (a corrupt frame must not ask for more).
+const MOST_BODY: u64 = 1 << 32;
 const FLAG_CLEAN_STOP: u8 = 1;
 const FLAG_FENCE: u8 = 2;
 /// Where a version 2 or later manifest's inline segment starts: a run's offset in it is
@@ -166,6 +182,12 @@ impl Manifest {
             w.u64(self.inline.len() as u64);
             w.bytes(&self.inline);
         }
+        // Where the body starts, after its codec byte (version 5): it is written as it is,
+        // and replaced by its compressed frame below if that is worth it.
+        let body_at = (version >= VERSION_CODEC).then(|| {
+            w.u8(BODY_RAW);
+            INLINE_OFFSET as usize + self.inline.len() + 1
+        });
         w.u64(self.epoch);
         w.u64(self.parent.unwrap_or(0));
         w.u64(self.created_ms);
@@ -232,6 +254,13 @@ impl Manifest {
             w.u64(e.pages);
         }
         let mut out = w.into_inner();
+        if let Some(at) = body_at {
+            if let Some(frame) = compress_body(&out[at..]) {
+                out.truncate(at - 1);
+                out.push(BODY_ZSTD);
+                out.extend_from_slice(&frame);
+            }
+        }
         let inline = (version != VERSION_PLAIN)
             .then(|| INLINE_OFFSET as usize..INLINE_OFFSET as usize + self.inline.len());
         let crc = manifest_crc(&out, inline);
@@ -277,7 +306,18 @@ impl Manifest {
         }
         let carries = inline.as_ref().is_some_and(|r| !r.is_empty());
         let start = inline.map_or(12, |r| r.end);
+        let decompressed;
         let mut r = Reader::new(&body[start..], key);
+        if version >= VERSION_CODEC {
+            match r.u8()? {
+                BODY_RAW => {}
+                BODY_ZSTD => {
+                    decompressed = decompress_body(&body[start + 1..]).map_err(|e| corrupt(&e))?;
+                    r = Reader::new(&decompressed, key);
+                }
+                _ => return Err(corrupt("unknown body codec")),
+            }
+        }
         let epoch = r.u64()?;
         let parent = Some(r.u64()?).filter(|&p| p != 0);
         let created_ms = r.u64()?;
@@ -394,6 +434,51 @@ impl Manifest {
         }
         Ok(m)
     }
+}
+
+/// The length a manifest as stored (`bytes`) would have with its body stored as it is: what
+/// the cadence of bases counts (`Checkpointer::base_due`), so that compressing bodies changes
+/// what a base costs to read and upload, not how often one is written (a base is the whole
+/// view to encode; under `--durability remote` a commit waits for it). Reads only the
+/// header and the frame's stated size; a manifest it cannot make out counts as stored.
+pub fn plain_len(bytes: &[u8]) -> u64 {
+    let stored = bytes.len() as u64;
+    let Ok(Some(inline)) = inline_range(bytes, "") else {
+        return stored;
+    };
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("inline_range read it"));
+    if version < VERSION_CODEC || bytes.get(inline.end) != Some(&BODY_ZSTD) {
+        return stored;
+    }
+    let Some(frame) = bytes.get(inline.end + 1..bytes.len() - 4) else {
+        return stored;
+    };
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(body)) if body <= MOST_BODY => stored - frame.len() as u64 + body,
+        _ => stored,
+    }
+}
+
+/// `body` as one zstd frame, if it is long enough to be worth it and that saves an eighth.
+fn compress_body(body: &[u8]) -> Option<Vec<u8>> {
+    if body.len() < COMPRESS_FROM {
+        return None;
+    }
+    // (Level 1: a base of a fragmented 10 GiB database, 6 MB, in about 15 ms.)
+    let frame = segment::compress(body, 1).ok()?;
+    segment::worth_it(frame.len(), body.len()).then_some(frame)
+}
+
+/// The body a version 5 manifest holds as one zstd frame. The frame must say how long the
+/// body is, within `MOST_BODY`, and hold exactly that.
+fn decompress_body(frame: &[u8]) -> Result<Vec<u8>, String> {
+    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(size)) if size <= MOST_BODY => usize::try_from(size).map_err(|e| e.to_string())?,
+        Ok(Some(size)) => return Err(format!("a compressed body of {size} bytes")),
+        Ok(None) | Err(_) => return Err("a compressed body without its size".into()),
+    };
+    // (zstd checks that the frame holds the size it states.)
+    zstd::bulk::decompress(frame, size).map_err(|e| format!("body does not decompress: {e}"))
 }
 
 /// The manifest's checksum: of everything before it but the inline segment, whose runs and
@@ -530,6 +615,156 @@ mod tests {
         }
     }
 
+    /// A base of `files` files, each fragmented into `runs` one-page extents of their own
+    /// runs, as a table churned by small random writes is (what makes bases large).
+    fn fragmented_base(files: u64, runs: u64) -> Manifest {
+        let mut m = Manifest {
+            epoch: 7,
+            created_ms: 1_700_000_000_000,
+            page_size: 8192,
+            writer: "w-1".into(),
+            next_ino: files + 2,
+            ..Manifest::default()
+        };
+        for ino in 2..files + 2 {
+            m.inodes.push(Attr {
+                size: runs * 2 * 8192,
+                ..attr(ino, FileKind::File)
+            });
+            for k in 0..runs {
+                let run = RunLocation {
+                    ino,
+                    first_page: 2 * k,
+                    pages: 1,
+                    offset: (ino * runs + k) * 8192,
+                    stored_len: 8192,
+                    codec: Codec::Raw,
+                    crc: (ino * 31 + k * 7) as u32,
+                };
+                m.extents.push(Extent::whole(
+                    format!("segments/{:020}-w-1-{}-0000.seg", 3 + k % 5, k % 5).as_str(),
+                    run,
+                ));
+            }
+        }
+        m
+    }
+
+    // Issue 14: every start reads its chain's base, and a base of a fragmented view is
+    // megabytes (6 MB at 10 GiB after a few seconds of TPC-B, BENCHMARKS.md). A large body
+    // is stored as one zstd frame, and reads back the same; a small one is left as it is.
+    #[test]
+    fn a_large_body_is_stored_compressed_and_reads_back_the_same() {
+        let m = fragmented_base(40, 500);
+        let stored = m.encode();
+        let plain = m.encode_version(VERSION_EARLIER_SEGMENTS);
+        assert_eq!(
+            stored[INLINE_OFFSET as usize], BODY_ZSTD,
+            "the body's codec"
+        );
+        assert!(
+            stored.len() * 2 < plain.len(),
+            "{} bytes stored, {} plain: the body did not shrink by half",
+            stored.len(),
+            plain.len()
+        );
+        assert_eq!(Manifest::decode(&stored, "k").unwrap(), m);
+        assert_eq!(
+            plain_len(&stored),
+            plain.len() as u64 + 1,
+            "its length stored plain"
+        );
+        let small = sample().encode();
+        assert_eq!(plain_len(&small), small.len() as u64);
+        assert_eq!(
+            small[INLINE_OFFSET as usize], BODY_RAW,
+            "a small body's codec"
+        );
+        assert_eq!(
+            small.len(),
+            sample().encode_version(VERSION_EARLIER_SEGMENTS).len() + 1
+        );
+        // A large delta that carries runs: its inline part stays ahead of the codec byte.
+        let (mut carrying, runs, key) = with_inline();
+        carrying.extents.extend(m.extents.iter().cloned());
+        let stored = carrying.encode();
+        let inline = inline_range(&stored, &key)
+            .unwrap()
+            .expect("an inline part");
+        assert_eq!(stored[inline.end], BODY_ZSTD, "the carrying delta's codec");
+        let read = Manifest::decode(&stored, &key).unwrap();
+        // (Decoding does not keep the inline part: its runs are read by range.)
+        assert_eq!(
+            read,
+            Manifest {
+                inline: Vec::new(),
+                ..carrying
+            }
+        );
+        for (r, fill) in runs.iter().zip([7u8, 8]) {
+            let at = r.offset as usize;
+            let run = &stored[at..at + r.stored_len as usize];
+            let pages = segment::decode_run(r, run, &key).unwrap();
+            assert!(
+                pages.iter().all(|&b| b == fill),
+                "a carried run, read by its range"
+            );
+        }
+    }
+
+    // A compressed body that is damaged, lies about its size, or is no zstd frame at all is
+    // a corrupt manifest: an error, never a panic or a huge allocation.
+    #[test]
+    fn a_damaged_compressed_body_is_an_error() {
+        let good = fragmented_base(10, 500).encode();
+        let codec_at = INLINE_OFFSET as usize;
+        let frame = &good[codec_at + 1..good.len() - 4];
+        // A codec and a body with the checksum made right again, so that they are what is
+        // judged, not the checksum.
+        let sealed = |codec: u8, body: &[u8]| {
+            let mut bytes = good[..codec_at].to_vec();
+            bytes.push(codec);
+            bytes.extend_from_slice(body);
+            let crc = manifest_crc(&bytes, Some(codec_at..codec_at));
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        assert_eq!(
+            Manifest::decode(&sealed(BODY_ZSTD, frame), "k").unwrap(),
+            fragmented_base(10, 500),
+            "resealed as it was, it reads back"
+        );
+        let body = decompress_body(frame).unwrap();
+        let mut flipped = good.clone();
+        flipped[codec_at + 1 + frame.len() / 2] ^= 0x40;
+        // A frame header that says 8 GiB (single segment, an 8-byte content size).
+        let mut huge = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+        huge.extend_from_slice(&(8u64 << 30).to_le_bytes());
+        huge.extend_from_slice(&frame[frame.len() / 2..]);
+        for (what, bytes) in [
+            ("a flipped bit", flipped),
+            (
+                "a truncated frame",
+                sealed(BODY_ZSTD, &frame[..frame.len() / 2]),
+            ),
+            (
+                "a frame of half the body",
+                sealed(
+                    BODY_ZSTD,
+                    &zstd::bulk::compress(&body[..body.len() / 2], 1).unwrap(),
+                ),
+            ),
+            ("a frame that says 8 GiB", sealed(BODY_ZSTD, &huge)),
+            ("no frame", sealed(BODY_ZSTD, &[0u8; 16])),
+            ("an empty frame", sealed(BODY_ZSTD, &[])),
+            ("an unknown codec", sealed(2, frame)),
+            ("a frame read as a raw body", sealed(BODY_RAW, frame)),
+        ] {
+            let e = Manifest::decode(&bytes, "k").expect_err(what);
+            assert!(matches!(e, FormatError::Corrupt { .. }), "{what}: {e}");
+        }
+    }
+
     #[test]
     fn round_trip() {
         let m = sample();
@@ -542,7 +777,12 @@ mod tests {
         };
         assert_eq!(Manifest::decode(&fence.encode(), "k").unwrap(), fence);
         // What older bucketfs wrote still reads.
-        for version in [VERSION_PLAIN, VERSION_INLINE, VERSION_FENCE] {
+        for version in [
+            VERSION_PLAIN,
+            VERSION_INLINE,
+            VERSION_FENCE,
+            VERSION_EARLIER_SEGMENTS,
+        ] {
             let bytes = m.encode_version(version);
             assert_eq!(&bytes[8..12], &version.to_le_bytes());
             assert_eq!(
@@ -571,7 +811,8 @@ mod tests {
             VERSION_PLAIN,
             VERSION_INLINE,
             VERSION_FENCE,
-            MANIFEST_VERSION,
+            VERSION_EARLIER_SEGMENTS,
+            VERSION_CODEC,
         ] {
             let good = sample().encode_version(version);
             let i = at(version);
@@ -582,7 +823,7 @@ mod tests {
                 let crc = manifest_crc(&bytes[..bytes.len() - 4], inline);
                 let n = bytes.len();
                 bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
-                // Versions 3 and 4: clean stop (1) or fence (2), never both.
+                // Versions 3 and later: clean stop (1) or fence (2), never both.
                 let highest = if version >= VERSION_FENCE { 2 } else { 1 };
                 match Manifest::decode(&bytes, "k") {
                     Ok(m) => {
@@ -609,6 +850,18 @@ mod tests {
                 Manifest::decode(&bytes[..n], "k").is_err(),
                 "prefix {n} accepted"
             );
+        }
+        // `plain_len` reads the header and the frame's stated size of anything, never
+        // panicking: a compressed manifest's prefixes and flipped bytes.
+        let compressed = fragmented_base(4, 500).encode();
+        assert_eq!(compressed[INLINE_OFFSET as usize], BODY_ZSTD);
+        for n in 0..compressed.len() {
+            plain_len(&compressed[..n]);
+        }
+        for i in 0..64 {
+            let mut bad = compressed.clone();
+            bad[i] ^= 0xff;
+            plain_len(&bad);
         }
     }
 

@@ -43,7 +43,7 @@ impl Codec {
 
 /// A run is stored compressed only when that saves at least an eighth: below that, the CPU
 /// of decompressing on every cache miss buys too little.
-fn worth_it(compressed: usize, raw: usize) -> bool {
+pub(super) fn worth_it(compressed: usize, raw: usize) -> bool {
     compressed <= raw - raw / 8
 }
 
@@ -56,7 +56,7 @@ thread_local! {
 }
 
 /// One zstd frame of `data` at `level`.
-fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+pub(super) fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     #[cfg(test)]
     TRIES.set(TRIES.get() + 1);
     COMPRESSOR.with_borrow_mut(|kept| {
