@@ -116,7 +116,7 @@ def main():
             answer = ask(path, user, database, query, deadline)
         except ServerError as e:
             sys.exit(f"first_query.py: {e}")
-        except TimeoutError:
+        except (TimeoutError, socket.timeout):
             sys.exit(f"first_query.py: {path} did not answer within {timeout:g} s")
         if answer is not None:
             print(f"{answer} {time.time():.6f}")

@@ -527,8 +527,10 @@ run_start() { # target port warm|cold
     fi
     sleep 0.2
   done
-  wait "$FIRST_QUERY" || fail_with_log "the first query on $t failed: $(cat "$ask.err")" "$LOGS/$t-postgres.log"
+  local asked=0
+  wait "$FIRST_QUERY" || asked=$?
   FIRST_QUERY=""
+  [ "$asked" -eq 0 ] || fail_with_log "the first query on $t failed: $(cat "$ask.err")" "$LOGS/$t-postgres.log"
   read -r answer at <"$ask.out"
   secs="$(awk -v a="$t0" -v b="$at" 'BEGIN { printf "%.2f", b - a }')"
   [ -z "$COLD_LATENCY_MS" ] || s3_latency "$S3_LATENCY_MS"

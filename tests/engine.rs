@@ -1298,7 +1298,7 @@ fn the_view_after_each_base_is_the_one_a_reader_of_the_bucket_builds() {
 // whatever their size, so that a restore still reads a bounded chain.
 #[test]
 fn a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_chain() {
-    use bucketfs::checkpoint::open_bucket;
+    use bucketfs::checkpoint::{manifest_key, open_bucket};
     use bucketfs::store::LocalStore;
 
     // Longer than a restore's window of 32 manifests: the last chain is read in two.
@@ -1352,8 +1352,23 @@ fn a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_cha
             "no chain longer than 35 in 300 checkpoints: bases {bases:?}"
         );
     }
-    // Each decision, from the sizes of the manifests in the bucket.
+    // Each decision, from the sizes of the manifests in the bucket: the bases after the
+    // first are stored compressed, and counted as they would be stored plain.
     let size = |epoch: u64| plain_size(&dirs.bucket(), epoch);
+    let stored = |epoch: u64| {
+        let key = manifest_key(epoch);
+        std::fs::metadata(dirs.bucket().join(key))
+            .expect("the manifest")
+            .len()
+    };
+    assert!(
+        bases.iter().skip(1).all(|&b| stored(b) < size(b)),
+        "the bases after the first are stored compressed: {:?}",
+        bases
+            .iter()
+            .map(|&b| (stored(b), size(b)))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(
         bases,
         bases_by_rule(&epochs, size, BASE_EVERY, MAX_CHAIN),
@@ -1500,9 +1515,9 @@ fn plain_size(bucket: &Path, epoch: u64) -> u64 {
 }
 
 /// Where the rule for bases puts them, given the epochs committed after the engine's first
-/// base (epoch 1) and the sizes of their manifests: a base once the chain is `base_every` long
-/// and the deltas since the last base add up to a quarter of that base's encoded size, or at
-/// `max_chain`. Any epoch may be a base here, but a takeover always writes a delta: a test
+/// base (epoch 1) and the sizes of their manifests (`plain_size`): a base once the chain is
+/// `base_every` long and the deltas since the last base add up to a quarter of that base's
+/// size, or at `max_chain`. Any epoch may be a base here, but a takeover always writes a delta: a test
 /// must not place a takeover where the rule would put a base.
 fn bases_by_rule(
     epochs: &[u64],

@@ -322,8 +322,8 @@ pub struct Opened {
     pub view: View,
     /// The newest manifest, if there is one.
     pub latest: Option<Manifest>,
-    /// The encoded sizes of the chain's manifests, which the writer's next base is planned
-    /// with (`Checkpointer::base_due`).
+    /// The sizes of the chain's manifests (bodies uncompressed, `crate::manifest::plain_len`),
+    /// which the writer's next base is planned with (`Checkpointer::base_due`).
     pub chain_bytes: ChainBytes,
 }
 

@@ -5,7 +5,7 @@
 //! ```text
 //! manifest  magic "BFSMAN01" | version u32 | [inline_len u64 | inline] | [codec u8] | body |
 //!           crc32c u32 (of everything before it but `inline`, the body as stored)
-//!           version 1: no inline part. Versions 2 to 4: `inline` is a whole segment
+//!           version 1: no inline part. Versions 2 and later: `inline` is a whole segment
 //!           (segment.rs) holding the runs of a checkpoint small enough to travel in its
 //!           manifest (or nothing, inline_len 0). Version 3 has a flags byte where 1 and 2
 //!           have a clean_stop byte: a bucketfs that reads only 1 or 2 would neither keep
@@ -53,7 +53,7 @@ const VERSION_INLINE: u32 = 2;
 /// Read only: an inline part, a flags byte (clean stop, fence). A delta of this version
 /// names only segments whose names carry its own epoch.
 const VERSION_FENCE: u32 = 3;
-/// Read only, laid out as 3. From it on, a delta may name segments whose names carry an
+/// Read only, laid out as 3. From this version on, a delta may name segments whose names carry an
 /// earlier epoch (a compaction's, when checkpoints committed beside it, docs/gc.md): a GC that
 /// reads only up to version 3 would take them for no manifest's and delete them, so it must
 /// refuse the bucket instead. (Only the tests write it.)
@@ -172,7 +172,7 @@ impl Manifest {
 
     /// As `encode`, in an older version (tests of what this bucketfs still reads). Version 1
     /// cannot say that runs are inline, and neither 1 nor 2 that the manifest is a fence.
-    /// Version 3 is laid out as 4.
+    /// Version 3 is laid out as 4, and 5 is 4 with a codec byte before the body.
     fn encode_version(&self, version: u32) -> Vec<u8> {
         let own = crate::checkpoint::manifest_key(self.epoch);
         let mut w = Writer::default();
@@ -461,10 +461,10 @@ pub fn plain_len(bytes: &[u8]) -> u64 {
 
 /// `body` as one zstd frame, if it is long enough to be worth it and that saves an eighth.
 fn compress_body(body: &[u8]) -> Option<Vec<u8>> {
-    if body.len() < COMPRESS_FROM {
+    // (A body past `MOST_BODY` stays as it is: a reader would refuse its frame.)
+    if body.len() < COMPRESS_FROM || body.len() as u64 > MOST_BODY {
         return None;
     }
-    // (Level 1: a base of a fragmented 10 GiB database, 6 MB, in about 15 ms.)
     let frame = segment::compress(body, 1).ok()?;
     segment::worth_it(frame.len(), body.len()).then_some(frame)
 }
@@ -763,6 +763,9 @@ mod tests {
             let e = Manifest::decode(&bytes, "k").expect_err(what);
             assert!(matches!(e, FormatError::Corrupt { .. }), "{what}: {e}");
         }
+        // Refused for its size, before anything is allocated for it.
+        let e = decompress_body(&huge).expect_err("a frame that says 8 GiB");
+        assert!(e.contains("8589934592 bytes"), "{e}");
     }
 
     #[test]
