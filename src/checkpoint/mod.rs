@@ -941,8 +941,8 @@ pub struct Checkpointer {
     chain_bytes: Mutex<ChainBytes>,
 }
 
-/// The encoded sizes of a chain's manifests (with their bodies as they are, uncompressed:
-/// `crate::manifest::plain_len`): the base's, and the deltas' since. Read from the bucket
+/// The sizes of a chain's manifests as they would be stored with their bodies uncompressed
+/// (`crate::manifest::plain_len`): the base's, and the deltas' since. Read from the bucket
 /// when a mount opens it, then counted as the mount commits (`base_due`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChainBytes {
@@ -964,7 +964,7 @@ impl ChainBytes {
     }
 }
 
-/// A committed manifest's length: as stored, and with its body stored as it is (what the
+/// A committed manifest's length: as stored, and with its body uncompressed (what the
 /// cadence of bases counts, `crate::manifest::plain_len`).
 #[derive(Clone, Copy)]
 struct ManifestLen {

@@ -436,7 +436,7 @@ impl Manifest {
     }
 }
 
-/// The length a manifest as stored (`bytes`) would have with its body stored as it is: what
+/// The length a manifest as stored (`bytes`) would have with its body uncompressed: what
 /// the cadence of bases counts (`Checkpointer::base_due`), so that compressing bodies changes
 /// what a base costs to read and upload, not how often one is written (a base is the whole
 /// view to encode; under `--durability remote` a commit waits for it). Reads only the
