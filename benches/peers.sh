@@ -38,7 +38,12 @@
 #             first query's answer (`SELECT abalance FROM pgbench_accounts WHERE aid = 1`,
 #             asked by benches/first_query.py every 5 ms from before the filesystem starts, as
 #             a client that keeps trying would). For local and bindfs: the page cache dropped,
-#             Postgres started, the same query.
+#             Postgres started, the same query. Before the clock starts, benches/disk_probe.py
+#             waits until the disk has been quiet for $DISK_SETTLE_S s (a 4 KiB read of a file
+#             of its own, past the page cache, every 10 ms, none over 20 ms: this VM's disk
+#             stalls after heavy writes, and a machine waking from idle has a quiet one); it
+#             goes on reading beside the start, and starts under which a read took over
+#             20 ms anyway are named below the table.
 #   cold      the same, with the cache dir emptied first: a new machine.
 #   select    (only if WORKLOADS names it) pgbench select-only on a database larger than the
 #             filesystem's read cache: the filesystem restarted with a cache of $SELECT_CACHE
@@ -86,6 +91,8 @@
 #                                  starts only
 #                                  (e.g. S3_LATENCY_MS=0 COLD_LATENCY_MS=20: a bucket that
 #                                  many fast commits filled, restored across a region's latency)
+#   DISK_SETTLE_S=1                how long the disk must be quiet before a timed start (above;
+#                                  0: start the clock at once)
 #   S3_SERVER=...                  that server's binary, if built already (default: built here
 #                                  with `cargo bench --no-run`, which waits for any other cargo)
 #
@@ -134,6 +141,8 @@ for v in SCALE CLIENTS JOBS DURATION FIO_RUNTIME PORT REDIS_PORT SELECT_SCALE SE
 done
 [ -z "$S3_LATENCY_MS" ] || [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number of milliseconds, got '$S3_LATENCY_MS'"
 COLD_LATENCY_MS="${COLD_LATENCY_MS:-}"
+DISK_SETTLE_S="${DISK_SETTLE_S:-1}"
+[[ "$DISK_SETTLE_S" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "DISK_SETTLE_S must be a number of seconds, got '$DISK_SETTLE_S'"
 [ -z "$COLD_LATENCY_MS" ] || [ -n "$S3_LATENCY_MS" ] || die "COLD_LATENCY_MS needs S3_LATENCY_MS (the S3 server)"
 [ -z "$COLD_LATENCY_MS" ] || [[ "$COLD_LATENCY_MS" =~ ^[0-9]+$ ]] || die "COLD_LATENCY_MS must be a whole number of milliseconds, got '$COLD_LATENCY_MS'"
 [ $((CLIENTS % JOBS)) -eq 0 ] || die "CLIENTS ($CLIENTS) must be a multiple of JOBS ($JOBS)"
@@ -184,6 +193,10 @@ fi
 pg_scratch peers
 : >"$SCRATCH/results"
 if runs select; then cg_make peers; fi
+# The file benches/disk_probe.py reads beside each timed start, on the disk the targets use.
+if runs warm || runs cold; then
+  head -c 64M /dev/urandom >"$SCRATCH/disk-probe" && sync "$SCRATCH/disk-probe"
+fi
 
 PG_RUNNING=""   # data dir of the server that is up, if any (inside a target's subshell)
 FS_PID=""       # the FUSE daemon of the current target, if any (likewise)
@@ -239,8 +252,9 @@ trap 'echo "peers: interrupted" >&2; exit 130' INT TERM
 
 # A target that fails ends its own subshell: the reason goes in the table, the run goes on.
 fail_with_log() { # what log
-  # (A start's client, if one is waiting, gives up with the target.)
+  # (A start's client and disk probe, if they run, go with the target.)
   [ -z "${FIRST_QUERY:-}" ] || kill "$FIRST_QUERY" 2>/dev/null || true
+  [ -z "${DISK_PROBE:-}" ] || kill "$DISK_PROBE" 2>/dev/null || true
   echo "peers: error: $1; last lines of $2:" >&2
   tail -n 30 "$2" >&2 2>/dev/null
   echo "$1" >"$SCRATCH/failed-$TARGET"
@@ -410,7 +424,7 @@ fs_stop() {
 }
 
 # ---- the workloads ---------------------------------------------------------------------------
-declare -A SEQ RAND TPS WARM COLD NOTE STPS SDB SBLKS SHIT SGETS SKIB
+declare -A SEQ RAND TPS WARM COLD DISK NOTE STPS SDB SBLKS SHIT SGETS SKIB
 
 fio_job() { # target job [fio options...] -> prints "MB/s IOPS"
   local t="$1" job="$2" out="$LOGS/$1-fio-$2.json"
@@ -507,7 +521,17 @@ run_start() { # target port warm|cold
   # would (`pg_ctl -w` looks every 100 ms); Postgres is started without waiting. A start that
   # takes two minutes has failed: the client gives up then, or as soon as the filesystem
   # exits (looked at every 0.2 s, with no request to the mount).
-  local ask="$SCRATCH/$t-first-query-$kind" at
+  local ask="$SCRATCH/$t-first-query-$kind" at probe="$SCRATCH/$t-disk-$kind" disk
+  # The disk under the start, quiet before the clock starts and watched beside it, with no
+  # request to the target: a start that waits on a stalled disk is named below the table.
+  rm -f "$probe.ready"
+  python3 "$REPO/benches/disk_probe.py" "$SCRATCH/disk-probe" "$probe.ready" "$DISK_SETTLE_S" \
+    >"$probe.out" 2>"$probe.err" &
+  DISK_PROBE=$!
+  until [ -e "$probe.ready" ]; do
+    kill -0 "$DISK_PROBE" 2>/dev/null || fail_with_log "disk_probe.py did not start" "$probe.err"
+    sleep 0.01
+  done
   rm -f "$ask.ready"
   python3 "$REPO/benches/first_query.py" "$SOCK" "$port" postgres postgres \
     'SELECT abalance FROM pgbench_accounts WHERE aid = 1' 120 "$ask.ready" >"$ask.out" 2>"$ask.err" &
@@ -533,10 +557,18 @@ run_start() { # target port warm|cold
   [ "$asked" -eq 0 ] || fail_with_log "the first query on $t failed: $(cat "$ask.err")" "$LOGS/$t-postgres.log"
   read -r answer at <"$ask.out"
   secs="$(awk -v a="$t0" -v b="$at" 'BEGIN { printf "%.2f", b - a }')"
+  kill -TERM "$DISK_PROBE"
+  wait "$DISK_PROBE" || fail_with_log "disk_probe.py failed" "$probe.err"
+  DISK_PROBE=""
+  # "reads N over_20ms K longest_ms L settled_s S"
+  read -r _ _ _ slow _ longest _ settled <"$probe.out" ||
+    fail_with_log "disk_probe.py printed nothing" "$probe.err"
+  record "$t" "$kind-disk" "$slow $longest"
   [ -z "$COLD_LATENCY_MS" ] || s3_latency "$S3_LATENCY_MS"
   record "$t" "$kind" "$secs"
   [[ "$answer" =~ ^-?[0-9]+$ ]] || fail_with_log "the first query on $t answered '$answer'" "$LOGS/$t-postgres.log"
-  printf '    first query answered %s s after the start\n' "$secs"
+  printf '    first query answered %s s after the start (the disk: quiet after %s s; beside the start %s reads over 20 ms, the longest %s ms)\n' \
+    "$secs" "$settled" "$slow" "$longest"
   pg_stop "$t" "$DIR/pgdata"
   fs_stop "$t"
 }
@@ -656,6 +688,7 @@ CMDLINE="TARGETS='$TARGETS' WORKLOADS='$WORKLOADS' SCALE=$SCALE CLIENTS=$CLIENTS
 if runs select; then
   CMDLINE="$CMDLINE SELECT_SCALE=$SELECT_SCALE SELECT_CACHE=$SELECT_CACHE SELECT_DURATION=$SELECT_DURATION SELECT_WARMUP=$SELECT_WARMUP SELECT_SHARED_BUFFERS=$SELECT_SHARED_BUFFERS PG_MEMORY=$PG_MEMORY"
 fi
+if runs warm || runs cold; then CMDLINE="$CMDLINE DISK_SETTLE_S=$DISK_SETTLE_S"; fi
 CMDLINE="$CMDLINE${S3_LATENCY_MS:+ S3_LATENCY_MS=$S3_LATENCY_MS}${COLD_LATENCY_MS:+ COLD_LATENCY_MS=$COLD_LATENCY_MS} benches/peers.sh"
 print_header() {
   echo "command:   $CMDLINE"
@@ -720,6 +753,7 @@ while read -r t key value; do
     tps) TPS[$t]="$value" ;;
     warm) WARM[$t]="$value" ;;
     cold) COLD[$t]="$value" ;;
+    warm-disk | cold-disk) DISK["$t ${key%-disk}"]="$value" ;;
     stps) STPS[$t]="$value" ;;
     sdb) SDB[$t]="$value" ;;
     sblks) SBLKS[$t]="$value" ;;
@@ -760,6 +794,25 @@ if runs fio || runs tpcb; then
   echo "÷ local: the target's figure over the local disk's (higher is better). × local: the"
   echo "start's time over the local disk's restart (lower is better). One run per target: a few %"
   echo "is noise."
+  stalled=""
+  for t in "${RAN[@]}"; do
+    for kind in warm cold; do
+      read -r slow longest <<<"${DISK["$t $kind"]:-0 0}"
+      if [ "$slow" -gt 0 ]; then
+        stalled+="${stalled:+; }$t $kind ($slow over 20 ms, the longest $longest ms)"
+      fi
+    done
+  done
+  if runs warm || runs cold; then
+    echo "The disk (benches/disk_probe.py: a 4 KiB read past the page cache every 10 ms, quiet for"
+    if [ -z "$stalled" ]; then
+      echo "$DISK_SETTLE_S s before each start): no read took over 20 ms beside any start."
+    else
+      echo "$DISK_SETTLE_S s before each start) was slow beside these starts, reads taking over 20 ms:"
+      echo "$stalled. The disk was busy or stalled, by the target's own reads and writes or"
+      echo "not: the probe cannot tell."
+    fi
+  fi
 fi
 if runs select; then
   echo

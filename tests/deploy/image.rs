@@ -212,6 +212,9 @@ pub(crate) fn under(dir: &str, base: &str) -> bool {
     d.starts_with(Path::new(base))
 }
 
+/// The bundle of CA certificates that Debian's and Ubuntu's ca-certificates installs.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 pub(crate) fn dockerfile_problems(files: &Files, docker: &Dockerfile, pg: &PgConf) -> Vec<String> {
     let mut p = Vec::new();
     let mut bad = |s: String| p.push(format!("docker/Dockerfile: {s}"));
@@ -329,6 +332,13 @@ pub(crate) fn dockerfile_problems(files: &Files, docker: &Dockerfile, pg: &PgCon
         bad("`bucketfs run` must name its MOUNTPOINT first".into());
     }
     let env = docker.env();
+    match env.get("SSL_CERT_FILE").map(String::as_str) {
+        Some(CA_BUNDLE) if !env.contains_key("SSL_CERT_DIR") => {}
+        Some(CA_BUNDLE) => bad("ENV SSL_CERT_DIR: the S3 client would read that directory's every file at each start, as well as the bundle".into()),
+        other => bad(format!(
+            "ENV SSL_CERT_FILE must name {CA_BUNDLE} (ca-certificates' bundle), not {other:?}: unset, the S3 client reads every file of /etc/ssl/certs at each start as well"
+        )),
+    }
     if let Some(pgdata) = env.get("PGDATA") {
         if *pgdata != mountpoint {
             bad(format!("ENV PGDATA={pgdata} but bucketfs mounts {mountpoint}: initdb and the mount would disagree"));
