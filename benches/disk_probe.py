@@ -6,26 +6,29 @@ past the page cache, every 10 ms, until it is sent SIGTERM, and then prints what
 
 FILE is any file on the disk to watch, of at least 4 KiB, written and flushed before (a read
 of pages still waiting to be written would wait for them). First the probe waits until the
-disk has settled: SETTLE_S seconds in a row with no read over 20 ms (for at most a minute;
-past that it says so on stderr and goes on). Then it creates READY_FILE (start the clock
-once it is there) and counts its reads afresh. On SIGTERM it prints one line,
+disk has settled: SETTLE_S seconds in a row with no read over 20 ms (at most 60 s; past
+that it goes on regardless). Then it creates READY_FILE (start the clock once it is there)
+and reads on. On SIGTERM it prints, and exits 0,
 
-    reads N over_20ms K longest_ms L settled_s S
+    slow START MS          one line per read that took over 20 ms since READY_FILE: when it
+                           began (seconds since the epoch, the clock of `date +%s.%N`) and
+                           how long it took (a read of the disks the benchmarks run on takes
+                           well under a millisecond when nothing else waits on them)
+    reads N settled_s S    the reads made since READY_FILE, and how long the disk took to
+                           settle (S is "no" if it had not within 60 s)
 
-and exits 0: the reads it made once ready, how many took over 20 ms, the longest (a read of
-the disk the benchmarks run on takes well under a millisecond when nothing else waits on
-it), and how long the disk took to settle. Exits 1 with a message, before creating
-READY_FILE, if the file cannot be read past the page cache (O_DIRECT, which not every
-filesystem takes) or is too small.
+so that the caller counts the slow reads inside the interval it timed. Exits 1 with a
+message, before creating READY_FILE, if FILE is missing, smaller than 4 KiB, or cannot be
+read past the page cache (O_DIRECT, which not every filesystem takes).
 
 Why: a start reads its binaries, its cache dir and the S3 server's objects from this disk, so
-when the disk stalls (on this benchmark machine, a VM's disk, reads have waited 0.2-0.5 s
-behind a flush, and starts stalled by as much in the same moments, with either binary) a
-start takes longer for a reason that is not the filesystem measured. The disk stalls most
-right after heavy writes, such as the load and the TPC-B run before the first start, while
-a machine that wakes after being idle has a quiet disk: so the probe lets the disk settle
-before the clock starts, then says which starts it stalled under anyway. It sends no
-request to the filesystem and reads about 400 KB/s of its own. Standard library only.
+when the disk stalls (on the VM the benchmarks ran on, reads waited 0.2-0.5 s behind a
+flush at times, and starts stalled by as much in the same moments, with either binary
+measured) a start takes longer for a reason that is not the filesystem measured. A machine
+that wakes after being idle has a quiet disk: so the probe lets the disk settle before the
+clock starts (after the load and the TPC-B run it took a second or two), then says which
+starts it was slow under anyway. It sends no request to the filesystem and reads about
+400 KB/s of its own. Standard library only.
 """
 
 import mmap
@@ -47,45 +50,47 @@ def main():
     path, ready, settle_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
     try:
         blocks = os.path.getsize(path) // BLOCK
-        if blocks == 0:
-            sys.exit(f"disk_probe.py: {path} is smaller than {BLOCK} bytes")
+    except OSError as e:
+        sys.exit(f"disk_probe.py: {e}")
+    if blocks == 0:
+        sys.exit(f"disk_probe.py: {path} is smaller than {BLOCK} bytes")
+    try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
         buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
         os.preadv(fd, [buf], 0)
     except OSError as e:
-        sys.exit(f"disk_probe.py: cannot read {path} past the page cache: {e}")
+        sys.exit(f"disk_probe.py: cannot read {path} past the page cache (O_DIRECT): {e}")
 
     def probe():
-        """One read at a random place; its time in ms."""
+        """One read at a random place: when it began (epoch seconds) and its time in ms."""
         offset = random.randrange(blocks) * BLOCK
-        began = time.monotonic()
+        began, t = time.time(), time.monotonic()
         os.preadv(fd, [buf], offset)
-        return 1000 * (time.monotonic() - began)
+        return began, 1000 * (time.monotonic() - t)
 
     started = quiet_since = time.monotonic()
-    while time.monotonic() - quiet_since < settle_s:
-        if time.monotonic() - started > SETTLE_LIMIT_S:
-            print(
-                f"disk_probe.py: the disk did not settle within {SETTLE_LIMIT_S:g} s; going on",
-                file=sys.stderr,
-            )
+    settled = "no"
+    while time.monotonic() - started < SETTLE_LIMIT_S:
+        if time.monotonic() - quiet_since >= settle_s:
+            settled = f"{time.monotonic() - started:.1f}"
             break
-        if probe() > SLOW_MS:
+        if probe()[1] > SLOW_MS:
             quiet_since = time.monotonic()
         time.sleep(EVERY_S)
-    settled = time.monotonic() - started
 
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    reads, slow, longest = 0, 0, 0.0
+    reads, slow = 0, []
     open(ready, "w").close()
     while not stop:
-        ms = probe()
+        began, ms = probe()
         reads += 1
-        slow += ms > SLOW_MS
-        longest = max(longest, ms)
+        if ms > SLOW_MS:
+            slow.append((began, ms))
         time.sleep(EVERY_S)
-    print(f"reads {reads} over_20ms {slow} longest_ms {longest:.1f} settled_s {settled:.1f}")
+    for began, ms in slow:
+        print(f"slow {began:.6f} {ms:.1f}")
+    print(f"reads {reads} settled_s {settled}")
 
 
 if __name__ == "__main__":

@@ -153,6 +153,11 @@ fn attr(ino: u64, kind: FileKind, size: u64) -> Attr {
 /// A base manifest of a database of `files` files of `pages` pages each, in runs of
 /// `RUN_PAGES`, 128 runs to a segment.
 fn base(files: u64, pages: u64) -> Manifest {
+    base_in_runs(files, pages, RUN_PAGES)
+}
+
+/// As `base`, in runs of `run_pages`.
+fn base_in_runs(files: u64, pages: u64, run_pages: u32) -> Manifest {
     let mut m = Manifest {
         epoch: 42,
         parent: None,
@@ -173,12 +178,12 @@ fn base(files: u64, pages: u64) -> Manifest {
             ino,
             kind: FileKind::File,
         });
-        for first in (0..pages).step_by(RUN_PAGES as usize) {
+        for first in (0..pages).step_by(run_pages as usize) {
             let segment = format!("segments/{:020}-0123456789abcdef-1-{:04}.seg", 42, n / 128);
             let run = bucketfs::manifest::segment::RunLocation {
                 ino,
                 first_page: first,
-                pages: RUN_PAGES,
+                pages: run_pages,
                 offset: (n % 128) * 90_000,
                 stored_len: 90_000,
                 codec: bucketfs::manifest::segment::Codec::Zstd,
@@ -212,6 +217,23 @@ fn manifests(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // A base as a random update load leaves it: an extent per page (here 1,000 files of 128
+    // pages, the 10 GiB pgbench database after 10 s of TPC-B had about 100,000 extents).
+    let fragmented = base_in_runs(1_000, 128, 1);
+    g.throughput(Throughput::Elements(fragmented.extents.len() as u64));
+    g.bench_function(
+        "apply a base of 128,000 one-page extents to an empty view",
+        |b| {
+            b.iter_batched(
+                View::default,
+                |mut v| {
+                    v.apply(&fragmented);
+                    v
+                },
+                BatchSize::LargeInput,
+            )
+        },
+    );
     let mut view = View::default();
     view.apply(&m);
     let delta = {

@@ -40,10 +40,10 @@
 #             a client that keeps trying would). For local and bindfs: the page cache dropped,
 #             Postgres started, the same query. Before the clock starts, benches/disk_probe.py
 #             waits until the disk has been quiet for $DISK_SETTLE_S s (a 4 KiB read of a file
-#             of its own, past the page cache, every 10 ms, none over 20 ms: this VM's disk
-#             stalls after heavy writes, and a machine waking from idle has a quiet one); it
-#             goes on reading beside the start, and starts under which a read took over
-#             20 ms anyway are named below the table.
+#             of its own, past the page cache, every 10 ms, none over 20 ms: a VM's disk can
+#             stall for a while after heavy writes, and a machine waking from idle has a quiet
+#             one); it goes on reading beside the start, and starts during which a read took
+#             over 20 ms anyway are named below the table.
 #   cold      the same, with the cache dir emptied first: a new machine.
 #   select    (only if WORKLOADS names it) pgbench select-only on a database larger than the
 #             filesystem's read cache: the filesystem restarted with a cache of $SELECT_CACHE
@@ -92,7 +92,7 @@
 #                                  (e.g. S3_LATENCY_MS=0 COLD_LATENCY_MS=20: a bucket that
 #                                  many fast commits filled, restored across a region's latency)
 #   DISK_SETTLE_S=1                how long the disk must be quiet before a timed start (above;
-#                                  0: start the clock at once)
+#                                  under 60; 0: start the clock at once)
 #   S3_SERVER=...                  that server's binary, if built already (default: built here
 #                                  with `cargo bench --no-run`, which waits for any other cargo)
 #
@@ -142,7 +142,7 @@ done
 [ -z "$S3_LATENCY_MS" ] || [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number of milliseconds, got '$S3_LATENCY_MS'"
 COLD_LATENCY_MS="${COLD_LATENCY_MS:-}"
 DISK_SETTLE_S="${DISK_SETTLE_S:-1}"
-[[ "$DISK_SETTLE_S" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "DISK_SETTLE_S must be a number of seconds, got '$DISK_SETTLE_S'"
+[[ "$DISK_SETTLE_S" =~ ^[0-5]?[0-9](\.[0-9]+)?$ ]] || die "DISK_SETTLE_S must be a number of seconds under 60, got '$DISK_SETTLE_S'"
 [ -z "$COLD_LATENCY_MS" ] || [ -n "$S3_LATENCY_MS" ] || die "COLD_LATENCY_MS needs S3_LATENCY_MS (the S3 server)"
 [ -z "$COLD_LATENCY_MS" ] || [[ "$COLD_LATENCY_MS" =~ ^[0-9]+$ ]] || die "COLD_LATENCY_MS must be a whole number of milliseconds, got '$COLD_LATENCY_MS'"
 [ $((CLIENTS % JOBS)) -eq 0 ] || die "CLIENTS ($CLIENTS) must be a multiple of JOBS ($JOBS)"
@@ -195,7 +195,10 @@ pg_scratch peers
 if runs select; then cg_make peers; fi
 # The file benches/disk_probe.py reads beside each timed start, on the disk the targets use.
 if runs warm || runs cold; then
-  head -c 64M /dev/urandom >"$SCRATCH/disk-probe" && sync "$SCRATCH/disk-probe"
+  head -c 64M /dev/urandom >"$SCRATCH/disk-probe" || die "cannot write $SCRATCH/disk-probe"
+  sync "$SCRATCH/disk-probe"
+  dd if="$SCRATCH/disk-probe" of=/dev/null bs=4096 count=1 iflag=direct status=none ||
+    die "$BENCH_DIR's filesystem cannot be read past the page cache (O_DIRECT): benches/disk_probe.py needs it"
 fi
 
 PG_RUNNING=""   # data dir of the server that is up, if any (inside a target's subshell)
@@ -223,7 +226,11 @@ stop_target_leftovers() {
     wait_pid_gone "$FS_PID" 60 || kill -KILL "$FS_PID"
   fi
   [ -n "$FS_MNT" ] && is_mountpoint "$FS_MNT" && { fusermount3 -uz "$FS_MNT" 2>/dev/null || umount -l "$FS_MNT"; }
-  PG_RUNNING="" FS_PID=""
+  # A start's client and disk probe, if they run.
+  for pid in "${FIRST_QUERY:-}" "${DISK_PROBE:-}"; do
+    [ -z "$pid" ] || kill "$pid" 2>/dev/null
+  done
+  PG_RUNNING="" FS_PID="" FIRST_QUERY="" DISK_PROBE=""
 }
 
 cleanup() {
@@ -252,13 +259,25 @@ trap 'echo "peers: interrupted" >&2; exit 130' INT TERM
 
 # A target that fails ends its own subshell: the reason goes in the table, the run goes on.
 fail_with_log() { # what log
-  # (A start's client and disk probe, if they run, go with the target.)
-  [ -z "${FIRST_QUERY:-}" ] || kill "$FIRST_QUERY" 2>/dev/null || true
-  [ -z "${DISK_PROBE:-}" ] || kill "$DISK_PROBE" 2>/dev/null || true
   echo "peers: error: $1; last lines of $2:" >&2
   tail -n 30 "$2" >&2 2>/dev/null
   echo "$1" >"$SCRATCH/failed-$TARGET"
   exit 1
+}
+
+# spawn_ready var base name cmd...: runs cmd in the background (stdout to base.out, stderr to
+# base.err), sets var to its pid, and waits until it has created base.ready (cmd is told to).
+spawn_ready() {
+  local var="$1" base="$2" name="$3" pid
+  shift 3
+  rm -f "$base.ready"
+  "$@" >"$base.out" 2>"$base.err" &
+  pid=$!
+  printf -v "$var" '%s' "$pid"
+  until [ -e "$base.ready" ]; do
+    kill -0 "$pid" 2>/dev/null || fail_with_log "$name did not start" "$base.err"
+    sleep 0.01
+  done
 }
 
 # Results cross from a target's subshell to the report through a file: target, key, value.
@@ -521,25 +540,14 @@ run_start() { # target port warm|cold
   # would (`pg_ctl -w` looks every 100 ms); Postgres is started without waiting. A start that
   # takes two minutes has failed: the client gives up then, or as soon as the filesystem
   # exits (looked at every 0.2 s, with no request to the mount).
-  local ask="$SCRATCH/$t-first-query-$kind" at probe="$SCRATCH/$t-disk-$kind" disk
+  local ask="$SCRATCH/$t-first-query-$kind" at probe="$LOGS/$t-disk-$kind" disk slow longest settled
   # The disk under the start, quiet before the clock starts and watched beside it, with no
-  # request to the target: a start that waits on a stalled disk is named below the table.
-  rm -f "$probe.ready"
-  python3 "$REPO/benches/disk_probe.py" "$SCRATCH/disk-probe" "$probe.ready" "$DISK_SETTLE_S" \
-    >"$probe.out" 2>"$probe.err" &
-  DISK_PROBE=$!
-  until [ -e "$probe.ready" ]; do
-    kill -0 "$DISK_PROBE" 2>/dev/null || fail_with_log "disk_probe.py did not start" "$probe.err"
-    sleep 0.01
-  done
-  rm -f "$ask.ready"
-  python3 "$REPO/benches/first_query.py" "$SOCK" "$port" postgres postgres \
-    'SELECT abalance FROM pgbench_accounts WHERE aid = 1' 120 "$ask.ready" >"$ask.out" 2>"$ask.err" &
-  FIRST_QUERY=$!
-  until [ -e "$ask.ready" ]; do
-    kill -0 "$FIRST_QUERY" 2>/dev/null || fail_with_log "first_query.py did not start" "$ask.err"
-    sleep 0.01
-  done
+  # request to the target: a start during which it was slow is named below the table.
+  spawn_ready DISK_PROBE "$probe" disk_probe.py \
+    python3 "$REPO/benches/disk_probe.py" "$SCRATCH/disk-probe" "$probe.ready" "$DISK_SETTLE_S"
+  spawn_ready FIRST_QUERY "$ask" first_query.py \
+    python3 "$REPO/benches/first_query.py" "$SOCK" "$port" postgres postgres \
+    'SELECT abalance FROM pgbench_accounts WHERE aid = 1' 120 "$ask.ready"
   t0="$(now)"
   fs_start "$t"
   PG_RUNNING="$DIR/pgdata"
@@ -557,18 +565,29 @@ run_start() { # target port warm|cold
   [ "$asked" -eq 0 ] || fail_with_log "the first query on $t failed: $(cat "$ask.err")" "$LOGS/$t-postgres.log"
   read -r answer at <"$ask.out"
   secs="$(awk -v a="$t0" -v b="$at" 'BEGIN { printf "%.2f", b - a }')"
-  kill -TERM "$DISK_PROBE"
+  kill -TERM "$DISK_PROBE" 2>/dev/null || true
   wait "$DISK_PROBE" || fail_with_log "disk_probe.py failed" "$probe.err"
   DISK_PROBE=""
-  # "reads N over_20ms K longest_ms L settled_s S"
-  read -r _ _ _ slow _ longest _ settled <"$probe.out" ||
-    fail_with_log "disk_probe.py printed nothing" "$probe.err"
-  record "$t" "$kind-disk" "$slow $longest"
+  # Its slow reads that overlap the timed interval: "count longest_ms settled_s".
+  disk="$(awk -v a="$t0" -v b="$at" '
+    $1 == "slow" && $2 < b && $2 + $3 / 1000 > a { n++; if ($3 > m) m = $3 }
+    $1 == "reads" { s = $4 }
+    END { if (s == "") exit 1; printf "%d %.1f %s\n", n, m, s }' "$probe.out")" ||
+    fail_with_log "disk_probe.py printed no summary" "$probe.err"
+  read -r slow longest settled <<<"$disk"
+  record "$t" "$kind-disk" "$disk"
+  rm -f "$probe.ready"
   [ -z "$COLD_LATENCY_MS" ] || s3_latency "$S3_LATENCY_MS"
   record "$t" "$kind" "$secs"
   [[ "$answer" =~ ^-?[0-9]+$ ]] || fail_with_log "the first query on $t answered '$answer'" "$LOGS/$t-postgres.log"
-  printf '    first query answered %s s after the start (the disk: quiet after %s s; beside the start %s reads over 20 ms, the longest %s ms)\n' \
-    "$secs" "$settled" "$slow" "$longest"
+  case "$settled" in
+    no) settled="not quiet for $DISK_SETTLE_S s within a minute" ;;
+    *) settled="quiet for $DISK_SETTLE_S s after $settled s" ;;
+  esac
+  local during="no read over 20 ms"
+  [ "$slow" -eq 0 ] || during="$slow reads over 20 ms, the longest $longest ms"
+  printf '    first query answered %s s after the start (the disk: %s; during the start %s)\n' \
+    "$secs" "$settled" "$during"
   pg_stop "$t" "$DIR/pgdata"
   fs_stop "$t"
 }
@@ -794,23 +813,28 @@ if runs fio || runs tpcb; then
   echo "÷ local: the target's figure over the local disk's (higher is better). × local: the"
   echo "start's time over the local disk's restart (lower is better). One run per target: a few %"
   echo "is noise."
-  stalled=""
+  slow_starts="" unsettled="" timed=0
   for t in "${RAN[@]}"; do
     for kind in warm cold; do
-      read -r slow longest <<<"${DISK["$t $kind"]:-0 0}"
-      if [ "$slow" -gt 0 ]; then
-        stalled+="${stalled:+; }$t $kind ($slow over 20 ms, the longest $longest ms)"
-      fi
+      [ -n "${DISK["$t $kind"]:-}" ] || continue
+      read -r slow longest settled <<<"${DISK["$t $kind"]}"
+      timed=$((timed + 1))
+      [ "$slow" -eq 0 ] || slow_starts+="${slow_starts:+; }$t $kind ($slow, the longest $longest ms)"
+      [ "$settled" != no ] || unsettled+="${unsettled:+, }$t $kind"
     done
   done
-  if runs warm || runs cold; then
-    echo "The disk (benches/disk_probe.py: a 4 KiB read past the page cache every 10 ms, quiet for"
-    if [ -z "$stalled" ]; then
-      echo "$DISK_SETTLE_S s before each start): no read took over 20 ms beside any start."
+  if [ "$timed" -gt 0 ]; then
+    echo "The disk, read past the page cache every 10 ms beside each start (benches/disk_probe.py):"
+    if [ "$DISK_SETTLE_S" = 0 ]; then
+      echo "not waited for before the clock started."
     else
-      echo "$DISK_SETTLE_S s before each start) was slow beside these starts, reads taking over 20 ms:"
-      echo "$stalled. The disk was busy or stalled, by the target's own reads and writes or"
-      echo "not: the probe cannot tell."
+      echo "quiet (no 4 KiB read over 20 ms) for $DISK_SETTLE_S s before the clock started${unsettled:+, except before $unsettled (not within a minute)}."
+    fi
+    if [ -z "$slow_starts" ]; then
+      echo "No read took over 20 ms during any start."
+    else
+      echo "Reads over 20 ms during these starts: $slow_starts. The disk was busy or"
+      echo "stalled, by the target's own reads and writes or not: the probe cannot tell."
     fi
   fi
 fi

@@ -164,8 +164,10 @@ fn each_check_catches_a_broken_file() {
         ("docker: stop-timeout over", |f| &mut f.dockerfile, "\"--stop-timeout\", \"280s\"", "\"--stop-timeout\", \"400s\"", "shorter than"),
         ("docker: secret ENV", |f| &mut f.dockerfile, "ENV PGDATA=", "ENV POSTGRES_PASSWORD=hunter2 PGDATA=", "carries a value"),
         ("docker: unignored COPY", |f| &mut f.dockerfile, "COPY benches ./benches", "COPY tests ./tests", "leaves out"),
-        ("docker: no CA bundle named", |f| &mut f.dockerfile, "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt\n", "", "SSL_CERT_FILE must name"),
-        ("docker: CA dir too", |f| &mut f.dockerfile, "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt", "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt SSL_CERT_DIR=/etc/ssl/certs", "ENV SSL_CERT_DIR"),
+        ("docker: no ca-certificates", |f| &mut f.dockerfile, "fuse3 ca-certificates", "fuse3", "must install ca-certificates"),
+        ("docker: no CA bundle named", |f| &mut f.dockerfile, "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt\n", "", "no ENV SSL_CERT_FILE"),
+        ("docker: another CA bundle", |f| &mut f.dockerfile, "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt", "SSL_CERT_FILE=/etc/ssl/cert.pem", "it must be /etc/ssl/certs"),
+        ("docker: CA dir too", |f| &mut f.dockerfile, "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt", "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt SSL_CERT_DIR=/etc/ssl/certs", "SSL_CERT_DIR must not be set"),
         ("docker: collation", |f| &mut f.dockerfile, "--locale=C ", "--locale=en_US.UTF-8 ", "collation"),
         (".dockerignore: no allowlist", |f| &mut f.dockerignore, "\n*\n", "\ntarget\n", "allowlist"),
         // oriole/

@@ -55,14 +55,13 @@ impl View {
                 truncate(map, keep);
             }
         }
-        for e in &m.extents {
-            let map = self.extents.entry(e.run.ino).or_default();
-            insert(
-                map,
-                e.first_page,
-                e.first_page + e.pages,
-                Arc::new(e.clone()),
-            );
+        match m.parent {
+            None => self.extents = base_extents(&m.extents),
+            Some(_) => {
+                for e in &m.extents {
+                    insert_extent(self.extents.entry(e.run.ino).or_default(), e);
+                }
+            }
         }
         // Pages past a file's end can never be read: drop them (a shrink in a base). Only
         // files this manifest touched can have any: the others' sizes and extents are as the
@@ -127,6 +126,46 @@ impl View {
             ..Manifest::default()
         }
     }
+}
+
+/// A base's extents as maps, as inserting them one by one would leave them (newest wins). A
+/// file's extents that come together, in page order and disjoint, as `View::to_base` writes
+/// them, are built into its map in one pass: a restore of a fragmented view (an extent per
+/// page) otherwise spends a tree search and an insert per extent.
+fn base_extents(extents: &[Extent]) -> FxHashMap<u64, ExtentMap> {
+    let mut maps: FxHashMap<u64, ExtentMap> = FxHashMap::default();
+    let mut rest = extents;
+    while let Some(first) = rest.first() {
+        let ino = first.run.ino;
+        let n = rest.iter().take_while(|e| e.run.ino == ino).count();
+        let (file, after) = rest.split_at(n);
+        rest = after;
+        let ordered = file.iter().all(|e| e.pages > 0)
+            && file
+                .windows(2)
+                .all(|w| w[0].first_page + w[0].pages <= w[1].first_page);
+        let map = maps.entry(ino).or_default();
+        if ordered && map.is_empty() {
+            *map = file
+                .iter()
+                .map(|e| (e.first_page, (e.first_page + e.pages, Arc::new(e.clone()))))
+                .collect();
+        } else {
+            for e in file {
+                insert_extent(map, e);
+            }
+        }
+    }
+    maps
+}
+
+fn insert_extent(map: &mut ExtentMap, e: &Extent) {
+    insert(
+        map,
+        e.first_page,
+        e.first_page + e.pages,
+        Arc::new(e.clone()),
+    );
 }
 
 /// Newest wins: `[start, end)` now maps to `e`; older extents are trimmed or split.
@@ -205,6 +244,51 @@ mod tests {
     }
 
     proptest! {
+        /// A base's maps built in one pass are the maps its extents inserted one by one
+        /// leave: for files in page order (as bases are written) and for any other order,
+        /// overlap, empty extent or file split in two.
+        #[test]
+        fn a_base_built_in_one_pass_is_the_base_inserted_extent_by_extent(
+            files in prop::collection::vec(
+                (1u64..5, prop::collection::vec((0u64..6, 0u64..4), 0..12), any::<bool>()),
+                0..8,
+            )
+        ) {
+            let mut extents = Vec::new();
+            for (ino, runs, in_order) in files {
+                // In order: each run starts past the last one's end (gaps of 0..6 pages).
+                let mut next = 0;
+                for (gap, pages) in runs {
+                    let first = if in_order { next + gap } else { gap * 3 };
+                    next = first + pages;
+                    let mut e = (*ext(extents.len() as u64, first, first + pages)).clone();
+                    e.run.ino = ino;
+                    extents.push(e);
+                }
+            }
+            let mut one_by_one: FxHashMap<u64, ExtentMap> = FxHashMap::default();
+            for e in &extents {
+                insert_extent(one_by_one.entry(e.run.ino).or_default(), e);
+            }
+            let built = base_extents(&extents);
+            let flat = |maps: &FxHashMap<u64, ExtentMap>| {
+                let mut v: Vec<(u64, u64, u64, String)> = maps
+                    .iter()
+                    .flat_map(|(ino, map)| {
+                        map.iter().map(move |(s, (e, x))| (*ino, *s, *e, x.segment.to_string()))
+                    })
+                    .collect();
+                v.sort();
+                v
+            };
+            let mut inos: Vec<&u64> = built.keys().collect();
+            let mut want: Vec<&u64> = one_by_one.keys().collect();
+            inos.sort();
+            want.sort();
+            prop_assert_eq!(inos, want);
+            prop_assert_eq!(flat(&built), flat(&one_by_one));
+        }
+
         /// The extent map agrees with a plain page -> newest-writer array.
         #[test]
         fn newest_wins_like_a_page_array(

@@ -303,6 +303,13 @@ pub(crate) fn dockerfile_problems(files: &Files, docker: &Dockerfile, pg: &PgCon
     {
         bad("the runtime must install fuse3".into());
     }
+    if !runs.iter().any(|r| {
+        r.contains("apt-get install") && r.split_whitespace().any(|w| w == "ca-certificates")
+    }) {
+        bad(format!(
+            "the runtime must install ca-certificates: TLS to the bucket, and {CA_BUNDLE}"
+        ));
+    }
     let copies: Vec<&Instr> = last.instrs.iter().filter(|i| i.op == "COPY").collect();
     if !copies
         .iter()
@@ -332,12 +339,18 @@ pub(crate) fn dockerfile_problems(files: &Files, docker: &Dockerfile, pg: &PgCon
         bad("`bucketfs run` must name its MOUNTPOINT first".into());
     }
     let env = docker.env();
-    match env.get("SSL_CERT_FILE").map(String::as_str) {
-        Some(CA_BUNDLE) if !env.contains_key("SSL_CERT_DIR") => {}
-        Some(CA_BUNDLE) => bad("ENV SSL_CERT_DIR: the S3 client would read that directory's every file at each start, as well as the bundle".into()),
-        other => bad(format!(
-            "ENV SSL_CERT_FILE must name {CA_BUNDLE} (ca-certificates' bundle), not {other:?}: unset, the S3 client reads every file of /etc/ssl/certs at each start as well"
+    // The S3 client's TLS roots: the one bundle, not every file of /etc/ssl/certs as well.
+    match env.get("SSL_CERT_FILE") {
+        None => bad(format!(
+            "no ENV SSL_CERT_FILE: set it to {CA_BUNDLE}, or the S3 client reads every file of /etc/ssl/certs at each start as well as the bundle"
         )),
+        Some(f) if f != CA_BUNDLE => bad(format!(
+            "ENV SSL_CERT_FILE={f}: it must be {CA_BUNDLE}, the bundle ca-certificates installs"
+        )),
+        Some(_) => {}
+    }
+    if env.contains_key("SSL_CERT_DIR") {
+        bad("ENV SSL_CERT_DIR must not be set: the S3 client would read every file of that directory at each start as well as the bundle".into());
     }
     if let Some(pgdata) = env.get("PGDATA") {
         if *pgdata != mountpoint {
