@@ -199,7 +199,7 @@ fn base_in_runs(files: u64, pages: u64, run_pages: u32) -> Manifest {
 fn manifests(c: &mut Criterion) {
     let mut g = c.benchmark_group("manifest");
     g.measurement_time(Duration::from_secs(4));
-    // 1 GiB in 1,000 files (4,096 runs), and a delta of one checkpoint under pgbench.
+    // 1 GiB in 1,000 files (4,000 runs), and a delta of one checkpoint under pgbench.
     let m = base(1_000, 128);
     let bytes = m.encode();
     g.throughput(Throughput::Elements(m.extents.len() as u64));

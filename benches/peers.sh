@@ -142,6 +142,7 @@ done
 [ -z "$S3_LATENCY_MS" ] || [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number of milliseconds, got '$S3_LATENCY_MS'"
 COLD_LATENCY_MS="${COLD_LATENCY_MS:-}"
 DISK_SETTLE_S="${DISK_SETTLE_S:-1}"
+settles() { awk -v s="$DISK_SETTLE_S" 'BEGIN { exit !(s > 0) }'; }  # a timed start waits for a quiet disk
 [[ "$DISK_SETTLE_S" =~ ^[0-5]?[0-9](\.[0-9]+)?$ ]] || die "DISK_SETTLE_S must be a number of seconds under 60, got '$DISK_SETTLE_S'"
 [ -z "$COLD_LATENCY_MS" ] || [ -n "$S3_LATENCY_MS" ] || die "COLD_LATENCY_MS needs S3_LATENCY_MS (the S3 server)"
 [ -z "$COLD_LATENCY_MS" ] || [[ "$COLD_LATENCY_MS" =~ ^[0-9]+$ ]] || die "COLD_LATENCY_MS must be a whole number of milliseconds, got '$COLD_LATENCY_MS'"
@@ -215,6 +216,11 @@ as_pg() { "${AS_PG[@]}" "$@"; }
 # be: a Postgres stuck in a FUSE call dies only once the daemon is gone), its mount.
 stop_target_leftovers() {
   local pid
+  # A start's client and disk probe, if they run (first: nothing below may keep them alive).
+  for pid in "${FIRST_QUERY:-}" "${DISK_PROBE:-}"; do
+    [ -z "$pid" ] || kill "$pid" 2>/dev/null || true
+  done
+  FIRST_QUERY="" DISK_PROBE=""
   if [ -n "$PG_RUNNING" ]; then
     timeout 60 runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PG_RUNNING" -m immediate -w -t 30 stop >/dev/null 2>&1 || {
       pid="$(head -1 "$PG_RUNNING/postmaster.pid" 2>/dev/null)"
@@ -226,11 +232,7 @@ stop_target_leftovers() {
     wait_pid_gone "$FS_PID" 60 || kill -KILL "$FS_PID"
   fi
   [ -n "$FS_MNT" ] && is_mountpoint "$FS_MNT" && { fusermount3 -uz "$FS_MNT" 2>/dev/null || umount -l "$FS_MNT"; }
-  # A start's client and disk probe, if they run.
-  for pid in "${FIRST_QUERY:-}" "${DISK_PROBE:-}"; do
-    [ -z "$pid" ] || kill "$pid" 2>/dev/null
-  done
-  PG_RUNNING="" FS_PID="" FIRST_QUERY="" DISK_PROBE=""
+  PG_RUNNING="" FS_PID=""
 }
 
 cleanup() {
@@ -566,8 +568,10 @@ run_start() { # target port warm|cold
   read -r answer at <"$ask.out"
   secs="$(awk -v a="$t0" -v b="$at" 'BEGIN { printf "%.2f", b - a }')"
   kill -TERM "$DISK_PROBE" 2>/dev/null || true
-  wait "$DISK_PROBE" || fail_with_log "disk_probe.py failed" "$probe.err"
+  local probed=0
+  wait "$DISK_PROBE" || probed=$?
   DISK_PROBE=""
+  [ "$probed" -eq 0 ] || fail_with_log "disk_probe.py failed" "$probe.err"
   # Its slow reads that overlap the timed interval: "count longest_ms settled_s".
   disk="$(awk -v a="$t0" -v b="$at" '
     $1 == "slow" && $2 < b && $2 + $3 / 1000 > a { n++; if ($3 > m) m = $3 }
@@ -580,10 +584,13 @@ run_start() { # target port warm|cold
   [ -z "$COLD_LATENCY_MS" ] || s3_latency "$S3_LATENCY_MS"
   record "$t" "$kind" "$secs"
   [[ "$answer" =~ ^-?[0-9]+$ ]] || fail_with_log "the first query on $t answered '$answer'" "$LOGS/$t-postgres.log"
-  case "$settled" in
-    no) settled="not quiet for $DISK_SETTLE_S s within a minute" ;;
-    *) settled="quiet for $DISK_SETTLE_S s after $settled s" ;;
-  esac
+  if ! settles; then
+    settled="not waited for"
+  elif [ "$settled" = no ]; then
+    settled="not quiet for $DISK_SETTLE_S s within a minute"
+  else
+    settled="quiet for $DISK_SETTLE_S s after $settled s"
+  fi
   local during="no read over 20 ms"
   [ "$slow" -eq 0 ] || during="$slow reads over 20 ms, the longest $longest ms"
   printf '    first query answered %s s after the start (the disk: %s; during the start %s)\n' \
@@ -825,7 +832,7 @@ if runs fio || runs tpcb; then
   done
   if [ "$timed" -gt 0 ]; then
     echo "The disk, read past the page cache every 10 ms beside each start (benches/disk_probe.py):"
-    if [ "$DISK_SETTLE_S" = 0 ]; then
+    if ! settles; then
       echo "not waited for before the clock started."
     else
       echo "quiet (no 4 KiB read over 20 ms) for $DISK_SETTLE_S s before the clock started${unsettled:+, except before $unsettled (not within a minute)}."
