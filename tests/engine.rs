@@ -1120,45 +1120,16 @@ fn a_restore_fetches_its_chain_of_manifests_at_once() {
     );
 }
 
-/// A bucket whose manifests below `below` never answer a GET: a slow answer, or one lost on
-/// the way, as an object store gives now and then.
-#[derive(Debug)]
-struct StallsOldManifests {
-    inner: bucketfs::store::LocalStore,
-    below: u64,
-}
-
-#[async_trait::async_trait]
-impl bucketfs::store::ReadStore for StallsOldManifests {
-    async fn get(
-        &self,
-        key: &str,
-        range: Option<Range<u64>>,
-    ) -> bucketfs::store::StoreResult<bytes::Bytes> {
-        if bucketfs::checkpoint::epoch_of_key(key).is_some_and(|e| e < self.below) {
-            std::future::pending::<()>().await;
-        }
-        self.inner.get(key, range).await
+/// A checkpoint that must find a change; its epoch goes in `bases` if it wrote a base.
+fn checkpoint_noting_base(e: &Engine, bases: &mut Vec<u64>) -> bucketfs::checkpoint::Outcome {
+    let outcome =
+        e.cp.checkpoint(false)
+            .expect("checkpoint")
+            .expect("a change");
+    if outcome.base {
+        bases.push(outcome.epoch);
     }
-
-    async fn head(
-        &self,
-        key: &str,
-    ) -> bucketfs::store::StoreResult<Option<bucketfs::store::ObjectMeta>> {
-        self.inner.head(key).await
-    }
-
-    async fn list_after(
-        &self,
-        prefix: &str,
-        after: Option<&str>,
-    ) -> bucketfs::store::StoreResult<Vec<bucketfs::store::ObjectMeta>> {
-        self.inner.list_after(prefix, after).await
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
+    outcome
 }
 
 // Issue 14: the window of manifests a restore asks for at once reaches below its chain's base
@@ -1168,7 +1139,7 @@ impl bucketfs::store::ReadStore for StallsOldManifests {
 #[test]
 fn a_restore_does_not_wait_for_the_manifests_below_its_base() {
     use bucketfs::checkpoint::open_bucket_at;
-    use bucketfs::store::LocalStore;
+    use bucketfs::store::{FaultPlan, FaultyStore, LocalStore};
 
     const BASE_EVERY: u32 = 4;
     let dirs = Dirs::new();
@@ -1186,13 +1157,7 @@ fn a_restore_does_not_wait_for_the_manifests_below_its_base() {
     // below), and the window from its tip reaches below the base.
     for n in 0..3 * BASE_EVERY + 2 {
         e.write(a, u64::from(n) * PAGE_SIZE, &pattern(n as u8, 1));
-        let outcome =
-            e.cp.checkpoint(false)
-                .expect("checkpoint")
-                .expect("a change");
-        if outcome.base {
-            bases.push(outcome.epoch);
-        }
+        checkpoint_noting_base(&e, &mut bases);
     }
     let writers = as_base(&e.cp.view().read());
     let latest = e.cp.view().read().epoch;
@@ -1203,10 +1168,16 @@ fn a_restore_does_not_wait_for_the_manifests_below_its_base() {
         "the latest chain (base {base}, latest {latest}) is shorter than the window, which \
          reaches below it"
     );
-    let store = StallsOldManifests {
-        inner: LocalStore::new(&dirs.bucket()).expect("bucket"),
-        below: base,
-    };
+    // Manifests below the base never answer a GET: a slow answer, or one lost on the way, as
+    // an object store gives now and then.
+    let plan = Arc::new(FaultPlan::default());
+    plan.leave_gets_unanswered(move |key| {
+        bucketfs::checkpoint::epoch_of_key(key).is_some_and(|e| e < base)
+    });
+    let store = FaultyStore::new(
+        Arc::new(LocalStore::new(&dirs.bucket()).expect("bucket")),
+        plan,
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -1259,12 +1230,8 @@ fn the_view_after_each_base_is_the_one_a_reader_of_the_bucket_builds() {
             e.truncate(a, 2 * PAGE_SIZE + 100);
             want_a.truncate(2 * PAGE + 100);
         }
-        let outcome =
-            e.cp.checkpoint(false)
-                .expect("checkpoint")
-                .expect("a change");
+        let outcome = checkpoint_noting_base(&e, &mut bases);
         if outcome.base {
-            bases.push(outcome.epoch);
             let read = open_bucket(&reader, rt.handle(), false).expect("open the bucket");
             assert_eq!(
                 as_base(&e.cp.view().read()),
@@ -1338,14 +1305,7 @@ fn a_base_is_due_once_its_deltas_add_up_to_a_quarter_of_it_or_at_the_longest_cha
             }
             _ => write(0, (n % 8) * 100, &[n as u8; 100]),
         }
-        let outcome =
-            e.cp.checkpoint(false)
-                .expect("checkpoint")
-                .expect("a change");
-        epochs.push(outcome.epoch);
-        if outcome.base {
-            bases.push(outcome.epoch);
-        }
+        epochs.push(checkpoint_noting_base(&e, &mut bases).epoch);
         n += 1;
         assert!(
             n < 300,
@@ -1435,14 +1395,7 @@ fn a_restarted_writer_plans_its_next_base_from_the_chain_it_opened() {
                 e.write(f, 0, &pattern(n as u8, 1));
             }),
         }
-        let outcome =
-            e.cp.checkpoint(false)
-                .expect("checkpoint")
-                .expect("a change");
-        epochs.push(outcome.epoch);
-        if outcome.base {
-            bases.push(outcome.epoch);
-        }
+        epochs.push(checkpoint_noting_base(e, bases).epoch);
     };
     let mut e = Engine::open(&dirs.cache(0), &dirs.bucket(), options());
     // Many files, so that a base is far larger than a delta of one small write.

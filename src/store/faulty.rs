@@ -46,9 +46,12 @@ pub struct FaultPlan {
     /// Called with the key at the start of every PUT (before any fault): a test's look at
     /// what the writer is doing as each upload begins.
     on_put: Mutex<Option<PutObserver>>,
+    /// GETs of the keys this picks never answer (an answer lost on the way, for good).
+    unanswered_gets: Mutex<Option<KeyFilter>>,
 }
 
 type PutObserver = Arc<dyn Fn(&str) + Send + Sync>;
+type KeyFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Default for FaultPlan {
     fn default() -> Self {
@@ -68,6 +71,7 @@ impl Default for FaultPlan {
             gets_in_flight: AtomicU64::new(0),
             most_gets_in_flight: AtomicU64::new(0),
             on_put: Mutex::new(None),
+            unanswered_gets: Mutex::new(None),
         }
     }
 }
@@ -99,6 +103,10 @@ impl FaultPlan {
     /// Calls `f(key)` as every PUT starts.
     pub fn on_put(&self, f: impl Fn(&str) + Send + Sync + 'static) {
         *self.on_put.lock() = Some(Arc::new(f));
+    }
+    /// From now on, a GET of a key `f` picks waits for ever (the other calls are answered).
+    pub fn leave_gets_unanswered(&self, f: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        *self.unanswered_gets.lock() = Some(Arc::new(f));
     }
     pub fn set_error_rate(&self, rate: f64) {
         *self.error_rate.lock() = rate.clamp(0.0, 1.0);
@@ -192,6 +200,10 @@ impl ReadStore for FaultyStore {
             }
         }
         let _done = Done(&self.plan.gets_in_flight);
+        let unanswered = self.plan.unanswered_gets.lock().clone();
+        if unanswered.is_some_and(|f| f(key)) {
+            std::future::pending::<()>().await;
+        }
         self.before("get", key).await?;
         let bytes = self.inner.get(key, range).await?;
         self.plan
