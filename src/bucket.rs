@@ -578,6 +578,11 @@ impl Prefetch {
                 let requests = batches.len();
                 let failed = std::sync::atomic::AtomicUsize::new(0);
                 in_parallel(batches, &flag, |batch| {
+                    if fs.cache_failed() {
+                        // Nothing can be installed any more (logged when it stopped).
+                        flag.store(true, Ordering::Release);
+                        return;
+                    }
                     // A failure here is not fatal: a read of the file fetches again and
                     // reports the error to its caller. (Files deleted since the restore,
                     // as Postgres removes its pid file as it starts, are skipped.)
@@ -676,6 +681,11 @@ fn prewarm(fs: &Fs, hot: HotSet, stop: &AtomicBool, progress: &PrewarmProgress) 
     }
     let last_log = parking_lot::Mutex::new(started);
     in_parallel(pieces, stop, |(ino, pages, chunks)| {
+        if fs.cache_failed() {
+            // Nothing can be installed any more (logged when it stopped).
+            stop.store(true, Ordering::Release);
+            return;
+        }
         match fs.prefetch_pages(ino, pages) {
             Ok(bytes) => {
                 progress.fetched_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -815,12 +825,14 @@ pub fn begin_open(settings: &BucketSettings) -> Option<BucketOpening> {
 /// None).
 fn open_writer(settings: &BucketSettings, create: bool) -> anyhow::Result<Opening> {
     let runtime = io_runtime()?;
-    let placed = crate::placement::open_placed(&settings.url, &settings.placement, create)?;
-    // `open_placed` has checked the bucket and its format marker: the chain is all that is
-    // left to read.
+    let mut placed =
+        crate::placement::open_placed_reading(&settings.url, &settings.placement, create, None)?;
+    // `open_placed_reading` has checked the bucket and its format marker, and read the
+    // chain's start beside them: the rest of the chain is all that is left to read.
+    let start = placed.start.take();
     let opened = placed
         .formatted
-        .then(|| open_checked_bucket(&*placed.store, runtime.handle(), None))
+        .then(|| open_checked_bucket(&*placed.store, runtime.handle(), None, start))
         .transpose()
         .with_context(|| format!("open bucket {}", settings.url))?;
     Ok(Opening {
@@ -842,7 +854,12 @@ pub fn attach(
     let record = read_record(fs)?;
     if settings.read_only || settings.replica.is_some() {
         // Readers never hold a handle that can write.
-        let placed = crate::placement::open_placed(&settings.url, &settings.placement, false)?;
+        let placed = crate::placement::open_placed_reading(
+            &settings.url,
+            &settings.placement,
+            false,
+            reader_at(settings, record.as_ref()),
+        )?;
         return attach_reader(fs, settings, placed, io_runtime()?, &url, record);
     }
     let early = opening.is_some();
@@ -908,7 +925,7 @@ pub fn attach(
             // The chain was read beside the cache dir's opening: a writer that has stopped
             // cleanly since is refused only on what the bucket holds now.
             reread = true;
-            match open_checked_bucket(&*store, runtime.handle(), None) {
+            match open_checked_bucket(&*store, runtime.handle(), None, None) {
                 Ok(now) => opened = now,
                 Err(again) => {
                     warn!(error = %format!("{again:#}"), "could not read the bucket again before refusing it");
@@ -942,7 +959,7 @@ pub fn attach(
                     epoch,
                     "another writer committed while taking over; reading the bucket again"
                 );
-                opened = open_checked_bucket(&*store, runtime.handle(), None)
+                opened = open_checked_bucket(&*store, runtime.handle(), None, None)
                     .with_context(|| format!("open bucket {url}"))?;
                 reread = true;
             }
@@ -1093,6 +1110,15 @@ fn base_left_window(epoch: u64, kept: u64) -> String {
     )
 }
 
+/// The checkpoint a reader serves: a replica restarted on its cache dir, the base it has (its
+/// layer is on top); otherwise `--at`, or the latest.
+fn reader_at(settings: &BucketSettings, record: Option<&Record>) -> Option<crate::checkpoint::At> {
+    match (&settings.replica, record) {
+        (Some(_), Some(r)) => Some(crate::checkpoint::At::Epoch(r.epoch)),
+        _ => settings.at,
+    }
+}
+
 /// A read-only mount or a replica: a checkpoint served lazily like a restore. Neither takes
 /// the bucket over nor checkpoints, so a live writer goes on undisturbed; the segments they
 /// read are immutable, so the writer's later checkpoints cannot change them under them.
@@ -1132,16 +1158,12 @@ fn attach_reader(
         ),
         _ => {}
     }
-    // A replica restarted on its cache dir serves the base it has (its layer is on top).
-    let at = match (&settings.replica, &record) {
-        (Some(_), Some(r)) => Some(crate::checkpoint::At::Epoch(r.epoch)),
-        _ => settings.at,
-    };
-    // The placement's open checked the bucket and read its marker: the chain is all that is
-    // left to read. (A replica restarted on its cache dir has read them once more, with the
-    // GC state, in `must_start_afresh`.)
+    let at = reader_at(settings, record.as_ref());
+    // The placement's open checked the bucket, read its marker and the chain's start: the
+    // rest of the chain is all that is left to read. (A replica restarted on its cache dir
+    // has read them once more, with the GC state, in `must_start_afresh`.)
     let opened = if placed.formatted {
-        open_checked_bucket(&*store, runtime.handle(), at)
+        open_checked_bucket(&*store, runtime.handle(), at, placed.start)
     } else {
         Err(crate::checkpoint::unformatted(&*store))
     }

@@ -523,7 +523,9 @@ impl Sut {
                 Step::FillFetched { .. } => StepKind::FillFetched,
                 // tests/engine.rs puts changes there; the flush's end, between `Committed`
                 // and the marks, is a point nothing changes the pages' state at.
-                Step::CutRunRead { .. } | Step::MarkingClean { .. } => return,
+                Step::CutRunRead { .. } | Step::MarkingClean { .. } | Step::FillSynced { .. } => {
+                    return
+                }
             };
             let action = {
                 let mut slot = taken.lock().expect("slot");

@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -38,6 +38,17 @@ fn write_tree(root: &Path) {
     fs::write(root.join("base/1/big"), &big).unwrap();
     fs::write(root.join("PG_VERSION"), b"15\n").unwrap();
     std::os::unix::fs::symlink("base/1/big", root.join("link")).unwrap();
+}
+
+/// An S3 server under `dir` whose `prefix` holds `write_tree`'s files, written by a mount on
+/// mountpoint `dir/m` and cache dir `dir/c` that has stopped cleanly.
+fn tree_in_s3(dir: &Path, prefix: &str) -> (S3Server, PathBuf, PathBuf) {
+    let s3 = S3Server::start(&dir.join("s3"));
+    let (mnt, cache) = (dir.join("m"), dir.join("c"));
+    let a = mount(&mnt, &cache, &s3, prefix, &[]);
+    write_tree(&a.mnt);
+    assert!(a.stop().success());
+    (s3, mnt, cache)
 }
 
 fn assert_tree(root: &Path) {
@@ -138,11 +149,7 @@ fn restore_from_s3_into_an_empty_cache_dir_and_verify() {
 #[test]
 fn a_warm_restart_fetches_nothing_it_holds() {
     let dir = common::scratch();
-    let s3 = S3Server::start(&dir.path().join("s3"));
-    let (mnt, cache) = (dir.path().join("m"), dir.path().join("c"));
-    let a = mount(&mnt, &cache, &s3, "warm", &[]);
-    write_tree(&a.mnt);
-    assert!(a.stop().success());
+    let (s3, mnt, cache) = tree_in_s3(dir.path(), "warm");
     let before = s3.faults.segment_gets();
     let a = mount(&mnt, &cache, &s3, "warm", &[]);
     assert_tree(&a.mnt);
@@ -162,11 +169,7 @@ fn a_warm_restart_fetches_nothing_it_holds() {
 #[test]
 fn a_start_checks_the_bucket_and_reads_its_format_marker_once() {
     let dir = common::scratch();
-    let s3 = S3Server::start(&dir.path().join("s3"));
-    let (mnt, cache) = (dir.path().join("m"), dir.path().join("c"));
-    let a = mount(&mnt, &cache, &s3, "start", &[]);
-    write_tree(&a.mnt);
-    assert!(a.stop().success());
+    let (s3, mnt, cache) = tree_in_s3(dir.path(), "start");
     for (start, cache, extra) in [
         ("a warm restart", cache, &[][..]),
         ("a restore", dir.path().join("c2"), &[][..]),
@@ -187,6 +190,35 @@ fn a_start_checks_the_bucket_and_reads_its_format_marker_once() {
             ),
             (1, 1),
             "{start}: (HEADs of the bucket, GETs of the format marker) before the mount served"
+        );
+        assert_tree(&m.mnt);
+        assert!(m.stop().success());
+    }
+}
+
+/// A writer's start waits for its requests to the bucket one round trip after another (20 ms
+/// each to S3 in the same region, more across regions). It checks the bucket and reads the
+/// format marker, the GC boundary and the tip note at once, lists the manifests after the
+/// note while it fetches the ones just above it, and sends the takeover's PUT in the third
+/// round trip, on its kept cache dir as on an empty one (a restore). It was the fifth.
+#[test]
+fn a_writers_start_sends_its_takeover_in_the_third_round_trip() {
+    let dir = common::scratch();
+    let (s3, mnt, cache) = tree_in_s3(dir.path(), "start");
+    for (start, cache) in [
+        ("a warm restart", cache),
+        ("a restore", dir.path().join("c2")),
+    ] {
+        // Latency, so that requests sent together (up to 33 of them, on new connections)
+        // all arrive before any is answered, on a loaded machine too.
+        s3.faults.latency_ms.store(200, Ordering::SeqCst);
+        s3.faults.reset_round_trips();
+        let m = mount(&mnt, &cache, &s3, "start", &[]);
+        s3.faults.latency_ms.store(0, Ordering::SeqCst);
+        assert_eq!(
+            s3.faults.first_manifest_put_trip(),
+            3,
+            "{start}: the round trip of the takeover's PUT"
         );
         assert_tree(&m.mnt);
         assert!(m.stop().success());

@@ -344,7 +344,7 @@ impl std::fmt::Display for At {
 }
 
 /// Reads the format marker (writing it for a new prefix when `create`) and the newest
-/// manifest chain. (A mount's writer goes through `crate::placement::open_placed`, which also
+/// manifest chain. (A mount goes through `crate::placement::open_placed_reading`, which also
 /// refuses a foreign prefix and records the placement, then `open_checked_bucket`; with
 /// `create` this serves the tests and benchmarks that open a plain store.)
 pub fn open_bucket(
@@ -356,18 +356,20 @@ pub fn open_bucket(
         return open_bucket_at(store, rt, None);
     }
     rt.block_on(ensure_format(store))?;
-    open_chain(store, rt, None, Marker::Checked)
+    open_chain(store, rt, None, Marker::Checked(None))
 }
 
 /// As `open_bucket_at`, for a caller that has checked the bucket and found its format marker
-/// already (`crate::placement::open_placed`, which with `create` also writes the marker of a
-/// new prefix): every request before a mount serves is a round trip of its start.
+/// already (`crate::placement::open_placed_reading`, which with `create` also writes the
+/// marker of a new prefix): every request before a mount serves is a round trip of its
+/// start. `start`, if given, is what `ChainStart::read` found beside the marker.
 pub fn open_checked_bucket(
     store: &dyn ReadStore,
     rt: &tokio::runtime::Handle,
     at: Option<At>,
+    start: Option<ChainStart>,
 ) -> Result<Opened, CheckpointError> {
-    open_chain(store, rt, at, Marker::Checked)
+    open_chain(store, rt, at, Marker::Checked(start))
 }
 
 /// Why `store` cannot be opened: its prefix holds no filesystem (no format marker).
@@ -415,12 +417,54 @@ async fn ensure_format(store: &dyn ObjectStore) -> Result<(), CheckpointError> {
 }
 
 /// Whether opening a chain reads the format marker first.
-#[derive(Clone, Copy)]
 enum Marker {
-    /// Check the bucket and the marker (a prefix without one is refused).
+    /// Check the bucket and the marker (a prefix without one is refused), beside the chain's
+    /// start.
     Read,
-    /// The caller has.
-    Checked,
+    /// The caller has, and may have read the chain's start beside it.
+    Checked(Option<ChainStart>),
+}
+
+/// What opening a chain reads before it lists or fetches a manifest: the GC boundary (the
+/// manifests below it are not part of the bucket: a stalled writer may have committed one
+/// after GC collected its epoch), and where to start. Read beside the format marker
+/// (`open_bucket_at`, `crate::placement::open_placed_reading`): a start pays one round trip
+/// for the bucket's check, the marker, the boundary and the tip note, not two.
+pub struct ChainStart {
+    /// The checkpoint it was read for.
+    at: Option<At>,
+    boundary: Result<u64, CheckpointError>,
+    start: Option<Start>,
+}
+
+impl ChainStart {
+    /// The latest checkpoint starts from the tip note; an epoch, from its own manifest if
+    /// the bucket holds it (a replica's WAL search opens several, and each would otherwise
+    /// list every manifest). A point in time needs every epoch.
+    pub async fn read(store: &dyn ReadStore, at: Option<At>) -> ChainStart {
+        let (boundary, start) =
+            futures_util::future::join(crate::gc::read_boundary(store), async {
+                match at {
+                    None => read_tip(store).await.filter(|&t| t > 0).map(Start::After),
+                    Some(At::Epoch(e)) => match store.head(&manifest_key(e)).await {
+                        Ok(Some(_)) => Some(Start::Exactly(e)),
+                        Ok(None) => None,
+                        Err(err) => {
+                            let why = "HEAD of the manifest failed; listing them";
+                            debug!(error = %err, epoch = e, "{why}");
+                            None
+                        }
+                    },
+                    Some(At::UnixMs(_)) => None,
+                }
+            })
+            .await;
+        ChainStart {
+            at,
+            boundary,
+            start,
+        }
+    }
 }
 
 /// The format marker of a new filesystem. One whose classes are split is version
@@ -460,17 +504,26 @@ fn open_chain(
     at: Option<At>,
     marker: Marker,
 ) -> Result<Opened, CheckpointError> {
-    if let Marker::Read = marker {
-        match rt.block_on(check_and_read_marker(store))? {
-            Some(bytes) => {
-                check_format(&bytes)?;
+    let mut start = match marker {
+        Marker::Read => {
+            let (marker, start) = rt.block_on(futures_util::future::join(
+                check_and_read_marker(store),
+                ChainStart::read(store, at),
+            ));
+            match marker? {
+                Some(bytes) => {
+                    check_format(&bytes)?;
+                }
+                None => return Err(unformatted(store)),
             }
-            None => return Err(unformatted(store)),
+            Some(start)
         }
-    }
+        Marker::Checked(start) => start.filter(|s| s.at == at),
+    };
     let mut attempts = 0;
     loop {
-        match open_once(store, rt, at) {
+        // (Read again for another attempt: GC may have moved on.)
+        match open_once(store, rt, at, start.take()) {
             Err(CheckpointError::Store(StoreError::NotFound { key }))
                 if at.is_none() && attempts < 3 && epoch_of_key(&key).is_some() =>
             {
@@ -496,38 +549,39 @@ fn open_once(
     store: &dyn ReadStore,
     rt: &tokio::runtime::Handle,
     at: Option<At>,
+    start: Option<ChainStart>,
 ) -> Result<Opened, CheckpointError> {
     rt.block_on(async {
-        // Manifests below the GC boundary are not part of the bucket (a stalled writer may
-        // have committed one after GC collected its epoch).
-        let (boundary, start) = futures_util::future::join(
-            crate::gc::read_boundary(store),
-            // The latest checkpoint starts from the tip note; an epoch, from its own manifest
-            // if the bucket holds it (a replica's WAL search opens several, and each would
-            // otherwise list every manifest). A point in time needs every epoch.
-            async {
-                match at {
-                    None => read_tip(store).await.filter(|&t| t > 1).map(Start::After),
-                    Some(At::Epoch(e)) => match store.head(&manifest_key(e)).await {
-                        Ok(Some(_)) => Some(Start::Exactly(e)),
-                        Ok(None) => None,
-                        Err(err) => {
-                            debug!(error = %err, epoch = e, "HEAD of the manifest failed; listing them");
-                            None
-                        }
-                    },
-                    Some(At::UnixMs(_)) => None,
-                }
-            },
-        )
-        .await;
+        let ChainStart {
+            boundary, start, ..
+        } = match start {
+            Some(start) => start,
+            None => ChainStart::read(store, at).await,
+        };
         let boundary = boundary?;
+        let mut fetch = ChainFetch::new(store, boundary);
         let mut epochs = match start {
             // From the epoch before the note's (so that the noted one is listed too): empty
             // only if the note is past every manifest, which a note never is unless the prefix
             // was tampered with; then every manifest, as without one.
             Some(Start::After(t)) => {
-                list_epochs(store, Some(t.max(boundary).max(1) - 1), boundary).await?
+                // A start most often follows a clean stop or a takeover, each of which notes
+                // the epoch before its own: the chain's newest manifests are the ones just
+                // above the note. They are asked for beside the LIST, which takes a round
+                // trip of its own.
+                let top = t.saturating_add(1);
+                if top >= boundary {
+                    fetch.ask_window(top, true);
+                }
+                let after = Some(t.max(boundary).max(1) - 1);
+                let epochs = fetch.beside(list_epochs(store, after, boundary)).await?;
+                if epochs
+                    .last()
+                    .is_some_and(|&l| l >= top.saturating_add(CHAIN_WINDOW as u64))
+                {
+                    fetch.forget_guesses();
+                }
+                epochs
             }
             Some(Start::Exactly(e)) if e >= boundary => vec![e],
             _ => Vec::new(),
@@ -580,35 +634,9 @@ fn open_once(
         // below the base are dropped once the base is in, so that a start waits for neither
         // an older base's megabytes nor a slow answer it does not need.
         let mut chain = Vec::new();
-        let mut in_flight = futures_util::stream::FuturesUnordered::new();
-        let mut arrived: HashMap<u64, Result<Bytes, StoreError>> = HashMap::new();
-        // The lowest epoch asked for so far (None: none yet). Each window is every epoch from
-        // the one the chain has reached down, so that the chain's next step, below it, is in
-        // the window or below `asked_from`.
-        let mut asked_from: Option<u64> = None;
         let mut epoch = latest_epoch;
         loop {
-            if asked_from.is_none_or(|lowest| epoch < lowest) {
-                let lowest = epoch
-                    .saturating_sub(CHAIN_WINDOW as u64 - 1)
-                    .max(boundary)
-                    .max(1)
-                    .min(epoch);
-                for e in (lowest..=epoch).rev() {
-                    in_flight.push(async move { (e, store.get(&manifest_key(e), None).await) });
-                }
-                asked_from = Some(lowest);
-            }
-            let bytes = loop {
-                if let Some(got) = arrived.remove(&epoch) {
-                    break got;
-                }
-                let (e, got) = in_flight
-                    .next()
-                    .await
-                    .expect("the chain's next epoch is in a window asked for");
-                arrived.insert(e, got);
-            };
+            let bytes = fetch.get(epoch).await;
             // Only the manifests the chain reaches count: one below the base may be gone
             // (GC deletes old ones) or fail to read, and that is not this restore's error.
             let key = manifest_key(epoch);
@@ -626,7 +654,7 @@ fn open_once(
                 }
             }
         }
-        drop(in_flight);
+        drop(fetch);
         let mut view = View::default();
         let mut chain_bytes = ChainBytes::default();
         for (m, len) in chain.iter().rev() {
@@ -642,6 +670,122 @@ fn open_once(
     })
 }
 
+/// The manifests of a chain on their way: asked for a window of epochs at a time (at once,
+/// not one round trip each), kept as they arrive, and dropped with it (a GET still under
+/// way below the base is one a start need not wait for).
+struct ChainFetch<'a> {
+    store: &'a dyn ReadStore,
+    boundary: u64,
+    asked: HashSet<u64>,
+    in_flight: Gets<'a>,
+    /// Asked for before a LIST said they exist (`ask_window` with `guess`): one found missing is asked for
+    /// again when the chain reaches it, as it may have landed since.
+    guessed: HashSet<u64>,
+    guesses: Gets<'a>,
+    arrived: HashMap<u64, Result<Bytes, StoreError>>,
+}
+
+type Gets<'a> = futures_util::stream::FuturesUnordered<
+    futures_util::future::BoxFuture<'a, (u64, Result<Bytes, StoreError>)>,
+>;
+
+impl<'a> ChainFetch<'a> {
+    fn new(store: &'a dyn ReadStore, boundary: u64) -> ChainFetch<'a> {
+        ChainFetch {
+            store,
+            boundary,
+            asked: HashSet::new(),
+            in_flight: Gets::new(),
+            guessed: HashSet::new(),
+            guesses: Gets::new(),
+            arrived: HashMap::new(),
+        }
+    }
+
+    fn ask(&mut self, epoch: u64, guess: bool) {
+        let store = self.store;
+        let get = async move { (epoch, store.get(&manifest_key(epoch), None).await) }.boxed();
+        match guess {
+            true => self.guesses.push(get),
+            false => self.in_flight.push(get),
+        }
+    }
+
+    /// Asks for `top` and the epochs below it, `CHAIN_WINDOW` in all (none below the
+    /// boundary), that were not asked for yet; `guess`, before a LIST said they exist.
+    fn ask_window(&mut self, top: u64, guess: bool) {
+        let lowest = top
+            .saturating_sub(CHAIN_WINDOW as u64 - 1)
+            .max(self.boundary)
+            .max(1)
+            .min(top);
+        for e in (lowest..=top).rev() {
+            if self.asked.insert(e) {
+                if guess {
+                    self.guessed.insert(e);
+                }
+                self.ask(e, guess);
+            }
+        }
+    }
+
+    /// Drops the guessed window (the chain starts more than a window above it: the GETs the
+    /// chain needs should not share the bandwidth with it).
+    fn forget_guesses(&mut self) {
+        self.guesses = Gets::new();
+        for e in self.guessed.drain() {
+            self.asked.remove(&e);
+            self.arrived.remove(&e);
+        }
+    }
+
+    /// Manifest `epoch`, asking for its window if it was not asked for yet. The chain goes
+    /// down, so each window holds the chain's next steps until it reaches below it.
+    async fn get(&mut self, epoch: u64) -> Result<Bytes, StoreError> {
+        if !self.asked.contains(&epoch) {
+            self.ask_window(epoch, false);
+        }
+        loop {
+            if let Some(got) = self.arrived.remove(&epoch) {
+                if matches!(got, Err(StoreError::NotFound { .. })) && self.guessed.remove(&epoch) {
+                    self.ask(epoch, false);
+                    continue;
+                }
+                return got;
+            }
+            let ChainFetch {
+                in_flight, guesses, ..
+            } = self;
+            let (e, got) = tokio::select! {
+                Some(got) = in_flight.next(), if !in_flight.is_empty() => got,
+                Some(got) = guesses.next(), if !guesses.is_empty() => got,
+                else => unreachable!("every epoch asked for is under way or has arrived"),
+            };
+            self.arrived.insert(e, got);
+        }
+    }
+
+    /// Awaits `f`, taking in the manifests that arrive meanwhile.
+    async fn beside<T>(&mut self, f: impl std::future::Future<Output = T>) -> T {
+        let mut f = std::pin::pin!(f);
+        let ChainFetch {
+            in_flight,
+            guesses,
+            arrived,
+            ..
+        } = self;
+        loop {
+            let (e, got) = tokio::select! {
+                biased;
+                out = &mut f => return out,
+                Some(got) = in_flight.next(), if !in_flight.is_empty() => got,
+                Some(got) = guesses.next(), if !guesses.is_empty() => got,
+            };
+            arrived.insert(e, got);
+        }
+    }
+}
+
 /// Where an open starts instead of listing every manifest.
 enum Start {
     /// List the manifests after this epoch (the tip note's, less one).
@@ -651,7 +795,8 @@ enum Start {
 }
 
 /// Manifests a restore (and a GC pass) fetches at once while it follows a chain back to its
-/// base. The same as the default `base_every`: a chain of that length is one window and
+/// base (beside a guessed window, `ChainFetch::guesses`, until the LIST shows it is not the
+/// chain's). The same as the default `base_every`: a chain of that length is one window and
 /// never the base before; one of 128 manifests (the default `max_chain`) four.
 pub(crate) const CHAIN_WINDOW: usize = 32;
 

@@ -152,9 +152,14 @@ impl Fs {
             Ok(Read::Cached(buf)) => answer(Ok(&buf)),
             Ok(Read::Fetched(fetched, bytes)) => {
                 answer(Ok(fetched.bytes(bytes)));
-                if let Err(e) = self.install_fill(fetched) {
-                    tracing::warn!(ino, error = %e, "could not install pages fetched for a read; a read fetches them again");
-                    return;
+                match self.install_fill(fetched) {
+                    Ok(_) => {}
+                    // A stopped mount installs nothing (logged when it stopped).
+                    Err(FsError::CacheFailed) => return,
+                    Err(e) => {
+                        tracing::warn!(ino, error = %e, "could not install pages fetched for a read; a read fetches them again");
+                        return;
+                    }
                 }
                 // Counted once installed (were the chunk refused by the bound before, its
                 // pages would be made present untracked, never evicted), as the cached path
@@ -189,6 +194,9 @@ impl Fs {
                 read_pages(offset, size, st.attr.size)
             };
             // With no lock held (see `fetch_absent`).
+            // (A mount a failed flush stopped installs nothing: the pages it fetched are laid
+            // over the cache file's bytes instead.)
+            let mut over = None;
             if let Some(fetched) = self.fetch_absent(inode, wanted, true)? {
                 missed = true;
                 let answer = fetched.answer(&inode.state.lock(), offset, size);
@@ -196,16 +204,33 @@ impl Fs {
                     self.stats.read_misses.fetch_add(1, Ordering::Relaxed);
                     return Ok(Read::Fetched(fetched, bytes));
                 }
-                self.install_fill(fetched)?;
+                match self.cache_failed() {
+                    true => over = Some(fetched),
+                    false => {
+                        self.install_fill(fetched)?;
+                    }
+                }
             }
             let _io = inode.io.read();
-            let (file, file_size, wanted) = {
+            let (file, file_size, wanted, pieces) = {
                 let mut st = inode.state.lock();
                 let wanted = read_pages(offset, size, st.attr.size);
-                if st.absent.intersects(wanted.clone()) {
-                    continue; // evicted again before we got here: fetch again
-                }
-                (self.cache_file(&mut st, false)?, st.attr.size, wanted)
+                let pieces = match &over {
+                    Some(fetched) => match fetched.cover(&st, wanted.clone()) {
+                        Some(pieces) => pieces,
+                        None => continue, // not all fetched by this fill, or evicted again
+                    },
+                    None if st.absent.intersects(wanted.clone()) => {
+                        continue; // evicted again before we got here: fetch again
+                    }
+                    None => Vec::new(),
+                };
+                (
+                    self.cache_file(&mut st, false)?,
+                    st.attr.size,
+                    wanted,
+                    pieces,
+                )
             };
             if offset >= file_size {
                 return Ok(Read::Cached(Vec::new()));
@@ -232,6 +257,14 @@ impl Fs {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(FsError::io("read cache file")(e)),
                     }
+                }
+            }
+            for (at, bytes) in pieces {
+                let start = at.max(offset);
+                let end = (at + bytes.len() as u64).min(offset + len as u64);
+                if end > start {
+                    buf[(start - offset) as usize..(end - offset) as usize]
+                        .copy_from_slice(&bytes[(start - at) as usize..(end - at) as usize]);
                 }
             }
             return Ok(Read::Cached(buf));

@@ -83,9 +83,9 @@ impl SetAttr {
 }
 
 /// Points inside background work (eviction, fills, checkpoints) where a test may step in
-/// (see `Fs::set_step_hook`). No lock of the filesystem is held at any of them, so the hook
-/// may call back into it: that is how tests choose the interleavings of background work and
-/// requests, and replay them exactly.
+/// (see `Fs::set_step_hook`). No lock of the filesystem is held at any of them (but at
+/// `FillSynced`, the file's own), so the hook may call back into it: that is how tests
+/// choose the interleavings of background work and requests, and replay them exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// The evictor has marked chunks of `ino` absent and let go of the file; the mark is not
@@ -93,6 +93,9 @@ pub enum Step {
     EvictMarked { ino: u64 },
     /// A fill has fetched pages of `ino` from the bucket and not yet installed them.
     FillFetched { ino: u64 },
+    /// A fill has written and flushed pages of `ino` into its cache file and not yet marked
+    /// them present. The file's io and fill locks are held: the hook must not touch `ino`.
+    FillSynced { ino: u64 },
     /// A checkpoint's cut is taken; nothing of it is uploaded yet.
     CutTaken { epoch: u64 },
     /// The upload has read a run of `ino` from its cache file without the inode's lock and

@@ -653,8 +653,13 @@ impl Fs {
     }
 
     /// Writes fetched pages `r` (`bytes`) into the cache file, where they are still absent
-    /// and were not made present and evicted again meanwhile (`fetch_stale`).
+    /// and were not made present and evicted again meanwhile (`fetch_stale`). Once a failed
+    /// flush has stopped the mount nothing is installed (`FsError::CacheFailed`): the disk
+    /// may not hold what is written to it, so the pages stay absent and reads fetch them.
     fn install_fetched(&self, inode: &Inode, r: Range<u64>, bytes: &[u8]) -> Result<()> {
+        if self.cache_failed() {
+            return Err(FsError::CacheFailed);
+        }
         // The io lock keeps truncations and evictions out, the fill lock writers that
         // replace absent pages: while both are held, which pages are absent cannot change.
         let _io = inode.io.read();
@@ -703,7 +708,14 @@ impl Fs {
         });
         synced?;
         drop(file);
+        self.step(super::Step::FillSynced { ino });
         let mut st = inode.state.lock();
+        if self.cache_failed() {
+            // Stopped meanwhile: a failed write-back told to another caller (each fdatasync
+            // of the file is under its sync lock, and one that fails stops the mount before
+            // letting go of it) means this sync's success proves nothing.
+            return Err(FsError::CacheFailed);
+        }
         // Cleared only once synced: an fsync meanwhile saw it set and synced the directory
         // itself. (Nothing sets it again while the io lock is held.)
         st.new_cache_file &= !new_file;
@@ -764,6 +776,36 @@ impl Fetched<'_> {
         // (A fetcher answers whole pages; a short run is read from the cache file instead.)
         self.runs[at].get(bytes.clone())?;
         Some(AnswerAt { run: at, bytes })
+    }
+
+    /// The fetched bytes of the pages among `pages` that are absent (`st` is the inode's
+    /// state, locked), as (byte offset in the file, bytes), if this fill fetched all of them:
+    /// a mount a failed flush stopped installs nothing, and answers a read with these laid
+    /// over the cache file's bytes. None if an absent page was not fetched by this fill or
+    /// was made present and evicted again since (stale), or the file's size changed.
+    pub(super) fn cover(&self, st: &InodeState, pages: Range<u64>) -> Option<Vec<(u64, &[u8])>> {
+        if st.attr.size != self.size || st.fetch_stale.intersects(pages.clone()) {
+            return None;
+        }
+        let mut pieces = Vec::new();
+        for a in st.absent.overlapping(pages.clone()) {
+            let a = a.start.max(pages.start)..a.end.min(pages.end);
+            let mut covered = 0;
+            for (r, run) in self.in_flight.ranges.iter().zip(&self.runs) {
+                let p = a.start.max(r.start)..a.end.min(r.end);
+                if p.is_empty() {
+                    continue;
+                }
+                let from = ((p.start - r.start) * PAGE_SIZE) as usize;
+                let to = (((p.end - r.start) * PAGE_SIZE) as usize).min(run.len());
+                pieces.push((p.start * PAGE_SIZE, run.get(from..to)?));
+                covered += p.end - p.start;
+            }
+            if covered != a.end - a.start {
+                return None;
+            }
+        }
+        Some(pieces)
     }
 
     /// The bytes `answer` found.

@@ -48,6 +48,9 @@ pub struct FaultPlan {
     on_put: Mutex<Option<PutObserver>>,
     /// GETs of the keys this picks never answer (an answer lost on the way, for good).
     unanswered_gets: Mutex<Option<KeyFilter>>,
+    /// The next GET of a key this picks answers NotFound (`miss_once`).
+    missed_once: Mutex<Option<KeyFilter>>,
+    round_trips: RoundTrips,
 }
 
 type PutObserver = Arc<dyn Fn(&str) + Send + Sync>;
@@ -72,6 +75,8 @@ impl Default for FaultPlan {
             most_gets_in_flight: AtomicU64::new(0),
             on_put: Mutex::new(None),
             unanswered_gets: Mutex::new(None),
+            missed_once: Mutex::new(None),
+            round_trips: RoundTrips::default(),
         }
     }
 }
@@ -108,6 +113,11 @@ impl FaultPlan {
     pub fn leave_gets_unanswered(&self, f: impl Fn(&str) -> bool + Send + Sync + 'static) {
         *self.unanswered_gets.lock() = Some(Arc::new(f));
     }
+    /// The next GET of a key `f` picks answers NotFound, as one sent just before the object
+    /// landed would; the GETs after it are answered.
+    pub fn miss_once(&self, f: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        *self.missed_once.lock() = Some(Arc::new(f));
+    }
     pub fn set_error_rate(&self, rate: f64) {
         *self.error_rate.lock() = rate.clamp(0.0, 1.0);
     }
@@ -136,6 +146,14 @@ impl FaultPlan {
     pub fn most_gets_in_flight(&self) -> u64 {
         self.most_gets_in_flight.load(Ordering::SeqCst)
     }
+    /// Round trips since the last `reset_round_trips` (`RoundTrips`); with latency set, a
+    /// caller's requests sent together are all under way before any is answered.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.deepest()
+    }
+    pub fn reset_round_trips(&self) {
+        self.round_trips.reset();
+    }
     pub fn counts(&self) -> Counts {
         Counts {
             puts: self.puts.load(Ordering::Relaxed),
@@ -144,6 +162,47 @@ impl FaultPlan {
             get_bytes: self.get_bytes.load(Ordering::Relaxed),
             listed: self.listed.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Round trips to a store, for tests (`FaultPlan`, and the S3 server of the integration
+/// tests): the longest chain of requests each of which began after the one before it was
+/// answered, which is what a caller waits for at a given latency. A request's depth is one
+/// more than the deepest answered when it began, so requests sent at once count once, as
+/// long as all of them begin before any is answered (add latency).
+#[derive(Debug, Default)]
+pub struct RoundTrips {
+    answered: AtomicU64,
+    deepest: AtomicU64,
+}
+
+impl RoundTrips {
+    /// Counts a request as it begins; the guard counts it answered when dropped.
+    pub fn begin(&self) -> Trip<'_> {
+        let depth = self.answered.load(Ordering::SeqCst) + 1;
+        self.deepest.fetch_max(depth, Ordering::SeqCst);
+        Trip { trips: self, depth }
+    }
+    /// The deepest request begun since the last `reset`.
+    pub fn deepest(&self) -> u64 {
+        self.deepest.load(Ordering::SeqCst)
+    }
+    pub fn reset(&self) {
+        self.answered.store(0, Ordering::SeqCst);
+        self.deepest.store(0, Ordering::SeqCst);
+    }
+}
+
+/// One request under way (`RoundTrips::begin`).
+pub struct Trip<'a> {
+    trips: &'a RoundTrips,
+    /// The round trip it belongs to.
+    pub depth: u64,
+}
+
+impl Drop for Trip<'_> {
+    fn drop(&mut self) {
+        self.trips.answered.fetch_max(self.depth, Ordering::SeqCst);
     }
 }
 
@@ -188,6 +247,7 @@ impl FaultyStore {
 #[async_trait]
 impl ReadStore for FaultyStore {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+        let _trip = self.plan.round_trips.begin();
         self.plan.gets.fetch_add(1, Ordering::Relaxed);
         let now = self.plan.gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.plan
@@ -205,6 +265,17 @@ impl ReadStore for FaultyStore {
             std::future::pending::<()>().await;
         }
         self.before("get", key).await?;
+        let missed = {
+            let mut once = self.plan.missed_once.lock();
+            let picked = once.as_ref().is_some_and(|f| f(key));
+            if picked {
+                *once = None;
+            }
+            picked
+        };
+        if missed {
+            return Err(StoreError::NotFound { key: key.into() });
+        }
         let bytes = self.inner.get(key, range).await?;
         self.plan
             .get_bytes
@@ -213,11 +284,13 @@ impl ReadStore for FaultyStore {
     }
 
     async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        let _trip = self.plan.round_trips.begin();
         self.before("head", key).await?;
         self.inner.head(key).await
     }
 
     async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
+        let _trip = self.plan.round_trips.begin();
         self.before("list", prefix).await?;
         let listed = self.inner.list_after(prefix, after).await?;
         self.plan
@@ -227,6 +300,7 @@ impl ReadStore for FaultyStore {
     }
 
     async fn check(&self) -> StoreResult<()> {
+        let _trip = self.plan.round_trips.begin();
         self.before("check", "").await?;
         self.inner.check().await
     }
@@ -239,6 +313,7 @@ impl ReadStore for FaultyStore {
 #[async_trait]
 impl ObjectStore for FaultyStore {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        let _trip = self.plan.round_trips.begin();
         let observer = self.plan.on_put.lock().clone();
         if let Some(f) = observer {
             f(key);
@@ -275,6 +350,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
+        let _trip = self.plan.round_trips.begin();
         self.before("delete", key).await?;
         self.inner.delete(key).await
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bucketfs::store::faulty::RoundTrips;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::dto::*;
@@ -46,6 +47,10 @@ pub struct Faults {
     /// HEADs of a bucket, and GETs of a format marker (`bucketfs.json`).
     pub head_buckets: AtomicU64,
     pub marker_gets: AtomicU64,
+    /// Round trips, and the one of the first manifest PUT since `reset_round_trips` (0:
+    /// none).
+    trips: RoundTrips,
+    first_manifest_put: AtomicU64,
 }
 
 /// One object write as the server saw it.
@@ -76,6 +81,17 @@ impl Faults {
     }
     pub fn puts(&self) -> u64 {
         self.puts.load(Ordering::SeqCst)
+    }
+    /// The round trip (`RoundTrips`: requests sent at once count once, with `latency_ms` set
+    /// so that all of them arrive before any is answered) in which the first manifest PUT
+    /// since `reset_round_trips` arrived (a writer's takeover, or its first checkpoint); 0 if
+    /// none has.
+    pub fn first_manifest_put_trip(&self) -> u64 {
+        self.first_manifest_put.load(Ordering::SeqCst)
+    }
+    pub fn reset_round_trips(&self) {
+        self.trips.reset();
+        self.first_manifest_put.store(0, Ordering::SeqCst);
     }
 }
 
@@ -116,12 +132,21 @@ impl S3 for Faulty {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        let trip = self.faults.trips.begin();
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
+        let manifest = req.input.key.contains("manifests/");
+        if manifest {
+            let _ = self.faults.first_manifest_put.compare_exchange(
+                0,
+                trip.depth,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
         self.gate().await?;
         self.faults
             .log_put(&req.input.bucket, &req.input.key, regions_of(&req.headers));
         let len = req.input.content_length.unwrap_or(0) as u64;
-        let manifest = req.input.key.contains("manifests/");
         let resp = self.inner.put_object(req).await?;
         self.faults.put_bytes.fetch_add(len, Ordering::SeqCst);
         let lose = &self.faults.lose_manifest_answers;
@@ -139,6 +164,7 @@ impl S3 for Faulty {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
+        let _trip = self.faults.trips.begin();
         self.faults.gets.fetch_add(1, Ordering::SeqCst);
         let key = &req.input.key;
         if key.ends_with("bucketfs.json") {
@@ -159,6 +185,7 @@ impl S3 for Faulty {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let _trip = self.faults.trips.begin();
         self.gate().await?;
         self.inner.head_object(req).await
     }
@@ -166,6 +193,7 @@ impl S3 for Faulty {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
+        let _trip = self.faults.trips.begin();
         self.faults.head_buckets.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
         self.inner.head_bucket(req).await
@@ -174,6 +202,7 @@ impl S3 for Faulty {
         &self,
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let _trip = self.faults.trips.begin();
         self.gate().await?;
         self.inner.list_objects_v2(req).await
     }
@@ -181,6 +210,7 @@ impl S3 for Faulty {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let _trip = self.faults.trips.begin();
         self.gate().await?;
         self.inner.delete_object(req).await
     }
@@ -188,6 +218,7 @@ impl S3 for Faulty {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let _trip = self.faults.trips.begin();
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
         self.faults
@@ -198,6 +229,7 @@ impl S3 for Faulty {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        let _trip = self.faults.trips.begin();
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
         self.faults.parts.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
@@ -210,6 +242,7 @@ impl S3 for Faulty {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let _trip = self.faults.trips.begin();
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
         self.inner.complete_multipart_upload(req).await
@@ -218,6 +251,7 @@ impl S3 for Faulty {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let _trip = self.faults.trips.begin();
         self.gate().await?;
         self.inner.abort_multipart_upload(req).await
     }
