@@ -422,14 +422,23 @@ fn a_fill_whose_pages_were_written_uploaded_and_evicted_meanwhile_installs_none_
 // nothing of it. A fill that ends after the stop makes nothing present: the stopped mount
 // answers such pages from the bucket, never from a cache file it can no longer trust, and
 // a read of present and absent pages together lays the fetched ones over the cache file's.
-// The stop comes while the fill fetches, or after its own flush succeeded; the cache file is
-// overwritten after the fill, as a lost write-back would leave it. Seen failing: with no
-// check of the stop in the install, the page read back from the overwritten cache file;
-// without the check after the flush, the same when the stop came after it; and the read
-// across failed with EIO before the fetched pages were laid over the cache file's.
+// The stop comes while the fill fetches, or after its own flush succeeded, of a read of one
+// page or of a read across present and absent pages; the cache file is overwritten after
+// the fill, as a lost write-back would leave it. Seen failing: with no check of the stop in
+// the install, the page read back from the overwritten cache file; without the check after
+// the flush, the same when the stop came after it; the read across failed with EIO before
+// the fetched pages were laid over the cache file's, and when the stop came in its own
+// install.
 #[test]
 fn a_fill_ending_after_a_failed_flush_stopped_the_mount_makes_nothing_present() {
-    for stop_at in ["fetched", "synced"] {
+    let chunk = (bucketfs::fs::CHUNK_PAGES * PAGE_SIZE) as usize;
+    // (Where the stop comes, and the read that fills: offset and pages.)
+    for (stop_at, at, pages) in [
+        ("fetched", 0, 1),
+        ("synced", 0, 1),
+        ("synced", chunk - PAGE, 2),
+    ] {
+        let case = format!("stopped when {stop_at}, read of {pages} pages at {at}");
         let dirs = Dirs::new();
         let (e, ino, _evictor) = three_absent_chunks(&dirs);
         // Chunk 1 in the cache before the stop.
@@ -450,30 +459,30 @@ fn a_fill_ending_after_a_failed_flush_stopped_the_mount_makes_nothing_present() 
                 }
             }));
         }
-        let got = e.fs.read(ino, 0, PAGE as u32).expect("the read that fills");
-        assert!(
-            fired.load(Ordering::Acquire),
-            "{stop_at}: the hook never ran"
-        );
-        assert!(e.fs.cache_failed(), "{stop_at}: the mount stopped");
-        assert_same("the first read", &got, &want[..PAGE]);
+        let got =
+            e.fs.read(ino, at as u64, (pages * PAGE) as u32)
+                .unwrap_or_else(|err| panic!("{case}: the read that fills: {err}"));
+        assert!(fired.load(Ordering::Acquire), "{case}: the hook never ran");
+        assert!(e.fs.cache_failed(), "{case}: the mount stopped");
+        assert_same(&case, &got, &want[at..at + pages * PAGE]);
         if let Ok(f) = std::fs::OpenOptions::new()
             .write(true)
             .open(e.fs.cache_file_path(ino))
         {
-            std::os::unix::fs::FileExt::write_all_at(&f, &[0xEE; PAGE], 0).expect("overwrite");
+            std::os::unix::fs::FileExt::write_all_at(&f, &vec![0xEE; chunk], 0)
+                .expect("overwrite chunk 0");
         }
         let got = e.fs.read(ino, 0, PAGE as u32).expect("read again");
-        assert_same(&format!("{stop_at}: read again"), &got, &want[..PAGE]);
+        assert_same(&format!("{case}: read again"), &got, &want[..PAGE]);
         // The last page of chunk 0 (absent) and the first of chunk 1 (present) together.
-        let at = chunk - PAGE;
+        let across = chunk - PAGE;
         let got =
-            e.fs.read(ino, at as u64, 2 * PAGE as u32)
-                .expect("read across");
+            e.fs.read(ino, across as u64, 2 * PAGE as u32)
+                .unwrap_or_else(|err| panic!("{case}: read across: {err}"));
         assert_same(
-            &format!("{stop_at}: read across"),
+            &format!("{case}: read across"),
             &got,
-            &want[at..at + 2 * PAGE],
+            &want[across..across + 2 * PAGE],
         );
         e.crash();
     }
@@ -2669,18 +2678,21 @@ fn opening_the_latest_checkpoint_lists_the_manifests_from_the_tip_note_not_all_o
     );
     plan.set_latency(Duration::ZERO);
     let damaged = {
-        let mut b = bucketfs::checkpoint::encode_tip(latest).to_vec();
+        let mut b = bucketfs::checkpoint::encode_tip(latest, true).to_vec();
         b[2] ^= 1;
         b
     };
     for (note, what) in [
         (
-            bucketfs::checkpoint::encode_tip(999_999_999).to_vec(),
+            bucketfs::checkpoint::encode_tip(999_999_999, true).to_vec(),
             "past every manifest",
         ),
         (damaged, "failing its checksum"),
         (b"17\n".to_vec(), "in no format"),
-        (bucketfs::checkpoint::encode_tip(3).to_vec(), "far behind"),
+        (
+            bucketfs::checkpoint::encode_tip(3, false).to_vec(),
+            "far behind",
+        ),
     ] {
         rt.block_on(bucketfs::store::ObjectStore::put(
             &*store,
@@ -2758,19 +2770,32 @@ fn opening_the_latest_checkpoint_takes_two_round_trips() {
     e.cp.checkpoint(true).expect("clean stop");
     let latest = e.cp.view().read().epoch;
     e.crash();
-    rt.block_on(bucketfs::store::ObjectStore::put(
-        &*store,
-        bucketfs::checkpoint::TIP_KEY,
-        bucketfs::checkpoint::encode_tip(2),
-        bucketfs::store::PutMode::Overwrite,
-    ))
-    .expect("write the note");
-    plan.reset_round_trips();
-    let opened = bucketfs::checkpoint::open_bucket_at(&*store, rt.handle(), None)
-        .expect("open with a note far behind");
-    assert_eq!(opened.view.epoch, latest, "with a note far behind");
-    assert_eq!(opened.view.inodes[&ino].size, want.len() as u64);
-    assert_eq!(plan.round_trips(), 3, "round trips with a note far behind");
+    // A note far behind: one a running writer left (nothing guessed: a GET for the marker,
+    // the boundary, the note and each manifest of the chain's window), and a clean stop's
+    // (guessed, then dropped once the LIST shows the chain starts a window above it).
+    for stop in [false, true] {
+        rt.block_on(bucketfs::store::ObjectStore::put(
+            &*store,
+            bucketfs::checkpoint::TIP_KEY,
+            bucketfs::checkpoint::encode_tip(2, stop),
+            bucketfs::store::PutMode::Overwrite,
+        ))
+        .expect("write the note");
+        plan.reset_round_trips();
+        let gets = plan.counts().gets;
+        let opened = bucketfs::checkpoint::open_bucket_at(&*store, rt.handle(), None)
+            .expect("open with a note far behind");
+        assert_eq!(opened.view.epoch, latest, "with a note far behind");
+        assert_eq!(opened.view.inodes[&ino].size, want.len() as u64);
+        assert_eq!(plan.round_trips(), 3, "round trips with a note far behind");
+        if !stop {
+            assert_eq!(
+                plan.counts().gets - gets,
+                3 + 32,
+                "GETs with a running writer's note far behind"
+            );
+        }
+    }
 }
 
 /// A checkpoint opened by its epoch (a replica's search for a WAL segment the primary

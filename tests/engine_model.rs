@@ -522,7 +522,9 @@ impl Sut {
                 Step::EvictMarked { .. } => StepKind::EvictMarked,
                 Step::FillFetched { .. } => StepKind::FillFetched,
                 // tests/engine.rs puts changes there; the flush's end, between `Committed`
-                // and the marks, is a point nothing changes the pages' state at.
+                // and the marks, is a point nothing changes the pages' state at; a fill's
+                // flush holds the file's locks (its fetch, `FillFetched`, is where a fill
+                // is crashed).
                 Step::CutRunRead { .. } | Step::MarkingClean { .. } | Step::FillSynced { .. } => {
                     return
                 }

@@ -73,32 +73,39 @@ const TIP_EVERY: u64 = 500;
 struct TipNote {
     version: u32,
     epoch: u64,
+    /// Written beside a clean stop's manifest (the epoch after `epoch`): until a writer
+    /// starts again, that manifest is the newest, and a start asks for the manifests up to
+    /// it beside its LIST. (A field a bucketfs before it ignores, and whose absence reads as
+    /// false: the note is only a hint.)
+    #[serde(default)]
+    stop: bool,
 }
 
 const TIP_VERSION: u32 = 1;
 
-/// The body of a tip note naming `epoch`.
-pub fn encode_tip(epoch: u64) -> Bytes {
+/// The body of a tip note naming `epoch`, written beside a clean stop's manifest or not.
+pub fn encode_tip(epoch: u64, stop: bool) -> Bytes {
     crate::gc::seal_json(&TipNote {
         version: TIP_VERSION,
         epoch,
+        stop,
     })
 }
 
-/// The epoch `TIP_KEY` notes, if it holds one this version can read.
-async fn read_tip(store: &dyn ReadStore) -> Option<u64> {
-    let read = match store.get(TIP_KEY, None).await {
+/// The note `TIP_KEY` holds, if there is one (None) and this version can read it (Err: why
+/// not, for the open to say if it gets that far; a start whose bucket check fails reads the
+/// note beside it).
+async fn read_tip(store: &dyn ReadStore) -> Result<Option<TipNote>, String> {
+    match store.get(TIP_KEY, None).await {
         Ok(bytes) => crate::gc::unseal_json::<TipNote>(&bytes, TIP_KEY)
             .map_err(|e| e.to_string())
             .and_then(|n| match n.version {
-                TIP_VERSION => Ok(n.epoch),
+                TIP_VERSION => Ok(Some(n)),
                 v => Err(format!("version {v}, this bucketfs reads {TIP_VERSION}")),
             }),
-        Err(StoreError::NotFound { .. }) => return None,
+        Err(StoreError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.to_string()),
-    };
-    read.map_err(|e| warn!(error = %e, "could not read the tip note; listing every manifest"))
-        .ok()
+    }
 }
 
 /// A segment's key names the bucket epoch it is for, the writer, and the local cut that made
@@ -435,6 +442,8 @@ pub struct ChainStart {
     at: Option<At>,
     boundary: Result<u64, CheckpointError>,
     start: Option<Start>,
+    /// Why the tip note could not be read, if it could not.
+    unreadable_note: Option<String>,
 }
 
 impl ChainStart {
@@ -442,20 +451,29 @@ impl ChainStart {
     /// the bucket holds it (a replica's WAL search opens several, and each would otherwise
     /// list every manifest). A point in time needs every epoch.
     pub async fn read(store: &dyn ReadStore, at: Option<At>) -> ChainStart {
-        let (boundary, start) =
+        let (boundary, (start, unreadable_note)) =
             futures_util::future::join(crate::gc::read_boundary(store), async {
                 match at {
-                    None => read_tip(store).await.filter(|&t| t > 0).map(Start::After),
+                    None => match read_tip(store).await {
+                        Ok(note) => (
+                            note.filter(|n| n.epoch > 0).map(|n| Start::After {
+                                note: n.epoch,
+                                stop: n.stop,
+                            }),
+                            None,
+                        ),
+                        Err(e) => (None, Some(e)),
+                    },
                     Some(At::Epoch(e)) => match store.head(&manifest_key(e)).await {
-                        Ok(Some(_)) => Some(Start::Exactly(e)),
-                        Ok(None) => None,
+                        Ok(Some(_)) => (Some(Start::Exactly(e)), None),
+                        Ok(None) => (None, None),
                         Err(err) => {
                             let why = "HEAD of the manifest failed; listing them";
                             debug!(error = %err, epoch = e, "{why}");
-                            None
+                            (None, None)
                         }
                     },
-                    Some(At::UnixMs(_)) => None,
+                    Some(At::UnixMs(_)) => (None, None),
                 }
             })
             .await;
@@ -463,6 +481,7 @@ impl ChainStart {
             at,
             boundary,
             start,
+            unreadable_note,
         }
     }
 }
@@ -553,24 +572,31 @@ fn open_once(
 ) -> Result<Opened, CheckpointError> {
     rt.block_on(async {
         let ChainStart {
-            boundary, start, ..
+            boundary,
+            start,
+            unreadable_note,
+            ..
         } = match start {
             Some(start) => start,
             None => ChainStart::read(store, at).await,
         };
         let boundary = boundary?;
+        if let Some(e) = unreadable_note {
+            warn!(error = %e, "could not read the tip note; listing every manifest");
+        }
         let mut fetch = ChainFetch::new(store, boundary);
         let mut epochs = match start {
             // From the epoch before the note's (so that the noted one is listed too): empty
             // only if the note is past every manifest, which a note never is unless the prefix
             // was tampered with; then every manifest, as without one.
-            Some(Start::After(t)) => {
-                // A start most often follows a clean stop or a takeover, each of which notes
-                // the epoch before its own: the chain's newest manifests are the ones just
-                // above the note. They are asked for beside the LIST, which takes a round
-                // trip of its own.
+            Some(Start::After { note: t, stop }) => {
+                // After a clean stop (a Machine waking on its volume, or a new one) the
+                // newest manifest is the stop's, the one after the note, and the chain ends
+                // there: its manifests are asked for beside the LIST, which takes a round trip
+                // of its own. A note written while a writer ran says little of where the
+                // newest manifest is (up to `TIP_EVERY` epochs on), so nothing is guessed.
                 let top = t.saturating_add(1);
-                if top >= boundary {
+                if stop && top >= boundary {
                     fetch.ask_window(top, true);
                 }
                 let after = Some(t.max(boundary).max(1) - 1);
@@ -788,8 +814,9 @@ impl<'a> ChainFetch<'a> {
 
 /// Where an open starts instead of listing every manifest.
 enum Start {
-    /// List the manifests after this epoch (the tip note's, less one).
-    After(u64),
+    /// List the manifests from the tip note's epoch on (`note`); `stop`: the note was
+    /// written beside a clean stop's manifest.
+    After { note: u64, stop: bool },
     /// The epoch asked for, whose manifest is in the bucket: nothing to list.
     Exactly(u64),
 }
@@ -1763,7 +1790,7 @@ impl Checkpointer {
     /// PUTs manifest `m` if its key is free, and returns its length. Beside it, when one is
     /// due (`TIP_EVERY` epochs since the last, or `always`), the tip note goes out: the epoch
     /// before `m`'s, which this writer's view holds and so is committed, whatever becomes of
-    /// `m`. `settle_note` waits for it. A note that fails is only logged, once until one
+    /// `m`, and whether `m` is a clean stop. `settle_note` waits for it. A note that fails is only logged, once until one
     /// succeeds (a restore then lists more).
     fn put_manifest(&self, m: &Manifest, always: bool) -> Result<ManifestLen, StoreError> {
         let body = Bytes::from(m.encode());
@@ -1771,14 +1798,14 @@ impl Checkpointer {
             stored: body.len() as u64,
             plain: crate::manifest::plain_len(&body),
         };
-        let noted = m.epoch.saturating_sub(1);
+        let (noted, stop) = (m.epoch.saturating_sub(1), m.clean_stop);
         let mut last = self.tip_noted.lock();
         if noted > 0 && (always || noted >= *last + TIP_EVERY) {
             *last = noted;
             let (store, failing) = (self.store.clone(), self.note_failing.clone());
             let note = self.rt.spawn(async move {
                 match store
-                    .put(TIP_KEY, encode_tip(noted), PutMode::Overwrite)
+                    .put(TIP_KEY, encode_tip(noted, stop), PutMode::Overwrite)
                     .await
                 {
                     Ok(_) => failing.store(false, Ordering::Release),

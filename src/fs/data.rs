@@ -154,8 +154,9 @@ impl Fs {
                 answer(Ok(fetched.bytes(bytes)));
                 match self.install_fill(fetched) {
                     Ok(_) => {}
-                    // A stopped mount installs nothing (logged when it stopped).
-                    Err(FsError::CacheFailed) => return,
+                    // A stopped mount installs nothing (logged when it stopped; this fill's
+                    // own flush may be what stopped it).
+                    Err(_) if self.cache_failed() => return,
                     Err(e) => {
                         tracing::warn!(ino, error = %e, "could not install pages fetched for a read; a read fetches them again");
                         return;
@@ -197,7 +198,9 @@ impl Fs {
             // (A mount a failed flush stopped installs nothing: the pages it fetched are laid
             // over the cache file's bytes instead.)
             let mut over = None;
-            if let Some(fetched) = self.fetch_absent(inode, wanted, true)? {
+            // (No readahead on a stopped mount: what it fetches is used once.)
+            let readahead = !self.cache_failed();
+            if let Some(fetched) = self.fetch_absent(inode, wanted, readahead)? {
                 missed = true;
                 let answer = fetched.answer(&inode.state.lock(), offset, size);
                 if let Some(bytes) = answer {
@@ -206,9 +209,13 @@ impl Fs {
                 }
                 match self.cache_failed() {
                     true => over = Some(fetched),
-                    false => {
-                        self.install_fill(fetched)?;
-                    }
+                    false => match self.install_fill(fetched) {
+                        Ok(_) => {}
+                        // Stopped by this fill's flush, or meanwhile: the pages are still
+                        // absent, and the next attempt lays them over the cache file's.
+                        Err(_) if self.cache_failed() => continue,
+                        Err(e) => return Err(e),
+                    },
                 }
             }
             let _io = inode.io.read();
@@ -244,7 +251,10 @@ impl Fs {
                     .read_hit_bytes
                     .fetch_add(len as u64, Ordering::Relaxed);
             }
-            self.touch(ino, wanted, file_size);
+            if over.is_none() {
+                // (What a stopped mount did not install takes no room in the cache.)
+                self.touch(ino, wanted, file_size);
+            }
             let mut buf = vec![0u8; len];
             if let Some(file) = file {
                 let mut done = 0;

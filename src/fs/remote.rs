@@ -515,8 +515,9 @@ impl Fs {
                 }
             }
             drop(in_flight[i].take());
-            // Counted for the bounded cache unless it was removed meanwhile.
-            if self.inode(h.ino).is_ok() {
+            // Counted for the bounded cache unless it was removed meanwhile (or nothing was
+            // installed: a stopped mount).
+            if self.inode(h.ino).is_ok() && !self.cache_failed() {
                 let size = h.inode.state.lock().attr.size;
                 self.touch(h.ino, 0..size.div_ceil(PAGE_SIZE), size);
             }
@@ -712,8 +713,10 @@ impl Fs {
         let mut st = inode.state.lock();
         if self.cache_failed() {
             // Stopped meanwhile: a failed write-back told to another caller (each fdatasync
-            // of the file is under its sync lock, and one that fails stops the mount before
-            // letting go of it) means this sync's success proves nothing.
+            // of the file is under its sync lock or, a cut's past the end, its io lock, and
+            // one that fails stops the mount before letting go of it) means this sync's
+            // success proves nothing.
+            self.close_if_unused(&mut st);
             return Err(FsError::CacheFailed);
         }
         // Cleared only once synced: an fsync meanwhile saw it set and synced the directory
@@ -797,7 +800,7 @@ impl Fetched<'_> {
                     continue;
                 }
                 let from = ((p.start - r.start) * PAGE_SIZE) as usize;
-                let to = (((p.end - r.start) * PAGE_SIZE) as usize).min(run.len());
+                let to = ((p.end - r.start) * PAGE_SIZE) as usize;
                 pieces.push((p.start * PAGE_SIZE, run.get(from..to)?));
                 covered += p.end - p.start;
             }
