@@ -308,6 +308,12 @@ pub struct HotSet {
     pub chunk_pages: u64,
     /// (inode, chunk numbers), in file order.
     pub files: Vec<(u64, Vec<u64>)>,
+    /// (inode, chunk) the stopped mount read first, in the order it first read them
+    /// (`Fs::first_reads`): fetched first at the next cold start. Absent from a hot set an
+    /// older version recorded (read as none); versions before it ignore the field, so
+    /// `HotSet` must never refuse unknown fields.
+    #[serde(default)]
+    pub first_reads: Vec<(u64, u64)>,
 }
 
 impl HotSet {
@@ -325,6 +331,7 @@ impl HotSet {
             writer: writer.into(),
             chunk_pages: crate::fs::CHUNK_PAGES,
             files,
+            first_reads: fs.first_reads(),
         }
     }
 
@@ -350,22 +357,20 @@ impl HotSet {
             writer,
             chunk_pages,
             mut files,
+            first_reads,
         } = self;
         files.sort_by_key(|(ino, chunks)| (chunks.len(), *ino));
-        let mut left = room;
+        let weights = files
+            .iter()
+            .flat_map(|(ino, chunks)| chunks.iter().map(|&chunk| weigh(*ino, chunk)));
+        let mut left = fitting(room, weights);
         let mut kept = Vec::new();
-        'files: for (ino, mut chunks) in files {
-            for (i, &chunk) in chunks.iter().enumerate() {
-                let weight = weigh(ino, chunk);
-                if weight > left {
-                    chunks.truncate(i);
-                    if !chunks.is_empty() {
-                        kept.push((ino, chunks));
-                    }
-                    break 'files;
-                }
-                left -= weight;
+        for (ino, mut chunks) in files {
+            if left == 0 {
+                break;
             }
+            chunks.truncate(left);
+            left -= chunks.len();
             kept.push((ino, chunks));
         }
         kept.sort_unstable_by_key(|(ino, _)| *ino);
@@ -375,36 +380,67 @@ impl HotSet {
             writer,
             chunk_pages,
             files: kept,
+            first_reads,
         };
         let skipped = total - kept.chunks();
         (kept, skipped)
     }
 
-    /// (inode, pages) pieces to fetch: runs of consecutive chunks, cut to pieces of at most
-    /// `PREWARM_PIECE_CHUNKS`, with the chunks each covers.
+    /// (inode, pages) pieces to fetch, with the chunks each covers (`pieces`).
     fn pieces(&self) -> Vec<(u64, std::ops::Range<u64>, u64)> {
-        let mut out = Vec::new();
-        for (ino, chunks) in &self.files {
-            let mut i = 0;
-            while i < chunks.len() {
-                let first = chunks[i];
-                let mut n = 1;
-                while i + (n as usize) < chunks.len()
-                    && chunks[i + n as usize] == first + n
-                    && n < PREWARM_PIECE_CHUNKS
-                {
-                    n += 1;
-                }
-                out.push((
-                    *ino,
-                    first * self.chunk_pages..(first + n) * self.chunk_pages,
-                    n,
-                ));
-                i += n as usize;
-            }
-        }
-        out
+        let chunks = self
+            .files
+            .iter()
+            .flat_map(|(ino, chunks)| chunks.iter().map(move |&chunk| (*ino, chunk)));
+        pieces(chunks, self.chunk_pages)
     }
+
+    /// Whether every chunk it names lies within what a file can hold, and it names no more
+    /// than a mount records: a hot set read from the bucket is checked before any of its
+    /// numbers is multiplied.
+    fn in_bounds(&self) -> bool {
+        let max = u64::MAX / (self.chunk_pages.max(1) * crate::fs::PAGE_SIZE);
+        let chunks = self.files.iter().flat_map(|(_, chunks)| chunks.iter());
+        self.chunks() <= HOT_SET_MAX_CHUNKS as u64
+            && self.first_reads.len() <= crate::fs::FIRST_READS_MAX
+            && chunks
+                .chain(self.first_reads.iter().map(|(_, chunk)| chunk))
+                .all(|&chunk| chunk < max)
+    }
+}
+
+/// How many of `weights`, taken in order, fit in `room` together.
+fn fitting(room: u64, weights: impl IntoIterator<Item = u64>) -> usize {
+    let mut left = room;
+    let mut n = 0;
+    for weight in weights {
+        if weight > left {
+            break;
+        }
+        left -= weight;
+        n += 1;
+    }
+    n
+}
+
+/// (inode, chunk)s in fetch order, as pieces to fetch: runs of consecutive chunks of one
+/// file, at most `PREWARM_PIECE_CHUNKS` each, as (inode, pages, chunks covered).
+fn pieces(
+    chunks: impl IntoIterator<Item = (u64, u64)>,
+    chunk_pages: u64,
+) -> Vec<(u64, std::ops::Range<u64>, u64)> {
+    let mut out: Vec<(u64, std::ops::Range<u64>, u64)> = Vec::new();
+    for (ino, chunk) in chunks {
+        let pages = chunk * chunk_pages..(chunk + 1) * chunk_pages;
+        match out.last_mut() {
+            Some((i, p, n)) if *i == ino && p.end == pages.start && *n < PREWARM_PIECE_CHUNKS => {
+                p.end = pages.end;
+                *n += 1;
+            }
+            _ => out.push((ino, pages, 1)),
+        }
+    }
+    out
 }
 
 /// How the prewarm of a cold start is going.
@@ -520,10 +556,91 @@ const PREFETCH_MAX_FILE: u64 = 1 << 20;
 /// bandwidth, are what they wait on).
 const PREFETCH_WORKERS: usize = 16;
 
-/// Fetches a restored filesystem's small files in the background, smallest first, then the
-/// hot set the last clean stop recorded (prewarm). Postgres opens dozens of catalog files one
-/// after another as it starts and answers its first queries; fetched on demand, each costs a
-/// round trip to the bucket in turn.
+/// How long the prefetch waits for the hot set (one GET) before it fetches the small files
+/// without knowing what the last start read first.
+const HOT_SET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Small files the last start read first, fetched together, in the order read: few, so that
+/// each is installed soon after its answer comes (a batch installs its files one by one).
+const FIRST_BATCH_FILES: usize = 4;
+
+/// The hot set: read, or still being read after `HOT_SET_WAIT`.
+enum HotRead {
+    Read(Result<Option<HotSet>, tokio::task::JoinError>),
+    Reading(tokio::task::JoinHandle<Option<HotSet>>),
+}
+
+/// One fetch of the prefetch: small files whole, or pages of a larger file.
+#[derive(Debug, PartialEq)]
+enum Work {
+    Files(Vec<u64>),
+    Pages(u64, std::ops::Range<u64>),
+}
+
+/// What a cold start's prefetch fetches, in order: the chunks the last start read first
+/// (`first_reads`: its small files whole, `FIRST_BATCH_FILES` to a request in the order
+/// read, `group` permitting; consecutive chunks of a larger file together, as `pieces`
+/// makes them), then the other small files of `small` in `group`'s batches.
+fn prefetch_plan(
+    first_reads: &[(u64, u64)],
+    small: Vec<u64>,
+    group: impl Fn(Vec<u64>) -> Vec<Vec<u64>>,
+) -> Vec<Work> {
+    let is_small: std::collections::HashSet<u64> = small.iter().copied().collect();
+    let mut planned = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    // Read first and not yet planned: small files, or chunks of larger ones (never both).
+    let (mut files, mut chunks) = (Vec::new(), Vec::new());
+    let flush_files = |files: &mut Vec<u64>, out: &mut Vec<Work>| {
+        if !files.is_empty() {
+            out.extend(group(std::mem::take(files)).into_iter().map(Work::Files));
+        }
+    };
+    let flush_chunks = |chunks: &mut Vec<(u64, u64)>, out: &mut Vec<Work>| {
+        let runs = pieces(std::mem::take(chunks), crate::fs::CHUNK_PAGES);
+        out.extend(
+            runs.into_iter()
+                .map(|(ino, pages, _)| Work::Pages(ino, pages)),
+        );
+    };
+    for &(ino, chunk) in first_reads {
+        if !is_small.contains(&ino) {
+            flush_files(&mut files, &mut out);
+            chunks.push((ino, chunk));
+        } else if planned.insert(ino) {
+            flush_chunks(&mut chunks, &mut out);
+            files.push(ino);
+            if files.len() == FIRST_BATCH_FILES {
+                flush_files(&mut files, &mut out);
+            }
+        }
+    }
+    flush_files(&mut files, &mut out);
+    flush_chunks(&mut chunks, &mut out);
+    let rest = small
+        .into_iter()
+        .filter(|ino| !planned.contains(ino))
+        .collect();
+    out.extend(group(rest).into_iter().map(Work::Files));
+    out
+}
+
+/// As much of `first_reads` as fits in half the cache's free room (all of it without a
+/// bound), so that the prewarm after it still has room.
+fn first_within_room<'a>(fs: &Fs, first_reads: &'a [(u64, u64)]) -> &'a [(u64, u64)] {
+    let Some(usage) = fs.cache_usage() else {
+        return first_reads;
+    };
+    let room = usage.capacity_bytes.saturating_sub(usage.used_bytes) / 2;
+    let weights = first_reads
+        .iter()
+        .map(|&(ino, chunk)| fs.chunk_weight_now(ino, chunk));
+    &first_reads[..fitting(room, weights)]
+}
+
+/// Fetches in the background, after a restore: what the last start read first, the small
+/// files (newest first), then the hot set the last clean stop recorded (prewarm). Postgres
+/// opens dozens of catalog files one after another as it starts and answers its first
+/// queries; fetched on demand, each costs a round trip to the bucket in turn.
 struct Prefetch {
     stop: Arc<AtomicBool>,
     /// The read of the hot set (aborted at unmount: the thread may be waiting for it, as in
@@ -552,16 +669,17 @@ fn in_parallel<T: Send>(items: Vec<T>, stop: &AtomicBool, work: impl Fn(T) + Syn
 }
 
 impl Prefetch {
-    /// Starts after a restore: the small files, then the hot set the last clean stop
-    /// recorded in `store`. The hot set is read beside the small files, not before the mount
-    /// serves: a round trip less on the way to the first request.
+    /// Starts after a restore: what the last start read first (the hot set the last clean
+    /// stop recorded in `store` says, one round trip away), then the small files, then the
+    /// rest of the hot set (prewarm). The hot set is read beside the mount's first requests,
+    /// not before the mount serves.
     fn start(
         fs: &Arc<Fs>,
         store: Arc<dyn ReadStore>,
         rt: &tokio::runtime::Handle,
         progress: Arc<PrewarmProgress>,
     ) -> anyhow::Result<Prefetch> {
-        let files = fs.small_absent_files(PREFETCH_MAX_FILE);
+        let small = fs.small_absent_files(PREFETCH_MAX_FILE);
         let hot = rt.spawn(async move { read_hot_set(&*store).await });
         progress.waiting.store(true, Ordering::Release);
         let stop = Arc::new(AtomicBool::new(false));
@@ -571,13 +689,29 @@ impl Prefetch {
             .spawn(move || {
                 let _span = info_span!("prefetch").entered();
                 let started = std::time::Instant::now();
-                let total = files.len();
-                // Files whose bytes lie close together in the bucket are fetched together:
-                // a new database's catalogs are hundreds of small files in a few segments.
-                let batches = fs.group_for_prefetch(files);
-                let requests = batches.len();
+                let total = small.len();
+                // Waited for a moment only: a slow bucket must not hold up the small files.
+                // (The timeout is made inside the runtime: its timer needs one.)
+                let mut hot = hot;
+                let waited = rt.block_on(async { tokio::time::timeout(HOT_SET_WAIT, &mut hot).await });
+                let hot = match waited {
+                    Ok(read) => HotRead::Read(read),
+                    Err(_) => HotRead::Reading(hot),
+                };
+                let first = match &hot {
+                    HotRead::Read(Ok(Some(h))) => first_within_room(&fs, &h.first_reads),
+                    _ => &[],
+                };
+                if !first.is_empty() {
+                    info!(
+                        chunks = first.len(),
+                        "prefetch: the chunks the last start read first go first"
+                    );
+                }
+                let work = prefetch_plan(first, small, |files| fs.group_for_prefetch(files));
+                let batches = work.len();
                 let failed = std::sync::atomic::AtomicUsize::new(0);
-                in_parallel(batches, &flag, |batch| {
+                in_parallel(work, &flag, |work| {
                     if fs.cache_failed() {
                         // Nothing can be installed any more (logged when it stopped).
                         flag.store(true, Ordering::Release);
@@ -586,24 +720,39 @@ impl Prefetch {
                     // A failure here is not fatal: a read of the file fetches again and
                     // reports the error to its caller. (Files deleted since the restore,
                     // as Postgres removes its pid file as it starts, are skipped.)
-                    let done = fs.prefetch_batch(&batch);
-                    if let Some((ino, error)) = done.failed.first() {
-                        failed.fetch_add(done.failed.len(), Ordering::Relaxed);
-                        warn!(
-                            files = done.failed.len(),
-                            ino, error, "prefetch of restored files failed"
-                        );
+                    match work {
+                        Work::Files(batch) => {
+                            let done = fs.prefetch_batch(&batch);
+                            if let Some((ino, error)) = done.failed.first() {
+                                failed.fetch_add(done.failed.len(), Ordering::Relaxed);
+                                warn!(
+                                    files = done.failed.len(),
+                                    ino, error, "prefetch of restored files failed"
+                                );
+                            }
+                        }
+                        Work::Pages(ino, pages) => {
+                            if let Err(e) = fs.prefetch_pages(ino, pages) {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                warn!(ino, error = %e, "prefetch of what the last start read first failed");
+                            }
+                        }
                     }
                 });
                 info!(
                     files = total,
-                    batches = requests,
+                    first_chunks = first.len(),
+                    batches,
                     failed = failed.load(Ordering::Relaxed),
                     stopped_early = flag.load(Ordering::Acquire),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "prefetch of small files after restore done"
                 );
-                match rt.block_on(hot) {
+                let hot = match hot {
+                    HotRead::Read(read) => read,
+                    HotRead::Reading(hot) => rt.block_on(hot),
+                };
+                match hot {
                     Ok(Some(hot)) => prewarm(&fs, hot, &flag, &progress),
                     // No hot set (`read_hot_set` said why, if it was not just missing).
                     Ok(None) => {}
@@ -737,7 +886,15 @@ async fn read_hot_set(store: &dyn ReadStore) -> Option<HotSet> {
     match store.get(HOT_SET_KEY, None).await {
         Ok(bytes) => match parse(&bytes) {
             Ok(h) if h.version == HOT_SET_VERSION && h.chunk_pages == crate::fs::CHUNK_PAGES => {
-                Some(h)
+                if h.in_bounds() {
+                    Some(h)
+                } else {
+                    warn!(
+                        key = HOT_SET_KEY,
+                        "hot set naming chunks out of bounds; no prewarm"
+                    );
+                    None
+                }
             }
             Ok(h) => {
                 warn!(
@@ -1366,8 +1523,8 @@ fn report_final_progress(
 }
 
 impl Writing {
-    /// Records the hot set in the bucket for the next cold start's prewarm. Best effort: a
-    /// failure costs the next cold start its prewarm, nothing else.
+    /// Records the hot set in the bucket for the next cold start's prefetch and prewarm.
+    /// Best effort: a failure costs the next cold start its prewarm, nothing else.
     fn record_hot_set(&self) {
         let epoch = self.checkpointer.view().read().epoch;
         let hot = HotSet::of(&self.fs, epoch, self.checkpointer.writer());
@@ -1382,6 +1539,7 @@ impl Writing {
             Ok(_) => info!(
                 chunks = hot.chunks(),
                 files = hot.files.len(),
+                first_reads = hot.first_reads.len(),
                 bytes = len,
                 "hot set recorded for the next cold start's prewarm"
             ),
@@ -1472,6 +1630,90 @@ mod tests {
                 (8, 64..96, 1)
             ]
         );
+    }
+
+    #[test]
+    fn the_prefetch_fetches_what_the_last_start_read_first_in_its_order_then_the_small_files() {
+        // Small files 1 to 9 (absent); 20 and 21 larger. Grouping keeps the files it is
+        // given together, in order.
+        let group = |files: Vec<u64>| files.chunks(3).map(<[u64]>::to_vec).collect();
+        let first = [
+            (5, 0),
+            (20, 3),
+            (20, 4),
+            (2, 0),
+            (5, 1), // a second chunk of a small file: fetched whole already
+            (6, 0),
+            (7, 0),
+            (8, 0),
+            (9, 0),
+            (20, 5),
+            (20, 6),
+            (20, 7),
+            (20, 8),
+            (20, 9),  // a fifth in a row: a new piece
+            (20, 11), // not after the last: a new piece
+            (21, 0),
+        ];
+        let plan = prefetch_plan(&first, (1..=9).collect(), group);
+        let pages = |a: u64, b: u64| a * 32..b * 32;
+        assert_eq!(
+            plan,
+            vec![
+                Work::Files(vec![5]),
+                Work::Pages(20, pages(3, 5)),
+                // Four small files to a request: 2, 6, 7, 8, grouped as `group` says.
+                Work::Files(vec![2, 6, 7]),
+                Work::Files(vec![8]),
+                Work::Files(vec![9]),
+                // At most four chunks to a piece.
+                Work::Pages(20, pages(5, 9)),
+                Work::Pages(20, pages(9, 10)),
+                Work::Pages(20, pages(11, 12)),
+                Work::Pages(21, pages(0, 1)),
+                // Then the other small files, each once.
+                Work::Files(vec![1, 3, 4]),
+            ]
+        );
+        // Nothing read first (a hot set an older version recorded): the small files alone.
+        let plan = prefetch_plan(&[], (1..=4).collect(), group);
+        assert_eq!(plan, vec![Work::Files(vec![1, 2, 3]), Work::Files(vec![4])]);
+    }
+
+    #[test]
+    fn a_hot_set_without_first_reads_is_read_as_having_none() {
+        // As version 1 wrote it before the first reads were recorded.
+        let old = r#"{"version":1,"epoch":9,"writer":"w","chunk_pages":32,"files":[[5,[0,1]]]}"#;
+        let hot: HotSet = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (hot.files, hot.first_reads),
+            (vec![(5, vec![0, 1])], vec![])
+        );
+        let new = HotSet {
+            first_reads: vec![(5, 1), (3, 0)],
+            ..HotSet::default()
+        };
+        let again: HotSet = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(again.first_reads, new.first_reads);
+    }
+
+    #[test]
+    fn a_hot_set_naming_chunks_no_file_can_hold_is_refused() {
+        let hot = |files: Vec<(u64, Vec<u64>)>, first_reads: Vec<(u64, u64)>| HotSet {
+            version: HOT_SET_VERSION,
+            chunk_pages: crate::fs::CHUNK_PAGES,
+            files,
+            first_reads,
+            ..HotSet::default()
+        };
+        let last = u64::MAX / (crate::fs::CHUNK_PAGES * crate::fs::PAGE_SIZE) - 1;
+        assert!(hot(vec![(5, vec![0, last])], vec![(5, last)]).in_bounds());
+        assert!(!hot(vec![(5, vec![0, last + 1])], vec![]).in_bounds());
+        assert!(!hot(vec![], vec![(5, u64::MAX)]).in_bounds());
+        let too_many = (0..=crate::fs::FIRST_READS_MAX as u64)
+            .map(|c| (5, c))
+            .collect();
+        assert!(!hot(vec![], too_many).in_bounds());
     }
 
     #[test]

@@ -2208,6 +2208,23 @@ fn a_batched_prefetch_brings_every_small_file_whole_with_few_requests() {
     let e = Engine::open(&dirs.cache(1), &dirs.bucket(), Options::default());
     let files = e.fs.small_absent_files(1 << 20);
     assert_eq!(files.len(), want.len() - 1, "every file but the big one");
+    // Newest first: what the second checkpoint changed, the last change (f7 cut) first.
+    let changed: std::collections::BTreeSet<u64> = (0..FILES)
+        .step_by(5)
+        .map(|i| format!("f{i}"))
+        .chain((0..5).map(|i| format!("new{i}")))
+        .chain(["f7".to_string()])
+        .map(|name| e.ino(&name))
+        .collect();
+    assert_eq!(files[0], e.ino("f7"), "the last change first");
+    assert_eq!(
+        files[..changed.len()]
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<u64>>(),
+        changed,
+        "the files the last checkpoint changed first"
+    );
     let batches = e.fs.group_for_prefetch(files.clone());
     let mut grouped: Vec<u64> = batches.concat();
     grouped.sort_unstable();

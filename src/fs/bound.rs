@@ -38,7 +38,7 @@ use super::{FileKind, Fs, Inode, Result, PAGE_SIZE};
 /// Pages per cache chunk: the unit of tracking and eviction (256 KiB), equal to a fetch unit,
 /// so a chunk evicted is fetched back with one request.
 pub const CHUNK_PAGES: u64 = 32;
-const CHUNK_BYTES: u64 = CHUNK_PAGES * PAGE_SIZE;
+pub(super) const CHUNK_BYTES: u64 = CHUNK_PAGES * PAGE_SIZE;
 /// Chunks the evictor takes from its queue at once: one metadata sync serves them all.
 const EVICT_BATCH: usize = 1024;
 

@@ -148,6 +148,7 @@ impl Fs {
             Ok(inode) => inode,
             Err(e) => return answer(Err(e)),
         };
+        self.note_read(ino, offset, size);
         match self.read_inner(ino, &inode, offset, size) {
             Ok(Read::Cached(buf)) => answer(Ok(&buf)),
             Ok(Read::Fetched(fetched, bytes)) => {

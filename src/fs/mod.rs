@@ -19,6 +19,7 @@ mod bound;
 mod cut;
 mod data;
 mod error;
+mod first_reads;
 mod namespace;
 pub mod pageset;
 mod remote;
@@ -29,6 +30,7 @@ pub use attr::{Attr, FileKind};
 pub use bound::{CacheBound, CacheUsage, Evictor, SteppedEvictor, CHUNK_PAGES};
 pub use cut::{Cut, CutDirent, CutRun, CutShape, PathFilter, WalkMemo};
 pub use error::{FsError, Result};
+pub use first_reads::FIRST_READS_MAX;
 pub use namespace::RenameMode;
 pub use remote::{Fetcher, Prefetched, RemoteSync, Restore};
 pub use staging::MEMORY_BUDGET as FROZEN_MEMORY_BUDGET;
@@ -437,6 +439,8 @@ pub struct Fs {
     /// the last one that succeeded. `syncfs_begun` counts those begun.
     syncfs_lock: Mutex<u64>,
     syncfs_begun: AtomicU64,
+    /// The chunks read first since the mount began, for the next cold start.
+    first_reads: first_reads::FirstReads,
 }
 
 /// Counters since the mount began, for the log at unmount and for metrics.
@@ -549,6 +553,7 @@ impl Fs {
             dir_sync_fails: std::sync::atomic::AtomicBool::new(false),
             syncfs_lock: Mutex::new(0),
             syncfs_begun: AtomicU64::new(0),
+            first_reads: Default::default(),
         };
         let mut batch = fs.meta.batch();
         for &ino in &orphans {

@@ -403,12 +403,14 @@ impl Fs {
         Ok(())
     }
 
-    /// Files of at most `max_bytes` with pages still only in the bucket, smallest first: what
-    /// a new machine fetches in the background right after a restore (catalogs, control
-    /// files, visibility maps), so that Postgres's start and first queries do not wait on one
-    /// round trip per file.
+    /// Files of at most `max_bytes` with pages still only in the bucket: what a new machine
+    /// fetches in the background right after a restore (catalogs, control files, visibility
+    /// maps), so that Postgres's start and first queries do not wait on one round trip per
+    /// file. Most recently modified first (what the last stop wrote, its control file and
+    /// the files it writes anew at each checkpoint, is what the next start reads first),
+    /// then smallest first.
     pub fn small_absent_files(&self, max_bytes: u64) -> Vec<u64> {
-        let mut files: Vec<(u64, u64)> = self
+        let mut files: Vec<(std::cmp::Reverse<std::time::SystemTime>, u64, u64)> = self
             .inode_snapshot()
             .values()
             .filter_map(|inode| {
@@ -416,11 +418,11 @@ impl Fs {
                 (st.attr.kind == FileKind::File
                     && st.attr.size <= max_bytes
                     && !st.absent.is_empty())
-                .then_some((st.attr.size, st.attr.ino))
+                .then_some((std::cmp::Reverse(st.attr.mtime), st.attr.size, st.attr.ino))
             })
             .collect();
         files.sort_unstable();
-        files.into_iter().map(|(_, ino)| ino).collect()
+        files.into_iter().map(|(_, _, ino)| ino).collect()
     }
 
     /// `files` in batches that `prefetch_batch` fetches with few requests each (the

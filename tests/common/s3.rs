@@ -44,6 +44,8 @@ pub struct Faults {
     pub parts: AtomicU64,
     /// Every PUT and multipart upload start: where it went and the region header it carried.
     pub put_log: std::sync::Mutex<Vec<PutSeen>>,
+    /// The key of every GET, in the order they came (before any latency or fault).
+    pub get_log: std::sync::Mutex<Vec<String>>,
     /// HEADs of a bucket, and GETs of a format marker (`bucketfs.json`).
     pub head_buckets: AtomicU64,
     pub marker_gets: AtomicU64,
@@ -72,6 +74,10 @@ impl Faults {
     }
     pub fn put_log(&self) -> Vec<PutSeen> {
         self.put_log.lock().expect("put log").clone()
+    }
+    /// The keys GETs asked for since the last call, in the order they came.
+    pub fn take_get_log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.get_log.lock().expect("get log"))
     }
     pub fn gets(&self) -> u64 {
         self.gets.load(Ordering::SeqCst)
@@ -167,6 +173,11 @@ impl S3 for Faulty {
         let _trip = self.faults.trips.begin();
         self.faults.gets.fetch_add(1, Ordering::SeqCst);
         let key = &req.input.key;
+        self.faults
+            .get_log
+            .lock()
+            .expect("get log")
+            .push(key.clone());
         if key.ends_with("bucketfs.json") {
             self.faults.marker_gets.fetch_add(1, Ordering::SeqCst);
         }
