@@ -395,17 +395,17 @@ impl HotSet {
         pieces(chunks, self.chunk_pages)
     }
 
-    /// Whether every chunk it names lies within what a file can hold, and it names no more
-    /// than a mount records: a hot set read from the bucket is checked before any of its
-    /// numbers is multiplied.
-    fn in_bounds(&self) -> bool {
-        let max = u64::MAX / (self.chunk_pages.max(1) * crate::fs::PAGE_SIZE);
+    /// The hot set as read from the bucket, checked before any of its numbers is
+    /// multiplied: None if a chunk it names lies beyond what a file can hold. First reads
+    /// past the most a mount records are dropped (a later version may record more).
+    fn checked(mut self) -> Option<HotSet> {
+        let max = u64::MAX / self.chunk_pages.max(1).saturating_mul(crate::fs::PAGE_SIZE);
         let chunks = self.files.iter().flat_map(|(_, chunks)| chunks.iter());
-        self.chunks() <= HOT_SET_MAX_CHUNKS as u64
-            && self.first_reads.len() <= crate::fs::FIRST_READS_MAX
-            && chunks
-                .chain(self.first_reads.iter().map(|(_, chunk)| chunk))
-                .all(|&chunk| chunk < max)
+        let in_bounds = chunks
+            .chain(self.first_reads.iter().map(|(_, chunk)| chunk))
+            .all(|&chunk| chunk < max);
+        self.first_reads.truncate(crate::fs::FIRST_READS_MAX);
+        in_bounds.then_some(self)
     }
 }
 
@@ -556,9 +556,10 @@ const PREFETCH_MAX_FILE: u64 = 1 << 20;
 /// bandwidth, are what they wait on).
 const PREFETCH_WORKERS: usize = 16;
 
-/// How long the prefetch waits for the hot set (one GET) before it fetches the small files
-/// without knowing what the last start read first.
-const HOT_SET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the prefetch waits for the hot set (one GET, beside the mount's first requests)
+/// before it fetches the small files without knowing what the last start read first: a
+/// bucket that slow holds up the small files' GETs as much.
+const HOT_SET_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Small files the last start read first, fetched together, in the order read: few, so that
 /// each is installed soon after its answer comes (a batch installs its files one by one).
 const FIRST_BATCH_FILES: usize = 4;
@@ -886,15 +887,14 @@ async fn read_hot_set(store: &dyn ReadStore) -> Option<HotSet> {
     match store.get(HOT_SET_KEY, None).await {
         Ok(bytes) => match parse(&bytes) {
             Ok(h) if h.version == HOT_SET_VERSION && h.chunk_pages == crate::fs::CHUNK_PAGES => {
-                if h.in_bounds() {
-                    Some(h)
-                } else {
+                let checked = h.checked();
+                if checked.is_none() {
                     warn!(
                         key = HOT_SET_KEY,
                         "hot set naming chunks out of bounds; no prewarm"
                     );
-                    None
                 }
+                checked
             }
             Ok(h) => {
                 warn!(
@@ -1698,7 +1698,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hot_set_naming_chunks_no_file_can_hold_is_refused() {
+    fn a_hot_set_naming_chunks_no_file_can_hold_is_refused_and_its_first_reads_capped() {
         let hot = |files: Vec<(u64, Vec<u64>)>, first_reads: Vec<(u64, u64)>| HotSet {
             version: HOT_SET_VERSION,
             chunk_pages: crate::fs::CHUNK_PAGES,
@@ -1707,13 +1707,19 @@ mod tests {
             ..HotSet::default()
         };
         let last = u64::MAX / (crate::fs::CHUNK_PAGES * crate::fs::PAGE_SIZE) - 1;
-        assert!(hot(vec![(5, vec![0, last])], vec![(5, last)]).in_bounds());
-        assert!(!hot(vec![(5, vec![0, last + 1])], vec![]).in_bounds());
-        assert!(!hot(vec![], vec![(5, u64::MAX)]).in_bounds());
-        let too_many = (0..=crate::fs::FIRST_READS_MAX as u64)
+        assert!(hot(vec![(5, vec![0, last])], vec![(5, last)])
+            .checked()
+            .is_some());
+        assert!(hot(vec![(5, vec![0, last + 1])], vec![])
+            .checked()
+            .is_none());
+        assert!(hot(vec![], vec![(5, u64::MAX)]).checked().is_none());
+        // More first reads than this version records: the first ones kept.
+        let many: Vec<(u64, u64)> = (0..=crate::fs::FIRST_READS_MAX as u64)
             .map(|c| (5, c))
             .collect();
-        assert!(!hot(vec![], too_many).in_bounds());
+        let kept = hot(vec![], many.clone()).checked().expect("in bounds");
+        assert_eq!(kept.first_reads, many[..crate::fs::FIRST_READS_MAX]);
     }
 
     #[test]

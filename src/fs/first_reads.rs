@@ -43,7 +43,8 @@ impl FirstReads {
         if size == 0 || self.full.load(Ordering::Relaxed) {
             return;
         }
-        let chunks = offset / CHUNK_BYTES..(offset + u64::from(size)).div_ceil(CHUNK_BYTES);
+        let end = offset.saturating_add(u64::from(size));
+        let chunks = offset / CHUNK_BYTES..end.div_ceil(CHUNK_BYTES);
         let mut seen = self.seen.lock();
         let now = Instant::now();
         if now.duration_since(*seen.since.get_or_insert(now)) > FIRST_READS_WINDOW {
