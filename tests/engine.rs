@@ -783,6 +783,39 @@ impl GatedFetcher {
         *self.open.lock().expect("gate") = true;
         self.cv.notify_all();
     }
+
+    fn wait_for_a_fetch(&self, by: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.waiting.load(Ordering::Acquire) == 0 {
+            assert!(Instant::now() < deadline, "{by} never fetched");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The engine over `dirs`' bucket, opened in cache dir `n`, whose fetches wait at the gate.
+fn open_gated(dirs: &Dirs, n: u32) -> (Arc<Engine>, Arc<GatedFetcher>) {
+    let gate: Arc<Mutex<Option<Arc<GatedFetcher>>>> = Arc::default();
+    let slot = gate.clone();
+    let e = Engine::open(
+        &dirs.cache(n),
+        &dirs.bucket(),
+        Options {
+            wrap_fetcher: Some(Box::new(move |inner| {
+                let g = Arc::new(GatedFetcher {
+                    inner,
+                    open: Mutex::new(false),
+                    cv: std::sync::Condvar::new(),
+                    waiting: AtomicUsize::new(0),
+                });
+                *slot.lock().expect("slot") = Some(g.clone());
+                g
+            })),
+            ..Options::default()
+        },
+    );
+    let gate = gate.lock().expect("slot").clone().expect("wrapped");
+    (Arc::new(e), gate)
 }
 
 impl Fetcher for GatedFetcher {
@@ -814,37 +847,13 @@ fn a_hanging_fetch_stalls_no_writer() {
     e.create("wal");
     e.checkpoint();
     e.crash();
-    let gate: Arc<Mutex<Option<Arc<GatedFetcher>>>> = Arc::default();
-    let slot = gate.clone();
-    let e = Engine::open(
-        &dirs.cache(1),
-        &dirs.bucket(),
-        Options {
-            wrap_fetcher: Some(Box::new(move |inner| {
-                let g = Arc::new(GatedFetcher {
-                    inner,
-                    open: Mutex::new(false),
-                    cv: std::sync::Condvar::new(),
-                    waiting: AtomicUsize::new(0),
-                });
-                *slot.lock().expect("slot") = Some(g.clone());
-                g
-            })),
-            ..Options::default()
-        },
-    );
-    let gate = gate.lock().expect("slot").clone().expect("wrapped");
-    let e = Arc::new(e);
+    let (e, gate) = open_gated(&dirs, 1);
     let (cold, wal) = (e.ino("cold"), e.ino("wal"));
     let reader = {
         let e = e.clone();
         std::thread::spawn(move || e.fs.read(cold, 0, 8 * PAGE as u32))
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gate.waiting.load(Ordering::Acquire) == 0 {
-        assert!(Instant::now() < deadline, "the read never fetched");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    gate.wait_for_a_fetch("the read");
     // With the fetch hanging: a truncate of the cold file, then a cut, then a write to
     // another file. Each is started after the one before had time to queue, so that on a
     // locking order that makes them wait for each other, they do.
@@ -905,6 +914,53 @@ fn a_hanging_fetch_stalls_no_writer() {
         &e.fs.read(cold, 0, 64 * PAGE as u32).expect("read"),
         &pattern(3, 16),
     );
+}
+
+// A cold start's prefetch holds no handle of the files it fetches: one deleted or cut short
+// while its fetch is out must not be counted in the cache bound afterwards (its chunks were
+// untracked by the deletion; counted again, they held room for bytes no file has until
+// evicted, and a bound full of them evicted live data instead).
+#[test]
+fn a_prefetch_counts_nothing_of_a_file_deleted_or_cut_short_while_it_fetched() {
+    let chunk_pages = bucketfs::fs::CHUNK_PAGES;
+    for cut_short in [false, true] {
+        let dirs = Dirs::new();
+        let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+        let ino = e.create("data");
+        e.write(ino, 0, &pattern(1, 3 * chunk_pages as usize));
+        e.checkpoint();
+        e.crash();
+        let (e, gate) = open_gated(&dirs, 1);
+        let ino = e.ino("data");
+        let _evictor =
+            e.fs.bound_cache_stepped(64 * chunk_pages * PAGE_SIZE)
+                .expect("bound");
+        let prefetch = {
+            let e = e.clone();
+            std::thread::spawn(move || e.fs.prefetch_pages(ino, 0..3 * chunk_pages))
+        };
+        gate.wait_for_a_fetch("the prefetch");
+        if cut_short {
+            e.truncate(ino, PAGE_SIZE);
+        } else {
+            e.fs.unlink(ROOT_INO, OsStr::new("data")).expect("unlink");
+        }
+        gate.release();
+        prefetch.join().expect("prefetch").expect("prefetch");
+        let usage = e.fs.cache_usage().expect("bounded");
+        // Cut short to one page: that page's bytes at most.
+        let (most, what) = if cut_short {
+            (PAGE_SIZE, "cut short to one page")
+        } else {
+            (0, "deleted")
+        };
+        assert!(
+            usage.used_bytes <= most,
+            "a file {what} while the prefetch fetched takes {} bytes of the bound ({} chunks)",
+            usage.used_bytes,
+            usage.chunks
+        );
+    }
 }
 
 // Issue 10, finding 5: a file renamed out of a `--local-only` path is uploaded whole, also
