@@ -1,0 +1,801 @@
+//! Attaching a bucket to a mount: open the store, check the cache dir against the bucket,
+//! restore into an empty cache dir, take over the prefix (fencing), and run the checkpointer
+//! until unmount, which takes the final checkpoint.
+//!
+//! Layout: this file attaches a writer and stops it; `reader.rs` attaches a read-only
+//! mount or a replica; `prefetch.rs` is a restore's background prefetch; `hot.rs` the hot set
+//! a clean stop records and the prewarm that reads it; `probe.rs` what status reads.
+
+mod hot;
+mod prefetch;
+mod probe;
+mod reader;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, info_span, warn};
+
+use crate::checkpoint::{
+    open_checked_bucket, restore_of, BucketFetcher, CheckpointError, CheckpointSettings,
+    Checkpointer, Opened,
+};
+use crate::fs::Fs;
+use crate::placement::Placement;
+use crate::replica::{Following, REPLICA_WRITER};
+use crate::store::{ObjectStore, ReadStore, StoreStats};
+
+pub use hot::{HotSet, PrewarmProgress, HOT_SET_KEY};
+use prefetch::Prefetch;
+pub use probe::Probe;
+use reader::{attach_reader, reader_at};
+
+/// Where the bucket is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BucketUrl {
+    /// A local directory as the object store.
+    File(PathBuf),
+    /// An S3 bucket and key prefix.
+    S3 { bucket: String, prefix: String },
+}
+
+impl BucketUrl {
+    pub fn parse(url: &str) -> anyhow::Result<BucketUrl> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                bail!(
+                    "--bucket {url:?}: a file:// URL needs an absolute path (file:///srv/bucket)"
+                );
+            }
+            // One spelling per directory: the URL is recorded and compared as a string.
+            let path: PathBuf = Path::new(path).components().collect();
+            return Ok(BucketUrl::File(path));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                bail!("--bucket {url:?}: no bucket name (s3://NAME/PREFIX)");
+            }
+            return Ok(BucketUrl::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.trim_matches('/').into(),
+            });
+        }
+        bail!("--bucket {url:?}: expected s3://NAME/PREFIX or file:///PATH")
+    }
+
+    /// The filesystem's store, with its classes where the bucket records them.
+    pub fn open(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        Ok(self.open_with_stats()?.0)
+    }
+
+    /// As `open`, with the store's request counters.
+    pub fn open_with_stats(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<StoreStats>)> {
+        crate::placement::open(self, &Placement::default(), false)
+    }
+
+    /// As `open_with_stats`, as a handle that cannot write: what replicas and read-only
+    /// mounts hold.
+    pub fn open_read_with_stats(&self) -> anyhow::Result<(Arc<dyn ReadStore>, Arc<StoreStats>)> {
+        let (store, stats) = self.open_with_stats()?;
+        let store: Arc<dyn ReadStore> = store;
+        Ok((store, stats))
+    }
+}
+
+impl std::fmt::Display for BucketUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BucketUrl::File(p) => write!(f, "file://{}", p.display()),
+            BucketUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// What to do with a bucket whose last writer did not stop cleanly (and is not this cache
+/// dir's own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Takeover {
+    /// Refuse, naming the writer and its last checkpoint: it may still be alive.
+    Refuse,
+    /// Take over whatever the age of its last checkpoint (`--takeover`).
+    Always,
+    /// Take over once its newest checkpoint is older than this (`--takeover-after`).
+    After(std::time::Duration),
+}
+
+/// The bucket's newest checkpoint as this mount found it, before taking over.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub epoch: u64,
+    pub writer: String,
+    pub created_ms: u64,
+    pub clean_stop: bool,
+    /// The names in the filesystem's root directory.
+    pub root_names: Vec<String>,
+}
+
+impl Found {
+    fn of(opened: &Opened) -> Option<Found> {
+        let latest = opened.latest.as_ref()?;
+        let root_names = opened
+            .view
+            .dirents
+            .keys()
+            .filter(|(parent, _)| *parent == crate::fs::ROOT_INO)
+            .map(|(_, name)| name.to_string_lossy().into_owned())
+            .collect();
+        Some(Found {
+            epoch: latest.epoch,
+            writer: latest.writer.clone(),
+            created_ms: latest.created_ms,
+            clean_stop: latest.clean_stop,
+            root_names,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BucketSettings {
+    /// The manifest bucket: the filesystem's own (`--bucket`).
+    pub url: BucketUrl,
+    /// Where WAL and data segments go, and the region hints (`--bucket-wal`, `--bucket-data`,
+    /// `--region-hint`).
+    pub placement: Placement,
+    pub takeover: Takeover,
+    /// Serve the latest checkpoint and never write to the bucket.
+    pub read_only: bool,
+    /// With `read_only`: serve the newest checkpoint at or before this point instead.
+    pub at: Option<crate::checkpoint::At>,
+    /// Serve the latest checkpoint with a local copy-on-write layer, follow the bucket, and
+    /// serve its WAL to a standby (`--replica`). Never writes to the bucket.
+    pub replica: Option<ReplicaSettings>,
+    /// fsync waits until the change is in the bucket.
+    pub remote_durability: bool,
+    pub checkpoint: CheckpointSettings,
+}
+
+/// A replica's settings.
+#[derive(Clone, Debug)]
+pub struct ReplicaSettings {
+    /// Where PostgreSQL's WAL is, from the root of the filesystem (`pg_wal`).
+    pub wal_dir: PathBuf,
+    /// Besides root, the user whose WAL requests are answered (the mount's owner).
+    pub wal_uid: Option<u32>,
+    /// Start on the newest checkpoint, dropping the local layer (a rebase).
+    pub rebase: bool,
+}
+
+/// What the cache dir remembers of the bucket it is in step with.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    url: String,
+    writer: String,
+    epoch: u64,
+}
+
+/// Refuses a bucket that this cache dir does not belong with, or one that another writer
+/// may still hold.
+fn check_bucket(
+    fs: &Fs,
+    settings: &BucketSettings,
+    url: &str,
+    opened: &Opened,
+    record: Option<&Record>,
+) -> anyhow::Result<()> {
+    if let Some(r) = record {
+        if r.url != url {
+            bail!(
+                "cache dir belongs to bucket {} (writer {} at epoch {}), not {url}; use that \
+                 bucket or an empty cache dir",
+                r.url,
+                r.writer,
+                r.epoch
+            );
+        }
+    }
+    match (&opened.latest, record) {
+        (None, Some(r)) => bail!(
+            "bucket {url} has no checkpoint, but this cache dir was in step with its epoch {} \
+             (writer {}): was the prefix deleted? Use an empty cache dir to start afresh",
+            r.epoch,
+            r.writer
+        ),
+        (Some(latest), None) if !fs.is_empty()? => bail!(
+            "bucket {url} holds a filesystem (epoch {}) and cache dir {} holds another one; \
+             mount the bucket on an empty cache dir",
+            latest.epoch,
+            fs.root().display()
+        ),
+        (Some(latest), Some(r)) if latest.epoch > r.epoch && latest.writer != r.writer => bail!(
+            "cache dir is behind bucket {url}: it is in step with epoch {}, and writer {} has \
+             committed epoch {} since. Mount the bucket on an empty cache dir",
+            r.epoch,
+            latest.writer,
+            latest.epoch
+        ),
+        _ => {}
+    }
+    if let Some(latest) = &opened.latest {
+        let ours = record.is_some_and(|r| r.writer == latest.writer);
+        if latest.clean_stop || ours {
+            return Ok(());
+        }
+        let age_ms = crate::checkpoint::now_ms().saturating_sub(latest.created_ms);
+        let age_s = age_ms / 1000;
+        match settings.takeover {
+            Takeover::Refuse => bail!(
+                "bucket {url} is held by writer {}, whose last checkpoint (epoch {}) was {age_s} s \
+                 ago and which has not stopped cleanly. If that writer is gone, mount with \
+                 --takeover (or --takeover-after DURATION); two live writers would fence each \
+                 other",
+                latest.writer,
+                latest.epoch
+            ),
+            Takeover::After(after) if u128::from(age_ms) < after.as_millis() => bail!(
+                "bucket {url} is held by writer {}, whose last checkpoint (epoch {}) was {age_s} s \
+                 ago, less than --takeover-after {} s: it may still be alive, and is taken over \
+                 only once its last checkpoint is older than that (or now with --takeover, if it \
+                 is gone)",
+                latest.writer,
+                latest.epoch,
+                after.as_secs_f64()
+            ),
+            Takeover::After(after) => warn!(
+                writer = %latest.writer,
+                epoch = latest.epoch,
+                age_s,
+                takeover_after_s = after.as_secs_f64(),
+                "taking the bucket over: its writer did not stop cleanly and its last checkpoint is older than --takeover-after"
+            ),
+            Takeover::Always => warn!(
+                writer = %latest.writer,
+                epoch = latest.epoch,
+                age_s,
+                "taking the bucket over (--takeover): its writer did not stop cleanly"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// A bucket attached to a running mount.
+pub struct Attached {
+    /// None for a read-only mount, which never writes to the bucket.
+    writer: Option<Writing>,
+    /// The bucket's newest checkpoint when this mount attached (None: a new prefix).
+    found: Option<Found>,
+    probe: Arc<Probe>,
+    /// Running after a restore into an empty cache dir.
+    prefetch: Option<Prefetch>,
+    /// A replica's poller (stopped before the runtime goes).
+    _following: Option<Following>,
+    // Owns the runtime the store and fetcher run on; dropped last.
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// The writer's half: the checkpointer thread, and what a clean stop records.
+struct Writing {
+    checkpointer: Arc<Checkpointer>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// GC passes (ended, a pass under way cut short, before the final checkpoint).
+    gc_thread: Option<JoinHandle<()>>,
+    fs: Arc<Fs>,
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Handle,
+}
+
+/// What a read-only mount writes in the cache dir's bucket record instead of a writer id.
+const READ_ONLY_WRITER: &str = "read-only";
+
+/// The runtime a mount's bucket I/O runs on, for as long as it is mounted.
+fn io_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bucket-io")
+        .enable_all()
+        .build()
+        .context("start the I/O runtime")
+}
+
+/// What a writer's start reads of its bucket: the store as placed (the bucket checked and
+/// its format marker read, or written for a new prefix when opened with `create`), and the
+/// chain of manifests.
+struct Opening {
+    placed: crate::placement::PlacedStore,
+    /// None: the prefix holds no filesystem yet (opened without `create`).
+    opened: Option<Opened>,
+    /// Last, so that it is dropped after the store, as `Attached`'s is.
+    runtime: tokio::runtime::Runtime,
+}
+
+/// A writer's bucket, being read beside the opening of its cache dir (`begin_open`).
+pub struct BucketOpening(JoinHandle<anyhow::Result<Opening>>);
+
+/// Starts reading a writer's bucket in a thread of its own, to go beside the opening of the
+/// cache dir (its RocksDB and its files took longer than the S3 client and the bucket's
+/// check with the marker's read: BENCHMARKS.md, "Issue 14: the cache dir opened beside the
+/// bucket"): neither needs the other. It only reads: a new prefix's format marker (and its
+/// class buckets' claims) are written by `attach`, once the cache dir is open, so a start
+/// that fails on its cache dir writes nothing. S3 buckets only: what is saved is round trips,
+/// and a `file://` store creates its directory as it opens, which in a new cache dir (the
+/// bucket `bucketfs run` makes there when none is configured) made the cache dir's first
+/// opening refuse it as someone else's. None for those, for a read-only mount or a replica
+/// (left as they were), or if no thread could be started: `attach` reads the bucket itself.
+pub fn begin_open(settings: &BucketSettings) -> Option<BucketOpening> {
+    let urls = [
+        Some(&settings.url),
+        settings.placement.wal.as_ref(),
+        settings.placement.data.as_ref(),
+    ];
+    if settings.read_only
+        || settings.replica.is_some()
+        || urls
+            .into_iter()
+            .flatten()
+            .any(|u| matches!(u, BucketUrl::File(_)))
+    {
+        return None;
+    }
+    let settings = settings.clone();
+    std::thread::Builder::new()
+        .name("bucket-open".into())
+        .spawn(move || open_writer(&settings, false))
+        .ok()
+        .map(BucketOpening)
+}
+
+/// Opens a writer's store and reads its chain. With `create`, a new prefix's format marker
+/// is written first; without, such a prefix is left for a call with `create` (`opened`
+/// None).
+fn open_writer(settings: &BucketSettings, create: bool) -> anyhow::Result<Opening> {
+    let runtime = io_runtime()?;
+    let mut placed =
+        crate::placement::open_placed_reading(&settings.url, &settings.placement, create, None)?;
+    // `open_placed_reading` has checked the bucket and its format marker, and read the
+    // chain's start beside them: the rest of the chain is all that is left to read.
+    let start = placed.start.take();
+    let opened = placed
+        .formatted
+        .then(|| open_checked_bucket(&*placed.store, runtime.handle(), None, start))
+        .transpose()
+        .with_context(|| format!("open bucket {}", settings.url))?;
+    Ok(Opening {
+        placed,
+        opened,
+        runtime,
+    })
+}
+
+/// Attaches the bucket to the filesystem: a writer takes it over (reading it through
+/// `opening`, begun beside the cache dir's opening, if there is one), a reader opens the
+/// checkpoint it serves.
+pub fn attach(
+    fs: &Arc<Fs>,
+    settings: &BucketSettings,
+    opening: Option<BucketOpening>,
+) -> anyhow::Result<Attached> {
+    let url = settings.url.to_string();
+    let record = read_record(fs)?;
+    if settings.read_only || settings.replica.is_some() {
+        // Readers never hold a handle that can write.
+        let placed = crate::placement::open_placed_reading(
+            &settings.url,
+            &settings.placement,
+            false,
+            reader_at(settings, record.as_ref()),
+        )?;
+        return attach_reader(fs, settings, placed, io_runtime()?, &url, record);
+    }
+    let early = opening.is_some();
+    let mut opening = match opening {
+        Some(BucketOpening(thread)) => thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("opening the bucket panicked")))?,
+        None => open_writer(settings, true)?,
+    };
+    // Whether the chain was read after the cache dir was opened.
+    let mut reread = !early;
+    if opening.opened.is_none() {
+        // A new prefix, read before the cache dir was open: its marker is written now (the
+        // check and the marker's read made again, once in the filesystem's life).
+        opening = open_writer(settings, true)?;
+        reread = true;
+    }
+    let Opening {
+        placed,
+        opened,
+        runtime,
+    } = opening;
+    let opened = opened.expect("a prefix opened with `create` holds a filesystem");
+    let crate::placement::PlacedStore {
+        store,
+        stats: store_stats,
+        classes_apart,
+        ..
+    } = placed;
+    let mut checkpoint_settings = settings.checkpoint.clone();
+    if classes_apart {
+        // Pages carried in a manifest would land with the manifests, not where the classes
+        // are placed.
+        checkpoint_settings.inline_bytes = 0;
+    }
+    if record.as_ref().is_some_and(|r| r.writer == REPLICA_WRITER) {
+        bail!(
+            "cache dir {} is a replica's; a writer starts on an empty cache dir",
+            fs.root().display()
+        );
+    }
+    if record
+        .as_ref()
+        .is_some_and(|r| r.writer == READ_ONLY_WRITER)
+        && opened.latest.as_ref().map(|m| m.epoch) != record.as_ref().map(|r| r.epoch)
+    {
+        bail!(
+            "cache dir {} was a read-only mount's, of an older checkpoint of {url}; mount the \
+             bucket on an empty cache dir",
+            fs.root().display()
+        );
+    }
+    let writer = format!("{:016x}", fastrand::u64(..));
+    let mut opened = opened;
+    let mut attempts = 0;
+    // Take the bucket over before touching the cache dir: if a writer still running there
+    // commits first, nothing local has changed and the chain can be read again.
+    let (checkpointer, epoch) = loop {
+        if let Err(e) = check_bucket(fs, settings, &url, &opened, record.as_ref()) {
+            if reread {
+                return Err(e);
+            }
+            // The chain was read beside the cache dir's opening: a writer that has stopped
+            // cleanly since is refused only on what the bucket holds now.
+            reread = true;
+            match open_checked_bucket(&*store, runtime.handle(), None, None) {
+                Ok(now) => opened = now,
+                Err(again) => {
+                    warn!(error = %format!("{again:#}"), "could not read the bucket again before refusing it");
+                    return Err(e);
+                }
+            }
+            continue;
+        }
+        let cp = Arc::new(Checkpointer::new(
+            fs.clone(),
+            store.clone(),
+            runtime.handle().clone(),
+            checkpoint_settings.clone(),
+            writer.clone(),
+            &opened,
+        ));
+        if opened.latest.is_none() {
+            // A new prefix: the first checkpoint is the base of everything in the cache dir.
+            let epoch = cp
+                .checkpoint(false)
+                .context("first checkpoint")?
+                .map(|o| o.epoch)
+                .unwrap_or(0);
+            break (cp, epoch);
+        }
+        match cp.take_over(opened.latest.as_ref().is_some_and(|m| m.clean_stop)) {
+            Ok(epoch) => break (cp, epoch),
+            Err(CheckpointError::LostRace { epoch }) if attempts < 5 => {
+                attempts += 1;
+                warn!(
+                    epoch,
+                    "another writer committed while taking over; reading the bucket again"
+                );
+                opened = open_checked_bucket(&*store, runtime.handle(), None, None)
+                    .with_context(|| format!("open bucket {url}"))?;
+                reread = true;
+            }
+            Err(e) => return Err(e).context("take over the bucket"),
+        }
+    };
+    let found = Found::of(&opened);
+    let restoring = opened.latest.is_some() && record.is_none();
+    if restoring {
+        let r = restore_of(&checkpointer.view().read());
+        info!(
+            epoch = r.epoch,
+            inodes = r.inodes.len(),
+            "restoring the namespace from the bucket; file contents follow on first read"
+        );
+        fs.install(r).context("install the restored namespace")?;
+    }
+    let fetcher = BucketFetcher::new(store.clone(), runtime.handle().clone(), checkpointer.view());
+    fs.set_fetcher(Arc::new(fetcher));
+    if settings.remote_durability {
+        let remote: Arc<dyn crate::fs::RemoteSync> = checkpointer.clone();
+        fs.set_remote_sync(&remote);
+    }
+    let record = Record {
+        url: url.clone(),
+        writer: writer.clone(),
+        epoch,
+    };
+    fs.set_bucket_record(&serde_json::to_vec(&record).expect("a plain struct serializes"))?;
+    checkpointer.set_record_url(url.clone());
+    info!(bucket = %url, writer, epoch, restored = restoring, "bucket attached");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (cp, stop) = (checkpointer.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("checkpointer".into())
+            .spawn(move || {
+                let _span = info_span!("checkpointer").entered();
+                cp.run(&stop)
+            })
+            .context("start checkpointer")?
+    };
+    // GC beside the checkpoints, not between them (the thread ends at once when GC is off).
+    let gc_thread = {
+        let (cp, stop) = (checkpointer.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("gc".into())
+            .spawn(move || {
+                let _span = info_span!("gc").entered();
+                cp.run_gc(&stop)
+            })
+            .context("start GC")?
+    };
+    let progress = Arc::new(PrewarmProgress::default());
+    let prefetch = restoring
+        .then(|| Prefetch::start(fs, store.clone(), runtime.handle(), progress.clone()))
+        .transpose()?;
+    let probe = Arc::new(Probe {
+        url,
+        writer: Some(writer),
+        view: checkpointer.view(),
+        checkpointer: Some(checkpointer.clone()),
+        store_stats,
+        prewarm: progress,
+        replica: None,
+    });
+    Ok(Attached {
+        found,
+        _following: None,
+        writer: Some(Writing {
+            checkpointer,
+            stop,
+            thread: Some(thread),
+            gc_thread: Some(gc_thread),
+            fs: fs.clone(),
+            store,
+            rt: runtime.handle().clone(),
+        }),
+        probe,
+        prefetch,
+        _runtime: runtime,
+    })
+}
+
+fn read_record(fs: &Fs) -> anyhow::Result<Option<Record>> {
+    match fs.bucket_record()? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).context("read the cache dir's bucket record")?,
+        )),
+    }
+}
+
+/// Why a cache dir a replica left must be emptied before this mount opens it (None: it need
+/// not): a promotion (the replica becomes the writer, from the bucket's newest checkpoint),
+/// a rebase asked for, or a base the primary's GC no longer retains.
+pub fn must_start_afresh(fs: &Fs, settings: &BucketSettings) -> anyhow::Result<Option<String>> {
+    let Some(record) = read_record(fs)? else {
+        return Ok(None);
+    };
+    if record.writer != REPLICA_WRITER || record.url != settings.url.to_string() {
+        return Ok(None);
+    }
+    let Some(replica) = &settings.replica else {
+        if settings.read_only {
+            return Ok(None);
+        }
+        // Becoming the writer drops the replica's layer: only when asked for in so many words.
+        if settings.takeover != Takeover::Always {
+            bail!(
+                "cache dir is a replica's (of {}, base epoch {}): mount it with --replica, or \
+                 with --takeover to promote the replica to the bucket's writer",
+                record.url,
+                record.epoch
+            );
+        }
+        return Ok(Some(format!(
+            "promoting a replica (base epoch {}) to the bucket's writer: the database starts \
+             from the bucket's newest checkpoint, which holds all the WAL the replica had",
+            record.epoch
+        )));
+    };
+    if replica.rebase {
+        return Ok(Some(format!(
+            "moving the replica from base epoch {} to the newest checkpoint",
+            record.epoch
+        )));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start a runtime")?;
+    let (store, _) = settings.url.open_read_with_stats()?;
+    let kept = rt
+        .block_on(crate::gc::read_state(&*store))
+        .with_context(|| format!("read the GC state of {}", settings.url))?
+        .map_or(0, |s| s.oldest_retained);
+    Ok((record.epoch < kept).then(|| base_left_window(record.epoch, kept)))
+}
+
+/// Why a replica restarted on its cache dir starts on the newest checkpoint: its base
+/// `epoch` is older than the oldest one the primary's GC retains, `kept`.
+fn base_left_window(epoch: u64, kept: u64) -> String {
+    format!(
+        "the replica's base (epoch {epoch}) has left the primary's retention window (the oldest \
+         retained checkpoint is epoch {kept}): starting on the newest checkpoint"
+    )
+}
+
+impl Attached {
+    /// The bucket's newest checkpoint when this mount attached (None: a new prefix).
+    pub fn found(&self) -> Option<&Found> {
+        self.found.as_ref()
+    }
+
+    /// What the bucket's part of the status is read from.
+    pub fn probe(&self) -> Arc<Probe> {
+        self.probe.clone()
+    }
+
+    /// Stops the writer (final checkpoint) if there is one, and logs the store's totals.
+    pub fn finish(self) -> anyhow::Result<()> {
+        // Before the runtime the fetches run on goes away with `self`.
+        if let Some(p) = self.prefetch {
+            p.finish();
+        }
+        let result = match self.writer {
+            Some(w) => w.finish(),
+            None => Ok(()),
+        };
+        let s = &self.probe.store_stats;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        info!(
+            puts = n(&s.put.requests),
+            put_bytes = n(&s.put.bytes),
+            gets = n(&s.get.requests),
+            get_bytes = n(&s.get.bytes),
+            lists = n(&s.list.requests),
+            deletes = n(&s.delete.requests),
+            errors = n(&s.put.errors) + n(&s.get.errors) + n(&s.head.errors) + n(&s.list.errors),
+            "object store totals for this mount"
+        );
+        result
+    }
+}
+
+impl Writing {
+    /// Stops the periodic checkpoints and takes the final one, marked as a clean stop.
+    fn finish(mut self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        info!(
+            dirty_bytes = self.fs.unsafe_pages() * crate::fs::PAGE_SIZE,
+            "final checkpoint: uploading what the bucket does not have yet"
+        );
+        let (fs, cp) = (self.fs.clone(), self.checkpointer.clone());
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            s.spawn(move || report_final_progress(&fs, &cp, started, &finished));
+            let r = self.finish_inner();
+            drop(done);
+            r
+        })
+    }
+
+    fn finish_inner(&mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Release);
+        // A checkpoint in flight finishes first, and counts in the progress reports.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.gc_thread.take() {
+            let _ = t.join();
+        }
+        let started = std::time::Instant::now();
+        match self.checkpointer.checkpoint(true) {
+            Ok(o) => {
+                info!(
+                    epoch = o.map(|o| o.epoch),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "final checkpoint committed"
+                );
+                let t = self.checkpointer.totals();
+                info!(
+                    checkpoints = t.checkpoints,
+                    segments = t.segments,
+                    segment_bytes = t.segment_bytes,
+                    manifest_bytes = t.manifest_bytes,
+                    "checkpoint totals for this mount"
+                );
+                self.record_hot_set();
+                Ok(())
+            }
+            Err(e @ CheckpointError::CacheFailed { .. }) => {
+                error!(error = %e, "no final checkpoint");
+                Err(e).context("final checkpoint")
+            }
+            Err(e) => {
+                error!(error = %e, "final checkpoint failed: the bucket lacks the last changes (the cache dir has them)");
+                Err(e).context("final checkpoint")
+            }
+        }
+    }
+}
+
+/// Logs every few seconds how much the final checkpoint has left to upload, until `finished`
+/// disconnects. On Fly the stop has at most `kill_timeout`: whoever reads the log should see
+/// whether it will make it.
+fn report_final_progress(
+    fs: &Fs,
+    cp: &Checkpointer,
+    started: std::time::Instant,
+    finished: &std::sync::mpsc::Receiver<()>,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(EVERY) {
+        let p = cp.upload_progress();
+        info!(
+            bytes_left = fs.unsafe_pages() * crate::fs::PAGE_SIZE,
+            segment_bytes_sent = p.sent,
+            segment_bytes_to_send = p.total.saturating_sub(p.sent),
+            elapsed_s = started.elapsed().as_secs(),
+            "final checkpoint: in progress"
+        );
+    }
+}
+
+impl Writing {
+    /// Records the hot set in the bucket for the next cold start's prefetch and prewarm.
+    /// Best effort: a failure costs the next cold start its prewarm, nothing else.
+    fn record_hot_set(&self) {
+        let epoch = self.checkpointer.view().read().epoch;
+        let hot = HotSet::of(&self.fs, epoch, self.checkpointer.writer());
+        let body =
+            crate::cache::seal(&serde_json::to_string(&hot).expect("a plain struct serializes"));
+        let len = body.len();
+        match self.rt.block_on(self.store.put(
+            HOT_SET_KEY,
+            bytes::Bytes::from(body),
+            crate::store::PutMode::Overwrite,
+        )) {
+            Ok(_) => info!(
+                chunks = hot.chunks(),
+                files = hot.files.len(),
+                first_reads = hot.first_reads.len(),
+                bytes = len,
+                "hot set recorded for the next cold start's prewarm"
+            ),
+            Err(e) => {
+                warn!(error = %e, "could not record the hot set; the next cold start has no prewarm")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_a_replica_starts_afresh_reads_as_one_sentence() {
+        let why = base_left_window(7, 12);
+        assert!(!why.contains("  "), "a run of spaces in {why:?}");
+        assert!(
+            why.contains("(epoch 7)") && why.contains("is epoch 12"),
+            "{why}"
+        );
+    }
+}
