@@ -174,6 +174,13 @@ fn open_placed_inner(
         raw_store(u, class, placement.regions[class as usize].as_deref())
     };
     let manifest = raw(url, Class::Manifest)?;
+    // Every request counts in the one total, those of the first round trip too (the marker,
+    // the boundary, the tip note): they are billed like the rest.
+    let stats = Arc::new(StoreStats::default());
+    let counted_manifest: Arc<dyn ObjectStore> = Arc::new(InstrumentedStore::with_stats(
+        manifest.clone(),
+        stats.clone(),
+    ));
     // The marker is read (and written) on a runtime of its own, in a thread of its own: a
     // caller may be inside a runtime already.
     let (recorded, formatted, start) = std::thread::scope(|s| {
@@ -182,7 +189,7 @@ fn open_placed_inner(
                 .enable_all()
                 .build()
                 .context("start a runtime")?;
-            rt.block_on(settle(url, &manifest, placement, create, chain))
+            rt.block_on(settle(url, &counted_manifest, placement, create, chain))
         })
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the placement panicked")))
@@ -234,8 +241,7 @@ fn open_placed_inner(
     } else {
         manifest
     };
-    let counted = InstrumentedStore::new(inner);
-    let stats = counted.stats();
+    let counted = InstrumentedStore::with_stats(inner, stats.clone());
     let store = RetryingStore::new(Arc::new(counted), RetryPolicy::default());
     Ok(PlacedStore {
         store: Arc::new(store),

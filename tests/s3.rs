@@ -225,6 +225,49 @@ fn a_writers_start_sends_its_takeover_in_the_third_round_trip() {
     }
 }
 
+// The totals a mount logs as it stops (and serves in /metrics while it runs) are the requests
+// the provider bills: every GET the server answered, those of the start's first round trip
+// (the format marker, the GC boundary, the tip note) among them, which went uncounted.
+#[test]
+fn a_mounts_totals_count_every_get_the_server_answered() {
+    let dir = common::scratch();
+    let (s3, mnt, cache) = tree_in_s3(dir.path(), "totals");
+    for (start, cache) in [
+        ("a warm restart", cache),
+        ("a restore", dir.path().join("c2")),
+    ] {
+        let gets = || {
+            let f = &s3.faults;
+            (f.gets(), f.get_bytes.load(Ordering::SeqCst))
+        };
+        let before = gets();
+        let m = mount(&mnt, &cache, &s3, "totals", &[]);
+        assert_tree(&m.mnt);
+        let log = m.log.clone();
+        assert!(m.stop().success());
+        let after = gets();
+        let text = fs::read_to_string(&log).expect("the mount's log");
+        let totals = text
+            .lines()
+            .find(|l| l.contains("object store totals for this mount"))
+            .unwrap_or_else(|| panic!("{start}: no totals in the log:\n{text}"));
+        let field = |name: &str| -> u64 {
+            let at = totals.find(&format!(" {name}=")).expect("the field") + name.len() + 2;
+            let digits: String = totals[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().expect("a number")
+        };
+        assert_eq!(
+            (field("gets"), field("get_bytes")),
+            (after.0 - before.0, after.1 - before.1),
+            "{start}: the GETs and bytes the mount counted, against those the server answered \
+             ({totals})"
+        );
+    }
+}
+
 /// A writer's start reads its S3 bucket beside the opening of its cache dir, and only reads.
 /// One whose cache dir cannot be opened (another bucketfs holds it) fails with the cache
 /// dir's error, also when the bucket cannot be opened either, and writes nothing to the

@@ -59,10 +59,13 @@ pub struct InstrumentedStore {
 
 impl InstrumentedStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> InstrumentedStore {
-        InstrumentedStore {
-            inner,
-            stats: Arc::default(),
-        }
+        InstrumentedStore::with_stats(inner, Arc::default())
+    }
+
+    /// Counting into `stats`, which other stores may count into too (one total for the
+    /// requests a mount sends through several).
+    pub fn with_stats(inner: Arc<dyn ObjectStore>, stats: Arc<StoreStats>) -> InstrumentedStore {
+        InstrumentedStore { inner, stats }
     }
 
     pub fn stats(&self) -> Arc<StoreStats> {
