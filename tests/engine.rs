@@ -963,6 +963,37 @@ fn a_prefetch_counts_nothing_of_a_file_deleted_or_cut_short_while_it_fetched() {
     }
 }
 
+// Pages a checkpoint has made clean count in the cache bound for the file as it is then: a file
+// deleted as the checkpointer let go of it (which holds no handle of it) takes no room after.
+#[test]
+fn a_checkpoint_counts_nothing_of_a_file_deleted_as_it_made_the_pages_clean() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let chunk_pages = bucketfs::fs::CHUNK_PAGES;
+    let _evictor =
+        e.fs.bound_cache_stepped(64 * chunk_pages * PAGE_SIZE)
+            .expect("bound");
+    let ino = e.create("data");
+    e.write(ino, 0, &pattern(1, 3 * chunk_pages as usize));
+    {
+        let fs = Arc::downgrade(&e.fs);
+        e.fs.set_step_hook(Box::new(move |step| {
+            if *step == (Step::MarkedClean { ino }) {
+                let fs = Weak::upgrade(&fs).expect("fs alive");
+                fs.unlink(ROOT_INO, OsStr::new("data")).expect("unlink");
+            }
+        }));
+    }
+    e.checkpoint();
+    let usage = e.fs.cache_usage().expect("bounded");
+    assert_eq!(
+        usage.used_bytes, 0,
+        "a file deleted as a checkpoint made its pages clean takes {} bytes of the bound ({} \
+         chunks)",
+        usage.used_bytes, usage.chunks
+    );
+}
+
 // Issue 10, finding 5: a file renamed out of a `--local-only` path is uploaded whole, also
 // when a crash came between (Postgres writes postgresql.auto.conf as a .tmp and renames it).
 #[test]

@@ -521,13 +521,14 @@ impl Sut {
                 Step::Committed { .. } => StepKind::Committed,
                 Step::EvictMarked { .. } => StepKind::EvictMarked,
                 Step::FillFetched { .. } => StepKind::FillFetched,
-                // tests/engine.rs puts changes there; the flush's end, between `Committed`
-                // and the marks, is a point nothing changes the pages' state at; a fill's
-                // flush holds the file's locks (its fetch, `FillFetched`, is where a fill
-                // is crashed).
-                Step::CutRunRead { .. } | Step::MarkingClean { .. } | Step::FillSynced { .. } => {
-                    return
-                }
+                // tests/engine.rs puts changes there (and between the files of a mark
+                // clean); the flush's end, between `Committed` and the marks, is a point
+                // nothing changes the pages' state at; a fill's flush holds the file's locks
+                // (its fetch, `FillFetched`, is where a fill is crashed).
+                Step::CutRunRead { .. }
+                | Step::MarkingClean { .. }
+                | Step::MarkedClean { .. }
+                | Step::FillSynced { .. } => return,
             };
             let action = {
                 let mut slot = taken.lock().expect("slot");

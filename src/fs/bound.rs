@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::data::fallocate_raw;
 use super::pageset::PageSet;
-use super::{FileKind, Fs, Inode, Result, PAGE_SIZE};
+use super::{FileKind, Fs, Inode, InodeState, Result, PAGE_SIZE};
 
 /// Pages per cache chunk: the unit of tracking and eviction (256 KiB), equal to a fetch unit,
 /// so a chunk evicted is fetched back with one request.
@@ -499,6 +499,22 @@ impl Fs {
             if bound.chunks.get(&(ino, chunk)).is_none_or(|w| w < weight) {
                 bound.chunks.insert((ino, chunk), weight);
             }
+        }
+    }
+
+    /// `touch`, by code that holds no handle of file `ino` (a prefetch, the checkpointer's
+    /// mark clean) and holds its state lock (`st`): counted as far as the file reaches now,
+    /// and not at all once it is deleted (gone from the inode map). A deletion or a
+    /// truncation untracks its chunks under the same lock, so no chunk of bytes no file holds
+    /// any more takes room in the bound.
+    pub(super) fn touch_locked(&self, ino: u64, st: &InodeState, pages: Range<u64>) {
+        if self.bound.get().is_some() && self.inodes.read().contains_key(&ino) {
+            let size = st.attr.size;
+            self.touch(
+                ino,
+                pages.start..pages.end.min(size.div_ceil(PAGE_SIZE)),
+                size,
+            );
         }
     }
 

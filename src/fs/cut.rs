@@ -860,12 +860,13 @@ impl Fs {
                     st.pending.remove(r);
                 }
             });
-            let size = st.attr.size;
-            drop(st);
-            // Clean now: the cache may keep them or evict them.
+            // Clean now: the cache may keep them or evict them (counted under the lock: the
+            // file may be deleted or cut short as soon as it is let go).
             for r in pages.iter() {
-                self.touch(*ino, r.start..r.end.min(size.div_ceil(PAGE_SIZE)), size);
+                self.touch_locked(*ino, &st, r.clone());
             }
+            drop(st);
+            self.step(super::Step::MarkedClean { ino: *ino });
             crate::failpoint::hit("during-mark-clean");
         }
         self.rpo_settled(true);

@@ -110,6 +110,9 @@ pub enum Step {
     /// A committed checkpoint's pages are about to be marked clean: the flush of the cache
     /// files has ended, and succeeded (a cut with no runs to upload has none).
     MarkingClean { epoch: u64 },
+    /// A committed checkpoint has marked the pages of `ino` it took clean and let go of the
+    /// file's lock.
+    MarkedClean { ino: u64 },
 }
 
 /// What `Fs::set_step_hook` installs.

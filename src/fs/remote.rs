@@ -519,7 +519,8 @@ impl Fs {
             drop(in_flight[i].take());
             // Counted for the bounded cache (nothing was installed in a stopped mount).
             if !self.cache_failed() {
-                self.touch_if_live(h.ino, &h.inode, 0..u64::MAX);
+                // (Read only: no change for a cut to note.)
+                self.touch_locked(h.ino, &h.inode.state.lock_unnoted(), 0..u64::MAX);
             }
         }
         self.stats
@@ -540,24 +541,9 @@ impl Fs {
             return Ok(0);
         }
         let fetched = self.fill_absent(&inode, pages.clone(), false)?;
-        self.touch_if_live(ino, &inode, pages);
+        // (Read only: no change for a cut to note.)
+        self.touch_locked(ino, &inode.state.lock_unnoted(), pages);
         Ok(fetched)
-    }
-
-    /// Counts `pages` of file `ino` as used in the bounded cache, as far as the file reaches
-    /// now, unless it was deleted meanwhile: a prefetch holds no handle that would keep it.
-    /// Under the inode's lock, under which a deletion or a truncation untracks its chunks, so
-    /// that no chunk of bytes no file holds any more takes room in the bound.
-    fn touch_if_live(&self, ino: u64, inode: &Inode, pages: Range<u64>) {
-        let st = inode.state.lock();
-        if self.inodes.read().contains_key(&ino) {
-            let size = st.attr.size;
-            self.touch(
-                ino,
-                pages.start..pages.end.min(size.div_ceil(PAGE_SIZE)),
-                size,
-            );
-        }
     }
 
     /// Fetches whichever of `pages` are absent and installs them in the cache file.
