@@ -174,13 +174,11 @@ fn open_placed_inner(
         raw_store(u, class, placement.regions[class as usize].as_deref())
     };
     let manifest = raw(url, Class::Manifest)?;
-    // Every request counts in the one total, those of the first round trip too (the marker,
-    // the boundary, the tip note): they are billed like the rest.
+    // Every request counts in the one total, those of the first round trip too (the check,
+    // the marker, the boundary, the tip note) and the class buckets' claims: they are billed
+    // like the rest.
     let stats = Arc::new(StoreStats::default());
-    let counted_manifest: Arc<dyn ObjectStore> = Arc::new(InstrumentedStore::with_stats(
-        manifest.clone(),
-        stats.clone(),
-    ));
+    let counted_manifest = counted(&manifest, &stats);
     // The marker is read (and written) on a runtime of its own, in a thread of its own: a
     // caller may be inside a runtime already.
     let (recorded, formatted, start) = std::thread::scope(|s| {
@@ -189,7 +187,14 @@ fn open_placed_inner(
                 .enable_all()
                 .build()
                 .context("start a runtime")?;
-            rt.block_on(settle(url, &counted_manifest, placement, create, chain))
+            rt.block_on(settle(
+                url,
+                &counted_manifest,
+                placement,
+                create,
+                chain,
+                &stats,
+            ))
         })
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("reading the placement panicked")))
@@ -294,6 +299,11 @@ fn retrying(store: &Arc<dyn ObjectStore>) -> RetryingStore {
     RetryingStore::new(store.clone(), RetryPolicy::default())
 }
 
+/// `store`, its requests counted into `stats`.
+fn counted(store: &Arc<dyn ObjectStore>, stats: &Arc<StoreStats>) -> Arc<dyn ObjectStore> {
+    Arc::new(InstrumentedStore::with_stats(store.clone(), stats.clone()))
+}
+
 /// The split the filesystem records, checked against the flags; for a new one (and
 /// `create`), the flags' split, with each class bucket claimed and the record written. The
 /// record is written before anything else of the filesystem, with `If-None-Match`, and read
@@ -306,6 +316,7 @@ async fn settle(
     placement: &Placement,
     create: bool,
     chain: Option<Option<crate::checkpoint::At>>,
+    stats: &Arc<StoreStats>,
 ) -> anyhow::Result<(Recorded, bool, Option<crate::checkpoint::ChainStart>)> {
     let wanted = wanted(url, placement)?;
     let store = retrying(manifest);
@@ -331,7 +342,7 @@ async fn settle(
             // this filesystem's and is found again.
             for class in [Class::Wal, Class::Data] {
                 if let Some(u) = wanted.get(class) {
-                    claim(url, class, &BucketUrl::parse(u)?, placement, true).await?;
+                    claim(url, class, &BucketUrl::parse(u)?, placement, true, stats).await?;
                     claimed.push((class, u.clone()));
                 }
             }
@@ -351,7 +362,7 @@ async fn settle(
     // claimed, so that the bucket is not refused to others for nothing.
     for (class, u) in &claimed {
         if recorded.get(*class) != Some(u) {
-            release(url, *class, &BucketUrl::parse(u)?, placement).await;
+            release(url, *class, &BucketUrl::parse(u)?, placement, stats).await;
         }
     }
     for class in [Class::Wal, Class::Data] {
@@ -366,7 +377,7 @@ async fn settle(
             );
         }
         if let Some(u) = had {
-            claim(url, class, &BucketUrl::parse(u)?, placement, false).await?;
+            claim(url, class, &BucketUrl::parse(u)?, placement, false, stats).await?;
         }
     }
     Ok((recorded, true, start.filter(|_| found)))
@@ -399,13 +410,20 @@ async fn refuse_foreign(url: &BucketUrl, store: &RetryingStore) -> anyhow::Resul
 }
 
 /// Removes this filesystem's claim on a class bucket it does not use after all.
-async fn release(url: &BucketUrl, class: Class, class_url: &BucketUrl, placement: &Placement) {
+async fn release(
+    url: &BucketUrl,
+    class: Class,
+    class_url: &BucketUrl,
+    placement: &Placement,
+    stats: &Arc<StoreStats>,
+) {
     let go = async {
-        let store = retrying(&raw_store(
+        let raw = raw_store(
             class_url,
             class,
             placement.regions[class as usize].as_deref(),
-        )?);
+        )?;
+        let store = retrying(&counted(&raw, stats));
         let bytes = store.get(CLASS_MARKER_KEY, None).await?;
         if ClassMarker::read(&bytes).is_some_and(|m| m.owner == url.to_string()) {
             store.delete(CLASS_MARKER_KEY).await?;
@@ -482,12 +500,14 @@ async fn claim(
     class_url: &BucketUrl,
     placement: &Placement,
     create: bool,
+    stats: &Arc<StoreStats>,
 ) -> anyhow::Result<()> {
-    let store = retrying(&raw_store(
+    let raw = raw_store(
         class_url,
         class,
         placement.regions[class as usize].as_deref(),
-    )?);
+    )?;
+    let store = retrying(&counted(&raw, stats));
     let name = flag(class);
     store
         .check()

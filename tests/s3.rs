@@ -226,26 +226,53 @@ fn a_writers_start_sends_its_takeover_in_the_third_round_trip() {
 }
 
 // The totals a mount logs as it stops (and serves in /metrics while it runs) are the requests
-// the provider bills: every GET the server answered, those of the start's first round trip
-// (the format marker, the GC boundary, the tip note) among them, which went uncounted.
+// the provider bills: every GET and PUT the server answered, those of the start's first round
+// trip (the format marker, the GC boundary, the tip note; on a new prefix the marker's PUT
+// and the first read given up for it) among them, which went uncounted.
 #[test]
-fn a_mounts_totals_count_every_get_the_server_answered() {
+fn a_mounts_totals_count_every_request_the_server_answered() {
     let dir = common::scratch();
-    let (s3, mnt, cache) = tree_in_s3(dir.path(), "totals");
-    for (start, cache) in [
-        ("a warm restart", cache),
-        ("a restore", dir.path().join("c2")),
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let mnt = dir.path().join("m");
+    for (start, cache, first) in [
+        (
+            "the first mount of a new prefix",
+            dir.path().join("c"),
+            true,
+        ),
+        ("a warm restart", dir.path().join("c"), false),
+        ("a restore", dir.path().join("c2"), false),
     ] {
-        let gets = || {
+        let counts = || {
             let f = &s3.faults;
-            (f.gets(), f.get_bytes.load(Ordering::SeqCst))
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
+            [f.gets(), n(&f.get_bytes), f.puts(), n(&f.put_bytes)]
         };
-        let before = gets();
+        let before = counts();
         let m = mount(&mnt, &cache, &s3, "totals", &[]);
-        assert_tree(&m.mnt);
+        if first {
+            write_tree(&m.mnt);
+        } else {
+            assert_tree(&m.mnt);
+        }
+        if start == "a restore" {
+            // The restore's background fetches done: one cut short by the stop is a request
+            // the server answered and the mount dropped unanswered.
+            wait_for("the prewarm", Duration::from_secs(60), || {
+                m.status()
+                    .bucket
+                    .and_then(|b| b.prewarm)
+                    .is_some_and(|p| p.state == "done")
+            });
+        }
         let log = m.log.clone();
         assert!(m.stop().success());
-        let after = gets();
+        let after = counts();
+        assert_eq!(
+            s3.faults.parts.load(Ordering::SeqCst),
+            0,
+            "a multipart upload, which the server counts part by part"
+        );
         let text = fs::read_to_string(&log).expect("the mount's log");
         let totals = text
             .lines()
@@ -259,11 +286,17 @@ fn a_mounts_totals_count_every_get_the_server_answered() {
                 .collect();
             digits.parse().expect("a number")
         };
+        let served: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
         assert_eq!(
-            (field("gets"), field("get_bytes")),
-            (after.0 - before.0, after.1 - before.1),
-            "{start}: the GETs and bytes the mount counted, against those the server answered \
-             ({totals})"
+            vec![
+                field("gets"),
+                field("get_bytes"),
+                field("puts"),
+                field("put_bytes")
+            ],
+            served,
+            "{start}: the GETs, their bytes, the PUTs and theirs as the mount counted them, \
+             against those the server answered ({totals})"
         );
     }
 }

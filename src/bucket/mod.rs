@@ -403,8 +403,11 @@ pub fn attach(
     let mut reread = !early;
     if opening.opened.is_none() {
         // A new prefix, read before the cache dir was open: its marker is written now (the
-        // check and the marker's read made again, once in the filesystem's life).
+        // check and the marker's read made again, once in the filesystem's life). The
+        // requests of the first read count too.
+        let early = opening.placed.stats.clone();
         opening = open_writer(settings, true)?;
+        opening.placed.stats.absorb(&early);
         reread = true;
     }
     let Opening {
