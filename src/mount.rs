@@ -173,7 +173,14 @@ pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
             bucket: probe.as_ref().map(|p| p.status()),
         })
     };
-    let socket = crate::status::serve_control(fs.root(), status.clone(), checkpointer)?;
+    let checkpoint = checkpointer.map(|cp| -> crate::status::CheckpointFn {
+        Arc::new(move || match cp.checkpoint(false) {
+            Ok(Some(o)) => Ok(o.epoch),
+            Ok(None) => Ok(cp.view().read().epoch),
+            Err(e) => Err(e.to_string()),
+        })
+    });
+    let socket = crate::status::serve_control(fs.root(), status.clone(), checkpoint)?;
     if let Some(listener) = metrics_listener {
         crate::metrics::serve(listener, status)?;
     }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Checkpointer;
 use crate::fs::CacheUsage;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -150,13 +149,17 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 
 pub type StatusFn = Arc<dyn Fn() -> Status + Send + Sync>;
 
+/// Takes a checkpoint now: the epoch committed (the latest, if nothing had changed), or why
+/// not. (A function, so that the status knows nothing of the checkpointer.)
+pub type CheckpointFn = Arc<dyn Fn() -> Result<u64, String> + Send + Sync>;
+
 /// Answers requests on the cache dir's Unix socket (root only, mode 0600), one line each:
 /// "status" gets the status as JSON; "checkpoint" (a writer only) takes a checkpoint now and
 /// gets "ok EPOCH" or "error MESSAGE". Returns the socket's path, to remove at unmount.
 pub fn serve_control(
     cache_dir: &Path,
     status: StatusFn,
-    checkpointer: Option<Arc<Checkpointer>>,
+    checkpoint: Option<CheckpointFn>,
 ) -> anyhow::Result<PathBuf> {
     let path = cache_dir.join(CONTROL_SOCKET);
     // A socket left by a crash: we hold the cache dir's lock, so it is stale.
@@ -174,13 +177,12 @@ pub fn serve_control(
                 if BufReader::new(&conn).read_line(&mut line).is_err() {
                     continue;
                 }
-                let reply = match (line.trim(), &checkpointer) {
+                let reply = match (line.trim(), &checkpoint) {
                     ("status", _) => {
                         serde_json::to_string(&status()).expect("status serializes") + "\n"
                     }
-                    ("checkpoint", Some(cp)) => match cp.checkpoint(false) {
-                        Ok(Some(o)) => format!("ok {}\n", o.epoch),
-                        Ok(None) => format!("ok {}\n", cp.view().read().epoch),
+                    ("checkpoint", Some(checkpoint)) => match checkpoint() {
+                        Ok(epoch) => format!("ok {epoch}\n"),
                         Err(e) => format!("error {e}\n"),
                     },
                     ("checkpoint", None) => {
