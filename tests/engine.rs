@@ -980,6 +980,12 @@ fn a_checkpoint_counts_nothing_of_a_file_deleted_as_it_made_the_pages_clean() {
         e.fs.set_step_hook(Box::new(move |step| {
             if *step == (Step::MarkedClean { ino }) {
                 let fs = Weak::upgrade(&fs).expect("fs alive");
+                // Counted while the file's lock was held: a deletion after cannot slip in.
+                let usage = fs.cache_usage().expect("bounded");
+                assert_eq!(
+                    usage.chunks, 3,
+                    "the clean pages counted before the lock went"
+                );
                 fs.unlink(ROOT_INO, OsStr::new("data")).expect("unlink");
             }
         }));

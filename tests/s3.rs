@@ -226,9 +226,10 @@ fn a_writers_start_sends_its_takeover_in_the_third_round_trip() {
 }
 
 // The totals a mount logs as it stops (and serves in /metrics while it runs) are the requests
-// the provider bills: every GET and PUT the server answered, those of the start's first round
-// trip (the format marker, the GC boundary, the tip note; on a new prefix the marker's PUT
-// and the first read given up for it) among them, which went uncounted.
+// the server answered: every GET, PUT and HEAD, those of the start's first round trip (the
+// bucket's check, the format marker, the GC boundary, the tip note; on a new prefix the
+// marker's PUT and the first read given up for it) among them, which went uncounted. (A
+// multipart upload counts as one PUT: none here.)
 #[test]
 fn a_mounts_totals_count_every_request_the_server_answered() {
     let dir = common::scratch();
@@ -246,7 +247,13 @@ fn a_mounts_totals_count_every_request_the_server_answered() {
         let counts = || {
             let f = &s3.faults;
             let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
-            [f.gets(), n(&f.get_bytes), f.puts(), n(&f.put_bytes)]
+            [
+                f.gets(),
+                n(&f.get_bytes),
+                f.puts(),
+                n(&f.put_bytes),
+                n(&f.head_buckets) + n(&f.head_objects),
+            ]
         };
         let before = counts();
         let m = mount(&mnt, &cache, &s3, "totals", &[]);
@@ -292,11 +299,12 @@ fn a_mounts_totals_count_every_request_the_server_answered() {
                 field("gets"),
                 field("get_bytes"),
                 field("puts"),
-                field("put_bytes")
+                field("put_bytes"),
+                field("heads"),
             ],
             served,
-            "{start}: the GETs, their bytes, the PUTs and theirs as the mount counted them, \
-             against those the server answered ({totals})"
+            "{start}: the GETs, their bytes, the PUTs, theirs and the HEADs as the mount \
+             counted them, against those the server answered ({totals})"
         );
     }
 }

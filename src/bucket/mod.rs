@@ -671,9 +671,14 @@ impl Attached {
             put_bytes = n(&s.put.bytes),
             gets = n(&s.get.requests),
             get_bytes = n(&s.get.bytes),
+            heads = n(&s.head.requests),
             lists = n(&s.list.requests),
             deletes = n(&s.delete.requests),
-            errors = n(&s.put.errors) + n(&s.get.errors) + n(&s.head.errors) + n(&s.list.errors),
+            errors = n(&s.put.errors)
+                + n(&s.get.errors)
+                + n(&s.head.errors)
+                + n(&s.list.errors)
+                + n(&s.delete.errors),
             "object store totals for this mount"
         );
         result

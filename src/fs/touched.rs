@@ -9,7 +9,8 @@
 //! (`lock_unnoted`): the cut's reads, its own changes (dirty pages taken, a local-only
 //! file's dropped, truncations sent; a failed cut puts them back through noting locks),
 //! and the checkpointer's changes that no cut reads (pending pages, copy-on-write); the
-//! cache bound's scans, which only read; and the syncs of a cache file (`Fs::sync_data_to`,
+//! cache bound's scans and a prefetch's count of what it fetched, which only read; and the
+//! syncs of a cache file (`Fs::sync_data_to`,
 //! `Fs::flush_cut`), whose record of what is synced no cut reads. Every other lock notes,
 //! reads included: the lock cannot tell a read from a change, and a read noted costs the
 //! next cut a visit, never a change.

@@ -48,6 +48,7 @@ pub struct Faults {
     pub get_log: std::sync::Mutex<Vec<String>>,
     /// HEADs of a bucket, and GETs of a format marker (`bucketfs.json`).
     pub head_buckets: AtomicU64,
+    pub head_objects: AtomicU64,
     pub marker_gets: AtomicU64,
     /// Round trips, and the one of the first manifest PUT since `reset_round_trips` (0:
     /// none).
@@ -197,6 +198,7 @@ impl S3 for Faulty {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let _trip = self.faults.trips.begin();
+        self.faults.head_objects.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
         self.inner.head_object(req).await
     }
