@@ -10,10 +10,9 @@
 //! file's dropped, truncations sent; a failed cut puts them back through noting locks),
 //! and the checkpointer's changes that no cut reads (pending pages, copy-on-write); the
 //! cache bound's scans and a prefetch's count of what it fetched, which only read; and the
-//! syncs of a cache file (`Fs::sync_data_to`,
-//! `Fs::flush_cut`), whose record of what is synced no cut reads. Every other lock notes,
-//! reads included: the lock cannot tell a read from a change, and a read noted costs the
-//! next cut a visit, never a change.
+//! syncs of a cache file (`Fs::sync_data_to`, `Fs::flush_cut`), whose record of what is
+//! synced no cut reads. Every other lock notes, reads included: the lock cannot tell a read
+//! from a change, and a read noted costs the next cut a visit, never a change.
 //!
 //! A change that must be in a cut is made under the gate (`Fs::gate`, which the cut takes
 //! exclusively) and its guard is released before the gate: the cut then finds it noted.
