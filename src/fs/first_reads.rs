@@ -40,13 +40,17 @@ struct Seen {
 impl FirstReads {
     /// A READ of `size` bytes at `offset` of file `ino`.
     fn note(&self, ino: u64, offset: u64, size: u32) {
+        self.note_at(ino, offset, size, Instant::now());
+    }
+
+    /// `note`, at `now`.
+    fn note_at(&self, ino: u64, offset: u64, size: u32, now: Instant) {
         if size == 0 || self.full.load(Ordering::Relaxed) {
             return;
         }
         let end = offset.saturating_add(u64::from(size));
         let chunks = offset / CHUNK_BYTES..end.div_ceil(CHUNK_BYTES);
         let mut seen = self.seen.lock();
-        let now = Instant::now();
         if now.duration_since(*seen.since.get_or_insert(now)) > FIRST_READS_WINDOW {
             self.full.store(true, Ordering::Relaxed);
             return;
@@ -99,14 +103,15 @@ mod tests {
 
     #[test]
     fn records_nothing_once_its_window_has_passed() {
+        // Times after the first read, not before it: an `Instant` earlier than the
+        // machine's boot cannot be made, and a CI machine may be up for less than a minute.
         let r = FirstReads::default();
-        r.note(1, 0, 1);
-        let earlier = Instant::now()
-            .checked_sub(FIRST_READS_WINDOW + Duration::from_secs(1))
-            .expect("the machine has been up for over a minute");
-        r.seen.lock().since = Some(earlier);
-        r.note(2, 0, 1);
-        assert_eq!(r.seen.lock().order, vec![(1, 0)]);
+        let first = Instant::now();
+        r.note_at(1, 0, 1, first);
+        r.note_at(3, 0, 1, first + FIRST_READS_WINDOW);
+        r.note_at(2, 0, 1, first + FIRST_READS_WINDOW + Duration::from_millis(1));
+        r.note_at(4, 0, 1, first + FIRST_READS_WINDOW);
+        assert_eq!(r.seen.lock().order, vec![(1, 0), (3, 0)]);
         assert!(r.full.load(Ordering::Relaxed));
     }
 }
