@@ -109,7 +109,8 @@ mod tests {
         let first = Instant::now();
         r.note_at(1, 0, 1, first);
         r.note_at(3, 0, 1, first + FIRST_READS_WINDOW);
-        r.note_at(2, 0, 1, first + FIRST_READS_WINDOW + Duration::from_millis(1));
+        let past = first + FIRST_READS_WINDOW + Duration::from_millis(1);
+        r.note_at(2, 0, 1, past);
         r.note_at(4, 0, 1, first + FIRST_READS_WINDOW);
         assert_eq!(r.seen.lock().order, vec![(1, 0), (3, 0)]);
         assert!(r.full.load(Ordering::Relaxed));
