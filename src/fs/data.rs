@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::remote::Fetched;
+use super::fill::Fetched;
 use super::{
     Attr, FileKind, Fs, FsError, Inode, InodeState, Result, SetAttr, MAX_FILE_SIZE, PAGE_SIZE,
 };
@@ -29,7 +29,7 @@ fn evicted_while_filling() -> FsError {
 /// the bytes its fill fetched (those of `Fetched::bytes`), which are installed after.
 enum Read<'a> {
     Cached(Vec<u8>),
-    Fetched(Fetched<'a>, super::remote::AnswerAt),
+    Fetched(Fetched<'a>, super::fill::AnswerAt),
 }
 
 /// The pages a read of `size` bytes at `offset` of a file of `file_size` bytes touches.
