@@ -31,8 +31,8 @@ use moka::notification::RemovalCause;
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, info, warn};
 
-use super::data::fallocate_raw;
 use super::pageset::PageSet;
+use super::size::fallocate_raw;
 use super::{FileKind, Fs, Inode, InodeState, Result, PAGE_SIZE};
 
 /// Pages per cache chunk: the unit of tracking and eviction (256 KiB), equal to a fetch unit,

@@ -672,7 +672,7 @@ impl Fs {
                     }
                     gaps.push(from..end);
                     for gap in gaps.into_iter().filter(|g| g.start < g.end) {
-                        let _ = super::data::fallocate_raw(
+                        let _ = super::size::fallocate_raw(
                             f,
                             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                             gap.start * PAGE_SIZE,

@@ -25,6 +25,7 @@ mod namespace;
 pub mod pageset;
 mod prefetch;
 mod remote;
+mod size;
 mod staging;
 mod touched;
 

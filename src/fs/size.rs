@@ -1,0 +1,381 @@
+//! A file's size and allocation: setattr (a truncation with it), fallocate, lseek's data
+//! and holes, and the cut of what a failure left in the cache file past the end.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use super::data::pages;
+use super::{Attr, FileKind, Fs, FsError, InodeState, Result, SetAttr, MAX_FILE_SIZE, PAGE_SIZE};
+
+impl Fs {
+    pub fn setattr(&self, ino: u64, changes: &SetAttr) -> Result<Attr> {
+        let inode = self.inode(ino)?;
+        let (_gate, _io) = match changes.size {
+            // The page the new end falls in keeps its head and becomes dirty: its old bytes
+            // must be here first.
+            Some(size) => {
+                let edge = |st: &InodeState| {
+                    let edge = size.min(st.attr.size);
+                    (edge % PAGE_SIZE != 0).then_some(edge / PAGE_SIZE)
+                };
+                let (gate, io) = self.enter_with_pages(
+                    &inode,
+                    |st| edge(st).into_iter().collect(),
+                    |i| i.io.write(),
+                )?;
+                (gate, Some(io))
+            }
+            None => (self.enter()?, None),
+        };
+        let mut st = inode.state.lock();
+        let saved = st.attr.clone();
+        let now = SystemTime::now();
+        let mut batch = self.meta.batch();
+        if let Some(size) = changes.size {
+            match st.attr.kind {
+                FileKind::File => {}
+                FileKind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("truncate of a special file")),
+            }
+            if size > MAX_FILE_SIZE {
+                return Err(FsError::TooLarge(size));
+            }
+            self.truncate_locked(&mut st, size, &mut batch)?;
+            st.attr.mtime = now;
+        }
+        if let Some(mode) = changes.mode {
+            st.attr.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = changes.uid {
+            st.attr.uid = uid;
+        }
+        if let Some(gid) = changes.gid {
+            st.attr.gid = gid;
+        }
+        if let Some(t) = changes.atime {
+            st.attr.atime = t.resolve(now);
+        }
+        if let Some(t) = changes.mtime {
+            st.attr.mtime = t.resolve(now);
+        }
+        st.attr.ctime = changes.ctime.unwrap_or(now);
+        if changes.touches_only_times() {
+            // With the writeback cache the kernel sends the file's new mtime/ctime in a
+            // SETATTR before every fsync and fdatasync. Writing that to the metadata WAL would
+            // add a WAL sync to every commit Postgres makes; times are kept in memory instead
+            // and persisted by fsync (not fdatasync), release and unmount, as the write path
+            // does. A crash may lose times no fsync covered, as POSIX allows.
+            st.times_unpersisted = true;
+            return Ok(st.attr.clone());
+        }
+        batch.put_inode(&st.attr);
+        self.commit_one(&mut st, batch, saved)?;
+        Ok(st.attr.clone())
+    }
+
+    /// Sets the size of a file whose io lock the caller holds exclusively. Pages past the new
+    /// end stop being dirty; a partial last page is dirty (its tail is now zeros).
+    pub(super) fn truncate_locked(
+        &self,
+        st: &mut InodeState,
+        size: u64,
+        batch: &mut crate::cache::MetaBatch<'_>,
+    ) -> Result<()> {
+        let ino = st.attr.ino;
+        let old = st.attr.size;
+        // The upload of a cut may still need the bytes cut off (and the last page's tail):
+        // a file emptied hands its old cache file to the upload whole, others copy them out.
+        if size < old && !(size == 0 && self.empty_for_upload(st)) {
+            self.freeze(st, size / PAGE_SIZE..u64::MAX);
+        }
+        if let Some(file) = self.cache_file(st, size > 0)? {
+            if size > old && st.tail_unsure {
+                cut_past_end(self, st, &file)?;
+            }
+            file.set_len(size)
+                .map_err(FsError::io("truncate cache file"))?;
+        }
+        st.write_gen += 1;
+        let keep = size.div_ceil(PAGE_SIZE);
+        if size < old {
+            // The cache file's cut (above) is not synced: until it is, a crash could keep the
+            // bytes past the new end while a later, larger size is durable. The next growth
+            // syncs it first.
+            st.tail_unsure = true;
+            self.recount(st, |st| {
+                st.dirty.truncate(keep);
+                st.pending.truncate(keep);
+            });
+            self.untrack(ino, size, old);
+            st.marked.truncate(keep);
+            batch.delete_dirty_from(ino, keep);
+            st.change_absent(batch, keep..u64::MAX, |a| a.truncate(keep));
+            let lowest = st.trunc.map_or(keep, |t| t.min(keep));
+            st.trunc = Some(lowest);
+            // What a crash recovers must also cover the truncation a checkpoint in flight
+            // took: if that checkpoint never commits, the bucket has not seen it either.
+            batch.put_trunc(ino, st.trunc_pending.map_or(lowest, |p| p.min(lowest)));
+        }
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let edge = if size < old { size } else { old };
+        // The new size first: marks stop at the end (`put_dirty_marks`).
+        st.attr.size = size;
+        if edge % PAGE_SIZE != 0 {
+            let page = edge / PAGE_SIZE;
+            let added = st.dirty.insert(page..page + 1);
+            self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
+            st.put_dirty_marks(batch, &added, epoch);
+        }
+        Ok(())
+    }
+
+    /// fallocate(2): mode 0 and KEEP_SIZE allocate (zeros), PUNCH_HOLE|KEEP_SIZE deallocates.
+    pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        if length == 0 {
+            return Err(FsError::Invalid("fallocate of zero length"));
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::TooLarge(offset))?;
+        if mode != 0 && mode != libc::FALLOC_FL_KEEP_SIZE && mode != PUNCH {
+            return Err(FsError::NotSupported("fallocate mode"));
+        }
+        let inode = self.inode(ino)?;
+        // Punched pages become dirty zeros; the (at most two) pages punched only in part keep
+        // some old bytes: bring those here first if they are only in the bucket.
+        let edges = |st: &InodeState| {
+            let size = st.attr.size;
+            let mut edges = Vec::new();
+            if mode == PUNCH {
+                if !offset.is_multiple_of(PAGE_SIZE) && offset < size {
+                    edges.push(offset / PAGE_SIZE);
+                }
+                if !end.is_multiple_of(PAGE_SIZE) && end < size {
+                    edges.push(end / PAGE_SIZE);
+                }
+            }
+            edges
+        };
+        let (_gate, _io) = self.enter_with_pages(&inode, edges, |i| i.io.write())?;
+        let mut st = inode.state.lock();
+        if st.attr.kind != FileKind::File {
+            return Err(FsError::NotSupported("fallocate of a non-file"));
+        }
+        let saved = st.attr.clone();
+        let mut batch = self.meta.batch();
+        if mode == PUNCH {
+            let size = st.attr.size;
+            // The upload of a cut may still need the punched bytes.
+            self.freeze(&mut st, pages(offset, end));
+            // (Created if there is none: a file only the bucket holds has none yet, and its
+            // pages are absent, not holes.)
+            let file = self.cache_file(&mut st, true)?.expect("created");
+            fallocate_raw(&file, mode, offset, length)?;
+            let epoch = self.epoch.load(Ordering::Relaxed);
+            let punched = pages(offset, end.min(size));
+            // Pages wholly punched that were only in the bucket are zeros now, not absent.
+            if st.absent.intersects(punched.clone()) {
+                st.change_absent(&mut batch, punched.clone(), |a| a.remove(punched.clone()));
+            }
+            let added = st.dirty.insert(punched);
+            self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
+            st.put_dirty_marks(&mut batch, &added, epoch);
+        } else {
+            let file = self.cache_file(&mut st, true)?.expect("created");
+            if mode == 0 && end > st.attr.size && st.tail_unsure {
+                cut_past_end(self, &mut st, &file)?;
+            }
+            fallocate_raw(&file, mode, offset, length)?;
+            if mode == 0 && end > st.attr.size {
+                st.attr.size = end;
+            }
+        }
+        st.write_gen += 1;
+        let now = SystemTime::now();
+        st.attr.mtime = now;
+        st.attr.ctime = now;
+        batch.put_inode(&st.attr);
+        self.commit_one(&mut st, batch, saved)
+    }
+
+    /// lseek with SEEK_DATA or SEEK_HOLE (the kernel answers the other whences itself).
+    pub fn lseek(&self, ino: u64, offset: u64, whence: i32) -> Result<u64> {
+        let inode = self.inode(ino)?;
+        let _io = inode.io.read();
+        let (file, size) = {
+            let mut st = inode.state.lock();
+            (self.cache_file(&mut st, false)?, st.attr.size)
+        };
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Err(FsError::Invalid("lseek whence"));
+        }
+        if offset >= size {
+            return Err(FsError::NoData(offset));
+        }
+        if !inode.state.lock().absent.is_empty() {
+            // Some bytes are only in the bucket: call it all data, never a hole.
+            return Ok(if whence == libc::SEEK_DATA {
+                offset
+            } else {
+                size
+            });
+        }
+        let found = match file {
+            None => None,
+            Some(f) => {
+                // SAFETY: lseek only reads the descriptor, which `f` keeps open.
+                let r = unsafe { libc::lseek(f.as_raw_fd(), offset as i64, whence) };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::ENXIO) {
+                        return Err(FsError::io("seek cache file")(e));
+                    }
+                    None
+                } else {
+                    Some(r as u64)
+                }
+            }
+        };
+        match whence {
+            // No data in the cache file past `offset` (or the data found lies beyond the
+            // logical end): none in the file.
+            libc::SEEK_DATA => found.filter(|&p| p < size).ok_or(FsError::NoData(offset)),
+            // The cache file's end (or a file never written) counts as the hole at `size`, or
+            // at `offset` when the cache file is shorter than the file.
+            _ => Ok(found.unwrap_or(offset).min(size)),
+        }
+    }
+}
+
+/// Cuts the cache file back to the file's size before the size grows over what lies past
+/// it (`InodeState::tail_unsure`): grown over, those bytes would read back where the file
+/// must hold zeros. The cut (this one, or a truncation's) is synced before the new size can
+/// be: RocksDB's log is shared, so another file's fsync may make this one's size durable
+/// before this file is fsync'd. The caller holds the io lock exclusively (no write in
+/// flight). Rare (after a truncation, a failure or a crash), so the sync under the locks is
+/// paid once per such event.
+pub(super) fn cut_past_end(fs: &Fs, st: &mut InodeState, file: &File) -> Result<()> {
+    let len = file
+        .metadata()
+        .map_err(FsError::io("stat cache file"))?
+        .len();
+    if len > st.attr.size {
+        file.set_len(st.attr.size)
+            .map_err(FsError::io("cut cache file past the end"))?;
+    }
+    fs.sync_cache_file(file, "sync cache file cut past the end")?;
+    st.tail_unsure = false;
+    Ok(())
+}
+
+pub(super) fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) -> Result<()> {
+    // SAFETY: fallocate only reads the descriptor, which `file` keeps open.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, length as i64) };
+    if r != 0 {
+        return Err(FsError::io("fallocate cache file")(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{CacheDir, FailCommit};
+    use crate::fs::{FsOptions, SetAttr, ROOT_INO};
+    use std::os::unix::fs::FileExt;
+
+    /// How the cache file came to hold bytes past the file's end.
+    #[derive(Clone, Copy, Debug)]
+    enum Leftover {
+        /// A write past the end whose commit was lost.
+        Lost,
+        /// One whose commit was applied but reported a failure (memory keeps the old size).
+        Applied,
+        /// A crash kept bytes whose new size was never recorded.
+        Crash,
+    }
+
+    /// Bytes the cache file holds past the file's end (the size is not on a page boundary)
+    /// must read as zeros once something grows the file over them: a write leaving a hole, a
+    /// truncation up, fallocate.
+    #[test]
+    fn what_a_failed_write_left_past_the_end_reads_as_zeros_once_the_file_grows() {
+        type Grow = fn(&Fs, u64);
+        const SIZE: u64 = 100;
+        let grows: [(&str, Grow); 3] = [
+            ("a write leaving a hole", |fs, ino| {
+                fs.write(ino, 3 * PAGE_SIZE, &[0xbb; PAGE_SIZE as usize])
+                    .map(drop)
+                    .unwrap()
+            }),
+            ("a truncation up", |fs, ino| {
+                let size = SetAttr {
+                    size: Some(4 * PAGE_SIZE),
+                    ..SetAttr::default()
+                };
+                fs.setattr(ino, &size).map(drop).unwrap()
+            }),
+            ("fallocate", |fs, ino| {
+                fs.fallocate(ino, SIZE, 4 * PAGE_SIZE - SIZE, 0).unwrap()
+            }),
+        ];
+        let open = |dir: &tempfile::TempDir| {
+            let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
+            Fs::new(cache, &FsOptions::default()).unwrap()
+        };
+        for leftover in [Leftover::Lost, Leftover::Applied, Leftover::Crash] {
+            for (how, grow) in grows {
+                let dir = tempfile::tempdir().unwrap();
+                let mut fs = open(&dir);
+                let caller = crate::fs::Caller { uid: 0, gid: 0 };
+                let (attr, _) = fs
+                    .create(ROOT_INO, std::ffi::OsStr::new("f"), 0o600, caller, false)
+                    .unwrap();
+                let ino = attr.ino;
+                fs.open(ino, libc::O_RDWR).unwrap();
+                fs.write(ino, 0, &[0x11; SIZE as usize]).unwrap();
+                let junk = [0xaa; PAGE_SIZE as usize];
+                match leftover {
+                    Leftover::Lost | Leftover::Applied => {
+                        fs.meta.fail_next_commit(match leftover {
+                            Leftover::Lost => FailCommit::Lost,
+                            _ => FailCommit::Applied,
+                        });
+                        fs.write(ino, SIZE, &junk).expect_err("the commit fails");
+                    }
+                    Leftover::Crash => {
+                        fs.fsync(ino, false).unwrap();
+                        let path = fs.cache_file_path(ino);
+                        drop(fs);
+                        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                        file.write_all_at(&junk, SIZE).unwrap();
+                        fs = open(&dir);
+                        fs.open(ino, libc::O_RDWR).unwrap();
+                    }
+                }
+                let case = format!("{leftover:?}, then {how}");
+                assert_eq!(fs.getattr(ino).unwrap().size, SIZE, "{case}");
+                grow(&fs, ino);
+                assert_eq!(fs.getattr(ino).unwrap().size, 4 * PAGE_SIZE, "{case}");
+                let got = fs.read(ino, SIZE, PAGE_SIZE as u32).unwrap();
+                assert!(
+                    got.iter().all(|&b| b == 0),
+                    "{case}: past the old end reads {:#x}.., not zeros",
+                    got[0]
+                );
+                assert_eq!(
+                    fs.read(ino, 0, SIZE as u32).unwrap(),
+                    vec![0x11; SIZE as usize],
+                    "{case}: the bytes before the old end"
+                );
+            }
+        }
+    }
+}
