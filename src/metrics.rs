@@ -127,7 +127,7 @@ impl Metrics {
         let s3_request_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "bucketfs_s3_request_duration_seconds",
-                "Time of object store requests (every attempt), by operation and object class",
+                "Time of object store requests (every attempt; a multipart upload once, whole), by operation and object class",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["op", "class"],

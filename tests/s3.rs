@@ -275,24 +275,8 @@ fn a_mounts_totals_count_every_request_the_server_answered() {
         let log = m.log.clone();
         assert!(m.stop().success());
         let after = counts();
-        assert_eq!(
-            s3.faults.parts.load(Ordering::SeqCst),
-            0,
-            "a multipart upload, which the server counts part by part"
-        );
-        let text = fs::read_to_string(&log).expect("the mount's log");
-        let totals = text
-            .lines()
-            .find(|l| l.contains("object store totals for this mount"))
-            .unwrap_or_else(|| panic!("{start}: no totals in the log:\n{text}"));
-        let field = |name: &str| -> u64 {
-            let at = totals.find(&format!(" {name}=")).expect("the field") + name.len() + 2;
-            let digits: String = totals[at..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().expect("a number")
-        };
+        let totals = logged_totals(&log);
+        let field = |name: &str| totals_field(&totals, name);
         let served: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
         assert_eq!(
             vec![
@@ -307,6 +291,100 @@ fn a_mounts_totals_count_every_request_the_server_answered() {
              counted them, against those the server answered ({totals})"
         );
     }
+}
+
+/// The line of object store totals a mount logged at its stop.
+fn logged_totals(log: &Path) -> String {
+    let text = fs::read_to_string(log).expect("the mount's log");
+    text.lines()
+        .find(|l| l.contains("object store totals for this mount"))
+        .unwrap_or_else(|| panic!("no totals in the log:\n{text}"))
+        .to_string()
+}
+
+/// Field `name` of that line.
+fn totals_field(totals: &str, name: &str) -> u64 {
+    let at = totals.find(&format!(" {name}=")).expect("the field") + name.len() + 2;
+    let digits: String = totals[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("a number")
+}
+
+/// A segment over 16 MiB goes up as a multipart upload (a create, its parts and a complete),
+/// and with the classes in buckets of their own each class's requests go to its bucket: the
+/// totals a mount logs count every one of those requests, as the server answered them.
+#[test]
+fn a_mounts_totals_count_each_request_of_a_multipart_upload_in_every_bucket() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    s3.add_bucket("pgwal");
+    s3.add_bucket("pgdata2");
+    let m = mount(
+        &dir.path().join("m"),
+        &dir.path().join("c"),
+        &s3,
+        "split",
+        &[
+            "--bucket-wal",
+            "s3://pgwal/split",
+            "--bucket-data",
+            "s3://pgdata2/split",
+        ],
+    );
+    // 40 MiB that do not compress: a 32 MiB segment in parts, and the rest in one PUT.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..40 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    fs::create_dir_all(m.mnt.join("base/1")).unwrap();
+    fs::write(m.mnt.join("base/1/noise"), &noise).unwrap();
+    fs::create_dir_all(m.mnt.join("pg_wal")).unwrap();
+    fs::write(
+        m.mnt.join("pg_wal/000000010000000000000001"),
+        &noise[..1 << 20],
+    )
+    .unwrap();
+    let log = m.log.clone();
+    assert!(m.stop().success());
+    let f = &s3.faults;
+    assert!(
+        f.parts.load(Ordering::SeqCst) >= 4,
+        "the 32 MiB segment went up in parts"
+    );
+    let keys = |bucket: &str| s3.keys(bucket, "split");
+    assert!(
+        keys("pgwal").iter().any(|k| k.ends_with(".wal.seg"))
+            && keys("pgdata2").iter().any(|k| k.ends_with(".seg")),
+        "each class in its own bucket: {:?} {:?}",
+        keys("pgwal"),
+        keys("pgdata2")
+    );
+    let totals = logged_totals(&log);
+    let field = |name: &str| totals_field(&totals, name);
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
+    assert_eq!(
+        [
+            field("puts"),
+            field("put_bytes"),
+            field("gets"),
+            field("heads")
+        ],
+        [
+            f.puts(),
+            n(&f.put_bytes),
+            f.gets(),
+            n(&f.head_buckets) + n(&f.head_objects)
+        ],
+        "the PUTs, their bytes, the GETs and the HEADs as the mount counted them, against \
+         those the server answered ({totals})"
+    );
 }
 
 /// A writer's start reads its S3 bucket beside the opening of its cache dir, and only reads.

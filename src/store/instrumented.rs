@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::debug;
 
-use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
+use super::{Count, ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
 
 /// Counters of one kind of request.
 #[derive(Debug, Default)]
@@ -25,18 +25,17 @@ pub struct OpStats {
 
 impl OpStats {
     fn record<T>(&self, started: Instant, result: &StoreResult<T>, bytes: u64) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut count = Count::default();
+        count.add(result, bytes);
+        self.add(&count);
         self.micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        match result {
-            // A missing object and a failed precondition are answers, not failures.
-            Ok(_) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. }) => {
-                self.bytes.fetch_add(bytes, Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    }
+
+    fn add(&self, count: &Count) {
+        self.requests.fetch_add(count.requests, Ordering::Relaxed);
+        self.errors.fetch_add(count.failed, Ordering::Relaxed);
+        self.bytes.fetch_add(count.bytes, Ordering::Relaxed);
     }
 }
 
@@ -151,13 +150,22 @@ impl ReadStore for InstrumentedStore {
 impl ObjectStore for InstrumentedStore {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
         let (started, len) = (Instant::now(), body.len() as u64);
-        let r = self.inner.put(key, body, mode).await;
+        let (r, sent) = self.inner.put_sent(key, body, mode).await;
         if matches!(r, Err(StoreError::PreconditionFailed { .. })) {
             self.stats
                 .precondition_failed
                 .fetch_add(1, Ordering::Relaxed);
         }
-        self.stats.put.record(started, &r, len);
+        // Every request the put sent: a multipart upload's create, parts and complete each
+        // count as a PUT, as the provider bills them (the time is the whole upload's).
+        let s = &self.stats;
+        s.put.add(&sent.puts);
+        s.put
+            .micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        s.head.add(&sent.heads);
+        s.get.add(&sent.gets);
+        s.delete.add(&sent.deletes);
         crate::metrics::global().s3_request("put", key, started.elapsed());
         debug!(
             key,

@@ -76,6 +76,58 @@ impl StoreError {
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
 
+/// The requests one `put` sent (`ObjectStore::put_sent`), by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// The PUT, or a multipart upload's create, parts and complete (bytes: the body's, once
+    /// answered).
+    pub puts: Count,
+    /// The HEAD and the GET that check a multipart upload whose completion came back
+    /// unreadable (bytes: what the GET read).
+    pub heads: Count,
+    pub gets: Count,
+    /// A multipart upload's abort after a failure (an HTTP DELETE of the upload).
+    pub deletes: Count,
+}
+
+/// Requests of one kind: how many, how many of them failed, the body bytes they carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub requests: u64,
+    pub failed: u64,
+    pub bytes: u64,
+}
+
+impl Count {
+    /// One more request, answered with `result`, that carried `bytes` if it was answered.
+    pub fn add<T>(&mut self, result: &StoreResult<T>, bytes: u64) {
+        self.requests += 1;
+        if is_failure(result) {
+            self.failed += 1;
+        } else {
+            self.bytes += bytes;
+        }
+    }
+}
+
+impl Sent {
+    /// One PUT of `bytes`, answered with `result`.
+    pub fn one_put<T>(result: &StoreResult<T>, bytes: u64) -> Sent {
+        let mut sent = Sent::default();
+        sent.puts.add(result, bytes);
+        sent
+    }
+}
+
+/// Whether `result` is a request that failed: a missing object and a failed precondition
+/// are answers.
+fn is_failure<T>(result: &StoreResult<T>) -> bool {
+    !matches!(
+        result,
+        Ok(_) | Err(StoreError::NotFound { .. } | StoreError::PreconditionFailed { .. })
+    )
+}
+
 /// The reading half of an object store. A replica holds its bucket only through this trait:
 /// it has no method that writes, so no path through a replica's code can PUT or DELETE
 /// (issue 13: "a store handle that cannot write").
@@ -112,6 +164,16 @@ pub trait ReadStore: Send + Sync + fmt::Debug {
 pub trait ObjectStore: ReadStore {
     /// Writes a whole object. Returns its new ETag.
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String>;
+
+    /// `put`, with the requests it sent: one PUT, unless the store sends more for one object
+    /// (S3's multipart upload). What `InstrumentedStore` counts, so that the totals are the
+    /// requests the server answered; a wrapper between it and the store passes it on.
+    async fn put_sent(&self, key: &str, body: Bytes, mode: PutMode) -> (StoreResult<String>, Sent) {
+        let len = body.len() as u64;
+        let result = self.put(key, body, mode).await;
+        let sent = Sent::one_put(&result, len);
+        (result, sent)
+    }
 
     /// Deletes an object; deleting one that does not exist is not an error.
     async fn delete(&self, key: &str) -> StoreResult<()>;

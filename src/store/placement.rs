@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreResult};
+use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, Sent, StoreResult};
 
 /// What a WAL segment's key ends with (a data segment's ends with plain `.seg`).
 pub const WAL_SEGMENT_SUFFIX: &str = ".wal.seg";
@@ -168,6 +168,10 @@ impl ReadStore for Placed {
 impl ObjectStore for Placed {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
         self.of(key).put(key, body, mode).await
+    }
+
+    async fn put_sent(&self, key: &str, body: Bytes, mode: PutMode) -> (StoreResult<String>, Sent) {
+        self.of(key).put_sent(key, body, mode).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {

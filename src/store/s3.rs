@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use tracing::{debug, warn};
 
-use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
+use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, Sent, StoreError, StoreResult};
 
 /// Where and how to reach the bucket.
 #[derive(Clone)]
@@ -193,7 +193,8 @@ pub const MULTIPART_THRESHOLD: usize = 16 << 20;
 pub const PART_SIZE: usize = 8 << 20;
 
 impl S3Store {
-    async fn put_multipart(&self, key: &str, body: Bytes) -> StoreResult<String> {
+    /// The upload of `body` in parts, counting into `sent` each request it sends.
+    async fn put_multipart(&self, key: &str, body: Bytes, sent: &mut Sent) -> StoreResult<String> {
         use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
         let full = self.full_key(key);
         let created = self
@@ -205,7 +206,9 @@ impl S3Store {
             .mutate_request(self.regions_hook())
             .send()
             .await
-            .map_err(|e| classify("create multipart upload", key, e))?;
+            .map_err(|e| classify("create multipart upload", key, e));
+        sent.puts.add(&created, 0);
+        let created = created?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
         let parts = async {
             let mut set = tokio::task::JoinSet::new();
@@ -233,52 +236,78 @@ impl S3Store {
                     )
                 });
             }
+            // Every part spawned counts as sent (those still running when one fails are
+            // cut off, perhaps after the server had them); only the failed one as failed.
+            sent.puts.requests += set.len() as u64;
             let mut done = Vec::new();
             while let Some(r) = set.join_next().await {
-                done.push(r.map_err(|e| StoreError::Transient {
+                let part = r.map_err(|e| StoreError::Transient {
                     op: "upload part",
                     key: key.into(),
                     message: format!("task: {e}"),
-                })??);
+                })?;
+                if part.is_err() {
+                    sent.puts.failed += 1;
+                }
+                done.push(part?);
             }
             done.sort_by_key(|p| p.part_number());
             Ok::<_, StoreError>(done)
         }
         .await;
         let result = match parts {
-            Ok(parts) => match self
-                .client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&full)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-            {
-                Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
-                Err(e) if e.status().is_some_and(|s| (200..300).contains(&s)) => {
-                    self.settle_unreadable_complete(key, &body, e).await
+            Ok(parts) => {
+                let completed = self
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await;
+                match completed {
+                    Ok(out) => {
+                        sent.puts.bytes += body.len() as u64;
+                        sent.puts.requests += 1;
+                        Ok(out.e_tag().unwrap_or_default().to_string())
+                    }
+                    // Answered, unreadably: the check reads the object back.
+                    Err(e) if e.status().is_some_and(|s| (200..300).contains(&s)) => {
+                        sent.puts.requests += 1;
+                        let checked = self.settle_unreadable_complete(key, &body, e, sent).await;
+                        if checked.is_ok() {
+                            sent.puts.bytes += body.len() as u64;
+                        }
+                        checked
+                    }
+                    Err(e) => {
+                        let failed: StoreResult<String> =
+                            Err(classify("complete multipart upload", key, e));
+                        sent.puts.add(&failed, 0);
+                        failed
+                    }
                 }
-                Err(e) => Err(classify("complete multipart upload", key, e)),
-            },
+            }
             Err(e) => Err(e),
         };
         if result.is_err() {
             // Best effort: an upload left open only costs storage until the bucket's
             // lifecycle rule (or a later abort) removes it.
-            let _ = self
+            let aborted = self
                 .client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
                 .key(&full)
                 .upload_id(&upload_id)
                 .send()
-                .await;
+                .await
+                .map_err(|e| classify("abort multipart upload", key, e));
+            sent.deletes.add(&aborted, 0);
         }
         result
     }
@@ -297,6 +326,7 @@ impl S3Store {
         key: &str,
         body: &Bytes,
         err: SdkError<E, R>,
+        sent: &mut Sent,
     ) -> StoreResult<String>
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -342,7 +372,9 @@ impl S3Store {
                 }
             }
         };
-        let meta = match self.head(key).await? {
+        let head = self.head(key).await;
+        sent.heads.add(&head, 0);
+        let meta = match head? {
             None => return Err(failed("the object is not there".into())),
             Some(m) if m.size != body.len() as u64 => {
                 return Err(failed(format!(
@@ -353,7 +385,10 @@ impl S3Store {
             }
             Some(m) => m,
         };
-        let stored = self.get(key, None).await?;
+        let stored = self.get(key, None).await;
+        let read = stored.as_ref().map_or(0, |b| b.len() as u64);
+        sent.gets.add(&stored, read);
+        let stored = stored?;
         if stored != *body {
             return Err(failed("the object there holds other bytes".into()));
         }
@@ -513,12 +548,19 @@ impl ReadStore for S3Store {
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
+        self.put_sent(key, body, mode).await.0
+    }
+
+    async fn put_sent(&self, key: &str, body: Bytes, mode: PutMode) -> (StoreResult<String>, Sent) {
         // Large objects (segments) go up in parts, in parallel; a failed part fails the
         // whole PUT, which the retry wrapper repeats. Conditional PUTs (manifests) are small
         // and stay single.
         if body.len() > MULTIPART_THRESHOLD && mode == PutMode::Overwrite {
-            return self.put_multipart(key, body).await;
+            let mut sent = Sent::default();
+            let result = self.put_multipart(key, body, &mut sent).await;
+            return (result, sent);
         }
+        let len = body.len() as u64;
         let mut req = self
             .client
             .put_object()
@@ -535,14 +577,16 @@ impl ObjectStore for S3Store {
             .mutate_request(self.regions_hook())
             .send()
             .await;
-        match sent.map_err(|e| classify("put", key, e)) {
+        let result = match sent.map_err(|e| classify("put", key, e)) {
             Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
             // S3 answers If-Match on a missing key with 404: the precondition did not hold.
             Err(StoreError::NotFound { key }) if matches!(mode, PutMode::Replace { .. }) => {
                 Err(StoreError::PreconditionFailed { key })
             }
             Err(e) => Err(e),
-        }
+        };
+        let sent = Sent::one_put(&result, len);
+        (result, sent)
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
