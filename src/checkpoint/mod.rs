@@ -3,7 +3,7 @@
 //!
 //! One checkpoint, in order (DESIGN.md section 3):
 //! 1. *cut*: `Fs::cut` pauses every change, closes epoch E and says which dirty pages E
-//!    takes; it copies no bytes (copy-on-write, `fs/cut.rs`);
+//!    takes; it copies no bytes (copy-on-write, `fs/cut.rs` and `fs/cow.rs`);
 //! 2. *pack and upload*: the runs' bytes are read as of the cut (`Fs::read_cut_run`) and
 //!    become segments here, each uploaded as soon as it is full (in parallel, retried by the
 //!    store wrapper), with few in memory at once;

@@ -16,6 +16,7 @@
 
 pub mod attr;
 mod bound;
+mod cow;
 mod cut;
 mod data;
 mod error;
@@ -198,8 +199,8 @@ pub struct Fs {
     pressure: bound::Pressure,
     bound: std::sync::OnceLock<Arc<bound::CacheBound>>,
     /// The bytes of the cut being uploaded that writers changed before the upload read them
-    /// (see `cut.rs`). Locked after an inode's state, never before.
-    frozen: Mutex<cut::Frozen>,
+    /// (see `cow.rs`). Locked after an inode's state, never before.
+    frozen: Mutex<cow::Frozen>,
     /// Tests only: called at each [`Step`].
     step_hook: std::sync::OnceLock<StepHook>,
     /// The disk under the cache dir failed a write-back: why (`stop_for_failed_flush`).
@@ -298,7 +299,7 @@ impl Fs {
             }
             map.insert(ino, Arc::new(inode));
         }
-        let frozen = Mutex::new(cut::Frozen::in_dir(cache.root()));
+        let frozen = Mutex::new(cow::Frozen::in_dir(cache.root()));
         let fs = Fs {
             next_ino: AtomicU64::new(loaded.next_ino.unwrap_or(max_ino + 1).max(max_ino + 1)),
             epoch: AtomicU64::new(loaded.epoch.unwrap_or(1)),
