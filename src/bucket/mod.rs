@@ -526,27 +526,13 @@ pub fn attach(
     info!(bucket = %url, writer, epoch, restored = restoring, "bucket attached");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let (cp, stop) = (checkpointer.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("checkpointer".into())
-            .spawn(move || {
-                let _span = info_span!("checkpointer").entered();
-                cp.run(&stop)
-            })
-            .context("start checkpointer")?
-    };
+    let (cp, halt) = (checkpointer.clone(), stop.clone());
+    let thread = spawn_in("checkpointer", info_span!("checkpointer"), move || {
+        cp.run(&halt)
+    })?;
     // GC beside the checkpoints, not between them (the thread ends at once when GC is off).
-    let gc_thread = {
-        let (cp, stop) = (checkpointer.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("gc".into())
-            .spawn(move || {
-                let _span = info_span!("gc").entered();
-                cp.run_gc(&stop)
-            })
-            .context("start GC")?
-    };
+    let (cp, halt) = (checkpointer.clone(), stop.clone());
+    let gc_thread = spawn_in("gc", info_span!("gc"), move || cp.run_gc(&halt))?;
     let progress = Arc::new(PrewarmProgress::default());
     let prefetch = restoring
         .then(|| Prefetch::start(fs, store.clone(), runtime.handle(), progress.clone()))
@@ -683,6 +669,18 @@ impl Attached {
         );
         result
     }
+}
+
+/// Starts `run` on a thread named `name`, inside `span`.
+fn spawn_in(
+    name: &str,
+    span: tracing::Span,
+    run: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || span.in_scope(run))
+        .with_context(|| format!("start the {name} thread"))
 }
 
 impl Writing {
