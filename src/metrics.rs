@@ -325,11 +325,11 @@ impl Metrics {
 /// Bounded label values for object keys: the placement class of a segment (wal, data),
 /// manifests, and the rest (the format marker, `gc/`, `prewarm/`).
 fn object_class(key: &str) -> &'static str {
-    use crate::store::placement::Class;
+    use crate::store::placement::{Class, MANIFESTS};
     match Class::of_key(key) {
         Class::Wal => "wal",
         Class::Data => "data",
-        Class::Manifest if key.starts_with(crate::checkpoint::MANIFESTS) => "manifest",
+        Class::Manifest if key.starts_with(MANIFESTS) => "manifest",
         Class::Manifest => "other",
     }
 }

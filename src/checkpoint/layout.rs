@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::{now_ms, CheckpointError};
 use crate::fs::PAGE_SIZE;
 use crate::manifest::FormatError;
+pub use crate::store::placement::MANIFESTS;
 use crate::store::placement::WAL_SEGMENT_SUFFIX;
 use crate::store::{ObjectStore, PutMode, ReadStore, StoreError};
 
@@ -14,7 +15,6 @@ pub const FORMAT_KEY: &str = "bucketfs.json";
 pub const BUCKET_FORMAT_VERSION: u32 = 1;
 /// The version of a filesystem whose classes live in buckets of their own.
 pub const SPLIT_FORMAT_VERSION: u32 = 2;
-pub const MANIFESTS: &str = "manifests/";
 
 /// The most packed bytes a checkpoint carries in its manifest (`inline_bytes`): a group
 /// commit's WAL and the pages written since the last one fit many times over, and a restore

@@ -333,7 +333,7 @@ impl ObjectStore for FaultyStore {
             return Err(StoreError::PreconditionFailed { key: key.into() });
         }
         let etag = self.inner.put(key, body, mode).await?;
-        if key.starts_with(crate::checkpoint::MANIFESTS)
+        if key.starts_with(super::placement::MANIFESTS)
             && self
                 .plan
                 .lost_answers

@@ -19,6 +19,10 @@ use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, Sent, StoreResult};
 /// What a WAL segment's key ends with (a data segment's ends with plain `.seg`).
 pub const WAL_SEGMENT_SUFFIX: &str = ".wal.seg";
 const SEGMENTS: &str = "segments/";
+/// Where the manifests are (the rest of the layout: checkpoint/layout.rs). Here, with the
+/// segments' prefix, so that what sorts keys (placement, the metrics' labels, the fault
+/// injection) needs nothing from the checkpoint module.
+pub const MANIFESTS: &str = "manifests/";
 
 /// The classes of objects, each with its own bucket when placement is split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
