@@ -32,9 +32,14 @@
 //!                                 valid_first u64, valid_pages u64)
 //! ```
 
+mod compress;
+mod inline;
 pub mod segment;
 pub mod view;
 pub mod wire;
+
+pub use compress::plain_len;
+pub use inline::inline_range;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -42,6 +47,8 @@ use std::sync::Arc;
 
 use crate::fs::attr::{Attr, FileKind};
 use crate::fs::{MAX_FILE_SIZE, PAGE_SIZE};
+use compress::{compress_body, decompress_body};
+use inline::manifest_crc;
 use segment::{Codec, RunLocation};
 use wire::{Reader, Writer};
 
@@ -65,12 +72,6 @@ const VERSION_CODEC: u32 = 5;
 pub const MANIFEST_VERSION: u32 = VERSION_CODEC;
 const BODY_RAW: u8 = 0;
 const BODY_ZSTD: u8 = 1;
-/// A body this long or longer is compressed (if that saves an eighth): bases, and deltas of
-/// large changes. A small delta, as a `--durability remote` commit writes hundreds of times a
-/// second, is stored as it is.
-const COMPRESS_FROM: usize = 64 * 1024;
-/// The most a compressed body may say it holds (a corrupt frame must not ask for more).
-const MOST_BODY: u64 = 1 << 32;
 const FLAG_CLEAN_STOP: u8 = 1;
 const FLAG_FENCE: u8 = 2;
 /// Where a version 2 or later manifest's inline segment starts: a run's offset in it is
@@ -436,89 +437,6 @@ impl Manifest {
     }
 }
 
-/// The length a manifest as stored (`bytes`) would have with its body uncompressed: what
-/// the cadence of bases counts (`Checkpointer::base_due`), so that compressing bodies changes
-/// what a base costs to read and upload, not how often one is written (a base is the whole
-/// view to encode; under `--durability remote` a commit waits for it). Reads only the
-/// header and the frame's stated size; a manifest it cannot make out counts as stored.
-pub fn plain_len(bytes: &[u8]) -> u64 {
-    let stored = bytes.len() as u64;
-    let Ok(Some(inline)) = inline_range(bytes, "") else {
-        return stored;
-    };
-    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("inline_range read it"));
-    if version < VERSION_CODEC || bytes.get(inline.end) != Some(&BODY_ZSTD) {
-        return stored;
-    }
-    let Some(frame) = bytes.get(inline.end + 1..bytes.len() - 4) else {
-        return stored;
-    };
-    match zstd::zstd_safe::get_frame_content_size(frame) {
-        Ok(Some(body)) if body <= MOST_BODY => stored - frame.len() as u64 + body,
-        _ => stored,
-    }
-}
-
-/// `body` as one zstd frame, if it is long enough to be worth it and that saves an eighth.
-fn compress_body(body: &[u8]) -> Option<Vec<u8>> {
-    // (A body past `MOST_BODY` stays as it is: a reader would refuse its frame.)
-    if body.len() < COMPRESS_FROM || body.len() as u64 > MOST_BODY {
-        return None;
-    }
-    let frame = segment::compress(body, 1).ok()?;
-    segment::worth_it(frame.len(), body.len()).then_some(frame)
-}
-
-/// The body a version 5 manifest holds as one zstd frame. The frame must say how long the
-/// body is, within `MOST_BODY`, and hold exactly that.
-fn decompress_body(frame: &[u8]) -> Result<Vec<u8>, String> {
-    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
-        Ok(Some(size)) if size <= MOST_BODY => usize::try_from(size).map_err(|e| e.to_string())?,
-        Ok(Some(size)) => return Err(format!("a compressed body of {size} bytes")),
-        Ok(None) | Err(_) => return Err("a compressed body without its size".into()),
-    };
-    // (zstd checks that the frame holds the size it states.)
-    zstd::bulk::decompress(frame, size).map_err(|e| format!("body does not decompress: {e}"))
-}
-
-/// The manifest's checksum: of everything before it but the inline segment, whose runs and
-/// index have checksums of their own. A damaged run then fails the reads of its pages, as in
-/// a segment, instead of the whole checkpoint.
-fn manifest_crc(body: &[u8], inline: Option<std::ops::Range<usize>>) -> u32 {
-    match inline {
-        None => crc32c::crc32c(body),
-        Some(r) => crc32c::crc32c_append(crc32c::crc32c(&body[..r.start]), &body[r.end..]),
-    }
-}
-
-/// Where the inline segment of a manifest's bytes lies (None: version 1; empty: a manifest
-/// that carries no runs), its length checked against the object. The manifest's checksum
-/// leaves these bytes out: they are a segment, checked as one (its index and each run have
-/// their own crc32c).
-pub fn inline_range(
-    bytes: &[u8],
-    key: &str,
-) -> Result<Option<std::ops::Range<usize>>, FormatError> {
-    let version = bytes.get(8..12).map(|v| v.try_into().expect("4 bytes"));
-    if !version
-        .is_some_and(|v| (VERSION_INLINE..=MANIFEST_VERSION).contains(&u32::from_le_bytes(v)))
-    {
-        return Ok(None);
-    }
-    let start = INLINE_OFFSET as usize;
-    let len = bytes
-        .get(12..start)
-        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .ok_or_else(|| FormatError::corrupt(key, "too short for its inline length"))?;
-    // The body and the crc follow the inline part: at least 4 bytes.
-    let end = usize::try_from(len)
-        .ok()
-        .and_then(|len| start.checked_add(len))
-        .filter(|&end| bytes.len().checked_sub(4).is_some_and(|max| end <= max))
-        .ok_or_else(|| FormatError::corrupt(key, "inline length past the object"))?;
-    Ok(Some(start..end))
-}
-
 /// The most pages a file can have.
 const MAX_PAGES: u64 = MAX_FILE_SIZE / PAGE_SIZE;
 /// The most pages one run may hold: far above what a writer packs (`--run-pages`), low enough
@@ -574,7 +492,7 @@ mod tests {
         }
     }
 
-    fn sample() -> Manifest {
+    pub(super) fn sample() -> Manifest {
         let run = |ino, first_page, offset| RunLocation {
             ino,
             first_page,
@@ -617,7 +535,7 @@ mod tests {
 
     /// A base of `files` files, each fragmented into `runs` one-page extents of their own
     /// runs, as a table churned by small random writes is (what makes bases large).
-    fn fragmented_base(files: u64, runs: u64) -> Manifest {
+    pub(super) fn fragmented_base(files: u64, runs: u64) -> Manifest {
         let mut m = Manifest {
             epoch: 7,
             created_ms: 1_700_000_000_000,
@@ -650,122 +568,26 @@ mod tests {
         m
     }
 
-    // Issue 14: every start reads its chain's base, and a base of a fragmented view is
-    // megabytes (6 MB at 10 GiB after a few seconds of TPC-B, BENCHMARKS.md). A large body
-    // is stored as one zstd frame, and reads back the same; a small one is left as it is.
-    #[test]
-    fn a_large_body_is_stored_compressed_and_reads_back_the_same() {
-        let m = fragmented_base(40, 500);
-        let stored = m.encode();
-        let plain = m.encode_version(VERSION_EARLIER_SEGMENTS);
-        assert_eq!(
-            stored[INLINE_OFFSET as usize], BODY_ZSTD,
-            "the body's codec"
-        );
-        assert!(
-            stored.len() * 2 < plain.len(),
-            "{} bytes stored, {} plain: the body did not shrink by half",
-            stored.len(),
-            plain.len()
-        );
-        assert_eq!(Manifest::decode(&stored, "k").unwrap(), m);
-        assert_eq!(
-            plain_len(&stored),
-            plain.len() as u64 + 1,
-            "its length stored plain"
-        );
-        let small = sample().encode();
-        assert_eq!(plain_len(&small), small.len() as u64);
-        assert_eq!(
-            small[INLINE_OFFSET as usize], BODY_RAW,
-            "a small body's codec"
-        );
-        assert_eq!(
-            small.len(),
-            sample().encode_version(VERSION_EARLIER_SEGMENTS).len() + 1
-        );
-        // A large delta that carries runs: its inline part stays ahead of the codec byte.
-        let (mut carrying, runs, key) = with_inline();
-        carrying.extents.extend(m.extents.iter().cloned());
-        let stored = carrying.encode();
-        let inline = inline_range(&stored, &key)
-            .unwrap()
-            .expect("an inline part");
-        assert_eq!(stored[inline.end], BODY_ZSTD, "the carrying delta's codec");
-        let read = Manifest::decode(&stored, &key).unwrap();
-        // (Decoding does not keep the inline part: its runs are read by range.)
-        assert_eq!(
-            read,
-            Manifest {
-                inline: Vec::new(),
-                ..carrying
-            }
-        );
-        for (r, fill) in runs.iter().zip([7u8, 8]) {
-            let at = r.offset as usize;
-            let run = &stored[at..at + r.stored_len as usize];
-            let pages = segment::decode_run(r, run, &key).unwrap();
-            assert!(
-                pages.iter().all(|&b| b == fill),
-                "a carried run, read by its range"
-            );
-        }
-    }
-
-    // A compressed body that is damaged, lies about its size, or is no zstd frame at all is
-    // a corrupt manifest: an error, never a panic or a huge allocation.
-    #[test]
-    fn a_damaged_compressed_body_is_an_error() {
-        let good = fragmented_base(10, 500).encode();
-        let codec_at = INLINE_OFFSET as usize;
-        let frame = &good[codec_at + 1..good.len() - 4];
-        // A codec and a body with the checksum made right again, so that they are what is
-        // judged, not the checksum.
-        let sealed = |codec: u8, body: &[u8]| {
-            let mut bytes = good[..codec_at].to_vec();
-            bytes.push(codec);
-            bytes.extend_from_slice(body);
-            let crc = manifest_crc(&bytes, Some(codec_at..codec_at));
-            bytes.extend_from_slice(&crc.to_le_bytes());
-            bytes
-        };
-        assert_eq!(
-            Manifest::decode(&sealed(BODY_ZSTD, frame), "k").unwrap(),
-            fragmented_base(10, 500),
-            "resealed as it was, it reads back"
-        );
-        let body = decompress_body(frame).unwrap();
-        let mut flipped = good.clone();
-        flipped[codec_at + 1 + frame.len() / 2] ^= 0x40;
-        // A frame header that says 8 GiB (single segment, an 8-byte content size).
-        let mut huge = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
-        huge.extend_from_slice(&(8u64 << 30).to_le_bytes());
-        huge.extend_from_slice(&frame[frame.len() / 2..]);
-        for (what, bytes) in [
-            ("a flipped bit", flipped),
-            (
-                "a truncated frame",
-                sealed(BODY_ZSTD, &frame[..frame.len() / 2]),
-            ),
-            (
-                "a frame of half the body",
-                sealed(
-                    BODY_ZSTD,
-                    &zstd::bulk::compress(&body[..body.len() / 2], 1).unwrap(),
-                ),
-            ),
-            ("a frame that says 8 GiB", sealed(BODY_ZSTD, &huge)),
-            ("no frame", sealed(BODY_ZSTD, &[0u8; 16])),
-            ("an empty frame", sealed(BODY_ZSTD, &[])),
-            ("an unknown codec", sealed(2, frame)),
-            ("a frame read as a raw body", sealed(BODY_RAW, frame)),
-        ] {
-            let e = Manifest::decode(&bytes, "k").expect_err(what);
-            assert!(matches!(e, FormatError::Corrupt { .. }), "{what}: {e}");
-        }
-        // Refused for its size, before anything is allocated for it.
-        let e = decompress_body(&huge).expect_err("a frame that says 8 GiB");
-        assert!(e.contains("8589934592 bytes"), "{e}");
+    /// A manifest carrying its checkpoint's runs, its inline runs
+    /// named by the key it is read under and found at their offsets in the object.
+    pub(super) fn with_inline() -> (Manifest, Vec<RunLocation>, String) {
+        let mut b = segment::SegmentBuilder::compressing(Some(1));
+        b.push_run(7, 4, 1, &[7u8; 8192]);
+        b.push_run(8, 0, 2, &[8u8; 9000]);
+        let (bytes, runs) = b.finish();
+        let mut m = sample();
+        m.inline = bytes;
+        let key = crate::checkpoint::manifest_key(m.epoch);
+        let runs: Vec<RunLocation> = runs
+            .into_iter()
+            .map(|mut r| {
+                r.offset += INLINE_OFFSET;
+                r
+            })
+            .collect();
+        m.extents
+            .extend(runs.iter().map(|r| Extent::whole(key.clone(), *r)));
+        (m, runs, key)
     }
 
     #[test]
@@ -866,134 +688,5 @@ mod tests {
             bad[i] ^= 0xff;
             plain_len(&bad);
         }
-    }
-
-    /// A manifest carrying its checkpoint's runs, its inline runs
-    /// named by the key it is read under and found at their offsets in the object.
-    fn with_inline() -> (Manifest, Vec<RunLocation>, String) {
-        let mut b = segment::SegmentBuilder::compressing(Some(1));
-        b.push_run(7, 4, 1, &[7u8; 8192]);
-        b.push_run(8, 0, 2, &[8u8; 9000]);
-        let (bytes, runs) = b.finish();
-        let mut m = sample();
-        m.inline = bytes;
-        let key = crate::checkpoint::manifest_key(m.epoch);
-        let runs: Vec<RunLocation> = runs
-            .into_iter()
-            .map(|mut r| {
-                r.offset += INLINE_OFFSET;
-                r
-            })
-            .collect();
-        m.extents
-            .extend(runs.iter().map(|r| Extent::whole(key.clone(), *r)));
-        (m, runs, key)
-    }
-
-    #[test]
-    fn inline_runs_are_read_by_range_from_the_manifest_object() {
-        let (m, runs, key) = with_inline();
-        let key = key.as_str();
-        let bytes = m.encode();
-        let back = Manifest::decode(&bytes, key).unwrap();
-        assert_eq!(
-            back.extents, m.extents,
-            "inline extents name the object itself"
-        );
-        assert!(back.inline.is_empty());
-        let range = inline_range(&bytes, key).unwrap().expect("an inline part");
-        assert_eq!(
-            segment::verify_segment(&bytes[range.clone()], key)
-                .unwrap()
-                .len(),
-            2
-        );
-        for (r, fill) in runs.iter().zip([vec![7u8; 8192], vec![8u8; 9000]]) {
-            let stored = &bytes[r.offset as usize..(r.offset + u64::from(r.stored_len)) as usize];
-            assert_eq!(segment::decode_run(r, stored, key).unwrap(), fill);
-            assert!(range.contains(&(r.offset as usize)));
-        }
-        // Without inline runs the inline part is there, empty.
-        assert_eq!(inline_range(&sample().encode(), "k").unwrap(), Some(20..20));
-        assert_eq!(
-            inline_range(&sample().encode_version(VERSION_PLAIN), "k").unwrap(),
-            None
-        );
-        // Version 2, as older bucketfs wrote it, reads the same.
-        let old = m.encode_version(VERSION_INLINE);
-        assert_eq!(Manifest::decode(&old, key).unwrap().extents, m.extents);
-        assert_eq!(inline_range(&old, key).unwrap(), Some(range));
-    }
-
-    #[test]
-    fn an_inline_length_near_the_top_of_u64_is_an_error_never_a_panic() {
-        let (m, _, key) = with_inline();
-        let good = m.encode();
-        for len in [
-            u64::MAX,
-            u64::MAX - 20,
-            u64::MAX - 23,
-            u64::MAX - 24,
-            1 << 40,
-        ] {
-            let mut bad = good.clone();
-            bad[12..20].copy_from_slice(&len.to_le_bytes());
-            assert!(inline_range(&bad, &key).is_err(), "length {len}");
-            assert!(Manifest::decode(&bad, &key).is_err(), "length {len}");
-        }
-        // Nothing inline: no extent may name an inline segment.
-        let mut named = sample();
-        named.extents[0].segment = "".into();
-        named.extents[1].segment = crate::checkpoint::manifest_key(1).into();
-        let bytes = named.encode();
-        assert_eq!(inline_range(&bytes, "k").unwrap(), Some(20..20));
-        assert!(Manifest::decode(&bytes, "k").is_err());
-    }
-
-    #[test]
-    fn a_corrupt_inline_manifest_is_an_error_never_a_panic() {
-        let (m, runs, key) = with_inline();
-        let key = key.as_str();
-        let bytes = m.encode();
-        let inline = inline_range(&bytes, key).unwrap().unwrap();
-        for i in 0..bytes.len() {
-            let mut bad = bytes.clone();
-            bad[i] ^= 0x01;
-            if !inline.contains(&i) {
-                assert!(Manifest::decode(&bad, key).is_err(), "flip at {i} accepted");
-                continue;
-            }
-            // A flip among the runs leaves the manifest readable, and is caught where the
-            // runs are checked: by the segment's index, or by the run that holds it.
-            assert_eq!(Manifest::decode(&bad, key).unwrap().extents, m.extents);
-            if (inline.start + 12..inline.start + 16).contains(&i) {
-                continue; // the segment header's reserved word, which nothing reads
-            }
-            assert!(
-                segment::verify_segment(&bad[inline.clone()], key).is_err(),
-                "flip at {i}"
-            );
-            if let Some(r) = runs
-                .iter()
-                .find(|r| (r.offset..r.offset + u64::from(r.stored_len)).contains(&(i as u64)))
-            {
-                let stored = &bad[r.offset as usize..(r.offset + u64::from(r.stored_len)) as usize];
-                assert!(
-                    segment::decode_run(r, stored, key).is_err(),
-                    "flip at {i} read back"
-                );
-            }
-        }
-        for n in 0..bytes.len() {
-            assert!(
-                Manifest::decode(&bytes[..n], key).is_err(),
-                "prefix {n} accepted"
-            );
-            let _ = inline_range(&bytes[..n], key);
-        }
-        // A version 1 manifest may not name an inline segment.
-        let mut v1 = sample();
-        v1.extents[0].segment = "".into();
-        assert!(Manifest::decode(&v1.encode_version(VERSION_PLAIN), "k").is_err());
     }
 }
