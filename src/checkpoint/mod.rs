@@ -14,19 +14,21 @@
 //! A failure before 3 leaves unreferenced segments (garbage), never a torn image; the pages
 //! stay dirty and the next checkpoint takes them again.
 //!
-//! Layout: this file holds the checkpointer and its loop (cut, flush, mark clean, the
-//! takeover, the fences); `upload.rs` packs and uploads the segments; `commit.rs` makes the
-//! manifest, checks it and commits it; `open.rs` opens a bucket (the chain to a view, the
-//! restore); `layout.rs` names the bucket's keys and checks its format marker; `collect.rs`
-//! runs GC and compaction beside the checkpoints; `filter.rs` says what stays local;
-//! `fetch.rs` fills the cache from the bucket.
+//! Layout: this file holds the checkpointer and one checkpoint (cut, flush, mark clean);
+//! `run.rs` its loop; `fence.rs` the takeover and the fences; `upload.rs` packs and uploads
+//! the segments; `commit.rs` makes the manifest, checks it and commits it; `open.rs` opens a
+//! bucket (the chain to a view, the restore); `layout.rs` names the bucket's keys and checks
+//! its format marker; `collect.rs` runs GC and compaction beside the checkpoints; `filter.rs`
+//! says what stays local; `fetch.rs` fills the cache from the bucket.
 
 mod collect;
 mod commit;
+mod fence;
 mod fetch;
 mod filter;
 mod layout;
 mod open;
+mod run;
 mod upload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,9 +36,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use tracing::{error, info, warn};
+use tracing::info;
 
-use crate::fs::{CutShape, Fs, FsError, PAGE_SIZE};
+use crate::fs::{CutShape, Fs, FsError};
 use crate::manifest::view::View;
 use crate::manifest::{Extent, FormatError, Manifest};
 use crate::store::{ObjectStore, StoreError};
@@ -465,131 +467,6 @@ impl Checkpointer {
         }
     }
 
-    /// Is this mount still the bucket's writer? Looks for a manifest at the epoch after the
-    /// last one it committed: one there that another writer committed means a takeover, and
-    /// this mount is fenced now, not at its next commit (which an idle mount may not make
-    /// for hours). Cheap: one HEAD while nobody has taken over.
-    pub fn check_writer(&self) -> Result<(), CheckpointError> {
-        let _one = self.running.lock();
-        self.check_writer_locked()
-    }
-
-    fn check_writer_locked(&self) -> Result<(), CheckpointError> {
-        let next = self.view_epoch_unless_fenced()? + 1;
-        let key = manifest_key(next);
-        if self.rt.block_on(self.store.head(&key))?.is_none() {
-            return Ok(());
-        }
-        // Ours only if an earlier attempt's answer was lost; the next checkpoint goes on from
-        // it (see `commit`).
-        if self.own_earlier_commit(&key)? {
-            return Ok(());
-        }
-        self.fence(next);
-        Err(CheckpointError::Fenced { epoch: next })
-    }
-
-    /// The view's epoch, or Fenced.
-    fn view_epoch_unless_fenced(&self) -> Result<u64, CheckpointError> {
-        let epoch = self.view.read().epoch;
-        if self.fenced.load(Ordering::Acquire) {
-            return Err(CheckpointError::Fenced { epoch });
-        }
-        Ok(epoch)
-    }
-
-    /// Another writer committed `epoch`: accept no more changes, and wake whoever waits for
-    /// a commit that can no longer come.
-    fn fence(&self, epoch: u64) {
-        self.fenced.store(true, Ordering::Release);
-        self.fs.fence();
-        // Remote-durability fsyncs waiting for a commit fail now, not at their next look.
-        {
-            let _covered = self.covered.lock();
-            self.covered_cv.notify_all();
-        }
-        error!(
-            epoch,
-            writer = %self.writer,
-            "another writer committed this epoch first: this mount is fenced and accepts no \
-             more changes (writes and fsyncs fail with EROFS)"
-        );
-    }
-
-    /// The flush of the cache files after the cut of `epoch` (committed) failed, and the
-    /// filesystem has stopped (`Fs::stop_for_failed_flush`): the fsyncs waiting for a later
-    /// commit fail now, and the checkpointer stops. The pages keep their dirty marks.
-    fn stop_for_failed_flush(&self, epoch: u64, e: FsError) -> CheckpointError {
-        // Every flush stops the mount where it fails; should one ever return an error without
-        // doing so, the mount must not go on taking changes with no checkpointer.
-        self.fs.stop_for_failed_flush(&e.to_string());
-        {
-            let _covered = self.covered.lock();
-            self.covered_cv.notify_all();
-        }
-        let e = CheckpointError::CacheFailed {
-            epoch,
-            // The first failure's reason, kept by the filesystem that stopped.
-            reason: self
-                .fs
-                .cache_failure()
-                .map_or_else(|| e.to_string(), str::to_owned),
-        };
-        error!(error = %e, "checkpointer stops");
-        e
-    }
-
-    /// Commits an empty delta at the next epoch: the bucket now names this writer, and any
-    /// writer still running there is fenced out at its next commit. Unless the tip was a
-    /// clean stop (`tip_clean_stop`: its writer is gone), the delta is a fence, which GC
-    /// keeps for good: that writer's next commit fails on it however long it stalled.
-    pub fn take_over(&self, tip_clean_stop: bool) -> Result<u64, CheckpointError> {
-        let _one = self.running.lock();
-        let parent = self.view.read().epoch;
-        let m = Manifest {
-            fence: !tip_clean_stop,
-            epoch: parent + 1,
-            parent: Some(parent).filter(|&p| p > 0),
-            created_ms: now_ms(),
-            page_size: PAGE_SIZE as u32,
-            writer: self.writer.clone(),
-            next_ino: self.view.read().next_ino,
-            ..Manifest::default()
-        };
-        let m = if m.parent.is_none() {
-            // An empty bucket: the first manifest is a base of the whole filesystem, which
-            // the first real checkpoint writes; here just claim epoch 1 with an empty base.
-            self.view
-                .read()
-                .to_base(1, now_ms(), PAGE_SIZE as u32, &self.writer)
-        } else {
-            m
-        };
-        check_invariants(&m)?;
-        let put = self.put_manifest(&m, true);
-        self.settle_note();
-        match put {
-            Ok(len) => self.note_committed(m.parent.is_none(), len.plain),
-            // Not fenced: nothing was accepted yet. The caller may read the chain again.
-            Err(StoreError::PreconditionFailed { .. }) => {
-                return Err(CheckpointError::LostRace { epoch: m.epoch })
-            }
-            Err(e) => return Err(e.into()),
-        }
-        // A takeover from a view GC has left behind: its create-if-absent may have landed on
-        // a key GC collected (no fence protects a takeover). Read the bucket again.
-        if self.rt.block_on(crate::gc::read_boundary(&*self.store))? > m.epoch {
-            return Err(CheckpointError::LostRace { epoch: m.epoch });
-        }
-        self.apply_to_view(&m, None, None);
-        self.fs.advance_epoch(m.epoch + 1)?;
-        // The cache dir may be older than what this lineage committed (a power loss between a
-        // manifest's PUT and the flush of RocksDB after it): no inode number the bucket has
-        // seen is handed out again, or a new file would take the lost one's pages.
-        self.fs.advance_next_ino(m.next_ino)?;
-        Ok(m.epoch)
-    }
-
     /// Takes one checkpoint. Returns None when nothing changed since the last one (and no
     /// clean-stop mark was asked for).
     pub fn checkpoint(&self, clean_stop: bool) -> Result<Option<Outcome>, CheckpointError> {
@@ -865,129 +742,5 @@ impl Checkpointer {
         } else {
             (m, None)
         }
-    }
-
-    /// Asks the running loop for a checkpoint now (`--max-dirty` reached, or a remote fsync
-    /// begins). One that has not started yet serves every request made before it cuts.
-    pub fn request(&self) {
-        let mut wanted = self.wanted.lock();
-        *wanted = true;
-        self.wanted_cv.notify_one();
-    }
-
-    /// Checkpoints every `interval` until `stop` is set; errors are logged and retried at the
-    /// next tick (the pages stay dirty), except fencing and a failed flush of the cache
-    /// files, which end the loop.
-    pub fn run(&self, stop: &AtomicBool) {
-        let tick = Duration::from_millis(50);
-        let mut last = Instant::now();
-        let mut failed = false;
-        // The last commit, or the last look for another writer, whichever is later: both
-        // show that this mount was still the writer then.
-        let mut last_commit = Instant::now();
-        let mut last_check = Instant::now();
-        while !stop.load(Ordering::Acquire) {
-            {
-                // Sleep until the next tick or until a remote-durability fsync asks.
-                let mut wanted = self.wanted.lock();
-                if !*wanted {
-                    self.wanted_cv.wait_for(&mut wanted, tick);
-                }
-                // The dirty-bytes trigger waits out the interval after a failure, so that an
-                // outage is not hammered every tick.
-                let early =
-                    !failed && self.fs.unsafe_pages() * PAGE_SIZE >= self.settings.dirty_trigger;
-                // A heartbeat may be due before the interval is up (so may not be missed).
-                let heartbeat = !failed
-                    && self
-                        .settings
-                        .heartbeat
-                        .is_some_and(|h| last_commit.elapsed() >= h);
-                let checkpoint_due =
-                    *wanted || early || heartbeat || last.elapsed() >= self.settings.interval;
-                if !checkpoint_due {
-                    continue;
-                }
-                *wanted = false;
-            }
-            last = Instant::now();
-            failed = false;
-            let heartbeat = self
-                .settings
-                .heartbeat
-                .is_some_and(|h| last_commit.elapsed() >= h);
-            match self.checkpoint_with(false, heartbeat) {
-                Ok(Some(_)) => {
-                    last_commit = Instant::now();
-                    last_check = last_commit;
-                }
-                Ok(None) => {
-                    let due = self
-                        .settings
-                        .writer_check
-                        .is_some_and(|w| last_check.elapsed() >= w);
-                    if due {
-                        last_check = Instant::now();
-                        match self.check_writer() {
-                            Ok(()) => {}
-                            Err(e @ CheckpointError::Fenced { .. }) => {
-                                error!(error = %e, "checkpointer stops");
-                                return;
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "could not look for another writer; trying again later")
-                            }
-                        }
-                    }
-                }
-                Err(e @ CheckpointError::Fenced { .. }) => {
-                    error!(error = %e, "checkpointer stops");
-                    return;
-                }
-                Err(CheckpointError::CacheFailed { .. }) => return, // logged when it stopped
-                Err(e) => {
-                    failed = true;
-                    warn!(error = %e, "checkpoint failed; the pages stay dirty and the next one retries")
-                }
-            }
-        }
-    }
-}
-
-impl crate::fs::RemoteSync for Checkpointer {
-    fn request(&self) {
-        Checkpointer::request(self)
-    }
-
-    fn wait_committed(&self, epoch: u64) -> Result<(), FsError> {
-        let mut covered = self.covered.lock();
-        // The fsync asked for a checkpoint when it began (`request`), after it read `epoch`:
-        // whichever checkpoint takes that request up cuts at `epoch` or later. Asking again
-        // now would only queue one more after it, which the next fsync would wait behind.
-        let mut ask = false;
-        while *covered < epoch {
-            if self.fenced.load(Ordering::Acquire) {
-                return Err(FsError::Fenced);
-            }
-            if self.fs.cache_failed() {
-                return Err(FsError::CacheFailed);
-            }
-            if ask {
-                self.request();
-            }
-            // Ask again when no commit came for a while: the checkpoint that would have
-            // covered us may have failed, and the next one is due only at the interval. (One
-            // slower than that gets one more queued behind it: harmless.)
-            ask = self
-                .covered_cv
-                .wait_for(&mut covered, Duration::from_millis(500))
-                .timed_out();
-        }
-        // Covered, but if a flush has failed since, that commit may hold older bytes of what
-        // this fsync covers (the upload reads through the page cache).
-        if self.fs.cache_failed() {
-            return Err(FsError::CacheFailed);
-        }
-        Ok(())
     }
 }
