@@ -28,27 +28,27 @@
 //!
 //! A crash anywhere leaks objects at worst: the next pass finds them unneeded again.
 
+mod catalog;
 pub mod compact;
+mod state;
+
+pub use catalog::{Catalog, Summary};
+use state::{raise_boundary, STATE_VERSION};
+pub use state::{read_boundary, read_state, State, BOUNDARY_KEY, STATE_KEY};
+pub(crate) use state::{seal_json, unseal_json};
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::checkpoint::{epoch_of_key, manifest_key, CheckpointError, CHAIN_WINDOW};
 use crate::manifest::view::View;
-use crate::manifest::{FormatError, Manifest};
-use crate::store::{ObjectStore, PutMode, ReadStore, StoreError};
+use crate::manifest::Manifest;
+use crate::store::{ObjectStore, PutMode, StoreError};
 
-/// Where the GC boundary lives: no manifest below it is part of the bucket.
-pub const BOUNDARY_KEY: &str = "gc/boundary";
-/// What the last pass kept restorable, and the objects found unneeded, waiting out their
-/// grace.
-pub const STATE_KEY: &str = "gc/state";
-const STATE_VERSION: u32 = 1;
 /// Deletes sent at once; the prefix is checked again between batches.
 const DELETE_BATCH: usize = 100;
 
@@ -74,178 +74,6 @@ impl Default for Retention {
             grace: Duration::from_secs(3600),
         }
     }
-}
-
-/// What GC needs of one manifest, kept between passes so that each is read once. It must stay
-/// small whatever the manifest's size: the catalog holds one for every manifest in the bucket,
-/// and under `--durability remote` a writer commits hundreds a second, which the window keeps
-/// for a day.
-#[derive(Clone, Debug)]
-pub struct Summary {
-    pub parent: Option<u64>,
-    pub created_ms: u64,
-    /// A takeover's fence: kept for good.
-    pub fence: bool,
-    /// The segments it brought: a delta's every one, a base's those uploaded under its own
-    /// epoch.
-    pub segments: Box<[Arc<str>]>,
-}
-
-impl Summary {
-    /// Only the segments a manifest brought are kept, not every one its extents name. A base
-    /// restates the whole image (thousands of segments, and every manifest that still carries
-    /// a page), and keeping those names made the catalog grow by the image's size at every
-    /// base. GC needs no more: what a manifest names besides its own uploads was in the image
-    /// it follows (a base is that image with the delta of its cut applied, `as_committed`; a
-    /// delta names only what its cut or compaction uploaded), so it is in the oldest retained
-    /// checkpoint's image or brought by a manifest between, both of which a pass counts as
-    /// live. Nor the manifests that carry runs: a pass asks only about those older than the
-    /// oldest retained checkpoint's chain, and one of those that a later manifest names was,
-    /// by the same argument, in that checkpoint's image.
-    ///
-    /// A delta's segments are all its own, but a compaction's are named by the epoch after
-    /// the view it read, and commits beside it may have taken that epoch and more before it
-    /// commits: so a delta's count whatever the epoch in their names.
-    pub fn of(m: &Manifest) -> Summary {
-        let brought = |key: &Arc<str>| match m.parent {
-            Some(_) => segment_epoch(key).is_some(),
-            None => segment_epoch(key) == Some(m.epoch),
-        };
-        let mut names: Vec<&Arc<str>> = m
-            .extents
-            .iter()
-            .map(|e| &e.segment)
-            .filter(|key| brought(key))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        Summary {
-            parent: m.parent,
-            created_ms: m.created_ms,
-            fence: m.fence,
-            // The manifest's own names, shared, not copied.
-            segments: names.into_iter().cloned().collect(),
-        }
-    }
-}
-
-/// Manifest summaries by epoch.
-#[derive(Debug, Default)]
-pub struct Catalog {
-    summaries: BTreeMap<u64, Summary>,
-}
-
-impl Catalog {
-    /// A manifest this process committed or read: no need to read it again.
-    pub fn insert(&mut self, m: &Manifest) {
-        self.summaries.insert(m.epoch, Summary::of(m));
-    }
-}
-
-/// The two small objects GC keeps in the bucket.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Boundary {
-    version: u32,
-    /// No manifest below this epoch belongs to the bucket any more.
-    boundary: u64,
-}
-
-/// What GC keeps in `gc/state`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct State {
-    pub version: u32,
-    /// When the pass that wrote it ran (unix ms), and with which retention.
-    pub pass_ms: u64,
-    pub window_ms: u64,
-    pub min_checkpoints: u32,
-    pub grace_ms: u64,
-    /// Every checkpoint from this epoch on is restorable; older ones may have lost objects.
-    /// Never lowered: what a pass with a shorter window collected cannot come back.
-    pub oldest_retained: u64,
-    /// key → when a pass first found it unneeded (unix ms).
-    pub pending: BTreeMap<String, u64>,
-    /// Fences below the first needed manifest: kept for good, and known to be fences
-    /// without reading them again.
-    #[serde(default)]
-    pub fences: BTreeSet<u64>,
-}
-
-/// The state the last GC pass left, if one ever ran (an unreadable one counts as none).
-pub async fn read_state(store: &dyn ReadStore) -> Result<Option<State>, CheckpointError> {
-    match store.get(STATE_KEY, None).await {
-        Ok(bytes) => match unseal_json::<State>(&bytes, STATE_KEY) {
-            Ok(s) if s.version == STATE_VERSION => Ok(Some(s)),
-            Ok(s) => {
-                warn!(
-                    version = s.version,
-                    "GC state of another version: starting a new one"
-                );
-                Ok(None)
-            }
-            Err(e) => {
-                warn!(error = %e, "unreadable GC state: starting a new one (deletions wait one more grace)");
-                Ok(None)
-            }
-        },
-        Err(StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The GC boundary: manifests below it are not part of the bucket (0: none collected yet).
-pub async fn read_boundary(store: &dyn ReadStore) -> Result<u64, CheckpointError> {
-    match store.get(BOUNDARY_KEY, None).await {
-        Ok(bytes) => {
-            let b: Boundary = unseal_json(&bytes, BOUNDARY_KEY)?;
-            Ok(b.boundary)
-        }
-        Err(StoreError::NotFound { .. }) => Ok(0),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Raises the boundary to `to` (never lowers it). Conditional on the object being unchanged
-/// since it was read, so two passes racing cannot lower it.
-async fn raise_boundary(store: &dyn ObjectStore, to: u64) -> Result<(), CheckpointError> {
-    let mode = match store.head(BOUNDARY_KEY).await? {
-        None => PutMode::Create,
-        Some(meta) => {
-            let b: Boundary = unseal_json(&store.get(BOUNDARY_KEY, None).await?, BOUNDARY_KEY)?;
-            if b.boundary >= to {
-                return Ok(());
-            }
-            PutMode::Replace { etag: meta.etag }
-        }
-    };
-    let body = seal_json(&Boundary {
-        version: STATE_VERSION,
-        boundary: to,
-    });
-    match store.put(BOUNDARY_KEY, body, mode).await {
-        Ok(_) => Ok(()),
-        Err(StoreError::PreconditionFailed { .. }) => Err(CheckpointError::Refused(
-            "the GC boundary changed while this pass raised it (another pass ran); deleting \
-             nothing this time"
-                .into(),
-        )),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// A small JSON object as the bucket keeps it: sealed with a checksum (`cache::seal`).
-pub(crate) fn unseal_json<T: for<'de> Deserialize<'de>>(
-    bytes: &[u8],
-    key: &str,
-) -> Result<T, FormatError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| FormatError::corrupt(key, "not UTF-8"))?;
-    let body = crate::cache::unseal(text).map_err(|e| FormatError::corrupt(key, e))?;
-    serde_json::from_str(body).map_err(|e| FormatError::corrupt(key, e.to_string()))
-}
-
-pub(crate) fn seal_json<T: Serialize>(v: &T) -> Bytes {
-    Bytes::from(crate::cache::seal(
-        &serde_json::to_string(v).expect("a plain struct serializes"),
-    ))
 }
 
 /// What one pass found and did. Sizes are bytes as stored in the bucket.
