@@ -238,7 +238,7 @@ impl Metrics {
     }
 
     /// A GC pass completed with `r`.
-    pub fn gc_pass(&self, r: &crate::gc::Report) {
+    pub fn gc_pass(&self, r: &crate::status::GcReport) {
         for (name, v) in [
             ("bucketfs_bucket_bytes", r.bucket_bytes as f64),
             ("bucketfs_bucket_objects", (r.manifests + r.segments) as f64),

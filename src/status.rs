@@ -1,6 +1,10 @@
 //! What a running mount reports about itself: the [`Status`] that /status serves as JSON, that
 //! /metrics is written from, and that `bucketfs status` prints for a person. The control
 //! socket in the cache dir answers `status` (and `checkpoint`, for a writer).
+//!
+//! Plain snapshots, filled by the modules they describe (GC's report, a replica's state) and
+//! read by /status and /metrics: this module imports none of those, so that the checkpointer
+//! can record metrics without a circle of imports.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -74,11 +78,85 @@ pub struct BucketStatus {
     pub prewarm: Option<PrewarmStatus>,
     /// The last GC pass of this mount (None: none yet, or GC is off, or read-only).
     #[serde(default)]
-    pub gc: Option<crate::gc::Report>,
+    pub gc: Option<GcReport>,
     /// A replica's base, the bucket's newest checkpoint, what the standby has been served,
     /// and its lag (None: not a replica).
     #[serde(default)]
-    pub replica: Option<crate::replica::ReplicaStatus>,
+    pub replica: Option<ReplicaStatus>,
+}
+
+/// What one GC pass found and did (`gc::Report`: `bucketfs gc` prints it, the writer's last
+/// pass is in /status and /metrics). Sizes are bytes as stored in the bucket.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GcReport {
+    /// When the pass ran (unix ms; the time it measured the window and the grace from).
+    pub pass_unix_ms: u64,
+    pub latest_epoch: u64,
+    /// Checkpoints restorable now, and the oldest of them.
+    pub retained: u64,
+    pub oldest_retained: u64,
+    pub boundary: u64,
+    /// Manifests a restore of the latest checkpoint reads (its base and deltas).
+    pub chain_length: u64,
+    pub manifests: u64,
+    pub segments: u64,
+    /// Every object under manifests/ and segments/, and their bytes.
+    pub bucket_bytes: u64,
+    /// Bytes of the runs the latest checkpoint's image uses.
+    pub image_bytes: u64,
+    /// bucket_bytes ÷ image_bytes (0 when the image is empty).
+    pub space_amplification: f64,
+    /// Segments no manifest names at all (uploads never committed, or drained long ago).
+    pub orphans: u64,
+    /// Manifests older than every retained checkpoint, kept because a retained image still
+    /// uses runs they carry (compaction moves those out).
+    #[serde(default)]
+    pub pinned: u64,
+    /// Takeovers' fences older than every retained checkpoint, kept for good: each is the
+    /// key that fails the next commit of a writer that was taken over (docs/gc.md).
+    #[serde(default)]
+    pub fences: u64,
+    /// Objects under manifests/ below the boundary that do not decode: kept (each might be
+    /// a fence), and counted apart.
+    #[serde(default)]
+    pub unreadable: u64,
+    /// Objects no retained checkpoint needs, waiting out the grace.
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub deleted: u64,
+    pub deleted_bytes: u64,
+    /// True when the pass only looked (a dry run, or a prefix held by another writer).
+    pub dry_run: bool,
+}
+
+/// What /status and `bucketfs status` say of a replica.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The checkpoint this mount's files come from.
+    pub base_epoch: u64,
+    pub base_created_unix_ms: u64,
+    /// The bucket's newest checkpoint, as the last poll found it.
+    pub newest_epoch: u64,
+    pub newest_created_unix_ms: u64,
+    /// The oldest checkpoint the primary's last GC pass retained (0: no pass yet).
+    pub oldest_retained: u64,
+    /// The checkpoint the last WAL file served to the standby came from (its replay
+    /// position is in that checkpoint's WAL), and that file.
+    pub served_epoch: u64,
+    pub served_created_unix_ms: u64,
+    pub served_file: Option<String>,
+    /// How old the primary state the standby has been given is, against the bucket: 0 when
+    /// it has the newest checkpoint's WAL, else the age of the checkpoint it has. The
+    /// primary's checkpoint interval comes on top (what the bucket does not have yet).
+    pub lag_seconds: f64,
+    pub wal_served: u64,
+    pub wal_missing: u64,
+    pub wal_errors: u64,
+    /// The base left the primary's retention window: the replica must move to a newer one
+    /// before GC collects it.
+    pub base_expired: bool,
+    /// Why the replica cannot keep up, if it cannot (also on /healthz).
+    pub trouble: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -32,6 +32,8 @@ mod catalog;
 pub mod compact;
 mod state;
 
+/// What one pass found and did: a snapshot that /status and /metrics read too.
+pub use crate::status::GcReport as Report;
 pub use catalog::{Catalog, Summary};
 use state::{raise_boundary, STATE_VERSION};
 pub use state::{read_boundary, read_state, State, BOUNDARY_KEY, STATE_KEY};
@@ -41,7 +43,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::checkpoint::{epoch_of_key, manifest_key, CheckpointError, CHAIN_WINDOW};
@@ -74,49 +75,6 @@ impl Default for Retention {
             grace: Duration::from_secs(3600),
         }
     }
-}
-
-/// What one pass found and did. Sizes are bytes as stored in the bucket.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Report {
-    /// When the pass ran (unix ms; the time it measured the window and the grace from).
-    pub pass_unix_ms: u64,
-    pub latest_epoch: u64,
-    /// Checkpoints restorable now, and the oldest of them.
-    pub retained: u64,
-    pub oldest_retained: u64,
-    pub boundary: u64,
-    /// Manifests a restore of the latest checkpoint reads (its base and deltas).
-    pub chain_length: u64,
-    pub manifests: u64,
-    pub segments: u64,
-    /// Every object under manifests/ and segments/, and their bytes.
-    pub bucket_bytes: u64,
-    /// Bytes of the runs the latest checkpoint's image uses.
-    pub image_bytes: u64,
-    /// bucket_bytes ÷ image_bytes (0 when the image is empty).
-    pub space_amplification: f64,
-    /// Segments no manifest names at all (uploads never committed, or drained long ago).
-    pub orphans: u64,
-    /// Manifests older than every retained checkpoint, kept because a retained image still
-    /// uses runs they carry (compaction moves those out).
-    #[serde(default)]
-    pub pinned: u64,
-    /// Takeovers' fences older than every retained checkpoint, kept for good: each is the
-    /// key that fails the next commit of a writer that was taken over (docs/gc.md).
-    #[serde(default)]
-    pub fences: u64,
-    /// Objects under manifests/ below the boundary that do not decode: kept (each might be
-    /// a fence), and counted apart.
-    #[serde(default)]
-    pub unreadable: u64,
-    /// Objects no retained checkpoint needs, waiting out the grace.
-    pub pending: u64,
-    pub pending_bytes: u64,
-    pub deleted: u64,
-    pub deleted_bytes: u64,
-    /// True when the pass only looked (a dry run, or a prefix held by another writer).
-    pub dry_run: bool,
 }
 
 /// Who is asking, and whether it may delete.

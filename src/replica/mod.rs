@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::checkpoint::{now_ms, open_bucket_at, CheckpointError};
@@ -30,41 +29,14 @@ use crate::fs::{Fetcher, PAGE_SIZE};
 use crate::manifest::view::{ExtentMap, View};
 use crate::store::ReadStore;
 
+/// What /status and `bucketfs status` say of a replica (a snapshot the status module holds).
+pub use crate::status::ReplicaStatus;
+
 /// What a replica writes in the cache dir's bucket record instead of a writer id.
 pub const REPLICA_WRITER: &str = "replica";
 
 /// How often a replica looks for a newer checkpoint.
 pub const POLL: Duration = Duration::from_secs(1);
-
-/// What /status and `bucketfs status` say of a replica.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ReplicaStatus {
-    /// The checkpoint this mount's files come from.
-    pub base_epoch: u64,
-    pub base_created_unix_ms: u64,
-    /// The bucket's newest checkpoint, as the last poll found it.
-    pub newest_epoch: u64,
-    pub newest_created_unix_ms: u64,
-    /// The oldest checkpoint the primary's last GC pass retained (0: no pass yet).
-    pub oldest_retained: u64,
-    /// The checkpoint the last WAL file served to the standby came from (its replay
-    /// position is in that checkpoint's WAL), and that file.
-    pub served_epoch: u64,
-    pub served_created_unix_ms: u64,
-    pub served_file: Option<String>,
-    /// How old the primary state the standby has been given is, against the bucket: 0 when
-    /// it has the newest checkpoint's WAL, else the age of the checkpoint it has. The
-    /// primary's checkpoint interval comes on top (what the bucket does not have yet).
-    pub lag_seconds: f64,
-    pub wal_served: u64,
-    pub wal_missing: u64,
-    pub wal_errors: u64,
-    /// The base left the primary's retention window: the replica must move to a newer one
-    /// before GC collects it.
-    pub base_expired: bool,
-    /// Why the replica cannot keep up, if it cannot (also on /healthz).
-    pub trouble: Option<String>,
-}
 
 /// The bucket as a replica follows it.
 struct Followed {
