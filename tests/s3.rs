@@ -314,13 +314,16 @@ fn totals_field(totals: &str, name: &str) -> u64 {
 
 /// A segment over 16 MiB goes up as a multipart upload (a create, its parts and a complete),
 /// and with the classes in buckets of their own each class's requests go to its bucket: the
-/// totals a mount logs count every one of those requests, as the server answered them.
+/// totals a mount logs count every one of those requests, as the server answered them. The
+/// first upload's complete fails, so the segment goes up twice: the parts of the failed
+/// upload count too, their bytes with them, as the server has them.
 #[test]
 fn a_mounts_totals_count_each_request_of_a_multipart_upload_in_every_bucket() {
     let dir = common::scratch();
     let s3 = S3Server::start(&dir.path().join("s3"));
     s3.add_bucket("pgwal");
     s3.add_bucket("pgdata2");
+    s3.faults.fail_completes.store(1, Ordering::SeqCst);
     let m = mount(
         &dir.path().join("m"),
         &dir.path().join("c"),
@@ -355,13 +358,20 @@ fn a_mounts_totals_count_each_request_of_a_multipart_upload_in_every_bucket() {
     assert!(m.stop().success());
     let f = &s3.faults;
     assert!(
-        f.parts.load(Ordering::SeqCst) >= 4,
-        "the 32 MiB segment went up in parts"
+        f.parts.load(Ordering::SeqCst) >= 8,
+        "the 32 MiB segment went up in parts, twice"
+    );
+    assert_eq!(
+        f.fail_completes.load(Ordering::SeqCst),
+        0,
+        "a complete failed"
     );
     let keys = |bucket: &str| s3.keys(bucket, "split");
     assert!(
         keys("pgwal").iter().any(|k| k.ends_with(".wal.seg"))
-            && keys("pgdata2").iter().any(|k| k.ends_with(".seg")),
+            && keys("pgdata2")
+                .iter()
+                .any(|k| k.ends_with(".seg") && !k.ends_with(".wal.seg")),
         "each class in its own bucket: {:?} {:?}",
         keys("pgwal"),
         keys("pgdata2")
@@ -385,6 +395,7 @@ fn a_mounts_totals_count_each_request_of_a_multipart_upload_in_every_bucket() {
         "the PUTs, their bytes, the GETs and the HEADs as the mount counted them, against \
          those the server answered ({totals})"
     );
+    assert_eq!(field("errors"), 1, "the failed complete: {totals}");
 }
 
 /// A writer's start reads its S3 bucket beside the opening of its cache dir, and only reads.

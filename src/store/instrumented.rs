@@ -157,7 +157,8 @@ impl ObjectStore for InstrumentedStore {
                 .fetch_add(1, Ordering::Relaxed);
         }
         // Every request the put sent: a multipart upload's create, parts and complete each
-        // count as a PUT, as the provider bills them (the time is the whole upload's).
+        // count as a PUT, as the provider bills them. The time is all the PUT's: the whole
+        // upload's, a check's HEAD and GET and an abort included.
         let s = &self.stats;
         s.put.add(&sent.puts);
         s.put

@@ -76,11 +76,12 @@ impl StoreError {
 
 pub type StoreResult<T> = std::result::Result<T, StoreError>;
 
-/// The requests one `put` sent (`ObjectStore::put_sent`), by kind.
+/// The requests one `put` sent (`ObjectStore::put_sent`), by kind. Bytes are those of the
+/// requests answered, as the server counts them: a multipart upload's parts' each as it is
+/// answered, whether the upload completes or not.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sent {
-    /// The PUT, or a multipart upload's create, parts and complete (bytes: the body's, once
-    /// answered).
+    /// The PUT, or a multipart upload's create, parts and complete.
     pub puts: Count,
     /// The HEAD and the GET that check a multipart upload whose completion came back
     /// unreadable (bytes: what the GET read).

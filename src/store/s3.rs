@@ -222,34 +222,39 @@ impl S3Store {
                     .upload_id(&upload_id)
                     .part_number(part_number)
                     .body(ByteStream::from(body.slice_ref(chunk)));
-                let key = key.to_string();
+                let (key, len) = (key.to_string(), chunk.len() as u64);
                 set.spawn(async move {
                     let out = req
                         .send()
                         .await
                         .map_err(|e| classify("upload part", &key, e))?;
-                    Ok::<_, StoreError>(
-                        CompletedPart::builder()
-                            .part_number(part_number)
-                            .set_e_tag(out.e_tag().map(str::to_string))
-                            .build(),
-                    )
+                    let part = CompletedPart::builder()
+                        .part_number(part_number)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .build();
+                    Ok::<_, StoreError>((part, len))
                 });
             }
-            // Every part spawned counts as sent (those still running when one fails are
-            // cut off, perhaps after the server had them); only the failed one as failed.
-            sent.puts.requests += set.len() as u64;
             let mut done = Vec::new();
-            while let Some(r) = set.join_next().await {
-                let part = r.map_err(|e| StoreError::Transient {
-                    op: "upload part",
-                    key: key.into(),
-                    message: format!("task: {e}"),
-                })?;
-                if part.is_err() {
-                    sent.puts.failed += 1;
+            while let Some(joined) = set.join_next().await {
+                let part = joined.unwrap_or_else(|e| {
+                    Err(StoreError::Transient {
+                        op: "upload part",
+                        key: key.into(),
+                        message: format!("task: {e}"),
+                    })
+                });
+                let len = part.as_ref().map_or(0, |(_, len)| *len);
+                sent.puts.add(&part, len);
+                match part {
+                    Ok((part, _)) => done.push(part),
+                    Err(e) => {
+                        // The parts still running are cut off (the set aborts them as it
+                        // goes), perhaps after the server had them: each counts as sent.
+                        sent.puts.requests += set.len() as u64;
+                        return Err(e);
+                    }
                 }
-                done.push(part?);
             }
             done.sort_by_key(|p| p.part_number());
             Ok::<_, StoreError>(done)
@@ -272,18 +277,13 @@ impl S3Store {
                     .await;
                 match completed {
                     Ok(out) => {
-                        sent.puts.bytes += body.len() as u64;
                         sent.puts.requests += 1;
                         Ok(out.e_tag().unwrap_or_default().to_string())
                     }
                     // Answered, unreadably: the check reads the object back.
                     Err(e) if e.status().is_some_and(|s| (200..300).contains(&s)) => {
                         sent.puts.requests += 1;
-                        let checked = self.settle_unreadable_complete(key, &body, e, sent).await;
-                        if checked.is_ok() {
-                            sent.puts.bytes += body.len() as u64;
-                        }
-                        checked
+                        self.settle_unreadable_complete(key, &body, e, sent).await
                     }
                     Err(e) => {
                         let failed: StoreResult<String> =

@@ -42,6 +42,8 @@ pub struct Faults {
     pub lose_manifest_answers: AtomicU64,
     /// Parts uploaded by multipart uploads.
     pub parts: AtomicU64,
+    /// The next N CompleteMultipartUpload requests answer 503 (their parts stay uploaded).
+    pub fail_completes: AtomicU64,
     /// Every PUT and multipart upload start: where it went and the region header it carried.
     pub put_log: std::sync::Mutex<Vec<PutSeen>>,
     /// The key of every GET, in the order they came (before any latency or fault).
@@ -258,6 +260,13 @@ impl S3 for Faulty {
         let _trip = self.faults.trips.begin();
         self.faults.puts.fetch_add(1, Ordering::SeqCst);
         self.gate().await?;
+        let fail = &self.faults.fail_completes;
+        if fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(s3_error!(ServiceUnavailable, "injected: complete failed"));
+        }
         self.inner.complete_multipart_upload(req).await
     }
     async fn abort_multipart_upload(
