@@ -3,22 +3,24 @@
 //! until unmount, which takes the final checkpoint.
 //!
 //! Layout: this file attaches a writer and stops it; `reader.rs` attaches a read-only
-//! mount or a replica; `prefetch.rs` is a restore's background prefetch; `hot.rs` the hot set
-//! a clean stop records and the prewarm that reads it; `probe.rs` what status reads.
+//! mount or a replica; `writer.rs` runs a writer's checkpointer and GC and takes its final
+//! checkpoint; `prefetch.rs` is a restore's background prefetch; `hot.rs` the hot set a clean
+//! stop records and the prewarm that reads it; `probe.rs` what status reads.
 
 mod hot;
 mod prefetch;
 mod probe;
 mod reader;
+mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, info_span, warn};
+use tracing::{info, warn};
 
 use crate::checkpoint::{
     open_checked_bucket, restore_of, BucketFetcher, CheckpointError, CheckpointSettings,
@@ -33,6 +35,7 @@ pub use hot::{HotSet, PrewarmProgress, HOT_SET_KEY};
 use prefetch::Prefetch;
 pub use probe::Probe;
 use reader::{attach_reader, reader_at};
+use writer::Writing;
 
 /// Where the bucket is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,18 +281,6 @@ pub struct Attached {
     _runtime: tokio::runtime::Runtime,
 }
 
-/// The writer's half: the checkpointer thread, and what a clean stop records.
-struct Writing {
-    checkpointer: Arc<Checkpointer>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    /// GC passes (ended, a pass under way cut short, before the final checkpoint).
-    gc_thread: Option<JoinHandle<()>>,
-    fs: Arc<Fs>,
-    store: Arc<dyn ObjectStore>,
-    rt: tokio::runtime::Handle,
-}
-
 /// What a read-only mount writes in the cache dir's bucket record instead of a writer id.
 const READ_ONLY_WRITER: &str = "read-only";
 
@@ -525,14 +516,12 @@ pub fn attach(
     checkpointer.set_record_url(url.clone());
     info!(bucket = %url, writer, epoch, restored = restoring, "bucket attached");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (cp, halt) = (checkpointer.clone(), stop.clone());
-    let thread = spawn_in("checkpointer", info_span!("checkpointer"), move || {
-        cp.run(&halt)
-    })?;
-    // GC beside the checkpoints, not between them (the thread ends at once when GC is off).
-    let (cp, halt) = (checkpointer.clone(), stop.clone());
-    let gc_thread = spawn_in("gc", info_span!("gc"), move || cp.run_gc(&halt))?;
+    let writing = Writing::start(
+        checkpointer.clone(),
+        fs.clone(),
+        store.clone(),
+        runtime.handle().clone(),
+    )?;
     let progress = Arc::new(PrewarmProgress::default());
     let prefetch = restoring
         .then(|| Prefetch::start(fs, store.clone(), runtime.handle(), progress.clone()))
@@ -549,15 +538,7 @@ pub fn attach(
     Ok(Attached {
         found,
         _following: None,
-        writer: Some(Writing {
-            checkpointer,
-            stop,
-            thread: Some(thread),
-            gc_thread: Some(gc_thread),
-            fs: fs.clone(),
-            store,
-            rt: runtime.handle().clone(),
-        }),
+        writer: Some(writing),
         probe,
         prefetch,
         _runtime: runtime,
@@ -668,126 +649,6 @@ impl Attached {
             "object store totals for this mount"
         );
         result
-    }
-}
-
-/// Starts `run` on a thread named `name`, inside `span`.
-fn spawn_in(
-    name: &str,
-    span: tracing::Span,
-    run: impl FnOnce() + Send + 'static,
-) -> anyhow::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || span.in_scope(run))
-        .with_context(|| format!("start the {name} thread"))
-}
-
-impl Writing {
-    /// Stops the periodic checkpoints and takes the final one, marked as a clean stop.
-    fn finish(mut self) -> anyhow::Result<()> {
-        let started = std::time::Instant::now();
-        info!(
-            dirty_bytes = self.fs.unsafe_pages() * crate::fs::PAGE_SIZE,
-            "final checkpoint: uploading what the bucket does not have yet"
-        );
-        let (fs, cp) = (self.fs.clone(), self.checkpointer.clone());
-        let (done, finished) = std::sync::mpsc::channel::<()>();
-        std::thread::scope(|s| {
-            s.spawn(move || report_final_progress(&fs, &cp, started, &finished));
-            let r = self.finish_inner();
-            drop(done);
-            r
-        })
-    }
-
-    fn finish_inner(&mut self) -> anyhow::Result<()> {
-        self.stop.store(true, Ordering::Release);
-        // A checkpoint in flight finishes first, and counts in the progress reports.
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if let Some(t) = self.gc_thread.take() {
-            let _ = t.join();
-        }
-        let started = std::time::Instant::now();
-        match self.checkpointer.checkpoint(true) {
-            Ok(o) => {
-                info!(
-                    epoch = o.map(|o| o.epoch),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "final checkpoint committed"
-                );
-                let t = self.checkpointer.totals();
-                info!(
-                    checkpoints = t.checkpoints,
-                    segments = t.segments,
-                    segment_bytes = t.segment_bytes,
-                    manifest_bytes = t.manifest_bytes,
-                    "checkpoint totals for this mount"
-                );
-                self.record_hot_set();
-                Ok(())
-            }
-            Err(e @ CheckpointError::CacheFailed { .. }) => {
-                error!(error = %e, "no final checkpoint");
-                Err(e).context("final checkpoint")
-            }
-            Err(e) => {
-                error!(error = %e, "final checkpoint failed: the bucket lacks the last changes (the cache dir has them)");
-                Err(e).context("final checkpoint")
-            }
-        }
-    }
-}
-
-/// Logs every few seconds how much the final checkpoint has left to upload, until `finished`
-/// disconnects. On Fly the stop has at most `kill_timeout`: whoever reads the log should see
-/// whether it will make it.
-fn report_final_progress(
-    fs: &Fs,
-    cp: &Checkpointer,
-    started: std::time::Instant,
-    finished: &std::sync::mpsc::Receiver<()>,
-) {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(EVERY) {
-        let p = cp.upload_progress();
-        info!(
-            bytes_left = fs.unsafe_pages() * crate::fs::PAGE_SIZE,
-            segment_bytes_sent = p.sent,
-            segment_bytes_to_send = p.total.saturating_sub(p.sent),
-            elapsed_s = started.elapsed().as_secs(),
-            "final checkpoint: in progress"
-        );
-    }
-}
-
-impl Writing {
-    /// Records the hot set in the bucket for the next cold start's prefetch and prewarm.
-    /// Best effort: a failure costs the next cold start its prewarm, nothing else.
-    fn record_hot_set(&self) {
-        let epoch = self.checkpointer.view().read().epoch;
-        let hot = HotSet::of(&self.fs, epoch, self.checkpointer.writer());
-        let body =
-            crate::cache::seal(&serde_json::to_string(&hot).expect("a plain struct serializes"));
-        let len = body.len();
-        match self.rt.block_on(self.store.put(
-            HOT_SET_KEY,
-            bytes::Bytes::from(body),
-            crate::store::PutMode::Overwrite,
-        )) {
-            Ok(_) => info!(
-                chunks = hot.chunks(),
-                files = hot.files.len(),
-                first_reads = hot.first_reads.len(),
-                bytes = len,
-                "hot set recorded for the next cold start's prewarm"
-            ),
-            Err(e) => {
-                warn!(error = %e, "could not record the hot set; the next cold start has no prewarm")
-            }
-        }
     }
 }
 
