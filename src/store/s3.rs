@@ -249,8 +249,8 @@ impl S3Store {
                 match part {
                     Ok((part, _)) => done.push(part),
                     Err(e) => {
-                        // The parts still running are cut off (the set aborts them as it
-                        // goes), perhaps after the server had them: each counts as sent.
+                        // The parts still running are cut off (dropping the set aborts
+                        // them), perhaps after the server had them: each counts as sent.
                         sent.puts.requests += set.len() as u64;
                         return Err(e);
                     }
