@@ -235,26 +235,37 @@ impl S3Store {
                     Ok::<_, StoreError>((part, len))
                 });
             }
-            let mut done = Vec::new();
+            let (mut done, mut failure) = (Vec::new(), None);
             while let Some(joined) = set.join_next().await {
-                let part = joined.unwrap_or_else(|e| {
-                    Err(StoreError::Transient {
+                let part = match joined {
+                    Ok(part) => part,
+                    // Cut off below, perhaps after the server had it: sent, not failed.
+                    Err(e) if e.is_cancelled() => {
+                        sent.puts.requests += 1;
+                        continue;
+                    }
+                    Err(e) => Err(StoreError::Transient {
                         op: "upload part",
                         key: key.into(),
                         message: format!("task: {e}"),
-                    })
-                });
+                    }),
+                };
                 let len = part.as_ref().map_or(0, |(_, len)| *len);
                 sent.puts.add(&part, len);
                 match part {
                     Ok((part, _)) => done.push(part),
                     Err(e) => {
-                        // The parts still running are cut off (dropping the set aborts
-                        // them), perhaps after the server had them: each counts as sent.
-                        sent.puts.requests += set.len() as u64;
-                        return Err(e);
+                        // The upload has failed: the parts still running are cut off, and
+                        // those already answered are still counted as they were answered.
+                        set.abort_all();
+                        if failure.is_none() {
+                            failure = Some(e);
+                        }
                     }
                 }
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
             done.sort_by_key(|p| p.part_number());
             Ok::<_, StoreError>(done)
@@ -282,8 +293,11 @@ impl S3Store {
                     }
                     // Answered, unreadably: the check reads the object back.
                     Err(e) if e.status().is_some_and(|s| (200..300).contains(&s)) => {
-                        sent.puts.requests += 1;
-                        self.settle_unreadable_complete(key, &body, e, sent).await
+                        let checked = self.settle_unreadable_complete(key, &body, e, sent).await;
+                        // Failed if the check found the upload not done (S3's 200
+                        // InternalError, or no object with our bytes).
+                        sent.puts.add(&checked, 0);
+                        checked
                     }
                     Err(e) => {
                         let failed: StoreResult<String> =
