@@ -8,11 +8,13 @@
 //! open, written through to RocksDB on every change), directory entries in RocksDB only, and
 //! file bytes in one sparse cache file per inode.
 //!
-//! Locking, outermost first: `gate` (shared by every change, exclusive for a checkpoint's
-//! cut), then `namespace` (one mutating namespace operation at a time), then
-//! the `inodes` map, then inode `io` locks, then inode `state` locks. Data operations take a
-//! single inode's locks and never wait for a second inode while holding one, so a namespace
-//! operation may lock several inodes in any order.
+//! Locking, outermost first: `gate` (shared by every change, exclusive for a checkpoint's cut),
+//! then `namespace` (one mutating namespace operation at a time), then inode `io` locks, then
+//! inode `state` locks, then the `inodes` map (creating a file inserts under its directory's
+//! state lock, deleting one removes under its own, `touch_locked` reads it under one). Nothing
+//! locks an inode while holding the map: code that walks it works on a copy (`inode_snapshot`).
+//! Data operations take a single inode's locks and never wait for a second inode while holding
+//! one, so a namespace operation may lock several inodes in any order.
 
 pub mod attr;
 mod bound;
