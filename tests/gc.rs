@@ -1068,12 +1068,14 @@ fn a_fetch_that_finds_its_segment_collected_reads_the_moved_view_again() {
         files.push(ino);
     }
     let before = e.cp.view().read().clone();
-    // A first pass finds the window; the second compacts what is older (and finds the
-    // sources unneeded); the third, past the grace, deletes them.
+    // A first pass finds the window; the second compacts what is older; the third finds the
+    // sources unneeded (the second planned from its LIST, made before it compacted); the
+    // fourth, past the grace, deletes them.
     let t = now_ms();
     e.cp.gc_pass(t).unwrap();
     e.cp.gc_pass(t + HOUR_MS).unwrap();
-    let r = e.cp.gc_pass(t + 2 * HOUR_MS).unwrap();
+    e.cp.gc_pass(t + HOUR_MS + 1).unwrap();
+    let r = e.cp.gc_pass(t + 2 * HOUR_MS + 1).unwrap();
     assert!(r.deleted >= 4, "{r:?}");
     let after = e.cp.view().read().clone();
 
@@ -1279,8 +1281,11 @@ fn a_manifest_whose_runs_are_still_used_outlives_its_checkpoint_until_compaction
         dirs.bucket().join("segments").exists(),
         "compaction wrote no segment"
     );
+    // (The compacting pass planned from its LIST, made before it compacted.)
+    e.cp.gc_pass(t1 + 2)
+        .expect("a pass that finds the carrier unneeded");
     let last =
-        e.cp.gc_pass(t1 + HOUR_MS + 1)
+        e.cp.gc_pass(t1 + HOUR_MS + 2)
             .expect("a pass past the grace");
     assert_eq!(last.pinned, 0, "{last:?}");
     assert!(
@@ -1292,4 +1297,66 @@ fn a_manifest_whose_runs_are_still_used_outlives_its_checkpoint_until_compaction
     e.crash();
     assert_same("cold restored", &restored(&dirs, 1, "cold"), &cold_bytes);
     assert_same("hot restored", &restored(&dirs, 2, "hot"), &hot_bytes);
+}
+
+/// A pass lists the bucket once, whether or not it compacts: compaction chooses its sources
+/// from the LIST that retention and deletion then plan from. Under `--durability remote` the
+/// window holds a manifest per group commit, millions a day, and every 1,000 keys are a LIST
+/// request: a second LIST per pass doubled a pass's requests and their time.
+#[test]
+fn a_pass_lists_the_bucket_once_whether_or_not_it_compacts() {
+    const KEEP: u32 = 4;
+    let dirs = Dirs::new();
+    // Small raw segments, each file's in its own checkpoint: compaction has sources once
+    // they leave the retained checkpoints.
+    let options = Options {
+        tune: Some(Box::new(|s| {
+            s.inline_bytes = 0;
+            s.zstd_level = None;
+            s.segment_bytes = 4 * PAGE_SIZE;
+        })),
+        ..gc(KEEP, true)
+    };
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
+    let mut want = std::collections::BTreeMap::new();
+    for n in 0..6u8 {
+        let ino = e.create(&format!("f{n}"));
+        e.write(ino, 0, &pattern(n * 10, 3));
+        e.checkpoint();
+        want.insert(format!("f{n}"), pattern(n * 10, 3));
+    }
+    let pad = e.create("pad");
+    for n in 0..KEEP {
+        e.write(pad, 0, &pattern(200 + n as u8, 1));
+        e.checkpoint();
+    }
+    want.insert("pad".into(), pattern(200 + KEEP as u8 - 1, 1));
+    let t = now_ms();
+    let mut compacted = 0;
+    for (pass, now) in [t, t + HOUR_MS, t + 2 * HOUR_MS].into_iter().enumerate() {
+        let objects = keys(&dirs.bucket())
+            .iter()
+            .filter(|k| !k.starts_with("gc/"))
+            .count() as u64;
+        let (listed, epoch) = (e.plan.counts().listed, e.cp.view().read().epoch);
+        let report = e.cp.gc_pass(now).expect("a pass");
+        let listed = e.plan.counts().listed - listed;
+        if e.cp.view().read().epoch > epoch {
+            compacted += 1;
+        }
+        assert_eq!(
+            listed, objects,
+            "pass {pass}: keys listed, with {objects} manifests and segments in the bucket"
+        );
+        assert_eq!(report.manifests + report.segments, objects, "pass {pass}");
+    }
+    assert!(compacted > 0, "no pass compacted");
+    // What the passes compacted and deleted leaves every file as written.
+    for (name, bytes) in &want {
+        assert_same(name, &e.in_bucket(e.ino(name)).unwrap(), bytes);
+    }
+    e.crash();
+    for (name, bytes) in &want {
+        assert_same(name, &restored(&dirs, 1, name), bytes);
+    }
 }

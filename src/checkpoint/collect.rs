@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tracing::{error, info, warn};
 
-use super::layout::{manifest_key, segment_cut, MANIFESTS};
+use super::layout::{manifest_key, segment_cut};
 use super::upload::put_segment;
 use super::{now_ms, CheckpointError, Checkpointer};
 use crate::fs::PAGE_SIZE;
+use crate::gc::Listing;
 use crate::manifest::Manifest;
 use crate::store::placement::{Class, WAL_SEGMENT_SUFFIX};
 use crate::store::StoreError;
@@ -29,12 +30,13 @@ impl Checkpointer {
     /// `gc_pass`, ended early (nothing deleted from then on) once `stop` is set.
     ///
     /// Checkpoints go on meanwhile: only compaction, which commits a manifest of its own,
-    /// takes the checkpoint lock, and only to commit. It runs before the pass's LIST, on the
-    /// pass's thread, so no pass lists its uploads while they wait for their commit (its
-    /// segments are not `in_flight`: they carry no cut). Retention and deletion plan from
-    /// what the pass lists: a manifest committed after its LIST is newer
-    /// than every one it keeps, and its checkpoint's uploads are `in_flight` (docs/gc.md,
-    /// "Beside the checkpoints"). The manifests this writer commits reach the catalog
+    /// takes the checkpoint lock, and only to commit. The pass lists the bucket once, and
+    /// compaction chooses from that listing and runs after it, on the pass's thread, so no
+    /// pass lists its uploads while they wait for their commit (its segments are not
+    /// `in_flight`: they carry no cut). Retention and deletion plan from what the pass lists:
+    /// a manifest committed after its LIST (a compaction's among them) is newer than every
+    /// one it keeps, and its checkpoint's uploads are `in_flight` (docs/gc.md, "Beside the
+    /// checkpoints"). The manifests this writer commits reach the catalog
     /// through its inbox. Before, a pass held every commit: at 20 ms a request that is
     /// seconds, and a LIST per 1,000 manifests of the window.
     fn gc_pass_until(
@@ -64,8 +66,14 @@ impl Checkpointer {
             self.holds_prefix()
         };
         holds()?;
+        // Read before the LIST: a cut after the last settled one may commit at any time.
+        let settled = self.cut_settled.load(Ordering::Acquire);
+        let in_flight = |key: &str| segment_cut(key, &self.writer).is_some_and(|cut| cut > settled);
+        // One LIST for the pass: compaction chooses from it, then retention and deletion
+        // plan from it, for which the compaction's commit is one more after the LIST.
+        let listed = self.rt.block_on(Listing::read(&*self.store))?;
         if let Some(c) = &gc.compact {
-            match self.compact(c) {
+            match self.compact(c, &listed) {
                 Ok(_) => {}
                 Err(e @ (CheckpointError::Fenced { .. } | CheckpointError::CacheFailed { .. })) => {
                     return Err(e)
@@ -75,10 +83,7 @@ impl Checkpointer {
                 Err(e) => warn!(error = %e, "compaction failed; this pass goes on without it"),
             }
         }
-        // Read before the LIST: a cut after the last settled one may commit at any time.
-        let settled = self.cut_settled.load(Ordering::Acquire);
-        let in_flight = |key: &str| segment_cut(key, &self.writer).is_some_and(|cut| cut > settled);
-        let report = collector.pass(
+        let report = collector.pass_listed(
             &self.store,
             &self.rt,
             &gc.retention,
@@ -87,6 +92,7 @@ impl Checkpointer {
                 holds: &holds,
                 in_flight: &in_flight,
             },
+            listed,
         )?;
         crate::metrics::global().gc_pass(&report);
         *self.last_gc.lock() = Some(report.clone());
@@ -145,15 +151,16 @@ impl Checkpointer {
     fn compact(
         &self,
         c: &crate::gc::compact::CompactSettings,
+        listed: &Listing,
     ) -> Result<Option<u64>, CheckpointError> {
         let started = Instant::now();
-        // Manifests too: one that carries runs is a small segment to compaction. A LIST per
-        // 1,000 objects of the bucket.
-        let sizes: std::collections::BTreeMap<String, u64> = self.rt.block_on(async {
-            let mut all = self.store.list("segments/").await?;
-            all.extend(self.store.list(MANIFESTS).await?);
-            Ok::<_, StoreError>(all.into_iter().map(|o| (o.key, o.size)).collect())
-        })?;
+        // Manifests too: one that carries runs is a small segment to compaction.
+        let sizes: std::collections::BTreeMap<&str, u64> = listed
+            .segments
+            .iter()
+            .chain(&listed.manifests)
+            .map(|o| (o.key.as_str(), o.size))
+            .collect();
         // A moment of the view (commits change it under its write lock), copied only when
         // there is something to compact.
         let floor = self.compaction_floor();
@@ -201,7 +208,7 @@ impl Checkpointer {
                     Class::Manifest => class == Class::Data,
                     c => c == class,
                 })
-                .map(|k| (k.clone(), sizes[k]))
+                .map(|k| (k.clone(), sizes[k.as_str()]))
                 .collect();
             if of_class.is_empty() {
                 continue;
@@ -237,7 +244,7 @@ impl Checkpointer {
             count += done.segments;
             written += done.bytes;
         }
-        let read: u64 = sources.iter().map(|k| sizes[k]).sum();
+        let read: u64 = sources.iter().map(|k| sizes[k.as_str()]).sum();
         crate::failpoint::hit("compact-after-upload");
 
         let one = self.running.lock();

@@ -80,7 +80,7 @@ pub fn live_bytes(view: &View) -> HashMap<String, u64> {
 /// BENCHMARKS.md.)
 pub fn choose(
     view: &View,
-    sizes: &BTreeMap<String, u64>,
+    sizes: &BTreeMap<&str, u64>,
     before_epoch: u64,
     s: &CompactSettings,
 ) -> Vec<String> {
@@ -88,16 +88,16 @@ pub fn choose(
     let mut sparse = Vec::new();
     let mut small = Vec::new();
     for (key, &size) in sizes {
-        let Some(&used) = live.get(key) else {
+        let Some(&used) = live.get(*key) else {
             continue; // unused by the latest image: GC's, not compaction's
         };
         if super::run_holder_epoch(key).is_none_or(|e| e >= before_epoch) {
             continue; // inside the retention window
         }
         if (used as f64) < s.min_live * size as f64 && size.saturating_sub(used) >= s.min_dead {
-            sparse.push((key.clone(), size));
+            sparse.push((key.to_string(), size));
         } else if size < s.small_bytes {
-            small.push((key.clone(), size));
+            small.push((key.to_string(), size));
         }
     }
     if small.len() < s.min_small {

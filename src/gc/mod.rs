@@ -48,7 +48,8 @@ use tracing::{info, warn};
 use crate::checkpoint::{epoch_of_key, manifest_key, CheckpointError, CHAIN_WINDOW};
 use crate::manifest::view::View;
 use crate::manifest::Manifest;
-use crate::store::{ObjectStore, PutMode, StoreError};
+use crate::store::placement::{MANIFESTS, SEGMENTS};
+use crate::store::{ObjectMeta, ObjectStore, PutMode, StoreError};
 
 /// Deletes sent at once; the prefix is checked again between batches.
 const DELETE_BATCH: usize = 100;
@@ -91,6 +92,29 @@ pub enum Mode<'a> {
     },
 }
 
+/// What a pass lists (step 1): every manifest and every segment, a LIST request per 1,000
+/// keys. A writer's pass lists once, before its compaction, which chooses from the same
+/// listing; a compaction's commit and uploads then come after the LIST, as a checkpoint's
+/// beside the pass may.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub manifests: Vec<ObjectMeta>,
+    pub segments: Vec<ObjectMeta>,
+}
+
+impl Listing {
+    /// Manifests first: a checkpoint that commits between the two LISTs has its segments
+    /// listed and not its manifest, and those are its uploads, which `in_flight` keeps.
+    pub async fn read(store: &dyn ObjectStore) -> Result<Listing, StoreError> {
+        let manifests = store.list(MANIFESTS).await?;
+        let segments = store.list(SEGMENTS).await?;
+        Ok(Listing {
+            manifests,
+            segments,
+        })
+    }
+}
+
 /// The manifests a writer committed since the last pass took them in: the next pass need not
 /// read them back. Commits post here, not into the catalog, because a pass holds the catalog
 /// for as long as it runs and commits go on beside it.
@@ -130,6 +154,7 @@ impl Collector {
         }
     }
 
+    /// A pass that lists the bucket itself.
     pub fn pass(
         &mut self,
         store: &Arc<dyn ObjectStore>,
@@ -138,12 +163,28 @@ impl Collector {
         now_ms: u64,
         mode: Mode<'_>,
     ) -> Result<Report, CheckpointError> {
+        let listed = rt.block_on(Listing::read(&**store))?;
+        self.pass_listed(store, rt, retention, now_ms, mode, listed)
+    }
+
+    /// A pass over what `listed` holds: a manifest committed after its LIST is newer than
+    /// every one the pass keeps, and uploads not listed are left alone.
+    pub fn pass_listed(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        rt: &tokio::runtime::Handle,
+        retention: &Retention,
+        now_ms: u64,
+        mode: Mode<'_>,
+        listed: Listing,
+    ) -> Result<Report, CheckpointError> {
         let dry_run = matches!(mode, Mode::DryRun);
         let in_flight = match &mode {
             Mode::Delete { in_flight, .. } => *in_flight,
             Mode::DryRun => &|_: &str| false,
         };
-        let mut plan = rt.block_on(self.plan(store, retention, now_ms, dry_run, in_flight))?;
+        let mut plan =
+            rt.block_on(self.plan(store, listed, retention, now_ms, dry_run, in_flight))?;
         if plan.report.dry_run && !dry_run {
             // No checkpoint to plan from: nothing to delete, and the state stays as it is.
             return Ok(plan.report);
@@ -163,14 +204,17 @@ impl Collector {
     async fn plan(
         &mut self,
         store: &Arc<dyn ObjectStore>,
+        listed: Listing,
         retention: &Retention,
         now_ms: u64,
         dry_run: bool,
         in_flight: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Plan, CheckpointError> {
         let boundary = read_boundary(&**store).await?;
-        let manifests = store.list("manifests/").await?;
-        let segments = store.list("segments/").await?;
+        let Listing {
+            manifests,
+            segments,
+        } = listed;
         let old = read_state(&**store).await?.unwrap_or_default();
         let epochs: BTreeMap<u64, u64> = manifests
             .iter()

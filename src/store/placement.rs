@@ -18,7 +18,8 @@ use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, Sent, StoreResult};
 
 /// What a WAL segment's key ends with (a data segment's ends with plain `.seg`).
 pub const WAL_SEGMENT_SUFFIX: &str = ".wal.seg";
-const SEGMENTS: &str = "segments/";
+/// Where the segments are.
+pub const SEGMENTS: &str = "segments/";
 /// Where the manifests are (the rest of the layout: checkpoint/layout.rs). Here, with the
 /// segments' prefix, so that what sorts keys (placement, the metrics' labels, the fault
 /// injection) needs nothing from the checkpoint module.
