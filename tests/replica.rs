@@ -264,14 +264,15 @@ fn stop_and_assert_no_writes(mut replica: Node) {
     );
     replica.run.stop();
     let log = replica.run.log_text();
-    let totals = log
-        .lines()
-        .filter(|l| l.contains("object store totals for this mount"))
-        .collect::<Vec<_>>();
+    let totals = common::logged_totals(&log);
     assert!(!totals.is_empty(), "no totals in the log:\n{log}");
     for t in totals {
-        assert!(
-            t.contains("puts=0 ") && t.contains("deletes=0 "),
+        assert_eq!(
+            (
+                common::totals_field(t, "puts"),
+                common::totals_field(t, "deletes")
+            ),
+            (0, 0),
             "a replica wrote to the bucket: {t}"
         );
     }

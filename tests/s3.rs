@@ -276,7 +276,7 @@ fn a_mounts_totals_count_every_request_the_server_answered() {
         assert!(m.stop().success());
         let after = counts();
         let totals = logged_totals(&log);
-        let field = |name: &str| totals_field(&totals, name);
+        let field = |name: &str| common::totals_field(&totals, name);
         let served: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
         assert_eq!(
             vec![
@@ -296,20 +296,10 @@ fn a_mounts_totals_count_every_request_the_server_answered() {
 /// The line of object store totals a mount logged at its stop.
 fn logged_totals(log: &Path) -> String {
     let text = fs::read_to_string(log).expect("the mount's log");
-    text.lines()
-        .find(|l| l.contains("object store totals for this mount"))
-        .unwrap_or_else(|| panic!("no totals in the log:\n{text}"))
-        .to_string()
-}
-
-/// Field `name` of that line.
-fn totals_field(totals: &str, name: &str) -> u64 {
-    let at = totals.find(&format!(" {name}=")).expect("the field") + name.len() + 2;
-    let digits: String = totals[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().expect("a number")
+    match common::logged_totals(&text)[..] {
+        [line] => line.to_string(),
+        ref lines => panic!("{} lines of totals in the log:\n{text}", lines.len()),
+    }
 }
 
 /// A segment over 16 MiB goes up as a multipart upload (a create, its parts and a complete),
@@ -377,7 +367,7 @@ fn a_mounts_totals_count_each_request_of_a_multipart_upload_in_every_bucket() {
         keys("pgdata2")
     );
     let totals = logged_totals(&log);
-    let field = |name: &str| totals_field(&totals, name);
+    let field = |name: &str| common::totals_field(&totals, name);
     let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
     assert_eq!(
         [

@@ -15,6 +15,28 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bucketfs");
 
+/// The lines of object store totals in a log: one per process that logged them (a mount at
+/// its stop; `bucketfs run` at each start of its mount).
+pub fn logged_totals(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("object store totals for this mount"))
+        .collect()
+}
+
+/// Field `name` of a line of totals.
+pub fn totals_field(totals: &str, name: &str) -> u64 {
+    let at = totals
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name} in: {totals}"))
+        + name.len()
+        + 2;
+    let digits: String = totals[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("a number")
+}
+
 /// `PROPTEST_CASES` if set (`make test-long` sets it), else `default`: the case count of the
 /// model tests.
 pub fn proptest_cases(default: u32) -> u32 {
