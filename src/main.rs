@@ -272,10 +272,12 @@ fn mount_settings(args: &MountArgs, bucket: Option<String>) -> anyhow::Result<Mo
                     heartbeat: args.takeover_after.map(|a| a / 4),
                     ..CheckpointSettings::default()
                 };
-                checkpoint.gc = args.gc_interval.0.map(|interval| GcSettings {
-                    retention: args.retention.retention(),
-                    interval,
-                    compact: (!args.no_compaction).then(CompactSettings::default),
+                checkpoint.gc = args.gc_interval.0.map(|interval| {
+                    GcSettings::every(
+                        interval,
+                        args.retention.retention(),
+                        (!args.no_compaction).then(CompactSettings::default),
+                    )
                 });
                 if !args.local_only.is_empty() {
                     checkpoint.local_only = args.local_only.clone();

@@ -495,19 +495,19 @@ impl Sut {
         let fresh = !dirs.cache(cache).exists();
         let options = Options {
             local_only,
-            gc: Some(GcSettings {
-                retention: Retention {
+            gc: Some(GcSettings::every(
+                GC_GRACE,
+                Retention {
                     window: Duration::ZERO,
                     min_checkpoints: 1,
                     grace: GC_GRACE,
                 },
-                interval: GC_GRACE,
                 // Every segment here is small: merge them whenever there are two.
-                compact: Some(CompactSettings {
+                Some(CompactSettings {
                     min_small: 2,
                     ..CompactSettings::default()
                 }),
-            }),
+            )),
             ..Options::default()
         };
         let engine = Engine::open(&dirs.cache(cache), &dirs.bucket(), options);

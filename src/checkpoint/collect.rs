@@ -18,6 +18,43 @@ use crate::manifest::Manifest;
 use crate::store::placement::{Class, WAL_SEGMENT_SUFFIX};
 use crate::store::StoreError;
 
+/// The writer's background GC (docs/gc.md).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GcSettings {
+    pub retention: crate::gc::Retention,
+    /// Time between passes (`--gc-interval`).
+    pub interval: Duration,
+    /// Time from the writer's start to its first pass (`GcSettings::every`: a minute, or the
+    /// interval if shorter).
+    pub first_after: Duration,
+    /// Rewrite mostly-dead and small segments before each pass; None: never.
+    pub compact: Option<crate::gc::compact::CompactSettings>,
+}
+
+/// The longest a writer waits after its start before its first GC pass. A Fly Machine that
+/// stops when idle is stopped a few minutes after its last connection closes: had the first
+/// pass waited out a whole `--gc-interval` (10 minutes by default), a database woken for
+/// short spells would never collect, and its bucket would grow without bound. A minute leaves
+/// a start (a restore, its prefetch, Postgres's recovery) the machine to itself.
+pub const FIRST_GC_PASS_AFTER: Duration = Duration::from_secs(60);
+
+impl GcSettings {
+    /// Passes every `interval`, the first `FIRST_GC_PASS_AFTER` after the start (or
+    /// `interval`, if shorter).
+    pub fn every(
+        interval: Duration,
+        retention: crate::gc::Retention,
+        compact: Option<crate::gc::compact::CompactSettings>,
+    ) -> GcSettings {
+        GcSettings {
+            retention,
+            interval,
+            first_after: interval.min(FIRST_GC_PASS_AFTER),
+            compact,
+        }
+    }
+}
+
 impl Checkpointer {
     /// One GC pass (docs/gc.md): compaction first if the settings ask for it (a manifest that
     /// points at the rewritten pages), then retention and deletion. Deletes only while this
@@ -73,7 +110,7 @@ impl Checkpointer {
         // plan from it, for which the compaction's commit is one more after the LIST.
         let listed = self.rt.block_on(Listing::read(&*self.store))?;
         if let Some(c) = &gc.compact {
-            match self.compact(c, &listed) {
+            match self.compact(c, &gc.retention, &listed) {
                 Ok(_) => {}
                 Err(e @ (CheckpointError::Fenced { .. } | CheckpointError::CacheFailed { .. })) => {
                     return Err(e)
@@ -151,6 +188,7 @@ impl Checkpointer {
     fn compact(
         &self,
         c: &crate::gc::compact::CompactSettings,
+        retention: &crate::gc::Retention,
         listed: &Listing,
     ) -> Result<Option<u64>, CheckpointError> {
         let started = Instant::now();
@@ -163,7 +201,7 @@ impl Checkpointer {
             .collect();
         // A moment of the view (commits change it under its write lock), copied only when
         // there is something to compact.
-        let floor = self.compaction_floor();
+        let floor = self.compaction_floor(retention)?;
         let (then, sources) = {
             let view = self.view.read();
             let sources = crate::gc::compact::choose(&view, &sizes, floor, c);
@@ -325,24 +363,44 @@ impl Checkpointer {
         Ok(Some(m.epoch))
     }
 
-    /// Segments older than the oldest retained checkpoint, as the last pass found it (none
-    /// before a first pass), are compaction's to choose from.
-    fn compaction_floor(&self) -> u64 {
-        self.last_gc
-            .lock()
-            .as_ref()
-            .map_or(0, |r| r.oldest_retained)
+    /// Segments older than the oldest retained checkpoint are compaction's to choose from: as
+    /// this process's last pass found it, or before its first, as the last pass of any
+    /// process recorded it in `gc/state` with the same retention (none if none did). A
+    /// Machine that stops when idle may run one pass per start: had compaction waited for a
+    /// pass of the process's own, such a database would never compact. (The floor only
+    /// keeps compaction from copying what retained checkpoints still name, which would not
+    /// free their sources; what it moves is committed only where still current, whatever
+    /// the floor.)
+    fn compaction_floor(&self, retention: &crate::gc::Retention) -> Result<u64, CheckpointError> {
+        if let Some(r) = self.last_gc.lock().as_ref() {
+            return Ok(r.oldest_retained);
+        }
+        let state = self.rt.block_on(crate::gc::read_state(&*self.store))?;
+        Ok(state
+            .filter(|s| {
+                s.window_ms == retention.window.as_millis() as u64
+                    && s.min_checkpoints == retention.min_checkpoints
+            })
+            .map_or(0, |s| s.oldest_retained))
     }
 
-    /// GC passes every `--gc-interval` until `stop` is set or this mount is fenced, on a
-    /// thread of their own beside `run` (docs/gc.md): a pass that lists a day of manifests
-    /// must not hold the commits that fsyncs wait for. Nothing when GC is off.
+    /// GC passes every `--gc-interval`, the first a minute after the start (or the interval,
+    /// if shorter: `GcSettings::first_after`), until `stop` is set or this mount is fenced,
+    /// on a thread of their own beside `run` (docs/gc.md): a pass that lists a day of
+    /// manifests must not hold the commits that fsyncs wait for. Nothing when GC is off.
     pub fn run_gc(&self, stop: &AtomicBool) {
-        let Some(interval) = self.settings.gc.as_ref().map(|g| g.interval) else {
+        let Some((interval, first_after)) = self
+            .settings
+            .gc
+            .as_ref()
+            .map(|g| (g.interval, g.first_after))
+        else {
             return;
         };
         let tick = Duration::from_millis(100);
+        // The first pass comes `first_after` after the start, the others `interval` apart.
         let mut last = Instant::now();
+        let mut wait = first_after;
         // A failed flush of the cache files ends the checkpointer (`run`), and GC with it.
         let ended = || {
             stop.load(Ordering::Acquire)
@@ -351,11 +409,12 @@ impl Checkpointer {
         };
         while !ended() {
             let waited = last.elapsed();
-            if waited < interval {
-                std::thread::sleep(tick.min(interval - waited));
+            if waited < wait {
+                std::thread::sleep(tick.min(wait - waited));
                 continue;
             }
             last = Instant::now();
+            wait = interval;
             match self.gc_pass_until(now_ms(), stop) {
                 Ok(r) => tracing::debug!(?r, "GC pass"),
                 Err(e @ CheckpointError::Fenced { .. }) => {
@@ -368,5 +427,24 @@ impl Checkpointer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The first pass of a writer with the default `--gc-interval` (10 minutes) comes a minute
+    // after its start; with a shorter interval, at the interval.
+    #[test]
+    fn the_first_pass_comes_a_minute_after_the_start_or_at_a_shorter_interval() {
+        let every = |secs| {
+            let s = GcSettings::every(Duration::from_secs(secs), Default::default(), None);
+            (s.interval.as_secs(), s.first_after.as_secs())
+        };
+        assert_eq!(every(600), (600, 60));
+        assert_eq!(every(3600), (3600, 60));
+        assert_eq!(every(20), (20, 20));
+        assert_eq!(every(60), (60, 60));
     }
 }

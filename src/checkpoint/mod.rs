@@ -43,6 +43,7 @@ use crate::manifest::view::View;
 use crate::manifest::{Extent, FormatError, Manifest};
 use crate::store::{ObjectStore, StoreError};
 
+pub use collect::{GcSettings, FIRST_GC_PASS_AFTER};
 use commit::{check_invariants, delta, is_empty_delta};
 pub use fetch::BucketFetcher;
 pub use filter::LocalOnly;
@@ -105,16 +106,6 @@ pub struct CheckpointSettings {
     pub writer_check: Option<Duration>,
     /// Retention, GC and compaction in the background of the writer; None: never.
     pub gc: Option<GcSettings>,
-}
-
-/// The writer's background GC (docs/gc.md).
-#[derive(Clone, Debug, PartialEq)]
-pub struct GcSettings {
-    pub retention: crate::gc::Retention,
-    /// Time between passes (`--gc-interval`).
-    pub interval: Duration,
-    /// Rewrite mostly-dead and small segments before each pass; None: never.
-    pub compact: Option<crate::gc::compact::CompactSettings>,
 }
 
 impl Default for CheckpointSettings {

@@ -332,7 +332,9 @@ pub struct MountArgs {
     pub retention: RetentionArgs,
 
     /// Time between the writer's GC passes (retention, compaction, deletion; docs/gc.md), or
-    /// "off". Only the writer that holds the prefix deletes.
+    /// "off". The first pass comes a minute after the start (or at the interval, if shorter),
+    /// so that a machine that stops when idle collects too. Only the writer that holds the
+    /// prefix deletes.
     #[arg(long, default_value = "10m", value_parser = parse_optional_duration, value_name = "DURATION|off", env = "BUCKETFS_GC_INTERVAL")]
     pub gc_interval: OptionalDuration,
 
