@@ -27,7 +27,8 @@ pub struct GcSettings {
     /// Time from the writer's start to its first pass (`GcSettings::every`: a minute, or the
     /// interval if shorter).
     pub first_after: Duration,
-    /// Rewrite mostly-dead and small segments before each pass; None: never.
+    /// Rewrite mostly-dead and small segments in each pass, from its listing, before
+    /// retention and deletion; None: never.
     pub compact: Option<crate::gc::compact::CompactSettings>,
 }
 

@@ -338,7 +338,7 @@ pub struct MountArgs {
     #[arg(long, default_value = "10m", value_parser = parse_optional_duration, value_name = "DURATION|off", env = "BUCKETFS_GC_INTERVAL")]
     pub gc_interval: OptionalDuration,
 
-    /// Leave segments as they are: no rewriting of mostly-dead or small segments before GC
+    /// Leave segments as they are: no rewriting of mostly-dead or small segments in GC
     /// passes (the bucket then grows with fragmentation, and restores read more objects).
     #[arg(long, env = "BUCKETFS_NO_COMPACTION")]
     pub no_compaction: bool,
