@@ -1438,3 +1438,130 @@ fn a_writers_first_pass_compacts_from_the_window_the_last_process_recorded() {
         assert_same(name, &restored(&dirs, 1, name), bytes);
     }
 }
+
+/// The window a first pass compacts from is one the last pass found with the same retention,
+/// by that pass's own reckoning: not one found with another retention, nor `gc/state`'s
+/// `oldest_retained`, which a shorter window's passes raised and a longer window does not
+/// lower. Either would have compaction copy segments that retained checkpoints still name,
+/// which frees nothing.
+#[test]
+fn a_first_pass_compacts_only_below_the_window_of_its_own_retention() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc_segments(1, true));
+    // Six small segments, a file each, and the epoch each came in.
+    let mut written = std::collections::BTreeMap::new();
+    for n in 0..6u8 {
+        let name = format!("f{n}");
+        let ino = e.create(&name);
+        e.write(ino, 0, &pattern(n * 10, 3));
+        e.checkpoint();
+        written.insert(name, e.cp.view().read().epoch);
+    }
+    let t = now_ms();
+    // A pass keeping only the newest checkpoint: the window starts at the latest.
+    let short = e.cp.gc_pass(t).unwrap();
+    assert_eq!(short.oldest_retained, e.cp.view().read().epoch);
+    e.crash();
+
+    // A process keeping the newest five: its first pass has no window of its own retention
+    // to compact from.
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc_segments(5, true));
+    let long = e.cp.gc_pass(t + 1).unwrap();
+    assert!(
+        !keys(&dirs.bucket()).iter().any(|k| compaction_output(k)),
+        "a first pass compacted from a window found with another retention"
+    );
+    assert!(long.oldest_retained < short.oldest_retained, "{long:?}");
+    e.crash();
+
+    // The next process with that retention compacts below the window the last one found,
+    // not below the one `gc/state` keeps from the shorter window.
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc_segments(5, true));
+    e.cp.gc_pass(t + 2).unwrap();
+    for (name, &epoch) in &written {
+        let moved = segments_of(&e, e.ino(name))
+            .iter()
+            .any(|k| compaction_output(k));
+        assert!(
+            !moved || epoch < long.oldest_retained,
+            "{name}, written at epoch {epoch}, compacted inside the window (from epoch {})",
+            long.oldest_retained
+        );
+    }
+}
+
+/// After the first pass, passes come `--gc-interval` apart (the first's minute is only the
+/// first's).
+#[test]
+fn after_the_first_gc_pass_the_next_come_an_interval_apart() {
+    let dirs = Dirs::new();
+    let mut options = gc(1, false);
+    let settings = options.gc.as_mut().unwrap();
+    settings.interval = Duration::from_secs(2);
+    settings.first_after = Duration::from_millis(100);
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
+    let ino = e.create("data");
+    e.write(ino, 0, &pattern(1, 1));
+    e.checkpoint();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (cp, stop) = (e.cp.clone(), stop.clone());
+        std::thread::spawn(move || cp.run_gc(&stop))
+    };
+    // When each pass began (the time it measured retention from), as its report gives it.
+    let mut began: Vec<u64> = Vec::new();
+    common::wait_for("three GC passes", WAIT, || {
+        if let Some(r) = e.cp.last_gc() {
+            if began.last() != Some(&r.pass_unix_ms) {
+                began.push(r.pass_unix_ms);
+            }
+        }
+        began.len() >= 3
+    });
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    gc.join().unwrap();
+    for pair in began.windows(2) {
+        // (Less a little for the wall clock against the monotonic one the loop waits by.)
+        assert!(pair[1] - pair[0] >= 1_900, "passes began at {began:?}");
+    }
+}
+
+/// A stop during a pass ends it before its plan, as it already ended it before each batch of
+/// deletes: the final checkpoint waits for the GC thread, and a first pass's plan reads every
+/// manifest of the window.
+#[test]
+fn a_stop_during_a_gc_pass_ends_it_before_its_plan() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc_segments(1, true));
+    for n in 0..5u8 {
+        let ino = e.create(&format!("f{n}"));
+        e.write(ino, 0, &pattern(n * 10, 3));
+        e.checkpoint();
+    }
+    e.cp.gc_pass(now_ms()).unwrap();
+    e.crash();
+    let state = dirs.bucket().join("gc/state");
+    let before = std::fs::read(&state).expect("the first process's gc/state");
+
+    // The next process's first pass compacts (from the window that state records), and is
+    // held at its first upload while the mount stops.
+    let mut options = gc_segments(1, true);
+    options.gc.as_mut().unwrap().first_after = Duration::from_millis(100);
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
+    let (at, release) = hold_put(&e, compaction_output);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (cp, stop) = (e.cp.clone(), stop.clone());
+        std::thread::spawn(move || cp.run_gc(&stop))
+    };
+    at.recv_timeout(WAIT).expect("the first pass compacts");
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    release.send(()).unwrap();
+    gc.join().unwrap();
+    assert!(e.cp.last_gc().is_none(), "{:?}", e.cp.last_gc());
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        before,
+        "the pass planned after the stop (it wrote gc/state)"
+    );
+}

@@ -35,8 +35,10 @@ pub struct GcSettings {
 /// The longest a writer waits after its start before its first GC pass. A Fly Machine that
 /// stops when idle is stopped a few minutes after its last connection closes: had the first
 /// pass waited out a whole `--gc-interval` (10 minutes by default), a database woken for
-/// short spells would never collect, and its bucket would grow without bound. A minute leaves
-/// a start (a restore, its prefetch, Postgres's recovery) the machine to itself.
+/// short spells would never collect, and its bucket would grow without bound. A minute is
+/// well past a start's own work (a restore, its prefetch of small files, Postgres's recovery:
+/// about a second at 20 ms a request, BENCHMARKS.md), which the pass's reads would otherwise
+/// share the cores and the bandwidth with; nothing waits for that work to end.
 pub const FIRST_GC_PASS_AFTER: Duration = Duration::from_secs(60);
 
 impl GcSettings {
@@ -88,11 +90,16 @@ impl Checkpointer {
             ));
         };
         let mut collector = self.collector.lock();
-        let holds = || {
-            if stop.load(Ordering::Acquire) {
-                return Err(CheckpointError::Refused(
+        let stopping = || {
+            stop.load(Ordering::Acquire).then(|| {
+                CheckpointError::Refused(
                     "the mount is stopping: GC deletes nothing more this pass".into(),
-                ));
+                )
+            })
+        };
+        let holds = || {
+            if let Some(e) = stopping() {
+                return Err(e);
             }
             if self.fs.cache_failed() {
                 return Err(CheckpointError::Refused(
@@ -110,7 +117,7 @@ impl Checkpointer {
         // One LIST for the pass: compaction chooses from it, then retention and deletion
         // plan from it, for which the compaction's commit is one more after the LIST.
         let listed = self.rt.block_on(Listing::read(&*self.store))?;
-        if let Some(c) = &gc.compact {
+        if let (Some(c), None) = (&gc.compact, stopping()) {
             match self.compact(c, &gc.retention, &listed) {
                 Ok(_) => {}
                 Err(e @ (CheckpointError::Fenced { .. } | CheckpointError::CacheFailed { .. })) => {
@@ -120,6 +127,11 @@ impl Checkpointer {
                 // that does not check out) must not stop the bucket's GC.
                 Err(e) => warn!(error = %e, "compaction failed; this pass goes on without it"),
             }
+        }
+        // A stop that came meanwhile does not wait for the plan's reads (a first pass reads
+        // every manifest of the window): the final checkpoint waits for this thread.
+        if let Some(e) = stopping() {
+            return Err(e);
         }
         let report = collector.pass_listed(
             &self.store,
@@ -366,7 +378,9 @@ impl Checkpointer {
 
     /// Segments older than the oldest retained checkpoint are compaction's to choose from: as
     /// this process's last pass found it, or before its first, as the last pass of any
-    /// process recorded it in `gc/state` with the same retention (none if none did). A
+    /// process found it with the same retention and recorded it in `gc/state` (none if none
+    /// did; not `oldest_retained` there, which earlier passes with a shorter window may have
+    /// raised above what this window retains). A
     /// Machine that stops when idle may run one pass per start: had compaction waited for a
     /// pass of the process's own, such a database would never compact. (The floor only
     /// keeps compaction from copying what retained checkpoints still name, which would not
@@ -382,7 +396,7 @@ impl Checkpointer {
                 s.window_ms == retention.window.as_millis() as u64
                     && s.min_checkpoints == retention.min_checkpoints
             })
-            .map_or(0, |s| s.oldest_retained))
+            .map_or(0, |s| s.pass_oldest))
     }
 
     /// GC passes every `--gc-interval`, the first a minute after the start (or the interval,

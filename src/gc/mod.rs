@@ -360,6 +360,7 @@ impl Collector {
             min_checkpoints: retention.min_checkpoints,
             grace_ms,
             oldest_retained: old.oldest_retained.max(plan_in.oldest),
+            pass_oldest: plan_in.oldest,
             pending: BTreeMap::new(),
             fences,
         };

@@ -39,6 +39,12 @@ pub struct State {
     /// Every checkpoint from this epoch on is restorable; older ones may have lost objects.
     /// Never lowered: what a pass with a shorter window collected cannot come back.
     pub oldest_retained: u64,
+    /// The oldest checkpoint the pass that wrote this retained by its own retention, not
+    /// raised by earlier passes as `oldest_retained` is: where compaction's floor starts in
+    /// the next process, if it has the same retention (0: not recorded, as by a bucketfs
+    /// before the thirty-ninth session).
+    #[serde(default)]
+    pub pass_oldest: u64,
     /// key → when a pass first found it unneeded (unix ms).
     pub pending: BTreeMap<String, u64>,
     /// Fences below the first needed manifest: kept for good, and known to be fences
