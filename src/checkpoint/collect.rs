@@ -90,16 +90,11 @@ impl Checkpointer {
             ));
         };
         let mut collector = self.collector.lock();
-        let stopping = || {
-            stop.load(Ordering::Acquire).then(|| {
-                CheckpointError::Refused(
-                    "the mount is stopping: GC deletes nothing more this pass".into(),
-                )
-            })
-        };
         let holds = || {
-            if let Some(e) = stopping() {
-                return Err(e);
+            if stop.load(Ordering::Acquire) {
+                return Err(CheckpointError::Refused(
+                    "the mount is stopping: GC deletes nothing more this pass".into(),
+                ));
             }
             if self.fs.cache_failed() {
                 return Err(CheckpointError::Refused(
@@ -117,7 +112,7 @@ impl Checkpointer {
         // One LIST for the pass: compaction chooses from it, then retention and deletion
         // plan from it, for which the compaction's commit is one more after the LIST.
         let listed = self.rt.block_on(Listing::read(&*self.store))?;
-        if let (Some(c), None) = (&gc.compact, stopping()) {
+        if let Some(c) = &gc.compact {
             match self.compact(c, &gc.retention, &listed) {
                 Ok(_) => {}
                 Err(e @ (CheckpointError::Fenced { .. } | CheckpointError::CacheFailed { .. })) => {
@@ -127,11 +122,6 @@ impl Checkpointer {
                 // that does not check out) must not stop the bucket's GC.
                 Err(e) => warn!(error = %e, "compaction failed; this pass goes on without it"),
             }
-        }
-        // A stop that came meanwhile does not wait for the plan's reads (a first pass reads
-        // every manifest of the window): the final checkpoint waits for this thread.
-        if let Some(e) = stopping() {
-            return Err(e);
         }
         let report = collector.pass_listed(
             &self.store,
