@@ -712,20 +712,9 @@ fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
         ..gc(KEEP, true)
     };
     let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options());
-    let mut want = BTreeMap::new();
-    for n in 0..6u8 {
-        let ino = e.create(&format!("f{n}"));
-        e.write(ino, 0, &pattern(n * 10, 3));
-        e.checkpoint();
-        want.insert(format!("f{n}"), pattern(n * 10, 3));
-    }
+    let mut want = bytes_of(a_file_per_checkpoint(&e, 6));
     // Enough checkpoints after those for their segments to leave the retained ones.
-    let pad = e.create("pad");
-    for n in 0..KEEP {
-        e.write(pad, 0, &pattern(200 + n as u8, 1));
-        e.checkpoint();
-    }
-    want.insert("pad".into(), pattern(200 + KEEP as u8 - 1, 1));
+    want.insert("pad".into(), pad_checkpoints(&e, KEEP));
     let t = now_ms();
     e.cp.gc_pass(t).unwrap();
     let read_from = e.cp.view().read().epoch;
@@ -1302,6 +1291,17 @@ fn a_manifest_whose_runs_are_still_used_outlives_its_checkpoint_until_compaction
     assert_same("hot restored", &restored(&dirs, 2, "hot"), &hot_bytes);
 }
 
+/// `n` checkpoints of a page rewritten in file `pad`, after which older ones leave the
+/// newest `n`: the file's bytes.
+fn pad_checkpoints(e: &Engine, n: u32) -> Vec<u8> {
+    let pad = e.create("pad");
+    for i in 0..n {
+        e.write(pad, 0, &pattern(200 + i as u8, 1));
+        e.checkpoint();
+    }
+    pattern(200 + n as u8 - 1, 1)
+}
+
 /// Files `f0`, `f1`, ... (`n` of them), three pages each, each written in a checkpoint of its
 /// own (with `gc_segments`, a small segment each): their bytes, and the epoch each came in.
 fn a_file_per_checkpoint(e: &Engine, n: u8) -> BTreeMap<String, (Vec<u8>, u64)> {
@@ -1358,12 +1358,7 @@ fn a_pass_lists_the_bucket_once_whether_or_not_it_compacts() {
     };
     let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
     let mut want = bytes_of(a_file_per_checkpoint(&e, 6));
-    let pad = e.create("pad");
-    for n in 0..KEEP {
-        e.write(pad, 0, &pattern(200 + n as u8, 1));
-        e.checkpoint();
-    }
-    want.insert("pad".into(), pattern(200 + KEEP as u8 - 1, 1));
+    want.insert("pad".into(), pad_checkpoints(&e, KEEP));
     let t = now_ms();
     let mut compacted = 0;
     for (pass, now) in [t, t + HOUR_MS, t + 2 * HOUR_MS].into_iter().enumerate() {
