@@ -204,7 +204,7 @@ impl Checkpointer {
             .collect();
         // A moment of the view (commits change it under its write lock), copied only when
         // there is something to compact.
-        let floor = self.compaction_floor(retention)?;
+        let floor = self.compaction_floor(retention, listed.state.as_ref());
         let (then, sources) = {
             let view = self.view.read();
             let sources = crate::gc::compact::choose(&view, &sizes, floor, c);
@@ -376,17 +376,20 @@ impl Checkpointer {
     /// keeps compaction from copying what retained checkpoints still name, which would not
     /// free their sources; what it moves is committed only where still current, whatever
     /// the floor.)
-    fn compaction_floor(&self, retention: &crate::gc::Retention) -> Result<u64, CheckpointError> {
+    fn compaction_floor(
+        &self,
+        retention: &crate::gc::Retention,
+        state: Option<&crate::gc::State>,
+    ) -> u64 {
         if let Some(r) = self.last_gc.lock().as_ref() {
-            return Ok(r.oldest_retained);
+            return r.oldest_retained;
         }
-        let state = self.rt.block_on(crate::gc::read_state(&*self.store))?;
-        Ok(state
+        state
             .filter(|s| {
                 s.window_ms == retention.window.as_millis() as u64
                     && s.min_checkpoints == retention.min_checkpoints
             })
-            .map_or(0, |s| s.pass_oldest))
+            .map_or(0, |s| s.pass_oldest)
     }
 
     /// GC passes every `--gc-interval`, the first a minute after the start (or the interval,

@@ -93,24 +93,27 @@ pub enum Mode<'a> {
 }
 
 /// What a pass lists (step 1): every manifest and every segment, a LIST request per 1,000
-/// keys. A writer's pass lists once, before its compaction, which chooses from the same
-/// listing; a compaction's commit and uploads then come after the LIST, as a checkpoint's
-/// beside the pass may.
+/// keys, and the state the last pass left. A writer's pass reads them once, before its
+/// compaction, which chooses from the same listing (and takes its first window from the
+/// state); a compaction's commit and uploads then come after the LIST, as a checkpoint's
+/// beside the pass may. (Only passes write the state, one at a time.)
 #[derive(Debug, Default)]
 pub struct Listing {
     pub manifests: Vec<ObjectMeta>,
     pub segments: Vec<ObjectMeta>,
+    pub state: Option<State>,
 }
 
 impl Listing {
     /// Manifests first: a checkpoint that commits between the two LISTs has its segments
     /// listed and not its manifest, and those are its uploads, which `in_flight` keeps.
-    pub async fn read(store: &dyn ObjectStore) -> Result<Listing, StoreError> {
+    pub async fn read(store: &dyn ObjectStore) -> Result<Listing, CheckpointError> {
         let manifests = store.list(MANIFESTS).await?;
         let segments = store.list(SEGMENTS).await?;
         Ok(Listing {
             manifests,
             segments,
+            state: read_state(store).await?,
         })
     }
 }
@@ -214,8 +217,9 @@ impl Collector {
         let Listing {
             manifests,
             segments,
+            state,
         } = listed;
-        let old = read_state(&**store).await?.unwrap_or_default();
+        let old = state.unwrap_or_default();
         let epochs: BTreeMap<u64, u64> = manifests
             .iter()
             .filter_map(|m| Some((epoch_of_key(&m.key)?, m.size)))
