@@ -279,7 +279,8 @@ impl Mounted {
         if let Err(e) = &served {
             error!(error = %e, "serving FUSE requests failed; taking the final checkpoint and syncing anyway");
         }
-        let last = attached.map(|a| a.finish()).transpose();
+        let mut attached = attached;
+        let last = attached.as_mut().map(|a| a.final_checkpoint()).transpose();
         if let Some(e) = evictor {
             e.finish();
         }
@@ -290,7 +291,13 @@ impl Mounted {
                 .load(std::sync::atomic::Ordering::Relaxed),
             "unmounted; syncing cache dir"
         );
-        fs.shutdown().context("sync cache dir at unmount")?;
+        let synced = fs.shutdown().context("sync cache dir at unmount");
+        // Last, a GC pass under way: the bucket and the cache dir have all they need by now,
+        // so a kill while it ends costs only the pass.
+        if let Some(a) = attached {
+            a.close();
+        }
+        synced?;
         served.context("serve FUSE requests")?;
         last?;
         info!("stopped cleanly");

@@ -1343,9 +1343,7 @@ fn a_restore_does_not_wait_for_the_manifests_below_its_base() {
     // Manifests below the base never answer a GET: a slow answer, or one lost on the way, as
     // an object store gives now and then.
     let plan = Arc::new(FaultPlan::default());
-    plan.leave_gets_unanswered(move |key| {
-        bucketfs::checkpoint::epoch_of_key(key).is_some_and(|e| e < base)
-    });
+    plan.hold_gets(move |key| bucketfs::checkpoint::epoch_of_key(key).is_some_and(|e| e < base));
     let store = FaultyStore::new(
         Arc::new(LocalStore::new(&dirs.bucket()).expect("bucket")),
         plan,

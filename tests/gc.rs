@@ -1531,3 +1531,113 @@ fn after_the_first_gc_pass_the_next_come_an_interval_apart() {
         assert!(pair[1] - pair[0] >= 1_900, "passes began at {began:?}");
     }
 }
+
+/// A writer whose GC (a pass every hour, the first 100 ms after it starts) has a compaction
+/// due: five small segments, of which a pass has found the four below the window.
+fn compaction_due(dirs: &Dirs) -> (Engine, BTreeMap<String, Vec<u8>>) {
+    let mut options = gc_segments(1, true);
+    options.gc.as_mut().unwrap().first_after = Duration::from_millis(100);
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
+    let want = bytes_of(a_file_per_checkpoint(&e, 5));
+    e.cp.gc_pass(now_ms()).unwrap();
+    (e, want)
+}
+
+/// That writer stopped while its GC pass's compaction waits on its reads of the sources:
+/// the pass's thread, and the epoch of the final checkpoint, taken while the reads wait
+/// (they are answered once `release_gets` is called).
+fn stopped_during_a_compaction(e: &Engine) -> (std::thread::JoinHandle<()>, u64) {
+    e.plan.hold_gets(|key| key.starts_with("segments/"));
+    let (stop, gc) = run_gc(e);
+    common::wait_for("the compaction to read its sources", WAIT, || {
+        e.plan.gets_held() > 0
+    });
+    stop.store(true, Ordering::Release);
+    let last =
+        e.cp.checkpoint(true)
+            .unwrap()
+            .expect("the final checkpoint commits")
+            .epoch;
+    (gc, last)
+}
+
+fn compaction_outputs(bucket: &Path) -> Vec<String> {
+    keys(bucket)
+        .into_iter()
+        .filter(|k| compaction_output(k))
+        .collect()
+}
+
+/// A compaction under way when the mount stops commits nothing: the final checkpoint does not
+/// wait for a GC pass under way, and must stay the last manifest the mount commits. A commit
+/// after it would leave the bucket's tip a manifest that is no clean stop, which the next
+/// start takes over with a fence, kept for good.
+#[test]
+fn a_compaction_under_way_at_a_stop_commits_nothing_after_the_final_checkpoint() {
+    let dirs = Dirs::new();
+    let (e, want) = compaction_due(&dirs);
+    let (gc, last) = stopped_during_a_compaction(&e);
+    e.plan.release_gets();
+    gc.join().unwrap();
+    assert_eq!(
+        epochs(&dirs.bucket()).last(),
+        Some(&last),
+        "a manifest was committed after the final checkpoint"
+    );
+    let left = compaction_outputs(&dirs.bucket());
+    assert!(left.is_empty(), "the compaction left its uploads: {left:?}");
+    assert_kept(e, &dirs, &want);
+}
+
+/// The stop may come after a compaction's last upload began and before its commit: the
+/// commit looks at the stop under the lock the final checkpoint takes after setting it, so
+/// that it either comes before the final checkpoint or not at all.
+#[test]
+fn a_compaction_that_meets_the_stop_at_its_commit_commits_nothing() {
+    let dirs = Dirs::new();
+    let (e, want) = compaction_due(&dirs);
+    let before = e.cp.view().read().epoch;
+    // Its upload waits at the store until the stop is set.
+    let meet = Arc::new(std::sync::Barrier::new(2));
+    let (at_upload, once) = (meet.clone(), AtomicBool::new(true));
+    e.plan.on_put(move |key| {
+        if compaction_output(key) && once.swap(false, Ordering::SeqCst) {
+            at_upload.wait();
+            at_upload.wait();
+        }
+    });
+    let (stop, gc) = run_gc(&e);
+    meet.wait();
+    stop.store(true, Ordering::Release);
+    meet.wait();
+    gc.join().unwrap();
+    assert_eq!(
+        epochs(&dirs.bucket()).last(),
+        Some(&before),
+        "the compaction committed after the stop"
+    );
+    let left = compaction_outputs(&dirs.bucket());
+    assert!(left.is_empty(), "the compaction left its uploads: {left:?}");
+    assert_kept(e, &dirs, &want);
+}
+
+/// A pass writes `gc/state` only over the one it read. After a stop its pass runs on beside
+/// other passes (`bucketfs gc` by hand, or a new writer's once the final checkpoint was
+/// taken); a state planned from its older LIST, written over theirs, would start their
+/// pending objects' grace again and lower the window they recorded.
+#[test]
+fn a_pass_does_not_replace_a_gc_state_written_while_it_ran() {
+    let dirs = Dirs::new();
+    let (e, _) = compaction_due(&dirs);
+    let (gc, _) = stopped_during_a_compaction(&e);
+    // Another pass, a minute later by its clock.
+    fresh_pass(&dirs.bucket(), now_ms() + 60_000);
+    let state = || std::fs::read(dirs.bucket().join("gc/state")).expect("gc/state");
+    let theirs = state();
+    e.plan.release_gets();
+    gc.join().unwrap();
+    assert!(
+        state() == theirs,
+        "the stopped writer's pass replaced the gc/state another pass wrote while it ran"
+    );
+}

@@ -467,3 +467,65 @@ fn a_crash_after_compaction_uploads_leaves_orphans_the_next_pass_collects() {
 fn a_crash_after_compaction_commits_leaves_a_verifiable_bucket() {
     crash_compaction_at("compact-after-commit");
 }
+
+/// A stop that comes while a GC pass is under way commits its final checkpoint without
+/// waiting for the pass. A writer's first pass reads every manifest of the window, which
+/// under `--durability remote` (a manifest per group commit) and 20 ms a request can take
+/// longer than Fly waits for a stop; a stop killed before its final checkpoint leaves the
+/// bucket without what was written since the last one. The pass, let go after the final
+/// checkpoint, still records what it found (`gc/state`) before the process exits.
+#[test]
+fn a_stop_commits_its_final_checkpoint_without_waiting_for_a_gc_pass_under_way() {
+    let s = setup_s3();
+    let s3 = s._s3.as_ref().expect("an S3 server");
+    // A first writer without GC: a manifest per fsync, more than a base's chain, so that the
+    // next start's open reads a chain that begins above the oldest manifest, and its first GC
+    // pass reads that one.
+    let w = writer(&s, "100", "off", &["--durability", "remote"]);
+    for i in 0..40u8 {
+        let mut f = fs::File::create(w.mnt.join(format!("f{i}"))).unwrap();
+        std::io::Write::write_all(&mut f, &[i; 100]).unwrap();
+        f.sync_all().unwrap();
+    }
+    assert!(w.stop().success());
+    let manifests: Vec<String> = s3
+        .keys(common::s3::BUCKET, "gc/manifests")
+        .into_iter()
+        .map(|k| format!("gc/manifests/{k}"))
+        .collect();
+    assert!(manifests.len() > 34, "{manifests:?}");
+    let state = || {
+        s3.keys(common::s3::BUCKET, "gc/gc")
+            .contains(&"state".to_string())
+    };
+    assert!(!state(), "a GC state before any pass");
+    s3.faults.hold_gets_of(&manifests[0]);
+
+    let w = writer(&s, "100", "2s", &[]);
+    common::wait_for(
+        "the first GC pass to read the oldest manifest",
+        Duration::from_secs(60),
+        || s3.faults.gets_held() > 0,
+    );
+    // Written after the last checkpoint, never synced: the final checkpoint takes it up.
+    fs::write(w.mnt.join("last"), body(7, 50_000)).unwrap();
+    w.signal(libc::SIGTERM);
+    common::wait_for(
+        "the final checkpoint while the GC pass waits",
+        Duration::from_secs(60),
+        || w.log_text().contains("final checkpoint committed"),
+    );
+    assert_eq!(s3.faults.gets_held(), 1, "{}", w.log_text());
+    s3.faults.release_gets();
+    let log = w.log.clone();
+    let status = w.wait_exit();
+    let log = fs::read_to_string(log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        state(),
+        "the pass let go after the final checkpoint recorded nothing:\n{log}"
+    );
+    s.verify_ok();
+    let r = reader(&s, "r", &[]);
+    assert!(fs::read(r.mnt.join("last")).unwrap() == body(7, 50_000));
+}

@@ -621,16 +621,24 @@ impl Attached {
         self.probe.clone()
     }
 
-    /// Stops the writer (final checkpoint) if there is one, and logs the store's totals.
-    pub fn finish(self) -> anyhow::Result<()> {
+    /// Stops the writer, if there is one, with its final checkpoint. `close` comes after it.
+    pub fn final_checkpoint(&mut self) -> anyhow::Result<()> {
         // Before the runtime the fetches run on goes away with `self`.
-        if let Some(p) = self.prefetch {
+        if let Some(p) = self.prefetch.take() {
             p.finish();
         }
-        let result = match self.writer {
-            Some(w) => w.finish(),
+        match &mut self.writer {
+            Some(w) => w.final_checkpoint(),
             None => Ok(()),
-        };
+        }
+    }
+
+    /// Waits for what may still run after the final checkpoint (a writer's GC pass under
+    /// way, which deletes nothing more) and logs the store's totals.
+    pub fn close(self) {
+        if let Some(w) = self.writer {
+            w.wait_for_gc();
+        }
         let s = &self.probe.store_stats;
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         info!(
@@ -648,7 +656,6 @@ impl Attached {
                 + n(&s.delete.errors),
             "object store totals for this mount"
         );
-        result
     }
 }
 

@@ -19,7 +19,8 @@ pub(super) struct Writing {
     checkpointer: Arc<Checkpointer>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    /// GC passes (ended, a pass under way cut short, before the final checkpoint).
+    /// GC passes (waited for after the final checkpoint; a pass under way deletes nothing
+    /// more once `stop` is set).
     gc_thread: Option<JoinHandle<()>>,
     fs: Arc<Fs>,
     store: Arc<dyn ObjectStore>,
@@ -71,8 +72,13 @@ fn spawn_in(
 }
 
 impl Writing {
-    /// Stops the periodic checkpoints and takes the final one, marked as a clean stop.
-    pub(super) fn finish(mut self) -> anyhow::Result<()> {
+    /// Stops the periodic checkpoints and takes the final one, marked as a clean stop. It
+    /// does not wait for a GC pass under way (`wait_for_gc` does, after it): a writer's first
+    /// pass reads every manifest of the window, which under `--durability remote` may take
+    /// longer than the platform waits for a stop. Once `stop` is set the pass deletes nothing
+    /// more and its compaction commits nothing, so the final checkpoint stays the last
+    /// manifest of this mount.
+    pub(super) fn final_checkpoint(&mut self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         info!(
             dirty_bytes = self.fs.unsafe_pages() * crate::fs::PAGE_SIZE,
@@ -82,19 +88,27 @@ impl Writing {
         let (done, finished) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|s| {
             s.spawn(move || report_final_progress(&fs, &cp, started, &finished));
-            let r = self.finish_inner();
+            let r = self.stop_and_checkpoint();
             drop(done);
             r
         })
     }
 
-    fn finish_inner(&mut self) -> anyhow::Result<()> {
+    /// Waits for a GC pass under way to end: it records what it found waiting (the next
+    /// start's grace goes on from there) and deletes nothing more.
+    pub(super) fn wait_for_gc(mut self) {
+        if let Some(t) = self.gc_thread.take() {
+            if self.checkpointer.gc_pass_under_way() {
+                info!("waiting for the GC pass under way to record what it found (it deletes nothing more)");
+            }
+            let _ = t.join();
+        }
+    }
+
+    fn stop_and_checkpoint(&mut self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Release);
         // A checkpoint in flight finishes first, and counts in the progress reports.
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if let Some(t) = self.gc_thread.take() {
             let _ = t.join();
         }
         let started = std::time::Instant::now();

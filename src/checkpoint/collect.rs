@@ -67,7 +67,10 @@ impl Checkpointer {
         self.gc_pass_until(now_ms, &AtomicBool::new(false))
     }
 
-    /// `gc_pass`, ended early (nothing deleted from then on) once `stop` is set.
+    /// `gc_pass`, ended early once `stop` is set: nothing deleted from then on, and no
+    /// compaction committed (the mount's final checkpoint, which does not wait for this
+    /// pass, stays its last manifest); the plan is still recorded in `gc/state`, unless
+    /// another pass wrote it meanwhile.
     ///
     /// Checkpoints go on meanwhile: only compaction, which commits a manifest of its own,
     /// takes the checkpoint lock, and only to commit. The pass lists the bucket once, and
@@ -113,7 +116,7 @@ impl Checkpointer {
         // plan from it, for which the compaction's commit is one more after the LIST.
         let listed = self.rt.block_on(Listing::read(&*self.store))?;
         if let Some(c) = &gc.compact {
-            match self.compact(c, &gc.retention, &listed) {
+            match self.compact(c, &gc.retention, &listed, stop) {
                 Ok(_) => {}
                 Err(e @ (CheckpointError::Fenced { .. } | CheckpointError::CacheFailed { .. })) => {
                     return Err(e)
@@ -173,6 +176,11 @@ impl Checkpointer {
         }
     }
 
+    /// Whether a GC pass is running now (its collector is taken for the whole pass).
+    pub fn gc_pass_under_way(&self) -> bool {
+        self.collector.is_locked()
+    }
+
     /// The last GC pass's report, if one ran.
     pub fn last_gc(&self) -> Option<crate::gc::Report> {
         self.last_gc.lock().clone()
@@ -188,11 +196,16 @@ impl Checkpointer {
     /// commits beside the rewrite may take first: the compaction's manifest is then a delta,
     /// and a delta's summary counts every segment it names as its own, whatever the epoch in
     /// the name (docs/gc.md, "Beside the checkpoints").
+    ///
+    /// Once `stop` is set it commits nothing: the final checkpoint of a mount that stops does
+    /// not wait for a pass under way, and must be the last manifest it commits (a clean
+    /// stop, which the next start takes over without a fence).
     fn compact(
         &self,
         c: &crate::gc::compact::CompactSettings,
         retention: &crate::gc::Retention,
         listed: &Listing,
+        stop: &AtomicBool,
     ) -> Result<Option<u64>, CheckpointError> {
         let started = Instant::now();
         // Manifests too: one that carries runs is a small segment to compaction.
@@ -205,6 +218,10 @@ impl Checkpointer {
         // A moment of the view (commits change it under its write lock), copied only when
         // there is something to compact.
         let floor = self.compaction_floor(retention, listed.state.as_ref());
+        let stopping = || stop.load(Ordering::Acquire);
+        if stopping() {
+            return Ok(None);
+        }
         let (then, sources) = {
             let view = self.view.read();
             let sources = crate::gc::compact::choose(&view, &sizes, floor, c);
@@ -231,13 +248,27 @@ impl Checkpointer {
                 }
             })
         };
+        let abandon = || {
+            delete_uploads();
+            info!("the mount is stopping: compaction ends without a commit, and deletes what it uploaded");
+            Ok(None)
+        };
         // Each class is rewritten on its own: a WAL segment's pages stay in WAL segments.
         // Runs a manifest carried go to data segments (WAL pages among them included: only
         // runs older than the retention window are compacted, and WAL that old is rarely
         // still in use). New segments upload as they fill; they are not the checkpoints'
         // uploads, whose progress `upload_progress` shows.
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // A stop ends the rewrite at its next upload (`abandon` below).
         let put = |key: String, bytes: Vec<u8>| {
+            if stopping() {
+                let e = StoreError::Permanent {
+                    op: "put",
+                    key,
+                    message: "the mount is stopping".into(),
+                };
+                return futures_util::future::ready(Err(e)).boxed();
+            }
             put_segment(self.store.clone(), key, bytes, sent.clone()).boxed()
         };
         let mut extents = Vec::new();
@@ -253,6 +284,9 @@ impl Checkpointer {
                 .collect();
             if of_class.is_empty() {
                 continue;
+            }
+            if stopping() {
+                return abandon();
             }
             let suffix = if class == Class::Wal {
                 WAL_SEGMENT_SUFFIX
@@ -275,6 +309,7 @@ impl Checkpointer {
             ));
             let done = match done {
                 Ok(done) => done,
+                Err(_) if stopping() => return abandon(),
                 Err(e) => {
                     // What it uploaded is garbage: deleted now, or by GC after the grace.
                     delete_uploads();
@@ -289,6 +324,12 @@ impl Checkpointer {
         crate::failpoint::hit("compact-after-upload");
 
         let one = self.running.lock();
+        // Under the lock the final checkpoint takes after it sets `stop`: either this commit
+        // comes before the final one, or it sees the stop.
+        if stopping() {
+            drop(one);
+            return abandon();
+        }
         // A takeover since is found by the commit's create-if-absent, as a checkpoint's is
         // (no HEAD first: at 20 ms a request, 20 ms more of holding the commits). A fenced
         // writer deletes nothing, its uploads included: the new writer's GC collects them

@@ -102,18 +102,25 @@ pub struct Listing {
     pub manifests: Vec<ObjectMeta>,
     pub segments: Vec<ObjectMeta>,
     pub state: Option<State>,
+    /// The ETag `gc/state` had just before it was read (None: there was none): the pass
+    /// writes its own only over that one.
+    pub state_etag: Option<String>,
 }
 
 impl Listing {
     /// Manifests first: a checkpoint that commits between the two LISTs has its segments
     /// listed and not its manifest, and those are its uploads, which `in_flight` keeps.
+    /// The state's ETag comes from a HEAD beside the first LIST (no round trip more), before
+    /// the state is read.
     pub async fn read(store: &dyn ObjectStore) -> Result<Listing, CheckpointError> {
-        let manifests = store.list(MANIFESTS).await?;
+        let (manifests, state_meta) =
+            futures_util::future::try_join(store.list(MANIFESTS), store.head(STATE_KEY)).await?;
         let segments = store.list(SEGMENTS).await?;
         Ok(Listing {
             manifests,
             segments,
             state: read_state(store).await?,
+            state_etag: state_meta.map(|m| m.etag),
         })
     }
 }
@@ -146,6 +153,8 @@ struct Plan {
     raise_to: Option<u64>,
     delete: Vec<(String, u64)>,
     state: State,
+    /// The ETag of the `gc/state` the pass read (None: there was none).
+    state_etag: Option<String>,
 }
 
 impl Collector {
@@ -218,6 +227,7 @@ impl Collector {
             manifests,
             segments,
             state,
+            state_etag,
         } = listed;
         let old = state.unwrap_or_default();
         let epochs: BTreeMap<u64, u64> = manifests
@@ -301,7 +311,10 @@ impl Collector {
             .values()
             .flat_map(|s| s.segments.iter().map(|k| &**k))
             .collect();
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            state_etag,
+            ..Plan::default()
+        };
         let r = &mut plan.report;
         r.pass_unix_ms = now_ms;
         r.latest_epoch = plan_in.latest;
@@ -418,8 +431,26 @@ impl Collector {
         mut plan: Plan,
         holds: &(dyn Fn() -> Result<(), CheckpointError> + Sync),
     ) -> Result<Report, CheckpointError> {
-        // What waits is recorded first: a crash below leaves it to the next pass.
-        rt.block_on(store.put(STATE_KEY, seal_json(&plan.state), PutMode::Overwrite))?;
+        // What waits is recorded first: a crash below leaves it to the next pass. Only over
+        // the state this pass read: another pass may have written one since (`bucketfs gc`
+        // by hand, or a new writer's once this one's final checkpoint was taken, a pass
+        // under way running on after it), and this one, planned from an older LIST, must not
+        // replace it (its pending times would start again, its window go back).
+        let mode = match plan.state_etag.take() {
+            Some(etag) => PutMode::Replace { etag },
+            None => PutMode::Create,
+        };
+        match rt.block_on(store.put(STATE_KEY, seal_json(&plan.state), mode)) {
+            Ok(_) => {}
+            Err(StoreError::PreconditionFailed { .. }) => {
+                return Err(CheckpointError::Refused(
+                    "another GC pass wrote gc/state while this one ran; this one records and \
+                     deletes nothing"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
         if plan.delete.is_empty() && plan.raise_to.is_none() {
             return Ok(plan.report);
         }

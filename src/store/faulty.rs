@@ -46,8 +46,11 @@ pub struct FaultPlan {
     /// Called with the key at the start of every PUT (before any fault): a test's look at
     /// what the writer is doing as each upload begins.
     on_put: Mutex<Option<PutObserver>>,
-    /// GETs of the keys this picks never answer (an answer lost on the way, for good).
-    unanswered_gets: Mutex<Option<KeyFilter>>,
+    /// GETs of the keys this picks wait until it is cleared (`release_gets`): a slow answer,
+    /// or one lost on the way for good.
+    held_gets: watch::Sender<Option<KeyFilter>>,
+    /// GETs `held_gets` has held.
+    gets_held: AtomicU64,
     /// The next GET of a key this picks answers NotFound (`miss_once`).
     missed_once: Mutex<Option<KeyFilter>>,
     round_trips: RoundTrips,
@@ -74,7 +77,8 @@ impl Default for FaultPlan {
             gets_in_flight: AtomicU64::new(0),
             most_gets_in_flight: AtomicU64::new(0),
             on_put: Mutex::new(None),
-            unanswered_gets: Mutex::new(None),
+            held_gets: watch::channel(None).0,
+            gets_held: AtomicU64::new(0),
             missed_once: Mutex::new(None),
             round_trips: RoundTrips::default(),
         }
@@ -109,9 +113,18 @@ impl FaultPlan {
     pub fn on_put(&self, f: impl Fn(&str) + Send + Sync + 'static) {
         *self.on_put.lock() = Some(Arc::new(f));
     }
-    /// From now on, a GET of a key `f` picks waits for ever (the other calls are answered).
-    pub fn leave_gets_unanswered(&self, f: impl Fn(&str) -> bool + Send + Sync + 'static) {
-        *self.unanswered_gets.lock() = Some(Arc::new(f));
+    /// From now on, a GET of a key `f` picks waits until `release_gets` (for ever without
+    /// it); the other calls are answered.
+    pub fn hold_gets(&self, f: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        self.held_gets.send_replace(Some(Arc::new(f)));
+    }
+    /// Answers the GETs `hold_gets` holds, and holds no more.
+    pub fn release_gets(&self) {
+        self.held_gets.send_replace(None);
+    }
+    /// GETs `hold_gets` has held so far.
+    pub fn gets_held(&self) -> u64 {
+        self.gets_held.load(Ordering::SeqCst)
     }
     /// The next GET of a key `f` picks answers NotFound, as one sent just before the object
     /// landed would; the GETs after it are answered.
@@ -260,9 +273,12 @@ impl ReadStore for FaultyStore {
             }
         }
         let _done = Done(&self.plan.gets_in_flight);
-        let unanswered = self.plan.unanswered_gets.lock().clone();
-        if unanswered.is_some_and(|f| f(key)) {
-            std::future::pending::<()>().await;
+        let mut held = self.plan.held_gets.subscribe();
+        let picked = held.borrow().as_ref().is_some_and(|f| f(key));
+        if picked {
+            self.plan.gets_held.fetch_add(1, Ordering::SeqCst);
+            // Err only if the sender is gone, and the plan owns it: it cannot be.
+            let _ = held.wait_for(|f| f.is_none()).await;
         }
         self.before("get", key).await?;
         let missed = {

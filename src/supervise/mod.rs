@@ -203,7 +203,7 @@ fn run_once(settings: &RunSettings, signals: libc::sigset_t, rebase: bool) -> an
             warn!(
                 took_s = took.as_secs(),
                 stop_timeout_s = settings.stop_timeout.as_secs(),
-                "the stop took longer than --stop-timeout: lower --max-dirty, or raise --stop-timeout (and the platform's kill timeout)"
+                "the stop took longer than --stop-timeout: if the final checkpoint took it, lower --max-dirty, or raise --stop-timeout (and the platform's kill timeout); a GC pass under way, waited for after the final checkpoint, loses nothing if the stop is killed"
             );
         } else {
             info!(

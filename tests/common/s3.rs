@@ -48,6 +48,10 @@ pub struct Faults {
     pub put_log: std::sync::Mutex<Vec<PutSeen>>,
     /// The key of every GET, in the order they came (before any latency or fault).
     pub get_log: std::sync::Mutex<Vec<String>>,
+    /// While it holds a key, GETs of that key wait, neither answered nor failed, until it is
+    /// cleared (`hold_gets_of`, `release_gets`).
+    held: tokio::sync::watch::Sender<Option<String>>,
+    gets_held: AtomicU64,
     /// HEADs of a bucket, and GETs of a format marker (`bucketfs.json`).
     pub head_buckets: AtomicU64,
     pub head_objects: AtomicU64,
@@ -101,6 +105,17 @@ impl Faults {
     pub fn reset_round_trips(&self) {
         self.trips.reset();
         self.first_manifest_put.store(0, Ordering::SeqCst);
+    }
+    /// From now on GETs of `key` (the whole key, in the bucket) wait until `release_gets`.
+    pub fn hold_gets_of(&self, key: &str) {
+        self.held.send_replace(Some(key.into()));
+    }
+    pub fn release_gets(&self) {
+        self.held.send_replace(None);
+    }
+    /// GETs `hold_gets_of` has held so far.
+    pub fn gets_held(&self) -> u64 {
+        self.gets_held.load(Ordering::SeqCst)
     }
 }
 
@@ -186,6 +201,13 @@ impl S3 for Faulty {
         }
         if key.contains("segments/") || (key.contains("manifests/") && req.input.range.is_some()) {
             self.faults.segment_gets.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut held = self.faults.held.subscribe();
+        let picked = held.borrow().as_deref() == Some(key.as_str());
+        if picked {
+            self.faults.gets_held.fetch_add(1, Ordering::SeqCst);
+            // Err only if the sender is gone, and the server owns it.
+            let _ = held.wait_for(|k| k.is_none()).await;
         }
         self.gate().await?;
         let resp = self.inner.get_object(req).await?;
