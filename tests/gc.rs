@@ -1577,12 +1577,19 @@ fn a_compaction_under_way_at_a_stop_commits_nothing_after_the_final_checkpoint()
     let dirs = Dirs::new();
     let (e, want) = compaction_due(&dirs);
     let (gc, last) = stopped_during_a_compaction(&e);
+    let state = || std::fs::read(dirs.bucket().join("gc/state")).expect("gc/state");
+    let before = state();
     e.plan.release_gets();
     gc.join().unwrap();
     assert_eq!(
         epochs(&dirs.bucket()).last(),
         Some(&last),
         "a manifest was committed after the final checkpoint"
+    );
+    // The pass went on to record its plan, over the state the pass before it wrote.
+    assert!(
+        state() != before,
+        "the pass after the stop recorded nothing"
     );
     let left = compaction_outputs(&dirs.bucket());
     assert!(left.is_empty(), "the compaction left its uploads: {left:?}");
@@ -1597,20 +1604,27 @@ fn a_compaction_that_meets_the_stop_at_its_commit_commits_nothing() {
     let dirs = Dirs::new();
     let (e, want) = compaction_due(&dirs);
     let before = e.cp.view().read().epoch;
-    // Its upload waits at the store until the stop is set.
-    let meet = Arc::new(std::sync::Barrier::new(2));
-    let (at_upload, once) = (meet.clone(), AtomicBool::new(true));
-    e.plan.on_put(move |key| {
-        if compaction_output(key) && once.swap(false, Ordering::SeqCst) {
-            at_upload.wait();
-            at_upload.wait();
+    // Its one upload (five files of three pages, one segment) waits at the store until the
+    // stop is set: past the checks before it, so only the commit's can see the stop.
+    let uploads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = uploads.clone();
+    let (at, release) = hold_put(&e, move |key| {
+        let ours = compaction_output(key);
+        if ours {
+            counted.fetch_add(1, Ordering::SeqCst);
         }
+        ours
     });
     let (stop, gc) = run_gc(&e);
-    meet.wait();
+    at.recv_timeout(WAIT).expect("the compaction uploads");
     stop.store(true, Ordering::Release);
-    meet.wait();
+    release.send(()).unwrap();
     gc.join().unwrap();
+    assert_eq!(
+        uploads.load(Ordering::SeqCst),
+        1,
+        "uploads of the compaction"
+    );
     assert_eq!(
         epochs(&dirs.bucket()).last(),
         Some(&before),

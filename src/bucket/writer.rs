@@ -99,7 +99,7 @@ impl Writing {
     pub(super) fn wait_for_gc(mut self) {
         if let Some(t) = self.gc_thread.take() {
             if self.checkpointer.gc_pass_under_way() {
-                info!("waiting for the GC pass under way to record what it found (it deletes nothing more)");
+                info!("waiting for the GC pass under way to record what it found (it collects nothing more)");
             }
             let _ = t.join();
         }

@@ -475,6 +475,51 @@ mod tests {
         assert!(matches!(theirs, Err(StoreError::PreconditionFailed { .. })));
     }
 
+    // A `Replace` whose first attempt landed but whose answer was lost: the retry finds the
+    // ETag changed, by its own write (GC's state, the boundary).
+    #[tokio::test(start_paused = true)]
+    async fn a_retried_replace_that_had_landed_is_recognised_as_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let first = local
+            .put("gc/s", Bytes::from_static(b"v1"), PutMode::Create)
+            .await
+            .unwrap();
+        // The first attempt's write, landed.
+        local
+            .put("gc/s", Bytes::from_static(b"v2"), PutMode::Overwrite)
+            .await
+            .unwrap();
+        let plan = Arc::new(FaultPlan::default());
+        let faulty: Arc<dyn ObjectStore> = Arc::new(FaultyStore::new(local.clone(), plan.clone()));
+        let store = RetryingStore::new(faulty, RetryPolicy::default());
+        plan.set_outage(true);
+        let replace = |body: &'static [u8]| {
+            store.put(
+                "gc/s",
+                Bytes::from_static(body),
+                PutMode::Replace {
+                    etag: first.clone(),
+                },
+            )
+        };
+        let retry = async {
+            let ours = replace(b"v2").await;
+            let theirs = replace(b"v3").await;
+            (ours, theirs)
+        };
+        let lift = async {
+            while plan.counts().puts == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            plan.set_outage(false);
+        };
+        let ((ours, theirs), ()) = tokio::join!(retry, lift);
+        ours.expect("our own earlier replace is success");
+        assert!(matches!(theirs, Err(StoreError::PreconditionFailed { .. })));
+        assert_eq!(local.get("gc/s", None).await.unwrap(), &b"v2"[..]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_hang_holds_calls_until_released() {
         let (_d, plan, store) = stack();

@@ -125,8 +125,10 @@ impl ObjectStore for RetryingStore {
                 Err(e) => e,
             };
             match err {
-                StoreError::PreconditionFailed { .. } if attempt > 0 && mode == PutMode::Create => {
-                    return self.confirm_own_create(key, &body, err).await;
+                StoreError::PreconditionFailed { .. }
+                    if attempt > 0 && mode != PutMode::Overwrite =>
+                {
+                    return self.confirm_own_write(key, &body, err).await;
                 }
                 e if e.is_transient() && attempt + 1 < self.policy.max_attempts => {
                     attempt += 1;
@@ -150,9 +152,10 @@ impl ObjectStore for RetryingStore {
 }
 
 impl RetryingStore {
-    /// A `Create` that failed transiently, then found its key taken on a retry: ours if the
-    /// object holds exactly our bytes, someone else's otherwise.
-    async fn confirm_own_create(
+    /// A conditional PUT (`Create`, or `Replace` of an ETag) that failed transiently, then
+    /// found its condition false on a retry: our earlier attempt landed if the object holds
+    /// exactly our bytes, someone else's write did otherwise.
+    async fn confirm_own_write(
         &self,
         key: &str,
         body: &Bytes,
@@ -162,7 +165,10 @@ impl RetryingStore {
         if existing != *body {
             return Err(precondition);
         }
-        debug!(key, "a retried create found its own earlier attempt");
+        debug!(
+            key,
+            "a retried conditional PUT found its own earlier attempt"
+        );
         let meta = self.retry("head", key, || self.inner.head(key)).await?;
         Ok(meta.map(|m| m.etag).unwrap_or_default())
     }
