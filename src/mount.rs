@@ -260,8 +260,9 @@ impl Mounted {
         self.session.unmount_callable()
     }
 
-    /// Serves requests until the filesystem is unmounted, then takes the final checkpoint
-    /// and makes the cache dir durable.
+    /// Serves requests until the filesystem is unmounted, then takes the final checkpoint,
+    /// makes the cache dir durable, and waits for a GC pass under way (which deletes nothing
+    /// more).
     pub fn serve(self) -> anyhow::Result<()> {
         let Mounted {
             session,

@@ -95,7 +95,8 @@ impl Writing {
     }
 
     /// Waits for a GC pass under way to end: it records what it found waiting (the next
-    /// start's grace goes on from there) and deletes nothing more.
+    /// start's grace goes on from there), unless another pass wrote `gc/state` meanwhile, and
+    /// deletes nothing more.
     pub(super) fn wait_for_gc(mut self) {
         if let Some(t) = self.gc_thread.take() {
             if self.checkpointer.gc_pass_under_way() {

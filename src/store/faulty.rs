@@ -442,6 +442,15 @@ mod tests {
             .unwrap();
     }
 
+    /// A retrying store over `local` whose calls fail until the outage it starts with is
+    /// lifted (`set_outage(false)`).
+    fn retrying_through_an_outage(local: &Arc<dyn ObjectStore>) -> (Arc<FaultPlan>, RetryingStore) {
+        let plan = Arc::new(FaultPlan::default());
+        let faulty: Arc<dyn ObjectStore> = Arc::new(FaultyStore::new(local.clone(), plan.clone()));
+        plan.set_outage(true);
+        (plan, RetryingStore::new(faulty, RetryPolicy::default()))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_retried_create_that_had_landed_is_recognised_as_ours() {
         let dir = tempfile::tempdir().unwrap();
@@ -452,10 +461,7 @@ mod tests {
             .put("m/7", Bytes::from_static(b"ours"), PutMode::Create)
             .await
             .unwrap();
-        let plan = Arc::new(FaultPlan::default());
-        let faulty: Arc<dyn ObjectStore> = Arc::new(FaultyStore::new(local.clone(), plan.clone()));
-        let store = RetryingStore::new(faulty, RetryPolicy::default());
-        plan.set_outage(true);
+        let (plan, store) = retrying_through_an_outage(&local);
         let retry = tokio::spawn(async move {
             let ours = store
                 .put("m/7", Bytes::from_static(b"ours"), PutMode::Create)
@@ -490,10 +496,7 @@ mod tests {
             .put("gc/s", Bytes::from_static(b"v2"), PutMode::Overwrite)
             .await
             .unwrap();
-        let plan = Arc::new(FaultPlan::default());
-        let faulty: Arc<dyn ObjectStore> = Arc::new(FaultyStore::new(local.clone(), plan.clone()));
-        let store = RetryingStore::new(faulty, RetryPolicy::default());
-        plan.set_outage(true);
+        let (plan, store) = retrying_through_an_outage(&local);
         let replace = |body: &'static [u8]| {
             store.put(
                 "gc/s",

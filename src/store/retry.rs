@@ -1,9 +1,10 @@
 //! Retry with exponential backoff and full jitter, for transient errors only.
 //!
-//! A `Create` PUT (a manifest commit) needs care: if the first attempt reached the store but its
-//! answer was lost, the retry finds the key taken and gets 412. That is not a takeover by
-//! another writer: the object holds exactly our bytes. So after a transient failure, a 412 is
-//! checked against the object's contents before it is believed.
+//! A conditional PUT (`Create` for a manifest commit, `Replace` for GC's state and boundary)
+//! needs care: if the first attempt reached the store but its answer was lost, the retry finds
+//! the key taken (or its ETag changed) and gets 412. That is not another writer's doing: the
+//! object holds exactly our bytes. So after a transient failure, a 412 is checked against the
+//! object's contents before it is believed.
 //!
 //! An error that retrying does not help (no such bucket, access denied) is returned at once,
 //! and since the caller will meet it again on its next try, it is reported here, where the
