@@ -1561,11 +1561,24 @@ fn stopped_during_a_compaction(e: &Engine) -> (std::thread::JoinHandle<()>, u64)
     (gc, last)
 }
 
-fn compaction_outputs(bucket: &Path) -> Vec<String> {
-    keys(bucket)
+/// The compaction ended without a commit: the bucket's newest manifest is still `tip`, none
+/// of its uploads is left, and every file is kept.
+fn assert_compaction_abandoned(e: Engine, dirs: &Dirs, tip: u64, want: &BTreeMap<String, Vec<u8>>) {
+    assert_eq!(
+        epochs(&dirs.bucket()).last(),
+        Some(&tip),
+        "a manifest was committed after the stop"
+    );
+    let left: Vec<String> = keys(&dirs.bucket())
         .into_iter()
         .filter(|k| compaction_output(k))
-        .collect()
+        .collect();
+    assert!(left.is_empty(), "the compaction left its uploads: {left:?}");
+    assert_kept(e, dirs, want);
+}
+
+fn gc_state(dirs: &Dirs) -> Vec<u8> {
+    std::fs::read(dirs.bucket().join("gc/state")).expect("gc/state")
 }
 
 /// A compaction under way when the mount stops commits nothing: the final checkpoint does not
@@ -1577,23 +1590,15 @@ fn a_compaction_under_way_at_a_stop_commits_nothing_after_the_final_checkpoint()
     let dirs = Dirs::new();
     let (e, want) = compaction_due(&dirs);
     let (gc, last) = stopped_during_a_compaction(&e);
-    let state = || std::fs::read(dirs.bucket().join("gc/state")).expect("gc/state");
-    let before = state();
+    let before = gc_state(&dirs);
     e.plan.release_gets();
     gc.join().unwrap();
-    assert_eq!(
-        epochs(&dirs.bucket()).last(),
-        Some(&last),
-        "a manifest was committed after the final checkpoint"
-    );
     // The pass went on to record its plan, over the state the pass before it wrote.
     assert!(
-        state() != before,
+        gc_state(&dirs) != before,
         "the pass after the stop recorded nothing"
     );
-    let left = compaction_outputs(&dirs.bucket());
-    assert!(left.is_empty(), "the compaction left its uploads: {left:?}");
-    assert_kept(e, &dirs, &want);
+    assert_compaction_abandoned(e, &dirs, last, &want);
 }
 
 /// The stop may come after a compaction's last upload began and before its commit: the
@@ -1625,14 +1630,7 @@ fn a_compaction_that_meets_the_stop_at_its_commit_commits_nothing() {
         1,
         "uploads of the compaction"
     );
-    assert_eq!(
-        epochs(&dirs.bucket()).last(),
-        Some(&before),
-        "the compaction committed after the stop"
-    );
-    let left = compaction_outputs(&dirs.bucket());
-    assert!(left.is_empty(), "the compaction left its uploads: {left:?}");
-    assert_kept(e, &dirs, &want);
+    assert_compaction_abandoned(e, &dirs, before, &want);
 }
 
 /// A pass writes `gc/state` only over the one it read. After a stop its pass runs on beside
@@ -1646,12 +1644,11 @@ fn a_pass_does_not_replace_a_gc_state_written_while_it_ran() {
     let (gc, _) = stopped_during_a_compaction(&e);
     // Another pass, a minute later by its clock.
     fresh_pass(&dirs.bucket(), now_ms() + 60_000);
-    let state = || std::fs::read(dirs.bucket().join("gc/state")).expect("gc/state");
-    let theirs = state();
+    let theirs = gc_state(&dirs);
     e.plan.release_gets();
     gc.join().unwrap();
     assert!(
-        state() == theirs,
+        gc_state(&dirs) == theirs,
         "the stopped writer's pass replaced the gc/state another pass wrote while it ran"
     );
 }
