@@ -33,7 +33,7 @@ bench-pgbench:    ## pgbench TPC-B on the local disk vs bucketfs (vs bindfs), on
 	cargo build --locked
 	benches/pgbench_vs_local.sh
 
-.PHONY: bench-fio bench-select bench-rss bench-gc bench-replica bench-hot bench-setup bench-peers
+.PHONY: bench-fio bench-select bench-rss bench-gc bench-gc-memory bench-replica bench-hot bench-setup bench-peers
 
 bench-fio:        ## fio on the local disk vs bucketfs (working set in the cache dir), one run
 	cargo build --locked
@@ -50,6 +50,10 @@ bench-rss:        ## peak RSS of bucketfs (--cache-size 10G) while writing, read
 bench-gc:         ## bucket size over a pgbench run with and without GC (BENCH_MINUTES, default 10)
 	cargo build --locked
 	benches/gc_growth.sh
+
+bench-gc-memory:  ## a GC pass's peak memory per manifest in the bucket (--durability remote commits; MANIFESTS, default 100000)
+	cargo build --locked
+	benches/gc_memory.sh
 
 bench-replica:    ## a read replica beside a pgbench primary: cold start, lag (median, p99), bytes per select
 	cargo build --locked

@@ -184,6 +184,54 @@ fn fresh_pass(bucket: &Path, now_ms: u64) -> bucketfs::gc::Report {
         .unwrap()
 }
 
+/// A writer's first pass that fails part way (a manifest's GET in its second window of reads)
+/// leaves its catalog holding the first window and the commits the writer posted; the next
+/// pass reads the rest, which fall between the two, and must plan what a process that knows
+/// nothing plans over the same bucket.
+#[test]
+fn a_pass_after_one_that_failed_part_way_plans_what_a_new_process_does() {
+    let dirs = Dirs::new();
+    let first = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(3, false));
+    let a = first.create("a");
+    rewrite_and_checkpoint(&first, a, 4, 80);
+    first.cp.checkpoint(true).unwrap();
+    let second = Engine::open(&dirs.cache(1), &dirs.bucket(), gc(3, false));
+    let b = second.create("b");
+    // Posted to the second writer's catalog: newer than every manifest its first pass reads.
+    rewrite_and_checkpoint(&second, b, 2, 5);
+    let missing = bucketfs::checkpoint::manifest_key(50);
+    second.plan.miss_once(move |key| key == missing);
+    let t0 = now_ms();
+    let failed = second.cp.gc_pass(t0);
+    assert!(
+        failed.is_err(),
+        "a pass that could not read epoch 50: {failed:?}"
+    );
+    let r = second.cp.gc_pass(t0).expect("the pass after it");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&dirs.bucket()).unwrap());
+    let retention = gc(3, false).gc.unwrap().retention;
+    let fresh = bucketfs::gc::Collector::default()
+        .pass(
+            &store,
+            rt.handle(),
+            &retention,
+            t0,
+            bucketfs::gc::Mode::DryRun,
+        )
+        .unwrap();
+    let plan = |r: &bucketfs::gc::Report| {
+        (
+            (r.latest_epoch, r.retained, r.oldest_retained, r.boundary),
+            (r.manifests, r.segments, r.chain_length, r.bucket_bytes),
+            (r.pending, r.pending_bytes, r.orphans, r.pinned, r.fences),
+        )
+    };
+    assert_eq!(plan(&r), plan(&fresh), "{r:?}\n{fresh:?}");
+    assert!(r.manifests > 85 && r.pending > 0, "{r:?}");
+}
+
 /// A writer that wrote file `a` and stalled after its checkpoint (a clean stop if `clean`),
 /// and another that took the prefix over, rewrote file `b` twelve times and ran GC twice, an
 /// hour apart, so that what the grace allows is collected.

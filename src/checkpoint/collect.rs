@@ -208,13 +208,6 @@ impl Checkpointer {
         stop: &AtomicBool,
     ) -> Result<Option<u64>, CheckpointError> {
         let started = Instant::now();
-        // Manifests too: one that carries runs is a small segment to compaction.
-        let sizes: std::collections::BTreeMap<&str, u64> = listed
-            .segments
-            .iter()
-            .chain(&listed.manifests)
-            .map(|o| (o.key.as_str(), o.size))
-            .collect();
         // A moment of the view (commits change it under its write lock), copied only when
         // there is something to compact.
         let floor = self.compaction_floor(retention, listed.state.as_ref());
@@ -224,7 +217,8 @@ impl Checkpointer {
         }
         let (then, sources) = {
             let view = self.view.read();
-            let sources = crate::gc::compact::choose(&view, &sizes, floor, c);
+            // Manifests too: one that carries runs is a small segment to compaction.
+            let sources = crate::gc::compact::choose(&view, &|key| listed.size_of(key), floor, c);
             if sources.is_empty() {
                 return Ok(None);
             }
@@ -276,11 +270,11 @@ impl Checkpointer {
         for class in [Class::Data, Class::Wal] {
             let of_class: Vec<(String, u64)> = sources
                 .iter()
-                .filter(|k| match Class::of_key(k) {
+                .filter(|(k, _)| match Class::of_key(k) {
                     Class::Manifest => class == Class::Data,
                     c => c == class,
                 })
-                .map(|k| (k.clone(), sizes[k.as_str()]))
+                .cloned()
                 .collect();
             if of_class.is_empty() {
                 continue;
@@ -320,7 +314,7 @@ impl Checkpointer {
             count += done.segments;
             written += done.bytes;
         }
-        let read: u64 = sources.iter().map(|k| sizes[k.as_str()]).sum();
+        let read: u64 = sources.iter().map(|(_, size)| size).sum();
         crate::failpoint::hit("compact-after-upload");
 
         let one = self.running.lock();

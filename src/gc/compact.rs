@@ -4,7 +4,7 @@
 //! names them, and GC deletes them after the grace like any other unneeded object (DESIGN.md,
 //! rule 6: rewrite, publish, then delete later).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -67,9 +67,10 @@ pub fn live_bytes(view: &View) -> HashMap<String, u64> {
     out
 }
 
-/// The segments worth rewriting (and manifests carrying runs, which count as segments):
-/// those under `min_live` used, then, if at least `min_small`
-/// small ones are left, those; oldest first, up to `max_bytes` in all.
+/// The segments worth rewriting (and manifests carrying runs, which count as segments), with
+/// their stored sizes: those under `min_live` used, then, if at least `min_small`
+/// small ones are left, those; oldest first, up to `max_bytes` in all. `size_of` gives a
+/// listed object's size (None: not listed, so not chosen).
 ///
 /// Only segments written before `before_epoch` (the oldest retained checkpoint) qualify. A
 /// source stays in the bucket as long as a retained checkpoint names it, so rewriting a
@@ -80,38 +81,41 @@ pub fn live_bytes(view: &View) -> HashMap<String, u64> {
 /// BENCHMARKS.md.)
 pub fn choose(
     view: &View,
-    sizes: &BTreeMap<&str, u64>,
+    size_of: &dyn Fn(&str) -> Option<u64>,
     before_epoch: u64,
     s: &CompactSettings,
-) -> Vec<String> {
+) -> Vec<(String, u64)> {
+    // What the latest image uses: anything else is GC's, not compaction's.
     let live = live_bytes(view);
     let mut sparse = Vec::new();
     let mut small = Vec::new();
-    for (key, &size) in sizes {
-        let Some(&used) = live.get(*key) else {
-            continue; // unused by the latest image: GC's, not compaction's
-        };
-        if super::run_holder_epoch(key).is_none_or(|e| e >= before_epoch) {
+    for (key, used) in live {
+        if super::run_holder_epoch(&key).is_none_or(|e| e >= before_epoch) {
             continue; // inside the retention window
         }
+        let Some(size) = size_of(&key) else {
+            continue;
+        };
         if (used as f64) < s.min_live * size as f64 && size.saturating_sub(used) >= s.min_dead {
-            sparse.push((key.to_string(), size));
+            sparse.push((key, size));
         } else if size < s.small_bytes {
-            small.push((key.to_string(), size));
+            small.push((key, size));
         }
     }
     if small.len() < s.min_small {
         small.clear();
     }
+    // Keys begin with the zero-padded epoch: in key order is oldest first.
+    sparse.sort_unstable();
+    small.sort_unstable();
     let mut out = Vec::new();
     let mut budget = s.max_bytes;
-    // Keys begin with the zero-padded epoch: in key order is oldest first.
     for (key, size) in sparse.into_iter().chain(small) {
         if size > budget && !out.is_empty() {
             break;
         }
         budget = budget.saturating_sub(size);
-        out.push(key);
+        out.push((key, size));
     }
     out
 }

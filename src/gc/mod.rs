@@ -30,11 +30,13 @@
 
 mod catalog;
 pub mod compact;
+mod listing;
 mod state;
 
 /// What one pass found and did: a snapshot that /status and /metrics read too.
 pub use crate::status::GcReport as Report;
 pub use catalog::{Catalog, Summary};
+pub use listing::{Listing, Manifests};
 use state::{raise_boundary, STATE_VERSION};
 pub use state::{read_boundary, read_state, State, BOUNDARY_KEY, STATE_KEY};
 pub(crate) use state::{seal_json, unseal_json};
@@ -48,8 +50,7 @@ use tracing::{info, warn};
 use crate::checkpoint::{epoch_of_key, manifest_key, CheckpointError, CHAIN_WINDOW};
 use crate::manifest::view::View;
 use crate::manifest::Manifest;
-use crate::store::placement::{MANIFESTS, SEGMENTS};
-use crate::store::{ObjectMeta, ObjectStore, PutMode, StoreError};
+use crate::store::{ObjectStore, PutMode, StoreError};
 
 /// Deletes sent at once; the prefix is checked again between batches.
 const DELETE_BATCH: usize = 100;
@@ -90,39 +91,6 @@ pub enum Mode<'a> {
         /// every listed manifest.
         in_flight: &'a (dyn Fn(&str) -> bool + Sync),
     },
-}
-
-/// What a pass lists (step 1): every manifest and every segment, a LIST request per 1,000
-/// keys, and the state the last pass left. A writer's pass reads them once, before its
-/// compaction, which chooses from the same listing (and takes its first window from the
-/// state); a compaction's commit and uploads then come after the LIST, as a checkpoint's
-/// beside the pass may. (Only passes write the state, one at a time.)
-#[derive(Debug, Default)]
-pub struct Listing {
-    pub manifests: Vec<ObjectMeta>,
-    pub segments: Vec<ObjectMeta>,
-    pub state: Option<State>,
-    /// The ETag `gc/state` had just before it was read (None: there was none): the pass
-    /// writes its own only over that one.
-    pub state_etag: Option<String>,
-}
-
-impl Listing {
-    /// Manifests first: a checkpoint that commits between the two LISTs has its segments
-    /// listed and not its manifest, and those are its uploads, which `in_flight` keeps.
-    /// The state's ETag comes from a HEAD beside the first LIST (no round trip more), before
-    /// the state is read.
-    pub async fn read(store: &dyn ObjectStore) -> Result<Listing, CheckpointError> {
-        let (manifests, state_meta) =
-            futures_util::future::try_join(store.list(MANIFESTS), store.head(STATE_KEY)).await?;
-        let segments = store.list(SEGMENTS).await?;
-        Ok(Listing {
-            manifests,
-            segments,
-            state: read_state(store).await?,
-            state_etag: state_meta.map(|m| m.etag),
-        })
-    }
 }
 
 /// The manifests a writer committed since the last pass took them in: the next pass need not
@@ -230,60 +198,36 @@ impl Collector {
             state_etag,
         } = listed;
         let old = state.unwrap_or_default();
-        let epochs: BTreeMap<u64, u64> = manifests
-            .iter()
-            .filter_map(|m| Some((epoch_of_key(&m.key)?, m.size)))
-            .collect();
-        // What this writer committed since the last pass; a manifest committed after the LIST
-        // stays for the next pass, which lists it.
-        let newest = epochs.keys().next_back().copied();
-        let posted = std::mem::take(&mut *self.inbox.0.lock());
-        self.catalog.summaries.extend(posted);
-        self.catalog
-            .summaries
-            .retain(|e, _| epochs.contains_key(e) || newest.is_none_or(|n| *e > n));
+        // What this writer committed since the last pass: not read back. A manifest committed
+        // after the LIST stays for the next pass, which lists it.
+        let newest = manifests.last();
+        let mut posted = std::mem::take(&mut *self.inbox.0.lock());
+        posted.sort_by_key(|(epoch, _)| *epoch);
+        let is_posted = |epoch: u64| posted.binary_search_by_key(&epoch, |(e, _)| *e).is_ok();
         // Every manifest is read once, to know whether it is a fence; below the boundary
         // not those the state already classed. A pending key is no fence: it was read before
         // it was pended, and a fence landing on it after it was deleted would be a takeover
         // of a view GC had already left behind, which reads the boundary and gives up.
-        // `CHAIN_WINDOW` at a time: a writer's first pass after it starts reads every manifest
-        // of the window.
-        let unknown: Vec<u64> = epochs
-            .keys()
-            .copied()
-            .filter(|&epoch| {
-                !(self.catalog.summaries.contains_key(&epoch)
-                    || (epoch < boundary
-                        && (old.fences.contains(&epoch)
-                            || old.pending.contains_key(&manifest_key(epoch)))))
-            })
-            .collect();
-        let mut unreadable: BTreeSet<u64> = BTreeSet::new();
-        for window in unknown.chunks(CHAIN_WINDOW) {
-            let read = futures_util::future::join_all(window.iter().map(|&epoch| async move {
-                let key = manifest_key(epoch);
-                let m = match store.get(&key, None).await {
-                    Ok(bytes) => Manifest::decode_at(&bytes, &key, epoch).map_err(Into::into),
-                    Err(e) => Err(CheckpointError::from(e)),
-                };
-                (epoch, key, m)
-            }))
-            .await;
-            for (epoch, key, m) in read {
-                match m {
-                    Ok(m) => self.catalog.insert(&m),
-                    Err(e) if epoch >= boundary => return Err(e),
-                    // Below the boundary nothing reads it, and GC never frees a key it
-                    // cannot class: it might be a fence.
-                    Err(CheckpointError::Store(StoreError::NotFound { .. })) => {} // deleted since
-                    Err(e) => {
-                        warn!(key, error = %e, "an object below the GC boundary that cannot be read is kept");
-                        unreadable.insert(epoch);
-                    }
-                }
-            }
-        }
-        let Some(plan_in) = self.retained(&epochs, boundary, retention, now_ms) else {
+        let is_unknown = |&epoch: &u64| {
+            !(self.catalog.contains(epoch)
+                || is_posted(epoch)
+                || (epoch < boundary
+                    && (old.fences.contains(&epoch)
+                        || old.pending.contains_key(&manifest_key(epoch)))))
+        };
+        // Counted first: as long as the window on a first pass, and not to be doubled.
+        let epochs = || manifests.iter().map(|(epoch, _)| epoch);
+        let mut unknown = Vec::with_capacity(epochs().filter(is_unknown).count());
+        unknown.extend(epochs().filter(is_unknown));
+        // Read before the posted ones go in, which are usually newer: the catalog is a vector
+        // in epoch order, and what is read then goes on its end (else it is sorted once).
+        let read = self.read_unknown(&**store, &unknown, boundary).await;
+        drop(unknown);
+        self.catalog.extend(posted);
+        self.catalog
+            .retain(|e| manifests.contains(e) || newest.is_none_or(|n| e > n));
+        let unreadable = read?;
+        let Some(plan_in) = self.retained(&manifests, boundary, retention, now_ms) else {
             // No checkpoint yet: nothing to keep, nothing known to be garbage.
             let mut plan = Plan::default();
             plan.report.boundary = boundary;
@@ -297,20 +241,12 @@ impl Collector {
             .values()
             .flat_map(|map| map.values().map(|(_, e)| e.segment.to_string()))
             .collect();
-        for s in self
-            .catalog
-            .summaries
-            .range(plan_in.oldest + 1..)
-            .map(|(_, s)| s)
-        {
-            live.extend(s.segments.iter().map(|k| k.to_string()));
-        }
-        let named: HashSet<&str> = self
-            .catalog
-            .summaries
-            .values()
-            .flat_map(|s| s.segments.iter().map(|k| &**k))
-            .collect();
+        live.extend(
+            self.catalog
+                .segments_after(plan_in.oldest)
+                .map(|k| k.to_string()),
+        );
+        let named: HashSet<&str> = self.catalog.segments().map(|k| &**k).collect();
         let mut plan = Plan {
             state_etag,
             ..Plan::default()
@@ -322,9 +258,9 @@ impl Collector {
         r.oldest_retained = plan_in.oldest;
         r.boundary = boundary;
         r.chain_length = plan_in.chain_of_latest;
-        r.manifests = epochs.len() as u64;
+        r.manifests = manifests.len() as u64;
         r.segments = segments.len() as u64;
-        r.bucket_bytes = manifests.iter().chain(&segments).map(|m| m.size).sum();
+        r.bucket_bytes = manifests.bytes() + segments.iter().map(|m| m.size).sum::<u64>();
         r.dry_run = dry_run;
         // Unneeded: manifests before the first needed one, segments not live. A manifest
         // whose inline runs a retained image still uses is live as a segment is: it stays,
@@ -332,17 +268,15 @@ impl Collector {
         // still holds pages, until those are rewritten or overwritten.
         // Fences stay for good, below the boundary too, and so does what GC cannot read
         // there (it is read again each pass, not listed in the state).
-        let fences: BTreeSet<u64> = epochs
-            .range(..plan_in.first_needed)
-            .map(|(&e, _)| e)
-            .filter(|e| {
-                old.fences.contains(e) || self.catalog.summaries.get(e).is_some_and(|s| s.fence)
-            })
+        let fences: BTreeSet<u64> = manifests
+            .below(plan_in.first_needed)
+            .map(|(e, _)| e)
+            .filter(|e| old.fences.contains(e) || self.catalog.get(*e).is_some_and(|s| s.fence()))
             .collect();
-        let (pinned, mut unneeded): (Vec<_>, Vec<(String, u64)>) = epochs
-            .range(..plan_in.first_needed)
+        let (pinned, mut unneeded): (Vec<_>, Vec<(String, u64)>) = manifests
+            .below(plan_in.first_needed)
             .filter(|(e, _)| !fences.contains(e) && !unreadable.contains(e))
-            .map(|(e, size)| (manifest_key(*e), *size))
+            .map(|(e, size)| (manifest_key(e), size))
             .partition(|(key, _)| live.contains(key));
         r.pinned = pinned.len() as u64;
         r.fences = fences.len() as u64;
@@ -361,9 +295,8 @@ impl Collector {
                 // checkpoint GC has collected (its epoch's manifest is still here, or its
                 // epoch was never committed: a failed or crashed upload).
                 let epoch = segment_epoch(&s.key);
-                let collected = epoch.is_some_and(|e| {
-                    e <= plan_in.latest && !self.catalog.summaries.contains_key(&e)
-                });
+                let collected =
+                    epoch.is_some_and(|e| e <= plan_in.latest && !self.catalog.contains(e));
                 if !named.contains(s.key.as_str()) && !collected && !uncommitted(&s.key) {
                     r.orphans += 1;
                 }
@@ -423,6 +356,58 @@ impl Collector {
         Ok(plan)
     }
 
+    /// Reads the manifests `unknown` (in epoch order) into the catalog, `CHAIN_WINDOW` at a
+    /// time: a writer's first pass after it starts reads every manifest of the window.
+    /// Returns those below the boundary that could not be read.
+    async fn read_unknown(
+        &mut self,
+        store: &dyn ObjectStore,
+        unknown: &[u64],
+        boundary: u64,
+    ) -> Result<BTreeSet<u64>, CheckpointError> {
+        self.catalog.reserve(unknown.len());
+        let read = self.read_windows(store, unknown, boundary).await;
+        self.catalog.settle();
+        read
+    }
+
+    /// `read_unknown`'s reads, appended to the catalog unsorted.
+    async fn read_windows(
+        &mut self,
+        store: &dyn ObjectStore,
+        unknown: &[u64],
+        boundary: u64,
+    ) -> Result<BTreeSet<u64>, CheckpointError> {
+        let mut unreadable: BTreeSet<u64> = BTreeSet::new();
+        for window in unknown.chunks(CHAIN_WINDOW) {
+            let read = futures_util::future::join_all(window.iter().map(|&epoch| async move {
+                let key = manifest_key(epoch);
+                let m = match store.get(&key, None).await {
+                    Ok(bytes) => Manifest::decode_at(&bytes, &key, epoch).map_err(Into::into),
+                    Err(e) => Err(CheckpointError::from(e)),
+                };
+                (epoch, key, m)
+            }))
+            .await;
+            let mut summaries = Vec::with_capacity(read.len());
+            for (epoch, key, m) in read {
+                match m {
+                    Ok(m) => summaries.push((epoch, Summary::of(&m))),
+                    Err(e) if epoch >= boundary => return Err(e),
+                    // Below the boundary nothing reads it, and GC never frees a key it
+                    // cannot class: it might be a fence.
+                    Err(CheckpointError::Store(StoreError::NotFound { .. })) => {} // deleted since
+                    Err(e) => {
+                        warn!(key, error = %e, "an object below the GC boundary that cannot be read is kept");
+                        unreadable.insert(epoch);
+                    }
+                }
+            }
+            self.catalog.append(summaries);
+        }
+        Ok(unreadable)
+    }
+
     /// Steps 5 and 6: boundary, check, delete in batches, the pending list.
     fn execute(
         &mut self,
@@ -478,13 +463,12 @@ impl Collector {
                 }
                 done
             });
+            // (The catalog forgets a deleted manifest at the next pass, which does not list
+            // it: removing each from the middle of its vector here would move the rest.)
             for r in done {
-                let (key, size) = r?;
+                let (_, size) = r?;
                 plan.report.deleted += 1;
                 plan.report.deleted_bytes += size;
-                if let Some(e) = epoch_of_key(&key) {
-                    self.catalog.summaries.remove(&e);
-                }
             }
             crate::failpoint::hit("gc-after-delete-batch");
         }
@@ -500,20 +484,20 @@ impl Collector {
     /// Step 2: which checkpoints are retained, and which manifests that makes needed.
     fn retained(
         &self,
-        epochs: &BTreeMap<u64, u64>,
+        manifests: &Manifests,
         boundary: u64,
         retention: &Retention,
         now_ms: u64,
     ) -> Option<Retained> {
-        let s = &self.catalog.summaries;
+        let s = &self.catalog;
         // Checkpoints: at or above the boundary, with their chain back to a base there. (A
         // manifest kept for the runs it carries has the boundary raised past it by the pass
         // that keeps it; until then it may still look like a checkpoint, but one older than
         // the window and than the newest `min_checkpoints`, so never the oldest retained.)
         // In ascending order, so a parent's verdict is in `valid` before its child asks.
-        let mut valid: Vec<u64> = Vec::new();
-        for &e in epochs.keys().filter(|&&e| e >= boundary) {
-            let whole = s.get(&e).is_some_and(|m| match m.parent {
+        let mut valid: Vec<u64> = Vec::with_capacity(manifests.len());
+        for e in manifests.iter().map(|(e, _)| e).filter(|&e| e >= boundary) {
+            let whole = s.get(e).is_some_and(|m| match m.parent() {
                 None => true,
                 Some(p) => p < e && valid.binary_search(&p).is_ok(),
             });
@@ -526,8 +510,8 @@ impl Collector {
         // The window: every checkpoint committed within it.
         let mut oldest = latest;
         for &e in &valid {
-            if s.get(&e)
-                .is_some_and(|m| m.created_ms + window_ms >= now_ms)
+            if s.get(e)
+                .is_some_and(|m| m.created_ms() + window_ms >= now_ms)
             {
                 oldest = oldest.min(e);
                 break;
@@ -603,8 +587,8 @@ async fn chain_view(store: &dyn ObjectStore, epochs: &[u64]) -> Result<View, Che
 fn chain_epochs(c: &Catalog, from: u64) -> Vec<u64> {
     let mut out = vec![from];
     let mut at = from;
-    while let Some(p) = c.summaries.get(&at).and_then(|m| m.parent) {
-        if p >= at || !c.summaries.contains_key(&p) {
+    while let Some(p) = c.get(at).and_then(|m| m.parent()) {
+        if p >= at || !c.contains(p) {
             break;
         }
         out.push(p);
@@ -718,11 +702,7 @@ mod tests {
         for m in &manifests {
             catalog.insert(m);
         }
-        let held: Vec<&Arc<str>> = catalog
-            .summaries
-            .values()
-            .flat_map(|s| s.segments.iter())
-            .collect();
+        let held: Vec<&Arc<str>> = catalog.segments().collect();
         assert_eq!(
             held.len(),
             uploaded.len(),
@@ -736,9 +716,8 @@ mod tests {
                 .chain(image.iter().cloned())
                 .collect();
             let from_summaries: BTreeSet<Arc<str>> = catalog
-                .summaries
-                .range(oldest + 1..)
-                .flat_map(|(_, s)| s.segments.iter().cloned())
+                .segments_after(oldest)
+                .cloned()
                 .chain(image.iter().cloned())
                 .collect();
             // Segments: the same live set. Manifests that carry runs, which summaries leave

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
+use super::{ListPage, ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
 
 /// The faults to inject, shared between the store and the test that steers it.
 pub struct FaultPlan {
@@ -313,6 +313,16 @@ impl ReadStore for FaultyStore {
             .listed
             .fetch_add(listed.len() as u64, Ordering::Relaxed);
         Ok(listed)
+    }
+
+    async fn list_page(&self, prefix: &str, after: Option<&str>) -> StoreResult<ListPage> {
+        let _trip = self.plan.round_trips.begin();
+        self.before("list", prefix).await?;
+        let page = self.inner.list_page(prefix, after).await?;
+        self.plan
+            .listed
+            .fetch_add(page.objects.len() as u64, Ordering::Relaxed);
+        Ok(page)
     }
 
     async fn check(&self) -> StoreResult<()> {

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::debug;
 
-use super::{Count, ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
+use super::{
+    Count, ListPage, ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult,
+};
 
 /// Counters of one kind of request.
 #[derive(Debug, Default)]
@@ -127,6 +129,14 @@ impl ReadStore for InstrumentedStore {
     async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
         let started = Instant::now();
         let r = self.inner.list_after(prefix, after).await;
+        self.stats.list.record(started, &r, 0);
+        crate::metrics::global().s3_request("list", prefix, started.elapsed());
+        r
+    }
+
+    async fn list_page(&self, prefix: &str, after: Option<&str>) -> StoreResult<ListPage> {
+        let started = Instant::now();
+        let r = self.inner.list_page(prefix, after).await;
         self.stats.list.record(started, &r, 0);
         crate::metrics::global().s3_request("list", prefix, started.elapsed());
         r

@@ -44,6 +44,16 @@ pub struct ObjectMeta {
     pub etag: String,
 }
 
+/// One page of a listing (`ReadStore::list_page`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// In key order.
+    pub objects: Vec<ObjectMeta>,
+    /// Where the next page begins (list again after this key), or None after the last. Not
+    /// always the last object's key: a wrapper may leave some of a page out.
+    pub next: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("object not found: key={key}")]
@@ -149,6 +159,18 @@ pub trait ReadStore: Send + Sync + fmt::Debug {
     /// knows where the new keys begin reads only those, however many older ones the prefix
     /// holds (a restore and a replica's poll of `manifests/`, which grows with every commit).
     async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>>;
+
+    /// The first page of `list_after`: one request's worth on S3 (up to 1,000 keys), so that
+    /// a caller that keeps little of each key holds one page at a time rather than the whole
+    /// listing (a GC pass over the millions of manifests a day of `--durability remote`
+    /// commits). A store whose listing comes whole (a local directory, read in one go) hands
+    /// it over as one page.
+    async fn list_page(&self, prefix: &str, after: Option<&str>) -> StoreResult<ListPage> {
+        Ok(ListPage {
+            objects: self.list_after(prefix, after).await?,
+            next: None,
+        })
+    }
 
     /// Checks that the store is reachable and the bucket exists, with the credentials given:
     /// called once before mounting so that bad configuration fails fast and clearly.

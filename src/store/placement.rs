@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, Sent, StoreResult};
+use super::{ListPage, ObjectMeta, ObjectStore, PutMode, ReadStore, Sent, StoreResult};
 
 /// What a WAL segment's key ends with (a data segment's ends with plain `.seg`).
 pub const WAL_SEGMENT_SUFFIX: &str = ".wal.seg";
@@ -149,6 +149,28 @@ impl ReadStore for Placed {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// A page of the one target that holds the prefix's keys; when several may (a prefix
+    /// that spans classes placed apart), their whole listing as one page.
+    async fn list_page(&self, prefix: &str, after: Option<&str>) -> StoreResult<ListPage> {
+        let groups = self.groups();
+        let mut listing = groups
+            .into_values()
+            .filter(|(_, classes)| classes.iter().any(|c| c.may_list(prefix)));
+        match (listing.next(), listing.next()) {
+            (Some((store, classes)), None) => {
+                let mut page = store.list_page(prefix, after).await?;
+                page.objects
+                    .retain(|o| classes.contains(&Class::of_key(&o.key)));
+                Ok(page)
+            }
+            (None, _) => Ok(ListPage::default()),
+            (Some(_), Some(_)) => Ok(ListPage {
+                objects: self.list_after(prefix, after).await?,
+                next: None,
+            }),
+        }
     }
 
     async fn check(&self) -> StoreResult<()> {

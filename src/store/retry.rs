@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tracing::{debug, error, info, warn};
 
-use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
+use super::{ListPage, ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
 
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
@@ -100,6 +100,11 @@ impl ReadStore for RetryingStore {
 
     async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
         self.retry("list", prefix, || self.inner.list_after(prefix, after))
+            .await
+    }
+
+    async fn list_page(&self, prefix: &str, after: Option<&str>) -> StoreResult<ListPage> {
+        self.retry("list", prefix, || self.inner.list_page(prefix, after))
             .await
     }
 

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use tracing::{debug, warn};
 
-use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, Sent, StoreError, StoreResult};
+use super::{ListPage, ObjectMeta, ObjectStore, PutMode, ReadStore, Sent, StoreError, StoreResult};
 
 /// Where and how to reach the bucket.
 #[derive(Clone)]
@@ -505,35 +505,68 @@ impl ReadStore for S3Store {
 
     async fn list_after(&self, prefix: &str, after: Option<&str>) -> StoreResult<Vec<ObjectMeta>> {
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
+        let mut after = after.map(str::to_string);
         loop {
-            let mut req = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(self.full_key(prefix));
-            if let Some(a) = after {
-                req = req.start_after(self.full_key(a));
-            }
-            if let Some(t) = &token {
-                req = req.continuation_token(t);
-            }
-            let page = req.send().await.map_err(|e| classify("list", prefix, e))?;
-            for o in page.contents() {
-                let Some(k) = o.key() else { continue };
-                out.push(ObjectMeta {
-                    key: self.strip(k).to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: o.e_tag().unwrap_or_default().to_string(),
-                });
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
-                _ => break,
+            let page = self.list_page(prefix, after.as_deref()).await?;
+            out.extend(page.objects);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    /// One ListObjectsV2 request, starting after `after` (so a page needs no continuation
+    /// token: the next begins after this one's last key).
+    async fn list_page(&self, prefix: &str, after: Option<&str>) -> StoreResult<ListPage> {
+        let mut req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full_key(prefix));
+        if let Some(a) = after {
+            req = req.start_after(self.full_key(a));
+        }
+        let page = req.send().await.map_err(|e| classify("list", prefix, e))?;
+        let mut objects: Vec<ObjectMeta> = page
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectMeta {
+                    key: self.strip(o.key()?).to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().unwrap_or_default().to_string(),
+                })
+            })
+            .collect();
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        // The next page begins after this one's last key: a server that ignored StartAfter
+        // would hand the same page back for ever.
+        if let (Some(a), Some(first)) = (after, objects.first()) {
+            if first.key.as_str() <= a {
+                return Err(StoreError::Permanent {
+                    op: "list",
+                    key: prefix.into(),
+                    message: "the server listed keys at or before StartAfter".into(),
+                });
+            }
+        }
+        let next = match (page.is_truncated().unwrap_or(false), objects.last()) {
+            (false, _) => None,
+            (true, Some(last)) => Some(last.key.clone()),
+            // A listing that stopped short would look like a bucket without the rest: GC
+            // would count their segments unneeded.
+            (true, None) => {
+                return Err(StoreError::Transient {
+                    op: "list",
+                    key: prefix.into(),
+                    message: "a truncated LIST page with no keys".into(),
+                })
+            }
+        };
+        Ok(ListPage { objects, next })
     }
 
     async fn check(&self) -> StoreResult<()> {

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# gc_memory.sh: the memory a GC pass takes per manifest in the bucket. Under --durability
+# remote every group commit is a manifest, and the default --retain (24h) keeps every one of a
+# day; a writer's first pass after its start lists and reads all of them (docs/gc.md).
+#
+# Usage (as root, after `make build`):
+#   benches/gc_memory.sh                      # or: make bench-gc-memory
+#   MANIFESTS=20000 benches/gc_memory.sh      # a quick run
+#
+# A `bucketfs mount --durability remote --gc-interval off` on a `file://` bucket kept under
+# an S3 server's directory (benches/s3_server.rs: s3s-fs on 127.0.0.1, no added latency);
+# one writer rewrites an 8 KiB page of one file and fsyncs it, MANIFESTS/2 times (a group
+# commit, so a manifest, each); the mount stops (SIGTERM). Then `bucketfs gc --dry-run`
+# runs on the bucket twice, once as `file://` and once as `s3://` through the server, each
+# timed, with its peak resident memory (the kernel's count for the child, getrusage). The
+# same again with the second half of the commits (the same cache dir, mounted again). The
+# report gives both passes' peaks and what a manifest more costs: the difference between
+# them over the manifests added (the process's fixed part, the runtime and the S3 client
+# among it, drops out). About 20 minutes with the default: the S3 server (s3s-fs) walks its
+# whole directory for each LIST page of 1,000 keys.
+#
+# Environment:
+#   MANIFESTS=100000    group commits written in all (two halves)
+#   BENCH_DIR=/var/tmp  where the scratch dir is made
+#   KEEP_LOGS=DIR       copy the logs there
+#   S3_SERVER=...       the S3 server's binary (default: built here with `cargo bench --no-run`)
+#   BUCKETFS=...        the binary (default $CARGO_TARGET_DIR/debug/bucketfs, CARGO_TARGET_DIR
+#                       defaulting to $HOME/.cache/bucketfs-target)
+#
+# Everything lives in one scratch dir (mktemp -d under $BENCH_DIR), removed on exit; on any
+# exit the mount and the server are stopped first.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+BENCH=gc_memory
+case "${1:-}" in
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "$BENCH: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+esac
+
+MANIFESTS="${MANIFESTS:-100000}"
+BENCH_DIR="${BENCH_DIR:-/var/tmp}"
+KEEP_LOGS="${KEEP_LOGS:-}"
+S3_SERVER="${S3_SERVER:-}"
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
+BUCKETFS="${BUCKETFS:-$CARGO_TARGET_DIR/debug/bucketfs}"
+
+[[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] && [ "$MANIFESTS" -ge 2000 ] ||
+  die "MANIFESTS must be a whole number of at least 2000, got '$MANIFESTS'"
+[ "$(id -u)" -eq 0 ] || die "run as root (FUSE mounts)"
+[ -x "$BUCKETFS" ] || die "no bucketfs binary at $BUCKETFS: run \`make build\`"
+[ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
+[ -d "$BENCH_DIR" ] || die "BENCH_DIR=$BENCH_DIR is not a directory"
+command -v python3 >/dev/null || die "python3 is not installed"
+
+SCRATCH="$(mktemp -d "$BENCH_DIR/gc_memory.XXXXXX")"
+LOGS="$SCRATCH/logs"
+mkdir -p "$LOGS" "$SCRATCH/mnt" "$SCRATCH/cache" "$SCRATCH/s3/pgdata"
+MOUNT_PID=""
+S3_PID=""
+cleanup() {
+  local rc=$?
+  if [ -n "$MOUNT_PID" ] && kill -0 "$MOUNT_PID" 2>/dev/null; then
+    kill -TERM "$MOUNT_PID" 2>/dev/null || true
+    wait_pid_gone "$MOUNT_PID" 120 || kill -KILL "$MOUNT_PID" 2>/dev/null || true
+  fi
+  is_mountpoint "$SCRATCH/mnt" && umount -l "$SCRATCH/mnt" 2>/dev/null || true
+  [ -n "$S3_PID" ] && kill "$S3_PID" 2>/dev/null || true
+  if [ -n "$KEEP_LOGS" ]; then
+    mkdir -p "$KEEP_LOGS" && cp -r "$LOGS"/. "$KEEP_LOGS"/ || true
+  fi
+  rm -rf "$SCRATCH"
+  exit "$rc"
+}
+trap cleanup EXIT INT TERM
+
+BUCKET_DIR="$SCRATCH/s3/pgdata/p"
+
+# Writes $1 group commits: the mount, one writer's pwrite and fsync of an 8 KiB page $1
+# times, the mount's stop.
+commits() {
+  local n="$1" i
+  "$BUCKETFS" mount --bucket "file://$BUCKET_DIR" --cache-dir "$SCRATCH/cache" \
+    --durability remote --gc-interval off "$SCRATCH/mnt" >>"$LOGS/mount.log" 2>&1 &
+  MOUNT_PID=$!
+  for ((i = 0; i < 600; i++)); do
+    is_mountpoint "$SCRATCH/mnt" && break
+    kill -0 "$MOUNT_PID" 2>/dev/null || die "bucketfs mount exited; see $LOGS/mount.log"
+    sleep 0.1
+  done
+  is_mountpoint "$SCRATCH/mnt" || die "the mount did not come up; see $LOGS/mount.log"
+  python3 - "$SCRATCH/mnt/f" "$n" <<'EOF'
+import os, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+page = bytearray(os.urandom(8192))
+start = time.monotonic()
+for i in range(n):
+    page[:8] = i.to_bytes(8, "little")
+    os.pwrite(fd, page, (i % 64) * 8192)
+    os.fsync(fd)
+    if (i + 1) % 10000 == 0:
+        print(f"    {i + 1} commits, {time.monotonic() - start:.0f} s", file=sys.stderr)
+os.close(fd)
+EOF
+  kill -TERM "$MOUNT_PID"
+  wait_pid_gone "$MOUNT_PID" 300 || die "the mount did not stop within 300 s"
+  MOUNT_PID=""
+}
+
+# Prints "peak_kib seconds" of `bucketfs gc --dry-run --json` on bucket $1, its report in
+# $LOGS/gc-$2.json.
+gc_pass() {
+  python3 - "$BUCKETFS" "$1" "$LOGS/gc-$2.json" "$LOGS/gc-$2.log" <<'EOF'
+import resource, subprocess, sys, time
+binary, bucket, out, log = sys.argv[1:5]
+start = time.monotonic()
+with open(out, "w") as o, open(log, "w") as e:
+    rc = subprocess.run([binary, "gc", "--dry-run", "--json", "--bucket", bucket], stdout=o, stderr=e).returncode
+took = time.monotonic() - start
+if rc != 0:
+    sys.exit(f"bucketfs gc exited {rc}; see {log}")
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, f"{took:.1f}")
+EOF
+}
+
+manifests_in() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"])' "$1"; }
+
+s3_start() {
+  local bin="$S3_SERVER" i
+  if [ -z "$bin" ]; then
+    say "building the S3 server (benches/s3_server.rs)"
+    (cd "$REPO" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR" cargo bench --locked --profile dev --bench s3_server --no-run) >>"$LOGS/s3.log" 2>&1 ||
+      die "building benches/s3_server.rs failed; see $LOGS/s3.log"
+    bin="$(find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -name 's3_server-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
+    [ -n "$bin" ] || die "no s3_server binary under $CARGO_TARGET_DIR/debug/deps"
+  fi
+  [ -x "$bin" ] || die "S3_SERVER=$bin is not an executable"
+  mkfifo "$SCRATCH/s3.in"
+  "$bin" "$SCRATCH/s3" 0 <"$SCRATCH/s3.in" >>"$SCRATCH/s3.out" 2>>"$LOGS/s3.log" &
+  S3_PID=$!
+  exec 8>"$SCRATCH/s3.in"
+  for ((i = 0; i < 600; i++)); do
+    grep -q '^secret_key=' "$SCRATCH/s3.out" 2>/dev/null && break
+    kill -0 "$S3_PID" 2>/dev/null || die "the S3 server exited; see $LOGS/s3.log"
+    sleep 0.05
+  done
+  grep -q '^secret_key=' "$SCRATCH/s3.out" || die "the S3 server did not start; see $LOGS/s3.log"
+  export AWS_ACCESS_KEY_ID="$(sed -n 's/^access_key=//p' "$SCRATCH/s3.out")"
+  export AWS_SECRET_ACCESS_KEY="$(sed -n 's/^secret_key=//p' "$SCRATCH/s3.out")"
+  export AWS_ENDPOINT_URL_S3="$(sed -n 's/^endpoint=//p' "$SCRATCH/s3.out")"
+  export AWS_REGION=auto BUCKETFS_S3_PATH_STYLE=1
+  : >"$SCRATCH/s3.out"
+}
+
+s3_start
+HALF=$((MANIFESTS / 2))
+declare -A PEAK SECS COUNT
+for half in 1 2; do
+  say "half $half: $HALF group commits under --durability remote"
+  commits "$HALF"
+  for store in file s3; do
+    case "$store" in
+      file) url="file://$BUCKET_DIR" ;;
+      s3) url="s3://pgdata/p" ;;
+    esac
+    say "half $half: bucketfs gc --dry-run --bucket $url"
+    out="$(gc_pass "$url" "$store-$half")" || die "bucketfs gc failed on $url; see $LOGS"
+    read -r kib secs <<<"$out"
+    PEAK[$store-$half]="$kib"
+    SECS[$store-$half]="$secs"
+    COUNT[$store-$half]="$(manifests_in "$LOGS/gc-$store-$half.json")"
+  done
+done
+
+echo
+echo "bucketfs $("$BUCKETFS" --version | cut -d' ' -f2) ($BUCKETFS), $(date -u '+%Y-%m-%d %H:%M UTC'),"
+echo "$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr);"
+echo "checkout $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), MANIFESTS=$MANIFESTS"
+echo
+echo "| store | manifests | gc --dry-run peak RSS (MiB) | seconds | manifests | peak RSS (MiB) | seconds | bytes per manifest more |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+for store in file s3; do
+  a="$store-1" b="$store-2"
+  per=$(( (PEAK[$b] - PEAK[$a]) * 1024 / (COUNT[$b] - COUNT[$a]) ))
+  awk -v s="$store" -v m1="${COUNT[$a]}" -v p1="${PEAK[$a]}" -v t1="${SECS[$a]}" \
+    -v m2="${COUNT[$b]}" -v p2="${PEAK[$b]}" -v t2="${SECS[$b]}" -v per="$per" \
+    'BEGIN { printf "| %s | %d | %.1f | %s | %d | %.1f | %s | %d |\n", s, m1, p1 / 1024, t1, m2, p2 / 1024, t2, per }'
+done
