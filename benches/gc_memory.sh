@@ -5,12 +5,12 @@
 #
 # Usage (as root, after `make build`):
 #   benches/gc_memory.sh                      # or: make bench-gc-memory
-#   MANIFESTS=20000 benches/gc_memory.sh      # a quick run
+#   MANIFESTS=20000 benches/gc_memory.sh      # a quick run (the least it takes)
 #
 # A `bucketfs mount --durability remote --gc-interval off` on a `file://` bucket kept under
 # an S3 server's directory (benches/s3_server.rs: s3s-fs on 127.0.0.1, no added latency);
-# one writer rewrites an 8 KiB page of one file and fsyncs it, MANIFESTS/2 times (a group
-# commit, so a manifest, each); the mount stops (SIGTERM). Then `bucketfs gc --dry-run`
+# one writer rewrites an 8 KiB page of one file (one of 64 in turn) and fsyncs it,
+# MANIFESTS/2 times (a group commit, so a manifest, each); the mount stops (SIGTERM). Then `bucketfs gc --dry-run`
 # runs on the bucket twice, once as `file://` and once as `s3://` through the server, each
 # timed, with its peak resident memory (the kernel's count for the child, getrusage). The
 # same again with the second half of the commits (the same cache dir, mounted again). The
@@ -48,8 +48,9 @@ S3_SERVER="${S3_SERVER:-}"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
 BUCKETFS="${BUCKETFS:-$CARGO_TARGET_DIR/debug/bucketfs}"
 
-[[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] && [ "$MANIFESTS" -ge 2000 ] ||
-  die "MANIFESTS must be a whole number of at least 2000, got '$MANIFESTS'"
+# Fewer, and the allocator's and the kernel's rounding outweigh what the manifests add.
+[[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] && [ "$MANIFESTS" -ge 20000 ] ||
+  die "MANIFESTS must be a whole number of at least 20000, got '$MANIFESTS'"
 [ "$(id -u)" -eq 0 ] || die "run as root (FUSE mounts)"
 [ -x "$BUCKETFS" ] || die "no bucketfs binary at $BUCKETFS: run \`make build\`"
 [ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
@@ -63,19 +64,21 @@ MOUNT_PID=""
 S3_PID=""
 cleanup() {
   local rc=$?
+  set +e # clean up whatever fails
   if [ -n "$MOUNT_PID" ] && kill -0 "$MOUNT_PID" 2>/dev/null; then
     kill -TERM "$MOUNT_PID" 2>/dev/null || true
     wait_pid_gone "$MOUNT_PID" 120 || kill -KILL "$MOUNT_PID" 2>/dev/null || true
   fi
   is_mountpoint "$SCRATCH/mnt" && umount -l "$SCRATCH/mnt" 2>/dev/null || true
-  [ -n "$S3_PID" ] && kill "$S3_PID" 2>/dev/null || true
+  if [ -n "$S3_PID" ]; then kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi
   if [ -n "$KEEP_LOGS" ]; then
     mkdir -p "$KEEP_LOGS" && cp -r "$LOGS"/. "$KEEP_LOGS"/ || true
   fi
   rm -rf "$SCRATCH"
   exit "$rc"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 BUCKET_DIR="$SCRATCH/s3/pgdata/p"
 
@@ -129,34 +132,7 @@ EOF
 
 manifests_in() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"])' "$1"; }
 
-s3_start() {
-  local bin="$S3_SERVER" i
-  if [ -z "$bin" ]; then
-    say "building the S3 server (benches/s3_server.rs)"
-    (cd "$REPO" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR" cargo bench --locked --profile dev --bench s3_server --no-run) >>"$LOGS/s3.log" 2>&1 ||
-      die "building benches/s3_server.rs failed; see $LOGS/s3.log"
-    bin="$(find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -name 's3_server-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
-    [ -n "$bin" ] || die "no s3_server binary under $CARGO_TARGET_DIR/debug/deps"
-  fi
-  [ -x "$bin" ] || die "S3_SERVER=$bin is not an executable"
-  mkfifo "$SCRATCH/s3.in"
-  "$bin" "$SCRATCH/s3" 0 <"$SCRATCH/s3.in" >>"$SCRATCH/s3.out" 2>>"$LOGS/s3.log" &
-  S3_PID=$!
-  exec 8>"$SCRATCH/s3.in"
-  for ((i = 0; i < 600; i++)); do
-    grep -q '^secret_key=' "$SCRATCH/s3.out" 2>/dev/null && break
-    kill -0 "$S3_PID" 2>/dev/null || die "the S3 server exited; see $LOGS/s3.log"
-    sleep 0.05
-  done
-  grep -q '^secret_key=' "$SCRATCH/s3.out" || die "the S3 server did not start; see $LOGS/s3.log"
-  export AWS_ACCESS_KEY_ID="$(sed -n 's/^access_key=//p' "$SCRATCH/s3.out")"
-  export AWS_SECRET_ACCESS_KEY="$(sed -n 's/^secret_key=//p' "$SCRATCH/s3.out")"
-  export AWS_ENDPOINT_URL_S3="$(sed -n 's/^endpoint=//p' "$SCRATCH/s3.out")"
-  export AWS_REGION=auto BUCKETFS_S3_PATH_STYLE=1
-  : >"$SCRATCH/s3.out"
-}
-
-s3_start
+s3_start 0
 HALF=$((MANIFESTS / 2))
 declare -A PEAK SECS COUNT
 for half in 1 2; do
@@ -179,7 +155,11 @@ done
 echo
 echo "bucketfs $("$BUCKETFS" --version | cut -d' ' -f2) ($BUCKETFS), $(date -u '+%Y-%m-%d %H:%M UTC'),"
 echo "$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr);"
-echo "checkout $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), MANIFESTS=$MANIFESTS"
+GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  GIT_REV="$GIT_REV (with uncommitted changes)"
+fi
+echo "checkout $GIT_REV (the binary may be another's), MANIFESTS=$MANIFESTS"
 echo
 echo "| store | manifests | gc --dry-run peak RSS (MiB) | seconds | manifests | peak RSS (MiB) | seconds | bytes per manifest more |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"

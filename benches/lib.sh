@@ -116,3 +116,40 @@ cg_remove() {
   done
   echo "${BENCH:-bench}: cleanup: could not remove the cgroup $CG" >&2
 }
+
+# s3_start MS: the S3 server of benches/s3_server.rs (s3s-fs on 127.0.0.1) on $SCRATCH/s3,
+# adding MS to every request, its stdin a fifo the script holds open on fd 8 (it serves until
+# that closes, or until the script's cleanup kills $S3_PID). The binary is $S3_SERVER, or built
+# here (cargo bench --no-run). Needs SCRATCH, LOGS, REPO and CARGO_TARGET_DIR; sets S3_PID,
+# S3_ENDPOINT, S3_BUCKET and the key and secret, and exports what a bucketfs mount reads.
+s3_start() {
+  local bin="$S3_SERVER" i
+  if [ -z "$bin" ]; then
+    say "building the S3 server (benches/s3_server.rs)"
+    (cd "$REPO" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR" cargo bench --locked --profile dev --bench s3_server --no-run) >>"$LOGS/s3.log" 2>&1 ||
+      die "building benches/s3_server.rs failed; see $LOGS/s3.log"
+    bin="$(find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -name 's3_server-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
+    [ -n "$bin" ] || die "no s3_server binary under $CARGO_TARGET_DIR/debug/deps"
+  fi
+  [ -x "$bin" ] || die "S3_SERVER=$bin is not an executable"
+  mkdir -p "$SCRATCH/s3"
+  mkfifo "$SCRATCH/s3.in"
+  # (Appended to, so that the file can be emptied of the secret below while it runs.)
+  "$bin" "$SCRATCH/s3" "$1" <"$SCRATCH/s3.in" >>"$SCRATCH/s3.out" 2>>"$LOGS/s3.log" &
+  S3_PID=$!
+  exec 8>"$SCRATCH/s3.in"
+  for ((i = 0; i < 600; i++)); do
+    grep -q '^secret_key=' "$SCRATCH/s3.out" 2>/dev/null && break
+    kill -0 "$S3_PID" 2>/dev/null || die "the S3 server exited; see $LOGS/s3.log"
+    sleep 0.05
+  done
+  grep -q '^secret_key=' "$SCRATCH/s3.out" || die "the S3 server did not start; see $LOGS/s3.log"
+  S3_ENDPOINT="$(sed -n 's/^endpoint=//p' "$SCRATCH/s3.out")"
+  S3_BUCKET="$(sed -n 's/^bucket=//p' "$SCRATCH/s3.out")"
+  S3_KEY="$(sed -n 's/^access_key=//p' "$SCRATCH/s3.out")"
+  S3_SECRET="$(sed -n 's/^secret_key=//p' "$SCRATCH/s3.out")"
+  : >"$SCRATCH/s3.out"
+  # What a bucketfs mount reads to reach it, as `fly storage create` would set it.
+  export AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
+    AWS_ENDPOINT_URL_S3="$S3_ENDPOINT" AWS_REGION=auto BUCKETFS_S3_PATH_STYLE=1
+}

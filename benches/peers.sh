@@ -289,40 +289,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 
 # ---- the bucket ------------------------------------------------------------------------------
-# With S3_LATENCY_MS: one S3 server for every target, its stdin a fifo this script holds open
-# on fd 8 (it serves until that closes, or until cleanup stops it). Sets S3_ENDPOINT, S3_BUCKET
-# and the key and secret.
-s3_start() {
-  local bin="$S3_SERVER" i
-  if [ -z "$bin" ]; then
-    say "building the S3 server (benches/s3_server.rs)"
-    (cd "$REPO" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR" cargo bench --locked --profile dev --bench s3_server --no-run) >>"$LOGS/s3.log" 2>&1 ||
-      die "building benches/s3_server.rs failed; see $LOGS/s3.log"
-    bin="$(find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -name 's3_server-*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)"
-    [ -n "$bin" ] || die "no s3_server binary under $CARGO_TARGET_DIR/debug/deps"
-  fi
-  [ -x "$bin" ] || die "S3_SERVER=$bin is not an executable"
-  mkdir -p "$SCRATCH/s3"
-  mkfifo "$SCRATCH/s3.in"
-  # (Appended to, so that the file can be emptied of the secret below while it runs.)
-  "$bin" "$SCRATCH/s3" "$S3_LATENCY_MS" <"$SCRATCH/s3.in" >>"$SCRATCH/s3.out" 2>>"$LOGS/s3.log" &
-  S3_PID=$!
-  exec 8>"$SCRATCH/s3.in"
-  for ((i = 0; i < 600; i++)); do
-    grep -q '^secret_key=' "$SCRATCH/s3.out" 2>/dev/null && break
-    kill -0 "$S3_PID" 2>/dev/null || die "the S3 server exited; see $LOGS/s3.log"
-    sleep 0.05
-  done
-  grep -q '^secret_key=' "$SCRATCH/s3.out" || die "the S3 server did not start; see $LOGS/s3.log"
-  S3_ENDPOINT="$(sed -n 's/^endpoint=//p' "$SCRATCH/s3.out")"
-  S3_BUCKET="$(sed -n 's/^bucket=//p' "$SCRATCH/s3.out")"
-  S3_KEY="$(sed -n 's/^access_key=//p' "$SCRATCH/s3.out")"
-  S3_SECRET="$(sed -n 's/^secret_key=//p' "$SCRATCH/s3.out")"
-  : >"$SCRATCH/s3.out"
-  # What a bucketfs mount reads to reach it, as `fly storage create` would set it.
-  export AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
-    AWS_ENDPOINT_URL_S3="$S3_ENDPOINT" AWS_REGION=auto BUCKETFS_S3_PATH_STYLE=1
-}
+# With S3_LATENCY_MS: one S3 server for every target (`s3_start`, benches/lib.sh).
 
 # s3_stats: the S3 server's counters so far, as "gets get_bytes" (with S3_LATENCY_MS only).
 s3_stats() {
@@ -737,7 +704,7 @@ print_header() {
 }
 
 say "bucketfs and its peers, each against the local disk"
-if [ -n "$S3_LATENCY_MS" ]; then s3_start; fi
+if [ -n "$S3_LATENCY_MS" ]; then s3_start "$S3_LATENCY_MS"; fi
 print_header | sed 's/^/    /'
 if wants_juicefs; then redis_start; fi
 

@@ -104,8 +104,8 @@ impl Entry {
 /// Manifest summaries by epoch, kept small: an `Entry` each in one vector in epoch order (no
 /// node or allocation of its own), and the segments a manifest brought only for the manifests
 /// that brought any. (A map of `Summary` took about 107 bytes a manifest, BENCHMARKS.md "The GC
-/// catalog under `--durability remote`"; a remote commit carries its runs in its manifest and
-/// brings no segment.)
+/// catalog under `--durability remote`"; a remote commit's delta carries its runs in its
+/// manifest and brings no segment, only a base does.)
 #[derive(Debug, Default)]
 pub struct Catalog {
     entries: Vec<Entry>,
