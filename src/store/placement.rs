@@ -326,5 +326,18 @@ mod tests {
                 "segments/1-x-1.seg"
             ]
         );
+        // A page: the one target's that holds the prefix's class, filtered as a listing is;
+        // where two targets hold it, their merged listing, whole.
+        let page = placed.list_page("manifests/", None).await.unwrap();
+        let names = |page: &ListPage| -> Vec<String> {
+            page.objects.iter().map(|o| o.key.clone()).collect()
+        };
+        assert_eq!(
+            (names(&page), page.next),
+            (vec!["manifests/1".into()], None)
+        );
+        let page = placed.list_page("segments/", None).await.unwrap();
+        assert_eq!(names(&page), keys(&placed, "segments/").await);
+        assert_eq!(page.next, None);
     }
 }
