@@ -166,21 +166,25 @@ fn retained_checkpoints_restore_and_expired_ones_are_collected_after_the_grace()
 
 /// A GC pass of a process that knows nothing yet (a new `bucketfs gc`), deleting.
 fn fresh_pass(bucket: &Path, now_ms: u64) -> bucketfs::gc::Report {
+    new_process_pass(bucket, 1, now_ms, false)
+}
+
+/// A GC pass of a new process keeping the newest `keep` checkpoints, deleting unless
+/// `dry_run`.
+fn new_process_pass(bucket: &Path, keep: u32, now_ms: u64, dry_run: bool) -> bucketfs::gc::Report {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(bucket).unwrap());
     let holds = || Ok(());
-    let retention = gc(1, false).gc.unwrap().retention;
+    let retention = gc(keep, false).gc.unwrap().retention;
+    let mode = match dry_run {
+        true => bucketfs::gc::Mode::DryRun,
+        false => bucketfs::gc::Mode::Delete {
+            holds: &holds,
+            in_flight: &|_: &str| false,
+        },
+    };
     bucketfs::gc::Collector::default()
-        .pass(
-            &store,
-            rt.handle(),
-            &retention,
-            now_ms,
-            bucketfs::gc::Mode::Delete {
-                holds: &holds,
-                in_flight: &|_: &str| false,
-            },
-        )
+        .pass(&store, rt.handle(), &retention, now_ms, mode)
         .unwrap()
 }
 
@@ -208,19 +212,7 @@ fn a_pass_after_one_that_failed_part_way_plans_what_a_new_process_does() {
         "a pass that could not read epoch 50: {failed:?}"
     );
     let r = second.cp.gc_pass(t0).expect("the pass after it");
-
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(&dirs.bucket()).unwrap());
-    let retention = gc(3, false).gc.unwrap().retention;
-    let fresh = bucketfs::gc::Collector::default()
-        .pass(
-            &store,
-            rt.handle(),
-            &retention,
-            t0,
-            bucketfs::gc::Mode::DryRun,
-        )
-        .unwrap();
+    let fresh = new_process_pass(&dirs.bucket(), 3, t0, true);
     let plan = |r: &bucketfs::gc::Report| {
         (
             (r.latest_epoch, r.retained, r.oldest_retained, r.boundary),
