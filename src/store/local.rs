@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use super::{ObjectMeta, ObjectStore, PutMode, ReadStore, StoreError, StoreResult};
 
@@ -21,9 +20,6 @@ const TMP_SUFFIX: &str = ".bucketfs-tmp";
 #[derive(Debug)]
 pub struct LocalStore {
     root: PathBuf,
-    /// Serialises conditional PUTs: check-then-rename must be atomic between our own callers.
-    /// (Two processes are fenced by `link`, which fails if the key exists, for `Create`.)
-    cond_lock: Mutex<()>,
     tmp_seq: AtomicU64,
 }
 
@@ -33,7 +29,6 @@ impl LocalStore {
         fs::create_dir_all(root)?;
         Ok(LocalStore {
             root: root.to_owned(),
-            cond_lock: Mutex::new(()),
             tmp_seq: AtomicU64::new(0),
         })
     }
@@ -69,16 +64,18 @@ impl LocalStore {
     fn put_sync(&self, key: &str, body: &[u8], mode: &PutMode) -> StoreResult<String> {
         let path = self.path(key)?;
         let io = |e: io::Error| transient("put", key, e);
-        let _guard = (*mode != PutMode::Overwrite).then(|| self.cond_lock.lock());
-        if let PutMode::Replace { etag } = mode {
-            let current = etag_of(&path).map_err(io)?;
-            if current.as_deref() != Some(etag.as_str()) {
-                return Err(StoreError::PreconditionFailed { key: key.into() });
-            }
-        }
+        // Held until the new object is in place: another Replace of this key, from this
+        // process or another, waits for it, then finds the object it names gone.
+        let _held = match mode {
+            PutMode::Replace { etag } => match lock_if_current(&path, etag).map_err(io)? {
+                Some(held) => Some(held),
+                None => return Err(StoreError::PreconditionFailed { key: key.into() }),
+            },
+            _ => None,
+        };
         let tmp = self.write_tmp(&path, body).map_err(io)?;
         let placed = if *mode == PutMode::Create {
-            // link(2) fails with EEXIST if the key exists: atomic across processes too.
+            // link(2) fails with EEXIST if the key exists: atomic across processes.
             fs::hard_link(&tmp, &path)
         } else {
             fs::rename(&tmp, &path)
@@ -204,7 +201,8 @@ impl ReadStore for LocalStore {
 impl ObjectStore for LocalStore {
     async fn put(&self, key: &str, body: Bytes, mode: PutMode) -> StoreResult<String> {
         // Local file I/O is fast and the callers are background tasks: run it inline rather
-        // than pay a spawn_blocking hop for every object.
+        // than pay a spawn_blocking hop for every object. (A `Replace` may wait for another's
+        // to finish; those are GC's few small objects.)
         self.put_sync(key, &body, &mode)
     }
 
@@ -237,6 +235,33 @@ fn etag_from_meta(m: &fs::Metadata) -> String {
         m.mtime(),
         m.mtime_nsec()
     )
+}
+
+/// The object at `path`, locked (flock(2), which conflicts between any two opens, in one
+/// process or two) if it is still the one `etag` names once the lock is held; `None` if it is
+/// missing or another. Every `Replace` takes this lock before it checks and keeps it until its
+/// rename, so no two can both find the same ETag current. A waiter wakes holding the replaced
+/// file, which is no longer at `path`: that is "another".
+fn lock_if_current(path: &Path, etag: &str) -> io::Result<Option<File>> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: flock only reads the descriptor, which `file` owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let held = file.metadata()?;
+    let current = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let same = (held.dev(), held.ino()) == (current.dev(), current.ino());
+    Ok((same && etag_from_meta(&current) == etag).then_some(file))
 }
 
 fn etag_of(path: &Path) -> io::Result<Option<String>> {
@@ -341,6 +366,64 @@ mod tests {
             .unwrap();
         assert_ne!(new, etag);
         assert_eq!(&s.get("lease", None).await.unwrap()[..], b"v2");
+    }
+
+    /// Two stores on one directory stand for two processes (a writer's GC pass and `bucketfs
+    /// gc` by hand raising `gc/boundary` on one `file://` bucket): of the replacements that
+    /// name the same ETag at once, exactly one may succeed, whichever store each comes from.
+    #[test]
+    fn of_replacements_racing_from_two_stores_exactly_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("bucket");
+        let stores = [
+            LocalStore::new(&root).unwrap(),
+            LocalStore::new(&root).unwrap(),
+        ];
+        const RACERS: usize = 6;
+        for round in 0..30 {
+            let etag = stores[0]
+                .put_sync(
+                    "gc/boundary",
+                    format!("round {round}").as_bytes(),
+                    &PutMode::Overwrite,
+                )
+                .unwrap();
+            let start = std::sync::Barrier::new(RACERS);
+            let won: Vec<usize> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..RACERS)
+                    .map(|i| {
+                        let (store, start, etag) = (&stores[i % 2], &start, etag.clone());
+                        s.spawn(move || {
+                            start.wait();
+                            let body = format!("round {round} racer {i}");
+                            match store.put_sync(
+                                "gc/boundary",
+                                body.as_bytes(),
+                                &PutMode::Replace { etag },
+                            ) {
+                                Ok(_) => Some(i),
+                                Err(StoreError::PreconditionFailed { .. }) => None,
+                                Err(e) => panic!("racer {i}: {e}"),
+                            }
+                        })
+                    })
+                    .collect();
+                racers
+                    .into_iter()
+                    .filter_map(|r| r.join().unwrap())
+                    .collect()
+            });
+            assert_eq!(
+                won.len(),
+                1,
+                "round {round}: racers {won:?} all replaced one ETag"
+            );
+            let held = stores[1].get_sync("gc/boundary", None).unwrap();
+            assert_eq!(
+                &held[..],
+                format!("round {round} racer {}", won[0]).as_bytes()
+            );
+        }
     }
 
     #[tokio::test]
