@@ -546,6 +546,74 @@ fn contract_on_local_directory() {
     });
 }
 
+/// The S3 store pages a listing with StartAfter and takes a server's word for where it ends.
+/// A server that answers a LIST wrongly must make the listing an error: not an endless one,
+/// and never a shorter one (GC would count the segments of manifests it did not see
+/// unneeded). Neither s3s-fs nor moto answers so of itself; the test server is told to.
+#[test]
+fn the_s3_store_refuses_a_listing_a_server_answers_wrongly() {
+    use bucketfs::store::ReadStore;
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = common::scratch();
+    let server = S3Server::start(&dir.path().join("s3"));
+    let store = s3_store(
+        &server.endpoint,
+        common::s3::BUCKET,
+        "lists",
+        common::s3::ACCESS_KEY,
+        common::s3::SECRET_KEY,
+    );
+    let keys = |listed: Vec<ObjectMeta>| listed.into_iter().map(|m| m.key).collect::<Vec<_>>();
+    let faults = &server.faults;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for key in ["m/1", "m/2", "m/3"] {
+            store
+                .put(key, Bytes::from_static(b"x"), PutMode::Overwrite)
+                .await
+                .expect("put");
+        }
+        // Pages of one key, as a server may answer: every key once, in order.
+        faults.list_page_keys.store(1, SeqCst);
+        let first = store.list_page("m/", None).await.expect("a page");
+        assert_eq!(keys(first.objects), ["m/1"]);
+        assert_eq!(first.next.as_deref(), Some("m/1"));
+        assert_eq!(
+            keys(store.list("m/").await.expect("list")),
+            ["m/1", "m/2", "m/3"]
+        );
+
+        // Ignoring StartAfter, the server hands the first page back: refused at the second
+        // page, not followed round again.
+        faults.list_ignores_start_after.store(true, SeqCst);
+        let before = faults.requests.load(SeqCst);
+        let listed = tokio::time::timeout(Duration::from_secs(60), store.list("m/"))
+            .await
+            .expect("the listing ended");
+        let err = listed.expect_err("a listing that went round the same page");
+        assert!(matches!(err, StoreError::Permanent { .. }), "{err}");
+        assert!(err.to_string().contains("StartAfter"), "{err}");
+        assert_eq!(
+            faults.requests.load(SeqCst) - before,
+            2,
+            "LIST requests sent"
+        );
+        faults.list_ignores_start_after.store(false, SeqCst);
+
+        // A truncated page with no keys leads nowhere: an error worth retrying, not the end.
+        faults.list_truncated_empty.store(true, SeqCst);
+        let err = store.list("m/").await.expect_err("a listing cut short");
+        assert!(matches!(err, StoreError::Transient { .. }), "{err}");
+        let err = store
+            .list_page("m/", None)
+            .await
+            .expect_err("a page leading nowhere");
+        assert!(matches!(err, StoreError::Transient { .. }), "{err}");
+        faults.list_truncated_empty.store(false, SeqCst);
+        assert_eq!(store.list("m/").await.expect("list").len(), 3);
+    });
+}
+
 fn mount_on(moto: &Moto, mnt: &Path, cache: &Path, prefix: &str) -> Mount {
     let url = moto.url(prefix);
     Mount::start_with_env(mnt, cache, &["--bucket", url.as_str()], &moto.env())

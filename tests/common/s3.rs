@@ -44,6 +44,13 @@ pub struct Faults {
     pub parts: AtomicU64,
     /// The next N CompleteMultipartUpload requests answer 503 (their parts stay uploaded).
     pub fail_completes: AtomicU64,
+    /// When N > 0, a LIST page holds at most N keys (S3's MaxKeys; a server may hand back
+    /// fewer than 1000).
+    pub list_page_keys: AtomicU64,
+    /// A LIST that ignores StartAfter, answering from the prefix's first key again.
+    pub list_ignores_start_after: AtomicBool,
+    /// A LIST answered with no keys and "truncated": a page that leads nowhere.
+    pub list_truncated_empty: AtomicBool,
     /// Every PUT and multipart upload start: where it went and the region header it carried.
     pub put_log: std::sync::Mutex<Vec<PutSeen>>,
     /// The key of every GET, in the order they came (before any latency or fault).
@@ -241,7 +248,21 @@ impl S3 for Faulty {
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let _trip = self.faults.trips.begin();
         self.gate().await?;
-        self.inner.list_objects_v2(req).await
+        let mut req = req;
+        let page = self.faults.list_page_keys.load(Ordering::SeqCst);
+        if page > 0 {
+            req.input.max_keys = Some(page as i32);
+        }
+        if self.faults.list_ignores_start_after.load(Ordering::SeqCst) {
+            req.input.start_after = None;
+        }
+        let mut resp = self.inner.list_objects_v2(req).await?;
+        if self.faults.list_truncated_empty.load(Ordering::SeqCst) {
+            resp.output.contents = None;
+            resp.output.key_count = Some(0);
+            resp.output.is_truncated = Some(true);
+        }
+        Ok(resp)
     }
     async fn delete_object(
         &self,
