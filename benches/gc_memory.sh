@@ -82,73 +82,24 @@ trap 'exit 130' INT TERM
 
 BUCKET_DIR="$SCRATCH/s3/pgdata/p"
 
-# Writes $1 group commits: the mount, one writer's pwrite and fsync of an 8 KiB page $1
-# times, the mount's stop.
-commits() {
-  local n="$1" i
-  "$BUCKETFS" mount --bucket "file://$BUCKET_DIR" --cache-dir "$SCRATCH/cache" \
-    --durability remote --gc-interval off "$SCRATCH/mnt" >>"$LOGS/mount.log" 2>&1 &
-  MOUNT_PID=$!
-  for ((i = 0; i < 600; i++)); do
-    is_mountpoint "$SCRATCH/mnt" && break
-    kill -0 "$MOUNT_PID" 2>/dev/null || die "bucketfs mount exited; see $LOGS/mount.log"
-    sleep 0.1
-  done
-  is_mountpoint "$SCRATCH/mnt" || die "the mount did not come up; see $LOGS/mount.log"
-  python3 - "$SCRATCH/mnt/f" "$n" <<'EOF'
-import os, sys, time
-path, n = sys.argv[1], int(sys.argv[2])
-fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-page = bytearray(os.urandom(8192))
-start = time.monotonic()
-for i in range(n):
-    page[:8] = i.to_bytes(8, "little")
-    os.pwrite(fd, page, (i % 64) * 8192)
-    os.fsync(fd)
-    if (i + 1) % 10000 == 0:
-        print(f"    {i + 1} commits, {time.monotonic() - start:.0f} s", file=sys.stderr)
-os.close(fd)
-EOF
-  kill -TERM "$MOUNT_PID"
-  wait_pid_gone "$MOUNT_PID" 300 || die "the mount did not stop within 300 s"
-  MOUNT_PID=""
-}
-
-# Prints "peak_kib seconds" of `bucketfs gc --dry-run --json` on bucket $1, its report in
-# $LOGS/gc-$2.json.
-gc_pass() {
-  python3 - "$BUCKETFS" "$1" "$LOGS/gc-$2.json" "$LOGS/gc-$2.log" <<'EOF'
-import resource, subprocess, sys, time
-binary, bucket, out, log = sys.argv[1:5]
-start = time.monotonic()
-with open(out, "w") as o, open(log, "w") as e:
-    rc = subprocess.run([binary, "gc", "--dry-run", "--json", "--bucket", bucket], stdout=o, stderr=e).returncode
-took = time.monotonic() - start
-if rc != 0:
-    sys.exit(f"bucketfs gc exited {rc}; see {log}")
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, f"{took:.1f}")
-EOF
-}
-
-manifests_in() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"])' "$1"; }
 
 s3_start 0
 HALF=$((MANIFESTS / 2))
 declare -A PEAK SECS COUNT
 for half in 1 2; do
   say "half $half: $HALF group commits under --durability remote"
-  commits "$HALF"
+  remote_commits "$HALF"
   for store in file s3; do
     case "$store" in
       file) url="file://$BUCKET_DIR" ;;
       s3) url="s3://pgdata/p" ;;
     esac
     say "half $half: bucketfs gc --dry-run --bucket $url"
-    out="$(gc_pass "$url" "$store-$half")" || die "bucketfs gc failed on $url; see $LOGS"
+    out="$(gc_pass "$url" "$store-$half" --dry-run)" || die "bucketfs gc failed on $url; see $LOGS"
     read -r kib secs <<<"$out"
     PEAK[$store-$half]="$kib"
     SECS[$store-$half]="$secs"
-    COUNT[$store-$half]="$(manifests_in "$LOGS/gc-$store-$half.json")"
+    COUNT[$store-$half]="$(json_field "$LOGS/gc-$store-$half.json" manifests)"
   done
 done
 

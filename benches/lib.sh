@@ -153,3 +153,72 @@ s3_start() {
   export AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
     AWS_ENDPOINT_URL_S3="$S3_ENDPOINT" AWS_REGION=auto BUCKETFS_S3_PATH_STYLE=1
 }
+
+# s3_stats: the counters so far of the S3 server `s3_start` started, as "gets get_bytes".
+s3_stats() {
+  local n i
+  n="$(grep -c '^stats ' "$SCRATCH/s3.out" || true)"
+  echo stats >&8
+  for ((i = 0; ; i++)); do
+    [ "$(grep -c '^stats ' "$SCRATCH/s3.out" || true)" -gt "$n" ] && break
+    [ "$i" -lt 200 ] || die "the S3 server did not answer stats within 10 s; see $LOGS/s3.log"
+    sleep 0.05
+  done
+  grep '^stats ' "$SCRATCH/s3.out" | tail -1 |
+    sed -n 's/.* gets=\([0-9]*\) get_bytes=\([0-9]*\).*/\1 \2/p' | grep . ||
+    die "the S3 server did not answer stats; see $LOGS/s3.log"
+}
+
+# remote_commits N: N group commits into the bucket file://$BUCKET_DIR: a `bucketfs mount
+# --durability remote --gc-interval off` on the cache dir $SCRATCH/cache, one writer's pwrite
+# and fsync of an 8 KiB page (one of 64 in turn) N times, and the mount's clean stop (SIGTERM).
+# Needs BUCKETFS, BUCKET_DIR, SCRATCH (with mnt/ in it) and LOGS; sets MOUNT_PID while it runs.
+remote_commits() {
+  local n="$1" i
+  "$BUCKETFS" mount --bucket "file://$BUCKET_DIR" --cache-dir "$SCRATCH/cache" \
+    --durability remote --gc-interval off "$SCRATCH/mnt" >>"$LOGS/mount.log" 2>&1 &
+  MOUNT_PID=$!
+  for ((i = 0; i < 600; i++)); do
+    is_mountpoint "$SCRATCH/mnt" && break
+    kill -0 "$MOUNT_PID" 2>/dev/null || die "bucketfs mount exited; see $LOGS/mount.log"
+    sleep 0.1
+  done
+  is_mountpoint "$SCRATCH/mnt" || die "the mount did not come up; see $LOGS/mount.log"
+  python3 - "$SCRATCH/mnt/f" "$n" <<'EOF'
+import os, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+page = bytearray(os.urandom(8192))
+start = time.monotonic()
+for i in range(n):
+    page[:8] = i.to_bytes(8, "little")
+    os.pwrite(fd, page, (i % 64) * 8192)
+    os.fsync(fd)
+    if (i + 1) % 10000 == 0:
+        print(f"    {i + 1} commits, {time.monotonic() - start:.0f} s", file=sys.stderr)
+os.close(fd)
+EOF
+  kill -TERM "$MOUNT_PID"
+  wait_pid_gone "$MOUNT_PID" 300 || die "the mount did not stop within 300 s"
+  MOUNT_PID=""
+}
+
+# gc_pass BUCKET NAME [OPTION...]: prints "peak_kib seconds" of `bucketfs gc --json OPTION...`
+# on BUCKET (its peak resident memory, getrusage's for the child), its report in
+# $LOGS/gc-NAME.json and its log in $LOGS/gc-NAME.log. Needs BUCKETFS and LOGS.
+gc_pass() {
+  python3 - "$BUCKETFS" "$1" "$LOGS/gc-$2.json" "$LOGS/gc-$2.log" "${@:3}" <<'EOF'
+import resource, subprocess, sys, time
+binary, bucket, out, log = sys.argv[1:5]
+start = time.monotonic()
+with open(out, "w") as o, open(log, "w") as e:
+    rc = subprocess.run([binary, "gc", *sys.argv[5:], "--json", "--bucket", bucket], stdout=o, stderr=e).returncode
+took = time.monotonic() - start
+if rc != 0:
+    sys.exit(f"bucketfs gc exited {rc}; see {log}")
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, f"{took:.1f}")
+EOF
+}
+
+# json_field FILE KEY: the top-level field KEY of the JSON object in FILE.
+json_field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }

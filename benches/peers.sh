@@ -291,21 +291,6 @@ now() { date +%s.%N; }
 # ---- the bucket ------------------------------------------------------------------------------
 # With S3_LATENCY_MS: one S3 server for every target (`s3_start`, benches/lib.sh).
 
-# s3_stats: the S3 server's counters so far, as "gets get_bytes" (with S3_LATENCY_MS only).
-s3_stats() {
-  local n i
-  n="$(grep -c '^stats ' "$SCRATCH/s3.out" || true)"
-  echo stats >&8
-  for ((i = 0; ; i++)); do
-    [ "$(grep -c '^stats ' "$SCRATCH/s3.out" || true)" -gt "$n" ] && break
-    [ "$i" -lt 200 ] || die "the S3 server did not answer stats within 10 s; see $LOGS/s3.log"
-    sleep 0.05
-  done
-  grep '^stats ' "$SCRATCH/s3.out" | tail -1 |
-    sed -n 's/.* gets=\([0-9]*\) get_bytes=\([0-9]*\).*/\1 \2/p' | grep . ||
-    die "the S3 server did not answer stats; see $LOGS/s3.log"
-}
-
 # s3_latency ms: the S3 server's latency from now on (answered once the server holds it).
 s3_latency() {
   echo "latency $1" >&8

@@ -228,10 +228,12 @@ fn print_report(url: &BucketUrl, r: &Report, out: &mut dyn Write) -> std::io::Re
     )?;
     writeln!(
         out,
-        "objects: {} manifests and {} segments, {} bytes; the latest checkpoint uses {} bytes \
-         (space amplification {:.2}); a restore reads a chain of {} manifest(s)",
+        "objects: {} manifests, {} segments and {} chunks of the GC catalog, {} bytes; the \
+         latest checkpoint uses {} bytes (space amplification {:.2}); a restore reads a chain \
+         of {} manifest(s)",
         r.manifests,
         r.segments,
+        r.catalog_chunks,
         r.bucket_bytes,
         r.image_bytes,
         r.space_amplification,

@@ -62,11 +62,11 @@ const REPEAT_ERROR_LOG: Duration = Duration::from_secs(300);
 const GC_GAUGES: [(&str, &str); 9] = [
     (
         "bucketfs_bucket_bytes",
-        "Bytes of every manifest and segment in the bucket, at the last GC pass",
+        "Bytes of every manifest, segment and chunk of the GC catalog in the bucket, at the last GC pass",
     ),
     (
         "bucketfs_bucket_objects",
-        "Manifests and segments in the bucket, at the last GC pass",
+        "Manifests, segments and chunks of the GC catalog in the bucket, at the last GC pass",
     ),
     (
         "bucketfs_bucket_image_bytes",
@@ -241,7 +241,10 @@ impl Metrics {
     pub fn gc_pass(&self, r: &crate::status::GcReport) {
         for (name, v) in [
             ("bucketfs_bucket_bytes", r.bucket_bytes as f64),
-            ("bucketfs_bucket_objects", (r.manifests + r.segments) as f64),
+            (
+                "bucketfs_bucket_objects",
+                (r.manifests + r.segments + r.catalog_chunks) as f64,
+            ),
             ("bucketfs_bucket_image_bytes", r.image_bytes as f64),
             (
                 "bucketfs_bucket_space_amplification_ratio",

@@ -100,7 +100,10 @@ pub struct GcReport {
     pub chain_length: u64,
     pub manifests: u64,
     pub segments: u64,
-    /// Every object under manifests/ and segments/, and their bytes.
+    /// Chunks of GC's catalog (`gc/catalog/`).
+    #[serde(default)]
+    pub catalog_chunks: u64,
+    /// Every object under manifests/, segments/ and gc/catalog/, and their bytes.
     pub bucket_bytes: u64,
     /// Bytes of the runs the latest checkpoint's image uses.
     pub image_bytes: u64,
@@ -402,7 +405,7 @@ pub fn print(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                     "bucket size   {} in {} objects; the latest checkpoint uses {} (space \
                      amplification {:.2}); restore chain {}; {} checkpoints retained",
                     bytes(g.bucket_bytes),
-                    g.manifests + g.segments,
+                    g.manifests + g.segments + g.catalog_chunks,
                     bytes(g.image_bytes),
                     g.space_amplification,
                     g.chain_length,

@@ -15,8 +15,8 @@ use std::time::Duration;
 use bucketfs::checkpoint::{open_bucket_at, At, BucketFetcher, CheckpointError, GcSettings};
 use bucketfs::fs::{Fetcher, FsError, PAGE_SIZE, ROOT_INO};
 use bucketfs::gc::compact::CompactSettings;
-use bucketfs::gc::Retention;
-use bucketfs::store::{LocalStore, ObjectStore, ReadStore};
+use bucketfs::gc::{chunk_key, chunk_range, Collector, Retention, CATALOG_PREFIX};
+use bucketfs::store::{LocalStore, ObjectMeta, ObjectStore, ReadStore};
 use common::engine::{assert_same, pattern, restored, Dirs, Engine, Options, PAGE};
 
 const HOUR_MS: u64 = 3_600_000;
@@ -172,8 +172,20 @@ fn fresh_pass(bucket: &Path, now_ms: u64) -> bucketfs::gc::Report {
 /// A GC pass of a new process keeping the newest `keep` checkpoints, deleting unless
 /// `dry_run`.
 fn new_process_pass(bucket: &Path, keep: u32, now_ms: u64, dry_run: bool) -> bucketfs::gc::Report {
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(bucket).unwrap());
+    pass_of(&mut Collector::default(), store, keep, now_ms, dry_run)
+}
+
+/// A pass of `collector` (which holds what earlier passes of its process learnt) over
+/// `store`, as `new_process_pass`.
+fn pass_of(
+    collector: &mut Collector,
+    store: Arc<dyn ObjectStore>,
+    keep: u32,
+    now_ms: u64,
+    dry_run: bool,
+) -> bucketfs::gc::Report {
+    let rt = tokio::runtime::Runtime::new().unwrap();
     let holds = || Ok(());
     let retention = gc(keep, false).gc.unwrap().retention;
     let mode = match dry_run {
@@ -183,7 +195,7 @@ fn new_process_pass(bucket: &Path, keep: u32, now_ms: u64, dry_run: bool) -> buc
             in_flight: &|_: &str| false,
         },
     };
-    bucketfs::gc::Collector::default()
+    collector
         .pass(&store, rt.handle(), &retention, now_ms, mode)
         .unwrap()
 }
@@ -222,6 +234,254 @@ fn a_pass_after_one_that_failed_part_way_plans_what_a_new_process_does() {
     };
     assert_eq!(plan(&r), plan(&fresh), "{r:?}\n{fresh:?}");
     assert!(r.manifests > 85 && r.pending > 0, "{r:?}");
+}
+
+/// A bucket directory that records the keys it is asked to GET, and can hide the chunks of
+/// GC's catalog from a LIST (as a bucket written before they were).
+#[derive(Debug)]
+struct Seen {
+    inner: LocalStore,
+    hide_chunks: bool,
+    gets: Mutex<Vec<String>>,
+    puts: Mutex<Vec<String>>,
+}
+
+impl Seen {
+    fn over(bucket: &Path, hide_chunks: bool) -> Arc<Seen> {
+        Arc::new(Seen {
+            inner: LocalStore::new(bucket).unwrap(),
+            hide_chunks,
+            gets: Mutex::default(),
+            puts: Mutex::default(),
+        })
+    }
+    fn gets_under(&self, prefix: &str) -> usize {
+        let gets = self.gets.lock().unwrap();
+        gets.iter().filter(|k| k.starts_with(prefix)).count()
+    }
+    fn puts_under(&self, prefix: &str) -> usize {
+        let puts = self.puts.lock().unwrap();
+        puts.iter().filter(|k| k.starts_with(prefix)).count()
+    }
+    fn chunks(&self) -> Vec<String> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listed = rt.block_on(self.inner.list(CATALOG_PREFIX)).unwrap();
+        listed.into_iter().map(|o| o.key).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadStore for Seen {
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> bucketfs::store::StoreResult<bytes::Bytes> {
+        self.gets.lock().unwrap().push(key.to_string());
+        self.inner.get(key, range).await
+    }
+    async fn head(&self, key: &str) -> bucketfs::store::StoreResult<Option<ObjectMeta>> {
+        self.inner.head(key).await
+    }
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> bucketfs::store::StoreResult<Vec<ObjectMeta>> {
+        let mut listed = self.inner.list_after(prefix, after).await?;
+        listed.retain(|o| !(self.hide_chunks && o.key.starts_with(CATALOG_PREFIX)));
+        Ok(listed)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Seen {
+    async fn put(
+        &self,
+        key: &str,
+        body: bytes::Bytes,
+        mode: bucketfs::store::PutMode,
+    ) -> bucketfs::store::StoreResult<String> {
+        self.puts.lock().unwrap().push(key.to_string());
+        self.inner.put(key, body, mode).await
+    }
+    async fn delete(&self, key: &str) -> bucketfs::store::StoreResult<()> {
+        self.inner.delete(key).await
+    }
+}
+
+/// (epoch, parent, created_ms, fence, the segments it brought).
+type Known = (u64, Option<u64>, u64, bool, Vec<String>);
+
+/// Every field of every summary in a catalog, by epoch.
+fn catalog_of(c: &Collector) -> Vec<Known> {
+    c.catalog
+        .summaries_in(0..u64::MAX)
+        .map(|(epoch, s)| {
+            let names = s.segments.iter().map(|k| k.to_string()).collect();
+            (epoch, s.parent, s.created_ms, s.fence, names)
+        })
+        .collect()
+}
+
+/// A deleting pass keeps its catalog in the bucket too, a chunk for each closed range of
+/// epochs, so that a new process's first pass reads a chunk instead of every manifest in its
+/// range, and learns exactly what reading them teaches. A chunk that does not decode is read
+/// past and written again; one whose epochs have all gone below the boundary is collected
+/// after the grace.
+#[test]
+fn a_new_process_reads_the_catalog_from_its_chunks_in_the_bucket() {
+    // Eight epochs a chunk: the last closed range holds the boundary once it has risen.
+    const SPAN: u64 = 8;
+    let dirs = Dirs::new();
+    let bucket = dirs.bucket();
+    // Runs in segments: no manifest is kept for the pages it carries, which would raise the
+    // boundary past most of them at the first pass.
+    let mut options = gc_segments(3, false);
+    options.gc.as_mut().unwrap().chunk_epochs = SPAN;
+    let e = Engine::open(&dirs.cache(0), &bucket, options);
+    let a = e.create("a");
+    rewrite_and_checkpoint(&e, a, 4, 70);
+    let t0 = now_ms();
+    // The writer's own pass writes a chunk of every closed range of epochs (asking, before
+    // each window of them, whether it still holds the prefix).
+    e.cp.gc_pass(t0).expect("the writer's pass");
+    e.crash();
+    let listed = epochs(&bucket);
+    let newest = *listed.last().unwrap();
+    let as_store = |s: &Arc<Seen>| -> Arc<dyn ObjectStore> { s.clone() };
+    let first = Seen::over(&bucket, false);
+    let ranges: Vec<std::ops::Range<u64>> = (0..)
+        .map(|k| k * SPAN..(k + 1) * SPAN)
+        .take_while(|r| r.end - 1 <= newest)
+        .collect();
+    let want: Vec<String> = ranges.iter().map(chunk_key).collect();
+    assert_eq!(
+        first.chunks(),
+        want,
+        "{} manifests, the newest {newest}",
+        listed.len()
+    );
+
+    // A new process reads them, and learns what one that reads every manifest learns.
+    let fresh = |hide_chunks: bool| {
+        let store = Seen::over(&bucket, hide_chunks);
+        let mut c = Collector::default();
+        let report = pass_of(&mut c, as_store(&store), 3, t0, true);
+        (store, c, report)
+    };
+    let plan = |r: &bucketfs::gc::Report| {
+        (
+            (r.latest_epoch, r.retained, r.oldest_retained, r.boundary),
+            (r.manifests, r.segments, r.chain_length),
+            (r.orphans, r.pinned, r.fences, r.unreadable),
+        )
+    };
+    // Each manifest in a chunk's range at or above the boundary comes from the chunk; the
+    // chains of the retained checkpoints are read whole by both.
+    let covered = |r: &bucketfs::gc::Report| {
+        let end = ranges.last().unwrap().end;
+        let now = epochs(&bucket);
+        now.iter().filter(|&&e| e >= r.boundary && e < end).count()
+    };
+    let (by_chunks, c1, r1) = fresh(false);
+    let (by_manifests, c2, r2) = fresh(true);
+    assert_eq!(plan(&r1), plan(&r2), "{r1:?}\n{r2:?}");
+    assert_eq!(catalog_of(&c1), catalog_of(&c2));
+    assert_eq!(r1.catalog_chunks, ranges.len() as u64);
+    let saved = by_manifests.gets_under("manifests/") - by_chunks.gets_under("manifests/");
+    assert_eq!(saved, covered(&r1), "{r1:?}");
+    assert!(
+        saved >= 48,
+        "{saved} manifest reads saved of {}",
+        listed.len()
+    );
+    assert_eq!(by_chunks.gets_under(CATALOG_PREFIX), ranges.len());
+
+    // A damaged chunk: its manifests are read instead, and a deleting pass that met it writes
+    // it again, and only it; the next writes none.
+    let last = ranges.last().unwrap().clone();
+    let path = bucket.join(chunk_key(&last));
+    std::fs::write(&path, b"not a chunk").unwrap();
+    let (damaged, c3, r3) = fresh(false);
+    assert_eq!(plan(&r3), plan(&r1));
+    assert_eq!(catalog_of(&c3), catalog_of(&c1));
+    let in_last = listed.iter().filter(|e| last.contains(e)).count();
+    assert_eq!(
+        damaged.gets_under("manifests/"),
+        by_chunks.gets_under("manifests/") + in_last
+    );
+    let deleting_pass = |now_ms: u64| {
+        let store = Seen::over(&bucket, false);
+        let mut c = Collector::default().with_chunk_epochs(SPAN);
+        let report = pass_of(&mut c, as_store(&store), 3, now_ms, false);
+        (store.puts_under(CATALOG_PREFIX), report)
+    };
+    assert_eq!(
+        deleting_pass(t0).0,
+        1,
+        "chunks written by the pass that met the damaged one"
+    );
+    assert_ne!(std::fs::read(&path).unwrap(), b"not a chunk");
+    assert_eq!(
+        deleting_pass(t0).0,
+        0,
+        "chunks written with every one in the bucket"
+    );
+    let (mended, c4, _) = fresh(false);
+    assert_eq!(catalog_of(&c4), catalog_of(&c1));
+    assert_eq!(
+        mended.gets_under("manifests/"),
+        by_chunks.gets_under("manifests/")
+    );
+
+    // Past the grace the expired manifests go and the boundary rises past them, into the
+    // chunks' ranges. A key it freed is landed on again (as a stalled writer's commit into
+    // the past would be; here another epoch's manifest, which reads as unreadable there):
+    // a new process takes no epoch below the boundary from a chunk, and still learns what
+    // one that reads every manifest learns.
+    let (_, raised) = deleting_pass(t0 + HOUR_MS);
+    assert!(raised.deleted > 0 && raised.boundary > SPAN, "{raised:?}");
+    // The next pass forgets the deleted keys (a key pending in the state is not read), and
+    // finds the chunks all below the boundary unneeded.
+    let (_, next) = deleting_pass(t0 + HOUR_MS + 1);
+    let below = ranges.iter().filter(|r| r.end <= next.boundary).count() as u64;
+    assert!(below > 0, "no chunk fell below {}", next.boundary);
+    let now = epochs(&bucket);
+    let freed = *listed.iter().rfind(|e| !now.contains(e)).unwrap();
+    let manifest = |e: u64| bucket.join(bucketfs::checkpoint::manifest_key(e));
+    std::fs::copy(manifest(newest), manifest(freed)).unwrap();
+    let (by_chunks, c5, r5) = fresh(false);
+    let (by_manifests, c6, r6) = fresh(true);
+    assert_eq!(plan(&r5), plan(&r6), "{r5:?}\n{r6:?}");
+    assert_eq!(
+        r5.pending,
+        r6.pending + below,
+        "the chunks below the boundary wait"
+    );
+    assert_eq!(catalog_of(&c5), catalog_of(&c6));
+    assert_eq!(r5.unreadable, 1, "the freed key landed on again: {r5:?}");
+    let saved = by_manifests.gets_under("manifests/") - by_chunks.gets_under("manifests/");
+    assert_eq!(saved, covered(&r5), "{r5:?}");
+    assert!(
+        saved > 0 && saved < covered(&r1),
+        "{saved} of {}",
+        covered(&r1)
+    );
+    std::fs::remove_file(manifest(freed)).unwrap();
+
+    // A chunk all below the boundary goes once it has waited out the grace.
+    deleting_pass(t0 + 2 * HOUR_MS + 1);
+    let left: Vec<String> = ranges
+        .iter()
+        .filter(|r| r.end > next.boundary)
+        .map(chunk_key)
+        .collect();
+    assert_eq!(first.chunks(), left, "boundary {}", next.boundary);
+    assert!(first.chunks().iter().all(|k| chunk_range(k).is_some()));
 }
 
 /// A writer that wrote file `a` and stalled after its checkpoint (a clean stop if `clean`),

@@ -30,6 +30,9 @@ pub struct GcSettings {
     /// Rewrite mostly-dead and small segments in each pass, from its listing, before
     /// retention and deletion; None: never.
     pub compact: Option<crate::gc::compact::CompactSettings>,
+    /// Epochs each chunk of GC's catalog in the bucket covers (`crate::gc::CHUNK_EPOCHS`;
+    /// tests take fewer).
+    pub chunk_epochs: u64,
 }
 
 /// The longest a writer waits after its start before its first GC pass. A Fly Machine that
@@ -54,6 +57,7 @@ impl GcSettings {
             interval,
             first_after: interval.min(FIRST_GC_PASS_AFTER),
             compact,
+            chunk_epochs: crate::gc::CHUNK_EPOCHS,
         }
     }
 }

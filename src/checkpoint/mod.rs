@@ -388,6 +388,10 @@ impl Checkpointer {
         opened: &Opened,
     ) -> Checkpointer {
         let gc_inbox = Arc::new(crate::gc::Inbox::default());
+        let mut collector = crate::gc::Collector::with_inbox(gc_inbox.clone());
+        if let Some(gc) = &settings.gc {
+            collector = collector.with_chunk_epochs(gc.chunk_epochs);
+        }
         Checkpointer {
             filter: LocalOnly::new(&settings.local_only, &settings.wal_dir),
             fs,
@@ -413,7 +417,7 @@ impl Checkpointer {
             totals: Mutex::new(Totals::default()),
             upload_sent: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             upload_total: std::sync::atomic::AtomicU64::new(0),
-            collector: Mutex::new(crate::gc::Collector::with_inbox(gc_inbox.clone())),
+            collector: Mutex::new(collector),
             gc_inbox,
             last_gc: Mutex::new(None),
             chain_bytes: Mutex::new(opened.chain_bytes),

@@ -2,7 +2,7 @@
 //! manifest is read once.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, Range};
 use std::sync::Arc;
 
 use super::segment_epoch;
@@ -193,6 +193,24 @@ impl Catalog {
         if self.entries.capacity() > self.entries.len() + self.entries.len() / 8 {
             self.entries.shrink_to_fit();
         }
+    }
+
+    /// The summaries of the manifests in `epochs`, in epoch order (what a chunk of the
+    /// catalog in the bucket holds).
+    pub fn summaries_in(&self, epochs: Range<u64>) -> impl Iterator<Item = (u64, Summary)> + '_ {
+        debug_assert!(!self.unsettled, "the catalog is read before it is settled");
+        let from = self.entries.partition_point(|e| e.epoch < epochs.start);
+        let to = self.entries.partition_point(|e| e.epoch < epochs.end);
+        self.entries[from..to].iter().map(|e| {
+            let segments = self.segments.get(&e.epoch).cloned().unwrap_or_default();
+            let summary = Summary {
+                parent: e.parent(),
+                created_ms: e.created_ms(),
+                fence: e.fence(),
+                segments,
+            };
+            (e.epoch, summary)
+        })
     }
 
     /// The segments brought by the manifests after `epoch`.

@@ -1,14 +1,14 @@
 //! What a pass lists: the manifests (as epochs and sizes, taken in page by page), the
-//! segments, and the state the last pass left.
+//! segments, the chunks of the catalog, and the state the last pass left.
 
 use super::catalog::reserve_gently;
-use super::{read_state, State, STATE_KEY};
+use super::{read_state, State, CATALOG_PREFIX, STATE_KEY};
 use crate::checkpoint::{epoch_of_key, CheckpointError};
 use crate::store::placement::{MANIFESTS, SEGMENTS};
 use crate::store::{ObjectMeta, ObjectStore, StoreError};
 
-/// What a pass lists (step 1): every manifest and every segment, a LIST request per 1,000
-/// keys, and the state the last pass left. A writer's pass reads them once, before its
+/// What a pass lists (step 1): every manifest, every segment and every chunk of the catalog,
+/// a LIST request per 1,000 keys, and the state the last pass left. A writer's pass reads them once, before its
 /// compaction, which chooses from the same listing (and takes its first window from the
 /// state); a compaction's commit and uploads then come after the LIST, as a checkpoint's
 /// beside the pass may. (Only passes write the state, one at a time.)
@@ -16,6 +16,8 @@ use crate::store::{ObjectMeta, ObjectStore, StoreError};
 pub struct Listing {
     pub manifests: Manifests,
     pub segments: Vec<ObjectMeta>,
+    /// The chunks of the catalog in the bucket (`gc/catalog/`).
+    pub chunks: Vec<ObjectMeta>,
     pub state: Option<State>,
     /// The ETag `gc/state` had just before it was read (None: there was none): the pass
     /// writes its own only over that one.
@@ -33,9 +35,11 @@ impl Listing {
         let mut segments = store.list(SEGMENTS).await?;
         // In key order, which `size_of` searches (every store lists so; a wrapper might not).
         segments.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let chunks = store.list(CATALOG_PREFIX).await?;
         Ok(Listing {
             manifests,
             segments,
+            chunks,
             state: read_state(store).await?,
             state_etag: state_meta.map(|m| m.etag),
         })

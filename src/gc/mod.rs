@@ -3,8 +3,10 @@
 //! bucket over time"; docs/gc.md).
 //!
 //! A pass, in order:
-//! 1. *List* `manifests/` and `segments/`, and read what the catalog does not know yet of
-//!    each manifest (its time, its parent, the segments it uploaded: `Summary::of`).
+//! 1. *List* `manifests/`, `segments/` and the catalog's chunks (`gc/catalog/`), and take in
+//!    what the catalog does not know yet of each manifest (its time, its parent, the
+//!    segments it uploaded: `Summary::of`), from the chunks that cover it or from the
+//!    manifest itself.
 //! 2. *Retain* the latest checkpoint, the newest `min_checkpoints`, and every one committed
 //!    within `window`. The oldest of them is restorable, so its chain back to a base is
 //!    needed, and so is every manifest after it.
@@ -29,6 +31,7 @@
 //! A crash anywhere leaks objects at worst: the next pass finds them unneeded again.
 
 mod catalog;
+mod chunks;
 pub mod compact;
 mod listing;
 mod state;
@@ -36,12 +39,14 @@ mod state;
 /// What one pass found and did: a snapshot that /status and /metrics read too.
 pub use crate::status::GcReport as Report;
 pub use catalog::{Catalog, Summary};
+pub use chunks::{chunk_key, chunk_range, CATALOG_PREFIX, CHUNK_EPOCHS};
 pub use listing::{Listing, Manifests};
 use state::{raise_boundary, STATE_VERSION};
 pub use state::{read_boundary, read_state, State, BOUNDARY_KEY, STATE_KEY};
 pub(crate) use state::{seal_json, unseal_json};
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,11 +111,21 @@ impl Inbox {
 }
 
 /// A pass over a bucket. The catalog lives as long as the collector, so a writer's passes
-/// read each manifest once.
-#[derive(Debug, Default)]
+/// read each manifest once, and a deleting pass keeps it in the bucket too, in chunks of
+/// `CHUNK_EPOCHS` manifests (src/gc/chunks.rs), so a new process reads each manifest of a
+/// closed range of epochs from one object.
+#[derive(Debug)]
 pub struct Collector {
     pub catalog: Catalog,
     inbox: Arc<Inbox>,
+    /// Epochs a chunk of the catalog this collector writes covers.
+    chunk_epochs: u64,
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Collector::with_inbox(Arc::default())
+    }
 }
 
 /// The plan of one pass: pure arithmetic over what was listed.
@@ -123,6 +138,10 @@ struct Plan {
     state: State,
     /// The ETag of the `gc/state` the pass read (None: there was none).
     state_etag: Option<String>,
+    /// Ranges of epochs whose chunk of the catalog a deleting pass writes, with the epochs
+    /// from this one on (the boundary the pass leaves: no reader takes one below it).
+    chunks_due: Vec<Range<u64>>,
+    chunks_from: u64,
 }
 
 impl Collector {
@@ -131,7 +150,17 @@ impl Collector {
         Collector {
             catalog: Catalog::default(),
             inbox,
+            chunk_epochs: CHUNK_EPOCHS,
         }
+    }
+
+    /// A collector whose chunks of the catalog cover `epochs` epochs each, not
+    /// `CHUNK_EPOCHS`: tests reach a chunk's end with tens of manifests. (A reader takes any
+    /// chunk's range from its key.)
+    pub fn with_chunk_epochs(mut self, epochs: u64) -> Collector {
+        assert!(epochs > 0, "a chunk covers at least one epoch");
+        self.chunk_epochs = epochs;
+        self
     }
 
     /// A pass that lists the bucket itself.
@@ -190,10 +219,14 @@ impl Collector {
         dry_run: bool,
         in_flight: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Plan, CheckpointError> {
+        // After the LIST (`listed`), before any chunk is read: a chunk listed was written by
+        // a pass that read a boundary no higher, so what it says of an epoch at or above this
+        // one is still what the manifest at that key says (src/gc/chunks.rs).
         let boundary = read_boundary(&**store).await?;
         let Listing {
             manifests,
             segments,
+            chunks,
             state,
             state_etag,
         } = listed;
@@ -219,6 +252,10 @@ impl Collector {
         let epochs = || manifests.iter().map(|(epoch, _)| epoch);
         let mut unknown = Vec::with_capacity(epochs().filter(is_unknown).count());
         unknown.extend(epochs().filter(is_unknown));
+        // What the catalog in the bucket says of them, then the manifests it did not cover.
+        let unusable = self
+            .read_chunks(&**store, &chunks, &mut unknown, boundary)
+            .await;
         // Read before the posted ones go in, which are usually newer: the catalog is a vector
         // in epoch order, and what is read then goes on its end (else it is sorted once).
         let read = self.read_unknown(&**store, &unknown, boundary).await;
@@ -227,6 +264,17 @@ impl Collector {
         self.catalog
             .retain(|e| manifests.contains(e) || newest.is_none_or(|n| e > n));
         let unreadable = read?;
+        let chunks_due = match dry_run {
+            true => Vec::new(),
+            false => {
+                let present = chunks
+                    .iter()
+                    .filter(|o| !unusable.contains(&o.key))
+                    .filter_map(|o| chunk_range(&o.key))
+                    .collect();
+                self.chunks_due(&manifests, boundary, &present)
+            }
+        };
         let Some(plan_in) = self.retained(&manifests, boundary, retention, now_ms) else {
             // No checkpoint yet: nothing to keep, nothing known to be garbage.
             let mut plan = Plan::default();
@@ -249,6 +297,7 @@ impl Collector {
         let named: HashSet<&str> = self.catalog.segments().map(|k| &**k).collect();
         let mut plan = Plan {
             state_etag,
+            chunks_due,
             ..Plan::default()
         };
         let r = &mut plan.report;
@@ -260,7 +309,9 @@ impl Collector {
         r.chain_length = plan_in.chain_of_latest;
         r.manifests = manifests.len() as u64;
         r.segments = segments.len() as u64;
-        r.bucket_bytes = manifests.bytes() + segments.iter().map(|m| m.size).sum::<u64>();
+        r.catalog_chunks = chunks.len() as u64;
+        r.bucket_bytes =
+            manifests.bytes() + segments.iter().chain(&chunks).map(|m| m.size).sum::<u64>();
         r.dry_run = dry_run;
         // Unneeded: manifests before the first needed one, segments not live. A manifest
         // whose inline runs a retained image still uses is live as a segment is: it stays,
@@ -281,6 +332,14 @@ impl Collector {
         r.pinned = pinned.len() as u64;
         r.fences = fences.len() as u64;
         r.unreadable = unreadable.len() as u64;
+        // A chunk of the catalog whose epochs are all below the boundary tells a reader
+        // nothing any more (it takes no epoch below its boundary from a chunk).
+        unneeded.extend(
+            chunks
+                .iter()
+                .filter(|o| chunk_range(&o.key).is_some_and(|r| r.end <= boundary))
+                .map(|o| (o.key.clone(), o.size)),
+        );
         // An upload of the writer's own checkpoint under way beside the pass (or committed
         // since the LIST) looks like an orphan: its epoch is above every listed manifest. It
         // waits, however long, and is not counted as an orphan. A failed attempt's uploads
@@ -346,6 +405,11 @@ impl Collector {
             .max()
             .map(|e| e + 1)
             .filter(|&b| b > boundary);
+        // No chunk whose epochs all fall below the boundary this pass leaves: no reader would
+        // take anything from it.
+        let left = plan.raise_to.unwrap_or(boundary);
+        plan.chunks_due.retain(|r| r.end > left);
+        plan.chunks_from = left;
         let image = self.image_bytes(&**store, &plan_in).await?;
         plan.report.image_bytes = image;
         plan.report.space_amplification = if image > 0 {
@@ -435,6 +499,12 @@ impl Collector {
                 ))
             }
             Err(e) => return Err(e.into()),
+        }
+        // The catalog in the bucket: what this pass knows of closed ranges of epochs that no
+        // chunk holds yet (a writer's first pass on a bucket from before chunks: all of them).
+        let chunks = self.write_chunks(&**store, rt, &plan.chunks_due, plan.chunks_from, holds)?;
+        if chunks > 0 {
+            info!(chunks, "GC wrote chunks of its catalog to the bucket");
         }
         if plan.delete.is_empty() && plan.raise_to.is_none() {
             return Ok(plan.report);

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# gc_first_pass.sh: what a process's first GC pass costs on a bucket of many manifests, before
+# and after GC's catalog is kept in the bucket (gc/catalog/, docs/gc.md). Under --durability
+# remote every group commit is a manifest; a process knows none of them at its start, and
+# its first pass read each one (a GET each, 32 at a time). A Fly Machine that stops when idle
+# runs a new process, and a first pass, at every wake-up.
+#
+# Usage (as root, after `make build`):
+#   benches/gc_first_pass.sh                   # or: make bench-gc-first-pass
+#   MANIFESTS=20000 S3_LATENCY_MS=0 benches/gc_first_pass.sh
+#
+# A `bucketfs mount --durability remote --gc-interval off` on a `file://` bucket kept under
+# an S3 server's directory (benches/s3_server.rs: s3s-fs on 127.0.0.1, S3_LATENCY_MS added to
+# every request) writes MANIFESTS group commits (one writer rewrites an 8 KiB page of one
+# file and fsyncs it, each time) and stops cleanly. Then, each as a new process through the
+# S3 server, timed, with its peak resident memory:
+#   1. `bucketfs gc --dry-run`: a first pass on a bucket without the catalog's chunks (a dry
+#      run writes none), which reads every manifest;
+#   2. `bucketfs gc`: a deleting pass (no writer holds the prefix: it stopped cleanly), which
+#      reads every manifest again and writes the chunks (the default retention keeps every
+#      commit, so it deletes nothing);
+#   3. `bucketfs gc --dry-run` again: a first pass that reads the chunks.
+# Each pass's GET requests are the server's count (its `stats`). Its seconds include the
+# LIST of manifests/, a request per 1,000 keys for which s3s-fs walks its whole directory:
+# most of a pass that reads the chunks, where a real endpoint answers a page in a round trip.
+#
+# Environment:
+#   MANIFESTS=50000     group commits written
+#   S3_LATENCY_MS=20    milliseconds the S3 server adds to every request
+#   BENCH_DIR=/var/tmp  where the scratch dir is made
+#   KEEP_LOGS=DIR       copy the logs (and the passes' JSON reports) there
+#   S3_SERVER=...       the S3 server's binary (default: built here with `cargo bench --no-run`)
+#   BUCKETFS=...        the binary (default $CARGO_TARGET_DIR/debug/bucketfs, CARGO_TARGET_DIR
+#                       defaulting to $HOME/.cache/bucketfs-target)
+#
+# Everything lives in one scratch dir (mktemp -d under $BENCH_DIR), removed on exit; on any
+# exit the mount and the server are stopped first.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+BENCH=gc_first_pass
+case "${1:-}" in
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "$BENCH: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+esac
+
+MANIFESTS="${MANIFESTS:-50000}"
+S3_LATENCY_MS="${S3_LATENCY_MS:-20}"
+BENCH_DIR="${BENCH_DIR:-/var/tmp}"
+KEEP_LOGS="${KEEP_LOGS:-}"
+S3_SERVER="${S3_SERVER:-}"
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
+BUCKETFS="${BUCKETFS:-$CARGO_TARGET_DIR/debug/bucketfs}"
+
+[[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] || die "MANIFESTS must be a whole number, got '$MANIFESTS'"
+[[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number, got '$S3_LATENCY_MS'"
+[ "$(id -u)" -eq 0 ] || die "run as root (FUSE mounts)"
+[ -x "$BUCKETFS" ] || die "no bucketfs binary at $BUCKETFS: run \`make build\`"
+[ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
+[ -d "$BENCH_DIR" ] || die "BENCH_DIR=$BENCH_DIR is not a directory"
+command -v python3 >/dev/null || die "python3 is not installed"
+
+SCRATCH="$(mktemp -d "$BENCH_DIR/gc_first_pass.XXXXXX")"
+LOGS="$SCRATCH/logs"
+mkdir -p "$LOGS" "$SCRATCH/mnt" "$SCRATCH/cache" "$SCRATCH/s3/pgdata"
+MOUNT_PID=""
+S3_PID=""
+cleanup() {
+  local rc=$?
+  set +e # clean up whatever fails
+  if [ -n "$MOUNT_PID" ] && kill -0 "$MOUNT_PID" 2>/dev/null; then
+    kill -TERM "$MOUNT_PID" 2>/dev/null || true
+    wait_pid_gone "$MOUNT_PID" 120 || kill -KILL "$MOUNT_PID" 2>/dev/null || true
+  fi
+  is_mountpoint "$SCRATCH/mnt" && umount -l "$SCRATCH/mnt" 2>/dev/null || true
+  if [ -n "$S3_PID" ]; then kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi
+  if [ -n "$KEEP_LOGS" ]; then
+    mkdir -p "$KEEP_LOGS" && cp -r "$LOGS"/. "$KEEP_LOGS"/ || true
+  fi
+  rm -rf "$SCRATCH"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+BUCKET_DIR="$SCRATCH/s3/pgdata/p"
+
+s3_start "$S3_LATENCY_MS"
+say "$MANIFESTS group commits under --durability remote"
+remote_commits "$MANIFESTS"
+declare -A PEAK SECS GETS
+for step in before write after; do
+  case "$step" in
+    before) what="bucketfs gc --dry-run (no chunks yet)"; opts=(--dry-run) ;;
+    write) what="bucketfs gc (writes the chunks)"; opts=() ;;
+    after) what="bucketfs gc --dry-run (reads the chunks)"; opts=(--dry-run) ;;
+  esac
+  say "$what, at $S3_LATENCY_MS ms a request"
+  read -r gets0 _ <<<"$(s3_stats)"
+  out="$(gc_pass s3://pgdata/p "$step" "${opts[@]}")" || die "bucketfs gc failed; see $LOGS"
+  read -r gets1 _ <<<"$(s3_stats)"
+  read -r kib secs <<<"$out"
+  PEAK[$step]="$kib"
+  SECS[$step]="$secs"
+  GETS[$step]=$((gets1 - gets0))
+done
+
+echo
+echo "bucketfs $("$BUCKETFS" --version | cut -d' ' -f2) ($BUCKETFS), $(date -u '+%Y-%m-%d %H:%M UTC'),"
+echo "$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr);"
+GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  GIT_REV="$GIT_REV (with uncommitted changes)"
+fi
+echo "checkout $GIT_REV (the binary may be another's), MANIFESTS=$MANIFESTS, S3_LATENCY_MS=$S3_LATENCY_MS"
+echo
+echo "| pass | manifests | chunks in the bucket | GETs | seconds | peak RSS (MiB) |"
+echo "|---|---:|---:|---:|---:|---:|"
+for step in before write after; do
+  case "$step" in
+    before) what="first pass, dry run, no chunks" ;;
+    write) what="deleting pass, writes the chunks" ;;
+    after) what="first pass, dry run, reads the chunks" ;;
+  esac
+  awk -v w="$what" -v m="$(json_field "$LOGS/gc-$step.json" manifests)" \
+    -v c="$(json_field "$LOGS/gc-$step.json" catalog_chunks)" -v g="${GETS[$step]}" \
+    -v t="${SECS[$step]}" -v p="${PEAK[$step]}" \
+    'BEGIN { printf "| %s | %d | %d | %d | %s | %.1f |\n", w, m, c, g, t, p / 1024 }'
+done
