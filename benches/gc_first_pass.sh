@@ -57,36 +57,7 @@ BUCKETFS="${BUCKETFS:-$CARGO_TARGET_DIR/debug/bucketfs}"
 
 [[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] || die "MANIFESTS must be a whole number, got '$MANIFESTS'"
 [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number, got '$S3_LATENCY_MS'"
-[ "$(id -u)" -eq 0 ] || die "run as root (FUSE mounts)"
-[ -x "$BUCKETFS" ] || die "no bucketfs binary at $BUCKETFS: run \`make build\`"
-[ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
-[ -d "$BENCH_DIR" ] || die "BENCH_DIR=$BENCH_DIR is not a directory"
-command -v python3 >/dev/null || die "python3 is not installed"
-
-SCRATCH="$(mktemp -d "$BENCH_DIR/gc_first_pass.XXXXXX")"
-LOGS="$SCRATCH/logs"
-mkdir -p "$LOGS" "$SCRATCH/mnt" "$SCRATCH/cache" "$SCRATCH/s3/pgdata"
-MOUNT_PID=""
-S3_PID=""
-cleanup() {
-  local rc=$?
-  set +e # clean up whatever fails
-  if [ -n "$MOUNT_PID" ] && kill -0 "$MOUNT_PID" 2>/dev/null; then
-    kill -TERM "$MOUNT_PID" 2>/dev/null || true
-    wait_pid_gone "$MOUNT_PID" 120 || kill -KILL "$MOUNT_PID" 2>/dev/null || true
-  fi
-  is_mountpoint "$SCRATCH/mnt" && umount -l "$SCRATCH/mnt" 2>/dev/null || true
-  if [ -n "$S3_PID" ]; then kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi
-  if [ -n "$KEEP_LOGS" ]; then
-    mkdir -p "$KEEP_LOGS" && cp -r "$LOGS"/. "$KEEP_LOGS"/ || true
-  fi
-  rm -rf "$SCRATCH"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-BUCKET_DIR="$SCRATCH/s3/pgdata/p"
+gc_bench_start
 
 s3_start "$S3_LATENCY_MS"
 say "$MANIFESTS group commits under --durability remote"

@@ -169,6 +169,45 @@ s3_stats() {
     die "the S3 server did not answer stats; see $LOGS/s3.log"
 }
 
+# gc_bench_start: the start of a benchmark of a `bucketfs mount --durability remote`'s
+# commits and `bucketfs gc` on their bucket (gc_memory.sh, gc_first_pass.sh), once BENCH,
+# BENCH_DIR, KEEP_LOGS and BUCKETFS are set: the checks, the scratch dir (SCRATCH, with LOGS,
+# mnt/, cache/ and the S3 server's s3/pgdata/ in it; BUCKET_DIR, the bucket's prefix there)
+# and the cleanup on exit, which stops the mount (MOUNT_PID) and the S3 server (S3_PID)
+# first, copies the logs to KEEP_LOGS and removes the scratch dir.
+gc_bench_start() {
+  [ "$(id -u)" -eq 0 ] || die "run as root (FUSE mounts)"
+  [ -x "$BUCKETFS" ] || die "no bucketfs binary at $BUCKETFS: run \`make build\`"
+  [ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
+  [ -d "$BENCH_DIR" ] || die "BENCH_DIR=$BENCH_DIR is not a directory"
+  command -v python3 >/dev/null || die "python3 is not installed"
+
+  SCRATCH="$(mktemp -d "$BENCH_DIR/$BENCH.XXXXXX")"
+  LOGS="$SCRATCH/logs"
+  mkdir -p "$LOGS" "$SCRATCH/mnt" "$SCRATCH/cache" "$SCRATCH/s3/pgdata"
+  MOUNT_PID=""
+  S3_PID=""
+  cleanup() {
+    local rc=$?
+    set +e # clean up whatever fails
+    if [ -n "$MOUNT_PID" ] && kill -0 "$MOUNT_PID" 2>/dev/null; then
+      kill -TERM "$MOUNT_PID" 2>/dev/null || true
+      wait_pid_gone "$MOUNT_PID" 120 || kill -KILL "$MOUNT_PID" 2>/dev/null || true
+    fi
+    is_mountpoint "$SCRATCH/mnt" && umount -l "$SCRATCH/mnt" 2>/dev/null || true
+    if [ -n "$S3_PID" ]; then kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null; fi
+    if [ -n "$KEEP_LOGS" ]; then
+      mkdir -p "$KEEP_LOGS" && cp -r "$LOGS"/. "$KEEP_LOGS"/ || true
+    fi
+    rm -rf "$SCRATCH"
+    exit "$rc"
+  }
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+
+  BUCKET_DIR="$SCRATCH/s3/pgdata/p"
+}
+
 # remote_commits N: N group commits into the bucket file://$BUCKET_DIR: a `bucketfs mount
 # --durability remote --gc-interval off` on the cache dir $SCRATCH/cache, one writer's pwrite
 # and fsync of an 8 KiB page (one of 64 in turn) N times, and the mount's clean stop (SIGTERM).

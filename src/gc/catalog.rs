@@ -235,18 +235,25 @@ pub(super) fn reserve_gently<T>(v: &mut Vec<T>, additional: usize) {
     }
 }
 
+/// A summary as a test writes one.
+#[cfg(test)]
+pub(super) fn summary(
+    created_ms: u64,
+    parent: Option<u64>,
+    fence: bool,
+    segments: &[&str],
+) -> Summary {
+    Summary {
+        parent,
+        created_ms,
+        fence,
+        segments: segments.iter().map(|&s| Arc::from(s)).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn summary(created_ms: u64, parent: Option<u64>, fence: bool, segments: &[&str]) -> Summary {
-        Summary {
-            parent,
-            created_ms,
-            fence,
-            segments: segments.iter().map(|&s| Arc::from(s)).collect(),
-        }
-    }
 
     /// Summaries come in any order (a pass's reads, then the commits posted meanwhile, which
     /// are newer); the catalog answers by epoch, a later summary of an epoch replacing an

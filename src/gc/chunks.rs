@@ -253,16 +253,8 @@ impl Collector {
 
 #[cfg(test)]
 mod tests {
+    use super::super::catalog::summary;
     use super::*;
-
-    fn summary(created_ms: u64, parent: Option<u64>, fence: bool, segments: &[&str]) -> Summary {
-        Summary {
-            parent,
-            created_ms,
-            fence,
-            segments: segments.iter().map(|&s| Arc::from(s)).collect(),
-        }
-    }
 
     fn fields(s: &Summary) -> (Option<u64>, u64, bool, Vec<String>) {
         let names = s.segments.iter().map(|k| k.to_string()).collect();
