@@ -55,7 +55,9 @@ S3_SERVER="${S3_SERVER:-}"
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
 BUCKETFS="${BUCKETFS:-$CARGO_TARGET_DIR/debug/bucketfs}"
 
-[[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] || die "MANIFESTS must be a whole number, got '$MANIFESTS'"
+# Fewer, and no range of the catalog is closed: no chunk is written.
+[[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] && [ "$MANIFESTS" -ge 4096 ] ||
+  die "MANIFESTS must be a whole number of at least 4096 (a chunk covers 4,096 epochs), got '$MANIFESTS'"
 [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number, got '$S3_LATENCY_MS'"
 gc_bench_start
 
@@ -70,9 +72,11 @@ for step in before write after; do
     after) what="bucketfs gc --dry-run (reads the chunks)"; opts=(--dry-run) ;;
   esac
   say "$what, at $S3_LATENCY_MS ms a request"
-  read -r gets0 _ <<<"$(s3_stats)"
+  stats0="$(s3_stats)"
   out="$(gc_pass s3://pgdata/p "$step" "${opts[@]}")" || die "bucketfs gc failed; see $LOGS"
-  read -r gets1 _ <<<"$(s3_stats)"
+  stats1="$(s3_stats)"
+  read -r gets0 _ <<<"$stats0"
+  read -r gets1 _ <<<"$stats1"
   read -r kib secs <<<"$out"
   PEAK[$step]="$kib"
   SECS[$step]="$secs"

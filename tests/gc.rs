@@ -55,13 +55,14 @@ fn now_ms() -> u64 {
 /// Every key in the bucket directory, relative to it.
 fn keys(bucket: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for dir in ["manifests", "segments", "gc"] {
+    for dir in ["manifests", "segments", "gc", "gc/catalog"] {
         let Ok(entries) = std::fs::read_dir(bucket.join(dir)) else {
             continue;
         };
         for e in entries {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            if !name.starts_with('.') {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            if !name.starts_with('.') && !e.file_type().unwrap().is_dir() {
                 out.insert(format!("{dir}/{name}"));
             }
         }

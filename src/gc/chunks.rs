@@ -164,8 +164,12 @@ impl Collector {
                     ),
                     // Deleted since the LIST (by a pass that found it all below the boundary).
                     Err(CheckpointError::Store(StoreError::NotFound { .. })) => {}
+                    // Not fetched: nothing says the chunk is bad, so it is not written again.
+                    Err(CheckpointError::Store(e)) => {
+                        warn!(key, error = %e, "a chunk of the GC catalog could not be fetched: its manifests are read instead");
+                    }
                     Err(e) => {
-                        warn!(key, error = %e, "a chunk of the GC catalog that cannot be read: its manifests are read instead");
+                        warn!(key, error = %e, "a chunk of the GC catalog that does not decode: its manifests are read instead, and a deleting pass writes it again");
                         unreadable.insert(key.to_string());
                     }
                 }

@@ -32,10 +32,11 @@ impl Listing {
     pub async fn read(store: &dyn ObjectStore) -> Result<Listing, CheckpointError> {
         let (manifests, state_meta) =
             futures_util::future::try_join(Manifests::list(store), store.head(STATE_KEY)).await?;
-        let mut segments = store.list(SEGMENTS).await?;
+        let (mut segments, chunks) =
+            futures_util::future::try_join(store.list(SEGMENTS), store.list(CATALOG_PREFIX))
+                .await?;
         // In key order, which `size_of` searches (every store lists so; a wrapper might not).
         segments.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        let chunks = store.list(CATALOG_PREFIX).await?;
         Ok(Listing {
             manifests,
             segments,

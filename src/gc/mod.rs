@@ -219,9 +219,10 @@ impl Collector {
         dry_run: bool,
         in_flight: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Plan, CheckpointError> {
-        // After the LIST (`listed`), before any chunk is read: a chunk listed was written by
-        // a pass that read a boundary no higher, so what it says of an epoch at or above this
-        // one is still what the manifest at that key says (src/gc/chunks.rs).
+        // Read after the LIST (`listed`) and before any chunk: a key at or above this boundary
+        // has never been freed (GC frees keys only below a boundary it has raised, and it
+        // only rises), so what any chunk says of such an epoch is what the manifest at that
+        // key says (src/gc/chunks.rs).
         let boundary = read_boundary(&**store).await?;
         let Listing {
             manifests,

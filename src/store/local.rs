@@ -8,6 +8,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,6 +22,8 @@ const TMP_SUFFIX: &str = ".bucketfs-tmp";
 pub struct LocalStore {
     root: PathBuf,
     tmp_seq: AtomicU64,
+    /// How long a `Replace` waits for another's lock on its object (`REPLACE_LOCK_WAIT`).
+    replace_wait: Duration,
 }
 
 impl LocalStore {
@@ -30,6 +33,7 @@ impl LocalStore {
         Ok(LocalStore {
             root: root.to_owned(),
             tmp_seq: AtomicU64::new(0),
+            replace_wait: REPLACE_LOCK_WAIT,
         })
     }
 
@@ -67,13 +71,18 @@ impl LocalStore {
         // Held until the new object is in place: another Replace of this key, from this
         // process or another, waits for it, then finds the object it names gone.
         let _held = match mode {
-            PutMode::Replace { etag } => match lock_if_current(&path, etag).map_err(io)? {
-                Some(held) => Some(held),
-                None => return Err(StoreError::PreconditionFailed { key: key.into() }),
-            },
+            PutMode::Replace { etag } => {
+                match lock_if_current(&path, etag, self.replace_wait).map_err(io)? {
+                    Some(held) => Some(held),
+                    None => return Err(StoreError::PreconditionFailed { key: key.into() }),
+                }
+            }
             _ => None,
         };
         let tmp = self.write_tmp(&path, body).map_err(io)?;
+        // The ETag of the file placed (its inode, size and mtime: a rename or a link keeps
+        // them), not of whatever is at the key once it is: another Replace may follow at once.
+        let etag = fs::metadata(&tmp).map(|m| etag_from_meta(&m));
         let placed = if *mode == PutMode::Create {
             // link(2) fails with EEXIST if the key exists: atomic across processes.
             fs::hard_link(&tmp, &path)
@@ -89,7 +98,7 @@ impl LocalStore {
             Err(e) => return Err(io(e)),
         }
         sync_dir(path.parent().expect("under the root")).map_err(io)?;
-        Ok(etag_of(&path).map_err(io)?.unwrap_or_default())
+        etag.map_err(io)
     }
 
     fn get_sync(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
@@ -237,22 +246,41 @@ fn etag_from_meta(m: &fs::Metadata) -> String {
     )
 }
 
-/// The object at `path`, locked (flock(2), which conflicts between any two opens, in one
-/// process or two) if it is still the one `etag` names once the lock is held; `None` if it is
-/// missing or another. Every `Replace` takes this lock before it checks and keeps it until its
-/// rename, so no two can both find the same ETag current. A waiter wakes holding the replaced
-/// file, which is no longer at `path`: that is "another".
-fn lock_if_current(path: &Path, etag: &str) -> io::Result<Option<File>> {
+/// How long a `Replace` waits for another's lock on the object: another's check, write, fsync
+/// and rename take milliseconds; a holder stopped or stuck on its disk must not hang a GC pass
+/// for good.
+const REPLACE_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// The object at `path`, locked (flock(2), which on a local filesystem conflicts between any
+/// two opens, in one process or two) if it is still the one `etag` names once the lock is
+/// held; `None` if it is missing or another. Every `Replace` takes this lock before it checks
+/// and keeps it until its rename, so no two can both find the same ETag current. A waiter
+/// wakes holding the replaced file, which is no longer at `path`: that is "another".
+/// (Opened for writing too: over NFS Linux takes flock as an fcntl lock, which needs it for
+/// an exclusive lock and conflicts only between processes. Unconditional PUTs and deletes
+/// take no lock, as on S3; nothing overwrites or deletes the objects GC replaces.)
+fn lock_if_current(path: &Path, etag: &str, wait: Duration) -> io::Result<Option<File>> {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::io::AsRawFd;
-    let file = match File::open(path) {
+    let file = match fs::OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    let waited_from = std::time::Instant::now();
     // SAFETY: flock only reads the descriptor, which `file` owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error());
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e);
+        }
+        if waited_from.elapsed() > wait {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("another replace of this object held it for {wait:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
     let held = file.metadata()?;
     let current = match fs::metadata(path) {
@@ -262,14 +290,6 @@ fn lock_if_current(path: &Path, etag: &str) -> io::Result<Option<File>> {
     };
     let same = (held.dev(), held.ino()) == (current.dev(), current.ino());
     Ok((same && etag_from_meta(&current) == etag).then_some(file))
-}
-
-fn etag_of(path: &Path) -> io::Result<Option<String>> {
-    match fs::metadata(path) {
-        Ok(m) => Ok(Some(etag_from_meta(&m))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -424,6 +444,31 @@ mod tests {
                 format!("round {round} racer {}", won[0]).as_bytes()
             );
         }
+    }
+
+    /// A replace whose object another holds locked (a process stopped in the middle of its
+    /// own replace) gives up with an error worth retrying, and succeeds once the lock is
+    /// let go.
+    #[test]
+    fn a_replace_waits_for_anothers_lock_only_so_long() {
+        use std::os::unix::io::AsRawFd;
+        let (_d, mut s) = store();
+        s.replace_wait = Duration::from_millis(200);
+        let etag = s.put_sync("gc/state", b"v1", &PutMode::Overwrite).unwrap();
+        let other = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(s.path("gc/state").unwrap())
+            .unwrap();
+        // SAFETY: flock only reads the descriptor, which `other` owns.
+        assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let replace = PutMode::Replace { etag };
+        let err = s.put_sync("gc/state", b"v2", &replace).unwrap_err();
+        assert!(matches!(err, StoreError::Transient { .. }), "{err}");
+        assert_eq!(&s.get_sync("gc/state", None).unwrap()[..], b"v1");
+        drop(other);
+        s.put_sync("gc/state", b"v2", &replace).unwrap();
+        assert_eq!(&s.get_sync("gc/state", None).unwrap()[..], b"v2");
     }
 
     #[tokio::test]
