@@ -40,26 +40,15 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=benches/lib.sh
 . "$REPO/benches/lib.sh"
-BENCH=gc_first_pass
-case "${1:-}" in
-  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-  "") ;;
-  *) echo "$BENCH: unknown argument: $1 (see --help)" >&2; exit 2 ;;
-esac
+gc_bench_start gc_first_pass "$@"
 
 MANIFESTS="${MANIFESTS:-50000}"
 S3_LATENCY_MS="${S3_LATENCY_MS:-20}"
-BENCH_DIR="${BENCH_DIR:-/var/tmp}"
-KEEP_LOGS="${KEEP_LOGS:-}"
-S3_SERVER="${S3_SERVER:-}"
-CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
-BUCKETFS="${BUCKETFS:-$CARGO_TARGET_DIR/debug/bucketfs}"
 
 # Fewer, and no range of the catalog is closed: no chunk is written.
 [[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] && [ "$MANIFESTS" -ge 4096 ] ||
   die "MANIFESTS must be a whole number of at least 4096 (a chunk covers 4,096 epochs), got '$MANIFESTS'"
 [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number, got '$S3_LATENCY_MS'"
-gc_bench_start
 
 s3_start "$S3_LATENCY_MS"
 say "$MANIFESTS group commits under --durability remote"

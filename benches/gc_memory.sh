@@ -34,24 +34,13 @@ set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=benches/lib.sh
 . "$REPO/benches/lib.sh"
-BENCH=gc_memory
-case "${1:-}" in
-  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-  "") ;;
-  *) echo "$BENCH: unknown argument: $1 (see --help)" >&2; exit 2 ;;
-esac
+gc_bench_start gc_memory "$@"
 
 MANIFESTS="${MANIFESTS:-100000}"
-BENCH_DIR="${BENCH_DIR:-/var/tmp}"
-KEEP_LOGS="${KEEP_LOGS:-}"
-S3_SERVER="${S3_SERVER:-}"
-CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
-BUCKETFS="${BUCKETFS:-$CARGO_TARGET_DIR/debug/bucketfs}"
 
 # Fewer, and the allocator's and the kernel's rounding outweigh what the manifests add.
 [[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] && [ "$MANIFESTS" -ge 20000 ] ||
   die "MANIFESTS must be a whole number of at least 20000, got '$MANIFESTS'"
-gc_bench_start
 
 s3_start 0
 HALF=$((MANIFESTS / 2))

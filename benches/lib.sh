@@ -18,6 +18,16 @@ wait_pid_gone() {
   return 1
 }
 
+# bench_args "$@": a benchmark takes no arguments but `--help`, which prints the script's
+# header comment (up to `set -euo`); anything else is an error, reported as $BENCH.
+bench_args() {
+  case "${1:-}" in
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    "") ;;
+    *) echo "$BENCH: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+}
+
 # The start every benchmark shares: `--help` prints the script's header comment, `die` and `say`
 # report as $BENCH, and the checks for root, the postgres user and the bucketfs binary. Sets
 # PGBIN to the newest PostgreSQL's bin directory. Call as `bench_start NAME "$@"` after
@@ -25,11 +35,7 @@ wait_pid_gone() {
 bench_start() {
   BENCH="$1"
   shift
-  case "${1:-}" in
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) echo "$BENCH: unknown argument: $1 (see --help)" >&2; exit 2 ;;
-  esac
+  bench_args "$@"
   [ "$(id -u)" -eq 0 ] || die "run as root (FUSE, and PostgreSQL as the postgres user)"
   id postgres >/dev/null 2>&1 || die "no postgres user: install Debian's postgresql package (make setup)"
   [ -x "$BUCKETFS" ] || die "no bucketfs binary at $BUCKETFS: run \`make build\`"
@@ -169,13 +175,23 @@ s3_stats() {
     die "the S3 server did not answer stats; see $LOGS/s3.log"
 }
 
-# gc_bench_start: the start of a benchmark of a `bucketfs mount --durability remote`'s
-# commits and `bucketfs gc` on their bucket (gc_memory.sh, gc_first_pass.sh), once BENCH,
-# BENCH_DIR, KEEP_LOGS and BUCKETFS are set: the checks, the scratch dir (SCRATCH, with LOGS,
-# mnt/, cache/ and the S3 server's s3/pgdata/ in it; BUCKET_DIR, the bucket's prefix there)
-# and the cleanup on exit, which stops the mount (MOUNT_PID) and the S3 server (S3_PID)
-# first, copies the logs to KEEP_LOGS and removes the scratch dir.
+# gc_bench_start NAME "$@": the start of a benchmark of a `bucketfs mount --durability
+# remote`'s commits and `bucketfs gc` on their bucket (gc_memory.sh, gc_first_pass.sh):
+# `--help` prints the script's header comment; BENCH_DIR, KEEP_LOGS, S3_SERVER,
+# CARGO_TARGET_DIR and BUCKETFS from the environment or their defaults; the checks; the
+# scratch dir (SCRATCH, with LOGS, mnt/, cache/ and the S3 server's s3/pgdata/ in it;
+# BUCKET_DIR, the bucket's prefix there); and the cleanup on exit, which stops the mount
+# (MOUNT_PID) and the S3 server (S3_PID) first, copies the logs to KEEP_LOGS and removes the
+# scratch dir.
 gc_bench_start() {
+  BENCH="$1"
+  shift
+  bench_args "$@"
+  BENCH_DIR="${BENCH_DIR:-/var/tmp}"
+  KEEP_LOGS="${KEEP_LOGS:-}"
+  S3_SERVER="${S3_SERVER:-}"
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bucketfs-target}"
+  BUCKETFS="${BUCKETFS:-$CARGO_TARGET_DIR/debug/bucketfs}"
   [ "$(id -u)" -eq 0 ] || die "run as root (FUSE mounts)"
   [ -x "$BUCKETFS" ] || die "no bucketfs binary at $BUCKETFS: run \`make build\`"
   [ -e /dev/fuse ] || die "/dev/fuse is missing: load the fuse module (modprobe fuse)"
