@@ -72,15 +72,7 @@ for step in before write after; do
   GETS[$step]=$((gets1 - gets0))
 done
 
-echo
-echo "bucketfs $("$BUCKETFS" --version | cut -d' ' -f2) ($BUCKETFS), $(date -u '+%Y-%m-%d %H:%M UTC'),"
-echo "$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr);"
-GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-  GIT_REV="$GIT_REV (with uncommitted changes)"
-fi
-echo "checkout $GIT_REV (the binary may be another's), MANIFESTS=$MANIFESTS, S3_LATENCY_MS=$S3_LATENCY_MS"
-echo
+gc_bench_header "MANIFESTS=$MANIFESTS, S3_LATENCY_MS=$S3_LATENCY_MS"
 echo "| pass | manifests | chunks in the bucket | GETs | seconds | peak RSS (MiB) |"
 echo "|---|---:|---:|---:|---:|---:|"
 for step in before write after; do

@@ -62,15 +62,7 @@ for half in 1 2; do
   done
 done
 
-echo
-echo "bucketfs $("$BUCKETFS" --version | cut -d' ' -f2) ($BUCKETFS), $(date -u '+%Y-%m-%d %H:%M UTC'),"
-echo "$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr);"
-GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [ "$GIT_REV" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-  GIT_REV="$GIT_REV (with uncommitted changes)"
-fi
-echo "checkout $GIT_REV (the binary may be another's), MANIFESTS=$MANIFESTS"
-echo
+gc_bench_header "MANIFESTS=$MANIFESTS"
 echo "| store | manifests | gc --dry-run peak RSS (MiB) | seconds | manifests | peak RSS (MiB) | seconds | bytes per manifest more |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for store in file s3; do

@@ -277,3 +277,18 @@ EOF
 
 # json_field FILE KEY: the top-level field KEY of the JSON object in FILE.
 json_field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+
+# gc_bench_header SETTINGS: the lines above a GC benchmark's table: the binary, the time, the
+# machine, the checkout (and whether it has uncommitted changes) and SETTINGS.
+gc_bench_header() {
+  local rev
+  echo
+  echo "bucketfs $("$BUCKETFS" --version | cut -d' ' -f2) ($BUCKETFS), $(date -u '+%Y-%m-%d %H:%M UTC'),"
+  echo "$(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr);"
+  rev="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  if [ "$rev" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    rev="$rev (with uncommitted changes)"
+  fi
+  echo "checkout $rev (the binary may be another's), $1"
+  echo
+}
