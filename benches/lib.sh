@@ -176,7 +176,8 @@ s3_stats() {
 }
 
 # gc_bench_start NAME "$@": the start of a benchmark of a `bucketfs mount --durability
-# remote`'s commits and `bucketfs gc` on their bucket (gc_memory.sh, gc_first_pass.sh):
+# remote`'s commits and `bucketfs gc` or `verify` on their bucket (gc_memory.sh,
+# gc_first_pass.sh, verify.sh):
 # `--help` prints the script's header comment; BENCH_DIR, KEEP_LOGS, S3_SERVER,
 # CARGO_TARGET_DIR and BUCKETFS from the environment or their defaults; the checks; the
 # scratch dir (SCRATCH, with LOGS, mnt/, cache/ and the S3 server's s3/pgdata/ in it;
@@ -258,21 +259,27 @@ EOF
   MOUNT_PID=""
 }
 
-# gc_pass BUCKET NAME [OPTION...]: prints "peak_kib seconds" of `bucketfs gc --json OPTION...`
-# on BUCKET (its peak resident memory, getrusage's for the child), its report in
-# $LOGS/gc-NAME.json and its log in $LOGS/gc-NAME.log. Needs BUCKETFS and LOGS.
-gc_pass() {
-  python3 - "$BUCKETFS" "$1" "$LOGS/gc-$2.json" "$LOGS/gc-$2.log" "${@:3}" <<'EOF'
+# timed_bucketfs OUT LOG ARG...: prints "peak_kib seconds" of `bucketfs ARG...` (its peak
+# resident memory, getrusage's for the child), its stdout in OUT and its stderr in LOG; fails
+# if it does. Needs BUCKETFS.
+timed_bucketfs() {
+  python3 - "$BUCKETFS" "$@" <<'EOF'
 import resource, subprocess, sys, time
-binary, bucket, out, log = sys.argv[1:5]
+binary, out, log = sys.argv[1:4]
 start = time.monotonic()
 with open(out, "w") as o, open(log, "w") as e:
-    rc = subprocess.run([binary, "gc", *sys.argv[5:], "--json", "--bucket", bucket], stdout=o, stderr=e).returncode
+    rc = subprocess.run([binary, *sys.argv[4:]], stdout=o, stderr=e).returncode
 took = time.monotonic() - start
 if rc != 0:
-    sys.exit(f"bucketfs gc exited {rc}; see {log}")
+    sys.exit(f"bucketfs {sys.argv[4]} exited {rc}; see {log}")
 print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, f"{took:.1f}")
 EOF
+}
+
+# gc_pass BUCKET NAME [OPTION...]: timed_bucketfs of `bucketfs gc --json OPTION...` on BUCKET,
+# its report in $LOGS/gc-NAME.json and its log in $LOGS/gc-NAME.log. Needs BUCKETFS and LOGS.
+gc_pass() {
+  timed_bucketfs "$LOGS/gc-$2.json" "$LOGS/gc-$2.log" gc "${@:3}" --json --bucket "$1"
 }
 
 # json_field FILE KEY: the top-level field KEY of the JSON object in FILE.

@@ -4,14 +4,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
 use anyhow::Context;
+use bytes::Bytes;
 
 use crate::bucket::BucketUrl;
-use crate::checkpoint::{epoch_of_key, manifest_key, now_ms, open_bucket};
-use crate::gc::{Collector, Mode, Report, Retention};
+use crate::checkpoint::{epoch_of_key, manifest_key, now_ms, open_bucket, CHAIN_WINDOW};
+use crate::gc::{decode_chunk, Collector, Mode, Report, Retention, Summary, CATALOG_PREFIX};
 use crate::manifest::segment::verify_segment;
 use crate::manifest::view::View;
 use crate::manifest::Manifest;
-use crate::store::StoreError;
+use crate::store::{get_each, ObjectMeta, StoreError};
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // Multi-threaded, not current-thread: `open_bucket` drives it through a Handle, which on a
@@ -262,9 +263,38 @@ fn print_report(url: &BucketUrl, r: &Report, out: &mut dyn Write) -> std::io::Re
     )
 }
 
-/// `bucketfs verify`: every segment object is whole (index, every run's crc), and every
-/// extent of every manifest points at a run that exists with the crc it names. Returns the
-/// broken objects, each with why.
+/// The most bytes of segments `verify` holds at once: a window of them is fetched together
+/// (a round trip each window, not each segment; under `--durability remote` most are small).
+const VERIFY_WINDOW_BYTES: u64 = 64 << 20;
+
+/// `objects` in order, in windows of at most `CHAIN_WINDOW` objects and `max_bytes` (by their
+/// listed sizes) each; an object larger than that goes alone.
+fn windows_by_size(objects: &[ObjectMeta], max_bytes: u64) -> Vec<&[ObjectMeta]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, o) in objects.iter().enumerate() {
+        if i > start && (i - start == CHAIN_WINDOW || bytes.saturating_add(o.size) > max_bytes) {
+            out.push(&objects[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(o.size);
+    }
+    if start < objects.len() {
+        out.push(&objects[start..]);
+    }
+    out
+}
+
+/// An object's bytes as fetched: what `get_each` decodes for `verify`, which checks them
+/// itself.
+fn whole<I>(_: I, _: &str, bytes: Bytes) -> Result<Bytes, StoreError> {
+    Ok(bytes)
+}
+
+/// `bucketfs verify`: every segment object is whole (index, every run's crc), every extent
+/// of every manifest points at a run that exists with the crc it names, and every chunk of
+/// GC's catalog decodes and says of each manifest what the manifest says. Returns the broken
+/// objects, each with why.
 pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<String>> {
     let rt = runtime()?;
     let store = url.open()?;
@@ -273,28 +303,33 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     let segments = rt.block_on(store.list("segments/"))?;
     // The runs each segment holds, by (offset, crc), from its own index.
     let mut runs: HashMap<String, BTreeMap<u64, u32>> = HashMap::new();
-    for (i, s) in segments.iter().enumerate() {
-        writeln!(
-            progress,
-            "verify: segment {}/{} {}",
-            i + 1,
-            segments.len(),
-            s.key
-        )?;
-        // A segment GC deletes while this runs is gone, as if it had not been listed.
-        let bytes = match rt.block_on(store.get(&s.key, None)) {
-            Err(StoreError::NotFound { .. }) => continue,
-            r => r?,
-        };
-        match verify_segment(&bytes, &s.key) {
-            // verify_segment checks the index and every run's crc.
-            Ok(list) => {
-                runs.insert(
-                    s.key.clone(),
-                    list.iter().map(|r| (r.offset, r.crc)).collect(),
-                );
+    let mut done = 0;
+    for window in windows_by_size(&segments, VERIFY_WINDOW_BYTES) {
+        let window: Vec<&ObjectMeta> = window.iter().collect();
+        let got = rt.block_on(get_each(&*store, &window, |s| s.key.clone(), whole));
+        for (s, _, bytes) in got {
+            done += 1;
+            writeln!(
+                progress,
+                "verify: segment {done}/{} {}",
+                segments.len(),
+                s.key
+            )?;
+            // A segment GC deletes while this runs is gone, as if it had not been listed.
+            let bytes = match bytes {
+                Err(StoreError::NotFound { .. }) => continue,
+                r => r?,
+            };
+            match verify_segment(&bytes, &s.key) {
+                // verify_segment checks the index and every run's crc.
+                Ok(list) => {
+                    runs.insert(
+                        s.key.clone(),
+                        list.iter().map(|r| (r.offset, r.crc)).collect(),
+                    );
+                }
+                Err(e) => broken.push(format!("{}: {e}", s.key)),
             }
-            Err(e) => broken.push(format!("{}: {e}", s.key)),
         }
     }
     // Every manifest must decode; the extents of the retained checkpoints (as the last GC
@@ -302,49 +337,55 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     // GC has collected: it is no longer restorable, and `ls` says so.
     let (boundary, oldest_retained) = rt.block_on(kept(&*store))?;
     let manifests = rt.block_on(store.list("manifests/"))?;
+    let manifests: Vec<(u64, &str)> = manifests
+        .iter()
+        .filter_map(|m| epoch_of_key(&m.key).map(|e| (e, m.key.as_str())))
+        .collect();
     let mut decoded: BTreeMap<u64, Manifest> = BTreeMap::new();
-    for (i, m) in manifests.iter().enumerate() {
-        writeln!(
-            progress,
-            "verify: manifest {}/{} {}",
-            i + 1,
-            manifests.len(),
-            m.key
-        )?;
-        let Some(epoch) = epoch_of_key(&m.key) else {
-            continue;
-        };
-        let bytes = match rt.block_on(store.get(&m.key, None)) {
-            Err(StoreError::NotFound { .. }) => continue, // collected while this runs
-            r => r?,
-        };
-        // Runs the manifest carries are checked as a segment's are, below the boundary too
-        // (GC keeps such a manifest while a retained checkpoint uses its runs).
-        let inline = crate::manifest::inline_range(&bytes, &m.key).and_then(|range| {
-            let Some(range) = range.filter(|r| !r.is_empty()) else {
-                return Ok(None);
+    let mut done = 0;
+    // Manifests are small and many (one per group commit under `--durability remote`): a
+    // window of them at once, a round trip each window.
+    for window in manifests.chunks(CHAIN_WINDOW) {
+        let got = rt.block_on(get_each(&*store, window, |(_, k)| k.to_string(), whole));
+        for ((epoch, key), _, bytes) in got {
+            done += 1;
+            writeln!(
+                progress,
+                "verify: manifest {done}/{} {key}",
+                manifests.len()
+            )?;
+            let bytes = match bytes {
+                Err(StoreError::NotFound { .. }) => continue, // collected while this runs
+                r => r?,
             };
-            let list = verify_segment(&bytes[range.clone()], &m.key)?;
-            Ok(Some((range.start as u64, list)))
-        });
-        match inline {
-            Ok(Some((start, list))) => {
-                runs.insert(
-                    m.key.clone(),
-                    list.iter().map(|r| (start + r.offset, r.crc)).collect(),
-                );
+            // Runs the manifest carries are checked as a segment's are, below the boundary too
+            // (GC keeps such a manifest while a retained checkpoint uses its runs).
+            let inline = crate::manifest::inline_range(&bytes, key).and_then(|range| {
+                let Some(range) = range.filter(|r| !r.is_empty()) else {
+                    return Ok(None);
+                };
+                let list = verify_segment(&bytes[range.clone()], key)?;
+                Ok(Some((range.start as u64, list)))
+            });
+            match inline {
+                Ok(Some((start, list))) => {
+                    runs.insert(
+                        key.to_string(),
+                        list.iter().map(|r| (start + r.offset, r.crc)).collect(),
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => broken.push(format!("{key}: {e}")),
             }
-            Ok(None) => {}
-            Err(e) => broken.push(format!("{}: {e}", m.key)),
-        }
-        if epoch < boundary {
-            continue; // not part of the bucket
-        }
-        match Manifest::decode_at(&bytes, &m.key, epoch) {
-            Ok(man) => {
-                decoded.insert(epoch, man);
+            if epoch < boundary {
+                continue; // not part of the bucket
             }
-            Err(e) => broken.push(format!("{}: {e}", m.key)),
+            match Manifest::decode_at(&bytes, key, epoch) {
+                Ok(man) => {
+                    decoded.insert(epoch, man);
+                }
+                Err(e) => broken.push(format!("{key}: {e}")),
+            }
         }
     }
     let check = |key: &str, e: &crate::manifest::Extent, broken: &mut Vec<String>| {
@@ -396,13 +437,94 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
             }
         }
     }
+    // GC's catalog in the bucket: a new process's first pass takes what a chunk says of a
+    // manifest at or above the boundary instead of reading it, so a chunk naming other
+    // segments than the manifest would have GC delete what a checkpoint uses. (What a chunk
+    // leaves out, or says of an epoch not listed, no pass takes from it.) Compared at or
+    // above the boundary as it is now, after every manifest was read: below it a key freed
+    // since the chunk was written may have been landed on again by a stalled writer, and a
+    // manifest read after that was read after the boundary rose past its key.
+    let boundary = rt.block_on(crate::gc::read_boundary(&*store))?;
+    let chunks = rt.block_on(store.list(CATALOG_PREFIX))?;
+    let chunks: Vec<&str> = chunks.iter().map(|c| c.key.as_str()).collect();
+    let mut done = 0;
+    for window in chunks.chunks(CHAIN_WINDOW) {
+        for (key, _, bytes) in rt.block_on(get_each(&*store, window, str::to_string, whole)) {
+            done += 1;
+            writeln!(progress, "verify: chunk {done}/{} {key}", chunks.len())?;
+            let bytes = match bytes {
+                Err(StoreError::NotFound { .. }) => continue, // collected while this runs
+                r => r?,
+            };
+            let said = match decode_chunk(&bytes, key) {
+                Ok(said) => said,
+                Err(e) => {
+                    broken.push(format!("{key}: {e}"));
+                    continue;
+                }
+            };
+            for (epoch, said) in said.iter().filter(|(e, _)| *e >= boundary) {
+                let Some(m) = decoded.get(epoch) else {
+                    continue;
+                };
+                // Every field named: one added to the summary is compared or does not build.
+                let Summary {
+                    parent,
+                    created_ms,
+                    fence,
+                    segments,
+                } = Summary::of(m);
+                let fields = [
+                    ("parent", said.parent != parent),
+                    ("time", said.created_ms != created_ms),
+                    ("fence", said.fence != fence),
+                    ("segments", said.segments != segments),
+                ];
+                let differ: Vec<&str> = fields.iter().filter(|f| f.1).map(|f| f.0).collect();
+                if !differ.is_empty() {
+                    broken.push(format!(
+                        "{key}: says other than {} of its {}",
+                        manifest_key(*epoch),
+                        differ.join(", ")
+                    ));
+                }
+            }
+        }
+    }
     broken.dedup();
     Ok(broken)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::format_ms;
+    use super::{format_ms, windows_by_size, ObjectMeta, CHAIN_WINDOW};
+
+    /// Windows keep the order, hold every object once, and stay within both bounds; an
+    /// object larger than the byte bound goes alone.
+    #[test]
+    fn windows_stay_within_their_bounds() {
+        let objects = |sizes: &[u64]| -> Vec<ObjectMeta> {
+            let meta = |(i, &size)| ObjectMeta {
+                key: format!("segments/{i:04}"),
+                size,
+                etag: String::new(),
+            };
+            sizes.iter().enumerate().map(meta).collect()
+        };
+        let lens = |sizes: &[u64], max| -> Vec<usize> {
+            let o = objects(sizes);
+            let windows = windows_by_size(&o, max);
+            let flat: Vec<&ObjectMeta> = windows.iter().flat_map(|w| w.iter()).collect();
+            assert_eq!(flat, o.iter().collect::<Vec<_>>());
+            windows.iter().map(|w| w.len()).collect()
+        };
+        assert_eq!(lens(&[], 10), Vec::<usize>::new());
+        assert_eq!(lens(&[4, 4, 4, 4], 10), [2, 2]);
+        assert_eq!(lens(&[4, 20, 4, 6, 1], 10), [1, 1, 2, 1]);
+        assert_eq!(lens(&[20], 10), [1]);
+        let many = vec![1; CHAIN_WINDOW * 2 + 1];
+        assert_eq!(lens(&many, 1 << 20), [CHAIN_WINDOW, CHAIN_WINDOW, 1]);
+    }
 
     #[test]
     fn times_print_as_utc() {

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         Command::Verify { bucket } => BucketUrl::parse(bucket).and_then(|url| {
             let broken = bucketfs::admin::verify(&url, &mut std::io::stderr().lock())?;
             if broken.is_empty() {
-                println!("bucket {url}: every segment and extent checks out");
+                println!("bucket {url}: every segment, extent and catalog chunk checks out");
                 return Ok(0);
             }
             for b in &broken {

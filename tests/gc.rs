@@ -70,6 +70,14 @@ fn keys(bucket: &Path) -> BTreeSet<String> {
     out
 }
 
+/// The chunks of GC's catalog in the bucket directory, in key order.
+fn chunks(bucket: &Path) -> Vec<String> {
+    let all = keys(bucket);
+    all.into_iter()
+        .filter(|k| k.starts_with(CATALOG_PREFIX))
+        .collect()
+}
+
 fn epochs(bucket: &Path) -> Vec<u64> {
     keys(bucket)
         .iter()
@@ -264,11 +272,6 @@ impl Seen {
         let puts = self.puts.lock().unwrap();
         puts.iter().filter(|k| k.starts_with(prefix)).count()
     }
-    fn chunks(&self) -> Vec<String> {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let listed = rt.block_on(self.inner.list(CATALOG_PREFIX)).unwrap();
-        listed.into_iter().map(|o| o.key).collect()
-    }
 }
 
 #[async_trait::async_trait]
@@ -354,14 +357,13 @@ fn a_new_process_reads_the_catalog_from_its_chunks_in_the_bucket() {
     let listed = epochs(&bucket);
     let newest = *listed.last().unwrap();
     let as_store = |s: &Arc<Seen>| -> Arc<dyn ObjectStore> { s.clone() };
-    let first = Seen::over(&bucket, false);
     let ranges: Vec<std::ops::Range<u64>> = (0..)
         .map(|k| k * SPAN..(k + 1) * SPAN)
         .take_while(|r| r.end - 1 <= newest)
         .collect();
     let want: Vec<String> = ranges.iter().map(chunk_key).collect();
     assert_eq!(
-        first.chunks(),
+        chunks(&bucket),
         want,
         "{} manifests, the newest {newest}",
         listed.len()
@@ -481,8 +483,68 @@ fn a_new_process_reads_the_catalog_from_its_chunks_in_the_bucket() {
         .filter(|r| r.end > next.boundary)
         .map(chunk_key)
         .collect();
-    assert_eq!(first.chunks(), left, "boundary {}", next.boundary);
-    assert!(first.chunks().iter().all(|k| chunk_range(k).is_some()));
+    assert_eq!(chunks(&bucket), left, "boundary {}", next.boundary);
+    assert!(chunks(&bucket).iter().all(|k| chunk_range(k).is_some()));
+}
+
+/// `bucketfs verify` checks GC's catalog in the bucket against the manifests: a new process's
+/// first pass takes what a chunk says instead of reading them, so a chunk that names the wrong
+/// segments would have GC delete what a checkpoint uses. A chunk another prefix wrote (whole,
+/// with its checksum, at the same range's key) and one that does not decode are both found.
+#[test]
+fn verify_finds_a_chunk_of_the_catalog_that_is_not_what_the_manifests_say() {
+    const SPAN: u64 = 8;
+    let write = |dirs: &Dirs| {
+        let mut options = gc_segments(3, false);
+        options.gc.as_mut().unwrap().chunk_epochs = SPAN;
+        let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
+        let a = e.create("a");
+        rewrite_and_checkpoint(&e, a, 4, 20);
+        e.cp.gc_pass(now_ms()).expect("the writer's pass");
+        e.crash();
+    };
+    let (ours, theirs) = (Dirs::new(), Dirs::new());
+    write(&ours);
+    write(&theirs);
+    let key = chunk_key(&(0..SPAN));
+    let (path, other) = (ours.bucket().join(&key), theirs.bucket().join(&key));
+    let written = std::fs::read(&path).expect("the writer's pass wrote the first chunk");
+    assert_ne!(written, std::fs::read(&other).unwrap());
+    let verify = || {
+        let url = bucketfs::bucket::BucketUrl::File(ours.bucket());
+        let mut progress = Vec::new();
+        let broken = bucketfs::admin::verify(&url, &mut progress).unwrap();
+        (broken, String::from_utf8(progress).unwrap())
+    };
+    let (broken, progress) = verify();
+    assert!(broken.is_empty(), "{broken:?}");
+    assert!(
+        progress
+            .lines()
+            .any(|l| l.starts_with("verify: chunk 1/") && l.ends_with(&format!(" {key}"))),
+        "{progress}"
+    );
+
+    std::fs::copy(&other, &path).unwrap();
+    let (broken, _) = verify();
+    assert!(
+        !broken.is_empty(),
+        "another prefix's chunk was taken as ours"
+    );
+    assert!(
+        broken.iter().all(|b| b.starts_with(&format!("{key}: "))),
+        "{broken:?}"
+    );
+    // Its segments are the other writer's: what would have GC delete ours.
+    assert!(broken.iter().any(|b| b.contains("segments")), "{broken:?}");
+
+    std::fs::write(&path, b"not a chunk").unwrap();
+    let (broken, _) = verify();
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(broken[0].starts_with(&format!("{key}: ")), "{broken:?}");
+
+    std::fs::write(&path, &written).unwrap();
+    assert_eq!(verify().0, Vec::<String>::new());
 }
 
 /// A writer that wrote file `a` and stalled after its checkpoint (a clean stop if `clean`),

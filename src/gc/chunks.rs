@@ -32,7 +32,7 @@ use super::state::{seal_json, unseal_json};
 use super::{Collector, Manifests, Summary};
 use crate::checkpoint::{CheckpointError, CHAIN_WINDOW};
 use crate::manifest::FormatError;
-use crate::store::{ObjectMeta, ObjectStore, PutMode, StoreError};
+use crate::store::{get_each, ObjectMeta, ObjectStore, PutMode, StoreError};
 
 /// Where the chunks live (with `gc/state`, in the manifests' bucket under split placement).
 pub const CATALOG_PREFIX: &str = "gc/catalog/";
@@ -88,7 +88,7 @@ fn encode(epochs: &Range<u64>, summaries: impl Iterator<Item = (u64, Summary)>) 
 
 /// A chunk's summaries, checked against its key: its checksum, its version, its range, and
 /// every epoch inside it, in order.
-fn decode(bytes: &[u8], key: &str) -> Result<Vec<(u64, Summary)>, FormatError> {
+pub fn decode_chunk(bytes: &[u8], key: &str) -> Result<Vec<(u64, Summary)>, FormatError> {
     let chunk: Chunk = unseal_json(bytes, key)?;
     if chunk.version != CHUNK_VERSION {
         return Err(FormatError::corrupt(
@@ -145,17 +145,12 @@ impl Collector {
         if wanted.is_empty() {
             return unreadable;
         }
+        let decode =
+            |_, key: &str, bytes: Bytes| Ok::<_, CheckpointError>(decode_chunk(&bytes, key)?);
         for window in wanted.chunks(CHAIN_WINDOW) {
-            let read = futures_util::future::join_all(window.iter().map(|&key| async move {
-                let summaries = match store.get(key, None).await {
-                    Ok(bytes) => decode(&bytes, key).map_err(CheckpointError::from),
-                    Err(e) => Err(e.into()),
-                };
-                (key, summaries)
-            }))
-            .await;
+            let read = get_each(store, window, str::to_string, decode).await;
             let mut taken = Vec::new();
-            for (key, summaries) in read {
+            for (_, key, summaries) in read {
                 match summaries {
                     Ok(summaries) => taken.extend(
                         summaries
@@ -170,7 +165,7 @@ impl Collector {
                     }
                     Err(e) => {
                         warn!(key, error = %e, "a chunk of the GC catalog that does not decode: its manifests are read instead, and a deleting pass writes it again");
-                        unreadable.insert(key.to_string());
+                        unreadable.insert(key);
                     }
                 }
             }
@@ -278,7 +273,7 @@ mod tests {
             (5000, summary(12, Some(4999), true, &[])),
         ];
         let bytes = encode(&range, written.iter().cloned());
-        let read = decode(&bytes, &key).unwrap();
+        let read = decode_chunk(&bytes, &key).unwrap();
         assert_eq!(read.len(), written.len());
         for ((we, ws), (re, rs)) in written.iter().zip(&read) {
             assert_eq!((we, fields(ws)), (re, fields(rs)));
@@ -333,11 +328,14 @@ mod tests {
         for i in 0..bytes.len() - 1 {
             let mut bad = bytes.to_vec();
             bad[i] ^= 0x01;
-            assert!(decode(&bad, &key).is_err(), "byte {i} flipped was read");
+            assert!(
+                decode_chunk(&bad, &key).is_err(),
+                "byte {i} flipped was read"
+            );
         }
-        assert!(decode(&bytes, &chunk_key(&(16..32))).is_err());
+        assert!(decode_chunk(&bytes, &chunk_key(&(16..32))).is_err());
         let outside = encode(&range, [(16, summary(5, Some(15), false, &[]))].into_iter());
-        assert!(decode(&outside, &key).is_err());
+        assert!(decode_chunk(&outside, &key).is_err());
         for key in [
             "gc/catalog/1-2",
             "gc/catalog/00000000000000000016-00000000000000000016",

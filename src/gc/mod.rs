@@ -34,13 +34,15 @@ mod catalog;
 mod chunks;
 pub mod compact;
 mod listing;
+mod reads;
 mod state;
 
 /// What one pass found and did: a snapshot that /status and /metrics read too.
 pub use crate::status::GcReport as Report;
 pub use catalog::{Catalog, Summary};
-pub use chunks::{chunk_key, chunk_range, CATALOG_PREFIX, CHUNK_EPOCHS};
+pub use chunks::{chunk_key, chunk_range, decode_chunk, CATALOG_PREFIX, CHUNK_EPOCHS};
 pub use listing::{Listing, Manifests};
+use reads::chain_view;
 use state::{raise_boundary, STATE_VERSION};
 pub use state::{read_boundary, read_state, State, BOUNDARY_KEY, STATE_KEY};
 pub(crate) use state::{seal_json, unseal_json};
@@ -50,9 +52,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::checkpoint::{epoch_of_key, manifest_key, CheckpointError, CHAIN_WINDOW};
+use crate::checkpoint::{epoch_of_key, manifest_key, CheckpointError};
 use crate::manifest::view::View;
 use crate::manifest::Manifest;
 use crate::store::{ObjectStore, PutMode, StoreError};
@@ -421,58 +423,6 @@ impl Collector {
         Ok(plan)
     }
 
-    /// Reads the manifests `unknown` (in epoch order) into the catalog, `CHAIN_WINDOW` at a
-    /// time: a writer's first pass after it starts reads every manifest of the window.
-    /// Returns those below the boundary that could not be read.
-    async fn read_unknown(
-        &mut self,
-        store: &dyn ObjectStore,
-        unknown: &[u64],
-        boundary: u64,
-    ) -> Result<BTreeSet<u64>, CheckpointError> {
-        self.catalog.reserve(unknown.len());
-        let read = self.read_windows(store, unknown, boundary).await;
-        self.catalog.settle();
-        read
-    }
-
-    /// `read_unknown`'s reads, appended to the catalog unsorted.
-    async fn read_windows(
-        &mut self,
-        store: &dyn ObjectStore,
-        unknown: &[u64],
-        boundary: u64,
-    ) -> Result<BTreeSet<u64>, CheckpointError> {
-        let mut unreadable: BTreeSet<u64> = BTreeSet::new();
-        for window in unknown.chunks(CHAIN_WINDOW) {
-            let read = futures_util::future::join_all(window.iter().map(|&epoch| async move {
-                let key = manifest_key(epoch);
-                let m = match store.get(&key, None).await {
-                    Ok(bytes) => Manifest::decode_at(&bytes, &key, epoch).map_err(Into::into),
-                    Err(e) => Err(CheckpointError::from(e)),
-                };
-                (epoch, key, m)
-            }))
-            .await;
-            let mut summaries = Vec::with_capacity(read.len());
-            for (epoch, key, m) in read {
-                match m {
-                    Ok(m) => summaries.push((epoch, Summary::of(&m))),
-                    Err(e) if epoch >= boundary => return Err(e),
-                    // Below the boundary nothing reads it, and GC never frees a key it
-                    // cannot class: it might be a fence.
-                    Err(CheckpointError::Store(StoreError::NotFound { .. })) => {} // deleted since
-                    Err(e) => {
-                        warn!(key, error = %e, "an object below the GC boundary that cannot be read is kept");
-                        unreadable.insert(epoch);
-                    }
-                }
-            }
-            self.catalog.append(summaries);
-        }
-        Ok(unreadable)
-    }
-
     /// Steps 5 and 6: boundary, check, delete in batches, the pending list.
     fn execute(
         &mut self,
@@ -631,26 +581,6 @@ pub fn segment_epoch(key: &str) -> Option<u64> {
 /// The epoch of an object that holds runs: a segment, or a manifest carrying its own.
 pub fn run_holder_epoch(key: &str) -> Option<u64> {
     segment_epoch(key).or_else(|| epoch_of_key(key))
-}
-
-/// The view a chain builds (`epochs` newest first, as `chain_epochs` gives them), its
-/// manifests fetched `CHAIN_WINDOW` at a time rather than one round trip each: a chain may be
-/// 128 manifests long.
-async fn chain_view(store: &dyn ObjectStore, epochs: &[u64]) -> Result<View, CheckpointError> {
-    let oldest_first: Vec<u64> = epochs.iter().rev().copied().collect();
-    let mut view = View::default();
-    for window in oldest_first.chunks(CHAIN_WINDOW) {
-        let got = futures_util::future::join_all(window.iter().map(|&epoch| async move {
-            let key = manifest_key(epoch);
-            let bytes = store.get(&key, None).await?;
-            Ok::<_, CheckpointError>(Manifest::decode(&bytes, &key)?)
-        }))
-        .await;
-        for m in got {
-            view.apply(&m?);
-        }
-    }
-    Ok(view)
 }
 
 /// `from` and its parents back to a base (or to the first one not in the catalog), newest

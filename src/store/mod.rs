@@ -201,3 +201,25 @@ pub trait ObjectStore: ReadStore {
     /// Deletes an object; deleting one that does not exist is not an error.
     async fn delete(&self, key: &str) -> StoreResult<()>;
 }
+
+/// The objects of `items` (at `key(item)`), fetched all at once and each decoded by `decode`,
+/// in order; a failed GET is that item's error. What a caller that reads many small objects
+/// (manifests, chunks of GC's catalog) does a window at a time: a round trip per window, not
+/// per object.
+pub async fn get_each<I: Copy, T, E: From<StoreError>>(
+    store: &dyn ReadStore,
+    items: &[I],
+    key: impl Fn(I) -> String,
+    decode: impl Fn(I, &str, Bytes) -> Result<T, E>,
+) -> Vec<(I, String, Result<T, E>)> {
+    let (key, decode) = (&key, &decode);
+    futures_util::future::join_all(items.iter().map(|&item| async move {
+        let key = key(item);
+        let got = match store.get(&key, None).await {
+            Ok(bytes) => decode(item, &key, bytes),
+            Err(e) => Err(e.into()),
+        };
+        (item, key, got)
+    }))
+    .await
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# verify.sh: what `bucketfs verify` costs on a bucket of many manifests, over S3 with a
+# latency. Under --durability remote every group commit is a manifest, and verify reads every
+# manifest, segment and chunk of GC's catalog (docs/gc.md, "verify checks what GC promises").
+#
+# Usage (as root, after `make build`):
+#   benches/verify.sh                          # or: make bench-verify
+#   MANIFESTS=5000 S3_LATENCY_MS=0 benches/verify.sh
+#   BUCKETFS=/path/to/another/bucketfs benches/verify.sh   # the same with another binary
+#
+# A `bucketfs mount --durability remote --gc-interval off` on a `file://` bucket kept under
+# an S3 server's directory (benches/s3_server.rs: s3s-fs on 127.0.0.1, S3_LATENCY_MS added to
+# every request) writes MANIFESTS group commits (one writer rewrites an 8 KiB page of one
+# file and fsyncs it, each time) and stops cleanly; `bucketfs gc` through the S3 server
+# writes the chunks of GC's catalog (it deletes nothing: the default retention keeps every
+# commit). Then `bucketfs verify` through the S3 server, timed, with its peak resident memory
+# and its GET requests (the server's count: every manifest, segment and chunk, and what an
+# open of the bucket reads, the format marker and the latest checkpoint's chain, and
+# gc/boundary, twice, and gc/state). Its seconds include the LIST of manifests/, a request per 1,000 keys for which
+# s3s-fs walks its whole directory. Below 4,096 manifests no range of GC's catalog is
+# closed, and the bucket holds no chunk to check.
+#
+# Environment:
+#   MANIFESTS=20000     group commits written
+#   S3_LATENCY_MS=20    milliseconds the S3 server adds to every request
+#   BENCH_DIR=/var/tmp  where the scratch dir is made
+#   KEEP_LOGS=DIR       copy the logs (and verify's output) there
+#   S3_SERVER=...       the S3 server's binary (default: built here with `cargo bench --no-run`)
+#   BUCKETFS=...        the binary (default $CARGO_TARGET_DIR/debug/bucketfs, CARGO_TARGET_DIR
+#                       defaulting to $HOME/.cache/bucketfs-target)
+#
+# Everything lives in one scratch dir (mktemp -d under $BENCH_DIR), removed on exit; on any
+# exit the mount and the server are stopped first.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=benches/lib.sh
+. "$REPO/benches/lib.sh"
+gc_bench_start verify "$@"
+
+MANIFESTS="${MANIFESTS:-20000}"
+S3_LATENCY_MS="${S3_LATENCY_MS:-20}"
+[[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] || die "MANIFESTS must be a whole number above 0, got '$MANIFESTS'"
+[[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number, got '$S3_LATENCY_MS'"
+
+s3_start "$S3_LATENCY_MS"
+say "$MANIFESTS group commits under --durability remote"
+remote_commits "$MANIFESTS"
+say "bucketfs gc (writes the chunks of GC's catalog)"
+gc_pass s3://pgdata/p chunks >/dev/null || die "bucketfs gc failed; see $LOGS"
+say "bucketfs verify, at $S3_LATENCY_MS ms a request"
+stats0="$(s3_stats)"
+out="$(timed_bucketfs "$LOGS/verify.out" "$LOGS/verify.log" verify --bucket s3://pgdata/p)" ||
+  die "bucketfs verify failed; see $LOGS/verify.out and $LOGS/verify.log"
+stats1="$(s3_stats)"
+read -r gets0 _ <<<"$stats0"
+read -r gets1 _ <<<"$stats1"
+read -r kib secs <<<"$out"
+
+gc_bench_header "MANIFESTS=$MANIFESTS, S3_LATENCY_MS=$S3_LATENCY_MS"
+echo "| manifests | segments | chunks | GETs | seconds | peak RSS (MiB) |"
+echo "|---:|---:|---:|---:|---:|---:|"
+# What verify read, by its own progress lines (on stderr).
+count() { grep -c "^verify: $1 " "$LOGS/verify.log" || true; }
+awk -v m="$(count manifest)" -v s="$(count segment)" -v c="$(count chunk)" \
+  -v g="$((gets1 - gets0))" -v t="$secs" -v p="$kib" \
+  'BEGIN { printf "| %d | %d | %d | %d | %s | %.1f |\n", m, s, c, g, t, p / 1024 }'
