@@ -42,13 +42,8 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 . "$REPO/benches/lib.sh"
 gc_bench_start gc_first_pass "$@"
 
-MANIFESTS="${MANIFESTS:-50000}"
-S3_LATENCY_MS="${S3_LATENCY_MS:-20}"
-
 # Fewer, and no range of the catalog is closed: no chunk is written.
-[[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] && [ "$MANIFESTS" -ge 4096 ] ||
-  die "MANIFESTS must be a whole number of at least 4096 (a chunk covers 4,096 epochs), got '$MANIFESTS'"
-[[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number, got '$S3_LATENCY_MS'"
+gc_bench_settings 50000 4096 "a chunk covers 4,096 epochs"
 
 s3_start "$S3_LATENCY_MS"
 say "$MANIFESTS group commits under --durability remote"

@@ -36,11 +36,8 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 . "$REPO/benches/lib.sh"
 gc_bench_start gc_memory "$@"
 
-MANIFESTS="${MANIFESTS:-100000}"
-
 # Fewer, and the allocator's and the kernel's rounding outweigh what the manifests add.
-[[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] && [ "$MANIFESTS" -ge 20000 ] ||
-  die "MANIFESTS must be a whole number of at least 20000, got '$MANIFESTS'"
+gc_bench_settings 100000 20000
 
 s3_start 0
 HALF=$((MANIFESTS / 2))

@@ -225,6 +225,17 @@ gc_bench_start() {
   BUCKET_DIR="$SCRATCH/s3/pgdata/p"
 }
 
+# gc_bench_settings DEFAULT LEAST [WHY]: MANIFESTS from the environment (DEFAULT if unset), a
+# whole number of at least LEAST, and S3_LATENCY_MS (20 if unset), a whole number; otherwise
+# the script ends saying so (and WHY LEAST).
+gc_bench_settings() {
+  MANIFESTS="${MANIFESTS:-$1}"
+  S3_LATENCY_MS="${S3_LATENCY_MS:-20}"
+  [[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] && [ "$MANIFESTS" -ge "$2" ] ||
+    die "MANIFESTS must be a whole number of at least $2${3:+ ($3)}, got '$MANIFESTS'"
+  [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number, got '$S3_LATENCY_MS'"
+}
+
 # remote_commits N: N group commits into the bucket file://$BUCKET_DIR: a `bucketfs mount
 # --durability remote --gc-interval off` on the cache dir $SCRATCH/cache, one writer's pwrite
 # and fsync of an 8 KiB page (one of 64 in turn) N times, and the mount's clean stop (SIGTERM).

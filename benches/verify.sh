@@ -14,11 +14,11 @@
 # file and fsyncs it, each time) and stops cleanly; `bucketfs gc` through the S3 server
 # writes the chunks of GC's catalog (it deletes nothing: the default retention keeps every
 # commit). Then `bucketfs verify` through the S3 server, timed, with its peak resident memory
-# and its GET requests (the server's count: every manifest, segment and chunk, and what an
-# open of the bucket reads, the format marker and the latest checkpoint's chain, and
-# gc/boundary, twice, and gc/state). Its seconds include the LIST of manifests/, a request per 1,000 keys for which
-# s3s-fs walks its whole directory. Below 4,096 manifests no range of GC's catalog is
-# closed, and the bucket holds no chunk to check.
+# and its GET requests (the server's count: every manifest, segment and chunk; what an open
+# of the bucket reads, the format marker and the latest checkpoint's chain among it; and
+# gc/boundary, twice, and gc/state). Its seconds include the LIST of manifests/, a request
+# per 1,000 keys for which s3s-fs walks its whole directory. Below 4,096 manifests no range
+# of GC's catalog is closed, and the bucket holds no chunk to check.
 #
 # Environment:
 #   MANIFESTS=20000     group commits written
@@ -38,10 +38,7 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 . "$REPO/benches/lib.sh"
 gc_bench_start verify "$@"
 
-MANIFESTS="${MANIFESTS:-20000}"
-S3_LATENCY_MS="${S3_LATENCY_MS:-20}"
-[[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] || die "MANIFESTS must be a whole number above 0, got '$MANIFESTS'"
-[[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number, got '$S3_LATENCY_MS'"
+gc_bench_settings 20000 1
 
 s3_start "$S3_LATENCY_MS"
 say "$MANIFESTS group commits under --durability remote"
@@ -58,7 +55,7 @@ read -r gets1 _ <<<"$stats1"
 read -r kib secs <<<"$out"
 
 gc_bench_header "MANIFESTS=$MANIFESTS, S3_LATENCY_MS=$S3_LATENCY_MS"
-echo "| manifests | segments | chunks | GETs | seconds | peak RSS (MiB) |"
+echo "| manifests | segments | chunks checked | GETs | seconds | peak RSS (MiB) |"
 echo "|---:|---:|---:|---:|---:|---:|"
 # What verify read, by its own progress lines (on stderr).
 count() { grep -c "^verify: $1 " "$LOGS/verify.log" || true; }

@@ -12,7 +12,7 @@ use crate::gc::{decode_chunk, Collector, Mode, Report, Retention, Summary, CATAL
 use crate::manifest::segment::verify_segment;
 use crate::manifest::view::View;
 use crate::manifest::Manifest;
-use crate::store::{get_each, ObjectMeta, StoreError};
+use crate::store::{get_each, ObjectMeta, ReadStore, StoreError};
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // Multi-threaded, not current-thread: `open_bucket` drives it through a Handle, which on a
@@ -285,10 +285,33 @@ fn windows_by_size(objects: &[ObjectMeta], max_bytes: u64) -> Vec<&[ObjectMeta]>
     out
 }
 
-/// An object's bytes as fetched: what `get_each` decodes for `verify`, which checks them
-/// itself.
-fn whole<I>(_: I, _: &str, bytes: Bytes) -> Result<Bytes, StoreError> {
-    Ok(bytes)
+/// Fetches the objects of `windows` a window at a time (`get_each`: a round trip each) and
+/// hands each one's bytes to `check`, in order, after its progress line ("verify: WHAT i/N
+/// KEY", printed once its window has arrived). One deleted since its LIST (by a GC pass
+/// running beside) is passed over; any other error ends the run.
+fn fetch_each<'a, I>(
+    rt: &tokio::runtime::Runtime,
+    store: &dyn ReadStore,
+    progress: &mut dyn Write,
+    what: &str,
+    windows: Vec<&'a [I]>,
+    key: impl Fn(&I) -> String,
+    mut check: impl FnMut(&'a I, &str, Bytes) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let total: usize = windows.iter().map(|w| w.len()).sum();
+    let mut done = 0;
+    for window in windows {
+        let whole = |_: &I, _: &str, bytes| Ok::<_, StoreError>(bytes);
+        for (item, key, bytes) in rt.block_on(get_each(store, window, &key, whole)) {
+            done += 1;
+            writeln!(progress, "verify: {what} {done}/{total} {key}")?;
+            match bytes {
+                Err(StoreError::NotFound { .. }) => {}
+                bytes => check(item, &key, bytes?)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `bucketfs verify`: every segment object is whole (index, every run's crc), every extent
@@ -303,35 +326,27 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     let segments = rt.block_on(store.list("segments/"))?;
     // The runs each segment holds, by (offset, crc), from its own index.
     let mut runs: HashMap<String, BTreeMap<u64, u32>> = HashMap::new();
-    let mut done = 0;
-    for window in windows_by_size(&segments, VERIFY_WINDOW_BYTES) {
-        let window: Vec<&ObjectMeta> = window.iter().collect();
-        let got = rt.block_on(get_each(&*store, &window, |s| s.key.clone(), whole));
-        for (s, _, bytes) in got {
-            done += 1;
-            writeln!(
-                progress,
-                "verify: segment {done}/{} {}",
-                segments.len(),
-                s.key
-            )?;
-            // A segment GC deletes while this runs is gone, as if it had not been listed.
-            let bytes = match bytes {
-                Err(StoreError::NotFound { .. }) => continue,
-                r => r?,
-            };
-            match verify_segment(&bytes, &s.key) {
+    let windows = windows_by_size(&segments, VERIFY_WINDOW_BYTES);
+    let key = |s: &ObjectMeta| s.key.clone();
+    fetch_each(
+        &rt,
+        &*store,
+        progress,
+        "segment",
+        windows,
+        key,
+        |_, key, bytes| {
+            match verify_segment(&bytes, key) {
                 // verify_segment checks the index and every run's crc.
                 Ok(list) => {
-                    runs.insert(
-                        s.key.clone(),
-                        list.iter().map(|r| (r.offset, r.crc)).collect(),
-                    );
+                    let list = list.iter().map(|r| (r.offset, r.crc)).collect();
+                    runs.insert(key.to_string(), list);
                 }
-                Err(e) => broken.push(format!("{}: {e}", s.key)),
+                Err(e) => broken.push(format!("{key}: {e}")),
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     // Every manifest must decode; the extents of the retained checkpoints (as the last GC
     // pass left them) must point at runs that exist. An expired checkpoint may name segments
     // GC has collected: it is no longer restorable, and `ls` says so.
@@ -342,22 +357,17 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
         .filter_map(|m| epoch_of_key(&m.key).map(|e| (e, m.key.as_str())))
         .collect();
     let mut decoded: BTreeMap<u64, Manifest> = BTreeMap::new();
-    let mut done = 0;
-    // Manifests are small and many (one per group commit under `--durability remote`): a
-    // window of them at once, a round trip each window.
-    for window in manifests.chunks(CHAIN_WINDOW) {
-        let got = rt.block_on(get_each(&*store, window, |(_, k)| k.to_string(), whole));
-        for ((epoch, key), _, bytes) in got {
-            done += 1;
-            writeln!(
-                progress,
-                "verify: manifest {done}/{} {key}",
-                manifests.len()
-            )?;
-            let bytes = match bytes {
-                Err(StoreError::NotFound { .. }) => continue, // collected while this runs
-                r => r?,
-            };
+    // Small and many (one per group commit under `--durability remote`): 32 at once.
+    let windows = manifests.chunks(CHAIN_WINDOW).collect();
+    let key = |&(_, k): &(u64, &str)| k.to_string();
+    fetch_each(
+        &rt,
+        &*store,
+        progress,
+        "manifest",
+        windows,
+        key,
+        |&(epoch, _), key, bytes| {
             // Runs the manifest carries are checked as a segment's are, below the boundary too
             // (GC keeps such a manifest while a retained checkpoint uses its runs).
             let inline = crate::manifest::inline_range(&bytes, key).and_then(|range| {
@@ -369,16 +379,14 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
             });
             match inline {
                 Ok(Some((start, list))) => {
-                    runs.insert(
-                        key.to_string(),
-                        list.iter().map(|r| (start + r.offset, r.crc)).collect(),
-                    );
+                    let list = list.iter().map(|r| (start + r.offset, r.crc)).collect();
+                    runs.insert(key.to_string(), list);
                 }
                 Ok(None) => {}
                 Err(e) => broken.push(format!("{key}: {e}")),
             }
             if epoch < boundary {
-                continue; // not part of the bucket
+                return Ok(()); // not part of the bucket
             }
             match Manifest::decode_at(&bytes, key, epoch) {
                 Ok(man) => {
@@ -386,8 +394,9 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
                 }
                 Err(e) => broken.push(format!("{key}: {e}")),
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     let check = |key: &str, e: &crate::manifest::Extent, broken: &mut Vec<String>| {
         match runs.get(&*e.segment).map(|r| r.get(&e.run.offset)) {
             None => broken.push(format!(
@@ -446,23 +455,31 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     // manifest read after that was read after the boundary rose past its key.
     let boundary = rt.block_on(crate::gc::read_boundary(&*store))?;
     let chunks = rt.block_on(store.list(CATALOG_PREFIX))?;
-    let chunks: Vec<&str> = chunks.iter().map(|c| c.key.as_str()).collect();
-    let mut done = 0;
-    for window in chunks.chunks(CHAIN_WINDOW) {
-        for (key, _, bytes) in rt.block_on(get_each(&*store, window, str::to_string, whole)) {
-            done += 1;
-            writeln!(progress, "verify: chunk {done}/{} {key}", chunks.len())?;
-            let bytes = match bytes {
-                Err(StoreError::NotFound { .. }) => continue, // collected while this runs
-                r => r?,
-            };
+    let windows = chunks.chunks(CHAIN_WINDOW).collect();
+    let key = |c: &ObjectMeta| c.key.clone();
+    fetch_each(
+        &rt,
+        &*store,
+        progress,
+        "chunk",
+        windows,
+        key,
+        |_, key, bytes| {
             let said = match decode_chunk(&bytes, key) {
                 Ok(said) => said,
                 Err(e) => {
                     broken.push(format!("{key}: {e}"));
-                    continue;
+                    return Ok(());
                 }
             };
+            // One line a chunk: the epochs it gets wrong, the first of them, and what differs.
+            let (mut wrong, mut first) = (0, None);
+            let mut differ = [
+                ("parent", false),
+                ("time", false),
+                ("fence", false),
+                ("segments", false),
+            ];
             for (epoch, said) in said.iter().filter(|(e, _)| *e >= boundary) {
                 let Some(m) = decoded.get(epoch) else {
                     continue;
@@ -475,22 +492,30 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
                     segments,
                 } = Summary::of(m);
                 let fields = [
-                    ("parent", said.parent != parent),
-                    ("time", said.created_ms != created_ms),
-                    ("fence", said.fence != fence),
-                    ("segments", said.segments != segments),
+                    said.parent != parent,
+                    said.created_ms != created_ms,
+                    said.fence != fence,
+                    said.segments != segments,
                 ];
-                let differ: Vec<&str> = fields.iter().filter(|f| f.1).map(|f| f.0).collect();
-                if !differ.is_empty() {
-                    broken.push(format!(
-                        "{key}: says other than {} of its {}",
-                        manifest_key(*epoch),
-                        differ.join(", ")
-                    ));
+                if fields.contains(&true) {
+                    wrong += 1;
+                    first.get_or_insert(*epoch);
+                    for (d, f) in differ.iter_mut().zip(fields) {
+                        d.1 |= f;
+                    }
                 }
             }
-        }
-    }
+            if let Some(first) = first {
+                let differ: Vec<&str> = differ.iter().filter(|d| d.1).map(|d| d.0).collect();
+                broken.push(format!(
+                    "{key}: says other than the manifests of {wrong} epoch(s), from {}: their {}",
+                    manifest_key(first),
+                    differ.join(", ")
+                ));
+            }
+            Ok(())
+        },
+    )?;
     broken.dedup();
     Ok(broken)
 }

@@ -145,10 +145,11 @@ impl Collector {
         if wanted.is_empty() {
             return unreadable;
         }
-        let decode =
-            |_, key: &str, bytes: Bytes| Ok::<_, CheckpointError>(decode_chunk(&bytes, key)?);
+        let decode = |_: &&str, key: &str, bytes: Bytes| {
+            Ok::<_, CheckpointError>(decode_chunk(&bytes, key)?)
+        };
         for window in wanted.chunks(CHAIN_WINDOW) {
-            let read = get_each(store, window, str::to_string, decode).await;
+            let read = get_each(store, window, |k| k.to_string(), decode).await;
             let mut taken = Vec::new();
             for (_, key, summaries) in read {
                 match summaries {

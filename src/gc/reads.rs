@@ -37,13 +37,13 @@ impl Collector {
         boundary: u64,
     ) -> Result<BTreeSet<u64>, CheckpointError> {
         let mut unreadable: BTreeSet<u64> = BTreeSet::new();
-        let summary = |epoch, key: &str, bytes: Bytes| {
+        let summary = |&epoch: &u64, key: &str, bytes: Bytes| {
             Ok::<_, CheckpointError>(Summary::of(&Manifest::decode_at(&bytes, key, epoch)?))
         };
         for window in unknown.chunks(CHAIN_WINDOW) {
-            let read = get_each(store, window, manifest_key, summary).await;
+            let read = get_each(store, window, |&e| manifest_key(e), summary).await;
             let mut summaries = Vec::with_capacity(read.len());
-            for (epoch, key, s) in read {
+            for (&epoch, key, s) in read {
                 match s {
                     Ok(s) => summaries.push((epoch, s)),
                     Err(e) if epoch >= boundary => return Err(e),
@@ -72,9 +72,9 @@ pub(super) async fn chain_view(
     let oldest_first: Vec<u64> = epochs.iter().rev().copied().collect();
     let mut view = View::default();
     let decode =
-        |_, key: &str, bytes: Bytes| Ok::<_, CheckpointError>(Manifest::decode(&bytes, key)?);
+        |_: &u64, key: &str, bytes: Bytes| Ok::<_, CheckpointError>(Manifest::decode(&bytes, key)?);
     for window in oldest_first.chunks(CHAIN_WINDOW) {
-        for (_, _, m) in get_each(store, window, manifest_key, decode).await {
+        for (_, _, m) in get_each(store, window, |&e| manifest_key(e), decode).await {
             view.apply(&m?);
         }
     }

@@ -206,14 +206,14 @@ pub trait ObjectStore: ReadStore {
 /// in order; a failed GET is that item's error. What a caller that reads many small objects
 /// (manifests, chunks of GC's catalog) does a window at a time: a round trip per window, not
 /// per object.
-pub async fn get_each<I: Copy, T, E: From<StoreError>>(
+pub async fn get_each<'a, I, T, E: From<StoreError>>(
     store: &dyn ReadStore,
-    items: &[I],
-    key: impl Fn(I) -> String,
-    decode: impl Fn(I, &str, Bytes) -> Result<T, E>,
-) -> Vec<(I, String, Result<T, E>)> {
+    items: &'a [I],
+    key: impl Fn(&I) -> String,
+    decode: impl Fn(&I, &str, Bytes) -> Result<T, E>,
+) -> Vec<(&'a I, String, Result<T, E>)> {
     let (key, decode) = (&key, &decode);
-    futures_util::future::join_all(items.iter().map(|&item| async move {
+    futures_util::future::join_all(items.iter().map(|item| async move {
         let key = key(item);
         let got = match store.get(&key, None).await {
             Ok(bytes) => decode(item, &key, bytes),
