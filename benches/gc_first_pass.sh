@@ -43,7 +43,8 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 gc_bench_start gc_first_pass "$@"
 
 # Fewer, and no range of the catalog is closed: no chunk is written.
-gc_bench_settings 50000 4096 "a chunk covers 4,096 epochs"
+gc_bench_manifests 50000 4096 "a chunk covers 4,096 epochs"
+gc_bench_latency
 
 s3_start "$S3_LATENCY_MS"
 say "$MANIFESTS group commits under --durability remote"

@@ -37,7 +37,7 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 gc_bench_start gc_memory "$@"
 
 # Fewer, and the allocator's and the kernel's rounding outweigh what the manifests add.
-gc_bench_settings 100000 20000
+gc_bench_manifests 100000 20000
 
 s3_start 0
 HALF=$((MANIFESTS / 2))

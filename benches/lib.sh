@@ -225,14 +225,18 @@ gc_bench_start() {
   BUCKET_DIR="$SCRATCH/s3/pgdata/p"
 }
 
-# gc_bench_settings DEFAULT LEAST [WHY]: MANIFESTS from the environment (DEFAULT if unset), a
-# whole number of at least LEAST, and S3_LATENCY_MS (20 if unset), a whole number; otherwise
-# the script ends saying so (and WHY LEAST).
-gc_bench_settings() {
+# gc_bench_manifests DEFAULT LEAST [WHY]: MANIFESTS from the environment (DEFAULT if unset), a
+# whole number of at least LEAST, or the script ends saying so (and WHY LEAST).
+gc_bench_manifests() {
   MANIFESTS="${MANIFESTS:-$1}"
-  S3_LATENCY_MS="${S3_LATENCY_MS:-20}"
   [[ "$MANIFESTS" =~ ^[1-9][0-9]*$ ]] && [ "$MANIFESTS" -ge "$2" ] ||
     die "MANIFESTS must be a whole number of at least $2${3:+ ($3)}, got '$MANIFESTS'"
+}
+
+# gc_bench_latency: S3_LATENCY_MS from the environment (20 if unset), a whole number, or the
+# script ends saying so.
+gc_bench_latency() {
+  S3_LATENCY_MS="${S3_LATENCY_MS:-20}"
   [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number, got '$S3_LATENCY_MS'"
 }
 

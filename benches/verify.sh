@@ -38,7 +38,8 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 . "$REPO/benches/lib.sh"
 gc_bench_start verify "$@"
 
-gc_bench_settings 20000 1
+gc_bench_manifests 20000 1
+gc_bench_latency
 
 s3_start "$S3_LATENCY_MS"
 say "$MANIFESTS group commits under --durability remote"

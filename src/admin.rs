@@ -263,8 +263,9 @@ fn print_report(url: &BucketUrl, r: &Report, out: &mut dyn Write) -> std::io::Re
     )
 }
 
-/// The most bytes of segments `verify` holds at once: a window of them is fetched together
-/// (a round trip each window, not each segment; under `--durability remote` most are small).
+/// The most bytes of segments `verify` fetches together, by their listed sizes (a larger
+/// one goes alone): a round trip each window, not each segment; under `--durability remote`
+/// most are small.
 const VERIFY_WINDOW_BYTES: u64 = 64 << 20;
 
 /// `objects` in order, in windows of at most `CHAIN_WINDOW` objects and `max_bytes` (by their
@@ -314,10 +315,11 @@ fn fetch_each<'a, I>(
     Ok(())
 }
 
-/// `bucketfs verify`: every segment object is whole (index, every run's crc), every extent
-/// of every manifest points at a run that exists with the crc it names, and every chunk of
-/// GC's catalog decodes and says of each manifest what the manifest says. Returns the broken
-/// objects, each with why.
+/// `bucketfs verify`: every segment object is whole (index, every run's crc), every manifest
+/// at or above the GC boundary decodes, every extent of the oldest retained checkpoint's
+/// image and of each manifest after it points at a run that exists with the crc it names,
+/// and every chunk of GC's catalog decodes and says of each manifest at or above the
+/// boundary what the manifest says. Returns the broken objects, each with why.
 pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<String>> {
     let rt = runtime()?;
     let store = url.open()?;

@@ -1,4 +1,4 @@
-//! What a pass reads besides its LIST: manifests into the catalog, and the view of a chain,
+//! What a pass reads of the manifests: those it does not know into the catalog, and a chain's,
 //! each in windows of `CHAIN_WINDOW` GETs at once (`store::get_each`; the chunks of the
 //! catalog, in chunks.rs, the same way): a round trip per window, not per object.
 
@@ -15,8 +15,8 @@ use crate::store::{get_each, ReadStore, StoreError};
 
 impl Collector {
     /// Reads the manifests `unknown` (in epoch order) into the catalog, `CHAIN_WINDOW` at a
-    /// time: what no chunk of the catalog gave a process's first pass. Returns those below
-    /// the boundary that could not be read.
+    /// time: those committed since the last pass, and at a process's first pass those no
+    /// chunk of the catalog gave. Returns those below the boundary that could not be read.
     pub(super) async fn read_unknown(
         &mut self,
         store: &dyn ReadStore,

@@ -203,9 +203,9 @@ pub trait ObjectStore: ReadStore {
 }
 
 /// The objects of `items` (at `key(item)`), fetched all at once and each decoded by `decode`,
-/// in order; a failed GET is that item's error. What a caller that reads many small objects
-/// (manifests, chunks of GC's catalog) does a window at a time: a round trip per window, not
-/// per object.
+/// in order; a failed GET is that item's error. What a caller that reads many objects
+/// (manifests, chunks of GC's catalog, `verify`'s segments) does a window at a time: a round
+/// trip per window, not per object.
 pub async fn get_each<'a, I, T, E: From<StoreError>>(
     store: &dyn ReadStore,
     items: &'a [I],
