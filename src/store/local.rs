@@ -24,6 +24,10 @@ pub struct LocalStore {
     tmp_seq: AtomicU64,
     /// How long a `Replace` waits for another's lock on its object (`REPLACE_LOCK_WAIT`).
     replace_wait: Duration,
+    /// Called with the root and the key once a PUT has placed its object, before it returns:
+    /// a test's other process acting in between.
+    #[cfg(test)]
+    placed: Option<fn(&Path, &str)>,
 }
 
 impl LocalStore {
@@ -34,6 +38,8 @@ impl LocalStore {
             root: root.to_owned(),
             tmp_seq: AtomicU64::new(0),
             replace_wait: REPLACE_LOCK_WAIT,
+            #[cfg(test)]
+            placed: None,
         })
     }
 
@@ -96,6 +102,10 @@ impl LocalStore {
                 return Err(StoreError::PreconditionFailed { key: key.into() })
             }
             Err(e) => return Err(io(e)),
+        }
+        #[cfg(test)]
+        if let Some(placed) = self.placed {
+            placed(&self.root, key);
         }
         sync_dir(path.parent().expect("under the root")).map_err(io)?;
         etag.map_err(io)
@@ -469,6 +479,37 @@ mod tests {
         drop(other);
         s.put_sync("gc/state", b"v2", &replace).unwrap();
         assert_eq!(&s.get_sync("gc/state", None).unwrap()[..], b"v2");
+    }
+
+    /// The ETag a PUT returns is the one of the object it placed, not of whatever is at the
+    /// key by the time it returns: another process may replace it in between, and with that
+    /// one's ETag this writer's next Replace would overwrite it unseen (GC's state, replaced
+    /// by a writer's pass and by `bucketfs gc` by hand).
+    #[test]
+    fn a_put_returns_the_etag_of_what_it_placed_not_of_a_replace_after_it() {
+        let (_d, mut s) = store();
+        let v1 = s.put_sync("gc/state", b"v1", &PutMode::Overwrite).unwrap();
+        s.placed = Some(|root, key| {
+            // Another process finds the new object (as a LIST or HEAD gives it) and replaces it.
+            let other = LocalStore::new(root).unwrap();
+            let path = other.path(key).unwrap();
+            let etag = etag_from_meta(&fs::metadata(path).unwrap());
+            let theirs = PutMode::Replace { etag };
+            other.put_sync(key, b"theirs", &theirs).unwrap();
+        });
+        let mine = s.put_sync("gc/state", b"mine", &PutMode::Replace { etag: v1 });
+        s.placed = None;
+        let mine = mine.unwrap();
+        assert_eq!(&s.get_sync("gc/state", None).unwrap()[..], b"theirs");
+        let replace = PutMode::Replace { etag: mine };
+        let err = s
+            .put_sync("gc/state", b"over theirs", &replace)
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::PreconditionFailed { .. }),
+            "{err}"
+        );
+        assert_eq!(&s.get_sync("gc/state", None).unwrap()[..], b"theirs");
     }
 
     #[tokio::test]
