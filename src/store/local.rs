@@ -21,7 +21,6 @@ const TMP_SUFFIX: &str = ".bucketfs-tmp";
 #[derive(Debug)]
 pub struct LocalStore {
     root: PathBuf,
-    tmp_seq: AtomicU64,
     /// How long a `Replace` waits for another's lock on its object (`REPLACE_LOCK_WAIT`).
     replace_wait: Duration,
     /// Called with the root and the key once a PUT has placed its object, before it returns:
@@ -36,7 +35,6 @@ impl LocalStore {
         fs::create_dir_all(root)?;
         Ok(LocalStore {
             root: root.to_owned(),
-            tmp_seq: AtomicU64::new(0),
             replace_wait: REPLACE_LOCK_WAIT,
             #[cfg(test)]
             placed: None,
@@ -60,15 +58,27 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
+    /// Writes `body` to a new temporary file beside `path`, flushed. Its name is this
+    /// process's and a number no other PUT of the process takes (one counter for every store:
+    /// two may share a root, as `--bucket-wal` and `--bucket-data` naming one place do), and it
+    /// is created only if no file has that name (another process with the same pid, in
+    /// another container on one shared directory, takes the next number).
     fn write_tmp(&self, path: &Path, body: &[u8]) -> io::Result<PathBuf> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
         let dir = path.parent().expect("object paths are under the root");
         fs::create_dir_all(dir)?;
-        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{}.{seq}{TMP_SUFFIX}", std::process::id()));
-        let mut f = File::create(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        Ok(tmp)
+        loop {
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            let tmp = dir.join(format!(".{}.{seq}{TMP_SUFFIX}", std::process::id()));
+            let mut f = match File::options().write(true).create_new(true).open(&tmp) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            };
+            f.write_all(body)?;
+            f.sync_all()?;
+            return Ok(tmp);
+        }
     }
 
     fn put_sync(&self, key: &str, body: &[u8], mode: &PutMode) -> StoreResult<String> {
@@ -479,6 +489,28 @@ mod tests {
         drop(other);
         s.put_sync("gc/state", b"v2", &replace).unwrap();
         assert_eq!(&s.get_sync("gc/state", None).unwrap()[..], b"v2");
+    }
+
+    /// Two stores on one root in one process (`--bucket-wal` and `--bucket-data` naming the
+    /// same place, whose segments go up side by side) never write one temporary file: one's
+    /// would take the other's bytes, and its object hold them under its own key.
+    #[test]
+    fn two_stores_on_one_root_never_share_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("bucket");
+        let (wal, data) = (
+            LocalStore::new(&root).unwrap(),
+            LocalStore::new(&root).unwrap(),
+        );
+        let ours = wal
+            .write_tmp(&wal.path("segments/a").unwrap(), b"wal")
+            .unwrap();
+        let theirs = data
+            .write_tmp(&data.path("segments/b").unwrap(), b"data")
+            .unwrap();
+        assert_ne!(ours, theirs);
+        assert_eq!(fs::read(&ours).unwrap(), b"wal");
+        assert_eq!(fs::read(&theirs).unwrap(), b"data");
     }
 
     /// The ETag a PUT returns is the one of the object it placed, not of whatever is at the
