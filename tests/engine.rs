@@ -318,6 +318,71 @@ fn chunk_1_read(e: &Engine, ino: u64) -> (usize, Vec<u8>) {
     (chunk, want)
 }
 
+/// A page written whole over one only the bucket holds (absent: never fetched since the
+/// restore, or evicted since) is on the disk before its absent mark goes, as a fill's bytes
+/// are: anything may sync the cache dir's log before the kernel writes the page back (another
+/// file's fsync, a checkpoint), and after a power loss a page neither absent nor in the cache
+/// file read as zeros, which the next checkpoint uploaded over the bucket's bytes. (Postgres
+/// writes whole pages, and writes back pages it holds in its buffers, which bucketfs may have
+/// evicted meanwhile.) A write over a page the cache file holds flushes nothing.
+#[test]
+fn a_write_over_an_absent_page_is_on_the_disk_before_its_absent_mark_goes() {
+    let dirs = Dirs::on_disk();
+    let (e, ino, _evictor) = three_absent_chunks(&dirs);
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    let old = pattern(1, 3 * bucketfs::fs::CHUNK_PAGES as usize);
+    let new = pattern(9, 1);
+    let before = flushes(&e.fs);
+    e.fs.write(ino, 0, &new).expect("write over an absent page");
+    let flushed = flushes_since(&e.fs, before);
+    // Another file's fsync, or a checkpoint, syncs the log; then the power goes. What the
+    // page cache had not written back is lost, and page 0 had no bytes on the disk before.
+    e.fs.sync_log().expect("sync the log");
+    let path = e.fs.cache_file_path(ino);
+    let lost = page_cache_of(&path).dirty > 0;
+    e.crash();
+    if lost {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: fallocate only reads the descriptor, which `f` owns.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        let punched = unsafe { libc::fallocate(fd, mode, 0, PAGE as i64) };
+        assert_eq!(punched, 0, "punch the page the power loss took");
+    }
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.ino("data");
+    let got = e.fs.read(ino, 0, PAGE as u32).expect("read page 0");
+    assert!(
+        got == new || got == old[..PAGE],
+        "page 0 after the power loss is neither the bytes written nor the bucket's (the write \
+         was {}on the disk)",
+        if lost { "not " } else { "" }
+    );
+    assert_eq!(
+        flushed,
+        (0, 1),
+        "(syncfs, fdatasyncs) of a write over an absent page"
+    );
+    let mut want = old;
+    want[..PAGE].copy_from_slice(&got);
+    e.fs.open(ino, libc::O_RDWR).expect("open");
+    let again = pattern(10, 1);
+    let before = flushes(&e.fs);
+    e.fs.write(ino, 0, &again)
+        .expect("write over a page in the cache file");
+    assert_eq!(
+        flushes_since(&e.fs, before),
+        (0, 0),
+        "(syncfs, fdatasyncs) of a write over a page in the cache file"
+    );
+    want[..PAGE].copy_from_slice(&again);
+    e.fs.fsync(ino, false).expect("fsync");
+    assert_survives_a_crash(&dirs, e, "data", &want);
+}
+
 // A fill's bytes are good unless its own pages changed while it fetched: an eviction of
 // other pages of the file must not make it throw them away and fetch again (at 20 ms a
 // request, under a full cache that evicts on every fill, more than a quarter of the misses

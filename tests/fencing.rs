@@ -325,3 +325,62 @@ fn a_commit_whose_answer_was_lost_is_neither_overwritten_nor_a_reason_to_fence()
     assert!(b.mnt.join("after").exists() && b.mnt.join("first").exists());
     assert!(b.stop().success());
 }
+
+/// A writer killed with changes fsync'd only to its cache dir (`--durability local`) restarts
+/// there; the restart's takeover lands in the bucket, but its answer is lost and an outage
+/// follows, so the start goes no further. The bucket's newest checkpoint now names a writer
+/// the cache dir never recorded: the next start must still know it for its own, or it
+/// refuses the cache dir ("behind the bucket"), and the only way on, an empty one, loses
+/// the changes.
+#[test]
+fn a_takeover_that_landed_when_its_start_failed_is_still_the_cache_dirs_own() {
+    use std::sync::atomic::Ordering;
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let (mnt, cache) = (dir.path().join("a"), dir.path().join("ca"));
+    let slow = ["--checkpoint-interval", "1h"];
+    let a = mount(&mnt, &cache, &s3, &slow);
+    write_and_fsync(&a.mnt, "checkpointed").unwrap();
+    a.checkpoint();
+    fs::write(mnt.join("local-only"), b"fsync'd to the cache dir only").unwrap();
+    fs::File::open(mnt.join("local-only"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    a.kill();
+
+    s3.faults.lose_manifest_answers.store(1, Ordering::SeqCst);
+    let out = Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
+        .args(["mount", mnt.to_str().unwrap(), "--cache-dir"])
+        .arg(&cache)
+        .args(["--bucket", &s3.url("fence")])
+        .args(slow)
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted through an outage: {err}");
+    assert_eq!(
+        s3.faults.lose_manifest_answers.load(Ordering::SeqCst),
+        0,
+        "the takeover never reached the bucket: {err}"
+    );
+    assert!(err.contains("take over the bucket"), "{err}");
+
+    s3.faults.outage.store(false, Ordering::SeqCst);
+    let b = mount(&mnt, &cache, &s3, &slow);
+    assert_eq!(
+        fs::read(b.mnt.join("local-only")).unwrap(),
+        b"fsync'd to the cache dir only"
+    );
+    assert!(b.mnt.join("checkpointed").exists());
+    assert!(b.stop().success());
+    s3.assert_verifies("fence", "the bucket is broken after the restarts");
+    let c = mount(&dir.path().join("c"), &dir.path().join("cc"), &s3, &[]);
+    assert_eq!(
+        fs::read(c.mnt.join("local-only")).unwrap(),
+        b"fsync'd to the cache dir only"
+    );
+    assert!(c.stop().success());
+}

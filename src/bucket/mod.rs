@@ -179,6 +179,20 @@ struct Record {
     url: String,
     writer: String,
     epoch: u64,
+    /// The writer a start on this cache dir is taking the bucket over as, recorded before its
+    /// takeover's PUT: if that PUT lands and the start goes no further (an answer lost and an
+    /// outage, a crash), the bucket's newest checkpoint names a writer the record does not,
+    /// and only this says it was the cache dir's own. (Absent in records from before it.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    taking_over: Option<String>,
+}
+
+impl Record {
+    /// Whether `writer` is this cache dir's: the one it is in step with, or the one a start
+    /// on it was taking the bucket over as.
+    fn names(&self, writer: &str) -> bool {
+        self.writer == writer || self.taking_over.as_deref() == Some(writer)
+    }
 }
 
 /// Refuses a bucket that this cache dir does not belong with, or one that another writer
@@ -214,7 +228,7 @@ fn check_bucket(
             latest.epoch,
             fs.root().display()
         ),
-        (Some(latest), Some(r)) if latest.epoch > r.epoch && latest.writer != r.writer => bail!(
+        (Some(latest), Some(r)) if latest.epoch > r.epoch && !r.names(&latest.writer) => bail!(
             "cache dir is behind bucket {url}: it is in step with epoch {}, and writer {} has \
              committed epoch {} since. Mount the bucket on an empty cache dir",
             r.epoch,
@@ -224,7 +238,7 @@ fn check_bucket(
         _ => {}
     }
     if let Some(latest) = &opened.latest {
-        let ours = record.is_some_and(|r| r.writer == latest.writer);
+        let ours = record.is_some_and(|r| r.names(&latest.writer));
         if latest.clean_stop || ours {
             return Ok(());
         }
@@ -425,11 +439,11 @@ pub fn attach(
             fs.root().display()
         );
     }
-    if record
-        .as_ref()
-        .is_some_and(|r| r.writer == READ_ONLY_WRITER)
-        && opened.latest.as_ref().map(|m| m.epoch) != record.as_ref().map(|r| r.epoch)
-    {
+    if record.as_ref().is_some_and(|r| {
+        r.writer == READ_ONLY_WRITER
+            && opened.latest.as_ref().map(|m| m.epoch) != Some(r.epoch)
+            && !opened.latest.as_ref().is_some_and(|m| r.names(&m.writer))
+    }) {
         bail!(
             "cache dir {} was a read-only mount's, of an older checkpoint of {url}; mount the \
              bucket on an empty cache dir",
@@ -475,6 +489,19 @@ pub fn attach(
                 .unwrap_or(0);
             break (cp, epoch);
         }
+        if let Some(r) = &record {
+            // Durably, before the takeover can land: the next start on this cache dir must
+            // know the writer the bucket's newest checkpoint may name from now on.
+            let pending = Record {
+                taking_over: Some(writer.clone()),
+                url: r.url.clone(),
+                writer: r.writer.clone(),
+                epoch: r.epoch,
+            };
+            fs.set_bucket_record(
+                &serde_json::to_vec(&pending).expect("a plain struct serializes"),
+            )?;
+        }
         match cp.take_over(opened.latest.as_ref().is_some_and(|m| m.clean_stop)) {
             Ok(epoch) => break (cp, epoch),
             Err(CheckpointError::LostRace { epoch }) if attempts < 5 => {
@@ -511,6 +538,7 @@ pub fn attach(
         url: url.clone(),
         writer: writer.clone(),
         epoch,
+        taking_over: None,
     };
     fs.set_bucket_record(&serde_json::to_vec(&record).expect("a plain struct serializes"))?;
     checkpointer.set_record_url(url.clone());

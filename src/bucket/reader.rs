@@ -105,6 +105,7 @@ pub(super) fn attach_reader(
         url: url.to_string(),
         writer: marker.into(),
         epoch: latest.epoch,
+        taking_over: None,
     };
     fs.set_bucket_record(&serde_json::to_vec(&record).expect("a plain struct serializes"))?;
     let view = Arc::new(parking_lot::RwLock::new(opened.view));

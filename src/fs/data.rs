@@ -306,7 +306,7 @@ impl Fs {
         // The shared lock first: the look below retries exclusively in that rare case.
         let past_unsure_end = |st: &InodeState| offset > st.attr.size && st.tail_unsure;
         let mut sole = false;
-        let (_gate, _io, file, has_absent) = loop {
+        let (_gate, _io, file, has_absent, over_absent) = loop {
             let (gate, io) = self.enter_with_pages(
                 &inode,
                 |_| partial.clone(),
@@ -334,7 +334,8 @@ impl Fs {
                 cut_past_end(self, &mut st, &file)?;
             }
             let has_absent = !st.absent.is_empty();
-            break (gate, io, file, has_absent);
+            let over_absent = st.absent_unsure || st.absent.intersects(pages(offset, end));
+            break (gate, io, file, has_absent, over_absent);
         };
         // A fill of this file (a read's, or the prefetch) may have fetched these pages and be
         // about to install them; it must not write the bucket's older bytes over ours. Fills
@@ -343,12 +344,24 @@ impl Fs {
         // nothing becomes absent (eviction takes it exclusively): a file with nothing absent
         // needs none of this.
         let _fill = has_absent.then(|| inode.fill_lock.lock());
-        if let Err(e) = file.write_all_at(data, offset) {
+        // Pages only the bucket held may lose their absent marks only once these bytes are on
+        // the disk, as a fill's (fill.rs): anything may sync the log before the kernel writes
+        // them back (another file's fsync, a checkpoint), and after a power loss a page neither
+        // absent nor in the cache file would read as zeros, and be uploaded so. (While the io
+        // lock is held nothing becomes absent: `over_absent` may only be more than is left.)
+        let written = file
+            .write_all_at(data, offset)
+            .map_err(FsError::io("write cache file"))
+            .and_then(|()| match over_absent {
+                true => self.flush_written(&inode, &file),
+                false => Ok(()),
+            });
+        if let Err(e) = written {
             // Some of it may be there, past the end too: a later sync must cover it.
             let mut st = inode.state.lock();
             st.tail_unsure = true;
             st.write_gen += 1;
-            return Err(FsError::io("write cache file")(e));
+            return Err(e);
         }
         self.stats
             .bytes_written
@@ -390,6 +403,26 @@ impl Fs {
         self.commit_one(&mut st, batch, saved)?;
         Ok(data.len() as u32)
     }
+    /// Flushes what a write just put in `file`, and the cache file's directory entry if it is
+    /// new (its fsync syncs that again): before the write's change of absent marks goes into
+    /// the log (`write`).
+    fn flush_written(&self, inode: &super::Inode, file: &File) -> Result<()> {
+        let (new_file, ino) = {
+            let st = inode.state.lock_unnoted();
+            (st.new_cache_file, st.attr.ino)
+        };
+        {
+            // Every fdatasync of a cache file under its sync lock (`sync_data_to` says why).
+            let _sync = inode.sync_lock.lock();
+            self.sync_cache_file(file, "fdatasync cache file")?;
+        }
+        if new_file {
+            self.sync_cache_file_dir(ino)?;
+        }
+        self.stats.cache_file_syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Makes the file durable: its bytes (one sync shared by concurrent callers) and its
     /// metadata (the RocksDB WAL, group-committed). `datasync` skips times held in memory.
     pub fn fsync(&self, ino: u64, datasync: bool) -> Result<()> {
