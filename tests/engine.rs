@@ -1867,6 +1867,44 @@ fn a_fenced_writer_fails_fsync() {
     e.crash();
 }
 
+/// A manifest at the epoch after this writer's that it cannot read (a newer bucketfs's,
+/// which took the bucket over in a rolling deploy, or a damaged one) is no earlier attempt of
+/// its own: the writer is fenced, as by any other writer's manifest there, whether its next
+/// commit or its idle check finds it. Each checkpoint used to fail on the decode error and the
+/// mount went on accepting writes and fsyncs that no checkpoint would ever hold.
+#[test]
+fn a_manifest_this_writer_cannot_read_at_its_next_epoch_fences_it() {
+    for idle in [false, true] {
+        let dirs = Dirs::new();
+        let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+        let ino = e.create("f");
+        e.fs.open(ino, libc::O_RDWR).expect("open");
+        e.fs.write(ino, 0, &pattern(1, 1)).expect("write");
+        e.checkpoint();
+        let next = e.cp.view().read().epoch + 1;
+        let key = bucketfs::checkpoint::manifest_key(next);
+        std::fs::write(dirs.bucket().join(key), b"a manifest of a later format")
+            .expect("put the manifest");
+        let r = match idle {
+            true => e.cp.check_writer(),
+            false => {
+                e.fs.write(ino, 0, &pattern(2, 1)).expect("write");
+                e.cp.checkpoint(false).map(|_| ())
+            }
+        };
+        assert!(
+            matches!(r, Err(bucketfs::checkpoint::CheckpointError::Fenced { .. })),
+            "idle {idle}: {r:?}"
+        );
+        assert!(
+            matches!(e.fs.write(ino, 0, b"x"), Err(FsError::Fenced)),
+            "idle {idle}: a write after"
+        );
+        e.fs.release(ino).expect("close");
+        e.crash();
+    }
+}
+
 // Issue 10, finding 9: a manifest whose numbers overflow (crafted, or damaged and given a
 // matching checksum) is an error naming its key, never a panic.
 #[test]

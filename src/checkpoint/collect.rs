@@ -155,10 +155,10 @@ impl Checkpointer {
         // After one of ours (its answer possibly lost, and not yet in the view), a takeover
         // would have put its fence on the next key.
         for next in [epoch + 1, epoch + 2] {
-            match self.writer_at(next)? {
+            match self.ours_at(next)? {
                 None => return Ok(()),
-                Some(w) if w == self.writer => {}
-                Some(_) => {
+                Some(true) => {}
+                Some(false) => {
                     self.fence(next);
                     return Err(CheckpointError::Fenced { epoch: next });
                 }
@@ -167,14 +167,17 @@ impl Checkpointer {
         Ok(()) // two commits of ours landed since the view was read
     }
 
-    /// Who wrote manifest `epoch`, if the bucket has it (a HEAD, then a GET if it does).
-    fn writer_at(&self, epoch: u64) -> Result<Option<String>, CheckpointError> {
+    /// Whether this writer wrote manifest `epoch`, if the bucket has it (a HEAD, then a GET if
+    /// it does). One that does not decode is not its own (`own_earlier_commit` says why).
+    fn ours_at(&self, epoch: u64) -> Result<Option<bool>, CheckpointError> {
         let key = manifest_key(epoch);
         if self.rt.block_on(self.store.head(&key))?.is_none() {
             return Ok(None);
         }
         match self.rt.block_on(self.store.get(&key, None)) {
-            Ok(bytes) => Ok(Some(Manifest::decode(&bytes, &key)?.writer)),
+            Ok(bytes) => Ok(Some(
+                Manifest::decode(&bytes, &key).is_ok_and(|m| m.writer == self.writer),
+            )),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }

@@ -120,7 +120,15 @@ impl Checkpointer {
     /// writer's, and this one is fenced.
     pub(super) fn own_earlier_commit(&self, key: &str) -> Result<bool, CheckpointError> {
         let bytes = self.rt.block_on(self.store.get(key, None))?;
-        let theirs = Manifest::decode(&bytes, key)?;
+        let theirs = match Manifest::decode(&bytes, key) {
+            Ok(theirs) => theirs,
+            // This writer reads what it writes: one it cannot is a later bucketfs's (which
+            // took the bucket over) or damaged, and no attempt of its own.
+            Err(e) => {
+                warn!(key, error = %e, "the manifest at the next epoch does not decode: another writer's");
+                return Ok(false);
+            }
+        };
         if theirs.writer != self.writer || theirs.epoch != self.view.read().epoch + 1 {
             return Ok(false);
         }
