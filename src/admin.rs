@@ -1,6 +1,6 @@
 //! Commands that read a bucket without mounting it: `bucketfs ls` and `bucketfs verify`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 
 use anyhow::Context;
@@ -316,7 +316,8 @@ fn fetch_each<'a, I>(
 }
 
 /// `bucketfs verify`: every segment object is whole (index, every run's crc), every manifest
-/// at or above the GC boundary decodes, every extent of the oldest retained checkpoint's
+/// at or above the GC boundary decodes, none from the oldest retained checkpoint on is
+/// missing, every extent of the oldest retained checkpoint's
 /// image and of each manifest after it points at a run that exists with the crc it names,
 /// and every chunk of GC's catalog decodes and says of each manifest at or above the
 /// boundary what the manifest says. Returns the broken objects, each with why.
@@ -325,6 +326,12 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     let store = url.open()?;
     open_bucket(&*store, rt.handle(), false).with_context(|| format!("open bucket {url}"))?;
     let mut broken = Vec::new();
+    // The manifests are listed first: a segment is uploaded before the manifest that names
+    // it, so every segment a listed manifest names was there to be listed after them. (Listed
+    // the other way round, a checkpoint committing meanwhile named a segment this run never
+    // read, reported as missing.)
+    let (boundary, oldest_retained) = rt.block_on(kept(&*store))?;
+    let manifests = rt.block_on(store.list("manifests/"))?;
     let segments = rt.block_on(store.list("segments/"))?;
     // The runs each segment holds, by (offset, crc), from its own index.
     let mut runs: HashMap<String, BTreeMap<u64, u32>> = HashMap::new();
@@ -352,13 +359,13 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     // Every manifest must decode; the extents of the retained checkpoints (as the last GC
     // pass left them) must point at runs that exist. An expired checkpoint may name segments
     // GC has collected: it is no longer restorable, and `ls` says so.
-    let (boundary, oldest_retained) = rt.block_on(kept(&*store))?;
-    let manifests = rt.block_on(store.list("manifests/"))?;
     let manifests: Vec<(u64, &str)> = manifests
         .iter()
         .filter_map(|m| epoch_of_key(&m.key).map(|e| (e, m.key.as_str())))
         .collect();
     let mut decoded: BTreeMap<u64, Manifest> = BTreeMap::new();
+    // The epochs at or above the boundary whose manifest was there to read, decoded or not.
+    let mut read = BTreeSet::new();
     // Small and many (one per group commit under `--durability remote`): 32 at once.
     let windows = manifests.chunks(CHAIN_WINDOW).collect();
     let key = |&(_, k): &(u64, &str)| k.to_string();
@@ -390,6 +397,7 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
             if epoch < boundary {
                 return Ok(()); // not part of the bucket
             }
+            read.insert(epoch);
             match Manifest::decode_at(&bytes, key, epoch) {
                 Ok(man) => {
                     decoded.insert(epoch, man);
@@ -416,6 +424,33 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
             Some(Some(_)) => {}
         }
     };
+    // The boundary as it is now, after every manifest was read: a GC pass running beside may
+    // have raised it and deleted what is below (below, what a manifest or a chunk says is
+    // no longer part of the bucket; and a key freed since a chunk was written may have been
+    // landed on again by a stalled writer, which a manifest read after that was read after
+    // the boundary rose past its key).
+    let boundary = rt.block_on(crate::gc::read_boundary(&*store))?;
+    // Every epoch from the oldest retained checkpoint to the newest listed is a checkpoint
+    // (each commit takes the epoch after the one before, a takeover's fence too): one with no
+    // manifest is a retained checkpoint that cannot be restored, and the chains through it
+    // are broken. (One missing just before a base breaks no later chain: only this finds it.)
+    let first_retained = oldest_retained.max(boundary);
+    let listed = read.range(first_retained..).copied();
+    for (a, b) in listed
+        .clone()
+        .zip(listed.skip(1))
+        .filter(|(a, b)| b - a > 1)
+    {
+        let gap = match b - a {
+            2 => manifest_key(a + 1),
+            _ => format!("{}..{}", manifest_key(a + 1), manifest_key(b - 1)),
+        };
+        broken.push(format!(
+            "{gap}: missing, within the retained checkpoints (between {} and {})",
+            manifest_key(a),
+            manifest_key(b)
+        ));
+    }
     if let Some(&first) = decoded.range(oldest_retained..).next().map(|(e, _)| e) {
         // The oldest retained checkpoint's whole image, from its chain ...
         let mut chain = vec![first];
@@ -452,10 +487,7 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     // manifest at or above the boundary instead of reading it, so a chunk naming other
     // segments than the manifest would have GC delete what a checkpoint uses. (What a chunk
     // leaves out, or says of an epoch not listed, no pass takes from it.) Compared at or
-    // above the boundary as it is now, after every manifest was read: below it a key freed
-    // since the chunk was written may have been landed on again by a stalled writer, and a
-    // manifest read after that was read after the boundary rose past its key.
-    let boundary = rt.block_on(crate::gc::read_boundary(&*store))?;
+    // above the boundary as it is now (read again above).
     let chunks = rt.block_on(store.list(CATALOG_PREFIX))?;
     let windows = chunks.chunks(CHAIN_WINDOW).collect();
     let key = |c: &ObjectMeta| c.key.clone();

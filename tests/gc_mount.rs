@@ -529,3 +529,45 @@ fn a_stop_commits_its_final_checkpoint_without_waiting_for_a_gc_pass_under_way()
     let r = reader(&s, "r", &[]);
     assert!(fs::read(r.mnt.join("last")).unwrap() == body(7, 50_000));
 }
+
+/// `bucketfs verify` beside a writer that commits while it reads: the new checkpoint names a
+/// segment uploaded after verify listed the segments. Verify listed them before the
+/// manifests, so it took the new manifest's extents for pointers into a missing segment and
+/// failed a healthy bucket; every manifest it lists must name only segments it listed.
+#[test]
+fn verify_beside_a_writer_that_commits_meanwhile_finds_nothing_wrong() {
+    let s = setup_s3();
+    let s3 = s._s3.as_ref().expect("an S3 server");
+    let w = writer(&s, "100", "off", &[]);
+    fs::write(w.mnt.join("first"), body(1, 1 << 20)).unwrap();
+    w.checkpoint();
+    let segments = s3.keys(common::s3::BUCKET, "gc/segments");
+    assert!(
+        !segments.is_empty(),
+        "a checkpoint of 1 MiB uploads a segment"
+    );
+    s3.faults
+        .hold_gets_of(&format!("gc/segments/{}", segments[0]));
+    let verify = Command::new(BIN)
+        .args(["verify", "--bucket", &s.url])
+        .envs(s.env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run bucketfs verify");
+    wait_for("verify to read a segment", Duration::from_secs(60), || {
+        s3.faults.gets_held() > 0
+    });
+    fs::write(w.mnt.join("second"), body(2, 1 << 20)).unwrap();
+    w.checkpoint();
+    assert!(
+        s3.keys(common::s3::BUCKET, "gc/segments").len() > segments.len(),
+        "the second checkpoint uploads a segment of its own"
+    );
+    s3.faults.release_gets();
+    let out = verify.wait_with_output().expect("wait for verify");
+    assert!(out.status.success(), "verify: {}", text(&out));
+    assert!(w.stop().success());
+    s.verify_ok();
+}

@@ -123,8 +123,9 @@ pub enum Command {
         #[command(flatten)]
         retention: RetentionArgs,
     },
-    /// Check every segment, every manifest, the extents of every retained checkpoint and
-    /// every chunk of GC's catalog in a bucket; exits 1 naming the broken objects.
+    /// Check every segment, every manifest, that no retained checkpoint's manifest is
+    /// missing, the extents of every retained checkpoint and every chunk of GC's catalog in a
+    /// bucket; exits 1 naming the broken objects. Safe beside a running writer and its GC.
     Verify {
         /// s3://NAME/PREFIX or file:///PATH
         #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
