@@ -282,19 +282,22 @@ impl Follower {
                     // the standby is that far behind.
                     self.base_created_ms.min(created_ms)
                 };
-                let v = view.read();
-                *self.last.lock() = wal::locate(&v, &self.wal_dir, name)
-                    .filter(|_| *e == epoch)
-                    .map(|(ino, size)| LastServed {
-                        name: name.to_string(),
-                        epoch,
-                        ino,
-                        size,
-                        extents: v.extents.get(&ino).cloned().unwrap_or_default(),
-                        bytes: bytes.clone(),
-                        sent: Instant::now(),
-                    });
-                drop(v);
+                let served = {
+                    let v = view.read();
+                    wal::locate(&v, &self.wal_dir, name)
+                        .filter(|_| *e == epoch)
+                        .map(|(ino, size)| LastServed {
+                            name: name.to_string(),
+                            epoch,
+                            ino,
+                            size,
+                            extents: v.extents.get(&ino).cloned().unwrap_or_default(),
+                            bytes: bytes.clone(),
+                            sent: Instant::now(),
+                        })
+                };
+                // Not under the view's lock: `again` takes that one under this.
+                *self.last.lock() = served;
                 self.note_served(name, *e, created);
                 let mut older = self.older.lock();
                 if *e == epoch {
@@ -356,12 +359,11 @@ impl Follower {
         }
         let ranges = changed(&last.extents, &extents);
         if ranges.is_empty() {
+            // Nothing new: the standby has all of it. (Still holding `last`, which no one
+            // takes under the state's lock: let go and taken again, it could be another
+            // file's by then, sent under this one's name.)
             last.epoch = epoch;
-            drop(guard);
-            // Nothing new: the standby has all of it.
             self.note_position(name, epoch, created_ms);
-            let mut guard = self.last.lock();
-            let last = guard.as_mut()?;
             if last.sent.elapsed() < RESEND_UNCHANGED {
                 return Some(wal::Answer::Missing);
             }
