@@ -579,7 +579,13 @@ impl Fs {
     /// are clean. Their dirty marks go; pages written again stay dirty for the next epoch.
     /// From then on the cache files' bytes stand for the bucket's: the caller has flushed
     /// them to the disk (`flush_cut`) since the cut.
+    ///
+    /// A commit of the marks' deletes that fails does not stop it: the bucket holds the cut
+    /// whatever RocksDB says, so every inode's pending pages are let go all the same (left
+    /// pending, they would count against `--max-dirty` and stay in the cache for good), and
+    /// the first failure is returned at the end. (Marks left in RocksDB only cost an upload.)
     pub fn mark_clean(&self, cut: &Cut) -> Result<u64> {
+        let mut failed = None;
         // The inodes the cut touched, looked up one by one (not a copy of the whole map:
         // under `--durability remote` this runs at every group commit).
         for (ino, _) in &cut.truncations {
@@ -596,7 +602,9 @@ impl Fs {
                 // Lost, the truncation is sent again, with the pages whose marks were
                 // deleted after it (the log is ordered): those are lost too, so dirty again.
                 batch.may_lag();
-                self.meta.commit(batch)?;
+                if let Err(e) = self.meta.commit(batch) {
+                    failed.get_or_insert(e);
+                }
             }
         }
         self.step(super::Step::MarkingClean { epoch: cut.epoch });
@@ -634,7 +642,9 @@ impl Fs {
                 st.marked.remove(r);
             }
             batch.may_lag();
-            self.meta.commit(batch)?;
+            if let Err(e) = self.meta.commit(batch) {
+                failed.get_or_insert(e);
+            }
             self.recount(&mut st, |st| {
                 for r in pages.iter() {
                     st.pending.remove(r);
@@ -650,7 +660,10 @@ impl Fs {
             crate::failpoint::hit("during-mark-clean");
         }
         self.rpo_settled(true);
-        Ok(cleaned)
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(cleaned),
+        }
     }
 
     /// Gives back what a cut that failed took of the inodes noted as changed (`Cut::touched`):

@@ -577,6 +577,38 @@ mod tests {
         }
     }
 
+    /// A `mark_clean` whose commit fails, applied or not, still lets go of the cut's pending
+    /// pages: the bucket holds them whatever RocksDB says. It stopped at the failed commit,
+    /// and the pages of that inode and of every one after it stayed pending for good, counted
+    /// against `--max-dirty` (writers wait for room that never comes) and never evicted.
+    #[test]
+    fn a_failed_mark_clean_leaves_nothing_pending() {
+        use crate::cache::FailCommit;
+        struct Everything;
+        impl crate::fs::PathFilter for Everything {
+            fn local_only(&self, _: &[u8]) -> bool {
+                false
+            }
+        }
+        for how in [FailCommit::Lost, FailCommit::Applied] {
+            let dir = tempfile::tempdir().unwrap();
+            let fs = fs(&dir);
+            restore_one_file(&fs, 8 * PAGE_SIZE, &PageSet::new());
+            fs.write(2, 0, &vec![1; 2 * PAGE_SIZE as usize]).unwrap();
+            let mut memo = crate::fs::WalkMemo::default();
+            let cut = fs.cut(&Everything, &mut memo, None, 256, 1 << 20).unwrap();
+            fs.release_cut(&cut);
+            assert_eq!(fs.unsafe_pages(), 2, "{how:?}: the cut's pages, pending");
+            fs.meta.fail_next_commit(how);
+            fs.mark_clean(&cut).expect_err("the commit fails");
+            assert!(
+                fs.inode(2).unwrap().state.lock().pending.is_empty(),
+                "{how:?}"
+            );
+            assert_eq!(fs.unsafe_pages(), 0, "{how:?}: pages the bucket holds");
+        }
+    }
+
     /// Drops `fs` as a crash would, opens the cache dir again and checks that every page of
     /// `pages` of ino 2 is dirty (more may be: marks ahead).
     fn assert_dirty_after_a_crash(
