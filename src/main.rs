@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         .sources
         .iter()
         .filter(|s| s.source != Source::Default)
-        .map(|s| format!("--{}={} ({})", s.long, s.values.join(","), s.source))
+        .map(|s| s.to_string())
         .collect();
     // wal-fetch runs every second under PostgreSQL, whose log gets its stderr: errors only.
     let quiet = matches!(cli.command, Command::WalFetch { .. });

@@ -48,12 +48,32 @@ pub struct Parsed {
     pub sources: Vec<Setting>,
 }
 
-/// One option's value and where it came from (never a credential: none is an option).
+/// One option's value and where it came from.
 #[derive(Clone, Debug)]
 pub struct Setting {
     pub long: String,
     pub source: Source,
     pub values: Vec<String>,
+}
+
+/// Options whose value may hold a credential (a replica's libpq connection string, with its
+/// `password=` or `user:password@`): logged as given, never with their value.
+const NOT_SHOWN: &[&str] = &["primary-conninfo"];
+
+impl std::fmt::Display for Setting {
+    /// As the settings line logs it: `--NAME=VALUE (SOURCE)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match NOT_SHOWN.contains(&self.long.as_str()) {
+            true => write!(f, "--{}=<not shown> ({})", self.long, self.source),
+            false => write!(
+                f,
+                "--{}={} ({})",
+                self.long,
+                self.values.join(","),
+                self.source
+            ),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +357,44 @@ mod tests {
         let err = config_args("run", "[table]\nx = 1", &[]).unwrap_err();
         assert!(err.contains("table"), "{err}");
         assert!(config_args("run", "not toml", &[]).is_err());
+    }
+
+    /// The settings line names every option given and where it came from, and never a
+    /// password: a replica's `--primary-conninfo` usually carries one (libpq's `password=`,
+    /// or a URI's `user:password@`).
+    #[test]
+    fn the_settings_line_shows_no_password() {
+        let conninfo = [
+            "host=primary.internal user=replicator password=hunter2",
+            "postgresql://replicator:hunter2@primary.internal/postgres",
+        ];
+        for c in conninfo {
+            let parsed = parse(args(&[
+                "bucketfs",
+                "run",
+                "--replica",
+                "--primary-conninfo",
+                c,
+                "--stop-timeout",
+                "9s",
+                "--cache-dir",
+                "/c",
+                "/m",
+                "--",
+                "postgres",
+            ]))
+            .unwrap();
+            let line: Vec<String> = parsed
+                .sources
+                .iter()
+                .filter(|s| s.source != Source::Default)
+                .map(|s| s.to_string())
+                .collect();
+            let line = line.join(" ");
+            assert!(line.contains("--stop-timeout=9s (flag)"), "{line}");
+            assert!(line.contains("--primary-conninfo="), "{line}");
+            assert!(!line.contains("hunter2"), "{line}");
+        }
     }
 
     #[test]

@@ -554,7 +554,9 @@ pub struct RunOptions {
     #[arg(long, default_value = "280s", value_parser = parse_duration, value_name = "DURATION", env = "BUCKETFS_STOP_TIMEOUT")]
     pub stop_timeout: std::time::Duration,
     /// With --replica: the standby's primary_conninfo, to stream WAL from the primary when
-    /// it is reachable (lower lag); the bucket stays the fallback (restore_command).
+    /// it is reachable (lower lag); the bucket stays the fallback (restore_command). Never
+    /// logged (it may hold a password); set it in the environment (a Fly secret) rather than
+    /// as a flag, which `ps` shows.
     #[arg(
         long,
         value_name = "CONNINFO",
