@@ -434,22 +434,22 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     // (each commit takes the epoch after the one before, a takeover's fence too): one with no
     // manifest is a retained checkpoint that cannot be restored, and the chains through it
     // are broken. (One missing just before a base breaks no later chain: only this finds it.)
-    let first_retained = oldest_retained.max(boundary);
-    let listed = read.range(first_retained..).copied();
-    for (a, b) in listed
-        .clone()
-        .zip(listed.skip(1))
-        .filter(|(a, b)| b - a > 1)
-    {
-        let gap = match b - a {
-            2 => manifest_key(a + 1),
-            _ => format!("{}..{}", manifest_key(a + 1), manifest_key(b - 1)),
-        };
-        broken.push(format!(
-            "{gap}: missing, within the retained checkpoints (between {} and {})",
-            manifest_key(a),
-            manifest_key(b)
-        ));
+    // The oldest retained one, which GC's state names, is looked for too, unless a pass since
+    // has raised the boundary past it.
+    let mut next = (oldest_retained > 0 && oldest_retained >= boundary).then_some(oldest_retained);
+    for &epoch in read.range(oldest_retained.max(boundary)..) {
+        if let Some(want) = next.filter(|&want| epoch > want) {
+            let gap = match epoch - want {
+                1 => manifest_key(want),
+                _ => format!("{}..{}", manifest_key(want), manifest_key(epoch - 1)),
+            };
+            broken.push(format!(
+                "{gap}: missing, within the retained checkpoints (the oldest retained is \
+                 epoch {oldest_retained}, the next manifest there {})",
+                manifest_key(epoch)
+            ));
+        }
+        next = Some(epoch + 1);
     }
     if let Some(&first) = decoded.range(oldest_retained..).next().map(|(e, _)| e) {
         // The oldest retained checkpoint's whole image, from its chain ...

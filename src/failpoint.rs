@@ -3,7 +3,7 @@
 //! cached value.
 //!
 //! Points: `after-segment-put`, `before-manifest-commit`, `after-manifest-commit`,
-//! `during-mark-clean`.
+//! `during-mark-clean`, `before-takeover-commit`.
 //!
 //! One point makes a failure instead of a crash (`failing`): `cache-flush-fails`, every flush
 //! of the cache files fails as on a disk that failed a write-back.

@@ -1870,13 +1870,26 @@ fn a_fenced_writer_fails_fsync() {
 /// A manifest at the epoch after this writer's that it cannot read (a newer bucketfs's,
 /// which took the bucket over in a rolling deploy, or a damaged one) is no earlier attempt of
 /// its own: the writer is fenced, as by any other writer's manifest there, whether its next
-/// commit or its idle check finds it. Each checkpoint used to fail on the decode error and the
-/// mount went on accepting writes and fsyncs that no checkpoint would ever hold.
+/// commit, its idle check or its GC pass finds it. Each checkpoint used to fail on the decode
+/// error and the mount went on accepting writes and fsyncs that no checkpoint would ever hold.
 #[test]
 fn a_manifest_this_writer_cannot_read_at_its_next_epoch_fences_it() {
-    for idle in [false, true] {
+    for by in ["commit", "idle check", "gc pass"] {
         let dirs = Dirs::new();
-        let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+        let gc = bucketfs::checkpoint::GcSettings::every(
+            Duration::from_secs(3600),
+            bucketfs::gc::Retention {
+                window: Duration::ZERO,
+                min_checkpoints: 2,
+                grace: Duration::ZERO,
+            },
+            None,
+        );
+        let options = Options {
+            gc: Some(gc),
+            ..Options::default()
+        };
+        let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
         let ino = e.create("f");
         e.fs.open(ino, libc::O_RDWR).expect("open");
         e.fs.write(ino, 0, &pattern(1, 1)).expect("write");
@@ -1885,20 +1898,21 @@ fn a_manifest_this_writer_cannot_read_at_its_next_epoch_fences_it() {
         let key = bucketfs::checkpoint::manifest_key(next);
         std::fs::write(dirs.bucket().join(key), b"a manifest of a later format")
             .expect("put the manifest");
-        let r = match idle {
-            true => e.cp.check_writer(),
-            false => {
+        let r = match by {
+            "idle check" => e.cp.check_writer(),
+            "gc pass" => e.cp.gc_pass(bucketfs::checkpoint::now_ms()).map(|_| ()),
+            _ => {
                 e.fs.write(ino, 0, &pattern(2, 1)).expect("write");
                 e.cp.checkpoint(false).map(|_| ())
             }
         };
         assert!(
             matches!(r, Err(bucketfs::checkpoint::CheckpointError::Fenced { .. })),
-            "idle {idle}: {r:?}"
+            "by the {by}: {r:?}"
         );
         assert!(
             matches!(e.fs.write(ino, 0, b"x"), Err(FsError::Fenced)),
-            "idle {idle}: a write after"
+            "by the {by}: a write after"
         );
         e.fs.release(ino).expect("close");
         e.crash();

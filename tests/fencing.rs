@@ -368,7 +368,25 @@ fn a_takeover_that_landed_when_its_start_failed_is_still_the_cache_dirs_own() {
     );
     assert!(err.contains("take over the bucket"), "{err}");
 
+    // Another start, killed before its own takeover's PUT (a restart loop through the
+    // outage): the cache dir must still know the writer of the first one's.
     s3.faults.outage.store(false, Ordering::SeqCst);
+    let out = Command::new(BIN)
+        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
+        .env("BUCKETFS_FAILPOINT", "before-takeover-commit")
+        .args(["mount", mnt.to_str().unwrap(), "--cache-dir"])
+        .arg(&cache)
+        .args(["--bucket", &s3.url("fence")])
+        .args(slow)
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failpoint before-takeover-commit reached"),
+        "{err}"
+    );
+
     let b = mount(&mnt, &cache, &s3, &slow);
     assert_eq!(
         fs::read(b.mnt.join("local-only")).unwrap(),

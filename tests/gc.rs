@@ -513,12 +513,12 @@ fn verify_finds_a_manifest_missing_inside_the_retained_window() {
             .unwrap()
             .parent
     };
-    // The one after the oldest retained (a delta follows it: base every 4), and the one just
-    // before the first base after that.
+    // The one after the oldest retained (a delta follows it: base every 4), the one just
+    // before the first base after that, and the oldest retained itself.
     let base = (r.oldest_retained + 2..latest)
         .find(|&e| parent_of(e).is_none())
         .expect("a base inside the window");
-    for gone in [r.oldest_retained + 1, base - 1] {
+    for gone in [r.oldest_retained + 1, base - 1, r.oldest_retained] {
         let key = bucketfs::checkpoint::manifest_key(gone);
         let path = dirs.bucket().join(&key);
         let bytes = std::fs::read(&path).unwrap();

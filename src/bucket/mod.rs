@@ -491,12 +491,16 @@ pub fn attach(
         }
         if let Some(r) = &record {
             // Durably, before the takeover can land: the next start on this cache dir must
-            // know the writer the bucket's newest checkpoint may name from now on.
+            // know the writer the bucket's newest checkpoint may name from now on. When that
+            // checkpoint is the cache dir's own already (a start before this one took the
+            // bucket over and went no further), the cache dir is in step with it: the record
+            // moves to it, so that a start failing in turn loses no writer of the cache dir's.
+            let latest = opened.latest.as_ref().filter(|m| r.names(&m.writer));
             let pending = Record {
                 taking_over: Some(writer.clone()),
                 url: r.url.clone(),
-                writer: r.writer.clone(),
-                epoch: r.epoch,
+                writer: latest.map_or_else(|| r.writer.clone(), |m| m.writer.clone()),
+                epoch: latest.map_or(r.epoch, |m| m.epoch),
             };
             fs.set_bucket_record(
                 &serde_json::to_vec(&pending).expect("a plain struct serializes"),

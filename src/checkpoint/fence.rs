@@ -113,6 +113,7 @@ impl Checkpointer {
             m
         };
         check_invariants(&m)?;
+        crate::failpoint::hit("before-takeover-commit");
         let put = self.put_manifest(&m, true);
         self.settle_note();
         match put {

@@ -306,7 +306,7 @@ impl Fs {
         // The shared lock first: the look below retries exclusively in that rare case.
         let past_unsure_end = |st: &InodeState| offset > st.attr.size && st.tail_unsure;
         let mut sole = false;
-        let (_gate, _io, file, has_absent, over_absent) = loop {
+        let (gate, _io, file, has_absent, over_absent, grows) = loop {
             let (gate, io) = self.enter_with_pages(
                 &inode,
                 |_| partial.clone(),
@@ -335,7 +335,8 @@ impl Fs {
             }
             let has_absent = !st.absent.is_empty();
             let over_absent = st.absent_unsure || st.absent.intersects(pages(offset, end));
-            break (gate, io, file, has_absent, over_absent);
+            let grows = end > st.attr.size;
+            break (gate, io, file, has_absent, over_absent, grows);
         };
         // A fill of this file (a read's, or the prefetch) may have fetched these pages and be
         // about to install them; it must not write the bucket's older bytes over ours. Fills
@@ -349,12 +350,24 @@ impl Fs {
         // them back (another file's fsync, a checkpoint), and after a power loss a page neither
         // absent nor in the cache file would read as zeros, and be uploaded so. (While the io
         // lock is held nothing becomes absent: `over_absent` may only be more than is left.)
+        let mut gate = Some(gate);
         let written = file
             .write_all_at(data, offset)
             .map_err(FsError::io("write cache file"))
-            .and_then(|()| match over_absent {
-                true => self.flush_written(&inode, &file),
-                false => Ok(()),
+            .and_then(|()| {
+                if !over_absent {
+                    return Ok(());
+                }
+                // Not under the gate, unless the write grows the file (bytes past the end are
+                // a cut's business, docs/trust.md rule 16): a cut would wait for the flush,
+                // and every request behind the cut. The bytes are in place and nothing of
+                // this write is recorded yet; a cut taken meanwhile sees the write not done
+                // (the next one takes it), and the io and fill locks keep evictions and
+                // fills off these pages.
+                if !grows {
+                    drop(gate.take());
+                }
+                self.flush_written(&inode, &file)
             });
         if let Err(e) = written {
             // Some of it may be there, past the end too: a later sync must cover it.

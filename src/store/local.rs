@@ -105,7 +105,11 @@ impl LocalStore {
         } else {
             fs::rename(&tmp, &path)
         };
-        let _ = fs::remove_file(&tmp);
+        if *mode == PutMode::Create || placed.is_err() {
+            // Still there under its own name. (After a rename the name is free, and another
+            // process's temporary file may already have it.)
+            let _ = fs::remove_file(&tmp);
+        }
         match placed {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
