@@ -708,3 +708,45 @@ fn after_a_restore_small_files_are_fetched_in_the_background() {
     assert!(s3.faults.segment_gets() > before);
     assert!(b.stop().success());
 }
+
+/// S3 answers 400 RequestTimeout when an upload's body stalls on the way, and 409
+/// ConditionalRequestConflict when conditional writes race: a retry gets past both. Every 4xx
+/// but 404 and 412 was taken as final: the checkpoint failed on the first, an ERROR asked to
+/// check the bucket and the credentials, and `/healthz` answered 503.
+#[test]
+fn an_s3_request_timeout_or_conflict_is_retried() {
+    let dir = common::scratch();
+    let s3 = S3Server::start(&dir.path().join("s3"));
+    let slow = ["--checkpoint-interval", "1h"];
+    let a = mount(
+        &dir.path().join("m"),
+        &dir.path().join("c"),
+        &s3,
+        "retry",
+        &slow,
+    );
+    let bytes = common::incompressible(1 << 20, 7);
+    fs::write(a.mnt.join("f"), &bytes).unwrap();
+    s3.faults.fail_puts_with.lock().unwrap().extend([
+        s3s::S3ErrorCode::RequestTimeout,
+        s3s::S3ErrorCode::ConditionalRequestConflict,
+    ]);
+    a.checkpoint();
+    assert!(
+        s3.faults.fail_puts_with.lock().unwrap().is_empty(),
+        "the checkpoint met both errors"
+    );
+    let log = a.log_text();
+    assert!(!log.contains("retrying will not help"), "{log}");
+    assert!(a.stop().success());
+    s3.assert_verifies("retry", "the bucket after the retries");
+    let b = mount(
+        &dir.path().join("m2"),
+        &dir.path().join("c2"),
+        &s3,
+        "retry",
+        &[],
+    );
+    assert!(fs::read(b.mnt.join("f")).unwrap() == bytes);
+    assert!(b.stop().success());
+}

@@ -428,10 +428,18 @@ where
         _ => format!("{code} (http {})", status.unwrap_or(0)),
     };
     let key = key.to_string();
+    // 4xx answers that another try may get past: S3's RequestTimeout (400: the request's body
+    // stalled on the way), a proxy's 408, and the 409s of conditional writes or other
+    // operations racing on the key (AWS says to retry both).
+    let retry_4xx = status == Some(408)
+        || matches!(
+            code.as_str(),
+            "RequestTimeout" | "ConditionalRequestConflict" | "OperationAborted"
+        );
     match status {
         Some(412) => StoreError::PreconditionFailed { key },
         Some(404) if code != "NoSuchBucket" => StoreError::NotFound { key },
-        Some(s) if s == 429 || s >= 500 => StoreError::Transient { op, key, message },
+        Some(s) if s == 429 || s >= 500 || retry_4xx => StoreError::Transient { op, key, message },
         Some(_) => StoreError::Permanent { op, key, message },
         // No response at all: a timeout or a connection error, worth another try.
         None => StoreError::Transient { op, key, message },

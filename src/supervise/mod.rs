@@ -431,7 +431,7 @@ impl Supervisor<'_> {
             Some(r) => Duration::from_secs_f64(self.settings.mount.max_dirty as f64 / r),
             None => budget / 2,
         };
-        let share = budget.saturating_sub(drain).max(budget / 4);
+        let share = program_share(budget, drain);
         self.stop = Some(now);
         self.program_deadline = Some(now + share);
         info!(
@@ -601,4 +601,39 @@ fn become_reaper() {
 /// `s` as one word for the shell PostgreSQL runs `restore_command` with.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The program's share of the stop budget: what the final checkpoint is not expected to need
+/// (`drain`), less the waits that may follow the share before the checkpoint starts (SIGQUIT
+/// and the grace before SIGKILL, then the program's orphans: SIGTERM, the grace, SIGKILL and
+/// the grace again), and at least a quarter of the budget.
+fn program_share(budget: Duration, drain: Duration) -> Duration {
+    budget
+        .saturating_sub(drain)
+        .saturating_sub(3 * GRACE)
+        .max(budget / 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stop whose program takes its whole share, then ignores SIGQUIT, and leaves orphans
+    /// that ignore SIGTERM still leaves the final checkpoint what it is expected to need,
+    /// within the budget (Fly's kill_timeout is the budget and 20 s more: fly.toml).
+    #[test]
+    fn the_programs_share_leaves_the_final_checkpoint_its_drain() {
+        let budget = Duration::from_secs(280);
+        for drain_s in [1, 20, 60, 140, 180] {
+            let drain = Duration::from_secs(drain_s);
+            let share = program_share(budget, drain);
+            assert!(
+                share + 3 * GRACE + drain <= budget,
+                "drain {drain_s} s: share {share:?}"
+            );
+            assert!(share >= budget / 4, "drain {drain_s} s: share {share:?}");
+        }
+        // A drain past three quarters of the budget: the program still has a quarter.
+        assert_eq!(program_share(budget, budget), budget / 4);
+    }
 }

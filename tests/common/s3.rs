@@ -44,6 +44,10 @@ pub struct Faults {
     pub parts: AtomicU64,
     /// The next N CompleteMultipartUpload requests answer 503 (their parts stay uploaded).
     pub fail_completes: AtomicU64,
+    /// The next PUTs (one each, in order) are answered with these errors and store nothing:
+    /// S3's 4xx answers that a retry may get past (400 RequestTimeout for an upload whose
+    /// body stalled, 409 ConditionalRequestConflict for conditional writes racing).
+    pub fail_puts_with: std::sync::Mutex<std::collections::VecDeque<s3s::S3ErrorCode>>,
     /// When N > 0, a LIST page holds at most N keys (S3's MaxKeys; a server may hand back
     /// fewer than 1000).
     pub list_page_keys: AtomicU64,
@@ -175,6 +179,16 @@ impl S3 for Faulty {
             );
         }
         self.gate().await?;
+        let fail = self
+            .faults
+            .fail_puts_with
+            .lock()
+            .expect("faults")
+            .pop_front();
+        if let Some(code) = fail {
+            self.faults.injected_errors.fetch_add(1, Ordering::SeqCst);
+            return Err(s3s::S3Error::with_message(code, "injected"));
+        }
         self.faults
             .log_put(&req.input.bucket, &req.input.key, regions_of(&req.headers));
         let len = req.input.content_length.unwrap_or(0) as u64;
