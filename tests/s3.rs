@@ -710,9 +710,10 @@ fn after_a_restore_small_files_are_fetched_in_the_background() {
 }
 
 /// S3 answers 400 RequestTimeout when an upload's body stalls on the way, and 409
-/// ConditionalRequestConflict when conditional writes race: a retry gets past both. Every 4xx
-/// but 404 and 412 was taken as final: the checkpoint failed on the first, an ERROR asked to
-/// check the bucket and the credentials, and `/healthz` answered 503.
+/// ConditionalRequestConflict when conditional writes race (here on the manifest's
+/// create-if-absent): a retry gets past both. Every 4xx but 404 and 412 was taken as final:
+/// the checkpoint failed on the first, an ERROR asked to check the bucket and the
+/// credentials, and `/healthz` answered 503.
 #[test]
 fn an_s3_request_timeout_or_conflict_is_retried() {
     let dir = common::scratch();
@@ -728,8 +729,8 @@ fn an_s3_request_timeout_or_conflict_is_retried() {
     let bytes = common::incompressible(1 << 20, 7);
     fs::write(a.mnt.join("f"), &bytes).unwrap();
     s3.faults.fail_puts_with.lock().unwrap().extend([
-        s3s::S3ErrorCode::RequestTimeout,
-        s3s::S3ErrorCode::ConditionalRequestConflict,
+        ("segments/", s3s::S3ErrorCode::RequestTimeout),
+        ("manifests/", s3s::S3ErrorCode::ConditionalRequestConflict),
     ]);
     a.checkpoint();
     assert!(

@@ -306,7 +306,7 @@ impl Fs {
         // The shared lock first: the look below retries exclusively in that rare case.
         let past_unsure_end = |st: &InodeState| offset > st.attr.size && st.tail_unsure;
         let mut sole = false;
-        let (gate, _io, file, has_absent, over_absent, grows) = loop {
+        let (gate, _io, file, has_absent, over_absent, gate_held) = loop {
             let (gate, io) = self.enter_with_pages(
                 &inode,
                 |_| partial.clone(),
@@ -335,8 +335,12 @@ impl Fs {
             }
             let has_absent = !st.absent.is_empty();
             let over_absent = st.absent_unsure || st.absent.intersects(pages(offset, end));
-            let grows = end > st.attr.size;
-            break (gate, io, file, has_absent, over_absent, grows);
+            // A cut must not come between this write's bytes and its record (below) when it
+            // grows the file (bytes past the end are a cut's business, docs/trust.md rule 16)
+            // or when a page it writes is dirty: a cut would take that page's new bytes, and
+            // its flush and mark clean would not wait for this write's (rule 18).
+            let gate_held = end > st.attr.size || st.dirty.intersects(pages(offset, end));
+            break (gate, io, file, has_absent, over_absent, gate_held);
         };
         // A fill of this file (a read's, or the prefetch) may have fetched these pages and be
         // about to install them; it must not write the bucket's older bytes over ours. Fills
@@ -358,13 +362,12 @@ impl Fs {
                 if !over_absent {
                     return Ok(());
                 }
-                // Not under the gate, unless the write grows the file (bytes past the end are
-                // a cut's business, docs/trust.md rule 16): a cut would wait for the flush,
-                // and every request behind the cut. The bytes are in place and nothing of
-                // this write is recorded yet; a cut taken meanwhile sees the write not done
-                // (the next one takes it), and the io and fill locks keep evictions and
-                // fills off these pages.
-                if !grows {
+                // Not under the gate unless `gate_held`: a cut would wait for the flush, and
+                // every request behind the cut. The bytes are in place and nothing of this
+                // write is recorded yet; none of its pages being dirty, a cut taken meanwhile
+                // takes none of them and sees the write not done (the next one takes it),
+                // and the io and fill locks keep evictions and fills off them.
+                if !gate_held {
                     drop(gate.take());
                 }
                 self.flush_written(&inode, &file)

@@ -457,7 +457,7 @@ impl Supervisor<'_> {
             child::signal(pid, libc::SIGTERM);
         }
         let mut killed = false;
-        let deadline = Instant::now() + GRACE;
+        let mut deadline = Instant::now() + GRACE;
         loop {
             for e in child::reap() {
                 debug!(pid = e.pid, status = %e.describe(), "reaped an orphaned process");
@@ -476,6 +476,8 @@ impl Supervisor<'_> {
                     child::signal(pid, libc::SIGKILL);
                 }
                 killed = true;
+                // Time to die: a process in the middle of a system call goes at its end.
+                deadline = Instant::now() + GRACE;
             }
             if let Some(sig) = self.next_signal(TICK) {
                 if is_stop(sig) {

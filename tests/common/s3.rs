@@ -44,10 +44,11 @@ pub struct Faults {
     pub parts: AtomicU64,
     /// The next N CompleteMultipartUpload requests answer 503 (their parts stay uploaded).
     pub fail_completes: AtomicU64,
-    /// The next PUTs (one each, in order) are answered with these errors and store nothing:
-    /// S3's 4xx answers that a retry may get past (400 RequestTimeout for an upload whose
-    /// body stalled, 409 ConditionalRequestConflict for conditional writes racing).
-    pub fail_puts_with: std::sync::Mutex<std::collections::VecDeque<s3s::S3ErrorCode>>,
+    /// PUTs answered with an error, storing nothing: the first PUT of a key that starts with
+    /// an entry's prefix (within the bucket's prefix) takes that entry. S3's 4xx answers that
+    /// a retry may get past: 400 RequestTimeout for an upload whose body stalled, 409
+    /// ConditionalRequestConflict for conditional writes racing.
+    pub fail_puts_with: std::sync::Mutex<Vec<(&'static str, s3s::S3ErrorCode)>>,
     /// When N > 0, a LIST page holds at most N keys (S3's MaxKeys; a server may hand back
     /// fewer than 1000).
     pub list_page_keys: AtomicU64,
@@ -179,12 +180,12 @@ impl S3 for Faulty {
             );
         }
         self.gate().await?;
-        let fail = self
-            .faults
-            .fail_puts_with
-            .lock()
-            .expect("faults")
-            .pop_front();
+        let fail = {
+            let mut fail = self.faults.fail_puts_with.lock().expect("faults");
+            let key = req.input.key.split_once('/').map_or("", |(_, rest)| rest);
+            let at = fail.iter().position(|(prefix, _)| key.starts_with(prefix));
+            at.map(|i| fail.remove(i).1)
+        };
         if let Some(code) = fail {
             self.faults.injected_errors.fetch_add(1, Ordering::SeqCst);
             return Err(s3s::S3Error::with_message(code, "injected"));
