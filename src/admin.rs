@@ -330,7 +330,9 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     // it, so every segment a listed manifest names was there to be listed after them. (Listed
     // the other way round, a checkpoint committing meanwhile named a segment this run never
     // read, reported as missing.)
-    let (boundary, oldest_retained) = rt.block_on(kept(&*store))?;
+    // Manifests below the boundary are not part of the bucket (their runs are checked all
+    // the same, below).
+    let boundary = rt.block_on(crate::gc::read_boundary(&*store))?;
     let manifests = rt.block_on(store.list("manifests/"))?;
     let segments = rt.block_on(store.list("segments/"))?;
     // The runs each segment holds, by (offset, crc), from its own index.
@@ -424,12 +426,14 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
             Some(Some(_)) => {}
         }
     };
-    // The boundary as it is now, after every manifest was read: a GC pass running beside may
-    // have raised it and deleted what is below (below, what a manifest or a chunk says is
-    // no longer part of the bucket; and a key freed since a chunk was written may have been
-    // landed on again by a stalled writer, which a manifest read after that was read after
-    // the boundary rose past its key).
-    let boundary = rt.block_on(crate::gc::read_boundary(&*store))?;
+    // The boundary and the oldest retained checkpoint as they are now, after every segment
+    // and manifest was read: a GC pass running beside may have raised them and deleted what
+    // is below (below the boundary, what a manifest or a chunk says is no longer part of the
+    // bucket, and a key freed since a chunk was written may have been landed on again by a
+    // stalled writer, which a manifest read after that was read after the boundary rose past
+    // its key; segments only checkpoints older than the oldest retained one named may be
+    // gone, and the extents checked are those of the retained ones).
+    let (boundary, oldest_retained) = rt.block_on(kept(&*store))?;
     // Every epoch from the oldest retained checkpoint to the newest listed is a checkpoint
     // (each commit takes the epoch after the one before, a takeover's fence too): one with no
     // manifest is a retained checkpoint that cannot be restored, and the chains through it

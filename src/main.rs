@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 use bucketfs::bucket::{BucketSettings, BucketUrl, Takeover};
 use bucketfs::checkpoint::{CheckpointSettings, GcSettings};
-use bucketfs::config::{Command, Compression, Durability, LogFormat, MountArgs, RunArgs, Source};
+use bucketfs::config::{Command, Compression, Durability, LogFormat, MountArgs, RunArgs};
 use bucketfs::gc::compact::CompactSettings;
 use bucketfs::mount::{self, MountSettings};
 use bucketfs::supervise::{self, InitdbSettings, RunSettings, User};
@@ -18,21 +18,16 @@ fn main() -> ExitCode {
     // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
     let parsed = bucketfs::config::parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let given = parsed.settings_line();
     let cli = parsed.cli;
     init_tracing(cli.log_format);
     if let Some(file) = &parsed.file {
         info!(config = %file.display(), "settings read from the config file (flags and BUCKETFS_* variables win over it)");
     }
-    let given: Vec<String> = parsed
-        .sources
-        .iter()
-        .filter(|s| s.source != Source::Default)
-        .map(|s| s.to_string())
-        .collect();
     // wal-fetch runs every second under PostgreSQL, whose log gets its stderr: errors only.
     let quiet = matches!(cli.command, Command::WalFetch { .. });
     if !given.is_empty() && !quiet {
-        info!(settings = %given.join(" "), "settings");
+        info!(settings = %given, "settings");
     }
     let result = match &cli.command {
         Command::Mount(args) => mount_settings(args, bucket_url(args))

@@ -349,18 +349,24 @@ fn a_takeover_that_landed_when_its_start_failed_is_still_the_cache_dirs_own() {
         .unwrap();
     a.kill();
 
+    // A start on the cache dir that is to fail: its stderr.
+    let failed_start = |failpoint: &str| {
+        let out = Command::new(BIN)
+            .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
+            .env("BUCKETFS_FAILPOINT", failpoint)
+            .args(["mount", mnt.to_str().unwrap(), "--cache-dir"])
+            .arg(&cache)
+            .args(["--bucket", &s3.url("fence")])
+            .args(slow)
+            .envs(s3.env())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "mounted: {err}");
+        err
+    };
     s3.faults.lose_manifest_answers.store(1, Ordering::SeqCst);
-    let out = Command::new(BIN)
-        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
-        .args(["mount", mnt.to_str().unwrap(), "--cache-dir"])
-        .arg(&cache)
-        .args(["--bucket", &s3.url("fence")])
-        .args(slow)
-        .envs(s3.env())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "mounted through an outage: {err}");
+    let err = failed_start("");
     assert_eq!(
         s3.faults.lose_manifest_answers.load(Ordering::SeqCst),
         0,
@@ -371,17 +377,7 @@ fn a_takeover_that_landed_when_its_start_failed_is_still_the_cache_dirs_own() {
     // Another start, killed before its own takeover's PUT (a restart loop through the
     // outage): the cache dir must still know the writer of the first one's.
     s3.faults.outage.store(false, Ordering::SeqCst);
-    let out = Command::new(BIN)
-        .env("BUCKETFS_METRICS_ADDR", "127.0.0.1:0")
-        .env("BUCKETFS_FAILPOINT", "before-takeover-commit")
-        .args(["mount", mnt.to_str().unwrap(), "--cache-dir"])
-        .arg(&cache)
-        .args(["--bucket", &s3.url("fence")])
-        .args(slow)
-        .envs(s3.env())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failed_start("before-takeover-commit");
     assert!(
         err.contains("failpoint before-takeover-commit reached"),
         "{err}"

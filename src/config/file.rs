@@ -48,6 +48,20 @@ pub struct Parsed {
     pub sources: Vec<Setting>,
 }
 
+impl Parsed {
+    /// The settings line the log starts with: every option given (not a default), and where
+    /// it came from; empty when none was.
+    pub fn settings_line(&self) -> String {
+        let given: Vec<String> = self
+            .sources
+            .iter()
+            .filter(|s| s.source != Source::Default)
+            .map(|s| s.to_string())
+            .collect();
+        given.join(" ")
+    }
+}
+
 /// One option's value and where it came from.
 #[derive(Clone, Debug)]
 pub struct Setting {
@@ -384,13 +398,7 @@ mod tests {
                 "postgres",
             ]))
             .unwrap();
-            let line: Vec<String> = parsed
-                .sources
-                .iter()
-                .filter(|s| s.source != Source::Default)
-                .map(|s| s.to_string())
-                .collect();
-            let line = line.join(" ");
+            let line = parsed.settings_line();
             assert!(line.contains("--stop-timeout=9s (flag)"), "{line}");
             assert!(line.contains("--primary-conninfo="), "{line}");
             assert!(!line.contains("hunter2"), "{line}");

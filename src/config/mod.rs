@@ -125,7 +125,8 @@ pub enum Command {
     },
     /// Check every segment, every manifest, that no retained checkpoint's manifest is
     /// missing, the extents of every retained checkpoint and every chunk of GC's catalog in a
-    /// bucket; exits 1 naming the broken objects. Safe beside a running writer and its GC.
+    /// bucket; exits 1 naming the broken objects. Safe beside a running writer and its GC
+    /// passes.
     Verify {
         /// s3://NAME/PREFIX or file:///PATH
         #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]

@@ -336,10 +336,8 @@ impl Fs {
             let has_absent = !st.absent.is_empty();
             let over_absent = st.absent_unsure || st.absent.intersects(pages(offset, end));
             // A cut must not come between this write's bytes and its record (below) when it
-            // grows the file (bytes past the end are a cut's business, docs/trust.md rule 16)
-            // or when a page it writes is dirty: a cut would take that page's new bytes, and
-            // its flush and mark clean would not wait for this write's (rule 18).
-            let gate_held = end > st.attr.size || st.dirty.intersects(pages(offset, end));
+            // grows the file: bytes past the end are a cut's business (docs/trust.md rule 16).
+            let gate_held = end > st.attr.size;
             break (gate, io, file, has_absent, over_absent, gate_held);
         };
         // A fill of this file (a read's, or the prefetch) may have fetched these pages and be
@@ -363,10 +361,13 @@ impl Fs {
                     return Ok(());
                 }
                 // Not under the gate unless `gate_held`: a cut would wait for the flush, and
-                // every request behind the cut. The bytes are in place and nothing of this
-                // write is recorded yet; none of its pages being dirty, a cut taken meanwhile
-                // takes none of them and sees the write not done (the next one takes it),
-                // and the io and fill locks keep evictions and fills off them.
+                // every request behind the cut. The bytes are in place, counted in the file's
+                // generation first: a cut taken meanwhile that takes a page this write made
+                // dirty before uploads its new bytes, and its flush then covers them (it
+                // waits for this one, under the sync lock) before its mark clean (rule 18).
+                // The rest of the write it sees not done (the next cut takes it); the io and
+                // fill locks keep evictions and fills off its pages.
+                inode.state.lock().write_gen += 1;
                 if !gate_held {
                     drop(gate.take());
                 }
@@ -383,7 +384,9 @@ impl Fs {
             .bytes_written
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         let mut st = inode.state.lock();
-        st.write_gen += 1;
+        if !over_absent {
+            st.write_gen += 1;
+        }
         let now = SystemTime::now();
         st.attr.mtime = now;
         st.attr.ctime = now;

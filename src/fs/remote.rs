@@ -543,6 +543,28 @@ mod tests {
         }
     }
 
+    /// Ino 2 with pages 0 and 1 written, taken by a cut whose `mark_clean` then fails to
+    /// commit (`how`).
+    fn failed_mark_clean(how: crate::cache::FailCommit) -> (tempfile::TempDir, Fs) {
+        struct Everything;
+        impl crate::fs::PathFilter for Everything {
+            fn local_only(&self, _: &[u8]) -> bool {
+                false
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let fs = fs(&dir);
+        restore_one_file(&fs, 8 * PAGE_SIZE, &PageSet::new());
+        fs.write(2, 0, &vec![1; 2 * PAGE_SIZE as usize]).unwrap();
+        let mut memo = crate::fs::WalkMemo::default();
+        let cut = fs.cut(&Everything, &mut memo, None, 256, 1 << 20).unwrap();
+        fs.release_cut(&cut);
+        assert_eq!(fs.unsafe_pages(), 2, "{how:?}: the cut's pages, pending");
+        fs.meta.fail_next_commit(how);
+        fs.mark_clean(&cut).expect_err("the commit fails");
+        (dir, fs)
+    }
+
     /// A `mark_clean` whose commit fails, applied or not, must not leave memory claiming the
     /// marks it meant to delete: a write of a page it was cleaning would then record
     /// nothing, and a crash after its fsync would find the page clean, its bytes never
@@ -551,25 +573,10 @@ mod tests {
     #[test]
     fn a_failed_mark_clean_leaves_no_mark_claimed_that_rocksdb_lacks() {
         use crate::cache::FailCommit;
-        struct Everything;
-        impl crate::fs::PathFilter for Everything {
-            fn local_only(&self, _: &[u8]) -> bool {
-                false
-            }
-        }
         for how in [FailCommit::Lost, FailCommit::Applied] {
-            let dir = tempfile::tempdir().unwrap();
-            let fs = fs(&dir);
-            restore_one_file(&fs, 8 * PAGE_SIZE, &PageSet::new());
+            let (dir, fs) = failed_mark_clean(how);
             let page = |b: u8| vec![b; PAGE_SIZE as usize];
-            fs.write(2, 0, &page(1)).unwrap();
-            fs.write(2, PAGE_SIZE, &page(2)).unwrap();
-            let mut memo = crate::fs::WalkMemo::default();
-            let cut = fs.cut(&Everything, &mut memo, None, 256, 1 << 20).unwrap();
-            fs.release_cut(&cut);
-            fs.meta.fail_next_commit(how);
-            fs.mark_clean(&cut).expect_err("the commit fails");
-            // Page 1, pending still, and page 2, marked ahead of it.
+            // Page 1, which the failed `mark_clean` was cleaning, and page 2, marked ahead.
             fs.write(2, PAGE_SIZE, &page(3)).unwrap();
             fs.write(2, 2 * PAGE_SIZE, &page(4)).unwrap();
             fs.fsync(2, true).unwrap();
@@ -584,23 +591,8 @@ mod tests {
     #[test]
     fn a_failed_mark_clean_leaves_nothing_pending() {
         use crate::cache::FailCommit;
-        struct Everything;
-        impl crate::fs::PathFilter for Everything {
-            fn local_only(&self, _: &[u8]) -> bool {
-                false
-            }
-        }
         for how in [FailCommit::Lost, FailCommit::Applied] {
-            let dir = tempfile::tempdir().unwrap();
-            let fs = fs(&dir);
-            restore_one_file(&fs, 8 * PAGE_SIZE, &PageSet::new());
-            fs.write(2, 0, &vec![1; 2 * PAGE_SIZE as usize]).unwrap();
-            let mut memo = crate::fs::WalkMemo::default();
-            let cut = fs.cut(&Everything, &mut memo, None, 256, 1 << 20).unwrap();
-            fs.release_cut(&cut);
-            assert_eq!(fs.unsafe_pages(), 2, "{how:?}: the cut's pages, pending");
-            fs.meta.fail_next_commit(how);
-            fs.mark_clean(&cut).expect_err("the commit fails");
+            let (_dir, fs) = failed_mark_clean(how);
             assert!(
                 fs.inode(2).unwrap().state.lock().pending.is_empty(),
                 "{how:?}"
