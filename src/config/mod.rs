@@ -528,16 +528,34 @@ pub struct RunOptions {
     )]
     pub user: String,
 
-    /// On a new database (the mount has no PG_VERSION and the bucket held none), run
-    /// `initdb -D MOUNTPOINT` as --user before PROGRAM. A bucket that holds a database is
-    /// never initialised again; a mount with files but no PG_VERSION is refused.
+    /// On a new database (the mount has no PG_VERSION and the bucket held none), make it
+    /// before PROGRAM: initdb (or --initdb-command) runs as --user into a directory of its own
+    /// on the mount, moved into place once it has finished, so that a stop or a lost machine
+    /// in the middle leaves nothing a later start takes for a database. A bucket that holds a
+    /// database is never initialised again; a mount with files but no PG_VERSION is refused.
     #[arg(long, env = "BUCKETFS_INITDB")]
     pub initdb: bool,
 
-    /// An argument for initdb (repeatable), e.g. --initdb-arg=--locale=C
-    /// --initdb-arg=--encoding=UTF8 --initdb-arg=--auth=scram-sha-256.
+    /// An argument for initdb, or for --initdb-command (repeatable), e.g.
+    /// --initdb-arg=--locale=C --initdb-arg=--encoding=UTF8 --initdb-arg=--auth=scram-sha-256.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub initdb_arg: Vec<String>,
+
+    /// With --initdb: make the new database with COMMAND instead of initdb, e.g. an image's
+    /// own first start (initdb, then a temporary server for its init scripts). COMMAND runs as
+    /// --user, with the --initdb-args as its arguments and PGDATA naming the directory (not
+    /// there yet) to make the database in: one of bucketfs's own on the mount, moved into
+    /// place once COMMAND exits 0 with a PG_VERSION in it, and made again from the start if
+    /// the machine stops first. A stop signal reaches COMMAND's whole process group as SIGTERM
+    /// (SIGHUP is not passed on), and whatever it left running (a temporary server) is ended
+    /// before bucketfs goes on.
+    #[arg(
+        long,
+        value_name = "COMMAND",
+        requires = "initdb",
+        env = "BUCKETFS_INITDB_COMMAND"
+    )]
+    pub initdb_command: Option<PathBuf>,
 
     /// A line appended to postgresql.conf right after initdb, once (repeatable), e.g.
     /// --pg-conf "shared_preload_libraries = 'orioledb'".
@@ -545,7 +563,12 @@ pub struct RunOptions {
     pub pg_conf: Vec<String>,
 
     /// Where initdb is. Default: beside PROGRAM when PROGRAM is a path, else on PATH.
-    #[arg(long, value_name = "DIR", env = "BUCKETFS_PG_BIN")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "BUCKETFS_PG_BIN",
+        conflicts_with = "initdb_command"
+    )]
     pub pg_bin: Option<PathBuf>,
 
     /// The budget for a stop: PROGRAM's shutdown plus the final checkpoint, from the stop

@@ -96,15 +96,21 @@ impl User {
 
 /// Starts `program` with `args` as `user`: in a process group of its own (a terminal's
 /// Ctrl-C reaches bucketfs, which passes it on), with no signal blocked, in `/`, without the
-/// bucket's credentials, and killed if bucketfs dies (its mount is gone then). Returns the
-/// pid; `reap` reads its end.
-pub fn spawn(user: &User, program: &OsStr, args: &[OsString]) -> anyhow::Result<libc::pid_t> {
+/// bucket's credentials, with `env` set, and killed if bucketfs dies (its mount is gone
+/// then). Returns the pid; `reap` reads its end.
+pub fn spawn(
+    user: &User,
+    program: &OsStr,
+    args: &[OsString],
+    env: &[(&str, &OsStr)],
+) -> anyhow::Result<libc::pid_t> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .current_dir("/")
         .env("HOME", &user.home)
         .env("USER", &user.name)
-        .env("LOGNAME", &user.name);
+        .env("LOGNAME", &user.name)
+        .envs(env.iter().copied());
     for var in SECRET_VARS {
         cmd.env_remove(var);
     }

@@ -1,13 +1,15 @@
 //! `--initdb`: the first start of a new database, made safe to interrupt.
 //!
-//! initdb runs in a directory of its own on the mount (`.bucketfs-initdb`), and its files move
-//! up to the root only once it has finished and the `--pg-conf` lines are in: a machine stopped
-//! or lost in the middle leaves either that directory (removed, and initdb runs again at the
-//! next start) or `.bucketfs-initdb-done` (whose files are moved up at the next start), never a
-//! half-made data directory that PostgreSQL would try to start, or that a later start would
-//! refuse to initialise. Both names are in the bucket's checkpoints like any file, so this
-//! holds across machines too.
+//! initdb (or `--initdb-command`) makes the database in a directory of its own on the mount
+//! (`.bucketfs-initdb`, its PGDATA), and its files move up to the root only once it has
+//! finished and the `--pg-conf` lines are in: a machine stopped or lost in the middle leaves
+//! either that directory (removed, and the database made again at the next start) or
+//! `.bucketfs-initdb-done` (whose files are moved up at the next start), never a half-made
+//! data directory that PostgreSQL would try to start, or that a later start would take for a
+//! made one. Both names are in the bucket's checkpoints like any file, so this holds across
+//! machines too.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +18,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use tracing::{info, warn};
 
-use super::{InitdbSettings, Supervisor};
+use super::{InitdbSettings, Maker, Supervisor, Whom};
 use crate::bucket::Found;
 
 /// Where initdb runs.
@@ -75,25 +77,49 @@ pub(super) fn prepare(
             f.writer
         );
     }
-    info!(initdb = %initdb.initdb.display(), args = ?initdb.args, "a new database: running initdb");
-    let mut args = vec![
-        "-D".into(),
-        running.clone().into_os_string(),
-        "--no-instructions".into(),
-    ];
+    let (maker, mut args): (&Path, Vec<OsString>) = match &initdb.maker {
+        Maker::Initdb(path) => (
+            path,
+            vec![
+                "-D".into(),
+                running.clone().into_os_string(),
+                "--no-instructions".into(),
+            ],
+        ),
+        Maker::Command(path) => (path, Vec::new()),
+    };
     args.extend(initdb.args.iter().map(Into::into));
-    let pid = super::child::spawn(&sup.settings.user, initdb.initdb.as_os_str(), &args)?;
-    let ended = sup.watch(pid)?;
-    if ended.code() != 0 {
-        // initdb removes what it made when it fails; make sure, so the next start is clean.
+    info!(maker = %maker.display(), args = ?initdb.args, pgdata = %running.display(), "a new database: making it in a directory of its own on the mount");
+    let env = [("PGDATA", running.as_os_str())];
+    let pid = super::child::spawn(&sup.settings.user, maker.as_os_str(), &args, &env)?;
+    let ended = sup.watch(pid, Whom::Group)?;
+    // Stopped (whatever its exit code: a command may take SIGTERM and still exit 0), fenced,
+    // or failed: what it made is thrown away, and so is what it left running (SIGQUIT: a
+    // temporary server's immediate shutdown, no checkpoint of a database about to go).
+    let keep = ended.code() == 0 && sup.stop.is_none() && sup.lost.is_none();
+    sup.end_the_rest(if keep { libc::SIGTERM } else { libc::SIGQUIT });
+    if !keep {
+        // initdb removes what it made when it fails, a command may not; the next start must
+        // find no trace.
         let _ = fs::remove_dir_all(&running);
-        if sup.stop.is_some() {
-            info!(status = %ended.describe(), "initdb was stopped by the stop signal; the next start runs it again");
+        if sup.stop.is_some() || sup.lost.is_some() {
+            info!(status = %ended.describe(), "making the new database was stopped; the next start makes it again");
             return Ok(false);
         }
         bail!(
-            "initdb failed ({}): the program was not started (initdb's own messages are above)",
+            "making the new database failed: {} ended with {}; the program was not started (its \
+             own messages are above)",
+            maker.display(),
             ended.describe()
+        );
+    }
+    if !running.join(PG_VERSION).is_file() {
+        let _ = fs::remove_dir_all(&running);
+        bail!(
+            "--initdb: {} exited 0 but made no database in PGDATA ({} has no {PG_VERSION}); \
+             the program was not started",
+            maker.display(),
+            running.display()
         );
     }
     if !initdb.conf.is_empty() {

@@ -52,12 +52,44 @@ pub struct RunSettings {
 
 #[derive(Debug)]
 pub struct InitdbSettings {
-    /// The initdb executable.
-    pub initdb: PathBuf,
+    /// What makes the new database.
+    pub maker: Maker,
     /// `--initdb-arg`s.
     pub args: Vec<String>,
     /// `--pg-conf` lines.
     pub conf: Vec<String>,
+}
+
+/// What `--initdb` runs to make a new database.
+#[derive(Debug)]
+pub enum Maker {
+    /// This initdb executable, as `initdb -D DIR --no-instructions ARGS`.
+    Initdb(PathBuf),
+    /// `--initdb-command`, as `COMMAND ARGS` with PGDATA=DIR.
+    Command(PathBuf),
+}
+
+/// Who a signal for a child goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Whom {
+    /// The program alone, stop signals as `forwarded_as` says: PostgreSQL's postmaster
+    /// stops its own processes, and a signal to all of them at once would be taken by each
+    /// backend as its own.
+    Program,
+    /// The child's whole process group (it is a group leader: `child::spawn`), every stop
+    /// signal as SIGTERM: an `--initdb-command` script and what it runs in the foreground
+    /// (initdb, psql), none of which a signal to the shell alone would stop.
+    Group,
+}
+
+impl Whom {
+    /// What `kill` takes for this child: its pid, or its process group.
+    fn target(self, pid: libc::pid_t) -> libc::pid_t {
+        match self {
+            Whom::Program => pid,
+            Whom::Group => -pid,
+        }
+    }
 }
 
 /// The signals `run` waits for: the ones it passes on, and SIGCHLD.
@@ -187,7 +219,7 @@ fn run_once(settings: &RunSettings, signals: libc::sigset_t, rebase: bool) -> an
     if let Err(e) = &ran {
         error!(error = %format!("{e:#}"), "run failed; unmounting");
     }
-    sup.end_the_rest();
+    sup.end_the_rest(libc::SIGTERM);
     info!("unmounting; the final checkpoint follows");
     mount::unmount(&mountpoint, &mut unmounter);
     let served = session
@@ -291,16 +323,11 @@ impl Supervisor<'_> {
                 "replica: PostgreSQL starts as a hot standby (standby.signal), restoring WAL from the bucket"
             );
         } else if let Some(initdb) = &self.settings.initdb {
-            if !initdb::prepare(self, mountpoint, found, initdb)? {
+            if self.stop_pending() || !initdb::prepare(self, mountpoint, found, initdb)? {
                 return Ok(None);
             }
         }
-        // Signals that came while mounting: a stop then means the program never starts.
-        while let Some(sig) = self.next_signal(Duration::ZERO) {
-            self.handle(sig, None);
-        }
-        if self.stop.is_some() {
-            info!("a stop signal came before the program started: not starting it");
+        if self.stop_pending() {
             return Ok(None);
         }
         if let Some(reason) = &self.lost {
@@ -318,15 +345,28 @@ impl Supervisor<'_> {
             user = %self.settings.user.name,
             "starting the program"
         );
-        let pid = child::spawn(&self.settings.user, program, args)?;
-        let ended = self.watch(pid)?;
+        let pid = child::spawn(&self.settings.user, program, args, &[])?;
+        let ended = self.watch(pid, Whom::Program)?;
         info!(pid, status = %ended.describe(), "the program exited");
         Ok(Some(ended))
     }
 
+    /// Takes the signals that came while no child ran (while mounting, say); true if one was
+    /// a stop, which means nothing more is started.
+    fn stop_pending(&mut self) -> bool {
+        while let Some(sig) = self.next_signal(Duration::ZERO) {
+            self.handle(sig, None);
+        }
+        if self.stop.is_some() {
+            info!("a stop signal came before the program started: not starting it");
+        }
+        self.stop.is_some()
+    }
+
     /// Waits for child `pid` to end, passing signals on, reaping orphans, and stopping it
     /// when the mount can no longer serve it or its share of the stop budget runs out.
-    fn watch(&mut self, pid: libc::pid_t) -> anyhow::Result<child::Ended> {
+    fn watch(&mut self, pid: libc::pid_t, whom: Whom) -> anyhow::Result<child::Ended> {
+        let to = whom.target(pid);
         let mut quit_sent = false;
         let mut kill_at: Option<Instant> = None;
         loop {
@@ -350,7 +390,7 @@ impl Supervisor<'_> {
                 }
                 if let Some(reason) = &self.lost {
                     error!(pid, reason = %reason, "stopping the program with SIGQUIT (PostgreSQL: immediate shutdown) now: it must not run on a mount that no longer takes its writes");
-                    child::signal(pid, libc::SIGQUIT);
+                    child::signal(to, libc::SIGQUIT);
                     quit_sent = true;
                     kill_at = Some(Instant::now() + GRACE);
                 }
@@ -367,7 +407,7 @@ impl Supervisor<'_> {
             let now = Instant::now();
             if !quit_sent && self.program_deadline.is_some_and(|d| now >= d) {
                 warn!(pid, "the program has not stopped within its share of --stop-timeout: SIGQUIT (PostgreSQL: immediate shutdown; crash recovery at the next start)");
-                child::signal(pid, libc::SIGQUIT);
+                child::signal(to, libc::SIGQUIT);
                 quit_sent = true;
                 kill_at = Some(now + GRACE);
             }
@@ -377,7 +417,7 @@ impl Supervisor<'_> {
                     grace_s = GRACE.as_secs(),
                     "the program did not exit after SIGQUIT: SIGKILL"
                 );
-                child::signal(pid, libc::SIGKILL);
+                child::signal(to, libc::SIGKILL);
                 kill_at = None;
             }
             self.log_rate_once();
@@ -388,27 +428,38 @@ impl Supervisor<'_> {
                 debug!(pid = e.pid, status = %e.describe(), "reaped an orphaned process");
             }
             if let Some(sig) = self.next_signal(TICK) {
-                self.handle(sig, Some(pid));
+                self.handle(sig, Some((pid, whom)));
             }
         }
     }
 
-    /// Passes a signal on to `pid` (if a child runs) and starts the stop on a stop signal.
-    fn handle(&mut self, sig: libc::c_int, pid: Option<libc::pid_t>) {
+    /// Passes a signal on to the child (if one runs) and starts the stop on a stop signal.
+    fn handle(&mut self, sig: libc::c_int, child: Option<(libc::pid_t, Whom)>) {
         let Some(to) = forwarded_as(sig) else {
             return;
         };
         if is_stop(sig) {
             self.begin_stop(sig);
         }
-        if let Some(pid) = pid {
+        if let Some((pid, whom)) = child {
+            let to = match whom {
+                Whom::Program => to,
+                Whom::Group if is_stop(sig) => libc::SIGTERM,
+                // A reload: no server runs yet that could take one, and a shell or initdb
+                // would die of it.
+                Whom::Group => {
+                    info!(received = name(sig), pid, "a new database is being made: nothing to reload, the signal is not passed on");
+                    return;
+                }
+            };
             info!(
                 received = name(sig),
                 sent = name(to),
                 pid,
+                group = whom == Whom::Group,
                 "passing the signal on to the program"
             );
-            child::signal(pid, to);
+            child::signal(whom.target(pid), to);
         } else {
             info!(
                 received = name(sig),
@@ -444,17 +495,18 @@ impl Supervisor<'_> {
         );
     }
 
-    /// Ends whatever is left below bucketfs once the program has exited: orphans get SIGTERM,
-    /// and SIGKILL after the grace. As PID 1, bucketfs's exit would end them anyway; this way
-    /// none keeps a file open on the mount past the unmount.
-    fn end_the_rest(&mut self) {
+    /// Ends whatever is left below bucketfs once the program has exited: orphans get `first`
+    /// (SIGTERM; SIGQUIT when what they work on is being thrown away), and SIGKILL after the
+    /// grace. As PID 1, bucketfs's exit would end them anyway; this way none keeps a file open
+    /// on the mount past the unmount.
+    fn end_the_rest(&mut self, first: libc::c_int) {
         let left = child::children();
         if left.is_empty() {
             return;
         }
-        info!(processes = ?left, "ending the processes the program left: SIGTERM, SIGKILL after the grace");
+        info!(processes = ?left, signal = name(first), "ending the processes the program left: the signal, SIGKILL after the grace");
         for &pid in &left {
-            child::signal(pid, libc::SIGTERM);
+            child::signal(pid, first);
         }
         let mut killed = false;
         let mut deadline = Instant::now() + GRACE;
@@ -466,12 +518,18 @@ impl Supervisor<'_> {
             if left.is_empty() {
                 return;
             }
+            if killed {
+                // Orphaned since (a killed postmaster's backends, say): the same end.
+                for &pid in &left {
+                    child::signal(pid, libc::SIGKILL);
+                }
+            }
             if Instant::now() >= deadline {
                 if killed {
                     warn!(processes = ?left, "processes outlived SIGKILL (stuck in the kernel?); going on");
                     return;
                 }
-                warn!(processes = ?left, "processes outlived SIGTERM: SIGKILL");
+                warn!(processes = ?left, signal = name(first), "processes outlived the signal: SIGKILL");
                 for &pid in &left {
                     child::signal(pid, libc::SIGKILL);
                 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::pg::children_of;
+use super::pg::{bin_dir, children_of, run_ok};
 use super::{describe_exit, is_mounted, wait_for, BIN};
 
 /// A running (or finished) `bucketfs run`; stdout and stderr (its own and the program's) go
@@ -232,4 +232,80 @@ fn fastrand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// A scratch directory, and one in it that the programs (as postgres or nobody) can write
+/// their marker files to.
+pub fn dirs() -> (tempfile::TempDir, PathBuf) {
+    let dir = super::scratch();
+    let shared = dir.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    (dir, shared)
+}
+
+/// PostgreSQL on the mount, listening on a Unix socket in `sock` only.
+pub fn postgres(mnt: &Path, sock: &Path, port: u16) -> Vec<String> {
+    let (uid, gid) = super::pg::postgres_user();
+    fs::create_dir_all(sock).unwrap();
+    std::os::unix::fs::chown(sock, Some(uid), Some(gid)).unwrap();
+    vec![
+        bin_dir().join("postgres").display().to_string(),
+        "-D".into(),
+        mnt.display().to_string(),
+        "-k".into(),
+        sock.display().to_string(),
+        "-p".into(),
+        port.to_string(),
+        "-c".into(),
+        "listen_addresses=".into(),
+    ]
+}
+
+/// initdb as the tests want it: trust on the socket, no locale; initdb from Debian's bin
+/// directory (found beside the program when that is postgres, named for a shell).
+pub fn initdb() -> Vec<String> {
+    [
+        "--initdb",
+        "--initdb-arg=--auth=trust",
+        "--initdb-arg=--no-locale",
+        "--initdb-arg=--encoding=UTF8",
+        "--initdb-arg=--username=postgres",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--pg-bin={}", bin_dir().display())])
+    .collect()
+}
+
+/// psql as postgres on `sock`, `port`, running `sql` with unaligned, tuples-only output.
+fn psql_command(sock: &Path, port: u16, sql: &str) -> Command {
+    let mut cmd = super::pg::as_postgres(bin_dir().join("psql"));
+    cmd.arg("-h").arg(sock).args([
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-XAtc",
+        sql,
+    ]);
+    cmd
+}
+
+/// psql's output, whether or not the query succeeded.
+pub fn psql(sock: &Path, port: u16, sql: &str) -> std::process::Output {
+    psql_command(sock, port, sql).output().expect("run psql")
+}
+
+/// One value from a query, which must succeed.
+pub fn query(sock: &Path, port: u16, sql: &str) -> String {
+    let out = run_ok(&mut psql_command(sock, port, sql));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }

@@ -416,6 +416,33 @@ pub(crate) fn dockerfile_problems(files: &Files, docker: &Dockerfile, pg: &PgCon
             ));
         }
     }
+    // A new database: the image's own first start through --initdb-command, which makes it
+    // in a directory of its own. Left to the entrypoint (the program), it would be made
+    // straight on the mount, and a stop in the middle would leave a half-made database that
+    // every later start takes for a made one.
+    let switched_on = cmd[..dashdash].iter().any(|a| a == "--initdb");
+    match flag_value(&cmd, "--initdb-command") {
+        Some(script) if switched_on => {
+            let installed = copies.iter().any(|c| {
+                let words: Vec<&str> = c.args.split_whitespace().collect();
+                words.contains(&"oriole/first-start.sh")
+                    && words.last() == Some(&script)
+                    && words.iter().any(|w| matches!(*w, "--chmod=0755" | "--chmod=755"))
+            });
+            if !installed {
+                bad(format!(
+                    "--initdb-command {script}: oriole/first-start.sh must be copied there, executable (COPY --chmod=0755)"
+                ));
+            }
+        }
+        _ => bad("`bucketfs run` needs --initdb --initdb-command with oriole/first-start.sh: the entrypoint's own first start makes the database straight on the mount, where a stop in the middle leaves a half-made one".into()),
+    }
+    if child.first().map(String::as_str) != Some("docker-entrypoint.sh") {
+        bad(format!(
+            "the program must be the image's docker-entrypoint.sh, whose functions oriole/first-start.sh uses, not {:?}",
+            child.first()
+        ));
+    }
     if !copies.iter().any(|c| {
         c.args.contains("oriole/init.sql") && c.args.contains("/docker-entrypoint-initdb.d/")
     }) {

@@ -1,4 +1,5 @@
-//! The real linters, hadolint and dclint, pinned and installed by scripts/setup.sh.
+//! The real linters: hadolint and dclint, pinned and installed by scripts/setup.sh, and
+//! Debian's shellcheck, which it installs with the other packages.
 
 use super::*;
 
@@ -72,5 +73,19 @@ pub(crate) fn dclint(compose: &Path) -> Option<String> {
             .args(["--no-color", "--max-warnings", "0", "-c"])
             .arg(root().join("docker/dclint.json"))
             .arg(compose),
+    )
+}
+
+/// shellcheck of a bash script, every level (style included).
+pub(crate) fn shellcheck(script: &Path) -> Option<String> {
+    let bin = linter(
+        "BUCKETFS_SHELLCHECK",
+        PathBuf::from("/usr/bin/shellcheck"),
+        "shellcheck",
+    )?;
+    run_linter(
+        Command::new(bin)
+            .args(["--color=never", "--severity=style", "--shell=bash"])
+            .arg(script),
     )
 }
