@@ -555,22 +555,79 @@ fn wait_and_unmount(set: libc::sigset_t, mountpoint: &Path, mut unmounter: Sessi
     // SAFETY: `set` is an initialised signal set and `sig` a valid out-parameter.
     while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
     info!(signal = sig, "stopping: unmounting");
-    unmount(mountpoint, &mut unmounter);
+    if unmount(&mut unmounter) == Unmount::Busy {
+        warn!(mountpoint = %mountpoint.display(), "mount is busy; detaching it lazily, bucketfs exits when the last file on it is closed");
+        if let Err(e) = detach(mountpoint) {
+            warn!(error = %e, "lazy unmount failed");
+        }
+    }
 }
 
-/// Unmounts, which ends the FUSE session. A mount still in use is detached lazily: it stays
-/// usable for the processes that have files open and goes away when they close them.
-pub fn unmount(mountpoint: &Path, unmounter: &mut SessionUnmounter) {
+/// What an unmount did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmount {
+    /// Unmounted (or unmounted by someone else already): the FUSE session is ending.
+    Done,
+    /// A process has a file or its working directory on the mount: still mounted.
+    Busy,
+}
+
+/// Unmounts, which ends the FUSE session; a mount still in use stays mounted (`Busy`).
+pub fn unmount(unmounter: &mut SessionUnmounter) -> Unmount {
     match unmounter.unmount() {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-            warn!(mountpoint = %mountpoint.display(), "mount is busy; detaching it lazily, bucketfs exits when the last file on it is closed");
-            if let Err(e) = detach(mountpoint) {
-                warn!(error = %e, "lazy unmount failed");
+        Ok(()) => Unmount::Done,
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Unmount::Busy,
+        // Already unmounted by someone else: the session is ending on its own.
+        Err(e) => {
+            warn!(error = %e, "unmount failed");
+            Unmount::Done
+        }
+    }
+}
+
+/// Another attempt after `Busy`, by path (the session's own unmounter is spent).
+pub fn unmount_again(mountpoint: &Path) -> Unmount {
+    let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return Unmount::Done;
+    };
+    // SAFETY: `c` is a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Unmount::Done;
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EBUSY) {
+        return Unmount::Busy;
+    }
+    warn!(error = %e, "unmount failed");
+    Unmount::Done
+}
+
+/// Ends a busy mount now: what the kernel holds dirty for it is written to bucketfs first
+/// (syncfs), then the FUSE connection is aborted (MNT_FORCE: every file still open on the
+/// mount fails from then on, and the session ends) and the mount detached.
+pub fn abort(mountpoint: &Path) {
+    match fs::File::open(mountpoint) {
+        // SAFETY: syncfs on a descriptor this function owns.
+        Ok(root) => {
+            use std::os::fd::AsRawFd;
+            if unsafe { libc::syncfs(root.as_raw_fd()) } != 0 {
+                warn!(error = %io::Error::last_os_error(), "syncfs of the busy mount failed; aborting it all the same");
             }
         }
-        // Already unmounted by someone else: the session is ending on its own.
-        Err(e) => warn!(error = %e, "unmount failed"),
+        Err(e) => {
+            warn!(error = %e, "cannot open the busy mount to sync it; aborting it all the same")
+        }
+    }
+    let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `c` is a valid C string. FUSE aborts its connection on a forced unmount before
+    // the kernel finds the mount busy, so EBUSY here is expected.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) } == 0 {
+        return;
+    }
+    if let Err(e) = detach(mountpoint) {
+        warn!(error = %e, "detaching the aborted mount failed");
     }
 }
 

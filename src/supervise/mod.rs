@@ -221,7 +221,7 @@ fn run_once(settings: &RunSettings, signals: libc::sigset_t, rebase: bool) -> an
     }
     sup.end_the_rest(libc::SIGTERM);
     info!("unmounting; the final checkpoint follows");
-    mount::unmount(&mountpoint, &mut unmounter);
+    sup.unmount(&mountpoint, &mut unmounter);
     let served = session
         .join()
         .map_err(|_| anyhow!("the FUSE session thread panicked"))?;
@@ -349,6 +349,36 @@ impl Supervisor<'_> {
         let ended = self.watch(pid, Whom::Program)?;
         info!(pid, status = %ended.describe(), "the program exited");
         Ok(Some(ended))
+    }
+
+    /// Unmounts once the program and what it left have ended. A mount that a process outside
+    /// bucketfs keeps busy (a shell whose working directory is the data directory) gets the
+    /// grace to let go, then is aborted (`mount::abort`): the machine is stopping, and a final
+    /// checkpoint held back until that process ends would be cut short by the platform's kill.
+    fn unmount(&mut self, mountpoint: &Path, unmounter: &mut fuser::SessionUnmounter) {
+        if mount::unmount(unmounter) == mount::Unmount::Done {
+            return;
+        }
+        warn!(
+            grace_s = GRACE.as_secs(),
+            "the mount is busy: a process outside bucketfs has a file or its working directory on it (a shell in the data directory?); past the grace its files on the mount fail and the final checkpoint goes on"
+        );
+        let deadline = Instant::now() + GRACE;
+        while Instant::now() < deadline {
+            if let Some(sig) = self.next_signal(TICK) {
+                if is_stop(sig) {
+                    self.begin_stop(sig);
+                }
+            }
+            if mount::unmount_again(mountpoint) == mount::Unmount::Done {
+                info!("unmounted: the last file on the mount was closed");
+                return;
+            }
+        }
+        warn!(
+            "the mount is still busy: writing back what the kernel holds for it, then aborting it"
+        );
+        mount::abort(mountpoint);
     }
 
     /// Takes the signals that came while no child ran (while mounting, say); true if one was
