@@ -69,7 +69,7 @@ impl Fs {
             st.attr.mtime = now;
             st.attr.ctime = now;
             batch.put_inode(&st.attr);
-            self.commit_one(&mut st, batch, saved)?;
+            self.commit_cut(&mut st, batch, saved)?;
         }
         st.open_count += 1;
         Ok(self.next_fh.fetch_add(1, Ordering::Relaxed))

@@ -72,8 +72,32 @@ impl Fs {
             return Ok(st.attr.clone());
         }
         batch.put_inode(&st.attr);
-        self.commit_one(&mut st, batch, saved)?;
+        self.commit_cut(&mut st, batch, saved)?;
         Ok(st.attr.clone())
+    }
+
+    /// Commits a change that may have shrunk the file (`truncate_locked`), whose cut is in
+    /// the cache file already. When that commit fails, memory keeps the new size (what the
+    /// cache file holds, rather than the old size over zeros), and the mount takes no more
+    /// changes, as after a failed write-back: RocksDB may hold the old size and marks, and no
+    /// checkpoint may upload either view.
+    pub(super) fn commit_cut(
+        &self,
+        st: &mut InodeState,
+        batch: crate::cache::MetaBatch<'_>,
+        saved: super::Attr,
+    ) -> Result<()> {
+        let size = st.attr.size;
+        let r = self.commit_one(st, batch, saved.clone());
+        if let Err(e) = &r {
+            if size < saved.size {
+                st.attr.size = size;
+                self.stop_for_failed_flush(&format!(
+                    "the commit of a truncation failed after the cache file was cut ({e})"
+                ));
+            }
+        }
+        r
     }
 
     /// Sets the size of a file whose io lock the caller holds exclusively. Pages past the new
@@ -375,6 +399,57 @@ mod tests {
                     vec![0x11; SIZE as usize],
                     "{case}: the bytes before the old end"
                 );
+            }
+        }
+    }
+
+    /// A truncation down whose commit fails has cut the cache file already: the file must
+    /// not then read as its old size with zeros where its bytes were (nor be uploaded so).
+    /// It reads as the cache file holds it, and the mount takes no more changes (as after a
+    /// failed write-back: the cache dir is marked failed, nothing more is uploaded from it).
+    #[test]
+    fn a_truncation_whose_commit_fails_leaves_no_zeros_in_the_file() {
+        type Truncate = fn(&Fs, u64) -> Result<()>;
+        let truncations: [(&str, Truncate); 2] = [
+            ("setattr", |fs, ino| {
+                let size = SetAttr {
+                    size: Some(PAGE_SIZE / 2),
+                    ..SetAttr::default()
+                };
+                fs.setattr(ino, &size).map(drop)
+            }),
+            ("open with O_TRUNC", |fs, ino| {
+                fs.open(ino, libc::O_RDWR | libc::O_TRUNC).map(drop)
+            }),
+        ];
+        let old = vec![0x11; 3 * PAGE_SIZE as usize];
+        for how in [FailCommit::Lost, FailCommit::Applied] {
+            for (name, truncate) in truncations {
+                let dir = tempfile::tempdir().unwrap();
+                let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
+                let fs = Fs::new(cache, &FsOptions::default()).unwrap();
+                let caller = crate::fs::Caller { uid: 0, gid: 0 };
+                let (attr, _) = fs
+                    .create(ROOT_INO, std::ffi::OsStr::new("f"), 0o600, caller, false)
+                    .unwrap();
+                let ino = attr.ino;
+                fs.open(ino, libc::O_RDWR).unwrap();
+                fs.write(ino, 0, &old).unwrap();
+                fs.fsync(ino, false).unwrap();
+                fs.meta.fail_next_commit(how);
+                truncate(&fs, ino).expect_err("the commit fails");
+                let case = format!("{name}, commit {how:?}");
+                let size = fs.getattr(ino).unwrap().size;
+                let got = fs.read(ino, 0, old.len() as u32).unwrap();
+                assert_eq!(got.len() as u64, size, "{case}");
+                assert!(
+                    old.starts_with(&got),
+                    "{case}: the file reads {} bytes of which some are not its own",
+                    got.len()
+                );
+                assert!(fs.cache_failed(), "{case}: the mount still takes changes");
+                fs.write(ino, 0, b"more")
+                    .expect_err("a write after the failed truncation");
             }
         }
     }
