@@ -81,6 +81,8 @@ pub struct Mounted {
     attached: Option<crate::bucket::Attached>,
     evictor: Option<crate::fs::Evictor>,
     socket: PathBuf,
+    /// Set when the FUSE session stops serving requests (before the final checkpoint).
+    requests_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Opens the cache dir, attaches the bucket, serves status and metrics, and mounts. The
@@ -231,6 +233,7 @@ pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
         attached,
         evictor,
         socket,
+        requests_ended: Arc::default(),
     })
 }
 
@@ -260,6 +263,12 @@ impl Mounted {
         self.session.unmount_callable()
     }
 
+    /// Set once the session has stopped serving requests: the mount is gone or its
+    /// connection aborted, whoever did it (the final checkpoint comes after).
+    pub fn requests_ended(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.requests_ended.clone()
+    }
+
     /// Serves requests until the filesystem is unmounted, then takes the final checkpoint,
     /// makes the cache dir durable, and waits for a GC pass under way (which deletes nothing
     /// more).
@@ -270,9 +279,11 @@ impl Mounted {
             attached,
             evictor,
             socket,
+            requests_ended,
             ..
         } = self;
         let served = session_end(session.run());
+        requests_ended.store(true, std::sync::atomic::Ordering::Release);
         let _ = std::fs::remove_file(&socket);
         // Whatever ended the session, the final checkpoint and the sync still run: after a
         // stop signal there is no later chance to take them, and an error serving requests is
@@ -586,48 +597,113 @@ pub fn unmount(unmounter: &mut SessionUnmounter) -> Unmount {
 }
 
 /// Another attempt after `Busy`, by path (the session's own unmounter is spent).
-pub fn unmount_again(mountpoint: &Path) -> Unmount {
-    let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) else {
-        return Unmount::Done;
-    };
+pub fn unmount_again(mountpoint: &Path) -> io::Result<()> {
+    let c = CString::new(mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: `c` is a valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Unmount::Done;
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EBUSY) {
-        return Unmount::Busy;
-    }
-    warn!(error = %e, "unmount failed");
-    Unmount::Done
+    Ok(())
 }
 
-/// Ends a busy mount now: what the kernel holds dirty for it is written to bucketfs first
-/// (syncfs), then the FUSE connection is aborted (MNT_FORCE: every file still open on the
-/// mount fails from then on, and the session ends) and the mount detached.
-pub fn abort(mountpoint: &Path) {
-    match fs::File::open(mountpoint) {
-        // SAFETY: syncfs on a descriptor this function owns.
-        Ok(root) => {
-            use std::os::fd::AsRawFd;
-            if unsafe { libc::syncfs(root.as_raw_fd()) } != 0 {
-                warn!(error = %io::Error::last_os_error(), "syncfs of the busy mount failed; aborting it all the same");
+/// The FUSE connection serving `mountpoint`: the minor number of its device (FUSE mounts
+/// have major 0), which names its directory under /sys/fs/fuse/connections.
+pub fn fuse_connection(mountpoint: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(mountpoint).ok()?.dev();
+    (libc::major(dev) == 0).then(|| u64::from(libc::minor(dev)))
+}
+
+/// Writes back what the kernel holds dirty for the mount (syncfs), waiting at most
+/// `within`: a FUSE server that cannot answer (writers held back by `--max-dirty` while the
+/// bucket is unreachable) would hold it for good. Returns whether it finished.
+pub fn sync_within(mountpoint: &Path, within: std::time::Duration) -> bool {
+    let (done, finished) = std::sync::mpsc::channel();
+    let path = mountpoint.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("sync-busy-mount".into())
+        .spawn(move || {
+            let r = fs::File::open(&path).and_then(|root| {
+                use std::os::fd::AsRawFd;
+                // SAFETY: syncfs on a descriptor this closure owns.
+                match unsafe { libc::syncfs(root.as_raw_fd()) } {
+                    0 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }
+            });
+            let _ = done.send(r);
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the sync of the busy mount");
+        return false;
+    }
+    match finished.recv_timeout(within) {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            warn!(error = %e, "syncfs of the busy mount failed");
+            false
+        }
+        Err(_) => {
+            warn!(
+                within_s = within.as_secs(),
+                "syncfs of the busy mount did not finish in time"
+            );
+            false
+        }
+    }
+}
+
+/// Ends FUSE connection `connection` (mounted at `mountpoint`) now: every file still open
+/// on it fails from then on, a sync waiting on it returns, and the session ends. Through
+/// /sys/fs/fuse/connections (the fusectl filesystem, mounted there if it is not: it needs a
+/// writable /sys), which finds the connection even after someone detached the mount; else
+/// a forced unmount (FUSE aborts its connection for MNT_FORCE before the kernel finds the
+/// mount busy), when the mount at `mountpoint` is still this one. Then the mount is detached
+/// if it is still there.
+pub fn abort(mountpoint: &Path, connection: u64) {
+    const FUSECTL: &str = "/sys/fs/fuse/connections";
+    let file = Path::new(FUSECTL)
+        .join(connection.to_string())
+        .join("abort");
+    if !file.exists() {
+        // Not mounted yet (a plain Linux boot mounts it; a Fly Machine's init may not).
+        let (src, dir, ty) = (c"fusectl", CString::new(FUSECTL).ok(), c"fusectl");
+        if let Some(dir) = dir {
+            // SAFETY: valid C strings; no data argument.
+            unsafe { libc::mount(src.as_ptr(), dir.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+        }
+    }
+    // From mountinfo: a stat of an aborted mount fails.
+    let dev = format!("0:{connection}");
+    let ours = || {
+        mounted_at(mountpoint)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.dev == dev)
+    };
+    match fs::write(&file, b"1") {
+        Ok(()) => info!(connection, "aborted the FUSE connection"),
+        Err(e) => {
+            warn!(error = %e, path = %file.display(), "cannot abort the FUSE connection through fusectl; forcing the unmount instead");
+            let forced = CString::new(mountpoint.as_os_str().as_bytes())
+                .ok()
+                .filter(|_| ours());
+            if let Some(c) = forced {
+                // SAFETY: `c` is a valid C string. EBUSY is expected (the connection is
+                // aborted first); anything else means it was not.
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) } != 0 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EBUSY) {
+                        warn!(error = %e, "the forced unmount failed: the mount stays until its last file closes");
+                    }
+                }
             }
         }
-        Err(e) => {
-            warn!(error = %e, "cannot open the busy mount to sync it; aborting it all the same")
+    }
+    if ours() {
+        if let Err(e) = detach(mountpoint) {
+            warn!(error = %e, "detaching the aborted mount failed");
         }
-    }
-    let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: `c` is a valid C string. FUSE aborts its connection on a forced unmount before
-    // the kernel finds the mount busy, so EBUSY here is expected.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) } == 0 {
-        return;
-    }
-    if let Err(e) = detach(mountpoint) {
-        warn!(error = %e, "detaching the aborted mount failed");
     }
 }
 

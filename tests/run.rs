@@ -727,65 +727,73 @@ fn an_unfinished_initdb_is_run_again_and_a_foreign_directory_is_refused() {
 
 /// A process outside bucketfs that keeps the mount busy (a shell whose working directory is
 /// the data directory, holding a file it wrote) does not hold the final checkpoint back past
-/// the grace: what it wrote is written back, its files on the mount fail, the final
-/// checkpoint is taken as a clean stop, and a new cache dir starts from the bucket without a
-/// takeover, with the program's file and the outsider's.
+/// the grace, nor when someone else detached the mount lazily first: its files on the mount
+/// fail, the final checkpoint is taken as a clean stop, and a new cache dir starts from the
+/// bucket without a takeover, with the program's file and the outsider's.
 #[test]
 fn a_mount_kept_busy_from_outside_still_gets_its_final_checkpoint() {
     let (dir, shared) = dirs();
-    let bucket = format!("file://{}", dir.path().join("bucket").display());
-    let args = ["--bucket", bucket.as_str()];
-    let mnt = dir.path().join("a-mnt");
-    let (m, s) = (mnt.display(), shared.display());
-    let script = format!(
-        "echo from-the-program > {m}/note; while [ ! -e {s}/go ]; do sleep 0.05; done; exit 0"
-    );
-    let mut a = Run::start(dir.path(), "a", &args, &[], &["/bin/sh", "-c", &script]);
-    wait_for("the program's note", Duration::from_secs(60), || {
-        mnt.join("note").exists()
-    });
-    // Not a child of bucketfs: it is not among the processes the program left. Killed when
-    // the test ends, however it ends.
-    struct Outsider(std::process::Child);
-    impl Drop for Outsider {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+    for (case, detached) in [("busy", false), ("detached", true)] {
+        let bucket = format!("file://{}", dir.path().join(case).display());
+        let args = ["--bucket", bucket.as_str()];
+        let (a_name, b_name) = (format!("{case}-a"), format!("{case}-b"));
+        let mnt = dir.path().join(format!("{a_name}-mnt"));
+        let go = shared.join(format!("{case}-go"));
+        let script = format!(
+            "echo from-the-program > {}/note; while [ ! -e {} ]; do sleep 0.05; done; exit 0",
+            mnt.display(),
+            go.display()
+        );
+        let mut a = Run::start(dir.path(), &a_name, &args, &[], &["/bin/sh", "-c", &script]);
+        wait_for("the program's note", Duration::from_secs(60), || {
+            mnt.join("note").exists()
+        });
+        // Not a child of bucketfs: it is not among the processes the program left. Killed
+        // when the test ends, however it ends.
+        struct Outsider(std::process::Child);
+        impl Drop for Outsider {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
         }
-    }
-    let _outsider = Outsider(
-        Command::new("/bin/sh")
-            .args([
-                "-c",
-                // Written and kept open: the kernel holds the bytes dirty, unwritten to bucketfs.
-                "exec 3> held && echo from-outside >&3 && touch held.done && exec sleep 600",
-            ])
-            .current_dir(&mnt)
-            .spawn()
-            .expect("start the outsider"),
-    );
-    wait_for("the outsider's file", Duration::from_secs(60), || {
-        mnt.join("held.done").exists()
-    });
-    fs::write(shared.join("go"), b"").unwrap();
-    a.assert_exit(0, Duration::from_secs(90));
-    a.assert_log(&[
-        "the mount is busy",
-        "aborting it",
-        "final checkpoint committed",
-    ]);
+        let _outsider = Outsider(
+            Command::new("/bin/sh")
+                .args([
+                    "-c",
+                    // Written and kept open: the kernel may hold the bytes dirty.
+                    "exec 3> held && echo from-outside >&3 && touch held.done && exec sleep 600",
+                ])
+                .current_dir(&mnt)
+                .spawn()
+                .expect("start the outsider"),
+        );
+        wait_for("the outsider's file", Duration::from_secs(60), || {
+            mnt.join("held.done").exists()
+        });
+        if detached {
+            run_ok(Command::new("umount").arg("-l").arg(&mnt));
+        }
+        fs::write(&go, b"").unwrap();
+        a.assert_exit(0, Duration::from_secs(90));
+        a.assert_log(&[
+            "the mount still serves after the grace",
+            "final checkpoint committed",
+        ]);
 
-    let out = shared.join("out");
-    let read = format!(
-        "cat {}/note {}/held > {}",
-        dir.path().join("b-mnt").display(),
-        dir.path().join("b-mnt").display(),
-        out.display()
-    );
-    let mut b = Run::start(dir.path(), "b", &args, &[], &["/bin/sh", "-c", &read]);
-    b.assert_exit(0, Duration::from_secs(90));
-    assert_eq!(
-        fs::read_to_string(&out).unwrap(),
-        "from-the-program\nfrom-outside\n"
-    );
+        let out = shared.join(format!("{case}-out"));
+        let b_mnt = dir.path().join(format!("{b_name}-mnt"));
+        let read = format!(
+            "cat {0}/note {0}/held > {1}",
+            b_mnt.display(),
+            out.display()
+        );
+        let mut b = Run::start(dir.path(), &b_name, &args, &[], &["/bin/sh", "-c", &read]);
+        b.assert_exit(0, Duration::from_secs(90));
+        assert_eq!(
+            fs::read_to_string(&out).unwrap(),
+            "from-the-program\nfrom-outside\n",
+            "{case}"
+        );
+    }
 }

@@ -147,7 +147,8 @@ impl Fs {
         }
         tracing::error!(
             error = why,
-            "the filesystem under the cache dir failed to write back cached bytes: this mount \
+            "the filesystem under the cache dir failed to write back cached bytes (or to \
+             record them): this mount \
              takes no more changes, and the cache dir is marked so that no later mount opens \
              it until it is emptied (the next mount then restores from the bucket)"
         );

@@ -77,27 +77,30 @@ impl Fs {
     }
 
     /// Commits a change that may have shrunk the file (`truncate_locked`), whose cut is in
-    /// the cache file already. When that commit fails, memory keeps the new size (what the
-    /// cache file holds, rather than the old size over zeros), and the mount takes no more
-    /// changes, as after a failed write-back: RocksDB may hold the old size and marks, and no
-    /// checkpoint may upload either view.
+    /// the cache file already. When that commit fails, the file is what the cache file holds:
+    /// memory keeps the new attributes, the truncation is answered as done (with an error
+    /// the kernel would keep the old size and read zeros over the cut once its pages go),
+    /// and the mount takes no more changes, as after a failed write-back. RocksDB may hold
+    /// the old size and marks, so no checkpoint may upload from this cache dir again, and no
+    /// later fsync succeeds: the program learns of the failure there.
     pub(super) fn commit_cut(
         &self,
         st: &mut InodeState,
         batch: crate::cache::MetaBatch<'_>,
         saved: super::Attr,
     ) -> Result<()> {
-        let size = st.attr.size;
-        let r = self.commit_one(st, batch, saved.clone());
-        if let Err(e) = &r {
-            if size < saved.size {
-                st.attr.size = size;
+        let cut = st.attr.clone();
+        let shrunk = cut.size < saved.size;
+        match self.commit_one(st, batch, saved) {
+            Err(e) if shrunk => {
+                st.attr = cut;
                 self.stop_for_failed_flush(&format!(
                     "the commit of a truncation failed after the cache file was cut ({e})"
                 ));
+                Ok(())
             }
+            r => r,
         }
-        r
     }
 
     /// Sets the size of a file whose io lock the caller holds exclusively. Pages past the new
@@ -405,8 +408,9 @@ mod tests {
 
     /// A truncation down whose commit fails has cut the cache file already: the file must
     /// not then read as its old size with zeros where its bytes were (nor be uploaded so).
-    /// It reads as the cache file holds it, and the mount takes no more changes (as after a
-    /// failed write-back: the cache dir is marked failed, nothing more is uploaded from it).
+    /// The truncation is done, as the cache file holds it, and the mount takes no more
+    /// changes (as after a failed write-back: the cache dir is marked failed, nothing more
+    /// is uploaded from it, no fsync succeeds).
     #[test]
     fn a_truncation_whose_commit_fails_leaves_no_zeros_in_the_file() {
         type Truncate = fn(&Fs, u64) -> Result<()>;
@@ -437,9 +441,10 @@ mod tests {
                 fs.write(ino, 0, &old).unwrap();
                 fs.fsync(ino, false).unwrap();
                 fs.meta.fail_next_commit(how);
-                truncate(&fs, ino).expect_err("the commit fails");
                 let case = format!("{name}, commit {how:?}");
+                truncate(&fs, ino).unwrap_or_else(|e| panic!("{case}: {e}"));
                 let size = fs.getattr(ino).unwrap().size;
+                assert!(size < old.len() as u64, "{case}: size {size}");
                 let got = fs.read(ino, 0, old.len() as u32).unwrap();
                 assert_eq!(got.len() as u64, size, "{case}");
                 assert!(
@@ -450,6 +455,8 @@ mod tests {
                 assert!(fs.cache_failed(), "{case}: the mount still takes changes");
                 fs.write(ino, 0, b"more")
                     .expect_err("a write after the failed truncation");
+                fs.fsync(ino, false)
+                    .expect_err("an fsync after the failed truncation");
             }
         }
     }

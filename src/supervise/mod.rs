@@ -190,6 +190,7 @@ fn run_once(settings: &RunSettings, signals: libc::sigset_t, rebase: bool) -> an
     let mut unmounter = mounted.unmounter();
     let fs = mounted.fs();
     let checkpointer = mounted.checkpointer();
+    let requests_ended = mounted.requests_ended();
     let session_ended = Arc::new(AtomicBool::new(false));
     let session = {
         let ended = session_ended.clone();
@@ -210,9 +211,11 @@ fn run_once(settings: &RunSettings, signals: libc::sigset_t, rebase: bool) -> an
         follower,
         rebasing: false,
         session_ended,
+        requests_ended,
         stop: None,
         program_deadline: None,
         lost: None,
+        connection: None,
         rate_logged: false,
     };
     let ran = sup.main(&mountpoint, found.as_ref());
@@ -274,12 +277,16 @@ pub(crate) struct Supervisor<'a> {
     rebasing: bool,
     /// Set when the FUSE session (and the final checkpoint after it) is over.
     session_ended: Arc<AtomicBool>,
+    /// Set when the session stops serving requests (`Mounted::requests_ended`).
+    requests_ended: Arc<AtomicBool>,
     /// When the first stop signal came.
     stop: Option<Instant>,
     /// When the program's share of the stop budget runs out.
     program_deadline: Option<Instant>,
     /// Why the mount can no longer serve the program, once it cannot.
     lost: Option<String>,
+    /// The mount's FUSE connection (`mount::fuse_connection`), read once it serves.
+    connection: Option<u64>,
     rate_logged: bool,
 }
 
@@ -295,6 +302,7 @@ impl Supervisor<'_> {
         std::fs::metadata(mountpoint)
             .with_context(|| format!("the mount at {} does not serve", mountpoint.display()))?;
         info!(mountpoint = %mountpoint.display(), "the mount serves");
+        self.connection = mount::fuse_connection(mountpoint);
         self.log_stop_budget();
         if let Some(follower) = &self.follower {
             let exe = std::env::current_exe().context("find the bucketfs executable")?;
@@ -353,32 +361,45 @@ impl Supervisor<'_> {
 
     /// Unmounts once the program and what it left have ended. A mount that a process outside
     /// bucketfs keeps busy (a shell whose working directory is the data directory) gets the
-    /// grace to let go, then is aborted (`mount::abort`): the machine is stopping, and a final
-    /// checkpoint held back until that process ends would be cut short by the platform's kill.
+    /// grace to let go; then what the kernel holds dirty for it is written back (for at most
+    /// the grace again) and its FUSE connection aborted (`mount::abort`): the machine is
+    /// stopping (or, for a replica's rebase, starting again), and a final checkpoint held back
+    /// until that process ends would be cut short by the platform's kill.
     fn unmount(&mut self, mountpoint: &Path, unmounter: &mut fuser::SessionUnmounter) {
-        if mount::unmount(unmounter) == mount::Unmount::Done {
-            return;
+        let mut busy = mount::unmount(unmounter) == mount::Unmount::Busy;
+        if busy {
+            warn!(
+                grace_s = GRACE.as_secs(),
+                "the mount is busy: a process outside bucketfs has a file or its working directory on it (a shell in the data directory?); past the grace its files on the mount fail and the final checkpoint goes on"
+            );
         }
-        warn!(
-            grace_s = GRACE.as_secs(),
-            "the mount is busy: a process outside bucketfs has a file or its working directory on it (a shell in the data directory?); past the grace its files on the mount fail and the final checkpoint goes on"
-        );
+        // Whatever the unmount said (someone else may have detached the mount, with that
+        // process still in it), the session's end is what tells.
         let deadline = Instant::now() + GRACE;
-        while Instant::now() < deadline {
-            if let Some(sig) = self.next_signal(TICK) {
+        loop {
+            if self.requests_ended.load(Ordering::Acquire) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            if let Some(sig) = self.next_signal(Duration::from_millis(10)) {
                 if is_stop(sig) {
                     self.begin_stop(sig);
                 }
             }
-            if mount::unmount_again(mountpoint) == mount::Unmount::Done {
+            if busy && mount::unmount_again(mountpoint).is_ok() {
                 info!("unmounted: the last file on the mount was closed");
-                return;
+                busy = false;
             }
         }
-        warn!(
-            "the mount is still busy: writing back what the kernel holds for it, then aborting it"
-        );
-        mount::abort(mountpoint);
+        let Some(connection) = self.connection else {
+            warn!("the mount still serves, and its FUSE connection is not known: waiting for its last file to close");
+            return;
+        };
+        warn!("the mount still serves after the grace: writing back what the kernel holds for it, then aborting it");
+        mount::sync_within(mountpoint, GRACE);
+        mount::abort(mountpoint, connection);
     }
 
     /// Takes the signals that came while no child ran (while mounting, say); true if one was
