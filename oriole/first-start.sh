@@ -9,9 +9,10 @@
 # that server stopped. What differs: the database is made in $PGDATA, which bucketfs sets to a
 # directory of its own on the mount and moves into place only once this script has exited 0.
 # A stop signal in the middle (bucketfs sends SIGTERM to this script's process group, and ends
-# the temporary server after it) or a machine lost in the middle leaves that directory, which
-# the next start removes before running this again; never a half-made database that later
-# starts would take for a made one, as the entrypoint's own first start on the mount did.
+# the temporary server after it) makes bucketfs throw that directory away at once; a machine
+# lost in the middle leaves it, and the next start removes it before running this again.
+# Never a half-made database that later starts would take for a made one, as the
+# entrypoint's own first start on the mount did.
 #
 # The program bucketfs starts afterwards is the image's entrypoint as before: it finds
 # PG_VERSION and goes straight to PostgreSQL.
@@ -42,8 +43,8 @@ docker_init_database_dir "$@"
 # Not pg_setup_hba_conf: /etc/postgresql/postgresql.conf names its own hba_file, so a line
 # appended to the pg_hba.conf in $PGDATA would be read by no server.
 
-# Needed by psql when local connections take a password (POSTGRES_INITDB_ARGS:
-# --auth-local=scram-sha-256).
+# Needed by psql: the temporary server reads /etc/postgresql/pg_hba.conf, whose local
+# connections take a SCRAM password.
 export PGPASSWORD="${PGPASSWORD:-$POSTGRES_PASSWORD}"
 # The image's configuration, with the data directory and the user name map moved to $PGDATA
 # (the configuration names the mountpoint, where no database is yet).

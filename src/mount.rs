@@ -568,19 +568,39 @@ fn wait_and_unmount(set: libc::sigset_t, mountpoint: &Path, mut unmounter: Sessi
     info!(signal = sig, "stopping: unmounting");
     if unmount(&mut unmounter) == Unmount::Busy {
         warn!(mountpoint = %mountpoint.display(), "mount is busy; detaching it lazily, bucketfs exits when the last file on it is closed");
-        if let Err(e) = detach(mountpoint) {
-            warn!(error = %e, "lazy unmount failed");
-        }
+        detach_lazily(mountpoint);
+    }
+}
+
+/// Detaches a busy mount: it goes on serving the processes that have files on it, and the
+/// session ends when they close them.
+fn detach_lazily(mountpoint: &Path) {
+    if let Err(e) = detach(mountpoint) {
+        warn!(error = %e, "lazy unmount failed");
+    }
+}
+
+/// `detach_lazily`, if a bucketfs is what is mounted at `mountpoint`.
+pub fn detach_bucketfs_lazily(mountpoint: &Path) {
+    if mounted_at(mountpoint)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.is_bucketfs())
+    {
+        detach_lazily(mountpoint);
     }
 }
 
 /// What an unmount did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unmount {
-    /// Unmounted (or unmounted by someone else already): the FUSE session is ending.
+    /// Unmounted: the FUSE session is ending.
     Done,
     /// A process has a file or its working directory on the mount: still mounted.
     Busy,
+    /// Not mounted at the path any more: someone else unmounted it (the session is ending
+    /// on its own), or detached it lazily (it serves the processes still in it).
+    Gone,
 }
 
 /// Unmounts, which ends the FUSE session; a mount still in use stays mounted (`Busy`).
@@ -588,122 +608,177 @@ pub fn unmount(unmounter: &mut SessionUnmounter) -> Unmount {
     match unmounter.unmount() {
         Ok(()) => Unmount::Done,
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Unmount::Busy,
-        // Already unmounted by someone else: the session is ending on its own.
         Err(e) => {
-            warn!(error = %e, "unmount failed");
-            Unmount::Done
+            warn!(error = %e, "unmount failed: someone else unmounted or detached the mount");
+            Unmount::Gone
         }
     }
 }
 
-/// Another attempt after `Busy`, by path (the session's own unmounter is spent).
-pub fn unmount_again(mountpoint: &Path) -> io::Result<()> {
-    let c = CString::new(mountpoint.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: `c` is a valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// The FUSE connection of a mount, found once it serves: its device, and its abort file
+/// in /sys/fs/fuse/connections held open. A write to that file aborts this connection and
+/// no other: once the connection is gone the kernel unhooks the open file from it, while a
+/// later mount may reuse its number.
+pub struct Connection {
+    mountpoint: PathBuf,
+    /// MAJOR:MINOR as /proc/self/mountinfo shows it (FUSE mounts have major 0).
+    dev: String,
+    abort: Option<fs::File>,
 }
 
-/// The FUSE connection serving `mountpoint`: the minor number of its device (FUSE mounts
-/// have major 0), which names its directory under /sys/fs/fuse/connections.
-pub fn fuse_connection(mountpoint: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = fs::metadata(mountpoint).ok()?.dev();
-    (libc::major(dev) == 0).then(|| u64::from(libc::minor(dev)))
-}
+/// Where the fusectl filesystem lives.
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+/// fusectl's statfs magic.
+const FUSECTL_MAGIC: i64 = 0x6573_5543;
 
-/// Writes back what the kernel holds dirty for the mount (syncfs), waiting at most
-/// `within`: a FUSE server that cannot answer (writers held back by `--max-dirty` while the
-/// bucket is unreachable) would hold it for good. Returns whether it finished.
-pub fn sync_within(mountpoint: &Path, within: std::time::Duration) -> bool {
-    let (done, finished) = std::sync::mpsc::channel();
-    let path = mountpoint.to_owned();
-    let spawned = std::thread::Builder::new()
-        .name("sync-busy-mount".into())
-        .spawn(move || {
-            let r = fs::File::open(&path).and_then(|root| {
-                use std::os::fd::AsRawFd;
-                // SAFETY: syncfs on a descriptor this closure owns.
-                match unsafe { libc::syncfs(root.as_raw_fd()) } {
-                    0 => Ok(()),
-                    _ => Err(io::Error::last_os_error()),
-                }
-            });
-            let _ = done.send(r);
-        });
-    if let Err(e) = spawned {
-        warn!(error = %e, "cannot start the sync of the busy mount");
-        return false;
-    }
-    match finished.recv_timeout(within) {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            warn!(error = %e, "syncfs of the busy mount failed");
-            false
+impl Connection {
+    /// The connection serving `mountpoint`, with its abort file if fusectl can be reached
+    /// (mounted at /sys/fs/fuse/connections if it is not there yet: a plain Linux boot
+    /// mounts it, a Fly Machine's init may not; a read-only /sys, as in a container that is
+    /// not privileged, leaves none).
+    pub fn of(mountpoint: &Path) -> Option<Connection> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = fs::metadata(mountpoint).ok()?.dev();
+        if libc::major(dev) != 0 {
+            return None;
         }
-        Err(_) => {
-            warn!(
-                within_s = within.as_secs(),
-                "syncfs of the busy mount did not finish in time"
-            );
-            false
-        }
-    }
-}
-
-/// Ends FUSE connection `connection` (mounted at `mountpoint`) now: every file still open
-/// on it fails from then on, a sync waiting on it returns, and the session ends. Through
-/// /sys/fs/fuse/connections (the fusectl filesystem, mounted there if it is not: it needs a
-/// writable /sys), which finds the connection even after someone detached the mount; else
-/// a forced unmount (FUSE aborts its connection for MNT_FORCE before the kernel finds the
-/// mount busy), when the mount at `mountpoint` is still this one. Then the mount is detached
-/// if it is still there.
-pub fn abort(mountpoint: &Path, connection: u64) {
-    const FUSECTL: &str = "/sys/fs/fuse/connections";
-    let file = Path::new(FUSECTL)
-        .join(connection.to_string())
-        .join("abort");
-    if !file.exists() {
-        // Not mounted yet (a plain Linux boot mounts it; a Fly Machine's init may not).
-        let (src, dir, ty) = (c"fusectl", CString::new(FUSECTL).ok(), c"fusectl");
-        if let Some(dir) = dir {
+        let minor = libc::minor(dev);
+        if !is_fusectl(FUSECTL) {
+            let dir = CString::new(FUSECTL).ok()?;
             // SAFETY: valid C strings; no data argument.
-            unsafe { libc::mount(src.as_ptr(), dir.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+            unsafe {
+                libc::mount(
+                    c"fusectl".as_ptr(),
+                    dir.as_ptr(),
+                    c"fusectl".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                )
+            };
         }
+        let path = Path::new(FUSECTL).join(minor.to_string()).join("abort");
+        let abort = fs::OpenOptions::new().write(true).open(&path);
+        if let Err(e) = &abort {
+            warn!(error = %e, path = %path.display(), "no fusectl abort file for this mount: a busy mount at the stop can only be forced by path");
+        }
+        Some(Connection {
+            mountpoint: mountpoint.to_owned(),
+            dev: format!("0:{minor}"),
+            abort: abort.ok(),
+        })
     }
-    // From mountinfo: a stat of an aborted mount fails.
-    let dev = format!("0:{connection}");
-    let ours = || {
-        mounted_at(mountpoint)
+
+    /// Whether the mount at the path is still this connection (from mountinfo: a stat of
+    /// an aborted mount fails, and of a detached one reaches what is underneath).
+    pub fn mounted(&self) -> bool {
+        mounted_at(&self.mountpoint)
             .ok()
             .flatten()
-            .is_some_and(|m| m.dev == dev)
-    };
-    match fs::write(&file, b"1") {
-        Ok(()) => info!(connection, "aborted the FUSE connection"),
-        Err(e) => {
-            warn!(error = %e, path = %file.display(), "cannot abort the FUSE connection through fusectl; forcing the unmount instead");
-            let forced = CString::new(mountpoint.as_os_str().as_bytes())
-                .ok()
-                .filter(|_| ours());
-            if let Some(c) = forced {
-                // SAFETY: `c` is a valid C string. EBUSY is expected (the connection is
-                // aborted first); anything else means it was not.
-                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) } != 0 {
-                    let e = io::Error::last_os_error();
-                    if e.raw_os_error() != Some(libc::EBUSY) {
-                        warn!(error = %e, "the forced unmount failed: the mount stays until its last file closes");
-                    }
-                }
+            .is_some_and(|m| m.dev == self.dev)
+    }
+
+    /// Another attempt at unmounting after `Busy`, by path: only while the mount there is
+    /// still this one (a Docker volume may lie underneath).
+    pub fn unmount_again(&self) -> bool {
+        if !self.mounted() {
+            return false;
+        }
+        let Ok(c) = CString::new(self.mountpoint.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: `c` is a valid C string.
+        unsafe { libc::umount2(c.as_ptr(), 0) == 0 }
+    }
+
+    /// Writes back what the kernel holds dirty for the mount, waiting at most `within`: a
+    /// FUSE server that cannot answer (writers held back by `--max-dirty` while the bucket
+    /// is unreachable) would hold it for good. syncfs of the mount while it is at its path;
+    /// once detached, sync(2), which reaches every mount. Returns whether it finished.
+    pub fn sync_within(&self, within: std::time::Duration) -> bool {
+        let path = self.mountpoint.clone();
+        let whole = !self.mounted();
+        let (done, finished) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("sync-busy-mount".into())
+            .spawn(move || {
+                let r = if whole {
+                    // SAFETY: sync has no arguments and no memory effects.
+                    unsafe { libc::sync() };
+                    Ok(())
+                } else {
+                    fs::File::open(&path).and_then(|root| {
+                        use std::os::fd::AsRawFd;
+                        // SAFETY: syncfs on a descriptor this closure owns.
+                        match unsafe { libc::syncfs(root.as_raw_fd()) } {
+                            0 => Ok(()),
+                            _ => Err(io::Error::last_os_error()),
+                        }
+                    })
+                };
+                let _ = done.send(r);
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the sync of the busy mount");
+            return false;
+        }
+        match finished.recv_timeout(within) {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                warn!(error = %e, "syncfs of the busy mount failed");
+                false
+            }
+            Err(_) => {
+                warn!(
+                    within_s = within.as_secs(),
+                    "the sync of the busy mount did not finish in time"
+                );
+                false
             }
         }
     }
-    if ours() {
-        if let Err(e) = detach(mountpoint) {
-            warn!(error = %e, "detaching the aborted mount failed");
+
+    /// Ends the connection now: every file still open on the mount fails from then on, a
+    /// sync waiting on it returns, and the session ends. Through the abort file; without
+    /// one, a forced unmount (FUSE aborts its connection for MNT_FORCE before the kernel
+    /// finds the mount busy) while the mount at the path is this one. Then the mount is
+    /// detached if it is still there. Returns whether the connection was aborted.
+    pub fn abort(&self) -> bool {
+        let aborted = match self.abort.as_ref().map(|mut f| {
+            use std::io::Write as _;
+            f.write_all(b"1")
+        }) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                warn!(error = %e, "writing the fusectl abort file failed");
+                false
+            }
+            None => false,
+        };
+        let forced = !aborted && self.mounted() && {
+            let c = CString::new(self.mountpoint.as_os_str().as_bytes()).ok();
+            // SAFETY: `c` is a valid C string. EBUSY is expected (the connection is aborted
+            // first); EPERM (a user namespace) means it was not.
+            c.is_some_and(|c| {
+                let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE) };
+                r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY)
+            })
+        };
+        if self.mounted() {
+            detach_lazily(&self.mountpoint);
         }
+        aborted || forced
+    }
+}
+
+/// Whether `dir` is where fusectl is mounted.
+fn is_fusectl(dir: &str) -> bool {
+    let Ok(c) = CString::new(dir) else {
+        return false;
+    };
+    // SAFETY: statfs with a valid path and out-parameter.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == FUSECTL_MAGIC
     }
 }
 

@@ -758,11 +758,16 @@ fn a_mount_kept_busy_from_outside_still_gets_its_final_checkpoint() {
             }
         }
         let _outsider = Outsider(
-            Command::new("/bin/sh")
+            // Written and kept open, no copy of it ever closed (a close would send the
+            // kernel's dirty pages of the file to bucketfs): the kernel holds the bytes,
+            // and only the sync before the abort sends them.
+            Command::new("python3")
                 .args([
                     "-c",
-                    // Written and kept open: the kernel may hold the bytes dirty.
-                    "exec 3> held && echo from-outside >&3 && touch held.done && exec sleep 600",
+                    "import time\n\
+                     f = open('held', 'w'); f.write('from-outside\\n'); f.flush()\n\
+                     open('held.done', 'w').close()\n\
+                     time.sleep(600)",
                 ])
                 .current_dir(&mnt)
                 .spawn()

@@ -517,7 +517,8 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Run options")]
 pub struct RunOptions {
-    /// The user that initdb and PROGRAM run as (bucketfs itself stays root, which FUSE needs).
+    /// The user that initdb (or --initdb-command) and PROGRAM run as (bucketfs itself stays
+    /// root, which FUSE needs).
     /// The mount's root is owned by this user (unless --uid/--gid say otherwise) and open to
     /// other users (--allow-other).
     #[arg(
@@ -557,7 +558,8 @@ pub struct RunOptions {
     )]
     pub initdb_command: Option<PathBuf>,
 
-    /// A line appended to postgresql.conf right after initdb, once (repeatable), e.g.
+    /// A line appended to PGDATA/postgresql.conf right after initdb (or --initdb-command),
+    /// once (repeatable), e.g.
     /// --pg-conf "shared_preload_libraries = 'orioledb'".
     #[arg(long, value_name = "'KEY = VALUE'")]
     pub pg_conf: Vec<String>,

@@ -285,8 +285,8 @@ pub(crate) struct Supervisor<'a> {
     program_deadline: Option<Instant>,
     /// Why the mount can no longer serve the program, once it cannot.
     lost: Option<String>,
-    /// The mount's FUSE connection (`mount::fuse_connection`), read once it serves.
-    connection: Option<u64>,
+    /// The mount's FUSE connection, found once it serves.
+    connection: Option<mount::Connection>,
     rate_logged: bool,
 }
 
@@ -302,7 +302,7 @@ impl Supervisor<'_> {
         std::fs::metadata(mountpoint)
             .with_context(|| format!("the mount at {} does not serve", mountpoint.display()))?;
         info!(mountpoint = %mountpoint.display(), "the mount serves");
-        self.connection = mount::fuse_connection(mountpoint);
+        self.connection = mount::Connection::of(mountpoint);
         self.log_stop_budget();
         if let Some(follower) = &self.follower {
             let exe = std::env::current_exe().context("find the bucketfs executable")?;
@@ -366,15 +366,20 @@ impl Supervisor<'_> {
     /// stopping (or, for a replica's rebase, starting again), and a final checkpoint held back
     /// until that process ends would be cut short by the platform's kill.
     fn unmount(&mut self, mountpoint: &Path, unmounter: &mut fuser::SessionUnmounter) {
-        let mut busy = mount::unmount(unmounter) == mount::Unmount::Busy;
+        let mut busy = match mount::unmount(unmounter) {
+            // The session ends once its requests are answered, as ever.
+            mount::Unmount::Done => return,
+            mount::Unmount::Busy => true,
+            // Someone else unmounted it, or detached it with a process still in it: the
+            // session's end tells which.
+            mount::Unmount::Gone => false,
+        };
         if busy {
             warn!(
                 grace_s = GRACE.as_secs(),
                 "the mount is busy: a process outside bucketfs has a file or its working directory on it (a shell in the data directory?); past the grace its files on the mount fail and the final checkpoint goes on"
             );
         }
-        // Whatever the unmount said (someone else may have detached the mount, with that
-        // process still in it), the session's end is what tells.
         let deadline = Instant::now() + GRACE;
         loop {
             if self.requests_ended.load(Ordering::Acquire) {
@@ -388,18 +393,24 @@ impl Supervisor<'_> {
                     self.begin_stop(sig);
                 }
             }
-            if busy && mount::unmount_again(mountpoint).is_ok() {
+            if busy && self.connection.as_ref().is_some_and(|c| c.unmount_again()) {
                 info!("unmounted: the last file on the mount was closed");
                 busy = false;
             }
         }
-        let Some(connection) = self.connection else {
-            warn!("the mount still serves, and its FUSE connection is not known: waiting for its last file to close");
+        let Some(connection) = &self.connection else {
+            warn!("the mount still serves, and its FUSE connection is not known: detaching it lazily, and waiting for its last file to close");
+            mount::detach_bucketfs_lazily(mountpoint);
             return;
         };
         warn!("the mount still serves after the grace: writing back what the kernel holds for it, then aborting it");
-        mount::sync_within(mountpoint, GRACE);
-        mount::abort(mountpoint, connection);
+        connection.sync_within(GRACE);
+        if self.requests_ended.load(Ordering::Acquire) {
+            return;
+        }
+        if !connection.abort() {
+            warn!("the FUSE connection could not be aborted (no fusectl, and no forced unmount: a user namespace?): the mount is detached, and the final checkpoint waits for its last file to close");
+        }
     }
 
     /// Takes the signals that came while no child ran (while mounting, say); true if one was
@@ -714,14 +725,18 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// The waits that may follow the program's share before the final checkpoint starts: SIGQUIT
+/// and the grace before SIGKILL; the program's orphans (SIGTERM, the grace, SIGKILL and the
+/// grace again); a mount kept busy from outside (the grace to let go, then at most the grace
+/// for its sync).
+const AFTER_SHARE: Duration = Duration::from_secs(5 * GRACE.as_secs());
+
 /// The program's share of the stop budget: what the final checkpoint is not expected to need
-/// (`drain`), less the waits that may follow the share before the checkpoint starts (SIGQUIT
-/// and the grace before SIGKILL, then the program's orphans: SIGTERM, the grace, SIGKILL and
-/// the grace again), and at least a quarter of the budget.
+/// (`drain`), less `AFTER_SHARE`, and at least a quarter of the budget.
 fn program_share(budget: Duration, drain: Duration) -> Duration {
     budget
         .saturating_sub(drain)
-        .saturating_sub(3 * GRACE)
+        .saturating_sub(AFTER_SHARE)
         .max(budget / 4)
 }
 
@@ -735,16 +750,20 @@ mod tests {
     #[test]
     fn the_programs_share_leaves_the_final_checkpoint_its_drain() {
         let budget = Duration::from_secs(280);
-        for drain_s in [1, 20, 60, 140, 180] {
+        // Up to the drain where the share reaches its floor of a quarter (280 - 50 - 70 s).
+        for drain_s in [1, 20, 60, 140, 160] {
             let drain = Duration::from_secs(drain_s);
             let share = program_share(budget, drain);
             assert!(
-                share + 3 * GRACE + drain <= budget,
+                share + AFTER_SHARE + drain <= budget,
                 "drain {drain_s} s: share {share:?}"
             );
             assert!(share >= budget / 4, "drain {drain_s} s: share {share:?}");
         }
-        // A drain past three quarters of the budget: the program still has a quarter.
-        assert_eq!(program_share(budget, budget), budget / 4);
+        // A longer drain: the program still has a quarter.
+        for drain_s in [180, 280] {
+            let share = program_share(budget, Duration::from_secs(drain_s));
+            assert_eq!(share, budget / 4, "drain {drain_s} s");
+        }
     }
 }
