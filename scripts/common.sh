@@ -19,7 +19,8 @@ test_packages=(
   strace           # benches/fuse_requests_per_commit.sh, benches/flushes.sh
   prometheus       # promtool: tests check /metrics with `promtool check metrics`
   fio              # benches/fio_vs_local.sh
-  python3-venv     # moto, the second S3 server of tests/store_contract.rs, lives in a venv
+  python3 python3-venv  # moto, the second S3 server of tests/store_contract.rs, lives in a venv;
+                   # tests/run.rs's writer outside a mount is a python3 one-liner
   libacl1-dev      # pjdfstest (tests/posix.rs) links libacl
   jq bc            # benches/gc_growth.sh and benches/replica_lag.sh read JSON and do sums
   shellcheck       # tests/deploy_files.rs lints oriole/first-start.sh, the image's first start

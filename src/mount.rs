@@ -621,7 +621,9 @@ pub fn unmount(unmounter: &mut SessionUnmounter) -> Unmount {
 /// later mount may reuse its number.
 pub struct Connection {
     mountpoint: PathBuf,
-    /// MAJOR:MINOR as /proc/self/mountinfo shows it (FUSE mounts have major 0).
+    /// The minor number of its device (FUSE mounts have major 0).
+    minor: u32,
+    /// MAJOR:MINOR as /proc/self/mountinfo shows it.
     dev: String,
     abort: Option<fs::File>,
 }
@@ -646,7 +648,7 @@ impl Connection {
         if !is_fusectl(FUSECTL) {
             let dir = CString::new(FUSECTL).ok()?;
             // SAFETY: valid C strings; no data argument.
-            unsafe {
+            let r = unsafe {
                 libc::mount(
                     c"fusectl".as_ptr(),
                     dir.as_ptr(),
@@ -655,14 +657,24 @@ impl Connection {
                     std::ptr::null(),
                 )
             };
+            match r {
+                0 => info!(
+                    at = FUSECTL,
+                    "mounted fusectl, to abort a mount kept busy at the stop"
+                ),
+                _ => {
+                    info!(error = %io::Error::last_os_error(), at = FUSECTL, "cannot mount fusectl (a read-only /sys?): a mount kept busy at the stop can only be forced by its path")
+                }
+            }
         }
         let path = Path::new(FUSECTL).join(minor.to_string()).join("abort");
         let abort = fs::OpenOptions::new().write(true).open(&path);
         if let Err(e) = &abort {
-            warn!(error = %e, path = %path.display(), "no fusectl abort file for this mount: a busy mount at the stop can only be forced by path");
+            info!(error = %e, path = %path.display(), "no fusectl abort file for this mount: a mount kept busy at the stop can only be forced by its path");
         }
         Some(Connection {
             mountpoint: mountpoint.to_owned(),
+            minor,
             dev: format!("0:{minor}"),
             abort: abort.ok(),
         })
@@ -692,11 +704,13 @@ impl Connection {
 
     /// Writes back what the kernel holds dirty for the mount, waiting at most `within`: a
     /// FUSE server that cannot answer (writers held back by `--max-dirty` while the bucket
-    /// is unreachable) would hold it for good. syncfs of the mount while it is at its path;
-    /// once detached, sync(2), which reaches every mount. Returns whether it finished.
+    /// is unreachable) would hold it for good. syncfs of the mount, reached by its path, or
+    /// once someone else detached it through a process still in it (`a_way_in`); sync(2),
+    /// which reaches every mount, if none is found. Returns whether it finished.
     pub fn sync_within(&self, within: std::time::Duration) -> bool {
-        let path = self.mountpoint.clone();
-        let whole = !self.mounted();
+        let way_in = self.a_way_in();
+        let whole = way_in.is_none();
+        let path = way_in.unwrap_or_default();
         let (done, finished) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("sync-busy-mount".into())
@@ -734,6 +748,54 @@ impl Connection {
                 );
                 false
             }
+        }
+    }
+
+    /// A path into the mount: its mount point while it is there; once detached, the working
+    /// directory or an open file of a process still in it (/proc/PID/cwd, /proc/PID/fd/N),
+    /// found by the device of what the link leads to, read without asking any FUSE server.
+    fn a_way_in(&self) -> Option<PathBuf> {
+        if self.mounted() {
+            return Some(self.mountpoint.clone());
+        }
+        let pids = fs::read_dir("/proc").ok()?.flatten().filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        });
+        for pid in pids {
+            let cwd = pid.path().join("cwd");
+            if self.holds(&cwd) {
+                return Some(cwd);
+            }
+            let Ok(fds) = fs::read_dir(pid.path().join("fd")) else {
+                continue;
+            };
+            if let Some(fd) = fds.flatten().map(|e| e.path()).find(|p| self.holds(p)) {
+                return Some(fd);
+            }
+        }
+        None
+    }
+
+    /// Whether `path` leads onto this mount: statx with AT_STATX_DONT_SYNC, which a FUSE
+    /// filesystem answers from what the kernel has cached (the device needs no server).
+    fn holds(&self, path: &Path) -> bool {
+        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: statx with a valid path and out-parameter.
+        unsafe {
+            let mut st: libc::statx = std::mem::zeroed();
+            libc::statx(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::AT_STATX_DONT_SYNC,
+                libc::STATX_TYPE,
+                &mut st,
+            ) == 0
+                && st.stx_dev_major == 0
+                && st.stx_dev_minor == self.minor
         }
     }
 

@@ -366,7 +366,14 @@ impl Supervisor<'_> {
     /// stopping (or, for a replica's rebase, starting again), and a final checkpoint held back
     /// until that process ends would be cut short by the platform's kill.
     fn unmount(&mut self, mountpoint: &Path, unmounter: &mut fuser::SessionUnmounter) {
-        let mut busy = match mount::unmount(unmounter) {
+        // fuser unmounts by path: someone else may have detached this mount, leaving what
+        // lies underneath there (the image's volume).
+        let ours = self.connection.as_ref().is_none_or(|c| c.mounted());
+        let first = match ours {
+            true => mount::unmount(unmounter),
+            false => mount::Unmount::Gone,
+        };
+        let mut busy = match first {
             // The session ends once its requests are answered, as ever.
             mount::Unmount::Done => return,
             mount::Unmount::Busy => true,
