@@ -129,6 +129,30 @@ fn a_mountpoint_that_is_a_file_is_refused() {
     assert_eq!(fs::read(&mnt).unwrap(), b"keep me");
 }
 
+/// An empty filesystem mounted there (what Docker mounts on an image's VOLUME) is another
+/// filesystem all the same: refused, and left mounted. (The image mounts elsewhere for this:
+/// tests/deploy_files.rs.)
+#[test]
+fn a_mountpoint_with_another_filesystem_on_it_is_refused() {
+    let dir = common::scratch();
+    let (mnt, cache) = (dir.path().join("volume"), dir.path().join("cache"));
+    fs::create_dir(&mnt).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "volume"])
+        .arg(&mnt)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount a tmpfs");
+    let stderr = mount_fails(&mnt, &cache);
+    let still = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == mnt.to_str());
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_mentions(&stderr, &["already mounted", "tmpfs"]);
+    assert!(still, "the other filesystem was unmounted");
+}
+
 #[test]
 fn a_non_empty_mountpoint_is_refused_and_its_files_are_left_alone() {
     let dir = common::scratch();

@@ -212,6 +212,10 @@ pub(crate) fn under(dir: &str, base: &str) -> bool {
     d.starts_with(Path::new(base))
 }
 
+/// The VOLUMEs of the runtime's base image (orioledb/orioledb's docker/Dockerfile.ubuntu:
+/// `VOLUME /var/lib/postgresql/data`, as the official PostgreSQL images declare).
+const BASE_IMAGE_VOLUMES: [&str; 1] = ["/var/lib/postgresql/data"];
+
 /// The bundle of CA certificates that Debian's and Ubuntu's ca-certificates installs.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -337,6 +341,24 @@ pub(crate) fn dockerfile_problems(files: &Files, docker: &Dockerfile, pg: &PgCon
     let mountpoint = cmd.get(2).cloned().unwrap_or_default();
     if mountpoint.starts_with('-') || mountpoint.is_empty() {
         bad("`bucketfs run` must name its MOUNTPOINT first".into());
+    }
+    // Docker mounts an anonymous volume on every VOLUME an image declares, and bucketfs
+    // refuses to mount over another filesystem (tests/cli.rs).
+    if let Some(v) = BASE_IMAGE_VOLUMES.iter().find(|v| under(&mountpoint, v)) {
+        bad(format!(
+            "bucketfs mounts {mountpoint}, but the OrioleDB base image declares a VOLUME at {v}: Docker mounts an anonymous volume there, and bucketfs refuses to mount over it"
+        ));
+    }
+    let made = last.instrs.iter().filter(|i| i.op == "RUN").any(|i| {
+        i.args.split("&&").any(|cmd| {
+            let mut words = cmd.split_whitespace().filter(|w| *w != "\\");
+            words.next() == Some("mkdir") && words.any(|w| w == mountpoint)
+        })
+    });
+    if !made {
+        bad(format!(
+            "no directory {mountpoint} is made in the image (RUN mkdir): bucketfs run needs an empty directory to mount on"
+        ));
     }
     let env = docker.env();
     // The S3 client's TLS roots: the one bundle, not every file of /etc/ssl/certs as well.
