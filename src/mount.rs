@@ -683,14 +683,11 @@ impl Connection {
     /// Whether the mount at the path is still this connection (from mountinfo: a stat of
     /// an aborted mount fails, and of a detached one reaches what is underneath).
     pub fn mounted(&self) -> bool {
-        mounted_at(&self.mountpoint)
-            .ok()
-            .flatten()
-            .is_some_and(|m| m.dev == self.dev)
+        connection_at(&self.mountpoint, &self.dev)
     }
 
     /// Another attempt at unmounting after `Busy`, by path: only while the mount there is
-    /// still this one (a Docker volume may lie underneath).
+    /// still this one (after someone else detached it, the path leads to what is underneath).
     pub fn unmount_again(&self) -> bool {
         if !self.mounted() {
             return false;
@@ -706,28 +703,36 @@ impl Connection {
     /// FUSE server that cannot answer (writers held back by `--max-dirty` while the bucket
     /// is unreachable) would hold it for good. syncfs of the mount, reached by its path, or
     /// once someone else detached it through a process still in it (`a_way_in`); sync(2),
-    /// which reaches every mount, if none is found. Returns whether it finished.
+    /// which reaches every mount, if none is found or it cannot be opened. The search runs
+    /// within the bound too. Returns whether it finished.
     pub fn sync_within(&self, within: std::time::Duration) -> bool {
-        let way_in = self.a_way_in();
-        let whole = way_in.is_none();
-        let path = way_in.unwrap_or_default();
+        let (mountpoint, dev, minor) = (self.mountpoint.clone(), self.dev.clone(), self.minor);
         let (done, finished) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("sync-busy-mount".into())
             .spawn(move || {
-                let r = if whole {
-                    // SAFETY: sync has no arguments and no memory effects.
-                    unsafe { libc::sync() };
-                    Ok(())
-                } else {
-                    fs::File::open(&path).and_then(|root| {
+                let file = a_way_in(&mountpoint, &dev, minor).and_then(|path| {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                        .open(path)
+                        .ok()
+                });
+                let r = match file {
+                    Some(file) => {
                         use std::os::fd::AsRawFd;
                         // SAFETY: syncfs on a descriptor this closure owns.
-                        match unsafe { libc::syncfs(root.as_raw_fd()) } {
+                        match unsafe { libc::syncfs(file.as_raw_fd()) } {
                             0 => Ok(()),
                             _ => Err(io::Error::last_os_error()),
                         }
-                    })
+                    }
+                    None => {
+                        // SAFETY: sync has no arguments and no memory effects.
+                        unsafe { libc::sync() };
+                        Ok(())
+                    }
                 };
                 let _ = done.send(r);
             });
@@ -748,54 +753,6 @@ impl Connection {
                 );
                 false
             }
-        }
-    }
-
-    /// A path into the mount: its mount point while it is there; once detached, the working
-    /// directory or an open file of a process still in it (/proc/PID/cwd, /proc/PID/fd/N),
-    /// found by the device of what the link leads to, read without asking any FUSE server.
-    fn a_way_in(&self) -> Option<PathBuf> {
-        if self.mounted() {
-            return Some(self.mountpoint.clone());
-        }
-        let pids = fs::read_dir("/proc").ok()?.flatten().filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        });
-        for pid in pids {
-            let cwd = pid.path().join("cwd");
-            if self.holds(&cwd) {
-                return Some(cwd);
-            }
-            let Ok(fds) = fs::read_dir(pid.path().join("fd")) else {
-                continue;
-            };
-            if let Some(fd) = fds.flatten().map(|e| e.path()).find(|p| self.holds(p)) {
-                return Some(fd);
-            }
-        }
-        None
-    }
-
-    /// Whether `path` leads onto this mount: statx with AT_STATX_DONT_SYNC, which a FUSE
-    /// filesystem answers from what the kernel has cached (the device needs no server).
-    fn holds(&self, path: &Path) -> bool {
-        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-            return false;
-        };
-        // SAFETY: statx with a valid path and out-parameter.
-        unsafe {
-            let mut st: libc::statx = std::mem::zeroed();
-            libc::statx(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                libc::AT_STATX_DONT_SYNC,
-                libc::STATX_TYPE,
-                &mut st,
-            ) == 0
-                && st.stx_dev_major == 0
-                && st.stx_dev_minor == self.minor
         }
     }
 
@@ -830,6 +787,75 @@ impl Connection {
         }
         aborted || forced
     }
+}
+
+/// Whether the FUSE connection `dev` (MAJOR:MINOR) is what is mounted at `mountpoint`.
+fn connection_at(mountpoint: &Path, dev: &str) -> bool {
+    mounted_at(mountpoint)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.dev == dev)
+}
+
+/// A path into the mount of connection `dev` (`minor`): its mount point while it is there;
+/// once detached, the working directory or an open file of a process still in it
+/// (/proc/PID/cwd, /proc/PID/fd/N; without CAP_SYS_PTRACE only those of bucketfs's own
+/// user), found by the device of what the link leads to, read without asking any server.
+fn a_way_in(mountpoint: &Path, dev: &str, minor: u32) -> Option<PathBuf> {
+    if connection_at(mountpoint, dev) {
+        return Some(mountpoint.to_owned());
+    }
+    let pids = fs::read_dir("/proc").ok()?.flatten().filter(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+    });
+    for pid in pids {
+        let cwd = pid.path().join("cwd");
+        if leads_onto(&cwd, minor) {
+            return Some(cwd);
+        }
+        let Ok(fds) = fs::read_dir(pid.path().join("fd")) else {
+            continue;
+        };
+        if let Some(fd) = fds
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| leads_onto(p, minor))
+        {
+            return Some(fd);
+        }
+    }
+    None
+}
+
+/// Whether `path` leads to a directory or a regular file on the FUSE connection `minor`:
+/// statx with AT_STATX_DONT_SYNC, which FUSE and network filesystems answer from what the
+/// kernel has cached (the device needs no server). Not sockets, FIFOs or symlinks, which
+/// an open for syncfs could not use or would wait on.
+fn leads_onto(path: &Path, minor: u32) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statx with a valid path and out-parameter.
+    let st = unsafe {
+        let mut st: libc::statx = std::mem::zeroed();
+        if libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE,
+            &mut st,
+        ) != 0
+        {
+            return false;
+        }
+        st
+    };
+    let kind = u32::from(st.stx_mode) & libc::S_IFMT;
+    st.stx_dev_major == 0
+        && st.stx_dev_minor == minor
+        && (kind == libc::S_IFDIR || kind == libc::S_IFREG)
 }
 
 /// Whether `dir` is where fusectl is mounted.

@@ -137,18 +137,26 @@ fn a_mountpoint_with_another_filesystem_on_it_is_refused() {
     let dir = common::scratch();
     let (mnt, cache) = (dir.path().join("volume"), dir.path().join("cache"));
     fs::create_dir(&mnt).unwrap();
+    let mnt = mnt.canonicalize().unwrap();
     let status = Command::new("mount")
         .args(["-t", "tmpfs", "volume"])
         .arg(&mnt)
         .status()
         .expect("run mount");
     assert!(status.success(), "mount a tmpfs");
+    // Unmounted however the test ends.
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
     let stderr = mount_fails(&mnt, &cache);
     let still = fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .any(|l| l.split(' ').nth(4) == mnt.to_str());
-    let _ = Command::new("umount").arg(&mnt).status();
     assert_mentions(&stderr, &["already mounted", "tmpfs"]);
     assert!(still, "the other filesystem was unmounted");
 }

@@ -166,6 +166,7 @@ fn each_check_catches_a_broken_file() {
         ("docker: shell form", |f| &mut f.dockerfile, "ENTRYPOINT [\"bucketfs\", \"run\", \"/var/lib/postgresql/pgdata\", \"--cache-dir\", \"/var/lib/bucketfs/cache\", \"--allow-other\", \"--uid\", \"postgres\", \"--gid\", \"postgres\", \"--user\", \"postgres\", \"--stop-timeout\", \"280s\", \"--initdb\", \"--initdb-command\", \"/usr/local/bin/bucketfs-first-start\"]", "ENTRYPOINT bucketfs run /var/lib/postgresql/pgdata", "JSON array"),
         ("docker: mount elsewhere", |f| &mut f.dockerfile, "\"run\", \"/var/lib/postgresql/pgdata\"", "\"run\", \"/mnt/pgdata\"", "data_directory"),
         ("docker: mount on the base image's VOLUME", |f| &mut f.dockerfile, "\"run\", \"/var/lib/postgresql/pgdata\"", "\"run\", \"/var/lib/postgresql/data\"", "declares a VOLUME"),
+        ("docker: mount above the base image's VOLUME", |f| &mut f.dockerfile, "\"run\", \"/var/lib/postgresql/pgdata\"", "\"run\", \"/var/lib/postgresql\"", "declares a VOLUME"),
         ("docker: mountpoint not made", |f| &mut f.dockerfile, "mkdir -p /var/lib/bucketfs/cache /var/lib/postgresql/pgdata", "mkdir -p /var/lib/bucketfs/cache", "no directory"),
         ("docker: PGDATA elsewhere", |f| &mut f.dockerfile, "ENV PGDATA=/var/lib/postgresql/pgdata", "ENV PGDATA=/pgdata", "PGDATA"),
         ("docker: conf not installed", |f| &mut f.dockerfile, "oriole/postgresql.conf oriole/pg_hba.conf /etc/postgresql/", "oriole/pg_hba.conf /etc/postgresql/", "-D /etc/postgresql"),

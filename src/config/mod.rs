@@ -509,7 +509,7 @@ pub struct RunArgs {
     pub run: RunOptions,
 
     /// The program to run once the mount serves, and its arguments, after `--` (e.g.
-    /// `-- /usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/data`).
+    /// `-- /usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/pgdata`).
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]")]
     pub program: Vec<std::ffi::OsString>,
 }

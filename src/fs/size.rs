@@ -318,6 +318,22 @@ mod tests {
     use crate::fs::{FsOptions, SetAttr, ROOT_INO};
     use std::os::unix::fs::FileExt;
 
+    /// The filesystem of the cache dir in `dir`.
+    fn open(dir: &tempfile::TempDir) -> Fs {
+        let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
+        Fs::new(cache, &FsOptions::default()).unwrap()
+    }
+
+    /// A new file `f`, open for reading and writing: its inode.
+    fn new_file(fs: &Fs) -> u64 {
+        let caller = crate::fs::Caller { uid: 0, gid: 0 };
+        let (attr, _) = fs
+            .create(ROOT_INO, std::ffi::OsStr::new("f"), 0o600, caller, false)
+            .unwrap();
+        fs.open(attr.ino, libc::O_RDWR).unwrap();
+        attr.ino
+    }
+
     /// How the cache file came to hold bytes past the file's end.
     #[derive(Clone, Copy, Debug)]
     enum Leftover {
@@ -353,20 +369,11 @@ mod tests {
                 fs.fallocate(ino, SIZE, 4 * PAGE_SIZE - SIZE, 0).unwrap()
             }),
         ];
-        let open = |dir: &tempfile::TempDir| {
-            let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
-            Fs::new(cache, &FsOptions::default()).unwrap()
-        };
         for leftover in [Leftover::Lost, Leftover::Applied, Leftover::Crash] {
             for (how, grow) in grows {
                 let dir = tempfile::tempdir().unwrap();
                 let mut fs = open(&dir);
-                let caller = crate::fs::Caller { uid: 0, gid: 0 };
-                let (attr, _) = fs
-                    .create(ROOT_INO, std::ffi::OsStr::new("f"), 0o600, caller, false)
-                    .unwrap();
-                let ino = attr.ino;
-                fs.open(ino, libc::O_RDWR).unwrap();
+                let ino = new_file(&fs);
                 fs.write(ino, 0, &[0x11; SIZE as usize]).unwrap();
                 let junk = [0xaa; PAGE_SIZE as usize];
                 match leftover {
@@ -430,14 +437,8 @@ mod tests {
         for how in [FailCommit::Lost, FailCommit::Applied] {
             for (name, truncate) in truncations {
                 let dir = tempfile::tempdir().unwrap();
-                let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
-                let fs = Fs::new(cache, &FsOptions::default()).unwrap();
-                let caller = crate::fs::Caller { uid: 0, gid: 0 };
-                let (attr, _) = fs
-                    .create(ROOT_INO, std::ffi::OsStr::new("f"), 0o600, caller, false)
-                    .unwrap();
-                let ino = attr.ino;
-                fs.open(ino, libc::O_RDWR).unwrap();
+                let fs = open(&dir);
+                let ino = new_file(&fs);
                 fs.write(ino, 0, &old).unwrap();
                 fs.fsync(ino, false).unwrap();
                 fs.meta.fail_next_commit(how);

@@ -362,12 +362,12 @@ impl Supervisor<'_> {
     /// Unmounts once the program and what it left have ended. A mount that a process outside
     /// bucketfs keeps busy (a shell whose working directory is the data directory) gets the
     /// grace to let go; then what the kernel holds dirty for it is written back (for at most
-    /// the grace again) and its FUSE connection aborted (`mount::abort`): the machine is
+    /// the grace again) and its FUSE connection aborted (`mount::Connection`): the machine is
     /// stopping (or, for a replica's rebase, starting again), and a final checkpoint held back
     /// until that process ends would be cut short by the platform's kill.
     fn unmount(&mut self, mountpoint: &Path, unmounter: &mut fuser::SessionUnmounter) {
         // fuser unmounts by path: someone else may have detached this mount, leaving what
-        // lies underneath there (the image's volume).
+        // lies underneath there.
         let ours = self.connection.as_ref().is_none_or(|c| c.mounted());
         let first = match ours {
             true => mount::unmount(unmounter),

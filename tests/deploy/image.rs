@@ -344,14 +344,36 @@ pub(crate) fn dockerfile_problems(files: &Files, docker: &Dockerfile, pg: &PgCon
     }
     // Docker mounts an anonymous volume on every VOLUME an image declares, and bucketfs
     // refuses to mount over another filesystem (tests/cli.rs).
-    if let Some(v) = BASE_IMAGE_VOLUMES.iter().find(|v| under(&mountpoint, v)) {
+    let volumes: Vec<String> = BASE_IMAGE_VOLUMES
+        .iter()
+        .map(|v| v.to_string())
+        .chain(
+            docker
+                .stages
+                .iter()
+                .flat_map(|s| &s.instrs)
+                .filter(|i| i.op == "VOLUME")
+                .flat_map(|i| {
+                    i.args
+                        .split_whitespace()
+                        .map(|w| w.trim_matches(|c| "[]\",".contains(c)).to_string())
+                }),
+        )
+        .collect();
+    if let Some(v) = volumes
+        .iter()
+        .find(|v| under(&mountpoint, v) || under(v, &mountpoint))
+    {
         bad(format!(
-            "bucketfs mounts {mountpoint}, but the OrioleDB base image declares a VOLUME at {v}: Docker mounts an anonymous volume there, and bucketfs refuses to mount over it"
+            "bucketfs mounts {mountpoint}, but the image (or its OrioleDB base) declares a VOLUME at {v}: Docker mounts an anonymous volume there, and bucketfs refuses to mount on or over it"
         ));
     }
     let made = last.instrs.iter().filter(|i| i.op == "RUN").any(|i| {
-        i.args.split("&&").any(|cmd| {
-            let mut words = cmd.split_whitespace().filter(|w| *w != "\\");
+        i.args.split(['&', ';', '|']).any(|cmd| {
+            let mut words = cmd.split_whitespace().filter(|w| *w != "\\").map(|w| {
+                w.trim_matches(|c| c == '"' || c == '\'')
+                    .trim_end_matches('/')
+            });
             words.next() == Some("mkdir") && words.any(|w| w == mountpoint)
         })
     });
