@@ -623,8 +623,6 @@ pub struct Connection {
     mountpoint: PathBuf,
     /// The minor number of its device (FUSE mounts have major 0).
     minor: u32,
-    /// MAJOR:MINOR as /proc/self/mountinfo shows it.
-    dev: String,
     abort: Option<fs::File>,
 }
 
@@ -675,7 +673,6 @@ impl Connection {
         Some(Connection {
             mountpoint: mountpoint.to_owned(),
             minor,
-            dev: format!("0:{minor}"),
             abort: abort.ok(),
         })
     }
@@ -683,7 +680,7 @@ impl Connection {
     /// Whether the mount at the path is still this connection (from mountinfo: a stat of
     /// an aborted mount fails, and of a detached one reaches what is underneath).
     pub fn mounted(&self) -> bool {
-        connection_at(&self.mountpoint, &self.dev)
+        connection_at(&self.mountpoint, self.minor)
     }
 
     /// Another attempt at unmounting after `Busy`, by path: only while the mount there is
@@ -706,12 +703,12 @@ impl Connection {
     /// which reaches every mount, if none is found or it cannot be opened. The search runs
     /// within the bound too. Returns whether it finished.
     pub fn sync_within(&self, within: std::time::Duration) -> bool {
-        let (mountpoint, dev, minor) = (self.mountpoint.clone(), self.dev.clone(), self.minor);
+        let (mountpoint, minor) = (self.mountpoint.clone(), self.minor);
         let (done, finished) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("sync-busy-mount".into())
             .spawn(move || {
-                let file = a_way_in(&mountpoint, &dev, minor).and_then(|path| {
+                let file = a_way_in(&mountpoint, minor).and_then(|path| {
                     use std::os::unix::fs::OpenOptionsExt;
                     fs::OpenOptions::new()
                         .read(true)
@@ -789,20 +786,21 @@ impl Connection {
     }
 }
 
-/// Whether the FUSE connection `dev` (MAJOR:MINOR) is what is mounted at `mountpoint`.
-fn connection_at(mountpoint: &Path, dev: &str) -> bool {
+/// Whether FUSE connection `minor` is what is mounted at `mountpoint` (mountinfo's
+/// MAJOR:MINOR, major 0).
+fn connection_at(mountpoint: &Path, minor: u32) -> bool {
     mounted_at(mountpoint)
         .ok()
         .flatten()
-        .is_some_and(|m| m.dev == dev)
+        .is_some_and(|m| m.dev == format!("0:{minor}"))
 }
 
-/// A path into the mount of connection `dev` (`minor`): its mount point while it is there;
+/// A path into the mount of connection `minor`: its mount point while it is there;
 /// once detached, the working directory or an open file of a process still in it
 /// (/proc/PID/cwd, /proc/PID/fd/N; without CAP_SYS_PTRACE only those of bucketfs's own
 /// user), found by the device of what the link leads to, read without asking any server.
-fn a_way_in(mountpoint: &Path, dev: &str, minor: u32) -> Option<PathBuf> {
-    if connection_at(mountpoint, dev) {
+fn a_way_in(mountpoint: &Path, minor: u32) -> Option<PathBuf> {
+    if connection_at(mountpoint, minor) {
         return Some(mountpoint.to_owned());
     }
     let pids = fs::read_dir("/proc").ok()?.flatten().filter(|e| {
