@@ -78,7 +78,9 @@ pub struct Loaded {
     pub inodes: Vec<Attr>,
     pub dirty: Vec<(u64, PageSet)>,
     pub truncs: Vec<(u64, u64)>,
-    pub absent: Vec<(u64, PageSet)>,
+    /// Each inode's absent pages, and whether its keys are exactly the set's ranges (a key
+    /// per range, as `MetaBatch::change_absent` needs; not after format 1's key per page).
+    pub absent: Vec<(u64, PageSet, bool)>,
     pub local_only: Vec<u64>,
     pub next_ino: Option<u64>,
     pub epoch: Option<u64>,
@@ -361,12 +363,12 @@ impl MetaStore {
         })
     }
 
-    /// Reads a column family of (ino, page) keys into one page set per inode.
     /// The absent pages of every inode: a key per range (its first page, the end as the
-    /// value), or in a cache dir of format 1 a key per page with an empty value.
-    fn load_absent(&self) -> Result<Vec<(u64, PageSet)>, MetaError> {
+    /// value), or in a cache dir of format 1 a key per page with an empty value; and whether
+    /// the inode's keys are its set's ranges one for one (no two merged into one range).
+    fn load_absent(&self) -> Result<Vec<(u64, PageSet, bool)>, MetaError> {
         let bad = |why| MetaError::BadRecord { cf: CF_ABSENT, why };
-        let mut out: Vec<(u64, PageSet)> = Vec::new();
+        let mut out: Vec<(u64, PageSet, usize)> = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_ABSENT), IteratorMode::Start) {
             let (k, v) = item.map_err(db_err("load absent pages"))?;
             if k.len() != 16 {
@@ -385,17 +387,25 @@ impl MetaStore {
                 return Err(bad("range ends before it starts"));
             }
             match out.last_mut() {
-                Some((last, set)) if *last == ino => {
+                Some((last, set, keys)) if *last == ino => {
                     set.insert(start..end);
+                    *keys += 1;
                 }
                 _ => {
                     let mut set = PageSet::new();
                     set.insert(start..end);
-                    out.push((ino, set));
+                    out.push((ino, set, 1));
                 }
             }
         }
-        Ok(out)
+        // As many keys as ranges: none was merged with another, so each is one range.
+        Ok(out
+            .into_iter()
+            .map(|(ino, set, keys)| {
+                let exact = set.iter().count() == keys;
+                (ino, set, exact)
+            })
+            .collect())
     }
 
     /// How many keys mark absent pages.
@@ -557,11 +567,11 @@ impl MetaBatch<'_> {
 
     /// Records that pages `pages` of `ino` are only in the bucket, as one key: the first
     /// page, with the end as the value. `pages` must be a whole range of the inode's absent
-    /// set, and its keys within it gone (a new inode's, or `rewrite_absent`): every key then
-    /// lies within one range of the set, which is what lets a rewrite find them all.
+    /// set, and no other key may start within it (a new inode's, or `change_absent`): every
+    /// key is then the start of one range of the set, which is what lets a change find them.
     ///
     /// (Cache dirs of format 1 hold a key per page, with an empty value; they load alike,
-    /// and a rewrite of a range replaces its keys.)
+    /// flagged, and the inode's first change replaces them all, `rewrite_absent`.)
     pub fn put_absent(&mut self, ino: u64, pages: Range<u64>) {
         debug_assert!(pages.start < pages.end, "an empty absent range");
         if pages.is_empty() {
@@ -574,17 +584,36 @@ impl MetaBatch<'_> {
         );
     }
 
-    /// Writes the absent pages of `ino` within `span` again: every key starting in `span`
-    /// goes, and `ranges` (the inode's absent set within `span` after a change) are written.
-    /// `span` must hold whole ranges of the set as it was and as it is (`PageSet::span_touching`
-    /// of the change, before and after).
-    pub fn rewrite_absent(
-        &mut self,
-        ino: u64,
-        span: Range<u64>,
-        ranges: impl IntoIterator<Item = Range<u64>>,
-    ) {
-        self.delete_absent(ino, span);
+    /// Changes the absent marks of `ino` from `before` to `after`, each a run of whole ranges
+    /// of the inode's absent set in order (before and after a change), `before` exactly as
+    /// RocksDB holds them: a key each. A range that went or now starts elsewhere loses its
+    /// key, a new or changed one is written, one key at a time. Never a range deletion:
+    /// RocksDB's flush splits every range tombstone of a memtable at every other one's ends
+    /// and keeps, for each piece, every tombstone over it, so the memory a flush takes grows
+    /// with their product, and fills and evictions that rewrite one large run of absent pages
+    /// again and again made it gigabytes (docs/trust.md, rule 15).
+    pub fn change_absent(&mut self, ino: u64, before: &[Range<u64>], after: &[Range<u64>]) {
+        let ends = |rs: &[Range<u64>]| -> std::collections::BTreeMap<u64, u64> {
+            rs.iter().map(|r| (r.start, r.end)).collect()
+        };
+        let (was, now) = (ends(before), ends(after));
+        let cf = self.store.cf(CF_ABSENT);
+        for start in was.keys().filter(|s| !now.contains_key(s)) {
+            self.batch.delete_cf(cf, dirty_key(ino, *start));
+        }
+        for (&start, &end) in &now {
+            if was.get(&start) != Some(&end) {
+                self.put_absent(ino, start..end);
+            }
+        }
+    }
+
+    /// Writes every absent mark of `ino` again: all its keys go (whatever ranges they hold,
+    /// after a batch that may or may not have landed, or a key per page of format 1), and
+    /// `ranges`, the inode's whole absent set, are written. One range deletion, once after
+    /// such a doubt, not at every change (`change_absent` says why).
+    pub fn rewrite_absent(&mut self, ino: u64, ranges: impl IntoIterator<Item = Range<u64>>) {
+        self.delete_absent(ino, 0..u64::MAX);
         for r in ranges {
             self.put_absent(ino, r);
         }

@@ -38,8 +38,9 @@ pub(super) struct InodeState {
     /// Pending pages whose bytes the upload has yet to read from the cache file, where they
     /// are still as the cut took them. A change to one copies it out first (`Fs::freeze`).
     pub(super) cow: PageSet,
-    /// A batch of this inode's failed to commit (it may or may not be in RocksDB): the next
-    /// change of `absent` writes all its marks again (`change_absent`).
+    /// A batch of this inode's failed to commit (it may or may not be in RocksDB), or the
+    /// start found its absent keys are not its ranges one for one: the next change of
+    /// `absent` writes all its marks again (`change_absent`).
     pub(super) absent_unsure: bool,
     /// A batch of this inode's from a write, truncation, fallocate or setattr failed to
     /// commit: memory may hold pages dirty that RocksDB does not. The next batch that marks
@@ -107,25 +108,30 @@ impl InodeState {
 
     /// Changes the pages only the bucket holds with `change`, which touches none outside
     /// `pages`, and records the result in `batch` as RocksDB keeps it: one key per range
-    /// (`MetaBatch::put_absent`), so the ranges the change merged, split or shortened are
-    /// written again whole.
+    /// (`MetaBatch::put_absent`), so the keys of the ranges the change merged, split or
+    /// shortened go and their new ranges are written.
     pub(super) fn change_absent(
         &mut self,
         batch: &mut MetaBatch<'_>,
         pages: std::ops::Range<u64>,
         change: impl FnOnce(&mut PageSet),
     ) {
-        // After a failed commit RocksDB may hold the marks from before it, which need not lie
-        // within the set's ranges any more: then every mark of the inode is written again.
-        let whole = std::mem::take(&mut self.absent_unsure);
-        let before = self.absent.span_touching(pages.clone());
+        // After a failed commit RocksDB may hold the marks from before it, which need not be
+        // the set's ranges any more (nor are format 1's, a key per page): then every mark of
+        // the inode is written again.
+        if std::mem::take(&mut self.absent_unsure) {
+            change(&mut self.absent);
+            batch.rewrite_absent(self.attr.ino, self.absent.iter());
+            return;
+        }
+        // Only ranges that touch `pages` can change: those are the keys that may go. (The
+        // span holds them whole, so `overlapping` cuts none of them short.)
+        let span = self.absent.span_touching(pages.clone());
+        let before: Vec<_> = self.absent.overlapping(span).collect();
         change(&mut self.absent);
-        let after = self.absent.span_touching(pages);
-        let span = match whole {
-            true => 0..u64::MAX,
-            false => before.start.min(after.start)..before.end.max(after.end),
-        };
-        batch.rewrite_absent(self.attr.ino, span.clone(), self.absent.overlapping(span));
+        let span = self.absent.span_touching(pages);
+        let after: Vec<_> = self.absent.overlapping(span).collect();
+        batch.change_absent(self.attr.ino, &before, &after);
     }
 
     /// The absent pages of `pages` that no fill is fetching yet, marked as being fetched by

@@ -268,7 +268,11 @@ impl Fs {
         let loaded = meta.load()?;
         let mut dirty: HashMap<u64, PageSet> = loaded.dirty.into_iter().collect();
         let truncs: HashMap<u64, u64> = loaded.truncs.into_iter().collect();
-        let mut absent: HashMap<u64, PageSet> = loaded.absent.into_iter().collect();
+        let mut absent: HashMap<u64, (PageSet, bool)> = loaded
+            .absent
+            .into_iter()
+            .map(|(ino, set, exact)| (ino, (set, exact)))
+            .collect();
         let local_only: std::collections::HashSet<u64> = loaded.local_only.into_iter().collect();
         let touched = Arc::new(touched::Touched::default());
         let mut map = HashMap::with_capacity(loaded.inodes.len());
@@ -284,7 +288,7 @@ impl Fs {
             }
             let ino = attr.ino;
             let marks = dirty.remove(&ino).unwrap_or_default();
-            let absent_pages = absent.remove(&ino).unwrap_or_default();
+            let (absent_pages, marks_exact) = absent.remove(&ino).unwrap_or((PageSet::new(), true));
             let pages = recovered_dirty(&marks, &absent_pages, attr.size);
             // Marks ahead of a writer that reached no further, over absent pages (or past
             // the end, after a lost batch).
@@ -297,6 +301,9 @@ impl Fs {
                 let mut st = inode.state.lock();
                 st.trunc = truncs.get(&ino).copied();
                 st.absent = absent_pages;
+                // Keys that are not the set's ranges one for one (a key per page of format
+                // 1): the first change writes them all again.
+                st.absent_unsure = !marks_exact;
                 st.local_only = local_only.contains(&ino);
             }
             map.insert(ino, Arc::new(inode));
