@@ -484,7 +484,7 @@ impl MetaBatch<'_> {
             .delete_cf(self.store.cf(CF_INODES), ino.to_be_bytes());
         self.delete_trunc(ino);
         self.delete_local_only(ino);
-        self.delete_absent(ino, 0..u64::MAX);
+        self.delete_absent(ino);
         self.delete_dirty_from(ino, 0);
     }
 
@@ -548,12 +548,8 @@ impl MetaBatch<'_> {
 
     /// Forgets the dirty markers of every page at or after `page`.
     pub fn delete_dirty_from(&mut self, ino: u64, page: u64) {
-        let end = match ino.checked_add(1) {
-            Some(next) => dirty_key(next, 0),
-            None => [0xff; 16],
-        };
         self.batch
-            .delete_range_cf(self.store.cf(CF_DIRTY), dirty_key(ino, page), end);
+            .delete_range_cf(self.store.cf(CF_DIRTY), dirty_key(ino, page), keys_end(ino));
     }
 
     pub fn put_next_ino(&mut self, next: u64) {
@@ -613,7 +609,7 @@ impl MetaBatch<'_> {
     /// `ranges`, the inode's whole absent set, are written. One range deletion, once after
     /// such a doubt, not at every change (`change_absent` says why).
     pub fn rewrite_absent(&mut self, ino: u64, ranges: impl IntoIterator<Item = Range<u64>>) {
-        self.delete_absent(ino, 0..u64::MAX);
+        self.delete_absent(ino);
         for r in ranges {
             self.put_absent(ino, r);
         }
@@ -626,23 +622,23 @@ impl MetaBatch<'_> {
             .put_cf(self.store.cf(CF_ABSENT), dirty_key(ino, page), []);
     }
 
-    /// Forgets every absent marker whose key (its first page) is in `pages`.
-    fn delete_absent(&mut self, ino: u64, pages: Range<u64>) {
-        let end = if pages.end == u64::MAX {
-            match ino.checked_add(1) {
-                Some(next) => dirty_key(next, 0),
-                None => [0xff; 16],
-            }
-        } else {
-            dirty_key(ino, pages.end)
-        };
+    /// Forgets every absent marker of `ino`.
+    fn delete_absent(&mut self, ino: u64) {
         self.batch
-            .delete_range_cf(self.store.cf(CF_ABSENT), dirty_key(ino, pages.start), end);
+            .delete_range_cf(self.store.cf(CF_ABSENT), dirty_key(ino, 0), keys_end(ino));
     }
 
     pub fn put_epoch(&mut self, epoch: u64) {
         self.batch
             .put_cf(self.store.cf(CF_META), KEY_EPOCH, epoch.to_le_bytes());
+    }
+}
+
+/// The end (exclusive) of `ino`'s keys in a column family keyed by `dirty_key`.
+fn keys_end(ino: u64) -> [u8; 16] {
+    match ino.checked_add(1) {
+        Some(next) => dirty_key(next, 0),
+        None => [0xff; 16],
     }
 }
 
