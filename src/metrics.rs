@@ -451,7 +451,8 @@ pub fn render(status: &Status) -> String {
     );
     gauge(
         "bucketfs_cache_failed",
-        "1 when the disk under the cache dir failed a write-back and this mount refuses changes",
+        "1 when the disk under the cache dir failed a write-back or a commit and this mount \
+         refuses changes",
         i64::from(status.cache_failed),
     );
     if let Some(b) = &status.bucket {
@@ -685,7 +686,8 @@ fn answer<B>(
                 reply(
                     503,
                     "text/plain",
-                    "stopped: the disk under the cache dir failed a write-back\n".into(),
+                    "stopped: the disk under the cache dir failed a write-back or a commit\n"
+                        .into(),
                 )
             } else if let Some(why) = s
                 .bucket

@@ -28,8 +28,8 @@ pub struct Status {
     pub read_only: bool,
     /// Another writer took the bucket over: this mount refuses every change.
     pub fenced: bool,
-    /// The disk under the cache dir failed a write-back: this mount refuses every change
-    /// (docs/trust.md, rule 18).
+    /// The disk under the cache dir failed a write-back or a commit: this mount refuses
+    /// every change (docs/trust.md, rules 18 and 25).
     #[serde(default)]
     pub cache_failed: bool,
     /// Age of the oldest write not yet in the bucket, in ms (0: all of them are).
@@ -351,7 +351,8 @@ pub fn print(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                 if s.fenced {
                     "  FENCED: another writer took over; changes are refused"
                 } else if s.cache_failed {
-                    "  STOPPED: the cache dir's disk failed a write-back; changes are refused"
+                    "  STOPPED: the cache dir's disk failed (a write-back or a commit); changes \
+                     are refused"
                 } else {
                     ""
                 }

@@ -524,11 +524,13 @@ impl Sut {
                 // tests/engine.rs puts changes there (and between the files of a mark
                 // clean); the flush's end, between `Committed` and the marks, is a point
                 // nothing changes the pages' state at; a fill's flush holds the file's locks
-                // (its fetch, `FillFetched`, is where a fill is crashed).
+                // (its fetch, `FillFetched`, is where a fill is crashed); a request's entry
+                // is the model's own step, not background work's.
                 Step::CutRunRead { .. }
                 | Step::MarkingClean { .. }
                 | Step::MarkedClean { .. }
-                | Step::FillSynced { .. } => return,
+                | Step::FillSynced { .. }
+                | Step::Entered { .. } => return,
             };
             let action = {
                 let mut slot = taken.lock().expect("slot");

@@ -8,7 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::ops::Range;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use rocksdb::{
@@ -46,6 +46,10 @@ pub enum MetaError {
     Corrupt(#[from] DecodeError),
     #[error("corrupt {cf} record: {why}")]
     BadRecord { cf: &'static str, why: &'static str },
+    /// The mount stopped: its memory may hold a change these records do not, and nothing
+    /// more is written on top of that (`MetaStore::refuse_commits`).
+    #[error("the mount has stopped: nothing more is written to the cache dir's records")]
+    Stopped,
     #[cfg(test)]
     #[error("commit failed (a test's injected failure)")]
     Injected,
@@ -102,6 +106,8 @@ pub struct MetaStore {
     /// Moves on with every batch that adds or removes a directory entry: the same number
     /// twice means the same names (a cut reuses its walk of the tree).
     names: AtomicU64,
+    /// Set by `refuse_commits`: every later commit fails.
+    refusing: AtomicBool,
     #[cfg(test)]
     fail_next: Mutex<Option<FailCommit>>,
 }
@@ -141,6 +147,7 @@ impl MetaStore {
             must_not_lag: AtomicU64::new(0),
             sync_lock: Mutex::new(()),
             names: AtomicU64::new(0),
+            refusing: AtomicBool::new(false),
             #[cfg(test)]
             fail_next: Mutex::new(None),
         };
@@ -165,6 +172,9 @@ impl MetaStore {
         if batch.batch.is_empty() {
             return Ok(self.latest_seq());
         }
+        if self.refusing.load(Ordering::Acquire) {
+            return Err(MetaError::Stopped);
+        }
         #[cfg(test)]
         let written = match self.fail_next.lock().take() {
             Some(FailCommit::Lost) => Err(MetaError::Injected),
@@ -187,6 +197,14 @@ impl MetaStore {
         }
         written?;
         Ok(seq)
+    }
+
+    /// From now on every commit with something to write fails (`MetaError::Stopped`): the
+    /// mount has stopped, and a change queued behind the one that stopped it must not write
+    /// memory's attributes over records that may disagree with them. Syncs still sync what
+    /// was committed before.
+    pub fn refuse_commits(&self) {
+        self.refusing.store(true, Ordering::Release);
     }
 
     /// The sequence number of the last batch that may not lag behind the bucket: syncing to

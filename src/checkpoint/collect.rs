@@ -105,8 +105,8 @@ impl Checkpointer {
             }
             if self.fs.cache_failed() {
                 return Err(CheckpointError::Refused(
-                    "the checkpointer stopped after a failed flush of the cache files: GC \
-                     deletes nothing more"
+                    "the checkpointer stopped after a failed flush or commit in the cache dir: \
+                     GC deletes nothing more"
                         .into(),
                 ));
             }
@@ -336,11 +336,8 @@ impl Checkpointer {
         // writer deletes nothing, its uploads included: the new writer's GC collects them
         // after the grace.
         self.view_epoch_unless_fenced()?;
-        if let Some(why) = self.fs.cache_failure() {
-            return Err(CheckpointError::CacheFailed {
-                epoch: self.view.read().epoch,
-                reason: why.to_owned(),
-            });
+        if let Some(e) = self.stopped() {
+            return Err(e);
         }
         let uploaded: HashSet<Arc<str>> = extents.iter().map(|x| x.segment.clone()).collect();
         // The view changes only under the lock held here.
@@ -451,7 +448,8 @@ impl Checkpointer {
         // The first pass comes `first_after` after the start, the others `interval` apart.
         let mut last = Instant::now();
         let mut wait = first_after;
-        // A failed flush of the cache files ends the checkpointer (`run`), and GC with it.
+        // A failed flush or commit in the cache dir ends the checkpointer (`run`), and GC
+        // with it.
         let ended = || {
             stop.load(Ordering::Acquire)
                 || self.fenced.load(Ordering::Acquire)

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use tracing::error;
 
 use super::{check_invariants, manifest_key, now_ms, CheckpointError, Checkpointer};
-use crate::fs::{FsError, PAGE_SIZE};
+use crate::fs::{FsError, StopCause, PAGE_SIZE};
 use crate::manifest::Manifest;
 use crate::store::StoreError;
 
@@ -43,6 +43,15 @@ impl Checkpointer {
             return Err(CheckpointError::Fenced { epoch });
         }
         Ok(epoch)
+    }
+
+    /// The error for a mount that a failed flush or commit has stopped, if one has.
+    pub(super) fn stopped(&self) -> Option<CheckpointError> {
+        Some(CheckpointError::CacheFailed {
+            cause: self.fs.stop_cause()?,
+            epoch: self.view.read().epoch,
+            reason: self.fs.cache_failure()?.to_owned(),
+        })
     }
 
     /// Another writer committed `epoch`: accept no more changes, and wake whoever waits for
@@ -81,6 +90,7 @@ impl Checkpointer {
                 .fs
                 .cache_failure()
                 .map_or_else(|| e.to_string(), str::to_owned),
+            cause: StopCause::FailedFlush,
         };
         error!(error = %e, "checkpointer stops");
         e

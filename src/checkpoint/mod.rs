@@ -144,13 +144,16 @@ pub enum CheckpointError {
     #[error("another writer committed epoch {epoch} while this mount was taking the bucket over")]
     LostRace { epoch: u64 },
     #[error(
-        "stopped: the disk under the cache dir failed to write back cached bytes ({reason}); \
-         this mount takes no more changes. The bucket's latest checkpoint is epoch {epoch} \
-         (writes not fsync'd before the failure may be missing from it). Check the disk, then \
-         start again on an empty cache dir, which restores from the bucket: this one is marked \
-         failed and is not mounted again"
+        "stopped: {what} ({reason}); this mount takes no more changes. The bucket's latest \
+         checkpoint is epoch {epoch}. {next}",
+        what = .cause.what(),
+        next = .cause.next_step()
     )]
-    CacheFailed { epoch: u64, reason: String },
+    CacheFailed {
+        epoch: u64,
+        reason: String,
+        cause: crate::fs::StopCause,
+    },
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
@@ -509,11 +512,8 @@ impl Checkpointer {
                 epoch: self.view.read().epoch,
             });
         }
-        if let Some(why) = self.fs.cache_failure() {
-            return Err(CheckpointError::CacheFailed {
-                epoch: self.view.read().epoch,
-                reason: why.to_owned(),
-            });
+        if let Some(e) = self.stopped() {
+            return Err(e);
         }
         let started = Instant::now();
         // Bucket epochs are consecutive: this checkpoint is the next one after the last the
@@ -597,11 +597,8 @@ impl Checkpointer {
         // A flush that failed meanwhile has stopped the mount: the upload may have read older
         // bytes through the page cache, so nothing more is committed (and the cut is not
         // given back: nothing cuts again).
-        if let Some(why) = self.fs.cache_failure() {
-            return Err(CheckpointError::CacheFailed {
-                epoch: self.view.read().epoch,
-                reason: why.to_owned(),
-            });
+        if let Some(e) = self.stopped() {
+            return Err(e);
         }
         crate::failpoint::hit("before-manifest-commit");
         let commit_started = Instant::now();

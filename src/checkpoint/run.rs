@@ -20,8 +20,8 @@ impl Checkpointer {
     }
 
     /// Checkpoints every `interval` until `stop` is set; errors are logged and retried at the
-    /// next tick (the pages stay dirty), except fencing and a failed flush of the cache
-    /// files, which end the loop.
+    /// next tick (the pages stay dirty), except fencing and a failed flush or commit in the
+    /// cache dir, which end the loop.
     pub fn run(&self, stop: &AtomicBool) {
         let tick = Duration::from_millis(50);
         let mut last = Instant::now();

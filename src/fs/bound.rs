@@ -369,6 +369,10 @@ impl Fs {
 
     /// Marks the evictable pages of `keys` absent (durably), then punches them out.
     fn evict(&self, bound: &CacheBound, keys: &[Key]) -> Result<()> {
+        if self.cache_failed() {
+            // A stopped mount's records take no marks: nothing can be evicted.
+            return Ok(());
+        }
         let fetcher = self.fetcher.get().expect("the evictor waits for a bucket");
         let mut by_ino: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for &(ino, chunk) in keys {

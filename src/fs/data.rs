@@ -62,6 +62,8 @@ impl Fs {
             _ => return Err(FsError::Invalid("open of a special file")),
         }
         if truncate && st.attr.size != 0 {
+            // (As `setattr`'s truncation: stopped while this waited for the locks.)
+            self.refuse_if_stopped()?;
             let saved = st.attr.clone();
             let mut batch = self.meta.batch();
             self.truncate_locked(&mut st, 0, &mut batch)?;
@@ -85,6 +87,11 @@ impl Fs {
                 return Ok(());
             }
             st.file = None;
+            if self.cache_failed() {
+                // A stopped mount's records take no commits (the unmount writes no times
+                // either); an unlinked file goes at the next start, as after a crash.
+                return Ok(());
+            }
             if st.attr.nlink > 0 {
                 if st.times_unpersisted {
                     self.persist_attr(&mut st)?;
@@ -195,8 +202,8 @@ impl Fs {
                 read_pages(offset, size, st.attr.size)
             };
             // With no lock held (see `fetch_absent`).
-            // (A mount a failed flush stopped installs nothing: the pages it fetched are laid
-            // over the cache file's bytes instead.)
+            // (A mount a failed flush or commit stopped installs nothing: the pages it
+            // fetched are laid over the cache file's bytes instead.)
             let mut over = None;
             // (No readahead on a stopped mount: what it fetches is used once.)
             let readahead = !self.cache_failed();
@@ -610,7 +617,9 @@ impl Fs {
                 .into_iter()
                 .all(|page| !st.absent.contains(page))
             {
+                let ino = st.attr.ino;
                 drop(st);
+                self.step(super::Step::Entered { ino });
                 return Ok((gate, io));
             }
         }

@@ -125,8 +125,9 @@ impl Fs {
 
     /// Writes fetched pages `r` (`bytes`) into the cache file, where they are still absent
     /// and were not made present and evicted again meanwhile (`fetch_stale`). Once a failed
-    /// flush has stopped the mount nothing is installed (`FsError::CacheFailed`): the disk
-    /// may not hold what is written to it, so the pages stay absent and reads fetch them.
+    /// flush or commit has stopped the mount nothing is installed (`FsError::CacheFailed`):
+    /// the disk may not hold what is written to it, nor the records take the marks, so the
+    /// pages stay absent and reads fetch them.
     pub(super) fn install_fetched(&self, inode: &Inode, r: Range<u64>, bytes: &[u8]) -> Result<()> {
         if self.cache_failed() {
             return Err(FsError::CacheFailed);
@@ -253,9 +254,9 @@ impl Fetched<'_> {
 
     /// The fetched bytes of the pages among `pages` that are absent (`st` is the inode's
     /// state, locked), as (byte offset in the file, bytes), if this fill fetched all of them:
-    /// a mount a failed flush stopped installs nothing, and answers a read with these laid
-    /// over the cache file's bytes. None if an absent page was not fetched by this fill or
-    /// was made present and evicted again since (stale), or the file's size changed.
+    /// a mount a failed flush or commit stopped installs nothing, and answers a read with
+    /// these laid over the cache file's bytes. None if an absent page was not fetched by this
+    /// fill or was made present and evicted again since (stale), or the file's size changed.
     pub(super) fn cover(&self, st: &InodeState, pages: Range<u64>) -> Option<Vec<(u64, &[u8])>> {
         if st.attr.size != self.size || st.fetch_stale.intersects(pages.clone()) {
             return None;

@@ -40,7 +40,7 @@ pub use error::{FsError, Result};
 pub use first_reads::FIRST_READS_MAX;
 pub use namespace::RenameMode;
 pub use prefetch::Prefetched;
-pub use remote::{Fetcher, RemoteSync, Restore};
+pub use remote::{Fetcher, RemoteSync, Restore, StopCause};
 pub use staging::MEMORY_BUDGET as FROZEN_MEMORY_BUDGET;
 
 use std::collections::HashMap;
@@ -92,10 +92,11 @@ impl SetAttr {
     }
 }
 
-/// Points inside background work (eviction, fills, checkpoints) where a test may step in
-/// (see `Fs::set_step_hook`). No lock of the filesystem is held at any of them (but at
-/// `FillSynced`, the file's own), so the hook may call back into it: that is how tests
-/// choose the interleavings of background work and requests, and replay them exactly.
+/// Points inside background work (eviction, fills, checkpoints) and requests where a test
+/// may step in (see `Fs::set_step_hook`). No lock of the filesystem is held at any of them
+/// (but at `FillSynced` and `Entered`, the file's own), so the hook may call back into it:
+/// that is how tests choose the interleavings of background work and requests, and replay
+/// them exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// The evictor has marked chunks of `ino` absent and let go of the file; the mark is not
@@ -121,6 +122,9 @@ pub enum Step {
     /// A committed checkpoint has marked the pages of `ino` it took clean and let go of the
     /// file's lock.
     MarkedClean { ino: u64 },
+    /// A write, truncation or fallocate of `ino` has passed the stop check and holds the
+    /// file's io lock, not yet its state: the hook must not touch `ino`'s bytes or size.
+    Entered { ino: u64 },
 }
 
 /// What `Fs::set_step_hook` installs.
@@ -205,8 +209,12 @@ pub struct Fs {
     frozen: Mutex<cow::Frozen>,
     /// Tests only: called at each [`Step`].
     step_hook: std::sync::OnceLock<StepHook>,
-    /// The disk under the cache dir failed a write-back: why (`stop_for_failed_flush`).
+    /// The disk under the cache dir failed a write-back, or the cache dir's records a commit
+    /// whose outcome is unknown: why (`stop_for_failed_flush`, `stop_for_failed_commit`).
     cache_failed: std::sync::OnceLock<String>,
+    /// A failed flush stopped the mount, and the cache dir is marked failed: why
+    /// (`stop_for_failed_flush`).
+    cache_given_up: std::sync::OnceLock<String>,
     /// Tests only: every flush of the cache files fails, as on a disk whose write-back
     /// failed.
     flush_fails: std::sync::atomic::AtomicBool,
@@ -333,6 +341,7 @@ impl Fs {
             frozen,
             step_hook: std::sync::OnceLock::new(),
             cache_failed: std::sync::OnceLock::new(),
+            cache_given_up: std::sync::OnceLock::new(),
             flush_fails: std::sync::atomic::AtomicBool::new(false),
             dir_sync_fails: std::sync::atomic::AtomicBool::new(false),
             syncfs_lock: Mutex::new(0),
@@ -408,9 +417,15 @@ impl Fs {
     }
 
     /// Makes everything durable: cache file bytes, times held in memory, the metadata WAL.
-    /// Called at unmount; a crash instead of it loses only what was never fsync'd.
+    /// Called at unmount; a crash instead of it loses only what was never fsync'd. A stopped
+    /// mount writes no times (its records take no commits, and after a failed commit memory
+    /// may hold a change they do not): it syncs what was written and committed before, as
+    /// far as the disk lets it.
     pub fn shutdown(&self) -> Result<()> {
-        let inodes: Vec<Arc<Inode>> = self.inodes.read().values().cloned().collect();
+        let inodes: Vec<Arc<Inode>> = match self.cache_failed() {
+            true => Vec::new(),
+            false => self.inodes.read().values().cloned().collect(),
+        };
         let mut batch = self.meta.batch();
         for inode in inodes {
             let mut st = inode.state.lock();
@@ -621,7 +636,7 @@ impl Fs {
     }
 
     /// Changes and fsyncs fail once another writer has taken the bucket over, or once the
-    /// disk under the cache dir has failed a write-back.
+    /// disk under the cache dir has failed a write-back or a commit (`cache_failed`).
     fn refuse_if_stopped(&self) -> Result<()> {
         if self.fenced.load(Ordering::Acquire) {
             return Err(FsError::Fenced);

@@ -2,7 +2,9 @@
 //!
 //! Each runs under the namespace lock, locks every inode it changes, persists all changes in
 //! one metadata batch, and only then lets go: a crash leaves either the whole change or none
-//! of it, and no concurrent write can slip an older attribute record in between.
+//! of it, and no concurrent write can slip an older attribute record in between. A batch
+//! that fails to commit stops the mount as a crash would (`Fs::stop_for_failed_commit`):
+//! the records may hold it or not, and no later change may build on a guess.
 
 use std::ffi::OsStr;
 use std::sync::atomic::Ordering;
@@ -26,22 +28,19 @@ pub enum RenameMode {
     Exchange,
 }
 
-/// Several locked inodes, with their attributes as they were, to roll back to if the batch
-/// fails to commit.
+/// Several locked inodes.
 struct Locked<'a> {
-    entries: Vec<(u64, StateGuard<'a>, Attr)>,
+    entries: Vec<(u64, StateGuard<'a>)>,
 }
 
 impl<'a> Locked<'a> {
     fn new(inodes: &'a [(u64, Arc<Inode>)]) -> Locked<'a> {
-        let mut entries: Vec<(u64, StateGuard<'a>, Attr)> = Vec::new();
+        let mut entries: Vec<(u64, StateGuard<'a>)> = Vec::new();
         for (ino, inode) in inodes {
-            if entries.iter().any(|(i, _, _)| i == ino) {
+            if entries.iter().any(|(i, _)| i == ino) {
                 continue;
             }
-            let guard = inode.state.lock();
-            let saved = guard.attr.clone();
-            entries.push((*ino, guard, saved));
+            entries.push((*ino, inode.state.lock()));
         }
         Locked { entries }
     }
@@ -49,20 +48,14 @@ impl<'a> Locked<'a> {
     fn get(&mut self, ino: u64) -> &mut InodeState {
         self.entries
             .iter_mut()
-            .find(|(i, _, _)| *i == ino)
-            .map(|(_, g, _)| &mut **g)
+            .find(|(i, _)| *i == ino)
+            .map(|(_, g)| &mut **g)
             .expect("only inodes that were locked are asked for")
     }
 
     fn committed(&mut self, seq: u64) {
-        for (_, g, _) in &mut self.entries {
+        for (_, g) in &mut self.entries {
             g.meta_seq = seq;
-        }
-    }
-
-    fn rollback(&mut self) {
-        for (_, g, saved) in &mut self.entries {
-            g.attr = saved.clone();
         }
     }
 }
@@ -179,22 +172,13 @@ impl Fs {
         let inode = Inode::new(attr.clone(), PageSet::new(), &self.touched);
         inode.state.lock().open_count = u32::from(open);
         self.inodes.write().insert(ino, Arc::new(inode));
-        match self.meta.commit(batch) {
-            Ok(seq) => {
-                locked.committed(seq);
-                // Out of the map before its lock (lock order: an inode's, then the map's).
-                let inode = self.inodes.read().get(&ino).cloned();
-                if let Some(inode) = inode {
-                    inode.state.lock().meta_seq = seq;
-                }
-                Ok(attr)
-            }
-            Err(e) => {
-                self.inodes.write().remove(&ino);
-                locked.rollback();
-                Err(e.into())
-            }
+        let seq = self.commit_locked(&mut locked, batch)?;
+        // Out of the map before its lock (lock order: an inode's, then the map's).
+        let inode = self.inodes.read().get(&ino).cloned();
+        if let Some(inode) = inode {
+            inode.state.lock().meta_seq = seq;
         }
+        Ok(attr)
     }
 
     /// Adds a name for an existing non-directory inode.
@@ -438,18 +422,23 @@ impl Fs {
         }
     }
 
+    /// Commits a namespace change's batch; the locked inodes' attributes are the change's.
+    /// If the commit fails the mount stops, with the locks still held: memory holds the
+    /// change, and the records may or may not.
     fn commit_locked(
         &self,
         locked: &mut Locked<'_>,
         batch: crate::cache::MetaBatch<'_>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         match self.meta.commit(batch) {
             Ok(seq) => {
                 locked.committed(seq);
-                Ok(())
+                Ok(seq)
             }
             Err(e) => {
-                locked.rollback();
+                self.stop_for_failed_commit(&format!(
+                    "the commit of a namespace change failed ({e})"
+                ));
                 Err(e.into())
             }
         }
@@ -535,5 +524,194 @@ mod tests {
         let fs = self::fs(&dir);
         let reopened = fs.lookup(ROOT_INO, &name("dst_link")).unwrap();
         assert_eq!((reopened.nlink, reopened.ctime), (1, after.ctime));
+    }
+
+    /// A directory entry as `ls -l` shows it (name, kind, link count, size), and a regular
+    /// file's bytes.
+    type Listed = (String, FileKind, u32, u64, Vec<u8>);
+
+    /// A directory's entries, sorted.
+    fn names(fs: &Fs, dir: u64) -> Vec<Listed> {
+        let fh = fs.opendir(dir).unwrap();
+        let mut out: Vec<_> = fs
+            .readdir(fh)
+            .unwrap()
+            .iter()
+            .filter(|e| e.name != "." && e.name != "..")
+            .map(|e| {
+                let a = fs.getattr(e.ino).unwrap();
+                let bytes = match e.kind {
+                    FileKind::File => fs.read(e.ino, 0, a.size as u32).unwrap(),
+                    _ => Vec::new(),
+                };
+                (
+                    e.name.to_string_lossy().into_owned(),
+                    e.kind,
+                    a.nlink,
+                    a.size,
+                    bytes,
+                )
+            })
+            .collect();
+        fs.releasedir(fh);
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The namespace as a user would list it: the root's entries, each directory's entries,
+    /// and the root's link count.
+    fn tree(fs: &Fs) -> Vec<(String, Vec<Listed>)> {
+        let root = names(fs, ROOT_INO);
+        let mut out = vec![(
+            format!("/ nlink {}", fs.getattr(ROOT_INO).unwrap().nlink),
+            root.clone(),
+        )];
+        for (name, kind, ..) in root {
+            if kind == FileKind::Dir {
+                let ino = fs.lookup(ROOT_INO, OsStr::new(&name)).unwrap().ino;
+                out.push((name, names(fs, ino)));
+            }
+        }
+        out
+    }
+
+    type NamespaceChange = fn(&Fs) -> Result<()>;
+
+    /// The namespace changes, each on the tree `populate` makes.
+    const CHANGES: [(&str, NamespaceChange); 8] = [
+        ("create", |fs| {
+            fs.create(ROOT_INO, OsStr::new("new"), 0o644, ME, false)
+                .map(drop)
+        }),
+        ("mkdir", |fs| {
+            fs.mkdir(ROOT_INO, OsStr::new("newdir"), 0o755, ME)
+                .map(drop)
+        }),
+        ("symlink", |fs| {
+            fs.symlink(ROOT_INO, OsStr::new("ln"), b"f", ME).map(drop)
+        }),
+        ("link", |fs| {
+            let f = fs.lookup(ROOT_INO, OsStr::new("f"))?.ino;
+            fs.link(f, ROOT_INO, OsStr::new("f2")).map(drop)
+        }),
+        ("unlink", |fs| fs.unlink(ROOT_INO, OsStr::new("f"))),
+        ("rmdir", |fs| fs.rmdir(ROOT_INO, OsStr::new("empty"))),
+        ("rename a file over another", |fs| {
+            let d = fs.lookup(ROOT_INO, OsStr::new("d"))?.ino;
+            fs.rename(
+                ROOT_INO,
+                OsStr::new("f"),
+                d,
+                OsStr::new("g"),
+                RenameMode::Replace,
+            )
+        }),
+        ("rename a directory into another", |fs| {
+            let d = fs.lookup(ROOT_INO, OsStr::new("d"))?.ino;
+            fs.rename(
+                ROOT_INO,
+                OsStr::new("empty"),
+                d,
+                OsStr::new("e"),
+                RenameMode::Replace,
+            )
+        }),
+    ];
+
+    /// Files `f` (fsync'd bytes) and `d/g`, directories `d` and `empty`.
+    fn populate(fs: &Fs) {
+        let (f, _) = fs
+            .create(ROOT_INO, OsStr::new("f"), 0o644, ME, true)
+            .unwrap();
+        fs.write(f.ino, 0, b"kept").unwrap();
+        fs.fsync(f.ino, false).unwrap();
+        // Still open, with times that only the unmount (or an fsync, or the last close)
+        // writes: of the attributes memory holds, which after a failed unlink say no name is
+        // left.
+        fs.write(f.ino, 0, b"kept").unwrap();
+        let d = fs.mkdir(ROOT_INO, OsStr::new("d"), 0o755, ME).unwrap();
+        fs.create(d.ino, OsStr::new("g"), 0o644, ME, false).unwrap();
+        fs.mkdir(ROOT_INO, OsStr::new("empty"), 0o755, ME).unwrap();
+    }
+
+    /// A namespace change whose metadata commit fails may or may not be in the cache dir's
+    /// records (RocksDB may have written it, whole, before failing), while memory holds one
+    /// of the two: the mount must take no more changes, as after a crash, and the next
+    /// mount must find the cache dir as a crash would leave it, with the change whole or not
+    /// at all and every fsync'd byte.
+    #[test]
+    fn a_namespace_change_whose_commit_fails_stops_the_mount_as_a_crash_would() {
+        use crate::cache::FailCommit;
+        for (name, change) in CHANGES {
+            let twin = tempfile::tempdir().unwrap();
+            let done = {
+                let fs = fs(&twin);
+                populate(&fs);
+                change(&fs).unwrap_or_else(|e| panic!("{name}: {e}"));
+                tree(&fs)
+            };
+            for how in [FailCommit::Lost, FailCommit::Applied] {
+                let case = format!("{name}, commit {how:?}");
+                let dir = tempfile::tempdir().unwrap();
+                let fs = fs(&dir);
+                populate(&fs);
+                let before = tree(&fs);
+                fs.meta.fail_next_commit(how);
+                change(&fs).expect_err(&case);
+                let later = fs.mkdir(ROOT_INO, OsStr::new("later"), 0o755, ME);
+                assert!(
+                    matches!(later, Err(FsError::CacheFailed)),
+                    "{case}: a later change: {later:?}"
+                );
+                fs.shutdown()
+                    .unwrap_or_else(|e| panic!("{case}: the unmount's sync: {e}"));
+                drop(fs);
+
+                let fs = self::fs(&dir);
+                let want = match how {
+                    FailCommit::Lost => &before,
+                    FailCommit::Applied => &done,
+                };
+                assert_eq!(&tree(&fs), want, "{case}: the reopened cache dir");
+            }
+        }
+    }
+
+    /// Memory that lost track of where a directory went must not let a later rename move a
+    /// directory into itself: the two would leave the tree, each inside the other, with
+    /// everything under them.
+    #[test]
+    fn a_rename_whose_commit_failed_cannot_lead_a_later_one_to_cut_directories_off() {
+        use crate::cache::FailCommit;
+        let dir = tempfile::tempdir().unwrap();
+        let fs = fs(&dir);
+        let x = fs.mkdir(ROOT_INO, OsStr::new("x"), 0o755, ME).unwrap();
+        let y = fs.mkdir(ROOT_INO, OsStr::new("y"), 0o755, ME).unwrap();
+        fs.meta.fail_next_commit(FailCommit::Applied);
+        fs.rename(
+            ROOT_INO,
+            OsStr::new("x"),
+            y.ino,
+            OsStr::new("x"),
+            RenameMode::Replace,
+        )
+        .expect_err("the commit fails");
+        // x is inside y now, as far as the records go: moving y into x must fail.
+        let moved = fs.rename(
+            ROOT_INO,
+            OsStr::new("y"),
+            x.ino,
+            OsStr::new("y"),
+            RenameMode::Replace,
+        );
+        assert!(moved.is_err(), "y moved into x, which is inside it");
+        drop(fs);
+
+        let fs = self::fs(&dir);
+        let root = names(&fs, ROOT_INO);
+        assert_eq!(root.len(), 1, "the root holds {root:?}");
+        let top = fs.lookup(ROOT_INO, OsStr::new(&root[0].0)).unwrap();
+        let under = names(&fs, top.ino);
+        assert_eq!(under.len(), 1, "{} holds {under:?}", root[0].0);
     }
 }

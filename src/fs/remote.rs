@@ -78,6 +78,51 @@ pub struct Restore {
     pub pages: Vec<(u64, PageSet)>,
 }
 
+/// What stopped a mount that takes no more changes (`Fs::stop_cause`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopCause {
+    /// A flush of the cache files failed: the cache dir is marked failed.
+    FailedFlush,
+    /// A commit to the cache dir's records failed: the next mount recovers from it.
+    FailedCommit,
+}
+
+impl StopCause {
+    /// What happened, for messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            StopCause::FailedFlush => {
+                "the disk under the cache dir failed to write back cached bytes"
+            }
+            StopCause::FailedCommit => "the cache dir's records failed to commit a change",
+        }
+    }
+
+    fn log(self, why: &str) {
+        tracing::error!(
+            error = why,
+            "{}: this mount takes no more changes. {}",
+            self.what(),
+            self.next_step()
+        );
+    }
+
+    /// What to do now, for messages.
+    pub fn next_step(self) -> &'static str {
+        match self {
+            StopCause::FailedFlush => {
+                "Check the disk, then start again on an empty cache dir, which restores from \
+                 the bucket (writes not fsync'd to the bucket before the failure may be \
+                 missing): this one is marked failed and is not mounted again"
+            }
+            StopCause::FailedCommit => {
+                "Check the disk (is it full?), then start again on this cache dir: the next \
+                 mount recovers from it as after a crash, fsync'd writes included"
+            }
+        }
+    }
+}
+
 impl Fs {
     /// `--durability remote`: fsync waits on `remote`. Held weakly: the checkpointer holds
     /// the filesystem, and a strong handle back would keep both (and the cache dir's locks)
@@ -140,37 +185,81 @@ impl Fs {
     /// write-back failed is no longer dirty in the kernel, and no later flush writes it).
     /// Nothing can then be marked clean, nor uploaded again from the cache files, without
     /// risking older bytes: writes and fsyncs fail with EIO, checkpoints stop, and the cache
-    /// dir is marked so that no later mount opens it (`CacheDir::mark_failed`).
+    /// dir is marked so that no later mount opens it (`CacheDir::mark_failed`), also when a
+    /// failed commit had stopped the mount before.
     pub fn stop_for_failed_flush(&self, why: &str) {
-        if self.cache_failed.set(why.to_owned()).is_err() {
-            return; // stopped already
+        // Given up first: nobody may see the mount stopped and take it for a failed commit.
+        let first = self.cache_given_up.set(why.to_owned()).is_ok();
+        self.stop_taking_changes(why);
+        if !first {
+            return; // marked already
         }
-        tracing::error!(
-            error = why,
-            "the filesystem under the cache dir failed to write back cached bytes (or to \
-             record them): this mount \
-             takes no more changes, and the cache dir is marked so that no later mount opens \
-             it until it is emptied (the next mount then restores from the bucket)"
-        );
-        // Before the mark, which may hang on a failing disk.
-        self.wake_writers();
+        StopCause::FailedFlush.log(why);
         if let Err(e) = self.cache.mark_failed(why) {
             tracing::error!(error = %e, "could not mark the cache dir as failed");
         }
     }
 
-    /// True once `stop_for_failed_flush` has stopped this mount.
+    /// Stops accepting changes for good, as a crash would: the commit of a change to the
+    /// cache dir's records failed (`why`), and whether RocksDB holds it is not known until
+    /// the cache dir is opened again (a batch is all or nothing, so it holds the change
+    /// whole or not at all), while memory holds one of the two. A change made on top of
+    /// memory could then contradict the records: a directory that moved in them but not in
+    /// memory could be moved into itself. So nothing more is committed, not even by a
+    /// request that was already waiting for the locks the failed change held. The cache
+    /// files hold what was written to them, so the cache dir is not marked as after a failed
+    /// flush: the next mount opens it and recovers as after a crash, fsync'd bytes included.
+    pub fn stop_for_failed_commit(&self, why: &str) {
+        if self.stop_taking_changes(why) {
+            StopCause::FailedCommit.log(why);
+        }
+    }
+
+    /// The stop both of the above make; false if the mount had stopped already.
+    fn stop_taking_changes(&self, why: &str) -> bool {
+        if self.cache_failed.set(why.to_owned()).is_err() {
+            return false;
+        }
+        self.meta.refuse_commits();
+        // Before anything that may hang on a failing disk.
+        self.wake_writers();
+        true
+    }
+
+    /// True once `stop_for_failed_flush` or `stop_for_failed_commit` has stopped this mount.
     pub fn cache_failed(&self) -> bool {
         self.cache_failed.get().is_some()
     }
 
-    /// Why the mount stopped, if a failed flush stopped it.
-    pub fn cache_failure(&self) -> Option<&str> {
-        self.cache_failed.get().map(String::as_str)
+    /// True once a failed flush has stopped this mount: its cache files may hold older bytes
+    /// than were written, and the cache dir is marked failed. (After a failed commit alone
+    /// they hold what was written: a flush's success means what it says.)
+    pub fn cache_given_up(&self) -> bool {
+        self.cache_given_up.get().is_some()
     }
 
-    /// Fenced, or stopped by a failed flush: no upload will come, so nothing should wait
-    /// for one.
+    /// Why the mount stopped, if a failed flush or commit stopped it: the first failed
+    /// flush, else the failed commit.
+    pub fn cache_failure(&self) -> Option<&str> {
+        self.cache_given_up
+            .get()
+            .or(self.cache_failed.get())
+            .map(String::as_str)
+    }
+
+    /// What stopped the mount, if a failed flush or commit did.
+    pub fn stop_cause(&self) -> Option<StopCause> {
+        if self.cache_given_up() {
+            Some(StopCause::FailedFlush)
+        } else if self.cache_failed() {
+            Some(StopCause::FailedCommit)
+        } else {
+            None
+        }
+    }
+
+    /// Fenced, or stopped by a failed flush or commit: no upload will come, so nothing
+    /// should wait for one.
     pub fn is_stopped(&self) -> bool {
         self.is_fenced() || self.cache_failed()
     }
@@ -240,7 +329,7 @@ impl Fs {
         let mut last_done = self.syncfs_lock.lock();
         if *last_done > called_at {
             // Begun after this call, and done while this caller waited.
-            return match self.cache_failed() {
+            return match self.cache_given_up() {
                 true => Err(FsError::CacheFailed),
                 false => Ok(()),
             };
@@ -253,7 +342,7 @@ impl Fs {
             false => self.cache.sync_all_data().map_err(FsError::from),
         };
         match &synced {
-            Ok(()) if self.cache_failed() => return Err(FsError::CacheFailed),
+            Ok(()) if self.cache_given_up() => return Err(FsError::CacheFailed),
             Ok(()) => {
                 *last_done = this;
                 self.stats.cache_flushes.fetch_add(1, Ordering::Relaxed);

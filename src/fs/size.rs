@@ -43,6 +43,9 @@ impl Fs {
             if size > MAX_FILE_SIZE {
                 return Err(FsError::TooLarge(size));
             }
+            // Stopped while this waited for the locks (a failed commit of a change that held
+            // them): the cut of the cache file could not be recorded.
+            self.refuse_if_stopped()?;
             self.truncate_locked(&mut st, size, &mut batch)?;
             st.attr.mtime = now;
         }
@@ -193,6 +196,8 @@ impl Fs {
         if st.attr.kind != FileKind::File {
             return Err(FsError::NotSupported("fallocate of a non-file"));
         }
+        // (As a truncation's: a punch changes the cache file before its commit.)
+        self.refuse_if_stopped()?;
         let saved = st.attr.clone();
         let mut batch = self.meta.batch();
         if mode == PUNCH {
@@ -460,5 +465,46 @@ mod tests {
                     .expect_err("an fsync after the failed truncation");
             }
         }
+    }
+
+    /// A truncation that passed the stop check while a change whose commit then failed
+    /// held the file's lock (that stop is crash-like: the cache dir is opened again) must
+    /// not cut the cache file: its commit would be refused, and a cut nobody can record
+    /// gives the cache dir up (rule 24), fsync'd bytes not yet in the bucket with it.
+    #[test]
+    fn a_truncation_that_entered_before_a_failed_commit_stopped_the_mount_cuts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = std::sync::Arc::new(open(&dir));
+        let ino = new_file(&fs);
+        let old = vec![0x11; 3 * PAGE_SIZE as usize];
+        fs.write(ino, 0, &old).unwrap();
+        fs.fsync(ino, false).unwrap();
+        {
+            let fs_in_hook = std::sync::Arc::downgrade(&fs);
+            fs.set_step_hook(Box::new(move |step| {
+                if let (crate::fs::Step::Entered { .. }, Some(fs)) = (step, fs_in_hook.upgrade()) {
+                    fs.stop_for_failed_commit("a test's failed commit");
+                }
+            }));
+        }
+        let size = SetAttr {
+            size: Some(PAGE_SIZE / 2),
+            ..SetAttr::default()
+        };
+        let got = fs.setattr(ino, &size);
+        assert!(
+            matches!(got, Err(FsError::CacheFailed)),
+            "the truncation after the stop: {got:?}"
+        );
+        assert!(!fs.cache_given_up(), "the cache dir was given up");
+        assert_eq!(fs.read(ino, 0, old.len() as u32).unwrap(), old);
+        fs.shutdown().unwrap();
+        drop(fs);
+        let fs = open(&dir);
+        assert_eq!(
+            fs.read(ino, 0, old.len() as u32).unwrap(),
+            old,
+            "after a restart"
+        );
     }
 }

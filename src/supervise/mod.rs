@@ -10,7 +10,8 @@
 //!
 //! Three things stop the program without being asked: the mount stops being the bucket's
 //! writer (another writer took the prefix over, so this mount is fenced), the disk under the
-//! cache dir fails a write-back (the mount takes no more changes), or the FUSE session ends
+//! cache dir fails a write-back or a commit (the mount takes no more changes), or the FUSE
+//! session ends
 //! under it. Then the program gets SIGQUIT at once (PostgreSQL: immediate shutdown) and
 //! bucketfs exits 1: PostgreSQL must never run on a mount that no longer takes its writes.
 
@@ -446,13 +447,13 @@ impl Supervisor<'_> {
                          prefix over, and the mount is fenced"
                             .into(),
                     );
-                } else if self.fs.cache_failed() {
-                    self.lost = Some(
-                        "the disk under the cache dir failed to write back cached bytes, and \
-                         the mount takes no more changes (check the disk; start again on a \
-                         new cache dir, which restores from the bucket)"
-                            .into(),
-                    );
+                } else if let Some(cause) = self.fs.stop_cause() {
+                    self.lost = Some(format!(
+                        "{} ({}), and the mount takes no more changes. {}",
+                        cause.what(),
+                        self.fs.cache_failure().unwrap_or_default(),
+                        cause.next_step()
+                    ));
                 } else if self.session_ended.load(Ordering::Acquire) {
                     self.lost =
                         Some("the mount stopped serving (it was unmounted or failed)".into());
