@@ -110,6 +110,9 @@ pub struct MetaStore {
     refusing: AtomicBool,
     #[cfg(test)]
     fail_next: Mutex<Option<FailCommit>>,
+    /// Tests: the next sync of the log fails (`fail_next_sync`).
+    #[cfg(test)]
+    fail_next_sync: AtomicBool,
 }
 
 impl MetaStore {
@@ -150,6 +153,8 @@ impl MetaStore {
             refusing: AtomicBool::new(false),
             #[cfg(test)]
             fail_next: Mutex::new(None),
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
         };
         // What RocksDB recovered after a crash may sit only in the page cache: make it
         // durable before anything is acknowledged on top of it.
@@ -219,6 +224,12 @@ impl MetaStore {
         *self.fail_next.lock() = Some(how);
     }
 
+    /// Tests: the next sync of the log that has something to sync fails.
+    #[cfg(test)]
+    pub(crate) fn fail_next_sync(&self) {
+        self.fail_next_sync.store(true, Ordering::Release);
+    }
+
     /// The names' generation: it changes whenever a committed batch added or removed a
     /// directory entry, so the directory entries are the same as long as it is.
     pub fn names_generation(&self) -> u64 {
@@ -240,6 +251,10 @@ impl MetaStore {
             return Ok(());
         }
         let covered = self.latest_seq();
+        #[cfg(test)]
+        if self.fail_next_sync.swap(false, Ordering::AcqRel) {
+            return Err(MetaError::Injected);
+        }
         self.db.flush_wal(true).map_err(db_err("sync wal"))?;
         self.synced.fetch_max(covered, Ordering::AcqRel);
         self.syncs.fetch_add(1, Ordering::Relaxed);

@@ -457,7 +457,7 @@ impl Fs {
         }
         // Synced before any byte is punched: a crash in between leaves pages marked absent
         // whose bytes are still there (fetched again), never pages that are neither.
-        self.meta.sync_to(seq)?;
+        self.sync_records(seq)?;
         let mut pages = 0;
         for (inode, ranges) in &marked {
             let _io = inode.io.write();

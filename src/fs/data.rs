@@ -479,7 +479,7 @@ impl Fs {
         // the wait is over this is no flush of its own (two would otherwise queue one behind
         // the other, the fsync's before the checkpoint's).
         self.finish_remote(remote)?;
-        self.meta.sync_to(seq)?;
+        self.sync_records(seq)?;
         Ok(())
     }
 
@@ -708,4 +708,41 @@ impl Fs {
 enum IoGuard<'a> {
     Shared(#[allow(dead_code)] parking_lot::RwLockReadGuard<'a, ()>),
     Sole(#[allow(dead_code)] parking_lot::RwLockWriteGuard<'a, ()>),
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fs::testing::{new_file, open};
+    use crate::fs::{FsError, PAGE_SIZE};
+
+    /// A sync of the cache dir's records that fails may have lost the pages of the log the
+    /// kernel could not write: a later sync that succeeded would vouch for them, and the
+    /// open after a crash, which stops reading the log at the first batch it lacks, would
+    /// drop every batch after it. So after a failed fsync no later fsync succeeds, and the
+    /// next mount opens the cache dir (as after a crash) and finds what the last good fsync
+    /// made durable.
+    #[test]
+    fn after_a_failed_sync_of_the_records_no_fsync_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = open(&dir);
+        let ino = new_file(&fs);
+        let page = |b: u8| vec![b; PAGE_SIZE as usize];
+        fs.write(ino, 0, &page(1)).unwrap();
+        fs.fsync(ino, false).unwrap();
+        // A new page: a new mark, whose batch the fsync must sync.
+        fs.write(ino, PAGE_SIZE, &page(2)).unwrap();
+        fs.meta.fail_next_sync();
+        fs.fsync(ino, false)
+            .expect_err("the sync of the records fails");
+        let later = fs.fsync(ino, false);
+        assert!(
+            matches!(later, Err(FsError::CacheFailed)),
+            "an fsync after the failed one: {later:?}"
+        );
+        assert!(!fs.cache_given_up(), "the cache dir was given up");
+        fs.shutdown().unwrap();
+        drop(fs);
+        let fs = open(&dir);
+        assert_eq!(fs.read(ino, 0, PAGE_SIZE as u32).unwrap(), page(1));
+    }
 }

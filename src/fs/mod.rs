@@ -31,6 +31,8 @@ mod prefetch;
 mod remote;
 mod size;
 mod staging;
+#[cfg(test)]
+mod testing;
 mod touched;
 
 pub use attr::{Attr, FileKind};
@@ -436,7 +438,7 @@ impl Fs {
         }
         let seq = self.meta.commit(batch)?;
         self.sync_cache_files()?;
-        self.meta.sync_to(seq)?;
+        self.sync_records(seq)?;
         Ok(())
     }
 
@@ -571,7 +573,7 @@ impl Fs {
         // After the wait: a remote checkpoint's sync of the log before its PUT covers `seq`
         // (as in `fsync`).
         self.finish_remote(remote)?;
-        self.meta.sync_to(seq)?;
+        self.sync_records(seq)?;
         Ok(())
     }
 

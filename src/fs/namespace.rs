@@ -477,13 +477,7 @@ fn move_dir(locked: &mut Locked<'_>, ino: u64, kind: FileKind, from: u64, to: u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::CacheDir;
-    use crate::fs::{FsOptions, PAGE_SIZE};
-
-    fn fs(dir: &tempfile::TempDir) -> Fs {
-        let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
-        Fs::new(cache, &FsOptions::default()).unwrap()
-    }
+    use crate::fs::testing::open as fs;
 
     const ME: Caller = Caller { uid: 0, gid: 0 };
 

@@ -83,7 +83,8 @@ pub struct Restore {
 pub enum StopCause {
     /// A flush of the cache files failed: the cache dir is marked failed.
     FailedFlush,
-    /// A commit to the cache dir's records failed: the next mount recovers from it.
+    /// A commit or a sync of the cache dir's records failed: the next mount recovers from
+    /// it.
     FailedCommit,
 }
 
@@ -94,7 +95,9 @@ impl StopCause {
             StopCause::FailedFlush => {
                 "the disk under the cache dir failed to write back cached bytes"
             }
-            StopCause::FailedCommit => "the cache dir's records failed to commit a change",
+            StopCause::FailedCommit => {
+                "the cache dir's records failed to take a change (its commit or its sync)"
+            }
         }
     }
 
@@ -273,8 +276,7 @@ impl Fs {
     /// Records (durably) which bucket, writer and epoch the cache dir is in step with.
     pub fn set_bucket_record(&self, record: &[u8]) -> Result<()> {
         let seq = self.note_bucket_record(record)?;
-        self.meta.sync_to(seq)?;
-        Ok(())
+        self.sync_records(seq)
     }
 
     /// The same, made durable by the next sync of the cache dir's log (an fsync's, or a
@@ -301,8 +303,32 @@ impl Fs {
     /// here.
     /// Concurrent syncs share one (group commit).
     pub fn sync_log(&self) -> Result<()> {
-        self.meta.sync_ahead_of_bucket()?;
-        Ok(())
+        let synced = self.meta.sync_ahead_of_bucket();
+        self.stop_unless_synced(synced)
+    }
+
+    /// Makes the cache dir's records durable through `seq` (`MetaStore::sync_to`).
+    pub(super) fn sync_records(&self, seq: u64) -> Result<()> {
+        let synced = self.meta.sync_to(seq);
+        self.stop_unless_synced(synced)
+    }
+
+    /// A sync of the records that fails stops the mount, as a failed commit does: the kernel
+    /// may have dropped the pages of the log it could not write, so a later sync that
+    /// succeeded would vouch for batches the disk never got, and the open after a crash,
+    /// which stops reading the log at the first batch it lacks, would drop every batch
+    /// after it, acknowledged ones too. Stopped at once, the mount acknowledges nothing
+    /// after the failure, and the next open finds what a crash would have left.
+    fn stop_unless_synced(
+        &self,
+        synced: std::result::Result<(), crate::cache::MetaError>,
+    ) -> Result<()> {
+        synced.map_err(|e| {
+            self.stop_for_failed_commit(&format!(
+                "the sync of the cache dir's records failed ({e})"
+            ));
+            e.into()
+        })
     }
 
     /// The sequence number of the cache dir's log: what has been committed to it, and (with
@@ -446,7 +472,7 @@ impl Fs {
         batch.put_next_ino(restore.next_ino);
         batch.put_epoch(restore.epoch + 1);
         let seq = self.meta.commit(batch)?;
-        self.meta.sync_to(seq)?;
+        self.sync_records(seq)?;
         self.next_ino.store(
             restore
                 .next_ino

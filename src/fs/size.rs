@@ -319,25 +319,10 @@ pub(super) fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{CacheDir, FailCommit};
-    use crate::fs::{FsOptions, SetAttr, ROOT_INO};
+    use crate::cache::FailCommit;
+    use crate::fs::testing::{new_file, open};
+    use crate::fs::SetAttr;
     use std::os::unix::fs::FileExt;
-
-    /// The filesystem of the cache dir in `dir`.
-    fn open(dir: &tempfile::TempDir) -> Fs {
-        let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
-        Fs::new(cache, &FsOptions::default()).unwrap()
-    }
-
-    /// A new file `f`, open for reading and writing: its inode.
-    fn new_file(fs: &Fs) -> u64 {
-        let caller = crate::fs::Caller { uid: 0, gid: 0 };
-        let (attr, _) = fs
-            .create(ROOT_INO, std::ffi::OsStr::new("f"), 0o600, caller, false)
-            .unwrap();
-        fs.open(attr.ino, libc::O_RDWR).unwrap();
-        attr.ino
-    }
 
     /// How the cache file came to hold bytes past the file's end.
     #[derive(Clone, Copy, Debug)]
