@@ -683,12 +683,11 @@ fn answer<B>(
                     "fenced: another writer owns the bucket\n".into(),
                 )
             } else if s.cache_failed {
-                reply(
-                    503,
-                    "text/plain",
-                    "stopped: the disk under the cache dir failed a write-back or a commit\n"
-                        .into(),
-                )
+                let why = s
+                    .stopped
+                    .as_deref()
+                    .unwrap_or("the disk under the cache dir failed a write-back or a commit");
+                reply(503, "text/plain", format!("stopped: {why}\n"))
             } else if let Some(why) = s
                 .bucket
                 .as_ref()

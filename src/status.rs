@@ -32,6 +32,10 @@ pub struct Status {
     /// every change (docs/trust.md, rules 18 and 25).
     #[serde(default)]
     pub cache_failed: bool,
+    /// With `cache_failed`: what failed, why, and what to do (whether the cache dir can be
+    /// started on again).
+    #[serde(default)]
+    pub stopped: Option<String>,
     /// Age of the oldest write not yet in the bucket, in ms (0: all of them are).
     pub rpo_ms: u64,
     pub fs: FsStatus,
@@ -333,6 +337,9 @@ pub fn print(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     if let Some(addr) = &s.metrics_addr {
         writeln!(out, "metrics       http://{addr}/metrics")?;
     }
+    if let Some(why) = &s.stopped {
+        writeln!(out, "STOPPED       {why}")?;
+    }
     match &s.bucket {
         None => writeln!(
             out,
@@ -351,8 +358,7 @@ pub fn print(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                 if s.fenced {
                     "  FENCED: another writer took over; changes are refused"
                 } else if s.cache_failed {
-                    "  STOPPED: the cache dir's disk failed (a write-back or a commit); changes \
-                     are refused"
+                    "  STOPPED: changes are refused (above)"
                 } else {
                     ""
                 }

@@ -209,9 +209,15 @@ fn a_failed_flush_of_the_cache_files_stops_the_mount_with_eio() {
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     let status = m.status();
     assert!(status.cache_failed, "status does not say the mount stopped");
+    let stopped = status.stopped.unwrap_or_default();
+    assert!(
+        stopped.contains("failed to write back") && stopped.contains("empty cache dir"),
+        "status does not say what stopped the mount and what to do: {stopped:?}"
+    );
     let addr = status.metrics_addr.expect("metrics served");
     let (code, body) = common::http_get(&addr, "/healthz");
     assert_eq!(code, 503, "healthz: {body}");
+    assert!(body.contains("empty cache dir"), "healthz: {body}");
     let (_, metrics) = common::http_get(&addr, "/metrics");
     assert_eq!(common::sample(&metrics, "bucketfs_cache_failed"), 1.0);
     // Reads go on.

@@ -50,8 +50,12 @@ pub enum MetaError {
     /// more is written on top of that (`MetaStore::refuse_commits`).
     #[error("the mount has stopped: nothing more is written to the cache dir's records")]
     Stopped,
+    /// An earlier sync of the log failed: no later one may vouch for what it covered
+    /// (`MetaStore::sync_to`).
+    #[error("an earlier sync of the cache dir's log failed: nothing more is made durable")]
+    SyncFailedBefore,
     #[cfg(test)]
-    #[error("commit failed (a test's injected failure)")]
+    #[error("a test's injected failure (of a commit or a sync)")]
     Injected,
 }
 
@@ -108,6 +112,8 @@ pub struct MetaStore {
     names: AtomicU64,
     /// Set by `refuse_commits`: every later commit fails.
     refusing: AtomicBool,
+    /// A sync of the log failed: every later one that has something to sync fails.
+    sync_failed: AtomicBool,
     #[cfg(test)]
     fail_next: Mutex<Option<FailCommit>>,
     /// Tests: the next sync of the log fails (`fail_next_sync`).
@@ -151,6 +157,7 @@ impl MetaStore {
             sync_lock: Mutex::new(()),
             names: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
+            sync_failed: AtomicBool::new(false),
             #[cfg(test)]
             fail_next: Mutex::new(None),
             #[cfg(test)]
@@ -207,7 +214,7 @@ impl MetaStore {
     /// From now on every commit with something to write fails (`MetaError::Stopped`): the
     /// mount has stopped, and a change queued behind the one that stopped it must not write
     /// memory's attributes over records that may disagree with them. Syncs still sync what
-    /// was committed before.
+    /// was committed before (unless one failed: `sync_to`).
     pub fn refuse_commits(&self) {
         self.refusing.store(true, Ordering::Release);
     }
@@ -242,6 +249,11 @@ impl MetaStore {
     }
 
     /// Returns once every change up to `seq` is on disk. Concurrent callers share one sync.
+    /// Once a sync has failed, every later one that has something to sync fails too: the
+    /// kernel may have dropped the log's pages it could not write, and a sync that then
+    /// succeeded would vouch for them. (RocksDB latches such a failure too, but resumes
+    /// after some, a full disk's; the failure is latched here under the lock, before a
+    /// caller waiting for it can sync.)
     pub fn sync_to(&self, seq: u64) -> Result<(), MetaError> {
         if self.synced.load(Ordering::Acquire) >= seq && seq != 0 {
             return Ok(());
@@ -250,12 +262,21 @@ impl MetaStore {
         if self.synced.load(Ordering::Acquire) >= seq && seq != 0 {
             return Ok(());
         }
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(MetaError::SyncFailedBefore);
+        }
         let covered = self.latest_seq();
         #[cfg(test)]
-        if self.fail_next_sync.swap(false, Ordering::AcqRel) {
-            return Err(MetaError::Injected);
+        let flushed = match self.fail_next_sync.swap(false, Ordering::AcqRel) {
+            true => Err(MetaError::Injected),
+            false => self.db.flush_wal(true).map_err(db_err("sync wal")),
+        };
+        #[cfg(not(test))]
+        let flushed = self.db.flush_wal(true).map_err(db_err("sync wal"));
+        if flushed.is_err() {
+            self.sync_failed.store(true, Ordering::Release);
         }
-        self.db.flush_wal(true).map_err(db_err("sync wal"))?;
+        flushed?;
         self.synced.fetch_max(covered, Ordering::AcqRel);
         self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())

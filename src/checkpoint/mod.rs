@@ -590,7 +590,8 @@ impl Checkpointer {
         let log_sync_started = Instant::now();
         if let Err(e) = self.fs.sync_log() {
             self.fs.untake(cut);
-            return Err(e.into());
+            // A failed sync has stopped the mount: the checkpointer stops too.
+            return Err(self.stopped().unwrap_or_else(|| e.into()));
         }
         let log_sync_us = log_sync_started.elapsed().as_micros() as u64;
         self.fs.step(crate::fs::Step::Uploaded { epoch: cut.epoch });

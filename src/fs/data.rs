@@ -712,8 +712,9 @@ enum IoGuard<'a> {
 
 #[cfg(test)]
 mod tests {
+    use crate::cache::MetaError;
     use crate::fs::testing::{new_file, open};
-    use crate::fs::{FsError, PAGE_SIZE};
+    use crate::fs::{FsError, StopCause, PAGE_SIZE};
 
     /// A sync of the cache dir's records that fails may have lost the pages of the log the
     /// kernel could not write: a later sync that succeeded would vouch for them, and the
@@ -732,15 +733,28 @@ mod tests {
         // A new page: a new mark, whose batch the fsync must sync.
         fs.write(ino, PAGE_SIZE, &page(2)).unwrap();
         fs.meta.fail_next_sync();
-        fs.fsync(ino, false)
-            .expect_err("the sync of the records fails");
+        let failed = fs.fsync(ino, false);
+        assert!(
+            matches!(failed, Err(FsError::Meta(MetaError::Injected))),
+            "the fsync whose sync failed: {failed:?}"
+        );
         let later = fs.fsync(ino, false);
         assert!(
             matches!(later, Err(FsError::CacheFailed)),
             "an fsync after the failed one: {later:?}"
         );
+        assert_eq!(fs.stop_cause(), Some(StopCause::FailedCommit));
+        // Nor a sync that was already waiting for the failed one's lock when it failed:
+        // it finds the failure latched, not the mount stopped.
+        let waiting = fs.meta.sync_to(fs.meta.latest_seq());
+        assert!(
+            matches!(waiting, Err(MetaError::SyncFailedBefore)),
+            "a sync after the failed one: {waiting:?}"
+        );
+        fs.shutdown()
+            .expect_err("the unmount's sync after the failed one");
+        // Crash-like: the next mount opens the cache dir, with what the fsync before holds.
         assert!(!fs.cache_given_up(), "the cache dir was given up");
-        fs.shutdown().unwrap();
         drop(fs);
         let fs = open(&dir);
         assert_eq!(fs.read(ino, 0, PAGE_SIZE as u32).unwrap(), page(1));

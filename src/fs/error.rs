@@ -39,11 +39,12 @@ pub enum FsError {
     /// Another writer took over the bucket: this mount accepts no more changes.
     #[error("read-only: another writer took over the bucket")]
     Fenced,
-    /// The disk under the cache dir failed a write-back or a commit: this mount accepts no
-    /// more changes (`Fs::stop_for_failed_flush`, `Fs::stop_for_failed_commit`).
+    /// The disk under the cache dir failed a write-back, or a commit or sync of the records:
+    /// this mount accepts no more changes (`Fs::stop_for_failed_flush`,
+    /// `Fs::stop_for_failed_commit`).
     #[error(
-        "stopped: the disk under the cache dir failed (a write-back or a commit), and this \
-         mount takes no more changes"
+        "stopped: the disk under the cache dir failed (a write-back, or a commit or sync of \
+         its records), and this mount takes no more changes"
     )]
     CacheFailed,
     /// File contents could not be fetched from the bucket (or failed their checksum).

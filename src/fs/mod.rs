@@ -212,7 +212,8 @@ pub struct Fs {
     /// Tests only: called at each [`Step`].
     step_hook: std::sync::OnceLock<StepHook>,
     /// The disk under the cache dir failed a write-back, or the cache dir's records a commit
-    /// whose outcome is unknown: why (`stop_for_failed_flush`, `stop_for_failed_commit`).
+    /// whose outcome is unknown or a sync: why (`stop_for_failed_flush`,
+    /// `stop_for_failed_commit`).
     cache_failed: std::sync::OnceLock<String>,
     /// A failed flush stopped the mount, and the cache dir is marked failed: why
     /// (`stop_for_failed_flush`).
@@ -638,7 +639,8 @@ impl Fs {
     }
 
     /// Changes and fsyncs fail once another writer has taken the bucket over, or once the
-    /// disk under the cache dir has failed a write-back or a commit (`cache_failed`).
+    /// disk under the cache dir has failed a write-back, or a commit or sync of the records
+    /// (`cache_failed`).
     fn refuse_if_stopped(&self) -> Result<()> {
         if self.fenced.load(Ordering::Acquire) {
             return Err(FsError::Fenced);

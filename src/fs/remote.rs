@@ -204,7 +204,8 @@ impl Fs {
     }
 
     /// Stops accepting changes for good, as a crash would: the commit of a change to the
-    /// cache dir's records failed (`why`), and whether RocksDB holds it is not known until
+    /// cache dir's records failed (`why`; or their sync, `sync_records` says why that
+    /// stops the mount too), and whether RocksDB holds it is not known until
     /// the cache dir is opened again (a batch is all or nothing, so it holds the change
     /// whole or not at all), while memory holds one of the two. A change made on top of
     /// memory could then contradict the records: a directory that moved in them but not in
@@ -472,7 +473,8 @@ impl Fs {
         batch.put_next_ino(restore.next_ino);
         batch.put_epoch(restore.epoch + 1);
         let seq = self.meta.commit(batch)?;
-        self.sync_records(seq)?;
+        // (Before the mount serves: a failure fails the start, which stops nothing.)
+        self.meta.sync_to(seq)?;
         self.next_ino.store(
             restore
                 .next_ino
@@ -515,14 +517,9 @@ impl Fs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::CacheDir;
-    use crate::fs::{FileKind, FsOptions, SetAttr, PAGE_SIZE, ROOT_INO};
+    use crate::fs::testing::open as fs;
+    use crate::fs::{FileKind, SetAttr, PAGE_SIZE, ROOT_INO};
     use proptest::prelude::*;
-
-    fn fs(dir: &tempfile::TempDir) -> Fs {
-        let cache = CacheDir::open(&dir.path().join("cache"), PAGE_SIZE).unwrap();
-        Fs::new(cache, &FsOptions::default()).unwrap()
-    }
 
     /// Installs a restore of one file, ino 2, of `size` bytes, whose `absent` pages only the
     /// bucket holds.
