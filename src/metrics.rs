@@ -451,8 +451,9 @@ pub fn render(status: &Status) -> String {
     );
     gauge(
         "bucketfs_cache_failed",
-        "1 when the disk under the cache dir failed a write-back or a commit and this mount \
-         refuses changes",
+        "1 when the disk under the cache dir failed (a write-back, or a commit or sync of its \
+         records) and this mount refuses changes; /status says whether the cache dir can be \
+         started on again",
         i64::from(status.cache_failed),
     );
     if let Some(b) = &status.bucket {

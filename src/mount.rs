@@ -169,14 +169,7 @@ pub fn start(settings: &MountSettings) -> anyhow::Result<Mounted> {
             read_only,
             fenced: fs.is_fenced(),
             cache_failed: fs.cache_failed(),
-            stopped: fs.stop_cause().map(|cause| {
-                format!(
-                    "{} ({}). {}",
-                    cause.what(),
-                    fs.cache_failure().unwrap_or_default(),
-                    cause.next_step()
-                )
-            }),
+            stopped: fs.stop_report().map(|(cause, why)| cause.describe(why)),
             rpo_ms: fs.rpo_ms(),
             fs: crate::status::fs_status(&fs),
             cache: fs.cache_usage(),

@@ -47,10 +47,10 @@ impl Checkpointer {
 
     /// The error for a mount that a failed flush or commit has stopped, if one has.
     pub(super) fn stopped(&self) -> Option<CheckpointError> {
+        let (cause, why) = self.fs.stop_report()?;
         Some(CheckpointError::CacheFailed {
-            cause: self.fs.stop_cause()?,
             epoch: self.view.read().epoch,
-            reason: self.fs.cache_failure()?.to_owned(),
+            report: cause.describe(why),
         })
     }
 
@@ -86,11 +86,10 @@ impl Checkpointer {
         let e = CheckpointError::CacheFailed {
             epoch,
             // The first failure's reason, kept by the filesystem that stopped.
-            reason: self
-                .fs
-                .cache_failure()
-                .map_or_else(|| e.to_string(), str::to_owned),
-            cause: StopCause::FailedFlush,
+            report: match self.fs.stop_report() {
+                Some((cause, why)) => cause.describe(why),
+                None => StopCause::FailedFlush.describe(&e.to_string()),
+            },
         };
         error!(error = %e, "checkpointer stops");
         e

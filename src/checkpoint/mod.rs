@@ -143,16 +143,11 @@ pub enum CheckpointError {
     Fenced { epoch: u64 },
     #[error("another writer committed epoch {epoch} while this mount was taking the bucket over")]
     LostRace { epoch: u64 },
-    #[error(
-        "stopped: {what} ({reason}); this mount takes no more changes. The bucket's latest \
-         checkpoint is epoch {epoch}. {next}",
-        what = .cause.what(),
-        next = .cause.next_step()
-    )]
+    #[error("stopped: {report} The bucket's latest checkpoint is epoch {epoch}.")]
     CacheFailed {
         epoch: u64,
-        reason: String,
-        cause: crate::fs::StopCause,
+        /// `StopCause::describe`'s story.
+        report: String,
     },
     #[error("{0}")]
     Refused(String),

@@ -626,9 +626,13 @@ impl Fs {
     }
 
     /// The locks a namespace change holds: the cut gate (shared), then the namespace mutex.
+    /// A change that waited for the mutex while the one before it failed to commit finds
+    /// the mount stopped (`stop_for_failed_commit`) before it changes anything.
     fn lock_namespace(&self) -> Result<(RwLockReadGuard<'_, ()>, MutexGuard<'_, ()>)> {
         let gate = self.enter()?;
-        Ok((gate, self.namespace.lock()))
+        let namespace = self.namespace.lock();
+        self.refuse_if_stopped()?;
+        Ok((gate, namespace))
     }
 
     /// The gate, shared, for an operation that changes the filesystem; refused once fenced.

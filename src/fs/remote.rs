@@ -95,19 +95,22 @@ impl StopCause {
             StopCause::FailedFlush => {
                 "the disk under the cache dir failed to write back cached bytes"
             }
-            StopCause::FailedCommit => {
-                "the cache dir's records failed to take a change (its commit or its sync)"
-            }
+            StopCause::FailedCommit => "the cache dir's records failed to take a change",
         }
     }
 
-    fn log(self, why: &str) {
-        tracing::error!(
-            error = why,
-            "{}: this mount takes no more changes. {}",
+    /// The whole story for a person, `why` being the failure: what happened, and what to
+    /// do now.
+    pub fn describe(self, why: &str) -> String {
+        format!(
+            "{} ({why}): this mount takes no more changes. {}.",
             self.what(),
             self.next_step()
-        );
+        )
+    }
+
+    fn log(self, why: &str) {
+        tracing::error!("{}", self.describe(why));
     }
 
     /// What to do now, for messages.
@@ -115,8 +118,9 @@ impl StopCause {
         match self {
             StopCause::FailedFlush => {
                 "Check the disk, then start again on an empty cache dir, which restores from \
-                 the bucket (writes not fsync'd to the bucket before the failure may be \
-                 missing): this one is marked failed and is not mounted again"
+                 the bucket's latest checkpoint (changes after it are lost, fsync'd ones too \
+                 under --durability local): this one is marked failed and is not mounted \
+                 again"
             }
             StopCause::FailedCommit => {
                 "Check the disk (is it full?), then start again on this cache dir: the next \
@@ -242,24 +246,21 @@ impl Fs {
         self.cache_given_up.get().is_some()
     }
 
-    /// Why the mount stopped, if a failed flush or commit stopped it: the first failed
-    /// flush, else the failed commit.
-    pub fn cache_failure(&self) -> Option<&str> {
-        self.cache_given_up
-            .get()
-            .or(self.cache_failed.get())
-            .map(String::as_str)
+    /// What stopped the mount, if a failure of the cache dir's disk did, and why: the first
+    /// failed flush, else the failed commit or sync. Read in the order the stops write (a
+    /// failed flush gives the cache dir up before it stops the mount), so that a flush is
+    /// never taken for a commit.
+    pub fn stop_report(&self) -> Option<(StopCause, &str)> {
+        let first = self.cache_failed.get()?;
+        Some(match self.cache_given_up.get() {
+            Some(why) => (StopCause::FailedFlush, why.as_str()),
+            None => (StopCause::FailedCommit, first.as_str()),
+        })
     }
 
-    /// What stopped the mount, if a failed flush or commit did.
-    pub fn stop_cause(&self) -> Option<StopCause> {
-        if self.cache_given_up() {
-            Some(StopCause::FailedFlush)
-        } else if self.cache_failed() {
-            Some(StopCause::FailedCommit)
-        } else {
-            None
-        }
+    /// Why the mount stopped (`stop_report`'s reason).
+    pub fn cache_failure(&self) -> Option<&str> {
+        self.stop_report().map(|(_, why)| why)
     }
 
     /// Fenced, or stopped by a failed flush or commit: no upload will come, so nothing

@@ -447,12 +447,11 @@ impl Supervisor<'_> {
                          prefix over, and the mount is fenced"
                             .into(),
                     );
-                } else if let Some(cause) = self.fs.stop_cause() {
+                } else if let Some((cause, why)) = self.fs.stop_report() {
+                    // (What to do next is in the log line of the stop, and in /status.)
                     self.lost = Some(format!(
-                        "{} ({}), and the mount takes no more changes. {}",
-                        cause.what(),
-                        self.fs.cache_failure().unwrap_or_default(),
-                        cause.next_step()
+                        "{} ({why}), and the mount takes no more changes",
+                        cause.what()
                     ));
                 } else if self.session_ended.load(Ordering::Acquire) {
                     self.lost =
