@@ -78,7 +78,7 @@ pub struct Restore {
     pub pages: Vec<(u64, PageSet)>,
 }
 
-/// What stopped a mount that takes no more changes (`Fs::stop_cause`).
+/// What stopped a mount that takes no more changes (`Fs::stop_report`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopCause {
     /// A flush of the cache files failed: the cache dir is marked failed.
@@ -113,8 +113,8 @@ impl StopCause {
         tracing::error!("{}", self.describe(why));
     }
 
-    /// What to do now, for messages.
-    pub fn next_step(self) -> &'static str {
+    /// What to do now (`describe`).
+    fn next_step(self) -> &'static str {
         match self {
             StopCause::FailedFlush => {
                 "Check the disk, then start again on an empty cache dir, which restores from \

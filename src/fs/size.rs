@@ -403,6 +403,15 @@ mod tests {
         }
     }
 
+    /// setattr(2) of the size to half a page.
+    fn truncate_to_half_a_page(fs: &Fs, ino: u64) -> Result<()> {
+        let size = SetAttr {
+            size: Some(PAGE_SIZE / 2),
+            ..SetAttr::default()
+        };
+        fs.setattr(ino, &size).map(drop)
+    }
+
     /// A truncation down whose commit fails has cut the cache file already: the file must
     /// not then read as its old size with zeros where its bytes were (nor be uploaded so).
     /// The truncation is done, as the cache file holds it, and the mount takes no more
@@ -412,13 +421,7 @@ mod tests {
     fn a_truncation_whose_commit_fails_leaves_no_zeros_in_the_file() {
         type Truncate = fn(&Fs, u64) -> Result<()>;
         let truncations: [(&str, Truncate); 2] = [
-            ("setattr", |fs, ino| {
-                let size = SetAttr {
-                    size: Some(PAGE_SIZE / 2),
-                    ..SetAttr::default()
-                };
-                fs.setattr(ino, &size).map(drop)
-            }),
+            ("setattr", truncate_to_half_a_page),
             ("open with O_TRUNC", |fs, ino| {
                 fs.open(ino, libc::O_RDWR | libc::O_TRUNC).map(drop)
             }),
@@ -465,13 +468,7 @@ mod tests {
     fn a_cut_or_punch_that_entered_before_a_failed_commit_stopped_the_mount_changes_nothing() {
         type Change = fn(&Fs, u64) -> Result<()>;
         let changes: [(&str, Change); 2] = [
-            ("a truncation", |fs, ino| {
-                let size = SetAttr {
-                    size: Some(PAGE_SIZE / 2),
-                    ..SetAttr::default()
-                };
-                fs.setattr(ino, &size).map(drop)
-            }),
+            ("a truncation", truncate_to_half_a_page),
             ("a punched hole", |fs, ino| {
                 let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
                 fs.fallocate(ino, 0, 2 * PAGE_SIZE, punch)
