@@ -44,7 +44,7 @@ impl Fs {
                 return Err(FsError::TooLarge(size));
             }
             // Stopped while this waited for the locks (a failed commit of a change that held
-            // them): the cut of the cache file could not be recorded.
+            // them): nothing to change.
             self.refuse_if_stopped()?;
             self.truncate_locked(&mut st, size, &mut batch)?;
             st.attr.mtime = now;
@@ -79,30 +79,74 @@ impl Fs {
         Ok(st.attr.clone())
     }
 
-    /// Commits a change that may have shrunk the file (`truncate_locked`), whose cut is in
-    /// the cache file already. When that commit fails, the file is what the cache file holds:
-    /// memory keeps the new attributes, the truncation is answered as done (with an error
-    /// the kernel would keep the old size and read zeros over the cut once its pages go),
-    /// and the mount takes no more changes, as after a failed write-back. RocksDB may hold
-    /// the old size and marks, so no checkpoint may upload from this cache dir again, and no
-    /// later fsync succeeds: the program learns of the failure there.
+    /// Commits a change that may have shrunk the file (`truncate_locked`), then cuts the
+    /// cache file: the records hold the new size, synced, before the cache file loses a byte
+    /// (`record_before_cut`). When they cannot, the mount has stopped as a crash would and
+    /// the cache file is left whole, so the next mount finds the old size over the old bytes
+    /// or the new size over bytes past its end, which are not read as contents (rule 16);
+    /// never the old size over a cut. The truncation stays done in memory and is answered
+    /// as done (answered with an error, the kernel would keep the old size and read zeros
+    /// past the new one): a change no fsync makes durable now, as one a crash came after.
     pub(super) fn commit_cut(
         &self,
         st: &mut InodeState,
         batch: crate::cache::MetaBatch<'_>,
         saved: super::Attr,
     ) -> Result<()> {
+        if st.attr.size >= saved.size {
+            return self.commit_one(st, batch, saved);
+        }
         let cut = st.attr.clone();
-        let shrunk = cut.size < saved.size;
-        match self.commit_one(st, batch, saved) {
-            Err(e) if shrunk => {
-                st.attr = cut;
-                self.stop_for_failed_flush(&format!(
-                    "the commit of a truncation failed after the cache file was cut ({e})"
-                ));
-                Ok(())
-            }
-            r => r,
+        if self.record_before_cut(st, batch, saved).is_err() {
+            st.attr = cut;
+            return Ok(());
+        }
+        self.cut_cache_file(st);
+        Ok(())
+    }
+
+    /// Commits and syncs the record of a change that takes bytes out of a cache file (a
+    /// truncation down, a punched hole), which the caller makes only after this succeeded
+    /// (rule 24): a cut whose record then failed, or was refused because the mount stopped
+    /// meanwhile, or whose record a power cut lost, would leave the records' size and marks
+    /// over bytes that are gone, read as zeros and uploaded so. A failure stops the mount as
+    /// a failed commit does (the records may hold the change or not; the cache file holds
+    /// every byte).
+    fn record_before_cut(
+        &self,
+        st: &mut InodeState,
+        batch: crate::cache::MetaBatch<'_>,
+        saved: super::Attr,
+    ) -> Result<()> {
+        let recorded = self
+            .commit_one(st, batch, saved)
+            .and_then(|()| self.sync_records(st.meta_seq));
+        recorded.inspect_err(|e| {
+            self.stop_for_failed_commit(&format!(
+                "the record of a truncation or a punched hole failed ({e})"
+            ))
+        })
+    }
+
+    /// Cuts the cache file of a file whose truncation down is recorded. The upload of a cut
+    /// may still need the bytes cut off (and the last page's tail): a file emptied hands its
+    /// old cache file to the upload whole, others copy them out first.
+    fn cut_cache_file(&self, st: &mut InodeState) {
+        let size = st.attr.size;
+        if size == 0 && self.empty_for_upload(st) {
+            return;
+        }
+        self.freeze(st, size / PAGE_SIZE..u64::MAX);
+        let cut = self.cache_file(st, false).and_then(|file| match file {
+            Some(file) => file
+                .set_len(size)
+                .map_err(FsError::io("truncate cache file")),
+            None => Ok(()),
+        });
+        // The records hold the size: what stays past it is not read as contents, and
+        // whatever grows the file over it cuts it first (`tail_unsure`, rule 16).
+        if let Err(e) = cut {
+            tracing::warn!(ino = st.attr.ino, error = %e, "the cut of a cache file failed");
         }
     }
 
@@ -116,24 +160,23 @@ impl Fs {
     ) -> Result<()> {
         let ino = st.attr.ino;
         let old = st.attr.size;
-        // The upload of a cut may still need the bytes cut off (and the last page's tail):
-        // a file emptied hands its old cache file to the upload whole, others copy them out.
-        if size < old && !(size == 0 && self.empty_for_upload(st)) {
-            self.freeze(st, size / PAGE_SIZE..u64::MAX);
-        }
-        if let Some(file) = self.cache_file(st, size > 0)? {
-            if size > old && st.tail_unsure {
-                cut_past_end(self, st, &file)?;
+        // A cut of the cache file waits for its record (`commit_cut`); a growth does not: the
+        // bytes past a recorded size are not read as contents.
+        if size > old {
+            if let Some(file) = self.cache_file(st, true)? {
+                if st.tail_unsure {
+                    cut_past_end(self, st, &file)?;
+                }
+                file.set_len(size).map_err(FsError::io("grow cache file"))?;
             }
-            file.set_len(size)
-                .map_err(FsError::io("truncate cache file"))?;
         }
         st.write_gen += 1;
         let keep = size.div_ceil(PAGE_SIZE);
         if size < old {
-            // The cache file's cut (above) is not synced: until it is, a crash could keep the
-            // bytes past the new end while a later, larger size is durable. The next growth
-            // syncs it first.
+            // The cache file's cut (made once this is recorded, `commit_cut`) is not synced,
+            // nor made at all if the record fails: until it is, a crash could keep the bytes
+            // past the new end while a later, larger size is durable. The next growth syncs
+            // it first.
             st.tail_unsure = true;
             self.recount(st, |st| {
                 st.dirty.truncate(keep);
@@ -196,42 +239,63 @@ impl Fs {
         if st.attr.kind != FileKind::File {
             return Err(FsError::NotSupported("fallocate of a non-file"));
         }
-        // (As a truncation's: a punch changes the cache file before its commit.)
+        // Stopped while this waited for the locks: nothing to change.
         self.refuse_if_stopped()?;
         let saved = st.attr.clone();
         let mut batch = self.meta.batch();
+        let now = SystemTime::now();
+        let changed = |st: &mut InodeState, batch: &mut crate::cache::MetaBatch<'_>| {
+            st.write_gen += 1;
+            st.attr.mtime = now;
+            st.attr.ctime = now;
+            batch.put_inode(&st.attr);
+        };
         if mode == PUNCH {
-            let size = st.attr.size;
+            // Recorded first, punched after (`record_before_cut`).
+            let punched = pages(offset, end.min(st.attr.size));
+            // Pages wholly punched that were only in the bucket are zeros now, not absent.
+            let was_absent: Vec<_> = st.absent.overlapping(punched.clone()).collect();
+            if !was_absent.is_empty() {
+                st.change_absent(&mut batch, punched.clone(), |a| a.remove(punched.clone()));
+            }
+            let epoch = self.epoch.load(Ordering::Relaxed);
+            let added = st.dirty.insert(punched);
+            self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
+            st.put_dirty_marks(&mut batch, &added, epoch);
+            changed(&mut st, &mut batch);
+            if let Err(e) = self.record_before_cut(&mut st, batch, saved) {
+                // Nothing punched: the pages only the bucket has are still to be read from
+                // it. (The extra dirty pages upload nothing: the mount has stopped.)
+                for r in was_absent {
+                    st.absent.insert(r);
+                }
+                return Err(e);
+            }
             // The upload of a cut may still need the punched bytes.
             self.freeze(&mut st, pages(offset, end));
             // (Created if there is none: a file only the bucket holds has none yet, and its
             // pages are absent, not holes.)
-            let file = self.cache_file(&mut st, true)?.expect("created");
-            fallocate_raw(&file, mode, offset, length)?;
-            let epoch = self.epoch.load(Ordering::Relaxed);
-            let punched = pages(offset, end.min(size));
-            // Pages wholly punched that were only in the bucket are zeros now, not absent.
-            if st.absent.intersects(punched.clone()) {
-                st.change_absent(&mut batch, punched.clone(), |a| a.remove(punched.clone()));
-            }
-            let added = st.dirty.insert(punched);
-            self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
-            st.put_dirty_marks(&mut batch, &added, epoch);
-        } else {
-            let file = self.cache_file(&mut st, true)?.expect("created");
-            if mode == 0 && end > st.attr.size && st.tail_unsure {
-                cut_past_end(self, &mut st, &file)?;
-            }
-            fallocate_raw(&file, mode, offset, length)?;
-            if mode == 0 && end > st.attr.size {
-                st.attr.size = end;
-            }
+            let punch = self
+                .cache_file(&mut st, true)
+                .and_then(|file| fallocate_raw(&file.expect("created"), mode, offset, length));
+            // The records say zeros where the cache file may hold old bytes: the range the
+            // program asked to discard reads as either, page by page, after the restart the
+            // stop asks for (the program was told the punch failed).
+            return punch.inspect_err(|e| {
+                self.stop_for_failed_commit(&format!(
+                    "a hole could not be punched in a cache file after it was recorded ({e})"
+                ))
+            });
         }
-        st.write_gen += 1;
-        let now = SystemTime::now();
-        st.attr.mtime = now;
-        st.attr.ctime = now;
-        batch.put_inode(&st.attr);
+        let file = self.cache_file(&mut st, true)?.expect("created");
+        if mode == 0 && end > st.attr.size && st.tail_unsure {
+            cut_past_end(self, &mut st, &file)?;
+        }
+        fallocate_raw(&file, mode, offset, length)?;
+        if mode == 0 && end > st.attr.size {
+            st.attr.size = end;
+        }
+        changed(&mut st, &mut batch);
         self.commit_one(&mut st, batch, saved)
     }
 
@@ -412,67 +476,146 @@ mod tests {
         fs.setattr(ino, &size).map(drop)
     }
 
-    /// A truncation down whose commit fails has cut the cache file already: the file must
-    /// not then read as its old size with zeros where its bytes were (nor be uploaded so).
-    /// The truncation is done, as the cache file holds it, and the mount takes no more
-    /// changes (as after a failed write-back: the cache dir is marked failed, nothing more
-    /// is uploaded from it, no fsync succeeds).
+    /// How the record of a truncation or a punched hole fails.
+    #[derive(Clone, Copy, Debug)]
+    enum RecordFails {
+        /// Its commit, the batch lost or applied.
+        Commit(FailCommit),
+        /// Refused: the mount stopped after the change looked (a failed commit elsewhere).
+        Refused,
+        /// The sync of the records after its commit.
+        Sync,
+    }
+
+    /// A truncation down or a punched hole whose record fails (its commit, the sync after
+    /// it, or refused because another change's failed commit stopped the mount after this
+    /// one looked) must leave the cache file whole: the mount stops as a crash would, the
+    /// cache dir is not given up, and the next mount finds every fsync'd byte, or the change
+    /// done, never the old size with zeros where the bytes were. Before, the cut came
+    /// first: the file read as zeros after the restart, or the cache dir was given up with
+    /// every fsync'd byte not yet in the bucket.
     #[test]
-    fn a_truncation_whose_commit_fails_leaves_no_zeros_in_the_file() {
-        type Truncate = fn(&Fs, u64) -> Result<()>;
-        let truncations: [(&str, Truncate); 2] = [
+    fn a_truncation_or_punch_whose_record_fails_keeps_every_fsynced_byte() {
+        type Change = fn(&Fs, u64) -> Result<()>;
+        let changes: [(&str, Change); 3] = [
             ("setattr", truncate_to_half_a_page),
             ("open with O_TRUNC", |fs, ino| {
                 fs.open(ino, libc::O_RDWR | libc::O_TRUNC).map(drop)
             }),
+            ("a punched hole", punch_two_pages),
         ];
         let old = vec![0x11; 3 * PAGE_SIZE as usize];
-        for how in [FailCommit::Lost, FailCommit::Applied] {
-            for (name, truncate) in truncations {
+        let fails = [
+            RecordFails::Commit(FailCommit::Lost),
+            RecordFails::Commit(FailCommit::Applied),
+            RecordFails::Refused,
+            RecordFails::Sync,
+        ];
+        for how in fails {
+            for (name, change) in changes {
                 let dir = tempfile::tempdir().unwrap();
                 let fs = open(&dir);
                 let ino = new_file(&fs);
                 fs.write(ino, 0, &old).unwrap();
                 fs.fsync(ino, false).unwrap();
-                fs.meta.fail_next_commit(how);
-                let case = format!("{name}, commit {how:?}");
-                truncate(&fs, ino).unwrap_or_else(|e| panic!("{case}: {e}"));
-                let size = fs.getattr(ino).unwrap().size;
-                assert!(size < old.len() as u64, "{case}: size {size}");
+                match how {
+                    RecordFails::Commit(how) => fs.meta.fail_next_commit(how),
+                    RecordFails::Refused => fs.meta.refuse_commits(),
+                    RecordFails::Sync => fs.meta.fail_next_sync(),
+                }
+                let case = format!("{name}, {how:?}");
+                let answer = change(&fs, ino);
+                let punch = name == "a punched hole";
+                // Live: a truncation is done in memory (the kernel drops its pages past the
+                // new end), a punch is not; either way no byte reads as another.
                 let got = fs.read(ino, 0, old.len() as u32).unwrap();
-                assert_eq!(got.len() as u64, size, "{case}");
-                assert!(
-                    old.starts_with(&got),
-                    "{case}: the file reads {} bytes of which some are not its own",
-                    got.len()
-                );
-                assert!(
-                    fs.cache_given_up(),
-                    "{case}: the cache dir was not given up (it holds the cut, its records may \
-                     not)"
-                );
-                fs.write(ino, 0, b"more")
-                    .expect_err("a write after the failed truncation");
+                match punch {
+                    true => assert!(answer.is_err() && got == old, "{case}: {answer:?}"),
+                    false => assert!(
+                        answer.is_ok() && got.len() < old.len() && old.starts_with(&got),
+                        "{case}: {answer:?}, {} bytes",
+                        got.len()
+                    ),
+                }
+                assert!(!fs.cache_given_up(), "{case}: the cache dir was given up");
+                assert!(fs.cache_failed(), "{case}: the mount did not stop");
                 fs.fsync(ino, false)
-                    .expect_err("an fsync after the failed truncation");
+                    .expect_err("an fsync after the failed record");
+                // (The unmount writes nothing once stopped; after a failed sync it says so.)
+                let unmounted = fs.shutdown();
+                assert!(
+                    unmounted.is_ok() || matches!(how, RecordFails::Sync),
+                    "{case}: {unmounted:?}"
+                );
+                drop(fs);
+                let fs = open(&dir);
+                let got = fs.read(ino, 0, old.len() as u32).unwrap();
+                // (A punch answered with an error has made no hole.)
+                let done = match punch {
+                    true => old.clone(),
+                    false => old[..got.len().min(old.len())].to_vec(),
+                };
+                assert!(
+                    got == old || got == done,
+                    "{case}: after a restart the file reads {} bytes, {:#x}.., neither the old \
+                     bytes nor the change done",
+                    got.len(),
+                    got.first().copied().unwrap_or(0)
+                );
             }
+        }
+    }
+
+    /// fallocate(2) punching the first two pages.
+    fn punch_two_pages(fs: &Fs, ino: u64) -> Result<()> {
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        fs.fallocate(ino, 0, 2 * PAGE_SIZE, punch)
+    }
+
+    /// A power cut may keep a cache file's cut and lose the unsynced record of it (the two
+    /// are on different files): the truncation or punch must be in the synced records by
+    /// the time the cache file has lost the bytes.
+    #[test]
+    fn a_truncation_or_punch_is_durable_in_the_records_once_the_cache_file_is_cut() {
+        type Change = fn(&Fs, u64) -> Result<()>;
+        let changes: [(&str, Change, u64); 2] = [
+            ("a truncation", truncate_to_half_a_page, PAGE_SIZE / 2),
+            ("a punched hole", punch_two_pages, PAGE_SIZE),
+        ];
+        for (name, change, allocated) in changes {
+            let dir = tempfile::tempdir().unwrap();
+            let fs = open(&dir);
+            let ino = new_file(&fs);
+            fs.write(ino, 0, &[0x11; 3 * PAGE_SIZE as usize]).unwrap();
+            fs.fsync(ino, false).unwrap();
+            change(&fs, ino).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(fs.cache_file_path(ino)).unwrap();
+            assert!(
+                meta.blocks() * 512 <= allocated.next_multiple_of(4096),
+                "{name}: the cache file was not cut ({} bytes allocated)",
+                meta.blocks() * 512
+            );
+            assert!(
+                fs.log_synced_seq() >= fs.log_seq(),
+                "{name}: the cache file is cut and its record is not synced ({} of {})",
+                fs.log_synced_seq(),
+                fs.log_seq()
+            );
         }
     }
 
     /// A truncation or a punched hole that passed the stop check while a change whose
     /// commit then failed held the file's lock (that stop is crash-like: the cache dir is
-    /// opened again) must not touch the cache file: its own commit would be refused, and a
-    /// cut nobody can record gives the cache dir up (rule 24), fsync'd bytes not yet in the
-    /// bucket with it, while a punch nobody can record reads as zeros after the restart.
+    /// opened again) changes nothing once it holds the file, and fails with EIO as every
+    /// change after the stop does. (One past that look has its record refused and leaves
+    /// the cache file whole, rule 24; a truncation is then done in memory.)
     #[test]
     fn a_cut_or_punch_that_entered_before_a_failed_commit_stopped_the_mount_changes_nothing() {
         type Change = fn(&Fs, u64) -> Result<()>;
         let changes: [(&str, Change); 2] = [
             ("a truncation", truncate_to_half_a_page),
-            ("a punched hole", |fs, ino| {
-                let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-                fs.fallocate(ino, 0, 2 * PAGE_SIZE, punch)
-            }),
+            ("a punched hole", punch_two_pages),
         ];
         for (name, change) in changes {
             let dir = tempfile::tempdir().unwrap();
