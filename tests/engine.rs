@@ -2092,11 +2092,62 @@ fn changes_made_while_a_checkpoint_uploads_are_not_in_it() {
 
 /// Whether this process holds `path` open after its name was removed.
 fn held_open_deleted(path: &Path) -> bool {
+    held_open_deleted_space(path).is_some()
+}
+
+/// The bytes the disk holds for the removed file at `path` that this process holds open.
+fn held_open_deleted_space(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
     let deleted = format!("{} (deleted)", path.display());
     std::fs::read_dir("/proc/self/fd")
         .expect("list fds")
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .any(|target| target.to_string_lossy() == deleted)
+        .filter_map(|fd| fd.ok())
+        .find(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == deleted))
+        .map(|fd| {
+            std::fs::metadata(fd.path())
+                .expect("stat the open file")
+                .blocks()
+                * 512
+        })
+}
+
+/// The same when the cut took only some of the file's pages: the old cache file the upload
+/// reads keeps those alone, and the rest of its space goes back to the disk at once (the
+/// cache's bound stops counting it then). A truncation that handed the file over only once
+/// recorded, with the size already zero, punched nothing.
+#[test]
+fn a_file_emptied_while_some_of_its_pages_upload_gives_the_rest_of_its_space_back() {
+    const TAKEN: usize = 4;
+    let dirs = Dirs::on_disk();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
+    let ino = e.create("dropped");
+    e.write(ino, 0, &pattern(7, 64));
+    e.checkpoint();
+    let at_cut = [pattern(8, TAKEN), pattern(7, 64)[TAKEN * PAGE..].to_vec()].concat();
+    e.write(ino, 0, &at_cut[..TAKEN * PAGE]);
+    let path = e.fs.cache_file_path(ino);
+    let kept = Arc::new(std::sync::Mutex::new(None));
+    {
+        let fs = Arc::downgrade(&e.fs);
+        let (kept, path) = (kept.clone(), path.clone());
+        e.fs.set_step_hook(Box::new(move |step| {
+            if let (Step::CutTaken { .. }, Some(fs)) = (step, Weak::upgrade(&fs)) {
+                set_size(&fs, ino, 0);
+                *kept.lock().unwrap() = held_open_deleted_space(&path);
+            }
+        }));
+    }
+    e.checkpoint();
+    let kept = kept
+        .lock()
+        .unwrap()
+        .expect("the old cache file is held for the upload");
+    assert!(
+        kept <= 2 * (TAKEN * PAGE) as u64,
+        "the old cache file held for the upload keeps {kept} bytes, for {TAKEN} pages"
+    );
+    let in_bucket = e.in_bucket(ino).expect("in the bucket");
+    assert_same("the checkpoint", &in_bucket, &at_cut);
 }
 
 /// Postgres empties a dropped relation's first segment (truncates it to zero) when the drop

@@ -525,12 +525,14 @@ impl Sut {
                 // clean); the flush's end, between `Committed` and the marks, is a point
                 // nothing changes the pages' state at; a fill's flush holds the file's locks
                 // (its fetch, `FillFetched`, is where a fill is crashed); a request's entry
-                // is the model's own step, not background work's.
+                // is the model's own step, not background work's, and so is a truncation's
+                // or punch's record before its cut.
                 Step::CutRunRead { .. }
                 | Step::MarkingClean { .. }
                 | Step::MarkedClean { .. }
                 | Step::FillSynced { .. }
-                | Step::Entered { .. } => return,
+                | Step::Entered { .. }
+                | Step::CutRecorded { .. } => return,
             };
             let action = {
                 let mut slot = taken.lock().expect("slot");

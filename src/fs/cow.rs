@@ -146,7 +146,9 @@ impl Fs {
     /// large, and its removal holds the namespace lock), the cache file stays open for the
     /// upload until it ends. Nothing can change its bytes any more: no name leads to it, and
     /// the inode's own handle to it (`st.file`) is dropped or never used again.
-    pub(super) fn keep_for_upload(&self, st: &mut InodeState) {
+    /// `size` is how far the file reached (its size before a truncation emptied it): the
+    /// space past the unread pages and up to there goes back to the disk at once.
+    pub(super) fn keep_for_upload(&self, st: &mut InodeState, size: u64) {
         if st.cow.is_empty() {
             return;
         }
@@ -157,7 +159,7 @@ impl Fs {
                     // Only the unread pages are kept: the rest of the file's space goes back
                     // to the disk now, as without a cut in flight (the cache's bound stops
                     // counting it at once). A failure costs space until the upload ends.
-                    let end = st.attr.size.div_ceil(PAGE_SIZE);
+                    let end = size.div_ceil(PAGE_SIZE);
                     let mut gaps = Vec::new();
                     let mut from = 0;
                     for r in unread.iter() {
@@ -194,8 +196,9 @@ impl Fs {
     /// upload as a removed file's does (`keep_for_upload`) and the inode starts a new one
     /// when next written. Its name goes first; the next fsync syncs the shard directory
     /// (`new_cache_file`). A crash before that leaves the old file at its old length or no
-    /// file, as `set_len(0)` left the old file or an empty one: a truncation Postgres
-    /// replays truncates the old file again.
+    /// file, as `set_len(0)` left the old file or an empty one; the truncation's record is
+    /// synced before (`Fs::commit_cut`), so the old bytes are past the recorded end (rule
+    /// 16). `size` is the file's size before the truncation (`keep_for_upload`).
     ///
     /// The caller holds the inode's io lock exclusively (a truncation does): no write, fill,
     /// punch or eviction holds the old file's handle while it is handed over, and none gets
@@ -203,7 +206,7 @@ impl Fs {
     ///
     /// False when nothing was handed over (no unread pages, no cache file, or the name could
     /// not be removed): the caller copies out what the upload needs instead.
-    pub(super) fn empty_for_upload(&self, st: &mut InodeState) -> bool {
+    pub(super) fn empty_for_upload(&self, st: &mut InodeState, size: u64) -> bool {
         if st.cow.is_empty() || !matches!(self.cache_file(st, false), Ok(Some(_))) {
             return false;
         }
@@ -211,7 +214,7 @@ impl Fs {
             return false;
         }
         // `st.file` is the old file: kept open for the upload, with only its unread pages.
-        self.keep_for_upload(st);
+        self.keep_for_upload(st, size);
         st.file = None;
         st.new_cache_file = true;
         true

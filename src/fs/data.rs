@@ -2,8 +2,9 @@
 //! `size.rs`).
 //!
 //! Bytes go to the inode's cache file with pread/pwrite; what changes is recorded as dirty
-//! pages (8 KiB) in the same metadata batch as the new size. fsync is the only place that
-//! waits for the disk, and concurrent fsyncs of one file share one sync (`Fs::sync_data_to`).
+//! pages (8 KiB) in the same metadata batch as the new size. Of the changes, fsync is what
+//! waits for the disk (and the record of a truncation down or a punch, `Fs::commit_cut`);
+//! concurrent fsyncs of one file share one sync (`Fs::sync_data_to`).
 
 use std::fs::{File, OpenOptions};
 use std::io;

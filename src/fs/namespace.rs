@@ -448,7 +448,7 @@ impl Fs {
     /// deleted by a committed batch.
     pub(super) fn forget_inode(&self, ino: u64, st: &mut InodeState) {
         // The upload of a cut may still need the file's bytes.
-        self.keep_for_upload(st);
+        self.keep_for_upload(st, st.attr.size);
         st.file = None;
         self.recount(st, |st| {
             st.dirty = PageSet::new();

@@ -96,12 +96,14 @@ impl Fs {
         if st.attr.size >= saved.size {
             return self.commit_one(st, batch, saved);
         }
-        let cut = st.attr.clone();
-        if self.record_before_cut(st, batch, saved).is_err() {
-            st.attr = cut;
-            return Ok(());
+        let (cut, old) = (st.attr.clone(), saved.size);
+        match self.record_before_cut(st, batch, saved) {
+            Ok(()) => self.cut_cache_file(st, old),
+            Err(_) => st.attr = cut,
         }
-        self.cut_cache_file(st);
+        // Changed once cut: a cache file the cut opened was open before the change, and its
+        // next fdatasync reports what went wrong with it (`InodeState::watched`).
+        st.write_gen += 1;
         Ok(())
     }
 
@@ -118,22 +120,30 @@ impl Fs {
         batch: crate::cache::MetaBatch<'_>,
         saved: super::Attr,
     ) -> Result<()> {
+        let ino = st.attr.ino;
         let recorded = self
             .commit_one(st, batch, saved)
             .and_then(|()| self.sync_records(st.meta_seq));
-        recorded.inspect_err(|e| {
-            self.stop_for_failed_commit(&format!(
-                "the record of a truncation or a punched hole failed ({e})"
-            ))
-        })
+        match recorded {
+            Ok(()) => {
+                self.step(super::Step::CutRecorded { ino });
+                Ok(())
+            }
+            Err(e) => {
+                self.stop_for_failed_commit(&format!(
+                    "the record of a truncation or a punched hole failed ({e})"
+                ));
+                Err(e)
+            }
+        }
     }
 
-    /// Cuts the cache file of a file whose truncation down is recorded. The upload of a cut
-    /// may still need the bytes cut off (and the last page's tail): a file emptied hands its
-    /// old cache file to the upload whole, others copy them out first.
-    fn cut_cache_file(&self, st: &mut InodeState) {
+    /// Cuts the cache file of a file whose truncation down from `old` bytes is recorded. The
+    /// upload of a cut may still need the bytes cut off (and the last page's tail): a file
+    /// emptied hands its old cache file to the upload whole, others copy them out first.
+    fn cut_cache_file(&self, st: &mut InodeState, old: u64) {
         let size = st.attr.size;
-        if size == 0 && self.empty_for_upload(st) {
+        if size == 0 && self.empty_for_upload(st, old) {
             return;
         }
         self.freeze(st, size / PAGE_SIZE..u64::MAX);
@@ -170,7 +180,9 @@ impl Fs {
                 file.set_len(size).map_err(FsError::io("grow cache file"))?;
             }
         }
-        st.write_gen += 1;
+        if size >= old {
+            st.write_gen += 1; // (a cut's once made)
+        }
         let keep = size.div_ceil(PAGE_SIZE);
         if size < old {
             // The cache file's cut (made once this is recorded, `commit_cut`) is not synced,
@@ -183,8 +195,7 @@ impl Fs {
                 st.pending.truncate(keep);
             });
             self.untrack(ino, size, old);
-            st.marked.truncate(keep);
-            batch.delete_dirty_from(ino, keep);
+            st.delete_marks_from(batch, keep);
             st.change_absent(batch, keep..u64::MAX, |a| a.truncate(keep));
             let lowest = st.trunc.map_or(keep, |t| t.min(keep));
             st.trunc = Some(lowest);
@@ -244,8 +255,7 @@ impl Fs {
         let saved = st.attr.clone();
         let mut batch = self.meta.batch();
         let now = SystemTime::now();
-        let changed = |st: &mut InodeState, batch: &mut crate::cache::MetaBatch<'_>| {
-            st.write_gen += 1;
+        let stamp = |st: &mut InodeState, batch: &mut crate::cache::MetaBatch<'_>| {
             st.attr.mtime = now;
             st.attr.ctime = now;
             batch.put_inode(&st.attr);
@@ -262,7 +272,7 @@ impl Fs {
             let added = st.dirty.insert(punched);
             self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
             st.put_dirty_marks(&mut batch, &added, epoch);
-            changed(&mut st, &mut batch);
+            stamp(&mut st, &mut batch);
             if let Err(e) = self.record_before_cut(&mut st, batch, saved) {
                 // Nothing punched: the pages only the bucket has are still to be read from
                 // it. (The extra dirty pages upload nothing: the mount has stopped.)
@@ -278,6 +288,8 @@ impl Fs {
             let punch = self
                 .cache_file(&mut st, true)
                 .and_then(|file| fallocate_raw(&file.expect("created"), mode, offset, length));
+            // Changed once punched (as a truncation's cut, `commit_cut`).
+            st.write_gen += 1;
             // The records say zeros where the cache file may hold old bytes: the range the
             // program asked to discard reads as either, page by page, after the restart the
             // stop asks for (the program was told the punch failed).
@@ -295,7 +307,8 @@ impl Fs {
         if mode == 0 && end > st.attr.size {
             st.attr.size = end;
         }
-        changed(&mut st, &mut batch);
+        st.write_gen += 1;
+        stamp(&mut st, &mut batch);
         self.commit_one(&mut st, batch, saved)
     }
 
@@ -497,14 +510,25 @@ mod tests {
     #[test]
     fn a_truncation_or_punch_whose_record_fails_keeps_every_fsynced_byte() {
         type Change = fn(&Fs, u64) -> Result<()>;
-        let changes: [(&str, Change); 3] = [
-            ("setattr", truncate_to_half_a_page),
-            ("open with O_TRUNC", |fs, ino| {
-                fs.open(ino, libc::O_RDWR | libc::O_TRUNC).map(drop)
-            }),
-            ("a punched hole", punch_two_pages),
-        ];
         let old = vec![0x11; 3 * PAGE_SIZE as usize];
+        // What each change leaves when done: a truncation its prefix, a punch zeros.
+        let punched = [
+            vec![0; 2 * PAGE_SIZE as usize],
+            old[2 * PAGE_SIZE as usize..].to_vec(),
+        ];
+        let changes: [(&str, Change, Vec<u8>); 3] = [
+            (
+                "setattr",
+                truncate_to_half_a_page,
+                old[..PAGE_SIZE as usize / 2].to_vec(),
+            ),
+            (
+                "open with O_TRUNC",
+                |fs, ino| fs.open(ino, libc::O_RDWR | libc::O_TRUNC).map(drop),
+                Vec::new(),
+            ),
+            ("a punched hole", punch_two_pages, punched.concat()),
+        ];
         let fails = [
             RecordFails::Commit(FailCommit::Lost),
             RecordFails::Commit(FailCommit::Applied),
@@ -512,7 +536,7 @@ mod tests {
             RecordFails::Sync,
         ];
         for how in fails {
-            for (name, change) in changes {
+            for (name, change, done) in &changes {
                 let dir = tempfile::tempdir().unwrap();
                 let fs = open(&dir);
                 let ino = new_file(&fs);
@@ -525,14 +549,14 @@ mod tests {
                 }
                 let case = format!("{name}, {how:?}");
                 let answer = change(&fs, ino);
-                let punch = name == "a punched hole";
+                let punch = *name == "a punched hole";
                 // Live: a truncation is done in memory (the kernel drops its pages past the
-                // new end), a punch is not; either way no byte reads as another.
+                // new end), a punch is not.
                 let got = fs.read(ino, 0, old.len() as u32).unwrap();
                 match punch {
                     true => assert!(answer.is_err() && got == old, "{case}: {answer:?}"),
                     false => assert!(
-                        answer.is_ok() && got.len() < old.len() && old.starts_with(&got),
+                        answer.is_ok() && got == *done,
                         "{case}: {answer:?}, {} bytes",
                         got.len()
                     ),
@@ -550,13 +574,9 @@ mod tests {
                 drop(fs);
                 let fs = open(&dir);
                 let got = fs.read(ino, 0, old.len() as u32).unwrap();
-                // (A punch answered with an error has made no hole.)
-                let done = match punch {
-                    true => old.clone(),
-                    false => old[..got.len().min(old.len())].to_vec(),
-                };
+                // (A punch answered with an error has made no hole in pages the cache held.)
                 assert!(
-                    got == old || got == done,
+                    got == old || (got == *done && !punch),
                     "{case}: after a restart the file reads {} bytes, {:#x}.., neither the old \
                      bytes nor the change done",
                     got.len(),
@@ -573,35 +593,70 @@ mod tests {
     }
 
     /// A power cut may keep a cache file's cut and lose the unsynced record of it (the two
-    /// are on different files): the truncation or punch must be in the synced records by
-    /// the time the cache file has lost the bytes.
+    /// are on different files): the truncation or punch must be in the synced records
+    /// before the cache file loses a byte, and the cache file cut once it is.
     #[test]
-    fn a_truncation_or_punch_is_durable_in_the_records_once_the_cache_file_is_cut() {
+    fn a_truncation_or_punch_is_durable_in_the_records_before_the_cache_file_is_cut() {
+        use std::sync::atomic::{AtomicBool, Ordering};
         type Change = fn(&Fs, u64) -> Result<()>;
-        let changes: [(&str, Change, u64); 2] = [
-            ("a truncation", truncate_to_half_a_page, PAGE_SIZE / 2),
-            ("a punched hole", punch_two_pages, PAGE_SIZE),
+        let old = vec![0x11; 3 * PAGE_SIZE as usize];
+        // The cache file once cut: its length, and the bytes it then holds from the start.
+        let changes: [(&str, Change, u64, Vec<u8>); 2] = [
+            (
+                "a truncation",
+                truncate_to_half_a_page,
+                PAGE_SIZE / 2,
+                old[..PAGE_SIZE as usize / 2].to_vec(),
+            ),
+            (
+                "a punched hole",
+                punch_two_pages,
+                old.len() as u64,
+                [
+                    vec![0; 2 * PAGE_SIZE as usize],
+                    old[..PAGE_SIZE as usize].to_vec(),
+                ]
+                .concat(),
+            ),
         ];
-        for (name, change, allocated) in changes {
+        for (name, change, len, cut) in changes {
             let dir = tempfile::tempdir().unwrap();
-            let fs = open(&dir);
+            let fs = std::sync::Arc::new(open(&dir));
             let ino = new_file(&fs);
-            fs.write(ino, 0, &[0x11; 3 * PAGE_SIZE as usize]).unwrap();
+            fs.write(ino, 0, &old).unwrap();
             fs.fsync(ino, false).unwrap();
+            let path = fs.cache_file_path(ino);
+            let cache_file = move || {
+                let bytes = std::fs::read(&path).unwrap();
+                (bytes.len() as u64, bytes)
+            };
+            let recorded = std::sync::Arc::new(AtomicBool::new(false));
+            {
+                let (fs_in_hook, recorded) = (std::sync::Arc::downgrade(&fs), recorded.clone());
+                let (cache_file, old) = (cache_file.clone(), old.clone());
+                fs.set_step_hook(Box::new(move |step| {
+                    if let (crate::fs::Step::CutRecorded { .. }, Some(fs)) =
+                        (step, fs_in_hook.upgrade())
+                    {
+                        assert!(
+                            fs.log_synced_seq() >= fs.log_seq(),
+                            "{name}: recorded, not synced ({} of {})",
+                            fs.log_synced_seq(),
+                            fs.log_seq()
+                        );
+                        assert!(
+                            cache_file().1 == old,
+                            "{name}: the cache file was cut before its record"
+                        );
+                        recorded.store(true, Ordering::Release);
+                    }
+                }));
+            }
             change(&fs, ino).unwrap();
-            use std::os::unix::fs::MetadataExt;
-            let meta = std::fs::metadata(fs.cache_file_path(ino)).unwrap();
-            assert!(
-                meta.blocks() * 512 <= allocated.next_multiple_of(4096),
-                "{name}: the cache file was not cut ({} bytes allocated)",
-                meta.blocks() * 512
-            );
-            assert!(
-                fs.log_synced_seq() >= fs.log_seq(),
-                "{name}: the cache file is cut and its record is not synced ({} of {})",
-                fs.log_synced_seq(),
-                fs.log_seq()
-            );
+            assert!(recorded.load(Ordering::Acquire), "{name}: no record");
+            let (got_len, got) = cache_file();
+            assert_eq!(got_len, len, "{name}: the cache file's length once cut");
+            assert!(got.starts_with(&cut), "{name}: the cache file once cut");
         }
     }
 
