@@ -56,6 +56,9 @@ impl Fs {
         let truncate = flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
         let _gate = if truncate { Some(self.enter()?) } else { None };
         let _io = truncate.then(|| inode.io.write());
+        if truncate {
+            self.step(super::Step::Entered { ino });
+        }
         let mut st = inode.state.lock();
         match st.attr.kind {
             FileKind::File => {}

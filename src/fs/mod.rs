@@ -127,8 +127,9 @@ pub enum Step {
     /// A truncation down or a punched hole of `ino` is recorded and the records synced; the
     /// cache file is not cut yet. The file's locks are held: the hook must not touch `ino`.
     CutRecorded { ino: u64 },
-    /// A write, truncation or fallocate of `ino` has passed the stop check and holds the
-    /// file's io lock, not yet its state: the hook must not touch `ino`'s bytes or size.
+    /// A write, truncation (an open with O_TRUNC too) or fallocate of `ino` has passed the
+    /// stop check and holds the file's io lock, not yet its state: the hook must not touch
+    /// `ino`'s bytes or size.
     Entered { ino: u64 },
 }
 

@@ -522,11 +522,7 @@ mod tests {
                 truncate_to_half_a_page,
                 old[..PAGE_SIZE as usize / 2].to_vec(),
             ),
-            (
-                "open with O_TRUNC",
-                |fs, ino| fs.open(ino, libc::O_RDWR | libc::O_TRUNC).map(drop),
-                Vec::new(),
-            ),
+            ("open with O_TRUNC", open_truncating, Vec::new()),
             ("a punched hole", punch_two_pages, punched.concat()),
         ];
         let fails = [
@@ -584,6 +580,11 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// open(2) with O_TRUNC.
+    fn open_truncating(fs: &Fs, ino: u64) -> Result<()> {
+        fs.open(ino, libc::O_RDWR | libc::O_TRUNC).map(drop)
     }
 
     /// fallocate(2) punching the first two pages.
@@ -668,8 +669,9 @@ mod tests {
     #[test]
     fn a_cut_or_punch_that_entered_before_a_failed_commit_stopped_the_mount_changes_nothing() {
         type Change = fn(&Fs, u64) -> Result<()>;
-        let changes: [(&str, Change); 2] = [
+        let changes: [(&str, Change); 3] = [
             ("a truncation", truncate_to_half_a_page),
+            ("an open with O_TRUNC", open_truncating),
             ("a punched hole", punch_two_pages),
         ];
         for (name, change) in changes {
