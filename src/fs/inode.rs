@@ -231,9 +231,13 @@ impl InodeState {
     /// splits the memtable's range deletions at one another's ends, each piece listing all
     /// those that cover it: a file cut down again and again to different sizes, each
     /// truncation a range deletion, cost a start 2 GB and 13 s after 20,000 of them
-    /// (`tests/absent_churn.rs`). Marks RocksDB holds beyond memory's (a `mark_clean`
-    /// whose commit failed) may then stay past the end: the next start deletes them, and
-    /// until then a page the file grows over again is at most uploaded once more as it is.
+    /// (`tests/absent_churn.rs`). Marks RocksDB holds beyond memory's (left by a failed
+    /// commit of `mark_clean`, of a last close's `drop_kept_marks`, of a cut's drop of
+    /// local-only marks or its `leave_local_only`) may then stay past the end. They cost no
+    /// byte: whatever grows the file over them cuts the cache file to the size first
+    /// (`cut_past_end`), so a page under one is a hole or newly written, and a start
+    /// recovers it as dirty and uploads it once more as it is (those still past the end or
+    /// over absent pages it deletes).
     pub(super) fn delete_marks_from(&mut self, batch: &mut MetaBatch<'_>, first: u64) {
         let ino = self.attr.ino;
         let past: Vec<_> = self.marked.overlapping(first..u64::MAX).collect();

@@ -661,6 +661,32 @@ mod tests {
         }
     }
 
+    /// The cache file a truncation opens to cut (nobody had it open) was open before the
+    /// change, as far as the next fsync is concerned: that fsync flushes it through its
+    /// descriptor, which reports a failed write-back of the cut, and needs no flush of the
+    /// whole cache disk (`InodeState::watched`).
+    #[test]
+    fn the_fsync_after_a_truncation_of_a_closed_file_flushes_that_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = open(&dir);
+        let ino = new_file(&fs);
+        fs.write(ino, 0, &[0x11; 3 * PAGE_SIZE as usize]).unwrap();
+        fs.fsync(ino, false).unwrap();
+        fs.release(ino).unwrap();
+        truncate_to_half_a_page(&fs, ino).unwrap();
+        let flushes = |fs: &Fs| {
+            let stats = &fs.stats;
+            [&stats.cache_file_syncs, &stats.cache_flushes].map(|n| n.load(Ordering::Relaxed))
+        };
+        let [files, disks] = flushes(&fs);
+        fs.fsync(ino, false).unwrap();
+        assert_eq!(
+            flushes(&fs),
+            [files + 1, disks],
+            "the fsync's flushes [of the file, of the cache disk]"
+        );
+    }
+
     /// A truncation or a punched hole that passed the stop check while a change whose
     /// commit then failed held the file's lock (that stop is crash-like: the cache dir is
     /// opened again) changes nothing once it holds the file, and fails with EIO as every
