@@ -71,10 +71,7 @@ impl Fs {
             let saved = st.attr.clone();
             let mut batch = self.meta.batch();
             self.truncate_locked(&mut st, 0, &mut batch)?;
-            let now = SystemTime::now();
-            st.attr.mtime = now;
-            st.attr.ctime = now;
-            batch.put_inode(&st.attr);
+            st.stamp(SystemTime::now(), &mut batch);
             self.commit_cut(&mut st, batch, saved)?;
         }
         st.open_count += 1;

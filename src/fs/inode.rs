@@ -252,6 +252,14 @@ impl InodeState {
         self.marked.truncate(first);
     }
 
+    /// Sets the times a change of the file's bytes sets (mtime, ctime) to `now`, and
+    /// records the attributes in `batch`.
+    pub(super) fn stamp(&mut self, now: std::time::SystemTime, batch: &mut MetaBatch<'_>) {
+        self.attr.mtime = now;
+        self.attr.ctime = now;
+        batch.put_inode(&self.attr);
+    }
+
     /// Whether `added` (pages just made dirty) is marked already, so that a change that
     /// records nothing else needs no batch (`put_dirty_marks`).
     pub(super) fn marks_cover(&self, added: &[std::ops::Range<u64>]) -> bool {

@@ -96,7 +96,7 @@ impl SetAttr {
 
 /// Points inside background work (eviction, fills, checkpoints) and requests where a test
 /// may step in (see `Fs::set_step_hook`). No lock of the filesystem is held at any of them
-/// (but at `FillSynced` and `Entered`, the file's own, and at `CutRecorded`, the file's and
+/// (but at `FillSynced`, the file's own, and at `Entered` and `CutRecorded`, the file's and
 /// the cut gate, shared), so the hook may call back into it:
 /// that is how tests choose the interleavings of background work and requests, and replay
 /// them exactly.

@@ -209,7 +209,7 @@ impl Fs {
 
     /// Stops accepting changes for good, as a crash would: the commit of a change to the
     /// cache dir's records failed (`why`; or their sync, `sync_records` says why that
-    /// stops the mount too; or a recorded punch could not be made, `Fs::fallocate`), and whether RocksDB holds it is not known until
+    /// stops the mount too), and whether RocksDB holds it is not known until
     /// the cache dir is opened again (a batch is all or nothing, so it holds the change
     /// whole or not at all), while memory holds one of the two. A change made on top of
     /// memory could then contradict the records: a directory that moved in them but not in

@@ -93,18 +93,21 @@ impl Fs {
         batch: crate::cache::MetaBatch<'_>,
         saved: super::Attr,
     ) -> Result<()> {
-        if st.attr.size >= saved.size {
-            return self.commit_one(st, batch, saved);
-        }
-        let (cut, old) = (st.attr.clone(), saved.size);
-        match self.record_before_cut(st, batch, saved) {
-            Ok(()) => self.cut_cache_file(st, old),
-            Err(_) => st.attr = cut,
-        }
+        let committed = match st.attr.size < saved.size {
+            false => self.commit_one(st, batch, saved),
+            true => {
+                let (cut, old) = (st.attr.clone(), saved.size);
+                match self.record_before_cut(st, batch, saved) {
+                    Ok(()) => self.cut_cache_file(st, old),
+                    Err(_) => st.attr = cut,
+                }
+                Ok(())
+            }
+        };
         // Changed once cut: a cache file the cut opened was open before the change, and its
         // next fdatasync reports what went wrong with it (`InodeState::watched`).
         st.write_gen += 1;
-        Ok(())
+        committed
     }
 
     /// Commits and syncs the record of a change that takes bytes out of a cache file (a
@@ -120,22 +123,15 @@ impl Fs {
         batch: crate::cache::MetaBatch<'_>,
         saved: super::Attr,
     ) -> Result<()> {
-        let ino = st.attr.ino;
-        let recorded = self
-            .commit_one(st, batch, saved)
-            .and_then(|()| self.sync_records(st.meta_seq));
-        match recorded {
-            Ok(()) => {
-                self.step(super::Step::CutRecorded { ino });
-                Ok(())
-            }
-            Err(e) => {
-                self.stop_for_failed_commit(&format!(
-                    "the record of a truncation or a punched hole failed ({e})"
-                ));
-                Err(e)
-            }
-        }
+        self.commit_one(st, batch, saved).inspect_err(|e| {
+            self.stop_for_failed_commit(&format!(
+                "the record of a truncation or a punched hole failed ({e})"
+            ))
+        })?;
+        // (A failed sync stops the mount itself.)
+        self.sync_records(st.meta_seq)?;
+        self.step(super::Step::CutRecorded { ino: st.attr.ino });
+        Ok(())
     }
 
     /// Cuts the cache file of a file whose truncation down from `old` bytes is recorded. The
@@ -179,9 +175,6 @@ impl Fs {
                 }
                 file.set_len(size).map_err(FsError::io("grow cache file"))?;
             }
-        }
-        if size >= old {
-            st.write_gen += 1; // (a cut's once made)
         }
         let keep = size.div_ceil(PAGE_SIZE);
         if size < old {
@@ -255,14 +248,14 @@ impl Fs {
         let saved = st.attr.clone();
         let mut batch = self.meta.batch();
         let now = SystemTime::now();
-        let stamp = |st: &mut InodeState, batch: &mut crate::cache::MetaBatch<'_>| {
-            st.attr.mtime = now;
-            st.attr.ctime = now;
-            batch.put_inode(&st.attr);
+        // The pages a punch takes out of the file (none past its end: bytes there are not
+        // its contents, and a punch of them only gives the space back).
+        let punched = match mode == PUNCH {
+            true => pages(offset, end.min(st.attr.size)),
+            false => 0..0,
         };
-        if mode == PUNCH {
+        if !punched.is_empty() {
             // Recorded first, punched after (`record_before_cut`).
-            let punched = pages(offset, end.min(st.attr.size));
             // Pages wholly punched that were only in the bucket are zeros now, not absent.
             let was_absent: Vec<_> = st.absent.overlapping(punched.clone()).collect();
             if !was_absent.is_empty() {
@@ -272,7 +265,7 @@ impl Fs {
             let added = st.dirty.insert(punched);
             self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
             st.put_dirty_marks(&mut batch, &added, epoch);
-            stamp(&mut st, &mut batch);
+            st.stamp(now, &mut batch);
             if let Err(e) = self.record_before_cut(&mut st, batch, saved) {
                 // Nothing punched: the pages only the bucket has are still to be read from
                 // it. (The extra dirty pages upload nothing: the mount has stopped.)
@@ -290,14 +283,11 @@ impl Fs {
                 .and_then(|file| fallocate_raw(&file.expect("created"), mode, offset, length));
             // Changed once punched (as a truncation's cut, `commit_cut`).
             st.write_gen += 1;
-            // The records say zeros where the cache file may hold old bytes: the range the
-            // program asked to discard reads as either, page by page, after the restart the
-            // stop asks for (the program was told the punch failed).
-            return punch.inspect_err(|e| {
-                self.stop_for_failed_commit(&format!(
-                    "a hole could not be punched in a cache file after it was recorded ({e})"
-                ))
-            });
+            // Failed: the pages the cache held keep their bytes, which are what the file
+            // reads and the next checkpoint uploads (they are dirty now); those only the
+            // bucket held read as the punch's zeros. Memory, records and reads agree, and
+            // the program was told the punch failed.
+            return punch;
         }
         let file = self.cache_file(&mut st, true)?.expect("created");
         if mode == 0 && end > st.attr.size && st.tail_unsure {
@@ -308,7 +298,7 @@ impl Fs {
             st.attr.size = end;
         }
         st.write_gen += 1;
-        stamp(&mut st, &mut batch);
+        st.stamp(now, &mut batch);
         self.commit_one(&mut st, batch, saved)
     }
 
