@@ -80,16 +80,7 @@ fn a_start_after_many_writes_over_evicted_pages_stays_within_its_memory() {
             }
         }
     }
-    e.fs.fsync(ino, false).expect("fsync");
-    e.crash();
-    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
-    let grew = peak_mib().saturating_sub(before);
-    assert!(
-        grew < 256,
-        "the peak resident memory grew by {grew} MiB over the writes and the start after them"
-    );
-    let ino = e.ino("data");
-    assert_same("the file after the start", &e.read_all(ino), &want);
+    start_within_memory(&dirs, e, ino, before, "the writes", &want);
 }
 
 /// The same of dirty marks: a truncation deleted the marks past the new end with one range
@@ -117,17 +108,23 @@ fn a_start_after_many_truncations_to_different_sizes_stays_within_its_memory() {
     }
     let last = pattern(7, 3);
     e.write(ino, 0, &last);
+    let mut want = last;
+    want.resize((((CUTS - 1) % SIZES) * PAGE_SIZE) as usize, 0);
+    start_within_memory(&dirs, e, ino, before, "the truncations", &want);
+}
+
+/// Crashes `e` after an fsync of `ino` ("data"), starts again on its cache dir, and checks
+/// that the peak resident memory grew by less than 256 MiB since `before`, over `what` and
+/// the start, and that the file reads back as `want`.
+fn start_within_memory(dirs: &Dirs, e: Engine, ino: u64, before: u64, what: &str, want: &[u8]) {
     e.fs.fsync(ino, false).expect("fsync");
     e.crash();
     let e = Engine::open(&dirs.cache(0), &dirs.bucket(), Options::default());
     let grew = peak_mib().saturating_sub(before);
     assert!(
         grew < 256,
-        "the peak resident memory grew by {grew} MiB over the truncations and the start after them"
+        "the peak resident memory grew by {grew} MiB over {what} and the start after them"
     );
     let ino = e.ino("data");
-    let size = ((CUTS - 1) % SIZES) * PAGE_SIZE;
-    let mut want = last;
-    want.resize(size as usize, 0);
-    assert_same("the file after the start", &e.read_all(ino), &want);
+    assert_same("the file after the start", &e.read_all(ino), want);
 }
