@@ -196,9 +196,9 @@ impl Fs {
     /// upload as a removed file's does (`keep_for_upload`) and the inode starts a new one
     /// when next written. Its name goes first; the next fsync syncs the shard directory
     /// (`new_cache_file`). A crash before that leaves the old file at its old length or no
-    /// file, as `set_len(0)` left the old file or an empty one; the truncation's record is
-    /// synced before (`Fs::commit_cut`), so the old bytes are past the recorded end (rule
-    /// 16). `size` is the file's size before the truncation (`keep_for_upload`).
+    /// file; the truncation's record is synced before the name goes (`Fs::commit_cut`), so
+    /// an old file's bytes are past the recorded end (rule 16). `size` is the file's size
+    /// before the truncation (`keep_for_upload`).
     ///
     /// The caller holds the inode's io lock exclusively (a truncation does): no write, fill,
     /// punch or eviction holds the old file's handle while it is handed over, and none gets

@@ -268,7 +268,7 @@ impl InodeState {
 }
 
 /// The most dirty marks a truncation deletes one by one (`delete_marks_from`): 8 MiB of
-/// pages, so that there is at most one range deletion per 8 MiB marked.
+/// pages, so that a range deletion costs at least 8 MiB marked (or a failed commit).
 const MARKS_DELETED_ONE_BY_ONE: u64 = 1024;
 
 /// The most pages a write marks dirty ahead of itself (`InodeState::put_dirty_marks`): 512
