@@ -13,7 +13,7 @@
 //!   renames land between the cut and the upload, or between the upload and the commit; the
 //!   upload or the commit fails, or the commit lands and its answer is lost.
 //! - Evictions run when the test says; kill -9 can happen in the middle of a checkpoint, an
-//!   eviction or a fill.
+//!   eviction, a fill, or a truncation or punch (its record synced, the cache file not cut).
 //! - Each case draws a configuration: a `--max-dirty` small enough that writers wait for
 //!   room all the time, and `--durability remote`, where fsync returns only once the bucket
 //!   holds the change. Operations that wait run on a thread of their own while the test
@@ -159,6 +159,11 @@ enum Op {
     /// fill (fetched, not installed). The process stops there: the test's hook panics, and
     /// everything is dropped as at any crash.
     CrashAt(StepKind),
+    /// kill -9 in the middle of a truncation or a punched hole, once its record is synced
+    /// and before the cache file is cut (`StepKind::Recorded`), and a restart on the same
+    /// cache dir: the change is durable, so the restart finds it done (a change that records
+    /// nothing first, a truncation up or a punch past the end, is simply done).
+    CrashIn(DataOp),
     /// kill -9, the cache dir lost, and a restore of the bucket into an empty one.
     Restore,
     /// Another machine takes the bucket over while this one runs.
@@ -168,16 +173,25 @@ enum Op {
     Gc,
 }
 
+/// A change that takes bytes out of a file: a truncation or a punched hole.
+fn cut_op() -> impl Strategy<Value = DataOp> {
+    let file = || 0..FILES;
+    prop_oneof![
+        2 => (file(), 0..MAX_OFFSET).prop_map(|(file, size)| DataOp::Truncate { file, size }),
+        // Emptied, as Postgres empties a dropped relation (its own path in the engine).
+        1 => file().prop_map(|file| DataOp::Truncate { file, size: 0 }),
+        1 => (file(), 0..MAX_OFFSET, 1..MAX_LEN)
+            .prop_map(|(file, offset, len)| DataOp::Punch { file, offset, len }),
+    ]
+}
+
 fn data_op() -> impl Strategy<Value = DataOp> {
     let file = || 0..FILES;
     let off = || 0..MAX_OFFSET;
     prop_oneof![
         6 => (file(), off(), 1..MAX_LEN, any::<u8>())
             .prop_map(|(file, offset, len, byte)| DataOp::Write { file, offset, len, byte }),
-        2 => (file(), 0..MAX_OFFSET).prop_map(|(file, size)| DataOp::Truncate { file, size }),
-        // Emptied, as Postgres empties a dropped relation (its own path in the engine).
-        1 => file().prop_map(|file| DataOp::Truncate { file, size: 0 }),
-        1 => (file(), off(), 1..MAX_LEN).prop_map(|(file, offset, len)| DataOp::Punch { file, offset, len }),
+        4 => cut_op(),
         1 => (file(), off(), 1..MAX_LEN).prop_map(|(file, offset, len)| DataOp::Extend { file, offset, len }),
         1 => (file(), any::<bool>()).prop_map(|(file, local)| DataOp::Rename { file, local }),
     ]
@@ -212,6 +226,7 @@ fn op() -> impl Strategy<Value = Op> {
             Just(StepKind::FillFetched),
         ]
         .prop_map(Op::CrashAt),
+        1 => cut_op().prop_map(Op::CrashIn),
         1 => Just(Op::Restore),
         1 => Just(Op::Takeover),
         2 => Just(Op::Gc),
@@ -473,6 +488,8 @@ enum StepKind {
     Committed,
     EvictMarked,
     FillFetched,
+    /// A truncation's or a punch's record synced, the cache file not yet cut.
+    Recorded,
 }
 
 /// The engine under test, with its files' inode numbers, its stepped evictor, and the slot
@@ -521,18 +538,17 @@ impl Sut {
                 Step::Committed { .. } => StepKind::Committed,
                 Step::EvictMarked { .. } => StepKind::EvictMarked,
                 Step::FillFetched { .. } => StepKind::FillFetched,
+                Step::CutRecorded { .. } => StepKind::Recorded,
                 // tests/engine.rs puts changes there (and between the files of a mark
                 // clean); the flush's end, between `Committed` and the marks, is a point
                 // nothing changes the pages' state at; a fill's flush holds the file's locks
                 // (its fetch, `FillFetched`, is where a fill is crashed); a request's entry
-                // is the model's own step, not background work's, and so is a truncation's
-                // or punch's record before its cut.
+                // is the model's own step, not background work's.
                 Step::CutRunRead { .. }
                 | Step::MarkingClean { .. }
                 | Step::MarkedClean { .. }
                 | Step::FillSynced { .. }
-                | Step::Entered { .. }
-                | Step::CutRecorded { .. } => return,
+                | Step::Entered { .. } => return,
             };
             let action = {
                 let mut slot = taken.lock().expect("slot");
@@ -600,6 +616,14 @@ impl Sut {
         } = self;
         drop((evictor, _remote));
         engine.crash();
+    }
+
+    /// The next time background work (or a change) reaches `kind`, the process dies there.
+    fn crash_at(&self, kind: StepKind) {
+        *self.slot.lock().expect("slot") = Some((
+            kind,
+            Box::new(|| std::panic::panic_any(CrashHere)) as Action,
+        ));
     }
 
     fn check_all(&self, what: &str, files: &Files) {
@@ -972,15 +996,7 @@ impl Case {
         let sut = self.sut.as_ref().expect("open");
         let e = &sut.engine;
         let fs = &e.fs;
-        *sut.slot.lock().expect("slot") = Some((
-            kind,
-            Box::new(|| std::panic::panic_any(CrashHere)) as Action,
-        ));
-        let crashed = |r: std::thread::Result<()>| match r {
-            Ok(()) => false,
-            Err(p) if p.is::<CrashHere>() => true,
-            Err(p) => std::panic::resume_unwind(p),
-        };
+        sut.crash_at(kind);
         let all = |e: &Engine| {
             for &ino in &sut.inos {
                 e.read_all(ino);
@@ -1014,12 +1030,37 @@ impl Case {
                 sut.evictor.run(fs).expect("evict");
                 crashed(std::panic::catch_unwind(AssertUnwindSafe(|| all(e))))
             }
+            StepKind::Recorded => unreachable!("a crash in a change is `crash_in`'s"),
         };
         if reached && kind == StepKind::Committed {
             self.committed = cut_of(&at_cut);
         }
         sut.slot.lock().expect("slot").take();
         self.restart(&format!("step {step}: after a crash at {kind:?}"), false);
+    }
+
+    /// kill -9 in the middle of `op` (a truncation or a punch), once its record is synced
+    /// and before it cuts the cache file; the restart must find the change done. (Neither
+    /// waits for room under `--max-dirty`: it runs here.)
+    fn crash_in(&mut self, step: usize, op: &DataOp) {
+        let sut = self.sut.as_ref().expect("open");
+        sut.crash_at(StepKind::Recorded);
+        let reached = crashed(std::panic::catch_unwind(AssertUnwindSafe(|| {
+            run(&sut.engine.fs, &sut.inos, &self.files, op)
+        })));
+        sut.slot.lock().expect("slot").take();
+        apply(&mut self.files, op);
+        let at = if reached { "in" } else { "after" };
+        self.restart(&format!("step {step}: after a crash {at} {op:?}"), false);
+    }
+}
+
+/// Whether `r` is the end of a run that died at a step (`Sut::crash_at`).
+fn crashed(r: std::thread::Result<()>) -> bool {
+    match r {
+        Ok(()) => false,
+        Err(p) if p.is::<CrashHere>() => true,
+        Err(p) => std::panic::resume_unwind(p),
     }
 }
 
@@ -1059,6 +1100,7 @@ fn check(config: Config, ops: &[Op]) {
             }
             Op::Crash => case.restart(&format!("step {step}: after a crash"), false),
             Op::CrashAt(kind) => case.crash_at(step, *kind),
+            Op::CrashIn(d) => case.crash_in(step, d),
             Op::Restore => case.restart(&format!("step {step}: restored from the bucket"), true),
             Op::Takeover => case.takeover(step),
             Op::Gc => case.gc(step),

@@ -33,6 +33,9 @@ const CF_ABSENT: &str = "absent";
 const CF_LOCAL_ONLY: &str = "local_only";
 const KEY_NEXT_INO: &[u8] = b"next_ino";
 const KEY_EPOCH: &[u8] = b"epoch";
+/// In the meta column family, followed by an inode number (big-endian): a hole recorded and
+/// not yet known punched in that inode's cache file (`MetaBatch::put_punch`).
+const KEY_PUNCH: &[u8] = b"punch/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -90,6 +93,8 @@ pub struct Loaded {
     /// per range, as `MetaBatch::change_absent` needs; not after format 1's key per page).
     pub absent: Vec<(u64, PageSet, bool)>,
     pub local_only: Vec<u64>,
+    /// Holes recorded and not known punched: each inode and the bytes of its cache file.
+    pub punches: Vec<(u64, Range<u64>)>,
     pub next_ino: Option<u64>,
     pub epoch: Option<u64>,
 }
@@ -412,9 +417,32 @@ impl MetaStore {
             truncs,
             absent,
             local_only,
+            punches: self.load_punches()?,
             next_ino: self.get_meta_u64(KEY_NEXT_INO)?,
             epoch: self.get_meta_u64(KEY_EPOCH)?,
         })
+    }
+
+    /// The holes recorded and not known punched (`MetaBatch::put_punch`).
+    fn load_punches(&self) -> Result<Vec<(u64, Range<u64>)>, MetaError> {
+        let bad = |why| MetaError::BadRecord { cf: CF_META, why };
+        let mut out = Vec::new();
+        let from = IteratorMode::From(KEY_PUNCH, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(CF_META), from) {
+            let (k, v) = item.map_err(db_err("load punched holes"))?;
+            let Some(ino) = k.strip_prefix(KEY_PUNCH) else {
+                break;
+            };
+            let ino = be_u64(ino).ok_or_else(|| bad("a punched hole's inode is not 8 bytes"))?;
+            let (start, end) = v
+                .split_at_checked(8)
+                .and_then(|(s, e)| Some((s.try_into().ok()?, e.try_into().ok()?)))
+                .map(|(s, e)| (u64::from_le_bytes(s), u64::from_le_bytes(e)))
+                .filter(|(s, e)| s < e)
+                .ok_or_else(|| bad("a punched hole is not two offsets, the first lower"))?;
+            out.push((ino, start..end));
+        }
+        Ok(out)
     }
 
     /// The absent pages of every inode: a key per range (its first page, the end as the
@@ -587,6 +615,22 @@ impl MetaBatch<'_> {
             .delete_cf(self.store.cf(CF_LOCAL_ONLY), ino.to_be_bytes());
     }
 
+    /// Records that bytes `bytes` of `ino`'s cache file are to be punched (the records say
+    /// they read as zeros from now on), before the punch: a start that finds the record
+    /// punches them again, in case a crash came before the punch. `delete_punch` once the
+    /// punch is on the disk, and before anything can be written there again.
+    pub fn put_punch(&mut self, ino: u64, bytes: Range<u64>) {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&bytes.start.to_le_bytes());
+        value[8..].copy_from_slice(&bytes.end.to_le_bytes());
+        self.batch
+            .put_cf(self.store.cf(CF_META), punch_key(ino), value);
+    }
+
+    pub fn delete_punch(&mut self, ino: u64) {
+        self.batch.delete_cf(self.store.cf(CF_META), punch_key(ino));
+    }
+
     pub fn delete_trunc(&mut self, ino: u64) {
         self.batch
             .delete_cf(self.store.cf(CF_TRUNCS), ino.to_be_bytes());
@@ -708,6 +752,10 @@ fn dirty_key(ino: u64, page: u64) -> [u8; 16] {
     key[..8].copy_from_slice(&ino.to_be_bytes());
     key[8..].copy_from_slice(&page.to_be_bytes());
     key
+}
+
+fn punch_key(ino: u64) -> Vec<u8> {
+    [KEY_PUNCH, &ino.to_be_bytes()].concat()
 }
 
 fn be_u64(bytes: &[u8]) -> Option<u64> {

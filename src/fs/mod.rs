@@ -290,6 +290,7 @@ impl Fs {
             .map(|(ino, set, exact)| (ino, (set, exact)))
             .collect();
         let local_only: std::collections::HashSet<u64> = loaded.local_only.into_iter().collect();
+        let punches = loaded.punches;
         let touched = Arc::new(touched::Touched::default());
         let mut map = HashMap::with_capacity(loaded.inodes.len());
         let mut max_ino = ROOT_INO;
@@ -364,6 +365,10 @@ impl Fs {
             for r in stale.iter() {
                 batch.delete_dirty(*ino, r);
             }
+        }
+        for (ino, bytes) in punches {
+            fs.punch_again(ino, bytes)?;
+            batch.delete_punch(ino);
         }
         if loaded.epoch.is_none() {
             batch.put_epoch(fs.epoch.load(Ordering::Relaxed));

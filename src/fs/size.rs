@@ -123,14 +123,56 @@ impl Fs {
         batch: crate::cache::MetaBatch<'_>,
         saved: super::Attr,
     ) -> Result<()> {
-        self.commit_one(st, batch, saved).inspect_err(|e| {
-            self.stop_for_failed_commit(&format!(
-                "the record of a truncation or a punched hole failed ({e})"
-            ))
-        })?;
-        // (A failed sync stops the mount itself.)
-        self.sync_records(st.meta_seq)?;
+        self.commit_synced(
+            st,
+            batch,
+            saved,
+            "the record of a truncation or a punched hole",
+        )?;
         self.step(super::Step::CutRecorded { ino: st.attr.ino });
+        Ok(())
+    }
+
+    /// Commits `batch` and syncs the records' log. A failure stops the mount as a failed
+    /// commit does (`what` says which record failed; a failed sync stops it itself).
+    fn commit_synced(
+        &self,
+        st: &mut InodeState,
+        batch: crate::cache::MetaBatch<'_>,
+        saved: super::Attr,
+        what: &str,
+    ) -> Result<()> {
+        self.commit_one(st, batch, saved)
+            .inspect_err(|e| self.stop_for_failed_commit(&format!("{what} failed ({e})")))?;
+        self.sync_records(st.meta_seq)
+    }
+
+    /// Forgets the record that a hole is to be punched in `st`'s cache file (`put_punch`),
+    /// durably, once the punch is on the disk or has failed (the bytes whole): a start
+    /// must not punch those bytes again after something was written over them.
+    fn punch_done(&self, st: &mut InodeState) -> Result<()> {
+        let mut batch = self.meta.batch();
+        batch.delete_punch(st.attr.ino);
+        let saved = st.attr.clone();
+        self.commit_synced(st, batch, saved, "the end of a punched hole's record")
+    }
+
+    /// At a start, before the mount serves: punches again the bytes `bytes` of `ino`'s
+    /// cache file whose hole was recorded and not known punched (a crash came between the
+    /// record and the punch, or before the punch was on the disk). The records hold those
+    /// bytes as zeros; punched twice, they are the same zeros.
+    pub(super) fn punch_again(&self, ino: u64, bytes: std::ops::Range<u64>) -> Result<()> {
+        // (An inode gone has no cache file to punch.)
+        let Ok(inode) = self.inode(ino) else {
+            return Ok(());
+        };
+        let mut st = inode.state.lock();
+        if let Some(file) = self.cache_file(&mut st, false)? {
+            const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            fallocate_raw(&file, PUNCH, bytes.start, bytes.end - bytes.start)?;
+            file.sync_data()
+                .map_err(FsError::io("sync cache file punched again"))?;
+        }
         Ok(())
     }
 
@@ -266,6 +308,8 @@ impl Fs {
             self.dirty_added(added.iter().map(|r| r.end - r.start).sum());
             st.put_dirty_marks(&mut batch, &added, epoch);
             st.stamp(now, &mut batch);
+            // Punched again at the next start should the process die before the punch.
+            batch.put_punch(st.attr.ino, offset..end);
             if let Err(e) = self.record_before_cut(&mut st, batch, saved) {
                 // Nothing punched: the pages only the bucket has are still to be read from
                 // it. (The extra dirty pages upload nothing: the mount has stopped.)
@@ -278,16 +322,22 @@ impl Fs {
             self.freeze(&mut st, pages(offset, end));
             // (Created if there is none: a file only the bucket holds has none yet, and its
             // pages are absent, not holes.)
-            let punch = self
-                .cache_file(&mut st, true)
-                .and_then(|file| fallocate_raw(&file.expect("created"), mode, offset, length));
+            let punch = self.cache_file(&mut st, true).and_then(|file| {
+                let file = file.expect("created");
+                fallocate_raw(&file, mode, offset, length).map(|()| file)
+            });
             // Changed once punched (as a truncation's cut, `commit_cut`).
             st.write_gen += 1;
-            // Failed: the pages the cache held keep their bytes, which are what the file
-            // reads and the next checkpoint uploads (they are dirty now); those only the
-            // bucket held read as the punch's zeros. Memory, records and reads agree, and
-            // the program was told the punch failed.
-            return punch;
+            // Made: on the disk before its record goes (a failed flush stops the mount, and
+            // the next start punches again). Failed: the pages the cache held keep their
+            // bytes, which are what the file reads and the next checkpoint uploads (they
+            // are dirty now); those only the bucket held read as the punch's zeros. Memory,
+            // records and reads agree, and the program is told the punch failed.
+            if let Ok(file) = &punch {
+                self.sync_cache_file(file, "sync cache file after a punched hole")?;
+            }
+            self.punch_done(&mut st)?;
+            return punch.map(drop);
         }
         let file = self.cache_file(&mut st, true)?.expect("created");
         if mode == 0 && end > st.attr.size && st.tail_unsure {
@@ -373,6 +423,11 @@ pub(super) fn cut_past_end(fs: &Fs, st: &mut InodeState, file: &File) -> Result<
 }
 
 pub(super) fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) -> Result<()> {
+    #[cfg(test)]
+    if tests::NEXT_FALLOCATE_FAILS.with(|fails| fails.replace(false)) {
+        let eio = io::Error::from_raw_os_error(libc::EIO);
+        return Err(FsError::io("fallocate cache file")(eio));
+    }
     // SAFETY: fallocate only reads the descriptor, which `file` keeps open.
     let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, length as i64) };
     if r != 0 {
@@ -384,344 +439,4 @@ pub(super) fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) ->
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cache::FailCommit;
-    use crate::fs::testing::{new_file, open};
-    use crate::fs::SetAttr;
-    use std::os::unix::fs::FileExt;
-
-    /// How the cache file came to hold bytes past the file's end.
-    #[derive(Clone, Copy, Debug)]
-    enum Leftover {
-        /// A write past the end whose commit was lost.
-        Lost,
-        /// One whose commit was applied but reported a failure (memory keeps the old size).
-        Applied,
-        /// A crash kept bytes whose new size was never recorded.
-        Crash,
-    }
-
-    /// Bytes the cache file holds past the file's end (the size is not on a page boundary)
-    /// must read as zeros once something grows the file over them: a write leaving a hole, a
-    /// truncation up, fallocate.
-    #[test]
-    fn what_a_failed_write_left_past_the_end_reads_as_zeros_once_the_file_grows() {
-        type Grow = fn(&Fs, u64);
-        const SIZE: u64 = 100;
-        let grows: [(&str, Grow); 3] = [
-            ("a write leaving a hole", |fs, ino| {
-                fs.write(ino, 3 * PAGE_SIZE, &[0xbb; PAGE_SIZE as usize])
-                    .map(drop)
-                    .unwrap()
-            }),
-            ("a truncation up", |fs, ino| {
-                let size = SetAttr {
-                    size: Some(4 * PAGE_SIZE),
-                    ..SetAttr::default()
-                };
-                fs.setattr(ino, &size).map(drop).unwrap()
-            }),
-            ("fallocate", |fs, ino| {
-                fs.fallocate(ino, SIZE, 4 * PAGE_SIZE - SIZE, 0).unwrap()
-            }),
-        ];
-        for leftover in [Leftover::Lost, Leftover::Applied, Leftover::Crash] {
-            for (how, grow) in grows {
-                let dir = tempfile::tempdir().unwrap();
-                let mut fs = open(&dir);
-                let ino = new_file(&fs);
-                fs.write(ino, 0, &[0x11; SIZE as usize]).unwrap();
-                let junk = [0xaa; PAGE_SIZE as usize];
-                match leftover {
-                    Leftover::Lost | Leftover::Applied => {
-                        fs.meta.fail_next_commit(match leftover {
-                            Leftover::Lost => FailCommit::Lost,
-                            _ => FailCommit::Applied,
-                        });
-                        fs.write(ino, SIZE, &junk).expect_err("the commit fails");
-                    }
-                    Leftover::Crash => {
-                        fs.fsync(ino, false).unwrap();
-                        let path = fs.cache_file_path(ino);
-                        drop(fs);
-                        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-                        file.write_all_at(&junk, SIZE).unwrap();
-                        fs = open(&dir);
-                        fs.open(ino, libc::O_RDWR).unwrap();
-                    }
-                }
-                let case = format!("{leftover:?}, then {how}");
-                assert_eq!(fs.getattr(ino).unwrap().size, SIZE, "{case}");
-                grow(&fs, ino);
-                assert_eq!(fs.getattr(ino).unwrap().size, 4 * PAGE_SIZE, "{case}");
-                let got = fs.read(ino, SIZE, PAGE_SIZE as u32).unwrap();
-                assert!(
-                    got.iter().all(|&b| b == 0),
-                    "{case}: past the old end reads {:#x}.., not zeros",
-                    got[0]
-                );
-                assert_eq!(
-                    fs.read(ino, 0, SIZE as u32).unwrap(),
-                    vec![0x11; SIZE as usize],
-                    "{case}: the bytes before the old end"
-                );
-            }
-        }
-    }
-
-    /// setattr(2) of the size to half a page.
-    fn truncate_to_half_a_page(fs: &Fs, ino: u64) -> Result<()> {
-        let size = SetAttr {
-            size: Some(PAGE_SIZE / 2),
-            ..SetAttr::default()
-        };
-        fs.setattr(ino, &size).map(drop)
-    }
-
-    /// How the record of a truncation or a punched hole fails.
-    #[derive(Clone, Copy, Debug)]
-    enum RecordFails {
-        /// Its commit, the batch lost or applied.
-        Commit(FailCommit),
-        /// Refused: the mount stopped after the change looked (a failed commit elsewhere).
-        Refused,
-        /// The sync of the records after its commit.
-        Sync,
-    }
-
-    /// A truncation down or a punched hole whose record fails (its commit, the sync after
-    /// it, or refused because another change's failed commit stopped the mount after this
-    /// one looked) must leave the cache file whole: the mount stops as a crash would, the
-    /// cache dir is not given up, and the next mount finds every fsync'd byte, or the change
-    /// done, never the old size with zeros where the bytes were. Before, the cut came
-    /// first: the file read as zeros after the restart, or the cache dir was given up with
-    /// every fsync'd byte not yet in the bucket.
-    #[test]
-    fn a_truncation_or_punch_whose_record_fails_keeps_every_fsynced_byte() {
-        type Change = fn(&Fs, u64) -> Result<()>;
-        let old = vec![0x11; 3 * PAGE_SIZE as usize];
-        // What each change leaves when done: a truncation its prefix, a punch zeros.
-        let punched = [
-            vec![0; 2 * PAGE_SIZE as usize],
-            old[2 * PAGE_SIZE as usize..].to_vec(),
-        ];
-        let changes: [(&str, Change, Vec<u8>); 3] = [
-            (
-                "setattr",
-                truncate_to_half_a_page,
-                old[..PAGE_SIZE as usize / 2].to_vec(),
-            ),
-            ("open with O_TRUNC", open_truncating, Vec::new()),
-            ("a punched hole", punch_two_pages, punched.concat()),
-        ];
-        let fails = [
-            RecordFails::Commit(FailCommit::Lost),
-            RecordFails::Commit(FailCommit::Applied),
-            RecordFails::Refused,
-            RecordFails::Sync,
-        ];
-        for how in fails {
-            for (name, change, done) in &changes {
-                let dir = tempfile::tempdir().unwrap();
-                let fs = open(&dir);
-                let ino = new_file(&fs);
-                fs.write(ino, 0, &old).unwrap();
-                fs.fsync(ino, false).unwrap();
-                match how {
-                    RecordFails::Commit(how) => fs.meta.fail_next_commit(how),
-                    RecordFails::Refused => fs.meta.refuse_commits(),
-                    RecordFails::Sync => fs.meta.fail_next_sync(),
-                }
-                let case = format!("{name}, {how:?}");
-                let answer = change(&fs, ino);
-                let punch = *name == "a punched hole";
-                // Live: a truncation is done in memory (the kernel drops its pages past the
-                // new end), a punch is not.
-                let got = fs.read(ino, 0, old.len() as u32).unwrap();
-                match punch {
-                    true => assert!(answer.is_err() && got == old, "{case}: {answer:?}"),
-                    false => assert!(
-                        answer.is_ok() && got == *done,
-                        "{case}: {answer:?}, {} bytes",
-                        got.len()
-                    ),
-                }
-                assert!(!fs.cache_given_up(), "{case}: the cache dir was given up");
-                assert!(fs.cache_failed(), "{case}: the mount did not stop");
-                fs.fsync(ino, false)
-                    .expect_err("an fsync after the failed record");
-                // (The unmount writes nothing once stopped; after a failed sync it says so.)
-                let unmounted = fs.shutdown();
-                assert!(
-                    unmounted.is_ok() || matches!(how, RecordFails::Sync),
-                    "{case}: {unmounted:?}"
-                );
-                drop(fs);
-                let fs = open(&dir);
-                let got = fs.read(ino, 0, old.len() as u32).unwrap();
-                // (A punch answered with an error has made no hole in pages the cache held.)
-                assert!(
-                    got == old || (got == *done && !punch),
-                    "{case}: after a restart the file reads {} bytes, {:#x}.., neither the old \
-                     bytes nor the change done",
-                    got.len(),
-                    got.first().copied().unwrap_or(0)
-                );
-            }
-        }
-    }
-
-    /// open(2) with O_TRUNC.
-    fn open_truncating(fs: &Fs, ino: u64) -> Result<()> {
-        fs.open(ino, libc::O_RDWR | libc::O_TRUNC).map(drop)
-    }
-
-    /// fallocate(2) punching the first two pages.
-    fn punch_two_pages(fs: &Fs, ino: u64) -> Result<()> {
-        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        fs.fallocate(ino, 0, 2 * PAGE_SIZE, punch)
-    }
-
-    /// A power cut may keep a cache file's cut and lose the unsynced record of it (the two
-    /// are on different files): the truncation or punch must be in the synced records
-    /// before the cache file loses a byte, and the cache file cut once it is.
-    #[test]
-    fn a_truncation_or_punch_is_durable_in_the_records_before_the_cache_file_is_cut() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        type Change = fn(&Fs, u64) -> Result<()>;
-        let old = vec![0x11; 3 * PAGE_SIZE as usize];
-        // The cache file once cut: its length, and the bytes it then holds from the start.
-        let changes: [(&str, Change, u64, Vec<u8>); 2] = [
-            (
-                "a truncation",
-                truncate_to_half_a_page,
-                PAGE_SIZE / 2,
-                old[..PAGE_SIZE as usize / 2].to_vec(),
-            ),
-            (
-                "a punched hole",
-                punch_two_pages,
-                old.len() as u64,
-                [
-                    vec![0; 2 * PAGE_SIZE as usize],
-                    old[..PAGE_SIZE as usize].to_vec(),
-                ]
-                .concat(),
-            ),
-        ];
-        for (name, change, len, cut) in changes {
-            let dir = tempfile::tempdir().unwrap();
-            let fs = std::sync::Arc::new(open(&dir));
-            let ino = new_file(&fs);
-            fs.write(ino, 0, &old).unwrap();
-            fs.fsync(ino, false).unwrap();
-            let path = fs.cache_file_path(ino);
-            let cache_file = move || {
-                let bytes = std::fs::read(&path).unwrap();
-                (bytes.len() as u64, bytes)
-            };
-            let recorded = std::sync::Arc::new(AtomicBool::new(false));
-            {
-                let (fs_in_hook, recorded) = (std::sync::Arc::downgrade(&fs), recorded.clone());
-                let (cache_file, old) = (cache_file.clone(), old.clone());
-                fs.set_step_hook(Box::new(move |step| {
-                    if let (crate::fs::Step::CutRecorded { .. }, Some(fs)) =
-                        (step, fs_in_hook.upgrade())
-                    {
-                        assert!(
-                            fs.log_synced_seq() >= fs.log_seq(),
-                            "{name}: recorded, not synced ({} of {})",
-                            fs.log_synced_seq(),
-                            fs.log_seq()
-                        );
-                        assert!(
-                            cache_file().1 == old,
-                            "{name}: the cache file was cut before its record"
-                        );
-                        recorded.store(true, Ordering::Release);
-                    }
-                }));
-            }
-            change(&fs, ino).unwrap();
-            assert!(recorded.load(Ordering::Acquire), "{name}: no record");
-            let (got_len, got) = cache_file();
-            assert_eq!(got_len, len, "{name}: the cache file's length once cut");
-            assert!(got.starts_with(&cut), "{name}: the cache file once cut");
-        }
-    }
-
-    /// The cache file a truncation opens to cut (nobody had it open) was open before the
-    /// change, as far as the next fsync is concerned: that fsync flushes it through its
-    /// descriptor, which reports a failed write-back of the cut, and needs no flush of the
-    /// whole cache disk (`InodeState::watched`).
-    #[test]
-    fn the_fsync_after_a_truncation_of_a_closed_file_flushes_that_file_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = open(&dir);
-        let ino = new_file(&fs);
-        fs.write(ino, 0, &[0x11; 3 * PAGE_SIZE as usize]).unwrap();
-        fs.fsync(ino, false).unwrap();
-        fs.release(ino).unwrap();
-        truncate_to_half_a_page(&fs, ino).unwrap();
-        let flushes = |fs: &Fs| {
-            let stats = &fs.stats;
-            [&stats.cache_file_syncs, &stats.cache_flushes].map(|n| n.load(Ordering::Relaxed))
-        };
-        let [files, disks] = flushes(&fs);
-        fs.fsync(ino, false).unwrap();
-        assert_eq!(
-            flushes(&fs),
-            [files + 1, disks],
-            "the fsync's flushes [of the file, of the cache disk]"
-        );
-    }
-
-    /// A truncation or a punched hole that passed the stop check while a change whose
-    /// commit then failed held the file's lock (that stop is crash-like: the cache dir is
-    /// opened again) changes nothing once it holds the file, and fails with EIO as every
-    /// change after the stop does. (One past that look has its record refused and leaves
-    /// the cache file whole, rule 24; a truncation is then done in memory.)
-    #[test]
-    fn a_cut_or_punch_that_entered_before_a_failed_commit_stopped_the_mount_changes_nothing() {
-        type Change = fn(&Fs, u64) -> Result<()>;
-        let changes: [(&str, Change); 3] = [
-            ("a truncation", truncate_to_half_a_page),
-            ("an open with O_TRUNC", open_truncating),
-            ("a punched hole", punch_two_pages),
-        ];
-        for (name, change) in changes {
-            let dir = tempfile::tempdir().unwrap();
-            let fs = std::sync::Arc::new(open(&dir));
-            let ino = new_file(&fs);
-            let old = vec![0x11; 3 * PAGE_SIZE as usize];
-            fs.write(ino, 0, &old).unwrap();
-            fs.fsync(ino, false).unwrap();
-            {
-                let fs_in_hook = std::sync::Arc::downgrade(&fs);
-                fs.set_step_hook(Box::new(move |step| {
-                    if let (crate::fs::Step::Entered { .. }, Some(fs)) =
-                        (step, fs_in_hook.upgrade())
-                    {
-                        fs.stop_for_failed_commit("a test's failed commit");
-                    }
-                }));
-            }
-            let got = change(&fs, ino);
-            assert!(
-                matches!(got, Err(FsError::CacheFailed)),
-                "{name} after the stop: {got:?}"
-            );
-            assert!(!fs.cache_given_up(), "{name}: the cache dir was given up");
-            assert_eq!(fs.read(ino, 0, old.len() as u32).unwrap(), old, "{name}");
-            fs.shutdown().unwrap();
-            drop(fs);
-            let fs = open(&dir);
-            assert_eq!(
-                fs.read(ino, 0, old.len() as u32).unwrap(),
-                old,
-                "{name}: after a restart"
-            );
-        }
-    }
-}
+mod tests;
