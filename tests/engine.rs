@@ -1774,9 +1774,9 @@ fn a_create_lost_to_a_power_loss_does_not_lend_its_inode_to_the_next_file() {
 /// first, rule 24) leaves a cache file that still holds the bytes cut off. A truncation's
 /// must not come back as the file's contents when it grows over them again (rule 16); a
 /// punch's must read as the zeros its record says, which the start punches again (seen
-/// failing without that: the old bytes read back under marks that upload them). Nor may
-/// either reach the bucket. The crash is the cache dir as it was at `Step::CutRecorded`,
-/// copied there.
+/// failing without that: the old bytes read back under marks that upload them), and only
+/// that once: what is written there after it stays. Nor may either reach the bucket. The
+/// crash is the cache dir as it was at `Step::CutRecorded`, copied there.
 #[test]
 fn a_crash_between_a_truncation_or_punch_record_and_its_cut_brings_no_cut_bytes_back() {
     type Change = fn(&Engine, u64);
@@ -1785,6 +1785,8 @@ fn a_crash_between_a_truncation_or_punch_record_and_its_cut_brings_no_cut_bytes_
     grown.resize(2 * PAGE, 0);
     let mut punched = old.clone();
     punched[PAGE / 2..2 * PAGE + 100].fill(0);
+    // Written over after the restart: the next start must not punch it again.
+    punched[PAGE..PAGE + 10].fill(0x44);
     let punch: Change = |e, ino| {
         let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         e.fs.fallocate(ino, PAGE_SIZE / 2, PAGE_SIZE * 3 / 2 + 100, mode)
@@ -1799,7 +1801,12 @@ fn a_crash_between_a_truncation_or_punch_record_and_its_cut_brings_no_cut_bytes_
             |e, ino| e.truncate(ino, 2 * PAGE_SIZE),
             grown,
         ),
-        ("a punch", punch, |_, _| {}, punched),
+        (
+            "a punch",
+            punch,
+            |e, ino| e.write(ino, PAGE_SIZE, &[0x44; 10]),
+            punched,
+        ),
     ];
     for (name, change, after, want) in cases {
         let dirs = Dirs::new();

@@ -27,10 +27,13 @@ use serde::{Deserialize, Serialize};
 /// reads). Version 3 lets dirty marks run ahead of a writer, over pages that are not dirty
 /// and may be only in the bucket: a crash recovers as dirty only the marked pages that are
 /// neither absent nor past the end, where a bucketfs of version 2 would upload an absent
-/// page's hole. A cache dir of an older version this bucketfs reads is raised to this one
-/// when opened, before anything is written, so that an older bucketfs refuses it from then
-/// on.
-pub const CACHE_FORMAT_VERSION: u32 = 3;
+/// page's hole. Version 4 records a punched hole before the punch (`MetaBatch::put_punch`)
+/// and a start punches again what a crash left recorded: a bucketfs of version 3 would
+/// ignore that record, read the bytes the punch was to take out and upload them, and leave
+/// the record behind for a later start to punch over what it wrote there since. A cache dir
+/// of an older version this bucketfs reads is raised to this one when opened, before
+/// anything is written, so that an older bucketfs refuses it from then on.
+pub const CACHE_FORMAT_VERSION: u32 = 4;
 /// The oldest format version this bucketfs opens.
 pub const OLDEST_CACHE_FORMAT_VERSION: u32 = 1;
 const MAGIC: &str = "bucketfs-cache";
@@ -405,12 +408,12 @@ fn take_lock(root: &Path) -> Result<File, CacheError> {
 mod tests {
     use super::*;
 
-    /// A cache dir of format 1 or 2 opens, and its marker says 3 from then on (so that a
+    /// A cache dir of format 1, 2 or 3 opens, and its marker says 4 from then on (so that a
     /// bucketfs of an older format refuses what this one may write: ranges of absent pages,
-    /// marks ahead of a writer), with its creation time kept.
+    /// marks ahead of a writer, punched holes to punch again), with its creation time kept.
     #[test]
     fn a_cache_dir_of_an_older_format_is_raised_when_opened() {
-        for old in [1, 2] {
+        for old in [1, 2, 3] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("c");
             drop(CacheDir::open(&path, 8192).unwrap());
@@ -426,7 +429,7 @@ mod tests {
             assert_eq!(m.version, CACHE_FORMAT_VERSION, "from format {old}");
             assert_eq!(m.created_unix, 1_700_000_000);
         }
-        assert_eq!(CACHE_FORMAT_VERSION, 3);
+        assert_eq!(CACHE_FORMAT_VERSION, 4);
     }
 
     #[test]

@@ -10,6 +10,9 @@ use std::time::SystemTime;
 use super::data::pages;
 use super::{Attr, FileKind, Fs, FsError, InodeState, Result, SetAttr, MAX_FILE_SIZE, PAGE_SIZE};
 
+/// fallocate(2)'s mode for a punched hole.
+const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+
 impl Fs {
     pub fn setattr(&self, ino: u64, changes: &SetAttr) -> Result<Attr> {
         let inode = self.inode(ino)?;
@@ -148,8 +151,10 @@ impl Fs {
     }
 
     /// Forgets the record that a hole is to be punched in `st`'s cache file (`put_punch`),
-    /// durably, once the punch is on the disk or has failed (the bytes whole): a start
-    /// must not punch those bytes again after something was written over them.
+    /// once the punch is on the disk or has failed: a start must not punch those bytes
+    /// again after something was written over them. Synced here, though a later fsync of
+    /// the file or a checkpoint would sync it before what they make durable: punches are
+    /// rare, and no later path has to be relied on.
     fn punch_done(&self, st: &mut InodeState) -> Result<()> {
         let mut batch = self.meta.batch();
         batch.delete_punch(st.attr.ino);
@@ -168,10 +173,9 @@ impl Fs {
         };
         let mut st = inode.state.lock();
         if let Some(file) = self.cache_file(&mut st, false)? {
-            const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             fallocate_raw(&file, PUNCH, bytes.start, bytes.end - bytes.start)?;
-            file.sync_data()
-                .map_err(FsError::io("sync cache file punched again"))?;
+            // (A failure gives the cache dir up, as a failed flush at a start does.)
+            self.sync_cache_file(&file, "sync cache file punched again")?;
         }
         Ok(())
     }
@@ -186,9 +190,7 @@ impl Fs {
         }
         self.freeze(st, size / PAGE_SIZE..u64::MAX);
         let cut = self.cache_file(st, false).and_then(|file| match file {
-            Some(file) => file
-                .set_len(size)
-                .map_err(FsError::io("truncate cache file")),
+            Some(file) => set_len_raw(&file, size),
             None => Ok(()),
         });
         // The records hold the size: what stays past it is not read as contents, and
@@ -253,7 +255,6 @@ impl Fs {
 
     /// fallocate(2): mode 0 and KEEP_SIZE allocate (zeros), PUNCH_HOLE|KEEP_SIZE deallocates.
     pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
-        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         if length == 0 {
             return Err(FsError::Invalid("fallocate of zero length"));
         }
@@ -328,15 +329,19 @@ impl Fs {
             });
             // Changed once punched (as a truncation's cut, `commit_cut`).
             st.write_gen += 1;
-            // Made: on the disk before its record goes (a failed flush stops the mount, and
-            // the next start punches again). Failed: the pages the cache held keep their
-            // bytes, which are what the file reads and the next checkpoint uploads (they
-            // are dirty now); those only the bucket held read as the punch's zeros. Memory,
-            // records and reads agree, and the program is told the punch failed.
+            // Made: on the disk before its record goes (a failed flush gives the cache dir
+            // up, as any does). Failed: the pages the cache held keep what the failed
+            // fallocate left of their bytes (all of them, or zeros as far as it got), which
+            // is what the file reads and the next checkpoint uploads (they are dirty now);
+            // those only the bucket held read as the punch's zeros. Memory, records and
+            // reads agree, and the program is told the punch failed.
             if let Ok(file) = &punch {
                 self.sync_cache_file(file, "sync cache file after a punched hole")?;
             }
-            self.punch_done(&mut st)?;
+            // Should this fail, the mount has stopped and the next start punches again:
+            // the hole made stays made, one that failed is made whole. Answered as the
+            // punch went.
+            let _ = self.punch_done(&mut st);
             return punch.map(drop);
         }
         let file = self.cache_file(&mut st, true)?.expect("created");
@@ -422,12 +427,28 @@ pub(super) fn cut_past_end(fs: &Fs, st: &mut InodeState, file: &File) -> Result<
     Ok(())
 }
 
-pub(super) fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) -> Result<()> {
+/// Tests: fails with EIO if the test running on this thread asked for the next cut of a
+/// cache file (a punch, or a truncation's) to fail (`tests::NEXT_CUT_FAILS`).
+fn injected_cut_failure(context: &'static str) -> Result<()> {
     #[cfg(test)]
-    if tests::NEXT_FALLOCATE_FAILS.with(|fails| fails.replace(false)) {
-        let eio = io::Error::from_raw_os_error(libc::EIO);
-        return Err(FsError::io("fallocate cache file")(eio));
+    if tests::NEXT_CUT_FAILS.with(|fails| fails.replace(false)) {
+        return Err(FsError::io(context)(io::Error::from_raw_os_error(
+            libc::EIO,
+        )));
     }
+    let _ = context;
+    Ok(())
+}
+
+/// A truncation's cut of its cache file.
+fn set_len_raw(file: &File, size: u64) -> Result<()> {
+    injected_cut_failure("truncate cache file")?;
+    file.set_len(size)
+        .map_err(FsError::io("truncate cache file"))
+}
+
+pub(super) fn fallocate_raw(file: &File, mode: i32, offset: u64, length: u64) -> Result<()> {
+    injected_cut_failure("fallocate cache file")?;
     // SAFETY: fallocate only reads the descriptor, which `file` keeps open.
     let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, length as i64) };
     if r != 0 {
