@@ -1112,6 +1112,23 @@ fn check(config: Config, ops: &[Op]) {
     case.sut.take().expect("open").kill();
 }
 
+#[path = "engine_model/past_failures.rs"]
+mod past_failures;
+
+/// The cases proptest shrank past failures to still pass, replayed as they were saved
+/// (`past_failures`): the saved seeds draw other cases once `op()` draws differently.
+#[test]
+fn the_past_failures_of_the_model_pass() {
+    quiet_crashes();
+    for (seed, config, ops) in past_failures::past_failures() {
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| check(config, &ops)));
+        if let Err(p) = r {
+            eprintln!("the past failure saved under seed {seed}.. fails again");
+            std::panic::resume_unwind(p);
+        }
+    }
+}
+
 /// kill -9 in the middle of background work is a panic the test catches: it says nothing.
 fn quiet_crashes() {
     static ONCE: std::sync::Once = std::sync::Once::new();

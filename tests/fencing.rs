@@ -74,10 +74,19 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
     let b = mount(&b_mnt, &dir.path().join("cb"), &s3, &["--takeover"]);
     assert!(b.mnt.join("from-a").exists(), "B did not restore A's files");
     let mut n = 0;
-    wait_for("A to be fenced", Duration::from_secs(60), || {
-        n += 1;
-        write_and_fsync(&a.mnt, &format!("late-{n}")) == Err(libc::EROFS)
-    });
+    let mut last = Ok(());
+    let fenced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("A to be fenced", Duration::from_secs(60), || {
+            n += 1;
+            last = write_and_fsync(&a.mnt, &format!("late-{n}"));
+            last == Err(libc::EROFS)
+        })
+    }));
+    assert!(
+        fenced.is_ok(),
+        "A was not fenced after {n} writes (the last answered {last:?}); A's log:\n{}",
+        a.log_text()
+    );
     assert!(a.log_text().contains("fenced"), "A's log does not say why");
     write_and_fsync(&b.mnt, "from-b").expect("B cannot write");
     drop(a); // A is killed: a fenced writer's state is of no use to anyone

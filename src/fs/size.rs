@@ -172,12 +172,18 @@ impl Fs {
             return Ok(());
         };
         let mut st = inode.state.lock();
-        if let Some(file) = self.cache_file(&mut st, false)? {
-            fallocate_raw(&file, PUNCH, bytes.start, bytes.end - bytes.start)?;
-            // (A failure gives the cache dir up, as a failed flush at a start does.)
-            self.sync_cache_file(&file, "sync cache file punched again")?;
-        }
-        Ok(())
+        let punched = self.cache_file(&mut st, false).and_then(|file| match file {
+            Some(file) => {
+                fallocate_raw(&file, PUNCH, bytes.start, bytes.end - bytes.start)?;
+                // (A failure gives the cache dir up, as a failed flush at a start does.)
+                self.sync_cache_file(&file, "sync cache file punched again")
+            }
+            None => Ok(()),
+        });
+        self.close_if_unused(&mut st);
+        punched.inspect_err(|e| {
+            tracing::error!(ino, error = %e, "could not punch again a hole recorded before a crash")
+        })
     }
 
     /// Cuts the cache file of a file whose truncation down from `old` bytes is recorded. The
@@ -338,9 +344,10 @@ impl Fs {
             if let Ok(file) = &punch {
                 self.sync_cache_file(file, "sync cache file after a punched hole")?;
             }
-            // Should this fail, the mount has stopped and the next start punches again:
-            // the hole made stays made, one that failed is made whole. Answered as the
-            // punch went.
+            // Should this fail, the mount has stopped, and the next start punches the range
+            // if the record's end did not reach the log (a hole made stays made, one that
+            // failed is made whole) and leaves it as the punch did if it did. Answered as
+            // the punch went.
             let _ = self.punch_done(&mut st);
             return punch.map(drop);
         }

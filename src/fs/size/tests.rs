@@ -374,6 +374,83 @@ fn a_truncation_whose_cut_fails_after_its_record_is_done_all_the_same() {
     assert!(got == want, "after a restart: the old bytes come back");
 }
 
+/// When the commit that forgets a punch's record fails (lost, applied all the same, or
+/// refused) or its sync does, the mount stops as after a failed commit, and the punch is
+/// answered as it went: a hole made as made, a failed punch with its error. The next start
+/// punches the range if the record is still there (a hole made stays made, a failed punch
+/// is made whole) and leaves it as the punch did if not.
+#[test]
+fn a_punch_whose_record_cannot_be_forgotten_stops_the_mount_and_is_answered_as_it_went() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let old = vec![0x11; 3 * PAGE_SIZE as usize];
+    let done = [
+        vec![0; 2 * PAGE_SIZE as usize],
+        old[2 * PAGE_SIZE as usize..].to_vec(),
+    ]
+    .concat();
+    let fails = [
+        RecordFails::Commit(FailCommit::Lost),
+        RecordFails::Commit(FailCommit::Applied),
+        RecordFails::Refused,
+        RecordFails::Sync,
+    ];
+    for made in [true, false] {
+        for how in fails {
+            let case = format!("{}, {how:?}", if made { "made" } else { "failed" });
+            let dir = tempfile::tempdir().unwrap();
+            let fs = std::sync::Arc::new(open(&dir));
+            let ino = new_file(&fs);
+            fs.write(ino, 0, &old).unwrap();
+            fs.fsync(ino, false).unwrap();
+            // Armed once the punch's record is in: what fails is the commit after it.
+            let armed = std::sync::Arc::new(AtomicBool::new(false));
+            {
+                let (fs_in_hook, armed) = (std::sync::Arc::downgrade(&fs), armed.clone());
+                fs.set_step_hook(Box::new(move |step| {
+                    if let (crate::fs::Step::CutRecorded { .. }, Some(fs)) =
+                        (step, fs_in_hook.upgrade())
+                    {
+                        armed.store(true, Ordering::Release);
+                        match how {
+                            RecordFails::Commit(how) => fs.meta.fail_next_commit(how),
+                            RecordFails::Refused => fs.meta.refuse_commits(),
+                            RecordFails::Sync => fs.meta.fail_next_sync(),
+                        }
+                    }
+                }));
+            }
+            NEXT_CUT_FAILS.with(|f| f.set(!made));
+            let answer = punch_two_pages(&fs, ino);
+            assert!(
+                armed.load(Ordering::Acquire),
+                "{case}: the punch recorded nothing"
+            );
+            assert_eq!(
+                answer.is_ok(),
+                made,
+                "{case}: the punch answered {answer:?}"
+            );
+            assert!(fs.cache_failed(), "{case}: the mount did not stop");
+            assert!(!fs.cache_given_up(), "{case}: the cache dir was given up");
+            let _ = fs.shutdown();
+            drop(fs);
+            let fs = open(&dir);
+            let got = fs.read(ino, 0, old.len() as u32).unwrap();
+            let want = if made || !how.may_have_reached_the_log() {
+                &done
+            } else {
+                &old
+            };
+            assert!(
+                got == *want,
+                "{case}: after a restart the file reads {:?} (page by page), not {:?}",
+                first_bytes(&got),
+                first_bytes(want)
+            );
+        }
+    }
+}
+
 /// A punch flushes its cache file before it forgets its record; a flush that fails gives
 /// the cache dir up (as any failed flush does) with the record kept, which a start on that
 /// cache dir, if one were made, would punch again: the hole may not be on the disk. Seen
