@@ -104,6 +104,22 @@ enum RecordFails {
 }
 
 impl RecordFails {
+    const EVERY: [RecordFails; 4] = [
+        RecordFails::Commit(FailCommit::Lost),
+        RecordFails::Commit(FailCommit::Applied),
+        RecordFails::Refused,
+        RecordFails::Sync,
+    ];
+
+    /// Makes the next record of `fs` fail this way.
+    fn arm(self, fs: &Fs) {
+        match self {
+            RecordFails::Commit(how) => fs.meta.fail_next_commit(how),
+            RecordFails::Refused => fs.meta.refuse_commits(),
+            RecordFails::Sync => fs.meta.fail_next_sync(),
+        }
+    }
+
     /// Whether the record may be in the log all the same: its commit applied, or
     /// committed and not synced (a restart in the same process reads it back).
     fn may_have_reached_the_log(self) -> bool {
@@ -124,12 +140,8 @@ impl RecordFails {
 #[test]
 fn a_truncation_or_punch_whose_record_fails_keeps_every_fsynced_byte() {
     type Change = fn(&Fs, u64) -> Result<()>;
-    let old = vec![0x11; 3 * PAGE_SIZE as usize];
     // What each change leaves when done: a truncation its prefix, a punch zeros.
-    let punched = [
-        vec![0; 2 * PAGE_SIZE as usize],
-        old[2 * PAGE_SIZE as usize..].to_vec(),
-    ];
+    let (old, punched) = three_pages_and_the_first_two_punched();
     let changes: [(&str, Change, Vec<u8>); 3] = [
         (
             "setattr",
@@ -137,26 +149,16 @@ fn a_truncation_or_punch_whose_record_fails_keeps_every_fsynced_byte() {
             old[..PAGE_SIZE as usize / 2].to_vec(),
         ),
         ("open with O_TRUNC", open_truncating, Vec::new()),
-        ("a punched hole", punch_two_pages, punched.concat()),
+        ("a punched hole", punch_two_pages, punched),
     ];
-    let fails = [
-        RecordFails::Commit(FailCommit::Lost),
-        RecordFails::Commit(FailCommit::Applied),
-        RecordFails::Refused,
-        RecordFails::Sync,
-    ];
-    for how in fails {
+    for how in RecordFails::EVERY {
         for (name, change, done) in &changes {
             let dir = tempfile::tempdir().unwrap();
             let fs = open(&dir);
             let ino = new_file(&fs);
             fs.write(ino, 0, &old).unwrap();
             fs.fsync(ino, false).unwrap();
-            match how {
-                RecordFails::Commit(how) => fs.meta.fail_next_commit(how),
-                RecordFails::Refused => fs.meta.refuse_commits(),
-                RecordFails::Sync => fs.meta.fail_next_sync(),
-            }
+            how.arm(&fs);
             let case = format!("{name}, {how:?}");
             let answer = change(&fs, ino);
             let punch = *name == "a punched hole";
@@ -224,19 +226,8 @@ impl crate::fs::Fetcher for Bucket {
 /// page too (without that, the cached page read its old bytes and the other zeros).
 #[test]
 fn a_punch_over_pages_only_the_bucket_holds_whose_record_fails_reads_them_from_the_bucket() {
-    let old = vec![0x11; 3 * PAGE_SIZE as usize];
-    let done = [
-        vec![0; 2 * PAGE_SIZE as usize],
-        old[2 * PAGE_SIZE as usize..].to_vec(),
-    ]
-    .concat();
-    let fails = [
-        RecordFails::Commit(FailCommit::Lost),
-        RecordFails::Commit(FailCommit::Applied),
-        RecordFails::Refused,
-        RecordFails::Sync,
-    ];
-    for how in fails {
+    let (old, done) = three_pages_and_the_first_two_punched();
+    for how in RecordFails::EVERY {
         let dir = tempfile::tempdir().unwrap();
         let fs = open(&dir);
         fs.set_fetcher(std::sync::Arc::new(Bucket));
@@ -246,11 +237,7 @@ fn a_punch_over_pages_only_the_bucket_holds_whose_record_fails_reads_them_from_t
         // Page 0 in the cache (the bucket's bytes again), pages 1 and 2 only in the bucket.
         fs.write(2, 0, &old[..PAGE_SIZE as usize]).unwrap();
         fs.fsync(2, false).unwrap();
-        match how {
-            RecordFails::Commit(how) => fs.meta.fail_next_commit(how),
-            RecordFails::Refused => fs.meta.refuse_commits(),
-            RecordFails::Sync => fs.meta.fail_next_sync(),
-        }
+        how.arm(&fs);
         let answer = punch_two_pages(&fs, 2);
         assert!(answer.is_err(), "{how:?}: the punch answered {answer:?}");
         assert!(fs.cache_failed(), "{how:?}: the mount did not stop");
@@ -277,6 +264,14 @@ fn a_punch_over_pages_only_the_bucket_holds_whose_record_fails_reads_them_from_t
             first_bytes(want)
         );
     }
+}
+
+/// Three pages of 0x11, and the same with the first two punched.
+fn three_pages_and_the_first_two_punched() -> (Vec<u8>, Vec<u8>) {
+    let old = vec![0x11; 3 * PAGE_SIZE as usize];
+    let mut punched = old.clone();
+    punched[..2 * PAGE_SIZE as usize].fill(0);
+    (old, punched)
 }
 
 /// The first byte of each page of `bytes`.
@@ -382,20 +377,9 @@ fn a_truncation_whose_cut_fails_after_its_record_is_done_all_the_same() {
 #[test]
 fn a_punch_whose_record_cannot_be_forgotten_stops_the_mount_and_is_answered_as_it_went() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let old = vec![0x11; 3 * PAGE_SIZE as usize];
-    let done = [
-        vec![0; 2 * PAGE_SIZE as usize],
-        old[2 * PAGE_SIZE as usize..].to_vec(),
-    ]
-    .concat();
-    let fails = [
-        RecordFails::Commit(FailCommit::Lost),
-        RecordFails::Commit(FailCommit::Applied),
-        RecordFails::Refused,
-        RecordFails::Sync,
-    ];
+    let (old, done) = three_pages_and_the_first_two_punched();
     for made in [true, false] {
-        for how in fails {
+        for how in RecordFails::EVERY {
             let case = format!("{}, {how:?}", if made { "made" } else { "failed" });
             let dir = tempfile::tempdir().unwrap();
             let fs = std::sync::Arc::new(open(&dir));
@@ -411,11 +395,7 @@ fn a_punch_whose_record_cannot_be_forgotten_stops_the_mount_and_is_answered_as_i
                         (step, fs_in_hook.upgrade())
                     {
                         armed.store(true, Ordering::Release);
-                        match how {
-                            RecordFails::Commit(how) => fs.meta.fail_next_commit(how),
-                            RecordFails::Refused => fs.meta.refuse_commits(),
-                            RecordFails::Sync => fs.meta.fail_next_sync(),
-                        }
+                        how.arm(&fs);
                     }
                 }));
             }
