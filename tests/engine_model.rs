@@ -1120,7 +1120,16 @@ mod past_failures;
 #[test]
 fn the_past_failures_of_the_model_pass() {
     quiet_crashes();
-    for (seed, config, ops) in past_failures::past_failures() {
+    let past = past_failures::past_failures();
+    let saved = include_str!("engine_model.proptest-regressions")
+        .matches("# shrinks to")
+        .count();
+    assert_eq!(
+        past.len(),
+        saved,
+        "past_failures.rs holds a case for each shrunk failure the regressions file saved"
+    );
+    for (seed, config, ops) in past {
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| check(config, &ops)));
         if let Err(p) = r {
             eprintln!("the past failure saved under seed {seed}.. fails again");

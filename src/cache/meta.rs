@@ -34,7 +34,8 @@ const CF_LOCAL_ONLY: &str = "local_only";
 const KEY_NEXT_INO: &[u8] = b"next_ino";
 const KEY_EPOCH: &[u8] = b"epoch";
 /// In the meta column family, followed by an inode number (big-endian): a hole recorded and
-/// not yet known punched in that inode's cache file (`MetaBatch::put_punch`).
+/// not yet known punched in that inode's cache file (`MetaBatch::put_punch`). The value is
+/// the hole's first byte and its end, each a little-endian u64.
 const KEY_PUNCH: &[u8] = b"punch/";
 
 #[derive(Debug, thiserror::Error)]
@@ -436,8 +437,7 @@ impl MetaStore {
             let ino = be_u64(ino).ok_or_else(|| bad("a punched hole's inode is not 8 bytes"))?;
             let (start, end) = v
                 .split_at_checked(8)
-                .and_then(|(s, e)| Some((s.try_into().ok()?, e.try_into().ok()?)))
-                .map(|(s, e)| (u64::from_le_bytes(s), u64::from_le_bytes(e)))
+                .and_then(|(s, e)| Some((le_u64(s)?, le_u64(e)?)))
                 .filter(|(s, e)| s < e)
                 .ok_or_else(|| bad("a punched hole is not two offsets, the first lower"))?;
             out.push((ino, start..end));
@@ -756,6 +756,10 @@ fn dirty_key(ino: u64, page: u64) -> [u8; 16] {
 
 fn punch_key(ino: u64) -> Vec<u8> {
     [KEY_PUNCH, &ino.to_be_bytes()].concat()
+}
+
+fn le_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
 }
 
 fn be_u64(bytes: &[u8]) -> Option<u64> {

@@ -290,7 +290,6 @@ impl Fs {
             .map(|(ino, set, exact)| (ino, (set, exact)))
             .collect();
         let local_only: std::collections::HashSet<u64> = loaded.local_only.into_iter().collect();
-        let punches = loaded.punches;
         let touched = Arc::new(touched::Touched::default());
         let mut map = HashMap::with_capacity(loaded.inodes.len());
         let mut max_ino = ROOT_INO;
@@ -366,7 +365,7 @@ impl Fs {
                 batch.delete_dirty(*ino, r);
             }
         }
-        for (ino, bytes) in punches {
+        for (ino, bytes) in loaded.punches {
             fs.punch_again(ino, bytes)?;
             batch.delete_punch(ino);
         }

@@ -373,7 +373,8 @@ fn a_truncation_whose_cut_fails_after_its_record_is_done_all_the_same() {
 /// refused) or its sync does, the mount stops as after a failed commit, and the punch is
 /// answered as it went: a hole made as made, a failed punch with its error. The next start
 /// punches the range if the record is still there (a hole made stays made, a failed punch
-/// is made whole) and leaves it as the punch did if not.
+/// is made whole) and leaves it as the punch did if not (which only a failed punch shows:
+/// the old bytes).
 #[test]
 fn a_punch_whose_record_cannot_be_forgotten_stops_the_mount_and_is_answered_as_it_went() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -432,9 +433,8 @@ fn a_punch_whose_record_cannot_be_forgotten_stops_the_mount_and_is_answered_as_i
 }
 
 /// A punch flushes its cache file before it forgets its record; a flush that fails gives
-/// the cache dir up (as any failed flush does) with the record kept, which a start on that
-/// cache dir, if one were made, would punch again: the hole may not be on the disk. Seen
-/// failing with the flush left out (the punch answered as made).
+/// the cache dir up (as any failed flush does) with the record kept: the hole may not be on
+/// the disk. Seen failing with the flush left out (the punch answered as made).
 #[test]
 fn a_punch_whose_flush_fails_keeps_its_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -456,8 +456,7 @@ fn a_punch_whose_flush_fails_keeps_its_record() {
 
 /// fallocate(2) punching the first two pages.
 fn punch_two_pages(fs: &Fs, ino: u64) -> Result<()> {
-    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    fs.fallocate(ino, 0, 2 * PAGE_SIZE, punch)
+    fs.fallocate(ino, 0, 2 * PAGE_SIZE, PUNCH)
 }
 
 /// A power cut may keep a cache file's cut and lose the unsynced record of it (the two
