@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::s3::{S3Server, BUCKET};
-use common::{wait_for, Mount, BIN};
+use common::{wait_for, wait_for_or, Mount, BIN};
 
 fn mount(mnt: &Path, cache: &Path, s3: &S3Server, extra: &[&str]) -> Mount {
     let url = s3.url("fence");
@@ -74,18 +74,22 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
     let b = mount(&b_mnt, &dir.path().join("cb"), &s3, &["--takeover"]);
     assert!(b.mnt.join("from-a").exists(), "B did not restore A's files");
     let mut n = 0;
-    let mut last = Ok(());
-    let fenced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for("A to be fenced", Duration::from_secs(60), || {
+    let last = std::cell::Cell::new(Ok(()));
+    wait_for_or(
+        "A to be fenced",
+        Duration::from_secs(60),
+        || {
             n += 1;
-            last = write_and_fsync(&a.mnt, &format!("late-{n}"));
-            last == Err(libc::EROFS)
-        })
-    }));
-    assert!(
-        fenced.is_ok(),
-        "A was not fenced after {n} writes (the last answered {last:?}); A's log:\n{}",
-        a.log_text()
+            last.set(write_and_fsync(&a.mnt, &format!("late-{n}")));
+            last.get() == Err(libc::EROFS)
+        },
+        || {
+            format!(
+                "the last write answered {:?}; A's log:\n{}",
+                last.get(),
+                a.log_text()
+            )
+        },
     );
     assert!(a.log_text().contains("fenced"), "A's log does not say why");
     write_and_fsync(&b.mnt, "from-b").expect("B cannot write");

@@ -47,13 +47,25 @@ pub fn proptest_cases(default: u32) -> u32 {
 }
 
 /// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    wait_for_or(what, timeout, cond, String::new);
+}
+
+/// `wait_for`, with what `report` says (a log, the last answer) in the panic on timeout.
+pub fn wait_for_or(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+    report: impl FnOnce() -> String,
+) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                report()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

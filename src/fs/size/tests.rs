@@ -155,9 +155,7 @@ fn a_truncation_or_punch_whose_record_fails_keeps_every_fsynced_byte() {
         for (name, change, done) in &changes {
             let dir = tempfile::tempdir().unwrap();
             let fs = open(&dir);
-            let ino = new_file(&fs);
-            fs.write(ino, 0, &old).unwrap();
-            fs.fsync(ino, false).unwrap();
+            let ino = new_file_of_three_fsynced_pages(&fs);
             how.arm(&fs);
             let case = format!("{name}, {how:?}");
             let answer = change(&fs, ino);
@@ -266,6 +264,15 @@ fn a_punch_over_pages_only_the_bucket_holds_whose_record_fails_reads_them_from_t
     }
 }
 
+/// A new file `f` (`new_file`) holding three pages of 0x11, fsynced: its inode.
+fn new_file_of_three_fsynced_pages(fs: &Fs) -> u64 {
+    let ino = new_file(fs);
+    fs.write(ino, 0, &three_pages_and_the_first_two_punched().0)
+        .unwrap();
+    fs.fsync(ino, false).unwrap();
+    ino
+}
+
 /// Three pages of 0x11, and the same with the first two punched.
 fn three_pages_and_the_first_two_punched() -> (Vec<u8>, Vec<u8>) {
     let old = vec![0x11; 3 * PAGE_SIZE as usize];
@@ -302,9 +309,7 @@ fn a_punch_forgets_its_record_before_it_returns_made_or_failed() {
         let case = if fails { "failed" } else { "made" };
         let dir = tempfile::tempdir().unwrap();
         let fs = open(&dir);
-        let ino = new_file(&fs);
-        fs.write(ino, 0, &[0x11; 3 * PAGE_SIZE as usize]).unwrap();
-        fs.fsync(ino, false).unwrap();
+        let ino = new_file_of_three_fsynced_pages(&fs);
         NEXT_CUT_FAILS.with(|f| f.set(fails));
         let answer = punch_two_pages(&fs, ino);
         assert_eq!(answer.is_err(), fails, "{case}: {answer:?}");
@@ -340,10 +345,8 @@ fn a_punch_forgets_its_record_before_it_returns_made_or_failed() {
 fn a_truncation_whose_cut_fails_after_its_record_is_done_all_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let fs = open(&dir);
-    let ino = new_file(&fs);
     let old = vec![0x11; 3 * PAGE_SIZE as usize];
-    fs.write(ino, 0, &old).unwrap();
-    fs.fsync(ino, false).unwrap();
+    let ino = new_file_of_three_fsynced_pages(&fs);
     NEXT_CUT_FAILS.with(|f| f.set(true));
     truncate_to_half_a_page(&fs, ino).unwrap();
     let cache_file = fs.cache_file_path(ino);
@@ -384,9 +387,7 @@ fn a_punch_whose_record_cannot_be_forgotten_stops_the_mount_and_is_answered_as_i
             let case = format!("{}, {how:?}", if made { "made" } else { "failed" });
             let dir = tempfile::tempdir().unwrap();
             let fs = std::sync::Arc::new(open(&dir));
-            let ino = new_file(&fs);
-            fs.write(ino, 0, &old).unwrap();
-            fs.fsync(ino, false).unwrap();
+            let ino = new_file_of_three_fsynced_pages(&fs);
             // Armed once the punch's record is in: what fails is the commit after it.
             let armed = std::sync::Arc::new(AtomicBool::new(false));
             {
@@ -439,9 +440,7 @@ fn a_punch_whose_record_cannot_be_forgotten_stops_the_mount_and_is_answered_as_i
 fn a_punch_whose_flush_fails_keeps_its_record() {
     let dir = tempfile::tempdir().unwrap();
     let fs = open(&dir);
-    let ino = new_file(&fs);
-    fs.write(ino, 0, &[0x11; 3 * PAGE_SIZE as usize]).unwrap();
-    fs.fsync(ino, false).unwrap();
+    let ino = new_file_of_three_fsynced_pages(&fs);
     fs.set_flush_fails(true);
     let answer = punch_two_pages(&fs, ino);
     assert!(answer.is_err(), "the punch answered {answer:?}");
@@ -489,9 +488,7 @@ fn a_truncation_or_punch_is_durable_in_the_records_before_the_cache_file_is_cut(
     for (name, change, len, cut) in changes {
         let dir = tempfile::tempdir().unwrap();
         let fs = std::sync::Arc::new(open(&dir));
-        let ino = new_file(&fs);
-        fs.write(ino, 0, &old).unwrap();
-        fs.fsync(ino, false).unwrap();
+        let ino = new_file_of_three_fsynced_pages(&fs);
         let path = fs.cache_file_path(ino);
         let cache_file = move || {
             let bytes = std::fs::read(&path).unwrap();
@@ -535,9 +532,7 @@ fn a_truncation_or_punch_is_durable_in_the_records_before_the_cache_file_is_cut(
 fn the_fsync_after_a_truncation_of_a_closed_file_flushes_that_file_alone() {
     let dir = tempfile::tempdir().unwrap();
     let fs = open(&dir);
-    let ino = new_file(&fs);
-    fs.write(ino, 0, &[0x11; 3 * PAGE_SIZE as usize]).unwrap();
-    fs.fsync(ino, false).unwrap();
+    let ino = new_file_of_three_fsynced_pages(&fs);
     fs.release(ino).unwrap();
     truncate_to_half_a_page(&fs, ino).unwrap();
     let flushes = |fs: &Fs| {
@@ -569,10 +564,8 @@ fn a_cut_or_punch_that_entered_before_a_failed_commit_stopped_the_mount_changes_
     for (name, change) in changes {
         let dir = tempfile::tempdir().unwrap();
         let fs = std::sync::Arc::new(open(&dir));
-        let ino = new_file(&fs);
         let old = vec![0x11; 3 * PAGE_SIZE as usize];
-        fs.write(ino, 0, &old).unwrap();
-        fs.fsync(ino, false).unwrap();
+        let ino = new_file_of_three_fsynced_pages(&fs);
         {
             let fs_in_hook = std::sync::Arc::downgrade(&fs);
             fs.set_step_hook(Box::new(move |step| {
