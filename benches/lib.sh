@@ -240,12 +240,13 @@ gc_bench_latency() {
   [[ "$S3_LATENCY_MS" =~ ^[0-9]+$ ]] || die "S3_LATENCY_MS must be a whole number, got '$S3_LATENCY_MS'"
 }
 
-# remote_commits N: N group commits into the bucket file://$BUCKET_DIR: a `bucketfs mount
-# --durability remote --gc-interval off` on the cache dir $SCRATCH/cache, one writer's pwrite
-# and fsync of an 8 KiB page (one of 64 in turn) N times, and the mount's clean stop (SIGTERM).
+# remote_commits N [PAGES]: N group commits into the bucket file://$BUCKET_DIR: a `bucketfs
+# mount --durability remote --gc-interval off` on the cache dir $SCRATCH/cache, one writer's
+# pwrite and fsync of an 8 KiB page (one of PAGES, 64 unless given, in turn) N times, and the
+# mount's clean stop (SIGTERM). The more pages, the larger the view each base restates.
 # Needs BUCKETFS, BUCKET_DIR, SCRATCH (with mnt/ in it) and LOGS; sets MOUNT_PID while it runs.
 remote_commits() {
-  local n="$1" i
+  local n="$1" pages="${2:-64}" i
   "$BUCKETFS" mount --bucket "file://$BUCKET_DIR" --cache-dir "$SCRATCH/cache" \
     --durability remote --gc-interval off "$SCRATCH/mnt" >>"$LOGS/mount.log" 2>&1 &
   MOUNT_PID=$!
@@ -255,15 +256,15 @@ remote_commits() {
     sleep 0.1
   done
   is_mountpoint "$SCRATCH/mnt" || die "the mount did not come up; see $LOGS/mount.log"
-  python3 - "$SCRATCH/mnt/f" "$n" <<'EOF'
+  python3 - "$SCRATCH/mnt/f" "$n" "$pages" <<'EOF'
 import os, sys, time
-path, n = sys.argv[1], int(sys.argv[2])
+path, n, pages = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 page = bytearray(os.urandom(8192))
 start = time.monotonic()
 for i in range(n):
     page[:8] = i.to_bytes(8, "little")
-    os.pwrite(fd, page, (i % 64) * 8192)
+    os.pwrite(fd, page, (i % pages) * 8192)
     os.fsync(fd)
     if (i + 1) % 10000 == 0:
         print(f"    {i + 1} commits, {time.monotonic() - start:.0f} s", file=sys.stderr)

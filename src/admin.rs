@@ -1,18 +1,18 @@
 //! Commands that read a bucket without mounting it: `bucketfs ls` and `bucketfs verify`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 
 use anyhow::Context;
-use bytes::Bytes;
 
 use crate::bucket::BucketUrl;
-use crate::checkpoint::{epoch_of_key, manifest_key, now_ms, open_bucket, CHAIN_WINDOW};
-use crate::gc::{decode_chunk, Collector, Mode, Report, Retention, Summary, CATALOG_PREFIX};
-use crate::manifest::segment::verify_segment;
-use crate::manifest::view::View;
+use crate::checkpoint::{epoch_of_key, manifest_key, now_ms, open_bucket};
+use crate::gc::{Collector, Mode, Report, Retention};
 use crate::manifest::Manifest;
-use crate::store::{get_each, ObjectMeta, ReadStore, StoreError};
+use crate::store::{ReadStore, StoreError};
+
+mod verify;
+pub use verify::verify;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // Multi-threaded, not current-thread: `open_bucket` drives it through a Handle, which on a
@@ -26,7 +26,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The GC boundary, and the oldest checkpoint the last GC pass kept restorable (0 when no
 /// pass ran: every checkpoint is).
-async fn kept(store: &dyn crate::store::ReadStore) -> anyhow::Result<(u64, u64)> {
+async fn kept(store: &dyn ReadStore) -> anyhow::Result<(u64, u64)> {
     let boundary = crate::gc::read_boundary(store).await?;
     let state = crate::gc::read_state(store).await?;
     Ok((boundary, state.map_or(0, |s| s.oldest_retained)))
@@ -263,331 +263,9 @@ fn print_report(url: &BucketUrl, r: &Report, out: &mut dyn Write) -> std::io::Re
     )
 }
 
-/// The most bytes of segments `verify` fetches together, by their listed sizes (a larger
-/// one goes alone): a round trip each window, not each segment; under `--durability remote`
-/// most are small.
-const VERIFY_WINDOW_BYTES: u64 = 64 << 20;
-
-/// `objects` in order, in windows of at most `CHAIN_WINDOW` objects and `max_bytes` (by their
-/// listed sizes) each; an object larger than that goes alone.
-fn windows_by_size(objects: &[ObjectMeta], max_bytes: u64) -> Vec<&[ObjectMeta]> {
-    let mut out = Vec::new();
-    let (mut start, mut bytes) = (0, 0u64);
-    for (i, o) in objects.iter().enumerate() {
-        if i > start && (i - start == CHAIN_WINDOW || bytes.saturating_add(o.size) > max_bytes) {
-            out.push(&objects[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes = bytes.saturating_add(o.size);
-    }
-    if start < objects.len() {
-        out.push(&objects[start..]);
-    }
-    out
-}
-
-/// Fetches the objects of `windows` a window at a time (`get_each`: a round trip each) and
-/// hands each one's bytes to `check`, in order, after its progress line ("verify: WHAT i/N
-/// KEY", printed once its window has arrived). One deleted since its LIST (by a GC pass
-/// running beside) is passed over; any other error ends the run.
-fn fetch_each<'a, I>(
-    rt: &tokio::runtime::Runtime,
-    store: &dyn ReadStore,
-    progress: &mut dyn Write,
-    what: &str,
-    windows: Vec<&'a [I]>,
-    key: impl Fn(&I) -> String,
-    mut check: impl FnMut(&'a I, &str, Bytes) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let total: usize = windows.iter().map(|w| w.len()).sum();
-    let mut done = 0;
-    for window in windows {
-        let whole = |_: &I, _: &str, bytes| Ok::<_, StoreError>(bytes);
-        for (item, key, bytes) in rt.block_on(get_each(store, window, &key, whole)) {
-            done += 1;
-            writeln!(progress, "verify: {what} {done}/{total} {key}")?;
-            match bytes {
-                Err(StoreError::NotFound { .. }) => {}
-                bytes => check(item, &key, bytes?)?,
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `bucketfs verify`: every segment object is whole (index, every run's crc), every manifest
-/// at or above the GC boundary decodes, none from the oldest retained checkpoint on is
-/// missing, every extent of the oldest retained checkpoint's
-/// image and of each manifest after it points at a run that exists with the crc it names,
-/// and every chunk of GC's catalog decodes and says of each manifest at or above the
-/// boundary what the manifest says. Returns the broken objects, each with why.
-pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<String>> {
-    let rt = runtime()?;
-    let store = url.open()?;
-    open_bucket(&*store, rt.handle(), false).with_context(|| format!("open bucket {url}"))?;
-    let mut broken = Vec::new();
-    // The manifests are listed first: a segment is uploaded before the manifest that names
-    // it, so every segment a listed manifest names was there to be listed after them. (Listed
-    // the other way round, a checkpoint committing meanwhile named a segment this run never
-    // read, reported as missing.)
-    // Manifests below the boundary are not part of the bucket (their runs are checked all
-    // the same, below).
-    let boundary = rt.block_on(crate::gc::read_boundary(&*store))?;
-    let manifests = rt.block_on(store.list("manifests/"))?;
-    let segments = rt.block_on(store.list("segments/"))?;
-    // The runs each segment holds, by (offset, crc), from its own index.
-    let mut runs: HashMap<String, BTreeMap<u64, u32>> = HashMap::new();
-    let windows = windows_by_size(&segments, VERIFY_WINDOW_BYTES);
-    let key = |s: &ObjectMeta| s.key.clone();
-    fetch_each(
-        &rt,
-        &*store,
-        progress,
-        "segment",
-        windows,
-        key,
-        |_, key, bytes| {
-            match verify_segment(&bytes, key) {
-                // verify_segment checks the index and every run's crc.
-                Ok(list) => {
-                    let list = list.iter().map(|r| (r.offset, r.crc)).collect();
-                    runs.insert(key.to_string(), list);
-                }
-                Err(e) => broken.push(format!("{key}: {e}")),
-            }
-            Ok(())
-        },
-    )?;
-    // Every manifest must decode; the extents of the retained checkpoints (as the last GC
-    // pass left them) must point at runs that exist. An expired checkpoint may name segments
-    // GC has collected: it is no longer restorable, and `ls` says so.
-    let manifests: Vec<(u64, &str)> = manifests
-        .iter()
-        .filter_map(|m| epoch_of_key(&m.key).map(|e| (e, m.key.as_str())))
-        .collect();
-    let mut decoded: BTreeMap<u64, Manifest> = BTreeMap::new();
-    // The epochs at or above the boundary whose manifest was there to read, decoded or not.
-    let mut read = BTreeSet::new();
-    // Small and many (one per group commit under `--durability remote`): 32 at once.
-    let windows = manifests.chunks(CHAIN_WINDOW).collect();
-    let key = |&(_, k): &(u64, &str)| k.to_string();
-    fetch_each(
-        &rt,
-        &*store,
-        progress,
-        "manifest",
-        windows,
-        key,
-        |&(epoch, _), key, bytes| {
-            // Runs the manifest carries are checked as a segment's are, below the boundary too
-            // (GC keeps such a manifest while a retained checkpoint uses its runs).
-            let inline = crate::manifest::inline_range(&bytes, key).and_then(|range| {
-                let Some(range) = range.filter(|r| !r.is_empty()) else {
-                    return Ok(None);
-                };
-                let list = verify_segment(&bytes[range.clone()], key)?;
-                Ok(Some((range.start as u64, list)))
-            });
-            match inline {
-                Ok(Some((start, list))) => {
-                    let list = list.iter().map(|r| (start + r.offset, r.crc)).collect();
-                    runs.insert(key.to_string(), list);
-                }
-                Ok(None) => {}
-                Err(e) => broken.push(format!("{key}: {e}")),
-            }
-            if epoch < boundary {
-                return Ok(()); // not part of the bucket
-            }
-            read.insert(epoch);
-            match Manifest::decode_at(&bytes, key, epoch) {
-                Ok(man) => {
-                    decoded.insert(epoch, man);
-                }
-                Err(e) => broken.push(format!("{key}: {e}")),
-            }
-            Ok(())
-        },
-    )?;
-    let check = |key: &str, e: &crate::manifest::Extent, broken: &mut Vec<String>| {
-        match runs.get(&*e.segment).map(|r| r.get(&e.run.offset)) {
-            None => broken.push(format!(
-                "{key}: extent of ino={} points into {}, which is missing or corrupt",
-                e.run.ino, e.segment
-            )),
-            Some(None) => broken.push(format!(
-                "{key}: extent of ino={} points at offset {} of {}, where no run starts",
-                e.run.ino, e.run.offset, e.segment
-            )),
-            Some(Some(&crc)) if crc != e.run.crc => broken.push(format!(
-                "{key}: extent of ino={} expects crc32c {:08x} at offset {} of {}, the run has {crc:08x}",
-                e.run.ino, e.run.crc, e.run.offset, e.segment
-            )),
-            Some(Some(_)) => {}
-        }
-    };
-    // The boundary and the oldest retained checkpoint as they are now, after every segment
-    // and manifest was read: a GC pass running beside may have raised them and deleted what
-    // is below (below the boundary, what a manifest or a chunk says is no longer part of the
-    // bucket, and a key freed since a chunk was written may have been landed on again by a
-    // stalled writer, which a manifest read after that was read after the boundary rose past
-    // its key; segments only checkpoints older than the oldest retained one named may be
-    // gone, and the extents checked are those of the retained ones).
-    let (boundary, oldest_retained) = rt.block_on(kept(&*store))?;
-    // Every epoch from the oldest retained checkpoint to the newest listed is a checkpoint
-    // (each commit takes the epoch after the one before, a takeover's fence too): one with no
-    // manifest is a retained checkpoint that cannot be restored, and the chains through it
-    // are broken. (One missing just before a base breaks no later chain: only this finds it.)
-    // The oldest retained one, which GC's state names, is looked for too, unless a pass since
-    // has raised the boundary past it.
-    let mut next = (oldest_retained > 0 && oldest_retained >= boundary).then_some(oldest_retained);
-    for &epoch in read.range(oldest_retained.max(boundary)..) {
-        if let Some(want) = next.filter(|&want| epoch > want) {
-            let gap = match epoch - want {
-                1 => manifest_key(want),
-                _ => format!("{}..{}", manifest_key(want), manifest_key(epoch - 1)),
-            };
-            broken.push(format!(
-                "{gap}: missing, within the retained checkpoints (the oldest retained is \
-                 epoch {oldest_retained}, the next manifest there {})",
-                manifest_key(epoch)
-            ));
-        }
-        next = Some(epoch + 1);
-    }
-    if let Some(&first) = decoded.range(oldest_retained..).next().map(|(e, _)| e) {
-        // The oldest retained checkpoint's whole image, from its chain ...
-        let mut chain = vec![first];
-        while let Some(p) = decoded[chain.last().expect("not empty")].parent {
-            if !decoded.contains_key(&p) {
-                broken.push(format!(
-                    "{}: the chain of the oldest retained checkpoint needs {}, which is missing",
-                    manifest_key(first),
-                    manifest_key(p)
-                ));
-                break;
-            }
-            chain.push(p);
-        }
-        let mut view = View::default();
-        for epoch in chain.iter().rev() {
-            view.apply(&decoded[epoch]);
-        }
-        let key = manifest_key(first);
-        for map in view.extents.values() {
-            for (_, e) in map.values() {
-                check(&key, e, &mut broken);
-            }
-        }
-        // ... and what every later one adds to it.
-        for (epoch, m) in decoded.range(first + 1..) {
-            let key = manifest_key(*epoch);
-            for e in &m.extents {
-                check(&key, e, &mut broken);
-            }
-        }
-    }
-    // GC's catalog in the bucket: a new process's first pass takes what a chunk says of a
-    // manifest at or above the boundary instead of reading it, so a chunk naming other
-    // segments than the manifest would have GC delete what a checkpoint uses. (What a chunk
-    // leaves out, or says of an epoch not listed, no pass takes from it.) Compared at or
-    // above the boundary as it is now (read again above).
-    let chunks = rt.block_on(store.list(CATALOG_PREFIX))?;
-    let windows = chunks.chunks(CHAIN_WINDOW).collect();
-    let key = |c: &ObjectMeta| c.key.clone();
-    fetch_each(
-        &rt,
-        &*store,
-        progress,
-        "chunk",
-        windows,
-        key,
-        |_, key, bytes| {
-            let said = match decode_chunk(&bytes, key) {
-                Ok(said) => said,
-                Err(e) => {
-                    broken.push(format!("{key}: {e}"));
-                    return Ok(());
-                }
-            };
-            // One line a chunk: the epochs it gets wrong, the first of them, and what differs.
-            let (mut wrong, mut first) = (0, None);
-            let mut differ = [
-                ("parent", false),
-                ("time", false),
-                ("fence", false),
-                ("segments", false),
-            ];
-            for (epoch, said) in said.iter().filter(|(e, _)| *e >= boundary) {
-                let Some(m) = decoded.get(epoch) else {
-                    continue;
-                };
-                // Every field named: one added to the summary is compared or does not build.
-                let Summary {
-                    parent,
-                    created_ms,
-                    fence,
-                    segments,
-                } = Summary::of(m);
-                let fields = [
-                    said.parent != parent,
-                    said.created_ms != created_ms,
-                    said.fence != fence,
-                    said.segments != segments,
-                ];
-                if fields.contains(&true) {
-                    wrong += 1;
-                    first.get_or_insert(*epoch);
-                    for (d, f) in differ.iter_mut().zip(fields) {
-                        d.1 |= f;
-                    }
-                }
-            }
-            if let Some(first) = first {
-                let differ: Vec<&str> = differ.iter().filter(|d| d.1).map(|d| d.0).collect();
-                broken.push(format!(
-                    "{key}: says other than the manifests of {wrong} epoch(s), from {}: their {}",
-                    manifest_key(first),
-                    differ.join(", ")
-                ));
-            }
-            Ok(())
-        },
-    )?;
-    broken.dedup();
-    Ok(broken)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{format_ms, windows_by_size, ObjectMeta, CHAIN_WINDOW};
-
-    /// Windows keep the order, hold every object once, and stay within both bounds; an
-    /// object larger than the byte bound goes alone.
-    #[test]
-    fn windows_stay_within_their_bounds() {
-        let objects = |sizes: &[u64]| -> Vec<ObjectMeta> {
-            let meta = |(i, &size)| ObjectMeta {
-                key: format!("segments/{i:04}"),
-                size,
-                etag: String::new(),
-            };
-            sizes.iter().enumerate().map(meta).collect()
-        };
-        let lens = |sizes: &[u64], max| -> Vec<usize> {
-            let o = objects(sizes);
-            let windows = windows_by_size(&o, max);
-            let flat: Vec<&ObjectMeta> = windows.iter().flat_map(|w| w.iter()).collect();
-            assert_eq!(flat, o.iter().collect::<Vec<_>>());
-            windows.iter().map(|w| w.len()).collect()
-        };
-        assert_eq!(lens(&[], 10), Vec::<usize>::new());
-        assert_eq!(lens(&[4, 4, 4, 4], 10), [2, 2]);
-        assert_eq!(lens(&[4, 20, 4, 6, 1], 10), [1, 1, 2, 1]);
-        assert_eq!(lens(&[20], 10), [1]);
-        let many = vec![1; CHAIN_WINDOW * 2 + 1];
-        assert_eq!(lens(&many, 1 << 20), [CHAIN_WINDOW, CHAIN_WINDOW, 1]);
-    }
+    use super::format_ms;
 
     #[test]
     fn times_print_as_utc() {

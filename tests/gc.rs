@@ -535,6 +535,281 @@ fn verify_finds_a_manifest_missing_inside_the_retained_window() {
     }
 }
 
+/// `bucketfs verify` checks every extent a restore of a retained checkpoint would read: those
+/// of the oldest retained checkpoint's whole image (here a page written long before it, carried
+/// in an early manifest that GC keeps for it) and those of every manifest after it (here the
+/// newest, which carries its own runs). A damaged run and a missing carrier are both found,
+/// under the key of the checkpoint that needs them, as is a missing link of the oldest
+/// retained checkpoint's chain.
+#[test]
+fn verify_finds_a_run_a_retained_checkpoint_needs_damaged_or_gone() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(4, false));
+    let b = e.create("b");
+    e.write(b, 0, &pattern(7, 1));
+    let early = e.cp.checkpoint(false).unwrap().expect("a change").epoch;
+    let a = e.create("a");
+    rewrite_and_checkpoint(&e, a, 4, 21);
+    let r = e.cp.gc_pass(now_ms()).expect("pass");
+    let newest = e.cp.view().read().epoch;
+    e.crash();
+    assert!(early < r.oldest_retained, "{early} {r:?}");
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let verify = || bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
+    assert_eq!(verify(), Vec::<String>::new());
+    let key = bucketfs::checkpoint::manifest_key;
+    let path = |epoch: u64| dirs.bucket().join(key(epoch));
+    let decode = |epoch: u64| {
+        let bytes = std::fs::read(path(epoch)).expect("the manifest");
+        bucketfs::manifest::Manifest::decode(&bytes, &key(epoch)).unwrap()
+    };
+    // Where the run a manifest carries for `ino` starts in its object.
+    let carried = |epoch: u64, ino: u64| {
+        let m = decode(epoch);
+        let ext = m.extents.iter().find(|x| x.run.ino == ino);
+        let ext = ext.unwrap_or_else(|| panic!("{} names no run of ino {ino}", key(epoch)));
+        assert_eq!(&*ext.segment, key(epoch), "not carried");
+        ext.run.offset
+    };
+    let flip = |epoch: u64, at: u64| {
+        let mut bytes = std::fs::read(path(epoch)).unwrap();
+        bytes[at as usize] ^= 0x40;
+        std::fs::write(path(epoch), bytes).unwrap();
+    };
+    let finds = |needs: u64, damaged: u64, what: &str| {
+        let broken = verify();
+        let want = format!("{}: extent of ino=", key(needs));
+        assert!(
+            broken
+                .iter()
+                .any(|l| l.starts_with(&want) && l.contains(&key(damaged))),
+            "{what}: {broken:?}"
+        );
+    };
+
+    // b's page, in the early carrier, damaged: the oldest retained image needs it.
+    let at = carried(early, b);
+    flip(early, at);
+    finds(r.oldest_retained, early, "the early carrier's run damaged");
+    flip(early, at);
+    assert_eq!(verify(), Vec::<String>::new());
+    // ... and gone.
+    let bytes = std::fs::read(path(early)).unwrap();
+    std::fs::remove_file(path(early)).unwrap();
+    finds(r.oldest_retained, early, "the early carrier gone");
+    // ... and replaced by another carrier whose one run starts where b's did: whole, but with
+    // another crc.
+    let other = (early + 1..newest)
+        .find(|&e| carried(e, a) == at)
+        .expect("a carrier laid out as the early one");
+    std::fs::copy(path(other), path(early)).unwrap();
+    let broken = verify();
+    assert!(
+        broken.iter().any(|l| l.starts_with(&key(r.oldest_retained))
+            && l.contains(&format!("at offset {at} of {}, the run has", key(early)))),
+        "{broken:?}"
+    );
+    std::fs::write(path(early), &bytes).unwrap();
+
+    // The newest checkpoint's own run damaged.
+    let at = carried(newest, a);
+    flip(newest, at);
+    finds(newest, newest, "the newest checkpoint's own run damaged");
+    flip(newest, at);
+    assert_eq!(verify(), Vec::<String>::new());
+
+    // A link of the oldest retained checkpoint's chain gone.
+    let parent = decode(r.oldest_retained).parent.expect("a delta");
+    let bytes = std::fs::read(path(parent)).unwrap();
+    std::fs::remove_file(path(parent)).unwrap();
+    let broken = verify();
+    assert!(
+        broken.iter().any(|l| l.starts_with(&format!(
+            "{}: the chain of the oldest retained checkpoint needs {}",
+            key(r.oldest_retained),
+            key(parent)
+        ))),
+        "{broken:?}"
+    );
+    std::fs::write(path(parent), &bytes).unwrap();
+    assert_eq!(verify(), Vec::<String>::new());
+}
+
+/// What `verify` writes as progress, a line at a time, handed to `on_line` as it comes: a
+/// test acts on the bucket between the steps of a run.
+struct OnLine<F: FnMut(&str)> {
+    line: Vec<u8>,
+    on_line: F,
+}
+
+impl<F: FnMut(&str)> std::io::Write for OnLine<F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' {
+                (self.on_line)(&String::from_utf8_lossy(&self.line));
+                self.line.clear();
+            } else {
+                self.line.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `verify` reads the oldest retained checkpoint's chain again once it has read every
+/// manifest (it keeps none of them). A link deleted in between is reported, unless a GC pass
+/// has moved the oldest retained checkpoint on meanwhile (and may have deleted it): then the
+/// chain checked is the new oldest's.
+#[test]
+fn verify_reads_the_oldest_retained_chain_again_and_a_link_gone_meanwhile_is_broken_unless_gc_moved_on(
+) {
+    let dirs = Dirs::new();
+    // A base every 40 checkpoints: the chain of the oldest retained one is longer than what
+    // verify fetches at once (32).
+    let e = Engine::open(
+        &dirs.cache(0),
+        &dirs.bucket(),
+        Options {
+            base_every: 40,
+            ..gc(12, false)
+        },
+    );
+    let a = e.create("a");
+    rewrite_and_checkpoint(&e, a, 4, 50);
+    let r = e.cp.gc_pass(now_ms()).expect("pass");
+    // A clean stop, after which `bucketfs gc` may delete.
+    e.cp.checkpoint(true).unwrap();
+    e.crash();
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    let key = bucketfs::checkpoint::manifest_key;
+    let path = |epoch: u64| dirs.bucket().join(key(epoch));
+    let parent_of = |epoch: u64| {
+        let bytes = std::fs::read(path(epoch)).expect("the manifest");
+        bucketfs::manifest::Manifest::decode(&bytes, &key(epoch))
+            .unwrap()
+            .parent
+    };
+    let chain_of = |mut epoch: u64| {
+        let mut chain = vec![epoch];
+        while let Some(p) = parent_of(epoch) {
+            chain.push(p);
+            epoch = p;
+        }
+        chain
+    };
+    let oldest = chain_of(r.oldest_retained);
+    assert!(oldest.len() > 33, "a chain of {}", oldest.len());
+    // The link of the second window that goes, and where the new oldest retained
+    // checkpoint's chain begins: after it.
+    let link = oldest[1];
+    let newer = (r.oldest_retained + 1..)
+        .find(|&e| !chain_of(e).contains(&link))
+        .expect("a base after the link");
+    let verify = |on_line: &mut dyn FnMut(&str)| {
+        let line = Vec::new();
+        let mut progress = OnLine { line, on_line };
+        bucketfs::admin::verify(&url, &mut progress).unwrap()
+    };
+    let bytes = std::fs::read(path(link)).unwrap();
+    assert_eq!(verify(&mut |_| ()), Vec::<String>::new());
+
+    // Gone once every manifest was read: broken.
+    let last = format!(
+        "verify: manifest {n}/{n} ",
+        n = epochs(&dirs.bucket()).len()
+    );
+    let broken = verify(&mut |l| {
+        if l.starts_with(&last) {
+            std::fs::remove_file(path(link)).unwrap();
+        }
+    });
+    let want = format!(
+        "{}: the chain of the oldest retained checkpoint needs {}, gone since it was read",
+        key(r.oldest_retained),
+        key(link)
+    );
+    assert_eq!(broken, [want]);
+    std::fs::write(path(link), &bytes).unwrap();
+
+    // Gone while the chain is read, and a GC pass (keeping fewer) has moved on: the new
+    // oldest retained checkpoint is checked, whose chain does not need it.
+    let keep = epochs(&dirs.bucket())
+        .iter()
+        .filter(|&&e| e >= newer)
+        .count();
+    let keep = u32::try_from(keep).unwrap();
+    let retention = Retention {
+        window: Duration::ZERO,
+        min_checkpoints: keep,
+        grace: Duration::from_secs(3600),
+    };
+    let mut moved = false;
+    let broken = verify(&mut |l| {
+        if l.starts_with("verify: chain 1/") && !moved {
+            moved = true;
+            std::fs::remove_file(path(link)).unwrap();
+            bucketfs::admin::gc(&url, &retention, false, false, &mut std::io::sink()).unwrap();
+        }
+    });
+    assert!(moved, "verify read no chain");
+    assert_eq!(broken, Vec::<String>::new());
+}
+
+/// A GC pass that raises the boundary and the oldest retained checkpoint and deletes below
+/// them while `verify` reads the manifests leaves nothing for it to report: what it reads
+/// after the pass is judged by the boundary and the oldest retained checkpoint as they are
+/// at its end (the manifests deleted before it read them are no gap, the segments and
+/// carriers gone are no expired checkpoint's concern).
+#[test]
+fn verify_beside_a_gc_pass_that_deletes_finds_nothing_wrong() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(40, false));
+    let a = e.create("a");
+    rewrite_and_checkpoint(&e, a, 4, 60);
+    e.cp.gc_pass(now_ms()).expect("pass");
+    e.cp.checkpoint(true).unwrap();
+    e.crash();
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    assert_eq!(
+        bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap(),
+        Vec::<String>::new()
+    );
+    let before = epochs(&dirs.bucket());
+    let retention = Retention {
+        window: Duration::ZERO,
+        min_checkpoints: 3,
+        grace: Duration::ZERO,
+    };
+    let mut passed = false;
+    let mut progress = OnLine {
+        line: Vec::new(),
+        on_line: |l: &str| {
+            if l.starts_with("verify: manifest 10/") && !passed {
+                passed = true;
+                // The first pass finds what is unneeded, the second deletes it.
+                for _ in 0..2 {
+                    bucketfs::admin::gc(&url, &retention, false, false, &mut std::io::sink())
+                        .unwrap();
+                }
+            }
+        },
+    };
+    let broken = bucketfs::admin::verify(&url, &mut progress).unwrap();
+    assert!(passed);
+    let after = epochs(&dirs.bucket());
+    assert!(
+        after.len() + 20 < before.len(),
+        "the pass deleted {} of {} manifests",
+        before.len() - after.len(),
+        before.len()
+    );
+    assert_eq!(broken, Vec::<String>::new());
+}
+
 /// `bucketfs verify` checks GC's catalog in the bucket against the manifests: a new process's
 /// first pass takes what a chunk says instead of reading them, so a chunk that names the wrong
 /// segments would have GC delete what a checkpoint uses. A chunk another prefix wrote (whole,
@@ -547,7 +822,8 @@ fn verify_finds_a_chunk_of_the_catalog_that_is_not_what_the_manifests_say() {
         options.gc.as_mut().unwrap().chunk_epochs = SPAN;
         let e = Engine::open(&dirs.cache(0), &dirs.bucket(), options);
         let a = e.create("a");
-        rewrite_and_checkpoint(&e, a, 4, 20);
+        // More manifests than verify fetches at once (32), in many chunks.
+        rewrite_and_checkpoint(&e, a, 4, 80);
         e.cp.gc_pass(now_ms()).expect("the writer's pass");
         e.crash();
     };
@@ -573,23 +849,46 @@ fn verify_finds_a_chunk_of_the_catalog_that_is_not_what_the_manifests_say() {
         "{progress}"
     );
 
-    std::fs::copy(&other, &path).unwrap();
-    let (broken, _) = verify();
-    assert!(
-        !broken.is_empty(),
-        "another prefix's chunk was taken as ours"
-    );
-    assert!(
-        broken.iter().all(|b| b.starts_with(&format!("{key}: "))),
-        "{broken:?}"
-    );
-    // Its segments are the other writer's: what would have GC delete ours.
-    assert!(broken.iter().any(|b| b.contains("segments")), "{broken:?}");
+    // Each chunk in turn (verify compares a chunk once it has read past its range, and keeps
+    // only what the chunks not yet compared may need).
+    let all = chunks(&ours.bucket());
+    assert!(all.len() >= 2, "{all:?}");
+    for key in &all {
+        let (path, other) = (ours.bucket().join(key), theirs.bucket().join(key));
+        let ours_was = std::fs::read(&path).unwrap();
+        std::fs::copy(&other, &path).unwrap();
+        let (broken, _) = verify();
+        // Every epoch it holds is another writer's (compared whole, not before verify had
+        // read them all), and its segments are the other writer's: what would have GC
+        // delete ours.
+        let said = bucketfs::gc::decode_chunk(&std::fs::read(&other).unwrap(), key).unwrap();
+        assert!(said.len() as u64 >= SPAN - 1, "{key}: {said:?}"); // no epoch 0
+        let n = said.len();
+        let want = format!("{key}: says other than the manifests of {n} epoch(s), from ");
+        assert_eq!(broken.len(), 1, "{broken:?}");
+        assert!(
+            broken[0].starts_with(&want) && broken[0].contains("segments"),
+            "{broken:?}"
+        );
+        std::fs::write(&path, ours_was).unwrap();
+    }
 
     std::fs::write(&path, b"not a chunk").unwrap();
     let (broken, _) = verify();
     assert_eq!(broken.len(), 1, "{broken:?}");
     assert!(broken[0].starts_with(&format!("{key}: ")), "{broken:?}");
+    std::fs::write(&path, &written).unwrap();
+
+    // A key under the catalog's prefix that names no range is no chunk a pass would take:
+    // reported, after the others.
+    let junk = format!("{CATALOG_PREFIX}junk");
+    std::fs::write(ours.bucket().join(&junk), b"{}").unwrap();
+    let (broken, progress) = verify();
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(broken[0].starts_with(&format!("{junk}: ")), "{broken:?}");
+    let last = progress.lines().rfind(|l| l.starts_with("verify: chunk "));
+    assert!(last.is_some_and(|l| l.ends_with(&junk)), "{progress}");
+    std::fs::remove_file(ours.bucket().join(&junk)).unwrap();
 
     std::fs::write(&path, &written).unwrap();
     assert_eq!(verify().0, Vec::<String>::new());
