@@ -33,7 +33,7 @@ bench-pgbench:    ## pgbench TPC-B on the local disk vs bucketfs (vs bindfs), on
 	cargo build --locked
 	benches/pgbench_vs_local.sh
 
-.PHONY: bench-fio bench-select bench-rss bench-gc bench-gc-memory bench-gc-first-pass bench-verify bench-replica bench-hot bench-setup bench-peers
+.PHONY: bench-fio bench-select bench-rss bench-gc bench-gc-memory bench-gc-first-pass bench-verify bench-ls bench-replica bench-hot bench-setup bench-peers
 
 bench-fio:        ## fio on the local disk vs bucketfs (working set in the cache dir), one run
 	cargo build --locked
@@ -62,6 +62,10 @@ bench-gc-first-pass: ## a new process's first GC pass over many manifests, befor
 bench-verify:     ## bucketfs verify over a bucket of many manifests at 20 ms a request (MANIFESTS, S3_LATENCY_MS)
 	cargo build --locked
 	benches/verify.sh
+
+bench-ls:         ## bucketfs ls (and ls --last 10) over a bucket of many manifests at 20 ms a request (MANIFESTS, S3_LATENCY_MS)
+	cargo build --locked
+	benches/ls.sh
 
 bench-replica:    ## a read replica beside a pgbench primary: cold start, lag (median, p99), bytes per select
 	cargo build --locked

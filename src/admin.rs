@@ -6,10 +6,10 @@ use std::io::Write;
 use anyhow::Context;
 
 use crate::bucket::BucketUrl;
-use crate::checkpoint::{epoch_of_key, manifest_key, now_ms, open_bucket};
-use crate::gc::{Collector, Mode, Report, Retention};
+use crate::checkpoint::{manifest_key, now_ms, open_bucket, CHAIN_WINDOW};
+use crate::gc::{Collector, Manifests, Mode, Report, Retention};
 use crate::manifest::Manifest;
-use crate::store::{ReadStore, StoreError};
+use crate::store::{get_each, ReadStore, StoreError};
 
 mod verify;
 pub use verify::verify;
@@ -32,8 +32,11 @@ async fn kept(store: &dyn ReadStore) -> anyhow::Result<(u64, u64)> {
     Ok((boundary, state.map_or(0, |s| s.oldest_retained)))
 }
 
-/// `bucketfs ls`: one line per checkpoint, with whether it is still restorable.
-pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
+/// `bucketfs ls`: one line per checkpoint, with whether it is still restorable; only the
+/// newest `last` if given. The manifests are read 32 at a time (under `--durability remote`
+/// every group commit is one), and one deleted since the LIST (by a GC pass running beside)
+/// is passed over.
+pub fn ls(url: &BucketUrl, last: Option<usize>, out: &mut dyn Write) -> anyhow::Result<()> {
     let rt = runtime()?;
     let store = url.open()?;
     // Checks the format marker (and refuses a prefix that is not ours) without writing.
@@ -41,10 +44,18 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
     let (boundary, oldest_retained) = rt.block_on(kept(&*store))?;
     let (manifests, segments) = rt.block_on(async {
         Ok::<_, StoreError>((
-            store.list("manifests/").await?,
+            Manifests::list(&*store).await?,
             store.list("segments/").await?,
         ))
     })?;
+    let shown: Vec<(u64, u64)> = match last {
+        Some(n) => manifests
+            .iter()
+            .skip(manifests.len().saturating_sub(n))
+            .collect(),
+        None => manifests.iter().collect(),
+    };
+    drop(manifests);
     // Segments by the epoch in their names: what an unreadable manifest is shown with.
     let mut seg_bytes: HashMap<u64, (usize, u64)> = HashMap::new();
     let sizes: HashMap<&str, u64> = segments.iter().map(|s| (s.key.as_str(), s.size)).collect();
@@ -60,15 +71,52 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
         "{:>8}  {:<5}  {:<24}  {:<16}  {:>8}  {:>12}  NOTE",
         "EPOCH", "KIND", "TIME (UTC)", "WRITER", "SEGMENTS", "BYTES"
     )?;
-    for m in &manifests {
-        let Some(epoch) = epoch_of_key(&m.key) else {
-            continue;
-        };
-        let bytes = rt.block_on(store.get(&m.key, None))?;
-        let man = match Manifest::decode_at(&bytes, &m.key, epoch) {
+    let ls = Ls {
+        boundary,
+        oldest_retained,
+        seg_bytes,
+        sizes,
+    };
+    for window in shown.chunks(CHAIN_WINDOW) {
+        let whole = |_: &(u64, u64), _: &str, bytes| Ok::<_, StoreError>(bytes);
+        let got = rt.block_on(get_each(&*store, window, |&(e, _)| manifest_key(e), whole));
+        for (&(epoch, size), key, bytes) in got {
+            let bytes = match bytes {
+                Err(StoreError::NotFound { .. }) => continue,
+                bytes => bytes?,
+            };
+            ls.line(out, epoch, &key, &bytes, size)?;
+        }
+    }
+    Ok(())
+}
+
+/// What `bucketfs ls` shows each manifest with.
+struct Ls<'a> {
+    boundary: u64,
+    oldest_retained: u64,
+    /// Segments by the epoch in their names (count, bytes): what an unreadable manifest is
+    /// shown with.
+    seg_bytes: HashMap<u64, (usize, u64)>,
+    /// Every segment's size, by key.
+    sizes: HashMap<&'a str, u64>,
+}
+
+impl Ls<'_> {
+    /// The line of manifest `epoch`, `bytes` as stored at `key` (`size` bytes).
+    fn line(
+        &self,
+        out: &mut dyn Write,
+        epoch: u64,
+        key: &str,
+        bytes: &[u8],
+        size: u64,
+    ) -> anyhow::Result<()> {
+        let (boundary, oldest_retained) = (self.boundary, self.oldest_retained);
+        let man = match Manifest::decode_at(bytes, key, epoch) {
             Ok(man) => man,
             Err(e) if epoch < boundary => {
-                let (n, b) = seg_bytes.get(&epoch).copied().unwrap_or_default();
+                let (n, b) = self.seg_bytes.get(&epoch).copied().unwrap_or_default();
                 // GC keeps what it cannot read below the boundary (it might be a fence).
                 writeln!(
                     out,
@@ -77,9 +125,9 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
                     "?",
                     "?",
                     "?",
-                    b + m.size
+                    b + size
                 )?;
-                continue;
+                return Ok(());
             }
             Err(e) => return Err(e.into()),
         };
@@ -87,14 +135,14 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
         let (n, b) = crate::gc::Summary::of(&man)
             .segments
             .iter()
-            .filter_map(|key| sizes.get(&**key))
+            .filter_map(|key| self.sizes.get(&**key))
             .fold((0, 0), |(n, b), size| (n + 1, b + size));
         let kind = if man.parent.is_none() {
             "base"
         } else {
             "delta"
         };
-        let carries = crate::manifest::inline_range(&bytes, &m.key)?.is_some_and(|r| !r.is_empty());
+        let carries = crate::manifest::inline_range(bytes, key)?.is_some_and(|r| !r.is_empty());
         let kept = if epoch < boundary && man.fence {
             "below the GC boundary: a takeover's fence, kept for good"
         } else if epoch < boundary && carries {
@@ -120,10 +168,10 @@ pub fn ls(url: &BucketUrl, out: &mut dyn Write) -> anyhow::Result<()> {
             "{epoch:>8}  {kind:<5}  {:<24}  {:<16}  {n:>8}  {:>12}  {note}",
             format_ms(man.created_ms),
             man.writer,
-            b + m.size
+            b + size
         )?;
+        Ok(())
     }
-    Ok(())
 }
 
 pub fn format_ms(ms: u64) -> String {

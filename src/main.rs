@@ -48,8 +48,8 @@ fn main() -> ExitCode {
                 }
                 Ok(0)
             }),
-        Command::Ls { bucket } => BucketUrl::parse(bucket)
-            .and_then(|url| bucketfs::admin::ls(&url, &mut std::io::stdout().lock()))
+        Command::Ls { bucket, last } => BucketUrl::parse(bucket)
+            .and_then(|url| bucketfs::admin::ls(&url, *last, &mut std::io::stdout().lock()))
             .map(|()| 0),
         Command::Gc {
             bucket,

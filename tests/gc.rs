@@ -810,6 +810,63 @@ fn verify_beside_a_gc_pass_that_deletes_finds_nothing_wrong() {
     assert_eq!(broken, Vec::<String>::new());
 }
 
+/// `bucketfs ls` shows every checkpoint in epoch order (read more than 32 at a time), each
+/// with its kind and whether it is retained, or with `last` only the newest few; a manifest
+/// deleted between the LIST and its read (by a GC pass beside) is passed over.
+#[test]
+fn ls_shows_every_checkpoint_in_order_or_the_newest_few() {
+    let dirs = Dirs::new();
+    let e = Engine::open(&dirs.cache(0), &dirs.bucket(), gc(5, false));
+    let a = e.create("a");
+    rewrite_and_checkpoint(&e, a, 4, 70);
+    let r = e.cp.gc_pass(now_ms()).expect("pass");
+    e.crash();
+    let all = epochs(&dirs.bucket());
+    assert!(all.len() > 64, "{}", all.len());
+    let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
+    // The epoch and the whole of each line; `at_header` runs once the header is out, after
+    // the LIST and before any manifest is read.
+    let ls = |last, at_header: &mut dyn FnMut()| {
+        let mut lines = Vec::new();
+        let mut out = OnLine {
+            line: Vec::new(),
+            on_line: |l: &str| {
+                if lines.is_empty() {
+                    assert!(l.trim_start().starts_with("EPOCH"), "{l}");
+                    at_header();
+                }
+                lines.push(l.to_string());
+            },
+        };
+        bucketfs::admin::ls(&url, last, &mut out).unwrap();
+        let line = |l: &String| {
+            let epoch = l.split_whitespace().next().unwrap().parse::<u64>().unwrap();
+            (epoch, l.clone())
+        };
+        lines[1..].iter().map(line).collect::<Vec<_>>()
+    };
+    let listed = ls(None, &mut || ());
+    let shown: Vec<u64> = listed.iter().map(|(e, _)| *e).collect();
+    assert_eq!(shown, all);
+    for (epoch, line) in &listed {
+        let retained = *epoch >= r.oldest_retained;
+        assert_eq!(line.ends_with("retained"), retained, "{line}");
+    }
+    assert_eq!(ls(Some(3), &mut || ()), listed[listed.len() - 3..]);
+    assert_eq!(ls(Some(all.len() + 10), &mut || ()), listed);
+
+    let gone = dirs
+        .bucket()
+        .join(bucketfs::checkpoint::manifest_key(all[40]));
+    let without: Vec<_> = listed
+        .iter()
+        .filter(|(e, _)| *e != all[40])
+        .cloned()
+        .collect();
+    let listing = ls(None, &mut || std::fs::remove_file(&gone).unwrap());
+    assert_eq!(listing, without);
+}
+
 /// `bucketfs verify` checks GC's catalog in the bucket against the manifests: a new process's
 /// first pass takes what a chunk says instead of reading them, so a chunk that names the wrong
 /// segments would have GC delete what a checkpoint uses. A chunk another prefix wrote (whole,
@@ -974,7 +1031,7 @@ fn a_stalled_writer_fails_on_the_takeovers_fence_which_gc_never_collects() {
     // `ls` names both, and `verify` finds the bucket whole.
     let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
     let mut listing = Vec::new();
-    bucketfs::admin::ls(&url, &mut listing).unwrap();
+    bucketfs::admin::ls(&url, None, &mut listing).unwrap();
     let listing = String::from_utf8(listing).unwrap();
     assert!(
         listing.contains("a takeover's fence, kept for good"),
@@ -1517,7 +1574,7 @@ fn a_compaction_commits_beside_checkpoints_and_keeps_what_they_wrote() {
     // `bucketfs ls` shows them with the manifest that brought them.
     let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
     let mut listing = Vec::new();
-    bucketfs::admin::ls(&url, &mut listing).unwrap();
+    bucketfs::admin::ls(&url, None, &mut listing).unwrap();
     let listing = String::from_utf8(listing).unwrap();
     // EPOCH KIND DATE TIME WRITER SEGMENTS BYTES NOTE
     let row = |epoch: u64| -> Vec<&str> {

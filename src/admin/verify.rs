@@ -401,6 +401,7 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     // any later manifest names them, and a segment before any manifest. An expired checkpoint
     // may name segments GC has collected: it is no longer restorable, and `ls` says so.
     let mut pass = ManifestPass::default();
+    pass.parents.reserve_exact(epochs.len());
     let mut catalog =
         CatalogCheck::new(&chunks, Fetching::new(&rt, &*store, "chunk", chunks.len()));
     let mut fetching = Fetching::new(&rt, &*store, "manifest", epochs.len());

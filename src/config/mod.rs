@@ -90,11 +90,16 @@ pub enum Command {
         cache_dir: PathBuf,
     },
     /// List the checkpoints in a bucket: epoch, kind, time, writer, segments, bytes, and
-    /// whether it is restorable (retained by the last GC pass) or expired.
+    /// whether it is restorable (retained by the last GC pass) or expired. Under
+    /// `--durability remote` every group commit is a checkpoint: `--last` shows the newest.
     Ls {
         /// s3://NAME/PREFIX or file:///PATH
         #[arg(long, env = "BUCKETFS_BUCKET", value_name = "URL")]
         bucket: String,
+        /// Only the newest N checkpoints (the bucket is still listed whole; only their
+        /// manifests are read).
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
     },
     /// Show how the mount running on a cache dir is doing: bucket, epoch, checkpoint age,
     /// RPO, dirty bytes, cache use and hit rate, object store errors, fencing, prewarm.
