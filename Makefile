@@ -59,11 +59,11 @@ bench-gc-first-pass: ## a new process's first GC pass over many manifests, befor
 	cargo build --locked
 	benches/gc_first_pass.sh
 
-bench-verify:     ## bucketfs verify over a bucket of many manifests at 20 ms a request (MANIFESTS, S3_LATENCY_MS)
+bench-verify:     ## bucketfs verify over a bucket of many manifests at 20 ms a request (MANIFESTS, PAGES, S3_LATENCY_MS, COMPARE)
 	cargo build --locked
 	benches/verify.sh
 
-bench-ls:         ## bucketfs ls (and ls --last 10) over a bucket of many manifests at 20 ms a request (MANIFESTS, S3_LATENCY_MS)
+bench-ls:         ## bucketfs ls (and ls --last 10) over a bucket of many manifests at 20 ms a request (MANIFESTS, S3_LATENCY_MS, COMPARE)
 	cargo build --locked
 	benches/ls.sh
 

@@ -292,6 +292,32 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, f"{took:.1f}")
 EOF
 }
 
+# bench_compare: COMPARE from the environment (other bucketfs binaries, paths without spaces,
+# separated by spaces; none if unset), each an executable, or the script ends saying so.
+bench_compare() {
+  local binary
+  COMPARE="${COMPARE:-}"
+  for binary in $COMPARE; do
+    [ -x "$binary" ] || die "COMPARE names $binary, which is not an executable"
+  done
+}
+
+# timed_gets NAME BINARY ARG...: timed_bucketfs of `BINARY ARG...` (its stdout in
+# $LOGS/NAME.out, its stderr in $LOGS/NAME.log), with the GET requests the S3 server answered
+# meanwhile: sets KIB (peak resident memory), SECS and GETS. Needs LOGS and the S3 server.
+timed_gets() {
+  local name="$1" binary="$2" stats0 stats1 gets0 gets1 out
+  shift 2
+  stats0="$(s3_stats)"
+  out="$(BUCKETFS="$binary" timed_bucketfs "$LOGS/$name.out" "$LOGS/$name.log" "$@")" ||
+    die "bucketfs $1 failed; see $LOGS/$name.out and $LOGS/$name.log"
+  stats1="$(s3_stats)"
+  read -r gets0 _ <<<"$stats0"
+  read -r gets1 _ <<<"$stats1"
+  read -r KIB SECS <<<"$out"
+  GETS=$((gets1 - gets0))
+}
+
 # gc_pass BUCKET NAME [OPTION...]: timed_bucketfs of `bucketfs gc --json OPTION...` on BUCKET,
 # its report in $LOGS/gc-NAME.json and its log in $LOGS/gc-NAME.log. Needs BUCKETFS and LOGS.
 gc_pass() {

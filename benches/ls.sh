@@ -39,40 +39,33 @@ gc_bench_start ls "$@"
 
 gc_bench_manifests 20000 1
 gc_bench_latency
-COMPARE="${COMPARE:-}"
-for binary in $COMPARE; do
-  [ -x "$binary" ] || die "COMPARE names $binary, which is not an executable"
-done
+bench_compare
 
 s3_start "$S3_LATENCY_MS"
 say "$MANIFESTS group commits under --durability remote"
 remote_commits "$MANIFESTS"
 
-# timed_ls NAME BINARY ARG...: one row of the table, for `BINARY ls --bucket ... ARG...`.
+# timed_ls NAME BINARY ARG...: a row of the table (in rows), for `BINARY ls --bucket ...
+# ARG...`.
+rows=()
 timed_ls() {
-  local name="$1" binary="$2" out stats0 stats1 gets0 gets1 kib secs lines
+  local name="$1" binary="$2" lines
   shift 2
-  say "$name: bucketfs ls $* ($binary), at $S3_LATENCY_MS ms a request" >&2
-  stats0="$(s3_stats)"
-  out="$(BUCKETFS="$binary" timed_bucketfs "$LOGS/ls-$name.out" "$LOGS/ls-$name.log" \
-    ls --bucket s3://pgdata/p "$@")" || die "bucketfs ls failed; see $LOGS/ls-$name.log"
-  stats1="$(s3_stats)"
-  read -r gets0 _ <<<"$stats0"
-  read -r gets1 _ <<<"$stats1"
-  read -r kib secs <<<"$out"
+  say "$name: bucketfs ls $* ($binary), at $S3_LATENCY_MS ms a request"
+  timed_gets "ls-$name" "$binary" ls --bucket s3://pgdata/p "$@"
   lines="$(($(wc -l <"$LOGS/ls-$name.out") - 1))"
-  awk -v b="$(basename "$binary")" -v c="ls${*:+ $*}" -v l="$lines" -v g="$((gets1 - gets0))" \
-    -v t="$secs" -v p="$kib" \
-    'BEGIN { printf "| %s | `%s` | %d | %d | %s | %.1f |\n", b, c, l, g, t, p / 1024 }'
+  rows+=("$(awk -v b="$(basename "$binary")" -v c="ls${*:+ $*}" -v l="$lines" -v g="$GETS" \
+    -v t="$SECS" -v p="$KIB" \
+    'BEGIN { printf "| %s | `%s` | %d | %d | %s | %.1f |", b, c, l, g, t, p / 1024 }')")
 }
 
-rows=()
 i=0
 for binary in "$BUCKETFS" $COMPARE; do
   i=$((i + 1))
-  rows+=("$(timed_ls "$i-all" "$binary")")
-  if "$binary" ls --help | grep -q -- '--last'; then
-    rows+=("$(timed_ls "$i-last" "$binary" --last 10)")
+  timed_ls "$i-all" "$binary"
+  help="$("$binary" ls --help)"
+  if [[ "$help" == *--last* ]]; then
+    timed_ls "$i-last" "$binary" --last 10
   fi
 done
 

@@ -19,8 +19,9 @@
 # and its GET requests (the server's count: every manifest, segment and chunk; what an open
 # of the bucket reads, the format marker and the latest checkpoint's chain among it;
 # gc/boundary and gc/state, twice; and, since the fiftieth session, the oldest retained
-# checkpoint's chain read again at the end, its "verify: chain" lines). Its seconds include the LIST of manifests/, a request
-# per 1,000 keys for which s3s-fs walks its whole directory. Below 4,096 manifests no range
+# checkpoint's chain read again at the end, its "verify: chain" lines). Its seconds include
+# the LIST of manifests/, a request per 1,000 keys for which s3s-fs walks its whole
+# directory. Below 4,096 manifests no range
 # of GC's catalog is closed, and the bucket holds no chunk to check. With COMPARE, those
 # binaries' verify runs on the same bucket after BUCKETFS's, a row each (named by their
 # order and file name): the first run meets a cold S3 server and page cache.
@@ -50,34 +51,25 @@ gc_bench_manifests 20000 1
 gc_bench_latency
 PAGES="${PAGES:-64}"
 [[ "$PAGES" =~ ^[1-9][0-9]*$ ]] || die "PAGES must be a whole number of at least 1, got '$PAGES'"
-COMPARE="${COMPARE:-}"
-for binary in $COMPARE; do
-  [ -x "$binary" ] || die "COMPARE names $binary, which is not an executable"
-done
+bench_compare
 
 s3_start "$S3_LATENCY_MS"
 say "$MANIFESTS group commits under --durability remote"
 remote_commits "$MANIFESTS" "$PAGES"
 say "bucketfs gc (writes the chunks of GC's catalog)"
 gc_pass s3://pgdata/p chunks >/dev/null || die "bucketfs gc failed; see $LOGS"
+# What verify read, by its own progress lines (on stderr) in LOG.
+count() { grep -c "^verify: $1 " "$2" || true; }
 rows=()
 i=0
 for binary in "$BUCKETFS" $COMPARE; do
   say "bucketfs verify ($binary), at $S3_LATENCY_MS ms a request"
   i=$((i + 1))
-  name="$i-$(basename "$binary")"
-  stats0="$(s3_stats)"
-  out="$(BUCKETFS="$binary" timed_bucketfs "$LOGS/verify-$name.out" "$LOGS/verify-$name.log" \
-    verify --bucket s3://pgdata/p)" ||
-    die "bucketfs verify failed; see $LOGS/verify-$name.out and $LOGS/verify-$name.log"
-  stats1="$(s3_stats)"
-  read -r gets0 _ <<<"$stats0"
-  read -r gets1 _ <<<"$stats1"
-  read -r kib secs <<<"$out"
-  # What verify read, by its own progress lines (on stderr).
-  count() { grep -c "^verify: $1 " "$LOGS/verify-$name.log" || true; }
-  rows+=("$(awk -v b="$name" -v m="$(count manifest)" -v s="$(count segment)" \
-    -v c="$(count chunk)" -v g="$((gets1 - gets0))" -v t="$secs" -v p="$kib" \
+  name="verify-$i-$(basename "$binary")"
+  timed_gets "$name" "$binary" verify --bucket s3://pgdata/p
+  log="$LOGS/$name.log"
+  rows+=("$(awk -v b="${name#verify-}" -v m="$(count manifest "$log")" -v s="$(count segment "$log")" \
+    -v c="$(count chunk "$log")" -v g="$GETS" -v t="$SECS" -v p="$KIB" \
     'BEGIN { printf "| %s | %d | %d | %d | %d | %s | %.1f |", b, m, s, c, g, t, p / 1024 }')")
 done
 

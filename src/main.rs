@@ -49,7 +49,9 @@ fn main() -> ExitCode {
                 Ok(0)
             }),
         Command::Ls { bucket, last } => BucketUrl::parse(bucket)
-            .and_then(|url| bucketfs::admin::ls(&url, *last, &mut std::io::stdout().lock()))
+            .and_then(|url| {
+                bucketfs::admin::ls(&url, last.map(|n| n.get()), &mut std::io::stdout().lock())
+            })
             .map(|()| 0),
         Command::Gc {
             bucket,

@@ -487,6 +487,28 @@ fn a_new_process_reads_the_catalog_from_its_chunks_in_the_bucket() {
     assert!(chunks(&bucket).iter().all(|k| chunk_range(k).is_some()));
 }
 
+/// The path of manifest `epoch` in the bucket directory.
+fn manifest_path(bucket: &Path, epoch: u64) -> std::path::PathBuf {
+    bucket.join(bucketfs::checkpoint::manifest_key(epoch))
+}
+
+/// Manifest `epoch` as the bucket directory holds it.
+fn manifest_at(bucket: &Path, epoch: u64) -> bucketfs::manifest::Manifest {
+    let key = bucketfs::checkpoint::manifest_key(epoch);
+    let bytes = std::fs::read(bucket.join(&key)).expect("the manifest");
+    bucketfs::manifest::Manifest::decode(&bytes, &key).unwrap()
+}
+
+/// `bucketfs gc`'s retention that keeps the newest `keep` checkpoints and deletes what has
+/// been unneeded for `grace`.
+fn keeping(keep: u32, grace: Duration) -> Retention {
+    Retention {
+        window: Duration::ZERO,
+        min_checkpoints: keep,
+        grace,
+    }
+}
+
 /// A manifest missing inside the retained window (between the oldest retained checkpoint
 /// and the newest) is a checkpoint that cannot be restored, though retained: `verify` finds
 /// it, whether the manifest after it is a delta naming it as its parent or a base naming
@@ -506,13 +528,7 @@ fn verify_finds_a_manifest_missing_inside_the_retained_window() {
     let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
     let verify = || bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
     assert_eq!(verify(), Vec::<String>::new());
-    let parent_of = |epoch: u64| {
-        let key = bucketfs::checkpoint::manifest_key(epoch);
-        let bytes = std::fs::read(dirs.bucket().join(&key)).expect("the manifest");
-        bucketfs::manifest::Manifest::decode(&bytes, &key)
-            .unwrap()
-            .parent
-    };
+    let parent_of = |epoch: u64| manifest_at(&dirs.bucket(), epoch).parent;
     // The one after the oldest retained (a delta follows it: base every 4), the one just
     // before the first base after that, and the oldest retained itself.
     let base = (r.oldest_retained + 2..latest)
@@ -558,11 +574,8 @@ fn verify_finds_a_run_a_retained_checkpoint_needs_damaged_or_gone() {
     let verify = || bucketfs::admin::verify(&url, &mut std::io::sink()).unwrap();
     assert_eq!(verify(), Vec::<String>::new());
     let key = bucketfs::checkpoint::manifest_key;
-    let path = |epoch: u64| dirs.bucket().join(key(epoch));
-    let decode = |epoch: u64| {
-        let bytes = std::fs::read(path(epoch)).expect("the manifest");
-        bucketfs::manifest::Manifest::decode(&bytes, &key(epoch)).unwrap()
-    };
+    let path = |epoch: u64| manifest_path(&dirs.bucket(), epoch);
+    let decode = |epoch: u64| manifest_at(&dirs.bucket(), epoch);
     // Where the run a manifest carries for `ino` starts in its object.
     let carried = |epoch: u64, ino: u64| {
         let m = decode(epoch);
@@ -642,6 +655,13 @@ struct OnLine<F: FnMut(&str)> {
     on_line: F,
 }
 
+impl<F: FnMut(&str)> OnLine<F> {
+    fn new(on_line: F) -> Self {
+        let line = Vec::new();
+        OnLine { line, on_line }
+    }
+}
+
 impl<F: FnMut(&str)> std::io::Write for OnLine<F> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         for &b in buf {
@@ -686,13 +706,8 @@ fn verify_reads_the_oldest_retained_chain_again_and_a_link_gone_meanwhile_is_bro
     e.crash();
     let url = bucketfs::bucket::BucketUrl::File(dirs.bucket());
     let key = bucketfs::checkpoint::manifest_key;
-    let path = |epoch: u64| dirs.bucket().join(key(epoch));
-    let parent_of = |epoch: u64| {
-        let bytes = std::fs::read(path(epoch)).expect("the manifest");
-        bucketfs::manifest::Manifest::decode(&bytes, &key(epoch))
-            .unwrap()
-            .parent
-    };
+    let path = |epoch: u64| manifest_path(&dirs.bucket(), epoch);
+    let parent_of = |epoch: u64| manifest_at(&dirs.bucket(), epoch).parent;
     let chain_of = |mut epoch: u64| {
         let mut chain = vec![epoch];
         while let Some(p) = parent_of(epoch) {
@@ -710,8 +725,7 @@ fn verify_reads_the_oldest_retained_chain_again_and_a_link_gone_meanwhile_is_bro
         .find(|&e| !chain_of(e).contains(&link))
         .expect("a base after the link");
     let verify = |on_line: &mut dyn FnMut(&str)| {
-        let line = Vec::new();
-        let mut progress = OnLine { line, on_line };
+        let mut progress = OnLine::new(on_line);
         bucketfs::admin::verify(&url, &mut progress).unwrap()
     };
     let bytes = std::fs::read(path(link)).unwrap();
@@ -741,12 +755,7 @@ fn verify_reads_the_oldest_retained_chain_again_and_a_link_gone_meanwhile_is_bro
         .iter()
         .filter(|&&e| e >= newer)
         .count();
-    let keep = u32::try_from(keep).unwrap();
-    let retention = Retention {
-        window: Duration::ZERO,
-        min_checkpoints: keep,
-        grace: Duration::from_secs(3600),
-    };
+    let retention = keeping(u32::try_from(keep).unwrap(), Duration::from_secs(3600));
     let mut moved = false;
     let broken = verify(&mut |l| {
         if l.starts_with("verify: chain 1/") && !moved {
@@ -779,25 +788,17 @@ fn verify_beside_a_gc_pass_that_deletes_finds_nothing_wrong() {
         Vec::<String>::new()
     );
     let before = epochs(&dirs.bucket());
-    let retention = Retention {
-        window: Duration::ZERO,
-        min_checkpoints: 3,
-        grace: Duration::ZERO,
-    };
+    let retention = keeping(3, Duration::ZERO);
     let mut passed = false;
-    let mut progress = OnLine {
-        line: Vec::new(),
-        on_line: |l: &str| {
-            if l.starts_with("verify: manifest 10/") && !passed {
-                passed = true;
-                // The first pass finds what is unneeded, the second deletes it.
-                for _ in 0..2 {
-                    bucketfs::admin::gc(&url, &retention, false, false, &mut std::io::sink())
-                        .unwrap();
-                }
+    let mut progress = OnLine::new(|l: &str| {
+        if l.starts_with("verify: manifest 10/") && !passed {
+            passed = true;
+            // The first pass finds what is unneeded, the second deletes it.
+            for _ in 0..2 {
+                bucketfs::admin::gc(&url, &retention, false, false, &mut std::io::sink()).unwrap();
             }
-        },
-    };
+        }
+    });
     let broken = bucketfs::admin::verify(&url, &mut progress).unwrap();
     assert!(passed);
     let after = epochs(&dirs.bucket());
@@ -810,9 +811,10 @@ fn verify_beside_a_gc_pass_that_deletes_finds_nothing_wrong() {
     assert_eq!(broken, Vec::<String>::new());
 }
 
-/// `bucketfs ls` shows every checkpoint in epoch order (read more than 32 at a time), each
-/// with its kind and whether it is retained, or with `last` only the newest few; a manifest
-/// deleted between the LIST and its read (by a GC pass beside) is passed over.
+/// `bucketfs ls` shows every checkpoint in epoch order (more than two of the windows of 32
+/// it reads at a time), each with its kind and whether it is retained, or with `last` only
+/// the newest few; a manifest deleted between the LIST and its read (by a GC pass beside) is
+/// passed over.
 #[test]
 fn ls_shows_every_checkpoint_in_order_or_the_newest_few() {
     let dirs = Dirs::new();
@@ -828,16 +830,13 @@ fn ls_shows_every_checkpoint_in_order_or_the_newest_few() {
     // the LIST and before any manifest is read.
     let ls = |last, at_header: &mut dyn FnMut()| {
         let mut lines = Vec::new();
-        let mut out = OnLine {
-            line: Vec::new(),
-            on_line: |l: &str| {
-                if lines.is_empty() {
-                    assert!(l.trim_start().starts_with("EPOCH"), "{l}");
-                    at_header();
-                }
-                lines.push(l.to_string());
-            },
-        };
+        let mut out = OnLine::new(|l: &str| {
+            if lines.is_empty() {
+                assert!(l.trim_start().starts_with("EPOCH"), "{l}");
+                at_header();
+            }
+            lines.push(l.to_string());
+        });
         bucketfs::admin::ls(&url, last, &mut out).unwrap();
         let line = |l: &String| {
             let epoch = l.split_whitespace().next().unwrap().parse::<u64>().unwrap();
@@ -849,9 +848,21 @@ fn ls_shows_every_checkpoint_in_order_or_the_newest_few() {
     let shown: Vec<u64> = listed.iter().map(|(e, _)| *e).collect();
     assert_eq!(shown, all);
     for (epoch, line) in &listed {
-        let retained = *epoch >= r.oldest_retained;
-        assert_eq!(line.ends_with("retained"), retained, "{line}");
+        let kind = match manifest_at(&dirs.bucket(), *epoch).parent {
+            None => "base",
+            Some(_) => "delta",
+        };
+        assert_eq!(line.split_whitespace().nth(1), Some(kind), "{line}");
+        let note = &line[line.find(kind).unwrap()..];
+        match *epoch >= r.oldest_retained {
+            true => assert!(note.ends_with("retained"), "{line}"),
+            false => assert!(
+                note.ends_with("expired") || note.contains("below the GC boundary"),
+                "{line}"
+            ),
+        }
     }
+    assert!(r.oldest_retained > all[0], "{r:?}: nothing expired");
     assert_eq!(ls(Some(3), &mut || ()), listed[listed.len() - 3..]);
     assert_eq!(ls(Some(all.len() + 10), &mut || ()), listed);
 

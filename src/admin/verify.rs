@@ -472,13 +472,15 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
         let Some(first) = first else {
             break (boundary, oldest_retained, None);
         };
-        let image = image_of(&rt, &*store, progress, &pass, first)?;
+        let mut image = image_of(&rt, &*store, progress, &pass, first)?;
         tries += 1;
-        if matches!(image, Err(Unbuilt::Gone(_)))
-            && tries < 5
-            && rt.block_on(kept(&*store))? != (boundary, oldest_retained)
-        {
-            continue;
+        if let Err(Unbuilt::Gone(link)) = image {
+            if rt.block_on(kept(&*store))? != (boundary, oldest_retained) {
+                if tries < 5 {
+                    continue;
+                }
+                image = Err(Unbuilt::Chased(link));
+            }
         }
         break (boundary, oldest_retained, Some((first, image)));
     };
@@ -532,6 +534,8 @@ enum Unbuilt {
     /// A parent at or after its child: a chain that would never end.
     Climbs(u64),
     Gone(u64),
+    /// Gone, while GC's passes moved the oldest retained checkpoint on at every try.
+    Chased(u64),
     Changed(u64, String),
 }
 
@@ -542,6 +546,12 @@ impl std::fmt::Display for Unbuilt {
             Unbuilt::Missing(e) => write!(f, "{needs} {}, which is missing", manifest_key(*e)),
             Unbuilt::Climbs(e) => write!(f, "{needs} {}, not an earlier epoch", manifest_key(*e)),
             Unbuilt::Gone(e) => write!(f, "{needs} {}, gone since it was read", manifest_key(*e)),
+            Unbuilt::Chased(e) => write!(
+                f,
+                "{needs} {}, gone since it was read while GC passes moved the oldest retained \
+                 checkpoint on five times: not checked, run verify again",
+                manifest_key(*e)
+            ),
             Unbuilt::Changed(e, why) => write!(
                 f,
                 "{needs} {}, which no longer decodes: {why}",

@@ -99,7 +99,7 @@ pub enum Command {
         /// Only the newest N checkpoints (the bucket is still listed whole; only their
         /// manifests are read).
         #[arg(long, value_name = "N")]
-        last: Option<usize>,
+        last: Option<std::num::NonZeroUsize>,
     },
     /// Show how the mount running on a cache dir is doing: bucket, epoch, checkpoint age,
     /// RPO, dirty bytes, cache use and hit rate, object store errors, fencing, prewarm.
