@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use anyhow::Context;
+use bytes::Bytes;
 
 use crate::bucket::BucketUrl;
 use crate::checkpoint::{manifest_key, now_ms, open_bucket, CHAIN_WINDOW};
@@ -30,6 +31,57 @@ async fn kept(store: &dyn ReadStore) -> anyhow::Result<(u64, u64)> {
     let boundary = crate::gc::read_boundary(store).await?;
     let state = crate::gc::read_state(store).await?;
     Ok((boundary, state.map_or(0, |s| s.oldest_retained)))
+}
+
+/// Objects of one kind fetched a window at a time (`get_each`: a round trip each), with a
+/// progress line for each ("WHAT i/N KEY", as "verify: segment 3/40 segments/...", printed
+/// once its window has arrived). One deleted since its LIST (by a GC pass running beside) is
+/// passed over; any other error ends the command.
+struct Fetching<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    store: &'a dyn ReadStore,
+    what: &'static str,
+    total: usize,
+    done: usize,
+}
+
+impl<'a> Fetching<'a> {
+    fn new(
+        rt: &'a tokio::runtime::Runtime,
+        store: &'a dyn ReadStore,
+        what: &'static str,
+        total: usize,
+    ) -> Self {
+        let done = 0;
+        Fetching {
+            rt,
+            store,
+            what,
+            total,
+            done,
+        }
+    }
+
+    /// The objects of `items` that are there, in order, with their keys.
+    fn window<'i, I>(
+        &mut self,
+        progress: &mut dyn Write,
+        items: &'i [I],
+        key: impl Fn(&I) -> String,
+    ) -> anyhow::Result<Vec<(&'i I, String, Bytes)>> {
+        let whole = |_: &I, _: &str, bytes| Ok::<_, StoreError>(bytes);
+        let mut out = Vec::with_capacity(items.len());
+        for (item, key, bytes) in self.rt.block_on(get_each(self.store, items, key, whole)) {
+            self.done += 1;
+            let (what, done, total) = (self.what, self.done, self.total);
+            writeln!(progress, "{what} {done}/{total} {key}")?;
+            match bytes {
+                Err(StoreError::NotFound { .. }) => {}
+                bytes => out.push((item, key, bytes?)),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// `bucketfs ls`: one line per checkpoint, with whether it is still restorable; only the
@@ -77,14 +129,11 @@ pub fn ls(url: &BucketUrl, last: Option<usize>, out: &mut dyn Write) -> anyhow::
         seg_bytes,
         sizes,
     };
+    // (Its progress is its output, a line per manifest as each window arrives.)
+    let mut fetching = Fetching::new(&rt, &*store, "ls: manifest", shown.len());
     for window in shown.chunks(CHAIN_WINDOW) {
-        let whole = |_: &(u64, u64), _: &str, bytes| Ok::<_, StoreError>(bytes);
-        let got = rt.block_on(get_each(&*store, window, |&(e, _)| manifest_key(e), whole));
+        let got = fetching.window(&mut std::io::sink(), window, |&(e, _)| manifest_key(e))?;
         for (&(epoch, size), key, bytes) in got {
-            let bytes = match bytes {
-                Err(StoreError::NotFound { .. }) => continue,
-                bytes => bytes?,
-            };
             ls.line(out, epoch, &key, &bytes, size)?;
         }
     }

@@ -683,19 +683,20 @@ impl<F: FnMut(&str)> std::io::Write for OnLine<F> {
 /// `verify` reads the oldest retained checkpoint's chain again once it has read every
 /// manifest (it keeps none of them). A link deleted in between is reported, unless a GC pass
 /// has moved the oldest retained checkpoint on meanwhile (and may have deleted it): then the
-/// chain checked is the new oldest's.
+/// chain checked is the new oldest's. After five such moves in one run it stops and says
+/// that the chain was not checked.
 #[test]
 fn verify_reads_the_oldest_retained_chain_again_and_a_link_gone_meanwhile_is_broken_unless_gc_moved_on(
 ) {
     let dirs = Dirs::new();
-    // A base every 40 checkpoints: the chain of the oldest retained one is longer than what
-    // verify fetches at once (32).
+    // A base every 40 checkpoints: the chain of the oldest retained one (epoch 34 of 51) is
+    // longer than what verify fetches at once (32), and so are those of the five after it.
     let e = Engine::open(
         &dirs.cache(0),
         &dirs.bucket(),
         Options {
             base_every: 40,
-            ..gc(12, false)
+            ..gc(18, false)
         },
     );
     let a = e.create("a");
@@ -718,12 +719,8 @@ fn verify_reads_the_oldest_retained_chain_again_and_a_link_gone_meanwhile_is_bro
     };
     let oldest = chain_of(r.oldest_retained);
     assert!(oldest.len() > 33, "a chain of {}", oldest.len());
-    // The link of the second window that goes, and where the new oldest retained
-    // checkpoint's chain begins: after it.
+    // The link of the second window that goes.
     let link = oldest[1];
-    let newer = (r.oldest_retained + 1..)
-        .find(|&e| !chain_of(e).contains(&link))
-        .expect("a base after the link");
     let verify = |on_line: &mut dyn FnMut(&str)| {
         let mut progress = OnLine::new(on_line);
         bucketfs::admin::verify(&url, &mut progress).unwrap()
@@ -749,22 +746,71 @@ fn verify_reads_the_oldest_retained_chain_again_and_a_link_gone_meanwhile_is_bro
     assert_eq!(broken, [want]);
     std::fs::write(path(link), &bytes).unwrap();
 
-    // Gone while the chain is read, and a GC pass (keeping fewer) has moved on: the new
-    // oldest retained checkpoint is checked, whose chain does not need it.
+    // Gone at every try, while a GC pass moves the oldest retained checkpoint on by one each
+    // time: after five tries it says that it did not check, and which link it missed last.
+    // Each try, once it has read its first window: the link taken at the last try is put
+    // back, a pass keeps one checkpoint fewer (it needs the whole chain to count the rest as
+    // checkpoints), and the try's own link (in its second window) is taken.
+    let keep_after = |epoch: u64| {
+        let kept = epochs(&dirs.bucket())
+            .iter()
+            .filter(|&&e| e > epoch)
+            .count();
+        keeping(u32::try_from(kept).unwrap(), Duration::from_secs(3600))
+    };
+    let mut oldest_now = r.oldest_retained;
+    let mut taken: Option<(u64, Vec<u8>)> = None;
+    let mut tries = 0;
+    let chased = verify(&mut |l| {
+        if !l.starts_with("verify: chain 1/") {
+            return;
+        }
+        tries += 1;
+        if let Some((epoch, bytes)) = taken.take() {
+            std::fs::write(path(epoch), bytes).unwrap();
+        }
+        let retention = keep_after(oldest_now);
+        bucketfs::admin::gc(&url, &retention, false, false, &mut std::io::sink()).unwrap();
+        let chain = chain_of(oldest_now);
+        assert!(chain.len() > 33, "try {tries}: a chain of {}", chain.len());
+        taken = Some((chain[1], std::fs::read(path(chain[1])).unwrap()));
+        std::fs::remove_file(path(chain[1])).unwrap();
+        oldest_now += 1;
+    });
+    assert_eq!(tries, 5, "verify tried {tries} times");
+    let (missed, bytes) = taken.expect("a link taken");
+    let want = format!(
+        "{}: the chain of the oldest retained checkpoint needs {}, gone since it was read while \
+         GC passes moved the oldest retained checkpoint on five times: not checked, run verify \
+         again",
+        key(oldest_now - 1),
+        key(missed)
+    );
+    assert_eq!(chased, [want]);
+    std::fs::write(path(missed), bytes).unwrap();
+
+    // Gone while the chain is read, and a GC pass (keeping fewer) has moved on past the next
+    // base: the new oldest retained checkpoint is checked, whose chain does not need it.
+    let link = chain_of(oldest_now)[1];
+    let newer = (oldest_now + 1..)
+        .find(|&e| !chain_of(e).contains(&link))
+        .expect("a base after the link");
     let keep = epochs(&dirs.bucket())
         .iter()
         .filter(|&&e| e >= newer)
         .count();
     let retention = keeping(u32::try_from(keep).unwrap(), Duration::from_secs(3600));
-    let mut moved = false;
+    let mut tries = 0;
     let broken = verify(&mut |l| {
-        if l.starts_with("verify: chain 1/") && !moved {
-            moved = true;
-            std::fs::remove_file(path(link)).unwrap();
-            bucketfs::admin::gc(&url, &retention, false, false, &mut std::io::sink()).unwrap();
+        if l.starts_with("verify: chain 1/") {
+            tries += 1;
+            if tries == 1 {
+                std::fs::remove_file(path(link)).unwrap();
+                bucketfs::admin::gc(&url, &retention, false, false, &mut std::io::sink()).unwrap();
+            }
         }
     });
-    assert!(moved, "verify read no chain");
+    assert_eq!(tries, 2, "verify read {tries} chains");
     assert_eq!(broken, Vec::<String>::new());
 }
 

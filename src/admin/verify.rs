@@ -10,16 +10,15 @@ use std::num::NonZeroU64;
 use std::ops::Range;
 
 use anyhow::Context;
-use bytes::Bytes;
 
-use super::{kept, runtime};
+use super::{kept, runtime, Fetching};
 use crate::bucket::BucketUrl;
 use crate::checkpoint::{epoch_of_key, manifest_key, open_bucket, CHAIN_WINDOW};
 use crate::gc::{chunk_range, decode_chunk, Manifests, Summary, CATALOG_PREFIX};
 use crate::manifest::segment::{verify_segment, RunLocation};
 use crate::manifest::view::View;
 use crate::manifest::{Extent, Manifest};
-use crate::store::{get_each, ObjectMeta, ReadStore, StoreError};
+use crate::store::{ObjectMeta, ReadStore};
 
 /// The most bytes of segments `verify` fetches together, by their listed sizes (a larger
 /// one goes alone): a round trip each window, not each segment; under `--durability remote`
@@ -43,57 +42,6 @@ fn windows_by_size(objects: &[ObjectMeta], max_bytes: u64) -> Vec<&[ObjectMeta]>
         out.push(&objects[start..]);
     }
     out
-}
-
-/// Objects of one kind fetched a window at a time (`get_each`: a round trip each), with a
-/// progress line for each ("verify: WHAT i/N KEY", printed once its window has arrived). One
-/// deleted since its LIST (by a GC pass running beside) is passed over; any other error ends
-/// the run.
-struct Fetching<'a> {
-    rt: &'a tokio::runtime::Runtime,
-    store: &'a dyn ReadStore,
-    what: &'static str,
-    total: usize,
-    done: usize,
-}
-
-impl<'a> Fetching<'a> {
-    fn new(
-        rt: &'a tokio::runtime::Runtime,
-        store: &'a dyn ReadStore,
-        what: &'static str,
-        total: usize,
-    ) -> Self {
-        let done = 0;
-        Fetching {
-            rt,
-            store,
-            what,
-            total,
-            done,
-        }
-    }
-
-    /// The objects of `items` that are there, in order, with their keys.
-    fn window<'i, I>(
-        &mut self,
-        progress: &mut dyn Write,
-        items: &'i [I],
-        key: impl Fn(&I) -> String,
-    ) -> anyhow::Result<Vec<(&'i I, String, Bytes)>> {
-        let whole = |_: &I, _: &str, bytes| Ok::<_, StoreError>(bytes);
-        let mut out = Vec::with_capacity(items.len());
-        for (item, key, bytes) in self.rt.block_on(get_each(self.store, items, key, whole)) {
-            self.done += 1;
-            let (what, done, total) = (self.what, self.done, self.total);
-            writeln!(progress, "verify: {what} {done}/{total} {key}")?;
-            match bytes {
-                Err(StoreError::NotFound { .. }) => {}
-                bytes => out.push((item, key, bytes?)),
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// The runs the bucket holds whole, by where they start and the crc32c of what is stored:
@@ -385,7 +333,7 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     let segments = rt.block_on(store.list("segments/"))?;
     let chunks = rt.block_on(store.list(CATALOG_PREFIX))?;
     let mut runs = Runs::default();
-    let mut fetching = Fetching::new(&rt, &*store, "segment", segments.len());
+    let mut fetching = Fetching::new(&rt, &*store, "verify: segment", segments.len());
     for window in windows_by_size(&segments, VERIFY_WINDOW_BYTES) {
         for (_, key, bytes) in fetching.window(progress, window, |s| s.key.clone())? {
             // verify_segment checks the index and every run's crc.
@@ -402,9 +350,11 @@ pub fn verify(url: &BucketUrl, progress: &mut dyn Write) -> anyhow::Result<Vec<S
     // may name segments GC has collected: it is no longer restorable, and `ls` says so.
     let mut pass = ManifestPass::default();
     pass.parents.reserve_exact(epochs.len());
-    let mut catalog =
-        CatalogCheck::new(&chunks, Fetching::new(&rt, &*store, "chunk", chunks.len()));
-    let mut fetching = Fetching::new(&rt, &*store, "manifest", epochs.len());
+    let mut catalog = CatalogCheck::new(
+        &chunks,
+        Fetching::new(&rt, &*store, "verify: chunk", chunks.len()),
+    );
+    let mut fetching = Fetching::new(&rt, &*store, "verify: manifest", epochs.len());
     // Small and many (one per group commit under `--durability remote`): 32 at once.
     for window in epochs.chunks(CHAIN_WINDOW) {
         for (&epoch, key, bytes) in fetching.window(progress, window, |&e| manifest_key(e))? {
@@ -581,7 +531,7 @@ fn image_of(
         chain.push(p);
     }
     chain.reverse();
-    let mut fetching = Fetching::new(rt, store, "chain", chain.len());
+    let mut fetching = Fetching::new(rt, store, "verify: chain", chain.len());
     let mut view = View::default();
     for window in chain.chunks(CHAIN_WINDOW) {
         let got = fetching.window(progress, window, |&e| manifest_key(e))?;

@@ -141,6 +141,14 @@ fn regions_of(headers: &http::HeaderMap) -> Option<String> {
 struct Faulty {
     inner: s3s_fs::FileSystem,
     faults: Arc<Faults>,
+    /// Held by a conditional PUT (If-None-Match, If-Match) from its check to its object in
+    /// place. s3s-fs checks the condition, then writes the body and renames it in: of
+    /// creates of one key sent at once, up to all of them succeeded (tests/store_contract.rs,
+    /// `racing_creates`), so a takeover's fence and the fenced writer's commit of the same
+    /// epoch could both land. S3 decides a condition and the write as one; so does this.
+    /// (bucketfs sends no conditional CompleteMultipartUpload: only `Overwrite` goes up in
+    /// parts.)
+    conditional: tokio::sync::Mutex<()>,
 }
 
 impl Faulty {
@@ -193,7 +201,13 @@ impl S3 for Faulty {
         self.faults
             .log_put(&req.input.bucket, &req.input.key, regions_of(&req.headers));
         let len = req.input.content_length.unwrap_or(0) as u64;
+        let conditional = req.input.if_none_match.is_some() || req.input.if_match.is_some();
+        let decided = match conditional {
+            true => Some(self.conditional.lock().await),
+            false => None,
+        };
         let resp = self.inner.put_object(req).await?;
+        drop(decided);
         self.faults.put_bytes.fetch_add(len, Ordering::SeqCst);
         let lose = &self.faults.lose_manifest_answers;
         if manifest
@@ -358,6 +372,7 @@ impl S3Server {
         let mut b = s3s::service::S3ServiceBuilder::new(Faulty {
             inner: fs,
             faults: faults.clone(),
+            conditional: tokio::sync::Mutex::new(()),
         });
         b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
