@@ -85,9 +85,10 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first() {
         },
         || {
             format!(
-                "the last write answered {:?}; A's log:\n{}",
+                "the last write answered {:?}; A's log:\n{}\nB's log:\n{}",
                 last.get(),
-                a.log_text()
+                a.log_text(),
+                b.log_text()
             )
         },
     );
