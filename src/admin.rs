@@ -129,7 +129,7 @@ pub fn ls(url: &BucketUrl, last: Option<usize>, out: &mut dyn Write) -> anyhow::
         seg_bytes,
         sizes,
     };
-    // (Its progress is its output, a line per manifest as each window arrives.)
+    // (Progress lines discarded: its own lines, one per manifest, are its progress.)
     let mut fetching = Fetching::new(&rt, &*store, "ls: manifest", shown.len());
     for window in shown.chunks(CHAIN_WINDOW) {
         let got = fetching.window(&mut std::io::sink(), window, |&(e, _)| manifest_key(e))?;

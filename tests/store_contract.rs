@@ -2,7 +2,8 @@
 //! every implementation bucketfs meets: the S3 store against s3s-fs (in-process) and against
 //! moto (the Python server many local setups use), and the local-directory store. Each
 //! implementation is one test that runs every body and reports pass or fail per body, so a
-//! failure names both the operation and the implementation.
+//! failure names both the operation and the implementation; a body an implementation is
+//! known not to satisfy (the racing ones on moto) is reported as not run, with why.
 //!
 //! Then bucketfs itself on moto: checkpoints whose segments go up by multipart upload, and a
 //! bucket that goes away under a mount (a failure that repeats must be loud).
@@ -239,14 +240,17 @@ impl std::ops::AddAssign for Raced {
 }
 
 impl Raced {
-    /// Every round had its winner or lost answers, and most racers an answer (so that the
-    /// rounds raced): printed, with the counts, for the run's output.
+    /// At least half of the racers that could not win were refused, rather than lost (so
+    /// that the rounds raced); printed, with the counts, for the run's output. (`race`
+    /// checks each round's winner.)
     fn check(&self, body: &str) {
         let Raced { won, refused, lost } = self;
         eprintln!("{body}: {won} won, {refused} refused, {lost} lost");
+        let least = RACE_ROUNDS * (RACERS - 1) / 2;
         assert!(
-            *refused >= RACE_ROUNDS * (RACERS - 1) / 2,
-            "{body}: {refused} of {} racing PUTs refused ({won} won, {lost} lost)",
+            *refused >= least,
+            "{body}: {refused} of {} racing PUTs refused, fewer than {least} ({won} won, \
+             {lost} lost)",
             RACE_ROUNDS * RACERS
         );
     }
