@@ -139,7 +139,7 @@ fn regions_of(headers: &http::HeaderMap) -> Option<String> {
 }
 
 struct Faulty {
-    inner: s3s_fs::FileSystem,
+    inner: Arc<s3s_fs::FileSystem>,
     faults: Arc<Faults>,
     /// Held by a conditional PUT (If-None-Match, If-Match) from its check to its answer (the
     /// body's upload, the rename and the ETag's record, so that an If-Match after it compares
@@ -151,7 +151,7 @@ struct Faulty {
     /// (bucketfs sends no conditional CompleteMultipartUpload: only `Overwrite` goes up in
     /// parts.) One for the server, held while the body arrives: an upload that stalled would
     /// hold up every conditional PUT, and no test stalls one.
-    conditional: tokio::sync::Mutex<()>,
+    conditional: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Faulty {
@@ -205,12 +205,22 @@ impl S3 for Faulty {
             .log_put(&req.input.bucket, &req.input.key, regions_of(&req.headers));
         let len = req.input.content_length.unwrap_or(0) as u64;
         let conditional = req.input.if_none_match.is_some() || req.input.if_match.is_some();
-        let decided = match conditional {
-            true => Some(self.conditional.lock().await),
-            false => None,
-        };
-        let resp = self.inner.put_object(req).await?;
-        drop(decided);
+        // Run to its end even if the client goes away meanwhile (a writer killed mid-PUT):
+        // s3s-fs renames the object in, then records its ETag and checksums in a file of its
+        // own, and a PUT dropped in between left the object beside the last one's record, so
+        // that every GET of it after failed the SDK's checksum check (a primary killed while
+        // its GC wrote gc/state left its replica unable to read it, tests/replica.rs). S3
+        // stores an object whole or not at all.
+        let (inner, lock) = (self.inner.clone(), self.conditional.clone());
+        let resp = tokio::spawn(async move {
+            let _decided = match conditional {
+                true => Some(lock.lock_owned().await),
+                false => None,
+            };
+            inner.put_object(req).await
+        })
+        .await
+        .map_err(|_| s3_error!(InternalError, "the PUT's task failed"))??;
         self.faults.put_bytes.fetch_add(len, Ordering::SeqCst);
         let lose = &self.faults.lose_manifest_answers;
         if manifest
@@ -373,9 +383,9 @@ impl S3Server {
         let faults = Arc::new(Faults::default());
         let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
         let mut b = s3s::service::S3ServiceBuilder::new(Faulty {
-            inner: fs,
+            inner: Arc::new(fs),
             faults: faults.clone(),
-            conditional: tokio::sync::Mutex::new(()),
+            conditional: Arc::default(),
         });
         b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
