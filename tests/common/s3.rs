@@ -146,10 +146,11 @@ struct Faulty {
     /// with the new ETag). s3s-fs checks the condition, then writes the body and renames it
     /// in: of creates of one key sent at once, up to all of them succeeded
     /// (tests/store_contract.rs, `racing_creates`), so a takeover's fence and the fenced
-    /// writer's commit of the same epoch could both land. S3 decides a condition and the write as one; so does this.
-    /// (bucketfs sends no conditional CompleteMultipartUpload: only `Overwrite` goes up in
-    /// parts.) One for the server, held while the body arrives: an upload that stalled would
-    /// hold up every conditional PUT, and no test stalls one.
+    /// writer's commit of the same epoch could both land. S3 decides a condition and the
+    /// write as one; so does this. (bucketfs sends no conditional CompleteMultipartUpload:
+    /// only `Overwrite` goes up in parts.) One for the server, taken inside the PUT's task
+    /// and held while the body arrives: an upload that stalled would hold up every
+    /// conditional PUT, and no test stalls one.
     conditional: Arc<tokio::sync::Mutex<()>>,
 }
 
